@@ -1,0 +1,212 @@
+//! Access tokens: Ed25519-signed JWTs (EdDSA). The user service holds the private key and
+//! issues them; every service verifies them locally with the public key alone, so no
+//! other service can mint one. The interceptor in [`crate::serve`] puts the verified
+//! caller into the request; handlers read it with [`caller`], never from a field.
+
+use std::{sync::Arc, time::Duration};
+
+use bson::oid::ObjectId;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    config::ConfigError,
+    error::{Error, Result},
+};
+
+const ISSUER: &str = "social-user";
+const AUDIENCE: &str = "social";
+
+/// DEVELOPMENT ONLY: a published key pair so that a fresh checkout runs with no set-up.
+/// See `crates/kit/dev-keys/README.md`. Never used when `AUTH_*` keys are set.
+const DEV_PRIVATE_KEY: &str = include_str!("../dev-keys/DEVELOPMENT-ONLY-ed25519-private.pem");
+const DEV_PUBLIC_KEY: &str = include_str!("../dev-keys/DEVELOPMENT-ONLY-ed25519-public.pem");
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    sub: String,
+    iss: String,
+    aud: String,
+    iat: i64,
+    exp: i64,
+}
+
+/// The authenticated caller of an RPC, set by the auth interceptor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller(pub ObjectId);
+
+/// The caller's user id, or `UNAUTHENTICATED` when the request carried no token.
+pub fn caller<T>(request: &tonic::Request<T>) -> Result<ObjectId> {
+    request
+        .extensions()
+        .get::<Caller>()
+        .map(|c| c.0)
+        .ok_or(Error::Unauthenticated("this call needs an access token"))
+}
+
+/// The caller's user id when the request carried a token.
+pub fn optional_caller<T>(request: &tonic::Request<T>) -> Option<ObjectId> {
+    request.extensions().get::<Caller>().map(|c| c.0)
+}
+
+/// Signs access tokens. Only the user service has one.
+pub struct TokenIssuer {
+    key: EncodingKey,
+    ttl: Duration,
+}
+
+impl TokenIssuer {
+    /// From `AUTH_PRIVATE_KEY` (PEM) and `AUTH_TOKEN_TTL_SECS`, or the development key.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let ttl = crate::config::seconds_or("AUTH_TOKEN_TTL_SECS", 900)?;
+        let pem = match crate::config::optional("AUTH_PRIVATE_KEY") {
+            Some(pem) => pem,
+            None => {
+                tracing::warn!("AUTH_PRIVATE_KEY is unset: signing with the DEVELOPMENT-ONLY key");
+                DEV_PRIVATE_KEY.to_owned()
+            }
+        };
+        Self::from_pem(&pem, ttl).map_err(|reason| ConfigError {
+            var: "AUTH_PRIVATE_KEY".into(),
+            value: "<redacted>".into(),
+            reason,
+        })
+    }
+
+    /// From an Ed25519 private key in PKCS#8 PEM.
+    pub fn from_pem(pem: &str, ttl: Duration) -> Result<Self, String> {
+        let key = EncodingKey::from_ed_pem(pem.as_bytes())
+            .map_err(|e| format!("not an Ed25519 private key in PEM: {e}"))?;
+        Ok(Self { key, ttl })
+    }
+
+    /// The development key, for tests.
+    pub fn development(ttl: Duration) -> Self {
+        #[allow(clippy::expect_used)] // a constant that is checked by the tests
+        Self::from_pem(DEV_PRIVATE_KEY, ttl).expect("development key parses")
+    }
+
+    /// A token for `user` and the time it expires.
+    pub fn issue(&self, user: ObjectId) -> Result<(String, bson::DateTime)> {
+        self.issue_at(user, bson::DateTime::now())
+    }
+
+    /// A token for `user` as if issued at `now` (tests use it to mint expired tokens).
+    pub fn issue_at(
+        &self,
+        user: ObjectId,
+        now: bson::DateTime,
+    ) -> Result<(String, bson::DateTime)> {
+        let iat = now.timestamp_millis() / 1000;
+        let exp = iat + self.ttl.as_secs() as i64;
+        let claims = Claims {
+            sub: user.to_hex(),
+            iss: ISSUER.into(),
+            aud: AUDIENCE.into(),
+            iat,
+            exp,
+        };
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims, &self.key)
+            .map_err(Error::internal)?;
+        Ok((token, bson::DateTime::from_millis(exp * 1000)))
+    }
+}
+
+/// Verifies access tokens with the public key. Cheap to clone.
+#[derive(Clone)]
+pub struct TokenVerifier {
+    key: Arc<DecodingKey>,
+    validation: Arc<Validation>,
+}
+
+impl TokenVerifier {
+    /// From `AUTH_PUBLIC_KEY` (PEM) in `config`, or the development key.
+    pub fn from_config(config: &crate::config::CommonConfig) -> Result<Self, ConfigError> {
+        match &config.auth_public_key_pem {
+            Some(pem) => Self::from_pem(pem).map_err(|reason| ConfigError {
+                var: "AUTH_PUBLIC_KEY".into(),
+                value: pem.clone(),
+                reason,
+            }),
+            None => {
+                tracing::warn!("AUTH_PUBLIC_KEY is unset: verifying with the DEVELOPMENT-ONLY key");
+                Ok(Self::development())
+            }
+        }
+    }
+
+    /// From an Ed25519 public key in PEM.
+    pub fn from_pem(pem: &str) -> Result<Self, String> {
+        let key = DecodingKey::from_ed_pem(pem.as_bytes())
+            .map_err(|e| format!("not an Ed25519 public key in PEM: {e}"))?;
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.set_issuer(&[ISSUER]);
+        validation.set_audience(&[AUDIENCE]);
+        validation.set_required_spec_claims(&["exp", "sub", "iss", "aud"]);
+        validation.leeway = 30;
+        Ok(Self {
+            key: Arc::new(key),
+            validation: Arc::new(validation),
+        })
+    }
+
+    /// The development key, for tests and local runs.
+    pub fn development() -> Self {
+        #[allow(clippy::expect_used)] // a constant that is checked by the tests
+        Self::from_pem(DEV_PUBLIC_KEY).expect("development key parses")
+    }
+
+    /// The user id a token was issued to, if it is genuine and unexpired.
+    pub fn verify(&self, token: &str) -> Result<ObjectId> {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
+            .map_err(|_| Error::Unauthenticated("the access token is invalid or expired"))?;
+        ObjectId::parse_str(&data.claims.sub)
+            .map_err(|_| Error::Unauthenticated("the access token is invalid or expired"))
+    }
+
+    /// Verifies an `authorization` header value of the form `Bearer <token>`.
+    pub fn verify_header(&self, value: &str) -> Result<ObjectId> {
+        let token = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or(Error::Unauthenticated(
+                "the authorization header must be `Bearer <access token>`",
+            ))?;
+        self.verify(token)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issued_tokens_verify_and_forgeries_do_not() {
+        let issuer = TokenIssuer::development(Duration::from_secs(60));
+        let verifier = TokenVerifier::development();
+        let user = ObjectId::new();
+        let (token, _) = issuer.issue(user).unwrap();
+        assert_eq!(verifier.verify(&token).unwrap(), user);
+        assert_eq!(
+            verifier.verify_header(&format!("Bearer {token}")).unwrap(),
+            user
+        );
+
+        let mut forged = token.clone();
+        forged.pop();
+        forged.push(if token.ends_with('A') { 'B' } else { 'A' });
+        assert!(verifier.verify(&forged).is_err());
+        assert!(verifier.verify_header(&token).is_err());
+    }
+
+    #[test]
+    fn expired_tokens_fail() {
+        let issuer = TokenIssuer::development(Duration::from_secs(60));
+        let long_ago =
+            bson::DateTime::from_millis(bson::DateTime::now().timestamp_millis() - 3_600_000);
+        let (token, _) = issuer.issue_at(ObjectId::new(), long_ago).unwrap();
+        assert!(TokenVerifier::development().verify(&token).is_err());
+    }
+}

@@ -1,0 +1,87 @@
+//! MongoDB: connecting with a short server-selection timeout, the start-up ping, and
+//! idempotent index creation.
+//!
+//! The test machines run `nx-27017`, a wire-protocol stand-in for MongoDB. Where it
+//! differs, the code is written for MongoDB and the difference is handled here, once:
+//! it rejects every insert into a collection that has a compound index containing `_id`,
+//! so on the stand-in such indexes are created without their `_id` key (the queries stay
+//! the same; the stand-in scans tables anyway).
+
+use std::time::Duration;
+
+use bson::{Document, doc};
+use mongodb::{
+    Client, Collection, Database, IndexModel, options::ClientOptions, options::IndexOptions,
+};
+
+use crate::config::CommonConfig;
+
+/// Opens a client for `config` (no I/O until first use, except SRV lookups).
+pub async fn connect(config: &CommonConfig) -> anyhow::Result<Database> {
+    let mut options = ClientOptions::parse(&config.mongodb_uri)
+        .await
+        .map_err(|e| anyhow::anyhow!("MONGODB_URI is not a usable MongoDB URI: {e}"))?;
+    options.server_selection_timeout = Some(config.mongodb_timeout);
+    options.connect_timeout = Some(config.mongodb_timeout);
+    options.app_name = Some(format!("social-{}", config.service));
+    let client = Client::with_options(options)?;
+    Ok(client.database(&config.mongodb_database))
+}
+
+/// Whether the server answers a ping.
+pub async fn ping(db: &Database) -> mongodb::error::Result<()> {
+    db.run_command(doc! { "ping": 1 }).await.map(|_| ())
+}
+
+/// Whether the server is the `nx-27017` stand-in rather than MongoDB.
+pub async fn is_stand_in(db: &Database) -> bool {
+    match db.run_command(doc! { "buildInfo": 1 }).await {
+        Ok(info) => info
+            .get_str("process")
+            .is_ok_and(|p| p.starts_with("nx_27017")),
+        Err(_) => false,
+    }
+}
+
+/// An index: its keys in order, whether unique, and a stable name.
+pub fn index(name: &str, keys: Document, unique: bool) -> IndexModel {
+    IndexModel::builder()
+        .keys(keys)
+        .options(
+            IndexOptions::builder()
+                .name(name.to_owned())
+                .unique(unique)
+                .build(),
+        )
+        .build()
+}
+
+/// Creates `indexes` on `collection` if missing; idempotent. On the stand-in, drops
+/// `_id` from compound keys (see the module docs).
+pub async fn ensure_indexes<T: Send + Sync>(
+    collection: &Collection<T>,
+    indexes: Vec<IndexModel>,
+    stand_in: bool,
+) -> mongodb::error::Result<()> {
+    let indexes = indexes
+        .into_iter()
+        .map(|mut model| {
+            if stand_in && model.keys.len() > 1 {
+                model.keys.remove("_id");
+            }
+            model
+        })
+        .collect::<Vec<_>>();
+    if indexes.is_empty() {
+        return Ok(());
+    }
+    collection.create_indexes(indexes).await.map(|_| ())
+}
+
+/// Waits until the database answers, checking every `every`.
+pub async fn wait_until_reachable(db: &Database, every: Duration) {
+    while let Err(e) = ping(db).await {
+        tracing::warn!(error = %e, "MongoDB is not reachable yet");
+        tokio::time::sleep(every).await;
+    }
+}

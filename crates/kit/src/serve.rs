@@ -1,0 +1,300 @@
+//! `serve()`: one gRPC server with the service's routes, `grpc.health.v1.Health`,
+//! reflection (`v1` and `v1alpha`), a tracing span per request, a gate that verifies
+//! access tokens and holds requests back until start-up is done, and graceful shutdown
+//! with a deadline. Also [`main`], the body of every service's `main()`.
+
+use std::{
+    future::Future,
+    process::ExitCode,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use mongodb::Database;
+use tokio::net::TcpListener;
+use tokio_stream::{StreamExt, wrappers::TcpListenerStream};
+use tokio_util::sync::CancellationToken;
+use tonic::{
+    Request, Status,
+    codegen::http,
+    service::{Interceptor, Routes},
+    transport::Server,
+};
+use tonic_health::ServingStatus;
+
+use crate::{
+    auth::{Caller, TokenVerifier},
+    config::CommonConfig,
+    telemetry::{self, HeaderExtractor},
+};
+
+/// Verifies the access token of every request that carries one (a bad token is
+/// `UNAUTHENTICATED` even on an open RPC) and answers `UNAVAILABLE` until start-up
+/// (indexes) is done. Handlers that need a caller ask [`crate::auth::caller`].
+#[derive(Clone)]
+pub struct Gate {
+    verifier: TokenVerifier,
+    ready: Arc<AtomicBool>,
+}
+
+impl Gate {
+    /// A gate that opens when [`serve`] finishes the service's start-up.
+    pub fn new(verifier: TokenVerifier) -> Self {
+        Self {
+            verifier,
+            ready: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Whether start-up is done.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+}
+
+impl Interceptor for Gate {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if !self.is_ready() {
+            return Err(Status::unavailable(
+                "the service is starting; retry shortly",
+            ));
+        }
+        if let Some(value) = request.metadata().get("authorization") {
+            let value = value
+                .to_str()
+                .map_err(|_| Status::unauthenticated("the authorization header is not text"))?;
+            let user = self.verifier.verify_header(value).map_err(Status::from)?;
+            request.extensions_mut().insert(Caller(user));
+        }
+        Ok(request)
+    }
+}
+
+/// What [`serve`] needs to know about the service.
+pub struct ServeSpec<'a> {
+    /// Shared settings (name, shutdown grace).
+    pub config: &'a CommonConfig,
+    /// The full gRPC name of the service, e.g. `social.user.v1.UserService`.
+    pub grpc_name: &'static str,
+    /// The service's database, pinged for health.
+    pub db: Database,
+    /// The gate its routes were wrapped in.
+    pub gate: Gate,
+}
+
+/// Serves `routes` on `listener` until `shutdown`; then stops accepting, gives in-flight
+/// RPCs `config.shutdown_grace`, and returns.
+///
+/// Health is `NOT_SERVING` until `startup` (ping, indexes) succeeds, retried every
+/// second; then it follows a ping every few seconds, and is `NOT_SERVING` again once
+/// shutdown begins.
+pub async fn serve<S, F>(
+    spec: ServeSpec<'_>,
+    listener: TcpListener,
+    routes: Routes,
+    mut startup: S,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()>
+where
+    S: FnMut() -> F + Send + 'static,
+    F: Future<Output = anyhow::Result<()>> + Send,
+{
+    let (reporter, health) = tonic_health::server::health_reporter();
+    let set_status = {
+        let reporter = reporter.clone();
+        let name = spec.grpc_name;
+        move |status: ServingStatus| {
+            let reporter = reporter.clone();
+            async move {
+                reporter.set_service_status(name, status).await;
+                reporter.set_service_status("", status).await;
+            }
+        }
+    };
+    set_status(ServingStatus::NotServing).await;
+
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(social_proto::FILE_DESCRIPTOR_SET)
+            .with_service_name(spec.grpc_name)
+            .with_service_name("grpc.health.v1.Health")
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+
+    let health_task = tokio::spawn({
+        let db = spec.db.clone();
+        let gate = spec.gate.clone();
+        let shutdown = shutdown.clone();
+        let set_status = set_status.clone();
+        async move {
+            let mut serving = false;
+            loop {
+                let ok = if gate.is_ready() {
+                    crate::mongo::ping(&db).await.is_ok()
+                } else {
+                    match startup().await {
+                        Ok(()) => {
+                            gate.ready.store(true, Ordering::Release);
+                            tracing::info!("start-up done");
+                            true
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %format!("{e:#}"), "start-up failed; retrying");
+                            false
+                        }
+                    }
+                };
+                if ok != serving {
+                    serving = ok;
+                    let status = if ok {
+                        ServingStatus::Serving
+                    } else {
+                        ServingStatus::NotServing
+                    };
+                    tracing::info!(?status, "health");
+                    set_status(status).await;
+                }
+                let pause = if ok {
+                    Duration::from_secs(5)
+                } else {
+                    Duration::from_secs(1)
+                };
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(pause) => {}
+                }
+            }
+        }
+    });
+
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, service = spec.grpc_name, "listening");
+    let incoming = TcpListenerStream::new(listener).map(|conn| {
+        if let Ok(stream) = &conn {
+            let _ = stream.set_nodelay(true);
+        }
+        conn
+    });
+    let stop_accepting = {
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown.cancelled().await;
+            set_status(ServingStatus::NotServing).await;
+            tracing::info!("shutting down: no new connections");
+        }
+    };
+    let server = Server::builder()
+        .trace_fn(request_span)
+        .add_routes(routes)
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .serve_with_incoming_shutdown(incoming, stop_accepting);
+    tokio::pin!(server);
+
+    let result = tokio::select! {
+        r = &mut server => r,
+        () = shutdown.cancelled() => {
+            match tokio::time::timeout(spec.config.shutdown_grace, &mut server).await {
+                Ok(r) => r,
+                Err(_) => {
+                    tracing::warn!(grace = ?spec.config.shutdown_grace, "in-flight RPCs outlived the shutdown grace; dropping them");
+                    Ok(())
+                }
+            }
+        }
+    };
+    health_task.abort();
+    result.map_err(Into::into)
+}
+
+fn request_span(request: &http::Request<()>) -> tracing::Span {
+    let method = request.uri().path().trim_start_matches('/');
+    let span = tracing::info_span!(
+        "grpc.request",
+        otel.name = %method,
+        otel.kind = "server",
+        rpc.system = "grpc",
+    );
+    telemetry::extract(&span, &HeaderExtractor(request.headers()));
+    span
+}
+
+/// A token cancelled on SIGTERM or SIGINT (Ctrl-C).
+pub fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot listen for SIGTERM");
+                        let _ = ctrl_c.await;
+                        cancel.cancel();
+                        return;
+                    }
+                };
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        tracing::info!("shutdown signal received");
+        cancel.cancel();
+    });
+    token
+}
+
+/// The body of a service's `main()`: telemetry, bind, run until a signal, flush. `run`
+/// gets the bound listener and the shutdown token.
+pub async fn main<R, F>(config: &CommonConfig, run: R) -> ExitCode
+where
+    R: FnOnce(TcpListener, CancellationToken) -> F,
+    F: Future<Output = anyhow::Result<()>>,
+{
+    let telemetry = match telemetry::init(config.service, config.log_format) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("cannot start telemetry: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let listener = match TcpListener::bind(config.listen_addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(addr = %config.listen_addr, error = %e, "cannot listen");
+            telemetry.shutdown();
+            return ExitCode::FAILURE;
+        }
+    };
+    let shutdown = shutdown_on_signals();
+    let code = match run(listener, shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "service failed");
+            ExitCode::FAILURE
+        }
+    };
+    telemetry.shutdown();
+    code
+}
+
+/// Loads a configuration or exits with a message naming the bad variable.
+pub fn load_config<C, E: std::fmt::Display>(
+    load: impl FnOnce() -> Result<C, E>,
+) -> Result<C, ExitCode> {
+    load().map_err(|e| {
+        eprintln!("configuration error: {e}");
+        ExitCode::from(2)
+    })
+}

@@ -1,0 +1,127 @@
+//! Logs and traces: `tracing` with a human or JSON formatter (`LOG_FORMAT`), a `RUST_LOG`
+//! filter, and OpenTelemetry spans exported over OTLP only when
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` is set. W3C trace context travels in gRPC metadata (and,
+//! through [`inject`] / [`extract`], in any other string map such as AMQP headers).
+
+use std::{collections::HashMap, sync::Once};
+
+use opentelemetry::{
+    propagation::{Extractor, Injector},
+    trace::TracerProvider as _,
+};
+use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::{EnvFilter, Layer, layer::SubscriberExt, util::SubscriberInitExt};
+
+use crate::config::LogFormat;
+
+/// Keeps the trace pipeline alive; call [`Telemetry::shutdown`] to flush it at exit.
+pub struct Telemetry {
+    provider: SdkTracerProvider,
+}
+
+impl Telemetry {
+    /// Flushes spans not yet exported and stops the exporter.
+    pub fn shutdown(self) {
+        if let Err(e) = self.provider.shutdown() {
+            eprintln!("failed to flush traces: {e}");
+        }
+    }
+}
+
+/// Installs the global subscriber and propagator. Call once, at start-up.
+pub fn init(service: &'static str, format: LogFormat) -> anyhow::Result<Telemetry> {
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    let mut builder = SdkTracerProvider::builder().with_resource(
+        Resource::builder()
+            .with_service_name(format!("social-{service}"))
+            .build(),
+    );
+    if crate::config::optional("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() {
+        // The exporter reads the endpoint and the other OTEL_* variables itself.
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .build()?;
+        builder = builder.with_batch_exporter(exporter);
+    }
+    let provider = builder.build();
+    let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer(service));
+
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,h2=warn,tower=warn,lapin=warn,hyper=warn"));
+    let fmt = match format {
+        LogFormat::Human => tracing_subscriber::fmt::layer().boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .with_current_span(true)
+            .flatten_event(true)
+            .boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(otel)
+        .try_init()?;
+    Ok(Telemetry { provider })
+}
+
+/// For tests: silent unless `TEST_LOG` is set; safe to call from every test.
+pub fn init_for_tests() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+        if std::env::var_os("TEST_LOG").is_some() {
+            let filter =
+                EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_test_writer()
+                .try_init();
+        }
+    });
+}
+
+/// Writes the current span's trace context into `carrier`.
+pub fn inject(span: &tracing::Span, carrier: &mut dyn Injector) {
+    let cx = span.context();
+    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&cx, carrier));
+}
+
+/// Makes `span` a child of the trace context found in `carrier`, if any.
+pub fn extract(span: &tracing::Span, carrier: &dyn Extractor) {
+    let cx = opentelemetry::global::get_text_map_propagator(|p| p.extract(carrier));
+    let _ = span.set_parent(cx);
+}
+
+/// Trace context as a plain string map (for AMQP headers).
+pub fn current_context_map() -> HashMap<String, String> {
+    let mut map = HashMap::new();
+    inject(&tracing::Span::current(), &mut map);
+    map
+}
+
+/// Reads trace context from HTTP/2 headers (gRPC metadata).
+pub struct HeaderExtractor<'a>(pub &'a tonic::codegen::http::HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+/// Writes trace context into gRPC metadata.
+pub struct MetadataInjector<'a>(pub &'a mut tonic::metadata::MetadataMap);
+
+impl Injector for MetadataInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(k), Ok(v)) = (
+            tonic::metadata::MetadataKey::from_bytes(key.as_bytes()),
+            tonic::metadata::MetadataValue::try_from(value),
+        ) {
+            self.0.insert(k, v);
+        }
+    }
+}

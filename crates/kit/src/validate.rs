@@ -1,0 +1,154 @@
+//! Validation helpers shared by the services' request parsers. Each returns
+//! `Err(description)`; the caller records it against the field path with
+//! [`crate::error::Violations`].
+
+use std::str::FromStr;
+
+use bson::oid::ObjectId;
+
+/// Parses a 24-character hex ObjectId.
+pub fn object_id(s: &str) -> Result<ObjectId, String> {
+    if s.is_empty() {
+        return Err("is required".into());
+    }
+    if s.len() != 24 {
+        return Err("must be a 24-character hex id".into());
+    }
+    ObjectId::parse_str(s).map_err(|_| "must be a 24-character hex id".into())
+}
+
+/// Parses a batch of ids (1..=100), naming each bad one by its index.
+pub fn id_batch(field: &str, ids: &[String], v: &mut crate::error::Violations) -> Vec<ObjectId> {
+    if ids.is_empty() {
+        v.add(field, "must contain at least one id");
+    } else if ids.len() > MAX_BATCH {
+        v.add(field, format!("must contain at most {MAX_BATCH} ids"));
+    }
+    let mut out = Vec::with_capacity(ids.len());
+    for (i, id) in ids.iter().enumerate() {
+        if let Some(oid) = v.take(&format!("{field}[{i}]"), object_id(id))
+            && !out.contains(&oid)
+        {
+            out.push(oid);
+        }
+    }
+    out
+}
+
+/// Largest batch of ids in one request.
+pub const MAX_BATCH: usize = 100;
+
+/// Number of Unicode scalar values in `s`.
+pub fn chars(s: &str) -> usize {
+    s.chars().count()
+}
+
+/// At most `max` characters.
+pub fn max_chars(s: &str, max: usize) -> Result<(), String> {
+    if chars(s) > max {
+        Err(format!("must be at most {max} characters"))
+    } else {
+        Ok(())
+    }
+}
+
+/// 3-30 characters of `[A-Za-z0-9_]`.
+pub fn username(s: &str) -> Result<(), String> {
+    let n = s.len();
+    if !(3..=30).contains(&n) {
+        return Err("must be 3 to 30 characters".into());
+    }
+    if !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        return Err("may contain only letters, digits and _".into());
+    }
+    Ok(())
+}
+
+/// One `@`, a non-empty local part, a domain with a dot, at most 254 characters;
+/// returns the address lowercased.
+pub fn email(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err("is required".into());
+    }
+    if chars(s) > 254 {
+        return Err("must be at most 254 characters".into());
+    }
+    let mut parts = s.split('@');
+    let (Some(local), Some(domain), None) = (parts.next(), parts.next(), parts.next()) else {
+        return Err("must contain exactly one @".into());
+    };
+    if local.is_empty() {
+        return Err("must have a name before the @".into());
+    }
+    let dotted = domain.split('.').collect::<Vec<_>>();
+    if dotted.len() < 2 || dotted.iter().any(|label| label.is_empty()) {
+        return Err("must have a domain with a dot after the @".into());
+    }
+    if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("must not contain spaces".into());
+    }
+    Ok(s.to_lowercase())
+}
+
+/// 8-128 characters.
+pub fn password(s: &str) -> Result<(), String> {
+    let n = chars(s);
+    if !(8..=128).contains(&n) {
+        return Err("must be 8 to 128 characters".into());
+    }
+    Ok(())
+}
+
+/// An absolute `http` or `https` URL of at most 2048 characters.
+pub fn url(s: &str) -> Result<(), String> {
+    if s.len() > 2048 {
+        return Err("must be at most 2048 characters".into());
+    }
+    let uri = tonic::codegen::http::Uri::from_str(s)
+        .map_err(|_| "must be an absolute http or https URL".to_owned())?;
+    let scheme_ok = matches!(uri.scheme_str(), Some("http" | "https"));
+    let host_ok = uri.host().is_some_and(|h| !h.is_empty());
+    if scheme_ok && host_ok {
+        Ok(())
+    } else {
+        Err("must be an absolute http or https URL".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usernames() {
+        assert!(username("al").is_err());
+        assert!(username("alice_01").is_ok());
+        assert!(username("alice!").is_err());
+        assert!(username(&"a".repeat(31)).is_err());
+    }
+
+    #[test]
+    fn emails() {
+        assert_eq!(email("Alice@Example.COM"), Ok("alice@example.com".into()));
+        assert!(email("a@b").is_err());
+        assert!(email("@b.c").is_err());
+        assert!(email("a@@b.c").is_err());
+        assert!(email("a@b..c").is_err());
+    }
+
+    #[test]
+    fn urls() {
+        assert!(url("https://cdn.example.com/a.png").is_ok());
+        assert!(url("ftp://x.y/z").is_err());
+        assert!(url("/relative").is_err());
+        assert!(url(&format!("https://x.y/{}", "a".repeat(2048))).is_err());
+    }
+
+    #[test]
+    fn ids() {
+        assert!(object_id("65f0c0ffee0123456789abcd").is_ok());
+        assert!(object_id("xyz").is_err());
+        assert!(object_id("").is_err());
+    }
+}

@@ -1,0 +1,175 @@
+//! For tests only: start a service in-process on `127.0.0.1:0` against a fresh database,
+//! wait until it reports SERVING, and talk to it with a real tonic client. Also token
+//! minting and helpers to read a status's field violations.
+//!
+//! Stores come from the environment `scripts/test` prepares: `MONGODB_URI` (default
+//! `mongodb://127.0.0.1:27017`) and RabbitMQ on `AMQP_URL`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{future::Future, net::SocketAddr, time::Duration};
+
+use bson::oid::ObjectId;
+use social_kit::auth::TokenIssuer;
+use tokio::{net::TcpListener, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Status, transport::Channel};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+use tonic_types::StatusExt;
+
+/// The MongoDB the tests use.
+pub fn mongodb_uri() -> String {
+    social_kit::config::optional("MONGODB_URI")
+        .unwrap_or_else(|| social_kit::config::DEFAULT_MONGODB_URI.into())
+}
+
+/// A name no other test uses: `prefix_<random hex>`.
+pub fn unique_name(prefix: &str) -> String {
+    format!("{prefix}_{}", ObjectId::new().to_hex())
+}
+
+/// A service running in this process. Dropping it shuts it down.
+pub struct Running {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Cancelling it shuts the service down.
+    pub shutdown: CancellationToken,
+    handle: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Running {
+    /// A client channel to it.
+    pub async fn channel(&self) -> Channel {
+        channel(self.addr).await
+    }
+
+    /// Shuts it down and waits until it has stopped.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        match self.handle.take() {
+            Some(h) => h.await?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Starts `run(listener, shutdown)` on an ephemeral port and waits until its health
+/// check says SERVING.
+pub async fn start<R, F>(run: R) -> Running
+where
+    R: FnOnce(TcpListener, CancellationToken) -> F,
+    F: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    social_kit::telemetry::init_for_tests();
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    let shutdown = CancellationToken::new();
+    let handle = tokio::spawn(run(listener, shutdown.clone()));
+    let running = Running {
+        addr,
+        shutdown,
+        handle: Some(handle),
+    };
+    wait_serving(addr, "").await;
+    running
+}
+
+/// Waits (up to 30 s) until the server at `addr` reports SERVING for `service`.
+pub async fn wait_serving(addr: SocketAddr, service: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(ch) = Channel::from_shared(format!("http://{addr}"))
+            .expect("uri")
+            .connect()
+            .await
+        {
+            let status = HealthClient::new(ch)
+                .check(HealthCheckRequest {
+                    service: service.into(),
+                })
+                .await
+                .map(|r| r.into_inner().status);
+            if status.is_ok_and(|s| s == ServingStatus::Serving as i32) {
+                return;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{addr} never became SERVING"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A connected client channel.
+pub async fn channel(addr: SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect")
+}
+
+/// An access token for `user`, signed with the development key the services trust in
+/// tests.
+pub fn token_for(user: ObjectId) -> String {
+    TokenIssuer::development(Duration::from_secs(900))
+        .issue(user)
+        .expect("issue")
+        .0
+}
+
+/// A token that expired an hour ago.
+pub fn expired_token_for(user: ObjectId) -> String {
+    let an_hour_ago =
+        bson::DateTime::from_millis(bson::DateTime::now().timestamp_millis() - 3_600_000);
+    TokenIssuer::development(Duration::from_secs(60))
+        .issue_at(user, an_hour_ago)
+        .expect("issue")
+        .0
+}
+
+/// `message` with `authorization: Bearer <token>`.
+pub fn authed<T>(message: T, token: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("ascii"),
+    );
+    request
+}
+
+/// The fields named by a status's `BadRequest` details, in order.
+pub fn violated_fields(status: &Status) -> Vec<String> {
+    status
+        .get_error_details()
+        .bad_request()
+        .map(|b| b.field_violations.iter().map(|f| f.field.clone()).collect())
+        .unwrap_or_default()
+}
+
+/// Polls `check` until it returns `Some` or `timeout` passes.
+pub async fn eventually<T, F, Fut>(timeout: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return Some(v);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

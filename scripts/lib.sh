@@ -1,0 +1,111 @@
+# Shared by scripts/test and scripts/up: the virtualenv, MongoDB (or its stand-in),
+# RabbitMQ, and clean-up of whatever was started. Source it; do not run it.
+#
+# Known differences of the MongoDB stand-in nx-27017 0.8.1 (the code is written for
+# MongoDB; these are handled or avoided, and listed so that nobody rediscovers them):
+#   - a compound index containing `_id` makes every insert fail (code 8): kit::mongo
+#     drops `_id` from compound index keys when it detects the stand-in (buildInfo);
+#   - collation indexes are neither enforced nor used by queries: usernames are unique
+#     through a lowercase copy (`username_lower`);
+#   - `$setOnInsert` is ignored in find_one_and_update upserts: not used;
+#   - partialFilterExpression is ignored (the index applies to every document), and a
+#     unique index does not treat missing fields as equal: unique keys are only on
+#     fields every document has;
+#   - multi-document transactions are not isolated: correctness never depends on one;
+#   - every query is a table scan, count_documents is slow: compare speeds only as
+#     ratios against the same server;
+#   - its default mode shares one SQLite file between databases: started with
+#     --data-dir (memory for tests), its own log and pid files.
+
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+RUN_DIR="$ROOT/.run"
+VENV="$ROOT/.venv"
+mkdir -p "$RUN_DIR"
+
+# Reuse one build directory outside the clone when there is one: CI clones afresh.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/social-network/target}"
+export AMQP_URL="${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
+
+STARTED_PIDS=()
+
+log() { printf '\033[1;34m==>\033[0m %s\n' "$*" >&2; }
+die() { printf '\033[1;31merror:\033[0m %s\n' "$*" >&2; exit 1; }
+
+port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+wait_port() { # host port seconds what
+    local i
+    for ((i = 0; i < $3 * 10; i++)); do
+        port_open "$1" "$2" && return 0
+        sleep 0.1
+    done
+    die "$4 did not open $1:$2 within $3 s"
+}
+
+ensure_rust_tools() {
+    command -v cargo >/dev/null || die "cargo is not installed (https://rustup.rs)"
+    if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+        log "installing rustfmt and clippy"
+        rustup component add rustfmt clippy
+    fi
+}
+
+ensure_venv() {
+    local stamp="$VENV/.requirements"
+    if [[ -x "$VENV/bin/python" ]] && cmp -s "$ROOT/scripts/requirements.txt" "$stamp"; then
+        return 0
+    fi
+    log "creating the project virtualenv (.venv) with $(grep -v '^#' "$ROOT/scripts/requirements.txt" | xargs)"
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check -r "$ROOT/scripts/requirements.txt"
+    cp "$ROOT/scripts/requirements.txt" "$stamp"
+}
+
+# Starts the MongoDB stand-in unless MONGODB_URI points somewhere. $1: data dir
+# ("memory" for a throw-away one), $2: preferred port (a free one if taken).
+ensure_mongodb() {
+    if [[ -n "${MONGODB_URI:-}" ]]; then
+        log "using MongoDB at MONGODB_URI"
+        return 0
+    fi
+    local data="$1" port="${2:-}"
+    if [[ -z "$port" ]] || port_open 127.0.0.1 "$port"; then port="$(free_port)"; fi
+    [[ "$data" == memory ]] || mkdir -p "$data"
+    log "starting the MongoDB stand-in nx-27017 on 127.0.0.1:$port (data: $data)"
+    "$VENV/bin/nx-27017" --data-dir "$data" --host 127.0.0.1 -p "$port" \
+        --log-file "$RUN_DIR/nx-27017-$port.log" --pid-file "$RUN_DIR/nx-27017-$port.pid" \
+        >>"$RUN_DIR/nx-27017.out" 2>&1 &
+    STARTED_PIDS+=("$!")
+    wait_port 127.0.0.1 "$port" 30 "nx-27017 (see $RUN_DIR/nx-27017.out)"
+    export MONGODB_URI="mongodb://127.0.0.1:$port/?directConnection=true"
+}
+
+ensure_rabbitmq() {
+    if port_open 127.0.0.1 5672; then return 0; fi
+    if ! command -v rabbitmq-server >/dev/null && [[ ! -x /usr/sbin/rabbitmq-server ]]; then
+        log "installing RabbitMQ (apt-get install rabbitmq-server)"
+        local sudo=""; [[ "$(id -u)" == 0 ]] || sudo="sudo"
+        $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q rabbitmq-server >/dev/null ||
+            { $sudo apt-get update -q >/dev/null && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q rabbitmq-server >/dev/null; }
+    fi
+    log "starting RabbitMQ"
+    PATH="$PATH:/usr/sbin" rabbitmq-server -detached
+    wait_port 127.0.0.1 5672 90 "RabbitMQ"
+}
+
+stop_started() {
+    local pid
+    for pid in "${STARTED_PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${STARTED_PIDS[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    STARTED_PIDS=()
+}

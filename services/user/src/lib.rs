@@ -1,0 +1,90 @@
+//! The user service: accounts, profiles, Argon2id passwords and access tokens. Owns the
+//! `users` collection. [`run`] is what `main` and the tests call.
+
+mod api;
+mod password;
+mod store;
+
+use std::time::Duration;
+
+use social_kit::{
+    auth::{TokenIssuer, TokenVerifier},
+    config::{CommonConfig, ConfigError},
+    serve::{Gate, ServeSpec, serve},
+};
+use social_proto::user::v1::user_service_server::{SERVICE_NAME, UserServiceServer};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
+
+/// Everything the user service reads from its environment.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Settings every service has; listens on `USER_ADDR`.
+    pub common: CommonConfig,
+    /// `AUTH_PRIVATE_KEY`: PEM of the Ed25519 key that signs access tokens.
+    pub private_key_pem: Option<String>,
+    /// `AUTH_TOKEN_TTL_SECS`: how long an access token lives.
+    pub token_ttl: Duration,
+}
+
+impl Config {
+    /// Reads the environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Ok(Self {
+            common: CommonConfig::from_env("user", "USER_ADDR", "127.0.0.1:50051")?,
+            private_key_pem: social_kit::config::optional("AUTH_PRIVATE_KEY"),
+            token_ttl: social_kit::config::seconds_or("AUTH_TOKEN_TTL_SECS", 900)?,
+        })
+    }
+
+    /// Local stores, the given database, an ephemeral port, development keys.
+    pub fn for_tests(mongodb_uri: &str, database: &str) -> Self {
+        Self {
+            common: CommonConfig::for_tests("user", mongodb_uri, database),
+            private_key_pem: None,
+            token_ttl: Duration::from_secs(900),
+        }
+    }
+
+    fn issuer(&self) -> anyhow::Result<TokenIssuer> {
+        match &self.private_key_pem {
+            Some(pem) => TokenIssuer::from_pem(pem, self.token_ttl).map_err(|reason| {
+                ConfigError {
+                    var: "AUTH_PRIVATE_KEY".into(),
+                    value: "<redacted>".into(),
+                    reason,
+                }
+                .into()
+            }),
+            None => {
+                tracing::warn!("AUTH_PRIVATE_KEY is unset: signing with the DEVELOPMENT-ONLY key");
+                Ok(TokenIssuer::development(self.token_ttl))
+            }
+        }
+    }
+}
+
+/// Serves the user service on `listener` until `shutdown` is cancelled.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let db = social_kit::mongo::connect(&config.common).await?;
+    let store = store::Store::new(&db);
+    let gate = Gate::new(TokenVerifier::from_config(&config.common)?);
+    let api = api::Api::new(store.clone(), config.issuer()?, password::Hasher::new()?);
+    let routes = Routes::new(UserServiceServer::with_interceptor(api, gate.clone()));
+    let startup = move || {
+        let store = store.clone();
+        async move { store.init().await }
+    };
+    let spec = ServeSpec {
+        config: &config.common,
+        grpc_name: SERVICE_NAME,
+        db,
+        gate,
+    };
+    serve(spec, listener, routes, startup, shutdown).await
+}
