@@ -5,6 +5,7 @@
 # MongoDB; these are handled or avoided, and listed so that nobody rediscovers them):
 #   - a compound index containing `_id` makes every insert fail (code 8): kit::mongo
 #     drops `_id` from compound index keys when it detects the stand-in (buildInfo);
+#   - a date written by $set is stored as text: kit::time::lenient reads both forms;
 #   - collation indexes are neither enforced nor used by queries: usernames are unique
 #     through a lowercase copy (`username_lower`);
 #   - `$setOnInsert` is ignored in find_one_and_update upserts: not used;
@@ -12,6 +13,9 @@
 #     unique index does not treat missing fields as equal: unique keys are only on
 #     fields every document has;
 #   - multi-document transactions are not isolated: correctness never depends on one;
+#   - equality (plain or $eq) on an ObjectId field other than _id never matches, though
+#     $in does: kit::mongo::is() writes such filters as a one-element $in, which MongoDB
+#     plans as the same equality;
 #   - every query is a table scan, count_documents is slow: compare speeds only as
 #     ratios against the same server;
 #   - its default mode shares one SQLite file between databases: started with

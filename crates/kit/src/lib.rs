@@ -6,7 +6,9 @@
 //! Nothing service-specific lives here: no documents, no RPC handlers.
 
 pub mod auth;
+pub mod client;
 pub mod config;
+pub mod content;
 pub mod error;
 pub mod mongo;
 pub mod paging;

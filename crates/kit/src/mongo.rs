@@ -85,3 +85,11 @@ pub async fn wait_until_reachable(db: &Database, every: Duration) {
         tokio::time::sleep(every).await;
     }
 }
+
+/// Equality on a field holding an ObjectId other than `_id`, written as a one-element
+/// `$in`. MongoDB plans a one-element `$in` exactly as an equality (same index bounds);
+/// the stand-in nx-27017 0.8.1 never matches a plain or `$eq` equality on such a field
+/// (it does on `_id`, and `$in` works), so every such filter goes through here.
+pub fn is(id: bson::oid::ObjectId) -> bson::Bson {
+    bson::Bson::Document(doc! { "$in": [id] })
+}

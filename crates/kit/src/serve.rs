@@ -119,6 +119,7 @@ where
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(social_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .with_service_name(spec.grpc_name)
             .with_service_name("grpc.health.v1.Health")
     };

@@ -173,3 +173,33 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The services a server advertises through reflection `v1alpha`, as grpcurl 1.8 asks.
+pub async fn reflected_services(addr: SocketAddr) -> Vec<String> {
+    use tonic_reflection::pb::v1alpha::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = ServerReflectionClient::new(channel(addr).await)
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .expect("reflection")
+        .into_inner();
+    match responses
+        .message()
+        .await
+        .expect("answer")
+        .and_then(|r| r.message_response)
+    {
+        Some(MessageResponse::ListServicesResponse(list)) => {
+            let mut names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
+            names.sort();
+            names
+        }
+        other => panic!("unexpected reflection answer {other:?}"),
+    }
+}

@@ -15,7 +15,7 @@ use social_testkit::{
 use tonic::{Code, Request, transport::Channel};
 
 struct App {
-    _running: Running,
+    running: Running,
     client: UserServiceClient<Channel>,
 }
 
@@ -23,10 +23,7 @@ async fn spawn() -> App {
     let config = social_user::Config::for_tests(&mongodb_uri(), &unique_name("user_it"));
     let running = start(|listener, shutdown| social_user::run(config, listener, shutdown)).await;
     let client = UserServiceClient::new(running.channel().await);
-    App {
-        _running: running,
-        client,
-    }
+    App { running, client }
 }
 
 fn registration(username: &str) -> RegisterRequest {
@@ -532,4 +529,22 @@ async fn an_unreachable_database_is_unavailable_fast() {
 
     shutdown.cancel();
     server.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn reflection_lists_the_service_and_health() {
+    let app = spawn().await;
+    let services = social_testkit::reflected_services(app.running.addr).await;
+    assert!(
+        services.contains(&"social.user.v1.UserService".to_owned()),
+        "{services:?}"
+    );
+    assert!(
+        services.contains(&"grpc.health.v1.Health".to_owned()),
+        "{services:?}"
+    );
+    assert!(
+        !services.iter().any(|s| s.contains("PostService")),
+        "{services:?}"
+    );
 }

@@ -1,0 +1,199 @@
+//! The body of a post or a comment: trimmed text of at most 500 characters and up to
+//! four media items, validated once here for both the post and the engagement service.
+//! [`MediaDoc`] is how a media item is stored in either service's documents.
+
+use serde::{Deserialize, Serialize};
+use social_proto::common::v1::Media;
+
+use crate::{error::Violations, validate};
+
+/// Most characters (Unicode scalar values) in a post or comment.
+pub const MAX_CONTENT_CHARS: usize = 500;
+/// Most media items on one post or comment.
+pub const MAX_MEDIA: usize = 4;
+/// Largest width or height, in pixels.
+pub const MAX_DIMENSION: i32 = 16384;
+
+/// A stored media item.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MediaDoc {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub url: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub thumbnail_url: String,
+    pub width: i32,
+    pub height: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<f64>,
+}
+
+impl From<MediaDoc> for Media {
+    fn from(m: MediaDoc) -> Self {
+        Self {
+            r#type: m.kind,
+            url: m.url,
+            thumbnail_url: m.thumbnail_url,
+            width: m.width,
+            height: m.height,
+            duration: m.duration,
+        }
+    }
+}
+
+/// Validates text: trimmed, at most 500 characters. Records under `field`.
+pub fn text(field: &str, content: &str, v: &mut Violations) -> String {
+    let trimmed = content.trim();
+    v.check(field, validate::max_chars(trimmed, MAX_CONTENT_CHARS));
+    trimmed.to_owned()
+}
+
+/// Validates media items; violations are named `<field>[i].<name>`.
+pub fn media(field: &str, items: &[Media], v: &mut Violations) -> Vec<MediaDoc> {
+    if items.len() > MAX_MEDIA {
+        v.add(field, format!("must have at most {MAX_MEDIA} items"));
+    }
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let at = |name: &str| format!("{field}[{i}].{name}");
+            let kind = m.r#type.trim().to_ascii_lowercase();
+            match kind.as_str() {
+                "image" => {
+                    if m.duration.is_some() {
+                        v.add(at("duration"), "must be absent for an image");
+                    }
+                }
+                "video" | "gif" => match m.duration {
+                    None => v.add(at("duration"), format!("is required for a {kind}")),
+                    Some(d) if !(d.is_finite() && d > 0.0) => {
+                        v.add(at("duration"), "must be more than 0 seconds")
+                    }
+                    Some(_) => {}
+                },
+                "" => v.add(at("type"), "is required: image, video or gif"),
+                _ => v.add(at("type"), "must be image, video or gif"),
+            }
+            v.check(&at("url"), validate::url(m.url.trim()));
+            if !m.thumbnail_url.trim().is_empty() {
+                v.check(&at("thumbnail_url"), validate::url(m.thumbnail_url.trim()));
+            }
+            for (name, value) in [("width", m.width), ("height", m.height)] {
+                if !(1..=MAX_DIMENSION).contains(&value) {
+                    v.add(at(name), format!("must be 1 to {MAX_DIMENSION} pixels"));
+                }
+            }
+            MediaDoc {
+                kind,
+                url: m.url.trim().to_owned(),
+                thumbnail_url: m.thumbnail_url.trim().to_owned(),
+                width: m.width,
+                height: m.height,
+                duration: m.duration,
+            }
+        })
+        .collect()
+}
+
+/// Text may be empty only when media is present.
+pub fn require_something(field: &str, text: &str, media: &[MediaDoc], v: &mut Violations) {
+    if text.is_empty() && media.is_empty() {
+        v.add(field, "must not be empty unless media is attached");
+    }
+}
+
+/// `@usernames` mentioned in `text`: distinct (case-insensitively), in order, at most
+/// `max`. A mention is `@` not preceded by a word character, then 3-30 of `[A-Za-z0-9_]`.
+pub fn mentions(text: &str, max: usize) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let bytes = text.as_bytes();
+    let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    let mut i = 0;
+    while i < bytes.len() && out.len() < max {
+        if bytes[i] == b'@' && (i == 0 || !word(bytes[i - 1])) {
+            let start = i + 1;
+            let mut end = start;
+            while end < bytes.len() && word(bytes[end]) {
+                end += 1;
+            }
+            let name = &text[start..end];
+            if (3..=30).contains(&name.len()) && !out.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+                out.push(name.to_owned());
+            }
+            i = end.max(i + 1);
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(kind: &str, duration: Option<f64>) -> Media {
+        Media {
+            r#type: kind.into(),
+            url: "https://cdn.example.com/x".into(),
+            thumbnail_url: String::new(),
+            width: 640,
+            height: 480,
+            duration,
+        }
+    }
+
+    #[test]
+    fn media_rules() {
+        let mut v = Violations::default();
+        let ok = media(
+            "media",
+            &[
+                item("image", None),
+                item("video", Some(3.5)),
+                item("GIF", Some(1.0)),
+            ],
+            &mut v,
+        );
+        assert!(v.finish().is_ok());
+        assert_eq!(ok[2].kind, "gif");
+
+        let mut v = Violations::default();
+        media(
+            "media",
+            &[
+                item("image", Some(1.0)),
+                item("video", None),
+                item("audio", None),
+                item("gif", Some(0.0)),
+                item("image", None),
+            ],
+            &mut v,
+        );
+        let fields: Vec<String> = match v.finish() {
+            Err(crate::Error::InvalidArgument(vs)) => vs.into_iter().map(|x| x.field).collect(),
+            _ => panic!(),
+        };
+        assert_eq!(
+            fields,
+            [
+                "media",
+                "media[0].duration",
+                "media[1].duration",
+                "media[2].type",
+                "media[3].duration"
+            ]
+        );
+    }
+
+    #[test]
+    fn mentions_are_distinct_and_capped() {
+        assert_eq!(
+            mentions("hi @Bob and @bob, @carol! mail a@b.c @x", 10),
+            ["Bob", "carol"]
+        );
+        let many: String = (0..15).map(|i| format!("@user{i:02} ")).collect();
+        assert_eq!(mentions(&many, 10).len(), 10);
+    }
+}

@@ -1,0 +1,180 @@
+//! `social.graph.v1.SocialGraphService`: request → validated ids → store → response.
+
+use bson::oid::ObjectId;
+use social_kit::{
+    Error, Result, auth::caller, client::Peer, error::Violations, paging::PageRequest,
+    time::to_timestamp, validate,
+};
+use social_proto::{
+    graph::v1::{
+        Follow, FollowRequest, GetRelationshipRequest, ListFollowersRequest, ListFollowersResponse,
+        ListFollowingIdsRequest, ListFollowingIdsResponse, ListFollowingRequest,
+        ListFollowingResponse, Relationship, UnfollowRequest,
+        social_graph_service_server::SocialGraphService,
+    },
+    user::v1::{GetUserRequest, user_service_client::UserServiceClient},
+};
+use tonic::{Code, Request, Response, Status};
+
+use crate::store::{FollowDoc, Store};
+
+/// Most ids one ListFollowingIds answer carries.
+const MAX_FOLLOWING_IDS: usize = 10_000;
+
+pub struct Api {
+    store: Store,
+    users: Peer,
+}
+
+impl Api {
+    pub fn new(store: Store, users: Peer) -> Self {
+        Self { store, users }
+    }
+
+    /// NOT_FOUND unless the user service knows `user`.
+    async fn ensure_user_exists(&self, user: ObjectId) -> Result<()> {
+        let mut client = UserServiceClient::new(self.users.channel());
+        let request = self.users.request(GetUserRequest { id: user.to_hex() });
+        match self.users.call(client.get_user(request)).await {
+            Ok(_) => Ok(()),
+            Err(status) if status.code() == Code::NotFound => Err(Error::NotFound("user")),
+            Err(status) => Err(self.users.error(status)),
+        }
+    }
+}
+
+impl From<FollowDoc> for Follow {
+    fn from(f: FollowDoc) -> Self {
+        Self {
+            follower_id: f.follower_id.to_hex(),
+            followee_id: f.followee_id.to_hex(),
+            created_at: Some(to_timestamp(f.created_at)),
+        }
+    }
+}
+
+fn id(field: &str, value: &str) -> Result<ObjectId> {
+    validate::object_id(value).map_err(|d| Error::invalid(field, d))
+}
+
+/// A validated list request: whose list and which page.
+fn list_request(
+    kind: &str,
+    user_id: &str,
+    page_size: i32,
+    page_token: &str,
+) -> Result<(ObjectId, PageRequest)> {
+    let mut v = Violations::default();
+    let user = v.take("user_id", validate::object_id(user_id));
+    let page = PageRequest::parse(page_size, page_token, format!("{kind}:{user_id}"), &mut v);
+    v.finish()?;
+    Ok((user.unwrap_or_default(), page))
+}
+
+#[tonic::async_trait]
+impl SocialGraphService for Api {
+    async fn follow(&self, request: Request<FollowRequest>) -> Result<Response<Follow>, Status> {
+        let me = caller(&request)?;
+        let followee = id("followee_id", &request.get_ref().followee_id)?;
+        if followee == me {
+            return Err(Error::invalid("followee_id", "you cannot follow yourself").into());
+        }
+        if let Some(existing) = self.store.get(me, followee).await? {
+            return Ok(Response::new(existing.into()));
+        }
+        self.ensure_user_exists(followee).await?;
+        let (follow, created) = self.store.follow(me, followee).await?;
+        if created {
+            tracing::info!(follower = %me, followee = %followee, "followed");
+        }
+        Ok(Response::new(follow.into()))
+    }
+
+    async fn unfollow(&self, request: Request<UnfollowRequest>) -> Result<Response<()>, Status> {
+        let me = caller(&request)?;
+        let followee = id("followee_id", &request.get_ref().followee_id)?;
+        if followee == me {
+            return Err(Error::invalid("followee_id", "you cannot unfollow yourself").into());
+        }
+        if self.store.unfollow(me, followee).await?.is_some() {
+            tracing::info!(follower = %me, followee = %followee, "unfollowed");
+        }
+        Ok(Response::new(()))
+    }
+
+    async fn list_followers(
+        &self,
+        request: Request<ListFollowersRequest>,
+    ) -> Result<Response<ListFollowersResponse>, Status> {
+        let r = request.get_ref();
+        let (user, page) = list_request("followers", &r.user_id, r.page_size, &r.page_token)?;
+        let docs = self.store.list("followee_id", user, &page).await?;
+        let (docs, next_page_token) = page.finish(docs, |f| (f.created_at, f.id));
+        Ok(Response::new(ListFollowersResponse {
+            follows: docs.into_iter().map(Into::into).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn list_following(
+        &self,
+        request: Request<ListFollowingRequest>,
+    ) -> Result<Response<ListFollowingResponse>, Status> {
+        let r = request.get_ref();
+        let (user, page) = list_request("following", &r.user_id, r.page_size, &r.page_token)?;
+        let docs = self.store.list("follower_id", user, &page).await?;
+        let (docs, next_page_token) = page.finish(docs, |f| (f.created_at, f.id));
+        Ok(Response::new(ListFollowingResponse {
+            follows: docs.into_iter().map(Into::into).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn get_relationship(
+        &self,
+        request: Request<GetRelationshipRequest>,
+    ) -> Result<Response<Relationship>, Status> {
+        let r = request.get_ref();
+        let mut v = Violations::default();
+        let a = v.take("user_id", validate::object_id(&r.user_id));
+        let b = v.take("other_user_id", validate::object_id(&r.other_user_id));
+        v.finish()?;
+        let (Some(a), Some(b)) = (a, b) else {
+            return Err(Error::invalid("user_id", "is required").into());
+        };
+        let (following, followed_by) =
+            tokio::try_join!(self.store.get(a, b), self.store.get(b, a))?;
+        Ok(Response::new(Relationship {
+            following: following.is_some(),
+            followed_by: followed_by.is_some(),
+        }))
+    }
+
+    async fn list_following_ids(
+        &self,
+        request: Request<ListFollowingIdsRequest>,
+    ) -> Result<Response<ListFollowingIdsResponse>, Status> {
+        let r = request.get_ref();
+        let mut v = Violations::default();
+        let user = v.take("user_id", validate::object_id(&r.user_id));
+        let limit = match r.limit {
+            n if n < 0 => {
+                v.add("limit", "must not be negative");
+                0
+            }
+            0 => MAX_FOLLOWING_IDS,
+            n => (n as usize).min(MAX_FOLLOWING_IDS),
+        };
+        v.finish()?;
+        let mut ids = self
+            .store
+            .following_ids(user.unwrap_or_default(), limit)
+            .await?;
+        let truncated = ids.len() > limit;
+        ids.truncate(limit);
+        Ok(Response::new(ListFollowingIdsResponse {
+            user_ids: ids.into_iter().map(ObjectId::to_hex).collect(),
+            truncated,
+        }))
+    }
+}

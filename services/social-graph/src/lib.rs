@@ -1,0 +1,76 @@
+//! The social-graph service: who follows whom. Owns the `followers` collection and asks
+//! the user service whether a followee exists. [`run`] is what `main` and the tests call.
+
+mod api;
+mod store;
+
+use social_kit::{
+    auth::TokenVerifier,
+    client::Peer,
+    config::{CommonConfig, ConfigError},
+    serve::{Gate, ServeSpec, serve},
+};
+use social_proto::graph::v1::social_graph_service_server::{
+    SERVICE_NAME, SocialGraphServiceServer,
+};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
+
+/// Everything the social-graph service reads from its environment.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Settings every service has; listens on `GRAPH_ADDR`.
+    pub common: CommonConfig,
+    /// The user service (`USER_SERVICE_URL`).
+    pub user_service: Peer,
+}
+
+impl Config {
+    /// Reads the environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Ok(Self {
+            common: CommonConfig::from_env("social-graph", "GRAPH_ADDR", "127.0.0.1:50053")?,
+            user_service: Peer::from_env(
+                "user service",
+                "USER_SERVICE_URL",
+                "http://127.0.0.1:50051",
+            )?,
+        })
+    }
+
+    /// Local stores, the given database and user service, an ephemeral port.
+    pub fn for_tests(mongodb_uri: &str, database: &str, user_service: Peer) -> Self {
+        Self {
+            common: CommonConfig::for_tests("social-graph", mongodb_uri, database),
+            user_service,
+        }
+    }
+}
+
+/// Serves the social-graph service on `listener` until `shutdown` is cancelled.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let db = social_kit::mongo::connect(&config.common).await?;
+    let store = store::Store::new(&db);
+    let gate = Gate::new(TokenVerifier::from_config(&config.common)?);
+    let api = api::Api::new(store.clone(), config.user_service.clone());
+    let routes = Routes::new(SocialGraphServiceServer::with_interceptor(
+        api,
+        gate.clone(),
+    ));
+    let startup = move || {
+        let store = store.clone();
+        async move { store.init().await }
+    };
+    let spec = ServeSpec {
+        config: &config.common,
+        grpc_name: SERVICE_NAME,
+        db,
+        gate,
+    };
+    serve(spec, listener, routes, startup, shutdown).await
+}

@@ -1,0 +1,329 @@
+//! SocialGraphService through its gRPC surface, with a real user service beside it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{collections::HashSet, time::Duration};
+
+use bson::oid::ObjectId;
+use social_kit::client::Peer;
+use social_proto::{
+    graph::v1::{
+        FollowRequest, GetRelationshipRequest, ListFollowersRequest, ListFollowingIdsRequest,
+        ListFollowingRequest, UnfollowRequest,
+        social_graph_service_client::SocialGraphServiceClient,
+    },
+    user::v1::{RegisterRequest, user_service_client::UserServiceClient},
+};
+use social_testkit::{
+    Running, authed, mongodb_uri, start, token_for, unique_name, violated_fields,
+};
+use tonic::{Code, transport::Channel};
+
+struct App {
+    _user: Running,
+    _graph: Running,
+    users: UserServiceClient<Channel>,
+    graph: SocialGraphServiceClient<Channel>,
+}
+
+async fn spawn_with_user_service(user_url: Option<String>, timeout: Duration) -> App {
+    let db = unique_name("graph_it");
+    let user_config = social_user::Config::for_tests(&mongodb_uri(), &db);
+    let user = start(|l, s| social_user::run(user_config, l, s)).await;
+    let url = user_url.unwrap_or_else(|| format!("http://{}", user.addr));
+    let peer = Peer::new("user service", "USER_SERVICE_URL", &url, timeout).unwrap();
+    let graph_config = social_graph::Config::for_tests(&mongodb_uri(), &db, peer);
+    let graph = start(|l, s| social_graph::run(graph_config, l, s)).await;
+    App {
+        users: UserServiceClient::new(user.channel().await),
+        graph: SocialGraphServiceClient::new(graph.channel().await),
+        _user: user,
+        _graph: graph,
+    }
+}
+
+async fn spawn() -> App {
+    spawn_with_user_service(None, Duration::from_secs(2)).await
+}
+
+impl App {
+    /// A registered user's id and token.
+    async fn user(&self, name: &str) -> (String, String) {
+        let r = self
+            .users
+            .clone()
+            .register(RegisterRequest {
+                username: name.into(),
+                email: format!("{name}@example.com"),
+                password: "correct horse battery".into(),
+                full_name: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        (r.user.unwrap().id, r.access_token)
+    }
+
+    async fn follow(
+        &self,
+        token: &str,
+        followee: &str,
+    ) -> Result<social_proto::graph::v1::Follow, tonic::Status> {
+        self.graph
+            .clone()
+            .follow(authed(
+                FollowRequest {
+                    followee_id: followee.into(),
+                },
+                token,
+            ))
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    async fn followers(&self, user: &str, size: i32, token: &str) -> (Vec<String>, String) {
+        let r = self
+            .graph
+            .clone()
+            .list_followers(ListFollowersRequest {
+                user_id: user.into(),
+                page_size: size,
+                page_token: token.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        (
+            r.follows.into_iter().map(|f| f.follower_id).collect(),
+            r.next_page_token,
+        )
+    }
+}
+
+#[tokio::test]
+async fn follow_unfollow_lists_and_relationship() {
+    let app = spawn().await;
+    let (alice, alice_token) = app.user("alice").await;
+    let (bob, bob_token) = app.user("bob").await;
+    let (carol, carol_token) = app.user("carol").await;
+
+    let first = app.follow(&alice_token, &bob).await.unwrap();
+    assert_eq!(
+        (first.follower_id.as_str(), first.followee_id.as_str()),
+        (alice.as_str(), bob.as_str())
+    );
+    // Idempotent: the same follow comes back.
+    let again = app.follow(&alice_token, &bob).await.unwrap();
+    assert_eq!(again.created_at, first.created_at);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    app.follow(&carol_token, &bob).await.unwrap();
+    app.follow(&bob_token, &alice).await.unwrap();
+
+    assert_eq!(
+        app.followers(&bob, 0, "").await.0,
+        [carol.clone(), alice.clone()]
+    );
+    let following = app
+        .graph
+        .clone()
+        .list_following(ListFollowingRequest {
+            user_id: alice.clone(),
+            page_size: 0,
+            page_token: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(following.follows.len(), 1);
+    assert_eq!(following.follows[0].followee_id, bob);
+
+    let rel = |a: &str, b: &str| GetRelationshipRequest {
+        user_id: a.into(),
+        other_user_id: b.into(),
+    };
+    let r = app
+        .graph
+        .clone()
+        .get_relationship(rel(&alice, &bob))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.following && r.followed_by);
+    let r = app
+        .graph
+        .clone()
+        .get_relationship(rel(&carol, &alice))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!r.following && !r.followed_by);
+    let err = app
+        .graph
+        .clone()
+        .get_relationship(rel("x", "y"))
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&err), ["user_id", "other_user_id"]);
+
+    let mut g = app.graph.clone();
+    g.unfollow(authed(
+        UnfollowRequest {
+            followee_id: bob.clone(),
+        },
+        &alice_token,
+    ))
+    .await
+    .unwrap();
+    g.unfollow(authed(
+        UnfollowRequest {
+            followee_id: bob.clone(),
+        },
+        &alice_token,
+    ))
+    .await
+    .unwrap();
+    assert_eq!(app.followers(&bob, 0, "").await.0, [carol]);
+    let ids = g
+        .list_following_ids(ListFollowingIdsRequest {
+            user_id: bob.clone(),
+            limit: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ids.user_ids, [alice]);
+    assert!(!ids.truncated);
+}
+
+#[tokio::test]
+async fn follow_is_validated() {
+    let app = spawn().await;
+    let (alice, alice_token) = app.user("alice").await;
+    let mut g = app.graph.clone();
+    let err = g
+        .follow(FollowRequest {
+            followee_id: alice.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let err = app.follow(&alice_token, "not-an-id").await.unwrap_err();
+    assert_eq!(violated_fields(&err), ["followee_id"]);
+    let err = app.follow(&alice_token, &alice).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(violated_fields(&err), ["followee_id"]);
+    let err = app
+        .follow(&alice_token, &ObjectId::new().to_hex())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let err = g
+        .unfollow(UnfollowRequest {
+            followee_id: alice.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let err = g
+        .list_followers(ListFollowersRequest {
+            user_id: alice,
+            page_size: -1,
+            page_token: "bogus".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&err), ["page_size", "page_token"]);
+}
+
+#[tokio::test]
+async fn concurrent_follows_of_one_pair_make_one_follow() {
+    let app = spawn().await;
+    let (bob, _) = app.user("bob").await;
+    let follower = ObjectId::new();
+    let token = token_for(follower);
+    let results = futures::future::join_all((0..8).map(|_| app.follow(&token, &bob))).await;
+    let created: HashSet<_> = results
+        .into_iter()
+        .map(|r| r.unwrap().created_at.unwrap().seconds)
+        .collect();
+    assert_eq!(created.len(), 1);
+    assert_eq!(app.followers(&bob, 100, "").await.0, [follower.to_hex()]);
+}
+
+#[tokio::test]
+async fn pages_are_stable_while_new_follows_arrive() {
+    let app = spawn().await;
+    let (bob, _) = app.user("bob").await;
+    let mut original = Vec::new();
+    for _ in 0..25 {
+        let follower = ObjectId::new();
+        app.follow(&token_for(follower), &bob).await.unwrap();
+        original.push(follower.to_hex());
+    }
+    original.reverse(); // newest first
+
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let (page, next) = app.followers(&bob, 10, &token).await;
+        seen.extend(page);
+        // New followers arrive while the client pages.
+        app.follow(&token_for(ObjectId::new()), &bob).await.unwrap();
+        if next.is_empty() {
+            break;
+        }
+        token = next;
+    }
+    assert_eq!(seen, original);
+
+    // A token is bound to its query.
+    let (_, token) = app.followers(&bob, 5, "").await;
+    let err = app
+        .graph
+        .clone()
+        .list_following(ListFollowingRequest {
+            user_id: bob,
+            page_size: 5,
+            page_token: token,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&err), ["page_token"]);
+}
+
+#[tokio::test]
+async fn a_down_user_service_is_unavailable_and_a_silent_one_times_out() {
+    // Nothing listens on port 1.
+    let app = spawn_with_user_service(
+        Some("http://127.0.0.1:1".into()),
+        Duration::from_millis(500),
+    )
+    .await;
+    let err = app
+        .follow(&token_for(ObjectId::new()), &ObjectId::new().to_hex())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+
+    // A peer that accepts connections and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", silent.local_addr().unwrap());
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            held.push(socket);
+        }
+    });
+    let app = spawn_with_user_service(Some(url), Duration::from_millis(500)).await;
+    let started = std::time::Instant::now();
+    let err = app
+        .follow(&token_for(ObjectId::new()), &ObjectId::new().to_hex())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err.code(), Code::DeadlineExceeded | Code::Unavailable),
+        "{err:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    hold.abort();
+}
