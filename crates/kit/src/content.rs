@@ -129,6 +129,62 @@ pub fn mentions(text: &str, max: usize) -> Vec<String> {
     out
 }
 
+/// The `$set` of an update of a post's or comment's body (`resource` is `post` or
+/// `comment`), validated against its current text and media. Mask paths: `content`,
+/// `media` (AIP-134: no mask means every field the request populates; `*` means both).
+pub fn update(
+    resource: &str,
+    content: &str,
+    media: &[Media],
+    paths: &[String],
+    current: (&str, &[MediaDoc]),
+) -> crate::Result<bson::Document> {
+    let mut v = Violations::default();
+    let paths: Vec<&str> = if paths.is_empty() {
+        let mut p = Vec::new();
+        if !content.is_empty() {
+            p.push("content");
+        }
+        if !media.is_empty() {
+            p.push("media");
+        }
+        p
+    } else if paths.iter().any(|p| p == "*") {
+        vec!["content", "media"]
+    } else {
+        paths.iter().map(String::as_str).collect()
+    };
+    let (mut new_text, mut new_media) = (current.0.to_owned(), current.1.to_vec());
+    let mut set = bson::Document::new();
+    for path in paths {
+        match path {
+            "content" => {
+                new_text = text(&format!("{resource}.content"), content, &mut v);
+                set.insert("content", new_text.clone());
+            }
+            "media" => {
+                new_media = self::media(&format!("{resource}.media"), media, &mut v);
+                set.insert(
+                    "media",
+                    bson::serialize_to_bson(&new_media).map_err(crate::Error::internal)?,
+                );
+            }
+            other => v.add(
+                "update_mask.paths",
+                format!("`{other}` cannot be updated; use content or media"),
+            ),
+        }
+    }
+    require_something(
+        &format!("{resource}.content"),
+        &new_text,
+        &new_media,
+        &mut v,
+    );
+    v.finish()?;
+    Ok(set)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

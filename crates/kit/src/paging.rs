@@ -166,15 +166,23 @@ impl Order {
         let Some(c) = page.after else {
             return filter;
         };
-        let op = match self {
-            Self::NewestFirst => "$lt",
-            Self::OldestFirst => "$gt",
+        let (op, op_or_equal) = match self {
+            Self::NewestFirst => ("$lt", "$lte"),
+            Self::OldestFirst => ("$gt", "$gte"),
         };
-        let after = doc! { "$or": [
-            { time_field: { op: c.time } },
-            { time_field: c.time, "_id": { op: c.id } },
-        ]};
-        doc! { "$and": [filter, after] }
+        // (t, id) after (c.t, c.id) ≡ t ≤ c.t and (t < c.t or id < c.id) when t ≤ c.t.
+        // The plain range gives the index its bounds on MongoDB and lets the stand-in
+        // filter in SQL before it evaluates the `$or` (an `$or` alone made it scan).
+        let mut filter = filter;
+        filter.insert(time_field, doc! { op_or_equal: c.time });
+        filter.insert(
+            "$or",
+            vec![
+                doc! { time_field: { op: c.time } },
+                doc! { "_id": { op: c.id } },
+            ],
+        );
+        filter
     }
 }
 

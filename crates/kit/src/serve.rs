@@ -299,3 +299,57 @@ pub fn load_config<C, E: std::fmt::Display>(
         ExitCode::from(2)
     })
 }
+
+/// Tasks that run beside the server (outbox relay, event consumers) and stop after it:
+/// in-flight RPCs finish first, then these are told to stop and awaited.
+#[derive(Default)]
+pub struct Background {
+    stop: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Background {
+    /// An empty group.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Spawns `task`, which gets the token that tells it to stop.
+    pub fn spawn<F>(&mut self, task: impl FnOnce(CancellationToken) -> F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.tasks.push(tokio::spawn(task(self.stop.clone())));
+    }
+
+    /// Tells every task to stop and waits for them.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// The body of a one-shot command (an operator's subcommand): telemetry, run, flush.
+pub async fn main_once<F>(config: &CommonConfig, run: F) -> ExitCode
+where
+    F: Future<Output = anyhow::Result<()>>,
+{
+    let telemetry = match telemetry::init(config.service, config.log_format) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("cannot start telemetry: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = match run.await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "failed");
+            ExitCode::FAILURE
+        }
+    };
+    telemetry.shutdown();
+    code
+}

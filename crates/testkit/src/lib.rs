@@ -7,6 +7,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod proxy;
+mod stack;
+
+pub use proxy::TcpProxy;
+pub use stack::{Stack, StackOptions};
+
 use std::{future::Future, net::SocketAddr, time::Duration};
 
 use bson::oid::ObjectId;

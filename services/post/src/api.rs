@@ -1,15 +1,14 @@
 //! `social.post.v1.PostService`: request → validated value → store → response.
 
-use bson::{Bson, DateTime, Document, oid::ObjectId};
+use bson::oid::ObjectId;
+use social_events::{
+    Payload, new_envelope,
+    outbox::Waker,
+    pb::{PostCreated, PostDeleted},
+};
 use social_kit::{
-    Error, Result,
-    auth::caller,
-    client::Peer,
-    content::{self, MediaDoc},
-    error::Violations,
-    paging::PageRequest,
-    time::to_timestamp,
-    validate,
+    Error, Result, auth::caller, client::Peer, content, error::Violations, paging::PageRequest,
+    time::to_timestamp, validate,
 };
 use social_proto::{
     graph::v1::{ListFollowingIdsRequest, social_graph_service_client::SocialGraphServiceClient},
@@ -26,11 +25,16 @@ use crate::store::{PostDoc, Store};
 pub struct Api {
     store: Store,
     graph: Peer,
+    relay: Waker,
 }
 
 impl Api {
-    pub fn new(store: Store, graph: Peer) -> Self {
-        Self { store, graph }
+    pub fn new(store: Store, graph: Peer, relay: Waker) -> Self {
+        Self {
+            store,
+            graph,
+            relay,
+        }
     }
 
     /// The accounts `reader` follows, from the social-graph service.
@@ -75,51 +79,6 @@ fn id(field: &str, value: &str) -> Result<ObjectId> {
     validate::object_id(value).map_err(|d| Error::invalid(field, d))
 }
 
-fn media_bson(media: &[MediaDoc]) -> Result<Bson> {
-    bson::serialize_to_bson(media).map_err(Error::internal)
-}
-
-/// What an UpdatePost changes, validated against the post as it is.
-fn post_update(post: &Post, paths: &[String], current: &PostDoc) -> Result<Document> {
-    let mut v = Violations::default();
-    let paths: Vec<&str> = if paths.is_empty() {
-        // AIP-134: no mask means every field the request populates.
-        let mut p = Vec::new();
-        if !post.content.is_empty() {
-            p.push("content");
-        }
-        if !post.media.is_empty() {
-            p.push("media");
-        }
-        p
-    } else if paths.iter().any(|p| p == "*") {
-        vec!["content", "media"]
-    } else {
-        paths.iter().map(String::as_str).collect()
-    };
-    let (mut text, mut media) = (current.content.clone(), current.media.clone());
-    let mut set = Document::new();
-    for path in paths {
-        match path {
-            "content" => {
-                text = content::text("post.content", &post.content, &mut v);
-                set.insert("content", text.clone());
-            }
-            "media" => {
-                media = content::media("post.media", &post.media, &mut v);
-                set.insert("media", media_bson(&media)?);
-            }
-            other => v.add(
-                "update_mask.paths",
-                format!("`{other}` cannot be updated; use content or media"),
-            ),
-        }
-    }
-    content::require_something("post.content", &text, &media, &mut v);
-    v.finish()?;
-    Ok(set)
-}
-
 #[tonic::async_trait]
 impl PostService for Api {
     async fn create_post(
@@ -133,18 +92,17 @@ impl PostService for Api {
         let media = content::media("media", &r.media, &mut v);
         content::require_something("content", &text, &media, &mut v);
         v.finish()?;
-        let now = DateTime::now();
-        let post = PostDoc {
-            id: ObjectId::new(),
-            user_id: me,
-            content: text,
-            media,
-            likes_count: 0,
-            comments_count: 0,
-            created_at: now,
-            updated_at: now,
-        };
-        self.store.insert(&post).await?;
+        let post = PostDoc::new(me, text, media);
+        let event = new_envelope(
+            me,
+            Payload::PostCreated(PostCreated {
+                post_id: post.id.to_hex(),
+                author_id: me.to_hex(),
+                content: post.content.clone(),
+            }),
+        );
+        self.store.insert(&post, &event).await?;
+        self.relay.wake();
         tracing::info!(post_id = %post.id, author = %me, "post created");
         Ok(Response::new(post.into()))
     }
@@ -192,7 +150,13 @@ impl PostService for Api {
             return Err(Error::PermissionDenied("only the author can change a post").into());
         }
         let paths = r.update_mask.map(|m| m.paths).unwrap_or_default();
-        let set = post_update(&post, &paths, &current)?;
+        let set = content::update(
+            "post",
+            &post.content,
+            &post.media,
+            &paths,
+            (&current.content, &current.media),
+        )?;
         let updated = self
             .store
             .update(post_id, me, set)
@@ -215,10 +179,17 @@ impl PostService for Api {
         if current.user_id != me {
             return Err(Error::PermissionDenied("only the author can delete a post").into());
         }
-        self.store
-            .delete(post_id, me)
-            .await?
-            .ok_or(Error::NotFound("post"))?;
+        let event = new_envelope(
+            me,
+            Payload::PostDeleted(PostDeleted {
+                post_id: post_id.to_hex(),
+                author_id: me.to_hex(),
+            }),
+        );
+        if !self.store.delete(post_id, me, &event).await? {
+            return Err(Error::NotFound("post").into());
+        }
+        self.relay.wake();
         tracing::info!(post_id = %post_id, author = %me, "post deleted");
         Ok(Response::new(()))
     }

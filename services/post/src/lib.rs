@@ -1,15 +1,23 @@
 //! The post service: posts with media, user timelines and the home feed. Owns the `posts`
-//! collection and asks the social-graph service whom a reader follows. [`run`] is what
-//! `main` and the tests call. The feed's design is in `docs/adr/0001-home-feed.md`.
+//! collection, asks the social-graph service whom a reader follows, publishes
+//! `post.post.created` / `deleted`, and keeps like and comment counters from engagement
+//! events. [`run`] is what `main` and the tests call. The feed's design is in
+//! `docs/adr/0001-home-feed.md`.
 
 mod api;
+mod events;
+mod recompute;
 mod store;
 
+use std::time::Duration;
+
+pub use recompute::recompute_counters;
+use social_events::{EventsConfig, outbox::Relay};
 use social_kit::{
     auth::TokenVerifier,
     client::Peer,
     config::{CommonConfig, ConfigError},
-    serve::{Gate, ServeSpec, serve},
+    serve::{Background, Gate, ServeSpec, serve},
 };
 use social_proto::post::v1::post_service_server::{PostServiceServer, SERVICE_NAME};
 use tokio::net::TcpListener;
@@ -23,6 +31,11 @@ pub struct Config {
     pub common: CommonConfig,
     /// The social-graph service (`GRAPH_SERVICE_URL`), for the home feed.
     pub graph_service: Peer,
+    /// The engagement service (`ENGAGEMENT_SERVICE_URL`), asked only when recomputing
+    /// counters.
+    pub engagement_service: Peer,
+    /// Where post events go and engagement events come from.
+    pub events: EventsConfig,
 }
 
 impl Config {
@@ -35,14 +48,35 @@ impl Config {
                 "GRAPH_SERVICE_URL",
                 "http://127.0.0.1:50053",
             )?,
+            engagement_service: Peer::from_env(
+                "engagement service",
+                "ENGAGEMENT_SERVICE_URL",
+                "http://127.0.0.1:50054",
+            )?,
+            events: EventsConfig::from_env()?,
         })
     }
 
-    /// Local stores, the given database and graph service, an ephemeral port.
-    pub fn for_tests(mongodb_uri: &str, database: &str, graph_service: Peer) -> Self {
+    /// Local stores, the given database, graph service and events, an ephemeral port.
+    pub fn for_tests(
+        mongodb_uri: &str,
+        database: &str,
+        graph_service: Peer,
+        events: EventsConfig,
+    ) -> Self {
+        #[allow(clippy::expect_used)] // a constant URL
+        let engagement_service = Peer::new(
+            "engagement service",
+            "ENGAGEMENT_SERVICE_URL",
+            "http://127.0.0.1:50054",
+            Duration::from_secs(2),
+        )
+        .expect("valid URL");
         Self {
             common: CommonConfig::for_tests("post", mongodb_uri, database),
             graph_service,
+            engagement_service,
+            events,
         }
     }
 }
@@ -56,8 +90,16 @@ pub async fn run(
     let db = social_kit::mongo::connect(&config.common).await?;
     let store = store::Store::new(&db);
     let gate = Gate::new(TokenVerifier::from_config(&config.common)?);
-    let api = api::Api::new(store.clone(), config.graph_service.clone());
+    let relay = Relay::new(config.events.clone(), "post", &db, &[store::COLLECTION]);
+    let api = api::Api::new(store.clone(), config.graph_service.clone(), relay.waker());
     let routes = Routes::new(PostServiceServer::with_interceptor(api, gate.clone()));
+
+    let mut background = Background::new();
+    background.spawn(|stop| relay.run(stop));
+    let (events, handler) = (config.events.clone(), events::handler(store.clone()));
+    background
+        .spawn(|stop| social_events::consumer::run(events, events::subscription(), handler, stop));
+
     let startup = move || {
         let store = store.clone();
         async move { store.init().await }
@@ -68,5 +110,7 @@ pub async fn run(
         db,
         gate,
     };
-    serve(spec, listener, routes, startup, shutdown).await
+    let served = serve(spec, listener, routes, startup, shutdown).await;
+    background.stop().await;
+    served
 }

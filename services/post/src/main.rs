@@ -1,4 +1,7 @@
 //! The post service binary: reads its configuration and serves until SIGTERM.
+//!
+//! `social-post recompute-counters` instead recomputes every post's like and
+//! comment counts from the engagement service and exits.
 
 use std::process::ExitCode;
 
@@ -9,8 +12,24 @@ async fn main() -> ExitCode {
         Err(code) => return code,
     };
     let common = config.common.clone();
-    social_kit::serve::main(&common, |listener, shutdown| {
-        social_post::run(config, listener, shutdown)
-    })
-    .await
+    match std::env::args().nth(1).as_deref() {
+        None | Some("serve") => {
+            social_kit::serve::main(&common, |listener, shutdown| {
+                social_post::run(config, listener, shutdown)
+            })
+            .await
+        }
+        Some("recompute-counters") => {
+            social_kit::serve::main_once(&common, async {
+                let n = social_post::recompute_counters(&config).await?;
+                tracing::info!(posts = n, "counters recomputed");
+                Ok(())
+            })
+            .await
+        }
+        Some(other) => {
+            eprintln!("unknown command {other:?}; usage: social-post [serve|recompute-counters]");
+            ExitCode::from(2)
+        }
+    }
 }

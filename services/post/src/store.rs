@@ -1,15 +1,30 @@
 //! The `posts` collection: the document, its indexes and queries. No proto types here.
+//!
+//! A post carries its pending events in its own outbox (see `social_events::outbox`):
+//! creating it and recording `post.post.created` is one insert; deleting it marks it
+//! `deleted` and records `post.post.deleted` in one update (the document goes later,
+//! through a TTL index). Counters move only through [`Store::add_to_count`], once per
+//! event.
 
 use bson::{DateTime, Document, doc, oid::ObjectId};
 use futures::TryStreamExt;
-use mongodb::{Collection, Database, options::ReturnDocument};
+use mongodb::{
+    Collection, Database, IndexModel,
+    options::{IndexOptions, ReturnDocument},
+};
 use serde::{Deserialize, Serialize};
+use social_events::{Envelope, idempotency, outbox};
 use social_kit::{
     Result,
     content::MediaDoc,
     mongo,
     paging::{Order, PageRequest},
 };
+
+/// The collection this store owns.
+pub const COLLECTION: &str = "posts";
+const ACTIVE: &str = "active";
+const DELETED: &str = "deleted";
 
 /// A stored post.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -28,6 +43,32 @@ pub struct PostDoc {
     pub created_at: DateTime,
     #[serde(deserialize_with = "social_kit::time::lenient")]
     pub updated_at: DateTime,
+    /// `active` or `deleted`.
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outbox: Vec<String>,
+    #[serde(default)]
+    pub outbox_pending: i32,
+}
+
+impl PostDoc {
+    /// A new post by `author`, with its `created` event to publish.
+    pub fn new(author: ObjectId, content: String, media: Vec<MediaDoc>) -> Self {
+        let now = DateTime::now();
+        Self {
+            id: ObjectId::new(),
+            user_id: author,
+            content,
+            media,
+            likes_count: 0,
+            comments_count: 0,
+            created_at: now,
+            updated_at: now,
+            state: ACTIVE.into(),
+            outbox: Vec::new(),
+            outbox_pending: 0,
+        }
+    }
 }
 
 /// Access to `posts`. Cheap to clone.
@@ -41,7 +82,7 @@ impl Store {
     pub fn new(db: &Database) -> Self {
         Self {
             db: db.clone(),
-            posts: db.collection("posts"),
+            posts: db.collection(COLLECTION),
         }
     }
 
@@ -49,6 +90,15 @@ impl Store {
     pub async fn init(&self) -> anyhow::Result<()> {
         mongo::ping(&self.db).await?;
         let stand_in = mongo::is_stand_in(&self.db).await;
+        let ttl = IndexModel::builder()
+            .keys(doc! { "deleted_at": 1 })
+            .options(
+                IndexOptions::builder()
+                    .name("deleted_ttl".to_owned())
+                    .expire_after(std::time::Duration::from_secs(7 * 24 * 3600))
+                    .build(),
+            )
+            .build();
         mongo::ensure_indexes(
             &self.posts,
             vec![
@@ -62,6 +112,9 @@ impl Store {
                 // The home feed for readers following thousands of accounts: walk the
                 // newest posts and keep the followed authors' ones.
                 mongo::index("recent", doc! { "created_at": -1, "_id": -1 }, false),
+                outbox::index(),
+                // Deleted posts go a week after their event is out.
+                ttl,
             ],
             stand_in,
         )
@@ -69,19 +122,29 @@ impl Store {
         Ok(())
     }
 
-    pub async fn insert(&self, post: &PostDoc) -> Result<()> {
-        self.posts.insert_one(post).await?;
+    /// Inserts `post` with `event` in its outbox.
+    pub async fn insert(&self, post: &PostDoc, event: &Envelope) -> Result<()> {
+        let mut post = post.clone();
+        post.outbox = vec![outbox::entry(event)];
+        post.outbox_pending = 1;
+        self.posts.insert_one(&post).await?;
         Ok(())
     }
 
+    /// A post that is not deleted.
     pub async fn get(&self, id: ObjectId) -> Result<Option<PostDoc>> {
-        Ok(self.posts.find_one(doc! { "_id": id }).await?)
+        Ok(self
+            .posts
+            .find_one(doc! { "_id": id, "state": ACTIVE })
+            .projection(outbox::without_bookkeeping())
+            .await?)
     }
 
     pub async fn by_ids(&self, ids: &[ObjectId]) -> Result<Vec<PostDoc>> {
         Ok(self
             .posts
-            .find(doc! { "_id": { "$in": ids } })
+            .find(doc! { "_id": { "$in": ids }, "state": ACTIVE })
+            .projection(outbox::without_bookkeeping())
             .await?
             .try_collect()
             .await?)
@@ -98,19 +161,26 @@ impl Store {
         Ok(self
             .posts
             .find_one_and_update(
-                doc! { "_id": id, "user_id": mongo::is(author) },
+                doc! { "_id": id, "user_id": mongo::is(author), "state": ACTIVE },
                 doc! { "$set": set },
             )
+            .projection(outbox::without_bookkeeping())
             .return_document(ReturnDocument::After)
             .await?)
     }
 
-    /// Deletes `author`'s post `id`; returns it if it was there.
-    pub async fn delete(&self, id: ObjectId, author: ObjectId) -> Result<Option<PostDoc>> {
-        Ok(self
+    /// Marks `author`'s post `id` deleted with its `deleted` event; whether it was there.
+    pub async fn delete(&self, id: ObjectId, author: ObjectId, event: &Envelope) -> Result<bool> {
+        let mut update = doc! { "$set": { "state": DELETED, "deleted_at": DateTime::now() } };
+        outbox::push(&mut update, event);
+        let r = self
             .posts
-            .find_one_and_delete(doc! { "_id": id, "user_id": mongo::is(author) })
-            .await?)
+            .update_one(
+                doc! { "_id": id, "user_id": mongo::is(author), "state": ACTIVE },
+                update,
+            )
+            .await?;
+        Ok(r.modified_count == 1)
     }
 
     /// A page of the posts of `authors`, newest first.
@@ -120,17 +190,70 @@ impl Store {
         page: &PageRequest,
     ) -> Result<Vec<PostDoc>> {
         let filter = match authors {
-            [one] => doc! { "user_id": mongo::is(*one) },
-            many => doc! { "user_id": { "$in": many } },
+            [one] => doc! { "user_id": mongo::is(*one), "state": ACTIVE },
+            many => doc! { "user_id": { "$in": many }, "state": ACTIVE },
         };
         let order = Order::NewestFirst;
         Ok(self
             .posts
             .find(order.filter(filter, page, "created_at"))
+            .projection(outbox::without_bookkeeping())
             .sort(order.sort("created_at"))
             .limit(page.fetch_limit())
             .await?
             .try_collect()
             .await?)
+    }
+
+    /// Adds `delta` to counter `field` of post `id`, once per `event_id`.
+    pub async fn add_to_count(
+        &self,
+        id: ObjectId,
+        field: &str,
+        delta: i64,
+        event_id: &str,
+    ) -> Result<()> {
+        let (filter, update) = idempotency::once(
+            doc! { "_id": id },
+            doc! { "$inc": { field: delta } },
+            event_id,
+        );
+        self.posts.update_one(filter, update).await?;
+        Ok(())
+    }
+
+    /// Sets both counters of post `id` (for recomputing them).
+    pub async fn set_counts(&self, id: ObjectId, likes: i64, comments: i64) -> Result<()> {
+        self.posts
+            .update_one(
+                doc! { "_id": id },
+                doc! { "$set": { "likes_count": likes, "comments_count": comments } },
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Ids of live posts after `after` in id order, at most `limit` (for recomputing).
+    pub async fn ids_after(&self, after: Option<ObjectId>, limit: i64) -> Result<Vec<ObjectId>> {
+        #[derive(Deserialize)]
+        struct Row {
+            #[serde(rename = "_id")]
+            id: ObjectId,
+        }
+        let filter = match after {
+            Some(id) => doc! { "_id": { "$gt": id }, "state": ACTIVE },
+            None => doc! { "state": ACTIVE },
+        };
+        let rows: Vec<Row> = self
+            .posts
+            .clone_with_type::<Row>()
+            .find(filter)
+            .projection(doc! { "_id": 1 })
+            .sort(doc! { "_id": 1 })
+            .limit(limit)
+            .await?
+            .try_collect()
+            .await?;
+        Ok(rows.into_iter().map(|r| r.id).collect())
     }
 }

@@ -7,7 +7,8 @@ use social_kit::{
 };
 use social_proto::{
     graph::v1::{
-        Follow, FollowRequest, GetRelationshipRequest, ListFollowersRequest, ListFollowersResponse,
+        CountFollowsRequest, CountFollowsResponse, Follow, FollowCounts, FollowRequest,
+        GetRelationshipRequest, ListFollowersRequest, ListFollowersResponse,
         ListFollowingIdsRequest, ListFollowingIdsResponse, ListFollowingRequest,
         ListFollowingResponse, Relationship, UnfollowRequest,
         social_graph_service_server::SocialGraphService,
@@ -17,6 +18,11 @@ use social_proto::{
 use tonic::{Code, Request, Response, Status};
 
 use crate::store::{FollowDoc, Store};
+use social_events::{
+    Payload, new_envelope,
+    outbox::Waker,
+    pb::{UserFollowed, UserUnfollowed},
+};
 
 /// Most ids one ListFollowingIds answer carries.
 const MAX_FOLLOWING_IDS: usize = 10_000;
@@ -24,11 +30,16 @@ const MAX_FOLLOWING_IDS: usize = 10_000;
 pub struct Api {
     store: Store,
     users: Peer,
+    relay: Waker,
 }
 
 impl Api {
-    pub fn new(store: Store, users: Peer) -> Self {
-        Self { store, users }
+    pub fn new(store: Store, users: Peer, relay: Waker) -> Self {
+        Self {
+            store,
+            users,
+            relay,
+        }
     }
 
     /// NOT_FOUND unless the user service knows `user`.
@@ -83,8 +94,16 @@ impl SocialGraphService for Api {
             return Ok(Response::new(existing.into()));
         }
         self.ensure_user_exists(followee).await?;
-        let (follow, created) = self.store.follow(me, followee).await?;
+        let event = new_envelope(
+            me,
+            Payload::UserFollowed(UserFollowed {
+                follower_id: me.to_hex(),
+                followee_id: followee.to_hex(),
+            }),
+        );
+        let (follow, created) = self.store.follow(me, followee, &event).await?;
         if created {
+            self.relay.wake();
             tracing::info!(follower = %me, followee = %followee, "followed");
         }
         Ok(Response::new(follow.into()))
@@ -96,7 +115,15 @@ impl SocialGraphService for Api {
         if followee == me {
             return Err(Error::invalid("followee_id", "you cannot unfollow yourself").into());
         }
-        if self.store.unfollow(me, followee).await?.is_some() {
+        let event = new_envelope(
+            me,
+            Payload::UserUnfollowed(UserUnfollowed {
+                follower_id: me.to_hex(),
+                followee_id: followee.to_hex(),
+            }),
+        );
+        if self.store.unfollow(me, followee, &event).await? {
+            self.relay.wake();
             tracing::info!(follower = %me, followee = %followee, "unfollowed");
         }
         Ok(Response::new(()))
@@ -176,5 +203,27 @@ impl SocialGraphService for Api {
             user_ids: ids.into_iter().map(ObjectId::to_hex).collect(),
             truncated,
         }))
+    }
+
+    async fn count_follows(
+        &self,
+        request: Request<CountFollowsRequest>,
+    ) -> Result<Response<CountFollowsResponse>, Status> {
+        let mut v = Violations::default();
+        let ids = validate::id_batch("user_ids", &request.get_ref().user_ids, &mut v);
+        v.finish()?;
+        let mut counts = Vec::with_capacity(ids.len());
+        for user in ids {
+            let (followers_count, following_count) = tokio::try_join!(
+                self.store.count("followee_id", user),
+                self.store.count("follower_id", user)
+            )?;
+            counts.push(FollowCounts {
+                user_id: user.to_hex(),
+                followers_count,
+                following_count,
+            });
+        }
+        Ok(Response::new(CountFollowsResponse { counts }))
     }
 }

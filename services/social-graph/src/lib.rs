@@ -4,11 +4,12 @@
 mod api;
 mod store;
 
+use social_events::{EventsConfig, outbox::Relay};
 use social_kit::{
     auth::TokenVerifier,
     client::Peer,
     config::{CommonConfig, ConfigError},
-    serve::{Gate, ServeSpec, serve},
+    serve::{Background, Gate, ServeSpec, serve},
 };
 use social_proto::graph::v1::social_graph_service_server::{
     SERVICE_NAME, SocialGraphServiceServer,
@@ -24,6 +25,8 @@ pub struct Config {
     pub common: CommonConfig,
     /// The user service (`USER_SERVICE_URL`).
     pub user_service: Peer,
+    /// Where follow events go.
+    pub events: EventsConfig,
 }
 
 impl Config {
@@ -36,14 +39,21 @@ impl Config {
                 "USER_SERVICE_URL",
                 "http://127.0.0.1:50051",
             )?,
+            events: EventsConfig::from_env()?,
         })
     }
 
     /// Local stores, the given database and user service, an ephemeral port.
-    pub fn for_tests(mongodb_uri: &str, database: &str, user_service: Peer) -> Self {
+    pub fn for_tests(
+        mongodb_uri: &str,
+        database: &str,
+        user_service: Peer,
+        events: EventsConfig,
+    ) -> Self {
         Self {
             common: CommonConfig::for_tests("social-graph", mongodb_uri, database),
             user_service,
+            events,
         }
     }
 }
@@ -57,7 +67,13 @@ pub async fn run(
     let db = social_kit::mongo::connect(&config.common).await?;
     let store = store::Store::new(&db);
     let gate = Gate::new(TokenVerifier::from_config(&config.common)?);
-    let api = api::Api::new(store.clone(), config.user_service.clone());
+    let relay = Relay::new(
+        config.events.clone(),
+        "social-graph",
+        &db,
+        &[store::COLLECTION],
+    );
+    let api = api::Api::new(store.clone(), config.user_service.clone(), relay.waker());
     let routes = Routes::new(SocialGraphServiceServer::with_interceptor(
         api,
         gate.clone(),
@@ -72,5 +88,10 @@ pub async fn run(
         db,
         gate,
     };
-    serve(spec, listener, routes, startup, shutdown).await
+    let mut background = Background::new();
+    background.spawn(|stop| relay.run(stop));
+    let served = serve(spec, listener, routes, startup, shutdown).await;
+    // In-flight RPCs are done: stop publishing (what is left goes out at the next start).
+    background.stop().await;
+    served
 }

@@ -1,16 +1,31 @@
-//! The `followers` collection: one document per (follower, followee) pair, unique by a
-//! compound index so that concurrent follows of one pair make one document.
+//! The `followers` collection: one document per follow, unique per (follower, followee)
+//! while active, so that concurrent follows of one pair make one document.
+//!
+//! An unfollow does not delete the document: it marks it `ended` in the same update
+//! that appends the `graph.user.unfollowed` event to its outbox (see
+//! `social_events::outbox`), and moves it out of the unique key's way by setting
+//! `active_key` to the event id. A follow inserts a new document whose outbox holds
+//! `graph.user.followed`. Ended follows are purged by a TTL index after 30 days.
 
 use bson::{DateTime, doc, oid::ObjectId};
 use futures::TryStreamExt;
 use mongodb::{Collection, Database};
 use serde::{Deserialize, Serialize};
+use social_events::{Envelope, outbox};
 use social_kit::{
     Result,
     error::is_duplicate_key,
     mongo,
     paging::{Order, PageRequest},
 };
+
+/// The collection this store owns.
+pub const COLLECTION: &str = "followers";
+
+/// `state` of a follow that holds.
+const ACTIVE: &str = "active";
+/// `state` of a follow that was undone.
+const ENDED: &str = "ended";
 
 /// `follower_id` follows `followee_id` since `created_at`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -20,6 +35,15 @@ pub struct FollowDoc {
     pub follower_id: ObjectId,
     pub followee_id: ObjectId,
     pub created_at: DateTime,
+    /// `active` or `ended`.
+    pub state: String,
+    /// `active` while active; the unfollow's event id once ended (keeps the unique key
+    /// free for a new follow).
+    pub active_key: String,
+    #[serde(default)]
+    pub outbox: Vec<String>,
+    #[serde(default)]
+    pub outbox_pending: i32,
 }
 
 /// Access to `followers`. Cheap to clone.
@@ -33,7 +57,7 @@ impl Store {
     pub fn new(db: &Database) -> Self {
         Self {
             db: db.clone(),
-            follows: db.collection("followers"),
+            follows: db.collection(COLLECTION),
         }
     }
 
@@ -44,10 +68,10 @@ impl Store {
         mongo::ensure_indexes(
             &self.follows,
             vec![
-                // One document per pair; serves Follow, Unfollow, GetRelationship.
+                // One active document per pair; serves Follow, Unfollow, GetRelationship.
                 mongo::index(
-                    "follower_followee_unique",
-                    doc! { "follower_id": 1, "followee_id": 1 },
+                    "follower_followee_active_unique",
+                    doc! { "follower_id": 1, "followee_id": 1, "active_key": 1 },
                     true,
                 ),
                 // ListFollowing and ListFollowingIds, newest first.
@@ -62,6 +86,17 @@ impl Store {
                     doc! { "followee_id": 1, "created_at": -1, "_id": -1 },
                     false,
                 ),
+                outbox::index(),
+                // Ended follows go after 30 days (long after their event is published).
+                mongodb::IndexModel::builder()
+                    .keys(doc! { "ended_at": 1 })
+                    .options(
+                        mongodb::options::IndexOptions::builder()
+                            .name("ended_ttl".to_owned())
+                            .expire_after(std::time::Duration::from_secs(30 * 24 * 3600))
+                            .build(),
+                    )
+                    .build(),
             ],
             stand_in,
         )
@@ -69,20 +104,30 @@ impl Store {
         Ok(())
     }
 
-    /// Records the follow, or returns the one that already exists.
+    /// Records the follow with its `followed` event, or returns the active one that
+    /// already exists (and no event).
     pub async fn follow(
         &self,
         follower: ObjectId,
         followee: ObjectId,
+        event: &Envelope,
     ) -> Result<(FollowDoc, bool)> {
-        let doc = FollowDoc {
+        let mut doc = FollowDoc {
             id: ObjectId::new(),
             follower_id: follower,
             followee_id: followee,
             created_at: DateTime::now(),
+            state: ACTIVE.into(),
+            active_key: ACTIVE.into(),
+            outbox: vec![outbox::entry(event)],
+            outbox_pending: 1,
         };
         match self.follows.insert_one(&doc).await {
-            Ok(_) => Ok((doc, true)),
+            Ok(_) => {
+                doc.outbox.clear();
+                doc.outbox_pending = 0;
+                Ok((doc, true))
+            }
             Err(e) if is_duplicate_key(&e) => match self.get(follower, followee).await? {
                 Some(existing) => Ok((existing, false)),
                 // Unfollowed between our insert and read: the follow happened and ended.
@@ -92,26 +137,33 @@ impl Store {
         }
     }
 
-    /// Removes the follow; returns it if there was one.
+    /// Ends the active follow with its `unfollowed` event; whether there was one.
     pub async fn unfollow(
         &self,
         follower: ObjectId,
         followee: ObjectId,
-    ) -> Result<Option<FollowDoc>> {
-        Ok(self
-            .follows
-            .find_one_and_delete(
-                doc! { "follower_id": mongo::is(follower), "followee_id": mongo::is(followee) },
-            )
-            .await?)
+        event: &Envelope,
+    ) -> Result<bool> {
+        let mut update = doc! { "$set": {
+            "state": ENDED, "active_key": event.event_id.as_str(), "ended_at": DateTime::now(),
+        } };
+        outbox::push(&mut update, event);
+        let filter = doc! {
+            "follower_id": mongo::is(follower), "followee_id": mongo::is(followee), "state": ACTIVE,
+        };
+        let r = self.follows.update_one(filter, update).await?;
+        Ok(r.modified_count == 1)
     }
 
+    /// The active follow of the pair, if any.
     pub async fn get(&self, follower: ObjectId, followee: ObjectId) -> Result<Option<FollowDoc>> {
+        let filter = doc! {
+            "follower_id": mongo::is(follower), "followee_id": mongo::is(followee), "state": ACTIVE,
+        };
         Ok(self
             .follows
-            .find_one(
-                doc! { "follower_id": mongo::is(follower), "followee_id": mongo::is(followee) },
-            )
+            .find_one(filter)
+            .projection(outbox::without_bookkeeping())
             .await?)
     }
 
@@ -125,7 +177,12 @@ impl Store {
         let order = Order::NewestFirst;
         Ok(self
             .follows
-            .find(order.filter(doc! { side: mongo::is(user) }, page, "created_at"))
+            .find(order.filter(
+                doc! { side: mongo::is(user), "state": ACTIVE },
+                page,
+                "created_at",
+            ))
+            .projection(outbox::without_bookkeeping())
             .sort(order.sort("created_at"))
             .limit(page.fetch_limit())
             .await?
@@ -142,7 +199,7 @@ impl Store {
         let rows: Vec<Row> = self
             .follows
             .clone_with_type::<Row>()
-            .find(doc! { "follower_id": mongo::is(user) })
+            .find(doc! { "follower_id": mongo::is(user), "state": ACTIVE })
             .projection(doc! { "followee_id": 1, "_id": 0 })
             .sort(doc! { "created_at": -1, "_id": -1 })
             .limit(limit as i64 + 1)
@@ -150,5 +207,14 @@ impl Store {
             .try_collect()
             .await?;
         Ok(rows.into_iter().map(|r| r.followee_id).collect())
+    }
+
+    /// How many active follows have `side` (`follower_id` or `followee_id`) = `user`.
+    pub async fn count(&self, side: &str, user: ObjectId) -> Result<i64> {
+        let n = self
+            .follows
+            .count_documents(doc! { side: mongo::is(user), "state": ACTIVE })
+            .await?;
+        Ok(i64::try_from(n).unwrap_or(i64::MAX))
     }
 }

@@ -2,15 +2,21 @@
 //! `users` collection. [`run`] is what `main` and the tests call.
 
 mod api;
+mod events;
 mod password;
+mod recompute;
 mod store;
+
+pub use recompute::recompute_counters;
 
 use std::time::Duration;
 
+use social_events::EventsConfig;
 use social_kit::{
     auth::{TokenIssuer, TokenVerifier},
+    client::Peer,
     config::{CommonConfig, ConfigError},
-    serve::{Gate, ServeSpec, serve},
+    serve::{Background, Gate, ServeSpec, serve},
 };
 use social_proto::user::v1::user_service_server::{SERVICE_NAME, UserServiceServer};
 use tokio::net::TcpListener;
@@ -26,6 +32,10 @@ pub struct Config {
     pub private_key_pem: Option<String>,
     /// `AUTH_TOKEN_TTL_SECS`: how long an access token lives.
     pub token_ttl: Duration,
+    /// Where follow events come from.
+    pub events: EventsConfig,
+    /// The social-graph service (`GRAPH_SERVICE_URL`), asked only when recomputing counters.
+    pub graph_service: Peer,
 }
 
 impl Config {
@@ -35,15 +45,31 @@ impl Config {
             common: CommonConfig::from_env("user", "USER_ADDR", "127.0.0.1:50051")?,
             private_key_pem: social_kit::config::optional("AUTH_PRIVATE_KEY"),
             token_ttl: social_kit::config::seconds_or("AUTH_TOKEN_TTL_SECS", 900)?,
+            events: EventsConfig::from_env()?,
+            graph_service: Peer::from_env(
+                "social-graph service",
+                "GRAPH_SERVICE_URL",
+                "http://127.0.0.1:50053",
+            )?,
         })
     }
 
-    /// Local stores, the given database, an ephemeral port, development keys.
-    pub fn for_tests(mongodb_uri: &str, database: &str) -> Self {
+    /// Local stores, the given database and events, an ephemeral port, development keys.
+    pub fn for_tests(mongodb_uri: &str, database: &str, events: EventsConfig) -> Self {
+        #[allow(clippy::expect_used)] // a constant URL
+        let graph_service = Peer::new(
+            "social-graph service",
+            "GRAPH_SERVICE_URL",
+            "http://127.0.0.1:50053",
+            Duration::from_secs(2),
+        )
+        .expect("valid URL");
         Self {
             common: CommonConfig::for_tests("user", mongodb_uri, database),
             private_key_pem: None,
             token_ttl: Duration::from_secs(900),
+            events,
+            graph_service,
         }
     }
 
@@ -76,6 +102,10 @@ pub async fn run(
     let gate = Gate::new(TokenVerifier::from_config(&config.common)?);
     let api = api::Api::new(store.clone(), config.issuer()?, password::Hasher::new()?);
     let routes = Routes::new(UserServiceServer::with_interceptor(api, gate.clone()));
+    let mut background = Background::new();
+    let (events, handler) = (config.events.clone(), events::handler(store.clone()));
+    background
+        .spawn(|stop| social_events::consumer::run(events, events::subscription(), handler, stop));
     let startup = move || {
         let store = store.clone();
         async move { store.init().await }
@@ -86,5 +116,7 @@ pub async fn run(
         db,
         gate,
     };
-    serve(spec, listener, routes, startup, shutdown).await
+    let served = serve(spec, listener, routes, startup, shutdown).await;
+    background.stop().await;
+    served
 }

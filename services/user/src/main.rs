@@ -1,4 +1,7 @@
 //! The user service binary: reads its configuration and serves until SIGTERM.
+//!
+//! `social-user recompute-counters` instead recomputes every user's follower and
+//! following counts from the social-graph service and exits.
 
 use std::process::ExitCode;
 
@@ -9,8 +12,24 @@ async fn main() -> ExitCode {
         Err(code) => return code,
     };
     let common = config.common.clone();
-    social_kit::serve::main(&common, |listener, shutdown| {
-        social_user::run(config, listener, shutdown)
-    })
-    .await
+    match std::env::args().nth(1).as_deref() {
+        None | Some("serve") => {
+            social_kit::serve::main(&common, |listener, shutdown| {
+                social_user::run(config, listener, shutdown)
+            })
+            .await
+        }
+        Some("recompute-counters") => {
+            social_kit::serve::main_once(&common, async {
+                let n = social_user::recompute_counters(&config).await?;
+                tracing::info!(users = n, "counters recomputed");
+                Ok(())
+            })
+            .await
+        }
+        Some(other) => {
+            eprintln!("unknown command {other:?}; usage: social-user [serve|recompute-counters]");
+            ExitCode::from(2)
+        }
+    }
 }

@@ -8,6 +8,7 @@ use bson::{DateTime, Document, doc, oid::ObjectId};
 use futures::TryStreamExt;
 use mongodb::{Collection, Database, options::ReturnDocument};
 use serde::{Deserialize, Serialize};
+use social_events::{idempotency, outbox};
 use social_kit::{Error, Result, error::is_duplicate_key, mongo};
 
 /// A stored account.
@@ -108,24 +109,34 @@ impl Store {
     }
 
     pub async fn by_id(&self, id: ObjectId) -> Result<Option<UserDoc>> {
-        Ok(self.users.find_one(doc! { "_id": id }).await?)
+        Ok(self
+            .users
+            .find_one(doc! { "_id": id })
+            .projection(outbox::without_bookkeeping())
+            .await?)
     }
 
     pub async fn by_username(&self, username_lower: &str) -> Result<Option<UserDoc>> {
         Ok(self
             .users
             .find_one(doc! { "username_lower": username_lower })
+            .projection(outbox::without_bookkeeping())
             .await?)
     }
 
     pub async fn by_email(&self, email: &str) -> Result<Option<UserDoc>> {
-        Ok(self.users.find_one(doc! { "email": email }).await?)
+        Ok(self
+            .users
+            .find_one(doc! { "email": email })
+            .projection(outbox::without_bookkeeping())
+            .await?)
     }
 
     pub async fn by_ids(&self, ids: &[ObjectId]) -> Result<Vec<UserDoc>> {
         Ok(self
             .users
             .find(doc! { "_id": { "$in": ids } })
+            .projection(outbox::without_bookkeeping())
             .await?
             .try_collect()
             .await?)
@@ -135,6 +146,7 @@ impl Store {
         Ok(self
             .users
             .find(doc! { "username_lower": { "$in": lowers } })
+            .projection(outbox::without_bookkeeping())
             .await?
             .try_collect()
             .await?)
@@ -146,6 +158,7 @@ impl Store {
         Ok(self
             .users
             .find_one_and_update(doc! { "_id": id }, doc! { "$set": set })
+            .projection(outbox::without_bookkeeping())
             .return_document(ReturnDocument::After)
             .await?)
     }
@@ -162,5 +175,58 @@ impl Store {
             .await
             .map_err(Error::from)?;
         Ok(r.modified_count == 1)
+    }
+
+    /// Adds `delta` to a counter of `user`, once per `event_id`. A user that does not
+    /// exist is left alone.
+    pub async fn add_to_count(
+        &self,
+        user: ObjectId,
+        field: &str,
+        delta: i64,
+        event_id: &str,
+    ) -> Result<()> {
+        let (filter, update) = idempotency::once(
+            doc! { "_id": user },
+            doc! { "$inc": { field: delta } },
+            event_id,
+        );
+        self.users.update_one(filter, update).await?;
+        Ok(())
+    }
+
+    /// Sets both counters of `user` (for recomputing them).
+    pub async fn set_counts(&self, user: ObjectId, followers: i64, following: i64) -> Result<()> {
+        self.users
+            .update_one(
+                doc! { "_id": user },
+                doc! { "$set": { "followers_count": followers, "following_count": following } },
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Ids of all users after `after` in id order, at most `limit` (for recomputing).
+    pub async fn ids_after(&self, after: Option<ObjectId>, limit: i64) -> Result<Vec<ObjectId>> {
+        #[derive(Deserialize)]
+        struct Row {
+            #[serde(rename = "_id")]
+            id: ObjectId,
+        }
+        let filter = match after {
+            Some(id) => doc! { "_id": { "$gt": id } },
+            None => doc! {},
+        };
+        let rows: Vec<Row> = self
+            .users
+            .clone_with_type::<Row>()
+            .find(filter)
+            .projection(doc! { "_id": 1 })
+            .sort(doc! { "_id": 1 })
+            .limit(limit)
+            .await?
+            .try_collect()
+            .await?;
+        Ok(rows.into_iter().map(|r| r.id).collect())
     }
 }

@@ -6,7 +6,6 @@ use std::{collections::HashSet, time::Duration};
 
 use bson::oid::ObjectId;
 use prost_types::FieldMask;
-use social_kit::client::Peer;
 use social_proto::{
     common::v1::Media,
     graph::v1::{
@@ -17,43 +16,26 @@ use social_proto::{
         ListHomeFeedRequest, ListUserPostsRequest, Post, UpdatePostRequest,
         post_service_client::PostServiceClient,
     },
-    user::v1::{RegisterRequest, user_service_client::UserServiceClient},
 };
-use social_testkit::{
-    Running, authed, mongodb_uri, start, token_for, unique_name, violated_fields,
-};
+use social_testkit::{Stack, StackOptions, authed, token_for, violated_fields};
 use tonic::{Code, Status, transport::Channel};
 
 struct App {
-    _services: Vec<Running>,
-    users: UserServiceClient<Channel>,
+    stack: Stack,
     graph: SocialGraphServiceClient<Channel>,
     posts: PostServiceClient<Channel>,
 }
 
 async fn spawn_with_graph(graph_url: Option<String>) -> App {
-    let db = unique_name("post_it");
-    let timeout = Duration::from_secs(2);
-    let user_config = social_user::Config::for_tests(&mongodb_uri(), &db);
-    let user = start(|l, s| social_user::run(user_config, l, s)).await;
-    let user_peer = Peer::new(
-        "user service",
-        "USER_SERVICE_URL",
-        &format!("http://{}", user.addr),
-        timeout,
-    )
-    .unwrap();
-    let graph_config = social_graph::Config::for_tests(&mongodb_uri(), &db, user_peer);
-    let graph = start(|l, s| social_graph::run(graph_config, l, s)).await;
-    let url = graph_url.unwrap_or_else(|| format!("http://{}", graph.addr));
-    let graph_peer = Peer::new("social-graph service", "GRAPH_SERVICE_URL", &url, timeout).unwrap();
-    let post_config = social_post::Config::for_tests(&mongodb_uri(), &db, graph_peer);
-    let post = start(|l, s| social_post::run(post_config, l, s)).await;
+    let stack = Stack::start_with(StackOptions {
+        graph_url_for_post: graph_url,
+        ..Default::default()
+    })
+    .await;
     App {
-        users: UserServiceClient::new(user.channel().await),
-        graph: SocialGraphServiceClient::new(graph.channel().await),
-        posts: PostServiceClient::new(post.channel().await),
-        _services: vec![user, graph, post],
+        graph: stack.graph().await,
+        posts: stack.posts().await,
+        stack,
     }
 }
 
@@ -85,19 +67,7 @@ fn video() -> Media {
 
 impl App {
     async fn user(&self, name: &str) -> (String, String) {
-        let r = self
-            .users
-            .clone()
-            .register(RegisterRequest {
-                username: name.into(),
-                email: format!("{name}@example.com"),
-                password: "correct horse battery".into(),
-                full_name: String::new(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        (r.user.unwrap().id, r.access_token)
+        self.stack.register(name).await
     }
 
     async fn post(&self, token: &str, content: &str, media: Vec<Media>) -> Result<Post, Status> {

@@ -5,40 +5,28 @@
 use std::{collections::HashSet, time::Duration};
 
 use bson::oid::ObjectId;
-use social_kit::client::Peer;
-use social_proto::{
-    graph::v1::{
-        FollowRequest, GetRelationshipRequest, ListFollowersRequest, ListFollowingIdsRequest,
-        ListFollowingRequest, UnfollowRequest,
-        social_graph_service_client::SocialGraphServiceClient,
-    },
-    user::v1::{RegisterRequest, user_service_client::UserServiceClient},
+use social_proto::graph::v1::{
+    FollowRequest, GetRelationshipRequest, ListFollowersRequest, ListFollowingIdsRequest,
+    ListFollowingRequest, UnfollowRequest, social_graph_service_client::SocialGraphServiceClient,
 };
-use social_testkit::{
-    Running, authed, mongodb_uri, start, token_for, unique_name, violated_fields,
-};
+use social_testkit::{Stack, StackOptions, authed, token_for, violated_fields};
 use tonic::{Code, transport::Channel};
 
 struct App {
-    _user: Running,
-    _graph: Running,
-    users: UserServiceClient<Channel>,
+    stack: Stack,
     graph: SocialGraphServiceClient<Channel>,
 }
 
 async fn spawn_with_user_service(user_url: Option<String>, timeout: Duration) -> App {
-    let db = unique_name("graph_it");
-    let user_config = social_user::Config::for_tests(&mongodb_uri(), &db);
-    let user = start(|l, s| social_user::run(user_config, l, s)).await;
-    let url = user_url.unwrap_or_else(|| format!("http://{}", user.addr));
-    let peer = Peer::new("user service", "USER_SERVICE_URL", &url, timeout).unwrap();
-    let graph_config = social_graph::Config::for_tests(&mongodb_uri(), &db, peer);
-    let graph = start(|l, s| social_graph::run(graph_config, l, s)).await;
+    let stack = Stack::start_with(StackOptions {
+        user_url_for_graph: user_url,
+        peer_timeout: Some(timeout),
+        ..Default::default()
+    })
+    .await;
     App {
-        users: UserServiceClient::new(user.channel().await),
-        graph: SocialGraphServiceClient::new(graph.channel().await),
-        _user: user,
-        _graph: graph,
+        graph: stack.graph().await,
+        stack,
     }
 }
 
@@ -49,19 +37,7 @@ async fn spawn() -> App {
 impl App {
     /// A registered user's id and token.
     async fn user(&self, name: &str) -> (String, String) {
-        let r = self
-            .users
-            .clone()
-            .register(RegisterRequest {
-                username: name.into(),
-                email: format!("{name}@example.com"),
-                password: "correct horse battery".into(),
-                full_name: String::new(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        (r.user.unwrap().id, r.access_token)
+        self.stack.register(name).await
     }
 
     async fn follow(

@@ -20,7 +20,11 @@ struct App {
 }
 
 async fn spawn() -> App {
-    let config = social_user::Config::for_tests(&mongodb_uri(), &unique_name("user_it"));
+    let config = social_user::Config::for_tests(
+        &mongodb_uri(),
+        &unique_name("user_it"),
+        social_events::EventsConfig::for_tests(&unique_name("t")),
+    );
     let running = start(|listener, shutdown| social_user::run(config, listener, shutdown)).await;
     let client = UserServiceClient::new(running.channel().await);
     App { running, client }
@@ -496,8 +500,11 @@ async fn bad_tokens_are_unauthenticated_even_on_open_calls() {
 #[tokio::test]
 async fn an_unreachable_database_is_unavailable_fast() {
     // Nothing listens on port 1.
-    let mut config =
-        social_user::Config::for_tests("mongodb://127.0.0.1:1/?directConnection=true", "x");
+    let mut config = social_user::Config::for_tests(
+        "mongodb://127.0.0.1:1/?directConnection=true",
+        "x",
+        social_events::EventsConfig::for_tests(&unique_name("t")),
+    );
     config.common.mongodb_timeout = std::time::Duration::from_millis(300);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

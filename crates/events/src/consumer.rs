@@ -1,0 +1,249 @@
+//! The consumer loop: one durable queue per service, manual acks, bounded prefetch, a
+//! timeout per handler, bounded retries, a dead-letter queue for messages that keep
+//! failing or cannot be decoded, reconnection after a broker restart, and a clean stop.
+//!
+//! Handlers must be idempotent (see [`crate::idempotency`]): delivery is at least once.
+//! A failed message is re-published to the back of its queue with an attempt count in
+//! the `x-attempt` header and acknowledged; after `max_attempts` it is rejected into the
+//! dead-letter queue. This works the same for quorum and classic queues.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use futures::{StreamExt, future::BoxFuture};
+use lapin::{
+    BasicProperties, Channel,
+    message::Delivery,
+    options::{
+        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
+        BasicPublishOptions, BasicQosOptions,
+    },
+    types::{AMQPValue, FieldTable},
+};
+use prost::Message;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::{config::EventsConfig, envelope::Envelope};
+
+/// Handles one event. `Err` means "try again later"; after the last attempt the
+/// message is dead-lettered.
+pub type Handler = Arc<dyn Fn(Envelope) -> BoxFuture<'static, anyhow::Result<()>> + Send + Sync>;
+
+/// What a service consumes.
+#[derive(Clone)]
+pub struct Subscription {
+    /// The consuming service; its queue is `<prefix>.<service>`.
+    pub service: &'static str,
+    /// The routing keys bound to its queue.
+    pub routing_keys: Vec<&'static str>,
+}
+
+const ATTEMPT_HEADER: &str = "x-attempt";
+
+/// Consumes until `shutdown`: then stops taking messages, lets the ones in hand finish
+/// (up to the handler timeout) and returns; anything unacknowledged is redelivered.
+pub async fn run(
+    config: EventsConfig,
+    subscription: Subscription,
+    handler: Handler,
+    shutdown: CancellationToken,
+) {
+    let name = format!("{}-consumer", subscription.service);
+    while !shutdown.is_cancelled() {
+        let Some(connection) = crate::connection::connect(&config.amqp_url, &name, &shutdown).await
+        else {
+            break;
+        };
+        match consume(&config, &subscription, &handler, &connection, &shutdown).await {
+            Ok(()) => break,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), service = subscription.service, "consumer lost its connection; reconnecting");
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
+            }
+        }
+    }
+}
+
+async fn consume(
+    config: &EventsConfig,
+    subscription: &Subscription,
+    handler: &Handler,
+    connection: &lapin::Connection,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let channel = connection.create_channel().await?;
+    let queue = crate::topology::declare_consumer(
+        &channel,
+        config,
+        subscription.service,
+        &subscription.routing_keys,
+    )
+    .await?;
+    channel
+        .basic_qos(config.prefetch, BasicQosOptions::default())
+        .await?;
+    let tag = format!(
+        "{}-{}",
+        subscription.service,
+        bson::oid::ObjectId::new().to_hex()
+    );
+    let mut deliveries = channel
+        .basic_consume(
+            queue.as_str().into(),
+            tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    tracing::info!(%queue, "consuming");
+    let mut in_hand = JoinSet::new();
+    let result = loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break Ok(()),
+            Some(_) = in_hand.join_next(), if !in_hand.is_empty() => {}
+            next = deliveries.next() => match next {
+                Some(Ok(delivery)) => {
+                    let (config, handler, channel, queue) = (config.clone(), handler.clone(), channel.clone(), queue.clone());
+                    in_hand.spawn(async move { handle(&config, &handler, &channel, &queue, delivery).await });
+                }
+                Some(Err(e)) => break Err(anyhow::Error::new(e)),
+                None => break Err(anyhow::anyhow!("the consumer stream ended")),
+            },
+        }
+    };
+    // Stop taking messages, finish what is in hand, then close (unacked ones return).
+    let _ = channel
+        .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+        .await;
+    let grace = config.handler_timeout + Duration::from_secs(1);
+    let _ = tokio::time::timeout(grace, async {
+        while in_hand.join_next().await.is_some() {}
+    })
+    .await;
+    in_hand.abort_all();
+    let _ = channel.close(200, "bye".into()).await;
+    result
+}
+
+fn attempt_of(delivery: &Delivery) -> u32 {
+    delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(ATTEMPT_HEADER))
+        .and_then(|v| match v {
+            AMQPValue::LongUInt(n) => Some(*n),
+            AMQPValue::LongInt(n) => u32::try_from(*n).ok(),
+            AMQPValue::LongLongInt(n) => u32::try_from(*n).ok(),
+            _ => None,
+        })
+        .unwrap_or(1)
+}
+
+fn trace_context(delivery: &Delivery) -> HashMap<String, String> {
+    let mut map = HashMap::new();
+    if let Some(headers) = delivery.properties.headers() {
+        for (k, v) in headers.inner() {
+            if let AMQPValue::LongString(s) = v {
+                map.insert(k.to_string(), s.to_string());
+            }
+        }
+    }
+    map
+}
+
+async fn handle(
+    config: &EventsConfig,
+    handler: &Handler,
+    channel: &Channel,
+    queue: &str,
+    delivery: Delivery,
+) {
+    let span = tracing::info_span!(
+        "event.consume",
+        otel.kind = "consumer",
+        routing_key = %delivery.routing_key,
+        event_id = tracing::field::Empty,
+    );
+    social_kit::telemetry::extract(&span, &trace_context(&delivery));
+    async move {
+        let envelope = match Envelope::decode(delivery.data.as_slice()) {
+            Ok(e) if e.payload.is_some() => e,
+            _ => {
+                tracing::error!("undecodable message; dead-lettering it");
+                let _ = delivery
+                    .acker
+                    .nack(BasicNackOptions {
+                        requeue: false,
+                        ..Default::default()
+                    })
+                    .await;
+                return;
+            }
+        };
+        tracing::Span::current().record("event_id", envelope.event_id.as_str());
+        let attempt = attempt_of(&delivery);
+        let outcome = tokio::time::timeout(config.handler_timeout, handler(envelope)).await;
+        let error = match outcome {
+            Ok(Ok(())) => {
+                if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
+                    tracing::warn!(error = %e, "ack failed; the message will be redelivered");
+                }
+                return;
+            }
+            Ok(Err(e)) => format!("{e:#}"),
+            Err(_) => "handler timed out".to_owned(),
+        };
+        if attempt >= config.max_attempts {
+            tracing::error!(%error, attempt, "giving up on a message; dead-lettering it");
+            let _ = delivery
+                .acker
+                .nack(BasicNackOptions {
+                    requeue: false,
+                    ..Default::default()
+                })
+                .await;
+            return;
+        }
+        tracing::warn!(%error, attempt, "handler failed; retrying");
+        tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+        headers.insert(ATTEMPT_HEADER.into(), AMQPValue::LongUInt(attempt + 1));
+        let properties: BasicProperties = delivery.properties.clone().with_headers(headers);
+        let retried = async {
+            channel
+                .basic_publish(
+                    "".into(),
+                    queue.into(),
+                    BasicPublishOptions::default(),
+                    &delivery.data,
+                    properties,
+                )
+                .await?
+                .await
+        }
+        .await;
+        match retried {
+            // Not confirmed-mode: the retry copy is in the broker's hands once written.
+            Ok(_) => {
+                let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not re-queue for retry; returning the message");
+                let _ = delivery
+                    .acker
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    })
+                    .await;
+            }
+        }
+    }
+    .instrument(span)
+    .await;
+}

@@ -1,0 +1,31 @@
+//! Events: one [`Envelope`] per message, its routing key named after the payload.
+
+use bson::oid::ObjectId;
+pub use social_proto::events::v1::{Envelope, envelope::Payload};
+
+/// A new event with a fresh id, now, by `actor`.
+pub fn new_envelope(actor: ObjectId, payload: Payload) -> Envelope {
+    let now = social_kit::time::to_timestamp(bson::DateTime::now());
+    Envelope {
+        event_id: ObjectId::new().to_hex(),
+        occurred_at: Some(now),
+        actor_id: actor.to_hex(),
+        payload: Some(payload),
+    }
+}
+
+/// `<area>.<entity>.<verb>` of a payload.
+pub fn routing_key(payload: &Payload) -> &'static str {
+    match payload {
+        Payload::UserFollowed(_) => "graph.user.followed",
+        Payload::UserUnfollowed(_) => "graph.user.unfollowed",
+        Payload::PostCreated(_) => "post.post.created",
+        Payload::PostDeleted(_) => "post.post.deleted",
+        Payload::PostLiked(_) => "engagement.post.liked",
+        Payload::PostUnliked(_) => "engagement.post.unliked",
+        Payload::CommentCreated(_) => "engagement.comment.created",
+        Payload::CommentDeleted(_) => "engagement.comment.deleted",
+        Payload::CommentLiked(_) => "engagement.comment.liked",
+        Payload::CommentUnliked(_) => "engagement.comment.unliked",
+    }
+}

@@ -1,0 +1,23 @@
+//! Domain events on RabbitMQ: the topology, the outbox and its relay, and the consumer
+//! loop. Services use it to publish what happened and to react to what others did.
+//!
+//! - [`envelope`]: building an [`Envelope`] and its routing key.
+//! - [`outbox`]: how a pending event rides inside the domain document it describes, so
+//!   that the write and the event are one single-document atomic update (no
+//!   multi-document transaction needed), and the relay that publishes it with
+//!   publisher confirms.
+//! - [`consumer`]: manual acks, bounded prefetch, handler timeout, bounded retries, a
+//!   dead-letter queue, reconnects, and a clean stop.
+//! - [`idempotency`]: applying an event to a document at most once.
+
+pub mod config;
+pub mod connection;
+pub mod consumer;
+pub mod envelope;
+pub mod idempotency;
+pub mod outbox;
+pub mod topology;
+
+pub use config::{EventsConfig, QueueType};
+pub use envelope::{Envelope, Payload, new_envelope, routing_key};
+pub use social_proto::events::v1 as pb;

@@ -1,0 +1,137 @@
+//! Every service started in-process against one fresh database and one fresh set of
+//! exchange and queue names, wired to each other like `scripts/up` wires them.
+
+use std::time::Duration;
+
+use social_events::EventsConfig;
+use social_kit::client::Peer;
+use social_proto::{
+    engagement::v1::engagement_service_client::EngagementServiceClient,
+    graph::v1::social_graph_service_client::SocialGraphServiceClient,
+    post::v1::post_service_client::PostServiceClient,
+    user::v1::{RegisterRequest, user_service_client::UserServiceClient},
+};
+use tonic::transport::Channel;
+
+use crate::{Running, mongodb_uri, start, unique_name};
+
+/// Overrides for a [`Stack`].
+#[derive(Default)]
+pub struct StackOptions {
+    /// Where the social-graph service finds the user service (default: the real one).
+    pub user_url_for_graph: Option<String>,
+    /// Where the post service finds the social-graph service (default: the real one).
+    pub graph_url_for_post: Option<String>,
+    /// RabbitMQ for every service (default: `AMQP_URL`), e.g. through a `TcpProxy`.
+    pub amqp_url: Option<String>,
+    /// Deadline of calls between services.
+    pub peer_timeout: Option<Duration>,
+}
+
+/// The running services.
+pub struct Stack {
+    /// The database they share (each owns its collections).
+    pub database: String,
+    /// Their exchange and queue names.
+    pub events: EventsConfig,
+    pub user: Running,
+    pub graph: Running,
+    pub post: Running,
+    pub engagement: Running,
+}
+
+impl Stack {
+    /// Starts everything with the defaults.
+    pub async fn start() -> Self {
+        Self::start_with(StackOptions::default()).await
+    }
+
+    /// Starts everything with `options`.
+    pub async fn start_with(options: StackOptions) -> Self {
+        let database = unique_name("stack");
+        let mut events = EventsConfig::for_tests(&unique_name("t"));
+        if let Some(url) = options.amqp_url {
+            events.amqp_url = url;
+        }
+        let uri = mongodb_uri();
+        let timeout = options.peer_timeout.unwrap_or(Duration::from_secs(2));
+        let peer = |name: &'static str, var: &str, url: String| {
+            Peer::new(name, var, &url, timeout).expect("peer URL")
+        };
+
+        let config = social_user::Config::for_tests(&uri, &database, events.clone());
+        let user = start(|l, s| social_user::run(config, l, s)).await;
+        let url = options
+            .user_url_for_graph
+            .unwrap_or_else(|| format!("http://{}", user.addr));
+        let config = social_graph::Config::for_tests(
+            &uri,
+            &database,
+            peer("user service", "USER_SERVICE_URL", url),
+            events.clone(),
+        );
+        let graph = start(|l, s| social_graph::run(config, l, s)).await;
+        let url = options
+            .graph_url_for_post
+            .unwrap_or_else(|| format!("http://{}", graph.addr));
+        let config = social_post::Config::for_tests(
+            &uri,
+            &database,
+            peer("social-graph service", "GRAPH_SERVICE_URL", url),
+            events.clone(),
+        );
+        let post = start(|l, s| social_post::run(config, l, s)).await;
+        let config = social_engagement::Config::for_tests(
+            &uri,
+            &database,
+            peer(
+                "post service",
+                "POST_SERVICE_URL",
+                format!("http://{}", post.addr),
+            ),
+            events.clone(),
+        );
+        let engagement = start(|l, s| social_engagement::run(config, l, s)).await;
+        Self {
+            database,
+            events,
+            user,
+            graph,
+            post,
+            engagement,
+        }
+    }
+
+    pub async fn users(&self) -> UserServiceClient<Channel> {
+        UserServiceClient::new(self.user.channel().await)
+    }
+
+    pub async fn graph(&self) -> SocialGraphServiceClient<Channel> {
+        SocialGraphServiceClient::new(self.graph.channel().await)
+    }
+
+    pub async fn posts(&self) -> PostServiceClient<Channel> {
+        PostServiceClient::new(self.post.channel().await)
+    }
+
+    pub async fn engagement(&self) -> EngagementServiceClient<Channel> {
+        EngagementServiceClient::new(self.engagement.channel().await)
+    }
+
+    /// Registers `name`; returns its id and access token.
+    pub async fn register(&self, name: &str) -> (String, String) {
+        let r = self
+            .users()
+            .await
+            .register(RegisterRequest {
+                username: name.into(),
+                email: format!("{name}@example.com"),
+                password: "correct horse battery".into(),
+                full_name: String::new(),
+            })
+            .await
+            .expect("register")
+            .into_inner();
+        (r.user.expect("user").id, r.access_token)
+    }
+}

@@ -1,0 +1,375 @@
+//! `social.engagement.v1.EngagementService`: request → validated value → store →
+//! response, with the event of each change written in the same document update.
+
+use bson::oid::ObjectId;
+use social_events::{
+    Envelope, Payload, new_envelope,
+    outbox::Waker,
+    pb::{CommentCreated, CommentDeleted, CommentLiked, CommentUnliked, PostLiked, PostUnliked},
+};
+use social_kit::{
+    Error, Result, auth::caller, client::Peer, content, error::Violations, paging::PageRequest,
+    time::to_timestamp, validate,
+};
+use social_proto::{
+    engagement::v1::{
+        Comment, CountPostEngagementRequest, CountPostEngagementResponse, CreateCommentRequest,
+        DeleteCommentRequest, GetCommentRequest, Like, LikeCommentRequest, LikePostRequest,
+        ListCommentsRequest, ListCommentsResponse, ListPostLikesRequest, ListPostLikesResponse,
+        PostEngagementCounts, UnlikeCommentRequest, UnlikePostRequest, UpdateCommentRequest,
+        engagement_service_server::EngagementService,
+    },
+    post::v1::{GetPostRequest, post_service_client::PostServiceClient},
+};
+use tonic::{Code, Request, Response, Status};
+
+use crate::store::{CommentDoc, LikeDoc, Store, Target};
+
+pub struct Api {
+    store: Store,
+    posts: Peer,
+    relay: Waker,
+}
+
+impl Api {
+    pub fn new(store: Store, posts: Peer, relay: Waker) -> Self {
+        Self {
+            store,
+            posts,
+            relay,
+        }
+    }
+
+    /// The author of post `id`, or NOT_FOUND, from the post service.
+    async fn post_author(&self, id: ObjectId) -> Result<ObjectId> {
+        let mut client = PostServiceClient::new(self.posts.channel());
+        let request = self.posts.request(GetPostRequest { id: id.to_hex() });
+        match self.posts.call(client.get_post(request)).await {
+            Ok(post) => ObjectId::parse_str(&post.user_id).map_err(Error::internal),
+            Err(status) if status.code() == Code::NotFound => Err(Error::NotFound("post")),
+            Err(status) => Err(self.posts.error(status)),
+        }
+    }
+
+    /// Records a like with its event; the event is built only if the like is new.
+    async fn like(&self, like: LikeDoc, event: Envelope) -> Result<()> {
+        if self.store.like(&like, &event).await? {
+            self.relay.wake();
+        }
+        Ok(())
+    }
+}
+
+impl From<LikeDoc> for Like {
+    fn from(l: LikeDoc) -> Self {
+        Self {
+            user_id: l.user_id.to_hex(),
+            post_id: l.post_id.to_hex(),
+            comment_id: l.comment_id.map(|c| c.to_hex()),
+            created_at: Some(to_timestamp(l.created_at)),
+        }
+    }
+}
+
+impl From<CommentDoc> for Comment {
+    fn from(c: CommentDoc) -> Self {
+        Self {
+            id: c.id.to_hex(),
+            post_id: c.post_id.to_hex(),
+            user_id: c.user_id.to_hex(),
+            content: c.content,
+            media: c.media.into_iter().map(Into::into).collect(),
+            likes_count: c.likes_count,
+            created_at: Some(to_timestamp(c.created_at)),
+            updated_at: Some(to_timestamp(c.updated_at)),
+        }
+    }
+}
+
+fn id(field: &str, value: &str) -> Result<ObjectId> {
+    validate::object_id(value).map_err(|d| Error::invalid(field, d))
+}
+
+#[tonic::async_trait]
+impl EngagementService for Api {
+    async fn like_post(&self, request: Request<LikePostRequest>) -> Result<Response<()>, Status> {
+        let me = caller(&request)?;
+        let post = id("post_id", &request.get_ref().post_id)?;
+        if self.store.active_like(me, post).await?.is_some() {
+            return Ok(Response::new(()));
+        }
+        let author = self.post_author(post).await?;
+        let event = new_envelope(
+            me,
+            Payload::PostLiked(PostLiked {
+                post_id: post.to_hex(),
+                post_author_id: author.to_hex(),
+                user_id: me.to_hex(),
+            }),
+        );
+        self.like(LikeDoc::new(me, Target::Post, post, post, author), event)
+            .await?;
+        Ok(Response::new(()))
+    }
+
+    async fn unlike_post(
+        &self,
+        request: Request<UnlikePostRequest>,
+    ) -> Result<Response<()>, Status> {
+        let me = caller(&request)?;
+        let post = id("post_id", &request.get_ref().post_id)?;
+        if let Some(like) = self.store.active_like(me, post).await? {
+            let event = new_envelope(
+                me,
+                Payload::PostUnliked(PostUnliked {
+                    post_id: post.to_hex(),
+                    post_author_id: like.target_author_id.to_hex(),
+                    user_id: me.to_hex(),
+                }),
+            );
+            if self.store.unlike(like.id, &event).await? {
+                self.relay.wake();
+            }
+        }
+        Ok(Response::new(()))
+    }
+
+    async fn like_comment(
+        &self,
+        request: Request<LikeCommentRequest>,
+    ) -> Result<Response<()>, Status> {
+        let me = caller(&request)?;
+        let comment_id = id("comment_id", &request.get_ref().comment_id)?;
+        if self.store.active_like(me, comment_id).await?.is_some() {
+            return Ok(Response::new(()));
+        }
+        let comment = self
+            .store
+            .comment(comment_id)
+            .await?
+            .ok_or(Error::NotFound("comment"))?;
+        let event = new_envelope(
+            me,
+            Payload::CommentLiked(CommentLiked {
+                comment_id: comment.id.to_hex(),
+                post_id: comment.post_id.to_hex(),
+                comment_author_id: comment.user_id.to_hex(),
+                user_id: me.to_hex(),
+            }),
+        );
+        let like = LikeDoc::new(
+            me,
+            Target::Comment,
+            comment.id,
+            comment.post_id,
+            comment.user_id,
+        );
+        self.like(like, event).await?;
+        Ok(Response::new(()))
+    }
+
+    async fn unlike_comment(
+        &self,
+        request: Request<UnlikeCommentRequest>,
+    ) -> Result<Response<()>, Status> {
+        let me = caller(&request)?;
+        let comment_id = id("comment_id", &request.get_ref().comment_id)?;
+        if let Some(like) = self.store.active_like(me, comment_id).await? {
+            let event = new_envelope(
+                me,
+                Payload::CommentUnliked(CommentUnliked {
+                    comment_id: comment_id.to_hex(),
+                    post_id: like.post_id.to_hex(),
+                    comment_author_id: like.target_author_id.to_hex(),
+                    user_id: me.to_hex(),
+                }),
+            );
+            if self.store.unlike(like.id, &event).await? {
+                self.relay.wake();
+            }
+        }
+        Ok(Response::new(()))
+    }
+
+    async fn list_post_likes(
+        &self,
+        request: Request<ListPostLikesRequest>,
+    ) -> Result<Response<ListPostLikesResponse>, Status> {
+        let r = request.get_ref();
+        let mut v = Violations::default();
+        let post = v.take("post_id", validate::object_id(&r.post_id));
+        let page = PageRequest::parse(
+            r.page_size,
+            &r.page_token,
+            format!("post-likes:{}", r.post_id),
+            &mut v,
+        );
+        v.finish()?;
+        let likes = self
+            .store
+            .post_likes(post.unwrap_or_default(), &page)
+            .await?;
+        let (likes, next_page_token) = page.finish(likes, |l| (l.created_at, l.id));
+        Ok(Response::new(ListPostLikesResponse {
+            likes: likes.into_iter().map(Into::into).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn create_comment(
+        &self,
+        request: Request<CreateCommentRequest>,
+    ) -> Result<Response<Comment>, Status> {
+        let me = caller(&request)?;
+        let r = request.into_inner();
+        let mut v = Violations::default();
+        let post = v.take("post_id", validate::object_id(&r.post_id));
+        let text = content::text("content", &r.content, &mut v);
+        let media = content::media("media", &r.media, &mut v);
+        content::require_something("content", &text, &media, &mut v);
+        v.finish()?;
+        let post = post.unwrap_or_default();
+        let post_author = self.post_author(post).await?;
+        let comment = CommentDoc::new(post, post_author, me, text, media);
+        let event = new_envelope(
+            me,
+            Payload::CommentCreated(CommentCreated {
+                comment_id: comment.id.to_hex(),
+                post_id: post.to_hex(),
+                post_author_id: post_author.to_hex(),
+                author_id: me.to_hex(),
+                content: comment.content.clone(),
+            }),
+        );
+        self.store.insert_comment(&comment, &event).await?;
+        self.relay.wake();
+        Ok(Response::new(comment.into()))
+    }
+
+    async fn get_comment(
+        &self,
+        request: Request<GetCommentRequest>,
+    ) -> Result<Response<Comment>, Status> {
+        let comment_id = id("id", &request.get_ref().id)?;
+        let comment = self
+            .store
+            .comment(comment_id)
+            .await?
+            .ok_or(Error::NotFound("comment"))?;
+        Ok(Response::new(comment.into()))
+    }
+
+    async fn update_comment(
+        &self,
+        request: Request<UpdateCommentRequest>,
+    ) -> Result<Response<Comment>, Status> {
+        let me = caller(&request)?;
+        let r = request.into_inner();
+        let comment = r
+            .comment
+            .ok_or_else(|| Error::invalid("comment", "is required"))?;
+        let comment_id = id("comment.id", &comment.id)?;
+        let current = self
+            .store
+            .comment(comment_id)
+            .await?
+            .ok_or(Error::NotFound("comment"))?;
+        if current.user_id != me {
+            return Err(Error::PermissionDenied("only the author can change a comment").into());
+        }
+        let paths = r.update_mask.map(|m| m.paths).unwrap_or_default();
+        let set = content::update(
+            "comment",
+            &comment.content,
+            &comment.media,
+            &paths,
+            (&current.content, &current.media),
+        )?;
+        let updated = self
+            .store
+            .update_comment(comment_id, set)
+            .await?
+            .ok_or(Error::NotFound("comment"))?;
+        Ok(Response::new(updated.into()))
+    }
+
+    async fn delete_comment(
+        &self,
+        request: Request<DeleteCommentRequest>,
+    ) -> Result<Response<()>, Status> {
+        let me = caller(&request)?;
+        let comment_id = id("id", &request.get_ref().id)?;
+        let comment = self
+            .store
+            .comment(comment_id)
+            .await?
+            .ok_or(Error::NotFound("comment"))?;
+        if comment.user_id != me && comment.post_author_id != me {
+            return Err(Error::PermissionDenied(
+                "only the comment's or the post's author can delete it",
+            )
+            .into());
+        }
+        let event = new_envelope(
+            me,
+            Payload::CommentDeleted(CommentDeleted {
+                comment_id: comment.id.to_hex(),
+                post_id: comment.post_id.to_hex(),
+                post_author_id: comment.post_author_id.to_hex(),
+                author_id: comment.user_id.to_hex(),
+            }),
+        );
+        if !self.store.delete_comment(comment_id, &event).await? {
+            return Err(Error::NotFound("comment").into());
+        }
+        self.relay.wake();
+        Ok(Response::new(()))
+    }
+
+    async fn list_comments(
+        &self,
+        request: Request<ListCommentsRequest>,
+    ) -> Result<Response<ListCommentsResponse>, Status> {
+        let r = request.get_ref();
+        let mut v = Violations::default();
+        let post = v.take("post_id", validate::object_id(&r.post_id));
+        let page = PageRequest::parse(
+            r.page_size,
+            &r.page_token,
+            format!("comments:{}", r.post_id),
+            &mut v,
+        );
+        v.finish()?;
+        let comments = self
+            .store
+            .comments_of(post.unwrap_or_default(), &page)
+            .await?;
+        let (comments, next_page_token) = page.finish(comments, |c| (c.created_at, c.id));
+        Ok(Response::new(ListCommentsResponse {
+            comments: comments.into_iter().map(Into::into).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn count_post_engagement(
+        &self,
+        request: Request<CountPostEngagementRequest>,
+    ) -> Result<Response<CountPostEngagementResponse>, Status> {
+        let mut v = Violations::default();
+        let ids = validate::id_batch("post_ids", &request.get_ref().post_ids, &mut v);
+        v.finish()?;
+        let mut counts = Vec::with_capacity(ids.len());
+        for post in ids {
+            let (likes_count, comments_count) = tokio::try_join!(
+                self.store.count_likes(post),
+                self.store.count_comments(post)
+            )?;
+            counts.push(PostEngagementCounts {
+                post_id: post.to_hex(),
+                likes_count,
+                comments_count,
+            });
+        }
+        Ok(Response::new(CountPostEngagementResponse { counts }))
+    }
+}

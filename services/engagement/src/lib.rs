@@ -1,0 +1,104 @@
+//! The engagement service: likes of posts and comments, and comments with media. Owns
+//! the `likes` and `comments` collections, asks the post service whether a post exists
+//! and who wrote it, publishes `engagement.*` events with the authors in them, and
+//! removes a deleted post's comments and likes. [`run`] is what `main` and the tests
+//! call.
+
+mod api;
+mod events;
+mod recompute;
+mod store;
+
+pub use recompute::recompute_counters;
+use social_events::{EventsConfig, outbox::Relay};
+use social_kit::{
+    auth::TokenVerifier,
+    client::Peer,
+    config::{CommonConfig, ConfigError},
+    serve::{Background, Gate, ServeSpec, serve},
+};
+use social_proto::engagement::v1::engagement_service_server::{
+    EngagementServiceServer, SERVICE_NAME,
+};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
+
+/// Everything the engagement service reads from its environment.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Settings every service has; listens on `ENGAGEMENT_ADDR`.
+    pub common: CommonConfig,
+    /// The post service (`POST_SERVICE_URL`).
+    pub post_service: Peer,
+    /// Where engagement events go and post events come from.
+    pub events: EventsConfig,
+}
+
+impl Config {
+    /// Reads the environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Ok(Self {
+            common: CommonConfig::from_env("engagement", "ENGAGEMENT_ADDR", "127.0.0.1:50054")?,
+            post_service: Peer::from_env(
+                "post service",
+                "POST_SERVICE_URL",
+                "http://127.0.0.1:50052",
+            )?,
+            events: EventsConfig::from_env()?,
+        })
+    }
+
+    /// Local stores, the given database, post service and events, an ephemeral port.
+    pub fn for_tests(
+        mongodb_uri: &str,
+        database: &str,
+        post_service: Peer,
+        events: EventsConfig,
+    ) -> Self {
+        Self {
+            common: CommonConfig::for_tests("engagement", mongodb_uri, database),
+            post_service,
+            events,
+        }
+    }
+}
+
+/// Serves the engagement service on `listener` until `shutdown` is cancelled.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let db = social_kit::mongo::connect(&config.common).await?;
+    let store = store::Store::new(&db);
+    let gate = Gate::new(TokenVerifier::from_config(&config.common)?);
+    let relay = Relay::new(
+        config.events.clone(),
+        "engagement",
+        &db,
+        &[store::LIKES, store::COMMENTS],
+    );
+    let api = api::Api::new(store.clone(), config.post_service.clone(), relay.waker());
+    let routes = Routes::new(EngagementServiceServer::with_interceptor(api, gate.clone()));
+
+    let mut background = Background::new();
+    background.spawn(|stop| relay.run(stop));
+    let (events, handler) = (config.events.clone(), events::handler(store.clone()));
+    background
+        .spawn(|stop| social_events::consumer::run(events, events::subscription(), handler, stop));
+
+    let startup = move || {
+        let store = store.clone();
+        async move { store.init().await }
+    };
+    let spec = ServeSpec {
+        config: &config.common,
+        grpc_name: SERVICE_NAME,
+        db,
+        gate,
+    };
+    let served = serve(spec, listener, routes, startup, shutdown).await;
+    background.stop().await;
+    served
+}

@@ -1,0 +1,424 @@
+//! The `likes` and `comments` collections: documents, indexes and queries.
+//!
+//! A like is one document per (user, target) while active: a unique index on
+//! `(user_id, target_id, active_key)` makes concurrent likes one. Unliking does not
+//! delete: it marks the like `ended` and moves `active_key` to the event id, in the same
+//! update that appends the event to the document's outbox (see
+//! `social_events::outbox`). Comments are deleted the same way. Ended likes and deleted
+//! comments go later through TTL indexes.
+
+use bson::{DateTime, Document, doc, oid::ObjectId};
+use futures::TryStreamExt;
+use mongodb::{
+    Collection, Database, IndexModel,
+    options::{IndexOptions, ReturnDocument},
+};
+use serde::{Deserialize, Serialize};
+use social_events::{Envelope, idempotency, outbox};
+use social_kit::{
+    Result,
+    content::MediaDoc,
+    error::is_duplicate_key,
+    mongo,
+    paging::{Order, PageRequest},
+};
+
+pub const LIKES: &str = "likes";
+pub const COMMENTS: &str = "comments";
+const ACTIVE: &str = "active";
+const ENDED: &str = "ended";
+
+/// What was liked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Target {
+    Post,
+    Comment,
+}
+
+/// A stored like.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LikeDoc {
+    #[serde(rename = "_id")]
+    pub id: ObjectId,
+    pub user_id: ObjectId,
+    pub target_type: Target,
+    /// The post or the comment liked.
+    pub target_id: ObjectId,
+    /// The post (of the comment, for a comment like).
+    pub post_id: ObjectId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment_id: Option<ObjectId>,
+    /// Who wrote what was liked (for the events).
+    pub target_author_id: ObjectId,
+    pub created_at: DateTime,
+    pub state: String,
+    pub active_key: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outbox: Vec<String>,
+    #[serde(default)]
+    pub outbox_pending: i32,
+}
+
+impl LikeDoc {
+    /// A new active like.
+    pub fn new(
+        user: ObjectId,
+        target: Target,
+        target_id: ObjectId,
+        post_id: ObjectId,
+        author: ObjectId,
+    ) -> Self {
+        Self {
+            id: ObjectId::new(),
+            user_id: user,
+            target_type: target,
+            target_id,
+            post_id,
+            comment_id: (target == Target::Comment).then_some(target_id),
+            target_author_id: author,
+            created_at: DateTime::now(),
+            state: ACTIVE.into(),
+            active_key: ACTIVE.into(),
+            outbox: Vec::new(),
+            outbox_pending: 0,
+        }
+    }
+}
+
+/// A stored comment.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CommentDoc {
+    #[serde(rename = "_id")]
+    pub id: ObjectId,
+    pub post_id: ObjectId,
+    /// The comment's author.
+    pub user_id: ObjectId,
+    /// The post's author (may delete the comment).
+    pub post_author_id: ObjectId,
+    pub content: String,
+    #[serde(default)]
+    pub media: Vec<MediaDoc>,
+    #[serde(default)]
+    pub likes_count: i64,
+    pub created_at: DateTime,
+    #[serde(deserialize_with = "social_kit::time::lenient")]
+    pub updated_at: DateTime,
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outbox: Vec<String>,
+    #[serde(default)]
+    pub outbox_pending: i32,
+}
+
+impl CommentDoc {
+    /// A new comment.
+    pub fn new(
+        post: ObjectId,
+        post_author: ObjectId,
+        author: ObjectId,
+        content: String,
+        media: Vec<MediaDoc>,
+    ) -> Self {
+        let now = DateTime::now();
+        Self {
+            id: ObjectId::new(),
+            post_id: post,
+            user_id: author,
+            post_author_id: post_author,
+            content,
+            media,
+            likes_count: 0,
+            created_at: now,
+            updated_at: now,
+            state: ACTIVE.into(),
+            outbox: Vec::new(),
+            outbox_pending: 0,
+        }
+    }
+}
+
+fn ttl(name: &str, field: &str, days: u64) -> IndexModel {
+    IndexModel::builder()
+        .keys(doc! { field: 1 })
+        .options(
+            IndexOptions::builder()
+                .name(name.to_owned())
+                .expire_after(std::time::Duration::from_secs(days * 24 * 3600))
+                .build(),
+        )
+        .build()
+}
+
+/// Access to `likes` and `comments`. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    db: Database,
+    likes: Collection<LikeDoc>,
+    comments: Collection<CommentDoc>,
+}
+
+impl Store {
+    pub fn new(db: &Database) -> Self {
+        Self {
+            db: db.clone(),
+            likes: db.collection(LIKES),
+            comments: db.collection(COMMENTS),
+        }
+    }
+
+    /// Pings and creates the indexes (idempotent); run before serving.
+    pub async fn init(&self) -> anyhow::Result<()> {
+        mongo::ping(&self.db).await?;
+        let stand_in = mongo::is_stand_in(&self.db).await;
+        mongo::ensure_indexes(
+            &self.likes,
+            vec![
+                // One active like per user and target; LikePost/UnlikePost/...
+                mongo::index(
+                    "user_target_active_unique",
+                    doc! { "user_id": 1, "target_id": 1, "active_key": 1 },
+                    true,
+                ),
+                // ListPostLikes newest first, and counting a target's likes.
+                mongo::index(
+                    "target_recent",
+                    doc! { "target_id": 1, "created_at": -1, "_id": -1 },
+                    false,
+                ),
+                // Cascade when a post is deleted.
+                mongo::index("post", doc! { "post_id": 1 }, false),
+                outbox::index(),
+                ttl("ended_ttl", "ended_at", 30),
+            ],
+            stand_in,
+        )
+        .await?;
+        mongo::ensure_indexes(
+            &self.comments,
+            vec![
+                // ListComments oldest first, counting, and the cascade.
+                mongo::index(
+                    "post_oldest",
+                    doc! { "post_id": 1, "created_at": 1, "_id": 1 },
+                    false,
+                ),
+                outbox::index(),
+                ttl("deleted_ttl", "deleted_at", 7),
+            ],
+            stand_in,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Inserts `like` with its event; `false` if the user already likes the target.
+    pub async fn like(&self, like: &LikeDoc, event: &Envelope) -> Result<bool> {
+        let mut like = like.clone();
+        like.outbox = vec![outbox::entry(event)];
+        like.outbox_pending = 1;
+        match self.likes.insert_one(&like).await {
+            Ok(_) => Ok(true),
+            Err(e) if is_duplicate_key(&e) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The user's active like of `target`.
+    pub async fn active_like(&self, user: ObjectId, target: ObjectId) -> Result<Option<LikeDoc>> {
+        Ok(self
+            .likes
+            .find_one(doc! { "user_id": mongo::is(user), "target_id": mongo::is(target), "state": ACTIVE })
+            .projection(outbox::without_bookkeeping())
+            .await?)
+    }
+
+    /// Ends the active like `id` with its event; `false` if it was already ended.
+    pub async fn unlike(&self, id: ObjectId, event: &Envelope) -> Result<bool> {
+        let mut update = doc! { "$set": {
+            "state": ENDED, "active_key": event.event_id.as_str(), "ended_at": DateTime::now(),
+        } };
+        outbox::push(&mut update, event);
+        let r = self
+            .likes
+            .update_one(doc! { "_id": id, "state": ACTIVE }, update)
+            .await?;
+        Ok(r.modified_count == 1)
+    }
+
+    /// A page of the active likes of a post, newest first.
+    pub async fn post_likes(&self, post: ObjectId, page: &PageRequest) -> Result<Vec<LikeDoc>> {
+        let order = Order::NewestFirst;
+        let filter = doc! { "target_id": mongo::is(post), "target_type": "post", "state": ACTIVE };
+        Ok(self
+            .likes
+            .find(order.filter(filter, page, "created_at"))
+            .projection(outbox::without_bookkeeping())
+            .sort(order.sort("created_at"))
+            .limit(page.fetch_limit())
+            .await?
+            .try_collect()
+            .await?)
+    }
+
+    /// How many active likes `target` has.
+    pub async fn count_likes(&self, target: ObjectId) -> Result<i64> {
+        let n = self
+            .likes
+            .count_documents(doc! { "target_id": mongo::is(target), "state": ACTIVE })
+            .await?;
+        Ok(i64::try_from(n).unwrap_or(i64::MAX))
+    }
+
+    /// Inserts `comment` with its event.
+    pub async fn insert_comment(&self, comment: &CommentDoc, event: &Envelope) -> Result<()> {
+        let mut comment = comment.clone();
+        comment.outbox = vec![outbox::entry(event)];
+        comment.outbox_pending = 1;
+        self.comments.insert_one(&comment).await?;
+        Ok(())
+    }
+
+    /// A comment that is not deleted.
+    pub async fn comment(&self, id: ObjectId) -> Result<Option<CommentDoc>> {
+        Ok(self
+            .comments
+            .find_one(doc! { "_id": id, "state": ACTIVE })
+            .projection(outbox::without_bookkeeping())
+            .await?)
+    }
+
+    /// Sets fields and `updated_at` of comment `id`; returns the new document.
+    pub async fn update_comment(
+        &self,
+        id: ObjectId,
+        mut set: Document,
+    ) -> Result<Option<CommentDoc>> {
+        set.insert("updated_at", DateTime::now());
+        Ok(self
+            .comments
+            .find_one_and_update(doc! { "_id": id, "state": ACTIVE }, doc! { "$set": set })
+            .projection(outbox::without_bookkeeping())
+            .return_document(ReturnDocument::After)
+            .await?)
+    }
+
+    /// Marks comment `id` deleted with its event; `false` if it already was.
+    pub async fn delete_comment(&self, id: ObjectId, event: &Envelope) -> Result<bool> {
+        let mut update = doc! { "$set": { "state": "deleted", "deleted_at": DateTime::now() } };
+        outbox::push(&mut update, event);
+        let r = self
+            .comments
+            .update_one(doc! { "_id": id, "state": ACTIVE }, update)
+            .await?;
+        Ok(r.modified_count == 1)
+    }
+
+    /// A page of the comments of a post, oldest first.
+    pub async fn comments_of(&self, post: ObjectId, page: &PageRequest) -> Result<Vec<CommentDoc>> {
+        let order = Order::OldestFirst;
+        let filter = doc! { "post_id": mongo::is(post), "state": ACTIVE };
+        Ok(self
+            .comments
+            .find(order.filter(filter, page, "created_at"))
+            .projection(outbox::without_bookkeeping())
+            .sort(order.sort("created_at"))
+            .limit(page.fetch_limit())
+            .await?
+            .try_collect()
+            .await?)
+    }
+
+    /// How many comments a post has.
+    pub async fn count_comments(&self, post: ObjectId) -> Result<i64> {
+        let n = self
+            .comments
+            .count_documents(doc! { "post_id": mongo::is(post), "state": ACTIVE })
+            .await?;
+        Ok(i64::try_from(n).unwrap_or(i64::MAX))
+    }
+
+    /// Adds `delta` to a comment's `likes_count`, once per `event_id`.
+    pub async fn add_to_comment_likes(
+        &self,
+        id: ObjectId,
+        delta: i64,
+        event_id: &str,
+    ) -> Result<()> {
+        let (filter, update) = idempotency::once(
+            doc! { "_id": id },
+            doc! { "$inc": { "likes_count": delta } },
+            event_id,
+        );
+        self.comments.update_one(filter, update).await?;
+        Ok(())
+    }
+
+    /// Sets a comment's `likes_count` (for recomputing it).
+    pub async fn set_comment_likes(&self, id: ObjectId, likes: i64) -> Result<()> {
+        self.comments
+            .update_one(
+                doc! { "_id": id },
+                doc! { "$set": { "likes_count": likes } },
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Ids of live comments after `after` in id order, at most `limit`.
+    pub async fn comment_ids_after(
+        &self,
+        after: Option<ObjectId>,
+        limit: i64,
+    ) -> Result<Vec<ObjectId>> {
+        #[derive(Deserialize)]
+        struct Row {
+            #[serde(rename = "_id")]
+            id: ObjectId,
+        }
+        let filter = match after {
+            Some(id) => doc! { "_id": { "$gt": id }, "state": ACTIVE },
+            None => doc! { "state": ACTIVE },
+        };
+        let rows: Vec<Row> = self
+            .comments
+            .clone_with_type::<Row>()
+            .find(filter)
+            .projection(doc! { "_id": 1 })
+            .sort(doc! { "_id": 1 })
+            .limit(limit)
+            .await?
+            .try_collect()
+            .await?;
+        Ok(rows.into_iter().map(|r| r.id).collect())
+    }
+
+    /// Removes everything of a deleted post: its comments and all likes under it.
+    /// Idempotent. No events: the post's deletion already tells everyone.
+    pub async fn remove_post(&self, post: ObjectId) -> Result<()> {
+        let now = DateTime::now();
+        self.comments
+            .update_many(
+                doc! { "post_id": mongo::is(post), "state": ACTIVE },
+                doc! { "$set": { "state": "deleted", "deleted_at": now } },
+            )
+            .await?;
+        // Likes leave the unique key's way with their own id.
+        let active: Vec<LikeDoc> = self
+            .likes
+            .find(doc! { "post_id": mongo::is(post), "state": ACTIVE })
+            .projection(outbox::without_bookkeeping())
+            .await?
+            .try_collect()
+            .await?;
+        for like in active {
+            self.likes
+                .update_one(
+                    doc! { "_id": like.id, "state": ACTIVE },
+                    doc! { "$set": { "state": ENDED, "active_key": like.id.to_hex(), "ended_at": now } },
+                )
+                .await?;
+        }
+        Ok(())
+    }
+}

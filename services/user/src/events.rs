@@ -1,0 +1,48 @@
+//! What the user service consumes: follow events, which move `followers_count` and
+//! `following_count`. Each update is applied at most once per event (see
+//! `social_events::idempotency`), so redeliveries change nothing twice, and increments
+//! commute, so order does not matter.
+
+use std::sync::Arc;
+
+use bson::oid::ObjectId;
+use futures::FutureExt;
+use social_events::{
+    Envelope, Payload,
+    consumer::{Handler, Subscription},
+};
+
+use crate::store::Store;
+
+/// The user service's queue and its bindings.
+pub fn subscription() -> Subscription {
+    Subscription {
+        service: "user",
+        routing_keys: vec!["graph.user.followed", "graph.user.unfollowed"],
+    }
+}
+
+/// Applies one event.
+pub fn handler(store: Store) -> Handler {
+    Arc::new(move |envelope: Envelope| {
+        let store = store.clone();
+        async move {
+            let (follower, followee, delta) = match &envelope.payload {
+                Some(Payload::UserFollowed(e)) => (&e.follower_id, &e.followee_id, 1),
+                Some(Payload::UserUnfollowed(e)) => (&e.follower_id, &e.followee_id, -1),
+                _ => return Ok(()), // not ours; bindings should not let it in
+            };
+            let follower = ObjectId::parse_str(follower)?;
+            let followee = ObjectId::parse_str(followee)?;
+            let id = envelope.event_id.as_str();
+            store
+                .add_to_count(follower, "following_count", delta, id)
+                .await?;
+            store
+                .add_to_count(followee, "followers_count", delta, id)
+                .await?;
+            Ok(())
+        }
+        .boxed()
+    })
+}

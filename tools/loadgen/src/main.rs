@@ -1,0 +1,169 @@
+//! Benchmarks on this machine, against the services started in-process (as in the tests)
+//! and the MongoDB at `MONGODB_URI`:
+//!
+//! ```text
+//! scripts/bench feed     # ListHomeFeed latency for readers following 10..5000 accounts
+//! scripts/bench login    # one Login (Argon2id verify) end to end
+//! ```
+//!
+//! Build with `--release`. Seeding writes the `followers` and `posts` documents straight
+//! into a fresh database (registering 5,000 users through Argon2 would measure the
+//! hasher, not the feed); everything measured goes through gRPC.
+
+#![allow(clippy::expect_used)]
+
+use std::time::Instant;
+
+use bson::{DateTime, doc, oid::ObjectId};
+use hdrhistogram::Histogram;
+use social_proto::{
+    post::v1::ListHomeFeedRequest,
+    user::v1::{LoginRequest, RegisterRequest},
+};
+use social_testkit::{Stack, authed, mongodb_uri, token_for};
+
+const SAMPLES: u64 = 50;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let what = std::env::args().nth(1).unwrap_or_default();
+    match what.as_str() {
+        "feed" => feed().await,
+        "login" => login().await,
+        _ => {
+            eprintln!("usage: social-loadgen feed|login   (MONGODB_URI must point at a database)");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn report(label: &str, h: &Histogram<u64>) {
+    let ms = |v: u64| v as f64 / 1000.0;
+    println!(
+        "{label:<28} n={:<4} p50={:>8.2} ms  p95={:>8.2} ms  p99={:>8.2} ms  max={:>8.2} ms",
+        h.len(),
+        ms(h.value_at_quantile(0.5)),
+        ms(h.value_at_quantile(0.95)),
+        ms(h.value_at_quantile(0.99)),
+        ms(h.max()),
+    );
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+async fn feed() -> anyhow::Result<()> {
+    let stack = Stack::start().await;
+    let db = mongodb::Client::with_uri_str(mongodb_uri())
+        .await?
+        .database(&stack.database);
+    let mut posts = stack.posts().await;
+
+    let authors: Vec<ObjectId> = (0..5000).map(|_| ObjectId::new()).collect();
+    // Every author has posted a few times over the last days; 20,000 posts in all.
+    let now = DateTime::now().timestamp_millis();
+    let mut docs = Vec::new();
+    for (i, author) in authors.iter().enumerate() {
+        for j in 0..4 {
+            let t = DateTime::from_millis(now - ((i * 4 + j) as i64) * 17_000);
+            docs.push(doc! {
+                "_id": ObjectId::new(), "user_id": author, "content": format!("post {j} by {i}"),
+                "media": [], "likes_count": 0_i64, "comments_count": 0_i64, "state": "active",
+                "created_at": t, "updated_at": t,
+            });
+        }
+    }
+    let seeded = Instant::now();
+    for chunk in docs.chunks(5000) {
+        db.collection("posts").insert_many(chunk.to_vec()).await?;
+    }
+    println!("seeded {} posts in {:?}", docs.len(), seeded.elapsed());
+
+    println!("ListHomeFeed, first page of 20 (then the second page), {SAMPLES} samples each:");
+    for n in [10_usize, 100, 1000, 5000] {
+        let reader = ObjectId::new();
+        // Followees spread over the whole author population.
+        let step = authors.len() / n;
+        let follows: Vec<_> = (0..n)
+            .map(|i| {
+                doc! { "_id": ObjectId::new(), "follower_id": reader, "followee_id": authors[i * step],
+                "created_at": DateTime::now(), "state": "active", "active_key": "active" }
+            })
+            .collect();
+        db.collection("followers").insert_many(follows).await?;
+        let token = token_for(reader);
+        let (mut first, mut second) = (histogram(), histogram());
+        for _ in 0..SAMPLES {
+            let started = Instant::now();
+            let page = posts
+                .list_home_feed(authed(
+                    ListHomeFeedRequest {
+                        page_size: 20,
+                        page_token: String::new(),
+                    },
+                    &token,
+                ))
+                .await?
+                .into_inner();
+            first.record(started.elapsed().as_micros() as u64)?;
+            assert_eq!(page.posts.len(), 20);
+            let started = Instant::now();
+            posts
+                .list_home_feed(authed(
+                    ListHomeFeedRequest {
+                        page_size: 20,
+                        page_token: page.next_page_token,
+                    },
+                    &token,
+                ))
+                .await?;
+            second.record(started.elapsed().as_micros() as u64)?;
+        }
+        report(&format!("following {n:>5}: page 1"), &first);
+        report(&format!("following {n:>5}: page 2"), &second);
+    }
+    db.drop().await?;
+    Ok(())
+}
+
+async fn login() -> anyhow::Result<()> {
+    let stack = Stack::start().await;
+    let mut users = stack.users().await;
+    users
+        .register(RegisterRequest {
+            username: "bench".into(),
+            email: "bench@example.com".into(),
+            password: "correct horse battery".into(),
+            full_name: String::new(),
+        })
+        .await?;
+    let mut ok = histogram();
+    let mut unknown = histogram();
+    for _ in 0..SAMPLES {
+        let started = Instant::now();
+        users
+            .login(LoginRequest {
+                username_or_email: "bench".into(),
+                password: "correct horse battery".into(),
+            })
+            .await?;
+        ok.record(started.elapsed().as_micros() as u64)?;
+        let started = Instant::now();
+        let _ = users
+            .login(LoginRequest {
+                username_or_email: "nobody".into(),
+                password: "correct horse battery".into(),
+            })
+            .await;
+        unknown.record(started.elapsed().as_micros() as u64)?;
+    }
+    report("login (right password)", &ok);
+    report("login (unknown user)", &unknown);
+    mongodb::Client::with_uri_str(mongodb_uri())
+        .await?
+        .database(&stack.database)
+        .drop()
+        .await?;
+    Ok(())
+}
