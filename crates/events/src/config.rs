@@ -53,6 +53,9 @@ pub struct EventsConfig {
     pub handler_timeout: Duration,
     /// `OUTBOX_POLL_MS`: the relay's backstop poll (it also wakes at once after a write).
     pub outbox_poll: Duration,
+    /// For tests: queues expire two minutes after their last consumer leaves, and
+    /// exchanges go with their last binding, so test runs leave nothing behind.
+    pub ephemeral: bool,
 }
 
 impl EventsConfig {
@@ -68,6 +71,7 @@ impl EventsConfig {
             max_attempts: parse_or("EVENTS_MAX_ATTEMPTS", 5)?,
             handler_timeout: social_kit::config::millis_or("EVENTS_HANDLER_TIMEOUT_MS", 10_000)?,
             outbox_poll: social_kit::config::millis_or("OUTBOX_POLL_MS", 1000)?,
+            ephemeral: false,
         })
     }
 
@@ -83,6 +87,7 @@ impl EventsConfig {
             max_attempts: 3,
             handler_timeout: Duration::from_secs(5),
             outbox_poll: Duration::from_millis(200),
+            ephemeral: true,
         }
     }
 

@@ -10,6 +10,9 @@ use lapin::{
 
 use crate::config::EventsConfig;
 
+/// How long an unused test queue lives.
+const EPHEMERAL_MS: u32 = 120_000;
+
 /// Declares the main exchange (publishers need only this).
 pub async fn declare_exchange(channel: &Channel, config: &EventsConfig) -> lapin::Result<()> {
     channel
@@ -18,6 +21,7 @@ pub async fn declare_exchange(channel: &Channel, config: &EventsConfig) -> lapin
             ExchangeKind::Topic,
             ExchangeDeclareOptions {
                 durable: true,
+                auto_delete: config.ephemeral,
                 ..Default::default()
             },
             FieldTable::default(),
@@ -48,6 +52,7 @@ pub async fn declare_consumer(
             ExchangeKind::Direct,
             ExchangeDeclareOptions {
                 durable: true,
+                auto_delete: config.ephemeral,
                 ..Default::default()
             },
             FieldTable::default(),
@@ -58,6 +63,9 @@ pub async fn declare_consumer(
         "x-queue-type".into(),
         AMQPValue::LongString(config.queue_type.as_str().into()),
     );
+    if config.ephemeral {
+        dlq_args.insert("x-expires".into(), AMQPValue::LongUInt(EPHEMERAL_MS));
+    }
     channel
         .queue_declare(dlq.as_str().into(), durable, dlq_args)
         .await?;
@@ -84,6 +92,9 @@ pub async fn declare_consumer(
         "x-dead-letter-routing-key".into(),
         AMQPValue::LongString(queue.as_str().into()),
     );
+    if config.ephemeral {
+        args.insert("x-expires".into(), AMQPValue::LongUInt(EPHEMERAL_MS));
+    }
     channel
         .queue_declare(queue.as_str().into(), durable, args)
         .await?;

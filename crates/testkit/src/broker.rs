@@ -1,0 +1,67 @@
+//! Talking to RabbitMQ directly from tests: publishing a raw message (a duplicate, a
+//! poison pill) and looking into a queue.
+
+use lapin::{
+    BasicProperties, Connection, ConnectionProperties,
+    options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions},
+    types::FieldTable,
+};
+use social_events::EventsConfig;
+
+async fn channel(config: &EventsConfig) -> lapin::Channel {
+    let connection = Connection::connect(&config.amqp_url, ConnectionProperties::default())
+        .await
+        .expect("connect to RabbitMQ");
+    let channel = connection.create_channel().await.expect("channel");
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    channel
+}
+
+/// Publishes `body` on the events exchange with `routing_key`, and waits for the confirm.
+pub async fn publish_raw(config: &EventsConfig, routing_key: &str, body: &[u8], message_id: &str) {
+    let channel = channel(config).await;
+    channel
+        .basic_publish(
+            config.exchange.as_str().into(),
+            routing_key.into(),
+            BasicPublishOptions::default(),
+            body,
+            BasicProperties::default()
+                .with_message_id(message_id.into())
+                .with_delivery_mode(2),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("confirm");
+}
+
+/// How many messages wait in `queue` (0 if it does not exist yet).
+pub async fn queue_depth(config: &EventsConfig, queue: &str) -> u32 {
+    let channel = channel(config).await;
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map(|q| q.message_count())
+        .unwrap_or(0)
+}
+
+/// Takes one message from `queue`, if any, and returns its body.
+pub async fn take_one(config: &EventsConfig, queue: &str) -> Option<Vec<u8>> {
+    let channel = channel(config).await;
+    let got = channel
+        .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+        .await
+        .ok()??;
+    Some(got.delivery.data.clone())
+}

@@ -1,0 +1,338 @@
+//! Events and counters: storms of concurrent likes, redeliveries, a broker outage, a
+//! poison message, and the cascade of a deleted post.
+
+use std::{net::SocketAddr, time::Duration};
+
+use bson::oid::ObjectId;
+use prost::Message;
+use social_events::{Payload, new_envelope, pb::PostLiked};
+use social_proto::{
+    engagement::v1::{
+        DeleteCommentRequest, GetCommentRequest, LikeCommentRequest, UnlikePostRequest,
+    },
+    graph::v1::{FollowRequest, ListFollowersRequest, UnfollowRequest},
+    post::v1::DeletePostRequest,
+    user::v1::GetUserRequest,
+};
+use social_testkit::{Stack, StackOptions, TcpProxy, authed, broker, eventually, token_for};
+
+use crate::App;
+
+#[tokio::test]
+async fn counters_equal_the_documents_after_a_storm() {
+    let app = App::start().await;
+    let (target_id, target) = app.stack.register("target").await;
+    let post = app.post(&target, "storm").await;
+
+    // Eight fans like and unlike at once, several times each; comments come and go.
+    let fans: Vec<String> = (0..8).map(|_| token_for(ObjectId::new())).collect();
+    let storm = fans.iter().enumerate().map(|(i, fan)| {
+        let (app, post_id) = (&app, post.id.clone());
+        async move {
+            let mut e = app.engagement.clone();
+            for round in 0..(3 + i % 3) {
+                app.like_post(fan, &post_id).await.unwrap();
+                if (round + i) % 2 == 0 {
+                    e.unlike_post(authed(
+                        UnlikePostRequest {
+                            post_id: post_id.clone(),
+                        },
+                        fan,
+                    ))
+                    .await
+                    .unwrap();
+                }
+            }
+            let c = app.comment(fan, &post_id, "hi").await.unwrap();
+            if i % 3 == 0 {
+                e.delete_comment(authed(DeleteCommentRequest { id: c.id }, fan))
+                    .await
+                    .unwrap();
+            }
+        }
+    });
+    // Follows and unfollows of one user at the same time.
+    let follows = fans.iter().enumerate().map(|(i, fan)| {
+        let (g, target_id) = (app.stack.graph(), target_id.clone());
+        async move {
+            let mut g = g.await;
+            g.follow(authed(
+                FollowRequest {
+                    followee_id: target_id.clone(),
+                },
+                fan,
+            ))
+            .await
+            .unwrap();
+            if i % 2 == 0 {
+                g.unfollow(authed(
+                    UnfollowRequest {
+                        followee_id: target_id.clone(),
+                    },
+                    fan,
+                ))
+                .await
+                .unwrap();
+                g.follow(authed(
+                    FollowRequest {
+                        followee_id: target_id.clone(),
+                    },
+                    fan,
+                ))
+                .await
+                .unwrap();
+            }
+            if i % 4 == 0 {
+                g.unfollow(authed(
+                    UnfollowRequest {
+                        followee_id: target_id,
+                    },
+                    fan,
+                ))
+                .await
+                .unwrap();
+            }
+        }
+    });
+    futures::future::join(
+        futures::future::join_all(storm),
+        futures::future::join_all(follows),
+    )
+    .await;
+
+    let likes = app.likers(&post.id).await.len() as i64;
+    let comments = app.comments(&post.id).await.len() as i64;
+    assert!(likes > 0 && comments > 0);
+    app.counters_become(&post.id, (likes, comments)).await;
+
+    let followers = app
+        .stack
+        .graph()
+        .await
+        .list_followers(ListFollowersRequest {
+            user_id: target_id.clone(),
+            page_size: 100,
+            page_token: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .follows
+        .len() as i64;
+    assert_eq!(followers, 6);
+    let mut users = app.stack.users().await;
+    let reached = eventually(Duration::from_secs(15), || {
+        let mut users = users.clone();
+        let id = target_id.clone();
+        async move {
+            let u = users
+                .get_user(GetUserRequest { id })
+                .await
+                .unwrap()
+                .into_inner();
+            (u.followers_count == followers).then_some(())
+        }
+    })
+    .await;
+    let u = users
+        .get_user(GetUserRequest { id: target_id })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        reached.is_some(),
+        "followers_count {} != {followers}",
+        u.followers_count
+    );
+}
+
+#[tokio::test]
+async fn a_redelivered_event_changes_nothing_twice() {
+    let app = App::start().await;
+    let author = ObjectId::new();
+    let post = app.post(&token_for(author), "once").await;
+    let liker = ObjectId::new();
+    let event = new_envelope(
+        liker,
+        Payload::PostLiked(PostLiked {
+            post_id: post.id.clone(),
+            post_author_id: author.to_hex(),
+            user_id: liker.to_hex(),
+        }),
+    );
+    let body = event.encode_to_vec();
+    let config = &app.stack.events;
+    for _ in 0..3 {
+        broker::publish_raw(config, "engagement.post.liked", &body, &event.event_id).await;
+    }
+    app.counters_become(&post.id, (1, 0)).await;
+    // A later, different event lands after the copies were consumed: the count is 2,
+    // never 3 or 4.
+    app.like_post(&token_for(ObjectId::new()), &post.id)
+        .await
+        .unwrap();
+    app.counters_become(&post.id, (2, 0)).await;
+    let queue = config.queue("post");
+    let drained = eventually(Duration::from_secs(10), || async {
+        (broker::queue_depth(config, &queue).await == 0).then_some(())
+    })
+    .await;
+    assert!(drained.is_some());
+    assert_eq!(app.get_post(&post.id).await.likes_count, 2);
+}
+
+#[tokio::test]
+async fn a_broker_outage_delays_events_and_loses_none() {
+    let rabbit: SocketAddr = "127.0.0.1:5672".parse().unwrap();
+    let proxy = TcpProxy::start(rabbit).await;
+    let stack = Stack::start_with(StackOptions {
+        amqp_url: Some(format!("amqp://guest:guest@{}/%2f", proxy.addr)),
+        ..Default::default()
+    })
+    .await;
+    let app = App::with(stack).await;
+    let (target_id, target) = app.stack.register("outage").await;
+    let post = app.post(&target, "before the outage").await;
+    // Consumers must have declared their queues before events are routed.
+    let ready = eventually(Duration::from_secs(15), || async {
+        let ok = broker::queue_depth(&app.stack.events, &app.stack.events.queue("user")).await == 0
+            && broker::queue_depth(&app.stack.events, &app.stack.events.queue("post")).await == 0;
+        ok.then_some(())
+    })
+    .await;
+    assert!(ready.is_some());
+
+    proxy.cut().await;
+    let mut graph = app.stack.graph().await;
+    for _ in 0..3 {
+        let fan = token_for(ObjectId::new());
+        app.like_post(&fan, &post.id)
+            .await
+            .expect("likes succeed while the broker is away");
+        graph
+            .follow(authed(
+                FollowRequest {
+                    followee_id: target_id.clone(),
+                },
+                &fan,
+            ))
+            .await
+            .expect("follows succeed while the broker is away");
+    }
+    assert_eq!(app.get_post(&post.id).await.likes_count, 0);
+    proxy.restore();
+
+    app.counters_become(&post.id, (3, 0)).await;
+    let mut users = app.stack.users().await;
+    let followers = eventually(Duration::from_secs(20), || {
+        let (mut users, id) = (users.clone(), target_id.clone());
+        async move {
+            let u = users
+                .get_user(GetUserRequest { id })
+                .await
+                .unwrap()
+                .into_inner();
+            (u.followers_count == 3).then_some(())
+        }
+    })
+    .await;
+    assert!(followers.is_some(), "followers_count never reached 3");
+    // None twice: once the queues are drained the counts are still exact.
+    let config = app.stack.events.clone();
+    let drained = eventually(Duration::from_secs(10), || async {
+        let ok = broker::queue_depth(&config, &config.queue("user")).await == 0
+            && broker::queue_depth(&config, &config.queue("post")).await == 0;
+        ok.then_some(())
+    })
+    .await;
+    assert!(drained.is_some());
+    assert_eq!(app.get_post(&post.id).await.likes_count, 3);
+    let u = users
+        .get_user(GetUserRequest { id: target_id })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(u.followers_count, 3);
+}
+
+#[tokio::test]
+async fn a_poison_message_is_dead_lettered_and_consuming_goes_on() {
+    let app = App::start().await;
+    let config = app.stack.events.clone();
+    let post = app.post(&token_for(ObjectId::new()), "p").await;
+    let comment = app
+        .comment(&token_for(ObjectId::new()), &post.id, "c")
+        .await
+        .unwrap();
+    broker::publish_raw(
+        &config,
+        "post.post.deleted",
+        b"\xff\xfenot protobuf",
+        "poison-1",
+    )
+    .await;
+
+    let dlq = config.dead_letter_queue("engagement");
+    let dead = eventually(Duration::from_secs(15), || async {
+        (broker::queue_depth(&config, &dlq).await == 1).then_some(())
+    })
+    .await;
+    assert!(dead.is_some(), "the poison message never reached {dlq}");
+    assert_eq!(
+        broker::take_one(&config, &dlq).await.as_deref(),
+        Some(&b"\xff\xfenot protobuf"[..])
+    );
+
+    // The consumer goes on: a comment like still moves the comment's counter.
+    let mut e = app.engagement.clone();
+    e.like_comment(authed(
+        LikeCommentRequest {
+            comment_id: comment.id.clone(),
+        },
+        &token_for(ObjectId::new()),
+    ))
+    .await
+    .unwrap();
+    let counted = eventually(Duration::from_secs(15), || {
+        let (mut e, id) = (e.clone(), comment.id.clone());
+        async move {
+            let c = e
+                .get_comment(GetCommentRequest { id })
+                .await
+                .unwrap()
+                .into_inner();
+            (c.likes_count == 1).then_some(())
+        }
+    })
+    .await;
+    assert!(counted.is_some());
+}
+
+#[tokio::test]
+async fn deleting_a_post_removes_its_comments_and_likes() {
+    let app = App::start().await;
+    let author = token_for(ObjectId::new());
+    let post = app.post(&author, "soon gone").await;
+    app.comment(&token_for(ObjectId::new()), &post.id, "c")
+        .await
+        .unwrap();
+    app.like_post(&token_for(ObjectId::new()), &post.id)
+        .await
+        .unwrap();
+    app.posts
+        .clone()
+        .delete_post(authed(
+            DeletePostRequest {
+                id: post.id.clone(),
+            },
+            &author,
+        ))
+        .await
+        .unwrap();
+    let gone = eventually(Duration::from_secs(15), || async {
+        (app.comments(&post.id).await.is_empty() && app.likers(&post.id).await.is_empty())
+            .then_some(())
+    })
+    .await;
+    assert!(gone.is_some());
+}

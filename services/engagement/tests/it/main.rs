@@ -1,0 +1,139 @@
+//! EngagementService through its gRPC surface with every service started in-process,
+//! real RabbitMQ and the real driver: the RPCs (`rpc`), and the events and counters
+//! (`events`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod events;
+mod rpc;
+
+use std::time::Duration;
+
+use social_proto::{
+    engagement::v1::{
+        Comment, CreateCommentRequest, LikePostRequest, ListCommentsRequest, ListPostLikesRequest,
+        engagement_service_client::EngagementServiceClient,
+    },
+    post::v1::{CreatePostRequest, GetPostRequest, Post, post_service_client::PostServiceClient},
+};
+use social_testkit::{Stack, authed, eventually};
+use tonic::{Status, transport::Channel};
+
+/// The stack and clients of one test.
+struct App {
+    stack: Stack,
+    engagement: EngagementServiceClient<Channel>,
+    posts: PostServiceClient<Channel>,
+}
+
+impl App {
+    async fn start() -> Self {
+        Self::with(Stack::start().await).await
+    }
+
+    async fn with(stack: Stack) -> Self {
+        Self {
+            engagement: stack.engagement().await,
+            posts: stack.posts().await,
+            stack,
+        }
+    }
+
+    async fn post(&self, token: &str, content: &str) -> Post {
+        self.posts
+            .clone()
+            .create_post(authed(
+                CreatePostRequest {
+                    content: content.into(),
+                    media: vec![],
+                },
+                token,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    async fn comment(&self, token: &str, post_id: &str, content: &str) -> Result<Comment, Status> {
+        self.engagement
+            .clone()
+            .create_comment(authed(
+                CreateCommentRequest {
+                    post_id: post_id.into(),
+                    content: content.into(),
+                    media: vec![],
+                },
+                token,
+            ))
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    async fn like_post(&self, token: &str, post_id: &str) -> Result<(), Status> {
+        self.engagement
+            .clone()
+            .like_post(authed(
+                LikePostRequest {
+                    post_id: post_id.into(),
+                },
+                token,
+            ))
+            .await
+            .map(|_| ())
+    }
+
+    async fn likers(&self, post_id: &str) -> Vec<String> {
+        self.engagement
+            .clone()
+            .list_post_likes(ListPostLikesRequest {
+                post_id: post_id.into(),
+                page_size: 100,
+                page_token: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .likes
+            .into_iter()
+            .map(|l| l.user_id)
+            .collect()
+    }
+
+    async fn comments(&self, post_id: &str) -> Vec<Comment> {
+        self.engagement
+            .clone()
+            .list_comments(ListCommentsRequest {
+                post_id: post_id.into(),
+                page_size: 100,
+                page_token: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .comments
+    }
+
+    async fn get_post(&self, id: &str) -> Post {
+        self.posts
+            .clone()
+            .get_post(GetPostRequest { id: id.into() })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    /// Waits until the post's counters are `(likes, comments)`; panics after 15 s.
+    async fn counters_become(&self, post_id: &str, want: (i64, i64)) {
+        let got = eventually(Duration::from_secs(15), || async {
+            let p = self.get_post(post_id).await;
+            ((p.likes_count, p.comments_count) == want).then_some(())
+        })
+        .await;
+        let p = self.get_post(post_id).await;
+        assert!(
+            got.is_some(),
+            "counters stayed at {:?}, want {want:?}",
+            (p.likes_count, p.comments_count)
+        );
+    }
+}
