@@ -15,6 +15,7 @@ pub mod connection;
 pub mod consumer;
 pub mod envelope;
 pub mod idempotency;
+pub mod live;
 pub mod outbox;
 pub mod topology;
 

@@ -93,3 +93,63 @@ pub async fn wait_until_reachable(db: &Database, every: Duration) {
 pub fn is(id: bson::oid::ObjectId) -> bson::Bson {
     bson::Bson::Document(doc! { "$in": [id] })
 }
+
+/// Deserialises a stored boolean that may have been written by `$set`: the stand-in
+/// nx-27017 0.8.1 stores such a boolean as an integer; MongoDB keeps it boolean.
+pub fn lenient_bool<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    use serde::Deserialize;
+    match bson::Bson::deserialize(d)? {
+        bson::Bson::Boolean(b) => Ok(b),
+        bson::Bson::Int32(n) => Ok(n != 0),
+        bson::Bson::Int64(n) => Ok(n != 0),
+        other => Err(serde::de::Error::custom(format!(
+            "expected a boolean, found {other:?}"
+        ))),
+    }
+}
+
+/// Whether the server is the stand-in, learned once at start-up ([`is_stand_in`]) and
+/// shared by the clones of a store.
+#[derive(Clone, Default, Debug)]
+pub struct StandIn(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl StandIn {
+    /// Asks the server and remembers the answer; returns it.
+    pub async fn detect(&self, db: &Database) -> bool {
+        let yes = is_stand_in(db).await;
+        self.0.store(yes, std::sync::atomic::Ordering::Release);
+        yes
+    }
+
+    /// The remembered answer.
+    pub fn get(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+/// Counts the documents matching `filter`: `count_documents` on MongoDB (served by the
+/// index over the filter's fields). The stand-in answers 0 for any count or aggregation
+/// whose filter holds an ObjectId (and rejects the `count` command), so there it counts
+/// the ids a `find` returns.
+pub async fn count<T: Send + Sync>(
+    collection: &Collection<T>,
+    filter: Document,
+    stand_in: &StandIn,
+) -> mongodb::error::Result<i64> {
+    use futures::TryStreamExt;
+    let n = if stand_in.get() {
+        let mut ids = collection
+            .clone_with_type::<Document>()
+            .find(filter)
+            .projection(doc! { "_id": 1 })
+            .await?;
+        let mut n = 0_u64;
+        while ids.try_next().await?.is_some() {
+            n += 1;
+        }
+        n
+    } else {
+        collection.count_documents(filter).await?
+    };
+    Ok(i64::try_from(n).unwrap_or(i64::MAX))
+}

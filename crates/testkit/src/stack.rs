@@ -8,6 +8,7 @@ use social_kit::client::Peer;
 use social_proto::{
     engagement::v1::engagement_service_client::EngagementServiceClient,
     graph::v1::social_graph_service_client::SocialGraphServiceClient,
+    notification::v1::notification_service_client::NotificationServiceClient,
     post::v1::post_service_client::PostServiceClient,
     user::v1::{RegisterRequest, user_service_client::UserServiceClient},
 };
@@ -38,6 +39,7 @@ pub struct Stack {
     pub graph: Running,
     pub post: Running,
     pub engagement: Running,
+    pub notification: Running,
 }
 
 impl Stack {
@@ -92,6 +94,7 @@ impl Stack {
             events.clone(),
         );
         let engagement = start(|l, s| social_engagement::run(config, l, s)).await;
+        let notification = start_notification(&database, &events, user.addr, true, timeout).await;
         Self {
             database,
             events,
@@ -99,7 +102,25 @@ impl Stack {
             graph,
             post,
             engagement,
+            notification,
         }
+    }
+
+    /// Another replica of the notification service on the same database and broker;
+    /// with `consume_events` false it only serves reads and streams.
+    pub async fn notification_replica(&self, consume_events: bool) -> Running {
+        start_notification(
+            &self.database,
+            &self.events,
+            self.user.addr,
+            consume_events,
+            Duration::from_secs(2),
+        )
+        .await
+    }
+
+    pub async fn notifications(&self) -> NotificationServiceClient<Channel> {
+        NotificationServiceClient::new(self.notification.channel().await)
     }
 
     pub async fn users(&self) -> UserServiceClient<Channel> {
@@ -134,4 +155,24 @@ impl Stack {
             .into_inner();
         (r.user.expect("user").id, r.access_token)
     }
+}
+
+async fn start_notification(
+    database: &str,
+    events: &EventsConfig,
+    user: std::net::SocketAddr,
+    consume_events: bool,
+    timeout: Duration,
+) -> Running {
+    let peer = Peer::new(
+        "user service",
+        "USER_SERVICE_URL",
+        &format!("http://{user}"),
+        timeout,
+    )
+    .expect("peer URL");
+    let mut config =
+        social_notification::Config::for_tests(&mongodb_uri(), database, peer, events.clone());
+    config.consume_events = consume_events;
+    start(|l, s| social_notification::run(config, l, s)).await
 }

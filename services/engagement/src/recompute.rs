@@ -11,6 +11,7 @@ use crate::{Config, store::Store};
 pub async fn recompute_counters(config: &Config) -> anyhow::Result<u64> {
     let db = social_kit::mongo::connect(&config.common).await?;
     let store = Store::new(&db);
+    store.init().await?;
     let (mut after, mut visited) = (None, 0_u64);
     loop {
         let ids = store

@@ -154,6 +154,7 @@ fn ttl(name: &str, field: &str, days: u64) -> IndexModel {
 #[derive(Clone)]
 pub struct Store {
     db: Database,
+    stand_in: mongo::StandIn,
     likes: Collection<LikeDoc>,
     comments: Collection<CommentDoc>,
 }
@@ -162,6 +163,7 @@ impl Store {
     pub fn new(db: &Database) -> Self {
         Self {
             db: db.clone(),
+            stand_in: mongo::StandIn::default(),
             likes: db.collection(LIKES),
             comments: db.collection(COMMENTS),
         }
@@ -170,7 +172,7 @@ impl Store {
     /// Pings and creates the indexes (idempotent); run before serving.
     pub async fn init(&self) -> anyhow::Result<()> {
         mongo::ping(&self.db).await?;
-        let stand_in = mongo::is_stand_in(&self.db).await;
+        let stand_in = self.stand_in.detect(&self.db).await;
         mongo::ensure_indexes(
             &self.likes,
             vec![
@@ -263,11 +265,12 @@ impl Store {
 
     /// How many active likes `target` has.
     pub async fn count_likes(&self, target: ObjectId) -> Result<i64> {
-        let n = self
-            .likes
-            .count_documents(doc! { "target_id": mongo::is(target), "state": ACTIVE })
-            .await?;
-        Ok(i64::try_from(n).unwrap_or(i64::MAX))
+        Ok(mongo::count(
+            &self.likes,
+            doc! { "target_id": mongo::is(target), "state": ACTIVE },
+            &self.stand_in,
+        )
+        .await?)
     }
 
     /// Inserts `comment` with its event.
@@ -331,11 +334,12 @@ impl Store {
 
     /// How many comments a post has.
     pub async fn count_comments(&self, post: ObjectId) -> Result<i64> {
-        let n = self
-            .comments
-            .count_documents(doc! { "post_id": mongo::is(post), "state": ACTIVE })
-            .await?;
-        Ok(i64::try_from(n).unwrap_or(i64::MAX))
+        Ok(mongo::count(
+            &self.comments,
+            doc! { "post_id": mongo::is(post), "state": ACTIVE },
+            &self.stand_in,
+        )
+        .await?)
     }
 
     /// Adds `delta` to a comment's `likes_count`, once per `event_id`.

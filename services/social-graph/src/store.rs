@@ -50,6 +50,7 @@ pub struct FollowDoc {
 #[derive(Clone)]
 pub struct Store {
     db: Database,
+    stand_in: mongo::StandIn,
     follows: Collection<FollowDoc>,
 }
 
@@ -57,6 +58,7 @@ impl Store {
     pub fn new(db: &Database) -> Self {
         Self {
             db: db.clone(),
+            stand_in: mongo::StandIn::default(),
             follows: db.collection(COLLECTION),
         }
     }
@@ -64,7 +66,7 @@ impl Store {
     /// Pings and creates the indexes (idempotent); run before serving.
     pub async fn init(&self) -> anyhow::Result<()> {
         mongo::ping(&self.db).await?;
-        let stand_in = mongo::is_stand_in(&self.db).await;
+        let stand_in = self.stand_in.detect(&self.db).await;
         mongo::ensure_indexes(
             &self.follows,
             vec![
@@ -211,10 +213,11 @@ impl Store {
 
     /// How many active follows have `side` (`follower_id` or `followee_id`) = `user`.
     pub async fn count(&self, side: &str, user: ObjectId) -> Result<i64> {
-        let n = self
-            .follows
-            .count_documents(doc! { side: mongo::is(user), "state": ACTIVE })
-            .await?;
-        Ok(i64::try_from(n).unwrap_or(i64::MAX))
+        Ok(mongo::count(
+            &self.follows,
+            doc! { side: mongo::is(user), "state": ACTIVE },
+            &self.stand_in,
+        )
+        .await?)
     }
 }

@@ -336,3 +336,111 @@ async fn deleting_a_post_removes_its_comments_and_likes() {
     .await;
     assert!(gone.is_some());
 }
+
+#[tokio::test]
+async fn drifted_counters_are_recomputed_from_the_documents() {
+    let app = App::start().await;
+    let (target_id, target) = app.stack.register("drift").await;
+    let post = app.post(&target, "p").await;
+    let comment = app
+        .comment(&token_for(ObjectId::new()), &post.id, "c")
+        .await
+        .unwrap();
+    app.like_post(&token_for(ObjectId::new()), &post.id)
+        .await
+        .unwrap();
+    let mut graph = app.stack.graph().await;
+    graph
+        .follow(authed(
+            FollowRequest {
+                followee_id: target_id.clone(),
+            },
+            &token_for(ObjectId::new()),
+        ))
+        .await
+        .unwrap();
+    app.counters_become(&post.id, (1, 1)).await;
+
+    // Something went wrong: the counters drifted.
+    let db = mongodb::Client::with_uri_str(social_testkit::mongodb_uri())
+        .await
+        .unwrap()
+        .database(&app.stack.database);
+    let id = |s: &str| ObjectId::parse_str(s).unwrap();
+    db.collection::<bson::Document>("posts")
+        .update_one(
+            bson::doc! { "_id": id(&post.id) },
+            bson::doc! { "$set": { "likes_count": 42_i64, "comments_count": -3_i64 } },
+        )
+        .await
+        .unwrap();
+    db.collection::<bson::Document>("users")
+        .update_one(
+            bson::doc! { "_id": id(&target_id) },
+            bson::doc! { "$set": { "followers_count": 7_i64 } },
+        )
+        .await
+        .unwrap();
+    db.collection::<bson::Document>("comments")
+        .update_one(
+            bson::doc! { "_id": id(&comment.id) },
+            bson::doc! { "$set": { "likes_count": 9_i64 } },
+        )
+        .await
+        .unwrap();
+
+    let peer = |name, addr: SocketAddr| {
+        social_kit::client::Peer::new(
+            name,
+            "URL",
+            &format!("http://{addr}"),
+            Duration::from_secs(5),
+        )
+        .unwrap()
+    };
+    let uri = social_testkit::mongodb_uri();
+    let mut post_config = social_post::Config::for_tests(
+        &uri,
+        &app.stack.database,
+        peer("graph", app.stack.graph.addr),
+        app.stack.events.clone(),
+    );
+    post_config.engagement_service = peer("engagement", app.stack.engagement.addr);
+    assert!(social_post::recompute_counters(&post_config).await.unwrap() >= 1);
+    let mut user_config =
+        social_user::Config::for_tests(&uri, &app.stack.database, app.stack.events.clone());
+    user_config.graph_service = peer("graph", app.stack.graph.addr);
+    assert!(social_user::recompute_counters(&user_config).await.unwrap() >= 1);
+    let engagement_config = social_engagement::Config::for_tests(
+        &uri,
+        &app.stack.database,
+        peer("post", app.stack.post.addr),
+        app.stack.events.clone(),
+    );
+    assert!(
+        social_engagement::recompute_counters(&engagement_config)
+            .await
+            .unwrap()
+            >= 1
+    );
+
+    let p = app.get_post(&post.id).await;
+    assert_eq!((p.likes_count, p.comments_count), (1, 1));
+    let u = app
+        .stack
+        .users()
+        .await
+        .get_user(GetUserRequest { id: target_id })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(u.followers_count, 1);
+    let c = app
+        .engagement
+        .clone()
+        .get_comment(GetCommentRequest { id: comment.id })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(c.likes_count, 0);
+}

@@ -1,0 +1,144 @@
+//! `social.notification.v1.NotificationService`: the caller's own notifications only,
+//! by token.
+
+use bson::oid::ObjectId;
+use futures::stream::BoxStream;
+use social_kit::{
+    Result, auth::caller, error::Violations, paging::PageRequest, time::to_timestamp, validate,
+};
+use social_proto::notification::v1::{
+    GetUnreadCountRequest, GetUnreadCountResponse, ListNotificationsRequest,
+    ListNotificationsResponse, MarkAllNotificationsReadRequest, MarkNotificationsReadRequest,
+    MarkNotificationsReadResponse, Notification, NotificationType, StreamNotificationsRequest,
+    notification_service_server::NotificationService,
+};
+use tonic::{Request, Response, Status};
+
+use crate::{
+    hub::Hub,
+    store::{ListFilter, NotificationDoc, Store},
+};
+
+pub struct Api {
+    store: Store,
+    hub: Hub,
+}
+
+impl Api {
+    pub fn new(store: Store, hub: Hub) -> Self {
+        Self { store, hub }
+    }
+}
+
+impl From<NotificationDoc> for Notification {
+    fn from(n: NotificationDoc) -> Self {
+        let kind =
+            NotificationType::from_str_name(&n.kind).unwrap_or(NotificationType::Unspecified);
+        Self {
+            id: n.id.to_hex(),
+            user_id: n.user_id.to_hex(),
+            r#type: kind as i32,
+            source_user_id: n.source_user_id.to_hex(),
+            post_id: n.post_id.map(|p| p.to_hex()),
+            comment_id: n.comment_id.map(|c| c.to_hex()),
+            is_read: n.is_read,
+            created_at: Some(to_timestamp(n.created_at)),
+        }
+    }
+}
+
+/// The stored names of the requested types, naming each bad one.
+fn types(requested: &[i32], v: &mut Violations) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    for (i, t) in requested.iter().enumerate() {
+        match NotificationType::try_from(*t) {
+            Ok(NotificationType::Unspecified) | Err(_) => {
+                v.add(
+                    format!("types[{i}]"),
+                    "must be FOLLOW, POST_LIKE, COMMENT_LIKE, POST_COMMENT or MENTION",
+                );
+            }
+            Ok(kind) => {
+                let name = kind.as_str_name();
+                if !out.contains(&name) {
+                    out.push(name);
+                }
+            }
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
+#[tonic::async_trait]
+impl NotificationService for Api {
+    async fn list_notifications(
+        &self,
+        request: Request<ListNotificationsRequest>,
+    ) -> Result<Response<ListNotificationsResponse>, Status> {
+        let me = caller(&request)?;
+        let r = request.get_ref();
+        let mut v = Violations::default();
+        let filter = ListFilter {
+            unread_only: r.unread_only,
+            types: types(&r.types, &mut v),
+        };
+        let query = format!(
+            "notifications:{me}:{}:{}",
+            r.unread_only,
+            filter.types.join(",")
+        );
+        let page = PageRequest::parse(r.page_size, &r.page_token, query, &mut v);
+        v.finish()?;
+        let docs = self.store.list(me, &filter, &page).await?;
+        let (docs, next_page_token) = page.finish(docs, |n| (n.created_at, n.id));
+        Ok(Response::new(ListNotificationsResponse {
+            notifications: docs.into_iter().map(Into::into).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn get_unread_count(
+        &self,
+        request: Request<GetUnreadCountRequest>,
+    ) -> Result<Response<GetUnreadCountResponse>, Status> {
+        let me = caller(&request)?;
+        let count = self.store.unread_count(me).await?;
+        Ok(Response::new(GetUnreadCountResponse { count }))
+    }
+
+    async fn mark_notifications_read(
+        &self,
+        request: Request<MarkNotificationsReadRequest>,
+    ) -> Result<Response<MarkNotificationsReadResponse>, Status> {
+        let me = caller(&request)?;
+        let mut v = Violations::default();
+        let ids: Vec<ObjectId> = validate::id_batch("ids", &request.get_ref().ids, &mut v);
+        v.finish()?;
+        let updated_count = self.store.mark_read(me, Some(&ids)).await?;
+        Ok(Response::new(MarkNotificationsReadResponse {
+            updated_count,
+        }))
+    }
+
+    async fn mark_all_notifications_read(
+        &self,
+        request: Request<MarkAllNotificationsReadRequest>,
+    ) -> Result<Response<MarkNotificationsReadResponse>, Status> {
+        let me = caller(&request)?;
+        let updated_count = self.store.mark_read(me, None).await?;
+        Ok(Response::new(MarkNotificationsReadResponse {
+            updated_count,
+        }))
+    }
+
+    type StreamNotificationsStream = BoxStream<'static, Result<Notification, Status>>;
+
+    async fn stream_notifications(
+        &self,
+        request: Request<StreamNotificationsRequest>,
+    ) -> Result<Response<Self::StreamNotificationsStream>, Status> {
+        let me = caller(&request)?;
+        Ok(Response::new(Box::pin(self.hub.subscribe(me))))
+    }
+}

@@ -1,0 +1,140 @@
+//! The notification service: consumes follow, like, comment and post events and fans
+//! each out into `notifications` documents, one per recipient; lists them, counts the
+//! unread, marks them read, and streams new ones live. Owns `notifications`; asks the
+//! user service to resolve @mentions. [`run`] is what `main` and the tests call.
+//!
+//! Live streams work across replicas: the replica that stores a notification
+//! broadcasts it on the broker, and every replica (each with its own exclusive queue)
+//! pushes it to the streams it holds for the recipient.
+
+mod api;
+mod fanout;
+mod hub;
+mod store;
+
+use prost::Message;
+use social_events::{EventsConfig, live::Broadcaster};
+use social_kit::{
+    auth::TokenVerifier,
+    client::Peer,
+    config::{CommonConfig, ConfigError},
+    serve::{Background, Gate, ServeSpec, serve},
+};
+use social_proto::notification::v1::{
+    Notification,
+    notification_service_server::{NotificationServiceServer, SERVICE_NAME},
+};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
+
+/// Everything the notification service reads from its environment.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Settings every service has; listens on `NOTIFICATION_ADDR`.
+    pub common: CommonConfig,
+    /// The user service (`USER_SERVICE_URL`), for @mentions.
+    pub user_service: Peer,
+    /// Where events come from.
+    pub events: EventsConfig,
+    /// `NOTIFICATION_CONSUME_EVENTS` (default true): whether this replica stores
+    /// notifications from events, or only serves reads and streams.
+    pub consume_events: bool,
+    /// `NOTIFICATION_STREAM_BUFFER` (default 64): notifications a stream may have
+    /// waiting before it is closed as fallen behind.
+    pub stream_buffer: usize,
+}
+
+impl Config {
+    /// Reads the environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Ok(Self {
+            common: CommonConfig::from_env("notification", "NOTIFICATION_ADDR", "127.0.0.1:50055")?,
+            user_service: Peer::from_env(
+                "user service",
+                "USER_SERVICE_URL",
+                "http://127.0.0.1:50051",
+            )?,
+            events: EventsConfig::from_env()?,
+            consume_events: social_kit::config::parse_or("NOTIFICATION_CONSUME_EVENTS", true)?,
+            stream_buffer: social_kit::config::parse_or("NOTIFICATION_STREAM_BUFFER", 64)?,
+        })
+    }
+
+    /// Local stores, the given database, user service and events, an ephemeral port.
+    pub fn for_tests(
+        mongodb_uri: &str,
+        database: &str,
+        user_service: Peer,
+        events: EventsConfig,
+    ) -> Self {
+        Self {
+            common: CommonConfig::for_tests("notification", mongodb_uri, database),
+            user_service,
+            events,
+            consume_events: true,
+            stream_buffer: 64,
+        }
+    }
+}
+
+/// Serves the notification service on `listener` until `shutdown` is cancelled.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let db = social_kit::mongo::connect(&config.common).await?;
+    let store = store::Store::new(&db);
+    let gate = Gate::new(TokenVerifier::from_config(&config.common)?);
+    let hub = hub::Hub::new(config.stream_buffer, shutdown.clone());
+    let api = api::Api::new(store.clone(), hub.clone());
+    let routes = Routes::new(NotificationServiceServer::with_interceptor(
+        api,
+        gate.clone(),
+    ));
+
+    let mut background = Background::new();
+    let replica = format!("notification-{}", bson::oid::ObjectId::new().to_hex());
+    let (events, listener_name) = (config.events.clone(), format!("{replica}-live"));
+    background.spawn(|stop| {
+        social_events::live::listen(
+            events,
+            listener_name,
+            fanout::STORED,
+            move |body| match Notification::decode(body.as_slice()) {
+                Ok(n) => match bson::oid::ObjectId::parse_str(&n.user_id) {
+                    Ok(user) => hub.push(user, &n),
+                    Err(_) => tracing::warn!("broadcast notification without a valid recipient"),
+                },
+                Err(e) => tracing::warn!(error = %e, "undecodable broadcast notification"),
+            },
+            stop,
+        )
+    });
+    if config.consume_events {
+        let fanout = fanout::Fanout {
+            store: store.clone(),
+            users: config.user_service.clone(),
+            broadcaster: Broadcaster::new(config.events.clone(), &replica),
+        };
+        let (events, handler) = (config.events.clone(), fanout.handler());
+        background.spawn(|stop| {
+            social_events::consumer::run(events, fanout::subscription(), handler, stop)
+        });
+    }
+
+    let startup = move || {
+        let store = store.clone();
+        async move { store.init().await }
+    };
+    let spec = ServeSpec {
+        config: &config.common,
+        grpc_name: SERVICE_NAME,
+        db,
+        gate,
+    };
+    let served = serve(spec, listener, routes, startup, shutdown).await;
+    background.stop().await;
+    served
+}

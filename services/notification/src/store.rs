@@ -1,0 +1,159 @@
+//! The `notifications` collection: one document per (event, recipient), unique by
+//! `dedupe_key`, so that a redelivered event, or like-unlike-like, stores one
+//! notification. No proto types here.
+
+use bson::{DateTime, doc, oid::ObjectId};
+use futures::TryStreamExt;
+use mongodb::{Collection, Database};
+use serde::{Deserialize, Serialize};
+use social_kit::{
+    Result,
+    error::is_duplicate_key,
+    mongo,
+    paging::{Order, PageRequest},
+};
+
+pub const COLLECTION: &str = "notifications";
+
+/// A stored notification.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NotificationDoc {
+    #[serde(rename = "_id")]
+    pub id: ObjectId,
+    /// The recipient.
+    pub user_id: ObjectId,
+    /// `FOLLOW`, `POST_LIKE`, `COMMENT_LIKE`, `POST_COMMENT` or `MENTION`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub source_user_id: ObjectId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post_id: Option<ObjectId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment_id: Option<ObjectId>,
+    #[serde(deserialize_with = "social_kit::mongo::lenient_bool")]
+    pub is_read: bool,
+    pub created_at: DateTime,
+    /// What makes it unique: e.g. `post_like:<liker>:<post>`.
+    pub dedupe_key: String,
+}
+
+/// Which notifications a list shows.
+pub struct ListFilter {
+    pub unread_only: bool,
+    /// Empty: all types.
+    pub types: Vec<&'static str>,
+}
+
+/// Access to `notifications`. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    db: Database,
+    stand_in: mongo::StandIn,
+    notifications: Collection<NotificationDoc>,
+}
+
+impl Store {
+    pub fn new(db: &Database) -> Self {
+        Self {
+            db: db.clone(),
+            stand_in: mongo::StandIn::default(),
+            notifications: db.collection(COLLECTION),
+        }
+    }
+
+    /// Pings and creates the indexes (idempotent); run before serving.
+    pub async fn init(&self) -> anyhow::Result<()> {
+        mongo::ping(&self.db).await?;
+        let stand_in = self.stand_in.detect(&self.db).await;
+        mongo::ensure_indexes(
+            &self.notifications,
+            vec![
+                // Exactly one per (event, recipient).
+                mongo::index("dedupe_unique", doc! { "dedupe_key": 1 }, true),
+                // ListNotifications, newest first.
+                mongo::index(
+                    "recipient_recent",
+                    doc! { "user_id": 1, "created_at": -1, "_id": -1 },
+                    false,
+                ),
+                // GetUnreadCount (a count over index keys only), unread-only lists,
+                // marking read.
+                mongo::index(
+                    "recipient_unread_recent",
+                    doc! { "user_id": 1, "is_read": 1, "created_at": -1, "_id": -1 },
+                    false,
+                ),
+                // Removing a deleted post's or comment's notifications.
+                mongo::index("post", doc! { "post_id": 1 }, false),
+                mongo::index("comment", doc! { "comment_id": 1 }, false),
+            ],
+            stand_in,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Stores `n` unless its `dedupe_key` is taken; whether it was stored.
+    pub async fn insert(&self, n: &NotificationDoc) -> Result<bool> {
+        match self.notifications.insert_one(n).await {
+            Ok(_) => Ok(true),
+            Err(e) if is_duplicate_key(&e) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// A page of `user`'s notifications, newest first.
+    pub async fn list(
+        &self,
+        user: ObjectId,
+        filter: &ListFilter,
+        page: &PageRequest,
+    ) -> Result<Vec<NotificationDoc>> {
+        let mut query = doc! { "user_id": mongo::is(user) };
+        if filter.unread_only {
+            query.insert("is_read", false);
+        }
+        if !filter.types.is_empty() {
+            query.insert("type", doc! { "$in": &filter.types });
+        }
+        let order = Order::NewestFirst;
+        Ok(self
+            .notifications
+            .find(order.filter(query, page, "created_at"))
+            .sort(order.sort("created_at"))
+            .limit(page.fetch_limit())
+            .await?
+            .try_collect()
+            .await?)
+    }
+
+    pub async fn unread_count(&self, user: ObjectId) -> Result<i64> {
+        Ok(mongo::count(
+            &self.notifications,
+            doc! { "user_id": mongo::is(user), "is_read": false },
+            &self.stand_in,
+        )
+        .await?)
+    }
+
+    /// Marks `user`'s notifications among `ids` (all when `None`) read; how many changed.
+    pub async fn mark_read(&self, user: ObjectId, ids: Option<&[ObjectId]>) -> Result<i64> {
+        let mut filter = doc! { "user_id": mongo::is(user), "is_read": false };
+        if let Some(ids) = ids {
+            filter.insert("_id", doc! { "$in": ids });
+        }
+        let r = self
+            .notifications
+            .update_many(filter, doc! { "$set": { "is_read": true } })
+            .await?;
+        Ok(i64::try_from(r.modified_count).unwrap_or(i64::MAX))
+    }
+
+    /// Removes the notifications about a post (and its comments) or a comment.
+    pub async fn remove_about(&self, field: &str, id: ObjectId) -> Result<()> {
+        self.notifications
+            .delete_many(doc! { field: mongo::is(id) })
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,540 @@
+//! NotificationService end to end: every service started in-process by testkit, real
+//! RabbitMQ, real driver. Actions go through the other services' RPCs; notifications
+//! are read through this one's.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use bson::oid::ObjectId;
+use prost::Message;
+use social_events::{Payload, new_envelope, pb::PostLiked};
+use social_proto::{
+    engagement::v1::{CreateCommentRequest, LikePostRequest, UnlikePostRequest},
+    graph::v1::{FollowRequest, UnfollowRequest},
+    notification::v1::{
+        GetUnreadCountRequest, ListNotificationsRequest, MarkAllNotificationsReadRequest,
+        MarkNotificationsReadRequest, Notification, NotificationType, StreamNotificationsRequest,
+        notification_service_client::NotificationServiceClient,
+    },
+    post::v1::{CreatePostRequest, DeletePostRequest, GetPostRequest, Post},
+};
+use social_testkit::{Stack, authed, broker, eventually, token_for, violated_fields};
+use tonic::{Code, Streaming, transport::Channel};
+
+const WAIT: Duration = Duration::from_secs(15);
+
+struct App {
+    stack: Stack,
+    notifications: NotificationServiceClient<Channel>,
+}
+
+impl App {
+    async fn start() -> Self {
+        let stack = Stack::start().await;
+        Self {
+            notifications: stack.notifications().await,
+            stack,
+        }
+    }
+
+    async fn post(&self, token: &str, content: &str) -> Post {
+        self.stack
+            .posts()
+            .await
+            .create_post(authed(
+                CreatePostRequest {
+                    content: content.into(),
+                    media: vec![],
+                },
+                token,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    async fn follow(&self, token: &str, followee: &str) {
+        self.stack
+            .graph()
+            .await
+            .follow(authed(
+                FollowRequest {
+                    followee_id: followee.into(),
+                },
+                token,
+            ))
+            .await
+            .unwrap();
+    }
+
+    async fn like(&self, token: &str, post: &str) {
+        self.stack
+            .engagement()
+            .await
+            .like_post(authed(
+                LikePostRequest {
+                    post_id: post.into(),
+                },
+                token,
+            ))
+            .await
+            .unwrap();
+    }
+
+    async fn list(&self, token: &str) -> Vec<Notification> {
+        self.notifications
+            .clone()
+            .list_notifications(authed(
+                ListNotificationsRequest {
+                    page_size: 100,
+                    ..Default::default()
+                },
+                token,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .notifications
+    }
+
+    /// Waits until `token`'s notifications number `n`; returns them.
+    async fn wait_for(&self, token: &str, n: usize) -> Vec<Notification> {
+        let got = eventually(WAIT, || async {
+            let list = self.list(token).await;
+            (list.len() >= n).then_some(list)
+        })
+        .await;
+        let list = got.unwrap_or_default();
+        assert_eq!(list.len(), n, "{list:#?}");
+        list
+    }
+
+    /// Waits until the notification service's queue is empty.
+    async fn drained(&self) {
+        let config = &self.stack.events;
+        let queue = config.queue("notification");
+        let done = eventually(WAIT, || async {
+            (broker::queue_depth(config, &queue).await == 0).then_some(())
+        })
+        .await;
+        assert!(done.is_some());
+    }
+
+    async fn stream(
+        &self,
+        client: &mut NotificationServiceClient<Channel>,
+        token: &str,
+    ) -> Streaming<Notification> {
+        client
+            .stream_notifications(authed(StreamNotificationsRequest {}, token))
+            .await
+            .unwrap()
+            .into_inner()
+    }
+}
+
+fn kind(n: &Notification) -> NotificationType {
+    NotificationType::try_from(n.r#type).unwrap()
+}
+
+async fn next(stream: &mut Streaming<Notification>, within: Duration) -> Option<Notification> {
+    tokio::time::timeout(within, stream.message())
+        .await
+        .ok()?
+        .ok()?
+}
+
+#[tokio::test]
+async fn a_follow_notifies_the_followee_once() {
+    let app = App::start().await;
+    let (alice, alice_token) = app.stack.register("alice").await;
+    let (bob, bob_token) = app.stack.register("bob").await;
+    app.follow(&alice_token, &bob).await;
+    let got = app.wait_for(&bob_token, 1).await;
+    assert_eq!(kind(&got[0]), NotificationType::Follow);
+    assert_eq!(got[0].source_user_id, alice);
+    assert_eq!(got[0].user_id, bob);
+    assert!(!got[0].is_read);
+
+    // Unfollow and follow again: still one.
+    let mut graph = app.stack.graph().await;
+    graph
+        .unfollow(authed(
+            UnfollowRequest {
+                followee_id: bob.clone(),
+            },
+            &alice_token,
+        ))
+        .await
+        .unwrap();
+    app.follow(&alice_token, &bob).await;
+    app.drained().await;
+    assert_eq!(app.list(&bob_token).await.len(), 1);
+    assert!(app.list(&alice_token).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_like_notifies_the_author_once_and_moves_the_counter_and_a_self_like_nothing() {
+    let app = App::start().await;
+    let (_, bob) = app.stack.register("bob").await;
+    let (alice_id, alice) = app.stack.register("alice").await;
+    let post = app.post(&bob, "like me").await;
+    app.like(&bob, &post.id).await; // self-like
+    app.like(&alice, &post.id).await;
+    let mut engagement = app.stack.engagement().await;
+    engagement
+        .unlike_post(authed(
+            UnlikePostRequest {
+                post_id: post.id.clone(),
+            },
+            &alice,
+        ))
+        .await
+        .unwrap();
+    app.like(&alice, &post.id).await;
+
+    let got = app.wait_for(&bob, 1).await;
+    assert_eq!(kind(&got[0]), NotificationType::PostLike);
+    assert_eq!(got[0].source_user_id, alice_id);
+    assert_eq!(got[0].post_id.as_deref(), Some(post.id.as_str()));
+    let counted = eventually(WAIT, || async {
+        let p = app
+            .stack
+            .posts()
+            .await
+            .get_post(GetPostRequest {
+                id: post.id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        (p.likes_count == 2).then_some(())
+    })
+    .await;
+    assert!(counted.is_some(), "likes_count never reached 2");
+    app.drained().await;
+    assert_eq!(app.list(&bob).await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_comment_notifies_the_author_and_each_mentioned_user() {
+    let app = App::start().await;
+    let (_, bob) = app.stack.register("bob").await;
+    let (alice_id, alice) = app.stack.register("alice").await;
+    let (carol_id, carol) = app.stack.register("carol").await;
+    let (dave_id, dave) = app.stack.register("dave").await;
+    let post = app.post(&bob, "what do you think?").await;
+    let comment = app
+        .stack
+        .engagement()
+        .await
+        .create_comment(authed(
+            CreateCommentRequest {
+                post_id: post.id.clone(),
+                content: "@carol and @DAVE, look! (cc @nobody_here @alice @carol)".into(),
+                media: vec![],
+            },
+            &alice,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+
+    let to_bob = app.wait_for(&bob, 1).await;
+    assert_eq!(kind(&to_bob[0]), NotificationType::PostComment);
+    assert_eq!(to_bob[0].comment_id.as_deref(), Some(comment.id.as_str()));
+    for (token, id) in [(&carol, &carol_id), (&dave, &dave_id)] {
+        let got = app.wait_for(token, 1).await;
+        assert_eq!(kind(&got[0]), NotificationType::Mention);
+        assert_eq!(&got[0].user_id, id);
+        assert_eq!(got[0].source_user_id, alice_id);
+        assert_eq!(got[0].post_id.as_deref(), Some(post.id.as_str()));
+    }
+    app.drained().await;
+    assert!(
+        app.list(&alice).await.is_empty(),
+        "no notification of one's own mention"
+    );
+
+    // A post's mentions notify too.
+    let post = app.post(&carol, "thanks @dave").await;
+    let got = app.wait_for(&dave, 2).await;
+    assert_eq!(kind(&got[0]), NotificationType::Mention);
+    assert_eq!(got[0].post_id.as_deref(), Some(post.id.as_str()));
+    assert_eq!(got[0].comment_id, None);
+}
+
+#[tokio::test]
+async fn a_redelivered_event_stores_no_duplicate() {
+    let app = App::start().await;
+    let (bob_id, bob) = app.stack.register("bob").await;
+    let post = app.post(&bob, "p").await;
+    let liker = ObjectId::new();
+    let event = new_envelope(
+        liker,
+        Payload::PostLiked(PostLiked {
+            post_id: post.id.clone(),
+            post_author_id: bob_id,
+            user_id: liker.to_hex(),
+        }),
+    );
+    for _ in 0..3 {
+        broker::publish_raw(
+            &app.stack.events,
+            "engagement.post.liked",
+            &event.encode_to_vec(),
+            &event.event_id,
+        )
+        .await;
+    }
+    app.wait_for(&bob, 1).await;
+    app.drained().await;
+    assert_eq!(app.list(&bob).await.len(), 1);
+}
+
+#[tokio::test]
+async fn lists_counts_and_read_state_are_the_callers_own() {
+    let app = App::start().await;
+    let (bob_id, bob) = app.stack.register("bob").await;
+    let (carol_id, carol) = app.stack.register("carol").await;
+    let post = app.post(&bob, "p").await;
+    for _ in 0..5 {
+        app.follow(&token_for(ObjectId::new()), &bob_id).await;
+    }
+    for _ in 0..3 {
+        app.like(&token_for(ObjectId::new()), &post.id).await;
+    }
+    app.follow(&bob, &carol_id).await;
+    let all = app.wait_for(&bob, 8).await;
+    app.wait_for(&carol, 1).await;
+    // Newest first.
+    let times: Vec<_> = all.iter().map(|n| n.created_at.unwrap()).collect();
+    assert!(
+        times
+            .windows(2)
+            .all(|w| (w[0].seconds, w[0].nanos) >= (w[1].seconds, w[1].nanos))
+    );
+
+    let mut n = app.notifications.clone();
+    let counter = n.clone();
+    let unread = |token: &str| {
+        let mut n = counter.clone();
+        let token = token.to_owned();
+        async move {
+            n.get_unread_count(authed(GetUnreadCountRequest {}, &token))
+                .await
+                .unwrap()
+                .into_inner()
+                .count
+        }
+    };
+    assert_eq!(unread(&bob).await, 8);
+
+    let likes = n
+        .list_notifications(authed(
+            ListNotificationsRequest {
+                types: vec![NotificationType::PostLike as i32],
+                ..Default::default()
+            },
+            &bob,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .notifications;
+    assert_eq!(likes.len(), 3);
+
+    // Marking: carol's id among bob's changes nothing of carol's.
+    let carols = app.list(&carol).await;
+    let ids = vec![all[0].id.clone(), all[1].id.clone(), carols[0].id.clone()];
+    let changed = n
+        .mark_notifications_read(authed(
+            MarkNotificationsReadRequest { ids: ids.clone() },
+            &bob,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .updated_count;
+    assert_eq!(changed, 2);
+    let again = n
+        .mark_notifications_read(authed(MarkNotificationsReadRequest { ids }, &bob))
+        .await
+        .unwrap()
+        .into_inner()
+        .updated_count;
+    assert_eq!(again, 0);
+    assert_eq!(unread(&bob).await, 6);
+    assert_eq!(unread(&carol).await, 1);
+
+    // Unread only, in pages of four, stable.
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = n
+            .list_notifications(authed(
+                ListNotificationsRequest {
+                    page_size: 4,
+                    page_token: token.clone(),
+                    unread_only: true,
+                    types: vec![],
+                },
+                &bob,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        seen.extend(page.notifications.into_iter().map(|x| x.id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    let expected: Vec<_> = all[2..].iter().map(|x| x.id.clone()).collect();
+    assert_eq!(seen, expected);
+
+    let all_read = n
+        .mark_all_notifications_read(authed(MarkAllNotificationsReadRequest {}, &bob))
+        .await
+        .unwrap()
+        .into_inner()
+        .updated_count;
+    assert_eq!(all_read, 6);
+    assert_eq!(unread(&bob).await, 0);
+    assert!(app.list(&bob).await.iter().all(|x| x.is_read));
+
+    // Errors.
+    let err = n
+        .get_unread_count(GetUnreadCountRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let err = n
+        .list_notifications(authed(
+            ListNotificationsRequest {
+                types: vec![0, 42],
+                ..Default::default()
+            },
+            &bob,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&err), ["types[0]", "types[1]"]);
+    let err = n
+        .mark_notifications_read(authed(MarkNotificationsReadRequest { ids: vec![] }, &bob))
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&err), ["ids"]);
+    // A page token from one filter does not fit another.
+    let first = n
+        .list_notifications(authed(
+            ListNotificationsRequest {
+                page_size: 2,
+                ..Default::default()
+            },
+            &bob,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let err = n
+        .list_notifications(authed(
+            ListNotificationsRequest {
+                page_size: 2,
+                page_token: first.next_page_token,
+                unread_only: true,
+                types: vec![],
+            },
+            &bob,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&err), ["page_token"]);
+}
+
+#[tokio::test]
+async fn a_stream_on_one_replica_sees_what_another_stored() {
+    let app = App::start().await;
+    let (bob_id, bob) = app.stack.register("bob").await;
+    // This replica consumes no events: whatever reaches its stream was stored elsewhere.
+    let reader = app.stack.notification_replica(false).await;
+    let mut client = NotificationServiceClient::new(reader.channel().await);
+    let mut stream = app.stream(&mut client, &bob).await;
+    // Its broadcast queue binds just after start-up: follow until one arrives.
+    let mut got = None;
+    for _ in 0..20 {
+        app.follow(&token_for(ObjectId::new()), &bob_id).await;
+        if let Some(n) = next(&mut stream, Duration::from_millis(750)).await {
+            got = Some(n);
+            break;
+        }
+    }
+    let n = got.expect("the stream on the other replica saw nothing");
+    assert_eq!(kind(&n), NotificationType::Follow);
+    assert_eq!(n.user_id, bob_id);
+
+    // Two streams of one user each get every notification.
+    let mut second = app.stream(&mut client, &bob).await;
+    let fan = ObjectId::new();
+    app.follow(&token_for(fan), &bob_id).await;
+    let on_second = loop {
+        let n = next(&mut second, WAIT).await.expect("second stream");
+        if n.source_user_id == fan.to_hex() {
+            break n;
+        }
+    };
+    let on_first = loop {
+        let n = next(&mut stream, WAIT).await.expect("first stream");
+        if n.source_user_id == fan.to_hex() {
+            break n;
+        }
+    };
+    assert_eq!(on_first.id, on_second.id);
+}
+
+#[tokio::test]
+async fn a_stream_that_never_reads_slows_nobody() {
+    let app = App::start().await;
+    let (bob_id, bob) = app.stack.register("bob").await;
+    let mut client = app.notifications.clone();
+    let _stalled = app.stream(&mut client, &bob).await; // never read
+    let mut live = app.stream(&mut client, &bob).await;
+    let fans = 30;
+    for _ in 0..fans {
+        app.follow(&token_for(ObjectId::new()), &bob_id).await;
+    }
+    let mut received = 0;
+    while received < fans {
+        next(&mut live, WAIT)
+            .await
+            .expect("the live stream kept up");
+        received += 1;
+    }
+    assert_eq!(app.wait_for(&bob, fans).await.len(), fans);
+}
+
+#[tokio::test]
+async fn deleting_a_post_removes_its_notifications() {
+    let app = App::start().await;
+    let (_, bob) = app.stack.register("bob").await;
+    let post = app.post(&bob, "short-lived").await;
+    app.like(&token_for(ObjectId::new()), &post.id).await;
+    app.wait_for(&bob, 1).await;
+    app.stack
+        .posts()
+        .await
+        .delete_post(authed(
+            DeletePostRequest {
+                id: post.id.clone(),
+            },
+            &bob,
+        ))
+        .await
+        .unwrap();
+    let gone = eventually(WAIT, || async {
+        app.list(&bob).await.is_empty().then_some(())
+    })
+    .await;
+    assert!(gone.is_some());
+}
