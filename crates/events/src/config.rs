@@ -75,14 +75,17 @@ impl EventsConfig {
         })
     }
 
-    /// Names of its own (`<name>`) so that tests run in parallel on one broker.
+    /// Names of its own (`<name>`) so that tests run in parallel on one broker;
+    /// classic queues that expire when unused.
     pub fn for_tests(name: &str) -> Self {
         Self {
             amqp_url: optional("AMQP_URL")
                 .unwrap_or_else(|| social_kit::config::DEFAULT_AMQP_URL.into()),
             exchange: format!("{name}.events"),
             queue_prefix: name.to_owned(),
-            queue_type: QueueType::Quorum,
+            // Light for the broker: hundreds of tests each declare several queues. The
+            // quorum type is exercised by the tests that ask for it.
+            queue_type: QueueType::Classic,
             prefetch: 16,
             max_attempts: 3,
             handler_timeout: Duration::from_secs(5),

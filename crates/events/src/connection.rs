@@ -19,7 +19,7 @@ pub async fn connect(url: &str, name: &str, shutdown: &CancellationToken) -> Opt
         let properties = ConnectionProperties::default().with_connection_name(name.into());
         let attempt = tokio::select! {
             () = shutdown.cancelled() => return None,
-            r = tokio::time::timeout(Duration::from_secs(5), Connection::connect(url, properties)) => r,
+            r = tokio::time::timeout(Duration::from_secs(10), Connection::connect(url, properties)) => r,
         };
         match attempt {
             Ok(Ok(connection)) => return Some(connection),

@@ -27,6 +27,8 @@ pub struct StackOptions {
     pub amqp_url: Option<String>,
     /// Deadline of calls between services.
     pub peer_timeout: Option<Duration>,
+    /// The consumers' queue type (default: classic, see `EventsConfig::for_tests`).
+    pub queue_type: Option<social_events::QueueType>,
 }
 
 /// The running services.
@@ -54,6 +56,9 @@ impl Stack {
         let mut events = EventsConfig::for_tests(&unique_name("t"));
         if let Some(url) = options.amqp_url {
             events.amqp_url = url;
+        }
+        if let Some(queue_type) = options.queue_type {
+            events.queue_type = queue_type;
         }
         let uri = mongodb_uri();
         let timeout = options.peer_timeout.unwrap_or(Duration::from_secs(2));

@@ -257,7 +257,15 @@ async fn a_broker_outage_delays_events_and_loses_none() {
 
 #[tokio::test]
 async fn a_poison_message_is_dead_lettered_and_consuming_goes_on() {
-    let app = App::start().await;
+    // On quorum queues, as in production.
+    let app = App::with(
+        Stack::start_with(StackOptions {
+            queue_type: Some(social_events::QueueType::Quorum),
+            ..Default::default()
+        })
+        .await,
+    )
+    .await;
     let config = app.stack.events.clone();
     let post = app.post(&token_for(ObjectId::new()), "p").await;
     let comment = app
