@@ -136,6 +136,12 @@ impl CommonConfig {
     }
 }
 
+/// A service's whole configuration, which holds the shared part.
+pub trait ServiceConfig {
+    /// The settings every service has.
+    fn common(&self) -> &CommonConfig;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -153,3 +153,30 @@ pub async fn count<T: Send + Sync>(
     };
     Ok(i64::try_from(n).unwrap_or(i64::MAX))
 }
+
+/// Up to `limit` ids of documents matching `filter`, after `after` in id order: a walk
+/// over a whole collection in batches (for operators' recompute commands).
+pub async fn ids_after<T: Send + Sync>(
+    collection: &Collection<T>,
+    mut filter: Document,
+    after: Option<bson::oid::ObjectId>,
+    limit: i64,
+) -> mongodb::error::Result<Vec<bson::oid::ObjectId>> {
+    use futures::TryStreamExt;
+    if let Some(id) = after {
+        filter.insert("_id", doc! { "$gt": id });
+    }
+    let rows: Vec<Document> = collection
+        .clone_with_type::<Document>()
+        .find(filter)
+        .projection(doc! { "_id": 1 })
+        .sort(doc! { "_id": 1 })
+        .limit(limit)
+        .await?
+        .try_collect()
+        .await?;
+    Ok(rows
+        .iter()
+        .filter_map(|r| r.get_object_id("_id").ok())
+        .collect())
+}

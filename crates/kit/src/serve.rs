@@ -13,6 +13,7 @@ use std::{
     time::Duration,
 };
 
+use futures::future::BoxFuture;
 use mongodb::Database;
 use tokio::net::TcpListener;
 use tokio_stream::{StreamExt, wrappers::TcpListenerStream};
@@ -85,23 +86,28 @@ pub struct ServeSpec<'a> {
     pub gate: Gate,
 }
 
+/// What a service does before it serves: ping its database, create its indexes.
+/// Retried until it succeeds; requests wait behind the [`Gate`] meanwhile.
+pub trait Startup: Send + Sync + 'static {
+    /// One attempt.
+    fn startup(&self) -> impl Future<Output = anyhow::Result<()>> + Send;
+}
+
 /// Serves `routes` on `listener` until `shutdown`; then stops accepting, gives in-flight
-/// RPCs `config.shutdown_grace`, and returns.
+/// RPCs `config.shutdown_grace`, and then stops the `background` tasks (relay,
+/// consumers), which therefore outlive every RPC that may feed them.
 ///
 /// Health is `NOT_SERVING` until `startup` (ping, indexes) succeeds, retried every
 /// second; then it follows a ping every few seconds, and is `NOT_SERVING` again once
 /// shutdown begins.
-pub async fn serve<S, F>(
+pub async fn serve(
     spec: ServeSpec<'_>,
     listener: TcpListener,
     routes: Routes,
-    mut startup: S,
+    startup: impl Startup,
+    background: Background,
     shutdown: CancellationToken,
-) -> anyhow::Result<()>
-where
-    S: FnMut() -> F + Send + 'static,
-    F: Future<Output = anyhow::Result<()>> + Send,
-{
+) -> anyhow::Result<()> {
     let (reporter, health) = tonic_health::server::health_reporter();
     let set_status = {
         let reporter = reporter.clone();
@@ -137,7 +143,7 @@ where
                 let ok = if gate.is_ready() {
                     crate::mongo::ping(&db).await.is_ok()
                 } else {
-                    match startup().await {
+                    match startup.startup().await {
                         Ok(()) => {
                             gate.ready.store(true, Ordering::Release);
                             tracing::info!("start-up done");
@@ -210,6 +216,7 @@ where
         }
     };
     health_task.abort();
+    background.stop().await;
     result.map_err(Into::into)
 }
 
@@ -352,4 +359,43 @@ where
     };
     telemetry.shutdown();
     code
+}
+
+/// An operator's command that recomputes counters; returns how many documents it set.
+pub type Recompute<C> = fn(C) -> BoxFuture<'static, anyhow::Result<u64>>;
+
+/// Runs a service binary: `<binary> [serve]` serves until SIGTERM;
+/// `<binary> recompute-counters` runs `recompute` (for services that keep counters from
+/// events) and exits. A bad environment variable exits with status 2 and its name.
+pub async fn binary_main<C: crate::config::ServiceConfig>(
+    binary: &str,
+    load: impl FnOnce() -> Result<C, crate::config::ConfigError>,
+    serve: impl FnOnce(C, TcpListener, CancellationToken) -> BoxFuture<'static, anyhow::Result<()>>,
+    recompute: Option<Recompute<C>>,
+) -> ExitCode {
+    let config = match load_config(load) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let common = config.common().clone();
+    match (std::env::args().nth(1).as_deref(), recompute) {
+        (None | Some("serve"), _) => main(&common, |l, s| serve(config, l, s)).await,
+        (Some("recompute-counters"), Some(recompute)) => {
+            main_once(&common, async {
+                let n = recompute(config).await?;
+                tracing::info!(documents = n, "counters recomputed");
+                Ok(())
+            })
+            .await
+        }
+        (Some(other), recompute) => {
+            let commands = if recompute.is_some() {
+                "serve|recompute-counters"
+            } else {
+                "serve"
+            };
+            eprintln!("unknown command {other:?}; usage: {binary} [{commands}]");
+            ExitCode::from(2)
+        }
+    }
 }

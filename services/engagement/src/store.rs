@@ -369,32 +369,13 @@ impl Store {
         Ok(())
     }
 
-    /// Ids of live comments after `after` in id order, at most `limit`.
+    /// Ids after `after` in id order, at most `limit` (for recomputing counters).
     pub async fn comment_ids_after(
         &self,
         after: Option<ObjectId>,
         limit: i64,
     ) -> Result<Vec<ObjectId>> {
-        #[derive(Deserialize)]
-        struct Row {
-            #[serde(rename = "_id")]
-            id: ObjectId,
-        }
-        let filter = match after {
-            Some(id) => doc! { "_id": { "$gt": id }, "state": ACTIVE },
-            None => doc! { "state": ACTIVE },
-        };
-        let rows: Vec<Row> = self
-            .comments
-            .clone_with_type::<Row>()
-            .find(filter)
-            .projection(doc! { "_id": 1 })
-            .sort(doc! { "_id": 1 })
-            .limit(limit)
-            .await?
-            .try_collect()
-            .await?;
-        Ok(rows.into_iter().map(|r| r.id).collect())
+        Ok(mongo::ids_after(&self.comments, doc! { "state": ACTIVE }, after, limit).await?)
     }
 
     /// Removes everything of a deleted post: its comments and all likes under it.
@@ -424,5 +405,11 @@ impl Store {
                 .await?;
         }
         Ok(())
+    }
+}
+
+impl social_kit::serve::Startup for Store {
+    async fn startup(&self) -> anyhow::Result<()> {
+        self.init().await
     }
 }

@@ -45,6 +45,12 @@ pub struct Config {
     pub stream_buffer: usize,
 }
 
+impl social_kit::config::ServiceConfig for Config {
+    fn common(&self) -> &CommonConfig {
+        &self.common
+    }
+}
+
 impl Config {
     /// Reads the environment.
     pub fn from_env() -> Result<Self, ConfigError> {
@@ -124,17 +130,11 @@ pub async fn run(
         });
     }
 
-    let startup = move || {
-        let store = store.clone();
-        async move { store.init().await }
-    };
     let spec = ServeSpec {
         config: &config.common,
         grpc_name: SERVICE_NAME,
         db,
         gate,
     };
-    let served = serve(spec, listener, routes, startup, shutdown).await;
-    background.stop().await;
-    served
+    serve(spec, listener, routes, store, background, shutdown).await
 }

@@ -157,3 +157,9 @@ impl Store {
         Ok(())
     }
 }
+
+impl social_kit::serve::Startup for Store {
+    async fn startup(&self) -> anyhow::Result<()> {
+        self.init().await
+    }
+}

@@ -38,6 +38,12 @@ pub struct Config {
     pub events: EventsConfig,
 }
 
+impl social_kit::config::ServiceConfig for Config {
+    fn common(&self) -> &CommonConfig {
+        &self.common
+    }
+}
+
 impl Config {
     /// Reads the environment.
     pub fn from_env() -> Result<Self, ConfigError> {
@@ -100,17 +106,11 @@ pub async fn run(
     background
         .spawn(|stop| social_events::consumer::run(events, events::subscription(), handler, stop));
 
-    let startup = move || {
-        let store = store.clone();
-        async move { store.init().await }
-    };
     let spec = ServeSpec {
         config: &config.common,
         grpc_name: SERVICE_NAME,
         db,
         gate,
     };
-    let served = serve(spec, listener, routes, startup, shutdown).await;
-    background.stop().await;
-    served
+    serve(spec, listener, routes, store, background, shutdown).await
 }

@@ -29,6 +29,12 @@ pub struct Config {
     pub events: EventsConfig,
 }
 
+impl social_kit::config::ServiceConfig for Config {
+    fn common(&self) -> &CommonConfig {
+        &self.common
+    }
+}
+
 impl Config {
     /// Reads the environment.
     pub fn from_env() -> Result<Self, ConfigError> {
@@ -78,10 +84,6 @@ pub async fn run(
         api,
         gate.clone(),
     ));
-    let startup = move || {
-        let store = store.clone();
-        async move { store.init().await }
-    };
     let spec = ServeSpec {
         config: &config.common,
         grpc_name: SERVICE_NAME,
@@ -90,8 +92,5 @@ pub async fn run(
     };
     let mut background = Background::new();
     background.spawn(|stop| relay.run(stop));
-    let served = serve(spec, listener, routes, startup, shutdown).await;
-    // In-flight RPCs are done: stop publishing (what is left goes out at the next start).
-    background.stop().await;
-    served
+    serve(spec, listener, routes, store, background, shutdown).await
 }

@@ -1,16 +1,14 @@
-//! The social-graph service binary: reads its configuration and serves until SIGTERM.
+//! The social-graph service binary: serves until SIGTERM.
 
 use std::process::ExitCode;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let config = match social_kit::serve::load_config(social_graph::Config::from_env) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let common = config.common.clone();
-    social_kit::serve::main(&common, |listener, shutdown| {
-        social_graph::run(config, listener, shutdown)
-    })
+    social_kit::serve::binary_main(
+        "social-graph",
+        social_graph::Config::from_env,
+        |c, l, s| Box::pin(social_graph::run(c, l, s)),
+        None,
+    )
     .await
 }

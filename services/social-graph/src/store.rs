@@ -221,3 +221,9 @@ impl Store {
         .await?)
     }
 }
+
+impl social_kit::serve::Startup for Store {
+    async fn startup(&self) -> anyhow::Result<()> {
+        self.init().await
+    }
+}

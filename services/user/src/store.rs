@@ -206,27 +206,14 @@ impl Store {
         Ok(())
     }
 
-    /// Ids of all users after `after` in id order, at most `limit` (for recomputing).
+    /// Ids after `after` in id order, at most `limit` (for recomputing counters).
     pub async fn ids_after(&self, after: Option<ObjectId>, limit: i64) -> Result<Vec<ObjectId>> {
-        #[derive(Deserialize)]
-        struct Row {
-            #[serde(rename = "_id")]
-            id: ObjectId,
-        }
-        let filter = match after {
-            Some(id) => doc! { "_id": { "$gt": id } },
-            None => doc! {},
-        };
-        let rows: Vec<Row> = self
-            .users
-            .clone_with_type::<Row>()
-            .find(filter)
-            .projection(doc! { "_id": 1 })
-            .sort(doc! { "_id": 1 })
-            .limit(limit)
-            .await?
-            .try_collect()
-            .await?;
-        Ok(rows.into_iter().map(|r| r.id).collect())
+        Ok(mongo::ids_after(&self.users, doc! {}, after, limit).await?)
+    }
+}
+
+impl social_kit::serve::Startup for Store {
+    async fn startup(&self) -> anyhow::Result<()> {
+        self.init().await
     }
 }
