@@ -209,7 +209,7 @@ impl EngagementService for Api {
             .store
             .post_likes(post.unwrap_or_default(), &page)
             .await?;
-        let (likes, next_page_token) = page.finish(likes, |l| (l.created_at, l.id));
+        let (likes, next_page_token) = page.finish(likes, |l| l.sort_key);
         Ok(Response::new(ListPostLikesResponse {
             likes: likes.into_iter().map(Into::into).collect(),
             next_page_token,
@@ -344,7 +344,7 @@ impl EngagementService for Api {
             .store
             .comments_of(post.unwrap_or_default(), &page)
             .await?;
-        let (comments, next_page_token) = page.finish(comments, |c| (c.created_at, c.id));
+        let (comments, next_page_token) = page.finish(comments, |c| c.sort_key);
         Ok(Response::new(ListCommentsResponse {
             comments: comments.into_iter().map(Into::into).collect(),
             next_page_token,

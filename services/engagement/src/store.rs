@@ -20,7 +20,7 @@ use social_kit::{
     content::MediaDoc,
     error::is_duplicate_key,
     mongo,
-    paging::{Order, PageRequest},
+    paging::{self, Order, PageRequest},
 };
 
 pub const LIKES: &str = "likes";
@@ -52,6 +52,8 @@ pub struct LikeDoc {
     /// Who wrote what was liked (for the events).
     pub target_author_id: ObjectId,
     pub created_at: DateTime,
+    /// Orders lists (see `social_kit::paging`).
+    pub sort_key: i64,
     pub state: String,
     pub active_key: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -69,6 +71,7 @@ impl LikeDoc {
         post_id: ObjectId,
         author: ObjectId,
     ) -> Self {
+        let now = DateTime::now();
         Self {
             id: ObjectId::new(),
             user_id: user,
@@ -77,7 +80,8 @@ impl LikeDoc {
             post_id,
             comment_id: (target == Target::Comment).then_some(target_id),
             target_author_id: author,
-            created_at: DateTime::now(),
+            created_at: now,
+            sort_key: paging::sort_key(now),
             state: ACTIVE.into(),
             active_key: ACTIVE.into(),
             outbox: Vec::new(),
@@ -102,6 +106,8 @@ pub struct CommentDoc {
     #[serde(default)]
     pub likes_count: i64,
     pub created_at: DateTime,
+    /// Orders lists (see `social_kit::paging`).
+    pub sort_key: i64,
     #[serde(deserialize_with = "social_kit::time::lenient")]
     pub updated_at: DateTime,
     pub state: String,
@@ -130,6 +136,7 @@ impl CommentDoc {
             media,
             likes_count: 0,
             created_at: now,
+            sort_key: paging::sort_key(now),
             updated_at: now,
             state: ACTIVE.into(),
             outbox: Vec::new(),
@@ -184,8 +191,8 @@ impl Store {
                 ),
                 // ListPostLikes newest first, and counting a target's likes.
                 mongo::index(
-                    "target_recent",
-                    doc! { "target_id": 1, "created_at": -1, "_id": -1 },
+                    "target_sorted",
+                    doc! { "target_id": 1, "sort_key": -1 },
                     false,
                 ),
                 // Cascade when a post is deleted.
@@ -200,11 +207,7 @@ impl Store {
             &self.comments,
             vec![
                 // ListComments oldest first, counting, and the cascade.
-                mongo::index(
-                    "post_oldest",
-                    doc! { "post_id": 1, "created_at": 1, "_id": 1 },
-                    false,
-                ),
+                mongo::index("post_sorted", doc! { "post_id": 1, "sort_key": 1 }, false),
                 outbox::index(),
                 ttl("deleted_ttl", "deleted_at", 7),
             ],
@@ -254,9 +257,9 @@ impl Store {
         let filter = doc! { "target_id": mongo::is(post), "target_type": "post", "state": ACTIVE };
         Ok(self
             .likes
-            .find(order.filter(filter, page, "created_at"))
+            .find(order.filter(filter, page))
             .projection(outbox::without_bookkeeping())
-            .sort(order.sort("created_at"))
+            .sort(order.sort())
             .limit(page.fetch_limit())
             .await?
             .try_collect()
@@ -323,9 +326,9 @@ impl Store {
         let filter = doc! { "post_id": mongo::is(post), "state": ACTIVE };
         Ok(self
             .comments
-            .find(order.filter(filter, page, "created_at"))
+            .find(order.filter(filter, page))
             .projection(outbox::without_bookkeeping())
-            .sort(order.sort("created_at"))
+            .sort(order.sort())
             .limit(page.fetch_limit())
             .await?
             .try_collect()

@@ -91,7 +91,7 @@ impl NotificationService for Api {
         let page = PageRequest::parse(r.page_size, &r.page_token, query, &mut v);
         v.finish()?;
         let docs = self.store.list(me, &filter, &page).await?;
-        let (docs, next_page_token) = page.finish(docs, |n| (n.created_at, n.id));
+        let (docs, next_page_token) = page.finish(docs, |n| n.sort_key);
         Ok(Response::new(ListNotificationsResponse {
             notifications: docs.into_iter().map(Into::into).collect(),
             next_page_token,

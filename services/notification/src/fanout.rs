@@ -141,6 +141,7 @@ impl Fanout {
             if draft.recipient == actor {
                 continue;
             }
+            let now = DateTime::now();
             let doc = NotificationDoc {
                 id: ObjectId::new(),
                 user_id: draft.recipient,
@@ -149,7 +150,8 @@ impl Fanout {
                 post_id: draft.post,
                 comment_id: draft.comment,
                 is_read: false,
-                created_at: DateTime::now(),
+                created_at: now,
+                sort_key: social_kit::paging::sort_key(now),
                 dedupe_key: draft.key,
             };
             if self.store.insert(&doc).await? {

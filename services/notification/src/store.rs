@@ -33,6 +33,8 @@ pub struct NotificationDoc {
     #[serde(deserialize_with = "social_kit::mongo::lenient_bool")]
     pub is_read: bool,
     pub created_at: DateTime,
+    /// Orders lists (see `social_kit::paging`).
+    pub sort_key: i64,
     /// What makes it unique: e.g. `post_like:<liker>:<post>`.
     pub dedupe_key: String,
 }
@@ -72,15 +74,15 @@ impl Store {
                 mongo::index("dedupe_unique", doc! { "dedupe_key": 1 }, true),
                 // ListNotifications, newest first.
                 mongo::index(
-                    "recipient_recent",
-                    doc! { "user_id": 1, "created_at": -1, "_id": -1 },
+                    "recipient_sorted",
+                    doc! { "user_id": 1, "sort_key": -1 },
                     false,
                 ),
                 // GetUnreadCount (a count over index keys only), unread-only lists,
                 // marking read.
                 mongo::index(
-                    "recipient_unread_recent",
-                    doc! { "user_id": 1, "is_read": 1, "created_at": -1, "_id": -1 },
+                    "recipient_unread_sorted",
+                    doc! { "user_id": 1, "is_read": 1, "sort_key": -1 },
                     false,
                 ),
                 // Removing a deleted post's or comment's notifications.
@@ -119,8 +121,8 @@ impl Store {
         let order = Order::NewestFirst;
         Ok(self
             .notifications
-            .find(order.filter(query, page, "created_at"))
-            .sort(order.sort("created_at"))
+            .find(order.filter(query, page))
+            .sort(order.sort())
             .limit(page.fetch_limit())
             .await?
             .try_collect()

@@ -212,7 +212,7 @@ impl PostService for Api {
             .store
             .by_authors(&[user.unwrap_or_default()], &page)
             .await?;
-        let (docs, next_page_token) = page.finish(docs, |p| (p.created_at, p.id));
+        let (docs, next_page_token) = page.finish(docs, |p| p.sort_key);
         Ok(Response::new(ListUserPostsResponse {
             posts: docs.into_iter().map(Into::into).collect(),
             next_page_token,
@@ -229,7 +229,7 @@ impl PostService for Api {
         let mut authors = self.following(me).await?;
         authors.push(me);
         let docs = self.store.by_authors(&authors, &page).await?;
-        let (docs, next_page_token) = page.finish(docs, |p| (p.created_at, p.id));
+        let (docs, next_page_token) = page.finish(docs, |p| p.sort_key);
         Ok(Response::new(ListHomeFeedResponse {
             posts: docs.into_iter().map(Into::into).collect(),
             next_page_token,

@@ -18,7 +18,7 @@ use social_kit::{
     Result,
     content::MediaDoc,
     mongo,
-    paging::{Order, PageRequest},
+    paging::{self, Order, PageRequest},
 };
 
 /// The collection this store owns.
@@ -41,6 +41,8 @@ pub struct PostDoc {
     #[serde(default)]
     pub comments_count: i64,
     pub created_at: DateTime,
+    /// Orders lists (see `social_kit::paging`).
+    pub sort_key: i64,
     #[serde(deserialize_with = "social_kit::time::lenient")]
     pub updated_at: DateTime,
     /// `active` or `deleted`.
@@ -63,6 +65,7 @@ impl PostDoc {
             likes_count: 0,
             comments_count: 0,
             created_at: now,
+            sort_key: paging::sort_key(now),
             updated_at: now,
             state: ACTIVE.into(),
             outbox: Vec::new(),
@@ -105,13 +108,13 @@ impl Store {
                 // ListUserPosts; the home feed for readers following a few hundred
                 // accounts (one merged range per author).
                 mongo::index(
-                    "author_recent",
-                    doc! { "user_id": 1, "created_at": -1, "_id": -1 },
+                    "author_sorted",
+                    doc! { "user_id": 1, "sort_key": -1 },
                     false,
                 ),
                 // The home feed for readers following thousands of accounts: walk the
                 // newest posts and keep the followed authors' ones.
-                mongo::index("recent", doc! { "created_at": -1, "_id": -1 }, false),
+                mongo::index("sorted", doc! { "sort_key": -1 }, false),
                 outbox::index(),
                 // Deleted posts go a week after their event is out.
                 ttl,
@@ -196,9 +199,9 @@ impl Store {
         let order = Order::NewestFirst;
         Ok(self
             .posts
-            .find(order.filter(filter, page, "created_at"))
+            .find(order.filter(filter, page))
             .projection(outbox::without_bookkeeping())
-            .sort(order.sort("created_at"))
+            .sort(order.sort())
             .limit(page.fetch_limit())
             .await?
             .try_collect()

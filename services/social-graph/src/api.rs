@@ -136,7 +136,7 @@ impl SocialGraphService for Api {
         let r = request.get_ref();
         let (user, page) = list_request("followers", &r.user_id, r.page_size, &r.page_token)?;
         let docs = self.store.list("followee_id", user, &page).await?;
-        let (docs, next_page_token) = page.finish(docs, |f| (f.created_at, f.id));
+        let (docs, next_page_token) = page.finish(docs, |f| f.sort_key);
         Ok(Response::new(ListFollowersResponse {
             follows: docs.into_iter().map(Into::into).collect(),
             next_page_token,
@@ -150,7 +150,7 @@ impl SocialGraphService for Api {
         let r = request.get_ref();
         let (user, page) = list_request("following", &r.user_id, r.page_size, &r.page_token)?;
         let docs = self.store.list("follower_id", user, &page).await?;
-        let (docs, next_page_token) = page.finish(docs, |f| (f.created_at, f.id));
+        let (docs, next_page_token) = page.finish(docs, |f| f.sort_key);
         Ok(Response::new(ListFollowingResponse {
             follows: docs.into_iter().map(Into::into).collect(),
             next_page_token,

@@ -16,7 +16,7 @@ use social_kit::{
     Result,
     error::is_duplicate_key,
     mongo,
-    paging::{Order, PageRequest},
+    paging::{self, Order, PageRequest},
 };
 
 /// The collection this store owns.
@@ -35,6 +35,8 @@ pub struct FollowDoc {
     pub follower_id: ObjectId,
     pub followee_id: ObjectId,
     pub created_at: DateTime,
+    /// Orders lists (see `social_kit::paging`).
+    pub sort_key: i64,
     /// `active` or `ended`.
     pub state: String,
     /// `active` while active; the unfollow's event id once ended (keeps the unique key
@@ -78,14 +80,14 @@ impl Store {
                 ),
                 // ListFollowing and ListFollowingIds, newest first.
                 mongo::index(
-                    "follower_recent",
-                    doc! { "follower_id": 1, "created_at": -1, "_id": -1 },
+                    "follower_sorted",
+                    doc! { "follower_id": 1, "sort_key": -1 },
                     false,
                 ),
                 // ListFollowers, newest first.
                 mongo::index(
-                    "followee_recent",
-                    doc! { "followee_id": 1, "created_at": -1, "_id": -1 },
+                    "followee_sorted",
+                    doc! { "followee_id": 1, "sort_key": -1 },
                     false,
                 ),
                 outbox::index(),
@@ -114,11 +116,13 @@ impl Store {
         followee: ObjectId,
         event: &Envelope,
     ) -> Result<(FollowDoc, bool)> {
+        let now = DateTime::now();
         let mut doc = FollowDoc {
             id: ObjectId::new(),
             follower_id: follower,
             followee_id: followee,
-            created_at: DateTime::now(),
+            created_at: now,
+            sort_key: paging::sort_key(now),
             state: ACTIVE.into(),
             active_key: ACTIVE.into(),
             outbox: vec![outbox::entry(event)],
@@ -179,13 +183,9 @@ impl Store {
         let order = Order::NewestFirst;
         Ok(self
             .follows
-            .find(order.filter(
-                doc! { side: mongo::is(user), "state": ACTIVE },
-                page,
-                "created_at",
-            ))
+            .find(order.filter(doc! { side: mongo::is(user), "state": ACTIVE }, page))
             .projection(outbox::without_bookkeeping())
-            .sort(order.sort("created_at"))
+            .sort(order.sort())
             .limit(page.fetch_limit())
             .await?
             .try_collect()
@@ -203,7 +203,7 @@ impl Store {
             .clone_with_type::<Row>()
             .find(doc! { "follower_id": mongo::is(user), "state": ACTIVE })
             .projection(doc! { "followee_id": 1, "_id": 0 })
-            .sort(doc! { "created_at": -1, "_id": -1 })
+            .sort(doc! { "sort_key": -1 })
             .limit(limit as i64 + 1)
             .await?
             .try_collect()

@@ -70,7 +70,7 @@ async fn feed() -> anyhow::Result<()> {
             docs.push(doc! {
                 "_id": ObjectId::new(), "user_id": author, "content": format!("post {j} by {i}"),
                 "media": [], "likes_count": 0_i64, "comments_count": 0_i64, "state": "active",
-                "created_at": t, "updated_at": t,
+                "created_at": t, "updated_at": t, "sort_key": social_kit::paging::sort_key(t),
             });
         }
     }
@@ -88,7 +88,8 @@ async fn feed() -> anyhow::Result<()> {
         let follows: Vec<_> = (0..n)
             .map(|i| {
                 doc! { "_id": ObjectId::new(), "follower_id": reader, "followee_id": authors[i * step],
-                "created_at": DateTime::now(), "state": "active", "active_key": "active" }
+                "created_at": DateTime::now(), "sort_key": social_kit::paging::sort_key(DateTime::now()),
+                "state": "active", "active_key": "active" }
             })
             .collect();
         db.collection("followers").insert_many(follows).await?;

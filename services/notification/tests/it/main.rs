@@ -538,3 +538,25 @@ async fn deleting_a_post_removes_its_notifications() {
     .await;
     assert!(gone.is_some());
 }
+
+#[tokio::test]
+async fn shutdown_ends_streams_cleanly_and_reports_not_serving() {
+    let app = App::start().await;
+    let (_, bob) = app.stack.register("bob").await;
+    let replica = app.stack.notification_replica(false).await;
+    let addr = replica.addr;
+    let mut client = NotificationServiceClient::new(replica.channel().await);
+    let mut stream = app.stream(&mut client, &bob).await;
+
+    let stopped = tokio::spawn(replica.stop());
+    // The stream ends without an error status, well inside the shutdown grace.
+    let end = tokio::time::timeout(Duration::from_secs(5), stream.message()).await;
+    assert!(matches!(end, Ok(Ok(None))), "{end:?}");
+    tokio::time::timeout(Duration::from_secs(10), stopped)
+        .await
+        .expect("the replica stopped in time")
+        .unwrap()
+        .unwrap();
+    // And it no longer accepts connections.
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
