@@ -4,6 +4,7 @@
 //! ```text
 //! scripts/bench feed     # ListHomeFeed latency for readers following 10..5000 accounts
 //! scripts/bench login    # one Login (Argon2id verify) end to end
+//! scripts/bench notifications  # list, unread-only list and unread count, 100,000 notifications
 //! ```
 //!
 //! Build with `--release`. Seeding writes the `followers` and `posts` documents straight
@@ -17,6 +18,7 @@ use std::time::Instant;
 use bson::{DateTime, doc, oid::ObjectId};
 use hdrhistogram::Histogram;
 use social_proto::{
+    notification::v1::{GetUnreadCountRequest, ListNotificationsRequest},
     post::v1::ListHomeFeedRequest,
     user::v1::{LoginRequest, RegisterRequest},
 };
@@ -30,8 +32,11 @@ async fn main() -> anyhow::Result<()> {
     match what.as_str() {
         "feed" => feed().await,
         "login" => login().await,
+        "notifications" => notifications().await,
         _ => {
-            eprintln!("usage: social-loadgen feed|login   (MONGODB_URI must point at a database)");
+            eprintln!(
+                "usage: social-loadgen feed|login|notifications   (MONGODB_URI must point at a database)"
+            );
             std::process::exit(2);
         }
     }
@@ -166,5 +171,78 @@ async fn login() -> anyhow::Result<()> {
         .database(&stack.database)
         .drop()
         .await?;
+    Ok(())
+}
+
+async fn notifications() -> anyhow::Result<()> {
+    let stack = Stack::start().await;
+    let db = mongodb::Client::with_uri_str(mongodb_uri())
+        .await?
+        .database(&stack.database);
+    let mut client = stack.notifications().await;
+    let reader = ObjectId::new();
+    let token = token_for(reader);
+    // 100,000 notifications, one in ten unread, among 100,000 of other users.
+    let now = DateTime::now().timestamp_millis();
+    let seeded = Instant::now();
+    for batch in 0..40 {
+        let docs: Vec<_> = (0..5000)
+            .map(|i| {
+                let n = batch * 5000 + i;
+                let t = DateTime::from_millis(now - n * 1000);
+                let user = if n % 2 == 0 { reader } else { ObjectId::new() };
+                doc! {
+                    "_id": ObjectId::new(), "user_id": user, "type": "POST_LIKE",
+                    "source_user_id": ObjectId::new(), "post_id": ObjectId::new(),
+                    "is_read": n % 20 != 0, "created_at": t,
+                    "sort_key": social_kit::paging::sort_key(t), "dedupe_key": format!("bench:{n}"),
+                }
+            })
+            .collect();
+        db.collection("notifications").insert_many(docs).await?;
+    }
+    println!(
+        "seeded 200,000 notifications (100,000 for the reader, 5,000 unread) in {:?}",
+        seeded.elapsed()
+    );
+    let (mut list, mut unread_list, mut count) = (histogram(), histogram(), histogram());
+    for _ in 0..SAMPLES {
+        let started = Instant::now();
+        let page = client
+            .list_notifications(authed(
+                ListNotificationsRequest {
+                    page_size: 20,
+                    ..Default::default()
+                },
+                &token,
+            ))
+            .await?
+            .into_inner();
+        list.record(started.elapsed().as_micros() as u64)?;
+        assert_eq!(page.notifications.len(), 20);
+        let started = Instant::now();
+        client
+            .list_notifications(authed(
+                ListNotificationsRequest {
+                    page_size: 20,
+                    unread_only: true,
+                    ..Default::default()
+                },
+                &token,
+            ))
+            .await?;
+        unread_list.record(started.elapsed().as_micros() as u64)?;
+        let started = Instant::now();
+        let n = client
+            .get_unread_count(authed(GetUnreadCountRequest {}, &token))
+            .await?
+            .into_inner();
+        count.record(started.elapsed().as_micros() as u64)?;
+        assert_eq!(n.count, 5000);
+    }
+    report("ListNotifications page 1", &list);
+    report("ListNotifications unread", &unread_list);
+    report("GetUnreadCount (5,000)", &count);
+    db.drop().await?;
     Ok(())
 }
