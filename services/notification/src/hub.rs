@@ -28,6 +28,19 @@ struct Listener {
     lagged: Arc<AtomicBool>,
 }
 
+/// Removes a stream from the hub when the stream is dropped.
+struct Leave {
+    hub: Hub,
+    user: ObjectId,
+    id: u64,
+}
+
+impl Drop for Leave {
+    fn drop(&mut self) {
+        self.hub.remove(self.user, self.id);
+    }
+}
+
 /// The streams of this replica. Cheap to clone.
 #[derive(Clone)]
 pub struct Hub {
@@ -74,9 +87,30 @@ impl Hub {
             })
             .map(Err)
         });
+        let leave = Leave {
+            hub: self.clone(),
+            user,
+            id,
+        };
         notifications
             .chain(tail)
             .take_until(async move { shutdown.cancelled().await })
+            // The guard lives as long as the stream.
+            .map(move |item| {
+                let _ = &leave;
+                item
+            })
+    }
+
+    fn remove(&self, user: ObjectId, id: u64) {
+        if let Ok(mut listeners) = self.listeners.lock()
+            && let Some(streams) = listeners.get_mut(&user)
+        {
+            streams.retain(|l| l.id != id);
+            if streams.is_empty() {
+                listeners.remove(&user);
+            }
+        }
     }
 
     /// Pushes `n` to every stream of its recipient, without waiting.
@@ -140,6 +174,8 @@ mod tests {
             tonic::Code::ResourceExhausted
         );
         assert_eq!(hub.open_streams(), 1);
+        drop(fast);
+        assert_eq!(hub.open_streams(), 0, "a dropped stream leaves the hub");
     }
 
     #[tokio::test]

@@ -18,6 +18,7 @@ use std::time::Instant;
 use bson::{DateTime, doc, oid::ObjectId};
 use hdrhistogram::Histogram;
 use social_proto::{
+    graph::v1::ListFollowingIdsRequest,
     notification::v1::{GetUnreadCountRequest, ListNotificationsRequest},
     post::v1::ListHomeFeedRequest,
     user::v1::{LoginRequest, RegisterRequest},
@@ -64,6 +65,7 @@ async fn feed() -> anyhow::Result<()> {
         .await?
         .database(&stack.database);
     let mut posts = stack.posts().await;
+    let mut graph = stack.graph().await;
 
     let authors: Vec<ObjectId> = (0..5000).map(|_| ObjectId::new()).collect();
     // Every author has posted a few times over the last days; 20,000 posts in all.
@@ -99,8 +101,18 @@ async fn feed() -> anyhow::Result<()> {
             .collect();
         db.collection("followers").insert_many(follows).await?;
         let token = token_for(reader);
-        let (mut first, mut second) = (histogram(), histogram());
+        let (mut first, mut second, mut ids) = (histogram(), histogram(), histogram());
         for _ in 0..SAMPLES {
+            let started = Instant::now();
+            let following = graph
+                .list_following_ids(ListFollowingIdsRequest {
+                    user_id: reader.to_hex(),
+                    limit: 0,
+                })
+                .await?
+                .into_inner();
+            ids.record(started.elapsed().as_micros() as u64)?;
+            assert_eq!(following.user_ids.len(), n);
             let started = Instant::now();
             let page = posts
                 .list_home_feed(authed(
@@ -126,6 +138,7 @@ async fn feed() -> anyhow::Result<()> {
                 .await?;
             second.record(started.elapsed().as_micros() as u64)?;
         }
+        report(&format!("following {n:>5}: ids only"), &ids);
         report(&format!("following {n:>5}: page 1"), &first);
         report(&format!("following {n:>5}: page 2"), &second);
     }
@@ -202,7 +215,7 @@ async fn notifications() -> anyhow::Result<()> {
         db.collection("notifications").insert_many(docs).await?;
     }
     println!(
-        "seeded 200,000 notifications (100,000 for the reader, 5,000 unread) in {:?}",
+        "seeded 200,000 notifications (100,000 for the reader, 10,000 of them unread) in {:?}",
         seeded.elapsed()
     );
     let (mut list, mut unread_list, mut count) = (histogram(), histogram(), histogram());
@@ -238,11 +251,11 @@ async fn notifications() -> anyhow::Result<()> {
             .await?
             .into_inner();
         count.record(started.elapsed().as_micros() as u64)?;
-        assert_eq!(n.count, 5000);
+        assert_eq!(n.count, 10_000);
     }
     report("ListNotifications page 1", &list);
     report("ListNotifications unread", &unread_list);
-    report("GetUnreadCount (5,000)", &count);
+    report("GetUnreadCount (10,000)", &count);
     db.drop().await?;
     Ok(())
 }
