@@ -126,6 +126,8 @@ pub async fn serve(
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(social_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            // So that grpcurl can decode google.rpc.BadRequest in error details.
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
             .with_service_name(spec.grpc_name)
             .with_service_name("grpc.health.v1.Health")
     };
@@ -195,7 +197,7 @@ pub async fn serve(
         }
     };
     let server = Server::builder()
-        .trace_fn(request_span)
+        .layer(access_log())
         .add_routes(routes)
         .add_service(health)
         .add_service(reflection_v1)
@@ -220,14 +222,75 @@ pub async fn serve(
     result.map_err(Into::into)
 }
 
-fn request_span(request: &http::Request<()>) -> tracing::Span {
+type Body = tonic::body::Body;
+/// The span name of health and reflection requests.
+const PROBE: &str = "grpc.probe";
+type AccessLog = tower_http::trace::TraceLayer<
+    tower_http::classify::SharedClassifier<tower_http::classify::GrpcErrorsAsFailures>,
+    fn(&http::Request<Body>) -> tracing::Span,
+    (),
+    fn(&http::Response<Body>, Duration, &tracing::Span),
+    (),
+    (),
+    fn(tower_http::classify::GrpcFailureClass, Duration, &tracing::Span),
+>;
+
+/// A span per request (joined to the caller's trace), a line per answer with its
+/// latency, and one per failure at a level that says whose problem it is.
+fn access_log() -> AccessLog {
+    fn answered(_: &http::Response<Body>, latency: Duration, span: &tracing::Span) {
+        let latency_ms = latency.as_secs_f64() * 1000.0;
+        // Probes get a debug span, usually disabled: only real requests log at info.
+        if !span.is_disabled() && span.metadata().is_some_and(|m| m.name() != PROBE) {
+            tracing::info!(latency_ms, "answered");
+        } else {
+            tracing::debug!(latency_ms, "answered");
+        }
+    }
+    fn failed(class: tower_http::classify::GrpcFailureClass, latency: Duration, _: &tracing::Span) {
+        use tower_http::classify::{GrpcCode, GrpcFailureClass};
+        let latency_ms = latency.as_secs_f64() * 1000.0;
+        match class {
+            GrpcFailureClass::Status(status) => match status.code() {
+                Some(
+                    GrpcCode::Internal
+                    | GrpcCode::Unknown
+                    | GrpcCode::DataLoss
+                    | GrpcCode::Unimplemented,
+                ) => {
+                    tracing::error!(code = status.code_raw(), latency_ms, "failed")
+                }
+                Some(
+                    GrpcCode::Unavailable
+                    | GrpcCode::DeadlineExceeded
+                    | GrpcCode::ResourceExhausted,
+                ) => {
+                    tracing::warn!(code = status.code_raw(), latency_ms, "failed")
+                }
+                _ => tracing::info!(code = status.code_raw(), latency_ms, "refused"),
+            },
+            GrpcFailureClass::Error(error) => tracing::warn!(%error, latency_ms, "failed"),
+            other => tracing::warn!(%other, latency_ms, "failed"),
+        }
+    }
+    tower_http::trace::TraceLayer::new_for_grpc()
+        .make_span_with(request_span as fn(&http::Request<tonic::body::Body>) -> tracing::Span)
+        .on_request(())
+        .on_response(answered as fn(&http::Response<tonic::body::Body>, Duration, &tracing::Span))
+        .on_body_chunk(())
+        .on_eos(())
+        .on_failure(failed as fn(tower_http::classify::GrpcFailureClass, Duration, &tracing::Span))
+}
+
+fn request_span<B>(request: &http::Request<B>) -> tracing::Span {
     let method = request.uri().path().trim_start_matches('/');
-    let span = tracing::info_span!(
-        "grpc.request",
-        otel.name = %method,
-        otel.kind = "server",
-        rpc.system = "grpc",
-    );
+    // Health probes and reflection are logged at debug: a probe every few seconds
+    // would drown the access log.
+    let span = if method.starts_with("grpc.") {
+        tracing::debug_span!(PROBE, otel.name = %method, otel.kind = "server", rpc.system = "grpc")
+    } else {
+        tracing::info_span!("grpc.request", otel.name = %method, otel.kind = "server", rpc.system = "grpc")
+    };
     telemetry::extract(&span, &HeaderExtractor(request.headers()));
     span
 }
