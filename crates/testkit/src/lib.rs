@@ -37,6 +37,31 @@ pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}_{}", ObjectId::new().to_hex())
 }
 
+/// Drops a test database when dropped, so that runs against a real MongoDB leave
+/// nothing behind. (The drop runs on a thread of its own: `Drop` cannot await.)
+pub struct DropDatabase(pub String);
+
+impl Drop for DropDatabase {
+    fn drop(&mut self) {
+        let name = std::mem::take(&mut self.0);
+        let uri = mongodb_uri();
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                let client = mongodb::Client::with_uri_str(&uri).await?;
+                client.database(&name).drop().await?;
+                Ok::<_, anyhow::Error>(())
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("could not drop a test database");
+        }
+    }
+}
+
 /// A service running in this process. Dropping it shuts it down.
 pub struct Running {
     /// Where it listens.
@@ -50,6 +75,13 @@ impl Running {
     /// A client channel to it.
     pub async fn channel(&self) -> Channel {
         channel(self.addr).await
+    }
+
+    /// Kills it as a crash would: the task is aborted, nothing is flushed or finished.
+    pub fn kill(mut self) {
+        if let Some(h) = self.handle.take() {
+            h.abort();
+        }
     }
 
     /// Shuts it down and waits until it has stopped.

@@ -14,7 +14,7 @@ use social_proto::{
 };
 use tonic::transport::Channel;
 
-use crate::{Running, mongodb_uri, start, unique_name};
+use crate::{DropDatabase, Running, mongodb_uri, start, unique_name};
 
 /// Overrides for a [`Stack`].
 #[derive(Default)]
@@ -42,6 +42,8 @@ pub struct Stack {
     pub post: Running,
     pub engagement: Running,
     pub notification: Running,
+    /// Last, so that the services stop before their database goes.
+    _database: DropDatabase,
 }
 
 impl Stack {
@@ -101,14 +103,34 @@ impl Stack {
         let engagement = start(|l, s| social_engagement::run(config, l, s)).await;
         let notification = start_notification(&database, &events, user.addr, true, timeout).await;
         Self {
-            database,
             events,
             user,
             graph,
             post,
             engagement,
             notification,
+            _database: DropDatabase(database.clone()),
+            database,
         }
+    }
+
+    /// Kills the engagement service as a crash would and starts a new one on the same
+    /// database and broker.
+    pub async fn crash_and_restart_engagement(&mut self) {
+        let config = social_engagement::Config::for_tests(
+            &mongodb_uri(),
+            &self.database,
+            Peer::new(
+                "post service",
+                "POST_SERVICE_URL",
+                &format!("http://{}", self.post.addr),
+                Duration::from_secs(2),
+            )
+            .expect("peer URL"),
+            self.events.clone(),
+        );
+        let fresh = start(|l, s| social_engagement::run(config, l, s)).await;
+        std::mem::replace(&mut self.engagement, fresh).kill();
     }
 
     /// Another replica of the notification service on the same database and broker;

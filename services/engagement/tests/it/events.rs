@@ -452,3 +452,41 @@ async fn drifted_counters_are_recomputed_from_the_documents() {
         .into_inner();
     assert_eq!(c.likes_count, 0);
 }
+
+#[tokio::test]
+async fn a_crash_before_the_publish_delays_the_event_and_loses_none() {
+    let rabbit: SocketAddr = "127.0.0.1:5672".parse().unwrap();
+    let proxy = TcpProxy::start(rabbit).await;
+    let stack = Stack::start_with(StackOptions {
+        amqp_url: Some(format!("amqp://guest:guest@{}/%2f", proxy.addr)),
+        ..Default::default()
+    })
+    .await;
+    let mut app = App::with(stack).await;
+    let post = app.post(&token_for(ObjectId::new()), "p").await;
+    let config = app.stack.events.clone();
+    let ready = eventually(Duration::from_secs(15), || async {
+        (broker::queue_depth(&config, &config.queue("post")).await == 0).then_some(())
+    })
+    .await;
+    assert!(ready.is_some());
+
+    // The like is acknowledged while the broker is away, so its event waits in the
+    // outbox; then the engagement service dies before it could publish it.
+    proxy.cut().await;
+    app.like_post(&token_for(ObjectId::new()), &post.id)
+        .await
+        .unwrap();
+    app.stack.crash_and_restart_engagement().await;
+    proxy.restore();
+
+    // The new instance's relay finds the event and publishes it: once.
+    app.counters_become(&post.id, (1, 0)).await;
+    app.engagement = app.stack.engagement().await;
+    let drained = eventually(Duration::from_secs(10), || async {
+        (broker::queue_depth(&config, &config.queue("post")).await == 0).then_some(())
+    })
+    .await;
+    assert!(drained.is_some());
+    assert_eq!(app.get_post(&post.id).await.likes_count, 1);
+}

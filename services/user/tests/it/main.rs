@@ -17,17 +17,23 @@ use tonic::{Code, Request, transport::Channel};
 struct App {
     running: Running,
     client: UserServiceClient<Channel>,
+    _database: social_testkit::DropDatabase,
 }
 
 async fn spawn() -> App {
+    let database = unique_name("user_it");
     let config = social_user::Config::for_tests(
         &mongodb_uri(),
-        &unique_name("user_it"),
+        &database,
         social_events::EventsConfig::for_tests(&unique_name("t")),
     );
     let running = start(|listener, shutdown| social_user::run(config, listener, shutdown)).await;
     let client = UserServiceClient::new(running.channel().await);
-    App { running, client }
+    App {
+        running,
+        client,
+        _database: social_testkit::DropDatabase(database),
+    }
 }
 
 fn registration(username: &str) -> RegisterRequest {
