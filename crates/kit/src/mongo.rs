@@ -180,3 +180,18 @@ pub async fn ids_after<T: Send + Sync>(
         .filter_map(|r| r.get_object_id("_id").ok())
         .collect())
 }
+
+/// A TTL index: MongoDB deletes a document `after` the date in `field` (documents
+/// without the field stay). Used to purge ended and deleted documents once their
+/// events are long published.
+pub fn ttl_index(name: &str, field: &str, after: std::time::Duration) -> IndexModel {
+    IndexModel::builder()
+        .keys(doc! { field: 1 })
+        .options(
+            IndexOptions::builder()
+                .name(name.to_owned())
+                .expire_after(after)
+                .build(),
+        )
+        .build()
+}

@@ -103,6 +103,23 @@ impl PageRequest {
         v.finish().map(|()| page)
     }
 
+    /// Parses a list request of the form `(<owner>_id, page_size, page_token)`, e.g.
+    /// ListFollowers' `user_id` or ListComments' `post_id`: the owner's id, validated
+    /// and named `field` in violations, and the page, bound to `kind` and the owner.
+    pub fn for_owner(
+        kind: &str,
+        field: &str,
+        owner: &str,
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<(bson::oid::ObjectId, Self)> {
+        let mut v = Violations::default();
+        let id = v.take(field, crate::validate::object_id(owner));
+        let page = Self::parse(page_size, page_token, format!("{kind}:{owner}"), &mut v);
+        v.finish()?;
+        Ok((id.unwrap_or_default(), page))
+    }
+
     /// How many documents to fetch: one more than the page, to learn whether another
     /// page follows.
     pub fn fetch_limit(&self) -> i64 {

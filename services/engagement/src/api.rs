@@ -196,19 +196,14 @@ impl EngagementService for Api {
         request: Request<ListPostLikesRequest>,
     ) -> Result<Response<ListPostLikesResponse>, Status> {
         let r = request.get_ref();
-        let mut v = Violations::default();
-        let post = v.take("post_id", validate::object_id(&r.post_id));
-        let page = PageRequest::parse(
+        let (post, page) = PageRequest::for_owner(
+            "post-likes",
+            "post_id",
+            &r.post_id,
             r.page_size,
             &r.page_token,
-            format!("post-likes:{}", r.post_id),
-            &mut v,
-        );
-        v.finish()?;
-        let likes = self
-            .store
-            .post_likes(post.unwrap_or_default(), &page)
-            .await?;
+        )?;
+        let likes = self.store.post_likes(post, &page).await?;
         let (likes, next_page_token) = page.finish(likes, |l| l.sort_key);
         Ok(Response::new(ListPostLikesResponse {
             likes: likes.into_iter().map(Into::into).collect(),
@@ -331,19 +326,14 @@ impl EngagementService for Api {
         request: Request<ListCommentsRequest>,
     ) -> Result<Response<ListCommentsResponse>, Status> {
         let r = request.get_ref();
-        let mut v = Violations::default();
-        let post = v.take("post_id", validate::object_id(&r.post_id));
-        let page = PageRequest::parse(
+        let (post, page) = PageRequest::for_owner(
+            "comments",
+            "post_id",
+            &r.post_id,
             r.page_size,
             &r.page_token,
-            format!("comments:{}", r.post_id),
-            &mut v,
-        );
-        v.finish()?;
-        let comments = self
-            .store
-            .comments_of(post.unwrap_or_default(), &page)
-            .await?;
+        )?;
+        let comments = self.store.comments_of(post, &page).await?;
         let (comments, next_page_token) = page.finish(comments, |c| c.sort_key);
         Ok(Response::new(ListCommentsResponse {
             comments: comments.into_iter().map(Into::into).collect(),

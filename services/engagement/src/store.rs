@@ -9,10 +9,9 @@
 
 use bson::{DateTime, Document, doc, oid::ObjectId};
 use futures::TryStreamExt;
-use mongodb::{
-    Collection, Database, IndexModel,
-    options::{IndexOptions, ReturnDocument},
-};
+use std::time::Duration;
+
+use mongodb::{Collection, Database, options::ReturnDocument};
 use serde::{Deserialize, Serialize};
 use social_events::{Envelope, idempotency, outbox};
 use social_kit::{
@@ -22,6 +21,9 @@ use social_kit::{
     mongo,
     paging::{self, Order, PageRequest},
 };
+
+/// Seconds in a day.
+const DAY: u64 = 24 * 3600;
 
 pub const LIKES: &str = "likes";
 pub const COMMENTS: &str = "comments";
@@ -145,18 +147,6 @@ impl CommentDoc {
     }
 }
 
-fn ttl(name: &str, field: &str, days: u64) -> IndexModel {
-    IndexModel::builder()
-        .keys(doc! { field: 1 })
-        .options(
-            IndexOptions::builder()
-                .name(name.to_owned())
-                .expire_after(std::time::Duration::from_secs(days * 24 * 3600))
-                .build(),
-        )
-        .build()
-}
-
 /// Access to `likes` and `comments`. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -198,7 +188,7 @@ impl Store {
                 // Cascade when a post is deleted.
                 mongo::index("post", doc! { "post_id": 1 }, false),
                 outbox::index(),
-                ttl("ended_ttl", "ended_at", 30),
+                mongo::ttl_index("ended_ttl", "ended_at", Duration::from_secs(30 * DAY)),
             ],
             stand_in,
         )
@@ -209,7 +199,7 @@ impl Store {
                 // ListComments oldest first, counting, and the cascade.
                 mongo::index("post_sorted", doc! { "post_id": 1, "sort_key": 1 }, false),
                 outbox::index(),
-                ttl("deleted_ttl", "deleted_at", 7),
+                mongo::ttl_index("deleted_ttl", "deleted_at", Duration::from_secs(7 * DAY)),
             ],
             stand_in,
         )

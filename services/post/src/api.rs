@@ -199,19 +199,14 @@ impl PostService for Api {
         request: Request<ListUserPostsRequest>,
     ) -> Result<Response<ListUserPostsResponse>, Status> {
         let r = request.get_ref();
-        let mut v = Violations::default();
-        let user = v.take("user_id", validate::object_id(&r.user_id));
-        let page = PageRequest::parse(
+        let (user, page) = PageRequest::for_owner(
+            "user-posts",
+            "user_id",
+            &r.user_id,
             r.page_size,
             &r.page_token,
-            format!("user-posts:{}", r.user_id),
-            &mut v,
-        );
-        v.finish()?;
-        let docs = self
-            .store
-            .by_authors(&[user.unwrap_or_default()], &page)
-            .await?;
+        )?;
+        let docs = self.store.by_authors(&[user], &page).await?;
         let (docs, next_page_token) = page.finish(docs, |p| p.sort_key);
         Ok(Response::new(ListUserPostsResponse {
             posts: docs.into_iter().map(Into::into).collect(),

@@ -8,10 +8,7 @@
 
 use bson::{DateTime, Document, doc, oid::ObjectId};
 use futures::TryStreamExt;
-use mongodb::{
-    Collection, Database, IndexModel,
-    options::{IndexOptions, ReturnDocument},
-};
+use mongodb::{Collection, Database, options::ReturnDocument};
 use serde::{Deserialize, Serialize};
 use social_events::{Envelope, idempotency, outbox};
 use social_kit::{
@@ -93,15 +90,6 @@ impl Store {
     pub async fn init(&self) -> anyhow::Result<()> {
         mongo::ping(&self.db).await?;
         let stand_in = mongo::is_stand_in(&self.db).await;
-        let ttl = IndexModel::builder()
-            .keys(doc! { "deleted_at": 1 })
-            .options(
-                IndexOptions::builder()
-                    .name("deleted_ttl".to_owned())
-                    .expire_after(std::time::Duration::from_secs(7 * 24 * 3600))
-                    .build(),
-            )
-            .build();
         mongo::ensure_indexes(
             &self.posts,
             vec![
@@ -117,7 +105,11 @@ impl Store {
                 mongo::index("sorted", doc! { "sort_key": -1 }, false),
                 outbox::index(),
                 // Deleted posts go a week after their event is out.
-                ttl,
+                mongo::ttl_index(
+                    "deleted_ttl",
+                    "deleted_at",
+                    std::time::Duration::from_secs(7 * 24 * 3600),
+                ),
             ],
             stand_in,
         )

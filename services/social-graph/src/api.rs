@@ -68,20 +68,6 @@ fn id(field: &str, value: &str) -> Result<ObjectId> {
     validate::object_id(value).map_err(|d| Error::invalid(field, d))
 }
 
-/// A validated list request: whose list and which page.
-fn list_request(
-    kind: &str,
-    user_id: &str,
-    page_size: i32,
-    page_token: &str,
-) -> Result<(ObjectId, PageRequest)> {
-    let mut v = Violations::default();
-    let user = v.take("user_id", validate::object_id(user_id));
-    let page = PageRequest::parse(page_size, page_token, format!("{kind}:{user_id}"), &mut v);
-    v.finish()?;
-    Ok((user.unwrap_or_default(), page))
-}
-
 #[tonic::async_trait]
 impl SocialGraphService for Api {
     async fn follow(&self, request: Request<FollowRequest>) -> Result<Response<Follow>, Status> {
@@ -134,7 +120,13 @@ impl SocialGraphService for Api {
         request: Request<ListFollowersRequest>,
     ) -> Result<Response<ListFollowersResponse>, Status> {
         let r = request.get_ref();
-        let (user, page) = list_request("followers", &r.user_id, r.page_size, &r.page_token)?;
+        let (user, page) = PageRequest::for_owner(
+            "followers",
+            "user_id",
+            &r.user_id,
+            r.page_size,
+            &r.page_token,
+        )?;
         let docs = self.store.list("followee_id", user, &page).await?;
         let (docs, next_page_token) = page.finish(docs, |f| f.sort_key);
         Ok(Response::new(ListFollowersResponse {
@@ -148,7 +140,13 @@ impl SocialGraphService for Api {
         request: Request<ListFollowingRequest>,
     ) -> Result<Response<ListFollowingResponse>, Status> {
         let r = request.get_ref();
-        let (user, page) = list_request("following", &r.user_id, r.page_size, &r.page_token)?;
+        let (user, page) = PageRequest::for_owner(
+            "following",
+            "user_id",
+            &r.user_id,
+            r.page_size,
+            &r.page_token,
+        )?;
         let docs = self.store.list("follower_id", user, &page).await?;
         let (docs, next_page_token) = page.finish(docs, |f| f.sort_key);
         Ok(Response::new(ListFollowingResponse {

@@ -92,15 +92,11 @@ impl Store {
                 ),
                 outbox::index(),
                 // Ended follows go after 30 days (long after their event is published).
-                mongodb::IndexModel::builder()
-                    .keys(doc! { "ended_at": 1 })
-                    .options(
-                        mongodb::options::IndexOptions::builder()
-                            .name("ended_ttl".to_owned())
-                            .expire_after(std::time::Duration::from_secs(30 * 24 * 3600))
-                            .build(),
-                    )
-                    .build(),
+                mongo::ttl_index(
+                    "ended_ttl",
+                    "ended_at",
+                    std::time::Duration::from_secs(30 * 24 * 3600),
+                ),
             ],
             stand_in,
         )
