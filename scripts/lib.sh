@@ -16,6 +16,14 @@
 #   - equality (plain or $eq) on an ObjectId field other than _id never matches, though
 #     $in does: kit::mongo::is() writes such filters as a one-element $in, which MongoDB
 #     plans as the same equality;
+#   - count_documents and aggregations whose filter holds an ObjectId answer 0 (the
+#     `count` command errors): kit::mongo::count counts find results on the stand-in;
+#   - a bool written by $set is stored as an integer: kit::mongo::lenient_bool;
+#   - $push of a sub-document stores it as a JSON string: outbox entries are strings;
+#   - $ne on an array ignores its elements and does not match a missing field; $not is
+#     not implemented: "not already applied" is written {$nin: [id]};
+#   - ranges on dates or _id and $or are evaluated outside SQL (0.3 s to seconds over
+#     20,000 documents): lists page on an integer sort_key (kit::paging);
 #   - every query is a table scan, count_documents is slow: compare speeds only as
 #     ratios against the same server;
 #   - its default mode shares one SQLite file between databases: started with
