@@ -3,13 +3,22 @@
 //! failing or cannot be decoded, reconnection after a broker restart, and a clean stop.
 //!
 //! Handlers must be idempotent (see [`crate::idempotency`]): delivery is at least once.
-//! A failed message is re-published to the back of its queue with an attempt count in
-//! the `x-attempt` header and acknowledged; after `max_attempts` it is rejected into the
-//! dead-letter queue. This works the same for quorum and classic queues.
+//!
+//! Failures are of two kinds ([`social_kit::error::is_transient`]):
+//! - a dependency is down or slow (MongoDB unreachable, a peer `UNAVAILABLE`): the
+//!   message is not at fault, so it is retried in place with capped exponential backoff
+//!   for as long as it takes, and never counts as an attempt. An outage delays events,
+//!   it never dead-letters them. With every prefetch slot waiting, the consumer stops
+//!   taking new messages until the dependency is back.
+//! - anything else (a handler error, a timeout, a panic): the message is re-published
+//!   to the back of its queue with an attempt count in the `x-attempt` header and
+//!   acknowledged; after `max_attempts` it is rejected into the dead-letter queue. This
+//!   works the same for quorum and classic queues.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{collections::HashMap, panic::AssertUnwindSafe, sync::Arc, time::Duration};
 
-use futures::{StreamExt, future::BoxFuture};
+use backon::{BackoffBuilder, ExponentialBuilder};
+use futures::{FutureExt, StreamExt, future::BoxFuture};
 use lapin::{
     BasicProperties, Channel,
     message::Delivery,
@@ -26,8 +35,9 @@ use tracing::Instrument;
 
 use crate::{config::EventsConfig, envelope::Envelope};
 
-/// Handles one event. `Err` means "try again later"; after the last attempt the
-/// message is dead-lettered.
+/// Handles one event. `Err` means "try again later": at once and without limit when the
+/// error is transient, else up to the last attempt, after which the message is
+/// dead-lettered.
 pub type Handler = Arc<dyn Fn(Envelope) -> BoxFuture<'static, anyhow::Result<()>> + Send + Sync>;
 
 /// What a service consumes.
@@ -40,6 +50,8 @@ pub struct Subscription {
 }
 
 const ATTEMPT_HEADER: &str = "x-attempt";
+/// The longest wait between two tries of a message whose dependency is down.
+const TRANSIENT_MAX_DELAY: Duration = Duration::from_secs(30);
 
 /// Consumes until `shutdown`: then stops taking messages, lets the ones in hand finish
 /// (up to the handler timeout) and returns; anything unacknowledged is redelivered.
@@ -107,8 +119,8 @@ async fn consume(
             Some(_) = in_hand.join_next(), if !in_hand.is_empty() => {}
             next = deliveries.next() => match next {
                 Some(Ok(delivery)) => {
-                    let (config, handler, channel, queue) = (config.clone(), handler.clone(), channel.clone(), queue.clone());
-                    in_hand.spawn(async move { handle(&config, &handler, &channel, &queue, delivery).await });
+                    let (config, handler, channel, queue, shutdown) = (config.clone(), handler.clone(), channel.clone(), queue.clone(), shutdown.clone());
+                    in_hand.spawn(async move { handle(&config, &handler, &channel, &queue, delivery, &shutdown).await });
                 }
                 Some(Err(e)) => break Err(anyhow::Error::new(e)),
                 None => break Err(anyhow::anyhow!("the consumer stream ended")),
@@ -162,6 +174,7 @@ async fn handle(
     channel: &Channel,
     queue: &str,
     delivery: Delivery,
+    shutdown: &CancellationToken,
 ) {
     let span = tracing::info_span!(
         "event.consume",
@@ -187,16 +200,36 @@ async fn handle(
         };
         tracing::Span::current().record("event_id", envelope.event_id.as_str());
         let attempt = attempt_of(&delivery);
-        let outcome = tokio::time::timeout(config.handler_timeout, handler(envelope)).await;
-        let error = match outcome {
-            Ok(Ok(())) => {
-                if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
-                    tracing::warn!(error = %e, "ack failed; the message will be redelivered");
+        let mut delays = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(TRANSIENT_MAX_DELAY)
+            .with_jitter()
+            .without_max_times()
+            .build();
+        let error = loop {
+            let run = AssertUnwindSafe(handler(envelope.clone())).catch_unwind();
+            match tokio::time::timeout(config.handler_timeout, run).await {
+                Ok(Ok(Ok(()))) => {
+                    if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
+                        tracing::warn!(error = %e, "ack failed; the message will be redelivered");
+                    }
+                    return;
                 }
-                return;
+                Ok(Ok(Err(e))) if social_kit::error::is_transient(&e) => {
+                    let delay = delays.next().unwrap_or(TRANSIENT_MAX_DELAY);
+                    tracing::warn!(error = %format!("{e:#}"), ?delay, "a dependency failed; retrying the message in place");
+                    tokio::select! {
+                        () = shutdown.cancelled() => {
+                            let _ = delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+                            return;
+                        }
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                }
+                Ok(Ok(Err(e))) => break format!("{e:#}"),
+                Ok(Err(_)) => break "handler panicked".to_owned(),
+                Err(_) => break "handler timed out".to_owned(),
             }
-            Ok(Err(e)) => format!("{e:#}"),
-            Err(_) => "handler timed out".to_owned(),
         };
         if attempt >= config.max_attempts {
             tracing::error!(%error, attempt, "giving up on a message; dead-lettering it");

@@ -34,8 +34,15 @@ impl Broadcaster {
         }
     }
 
-    /// Publishes `body` with `routing_key`; an error means the message is lost.
+    /// Publishes `body` with `routing_key`; an error means the message is lost. Gives up
+    /// after two seconds: a broadcast is best effort and must not hold its caller up.
     pub async fn publish(&self, routing_key: &str, body: &[u8]) -> anyhow::Result<()> {
+        tokio::time::timeout(Duration::from_secs(2), self.publish_now(routing_key, body))
+            .await
+            .map_err(|_| anyhow::anyhow!("the broker did not take the broadcast in time"))?
+    }
+
+    async fn publish_now(&self, routing_key: &str, body: &[u8]) -> anyhow::Result<()> {
         let mut slot = self.channel.lock().await;
         if slot.as_ref().is_none_or(|c| !c.status().connected()) {
             let properties = lapin::ConnectionProperties::default()

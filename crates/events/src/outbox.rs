@@ -10,15 +10,22 @@
 //! publisher confirms and `mandatory`, and only after the broker's ack removes it from
 //! the document (conditionally, so two relays decrement once). It wakes at once when a
 //! handler calls [`Waker::wake`] and polls as a backstop; it reconnects with backoff when
-//! the broker goes away. An unroutable event (no queue bound yet) stays and is retried.
+//! the broker goes away. An unroutable event (no queue bound yet) or one the broker
+//! refuses stays and is retried with backoff; the document's later events wait behind it
+//! (events of one document go out in order), other documents do not.
 //!
 //! Entries are strings (`<traceparent or -> <base64 of the encoded Envelope>`): the
 //! stand-in mangles sub-documents pushed into arrays, and a string is all we need.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use base64::{Engine, engine::general_purpose::STANDARD};
-use bson::{Document, doc};
+use bson::{Bson, Document, doc};
 use futures::TryStreamExt;
 use lapin::{
     BasicProperties, Channel, Confirmation,
@@ -127,6 +134,7 @@ impl Relay {
     /// Runs until `shutdown`, then returns after finishing the event in hand.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut channel: Option<Channel> = None;
+        let mut held = Held::default();
         while !shutdown.is_cancelled() {
             if channel.as_ref().is_none_or(|c| !c.status().connected()) {
                 channel = self.open(&shutdown).await;
@@ -135,7 +143,7 @@ impl Relay {
                 }
             }
             if let Some(ch) = &channel {
-                match self.drain(ch, &shutdown).await {
+                match self.drain(ch, &mut held, &shutdown).await {
                     Ok(0) => {}
                     Ok(n) => tracing::debug!(published = n, "outbox drained"),
                     Err(e) => {
@@ -160,6 +168,12 @@ impl Relay {
     }
 
     async fn open(&self, shutdown: &CancellationToken) -> Option<Channel> {
+        let mut delays = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_secs(10))
+            .with_jitter()
+            .without_max_times()
+            .build();
         loop {
             let connection = crate::connection::connect(
                 &self.config.amqp_url,
@@ -181,30 +195,45 @@ impl Relay {
                     tracing::info!("outbox relay connected");
                     return Some(channel);
                 }
-                Err(e) => tracing::warn!(error = %e, "cannot open a publishing channel; retrying"),
+                Err(e) => {
+                    // E.g. the exchange exists with another type: do not hammer the broker.
+                    tracing::error!(error = %e, "cannot open a publishing channel; retrying");
+                    let _ = connection.close(200, "retrying".into()).await;
+                    let delay = delays.next().unwrap_or(Duration::from_secs(10));
+                    tokio::select! {
+                        () = shutdown.cancelled() => return None,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                }
             }
         }
     }
 
-    /// Publishes everything pending; returns how many events went out.
+    /// Publishes everything pending, document by document and in order within each;
+    /// returns how many events went out. Documents whose first event was not taken
+    /// are held back (see [`Held`]) while the others go on.
     async fn drain(
         &self,
         channel: &Channel,
+        held: &mut Held,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<usize> {
         let mut published = 0;
+        held.prune();
         for collection in &self.collections {
-            let docs: Vec<Document> = collection
+            let mut docs = collection
                 .find(doc! { PENDING: { "$gt": 0 } })
                 .projection(doc! { FIELD: 1 })
-                .limit(500)
-                .await?
-                .try_collect()
+                .batch_size(256)
                 .await?;
-            for document in docs {
-                let Ok(id) = document.get("_id").cloned().ok_or(()) else {
+            while let Some(document) = docs.try_next().await? {
+                let Some(id) = document.get("_id").cloned() else {
                     continue;
                 };
+                let key = format!("{}/{id}", collection.name());
+                if held.waiting(&key) {
+                    continue;
+                }
                 let entries: Vec<String> = document
                     .get_array(FIELD)
                     .map(|a| {
@@ -219,28 +248,44 @@ impl Relay {
                     }
                     let delivered = match parse(&entry) {
                         Ok((envelope, traceparent)) => {
-                            self.publish(channel, &envelope, traceparent).await?
+                            self.publish(channel, &envelope, traceparent, shutdown)
+                                .await?
                         }
                         Err(e) => {
                             // Cannot happen short of a corrupted document; keeping it would
-                            // block nothing but would be retried forever.
+                            // hold the document's other events back for ever.
                             tracing::error!(error = %e, "dropping an unreadable outbox entry");
                             true
                         }
                     };
-                    if delivered {
-                        collection
-                            .update_one(
-                                doc! { "_id": id.clone(), FIELD: entry.as_str() },
-                                doc! { "$pull": { FIELD: entry.as_str() }, "$inc": { PENDING: -1 } },
-                            )
-                            .await?;
-                        published += 1;
+                    if !delivered {
+                        // Its later events wait behind it, so that they keep their order.
+                        held.hold(key);
+                        break;
                     }
+                    self.mark_sent(collection, &id, &entry).await?;
+                    held.release(&key);
+                    published += 1;
                 }
             }
         }
         Ok(published)
+    }
+
+    /// Takes a published entry out of its document (once, however many relays run).
+    async fn mark_sent(
+        &self,
+        collection: &Collection<Document>,
+        id: &Bson,
+        entry: &str,
+    ) -> mongodb::error::Result<()> {
+        collection
+            .update_one(
+                doc! { "_id": id.clone(), FIELD: entry },
+                doc! { "$pull": { FIELD: entry }, "$inc": { PENDING: -1 } },
+            )
+            .await?;
+        Ok(())
     }
 
     /// Publishes one event and waits for the broker's confirm. `Ok(false)`: not taken
@@ -250,6 +295,7 @@ impl Relay {
         channel: &Channel,
         envelope: &Envelope,
         traceparent: Option<String>,
+        shutdown: &CancellationToken,
     ) -> anyhow::Result<bool> {
         let Some(payload) = &envelope.payload else {
             tracing::error!(event_id = %envelope.event_id, "dropping an event without payload");
@@ -272,19 +318,30 @@ impl Relay {
             .with_type(key.into())
             .with_app_id(self.service.into())
             .with_headers(headers);
-        let confirm = channel
-            .basic_publish(
-                self.config.exchange.as_str().into(),
-                key.into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..Default::default()
-                },
-                &envelope.encode_to_vec(),
-                properties,
-            )
-            .await?
-            .await?;
+        let body = envelope.encode_to_vec();
+        let publish = async {
+            channel
+                .basic_publish(
+                    self.config.exchange.as_str().into(),
+                    key.into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
+                    &body,
+                    properties,
+                )
+                .await?
+                .await
+        };
+        // A broker that blocks publishers (memory or disk alarm) must not hang the relay,
+        // nor the shutdown.
+        let confirm = tokio::select! {
+            () = shutdown.cancelled() => return Ok(false),
+            r = tokio::time::timeout(CONFIRM_TIMEOUT, publish) => {
+                r.map_err(|_| anyhow::anyhow!("the broker did not confirm within {CONFIRM_TIMEOUT:?}"))??
+            }
+        };
         match confirm {
             Confirmation::Ack(None) => Ok(true),
             Confirmation::Ack(Some(_)) => {
@@ -297,6 +354,41 @@ impl Relay {
             }
             Confirmation::NotRequested => Err(anyhow::anyhow!("publisher confirms are off")),
         }
+    }
+}
+
+/// The longest wait for the broker's confirm of one event.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Documents whose next event the broker did not take (no queue bound for it yet, or a
+/// nack), with when to try again: the wait doubles from 1 s to 1 min per failure, so
+/// that a stuck event neither spins the relay nor holds up other documents.
+#[derive(Default)]
+struct Held(HashMap<String, (u32, Instant)>);
+
+impl Held {
+    fn waiting(&self, key: &str) -> bool {
+        self.0
+            .get(key)
+            .is_some_and(|(_, until)| Instant::now() < *until)
+    }
+
+    fn hold(&mut self, key: String) {
+        let failures = self.0.get(&key).map_or(0, |(n, _)| *n).saturating_add(1);
+        let wait = Duration::from_secs(1 << (failures - 1).min(6)).min(Duration::from_secs(60));
+        self.0.insert(key, (failures, Instant::now() + wait));
+    }
+
+    /// Forgets documents not seen failing for a while (another relay sent them).
+    fn prune(&mut self) {
+        let now = Instant::now();
+        self.0.retain(|_, (_, until)| {
+            now.saturating_duration_since(*until) < Duration::from_secs(600)
+        });
+    }
+
+    fn release(&mut self, key: &str) {
+        self.0.remove(key);
     }
 }
 
@@ -325,5 +417,22 @@ mod tests {
         let (back, tp) = parse(&entry(&e)).unwrap();
         assert_eq!(back, e);
         assert_eq!(tp, None);
+    }
+
+    #[test]
+    fn a_held_document_waits_longer_after_each_failure() {
+        let mut held = Held::default();
+        held.hold("c/1".into());
+        assert!(held.waiting("c/1"));
+        assert!(!held.waiting("c/2"), "other documents go on");
+        let first = held.0["c/1"].1;
+        held.hold("c/1".into());
+        assert!(held.0["c/1"].1 > first);
+        for _ in 0..20 {
+            held.hold("c/1".into());
+        }
+        assert!(held.0["c/1"].1 <= Instant::now() + Duration::from_secs(60));
+        held.release("c/1");
+        assert!(!held.waiting("c/1"));
     }
 }

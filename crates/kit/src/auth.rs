@@ -3,7 +3,10 @@
 //! other service can mint one. The interceptor in [`crate::serve`] puts the verified
 //! caller into the request; handlers read it with [`caller`], never from a field.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use bson::oid::ObjectId;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -33,20 +36,30 @@ struct Claims {
 
 /// The authenticated caller of an RPC, set by the auth interceptor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Caller(pub ObjectId);
+pub struct Caller {
+    /// Who the token was issued to.
+    pub user: ObjectId,
+    /// When the token expires: a long-lived call (a stream) ends then.
+    pub expires_at: SystemTime,
+}
 
 /// The caller's user id, or `UNAUTHENTICATED` when the request carried no token.
 pub fn caller<T>(request: &tonic::Request<T>) -> Result<ObjectId> {
+    session(request).map(|c| c.user)
+}
+
+/// The caller and when their token expires, or `UNAUTHENTICATED` without a token.
+pub fn session<T>(request: &tonic::Request<T>) -> Result<Caller> {
     request
         .extensions()
         .get::<Caller>()
-        .map(|c| c.0)
+        .copied()
         .ok_or(Error::Unauthenticated("this call needs an access token"))
 }
 
 /// The caller's user id when the request carried a token.
 pub fn optional_caller<T>(request: &tonic::Request<T>) -> Option<ObjectId> {
-    request.extensions().get::<Caller>().map(|c| c.0)
+    request.extensions().get::<Caller>().map(|c| c.user)
 }
 
 /// Signs access tokens. Only the user service has one.
@@ -156,16 +169,21 @@ impl TokenVerifier {
         Self::from_pem(DEV_PUBLIC_KEY).expect("development key parses")
     }
 
-    /// The user id a token was issued to, if it is genuine and unexpired.
-    pub fn verify(&self, token: &str) -> Result<ObjectId> {
+    /// Who a token was issued to and when it expires, if it is genuine and unexpired.
+    pub fn verify(&self, token: &str) -> Result<Caller> {
+        const INVALID: Error = Error::Unauthenticated("the access token is invalid or expired");
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
-            .map_err(|_| Error::Unauthenticated("the access token is invalid or expired"))?;
-        ObjectId::parse_str(&data.claims.sub)
-            .map_err(|_| Error::Unauthenticated("the access token is invalid or expired"))
+            .map_err(|_| INVALID)?;
+        let user = ObjectId::parse_str(&data.claims.sub).map_err(|_| INVALID)?;
+        let exp = u64::try_from(data.claims.exp).map_err(|_| INVALID)?;
+        Ok(Caller {
+            user,
+            expires_at: SystemTime::UNIX_EPOCH + Duration::from_secs(exp),
+        })
     }
 
     /// Verifies an `authorization` header value of the form `Bearer <token>`.
-    pub fn verify_header(&self, value: &str) -> Result<ObjectId> {
+    pub fn verify_header(&self, value: &str) -> Result<Caller> {
         let token = value
             .strip_prefix("Bearer ")
             .or_else(|| value.strip_prefix("bearer "))
@@ -187,10 +205,19 @@ mod tests {
         let issuer = TokenIssuer::development(Duration::from_secs(60));
         let verifier = TokenVerifier::development();
         let user = ObjectId::new();
-        let (token, _) = issuer.issue(user).unwrap();
-        assert_eq!(verifier.verify(&token).unwrap(), user);
+        let (token, expires_at) = issuer.issue(user).unwrap();
+        let verified = verifier.verify(&token).unwrap();
+        assert_eq!(verified.user, user);
         assert_eq!(
-            verifier.verify_header(&format!("Bearer {token}")).unwrap(),
+            verified.expires_at,
+            SystemTime::UNIX_EPOCH
+                + Duration::from_millis(expires_at.timestamp_millis().try_into().unwrap())
+        );
+        assert_eq!(
+            verifier
+                .verify_header(&format!("Bearer {token}"))
+                .unwrap()
+                .user,
             user
         );
 

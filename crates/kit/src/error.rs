@@ -119,6 +119,34 @@ pub fn is_duplicate_key(err: &mongodb::error::Error) -> bool {
 }
 
 /// Whether a driver error means "the database cannot be reached right now".
+/// Whether a failure is worth retrying as it is: something it depends on is down,
+/// slow or overloaded (a database that cannot be reached, a peer answering
+/// `UNAVAILABLE` or `DEADLINE_EXCEEDED`), as opposed to a request or message that will
+/// fail the same way every time. Looks through the whole chain of causes.
+pub fn is_transient(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        if let Some(e) = cause.downcast_ref::<Error>() {
+            match e {
+                Error::Unavailable(_) | Error::DeadlineExceeded(_) => true,
+                Error::Internal(inner) => is_transient(inner),
+                _ => false,
+            }
+        } else if let Some(status) = cause.downcast_ref::<Status>() {
+            matches!(
+                status.code(),
+                Code::Unavailable
+                    | Code::DeadlineExceeded
+                    | Code::ResourceExhausted
+                    | Code::Aborted
+            )
+        } else if let Some(e) = cause.downcast_ref::<mongodb::error::Error>() {
+            is_unavailable(e)
+        } else {
+            cause.downcast_ref::<std::io::Error>().is_some()
+        }
+    })
+}
+
 fn is_unavailable(err: &mongodb::error::Error) -> bool {
     // Codes a primary step-down or shutdown answers with (NotWritablePrimary, ...).
     const TRANSIENT: &[i32] = &[
@@ -245,5 +273,27 @@ mod tests {
         let status = Status::from(Error::internal(anyhow::anyhow!("secret detail")));
         assert_eq!(status.code(), Code::Internal);
         assert_eq!(status.message(), "internal error");
+    }
+
+    #[test]
+    fn transient_failures_are_told_from_permanent_ones() {
+        let transient = [
+            anyhow::Error::new(Error::Unavailable("db".into())),
+            anyhow::Error::new(Status::unavailable("peer down")).context("user service"),
+            anyhow::Error::new(Status::deadline_exceeded("slow")),
+            anyhow::Error::new(std::io::Error::other("reset")),
+        ];
+        for e in &transient {
+            assert!(is_transient(e), "{e:#}");
+        }
+        let permanent = [
+            anyhow::anyhow!("bad payload"),
+            anyhow::Error::new(Error::NotFound("post")),
+            anyhow::Error::new(Status::invalid_argument("no")),
+            anyhow::Error::new(Error::internal(anyhow::anyhow!("bug"))),
+        ];
+        for e in &permanent {
+            assert!(!is_transient(e), "{e:#}");
+        }
     }
 }

@@ -27,13 +27,13 @@ use tonic::{
 use tonic_health::ServingStatus;
 
 use crate::{
-    auth::{Caller, TokenVerifier},
+    auth::TokenVerifier,
     config::CommonConfig,
     telemetry::{self, HeaderExtractor},
 };
 
 /// Verifies the access token of every request that carries one (a bad token is
-/// `UNAUTHENTICATED` even on an open RPC) and answers `UNAVAILABLE` until start-up
+/// `UNAUTHENTICATED` even on an open RPC; Login and Register ignore tokens) and answers `UNAVAILABLE` until start-up
 /// (indexes) is done. Handlers that need a caller ask [`crate::auth::caller`].
 #[derive(Clone)]
 pub struct Gate {
@@ -67,8 +67,8 @@ impl Interceptor for Gate {
             let value = value
                 .to_str()
                 .map_err(|_| Status::unauthenticated("the authorization header is not text"))?;
-            let user = self.verifier.verify_header(value).map_err(Status::from)?;
-            request.extensions_mut().insert(Caller(user));
+            let caller = self.verifier.verify_header(value).map_err(Status::from)?;
+            request.extensions_mut().insert(caller);
         }
         Ok(request)
     }
@@ -198,6 +198,9 @@ pub async fn serve(
     };
     let server = Server::builder()
         .layer(access_log())
+        .layer(tower::util::MapRequestLayer::new(
+            ignore_token_when_authenticating as fn(_) -> _,
+        ))
         .add_routes(routes)
         .add_service(health)
         .add_service(reflection_v1)
@@ -218,8 +221,24 @@ pub async fn serve(
         }
     };
     health_task.abort();
-    background.stop().await;
+    background
+        .stop(spec.config.shutdown_grace + std::time::Duration::from_secs(5))
+        .await;
     result.map_err(Into::into)
+}
+
+/// The RPCs that establish who the caller is. A token sent with them is ignored, so that
+/// a client still attaching its expired token can log in again.
+const AUTHENTICATING: &[&str] = &[
+    "/social.user.v1.UserService/Login",
+    "/social.user.v1.UserService/Register",
+];
+
+fn ignore_token_when_authenticating(mut request: http::Request<Body>) -> http::Request<Body> {
+    if AUTHENTICATING.contains(&request.uri().path()) {
+        request.headers_mut().remove(http::header::AUTHORIZATION);
+    }
+    request
 }
 
 type Body = tonic::body::Body;
@@ -392,11 +411,20 @@ impl Background {
         self.tasks.push(tokio::spawn(task(self.stop.clone())));
     }
 
-    /// Tells every task to stop and waits for them.
-    pub async fn stop(self) {
+    /// Tells every task to stop and waits for them, at most `deadline`; tasks still
+    /// running then are aborted (what they held is redelivered or retried later).
+    pub async fn stop(self, deadline: std::time::Duration) {
         self.stop.cancel();
-        for task in self.tasks {
-            let _ = task.await;
+        let mut tasks = self.tasks;
+        let all = futures::future::join_all(tasks.iter_mut());
+        if tokio::time::timeout(deadline, all).await.is_err() {
+            tracing::warn!(
+                ?deadline,
+                "background tasks did not stop in time; aborting them"
+            );
+            for task in &tasks {
+                task.abort();
+            }
         }
     }
 }

@@ -39,6 +39,22 @@ pub async fn publish_raw(config: &EventsConfig, routing_key: &str, body: &[u8], 
         .expect("confirm");
 }
 
+/// Whether `queue` exists (a consumer declared it).
+pub async fn queue_exists(config: &EventsConfig, queue: &str) -> bool {
+    channel(config)
+        .await
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .is_ok()
+}
+
 /// How many messages wait in `queue` (0 if it does not exist yet).
 pub async fn queue_depth(config: &EventsConfig, queue: &str) -> u32 {
     let channel = channel(config).await;

@@ -166,6 +166,11 @@ pub fn token_for(user: ObjectId) -> String {
         .0
 }
 
+/// A token for `user` that expires in `ttl`.
+pub fn token_expiring_in(user: ObjectId, ttl: Duration) -> String {
+    TokenIssuer::development(ttl).issue(user).expect("issue").0
+}
+
 /// A token that expired an hour ago.
 pub fn expired_token_for(user: ObjectId) -> String {
     let an_hour_ago =

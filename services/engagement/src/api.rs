@@ -51,12 +51,22 @@ impl Api {
         }
     }
 
-    /// Records a like with its event; the event is built only if the like is new.
+    /// Records a like with its event (nothing if the user already likes the target).
     async fn like(&self, like: LikeDoc, event: Envelope) -> Result<()> {
         if self.store.like(&like, &event).await? {
+            if self.store.post_removed(like.post_id).await? {
+                // The post was deleted meanwhile (see the store's docs).
+                self.store.take_back_like(like.id).await?;
+                return Err(Error::NotFound("post"));
+            }
             self.relay.wake();
         }
         Ok(())
+    }
+
+    /// NOT_FOUND unless post `id` exists (for an unlike with nothing to undo).
+    async fn require_post(&self, id: ObjectId) -> Result<()> {
+        self.post_author(id).await.map(drop)
     }
 }
 
@@ -130,6 +140,8 @@ impl EngagementService for Api {
             if self.store.unlike(like.id, &event).await? {
                 self.relay.wake();
             }
+        } else {
+            self.require_post(post).await?;
         }
         Ok(Response::new(()))
     }
@@ -187,6 +199,8 @@ impl EngagementService for Api {
             if self.store.unlike(like.id, &event).await? {
                 self.relay.wake();
             }
+        } else if self.store.comment(comment_id).await?.is_none() {
+            return Err(Error::NotFound("comment").into());
         }
         Ok(Response::new(()))
     }
@@ -237,6 +251,11 @@ impl EngagementService for Api {
             }),
         );
         self.store.insert_comment(&comment, &event).await?;
+        if self.store.post_removed(post).await? {
+            // The post was deleted meanwhile (see the store's docs).
+            self.store.take_back_comment(comment.id).await?;
+            return Err(Error::NotFound("post").into());
+        }
         self.relay.wake();
         Ok(Response::new(comment.into()))
     }

@@ -6,6 +6,12 @@
 //! update that appends the event to the document's outbox (see
 //! `social_events::outbox`). Comments are deleted the same way. Ended likes and deleted
 //! comments go later through TTL indexes.
+//!
+//! When a post is deleted its comments and likes go (`post.post.deleted`). A like or
+//! comment written while that happens must not survive it: the cascade first records a
+//! tombstone in `removed_posts`, then removes; a writer checks for the tombstone after
+//! its insert and takes the insert back if it finds one. Whatever the interleaving,
+//! either the cascade sees the new document or the writer sees the tombstone.
 
 use bson::{DateTime, Document, doc, oid::ObjectId};
 use futures::TryStreamExt;
@@ -27,6 +33,8 @@ const DAY: u64 = 24 * 3600;
 
 pub const LIKES: &str = "likes";
 pub const COMMENTS: &str = "comments";
+/// Tombstones of deleted posts (see [`Store::remove_post`]).
+pub const REMOVED_POSTS: &str = "removed_posts";
 const ACTIVE: &str = "active";
 const ENDED: &str = "ended";
 
@@ -147,6 +155,14 @@ impl CommentDoc {
     }
 }
 
+/// A deleted post, remembered long enough to outlive any write racing its deletion.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RemovedPost {
+    #[serde(rename = "_id")]
+    id: ObjectId,
+    removed_at: DateTime,
+}
+
 /// Access to `likes` and `comments`. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -154,6 +170,7 @@ pub struct Store {
     stand_in: mongo::StandIn,
     likes: Collection<LikeDoc>,
     comments: Collection<CommentDoc>,
+    removed_posts: Collection<RemovedPost>,
 }
 
 impl Store {
@@ -163,6 +180,7 @@ impl Store {
             stand_in: mongo::StandIn::default(),
             likes: db.collection(LIKES),
             comments: db.collection(COMMENTS),
+            removed_posts: db.collection(REMOVED_POSTS),
         }
     }
 
@@ -204,6 +222,37 @@ impl Store {
             stand_in,
         )
         .await?;
+        mongo::ensure_indexes(
+            &self.removed_posts,
+            vec![mongo::ttl_index(
+                "removed_ttl",
+                "removed_at",
+                Duration::from_secs(30 * DAY),
+            )],
+            stand_in,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Whether post `id` was deleted (its cascade has begun).
+    pub async fn post_removed(&self, post: ObjectId) -> Result<bool> {
+        Ok(self
+            .removed_posts
+            .find_one(doc! { "_id": post })
+            .await?
+            .is_some())
+    }
+
+    /// Takes back a like inserted while its post was being deleted.
+    pub async fn take_back_like(&self, id: ObjectId) -> Result<()> {
+        self.likes.delete_one(doc! { "_id": id }).await?;
+        Ok(())
+    }
+
+    /// Takes back a comment inserted while its post was being deleted.
+    pub async fn take_back_comment(&self, id: ObjectId) -> Result<()> {
+        self.comments.delete_one(doc! { "_id": id }).await?;
         Ok(())
     }
 
@@ -371,32 +420,34 @@ impl Store {
         Ok(mongo::ids_after(&self.comments, doc! { "state": ACTIVE }, after, limit).await?)
     }
 
-    /// Removes everything of a deleted post: its comments and all likes under it.
-    /// Idempotent. No events: the post's deletion already tells everyone.
+    /// Removes everything of a deleted post: its comments and all likes under it (of
+    /// the post and of its comments). Idempotent. No events: the post's deletion
+    /// already tells everyone, and a like's unsent event about a deleted post is moot.
     pub async fn remove_post(&self, post: ObjectId) -> Result<()> {
         let now = DateTime::now();
+        // The tombstone first: a like or comment racing this sees it (module docs).
+        match self
+            .removed_posts
+            .insert_one(RemovedPost {
+                id: post,
+                removed_at: now,
+            })
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if is_duplicate_key(&e) => {}
+            Err(e) => return Err(e.into()),
+        }
         self.comments
             .update_many(
                 doc! { "post_id": mongo::is(post), "state": ACTIVE },
                 doc! { "$set": { "state": "deleted", "deleted_at": now } },
             )
             .await?;
-        // Likes leave the unique key's way with their own id.
-        let active: Vec<LikeDoc> = self
-            .likes
-            .find(doc! { "post_id": mongo::is(post), "state": ACTIVE })
-            .projection(outbox::without_bookkeeping())
-            .await?
-            .try_collect()
+        // One statement whatever the number of likes (ended ones go too).
+        self.likes
+            .delete_many(doc! { "post_id": mongo::is(post) })
             .await?;
-        for like in active {
-            self.likes
-                .update_one(
-                    doc! { "_id": like.id, "state": ACTIVE },
-                    doc! { "$set": { "state": ENDED, "active_key": like.id.to_hex(), "ended_at": now } },
-                )
-                .await?;
-        }
         Ok(())
     }
 }

@@ -2,9 +2,14 @@
 //! by token.
 
 use bson::oid::ObjectId;
-use futures::stream::BoxStream;
+use futures::{StreamExt, stream::BoxStream};
 use social_kit::{
-    Result, auth::caller, error::Violations, paging::PageRequest, time::to_timestamp, validate,
+    Result,
+    auth::{caller, session},
+    error::Violations,
+    paging::PageRequest,
+    time::to_timestamp,
+    validate,
 };
 use social_proto::notification::v1::{
     GetUnreadCountRequest, GetUnreadCountResponse, ListNotificationsRequest,
@@ -138,7 +143,26 @@ impl NotificationService for Api {
         &self,
         request: Request<StreamNotificationsRequest>,
     ) -> Result<Response<Self::StreamNotificationsStream>, Status> {
-        let me = caller(&request)?;
-        Ok(Response::new(Box::pin(self.hub.subscribe(me))))
+        let session = session(&request)?;
+        // The stream lives no longer than the token that opened it: then the client is
+        // told so, and reopens it with a fresh token (resuming as docs/events.md says).
+        let left = session
+            .expires_at
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default();
+        let deadline = tokio::time::Instant::now() + left;
+        let live = self
+            .hub
+            .subscribe(session.user)
+            .take_until(tokio::time::sleep_until(deadline));
+        let expired = futures::stream::once(async move {
+            (tokio::time::Instant::now() >= deadline).then(|| {
+                Err(Status::unauthenticated(
+                    "the access token expired; reopen the stream with a fresh one",
+                ))
+            })
+        })
+        .filter_map(futures::future::ready);
+        Ok(Response::new(Box::pin(live.chain(expired))))
     }
 }

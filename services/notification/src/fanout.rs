@@ -17,7 +17,7 @@ use social_proto::{
     user::v1::{BatchGetUsersByUsernameRequest, user_service_client::UserServiceClient},
 };
 
-use crate::store::{NotificationDoc, Store};
+use crate::store::{NotificationDoc, Store, removed_key};
 
 /// The routing key of "a notification was stored", heard by every replica.
 pub const STORED: &str = "notification.notification.stored";
@@ -127,20 +127,30 @@ impl Fanout {
                 }
             }
             Some(Payload::PostDeleted(e)) => {
-                self.store.remove_about("post_id", oid(&e.post_id)?).await?
+                let post = oid(&e.post_id)?;
+                self.store.mark_removed(removed_key("post", post)).await?;
+                self.store.remove_about("post_id", post).await?;
             }
             Some(Payload::CommentDeleted(e)) => {
+                let comment = oid(&e.comment_id)?;
                 self.store
-                    .remove_about("comment_id", oid(&e.comment_id)?)
+                    .mark_removed(removed_key("comment", comment))
                     .await?;
+                self.store.remove_about("comment_id", comment).await?;
             }
             _ => {}
         }
+        let mut stored = Vec::new();
+        let mut keys = Vec::new();
+        let mut about = Vec::new();
         for draft in drafts {
             // Nobody is notified of their own action.
             if draft.recipient == actor {
                 continue;
             }
+            keys.push(draft.key.clone());
+            about.extend(draft.post.map(|p| removed_key("post", p)));
+            about.extend(draft.comment.map(|c| removed_key("comment", c)));
             let now = DateTime::now();
             let doc = NotificationDoc {
                 id: ObjectId::new(),
@@ -155,15 +165,25 @@ impl Fanout {
                 dedupe_key: draft.key,
             };
             if self.store.insert(&doc).await? {
-                let wire = Notification::from(doc);
-                // Best effort: a stream that misses it resyncs from the store.
-                if let Err(e) = self
-                    .broadcaster
-                    .publish(STORED, &wire.encode_to_vec())
-                    .await
-                {
-                    tracing::warn!(error = %format!("{e:#}"), "could not broadcast a notification");
-                }
+                stored.push(doc);
+            }
+        }
+        // The post or comment may have been deleted before (a late or redelivered
+        // event) or while (a concurrent handler) these were stored. Deletion writes its
+        // tombstone before removing, so checking after storing catches every order; it
+        // runs on redeliveries too, in case an earlier try stopped between the two.
+        if self.store.any_removed(&about).await? {
+            return Ok(self.store.delete_by_keys(&keys).await?);
+        }
+        for doc in stored {
+            let wire = Notification::from(doc);
+            // Best effort: a stream that misses it resyncs from the store.
+            if let Err(e) = self
+                .broadcaster
+                .publish(STORED, &wire.encode_to_vec())
+                .await
+            {
+                tracing::warn!(error = %format!("{e:#}"), "could not broadcast a notification");
             }
         }
         Ok(())
@@ -184,7 +204,7 @@ impl Fanout {
             .users
             .call(client.batch_get_users_by_username(request))
             .await
-            .map_err(|s| anyhow::anyhow!("user service: {s}"))?;
+            .map_err(|s| anyhow::Error::new(s).context("user service"))?;
         found.users.iter().map(|u| oid(&u.id)).collect()
     }
 }

@@ -14,6 +14,22 @@ use social_kit::{
 };
 
 pub const COLLECTION: &str = "notifications";
+/// Tombstones of deleted posts and comments (see [`Store::mark_removed`]).
+pub const REMOVED: &str = "removed_targets";
+
+/// A deleted post (`post:<id>`) or comment (`comment:<id>`), remembered long enough to
+/// outlive any redelivery or late event about it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Removed {
+    #[serde(rename = "_id")]
+    key: String,
+    removed_at: DateTime,
+}
+
+/// The tombstone key of a post or comment: `post:<id>`, `comment:<id>`.
+pub fn removed_key(kind: &str, id: ObjectId) -> String {
+    format!("{kind}:{id}")
+}
 
 /// A stored notification.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -52,6 +68,7 @@ pub struct Store {
     db: Database,
     stand_in: mongo::StandIn,
     notifications: Collection<NotificationDoc>,
+    removed: Collection<Removed>,
 }
 
 impl Store {
@@ -60,6 +77,7 @@ impl Store {
             db: db.clone(),
             stand_in: mongo::StandIn::default(),
             notifications: db.collection(COLLECTION),
+            removed: db.collection(REMOVED),
         }
     }
 
@@ -92,6 +110,51 @@ impl Store {
             stand_in,
         )
         .await?;
+        mongo::ensure_indexes(
+            &self.removed,
+            vec![mongo::ttl_index(
+                "removed_ttl",
+                "removed_at",
+                std::time::Duration::from_secs(30 * 24 * 3600),
+            )],
+            stand_in,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Records that a post or comment was deleted (idempotent). Written before its
+    /// notifications are removed, so that a notification about it stored meanwhile
+    /// is found by [`Self::any_removed`] and taken back.
+    pub async fn mark_removed(&self, key: String) -> Result<()> {
+        let tombstone = Removed {
+            key,
+            removed_at: DateTime::now(),
+        };
+        match self.removed.insert_one(tombstone).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_duplicate_key(&e) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Whether any of `keys` was deleted.
+    pub async fn any_removed(&self, keys: &[String]) -> Result<bool> {
+        if keys.is_empty() {
+            return Ok(false);
+        }
+        Ok(self
+            .removed
+            .find_one(doc! { "_id": { "$in": keys } })
+            .await?
+            .is_some())
+    }
+
+    /// Deletes the notifications whose `dedupe_key` is among `keys`.
+    pub async fn delete_by_keys(&self, keys: &[String]) -> Result<()> {
+        self.notifications
+            .delete_many(doc! { "dedupe_key": { "$in": keys } })
+            .await?;
         Ok(())
     }
 

@@ -1,11 +1,24 @@
 //! Events and counters: storms of concurrent likes, redeliveries, a broker outage, a
-//! poison message, and the cascade of a deleted post.
+//! poison message, a dependency outage, and the cascade of a deleted post.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::Duration,
+};
 
 use bson::oid::ObjectId;
+use futures::FutureExt;
 use prost::Message;
-use social_events::{Payload, new_envelope, pb::PostLiked};
+use social_events::{
+    EventsConfig, Payload,
+    consumer::{Handler, Subscription},
+    new_envelope,
+    pb::{PostDeleted, PostLiked},
+};
 use social_proto::{
     engagement::v1::{
         DeleteCommentRequest, GetCommentRequest, LikeCommentRequest, UnlikePostRequest,
@@ -14,7 +27,9 @@ use social_proto::{
     post::v1::DeletePostRequest,
     user::v1::GetUserRequest,
 };
-use social_testkit::{Stack, StackOptions, TcpProxy, authed, broker, eventually, token_for};
+use social_testkit::{
+    Stack, StackOptions, TcpProxy, authed, broker, eventually, token_for, unique_name,
+};
 
 use crate::App;
 
@@ -489,4 +504,116 @@ async fn a_crash_before_the_publish_delays_the_event_and_loses_none() {
     .await;
     assert!(drained.is_some());
     assert_eq!(app.get_post(&post.id).await.likes_count, 1);
+}
+
+#[tokio::test]
+async fn a_like_or_comment_racing_the_deletion_of_its_post_is_taken_back() {
+    let app = App::start().await;
+    let author = ObjectId::new();
+    let post = app.post(&token_for(author), "going").await;
+    app.comment(&token_for(ObjectId::new()), &post.id, "first")
+        .await
+        .unwrap();
+    // The deletion's event is handled while the post service still answers for the
+    // post: exactly the window in which a like checked the post and then inserted.
+    let event = new_envelope(
+        author,
+        Payload::PostDeleted(PostDeleted {
+            post_id: post.id.clone(),
+            author_id: author.to_hex(),
+        }),
+    );
+    broker::publish_raw(
+        &app.stack.events,
+        "post.post.deleted",
+        &event.encode_to_vec(),
+        &event.event_id,
+    )
+    .await;
+    let cascaded = eventually(Duration::from_secs(15), || async {
+        app.comments(&post.id).await.is_empty().then_some(())
+    })
+    .await;
+    assert!(cascaded.is_some(), "the cascade never ran");
+
+    let late = token_for(ObjectId::new());
+    let err = app.like_post(&late, &post.id).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
+    let err = app.comment(&late, &post.id, "too late").await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
+    assert!(app.likers(&post.id).await.is_empty());
+    assert!(app.comments(&post.id).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_dependency_outage_delays_a_message_and_never_dead_letters_it() {
+    let config = EventsConfig::for_tests(&unique_name("t"));
+    // The handler's database is "down" for more tries than a message is allowed.
+    let outage = config.max_attempts + 2;
+    let tries = Arc::new(AtomicU32::new(0));
+    let handler: Handler = {
+        let tries = tries.clone();
+        Arc::new(move |_| {
+            let tries = tries.clone();
+            async move {
+                if tries.fetch_add(1, Ordering::SeqCst) < outage {
+                    let down = social_kit::Error::Unavailable("the database is unavailable".into());
+                    return Err(anyhow::Error::new(down));
+                }
+                Ok(())
+            }
+            .boxed()
+        })
+    };
+    let subscription = Subscription {
+        service: "outage",
+        routing_keys: vec!["graph.user.followed"],
+    };
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let consumer = tokio::spawn(social_events::consumer::run(
+        config.clone(),
+        subscription,
+        handler,
+        shutdown.clone(),
+    ));
+    let queue = config.queue("outage");
+    let declared = eventually(Duration::from_secs(10), || async {
+        broker::queue_exists(&config, &queue).await.then_some(())
+    })
+    .await;
+    assert!(declared.is_some());
+
+    let event = new_envelope(
+        ObjectId::new(),
+        Payload::UserFollowed(social_events::pb::UserFollowed {
+            follower_id: ObjectId::new().to_hex(),
+            followee_id: ObjectId::new().to_hex(),
+        }),
+    );
+    broker::publish_raw(
+        &config,
+        "graph.user.followed",
+        &event.encode_to_vec(),
+        &event.event_id,
+    )
+    .await;
+    let handled = eventually(Duration::from_secs(30), || async {
+        (tries.load(Ordering::SeqCst) > outage).then_some(())
+    })
+    .await;
+    assert!(
+        handled.is_some(),
+        "tried {} times",
+        tries.load(Ordering::SeqCst)
+    );
+    let dlq = config.dead_letter_queue("outage");
+    assert_eq!(broker::queue_depth(&config, &dlq).await, 0);
+    assert_eq!(broker::queue_depth(&config, &queue).await, 0);
+    shutdown.cancel();
+    consumer.await.unwrap();
+    assert_eq!(
+        tries.load(Ordering::SeqCst),
+        outage + 1,
+        "handled once it could be"
+    );
 }

@@ -37,6 +37,16 @@ async fn likes_are_idempotent_and_listed_newest_first() {
         .unwrap();
     }
     assert_eq!(app.likers(&post.id).await, [bob.to_hex()]);
+    let err = e
+        .unlike_post(authed(
+            UnlikePostRequest {
+                post_id: ObjectId::new().to_hex(),
+            },
+            &token_for(alice),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "unlike of an unknown post");
     // Like again after an unlike.
     app.like_post(&token_for(alice), &post.id).await.unwrap();
     assert_eq!(app.likers(&post.id).await, [alice.to_hex(), bob.to_hex()]);
@@ -285,6 +295,16 @@ async fn comment_likes_are_idempotent_and_counted() {
     let err = e
         .like_comment(authed(
             LikeCommentRequest {
+                comment_id: ObjectId::new().to_hex(),
+            },
+            &fan,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let err = e
+        .unlike_comment(authed(
+            UnlikeCommentRequest {
                 comment_id: ObjectId::new().to_hex(),
             },
             &fan,

@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use bson::oid::ObjectId;
 use prost::Message;
-use social_events::{Payload, new_envelope, pb::PostLiked};
+use social_events::{
+    Envelope, Payload, new_envelope,
+    pb::{CommentCreated, CommentDeleted, PostLiked},
+};
 use social_proto::{
     engagement::v1::{CreateCommentRequest, LikePostRequest, UnlikePostRequest},
     graph::v1::{FollowRequest, UnfollowRequest},
@@ -19,7 +22,9 @@ use social_proto::{
     },
     post::v1::{CreatePostRequest, DeletePostRequest, GetPostRequest, Post},
 };
-use social_testkit::{Stack, authed, broker, eventually, token_for, violated_fields};
+use social_testkit::{
+    Stack, authed, broker, eventually, token_expiring_in, token_for, violated_fields,
+};
 use tonic::{Code, Streaming, transport::Channel};
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -132,6 +137,16 @@ impl App {
             .unwrap()
             .into_inner()
     }
+}
+
+async fn publish(app: &App, routing_key: &str, event: &Envelope) {
+    broker::publish_raw(
+        &app.stack.events,
+        routing_key,
+        &event.encode_to_vec(),
+        &event.event_id,
+    )
+    .await;
 }
 
 fn kind(n: &Notification) -> NotificationType {
@@ -559,4 +574,66 @@ async fn shutdown_ends_streams_cleanly_and_reports_not_serving() {
         .unwrap();
     // And it no longer accepts connections.
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
+
+#[tokio::test]
+async fn an_event_about_a_deleted_comment_notifies_nobody() {
+    let app = App::start().await;
+    let (bob_id, bob) = app.stack.register("bob").await;
+    let (_, carol) = app.stack.register("carol").await;
+    let post = app.post(&bob, "p").await;
+    let commenter = ObjectId::new();
+    let comment = |id: &str| CommentCreated {
+        comment_id: id.into(),
+        post_id: post.id.clone(),
+        post_author_id: bob_id.clone(),
+        author_id: commenter.to_hex(),
+        content: "hi @carol".into(),
+    };
+    let (gone, kept) = (ObjectId::new().to_hex(), ObjectId::new().to_hex());
+    // The deletion is handled first (a redelivery, a retry, or a slow handler of the
+    // creation): the creation must not bring the notifications back.
+    let deleted = CommentDeleted {
+        comment_id: gone.clone(),
+        post_id: post.id.clone(),
+        post_author_id: bob_id.clone(),
+        author_id: commenter.to_hex(),
+    };
+    publish(
+        &app,
+        "engagement.comment.deleted",
+        &new_envelope(commenter, Payload::CommentDeleted(deleted)),
+    )
+    .await;
+    app.drained().await;
+    let created = |id: &str| new_envelope(commenter, Payload::CommentCreated(comment(id)));
+    publish(&app, "engagement.comment.created", &created(&gone)).await;
+    publish(&app, "engagement.comment.created", &created(&kept)).await;
+
+    // The kept comment's notifications arrive; the deleted one's never do.
+    let bobs = app.wait_for(&bob, 1).await;
+    let carols = app.wait_for(&carol, 1).await;
+    assert_eq!(bobs[0].comment_id.as_deref(), Some(kept.as_str()));
+    assert_eq!(carols[0].comment_id.as_deref(), Some(kept.as_str()));
+    app.drained().await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(app.list(&bob).await.len(), 1);
+    assert_eq!(app.list(&carol).await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_stream_ends_when_its_token_expires() {
+    let app = App::start().await;
+    let (bob_id, _) = app.stack.register("bob").await;
+    let short = token_expiring_in(
+        ObjectId::parse_str(&bob_id).unwrap(),
+        Duration::from_secs(2),
+    );
+    let mut client = app.notifications.clone();
+    let mut stream = app.stream(&mut client, &short).await;
+    let end = tokio::time::timeout(Duration::from_secs(10), stream.message()).await;
+    match end {
+        Ok(Err(status)) => assert_eq!(status.code(), Code::Unauthenticated, "{status:?}"),
+        other => panic!("expected UNAUTHENTICATED at expiry, got {other:?}"),
+    }
 }

@@ -501,6 +501,27 @@ async fn bad_tokens_are_unauthenticated_even_on_open_calls() {
         c.get_user(raw).await.unwrap_err().code(),
         Code::Unauthenticated
     );
+
+    // Login and Register ignore a token: a client still sending its expired one can
+    // log in again.
+    let stale = expired_token_for(user_id);
+    let login = c
+        .login(authed(
+            LoginRequest {
+                username_or_email: "judy".into(),
+                password: "correct horse battery".into(),
+            },
+            &stale,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(login.user.unwrap().id, judy.id);
+    assert!(
+        c.register(authed(registration("kim"), &stale))
+            .await
+            .is_ok()
+    );
 }
 
 #[tokio::test]
