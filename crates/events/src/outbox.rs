@@ -91,6 +91,22 @@ pub fn index() -> IndexModel {
     social_kit::mongo::index("outbox_pending", doc! { PENDING: 1 }, false)
 }
 
+/// A TTL index that purges documents `after` their `field` (e.g. `deleted_at`), but only
+/// once their outbox is empty: a deleted document still carrying an unpublished event
+/// (a broker unreachable for longer than the TTL) stays until the event is out.
+pub fn purge_index(name: &str, field: &str, after: Duration) -> IndexModel {
+    IndexModel::builder()
+        .keys(doc! { field: 1 })
+        .options(
+            mongodb::options::IndexOptions::builder()
+                .name(name.to_owned())
+                .expire_after(after)
+                .partial_filter_expression(doc! { PENDING: 0 })
+                .build(),
+        )
+        .build()
+}
+
 /// Wakes the relay after a write that carries events.
 #[derive(Clone, Default)]
 pub struct Waker(Arc<Notify>);
@@ -434,5 +450,13 @@ mod tests {
         assert!(held.0["c/1"].1 <= Instant::now() + Duration::from_secs(60));
         held.release("c/1");
         assert!(!held.waiting("c/1"));
+    }
+
+    #[test]
+    fn purging_waits_for_the_outbox_to_empty() {
+        let index = purge_index("deleted_ttl", "deleted_at", Duration::from_secs(60));
+        let options = index.options.unwrap();
+        assert_eq!(options.expire_after, Some(Duration::from_secs(60)));
+        assert_eq!(options.partial_filter_expression, Some(doc! { PENDING: 0 }));
     }
 }

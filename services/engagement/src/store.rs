@@ -206,7 +206,7 @@ impl Store {
                 // Cascade when a post is deleted.
                 mongo::index("post", doc! { "post_id": 1 }, false),
                 outbox::index(),
-                mongo::ttl_index("ended_ttl", "ended_at", Duration::from_secs(30 * DAY)),
+                outbox::purge_index("ended_ttl", "ended_at", Duration::from_secs(30 * DAY)),
             ],
             stand_in,
         )
@@ -217,7 +217,7 @@ impl Store {
                 // ListComments oldest first, counting, and the cascade.
                 mongo::index("post_sorted", doc! { "post_id": 1, "sort_key": 1 }, false),
                 outbox::index(),
-                mongo::ttl_index("deleted_ttl", "deleted_at", Duration::from_secs(7 * DAY)),
+                outbox::purge_index("deleted_ttl", "deleted_at", Duration::from_secs(7 * DAY)),
             ],
             stand_in,
         )

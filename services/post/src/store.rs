@@ -105,7 +105,7 @@ impl Store {
                 mongo::index("sorted", doc! { "sort_key": -1 }, false),
                 outbox::index(),
                 // Deleted posts go a week after their event is out.
-                mongo::ttl_index(
+                outbox::purge_index(
                     "deleted_ttl",
                     "deleted_at",
                     std::time::Duration::from_secs(7 * 24 * 3600),

@@ -92,7 +92,7 @@ impl Store {
                 ),
                 outbox::index(),
                 // Ended follows go after 30 days (long after their event is published).
-                mongo::ttl_index(
+                outbox::purge_index(
                     "ended_ttl",
                     "ended_at",
                     std::time::Duration::from_secs(30 * 24 * 3600),
