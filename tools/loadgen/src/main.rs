@@ -5,7 +5,13 @@
 //! scripts/bench feed     # ListHomeFeed latency for readers following 10..5000 accounts
 //! scripts/bench login    # one Login (Argon2id verify) end to end
 //! scripts/bench notifications  # list, unread-only list and unread count, 100,000 notifications
+//! scripts/bench events   # likes under load: RPC rate and latency, then how long until the
+//!                        # counters and notifications they cause have all landed
+//! scripts/bench streams  # memory of 1,000 open notification streams
 //! ```
+//!
+//! Memory figures are of this one process, which holds all five services, their
+//! clients and the load itself.
 //!
 //! Build with `--release`. Seeding writes the `followers` and `posts` documents straight
 //! into a fresh database (registering 5,000 users through Argon2 would measure the
@@ -13,14 +19,20 @@
 
 #![allow(clippy::expect_used)]
 
-use std::time::Instant;
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use bson::{DateTime, doc, oid::ObjectId};
 use hdrhistogram::Histogram;
 use social_proto::{
+    engagement::v1::LikePostRequest,
     graph::v1::ListFollowingIdsRequest,
-    notification::v1::{GetUnreadCountRequest, ListNotificationsRequest},
-    post::v1::ListHomeFeedRequest,
+    notification::v1::{
+        GetUnreadCountRequest, ListNotificationsRequest, StreamNotificationsRequest,
+    },
+    post::v1::{BatchGetPostsRequest, CreatePostRequest, ListHomeFeedRequest},
     user::v1::{LoginRequest, RegisterRequest},
 };
 use social_testkit::{Stack, authed, mongodb_uri, token_for};
@@ -34,9 +46,11 @@ async fn main() -> anyhow::Result<()> {
         "feed" => feed().await,
         "login" => login().await,
         "notifications" => notifications().await,
+        "events" => events().await,
+        "streams" => streams().await,
         _ => {
             eprintln!(
-                "usage: social-loadgen feed|login|notifications   (MONGODB_URI must point at a database)"
+                "usage: social-loadgen feed|login|notifications|events|streams   (MONGODB_URI must point at a database)"
             );
             std::process::exit(2);
         }
@@ -52,6 +66,26 @@ fn report(label: &str, h: &Histogram<u64>) {
         ms(h.value_at_quantile(0.95)),
         ms(h.value_at_quantile(0.99)),
         ms(h.max()),
+    );
+}
+
+/// `VmRSS` and `VmHWM` (peak) of this process, in MiB.
+fn memory() -> (f64, f64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+fn report_memory(when: &str) {
+    let (rss, peak) = memory();
+    println!(
+        "memory {when}: rss {rss:.1} MiB, peak {peak:.1} MiB (all five services in this process)"
     );
 }
 
@@ -257,5 +291,178 @@ async fn notifications() -> anyhow::Result<()> {
     report("ListNotifications unread", &unread_list);
     report("GetUnreadCount (10,000)", &count);
     db.drop().await?;
+    Ok(())
+}
+
+/// Concurrent clients liking posts for a while, then the wait until every event they
+/// caused has been applied: each post's `likes_count` and the author's unread count.
+async fn events() -> anyhow::Result<()> {
+    const CLIENTS: usize = 16;
+    const POSTS: usize = 20;
+    const LOAD: Duration = Duration::from_secs(20);
+    let stack = Stack::start().await;
+    let (author_id, author) = stack.register("author").await;
+    let mut posts = stack.posts().await;
+    let mut ids = Vec::new();
+    for i in 0..POSTS {
+        let post = posts
+            .create_post(authed(
+                CreatePostRequest {
+                    content: format!("post {i}"),
+                    media: vec![],
+                },
+                &author,
+            ))
+            .await?
+            .into_inner();
+        ids.push(post.id);
+    }
+    let ids = Arc::new(ids);
+    report_memory("before the load");
+    println!("{CLIENTS} clients liking {POSTS} posts for {LOAD:?}, each like by a new user:");
+    let started = Instant::now();
+    let mut workers = tokio::task::JoinSet::new();
+    for w in 0..CLIENTS {
+        let (mut engagement, ids) = (stack.engagement().await, ids.clone());
+        workers.spawn(async move {
+            let mut h = histogram();
+            let mut i = w;
+            while started.elapsed() < LOAD {
+                let request = authed(
+                    LikePostRequest {
+                        post_id: ids[i % ids.len()].clone(),
+                    },
+                    &token_for(ObjectId::new()),
+                );
+                let t = Instant::now();
+                engagement.like_post(request).await?;
+                h.record(t.elapsed().as_micros() as u64)?;
+                i += CLIENTS;
+            }
+            anyhow::Ok(h)
+        });
+    }
+    let mut latency = histogram();
+    while let Some(worker) = workers.join_next().await {
+        latency.add(worker??)?;
+    }
+    let loaded = started.elapsed();
+    let likes = latency.len();
+    report("LikePost under load", &latency);
+    println!(
+        "{likes} likes in {loaded:.1?}: {:.0} likes/s",
+        likes as f64 / loaded.as_secs_f64()
+    );
+    report_memory("after the load");
+
+    // Poll until the counters and the notifications have caught up.
+    let mut notifications = stack.notifications().await;
+    let (mut counters_at, mut notified_at) = (None, None);
+    let wait = Instant::now();
+    while (counters_at.is_none() || notified_at.is_none())
+        && wait.elapsed() < Duration::from_secs(600)
+    {
+        if counters_at.is_none() {
+            let got = posts
+                .batch_get_posts(BatchGetPostsRequest { ids: ids.to_vec() })
+                .await?
+                .into_inner();
+            let counted: i64 = got.posts.iter().map(|p| p.likes_count).sum();
+            if counted == likes as i64 {
+                counters_at = Some(wait.elapsed());
+            }
+        }
+        if notified_at.is_none() {
+            let unread = notifications
+                .get_unread_count(authed(GetUnreadCountRequest {}, &author))
+                .await?
+                .into_inner()
+                .count;
+            if unread == likes as i64 {
+                notified_at = Some(wait.elapsed());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let show =
+        |d: Option<Duration>| d.map_or("not within 10 min".to_owned(), |d| format!("{d:.1?}"));
+    println!(
+        "after the last like: likes_count settled in {}",
+        show(counters_at)
+    );
+    println!(
+        "after the last like: the author's {likes} notifications stored in {}",
+        show(notified_at)
+    );
+    if let Some(all) = counters_at.max(notified_at) {
+        let total = loaded + all;
+        println!(
+            "events end to end: {likes} likes -> {} events applied in {total:.1?} ({:.0} events/s)",
+            likes * 2,
+            (likes * 2) as f64 / total.as_secs_f64()
+        );
+    }
+    let _ = author_id;
+    report_memory("at the end");
+    mongodb::Client::with_uri_str(mongodb_uri())
+        .await?
+        .database(&stack.database)
+        .drop()
+        .await?;
+    Ok(())
+}
+
+/// Memory of open notification streams: 1,000 users with one stream each, over ten
+/// connections.
+async fn streams() -> anyhow::Result<()> {
+    const STREAMS: usize = 1000;
+    const CONNECTIONS: usize = 10;
+    let stack = Stack::start().await;
+    let mut clients = Vec::new();
+    for _ in 0..CONNECTIONS {
+        clients.push(stack.notifications().await);
+    }
+    // Warm up the allocator and one stream of each connection before measuring.
+    let mut open = Vec::with_capacity(STREAMS);
+    for client in &mut clients {
+        open.push(
+            client
+                .stream_notifications(authed(
+                    StreamNotificationsRequest {},
+                    &token_for(ObjectId::new()),
+                ))
+                .await?
+                .into_inner(),
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (before, _) = memory();
+    let started = Instant::now();
+    for i in CONNECTIONS..STREAMS {
+        let client = &mut clients[i % CONNECTIONS];
+        open.push(
+            client
+                .stream_notifications(authed(
+                    StreamNotificationsRequest {},
+                    &token_for(ObjectId::new()),
+                ))
+                .await?
+                .into_inner(),
+        );
+    }
+    let opened = started.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (after, peak) = memory();
+    let added = STREAMS - CONNECTIONS;
+    println!(
+        "opened {added} streams in {opened:.1?}; rss {before:.1} -> {after:.1} MiB (peak {peak:.1}): {:.1} KiB per stream, server and client side together",
+        (after - before) * 1024.0 / added as f64
+    );
+    drop(open);
+    mongodb::Client::with_uri_str(mongodb_uri())
+        .await?
+        .database(&stack.database)
+        .drop()
+        .await?;
     Ok(())
 }
