@@ -161,7 +161,11 @@ impl Relay {
             if let Some(ch) = &channel {
                 match self.drain(ch, &mut held, &shutdown).await {
                     Ok(0) => {}
-                    Ok(n) => tracing::debug!(published = n, "outbox drained"),
+                    Ok(n) => {
+                        // More may be pending (a document's next event, new writes).
+                        tracing::debug!(published = n, "outbox pass");
+                        continue;
+                    }
                     Err(e) => {
                         tracing::warn!(error = %format!("{e:#}"), "outbox relay failed; will retry");
                         if !ch.status().connected() {
@@ -225,9 +229,11 @@ impl Relay {
         }
     }
 
-    /// Publishes everything pending, document by document and in order within each;
-    /// returns how many events went out. Documents whose first event was not taken
-    /// are held back (see [`Held`]) while the others go on.
+    /// Publishes what is pending; returns how many events went out. Each pass takes the
+    /// first pending event of every document (a document's next event goes out once
+    /// this one is confirmed, so a document's events keep their order), in batches
+    /// whose confirms are awaited together. Documents whose event was not taken are
+    /// held back (see [`Held`]) while the others go on.
     async fn drain(
         &self,
         channel: &Channel,
@@ -242,7 +248,11 @@ impl Relay {
                 .projection(doc! { FIELD: 1 })
                 .batch_size(256)
                 .await?;
+            let mut batch = Vec::with_capacity(BATCH);
             while let Some(document) = docs.try_next().await? {
+                if shutdown.is_cancelled() {
+                    return Ok(published);
+                }
                 let Some(id) = document.get("_id").cloned() else {
                     continue;
                 };
@@ -250,72 +260,94 @@ impl Relay {
                 if held.waiting(&key) {
                     continue;
                 }
-                let entries: Vec<String> = document
+                let first = document
                     .get_array(FIELD)
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(|v| v.as_str().map(str::to_owned))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                for entry in entries {
-                    if shutdown.is_cancelled() {
-                        return Ok(published);
-                    }
-                    let delivered = match parse(&entry) {
-                        Ok((envelope, traceparent)) => {
-                            self.publish(channel, &envelope, traceparent, shutdown)
-                                .await?
-                        }
-                        Err(e) => {
-                            // Cannot happen short of a corrupted document; keeping it would
-                            // hold the document's other events back for ever.
-                            tracing::error!(error = %e, "dropping an unreadable outbox entry");
-                            true
-                        }
-                    };
-                    if !delivered {
-                        // Its later events wait behind it, so that they keep their order.
-                        held.hold(key);
-                        break;
-                    }
-                    self.mark_sent(collection, &id, &entry).await?;
-                    held.release(&key);
-                    published += 1;
+                    .ok()
+                    .and_then(|a| a.iter().find_map(|v| v.as_str().map(str::to_owned)));
+                let Some(entry) = first else { continue };
+                batch.push(Pending { key, id, entry });
+                if batch.len() == BATCH {
+                    let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+                    published += self.send(channel, collection, full, held, shutdown).await?;
                 }
             }
+            published += self
+                .send(channel, collection, batch, held, shutdown)
+                .await?;
         }
         Ok(published)
+    }
+
+    /// Publishes a batch (one event per document), awaits the confirms, and takes the
+    /// confirmed events out of their documents.
+    async fn send(
+        &self,
+        channel: &Channel,
+        collection: &Collection<Document>,
+        batch: Vec<Pending>,
+        held: &mut Held,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<usize> {
+        // All published first: the broker then confirms (and syncs to disk) together.
+        let mut in_flight = Vec::with_capacity(batch.len());
+        for pending in &batch {
+            in_flight.push(match parse(&pending.entry) {
+                Ok((envelope, traceparent)) => {
+                    self.publish(channel, &envelope, traceparent).await?
+                }
+                Err(e) => {
+                    // Cannot happen short of a corrupted document; keeping it would hold
+                    // the document's other events back for ever.
+                    tracing::error!(error = %e, "dropping an unreadable outbox entry");
+                    None
+                }
+            });
+        }
+        let mut sent = Vec::with_capacity(batch.len());
+        for (pending, publish) in batch.into_iter().zip(in_flight) {
+            let delivered = match publish {
+                None => true,
+                Some(publish) => publish.confirmed(shutdown).await?,
+            };
+            if delivered {
+                sent.push(pending);
+            } else {
+                held.hold(pending.key);
+            }
+        }
+        futures::future::try_join_all(sent.iter().map(|p| self.mark_sent(collection, p))).await?;
+        for pending in &sent {
+            held.release(&pending.key);
+        }
+        Ok(sent.len())
     }
 
     /// Takes a published entry out of its document (once, however many relays run).
     async fn mark_sent(
         &self,
         collection: &Collection<Document>,
-        id: &Bson,
-        entry: &str,
+        pending: &Pending,
     ) -> mongodb::error::Result<()> {
+        let entry = pending.entry.as_str();
         collection
             .update_one(
-                doc! { "_id": id.clone(), FIELD: entry },
+                doc! { "_id": pending.id.clone(), FIELD: entry },
                 doc! { "$pull": { FIELD: entry }, "$inc": { PENDING: -1 } },
             )
             .await?;
         Ok(())
     }
 
-    /// Publishes one event and waits for the broker's confirm. `Ok(false)`: not taken
-    /// (unroutable or nacked), to be retried.
+    /// Publishes one event; `None` if there is nothing to publish (no payload: dropped).
     async fn publish(
         &self,
         channel: &Channel,
         envelope: &Envelope,
         traceparent: Option<String>,
-        shutdown: &CancellationToken,
-    ) -> anyhow::Result<bool> {
+    ) -> anyhow::Result<Option<InFlight>> {
         let Some(payload) = &envelope.payload else {
             tracing::error!(event_id = %envelope.event_id, "dropping an event without payload");
-            return Ok(true);
+            return Ok(None);
         };
         let key = routing_key(payload);
         let mut headers = FieldTable::default();
@@ -335,37 +367,67 @@ impl Relay {
             .with_app_id(self.service.into())
             .with_headers(headers);
         let body = envelope.encode_to_vec();
-        let publish = async {
-            channel
-                .basic_publish(
-                    self.config.exchange.as_str().into(),
-                    key.into(),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..Default::default()
-                    },
-                    &body,
-                    properties,
-                )
-                .await?
-                .await
-        };
-        // A broker that blocks publishers (memory or disk alarm) must not hang the relay,
-        // nor the shutdown.
+        let publish = channel.basic_publish(
+            self.config.exchange.as_str().into(),
+            key.into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            &body,
+            properties,
+        );
+        // A broker that blocks publishers (memory or disk alarm) must not hang the relay.
+        let confirm = tokio::time::timeout(CONFIRM_TIMEOUT, publish)
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!("the broker did not take an event within {CONFIRM_TIMEOUT:?}")
+            })??;
+        Ok(Some(InFlight {
+            confirm,
+            routing_key: key,
+            event_id: envelope.event_id.clone(),
+        }))
+    }
+}
+
+/// How many events are published before their confirms are awaited.
+const BATCH: usize = 128;
+
+/// An outbox entry about to be published.
+struct Pending {
+    /// `<collection>/<document id>`, for [`Held`].
+    key: String,
+    id: Bson,
+    entry: String,
+}
+
+/// A published event waiting for the broker's confirm.
+struct InFlight {
+    confirm: lapin::PublisherConfirm,
+    routing_key: &'static str,
+    event_id: String,
+}
+
+impl InFlight {
+    /// Whether the broker took the event (`false`: unroutable or refused, to retry).
+    async fn confirmed(self, shutdown: &CancellationToken) -> anyhow::Result<bool> {
+        let (key, event_id) = (self.routing_key, self.event_id);
+        // Nor must it hang the shutdown.
         let confirm = tokio::select! {
             () = shutdown.cancelled() => return Ok(false),
-            r = tokio::time::timeout(CONFIRM_TIMEOUT, publish) => {
+            r = tokio::time::timeout(CONFIRM_TIMEOUT, self.confirm) => {
                 r.map_err(|_| anyhow::anyhow!("the broker did not confirm within {CONFIRM_TIMEOUT:?}"))??
             }
         };
         match confirm {
             Confirmation::Ack(None) => Ok(true),
             Confirmation::Ack(Some(_)) => {
-                tracing::warn!(routing_key = key, event_id = %envelope.event_id, "no queue is bound for this event yet; keeping it");
+                tracing::warn!(routing_key = key, %event_id, "no queue is bound for this event yet; keeping it");
                 Ok(false)
             }
             Confirmation::Nack(_) => {
-                tracing::warn!(routing_key = key, "the broker refused an event; retrying");
+                tracing::warn!(routing_key = key, %event_id, "the broker refused an event; retrying");
                 Ok(false)
             }
             Confirmation::NotRequested => Err(anyhow::anyhow!("publisher confirms are off")),
