@@ -20,11 +20,11 @@ use std::{collections::HashMap, panic::AssertUnwindSafe, sync::Arc, time::Durati
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::{FutureExt, StreamExt, future::BoxFuture};
 use lapin::{
-    BasicProperties, Channel,
+    BasicProperties, Channel, Confirmation,
     message::Delivery,
     options::{
         BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
-        BasicPublishOptions, BasicQosOptions,
+        BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
     },
     types::{AMQPValue, FieldTable},
 };
@@ -97,6 +97,10 @@ async fn consume(
     .await?;
     channel
         .basic_qos(config.prefetch, BasicQosOptions::default())
+        .await?;
+    // Confirms for the copies re-published for a retry (see `handle`).
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
         .await?;
     let tag = format!(
         "{}-{}",
@@ -252,20 +256,27 @@ async fn handle(
                 .basic_publish(
                     "".into(),
                     queue.into(),
-                    BasicPublishOptions::default(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
                     &delivery.data,
                     properties,
                 )
                 .await?
                 .await
-        }
-        .await;
-        match retried {
-            // Not confirmed-mode: the retry copy is in the broker's hands once written.
-            Ok(_) => {
+        };
+        // The original is acknowledged only once the broker confirmed the copy.
+        match tokio::time::timeout(Duration::from_secs(10), retried).await {
+            Ok(Ok(Confirmation::Ack(None))) => {
                 let _ = delivery.acker.ack(BasicAckOptions::default()).await;
             }
-            Err(e) => {
+            outcome => {
+                let e = match outcome {
+                    Ok(Err(e)) => e.to_string(),
+                    Ok(Ok(_)) => "the broker did not take the copy".to_owned(),
+                    Err(_) => "the broker did not confirm the copy in time".to_owned(),
+                };
                 tracing::warn!(error = %e, "could not re-queue for retry; returning the message");
                 let _ = delivery
                     .acker

@@ -545,75 +545,144 @@ async fn a_like_or_comment_racing_the_deletion_of_its_post_is_taken_back() {
     assert!(app.comments(&post.id).await.is_empty());
 }
 
+/// A consumer of its own queue whose handler fails its first `failures` tries with
+/// `error`, and counts its tries.
+struct FlakyConsumer {
+    config: EventsConfig,
+    tries: Arc<AtomicU32>,
+    shutdown: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FlakyConsumer {
+    async fn start(failures: u32, error: fn() -> anyhow::Error) -> Self {
+        let config = EventsConfig::for_tests(&unique_name("t"));
+        let tries = Arc::new(AtomicU32::new(0));
+        let handler: Handler = {
+            let tries = tries.clone();
+            Arc::new(move |_| {
+                let tries = tries.clone();
+                async move {
+                    if tries.fetch_add(1, Ordering::SeqCst) < failures {
+                        return Err(error());
+                    }
+                    Ok(())
+                }
+                .boxed()
+            })
+        };
+        let subscription = Subscription {
+            service: "flaky",
+            routing_keys: vec!["graph.user.followed"],
+        };
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn(social_events::consumer::run(
+            config.clone(),
+            subscription,
+            handler,
+            shutdown.clone(),
+        ));
+        let queue = config.queue("flaky");
+        let declared = eventually(Duration::from_secs(10), || async {
+            broker::queue_exists(&config, &queue).await.then_some(())
+        })
+        .await;
+        assert!(declared.is_some());
+        Self {
+            config,
+            tries,
+            shutdown,
+            task,
+        }
+    }
+
+    async fn publish_one(&self) {
+        let event = new_envelope(
+            ObjectId::new(),
+            Payload::UserFollowed(social_events::pb::UserFollowed {
+                follower_id: ObjectId::new().to_hex(),
+                followee_id: ObjectId::new().to_hex(),
+            }),
+        );
+        broker::publish_raw(
+            &self.config,
+            "graph.user.followed",
+            &event.encode_to_vec(),
+            &event.event_id,
+        )
+        .await;
+    }
+
+    fn tries(&self) -> u32 {
+        self.tries.load(Ordering::SeqCst)
+    }
+
+    /// Waits until the handler was tried `n` times.
+    async fn tried(&self, n: u32) {
+        let reached = eventually(Duration::from_secs(30), || async {
+            (self.tries() >= n).then_some(())
+        })
+        .await;
+        assert!(reached.is_some(), "tried {} times, not {n}", self.tries());
+    }
+
+    async fn depths(&self) -> (u32, u32) {
+        let queue = self.config.queue("flaky");
+        let dlq = self.config.dead_letter_queue("flaky");
+        (
+            broker::queue_depth(&self.config, &queue).await,
+            broker::queue_depth(&self.config, &dlq).await,
+        )
+    }
+
+    async fn stop(self) -> u32 {
+        self.shutdown.cancel();
+        self.task.await.unwrap();
+        self.tries.load(Ordering::SeqCst)
+    }
+}
+
 #[tokio::test]
 async fn a_dependency_outage_delays_a_message_and_never_dead_letters_it() {
-    let config = EventsConfig::for_tests(&unique_name("t"));
     // The handler's database is "down" for more tries than a message is allowed.
-    let outage = config.max_attempts + 2;
-    let tries = Arc::new(AtomicU32::new(0));
-    let handler: Handler = {
-        let tries = tries.clone();
-        Arc::new(move |_| {
-            let tries = tries.clone();
-            async move {
-                if tries.fetch_add(1, Ordering::SeqCst) < outage {
-                    let down = social_kit::Error::Unavailable("the database is unavailable".into());
-                    return Err(anyhow::Error::new(down));
-                }
-                Ok(())
-            }
-            .boxed()
-        })
-    };
-    let subscription = Subscription {
-        service: "outage",
-        routing_keys: vec!["graph.user.followed"],
-    };
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let consumer = tokio::spawn(social_events::consumer::run(
-        config.clone(),
-        subscription,
-        handler,
-        shutdown.clone(),
-    ));
-    let queue = config.queue("outage");
-    let declared = eventually(Duration::from_secs(10), || async {
-        broker::queue_exists(&config, &queue).await.then_some(())
+    let outage = EventsConfig::for_tests("x").max_attempts + 2;
+    let consumer = FlakyConsumer::start(outage, || {
+        anyhow::Error::new(social_kit::Error::Unavailable(
+            "the database is unavailable".into(),
+        ))
     })
     .await;
-    assert!(declared.is_some());
-
-    let event = new_envelope(
-        ObjectId::new(),
-        Payload::UserFollowed(social_events::pb::UserFollowed {
-            follower_id: ObjectId::new().to_hex(),
-            followee_id: ObjectId::new().to_hex(),
-        }),
-    );
-    broker::publish_raw(
-        &config,
-        "graph.user.followed",
-        &event.encode_to_vec(),
-        &event.event_id,
-    )
-    .await;
-    let handled = eventually(Duration::from_secs(30), || async {
-        (tries.load(Ordering::SeqCst) > outage).then_some(())
-    })
-    .await;
-    assert!(
-        handled.is_some(),
-        "tried {} times",
-        tries.load(Ordering::SeqCst)
-    );
-    let dlq = config.dead_letter_queue("outage");
-    assert_eq!(broker::queue_depth(&config, &dlq).await, 0);
-    assert_eq!(broker::queue_depth(&config, &queue).await, 0);
-    shutdown.cancel();
-    consumer.await.unwrap();
+    consumer.publish_one().await;
+    consumer.tried(outage + 1).await;
     assert_eq!(
-        tries.load(Ordering::SeqCst),
+        consumer.depths().await,
+        (0, 0),
+        "nothing waits, nothing dead"
+    );
+    assert_eq!(
+        consumer.stop().await,
         outage + 1,
         "handled once it could be"
     );
+}
+
+#[tokio::test]
+async fn a_failing_message_is_retried_then_dead_lettered() {
+    let max = EventsConfig::for_tests("x").max_attempts;
+    // Fails fewer times than allowed: handled on a later attempt.
+    let consumer = FlakyConsumer::start(max - 1, || anyhow::anyhow!("a bug")).await;
+    consumer.publish_one().await;
+    consumer.tried(max).await;
+    assert_eq!(consumer.depths().await.1, 0);
+    assert_eq!(consumer.stop().await, max);
+
+    // Fails every time: dead-lettered after the last attempt, and only then.
+    let consumer = FlakyConsumer::start(u32::MAX, || anyhow::anyhow!("a bug")).await;
+    consumer.publish_one().await;
+    let dead = eventually(Duration::from_secs(30), || async {
+        (consumer.depths().await.1 == 1).then_some(())
+    })
+    .await;
+    assert!(dead.is_some(), "never dead-lettered");
+    assert_eq!(consumer.stop().await, max);
 }
