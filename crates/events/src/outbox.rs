@@ -168,9 +168,9 @@ impl Relay {
                     }
                     Err(e) => {
                         tracing::warn!(error = %format!("{e:#}"), "outbox relay failed; will retry");
-                        if !ch.status().connected() {
-                            channel = None;
-                        }
+                        // A fresh channel (dropping the last handle closes the connection):
+                        // confirms abandoned mid-batch must not be taken for later ones.
+                        channel = None;
                         tokio::select! {
                             () = shutdown.cancelled() => break,
                             () = tokio::time::sleep(Duration::from_millis(500)) => {}
@@ -265,7 +265,12 @@ impl Relay {
                     .ok()
                     .and_then(|a| a.iter().find_map(|v| v.as_str().map(str::to_owned)));
                 let Some(entry) = first else { continue };
-                batch.push(Pending { key, id, entry });
+                batch.push(Pending {
+                    key,
+                    id,
+                    entry,
+                    event_id: String::new(),
+                });
                 if batch.len() == BATCH {
                     let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
                     published += self.send(channel, collection, full, held, shutdown).await?;
@@ -289,10 +294,12 @@ impl Relay {
         shutdown: &CancellationToken,
     ) -> anyhow::Result<usize> {
         // All published first: the broker then confirms (and syncs to disk) together.
+        let mut batch = batch;
         let mut in_flight = Vec::with_capacity(batch.len());
-        for pending in &batch {
+        for pending in &mut batch {
             in_flight.push(match parse(&pending.entry) {
                 Ok((envelope, traceparent)) => {
+                    pending.event_id.clone_from(&envelope.event_id);
                     self.publish(channel, &envelope, traceparent).await?
                 }
                 Err(e) => {
@@ -303,15 +310,31 @@ impl Relay {
                 }
             });
         }
+        // lapin hands a returned (unroutable) message to whichever confirm completes
+        // next, not to its own: collect every confirm first, then judge each event by
+        // its own ack AND by its id not being among the returned ones.
+        let mut outcomes = Vec::with_capacity(in_flight.len());
+        let mut returned = std::collections::HashSet::new();
+        for publish in in_flight {
+            outcomes.push(match publish {
+                None => None,
+                Some(publish) => {
+                    let (acked, bounced) = publish.confirmed(shutdown).await?;
+                    returned.extend(bounced);
+                    Some(acked)
+                }
+            });
+        }
         let mut sent = Vec::with_capacity(batch.len());
-        for (pending, publish) in batch.into_iter().zip(in_flight) {
-            let delivered = match publish {
+        for (pending, outcome) in batch.into_iter().zip(outcomes) {
+            let delivered = match outcome {
                 None => true,
-                Some(publish) => publish.confirmed(shutdown).await?,
+                Some(acked) => acked && !returned.contains(&pending.event_id),
             };
             if delivered {
                 sent.push(pending);
             } else {
+                tracing::warn!(event_id = %pending.event_id, "the broker did not take an event (no queue bound for it yet, or refused); keeping it");
                 held.hold(pending.key);
             }
         }
@@ -383,11 +406,7 @@ impl Relay {
             .map_err(|_| {
                 anyhow::anyhow!("the broker did not take an event within {CONFIRM_TIMEOUT:?}")
             })??;
-        Ok(Some(InFlight {
-            confirm,
-            routing_key: key,
-            event_id: envelope.event_id.clone(),
-        }))
+        Ok(Some(InFlight { confirm }))
     }
 }
 
@@ -400,38 +419,41 @@ struct Pending {
     key: String,
     id: Bson,
     entry: String,
+    /// Its event id (the message id), once parsed.
+    event_id: String,
 }
 
 /// A published event waiting for the broker's confirm.
 struct InFlight {
     confirm: lapin::PublisherConfirm,
-    routing_key: &'static str,
-    event_id: String,
 }
 
 impl InFlight {
-    /// Whether the broker took the event (`false`: unroutable or refused, to retry).
-    async fn confirmed(self, shutdown: &CancellationToken) -> anyhow::Result<bool> {
-        let (key, event_id) = (self.routing_key, self.event_id);
-        // Nor must it hang the shutdown.
+    /// Whether the broker acked this publish, and the id of the returned (unroutable)
+    /// message lapin attached to this confirm, which may be another event's.
+    async fn confirmed(
+        self,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<(bool, Option<String>)> {
+        // A broker that blocks publishers must not hang the shutdown.
         let confirm = tokio::select! {
-            () = shutdown.cancelled() => return Ok(false),
+            () = shutdown.cancelled() => anyhow::bail!("shutting down"),
             r = tokio::time::timeout(CONFIRM_TIMEOUT, self.confirm) => {
                 r.map_err(|_| anyhow::anyhow!("the broker did not confirm within {CONFIRM_TIMEOUT:?}"))??
             }
         };
-        match confirm {
-            Confirmation::Ack(None) => Ok(true),
-            Confirmation::Ack(Some(_)) => {
-                tracing::warn!(routing_key = key, %event_id, "no queue is bound for this event yet; keeping it");
-                Ok(false)
-            }
-            Confirmation::Nack(_) => {
-                tracing::warn!(routing_key = key, %event_id, "the broker refused an event; retrying");
-                Ok(false)
-            }
-            Confirmation::NotRequested => Err(anyhow::anyhow!("publisher confirms are off")),
-        }
+        let returned_id = |m: &lapin::message::Delivery| {
+            m.properties
+                .message_id()
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default()
+        };
+        Ok(match confirm {
+            Confirmation::Ack(returned) => (true, returned.as_deref().map(returned_id)),
+            Confirmation::Nack(returned) => (false, returned.as_deref().map(returned_id)),
+            Confirmation::NotRequested => anyhow::bail!("publisher confirms are off"),
+        })
     }
 }
 

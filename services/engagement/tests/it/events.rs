@@ -686,3 +686,90 @@ async fn a_failing_message_is_retried_then_dead_lettered() {
     assert!(dead.is_some(), "never dead-lettered");
     assert_eq!(consumer.stop().await, max);
 }
+
+#[tokio::test]
+async fn the_relay_sends_routable_events_once_and_keeps_unroutable_ones() {
+    let config = EventsConfig::for_tests(&unique_name("t"));
+    let database = unique_name("relay");
+    let _drop = social_testkit::DropDatabase(database.clone());
+    let db = mongodb::Client::with_uri_str(social_testkit::mongodb_uri())
+        .await
+        .unwrap()
+        .database(&database);
+    // A queue bound to follows only: unfollows have nowhere to go (mandatory returns).
+    let connection =
+        lapin::Connection::connect(&config.amqp_url, lapin::ConnectionProperties::default())
+            .await
+            .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let queue = social_events::topology::declare_consumer(
+        &channel,
+        &config,
+        "bound",
+        &["graph.user.followed"],
+    )
+    .await
+    .unwrap();
+
+    // One batch alternating routable and unroutable events, one per document.
+    let mut followed = std::collections::HashSet::new();
+    let docs: Vec<bson::Document> = (0..60)
+        .map(|i| {
+            let (a, b) = (ObjectId::new().to_hex(), ObjectId::new().to_hex());
+            let payload = if i % 2 == 0 {
+                Payload::UserFollowed(social_events::pb::UserFollowed {
+                    follower_id: a,
+                    followee_id: b,
+                })
+            } else {
+                Payload::UserUnfollowed(social_events::pb::UserUnfollowed {
+                    follower_id: a,
+                    followee_id: b,
+                })
+            };
+            let event = new_envelope(ObjectId::new(), payload);
+            if i % 2 == 0 {
+                followed.insert(event.event_id.clone());
+            }
+            bson::doc! {
+                "_id": ObjectId::new(), "followed": i % 2 == 0,
+                "outbox": [social_events::outbox::entry(&event)], "outbox_pending": 1,
+            }
+        })
+        .collect();
+    let things = db.collection::<bson::Document>("things");
+    things.insert_many(docs).await.unwrap();
+
+    let relay = social_events::outbox::Relay::new(config.clone(), "test", &db, &["things"]);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(relay.run(shutdown.clone()));
+    let pending = || async {
+        let all: Vec<bson::Document> =
+            futures::TryStreamExt::try_collect(things.find(bson::doc! {}).await.unwrap())
+                .await
+                .unwrap();
+        all.into_iter()
+            .filter(|d| d.get_i32("outbox_pending").unwrap_or(1) > 0)
+            .map(|d| d.get_bool("followed").unwrap())
+            .collect::<Vec<bool>>()
+    };
+    let settled = eventually(Duration::from_secs(15), || async {
+        (pending().await.len() == 30).then_some(())
+    })
+    .await;
+    assert!(settled.is_some(), "pending: {:?}", pending().await);
+    shutdown.cancel();
+    task.await.unwrap();
+
+    // Every routable event arrived exactly once; every unroutable one is still kept.
+    assert!(
+        pending().await.iter().all(|followed| !followed),
+        "only unroutable events wait"
+    );
+    let mut arrived = std::collections::HashSet::new();
+    while let Some(body) = broker::take_one(&config, &queue).await {
+        let event = social_events::Envelope::decode(body.as_slice()).unwrap();
+        assert!(arrived.insert(event.event_id), "delivered twice");
+    }
+    assert_eq!(arrived, followed);
+}
