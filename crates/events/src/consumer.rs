@@ -5,17 +5,24 @@
 //! Handlers must be idempotent (see [`crate::idempotency`]): delivery is at least once.
 //!
 //! Failures are of two kinds ([`social_kit::error::is_transient`]):
-//! - a dependency is down or slow (MongoDB unreachable, a peer `UNAVAILABLE`): the
-//!   message is not at fault, so it is retried in place with capped exponential backoff
-//!   for as long as it takes, and never counts as an attempt. An outage delays events,
-//!   it never dead-letters them. With every prefetch slot waiting, the consumer stops
-//!   taking new messages until the dependency is back.
-//! - anything else (a handler error, a timeout, a panic): the message is re-published
-//!   to the back of its queue with an attempt count in the `x-attempt` header and
-//!   acknowledged; after `max_attempts` it is rejected into the dead-letter queue. This
-//!   works the same for quorum and classic queues.
+//! - a dependency is down or slow (MongoDB unreachable, a peer `UNAVAILABLE` or
+//!   `DEADLINE_EXCEEDED`, a handler timeout): the message is not at fault, so it is
+//!   retried in place with capped exponential backoff, and never counts as an attempt.
+//!   After [`HOLD_LIMIT`] (or at shutdown) a copy with the same attempt count is put at
+//!   the back of the queue and the original acknowledged. An outage delays events, it
+//!   never dead-letters them. With every prefetch slot waiting, the consumer takes
+//!   nothing new until the dependency is back.
+//! - anything else (a handler error, a panic): the message is re-published to the back
+//!   of its queue with an attempt count in the `x-attempt` header and acknowledged;
+//!   after `max_attempts` it is rejected into the dead-letter queue. This works the same
+//!   for quorum and classic queues.
 
-use std::{collections::HashMap, panic::AssertUnwindSafe, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    panic::AssertUnwindSafe,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::{FutureExt, StreamExt, future::BoxFuture};
@@ -52,6 +59,9 @@ pub struct Subscription {
 const ATTEMPT_HEADER: &str = "x-attempt";
 /// The longest wait between two tries of a message whose dependency is down.
 const TRANSIENT_MAX_DELAY: Duration = Duration::from_secs(30);
+/// How long a message is retried in place before a copy is re-queued, well below
+/// RabbitMQ's consumer timeout (30 min by default), past which it closes the channel.
+const HOLD_LIMIT: Duration = Duration::from_secs(300);
 
 /// Consumes until `shutdown`: then stops taking messages, lets the ones in hand finish
 /// (up to the handler timeout) and returns; anything unacknowledged is redelivered.
@@ -210,29 +220,37 @@ async fn handle(
             .with_jitter()
             .without_max_times()
             .build();
+        let held_since = Instant::now();
         let error = loop {
             let run = AssertUnwindSafe(handler(envelope.clone())).catch_unwind();
-            match tokio::time::timeout(config.handler_timeout, run).await {
+            let why = match tokio::time::timeout(config.handler_timeout, run).await {
                 Ok(Ok(Ok(()))) => {
                     if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
                         tracing::warn!(error = %e, "ack failed; the message will be redelivered");
                     }
                     return;
                 }
-                Ok(Ok(Err(e))) if social_kit::error::is_transient(&e) => {
-                    let delay = delays.next().unwrap_or(TRANSIENT_MAX_DELAY);
-                    tracing::warn!(error = %format!("{e:#}"), ?delay, "a dependency failed; retrying the message in place");
-                    tokio::select! {
-                        () = shutdown.cancelled() => {
-                            let _ = delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
-                            return;
-                        }
-                        () = tokio::time::sleep(delay) => {}
-                    }
-                }
+                Ok(Ok(Err(e))) if social_kit::error::is_transient(&e) => format!("{e:#}"),
+                // A dependency that hangs rather than refuses looks like this.
+                Err(_) => "handler timed out".to_owned(),
                 Ok(Ok(Err(e))) => break format!("{e:#}"),
                 Ok(Err(_)) => break "handler panicked".to_owned(),
-                Err(_) => break "handler timed out".to_owned(),
+            };
+            if held_since.elapsed() >= HOLD_LIMIT {
+                // Give the slot back before the broker's consumer timeout closes the
+                // channel: a copy, with the same attempt count, waits at the back.
+                tracing::warn!(error = %why, "a dependency is still failing; re-queueing the message");
+                requeue(channel, queue, &delivery, attempt).await;
+                return;
+            }
+            let delay = delays.next().unwrap_or(TRANSIENT_MAX_DELAY);
+            tracing::warn!(error = %why, ?delay, "a dependency failed; retrying the message in place");
+            tokio::select! {
+                () = shutdown.cancelled() => {
+                    requeue(channel, queue, &delivery, attempt).await;
+                    return;
+                }
+                () = tokio::time::sleep(delay) => {}
             }
         };
         if attempt >= config.max_attempts {
@@ -248,46 +266,52 @@ async fn handle(
         }
         tracing::warn!(%error, attempt, "handler failed; retrying");
         tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
-        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-        headers.insert(ATTEMPT_HEADER.into(), AMQPValue::LongUInt(attempt + 1));
-        let properties: BasicProperties = delivery.properties.clone().with_headers(headers);
-        let retried = async {
-            channel
-                .basic_publish(
-                    "".into(),
-                    queue.into(),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..Default::default()
-                    },
-                    &delivery.data,
-                    properties,
-                )
-                .await?
-                .await
-        };
-        // The original is acknowledged only once the broker confirmed the copy.
-        match tokio::time::timeout(Duration::from_secs(10), retried).await {
-            Ok(Ok(Confirmation::Ack(None))) => {
-                let _ = delivery.acker.ack(BasicAckOptions::default()).await;
-            }
-            outcome => {
-                let e = match outcome {
-                    Ok(Err(e)) => e.to_string(),
-                    Ok(Ok(_)) => "the broker did not take the copy".to_owned(),
-                    Err(_) => "the broker did not confirm the copy in time".to_owned(),
-                };
-                tracing::warn!(error = %e, "could not re-queue for retry; returning the message");
-                let _ = delivery
-                    .acker
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..Default::default()
-                    })
-                    .await;
-            }
-        }
+        requeue(channel, queue, &delivery, attempt + 1).await;
     }
     .instrument(span)
     .await;
+}
+
+/// Puts a copy of `delivery` at the back of `queue` with `attempt` in its header and
+/// acknowledges the original once the broker confirmed the copy; if it did not, returns
+/// the original to the queue instead. A copy starts with a fresh delivery count, which
+/// a quorum queue's delivery limit would otherwise exhaust.
+async fn requeue(channel: &Channel, queue: &str, delivery: &Delivery, attempt: u32) {
+    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+    headers.insert(ATTEMPT_HEADER.into(), AMQPValue::LongUInt(attempt));
+    let properties: BasicProperties = delivery.properties.clone().with_headers(headers);
+    let copy = async {
+        channel
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions::default(),
+                &delivery.data,
+                properties,
+            )
+            .await?
+            .await
+    };
+    // Straight into our own queue, which exists: an ack is all there is to check (a
+    // returned message could not be told apart across concurrent handlers anyway).
+    match tokio::time::timeout(Duration::from_secs(10), copy).await {
+        Ok(Ok(Confirmation::Ack(_))) => {
+            let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+        }
+        outcome => {
+            let e = match outcome {
+                Ok(Err(e)) => e.to_string(),
+                Ok(Ok(_)) => "the broker refused the copy".to_owned(),
+                Err(_) => "the broker did not confirm the copy in time".to_owned(),
+            };
+            tracing::warn!(error = %e, "could not re-queue a copy; returning the message");
+            let _ = delivery
+                .acker
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                })
+                .await;
+        }
+    }
 }

@@ -132,17 +132,11 @@ pub fn is_transient(err: &anyhow::Error) -> bool {
                 _ => false,
             }
         } else if let Some(status) = cause.downcast_ref::<Status>() {
-            matches!(
-                status.code(),
-                Code::Unavailable
-                    | Code::DeadlineExceeded
-                    | Code::ResourceExhausted
-                    | Code::Aborted
-            )
+            matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded)
         } else if let Some(e) = cause.downcast_ref::<mongodb::error::Error>() {
             is_unavailable(e)
         } else {
-            cause.downcast_ref::<std::io::Error>().is_some()
+            false
         }
     })
 }
@@ -281,7 +275,6 @@ mod tests {
             anyhow::Error::new(Error::Unavailable("db".into())),
             anyhow::Error::new(Status::unavailable("peer down")).context("user service"),
             anyhow::Error::new(Status::deadline_exceeded("slow")),
-            anyhow::Error::new(std::io::Error::other("reset")),
         ];
         for e in &transient {
             assert!(is_transient(e), "{e:#}");
@@ -290,6 +283,8 @@ mod tests {
             anyhow::anyhow!("bad payload"),
             anyhow::Error::new(Error::NotFound("post")),
             anyhow::Error::new(Status::invalid_argument("no")),
+            anyhow::Error::new(Status::resource_exhausted("too big")),
+            anyhow::Error::new(std::io::Error::other("not a dependency")),
             anyhow::Error::new(Error::internal(anyhow::anyhow!("bug"))),
         ];
         for e in &permanent {

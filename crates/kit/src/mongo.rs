@@ -75,7 +75,46 @@ pub async fn ensure_indexes<T: Send + Sync>(
     if indexes.is_empty() {
         return Ok(());
     }
-    collection.create_indexes(indexes).await.map(|_| ())
+    match collection.create_indexes(indexes.clone()).await {
+        Ok(_) => Ok(()),
+        Err(e) if is_index_conflict(&e) => {
+            // An index of that name exists with other options (a release changed them).
+            for model in indexes {
+                replace_index(collection, model).await?;
+            }
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// IndexOptionsConflict (85) or IndexKeySpecsConflict (86).
+fn is_index_conflict(err: &mongodb::error::Error) -> bool {
+    matches!(err.kind.as_ref(), mongodb::error::ErrorKind::Command(c) if c.code == 85 || c.code == 86)
+}
+
+/// Creates `model`; if an index of its name exists with other options, drops and
+/// recreates it. A unique index is never dropped (duplicates could slip in meanwhile):
+/// its conflict is returned for an operator to resolve.
+async fn replace_index<T: Send + Sync>(
+    collection: &Collection<T>,
+    model: IndexModel,
+) -> mongodb::error::Result<()> {
+    match collection.create_index(model.clone()).await {
+        Ok(_) => Ok(()),
+        Err(e) if is_index_conflict(&e) => {
+            let options = model.options.as_ref();
+            let name = options.and_then(|o| o.name.clone());
+            let unique = options.and_then(|o| o.unique).unwrap_or(false);
+            let Some(name) = name.filter(|_| !unique) else {
+                return Err(e);
+            };
+            tracing::warn!(collection = collection.name(), index = %name, "index options changed; recreating it");
+            collection.drop_index(name).await?;
+            collection.create_index(model).await.map(|_| ())
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Waits until the database answers, checking every `every`.

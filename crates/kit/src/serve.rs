@@ -221,9 +221,10 @@ pub async fn serve(
         }
     };
     health_task.abort();
-    background
-        .stop(spec.config.shutdown_grace + std::time::Duration::from_secs(5))
-        .await;
+    // In-flight RPCs are done (or cut): the background tasks get a short, fixed time on
+    // top, so that the whole stop fits the platform's grace period (SIGKILL after
+    // `terminationGracePeriodSeconds`); what they drop is redelivered or retried.
+    background.stop(BACKGROUND_GRACE).await;
     result.map_err(Into::into)
 }
 
@@ -240,6 +241,9 @@ fn ignore_token_when_authenticating(mut request: http::Request<Body>) -> http::R
     }
     request
 }
+
+/// How long background tasks (relay, consumers) may take to stop after the RPCs.
+const BACKGROUND_GRACE: Duration = Duration::from_secs(5);
 
 type Body = tonic::body::Body;
 /// The span name of health and reflection requests.

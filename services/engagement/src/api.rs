@@ -54,14 +54,41 @@ impl Api {
     /// Records a like with its event (nothing if the user already likes the target).
     async fn like(&self, like: LikeDoc, event: Envelope) -> Result<()> {
         if self.store.like(&like, &event).await? {
-            if self.store.post_removed(like.post_id).await? {
-                // The post was deleted meanwhile (see the store's docs).
-                self.store.take_back_like(like.id).await?;
-                return Err(Error::NotFound("post"));
-            }
+            self.unless_post_removed(like.post_id, self.store.take_back_like(like.id))
+                .await?;
             self.relay.wake();
         }
         Ok(())
+    }
+
+    /// After inserting something under `post`: if the post was deleted meanwhile (see
+    /// the store's docs), or that cannot be known, runs `take_back` and fails, so that
+    /// nothing outlives its post.
+    async fn unless_post_removed(
+        &self,
+        post: ObjectId,
+        take_back: impl Future<Output = Result<()>>,
+    ) -> Result<()> {
+        match self.store.post_removed(post).await {
+            Ok(false) => Ok(()),
+            removed => {
+                let taken_back = take_back.await;
+                removed?;
+                taken_back?;
+                Err(Error::NotFound("post"))
+            }
+        }
+    }
+
+    /// The caller's existing like of `target`, if any; one left under a deleted post
+    /// (an earlier attempt failed half-way) is taken back and the post is NOT_FOUND.
+    async fn existing_like(&self, me: ObjectId, target: ObjectId) -> Result<Option<LikeDoc>> {
+        let Some(like) = self.store.active_like(me, target).await? else {
+            return Ok(None);
+        };
+        self.unless_post_removed(like.post_id, self.store.take_back_like(like.id))
+            .await?;
+        Ok(Some(like))
     }
 
     /// NOT_FOUND unless post `id` exists (for an unlike with nothing to undo).
@@ -105,7 +132,7 @@ impl EngagementService for Api {
     async fn like_post(&self, request: Request<LikePostRequest>) -> Result<Response<()>, Status> {
         let me = caller(&request)?;
         let post = id("post_id", &request.get_ref().post_id)?;
-        if self.store.active_like(me, post).await?.is_some() {
+        if self.existing_like(me, post).await?.is_some() {
             return Ok(Response::new(()));
         }
         let author = self.post_author(post).await?;
@@ -152,7 +179,7 @@ impl EngagementService for Api {
     ) -> Result<Response<()>, Status> {
         let me = caller(&request)?;
         let comment_id = id("comment_id", &request.get_ref().comment_id)?;
-        if self.store.active_like(me, comment_id).await?.is_some() {
+        if self.existing_like(me, comment_id).await?.is_some() {
             return Ok(Response::new(()));
         }
         let comment = self
@@ -251,11 +278,8 @@ impl EngagementService for Api {
             }),
         );
         self.store.insert_comment(&comment, &event).await?;
-        if self.store.post_removed(post).await? {
-            // The post was deleted meanwhile (see the store's docs).
-            self.store.take_back_comment(comment.id).await?;
-            return Err(Error::NotFound("post").into());
-        }
+        self.unless_post_removed(post, self.store.take_back_comment(comment.id))
+            .await?;
         self.relay.wake();
         Ok(Response::new(comment.into()))
     }

@@ -204,7 +204,7 @@ impl Fanout {
             .users
             .call(client.batch_get_users_by_username(request))
             .await
-            .map_err(|s| anyhow::Error::new(s).context("user service"))?;
+            .map_err(|s| self.users.error(s))?;
         found.users.iter().map(|u| oid(&u.id)).collect()
     }
 }
