@@ -53,6 +53,10 @@ pub struct EventsConfig {
     pub handler_timeout: Duration,
     /// `OUTBOX_POLL_MS`: the relay's backstop poll (it also wakes at once after a write).
     pub outbox_poll: Duration,
+    /// `EVENTS_HOLD_LIMIT_SECS`: how long a message whose dependency is down is retried
+    /// in place before a copy is re-queued; keep it well below the broker's
+    /// `consumer_timeout` (30 min by default).
+    pub hold_limit: Duration,
     /// For tests: queues expire two minutes after their last consumer leaves, and
     /// exchanges go with their last binding, so test runs leave nothing behind.
     pub ephemeral: bool,
@@ -71,6 +75,7 @@ impl EventsConfig {
             max_attempts: parse_or("EVENTS_MAX_ATTEMPTS", 5)?,
             handler_timeout: social_kit::config::millis_or("EVENTS_HANDLER_TIMEOUT_MS", 10_000)?,
             outbox_poll: social_kit::config::millis_or("OUTBOX_POLL_MS", 1000)?,
+            hold_limit: social_kit::config::seconds_or("EVENTS_HOLD_LIMIT_SECS", 300)?,
             ephemeral: false,
         })
     }
@@ -90,6 +95,7 @@ impl EventsConfig {
             max_attempts: 3,
             handler_timeout: Duration::from_secs(5),
             outbox_poll: Duration::from_millis(200),
+            hold_limit: Duration::from_secs(300),
             ephemeral: true,
         }
     }

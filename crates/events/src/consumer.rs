@@ -8,7 +8,7 @@
 //! - a dependency is down or slow (MongoDB unreachable, a peer `UNAVAILABLE` or
 //!   `DEADLINE_EXCEEDED`, a handler timeout): the message is not at fault, so it is
 //!   retried in place with capped exponential backoff, and never counts as an attempt.
-//!   After [`HOLD_LIMIT`] (or at shutdown) a copy with the same attempt count is put at
+//!   After `EVENTS_HOLD_LIMIT_SECS` (or at shutdown) a copy with the same attempt count is put at
 //!   the back of the queue and the original acknowledged. An outage delays events, it
 //!   never dead-letters them. With every prefetch slot waiting, the consumer takes
 //!   nothing new until the dependency is back.
@@ -59,9 +59,6 @@ pub struct Subscription {
 const ATTEMPT_HEADER: &str = "x-attempt";
 /// The longest wait between two tries of a message whose dependency is down.
 const TRANSIENT_MAX_DELAY: Duration = Duration::from_secs(30);
-/// How long a message is retried in place before a copy is re-queued, well below
-/// RabbitMQ's consumer timeout (30 min by default), past which it closes the channel.
-const HOLD_LIMIT: Duration = Duration::from_secs(300);
 
 /// Consumes until `shutdown`: then stops taking messages, lets the ones in hand finish
 /// (up to the handler timeout) and returns; anything unacknowledged is redelivered.
@@ -236,7 +233,7 @@ async fn handle(
                 Ok(Ok(Err(e))) => break format!("{e:#}"),
                 Ok(Err(_)) => break "handler panicked".to_owned(),
             };
-            if held_since.elapsed() >= HOLD_LIMIT {
+            if held_since.elapsed() >= config.hold_limit {
                 // Give the slot back before the broker's consumer timeout closes the
                 // channel: a copy, with the same attempt count, waits at the back.
                 tracing::warn!(error = %why, "a dependency is still failing; re-queueing the message");

@@ -556,7 +556,10 @@ struct FlakyConsumer {
 
 impl FlakyConsumer {
     async fn start(failures: u32, error: fn() -> anyhow::Error) -> Self {
-        let config = EventsConfig::for_tests(&unique_name("t"));
+        Self::start_with(EventsConfig::for_tests(&unique_name("t")), failures, error).await
+    }
+
+    async fn start_with(config: EventsConfig, failures: u32, error: fn() -> anyhow::Error) -> Self {
         let tries = Arc::new(AtomicU32::new(0));
         let handler: Handler = {
             let tries = tries.clone();
@@ -650,6 +653,25 @@ async fn a_dependency_outage_delays_a_message_and_never_dead_letters_it() {
     // The handler's database is "down" for more tries than a message is allowed.
     let outage = EventsConfig::for_tests("x").max_attempts + 2;
     let consumer = FlakyConsumer::start(outage, || {
+        anyhow::Error::new(social_kit::Error::Unavailable(
+            "the database is unavailable".into(),
+        ))
+    })
+    .await;
+    consumer.publish_one().await;
+    consumer.tried(outage + 1).await;
+    let (tries, depths) = consumer.stop().await;
+    assert_eq!(tries, outage + 1, "handled once it could be");
+    assert_eq!(depths, (0, 0), "acknowledged, and nothing dead-lettered");
+}
+
+#[tokio::test]
+async fn a_message_waiting_past_the_hold_limit_is_requeued_and_handled_once() {
+    let mut config = EventsConfig::for_tests(&unique_name("t"));
+    config.hold_limit = Duration::from_millis(500);
+    // Down for ~3 s of backoff: the message is re-queued as a copy on the way.
+    let outage = 5;
+    let consumer = FlakyConsumer::start_with(config, outage, || {
         anyhow::Error::new(social_kit::Error::Unavailable(
             "the database is unavailable".into(),
         ))
