@@ -289,12 +289,11 @@ impl Relay {
         &self,
         channel: &Channel,
         collection: &Collection<Document>,
-        batch: Vec<Pending>,
+        mut batch: Vec<Pending>,
         held: &mut Held,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<usize> {
         // All published first: the broker then confirms (and syncs to disk) together.
-        let mut batch = batch;
         let mut in_flight = Vec::with_capacity(batch.len());
         for pending in &mut batch {
             in_flight.push(match parse(&pending.entry) {

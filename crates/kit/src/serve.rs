@@ -33,8 +33,9 @@ use crate::{
 };
 
 /// Verifies the access token of every request that carries one (a bad token is
-/// `UNAUTHENTICATED` even on an open RPC; Login and Register ignore tokens) and answers `UNAVAILABLE` until start-up
-/// (indexes) is done. Handlers that need a caller ask [`crate::auth::caller`].
+/// `UNAUTHENTICATED` even on an open RPC; Login and Register never see one) and answers
+/// `UNAVAILABLE` until start-up (indexes) is done. Handlers that need a caller ask
+/// [`crate::auth::caller`].
 #[derive(Clone)]
 pub struct Gate {
     verifier: TokenVerifier,
@@ -417,7 +418,7 @@ impl Background {
 
     /// Tells every task to stop and waits for them, at most `deadline`; tasks still
     /// running then are aborted (what they held is redelivered or retried later).
-    pub async fn stop(self, deadline: std::time::Duration) {
+    pub async fn stop(self, deadline: Duration) {
         self.stop.cancel();
         let mut tasks = self.tasks;
         let all = futures::future::join_all(tasks.iter_mut());
