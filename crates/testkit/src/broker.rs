@@ -39,8 +39,8 @@ pub async fn publish_raw(config: &EventsConfig, routing_key: &str, body: &[u8], 
         .expect("confirm");
 }
 
-/// Whether `queue` exists (a consumer declared it).
-pub async fn queue_exists(config: &EventsConfig, queue: &str) -> bool {
+/// Looks `queue` up without creating it (a passive declare).
+async fn look_up(config: &EventsConfig, queue: &str) -> lapin::Result<lapin::Queue> {
     channel(config)
         .await
         .queue_declare(
@@ -52,21 +52,16 @@ pub async fn queue_exists(config: &EventsConfig, queue: &str) -> bool {
             FieldTable::default(),
         )
         .await
-        .is_ok()
+}
+
+/// Whether `queue` exists (a consumer declared it).
+pub async fn queue_exists(config: &EventsConfig, queue: &str) -> bool {
+    look_up(config, queue).await.is_ok()
 }
 
 /// How many messages wait in `queue` (0 if it does not exist yet).
 pub async fn queue_depth(config: &EventsConfig, queue: &str) -> u32 {
-    let channel = channel(config).await;
-    channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
+    look_up(config, queue)
         .await
         .map(|q| q.message_count())
         .unwrap_or(0)
