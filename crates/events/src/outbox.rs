@@ -166,6 +166,7 @@ impl Relay {
                         tracing::debug!(published = n, "outbox pass");
                         continue;
                     }
+                    Err(_) if shutdown.is_cancelled() => break,
                     Err(e) => {
                         tracing::warn!(error = %format!("{e:#}"), "outbox relay failed; will retry");
                         // A fresh channel (dropping the last handle closes the connection):
