@@ -605,7 +605,22 @@ async fn an_event_about_a_deleted_comment_notifies_nobody() {
         &new_envelope(commenter, Payload::CommentDeleted(deleted)),
     )
     .await;
-    app.drained().await;
+    // Handled: its tombstone is stored (the store's own collection, read directly).
+    let removed = mongodb::Client::with_uri_str(social_testkit::mongodb_uri())
+        .await
+        .unwrap()
+        .database(&app.stack.database)
+        .collection::<bson::Document>("removed_targets");
+    let key = format!("comment:{gone}");
+    let handled = eventually(WAIT, || async {
+        removed
+            .find_one(bson::doc! { "_id": &key })
+            .await
+            .unwrap()
+            .map(|_| ())
+    })
+    .await;
+    assert!(handled.is_some(), "the deletion was never handled");
     let created = |id: &str| new_envelope(commenter, Payload::CommentCreated(comment(id)));
     publish(&app, "engagement.comment.created", &created(&gone)).await;
     publish(&app, "engagement.comment.created", &created(&kept)).await;
