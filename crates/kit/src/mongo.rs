@@ -117,6 +117,19 @@ async fn replace_index<T: Send + Sync>(
     }
 }
 
+/// Inserts `document` unless a unique index already holds its key; whether it was
+/// inserted. For writes that must happen once however often they are attempted.
+pub async fn insert_once<T: serde::Serialize + Send + Sync>(
+    collection: &Collection<T>,
+    document: &T,
+) -> mongodb::error::Result<bool> {
+    match collection.insert_one(document).await {
+        Ok(_) => Ok(true),
+        Err(e) if crate::error::is_duplicate_key(&e) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// Waits until the database answers, checking every `every`.
 pub async fn wait_until_reachable(db: &Database, every: Duration) {
     while let Err(e) = ping(db).await {

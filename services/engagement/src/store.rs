@@ -23,7 +23,6 @@ use social_events::{Envelope, idempotency, outbox};
 use social_kit::{
     Result,
     content::MediaDoc,
-    error::is_duplicate_key,
     mongo,
     paging::{self, Order, PageRequest},
 };
@@ -261,11 +260,7 @@ impl Store {
         let mut like = like.clone();
         like.outbox = vec![outbox::entry(event)];
         like.outbox_pending = 1;
-        match self.likes.insert_one(&like).await {
-            Ok(_) => Ok(true),
-            Err(e) if is_duplicate_key(&e) => Ok(false),
-            Err(e) => Err(e.into()),
-        }
+        Ok(mongo::insert_once(&self.likes, &like).await?)
     }
 
     /// The user's active like of `target`.
@@ -426,18 +421,11 @@ impl Store {
     pub async fn remove_post(&self, post: ObjectId) -> Result<()> {
         let now = DateTime::now();
         // The tombstone first: a like or comment racing this sees it (module docs).
-        match self
-            .removed_posts
-            .insert_one(RemovedPost {
-                id: post,
-                removed_at: now,
-            })
-            .await
-        {
-            Ok(_) => {}
-            Err(e) if is_duplicate_key(&e) => {}
-            Err(e) => return Err(e.into()),
-        }
+        let tombstone = RemovedPost {
+            id: post,
+            removed_at: now,
+        };
+        mongo::insert_once(&self.removed_posts, &tombstone).await?;
         self.comments
             .update_many(
                 doc! { "post_id": mongo::is(post), "state": ACTIVE },

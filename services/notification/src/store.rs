@@ -7,9 +7,7 @@ use futures::TryStreamExt;
 use mongodb::{Collection, Database};
 use serde::{Deserialize, Serialize};
 use social_kit::{
-    Result,
-    error::is_duplicate_key,
-    mongo,
+    Result, mongo,
     paging::{Order, PageRequest},
 };
 
@@ -131,11 +129,8 @@ impl Store {
             key,
             removed_at: DateTime::now(),
         };
-        match self.removed.insert_one(tombstone).await {
-            Ok(_) => Ok(()),
-            Err(e) if is_duplicate_key(&e) => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+        mongo::insert_once(&self.removed, &tombstone).await?;
+        Ok(())
     }
 
     /// Whether any of `keys` was deleted.
@@ -160,11 +155,7 @@ impl Store {
 
     /// Stores `n` unless its `dedupe_key` is taken; whether it was stored.
     pub async fn insert(&self, n: &NotificationDoc) -> Result<bool> {
-        match self.notifications.insert_one(n).await {
-            Ok(_) => Ok(true),
-            Err(e) if is_duplicate_key(&e) => Ok(false),
-            Err(e) => Err(e.into()),
-        }
+        Ok(mongo::insert_once(&self.notifications, n).await?)
     }
 
     /// A page of `user`'s notifications, newest first.
