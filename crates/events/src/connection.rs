@@ -2,19 +2,25 @@
 
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use lapin::{Connection, ConnectionProperties};
 use tokio_util::sync::CancellationToken;
+
+/// Endless delays doubling from `min` to `max`, with jitter: how every retry loop of
+/// this crate waits.
+pub(crate) fn backoff(min: Duration, max: Duration) -> ExponentialBackoff {
+    ExponentialBuilder::default()
+        .with_min_delay(min)
+        .with_max_delay(max)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
 
 /// Connects to `url`, retrying with exponential backoff (capped at 5 s) until it works;
 /// `None` if `shutdown` comes first.
 pub async fn connect(url: &str, name: &str, shutdown: &CancellationToken) -> Option<Connection> {
-    let mut delays = ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(5))
-        .with_jitter()
-        .without_max_times()
-        .build();
+    let mut delays = backoff(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         let properties = ConnectionProperties::default().with_connection_name(name.into());
         let attempt = tokio::select! {

@@ -24,7 +24,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::{FutureExt, StreamExt, future::BoxFuture};
 use lapin::{
     BasicProperties, Channel, Confirmation,
@@ -199,24 +198,14 @@ async fn handle(
             Ok(e) if e.payload.is_some() => e,
             _ => {
                 tracing::error!("undecodable message; dead-lettering it");
-                let _ = delivery
-                    .acker
-                    .nack(BasicNackOptions {
-                        requeue: false,
-                        ..Default::default()
-                    })
-                    .await;
+                reject(&delivery, false).await;
                 return;
             }
         };
         tracing::Span::current().record("event_id", envelope.event_id.as_str());
         let attempt = attempt_of(&delivery);
-        let mut delays = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(200))
-            .with_max_delay(TRANSIENT_MAX_DELAY)
-            .with_jitter()
-            .without_max_times()
-            .build();
+        let mut delays =
+            crate::connection::backoff(Duration::from_millis(200), TRANSIENT_MAX_DELAY);
         let held_since = Instant::now();
         let error = loop {
             let run = AssertUnwindSafe(handler(envelope.clone())).catch_unwind();
@@ -252,13 +241,7 @@ async fn handle(
         };
         if attempt >= config.max_attempts {
             tracing::error!(%error, attempt, "giving up on a message; dead-lettering it");
-            let _ = delivery
-                .acker
-                .nack(BasicNackOptions {
-                    requeue: false,
-                    ..Default::default()
-                })
-                .await;
+            reject(&delivery, false).await;
             return;
         }
         tracing::warn!(%error, attempt, "handler failed; retrying");
@@ -302,13 +285,18 @@ async fn requeue(channel: &Channel, queue: &str, delivery: &Delivery, attempt: u
                 Err(_) => "the broker did not confirm the copy in time".to_owned(),
             };
             tracing::warn!(error = %e, "could not re-queue a copy; returning the message");
-            let _ = delivery
-                .acker
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..Default::default()
-                })
-                .await;
+            reject(delivery, true).await;
         }
     }
+}
+
+/// Rejects `delivery`: back into its queue (`requeue`) or into the dead-letter queue.
+async fn reject(delivery: &Delivery, requeue: bool) {
+    let _ = delivery
+        .acker
+        .nack(BasicNackOptions {
+            requeue,
+            ..Default::default()
+        })
+        .await;
 }

@@ -23,7 +23,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use base64::{Engine, engine::general_purpose::STANDARD};
 use bson::{Bson, Document, doc};
 use futures::TryStreamExt;
@@ -189,12 +188,8 @@ impl Relay {
     }
 
     async fn open(&self, shutdown: &CancellationToken) -> Option<Channel> {
-        let mut delays = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(200))
-            .with_max_delay(Duration::from_secs(10))
-            .with_jitter()
-            .without_max_times()
-            .build();
+        let mut delays =
+            crate::connection::backoff(Duration::from_millis(200), Duration::from_secs(10));
         loop {
             let connection = crate::connection::connect(
                 &self.config.amqp_url,
@@ -266,11 +261,18 @@ impl Relay {
                     .ok()
                     .and_then(|a| a.iter().find_map(|v| v.as_str().map(str::to_owned)));
                 let Some(entry) = first else { continue };
+                let event = parse(&entry)
+                    .inspect_err(|e| {
+                        // Cannot happen short of a corrupted document; keeping it would
+                        // hold the document's other events back for ever.
+                        tracing::error!(error = %e, "dropping an unreadable outbox entry");
+                    })
+                    .ok();
                 batch.push(Pending {
                     key,
                     id,
                     entry,
-                    event_id: String::new(),
+                    event,
                 });
                 if batch.len() == BATCH {
                     let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
@@ -290,24 +292,18 @@ impl Relay {
         &self,
         channel: &Channel,
         collection: &Collection<Document>,
-        mut batch: Vec<Pending>,
+        batch: Vec<Pending>,
         held: &mut Held,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<usize> {
         // All published first: the broker then confirms (and syncs to disk) together.
         let mut in_flight = Vec::with_capacity(batch.len());
-        for pending in &mut batch {
-            in_flight.push(match parse(&pending.entry) {
-                Ok((envelope, traceparent)) => {
-                    pending.event_id.clone_from(&envelope.event_id);
-                    self.publish(channel, &envelope, traceparent).await?
+        for pending in &batch {
+            in_flight.push(match &pending.event {
+                Some((envelope, traceparent)) => {
+                    self.publish(channel, envelope, traceparent.clone()).await?
                 }
-                Err(e) => {
-                    // Cannot happen short of a corrupted document; keeping it would hold
-                    // the document's other events back for ever.
-                    tracing::error!(error = %e, "dropping an unreadable outbox entry");
-                    None
-                }
+                None => None,
             });
         }
         // lapin hands a returned (unroutable) message to whichever confirm completes
@@ -329,12 +325,12 @@ impl Relay {
         for (pending, outcome) in batch.into_iter().zip(outcomes) {
             let delivered = match outcome {
                 None => true,
-                Some(acked) => acked && !returned.contains(&pending.event_id),
+                Some(acked) => acked && !returned.contains(pending.event_id()),
             };
             if delivered {
                 sent.push(pending);
             } else {
-                tracing::warn!(event_id = %pending.event_id, "the broker did not take an event (no queue bound for it yet, or refused); keeping it");
+                tracing::warn!(event_id = %pending.event_id(), "the broker did not take an event (no queue bound for it yet, or refused); keeping it");
                 held.hold(pending.key);
             }
         }
@@ -419,8 +415,15 @@ struct Pending {
     key: String,
     id: Bson,
     entry: String,
-    /// Its event id (the message id), once parsed.
-    event_id: String,
+    /// The entry's event and trace parent; `None` if unreadable (dropped).
+    event: Option<(Envelope, Option<String>)>,
+}
+
+impl Pending {
+    /// The event's id, which is its message id.
+    fn event_id(&self) -> &str {
+        self.event.as_ref().map_or("", |(e, _)| e.event_id.as_str())
+    }
 }
 
 /// A published event waiting for the broker's confirm.
