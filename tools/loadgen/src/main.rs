@@ -89,15 +89,20 @@ fn report_memory(when: &str) {
     );
 }
 
+/// The stack's database (seeded directly by some benches, dropped by all at the end).
+async fn database(stack: &Stack) -> anyhow::Result<mongodb::Database> {
+    Ok(mongodb::Client::with_uri_str(mongodb_uri())
+        .await?
+        .database(&stack.database))
+}
+
 fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
 }
 
 async fn feed() -> anyhow::Result<()> {
     let stack = Stack::start().await;
-    let db = mongodb::Client::with_uri_str(mongodb_uri())
-        .await?
-        .database(&stack.database);
+    let db = database(&stack).await?;
     let mut posts = stack.posts().await;
     let mut graph = stack.graph().await;
 
@@ -213,19 +218,13 @@ async fn login() -> anyhow::Result<()> {
     }
     report("login (right password)", &ok);
     report("login (unknown user)", &unknown);
-    mongodb::Client::with_uri_str(mongodb_uri())
-        .await?
-        .database(&stack.database)
-        .drop()
-        .await?;
+    database(&stack).await?.drop().await?;
     Ok(())
 }
 
 async fn notifications() -> anyhow::Result<()> {
     let stack = Stack::start().await;
-    let db = mongodb::Client::with_uri_str(mongodb_uri())
-        .await?
-        .database(&stack.database);
+    let db = database(&stack).await?;
     let mut client = stack.notifications().await;
     let reader = ObjectId::new();
     let token = token_for(reader);
@@ -301,7 +300,7 @@ async fn events() -> anyhow::Result<()> {
     const POSTS: usize = 20;
     const LOAD: Duration = Duration::from_secs(20);
     let stack = Stack::start().await;
-    let (author_id, author) = stack.register("author").await;
+    let (_, author) = stack.register("author").await;
     let mut posts = stack.posts().await;
     let mut ids = Vec::new();
     for i in 0..POSTS {
@@ -402,13 +401,8 @@ async fn events() -> anyhow::Result<()> {
             (likes * 2) as f64 / total.as_secs_f64()
         );
     }
-    let _ = author_id;
     report_memory("at the end");
-    mongodb::Client::with_uri_str(mongodb_uri())
-        .await?
-        .database(&stack.database)
-        .drop()
-        .await?;
+    database(&stack).await?.drop().await?;
     Ok(())
 }
 
@@ -459,10 +453,6 @@ async fn streams() -> anyhow::Result<()> {
         (after - before) * 1024.0 / added as f64
     );
     drop(open);
-    mongodb::Client::with_uri_str(mongodb_uri())
-        .await?
-        .database(&stack.database)
-        .drop()
-        .await?;
+    database(&stack).await?.drop().await?;
     Ok(())
 }

@@ -648,16 +648,16 @@ impl FlakyConsumer {
     }
 }
 
-#[tokio::test]
-async fn a_dependency_outage_delays_a_message_and_never_dead_letters_it() {
-    // The handler's database is "down" for more tries than a message is allowed.
-    let outage = EventsConfig::for_tests("x").max_attempts + 2;
-    let consumer = FlakyConsumer::start(outage, || {
-        anyhow::Error::new(social_kit::Error::Unavailable(
-            "the database is unavailable".into(),
-        ))
-    })
-    .await;
+/// What a handler returns while its database is down.
+fn database_down() -> anyhow::Error {
+    anyhow::Error::new(social_kit::Error::Unavailable(
+        "the database is unavailable".into(),
+    ))
+}
+
+/// Publishes one message to a consumer that fails its first `outage` tries with a
+/// dependency failure: it is handled once after them, acknowledged, never dead-lettered.
+async fn handled_once_after(consumer: FlakyConsumer, outage: u32) {
     consumer.publish_one().await;
     consumer.tried(outage + 1).await;
     let (tries, depths) = consumer.stop().await;
@@ -666,22 +666,21 @@ async fn a_dependency_outage_delays_a_message_and_never_dead_letters_it() {
 }
 
 #[tokio::test]
+async fn a_dependency_outage_delays_a_message_and_never_dead_letters_it() {
+    // The handler's database is "down" for more tries than a message is allowed.
+    let outage = EventsConfig::for_tests("x").max_attempts + 2;
+    let consumer = FlakyConsumer::start(outage, database_down).await;
+    handled_once_after(consumer, outage).await;
+}
+
+#[tokio::test]
 async fn a_message_waiting_past_the_hold_limit_is_requeued_and_handled_once() {
     let mut config = EventsConfig::for_tests(&unique_name("t"));
     config.hold_limit = Duration::from_millis(500);
     // Down for ~3 s of backoff: the message is re-queued as a copy on the way.
     let outage = 5;
-    let consumer = FlakyConsumer::start_with(config, outage, || {
-        anyhow::Error::new(social_kit::Error::Unavailable(
-            "the database is unavailable".into(),
-        ))
-    })
-    .await;
-    consumer.publish_one().await;
-    consumer.tried(outage + 1).await;
-    let (tries, depths) = consumer.stop().await;
-    assert_eq!(tries, outage + 1, "handled once it could be");
-    assert_eq!(depths, (0, 0), "acknowledged, and nothing dead-lettered");
+    let consumer = FlakyConsumer::start_with(config, outage, database_down).await;
+    handled_once_after(consumer, outage).await;
 }
 
 #[tokio::test]
