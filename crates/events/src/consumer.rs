@@ -39,68 +39,79 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::{config::EventsConfig, envelope::Envelope};
+use crate::{config::EventsConfig, envelope::Envelope, topology::QueueSpec};
 
 /// Handles one event. `Err` means "try again later": at once and without limit when the
 /// error is transient, else up to the last attempt, after which the message is
 /// dead-lettered.
 pub type Handler = Arc<dyn Fn(Envelope) -> BoxFuture<'static, anyhow::Result<()>> + Send + Sync>;
 
-/// What a service consumes.
-#[derive(Clone)]
-pub struct Subscription {
-    /// The consuming service; its queue is `<prefix>.<service>`.
-    pub service: &'static str,
-    /// The routing keys bound to its queue.
-    pub routing_keys: Vec<&'static str>,
-}
-
 const ATTEMPT_HEADER: &str = "x-attempt";
 /// The longest wait between two tries of a message whose dependency is down.
 const TRANSIENT_MAX_DELAY: Duration = Duration::from_secs(30);
 
-/// Consumes until `shutdown`: then stops taking messages, lets the ones in hand finish
-/// (up to the handler timeout) and returns; anything unacknowledged is redelivered.
+/// Consumes `queue` until `shutdown`: then stops taking messages, lets the ones in
+/// hand finish (up to the handler timeout) and returns; anything unacknowledged is
+/// redelivered. Declares the whole topology ([`crate::topology::QUEUES`], and `queue`
+/// if it is not in it) at every connect. After a failure (a lost connection, a refused
+/// declaration) it reconnects after a delay that doubles up to 30 s, and starts again
+/// from the shortest delay once it has consumed for a minute.
 pub async fn run(
     config: EventsConfig,
-    subscription: Subscription,
+    queue: QueueSpec,
     handler: Handler,
     shutdown: CancellationToken,
 ) {
-    let name = format!("{}-consumer", subscription.service);
+    let name = format!("{}-consumer", queue.service);
+    let mut declared: Vec<QueueSpec> = crate::topology::QUEUES.to_vec();
+    if !declared.contains(&queue) {
+        declared.push(queue);
+    }
+    let mut delays = crate::connection::backoff(RECONNECT_MIN_DELAY, RECONNECT_MAX_DELAY);
     while !shutdown.is_cancelled() {
         let Some(connection) = crate::connection::connect(&config.amqp_url, &name, &shutdown).await
         else {
             break;
         };
-        match consume(&config, &subscription, &handler, &connection, &shutdown).await {
+        let started = Instant::now();
+        let consumed = async {
+            crate::topology::declare(&connection, &config, &declared).await?;
+            consume(&config, &queue, &handler, &connection, &shutdown).await
+        }
+        .await;
+        let _ = connection.close(200, "bye".into()).await;
+        match consumed {
             Ok(()) => break,
             Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), service = subscription.service, "consumer lost its connection; reconnecting");
+                if started.elapsed() >= HEALTHY_AFTER {
+                    delays = crate::connection::backoff(RECONNECT_MIN_DELAY, RECONNECT_MAX_DELAY);
+                }
+                let delay = delays.next().unwrap_or(RECONNECT_MAX_DELAY);
+                tracing::warn!(error = %format!("{e:#}"), service = queue.service, ?delay, "consumer stopped; reconnecting");
                 tokio::select! {
                     () = shutdown.cancelled() => break,
-                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    () = tokio::time::sleep(delay) => {}
                 }
             }
         }
     }
 }
 
+/// Shortest and longest wait before a consumer connects again after a failure.
+const RECONNECT_MIN_DELAY: Duration = Duration::from_millis(500);
+const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(30);
+/// A consumer that ran this long was healthy: its next failure starts a fresh backoff.
+const HEALTHY_AFTER: Duration = Duration::from_secs(60);
+
 async fn consume(
     config: &EventsConfig,
-    subscription: &Subscription,
+    spec: &QueueSpec,
     handler: &Handler,
     connection: &lapin::Connection,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let channel = connection.create_channel().await?;
-    let queue = crate::topology::declare_consumer(
-        &channel,
-        config,
-        subscription.service,
-        &subscription.routing_keys,
-    )
-    .await?;
+    let queue = config.queue(spec.service);
     channel
         .basic_qos(config.prefetch, BasicQosOptions::default())
         .await?;
@@ -108,11 +119,7 @@ async fn consume(
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
-    let tag = format!(
-        "{}-{}",
-        subscription.service,
-        bson::oid::ObjectId::new().to_hex()
-    );
+    let tag = format!("{}-{}", spec.service, bson::oid::ObjectId::new().to_hex());
     let mut deliveries = channel
         .basic_consume(
             queue.as_str().into(),

@@ -29,3 +29,17 @@ pub fn routing_key(payload: &Payload) -> &'static str {
         Payload::CommentUnliked(_) => "engagement.comment.unliked",
     }
 }
+
+/// Every routing key a payload is published with.
+pub const ALL_ROUTING_KEYS: &[&str] = &[
+    "graph.user.followed",
+    "graph.user.unfollowed",
+    "post.post.created",
+    "post.post.deleted",
+    "engagement.post.liked",
+    "engagement.post.unliked",
+    "engagement.comment.created",
+    "engagement.comment.deleted",
+    "engagement.comment.liked",
+    "engagement.comment.unliked",
+];

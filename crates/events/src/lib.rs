@@ -9,7 +9,10 @@
 //! - [`consumer`]: manual acks, bounded prefetch, handler timeout, bounded retries, a
 //!   dead-letter queue, reconnects, and a clean stop.
 //! - [`idempotency`]: applying an event to a document at most once.
+//! - [`topology`]: the one table of queues and bindings every service declares.
+//! - [`admin`]: operators' commands (declare the topology, change a queue's type).
 
+pub mod admin;
 pub mod config;
 pub mod connection;
 pub mod consumer;

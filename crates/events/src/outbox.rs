@@ -36,7 +36,7 @@ use prost::Message;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::{config::EventsConfig, envelope::Envelope, routing_key};
+use crate::{config::EventsConfig, envelope::Envelope, routing_key, topology::QueueSpec};
 
 /// The array of pending events in a document.
 pub const FIELD: &str = "outbox";
@@ -123,6 +123,8 @@ pub struct Relay {
     service: &'static str,
     collections: Vec<Collection<Document>>,
     waker: Waker,
+    /// Declared before anything is published (see [`crate::topology`]).
+    queues: Vec<QueueSpec>,
 }
 
 impl Relay {
@@ -138,7 +140,14 @@ impl Relay {
             service,
             collections: collections.iter().map(|c| db.collection(c)).collect(),
             waker: Waker::default(),
+            queues: crate::topology::QUEUES.to_vec(),
         }
+    }
+
+    /// Declares `queues` instead of the whole topology (for tests of unroutable events).
+    pub fn declaring(mut self, queues: Vec<QueueSpec>) -> Self {
+        self.queues = queues;
+        self
     }
 
     /// The handle that wakes this relay.
@@ -146,10 +155,16 @@ impl Relay {
         self.waker.clone()
     }
 
-    /// Runs until `shutdown`, then returns after finishing the event in hand.
+    /// Runs until `shutdown`, then returns after the confirms of the batch in hand (at
+    /// most [`SHUTDOWN_CONFIRM_GRACE`] more).
+    ///
+    /// A failed database read or write (MongoDB unreachable) keeps the broker channel
+    /// and waits longer after each failure; a failed publish or confirm drops the channel
+    /// (confirms abandoned mid-batch must not be taken for later ones) and reconnects.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut channel: Option<Channel> = None;
         let mut held = Held::default();
+        let mut store_delays = store_backoff();
         while !shutdown.is_cancelled() {
             if channel.as_ref().is_none_or(|c| !c.status().connected()) {
                 channel = self.open(&shutdown).await;
@@ -159,21 +174,28 @@ impl Relay {
             }
             if let Some(ch) = &channel {
                 match self.drain(ch, &mut held, &shutdown).await {
-                    Ok(0) => {}
+                    Ok(0) => store_delays = store_backoff(),
                     Ok(n) => {
+                        store_delays = store_backoff();
                         // More may be pending (a document's next event, new writes).
                         tracing::debug!(published = n, "outbox pass");
                         continue;
                     }
                     Err(_) if shutdown.is_cancelled() => break,
                     Err(e) => {
-                        tracing::warn!(error = %format!("{e:#}"), "outbox relay failed; will retry");
-                        // A fresh channel (dropping the last handle closes the connection):
-                        // confirms abandoned mid-batch must not be taken for later ones.
-                        channel = None;
+                        let delay = if is_store_failure(&e) {
+                            let delay = store_delays.next().unwrap_or(STORE_MAX_DELAY);
+                            tracing::warn!(error = %format!("{e:#}"), ?delay, "outbox relay cannot read or update its documents; keeping the broker connection, retrying");
+                            delay
+                        } else {
+                            tracing::warn!(error = %format!("{e:#}"), "outbox relay failed to publish; reconnecting");
+                            // Dropping the last handle closes the connection.
+                            channel = None;
+                            Duration::from_millis(500)
+                        };
                         tokio::select! {
                             () = shutdown.cancelled() => break,
-                            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                            () = tokio::time::sleep(delay) => {}
                         }
                         continue;
                     }
@@ -198,12 +220,14 @@ impl Relay {
             )
             .await?;
             let opened = async {
+                // Every queue first: an event published before its consumer's queue
+                // exists would be confirmed and lost for that consumer.
+                crate::topology::declare(&connection, &self.config, &self.queues).await?;
                 let channel = connection.create_channel().await?;
                 channel
                     .confirm_select(ConfirmSelectOptions::default())
                     .await?;
-                crate::topology::declare_exchange(&channel, &self.config).await?;
-                Ok::<_, lapin::Error>(channel)
+                Ok::<_, anyhow::Error>(channel)
             }
             .await;
             match opened {
@@ -213,9 +237,9 @@ impl Relay {
                 }
                 Err(e) => {
                     // E.g. the exchange exists with another type: do not hammer the broker.
-                    tracing::error!(error = %e, "cannot open a publishing channel; retrying");
-                    let _ = connection.close(200, "retrying".into()).await;
                     let delay = delays.next().unwrap_or(Duration::from_secs(10));
+                    tracing::error!(error = %format!("{e:#}"), ?delay, "cannot declare the topology or open a publishing channel; retrying");
+                    let _ = connection.close(200, "retrying".into()).await;
                     tokio::select! {
                         () = shutdown.cancelled() => return None,
                         () = tokio::time::sleep(delay) => {}
@@ -438,9 +462,15 @@ impl InFlight {
         self,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<(bool, Option<String>)> {
-        // A broker that blocks publishers must not hang the shutdown.
+        // At shutdown the confirms in flight are still awaited, briefly: an event the
+        // broker took must leave its outbox, or the next start publishes it again. A
+        // broker that blocks publishers must not hang the shutdown, though.
+        let cut = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(SHUTDOWN_CONFIRM_GRACE).await;
+        };
         let confirm = tokio::select! {
-            () = shutdown.cancelled() => anyhow::bail!("shutting down"),
+            () = cut => anyhow::bail!("shutting down before the broker confirmed"),
             r = tokio::time::timeout(CONFIRM_TIMEOUT, self.confirm) => {
                 r.map_err(|_| anyhow::anyhow!("the broker did not confirm within {CONFIRM_TIMEOUT:?}"))??
             }
@@ -462,6 +492,22 @@ impl InFlight {
 
 /// The longest wait for the broker's confirm of one event.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long confirms in flight are still awaited once shutdown begins (within the 5 s
+/// the background tasks get).
+const SHUTDOWN_CONFIRM_GRACE: Duration = Duration::from_secs(3);
+/// The longest wait after failed reads or writes of the outbox documents.
+const STORE_MAX_DELAY: Duration = Duration::from_secs(30);
+
+/// Delays after failed reads or writes of the outbox documents: 200 ms doubling to 30 s.
+fn store_backoff() -> backon::ExponentialBackoff {
+    crate::connection::backoff(Duration::from_millis(200), STORE_MAX_DELAY)
+}
+
+/// Whether a relay failure came from MongoDB rather than from the broker.
+fn is_store_failure(err: &anyhow::Error) -> bool {
+    err.chain()
+        .any(|cause| cause.downcast_ref::<mongodb::error::Error>().is_some())
+}
 
 /// Documents whose next event the broker did not take (no queue bound for it yet, or a
 /// nack), with when to try again: the wait doubles from 1 s to 1 min per failure, so

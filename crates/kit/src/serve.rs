@@ -457,41 +457,76 @@ where
     code
 }
 
-/// An operator's command that recomputes counters; returns how many documents it set.
-pub type Recompute<C> = fn(C) -> BoxFuture<'static, anyhow::Result<u64>>;
+/// An operator's subcommand of a service binary (`<binary> <name>`): runs once with the
+/// service's configuration and exits.
+pub struct Command<C> {
+    /// What the operator types.
+    pub name: &'static str,
+    /// One line for the usage message.
+    pub about: &'static str,
+    /// What it does.
+    pub run: Box<dyn FnOnce(C) -> BoxFuture<'static, anyhow::Result<()>>>,
+}
 
-/// Runs a service binary: `<binary> [serve]` serves until SIGTERM;
-/// `<binary> recompute-counters` runs `recompute` (for services that keep counters from
-/// events) and exits. A bad environment variable exits with status 2 and its name.
+impl<C> Command<C> {
+    /// A command `name` that runs `run`.
+    pub fn new(
+        name: &'static str,
+        about: &'static str,
+        run: impl FnOnce(C) -> BoxFuture<'static, anyhow::Result<()>> + 'static,
+    ) -> Self {
+        Self {
+            name,
+            about,
+            run: Box::new(run),
+        }
+    }
+}
+
+/// Runs a service binary: `<binary> [serve]` serves until SIGTERM; `<binary> <command>`
+/// runs one of `commands` (recompute counters, declare the events topology, ...) and
+/// exits. A bad environment variable exits with status 2 and its name.
 pub async fn binary_main<C: crate::config::ServiceConfig>(
     binary: &str,
     load: impl FnOnce() -> Result<C, crate::config::ConfigError>,
     serve: impl FnOnce(C, TcpListener, CancellationToken) -> BoxFuture<'static, anyhow::Result<()>>,
-    recompute: Option<Recompute<C>>,
+    commands: Vec<Command<C>>,
 ) -> ExitCode {
+    let asked = std::env::args().nth(1);
+    let usage = || {
+        let mut text = format!(
+            "usage: {binary} [COMMAND]\n\n  serve                serve until SIGTERM (the default)\n"
+        );
+        for c in &commands {
+            text.push_str(&format!("  {:<20} {}\n", c.name, c.about));
+        }
+        text.push_str("\nSettings come from environment variables (see the README).");
+        text
+    };
+    match asked.as_deref() {
+        Some("help" | "--help" | "-h") => {
+            println!("{}", usage());
+            return ExitCode::SUCCESS;
+        }
+        None | Some("serve") => {}
+        Some(other) if commands.iter().any(|c| c.name == other) => {}
+        Some(other) => {
+            eprintln!("unknown command {other:?}\n{}", usage());
+            return ExitCode::from(2);
+        }
+    }
     let config = match load_config(load) {
         Ok(c) => c,
         Err(code) => return code,
     };
     let common = config.common().clone();
-    match (std::env::args().nth(1).as_deref(), recompute) {
-        (None | Some("serve"), _) => main(&common, |l, s| serve(config, l, s)).await,
-        (Some("recompute-counters"), Some(recompute)) => {
-            main_once(&common, async {
-                let n = recompute(config).await?;
-                tracing::info!(documents = n, "counters recomputed");
-                Ok(())
-            })
-            .await
-        }
-        (Some(other), recompute) => {
-            let commands = if recompute.is_some() {
-                "serve|recompute-counters"
-            } else {
-                "serve"
+    match asked.as_deref() {
+        None | Some("serve") => main(&common, |l, s| serve(config, l, s)).await,
+        Some(name) => {
+            let Some(command) = commands.into_iter().find(|c| c.name == name) else {
+                return ExitCode::from(2);
             };
-            eprintln!("unknown command {other:?}; usage: {binary} [{commands}]");
-            ExitCode::from(2)
+            main_once(&common, (command.run)(config)).await
         }
     }
 }

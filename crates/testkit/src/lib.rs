@@ -12,7 +12,7 @@ mod proxy;
 mod stack;
 
 pub use proxy::TcpProxy;
-pub use stack::{Stack, StackOptions};
+pub use stack::{Stack, StackOptions, start_graph, start_notification, start_user};
 
 use std::{future::Future, net::SocketAddr, time::Duration};
 

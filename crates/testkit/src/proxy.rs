@@ -5,8 +5,9 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
+    time::{Duration, Instant},
 };
 
 use tokio::{
@@ -22,6 +23,32 @@ pub struct TcpProxy {
     up: Arc<AtomicBool>,
     generation: Arc<Mutex<CancellationToken>>,
     stop: CancellationToken,
+    accepted: Arc<std::sync::Mutex<Vec<Instant>>>,
+    /// Milliseconds by which the target's bytes are held back.
+    lag: Arc<AtomicU64>,
+}
+
+/// Copies `from` to `to`, holding each chunk back by `lag` milliseconds.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    lag: Arc<AtomicU64>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buffer = vec![0_u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        let lag = lag.load(Ordering::Acquire);
+        if lag > 0 {
+            tokio::time::sleep(Duration::from_millis(lag)).await;
+        }
+        if to.write_all(&buffer[..n]).await.is_err() {
+            return;
+        }
+    }
 }
 
 impl TcpProxy {
@@ -32,28 +59,37 @@ impl TcpProxy {
         let up = Arc::new(AtomicBool::new(true));
         let generation = Arc::new(Mutex::new(CancellationToken::new()));
         let stop = CancellationToken::new();
+        let accepted = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let lag = Arc::new(AtomicU64::new(0));
         let (up2, generation2, stop2) = (up.clone(), generation.clone(), stop.clone());
+        let (accepted2, lag2) = (accepted.clone(), lag.clone());
         tokio::spawn(async move {
             loop {
                 let accepted = tokio::select! {
                     () = stop2.cancelled() => return,
                     a = listener.accept() => a,
                 };
-                let Ok((mut inbound, _)) = accepted else {
+                let Ok((inbound, _)) = accepted else {
                     continue;
                 };
+                accepted2.lock().unwrap().push(Instant::now());
                 if !up2.load(Ordering::Acquire) {
                     drop(inbound);
                     continue;
                 }
                 let cut = generation2.lock().await.clone();
+                let lag = lag2.clone();
                 tokio::spawn(async move {
-                    let Ok(mut outbound) = TcpStream::connect(target).await else {
+                    let Ok(outbound) = TcpStream::connect(target).await else {
                         return;
                     };
+                    let (from_client, to_client) = inbound.into_split();
+                    let (from_target, to_target) = outbound.into_split();
+                    let no_lag = Arc::new(AtomicU64::new(0));
                     tokio::select! {
                         () = cut.cancelled() => {}
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        () = pump(from_client, to_target, no_lag) => {}
+                        () = pump(from_target, to_client, lag) => {}
                     }
                 });
             }
@@ -63,7 +99,21 @@ impl TcpProxy {
             up,
             generation,
             stop,
+            accepted,
+            lag,
         }
+    }
+
+    /// Holds back everything the target sends by `lag` from now on (a slow network, a
+    /// broker slow to confirm).
+    pub fn delay_answers(&self, lag: Duration) {
+        self.lag
+            .store(u64::try_from(lag.as_millis()).unwrap(), Ordering::Release);
+    }
+
+    /// When each connection was accepted, oldest first.
+    pub fn connections(&self) -> Vec<Instant> {
+        self.accepted.lock().unwrap().clone()
     }
 
     /// Drops every connection and refuses new ones until [`TcpProxy::restore`].

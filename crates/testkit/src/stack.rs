@@ -68,18 +68,11 @@ impl Stack {
             Peer::new(name, var, &url, timeout).expect("peer URL")
         };
 
-        let config = social_user::Config::for_tests(&uri, &database, events.clone());
-        let user = start(|l, s| social_user::run(config, l, s)).await;
+        let user = start_user(&database, &events).await;
         let url = options
             .user_url_for_graph
             .unwrap_or_else(|| format!("http://{}", user.addr));
-        let config = social_graph::Config::for_tests(
-            &uri,
-            &database,
-            peer("user service", "USER_SERVICE_URL", url),
-            events.clone(),
-        );
-        let graph = start(|l, s| social_graph::run(config, l, s)).await;
+        let graph = start_graph(&database, &events, &url, timeout).await;
         let url = options
             .graph_url_for_post
             .unwrap_or_else(|| format!("http://{}", graph.addr));
@@ -184,7 +177,27 @@ impl Stack {
     }
 }
 
-async fn start_notification(
+/// The user service alone, on `database` and `events`.
+pub async fn start_user(database: &str, events: &EventsConfig) -> Running {
+    let config = social_user::Config::for_tests(&mongodb_uri(), database, events.clone());
+    start(|l, s| social_user::run(config, l, s)).await
+}
+
+/// The social-graph service alone, asking the user service at `user_url`.
+pub async fn start_graph(
+    database: &str,
+    events: &EventsConfig,
+    user_url: &str,
+    timeout: Duration,
+) -> Running {
+    let peer = Peer::new("user service", "USER_SERVICE_URL", user_url, timeout).expect("peer URL");
+    let config = social_graph::Config::for_tests(&mongodb_uri(), database, peer, events.clone());
+    start(|l, s| social_graph::run(config, l, s)).await
+}
+
+/// The notification service alone, asking the user service at `user`; with
+/// `consume_events` false it only serves reads and streams.
+pub async fn start_notification(
     database: &str,
     events: &EventsConfig,
     user: std::net::SocketAddr,

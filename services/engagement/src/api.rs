@@ -54,30 +54,28 @@ impl Api {
     /// Records a like with its event (nothing if the user already likes the target).
     async fn like(&self, like: LikeDoc, event: Envelope) -> Result<()> {
         if self.store.like(&like, &event).await? {
+            // Stored with its event, whatever the check below says.
+            self.relay.wake();
             self.unless_post_removed(like.post_id, self.store.take_back_like(like.id))
                 .await?;
-            self.relay.wake();
         }
         Ok(())
     }
 
-    /// After inserting something under `post`: if the post was deleted meanwhile (see
-    /// the store's docs), or that cannot be known, runs `take_back` and fails, so that
-    /// nothing outlives its post.
+    /// After inserting something under `post`: if the post is known to be deleted
+    /// meanwhile (see the store's docs), runs `take_back` and answers NOT_FOUND, so that
+    /// nothing outlives its post. If that cannot be known (the database is unreachable),
+    /// nothing is taken back: the call fails, and a retry finds what was inserted.
     async fn unless_post_removed(
         &self,
         post: ObjectId,
         take_back: impl Future<Output = Result<()>>,
     ) -> Result<()> {
-        match self.store.post_removed(post).await {
-            Ok(false) => Ok(()),
-            removed => {
-                let taken_back = take_back.await;
-                removed?;
-                taken_back?;
-                Err(Error::NotFound("post"))
-            }
+        if !self.store.post_removed(post).await? {
+            return Ok(());
         }
+        take_back.await?;
+        Err(Error::NotFound("post"))
     }
 
     /// The caller's existing like of `target`, if any; one left under a deleted post
@@ -278,9 +276,9 @@ impl EngagementService for Api {
             }),
         );
         self.store.insert_comment(&comment, &event).await?;
+        self.relay.wake();
         self.unless_post_removed(post, self.store.take_back_comment(comment.id))
             .await?;
-        self.relay.wake();
         Ok(Response::new(comment.into()))
     }
 

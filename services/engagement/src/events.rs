@@ -6,23 +6,13 @@ use std::sync::Arc;
 
 use bson::oid::ObjectId;
 use futures::FutureExt;
-use social_events::{
-    Envelope, Payload,
-    consumer::{Handler, Subscription},
-};
+use social_events::{Envelope, Payload, consumer::Handler, topology::QueueSpec};
 
 use crate::store::Store;
 
 /// The engagement service's queue and its bindings.
-pub fn subscription() -> Subscription {
-    Subscription {
-        service: "engagement",
-        routing_keys: vec![
-            "post.post.deleted",
-            "engagement.comment.liked",
-            "engagement.comment.unliked",
-        ],
-    }
+pub fn subscription() -> QueueSpec {
+    social_events::topology::ENGAGEMENT
 }
 
 /// Applies one event.

@@ -5,13 +5,22 @@
 
 use std::process::ExitCode;
 
+use social_kit::serve::Command;
+
 #[tokio::main]
 async fn main() -> ExitCode {
+    let mut commands =
+        social_events::admin::commands("engagement", |c: &social_engagement::Config| &c.events);
+    commands.push(Command::new(
+        "recompute-counters",
+        "recompute the counters this service keeps from events, from their source documents",
+        |c| Box::pin(async move { social_engagement::recompute_counters(&c).await.map(drop) }),
+    ));
     social_kit::serve::binary_main(
         "social-engagement",
         social_engagement::Config::from_env,
         |c, l, s| Box::pin(social_engagement::run(c, l, s)),
-        Some(|c| Box::pin(async move { social_engagement::recompute_counters(&c).await })),
+        commands,
     )
     .await
 }

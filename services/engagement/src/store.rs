@@ -170,6 +170,8 @@ pub struct Store {
     likes: Collection<LikeDoc>,
     comments: Collection<CommentDoc>,
     removed_posts: Collection<RemovedPost>,
+    /// Which events moved which comment's `likes_count`.
+    applied: idempotency::Ledger,
 }
 
 impl Store {
@@ -180,6 +182,7 @@ impl Store {
             likes: db.collection(LIKES),
             comments: db.collection(COMMENTS),
             removed_posts: db.collection(REMOVED_POSTS),
+            applied: idempotency::Ledger::new(db, COMMENTS),
         }
     }
 
@@ -231,11 +234,16 @@ impl Store {
             stand_in,
         )
         .await?;
+        self.applied.init(stand_in).await?;
         Ok(())
     }
 
     /// Whether post `id` was deleted (its cascade has begun).
     pub async fn post_removed(&self, post: ObjectId) -> Result<bool> {
+        // Tests make this check fail, as an unreachable database would.
+        fail::fail_point!("engagement::post_removed", |_| Err(
+            social_kit::Error::Unavailable("the database is unavailable (injected)".into())
+        ));
         Ok(self
             .removed_posts
             .find_one(doc! { "_id": post })
@@ -386,12 +394,14 @@ impl Store {
         delta: i64,
         event_id: &str,
     ) -> Result<()> {
-        let (filter, update) = idempotency::once(
-            doc! { "_id": id },
-            doc! { "$inc": { "likes_count": delta } },
-            event_id,
-        );
-        self.comments.update_one(filter, update).await?;
+        self.applied
+            .apply(
+                &self.comments,
+                id,
+                doc! { "$inc": { "likes_count": delta } },
+                event_id,
+            )
+            .await?;
         Ok(())
     }
 

@@ -6,11 +6,7 @@ use std::sync::Arc;
 use bson::{DateTime, oid::ObjectId};
 use futures::FutureExt;
 use prost::Message;
-use social_events::{
-    Envelope, Payload,
-    consumer::{Handler, Subscription},
-    live::Broadcaster,
-};
+use social_events::{Envelope, Payload, consumer::Handler, live::Broadcaster, topology::QueueSpec};
 use social_kit::{client::Peer, content::mentions};
 use social_proto::{
     notification::v1::Notification,
@@ -25,19 +21,8 @@ pub const STORED: &str = "notification.notification.stored";
 const MAX_MENTIONS: usize = 10;
 
 /// The notification service's queue and its bindings.
-pub fn subscription() -> Subscription {
-    Subscription {
-        service: "notification",
-        routing_keys: vec![
-            "graph.user.followed",
-            "engagement.post.liked",
-            "engagement.comment.liked",
-            "engagement.comment.created",
-            "engagement.comment.deleted",
-            "post.post.created",
-            "post.post.deleted",
-        ],
-    }
+pub fn subscription() -> QueueSpec {
+    social_events::topology::NOTIFICATION
 }
 
 /// What the handler needs.

@@ -6,24 +6,13 @@ use std::sync::Arc;
 
 use bson::oid::ObjectId;
 use futures::FutureExt;
-use social_events::{
-    Envelope, Payload,
-    consumer::{Handler, Subscription},
-};
+use social_events::{Envelope, Payload, consumer::Handler, topology::QueueSpec};
 
 use crate::store::Store;
 
 /// The post service's queue and its bindings.
-pub fn subscription() -> Subscription {
-    Subscription {
-        service: "post",
-        routing_keys: vec![
-            "engagement.post.liked",
-            "engagement.post.unliked",
-            "engagement.comment.created",
-            "engagement.comment.deleted",
-        ],
-    }
+pub fn subscription() -> QueueSpec {
+    social_events::topology::POST
 }
 
 /// Applies one event.

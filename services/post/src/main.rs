@@ -5,13 +5,21 @@
 
 use std::process::ExitCode;
 
+use social_kit::serve::Command;
+
 #[tokio::main]
 async fn main() -> ExitCode {
+    let mut commands = social_events::admin::commands("post", |c: &social_post::Config| &c.events);
+    commands.push(Command::new(
+        "recompute-counters",
+        "recompute the counters this service keeps from events, from their source documents",
+        |c| Box::pin(async move { social_post::recompute_counters(&c).await.map(drop) }),
+    ));
     social_kit::serve::binary_main(
         "social-post",
         social_post::Config::from_env,
         |c, l, s| Box::pin(social_post::run(c, l, s)),
-        Some(|c| Box::pin(async move { social_post::recompute_counters(&c).await })),
+        commands,
     )
     .await
 }

@@ -76,6 +76,7 @@ impl PostDoc {
 pub struct Store {
     db: Database,
     posts: Collection<PostDoc>,
+    applied: idempotency::Ledger,
 }
 
 impl Store {
@@ -83,6 +84,7 @@ impl Store {
         Self {
             db: db.clone(),
             posts: db.collection(COLLECTION),
+            applied: idempotency::Ledger::new(db, COLLECTION),
         }
     }
 
@@ -114,6 +116,7 @@ impl Store {
             stand_in,
         )
         .await?;
+        self.applied.init(stand_in).await?;
         Ok(())
     }
 
@@ -208,12 +211,9 @@ impl Store {
         delta: i64,
         event_id: &str,
     ) -> Result<()> {
-        let (filter, update) = idempotency::once(
-            doc! { "_id": id },
-            doc! { "$inc": { field: delta } },
-            event_id,
-        );
-        self.posts.update_one(filter, update).await?;
+        self.applied
+            .apply(&self.posts, id, doc! { "$inc": { field: delta } }, event_id)
+            .await?;
         Ok(())
     }
 

@@ -7,19 +7,13 @@ use std::sync::Arc;
 
 use bson::oid::ObjectId;
 use futures::FutureExt;
-use social_events::{
-    Envelope, Payload,
-    consumer::{Handler, Subscription},
-};
+use social_events::{Envelope, Payload, consumer::Handler, topology::QueueSpec};
 
 use crate::store::Store;
 
 /// The user service's queue and its bindings.
-pub fn subscription() -> Subscription {
-    Subscription {
-        service: "user",
-        routing_keys: vec!["graph.user.followed", "graph.user.unfollowed"],
-    }
+pub fn subscription() -> QueueSpec {
+    social_events::topology::USER
 }
 
 /// Applies one event.

@@ -5,13 +5,21 @@
 
 use std::process::ExitCode;
 
+use social_kit::serve::Command;
+
 #[tokio::main]
 async fn main() -> ExitCode {
+    let mut commands = social_events::admin::commands("user", |c: &social_user::Config| &c.events);
+    commands.push(Command::new(
+        "recompute-counters",
+        "recompute the counters this service keeps from events, from their source documents",
+        |c| Box::pin(async move { social_user::recompute_counters(&c).await.map(drop) }),
+    ));
     social_kit::serve::binary_main(
         "social-user",
         social_user::Config::from_env,
         |c, l, s| Box::pin(social_user::run(c, l, s)),
-        Some(|c| Box::pin(async move { social_user::recompute_counters(&c).await })),
+        commands,
     )
     .await
 }

@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 use social_events::{idempotency, outbox};
 use social_kit::{Error, Result, error::is_duplicate_key, mongo};
 
+/// The collection this store owns.
+pub const COLLECTION: &str = "users";
+
 /// A stored account.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct UserDoc {
@@ -51,13 +54,15 @@ pub enum Taken {
 pub struct Store {
     db: Database,
     users: Collection<UserDoc>,
+    applied: idempotency::Ledger,
 }
 
 impl Store {
     pub fn new(db: &Database) -> Self {
         Self {
             db: db.clone(),
-            users: db.collection("users"),
+            users: db.collection(COLLECTION),
+            applied: idempotency::Ledger::new(db, COLLECTION),
         }
     }
 
@@ -76,6 +81,7 @@ impl Store {
             stand_in,
         )
         .await?;
+        self.applied.init(stand_in).await?;
         Ok(())
     }
 
@@ -186,12 +192,14 @@ impl Store {
         delta: i64,
         event_id: &str,
     ) -> Result<()> {
-        let (filter, update) = idempotency::once(
-            doc! { "_id": user },
-            doc! { "$inc": { field: delta } },
-            event_id,
-        );
-        self.users.update_one(filter, update).await?;
+        self.applied
+            .apply(
+                &self.users,
+                user,
+                doc! { "$inc": { field: delta } },
+                event_id,
+            )
+            .await?;
         Ok(())
     }
 

@@ -15,9 +15,10 @@ use futures::FutureExt;
 use prost::Message;
 use social_events::{
     EventsConfig, Payload,
-    consumer::{Handler, Subscription},
+    consumer::Handler,
     new_envelope,
     pb::{PostDeleted, PostLiked},
+    topology::QueueSpec,
 };
 use social_proto::{
     engagement::v1::{
@@ -574,9 +575,9 @@ impl FlakyConsumer {
                 .boxed()
             })
         };
-        let subscription = Subscription {
+        let subscription = QueueSpec {
             service: "flaky",
-            routing_keys: vec!["graph.user.followed"],
+            routing_keys: &["graph.user.followed"],
         };
         let shutdown = tokio_util::sync::CancellationToken::new();
         let task = tokio::spawn(social_events::consumer::run(
@@ -713,19 +714,18 @@ async fn the_relay_sends_routable_events_once_and_keeps_unroutable_ones() {
         .unwrap()
         .database(&database);
     // A queue bound to follows only: unfollows have nowhere to go (mandatory returns).
+    let bound = QueueSpec {
+        service: "bound",
+        routing_keys: &["graph.user.followed"],
+    };
     let connection =
         lapin::Connection::connect(&config.amqp_url, lapin::ConnectionProperties::default())
             .await
             .unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    let queue = social_events::topology::declare_consumer(
-        &channel,
-        &config,
-        "bound",
-        &["graph.user.followed"],
-    )
-    .await
-    .unwrap();
+    social_events::topology::declare(&connection, &config, &[bound])
+        .await
+        .unwrap();
+    let queue = config.queue("bound");
 
     // One batch alternating routable and unroutable events, one per document.
     let mut followed = std::collections::HashSet::new();
@@ -756,7 +756,8 @@ async fn the_relay_sends_routable_events_once_and_keeps_unroutable_ones() {
     let things = db.collection::<bson::Document>("things");
     things.insert_many(docs).await.unwrap();
 
-    let relay = social_events::outbox::Relay::new(config.clone(), "test", &db, &["things"]);
+    let relay = social_events::outbox::Relay::new(config.clone(), "test", &db, &["things"])
+        .declaring(vec![bound]);
     let shutdown = tokio_util::sync::CancellationToken::new();
     let task = tokio::spawn(relay.run(shutdown.clone()));
     let pending = || async {
@@ -783,7 +784,7 @@ async fn the_relay_sends_routable_events_once_and_keeps_unroutable_ones() {
         "only unroutable events wait"
     );
     let mut arrived = std::collections::HashSet::new();
-    while let Some(body) = broker::take_one(&config, &queue).await {
+    for body in broker::take_all(&config, &queue).await {
         let event = social_events::Envelope::decode(body.as_slice()).unwrap();
         assert!(arrived.insert(event.event_id), "delivered twice");
     }

@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod deployment;
+
 use std::time::Duration;
 
 use bson::oid::ObjectId;

@@ -1,0 +1,255 @@
+//! Delivery guarantees of the events machinery: consumers that cannot declare back off,
+//! an event redelivered after hundreds of newer ones is applied once, the relay keeps
+//! what the broker confirmed at shutdown, and a failed "was the post deleted?" check
+//! takes nothing back.
+
+use std::{collections::HashSet, net::SocketAddr, sync::Arc, time::Duration};
+
+use bson::{doc, oid::ObjectId};
+use futures::{FutureExt, TryStreamExt};
+use lapin::options::{ExchangeDeclareOptions, ExchangeDeleteOptions};
+use prost::Message;
+use social_events::{
+    EventsConfig, Payload, consumer::Handler, new_envelope, pb::UserFollowed, topology::QueueSpec,
+};
+use social_proto::user::v1::GetUserRequest;
+use social_testkit::{TcpProxy, broker, eventually, token_for, unique_name};
+use tokio_util::sync::CancellationToken;
+
+use crate::App;
+
+#[tokio::test]
+async fn a_consumer_whose_declaration_is_refused_retries_with_growing_delays() {
+    let mut config = EventsConfig::for_tests(&unique_name("t"));
+    // The exchange exists with another type: every declaration is refused.
+    let connection =
+        lapin::Connection::connect(&config.amqp_url, lapin::ConnectionProperties::default())
+            .await
+            .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .exchange_declare(
+            config.exchange.as_str().into(),
+            lapin::ExchangeKind::Direct,
+            ExchangeDeclareOptions::default(),
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let rabbit: SocketAddr = "127.0.0.1:5672".parse().unwrap();
+    let proxy = TcpProxy::start(rabbit).await;
+    config.amqp_url = format!("amqp://guest:guest@{}/%2f", proxy.addr);
+    let exchange = config.exchange.clone();
+
+    let handler: Handler = Arc::new(|_| async { Ok(()) }.boxed());
+    let refused = QueueSpec {
+        service: "refused",
+        routing_keys: &["graph.user.followed"],
+    };
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(social_events::consumer::run(
+        config,
+        refused,
+        handler,
+        shutdown.clone(),
+    ));
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    shutdown.cancel();
+    task.await.unwrap();
+    channel
+        .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+        .await
+        .ok();
+    let connections = proxy.connections();
+    // Delays of 0.5, 1, 2, 4 s (plus jitter): 3 to 5 attempts in 6 s, where a fixed
+    // half second would make twelve.
+    assert!(
+        (3..=5).contains(&connections.len()),
+        "{} connections in 6 s",
+        connections.len()
+    );
+    let gaps: Vec<Duration> = connections.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(gaps.last() > gaps.first(), "delays grow: {gaps:?}");
+}
+
+#[tokio::test]
+async fn an_event_redelivered_after_600_newer_ones_on_its_document_counts_once() {
+    let app = App::start().await;
+    let (celebrity, _) = app.stack.register("celebrity").await;
+    let config = app.stack.events.clone();
+    let follow = || {
+        let follower = ObjectId::new();
+        let event = new_envelope(
+            follower,
+            Payload::UserFollowed(UserFollowed {
+                follower_id: follower.to_hex(),
+                followee_id: celebrity.clone(),
+            }),
+        );
+        (event.encode_to_vec(), event.event_id)
+    };
+    let followers = || async {
+        app.stack
+            .users()
+            .await
+            .get_user(GetUserRequest {
+                id: celebrity.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .followers_count
+    };
+    let reaches = |n: i64| async move {
+        let reached = eventually(Duration::from_secs(120), || async {
+            (followers().await == n).then_some(())
+        })
+        .await;
+        assert!(
+            reached.is_some(),
+            "followers_count {} != {n}",
+            followers().await
+        );
+    };
+
+    let first = follow();
+    broker::publish_all(&config, "graph.user.followed", std::slice::from_ref(&first)).await;
+    reaches(1).await;
+    let newer: Vec<_> = (0..600).map(|_| follow()).collect();
+    broker::publish_all(&config, "graph.user.followed", &newer).await;
+    reaches(601).await;
+
+    // The first event again (a copy re-queued behind a backlog), then one more.
+    broker::publish_all(&config, "graph.user.followed", &[first, follow()]).await;
+    reaches(602).await;
+    let queue = config.queue("user");
+    let drained = eventually(Duration::from_secs(10), || async {
+        (broker::queue_depth(&config, &queue).await == 0).then_some(())
+    })
+    .await;
+    assert!(drained.is_some());
+    // Absence cannot be polled for: give a handler in flight time to finish.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(followers().await, 602);
+}
+
+#[tokio::test]
+async fn at_shutdown_the_relay_keeps_the_confirms_in_flight() {
+    let rabbit: SocketAddr = "127.0.0.1:5672".parse().unwrap();
+    let proxy = TcpProxy::start(rabbit).await;
+    let mut config = EventsConfig::for_tests(&unique_name("t"));
+    config.amqp_url = format!("amqp://guest:guest@{}/%2f", proxy.addr);
+    let database = unique_name("relay");
+    let _drop = social_testkit::DropDatabase(database.clone());
+    let db = mongodb::Client::with_uri_str(social_testkit::mongodb_uri())
+        .await
+        .unwrap()
+        .database(&database);
+    let bound = QueueSpec {
+        service: "bound",
+        routing_keys: &["graph.user.followed"],
+    };
+    let docs: Vec<bson::Document> = (0..1000)
+        .map(|_| {
+            let event = new_envelope(
+                ObjectId::new(),
+                Payload::UserFollowed(UserFollowed {
+                    follower_id: ObjectId::new().to_hex(),
+                    followee_id: ObjectId::new().to_hex(),
+                }),
+            );
+            doc! {
+                "_id": ObjectId::new(), "event_id": &event.event_id,
+                "outbox": [social_events::outbox::entry(&event)], "outbox_pending": 1,
+            }
+        })
+        .collect();
+    let things = db.collection::<bson::Document>("things");
+    things.insert_many(docs).await.unwrap();
+
+    let relay = social_events::outbox::Relay::new(config.clone(), "test", &db, &["things"])
+        .declaring(vec![bound]);
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(relay.run(shutdown.clone()));
+    // Once the relay is under way, the broker becomes slow to confirm, and the relay is
+    // told to stop while a batch waits for its confirms.
+    let started = eventually(Duration::from_secs(15), || async {
+        let sent = things
+            .count_documents(doc! { "outbox_pending": 0 })
+            .await
+            .unwrap();
+        (sent > 0).then_some(())
+    })
+    .await;
+    assert!(started.is_some());
+    proxy.delay_answers(Duration::from_millis(500));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    shutdown.cancel();
+    task.await.unwrap();
+    proxy.delay_answers(Duration::ZERO);
+
+    let pending: HashSet<String> = things
+        .find(doc! { "outbox_pending": { "$gt": 0 } })
+        .await
+        .unwrap()
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.get_str("event_id").unwrap().to_owned())
+        .collect();
+    let mut published = HashSet::new();
+    for body in broker::take_all(&config, &config.queue("bound")).await {
+        let event = social_events::Envelope::decode(body.as_slice()).unwrap();
+        assert!(
+            !pending.contains(&event.event_id),
+            "an event the broker took is still pending: the next start would send it again"
+        );
+        published.insert(event.event_id);
+    }
+    assert_eq!(published.len() + pending.len(), 1000, "nothing lost");
+}
+
+#[tokio::test]
+async fn a_failed_check_for_a_deleted_post_takes_nothing_back() {
+    let app = App::start().await;
+    let post = app.post(&token_for(ObjectId::new()), "kept").await;
+    let fan = token_for(ObjectId::new());
+    let fail_next_check = || fail::cfg("engagement::post_removed", "1*return").unwrap();
+
+    // A new like whose check fails: UNAVAILABLE, and the retry finds it.
+    fail_next_check();
+    let err = app.like_post(&fan, &post.id).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    app.like_post(&fan, &post.id).await.unwrap();
+    assert_eq!(app.likers(&post.id).await.len(), 1);
+    app.counters_become(&post.id, (1, 0)).await;
+
+    // An old, counted like: the check fails, nothing is deleted, the retry counts nothing.
+    fail_next_check();
+    let err = app.like_post(&fan, &post.id).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    app.like_post(&fan, &post.id).await.unwrap();
+    assert_eq!(app.likers(&post.id).await.len(), 1);
+
+    // A new comment: UNAVAILABLE, and it stays with its event.
+    fail_next_check();
+    let err = app.comment(&fan, &post.id, "stays").await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert_eq!(app.comments(&post.id).await.len(), 1);
+
+    // One more like lands after all of the above: 2 likes, 1 comment, and no more.
+    app.like_post(&token_for(ObjectId::new()), &post.id)
+        .await
+        .unwrap();
+    app.counters_become(&post.id, (2, 1)).await;
+    let config = &app.stack.events;
+    let drained = eventually(Duration::from_secs(10), || async {
+        (broker::queue_depth(config, &config.queue("post")).await == 0).then_some(())
+    })
+    .await;
+    assert!(drained.is_some());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let p = app.get_post(&post.id).await;
+    assert_eq!((p.likes_count, p.comments_count), (2, 1));
+}
