@@ -129,16 +129,39 @@ pub fn mentions(text: &str, max: usize) -> Vec<String> {
     out
 }
 
-/// The `$set` of an update of a post's or comment's body (`resource` is `post` or
-/// `comment`), validated against its current text and media. Mask paths: `content`,
-/// `media` (AIP-134: no mask means every field the request populates; `*` means both).
+/// A validated update of a post's or comment's body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BodyUpdate {
+    /// The fields to `$set`.
+    pub set: bson::Document,
+    /// What the stored document must still satisfy for the update to leave it non-empty
+    /// (a filter to add to the update's): clearing the text requires media, removing the
+    /// media requires text. Another device may have changed the field this update keeps
+    /// since it was read; the condition makes the rule hold in the write itself.
+    pub guard: bson::Document,
+}
+
+impl BodyUpdate {
+    /// The violation to report when the guard did not hold (the document exists).
+    pub fn emptied(resource: &str) -> crate::Error {
+        crate::Error::invalid(
+            format!("{resource}.content"),
+            "must not be empty unless media is attached (another change removed what \
+             this update keeps)",
+        )
+    }
+}
+
+/// The update of a post's or comment's body (`resource` is `post` or `comment`),
+/// validated against its current text and media. Mask paths: `content`, `media`
+/// (AIP-134: no mask means every field the request populates; `*` means both).
 pub fn update(
     resource: &str,
     content: &str,
     media: &[Media],
     paths: &[String],
     current: (&str, &[MediaDoc]),
-) -> crate::Result<bson::Document> {
+) -> crate::Result<BodyUpdate> {
     let mut v = Violations::default();
     let paths: Vec<&str> = if paths.is_empty() {
         let mut p = Vec::new();
@@ -182,7 +205,21 @@ pub fn update(
         &mut v,
     );
     v.finish()?;
-    Ok(set)
+    let mut guard = bson::Document::new();
+    match (set.contains_key("content"), set.contains_key("media")) {
+        (true, false) if new_text.is_empty() => {
+            // At least one media item (every stored item has a `type`).
+            guard.insert(
+                "media",
+                bson::doc! { "$elemMatch": { "type": { "$exists": true } } },
+            );
+        }
+        (false, true) if new_media.is_empty() => {
+            guard.insert("content", bson::doc! { "$ne": "" });
+        }
+        _ => {}
+    }
+    Ok(BodyUpdate { set, guard })
 }
 
 #[cfg(test)]
@@ -241,6 +278,18 @@ mod tests {
                 "media[3].duration"
             ]
         );
+    }
+
+    #[test]
+    fn an_update_that_empties_one_half_requires_the_other() {
+        let image = media("media", &[item("image", None)], &mut Violations::default());
+        let clear_text = update("post", "", &[], &["content".into()], ("hi", &image)).unwrap();
+        assert!(clear_text.guard.contains_key("media"));
+        let clear_media = update("post", "", &[], &["media".into()], ("hi", &image)).unwrap();
+        assert!(clear_media.guard.contains_key("content"));
+        let new_text = update("post", "hello", &[], &["content".into()], ("", &image)).unwrap();
+        assert!(new_text.guard.is_empty());
+        assert!(update("post", "", &[], &["*".into()], ("hi", &image)).is_err());
     }
 
     #[test]

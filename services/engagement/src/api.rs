@@ -114,7 +114,9 @@ impl From<CommentDoc> for Comment {
             user_id: c.user_id.to_hex(),
             content: c.content,
             media: c.media.into_iter().map(Into::into).collect(),
-            likes_count: c.likes_count,
+            // Events may land out of order (an unlike before its like): the stored
+            // count converges; a client never sees it below zero.
+            likes_count: c.likes_count.max(0),
             created_at: Some(to_timestamp(c.created_at)),
             updated_at: Some(to_timestamp(c.updated_at)),
         }
@@ -314,18 +316,21 @@ impl EngagementService for Api {
             return Err(Error::PermissionDenied("only the author can change a comment").into());
         }
         let paths = r.update_mask.map(|m| m.paths).unwrap_or_default();
-        let set = content::update(
+        let update = content::update(
             "comment",
             &comment.content,
             &comment.media,
             &paths,
             (&current.content, &current.media),
         )?;
-        let updated = self
-            .store
-            .update_comment(comment_id, set)
-            .await?
-            .ok_or(Error::NotFound("comment"))?;
+        let Some(updated) = self.store.update_comment(comment_id, update).await? else {
+            // Deleted meanwhile, or a concurrent change left nothing the update keeps.
+            return Err(match self.store.comment(comment_id).await? {
+                Some(_) => content::BodyUpdate::emptied("comment"),
+                None => Error::NotFound("comment"),
+            }
+            .into());
+        };
         Ok(Response::new(updated.into()))
     }
 

@@ -13,7 +13,7 @@
 //! its insert and takes the insert back if it finds one. Whatever the interleaving,
 //! either the cascade sees the new document or the writer sees the tombstone.
 
-use bson::{DateTime, Document, doc, oid::ObjectId};
+use bson::{DateTime, doc, oid::ObjectId};
 use futures::TryStreamExt;
 use std::time::Duration;
 
@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use social_events::{Envelope, idempotency, outbox};
 use social_kit::{
     Result,
-    content::MediaDoc,
+    content::{BodyUpdate, MediaDoc},
     mongo,
     paging::{self, Order, PageRequest},
 };
@@ -336,16 +336,20 @@ impl Store {
             .await?)
     }
 
-    /// Sets fields and `updated_at` of comment `id`; returns the new document.
+    /// Applies `update` (and `updated_at`) to comment `id` if its guard holds; returns
+    /// the new document, `None` if no such comment matches.
     pub async fn update_comment(
         &self,
         id: ObjectId,
-        mut set: Document,
+        update: BodyUpdate,
     ) -> Result<Option<CommentDoc>> {
+        let mut set = update.set;
         set.insert("updated_at", DateTime::now());
+        let mut filter = doc! { "_id": id, "state": ACTIVE };
+        filter.extend(update.guard);
         Ok(self
             .comments
-            .find_one_and_update(doc! { "_id": id, "state": ACTIVE }, doc! { "$set": set })
+            .find_one_and_update(filter, doc! { "$set": set })
             .projection(outbox::without_bookkeeping())
             .return_document(ReturnDocument::After)
             .await?)

@@ -67,8 +67,10 @@ impl From<PostDoc> for Post {
             user_id: p.user_id.to_hex(),
             content: p.content,
             media: p.media.into_iter().map(Into::into).collect(),
-            likes_count: p.likes_count,
-            comments_count: p.comments_count,
+            // Events may land out of order (an unlike before its like): the stored
+            // counts converge; a client never sees them below zero.
+            likes_count: p.likes_count.max(0),
+            comments_count: p.comments_count.max(0),
             created_at: Some(to_timestamp(p.created_at)),
             updated_at: Some(to_timestamp(p.updated_at)),
         }
@@ -150,18 +152,21 @@ impl PostService for Api {
             return Err(Error::PermissionDenied("only the author can change a post").into());
         }
         let paths = r.update_mask.map(|m| m.paths).unwrap_or_default();
-        let set = content::update(
+        let update = content::update(
             "post",
             &post.content,
             &post.media,
             &paths,
             (&current.content, &current.media),
         )?;
-        let updated = self
-            .store
-            .update(post_id, me, set)
-            .await?
-            .ok_or(Error::NotFound("post"))?;
+        let Some(updated) = self.store.update(post_id, me, update).await? else {
+            // Deleted meanwhile, or a concurrent change left nothing the update keeps.
+            return Err(match self.store.get(post_id).await? {
+                Some(_) => content::BodyUpdate::emptied("post"),
+                None => Error::NotFound("post"),
+            }
+            .into());
+        };
         Ok(Response::new(updated.into()))
     }
 

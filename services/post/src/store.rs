@@ -6,14 +6,14 @@
 //! through a TTL index). Counters move only through [`Store::add_to_count`], once per
 //! event.
 
-use bson::{DateTime, Document, doc, oid::ObjectId};
+use bson::{DateTime, doc, oid::ObjectId};
 use futures::TryStreamExt;
 use mongodb::{Collection, Database, options::ReturnDocument};
 use serde::{Deserialize, Serialize};
 use social_events::{Envelope, idempotency, outbox};
 use social_kit::{
     Result,
-    content::MediaDoc,
+    content::{BodyUpdate, MediaDoc},
     mongo,
     paging::{self, Order, PageRequest},
 };
@@ -148,20 +148,21 @@ impl Store {
             .await?)
     }
 
-    /// Sets fields and `updated_at` on `author`'s post `id`; returns the new document.
+    /// Applies `update` (and `updated_at`) to `author`'s post `id` if its guard holds;
+    /// returns the new document, `None` if no such post matches.
     pub async fn update(
         &self,
         id: ObjectId,
         author: ObjectId,
-        mut set: Document,
+        update: BodyUpdate,
     ) -> Result<Option<PostDoc>> {
+        let mut set = update.set;
         set.insert("updated_at", DateTime::now());
+        let mut filter = doc! { "_id": id, "user_id": mongo::is(author), "state": ACTIVE };
+        filter.extend(update.guard);
         Ok(self
             .posts
-            .find_one_and_update(
-                doc! { "_id": id, "user_id": mongo::is(author), "state": ACTIVE },
-                doc! { "$set": set },
-            )
+            .find_one_and_update(filter, doc! { "$set": set })
             .projection(outbox::without_bookkeeping())
             .return_document(ReturnDocument::After)
             .await?)

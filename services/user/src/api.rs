@@ -50,8 +50,10 @@ fn to_wire(doc: UserDoc, viewer: Option<ObjectId>) -> User {
         full_name: doc.full_name,
         bio: doc.bio,
         profile_picture_url: doc.profile_picture_url,
-        followers_count: doc.followers_count,
-        following_count: doc.following_count,
+        // Events may land out of order (an unfollow before its follow): the stored
+        // counts converge; a client never sees them below zero.
+        followers_count: doc.followers_count.max(0),
+        following_count: doc.following_count.max(0),
         created_at: Some(to_timestamp(doc.created_at)),
         updated_at: Some(to_timestamp(doc.updated_at)),
     }

@@ -253,3 +253,66 @@ async fn a_failed_check_for_a_deleted_post_takes_nothing_back() {
     let p = app.get_post(&post.id).await;
     assert_eq!((p.likes_count, p.comments_count), (2, 1));
 }
+
+#[tokio::test]
+async fn an_unfollow_handled_before_its_follow_never_shows_a_negative_count() {
+    let app = App::start().await;
+    let (user, _) = app.stack.register("early").await;
+    let config = app.stack.events.clone();
+    let follower = ObjectId::new();
+    let event = |payload| {
+        let e = new_envelope(follower, payload);
+        (e.encode_to_vec(), e.event_id)
+    };
+    let pair = || UserFollowed {
+        follower_id: follower.to_hex(),
+        followee_id: user.clone(),
+    };
+    let stored = || async {
+        let db = mongodb::Client::with_uri_str(social_testkit::mongodb_uri())
+            .await
+            .unwrap()
+            .database(&app.stack.database);
+        db.collection::<bson::Document>("users")
+            .find_one(doc! { "_id": ObjectId::parse_str(&user).unwrap() })
+            .await
+            .unwrap()
+            .unwrap()
+            .get("followers_count")
+            .and_then(|v| v.as_i64().or_else(|| v.as_i32().map(i64::from)))
+            .unwrap()
+    };
+    let shown = || async {
+        app.stack
+            .users()
+            .await
+            .get_user(GetUserRequest { id: user.clone() })
+            .await
+            .unwrap()
+            .into_inner()
+            .followers_count
+    };
+    let unfollowed = event(Payload::UserUnfollowed(social_events::pb::UserUnfollowed {
+        follower_id: follower.to_hex(),
+        followee_id: user.clone(),
+    }));
+    broker::publish_all(&config, "graph.user.unfollowed", &[unfollowed]).await;
+    let early = eventually(Duration::from_secs(15), || async {
+        (stored().await == -1).then_some(())
+    })
+    .await;
+    assert!(early.is_some(), "the unfollow was applied first");
+    assert_eq!(shown().await, 0, "never shown below zero");
+    broker::publish_all(
+        &config,
+        "graph.user.followed",
+        &[event(Payload::UserFollowed(pair()))],
+    )
+    .await;
+    let settled = eventually(Duration::from_secs(15), || async {
+        (stored().await == 0).then_some(())
+    })
+    .await;
+    assert!(settled.is_some(), "the stored count converges");
+    assert_eq!(shown().await, 0);
+}

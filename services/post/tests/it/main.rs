@@ -337,6 +337,39 @@ async fn only_the_author_updates_and_deletes() {
 }
 
 #[tokio::test]
+async fn two_devices_emptying_one_half_each_cannot_empty_a_post() {
+    let app = spawn().await;
+    let author = token_for(ObjectId::new());
+    let p = app.posts.clone();
+    for round in 0..8 {
+        let post = app.post(&author, "text", vec![image()]).await.unwrap();
+        // One device clears the text, the other the media, at the same time: each
+        // alone is allowed, both together would leave nothing.
+        let (mut a, mut b) = (p.clone(), p.clone());
+        let (clear_text, clear_media) = tokio::join!(
+            a.update_post(authed(update(&post.id, "", vec![], &["content"]), &author)),
+            b.update_post(authed(update(&post.id, "", vec![], &["media"]), &author)),
+        );
+        let failures: Vec<Status> = [clear_text, clear_media]
+            .into_iter()
+            .filter_map(Result::err)
+            .collect();
+        assert_eq!(failures.len(), 1, "round {round}: exactly one edit wins");
+        assert_eq!(violated_fields(&failures[0]), ["post.content"]);
+        let stored = p
+            .clone()
+            .get_post(GetPostRequest { id: post.id })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(
+            !stored.content.is_empty() || !stored.media.is_empty(),
+            "round {round}: the post was emptied"
+        );
+    }
+}
+
+#[tokio::test]
 async fn batch_get_keeps_order_and_omits_missing() {
     let app = spawn().await;
     let token = token_for(ObjectId::new());
