@@ -94,26 +94,99 @@ fn is_index_conflict(err: &mongodb::error::Error) -> bool {
 }
 
 /// Creates `model`; if an index of its name exists with other options, drops and
-/// recreates it. A unique index is never dropped (duplicates could slip in meanwhile):
-/// its conflict is returned for an operator to resolve.
+/// recreates it. An existing unique index is never dropped (duplicates could slip in
+/// meanwhile): its conflict is returned for an operator to resolve. A non-unique one may
+/// become unique (creating it fails, naming the index, if the data has duplicates).
 async fn replace_index<T: Send + Sync>(
     collection: &Collection<T>,
     model: IndexModel,
 ) -> mongodb::error::Result<()> {
+    use futures::TryStreamExt;
     match collection.create_index(model.clone()).await {
         Ok(_) => Ok(()),
         Err(e) if is_index_conflict(&e) => {
-            let options = model.options.as_ref();
-            let name = options.and_then(|o| o.name.clone());
-            let unique = options.and_then(|o| o.unique).unwrap_or(false);
-            let Some(name) = name.filter(|_| !unique) else {
+            let Some(name) = model.options.as_ref().and_then(|o| o.name.clone()) else {
                 return Err(e);
             };
-            tracing::warn!(collection = collection.name(), index = %name, "index options changed; recreating it");
-            collection.drop_index(name).await?;
+            // The index in the way: the one of that name, or of the same keys.
+            let existing: Vec<IndexModel> = collection.list_indexes().await?.try_collect().await?;
+            let Some(clash) = existing.iter().find(|i| {
+                i.options.as_ref().and_then(|o| o.name.as_deref()) == Some(name.as_str())
+                    || i.keys == model.keys
+            }) else {
+                return Err(e);
+            };
+            let options = clash.options.as_ref();
+            if options.and_then(|o| o.unique) == Some(true) {
+                return Err(e);
+            }
+            let Some(old_name) = options.and_then(|o| o.name.clone()) else {
+                return Err(e);
+            };
+            tracing::warn!(collection = collection.name(), index = %old_name, new = %name, "index options changed; recreating it");
+            collection.drop_index(old_name).await?;
             collection.create_index(model).await.map(|_| ())
         }
         Err(e) => Err(e),
+    }
+}
+
+/// The unique index on `sort_key` that makes list keys distinct by construction (see
+/// [`insert_keyed`]).
+pub fn sort_key_index() -> IndexModel {
+    index(
+        "sort_key_unique",
+        doc! { crate::paging::SORT_KEY: -1 },
+        true,
+    )
+}
+
+/// Inserts `document`, whose sort key (reached through `sort_key`) must be unique in
+/// `collection` (a unique index on `sort_key`, [`sort_key_index`]): when another
+/// document already holds it (two replicas minting the same key in the same
+/// millisecond), a fresh key is drawn and the insert tried again, so that no two listed
+/// items share a key and pages never skip one. `false` when another unique index (a
+/// like, a follow, a notification already there) refused it.
+pub async fn insert_keyed<T: serde::Serialize + Send + Sync>(
+    collection: &Collection<T>,
+    document: &mut T,
+    sort_key: impl Fn(&mut T) -> &mut i64,
+) -> mongodb::error::Result<bool> {
+    let mut tries = 0;
+    loop {
+        match collection.insert_one(&*document).await {
+            Ok(_) => return Ok(true),
+            Err(e) if crate::error::is_duplicate_key(&e) => {
+                let taken = collection
+                    .clone_with_type::<Document>()
+                    .find_one(doc! { crate::paging::SORT_KEY: *sort_key(document) })
+                    .projection(doc! { "_id": 1 })
+                    .await?
+                    .is_some();
+                tries += 1;
+                if !taken || tries > 5 {
+                    return Ok(false);
+                }
+                *sort_key(document) = crate::paging::fresh_sort_key();
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// [`insert_keyed`] into a collection whose only unique key is the sort key.
+pub async fn insert_new<T: serde::Serialize + Send + Sync>(
+    collection: &Collection<T>,
+    document: &mut T,
+    sort_key: impl Fn(&mut T) -> &mut i64,
+) -> crate::Result<()> {
+    if insert_keyed(collection, document, sort_key).await? {
+        Ok(())
+    } else {
+        Err(crate::Error::internal(anyhow::anyhow!(
+            "no free sort key in {} after several tries",
+            collection.name()
+        )))
     }
 }
 

@@ -10,6 +10,11 @@
 //! and no skip among older items, and a token replayed against another query is
 //! rejected.
 //!
+//! Keys are distinct by construction: each listed collection has a unique index on
+//! `sort_key`, and an insert whose key another document holds draws a new one
+//! (`kit::mongo::insert_keyed`). A page that ends on an item therefore never hides
+//! another with the same key.
+//!
 //! An integer key rather than `(created_at, _id)`: one indexable field makes the keyset
 //! filter a single range (`{sort_key: {$lt: k}}`), served by an index
 //! `{<owner>: 1, sort_key: -1}` on MongoDB, and evaluated in SQL by the stand-in
@@ -42,6 +47,11 @@ static PROCESS_BITS: LazyLock<i64> = LazyLock::new(|| {
     (i64::from(random[4]) << 2 | i64::from(random[5] & 0b11)) & 0x3FF
 });
 static SEQUENCE: AtomicU64 = AtomicU64::new(0);
+
+/// A new sort key for a document created now (to replace one another document took).
+pub fn fresh_sort_key() -> i64 {
+    sort_key(bson::DateTime::now())
+}
 
 /// A new sort key for a document created at `created_at`.
 pub fn sort_key(created_at: bson::DateTime) -> i64 {

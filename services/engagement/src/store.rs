@@ -207,6 +207,7 @@ impl Store {
                 ),
                 // Cascade when a post is deleted.
                 mongo::index("post", doc! { "post_id": 1 }, false),
+                mongo::sort_key_index(),
                 outbox::index(),
                 outbox::purge_index("ended_ttl", "ended_at", Duration::from_secs(30 * DAY)),
             ],
@@ -218,6 +219,7 @@ impl Store {
             vec![
                 // ListComments oldest first, counting, and the cascade.
                 mongo::index("post_sorted", doc! { "post_id": 1, "sort_key": 1 }, false),
+                mongo::sort_key_index(),
                 outbox::index(),
                 outbox::purge_index("deleted_ttl", "deleted_at", Duration::from_secs(7 * DAY)),
             ],
@@ -268,7 +270,7 @@ impl Store {
         let mut like = like.clone();
         like.outbox = vec![outbox::entry(event)];
         like.outbox_pending = 1;
-        Ok(mongo::insert_once(&self.likes, &like).await?)
+        Ok(mongo::insert_keyed(&self.likes, &mut like, |l| &mut l.sort_key).await?)
     }
 
     /// The user's active like of `target`.
@@ -323,8 +325,7 @@ impl Store {
         let mut comment = comment.clone();
         comment.outbox = vec![outbox::entry(event)];
         comment.outbox_pending = 1;
-        self.comments.insert_one(&comment).await?;
-        Ok(())
+        mongo::insert_new(&self.comments, &mut comment, |c| &mut c.sort_key).await
     }
 
     /// A comment that is not deleted.

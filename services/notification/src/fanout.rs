@@ -137,7 +137,7 @@ impl Fanout {
             about.extend(draft.post.map(|p| removed_key("post", p)));
             about.extend(draft.comment.map(|c| removed_key("comment", c)));
             let now = DateTime::now();
-            let doc = NotificationDoc {
+            let mut doc = NotificationDoc {
                 id: ObjectId::new(),
                 user_id: draft.recipient,
                 kind: draft.kind.into(),
@@ -149,7 +149,7 @@ impl Fanout {
                 sort_key: social_kit::paging::sort_key(now),
                 dedupe_key: draft.key,
             };
-            if self.store.insert(&doc).await? {
+            if self.store.insert(&mut doc).await? {
                 stored.push(doc);
             }
         }

@@ -104,6 +104,7 @@ impl Store {
                 // Removing a deleted post's or comment's notifications.
                 mongo::index("post", doc! { "post_id": 1 }, false),
                 mongo::index("comment", doc! { "comment_id": 1 }, false),
+                mongo::sort_key_index(),
             ],
             stand_in,
         )
@@ -154,8 +155,8 @@ impl Store {
     }
 
     /// Stores `n` unless its `dedupe_key` is taken; whether it was stored.
-    pub async fn insert(&self, n: &NotificationDoc) -> Result<bool> {
-        Ok(mongo::insert_once(&self.notifications, n).await?)
+    pub async fn insert(&self, n: &mut NotificationDoc) -> Result<bool> {
+        Ok(mongo::insert_keyed(&self.notifications, n, |n| &mut n.sort_key).await?)
     }
 
     /// A page of `user`'s notifications, newest first.

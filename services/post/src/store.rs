@@ -102,9 +102,10 @@ impl Store {
                     doc! { "user_id": 1, "sort_key": -1 },
                     false,
                 ),
-                // The home feed for readers following thousands of accounts: walk the
-                // newest posts and keep the followed authors' ones.
-                mongo::index("sorted", doc! { "sort_key": -1 }, false),
+                // Keys distinct by construction (see `mongo::insert_keyed`); also the
+                // home feed for readers following thousands of accounts: walk the newest
+                // posts and keep the followed authors' ones.
+                mongo::sort_key_index(),
                 outbox::index(),
                 // Deleted posts go a week after their event is out.
                 outbox::purge_index(
@@ -125,8 +126,7 @@ impl Store {
         let mut post = post.clone();
         post.outbox = vec![outbox::entry(event)];
         post.outbox_pending = 1;
-        self.posts.insert_one(&post).await?;
-        Ok(())
+        mongo::insert_new(&self.posts, &mut post, |p| &mut p.sort_key).await
     }
 
     /// A post that is not deleted.

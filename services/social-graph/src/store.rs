@@ -13,9 +13,7 @@ use mongodb::{Collection, Database};
 use serde::{Deserialize, Serialize};
 use social_events::{Envelope, outbox};
 use social_kit::{
-    Result,
-    error::is_duplicate_key,
-    mongo,
+    Result, mongo,
     paging::{self, Order, PageRequest},
 };
 
@@ -90,6 +88,7 @@ impl Store {
                     doc! { "followee_id": 1, "sort_key": -1 },
                     false,
                 ),
+                mongo::sort_key_index(),
                 outbox::index(),
                 // Ended follows go after 30 days (long after their event is published).
                 outbox::purge_index(
@@ -124,18 +123,16 @@ impl Store {
             outbox: vec![outbox::entry(event)],
             outbox_pending: 1,
         };
-        match self.follows.insert_one(&doc).await {
-            Ok(_) => {
-                doc.outbox.clear();
-                doc.outbox_pending = 0;
-                Ok((doc, true))
-            }
-            Err(e) if is_duplicate_key(&e) => match self.get(follower, followee).await? {
-                Some(existing) => Ok((existing, false)),
-                // Unfollowed between our insert and read: the follow happened and ended.
-                None => Ok((doc, false)),
-            },
-            Err(e) => Err(e.into()),
+        let inserted = mongo::insert_keyed(&self.follows, &mut doc, |f| &mut f.sort_key).await?;
+        if inserted {
+            doc.outbox.clear();
+            doc.outbox_pending = 0;
+            return Ok((doc, true));
+        }
+        match self.get(follower, followee).await? {
+            Some(existing) => Ok((existing, false)),
+            // Unfollowed between our insert and read: the follow happened and ended.
+            None => Ok((doc, false)),
         }
     }
 

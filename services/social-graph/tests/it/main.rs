@@ -303,3 +303,49 @@ async fn a_down_user_service_is_unavailable_and_a_silent_one_times_out() {
     assert!(started.elapsed() < Duration::from_secs(5));
     hold.abort();
 }
+
+#[tokio::test]
+async fn two_follows_minted_with_one_sort_key_are_both_paged_exactly_once() {
+    let app = spawn().await;
+    let (star, _) = app.user("star").await;
+    let db = mongodb::Client::with_uri_str(social_testkit::mongodb_uri())
+        .await
+        .unwrap()
+        .database(&app.stack.database);
+    let follows = db.collection::<bson::Document>("followers");
+    // Two replicas minted the same key for two follows in the same millisecond.
+    let now = bson::DateTime::now();
+    let key = social_kit::paging::sort_key(now);
+    let mut followers = HashSet::new();
+    for _ in 0..2 {
+        let follower = ObjectId::new();
+        followers.insert(follower.to_hex());
+        let mut follow = bson::doc! {
+            "_id": ObjectId::new(), "follower_id": follower,
+            "followee_id": ObjectId::parse_str(&star).unwrap(), "created_at": now,
+            "sort_key": key, "state": "active", "active_key": "active",
+            "outbox": [], "outbox_pending": 0,
+        };
+        let inserted = social_kit::mongo::insert_keyed(&follows, &mut follow, |d| {
+            match d.get_mut("sort_key") {
+                Some(bson::Bson::Int64(k)) => k,
+                _ => panic!("no sort key"),
+            }
+        })
+        .await
+        .unwrap();
+        assert!(inserted);
+    }
+    // A page of one ends on the first: the second is on the next page, not skipped.
+    let (mut seen, mut token) = (Vec::new(), String::new());
+    loop {
+        let (page, next) = app.followers(&star, 1, &token).await;
+        seen.extend(page);
+        if next.is_empty() {
+            break;
+        }
+        token = next;
+    }
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(seen.into_iter().collect::<HashSet<_>>(), followers);
+}
