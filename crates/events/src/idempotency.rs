@@ -1,59 +1,80 @@
-//! Applying an event to a document at most once, however late it is redelivered.
+//! Counters kept by events (`followers_count`, `likes_count`, ...): each event applied at
+//! most once, however late it is redelivered, and recounts that stay exact while events
+//! are still on their way.
 //!
-//! Two memories, because MongoDB offers no atomic write across two documents here:
+//! **At most once.** Two memories, because MongoDB offers no atomic write across two
+//! documents here:
+//! - in the document: the update is conditional on the event id not being among the
+//!   document's last [`REMEMBERED`] applied ids (`applied_events`) and records it there
+//!   in the same atomic update. This covers the moments right after an event is applied,
+//!   including two copies of one event handled at once;
+//! - in a ledger: one entry per (document, event) in a collection of the owning
+//!   service (`<collection>_applied`), kept for [`WINDOW`]. It is read before the update
+//!   and written after it, so an event redelivered after hundreds of newer events on the
+//!   same document (a celebrity's counter; a copy re-queued behind a backlog) is
+//!   recognised though the document has forgotten it. If the process dies between the
+//!   update and the ledger write, the redelivery (seconds later) still finds the id in
+//!   the document.
 //!
-//! - **In the document**: the update is conditional on the event id not being among the
-//!   document's last [`REMEMBERED`] applied ids (`applied_events`) and records it there,
-//!   in the same atomic update ([`once`]). This covers the moments right after an event
-//!   is applied, including two copies of one event handled at once.
-//! - **In a ledger** ([`Ledger`]): one entry per (document, event) in a collection of
-//!   the owning service, kept for [`WINDOW`]. It is read before the update and written
-//!   after it, so an event redelivered after hundreds of newer events on the same
-//!   document (a celebrity's counter; a copy re-queued behind a backlog) is recognised
-//!   even though the document has forgotten it. If the process dies between the update
-//!   and the ledger write, the redelivery (seconds later) still finds the id in the
-//!   document.
+//! The guarantee holds for [`WINDOW`] (30 days) after an event was first applied. A
+//! message is held in place at most `EVENTS_HOLD_LIMIT_SECS` (5 min) per delivery and
+//! re-queued copies go to the back of their queue, so it would have to wait behind a
+//! month of backlog to be applied twice.
 //!
-//! The guarantee therefore holds for [`WINDOW`] (30 days) after an event was first
-//! applied. A message is held in place at most `EVENTS_HOLD_LIMIT_SECS` (5 min) per
-//! delivery and re-queued copies go to the back of their queue, so it would have to
-//! wait behind a month of backlog to be applied twice.
+//! **Recounts under traffic.** Setting a counter to a fresh count races the events still
+//! in an outbox or a queue: they are in the count already and would be applied again.
+//! So a recount is *fenced*: the owner of the source documents counts them as of a time
+//! `C` (by the times of the events that started and ended them), and the counter is set
+//! to that count plus the deltas of the events applied so far whose time is after `C`
+//! (from the ledger and the document's own log); `C` is stored in the document
+//! (`recount_ms`), and any event whose time is not after it is skipped when it lands,
+//! since the count has it. The set is conditional on the document's `counter_version`
+//! (bumped by every applied event), so an event applied meanwhile makes the recount read
+//! again. `C` lies a margin in the past (the caller's choice, minutes in production) so
+//! that every event up to `C` has reached its source document, whatever the clocks.
 //!
 //! `$nin` rather than `$ne`: both mean "no element equals" on MongoDB, and the stand-in
-//! nx-27017 only implements the former for arrays.
+//! nx-27017 only implements the former for arrays. The fence is a plain range on a field
+//! every counted document has (`$or` with `$exists` costs the stand-in a table scan).
 
-use std::time::Duration;
+use std::{collections::HashMap, time::Duration};
 
 use bson::{DateTime, Document, doc, oid::ObjectId};
+use futures::TryStreamExt;
 use mongodb::{Collection, Database};
 use serde::{Deserialize, Serialize};
 
+use crate::Envelope;
+
 /// The field that remembers recently applied event ids.
 pub const FIELD: &str = "applied_events";
+/// Recently applied events with their time, counter and delta (`t|field|delta|id`).
+const LOG: &str = "applied_log";
+/// Events up to this time (ms) are in the counters already (see the module docs).
+const RECOUNT: &str = "recount_ms";
+/// Bumped by every applied event and every recount.
+const VERSION: &str = "counter_version";
 /// How many recent event ids a document remembers.
 pub const REMEMBERED: i32 = 500;
 /// How long the ledger remembers that an event was applied to a document.
 pub const WINDOW: Duration = Duration::from_secs(30 * 24 * 3600);
 
-/// `(filter, update)` that apply `update` to the document matching `filter` unless
-/// `event_id` is among its recently applied ids.
-pub fn once(mut filter: Document, mut update: Document, event_id: &str) -> (Document, Document) {
-    filter.insert(FIELD, doc! { "$nin": [event_id] });
-    let remember = doc! { "$each": [event_id], "$slice": -REMEMBERED };
-    match update.get_document_mut("$push") {
-        Ok(push) => {
-            push.insert(FIELD, remember);
-        }
-        Err(_) => {
-            update.insert("$push", doc! { FIELD: remember });
-        }
-    }
-    (filter, update)
+/// The fields a counted document is created with.
+pub fn initial_fields() -> Document {
+    doc! { RECOUNT: 0_i64, VERSION: 0_i64 }
 }
 
-/// A projection that leaves the remembered ids out of reads.
+/// A projection that leaves the bookkeeping of counters out of reads.
 pub fn hide() -> Document {
-    doc! { FIELD: 0 }
+    doc! { FIELD: 0, LOG: 0 }
+}
+
+/// When `event` happened, in milliseconds since the Unix epoch.
+pub fn event_time_ms(event: &Envelope) -> i64 {
+    event
+        .occurred_at
+        .as_ref()
+        .map_or(0, social_kit::time::millis)
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -61,58 +82,207 @@ struct Entry {
     /// `<document id>:<event id>`.
     #[serde(rename = "_id")]
     key: String,
+    doc: ObjectId,
+    field: String,
+    delta: i64,
+    /// The event's time (ms).
+    t: i64,
     applied_at: DateTime,
 }
 
-/// Which events were applied to which documents of one collection, for [`WINDOW`].
-/// Cheap to clone.
+/// The counters of one collection's documents, kept by events. Cheap to clone.
 #[derive(Clone, Debug)]
-pub struct Ledger {
-    entries: Collection<Entry>,
+pub struct Counters {
+    target: Collection<Document>,
+    ledger: Collection<Entry>,
 }
 
-impl Ledger {
-    /// The ledger of `collection` (stored in `<collection>_applied`).
+impl Counters {
+    /// The counters of `collection`, with their ledger in `<collection>_applied`.
     pub fn new(db: &Database, collection: &str) -> Self {
         Self {
-            entries: db.collection(&format!("{collection}_applied")),
+            target: db.collection(collection),
+            ledger: db.collection(&format!("{collection}_applied")),
         }
     }
 
-    /// Creates its TTL index (idempotent).
+    /// Creates the ledger's indexes, and gives documents written before recounts existed
+    /// their fields (idempotent).
     pub async fn init(&self, stand_in: bool) -> mongodb::error::Result<()> {
         social_kit::mongo::ensure_indexes(
-            &self.entries,
-            vec![social_kit::mongo::ttl_index(
-                "applied_ttl",
-                "applied_at",
-                WINDOW,
-            )],
+            &self.ledger,
+            vec![
+                social_kit::mongo::ttl_index("applied_ttl", "applied_at", WINDOW),
+                // A recount's "applied after C" of one document.
+                social_kit::mongo::index("doc_time", doc! { "doc": 1, "t": 1 }, false),
+            ],
             stand_in,
         )
-        .await
+        .await?;
+        self.target
+            .update_many(
+                doc! { RECOUNT: { "$exists": false } },
+                doc! { "$set": initial_fields() },
+            )
+            .await?;
+        Ok(())
     }
 
-    /// Applies `update` to document `id` of `target` unless `event_id` was applied to it
-    /// already; whether it changed the document (`false` also when there is none).
-    pub async fn apply<T: Send + Sync>(
+    /// Adds `delta` to `field` of document `id` for `event`, unless that event was
+    /// applied to it already or a recount already counted it; whether it changed the
+    /// document (`false` also when there is none).
+    pub async fn add(
         &self,
-        target: &Collection<T>,
         id: ObjectId,
-        update: Document,
-        event_id: &str,
+        field: &str,
+        delta: i64,
+        event: &Envelope,
     ) -> mongodb::error::Result<bool> {
+        let event_id = event.event_id.as_str();
         let key = format!("{id}:{event_id}");
-        if self.entries.find_one(doc! { "_id": &key }).await?.is_some() {
+        if self.ledger.find_one(doc! { "_id": &key }).await?.is_some() {
             return Ok(false);
         }
-        let (filter, update) = once(doc! { "_id": id }, update, event_id);
-        let changed = target.update_one(filter, update).await?.modified_count == 1;
+        let t = event_time_ms(event);
+        let filter = doc! { "_id": id, FIELD: { "$nin": [event_id] }, RECOUNT: { "$lt": t } };
+        let update = doc! {
+            "$inc": { field: delta, VERSION: 1_i64 },
+            "$push": {
+                FIELD: { "$each": [event_id], "$slice": -REMEMBERED },
+                LOG: { "$each": [format!("{t}|{field}|{delta}|{event_id}")], "$slice": -REMEMBERED },
+            },
+        };
+        let mut changed = self
+            .target
+            .update_one(filter.clone(), update.clone())
+            .await?
+            .modified_count
+            == 1;
+        if !changed {
+            // A document written by a release before recounts lacks the fence: give it
+            // one and try again (else it would never count again).
+            let repaired = self
+                .target
+                .update_one(
+                    doc! { "_id": id, RECOUNT: { "$exists": false } },
+                    doc! { "$set": initial_fields() },
+                )
+                .await?
+                .modified_count
+                == 1;
+            if repaired {
+                changed = self.target.update_one(filter, update).await?.modified_count == 1;
+            }
+        }
         let entry = Entry {
             key,
+            doc: id,
+            field: field.to_owned(),
+            delta,
+            t,
             applied_at: DateTime::now(),
         };
-        social_kit::mongo::insert_once(&self.entries, &entry).await?;
+        social_kit::mongo::insert_once(&self.ledger, &entry).await?;
         Ok(changed)
+    }
+
+    /// Sets the counters of document `id` to `counted` (each field's count of its source
+    /// documents as of `as_of_ms`) plus what the events applied so far with a later time
+    /// added, and fences out the events up to `as_of_ms` (see the module docs). `false`
+    /// if there is no such document; an error if events kept changing it.
+    pub async fn recount(
+        &self,
+        id: ObjectId,
+        as_of_ms: i64,
+        counted: &[(&str, i64)],
+    ) -> anyhow::Result<bool> {
+        for _ in 0..20 {
+            let Some(current) = self
+                .target
+                .find_one(doc! { "_id": id })
+                .projection(doc! { VERSION: 1, LOG: 1 })
+                .await?
+            else {
+                return Ok(false);
+            };
+            let version = match current.get(VERSION) {
+                Some(v) => v.clone(),
+                None => bson::Bson::Int64(0),
+            };
+            // What was applied after `as_of_ms`, by event: the ledger, and the document's
+            // own log for an event whose ledger entry is not written yet.
+            let mut after: HashMap<String, (String, i64)> = HashMap::new();
+            let mut entries = self
+                .ledger
+                .find(doc! { "doc": id, "t": { "$gt": as_of_ms } })
+                .await?;
+            while let Some(e) = entries.try_next().await? {
+                let event = e.key.rsplit(':').next().unwrap_or_default().to_owned();
+                after.insert(event, (e.field, e.delta));
+            }
+            for line in current.get_array(LOG).map(|a| a.as_slice()).unwrap_or(&[]) {
+                if let Some((t, field, delta, event)) = line.as_str().and_then(parse_log)
+                    && t > as_of_ms
+                {
+                    after
+                        .entry(event.to_owned())
+                        .or_insert((field.to_owned(), delta));
+                }
+            }
+            let mut set = Document::new();
+            for (field, count) in counted {
+                let later: i64 = after
+                    .values()
+                    .filter(|(f, _)| f == field)
+                    .map(|(_, d)| d)
+                    .sum();
+                set.insert(*field, count + later);
+            }
+            set.insert(RECOUNT, as_of_ms);
+            let filter = if current.contains_key(VERSION) {
+                doc! { "_id": id, VERSION: version }
+            } else {
+                doc! { "_id": id, VERSION: { "$exists": false } }
+            };
+            let done = self
+                .target
+                .update_one(filter, doc! { "$set": set, "$inc": { VERSION: 1_i64 } })
+                .await?
+                .matched_count
+                == 1;
+            if done {
+                return Ok(true);
+            }
+        }
+        anyhow::bail!("document {id} kept changing while it was recounted; try again")
+    }
+}
+
+/// `t|field|delta|id` of a log line.
+fn parse_log(line: &str) -> Option<(i64, &str, i64, &str)> {
+    let mut parts = line.splitn(4, '|');
+    let t = parts.next()?.parse().ok()?;
+    let field = parts.next()?;
+    let delta = parts.next()?.parse().ok()?;
+    let id = parts.next()?;
+    Some((t, field, delta, id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_lines_round_trip() {
+        assert_eq!(
+            parse_log("1700000000123|likes_count|-1|65f0c0ffee0123456789abcd"),
+            Some((
+                1_700_000_000_123,
+                "likes_count",
+                -1,
+                "65f0c0ffee0123456789abcd"
+            ))
+        );
+        assert_eq!(parse_log("garbage"), None);
     }
 }

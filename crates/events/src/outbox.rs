@@ -544,7 +544,10 @@ impl Held {
 /// A projection that leaves the bookkeeping fields (outbox, applied event ids) out of
 /// reads of domain documents.
 pub fn without_bookkeeping() -> Document {
-    doc! { FIELD: 0, PENDING: 0, crate::idempotency::FIELD: 0 }
+    let mut projection = crate::idempotency::hide();
+    projection.insert(FIELD, 0);
+    projection.insert(PENDING, 0);
+    projection
 }
 
 #[cfg(test)]

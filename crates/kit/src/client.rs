@@ -38,10 +38,11 @@ impl Peer {
             value: url.into(),
             reason: e.to_string(),
         })?;
+        // No channel-wide timeout: every call carries its own deadline ([`Peer::call`]),
+        // which [`Peer::with_timeout`] may lengthen.
         let channel = endpoint
             .connect_timeout(timeout.min(Duration::from_secs(2)))
             .tcp_nodelay(true)
-            .timeout(timeout)
             .connect_lazy();
         Ok(Self {
             name,
@@ -60,6 +61,14 @@ impl Peer {
         let url = crate::config::optional(url_var).unwrap_or_else(|| default_url.to_owned());
         let timeout = crate::config::millis_or("PEER_TIMEOUT_MS", 2000)?;
         Self::new(name, url_var, &url, timeout)
+    }
+
+    /// The same peer with another deadline (e.g. longer, for an operator's command).
+    pub fn with_timeout(&self, timeout: Duration) -> Self {
+        Self {
+            timeout,
+            ..self.clone()
+        }
     }
 
     /// The channel, for building a generated client.

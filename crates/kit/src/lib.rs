@@ -12,6 +12,7 @@ pub mod content;
 pub mod error;
 pub mod mongo;
 pub mod paging;
+pub mod recount;
 pub mod serve;
 pub mod telemetry;
 pub mod time;

@@ -279,6 +279,33 @@ pub async fn count<T: Send + Sync>(
     Ok(i64::try_from(n).unwrap_or(i64::MAX))
 }
 
+/// The field holding the time (ms) of the event that started a document's life (a
+/// follow, a like, a comment), and of the one that ended it (unfollowed, unliked,
+/// deleted), for counting them as of a moment ([`count_as_of`]).
+pub const STARTED_MS: &str = "started_ms";
+/// See [`STARTED_MS`].
+pub const ENDED_MS: &str = "ended_ms";
+
+/// How many documents matching `filter` were alive at `as_of_ms`: started by then and not
+/// ended by then, by the times of their events ([`STARTED_MS`], [`ENDED_MS`]). Two range
+/// counts, each served by an index `{<filter fields>, started_ms}` / `{..., ended_ms}`.
+pub async fn count_as_of<T: Send + Sync>(
+    collection: &Collection<T>,
+    filter: Document,
+    as_of_ms: i64,
+    stand_in: &StandIn,
+) -> mongodb::error::Result<i64> {
+    let mut started = filter.clone();
+    started.insert(STARTED_MS, doc! { "$lte": as_of_ms });
+    let mut ended = filter;
+    ended.insert(ENDED_MS, doc! { "$lte": as_of_ms });
+    let (started, ended) = futures::try_join!(
+        count(collection, started, stand_in),
+        count(collection, ended, stand_in)
+    )?;
+    Ok(started - ended)
+}
+
 /// Up to `limit` ids of documents matching `filter`, after `after` in id order: a walk
 /// over a whole collection in batches (for operators' recompute commands).
 pub async fn ids_after<T: Send + Sync>(

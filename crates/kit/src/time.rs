@@ -15,6 +15,17 @@ pub fn to_timestamp_opt(t: Option<bson::DateTime>) -> Option<prost_types::Timest
 }
 
 /// Now, at MongoDB's millisecond precision.
+/// Milliseconds since the Unix epoch of a wire timestamp.
+pub fn millis(t: &prost_types::Timestamp) -> i64 {
+    t.seconds.saturating_mul(1000) + i64::from(t.nanos) / 1_000_000
+}
+
+/// The moment a count is asked for (`as_of` of a request), in milliseconds: now when the
+/// request does not say.
+pub fn as_of_ms(as_of: Option<&prost_types::Timestamp>) -> i64 {
+    as_of.map_or_else(|| bson::DateTime::now().timestamp_millis(), millis)
+}
+
 pub fn now() -> bson::DateTime {
     bson::DateTime::now()
 }

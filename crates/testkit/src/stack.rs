@@ -25,6 +25,9 @@ pub struct StackOptions {
     pub graph_url_for_post: Option<String>,
     /// RabbitMQ for every service (default: `AMQP_URL`), e.g. through a `TcpProxy`.
     pub amqp_url: Option<String>,
+    /// RabbitMQ for the user service alone (default: as the others), e.g. through a
+    /// `TcpProxy` of its own.
+    pub user_amqp_url: Option<String>,
     /// Deadline of calls between services.
     pub peer_timeout: Option<Duration>,
     /// The consumers' queue type (default: classic, see `EventsConfig::for_tests`).
@@ -68,7 +71,11 @@ impl Stack {
             Peer::new(name, var, &url, timeout).expect("peer URL")
         };
 
-        let user = start_user(&database, &events).await;
+        let mut user_events = events.clone();
+        if let Some(url) = options.user_amqp_url {
+            user_events.amqp_url = url;
+        }
+        let user = start_user(&database, &user_events).await;
         let url = options
             .user_url_for_graph
             .unwrap_or_else(|| format!("http://{}", user.addr));

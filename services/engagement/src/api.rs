@@ -391,14 +391,16 @@ impl EngagementService for Api {
         &self,
         request: Request<CountPostEngagementRequest>,
     ) -> Result<Response<CountPostEngagementResponse>, Status> {
+        let r = request.get_ref();
         let mut v = Violations::default();
-        let ids = validate::id_batch("post_ids", &request.get_ref().post_ids, &mut v);
+        let ids = validate::id_batch("post_ids", &r.post_ids, &mut v);
         v.finish()?;
+        let as_of = social_kit::time::as_of_ms(r.as_of.as_ref());
         let mut counts = Vec::with_capacity(ids.len());
         for post in ids {
             let (likes_count, comments_count) = tokio::try_join!(
-                self.store.count_likes(post),
-                self.store.count_comments(post)
+                self.store.count_likes(post, as_of),
+                self.store.count_comments(post, as_of)
             )?;
             counts.push(PostEngagementCounts {
                 post_id: post.to_hex(),

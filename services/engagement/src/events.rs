@@ -20,19 +20,18 @@ pub fn handler(store: Store) -> Handler {
     Arc::new(move |envelope: Envelope| {
         let store = store.clone();
         async move {
-            let id = envelope.event_id.as_str();
             match &envelope.payload {
                 Some(Payload::PostDeleted(e)) => {
                     store.remove_post(ObjectId::parse_str(&e.post_id)?).await?
                 }
                 Some(Payload::CommentLiked(e)) => {
                     store
-                        .add_to_comment_likes(ObjectId::parse_str(&e.comment_id)?, 1, id)
+                        .add_to_comment_likes(ObjectId::parse_str(&e.comment_id)?, 1, &envelope)
                         .await?;
                 }
                 Some(Payload::CommentUnliked(e)) => {
                     store
-                        .add_to_comment_likes(ObjectId::parse_str(&e.comment_id)?, -1, id)
+                        .add_to_comment_likes(ObjectId::parse_str(&e.comment_id)?, -1, &envelope)
                         .await?;
                 }
                 _ => {}

@@ -14,7 +14,14 @@ async fn main() -> ExitCode {
     commands.push(Command::new(
         "recompute-counters",
         "recompute the counters this service keeps from events, from their source documents",
-        |c| Box::pin(async move { social_engagement::recompute_counters(&c).await.map(drop) }),
+        |c| {
+            Box::pin(async move {
+                let margin = social_kit::recount::margin_from_env()?;
+                social_engagement::recompute_counters(&c, margin)
+                    .await
+                    .map(drop)
+            })
+        },
     ));
     social_kit::serve::binary_main(
         "social-engagement",

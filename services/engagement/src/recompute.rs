@@ -1,31 +1,47 @@
 //! `social-engagement recompute-counters`: sets every comment's `likes_count` from its
-//! likes. Counts move while it runs; for exact numbers run it while the consumer is
-//! drained (or run it twice). Post counters are the post service's
+//! likes, counted as of a moment a margin in the past with the events up to it fenced
+//! out, so that it is exact while likes keep coming (`social_events::idempotency`,
+//! docs/events.md). Post counters are the post service's
 //! (`social-post recompute-counters`).
 
-use social_kit::validate;
+use std::time::Duration;
+
+use bson::oid::ObjectId;
+use social_kit::{recount::Report, validate};
 
 use crate::{Config, store::Store};
 
-/// Recomputes the like counter of every comment; returns how many it visited.
-pub async fn recompute_counters(config: &Config) -> anyhow::Result<u64> {
+/// Recounts every comment's likes as of `margin` ago; returns how many it recounted, or
+/// an error naming the batches it could not (it goes on past them).
+pub async fn recompute_counters(config: &Config, margin: Duration) -> anyhow::Result<u64> {
     let db = social_kit::mongo::connect(&config.common).await?;
     let store = Store::new(&db);
     store.init().await?;
-    let (mut after, mut visited) = (None, 0_u64);
+    let as_of = social_kit::recount::as_of_ms(margin);
+    let mut report = Report::new("comment counters");
+    let mut after = None;
     loop {
         let ids = store
             .comment_ids_after(after, validate::MAX_BATCH as i64)
             .await?;
         let Some(last) = ids.last().copied() else {
-            return Ok(visited);
+            return report.finish();
         };
-        for id in &ids {
-            let likes = store.count_likes(*id).await?;
-            store.set_comment_likes(*id, likes).await?;
+        match recount(&store, &ids, as_of).await {
+            Ok(n) => report.done(&ids, n),
+            Err(e) => report.failed(&ids, &e),
         }
-        visited += ids.len() as u64;
-        tracing::info!(visited, "recomputed comment counters");
         after = Some(last);
     }
+}
+
+async fn recount(store: &Store, ids: &[ObjectId], as_of: i64) -> anyhow::Result<u64> {
+    let mut recounted = 0;
+    for id in ids {
+        let likes = store.count_likes(*id, as_of).await?;
+        if store.recount_comment_likes(*id, as_of, likes).await? {
+            recounted += 1;
+        }
+    }
+    Ok(recounted)
 }

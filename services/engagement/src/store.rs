@@ -65,6 +65,11 @@ pub struct LikeDoc {
     pub sort_key: i64,
     pub state: String,
     pub active_key: String,
+    /// When the liked and unliked events happened (ms; see `mongo::count_as_of`).
+    #[serde(default)]
+    pub started_ms: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_ms: Option<i64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub outbox: Vec<String>,
     #[serde(default)]
@@ -93,6 +98,8 @@ impl LikeDoc {
             sort_key: paging::sort_key(now),
             state: ACTIVE.into(),
             active_key: ACTIVE.into(),
+            started_ms: 0,
+            ended_ms: None,
             outbox: Vec::new(),
             outbox_pending: 0,
         }
@@ -120,6 +127,17 @@ pub struct CommentDoc {
     #[serde(deserialize_with = "social_kit::time::lenient")]
     pub updated_at: DateTime,
     pub state: String,
+    /// When the created and deleted events happened (ms; see `mongo::count_as_of`).
+    #[serde(default)]
+    pub started_ms: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_ms: Option<i64>,
+    /// Bookkeeping of `likes_count` (`social_events::idempotency`): events up to this
+    /// time (ms) are counted already, and a version bumped by each change.
+    #[serde(default)]
+    pub recount_ms: i64,
+    #[serde(default)]
+    pub counter_version: i64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub outbox: Vec<String>,
     #[serde(default)]
@@ -148,6 +166,10 @@ impl CommentDoc {
             sort_key: paging::sort_key(now),
             updated_at: now,
             state: ACTIVE.into(),
+            started_ms: 0,
+            ended_ms: None,
+            recount_ms: 0,
+            counter_version: 0,
             outbox: Vec::new(),
             outbox_pending: 0,
         }
@@ -171,7 +193,7 @@ pub struct Store {
     comments: Collection<CommentDoc>,
     removed_posts: Collection<RemovedPost>,
     /// Which events moved which comment's `likes_count`.
-    applied: idempotency::Ledger,
+    counters: idempotency::Counters,
 }
 
 impl Store {
@@ -182,7 +204,7 @@ impl Store {
             likes: db.collection(LIKES),
             comments: db.collection(COMMENTS),
             removed_posts: db.collection(REMOVED_POSTS),
-            applied: idempotency::Ledger::new(db, COMMENTS),
+            counters: idempotency::Counters::new(db, COMMENTS),
         }
     }
 
@@ -199,10 +221,21 @@ impl Store {
                     doc! { "user_id": 1, "target_id": 1, "active_key": 1 },
                     true,
                 ),
-                // ListPostLikes newest first, and counting a target's likes.
+                // ListPostLikes newest first.
                 mongo::index(
                     "target_sorted",
                     doc! { "target_id": 1, "sort_key": -1 },
+                    false,
+                ),
+                // Counting a target's likes as of a moment (two index-only ranges).
+                mongo::index(
+                    "target_started",
+                    doc! { "target_id": 1, mongo::STARTED_MS: 1 },
+                    false,
+                ),
+                mongo::index(
+                    "target_ended",
+                    doc! { "target_id": 1, mongo::ENDED_MS: 1 },
                     false,
                 ),
                 // Cascade when a post is deleted.
@@ -217,8 +250,19 @@ impl Store {
         mongo::ensure_indexes(
             &self.comments,
             vec![
-                // ListComments oldest first, counting, and the cascade.
+                // ListComments oldest first, and the cascade.
                 mongo::index("post_sorted", doc! { "post_id": 1, "sort_key": 1 }, false),
+                // Counting a post's comments as of a moment (two index-only ranges).
+                mongo::index(
+                    "post_started",
+                    doc! { "post_id": 1, mongo::STARTED_MS: 1 },
+                    false,
+                ),
+                mongo::index(
+                    "post_ended",
+                    doc! { "post_id": 1, mongo::ENDED_MS: 1 },
+                    false,
+                ),
                 mongo::sort_key_index(),
                 outbox::index(),
                 outbox::purge_index("deleted_ttl", "deleted_at", Duration::from_secs(7 * DAY)),
@@ -236,7 +280,7 @@ impl Store {
             stand_in,
         )
         .await?;
-        self.applied.init(stand_in).await?;
+        self.counters.init(stand_in).await?;
         Ok(())
     }
 
@@ -270,6 +314,7 @@ impl Store {
         let mut like = like.clone();
         like.outbox = vec![outbox::entry(event)];
         like.outbox_pending = 1;
+        like.started_ms = idempotency::event_time_ms(event);
         Ok(mongo::insert_keyed(&self.likes, &mut like, |l| &mut l.sort_key).await?)
     }
 
@@ -286,6 +331,7 @@ impl Store {
     pub async fn unlike(&self, id: ObjectId, event: &Envelope) -> Result<bool> {
         let mut update = doc! { "$set": {
             "state": ENDED, "active_key": event.event_id.as_str(), "ended_at": DateTime::now(),
+            mongo::ENDED_MS: idempotency::event_time_ms(event),
         } };
         outbox::push(&mut update, event);
         let r = self
@@ -310,11 +356,12 @@ impl Store {
             .await?)
     }
 
-    /// How many active likes `target` has.
-    pub async fn count_likes(&self, target: ObjectId) -> Result<i64> {
-        Ok(mongo::count(
+    /// How many likes `target` had at `as_of_ms` (see `mongo::count_as_of`).
+    pub async fn count_likes(&self, target: ObjectId, as_of_ms: i64) -> Result<i64> {
+        Ok(mongo::count_as_of(
             &self.likes,
-            doc! { "target_id": mongo::is(target), "state": ACTIVE },
+            doc! { "target_id": mongo::is(target) },
+            as_of_ms,
             &self.stand_in,
         )
         .await?)
@@ -325,6 +372,7 @@ impl Store {
         let mut comment = comment.clone();
         comment.outbox = vec![outbox::entry(event)];
         comment.outbox_pending = 1;
+        comment.started_ms = idempotency::event_time_ms(event);
         mongo::insert_new(&self.comments, &mut comment, |c| &mut c.sort_key).await
     }
 
@@ -358,7 +406,10 @@ impl Store {
 
     /// Marks comment `id` deleted with its event; `false` if it already was.
     pub async fn delete_comment(&self, id: ObjectId, event: &Envelope) -> Result<bool> {
-        let mut update = doc! { "$set": { "state": "deleted", "deleted_at": DateTime::now() } };
+        let mut update = doc! { "$set": {
+            "state": "deleted", "deleted_at": DateTime::now(),
+            mongo::ENDED_MS: idempotency::event_time_ms(event),
+        } };
         outbox::push(&mut update, event);
         let r = self
             .comments
@@ -382,43 +433,39 @@ impl Store {
             .await?)
     }
 
-    /// How many comments a post has.
-    pub async fn count_comments(&self, post: ObjectId) -> Result<i64> {
-        Ok(mongo::count(
+    /// How many comments `post` had at `as_of_ms` (see `mongo::count_as_of`).
+    pub async fn count_comments(&self, post: ObjectId, as_of_ms: i64) -> Result<i64> {
+        Ok(mongo::count_as_of(
             &self.comments,
-            doc! { "post_id": mongo::is(post), "state": ACTIVE },
+            doc! { "post_id": mongo::is(post) },
+            as_of_ms,
             &self.stand_in,
         )
         .await?)
     }
 
-    /// Adds `delta` to a comment's `likes_count`, once per `event_id`.
+    /// Adds `delta` to a comment's `likes_count` for `event`, once.
     pub async fn add_to_comment_likes(
         &self,
         id: ObjectId,
         delta: i64,
-        event_id: &str,
+        event: &Envelope,
     ) -> Result<()> {
-        self.applied
-            .apply(
-                &self.comments,
-                id,
-                doc! { "$inc": { "likes_count": delta } },
-                event_id,
-            )
-            .await?;
+        self.counters.add(id, "likes_count", delta, event).await?;
         Ok(())
     }
 
-    /// Sets a comment's `likes_count` (for recomputing it).
-    pub async fn set_comment_likes(&self, id: ObjectId, likes: i64) -> Result<()> {
-        self.comments
-            .update_one(
-                doc! { "_id": id },
-                doc! { "$set": { "likes_count": likes } },
-            )
-            .await?;
-        Ok(())
+    /// Sets a comment's `likes_count` from its likes as of `as_of_ms` (see
+    /// `social_events::idempotency`); `false` if there is no such comment.
+    pub async fn recount_comment_likes(
+        &self,
+        id: ObjectId,
+        as_of_ms: i64,
+        likes: i64,
+    ) -> anyhow::Result<bool> {
+        self.counters
+            .recount(id, as_of_ms, &[("likes_count", likes)])
+            .await
     }
 
     /// Ids after `after` in id order, at most `limit` (for recomputing counters).

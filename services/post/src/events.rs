@@ -28,9 +28,7 @@ pub fn handler(store: Store) -> Handler {
                 _ => return Ok(()),
             };
             let post = ObjectId::parse_str(post)?;
-            store
-                .add_to_count(post, field, delta, &envelope.event_id)
-                .await?;
+            store.add_to_count(post, field, delta, &envelope).await?;
             Ok(())
         }
         .boxed()

@@ -1,42 +1,71 @@
 //! `social-post recompute-counters`: sets every post's `likes_count` and
 //! `comments_count` from the likes and comments themselves, as counted by the
-//! engagement service. Counts move while it runs; for exact numbers run it while the
-//! post service's consumer is drained (or run it twice).
+//! engagement service. Exact while likes keep coming: they are counted as of a moment a
+//! margin in the past and the events up to it are fenced out
+//! (`social_events::idempotency`, docs/events.md).
 
-use social_kit::{Error, validate};
+use std::time::Duration;
+
+use bson::oid::ObjectId;
+use social_kit::{Error, recount::Report, validate};
 use social_proto::engagement::v1::{
     CountPostEngagementRequest, engagement_service_client::EngagementServiceClient,
 };
 
 use crate::{Config, store::Store};
 
-/// Recomputes the counters of every post; returns how many posts it visited.
-pub async fn recompute_counters(config: &Config) -> anyhow::Result<u64> {
+/// Recounts every post's counters as of `margin` ago; returns how many posts it
+/// recounted, or an error naming the batches it could not (it goes on past them).
+pub async fn recompute_counters(config: &Config, margin: Duration) -> anyhow::Result<u64> {
     let db = social_kit::mongo::connect(&config.common).await?;
     let store = Store::new(&db);
-    let peer = &config.engagement_service;
-    let mut engagement = EngagementServiceClient::new(peer.channel());
-    let (mut after, mut visited) = (None, 0_u64);
+    store.init().await?;
+    let as_of = social_kit::recount::as_of_ms(margin);
+    // Counting a viral post takes longer than an RPC's usual deadline.
+    let peer = config
+        .engagement_service
+        .with_timeout(Duration::from_secs(60));
+    let mut report = Report::new("post counters");
+    let mut after = None;
     loop {
         let ids = store.ids_after(after, validate::MAX_BATCH as i64).await?;
         let Some(last) = ids.last().copied() else {
-            return Ok(visited);
+            return report.finish();
         };
-        let request = peer.request(CountPostEngagementRequest {
-            post_ids: ids.iter().map(|id| id.to_hex()).collect(),
-        });
-        let counts = peer
-            .call(engagement.count_post_engagement(request))
-            .await
-            .map_err(|s| peer.error(s))?;
-        for c in counts.counts {
-            let post = bson::oid::ObjectId::parse_str(&c.post_id).map_err(Error::internal)?;
-            store
-                .set_counts(post, c.likes_count, c.comments_count)
-                .await?;
+        match recount(&store, &peer, &ids, as_of).await {
+            Ok(n) => report.done(&ids, n),
+            Err(e) => report.failed(&ids, &e),
         }
-        visited += ids.len() as u64;
-        tracing::info!(visited, "recomputed post counters");
         after = Some(last);
     }
+}
+
+async fn recount(
+    store: &Store,
+    peer: &social_kit::client::Peer,
+    ids: &[ObjectId],
+    as_of: i64,
+) -> anyhow::Result<u64> {
+    let mut engagement = EngagementServiceClient::new(peer.channel());
+    let request = peer.request(CountPostEngagementRequest {
+        post_ids: ids.iter().map(|id| id.to_hex()).collect(),
+        as_of: Some(social_kit::time::to_timestamp(bson::DateTime::from_millis(
+            as_of,
+        ))),
+    });
+    let counts = peer
+        .call(engagement.count_post_engagement(request))
+        .await
+        .map_err(|s| peer.error(s))?;
+    let mut recounted = 0;
+    for c in counts.counts {
+        let post = ObjectId::parse_str(&c.post_id).map_err(Error::internal)?;
+        if store
+            .recount(post, as_of, c.likes_count, c.comments_count)
+            .await?
+        {
+            recounted += 1;
+        }
+    }
+    Ok(recounted)
 }

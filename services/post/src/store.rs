@@ -44,6 +44,13 @@ pub struct PostDoc {
     pub updated_at: DateTime,
     /// `active` or `deleted`.
     pub state: String,
+    /// Bookkeeping of the counters kept by events (`social_events::idempotency`): events
+    /// up to this time (ms) are counted already, and a version bumped by each change.
+    #[serde(default)]
+    pub recount_ms: i64,
+    #[serde(default)]
+    pub counter_version: i64,
+
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub outbox: Vec<String>,
     #[serde(default)]
@@ -65,6 +72,8 @@ impl PostDoc {
             sort_key: paging::sort_key(now),
             updated_at: now,
             state: ACTIVE.into(),
+            recount_ms: 0,
+            counter_version: 0,
             outbox: Vec::new(),
             outbox_pending: 0,
         }
@@ -76,7 +85,7 @@ impl PostDoc {
 pub struct Store {
     db: Database,
     posts: Collection<PostDoc>,
-    applied: idempotency::Ledger,
+    counters: idempotency::Counters,
 }
 
 impl Store {
@@ -84,7 +93,7 @@ impl Store {
         Self {
             db: db.clone(),
             posts: db.collection(COLLECTION),
-            applied: idempotency::Ledger::new(db, COLLECTION),
+            counters: idempotency::Counters::new(db, COLLECTION),
         }
     }
 
@@ -117,7 +126,7 @@ impl Store {
             stand_in,
         )
         .await?;
-        self.applied.init(stand_in).await?;
+        self.counters.init(stand_in).await?;
         Ok(())
     }
 
@@ -204,29 +213,34 @@ impl Store {
             .await?)
     }
 
-    /// Adds `delta` to counter `field` of post `id`, once per `event_id`.
+    /// Adds `delta` to counter `field` of post `id` for `event`, once.
     pub async fn add_to_count(
         &self,
         id: ObjectId,
         field: &str,
         delta: i64,
-        event_id: &str,
+        event: &Envelope,
     ) -> Result<()> {
-        self.applied
-            .apply(&self.posts, id, doc! { "$inc": { field: delta } }, event_id)
-            .await?;
+        self.counters.add(id, field, delta, event).await?;
         Ok(())
     }
 
-    /// Sets both counters of post `id` (for recomputing them).
-    pub async fn set_counts(&self, id: ObjectId, likes: i64, comments: i64) -> Result<()> {
-        self.posts
-            .update_one(
-                doc! { "_id": id },
-                doc! { "$set": { "likes_count": likes, "comments_count": comments } },
+    /// Sets both counters of post `id` from the likes and comments as of `as_of_ms` (see
+    /// `social_events::idempotency`); `false` if there is no such post.
+    pub async fn recount(
+        &self,
+        id: ObjectId,
+        as_of_ms: i64,
+        likes: i64,
+        comments: i64,
+    ) -> anyhow::Result<bool> {
+        self.counters
+            .recount(
+                id,
+                as_of_ms,
+                &[("likes_count", likes), ("comments_count", comments)],
             )
-            .await?;
-        Ok(())
+            .await
     }
 
     /// Ids after `after` in id order, at most `limit` (for recomputing counters).

@@ -207,14 +207,16 @@ impl SocialGraphService for Api {
         &self,
         request: Request<CountFollowsRequest>,
     ) -> Result<Response<CountFollowsResponse>, Status> {
+        let r = request.get_ref();
         let mut v = Violations::default();
-        let ids = validate::id_batch("user_ids", &request.get_ref().user_ids, &mut v);
+        let ids = validate::id_batch("user_ids", &r.user_ids, &mut v);
         v.finish()?;
+        let as_of = social_kit::time::as_of_ms(r.as_of.as_ref());
         let mut counts = Vec::with_capacity(ids.len());
         for user in ids {
             let (followers_count, following_count) = tokio::try_join!(
-                self.store.count("followee_id", user),
-                self.store.count("follower_id", user)
+                self.store.count("followee_id", user, as_of),
+                self.store.count("follower_id", user, as_of)
             )?;
             counts.push(FollowCounts {
                 user_id: user.to_hex(),

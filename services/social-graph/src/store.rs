@@ -11,7 +11,7 @@ use bson::{DateTime, doc, oid::ObjectId};
 use futures::TryStreamExt;
 use mongodb::{Collection, Database};
 use serde::{Deserialize, Serialize};
-use social_events::{Envelope, outbox};
+use social_events::{Envelope, idempotency, outbox};
 use social_kit::{
     Result, mongo,
     paging::{self, Order, PageRequest},
@@ -40,6 +40,11 @@ pub struct FollowDoc {
     /// `active` while active; the unfollow's event id once ended (keeps the unique key
     /// free for a new follow).
     pub active_key: String,
+    /// When the followed and unfollowed events happened (ms; see `mongo::count_as_of`).
+    #[serde(default)]
+    pub started_ms: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_ms: Option<i64>,
     #[serde(default)]
     pub outbox: Vec<String>,
     #[serde(default)]
@@ -89,6 +94,27 @@ impl Store {
                     false,
                 ),
                 mongo::sort_key_index(),
+                // CountFollows: four index-only ranges per user (see `count`).
+                mongo::index(
+                    "followee_started",
+                    doc! { "followee_id": 1, mongo::STARTED_MS: 1 },
+                    false,
+                ),
+                mongo::index(
+                    "followee_ended",
+                    doc! { "followee_id": 1, mongo::ENDED_MS: 1 },
+                    false,
+                ),
+                mongo::index(
+                    "follower_started",
+                    doc! { "follower_id": 1, mongo::STARTED_MS: 1 },
+                    false,
+                ),
+                mongo::index(
+                    "follower_ended",
+                    doc! { "follower_id": 1, mongo::ENDED_MS: 1 },
+                    false,
+                ),
                 outbox::index(),
                 // Ended follows go after 30 days (long after their event is published).
                 outbox::purge_index(
@@ -120,6 +146,8 @@ impl Store {
             sort_key: paging::sort_key(now),
             state: ACTIVE.into(),
             active_key: ACTIVE.into(),
+            started_ms: idempotency::event_time_ms(event),
+            ended_ms: None,
             outbox: vec![outbox::entry(event)],
             outbox_pending: 1,
         };
@@ -145,6 +173,7 @@ impl Store {
     ) -> Result<bool> {
         let mut update = doc! { "$set": {
             "state": ENDED, "active_key": event.event_id.as_str(), "ended_at": DateTime::now(),
+            mongo::ENDED_MS: idempotency::event_time_ms(event),
         } };
         outbox::push(&mut update, event);
         let filter = doc! {
@@ -204,11 +233,13 @@ impl Store {
         Ok(rows.into_iter().map(|r| r.followee_id).collect())
     }
 
-    /// How many active follows have `side` (`follower_id` or `followee_id`) = `user`.
-    pub async fn count(&self, side: &str, user: ObjectId) -> Result<i64> {
-        Ok(mongo::count(
+    /// How many follows with `side` (`follower_id` or `followee_id`) = `user` were alive
+    /// at `as_of_ms` (see `mongo::count_as_of`).
+    pub async fn count(&self, side: &str, user: ObjectId, as_of_ms: i64) -> Result<i64> {
+        Ok(mongo::count_as_of(
             &self.follows,
-            doc! { side: mongo::is(user), "state": ACTIVE },
+            doc! { side: mongo::is(user) },
+            as_of_ms,
             &self.stand_in,
         )
         .await?)

@@ -178,6 +178,8 @@ impl UserService for Api {
             following_count: 0,
             created_at: now,
             updated_at: now,
+            recount_ms: 0,
+            counter_version: 0,
         };
         self.store.insert(&doc).await?.map_err(taken)?;
         let (access_token, expires_at) = self.tokens.issue(doc.id)?;

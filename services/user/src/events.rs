@@ -28,12 +28,11 @@ pub fn handler(store: Store) -> Handler {
             };
             let follower = ObjectId::parse_str(follower)?;
             let followee = ObjectId::parse_str(followee)?;
-            let id = envelope.event_id.as_str();
             store
-                .add_to_count(follower, "following_count", delta, id)
+                .add_to_count(follower, "following_count", delta, &envelope)
                 .await?;
             store
-                .add_to_count(followee, "followers_count", delta, id)
+                .add_to_count(followee, "followers_count", delta, &envelope)
                 .await?;
             Ok(())
         }

@@ -1,43 +1,69 @@
 //! `social-user recompute-counters`: sets every user's `followers_count` and
 //! `following_count` from the follows themselves, as counted by the social-graph
-//! service. For the day counters drift (a bug, a restored backup). Counts move while it
-//! runs; for exact numbers run it while the user service's consumer is drained (or run
-//! it twice).
+//! service, for the day counters drift (a bug, a restored backup). Exact while follows
+//! keep coming: the follows are counted as of a moment a margin in the past and the
+//! events up to it are fenced out (`social_events::idempotency`, docs/events.md).
 
-use social_kit::{Error, validate};
+use std::time::Duration;
+
+use bson::oid::ObjectId;
+use social_kit::{Error, recount::Report, validate};
 use social_proto::graph::v1::{
     CountFollowsRequest, social_graph_service_client::SocialGraphServiceClient,
 };
 
 use crate::{Config, store::Store};
 
-/// Recomputes the counters of every user; returns how many users it visited.
-pub async fn recompute_counters(config: &Config) -> anyhow::Result<u64> {
+/// Recounts every user's follow counters as of `margin` ago; returns how many users it
+/// recounted, or an error naming the batches it could not (it goes on past them).
+pub async fn recompute_counters(config: &Config, margin: Duration) -> anyhow::Result<u64> {
     let db = social_kit::mongo::connect(&config.common).await?;
     let store = Store::new(&db);
-    let peer = &config.graph_service;
-    let mut graph = SocialGraphServiceClient::new(peer.channel());
-    let (mut after, mut visited) = (None, 0_u64);
+    store.init().await?;
+    let as_of = social_kit::recount::as_of_ms(margin);
+    // Counting a user with many followers takes longer than an RPC's usual deadline.
+    let peer = config.graph_service.with_timeout(Duration::from_secs(60));
+    let mut report = Report::new("follow counters");
+    let mut after = None;
     loop {
         let ids = store.ids_after(after, validate::MAX_BATCH as i64).await?;
         let Some(last) = ids.last().copied() else {
-            return Ok(visited);
+            return report.finish();
         };
-        let request = peer.request(CountFollowsRequest {
-            user_ids: ids.iter().map(|id| id.to_hex()).collect(),
-        });
-        let counts = peer
-            .call(graph.count_follows(request))
-            .await
-            .map_err(|s| peer.error(s))?;
-        for c in counts.counts {
-            let user = bson::oid::ObjectId::parse_str(&c.user_id).map_err(Error::internal)?;
-            store
-                .set_counts(user, c.followers_count, c.following_count)
-                .await?;
+        match recount(&store, &peer, &ids, as_of).await {
+            Ok(n) => report.done(&ids, n),
+            Err(e) => report.failed(&ids, &e),
         }
-        visited += ids.len() as u64;
-        tracing::info!(visited, "recomputed follow counters");
         after = Some(last);
     }
+}
+
+async fn recount(
+    store: &Store,
+    peer: &social_kit::client::Peer,
+    ids: &[ObjectId],
+    as_of: i64,
+) -> anyhow::Result<u64> {
+    let mut graph = SocialGraphServiceClient::new(peer.channel());
+    let request = peer.request(CountFollowsRequest {
+        user_ids: ids.iter().map(|id| id.to_hex()).collect(),
+        as_of: Some(social_kit::time::to_timestamp(bson::DateTime::from_millis(
+            as_of,
+        ))),
+    });
+    let counts = peer
+        .call(graph.count_follows(request))
+        .await
+        .map_err(|s| peer.error(s))?;
+    let mut recounted = 0;
+    for c in counts.counts {
+        let user = ObjectId::parse_str(&c.user_id).map_err(Error::internal)?;
+        if store
+            .recount(user, as_of, c.followers_count, c.following_count)
+            .await?
+        {
+            recounted += 1;
+        }
+    }
+    Ok(recounted)
 }

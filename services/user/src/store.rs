@@ -8,7 +8,7 @@ use bson::{DateTime, Document, doc, oid::ObjectId};
 use futures::TryStreamExt;
 use mongodb::{Collection, Database, options::ReturnDocument};
 use serde::{Deserialize, Serialize};
-use social_events::{idempotency, outbox};
+use social_events::{Envelope, idempotency, outbox};
 use social_kit::{Error, Result, error::is_duplicate_key, mongo};
 
 /// The collection this store owns.
@@ -40,6 +40,12 @@ pub struct UserDoc {
     pub created_at: DateTime,
     #[serde(deserialize_with = "social_kit::time::lenient")]
     pub updated_at: DateTime,
+    /// Bookkeeping of the counters kept by events (`social_events::idempotency`): events
+    /// up to this time (ms) are counted already, and a version bumped by each change.
+    #[serde(default)]
+    pub recount_ms: i64,
+    #[serde(default)]
+    pub counter_version: i64,
 }
 
 /// Which unique field an insert collided on.
@@ -54,7 +60,7 @@ pub enum Taken {
 pub struct Store {
     db: Database,
     users: Collection<UserDoc>,
-    applied: idempotency::Ledger,
+    counters: idempotency::Counters,
 }
 
 impl Store {
@@ -62,7 +68,7 @@ impl Store {
         Self {
             db: db.clone(),
             users: db.collection(COLLECTION),
-            applied: idempotency::Ledger::new(db, COLLECTION),
+            counters: idempotency::Counters::new(db, COLLECTION),
         }
     }
 
@@ -81,7 +87,7 @@ impl Store {
             stand_in,
         )
         .await?;
-        self.applied.init(stand_in).await?;
+        self.counters.init(stand_in).await?;
         Ok(())
     }
 
@@ -183,35 +189,38 @@ impl Store {
         Ok(r.modified_count == 1)
     }
 
-    /// Adds `delta` to a counter of `user`, once per `event_id`. A user that does not
-    /// exist is left alone.
+    /// Adds `delta` to a counter of `user` for `event`, once. A user that does not exist
+    /// is left alone.
     pub async fn add_to_count(
         &self,
         user: ObjectId,
         field: &str,
         delta: i64,
-        event_id: &str,
+        event: &Envelope,
     ) -> Result<()> {
-        self.applied
-            .apply(
-                &self.users,
-                user,
-                doc! { "$inc": { field: delta } },
-                event_id,
-            )
-            .await?;
+        self.counters.add(user, field, delta, event).await?;
         Ok(())
     }
 
-    /// Sets both counters of `user` (for recomputing them).
-    pub async fn set_counts(&self, user: ObjectId, followers: i64, following: i64) -> Result<()> {
-        self.users
-            .update_one(
-                doc! { "_id": user },
-                doc! { "$set": { "followers_count": followers, "following_count": following } },
+    /// Sets both counters of `user` from the follows as of `as_of_ms` (see
+    /// `social_events::idempotency`); `false` if there is no such user.
+    pub async fn recount(
+        &self,
+        user: ObjectId,
+        as_of_ms: i64,
+        followers: i64,
+        following: i64,
+    ) -> anyhow::Result<bool> {
+        self.counters
+            .recount(
+                user,
+                as_of_ms,
+                &[
+                    ("followers_count", followers),
+                    ("following_count", following),
+                ],
             )
-            .await?;
-        Ok(())
+            .await
     }
 
     /// Ids after `after` in id order, at most `limit` (for recomputing counters).

@@ -430,11 +430,21 @@ async fn drifted_counters_are_recomputed_from_the_documents() {
         app.stack.events.clone(),
     );
     post_config.engagement_service = peer("engagement", app.stack.engagement.addr);
-    assert!(social_post::recompute_counters(&post_config).await.unwrap() >= 1);
+    assert!(
+        social_post::recompute_counters(&post_config, Duration::from_secs(120))
+            .await
+            .unwrap()
+            >= 1
+    );
     let mut user_config =
         social_user::Config::for_tests(&uri, &app.stack.database, app.stack.events.clone());
     user_config.graph_service = peer("graph", app.stack.graph.addr);
-    assert!(social_user::recompute_counters(&user_config).await.unwrap() >= 1);
+    assert!(
+        social_user::recompute_counters(&user_config, Duration::from_secs(120))
+            .await
+            .unwrap()
+            >= 1
+    );
     let engagement_config = social_engagement::Config::for_tests(
         &uri,
         &app.stack.database,
@@ -442,7 +452,7 @@ async fn drifted_counters_are_recomputed_from_the_documents() {
         app.stack.events.clone(),
     );
     assert!(
-        social_engagement::recompute_counters(&engagement_config)
+        social_engagement::recompute_counters(&engagement_config, Duration::from_secs(120))
             .await
             .unwrap()
             >= 1

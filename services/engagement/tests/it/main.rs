@@ -6,6 +6,7 @@
 
 mod delivery;
 mod events;
+mod recount;
 mod rpc;
 
 use std::time::Duration;

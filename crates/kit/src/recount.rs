@@ -1,0 +1,89 @@
+//! What the operators' `recompute-counters` commands share: the moment they count as
+//! of, and a report that goes on past a failing batch.
+//!
+//! A recount counts the source documents as of a moment a margin in the past
+//! (`RECOUNT_MARGIN_SECS`, default 120) and fences out the events up to it (see
+//! `social_events::idempotency`): every event up to that moment has reached its source
+//! document by then, unless an RPC ran longer than the margin or the services' clocks
+//! disagree by more.
+
+use std::time::Duration;
+
+use bson::oid::ObjectId;
+
+use crate::config::ConfigError;
+
+/// `RECOUNT_MARGIN_SECS`: how far in the past a recount counts.
+pub fn margin_from_env() -> Result<Duration, ConfigError> {
+    crate::config::seconds_or("RECOUNT_MARGIN_SECS", 120)
+}
+
+/// The moment (ms since the epoch) a recount with `margin` counts as of.
+pub fn as_of_ms(margin: Duration) -> i64 {
+    let margin = i64::try_from(margin.as_millis()).unwrap_or(i64::MAX);
+    bson::DateTime::now()
+        .timestamp_millis()
+        .saturating_sub(margin)
+}
+
+/// How far a recompute got: documents visited and recounted, and the batches that
+/// failed (it goes on past them).
+#[derive(Debug)]
+pub struct Report {
+    what: &'static str,
+    visited: u64,
+    recounted: u64,
+    failed: Vec<String>,
+}
+
+impl Report {
+    /// An empty report about `what` (e.g. "follow counters").
+    pub fn new(what: &'static str) -> Self {
+        Self {
+            what,
+            visited: 0,
+            recounted: 0,
+            failed: Vec::new(),
+        }
+    }
+
+    /// Records a batch of `ids` that went through, `recounted` of them changed.
+    pub fn done(&mut self, ids: &[ObjectId], recounted: u64) {
+        self.visited += ids.len() as u64;
+        self.recounted += recounted;
+        tracing::info!(visited = self.visited, what = self.what, "recounting");
+    }
+
+    /// Records a batch of `ids` that failed with `error`, and goes on.
+    pub fn failed(&mut self, ids: &[ObjectId], error: &anyhow::Error) {
+        self.visited += ids.len() as u64;
+        let (first, last) = (ids.first(), ids.last());
+        let range = match (first, last) {
+            (Some(f), Some(l)) => format!("{f}..={l}"),
+            _ => String::new(),
+        };
+        tracing::error!(error = %format!("{error:#}"), ids = %range, what = self.what, "a batch could not be recounted; going on");
+        self.failed.push(format!("{range}: {error:#}"));
+    }
+
+    /// How many documents were recounted; an error naming the failed batches if any.
+    pub fn finish(self) -> anyhow::Result<u64> {
+        tracing::info!(
+            visited = self.visited,
+            recounted = self.recounted,
+            failed_batches = self.failed.len(),
+            what = self.what,
+            "recount finished"
+        );
+        if self.failed.is_empty() {
+            Ok(self.recounted)
+        } else {
+            anyhow::bail!(
+                "{} batch(es) of {} could not be recounted (the rest was): {}",
+                self.failed.len(),
+                self.what,
+                self.failed.join("; ")
+            )
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! Recomputing counters while traffic flows: events still in an outbox or a queue are
+//! neither counted twice nor lost, a user with many followers is recounted, and a batch
+//! that fails is reported while the others go on.
+
+use std::{net::SocketAddr, time::Duration};
+
+use bson::{doc, oid::ObjectId};
+use social_proto::{
+    graph::v1::{FollowRequest, UnfollowRequest},
+    user::v1::GetUserRequest,
+};
+use social_testkit::{Stack, StackOptions, TcpProxy, authed, broker, eventually, token_for};
+
+use crate::App;
+
+fn peer(addr: SocketAddr) -> social_kit::client::Peer {
+    social_kit::client::Peer::new(
+        "social-graph service",
+        "GRAPH_SERVICE_URL",
+        &format!("http://{addr}"),
+        Duration::from_secs(5),
+    )
+    .unwrap()
+}
+
+async fn database(app: &App) -> mongodb::Database {
+    mongodb::Client::with_uri_str(social_testkit::mongodb_uri())
+        .await
+        .unwrap()
+        .database(&app.stack.database)
+}
+
+#[tokio::test]
+async fn a_recount_while_follows_wait_in_an_outbox_and_a_queue_ends_exact() {
+    let rabbit: SocketAddr = "127.0.0.1:5672".parse().unwrap();
+    let (everyone, user_side) = (TcpProxy::start(rabbit).await, TcpProxy::start(rabbit).await);
+    let url = |p: &TcpProxy| format!("amqp://guest:guest@{}/%2f", p.addr);
+    let app = App::with(
+        Stack::start_with(StackOptions {
+            amqp_url: Some(url(&everyone)),
+            user_amqp_url: Some(url(&user_side)),
+            ..Default::default()
+        })
+        .await,
+    )
+    .await;
+    let (star, _) = app.stack.register("star").await;
+    let mut graph = app.stack.graph().await;
+    let (a, b, c) = (
+        token_for(ObjectId::new()),
+        token_for(ObjectId::new()),
+        token_for(ObjectId::new()),
+    );
+    let follow = |token: String| {
+        let (mut graph, star) = (graph.clone(), star.clone());
+        async move {
+            let request = FollowRequest { followee_id: star };
+            graph.follow(authed(request, &token)).await.unwrap();
+        }
+    };
+    let followers = || async {
+        app.stack
+            .users()
+            .await
+            .get_user(GetUserRequest { id: star.clone() })
+            .await
+            .unwrap()
+            .into_inner()
+            .followers_count
+    };
+    follow(a.clone()).await;
+    let counted = eventually(Duration::from_secs(15), || async {
+        (followers().await == 1).then_some(())
+    })
+    .await;
+    assert!(counted.is_some());
+
+    // The user service's consumer goes away: b's follow waits in its queue.
+    user_side.cut().await;
+    follow(b).await;
+    let config = app.stack.events.clone();
+    let queued = eventually(Duration::from_secs(15), || async {
+        (broker::queue_depth(&config, &config.queue("user")).await == 1).then_some(())
+    })
+    .await;
+    assert!(queued.is_some());
+    // The broker goes away for the social-graph service: c's follow and a's unfollow
+    // wait in its outbox.
+    everyone.cut().await;
+    follow(c).await;
+    graph
+        .unfollow(authed(
+            UnfollowRequest {
+                followee_id: star.clone(),
+            },
+            &a,
+        ))
+        .await
+        .unwrap();
+
+    // Recount now: b and c follow, a does not.
+    let mut user_config = social_user::Config::for_tests(
+        &social_testkit::mongodb_uri(),
+        &app.stack.database,
+        config.clone(),
+    );
+    user_config.graph_service = peer(app.stack.graph.addr);
+    let recounted = social_user::recompute_counters(&user_config, Duration::ZERO)
+        .await
+        .unwrap();
+    assert!(recounted >= 1);
+    assert_eq!(followers().await, 2);
+
+    // Everything lands: none of it counts again.
+    user_side.restore();
+    everyone.restore();
+    let follows = database(&app)
+        .await
+        .collection::<bson::Document>("followers");
+    let landed = eventually(Duration::from_secs(30), || async {
+        let pending = follows
+            .count_documents(doc! { "outbox_pending": { "$gt": 0 } })
+            .await
+            .unwrap();
+        let queued = broker::queue_depth(&config, &config.queue("user")).await;
+        (pending == 0 && queued == 0).then_some(())
+    })
+    .await;
+    assert!(landed.is_some());
+    // Absence cannot be polled for: give the handlers in flight time to finish.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(followers().await, 2);
+}
+
+#[tokio::test]
+async fn a_user_with_many_followers_is_recounted_and_a_failing_batch_is_reported() {
+    let app = App::start().await;
+    let (star, _) = app.stack.register("star").await;
+    let star = ObjectId::parse_str(&star).unwrap();
+    let db = database(&app).await;
+    // 3,000 followers, written straight into the social-graph service's collection.
+    let now = bson::DateTime::now();
+    let started = now.timestamp_millis() - 60_000;
+    let follows: Vec<bson::Document> = (0..3000)
+        .map(|_| {
+            doc! {
+                "_id": ObjectId::new(), "follower_id": ObjectId::new(), "followee_id": star,
+                "created_at": now, "sort_key": social_kit::paging::fresh_sort_key(),
+                "state": "active", "active_key": "active", "started_ms": started,
+                "outbox_pending": 0,
+            }
+        })
+        .collect();
+    db.collection::<bson::Document>("followers")
+        .insert_many(follows)
+        .await
+        .unwrap();
+    // And 150 more users (two batches of recounting), straight into the user service's.
+    let users: Vec<bson::Document> = (0..150)
+        .map(|i| {
+            doc! {
+                "_id": ObjectId::new(), "username": format!("u{i}"),
+                "username_lower": format!("u{i}"), "email": format!("u{i}@example.com"),
+                "password_hash": "x", "created_at": now, "updated_at": now,
+            }
+        })
+        .collect();
+    db.collection::<bson::Document>("users")
+        .insert_many(users)
+        .await
+        .unwrap();
+
+    let uri = social_testkit::mongodb_uri();
+    let mut config =
+        social_user::Config::for_tests(&uri, &app.stack.database, app.stack.events.clone());
+    config.graph_service = peer(app.stack.graph.addr);
+    let recounted = social_user::recompute_counters(&config, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(recounted, 151);
+    let got = app
+        .stack
+        .users()
+        .await
+        .get_user(GetUserRequest { id: star.to_hex() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.followers_count, 3000);
+
+    // The social-graph service is unreachable: every batch fails, each is reported, and
+    // the command goes through all of them.
+    let unreachable: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    config.graph_service = peer(unreachable);
+    let err = social_user::recompute_counters(&config, Duration::ZERO)
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{err:#}").contains("2 batch(es) of follow counters"),
+        "{err:#}"
+    );
+}
