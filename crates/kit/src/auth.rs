@@ -62,6 +62,34 @@ pub fn optional_caller<T>(request: &tonic::Request<T>) -> Option<ObjectId> {
     request.extensions().get::<Caller>().map(|c| c.user)
 }
 
+/// The error of a key or secret that must be set.
+pub fn missing_key(var: &str, what: &str) -> ConfigError {
+    ConfigError {
+        var: var.into(),
+        value: String::new(),
+        reason: format!(
+            "must be set to {what} (see the README's security section); only on a development \
+             machine, DEVELOPMENT_KEYS=true uses the published development keys instead"
+        ),
+    }
+}
+
+/// DEVELOPMENT ONLY: the service credential used with `DEVELOPMENT_KEYS=true`.
+pub const DEV_SERVICE_TOKEN: &str = "DEVELOPMENT-ONLY-service-token";
+
+/// The credential services present to each other's internal RPCs (`x-service-token`):
+/// `SERVICE_TOKEN`, or the development one when it is unset and `DEVELOPMENT_KEYS=true`.
+pub fn service_token(config: &crate::config::CommonConfig) -> Result<String, ConfigError> {
+    match &config.service_token {
+        Some(token) => Ok(token.clone()),
+        None if config.development_keys => Ok(DEV_SERVICE_TOKEN.to_owned()),
+        None => Err(missing_key(
+            "SERVICE_TOKEN",
+            "a random secret shared by the services",
+        )),
+    }
+}
+
 /// Signs access tokens. Only the user service has one.
 pub struct TokenIssuer {
     key: EncodingKey,
@@ -69,23 +97,6 @@ pub struct TokenIssuer {
 }
 
 impl TokenIssuer {
-    /// From `AUTH_PRIVATE_KEY` (PEM) and `AUTH_TOKEN_TTL_SECS`, or the development key.
-    pub fn from_env() -> Result<Self, ConfigError> {
-        let ttl = crate::config::seconds_or("AUTH_TOKEN_TTL_SECS", 900)?;
-        let pem = match crate::config::optional("AUTH_PRIVATE_KEY") {
-            Some(pem) => pem,
-            None => {
-                tracing::warn!("AUTH_PRIVATE_KEY is unset: signing with the DEVELOPMENT-ONLY key");
-                DEV_PRIVATE_KEY.to_owned()
-            }
-        };
-        Self::from_pem(&pem, ttl).map_err(|reason| ConfigError {
-            var: "AUTH_PRIVATE_KEY".into(),
-            value: "<redacted>".into(),
-            reason,
-        })
-    }
-
     /// From an Ed25519 private key in PKCS#8 PEM.
     pub fn from_pem(pem: &str, ttl: Duration) -> Result<Self, String> {
         let key = EncodingKey::from_ed_pem(pem.as_bytes())
@@ -133,7 +144,8 @@ pub struct TokenVerifier {
 }
 
 impl TokenVerifier {
-    /// From `AUTH_PUBLIC_KEY` (PEM) in `config`, or the development key.
+    /// From `AUTH_PUBLIC_KEY` (PEM) in `config`; the development key only when it is
+    /// unset and `DEVELOPMENT_KEYS=true`, else an error naming the variable.
     pub fn from_config(config: &crate::config::CommonConfig) -> Result<Self, ConfigError> {
         match &config.auth_public_key_pem {
             Some(pem) => Self::from_pem(pem).map_err(|reason| ConfigError {
@@ -141,10 +153,17 @@ impl TokenVerifier {
                 value: pem.clone(),
                 reason,
             }),
-            None => {
-                tracing::warn!("AUTH_PUBLIC_KEY is unset: verifying with the DEVELOPMENT-ONLY key");
+            None if config.development_keys => {
+                tracing::warn!(
+                    "AUTH_PUBLIC_KEY is unset and DEVELOPMENT_KEYS=true: verifying with the \
+                     published DEVELOPMENT-ONLY key; anyone can mint tokens"
+                );
                 Ok(Self::development())
             }
+            None => Err(missing_key(
+                "AUTH_PUBLIC_KEY",
+                "the PEM of the Ed25519 public key",
+            )),
         }
     }
 

@@ -22,6 +22,8 @@ pub struct Peer {
     name: &'static str,
     channel: Channel,
     timeout: Duration,
+    /// Presented to the peer's internal RPCs (`x-service-token`).
+    credential: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
 }
 
 impl Peer {
@@ -48,6 +50,20 @@ impl Peer {
             name,
             channel,
             timeout,
+            credential: None,
+        })
+    }
+
+    /// The same peer, presenting `token` to its internal RPCs.
+    pub fn with_credential(self, token: &str) -> Result<Self, ConfigError> {
+        let value = token.parse().map_err(|_| ConfigError {
+            var: "SERVICE_TOKEN".into(),
+            value: "<redacted>".into(),
+            reason: "must be printable ASCII".into(),
+        })?;
+        Ok(Self {
+            credential: Some(value),
+            ..self
         })
     }
 
@@ -60,7 +76,14 @@ impl Peer {
     ) -> Result<Self, ConfigError> {
         let url = crate::config::optional(url_var).unwrap_or_else(|| default_url.to_owned());
         let timeout = crate::config::millis_or("PEER_TIMEOUT_MS", 2000)?;
-        Self::new(name, url_var, &url, timeout)
+        let peer = Self::new(name, url_var, &url, timeout)?;
+        // Without a credential, the peer's internal RPCs answer PERMISSION_DENIED.
+        let development = crate::config::parse_or("DEVELOPMENT_KEYS", false)?;
+        match crate::config::secret("SERVICE_TOKEN")? {
+            Some(token) => peer.with_credential(&token),
+            None if development => peer.with_credential(crate::auth::DEV_SERVICE_TOKEN),
+            None => Ok(peer),
+        }
     }
 
     /// The same peer with another deadline (e.g. longer, for an operator's command).
@@ -80,6 +103,11 @@ impl Peer {
     pub fn request<T>(&self, message: T) -> Request<T> {
         let mut request = Request::new(message);
         request.set_timeout(self.timeout);
+        if let Some(credential) = &self.credential {
+            request
+                .metadata_mut()
+                .insert(crate::serve::SERVICE_TOKEN_HEADER, credential.clone());
+        }
         telemetry::inject(
             &tracing::Span::current(),
             &mut MetadataInjector(request.metadata_mut()),

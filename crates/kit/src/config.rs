@@ -21,6 +21,20 @@ pub fn optional(var: &str) -> Option<String> {
     std::env::var(var).ok().filter(|v| !v.trim().is_empty())
 }
 
+/// Reads a secret or key `var`: `None` when unset; an error when it is set but empty
+/// (an empty key is a mistake in a manifest, never a way to say "none").
+pub fn secret(var: &str) -> Result<Option<String>, ConfigError> {
+    match std::env::var(var) {
+        Err(_) => Ok(None),
+        Ok(v) if v.trim().is_empty() => Err(ConfigError {
+            var: var.to_owned(),
+            value: String::new(),
+            reason: "is set but empty; give it a value or unset it".into(),
+        }),
+        Ok(v) => Ok(Some(v)),
+    }
+}
+
 /// Reads and parses `var`, or returns `default` when it is unset.
 pub fn parse_or<T>(var: &str, default: T) -> Result<T, ConfigError>
 where
@@ -88,6 +102,11 @@ pub struct CommonConfig {
     pub shutdown_grace: Duration,
     /// `AUTH_PUBLIC_KEY`: PEM of the Ed25519 key that verifies access tokens.
     pub auth_public_key_pem: Option<String>,
+    /// `SERVICE_TOKEN`: the credential services present to each other's internal RPCs.
+    pub service_token: Option<String>,
+    /// `DEVELOPMENT_KEYS=true`: use the published development key pair and service
+    /// token where none is set. Never in a deployment anyone else can reach.
+    pub development_keys: bool,
 }
 
 /// Default MongoDB URI for a developer machine.
@@ -116,7 +135,9 @@ impl CommonConfig {
             amqp_url: optional("AMQP_URL").unwrap_or_else(|| DEFAULT_AMQP_URL.into()),
             log_format: parse_or("LOG_FORMAT", LogFormat::Human)?,
             shutdown_grace: seconds_or("SHUTDOWN_GRACE_SECS", 10)?,
-            auth_public_key_pem: optional("AUTH_PUBLIC_KEY"),
+            auth_public_key_pem: secret("AUTH_PUBLIC_KEY")?,
+            service_token: secret("SERVICE_TOKEN")?,
+            development_keys: parse_or("DEVELOPMENT_KEYS", false)?,
         })
     }
 
@@ -132,6 +153,8 @@ impl CommonConfig {
             log_format: LogFormat::Human,
             shutdown_grace: Duration::from_secs(5),
             auth_public_key_pem: None,
+            service_token: None,
+            development_keys: true,
         }
     }
 }

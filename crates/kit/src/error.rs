@@ -58,6 +58,24 @@ pub enum Error {
     /// A stream consumer fell too far behind.
     #[error("{0}")]
     ResourceExhausted(String),
+    /// The caller is refused for a while (too many attempts); `RESOURCE_EXHAUSTED` with
+    /// a `google.rpc.RetryInfo` saying when to try again.
+    #[error("{message}")]
+    Throttled {
+        /// For the client.
+        message: String,
+        /// When it may try again.
+        retry_after: std::time::Duration,
+    },
+    /// The service has no capacity for this now (its bounded work queue is full);
+    /// `UNAVAILABLE` with a `google.rpc.RetryInfo`.
+    #[error("{message}")]
+    Overloaded {
+        /// For the client.
+        message: String,
+        /// When it may try again.
+        retry_after: std::time::Duration,
+    },
     /// A bug. The source is logged, never sent.
     #[error("internal error: {0:#}")]
     Internal(#[source] anyhow::Error),
@@ -190,6 +208,25 @@ impl From<Error> for Status {
             }
             Error::DeadlineExceeded(m) => Status::deadline_exceeded(m),
             Error::ResourceExhausted(m) => Status::resource_exhausted(m),
+            Error::Throttled {
+                message,
+                retry_after,
+            } => Status::with_error_details(
+                Code::ResourceExhausted,
+                message,
+                ErrorDetails::with_retry_info(Some(retry_after)),
+            ),
+            Error::Overloaded {
+                message,
+                retry_after,
+            } => {
+                tracing::warn!(error = %message, "overloaded");
+                Status::with_error_details(
+                    Code::Unavailable,
+                    message,
+                    ErrorDetails::with_retry_info(Some(retry_after)),
+                )
+            }
             Error::Internal(source) => {
                 tracing::error!(error = ?source, "internal error");
                 Status::internal("internal error")

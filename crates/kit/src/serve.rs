@@ -33,22 +33,50 @@ use crate::{
 };
 
 /// Verifies the access token of every request that carries one (a bad token is
-/// `UNAUTHENTICATED` even on an open RPC; Login and Register never see one) and answers
-/// `UNAVAILABLE` until start-up (indexes) is done. Handlers that need a caller ask
-/// [`crate::auth::caller`].
+/// `UNAUTHENTICATED` even on an open RPC; Login and Register never see one), lets only
+/// the services themselves call internal RPCs ([`INTERNAL`]: `PERMISSION_DENIED`
+/// without the service credential), and answers `UNAVAILABLE` until start-up (indexes)
+/// is done. Handlers that need a caller ask [`crate::auth::caller`].
 #[derive(Clone)]
 pub struct Gate {
     verifier: TokenVerifier,
+    /// SHA-256 of the service credential (compared by digest: no timing to learn from).
+    service_token: [u8; 32],
     ready: Arc<AtomicBool>,
 }
 
+/// The RPCs only services may call: they serve other services (mentions, the feed,
+/// recounts) and some cost hundreds of counts per request.
+pub const INTERNAL: &[&str] = &[
+    "/social.user.v1.UserService/BatchGetUsersByUsername",
+    "/social.graph.v1.SocialGraphService/ListFollowingIds",
+    "/social.graph.v1.SocialGraphService/CountFollows",
+    "/social.engagement.v1.EngagementService/CountPostEngagement",
+];
+
+/// The metadata a service presents to another's internal RPC.
+pub const SERVICE_TOKEN_HEADER: &str = "x-service-token";
+/// Set by the server itself on requests to an internal RPC (a client's is removed).
+const INTERNAL_MARK: &str = "x-social-internal-rpc";
+
 impl Gate {
-    /// A gate that opens when [`serve`] finishes the service's start-up.
-    pub fn new(verifier: TokenVerifier) -> Self {
+    /// A gate that opens when [`serve`] finishes the service's start-up, verifying tokens
+    /// with `verifier` and accepting `service_token` on internal RPCs.
+    pub fn new(verifier: TokenVerifier, service_token: &str) -> Self {
         Self {
             verifier,
+            service_token: digest(service_token),
             ready: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// The gate of a service configured by `config`: its token verifier and service
+    /// credential (each an error naming its variable when missing outside development).
+    pub fn from_config(config: &CommonConfig) -> Result<Self, crate::config::ConfigError> {
+        Ok(Self::new(
+            TokenVerifier::from_config(config)?,
+            &crate::auth::service_token(config)?,
+        ))
     }
 
     /// Whether start-up is done.
@@ -64,6 +92,17 @@ impl Interceptor for Gate {
                 "the service is starting; retry shortly",
             ));
         }
+        if request.metadata().contains_key(INTERNAL_MARK) {
+            let presented = request
+                .metadata()
+                .get(SERVICE_TOKEN_HEADER)
+                .map(|v| digest(v.to_str().unwrap_or_default()));
+            if presented != Some(self.service_token) {
+                return Err(Status::permission_denied(
+                    "this RPC is internal to the services and needs their credential",
+                ));
+            }
+        }
         if let Some(value) = request.metadata().get("authorization") {
             let value = value
                 .to_str()
@@ -72,6 +111,19 @@ impl Interceptor for Gate {
             request.extensions_mut().insert(caller);
         }
         Ok(request)
+    }
+}
+
+/// The largest request message a service accepts. The largest valid request (an update
+/// with 500 characters of text and four media items with 2,048-character URLs, or a
+/// batch of 100 ids) is under 20 KiB; anything much larger is refused while decoding
+/// (`OUT_OF_RANGE`) before a handler spends time on it.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+impl Gate {
+    /// `service` behind this gate.
+    pub fn guard<S>(&self, service: S) -> tonic::service::interceptor::InterceptedService<S, Gate> {
+        tonic::service::interceptor::InterceptedService::new(service, self.clone())
     }
 }
 
@@ -200,7 +252,7 @@ pub async fn serve(
     let server = Server::builder()
         .layer(access_log())
         .layer(tower::util::MapRequestLayer::new(
-            ignore_token_when_authenticating as fn(_) -> _,
+            mark_request as fn(_) -> _,
         ))
         .add_routes(routes)
         .add_service(health)
@@ -236,11 +288,25 @@ const AUTHENTICATING: &[&str] = &[
     "/social.user.v1.UserService/Register",
 ];
 
-fn ignore_token_when_authenticating(mut request: http::Request<Body>) -> http::Request<Body> {
-    if AUTHENTICATING.contains(&request.uri().path()) {
-        request.headers_mut().remove(http::header::AUTHORIZATION);
+/// Before the gate: a token sent to Login or Register is dropped, and requests to an
+/// internal RPC are marked as such (a mark a client sends is removed first).
+fn mark_request(mut request: http::Request<Body>) -> http::Request<Body> {
+    let path = request.uri().path();
+    let (authenticating, internal) = (AUTHENTICATING.contains(&path), INTERNAL.contains(&path));
+    let headers = request.headers_mut();
+    headers.remove(INTERNAL_MARK);
+    if authenticating {
+        headers.remove(http::header::AUTHORIZATION);
+    }
+    if internal {
+        headers.insert(INTERNAL_MARK, http::HeaderValue::from_static("1"));
     }
     request
+}
+
+fn digest(token: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes()).into()
 }
 
 /// How long background tasks (relay, consumers) may take to stop after the RPCs.

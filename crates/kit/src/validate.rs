@@ -17,22 +17,37 @@ pub fn object_id(s: &str) -> Result<ObjectId, String> {
     ObjectId::parse_str(s).map_err(|_| "must be a 24-character hex id".into())
 }
 
-/// Parses a batch of ids (1..=100), naming each bad one by its index.
+/// Parses a batch of ids (1..=100), naming each bad one by its index; distinct, in the
+/// order given. A batch over the limit is refused before any element is looked at, so
+/// that a huge request costs no more than a valid one.
 pub fn id_batch(field: &str, ids: &[String], v: &mut crate::error::Violations) -> Vec<ObjectId> {
-    if ids.is_empty() {
-        v.add(field, "must contain at least one id");
-    } else if ids.len() > MAX_BATCH {
-        v.add(field, format!("must contain at most {MAX_BATCH} ids"));
+    if !batch_size(field, ids.len(), "ids", v) {
+        return Vec::new();
     }
+    let mut seen = std::collections::HashSet::with_capacity(ids.len());
     let mut out = Vec::with_capacity(ids.len());
     for (i, id) in ids.iter().enumerate() {
         if let Some(oid) = v.take(&format!("{field}[{i}]"), object_id(id))
-            && !out.contains(&oid)
+            && seen.insert(oid)
         {
             out.push(oid);
         }
     }
     out
+}
+
+/// Whether a batch of `len` `what` (ids, usernames) is within 1..=[`MAX_BATCH`];
+/// records the violation on `field` if not.
+pub fn batch_size(field: &str, len: usize, what: &str, v: &mut crate::error::Violations) -> bool {
+    if len == 0 {
+        v.add(field, format!("must contain at least one of the {what}"));
+        false
+    } else if len > MAX_BATCH {
+        v.add(field, format!("must contain at most {MAX_BATCH} {what}"));
+        false
+    } else {
+        true
+    }
 }
 
 /// Largest batch of ids in one request.
@@ -143,6 +158,22 @@ mod tests {
         assert!(url("ftp://x.y/z").is_err());
         assert!(url("/relative").is_err());
         assert!(url(&format!("https://x.y/{}", "a".repeat(2048))).is_err());
+    }
+
+    #[test]
+    fn an_oversized_batch_is_refused_without_parsing_it() {
+        let mut v = crate::error::Violations::default();
+        let many = vec!["not an id".to_owned(); 100_000];
+        assert!(id_batch("ids", &many, &mut v).is_empty());
+        // One violation for the size, none per element.
+        match v.finish() {
+            Err(crate::Error::InvalidArgument(vs)) => assert_eq!(vs.len(), 1),
+            other => panic!("{other:?}"),
+        }
+        let mut v = crate::error::Violations::default();
+        let id = "65f0c0ffee0123456789abcd".to_owned();
+        let dup = id_batch("ids", &[id.clone(), id], &mut v);
+        assert_eq!(dup.len(), 1);
     }
 
     #[test]

@@ -32,6 +32,14 @@ pub fn mongodb_uri() -> String {
         .unwrap_or_else(|| social_kit::config::DEFAULT_MONGODB_URI.into())
 }
 
+/// A peer at `url` as the services see each other in tests: `timeout` on every call and
+/// the development service credential.
+pub fn peer(name: &'static str, url: &str, timeout: Duration) -> social_kit::client::Peer {
+    social_kit::client::Peer::new(name, "PEER_URL", url, timeout)
+        .and_then(|p| p.with_credential(social_kit::auth::DEV_SERVICE_TOKEN))
+        .expect("peer URL")
+}
+
 /// A name no other test uses: `prefix_<random hex>`.
 pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}_{}", ObjectId::new().to_hex())
@@ -179,6 +187,17 @@ pub fn expired_token_for(user: ObjectId) -> String {
         .issue_at(user, an_hour_ago)
         .expect("issue")
         .0
+}
+
+/// `message` as another service sends it: with the development service credential that
+/// internal RPCs require.
+pub fn as_service<T>(message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request.metadata_mut().insert(
+        social_kit::serve::SERVICE_TOKEN_HEADER,
+        social_kit::auth::DEV_SERVICE_TOKEN.parse().expect("ascii"),
+    );
+    request
 }
 
 /// `message` with `authorization: Bearer <token>`.

@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use social_events::EventsConfig;
-use social_kit::client::Peer;
 use social_proto::{
     engagement::v1::engagement_service_client::EngagementServiceClient,
     graph::v1::social_graph_service_client::SocialGraphServiceClient,
@@ -67,9 +66,7 @@ impl Stack {
         }
         let uri = mongodb_uri();
         let timeout = options.peer_timeout.unwrap_or(Duration::from_secs(2));
-        let peer = |name: &'static str, var: &str, url: String| {
-            Peer::new(name, var, &url, timeout).expect("peer URL")
-        };
+        let peer = |name: &'static str, url: String| crate::peer(name, &url, timeout);
 
         let mut user_events = events.clone();
         if let Some(url) = options.user_amqp_url {
@@ -86,18 +83,14 @@ impl Stack {
         let config = social_post::Config::for_tests(
             &uri,
             &database,
-            peer("social-graph service", "GRAPH_SERVICE_URL", url),
+            peer("social-graph service", url),
             events.clone(),
         );
         let post = start(|l, s| social_post::run(config, l, s)).await;
         let config = social_engagement::Config::for_tests(
             &uri,
             &database,
-            peer(
-                "post service",
-                "POST_SERVICE_URL",
-                format!("http://{}", post.addr),
-            ),
+            peer("post service", format!("http://{}", post.addr)),
             events.clone(),
         );
         let engagement = start(|l, s| social_engagement::run(config, l, s)).await;
@@ -120,13 +113,11 @@ impl Stack {
         let config = social_engagement::Config::for_tests(
             &mongodb_uri(),
             &self.database,
-            Peer::new(
+            crate::peer(
                 "post service",
-                "POST_SERVICE_URL",
                 &format!("http://{}", self.post.addr),
                 Duration::from_secs(2),
-            )
-            .expect("peer URL"),
+            ),
             self.events.clone(),
         );
         let fresh = start(|l, s| social_engagement::run(config, l, s)).await;
@@ -197,7 +188,7 @@ pub async fn start_graph(
     user_url: &str,
     timeout: Duration,
 ) -> Running {
-    let peer = Peer::new("user service", "USER_SERVICE_URL", user_url, timeout).expect("peer URL");
+    let peer = crate::peer("user service", user_url, timeout);
     let config = social_graph::Config::for_tests(&mongodb_uri(), database, peer, events.clone());
     start(|l, s| social_graph::run(config, l, s)).await
 }
@@ -211,13 +202,7 @@ pub async fn start_notification(
     consume_events: bool,
     timeout: Duration,
 ) -> Running {
-    let peer = Peer::new(
-        "user service",
-        "USER_SERVICE_URL",
-        &format!("http://{user}"),
-        timeout,
-    )
-    .expect("peer URL");
+    let peer = crate::peer("user service", &format!("http://{user}"), timeout);
     let mut config =
         social_notification::Config::for_tests(&mongodb_uri(), database, peer, events.clone());
     config.consume_events = consume_events;

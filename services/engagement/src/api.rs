@@ -80,8 +80,13 @@ impl Api {
 
     /// The caller's existing like of `target`, if any; one left under a deleted post
     /// (an earlier attempt failed half-way) is taken back and the post is NOT_FOUND.
-    async fn existing_like(&self, me: ObjectId, target: ObjectId) -> Result<Option<LikeDoc>> {
-        let Some(like) = self.store.active_like(me, target).await? else {
+    async fn existing_like(
+        &self,
+        me: ObjectId,
+        kind: Target,
+        target: ObjectId,
+    ) -> Result<Option<LikeDoc>> {
+        let Some(like) = self.store.active_like(me, kind, target).await? else {
             return Ok(None);
         };
         self.unless_post_removed(like.post_id, self.store.take_back_like(like.id))
@@ -132,7 +137,7 @@ impl EngagementService for Api {
     async fn like_post(&self, request: Request<LikePostRequest>) -> Result<Response<()>, Status> {
         let me = caller(&request)?;
         let post = id("post_id", &request.get_ref().post_id)?;
-        if self.existing_like(me, post).await?.is_some() {
+        if self.existing_like(me, Target::Post, post).await?.is_some() {
             return Ok(Response::new(()));
         }
         let author = self.post_author(post).await?;
@@ -155,7 +160,7 @@ impl EngagementService for Api {
     ) -> Result<Response<()>, Status> {
         let me = caller(&request)?;
         let post = id("post_id", &request.get_ref().post_id)?;
-        if let Some(like) = self.store.active_like(me, post).await? {
+        if let Some(like) = self.store.active_like(me, Target::Post, post).await? {
             let event = new_envelope(
                 me,
                 Payload::PostUnliked(PostUnliked {
@@ -179,7 +184,11 @@ impl EngagementService for Api {
     ) -> Result<Response<()>, Status> {
         let me = caller(&request)?;
         let comment_id = id("comment_id", &request.get_ref().comment_id)?;
-        if self.existing_like(me, comment_id).await?.is_some() {
+        if self
+            .existing_like(me, Target::Comment, comment_id)
+            .await?
+            .is_some()
+        {
             return Ok(Response::new(()));
         }
         let comment = self
@@ -213,7 +222,11 @@ impl EngagementService for Api {
     ) -> Result<Response<()>, Status> {
         let me = caller(&request)?;
         let comment_id = id("comment_id", &request.get_ref().comment_id)?;
-        if let Some(like) = self.store.active_like(me, comment_id).await? {
+        if let Some(like) = self
+            .store
+            .active_like(me, Target::Comment, comment_id)
+            .await?
+        {
             let event = new_envelope(
                 me,
                 Payload::CommentUnliked(CommentUnliked {

@@ -12,10 +12,9 @@ mod store;
 pub use recompute::recompute_counters;
 use social_events::{EventsConfig, outbox::Relay};
 use social_kit::{
-    auth::TokenVerifier,
     client::Peer,
     config::{CommonConfig, ConfigError},
-    serve::{Background, Gate, ServeSpec, serve},
+    serve::{Background, Gate, MAX_REQUEST_BYTES, ServeSpec, serve},
 };
 use social_proto::engagement::v1::engagement_service_server::{
     EngagementServiceServer, SERVICE_NAME,
@@ -78,7 +77,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let db = social_kit::mongo::connect(&config.common).await?;
     let store = store::Store::new(&db);
-    let gate = Gate::new(TokenVerifier::from_config(&config.common)?);
+    let gate = Gate::from_config(&config.common)?;
     let relay = Relay::new(
         config.events.clone(),
         "engagement",
@@ -86,7 +85,8 @@ pub async fn run(
         &[store::LIKES, store::COMMENTS],
     );
     let api = api::Api::new(store.clone(), config.post_service.clone(), relay.waker());
-    let routes = Routes::new(EngagementServiceServer::with_interceptor(api, gate.clone()));
+    let server = EngagementServiceServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES);
+    let routes = Routes::new(gate.guard(server));
 
     let mut background = Background::new();
     background.spawn(|stop| relay.run(stop));

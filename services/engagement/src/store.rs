@@ -318,11 +318,21 @@ impl Store {
         Ok(mongo::insert_keyed(&self.likes, &mut like, |l| &mut l.sort_key).await?)
     }
 
-    /// The user's active like of `target`.
-    pub async fn active_like(&self, user: ObjectId, target: ObjectId) -> Result<Option<LikeDoc>> {
+    /// The user's active like of `target`, a post or a comment as `kind` says: a like of
+    /// one kind is never found (nor ended) through the other's RPCs.
+    pub async fn active_like(
+        &self,
+        user: ObjectId,
+        kind: Target,
+        target: ObjectId,
+    ) -> Result<Option<LikeDoc>> {
+        let kind = bson::serialize_to_bson(&kind).map_err(social_kit::Error::internal)?;
         Ok(self
             .likes
-            .find_one(doc! { "user_id": mongo::is(user), "target_id": mongo::is(target), "state": ACTIVE })
+            .find_one(doc! {
+                "user_id": mongo::is(user), "target_id": mongo::is(target),
+                "target_type": kind, "state": ACTIVE,
+            })
             .projection(outbox::without_bookkeeping())
             .await?)
     }

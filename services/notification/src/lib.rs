@@ -15,10 +15,9 @@ mod store;
 use prost::Message;
 use social_events::{EventsConfig, live::Broadcaster};
 use social_kit::{
-    auth::TokenVerifier,
     client::Peer,
     config::{CommonConfig, ConfigError},
-    serve::{Background, Gate, ServeSpec, serve},
+    serve::{Background, Gate, MAX_REQUEST_BYTES, ServeSpec, serve},
 };
 use social_proto::notification::v1::{
     Notification,
@@ -92,13 +91,11 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let db = social_kit::mongo::connect(&config.common).await?;
     let store = store::Store::new(&db);
-    let gate = Gate::new(TokenVerifier::from_config(&config.common)?);
+    let gate = Gate::from_config(&config.common)?;
     let hub = hub::Hub::new(config.stream_buffer, shutdown.clone());
     let api = api::Api::new(store.clone(), hub.clone());
-    let routes = Routes::new(NotificationServiceServer::with_interceptor(
-        api,
-        gate.clone(),
-    ));
+    let server = NotificationServiceServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES);
+    let routes = Routes::new(gate.guard(server));
 
     let mut background = Background::new();
     let replica = format!("notification-{}", bson::oid::ObjectId::new().to_hex());

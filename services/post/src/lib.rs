@@ -14,10 +14,9 @@ use std::time::Duration;
 pub use recompute::recompute_counters;
 use social_events::{EventsConfig, outbox::Relay};
 use social_kit::{
-    auth::TokenVerifier,
     client::Peer,
     config::{CommonConfig, ConfigError},
-    serve::{Background, Gate, ServeSpec, serve},
+    serve::{Background, Gate, MAX_REQUEST_BYTES, ServeSpec, serve},
 };
 use social_proto::post::v1::post_service_server::{PostServiceServer, SERVICE_NAME};
 use tokio::net::TcpListener;
@@ -77,6 +76,7 @@ impl Config {
             "http://127.0.0.1:50054",
             Duration::from_secs(2),
         )
+        .and_then(|p| p.with_credential(social_kit::auth::DEV_SERVICE_TOKEN))
         .expect("valid URL");
         Self {
             common: CommonConfig::for_tests("post", mongodb_uri, database),
@@ -95,10 +95,11 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let db = social_kit::mongo::connect(&config.common).await?;
     let store = store::Store::new(&db);
-    let gate = Gate::new(TokenVerifier::from_config(&config.common)?);
+    let gate = Gate::from_config(&config.common)?;
     let relay = Relay::new(config.events.clone(), "post", &db, &[store::COLLECTION]);
     let api = api::Api::new(store.clone(), config.graph_service.clone(), relay.waker());
-    let routes = Routes::new(PostServiceServer::with_interceptor(api, gate.clone()));
+    let server = PostServiceServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES);
+    let routes = Routes::new(gate.guard(server));
 
     let mut background = Background::new();
     background.spawn(|stop| relay.run(stop));

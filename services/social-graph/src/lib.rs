@@ -6,10 +6,9 @@ mod store;
 
 use social_events::{EventsConfig, outbox::Relay};
 use social_kit::{
-    auth::TokenVerifier,
     client::Peer,
     config::{CommonConfig, ConfigError},
-    serve::{Background, Gate, ServeSpec, serve},
+    serve::{Background, Gate, MAX_REQUEST_BYTES, ServeSpec, serve},
 };
 use social_proto::graph::v1::social_graph_service_server::{
     SERVICE_NAME, SocialGraphServiceServer,
@@ -72,7 +71,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let db = social_kit::mongo::connect(&config.common).await?;
     let store = store::Store::new(&db);
-    let gate = Gate::new(TokenVerifier::from_config(&config.common)?);
+    let gate = Gate::from_config(&config.common)?;
     let relay = Relay::new(
         config.events.clone(),
         "social-graph",
@@ -80,10 +79,8 @@ pub async fn run(
         &[store::COLLECTION],
     );
     let api = api::Api::new(store.clone(), config.user_service.clone(), relay.waker());
-    let routes = Routes::new(SocialGraphServiceServer::with_interceptor(
-        api,
-        gate.clone(),
-    ));
+    let server = SocialGraphServiceServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES);
+    let routes = Routes::new(gate.guard(server));
     let spec = ServeSpec {
         config: &config.common,
         grpc_name: SERVICE_NAME,

@@ -269,21 +269,17 @@ impl UserService for Api {
         let viewer = optional_caller(&request);
         let names = &request.get_ref().usernames;
         let mut v = Violations::default();
-        if names.is_empty() {
-            v.add("usernames", "must contain at least one username");
-        } else if names.len() > validate::MAX_BATCH {
-            v.add(
-                "usernames",
-                format!("must contain at most {} usernames", validate::MAX_BATCH),
-            );
-        }
         let mut lowers: Vec<String> = Vec::with_capacity(names.len());
-        for (i, name) in names.iter().enumerate() {
-            let name = name.trim();
-            v.check(&format!("usernames[{i}]"), validate::username(name));
-            let lower = name.to_lowercase();
-            if !lowers.contains(&lower) {
-                lowers.push(lower);
+        // Over the limit: refused before any name is looked at.
+        if validate::batch_size("usernames", names.len(), "usernames", &mut v) {
+            let mut seen = std::collections::HashSet::with_capacity(names.len());
+            for (i, name) in names.iter().enumerate() {
+                let name = name.trim();
+                v.check(&format!("usernames[{i}]"), validate::username(name));
+                let lower = name.to_lowercase();
+                if seen.insert(lower.clone()) {
+                    lowers.push(lower);
+                }
             }
         }
         v.finish()?;

@@ -13,10 +13,10 @@ use std::time::Duration;
 
 use social_events::EventsConfig;
 use social_kit::{
-    auth::{TokenIssuer, TokenVerifier},
+    auth::TokenIssuer,
     client::Peer,
     config::{CommonConfig, ConfigError},
-    serve::{Background, Gate, ServeSpec, serve},
+    serve::{Background, Gate, MAX_REQUEST_BYTES, ServeSpec, serve},
 };
 use social_proto::user::v1::user_service_server::{SERVICE_NAME, UserServiceServer};
 use tokio::net::TcpListener;
@@ -36,6 +36,12 @@ pub struct Config {
     pub events: EventsConfig,
     /// The social-graph service (`GRAPH_SERVICE_URL`), asked only when recomputing counters.
     pub graph_service: Peer,
+    /// `PASSWORD_HASH_MEMORY_MIB` (default 64): memory for password hashes at once (19
+    /// MiB each); keep it well under the pod's memory limit.
+    pub hash_memory_mib: u64,
+    /// `PASSWORD_HASH_WAIT_MS` (default 500): longest a login waits for a hashing slot
+    /// before it is refused with `UNAVAILABLE`.
+    pub hash_wait: Duration,
 }
 
 impl social_kit::config::ServiceConfig for Config {
@@ -49,7 +55,7 @@ impl Config {
     pub fn from_env() -> Result<Self, ConfigError> {
         Ok(Self {
             common: CommonConfig::from_env("user", "USER_ADDR", "127.0.0.1:50051")?,
-            private_key_pem: social_kit::config::optional("AUTH_PRIVATE_KEY"),
+            private_key_pem: social_kit::config::secret("AUTH_PRIVATE_KEY")?,
             token_ttl: social_kit::config::seconds_or("AUTH_TOKEN_TTL_SECS", 900)?,
             events: EventsConfig::from_env()?,
             graph_service: Peer::from_env(
@@ -57,6 +63,8 @@ impl Config {
                 "GRAPH_SERVICE_URL",
                 "http://127.0.0.1:50053",
             )?,
+            hash_memory_mib: social_kit::config::parse_or("PASSWORD_HASH_MEMORY_MIB", 64)?,
+            hash_wait: social_kit::config::millis_or("PASSWORD_HASH_WAIT_MS", 500)?,
         })
     }
 
@@ -69,6 +77,7 @@ impl Config {
             "http://127.0.0.1:50053",
             Duration::from_secs(2),
         )
+        .and_then(|p| p.with_credential(social_kit::auth::DEV_SERVICE_TOKEN))
         .expect("valid URL");
         Self {
             common: CommonConfig::for_tests("user", mongodb_uri, database),
@@ -76,6 +85,8 @@ impl Config {
             token_ttl: Duration::from_secs(900),
             events,
             graph_service,
+            hash_memory_mib: 64,
+            hash_wait: Duration::from_millis(500),
         }
     }
 
@@ -89,10 +100,18 @@ impl Config {
                 }
                 .into()
             }),
-            None => {
-                tracing::warn!("AUTH_PRIVATE_KEY is unset: signing with the DEVELOPMENT-ONLY key");
+            None if self.common.development_keys => {
+                tracing::warn!(
+                    "AUTH_PRIVATE_KEY is unset and DEVELOPMENT_KEYS=true: signing with the \
+                     published DEVELOPMENT-ONLY key; anyone can mint tokens"
+                );
                 Ok(TokenIssuer::development(self.token_ttl))
             }
+            None => Err(social_kit::auth::missing_key(
+                "AUTH_PRIVATE_KEY",
+                "the PEM of the Ed25519 private key that signs access tokens",
+            )
+            .into()),
         }
     }
 }
@@ -105,9 +124,14 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let db = social_kit::mongo::connect(&config.common).await?;
     let store = store::Store::new(&db);
-    let gate = Gate::new(TokenVerifier::from_config(&config.common)?);
-    let api = api::Api::new(store.clone(), config.issuer()?, password::Hasher::new()?);
-    let routes = Routes::new(UserServiceServer::with_interceptor(api, gate.clone()));
+    let gate = Gate::from_config(&config.common)?;
+    let api = api::Api::new(
+        store.clone(),
+        config.issuer()?,
+        password::Hasher::new(config.hash_memory_mib, config.hash_wait)?,
+    );
+    let server = UserServiceServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES);
+    let routes = Routes::new(gate.guard(server));
     let mut background = Background::new();
     let (events, handler) = (config.events.clone(), events::handler(store.clone()));
     background

@@ -144,10 +144,10 @@ async fn feed() -> anyhow::Result<()> {
         for _ in 0..SAMPLES {
             let started = Instant::now();
             let following = graph
-                .list_following_ids(ListFollowingIdsRequest {
+                .list_following_ids(social_testkit::as_service(ListFollowingIdsRequest {
                     user_id: reader.to_hex(),
                     limit: 0,
-                })
+                }))
                 .await?
                 .into_inner();
             ids.record(started.elapsed().as_micros() as u64)?;

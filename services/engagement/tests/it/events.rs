@@ -414,13 +414,7 @@ async fn drifted_counters_are_recomputed_from_the_documents() {
         .unwrap();
 
     let peer = |name, addr: SocketAddr| {
-        social_kit::client::Peer::new(
-            name,
-            "URL",
-            &format!("http://{addr}"),
-            Duration::from_secs(5),
-        )
-        .unwrap()
+        social_testkit::peer(name, &format!("http://{addr}"), Duration::from_secs(5))
     };
     let uri = social_testkit::mongodb_uri();
     let mut post_config = social_post::Config::for_tests(

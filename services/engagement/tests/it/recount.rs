@@ -14,13 +14,11 @@ use social_testkit::{Stack, StackOptions, TcpProxy, authed, broker, eventually, 
 use crate::App;
 
 fn peer(addr: SocketAddr) -> social_kit::client::Peer {
-    social_kit::client::Peer::new(
+    social_testkit::peer(
         "social-graph service",
-        "GRAPH_SERVICE_URL",
         &format!("http://{addr}"),
         Duration::from_secs(5),
     )
-    .unwrap()
 }
 
 async fn database(app: &App) -> mongodb::Database {

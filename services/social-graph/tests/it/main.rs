@@ -160,10 +160,10 @@ async fn follow_unfollow_lists_and_relationship() {
     .unwrap();
     assert_eq!(app.followers(&bob, 0, "").await.0, [carol]);
     let ids = g
-        .list_following_ids(ListFollowingIdsRequest {
+        .list_following_ids(social_testkit::as_service(ListFollowingIdsRequest {
             user_id: bob.clone(),
             limit: 0,
-        })
+        }))
         .await
         .unwrap()
         .into_inner();

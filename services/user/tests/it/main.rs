@@ -21,12 +21,17 @@ struct App {
 }
 
 async fn spawn() -> App {
+    spawn_with(|_| {}).await
+}
+
+async fn spawn_with(change: impl FnOnce(&mut social_user::Config)) -> App {
     let database = unique_name("user_it");
-    let config = social_user::Config::for_tests(
+    let mut config = social_user::Config::for_tests(
         &mongodb_uri(),
         &database,
         social_events::EventsConfig::for_tests(&unique_name("t")),
     );
+    change(&mut config);
     let running = start(|listener, shutdown| social_user::run(config, listener, shutdown)).await;
     let client = UserServiceClient::new(running.channel().await);
     App {
@@ -327,9 +332,9 @@ async fn batch_gets_keep_order_and_omit_missing() {
     assert_eq!(violated_fields(&err), ["ids"]);
 
     let by_name = c
-        .batch_get_users_by_username(BatchGetUsersByUsernameRequest {
+        .batch_get_users_by_username(social_testkit::as_service(BatchGetUsersByUsernameRequest {
             usernames: vec!["FRANK".into(), "ghost".into(), "Erin".into()],
-        })
+        }))
         .await
         .unwrap()
         .into_inner()
@@ -581,4 +586,140 @@ async fn reflection_lists_the_service_and_health() {
         !services.iter().any(|s| s.contains("PostService")),
         "{services:?}"
     );
+}
+
+#[tokio::test]
+async fn logins_beyond_the_hashing_budget_are_refused_at_once_with_a_retry_delay() {
+    // Room for one hash at a time, and no waiting for a turn.
+    let app = spawn_with(|c| {
+        c.hash_memory_mib = 19;
+        c.hash_wait = std::time::Duration::ZERO;
+    })
+    .await;
+    let logins = (0..6).map(|i| {
+        let mut client = app.client.clone();
+        async move {
+            client
+                .login(LoginRequest {
+                    username_or_email: format!("nobody{i}"),
+                    password: "correct horse battery".into(),
+                })
+                .await
+        }
+    });
+    let results = futures::future::join_all(logins).await;
+    let codes: Vec<Code> = results
+        .iter()
+        .map(|r| r.as_ref().unwrap_err().code())
+        .collect();
+    let refused: Vec<_> = results
+        .iter()
+        .filter_map(|r| r.as_ref().err())
+        .filter(|s| s.code() == Code::Unavailable)
+        .collect();
+    assert!(!refused.is_empty(), "{codes:?}");
+    assert!(
+        codes.contains(&Code::Unauthenticated),
+        "one was checked: {codes:?}"
+    );
+    assert!(
+        codes
+            .iter()
+            .all(|c| matches!(c, Code::Unavailable | Code::Unauthenticated)),
+        "{codes:?}"
+    );
+    use tonic_types::StatusExt;
+    assert!(refused[0].get_error_details().retry_info().is_some());
+}
+
+#[tokio::test]
+async fn internal_rpcs_need_the_service_credential() {
+    let app = spawn().await;
+    app.register("known").await;
+    let ask = || BatchGetUsersByUsernameRequest {
+        usernames: vec!["known".into()],
+    };
+    let err = app
+        .client
+        .clone()
+        .batch_get_users_by_username(ask())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    // A user's token is not a service credential.
+    let err = app
+        .client
+        .clone()
+        .batch_get_users_by_username(authed(ask(), &token_for(ObjectId::new())))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    let mut wrong = Request::new(ask());
+    wrong
+        .metadata_mut()
+        .insert("x-service-token", "guess".parse().unwrap());
+    let err = app
+        .client
+        .clone()
+        .batch_get_users_by_username(wrong)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    // A client cannot mark a public RPC internal or unmark an internal one.
+    let mut spoofed = Request::new(ask());
+    spoofed
+        .metadata_mut()
+        .insert("x-social-internal-rpc", "0".parse().unwrap());
+    assert_eq!(
+        app.client
+            .clone()
+            .batch_get_users_by_username(spoofed)
+            .await
+            .unwrap_err()
+            .code(),
+        Code::PermissionDenied
+    );
+    // The services' own credential works.
+    let peer = social_testkit::peer(
+        "user service",
+        &format!("http://{}", app.running.addr),
+        std::time::Duration::from_secs(2),
+    );
+    let found = app
+        .client
+        .clone()
+        .batch_get_users_by_username(peer.request(ask()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(found.users.len(), 1);
+}
+
+#[tokio::test]
+async fn a_service_without_keys_refuses_to_start_and_names_the_variable() {
+    let run = |config: social_user::Config| async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        social_user::run(config, listener, shutdown)
+            .await
+            .unwrap_err()
+            .to_string()
+    };
+    let config = || {
+        let mut c = social_user::Config::for_tests(
+            &mongodb_uri(),
+            &unique_name("keys"),
+            social_events::EventsConfig::for_tests(&unique_name("t")),
+        );
+        c.common.development_keys = false;
+        c
+    };
+    assert!(run(config()).await.contains("AUTH_PUBLIC_KEY"));
+    let mut c = config();
+    c.common.auth_public_key_pem = Some(
+        include_str!("../../../../crates/kit/dev-keys/DEVELOPMENT-ONLY-ed25519-public.pem").into(),
+    );
+    assert!(run(c.clone()).await.contains("SERVICE_TOKEN"));
+    c.common.service_token = Some("a secret".into());
+    assert!(run(c).await.contains("AUTH_PRIVATE_KEY"));
 }
