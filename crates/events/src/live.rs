@@ -1,6 +1,8 @@
-//! Best-effort broadcast between the replicas of a service, for live pushes (the
-//! notification stream): every replica binds its own exclusive, auto-deleted queue to
-//! a routing key and hears every message published on it. Nothing here is durable:
+//! Broadcast between the replicas of a service, for live pushes (the notification
+//! stream): every replica binds its own exclusive, auto-deleted queue to a routing key
+//! and hears every message published on it. A publish is confirmed by the broker (it
+//! reached every bound queue); a listener reports whether its queue is bound, so that
+//! its owner serves streams only while it hears everything. Nothing here is durable:
 //! a replica that is down misses messages, and clients resynchronise from the store.
 
 use std::{sync::Arc, time::Duration};
@@ -8,7 +10,10 @@ use std::{sync::Arc, time::Duration};
 use futures::StreamExt;
 use lapin::{
     BasicProperties, Channel,
-    options::{BasicConsumeOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions},
+    options::{
+        BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions,
+        QueueDeclareOptions,
+    },
     types::FieldTable,
 };
 use tokio::sync::Mutex;
@@ -34,8 +39,9 @@ impl Broadcaster {
         }
     }
 
-    /// Publishes `body` with `routing_key`; an error means the message is lost. Gives up
-    /// after two seconds: a broadcast is best effort and must not hold its caller up.
+    /// Publishes `body` with `routing_key` and waits for the broker's confirm; an error
+    /// means the replicas may not have it (the caller retries). Gives up after two
+    /// seconds: a broadcast must not hold its caller up for long.
     pub async fn publish(&self, routing_key: &str, body: &[u8]) -> anyhow::Result<()> {
         tokio::time::timeout(Duration::from_secs(2), self.publish_now(routing_key, body))
             .await
@@ -43,46 +49,69 @@ impl Broadcaster {
     }
 
     async fn publish_now(&self, routing_key: &str, body: &[u8]) -> anyhow::Result<()> {
-        let mut slot = self.channel.lock().await;
-        if slot.as_ref().is_none_or(|c| !c.status().connected()) {
-            let properties = lapin::ConnectionProperties::default()
-                .with_connection_name(self.name.as_str().into());
-            let connection = tokio::time::timeout(
-                Duration::from_secs(2),
-                lapin::Connection::connect(&self.config.amqp_url, properties),
-            )
-            .await??;
-            let channel = connection.create_channel().await?;
-            crate::topology::declare_exchange(&channel, &self.config).await?;
-            *slot = Some(channel);
-        }
-        let Some(channel) = slot.as_ref() else {
-            return Err(anyhow::anyhow!("no channel"));
+        // The channel is shared: the lock is held to publish, not for the confirm.
+        let confirm = {
+            let mut slot = self.channel.lock().await;
+            if slot.as_ref().is_none_or(|c| !c.status().connected()) {
+                *slot = Some(self.open().await?);
+            }
+            let Some(channel) = slot.as_ref() else {
+                return Err(anyhow::anyhow!("no channel"));
+            };
+            let sent = channel
+                .basic_publish(
+                    self.config.exchange.as_str().into(),
+                    routing_key.into(),
+                    BasicPublishOptions::default(),
+                    body,
+                    BasicProperties::default().with_content_type("application/x-protobuf".into()),
+                )
+                .await;
+            match sent {
+                Ok(confirm) => confirm,
+                Err(e) => {
+                    *slot = None;
+                    return Err(e.into());
+                }
+            }
         };
-        let sent = channel
-            .basic_publish(
-                self.config.exchange.as_str().into(),
-                routing_key.into(),
-                BasicPublishOptions::default(),
-                body,
-                BasicProperties::default().with_content_type("application/x-protobuf".into()),
-            )
-            .await;
-        if let Err(e) = sent {
-            *slot = None;
-            return Err(e.into());
+        match confirm.await {
+            Ok(lapin::Confirmation::Nack(_)) => anyhow::bail!("the broker refused the broadcast"),
+            Ok(_) => Ok(()),
+            Err(e) => {
+                *self.channel.lock().await = None;
+                Err(e.into())
+            }
         }
-        Ok(())
+    }
+
+    async fn open(&self) -> anyhow::Result<Channel> {
+        let properties =
+            lapin::ConnectionProperties::default().with_connection_name(self.name.as_str().into());
+        let connection = tokio::time::timeout(
+            Duration::from_secs(2),
+            lapin::Connection::connect(&self.config.amqp_url, properties),
+        )
+        .await??;
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        crate::topology::declare_exchange(&channel, &self.config).await?;
+        Ok(channel)
     }
 }
 
 /// Hears every message published with `routing_key` until `shutdown`, reconnecting
-/// after failures, and hands each body to `deliver`.
+/// after failures, and hands each body to `deliver`. `live(true)` is called once the
+/// queue is bound and consumed, `live(false)` as soon as it is lost: between the two,
+/// every broadcast reaches `deliver`.
 pub async fn listen(
     config: EventsConfig,
     name: String,
     routing_key: &'static str,
     deliver: impl Fn(Vec<u8>) + Send + Sync + 'static,
+    live: impl Fn(bool) + Send + Sync + 'static,
     shutdown: CancellationToken,
 ) {
     while !shutdown.is_cancelled() {
@@ -125,6 +154,7 @@ pub async fn listen(
                 )
                 .await?;
             tracing::info!(routing_key, "listening for broadcasts");
+            live(true);
             loop {
                 tokio::select! {
                     () = shutdown.cancelled() => return Ok::<_, anyhow::Error>(()),
@@ -137,6 +167,7 @@ pub async fn listen(
             }
         }
         .await;
+        live(false);
         if let Err(e) = listened {
             tracing::warn!(error = %format!("{e:#}"), "broadcast listener lost its connection; reconnecting");
             tokio::select! {

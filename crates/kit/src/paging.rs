@@ -48,6 +48,11 @@ static PROCESS_BITS: LazyLock<i64> = LazyLock::new(|| {
 });
 static SEQUENCE: AtomicU64 = AtomicU64::new(0);
 
+/// The time (ms since the Unix epoch) a sort key was minted at.
+pub fn key_time_ms(key: i64) -> i64 {
+    (key >> 22) + EPOCH_MS
+}
+
 /// A new sort key for a document created now (to replace one another document took).
 pub fn fresh_sort_key() -> i64 {
     sort_key(bson::DateTime::now())

@@ -48,6 +48,7 @@ impl From<NotificationDoc> for Notification {
             comment_id: n.comment_id.map(|c| c.to_hex()),
             is_read: n.is_read,
             created_at: Some(to_timestamp(n.created_at)),
+            removed: false,
         }
     }
 }
@@ -153,7 +154,7 @@ impl NotificationService for Api {
         let deadline = tokio::time::Instant::now() + left;
         let live = self
             .hub
-            .subscribe(session.user)
+            .subscribe(session.user)?
             .take_until(tokio::time::sleep_until(deadline));
         let expired = futures::stream::once(async move {
             (tokio::time::Instant::now() >= deadline).then(|| {

@@ -9,7 +9,7 @@ use prost::Message;
 use social_events::{Envelope, Payload, consumer::Handler, live::Broadcaster, topology::QueueSpec};
 use social_kit::{client::Peer, content::mentions};
 use social_proto::{
-    notification::v1::Notification,
+    notification::v1::{LiveBatch, Notification},
     user::v1::{BatchGetUsersByUsernameRequest, user_service_client::UserServiceClient},
 };
 
@@ -19,10 +19,29 @@ use crate::store::{NotificationDoc, Store, removed_key};
 pub const STORED: &str = "notification.notification.stored";
 /// Most mentions of one post or comment that notify.
 const MAX_MENTIONS: usize = 10;
+/// A notification is pushed within this long of its `created_at` (else it gets a new
+/// one when it is pushed); the resume rule pages back twice as far.
+const PUSH_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
+/// Notifications removed (and their removals pushed) per step.
+const REMOVE_BATCH: i64 = 500;
 
 /// The notification service's queue and its bindings.
 pub fn subscription() -> QueueSpec {
     social_events::topology::NOTIFICATION
+}
+
+/// A delay tests inject before pushing notifications about one post
+/// (`notification::delay_broadcast`, `return(<post id>:<ms>)`).
+fn injected_delay_ms(stored: &[NotificationDoc]) -> Option<u64> {
+    let _ = stored;
+    fail::fail_point!("notification::delay_broadcast", |arg: Option<String>| {
+        let (post, ms) = arg.as_deref()?.split_once(':')?;
+        let about = stored
+            .iter()
+            .any(|n| n.post_id.is_some_and(|p| p.to_hex() == post));
+        about.then(|| ms.parse().ok()).flatten()
+    });
+    None
 }
 
 /// What the handler needs.
@@ -114,14 +133,14 @@ impl Fanout {
             Some(Payload::PostDeleted(e)) => {
                 let post = oid(&e.post_id)?;
                 self.store.mark_removed(removed_key("post", post)).await?;
-                self.store.remove_about("post_id", post).await?;
+                self.remove_about("post_id", post).await?;
             }
             Some(Payload::CommentDeleted(e)) => {
                 let comment = oid(&e.comment_id)?;
                 self.store
                     .mark_removed(removed_key("comment", comment))
                     .await?;
-                self.store.remove_about("comment_id", comment).await?;
+                self.remove_about("comment_id", comment).await?;
             }
             _ => {}
         }
@@ -148,9 +167,16 @@ impl Fanout {
                 created_at: now,
                 sort_key: social_kit::paging::sort_key(now),
                 dedupe_key: draft.key,
+                event_id: envelope.event_id.clone(),
             };
             if self.store.insert(&mut doc).await? {
                 stored.push(doc);
+            } else if let Some(earlier) = self.store.by_dedupe_key(&doc.dedupe_key).await?
+                && earlier.event_id == envelope.event_id
+            {
+                // Stored by an earlier try of this event, which may have failed before
+                // pushing it: push it (again; streams merge by id).
+                stored.push(earlier);
             }
         }
         // The post or comment may have been deleted before (a late or redelivered
@@ -160,18 +186,73 @@ impl Fanout {
         if self.store.any_removed(&about).await? {
             return Ok(self.store.delete_by_keys(&keys).await?);
         }
-        for doc in stored {
-            let wire = Notification::from(doc);
-            // Best effort: a stream that misses it resyncs from the store.
-            if let Err(e) = self
-                .broadcaster
-                .publish(STORED, &wire.encode_to_vec())
-                .await
-            {
-                tracing::warn!(error = %format!("{e:#}"), "could not broadcast a notification");
-            }
+        // Tests: a try that fails after storing, or a push that comes late.
+        fail::fail_point!("notification::before_broadcast", |_| Err(
+            anyhow::Error::new(social_kit::Error::Unavailable(
+                "the broker is unavailable (injected)".into()
+            ))
+        ));
+        if let Some(ms) = injected_delay_ms(&stored) {
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
         }
-        Ok(())
+        let mut pushed = Vec::with_capacity(stored.len());
+        for doc in stored {
+            pushed.push(Notification::from(self.fresh(doc).await?));
+        }
+        self.broadcast(pushed).await
+    }
+
+    /// `doc`, with a new sort key and `created_at` if its push comes later than
+    /// [`PUSH_WITHIN`] after them (a retried event): the resume rule of
+    /// docs/events.md relies on every notification being pushed within that bound.
+    async fn fresh(&self, doc: NotificationDoc) -> anyhow::Result<NotificationDoc> {
+        let minted = social_kit::paging::key_time_ms(doc.sort_key);
+        let late = DateTime::now().timestamp_millis() - minted > PUSH_WITHIN.as_millis() as i64;
+        if !late {
+            return Ok(doc);
+        }
+        Ok(self.store.refresh_key(&doc).await?.unwrap_or(doc))
+    }
+
+    /// Sends `notifications` to every replica's streams. A failure is the broker's
+    /// (transient): the event is retried, and the retry pushes them again.
+    async fn broadcast(&self, notifications: Vec<Notification>) -> anyhow::Result<()> {
+        if notifications.is_empty() {
+            return Ok(());
+        }
+        let batch = LiveBatch { notifications };
+        self.broadcaster
+            .publish(STORED, &batch.encode_to_vec())
+            .await
+            .map_err(|e| {
+                anyhow::Error::new(social_kit::Error::Unavailable(format!(
+                    "could not push notifications to the live streams: {e:#}"
+                )))
+            })
+    }
+
+    /// Removes the notifications about a post (and its comments) or a comment, in
+    /// batches: each batch's removal is pushed to its recipients' streams, then deleted
+    /// (a failure in between pushes it again on the retry).
+    async fn remove_about(&self, field: &str, id: ObjectId) -> anyhow::Result<()> {
+        loop {
+            let batch = self.store.about(field, id, REMOVE_BATCH).await?;
+            if batch.is_empty() {
+                return Ok(());
+            }
+            let removed = batch
+                .iter()
+                .map(|(id, user)| Notification {
+                    id: id.to_hex(),
+                    user_id: user.to_hex(),
+                    removed: true,
+                    ..Default::default()
+                })
+                .collect();
+            self.broadcast(removed).await?;
+            let ids: Vec<ObjectId> = batch.into_iter().map(|(id, _)| id).collect();
+            self.store.delete_ids(&ids).await?;
+        }
     }
 
     /// The ids of the users @mentioned in `text` (at most ten, unknown ones skipped), in

@@ -1,17 +1,22 @@
 //! The live streams of this replica: who is listening, and pushing each new
-//! notification to every stream of its recipient.
+//! notification (or removal) to every stream of its recipient.
 //!
-//! Each stream has a small bounded buffer. Pushing never waits: a stream whose buffer
-//! is full has fallen behind; it is dropped from the hub, gets what it had buffered,
-//! then ends with `RESOURCE_EXHAUSTED` so that the client resyncs with
-//! ListNotifications. A slow stream therefore never holds up storing or other streams.
+//! A stream either delivers every notification broadcast while it is open, or ends with
+//! an error so that the client resyncs (docs/events.md, "Live notifications"):
+//! - streams are accepted only while this replica hears the broadcasts (its listener
+//!   queue is bound); when the listener loses its queue, every open stream ends with
+//!   `UNAVAILABLE`;
+//! - each stream has a small bounded buffer, and pushing never waits: a stream whose
+//!   buffer is full has fallen behind; it gets what it had buffered, then ends with
+//!   `RESOURCE_EXHAUSTED`. A slow stream never holds up storing or other streams.
+//!
 //! Streams end cleanly when the service shuts down.
 
 use std::{
     collections::HashMap,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicU8, AtomicU64, Ordering},
     },
 };
 
@@ -22,10 +27,15 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
+/// Why a stream was ended by the hub (kept in `Listener::ended`).
+const OPEN: u8 = 0;
+const LAGGED: u8 = 1;
+const FEED_LOST: u8 = 2;
+
 struct Listener {
     id: u64,
     tx: mpsc::Sender<Notification>,
-    lagged: Arc<AtomicBool>,
+    ended: Arc<AtomicU8>,
 }
 
 /// Removes a stream from the hub when the stream is dropped.
@@ -41,106 +51,154 @@ impl Drop for Leave {
     }
 }
 
+#[derive(Default)]
+struct State {
+    /// Whether this replica hears the broadcasts (its listener queue is bound).
+    live: bool,
+    listeners: HashMap<ObjectId, Vec<Listener>>,
+}
+
 /// The streams of this replica. Cheap to clone.
 #[derive(Clone)]
 pub struct Hub {
-    listeners: Arc<Mutex<HashMap<ObjectId, Vec<Listener>>>>,
+    state: Arc<Mutex<State>>,
     next_id: Arc<AtomicU64>,
     buffer: usize,
     shutdown: CancellationToken,
 }
 
 impl Hub {
-    /// A hub whose streams buffer `buffer` notifications and end at `shutdown`.
+    /// A hub whose streams buffer `buffer` notifications and end at `shutdown`. It
+    /// accepts streams once [`Hub::set_live`] says the broadcasts are heard.
     pub fn new(buffer: usize, shutdown: CancellationToken) -> Self {
         Self {
-            listeners: Arc::default(),
+            state: Arc::default(),
             next_id: Arc::default(),
             buffer: buffer.max(1),
             shutdown,
         }
     }
 
-    /// A new stream of `user`'s notifications.
+    /// Whether this replica hears the broadcasts. When it stops hearing them, every open
+    /// stream ends with `UNAVAILABLE` (it would miss what is broadcast meanwhile).
+    pub fn set_live(&self, live: bool) {
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        state.live = live;
+        if !live {
+            let ended = state.listeners.values().flatten().count();
+            for listener in state.listeners.values().flatten() {
+                listener.ended.store(FEED_LOST, Ordering::Release);
+            }
+            // Dropping the senders ends the streams after what they buffered.
+            state.listeners.clear();
+            if ended > 0 {
+                tracing::warn!(
+                    streams = ended,
+                    "lost the live broadcasts; ended every open stream"
+                );
+            }
+        }
+    }
+
+    /// A new stream of `user`'s notifications; `UNAVAILABLE` while this replica does
+    /// not hear the broadcasts.
     pub fn subscribe(
         &self,
         user: ObjectId,
-    ) -> impl Stream<Item = Result<Notification, Status>> + Send + 'static {
+    ) -> Result<impl Stream<Item = Result<Notification, Status>> + Send + 'static, Status> {
         let (tx, rx) = mpsc::channel(self.buffer);
-        let lagged = Arc::new(AtomicBool::new(false));
+        let ended = Arc::new(AtomicU8::new(OPEN));
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        if let Ok(mut listeners) = self.listeners.lock() {
-            listeners.entry(user).or_default().push(Listener {
+        {
+            let mut state = self
+                .state
+                .lock()
+                .map_err(|_| Status::internal("internal error"))?;
+            if !state.live {
+                return Err(Status::unavailable(
+                    "this replica is not receiving live notifications right now; retry shortly",
+                ));
+            }
+            state.listeners.entry(user).or_default().push(Listener {
                 id,
                 tx,
-                lagged: lagged.clone(),
+                ended: ended.clone(),
             });
         }
         let shutdown = self.shutdown.clone();
         let notifications = tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok);
-        // After the buffered ones: an error if it fell behind, nothing otherwise.
-        let tail = futures::stream::once(async move { lagged.load(Ordering::Acquire) }).filter_map(|lagged| async move {
-            lagged.then(|| {
-                Status::resource_exhausted(
-                    "this stream fell behind and was closed; resync with ListNotifications and reopen it",
-                )
-            })
-            .map(Err)
-        });
+        // After the buffered ones: an error if the hub ended it, nothing otherwise.
+        let tail = futures::stream::once(async move { ended.load(Ordering::Acquire) }).filter_map(
+            |ended| async move {
+                match ended {
+                    LAGGED => Some(Err(Status::resource_exhausted(
+                        "this stream fell behind and was closed; resync with ListNotifications \
+                         and reopen it",
+                    ))),
+                    FEED_LOST => Some(Err(Status::unavailable(
+                        "this replica lost its live feed; reopen the stream and resync with \
+                         ListNotifications",
+                    ))),
+                    _ => None,
+                }
+            },
+        );
         let leave = Leave {
             hub: self.clone(),
             user,
             id,
         };
-        notifications
+        Ok(notifications
             .chain(tail)
             .take_until(async move { shutdown.cancelled().await })
             // The guard lives as long as the stream.
             .map(move |item| {
                 let _ = &leave;
                 item
-            })
+            }))
     }
 
     fn remove(&self, user: ObjectId, id: u64) {
-        if let Ok(mut listeners) = self.listeners.lock()
-            && let Some(streams) = listeners.get_mut(&user)
+        if let Ok(mut state) = self.state.lock()
+            && let Some(streams) = state.listeners.get_mut(&user)
         {
             streams.retain(|l| l.id != id);
             if streams.is_empty() {
-                listeners.remove(&user);
+                state.listeners.remove(&user);
             }
         }
     }
 
     /// Pushes `n` to every stream of its recipient, without waiting.
     pub fn push(&self, user: ObjectId, n: &Notification) {
-        let Ok(mut listeners) = self.listeners.lock() else {
+        let Ok(mut state) = self.state.lock() else {
             return;
         };
-        let Some(streams) = listeners.get_mut(&user) else {
+        let Some(streams) = state.listeners.get_mut(&user) else {
             return;
         };
         streams.retain(|l| match l.tx.try_send(n.clone()) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 tracing::info!(%user, stream = l.id, "a notification stream fell behind; closing it");
-                l.lagged.store(true, Ordering::Release);
+                l.ended.store(LAGGED, Ordering::Release);
                 false
             }
             Err(mpsc::error::TrySendError::Closed(_)) => false,
         });
         if streams.is_empty() {
-            listeners.remove(&user);
+            state.listeners.remove(&user);
         }
     }
 
     /// How many streams are open.
     #[cfg(test)]
     pub fn open_streams(&self) -> usize {
-        self.listeners
+        self.state
             .lock()
-            .map(|l| l.values().map(Vec::len).sum())
+            .map(|s| s.listeners.values().map(Vec::len).sum())
             .unwrap_or(0)
     }
 }
@@ -156,12 +214,18 @@ mod tests {
         }
     }
 
+    fn live_hub(buffer: usize, shutdown: CancellationToken) -> Hub {
+        let hub = Hub::new(buffer, shutdown);
+        hub.set_live(true);
+        hub
+    }
+
     #[tokio::test]
     async fn a_full_stream_is_closed_with_an_error_and_others_go_on() {
-        let hub = Hub::new(2, CancellationToken::new());
+        let hub = live_hub(2, CancellationToken::new());
         let user = ObjectId::new();
-        let slow = hub.subscribe(user);
-        let mut fast = Box::pin(hub.subscribe(user));
+        let slow = hub.subscribe(user).unwrap();
+        let mut fast = Box::pin(hub.subscribe(user).unwrap());
         for i in 0..5 {
             hub.push(user, &note(i));
             assert_eq!(fast.next().await.unwrap().unwrap().id, i.to_string());
@@ -181,9 +245,28 @@ mod tests {
     #[tokio::test]
     async fn streams_end_at_shutdown() {
         let shutdown = CancellationToken::new();
-        let hub = Hub::new(4, shutdown.clone());
-        let stream = hub.subscribe(ObjectId::new());
+        let hub = live_hub(4, shutdown.clone());
+        let stream = hub.subscribe(ObjectId::new()).unwrap();
         shutdown.cancel();
         assert_eq!(stream.collect::<Vec<_>>().await.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn streams_need_the_feed_and_end_when_it_is_lost() {
+        let hub = Hub::new(4, CancellationToken::new());
+        let user = ObjectId::new();
+        let refused = hub.subscribe(user).err().unwrap();
+        assert_eq!(refused.code(), tonic::Code::Unavailable);
+        hub.set_live(true);
+        let stream = hub.subscribe(user).unwrap();
+        hub.push(user, &note(1));
+        hub.set_live(false);
+        let got: Vec<_> = stream.collect().await;
+        assert_eq!(got.len(), 2, "what was pushed, then the error");
+        assert_eq!(
+            got[1].as_ref().unwrap_err().code(),
+            tonic::Code::Unavailable
+        );
+        assert_eq!(hub.open_streams(), 0);
     }
 }

@@ -20,7 +20,7 @@ use social_kit::{
     serve::{Background, Gate, MAX_REQUEST_BYTES, ServeSpec, serve},
 };
 use social_proto::notification::v1::{
-    Notification,
+    LiveBatch,
     notification_service_server::{NotificationServiceServer, SERVICE_NAME},
 };
 use tokio::net::TcpListener;
@@ -105,13 +105,23 @@ pub async fn run(
             events,
             listener_name,
             fanout::STORED,
-            move |body| match Notification::decode(body.as_slice()) {
-                Ok(n) => match bson::oid::ObjectId::parse_str(&n.user_id) {
-                    Ok(user) => hub.push(user, &n),
-                    Err(_) => tracing::warn!("broadcast notification without a valid recipient"),
-                },
-                Err(e) => tracing::warn!(error = %e, "undecodable broadcast notification"),
+            {
+                let hub = hub.clone();
+                move |body| match LiveBatch::decode(body.as_slice()) {
+                    Ok(batch) => {
+                        for n in batch.notifications {
+                            match bson::oid::ObjectId::parse_str(&n.user_id) {
+                                Ok(user) => hub.push(user, &n),
+                                Err(_) => tracing::warn!(
+                                    "broadcast notification without a valid recipient"
+                                ),
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "undecodable broadcast"),
+                }
             },
+            move |live| hub.set_live(live),
             stop,
         )
     });

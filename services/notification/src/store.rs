@@ -51,6 +51,10 @@ pub struct NotificationDoc {
     pub sort_key: i64,
     /// What makes it unique: e.g. `post_like:<liker>:<post>`.
     pub dedupe_key: String,
+    /// The event that stored it (a retry of that event pushes it again; another event
+    /// with the same key, like-unlike-like, does not).
+    #[serde(default)]
+    pub event_id: String,
 }
 
 /// Which notifications a list shows.
@@ -206,10 +210,70 @@ impl Store {
         Ok(i64::try_from(r.modified_count).unwrap_or(i64::MAX))
     }
 
-    /// Removes the notifications about a post (and its comments) or a comment.
-    pub async fn remove_about(&self, field: &str, id: ObjectId) -> Result<()> {
+    /// The notification stored under `dedupe_key`, if any.
+    pub async fn by_dedupe_key(&self, dedupe_key: &str) -> Result<Option<NotificationDoc>> {
+        Ok(self
+            .notifications
+            .find_one(doc! { "dedupe_key": dedupe_key })
+            .await?)
+    }
+
+    /// Gives notification `n` a fresh sort key and `created_at` (it moves to the top of
+    /// its recipient's list) unless another writer already did; returns it as stored.
+    pub async fn refresh_key(&self, n: &NotificationDoc) -> Result<Option<NotificationDoc>> {
+        for _ in 0..5 {
+            let now = DateTime::now();
+            let fresh = social_kit::paging::sort_key(now);
+            let updated = self
+                .notifications
+                .find_one_and_update(
+                    doc! { "_id": n.id, "sort_key": n.sort_key },
+                    doc! { "$set": { "sort_key": fresh, "created_at": now } },
+                )
+                .return_document(mongodb::options::ReturnDocument::After)
+                .await;
+            match updated {
+                Ok(found) => return Ok(found),
+                // Another document holds that key: draw another.
+                Err(e) if social_kit::error::is_duplicate_key(&e) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(social_kit::Error::internal(anyhow::anyhow!(
+            "no free sort key for a notification"
+        )))
+    }
+
+    /// Up to `limit` of the notifications about a post (and its comments) or a comment:
+    /// their ids and recipients, to remove them.
+    pub async fn about(
+        &self,
+        field: &str,
+        id: ObjectId,
+        limit: i64,
+    ) -> Result<Vec<(ObjectId, ObjectId)>> {
+        #[derive(Deserialize)]
+        struct Row {
+            #[serde(rename = "_id")]
+            id: ObjectId,
+            user_id: ObjectId,
+        }
+        let rows: Vec<Row> = self
+            .notifications
+            .clone_with_type::<Row>()
+            .find(doc! { field: mongo::is(id) })
+            .projection(doc! { "_id": 1, "user_id": 1 })
+            .limit(limit)
+            .await?
+            .try_collect()
+            .await?;
+        Ok(rows.into_iter().map(|r| (r.id, r.user_id)).collect())
+    }
+
+    /// Deletes the notifications `ids`.
+    pub async fn delete_ids(&self, ids: &[ObjectId]) -> Result<()> {
         self.notifications
-            .delete_many(doc! { field: mongo::is(id) })
+            .delete_many(doc! { "_id": { "$in": ids } })
             .await?;
         Ok(())
     }

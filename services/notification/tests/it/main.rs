@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod deployment;
+mod live;
 
 use std::time::Duration;
 
@@ -133,11 +134,28 @@ impl App {
         client: &mut NotificationServiceClient<Channel>,
         token: &str,
     ) -> Streaming<Notification> {
-        client
+        open_stream(client, token).await
+    }
+}
+
+/// Opens a stream, retrying while the replica does not hear the broadcasts yet (it
+/// answers UNAVAILABLE until its listener is bound, just after start-up).
+async fn open_stream(
+    client: &mut NotificationServiceClient<Channel>,
+    token: &str,
+) -> Streaming<Notification> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match client
             .stream_notifications(authed(StreamNotificationsRequest {}, token))
             .await
-            .unwrap()
-            .into_inner()
+        {
+            Ok(stream) => return stream.into_inner(),
+            Err(e) if e.code() == Code::Unavailable && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("cannot open a stream: {e:?}"),
+        }
     }
 }
 

@@ -1,0 +1,167 @@
+//! The delivery guarantee of a live stream: it delivers everything stored while it is
+//! open, or ends so that the client resyncs; and the resume rule of docs/events.md
+//! misses nothing.
+
+use std::{collections::HashMap, net::SocketAddr, time::Duration};
+
+use bson::oid::ObjectId;
+use social_proto::notification::v1::{
+    ListNotificationsRequest, Notification, StreamNotificationsRequest,
+    notification_service_client::NotificationServiceClient,
+};
+use social_testkit::{TcpProxy, authed, start_notification, token_for};
+use tonic::{Code, transport::Channel};
+
+use crate::{App, WAIT, next, open_stream};
+
+/// A notification replica of `app`'s stack whose broker connection goes through `proxy`.
+async fn replica_through(app: &App, proxy: &TcpProxy) -> social_testkit::Running {
+    let mut events = app.stack.events.clone();
+    events.amqp_url = format!("amqp://guest:guest@{}/%2f", proxy.addr);
+    start_notification(
+        &app.stack.database,
+        &events,
+        app.stack.user.addr,
+        false,
+        WAIT,
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_replica_serves_streams_only_while_it_hears_the_broadcasts() {
+    let app = App::start().await;
+    let (_, bob) = app.stack.register("bob").await;
+    let rabbit: SocketAddr = "127.0.0.1:5672".parse().unwrap();
+    let proxy = TcpProxy::start(rabbit).await;
+    proxy.cut().await;
+    let replica = replica_through(&app, &proxy).await;
+    let mut client = NotificationServiceClient::new(replica.channel().await);
+    // No broker: the replica would miss broadcasts, so it opens no stream.
+    let err = client
+        .stream_notifications(authed(StreamNotificationsRequest {}, &bob))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+
+    // Once it hears them, streams open; when it loses them, they end with UNAVAILABLE.
+    proxy.restore();
+    let mut stream = open_stream(&mut client, &bob).await;
+    proxy.cut().await;
+    let ended = tokio::time::timeout(WAIT, stream.message())
+        .await
+        .expect("the stream ended");
+    assert_eq!(ended.unwrap_err().code(), Code::Unavailable);
+}
+
+#[tokio::test]
+async fn a_retry_pushes_what_an_earlier_try_stored() {
+    let app = App::start().await;
+    let (bob_id, bob) = app.stack.register("bob").await;
+    let mut client = app.notifications.clone();
+    let mut stream = open_stream(&mut client, &bob).await;
+    // The first try stores the notification, then fails before pushing it.
+    fail::cfg("notification::before_broadcast", "1*return").unwrap();
+    app.follow(&token_for(ObjectId::new()), &bob_id).await;
+    let pushed = next(&mut stream, WAIT).await.expect("the retry pushed it");
+    assert_eq!(pushed.user_id, bob_id);
+    assert_eq!(app.wait_for(&bob, 1).await[0].id, pushed.id);
+}
+
+#[tokio::test]
+async fn deleting_a_post_pushes_the_removal_of_its_notifications() {
+    let app = App::start().await;
+    let (_, bob) = app.stack.register("bob").await;
+    let post = app.post(&bob, "short-lived").await;
+    let mut client = app.notifications.clone();
+    let mut stream = open_stream(&mut client, &bob).await;
+    app.like(&token_for(ObjectId::new()), &post.id).await;
+    let like = next(&mut stream, WAIT).await.expect("the like");
+    assert!(!like.removed);
+    app.stack
+        .posts()
+        .await
+        .delete_post(authed(
+            social_proto::post::v1::DeletePostRequest { id: post.id },
+            &bob,
+        ))
+        .await
+        .unwrap();
+    let removal = next(&mut stream, WAIT).await.expect("the removal");
+    assert!(removal.removed);
+    assert_eq!(removal.id, like.id);
+    assert!(app.list(&bob).await.is_empty());
+}
+
+/// What a client has: notifications by id.
+type Have = HashMap<String, Notification>;
+
+/// The documented resume rule: after reopening the stream, page ListNotifications from
+/// the top until notifications created more than 60 s before the newest one already had,
+/// merging by id.
+async fn resume(client: &mut NotificationServiceClient<Channel>, token: &str, have: &mut Have) {
+    let newest = have
+        .values()
+        .filter_map(|n| n.created_at)
+        .map(|t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
+        .max()
+        .unwrap_or(i64::MIN);
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_notifications(authed(
+                ListNotificationsRequest {
+                    page_size: 2,
+                    page_token: page_token.clone(),
+                    ..Default::default()
+                },
+                token,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        for n in page.notifications {
+            let t = n.created_at.map_or(0, |t| t.seconds * 1000);
+            if t < newest - 60_000 {
+                return;
+            }
+            have.insert(n.id.clone(), n);
+        }
+        if page.next_page_token.is_empty() {
+            return;
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+#[tokio::test]
+async fn a_client_following_the_resume_rule_misses_nothing_when_pushes_come_out_of_order() {
+    let app = App::start().await;
+    let (_, bob) = app.stack.register("bob").await;
+    let (first, second) = (app.post(&bob, "one").await, app.post(&bob, "two").await);
+    let mut client = app.notifications.clone();
+    let mut have = Have::new();
+    let mut stream = open_stream(&mut client, &bob).await;
+
+    // A's handler stores its notification, then takes long to push it; B's, stored
+    // later (a higher key), is pushed first.
+    let delay = format!("return({}:2500)", first.id);
+    fail::cfg("notification::delay_broadcast", &delay).unwrap();
+    app.like(&token_for(ObjectId::new()), &first.id).await;
+    app.wait_for(&bob, 1).await;
+    app.like(&token_for(ObjectId::new()), &second.id).await;
+    let b = next(&mut stream, WAIT).await.expect("B is pushed");
+    assert_eq!(b.post_id.as_deref(), Some(second.id.as_str()));
+    have.insert(b.id.clone(), b);
+    // The stream is cut before A is pushed.
+    drop(stream);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let mut stream = open_stream(&mut client, &bob).await;
+    resume(&mut client, &bob, &mut have).await;
+    assert_eq!(have.len(), 2, "A and B, each once: {have:#?}");
+    // And the stream goes on from there.
+    app.like(&token_for(ObjectId::new()), &first.id).await;
+    let c = next(&mut stream, WAIT).await.expect("C is pushed");
+    assert!(!have.contains_key(&c.id));
+}
