@@ -32,6 +32,9 @@ struct Claims {
     aud: String,
     iat: i64,
     exp: i64,
+    /// The session the token was issued for (none for tokens minted by tests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sid: Option<String>,
 }
 
 /// The authenticated caller of an RPC, set by the auth interceptor.
@@ -41,6 +44,8 @@ pub struct Caller {
     pub user: ObjectId,
     /// When the token expires: a long-lived call (a stream) ends then.
     pub expires_at: SystemTime,
+    /// The session the token belongs to, if any.
+    pub session: Option<ObjectId>,
 }
 
 /// The caller's user id, or `UNAUTHENTICATED` when the request carried no token.
@@ -112,13 +117,20 @@ impl TokenIssuer {
 
     /// A token for `user` and the time it expires.
     pub fn issue(&self, user: ObjectId) -> Result<(String, bson::DateTime)> {
-        self.issue_at(user, bson::DateTime::now())
+        self.issue_at(user, None, bson::DateTime::now())
     }
 
-    /// A token for `user` as if issued at `now` (tests use it to mint expired tokens).
+    /// A token for `user` in `session` and the time it expires.
+    pub fn issue_for(&self, user: ObjectId, session: ObjectId) -> Result<(String, bson::DateTime)> {
+        self.issue_at(user, Some(session), bson::DateTime::now())
+    }
+
+    /// A token for `user` (in `session`) as if issued at `now` (tests use it to mint
+    /// expired tokens).
     pub fn issue_at(
         &self,
         user: ObjectId,
+        session: Option<ObjectId>,
         now: bson::DateTime,
     ) -> Result<(String, bson::DateTime)> {
         let iat = now.timestamp_millis() / 1000;
@@ -129,6 +141,7 @@ impl TokenIssuer {
             aud: AUDIENCE.into(),
             iat,
             exp,
+            sid: session.map(|s| s.to_hex()),
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims, &self.key)
             .map_err(Error::internal)?;
@@ -195,9 +208,14 @@ impl TokenVerifier {
             .map_err(|_| INVALID)?;
         let user = ObjectId::parse_str(&data.claims.sub).map_err(|_| INVALID)?;
         let exp = u64::try_from(data.claims.exp).map_err(|_| INVALID)?;
+        let session = match &data.claims.sid {
+            Some(sid) => Some(ObjectId::parse_str(sid).map_err(|_| INVALID)?),
+            None => None,
+        };
         Ok(Caller {
             user,
             expires_at: SystemTime::UNIX_EPOCH + Duration::from_secs(exp),
+            session,
         })
     }
 
@@ -252,7 +270,7 @@ mod tests {
         let issuer = TokenIssuer::development(Duration::from_secs(60));
         let long_ago =
             bson::DateTime::from_millis(bson::DateTime::now().timestamp_millis() - 3_600_000);
-        let (token, _) = issuer.issue_at(ObjectId::new(), long_ago).unwrap();
+        let (token, _) = issuer.issue_at(ObjectId::new(), None, long_ago).unwrap();
         assert!(TokenVerifier::development().verify(&token).is_err());
     }
 }

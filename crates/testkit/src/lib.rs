@@ -184,7 +184,7 @@ pub fn expired_token_for(user: ObjectId) -> String {
     let an_hour_ago =
         bson::DateTime::from_millis(bson::DateTime::now().timestamp_millis() - 3_600_000);
     TokenIssuer::development(Duration::from_secs(60))
-        .issue_at(user, an_hour_ago)
+        .issue_at(user, None, an_hour_ago)
         .expect("issue")
         .0
 }

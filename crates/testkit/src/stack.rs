@@ -167,6 +167,7 @@ impl Stack {
                 email: format!("{name}@example.com"),
                 password: "correct horse battery".into(),
                 full_name: String::new(),
+                device: String::new(),
             })
             .await
             .expect("register")

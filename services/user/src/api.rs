@@ -4,39 +4,103 @@
 use bson::{DateTime, Document, oid::ObjectId};
 use social_kit::{
     Error, Result,
-    auth::{TokenIssuer, caller, optional_caller},
+    auth::{TokenIssuer, caller, optional_caller, session},
     error::Violations,
+    paging::PageRequest,
     time::to_timestamp,
     validate,
 };
 use social_proto::user::v1::{
     BatchGetUsersByUsernameRequest, BatchGetUsersRequest, BatchGetUsersResponse,
-    ChangePasswordRequest, GetUserByUsernameRequest, GetUserRequest, LoginRequest, LoginResponse,
-    RegisterRequest, RegisterResponse, UpdateUserRequest, User, user_service_server::UserService,
+    ChangePasswordRequest, GetUserByUsernameRequest, GetUserRequest, ListSessionsRequest,
+    ListSessionsResponse, LoginRequest, LoginResponse, LogoutRequest, RefreshSessionRequest,
+    RefreshSessionResponse, RegisterRequest, RegisterResponse, RevokeOtherSessionsRequest,
+    RevokeOtherSessionsResponse, RevokeSessionRequest, Session, UpdateUserRequest, User,
+    user_service_server::UserService,
 };
 use tonic::{Request, Response, Status};
 
 use crate::{
     password::Hasher,
+    sessions::{Refreshed, SessionDoc, Sessions},
     store::{Store, Taken, UserDoc},
+    throttle::Throttle,
 };
 
 /// The same answer for an unknown user and a wrong password.
 const LOGIN_FAILED: &str = "invalid username, email or password";
+/// The same answer for every refresh token that does not work.
+const REFRESH_FAILED: &str = "the refresh token is invalid, expired or revoked; log in again";
 
 pub struct Api {
     store: Store,
+    sessions: Sessions,
+    throttle: Throttle,
     tokens: TokenIssuer,
     hasher: Hasher,
 }
 
+/// What a new session hands out: access token and expiry, refresh token and expiry, id.
+struct Issued {
+    access_token: String,
+    expires_at: prost_types::Timestamp,
+    refresh_token: String,
+    refresh_expires_at: prost_types::Timestamp,
+    session_id: String,
+}
+
 impl Api {
-    pub fn new(store: Store, tokens: TokenIssuer, hasher: Hasher) -> Self {
+    pub fn new(
+        store: Store,
+        sessions: Sessions,
+        throttle: Throttle,
+        tokens: TokenIssuer,
+        hasher: Hasher,
+    ) -> Self {
         Self {
             store,
+            sessions,
+            throttle,
             tokens,
             hasher,
         }
+    }
+
+    /// An access token for `session` with its refresh token.
+    fn issue(&self, session: &SessionDoc, refresh_token: String) -> Result<Issued> {
+        let (access_token, expires_at) = self.tokens.issue_for(session.user_id, session.id)?;
+        Ok(Issued {
+            access_token,
+            expires_at: to_timestamp(expires_at),
+            refresh_token,
+            refresh_expires_at: to_timestamp(DateTime::from_millis(session.expires_ms())),
+            session_id: session.id.to_hex(),
+        })
+    }
+
+    /// Starts a session of `user` on `device` and issues its tokens.
+    async fn start_session(&self, user: ObjectId, device: String) -> Result<Issued> {
+        let (session, refresh_token) = self.sessions.start(user, device).await?;
+        self.issue(&session, refresh_token)
+    }
+}
+
+/// A session's device label: trimmed, at most 100 characters.
+fn device(label: &str, v: &mut Violations) -> String {
+    let label = label.trim();
+    v.check("device", validate::max_chars(label, 100));
+    label.to_owned()
+}
+
+/// The wire form of a session; `current` is the caller's own session, if any.
+fn session_to_wire(s: SessionDoc, current: Option<ObjectId>) -> Session {
+    Session {
+        id: s.id.to_hex(),
+        device: s.device.clone(),
+        created_at: Some(to_timestamp(s.created_at)),
+        last_used_at: Some(to_timestamp(DateTime::from_millis(s.last_used_ms))),
+        expires_at: Some(to_timestamp(DateTime::from_millis(s.expires_ms()))),
+        current: current == Some(s.id),
     }
 }
 
@@ -74,6 +138,7 @@ struct NewUser {
     email: String,
     password: String,
     full_name: String,
+    device: String,
 }
 
 impl TryFrom<RegisterRequest> for NewUser {
@@ -88,12 +153,14 @@ impl TryFrom<RegisterRequest> for NewUser {
         v.check("password", validate::password(&r.password));
         let full_name = r.full_name.trim().to_owned();
         v.check("full_name", validate::max_chars(&full_name, 50));
+        let device = device(&r.device, &mut v);
         v.finish()?;
         Ok(Self {
             username,
             email,
             password: r.password,
             full_name,
+            device,
         })
     }
 }
@@ -145,6 +212,13 @@ fn profile_update(user: &User, paths: &[String], v: &mut Violations) -> Document
     set
 }
 
+fn throttled(retry_after: std::time::Duration) -> Error {
+    Error::Throttled {
+        message: "too many failed logins for this account; try again later".into(),
+        retry_after,
+    }
+}
+
 fn require(v: &mut Violations, field: &str, value: &str) {
     if value.is_empty() {
         v.add(field, "is required");
@@ -163,7 +237,7 @@ impl UserService for Api {
         if let Some(t) = self.store.taken(&username_lower, &new.email).await? {
             return Err(taken(t).into());
         }
-        let password_hash = self.hasher.hash(new.password).await?;
+        let password_hash = self.hasher.reserve().await?.hash(new.password).await?;
         let now = DateTime::now();
         let doc = UserDoc {
             id: ObjectId::new(),
@@ -182,13 +256,16 @@ impl UserService for Api {
             counter_version: 0,
         };
         self.store.insert(&doc).await?.map_err(taken)?;
-        let (access_token, expires_at) = self.tokens.issue(doc.id)?;
+        let issued = self.start_session(doc.id, new.device).await?;
         tracing::info!(user_id = %doc.id, "registered");
         let id = doc.id;
         Ok(Response::new(RegisterResponse {
             user: Some(to_wire(doc, Some(id))),
-            access_token,
-            expires_at: Some(to_timestamp(expires_at)),
+            access_token: issued.access_token,
+            expires_at: Some(issued.expires_at),
+            refresh_token: issued.refresh_token,
+            refresh_expires_at: Some(issued.refresh_expires_at),
+            session_id: issued.session_id,
         }))
     }
 
@@ -204,24 +281,122 @@ impl UserService for Api {
         if validate::chars(&r.password) > 128 {
             v.add("password", "must be at most 128 characters");
         }
+        let device = device(&r.device, &mut v);
         v.finish()?;
+        // Refused identifiers cost no password check (and say nothing of the account).
+        if let Some(retry_after) = self.throttle.refused_for(&who).await? {
+            return Err(throttled(retry_after).into());
+        }
+        // A slot first: in a storm, the excess is refused before any more work.
+        let slot = self.hasher.reserve().await?;
         let user = if who.contains('@') {
             self.store.by_email(&who).await?
         } else {
             self.store.by_username(&who).await?
         };
         let hash = user.as_ref().map(|u| u.password_hash.clone());
-        let ok = self.hasher.verify(r.password, hash).await?;
+        let ok = slot.verify(r.password, hash).await?;
+        drop(slot);
         let user = match user {
             Some(u) if ok => u,
-            _ => return Err(Error::Unauthenticated(LOGIN_FAILED).into()),
+            _ => {
+                self.throttle.failed(&who).await?;
+                return Err(Error::Unauthenticated(LOGIN_FAILED).into());
+            }
         };
-        let (access_token, expires_at) = self.tokens.issue(user.id)?;
+        self.throttle.succeeded(&who).await?;
+        let issued = self.start_session(user.id, device).await?;
         let id = user.id;
         Ok(Response::new(LoginResponse {
-            access_token,
-            expires_at: Some(to_timestamp(expires_at)),
+            access_token: issued.access_token,
+            expires_at: Some(issued.expires_at),
             user: Some(to_wire(user, Some(id))),
+            refresh_token: issued.refresh_token,
+            refresh_expires_at: Some(issued.refresh_expires_at),
+            session_id: issued.session_id,
+        }))
+    }
+
+    async fn refresh_session(
+        &self,
+        request: Request<RefreshSessionRequest>,
+    ) -> Result<Response<RefreshSessionResponse>, Status> {
+        let token = request.get_ref().refresh_token.trim();
+        if token.is_empty() {
+            return Err(Error::invalid("refresh_token", "is required").into());
+        }
+        match self.sessions.refresh(token).await? {
+            Refreshed::Rotated(session, next) => {
+                let issued = self.issue(&session, next)?;
+                Ok(Response::new(RefreshSessionResponse {
+                    access_token: issued.access_token,
+                    expires_at: Some(issued.expires_at),
+                    refresh_token: issued.refresh_token,
+                    refresh_expires_at: Some(issued.refresh_expires_at),
+                    session_id: issued.session_id,
+                }))
+            }
+            Refreshed::Reused | Refreshed::Invalid => {
+                Err(Error::Unauthenticated(REFRESH_FAILED).into())
+            }
+        }
+    }
+
+    async fn logout(&self, request: Request<LogoutRequest>) -> Result<Response<()>, Status> {
+        let caller = session(&request)?;
+        if let Some(id) = caller.session {
+            self.sessions.end(caller.user, id, "logged out").await?;
+        }
+        Ok(Response::new(()))
+    }
+
+    async fn list_sessions(
+        &self,
+        request: Request<ListSessionsRequest>,
+    ) -> Result<Response<ListSessionsResponse>, Status> {
+        let caller = session(&request)?;
+        let r = request.get_ref();
+        let page = PageRequest::parse_alone(
+            r.page_size,
+            &r.page_token,
+            format!("sessions:{}", caller.user),
+        )?;
+        let docs = self.sessions.list(caller.user, &page).await?;
+        let (docs, next_page_token) = page.finish(docs, |s| s.sort_key);
+        Ok(Response::new(ListSessionsResponse {
+            sessions: docs
+                .into_iter()
+                .map(|s| session_to_wire(s, caller.session))
+                .collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn revoke_session(
+        &self,
+        request: Request<RevokeSessionRequest>,
+    ) -> Result<Response<()>, Status> {
+        let me = caller(&request)?;
+        let id = validate::object_id(&request.get_ref().session_id)
+            .map_err(|d| Error::invalid("session_id", d))?;
+        // Another user's session is as unknown as a session that never was.
+        if !self.sessions.end(me, id, "revoked").await? {
+            return Err(Error::NotFound("session").into());
+        }
+        Ok(Response::new(()))
+    }
+
+    async fn revoke_other_sessions(
+        &self,
+        request: Request<RevokeOtherSessionsRequest>,
+    ) -> Result<Response<RevokeOtherSessionsResponse>, Status> {
+        let caller = session(&request)?;
+        let revoked = self
+            .sessions
+            .end_all_but(caller.user, caller.session, "revoked with the others")
+            .await?;
+        Ok(Response::new(RevokeOtherSessionsResponse {
+            revoked_count: i64::try_from(revoked).unwrap_or(i64::MAX),
         }))
     }
 
@@ -318,15 +493,16 @@ impl UserService for Api {
         &self,
         request: Request<ChangePasswordRequest>,
     ) -> Result<Response<()>, Status> {
-        let me = caller(&request)?;
+        let caller = session(&request)?;
+        let me = caller.user;
         let r = request.into_inner();
         let mut v = Violations::default();
         require(&mut v, "old_password", &r.old_password);
         v.check("new_password", validate::password(&r.new_password));
         v.finish()?;
+        let slot = self.hasher.reserve().await?;
         let user = self.store.by_id(me).await?.ok_or(Error::NotFound("user"))?;
-        if !self
-            .hasher
+        if !slot
             .verify(r.old_password, Some(user.password_hash.clone()))
             .await?
         {
@@ -334,7 +510,8 @@ impl UserService for Api {
                 Error::invalid("old_password", "does not match the current password").into(),
             );
         }
-        let new_hash = self.hasher.hash(r.new_password).await?;
+        let new_hash = slot.hash(r.new_password).await?;
+        drop(slot);
         if !self
             .store
             .set_password(me, &user.password_hash, &new_hash)
@@ -345,7 +522,12 @@ impl UserService for Api {
                 Error::invalid("old_password", "does not match the current password").into(),
             );
         }
-        tracing::info!(user_id = %me, "password changed");
+        // Whoever knew the old password is signed out everywhere else.
+        let ended = self
+            .sessions
+            .end_all_but(me, caller.session, "password changed")
+            .await?;
+        tracing::info!(user_id = %me, other_sessions_ended = ended, "password changed");
         Ok(Response::new(()))
     }
 }

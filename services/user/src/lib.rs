@@ -5,9 +5,13 @@ mod api;
 mod events;
 mod password;
 mod recompute;
+mod sessions;
 mod store;
+mod throttle;
 
 pub use recompute::recompute_counters;
+pub use sessions::Lifetimes as SessionLifetimes;
+pub use throttle::Policy as LoginThrottle;
 
 use std::time::Duration;
 
@@ -42,6 +46,15 @@ pub struct Config {
     /// `PASSWORD_HASH_WAIT_MS` (default 500): longest a login waits for a hashing slot
     /// before it is refused with `UNAVAILABLE`.
     pub hash_wait: Duration,
+    /// `SESSION_IDLE_DAYS` (30) and `SESSION_MAX_DAYS` (90).
+    pub sessions: sessions::Lifetimes,
+    /// `LOGIN_FREE_FAILURES` (5), `LOGIN_FAILURE_WINDOW_SECS` (900), `LOGIN_BLOCK_SECS`
+    /// (30), `LOGIN_MAX_BLOCK_SECS` (900).
+    pub login_throttle: throttle::Policy,
+}
+
+fn days_or(var: &str, default: u64) -> Result<Duration, ConfigError> {
+    social_kit::config::parse_or(var, default).map(|d: u64| Duration::from_secs(d * 24 * 3600))
 }
 
 impl social_kit::config::ServiceConfig for Config {
@@ -65,6 +78,16 @@ impl Config {
             )?,
             hash_memory_mib: social_kit::config::parse_or("PASSWORD_HASH_MEMORY_MIB", 64)?,
             hash_wait: social_kit::config::millis_or("PASSWORD_HASH_WAIT_MS", 500)?,
+            sessions: sessions::Lifetimes {
+                idle: days_or("SESSION_IDLE_DAYS", 30)?,
+                max: days_or("SESSION_MAX_DAYS", 90)?,
+            },
+            login_throttle: throttle::Policy {
+                free: social_kit::config::parse_or("LOGIN_FREE_FAILURES", 5)?,
+                window: social_kit::config::seconds_or("LOGIN_FAILURE_WINDOW_SECS", 900)?,
+                first_block: social_kit::config::seconds_or("LOGIN_BLOCK_SECS", 30)?,
+                max_block: social_kit::config::seconds_or("LOGIN_MAX_BLOCK_SECS", 900)?,
+            },
         })
     }
 
@@ -87,6 +110,16 @@ impl Config {
             graph_service,
             hash_memory_mib: 64,
             hash_wait: Duration::from_millis(500),
+            sessions: sessions::Lifetimes {
+                idle: Duration::from_secs(30 * 24 * 3600),
+                max: Duration::from_secs(90 * 24 * 3600),
+            },
+            login_throttle: throttle::Policy {
+                free: 5,
+                window: Duration::from_secs(900),
+                first_block: Duration::from_secs(30),
+                max_block: Duration::from_secs(900),
+            },
         }
     }
 
@@ -124,9 +157,13 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let db = social_kit::mongo::connect(&config.common).await?;
     let store = store::Store::new(&db);
+    let sessions = sessions::Sessions::new(&db, config.sessions);
+    let throttle = throttle::Throttle::new(&db, config.login_throttle);
     let gate = Gate::from_config(&config.common)?;
     let api = api::Api::new(
         store.clone(),
+        sessions.clone(),
+        throttle.clone(),
         config.issuer()?,
         password::Hasher::new(config.hash_memory_mib, config.hash_wait)?,
     );
@@ -142,5 +179,26 @@ pub async fn run(
         db,
         gate,
     };
-    serve(spec, listener, routes, store, background, shutdown).await
+    let startup = Startup {
+        store,
+        sessions,
+        throttle,
+    };
+    serve(spec, listener, routes, startup, background, shutdown).await
+}
+
+/// What the user service does before it serves: ping, and every collection's indexes.
+struct Startup {
+    store: store::Store,
+    sessions: sessions::Sessions,
+    throttle: throttle::Throttle,
+}
+
+impl social_kit::serve::Startup for Startup {
+    async fn startup(&self) -> anyhow::Result<()> {
+        let stand_in = self.store.init().await?;
+        self.sessions.init(stand_in).await?;
+        self.throttle.init(stand_in).await?;
+        Ok(())
+    }
 }

@@ -72,8 +72,9 @@ impl Store {
         }
     }
 
-    /// Pings and creates the indexes (idempotent); run before serving.
-    pub async fn init(&self) -> anyhow::Result<()> {
+    /// Pings and creates the indexes (idempotent); run before serving. Whether the
+    /// server is the MongoDB stand-in.
+    pub async fn init(&self) -> anyhow::Result<bool> {
         mongo::ping(&self.db).await?;
         let stand_in = mongo::is_stand_in(&self.db).await;
         mongo::ensure_indexes(
@@ -88,7 +89,7 @@ impl Store {
         )
         .await?;
         self.counters.init(stand_in).await?;
-        Ok(())
+        Ok(stand_in)
     }
 
     /// Inserts a new account, or says which unique field is taken.
@@ -226,11 +227,5 @@ impl Store {
     /// Ids after `after` in id order, at most `limit` (for recomputing counters).
     pub async fn ids_after(&self, after: Option<ObjectId>, limit: i64) -> Result<Vec<ObjectId>> {
         Ok(mongo::ids_after(&self.users, doc! {}, after, limit).await?)
-    }
-}
-
-impl social_kit::serve::Startup for Store {
-    async fn startup(&self) -> anyhow::Result<()> {
-        self.init().await
     }
 }

@@ -4,6 +4,8 @@
 //! ```text
 //! scripts/bench feed     # ListHomeFeed latency for readers following 10..5000 accounts
 //! scripts/bench login    # one Login (Argon2id verify) end to end
+//! scripts/bench storm    # GetUser latency alone and during 64 clients logging in at once,
+//!                        # and how many logins per second the user service sustains
 //! scripts/bench notifications  # list, unread-only list and unread count, 100,000 notifications
 //! scripts/bench events   # likes under load: RPC rate and latency, then how long until the
 //!                        # counters and notifications they cause have all landed
@@ -45,12 +47,13 @@ async fn main() -> anyhow::Result<()> {
     match what.as_str() {
         "feed" => feed().await,
         "login" => login().await,
+        "storm" => storm().await,
         "notifications" => notifications().await,
         "events" => events().await,
         "streams" => streams().await,
         _ => {
             eprintln!(
-                "usage: social-loadgen feed|login|notifications|events|streams   (MONGODB_URI must point at a database)"
+                "usage: social-loadgen feed|login|storm|notifications|events|streams   (MONGODB_URI must point at a database)"
             );
             std::process::exit(2);
         }
@@ -194,30 +197,131 @@ async fn login() -> anyhow::Result<()> {
             email: "bench@example.com".into(),
             password: "correct horse battery".into(),
             full_name: String::new(),
+            device: String::new(),
         })
         .await?;
     let mut ok = histogram();
     let mut unknown = histogram();
-    for _ in 0..SAMPLES {
+    for i in 0..SAMPLES {
         let started = Instant::now();
         users
             .login(LoginRequest {
                 username_or_email: "bench".into(),
                 password: "correct horse battery".into(),
+                device: String::new(),
             })
             .await?;
         ok.record(started.elapsed().as_micros() as u64)?;
         let started = Instant::now();
         let _ = users
             .login(LoginRequest {
-                username_or_email: "nobody".into(),
+                // A new name each time: failures for one name are throttled.
+                username_or_email: format!("nobody{i}"),
                 password: "correct horse battery".into(),
+                device: String::new(),
             })
             .await;
         unknown.record(started.elapsed().as_micros() as u64)?;
     }
     report("login (right password)", &ok);
     report("login (unknown user)", &unknown);
+    database(&stack).await?.drop().await?;
+    Ok(())
+}
+
+/// GetUser latencies of one client calling for `how_long`.
+async fn get_user_for(
+    users: &social_proto::user::v1::user_service_client::UserServiceClient<
+        tonic::transport::Channel,
+    >,
+    id: &str,
+    how_long: Duration,
+) -> anyhow::Result<Histogram<u64>> {
+    let mut latencies = histogram();
+    let mut users = users.clone();
+    let until = Instant::now() + how_long;
+    while Instant::now() < until {
+        let started = Instant::now();
+        users
+            .get_user(social_proto::user::v1::GetUserRequest { id: id.into() })
+            .await?;
+        latencies.record(started.elapsed().as_micros() as u64)?;
+    }
+    Ok(latencies)
+}
+
+async fn storm() -> anyhow::Result<()> {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    const CLIENTS: usize = 64;
+    const FOR: Duration = Duration::from_secs(15);
+    let stack = Stack::start().await;
+    let users = stack.users().await;
+    let id = users
+        .clone()
+        .register(RegisterRequest {
+            username: "bench".into(),
+            email: "bench@example.com".into(),
+            password: "correct horse battery".into(),
+            full_name: String::new(),
+            device: String::new(),
+        })
+        .await?
+        .into_inner()
+        .user
+        .expect("a user")
+        .id;
+    let alone = get_user_for(&users, &id, FOR).await?;
+    report("GetUser alone", &alone);
+    report_memory("before the storm");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, refused, failed) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let mut logins = Vec::new();
+    for _ in 0..CLIENTS {
+        let (mut users, stop) = (users.clone(), stop.clone());
+        let (ok, refused, failed) = (ok.clone(), refused.clone(), failed.clone());
+        logins.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let attempt = users
+                    .login(LoginRequest {
+                        username_or_email: "bench".into(),
+                        password: "correct horse battery".into(),
+                        device: "storm".into(),
+                    })
+                    .await;
+                match attempt {
+                    Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
+                    Err(s) if s.code() == tonic::Code::Unavailable => {
+                        refused.fetch_add(1, Ordering::Relaxed)
+                    }
+                    Err(_) => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        }));
+    }
+    let started = Instant::now();
+    let during = get_user_for(&users, &id, FOR).await?;
+    stop.store(true, Ordering::Relaxed);
+    for login in logins {
+        login.await?;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    report("GetUser during the storm", &during);
+    println!(
+        "{CLIENTS} clients logging in for {secs:.0} s: {:.1} logins/s accepted, {:.1}/s refused at once (UNAVAILABLE), {} other errors",
+        ok.load(Ordering::Relaxed) as f64 / secs,
+        refused.load(Ordering::Relaxed) as f64 / secs,
+        failed.load(Ordering::Relaxed),
+    );
+    println!(
+        "p99 during / alone: {:.2}x",
+        during.value_at_quantile(0.99) as f64 / alone.value_at_quantile(0.99).max(1) as f64
+    );
+    report_memory("after the storm");
     database(&stack).await?.drop().await?;
     Ok(())
 }

@@ -39,6 +39,7 @@ async fn a_notification_service_started_after_the_others_misses_no_event() {
                 email: format!("{name}@example.com"),
                 password: "correct horse battery".into(),
                 full_name: String::new(),
+                device: String::new(),
             })
             .await
             .unwrap()

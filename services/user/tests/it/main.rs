@@ -2,6 +2,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod sessions;
+
 use bson::oid::ObjectId;
 use prost_types::FieldMask;
 use social_proto::user::v1::{
@@ -47,6 +49,7 @@ fn registration(username: &str) -> RegisterRequest {
         email: format!("{username}@example.com"),
         password: "correct horse battery".into(),
         full_name: "Test User".into(),
+        device: String::new(),
     }
 }
 
@@ -112,6 +115,7 @@ async fn register_names_every_bad_field_and_stores_nothing() {
             email: "not-an-email".into(),
             password: "short".into(),
             full_name: "x".repeat(51),
+            device: String::new(),
         })
         .await
         .unwrap_err();
@@ -127,6 +131,7 @@ async fn register_names_every_bad_field_and_stores_nothing() {
             email: "a@b".into(),
             password: "p".repeat(129),
             full_name: String::new(),
+            device: String::new(),
         })
         .await
         .unwrap_err();
@@ -171,6 +176,7 @@ async fn usernames_are_unique_case_insensitively_and_the_original_is_untouched()
         .login(LoginRequest {
             username_or_email: "ALICE".into(),
             password: "correct horse battery".into(),
+            device: String::new(),
         })
         .await
         .unwrap()
@@ -208,6 +214,7 @@ async fn login_fails_the_same_way_for_unknown_users_and_wrong_passwords() {
         .login(LoginRequest {
             username_or_email: "Carol@Example.com".into(),
             password: "correct horse battery".into(),
+            device: String::new(),
         })
         .await
         .unwrap()
@@ -220,6 +227,7 @@ async fn login_fails_the_same_way_for_unknown_users_and_wrong_passwords() {
         .login(LoginRequest {
             username_or_email: "carol".into(),
             password: "wrong password".into(),
+            device: String::new(),
         })
         .await
         .unwrap_err();
@@ -227,6 +235,7 @@ async fn login_fails_the_same_way_for_unknown_users_and_wrong_passwords() {
         .login(LoginRequest {
             username_or_email: "nobody".into(),
             password: "wrong password".into(),
+            device: String::new(),
         })
         .await
         .unwrap_err();
@@ -238,6 +247,7 @@ async fn login_fails_the_same_way_for_unknown_users_and_wrong_passwords() {
         .login(LoginRequest {
             username_or_email: String::new(),
             password: String::new(),
+            device: String::new(),
         })
         .await
         .unwrap_err();
@@ -465,6 +475,7 @@ async fn change_password_checks_the_old_one() {
     let login = |pw: &str| LoginRequest {
         username_or_email: "ivan".into(),
         password: pw.into(),
+        device: String::new(),
     };
     assert!(c.login(login("new password!")).await.is_ok());
     assert_eq!(
@@ -515,6 +526,7 @@ async fn bad_tokens_are_unauthenticated_even_on_open_calls() {
             LoginRequest {
                 username_or_email: "judy".into(),
                 password: "correct horse battery".into(),
+                device: String::new(),
             },
             &stale,
         ))
@@ -603,6 +615,7 @@ async fn logins_beyond_the_hashing_budget_are_refused_at_once_with_a_retry_delay
                 .login(LoginRequest {
                     username_or_email: format!("nobody{i}"),
                     password: "correct horse battery".into(),
+                    device: String::new(),
                 })
                 .await
         }

@@ -1,0 +1,296 @@
+//! Sessions: the `sessions` collection and the refresh tokens that keep them going.
+//!
+//! A session starts at Register or Login and holds the SHA-256 of its current refresh
+//! token (256 random bits, handed out once; a hash needs no salt or slowness at that
+//! entropy). RefreshSession rotates it: one conditional update replaces the hash and
+//! keeps the previous one (`previous_hash`), so a token is exchanged at most once. A
+//! token that no session holds any more but one *held* (the previous one, or one of the
+//! older ones in `retired_refresh_tokens`) was reused: its session ends, whoever has the
+//! newer token (RFC 9700, refresh token rotation with reuse detection).
+//!
+//! Times the queries compare are integers (ms): the stand-in stores dates written by
+//! `$set` as text. Ended sessions and retired hashes are purged by TTL indexes.
+
+use std::time::Duration;
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use bson::{DateTime, doc, oid::ObjectId};
+use futures::TryStreamExt;
+use mongodb::{Collection, Database, options::ReturnDocument};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use social_kit::{
+    Error, Result, mongo,
+    paging::{self, Order, PageRequest},
+};
+
+/// The collections this module owns.
+pub const SESSIONS: &str = "sessions";
+const RETIRED: &str = "retired_refresh_tokens";
+const ACTIVE: &str = "active";
+const ENDED: &str = "ended";
+/// How long an ended session's document is kept (for support and audits).
+const KEEP_ENDED: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// How long sessions last.
+#[derive(Debug, Clone, Copy)]
+pub struct Lifetimes {
+    /// `SESSION_IDLE_DAYS`: a session ends this long after its last refresh.
+    pub idle: Duration,
+    /// `SESSION_MAX_DAYS`: and at the latest this long after it started.
+    pub max: Duration,
+}
+
+/// A stored session.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionDoc {
+    #[serde(rename = "_id")]
+    pub id: ObjectId,
+    pub user_id: ObjectId,
+    /// The client's label for it.
+    pub device: String,
+    /// SHA-256 (hex) of the current refresh token.
+    pub token_hash: String,
+    /// SHA-256 (hex) of the refresh token before it, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_hash: Option<String>,
+    pub created_at: DateTime,
+    /// Orders lists (see `social_kit::paging`).
+    pub sort_key: i64,
+    pub last_used_ms: i64,
+    /// Ends then unless refreshed before (sliding).
+    pub idle_until_ms: i64,
+    /// Ends then at the latest.
+    pub max_until_ms: i64,
+    /// `active` or `ended`.
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_reason: Option<String>,
+    /// When the document goes (TTL).
+    pub purge_at: DateTime,
+}
+
+impl SessionDoc {
+    /// When it ends unless refreshed (ms).
+    pub fn expires_ms(&self) -> i64 {
+        self.idle_until_ms.min(self.max_until_ms)
+    }
+}
+
+/// A refresh token that was exchanged, and its session.
+#[derive(Debug, Serialize, Deserialize)]
+struct Retired {
+    /// SHA-256 (hex) of the token.
+    #[serde(rename = "_id")]
+    hash: String,
+    session_id: ObjectId,
+    purge_at: DateTime,
+}
+
+/// What a refresh came to.
+pub enum Refreshed {
+    /// The session, and its new refresh token.
+    Rotated(Box<SessionDoc>, String),
+    /// The token was exchanged before: its session has ended.
+    Reused,
+    /// Unknown, expired or ended.
+    Invalid,
+}
+
+/// Access to the sessions. Cheap to clone.
+#[derive(Clone)]
+pub struct Sessions {
+    sessions: Collection<SessionDoc>,
+    retired: Collection<Retired>,
+    lifetimes: Lifetimes,
+}
+
+fn now_ms() -> i64 {
+    DateTime::now().timestamp_millis()
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn hash(token: &str) -> String {
+    Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A fresh refresh token: 256 random bits, URL-safe base64.
+fn new_token() -> Result<String> {
+    let mut bytes = [0_u8; 32];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| Error::internal(anyhow::anyhow!("no randomness: {e}")))?;
+    Ok(URL_SAFE_NO_PAD.encode(bytes))
+}
+
+impl Sessions {
+    pub fn new(db: &Database, lifetimes: Lifetimes) -> Self {
+        Self {
+            sessions: db.collection(SESSIONS),
+            retired: db.collection(RETIRED),
+            lifetimes,
+        }
+    }
+
+    /// Creates the indexes (idempotent).
+    pub async fn init(&self, stand_in: bool) -> mongodb::error::Result<()> {
+        mongo::ensure_indexes(
+            &self.sessions,
+            vec![
+                // RefreshSession.
+                mongo::index("token_hash_unique", doc! { "token_hash": 1 }, true),
+                // Reuse of the token just exchanged.
+                mongo::index("previous_hash", doc! { "previous_hash": 1 }, false),
+                // ListSessions, RevokeOtherSessions.
+                mongo::index("user_sorted", doc! { "user_id": 1, "sort_key": -1 }, false),
+                mongo::sort_key_index(),
+                mongo::ttl_index("purge_ttl", "purge_at", Duration::ZERO),
+            ],
+            stand_in,
+        )
+        .await?;
+        mongo::ensure_indexes(
+            &self.retired,
+            vec![mongo::ttl_index("purge_ttl", "purge_at", Duration::ZERO)],
+            stand_in,
+        )
+        .await
+    }
+
+    /// Starts a session of `user` on `device`; returns it and its refresh token.
+    pub async fn start(&self, user: ObjectId, device: String) -> Result<(SessionDoc, String)> {
+        let token = new_token()?;
+        let (now, at) = (DateTime::now(), now_ms());
+        let max_until_ms = at.saturating_add(ms(self.lifetimes.max));
+        let mut session = SessionDoc {
+            id: ObjectId::new(),
+            user_id: user,
+            device,
+            token_hash: hash(&token),
+            previous_hash: None,
+            created_at: now,
+            sort_key: paging::sort_key(now),
+            last_used_ms: at,
+            idle_until_ms: at.saturating_add(ms(self.lifetimes.idle)),
+            max_until_ms,
+            state: ACTIVE.into(),
+            ended_reason: None,
+            purge_at: DateTime::from_millis(max_until_ms.saturating_add(ms(KEEP_ENDED))),
+        };
+        mongo::insert_new(&self.sessions, &mut session, |s| &mut s.sort_key).await?;
+        Ok((session, token))
+    }
+
+    /// Exchanges `token` for a new one (see the module docs).
+    pub async fn refresh(&self, token: &str) -> Result<Refreshed> {
+        let old = hash(token);
+        let next = new_token()?;
+        let at = now_ms();
+        let rotated = self
+            .sessions
+            .find_one_and_update(
+                doc! {
+                    "token_hash": &old, "state": ACTIVE,
+                    "idle_until_ms": { "$gt": at }, "max_until_ms": { "$gt": at },
+                },
+                doc! { "$set": {
+                    "token_hash": hash(&next), "previous_hash": &old, "last_used_ms": at,
+                    "idle_until_ms": at.saturating_add(ms(self.lifetimes.idle)),
+                } },
+            )
+            .return_document(ReturnDocument::After)
+            .await?;
+        if let Some(session) = rotated {
+            let retired = Retired {
+                hash: old,
+                session_id: session.id,
+                purge_at: session.purge_at,
+            };
+            mongo::insert_once(&self.retired, &retired).await?;
+            return Ok(Refreshed::Rotated(Box::new(session), next));
+        }
+        // Not current anywhere: was it ever?
+        let owner = match self
+            .sessions
+            .find_one(doc! { "previous_hash": &old })
+            .await?
+        {
+            Some(session) => Some(session.id),
+            None => self
+                .retired
+                .find_one(doc! { "_id": &old })
+                .await?
+                .map(|r| r.session_id),
+        };
+        let Some(session) = owner else {
+            return Ok(Refreshed::Invalid);
+        };
+        let ended = self
+            .sessions
+            .update_one(
+                doc! { "_id": session, "state": ACTIVE },
+                doc! { "$set": { "state": ENDED, "ended_reason": "refresh token reused" } },
+            )
+            .await?;
+        if ended.modified_count == 1 {
+            tracing::warn!(session = %session, "a refresh token was used twice; its session ended");
+        }
+        Ok(Refreshed::Reused)
+    }
+
+    /// Ends `user`'s session `id`; whether it was active.
+    pub async fn end(&self, user: ObjectId, id: ObjectId, reason: &str) -> Result<bool> {
+        let r = self
+            .sessions
+            .update_one(
+                doc! { "_id": id, "user_id": mongo::is(user), "state": ACTIVE },
+                doc! { "$set": { "state": ENDED, "ended_reason": reason } },
+            )
+            .await?;
+        Ok(r.modified_count == 1)
+    }
+
+    /// Ends every active session of `user` but `keep`; how many ended.
+    pub async fn end_all_but(
+        &self,
+        user: ObjectId,
+        keep: Option<ObjectId>,
+        reason: &str,
+    ) -> Result<u64> {
+        let mut filter = doc! { "user_id": mongo::is(user), "state": ACTIVE };
+        if let Some(keep) = keep {
+            filter.insert("_id", doc! { "$nin": [keep] });
+        }
+        let r = self
+            .sessions
+            .update_many(
+                filter,
+                doc! { "$set": { "state": ENDED, "ended_reason": reason } },
+            )
+            .await?;
+        Ok(r.modified_count)
+    }
+
+    /// A page of `user`'s sessions that have not ended, newest first.
+    pub async fn list(&self, user: ObjectId, page: &PageRequest) -> Result<Vec<SessionDoc>> {
+        let at = now_ms();
+        let order = Order::NewestFirst;
+        let filter = doc! {
+            "user_id": mongo::is(user), "state": ACTIVE,
+            "idle_until_ms": { "$gt": at }, "max_until_ms": { "$gt": at },
+        };
+        Ok(self
+            .sessions
+            .find(order.filter(filter, page))
+            .sort(order.sort())
+            .limit(page.fetch_limit())
+            .await?
+            .try_collect()
+            .await?)
+    }
+}
