@@ -27,6 +27,8 @@ pub fn routing_key(payload: &Payload) -> &'static str {
         Payload::CommentDeleted(_) => "engagement.comment.deleted",
         Payload::CommentLiked(_) => "engagement.comment.liked",
         Payload::CommentUnliked(_) => "engagement.comment.unliked",
+        Payload::UserDeleted(_) => "user.user.deleted",
+        Payload::AccountCleared(_) => "deletion.account.cleared",
     }
 }
 
@@ -42,4 +44,6 @@ pub const ALL_ROUTING_KEYS: &[&str] = &[
     "engagement.comment.deleted",
     "engagement.comment.liked",
     "engagement.comment.unliked",
+    "user.user.deleted",
+    "deletion.account.cleared",
 ];

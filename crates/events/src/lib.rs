@@ -20,6 +20,7 @@ pub mod envelope;
 pub mod idempotency;
 pub mod live;
 pub mod outbox;
+pub mod removed_users;
 pub mod topology;
 
 pub use config::{EventsConfig, QueueType};

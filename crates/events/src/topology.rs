@@ -36,7 +36,11 @@ pub struct QueueSpec {
 /// The user service's queue: follows move `followers_count` / `following_count`.
 pub const USER: QueueSpec = QueueSpec {
     service: "user",
-    routing_keys: &["graph.user.followed", "graph.user.unfollowed"],
+    routing_keys: &[
+        "graph.user.followed",
+        "graph.user.unfollowed",
+        "deletion.account.cleared",
+    ],
 };
 
 /// The post service's queue: likes and comments move a post's counters.
@@ -47,7 +51,14 @@ pub const POST: QueueSpec = QueueSpec {
         "engagement.post.unliked",
         "engagement.comment.created",
         "engagement.comment.deleted",
+        "user.user.deleted",
     ],
+};
+
+/// The social-graph service's queue: a deleted account's follows go.
+pub const GRAPH: QueueSpec = QueueSpec {
+    service: "social-graph",
+    routing_keys: &["user.user.deleted"],
 };
 
 /// The engagement service's queue: a deleted post's cascade, comment like counters.
@@ -57,6 +68,7 @@ pub const ENGAGEMENT: QueueSpec = QueueSpec {
         "post.post.deleted",
         "engagement.comment.liked",
         "engagement.comment.unliked",
+        "user.user.deleted",
     ],
 };
 
@@ -71,12 +83,13 @@ pub const NOTIFICATION: QueueSpec = QueueSpec {
         "engagement.comment.deleted",
         "post.post.created",
         "post.post.deleted",
+        "user.user.deleted",
     ],
 };
 
 /// Every consumer queue of the system: the one place where "who consumes what" is
 /// written (docs/events.md has the same table for people).
-pub const QUEUES: &[QueueSpec] = &[USER, POST, ENGAGEMENT, NOTIFICATION];
+pub const QUEUES: &[QueueSpec] = &[USER, POST, GRAPH, ENGAGEMENT, NOTIFICATION];
 
 /// The queue of `service` in [`QUEUES`].
 pub fn queue_of(service: &str) -> Option<QueueSpec> {

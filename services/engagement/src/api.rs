@@ -5,7 +5,7 @@ use bson::oid::ObjectId;
 use social_events::{
     Envelope, Payload, new_envelope,
     outbox::Waker,
-    pb::{CommentCreated, CommentDeleted, CommentLiked, CommentUnliked, PostLiked, PostUnliked},
+    pb::{CommentCreated, CommentLiked, PostLiked},
 };
 use social_kit::{
     Error, Result, auth::caller, client::Peer, content, error::Violations, paging::PageRequest,
@@ -54,12 +54,23 @@ impl Api {
     /// Records a like with its event (nothing if the user already likes the target).
     async fn like(&self, like: LikeDoc, event: Envelope) -> Result<()> {
         if self.store.like(&like, &event).await? {
-            // Stored with its event, whatever the check below says.
+            // Stored with its event, whatever the checks below say.
             self.relay.wake();
             self.unless_post_removed(like.post_id, self.store.take_back_like(like.id))
                 .await?;
+            if self.author_removed(like.user_id).await? {
+                self.store.undo_like(&like, like.user_id).await?;
+                return Err(Error::Unauthenticated(ACCOUNT_DELETED));
+            }
         }
         Ok(())
+    }
+
+    /// Whether `user`'s account was deleted (see `social_events::removed_users`):
+    /// checked after inserting something of theirs, which is then undone the usual way
+    /// (its event moves the counters back).
+    async fn author_removed(&self, user: ObjectId) -> Result<bool> {
+        Ok(self.store.removed_users.any(&[user]).await?)
     }
 
     /// After inserting something under `post`: if the post is known to be deleted
@@ -128,6 +139,9 @@ impl From<CommentDoc> for Comment {
     }
 }
 
+/// What a deleted account's token gets for a write.
+const ACCOUNT_DELETED: &str = "this account was deleted";
+
 fn id(field: &str, value: &str) -> Result<ObjectId> {
     validate::object_id(value).map_err(|d| Error::invalid(field, d))
 }
@@ -161,15 +175,7 @@ impl EngagementService for Api {
         let me = caller(&request)?;
         let post = id("post_id", &request.get_ref().post_id)?;
         if let Some(like) = self.store.active_like(me, Target::Post, post).await? {
-            let event = new_envelope(
-                me,
-                Payload::PostUnliked(PostUnliked {
-                    post_id: post.to_hex(),
-                    post_author_id: like.target_author_id.to_hex(),
-                    user_id: me.to_hex(),
-                }),
-            );
-            if self.store.unlike(like.id, &event).await? {
+            if self.store.undo_like(&like, me).await? {
                 self.relay.wake();
             }
         } else {
@@ -227,16 +233,7 @@ impl EngagementService for Api {
             .active_like(me, Target::Comment, comment_id)
             .await?
         {
-            let event = new_envelope(
-                me,
-                Payload::CommentUnliked(CommentUnliked {
-                    comment_id: comment_id.to_hex(),
-                    post_id: like.post_id.to_hex(),
-                    comment_author_id: like.target_author_id.to_hex(),
-                    user_id: me.to_hex(),
-                }),
-            );
-            if self.store.unlike(like.id, &event).await? {
+            if self.store.undo_like(&like, me).await? {
                 self.relay.wake();
             }
         } else if self.store.comment(comment_id).await?.is_none() {
@@ -294,6 +291,10 @@ impl EngagementService for Api {
         self.relay.wake();
         self.unless_post_removed(post, self.store.take_back_comment(comment.id))
             .await?;
+        if self.author_removed(me).await? {
+            self.store.undo_comment(&comment, me).await?;
+            return Err(Error::Unauthenticated(ACCOUNT_DELETED).into());
+        }
         Ok(Response::new(comment.into()))
     }
 
@@ -364,16 +365,7 @@ impl EngagementService for Api {
             )
             .into());
         }
-        let event = new_envelope(
-            me,
-            Payload::CommentDeleted(CommentDeleted {
-                comment_id: comment.id.to_hex(),
-                post_id: comment.post_id.to_hex(),
-                post_author_id: comment.post_author_id.to_hex(),
-                author_id: comment.user_id.to_hex(),
-            }),
-        );
-        if !self.store.delete_comment(comment_id, &event).await? {
+        if !self.store.undo_comment(&comment, me).await? {
             return Err(Error::NotFound("comment").into());
         }
         self.relay.wake();

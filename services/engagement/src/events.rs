@@ -1,12 +1,14 @@
 //! What the engagement service consumes: a deleted post takes its comments and likes
 //! with it; comment likes move the comment's `likes_count` (once per event, see
-//! `social_events::idempotency`).
+//! `social_events::idempotency`); a deleted account's likes end and its comments go.
 
 use std::sync::Arc;
 
 use bson::oid::ObjectId;
 use futures::FutureExt;
-use social_events::{Envelope, Payload, consumer::Handler, topology::QueueSpec};
+use social_events::{
+    Envelope, Payload, consumer::Handler, outbox::Waker, removed_users, topology::QueueSpec,
+};
 
 use crate::store::Store;
 
@@ -16,9 +18,9 @@ pub fn subscription() -> QueueSpec {
 }
 
 /// Applies one event.
-pub fn handler(store: Store) -> Handler {
+pub fn handler(store: Store, relay: Waker) -> Handler {
     Arc::new(move |envelope: Envelope| {
-        let store = store.clone();
+        let (store, relay) = (store.clone(), relay.clone());
         async move {
             match &envelope.payload {
                 Some(Payload::PostDeleted(e)) => {
@@ -34,10 +36,44 @@ pub fn handler(store: Store) -> Handler {
                         .add_to_comment_likes(ObjectId::parse_str(&e.comment_id)?, -1, &envelope)
                         .await?;
                 }
+                Some(Payload::UserDeleted(e)) => {
+                    remove_user(&store, &relay, removed_users::deleted_user(e)?).await?;
+                }
                 _ => {}
             }
             Ok(())
         }
         .boxed()
     })
+}
+
+/// Ends every like of a deleted account and deletes its comments, each with its event
+/// (so that posts' and comments' counters go down exactly once, and notifications go),
+/// in batches; idempotent and resumable.
+async fn remove_user(store: &Store, relay: &Waker, user: ObjectId) -> anyhow::Result<()> {
+    store.removed_users.mark(user).await?;
+    loop {
+        let likes = store.likes_by(user, 100).await?;
+        if likes.is_empty() {
+            break;
+        }
+        for like in &likes {
+            store.undo_like(like, user).await?;
+        }
+        relay.wake();
+    }
+    loop {
+        let comments = store.comments_by(user, 100).await?;
+        if comments.is_empty() {
+            break;
+        }
+        for comment in &comments {
+            store.undo_comment(comment, user).await?;
+        }
+        relay.wake();
+    }
+    if store.removed_users.cleared(user).await? {
+        relay.wake();
+    }
+    Ok(())
 }

@@ -82,15 +82,22 @@ pub async fn run(
         config.events.clone(),
         "engagement",
         &db,
-        &[store::LIKES, store::COMMENTS],
+        &[
+            store::LIKES,
+            store::COMMENTS,
+            &social_events::removed_users::RemovedUsers::collection("engagement"),
+        ],
     );
     let api = api::Api::new(store.clone(), config.post_service.clone(), relay.waker());
     let server = EngagementServiceServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES);
     let routes = Routes::new(gate.guard(server));
 
+    let (events, handler) = (
+        config.events.clone(),
+        events::handler(store.clone(), relay.waker()),
+    );
     let mut background = Background::new();
     background.spawn(|stop| relay.run(stop));
-    let (events, handler) = (config.events.clone(), events::handler(store.clone()));
     background
         .spawn(|stop| social_events::consumer::run(events, events::subscription(), handler, stop));
 

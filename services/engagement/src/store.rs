@@ -19,7 +19,11 @@ use std::time::Duration;
 
 use mongodb::{Collection, Database, options::ReturnDocument};
 use serde::{Deserialize, Serialize};
-use social_events::{Envelope, idempotency, outbox};
+use social_events::{
+    Envelope, Payload, idempotency, new_envelope, outbox,
+    pb::{CommentDeleted, CommentUnliked, PostUnliked},
+    removed_users::RemovedUsers,
+};
 use social_kit::{
     Result,
     content::{BodyUpdate, MediaDoc},
@@ -194,6 +198,8 @@ pub struct Store {
     removed_posts: Collection<RemovedPost>,
     /// Which events moved which comment's `likes_count`.
     counters: idempotency::Counters,
+    /// Deleted accounts (see `social_events::removed_users`).
+    pub removed_users: RemovedUsers,
 }
 
 impl Store {
@@ -205,6 +211,7 @@ impl Store {
             comments: db.collection(COMMENTS),
             removed_posts: db.collection(REMOVED_POSTS),
             counters: idempotency::Counters::new(db, COMMENTS),
+            removed_users: RemovedUsers::new(db, "engagement"),
         }
     }
 
@@ -252,6 +259,8 @@ impl Store {
             vec![
                 // ListComments oldest first, and the cascade.
                 mongo::index("post_sorted", doc! { "post_id": 1, "sort_key": 1 }, false),
+                // A deleted account's comments.
+                mongo::index("author", doc! { "user_id": 1 }, false),
                 // Counting a post's comments as of a moment (two index-only ranges).
                 mongo::index(
                     "post_started",
@@ -281,7 +290,67 @@ impl Store {
         )
         .await?;
         self.counters.init(stand_in).await?;
+        self.removed_users.init(stand_in).await?;
         Ok(())
+    }
+
+    /// Ends `like` with its `unliked` event (as `actor`); whether it was active.
+    pub async fn undo_like(&self, like: &LikeDoc, actor: ObjectId) -> Result<bool> {
+        let event = new_envelope(
+            actor,
+            match like.target_type {
+                Target::Post => Payload::PostUnliked(PostUnliked {
+                    post_id: like.post_id.to_hex(),
+                    post_author_id: like.target_author_id.to_hex(),
+                    user_id: like.user_id.to_hex(),
+                }),
+                Target::Comment => Payload::CommentUnliked(CommentUnliked {
+                    comment_id: like.target_id.to_hex(),
+                    post_id: like.post_id.to_hex(),
+                    comment_author_id: like.target_author_id.to_hex(),
+                    user_id: like.user_id.to_hex(),
+                }),
+            },
+        );
+        self.unlike(like.id, &event).await
+    }
+
+    /// Deletes `comment` with its `deleted` event (as `actor`); whether it was there.
+    pub async fn undo_comment(&self, comment: &CommentDoc, actor: ObjectId) -> Result<bool> {
+        let event = new_envelope(
+            actor,
+            Payload::CommentDeleted(CommentDeleted {
+                comment_id: comment.id.to_hex(),
+                post_id: comment.post_id.to_hex(),
+                post_author_id: comment.post_author_id.to_hex(),
+                author_id: comment.user_id.to_hex(),
+            }),
+        );
+        self.delete_comment(comment.id, &event).await
+    }
+
+    /// Up to `limit` of `user`'s active likes.
+    pub async fn likes_by(&self, user: ObjectId, limit: i64) -> Result<Vec<LikeDoc>> {
+        Ok(self
+            .likes
+            .find(doc! { "user_id": mongo::is(user), "state": ACTIVE })
+            .projection(outbox::without_bookkeeping())
+            .limit(limit)
+            .await?
+            .try_collect()
+            .await?)
+    }
+
+    /// Up to `limit` of `user`'s comments that are not deleted.
+    pub async fn comments_by(&self, user: ObjectId, limit: i64) -> Result<Vec<CommentDoc>> {
+        Ok(self
+            .comments
+            .find(doc! { "user_id": mongo::is(user), "state": ACTIVE })
+            .projection(outbox::without_bookkeeping())
+            .limit(limit)
+            .await?
+            .try_collect()
+            .await?)
     }
 
     /// Whether post `id` was deleted (its cascade has begun).

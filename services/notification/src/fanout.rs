@@ -6,7 +6,10 @@ use std::sync::Arc;
 use bson::{DateTime, oid::ObjectId};
 use futures::FutureExt;
 use prost::Message;
-use social_events::{Envelope, Payload, consumer::Handler, live::Broadcaster, topology::QueueSpec};
+use social_events::{
+    Envelope, Payload, consumer::Handler, live::Broadcaster, outbox::Waker, removed_users,
+    topology::QueueSpec,
+};
 use social_kit::{client::Peer, content::mentions};
 use social_proto::{
     notification::v1::{LiveBatch, Notification},
@@ -50,6 +53,8 @@ pub struct Fanout {
     pub store: Store,
     pub users: Peer,
     pub broadcaster: Broadcaster,
+    /// Wakes the relay of the deleted accounts' tombstones (`AccountCleared`).
+    pub relay: Waker,
 }
 
 /// One notification to store, before it has an id.
@@ -142,9 +147,12 @@ impl Fanout {
                     .await?;
                 self.remove_about("comment_id", comment).await?;
             }
+            Some(Payload::UserDeleted(e)) => {
+                return self.remove_user(removed_users::deleted_user(e)?).await;
+            }
             _ => {}
         }
-        let mut stored = Vec::new();
+        let mut stored: Vec<NotificationDoc> = Vec::new();
         let mut keys = Vec::new();
         let mut about = Vec::new();
         for draft in drafts {
@@ -186,6 +194,18 @@ impl Fanout {
         if self.store.any_removed(&about).await? {
             return Ok(self.store.delete_by_keys(&keys).await?);
         }
+        // Likewise for a deleted account, acting or notified.
+        let mut people: Vec<ObjectId> = stored.iter().map(|n| n.user_id).collect();
+        people.push(actor);
+        let gone = self.store.removed_users.which(&people).await?;
+        if !gone.is_empty() {
+            let (dropped, kept): (Vec<_>, Vec<_>) = stored
+                .into_iter()
+                .partition(|n| gone.contains(&actor) || gone.contains(&n.user_id));
+            let keys: Vec<String> = dropped.into_iter().map(|n| n.dedupe_key).collect();
+            self.store.delete_by_keys(&keys).await?;
+            stored = kept;
+        }
         // Tests: a try that fails after storing, or a push that comes late.
         fail::fail_point!("notification::before_broadcast", |_| Err(
             anyhow::Error::new(social_kit::Error::Unavailable(
@@ -220,7 +240,15 @@ impl Fanout {
         if notifications.is_empty() {
             return Ok(());
         }
-        let batch = LiveBatch { notifications };
+        self.push_batch(&LiveBatch {
+            notifications,
+            ended_users: Vec::new(),
+        })
+        .await
+    }
+
+    /// Sends `batch` to every replica's streams.
+    async fn push_batch(&self, batch: &LiveBatch) -> anyhow::Result<()> {
         self.broadcaster
             .publish(STORED, &batch.encode_to_vec())
             .await
@@ -229,6 +257,24 @@ impl Fanout {
                     "could not push notifications to the live streams: {e:#}"
                 )))
             })
+    }
+
+    /// Removes everything of a deleted account: its open streams end, and the
+    /// notifications it received or caused go (their removal pushed to the others'
+    /// streams); then the service reports the account cleared.
+    async fn remove_user(&self, user: ObjectId) -> anyhow::Result<()> {
+        self.store.removed_users.mark(user).await?;
+        let batch = LiveBatch {
+            notifications: Vec::new(),
+            ended_users: vec![user.to_hex()],
+        };
+        self.push_batch(&batch).await?;
+        self.remove_about("source_user_id", user).await?;
+        self.remove_about("user_id", user).await?;
+        if self.store.removed_users.cleared(user).await? {
+            self.relay.wake();
+        }
+        Ok(())
     }
 
     /// Removes the notifications about a post (and its comments) or a comment, in

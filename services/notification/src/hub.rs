@@ -31,6 +31,7 @@ use tonic::Status;
 const OPEN: u8 = 0;
 const LAGGED: u8 = 1;
 const FEED_LOST: u8 = 2;
+const ACCOUNT_DELETED: u8 = 3;
 
 struct Listener {
     id: u64,
@@ -141,6 +142,9 @@ impl Hub {
                         "this replica lost its live feed; reopen the stream and resync with \
                          ListNotifications",
                     ))),
+                    ACCOUNT_DELETED => {
+                        Some(Err(Status::unauthenticated("this account was deleted")))
+                    }
                     _ => None,
                 }
             },
@@ -167,6 +171,17 @@ impl Hub {
             streams.retain(|l| l.id != id);
             if streams.is_empty() {
                 state.listeners.remove(&user);
+            }
+        }
+    }
+
+    /// Ends every stream of `user` (their account was deleted) with `UNAUTHENTICATED`.
+    pub fn end_user(&self, user: ObjectId) {
+        if let Ok(mut state) = self.state.lock()
+            && let Some(streams) = state.listeners.remove(&user)
+        {
+            for listener in streams {
+                listener.ended.store(ACCOUNT_DELETED, Ordering::Release);
             }
         }
     }

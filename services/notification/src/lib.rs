@@ -109,6 +109,11 @@ pub async fn run(
                 let hub = hub.clone();
                 move |body| match LiveBatch::decode(body.as_slice()) {
                     Ok(batch) => {
+                        for user in &batch.ended_users {
+                            if let Ok(user) = bson::oid::ObjectId::parse_str(user) {
+                                hub.end_user(user);
+                            }
+                        }
                         for n in batch.notifications {
                             match bson::oid::ObjectId::parse_str(&n.user_id) {
                                 Ok(user) => hub.push(user, &n),
@@ -126,11 +131,22 @@ pub async fn run(
         )
     });
     if config.consume_events {
+        // Publishes what this service has to say: that a deleted account is cleared.
+        let relay = social_events::outbox::Relay::new(
+            config.events.clone(),
+            "notification",
+            &db,
+            &[&social_events::removed_users::RemovedUsers::collection(
+                "notification",
+            )],
+        );
         let fanout = fanout::Fanout {
             store: store.clone(),
             users: config.user_service.clone(),
             broadcaster: Broadcaster::new(config.events.clone(), &replica),
+            relay: relay.waker(),
         };
+        background.spawn(|stop| relay.run(stop));
         let (events, handler) = (config.events.clone(), fanout.handler());
         background.spawn(|stop| {
             social_events::consumer::run(events, fanout::subscription(), handler, stop)

@@ -6,6 +6,7 @@ use bson::{DateTime, doc, oid::ObjectId};
 use futures::TryStreamExt;
 use mongodb::{Collection, Database};
 use serde::{Deserialize, Serialize};
+use social_events::removed_users::RemovedUsers;
 use social_kit::{
     Result, mongo,
     paging::{Order, PageRequest},
@@ -71,6 +72,8 @@ pub struct Store {
     stand_in: mongo::StandIn,
     notifications: Collection<NotificationDoc>,
     removed: Collection<Removed>,
+    /// Deleted accounts (see `social_events::removed_users`).
+    pub removed_users: RemovedUsers,
 }
 
 impl Store {
@@ -80,6 +83,7 @@ impl Store {
             stand_in: mongo::StandIn::default(),
             notifications: db.collection(COLLECTION),
             removed: db.collection(REMOVED),
+            removed_users: RemovedUsers::new(db, "notification"),
         }
     }
 
@@ -108,6 +112,8 @@ impl Store {
                 // Removing a deleted post's or comment's notifications.
                 mongo::index("post", doc! { "post_id": 1 }, false),
                 mongo::index("comment", doc! { "comment_id": 1 }, false),
+                // Removing what a deleted account caused.
+                mongo::index("source", doc! { "source_user_id": 1 }, false),
                 mongo::sort_key_index(),
             ],
             stand_in,
@@ -123,6 +129,7 @@ impl Store {
             stand_in,
         )
         .await?;
+        self.removed_users.init(stand_in).await?;
         Ok(())
     }
 

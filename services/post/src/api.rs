@@ -77,6 +77,9 @@ impl From<PostDoc> for Post {
     }
 }
 
+/// What a deleted account's token gets for a write.
+const ACCOUNT_DELETED: &str = "this account was deleted";
+
 fn id(field: &str, value: &str) -> Result<ObjectId> {
     validate::object_id(value).map_err(|d| Error::invalid(field, d))
 }
@@ -105,6 +108,24 @@ impl PostService for Api {
         );
         self.store.insert(&post, &event).await?;
         self.relay.wake();
+        // An account deleted meanwhile keeps nothing (see `social_events::removed_users`).
+        if self
+            .store
+            .removed_users
+            .any(&[me])
+            .await
+            .map_err(Error::from)?
+        {
+            let undo = new_envelope(
+                me,
+                Payload::PostDeleted(PostDeleted {
+                    post_id: post.id.to_hex(),
+                    author_id: me.to_hex(),
+                }),
+            );
+            self.store.delete(post.id, me, &undo).await?;
+            return Err(Error::Unauthenticated(ACCOUNT_DELETED).into());
+        }
         tracing::info!(post_id = %post.id, author = %me, "post created");
         Ok(Response::new(post.into()))
     }

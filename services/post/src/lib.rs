@@ -96,14 +96,25 @@ pub async fn run(
     let db = social_kit::mongo::connect(&config.common).await?;
     let store = store::Store::new(&db);
     let gate = Gate::from_config(&config.common)?;
-    let relay = Relay::new(config.events.clone(), "post", &db, &[store::COLLECTION]);
+    let relay = Relay::new(
+        config.events.clone(),
+        "post",
+        &db,
+        &[
+            store::COLLECTION,
+            &social_events::removed_users::RemovedUsers::collection("post"),
+        ],
+    );
     let api = api::Api::new(store.clone(), config.graph_service.clone(), relay.waker());
     let server = PostServiceServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES);
     let routes = Routes::new(gate.guard(server));
 
+    let (events, handler) = (
+        config.events.clone(),
+        events::handler(store.clone(), relay.waker()),
+    );
     let mut background = Background::new();
     background.spawn(|stop| relay.run(stop));
-    let (events, handler) = (config.events.clone(), events::handler(store.clone()));
     background
         .spawn(|stop| social_events::consumer::run(events, events::subscription(), handler, stop));
 

@@ -10,7 +10,7 @@ use bson::{DateTime, doc, oid::ObjectId};
 use futures::TryStreamExt;
 use mongodb::{Collection, Database, options::ReturnDocument};
 use serde::{Deserialize, Serialize};
-use social_events::{Envelope, idempotency, outbox};
+use social_events::{Envelope, idempotency, outbox, removed_users::RemovedUsers};
 use social_kit::{
     Result,
     content::{BodyUpdate, MediaDoc},
@@ -85,6 +85,8 @@ impl PostDoc {
 pub struct Store {
     db: Database,
     posts: Collection<PostDoc>,
+    /// Deleted accounts (see `social_events::removed_users`).
+    pub removed_users: RemovedUsers,
     counters: idempotency::Counters,
 }
 
@@ -93,6 +95,7 @@ impl Store {
         Self {
             db: db.clone(),
             posts: db.collection(COLLECTION),
+            removed_users: RemovedUsers::new(db, "post"),
             counters: idempotency::Counters::new(db, COLLECTION),
         }
     }
@@ -127,7 +130,19 @@ impl Store {
         )
         .await?;
         self.counters.init(stand_in).await?;
+        self.removed_users.init(stand_in).await?;
         Ok(())
+    }
+
+    /// Up to `limit` ids of `author`'s posts that are not deleted.
+    pub async fn ids_by_author(&self, author: ObjectId, limit: i64) -> Result<Vec<ObjectId>> {
+        Ok(mongo::ids_after(
+            &self.posts,
+            doc! { "user_id": mongo::is(author), "state": ACTIVE },
+            None,
+            limit,
+        )
+        .await?)
     }
 
     /// Inserts `post` with `event` in its outbox.

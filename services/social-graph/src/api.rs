@@ -90,6 +90,17 @@ impl SocialGraphService for Api {
         let (follow, created) = self.store.follow(me, followee, &event).await?;
         if created {
             self.relay.wake();
+            // An account deleted meanwhile keeps no follow (`social_events::removed_users`).
+            let removed = &self.store.removed_users;
+            if removed.any(&[me, followee]).await.map_err(Error::from)? {
+                crate::events::unfollow(&self.store, me, followee).await?;
+                return Err(if removed.any(&[me]).await.map_err(Error::from)? {
+                    Error::Unauthenticated("this account was deleted")
+                } else {
+                    Error::NotFound("user")
+                }
+                .into());
+            }
             tracing::info!(follower = %me, followee = %followee, "followed");
         }
         Ok(Response::new(follow.into()))

@@ -2,6 +2,7 @@
 //! the user service whether a followee exists. [`run`] is what `main` and the tests call.
 
 mod api;
+mod events;
 mod store;
 
 use social_events::{EventsConfig, outbox::Relay};
@@ -76,7 +77,14 @@ pub async fn run(
         config.events.clone(),
         "social-graph",
         &db,
-        &[store::COLLECTION],
+        &[
+            store::COLLECTION,
+            &social_events::removed_users::RemovedUsers::collection("social-graph"),
+        ],
+    );
+    let (events, handler) = (
+        config.events.clone(),
+        events::handler(store.clone(), relay.waker()),
     );
     let api = api::Api::new(store.clone(), config.user_service.clone(), relay.waker());
     let server = SocialGraphServiceServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES);
@@ -89,5 +97,7 @@ pub async fn run(
     };
     let mut background = Background::new();
     background.spawn(|stop| relay.run(stop));
+    background
+        .spawn(|stop| social_events::consumer::run(events, events::subscription(), handler, stop));
     serve(spec, listener, routes, store, background, shutdown).await
 }

@@ -11,7 +11,7 @@ use bson::{DateTime, doc, oid::ObjectId};
 use futures::TryStreamExt;
 use mongodb::{Collection, Database};
 use serde::{Deserialize, Serialize};
-use social_events::{Envelope, idempotency, outbox};
+use social_events::{Envelope, idempotency, outbox, removed_users::RemovedUsers};
 use social_kit::{
     Result, mongo,
     paging::{self, Order, PageRequest},
@@ -57,6 +57,8 @@ pub struct Store {
     db: Database,
     stand_in: mongo::StandIn,
     follows: Collection<FollowDoc>,
+    /// Deleted accounts (see `social_events::removed_users`).
+    pub removed_users: RemovedUsers,
 }
 
 impl Store {
@@ -65,6 +67,7 @@ impl Store {
             db: db.clone(),
             stand_in: mongo::StandIn::default(),
             follows: db.collection(COLLECTION),
+            removed_users: RemovedUsers::new(db, "social-graph"),
         }
     }
 
@@ -126,7 +129,36 @@ impl Store {
             stand_in,
         )
         .await?;
+        self.removed_users.init(stand_in).await?;
         Ok(())
+    }
+
+    /// Up to `limit` active follows with `side` (`follower_id` or `followee_id`) =
+    /// `user`, as (follower, followee).
+    pub async fn active_of(
+        &self,
+        side: &str,
+        user: ObjectId,
+        limit: i64,
+    ) -> Result<Vec<(ObjectId, ObjectId)>> {
+        #[derive(Deserialize)]
+        struct Pair {
+            follower_id: ObjectId,
+            followee_id: ObjectId,
+        }
+        let pairs: Vec<Pair> = self
+            .follows
+            .clone_with_type::<Pair>()
+            .find(doc! { side: mongo::is(user), "state": ACTIVE })
+            .projection(doc! { "follower_id": 1, "followee_id": 1, "_id": 0 })
+            .limit(limit)
+            .await?
+            .try_collect()
+            .await?;
+        Ok(pairs
+            .into_iter()
+            .map(|p| (p.follower_id, p.followee_id))
+            .collect())
     }
 
     /// Records the follow with its `followed` event, or returns the active one that

@@ -2,6 +2,7 @@
 //! MongoDB types here beyond the ids the store takes.
 
 use bson::{DateTime, Document, oid::ObjectId};
+use social_events::{Payload, new_envelope, outbox::Waker, pb::UserDeleted};
 use social_kit::{
     Error, Result,
     auth::{TokenIssuer, caller, optional_caller, session},
@@ -12,11 +13,11 @@ use social_kit::{
 };
 use social_proto::user::v1::{
     BatchGetUsersByUsernameRequest, BatchGetUsersRequest, BatchGetUsersResponse,
-    ChangePasswordRequest, GetUserByUsernameRequest, GetUserRequest, ListSessionsRequest,
-    ListSessionsResponse, LoginRequest, LoginResponse, LogoutRequest, RefreshSessionRequest,
-    RefreshSessionResponse, RegisterRequest, RegisterResponse, RevokeOtherSessionsRequest,
-    RevokeOtherSessionsResponse, RevokeSessionRequest, Session, UpdateUserRequest, User,
-    user_service_server::UserService,
+    ChangePasswordRequest, DeleteAccountRequest, GetUserByUsernameRequest, GetUserRequest,
+    ListSessionsRequest, ListSessionsResponse, LoginRequest, LoginResponse, LogoutRequest,
+    RefreshSessionRequest, RefreshSessionResponse, RegisterRequest, RegisterResponse,
+    RevokeOtherSessionsRequest, RevokeOtherSessionsResponse, RevokeSessionRequest, Session,
+    UpdateUserRequest, User, user_service_server::UserService,
 };
 use tonic::{Request, Response, Status};
 
@@ -38,6 +39,9 @@ pub struct Api {
     throttle: Throttle,
     tokens: TokenIssuer,
     hasher: Hasher,
+    relay: Waker,
+    /// How long a deleted account's username stays reserved.
+    quarantine: std::time::Duration,
 }
 
 /// What a new session hands out: access token and expiry, refresh token and expiry, id.
@@ -56,6 +60,8 @@ impl Api {
         throttle: Throttle,
         tokens: TokenIssuer,
         hasher: Hasher,
+        relay: Waker,
+        quarantine: std::time::Duration,
     ) -> Self {
         Self {
             store,
@@ -63,6 +69,8 @@ impl Api {
             throttle,
             tokens,
             hasher,
+            relay,
+            quarantine,
         }
     }
 
@@ -254,6 +262,9 @@ impl UserService for Api {
             updated_at: now,
             recount_ms: 0,
             counter_version: 0,
+            deleted_ms: None,
+            cleared_by: Vec::new(),
+            deletion_finished_ms: None,
         };
         self.store.insert(&doc).await?.map_err(taken)?;
         let issued = self.start_session(doc.id, new.device).await?;
@@ -487,6 +498,42 @@ impl UserService for Api {
             .await?
             .ok_or(Error::NotFound("user"))?;
         Ok(Response::new(to_wire(updated, Some(me))))
+    }
+
+    async fn delete_account(
+        &self,
+        request: Request<DeleteAccountRequest>,
+    ) -> Result<Response<()>, Status> {
+        let me = caller(&request)?;
+        let mut v = Violations::default();
+        require(&mut v, "password", &request.get_ref().password);
+        v.finish()?;
+        let slot = self.hasher.reserve().await?;
+        let Some(user) = self.store.any_by_id(me).await? else {
+            return Err(Error::NotFound("user").into());
+        };
+        if user.deleted_ms.is_some() {
+            return Ok(Response::new(())); // deleted already
+        }
+        let password = request.into_inner().password;
+        if !slot.verify(password, Some(user.password_hash)).await? {
+            return Err(Error::invalid("password", "does not match the current password").into());
+        }
+        drop(slot);
+        let event = new_envelope(
+            me,
+            Payload::UserDeleted(UserDeleted {
+                user_id: me.to_hex(),
+            }),
+        );
+        if self.store.delete(me, self.quarantine, &event).await? {
+            self.relay.wake();
+            tracing::info!(user_id = %me, "account deletion requested");
+        }
+        self.sessions
+            .end_all_but(me, None, "account deleted")
+            .await?;
+        Ok(Response::new(()))
     }
 
     async fn change_password(

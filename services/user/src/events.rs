@@ -1,5 +1,5 @@
 //! What the user service consumes: follow events, which move `followers_count` and
-//! `following_count`. Each update is applied at most once per event (see
+//! `following_count`, and each service's report that a deleted account is cleared. Each update is applied at most once per event (see
 //! `social_events::idempotency`), so redeliveries change nothing twice, and increments
 //! commute, so order does not matter.
 
@@ -24,6 +24,15 @@ pub fn handler(store: Store) -> Handler {
             let (follower, followee, delta) = match &envelope.payload {
                 Some(Payload::UserFollowed(e)) => (&e.follower_id, &e.followee_id, 1),
                 Some(Payload::UserUnfollowed(e)) => (&e.follower_id, &e.followee_id, -1),
+                Some(Payload::AccountCleared(e)) => {
+                    let user = ObjectId::parse_str(&e.user_id)?;
+                    let (missing, finished) = store.record_cleared(user, &e.service).await?;
+                    tracing::info!(%user, service = %e.service, waiting_for = ?missing, "a service cleared a deleted account");
+                    if finished {
+                        tracing::info!(%user, "account deletion finished: every service cleared it");
+                    }
+                    return Ok(());
+                }
                 _ => return Ok(()), // not ours; bindings should not let it in
             };
             let follower = ObjectId::parse_str(follower)?;

@@ -15,7 +15,7 @@ pub use throttle::Policy as LoginThrottle;
 
 use std::time::Duration;
 
-use social_events::EventsConfig;
+use social_events::{EventsConfig, outbox::Relay};
 use social_kit::{
     auth::TokenIssuer,
     client::Peer,
@@ -51,6 +51,9 @@ pub struct Config {
     /// `LOGIN_FREE_FAILURES` (5), `LOGIN_FAILURE_WINDOW_SECS` (900), `LOGIN_BLOCK_SECS`
     /// (30), `LOGIN_MAX_BLOCK_SECS` (900).
     pub login_throttle: throttle::Policy,
+    /// `USERNAME_QUARANTINE_DAYS` (30): how long a deleted account's username stays
+    /// reserved.
+    pub quarantine: Duration,
 }
 
 fn days_or(var: &str, default: u64) -> Result<Duration, ConfigError> {
@@ -88,6 +91,7 @@ impl Config {
                 first_block: social_kit::config::seconds_or("LOGIN_BLOCK_SECS", 30)?,
                 max_block: social_kit::config::seconds_or("LOGIN_MAX_BLOCK_SECS", 900)?,
             },
+            quarantine: days_or("USERNAME_QUARANTINE_DAYS", 30)?,
         })
     }
 
@@ -120,6 +124,7 @@ impl Config {
                 first_block: Duration::from_secs(30),
                 max_block: Duration::from_secs(900),
             },
+            quarantine: Duration::from_secs(30 * 24 * 3600),
         }
     }
 
@@ -160,16 +165,21 @@ pub async fn run(
     let sessions = sessions::Sessions::new(&db, config.sessions);
     let throttle = throttle::Throttle::new(&db, config.login_throttle);
     let gate = Gate::from_config(&config.common)?;
+    // Publishes `user.user.deleted` from the deleted account's document.
+    let relay = Relay::new(config.events.clone(), "user", &db, &[store::COLLECTION]);
     let api = api::Api::new(
         store.clone(),
         sessions.clone(),
         throttle.clone(),
         config.issuer()?,
         password::Hasher::new(config.hash_memory_mib, config.hash_wait)?,
+        relay.waker(),
+        config.quarantine,
     );
     let server = UserServiceServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES);
     let routes = Routes::new(gate.guard(server));
     let mut background = Background::new();
+    background.spawn(|stop| relay.run(stop));
     let (events, handler) = (config.events.clone(), events::handler(store.clone()));
     background
         .spawn(|stop| social_events::consumer::run(events, events::subscription(), handler, stop));
@@ -201,4 +211,38 @@ impl social_kit::serve::Startup for Startup {
         self.throttle.init(stand_in).await?;
         Ok(())
     }
+}
+
+/// `social-user deletion-status <user id>`: where the deletion of an account stands, as
+/// one JSON object (requested, which services have cleared it, finished).
+pub async fn deletion_status(config: &Config, user: &str) -> anyhow::Result<String> {
+    let id = bson::oid::ObjectId::parse_str(user)
+        .map_err(|_| anyhow::anyhow!("{user:?} is not a user id (24 hex characters)"))?;
+    let db = social_kit::mongo::connect(&config.common).await?;
+    let store = store::Store::new(&db);
+    let Some(doc) = store.any_by_id(id).await? else {
+        return Ok(
+            serde_json::json!({ "user_id": user, "state": "unknown or purged" }).to_string(),
+        );
+    };
+    let time = |ms: Option<i64>| ms.map(|ms| bson::DateTime::from_millis(ms).to_string());
+    let state = match (doc.deleted_ms, doc.deletion_finished_ms) {
+        (None, _) => "not deleted",
+        (Some(_), None) => "requested",
+        (Some(_), Some(_)) => "finished",
+    };
+    let waiting: Vec<&str> = store::CLEARING_SERVICES
+        .iter()
+        .copied()
+        .filter(|s| doc.deleted_ms.is_some() && !doc.cleared_by.iter().any(|c| c == s))
+        .collect();
+    Ok(serde_json::json!({
+        "user_id": user,
+        "state": state,
+        "requested_at": time(doc.deleted_ms),
+        "cleared_by": doc.cleared_by,
+        "waiting_for": waiting,
+        "finished_at": time(doc.deletion_finished_ms),
+    })
+    .to_string())
 }

@@ -20,6 +20,17 @@ async fn main() -> ExitCode {
             })
         },
     ));
+    commands.push(Command::new(
+        "deletion-status",
+        "<user id>: where the deletion of an account stands (JSON)",
+        |c| {
+            Box::pin(async move {
+                let user = std::env::args().nth(2).unwrap_or_default();
+                println!("{}", social_user::deletion_status(&c, &user).await?);
+                Ok(())
+            })
+        },
+    ));
     social_kit::serve::binary_main(
         "social-user",
         social_user::Config::from_env,

@@ -4,6 +4,8 @@
 //! index on a normalised copy (a collation index would do on MongoDB, but the stand-in
 //! neither enforces nor queries collations). Emails are stored lowercase, also unique.
 
+use std::time::Duration;
+
 use bson::{DateTime, Document, doc, oid::ObjectId};
 use futures::TryStreamExt;
 use mongodb::{Collection, Database, options::ReturnDocument};
@@ -13,6 +15,10 @@ use social_kit::{Error, Result, error::is_duplicate_key, mongo};
 
 /// The collection this store owns.
 pub const COLLECTION: &str = "users";
+/// Set on a deleted account (see [`Store::delete`]).
+const DELETED: &str = "deleted_ms";
+/// The services that remove a deleted account's data and report it cleared.
+pub const CLEARING_SERVICES: &[&str] = &["post", "social-graph", "engagement", "notification"];
 
 /// A stored account.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -40,6 +46,15 @@ pub struct UserDoc {
     pub created_at: DateTime,
     #[serde(deserialize_with = "social_kit::time::lenient")]
     pub updated_at: DateTime,
+    /// When the account was deleted (ms); absent while it lives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_ms: Option<i64>,
+    /// The services that removed everything of the deleted account.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cleared_by: Vec<String>,
+    /// When every service had (ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_finished_ms: Option<i64>,
     /// Bookkeeping of the counters kept by events (`social_events::idempotency`): events
     /// up to this time (ms) are counted already, and a version bumped by each change.
     #[serde(default)]
@@ -84,6 +99,9 @@ impl Store {
                 mongo::index("username_lower_unique", doc! { "username_lower": 1 }, true),
                 // Register / Login by email.
                 mongo::index("email_unique", doc! { "email": 1 }, true),
+                outbox::index(),
+                // A deleted account goes when its quarantine is over and its event is out.
+                outbox::purge_index("purge_ttl", "purge_at", Duration::ZERO),
             ],
             stand_in,
         )
@@ -99,10 +117,9 @@ impl Store {
             Err(e) if is_duplicate_key(&e) => {
                 // The driver's message names the index, but not in a portable format:
                 // ask which value is the taken one.
-                let taken = if self.by_username(&user.username_lower).await?.is_some() {
-                    Taken::Username
-                } else {
-                    Taken::Email
+                let taken = match self.taken(&user.username_lower, &user.email).await? {
+                    Some(t) => t,
+                    None => Taken::Email,
                 };
                 Ok(Err(taken))
             }
@@ -110,59 +127,72 @@ impl Store {
         }
     }
 
-    /// Which of the two unique values is already taken, if any.
+    /// Which of the two unique values is already taken, if any; a deleted account's
+    /// username stays taken until its quarantine ends.
     pub async fn taken(&self, username_lower: &str, email: &str) -> Result<Option<Taken>> {
-        if self.by_username(username_lower).await?.is_some() {
+        if self
+            .one(doc! { "username_lower": username_lower })
+            .await?
+            .is_some()
+        {
             return Ok(Some(Taken::Username));
         }
-        if self.by_email(email).await?.is_some() {
+        if self.one(doc! { "email": email }).await?.is_some() {
             return Ok(Some(Taken::Email));
         }
         Ok(None)
     }
 
-    pub async fn by_id(&self, id: ObjectId) -> Result<Option<UserDoc>> {
+    /// The account matching `filter`, deleted or not.
+    async fn one(&self, filter: Document) -> Result<Option<UserDoc>> {
         Ok(self
             .users
-            .find_one(doc! { "_id": id })
+            .find_one(filter)
             .projection(outbox::without_bookkeeping())
             .await?)
+    }
+
+    /// The accounts matching `filter` that are not deleted.
+    async fn live(&self, mut filter: Document) -> Result<Vec<UserDoc>> {
+        filter.insert(DELETED, doc! { "$exists": false });
+        Ok(self
+            .users
+            .find(filter)
+            .projection(outbox::without_bookkeeping())
+            .await?
+            .try_collect()
+            .await?)
+    }
+
+    async fn live_one(&self, filter: Document) -> Result<Option<UserDoc>> {
+        Ok(self.live(filter).await?.into_iter().next())
+    }
+
+    pub async fn by_id(&self, id: ObjectId) -> Result<Option<UserDoc>> {
+        self.live_one(doc! { "_id": id }).await
+    }
+
+    /// Account `id`, deleted or not.
+    pub async fn any_by_id(&self, id: ObjectId) -> Result<Option<UserDoc>> {
+        self.one(doc! { "_id": id }).await
     }
 
     pub async fn by_username(&self, username_lower: &str) -> Result<Option<UserDoc>> {
-        Ok(self
-            .users
-            .find_one(doc! { "username_lower": username_lower })
-            .projection(outbox::without_bookkeeping())
-            .await?)
+        self.live_one(doc! { "username_lower": username_lower })
+            .await
     }
 
     pub async fn by_email(&self, email: &str) -> Result<Option<UserDoc>> {
-        Ok(self
-            .users
-            .find_one(doc! { "email": email })
-            .projection(outbox::without_bookkeeping())
-            .await?)
+        self.live_one(doc! { "email": email }).await
     }
 
     pub async fn by_ids(&self, ids: &[ObjectId]) -> Result<Vec<UserDoc>> {
-        Ok(self
-            .users
-            .find(doc! { "_id": { "$in": ids } })
-            .projection(outbox::without_bookkeeping())
-            .await?
-            .try_collect()
-            .await?)
+        self.live(doc! { "_id": { "$in": ids } }).await
     }
 
     pub async fn by_usernames(&self, lowers: &[String]) -> Result<Vec<UserDoc>> {
-        Ok(self
-            .users
-            .find(doc! { "username_lower": { "$in": lowers } })
-            .projection(outbox::without_bookkeeping())
-            .await?
-            .try_collect()
-            .await?)
+        self.live(doc! { "username_lower": { "$in": lowers } })
+            .await
     }
 
     /// Sets profile fields and `updated_at`; returns the new document.
@@ -170,7 +200,10 @@ impl Store {
         set.insert("updated_at", DateTime::now());
         Ok(self
             .users
-            .find_one_and_update(doc! { "_id": id }, doc! { "$set": set })
+            .find_one_and_update(
+                doc! { "_id": id, DELETED: { "$exists": false } },
+                doc! { "$set": set },
+            )
             .projection(outbox::without_bookkeeping())
             .return_document(ReturnDocument::After)
             .await?)
@@ -182,12 +215,73 @@ impl Store {
         let r = self
             .users
             .update_one(
-                doc! { "_id": id, "password_hash": old_hash },
+                doc! { "_id": id, "password_hash": old_hash, DELETED: { "$exists": false } },
                 doc! { "$set": { "password_hash": new_hash, "updated_at": DateTime::now() } },
             )
             .await
             .map_err(Error::from)?;
         Ok(r.modified_count == 1)
+    }
+
+    /// Deletes account `id` with its `user.user.deleted` event: its personal data goes
+    /// at once, its username stays reserved until `quarantine` is over (the document is
+    /// purged then, once its event is out). Whether it was not deleted already.
+    pub async fn delete(
+        &self,
+        id: ObjectId,
+        quarantine: Duration,
+        event: &Envelope,
+    ) -> Result<bool> {
+        let now = DateTime::now();
+        let purge_at = DateTime::from_millis(
+            now.timestamp_millis()
+                .saturating_add(i64::try_from(quarantine.as_millis()).unwrap_or(i64::MAX)),
+        );
+        let mut update = doc! { "$set": {
+            DELETED: now.timestamp_millis(), "purge_at": purge_at,
+            "email": format!("deleted:{id}"), "password_hash": "",
+            "full_name": "", "bio": "", "profile_picture_url": "", "updated_at": now,
+        } };
+        outbox::push(&mut update, event);
+        let r = self
+            .users
+            .update_one(doc! { "_id": id, DELETED: { "$exists": false } }, update)
+            .await?;
+        Ok(r.modified_count == 1)
+    }
+
+    /// Records that `service` removed everything of deleted account `id`; the services
+    /// still to report, and whether this report finished the deletion.
+    pub async fn record_cleared(
+        &self,
+        id: ObjectId,
+        service: &str,
+    ) -> Result<(Vec<&'static str>, bool)> {
+        self.users
+            .update_one(
+                doc! { "_id": id, "cleared_by": { "$nin": [service] } },
+                doc! { "$push": { "cleared_by": service } },
+            )
+            .await?;
+        let Some(user) = self.one(doc! { "_id": id }).await? else {
+            return Ok((Vec::new(), false));
+        };
+        let missing: Vec<&'static str> = CLEARING_SERVICES
+            .iter()
+            .copied()
+            .filter(|s| !user.cleared_by.iter().any(|c| c == s))
+            .collect();
+        if !missing.is_empty() {
+            return Ok((missing, false));
+        }
+        let finished = self
+            .users
+            .update_one(
+                doc! { "_id": id, "deletion_finished_ms": { "$exists": false } },
+                doc! { "$set": { "deletion_finished_ms": DateTime::now().timestamp_millis() } },
+            )
+            .await?;
+        Ok((missing, finished.modified_count == 1))
     }
 
     /// Adds `delta` to a counter of `user` for `event`, once. A user that does not exist

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod abuse;
+mod deletion;
 mod delivery;
 mod events;
 mod recount;
@@ -114,6 +115,14 @@ impl App {
             .unwrap()
             .into_inner()
             .comments
+    }
+
+    async fn get_post_err(&self, id: &str) -> Status {
+        self.posts
+            .clone()
+            .get_post(GetPostRequest { id: id.into() })
+            .await
+            .unwrap_err()
     }
 
     async fn get_post(&self, id: &str) -> Post {

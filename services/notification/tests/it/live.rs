@@ -165,3 +165,26 @@ async fn a_client_following_the_resume_rule_misses_nothing_when_pushes_come_out_
     let c = next(&mut stream, WAIT).await.expect("C is pushed");
     assert!(!have.contains_key(&c.id));
 }
+
+#[tokio::test]
+async fn a_deleted_accounts_streams_end() {
+    let app = App::start().await;
+    let (_, bob) = app.stack.register("bob").await;
+    let mut client = app.notifications.clone();
+    let mut stream = open_stream(&mut client, &bob).await;
+    app.stack
+        .users()
+        .await
+        .delete_account(authed(
+            social_proto::user::v1::DeleteAccountRequest {
+                password: "correct horse battery".into(),
+            },
+            &bob,
+        ))
+        .await
+        .unwrap();
+    let ended = tokio::time::timeout(WAIT, stream.message())
+        .await
+        .expect("the stream ended");
+    assert_eq!(ended.unwrap_err().code(), Code::Unauthenticated);
+}

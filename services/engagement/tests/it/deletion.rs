@@ -1,0 +1,433 @@
+//! Account deletion across every service: nothing of the account is left, every other
+//! user's counters equal their documents, racing actions do not survive, and the
+//! cascade survives a broker outage and a crash in the middle.
+
+use std::{net::SocketAddr, time::Duration};
+
+use bson::{doc, oid::ObjectId};
+use social_proto::{
+    engagement::v1::{GetCommentRequest, LikeCommentRequest},
+    graph::v1::FollowRequest,
+    user::v1::{DeleteAccountRequest, GetUserRequest, LoginRequest, RegisterRequest},
+};
+use social_testkit::{Stack, StackOptions, TcpProxy, authed, broker, eventually};
+use tonic::Code;
+
+use crate::App;
+
+const PASSWORD: &str = "correct horse battery";
+
+async fn database(app: &App) -> mongodb::Database {
+    mongodb::Client::with_uri_str(social_testkit::mongodb_uri())
+        .await
+        .unwrap()
+        .database(&app.stack.database)
+}
+
+fn user_config(app: &App) -> social_user::Config {
+    let mut config = social_user::Config::for_tests(
+        &social_testkit::mongodb_uri(),
+        &app.stack.database,
+        app.stack.events.clone(),
+    );
+    config.graph_service = social_testkit::peer(
+        "social-graph service",
+        &format!("http://{}", app.stack.graph.addr),
+        Duration::from_secs(5),
+    );
+    config
+}
+
+/// Waits until every service has cleared the account, and every queue and outbox is
+/// empty.
+async fn deletion_finished(app: &App, user: &str) {
+    let config = user_config(app);
+    let finished = eventually(Duration::from_secs(60), || async {
+        let status = social_user::deletion_status(&config, user).await.unwrap();
+        status.contains("\"finished\"").then_some(())
+    })
+    .await;
+    assert!(
+        finished.is_some(),
+        "{}",
+        social_user::deletion_status(&config, user).await.unwrap()
+    );
+    settled(app).await;
+}
+
+/// Waits until no event is waiting anywhere.
+async fn settled(app: &App) {
+    let db = database(app).await;
+    let events = &app.stack.events;
+    let quiet = eventually(Duration::from_secs(60), || async {
+        for q in social_events::topology::QUEUES {
+            if broker::queue_depth(events, &events.queue(q.service)).await > 0 {
+                return None;
+            }
+        }
+        for c in ["posts", "likes", "comments", "followers", "users"] {
+            let pending = db
+                .collection::<bson::Document>(c)
+                .count_documents(doc! { "outbox_pending": { "$gt": 0 } })
+                .await
+                .unwrap();
+            if pending > 0 {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+    assert!(quiet.is_some(), "events still waiting");
+    // Handlers in flight finish.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+}
+
+/// How many documents of `collection` match `filter`.
+async fn count(app: &App, collection: &str, filter: bson::Document) -> u64 {
+    database(app)
+        .await
+        .collection::<bson::Document>(collection)
+        .count_documents(filter)
+        .await
+        .unwrap()
+}
+
+/// Nothing that is the account's, or about it, is left in any service's collection.
+async fn nothing_left_of(app: &App, user: &str) {
+    let id = ObjectId::parse_str(user).unwrap();
+    let is = social_kit::mongo::is(id);
+    let left = [
+        ("posts", doc! { "user_id": is.clone(), "state": "active" }),
+        ("likes", doc! { "user_id": is.clone(), "state": "active" }),
+        (
+            "comments",
+            doc! { "user_id": is.clone(), "state": "active" },
+        ),
+        (
+            "followers",
+            doc! { "follower_id": is.clone(), "state": "active" },
+        ),
+        (
+            "followers",
+            doc! { "followee_id": is.clone(), "state": "active" },
+        ),
+        ("notifications", doc! { "user_id": is.clone() }),
+        ("notifications", doc! { "source_user_id": is.clone() }),
+        (
+            "sessions",
+            doc! { "user_id": is.clone(), "state": "active" },
+        ),
+    ];
+    for (collection, filter) in left {
+        assert_eq!(
+            count(app, collection, filter.clone()).await,
+            0,
+            "{collection} {filter}"
+        );
+    }
+    // The account's document keeps only its reserved username.
+    let doc = database(app)
+        .await
+        .collection::<bson::Document>("users")
+        .find_one(doc! { "_id": id })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(doc.get_str("password_hash").unwrap(), "");
+    assert!(doc.get_str("email").unwrap().starts_with("deleted:"));
+}
+
+/// Recounting every counter from the documents changes nothing: they were true.
+async fn counters_are_true(app: &App, users: &[&str], posts: &[&str], comments: &[&str]) {
+    let before = snapshot(app, users, posts, comments).await;
+    let user = user_config(app);
+    social_user::recompute_counters(&user, Duration::ZERO)
+        .await
+        .unwrap();
+    let mut post = social_post::Config::for_tests(
+        &social_testkit::mongodb_uri(),
+        &app.stack.database,
+        social_testkit::peer(
+            "graph",
+            &format!("http://{}", app.stack.graph.addr),
+            Duration::from_secs(5),
+        ),
+        app.stack.events.clone(),
+    );
+    post.engagement_service = social_testkit::peer(
+        "engagement",
+        &format!("http://{}", app.stack.engagement.addr),
+        Duration::from_secs(5),
+    );
+    social_post::recompute_counters(&post, Duration::ZERO)
+        .await
+        .unwrap();
+    let engagement = social_engagement::Config::for_tests(
+        &social_testkit::mongodb_uri(),
+        &app.stack.database,
+        social_testkit::peer(
+            "post",
+            &format!("http://{}", app.stack.post.addr),
+            Duration::from_secs(5),
+        ),
+        app.stack.events.clone(),
+    );
+    social_engagement::recompute_counters(&engagement, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(snapshot(app, users, posts, comments).await, before);
+}
+
+async fn snapshot(app: &App, users: &[&str], posts: &[&str], comments: &[&str]) -> Vec<i64> {
+    let mut values = Vec::new();
+    let mut client = app.stack.users().await;
+    for id in users {
+        let u = client
+            .get_user(GetUserRequest { id: (*id).into() })
+            .await
+            .unwrap()
+            .into_inner();
+        values.extend([u.followers_count, u.following_count]);
+    }
+    for id in posts {
+        let p = app.get_post(id).await;
+        values.extend([p.likes_count, p.comments_count]);
+    }
+    for id in comments {
+        let c = app
+            .engagement
+            .clone()
+            .get_comment(GetCommentRequest { id: (*id).into() })
+            .await
+            .unwrap()
+            .into_inner();
+        values.push(c.likes_count);
+    }
+    values
+}
+
+async fn follow(app: &App, token: &str, followee: &str) {
+    app.stack
+        .graph()
+        .await
+        .follow(authed(
+            FollowRequest {
+                followee_id: followee.into(),
+            },
+            token,
+        ))
+        .await
+        .unwrap();
+}
+
+async fn like_comment(app: &App, token: &str, comment: &str) {
+    app.engagement
+        .clone()
+        .like_comment(authed(
+            LikeCommentRequest {
+                comment_id: comment.into(),
+            },
+            token,
+        ))
+        .await
+        .unwrap();
+}
+
+async fn delete_account(app: &App, token: &str, password: &str) -> Result<(), tonic::Status> {
+    app.stack
+        .users()
+        .await
+        .delete_account(authed(
+            DeleteAccountRequest {
+                password: password.into(),
+            },
+            token,
+        ))
+        .await
+        .map(drop)
+}
+
+#[tokio::test]
+async fn a_deleted_account_leaves_nothing_and_every_other_counter_true() {
+    let app = App::start().await;
+    let (doomed_id, doomed) = app.stack.register("doomed").await;
+    let (alice_id, alice) = app.stack.register("alice").await;
+    let (bob_id, bob) = app.stack.register("bob").await;
+    // The account's posts, liked and commented by others (and a comment of theirs liked).
+    let own = app.post(&doomed, "mine").await;
+    app.like_post(&alice, &own.id).await.unwrap();
+    let on_own = app.comment(&bob, &own.id, "nice, @doomed").await.unwrap();
+    like_comment(&app, &alice, &on_own.id).await;
+    // Its likes and comments on others' posts and comments.
+    let theirs = app.post(&alice, "alice's").await;
+    app.like_post(&doomed, &theirs.id).await.unwrap();
+    let bobs = app
+        .comment(&bob, &theirs.id, "bob's comment")
+        .await
+        .unwrap();
+    like_comment(&app, &doomed, &bobs.id).await;
+    let doomeds = app
+        .comment(&doomed, &theirs.id, "hello @alice and @bob")
+        .await
+        .unwrap();
+    like_comment(&app, &alice, &doomeds.id).await;
+    // Follows both ways.
+    follow(&app, &doomed, &alice_id).await;
+    follow(&app, &doomed, &bob_id).await;
+    follow(&app, &alice, &doomed_id).await;
+    follow(&app, &bob, &alice_id).await;
+    settled(&app).await;
+    assert!(count(&app, "notifications", doc! {}).await > 0);
+
+    // A wrong password changes nothing.
+    let err = delete_account(&app, &doomed, "not the password")
+        .await
+        .unwrap_err();
+    assert_eq!(social_testkit::violated_fields(&err), ["password"]);
+    delete_account(&app, &doomed, PASSWORD).await.unwrap();
+    // Gone for clients at once.
+    let mut users = app.stack.users().await;
+    let err = users
+        .get_user(GetUserRequest {
+            id: doomed_id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let err = users
+        .login(LoginRequest {
+            username_or_email: "doomed".into(),
+            password: PASSWORD.into(),
+            device: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    // The username is reserved during the quarantine.
+    let err = users
+        .register(RegisterRequest {
+            username: "Doomed".into(),
+            email: "someone.else@example.com".into(),
+            password: PASSWORD.into(),
+            full_name: String::new(),
+            device: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(social_testkit::violated_fields(&err), ["username"]);
+    // A second call is harmless.
+    delete_account(&app, &doomed, PASSWORD).await.unwrap();
+
+    deletion_finished(&app, &doomed_id).await;
+    nothing_left_of(&app, &doomed_id).await;
+    // What the others see: the account's likes, comments and follows are gone.
+    let p = app.get_post(&theirs.id).await;
+    assert_eq!((p.likes_count, p.comments_count), (0, 1));
+    let mut users = app.stack.users().await;
+    let followers = |id: &str| {
+        let (mut users, id) = (users.clone(), id.to_owned());
+        async move {
+            let u = users
+                .get_user(GetUserRequest { id })
+                .await
+                .unwrap()
+                .into_inner();
+            (u.followers_count, u.following_count)
+        }
+    };
+    assert_eq!(followers(&alice_id).await, (1, 0));
+    assert_eq!(followers(&bob_id).await, (0, 1));
+    let err = app.get_post_err(&own.id).await;
+    assert_eq!(err.code(), Code::NotFound);
+    let _ = &mut users;
+    counters_are_true(&app, &[&alice_id, &bob_id], &[&theirs.id], &[&bobs.id]).await;
+}
+
+#[tokio::test]
+async fn actions_racing_a_deletion_do_not_survive_it() {
+    let app = App::start().await;
+    let (doomed_id, doomed) = app.stack.register("racer").await;
+    let (alice_id, alice) = app.stack.register("alice").await;
+    let posts: Vec<String> = {
+        let mut ids = Vec::new();
+        for i in 0..6 {
+            ids.push(app.post(&alice, &format!("p{i}")).await.id);
+        }
+        ids
+    };
+    delete_account(&app, &doomed, PASSWORD).await.unwrap();
+    // The account's access token is still unexpired: its likes, comments, posts and
+    // follows race the cascade, before and after the event reaches each service.
+    for (i, post) in posts.iter().enumerate() {
+        let _ = app.like_post(&doomed, post).await;
+        let _ = app.comment(&doomed, post, "late").await;
+        if i % 2 == 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let _ = app
+        .stack
+        .graph()
+        .await
+        .follow(authed(
+            FollowRequest {
+                followee_id: alice_id.clone(),
+            },
+            &doomed,
+        ))
+        .await;
+    deletion_finished(&app, &doomed_id).await;
+    // Once every service has heard of it, its writes are refused.
+    let err = app.like_post(&doomed, &posts[0]).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    settled(&app).await;
+    nothing_left_of(&app, &doomed_id).await;
+    for post in &posts {
+        let p = app.get_post(post).await;
+        assert_eq!((p.likes_count, p.comments_count), (0, 0), "{post}");
+    }
+    let refs: Vec<&str> = posts.iter().map(String::as_str).collect();
+    counters_are_true(&app, &[&alice_id], &refs, &[]).await;
+}
+
+#[tokio::test]
+async fn a_cascade_survives_a_broker_outage_and_a_crash_in_the_middle() {
+    let rabbit: SocketAddr = "127.0.0.1:5672".parse().unwrap();
+    let proxy = TcpProxy::start(rabbit).await;
+    let mut app = App::with(
+        Stack::start_with(StackOptions {
+            amqp_url: Some(format!("amqp://guest:guest@{}/%2f", proxy.addr)),
+            ..Default::default()
+        })
+        .await,
+    )
+    .await;
+    let (doomed_id, doomed) = app.stack.register("busy").await;
+    let (alice_id, alice) = app.stack.register("alice").await;
+    let mut posts = Vec::new();
+    for i in 0..150 {
+        let post = app.post(&alice, &format!("p{i}")).await.id;
+        app.like_post(&doomed, &post).await.unwrap();
+        posts.push(post);
+    }
+    follow(&app, &doomed, &alice_id).await;
+    settled(&app).await;
+
+    delete_account(&app, &doomed, PASSWORD).await.unwrap();
+    // The broker goes away while the cascade runs, then the engagement service crashes.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.cut().await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    proxy.restore();
+    app.stack.crash_and_restart_engagement().await;
+    app.engagement = app.stack.engagement().await;
+
+    deletion_finished(&app, &doomed_id).await;
+    nothing_left_of(&app, &doomed_id).await;
+    for post in &posts {
+        assert_eq!(app.get_post(post).await.likes_count, 0, "{post}");
+    }
+    let refs: Vec<&str> = posts.iter().map(String::as_str).collect();
+    counters_are_true(&app, &[&alice_id], &refs, &[]).await;
+}
