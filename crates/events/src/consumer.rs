@@ -43,8 +43,39 @@ use crate::{config::EventsConfig, envelope::Envelope, topology::QueueSpec};
 
 /// Handles one event. `Err` means "try again later": at once and without limit when the
 /// error is transient, else up to the last attempt, after which the message is
-/// dead-lettered.
+/// dead-lettered; [`MoreToDo`] means "run me again now" (a long job in steps).
 pub type Handler = Arc<dyn Fn(Envelope) -> BoxFuture<'static, anyhow::Result<()>> + Send + Sync>;
+
+/// What a handler returns when it did one step of a long job (removing a large account)
+/// within its [`Budget`] and the next step should run at once: not a failure, never
+/// counted, no backoff. Each step must leave the job resumable.
+#[derive(Debug, thiserror::Error)]
+#[error("more to do")]
+pub struct MoreToDo;
+
+/// How long one step of a long job may run, well within the handler timeout.
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    until: Instant,
+}
+
+impl Budget {
+    /// A budget of two seconds from now.
+    pub fn start() -> Self {
+        Self {
+            until: Instant::now() + Duration::from_secs(2),
+        }
+    }
+
+    /// `Err(MoreToDo)` once the budget is spent: end this step there.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if Instant::now() >= self.until {
+            Err(MoreToDo.into())
+        } else {
+            Ok(())
+        }
+    }
+}
 
 const ATTEMPT_HEADER: &str = "x-attempt";
 /// The longest wait between two tries of a message whose dependency is down.
@@ -222,6 +253,18 @@ async fn handle(
                         tracing::warn!(error = %e, "ack failed; the message will be redelivered");
                     }
                     return;
+                }
+                // A long job done in steps: the next step at once, from a fresh backoff.
+                Ok(Ok(Err(e))) if e.is::<MoreToDo>() => {
+                    delays = crate::connection::backoff(
+                        Duration::from_millis(200),
+                        TRANSIENT_MAX_DELAY,
+                    );
+                    if held_since.elapsed() >= config.hold_limit {
+                        requeue(channel, queue, &delivery, attempt).await;
+                        return;
+                    }
+                    continue;
                 }
                 Ok(Ok(Err(e))) if social_kit::error::is_transient(&e) => format!("{e:#}"),
                 // A dependency that hangs rather than refuses looks like this.

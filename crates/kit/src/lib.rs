@@ -10,6 +10,7 @@ pub mod client;
 pub mod config;
 pub mod content;
 pub mod error;
+pub mod export;
 pub mod mongo;
 pub mod paging;
 pub mod recount;

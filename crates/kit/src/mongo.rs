@@ -306,6 +306,32 @@ pub async fn count_as_of<T: Send + Sync>(
     Ok(started - ended)
 }
 
+/// Up to `limit` documents matching `filter` (with `projection`), after `after` in id
+/// order: a walk over a whole collection in pages, for exports.
+pub async fn page_by_id<T>(
+    collection: &Collection<T>,
+    mut filter: Document,
+    projection: Document,
+    after: Option<bson::oid::ObjectId>,
+    limit: i64,
+) -> mongodb::error::Result<Vec<T>>
+where
+    T: serde::de::DeserializeOwned + Send + Sync,
+{
+    use futures::TryStreamExt;
+    if let Some(id) = after {
+        filter.insert("_id", doc! { "$gt": id });
+    }
+    collection
+        .find(filter)
+        .projection(projection)
+        .sort(doc! { "_id": 1 })
+        .limit(limit)
+        .await?
+        .try_collect()
+        .await
+}
+
 /// Up to `limit` ids of documents matching `filter`, after `after` in id order: a walk
 /// over a whole collection in batches (for operators' recompute commands).
 pub async fn ids_after<T: Send + Sync>(

@@ -52,6 +52,9 @@ pub const INTERNAL: &[&str] = &[
     "/social.graph.v1.SocialGraphService/ListFollowingIds",
     "/social.graph.v1.SocialGraphService/CountFollows",
     "/social.engagement.v1.EngagementService/CountPostEngagement",
+    "/social.post.v1.PostService/ExportUserPosts",
+    "/social.engagement.v1.EngagementService/ExportUserEngagement",
+    "/social.graph.v1.SocialGraphService/ExportUserFollows",
 ];
 
 /// The metadata a service presents to another's internal RPC.

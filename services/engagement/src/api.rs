@@ -14,10 +14,10 @@ use social_kit::{
 use social_proto::{
     engagement::v1::{
         Comment, CountPostEngagementRequest, CountPostEngagementResponse, CreateCommentRequest,
-        DeleteCommentRequest, GetCommentRequest, Like, LikeCommentRequest, LikePostRequest,
-        ListCommentsRequest, ListCommentsResponse, ListPostLikesRequest, ListPostLikesResponse,
-        PostEngagementCounts, UnlikeCommentRequest, UnlikePostRequest, UpdateCommentRequest,
-        engagement_service_server::EngagementService,
+        DeleteCommentRequest, EngagementRecord, ExportUserEngagementRequest, GetCommentRequest,
+        Like, LikeCommentRequest, LikePostRequest, ListCommentsRequest, ListCommentsResponse,
+        ListPostLikesRequest, ListPostLikesResponse, PostEngagementCounts, UnlikeCommentRequest,
+        UnlikePostRequest, UpdateCommentRequest, engagement_service_server::EngagementService,
     },
     post::v1::{GetPostRequest, post_service_client::PostServiceClient},
 };
@@ -414,5 +414,56 @@ impl EngagementService for Api {
             });
         }
         Ok(Response::new(CountPostEngagementResponse { counts }))
+    }
+
+    type ExportUserEngagementStream =
+        futures::stream::BoxStream<'static, Result<EngagementRecord, Status>>;
+
+    async fn export_user_engagement(
+        &self,
+        request: Request<ExportUserEngagementRequest>,
+    ) -> Result<Response<Self::ExportUserEngagementStream>, Status> {
+        use futures::StreamExt;
+        use social_proto::engagement::v1::engagement_record::Record;
+        let user = id("user_id", &request.get_ref().user_id)?;
+        let (likes, comments) = (self.store.clone(), self.store.clone());
+        let likes = social_kit::export::paged(move |after| {
+            let store = likes.clone();
+            async move {
+                let page = store.page_of_likes(user, after).await?;
+                Ok(page
+                    .into_iter()
+                    .map(|l| {
+                        let record = Record::Like(Like::from(l.clone()));
+                        (
+                            l.id,
+                            EngagementRecord {
+                                record: Some(record),
+                            },
+                        )
+                    })
+                    .collect())
+            }
+        });
+        let comments = social_kit::export::paged(move |after| {
+            let store = comments.clone();
+            async move {
+                let page = store.page_of_comments(user, after).await?;
+                Ok(page
+                    .into_iter()
+                    .map(|c| {
+                        let id = c.id;
+                        let record = Record::Comment(Comment::from(c));
+                        (
+                            id,
+                            EngagementRecord {
+                                record: Some(record),
+                            },
+                        )
+                    })
+                    .collect())
+            }
+        });
+        Ok(Response::new(likes.chain(comments).boxed()))
     }
 }

@@ -7,7 +7,11 @@ use std::sync::Arc;
 use bson::oid::ObjectId;
 use futures::FutureExt;
 use social_events::{
-    Envelope, Payload, consumer::Handler, outbox::Waker, removed_users, topology::QueueSpec,
+    Envelope, Payload,
+    consumer::{Budget, Handler},
+    outbox::Waker,
+    removed_users,
+    topology::QueueSpec,
 };
 
 use crate::store::Store;
@@ -52,7 +56,9 @@ pub fn handler(store: Store, relay: Waker) -> Handler {
 /// in batches; idempotent and resumable.
 async fn remove_user(store: &Store, relay: &Waker, user: ObjectId) -> anyhow::Result<()> {
     store.removed_users.mark(user).await?;
+    let budget = Budget::start();
     loop {
+        budget.check()?;
         let likes = store.likes_by(user, 100).await?;
         if likes.is_empty() {
             break;
@@ -63,6 +69,7 @@ async fn remove_user(store: &Store, relay: &Waker, user: ObjectId) -> anyhow::Re
         relay.wake();
     }
     loop {
+        budget.check()?;
         let comments = store.comments_by(user, 100).await?;
         if comments.is_empty() {
             break;

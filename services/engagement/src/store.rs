@@ -329,6 +329,38 @@ impl Store {
         self.delete_comment(comment.id, &event).await
     }
 
+    /// A page of `user`'s active likes, in id order after `after`.
+    pub async fn page_of_likes(
+        &self,
+        user: ObjectId,
+        after: Option<ObjectId>,
+    ) -> Result<Vec<LikeDoc>> {
+        Ok(mongo::page_by_id(
+            &self.likes,
+            doc! { "user_id": mongo::is(user), "state": ACTIVE },
+            outbox::without_bookkeeping(),
+            after,
+            100,
+        )
+        .await?)
+    }
+
+    /// A page of `user`'s comments that are not deleted, in id order after `after`.
+    pub async fn page_of_comments(
+        &self,
+        user: ObjectId,
+        after: Option<ObjectId>,
+    ) -> Result<Vec<CommentDoc>> {
+        Ok(mongo::page_by_id(
+            &self.comments,
+            doc! { "user_id": mongo::is(user), "state": ACTIVE },
+            outbox::without_bookkeeping(),
+            after,
+            100,
+        )
+        .await?)
+    }
+
     /// Up to `limit` of `user`'s active likes.
     pub async fn likes_by(&self, user: ObjectId, limit: i64) -> Result<Vec<LikeDoc>> {
         Ok(self

@@ -7,7 +7,11 @@ use bson::{DateTime, oid::ObjectId};
 use futures::FutureExt;
 use prost::Message;
 use social_events::{
-    Envelope, Payload, consumer::Handler, live::Broadcaster, outbox::Waker, removed_users,
+    Envelope, Payload,
+    consumer::{Budget, Handler},
+    live::Broadcaster,
+    outbox::Waker,
+    removed_users,
     topology::QueueSpec,
 };
 use social_kit::{client::Peer, content::mentions};
@@ -281,7 +285,10 @@ impl Fanout {
     /// batches: each batch's removal is pushed to its recipients' streams, then deleted
     /// (a failure in between pushes it again on the retry).
     async fn remove_about(&self, field: &str, id: ObjectId) -> anyhow::Result<()> {
+        // A viral post's thousands of notifications go in steps (see `Budget`).
+        let budget = Budget::start();
         loop {
+            budget.check()?;
             let batch = self.store.about(field, id, REMOVE_BATCH).await?;
             if batch.is_empty() {
                 return Ok(());

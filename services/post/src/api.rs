@@ -14,8 +14,9 @@ use social_proto::{
     graph::v1::{ListFollowingIdsRequest, social_graph_service_client::SocialGraphServiceClient},
     post::v1::{
         BatchGetPostsRequest, BatchGetPostsResponse, CreatePostRequest, DeletePostRequest,
-        GetPostRequest, ListHomeFeedRequest, ListHomeFeedResponse, ListUserPostsRequest,
-        ListUserPostsResponse, Post, UpdatePostRequest, post_service_server::PostService,
+        ExportUserPostsRequest, GetPostRequest, ListHomeFeedRequest, ListHomeFeedResponse,
+        ListUserPostsRequest, ListUserPostsResponse, Post, UpdatePostRequest,
+        post_service_server::PostService,
     },
 };
 use tonic::{Request, Response, Status};
@@ -255,5 +256,22 @@ impl PostService for Api {
             posts: docs.into_iter().map(Into::into).collect(),
             next_page_token,
         }))
+    }
+
+    type ExportUserPostsStream = futures::stream::BoxStream<'static, Result<Post, Status>>;
+
+    async fn export_user_posts(
+        &self,
+        request: Request<ExportUserPostsRequest>,
+    ) -> Result<Response<Self::ExportUserPostsStream>, Status> {
+        let author = id("user_id", &request.get_ref().user_id)?;
+        let store = self.store.clone();
+        Ok(Response::new(social_kit::export::paged(move |after| {
+            let store = store.clone();
+            async move {
+                let page = store.page_of_author(author, after).await?;
+                Ok(page.into_iter().map(|p| (p.id, Post::from(p))).collect())
+            }
+        })))
     }
 }

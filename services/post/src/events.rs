@@ -8,8 +8,13 @@ use std::sync::Arc;
 use bson::oid::ObjectId;
 use futures::FutureExt;
 use social_events::{
-    Envelope, Payload, consumer::Handler, new_envelope, outbox::Waker, pb::PostDeleted,
-    removed_users, topology::QueueSpec,
+    Envelope, Payload,
+    consumer::{Budget, Handler},
+    new_envelope,
+    outbox::Waker,
+    pb::PostDeleted,
+    removed_users,
+    topology::QueueSpec,
 };
 
 use crate::store::Store;
@@ -48,7 +53,9 @@ pub fn handler(store: Store, relay: Waker) -> Handler {
 /// and resumable (a retry goes on with the posts still there).
 async fn remove_author(store: &Store, relay: &Waker, user: ObjectId) -> anyhow::Result<()> {
     store.removed_users.mark(user).await?;
+    let budget = Budget::start();
     loop {
+        budget.check()?;
         let posts = store.ids_by_author(user, 100).await?;
         if posts.is_empty() {
             break;

@@ -145,6 +145,22 @@ impl Store {
         .await?)
     }
 
+    /// A page of `author`'s posts that are not deleted, in id order after `after`.
+    pub async fn page_of_author(
+        &self,
+        author: ObjectId,
+        after: Option<ObjectId>,
+    ) -> Result<Vec<PostDoc>> {
+        Ok(mongo::page_by_id(
+            &self.posts,
+            doc! { "user_id": mongo::is(author), "state": ACTIVE },
+            outbox::without_bookkeeping(),
+            after,
+            100,
+        )
+        .await?)
+    }
+
     /// Inserts `post` with `event` in its outbox.
     pub async fn insert(&self, post: &PostDoc, event: &Envelope) -> Result<()> {
         let mut post = post.clone();

@@ -7,8 +7,8 @@ use social_kit::{
 };
 use social_proto::{
     graph::v1::{
-        CountFollowsRequest, CountFollowsResponse, Follow, FollowCounts, FollowRequest,
-        GetRelationshipRequest, ListFollowersRequest, ListFollowersResponse,
+        CountFollowsRequest, CountFollowsResponse, ExportUserFollowsRequest, Follow, FollowCounts,
+        FollowRequest, GetRelationshipRequest, ListFollowersRequest, ListFollowersResponse,
         ListFollowingIdsRequest, ListFollowingIdsResponse, ListFollowingRequest,
         ListFollowingResponse, Relationship, UnfollowRequest,
         social_graph_service_server::SocialGraphService,
@@ -236,5 +236,28 @@ impl SocialGraphService for Api {
             });
         }
         Ok(Response::new(CountFollowsResponse { counts }))
+    }
+
+    type ExportUserFollowsStream = futures::stream::BoxStream<'static, Result<Follow, Status>>;
+
+    async fn export_user_follows(
+        &self,
+        request: Request<ExportUserFollowsRequest>,
+    ) -> Result<Response<Self::ExportUserFollowsStream>, Status> {
+        use futures::StreamExt;
+        let user = id("user_id", &request.get_ref().user_id)?;
+        let side = |side: &'static str| {
+            let store = self.store.clone();
+            social_kit::export::paged(move |after| {
+                let store = store.clone();
+                async move {
+                    let page = store.page_of(side, user, after).await?;
+                    Ok(page.into_iter().map(|f| (f.id, Follow::from(f))).collect())
+                }
+            })
+        };
+        Ok(Response::new(
+            side("follower_id").chain(side("followee_id")).boxed(),
+        ))
     }
 }

@@ -7,8 +7,13 @@ use std::sync::Arc;
 use bson::oid::ObjectId;
 use futures::FutureExt;
 use social_events::{
-    Envelope, Payload, consumer::Handler, new_envelope, outbox::Waker, pb::UserUnfollowed,
-    removed_users, topology::QueueSpec,
+    Envelope, Payload,
+    consumer::{Budget, Handler},
+    new_envelope,
+    outbox::Waker,
+    pb::UserUnfollowed,
+    removed_users,
+    topology::QueueSpec,
 };
 
 use crate::store::Store;
@@ -37,8 +42,10 @@ pub fn handler(store: Store, relay: Waker) -> Handler {
 /// resumable (a retry goes on with the follows still active).
 async fn remove_user(store: &Store, relay: &Waker, user: ObjectId) -> anyhow::Result<()> {
     store.removed_users.mark(user).await?;
+    let budget = Budget::start();
     for side in ["follower_id", "followee_id"] {
         loop {
+            budget.check()?;
             let follows = store.active_of(side, user, 100).await?;
             if follows.is_empty() {
                 break;

@@ -215,6 +215,23 @@ impl Store {
         Ok(r.modified_count == 1)
     }
 
+    /// A page of the active follows with `side` = `user`, in id order after `after`.
+    pub async fn page_of(
+        &self,
+        side: &str,
+        user: ObjectId,
+        after: Option<ObjectId>,
+    ) -> Result<Vec<FollowDoc>> {
+        Ok(mongo::page_by_id(
+            &self.follows,
+            doc! { side: mongo::is(user), "state": ACTIVE },
+            outbox::without_bookkeeping(),
+            after,
+            100,
+        )
+        .await?)
+    }
+
     /// The active follow of the pair, if any.
     pub async fn get(&self, follower: ObjectId, followee: ObjectId) -> Result<Option<FollowDoc>> {
         let filter = doc! {

@@ -2,7 +2,9 @@
 //! MongoDB types here beyond the ids the store takes.
 
 use bson::{DateTime, Document, oid::ObjectId};
+use futures::{StreamExt, stream::BoxStream};
 use social_events::{Payload, new_envelope, outbox::Waker, pb::UserDeleted};
+use social_kit::client::Peer;
 use social_kit::{
     Error, Result,
     auth::{TokenIssuer, caller, optional_caller, session},
@@ -19,6 +21,15 @@ use social_proto::user::v1::{
     RevokeOtherSessionsRequest, RevokeOtherSessionsResponse, RevokeSessionRequest, Session,
     UpdateUserRequest, User, user_service_server::UserService,
 };
+use social_proto::{
+    engagement::v1::{
+        ExportUserEngagementRequest, engagement_record,
+        engagement_service_client::EngagementServiceClient,
+    },
+    graph::v1::{ExportUserFollowsRequest, social_graph_service_client::SocialGraphServiceClient},
+    post::v1::{ExportUserPostsRequest, post_service_client::PostServiceClient},
+    user::v1::{ExportAccountRequest, ExportRecord, export_record::Record},
+};
 use tonic::{Request, Response, Status};
 
 use crate::{
@@ -34,14 +45,23 @@ const LOGIN_FAILED: &str = "invalid username, email or password";
 const REFRESH_FAILED: &str = "the refresh token is invalid, expired or revoked; log in again";
 
 pub struct Api {
-    store: Store,
-    sessions: Sessions,
-    throttle: Throttle,
-    tokens: TokenIssuer,
-    hasher: Hasher,
-    relay: Waker,
+    pub store: Store,
+    pub sessions: Sessions,
+    pub throttle: Throttle,
+    pub tokens: TokenIssuer,
+    pub hasher: Hasher,
+    /// Wakes the relay of the users' outboxes (`user.user.deleted`).
+    pub relay: Waker,
     /// How long a deleted account's username stays reserved.
-    quarantine: std::time::Duration,
+    pub quarantine: std::time::Duration,
+    pub peers: Peers,
+}
+
+/// The services an export asks.
+pub struct Peers {
+    pub posts: Peer,
+    pub engagement: Peer,
+    pub graph: Peer,
 }
 
 /// What a new session hands out: access token and expiry, refresh token and expiry, id.
@@ -54,26 +74,6 @@ struct Issued {
 }
 
 impl Api {
-    pub fn new(
-        store: Store,
-        sessions: Sessions,
-        throttle: Throttle,
-        tokens: TokenIssuer,
-        hasher: Hasher,
-        relay: Waker,
-        quarantine: std::time::Duration,
-    ) -> Self {
-        Self {
-            store,
-            sessions,
-            throttle,
-            tokens,
-            hasher,
-            relay,
-            quarantine,
-        }
-    }
-
     /// An access token for `session` with its refresh token.
     fn issue(&self, session: &SessionDoc, refresh_token: String) -> Result<Issued> {
         let (access_token, expires_at) = self.tokens.issue_for(session.user_id, session.id)?;
@@ -534,6 +534,85 @@ impl UserService for Api {
             .end_all_but(me, None, "account deleted")
             .await?;
         Ok(Response::new(()))
+    }
+
+    type ExportAccountStream = BoxStream<'static, Result<ExportRecord, Status>>;
+
+    async fn export_account(
+        &self,
+        request: Request<ExportAccountRequest>,
+    ) -> Result<Response<Self::ExportAccountStream>, Status> {
+        let me = caller(&request)?;
+        let user = self.store.by_id(me).await?.ok_or(Error::NotFound("user"))?;
+        let profile = ExportRecord {
+            record: Some(Record::Profile(to_wire(user, Some(me)))),
+        };
+        // A whole account takes longer than an RPC's usual deadline.
+        let long = std::time::Duration::from_secs(600);
+        let user_id = me.to_hex();
+        let posts = self.peers.posts.with_timeout(long);
+        let engagement = self.peers.engagement.with_timeout(long);
+        let graph = self.peers.graph.with_timeout(long);
+        let fail = |peer: &Peer| {
+            let peer = peer.clone();
+            move |status: Status| Status::from(peer.error(status))
+        };
+        let post_stream = PostServiceClient::new(posts.channel())
+            .export_user_posts(posts.request(ExportUserPostsRequest {
+                user_id: user_id.clone(),
+            }))
+            .await
+            .map_err(fail(&posts))?
+            .into_inner()
+            .map({
+                let fail = fail(&posts);
+                move |r| {
+                    r.map(|p| ExportRecord {
+                        record: Some(Record::Post(p)),
+                    })
+                    .map_err(&fail)
+                }
+            });
+        let engagement_stream = EngagementServiceClient::new(engagement.channel())
+            .export_user_engagement(engagement.request(ExportUserEngagementRequest {
+                user_id: user_id.clone(),
+            }))
+            .await
+            .map_err(fail(&engagement))?
+            .into_inner()
+            .map({
+                let fail = fail(&engagement);
+                move |r| {
+                    r.map(|e| ExportRecord {
+                        record: e.record.map(|r| match r {
+                            engagement_record::Record::Like(l) => Record::Like(l),
+                            engagement_record::Record::Comment(c) => Record::Comment(c),
+                        }),
+                    })
+                    .map_err(&fail)
+                }
+            });
+        let follow_stream = SocialGraphServiceClient::new(graph.channel())
+            .export_user_follows(graph.request(ExportUserFollowsRequest { user_id }))
+            .await
+            .map_err(fail(&graph))?
+            .into_inner()
+            .map({
+                let fail = fail(&graph);
+                move |r| {
+                    r.map(|f| ExportRecord {
+                        record: Some(Record::Follow(f)),
+                    })
+                    .map_err(&fail)
+                }
+            });
+        Ok(Response::new(
+            futures::stream::once(async move { Ok(profile) })
+                .chain(post_stream)
+                .chain(engagement_stream)
+                .chain(follow_stream)
+                .boxed(),
+        ))
     }
 
     async fn change_password(

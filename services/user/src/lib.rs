@@ -38,8 +38,14 @@ pub struct Config {
     pub token_ttl: Duration,
     /// Where follow events come from.
     pub events: EventsConfig,
-    /// The social-graph service (`GRAPH_SERVICE_URL`), asked only when recomputing counters.
+    /// The social-graph service (`GRAPH_SERVICE_URL`), asked when recomputing counters
+    /// and exporting an account.
     pub graph_service: Peer,
+    /// The post service (`POST_SERVICE_URL`), asked when exporting an account.
+    pub post_service: Peer,
+    /// The engagement service (`ENGAGEMENT_SERVICE_URL`), asked when exporting an
+    /// account.
+    pub engagement_service: Peer,
     /// `PASSWORD_HASH_MEMORY_MIB` (default 64): memory for password hashes at once (19
     /// MiB each); keep it well under the pod's memory limit.
     pub hash_memory_mib: u64,
@@ -79,6 +85,16 @@ impl Config {
                 "GRAPH_SERVICE_URL",
                 "http://127.0.0.1:50053",
             )?,
+            post_service: Peer::from_env(
+                "post service",
+                "POST_SERVICE_URL",
+                "http://127.0.0.1:50052",
+            )?,
+            engagement_service: Peer::from_env(
+                "engagement service",
+                "ENGAGEMENT_SERVICE_URL",
+                "http://127.0.0.1:50054",
+            )?,
             hash_memory_mib: social_kit::config::parse_or("PASSWORD_HASH_MEMORY_MIB", 64)?,
             hash_wait: social_kit::config::millis_or("PASSWORD_HASH_WAIT_MS", 500)?,
             sessions: sessions::Lifetimes {
@@ -111,6 +127,8 @@ impl Config {
             private_key_pem: None,
             token_ttl: Duration::from_secs(900),
             events,
+            post_service: graph_service.clone(),
+            engagement_service: graph_service.clone(),
             graph_service,
             hash_memory_mib: 64,
             hash_wait: Duration::from_millis(500),
@@ -167,15 +185,20 @@ pub async fn run(
     let gate = Gate::from_config(&config.common)?;
     // Publishes `user.user.deleted` from the deleted account's document.
     let relay = Relay::new(config.events.clone(), "user", &db, &[store::COLLECTION]);
-    let api = api::Api::new(
-        store.clone(),
-        sessions.clone(),
-        throttle.clone(),
-        config.issuer()?,
-        password::Hasher::new(config.hash_memory_mib, config.hash_wait)?,
-        relay.waker(),
-        config.quarantine,
-    );
+    let api = api::Api {
+        store: store.clone(),
+        sessions: sessions.clone(),
+        throttle: throttle.clone(),
+        tokens: config.issuer()?,
+        hasher: password::Hasher::new(config.hash_memory_mib, config.hash_wait)?,
+        relay: relay.waker(),
+        quarantine: config.quarantine,
+        peers: api::Peers {
+            posts: config.post_service.clone(),
+            engagement: config.engagement_service.clone(),
+            graph: config.graph_service.clone(),
+        },
+    };
     let server = UserServiceServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES);
     let routes = Routes::new(gate.guard(server));
     let mut background = Background::new();

@@ -4,6 +4,8 @@
 //! ```text
 //! scripts/bench feed     # ListHomeFeed latency for readers following 10..5000 accounts
 //! scripts/bench login    # one Login (Argon2id verify) end to end
+//! scripts/bench deletion # deleting an account with 1,000 posts, 5,000 likes given and
+//!                        # 2,000 follows, and GetPost's rate and latency meanwhile
 //! scripts/bench storm    # GetUser latency alone and during 64 clients logging in at once,
 //!                        # and how many logins per second the user service sustains
 //! scripts/bench notifications  # list, unread-only list and unread count, 100,000 notifications
@@ -48,12 +50,13 @@ async fn main() -> anyhow::Result<()> {
         "feed" => feed().await,
         "login" => login().await,
         "storm" => storm().await,
+        "deletion" => deletion().await,
         "notifications" => notifications().await,
         "events" => events().await,
         "streams" => streams().await,
         _ => {
             eprintln!(
-                "usage: social-loadgen feed|login|storm|notifications|events|streams   (MONGODB_URI must point at a database)"
+                "usage: social-loadgen feed|login|storm|deletion|notifications|events|streams   (MONGODB_URI must point at a database)"
             );
             std::process::exit(2);
         }
@@ -324,6 +327,155 @@ async fn storm() -> anyhow::Result<()> {
     report_memory("after the storm");
     database(&stack).await?.drop().await?;
     Ok(())
+}
+
+async fn deletion() -> anyhow::Result<()> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    const POSTS: usize = 1000;
+    const LIKES: usize = 5000;
+    const FOLLOWS: usize = 2000;
+    let stack = Stack::start().await;
+    let db = database(&stack).await?;
+    let (doomed, token) = stack.register("doomed").await;
+    let doomed = ObjectId::parse_str(&doomed)?;
+    let (other, _) = stack.register("other").await;
+    let other = ObjectId::parse_str(&other)?;
+    // Seeded straight into the owners' collections, as the services write them.
+    let now = DateTime::now();
+    let started_ms = now.timestamp_millis() - 60_000;
+    let post = |author: ObjectId| {
+        doc! {
+            "_id": ObjectId::new(), "user_id": author, "content": "seeded", "media": [],
+            "likes_count": 0_i64, "comments_count": 0_i64, "created_at": now,
+            "sort_key": social_kit::paging::fresh_sort_key(), "updated_at": now,
+            "state": "active", "recount_ms": 0_i64, "counter_version": 0_i64,
+            "outbox_pending": 0,
+        }
+    };
+    let own: Vec<_> = (0..POSTS).map(|_| post(doomed)).collect();
+    let targets: Vec<_> = (0..LIKES).map(|_| post(other)).collect();
+    let likes: Vec<_> = targets
+        .iter()
+        .map(|p| {
+            let target = p.get_object_id("_id").expect("an id");
+            doc! {
+                "_id": ObjectId::new(), "user_id": doomed, "target_type": "post",
+                "target_id": target, "post_id": target, "target_author_id": other,
+                "created_at": now, "sort_key": social_kit::paging::fresh_sort_key(),
+                "state": "active", "active_key": "active", "started_ms": started_ms,
+                "outbox_pending": 0,
+            }
+        })
+        .collect();
+    let follows: Vec<_> = (0..FOLLOWS)
+        .map(|i| {
+            let someone = ObjectId::new();
+            let (follower, followee) = if i % 2 == 0 {
+                (doomed, someone)
+            } else {
+                (someone, doomed)
+            };
+            doc! {
+                "_id": ObjectId::new(), "follower_id": follower, "followee_id": followee,
+                "created_at": now, "sort_key": social_kit::paging::fresh_sort_key(),
+                "state": "active", "active_key": "active", "started_ms": started_ms,
+                "outbox": [], "outbox_pending": 0,
+            }
+        })
+        .collect();
+    db.collection::<bson::Document>("posts")
+        .insert_many(own.into_iter().chain(targets))
+        .await?;
+    db.collection::<bson::Document>("likes")
+        .insert_many(likes)
+        .await?;
+    db.collection::<bson::Document>("followers")
+        .insert_many(follows)
+        .await?;
+    let probe = db
+        .collection::<bson::Document>("posts")
+        .find_one(doc! { "user_id": social_kit::mongo::is(other) })
+        .await?
+        .expect("a post")
+        .get_object_id("_id")?
+        .to_hex();
+    println!("an account with {POSTS} posts, {LIKES} likes given and {FOLLOWS} follows:");
+    let alone = get_post_for(&stack, &probe, Duration::from_secs(5)).await?;
+    report("GetPost alone", &alone.0);
+
+    let done = Arc::new(AtomicBool::new(false));
+    let meanwhile = {
+        let (done, stack_posts, probe) = (done.clone(), stack.posts().await, probe.clone());
+        tokio::spawn(async move {
+            let mut posts = stack_posts;
+            let mut h = histogram();
+            let started = Instant::now();
+            while !done.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                posts
+                    .get_post(social_proto::post::v1::GetPostRequest { id: probe.clone() })
+                    .await?;
+                h.record(t.elapsed().as_micros() as u64)?;
+            }
+            Ok::<_, anyhow::Error>((h, started.elapsed()))
+        })
+    };
+    let started = Instant::now();
+    stack
+        .users()
+        .await
+        .delete_account(authed(
+            social_proto::user::v1::DeleteAccountRequest {
+                password: "correct horse battery".into(),
+            },
+            &token,
+        ))
+        .await?;
+    let requested = started.elapsed();
+    let users = db.collection::<bson::Document>("users");
+    loop {
+        let user = users.find_one(doc! { "_id": doomed }).await?;
+        if user.is_some_and(|u| u.contains_key("deletion_finished_ms")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let finished = started.elapsed();
+    done.store(true, Ordering::Relaxed);
+    let (during, span) = meanwhile.await??;
+    println!(
+        "DeleteAccount answered in {:.0} ms; every service cleared the account after {:.1} s",
+        requested.as_secs_f64() * 1000.0,
+        finished.as_secs_f64()
+    );
+    report("GetPost during the cascade", &during);
+    println!(
+        "GetPost rate: {:.0}/s alone, {:.0}/s during the cascade (one client)",
+        alone.0.len() as f64 / alone.1.as_secs_f64(),
+        during.len() as f64 / span.as_secs_f64()
+    );
+    report_memory("after the deletion");
+    db.drop().await?;
+    Ok(())
+}
+
+/// GetPost latencies of one client calling for `how_long`, and how long it ran.
+async fn get_post_for(
+    stack: &Stack,
+    id: &str,
+    how_long: Duration,
+) -> anyhow::Result<(Histogram<u64>, Duration)> {
+    let mut posts = stack.posts().await;
+    let mut h = histogram();
+    let started = Instant::now();
+    while started.elapsed() < how_long {
+        let t = Instant::now();
+        posts
+            .get_post(social_proto::post::v1::GetPostRequest { id: id.into() })
+            .await?;
+        h.record(t.elapsed().as_micros() as u64)?;
+    }
+    Ok((h, started.elapsed()))
 }
 
 async fn notifications() -> anyhow::Result<()> {

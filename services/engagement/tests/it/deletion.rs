@@ -431,3 +431,69 @@ async fn a_cascade_survives_a_broker_outage_and_a_crash_in_the_middle() {
     let refs: Vec<&str> = posts.iter().map(String::as_str).collect();
     counters_are_true(&app, &[&alice_id], &refs, &[]).await;
 }
+
+#[tokio::test]
+async fn an_account_exports_everything_it_made_before_it_goes() {
+    use social_proto::user::v1::{ExportAccountRequest, export_record::Record};
+    let app = App::start().await;
+    let (writer_id, writer) = app.stack.register("writer").await;
+    let (alice_id, alice) = app.stack.register("alice").await;
+    let mine = app.post(&writer, "mine").await;
+    let _also = app.post(&writer, "also mine").await;
+    let theirs = app.post(&alice, "alice's").await;
+    app.like_post(&writer, &theirs.id).await.unwrap();
+    app.comment(&writer, &theirs.id, "nice").await.unwrap();
+    app.comment(&writer, &mine.id, "my own").await.unwrap();
+    follow(&app, &writer, &alice_id).await;
+    follow(&app, &alice, &writer_id).await;
+
+    // A user service that knows where its peers are.
+    let peer = |name, addr: SocketAddr| {
+        social_testkit::peer(name, &format!("http://{addr}"), Duration::from_secs(5))
+    };
+    let mut config = user_config(&app);
+    config.post_service = peer("post service", app.stack.post.addr);
+    config.engagement_service = peer("engagement service", app.stack.engagement.addr);
+    config.graph_service = peer("social-graph service", app.stack.graph.addr);
+    let users = social_testkit::start(|l, s| social_user::run(config, l, s)).await;
+    let mut client =
+        social_proto::user::v1::user_service_client::UserServiceClient::new(users.channel().await);
+    let mut export = client
+        .export_account(authed(ExportAccountRequest {}, &writer))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut kinds = std::collections::BTreeMap::<&str, usize>::new();
+    let mut first = None;
+    while let Some(record) = export.message().await.unwrap() {
+        let kind = match record.record.unwrap() {
+            Record::Profile(u) => {
+                assert_eq!(u.email, "writer@example.com", "the owner's own data");
+                "profile"
+            }
+            Record::Post(_) => "post",
+            Record::Like(_) => "like",
+            Record::Comment(_) => "comment",
+            Record::Follow(_) => "follow",
+        };
+        first.get_or_insert(kind);
+        *kinds.entry(kind).or_default() += 1;
+    }
+    assert_eq!(first, Some("profile"));
+    let want = [
+        ("comment", 2),
+        ("follow", 2),
+        ("like", 1),
+        ("post", 2),
+        ("profile", 1),
+    ];
+    assert_eq!(kinds, want.into_iter().collect());
+
+    // Gone with the account.
+    delete_account(&app, &writer, PASSWORD).await.unwrap();
+    let err = client
+        .export_account(authed(ExportAccountRequest {}, &writer))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+}
