@@ -129,6 +129,25 @@ where
     running
 }
 
+/// Starts an HTTP server `run(listener, shutdown)` on an ephemeral port; it serves once
+/// bound.
+pub async fn start_http<R, F>(run: R) -> Running
+where
+    R: FnOnce(TcpListener, CancellationToken) -> F,
+    F: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    social_kit::telemetry::init_for_tests();
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    let shutdown = CancellationToken::new();
+    let handle = tokio::spawn(run(listener, shutdown.clone()));
+    Running {
+        addr,
+        shutdown,
+        handle: Some(handle),
+    }
+}
+
 /// Waits (up to 30 s) until the server at `addr` reports SERVING for `service`.
 pub async fn wait_serving(addr: SocketAddr, service: &str) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);

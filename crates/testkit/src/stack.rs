@@ -137,6 +137,28 @@ impl Stack {
         .await
     }
 
+    /// A gateway in front of these services, configured by `change`; it answers once
+    /// its port is open (it has no gRPC health of its own).
+    pub async fn gateway(
+        &self,
+        change: impl FnOnce(&mut social_gateway::Config),
+    ) -> crate::Running {
+        let url = |r: &Running| format!("http://{}", r.addr);
+        let peer = |name, r: &Running| {
+            social_kit::client::Peer::new(name, "URL", &url(r), Duration::from_secs(2))
+                .expect("peer URL")
+        };
+        let mut config = social_gateway::Config::for_tests([
+            peer("user service", &self.user),
+            peer("post service", &self.post),
+            peer("social-graph service", &self.graph),
+            peer("engagement service", &self.engagement),
+            peer("notification service", &self.notification),
+        ]);
+        change(&mut config);
+        crate::start_http(|l, s| social_gateway::run(config, l, s)).await
+    }
+
     pub async fn notifications(&self) -> NotificationServiceClient<Channel> {
         NotificationServiceClient::new(self.notification.channel().await)
     }

@@ -1,0 +1,361 @@
+//! Accounts, profiles and sessions (the user service).
+
+use axum::{
+    Json,
+    extract::{OriginalUri, Path, State},
+    http::StatusCode,
+    response::Response,
+};
+use prost_types::FieldMask;
+use social_proto::user::v1::{
+    ChangePasswordRequest, DeleteAccountRequest, GetUserByUsernameRequest, GetUserRequest,
+    ListSessionsRequest, LoginRequest, LogoutRequest, RefreshSessionRequest, RegisterRequest,
+    RevokeOtherSessionsRequest, RevokeSessionRequest, UpdateUserRequest, User as WireUser,
+    user_service_client::UserServiceClient,
+};
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use crate::{
+    context::{AppState, Body, Identity, PageQuery, Query, created, paged},
+    error::{ApiError, ApiResult, ErrorBody},
+    model::{
+        Confirm, LogIn, PasswordChange, ProfileChange, Refresh, Session, SessionPage, SignUp,
+        Tokens, Updated, User,
+    },
+};
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(sign_up))
+        .routes(routes!(log_in, list_sessions))
+        .routes(routes!(refresh))
+        .routes(routes!(log_out))
+        .routes(routes!(revoke_session))
+        .routes(routes!(revoke_other_sessions))
+        .routes(routes!(get_user))
+        .routes(routes!(get_user_by_username))
+        .routes(routes!(me, change_me, delete_me))
+        .routes(routes!(change_password))
+}
+
+fn client(state: &AppState) -> UserServiceClient<tonic::transport::Channel> {
+    UserServiceClient::new(state.services.users.channel())
+}
+
+/// Calls the user service and maps its failure.
+macro_rules! user_call {
+    ($state:expr, $call:expr) => {
+        $state
+            .services
+            .users
+            .call($call)
+            .await
+            .map_err(|s| ApiError::upstream(&$state.services.users, s))
+    };
+}
+
+/// Signs up: the account, and the tokens of its first session.
+#[utoipa::path(post, path = "/v1/accounts", tag = "accounts", request_body = SignUp,
+    responses((status = 201, body = Tokens, description = "the account and its tokens"),
+        (status = 400, body = ErrorBody), (status = 409, body = ErrorBody, description = "username or email taken"),
+        (status = 429, body = ErrorBody)))]
+async fn sign_up(
+    State(state): State<AppState>,
+    who: Identity,
+    Body(body): Body<SignUp>,
+) -> ApiResult<Response> {
+    let peer = &state.services.users;
+    let request = RegisterRequest {
+        username: body.username,
+        email: body.email,
+        password: body.password,
+        full_name: body.full_name,
+        device: body.device,
+    };
+    let r = user_call!(state, client(&state).register(who.request(peer, request)))?;
+    let user: Option<User> = r.user.map(Into::into);
+    let location = format!("/v1/users/{}", user.as_ref().map_or("", |u| u.id.as_str()));
+    let tokens = Tokens {
+        access_token: r.access_token,
+        expires_at: crate::model::time(r.expires_at),
+        refresh_token: r.refresh_token,
+        refresh_expires_at: crate::model::time(r.refresh_expires_at),
+        session_id: r.session_id,
+        user,
+    };
+    Ok(created(location, tokens))
+}
+
+/// Logs in: a new session and its tokens.
+#[utoipa::path(post, path = "/v1/sessions", tag = "sessions", request_body = LogIn,
+    responses((status = 201, body = Tokens), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody, description = "wrong username, email or password"),
+        (status = 429, body = ErrorBody, description = "too many failed logins: see Retry-After")))]
+async fn log_in(
+    State(state): State<AppState>,
+    who: Identity,
+    Body(body): Body<LogIn>,
+) -> ApiResult<Response> {
+    let peer = &state.services.users;
+    let request = LoginRequest {
+        username_or_email: body.username_or_email,
+        password: body.password,
+        device: body.device,
+    };
+    let r = user_call!(state, client(&state).login(who.request(peer, request)))?;
+    let location = format!("/v1/sessions/{}", r.session_id);
+    let tokens = Tokens {
+        access_token: r.access_token,
+        expires_at: crate::model::time(r.expires_at),
+        refresh_token: r.refresh_token,
+        refresh_expires_at: crate::model::time(r.refresh_expires_at),
+        session_id: r.session_id,
+        user: r.user.map(Into::into),
+    };
+    Ok(created(location, tokens))
+}
+
+/// Exchanges a refresh token for new tokens (the old one stops working; using it again
+/// ends the session).
+#[utoipa::path(post, path = "/v1/sessions/refresh", tag = "sessions", request_body = Refresh,
+    responses((status = 200, body = Tokens), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 429, body = ErrorBody)))]
+async fn refresh(
+    State(state): State<AppState>,
+    who: Identity,
+    Body(body): Body<Refresh>,
+) -> ApiResult<Json<Tokens>> {
+    let peer = &state.services.users;
+    let request = RefreshSessionRequest {
+        refresh_token: body.refresh_token,
+    };
+    let r = user_call!(
+        state,
+        client(&state).refresh_session(who.request(peer, request))
+    )?;
+    Ok(Json(Tokens {
+        access_token: r.access_token,
+        expires_at: crate::model::time(r.expires_at),
+        refresh_token: r.refresh_token,
+        refresh_expires_at: crate::model::time(r.refresh_expires_at),
+        session_id: r.session_id,
+        user: None,
+    }))
+}
+
+/// Logs out: ends the current session.
+#[utoipa::path(delete, path = "/v1/sessions/current", tag = "sessions",
+    security(("bearer" = [])),
+    responses((status = 204), (status = 401, body = ErrorBody)))]
+async fn log_out(State(state): State<AppState>, who: Identity) -> ApiResult<StatusCode> {
+    who.account()?;
+    let peer = &state.services.users;
+    user_call!(
+        state,
+        client(&state).logout(who.request(peer, LogoutRequest {}))
+    )?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The caller's sessions, newest first.
+#[utoipa::path(get, path = "/v1/sessions", tag = "sessions", params(PageQuery),
+    security(("bearer" = [])),
+    responses((status = 200, body = SessionPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+async fn list_sessions(
+    State(state): State<AppState>,
+    who: Identity,
+    OriginalUri(uri): OriginalUri,
+    Query(page): Query<PageQuery>,
+) -> ApiResult<Response> {
+    who.account()?;
+    let peer = &state.services.users;
+    let request = ListSessionsRequest {
+        page_size: page.page_size,
+        page_token: page.page_token,
+    };
+    let r = user_call!(
+        state,
+        client(&state).list_sessions(who.request(peer, request))
+    )?;
+    let items: Vec<Session> = r.sessions.into_iter().map(Into::into).collect();
+    let page = SessionPage {
+        items,
+        next_page_token: r.next_page_token.clone(),
+    };
+    Ok(paged(&uri, page, &r.next_page_token))
+}
+
+/// Ends one of the caller's sessions.
+#[utoipa::path(delete, path = "/v1/sessions/{id}", tag = "sessions",
+    params(("id" = String, Path, description = "a session id")), security(("bearer" = [])),
+    responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn revoke_session(
+    State(state): State<AppState>,
+    who: Identity,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    who.account()?;
+    let peer = &state.services.users;
+    let request = RevokeSessionRequest { session_id: id };
+    user_call!(
+        state,
+        client(&state).revoke_session(who.request(peer, request))
+    )?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Ends every session of the caller but the current one.
+#[utoipa::path(post, path = "/v1/sessions/revoke-others", tag = "sessions",
+    security(("bearer" = [])),
+    responses((status = 200, body = Updated), (status = 401, body = ErrorBody)))]
+async fn revoke_other_sessions(
+    State(state): State<AppState>,
+    who: Identity,
+) -> ApiResult<Json<Updated>> {
+    who.account()?;
+    let peer = &state.services.users;
+    let request = RevokeOtherSessionsRequest {};
+    let r = user_call!(
+        state,
+        client(&state).revoke_other_sessions(who.request(peer, request))
+    )?;
+    Ok(Json(Updated {
+        updated_count: r.revoked_count,
+    }))
+}
+
+/// One user.
+#[utoipa::path(get, path = "/v1/users/{id}", tag = "users",
+    params(("id" = String, Path, description = "a user id")),
+    responses((status = 200, body = User), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn get_user(
+    State(state): State<AppState>,
+    who: Identity,
+    Path(id): Path<String>,
+) -> ApiResult<Json<User>> {
+    let peer = &state.services.users;
+    let u = user_call!(
+        state,
+        client(&state).get_user(who.request(peer, GetUserRequest { id }))
+    )?;
+    Ok(Json(u.into()))
+}
+
+/// One user by username, case-insensitively.
+#[utoipa::path(get, path = "/v1/users/by-username/{username}", tag = "users",
+    params(("username" = String, Path)),
+    responses((status = 200, body = User), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn get_user_by_username(
+    State(state): State<AppState>,
+    who: Identity,
+    Path(username): Path<String>,
+) -> ApiResult<Json<User>> {
+    let peer = &state.services.users;
+    let request = GetUserByUsernameRequest { username };
+    let u = user_call!(
+        state,
+        client(&state).get_user_by_username(who.request(peer, request))
+    )?;
+    Ok(Json(u.into()))
+}
+
+/// The caller's own profile (with the email).
+#[utoipa::path(get, path = "/v1/me", tag = "users", security(("bearer" = [])),
+    responses((status = 200, body = User), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn me(State(state): State<AppState>, who: Identity) -> ApiResult<Json<User>> {
+    let me = who.account()?;
+    let peer = &state.services.users;
+    let request = GetUserRequest {
+        id: me.user.to_hex(),
+    };
+    let u = user_call!(state, client(&state).get_user(who.request(peer, request)))?;
+    Ok(Json(u.into()))
+}
+
+/// Changes the caller's profile: the fields present.
+#[utoipa::path(patch, path = "/v1/me", tag = "users", request_body = ProfileChange,
+    security(("bearer" = [])),
+    responses((status = 200, body = User), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+async fn change_me(
+    State(state): State<AppState>,
+    who: Identity,
+    Body(body): Body<ProfileChange>,
+) -> ApiResult<Json<User>> {
+    let me = who.account()?;
+    let mut paths = Vec::new();
+    let mut user = WireUser {
+        id: me.user.to_hex(),
+        ..Default::default()
+    };
+    if let Some(v) = body.full_name {
+        user.full_name = v;
+        paths.push("full_name".to_owned());
+    }
+    if let Some(v) = body.bio {
+        user.bio = v;
+        paths.push("bio".to_owned());
+    }
+    if let Some(v) = body.profile_picture_url {
+        user.profile_picture_url = v;
+        paths.push("profile_picture_url".to_owned());
+    }
+    if paths.is_empty() {
+        return Err(ApiError::invalid(
+            "body",
+            "give at least one of full_name, bio, profile_picture_url",
+        ));
+    }
+    let peer = &state.services.users;
+    let request = UpdateUserRequest {
+        user: Some(user),
+        update_mask: Some(FieldMask { paths }),
+    };
+    let u = user_call!(
+        state,
+        client(&state).update_user(who.request(peer, request))
+    )?;
+    Ok(Json(u.into()))
+}
+
+/// Changes the caller's password (every other session ends).
+#[utoipa::path(put, path = "/v1/me/password", tag = "users", request_body = PasswordChange,
+    security(("bearer" = [])),
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+async fn change_password(
+    State(state): State<AppState>,
+    who: Identity,
+    Body(body): Body<PasswordChange>,
+) -> ApiResult<StatusCode> {
+    who.account()?;
+    let peer = &state.services.users;
+    let request = ChangePasswordRequest {
+        old_password: body.old_password,
+        new_password: body.new_password,
+    };
+    user_call!(
+        state,
+        client(&state).change_password(who.request(peer, request))
+    )?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Deletes the caller's account (the password confirms it).
+#[utoipa::path(delete, path = "/v1/me", tag = "users", request_body = Confirm,
+    security(("bearer" = [])),
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+async fn delete_me(
+    State(state): State<AppState>,
+    who: Identity,
+    Body(body): Body<Confirm>,
+) -> ApiResult<StatusCode> {
+    who.account()?;
+    let peer = &state.services.users;
+    let request = DeleteAccountRequest {
+        password: body.password,
+    };
+    user_call!(
+        state,
+        client(&state).delete_account(who.request(peer, request))
+    )?;
+    Ok(StatusCode::NO_CONTENT)
+}

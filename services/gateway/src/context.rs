@@ -1,0 +1,262 @@
+//! What every handler works with: the services (through the kit's peer client:
+//! deadline, trace context, error mapping), who is calling (client address and
+//! verified account), request bodies that answer in the error shape, pages, and the
+//! one-batch hydration of accounts.
+
+use std::{collections::HashMap, net::IpAddr, sync::Arc};
+
+use axum::{
+    extract::{FromRequest, FromRequestParts, Request, rejection::JsonRejection},
+    http::{HeaderMap, HeaderValue, header, request::Parts},
+    response::{IntoResponse, Response},
+};
+use serde::{Deserialize, de::DeserializeOwned};
+use social_kit::{auth::Caller, client::Peer};
+use social_proto::user::v1::{BatchGetUsersRequest, user_service_client::UserServiceClient};
+use tonic::Code;
+use utoipa::IntoParams;
+
+use crate::{
+    error::{ApiError, ApiResult},
+    model::Account,
+};
+
+/// The services behind the gateway. Cheap to clone.
+#[derive(Clone)]
+pub struct Services {
+    pub users: Peer,
+    pub posts: Peer,
+    pub graph: Peer,
+    pub engagement: Peer,
+    pub notifications: Peer,
+}
+
+/// Shared by every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub services: Services,
+    pub limits: Arc<crate::limits::Limits>,
+    pub settings: Arc<crate::Settings>,
+}
+
+/// Who is calling: the client's address and, with a valid bearer token, the account.
+/// Set by the first middleware; a bad token is 401 before anything else.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    pub ip: IpAddr,
+    pub caller: Option<Caller>,
+    /// The bearer token as sent, passed on to the services.
+    pub token: Option<String>,
+}
+
+impl Identity {
+    /// The caller's account, or 401.
+    pub fn account(&self) -> ApiResult<Caller> {
+        self.caller.ok_or_else(|| {
+            ApiError::new(
+                Code::Unauthenticated,
+                "this call needs an access token (Authorization: Bearer <token>)",
+            )
+        })
+    }
+
+    /// `message` for `peer`, carrying the caller's token.
+    pub fn request<T>(&self, peer: &Peer, message: T) -> tonic::Request<T> {
+        let mut request = peer.request(message);
+        if let Some(token) = &self.token
+            && let Ok(value) = format!("Bearer {token}").parse()
+        {
+            request.metadata_mut().insert("authorization", value);
+        }
+        request
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Identity {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<Identity>()
+            .cloned()
+            .ok_or_else(|| ApiError::new(Code::Internal, "internal error"))
+    }
+}
+
+/// A JSON request body; a malformed one, or one with an unknown field, is a 400 in the
+/// error shape naming the field.
+pub struct Body<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(value)) => Ok(Self(value)),
+            Err(rejection) => Err(body_error(&rejection)),
+        }
+    }
+}
+
+fn body_error(rejection: &JsonRejection) -> ApiError {
+    let text = rejection.body_text();
+    // serde names an unknown field as "unknown field `name`".
+    if let Some(start) = text.find("unknown field `") {
+        let rest = &text[start + "unknown field `".len()..];
+        if let Some(end) = rest.find('`') {
+            return ApiError::invalid(&rest[..end], "is not a field of this request");
+        }
+    }
+    if let Some(start) = text.find("missing field `") {
+        let rest = &text[start + "missing field `".len()..];
+        if let Some(end) = rest.find('`') {
+            return ApiError::invalid(&rest[..end], "is required");
+        }
+    }
+    if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        return ApiError::too_large();
+    }
+    match rejection {
+        JsonRejection::MissingJsonContentType(_) => {
+            ApiError::invalid("body", "must be JSON (Content-Type: application/json)")
+        }
+        _ => ApiError::invalid("body", text),
+    }
+}
+
+/// `page_size` and `page_token` of a list.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageQuery {
+    /// Items per page: 20 when absent, at most 100.
+    #[serde(default)]
+    pub page_size: i32,
+    /// `next_page_token` of the previous page.
+    #[serde(default)]
+    pub page_token: String,
+}
+
+/// A query string that answers in the error shape.
+pub struct Query<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(value)) => Ok(Self(value)),
+            Err(rejection) => Err(ApiError::invalid("query", rejection.body_text())),
+        }
+    }
+}
+
+/// A page as JSON with its `Link: <...>; rel="next"` header.
+pub fn paged<T: serde::Serialize>(uri: &axum::http::Uri, page: T, next_token: &str) -> Response {
+    let mut response = axum::Json(page).into_response();
+    if !next_token.is_empty() {
+        let mut query: Vec<(String, String)> = uri
+            .query()
+            .map(|q| {
+                form_pairs(q)
+                    .into_iter()
+                    .filter(|(k, _)| k != "page_token")
+                    .collect()
+            })
+            .unwrap_or_default();
+        query.push(("page_token".into(), next_token.into()));
+        let query: Vec<String> = query
+            .iter()
+            .map(|(k, v)| format!("{k}={}", encode(v)))
+            .collect();
+        let link = format!("<{}?{}>; rel=\"next\"", uri.path(), query.join("&"));
+        if let Ok(value) = HeaderValue::from_str(&link) {
+            response.headers_mut().insert(header::LINK, value);
+        }
+    }
+    response
+}
+
+/// `k=v` pairs of a query string (values left as sent).
+fn form_pairs(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) => (k.to_owned(), v.to_owned()),
+            None => (p.to_owned(), String::new()),
+        })
+        .collect()
+}
+
+/// Percent-encodes what a page token may hold beyond URL-safe base64.
+fn encode(v: &str) -> String {
+    v.chars()
+        .map(|c| match c {
+            'A'..='Z' | 'a'..='z' | '0'..='9' | '-' | '_' | '.' | '~' | '%' => c.to_string(),
+            other => format!("%{:02X}", other as u32),
+        })
+        .collect()
+}
+
+/// A `201 Created` with `Location`.
+pub fn created<T: serde::Serialize>(location: String, body: T) -> Response {
+    let mut response = (axum::http::StatusCode::CREATED, axum::Json(body)).into_response();
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    response
+}
+
+/// The accounts of `ids`, in one call to the user service (missing ones are absent).
+pub async fn accounts(
+    services: &Services,
+    identity: &Identity,
+    ids: impl IntoIterator<Item = String>,
+) -> ApiResult<HashMap<String, Account>> {
+    let mut unique: Vec<String> = Vec::new();
+    for id in ids {
+        if !unique.contains(&id) {
+            unique.push(id);
+        }
+    }
+    if unique.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let peer = &services.users;
+    let mut client = UserServiceClient::new(peer.channel());
+    let found = peer
+        .call(client.batch_get_users(identity.request(peer, BatchGetUsersRequest { ids: unique })))
+        .await
+        .map_err(|s| ApiError::upstream(peer, s))?;
+    Ok(found
+        .users
+        .iter()
+        .map(|u| (u.id.clone(), Account::from(u)))
+        .collect())
+}
+
+/// The `Authorization: Bearer` token of `headers`, if any (`Err` if malformed).
+pub fn bearer(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let value = value.to_str().map_err(|_| {
+        ApiError::new(
+            Code::Unauthenticated,
+            "the Authorization header is not text",
+        )
+    })?;
+    let token = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| {
+            ApiError::new(
+                Code::Unauthenticated,
+                "the Authorization header must be `Bearer <access token>`",
+            )
+        })?;
+    Ok(Some(token.to_owned()))
+}

@@ -1,0 +1,195 @@
+//! Follows (the social-graph service). Lists carry the other account of each follow,
+//! fetched with one batch call per page.
+
+use axum::{
+    Json,
+    extract::{OriginalUri, Path, State},
+    http::StatusCode,
+    response::Response,
+};
+use social_proto::graph::v1::{
+    FollowRequest, GetRelationshipRequest, ListFollowersRequest, ListFollowingRequest,
+    UnfollowRequest, social_graph_service_client::SocialGraphServiceClient,
+};
+use tonic::transport::Channel;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use crate::{
+    context::{AppState, Identity, PageQuery, Query, accounts, paged},
+    error::{ApiError, ApiResult, ErrorBody},
+    model::{Follow, FollowPage, Relationship},
+};
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(follow, unfollow))
+        .routes(routes!(followers))
+        .routes(routes!(following))
+        .routes(routes!(relationship))
+}
+
+fn graph(state: &AppState) -> SocialGraphServiceClient<Channel> {
+    SocialGraphServiceClient::new(state.services.graph.channel())
+}
+
+macro_rules! call {
+    ($state:expr, $call:expr) => {
+        $state
+            .services
+            .graph
+            .call($call)
+            .await
+            .map_err(|s| ApiError::upstream(&$state.services.graph, s))
+    };
+}
+
+/// Follows a user (again: nothing changes).
+#[utoipa::path(put, path = "/v1/users/{id}/follow", tag = "follows", params(("id" = String, Path)),
+    security(("bearer" = [])),
+    responses((status = 200, body = Follow), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+async fn follow(
+    State(state): State<AppState>,
+    who: Identity,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Follow>> {
+    who.account()?;
+    let peer = &state.services.graph;
+    let request = FollowRequest { followee_id: id };
+    let f = call!(state, graph(&state).follow(who.request(peer, request)))?;
+    Ok(Json(f.into()))
+}
+
+/// Stops following a user (not following: nothing changes).
+#[utoipa::path(delete, path = "/v1/users/{id}/follow", tag = "follows", params(("id" = String, Path)),
+    security(("bearer" = [])),
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+async fn unfollow(
+    State(state): State<AppState>,
+    who: Identity,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    who.account()?;
+    let peer = &state.services.graph;
+    let request = UnfollowRequest { followee_id: id };
+    call!(state, graph(&state).unfollow(who.request(peer, request)))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `follows` with the account on `side` of each (one call for the page).
+async fn with_accounts(
+    state: &AppState,
+    who: &Identity,
+    follows: Vec<social_proto::graph::v1::Follow>,
+    followers: bool,
+) -> ApiResult<Vec<Follow>> {
+    let other = |f: &social_proto::graph::v1::Follow| {
+        if followers {
+            f.follower_id.clone()
+        } else {
+            f.followee_id.clone()
+        }
+    };
+    let found = accounts(&state.services, who, follows.iter().map(other)).await?;
+    Ok(follows
+        .into_iter()
+        .map(|f| {
+            let account = found.get(&other(&f)).cloned();
+            Follow {
+                account,
+                ..Follow::from(f)
+            }
+        })
+        .collect())
+}
+
+/// Who follows a user, newest first.
+#[utoipa::path(get, path = "/v1/users/{id}/followers", tag = "follows",
+    params(("id" = String, Path), PageQuery),
+    responses((status = 200, body = FollowPage), (status = 400, body = ErrorBody)))]
+async fn followers(
+    State(state): State<AppState>,
+    who: Identity,
+    OriginalUri(uri): OriginalUri,
+    Path(id): Path<String>,
+    Query(page): Query<PageQuery>,
+) -> ApiResult<Response> {
+    let peer = &state.services.graph;
+    let request = ListFollowersRequest {
+        user_id: id,
+        page_size: page.page_size,
+        page_token: page.page_token,
+    };
+    let r = call!(
+        state,
+        graph(&state).list_followers(who.request(peer, request))
+    )?;
+    let items = with_accounts(&state, &who, r.follows, true).await?;
+    let next = r.next_page_token;
+    Ok(paged(
+        &uri,
+        FollowPage {
+            items,
+            next_page_token: next.clone(),
+        },
+        &next,
+    ))
+}
+
+/// Whom a user follows, newest first.
+#[utoipa::path(get, path = "/v1/users/{id}/following", tag = "follows",
+    params(("id" = String, Path), PageQuery),
+    responses((status = 200, body = FollowPage), (status = 400, body = ErrorBody)))]
+async fn following(
+    State(state): State<AppState>,
+    who: Identity,
+    OriginalUri(uri): OriginalUri,
+    Path(id): Path<String>,
+    Query(page): Query<PageQuery>,
+) -> ApiResult<Response> {
+    let peer = &state.services.graph;
+    let request = ListFollowingRequest {
+        user_id: id,
+        page_size: page.page_size,
+        page_token: page.page_token,
+    };
+    let r = call!(
+        state,
+        graph(&state).list_following(who.request(peer, request))
+    )?;
+    let items = with_accounts(&state, &who, r.follows, false).await?;
+    let next = r.next_page_token;
+    Ok(paged(
+        &uri,
+        FollowPage {
+            items,
+            next_page_token: next.clone(),
+        },
+        &next,
+    ))
+}
+
+/// How the caller and a user stand: whether each follows the other.
+#[utoipa::path(get, path = "/v1/users/{id}/relationship", tag = "follows",
+    params(("id" = String, Path)), security(("bearer" = [])),
+    responses((status = 200, body = Relationship), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+async fn relationship(
+    State(state): State<AppState>,
+    who: Identity,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Relationship>> {
+    let me = who.account()?;
+    let peer = &state.services.graph;
+    let request = GetRelationshipRequest {
+        user_id: me.user.to_hex(),
+        other_user_id: id,
+    };
+    let r = call!(
+        state,
+        graph(&state).get_relationship(who.request(peer, request))
+    )?;
+    Ok(Json(Relationship {
+        following: r.following,
+        followed_by: r.followed_by,
+    }))
+}

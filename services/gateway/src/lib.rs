@@ -1,0 +1,392 @@
+//! The gateway: the HTTP/JSON front door for web and mobile clients (`social-gateway`,
+//! `GATEWAY_ADDR`, default `127.0.0.1:8080`). It calls the five services through the
+//! kit's peer client (deadline, trace context, error mapping) and never touches MongoDB
+//! or RabbitMQ itself.
+//!
+//! One module per resource (`accounts`, `posts`, `graph`, `notifications`), one error
+//! body and its mapping from a service's status (`error`), the rate limits and the
+//! client's identity (`limits`), and the OpenAPI document derived from the handlers and
+//! types themselves (`GET /openapi.json`). [`run`] is what `main` and the tests call.
+
+mod accounts;
+mod context;
+mod error;
+mod graph;
+mod limits;
+mod model;
+mod notifications;
+mod posts;
+
+use std::{net::IpAddr, net::SocketAddr, sync::Arc, time::Duration};
+
+use axum::{
+    Json, Router,
+    extract::{DefaultBodyLimit, State},
+    http::{HeaderName, HeaderValue, Method, StatusCode, header},
+    middleware,
+    response::IntoResponse,
+    routing::get,
+};
+pub use limits::{Rate, Rates};
+use social_kit::{
+    auth::TokenVerifier,
+    client::Peer,
+    config::{CommonConfig, ConfigError, optional, parse_or},
+};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::{
+    compression::CompressionLayer,
+    cors::{AllowOrigin, CorsLayer},
+    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
+    trace::{DefaultOnResponse, TraceLayer},
+};
+use utoipa::{
+    Modify, OpenApi,
+    openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
+};
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::context::{AppState, Services};
+
+/// Everything the gateway reads from its environment.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Shared settings; listens on `GATEWAY_ADDR`. (`MONGODB_*` are not used.)
+    pub common: CommonConfig,
+    pub user_service: Peer,
+    pub post_service: Peer,
+    pub graph_service: Peer,
+    pub engagement_service: Peer,
+    pub notification_service: Peer,
+    /// The rate limits (`GATEWAY_RATE_*`).
+    pub rates: Rates,
+    /// `GATEWAY_TRUSTED_PROXIES`: comma-separated addresses whose `X-Forwarded-For` is
+    /// believed (a load balancer's).
+    pub trusted_proxies: Vec<IpAddr>,
+    /// `GATEWAY_CORS_ORIGINS`: comma-separated origins browsers may call from.
+    pub cors_origins: Vec<String>,
+    /// `GATEWAY_MAX_BODY_BYTES` (65536): the largest request body.
+    pub max_body_bytes: usize,
+}
+
+impl social_kit::config::ServiceConfig for Config {
+    fn common(&self) -> &CommonConfig {
+        &self.common
+    }
+}
+
+fn list(var: &str) -> Vec<String> {
+    optional(var)
+        .map(|v| {
+            v.split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+impl Config {
+    /// Reads the environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let peer = |name, var, url| Peer::from_env(name, var, url);
+        let trusted_proxies = list("GATEWAY_TRUSTED_PROXIES")
+            .into_iter()
+            .map(|a| {
+                a.parse().map_err(|_| ConfigError {
+                    var: "GATEWAY_TRUSTED_PROXIES".into(),
+                    value: a.clone(),
+                    reason: "expected comma-separated IP addresses".into(),
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            common: CommonConfig::from_env("gateway", "GATEWAY_ADDR", "127.0.0.1:8080")?,
+            user_service: peer("user service", "USER_SERVICE_URL", "http://127.0.0.1:50051")?,
+            post_service: peer("post service", "POST_SERVICE_URL", "http://127.0.0.1:50052")?,
+            graph_service: peer(
+                "social-graph service",
+                "GRAPH_SERVICE_URL",
+                "http://127.0.0.1:50053",
+            )?,
+            engagement_service: peer(
+                "engagement service",
+                "ENGAGEMENT_SERVICE_URL",
+                "http://127.0.0.1:50054",
+            )?,
+            notification_service: peer(
+                "notification service",
+                "NOTIFICATION_SERVICE_URL",
+                "http://127.0.0.1:50055",
+            )?,
+            rates: Rates {
+                anonymous: parse_or("GATEWAY_RATE_ANONYMOUS", Rate::per(300, 300))?,
+                account: parse_or("GATEWAY_RATE_ACCOUNT", Rate::per(1200, 300))?,
+                login: parse_or("GATEWAY_RATE_LOGIN", Rate::per(30, 300))?,
+                signup: parse_or("GATEWAY_RATE_SIGNUP", Rate::per(10, 3600))?,
+            },
+            trusted_proxies,
+            cors_origins: list("GATEWAY_CORS_ORIGINS"),
+            max_body_bytes: parse_or("GATEWAY_MAX_BODY_BYTES", 64 * 1024)?,
+        })
+    }
+
+    /// The services at these peers, the defaults otherwise, an ephemeral port.
+    pub fn for_tests(services: [Peer; 5]) -> Self {
+        let [
+            user_service,
+            post_service,
+            graph_service,
+            engagement_service,
+            notification_service,
+        ] = services;
+        Self {
+            common: CommonConfig::for_tests("gateway", "mongodb://unused", "unused"),
+            user_service,
+            post_service,
+            graph_service,
+            engagement_service,
+            notification_service,
+            rates: Rates {
+                anonymous: Rate::per(300, 300),
+                account: Rate::per(1200, 300),
+                login: Rate::per(30, 300),
+                signup: Rate::per(100, 3600),
+            },
+            trusted_proxies: Vec::new(),
+            cors_origins: vec!["https://app.example.com".into()],
+            max_body_bytes: 64 * 1024,
+        }
+    }
+}
+
+impl Rate {
+    /// `requests` per `seconds`.
+    pub const fn per(requests: u32, seconds: u64) -> Self {
+        Self {
+            requests,
+            per: Duration::from_secs(seconds),
+        }
+    }
+}
+
+/// What the handlers share beyond the services.
+pub struct Settings {
+    edge: limits::Edge,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "social network API",
+        description = "The HTTP/JSON API for web and mobile clients. Errors are \
+            `{\"error\": {\"code\", \"status\", \"message\", \"details\"}}`; lists take \
+            `page_size` and `page_token` and answer `next_page_token` and a `Link` header.",
+        version = "1"
+    ),
+    modifiers(&Bearer),
+    components(schemas(error::ErrorBody, error::ErrorStatus, error::FieldViolation))
+)]
+struct ApiDoc;
+
+/// The bearer scheme of the OpenAPI document.
+struct Bearer;
+
+impl Modify for Bearer {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some(
+                        "The access_token of POST /v1/accounts, POST /v1/sessions or \
+                         POST /v1/sessions/refresh",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The routes and their OpenAPI document.
+fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(accounts::routes())
+        .merge(posts::routes())
+        .merge(graph::routes())
+        .merge(notifications::routes())
+        .split_for_parts()
+}
+
+/// The OpenAPI document, as `GET /openapi.json` serves it.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api().1
+}
+
+/// `/healthz`: the process answers.
+async fn healthz() -> impl IntoResponse {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+/// `/readyz`: every service's gRPC health is SERVING.
+async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let s = &state.services;
+    let mut down = Vec::new();
+    for (name, peer) in [
+        ("user", &s.users),
+        ("post", &s.posts),
+        ("social-graph", &s.graph),
+        ("engagement", &s.engagement),
+        ("notification", &s.notifications),
+    ] {
+        let mut client = HealthClient::new(peer.channel());
+        let serving = peer
+            .call(client.check(peer.request(HealthCheckRequest::default())))
+            .await
+            .is_ok_and(|r| r.status == 1);
+        if !serving {
+            down.push(name);
+        }
+    }
+    let status = if down.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(serde_json::json!({ "not_serving": down })))
+}
+
+/// Serves the gateway on `listener` until `shutdown` is cancelled.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let limits = Arc::new(limits::Limits::new(config.rates));
+    let state = AppState {
+        services: Services {
+            users: config.user_service.clone(),
+            posts: config.post_service.clone(),
+            graph: config.graph_service.clone(),
+            engagement: config.engagement_service.clone(),
+            notifications: config.notification_service.clone(),
+        },
+        limits: limits.clone(),
+        settings: Arc::new(Settings {
+            edge: limits::Edge {
+                verifier: TokenVerifier::from_config(&config.common)?,
+                trusted_proxies: config.trusted_proxies.clone(),
+            },
+        }),
+    };
+    let (routes, openapi) = api();
+    let openapi = Arc::new(openapi);
+    let request_id = HeaderName::from_static("x-request-id");
+    let cors = CorsLayer::new()
+        .allow_origin(AllowOrigin::list(
+            config
+                .cors_origins
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o).ok()),
+        ))
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+        ])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            HeaderName::from_static("last-event-id"),
+        ])
+        .expose_headers([
+            header::LINK,
+            header::LOCATION,
+            header::RETRY_AFTER,
+            request_id.clone(),
+            HeaderName::from_static("ratelimit-limit"),
+            HeaderName::from_static("ratelimit-remaining"),
+            HeaderName::from_static("ratelimit-reset"),
+        ])
+        .max_age(Duration::from_secs(600));
+    let app = routes
+        .route(
+            "/openapi.json",
+            get(move || {
+                let openapi = openapi.clone();
+                async move { Json(openapi.as_ref().clone()) }
+            }),
+        )
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(|| async { error::ApiError::new(tonic::Code::NotFound, "no such route") })
+        .layer(middleware::from_fn_with_state(state.clone(), limits::limit))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            limits::identify,
+        ))
+        // Through the extractors, so that a body too large is answered in the error shape.
+        .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .layer(CompressionLayer::new())
+        .layer(cors)
+        // The access log: one line per request, with its status and latency, in its span.
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                .on_request(())
+                .on_response(DefaultOnResponse::new().level(tracing::Level::INFO))
+                .on_failure(()),
+        )
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .with_state(state);
+
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "gateway listening");
+    let pruning = tokio::spawn(limits::prune_every_minute(limits, shutdown.clone()));
+    let stop = shutdown.clone();
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { stop.cancelled().await })
+    .await?;
+    pruning.abort();
+    Ok(())
+}
+
+/// A span per request: method, route, request id, and the caller's trace context
+/// (`traceparent`), so that the services' spans join the client's trace.
+fn request_span(request: &axum::http::Request<axum::body::Body>) -> tracing::Span {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or(request.uri().path(), |p| p.as_str())
+        .to_owned();
+    let id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let span = tracing::info_span!(
+        "http.request",
+        otel.kind = "server",
+        otel.name = %format!("{} {route}", request.method()),
+        http.method = %request.method(),
+        http.route = %route,
+        request_id = %id,
+    );
+    social_kit::telemetry::extract(
+        &span,
+        &social_kit::telemetry::HeaderExtractor(request.headers()),
+    );
+    span
+}

@@ -1,0 +1,429 @@
+//! The JSON of the gateway: what clients send and get, with the OpenAPI schema derived
+//! from the same types, and the conversions from the services' messages. Field names
+//! are the documents' (`likes_count`, `created_at`), times are RFC 3339, ids are
+//! strings, counters numbers. Request bodies reject unknown fields.
+
+use serde::{Deserialize, Serialize};
+use social_proto::{
+    common::v1::Media as WireMedia,
+    engagement::v1::{Comment as WireComment, Like as WireLike},
+    graph::v1::Follow as WireFollow,
+    notification::v1::{Notification as WireNotification, NotificationType},
+    post::v1::Post as WirePost,
+    user::v1::{Session as WireSession, User as WireUser},
+};
+use utoipa::ToSchema;
+
+/// RFC 3339 of a wire timestamp (empty when absent).
+pub fn time(t: Option<prost_types::Timestamp>) -> String {
+    t.and_then(|t| {
+        let ms = t.seconds.saturating_mul(1000) + i64::from(t.nanos) / 1_000_000;
+        bson::DateTime::from_millis(ms).try_to_rfc3339_string().ok()
+    })
+    .unwrap_or_default()
+}
+
+/// Who acted or wrote: what a client shows beside an item.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Account {
+    pub id: String,
+    pub username: String,
+    pub full_name: String,
+    pub profile_picture_url: String,
+}
+
+impl From<&WireUser> for Account {
+    fn from(u: &WireUser) -> Self {
+        Self {
+            id: u.id.clone(),
+            username: u.username.clone(),
+            full_name: u.full_name.clone(),
+            profile_picture_url: u.profile_picture_url.clone(),
+        }
+    }
+}
+
+/// A user's profile.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct User {
+    pub id: String,
+    pub username: String,
+    /// Only on the caller's own profile.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    pub full_name: String,
+    pub bio: String,
+    pub profile_picture_url: String,
+    pub followers_count: i64,
+    pub following_count: i64,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl From<WireUser> for User {
+    fn from(u: WireUser) -> Self {
+        Self {
+            id: u.id,
+            username: u.username,
+            email: Some(u.email).filter(|e| !e.is_empty()),
+            full_name: u.full_name,
+            bio: u.bio,
+            profile_picture_url: u.profile_picture_url,
+            followers_count: u.followers_count,
+            following_count: u.following_count,
+            created_at: time(u.created_at),
+            updated_at: time(u.updated_at),
+        }
+    }
+}
+
+/// An image, video or gif attached to a post or comment.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Media {
+    /// `image`, `video` or `gif`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Absolute http(s) URL, at most 2048 characters.
+    pub url: String,
+    /// Optional preview image.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub thumbnail_url: String,
+    /// Pixels, 1..=16384.
+    pub width: i32,
+    /// Pixels, 1..=16384.
+    pub height: i32,
+    /// Seconds, > 0: required for `video` and `gif`, absent for `image`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<f64>,
+}
+
+impl From<WireMedia> for Media {
+    fn from(m: WireMedia) -> Self {
+        Self {
+            kind: m.r#type,
+            url: m.url,
+            thumbnail_url: m.thumbnail_url,
+            width: m.width,
+            height: m.height,
+            duration: m.duration,
+        }
+    }
+}
+
+impl From<Media> for WireMedia {
+    fn from(m: Media) -> Self {
+        Self {
+            r#type: m.kind,
+            url: m.url,
+            thumbnail_url: m.thumbnail_url,
+            width: m.width,
+            height: m.height,
+            duration: m.duration,
+        }
+    }
+}
+
+/// A post.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Post {
+    pub id: String,
+    /// The author's id.
+    pub user_id: String,
+    /// The author (in lists and on a single post).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub author: Option<Account>,
+    pub content: String,
+    pub media: Vec<Media>,
+    pub likes_count: i64,
+    pub comments_count: i64,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl From<WirePost> for Post {
+    fn from(p: WirePost) -> Self {
+        Self {
+            id: p.id,
+            user_id: p.user_id,
+            author: None,
+            content: p.content,
+            media: p.media.into_iter().map(Into::into).collect(),
+            likes_count: p.likes_count,
+            comments_count: p.comments_count,
+            created_at: time(p.created_at),
+            updated_at: time(p.updated_at),
+        }
+    }
+}
+
+/// A comment on a post.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Comment {
+    pub id: String,
+    pub post_id: String,
+    /// The author's id.
+    pub user_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub author: Option<Account>,
+    pub content: String,
+    pub media: Vec<Media>,
+    pub likes_count: i64,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl From<WireComment> for Comment {
+    fn from(c: WireComment) -> Self {
+        Self {
+            id: c.id,
+            post_id: c.post_id,
+            user_id: c.user_id,
+            author: None,
+            content: c.content,
+            media: c.media.into_iter().map(Into::into).collect(),
+            likes_count: c.likes_count,
+            created_at: time(c.created_at),
+            updated_at: time(c.updated_at),
+        }
+    }
+}
+
+/// A like of a post.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Like {
+    pub user_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account: Option<Account>,
+    pub post_id: String,
+    pub created_at: String,
+}
+
+impl From<WireLike> for Like {
+    fn from(l: WireLike) -> Self {
+        Self {
+            user_id: l.user_id,
+            account: None,
+            post_id: l.post_id,
+            created_at: time(l.created_at),
+        }
+    }
+}
+
+/// One account following another.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Follow {
+    pub follower_id: String,
+    pub followee_id: String,
+    /// The other account of the list: the follower in a followers list, the followee
+    /// in a following list.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account: Option<Account>,
+    pub created_at: String,
+}
+
+impl From<WireFollow> for Follow {
+    fn from(f: WireFollow) -> Self {
+        Self {
+            follower_id: f.follower_id,
+            followee_id: f.followee_id,
+            account: None,
+            created_at: time(f.created_at),
+        }
+    }
+}
+
+/// How the caller and another account stand.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Relationship {
+    /// The caller follows the account.
+    pub following: bool,
+    /// The account follows the caller.
+    pub followed_by: bool,
+}
+
+/// A notification of the caller.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Notification {
+    pub id: String,
+    /// `FOLLOW`, `POST_LIKE`, `COMMENT_LIKE`, `POST_COMMENT` or `MENTION`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Who acted.
+    pub source_user_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account: Option<Account>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub post_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comment_id: Option<String>,
+    pub is_read: bool,
+    pub created_at: String,
+}
+
+impl From<WireNotification> for Notification {
+    fn from(n: WireNotification) -> Self {
+        let kind = NotificationType::try_from(n.r#type)
+            .map(|t| t.as_str_name().to_owned())
+            .unwrap_or_default();
+        Self {
+            id: n.id,
+            kind,
+            source_user_id: n.source_user_id,
+            account: None,
+            post_id: n.post_id,
+            comment_id: n.comment_id,
+            is_read: n.is_read,
+            created_at: time(n.created_at),
+        }
+    }
+}
+
+/// One of the caller's sessions.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Session {
+    pub id: String,
+    /// The label given at login.
+    pub device: String,
+    pub created_at: String,
+    pub last_used_at: String,
+    /// When it ends unless refreshed before.
+    pub expires_at: String,
+    /// Whether the request's access token belongs to it.
+    pub current: bool,
+}
+
+impl From<WireSession> for Session {
+    fn from(s: WireSession) -> Self {
+        Self {
+            id: s.id,
+            device: s.device,
+            created_at: time(s.created_at),
+            last_used_at: time(s.last_used_at),
+            expires_at: time(s.expires_at),
+            current: s.current,
+        }
+    }
+}
+
+/// What signing up, logging in and refreshing hand out.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Tokens {
+    /// `Authorization: Bearer <access_token>`; short-lived.
+    pub access_token: String,
+    pub expires_at: String,
+    /// For `POST /v1/sessions/refresh`; returned only here.
+    pub refresh_token: String,
+    pub refresh_expires_at: String,
+    pub session_id: String,
+    /// The account (on sign-up and log-in).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<User>,
+}
+
+/// A count.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Count {
+    pub count: i64,
+}
+
+/// How many things a request changed.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Updated {
+    pub updated_count: i64,
+}
+
+/// A page of a list, newest first unless the route says otherwise; `next_page_token`
+/// (also in the `Link` header, `rel="next"`) is empty on the last page.
+macro_rules! page {
+    ($name:ident, $item:ty) => {
+        #[derive(Debug, Clone, Serialize, ToSchema)]
+        pub struct $name {
+            pub items: Vec<$item>,
+            pub next_page_token: String,
+        }
+    };
+}
+page!(PostPage, Post);
+page!(CommentPage, Comment);
+page!(LikePage, Like);
+page!(FollowPage, Follow);
+page!(NotificationPage, Notification);
+page!(SessionPage, Session);
+
+// Request bodies.
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SignUp {
+    pub username: String,
+    pub email: String,
+    pub password: String,
+    #[serde(default)]
+    pub full_name: String,
+    /// A label for the session this starts.
+    #[serde(default)]
+    pub device: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LogIn {
+    pub username_or_email: String,
+    pub password: String,
+    #[serde(default)]
+    pub device: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Refresh {
+    pub refresh_token: String,
+}
+
+/// The fields to change; absent ones stay as they are.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileChange {
+    pub full_name: Option<String>,
+    pub bio: Option<String>,
+    pub profile_picture_url: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordChange {
+    pub old_password: String,
+    pub new_password: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Confirm {
+    pub password: String,
+}
+
+/// A new post or comment: text, media, or both.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewBody {
+    #[serde(default)]
+    pub content: String,
+    #[serde(default)]
+    pub media: Vec<Media>,
+}
+
+/// The parts of a post or comment to change; absent ones stay as they are.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BodyChange {
+    pub content: Option<String>,
+    pub media: Option<Vec<Media>>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MarkRead {
+    /// 1..=100 notification ids.
+    pub ids: Vec<String>,
+}

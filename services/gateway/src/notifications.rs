@@ -1,0 +1,422 @@
+//! The caller's notifications (the notification service): lists with each actor's
+//! account, read state, and the live stream as Server-Sent Events.
+//!
+//! **Resuming the stream.** Each SSE event's `id` starts with the notification's id,
+//! followed by the newest `created_at` (ms) the connection has sent and the ids of the
+//! other notifications it sent that were created within 60 s of that: the
+//! `Last-Event-ID` a client sends back on reconnecting therefore says exactly what it
+//! has of the window the resume rule of docs/events.md pages through. The gateway opens
+//! the service's stream first, then pages the list from the top down to 60 s before
+//! that newest one, sends what the client lacks (oldest first), then the live ones,
+//! each id once: no gap, no duplicate.
+
+use std::{
+    collections::{HashMap, HashSet},
+    convert::Infallible,
+    time::Duration,
+};
+
+use axum::{
+    Json,
+    extract::{OriginalUri, State},
+    http::HeaderMap,
+    response::{
+        Response,
+        sse::{Event, KeepAlive, Sse},
+    },
+};
+use futures::StreamExt;
+use serde::Deserialize;
+use social_proto::notification::v1::{
+    GetUnreadCountRequest, ListNotificationsRequest, MarkAllNotificationsReadRequest,
+    MarkNotificationsReadRequest, Notification as WireNotification, NotificationType,
+    StreamNotificationsRequest, notification_service_client::NotificationServiceClient,
+};
+use tonic::transport::Channel;
+use utoipa::IntoParams;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use crate::{
+    context::{AppState, Body, Identity, Query, accounts, paged},
+    error::{ApiError, ApiResult, ErrorBody},
+    model::{Account, Count, MarkRead, Notification, NotificationPage, Updated},
+};
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(unread_count))
+        .routes(routes!(mark_read))
+        .routes(routes!(mark_all_read))
+        .routes(routes!(stream))
+}
+
+fn client(state: &AppState) -> NotificationServiceClient<Channel> {
+    NotificationServiceClient::new(state.services.notifications.channel())
+}
+
+macro_rules! call {
+    ($state:expr, $call:expr) => {
+        $state
+            .services
+            .notifications
+            .call($call)
+            .await
+            .map_err(|s| ApiError::upstream(&$state.services.notifications, s))
+    };
+}
+
+/// `page_size`, `page_token`, `unread_only` and `types` of the list.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Items per page: 20 when absent, at most 100.
+    #[serde(default)]
+    pub page_size: i32,
+    /// `next_page_token` of the previous page.
+    #[serde(default)]
+    pub page_token: String,
+    /// Only unread ones.
+    #[serde(default)]
+    pub unread_only: bool,
+    /// Only these types, comma-separated (`FOLLOW,MENTION`); all when absent.
+    #[serde(default)]
+    pub types: String,
+}
+
+/// The wire numbers of `types` (`FOLLOW,MENTION`), naming a bad one.
+fn types(list: &str) -> ApiResult<Vec<i32>> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|t| {
+            NotificationType::from_str_name(&t.to_ascii_uppercase())
+                .filter(|t| *t != NotificationType::Unspecified)
+                .map(|t| t as i32)
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        "types",
+                        format!(
+                            "{t:?} is not one of FOLLOW, POST_LIKE, COMMENT_LIKE, POST_COMMENT, MENTION"
+                        ),
+                    )
+                })
+        })
+        .collect()
+}
+
+/// `notifications` with their actors' accounts (one call for them all).
+async fn with_accounts(
+    state: &AppState,
+    who: &Identity,
+    wire: Vec<WireNotification>,
+) -> ApiResult<Vec<Notification>> {
+    let actors = accounts(
+        &state.services,
+        who,
+        wire.iter().map(|n| n.source_user_id.clone()),
+    )
+    .await?;
+    Ok(attach(wire, &actors))
+}
+
+fn attach(wire: Vec<WireNotification>, actors: &HashMap<String, Account>) -> Vec<Notification> {
+    wire.into_iter()
+        .map(|n| {
+            let account = actors.get(&n.source_user_id).cloned();
+            Notification {
+                account,
+                ..Notification::from(n)
+            }
+        })
+        .collect()
+}
+
+/// The caller's notifications, newest first, each with who acted.
+#[utoipa::path(get, path = "/v1/notifications", tag = "notifications", params(ListQuery),
+    security(("bearer" = [])),
+    responses((status = 200, body = NotificationPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+async fn list(
+    State(state): State<AppState>,
+    who: Identity,
+    OriginalUri(uri): OriginalUri,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Response> {
+    who.account()?;
+    let request = ListNotificationsRequest {
+        page_size: q.page_size,
+        page_token: q.page_token,
+        unread_only: q.unread_only,
+        types: types(&q.types)?,
+    };
+    let peer = &state.services.notifications;
+    let r = call!(
+        state,
+        client(&state).list_notifications(who.request(peer, request))
+    )?;
+    let items = with_accounts(&state, &who, r.notifications).await?;
+    let next = r.next_page_token;
+    Ok(paged(
+        &uri,
+        NotificationPage {
+            items,
+            next_page_token: next.clone(),
+        },
+        &next,
+    ))
+}
+
+/// How many of the caller's notifications are unread.
+#[utoipa::path(get, path = "/v1/notifications/unread-count", tag = "notifications",
+    security(("bearer" = [])),
+    responses((status = 200, body = Count), (status = 401, body = ErrorBody)))]
+async fn unread_count(State(state): State<AppState>, who: Identity) -> ApiResult<Json<Count>> {
+    who.account()?;
+    let peer = &state.services.notifications;
+    let r = call!(
+        state,
+        client(&state).get_unread_count(who.request(peer, GetUnreadCountRequest {}))
+    )?;
+    Ok(Json(Count { count: r.count }))
+}
+
+/// Marks some of the caller's notifications read (others' ids change nothing).
+#[utoipa::path(post, path = "/v1/notifications/read", tag = "notifications",
+    request_body = MarkRead, security(("bearer" = [])),
+    responses((status = 200, body = Updated), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+async fn mark_read(
+    State(state): State<AppState>,
+    who: Identity,
+    Body(body): Body<MarkRead>,
+) -> ApiResult<Json<Updated>> {
+    who.account()?;
+    let peer = &state.services.notifications;
+    let request = MarkNotificationsReadRequest { ids: body.ids };
+    let r = call!(
+        state,
+        client(&state).mark_notifications_read(who.request(peer, request))
+    )?;
+    Ok(Json(Updated {
+        updated_count: r.updated_count,
+    }))
+}
+
+/// Marks all of the caller's notifications read.
+#[utoipa::path(post, path = "/v1/notifications/read-all", tag = "notifications",
+    security(("bearer" = [])),
+    responses((status = 200, body = Updated), (status = 401, body = ErrorBody)))]
+async fn mark_all_read(State(state): State<AppState>, who: Identity) -> ApiResult<Json<Updated>> {
+    who.account()?;
+    let peer = &state.services.notifications;
+    let request = MarkAllNotificationsReadRequest {};
+    let r = call!(
+        state,
+        client(&state).mark_all_notifications_read(who.request(peer, request))
+    )?;
+    Ok(Json(Updated {
+        updated_count: r.updated_count,
+    }))
+}
+
+/// How far back a resume pages (docs/events.md: notifications are pushed within 30 s
+/// of their `created_at`).
+const RESUME_WINDOW_MS: i64 = 60_000;
+/// Most notifications a resume sends before the live ones.
+const RESUME_MAX: usize = 1000;
+/// Most ids a resume point carries.
+const RESUME_IDS: usize = 50;
+
+/// What a connection has sent, as its SSE ids say.
+#[derive(Default)]
+struct Sent {
+    newest_ms: i64,
+    /// Ids sent, with their `created_at` (ms), within the window of `newest_ms`.
+    recent: Vec<(String, i64)>,
+}
+
+impl Sent {
+    /// Parses a `Last-Event-ID` (see the module docs).
+    fn parse(last: &str) -> Option<Self> {
+        let mut parts = last.split('.');
+        let last_id = parts.next()?.to_owned();
+        let newest_ms = parts.next()?.parse().ok()?;
+        let mut recent = vec![(last_id, newest_ms)];
+        if let Some(others) = parts.next() {
+            recent.extend(
+                others
+                    .split(',')
+                    .filter(|id| !id.is_empty())
+                    .map(|id| (id.to_owned(), newest_ms)),
+            );
+        }
+        Some(Self { newest_ms, recent })
+    }
+
+    fn has(&self, id: &str) -> bool {
+        self.recent.iter().any(|(sent, _)| sent == id)
+    }
+
+    /// Records `id` sent; the SSE id that says so.
+    fn record(&mut self, id: &str, created_ms: i64) -> String {
+        self.newest_ms = self.newest_ms.max(created_ms);
+        let floor = self.newest_ms - RESUME_WINDOW_MS;
+        self.recent
+            .retain(|(other, ms)| *ms >= floor && other != id);
+        self.recent.push((id.to_owned(), created_ms));
+        if self.recent.len() > RESUME_IDS {
+            let excess = self.recent.len() - RESUME_IDS;
+            self.recent.drain(..excess);
+        }
+        let others: Vec<&str> = self
+            .recent
+            .iter()
+            .filter(|(other, _)| other != id)
+            .map(|(other, _)| other.as_str())
+            .collect();
+        format!("{id}.{}.{}", self.newest_ms, others.join(","))
+    }
+}
+
+fn created_ms(n: &WireNotification) -> i64 {
+    n.created_at
+        .as_ref()
+        .map_or(0, |t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
+}
+
+/// One SSE event for a notification (or its removal).
+fn event(sent: &mut Sent, n: Notification, removed: bool) -> Option<Event> {
+    if removed {
+        let body = serde_json::json!({ "id": n.id });
+        return Event::default().event("removed").json_data(body).ok();
+    }
+    let ms = bson::DateTime::parse_rfc3339_str(&n.created_at)
+        .map(|t| t.timestamp_millis())
+        .unwrap_or_default();
+    let id = sent.record(&n.id, ms);
+    Event::default()
+        .event("notification")
+        .id(id)
+        .json_data(&n)
+        .ok()
+}
+
+/// The caller's notifications, live, as Server-Sent Events: `event: notification` with
+/// the notification (and who acted) as data, `event: removed` when one is removed
+/// (its post or comment was deleted), and a comment line every 15 s to keep proxies
+/// from closing it. Reconnecting with `Last-Event-ID` sends what was missed first, with
+/// no gap and no duplicate (see the module docs). The stream ends when the service's
+/// does (the access token expired, the service moved): reconnect.
+#[utoipa::path(get, path = "/v1/notifications/stream", tag = "notifications",
+    params(("Last-Event-ID" = Option<String>, Header, description = "the id of the last event received")),
+    security(("bearer" = [])),
+    responses((status = 200, content_type = "text/event-stream", description = "the live notifications"),
+        (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn stream(
+    State(state): State<AppState>,
+    who: Identity,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    use axum::response::IntoResponse;
+    who.account()?;
+    let peer = state.services.notifications.clone();
+    // The live feed first, so that nothing falls between it and the pages.
+    let mut request = who.request(&peer, StreamNotificationsRequest {});
+    // A stream outlives an RPC's deadline; it ends with its token.
+    request.set_timeout(Duration::from_secs(24 * 3600));
+    let live = client(&state)
+        .stream_notifications(request)
+        .await
+        .map_err(|s| ApiError::upstream(&peer, s))?
+        .into_inner();
+    let mut sent = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(Sent::parse);
+    let missed = match &sent {
+        Some(point) => missed_since(&state, &who, point).await?,
+        None => Vec::new(),
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Event>(64);
+    tokio::spawn(async move {
+        let mut sent = sent.take().unwrap_or_default();
+        let mut delivered: HashSet<String> = HashSet::new();
+        let mut actors: HashMap<String, Account> = HashMap::new();
+        for n in missed {
+            delivered.insert(n.id.clone());
+            if let Some(e) = event(&mut sent, n, false)
+                && tx.send(e).await.is_err()
+            {
+                return;
+            }
+        }
+        let mut live = live;
+        while let Some(Ok(n)) = live.next().await {
+            if n.removed {
+                let id = n.id.clone();
+                if let Some(e) = event(&mut sent, Notification::from(n), true)
+                    && tx.send(e).await.is_err()
+                {
+                    return;
+                }
+                delivered.remove(&id);
+                continue;
+            }
+            if !delivered.insert(n.id.clone()) {
+                continue; // in the pages already
+            }
+            if !actors.contains_key(&n.source_user_id)
+                && let Ok(found) = accounts(&state.services, &who, [n.source_user_id.clone()]).await
+            {
+                actors.extend(found);
+            }
+            let n = attach(vec![n], &actors).into_iter().next();
+            if let Some(e) = n.and_then(|n| event(&mut sent, n, false))
+                && tx.send(e).await.is_err()
+            {
+                return;
+            }
+        }
+        // The service's stream ended (token expiry, a replica that lost its feed):
+        // closing ours makes the client reconnect with its Last-Event-ID.
+    });
+    let events = tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<_, Infallible>);
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
+}
+
+/// What the client lacks of the window before its resume point, oldest first.
+async fn missed_since(
+    state: &AppState,
+    who: &Identity,
+    point: &Sent,
+) -> ApiResult<Vec<Notification>> {
+    let peer = &state.services.notifications;
+    let floor = point.newest_ms - RESUME_WINDOW_MS;
+    let (mut missed, mut token) = (Vec::new(), String::new());
+    'pages: loop {
+        let request = ListNotificationsRequest {
+            page_size: 100,
+            page_token: token.clone(),
+            ..Default::default()
+        };
+        let page = call!(
+            state,
+            client(state).list_notifications(who.request(peer, request))
+        )?;
+        for n in page.notifications {
+            if created_ms(&n) < floor || missed.len() >= RESUME_MAX {
+                break 'pages;
+            }
+            if !point.has(&n.id) {
+                missed.push(n);
+            }
+        }
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    missed.reverse();
+    with_accounts(state, who, missed).await
+}

@@ -1,0 +1,529 @@
+//! Posts, timelines, the home feed, likes and comments (the post and engagement
+//! services). Lists carry each item's author, fetched with one batch call per page.
+
+use axum::{
+    Json,
+    extract::{OriginalUri, Path, State},
+    http::StatusCode,
+    response::Response,
+};
+use prost_types::FieldMask;
+use social_proto::{
+    engagement::v1::{
+        Comment as WireComment, CreateCommentRequest, DeleteCommentRequest, LikeCommentRequest,
+        LikePostRequest, ListCommentsRequest, ListPostLikesRequest, UnlikeCommentRequest,
+        UnlikePostRequest, UpdateCommentRequest,
+        engagement_service_client::EngagementServiceClient,
+    },
+    post::v1::{
+        CreatePostRequest, DeletePostRequest, GetPostRequest, ListHomeFeedRequest,
+        ListUserPostsRequest, Post as WirePost, UpdatePostRequest,
+        post_service_client::PostServiceClient,
+    },
+};
+use tonic::transport::Channel;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use crate::{
+    context::{AppState, Body, Identity, PageQuery, Query, accounts, created, paged},
+    error::{ApiError, ApiResult, ErrorBody},
+    model::{BodyChange, Comment, CommentPage, Like, LikePage, Media, NewBody, Post, PostPage},
+};
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_post))
+        .routes(routes!(get_post, change_post, delete_post))
+        .routes(routes!(user_posts))
+        .routes(routes!(feed))
+        .routes(routes!(like_post, unlike_post))
+        .routes(routes!(post_likes))
+        .routes(routes!(comments, create_comment))
+        .routes(routes!(change_comment, delete_comment))
+        .routes(routes!(like_comment, unlike_comment))
+}
+
+fn posts(state: &AppState) -> PostServiceClient<Channel> {
+    PostServiceClient::new(state.services.posts.channel())
+}
+
+fn engagement(state: &AppState) -> EngagementServiceClient<Channel> {
+    EngagementServiceClient::new(state.services.engagement.channel())
+}
+
+macro_rules! call {
+    ($state:expr, $peer:ident, $call:expr) => {
+        $state
+            .services
+            .$peer
+            .call($call)
+            .await
+            .map_err(|s| ApiError::upstream(&$state.services.$peer, s))
+    };
+}
+
+/// `posts` with their authors (one call for the page).
+async fn with_authors(
+    state: &AppState,
+    who: &Identity,
+    wire: Vec<WirePost>,
+) -> ApiResult<Vec<Post>> {
+    let authors = accounts(&state.services, who, wire.iter().map(|p| p.user_id.clone())).await?;
+    Ok(wire
+        .into_iter()
+        .map(|p| {
+            let author = authors.get(&p.user_id).cloned();
+            Post {
+                author,
+                ..Post::from(p)
+            }
+        })
+        .collect())
+}
+
+/// `comments` with their authors (one call for the page).
+async fn comments_with_authors(
+    state: &AppState,
+    who: &Identity,
+    wire: Vec<WireComment>,
+) -> ApiResult<Vec<Comment>> {
+    let authors = accounts(&state.services, who, wire.iter().map(|c| c.user_id.clone())).await?;
+    Ok(wire
+        .into_iter()
+        .map(|c| {
+            let author = authors.get(&c.user_id).cloned();
+            Comment {
+                author,
+                ..Comment::from(c)
+            }
+        })
+        .collect())
+}
+
+/// The update mask and values of a post's or comment's change.
+fn body_change(
+    change: BodyChange,
+) -> ApiResult<(String, Vec<social_proto::common::v1::Media>, FieldMask)> {
+    let mut paths = Vec::new();
+    let content = change.content.inspect(|_| paths.push("content".to_owned()));
+    let media = change.media.inspect(|_| paths.push("media".to_owned()));
+    if paths.is_empty() {
+        return Err(ApiError::invalid("body", "give content, media, or both"));
+    }
+    Ok((
+        content.unwrap_or_default(),
+        media
+            .unwrap_or_default()
+            .into_iter()
+            .map(Media::into)
+            .collect(),
+        FieldMask { paths },
+    ))
+}
+
+/// Publishes a post: text, media (images, videos, gifs), or both.
+#[utoipa::path(post, path = "/v1/posts", tag = "posts", request_body = NewBody,
+    security(("bearer" = [])),
+    responses((status = 201, body = Post), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+async fn create_post(
+    State(state): State<AppState>,
+    who: Identity,
+    Body(body): Body<NewBody>,
+) -> ApiResult<Response> {
+    who.account()?;
+    let request = CreatePostRequest {
+        content: body.content,
+        media: body.media.into_iter().map(Into::into).collect(),
+    };
+    let peer = &state.services.posts;
+    let post = call!(
+        state,
+        posts,
+        posts(&state).create_post(who.request(peer, request))
+    )?;
+    let location = format!("/v1/posts/{}", post.id);
+    let post = with_authors(&state, &who, vec![post]).await?;
+    Ok(created(location, post.into_iter().next()))
+}
+
+/// One post, with its author.
+#[utoipa::path(get, path = "/v1/posts/{id}", tag = "posts", params(("id" = String, Path)),
+    responses((status = 200, body = Post), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn get_post(
+    State(state): State<AppState>,
+    who: Identity,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Post>> {
+    let peer = &state.services.posts;
+    let post = call!(
+        state,
+        posts,
+        posts(&state).get_post(who.request(peer, GetPostRequest { id }))
+    )?;
+    let post = with_authors(&state, &who, vec![post]).await?;
+    post.into_iter()
+        .next()
+        .map(Json)
+        .ok_or_else(|| ApiError::new(tonic::Code::NotFound, "post not found"))
+}
+
+/// Changes the caller's post: the fields present.
+#[utoipa::path(patch, path = "/v1/posts/{id}", tag = "posts", params(("id" = String, Path)),
+    request_body = BodyChange, security(("bearer" = [])),
+    responses((status = 200, body = Post), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+async fn change_post(
+    State(state): State<AppState>,
+    who: Identity,
+    Path(id): Path<String>,
+    Body(change): Body<BodyChange>,
+) -> ApiResult<Json<Post>> {
+    who.account()?;
+    let (content, media, mask) = body_change(change)?;
+    let request = UpdatePostRequest {
+        post: Some(WirePost {
+            id,
+            content,
+            media,
+            ..Default::default()
+        }),
+        update_mask: Some(mask),
+    };
+    let peer = &state.services.posts;
+    let post = call!(
+        state,
+        posts,
+        posts(&state).update_post(who.request(peer, request))
+    )?;
+    Ok(Json(Post::from(post)))
+}
+
+/// Deletes the caller's post (its comments, likes and notifications follow).
+#[utoipa::path(delete, path = "/v1/posts/{id}", tag = "posts", params(("id" = String, Path)),
+    security(("bearer" = [])),
+    responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn delete_post(
+    State(state): State<AppState>,
+    who: Identity,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    who.account()?;
+    let peer = &state.services.posts;
+    call!(
+        state,
+        posts,
+        posts(&state).delete_post(who.request(peer, DeletePostRequest { id }))
+    )?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A user's posts, newest first, with their author.
+#[utoipa::path(get, path = "/v1/users/{id}/posts", tag = "posts",
+    params(("id" = String, Path), PageQuery),
+    responses((status = 200, body = PostPage), (status = 400, body = ErrorBody)))]
+async fn user_posts(
+    State(state): State<AppState>,
+    who: Identity,
+    OriginalUri(uri): OriginalUri,
+    Path(id): Path<String>,
+    Query(page): Query<PageQuery>,
+) -> ApiResult<Response> {
+    let request = ListUserPostsRequest {
+        user_id: id,
+        page_size: page.page_size,
+        page_token: page.page_token,
+    };
+    let peer = &state.services.posts;
+    let r = call!(
+        state,
+        posts,
+        posts(&state).list_user_posts(who.request(peer, request))
+    )?;
+    let items = with_authors(&state, &who, r.posts).await?;
+    let next = r.next_page_token;
+    Ok(paged(
+        &uri,
+        PostPage {
+            items,
+            next_page_token: next.clone(),
+        },
+        &next,
+    ))
+}
+
+/// The caller's home feed: the posts of the accounts they follow and their own, newest
+/// first, each with its author.
+#[utoipa::path(get, path = "/v1/feed", tag = "posts", params(PageQuery),
+    security(("bearer" = [])),
+    responses((status = 200, body = PostPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+async fn feed(
+    State(state): State<AppState>,
+    who: Identity,
+    OriginalUri(uri): OriginalUri,
+    Query(page): Query<PageQuery>,
+) -> ApiResult<Response> {
+    who.account()?;
+    let request = ListHomeFeedRequest {
+        page_size: page.page_size,
+        page_token: page.page_token,
+    };
+    let peer = &state.services.posts;
+    let r = call!(
+        state,
+        posts,
+        posts(&state).list_home_feed(who.request(peer, request))
+    )?;
+    let items = with_authors(&state, &who, r.posts).await?;
+    let next = r.next_page_token;
+    Ok(paged(
+        &uri,
+        PostPage {
+            items,
+            next_page_token: next.clone(),
+        },
+        &next,
+    ))
+}
+
+/// Likes a post (again: nothing changes).
+#[utoipa::path(put, path = "/v1/posts/{id}/like", tag = "likes", params(("id" = String, Path)),
+    security(("bearer" = [])),
+    responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn like_post(
+    State(state): State<AppState>,
+    who: Identity,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    who.account()?;
+    let peer = &state.services.engagement;
+    let request = LikePostRequest { post_id: id };
+    call!(
+        state,
+        engagement,
+        engagement(&state).like_post(who.request(peer, request))
+    )?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Takes a like of a post back (none: nothing changes).
+#[utoipa::path(delete, path = "/v1/posts/{id}/like", tag = "likes", params(("id" = String, Path)),
+    security(("bearer" = [])),
+    responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn unlike_post(
+    State(state): State<AppState>,
+    who: Identity,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    who.account()?;
+    let peer = &state.services.engagement;
+    let request = UnlikePostRequest { post_id: id };
+    call!(
+        state,
+        engagement,
+        engagement(&state).unlike_post(who.request(peer, request))
+    )?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Who liked a post, newest first.
+#[utoipa::path(get, path = "/v1/posts/{id}/likes", tag = "likes",
+    params(("id" = String, Path), PageQuery),
+    responses((status = 200, body = LikePage), (status = 400, body = ErrorBody)))]
+async fn post_likes(
+    State(state): State<AppState>,
+    who: Identity,
+    OriginalUri(uri): OriginalUri,
+    Path(id): Path<String>,
+    Query(page): Query<PageQuery>,
+) -> ApiResult<Response> {
+    let request = ListPostLikesRequest {
+        post_id: id,
+        page_size: page.page_size,
+        page_token: page.page_token,
+    };
+    let peer = &state.services.engagement;
+    let r = call!(
+        state,
+        engagement,
+        engagement(&state).list_post_likes(who.request(peer, request))
+    )?;
+    let likers = accounts(
+        &state.services,
+        &who,
+        r.likes.iter().map(|l| l.user_id.clone()),
+    )
+    .await?;
+    let items = r
+        .likes
+        .into_iter()
+        .map(|l| {
+            let account = likers.get(&l.user_id).cloned();
+            Like {
+                account,
+                ..Like::from(l)
+            }
+        })
+        .collect();
+    let next = r.next_page_token;
+    Ok(paged(
+        &uri,
+        LikePage {
+            items,
+            next_page_token: next.clone(),
+        },
+        &next,
+    ))
+}
+
+/// A post's comments, oldest first, each with its author.
+#[utoipa::path(get, path = "/v1/posts/{id}/comments", tag = "comments",
+    params(("id" = String, Path), PageQuery),
+    responses((status = 200, body = CommentPage), (status = 400, body = ErrorBody)))]
+async fn comments(
+    State(state): State<AppState>,
+    who: Identity,
+    OriginalUri(uri): OriginalUri,
+    Path(id): Path<String>,
+    Query(page): Query<PageQuery>,
+) -> ApiResult<Response> {
+    let request = ListCommentsRequest {
+        post_id: id,
+        page_size: page.page_size,
+        page_token: page.page_token,
+    };
+    let peer = &state.services.engagement;
+    let r = call!(
+        state,
+        engagement,
+        engagement(&state).list_comments(who.request(peer, request))
+    )?;
+    let items = comments_with_authors(&state, &who, r.comments).await?;
+    let next = r.next_page_token;
+    Ok(paged(
+        &uri,
+        CommentPage {
+            items,
+            next_page_token: next.clone(),
+        },
+        &next,
+    ))
+}
+
+/// Comments on a post: text, media, or both; `@username` mentions notify.
+#[utoipa::path(post, path = "/v1/posts/{id}/comments", tag = "comments",
+    params(("id" = String, Path)), request_body = NewBody, security(("bearer" = [])),
+    responses((status = 201, body = Comment), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+async fn create_comment(
+    State(state): State<AppState>,
+    who: Identity,
+    Path(id): Path<String>,
+    Body(body): Body<NewBody>,
+) -> ApiResult<Response> {
+    who.account()?;
+    let request = CreateCommentRequest {
+        post_id: id,
+        content: body.content,
+        media: body.media.into_iter().map(Into::into).collect(),
+    };
+    let peer = &state.services.engagement;
+    let comment = call!(
+        state,
+        engagement,
+        engagement(&state).create_comment(who.request(peer, request))
+    )?;
+    let location = format!("/v1/comments/{}", comment.id);
+    let comment = comments_with_authors(&state, &who, vec![comment]).await?;
+    Ok(created(location, comment.into_iter().next()))
+}
+
+/// Changes the caller's comment: the fields present.
+#[utoipa::path(patch, path = "/v1/comments/{id}", tag = "comments",
+    params(("id" = String, Path)), request_body = BodyChange, security(("bearer" = [])),
+    responses((status = 200, body = Comment), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+async fn change_comment(
+    State(state): State<AppState>,
+    who: Identity,
+    Path(id): Path<String>,
+    Body(change): Body<BodyChange>,
+) -> ApiResult<Json<Comment>> {
+    who.account()?;
+    let (content, media, mask) = body_change(change)?;
+    let request = UpdateCommentRequest {
+        comment: Some(WireComment {
+            id,
+            content,
+            media,
+            ..Default::default()
+        }),
+        update_mask: Some(mask),
+    };
+    let peer = &state.services.engagement;
+    let c = call!(
+        state,
+        engagement,
+        engagement(&state).update_comment(who.request(peer, request))
+    )?;
+    Ok(Json(Comment::from(c)))
+}
+
+/// Deletes a comment (its author or the post's author may).
+#[utoipa::path(delete, path = "/v1/comments/{id}", tag = "comments",
+    params(("id" = String, Path)), security(("bearer" = [])),
+    responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn delete_comment(
+    State(state): State<AppState>,
+    who: Identity,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    who.account()?;
+    let peer = &state.services.engagement;
+    let request = DeleteCommentRequest { id };
+    call!(
+        state,
+        engagement,
+        engagement(&state).delete_comment(who.request(peer, request))
+    )?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Likes a comment (again: nothing changes).
+#[utoipa::path(put, path = "/v1/comments/{id}/like", tag = "likes",
+    params(("id" = String, Path)), security(("bearer" = [])),
+    responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn like_comment(
+    State(state): State<AppState>,
+    who: Identity,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    who.account()?;
+    let peer = &state.services.engagement;
+    let request = LikeCommentRequest { comment_id: id };
+    call!(
+        state,
+        engagement,
+        engagement(&state).like_comment(who.request(peer, request))
+    )?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Takes a like of a comment back.
+#[utoipa::path(delete, path = "/v1/comments/{id}/like", tag = "likes",
+    params(("id" = String, Path)), security(("bearer" = [])),
+    responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn unlike_comment(
+    State(state): State<AppState>,
+    who: Identity,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    who.account()?;
+    let peer = &state.services.engagement;
+    let request = UnlikeCommentRequest { comment_id: id };
+    call!(
+        state,
+        engagement,
+        engagement(&state).unlike_comment(who.request(peer, request))
+    )?;
+    Ok(StatusCode::NO_CONTENT)
+}

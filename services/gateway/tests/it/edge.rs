@@ -1,0 +1,237 @@
+//! The edge itself: rate limits and who they count, CORS, request ids, a service that
+//! is down, and the OpenAPI document.
+
+use reqwest::{Method, StatusCode};
+use social_gateway::Rate;
+use social_kit::client::Peer;
+use std::time::Duration;
+
+use crate::App;
+
+#[tokio::test]
+async fn rate_limits_count_per_address_and_per_account_and_say_when_to_return() {
+    let app = App::start_with(|c| {
+        c.rates.anonymous = Rate::per(3, 60);
+        c.rates.account = Rate::per(5, 60);
+        c.rates.signup = Rate::per(2, 3600);
+    })
+    .await;
+    // Signing up has its own, stricter, bucket.
+    let (_, alice) = app.sign_up("alice").await;
+    let (_, bob) = app.sign_up("bob").await;
+    let third = app
+        .call(
+            Method::POST,
+            "/v1/accounts",
+            None,
+            Some(serde_json::json!({"username": "carol", "email": "c@example.com", "password": "correct horse battery"})),
+        )
+        .await;
+    third.error(StatusCode::TOO_MANY_REQUESTS, "RESOURCE_EXHAUSTED");
+
+    // Anonymous: 3 per minute per address, counted down in the headers.
+    let mut remaining = Vec::new();
+    for _ in 0..3 {
+        let a = app.get("/v1/users/by-username/alice", None).await;
+        assert_eq!(a.status, StatusCode::OK);
+        assert_eq!(a.header("ratelimit-limit"), Some("3"));
+        remaining.push(a.header("ratelimit-remaining").unwrap().to_owned());
+    }
+    assert_eq!(remaining, ["2", "1", "0"]);
+    let refused = app.get("/v1/users/by-username/alice", None).await;
+    refused.error(StatusCode::TOO_MANY_REQUESTS, "RESOURCE_EXHAUSTED");
+    let wait: u64 = refused.header("retry-after").unwrap().parse().unwrap();
+    assert!(
+        (1..=20).contains(&wait),
+        "one request's worth of the minute: {wait}"
+    );
+
+    // An account has its own bucket, whatever its address; another account is not
+    // slowed by it.
+    for _ in 0..5 {
+        assert_eq!(app.get("/v1/me", Some(&alice)).await.status, StatusCode::OK);
+    }
+    app.get("/v1/me", Some(&alice))
+        .await
+        .error(StatusCode::TOO_MANY_REQUESTS, "RESOURCE_EXHAUSTED");
+    assert_eq!(app.get("/v1/me", Some(&bob)).await.status, StatusCode::OK);
+    // Probes are never limited.
+    assert_eq!(app.get("/healthz", None).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn forwarded_addresses_count_only_behind_a_trusted_proxy() {
+    let forwarded = |app: &App, from: &'static str| {
+        app.http
+            .get(app.url("/v1/users/by-username/nobody"))
+            .header("x-forwarded-for", from)
+            .send()
+    };
+    // Untrusted: X-Forwarded-For is the client's to forge, so it is ignored.
+    let app = App::start_with(|c| c.rates.anonymous = Rate::per(2, 60)).await;
+    for from in ["10.0.0.1", "10.0.0.2"] {
+        assert_eq!(
+            forwarded(&app, from).await.unwrap().status(),
+            StatusCode::NOT_FOUND
+        );
+    }
+    let third = forwarded(&app, "10.0.0.3").await.unwrap();
+    assert_eq!(
+        third.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "one address, whatever it claims"
+    );
+
+    // Behind a trusted proxy: each forwarded client has its own bucket, and a client
+    // cannot prepend addresses to escape its own.
+    let app = App::start_with(|c| {
+        c.rates.anonymous = Rate::per(2, 60);
+        c.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+    })
+    .await;
+    for _ in 0..2 {
+        assert_eq!(
+            forwarded(&app, "10.0.0.1").await.unwrap().status(),
+            StatusCode::NOT_FOUND
+        );
+    }
+    let spoofed = forwarded(&app, "1.2.3.4, 10.0.0.1").await.unwrap();
+    assert_eq!(spoofed.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        forwarded(&app, "10.0.0.2").await.unwrap().status(),
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn browsers_may_call_from_the_configured_origins_only() {
+    let app = App::start().await;
+    let preflight = |origin: &'static str| {
+        app.http
+            .request(Method::OPTIONS, app.url("/v1/posts"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization,content-type",
+            )
+            .send()
+    };
+    let ok = preflight("https://app.example.com").await.unwrap();
+    assert_eq!(
+        ok.headers()["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    let methods = ok.headers()["access-control-allow-methods"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(methods.contains("POST"), "{methods}");
+    let other = preflight("https://evil.example.net").await.unwrap();
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+    // A cross-origin answer exposes what a client reads: pages' links, rate limits.
+    let get = app
+        .http
+        .get(app.url("/healthz"))
+        .header("origin", "https://app.example.com")
+        .send()
+        .await
+        .unwrap();
+    let exposed = get.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        exposed.contains("link") && exposed.contains("ratelimit-remaining"),
+        "{exposed}"
+    );
+}
+
+#[tokio::test]
+async fn every_answer_has_a_request_id_and_a_client_s_is_kept() {
+    let app = App::start().await;
+    let a = app.get("/v1/users/by-username/nobody", None).await;
+    assert_eq!(a.header("x-request-id").unwrap().len(), 36);
+    let mine = app
+        .http
+        .get(app.url("/healthz"))
+        .header("x-request-id", "trace-me-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(mine.headers()["x-request-id"], "trace-me-42");
+}
+
+#[tokio::test]
+async fn a_service_that_is_down_is_a_503_and_makes_the_gateway_unready() {
+    let app = App::start_with(|c| {
+        c.post_service = Peer::new(
+            "post service",
+            "POST_SERVICE_URL",
+            "http://127.0.0.1:9",
+            Duration::from_secs(1),
+        )
+        .unwrap();
+    })
+    .await;
+    let (_, alice) = app.sign_up("alice").await;
+    let down = app.get("/v1/feed", Some(&alice)).await;
+    down.error(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE");
+    assert!(
+        down.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("post service"),
+        "{}",
+        down.body
+    );
+    assert!(down.header("retry-after").is_some());
+    // The others still answer.
+    assert_eq!(app.get("/v1/me", Some(&alice)).await.status, StatusCode::OK);
+    let ready = app.get("/readyz", None).await;
+    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(ready.body["not_serving"], serde_json::json!(["post"]));
+    assert_eq!(app.get("/healthz", None).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn the_openapi_document_lists_every_route_with_its_errors() {
+    let app = App::start().await;
+    assert_eq!(app.get("/readyz", None).await.status, StatusCode::OK);
+    let doc = app.get("/openapi.json", None).await.body;
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let paths = doc["paths"].as_object().unwrap();
+    for path in [
+        "/v1/accounts",
+        "/v1/sessions",
+        "/v1/me",
+        "/v1/users/{id}",
+        "/v1/posts",
+        "/v1/posts/{id}",
+        "/v1/feed",
+        "/v1/users/{id}/follow",
+        "/v1/posts/{id}/like",
+        "/v1/posts/{id}/comments",
+        "/v1/notifications",
+        "/v1/notifications/stream",
+    ] {
+        assert!(
+            paths.contains_key(path),
+            "{path} missing from {:?}",
+            paths.keys()
+        );
+    }
+    for (path, item) in paths {
+        for (method, op) in item.as_object().unwrap() {
+            let responses = op["responses"].as_object().unwrap();
+            assert!(
+                responses.keys().any(|s| s.starts_with('4')),
+                "{method} {path} documents no client error"
+            );
+        }
+    }
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+}

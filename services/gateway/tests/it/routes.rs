@@ -1,0 +1,564 @@
+//! Every route, as a client walks through them, and their errors.
+
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+use crate::{App, RpcCounter};
+use social_testkit::Stack;
+
+#[tokio::test]
+async fn a_client_walks_through_every_route() {
+    let app = App::start().await;
+    let (alice_id, alice) = app.sign_up("alice").await;
+    let (bob_id, bob) = app.sign_up("bob").await;
+
+    // Sessions: log in, refresh, list, revoke.
+    let login = app
+        .call(
+            Method::POST,
+            "/v1/sessions",
+            None,
+            Some(json!({"username_or_email": "alice", "password": "correct horse battery", "device": "laptop"})),
+        )
+        .await;
+    assert_eq!(login.status, StatusCode::CREATED, "{}", login.body);
+    assert!(
+        login
+            .header("location")
+            .unwrap()
+            .starts_with("/v1/sessions/")
+    );
+    let refreshed = app
+        .call(
+            Method::POST,
+            "/v1/sessions/refresh",
+            None,
+            Some(json!({"refresh_token": login.body["refresh_token"]})),
+        )
+        .await;
+    assert_eq!(refreshed.status, StatusCode::OK, "{}", refreshed.body);
+    let laptop = refreshed.body["access_token"].as_str().unwrap().to_owned();
+    let sessions = app.get("/v1/sessions", Some(&laptop)).await;
+    assert_eq!(sessions.body["items"].as_array().unwrap().len(), 2);
+    assert!(!sessions.body.to_string().contains("refresh_token"));
+
+    // Profiles.
+    let me = app.get("/v1/me", Some(&alice)).await;
+    assert_eq!(me.body["email"], "alice@example.com");
+    let them = app.get(&format!("/v1/users/{alice_id}"), Some(&bob)).await;
+    assert!(them.body.get("email").is_none(), "email only to its owner");
+    let by_name = app.get("/v1/users/by-username/ALICE", None).await;
+    assert_eq!(by_name.body["id"], alice_id);
+    let changed = app
+        .call(
+            Method::PATCH,
+            "/v1/me",
+            Some(&alice),
+            Some(json!({"full_name": "Alice A.", "bio": "hi"})),
+        )
+        .await;
+    assert_eq!(changed.body["full_name"], "Alice A.", "{}", changed.body);
+    let password = app
+        .call(
+            Method::PUT,
+            "/v1/me/password",
+            Some(&alice),
+            Some(json!({"old_password": "correct horse battery", "new_password": "another long password"})),
+        )
+        .await;
+    assert_eq!(password.status, StatusCode::NO_CONTENT, "{}", password.body);
+
+    // Posts with media, authors embedded.
+    let post = app
+        .call(
+            Method::POST,
+            "/v1/posts",
+            Some(&bob),
+            Some(json!({"content": "the lake", "media": [
+                {"type": "image", "url": "https://cdn.example.com/a.jpg", "width": 10, "height": 10},
+                {"type": "video", "url": "https://cdn.example.com/a.mp4", "width": 10, "height": 10, "duration": 3.5}
+            ]})),
+        )
+        .await;
+    assert_eq!(post.status, StatusCode::CREATED, "{}", post.body);
+    let post_id = post.body["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        post.header("location").unwrap(),
+        format!("/v1/posts/{post_id}")
+    );
+    assert_eq!(post.body["author"]["username"], "bob");
+    assert_eq!(post.body["media"][1]["duration"], 3.5);
+    let got = app.get(&format!("/v1/posts/{post_id}"), None).await;
+    assert_eq!(got.body["author"]["id"], bob_id);
+    let edited = app
+        .call(
+            Method::PATCH,
+            &format!("/v1/posts/{post_id}"),
+            Some(&bob),
+            Some(json!({"content": "the lake, at dawn"})),
+        )
+        .await;
+    assert_eq!(
+        edited.body["content"], "the lake, at dawn",
+        "{}",
+        edited.body
+    );
+    assert_eq!(edited.body["media"].as_array().unwrap().len(), 2);
+    let timeline = app.get(&format!("/v1/users/{bob_id}/posts"), None).await;
+    assert_eq!(timeline.body["items"][0]["author"]["username"], "bob");
+
+    // Follows and the feed.
+    let follow = app
+        .call(
+            Method::PUT,
+            &format!("/v1/users/{bob_id}/follow"),
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(follow.status, StatusCode::OK, "{}", follow.body);
+    let again = app
+        .call(
+            Method::PUT,
+            &format!("/v1/users/{bob_id}/follow"),
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::OK, "idempotent");
+    let followers = app
+        .get(&format!("/v1/users/{bob_id}/followers"), None)
+        .await;
+    assert_eq!(followers.body["items"][0]["account"]["username"], "alice");
+    let following = app
+        .get(&format!("/v1/users/{alice_id}/following"), None)
+        .await;
+    assert_eq!(following.body["items"][0]["account"]["username"], "bob");
+    let rel = app
+        .get(&format!("/v1/users/{bob_id}/relationship"), Some(&alice))
+        .await;
+    assert_eq!(rel.body, json!({"following": true, "followed_by": false}));
+    let feed = app.get("/v1/feed", Some(&alice)).await;
+    assert_eq!(feed.body["items"][0]["id"], post_id);
+    assert_eq!(feed.body["items"][0]["author"]["username"], "bob");
+
+    // Likes and comments.
+    for _ in 0..2 {
+        let like = app
+            .call(
+                Method::PUT,
+                &format!("/v1/posts/{post_id}/like"),
+                Some(&alice),
+                None,
+            )
+            .await;
+        assert_eq!(like.status, StatusCode::NO_CONTENT, "{}", like.body);
+    }
+    let likes = app.get(&format!("/v1/posts/{post_id}/likes"), None).await;
+    assert_eq!(likes.body["items"][0]["account"]["username"], "alice");
+    let comment = app
+        .call(
+            Method::POST,
+            &format!("/v1/posts/{post_id}/comments"),
+            Some(&alice),
+            Some(json!({"content": "lovely, @bob"})),
+        )
+        .await;
+    assert_eq!(comment.status, StatusCode::CREATED, "{}", comment.body);
+    let comment_id = comment.body["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        comment.header("location").unwrap(),
+        format!("/v1/comments/{comment_id}")
+    );
+    let comments = app
+        .get(&format!("/v1/posts/{post_id}/comments"), None)
+        .await;
+    assert_eq!(comments.body["items"][0]["author"]["username"], "alice");
+    let edited = app
+        .call(
+            Method::PATCH,
+            &format!("/v1/comments/{comment_id}"),
+            Some(&alice),
+            Some(json!({"content": "lovely!"})),
+        )
+        .await;
+    assert_eq!(edited.body["content"], "lovely!", "{}", edited.body);
+    for method in [Method::PUT, Method::DELETE] {
+        let a = app
+            .call(
+                method,
+                &format!("/v1/comments/{comment_id}/like"),
+                Some(&bob),
+                None,
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::NO_CONTENT, "{}", a.body);
+    }
+    let counted = app
+        .eventually(&format!("/v1/posts/{post_id}"), &bob, |p| {
+            p["likes_count"] == 1 && p["comments_count"] == 1
+        })
+        .await;
+    assert_eq!(counted["author"]["username"], "bob");
+
+    // Notifications: who acted is embedded.
+    let notes = app
+        .eventually("/v1/notifications", &bob, |n| {
+            n["items"].as_array().is_some_and(|i| i.len() >= 4)
+        })
+        .await;
+    let items = notes["items"].as_array().unwrap();
+    assert!(
+        items.iter().all(|n| n["account"]["username"] == "alice"),
+        "{notes}"
+    );
+    let types: Vec<&str> = items.iter().map(|n| n["type"].as_str().unwrap()).collect();
+    for t in ["FOLLOW", "POST_LIKE", "POST_COMMENT", "MENTION"] {
+        assert!(types.contains(&t), "{types:?}");
+    }
+    let only = app
+        .get("/v1/notifications?types=MENTION,FOLLOW", Some(&bob))
+        .await;
+    assert_eq!(
+        only.body["items"].as_array().unwrap().len(),
+        2,
+        "{}",
+        only.body
+    );
+    let unread = app.get("/v1/notifications/unread-count", Some(&bob)).await;
+    assert_eq!(unread.body["count"], 4);
+    let one = items[0]["id"].clone();
+    let read = app
+        .call(
+            Method::POST,
+            "/v1/notifications/read",
+            Some(&bob),
+            Some(json!({"ids": [one]})),
+        )
+        .await;
+    assert_eq!(read.body["updated_count"], 1, "{}", read.body);
+    let all = app
+        .call(Method::POST, "/v1/notifications/read-all", Some(&bob), None)
+        .await;
+    assert_eq!(all.body["updated_count"], 3, "{}", all.body);
+
+    // Undo everything.
+    let unlike = app
+        .call(
+            Method::DELETE,
+            &format!("/v1/posts/{post_id}/like"),
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(unlike.status, StatusCode::NO_CONTENT);
+    let gone = app
+        .call(
+            Method::DELETE,
+            &format!("/v1/comments/{comment_id}"),
+            Some(&bob),
+            None,
+        )
+        .await;
+    assert_eq!(gone.status, StatusCode::NO_CONTENT, "the post's author may");
+    let unfollow = app
+        .call(
+            Method::DELETE,
+            &format!("/v1/users/{bob_id}/follow"),
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(unfollow.status, StatusCode::NO_CONTENT);
+    let deleted = app
+        .call(
+            Method::DELETE,
+            &format!("/v1/posts/{post_id}"),
+            Some(&bob),
+            None,
+        )
+        .await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+    app.get(&format!("/v1/posts/{post_id}"), None)
+        .await
+        .error(StatusCode::NOT_FOUND, "NOT_FOUND");
+    // Sessions again: the password change ended the laptop's; a phone logs in, and is
+    // revoked from the first session, which then logs out.
+    let phone = app
+        .call(
+            Method::POST,
+            "/v1/sessions",
+            None,
+            Some(json!({"username_or_email": "alice", "password": "another long password", "device": "phone"})),
+        )
+        .await;
+    assert_eq!(phone.status, StatusCode::CREATED, "{}", phone.body);
+    let sessions = app.get("/v1/sessions", Some(&alice)).await;
+    let items = sessions.body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2, "{}", sessions.body);
+    let other = items.iter().find(|s| s["current"] == false).unwrap();
+    assert_eq!(other["device"], "phone");
+    let revoked = app
+        .call(
+            Method::DELETE,
+            &format!("/v1/sessions/{}", other["id"].as_str().unwrap()),
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(revoked.status, StatusCode::NO_CONTENT, "{}", revoked.body);
+    let others = app
+        .call(
+            Method::POST,
+            "/v1/sessions/revoke-others",
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(others.status, StatusCode::OK, "{}", others.body);
+    let out = app
+        .call(Method::DELETE, "/v1/sessions/current", Some(&alice), None)
+        .await;
+    assert_eq!(out.status, StatusCode::NO_CONTENT);
+    let after = app
+        .call(
+            Method::POST,
+            "/v1/sessions/refresh",
+            None,
+            Some(json!({"refresh_token": phone.body["refresh_token"]})),
+        )
+        .await;
+    after.error(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED");
+    let bye = app
+        .call(
+            Method::DELETE,
+            "/v1/me",
+            Some(&bob),
+            Some(json!({"password": "correct horse battery"})),
+        )
+        .await;
+    assert_eq!(bye.status, StatusCode::NO_CONTENT, "{}", bye.body);
+    app.get(&format!("/v1/users/{bob_id}"), None)
+        .await
+        .error(StatusCode::NOT_FOUND, "NOT_FOUND");
+}
+
+#[tokio::test]
+async fn every_error_has_one_shape() {
+    let app = App::start().await;
+    let (_, alice) = app.sign_up("alice").await;
+    let (_, bob) = app.sign_up("bob").await;
+    // Validation names each bad field.
+    let bad = app
+        .call(
+            Method::POST,
+            "/v1/accounts",
+            None,
+            Some(json!({"username": "a!", "email": "nope", "password": "short"})),
+        )
+        .await;
+    assert_eq!(
+        bad.error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT"),
+        ["username", "email", "password"]
+    );
+    // Unknown fields are named; malformed JSON is a 400, never a 500 or plain text.
+    let unknown = app
+        .call(
+            Method::POST,
+            "/v1/posts",
+            Some(&alice),
+            Some(json!({"content": "x", "colour": "red"})),
+        )
+        .await;
+    assert_eq!(
+        unknown.error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT"),
+        ["colour"]
+    );
+    let malformed = app
+        .http
+        .post(app.url("/v1/posts"))
+        .bearer_auth(&alice)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(malformed.status(), StatusCode::BAD_REQUEST);
+    let shape: serde_json::Value = malformed.json().await.unwrap();
+    assert_eq!(shape["error"]["status"], "INVALID_ARGUMENT");
+    let query = app
+        .get(
+            "/v1/users/6b0954dcc3ddd33507e1a6ca/posts?page_size=-1",
+            None,
+        )
+        .await;
+    assert_eq!(
+        query.error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT"),
+        ["page_size"]
+    );
+    let query = app
+        .get(
+            "/v1/users/6b0954dcc3ddd33507e1a6ca/posts?page_size=many",
+            None,
+        )
+        .await;
+    query.error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT");
+    app.get("/v1/posts/not-an-id", None)
+        .await
+        .error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT");
+    // Who may do what.
+    app.call(
+        Method::POST,
+        "/v1/posts",
+        None,
+        Some(json!({"content": "x"})),
+    )
+    .await
+    .error(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED");
+    app.get("/v1/feed", Some("not a token"))
+        .await
+        .error(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED");
+    let post = app
+        .call(
+            Method::POST,
+            "/v1/posts",
+            Some(&alice),
+            Some(json!({"content": "mine"})),
+        )
+        .await;
+    let id = post.body["id"].as_str().unwrap();
+    app.call(Method::DELETE, &format!("/v1/posts/{id}"), Some(&bob), None)
+        .await
+        .error(StatusCode::FORBIDDEN, "PERMISSION_DENIED");
+    app.get("/v1/posts/6b0954dcc3ddd33507e1a6ca", None)
+        .await
+        .error(StatusCode::NOT_FOUND, "NOT_FOUND");
+    let taken = app
+        .call(Method::POST, "/v1/accounts", None, Some(json!({"username": "ALICE", "email": "x@example.com", "password": "correct horse battery"})))
+        .await;
+    assert_eq!(
+        taken.error(StatusCode::CONFLICT, "ALREADY_EXISTS"),
+        ["username"]
+    );
+    app.get("/v1/no/such/route", None)
+        .await
+        .error(StatusCode::NOT_FOUND, "NOT_FOUND");
+    // A body larger than any valid request.
+    let huge = json!({"content": "x".repeat(200_000)});
+    app.call(Method::POST, "/v1/posts", Some(&alice), Some(huge))
+        .await
+        .error(StatusCode::PAYLOAD_TOO_LARGE, "INVALID_ARGUMENT");
+    // Wrong passwords: 401, then 429 with Retry-After once throttled.
+    let mut last = None;
+    for _ in 0..6 {
+        last = Some(
+            app.call(
+                Method::POST,
+                "/v1/sessions",
+                None,
+                Some(json!({"username_or_email": "alice", "password": "wrong password"})),
+            )
+            .await,
+        );
+    }
+    let last = last.unwrap();
+    last.error(StatusCode::TOO_MANY_REQUESTS, "RESOURCE_EXHAUSTED");
+    assert!(last.header("retry-after").is_some());
+}
+
+#[tokio::test]
+async fn pages_carry_their_next_token_and_a_link() {
+    let app = App::start().await;
+    let (bob_id, bob) = app.sign_up("bob").await;
+    for i in 0..3 {
+        app.call(
+            Method::POST,
+            "/v1/posts",
+            Some(&bob),
+            Some(json!({"content": format!("p{i}")})),
+        )
+        .await;
+    }
+    let first = app
+        .get(&format!("/v1/users/{bob_id}/posts?page_size=2"), None)
+        .await;
+    assert_eq!(first.body["items"].as_array().unwrap().len(), 2);
+    let token = first.body["next_page_token"].as_str().unwrap();
+    assert!(!token.is_empty());
+    let link = first.header("link").unwrap();
+    assert!(
+        link.contains("page_size=2") && link.ends_with("rel=\"next\""),
+        "{link}"
+    );
+    let next = link.trim_start_matches('<').split('>').next().unwrap();
+    let second = app.get(next, None).await;
+    assert_eq!(second.body["items"].as_array().unwrap().len(), 1);
+    assert_eq!(second.body["next_page_token"], "");
+    assert!(second.header("link").is_none());
+}
+
+#[tokio::test]
+async fn authors_and_actors_come_in_one_batch_per_page() {
+    let stack = Stack::start().await;
+    let users = RpcCounter::start(stack.user.addr).await;
+    let app = App::around(stack, |c| c.user_service = users.peer("user service")).await;
+    let batch = "/social.user.v1.UserService/BatchGetUsers";
+    let (_, alice) = app.sign_up("alice").await;
+    let mut authors = Vec::new();
+    for name in ["bob", "carol", "dave"] {
+        let (id, token) = app.sign_up(name).await;
+        app.call(
+            Method::PUT,
+            &format!("/v1/users/{id}/follow"),
+            Some(&alice),
+            None,
+        )
+        .await;
+        for i in 0..3 {
+            let p = app
+                .call(
+                    Method::POST,
+                    "/v1/posts",
+                    Some(&token),
+                    Some(json!({"content": format!("{name} {i}")})),
+                )
+                .await;
+            assert_eq!(p.status, StatusCode::CREATED);
+        }
+        authors.push((id, token));
+    }
+    users.take(batch);
+    let feed = app.get("/v1/feed?page_size=9", Some(&alice)).await;
+    let items = feed.body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 9);
+    assert!(
+        items.iter().all(|p| p["author"]["username"].is_string()),
+        "{}",
+        feed.body
+    );
+    assert_eq!(
+        users.take(batch),
+        1,
+        "nine posts by three authors: one call"
+    );
+
+    let notes = app
+        .eventually("/v1/notifications", &authors[0].1, |n| {
+            n["items"].as_array().is_some_and(|i| !i.is_empty())
+        })
+        .await;
+    assert_eq!(notes["items"][0]["account"]["username"], "alice");
+    users.take(batch);
+    app.get("/v1/notifications", Some(&authors[0].1)).await;
+    assert_eq!(users.take(batch), 1);
+    let me = app.get("/v1/me", Some(&alice)).await;
+    users.take(batch);
+    let following = app
+        .get(
+            &format!("/v1/users/{}/following", me.body["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(following.body["items"].as_array().unwrap().len(), 3);
+    assert_eq!(users.take(batch), 1);
+}

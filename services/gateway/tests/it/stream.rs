@@ -1,0 +1,199 @@
+//! The live stream as Server-Sent Events, and its resume with `Last-Event-ID`.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::App;
+
+/// One SSE event.
+#[derive(Debug)]
+struct Event {
+    kind: String,
+    id: String,
+    data: Value,
+}
+
+/// An open stream, parsed as it arrives.
+struct Sse {
+    bytes: futures::stream::BoxStream<'static, reqwest::Result<Vec<u8>>>,
+    buffer: String,
+}
+
+impl Sse {
+    /// Opens the caller's stream (retrying while the service's live feed is starting).
+    async fn open(app: &App, token: &str, last: Option<&str>) -> Self {
+        for _ in 0..100 {
+            let mut request = app
+                .http
+                .get(app.url("/v1/notifications/stream"))
+                .bearer_auth(token);
+            if let Some(last) = last {
+                request = request.header("last-event-id", last);
+            }
+            let response = request.send().await.unwrap();
+            if response.status() == StatusCode::SERVICE_UNAVAILABLE {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            assert_eq!(response.status(), StatusCode::OK);
+            assert_eq!(response.headers()["content-type"], "text/event-stream");
+            return Self {
+                bytes: response
+                    .bytes_stream()
+                    .map(|c| c.map(|b| b.to_vec()))
+                    .boxed(),
+                buffer: String::new(),
+            };
+        }
+        panic!("the stream never opened");
+    }
+
+    /// The next event (comments skipped), or `None` after `wait` without one.
+    async fn next(&mut self, wait: Duration) -> Option<Event> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let (mut kind, mut id, mut data) = (String::new(), String::new(), String::new());
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        kind = v.trim().to_owned();
+                    } else if let Some(v) = line.strip_prefix("id:") {
+                        id = v.trim().to_owned();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.trim());
+                    }
+                }
+                if data.is_empty() {
+                    continue; // a keep-alive
+                }
+                return Some(Event {
+                    kind,
+                    id,
+                    data: serde_json::from_str(&data).unwrap(),
+                });
+            }
+            let chunk = tokio::time::timeout_at(deadline, self.bytes.next())
+                .await
+                .ok()??;
+            self.buffer
+                .push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
+        }
+    }
+
+    /// The next `n` events.
+    async fn take(&mut self, n: usize) -> Vec<Event> {
+        let mut events = Vec::new();
+        while events.len() < n {
+            let e = self.next(Duration::from_secs(15)).await;
+            events.push(e.unwrap_or_else(|| panic!("only {events:?} of {n}")));
+        }
+        events
+    }
+}
+
+#[tokio::test]
+async fn the_stream_delivers_live_and_resumes_without_gap_or_duplicate() {
+    let app = App::start().await;
+    let (alice_id, alice) = app.sign_up("alice").await;
+    let (_, bob) = app.sign_up("bob").await;
+    let (_, carol) = app.sign_up("carol").await;
+    let post = app
+        .call(
+            Method::POST,
+            "/v1/posts",
+            Some(&alice),
+            Some(json!({"content": "hello"})),
+        )
+        .await;
+    let post_id = post.body["id"].as_str().unwrap().to_owned();
+
+    let mut stream = Sse::open(&app, &alice, None).await;
+    let follow = format!("/v1/users/{alice_id}/follow");
+    app.call(Method::PUT, &follow, Some(&bob), None).await;
+    let first = stream.take(1).await;
+    assert_eq!(first[0].kind, "notification");
+    assert_eq!(first[0].data["type"], "FOLLOW");
+    assert_eq!(
+        first[0].data["account"]["username"], "bob",
+        "who acted, embedded"
+    );
+    assert!(
+        first[0]
+            .id
+            .starts_with(first[0].data["id"].as_str().unwrap())
+    );
+
+    // Offline for a while: two things happen.
+    drop(stream);
+    app.call(Method::PUT, &follow, Some(&carol), None).await;
+    let like = format!("/v1/posts/{post_id}/like");
+    app.call(Method::PUT, &like, Some(&bob), None).await;
+    app.eventually("/v1/notifications", &alice, |n| {
+        n["items"].as_array().is_some_and(|i| i.len() == 3)
+    })
+    .await;
+
+    // Back with the last id: the two missed, oldest first, then live ones; the one it
+    // had is not sent again.
+    let mut stream = Sse::open(&app, &alice, Some(&first[0].id)).await;
+    let missed = stream.take(2).await;
+    let kinds: Vec<&str> = missed
+        .iter()
+        .map(|e| e.data["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["FOLLOW", "POST_LIKE"]);
+    assert_eq!(missed[0].data["account"]["username"], "carol");
+    app.call(Method::PUT, &like, Some(&carol), None).await;
+    let live = stream.take(1).await;
+    assert_eq!(live[0].data["type"], "POST_LIKE");
+    assert_eq!(live[0].data["account"]["username"], "carol");
+    assert!(
+        stream.next(Duration::from_secs(2)).await.is_none(),
+        "nothing twice"
+    );
+
+    // A resume from the newest id sends nothing old, even from the same second.
+    drop(stream);
+    let mut stream = Sse::open(&app, &alice, Some(&live[0].id)).await;
+    assert!(stream.next(Duration::from_secs(2)).await.is_none());
+
+    // A notification whose comment is deleted is removed, and the stream says so.
+    let comment = app
+        .call(
+            Method::POST,
+            &format!("/v1/posts/{post_id}/comments"),
+            Some(&bob),
+            Some(json!({"content": "nice"})),
+        )
+        .await;
+    let added = stream.take(1).await;
+    assert_eq!(added[0].data["type"], "POST_COMMENT");
+    let comment_id = comment.body["id"].as_str().unwrap();
+    app.call(
+        Method::DELETE,
+        &format!("/v1/comments/{comment_id}"),
+        Some(&bob),
+        None,
+    )
+    .await;
+    let removed = stream.take(1).await;
+    assert_eq!(removed[0].kind, "removed");
+    assert_eq!(removed[0].data["id"], added[0].data["id"]);
+}
+
+#[tokio::test]
+async fn a_stream_needs_a_valid_token() {
+    let app = App::start().await;
+    let a = app.get("/v1/notifications/stream", None).await;
+    a.error(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED");
+    let a = app.get("/v1/notifications/stream", Some("forged")).await;
+    a.error(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED");
+    // A forged resume point is only a hint: it cannot reach another's notifications.
+    let (_, alice) = app.sign_up("alice").await;
+    let mut stream = Sse::open(&app, &alice, Some("x.99999999999999.y,z")).await;
+    assert!(stream.next(Duration::from_secs(1)).await.is_none());
+}
