@@ -111,6 +111,70 @@ ensure_rabbitmq() {
     wait_port 127.0.0.1 5672 90 "RabbitMQ"
 }
 
+# Answers 0 when GET $1 answers 200.
+http_ok() {
+    python3 - "$1" <<'PY' 2>/dev/null
+import sys, urllib.request
+sys.exit(0 if urllib.request.urlopen(sys.argv[1], timeout=2).status == 200 else 1)
+PY
+}
+
+# name  binary  address variable  port offset
+SYSTEM_SERVICES=(
+    "user social-user USER_ADDR 1"
+    "post social-post POST_ADDR 2"
+    "social-graph social-graph GRAPH_ADDR 3"
+    "engagement social-engagement ENGAGEMENT_ADDR 4"
+    "notification social-notification NOTIFICATION_ADDR 5"
+)
+
+# Starts the five services of the $1 (debug|release) build on ports $2+1 .. $2+5 and the
+# gateway on port $3, each logging to .run/<name>$4.log, and waits until every service is
+# SERVING and the gateway ready. Fills SYSTEM ("name address log" lines) for a summary.
+start_system() {
+    local profile="$1" base="$2" gateway_port="$3" tag="${4:-}" entry name bin var offset port exe i
+    SYSTEM=()
+    export USER_SERVICE_URL="http://127.0.0.1:$((base + 1))"
+    export POST_SERVICE_URL="http://127.0.0.1:$((base + 2))"
+    export GRAPH_SERVICE_URL="http://127.0.0.1:$((base + 3))"
+    export ENGAGEMENT_SERVICE_URL="http://127.0.0.1:$((base + 4))"
+    export NOTIFICATION_SERVICE_URL="http://127.0.0.1:$((base + 5))"
+    for entry in "${SYSTEM_SERVICES[@]}"; do
+        read -r name bin var offset <<<"$entry"
+        port=$((base + offset))
+        exe="$CARGO_TARGET_DIR/$profile/$bin"
+        [[ -x "$exe" ]] || die "$exe is missing: cargo build --bins"
+        port_open 127.0.0.1 "$port" && die "port $port ($name) is already in use"
+        env "$var=127.0.0.1:$port" "$exe" >"$RUN_DIR/$name$tag.log" 2>&1 &
+        STARTED_PIDS+=("$!")
+        SYSTEM+=("$name 127.0.0.1:$port .run/$name$tag.log")
+    done
+    port_open 127.0.0.1 "$gateway_port" && die "port $gateway_port (gateway) is already in use"
+    GATEWAY_ADDR="127.0.0.1:$gateway_port" "$CARGO_TARGET_DIR/$profile/social-gateway" \
+        >"$RUN_DIR/gateway$tag.log" 2>&1 &
+    STARTED_PIDS+=("$!")
+    SYSTEM+=("gateway http://127.0.0.1:$gateway_port .run/gateway$tag.log")
+
+    local grpcurl="$VENV/bin/grpcurl"
+    for entry in "${SYSTEM_SERVICES[@]}"; do
+        read -r name bin var offset <<<"$entry"
+        port=$((base + offset))
+        for ((i = 0; i < 600; i++)); do
+            "$grpcurl" -plaintext "127.0.0.1:$port" grpc.health.v1.Health/Check 2>/dev/null |
+                grep -q SERVING && break
+            ((i % 50 == 49)) && log "waiting for $name (log: .run/$name$tag.log)"
+            sleep 0.2
+        done
+        "$grpcurl" -plaintext "127.0.0.1:$port" grpc.health.v1.Health/Check 2>/dev/null |
+            grep -q '"SERVING"' || die "$name did not become SERVING; see .run/$name$tag.log"
+    done
+    for ((i = 0; i < 150; i++)); do
+        http_ok "http://127.0.0.1:$gateway_port/readyz" && return 0
+        sleep 0.2
+    done
+    die "the gateway did not become ready; see .run/gateway$tag.log"
+}
+
 stop_started() {
     local pid
     for pid in "${STARTED_PIDS[@]}"; do

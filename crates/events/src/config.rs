@@ -57,8 +57,10 @@ pub struct EventsConfig {
     /// in place before a copy is re-queued; keep it well below the broker's
     /// `consumer_timeout` (30 min by default).
     pub hold_limit: Duration,
-    /// For tests: queues expire two minutes after their last consumer leaves, and
-    /// exchanges go with their last binding, so test runs leave nothing behind.
+    /// For tests (`EVENTS_EPHEMERAL`, false): queues expire two minutes after their last
+    /// consumer leaves, and exchanges go with their last binding, so test runs leave
+    /// nothing behind. Never in production: a queue with no consumer for two minutes
+    /// would take its events with it.
     pub ephemeral: bool,
 }
 
@@ -76,7 +78,7 @@ impl EventsConfig {
             handler_timeout: social_kit::config::millis_or("EVENTS_HANDLER_TIMEOUT_MS", 10_000)?,
             outbox_poll: social_kit::config::millis_or("OUTBOX_POLL_MS", 1000)?,
             hold_limit: social_kit::config::seconds_or("EVENTS_HOLD_LIMIT_SECS", 300)?,
-            ephemeral: false,
+            ephemeral: parse_or("EVENTS_EPHEMERAL", false)?,
         })
     }
 

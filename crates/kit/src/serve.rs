@@ -281,6 +281,16 @@ pub async fn serve(
     // top, so that the whole stop fits the platform's grace period (SIGKILL after
     // `terminationGracePeriodSeconds`); what they drop is redelivered or retried.
     background.stop(BACKGROUND_GRACE).await;
+    // Ends the driver's sessions and closes its pools while the runtime still runs: left
+    // to the client's drop, that happens in a task racing the runtime's end (a panic in
+    // the driver's connection requester, seen at SIGTERM).
+    let client = spec.db.client().clone();
+    if tokio::time::timeout(BACKGROUND_GRACE, client.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("the MongoDB client did not close in time");
+    }
     result.map_err(Into::into)
 }
 

@@ -187,7 +187,7 @@ async fn list_sessions(
 
 /// Ends one of the caller's sessions.
 #[utoipa::path(delete, path = "/v1/sessions/{id}", tag = "sessions",
-    params(("id" = String, Path, description = "a session id")), security(("bearer" = [])),
+    params(("id" = String, Path, pattern = "^[0-9a-f]{24}$", description = "a session id")), security(("bearer" = [])),
     responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn revoke_session(
     State(state): State<AppState>,
@@ -226,7 +226,7 @@ async fn revoke_other_sessions(
 
 /// One user.
 #[utoipa::path(get, path = "/v1/users/{id}", tag = "users",
-    params(("id" = String, Path, description = "a user id")),
+    params(("id" = String, Path, pattern = "^[0-9a-f]{24}$", description = "a user id")),
     responses((status = 200, body = User), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn get_user(
     State(state): State<AppState>,

@@ -131,6 +131,7 @@ fn body_error(rejection: &JsonRejection) -> ApiError {
 pub struct PageQuery {
     /// Items per page: 20 when absent, at most 100.
     #[serde(default)]
+    #[param(minimum = 0)]
     pub page_size: i32,
     /// `next_page_token` of the previous page.
     #[serde(default)]

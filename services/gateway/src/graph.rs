@@ -44,7 +44,7 @@ macro_rules! call {
 }
 
 /// Follows a user (again: nothing changes).
-#[utoipa::path(put, path = "/v1/users/{id}/follow", tag = "follows", params(("id" = String, Path)),
+#[utoipa::path(put, path = "/v1/users/{id}/follow", tag = "follows", params(("id" = String, Path, pattern = "^[0-9a-f]{24}$")),
     security(("bearer" = [])),
     responses((status = 200, body = Follow), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 404, body = ErrorBody)))]
@@ -61,7 +61,7 @@ async fn follow(
 }
 
 /// Stops following a user (not following: nothing changes).
-#[utoipa::path(delete, path = "/v1/users/{id}/follow", tag = "follows", params(("id" = String, Path)),
+#[utoipa::path(delete, path = "/v1/users/{id}/follow", tag = "follows", params(("id" = String, Path, pattern = "^[0-9a-f]{24}$")),
     security(("bearer" = [])),
     responses((status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn unfollow(
@@ -105,7 +105,7 @@ async fn with_accounts(
 
 /// Who follows a user, newest first.
 #[utoipa::path(get, path = "/v1/users/{id}/followers", tag = "follows",
-    params(("id" = String, Path), PageQuery),
+    params(("id" = String, Path, pattern = "^[0-9a-f]{24}$"), PageQuery),
     responses((status = 200, body = FollowPage), (status = 400, body = ErrorBody)))]
 async fn followers(
     State(state): State<AppState>,
@@ -138,7 +138,7 @@ async fn followers(
 
 /// Whom a user follows, newest first.
 #[utoipa::path(get, path = "/v1/users/{id}/following", tag = "follows",
-    params(("id" = String, Path), PageQuery),
+    params(("id" = String, Path, pattern = "^[0-9a-f]{24}$"), PageQuery),
     responses((status = 200, body = FollowPage), (status = 400, body = ErrorBody)))]
 async fn following(
     State(state): State<AppState>,
@@ -171,7 +171,7 @@ async fn following(
 
 /// How the caller and a user stand: whether each follows the other.
 #[utoipa::path(get, path = "/v1/users/{id}/relationship", tag = "follows",
-    params(("id" = String, Path)), security(("bearer" = [])),
+    params(("id" = String, Path, pattern = "^[0-9a-f]{24}$")), security(("bearer" = [])),
     responses((status = 200, body = Relationship), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn relationship(
     State(state): State<AppState>,

@@ -212,14 +212,100 @@ impl Modify for Bearer {
     }
 }
 
+/// The errors every route may answer, documented on each operation that does not say
+/// more itself: 401 (any request may carry a bad token), 429 (the rate limits), 503 and
+/// 504 (a service down or slow), and, for operations that take input, 400 and (with a
+/// body) 413.
+struct CommonErrors;
+
+impl Modify for CommonErrors {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{
+            ContentBuilder, Ref, ResponseBuilder, header::HeaderBuilder, schema::Type,
+        };
+        let error = |description: &str, retry: bool| {
+            let mut response = ResponseBuilder::new().description(description).content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ErrorBody")))
+                    .build(),
+            );
+            if retry {
+                response = response.header(
+                    "Retry-After",
+                    HeaderBuilder::new()
+                        .schema(utoipa::openapi::ObjectBuilder::new().schema_type(Type::Integer))
+                        .description(Some("seconds to wait before retrying"))
+                        .build(),
+                );
+            }
+            response.build()
+        };
+        for item in openapi.paths.paths.values_mut() {
+            for op in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let takes_input = op.parameters.as_ref().is_some_and(|p| !p.is_empty())
+                    || op.request_body.is_some();
+                let mut common = vec![
+                    (
+                        "401",
+                        error("the access token is missing, invalid or expired", false),
+                    ),
+                    (
+                        "429",
+                        error("too many requests: retry after Retry-After seconds", true),
+                    ),
+                    (
+                        "503",
+                        error(
+                            "a service is unavailable: retry after Retry-After seconds",
+                            true,
+                        ),
+                    ),
+                    ("504", error("a service did not answer in time", true)),
+                ];
+                if takes_input {
+                    common.push((
+                        "400",
+                        error("a parameter or field is invalid; details name it", false),
+                    ));
+                }
+                if op.request_body.is_some() {
+                    common.push((
+                        "413",
+                        error("the body is larger than any valid request", false),
+                    ));
+                }
+                for (status, response) in common {
+                    op.responses
+                        .responses
+                        .entry(status.to_owned())
+                        .or_insert_with(|| response.into());
+                }
+            }
+        }
+    }
+}
+
 /// The routes and their OpenAPI document.
 fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let (routes, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(accounts::routes())
         .merge(posts::routes())
         .merge(graph::routes())
         .merge(notifications::routes())
-        .split_for_parts()
+        .split_for_parts();
+    // After the merge: the routes' operations are only there now.
+    CommonErrors.modify(&mut doc);
+    (routes, doc)
 }
 
 /// The OpenAPI document, as `GET /openapi.json` serves it.

@@ -83,15 +83,19 @@ impl From<WireUser> for User {
 pub struct Media {
     /// `image`, `video` or `gif`.
     #[serde(rename = "type")]
+    #[schema(pattern = "^(image|video|gif)$")]
     pub kind: String,
     /// Absolute http(s) URL, at most 2048 characters.
+    #[schema(max_length = 2048)]
     pub url: String,
     /// Optional preview image.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub thumbnail_url: String,
     /// Pixels, 1..=16384.
+    #[schema(minimum = 1, maximum = 16384)]
     pub width: i32,
     /// Pixels, 1..=16384.
+    #[schema(minimum = 1, maximum = 16384)]
     pub height: i32,
     /// Seconds, > 0: required for `video` and `gif`, absent for `image`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -356,13 +360,19 @@ page!(SessionPage, Session);
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignUp {
+    /// 3 to 30 letters, digits and `_`; unique, whatever the case.
+    #[schema(pattern = "^[A-Za-z0-9_]{3,30}$")]
     pub username: String,
+    #[schema(max_length = 254)]
     pub email: String,
+    #[schema(min_length = 8, max_length = 128)]
     pub password: String,
     #[serde(default)]
+    #[schema(max_length = 50)]
     pub full_name: String,
     /// A label for the session this starts.
     #[serde(default)]
+    #[schema(max_length = 100)]
     pub device: String,
 }
 
@@ -372,6 +382,7 @@ pub struct LogIn {
     pub username_or_email: String,
     pub password: String,
     #[serde(default)]
+    #[schema(max_length = 100)]
     pub device: String,
 }
 
@@ -385,8 +396,12 @@ pub struct Refresh {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProfileChange {
+    #[schema(max_length = 50)]
     pub full_name: Option<String>,
+    #[schema(max_length = 160)]
     pub bio: Option<String>,
+    /// An absolute http(s) URL, or empty to remove it.
+    #[schema(max_length = 2048)]
     pub profile_picture_url: Option<String>,
 }
 
@@ -394,6 +409,7 @@ pub struct ProfileChange {
 #[serde(deny_unknown_fields)]
 pub struct PasswordChange {
     pub old_password: String,
+    #[schema(min_length = 8, max_length = 128)]
     pub new_password: String,
 }
 
@@ -408,8 +424,10 @@ pub struct Confirm {
 #[serde(deny_unknown_fields)]
 pub struct NewBody {
     #[serde(default)]
+    #[schema(max_length = 500)]
     pub content: String,
     #[serde(default)]
+    #[schema(max_items = 4)]
     pub media: Vec<Media>,
 }
 
@@ -417,7 +435,9 @@ pub struct NewBody {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BodyChange {
+    #[schema(max_length = 500)]
     pub content: Option<String>,
+    #[schema(max_items = 4)]
     pub media: Option<Vec<Media>>,
 }
 
@@ -425,5 +445,6 @@ pub struct BodyChange {
 #[serde(deny_unknown_fields)]
 pub struct MarkRead {
     /// 1..=100 notification ids.
+    #[schema(min_items = 1, max_items = 100)]
     pub ids: Vec<String>,
 }

@@ -72,6 +72,7 @@ macro_rules! call {
 pub struct ListQuery {
     /// Items per page: 20 when absent, at most 100.
     #[serde(default)]
+    #[param(minimum = 0)]
     pub page_size: i32,
     /// `next_page_token` of the previous page.
     #[serde(default)]

@@ -147,7 +147,7 @@ async fn create_post(
 }
 
 /// One post, with its author.
-#[utoipa::path(get, path = "/v1/posts/{id}", tag = "posts", params(("id" = String, Path)),
+#[utoipa::path(get, path = "/v1/posts/{id}", tag = "posts", params(("id" = String, Path, pattern = "^[0-9a-f]{24}$")),
     responses((status = 200, body = Post), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn get_post(
     State(state): State<AppState>,
@@ -168,7 +168,7 @@ async fn get_post(
 }
 
 /// Changes the caller's post: the fields present.
-#[utoipa::path(patch, path = "/v1/posts/{id}", tag = "posts", params(("id" = String, Path)),
+#[utoipa::path(patch, path = "/v1/posts/{id}", tag = "posts", params(("id" = String, Path, pattern = "^[0-9a-f]{24}$")),
     request_body = BodyChange, security(("bearer" = [])),
     responses((status = 200, body = Post), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody)))]
@@ -199,7 +199,7 @@ async fn change_post(
 }
 
 /// Deletes the caller's post (its comments, likes and notifications follow).
-#[utoipa::path(delete, path = "/v1/posts/{id}", tag = "posts", params(("id" = String, Path)),
+#[utoipa::path(delete, path = "/v1/posts/{id}", tag = "posts", params(("id" = String, Path, pattern = "^[0-9a-f]{24}$")),
     security(("bearer" = [])),
     responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn delete_post(
@@ -219,7 +219,7 @@ async fn delete_post(
 
 /// A user's posts, newest first, with their author.
 #[utoipa::path(get, path = "/v1/users/{id}/posts", tag = "posts",
-    params(("id" = String, Path), PageQuery),
+    params(("id" = String, Path, pattern = "^[0-9a-f]{24}$"), PageQuery),
     responses((status = 200, body = PostPage), (status = 400, body = ErrorBody)))]
 async fn user_posts(
     State(state): State<AppState>,
@@ -286,7 +286,7 @@ async fn feed(
 }
 
 /// Likes a post (again: nothing changes).
-#[utoipa::path(put, path = "/v1/posts/{id}/like", tag = "likes", params(("id" = String, Path)),
+#[utoipa::path(put, path = "/v1/posts/{id}/like", tag = "likes", params(("id" = String, Path, pattern = "^[0-9a-f]{24}$")),
     security(("bearer" = [])),
     responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn like_post(
@@ -306,7 +306,7 @@ async fn like_post(
 }
 
 /// Takes a like of a post back (none: nothing changes).
-#[utoipa::path(delete, path = "/v1/posts/{id}/like", tag = "likes", params(("id" = String, Path)),
+#[utoipa::path(delete, path = "/v1/posts/{id}/like", tag = "likes", params(("id" = String, Path, pattern = "^[0-9a-f]{24}$")),
     security(("bearer" = [])),
     responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn unlike_post(
@@ -327,7 +327,7 @@ async fn unlike_post(
 
 /// Who liked a post, newest first.
 #[utoipa::path(get, path = "/v1/posts/{id}/likes", tag = "likes",
-    params(("id" = String, Path), PageQuery),
+    params(("id" = String, Path, pattern = "^[0-9a-f]{24}$"), PageQuery),
     responses((status = 200, body = LikePage), (status = 400, body = ErrorBody)))]
 async fn post_likes(
     State(state): State<AppState>,
@@ -377,7 +377,7 @@ async fn post_likes(
 
 /// A post's comments, oldest first, each with its author.
 #[utoipa::path(get, path = "/v1/posts/{id}/comments", tag = "comments",
-    params(("id" = String, Path), PageQuery),
+    params(("id" = String, Path, pattern = "^[0-9a-f]{24}$"), PageQuery),
     responses((status = 200, body = CommentPage), (status = 400, body = ErrorBody)))]
 async fn comments(
     State(state): State<AppState>,
@@ -411,7 +411,7 @@ async fn comments(
 
 /// Comments on a post: text, media, or both; `@username` mentions notify.
 #[utoipa::path(post, path = "/v1/posts/{id}/comments", tag = "comments",
-    params(("id" = String, Path)), request_body = NewBody, security(("bearer" = [])),
+    params(("id" = String, Path, pattern = "^[0-9a-f]{24}$")), request_body = NewBody, security(("bearer" = [])),
     responses((status = 201, body = Comment), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 404, body = ErrorBody)))]
 async fn create_comment(
@@ -439,7 +439,7 @@ async fn create_comment(
 
 /// Changes the caller's comment: the fields present.
 #[utoipa::path(patch, path = "/v1/comments/{id}", tag = "comments",
-    params(("id" = String, Path)), request_body = BodyChange, security(("bearer" = [])),
+    params(("id" = String, Path, pattern = "^[0-9a-f]{24}$")), request_body = BodyChange, security(("bearer" = [])),
     responses((status = 200, body = Comment), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody)))]
 async fn change_comment(
@@ -470,7 +470,7 @@ async fn change_comment(
 
 /// Deletes a comment (its author or the post's author may).
 #[utoipa::path(delete, path = "/v1/comments/{id}", tag = "comments",
-    params(("id" = String, Path)), security(("bearer" = [])),
+    params(("id" = String, Path, pattern = "^[0-9a-f]{24}$")), security(("bearer" = [])),
     responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn delete_comment(
     State(state): State<AppState>,
@@ -490,7 +490,7 @@ async fn delete_comment(
 
 /// Likes a comment (again: nothing changes).
 #[utoipa::path(put, path = "/v1/comments/{id}/like", tag = "likes",
-    params(("id" = String, Path)), security(("bearer" = [])),
+    params(("id" = String, Path, pattern = "^[0-9a-f]{24}$")), security(("bearer" = [])),
     responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn like_comment(
     State(state): State<AppState>,
@@ -510,7 +510,7 @@ async fn like_comment(
 
 /// Takes a like of a comment back.
 #[utoipa::path(delete, path = "/v1/comments/{id}/like", tag = "likes",
-    params(("id" = String, Path)), security(("bearer" = [])),
+    params(("id" = String, Path, pattern = "^[0-9a-f]{24}$")), security(("bearer" = [])),
     responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn unlike_comment(
     State(state): State<AppState>,
