@@ -128,9 +128,34 @@ SYSTEM_SERVICES=(
     "notification social-notification NOTIFICATION_ADDR 5"
 )
 
+# Settings for a private system run (checks, benches) beside anything else on this
+# machine: its own database, exchange and queues (gone two minutes after it stops), the
+# development keys, and rate limits out of the way.
+isolated_run() { # name
+    export DEVELOPMENT_KEYS=true MONGODB_DATABASE="$1" EVENTS_EXCHANGE="$1.events" \
+        EVENTS_QUEUE_PREFIX="$1" EVENTS_EPHEMERAL=true EVENTS_QUEUE_TYPE=classic \
+        GATEWAY_RATE_ANONYMOUS=1000000/60s GATEWAY_RATE_ACCOUNT=1000000/60s \
+        GATEWAY_RATE_LOGIN=1000000/60s GATEWAY_RATE_SIGNUP=1000000/60s RUST_LOG=warn
+}
+
+# Two free ports' worth of numbers: a base for the five services (base+1..base+5) and
+# the gateway's port, in SYSTEM_BASE and SYSTEM_GATEWAY.
+free_system_ports() {
+    local i
+    for ((i = 0; i < 20; i++)); do
+        SYSTEM_BASE=$(( ($(free_port) % 20000) + 30000 ))
+        SYSTEM_GATEWAY=$(free_port)
+        local taken=0 p
+        for p in 1 2 3 4 5; do port_open 127.0.0.1 $((SYSTEM_BASE + p)) && taken=1; done
+        ((taken == 0)) && return 0
+    done
+    die "no free ports for the services"
+}
+
 # Starts the five services of the $1 (debug|release) build on ports $2+1 .. $2+5 and the
 # gateway on port $3, each logging to .run/<name>$4.log, and waits until every service is
-# SERVING and the gateway ready. Fills SYSTEM ("name address log" lines) for a summary.
+# SERVING and the gateway ready. Fills SYSTEM ("name address log" lines) for a summary,
+# and GATEWAY_PID.
 start_system() {
     local profile="$1" base="$2" gateway_port="$3" tag="${4:-}" entry name bin var offset port exe i
     SYSTEM=()
@@ -153,6 +178,7 @@ start_system() {
     GATEWAY_ADDR="127.0.0.1:$gateway_port" "$CARGO_TARGET_DIR/$profile/social-gateway" \
         >"$RUN_DIR/gateway$tag.log" 2>&1 &
     STARTED_PIDS+=("$!")
+    GATEWAY_PID=$!
     SYSTEM+=("gateway http://127.0.0.1:$gateway_port .run/gateway$tag.log")
 
     local grpcurl="$VENV/bin/grpcurl"

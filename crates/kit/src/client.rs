@@ -67,6 +67,15 @@ impl Peer {
         })
     }
 
+    /// The same peer without the service credential: for a caller that is not a service
+    /// (the gateway), so that it cannot reach internal RPCs.
+    pub fn without_credential(self) -> Self {
+        Self {
+            credential: None,
+            ..self
+        }
+    }
+
     /// The peer from environment variable `url_var`, or `default_url`; `PEER_TIMEOUT_MS`
     /// (default 2000) bounds every call.
     pub fn from_env(

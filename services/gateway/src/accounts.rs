@@ -2,7 +2,7 @@
 
 use axum::{
     Json,
-    extract::{OriginalUri, Path, State},
+    extract::{OriginalUri, State},
     http::StatusCode,
     response::Response,
 };
@@ -16,7 +16,7 @@ use social_proto::user::v1::{
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    context::{AppState, Body, Identity, PageQuery, Query, created, paged},
+    context::{AppState, Body, Identity, PageQuery, Path, Query, created, paged},
     error::{ApiError, ApiResult, ErrorBody},
     model::{
         Confirm, LogIn, PasswordChange, ProfileChange, Refresh, Session, SessionPage, SignUp,

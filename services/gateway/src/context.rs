@@ -152,6 +152,21 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
     }
 }
 
+/// A path parameter that answers in the error shape (a path that does not decode, such
+/// as `%FF`, is a 400 naming `id`).
+pub struct Path<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Path<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(Self(value)),
+            Err(rejection) => Err(ApiError::invalid("id", rejection.body_text())),
+        }
+    }
+}
+
 /// A page as JSON with its `Link: <...>; rel="next"` header.
 pub fn paged<T: serde::Serialize>(uri: &axum::http::Uri, page: T, next_token: &str) -> Response {
     let mut response = axum::Json(page).into_response();
@@ -215,26 +230,25 @@ pub async fn accounts(
     identity: &Identity,
     ids: impl IntoIterator<Item = String>,
 ) -> ApiResult<HashMap<String, Account>> {
-    let mut unique: Vec<String> = Vec::new();
-    for id in ids {
-        if !unique.contains(&id) {
-            unique.push(id);
-        }
-    }
-    if unique.is_empty() {
-        return Ok(HashMap::new());
-    }
+    let mut seen = std::collections::HashSet::new();
+    let unique: Vec<String> = ids
+        .into_iter()
+        .filter(|id| !id.is_empty() && seen.insert(id.clone()))
+        .collect();
     let peer = &services.users;
     let mut client = UserServiceClient::new(peer.channel());
-    let found = peer
-        .call(client.batch_get_users(identity.request(peer, BatchGetUsersRequest { ids: unique })))
-        .await
-        .map_err(|s| ApiError::upstream(peer, s))?;
-    Ok(found
-        .users
-        .iter()
-        .map(|u| (u.id.clone(), Account::from(u)))
-        .collect())
+    let mut found = HashMap::with_capacity(unique.len());
+    // A page has at most 100 items, so one call; a stream's resume may need a few.
+    for ids in unique.chunks(social_kit::validate::MAX_BATCH) {
+        let request = BatchGetUsersRequest { ids: ids.to_vec() };
+        let users = peer
+            .call(client.batch_get_users(identity.request(peer, request)))
+            .await
+            .map_err(|s| ApiError::upstream(peer, s))?
+            .users;
+        found.extend(users.iter().map(|u| (u.id.clone(), Account::from(u))));
+    }
+    Ok(found)
 }
 
 /// The `Authorization: Bearer` token of `headers`, if any (`Err` if malformed).

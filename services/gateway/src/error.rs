@@ -208,13 +208,12 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (status, Json(body)).into_response();
-        // A service that is down or slow is worth retrying soon (a second, unless it
-        // said when).
-        let retry_after = self.retry_after.or(matches!(
-            self.code,
-            Code::Unavailable | Code::DeadlineExceeded
-        )
-        .then_some(Duration::from_secs(1)));
+        // A service that is down is worth retrying soon (a second, unless it said when).
+        // Not a timeout: the request may have been carried out, and a retried POST
+        // would do it twice.
+        let retry_after = self
+            .retry_after
+            .or((self.code == Code::Unavailable).then_some(Duration::from_secs(1)));
         if let Some(after) = retry_after {
             let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
             if let Ok(value) = HeaderValue::from_str(&secs.max(1).to_string()) {

@@ -3,7 +3,7 @@
 
 use axum::{
     Json,
-    extract::{OriginalUri, Path, State},
+    extract::{OriginalUri, State},
     http::StatusCode,
     response::Response,
 };
@@ -15,7 +15,7 @@ use tonic::transport::Channel;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    context::{AppState, Identity, PageQuery, Query, accounts, paged},
+    context::{AppState, Identity, PageQuery, Path, Query, accounts, paged},
     error::{ApiError, ApiResult, ErrorBody},
     model::{Follow, FollowPage, Relationship},
 };

@@ -19,6 +19,8 @@ mod posts;
 
 use std::{net::IpAddr, net::SocketAddr, sync::Arc, time::Duration};
 
+use ipnet::IpNet;
+
 use axum::{
     Json, Router,
     extract::{DefaultBodyLimit, State},
@@ -61,9 +63,10 @@ pub struct Config {
     pub notification_service: Peer,
     /// The rate limits (`GATEWAY_RATE_*`).
     pub rates: Rates,
-    /// `GATEWAY_TRUSTED_PROXIES`: comma-separated addresses whose `X-Forwarded-For` is
-    /// believed (a load balancer's).
-    pub trusted_proxies: Vec<IpAddr>,
+    /// `GATEWAY_TRUSTED_PROXIES`: comma-separated addresses or networks
+    /// (`10.0.0.0/8`) whose `X-Forwarded-For` is believed (a load balancer's, an ingress
+    /// controller's pods).
+    pub trusted_proxies: Vec<IpNet>,
     /// `GATEWAY_CORS_ORIGINS`: comma-separated origins browsers may call from.
     pub cors_origins: Vec<String>,
     /// `GATEWAY_MAX_BODY_BYTES` (65536): the largest request body.
@@ -90,15 +93,20 @@ fn list(var: &str) -> Vec<String> {
 impl Config {
     /// Reads the environment.
     pub fn from_env() -> Result<Self, ConfigError> {
-        let peer = |name, var, url| Peer::from_env(name, var, url);
+        // Not a service: its peers never carry the service credential, so that the edge
+        // cannot reach internal RPCs whatever its environment holds.
+        let peer = |name, var, url| Peer::from_env(name, var, url).map(Peer::without_credential);
         let trusted_proxies = list("GATEWAY_TRUSTED_PROXIES")
             .into_iter()
             .map(|a| {
-                a.parse().map_err(|_| ConfigError {
-                    var: "GATEWAY_TRUSTED_PROXIES".into(),
-                    value: a.clone(),
-                    reason: "expected comma-separated IP addresses".into(),
-                })
+                a.parse::<IpNet>()
+                    .or_else(|_| a.parse::<IpAddr>().map(IpNet::from))
+                    .map_err(|_| ConfigError {
+                        var: "GATEWAY_TRUSTED_PROXIES".into(),
+                        value: a.clone(),
+                        reason: "expected comma-separated IP addresses or networks (10.0.0.0/8)"
+                            .into(),
+                    })
             })
             .collect::<Result<_, _>>()?;
         Ok(Self {
@@ -174,6 +182,9 @@ impl Rate {
 /// What the handlers share beyond the services.
 pub struct Settings {
     edge: limits::Edge,
+    /// The last `/readyz` answer and when it was found (probes are not rate limited:
+    /// at most one round of health checks per second, whoever asks).
+    readiness: tokio::sync::Mutex<Option<(std::time::Instant, Vec<&'static str>)>>,
 }
 
 #[derive(OpenApi)]
@@ -270,7 +281,13 @@ impl Modify for CommonErrors {
                             true,
                         ),
                     ),
-                    ("504", error("a service did not answer in time", true)),
+                    (
+                        "504",
+                        error(
+                            "a service did not answer in time (the request may have been carried out)",
+                            false,
+                        ),
+                    ),
                 ];
                 if takes_input {
                     common.push((
@@ -318,27 +335,40 @@ async fn healthz() -> impl IntoResponse {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
-/// `/readyz`: every service's gRPC health is SERVING.
+/// `/readyz`: every service's gRPC health is SERVING (asked at once, at most once a
+/// second).
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
-    let s = &state.services;
-    let mut down = Vec::new();
-    for (name, peer) in [
-        ("user", &s.users),
-        ("post", &s.posts),
-        ("social-graph", &s.graph),
-        ("engagement", &s.engagement),
-        ("notification", &s.notifications),
-    ] {
-        let mut client = HealthClient::new(peer.channel());
-        let serving = peer
-            .call(client.check(peer.request(HealthCheckRequest::default())))
-            .await
-            .is_ok_and(|r| r.status == 1);
-        if !serving {
-            down.push(name);
+    let mut last = state.settings.readiness.lock().await;
+    let down = match last.as_ref() {
+        Some((at, down)) if at.elapsed() < Duration::from_secs(1) => down.clone(),
+        _ => {
+            let s = &state.services;
+            let checks = [
+                ("user", &s.users),
+                ("post", &s.posts),
+                ("social-graph", &s.graph),
+                ("engagement", &s.engagement),
+                ("notification", &s.notifications),
+            ]
+            .map(|(name, peer)| async move {
+                let mut client = HealthClient::new(peer.channel());
+                let serving = peer
+                    .call(client.check(peer.request(HealthCheckRequest::default())))
+                    .await
+                    .is_ok_and(|r| r.status == 1);
+                (!serving).then_some(name)
+            });
+            let down: Vec<&'static str> = futures::future::join_all(checks)
+                .await
+                .into_iter()
+                .flatten()
+                .collect();
+            *last = Some((std::time::Instant::now(), down.clone()));
+            down
         }
-    }
+    };
+    drop(last);
     let status = if down.is_empty() {
         StatusCode::OK
     } else {
@@ -368,10 +398,12 @@ pub async fn run(
                 verifier: TokenVerifier::from_config(&config.common)?,
                 trusted_proxies: config.trusted_proxies.clone(),
             },
+            readiness: tokio::sync::Mutex::new(None),
         }),
     };
     let (routes, openapi) = api();
-    let openapi = Arc::new(openapi);
+    // Written once: every request for it is a copy of the same bytes.
+    let openapi = axum::body::Bytes::from(serde_json::to_vec(&openapi)?);
     let request_id = HeaderName::from_static("x-request-id");
     let cors = CorsLayer::new()
         .allow_origin(AllowOrigin::list(
@@ -407,7 +439,7 @@ pub async fn run(
             "/openapi.json",
             get(move || {
                 let openapi = openapi.clone();
-                async move { Json(openapi.as_ref().clone()) }
+                async move { ([(header::CONTENT_TYPE, "application/json")], openapi) }
             }),
         )
         .route("/healthz", get(healthz))

@@ -135,18 +135,35 @@ impl Limits {
         self.signup.limiter.retain_recent();
     }
 
-    /// The decision for one request: `(rate, Ok(remaining) | Err(wait))`.
+    /// The decision for one request: `(rate, Ok(remaining) | Err(wait))`. Requests that
+    /// check a password or a refresh token share the login bucket.
     fn check(&self, method: &Method, path: &str, who: &Identity) -> (Rate, Result<u32, Duration>) {
+        let address = bucket_address(who.ip);
         match (method, path) {
-            (&Method::POST, "/v1/accounts") => (self.signup.rate, self.signup.check(&who.ip)),
-            (&Method::POST, "/v1/sessions" | "/v1/sessions/refresh") => {
-                (self.login.rate, self.login.check(&who.ip))
-            }
+            (&Method::POST, "/v1/accounts") => (self.signup.rate, self.signup.check(&address)),
+            (&Method::POST, "/v1/sessions" | "/v1/sessions/refresh")
+            | (&Method::PUT, "/v1/me/password")
+            | (&Method::DELETE, "/v1/me") => (self.login.rate, self.login.check(&address)),
             _ => match who.caller {
                 Some(caller) => (self.account.rate, self.account.check(&caller.user)),
-                None => (self.anonymous.rate, self.anonymous.check(&who.ip)),
+                None => (self.anonymous.rate, self.anonymous.check(&address)),
             },
         }
+    }
+}
+
+/// The key an address is counted under: IPv4 addresses as they are, IPv6 ones by their
+/// /64 (one subscriber's network: rotating through it must not buy fresh budgets).
+fn bucket_address(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
     }
 }
 
@@ -154,30 +171,50 @@ impl Limits {
 pub struct Edge {
     pub verifier: TokenVerifier,
     /// `GATEWAY_TRUSTED_PROXIES`: addresses whose `X-Forwarded-For` is believed.
-    pub trusted_proxies: Vec<IpAddr>,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// The client's address: the socket's, unless the socket is a trusted proxy; then the
-/// right-most `X-Forwarded-For` entry that is not itself a trusted proxy.
-pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpAddr]) -> IpAddr {
-    if !trusted.contains(&peer) {
+/// right-most `X-Forwarded-For` entry that is not itself a trusted proxy. An entry that
+/// does not parse (`unknown`, `ip:port`) ends the walk at the last trusted hop: what is
+/// left of it is the client's to forge.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[ipnet::IpNet]) -> IpAddr {
+    let trusts = |a: &IpAddr| trusted.iter().any(|net| net.contains(a));
+    if !trusts(&peer) {
         return peer;
     }
-    let forwarded = headers
+    let entries: Vec<&str> = headers
         .get_all("x-forwarded-for")
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|a| a.trim().parse::<IpAddr>().ok())
-        .collect::<Vec<_>>();
-    forwarded
-        .into_iter()
-        .rev()
-        .find(|a| !trusted.contains(a))
-        .unwrap_or(peer)
+        .collect();
+    let mut client = peer;
+    for entry in entries.into_iter().rev() {
+        match entry.trim().parse::<IpAddr>() {
+            Ok(a) if trusts(&a) => client = a,
+            Ok(a) => return a,
+            Err(_) => return client,
+        }
+    }
+    client
 }
 
-/// The first middleware: who is calling (a bad token is 401 here).
+/// Routes that obtain a token: one the client still sends (expired, revoked) is ignored,
+/// as the user service ignores it on Login and Register.
+fn obtains_token(method: &Method, path: &str) -> bool {
+    method == Method::POST
+        && matches!(
+            path,
+            "/v1/accounts" | "/v1/sessions" | "/v1/sessions/refresh"
+        )
+}
+
+/// The longest `Authorization` header worth verifying (access tokens are ~300 bytes).
+const MAX_TOKEN_BYTES: usize = 4096;
+
+/// The first middleware: who is calling. A bad token is 401 here, charged to the
+/// client's address (so that forging tokens is no cheaper than anonymous requests).
 pub async fn identify(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -186,14 +223,36 @@ pub async fn identify(
 ) -> Response {
     let edge = &state.settings.edge;
     let ip = client_ip(peer.ip(), request.headers(), &edge.trusted_proxies);
-    let token = match bearer(request.headers()) {
-        Ok(t) => t,
-        Err(e) => return e.into_response(),
+    let refuse = |e: ApiError| {
+        let anonymous = Identity {
+            ip,
+            caller: None,
+            token: None,
+        };
+        let (_, decision) = state.limits.check(&Method::GET, "", &anonymous);
+        match decision {
+            Ok(_) => e.into_response(),
+            Err(wait) => ApiError::too_many(wait).into_response(),
+        }
+    };
+    let token = if obtains_token(request.method(), request.uri().path()) {
+        None
+    } else {
+        match bearer(request.headers()) {
+            Ok(Some(t)) if t.len() > MAX_TOKEN_BYTES => {
+                return refuse(ApiError::new(
+                    tonic::Code::Unauthenticated,
+                    "the access token is invalid",
+                ));
+            }
+            Ok(t) => t,
+            Err(e) => return refuse(e),
+        }
     };
     let caller = match &token {
         Some(t) => match edge.verifier.verify(t) {
             Ok(c) => Some(c),
-            Err(e) => return ApiError::from(e).into_response(),
+            Err(e) => return refuse(ApiError::from(e)),
         },
         None => None,
     };
@@ -242,5 +301,46 @@ pub async fn prune_every_minute(
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(Duration::from_secs(60)) => limits.prune(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn forwarded(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", HeaderValue::from_str(value).unwrap());
+        headers
+    }
+
+    #[test]
+    fn the_client_is_the_right_most_untrusted_forwarded_address() {
+        let proxy: IpAddr = "10.0.0.9".parse().unwrap();
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/24".parse().unwrap()];
+        let ip = |v: &str| client_ip(proxy, &forwarded(v), &trusted).to_string();
+        assert_eq!(ip("1.2.3.4"), "1.2.3.4");
+        assert_eq!(
+            ip("6.6.6.6, 1.2.3.4, 10.0.0.7"),
+            "1.2.3.4",
+            "forged entries on the left"
+        );
+        // What the proxy wrote does not parse: the last trusted hop is all we know.
+        assert_eq!(ip("6.6.6.6, unknown"), "10.0.0.9");
+        assert_eq!(ip("6.6.6.6, 1.2.3.4:5678, 10.0.0.7"), "10.0.0.7");
+        // From an untrusted socket the header is ignored.
+        let direct: IpAddr = "8.8.8.8".parse().unwrap();
+        assert_eq!(client_ip(direct, &forwarded("1.2.3.4"), &trusted), direct);
+    }
+
+    #[test]
+    fn ipv6_clients_are_counted_by_their_network() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(bucket_address(a), bucket_address(b));
+        assert_ne!(bucket_address(a), bucket_address(other));
+        let mapped: IpAddr = "::ffff:1.2.3.4".parse().unwrap();
+        assert_eq!(bucket_address(mapped).to_string(), "1.2.3.4");
     }
 }

@@ -8,7 +8,12 @@
 //! has of the window the resume rule of docs/events.md pages through. The gateway opens
 //! the service's stream first, then pages the list from the top down to 60 s before
 //! that newest one, sends what the client lacks (oldest first), then the live ones,
-//! each id once: no gap, no duplicate.
+//! each id once: no gap, no duplicate. The resume point holds the ids of at most 50
+//! notifications per minute: beyond that, some of the minute before may come again
+//! (clients merge by id). A client away too long (more than 1,000 missed, or a day) gets
+//! `event: resync` instead: reload the list, then carry on with the stream.
+//! Notifications removed while the client was away are not announced: its reload or
+//! next list shows them gone.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -219,13 +224,79 @@ async fn mark_all_read(State(state): State<AppState>, who: Identity) -> ApiResul
     }))
 }
 
+/// How long opening the service's stream may take.
+const OPEN_WITHIN: Duration = Duration::from_secs(5);
+
+/// Sends the missed notifications (or a resync), then the live ones, each id once.
+async fn forward(
+    state: AppState,
+    who: Identity,
+    point: Option<Sent>,
+    missed: Option<Vec<Notification>>,
+    mut live: tonic::Streaming<WireNotification>,
+    tx: &tokio::sync::mpsc::Sender<Event>,
+) {
+    let mut sent = point.unwrap_or_default();
+    // What the client has: a re-push of one of these is not sent again.
+    let mut delivered = sent.ids();
+    let mut actors: HashMap<String, Account> = HashMap::new();
+    match missed {
+        Some(missed) => {
+            for n in missed {
+                delivered.insert(n.id.clone());
+                if let Some(e) = event(&mut sent, n, false)
+                    && tx.send(e).await.is_err()
+                {
+                    return;
+                }
+            }
+        }
+        None => {
+            let resync = Event::default().event("resync").data("{}");
+            if tx.send(resync).await.is_err() {
+                return;
+            }
+        }
+    }
+    while let Some(Ok(n)) = live.next().await {
+        if n.removed {
+            let id = n.id.clone();
+            if let Some(e) = event(&mut sent, Notification::from(n), true)
+                && tx.send(e).await.is_err()
+            {
+                return;
+            }
+            delivered.remove(&id);
+            continue;
+        }
+        if !delivered.insert(n.id.clone()) {
+            continue; // in the pages already
+        }
+        if !actors.contains_key(&n.source_user_id)
+            && let Ok(found) = accounts(&state.services, &who, [n.source_user_id.clone()]).await
+        {
+            actors.extend(found);
+        }
+        let n = attach(vec![n], &actors).into_iter().next();
+        if let Some(e) = n.and_then(|n| event(&mut sent, n, false))
+            && tx.send(e).await.is_err()
+        {
+            return;
+        }
+    }
+}
+
 /// How far back a resume pages (docs/events.md: notifications are pushed within 30 s
 /// of their `created_at`).
 const RESUME_WINDOW_MS: i64 = 60_000;
 /// Most notifications a resume sends before the live ones.
 const RESUME_MAX: usize = 1000;
-/// Most ids a resume point carries.
+/// Most ids a resume point carries (and is read).
 const RESUME_IDS: usize = 50;
+/// Most list pages a resume reads before it gives up and asks for a resync.
+const RESUME_PAGES: usize = RESUME_MAX / 100 + 1;
+/// A resume point older than this is not paged back to: the client resyncs.
+const RESUME_HORIZON_MS: i64 = 24 * 3600 * 1000;
 
 /// What a connection has sent, as its SSE ids say.
 #[derive(Default)]
@@ -236,25 +307,29 @@ struct Sent {
 }
 
 impl Sent {
-    /// Parses a `Last-Event-ID` (see the module docs).
-    fn parse(last: &str) -> Option<Self> {
-        let mut parts = last.split('.');
+    /// Parses a `Last-Event-ID` (see the module docs): at most [`RESUME_IDS`] ids, and
+    /// a time no later than `now_ms` (a client's clock, or a forged one, cannot move the
+    /// window past what exists).
+    fn parse(last: &str, now_ms: i64) -> Option<Self> {
+        let mut parts = last.splitn(3, '.');
         let last_id = parts.next()?.to_owned();
-        let newest_ms = parts.next()?.parse().ok()?;
+        let newest_ms = parts.next()?.parse::<i64>().ok()?.min(now_ms);
         let mut recent = vec![(last_id, newest_ms)];
         if let Some(others) = parts.next() {
             recent.extend(
                 others
                     .split(',')
                     .filter(|id| !id.is_empty())
+                    .take(RESUME_IDS)
                     .map(|id| (id.to_owned(), newest_ms)),
             );
         }
         Some(Self { newest_ms, recent })
     }
 
-    fn has(&self, id: &str) -> bool {
-        self.recent.iter().any(|(sent, _)| sent == id)
+    /// The ids of the resume point.
+    fn ids(&self) -> HashSet<String> {
+        self.recent.iter().map(|(id, _)| id.clone()).collect()
     }
 
     /// Records `id` sent; the SSE id that says so.
@@ -324,61 +399,36 @@ async fn stream(
     let mut request = who.request(&peer, StreamNotificationsRequest {});
     // A stream outlives an RPC's deadline; it ends with its token.
     request.set_timeout(Duration::from_secs(24 * 3600));
-    let live = client(&state)
-        .stream_notifications(request)
+    // Opening it is bounded like any call (the deadline above is the stream's life).
+    let opened = tokio::time::timeout(OPEN_WITHIN, client(&state).stream_notifications(request))
         .await
+        .map_err(|_| {
+            ApiError::upstream(
+                &peer,
+                tonic::Status::deadline_exceeded("opening the stream"),
+            )
+        })?;
+    let live = opened
         .map_err(|s| ApiError::upstream(&peer, s))?
         .into_inner();
-    let mut sent = headers
+    let now_ms = bson::DateTime::now().timestamp_millis();
+    let point = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
-        .and_then(Sent::parse);
-    let missed = match &sent {
-        Some(point) => missed_since(&state, &who, point).await?,
-        None => Vec::new(),
+        .and_then(|last| Sent::parse(last, now_ms));
+    let missed = match &point {
+        Some(point) => missed_since(&state, &who, point, now_ms).await?,
+        None => Some(Vec::new()),
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<Event>(64);
     tokio::spawn(async move {
-        let mut sent = sent.take().unwrap_or_default();
-        let mut delivered: HashSet<String> = HashSet::new();
-        let mut actors: HashMap<String, Account> = HashMap::new();
-        for n in missed {
-            delivered.insert(n.id.clone());
-            if let Some(e) = event(&mut sent, n, false)
-                && tx.send(e).await.is_err()
-            {
-                return;
-            }
+        // Ends when the client goes (even while nothing arrives), or when the service's
+        // stream ends (token expiry, a replica that lost its feed): closing ours makes
+        // the client reconnect with its Last-Event-ID.
+        tokio::select! {
+            () = forward(state, who, point, missed, live, &tx) => {}
+            () = tx.closed() => {}
         }
-        let mut live = live;
-        while let Some(Ok(n)) = live.next().await {
-            if n.removed {
-                let id = n.id.clone();
-                if let Some(e) = event(&mut sent, Notification::from(n), true)
-                    && tx.send(e).await.is_err()
-                {
-                    return;
-                }
-                delivered.remove(&id);
-                continue;
-            }
-            if !delivered.insert(n.id.clone()) {
-                continue; // in the pages already
-            }
-            if !actors.contains_key(&n.source_user_id)
-                && let Ok(found) = accounts(&state.services, &who, [n.source_user_id.clone()]).await
-            {
-                actors.extend(found);
-            }
-            let n = attach(vec![n], &actors).into_iter().next();
-            if let Some(e) = n.and_then(|n| event(&mut sent, n, false))
-                && tx.send(e).await.is_err()
-            {
-                return;
-            }
-        }
-        // The service's stream ended (token expiry, a replica that lost its feed):
-        // closing ours makes the client reconnect with its Last-Event-ID.
     });
     let events = tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<_, Infallible>);
     Ok(Sse::new(events)
@@ -386,16 +436,22 @@ async fn stream(
         .into_response())
 }
 
-/// What the client lacks of the window before its resume point, oldest first.
+/// What the client lacks of the window before its resume point, oldest first, or `None`
+/// when that cannot be told within bounds (the client must resync).
 async fn missed_since(
     state: &AppState,
     who: &Identity,
     point: &Sent,
-) -> ApiResult<Vec<Notification>> {
+    now_ms: i64,
+) -> ApiResult<Option<Vec<Notification>>> {
+    if point.newest_ms < now_ms.saturating_sub(RESUME_HORIZON_MS) {
+        return Ok(None);
+    }
     let peer = &state.services.notifications;
-    let floor = point.newest_ms - RESUME_WINDOW_MS;
+    let floor = point.newest_ms.saturating_sub(RESUME_WINDOW_MS);
+    let known = point.ids();
     let (mut missed, mut token) = (Vec::new(), String::new());
-    'pages: loop {
+    for _ in 0..RESUME_PAGES {
         let request = ListNotificationsRequest {
             page_size: 100,
             page_token: token.clone(),
@@ -406,18 +462,22 @@ async fn missed_since(
             client(state).list_notifications(who.request(peer, request))
         )?;
         for n in page.notifications {
-            if created_ms(&n) < floor || missed.len() >= RESUME_MAX {
-                break 'pages;
+            if created_ms(&n) < floor {
+                missed.reverse();
+                return with_accounts(state, who, missed).await.map(Some);
             }
-            if !point.has(&n.id) {
+            if !known.contains(&n.id) {
+                if missed.len() >= RESUME_MAX {
+                    return Ok(None);
+                }
                 missed.push(n);
             }
         }
         if page.next_page_token.is_empty() {
-            break;
+            missed.reverse();
+            return with_accounts(state, who, missed).await.map(Some);
         }
         token = page.next_page_token;
     }
-    missed.reverse();
-    with_accounts(state, who, missed).await
+    Ok(None)
 }

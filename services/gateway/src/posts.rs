@@ -3,7 +3,7 @@
 
 use axum::{
     Json,
-    extract::{OriginalUri, Path, State},
+    extract::{OriginalUri, State},
     http::StatusCode,
     response::Response,
 };
@@ -25,7 +25,7 @@ use tonic::transport::Channel;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    context::{AppState, Body, Identity, PageQuery, Query, accounts, created, paged},
+    context::{AppState, Body, Identity, PageQuery, Path, Query, accounts, created, paged},
     error::{ApiError, ApiResult, ErrorBody},
     model::{BodyChange, Comment, CommentPage, Like, LikePage, Media, NewBody, Post, PostPage},
 };

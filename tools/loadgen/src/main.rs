@@ -12,6 +12,9 @@
 //! scripts/bench events   # likes under load: RPC rate and latency, then how long until the
 //!                        # counters and notifications they cause have all landed
 //! scripts/bench streams  # memory of 1,000 open notification streams
+//! scripts/bench gateway  # GET /v1/posts/{id} through the gateway against GetPost over
+//!                        # gRPC, the feed with authors against without, the gateway's
+//!                        # memory idle and under load (the system as separate processes)
 //! ```
 //!
 //! Memory figures are of this one process, which holds all five services, their
@@ -54,9 +57,10 @@ async fn main() -> anyhow::Result<()> {
         "notifications" => notifications().await,
         "events" => events().await,
         "streams" => streams().await,
+        "gateway" => gateway().await,
         _ => {
             eprintln!(
-                "usage: social-loadgen feed|login|storm|deletion|notifications|events|streams   (MONGODB_URI must point at a database)"
+                "usage: social-loadgen feed|login|storm|deletion|notifications|events|streams|gateway   (MONGODB_URI must point at a database)"
             );
             std::process::exit(2);
         }
@@ -710,5 +714,225 @@ async fn streams() -> anyhow::Result<()> {
     );
     drop(open);
     database(&stack).await?.drop().await?;
+    Ok(())
+}
+
+/// `VmRSS` and `VmHWM` (peak) of process `pid`, in MiB.
+fn memory_of(pid: &str) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// The gateway's cost, against the system started as separate processes (release build)
+/// by `scripts/bench gateway`: `GATEWAY_URL`, `POST_SERVICE_URL`, `GATEWAY_PID`.
+async fn gateway() -> anyhow::Result<()> {
+    use social_proto::{
+        post::v1::{GetPostRequest, post_service_client::PostServiceClient},
+        user::v1::{BatchGetUsersRequest, user_service_client::UserServiceClient},
+    };
+    const SAMPLES: usize = 2000;
+    const CLIENTS: usize = 32;
+    const LOAD_FOR: Duration = Duration::from_secs(15);
+    let env = |var: &str, default: &str| std::env::var(var).unwrap_or_else(|_| default.into());
+    let base = env("GATEWAY_URL", "http://127.0.0.1:8080");
+    let pid = env("GATEWAY_PID", "");
+    let http = reqwest::Client::new();
+    let mut posts =
+        PostServiceClient::connect(env("POST_SERVICE_URL", "http://127.0.0.1:50052")).await?;
+    let mut users =
+        UserServiceClient::connect(env("USER_SERVICE_URL", "http://127.0.0.1:50051")).await?;
+    let (idle_rss, _) = memory_of(&pid);
+
+    // Twenty authors with five posts each, and a reader who follows them all.
+    let sign_up = |name: String| {
+        let (http, base) = (http.clone(), base.clone());
+        async move {
+            let body = serde_json::json!({
+                "username": name, "email": format!("{name}@example.com"),
+                "password": "correct horse battery",
+            });
+            let r: serde_json::Value = http
+                .post(format!("{base}/v1/accounts"))
+                .json(&body)
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+            let field = |p: &str| r.pointer(p).and_then(|v| v.as_str()).map(str::to_owned);
+            anyhow::Ok((
+                field("/user/id").unwrap_or_default(),
+                field("/access_token").unwrap_or_default(),
+            ))
+        }
+    };
+    let (_, reader) = sign_up("reader".into()).await?;
+    let mut post_id = String::new();
+    for a in 0..20 {
+        let (id, token) = sign_up(format!("author{a}")).await?;
+        http.put(format!("{base}/v1/users/{id}/follow"))
+            .bearer_auth(&reader)
+            .send()
+            .await?
+            .error_for_status()?;
+        for p in 0..5 {
+            let body = serde_json::json!({"content": format!("post {p} by author {a}")});
+            let r: serde_json::Value = http
+                .post(format!("{base}/v1/posts"))
+                .bearer_auth(&token)
+                .json(&body)
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+            post_id = r["id"].as_str().unwrap_or_default().to_owned();
+        }
+    }
+
+    // One client, alternating: the same post through the gateway, straight over gRPC,
+    // and straight over gRPC with its author (the gateway's two calls).
+    let (mut via_http, mut via_grpc, mut via_both) = (histogram(), histogram(), histogram());
+    for i in 0..SAMPLES + 200 {
+        let t = Instant::now();
+        http.get(format!("{base}/v1/posts/{post_id}"))
+            .send()
+            .await?
+            .error_for_status()?
+            .bytes()
+            .await?;
+        let http_us = t.elapsed().as_micros() as u64;
+        let t = Instant::now();
+        posts
+            .get_post(GetPostRequest {
+                id: post_id.clone(),
+            })
+            .await?;
+        let grpc_us = t.elapsed().as_micros() as u64;
+        let t = Instant::now();
+        let post = posts
+            .get_post(GetPostRequest {
+                id: post_id.clone(),
+            })
+            .await?
+            .into_inner();
+        users
+            .batch_get_users(BatchGetUsersRequest {
+                ids: vec![post.user_id],
+            })
+            .await?;
+        let both_us = t.elapsed().as_micros() as u64;
+        if i >= 200 {
+            via_http.record(http_us)?;
+            via_grpc.record(grpc_us)?;
+            via_both.record(both_us)?;
+        }
+    }
+    report("GetPost over gRPC", &via_grpc);
+    report("GetPost+BatchGetUsers gRPC", &via_both);
+    report("GET /v1/posts/{id}", &via_http);
+    let added = |over: &Histogram<u64>, q: f64| {
+        (via_http.value_at_quantile(q) as f64 - over.value_at_quantile(q) as f64) / 1000.0
+    };
+    println!(
+        "the gateway adds over GetPost alone: p50 {:.3} ms, p99 {:.3} ms; over the same two calls: p50 {:.3} ms, p99 {:.3} ms",
+        added(&via_grpc, 0.5),
+        added(&via_grpc, 0.99),
+        added(&via_both, 0.5),
+        added(&via_both, 0.99),
+    );
+
+    // The feed: a page of 20 posts by 20 authors, with the authors (the gateway: one
+    // ListHomeFeed and one BatchGetUsers) and without (ListHomeFeed over gRPC).
+    let (mut with_authors, mut without) = (histogram(), histogram());
+    for i in 0..(SAMPLES / 4) + 50 {
+        let t = Instant::now();
+        let page: serde_json::Value = http
+            .get(format!("{base}/v1/feed?page_size=20"))
+            .bearer_auth(&reader)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let http_us = t.elapsed().as_micros() as u64;
+        anyhow::ensure!(
+            page["items"].as_array().map(Vec::len) == Some(20),
+            "a page of 20: {page}"
+        );
+        let t = Instant::now();
+        posts
+            .list_home_feed(authed(
+                ListHomeFeedRequest {
+                    page_size: 20,
+                    page_token: String::new(),
+                },
+                &reader,
+            ))
+            .await?;
+        let grpc_us = t.elapsed().as_micros() as u64;
+        if i >= 50 {
+            with_authors.record(http_us)?;
+            without.record(grpc_us)?;
+        }
+    }
+    report("feed over gRPC, no authors", &without);
+    report("GET /v1/feed with authors", &with_authors);
+
+    // Under load: CLIENTS clients reading posts through the gateway.
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        let (http, url, done) = (
+            http.clone(),
+            format!("{base}/v1/posts/{post_id}"),
+            done.clone(),
+        );
+        clients.push(tokio::spawn(async move {
+            let mut h = histogram();
+            let mut errors = 0_u64;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let t = Instant::now();
+                match http.get(&url).send().await {
+                    Ok(r) if r.status().is_success() => {
+                        let _ = r.bytes().await;
+                        let _ = h.record(t.elapsed().as_micros() as u64);
+                    }
+                    _ => errors += 1,
+                }
+            }
+            (h, errors)
+        }));
+    }
+    let started = Instant::now();
+    let mut peak_rss: f64 = 0.0;
+    while started.elapsed() < LOAD_FOR {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        peak_rss = peak_rss.max(memory_of(&pid).0);
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut loaded, mut errors) = (histogram(), 0);
+    for c in clients {
+        let (h, e) = c.await?;
+        loaded.add(&h)?;
+        errors += e;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    report(&format!("GET /v1/posts/{{id}} x{CLIENTS}"), &loaded);
+    println!(
+        "{CLIENTS} clients for {secs:.0} s: {:.0} requests/s, {errors} errors",
+        loaded.len() as f64 / secs
+    );
+    let (after_rss, hwm) = memory_of(&pid);
+    println!(
+        "gateway memory: idle {idle_rss:.1} MiB, under load up to {peak_rss:.1} MiB, after {after_rss:.1} MiB (peak {hwm:.1} MiB)"
+    );
     Ok(())
 }

@@ -86,7 +86,7 @@ async fn forwarded_addresses_count_only_behind_a_trusted_proxy() {
     // cannot prepend addresses to escape its own.
     let app = App::start_with(|c| {
         c.rates.anonymous = Rate::per(2, 60);
-        c.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+        c.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
     })
     .await;
     for _ in 0..2 {
@@ -234,4 +234,59 @@ async fn the_openapi_document_lists_every_route_with_its_errors() {
         doc["components"]["securitySchemes"]["bearer"]["scheme"],
         "bearer"
     );
+}
+
+#[tokio::test]
+async fn forged_tokens_are_charged_to_the_address_and_passwords_to_the_login_bucket() {
+    let app = App::start_with(|c| {
+        c.rates.anonymous = Rate::per(2, 60);
+        c.rates.login = Rate::per(3, 60);
+    })
+    .await;
+    // Forged tokens: 401 while the address has budget, then 429.
+    for _ in 0..2 {
+        app.get("/v1/me", Some("forged.token.here"))
+            .await
+            .error(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED");
+    }
+    app.get("/v1/me", Some("forged.token.here"))
+        .await
+        .error(StatusCode::TOO_MANY_REQUESTS, "RESOURCE_EXHAUSTED");
+
+    // A stale token sent while logging in is ignored, as the user service ignores it.
+    let app = App::start_with(|c| c.rates.login = Rate::per(3, 60)).await;
+    let (_, alice) = app.sign_up("alice").await;
+    let login = app
+        .call(
+            Method::POST,
+            "/v1/sessions",
+            Some("an.expired.token"),
+            Some(serde_json::json!({"username_or_email": "alice", "password": "correct horse battery"})),
+        )
+        .await;
+    assert_eq!(login.status, StatusCode::CREATED, "{}", login.body);
+    // Guessing the password with a stolen access token costs login budget, not the
+    // account's: 2 more guesses, then 429.
+    let guess = serde_json::json!({"old_password": "guess", "new_password": "whatever long"});
+    for _ in 0..2 {
+        let a = app
+            .call(
+                Method::PUT,
+                "/v1/me/password",
+                Some(&alice),
+                Some(guess.clone()),
+            )
+            .await;
+        assert_ne!(a.status, StatusCode::TOO_MANY_REQUESTS, "{}", a.body);
+    }
+    app.call(Method::PUT, "/v1/me/password", Some(&alice), Some(guess))
+        .await
+        .error(StatusCode::TOO_MANY_REQUESTS, "RESOURCE_EXHAUSTED");
+}
+
+#[tokio::test]
+async fn a_path_that_does_not_decode_is_a_400_in_the_error_shape() {
+    let app = App::start().await;
+    let a = app.get("/v1/posts/%FF%FE", None).await;
+    assert_eq!(a.error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT"), ["id"]);
 }

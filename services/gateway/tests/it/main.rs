@@ -15,13 +15,14 @@ use std::{
     sync::{Arc, Mutex},
 };
 
+use futures::StreamExt;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use social_testkit::{Running, Stack};
 
 /// The stack, a gateway in front of it, and an HTTP client.
 struct App {
-    _stack: Stack,
+    stack: Stack,
     _gateway: Running,
     base: String,
     http: reqwest::Client,
@@ -71,7 +72,7 @@ impl App {
         Self {
             base: format!("http://{}", gateway.addr),
             _gateway: gateway,
-            _stack: stack,
+            stack,
             http: reqwest::Client::new(),
         }
     }
@@ -148,7 +149,18 @@ impl App {
 struct RpcCounter {
     addr: SocketAddr,
     calls: Arc<Mutex<HashMap<String, usize>>>,
+    /// Server streams (answers whose body is still being read) open through it.
+    open: Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// Counts an open answer down when its body is dropped.
+struct OpenGuard(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl RpcCounter {
@@ -158,18 +170,30 @@ impl RpcCounter {
             .unwrap()
             .connect_lazy();
         let calls: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
-        let counted = calls.clone();
+        let open: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
+        let (counted, opened) = (calls.clone(), open.clone());
         let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
-            let (mut channel, calls) = (channel.clone(), counted.clone());
+            let (mut channel, calls, open) = (channel.clone(), counted.clone(), opened.clone());
             async move {
-                *calls
-                    .lock()
-                    .unwrap()
-                    .entry(request.uri().path().to_owned())
-                    .or_default() += 1;
+                let path = request.uri().path().to_owned();
+                *calls.lock().unwrap().entry(path.clone()).or_default() += 1;
                 let request = request.map(tonic::body::Body::new);
                 let response = channel.ready().await.unwrap().call(request).await.unwrap();
-                response.map(axum::body::Body::new)
+                if !path.starts_with("/social.notification.v1.NotificationService/Stream") {
+                    return response.map(axum::body::Body::new);
+                }
+                // A stream: counted open until the gateway lets go of it (its trailers
+                // are not passed on; these streams are not meant to end in the test).
+                open.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let guard = OpenGuard(open);
+                let (parts, body) = response.into_parts();
+                let data = axum::body::Body::new(body)
+                    .into_data_stream()
+                    .map(move |chunk| {
+                        let _held = &guard;
+                        chunk
+                    });
+                axum::http::Response::from_parts(parts, axum::body::Body::from_stream(data))
             }
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -177,7 +201,12 @@ impl RpcCounter {
         let task = tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
         });
-        Self { addr, calls, task }
+        Self {
+            addr,
+            calls,
+            open,
+            task,
+        }
     }
 
     /// A peer for the gateway's config that goes through this proxy.
@@ -193,6 +222,13 @@ impl RpcCounter {
     /// time asked.
     fn take(&self, method: &str) -> usize {
         self.calls.lock().unwrap().remove(method).unwrap_or(0)
+    }
+}
+
+impl RpcCounter {
+    /// Streams open through it now.
+    fn open_streams(&self) -> usize {
+        self.open.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 

@@ -6,7 +6,8 @@ use futures::StreamExt;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::App;
+use crate::{App, RpcCounter};
+use social_testkit::Stack;
 
 /// One SSE event.
 #[derive(Debug)]
@@ -196,4 +197,81 @@ async fn a_stream_needs_a_valid_token() {
     let (_, alice) = app.sign_up("alice").await;
     let mut stream = Sse::open(&app, &alice, Some("x.99999999999999.y,z")).await;
     assert!(stream.next(Duration::from_secs(1)).await.is_none());
+}
+
+#[tokio::test]
+async fn a_resume_hydrates_more_actors_than_one_batch_holds() {
+    use bson::{DateTime, doc, oid::ObjectId};
+    let app = App::start().await;
+    let (alice_id, alice) = app.sign_up("alice").await;
+    let (bob_id, _) = app.sign_up("bob").await;
+    // 150 notifications in the last minute, each from another account (bob's is the
+    // newest), stored while alice was away.
+    let db = mongodb::Client::with_uri_str(social_testkit::mongodb_uri())
+        .await
+        .unwrap()
+        .database(&app.stack.database);
+    let now = DateTime::now().timestamp_millis();
+    let docs: Vec<_> = (0..150_i64)
+        .map(|i| {
+            let actor = if i == 0 {
+                bob_id.parse().unwrap()
+            } else {
+                ObjectId::new()
+            };
+            let at = DateTime::from_millis(now - 20_000 - i * 10);
+            doc! {
+                "_id": ObjectId::new(), "user_id": alice_id.parse::<ObjectId>().unwrap(),
+                "type": "FOLLOW", "source_user_id": actor, "is_read": false,
+                "created_at": at, "sort_key": social_kit::paging::sort_key(at),
+                "dedupe_key": format!("follow:{actor}:{alice_id}"), "event_id": "",
+            }
+        })
+        .collect();
+    db.collection::<bson::Document>("notifications")
+        .insert_many(docs)
+        .await
+        .unwrap();
+    // Back with a resume point from before them: all 150, oldest first, bob's last.
+    let last = format!("{}.{}.", ObjectId::new(), now - 30_000);
+    let mut stream = Sse::open(&app, &alice, Some(&last)).await;
+    let missed = stream.take(150).await;
+    assert_eq!(missed[149].data["account"]["username"], "bob");
+    assert!(
+        missed[..149].iter().all(|e| e.data["account"].is_null()),
+        "unknown accounts are absent"
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_goes_away_frees_its_stream_even_when_nothing_happens() {
+    let stack = Stack::start().await;
+    let notifications = RpcCounter::start(stack.notification.addr).await;
+    let app = App::around(stack, |c| {
+        c.notification_service = notifications.peer("notification service");
+    })
+    .await;
+    let (_, alice) = app.sign_up("alice").await;
+    let stream = Sse::open(&app, &alice, None).await;
+    assert_eq!(notifications.open_streams(), 1);
+    drop(stream);
+    let freed = social_testkit::eventually(Duration::from_secs(5), || async {
+        (notifications.open_streams() == 0).then_some(())
+    })
+    .await;
+    assert!(
+        freed.is_some(),
+        "the gateway still holds the service's stream"
+    );
+}
+
+#[tokio::test]
+async fn a_resume_point_too_old_to_page_back_to_asks_for_a_resync() {
+    let app = App::start().await;
+    let (_, alice) = app.sign_up("alice").await;
+    let two_days_ago = bson::DateTime::now().timestamp_millis() - 2 * 24 * 3600 * 1000;
+    let last = format!("{}.{two_days_ago}.", bson::oid::ObjectId::new());
+    let mut stream = Sse::open(&app, &alice, Some(&last)).await;
+    let first = stream.next(Duration::from_secs(5)).await.expect("an event");
+    assert_eq!(first.kind, "resync");
 }
