@@ -138,13 +138,37 @@ impl Counters {
         delta: i64,
         event: &Envelope,
     ) -> mongodb::error::Result<bool> {
-        let event_id = event.event_id.as_str();
+        self.apply(
+            id,
+            field,
+            delta,
+            &event.event_id,
+            event_time_ms(event),
+            Document::new(),
+        )
+        .await
+    }
+
+    /// Adds `delta` to `field` of document `id` once for `change` (an event id, or any
+    /// key naming one change, such as `add:<notification id>`), at time `t` (ms), if the
+    /// document also matches `condition`; whether it changed the document. A change that
+    /// did not apply because of `condition` is not remembered: it may apply later.
+    pub async fn apply(
+        &self,
+        id: ObjectId,
+        field: &str,
+        delta: i64,
+        change: &str,
+        t: i64,
+        condition: Document,
+    ) -> mongodb::error::Result<bool> {
+        let event_id = change;
         let key = format!("{id}:{event_id}");
         if self.ledger.find_one(doc! { "_id": &key }).await?.is_some() {
             return Ok(false);
         }
-        let t = event_time_ms(event);
-        let filter = doc! { "_id": id, FIELD: { "$nin": [event_id] }, RECOUNT: { "$lt": t } };
+        let mut filter = doc! { "_id": id, FIELD: { "$nin": [event_id] }, RECOUNT: { "$lt": t } };
+        filter.extend(condition.clone());
         let update = doc! {
             "$inc": { field: delta, VERSION: 1_i64 },
             "$push": {
@@ -172,6 +196,18 @@ impl Counters {
                 == 1;
             if repaired {
                 changed = self.target.update_one(filter, update).await?.modified_count == 1;
+            }
+        }
+        if !changed && !condition.is_empty() {
+            // Not applied: because of `condition`, or because it was applied already (the
+            // document remembers it). Only the latter goes in the ledger.
+            let applied = self
+                .target
+                .find_one(doc! { "_id": id, FIELD: { "$in": [event_id] } })
+                .await?
+                .is_some();
+            if !applied {
+                return Ok(false);
             }
         }
         let entry = Entry {

@@ -77,8 +77,11 @@ pub const NOTIFICATION: QueueSpec = QueueSpec {
     service: "notification",
     routing_keys: &[
         "graph.user.followed",
+        "graph.user.unfollowed",
         "engagement.post.liked",
+        "engagement.post.unliked",
         "engagement.comment.liked",
+        "engagement.comment.unliked",
         "engagement.comment.created",
         "engagement.comment.deleted",
         "post.post.created",

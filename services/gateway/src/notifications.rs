@@ -396,7 +396,12 @@ async fn stream(
     who.account()?;
     let peer = state.services.notifications.clone();
     // The live feed first, so that nothing falls between it and the pages.
-    let mut request = who.request(&peer, StreamNotificationsRequest {});
+    let mut request = who.request(
+        &peer,
+        StreamNotificationsRequest {
+            include_groups: false,
+        },
+    );
     // A stream outlives an RPC's deadline; it ends with its token.
     request.set_timeout(Duration::from_secs(24 * 3600));
     // Opening it is bounded like any call (the deadline above is the stream's life).

@@ -12,16 +12,18 @@ use social_kit::{
     validate,
 };
 use social_proto::notification::v1::{
-    GetUnreadCountRequest, GetUnreadCountResponse, ListNotificationsRequest,
-    ListNotificationsResponse, MarkAllNotificationsReadRequest, MarkNotificationsReadRequest,
-    MarkNotificationsReadResponse, Notification, NotificationType, StreamNotificationsRequest,
-    notification_service_server::NotificationService,
+    GetUnreadCountRequest, GetUnreadCountResponse, GetUnreadGroupCountRequest,
+    ListNotificationGroupsRequest, ListNotificationGroupsResponse, ListNotificationsRequest,
+    ListNotificationsResponse, MarkAllNotificationsReadRequest, MarkGroupReadRequest,
+    MarkNotificationsReadRequest, MarkNotificationsReadResponse, Notification, NotificationGroup,
+    NotificationType, StreamNotificationsRequest, notification_service_server::NotificationService,
 };
 use tonic::{Request, Response, Status};
 
 use crate::{
+    groups::GroupDoc,
     hub::Hub,
-    store::{ListFilter, NotificationDoc, Store},
+    store::{ListFilter, NotificationDoc, Store, Which},
 };
 
 pub struct Api {
@@ -49,6 +51,27 @@ impl From<NotificationDoc> for Notification {
             is_read: n.is_read,
             created_at: Some(to_timestamp(n.created_at)),
             removed: false,
+            group_key: n.group_key,
+            group: None,
+        }
+    }
+}
+
+impl From<GroupDoc> for NotificationGroup {
+    fn from(g: GroupDoc) -> Self {
+        let kind =
+            NotificationType::from_str_name(&g.kind).unwrap_or(NotificationType::Unspecified);
+        Self {
+            group_key: g.group_key,
+            r#type: kind as i32,
+            post_id: g.post_id.map(|p| p.to_hex()),
+            comment_id: g.comment_id.map(|c| c.to_hex()),
+            notifications_count: g.count.max(0),
+            unread_count: g.unread.clamp(0, g.count.max(0)),
+            sample_account_ids: g.actors.iter().map(|a| a.to_hex()).collect(),
+            most_recent_notification_id: g.latest_id.map(|i| i.to_hex()).unwrap_or_default(),
+            latest_at: Some(to_timestamp(g.latest_at)),
+            user_id: g.user_id.to_hex(),
         }
     }
 }
@@ -121,7 +144,12 @@ impl NotificationService for Api {
         let mut v = Violations::default();
         let ids: Vec<ObjectId> = validate::id_batch("ids", &request.get_ref().ids, &mut v);
         v.finish()?;
-        let updated_count = self.store.mark_read(me, Some(&ids)).await?;
+        // Their groups count them read first (once each), so that a failure in between
+        // leaves nothing counted twice when the client retries.
+        for n in self.store.unread_among(me, &ids).await? {
+            self.store.groups.reading(&n).await?;
+        }
+        let updated_count = self.store.mark_read(me, Which::Ids(&ids)).await?;
         Ok(Response::new(MarkNotificationsReadResponse {
             updated_count,
         }))
@@ -132,7 +160,10 @@ impl NotificationService for Api {
         request: Request<MarkAllNotificationsReadRequest>,
     ) -> Result<Response<MarkNotificationsReadResponse>, Status> {
         let me = caller(&request)?;
-        let updated_count = self.store.mark_read(me, None).await?;
+        // Everything stored up to now; what arrives meanwhile stays unread.
+        let up_to = social_kit::paging::fresh_sort_key();
+        self.store.groups.mark_all_read(me, up_to).await?;
+        let updated_count = self.store.mark_read(me, Which::UpTo(up_to)).await?;
         Ok(Response::new(MarkNotificationsReadResponse {
             updated_count,
         }))
@@ -152,9 +183,10 @@ impl NotificationService for Api {
             .duration_since(std::time::SystemTime::now())
             .unwrap_or_default();
         let deadline = tokio::time::Instant::now() + left;
+        let groups = request.get_ref().include_groups;
         let live = self
             .hub
-            .subscribe(session.user)?
+            .subscribe(session.user, groups)?
             .take_until(tokio::time::sleep_until(deadline));
         let expired = futures::stream::once(async move {
             (tokio::time::Instant::now() >= deadline).then(|| {
@@ -165,5 +197,56 @@ impl NotificationService for Api {
         })
         .filter_map(futures::future::ready);
         Ok(Response::new(Box::pin(live.chain(expired))))
+    }
+
+    async fn list_notification_groups(
+        &self,
+        request: Request<ListNotificationGroupsRequest>,
+    ) -> Result<Response<ListNotificationGroupsResponse>, Status> {
+        let me = caller(&request)?;
+        let r = request.get_ref();
+        let mut v = Violations::default();
+        let query = format!("notification_groups:{me}:{}", r.unread_only);
+        let page = PageRequest::parse(r.page_size, &r.page_token, query, &mut v);
+        v.finish()?;
+        let groups = self.store.groups.list(me, r.unread_only, &page).await?;
+        let (groups, next_page_token) = page.finish(groups, |g| g.sort_key);
+        Ok(Response::new(ListNotificationGroupsResponse {
+            groups: groups.into_iter().map(Into::into).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn get_unread_group_count(
+        &self,
+        request: Request<GetUnreadGroupCountRequest>,
+    ) -> Result<Response<GetUnreadCountResponse>, Status> {
+        let me = caller(&request)?;
+        let count = self.store.unread_groups(me).await?;
+        Ok(Response::new(GetUnreadCountResponse { count }))
+    }
+
+    async fn mark_group_read(
+        &self,
+        request: Request<MarkGroupReadRequest>,
+    ) -> Result<Response<MarkNotificationsReadResponse>, Status> {
+        let me = caller(&request)?;
+        let key = request.get_ref().group_key.trim();
+        let mut v = Violations::default();
+        if key.is_empty() {
+            v.add("group_key", "is required");
+        } else if key.len() > 200 {
+            v.add("group_key", "must be at most 200 characters");
+        }
+        v.finish()?;
+        let updated_count = self
+            .store
+            .groups
+            .mark_read(me, key)
+            .await?
+            .ok_or_else(|| social_kit::Error::NotFound("notification group"))?;
+        Ok(Response::new(MarkNotificationsReadResponse {
+            updated_count,
+        }))
     }
 }

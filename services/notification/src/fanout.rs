@@ -59,6 +59,8 @@ pub struct Fanout {
     pub broadcaster: Broadcaster,
     /// Wakes the relay of the deleted accounts' tombstones (`AccountCleared`).
     pub relay: Waker,
+    /// `NOTIFICATION_GROUP_WINDOW_SECS`, in ms: the window likes and follows group in.
+    pub group_window_ms: i64,
 }
 
 /// One notification to store, before it has an id.
@@ -85,8 +87,30 @@ impl Fanout {
 
     async fn handle(&self, envelope: Envelope) -> anyhow::Result<()> {
         let actor = oid(&envelope.actor_id)?;
+        let event_ms = social_events::idempotency::event_time_ms(&envelope);
         let mut drafts = Vec::new();
         match &envelope.payload {
+            Some(Payload::UserUnfollowed(e)) => {
+                return self
+                    .undo(
+                        format!("follow:{}:{}", e.follower_id, e.followee_id),
+                        event_ms,
+                    )
+                    .await;
+            }
+            Some(Payload::PostUnliked(e)) => {
+                return self
+                    .undo(format!("post_like:{}:{}", e.user_id, e.post_id), event_ms)
+                    .await;
+            }
+            Some(Payload::CommentUnliked(e)) => {
+                return self
+                    .undo(
+                        format!("comment_like:{}:{}", e.user_id, e.comment_id),
+                        event_ms,
+                    )
+                    .await;
+            }
             Some(Payload::UserFollowed(e)) => drafts.push(Draft {
                 recipient: oid(&e.followee_id)?,
                 kind: "FOLLOW",
@@ -143,6 +167,7 @@ impl Fanout {
                 let post = oid(&e.post_id)?;
                 self.store.mark_removed(removed_key("post", post)).await?;
                 self.remove_about("post_id", post).await?;
+                self.store.groups.delete_where("post_id", post).await?;
             }
             Some(Payload::CommentDeleted(e)) => {
                 let comment = oid(&e.comment_id)?;
@@ -150,6 +175,10 @@ impl Fanout {
                     .mark_removed(removed_key("comment", comment))
                     .await?;
                 self.remove_about("comment_id", comment).await?;
+                self.store
+                    .groups
+                    .delete_where("comment_id", comment)
+                    .await?;
             }
             Some(Payload::UserDeleted(e)) => {
                 return self.remove_user(removed_users::deleted_user(e)?).await;
@@ -160,14 +189,23 @@ impl Fanout {
         let mut keys = Vec::new();
         let mut about = Vec::new();
         for draft in drafts {
-            // Nobody is notified of their own action.
-            if draft.recipient == actor {
+            // Nobody is notified of their own action; nor of a like or follow taken back
+            // since (this event came late, or again).
+            if draft.recipient == actor || self.store.undone_after(&draft.key, event_ms).await? {
                 continue;
             }
             keys.push(draft.key.clone());
             about.extend(draft.post.map(|p| removed_key("post", p)));
             about.extend(draft.comment.map(|c| removed_key("comment", c)));
             let now = DateTime::now();
+            let group_key = crate::groups::group_key(
+                draft.kind,
+                draft.post,
+                draft.comment,
+                &draft.key,
+                now.timestamp_millis(),
+                self.group_window_ms,
+            );
             let mut doc = NotificationDoc {
                 id: ObjectId::new(),
                 user_id: draft.recipient,
@@ -180,15 +218,34 @@ impl Fanout {
                 sort_key: social_kit::paging::sort_key(now),
                 dedupe_key: draft.key,
                 event_id: envelope.event_id.clone(),
+                event_ms,
+                group_key,
             };
-            if self.store.insert(&mut doc).await? {
-                stored.push(doc);
-            } else if let Some(earlier) = self.store.by_dedupe_key(&doc.dedupe_key).await?
-                && earlier.event_id == envelope.event_id
-            {
-                // Stored by an earlier try of this event, which may have failed before
-                // pushing it: push it (again; streams merge by id).
-                stored.push(earlier);
+            for _ in 0..5 {
+                if self.store.insert(&mut doc).await? {
+                    stored.push(doc);
+                    break;
+                }
+                let Some(earlier) = self.store.by_dedupe_key(&doc.dedupe_key).await? else {
+                    continue; // removed meanwhile (an unlike): store ours
+                };
+                if earlier.event_id == envelope.event_id {
+                    // Stored by an earlier try of this event, which may have failed before
+                    // pushing it: push it (again; streams merge by id).
+                    stored.push(earlier);
+                    break;
+                }
+                // Stored by an earlier like or follow of the same thing (handled out of
+                // order with the unlike between them): this one owns it now, so that the
+                // unlike does not take it away; unless it is gone meanwhile.
+                if earlier.event_ms >= event_ms
+                    || self
+                        .store
+                        .take_over(&earlier, &envelope.event_id, event_ms)
+                        .await?
+                {
+                    break;
+                }
             }
         }
         // The post or comment may have been deleted before (a late or redelivered
@@ -220,10 +277,61 @@ impl Fanout {
             tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
         }
         let mut pushed = Vec::with_capacity(stored.len());
+        let mut groups = Vec::new();
         for doc in stored {
-            pushed.push(Notification::from(self.fresh(doc).await?));
+            let doc = self.fresh(doc).await?;
+            groups.extend(self.store.groups.added(&doc).await?);
+            pushed.push(Notification::from(doc));
         }
-        self.broadcast(pushed).await
+        // A deletion that began meanwhile may have removed the groups before these were
+        // counted into them: take them away again (the tombstone is written first).
+        if self.store.any_removed(&about).await? {
+            for n in &pushed {
+                for (field, id) in [("post_id", &n.post_id), ("comment_id", &n.comment_id)] {
+                    if let Some(id) = id.as_deref().and_then(|i| ObjectId::parse_str(i).ok()) {
+                        self.store.groups.delete_where(field, id).await?;
+                    }
+                }
+            }
+            return Ok(self.store.delete_by_keys(&keys).await?);
+        }
+        self.push_batch(&LiveBatch {
+            notifications: pushed,
+            ended_users: Vec::new(),
+            groups: groups.into_iter().map(Into::into).collect(),
+        })
+        .await
+    }
+
+    /// A like or follow taken back at `t`: its notification goes (if an earlier one
+    /// stored it), out of its group's counts, and the streams are told.
+    async fn undo(&self, dedupe_key: String, t: i64) -> anyhow::Result<()> {
+        let Some(n) = self.store.undo(&dedupe_key, t).await? else {
+            return Ok(());
+        };
+        let group = self.store.groups.removing(&n).await?;
+        if !self.store.delete_if_older(&n, t).await? {
+            // A later like or follow took it over meanwhile: it stays, and counts.
+            self.store.groups.kept(&n, t).await?;
+            return Ok(());
+        }
+        let group = match group {
+            Some(id) => self.store.groups.refresh_head(id).await?,
+            None => None,
+        };
+        let removed = Notification {
+            id: n.id.to_hex(),
+            user_id: n.user_id.to_hex(),
+            group_key: n.group_key.clone(),
+            removed: true,
+            ..Default::default()
+        };
+        self.push_batch(&LiveBatch {
+            notifications: vec![removed],
+            ended_users: Vec::new(),
+            groups: group.into_iter().map(Into::into).collect(),
+        })
+        .await
     }
 
     /// `doc`, with a new sort key and `created_at` if its push comes later than
@@ -247,6 +355,7 @@ impl Fanout {
         self.push_batch(&LiveBatch {
             notifications,
             ended_users: Vec::new(),
+            groups: Vec::new(),
         })
         .await
     }
@@ -271,10 +380,12 @@ impl Fanout {
         let batch = LiveBatch {
             notifications: Vec::new(),
             ended_users: vec![user.to_hex()],
+            groups: Vec::new(),
         };
         self.push_batch(&batch).await?;
         self.remove_about("source_user_id", user).await?;
         self.remove_about("user_id", user).await?;
+        self.store.groups.delete_where("user_id", user).await?;
         if self.store.removed_users.cleared(user).await? {
             self.relay.wake();
         }
@@ -293,18 +404,42 @@ impl Fanout {
             if batch.is_empty() {
                 return Ok(());
             }
+            // What an actor caused leaves groups that stay: out of their counts first
+            // (once per notification, however often this is retried). Groups about a
+            // deleted post or comment, or of a deleted recipient, go whole afterwards.
+            let mut touched = Vec::new();
+            if field == "source_user_id" {
+                for n in &batch {
+                    touched.extend(self.store.groups.removing(n).await?);
+                }
+            }
             let removed = batch
                 .iter()
-                .map(|(id, user)| Notification {
-                    id: id.to_hex(),
-                    user_id: user.to_hex(),
+                .map(|n| Notification {
+                    id: n.id.to_hex(),
+                    user_id: n.user_id.to_hex(),
+                    group_key: n.group_key.clone(),
                     removed: true,
                     ..Default::default()
                 })
                 .collect();
             self.broadcast(removed).await?;
-            let ids: Vec<ObjectId> = batch.into_iter().map(|(id, _)| id).collect();
+            let ids: Vec<ObjectId> = batch.into_iter().map(|n| n.id).collect();
             self.store.delete_ids(&ids).await?;
+            touched.sort_unstable();
+            touched.dedup();
+            let mut groups = Vec::new();
+            for group in touched {
+                groups.extend(self.store.groups.refresh_head(group).await?);
+            }
+            if !groups.is_empty() {
+                self.push_batch(&LiveBatch {
+                    notifications: Vec::new(),
+                    ended_users: Vec::new(),
+                    groups: groups.into_iter().map(Into::into).collect(),
+                })
+                .await?;
+            }
         }
     }
 

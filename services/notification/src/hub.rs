@@ -37,6 +37,8 @@ struct Listener {
     id: u64,
     tx: mpsc::Sender<Notification>,
     ended: Arc<AtomicU8>,
+    /// Whether it asked for group updates.
+    groups: bool,
 }
 
 /// Removes a stream from the hub when the stream is dropped.
@@ -108,6 +110,7 @@ impl Hub {
     pub fn subscribe(
         &self,
         user: ObjectId,
+        groups: bool,
     ) -> Result<impl Stream<Item = Result<Notification, Status>> + Send + 'static, Status> {
         let (tx, rx) = mpsc::channel(self.buffer);
         let ended = Arc::new(AtomicU8::new(OPEN));
@@ -126,6 +129,7 @@ impl Hub {
                 id,
                 tx,
                 ended: ended.clone(),
+                groups,
             });
         }
         let shutdown = self.shutdown.clone();
@@ -188,20 +192,44 @@ impl Hub {
 
     /// Pushes `n` to every stream of its recipient, without waiting.
     pub fn push(&self, user: ObjectId, n: &Notification) {
+        self.push_to(user, n, false);
+    }
+
+    /// Pushes a group update (a message with only `group` set) to the streams of its
+    /// recipient that asked for them.
+    pub fn push_group(
+        &self,
+        user: ObjectId,
+        group: social_proto::notification::v1::NotificationGroup,
+    ) {
+        let update = Notification {
+            user_id: group.user_id.clone(),
+            group: Some(group),
+            ..Default::default()
+        };
+        self.push_to(user, &update, true);
+    }
+
+    fn push_to(&self, user: ObjectId, n: &Notification, groups_only: bool) {
         let Ok(mut state) = self.state.lock() else {
             return;
         };
         let Some(streams) = state.listeners.get_mut(&user) else {
             return;
         };
-        streams.retain(|l| match l.tx.try_send(n.clone()) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                tracing::info!(%user, stream = l.id, "a notification stream fell behind; closing it");
-                l.ended.store(LAGGED, Ordering::Release);
-                false
+        streams.retain(|l| {
+            if groups_only && !l.groups {
+                return true; // a group update for a stream that did not ask for them
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            match l.tx.try_send(n.clone()) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    tracing::info!(%user, stream = l.id, "a notification stream fell behind; closing it");
+                    l.ended.store(LAGGED, Ordering::Release);
+                    false
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            }
         });
         if streams.is_empty() {
             state.listeners.remove(&user);
@@ -239,8 +267,8 @@ mod tests {
     async fn a_full_stream_is_closed_with_an_error_and_others_go_on() {
         let hub = live_hub(2, CancellationToken::new());
         let user = ObjectId::new();
-        let slow = hub.subscribe(user).unwrap();
-        let mut fast = Box::pin(hub.subscribe(user).unwrap());
+        let slow = hub.subscribe(user, false).unwrap();
+        let mut fast = Box::pin(hub.subscribe(user, false).unwrap());
         for i in 0..5 {
             hub.push(user, &note(i));
             assert_eq!(fast.next().await.unwrap().unwrap().id, i.to_string());
@@ -261,7 +289,7 @@ mod tests {
     async fn streams_end_at_shutdown() {
         let shutdown = CancellationToken::new();
         let hub = live_hub(4, shutdown.clone());
-        let stream = hub.subscribe(ObjectId::new()).unwrap();
+        let stream = hub.subscribe(ObjectId::new(), false).unwrap();
         shutdown.cancel();
         assert_eq!(stream.collect::<Vec<_>>().await.len(), 0);
     }
@@ -270,10 +298,10 @@ mod tests {
     async fn streams_need_the_feed_and_end_when_it_is_lost() {
         let hub = Hub::new(4, CancellationToken::new());
         let user = ObjectId::new();
-        let refused = hub.subscribe(user).err().unwrap();
+        let refused = hub.subscribe(user, false).err().unwrap();
         assert_eq!(refused.code(), tonic::Code::Unavailable);
         hub.set_live(true);
-        let stream = hub.subscribe(user).unwrap();
+        let stream = hub.subscribe(user, false).unwrap();
         hub.push(user, &note(1));
         hub.set_live(false);
         let got: Vec<_> = stream.collect().await;

@@ -9,6 +9,7 @@
 
 mod api;
 mod fanout;
+mod groups;
 mod hub;
 mod store;
 
@@ -42,6 +43,9 @@ pub struct Config {
     /// `NOTIFICATION_STREAM_BUFFER` (default 64): notifications a stream may have
     /// waiting before it is closed as fallen behind.
     pub stream_buffer: usize,
+    /// `NOTIFICATION_GROUP_WINDOW_SECS` (default 86400): likes of one post, likes of one
+    /// comment, and follows group within windows this long.
+    pub group_window: std::time::Duration,
 }
 
 impl social_kit::config::ServiceConfig for Config {
@@ -63,6 +67,7 @@ impl Config {
             events: EventsConfig::from_env()?,
             consume_events: social_kit::config::parse_or("NOTIFICATION_CONSUME_EVENTS", true)?,
             stream_buffer: social_kit::config::parse_or("NOTIFICATION_STREAM_BUFFER", 64)?,
+            group_window: social_kit::config::seconds_or("NOTIFICATION_GROUP_WINDOW_SECS", 86_400)?,
         })
     }
 
@@ -79,6 +84,7 @@ impl Config {
             events,
             consume_events: true,
             stream_buffer: 64,
+            group_window: std::time::Duration::from_secs(86_400),
         }
     }
 }
@@ -122,6 +128,14 @@ pub async fn run(
                                 ),
                             }
                         }
+                        for g in batch.groups {
+                            match bson::oid::ObjectId::parse_str(&g.user_id) {
+                                Ok(user) => hub.push_group(user, g),
+                                Err(_) => {
+                                    tracing::warn!("broadcast group without a valid recipient")
+                                }
+                            }
+                        }
                     }
                     Err(e) => tracing::warn!(error = %e, "undecodable broadcast"),
                 }
@@ -145,6 +159,9 @@ pub async fn run(
             users: config.user_service.clone(),
             broadcaster: Broadcaster::new(config.events.clone(), &replica),
             relay: relay.waker(),
+            group_window_ms: i64::try_from(config.group_window.as_millis())
+                .unwrap_or(i64::MAX)
+                .max(1),
         };
         background.spawn(|stop| relay.run(stop));
         let (events, handler) = (config.events.clone(), fanout.handler());

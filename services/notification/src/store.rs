@@ -15,6 +15,8 @@ use social_kit::{
 pub const COLLECTION: &str = "notifications";
 /// Tombstones of deleted posts and comments (see [`Store::mark_removed`]).
 pub const REMOVED: &str = "removed_targets";
+/// Likes and follows taken back (see [`Store::undo`]).
+pub const UNDONE: &str = "undone_actions";
 
 /// A deleted post (`post:<id>`) or comment (`comment:<id>`), remembered long enough to
 /// outlive any redelivery or late event about it.
@@ -56,6 +58,31 @@ pub struct NotificationDoc {
     /// with the same key, like-unlike-like, does not).
     #[serde(default)]
     pub event_id: String,
+    /// When that event happened (ms): an unlike or unfollow removes it only if it came
+    /// after.
+    #[serde(default)]
+    pub event_ms: i64,
+    /// Its group (see `groups`); empty for notifications stored before groups existed.
+    #[serde(default)]
+    pub group_key: String,
+}
+
+/// A like or follow taken back at `t` (ms): the notification of an earlier one goes, and
+/// an earlier one that arrives late is not stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Undone {
+    #[serde(rename = "_id")]
+    id: ObjectId,
+    dedupe_key: String,
+    t: i64,
+    at: DateTime,
+}
+
+/// Which notifications to mark read.
+pub enum Which<'a> {
+    Ids(&'a [ObjectId]),
+    /// All of them with a sort key up to this one.
+    UpTo(i64),
 }
 
 /// Which notifications a list shows.
@@ -72,6 +99,9 @@ pub struct Store {
     stand_in: mongo::StandIn,
     notifications: Collection<NotificationDoc>,
     removed: Collection<Removed>,
+    undone: Collection<Undone>,
+    /// The groups notifications are shown in.
+    pub groups: crate::groups::Groups,
     /// Deleted accounts (see `social_events::removed_users`).
     pub removed_users: RemovedUsers,
 }
@@ -83,6 +113,8 @@ impl Store {
             stand_in: mongo::StandIn::default(),
             notifications: db.collection(COLLECTION),
             removed: db.collection(REMOVED),
+            undone: db.collection(UNDONE),
+            groups: crate::groups::Groups::new(db),
             removed_users: RemovedUsers::new(db, "notification"),
         }
     }
@@ -114,6 +146,12 @@ impl Store {
                 mongo::index("comment", doc! { "comment_id": 1 }, false),
                 // Removing what a deleted account caused.
                 mongo::index("source", doc! { "source_user_id": 1 }, false),
+                // A group's newest notifications; marking a group read.
+                mongo::index(
+                    "recipient_group_sorted",
+                    doc! { "user_id": 1, "group_key": 1, "sort_key": -1 },
+                    false,
+                ),
                 mongo::sort_key_index(),
             ],
             stand_in,
@@ -129,6 +167,20 @@ impl Store {
             stand_in,
         )
         .await?;
+        mongo::ensure_indexes(
+            &self.undone,
+            vec![
+                mongo::index("key_time", doc! { "dedupe_key": 1, "t": -1 }, false),
+                mongo::ttl_index(
+                    "undone_ttl",
+                    "at",
+                    std::time::Duration::from_secs(30 * 24 * 3600),
+                ),
+            ],
+            stand_in,
+        )
+        .await?;
+        self.groups.init(stand_in).await?;
         self.removed_users.init(stand_in).await?;
         Ok(())
     }
@@ -195,6 +247,81 @@ impl Store {
             .await?)
     }
 
+    /// Records that the like or follow of `dedupe_key` was taken back at `t` (ms), and
+    /// returns its notification if that was stored by an earlier one (to remove it).
+    pub async fn undo(&self, dedupe_key: &str, t: i64) -> Result<Option<NotificationDoc>> {
+        let undone = Undone {
+            id: ObjectId::new(),
+            dedupe_key: dedupe_key.to_owned(),
+            t,
+            at: DateTime::now(),
+        };
+        self.undone.insert_one(&undone).await?;
+        Ok(self
+            .by_dedupe_key(dedupe_key)
+            .await?
+            .filter(|n| n.event_ms < t))
+    }
+
+    /// Makes notification `n` the one of the event `event_id` at `t` (ms), if that is
+    /// later than the event it is from.
+    /// Whether it did, or a later event owns it already (`false`: it is gone).
+    pub async fn take_over(&self, n: &NotificationDoc, event_id: &str, t: i64) -> Result<bool> {
+        let r = self
+            .notifications
+            .update_one(
+                doc! { "_id": n.id, "event_ms": { "$lt": t } },
+                doc! { "$set": { "event_ms": t, "event_id": event_id } },
+            )
+            .await?;
+        if r.matched_count == 1 {
+            return Ok(true);
+        }
+        Ok(self
+            .notifications
+            .find_one(doc! { "_id": n.id })
+            .await?
+            .is_some())
+    }
+
+    /// Deletes notification `n` if it is still from an event before `t` (ms); whether it
+    /// did.
+    pub async fn delete_if_older(&self, n: &NotificationDoc, t: i64) -> Result<bool> {
+        let r = self
+            .notifications
+            .delete_one(doc! { "_id": n.id, "event_ms": { "$lt": t } })
+            .await?;
+        Ok(r.deleted_count == 1)
+    }
+
+    /// Whether the like or follow of `dedupe_key` done at `t` (ms) was taken back later.
+    pub async fn undone_after(&self, dedupe_key: &str, t: i64) -> Result<bool> {
+        Ok(self
+            .undone
+            .find_one(doc! { "dedupe_key": dedupe_key, "t": { "$gt": t } })
+            .await?
+            .is_some())
+    }
+
+    /// The unread ones among `user`'s notifications `ids`.
+    pub async fn unread_among(
+        &self,
+        user: ObjectId,
+        ids: &[ObjectId],
+    ) -> Result<Vec<NotificationDoc>> {
+        Ok(self
+            .notifications
+            .find(doc! { "_id": { "$in": ids }, "user_id": mongo::is(user), "is_read": false })
+            .await?
+            .try_collect()
+            .await?)
+    }
+
+    /// How many of `user`'s groups have unread notifications.
+    pub async fn unread_groups(&self, user: ObjectId) -> Result<i64> {
+        self.groups.unread_groups(user, &self.stand_in).await
+    }
+
     pub async fn unread_count(&self, user: ObjectId) -> Result<i64> {
         Ok(mongo::count(
             &self.notifications,
@@ -204,11 +331,17 @@ impl Store {
         .await?)
     }
 
-    /// Marks `user`'s notifications among `ids` (all when `None`) read; how many changed.
-    pub async fn mark_read(&self, user: ObjectId, ids: Option<&[ObjectId]>) -> Result<i64> {
+    /// Marks `user`'s notifications among `ids` read, or all of them up to sort key
+    /// `up_to`; how many changed.
+    pub async fn mark_read(&self, user: ObjectId, which: Which<'_>) -> Result<i64> {
         let mut filter = doc! { "user_id": mongo::is(user), "is_read": false };
-        if let Some(ids) = ids {
-            filter.insert("_id", doc! { "$in": ids });
+        match which {
+            Which::Ids(ids) => {
+                filter.insert("_id", doc! { "$in": ids });
+            }
+            Which::UpTo(key) => {
+                filter.insert("sort_key", doc! { "$lte": key });
+            }
         }
         let r = self
             .notifications
@@ -251,30 +384,22 @@ impl Store {
         )))
     }
 
-    /// Up to `limit` of the notifications about a post (and its comments) or a comment:
-    /// their ids and recipients, to remove them.
+    /// Up to `limit` of the notifications about a post (and its comments), a comment,
+    /// or by an actor (`field` is `post_id`, `comment_id`, `source_user_id`, `user_id`),
+    /// to remove them.
     pub async fn about(
         &self,
         field: &str,
         id: ObjectId,
         limit: i64,
-    ) -> Result<Vec<(ObjectId, ObjectId)>> {
-        #[derive(Deserialize)]
-        struct Row {
-            #[serde(rename = "_id")]
-            id: ObjectId,
-            user_id: ObjectId,
-        }
-        let rows: Vec<Row> = self
+    ) -> Result<Vec<NotificationDoc>> {
+        Ok(self
             .notifications
-            .clone_with_type::<Row>()
             .find(doc! { field: mongo::is(id) })
-            .projection(doc! { "_id": 1, "user_id": 1 })
             .limit(limit)
             .await?
             .try_collect()
-            .await?;
-        Ok(rows.into_iter().map(|r| (r.id, r.user_id)).collect())
+            .await?)
     }
 
     /// Deletes the notifications `ids`.

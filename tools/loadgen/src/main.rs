@@ -682,7 +682,7 @@ async fn streams() -> anyhow::Result<()> {
         open.push(
             client
                 .stream_notifications(authed(
-                    StreamNotificationsRequest {},
+                    StreamNotificationsRequest::default(),
                     &token_for(ObjectId::new()),
                 ))
                 .await?
@@ -697,7 +697,7 @@ async fn streams() -> anyhow::Result<()> {
         open.push(
             client
                 .stream_notifications(authed(
-                    StreamNotificationsRequest {},
+                    StreamNotificationsRequest::default(),
                     &token_for(ObjectId::new()),
                 ))
                 .await?

@@ -1,0 +1,520 @@
+//! Notification groups (`notification_groups`): "alice and 12 others liked your post".
+//!
+//! Every notification belongs to one group of its recipient, named by its `group_key`
+//! (set when it is stored, never changed): likes of one post, likes of one comment, and
+//! follows share a group within a window of time (`<type>:<target>:<window number>`);
+//! comments and mentions are groups of one (`single:<dedupe key>`). A group document
+//! holds what a page of groups shows, so that reading a page costs one query whatever
+//! the groups' sizes:
+//! - `count` and `unread`, kept by [`Counters`] (each change applied once, keyed by the
+//!   notification: `add:<id>`, `rm:<id>`, `u+:<id>`, `u-:<id>`), so that redelivered
+//!   events and replicas writing one group at once count each notification once;
+//! - the head: the latest notification, its time and sort key (the group's place in the
+//!   list), and up to [`SAMPLE`] recent distinct actors, recomputed from the newest few
+//!   notifications of the group after every change and written only if no other writer
+//!   wrote it since (`head_version`), so that the last write has seen every notification;
+//! - `read_key`: MarkGroupRead marks read every notification of the group whose sort key
+//!   is up to it, and sets `unread` to 0 in one write conditional on `counter_version`.
+//!   A notification with a sort key up to `read_key` never counts as unread: its `u+` and
+//!   `u-` are conditional on `read_key` being below its key, and one stored after the
+//!   mark is marked read when its `u+` finds it covered.
+//!
+//! MongoDB's upserts would create a group in one write; the stand-in nx-27017 ignores
+//! `$setOnInsert` in them, so a group is created by an insert that a unique index on
+//! (recipient, key) makes happen once, then found.
+
+use bson::{DateTime, Document, doc, oid::ObjectId};
+use futures::TryStreamExt;
+use mongodb::{Collection, Database};
+use serde::{Deserialize, Serialize};
+use social_events::idempotency::{self, Counters};
+use social_kit::{
+    Result, mongo,
+    paging::{Order, PageRequest},
+};
+
+use crate::store::NotificationDoc;
+
+pub const COLLECTION: &str = "notification_groups";
+/// Most actors a group shows.
+pub const SAMPLE: usize = 5;
+/// Notifications read to find a group's head (enough for [`SAMPLE`] distinct actors in
+/// any but a group of repeat actors, where fewer are shown).
+const HEAD_SCAN: i64 = 25;
+/// Tries of a conditional write before giving up (the event is retried).
+const TRIES: usize = 20;
+
+/// A group's summary.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GroupDoc {
+    #[serde(rename = "_id")]
+    pub id: ObjectId,
+    pub user_id: ObjectId,
+    pub group_key: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post_id: Option<ObjectId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment_id: Option<ObjectId>,
+    #[serde(default)]
+    pub count: i64,
+    #[serde(default)]
+    pub unread: i64,
+    /// Recent distinct actors, newest first.
+    #[serde(default)]
+    pub actors: Vec<ObjectId>,
+    #[serde(default)]
+    pub latest_id: Option<ObjectId>,
+    #[serde(deserialize_with = "social_kit::time::lenient")]
+    pub latest_at: DateTime,
+    /// The latest notification's sort key: the group's place in the list.
+    pub sort_key: i64,
+    /// Notifications of the group with a sort key up to this are read.
+    #[serde(default)]
+    pub read_key: i64,
+    #[serde(default)]
+    pub head_version: i64,
+    /// Bumped by every count change ([`Counters`]).
+    #[serde(default)]
+    pub counter_version: i64,
+}
+
+/// The group of a notification of `kind` about `post` / `comment`, created at
+/// `created_ms`, in windows of `window_ms`.
+pub fn group_key(
+    kind: &str,
+    post: Option<ObjectId>,
+    comment: Option<ObjectId>,
+    dedupe_key: &str,
+    created_ms: i64,
+    window_ms: i64,
+) -> String {
+    let window = created_ms.div_euclid(window_ms.max(1));
+    match (kind, post, comment) {
+        ("POST_LIKE", Some(post), _) => format!("POST_LIKE:{post}:{window}"),
+        ("COMMENT_LIKE", _, Some(comment)) => format!("COMMENT_LIKE:{comment}:{window}"),
+        ("FOLLOW", _, _) => format!("FOLLOW:{window}"),
+        _ => format!("single:{dedupe_key}"),
+    }
+}
+
+/// Access to `notification_groups`. Cheap to clone.
+#[derive(Clone)]
+pub struct Groups {
+    groups: Collection<GroupDoc>,
+    notifications: Collection<NotificationDoc>,
+    counters: Counters,
+}
+
+fn now_ms() -> i64 {
+    DateTime::now().timestamp_millis()
+}
+
+impl Groups {
+    pub fn new(db: &Database) -> Self {
+        Self {
+            groups: db.collection(COLLECTION),
+            notifications: db.collection(crate::store::COLLECTION),
+            counters: Counters::new(db, COLLECTION),
+        }
+    }
+
+    /// Creates the indexes (idempotent).
+    pub async fn init(&self, stand_in: bool) -> anyhow::Result<()> {
+        mongo::ensure_indexes(
+            &self.groups,
+            vec![
+                mongo::index("recipient_key", doc! { "user_id": 1, "group_key": 1 }, true),
+                // ListNotificationGroups, most recent activity first.
+                mongo::index(
+                    "recipient_sorted",
+                    doc! { "user_id": 1, "sort_key": -1 },
+                    false,
+                ),
+                // GetUnreadGroupCount, MarkAllNotificationsRead.
+                mongo::index(
+                    "recipient_unread",
+                    doc! { "user_id": 1, "unread": 1 },
+                    false,
+                ),
+                // Removing a deleted post's or comment's groups.
+                mongo::index("post", doc! { "post_id": 1 }, false),
+                mongo::index("comment", doc! { "comment_id": 1 }, false),
+            ],
+            stand_in,
+        )
+        .await?;
+        self.counters.init(stand_in).await?;
+        Ok(())
+    }
+
+    async fn find(&self, user: ObjectId, key: &str) -> Result<Option<GroupDoc>> {
+        Ok(self
+            .groups
+            .find_one(doc! { "user_id": mongo::is(user), "group_key": key })
+            .projection(idempotency::hide())
+            .await?)
+    }
+
+    async fn by_id(&self, id: ObjectId) -> Result<Option<GroupDoc>> {
+        Ok(self
+            .groups
+            .find_one(doc! { "_id": id })
+            .projection(idempotency::hide())
+            .await?)
+    }
+
+    /// The group of `n`, created empty if it does not exist yet.
+    async fn ensure(&self, n: &NotificationDoc) -> Result<GroupDoc> {
+        if let Some(g) = self.find(n.user_id, &n.group_key).await? {
+            return Ok(g);
+        }
+        let group = GroupDoc {
+            id: ObjectId::new(),
+            user_id: n.user_id,
+            group_key: n.group_key.clone(),
+            kind: n.kind.clone(),
+            post_id: n.post_id,
+            comment_id: n.comment_id,
+            count: 0,
+            unread: 0,
+            actors: Vec::new(),
+            latest_id: None,
+            latest_at: n.created_at,
+            sort_key: n.sort_key,
+            read_key: 0,
+            head_version: 0,
+            counter_version: 0,
+        };
+        let mut document = bson::serialize_to_document(&group)
+            .map_err(|e| social_kit::Error::internal(anyhow::Error::new(e)))?;
+        document.extend(idempotency::initial_fields());
+        mongo::insert_once(&self.groups.clone_with_type::<Document>(), &document).await?;
+        // Ours, or the one another writer inserted first.
+        self.find(n.user_id, &n.group_key).await?.ok_or_else(|| {
+            social_kit::Error::internal(anyhow::anyhow!("a notification group vanished"))
+        })
+    }
+
+    /// Counts stored notification `n` into its group (once, however often it is called),
+    /// and brings the group's head up to date; the group as it is then.
+    pub async fn added(&self, n: &NotificationDoc) -> Result<Option<GroupDoc>> {
+        if n.group_key.is_empty() {
+            return Ok(None);
+        }
+        let group = self.ensure(n).await?;
+        let t = now_ms();
+        self.counters
+            .apply(
+                group.id,
+                "count",
+                1,
+                &format!("add:{}", n.id),
+                t,
+                Document::new(),
+            )
+            .await?;
+        if !n.is_read {
+            let counted = self
+                .counters
+                .apply(
+                    group.id,
+                    "unread",
+                    1,
+                    &format!("u+:{}", n.id),
+                    t,
+                    doc! { "read_key": { "$lt": n.sort_key } },
+                )
+                .await?;
+            if !counted
+                && let Some(now) = self.by_id(group.id).await?
+                && now.read_key >= n.sort_key
+            {
+                // The group was marked read past it (perhaps before it was stored).
+                self.notifications
+                    .update_one(doc! { "_id": n.id }, doc! { "$set": { "is_read": true } })
+                    .await?;
+            }
+        }
+        self.refresh_head(group.id).await
+    }
+
+    /// Takes notification `n` out of its group's counts (once), before `n` is deleted;
+    /// the group's id, to refresh its head once `n` is gone.
+    pub async fn removing(&self, n: &NotificationDoc) -> Result<Option<ObjectId>> {
+        if n.group_key.is_empty() {
+            return Ok(None);
+        }
+        let Some(group) = self.find(n.user_id, &n.group_key).await? else {
+            return Ok(None);
+        };
+        let t = now_ms();
+        self.counters
+            .apply(
+                group.id,
+                "count",
+                -1,
+                &format!("rm:{}", n.id),
+                t,
+                Document::new(),
+            )
+            .await?;
+        if !n.is_read {
+            self.unread_gone(group.id, n, t).await?;
+        }
+        Ok(Some(group.id))
+    }
+
+    /// Counts `n` again after [`Self::removing`] took it out but it was not deleted (a
+    /// later like took it over): keyed by the undo at `t`, so once per undo.
+    pub async fn kept(&self, n: &NotificationDoc, t: i64) -> Result<()> {
+        let Some(group) = self.find(n.user_id, &n.group_key).await? else {
+            return Ok(());
+        };
+        let now = now_ms();
+        self.counters
+            .apply(
+                group.id,
+                "count",
+                1,
+                &format!("keep:{}:{t}", n.id),
+                now,
+                Document::new(),
+            )
+            .await?;
+        if !n.is_read {
+            self.counters
+                .apply(
+                    group.id,
+                    "unread",
+                    1,
+                    &format!("keep-u:{}:{t}", n.id),
+                    now,
+                    doc! { "read_key": { "$lt": n.sort_key } },
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// `n`, unread and counted, is about to be marked read: its group counts one unread
+    /// less (once).
+    pub async fn reading(&self, n: &NotificationDoc) -> Result<()> {
+        if n.group_key.is_empty() {
+            return Ok(());
+        }
+        if let Some(group) = self.find(n.user_id, &n.group_key).await? {
+            self.unread_gone(group.id, n, now_ms()).await?;
+        }
+        Ok(())
+    }
+
+    async fn unread_gone(&self, group: ObjectId, n: &NotificationDoc, t: i64) -> Result<()> {
+        self.counters
+            .apply(
+                group,
+                "unread",
+                -1,
+                &format!("u-:{}", n.id),
+                t,
+                doc! { "read_key": { "$lt": n.sort_key } },
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Recomputes group `id`'s latest notification and recent actors from its newest
+    /// notifications; the group as written.
+    pub async fn refresh_head(&self, id: ObjectId) -> Result<Option<GroupDoc>> {
+        for _ in 0..TRIES {
+            let Some(group) = self.by_id(id).await? else {
+                return Ok(None);
+            };
+            let newest: Vec<NotificationDoc> = self
+                .notifications
+                .find(doc! { "user_id": mongo::is(group.user_id), "group_key": &group.group_key })
+                .sort(Order::NewestFirst.sort())
+                .limit(HEAD_SCAN)
+                .await?
+                .try_collect()
+                .await?;
+            let mut actors: Vec<ObjectId> = Vec::new();
+            for n in &newest {
+                if actors.len() < SAMPLE && !actors.contains(&n.source_user_id) {
+                    actors.push(n.source_user_id);
+                }
+            }
+            let mut set = doc! { "actors": &actors };
+            if let Some(latest) = newest.first() {
+                set.insert("latest_id", latest.id);
+                set.insert("latest_at", latest.created_at);
+                set.insert("sort_key", latest.sort_key);
+            }
+            let written = self
+                .groups
+                .update_one(
+                    doc! { "_id": id, "head_version": group.head_version },
+                    doc! { "$set": set, "$inc": { "head_version": 1_i64 } },
+                )
+                .await?
+                .modified_count
+                == 1;
+            if written {
+                return self.by_id(id).await;
+            }
+        }
+        Err(social_kit::Error::Unavailable(
+            "a notification group kept changing; retry".into(),
+        ))
+    }
+
+    /// Marks group `key` of `user` read up to now: `unread` is 0 and every notification
+    /// stored in it so far is read; how many notifications changed, `None` if there is
+    /// no such group.
+    pub async fn mark_read(&self, user: ObjectId, key: &str) -> Result<Option<i64>> {
+        let Some(group) = self.find(user, key).await? else {
+            return Ok(None);
+        };
+        let up_to = social_kit::paging::fresh_sort_key();
+        self.reset_unread(group.id, up_to).await?;
+        let changed = self
+            .notifications
+            .update_many(
+                doc! {
+                    "user_id": mongo::is(user), "group_key": key, "is_read": false,
+                    "sort_key": { "$lte": up_to },
+                },
+                doc! { "$set": { "is_read": true } },
+            )
+            .await?
+            .modified_count;
+        Ok(Some(i64::try_from(changed).unwrap_or(i64::MAX)))
+    }
+
+    /// Marks every group of `user` with unread notifications read up to `up_to` (the
+    /// caller then marks the notifications themselves).
+    pub async fn mark_all_read(&self, user: ObjectId, up_to: i64) -> Result<()> {
+        let unread: Vec<GroupDoc> = self
+            .groups
+            .find(doc! { "user_id": mongo::is(user), "unread": { "$gt": 0_i64 } })
+            .await?
+            .try_collect()
+            .await?;
+        for group in unread {
+            self.reset_unread(group.id, up_to).await?;
+        }
+        Ok(())
+    }
+
+    /// `unread` to 0 and `read_key` to at least `up_to`, in one write that no count
+    /// change may slip past (it is conditional on `counter_version`).
+    async fn reset_unread(&self, id: ObjectId, up_to: i64) -> Result<()> {
+        for _ in 0..TRIES {
+            let Some(group) = self.by_id(id).await? else {
+                return Ok(());
+            };
+            let written = self
+                .groups
+                .update_one(
+                    doc! { "_id": id, "counter_version": group.counter_version },
+                    doc! {
+                        "$set": { "unread": 0_i64, "read_key": group.read_key.max(up_to) },
+                        "$inc": { "counter_version": 1_i64 },
+                    },
+                )
+                .await?
+                .modified_count
+                == 1;
+            if written {
+                return Ok(());
+            }
+        }
+        Err(social_kit::Error::Unavailable(
+            "a notification group kept changing; retry".into(),
+        ))
+    }
+
+    /// A page of `user`'s groups, most recent activity first (emptied groups are left
+    /// out).
+    pub async fn list(
+        &self,
+        user: ObjectId,
+        unread_only: bool,
+        page: &PageRequest,
+    ) -> Result<Vec<GroupDoc>> {
+        let mut query = doc! { "user_id": mongo::is(user), "count": { "$gt": 0_i64 } };
+        if unread_only {
+            query.insert("unread", doc! { "$gt": 0_i64 });
+        }
+        let order = Order::NewestFirst;
+        Ok(self
+            .groups
+            .find(order.filter(query, page))
+            .sort(order.sort())
+            .limit(page.fetch_limit())
+            .projection(idempotency::hide())
+            .await?
+            .try_collect()
+            .await?)
+    }
+
+    /// How many of `user`'s groups have unread notifications.
+    pub async fn unread_groups(&self, user: ObjectId, stand_in: &mongo::StandIn) -> Result<i64> {
+        Ok(mongo::count(
+            &self.groups,
+            doc! { "user_id": mongo::is(user), "unread": { "$gt": 0_i64 }, "count": { "$gt": 0_i64 } },
+            stand_in,
+        )
+        .await?)
+    }
+
+    /// Deletes the groups about a deleted post or comment (`field` is `post_id` or
+    /// `comment_id`), or every group of a deleted recipient (`user_id`).
+    pub async fn delete_where(&self, field: &str, id: ObjectId) -> Result<()> {
+        self.groups
+            .delete_many(doc! { field: mongo::is(id) })
+            .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: i64 = 86_400_000;
+
+    #[test]
+    fn likes_of_one_post_in_one_window_share_a_group_and_the_next_window_starts_another() {
+        let post = ObjectId::new();
+        let key = |ms| group_key("POST_LIKE", Some(post), None, "like:x", ms, DAY);
+        assert_eq!(key(0), key(DAY - 1));
+        assert_ne!(key(DAY - 1), key(DAY));
+        assert_eq!(key(DAY), format!("POST_LIKE:{post}:1"));
+        // Before 1970 the windows still have the same width (no window 0 twice as long).
+        assert_ne!(key(-1), key(0));
+        assert_eq!(key(-1), key(-DAY));
+    }
+
+    #[test]
+    fn what_is_not_grouped_has_a_group_of_its_own() {
+        let post = ObjectId::new();
+        let comment = ObjectId::new();
+        let one = |kind, dedupe| group_key(kind, Some(post), Some(comment), dedupe, 5, DAY);
+        assert_eq!(one("COMMENT", "comment:a"), "single:comment:a");
+        assert_ne!(one("MENTION", "mention:a"), one("MENTION", "mention:b"));
+        assert_eq!(
+            one("COMMENT_LIKE", "x"),
+            format!("COMMENT_LIKE:{comment}:0")
+        );
+        assert_eq!(one("FOLLOW", "follow:a"), one("FOLLOW", "follow:b"));
+        // A like event without its post (malformed) is not merged with anything.
+        assert_eq!(
+            group_key("POST_LIKE", None, None, "like:z", 5, DAY),
+            "single:like:z"
+        );
+        // A zero window (misconfigured) does not divide by zero.
+        assert_eq!(group_key("FOLLOW", None, None, "f", 5, 0), "FOLLOW:5");
+    }
+}

@@ -1,0 +1,538 @@
+//! Grouped notifications: which ones group, their counts through likes, unlikes,
+//! deletions and redeliveries, two replicas writing one group, pages that stay stable,
+//! marking read, and live group updates.
+
+use std::time::Duration;
+
+use bson::oid::ObjectId;
+use prost::Message;
+use social_events::{
+    Envelope, Payload, new_envelope,
+    pb::{CommentDeleted, PostDeleted, PostLiked, PostUnliked, UserFollowed},
+};
+use social_proto::notification::v1::{
+    GetUnreadCountRequest, GetUnreadGroupCountRequest, ListNotificationGroupsRequest,
+    MarkAllNotificationsReadRequest, MarkGroupReadRequest, MarkNotificationsReadRequest,
+    NotificationGroup, NotificationType, StreamNotificationsRequest,
+};
+use social_testkit::{authed, broker, eventually};
+use tonic::Code;
+
+use crate::{App, WAIT};
+
+/// A like of `post` (by `author`) from `liker`, as the engagement service publishes it.
+fn liked(liker: ObjectId, post: ObjectId, author: &str) -> Envelope {
+    new_envelope(
+        liker,
+        Payload::PostLiked(PostLiked {
+            post_id: post.to_hex(),
+            post_author_id: author.into(),
+            user_id: liker.to_hex(),
+        }),
+    )
+}
+
+fn unliked(liker: ObjectId, post: ObjectId, author: &str) -> Envelope {
+    new_envelope(
+        liker,
+        Payload::PostUnliked(PostUnliked {
+            post_id: post.to_hex(),
+            post_author_id: author.into(),
+            user_id: liker.to_hex(),
+        }),
+    )
+}
+
+impl App {
+    async fn publish(&self, events: &[Envelope]) {
+        for e in events {
+            let key = social_events::routing_key(e.payload.as_ref().unwrap());
+            broker::publish_raw(&self.stack.events, key, &e.encode_to_vec(), &e.event_id).await;
+        }
+    }
+
+    async fn groups(&self, token: &str) -> Vec<NotificationGroup> {
+        self.group_page(token, 100, "").await.0
+    }
+
+    async fn group_page(
+        &self,
+        token: &str,
+        size: i32,
+        page: &str,
+    ) -> (Vec<NotificationGroup>, String) {
+        let r = self
+            .notifications
+            .clone()
+            .list_notification_groups(authed(
+                ListNotificationGroupsRequest {
+                    page_size: size,
+                    page_token: page.into(),
+                    unread_only: false,
+                },
+                token,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        (r.groups, r.next_page_token)
+    }
+
+    /// Waits until `check` holds for `token`'s groups; returns them.
+    async fn groups_until(
+        &self,
+        token: &str,
+        check: impl Fn(&[NotificationGroup]) -> bool,
+    ) -> Vec<NotificationGroup> {
+        let got = eventually(WAIT, || async {
+            let groups = self.groups(token).await;
+            check(&groups).then_some(groups)
+        })
+        .await;
+        match got {
+            Some(g) => g,
+            None => panic!("never matched: {:#?}", self.groups(token).await),
+        }
+    }
+
+    async fn unread(&self, token: &str) -> (i64, i64) {
+        let mut n = self.notifications.clone();
+        let all = n
+            .get_unread_count(authed(GetUnreadCountRequest {}, token))
+            .await
+            .unwrap()
+            .into_inner()
+            .count;
+        let groups = n
+            .get_unread_group_count(authed(GetUnreadGroupCountRequest {}, token))
+            .await
+            .unwrap()
+            .into_inner()
+            .count;
+        (all, groups)
+    }
+}
+
+fn of<'a>(
+    groups: &'a [NotificationGroup],
+    kind: NotificationType,
+    target: Option<&str>,
+) -> Option<&'a NotificationGroup> {
+    groups.iter().find(|g| {
+        g.r#type == kind as i32
+            && (target.is_none()
+                || g.post_id.as_deref() == target
+                || g.comment_id.as_deref() == target)
+    })
+}
+
+#[tokio::test]
+async fn likes_and_follows_group_by_target_and_comments_and_mentions_stand_alone() {
+    let app = App::start().await;
+    let (bob_id, bob) = app.stack.register("bob").await;
+    let (_, carol) = app.stack.register("carol").await;
+    let (a, b) = (ObjectId::new(), ObjectId::new());
+    let likers: Vec<ObjectId> = (0..7).map(|_| ObjectId::new()).collect();
+    let mut events = Vec::new();
+    for liker in &likers {
+        events.push(liked(*liker, a, &bob_id));
+    }
+    events.push(liked(likers[0], b, &bob_id));
+    events.push(liked(likers[1], b, &bob_id));
+    for follower in &likers[..3] {
+        events.push(new_envelope(
+            *follower,
+            Payload::UserFollowed(UserFollowed {
+                follower_id: follower.to_hex(),
+                followee_id: bob_id.clone(),
+            }),
+        ));
+    }
+    app.publish(&events).await;
+    // A comment on bob's post mentioning bob: two groups of one.
+    let post = app.post(&bob, "a post").await;
+    app.stack
+        .engagement()
+        .await
+        .create_comment(authed(
+            social_proto::engagement::v1::CreateCommentRequest {
+                post_id: post.id.clone(),
+                content: "nice, @bob".into(),
+                media: vec![],
+            },
+            &carol,
+        ))
+        .await
+        .unwrap();
+
+    let groups = app.groups_until(&bob, |g| g.len() == 5).await;
+    let on_a = of(&groups, NotificationType::PostLike, Some(&a.to_hex())).unwrap();
+    assert_eq!(on_a.notifications_count, 7);
+    assert_eq!(on_a.unread_count, 7);
+    assert_eq!(on_a.sample_account_ids.len(), 5, "a handful of actors");
+    let distinct: std::collections::HashSet<_> = on_a.sample_account_ids.iter().collect();
+    assert_eq!(distinct.len(), 5);
+    assert_eq!(
+        of(&groups, NotificationType::PostLike, Some(&b.to_hex()))
+            .unwrap()
+            .notifications_count,
+        2
+    );
+    let follows = of(&groups, NotificationType::Follow, None).unwrap();
+    assert_eq!(follows.notifications_count, 3);
+    let comment = of(&groups, NotificationType::PostComment, None).unwrap();
+    let mention = of(&groups, NotificationType::Mention, None).unwrap();
+    assert_eq!(
+        (comment.notifications_count, mention.notifications_count),
+        (1, 1)
+    );
+    assert_ne!(comment.group_key, mention.group_key);
+    // Newest activity first: the comment and mention came last.
+    let newest: Vec<i32> = groups[..2].iter().map(|g| g.r#type).collect();
+    assert!(
+        newest.contains(&(NotificationType::Mention as i32)),
+        "{groups:#?}"
+    );
+    assert_eq!(app.unread(&bob).await, (14, 5));
+    // Every notification says its group.
+    let listed = app.list(&bob).await;
+    assert!(
+        listed
+            .iter()
+            .all(|n| groups.iter().any(|g| g.group_key == n.group_key))
+    );
+}
+
+#[tokio::test]
+async fn counts_follow_unlikes_relikes_deletions_and_redeliveries() {
+    let app = App::start().await;
+    let (bob_id, bob) = app.stack.register("bob").await;
+    let post = ObjectId::new();
+    let (x, y) = (ObjectId::new(), ObjectId::new());
+    // Redelivered: the same event three times counts once.
+    let first = liked(x, post, &bob_id);
+    app.publish(&[first.clone(), first.clone(), first]).await;
+    app.publish(&[liked(y, post, &bob_id)]).await;
+    app.groups_until(&bob, |g| g.len() == 1 && g[0].notifications_count == 2)
+        .await;
+    // y unlikes, likes again, unlikes again; the unlike redelivered late.
+    let undo = unliked(y, post, &bob_id);
+    app.publish(std::slice::from_ref(&undo)).await;
+    // Who unliked is no longer shown (the count changes first, then the actors).
+    app.groups_until(&bob, |g| {
+        g.len() == 1 && g[0].notifications_count == 1 && g[0].sample_account_ids == [x.to_hex()]
+    })
+    .await;
+    app.publish(&[liked(y, post, &bob_id)]).await;
+    app.groups_until(&bob, |g| g.len() == 1 && g[0].notifications_count == 2)
+        .await;
+    app.publish(&[undo]).await; // the old unlike again: it came before the new like
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    app.drained().await;
+    let groups = app.groups(&bob).await;
+    assert_eq!(groups[0].notifications_count, 2, "{groups:#?}");
+    assert_eq!(groups[0].unread_count, 2);
+    // A late like from before an unlike is not stored.
+    let z = ObjectId::new();
+    let early = liked(z, post, &bob_id);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    app.publish(&[unliked(z, post, &bob_id), early]).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    app.drained().await;
+    assert_eq!(app.groups(&bob).await[0].notifications_count, 2);
+    // The post is deleted: its group goes.
+    app.publish(&[new_envelope(
+        ObjectId::parse_str(&bob_id).unwrap(),
+        Payload::PostDeleted(PostDeleted {
+            post_id: post.to_hex(),
+            author_id: bob_id.clone(),
+        }),
+    )])
+    .await;
+    app.groups_until(&bob, <[NotificationGroup]>::is_empty)
+        .await;
+    assert_eq!(app.unread(&bob).await, (0, 0));
+}
+
+#[tokio::test]
+async fn a_deleted_comment_takes_its_group_and_a_deleted_actor_leaves_the_counts() {
+    let app = App::start().await;
+    let (bob_id, bob) = app.stack.register("bob").await;
+    let (_, carol) = app.stack.register("carol").await;
+    let post = app.post(&bob, "hello").await;
+    let comment = app
+        .stack
+        .engagement()
+        .await
+        .create_comment(authed(
+            social_proto::engagement::v1::CreateCommentRequest {
+                post_id: post.id.clone(),
+                content: "hi".into(),
+                media: vec![],
+            },
+            &carol,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    app.groups_until(&bob, |g| g.len() == 1).await;
+    app.publish(&[new_envelope(
+        ObjectId::new(),
+        Payload::CommentDeleted(CommentDeleted {
+            comment_id: comment.id.clone(),
+            post_id: post.id.clone(),
+            post_author_id: bob_id.clone(),
+            author_id: comment.user_id.clone(),
+        }),
+    )])
+    .await;
+    app.groups_until(&bob, <[NotificationGroup]>::is_empty)
+        .await;
+
+    // Dave likes, then deletes his account: out of the group's count and actors.
+    let (dave_id, dave) = app.stack.register("dave").await;
+    let (erin_id, _) = (ObjectId::new(), ());
+    let target = ObjectId::new();
+    app.publish(&[
+        liked(ObjectId::parse_str(&dave_id).unwrap(), target, &bob_id),
+        liked(erin_id, target, &bob_id),
+    ])
+    .await;
+    app.groups_until(&bob, |g| g.len() == 1 && g[0].notifications_count == 2)
+        .await;
+    app.stack
+        .users()
+        .await
+        .delete_account(authed(
+            social_proto::user::v1::DeleteAccountRequest {
+                password: "correct horse battery".into(),
+            },
+            &dave,
+        ))
+        .await
+        .unwrap();
+    let groups = app
+        .groups_until(&bob, |g| {
+            g.len() == 1
+                && g[0].notifications_count == 1
+                && g[0].sample_account_ids == [erin_id.to_hex()]
+        })
+        .await;
+    assert_eq!(groups[0].unread_count, 1);
+}
+
+#[tokio::test]
+async fn two_replicas_storing_into_one_group_count_every_like_once() {
+    let app = App::start().await;
+    let _second = app.stack.notification_replica(true).await;
+    let (bob_id, bob) = app.stack.register("bob").await;
+    let post = ObjectId::new();
+    let likes: Vec<Envelope> = (0..30)
+        .map(|_| liked(ObjectId::new(), post, &bob_id))
+        .collect();
+    // Each twice, so that both replicas also handle copies of one event at once.
+    let messages: Vec<(Vec<u8>, String)> = likes
+        .iter()
+        .chain(likes.iter())
+        .map(|e| (e.encode_to_vec(), e.event_id.clone()))
+        .collect();
+    broker::publish_all(&app.stack.events, "engagement.post.liked", &messages).await;
+    let groups = app
+        .groups_until(&bob, |g| g.len() == 1 && g[0].notifications_count == 30)
+        .await;
+    app.drained().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let groups_after = app.groups(&bob).await;
+    assert_eq!(groups_after[0].notifications_count, 30);
+    assert_eq!(groups_after[0].unread_count, 30);
+    // The head saw every write: its latest is the newest notification.
+    let newest = &app.list(&bob).await[0];
+    assert_eq!(
+        groups_after[0].most_recent_notification_id, newest.id,
+        "{groups:#?}"
+    );
+    assert_eq!(groups_after[0].sample_account_ids[0], newest.source_user_id);
+}
+
+#[tokio::test]
+async fn pages_of_groups_stay_stable_while_activity_arrives() {
+    let app = App::start().await;
+    let (bob_id, bob) = app.stack.register("bob").await;
+    let posts: Vec<ObjectId> = (0..5).map(|_| ObjectId::new()).collect();
+    for p in &posts {
+        app.publish(&[liked(ObjectId::new(), *p, &bob_id)]).await;
+        app.groups_until(&bob, |g| g.iter().any(|g| g.post_id == Some(p.to_hex())))
+            .await;
+    }
+    let (first, token) = app.group_page(&bob, 2, "").await;
+    assert_eq!(first.len(), 2);
+    // The oldest group (on a later page) gets a like: it moves to the top.
+    app.publish(&[liked(ObjectId::new(), posts[0], &bob_id)])
+        .await;
+    app.groups_until(&bob, |g| g[0].post_id == Some(posts[0].to_hex()))
+        .await;
+    let mut seen: Vec<String> = first.iter().map(|g| g.group_key.clone()).collect();
+    let mut token = token;
+    while !token.is_empty() {
+        let (page, next) = app.group_page(&bob, 2, &token).await;
+        seen.extend(page.iter().map(|g| g.group_key.clone()));
+        token = next;
+    }
+    let distinct: std::collections::HashSet<_> = seen.iter().collect();
+    assert_eq!(distinct.len(), seen.len(), "a group twice: {seen:?}");
+    assert_eq!(
+        seen.len(),
+        4,
+        "the moved group is at the top, above where we read"
+    );
+}
+
+#[tokio::test]
+async fn marking_a_group_read_moves_both_unread_counts() {
+    let app = App::start().await;
+    let (bob_id, bob) = app.stack.register("bob").await;
+    let (a, b) = (ObjectId::new(), ObjectId::new());
+    app.publish(&[
+        liked(ObjectId::new(), a, &bob_id),
+        liked(ObjectId::new(), a, &bob_id),
+        liked(ObjectId::new(), a, &bob_id),
+        liked(ObjectId::new(), b, &bob_id),
+    ])
+    .await;
+    let groups = app
+        .groups_until(&bob, |g| {
+            g.len() == 2 && g.iter().map(|g| g.notifications_count).sum::<i64>() == 4
+        })
+        .await;
+    assert_eq!(app.unread(&bob).await, (4, 2));
+    let on_a = of(&groups, NotificationType::PostLike, Some(&a.to_hex())).unwrap();
+    let mut n = app.notifications.clone();
+    let r = n
+        .mark_group_read(authed(
+            MarkGroupReadRequest {
+                group_key: on_a.group_key.clone(),
+            },
+            &bob,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.updated_count, 3);
+    assert_eq!(app.unread(&bob).await, (1, 1));
+    let groups = app.groups(&bob).await;
+    assert_eq!(
+        of(&groups, NotificationType::PostLike, Some(&a.to_hex()))
+            .unwrap()
+            .unread_count,
+        0
+    );
+    // New activity in the group is unread again.
+    app.publish(&[liked(ObjectId::new(), a, &bob_id)]).await;
+    app.groups_until(&bob, |g| {
+        of(g, NotificationType::PostLike, Some(&a.to_hex())).is_some_and(|g| g.unread_count == 1)
+    })
+    .await;
+    assert_eq!(app.unread(&bob).await, (2, 2));
+    // Reading one notification counts in its group.
+    let one = app
+        .list(&bob)
+        .await
+        .into_iter()
+        .find(|x| !x.is_read && x.post_id == Some(b.to_hex()))
+        .unwrap();
+    n.mark_notifications_read(authed(
+        MarkNotificationsReadRequest {
+            ids: vec![one.id.clone()],
+        },
+        &bob,
+    ))
+    .await
+    .unwrap();
+    n.mark_notifications_read(authed(
+        MarkNotificationsReadRequest { ids: vec![one.id] },
+        &bob,
+    ))
+    .await
+    .unwrap();
+    assert_eq!(app.unread(&bob).await, (1, 1));
+    n.mark_all_notifications_read(authed(MarkAllNotificationsReadRequest {}, &bob))
+        .await
+        .unwrap();
+    assert_eq!(app.unread(&bob).await, (0, 0));
+    assert!(app.groups(&bob).await.iter().all(|g| g.unread_count == 0));
+    // Not one of bob's groups: NOT_FOUND; no key: INVALID_ARGUMENT.
+    let (_, carol) = app.stack.register("carol").await;
+    let other = n
+        .mark_group_read(authed(
+            MarkGroupReadRequest {
+                group_key: on_a.group_key.clone(),
+            },
+            &carol,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(other.code(), Code::NotFound);
+    let empty = n
+        .mark_group_read(authed(
+            MarkGroupReadRequest {
+                group_key: " ".into(),
+            },
+            &carol,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(empty.code(), Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn a_stream_that_asks_for_groups_gets_their_updates() {
+    let app = App::start().await;
+    let (bob_id, bob) = app.stack.register("bob").await;
+    let mut client = app.notifications.clone();
+    let mut stream = {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            match client
+                .stream_notifications(authed(
+                    StreamNotificationsRequest {
+                        include_groups: true,
+                    },
+                    &bob,
+                ))
+                .await
+            {
+                Ok(s) => break s.into_inner(),
+                Err(s)
+                    if s.code() == Code::Unavailable && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(s) => panic!("{s}"),
+            }
+        }
+    };
+    let post = ObjectId::new();
+    app.publish(&[liked(ObjectId::new(), post, &bob_id)]).await;
+    app.publish(&[liked(ObjectId::new(), post, &bob_id)]).await;
+    let mut counts = Vec::new();
+    let mut notes = 0;
+    while counts.last() != Some(&2) {
+        let m = tokio::time::timeout(WAIT, stream.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        match m.group {
+            Some(g) => {
+                assert_eq!(g.post_id, Some(post.to_hex()));
+                counts.push(g.notifications_count);
+            }
+            None => {
+                assert!(!m.group_key.is_empty());
+                notes += 1;
+            }
+        }
+    }
+    assert_eq!(notes, 2, "the notifications themselves still come");
+    assert_eq!(counts, [1, 2]);
+}
