@@ -8,7 +8,9 @@ use social_proto::{
     common::v1::Media as WireMedia,
     engagement::v1::{Comment as WireComment, Like as WireLike},
     graph::v1::Follow as WireFollow,
-    notification::v1::{Notification as WireNotification, NotificationType},
+    notification::v1::{
+        Notification as WireNotification, NotificationGroup as WireGroup, NotificationType,
+    },
     post::v1::Post as WirePost,
     user::v1::{Session as WireSession, User as WireUser},
 };
@@ -263,13 +265,14 @@ pub struct Notification {
     pub comment_id: Option<String>,
     pub is_read: bool,
     pub created_at: String,
+    /// The group it belongs to (`NotificationGroup.group_key`).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub group_key: String,
 }
 
 impl From<WireNotification> for Notification {
     fn from(n: WireNotification) -> Self {
-        let kind = NotificationType::try_from(n.r#type)
-            .map(|t| t.as_str_name().to_owned())
-            .unwrap_or_default();
+        let kind = type_name(n.r#type);
         Self {
             id: n.id,
             kind,
@@ -279,6 +282,60 @@ impl From<WireNotification> for Notification {
             comment_id: n.comment_id,
             is_read: n.is_read,
             created_at: time(n.created_at),
+            group_key: n.group_key,
+        }
+    }
+}
+
+fn type_name(wire: i32) -> String {
+    NotificationType::try_from(wire)
+        .map(|t| t.as_str_name().to_owned())
+        .unwrap_or_default()
+}
+
+/// Notifications of the caller shown as one line ("alice and 12 others liked your
+/// post"): likes of one post, likes of one comment, or follows, within one window of
+/// time; a comment or a mention is a group of one.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct NotificationGroup {
+    /// Stable for the group's life; what `POST /v1/notification-groups/{group_key}/read`
+    /// takes.
+    pub group_key: String,
+    /// `FOLLOW`, `POST_LIKE`, `COMMENT_LIKE`, `POST_COMMENT` or `MENTION`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub post_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comment_id: Option<String>,
+    /// How many notifications the group holds, and how many of them are unread.
+    pub notifications_count: i64,
+    pub unread_count: i64,
+    /// Up to five of the most recent distinct actors, newest first.
+    pub sample_account_ids: Vec<String>,
+    /// Their accounts, in the same order (a deleted one is left out).
+    pub sample_accounts: Vec<Account>,
+    pub most_recent_notification_id: String,
+    pub latest_at: String,
+    /// Grows with every change of the group: of two `event: group` updates of one
+    /// group, keep the one with the greater version (they may come out of order).
+    pub version: i64,
+}
+
+impl From<WireGroup> for NotificationGroup {
+    fn from(g: WireGroup) -> Self {
+        Self {
+            group_key: g.group_key,
+            kind: type_name(g.r#type),
+            post_id: g.post_id,
+            comment_id: g.comment_id,
+            notifications_count: g.notifications_count,
+            unread_count: g.unread_count,
+            sample_account_ids: g.sample_account_ids,
+            sample_accounts: Vec::new(),
+            most_recent_notification_id: g.most_recent_notification_id,
+            latest_at: time(g.latest_at),
+            version: g.version,
         }
     }
 }
@@ -353,6 +410,7 @@ page!(CommentPage, Comment);
 page!(LikePage, Like);
 page!(FollowPage, Follow);
 page!(NotificationPage, Notification);
+page!(NotificationGroupPage, NotificationGroup);
 page!(SessionPage, Session);
 
 // Request bodies.

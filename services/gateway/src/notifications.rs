@@ -33,18 +33,23 @@ use axum::{
 use futures::StreamExt;
 use serde::Deserialize;
 use social_proto::notification::v1::{
-    GetUnreadCountRequest, ListNotificationsRequest, MarkAllNotificationsReadRequest,
-    MarkNotificationsReadRequest, Notification as WireNotification, NotificationType,
-    StreamNotificationsRequest, notification_service_client::NotificationServiceClient,
+    GetUnreadCountRequest, GetUnreadGroupCountRequest, ListNotificationGroupsRequest,
+    ListNotificationsRequest, MarkAllNotificationsReadRequest, MarkGroupReadRequest,
+    MarkNotificationsReadRequest, Notification as WireNotification, NotificationGroup as WireGroup,
+    NotificationType, StreamNotificationsRequest,
+    notification_service_client::NotificationServiceClient,
 };
 use tonic::transport::Channel;
 use utoipa::IntoParams;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    context::{AppState, Body, Identity, Query, accounts, paged},
+    context::{AppState, Body, Identity, Path, Query, accounts, paged},
     error::{ApiError, ApiResult, ErrorBody},
-    model::{Account, Count, MarkRead, Notification, NotificationPage, Updated},
+    model::{
+        Account, Count, MarkRead, Notification, NotificationGroup, NotificationGroupPage,
+        NotificationPage, Updated,
+    },
 };
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -54,6 +59,9 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(mark_read))
         .routes(routes!(mark_all_read))
         .routes(routes!(stream))
+        .routes(routes!(groups))
+        .routes(routes!(unread_group_count))
+        .routes(routes!(mark_group_read))
 }
 
 fn client(state: &AppState) -> NotificationServiceClient<Channel> {
@@ -172,6 +180,129 @@ async fn list(
     ))
 }
 
+/// `page_size`, `page_token` and `unread_only` of the grouped list.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct GroupQuery {
+    /// Groups per page: 20 when absent, at most 100.
+    #[serde(default)]
+    #[param(minimum = 0)]
+    pub page_size: i32,
+    /// `next_page_token` of the previous page.
+    #[serde(default)]
+    pub page_token: String,
+    /// Only groups with unread notifications.
+    #[serde(default)]
+    pub unread_only: bool,
+}
+
+/// `groups` with their sample actors' accounts (one call for a whole page).
+async fn with_samples(
+    state: &AppState,
+    who: &Identity,
+    wire: Vec<WireGroup>,
+) -> ApiResult<Vec<NotificationGroup>> {
+    let actors = accounts(
+        &state.services,
+        who,
+        wire.iter()
+            .flat_map(|g| g.sample_account_ids.iter().cloned()),
+    )
+    .await?;
+    Ok(wire.into_iter().map(|g| sampled(g, &actors)).collect())
+}
+
+fn sampled(g: WireGroup, actors: &HashMap<String, Account>) -> NotificationGroup {
+    let sample_accounts = g
+        .sample_account_ids
+        .iter()
+        .filter_map(|id| actors.get(id).cloned())
+        .collect();
+    NotificationGroup {
+        sample_accounts,
+        ..NotificationGroup::from(g)
+    }
+}
+
+/// The caller's notifications in groups, most recent activity first ("alice and 12
+/// others liked your post"): likes of one post, likes of one comment, and follows that
+/// fall in one window of time (a day by default) share a group; a comment or a mention
+/// is a group of one, so this list alone shows everything. A group with new activity
+/// moves to the top. Each group carries up to five recent actors' accounts.
+#[utoipa::path(get, path = "/v1/notification-groups", tag = "notifications", params(GroupQuery),
+    security(("bearer" = [])),
+    responses((status = 200, body = NotificationGroupPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+async fn groups(
+    State(state): State<AppState>,
+    who: Identity,
+    OriginalUri(uri): OriginalUri,
+    Query(q): Query<GroupQuery>,
+) -> ApiResult<Response> {
+    who.account()?;
+    let request = ListNotificationGroupsRequest {
+        page_size: q.page_size,
+        page_token: q.page_token,
+        unread_only: q.unread_only,
+    };
+    let peer = &state.services.notifications;
+    let r = call!(
+        state,
+        client(&state).list_notification_groups(who.request(peer, request))
+    )?;
+    let items = with_samples(&state, &who, r.groups).await?;
+    let next = r.next_page_token;
+    Ok(paged(
+        &uri,
+        NotificationGroupPage {
+            items,
+            next_page_token: next.clone(),
+        },
+        &next,
+    ))
+}
+
+/// How many of the caller's notification groups have unread notifications.
+#[utoipa::path(get, path = "/v1/notification-groups/unread-count", tag = "notifications",
+    security(("bearer" = [])),
+    responses((status = 200, body = Count), (status = 401, body = ErrorBody)))]
+async fn unread_group_count(
+    State(state): State<AppState>,
+    who: Identity,
+) -> ApiResult<Json<Count>> {
+    who.account()?;
+    let peer = &state.services.notifications;
+    let r = call!(
+        state,
+        client(&state).get_unread_group_count(who.request(peer, GetUnreadGroupCountRequest {}))
+    )?;
+    Ok(Json(Count { count: r.count }))
+}
+
+/// Marks every notification of one of the caller's groups read, those stored in it
+/// meanwhile too (both unread counts move); 404 for a key that is not one of the
+/// caller's groups.
+#[utoipa::path(post, path = "/v1/notification-groups/{group_key}/read", tag = "notifications",
+    params(("group_key" = String, Path, max_length = 200)),
+    security(("bearer" = [])),
+    responses((status = 200, body = Updated), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+async fn mark_group_read(
+    State(state): State<AppState>,
+    who: Identity,
+    Path(group_key): Path<String>,
+) -> ApiResult<Json<Updated>> {
+    who.account()?;
+    let peer = &state.services.notifications;
+    let request = MarkGroupReadRequest { group_key };
+    let r = call!(
+        state,
+        client(&state).mark_group_read(who.request(peer, request))
+    )?;
+    Ok(Json(Updated {
+        updated_count: r.updated_count,
+    }))
+}
+
 /// How many of the caller's notifications are unread.
 #[utoipa::path(get, path = "/v1/notifications/unread-count", tag = "notifications",
     security(("bearer" = [])),
@@ -258,7 +389,29 @@ async fn forward(
             }
         }
     }
-    while let Some(Ok(n)) = live.next().await {
+    while let Some(Ok(mut n)) = live.next().await {
+        if let Some(group) = n.group.take() {
+            let unknown: Vec<String> = group
+                .sample_account_ids
+                .iter()
+                .filter(|id| !actors.contains_key(*id))
+                .cloned()
+                .collect();
+            if !unknown.is_empty()
+                && let Ok(found) = accounts(&state.services, &who, unknown).await
+            {
+                actors.extend(found);
+            }
+            let update = Event::default()
+                .event("group")
+                .json_data(sampled(group, &actors));
+            if let Ok(e) = update
+                && tx.send(e).await.is_err()
+            {
+                return;
+            }
+            continue;
+        }
         if n.removed {
             let id = n.id.clone();
             if let Some(e) = event(&mut sent, Notification::from(n), true)
@@ -362,7 +515,7 @@ fn created_ms(n: &WireNotification) -> i64 {
 /// One SSE event for a notification (or its removal).
 fn event(sent: &mut Sent, n: Notification, removed: bool) -> Option<Event> {
     if removed {
-        let body = serde_json::json!({ "id": n.id });
+        let body = serde_json::json!({ "id": n.id, "group_key": n.group_key });
         return Event::default().event("removed").json_data(body).ok();
     }
     let ms = bson::DateTime::parse_rfc3339_str(&n.created_at)
@@ -376,14 +529,28 @@ fn event(sent: &mut Sent, n: Notification, removed: bool) -> Option<Event> {
         .ok()
 }
 
+/// Options of the live stream.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct StreamQuery {
+    /// Also send `event: group` whenever one of the caller's notification groups changes.
+    #[serde(default)]
+    pub groups: bool,
+}
+
 /// The caller's notifications, live, as Server-Sent Events: `event: notification` with
-/// the notification (and who acted) as data, `event: removed` when one is removed
-/// (its post or comment was deleted), and a comment line every 15 s to keep proxies
-/// from closing it. Reconnecting with `Last-Event-ID` sends what was missed first, with
-/// no gap and no duplicate (see the module docs). The stream ends when the service's
-/// does (the access token expired, the service moved): reconnect.
+/// the notification (and who acted) as data, `event: removed` (`id`, `group_key`) when
+/// one is removed (its post or comment was deleted, the like or follow taken back), and
+/// a comment line every 15 s to keep proxies from closing it. With `groups=true`, also
+/// `event: group` with a notification group's new summary (count, unread count, recent
+/// actors) whenever it changes, so that a grouped view stays live; group events carry
+/// no id: after reconnecting, reload the first page of groups. Reconnecting with
+/// `Last-Event-ID` sends the notifications missed first, with no gap and no duplicate
+/// (see the module docs). The stream ends when the service's does (the access token
+/// expired, the service moved): reconnect.
 #[utoipa::path(get, path = "/v1/notifications/stream", tag = "notifications",
-    params(("Last-Event-ID" = Option<String>, Header, description = "the id of the last event received")),
+    params(("Last-Event-ID" = Option<String>, Header, description = "the id of the last event received"),
+        StreamQuery),
     security(("bearer" = [])),
     responses((status = 200, content_type = "text/event-stream", description = "the live notifications"),
         (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)))]
@@ -391,6 +558,7 @@ async fn stream(
     State(state): State<AppState>,
     who: Identity,
     headers: HeaderMap,
+    Query(q): Query<StreamQuery>,
 ) -> ApiResult<Response> {
     use axum::response::IntoResponse;
     who.account()?;
@@ -399,7 +567,7 @@ async fn stream(
     let mut request = who.request(
         &peer,
         StreamNotificationsRequest {
-            include_groups: false,
+            include_groups: q.groups,
         },
     );
     // A stream outlives an RPC's deadline; it ends with its token.

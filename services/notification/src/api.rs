@@ -72,6 +72,8 @@ impl From<GroupDoc> for NotificationGroup {
             most_recent_notification_id: g.latest_id.map(|i| i.to_hex()).unwrap_or_default(),
             latest_at: Some(to_timestamp(g.latest_at)),
             user_id: g.user_id.to_hex(),
+            // Both only grow, and every change bumps one.
+            version: g.head_version.saturating_add(g.counter_version),
         }
     }
 }

@@ -16,7 +16,7 @@ use social_events::{
 };
 use social_kit::{client::Peer, content::mentions};
 use social_proto::{
-    notification::v1::{LiveBatch, Notification},
+    notification::v1::{LiveBatch, Notification, NotificationGroup, NotificationType},
     user::v1::{BatchGetUsersByUsernameRequest, user_service_client::UserServiceClient},
 };
 
@@ -424,6 +424,15 @@ impl Fanout {
                 })
                 .collect();
             self.broadcast(removed).await?;
+            if field == "post_id" || field == "comment_id" {
+                // Their groups go whole (below): a grouped view drops them now.
+                self.push_batch(&LiveBatch {
+                    notifications: Vec::new(),
+                    ended_users: Vec::new(),
+                    groups: gone_groups(&batch),
+                })
+                .await?;
+            }
             let ids: Vec<ObjectId> = batch.into_iter().map(|n| n.id).collect();
             self.store.delete_ids(&ids).await?;
             touched.sort_unstable();
@@ -461,4 +470,24 @@ impl Fanout {
             .map_err(|s| self.users.error(s))?;
         found.users.iter().map(|u| oid(&u.id)).collect()
     }
+}
+
+/// The group updates saying that the groups of `batch` are gone (a count of zero), one
+/// per group.
+fn gone_groups(batch: &[NotificationDoc]) -> Vec<NotificationGroup> {
+    let mut seen = std::collections::HashSet::new();
+    batch
+        .iter()
+        .filter(|n| !n.group_key.is_empty() && seen.insert((n.user_id, n.group_key.as_str())))
+        .map(|n| NotificationGroup {
+            group_key: n.group_key.clone(),
+            r#type: NotificationType::from_str_name(&n.kind)
+                .unwrap_or(NotificationType::Unspecified) as i32,
+            user_id: n.user_id.to_hex(),
+            post_id: n.post_id.map(|p| p.to_hex()),
+            comment_id: n.comment_id.map(|c| c.to_hex()),
+            version: i64::MAX, // nothing comes after
+            ..Default::default()
+        })
+        .collect()
 }

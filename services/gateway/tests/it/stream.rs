@@ -26,11 +26,12 @@ struct Sse {
 impl Sse {
     /// Opens the caller's stream (retrying while the service's live feed is starting).
     async fn open(app: &App, token: &str, last: Option<&str>) -> Self {
+        Self::open_at(app, "/v1/notifications/stream", token, last).await
+    }
+
+    async fn open_at(app: &App, path: &str, token: &str, last: Option<&str>) -> Self {
         for _ in 0..100 {
-            let mut request = app
-                .http
-                .get(app.url("/v1/notifications/stream"))
-                .bearer_auth(token);
+            let mut request = app.http.get(app.url(path)).bearer_auth(token);
             if let Some(last) = last {
                 request = request.header("last-event-id", last);
             }
@@ -274,4 +275,142 @@ async fn a_resume_point_too_old_to_page_back_to_asks_for_a_resync() {
     let mut stream = Sse::open(&app, &alice, Some(&last)).await;
     let first = stream.next(Duration::from_secs(5)).await.expect("an event");
     assert_eq!(first.kind, "resync");
+}
+
+#[tokio::test]
+async fn groups_come_with_their_actors_in_one_batch_stay_live_and_are_marked_read() {
+    let stack = Stack::start().await;
+    let users = RpcCounter::start(stack.user.addr).await;
+    let app = App::around(stack, |c| c.user_service = users.peer("user service")).await;
+    let batch = "/social.user.v1.UserService/BatchGetUsers";
+    let (_, alice) = app.sign_up("alice").await;
+    let post = app
+        .call(
+            Method::POST,
+            "/v1/posts",
+            Some(&alice),
+            Some(json!({"content": "like me"})),
+        )
+        .await;
+    let post_id = post.body["id"].as_str().unwrap().to_owned();
+    let mut stream = Sse::open_at(&app, "/v1/notifications/stream?groups=true", &alice, None).await;
+    let like = format!("/v1/posts/{post_id}/like");
+    let mut likers = Vec::new();
+    for name in ["bob", "carol", "dave"] {
+        let (_, token) = app.sign_up(name).await;
+        app.call(Method::PUT, &like, Some(&token), None).await;
+        likers.push(token);
+    }
+
+    // Live: the notifications as before, and the group's summary as it grows.
+    // (version, count) of the group's latest update: updates may come out of order.
+    let mut latest = (0, 0);
+    while latest.1 != 3 {
+        let e = stream
+            .next(Duration::from_secs(15))
+            .await
+            .expect("an event");
+        match e.kind.as_str() {
+            "group" => {
+                assert!(e.id.is_empty(), "group events are not resume points");
+                assert_eq!(e.data["post_id"], post_id.as_str());
+                let n = e.data["notifications_count"].as_i64().unwrap();
+                let samples = e.data["sample_accounts"].as_array().unwrap();
+                assert_eq!(samples.len() as i64, n, "{}", e.data);
+                latest = latest.max((e.data["version"].as_i64().unwrap(), n));
+            }
+            "notification" => assert_eq!(e.data["type"], "POST_LIKE"),
+            other => panic!("{other}: {:?}", e.data),
+        }
+    }
+
+    // The grouped list: one line, its actors embedded, in one call for the page.
+    users.take(batch);
+    let groups = app.get("/v1/notification-groups", Some(&alice)).await;
+    assert_eq!(users.take(batch), 1, "one batch of actors per page");
+    let items = groups.body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{}", groups.body);
+    let g = &items[0];
+    assert_eq!(g["type"], "POST_LIKE");
+    assert_eq!(g["notifications_count"], 3);
+    assert_eq!(g["unread_count"], 3);
+    let mut names: Vec<&str> = g["sample_accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["username"].as_str().unwrap())
+        .collect();
+    let ids: Vec<&Value> = g["sample_accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| &a["id"])
+        .collect();
+    assert_eq!(
+        ids,
+        g["sample_account_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .collect::<Vec<_>>(),
+        "accounts in the order of their ids"
+    );
+    names.sort_unstable();
+    assert_eq!(names, ["bob", "carol", "dave"]);
+    let key = g["group_key"].as_str().unwrap();
+    let unread = app
+        .get("/v1/notification-groups/unread-count", Some(&alice))
+        .await;
+    assert_eq!(unread.body["count"], 1);
+
+    // Another account cannot mark it read; bad keys are named.
+    let path = format!("/v1/notification-groups/{key}/read");
+    let theirs = app.call(Method::POST, &path, Some(&likers[0]), None).await;
+    assert_eq!(theirs.status, StatusCode::NOT_FOUND, "{}", theirs.body);
+    let long = format!("/v1/notification-groups/{}/read", "k".repeat(201));
+    let too_long = app.call(Method::POST, &long, Some(&alice), None).await;
+    assert_eq!(
+        too_long.error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT"),
+        ["group_key"]
+    );
+    let read = app.call(Method::POST, &path, Some(&alice), None).await;
+    assert_eq!(read.body["updated_count"], 3, "{}", read.body);
+    let unread = app
+        .get("/v1/notification-groups/unread-count", Some(&alice))
+        .await;
+    assert_eq!(unread.body["count"], 0);
+    let plain = app
+        .get("/v1/notifications/unread-count", Some(&alice))
+        .await;
+    assert_eq!(
+        plain.body["count"], 0,
+        "the per-notification count moved too"
+    );
+    let groups = app
+        .get("/v1/notification-groups?unread_only=true", Some(&alice))
+        .await;
+    assert_eq!(groups.body["items"], json!([]));
+
+    // A like taken back: the group counts two, live; the notification is removed.
+    app.call(Method::DELETE, &like, Some(&likers[2]), None)
+        .await;
+    let mut removed = false;
+    loop {
+        let e = stream
+            .next(Duration::from_secs(15))
+            .await
+            .expect("an event");
+        match e.kind.as_str() {
+            "removed" => {
+                assert_eq!(e.data["group_key"], key);
+                removed = true;
+            }
+            "group" if e.data["version"].as_i64().unwrap() > latest.0 => {
+                assert_eq!(e.data["notifications_count"], 2, "{}", e.data);
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert!(removed, "the removal came before the group's update");
 }

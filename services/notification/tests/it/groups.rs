@@ -484,6 +484,15 @@ async fn marking_a_group_read_moves_both_unread_counts() {
     assert_eq!(empty.code(), Code::InvalidArgument);
 }
 
+/// What a stream with groups brought.
+#[derive(Default)]
+struct Seen {
+    /// The group's update with the greatest version: (version, count).
+    latest: (i64, i64),
+    notes: usize,
+    removals: usize,
+}
+
 #[tokio::test]
 async fn a_stream_that_asks_for_groups_gets_their_updates() {
     let app = App::start().await;
@@ -512,27 +521,48 @@ async fn a_stream_that_asks_for_groups_gets_their_updates() {
         }
     };
     let post = ObjectId::new();
-    app.publish(&[liked(ObjectId::new(), post, &bob_id)]).await;
-    app.publish(&[liked(ObjectId::new(), post, &bob_id)]).await;
-    let mut counts = Vec::new();
-    let mut notes = 0;
-    while counts.last() != Some(&2) {
-        let m = tokio::time::timeout(WAIT, stream.message())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        match m.group {
-            Some(g) => {
-                assert_eq!(g.post_id, Some(post.to_hex()));
-                counts.push(g.notifications_count);
-            }
-            None => {
-                assert!(!m.group_key.is_empty());
-                notes += 1;
+    let (ann, cid) = (ObjectId::new(), ObjectId::new());
+    app.publish(&[liked(ann, post, &bob_id)]).await;
+    app.publish(&[liked(cid, post, &bob_id)]).await;
+    let mut seen = Seen::default();
+    let until = async |seen: &mut Seen, stream: &mut tonic::Streaming<_>, stop: i64| {
+        while seen.latest.1 != stop || seen.latest.0 == 0 {
+            let m: social_proto::notification::v1::Notification =
+                tokio::time::timeout(WAIT, stream.message())
+                    .await
+                    .expect("a group update in time")
+                    .unwrap()
+                    .unwrap();
+            match m.group {
+                Some(g) => {
+                    assert_eq!(g.post_id, Some(post.to_hex()));
+                    assert_eq!(g.user_id, bob_id);
+                    assert_ne!(g.version, seen.latest.0, "a change bumps the version");
+                    seen.latest = seen.latest.max((g.version, g.notifications_count));
+                }
+                None if m.removed => seen.removals += 1,
+                None => {
+                    assert!(!m.group_key.is_empty());
+                    seen.notes += 1;
+                }
             }
         }
-    }
-    assert_eq!(notes, 2, "the notifications themselves still come");
-    assert_eq!(counts, [1, 2]);
+    };
+    until(&mut seen, &mut stream, 2).await;
+    // One like taken back: the group counts one.
+    app.publish(&[unliked(cid, post, &bob_id)]).await;
+    until(&mut seen, &mut stream, 1).await;
+    // The post deleted: the group is gone (a count of zero).
+    app.publish(&[new_envelope(
+        ObjectId::parse_str(&bob_id).unwrap(),
+        Payload::PostDeleted(PostDeleted {
+            post_id: post.to_hex(),
+            author_id: bob_id.clone(),
+        }),
+    )])
+    .await;
+    until(&mut seen, &mut stream, 0).await;
+    assert_eq!(seen.notes, 2, "the notifications themselves still come");
+    assert_eq!(seen.removals, 2, "and so do their removals");
+    assert_eq!(seen.latest, (i64::MAX, 0), "a gone group has the last word");
 }
