@@ -8,7 +8,9 @@
 #   - a date written by $set is stored as text: kit::time::lenient reads both forms;
 #   - collation indexes are neither enforced nor used by queries: usernames are unique
 #     through a lowercase copy (`username_lower`);
-#   - `$setOnInsert` is ignored in find_one_and_update upserts: not used;
+#   - `$setOnInsert` is ignored in upserts (find_one_and_update and update_one): not
+#     used; a document made once (a notification group) is an insert that a unique
+#     index makes happen once, then a find;
 #   - partialFilterExpression is ignored (the index applies to every document), and a
 #     unique index does not treat missing fields as equal: unique keys are only on
 #     fields every document has;

@@ -162,10 +162,12 @@ impl NotificationService for Api {
         request: Request<MarkAllNotificationsReadRequest>,
     ) -> Result<Response<MarkNotificationsReadResponse>, Status> {
         let me = caller(&request)?;
-        // Everything stored up to now; what arrives meanwhile stays unread.
+        // Everything stored up to now (what arrives meanwhile stays unread), then the
+        // groups' counts (each group's own mark may reach a little further).
         let up_to = social_kit::paging::fresh_sort_key();
-        self.store.groups.mark_all_read(me, up_to).await?;
         let updated_count = self.store.mark_read(me, Which::UpTo(up_to)).await?;
+        let updated_count =
+            updated_count.saturating_add(self.store.groups.mark_all_read(me).await?);
         Ok(Response::new(MarkNotificationsReadResponse {
             updated_count,
         }))

@@ -278,10 +278,28 @@ impl Fanout {
         }
         let mut pushed = Vec::with_capacity(stored.len());
         let mut groups = Vec::new();
+        let recipients: Vec<ObjectId> = stored.iter().map(|n| n.user_id).collect();
         for doc in stored {
             let doc = self.fresh(doc).await?;
-            groups.extend(self.store.groups.added(&doc).await?);
-            pushed.push(Notification::from(doc));
+            // Taken back by an unlike that looked for it before it was stored (the undo
+            // is recorded before it looks, so one of the two sees the other).
+            if self
+                .store
+                .undone_after(&doc.dedupe_key, doc.event_ms)
+                .await?
+            {
+                self.store.delete_if_older(doc.id, doc.event_ms + 1).await?;
+            }
+            let (group, exists) = self.store.groups.added(&doc).await?;
+            groups.extend(group);
+            if exists {
+                pushed.push(Notification::from(doc));
+            }
+        }
+        // A recipient whose account was deleted meanwhile has no groups (their deletion
+        // removed them, perhaps before these were made again).
+        for user in self.store.removed_users.which(&recipients).await? {
+            self.store.groups.delete_where("user_id", user).await?;
         }
         // A deletion that began meanwhile may have removed the groups before these were
         // counted into them: take them away again (the tombstone is written first).
@@ -309,12 +327,13 @@ impl Fanout {
         let Some(n) = self.store.undo(&dedupe_key, t).await? else {
             return Ok(());
         };
-        let group = self.store.groups.removing(&n).await?;
-        if !self.store.delete_if_older(&n, t).await? {
-            // A later like or follow took it over meanwhile: it stays, and counts.
-            self.store.groups.kept(&n, t).await?;
-            return Ok(());
+        // Deleted first, then counted out: the count never misses a notification that
+        // stays. Gone already: deleted by an earlier try of this undo (or by another
+        // removal, which counts it out with the same keys).
+        if !self.store.delete_if_older(n.id, t).await? && self.store.exists(n.id).await? {
+            return Ok(()); // a later like or follow took it over: it stays, and counts
         }
+        let group = self.store.groups.removing(&n).await?;
         let group = match group {
             Some(id) => self.store.groups.refresh_head(id).await?,
             None => None,
@@ -410,7 +429,7 @@ impl Fanout {
             let mut touched = Vec::new();
             if field == "source_user_id" {
                 for n in &batch {
-                    touched.extend(self.store.groups.removing(n).await?);
+                    touched.extend(self.store.groups.removing(&n.into()).await?);
                 }
             }
             let removed = batch

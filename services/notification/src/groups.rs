@@ -80,6 +80,36 @@ pub struct GroupDoc {
     pub counter_version: i64,
 }
 
+/// What a group needs to know of one of its notifications to count it out.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Member {
+    pub id: ObjectId,
+    pub user_id: ObjectId,
+    pub group_key: String,
+    pub sort_key: i64,
+}
+
+impl From<&NotificationDoc> for Member {
+    fn from(n: &NotificationDoc) -> Self {
+        Self {
+            id: n.id,
+            user_id: n.user_id,
+            group_key: n.group_key.clone(),
+            sort_key: n.sort_key,
+        }
+    }
+}
+
+/// A stored bool (the stand-in stores one written by `$set` as an integer).
+fn truthy(v: &bson::Bson) -> bool {
+    match v {
+        bson::Bson::Boolean(b) => *b,
+        bson::Bson::Int32(i) => *i != 0,
+        bson::Bson::Int64(i) => *i != 0,
+        _ => false,
+    }
+}
+
 /// The group of a notification of `kind` about `post` / `comment`, created at
 /// `created_ms`, in windows of `window_ms`.
 pub fn group_key(
@@ -192,16 +222,24 @@ impl Groups {
         document.extend(idempotency::initial_fields());
         mongo::insert_once(&self.groups.clone_with_type::<Document>(), &document).await?;
         // Ours, or the one another writer inserted first.
+        // Gone already: a deletion removed it meanwhile; the retry sees the tombstone.
         self.find(n.user_id, &n.group_key).await?.ok_or_else(|| {
-            social_kit::Error::internal(anyhow::anyhow!("a notification group vanished"))
+            social_kit::Error::Unavailable("a notification group was removed meanwhile".into())
         })
     }
 
     /// Counts stored notification `n` into its group (once, however often it is called),
-    /// and brings the group's head up to date; the group as it is then.
-    pub async fn added(&self, n: &NotificationDoc) -> Result<Option<GroupDoc>> {
+    /// and brings the group's head up to date; the group as it is then, and whether `n`
+    /// still exists.
+    ///
+    /// Each notification is counted in (`add`, `u+`) and out (`rm`, `u-`) at most once,
+    /// and the two commute, so the order in which a like, its unlike, a read and a
+    /// deletion are handled does not matter: whoever sees the notification gone (or read)
+    /// after counting it in counts it out, with the same change keys as the remover (or
+    /// the reader), so that it happens once whoever gets there first.
+    pub async fn added(&self, n: &NotificationDoc) -> Result<(Option<GroupDoc>, bool)> {
         if n.group_key.is_empty() {
-            return Ok(None);
+            return Ok((None, true));
         }
         let group = self.ensure(n).await?;
         let t = now_ms();
@@ -215,87 +253,73 @@ impl Groups {
                 Document::new(),
             )
             .await?;
-        if !n.is_read {
-            let counted = self
-                .counters
-                .apply(
-                    group.id,
-                    "unread",
-                    1,
-                    &format!("u+:{}", n.id),
-                    t,
-                    doc! { "read_key": { "$lt": n.sort_key } },
-                )
-                .await?;
-            if !counted
-                && let Some(now) = self.by_id(group.id).await?
-                && now.read_key >= n.sort_key
-            {
-                // The group was marked read past it (perhaps before it was stored).
-                self.notifications
-                    .update_one(doc! { "_id": n.id }, doc! { "$set": { "is_read": true } })
-                    .await?;
-            }
-        }
-        self.refresh_head(group.id).await
-    }
-
-    /// Takes notification `n` out of its group's counts (once), before `n` is deleted;
-    /// the group's id, to refresh its head once `n` is gone.
-    pub async fn removing(&self, n: &NotificationDoc) -> Result<Option<ObjectId>> {
-        if n.group_key.is_empty() {
-            return Ok(None);
-        }
-        let Some(group) = self.find(n.user_id, &n.group_key).await? else {
-            return Ok(None);
-        };
-        let t = now_ms();
-        self.counters
+        // Stored unread: it counts as unread unless its group was read past it.
+        let counted = self
+            .counters
             .apply(
                 group.id,
+                "unread",
+                1,
+                &format!("u+:{}", n.id),
+                t,
+                doc! { "read_key": { "$lt": n.sort_key } },
+            )
+            .await?;
+        let member = Member::from(n);
+        let Some(now) = self
+            .notifications
+            .clone_with_type::<Document>()
+            .find_one(doc! { "_id": n.id })
+            .projection(doc! { "is_read": 1 })
+            .await?
+        else {
+            // Taken back (an unlike), or its actor deleted, meanwhile.
+            self.take_out(group.id, &member, t).await?;
+            return Ok((self.refresh_head(group.id).await?, false));
+        };
+        if now.get("is_read").is_some_and(truthy) {
+            // Read meanwhile, perhaps before its group existed.
+            self.unread_gone(group.id, &member, t).await?;
+        } else if !counted
+            && let Some(g) = self.by_id(group.id).await?
+            && g.read_key >= n.sort_key
+        {
+            // The group was marked read past it (perhaps before it was stored).
+            self.notifications
+                .update_one(doc! { "_id": n.id }, doc! { "$set": { "is_read": true } })
+                .await?;
+        }
+        Ok((self.refresh_head(group.id).await?, true))
+    }
+
+    /// Takes notification `m`, deleted or about to be, out of its group's counts (once);
+    /// the group's id, to refresh its head once `m` is gone. A group that does not exist
+    /// yet is left alone: whoever counts `m` in finds it gone and counts it out.
+    pub async fn removing(&self, m: &Member) -> Result<Option<ObjectId>> {
+        if m.group_key.is_empty() {
+            return Ok(None);
+        }
+        let Some(group) = self.find(m.user_id, &m.group_key).await? else {
+            return Ok(None);
+        };
+        self.take_out(group.id, m, now_ms()).await?;
+        Ok(Some(group.id))
+    }
+
+    async fn take_out(&self, group: ObjectId, m: &Member, t: i64) -> Result<()> {
+        self.counters
+            .apply(
+                group,
                 "count",
                 -1,
-                &format!("rm:{}", n.id),
+                &format!("rm:{}", m.id),
                 t,
                 Document::new(),
             )
             .await?;
-        if !n.is_read {
-            self.unread_gone(group.id, n, t).await?;
-        }
-        Ok(Some(group.id))
-    }
-
-    /// Counts `n` again after [`Self::removing`] took it out but it was not deleted (a
-    /// later like took it over): keyed by the undo at `t`, so once per undo.
-    pub async fn kept(&self, n: &NotificationDoc, t: i64) -> Result<()> {
-        let Some(group) = self.find(n.user_id, &n.group_key).await? else {
-            return Ok(());
-        };
-        let now = now_ms();
-        self.counters
-            .apply(
-                group.id,
-                "count",
-                1,
-                &format!("keep:{}:{t}", n.id),
-                now,
-                Document::new(),
-            )
-            .await?;
-        if !n.is_read {
-            self.counters
-                .apply(
-                    group.id,
-                    "unread",
-                    1,
-                    &format!("keep-u:{}:{t}", n.id),
-                    now,
-                    doc! { "read_key": { "$lt": n.sort_key } },
-                )
-                .await?;
-        }
-        Ok(())
+        // Whether it was read or not: a read one was counted out by its reader with the
+        // same key, or covered by its group's read mark.
+        self.unread_gone(group, m, t).await
     }
 
     /// `n`, unread and counted, is about to be marked read: its group counts one unread
@@ -305,20 +329,21 @@ impl Groups {
             return Ok(());
         }
         if let Some(group) = self.find(n.user_id, &n.group_key).await? {
-            self.unread_gone(group.id, n, now_ms()).await?;
+            self.unread_gone(group.id, &Member::from(n), now_ms())
+                .await?;
         }
         Ok(())
     }
 
-    async fn unread_gone(&self, group: ObjectId, n: &NotificationDoc, t: i64) -> Result<()> {
+    async fn unread_gone(&self, group: ObjectId, m: &Member, t: i64) -> Result<()> {
         self.counters
             .apply(
                 group,
                 "unread",
                 -1,
-                &format!("u-:{}", n.id),
+                &format!("u-:{}", m.id),
                 t,
-                doc! { "read_key": { "$lt": n.sort_key } },
+                doc! { "read_key": { "$lt": m.sort_key } },
             )
             .await?;
         Ok(())
@@ -346,10 +371,16 @@ impl Groups {
                 }
             }
             let mut set = doc! { "actors": &actors };
-            if let Some(latest) = newest.first() {
-                set.insert("latest_id", latest.id);
-                set.insert("latest_at", latest.created_at);
-                set.insert("sort_key", latest.sort_key);
+            match newest.first() {
+                Some(latest) => {
+                    set.insert("latest_id", latest.id);
+                    set.insert("latest_at", latest.created_at);
+                    set.insert("sort_key", latest.sort_key);
+                }
+                // Emptied: it points at nothing (and is not listed).
+                None => {
+                    set.insert("latest_id", bson::Bson::Null);
+                }
             }
             let written = self
                 .groups
@@ -369,57 +400,95 @@ impl Groups {
         ))
     }
 
-    /// Marks group `key` of `user` read up to now: `unread` is 0 and every notification
-    /// stored in it so far is read; how many notifications changed, `None` if there is
-    /// no such group.
+    /// Marks group `key` of `user` read: `unread` is 0 and every notification stored in
+    /// it so far is read; how many notifications changed, `None` if there is no such
+    /// group.
     pub async fn mark_read(&self, user: ObjectId, key: &str) -> Result<Option<i64>> {
         let Some(group) = self.find(user, key).await? else {
             return Ok(None);
         };
-        let up_to = social_kit::paging::fresh_sort_key();
-        self.reset_unread(group.id, up_to).await?;
+        self.read_group(&group).await.map(Some)
+    }
+
+    async fn read_group(&self, group: &GroupDoc) -> Result<i64> {
+        let up_to = self.reset_unread(group.id).await?;
         let changed = self
             .notifications
             .update_many(
                 doc! {
-                    "user_id": mongo::is(user), "group_key": key, "is_read": false,
-                    "sort_key": { "$lte": up_to },
+                    "user_id": mongo::is(group.user_id), "group_key": &group.group_key,
+                    "is_read": false, "sort_key": { "$lte": up_to },
                 },
                 doc! { "$set": { "is_read": true } },
             )
             .await?
             .modified_count;
-        Ok(Some(i64::try_from(changed).unwrap_or(i64::MAX)))
+        Ok(i64::try_from(changed).unwrap_or(i64::MAX))
     }
 
-    /// Marks every group of `user` with unread notifications read up to `up_to` (the
-    /// caller then marks the notifications themselves).
-    pub async fn mark_all_read(&self, user: ObjectId, up_to: i64) -> Result<()> {
-        let unread: Vec<GroupDoc> = self
-            .groups
-            .find(doc! { "user_id": mongo::is(user), "unread": { "$gt": 0_i64 } })
-            .await?
-            .try_collect()
-            .await?;
-        for group in unread {
-            self.reset_unread(group.id, up_to).await?;
+    /// Marks every group of `user` with unread notifications read, after the caller
+    /// marked the notifications up to then read: a notification counted in after the
+    /// groups were listed finds itself read and counts itself out ([`Self::added`]).
+    /// The work is a few queries per unread group, so no more than the notifications
+    /// it marks.
+    pub async fn mark_all_read(&self, user: ObjectId) -> Result<i64> {
+        let mut changed = 0_i64;
+        let mut after: Option<ObjectId> = None;
+        loop {
+            let mut filter = doc! { "user_id": mongo::is(user), "unread": { "$gt": 0_i64 } };
+            if let Some(last) = after {
+                filter.insert("_id", doc! { "$gt": last });
+            }
+            let unread: Vec<GroupDoc> = self
+                .groups
+                .find(filter)
+                .sort(doc! { "_id": 1 })
+                .limit(100)
+                .projection(idempotency::hide())
+                .await?
+                .try_collect()
+                .await?;
+            let Some(last) = unread.last() else {
+                return Ok(changed);
+            };
+            after = Some(last.id);
+            for group in &unread {
+                changed = changed.saturating_add(self.read_group(group).await?);
+            }
         }
-        Ok(())
     }
 
-    /// `unread` to 0 and `read_key` to at least `up_to`, in one write that no count
-    /// change may slip past (it is conditional on `counter_version`).
-    async fn reset_unread(&self, id: ObjectId, up_to: i64) -> Result<()> {
+    /// `unread` to 0 and `read_key` past every notification of the group counted so far,
+    /// in one write that no count change may slip past (it is conditional on
+    /// `counter_version`); the read key written.
+    async fn reset_unread(&self, id: ObjectId) -> Result<i64> {
         for _ in 0..TRIES {
             let Some(group) = self.by_id(id).await? else {
-                return Ok(());
+                return Ok(0);
             };
+            // Read after the group: whatever the group counts is stored already, so its
+            // key is at most the newest's (taken from another replica's clock, it may be
+            // ahead of ours).
+            let newest = self
+                .notifications
+                .clone_with_type::<Document>()
+                .find_one(
+                    doc! { "user_id": mongo::is(group.user_id), "group_key": &group.group_key },
+                )
+                .sort(doc! { "sort_key": -1 })
+                .projection(doc! { "sort_key": 1 })
+                .await?
+                .and_then(|d| d.get_i64("sort_key").ok())
+                .unwrap_or(0);
+            let up_to = social_kit::paging::fresh_sort_key()
+                .max(newest)
+                .max(group.read_key);
             let written = self
                 .groups
                 .update_one(
                     doc! { "_id": id, "counter_version": group.counter_version },
                     doc! {
-                        "$set": { "unread": 0_i64, "read_key": group.read_key.max(up_to) },
+                        "$set": { "unread": 0_i64, "read_key": up_to },
                         "$inc": { "counter_version": 1_i64 },
                     },
                 )
@@ -427,7 +496,7 @@ impl Groups {
                 .modified_count
                 == 1;
             if written {
-                return Ok(());
+                return Ok(up_to);
             }
         }
         Err(social_kit::Error::Unavailable(

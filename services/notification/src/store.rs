@@ -71,11 +71,22 @@ pub struct NotificationDoc {
 /// an earlier one that arrives late is not stored.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Undone {
+    /// `<dedupe key>@<t>`: one per undo, however often its event comes.
     #[serde(rename = "_id")]
-    id: ObjectId,
+    id: String,
     dedupe_key: String,
     t: i64,
     at: DateTime,
+    /// The notification it takes back, once found (so that a retry after its deletion
+    /// still counts it out of its group).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    victim_id: Option<ObjectId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    victim_user: Option<ObjectId>,
+    #[serde(default)]
+    victim_group: String,
+    #[serde(default)]
+    victim_sort_key: i64,
 }
 
 /// Which notifications to mark read.
@@ -248,19 +259,62 @@ impl Store {
     }
 
     /// Records that the like or follow of `dedupe_key` was taken back at `t` (ms), and
-    /// returns its notification if that was stored by an earlier one (to remove it).
-    pub async fn undo(&self, dedupe_key: &str, t: i64) -> Result<Option<NotificationDoc>> {
-        let undone = Undone {
-            id: ObjectId::new(),
+    /// returns its notification if that was stored by an earlier one (to remove it): the
+    /// one an earlier try of this undo found, if any (it may be deleted by now).
+    pub async fn undo(&self, dedupe_key: &str, t: i64) -> Result<Option<crate::groups::Member>> {
+        let id = format!("{dedupe_key}@{t}");
+        let record = Undone {
+            id: id.clone(),
             dedupe_key: dedupe_key.to_owned(),
             t,
             at: DateTime::now(),
+            victim_id: None,
+            victim_user: None,
+            victim_group: String::new(),
+            victim_sort_key: 0,
         };
-        self.undone.insert_one(&undone).await?;
-        Ok(self
+        mongo::insert_once(&self.undone, &record).await?;
+        if let Some(earlier) = self.undone.find_one(doc! { "_id": &id }).await?
+            && let (Some(id), Some(user_id)) = (earlier.victim_id, earlier.victim_user)
+        {
+            return Ok(Some(crate::groups::Member {
+                id,
+                user_id,
+                group_key: earlier.victim_group,
+                sort_key: earlier.victim_sort_key,
+            }));
+        }
+        let Some(n) = self
             .by_dedupe_key(dedupe_key)
             .await?
-            .filter(|n| n.event_ms < t))
+            .filter(|n| n.event_ms < t)
+        else {
+            return Ok(None);
+        };
+        let victim = crate::groups::Member::from(&n);
+        self.undone
+            .update_one(
+                doc! { "_id": &id },
+                doc! { "$set": {
+                    "victim_id": victim.id,
+                    "victim_user": victim.user_id,
+                    "victim_group": &victim.group_key,
+                    "victim_sort_key": victim.sort_key,
+                } },
+            )
+            .await?;
+        Ok(Some(victim))
+    }
+
+    /// Whether notification `id` exists.
+    pub async fn exists(&self, id: ObjectId) -> Result<bool> {
+        Ok(self
+            .notifications
+            .clone_with_type::<bson::Document>()
+            .find_one(doc! { "_id": id })
+            .projection(doc! { "_id": 1 })
+            .await?
+            .is_some())
     }
 
     /// Makes notification `n` the one of the event `event_id` at `t` (ms), if that is
@@ -284,12 +338,12 @@ impl Store {
             .is_some())
     }
 
-    /// Deletes notification `n` if it is still from an event before `t` (ms); whether it
+    /// Deletes notification `id` if it is still from an event before `t` (ms); whether it
     /// did.
-    pub async fn delete_if_older(&self, n: &NotificationDoc, t: i64) -> Result<bool> {
+    pub async fn delete_if_older(&self, id: ObjectId, t: i64) -> Result<bool> {
         let r = self
             .notifications
-            .delete_one(doc! { "_id": n.id, "event_ms": { "$lt": t } })
+            .delete_one(doc! { "_id": id, "event_ms": { "$lt": t } })
             .await?;
         Ok(r.deleted_count == 1)
     }

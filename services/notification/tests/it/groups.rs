@@ -566,3 +566,118 @@ async fn a_stream_that_asks_for_groups_gets_their_updates() {
     assert_eq!(seen.removals, 2, "and so do their removals");
     assert_eq!(seen.latest, (i64::MAX, 0), "a gone group has the last word");
 }
+
+/// Holds the likes of `post` between their storing and their counting for `ms`, runs
+/// `meanwhile` once the like of `liker` is stored, then waits for the like's handler.
+async fn while_counting<F: std::future::Future<Output = ()>>(
+    app: &App,
+    bob: &str,
+    bob_id: &str,
+    (liker, post): (ObjectId, ObjectId),
+    meanwhile: impl FnOnce(String) -> F,
+) {
+    const MS: u64 = 1500;
+    fail::cfg(
+        "notification::delay_broadcast",
+        &format!("return({post}:{MS})"),
+    )
+    .unwrap();
+    app.publish(&[liked(liker, post, bob_id)]).await;
+    let stored = eventually(WAIT, || async {
+        app.list(bob)
+            .await
+            .into_iter()
+            .find(|n| n.post_id.as_deref() == Some(&post.to_hex()))
+    })
+    .await
+    .expect("the like stored");
+    meanwhile(stored.id).await;
+    tokio::time::sleep(Duration::from_millis(MS + 300)).await;
+    app.drained().await;
+    fail::remove("notification::delay_broadcast");
+}
+
+#[tokio::test]
+async fn what_happens_between_storing_a_like_and_counting_it_is_counted_right() {
+    let app = App::start().await;
+    let (bob_id, bob) = app.stack.register("bob").await;
+    let ann = ObjectId::new();
+
+    // Unliked meanwhile: no group counts it.
+    let post = ObjectId::new();
+    while_counting(&app, &bob, &bob_id, (ann, post), |_| async {
+        app.publish(&[unliked(ann, post, &bob_id)]).await;
+        let gone = eventually(WAIT, || async {
+            app.list(&bob).await.is_empty().then_some(())
+        });
+        assert!(gone.await.is_some(), "the unlike removed it");
+    })
+    .await;
+    assert_eq!(
+        app.groups(&bob).await,
+        [],
+        "no group counts an unliked like"
+    );
+    assert_eq!(app.unread(&bob).await, (0, 0));
+
+    // Read meanwhile (before its group existed): not counted unread.
+    let post = ObjectId::new();
+    while_counting(&app, &bob, &bob_id, (ann, post), |id| async {
+        app.notifications
+            .clone()
+            .mark_notifications_read(authed(MarkNotificationsReadRequest { ids: vec![id] }, &bob))
+            .await
+            .unwrap();
+    })
+    .await;
+    let groups = app.groups(&bob).await;
+    assert_eq!(groups.len(), 1);
+    assert_eq!(
+        (groups[0].notifications_count, groups[0].unread_count),
+        (1, 0)
+    );
+    assert_eq!(app.unread(&bob).await, (0, 0));
+
+    // All read meanwhile (its group unread-free until then): not counted unread.
+    let post = ObjectId::new();
+    while_counting(&app, &bob, &bob_id, (ann, post), |_| async {
+        app.notifications
+            .clone()
+            .mark_all_notifications_read(authed(MarkAllNotificationsReadRequest {}, &bob))
+            .await
+            .unwrap();
+    })
+    .await;
+    assert_eq!(app.unread(&bob).await, (0, 0));
+    assert!(app.groups(&bob).await.iter().all(|g| g.unread_count == 0));
+
+    // Its actor's account deleted meanwhile: no group counts it.
+    let (dave_id, dave) = app.stack.register("dave").await;
+    let dave_id = ObjectId::parse_str(&dave_id).unwrap();
+    let post = ObjectId::new();
+    while_counting(&app, &bob, &bob_id, (dave_id, post), |_| async {
+        app.stack
+            .users()
+            .await
+            .delete_account(authed(
+                social_proto::user::v1::DeleteAccountRequest {
+                    password: "correct horse battery".into(),
+                },
+                &dave,
+            ))
+            .await
+            .unwrap();
+        let gone = eventually(WAIT, || async {
+            let left = app.list(&bob).await;
+            (!left.iter().any(|n| n.source_user_id == dave_id.to_hex())).then_some(())
+        });
+        assert!(gone.await.is_some(), "the deletion removed it");
+    })
+    .await;
+    let groups = app.groups(&bob).await;
+    assert!(
+        groups.iter().all(|g| g.post_id != Some(post.to_hex())),
+        "{groups:#?}"
+    );
+    assert_eq!(groups.len(), 2, "the two read ones: {groups:#?}");
+}
