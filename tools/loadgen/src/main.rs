@@ -12,6 +12,9 @@
 //! scripts/bench events   # likes under load: RPC rate and latency, then how long until the
 //!                        # counters and notifications they cause have all landed
 //! scripts/bench streams  # memory of 1,000 open notification streams
+//! scripts/bench groups   # a page of notification groups for a reader whose one post has
+//!                        # 100,000 likes and who has 1,000 other groups, against a page
+//!                        # of plain notifications; a like landing in that group
 //! scripts/bench gateway  # GET /v1/posts/{id} through the gateway against GetPost over
 //!                        # gRPC, the feed with authors against without, the gateway's
 //!                        # memory idle and under load (the system as separate processes)
@@ -37,7 +40,8 @@ use social_proto::{
     engagement::v1::LikePostRequest,
     graph::v1::ListFollowingIdsRequest,
     notification::v1::{
-        GetUnreadCountRequest, ListNotificationsRequest, StreamNotificationsRequest,
+        GetUnreadCountRequest, GetUnreadGroupCountRequest, ListNotificationGroupsRequest,
+        ListNotificationsRequest, StreamNotificationsRequest,
     },
     post::v1::{BatchGetPostsRequest, CreatePostRequest, ListHomeFeedRequest},
     user::v1::{LoginRequest, RegisterRequest},
@@ -58,9 +62,10 @@ async fn main() -> anyhow::Result<()> {
         "events" => events().await,
         "streams" => streams().await,
         "gateway" => gateway().await,
+        "groups" => groups().await,
         _ => {
             eprintln!(
-                "usage: social-loadgen feed|login|storm|deletion|notifications|events|streams|gateway   (MONGODB_URI must point at a database)"
+                "usage: social-loadgen feed|login|storm|deletion|notifications|events|streams|gateway|groups   (MONGODB_URI must point at a database)"
             );
             std::process::exit(2);
         }
@@ -549,6 +554,199 @@ async fn notifications() -> anyhow::Result<()> {
     report("ListNotifications page 1", &list);
     report("ListNotifications unread", &unread_list);
     report("GetUnreadCount (10,000)", &count);
+    db.drop().await?;
+    Ok(())
+}
+
+/// Grouped notifications: a reader whose one post has 100,000 likes (one group) and who
+/// has 1,000 other groups (comments, one each). A page of groups against a page of plain
+/// notifications, the unread group count, then real likes of that post landing in its
+/// group (LikePost until the group's count shows it).
+async fn groups() -> anyhow::Result<()> {
+    const LIKES: i64 = 100_000;
+    const OTHERS: i64 = 1_000;
+    let stack = Stack::start().await;
+    let db = database(&stack).await?;
+    let mut client = stack.notifications().await;
+    let (reader_id, reader) = stack.register("reader").await;
+    let reader_oid = ObjectId::parse_str(&reader_id)?;
+    let post = stack
+        .posts()
+        .await
+        .create_post(authed(
+            CreatePostRequest {
+                content: "viral".into(),
+                ..Default::default()
+            },
+            &reader,
+        ))
+        .await?
+        .into_inner()
+        .id;
+    let post_oid = ObjectId::parse_str(&post)?;
+    let now = DateTime::now().timestamp_millis();
+    let window = now.div_euclid(86_400_000);
+    let big_key = format!("POST_LIKE:{post}:{window}");
+    let seeded = Instant::now();
+    let note = |n: i64, key: &str, kind: &str, post: ObjectId| {
+        let t = DateTime::from_millis(now - 1_000_000 + n);
+        doc! {
+            "_id": ObjectId::new(), "user_id": reader_oid, "type": kind,
+            "source_user_id": ObjectId::new(), "post_id": post,
+            "is_read": n % 10 != 0, "created_at": t,
+            "sort_key": social_kit::paging::sort_key(t), "dedupe_key": format!("bench:{kind}:{n}"),
+            "event_id": format!("bench-{n}"), "event_ms": t.timestamp_millis(), "group_key": key,
+        }
+    };
+    for batch in 0..(LIKES / 5000) {
+        let docs: Vec<_> = (0..5000)
+            .map(|i| note(batch * 5000 + i, &big_key, "POST_LIKE", post_oid))
+            .collect();
+        db.collection("notifications").insert_many(docs).await?;
+    }
+    let newest = note(LIKES - 1, &big_key, "POST_LIKE", post_oid);
+    let group = |key: &str,
+                 kind: &str,
+                 post: ObjectId,
+                 count: i64,
+                 unread: i64,
+                 latest: &bson::Document| {
+        doc! {
+            "_id": ObjectId::new(), "user_id": reader_oid, "group_key": key, "type": kind,
+            "post_id": post, "count": count, "unread": unread,
+            "actors": [latest.get_object_id("source_user_id").ok()],
+            "latest_id": latest.get_object_id("_id").ok(), "latest_at": latest.get("created_at").cloned(),
+            "sort_key": latest.get_i64("sort_key").ok(), "read_key": 0_i64,
+            "head_version": 1_i64, "counter_version": 1_i64,
+        }
+    };
+    let mut groups = vec![group(
+        &big_key,
+        "POST_LIKE",
+        post_oid,
+        LIKES,
+        LIKES / 10,
+        &newest,
+    )];
+    let mut others = Vec::new();
+    for n in 0..OTHERS {
+        // Spread between the big group's likes, so that pages interleave them.
+        let key = format!("single:bench:{n}");
+        let one = note(
+            n * (LIKES / OTHERS) + 7,
+            &key,
+            "POST_COMMENT",
+            ObjectId::new(),
+        );
+        groups.push(group(
+            &key,
+            "POST_COMMENT",
+            one.get_object_id("post_id")?,
+            1,
+            i64::from(n % 10 == 0),
+            &one,
+        ));
+        others.push(one);
+    }
+    db.collection("notifications").insert_many(others).await?;
+    db.collection("notification_groups")
+        .insert_many(groups)
+        .await?;
+    println!(
+        "seeded {LIKES} likes of one post (one group) and {OTHERS} other groups for the reader in {:?}",
+        seeded.elapsed()
+    );
+    let (mut page1, mut page2, mut plain, mut unread) =
+        (histogram(), histogram(), histogram(), histogram());
+    for _ in 0..SAMPLES {
+        let started = Instant::now();
+        let first = client
+            .list_notification_groups(authed(
+                ListNotificationGroupsRequest {
+                    page_size: 20,
+                    ..Default::default()
+                },
+                &reader,
+            ))
+            .await?
+            .into_inner();
+        page1.record(started.elapsed().as_micros() as u64)?;
+        assert_eq!(first.groups.len(), 20);
+        assert_eq!(first.groups[0].notifications_count, LIKES);
+        let started = Instant::now();
+        client
+            .list_notification_groups(authed(
+                ListNotificationGroupsRequest {
+                    page_size: 20,
+                    page_token: first.next_page_token,
+                    ..Default::default()
+                },
+                &reader,
+            ))
+            .await?;
+        page2.record(started.elapsed().as_micros() as u64)?;
+        let started = Instant::now();
+        let page = client
+            .list_notifications(authed(
+                ListNotificationsRequest {
+                    page_size: 20,
+                    ..Default::default()
+                },
+                &reader,
+            ))
+            .await?
+            .into_inner();
+        plain.record(started.elapsed().as_micros() as u64)?;
+        assert_eq!(page.notifications.len(), 20);
+        let started = Instant::now();
+        let n = client
+            .get_unread_group_count(authed(GetUnreadGroupCountRequest {}, &reader))
+            .await?
+            .into_inner();
+        unread.record(started.elapsed().as_micros() as u64)?;
+        assert_eq!(n.count, 1 + OTHERS / 10);
+    }
+    report("ListNotificationGroups p1", &page1);
+    report("ListNotificationGroups p2", &page2);
+    report("ListNotifications page 1", &plain);
+    report("GetUnreadGroupCount", &unread);
+    // Real likes landing in the 100,000-like group: LikePost until the count shows it.
+    let mut landed = histogram();
+    let mut engagement = stack.engagement().await;
+    for i in 0..10 {
+        let liker = token_for(ObjectId::new());
+        let started = Instant::now();
+        engagement
+            .like_post(authed(
+                LikePostRequest {
+                    post_id: post.clone(),
+                },
+                &liker,
+            ))
+            .await?;
+        loop {
+            let top = client
+                .list_notification_groups(authed(
+                    ListNotificationGroupsRequest {
+                        page_size: 1,
+                        ..Default::default()
+                    },
+                    &reader,
+                ))
+                .await?
+                .into_inner();
+            if top.groups.first().map(|g| g.notifications_count) == Some(LIKES + i + 1) {
+                break;
+            }
+            anyhow::ensure!(
+                started.elapsed() < Duration::from_secs(30),
+                "the like never landed"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        landed.record(started.elapsed().as_micros() as u64)?;
+    }
+    report("like -> its group (100,001+)", &landed);
     db.drop().await?;
     Ok(())
 }
