@@ -162,6 +162,23 @@ impl Counters {
         t: i64,
         condition: Document,
     ) -> mongodb::error::Result<bool> {
+        self.apply_with(id, field, delta, change, t, condition, Document::new())
+            .await
+    }
+
+    /// [`Self::apply`], with more update operators applied in the same write (`also`,
+    /// such as `{"$max": {...}}`; not `$inc` or `$push`).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn apply_with(
+        &self,
+        id: ObjectId,
+        field: &str,
+        delta: i64,
+        change: &str,
+        t: i64,
+        condition: Document,
+        also: Document,
+    ) -> mongodb::error::Result<bool> {
         let event_id = change;
         let key = format!("{id}:{event_id}");
         if self.ledger.find_one(doc! { "_id": &key }).await?.is_some() {
@@ -169,13 +186,14 @@ impl Counters {
         }
         let mut filter = doc! { "_id": id, FIELD: { "$nin": [event_id] }, RECOUNT: { "$lt": t } };
         filter.extend(condition.clone());
-        let update = doc! {
+        let mut update = doc! {
             "$inc": { field: delta, VERSION: 1_i64 },
             "$push": {
                 FIELD: { "$each": [event_id], "$slice": -REMEMBERED },
                 LOG: { "$each": [format!("{t}|{field}|{delta}|{event_id}")], "$slice": -REMEMBERED },
             },
         };
+        update.extend(also);
         let mut changed = self
             .target
             .update_one(filter.clone(), update.clone())

@@ -220,7 +220,9 @@ impl Fanout {
                 event_id: envelope.event_id.clone(),
                 event_ms,
                 group_key,
+                count_key: 0,
             };
+            doc.count_key = doc.sort_key;
             for _ in 0..5 {
                 if self.store.insert(&mut doc).await? {
                     stored.push(doc);
@@ -237,13 +239,16 @@ impl Fanout {
                 }
                 // Stored by an earlier like or follow of the same thing (handled out of
                 // order with the unlike between them): this one owns it now, so that the
-                // unlike does not take it away; unless it is gone meanwhile.
+                // unlike does not take it away; unless it is gone meanwhile. Counted
+                // (again: once) and pushed (again) either way, in case the one that
+                // stored it failed before it counted it.
                 if earlier.event_ms >= event_ms
                     || self
                         .store
                         .take_over(&earlier, &envelope.event_id, event_ms)
                         .await?
                 {
+                    stored.push(earlier);
                     break;
                 }
             }

@@ -78,14 +78,18 @@ pub struct GroupDoc {
     /// Bumped by every count change ([`Counters`]).
     #[serde(default)]
     pub counter_version: i64,
+    /// The greatest `count_key` counted unread so far: a read mark reaches past it.
+    #[serde(default)]
+    pub counted_key: i64,
 }
 
-/// What a group needs to know of one of its notifications to count it out.
+/// What a group needs to know of one of its notifications to count it in or out.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Member {
     pub id: ObjectId,
     pub user_id: ObjectId,
     pub group_key: String,
+    /// Its `count_key` (it never changes).
     pub sort_key: i64,
 }
 
@@ -95,7 +99,13 @@ impl From<&NotificationDoc> for Member {
             id: n.id,
             user_id: n.user_id,
             group_key: n.group_key.clone(),
-            sort_key: n.sort_key,
+            // Stored before count keys existed: its sort key was never refreshed since
+            // it was counted (groups came with count keys), so it is the same.
+            sort_key: if n.count_key != 0 {
+                n.count_key
+            } else {
+                n.sort_key
+            },
         }
     }
 }
@@ -216,6 +226,7 @@ impl Groups {
             read_key: 0,
             head_version: 0,
             counter_version: 0,
+            counted_key: 0,
         };
         let mut document = bson::serialize_to_document(&group)
             .map_err(|e| social_kit::Error::internal(anyhow::Error::new(e)))?;
@@ -243,29 +254,8 @@ impl Groups {
         }
         let group = self.ensure(n).await?;
         let t = now_ms();
-        self.counters
-            .apply(
-                group.id,
-                "count",
-                1,
-                &format!("add:{}", n.id),
-                t,
-                Document::new(),
-            )
-            .await?;
-        // Stored unread: it counts as unread unless its group was read past it.
-        let counted = self
-            .counters
-            .apply(
-                group.id,
-                "unread",
-                1,
-                &format!("u+:{}", n.id),
-                t,
-                doc! { "read_key": { "$lt": n.sort_key } },
-            )
-            .await?;
         let member = Member::from(n);
+        let counted = self.count_in(group.id, &member, t).await?;
         let Some(now) = self
             .notifications
             .clone_with_type::<Document>()
@@ -282,7 +272,7 @@ impl Groups {
             self.unread_gone(group.id, &member, t).await?;
         } else if !counted
             && let Some(g) = self.by_id(group.id).await?
-            && g.read_key >= n.sort_key
+            && g.read_key >= member.sort_key
         {
             // The group was marked read past it (perhaps before it was stored).
             self.notifications
@@ -306,7 +296,38 @@ impl Groups {
         Ok(Some(group.id))
     }
 
+    /// Counts `m` in (once): in `count`, and in `unread` unless its group was read past
+    /// it; whether it counted as unread.
+    async fn count_in(&self, group: ObjectId, m: &Member, t: i64) -> Result<bool> {
+        self.counters
+            .apply(
+                group,
+                "count",
+                1,
+                &format!("add:{}", m.id),
+                t,
+                Document::new(),
+            )
+            .await?;
+        Ok(self
+            .counters
+            .apply_with(
+                group,
+                "unread",
+                1,
+                &format!("u+:{}", m.id),
+                t,
+                doc! { "read_key": { "$lt": m.sort_key } },
+                doc! { "$max": { "counted_key": m.sort_key } },
+            )
+            .await?)
+    }
+
+    /// Counts `m` out (once). It is counted in first (once, with the same keys as its
+    /// storer), so that the two cancel whichever comes first, and whether or not its
+    /// storer ever gets to count it (a like that failed, then was taken back).
     async fn take_out(&self, group: ObjectId, m: &Member, t: i64) -> Result<()> {
+        self.count_in(group, m, t).await?;
         self.counters
             .apply(
                 group,
@@ -329,8 +350,10 @@ impl Groups {
             return Ok(());
         }
         if let Some(group) = self.find(n.user_id, &n.group_key).await? {
-            self.unread_gone(group.id, &Member::from(n), now_ms())
-                .await?;
+            // Counted in first, like a removal (see `take_out`).
+            let (m, t) = (Member::from(n), now_ms());
+            self.count_in(group.id, &m, t).await?;
+            self.unread_gone(group.id, &m, t).await?;
         }
         Ok(())
     }
@@ -417,7 +440,7 @@ impl Groups {
             .update_many(
                 doc! {
                     "user_id": mongo::is(group.user_id), "group_key": &group.group_key,
-                    "is_read": false, "sort_key": { "$lte": up_to },
+                    "is_read": false, "count_key": { "$lte": up_to },
                 },
                 doc! { "$set": { "is_read": true } },
             )
@@ -466,22 +489,11 @@ impl Groups {
             let Some(group) = self.by_id(id).await? else {
                 return Ok(0);
             };
-            // Read after the group: whatever the group counts is stored already, so its
-            // key is at most the newest's (taken from another replica's clock, it may be
-            // ahead of ours).
-            let newest = self
-                .notifications
-                .clone_with_type::<Document>()
-                .find_one(
-                    doc! { "user_id": mongo::is(group.user_id), "group_key": &group.group_key },
-                )
-                .sort(doc! { "sort_key": -1 })
-                .projection(doc! { "sort_key": 1 })
-                .await?
-                .and_then(|d| d.get_i64("sort_key").ok())
-                .unwrap_or(0);
+            // Past every notification counted unread (`counted_key`, kept in the same
+            // writes as the counts, which this write is conditional on), even one from a
+            // replica whose clock is ahead of ours, or one deleted since.
             let up_to = social_kit::paging::fresh_sort_key()
-                .max(newest)
+                .max(group.counted_key)
                 .max(group.read_key);
             let written = self
                 .groups

@@ -65,6 +65,10 @@ pub struct NotificationDoc {
     /// Its group (see `groups`); empty for notifications stored before groups existed.
     #[serde(default)]
     pub group_key: String,
+    /// Its sort key when it was stored: what its group's counts go by (its `sort_key`
+    /// moves when a late push refreshes it; this does not).
+    #[serde(default)]
+    pub count_key: i64,
 }
 
 /// A like or follow taken back at `t` (ms): the notification of an earlier one goes, and

@@ -681,3 +681,40 @@ async fn what_happens_between_storing_a_like_and_counting_it_is_counted_right() 
     );
     assert_eq!(groups.len(), 2, "the two read ones: {groups:#?}");
 }
+
+#[tokio::test]
+async fn a_like_that_failed_before_it_was_counted_then_was_taken_back_counts_nothing() {
+    let app = App::start().await;
+    let (bob_id, bob) = app.stack.register("bob").await;
+    let post = ObjectId::new();
+    let (ann, cid) = (ObjectId::new(), ObjectId::new());
+    app.publish(&[liked(cid, post, &bob_id)]).await;
+    app.groups_until(&bob, |g| g.len() == 1 && g[0].notifications_count == 1)
+        .await;
+    // Ann's like is stored, then its handler fails before counting it, again and again
+    // (the broker is away), while her unlike is handled.
+    fail::cfg("notification::before_broadcast", "return").unwrap();
+    app.publish(&[liked(ann, post, &bob_id)]).await;
+    let stored = eventually(WAIT, || async {
+        (app.list(&bob).await.len() == 2).then_some(())
+    });
+    assert!(stored.await.is_some(), "ann's like stored");
+    app.publish(&[unliked(ann, post, &bob_id)]).await;
+    let gone = eventually(WAIT, || async {
+        (app.list(&bob).await.len() == 1).then_some(())
+    });
+    assert!(gone.await.is_some(), "ann's like taken back");
+    // The broker is back: the like's retry finds it taken back.
+    fail::remove("notification::before_broadcast");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    app.drained().await;
+    let groups = app.groups(&bob).await;
+    assert_eq!(groups.len(), 1, "carol's like still counts: {groups:#?}");
+    assert_eq!(
+        (groups[0].notifications_count, groups[0].unread_count),
+        (1, 1),
+        "{groups:#?}"
+    );
+    assert_eq!(groups[0].sample_account_ids, [cid.to_hex()]);
+    assert_eq!(app.unread(&bob).await, (1, 1));
+}
