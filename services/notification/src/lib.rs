@@ -71,6 +71,13 @@ impl Config {
         })
     }
 
+    /// The group window in ms (at least 1).
+    pub fn group_window_ms(&self) -> i64 {
+        i64::try_from(self.group_window.as_millis())
+            .unwrap_or(i64::MAX)
+            .max(1)
+    }
+
     /// Local stores, the given database, user service and events, an ephemeral port.
     pub fn for_tests(
         mongodb_uri: &str,
@@ -159,9 +166,7 @@ pub async fn run(
             users: config.user_service.clone(),
             broadcaster: Broadcaster::new(config.events.clone(), &replica),
             relay: relay.waker(),
-            group_window_ms: i64::try_from(config.group_window.as_millis())
-                .unwrap_or(i64::MAX)
-                .max(1),
+            group_window_ms: config.group_window_ms(),
         };
         background.spawn(|stop| relay.run(stop));
         let (events, handler) = (config.events.clone(), fanout.handler());
@@ -177,4 +182,16 @@ pub async fn run(
         gate,
     };
     serve(spec, listener, routes, store, background, shutdown).await
+}
+
+/// `social-notification group-existing`: puts the notifications stored before groups
+/// existed (no `group_key`) into their groups, so that ListNotificationGroups shows them
+/// too; how many it grouped. Safe to run while the service runs, and again.
+pub async fn group_existing(config: &Config) -> anyhow::Result<u64> {
+    let db = social_kit::mongo::connect(&config.common).await?;
+    let store = store::Store::new(&db);
+    store.init().await?;
+    let grouped = store.group_existing(config.group_window_ms()).await?;
+    tracing::info!(grouped, "existing notifications grouped");
+    Ok(grouped)
 }

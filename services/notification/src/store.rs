@@ -262,6 +262,48 @@ impl Store {
             .await?)
     }
 
+    /// Puts the notifications without a `group_key` (stored before groups existed) into
+    /// their groups, in batches; how many. Each is counted first (idempotent: the same
+    /// key every time, from its type, target and time), then given its key, so that a
+    /// stop in between is redone by the next run.
+    pub async fn group_existing(&self, window_ms: i64) -> Result<u64> {
+        let mut grouped = 0;
+        loop {
+            let batch: Vec<NotificationDoc> = self
+                .notifications
+                .find(doc! { "group_key": { "$exists": false } })
+                .limit(500)
+                .await?
+                .try_collect()
+                .await?;
+            if batch.is_empty() {
+                return Ok(grouped);
+            }
+            for mut n in batch {
+                n.group_key = crate::groups::group_key(
+                    &n.kind,
+                    n.post_id,
+                    n.comment_id,
+                    &n.dedupe_key,
+                    n.created_at.timestamp_millis(),
+                    window_ms,
+                );
+                n.count_key = n.sort_key;
+                let (group, _) = self.groups.added(&n).await?;
+                self.notifications
+                    .update_one(
+                        doc! { "_id": n.id, "group_key": { "$exists": false } },
+                        doc! { "$set": { "group_key": &n.group_key, "count_key": n.count_key } },
+                    )
+                    .await?;
+                if let Some(group) = group {
+                    self.groups.refresh_head(group.id).await?;
+                }
+                grouped += 1;
+            }
+        }
+    }
+
     /// Records that the like or follow of `dedupe_key` was taken back at `t` (ms), and
     /// returns its notification if that was stored by an earlier one (to remove it): the
     /// one an earlier try of this undo found, if any (it may be deleted by now).

@@ -8,7 +8,7 @@ use bson::oid::ObjectId;
 use prost::Message;
 use social_events::{
     Envelope, Payload, new_envelope,
-    pb::{CommentDeleted, PostDeleted, PostLiked, PostUnliked, UserFollowed},
+    pb::{CommentDeleted, CommentLiked, PostDeleted, PostLiked, PostUnliked, UserFollowed},
 };
 use social_proto::notification::v1::{
     GetUnreadCountRequest, GetUnreadGroupCountRequest, ListNotificationGroupsRequest,
@@ -148,6 +148,19 @@ async fn likes_and_follows_group_by_target_and_comments_and_mentions_stand_alone
             }),
         ));
     }
+    // Likes of bob's comments: two of one, one of another.
+    let (c1, c2) = (ObjectId::new(), ObjectId::new());
+    for (liker, comment) in [(likers[0], c1), (likers[1], c1), (likers[2], c2)] {
+        events.push(new_envelope(
+            liker,
+            Payload::CommentLiked(CommentLiked {
+                comment_id: comment.to_hex(),
+                post_id: a.to_hex(),
+                comment_author_id: bob_id.clone(),
+                user_id: liker.to_hex(),
+            }),
+        ));
+    }
     app.publish(&events).await;
     // A comment on bob's post mentioning bob: two groups of one.
     let post = app.post(&bob, "a post").await;
@@ -165,7 +178,7 @@ async fn likes_and_follows_group_by_target_and_comments_and_mentions_stand_alone
         .await
         .unwrap();
 
-    let groups = app.groups_until(&bob, |g| g.len() == 5).await;
+    let groups = app.groups_until(&bob, |g| g.len() == 7).await;
     let on_a = of(&groups, NotificationType::PostLike, Some(&a.to_hex())).unwrap();
     assert_eq!(on_a.notifications_count, 7);
     assert_eq!(on_a.unread_count, 7);
@@ -178,6 +191,11 @@ async fn likes_and_follows_group_by_target_and_comments_and_mentions_stand_alone
             .notifications_count,
         2
     );
+    let on_c1 = of(&groups, NotificationType::CommentLike, Some(&c1.to_hex())).unwrap();
+    assert_eq!(on_c1.notifications_count, 2);
+    assert_eq!(on_c1.post_id, Some(a.to_hex()), "with the comment's post");
+    let on_c2 = of(&groups, NotificationType::CommentLike, Some(&c2.to_hex())).unwrap();
+    assert_eq!(on_c2.notifications_count, 1);
     let follows = of(&groups, NotificationType::Follow, None).unwrap();
     assert_eq!(follows.notifications_count, 3);
     let comment = of(&groups, NotificationType::PostComment, None).unwrap();
@@ -193,7 +211,7 @@ async fn likes_and_follows_group_by_target_and_comments_and_mentions_stand_alone
         newest.contains(&(NotificationType::Mention as i32)),
         "{groups:#?}"
     );
-    assert_eq!(app.unread(&bob).await, (14, 5));
+    assert_eq!(app.unread(&bob).await, (17, 7));
     // Every notification says its group.
     let listed = app.list(&bob).await;
     assert!(
@@ -717,4 +735,73 @@ async fn a_like_that_failed_before_it_was_counted_then_was_taken_back_counts_not
     );
     assert_eq!(groups[0].sample_account_ids, [cid.to_hex()]);
     assert_eq!(app.unread(&bob).await, (1, 1));
+}
+
+#[tokio::test]
+async fn notifications_stored_before_groups_existed_are_grouped_by_the_command() {
+    let app = App::start().await;
+    let (bob_id, bob) = app.stack.register("bob").await;
+    let bob_oid = ObjectId::parse_str(&bob_id).unwrap();
+    let post = ObjectId::new();
+    // Two likes of one post and a follow as an earlier release stored them: no
+    // group_key, no count_key; one of the likes read.
+    let db = mongodb::Client::with_uri_str(social_testkit::mongodb_uri())
+        .await
+        .unwrap()
+        .database(&app.stack.database);
+    let now = bson::DateTime::now();
+    let legacy = |n: i64, kind: &str, post: Option<ObjectId>, read: bool| {
+        let t = bson::DateTime::from_millis(now.timestamp_millis() - 1000 + n);
+        let mut d = bson::doc! {
+            "_id": ObjectId::new(), "user_id": bob_oid, "type": kind,
+            "source_user_id": ObjectId::new(), "is_read": read, "created_at": t,
+            "sort_key": social_kit::paging::sort_key(t), "dedupe_key": format!("legacy:{n}"),
+            "event_id": format!("legacy-{n}"),
+        };
+        if let Some(p) = post {
+            d.insert("post_id", p);
+        }
+        d
+    };
+    db.collection::<bson::Document>("notifications")
+        .insert_many([
+            legacy(1, "POST_LIKE", Some(post), false),
+            legacy(2, "POST_LIKE", Some(post), true),
+            legacy(3, "FOLLOW", None, false),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(app.groups(&bob).await, [], "not grouped yet");
+    let config = social_notification::Config::for_tests(
+        &social_testkit::mongodb_uri(),
+        &app.stack.database,
+        social_testkit::peer(
+            "user service",
+            &format!("http://{}", app.stack.user.addr),
+            Duration::from_secs(2),
+        ),
+        app.stack.events.clone(),
+    );
+    assert_eq!(
+        social_notification::group_existing(&config).await.unwrap(),
+        3
+    );
+    // Again: nothing left to group, nothing counted twice.
+    assert_eq!(
+        social_notification::group_existing(&config).await.unwrap(),
+        0
+    );
+    let groups = app.groups(&bob).await;
+    assert_eq!(groups.len(), 2, "{groups:#?}");
+    let likes = of(&groups, NotificationType::PostLike, Some(&post.to_hex())).unwrap();
+    assert_eq!((likes.notifications_count, likes.unread_count), (2, 1));
+    assert_eq!(likes.sample_account_ids.len(), 2);
+    assert_eq!(app.unread(&bob).await, (2, 2));
+    assert!(app.list(&bob).await.iter().all(|n| !n.group_key.is_empty()));
+    // A new like of the same post joins the same group.
+    app.publish(&[liked(ObjectId::new(), post, &bob_id)]).await;
+    app.groups_until(&bob, |g| {
+        of(g, NotificationType::PostLike, None).is_some_and(|l| l.notifications_count == 3)
+    })
+    .await;
 }
