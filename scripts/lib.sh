@@ -43,6 +43,8 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/social-network/target}
 export AMQP_URL="${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
 
 STARTED_PIDS=()
+RABBITMQ_STARTED_HERE=""
+RABBITMQ_SUDO=""
 
 log() { printf '\033[1;34m==>\033[0m %s\n' "$*" >&2; }
 die() { printf '\033[1;31merror:\033[0m %s\n' "$*" >&2; exit 1; }
@@ -70,11 +72,26 @@ ensure_rust_tools() {
     fi
 }
 
+# apt-get install as root, or through sudo.
+apt_install() {
+    local sudo=""
+    if [[ "$(id -u)" != 0 ]]; then
+        command -v sudo >/dev/null || die "installing $* needs root or sudo: apt-get install $*"
+        sudo="sudo"
+    fi
+    log "installing $* (apt-get)"
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null ||
+        { $sudo apt-get update -q >/dev/null && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null; }
+}
+
 ensure_venv() {
     local stamp="$VENV/.requirements"
     if [[ -x "$VENV/bin/python" ]] && cmp -s "$ROOT/scripts/requirements.txt" "$stamp"; then
         return 0
     fi
+    command -v python3 >/dev/null || apt_install python3
+    # Stock Debian's python3 makes virtualenvs only with python3-venv (ensurepip).
+    python3 -c 'import ensurepip' 2>/dev/null || apt_install python3-venv
     log "creating the project virtualenv (.venv) with $(grep -v '^#' "$ROOT/scripts/requirements.txt" | xargs)"
     python3 -m venv "$VENV"
     "$VENV/bin/pip" install --quiet --disable-pip-version-check -r "$ROOT/scripts/requirements.txt"
@@ -100,17 +117,31 @@ ensure_mongodb() {
     export MONGODB_URI="mongodb://127.0.0.1:$port/?directConnection=true"
 }
 
+# RabbitMQ at AMQP_URL: used as it is when it answers or is not on this machine;
+# otherwise installed (apt) if need be and started, as Debian's wrapper wants it (root,
+# else through sudo), and stopped again by stop_started.
 ensure_rabbitmq() {
-    if port_open 127.0.0.1 5672; then return 0; fi
-    if ! command -v rabbitmq-server >/dev/null && [[ ! -x /usr/sbin/rabbitmq-server ]]; then
-        log "installing RabbitMQ (apt-get install rabbitmq-server)"
-        local sudo=""; [[ "$(id -u)" == 0 ]] || sudo="sudo"
-        $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q rabbitmq-server >/dev/null ||
-            { $sudo apt-get update -q >/dev/null && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q rabbitmq-server >/dev/null; }
+    local hostport host port
+    hostport="$(python3 -c 'import sys, urllib.parse as u; p = u.urlsplit(sys.argv[1]); print(p.hostname or "127.0.0.1", p.port or 5672)' "$AMQP_URL")"
+    read -r host port <<<"$hostport"
+    if port_open "$host" "$port"; then return 0; fi
+    if [[ "$host" != 127.0.0.1 && "$host" != localhost ]]; then
+        log "waiting for RabbitMQ at $host:$port (AMQP_URL)"
+        wait_port "$host" "$port" 60 "RabbitMQ at AMQP_URL"
+        return 0
     fi
-    log "starting RabbitMQ"
-    PATH="$PATH:/usr/sbin" rabbitmq-server -detached
-    wait_port 127.0.0.1 5672 90 "RabbitMQ"
+    if ! command -v rabbitmq-server >/dev/null && [[ ! -x /usr/sbin/rabbitmq-server ]]; then
+        apt_install rabbitmq-server
+    fi
+    local sudo=""
+    if [[ "$(id -u)" != 0 ]]; then
+        command -v sudo >/dev/null || die "starting RabbitMQ needs root or sudo (Debian's rabbitmq-server refuses other users); or set AMQP_URL"
+        sudo="sudo"
+    fi
+    log "starting RabbitMQ on $host:$port (stopped again on exit)"
+    $sudo env PATH="$PATH:/usr/sbin" RABBITMQ_NODE_PORT="$port" rabbitmq-server -detached
+    RABBITMQ_STARTED_HERE=1 RABBITMQ_SUDO="$sudo"
+    wait_port "$host" "$port" 90 "RabbitMQ"
 }
 
 # Answers 0 when GET $1 answers 200.
@@ -212,4 +243,13 @@ stop_started() {
         wait "$pid" 2>/dev/null || true
     done
     STARTED_PIDS=()
+    # The stand-in's log and pid files of this run (its port was a free one).
+    rm -f "$RUN_DIR"/nx-27017-*.pid
+    # shellcheck disable=SC2012 # names without spaces
+    ls -t "$RUN_DIR"/nx-27017-*.log 2>/dev/null | tail -n +11 | xargs -r rm -f
+    if [[ "$RABBITMQ_STARTED_HERE" == 1 ]]; then
+        log "stopping the RabbitMQ this script started"
+        $RABBITMQ_SUDO env PATH="$PATH:/usr/sbin" timeout 60 rabbitmqctl stop >/dev/null 2>&1 || true
+        RABBITMQ_STARTED_HERE=""
+    fi
 }
