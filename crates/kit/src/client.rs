@@ -2,12 +2,19 @@
 //! on every call, the caller's trace context in the metadata, and the peer's failures
 //! turned into ours (`UNAVAILABLE` when it is down, `DEADLINE_EXCEEDED` when it is slow),
 //! never a hang and never `INTERNAL`.
+//!
+//! A peer URL `http://host:port` is one HTTP/2 connection (through a Kubernetes
+//! ClusterIP Service, to one pod). `dns:///host:port` (gRPC's name syntax) balances
+//! every call over all the addresses the name resolves to, re-resolved every
+//! `PEER_RESOLVE_SECS` (default 5) as pods come and go: point it at a headless Service.
 
-use std::{future::Future, time::Duration};
+use std::{
+    collections::HashSet, future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Duration,
+};
 
 use tonic::{
     Code, Request, Response, Status,
-    transport::{Channel, Endpoint},
+    transport::{Channel, Endpoint, channel::Change},
 };
 
 use crate::{
@@ -35,23 +42,53 @@ impl Peer {
         url: &str,
         timeout: Duration,
     ) -> Result<Self, ConfigError> {
-        let endpoint = Endpoint::from_shared(url.to_owned()).map_err(|e| ConfigError {
+        let bad = |reason: String| ConfigError {
             var: url_var.into(),
             value: url.into(),
-            reason: e.to_string(),
-        })?;
-        // No channel-wide timeout: every call carries its own deadline ([`Peer::call`]),
-        // which [`Peer::with_timeout`] may lengthen.
-        let channel = endpoint
-            .connect_timeout(timeout.min(Duration::from_secs(2)))
-            .tcp_nodelay(true)
-            .connect_lazy();
+            reason,
+        };
+        let channel = match url.strip_prefix("dns:///") {
+            Some(target) => {
+                let (host, port) = target
+                    .rsplit_once(':')
+                    .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
+                    .filter(|(h, _)| !h.is_empty())
+                    .ok_or_else(|| bad("must be dns:///host:port".into()))?;
+                let every = crate::config::seconds_or("PEER_RESOLVE_SECS", 5)?;
+                let resolve: Resolver = Arc::new(move || {
+                    let target = (host.clone(), port);
+                    Box::pin(async move { Ok(tokio::net::lookup_host(target).await?.collect()) })
+                });
+                balanced(resolve, every, timeout)
+            }
+            None => endpoint(
+                Endpoint::from_shared(url.to_owned()).map_err(|e| bad(e.to_string()))?,
+                timeout,
+            )
+            .connect_lazy(),
+        };
         Ok(Self {
             name,
             channel,
             timeout,
             credential: None,
         })
+    }
+
+    /// A peer balanced over the addresses `resolve` gives, asked again every `every`
+    /// (what `dns:///` URLs use, with DNS).
+    pub fn balanced(
+        name: &'static str,
+        resolve: Resolver,
+        every: Duration,
+        timeout: Duration,
+    ) -> Self {
+        Self {
+            name,
+            channel: balanced(resolve, every, timeout),
+            timeout,
+            credential: None,
+        }
     }
 
     /// The same peer, presenting `token` to its internal RPCs.
@@ -165,6 +202,177 @@ impl Peer {
                 status.code(),
                 status.message()
             )),
+        }
+    }
+}
+
+/// Finds a peer's addresses (DNS, or anything else in tests).
+pub type Resolver = Arc<
+    dyn Fn() -> Pin<Box<dyn Future<Output = std::io::Result<HashSet<SocketAddr>>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// Connection settings of every peer endpoint. No channel-wide timeout: every call
+/// carries its own deadline ([`Peer::call`]), which [`Peer::with_timeout`] may lengthen.
+fn endpoint(endpoint: Endpoint, timeout: Duration) -> Endpoint {
+    endpoint
+        .connect_timeout(timeout.min(Duration::from_secs(2)))
+        .tcp_nodelay(true)
+}
+
+/// A channel that spreads calls over the addresses `resolve` finds (power of two
+/// choices, by load), kept up to date every `every` until the channel is dropped. A
+/// resolution that fails or finds nothing keeps the addresses known before (a DNS
+/// hiccup does not empty the set).
+fn balanced(resolve: Resolver, every: Duration, timeout: Duration) -> Channel {
+    let (channel, changes) = Channel::balance_channel::<SocketAddr>(64);
+    tokio::spawn(async move {
+        let mut known: HashSet<SocketAddr> = HashSet::new();
+        loop {
+            match resolve().await {
+                Ok(found) if !found.is_empty() => {
+                    for added in found.difference(&known) {
+                        let Ok(e) = Endpoint::from_shared(format!("http://{added}")) else {
+                            continue;
+                        };
+                        let insert = Change::Insert(*added, endpoint(e, timeout));
+                        if changes.send(insert).await.is_err() {
+                            return;
+                        }
+                    }
+                    for gone in known.difference(&found) {
+                        if changes.send(Change::Remove(*gone)).await.is_err() {
+                            return;
+                        }
+                    }
+                    known = found;
+                }
+                Ok(_) => tracing::debug!(
+                    "a peer's name resolved to nothing; keeping the known addresses"
+                ),
+                Err(e) => {
+                    tracing::debug!(error = %e, "resolving a peer failed; keeping the known addresses")
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(every) => {}
+                () = changes.closed() => return,
+            }
+        }
+    });
+    channel
+}
+
+#[cfg(test)]
+mod balancing {
+    use std::sync::{
+        Mutex,
+        atomic::{AtomicUsize, Ordering},
+    };
+
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+    use super::*;
+
+    /// A health server on a port of its own that counts the calls it serves.
+    async fn replica() -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a free port");
+        let addr = listener.local_addr().expect("its address");
+        let served = Arc::new(AtomicUsize::new(0));
+        let (_reporter, health) = tonic_health::server::health_reporter();
+        let counter = served.clone();
+        let counted =
+            tonic::service::interceptor::InterceptedService::new(health, move |r: Request<()>| {
+                counter.fetch_add(1, Ordering::SeqCst);
+                Ok(r)
+            });
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(counted)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        (addr, served)
+    }
+
+    async fn calls(peer: &Peer, n: usize) {
+        let mut client = HealthClient::new(peer.channel());
+        for _ in 0..n {
+            client
+                .check(peer.request(HealthCheckRequest::default()))
+                .await
+                .expect("served");
+        }
+    }
+
+    #[tokio::test]
+    async fn calls_spread_over_every_replica_the_name_has_and_follow_it_as_it_changes() {
+        let (a, served_a) = replica().await;
+        let (b, served_b) = replica().await;
+        let replicas = Arc::new(Mutex::new(HashSet::from([a, b])));
+        let current = replicas.clone();
+        let resolve: Resolver = Arc::new(move || {
+            let found = current.lock().map(|r| r.clone()).unwrap_or_default();
+            Box::pin(async move { Ok(found) })
+        });
+        let every = Duration::from_millis(100);
+        let peer = Peer::balanced("health", resolve, every, Duration::from_secs(2));
+        calls(&peer, 60).await;
+        let (on_a, on_b) = (
+            served_a.load(Ordering::SeqCst),
+            served_b.load(Ordering::SeqCst),
+        );
+        assert_eq!(on_a + on_b, 60);
+        assert!(
+            on_a > 0 && on_b > 0,
+            "one connection, one replica: {on_a} / {on_b}"
+        );
+
+        // Replica a goes away (its pod is replaced): the next resolution drops it.
+        replicas.lock().expect("not poisoned").remove(&a);
+        tokio::time::sleep(every * 3).await;
+        let before = served_a.load(Ordering::SeqCst);
+        calls(&peer, 20).await;
+        assert_eq!(
+            served_a.load(Ordering::SeqCst),
+            before,
+            "nothing to a removed replica"
+        );
+        assert_eq!(served_b.load(Ordering::SeqCst), on_b + 20);
+
+        // Resolutions that fail after a first one keep what it found.
+        let asked = Arc::new(AtomicUsize::new(0));
+        let times = asked.clone();
+        let flaky: Resolver = Arc::new(move || {
+            let first = times.fetch_add(1, Ordering::SeqCst) == 0;
+            Box::pin(async move {
+                if first {
+                    Ok(HashSet::from([b]))
+                } else {
+                    Err(std::io::Error::other("no DNS"))
+                }
+            })
+        });
+        let kept = Peer::balanced("health", flaky, every, Duration::from_secs(2));
+        tokio::time::sleep(every * 3).await;
+        assert!(asked.load(Ordering::SeqCst) > 1, "asked again");
+        let before = served_b.load(Ordering::SeqCst);
+        calls(&kept, 5).await;
+        assert_eq!(served_b.load(Ordering::SeqCst), before + 5);
+    }
+
+    #[test]
+    fn dns_urls_need_a_host_and_a_port() {
+        for url in ["dns:///user", "dns:///:50051", "dns:///user:port"] {
+            let err = tokio::runtime::Runtime::new()
+                .expect("a runtime")
+                .block_on(async {
+                    Peer::new("user", "USER_SERVICE_URL", url, Duration::from_secs(1))
+                })
+                .expect_err(url);
+            assert_eq!(err.var, "USER_SERVICE_URL");
         }
     }
 }

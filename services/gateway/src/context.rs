@@ -37,6 +37,8 @@ pub struct AppState {
     pub services: Services,
     pub limits: Arc<crate::limits::Limits>,
     pub settings: Arc<crate::Settings>,
+    /// Cancelled at shutdown: live streams end (their clients reconnect elsewhere).
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// Who is calling: the client's address and, with a valid bearer token, the account.

@@ -393,6 +393,7 @@ pub async fn run(
             notifications: config.notification_service.clone(),
         },
         limits: limits.clone(),
+        shutdown: shutdown.clone(),
         settings: Arc::new(Settings {
             edge: limits::Edge {
                 verifier: TokenVerifier::from_config(&config.common)?,
@@ -470,12 +471,22 @@ pub async fn run(
     tracing::info!(%addr, "gateway listening");
     let pruning = tokio::spawn(limits::prune_every_minute(limits, shutdown.clone()));
     let stop = shutdown.clone();
-    axum::serve(
+    let serve = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(async move { stop.cancelled().await })
-    .await?;
+    .with_graceful_shutdown(async move { stop.cancelled().await });
+    // In-flight requests get SHUTDOWN_GRACE_SECS after SIGTERM (streams end at once);
+    // then what is left is closed, so that the pod stops within its grace period.
+    let grace = config.common.shutdown_grace;
+    let bound = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        served = serve.into_future() => served?,
+        () = bound => tracing::warn!(?grace, "requests still open after the shutdown grace; closing them"),
+    }
     pruning.abort();
     Ok(())
 }

@@ -594,6 +594,7 @@ async fn stream(
         None => Some(Vec::new()),
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<Event>(64);
+    let shutdown = state.shutdown.clone();
     tokio::spawn(async move {
         // Ends when the client goes (even while nothing arrives), or when the service's
         // stream ends (token expiry, a replica that lost its feed): closing ours makes
@@ -601,6 +602,9 @@ async fn stream(
         tokio::select! {
             () = forward(state, who, point, missed, live, &tx) => {}
             () = tx.closed() => {}
+            // This replica stops: the client reconnects (to another) with its
+            // Last-Event-ID and misses nothing.
+            () = shutdown.cancelled() => {}
         }
     });
     let events = tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<_, Infallible>);

@@ -86,6 +86,12 @@ impl Sse {
         }
     }
 
+    /// Whether the stream ends (the server closes it) within `wait`.
+    async fn ends_within(&mut self, wait: Duration) -> bool {
+        let drained = async { while let Some(Ok(_)) = self.bytes.next().await {} };
+        tokio::time::timeout(wait, drained).await.is_ok()
+    }
+
     /// The next `n` events.
     async fn take(&mut self, n: usize) -> Vec<Event> {
         let mut events = Vec::new();
@@ -413,4 +419,16 @@ async fn groups_come_with_their_actors_in_one_batch_stay_live_and_are_marked_rea
         }
     }
     assert!(removed, "the removal came before the group's update");
+}
+
+#[tokio::test]
+async fn a_stopping_gateway_ends_its_streams_at_once() {
+    let app = App::start_with(|c| c.common.shutdown_grace = Duration::from_secs(60)).await;
+    let (_, alice) = app.sign_up("alice").await;
+    let mut stream = Sse::open(&app, &alice, None).await;
+    app._gateway.shutdown.cancel();
+    assert!(
+        stream.ends_within(Duration::from_secs(10)).await,
+        "the stream held the gateway's shutdown"
+    );
 }
