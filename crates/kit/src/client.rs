@@ -221,16 +221,35 @@ fn endpoint(endpoint: Endpoint, timeout: Duration) -> Endpoint {
         .tcp_nodelay(true)
 }
 
+/// Those of `addresses` that accept a TCP connection within `timeout` (at most 1 s): a
+/// pod that DNS still lists but that stopped listening gets no calls.
+async fn reachable(addresses: HashSet<SocketAddr>, timeout: Duration) -> HashSet<SocketAddr> {
+    let within = timeout.min(Duration::from_secs(1));
+    let probes = addresses.into_iter().map(|addr| async move {
+        let open = tokio::time::timeout(within, tokio::net::TcpStream::connect(addr)).await;
+        matches!(open, Ok(Ok(_))).then_some(addr)
+    });
+    futures::future::join_all(probes)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
 /// A channel that spreads calls over the addresses `resolve` finds (power of two
-/// choices, by load), kept up to date every `every` until the channel is dropped. A
-/// resolution that fails or finds nothing keeps the addresses known before (a DNS
-/// hiccup does not empty the set).
+/// choices, by load) and that answer, kept up to date every `every` until the channel
+/// is dropped. A resolution that fails or finds nothing that answers keeps the
+/// addresses known before (a DNS hiccup does not empty the set).
 fn balanced(resolve: Resolver, every: Duration, timeout: Duration) -> Channel {
     let (channel, changes) = Channel::balance_channel::<SocketAddr>(64);
     tokio::spawn(async move {
         let mut known: HashSet<SocketAddr> = HashSet::new();
         loop {
-            match resolve().await {
+            let found = match resolve().await {
+                Ok(found) => Ok(reachable(found, timeout).await),
+                Err(e) => Err(e),
+            };
+            match found {
                 Ok(found) if !found.is_empty() => {
                     for added in found.difference(&known) {
                         let Ok(e) = Endpoint::from_shared(format!("http://{added}")) else {
@@ -249,7 +268,7 @@ fn balanced(resolve: Resolver, every: Duration, timeout: Duration) -> Channel {
                     known = found;
                 }
                 Ok(_) => tracing::debug!(
-                    "a peer's name resolved to nothing; keeping the known addresses"
+                    "a peer's name resolved to nothing that answers; keeping the known addresses"
                 ),
                 Err(e) => {
                     tracing::debug!(error = %e, "resolving a peer failed; keeping the known addresses")
@@ -311,7 +330,12 @@ mod balancing {
     async fn calls_spread_over_every_replica_the_name_has_and_follow_it_as_it_changes() {
         let (a, served_a) = replica().await;
         let (b, served_b) = replica().await;
-        let replicas = Arc::new(Mutex::new(HashSet::from([a, b])));
+        // A pod DNS still lists that stopped listening: it gets no calls.
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+            l.local_addr().expect("its address")
+        };
+        let replicas = Arc::new(Mutex::new(HashSet::from([a, b, closed])));
         let current = replicas.clone();
         let resolve: Resolver = Arc::new(move || {
             let found = current.lock().map(|r| r.clone()).unwrap_or_default();
