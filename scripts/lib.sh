@@ -44,6 +44,7 @@ export AMQP_URL="${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
 
 STARTED_PIDS=()
 RABBITMQ_STARTED_HERE=""
+STARTED_NX_PORTS=()
 RABBITMQ_SUDO=""
 
 log() { printf '\033[1;34m==>\033[0m %s\n' "$*" >&2; }
@@ -113,6 +114,7 @@ ensure_mongodb() {
         --log-file "$RUN_DIR/nx-27017-$port.log" --pid-file "$RUN_DIR/nx-27017-$port.pid" \
         >>"$RUN_DIR/nx-27017.out" 2>&1 &
     STARTED_PIDS+=("$!")
+    STARTED_NX_PORTS+=("$port")
     wait_port 127.0.0.1 "$port" 30 "nx-27017 (see $RUN_DIR/nx-27017.out)"
     export MONGODB_URI="mongodb://127.0.0.1:$port/?directConnection=true"
 }
@@ -122,16 +124,20 @@ ensure_mongodb() {
 # else through sudo), and stopped again by stop_started.
 ensure_rabbitmq() {
     local hostport host port
-    hostport="$(python3 -c 'import sys, urllib.parse as u; p = u.urlsplit(sys.argv[1]); print(p.hostname or "127.0.0.1", p.port or 5672)' "$AMQP_URL")"
+    hostport="$(python3 -c 'import sys, urllib.parse as u; p = u.urlsplit(sys.argv[1]); print(p.hostname or "127.0.0.1", p.port or (5671 if p.scheme == "amqps" else 5672))' "$AMQP_URL")"
     read -r host port <<<"$hostport"
     if port_open "$host" "$port"; then return 0; fi
-    if [[ "$host" != 127.0.0.1 && "$host" != localhost ]]; then
+    if [[ "$host" != 127.0.0.1 && "$host" != localhost && "$host" != ::1 ]]; then
         log "waiting for RabbitMQ at $host:$port (AMQP_URL)"
         wait_port "$host" "$port" 60 "RabbitMQ at AMQP_URL"
         return 0
     fi
     if ! command -v rabbitmq-server >/dev/null && [[ ! -x /usr/sbin/rabbitmq-server ]]; then
         apt_install rabbitmq-server
+        # On a machine with systemd the package starts it as a system service: that one
+        # is the machine's, not ours to stop.
+        sleep 2
+        if port_open "$host" "$port"; then return 0; fi
     fi
     local sudo=""
     if [[ "$(id -u)" != 0 ]]; then
@@ -243,8 +249,12 @@ stop_started() {
         wait "$pid" 2>/dev/null || true
     done
     STARTED_PIDS=()
-    # The stand-in's log and pid files of this run (its port was a free one).
-    rm -f "$RUN_DIR"/nx-27017-*.pid
+    # The stand-in's pid files of this run (its port was a free one); its 10 newest logs.
+    local port
+    for port in "${STARTED_NX_PORTS[@]}"; do
+        rm -f "$RUN_DIR/nx-27017-$port.pid"
+    done
+    STARTED_NX_PORTS=()
     # shellcheck disable=SC2012 # names without spaces
     ls -t "$RUN_DIR"/nx-27017-*.log 2>/dev/null | tail -n +11 | xargs -r rm -f
     if [[ "$RABBITMQ_STARTED_HERE" == 1 ]]; then

@@ -9,7 +9,15 @@
 //! `PEER_RESOLVE_SECS` (default 5) as pods come and go: point it at a headless Service.
 
 use std::{
-    collections::HashSet, future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Duration,
+    collections::HashSet,
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
 };
 
 use tonic::{
@@ -28,6 +36,8 @@ use crate::{
 pub struct Peer {
     name: &'static str,
     channel: Channel,
+    /// How many addresses a balanced (`dns:///`) peer knows; `None` for one address.
+    known: Option<Arc<AtomicUsize>>,
     timeout: Duration,
     /// Presented to the peer's internal RPCs (`x-service-token`).
     credential: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
@@ -47,29 +57,38 @@ impl Peer {
             value: url.into(),
             reason,
         };
-        let channel = match url.strip_prefix("dns:///") {
+        let (channel, known) = match url.strip_prefix("dns:///") {
             Some(target) => {
                 let (host, port) = target
                     .rsplit_once(':')
-                    .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
+                    .and_then(|(h, p)| {
+                        let h = h.trim_start_matches('[').trim_end_matches(']');
+                        Some((h.to_owned(), p.parse::<u16>().ok()?))
+                    })
                     .filter(|(h, _)| !h.is_empty())
                     .ok_or_else(|| bad("must be dns:///host:port".into()))?;
-                let every = crate::config::seconds_or("PEER_RESOLVE_SECS", 5)?;
+                let every =
+                    crate::config::seconds_or("PEER_RESOLVE_SECS", 5)?.max(Duration::from_secs(1));
                 let resolve: Resolver = Arc::new(move || {
                     let target = (host.clone(), port);
                     Box::pin(async move { Ok(tokio::net::lookup_host(target).await?.collect()) })
                 });
-                balanced(resolve, every, timeout)
+                let (channel, known) = balanced(resolve, every, timeout);
+                (channel, Some(known))
             }
-            None => endpoint(
-                Endpoint::from_shared(url.to_owned()).map_err(|e| bad(e.to_string()))?,
-                timeout,
-            )
-            .connect_lazy(),
+            None => (
+                endpoint(
+                    Endpoint::from_shared(url.to_owned()).map_err(|e| bad(e.to_string()))?,
+                    timeout,
+                )
+                .connect_lazy(),
+                None,
+            ),
         };
         Ok(Self {
             name,
             channel,
+            known,
             timeout,
             credential: None,
         })
@@ -83,9 +102,11 @@ impl Peer {
         every: Duration,
         timeout: Duration,
     ) -> Self {
+        let (channel, known) = balanced(resolve, every, timeout);
         Self {
             name,
-            channel: balanced(resolve, every, timeout),
+            channel,
+            known: Some(known),
             timeout,
             credential: None,
         }
@@ -168,6 +189,18 @@ impl Peer {
         &self,
         call: impl Future<Output = Result<Response<R>, Status>>,
     ) -> Result<R, Status> {
+        // A balanced peer with no address that answers: nothing would take the call
+        // until its deadline.
+        if self
+            .known
+            .as_ref()
+            .is_some_and(|k| k.load(Ordering::Acquire) == 0)
+        {
+            return Err(Status::unavailable(format!(
+                "{} has no address that answers",
+                self.name
+            )));
+        }
         match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(response)) => Ok(response.into_inner()),
             Ok(Err(status)) => Err(status),
@@ -240,8 +273,10 @@ async fn reachable(addresses: HashSet<SocketAddr>, timeout: Duration) -> HashSet
 /// choices, by load) and that answer, kept up to date every `every` until the channel
 /// is dropped. A resolution that fails or finds nothing that answers keeps the
 /// addresses known before (a DNS hiccup does not empty the set).
-fn balanced(resolve: Resolver, every: Duration, timeout: Duration) -> Channel {
+fn balanced(resolve: Resolver, every: Duration, timeout: Duration) -> (Channel, Arc<AtomicUsize>) {
     let (channel, changes) = Channel::balance_channel::<SocketAddr>(64);
+    let count = Arc::new(AtomicUsize::new(0));
+    let known_count = count.clone();
     tokio::spawn(async move {
         let mut known: HashSet<SocketAddr> = HashSet::new();
         loop {
@@ -266,6 +301,7 @@ fn balanced(resolve: Resolver, every: Duration, timeout: Duration) -> Channel {
                         }
                     }
                     known = found;
+                    known_count.store(known.len(), Ordering::Release);
                 }
                 Ok(_) => tracing::debug!(
                     "a peer's name resolved to nothing that answers; keeping the known addresses"
@@ -280,7 +316,7 @@ fn balanced(resolve: Resolver, every: Duration, timeout: Duration) -> Channel {
             }
         }
     });
-    channel
+    (channel, count)
 }
 
 #[cfg(test)]
@@ -385,6 +421,23 @@ mod balancing {
         let before = served_b.load(Ordering::SeqCst);
         calls(&kept, 5).await;
         assert_eq!(served_b.load(Ordering::SeqCst), before + 5);
+    }
+
+    #[tokio::test]
+    async fn a_name_with_no_address_that_answers_is_unavailable_at_once() {
+        let nothing: Resolver = Arc::new(|| Box::pin(async { Ok(HashSet::new()) }));
+        let peer = Peer::balanced(
+            "nobody",
+            nothing,
+            Duration::from_secs(1),
+            Duration::from_secs(30),
+        );
+        let mut client = HealthClient::new(peer.channel());
+        let err = peer
+            .call(client.check(peer.request(HealthCheckRequest::default())))
+            .await
+            .expect_err("nobody answers");
+        assert_eq!(err.code(), Code::Unavailable, "not a 30 s wait: {err:?}");
     }
 
     #[test]
