@@ -201,14 +201,18 @@ impl Peer {
                 self.name
             )));
         }
-        match tokio::time::timeout(self.timeout, call).await {
+        let started = std::time::Instant::now();
+        let answer = match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(response)) => Ok(response.into_inner()),
             Ok(Err(status)) => Err(status),
             Err(_) => Err(Status::deadline_exceeded(format!(
                 "{} did not answer in time",
                 self.name
             ))),
-        }
+        };
+        let code = answer.as_ref().map_or_else(Status::code, |_| Code::Ok);
+        crate::metrics::client_call(self.name, code, started.elapsed().as_secs_f64());
+        answer
     }
 
     /// An unexpected answer from the peer as our error.

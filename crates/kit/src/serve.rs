@@ -253,6 +253,7 @@ pub async fn serve(
         }
     };
     let server = Server::builder()
+        .layer(crate::metrics::ServerLayer)
         .layer(access_log())
         .layer(tower::util::MapRequestLayer::new(
             mark_request as fn(_) -> _,

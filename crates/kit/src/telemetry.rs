@@ -9,22 +9,32 @@ use opentelemetry::{
     propagation::{Extractor, Injector},
     trace::TracerProvider as _,
 };
-use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider};
+use opentelemetry_sdk::{
+    Resource, metrics::SdkMeterProvider, propagation::TraceContextPropagator,
+    trace::SdkTracerProvider,
+};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::{EnvFilter, Layer, layer::SubscriberExt, util::SubscriberInitExt};
 
 use crate::config::LogFormat;
 
-/// Keeps the trace pipeline alive; call [`Telemetry::shutdown`] to flush it at exit.
+/// Keeps the trace and metric pipelines alive; call [`Telemetry::shutdown`] to flush
+/// them at exit.
 pub struct Telemetry {
     provider: SdkTracerProvider,
+    meters: Option<SdkMeterProvider>,
 }
 
 impl Telemetry {
-    /// Flushes spans not yet exported and stops the exporter.
+    /// Flushes spans and metrics not yet exported and stops the exporters.
     pub fn shutdown(self) {
         if let Err(e) = self.provider.shutdown() {
             eprintln!("failed to flush traces: {e}");
+        }
+        if let Some(meters) = self.meters
+            && let Err(e) = meters.shutdown()
+        {
+            eprintln!("failed to flush metrics: {e}");
         }
     }
 }
@@ -32,17 +42,31 @@ impl Telemetry {
 /// Installs the global subscriber and propagator. Call once, at start-up.
 pub fn init(service: &'static str, format: LogFormat) -> anyhow::Result<Telemetry> {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    let mut builder = SdkTracerProvider::builder().with_resource(
-        Resource::builder()
-            .with_service_name(format!("social-{service}"))
-            .build(),
-    );
+    let resource = Resource::builder()
+        .with_service_name(format!("social-{service}"))
+        .build();
+    let mut builder = SdkTracerProvider::builder().with_resource(resource.clone());
+    let mut meters = None;
     if crate::config::optional("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() {
-        // The exporter reads the endpoint and the other OTEL_* variables itself.
+        // The exporters read the endpoint and the other OTEL_* variables themselves
+        // (metrics every OTEL_METRIC_EXPORT_INTERVAL ms, 60 s by default).
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
             .build()?;
         builder = builder.with_batch_exporter(exporter);
+        // OTEL_METRICS_EXPORTER=none: traces only (a backend such as Jaeger takes no
+        // metrics).
+        if crate::config::optional("OTEL_METRICS_EXPORTER").as_deref() != Some("none") {
+            let metrics = opentelemetry_otlp::MetricExporter::builder()
+                .with_tonic()
+                .build()?;
+            let provider = SdkMeterProvider::builder()
+                .with_resource(resource)
+                .with_periodic_exporter(metrics)
+                .build();
+            opentelemetry::global::set_meter_provider(provider.clone());
+            meters = Some(provider);
+        }
     }
     let provider = builder.build();
     let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer(service));
@@ -62,7 +86,7 @@ pub fn init(service: &'static str, format: LogFormat) -> anyhow::Result<Telemetr
         .with(fmt)
         .with(otel)
         .try_init()?;
-    Ok(Telemetry { provider })
+    Ok(Telemetry { provider, meters })
 }
 
 /// For tests: silent unless `TEST_LOG` is set; safe to call from every test.

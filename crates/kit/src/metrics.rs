@@ -1,0 +1,317 @@
+//! RPC metrics, as the OpenTelemetry semantic conventions for RPC name them:
+//! `rpc.server.call.duration` (seconds) for every call a service serves, by
+//! `rpc.service`, `rpc.method` and `rpc.grpc.status_code`, and
+//! `rpc.client.call.duration` for every call to a peer, by `server.address` (the peer)
+//! and status code. Exported over OTLP with the traces when
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` is set ([`crate::telemetry::init`]); without it they
+//! cost a no-op.
+
+use std::{
+    pin::Pin,
+    sync::OnceLock,
+    task::{Context, Poll},
+    time::Instant,
+};
+
+use opentelemetry::{KeyValue, metrics::Histogram};
+use tonic::codegen::http;
+
+/// The instruments, made from the global meter provider on first use (after
+/// [`crate::telemetry::init`] installed it).
+struct Instruments {
+    server: Histogram<f64>,
+    client: Histogram<f64>,
+}
+
+fn instruments() -> &'static Instruments {
+    static INSTRUMENTS: OnceLock<Instruments> = OnceLock::new();
+    INSTRUMENTS.get_or_init(|| {
+        let meter = opentelemetry::global::meter("social");
+        Instruments {
+            server: meter
+                .f64_histogram("rpc.server.call.duration")
+                .with_unit("s")
+                .with_description("Duration of the RPCs this service served")
+                .build(),
+            client: meter
+                .f64_histogram("rpc.client.call.duration")
+                .with_unit("s")
+                .with_description("Duration of this service's calls to its peers")
+                .build(),
+        }
+    })
+}
+
+/// Records one call to peer `peer` that took `seconds` and ended with `code`.
+pub fn client_call(peer: &'static str, code: tonic::Code, seconds: f64) {
+    instruments().client.record(
+        seconds,
+        &[
+            KeyValue::new("rpc.system", "grpc"),
+            KeyValue::new("server.address", peer),
+            KeyValue::new("rpc.grpc.status_code", code as i64),
+        ],
+    );
+}
+
+/// The tower layer that records `rpc.server.call.duration` for every call served.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ServerLayer;
+
+impl<S> tower::Layer<S> for ServerLayer {
+    type Service = Server<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Server { inner }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Server<S> {
+    inner: S,
+}
+
+/// What one call records when it ends.
+struct Call {
+    started: Instant,
+    service: String,
+    method: String,
+}
+
+impl Call {
+    fn end(self, code: i64) {
+        instruments().server.record(
+            self.started.elapsed().as_secs_f64(),
+            &[
+                KeyValue::new("rpc.system", "grpc"),
+                KeyValue::new("rpc.service", self.service),
+                KeyValue::new("rpc.method", self.method),
+                KeyValue::new("rpc.grpc.status_code", code),
+            ],
+        );
+    }
+}
+
+/// The `grpc-status` in `headers`, if there is one.
+fn status(headers: &http::HeaderMap) -> Option<i64> {
+    headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+impl<S, B, R> tower::Service<http::Request<B>> for Server<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Metered<R>>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        // `/package.Service/Method`
+        let path = request.uri().path();
+        let (service, method) = path
+            .trim_start_matches('/')
+            .split_once('/')
+            .unwrap_or((path, ""));
+        let call = Call {
+            started: Instant::now(),
+            service: service.to_owned(),
+            method: method.to_owned(),
+        };
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await?;
+            // A call that fails at once answers with its status in the headers
+            // ("trailers only"); others say it in the trailers at the end of the body.
+            let call = match status(response.headers()) {
+                Some(code) => {
+                    call.end(code);
+                    None
+                }
+                None => Some(call),
+            };
+            Ok(response.map(|inner| Metered { inner, call }))
+        })
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that records its call when its trailers (or its end) come.
+    pub struct Metered<B> {
+        #[pin]
+        inner: B,
+        call: Option<Call>,
+    }
+
+    impl<B> PinnedDrop for Metered<B> {
+        fn drop(this: Pin<&mut Self>) {
+            // The client went away before the end: CANCELLED.
+            if let Some(call) = this.project().call.take() {
+                call.end(tonic::Code::Cancelled as i64);
+            }
+        }
+    }
+}
+
+impl<B: http_body::Body> http_body::Body for Metered<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(code) = frame.trailers_ref().and_then(status)
+                    && let Some(call) = this.call.take()
+                {
+                    call.end(code);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(call) = this.call.take() {
+                    call.end(tonic::Code::Unknown as i64);
+                }
+            }
+            Poll::Ready(None) => {
+                // Ended without a status: the server answered OK without trailers.
+                if let Some(call) = this.call.take() {
+                    call.end(tonic::Code::Ok as i64);
+                }
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::HashMap, time::Duration};
+
+    use opentelemetry_sdk::metrics::{
+        InMemoryMetricExporter, SdkMeterProvider,
+        data::{AggregatedMetrics, MetricData},
+    };
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+    use crate::client::Peer;
+
+    /// (attribute values in `keys` order) → how many calls, for histogram `name`.
+    fn calls(
+        exporter: &InMemoryMetricExporter,
+        name: &str,
+        keys: &[&str],
+    ) -> HashMap<Vec<String>, u64> {
+        let mut out = HashMap::new();
+        for resource in exporter.get_finished_metrics().expect("exported") {
+            for scope in resource.scope_metrics() {
+                for metric in scope.metrics().filter(|m| m.name() == name) {
+                    let AggregatedMetrics::F64(MetricData::Histogram(h)) = metric.data() else {
+                        panic!("{name} is not an f64 histogram");
+                    };
+                    for point in h.data_points() {
+                        let attrs: HashMap<String, String> = point
+                            .attributes()
+                            .map(|kv| (kv.key.to_string(), kv.value.to_string()))
+                            .collect();
+                        assert_eq!(attrs.get("rpc.system").map(String::as_str), Some("grpc"));
+                        let key = keys
+                            .iter()
+                            .map(|k| attrs.get(*k).cloned().unwrap_or_default())
+                            .collect();
+                        *out.entry(key).or_default() += point.count();
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn calls_served_and_made_are_counted_by_method_peer_and_status() {
+        let exporter = InMemoryMetricExporter::default();
+        let provider = SdkMeterProvider::builder()
+            .with_periodic_exporter(exporter.clone())
+            .build();
+        opentelemetry::global::set_meter_provider(provider.clone());
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a port");
+        let addr = listener.local_addr().expect("its address");
+        let (reporter, health) = tonic_health::server::health_reporter();
+        reporter
+            .set_service_status("social.test.Known", tonic_health::ServingStatus::Serving)
+            .await;
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .layer(super::ServerLayer)
+                .add_service(health)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let peer = Peer::new(
+            "health peer",
+            "URL",
+            &format!("http://{addr}"),
+            Duration::from_secs(2),
+        )
+        .expect("a valid URL");
+        let mut client = HealthClient::new(peer.channel());
+        let check = |service: &str| HealthCheckRequest {
+            service: service.into(),
+        };
+        peer.call(client.check(peer.request(check("social.test.Known"))))
+            .await
+            .expect("known");
+        let unknown = peer
+            .call(client.check(peer.request(check("social.test.Unknown"))))
+            .await
+            .expect_err("unknown");
+        assert_eq!(unknown.code(), tonic::Code::NotFound);
+
+        provider.force_flush().expect("flushed");
+        let served = calls(
+            &exporter,
+            "rpc.server.call.duration",
+            &["rpc.service", "rpc.method", "rpc.grpc.status_code"],
+        );
+        let health = "grpc.health.v1.Health".to_owned();
+        let by = |code: &str| vec![health.clone(), "Check".into(), code.into()];
+        assert_eq!(served.get(&by("0")), Some(&1), "{served:?}");
+        assert_eq!(served.get(&by("5")), Some(&1), "NOT_FOUND: {served:?}");
+        let made = calls(
+            &exporter,
+            "rpc.client.call.duration",
+            &["server.address", "rpc.grpc.status_code"],
+        );
+        assert_eq!(
+            made.get(&vec!["health peer".into(), "0".into()]),
+            Some(&1),
+            "{made:?}"
+        );
+        assert_eq!(
+            made.get(&vec!["health peer".into(), "5".into()]),
+            Some(&1),
+            "{made:?}"
+        );
+    }
+}
