@@ -231,12 +231,18 @@ async fn handle(
         event_id = tracing::field::Empty,
     );
     social_kit::telemetry::extract(&span, &trace_context(&delivery));
+    let started = Instant::now();
+    let key = delivery.routing_key.to_string();
+    let done = |outcome: &'static str| {
+        social_kit::metrics::event(queue, &key, outcome, started.elapsed().as_secs_f64());
+    };
     async move {
         let envelope = match Envelope::decode(delivery.data.as_slice()) {
             Ok(e) if e.payload.is_some() => e,
             _ => {
                 tracing::error!("undecodable message; dead-lettering it");
                 reject(&delivery, false).await;
+                done("dead_lettered");
                 return;
             }
         };
@@ -252,6 +258,7 @@ async fn handle(
                     if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
                         tracing::warn!(error = %e, "ack failed; the message will be redelivered");
                     }
+                    done("processed");
                     return;
                 }
                 // A long job done in steps: the next step at once, from a fresh backoff.
@@ -262,6 +269,7 @@ async fn handle(
                     );
                     if held_since.elapsed() >= config.hold_limit {
                         requeue(channel, queue, &delivery, attempt).await;
+                        done("requeued");
                         return;
                     }
                     continue;
@@ -277,6 +285,7 @@ async fn handle(
                 // channel: a copy, with the same attempt count, waits at the back.
                 tracing::warn!(error = %why, "a dependency is still failing; re-queueing the message");
                 requeue(channel, queue, &delivery, attempt).await;
+                done("requeued");
                 return;
             }
             let delay = delays.next().unwrap_or(TRANSIENT_MAX_DELAY);
@@ -284,6 +293,7 @@ async fn handle(
             tokio::select! {
                 () = shutdown.cancelled() => {
                     requeue(channel, queue, &delivery, attempt).await;
+                    done("requeued");
                     return;
                 }
                 () = tokio::time::sleep(delay) => {}
@@ -292,11 +302,13 @@ async fn handle(
         if attempt >= config.max_attempts {
             tracing::error!(%error, attempt, "giving up on a message; dead-lettering it");
             reject(&delivery, false).await;
+            done("dead_lettered");
             return;
         }
         tracing::warn!(%error, attempt, "handler failed; retrying");
         tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
         requeue(channel, queue, &delivery, attempt + 1).await;
+        done("retried");
     }
     .instrument(span)
     .await;

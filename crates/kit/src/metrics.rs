@@ -2,7 +2,9 @@
 //! `rpc.server.call.duration` (seconds) for every call a service serves, by
 //! `rpc.service`, `rpc.method` and `rpc.grpc.status_code`, and
 //! `rpc.client.call.duration` for every call to a peer, by `server.address` (the peer)
-//! and status code. Exported over OTLP with the traces when
+//! and status code; `messaging.process.duration` for every event a consumer handled, by
+//! queue, routing key and outcome (`processed`, `retried`, `requeued`,
+//! `dead_lettered`). Exported over OTLP with the traces when
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` is set ([`crate::telemetry::init`]); without it they
 //! cost a no-op.
 
@@ -21,6 +23,7 @@ use tonic::codegen::http;
 struct Instruments {
     server: Histogram<f64>,
     client: Histogram<f64>,
+    events: Histogram<f64>,
 }
 
 fn instruments() -> &'static Instruments {
@@ -38,6 +41,11 @@ fn instruments() -> &'static Instruments {
                 .with_unit("s")
                 .with_description("Duration of this service's calls to its peers")
                 .build(),
+            events: meter
+                .f64_histogram("messaging.process.duration")
+                .with_unit("s")
+                .with_description("Duration of handling one event, by outcome")
+                .build(),
         }
     })
 }
@@ -50,6 +58,23 @@ pub fn client_call(peer: &'static str, code: tonic::Code, seconds: f64) {
             KeyValue::new("rpc.system", "grpc"),
             KeyValue::new("server.address", peer),
             KeyValue::new("rpc.grpc.status_code", code as i64),
+        ],
+    );
+}
+
+/// Records one event of `routing_key` from `queue`, handled in `seconds` with
+/// `outcome`.
+pub fn event(queue: &str, routing_key: &str, outcome: &'static str, seconds: f64) {
+    instruments().events.record(
+        seconds,
+        &[
+            KeyValue::new("messaging.system", "rabbitmq"),
+            KeyValue::new("messaging.destination.name", queue.to_owned()),
+            KeyValue::new(
+                "messaging.rabbitmq.destination.routing_key",
+                routing_key.to_owned(),
+            ),
+            KeyValue::new("outcome", outcome),
         ],
     );
 }

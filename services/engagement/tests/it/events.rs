@@ -271,8 +271,49 @@ async fn a_broker_outage_delays_events_and_loses_none() {
     assert_eq!(u.followers_count, 3);
 }
 
+/// How many events the consumers handled, by (routing key, outcome).
+fn handled(
+    exporter: &opentelemetry_sdk::metrics::InMemoryMetricExporter,
+) -> std::collections::HashMap<(String, String), u64> {
+    use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
+    let mut out = std::collections::HashMap::new();
+    for resource in exporter.get_finished_metrics().unwrap() {
+        for scope in resource.scope_metrics() {
+            for metric in scope
+                .metrics()
+                .filter(|m| m.name() == "messaging.process.duration")
+            {
+                let AggregatedMetrics::F64(MetricData::Histogram(h)) = metric.data() else {
+                    panic!("not an f64 histogram");
+                };
+                for point in h.data_points() {
+                    let attr = |k: &str| {
+                        point
+                            .attributes()
+                            .find(|kv| kv.key.as_str() == k)
+                            .map(|kv| kv.value.to_string())
+                            .unwrap_or_default()
+                    };
+                    let key = (
+                        attr("messaging.rabbitmq.destination.routing_key"),
+                        attr("outcome"),
+                    );
+                    *out.entry(key).or_default() += point.count();
+                }
+            }
+        }
+    }
+    out
+}
+
 #[tokio::test]
 async fn a_poison_message_is_dead_lettered_and_consuming_goes_on() {
+    // The consumers' metrics, read at the end.
+    let exporter = opentelemetry_sdk::metrics::InMemoryMetricExporter::default();
+    let meters = opentelemetry_sdk::metrics::SdkMeterProvider::builder()
+        .with_periodic_exporter(exporter.clone())
+        .build();
+    opentelemetry::global::set_meter_provider(meters.clone());
     // On quorum queues, as in production.
     let app = App::with(
         Stack::start_with(StackOptions {
@@ -330,6 +371,27 @@ async fn a_poison_message_is_dead_lettered_and_consuming_goes_on() {
     })
     .await;
     assert!(counted.is_some());
+
+    // Counted: the poison message dead-lettered by each consumer that binds its key
+    // (engagement's and notification's, both in this process), the like processed.
+    meters.force_flush().unwrap();
+    let handled = handled(&exporter);
+    let count = |key: &str, outcome: &str| {
+        handled
+            .get(&(key.to_owned(), outcome.to_owned()))
+            .copied()
+            .unwrap_or(0)
+    };
+    assert_eq!(
+        count("post.post.deleted", "dead_lettered"),
+        2,
+        "{handled:?}"
+    );
+    assert_eq!(count("post.post.deleted", "processed"), 0, "{handled:?}");
+    assert!(
+        count("engagement.comment.liked", "processed") >= 1,
+        "{handled:?}"
+    );
 }
 
 #[tokio::test]
