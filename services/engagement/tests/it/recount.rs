@@ -77,7 +77,7 @@ async fn a_recount_while_follows_wait_in_an_outbox_and_a_queue_ends_exact() {
     user_side.cut().await;
     follow(b).await;
     let config = app.stack.events.clone();
-    let queued = eventually(Duration::from_secs(15), || async {
+    let queued = eventually(Duration::from_secs(30), || async {
         (broker::queue_depth(&config, &config.queue("user")).await == 1).then_some(())
     })
     .await;

@@ -31,7 +31,9 @@ use social_testkit::{
 };
 use tonic::{Code, Streaming, transport::Channel};
 
-const WAIT: Duration = Duration::from_secs(15);
+/// How long a test waits for something asynchronous (generous: a loaded 2-core CI
+/// machine is slow, and a passing test never waits it out).
+const WAIT: Duration = Duration::from_secs(30);
 
 struct App {
     stack: Stack,
