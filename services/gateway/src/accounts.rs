@@ -180,9 +180,9 @@ async fn list_sessions(
     let items: Vec<Session> = r.sessions.into_iter().map(Into::into).collect();
     let page = SessionPage {
         items,
-        next_page_token: r.next_page_token.clone(),
+        next_page_token: r.next_page_token,
     };
-    Ok(paged(&uri, page, &r.next_page_token))
+    Ok(paged(&uri, page))
 }
 
 /// Ends one of the caller's sessions.

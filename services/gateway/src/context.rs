@@ -169,8 +169,15 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Path<T>
     }
 }
 
+/// A page of a list: its items and where the next page starts.
+pub trait Page: serde::Serialize {
+    /// Empty on the last page.
+    fn next_page_token(&self) -> &str;
+}
+
 /// A page as JSON with its `Link: <...>; rel="next"` header.
-pub fn paged<T: serde::Serialize>(uri: &axum::http::Uri, page: T, next_token: &str) -> Response {
+pub fn paged<P: Page>(uri: &axum::http::Uri, page: P) -> Response {
+    let next_token = page.next_page_token().to_owned();
     let mut response = axum::Json(page).into_response();
     if !next_token.is_empty() {
         let mut query: Vec<(String, String)> = uri
@@ -182,7 +189,7 @@ pub fn paged<T: serde::Serialize>(uri: &axum::http::Uri, page: T, next_token: &s
                     .collect()
             })
             .unwrap_or_default();
-        query.push(("page_token".into(), next_token.into()));
+        query.push(("page_token".into(), next_token));
         let query: Vec<String> = query
             .iter()
             .map(|(k, v)| format!("{k}={}", encode(v)))

@@ -125,14 +125,12 @@ async fn followers(
         graph(&state).list_followers(who.request(peer, request))
     )?;
     let items = with_accounts(&state, &who, r.follows, true).await?;
-    let next = r.next_page_token;
     Ok(paged(
         &uri,
         FollowPage {
             items,
-            next_page_token: next.clone(),
+            next_page_token: r.next_page_token,
         },
-        &next,
     ))
 }
 
@@ -158,14 +156,12 @@ async fn following(
         graph(&state).list_following(who.request(peer, request))
     )?;
     let items = with_accounts(&state, &who, r.follows, false).await?;
-    let next = r.next_page_token;
     Ok(paged(
         &uri,
         FollowPage {
             items,
-            next_page_token: next.clone(),
+            next_page_token: r.next_page_token,
         },
-        &next,
     ))
 }
 

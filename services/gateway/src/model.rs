@@ -403,6 +403,12 @@ macro_rules! page {
             pub items: Vec<$item>,
             pub next_page_token: String,
         }
+
+        impl crate::context::Page for $name {
+            fn next_page_token(&self) -> &str {
+                &self.next_page_token
+            }
+        }
     };
 }
 page!(PostPage, Post);

@@ -169,14 +169,12 @@ async fn list(
         client(&state).list_notifications(who.request(peer, request))
     )?;
     let items = with_accounts(&state, &who, r.notifications).await?;
-    let next = r.next_page_token;
     Ok(paged(
         &uri,
         NotificationPage {
             items,
-            next_page_token: next.clone(),
+            next_page_token: r.next_page_token,
         },
-        &next,
     ))
 }
 
@@ -250,14 +248,12 @@ async fn groups(
         client(&state).list_notification_groups(who.request(peer, request))
     )?;
     let items = with_samples(&state, &who, r.groups).await?;
-    let next = r.next_page_token;
     Ok(paged(
         &uri,
         NotificationGroupPage {
             items,
-            next_page_token: next.clone(),
+            next_page_token: r.next_page_token,
         },
-        &next,
     ))
 }
 

@@ -240,14 +240,12 @@ async fn user_posts(
         posts(&state).list_user_posts(who.request(peer, request))
     )?;
     let items = with_authors(&state, &who, r.posts).await?;
-    let next = r.next_page_token;
     Ok(paged(
         &uri,
         PostPage {
             items,
-            next_page_token: next.clone(),
+            next_page_token: r.next_page_token,
         },
-        &next,
     ))
 }
 
@@ -274,14 +272,12 @@ async fn feed(
         posts(&state).list_home_feed(who.request(peer, request))
     )?;
     let items = with_authors(&state, &who, r.posts).await?;
-    let next = r.next_page_token;
     Ok(paged(
         &uri,
         PostPage {
             items,
-            next_page_token: next.clone(),
+            next_page_token: r.next_page_token,
         },
-        &next,
     ))
 }
 
@@ -364,14 +360,12 @@ async fn post_likes(
             }
         })
         .collect();
-    let next = r.next_page_token;
     Ok(paged(
         &uri,
         LikePage {
             items,
-            next_page_token: next.clone(),
+            next_page_token: r.next_page_token,
         },
-        &next,
     ))
 }
 
@@ -398,14 +392,12 @@ async fn comments(
         engagement(&state).list_comments(who.request(peer, request))
     )?;
     let items = comments_with_authors(&state, &who, r.comments).await?;
-    let next = r.next_page_token;
     Ok(paged(
         &uri,
         CommentPage {
             items,
-            next_page_token: next.clone(),
+            next_page_token: r.next_page_token,
         },
-        &next,
     ))
 }
 
