@@ -343,13 +343,7 @@ impl Fanout {
             Some(id) => self.store.groups.refresh_head(id).await?,
             None => None,
         };
-        let removed = Notification {
-            id: n.id.to_hex(),
-            user_id: n.user_id.to_hex(),
-            group_key: n.group_key.clone(),
-            removed: true,
-            ..Default::default()
-        };
+        let removed = removal(&n);
         self.push_batch(&LiveBatch {
             notifications: vec![removed],
             ended_users: Vec::new(),
@@ -437,16 +431,7 @@ impl Fanout {
                     touched.extend(self.store.groups.removing(&n.into()).await?);
                 }
             }
-            let removed = batch
-                .iter()
-                .map(|n| Notification {
-                    id: n.id.to_hex(),
-                    user_id: n.user_id.to_hex(),
-                    group_key: n.group_key.clone(),
-                    removed: true,
-                    ..Default::default()
-                })
-                .collect();
+            let removed = batch.iter().map(|n| removal(&n.into())).collect();
             self.broadcast(removed).await?;
             if field == "post_id" || field == "comment_id" {
                 // Their groups go whole (below): a grouped view drops them now.
@@ -493,6 +478,17 @@ impl Fanout {
             .await
             .map_err(|s| self.users.error(s))?;
         found.users.iter().map(|u| oid(&u.id)).collect()
+    }
+}
+
+/// What a stream is told when notification `m` is removed.
+fn removal(m: &crate::groups::Member) -> Notification {
+    Notification {
+        id: m.id.to_hex(),
+        user_id: m.user_id.to_hex(),
+        group_key: m.group_key.clone(),
+        removed: true,
+        ..Default::default()
     }
 }
 
