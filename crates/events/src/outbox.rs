@@ -165,6 +165,10 @@ impl Relay {
         let mut channel: Option<Channel> = None;
         let mut held = Held::default();
         let mut store_delays = store_backoff();
+        tokio::spawn(measure_backlog(
+            self.collections.clone(),
+            shutdown.child_token(),
+        ));
         while !shutdown.is_cancelled() {
             if channel.as_ref().is_none_or(|c| !c.status().connected()) {
                 channel = self.open(&shutdown).await;
@@ -349,7 +353,18 @@ impl Relay {
         for (pending, outcome) in batch.into_iter().zip(outcomes) {
             let delivered = match outcome {
                 None => true,
-                Some(acked) => acked && !returned.contains(pending.event_id()),
+                Some(acked) => {
+                    let bounced = returned.contains(pending.event_id());
+                    if let Some(key) = pending.routing_key() {
+                        let outcome = match (acked, bounced) {
+                            (true, false) => "confirmed",
+                            (_, true) => "returned",
+                            (false, false) => "nacked",
+                        };
+                        social_kit::metrics::published(key, outcome);
+                    }
+                    acked && !bounced
+                }
             };
             if delivered {
                 sent.push(pending);
@@ -425,7 +440,9 @@ impl Relay {
             .await
             .map_err(|_| {
                 anyhow::anyhow!("the broker did not take an event within {CONFIRM_TIMEOUT:?}")
-            })??;
+            })
+            .and_then(|r| r.map_err(anyhow::Error::from))
+            .inspect_err(|_| social_kit::metrics::published(key, "failed"))?;
         Ok(Some(InFlight { confirm }))
     }
 }
@@ -448,6 +465,67 @@ impl Pending {
     fn event_id(&self) -> &str {
         self.event.as_ref().map_or("", |(e, _)| e.event_id.as_str())
     }
+
+    fn routing_key(&self) -> Option<&'static str> {
+        let (envelope, _) = self.event.as_ref()?;
+        envelope.payload.as_ref().map(routing_key)
+    }
+}
+
+/// Measures each collection's backlog every [`social_kit::metrics::BACKLOG_EVERY`]
+/// until `shutdown`, whether or not the broker is reachable (a broker outage is when the
+/// backlog grows). Reads at most [`BACKLOG_SCAN`] documents per collection.
+async fn measure_backlog(collections: Vec<Collection<Document>>, shutdown: CancellationToken) {
+    loop {
+        for collection in &collections {
+            match backlog(collection).await {
+                Ok((events, oldest)) => {
+                    social_kit::metrics::outbox_backlog(collection.name(), events, oldest);
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, collection = collection.name(), "cannot measure the outbox backlog");
+                }
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(social_kit::metrics::BACKLOG_EVERY) => {}
+        }
+    }
+}
+
+/// The most documents one backlog measure reads.
+const BACKLOG_SCAN: i64 = 10_000;
+
+/// How many events `collection` holds unpublished, and the age in seconds of the oldest
+/// (by the first event of each document, which is its oldest).
+async fn backlog(collection: &Collection<Document>) -> anyhow::Result<(u64, f64)> {
+    let mut docs = collection
+        .find(doc! { PENDING: { "$gt": 0 } })
+        .projection(doc! { FIELD: 1, PENDING: 1 })
+        .limit(BACKLOG_SCAN)
+        .await?;
+    let now = bson::DateTime::now().timestamp_millis();
+    let mut events = 0u64;
+    let mut oldest = 0f64;
+    while let Some(document) = docs.try_next().await? {
+        let pending = match document.get(PENDING) {
+            Some(Bson::Int32(n)) => i64::from(*n),
+            Some(Bson::Int64(n)) => *n,
+            _ => 1,
+        };
+        events += pending.max(0) as u64;
+        let first = document
+            .get_array(FIELD)
+            .ok()
+            .and_then(|a| a.iter().find_map(Bson::as_str))
+            .and_then(|entry| parse(entry).ok());
+        if let Some(at) = first.and_then(|(e, _)| e.occurred_at) {
+            let age_ms = now.saturating_sub(social_kit::time::millis(&at));
+            oldest = oldest.max(age_ms as f64 / 1000.0);
+        }
+    }
+    Ok((events, oldest))
 }
 
 /// A published event waiting for the broker's confirm.

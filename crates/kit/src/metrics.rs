@@ -4,7 +4,11 @@
 //! `rpc.client.call.duration` for every call to a peer, by `server.address` (the peer)
 //! and status code; `messaging.process.duration` for every event a consumer handled, by
 //! queue, routing key and outcome (`processed`, `retried`, `requeued`,
-//! `dead_lettered`). Exported over OTLP with the traces when
+//! `dead_lettered`). The event pipeline and the services add: `outbox.pending.events`
+//! and `outbox.oldest.age` (per collection, measured by the relay every
+//! [`BACKLOG_EVERY`]), `messaging.client.sent.messages` (every publish by routing key and
+//! outcome: `confirmed`, `returned`, `nacked`, `failed`), `notification.streams.open`
+//! and `user.login.throttled`. Exported over OTLP with the traces when
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` is set ([`crate::telemetry::init`]); without it they
 //! cost a no-op.
 
@@ -15,7 +19,10 @@ use std::{
     time::Instant,
 };
 
-use opentelemetry::{KeyValue, metrics::Histogram};
+use opentelemetry::{
+    KeyValue,
+    metrics::{Counter, Gauge, Histogram, UpDownCounter},
+};
 use tonic::codegen::http;
 
 /// The instruments, made from the global meter provider on first use (after
@@ -24,7 +31,15 @@ struct Instruments {
     server: Histogram<f64>,
     client: Histogram<f64>,
     events: Histogram<f64>,
+    published: Counter<u64>,
+    outbox_pending: Gauge<u64>,
+    outbox_age: Gauge<f64>,
+    streams: UpDownCounter<i64>,
+    throttled: Counter<u64>,
 }
+
+/// How often a relay measures its outbox backlog.
+pub const BACKLOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn instruments() -> &'static Instruments {
     static INSTRUMENTS: OnceLock<Instruments> = OnceLock::new();
@@ -45,6 +60,27 @@ fn instruments() -> &'static Instruments {
                 .f64_histogram("messaging.process.duration")
                 .with_unit("s")
                 .with_description("Duration of handling one event, by outcome")
+                .build(),
+            published: meter
+                .u64_counter("messaging.client.sent.messages")
+                .with_description("Events published by the outbox relay, by outcome")
+                .build(),
+            outbox_pending: meter
+                .u64_gauge("outbox.pending.events")
+                .with_description("Events stored and not yet confirmed by the broker")
+                .build(),
+            outbox_age: meter
+                .f64_gauge("outbox.oldest.age")
+                .with_unit("s")
+                .with_description("Age of the oldest event not yet published (0 when none)")
+                .build(),
+            streams: meter
+                .i64_up_down_counter("notification.streams.open")
+                .with_description("Live notification streams open on this replica")
+                .build(),
+            throttled: meter
+                .u64_counter("user.login.throttled")
+                .with_description("Logins refused by the failed-login throttle")
                 .build(),
         }
     })
@@ -77,6 +113,37 @@ pub fn event(queue: &str, routing_key: &str, outcome: &'static str, seconds: f64
             KeyValue::new("outcome", outcome),
         ],
     );
+}
+
+/// Records one publish of an event with `routing_key` that ended with `outcome`
+/// (`confirmed`, `returned`, `nacked` or `failed`).
+pub fn published(routing_key: &'static str, outcome: &'static str) {
+    instruments().published.add(
+        1,
+        &[
+            KeyValue::new("messaging.system", "rabbitmq"),
+            KeyValue::new("messaging.rabbitmq.destination.routing_key", routing_key),
+            KeyValue::new("outcome", outcome),
+        ],
+    );
+}
+
+/// Records the outbox backlog of `collection`: `events` pending, the oldest
+/// `oldest_age_secs` old.
+pub fn outbox_backlog(collection: &str, events: u64, oldest_age_secs: f64) {
+    let attrs = [KeyValue::new("outbox.collection", collection.to_owned())];
+    instruments().outbox_pending.record(events, &attrs);
+    instruments().outbox_age.record(oldest_age_secs, &attrs);
+}
+
+/// One more (`1`) or one fewer (`-1`) live notification stream.
+pub fn streams_open(delta: i64) {
+    instruments().streams.add(delta, &[]);
+}
+
+/// One login refused by the throttle.
+pub fn login_throttled() {
+    instruments().throttled.add(1, &[]);
 }
 
 /// The tower layer that records `rpc.server.call.duration` for every call served.

@@ -50,6 +50,7 @@ struct Leave {
 
 impl Drop for Leave {
     fn drop(&mut self) {
+        social_kit::metrics::streams_open(-1);
         self.hub.remove(self.user, self.id);
     }
 }
@@ -153,6 +154,7 @@ impl Hub {
                 }
             },
         );
+        social_kit::metrics::streams_open(1);
         let leave = Leave {
             hub: self.clone(),
             user,

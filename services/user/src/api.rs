@@ -296,6 +296,7 @@ impl UserService for Api {
         v.finish()?;
         // Refused identifiers cost no password check (and say nothing of the account).
         if let Some(retry_after) = self.throttle.refused_for(&who).await? {
+            social_kit::metrics::login_throttled();
             return Err(throttled(retry_after).into());
         }
         // A slot first: in a storm, the excess is refused before any more work.

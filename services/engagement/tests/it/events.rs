@@ -271,37 +271,59 @@ async fn a_broker_outage_delays_events_and_loses_none() {
     assert_eq!(u.followers_count, 3);
 }
 
-/// How many events the consumers handled, by (routing key, outcome).
-fn handled(
+/// The data points of metric `name`: each one's attributes, and its count (histograms)
+/// or value (counters, gauges).
+fn points(
     exporter: &opentelemetry_sdk::metrics::InMemoryMetricExporter,
-) -> std::collections::HashMap<(String, String), u64> {
+    name: &str,
+) -> Vec<(std::collections::HashMap<String, String>, f64)> {
+    use opentelemetry::KeyValue;
     use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
-    let mut out = std::collections::HashMap::new();
-    for resource in exporter.get_finished_metrics().unwrap() {
+    fn attrs<'a>(
+        kvs: impl Iterator<Item = &'a KeyValue>,
+    ) -> std::collections::HashMap<String, String> {
+        kvs.map(|kv| (kv.key.to_string(), kv.value.to_string()))
+            .collect()
+    }
+    let mut out = Vec::new();
+    // Cumulative: the last export holds every total.
+    if let Some(resource) = exporter.get_finished_metrics().unwrap().last() {
         for scope in resource.scope_metrics() {
-            for metric in scope
-                .metrics()
-                .filter(|m| m.name() == "messaging.process.duration")
-            {
-                let AggregatedMetrics::F64(MetricData::Histogram(h)) = metric.data() else {
-                    panic!("not an f64 histogram");
-                };
-                for point in h.data_points() {
-                    let attr = |k: &str| {
-                        point
-                            .attributes()
-                            .find(|kv| kv.key.as_str() == k)
-                            .map(|kv| kv.value.to_string())
-                            .unwrap_or_default()
-                    };
-                    let key = (
-                        attr("messaging.rabbitmq.destination.routing_key"),
-                        attr("outcome"),
-                    );
-                    *out.entry(key).or_default() += point.count();
+            for metric in scope.metrics().filter(|m| m.name() == name) {
+                match metric.data() {
+                    AggregatedMetrics::F64(MetricData::Histogram(h)) => out.extend(
+                        h.data_points()
+                            .map(|p| (attrs(p.attributes()), p.count() as f64)),
+                    ),
+                    AggregatedMetrics::U64(MetricData::Sum(c)) => out.extend(
+                        c.data_points()
+                            .map(|p| (attrs(p.attributes()), p.value() as f64)),
+                    ),
+                    AggregatedMetrics::U64(MetricData::Gauge(g)) => out.extend(
+                        g.data_points()
+                            .map(|p| (attrs(p.attributes()), p.value() as f64)),
+                    ),
+                    other => panic!("{name}: unexpected data {other:?}"),
                 }
             }
         }
+    }
+    out
+}
+
+/// The total of metric `name` by the values of attributes `keys`.
+fn by(
+    exporter: &opentelemetry_sdk::metrics::InMemoryMetricExporter,
+    name: &str,
+    keys: &[&str],
+) -> std::collections::HashMap<Vec<String>, f64> {
+    let mut out = std::collections::HashMap::new();
+    for (attrs, value) in points(exporter, name) {
+        let key = keys
+            .iter()
+            .map(|k| attrs.get(*k).cloned().unwrap_or_default())
+            .collect();
+        *out.entry(key).or_default() += value;
     }
     out
 }
@@ -374,23 +396,44 @@ async fn a_poison_message_is_dead_lettered_and_consuming_goes_on() {
 
     // Counted: the poison message dead-lettered by each consumer that binds its key
     // (engagement's and notification's, both in this process), the like processed.
-    meters.force_flush().unwrap();
-    let handled = handled(&exporter);
+    let key_outcome = ["messaging.rabbitmq.destination.routing_key", "outcome"];
+    let poison = vec!["post.post.deleted".to_owned(), "dead_lettered".to_owned()];
+    // The notification consumer's copy may still be on its way.
+    eventually(Duration::from_secs(15), || async {
+        meters.force_flush().unwrap();
+        let handled = by(&exporter, "messaging.process.duration", &key_outcome);
+        (handled.get(&poison) == Some(&2.0)).then_some(())
+    })
+    .await;
+    let handled = by(&exporter, "messaging.process.duration", &key_outcome);
     let count = |key: &str, outcome: &str| {
         handled
-            .get(&(key.to_owned(), outcome.to_owned()))
+            .get(&vec![key.to_owned(), outcome.to_owned()])
             .copied()
-            .unwrap_or(0)
+            .unwrap_or(0.0)
     };
     assert_eq!(
         count("post.post.deleted", "dead_lettered"),
-        2,
+        2.0,
         "{handled:?}"
     );
-    assert_eq!(count("post.post.deleted", "processed"), 0, "{handled:?}");
+    assert_eq!(count("post.post.deleted", "processed"), 0.0, "{handled:?}");
     assert!(
-        count("engagement.comment.liked", "processed") >= 1,
+        count("engagement.comment.liked", "processed") >= 1.0,
         "{handled:?}"
+    );
+    // The like's event was published and confirmed by the engagement relay.
+    let sent = by(&exporter, "messaging.client.sent.messages", &key_outcome);
+    assert!(
+        sent.get(&vec!["engagement.comment.liked".into(), "confirmed".into()])
+            .is_some_and(|n| *n >= 1.0),
+        "{sent:?}"
+    );
+    // Each relay measured its outbox backlog (an idle one holds none).
+    let backlog = by(&exporter, "outbox.pending.events", &["outbox.collection"]);
+    assert!(
+        backlog.contains_key(&vec!["likes".to_owned()]),
+        "{backlog:?}"
     );
 }
 
