@@ -1,0 +1,262 @@
+//! `check`: after a run, waits until what the run caused has landed (the counters of
+//! the posts and users it touched, the notifications it should have made), reports how
+//! long that took, and checks that every counter equals the documents it counts.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::PathBuf,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use serde::Serialize;
+use social_proto::{
+    engagement::v1::CountPostEngagementRequest,
+    graph::v1::CountFollowsRequest,
+    notification::v1::{ListNotificationsRequest, NotificationType},
+    post::v1::BatchGetPostsRequest,
+    user::v1::BatchGetUsersRequest,
+};
+use tonic::Status;
+
+use crate::{
+    load::{Expected, Report},
+    seed::{Seeded, login},
+    target::{Clients, Target, as_service, authed},
+};
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// The report of the run to check.
+    #[arg(long, default_value = ".run/loadgen-report.json")]
+    pub report: PathBuf,
+    /// What `seed` wrote.
+    #[arg(long, default_value = ".run/loadgen-seed.json")]
+    pub seeded: PathBuf,
+    /// How long to wait for everything to land.
+    #[arg(long, default_value_t = 300)]
+    pub timeout_secs: u64,
+    /// The credential of internal RPCs (the recounts `check` compares with); the
+    /// DEVELOPMENT-ONLY one by default, as `scripts/up` runs with it.
+    #[arg(long, env = "SERVICE_TOKEN", default_value = social_kit::auth::DEV_SERVICE_TOKEN, hide_env_values = true)]
+    pub service_token: String,
+}
+
+/// What `check` found.
+#[derive(Clone, Debug, Serialize)]
+pub struct Checked {
+    /// Whether everything landed and every counter equals its documents.
+    pub settled: bool,
+    /// Seconds from the start of the check until it settled.
+    pub waited_secs: f64,
+    /// Seconds from the end of the run until it settled (or the check gave up).
+    pub since_run_end_secs: f64,
+    pub posts: usize,
+    pub users: usize,
+    pub notifications: usize,
+    /// What still differed at the end, if it did not settle.
+    pub mismatches: Vec<String>,
+}
+
+pub async fn check(args: &CheckArgs) -> anyhow::Result<Checked> {
+    let report = Report::read(&args.report)?;
+    let seeded = Seeded::read(&args.seeded)?;
+    let clients = Clients::connect(&args.target).await?;
+    let started = Instant::now();
+    // Recipients' tokens, to read their notifications.
+    let mut tokens: HashMap<usize, String> = HashMap::new();
+    for e in &report.ledger.expected {
+        if let std::collections::hash_map::Entry::Vacant(v) = tokens.entry(e.recipient) {
+            let user = seeded.users.get(e.recipient).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "the report names user {} the seed file does not have",
+                    e.recipient
+                )
+            })?;
+            let (_, token) = login(&clients, &user.username)
+                .await
+                .map_err(|s| anyhow::anyhow!("logging {} in: {s}", user.username))?;
+            v.insert(token);
+        }
+    }
+    let posts: Vec<String> = report.ledger.posts.iter().cloned().collect();
+    let users: Vec<String> = report.ledger.users.iter().cloned().collect();
+    let deadline = started + Duration::from_secs(args.timeout_secs);
+    let mut mismatches;
+    loop {
+        mismatches = Vec::new();
+        counters(
+            &clients,
+            &args.service_token,
+            &posts,
+            &users,
+            &mut mismatches,
+        )
+        .await
+        .map_err(|s| anyhow::anyhow!("reading counters: {s}"))?;
+        notifications(&clients, &tokens, &report.ledger.expected, &mut mismatches)
+            .await
+            .map_err(|s| anyhow::anyhow!("reading notifications: {s}"))?;
+        if mismatches.is_empty() || Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    Ok(Checked {
+        settled: mismatches.is_empty(),
+        waited_secs: round(started.elapsed().as_secs_f64()),
+        since_run_end_secs: round(now_ms.saturating_sub(report.ended_at_ms) as f64 / 1000.0),
+        posts: posts.len(),
+        users: users.len(),
+        notifications: report.ledger.expected.len(),
+        mismatches,
+    })
+}
+
+fn round(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+/// Compares the counters on posts and users with the recounts of their documents.
+async fn counters(
+    clients: &Clients,
+    service_token: &str,
+    posts: &[String],
+    users: &[String],
+    out: &mut Vec<String>,
+) -> Result<(), Status> {
+    for chunk in posts.chunks(100) {
+        let shown = clients
+            .post()
+            .batch_get_posts(as_service(
+                BatchGetPostsRequest {
+                    ids: chunk.to_vec(),
+                },
+                service_token,
+            ))
+            .await?
+            .into_inner()
+            .posts;
+        let counted: BTreeMap<String, (i64, i64)> = clients
+            .engagement()
+            .count_post_engagement(as_service(
+                CountPostEngagementRequest {
+                    post_ids: chunk.to_vec(),
+                    as_of: None,
+                },
+                service_token,
+            ))
+            .await?
+            .into_inner()
+            .counts
+            .into_iter()
+            .map(|c| (c.post_id, (c.likes_count, c.comments_count)))
+            .collect();
+        for p in shown {
+            let (likes, comments) = counted.get(&p.id).copied().unwrap_or_default();
+            if (p.likes_count, p.comments_count) != (likes, comments) {
+                out.push(format!(
+                    "post {}: {} likes and {} comments shown, {likes} and {comments} stored",
+                    p.id, p.likes_count, p.comments_count
+                ));
+            }
+        }
+    }
+    for chunk in users.chunks(100) {
+        let shown = clients
+            .user()
+            .batch_get_users(as_service(
+                BatchGetUsersRequest {
+                    ids: chunk.to_vec(),
+                },
+                service_token,
+            ))
+            .await?
+            .into_inner()
+            .users;
+        let counted: BTreeMap<String, (i64, i64)> = clients
+            .graph()
+            .count_follows(as_service(
+                CountFollowsRequest {
+                    user_ids: chunk.to_vec(),
+                    as_of: None,
+                },
+                service_token,
+            ))
+            .await?
+            .into_inner()
+            .counts
+            .into_iter()
+            .map(|c| (c.user_id, (c.followers_count, c.following_count)))
+            .collect();
+        for u in shown {
+            let (followers, following) = counted.get(&u.id).copied().unwrap_or_default();
+            if (u.followers_count, u.following_count) != (followers, following) {
+                out.push(format!(
+                    "user {}: {} followers and {} following shown, {followers} and {following} stored",
+                    u.id, u.followers_count, u.following_count
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Finds each expected notification among its recipient's newest 1,000.
+async fn notifications(
+    clients: &Clients,
+    tokens: &HashMap<usize, String>,
+    expected: &[Expected],
+    out: &mut Vec<String>,
+) -> Result<(), Status> {
+    let mut by_recipient: BTreeMap<usize, Vec<&Expected>> = BTreeMap::new();
+    for e in expected {
+        by_recipient.entry(e.recipient).or_default().push(e);
+    }
+    for (recipient, wanted) in by_recipient {
+        let Some(token) = tokens.get(&recipient) else {
+            continue;
+        };
+        let mut have = Vec::new();
+        let mut page_token = String::new();
+        for _ in 0..10 {
+            let page = clients
+                .notification()
+                .list_notifications(authed(
+                    ListNotificationsRequest {
+                        page_size: 100,
+                        page_token: page_token.clone(),
+                        ..Default::default()
+                    },
+                    token,
+                ))
+                .await?
+                .into_inner();
+            have.extend(page.notifications);
+            page_token = page.next_page_token;
+            if page_token.is_empty() {
+                break;
+            }
+        }
+        for e in wanted {
+            let found = have.iter().any(|n| {
+                NotificationType::try_from(n.r#type).is_ok_and(|t| t.as_str_name() == e.kind)
+                    && n.source_user_id == e.actor
+                    && (e.post.is_none() || n.post_id == e.post)
+            });
+            if !found {
+                out.push(format!(
+                    "user #{recipient}: no {} notification from {} {}",
+                    e.kind,
+                    e.actor,
+                    e.post.as_deref().unwrap_or("")
+                ));
+            }
+        }
+    }
+    Ok(())
+}
