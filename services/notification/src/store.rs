@@ -49,6 +49,8 @@ pub struct NotificationDoc {
     pub comment_id: Option<ObjectId>,
     #[serde(deserialize_with = "social_kit::mongo::lenient_bool")]
     pub is_read: bool,
+    /// Rewritten by [`Store::refresh_key`] (an update: the stand-in stores it as text).
+    #[serde(deserialize_with = "social_kit::time::lenient")]
     pub created_at: DateTime,
     /// Orders lists (see `social_kit::paging`).
     pub sort_key: i64,
@@ -514,5 +516,32 @@ impl Store {
 impl social_kit::serve::Startup for Store {
     async fn startup(&self) -> anyhow::Result<()> {
         self.init().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bson::{doc, oid::ObjectId};
+
+    use super::NotificationDoc;
+
+    /// Found by `social-loadgen` against `scripts/up`: a notification whose push came
+    /// late had its `created_at` rewritten by `refresh_key`, which the MongoDB stand-in
+    /// stores as text; reading it failed, and so did every event that read it, for ever.
+    #[test]
+    fn a_refreshed_created_at_reads_back_from_either_server() {
+        let stored = |created_at: bson::Bson| {
+            doc! {
+                "_id": ObjectId::new(), "user_id": ObjectId::new(), "type": "FOLLOW",
+                "source_user_id": ObjectId::new(), "is_read": 0, "created_at": created_at,
+                "sort_key": 1_i64, "dedupe_key": "follow:a:b",
+            }
+        };
+        let real = bson::DateTime::from_millis(1_795_000_000_305);
+        let n: NotificationDoc = bson::deserialize_from_document(stored(real.into())).unwrap();
+        assert_eq!(n.created_at, real);
+        let as_text = "2026-11-18 11:06:40.305000";
+        let n: NotificationDoc = bson::deserialize_from_document(stored(as_text.into())).unwrap();
+        assert_eq!(n.created_at, real);
     }
 }
