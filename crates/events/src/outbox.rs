@@ -329,7 +329,15 @@ impl Relay {
         for pending in &batch {
             in_flight.push(match &pending.event {
                 Some((envelope, traceparent)) => {
-                    self.publish(channel, envelope, traceparent.clone()).await?
+                    match self.publish(channel, envelope, traceparent.clone()).await {
+                        Ok(publish) => publish,
+                        Err(e) => {
+                            // The ones published before it are abandoned with it.
+                            let published = in_flight.iter().map(Option::is_some);
+                            count_failed(&batch, published);
+                            return Err(e);
+                        }
+                    }
                 }
                 None => None,
             });
@@ -339,14 +347,22 @@ impl Relay {
         // its own ack AND by its id not being among the returned ones.
         let mut outcomes = Vec::with_capacity(in_flight.len());
         let mut returned = std::collections::HashSet::new();
+        let published: Vec<bool> = in_flight.iter().map(Option::is_some).collect();
         for publish in in_flight {
             outcomes.push(match publish {
                 None => None,
-                Some(publish) => {
-                    let (acked, bounced) = publish.confirmed(shutdown).await?;
-                    returned.extend(bounced);
-                    Some(acked)
-                }
+                Some(publish) => match publish.confirmed(shutdown).await {
+                    Ok((acked, bounced)) => {
+                        returned.extend(bounced);
+                        Some(acked)
+                    }
+                    Err(e) => {
+                        // The channel goes and none of the batch is taken out of its
+                        // document: every one of them is published again later.
+                        count_failed(&batch, published.iter().copied());
+                        return Err(e);
+                    }
+                },
             });
         }
         let mut sent = Vec::with_capacity(batch.len());
@@ -443,7 +459,17 @@ impl Relay {
             })
             .and_then(|r| r.map_err(anyhow::Error::from))
             .inspect_err(|_| social_kit::metrics::published(key, "failed"))?;
+        // (The caller counts the others of its batch.)
         Ok(Some(InFlight { confirm }))
+    }
+}
+
+/// Counts as `failed` each event of `batch` that `published` says went out.
+fn count_failed(batch: &[Pending], published: impl IntoIterator<Item = bool>) {
+    for (pending, published) in batch.iter().zip(published) {
+        if published && let Some(key) = pending.routing_key() {
+            social_kit::metrics::published(key, "failed");
+        }
     }
 }
 

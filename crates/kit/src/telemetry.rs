@@ -42,8 +42,21 @@ impl Telemetry {
 /// Installs the global subscriber and propagator. Call once, at start-up.
 pub fn init(service: &'static str, format: LogFormat) -> anyhow::Result<Telemetry> {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    // One series per replica: without an instance id, the replicas of a service would
+    // collide in the collector's Prometheus exporter (counters seeming to reset, gauges
+    // flipping between replicas).
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
     let resource = Resource::builder()
         .with_service_name(format!("social-{service}"))
+        .with_attribute(opentelemetry::KeyValue::new(
+            "service.instance.id",
+            format!("{host}-{}", std::process::id()),
+        ))
         .build();
     let mut builder = SdkTracerProvider::builder().with_resource(resource.clone());
     let mut meters = None;
