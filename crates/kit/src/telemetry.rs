@@ -87,7 +87,10 @@ pub fn init(service: &'static str, format: LogFormat) -> anyhow::Result<Telemetr
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,h2=warn,tower=warn,lapin=warn,hyper=warn"));
     let fmt = match format {
-        LogFormat::Human => tracing_subscriber::fmt::layer().boxed(),
+        // Colours only on a terminal: escape codes in log files cost CPU and help no one.
+        LogFormat::Human => tracing_subscriber::fmt::layer()
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+            .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .with_current_span(true)
