@@ -34,9 +34,9 @@ pub struct CheckArgs {
     /// What `seed` wrote.
     #[arg(long, default_value = ".run/loadgen-seed.json")]
     pub seeded: PathBuf,
-    /// How long to wait for everything to land.
+    /// How long to wait for everything to land, in seconds.
     #[arg(long, default_value_t = 300)]
-    pub timeout_secs: u64,
+    pub wait_secs: u64,
     /// The credential of internal RPCs (the recounts `check` compares with); the
     /// DEVELOPMENT-ONLY one by default, as `scripts/up` runs with it.
     #[arg(long, env = "SERVICE_TOKEN", default_value = social_kit::auth::DEV_SERVICE_TOKEN, hide_env_values = true)]
@@ -82,7 +82,7 @@ pub async fn check(args: &CheckArgs) -> anyhow::Result<Checked> {
     }
     let posts: Vec<String> = report.ledger.posts.iter().cloned().collect();
     let users: Vec<String> = report.ledger.users.iter().cloned().collect();
-    let deadline = started + Duration::from_secs(args.timeout_secs);
+    let deadline = started + Duration::from_secs(args.wait_secs);
     let mut mismatches;
     loop {
         mismatches = Vec::new();

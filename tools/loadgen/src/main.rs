@@ -72,11 +72,22 @@ async fn main() -> anyhow::Result<()> {
             if !checked.settled {
                 anyhow::bail!(
                     "the run's effects did not all land within {} s",
-                    args.timeout_secs
+                    args.wait_secs
                 );
             }
         }
         Command::Bench { name } => bench::run(&name).await?,
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every subcommand's options parse (no two with one name, as `check` once had).
+    #[test]
+    fn the_command_line_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
 }

@@ -95,7 +95,7 @@ async fn seed_run_check_and_sweep_against_the_in_process_stack() {
         target: target(&stack),
         report: dir.join("report.json"),
         seeded: dir.join("seed.json"),
-        timeout_secs: 60,
+        wait_secs: 60,
         service_token: social_kit::auth::DEV_SERVICE_TOKEN.to_owned(),
     })
     .await
