@@ -398,11 +398,18 @@ async fn a_poison_message_is_dead_lettered_and_consuming_goes_on() {
     // (engagement's and notification's, both in this process), the like processed.
     let key_outcome = ["messaging.rabbitmq.destination.routing_key", "outcome"];
     let poison = vec!["post.post.deleted".to_owned(), "dead_lettered".to_owned()];
-    // The notification consumer's copy may still be on its way.
+    let liked = |outcome: &str| vec!["engagement.comment.liked".to_owned(), outcome.to_owned()];
+    // Each is recorded after its effect is visible (a handler's outcome after its ack, a
+    // publish after every confirm of its batch), and the notification consumer's copy
+    // of the poison may still be on its way: wait for all of them.
     eventually(Duration::from_secs(15), || async {
         meters.force_flush().unwrap();
         let handled = by(&exporter, "messaging.process.duration", &key_outcome);
-        (handled.get(&poison) == Some(&2.0)).then_some(())
+        let sent = by(&exporter, "messaging.client.sent.messages", &key_outcome);
+        (handled.get(&poison) == Some(&2.0)
+            && handled.get(&liked("processed")).is_some_and(|n| *n >= 1.0)
+            && sent.get(&liked("confirmed")).is_some_and(|n| *n >= 1.0))
+        .then_some(())
     })
     .await;
     let handled = by(&exporter, "messaging.process.duration", &key_outcome);
