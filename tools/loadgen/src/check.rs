@@ -16,12 +16,14 @@ use social_proto::{
     post::v1::BatchGetPostsRequest,
     user::v1::BatchGetUsersRequest,
 };
+use social_testkit::authed;
 use tonic::Status;
 
 use crate::{
     load::{Expected, Report},
+    procs::round,
     seed::{Seeded, login},
-    target::{Clients, Target, as_service, authed},
+    target::{Clients, Target, as_service},
 };
 
 #[derive(clap::Args, Clone, Debug)]
@@ -117,10 +119,6 @@ pub async fn check(args: &CheckArgs) -> anyhow::Result<Checked> {
     })
 }
 
-fn round(x: f64) -> f64 {
-    (x * 100.0).round() / 100.0
-}
-
 /// Compares the counters on posts and users with the recounts of their documents.
 async fn counters(
     clients: &Clients,
@@ -156,15 +154,10 @@ async fn counters(
             .into_iter()
             .map(|c| (c.post_id, (c.likes_count, c.comments_count)))
             .collect();
-        for p in shown {
-            let (likes, comments) = counted.get(&p.id).copied().unwrap_or_default();
-            if (p.likes_count, p.comments_count) != (likes, comments) {
-                out.push(format!(
-                    "post {}: {} likes and {} comments shown, {likes} and {comments} stored",
-                    p.id, p.likes_count, p.comments_count
-                ));
-            }
-        }
+        let shown = shown
+            .into_iter()
+            .map(|p| (p.id, (p.likes_count, p.comments_count)));
+        compare("post", ["likes", "comments"], shown, &counted, out);
     }
     for chunk in users.chunks(100) {
         let shown = clients
@@ -193,17 +186,32 @@ async fn counters(
             .into_iter()
             .map(|c| (c.user_id, (c.followers_count, c.following_count)))
             .collect();
-        for u in shown {
-            let (followers, following) = counted.get(&u.id).copied().unwrap_or_default();
-            if (u.followers_count, u.following_count) != (followers, following) {
-                out.push(format!(
-                    "user {}: {} followers and {} following shown, {followers} and {following} stored",
-                    u.id, u.followers_count, u.following_count
-                ));
-            }
-        }
+        let shown = shown
+            .into_iter()
+            .map(|u| (u.id, (u.followers_count, u.following_count)));
+        compare("user", ["followers", "following"], shown, &counted, out);
     }
     Ok(())
+}
+
+/// Notes each of `shown` (an id and its two counters, named `names`) whose counters
+/// differ from `counted`'s recount.
+fn compare(
+    what: &str,
+    names: [&str; 2],
+    shown: impl IntoIterator<Item = (String, (i64, i64))>,
+    counted: &BTreeMap<String, (i64, i64)>,
+    out: &mut Vec<String>,
+) {
+    let [a_name, b_name] = names;
+    for (id, (a, b)) in shown {
+        let (counted_a, counted_b) = counted.get(&id).copied().unwrap_or_default();
+        if (a, b) != (counted_a, counted_b) {
+            out.push(format!(
+                "{what} {id}: {a} {a_name} and {b} {b_name} shown, {counted_a} and {counted_b} stored"
+            ));
+        }
+    }
 }
 
 /// Finds each expected notification among its recipient's newest 1,000.

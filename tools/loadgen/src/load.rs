@@ -31,6 +31,7 @@ use social_proto::{
     post::v1::{CreatePostRequest, GetPostRequest, ListHomeFeedRequest, ListUserPostsRequest},
     user::v1::GetUserRequest,
 };
+use social_testkit::authed;
 use tokio::sync::Semaphore;
 use tonic::Status;
 use tonic_health::pb::HealthCheckRequest;
@@ -38,7 +39,7 @@ use tonic_health::pb::HealthCheckRequest;
 use crate::{
     procs,
     seed::{Seeded, bar, login, media},
-    target::{Clients, SERVICES, Target, authed},
+    target::{Clients, SERVICES, Target},
 };
 
 /// A workload: which operations, in which proportions.

@@ -139,6 +139,7 @@ impl Watch {
     }
 }
 
-fn round(x: f64) -> f64 {
+/// `x` to two decimals.
+pub fn round(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }

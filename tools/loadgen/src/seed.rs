@@ -24,7 +24,9 @@ use social_proto::{
 };
 use tonic::{Code, Status};
 
-use crate::target::{Clients, Target, authed};
+use social_testkit::authed;
+
+use crate::target::{Clients, Target};
 
 /// The password of every seeded account. DEVELOPMENT ONLY: these are load-test accounts.
 pub const PASSWORD: &str = "loadgen-DEVELOPMENT-only-password";

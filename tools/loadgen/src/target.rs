@@ -142,15 +142,6 @@ impl Clients {
     }
 }
 
-/// `message` with `token` as its bearer credential.
-pub fn authed<T>(message: T, token: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    if let Ok(value) = format!("Bearer {token}").parse() {
-        request.metadata_mut().insert("authorization", value);
-    }
-    request
-}
-
 /// `message` with the service credential internal RPCs need.
 pub fn as_service<T>(message: T, service_token: &str) -> Request<T> {
     let mut request = Request::new(message);
