@@ -73,11 +73,16 @@ impl TcpProxy {
                     continue;
                 };
                 accepted2.lock().unwrap().push(Instant::now());
-                if !up2.load(Ordering::Acquire) {
-                    drop(inbound);
-                    continue;
-                }
-                let cut = generation2.lock().await.clone();
+                // Read under the lock `cut` takes, so a connection accepted as it cuts is
+                // either refused or dropped with the others, never kept.
+                let cut = {
+                    let generation = generation2.lock().await;
+                    if !up2.load(Ordering::Acquire) {
+                        drop(inbound);
+                        continue;
+                    }
+                    generation.clone()
+                };
                 let lag = lag2.clone();
                 tokio::spawn(async move {
                     let Ok(outbound) = TcpStream::connect(target).await else {
@@ -118,8 +123,8 @@ impl TcpProxy {
 
     /// Drops every connection and refuses new ones until [`TcpProxy::restore`].
     pub async fn cut(&self) {
-        self.up.store(false, Ordering::Release);
         let mut generation = self.generation.lock().await;
+        self.up.store(false, Ordering::Release);
         generation.cancel();
         *generation = CancellationToken::new();
     }
