@@ -18,7 +18,7 @@
 use std::time::Duration;
 
 use lapin::{
-    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties,
+    BasicProperties, Channel, Confirmation, Connection,
     options::{
         BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
         QueueDeclareOptions, QueueDeleteOptions,
@@ -29,14 +29,7 @@ use lapin::{
 use crate::{config::EventsConfig, topology};
 
 async fn connect(config: &EventsConfig, name: &str) -> anyhow::Result<Connection> {
-    let properties = ConnectionProperties::default().with_connection_name(name.into());
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        Connection::connect(&config.amqp_url, properties),
-    )
-    .await
-    .map_err(|_| anyhow::anyhow!("RabbitMQ did not answer within 10 s"))?
-    .map_err(|e| anyhow::anyhow!("cannot connect to RabbitMQ: {e}"))
+    crate::connection::open(&config.amqp_url, name, Duration::from_secs(10)).await
 }
 
 /// `declare-topology`: declares every exchange, queue and binding, then returns.

@@ -86,13 +86,9 @@ impl Broadcaster {
     }
 
     async fn open(&self) -> anyhow::Result<Channel> {
-        let properties =
-            lapin::ConnectionProperties::default().with_connection_name(self.name.as_str().into());
-        let connection = tokio::time::timeout(
-            Duration::from_secs(2),
-            lapin::Connection::connect(&self.config.amqp_url, properties),
-        )
-        .await??;
+        let connection =
+            crate::connection::open(&self.config.amqp_url, &self.name, Duration::from_secs(2))
+                .await?;
         let channel = connection.create_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())

@@ -134,80 +134,199 @@ async fn an_event_redelivered_after_600_newer_ones_on_its_document_counts_once()
 }
 
 #[tokio::test]
-async fn at_shutdown_the_relay_keeps_the_confirms_in_flight() {
-    let rabbit: SocketAddr = "127.0.0.1:5672".parse().unwrap();
-    let proxy = TcpProxy::start(rabbit).await;
-    let mut config = EventsConfig::for_tests(&unique_name("t"));
-    config.amqp_url = format!("amqp://guest:guest@{}/%2f", proxy.addr);
-    let database = unique_name("relay");
-    let _drop = social_testkit::DropDatabase(database.clone());
-    let db = mongodb::Client::with_uri_str(social_testkit::mongodb_uri())
+async fn connections_ask_for_small_frames_unless_the_url_names_a_size() {
+    use social_events::connection::{FRAME_MAX, open};
+    let url = EventsConfig::for_tests(&unique_name("t")).amqp_url;
+    let timeout = Duration::from_secs(10);
+    let default = open(&url, "frames", timeout).await.unwrap();
+    assert_eq!(default.configuration().frame_max(), FRAME_MAX);
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let named = open(&format!("{url}{sep}frame_max=65536"), "frames", timeout)
         .await
-        .unwrap()
-        .database(&database);
-    let bound = QueueSpec {
-        service: "bound",
-        routing_keys: &["graph.user.followed"],
-    };
-    let docs: Vec<bson::Document> = (0..1000)
-        .map(|_| {
-            let event = new_envelope(
-                ObjectId::new(),
-                Payload::UserFollowed(UserFollowed {
-                    follower_id: ObjectId::new().to_hex(),
-                    followee_id: ObjectId::new().to_hex(),
-                }),
-            );
-            doc! {
-                "_id": ObjectId::new(), "event_id": &event.event_id,
-                "outbox": [social_events::outbox::entry(&event)], "outbox_pending": 1,
-            }
-        })
-        .collect();
-    let things = db.collection::<bson::Document>("things");
-    things.insert_many(docs).await.unwrap();
+        .unwrap();
+    assert_eq!(named.configuration().frame_max(), 65536);
+    let err = open("http://nowhere", "frames", timeout).await.unwrap_err();
+    assert!(err.to_string().contains("AMQP_URL"), "{err:#}");
+}
 
-    let relay = social_events::outbox::Relay::new(config.clone(), "test", &db, &["things"])
-        .declaring(vec![bound]);
+/// A relay publishing the outboxes of `OUTBOX` documents (one follow event each) in a
+/// database of their own, through a proxy to the broker, to a queue bound for them.
+struct RelayRig {
+    proxy: TcpProxy,
+    config: EventsConfig,
+    db: mongodb::Database,
+    things: mongodb::Collection<bson::Document>,
+    _drop: social_testkit::DropDatabase,
+}
+
+const OUTBOX: usize = 1000;
+
+impl RelayRig {
+    async fn start() -> Self {
+        let rabbit: SocketAddr = "127.0.0.1:5672".parse().unwrap();
+        let proxy = TcpProxy::start(rabbit).await;
+        let mut config = EventsConfig::for_tests(&unique_name("t"));
+        config.amqp_url = format!("amqp://guest:guest@{}/%2f", proxy.addr);
+        let database = unique_name("relay");
+        let drop = social_testkit::DropDatabase(database.clone());
+        let db = mongodb::Client::with_uri_str(social_testkit::mongodb_uri())
+            .await
+            .unwrap()
+            .database(&database);
+        let docs: Vec<bson::Document> = (0..OUTBOX)
+            .map(|_| {
+                let event = new_envelope(
+                    ObjectId::new(),
+                    Payload::UserFollowed(UserFollowed {
+                        follower_id: ObjectId::new().to_hex(),
+                        followee_id: ObjectId::new().to_hex(),
+                    }),
+                );
+                doc! {
+                    "_id": ObjectId::new(), "event_id": &event.event_id,
+                    "outbox": [social_events::outbox::entry(&event)], "outbox_pending": 1,
+                }
+            })
+            .collect();
+        let things = db.collection::<bson::Document>("things");
+        things.insert_many(docs).await.unwrap();
+        Self {
+            proxy,
+            config,
+            db,
+            things,
+            _drop: drop,
+        }
+    }
+
+    fn relay(&self) -> social_events::outbox::Relay {
+        let bound = QueueSpec {
+            service: "bound",
+            routing_keys: &["graph.user.followed"],
+        };
+        social_events::outbox::Relay::new(self.config.clone(), "test", &self.db, &["things"])
+            .declaring(vec![bound])
+    }
+
+    /// Waits until some of the events were published and taken out of their outbox.
+    async fn under_way(&self) {
+        let started = eventually(Duration::from_secs(15), || async {
+            let sent = self
+                .things
+                .count_documents(doc! { "outbox_pending": 0 })
+                .await
+                .unwrap();
+            (sent > 0).then_some(())
+        })
+        .await;
+        assert!(started.is_some());
+    }
+
+    /// The ids of the events still in an outbox.
+    async fn pending(&self) -> HashSet<String> {
+        self.things
+            .find(doc! { "outbox_pending": { "$gt": 0 } })
+            .await
+            .unwrap()
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|d| d.get_str("event_id").unwrap().to_owned())
+            .collect()
+    }
+
+    /// The ids of the events in the bound queue, taken out of it, each once.
+    async fn queued(&self) -> Vec<String> {
+        broker::take_all(&self.config, &self.config.queue("bound"))
+            .await
+            .iter()
+            .map(|body| {
+                social_events::Envelope::decode(body.as_slice())
+                    .unwrap()
+                    .event_id
+            })
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn at_shutdown_the_relay_keeps_the_confirms_in_flight() {
+    let rig = RelayRig::start().await;
+    let proxy = &rig.proxy;
+    let relay = rig.relay();
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(relay.run(shutdown.clone()));
     // Once the relay is under way, the broker becomes slow to confirm, and the relay is
     // told to stop while a batch waits for its confirms.
-    let started = eventually(Duration::from_secs(15), || async {
-        let sent = things
-            .count_documents(doc! { "outbox_pending": 0 })
-            .await
-            .unwrap();
-        (sent > 0).then_some(())
-    })
-    .await;
-    assert!(started.is_some());
+    rig.under_way().await;
     proxy.delay_answers(Duration::from_millis(500));
     tokio::time::sleep(Duration::from_millis(300)).await;
     shutdown.cancel();
     task.await.unwrap();
     proxy.delay_answers(Duration::ZERO);
 
-    let pending: HashSet<String> = things
-        .find(doc! { "outbox_pending": { "$gt": 0 } })
-        .await
-        .unwrap()
-        .try_collect::<Vec<_>>()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|d| d.get_str("event_id").unwrap().to_owned())
-        .collect();
+    let pending = rig.pending().await;
     let mut published = HashSet::new();
-    for body in broker::take_all(&config, &config.queue("bound")).await {
-        let event = social_events::Envelope::decode(body.as_slice()).unwrap();
+    for event_id in rig.queued().await {
         assert!(
-            !pending.contains(&event.event_id),
+            !pending.contains(&event_id),
             "an event the broker took is still pending: the next start would send it again"
         );
-        published.insert(event.event_id);
+        published.insert(event_id);
     }
-    assert_eq!(published.len() + pending.len(), 1000, "nothing lost");
+    assert_eq!(published.len() + pending.len(), OUTBOX, "nothing lost");
+}
+
+#[tokio::test]
+async fn a_broker_cut_mid_batch_counts_the_batch_failed_and_sends_it_again() {
+    let exporter = opentelemetry_sdk::metrics::InMemoryMetricExporter::default();
+    let meters = opentelemetry_sdk::metrics::SdkMeterProvider::builder()
+        .with_periodic_exporter(exporter.clone())
+        .build();
+    opentelemetry::global::set_meter_provider(meters.clone());
+    let rig = RelayRig::start().await;
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(rig.relay().run(shutdown.clone()));
+    // A batch waits for confirms the broker holds back, and the connection goes.
+    rig.under_way().await;
+    rig.proxy.delay_answers(Duration::from_secs(2));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    rig.proxy.cut().await;
+    rig.proxy.delay_answers(Duration::ZERO);
+    rig.proxy.restore();
+
+    // The relay reconnects and publishes the whole outbox.
+    let drained = eventually(Duration::from_secs(60), || async {
+        rig.pending().await.is_empty().then_some(())
+    })
+    .await;
+    shutdown.cancel();
+    task.await.unwrap();
+    assert!(drained.is_some(), "the outbox never emptied");
+    let queued = rig.queued().await;
+    let distinct: HashSet<&String> = queued.iter().collect();
+    assert_eq!(distinct.len(), OUTBOX, "nothing lost");
+
+    meters.force_flush().unwrap();
+    let sent = crate::events::by(&exporter, "messaging.client.sent.messages", &["outcome"]);
+    let count = |outcome: &str| sent.get(&vec![outcome.to_owned()]).copied().unwrap_or(0.0);
+    // Every event was confirmed once: those of the cut batch only when sent again.
+    assert_eq!(count("confirmed"), OUTBOX as f64, "{sent:?}");
+    assert!(
+        count("failed") >= 1.0,
+        "the cut batch was not counted: {sent:?}"
+    );
+    assert!(
+        count("failed") <= 128.0,
+        "more failed than one batch holds: {sent:?}"
+    );
+    // The broker may have taken some of the cut batch: those are in the queue twice,
+    // never more often than they were counted failed.
+    assert!(
+        queued.len() - OUTBOX <= count("failed") as usize,
+        "{sent:?}"
+    );
 }
 
 #[tokio::test]

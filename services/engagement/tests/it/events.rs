@@ -312,7 +312,7 @@ fn points(
 }
 
 /// The total of metric `name` by the values of attributes `keys`.
-fn by(
+pub(crate) fn by(
     exporter: &opentelemetry_sdk::metrics::InMemoryMetricExporter,
     name: &str,
     keys: &[&str],
