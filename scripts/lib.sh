@@ -71,6 +71,16 @@ ensure_rust_tools() {
         log "installing rustfmt and clippy"
         rustup component add rustfmt clippy
     fi
+    # The tests that read metrics install the process-wide meter provider, so each test
+    # needs a process of its own: nextest's way (cargo test shares one per binary).
+    if ! cargo nextest --version >/dev/null 2>&1; then
+        log "installing cargo-nextest"
+        local bin="${CARGO_HOME:-$HOME/.cargo}/bin"
+        mkdir -p "$bin"
+        curl -LsSf https://get.nexte.st/latest/linux | tar zxf - -C "$bin" ||
+            cargo install --locked cargo-nextest ||
+            die "cannot install cargo-nextest (https://nexte.st)"
+    fi
 }
 
 # apt-get install as root, or through sudo.

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use anyhow::Context;
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use lapin::{Connection, ConnectionProperties, uri::AMQPUri};
 use tokio_util::sync::CancellationToken;
@@ -30,10 +31,10 @@ pub async fn open(url: &str, name: &str, timeout: Duration) -> anyhow::Result<Co
         .map_err(|e| anyhow::anyhow!("AMQP_URL is not an AMQP URL: {e}"))?;
     uri.query.frame_max.get_or_insert(FRAME_MAX);
     let properties = ConnectionProperties::default().with_connection_name(name.into());
-    tokio::time::timeout(timeout, Connection::connect_uri(uri, properties))
+    let connection = tokio::time::timeout(timeout, Connection::connect_uri(uri, properties))
         .await
-        .map_err(|_| anyhow::anyhow!("RabbitMQ did not answer within {timeout:?}"))?
-        .map_err(|e| anyhow::anyhow!("cannot connect to RabbitMQ: {e}"))
+        .map_err(|_| anyhow::anyhow!("RabbitMQ did not answer within {timeout:?}"))?;
+    connection.context("cannot connect to RabbitMQ")
 }
 
 /// Connects to `url`, retrying with exponential backoff (capped at 5 s) until it works;

@@ -116,7 +116,9 @@ pub fn event(queue: &str, routing_key: &str, outcome: &'static str, seconds: f64
 }
 
 /// Records one publish of an event with `routing_key` that ended with `outcome`
-/// (`confirmed`, `returned`, `nacked` or `failed`).
+/// (`confirmed`, `returned`, `nacked` or `failed`). It counts publishes, not events: an
+/// event published again (its batch failed, or taking it out of its outbox did) counts
+/// again.
 pub fn published(routing_key: &'static str, outcome: &'static str) {
     instruments().published.add(
         1,

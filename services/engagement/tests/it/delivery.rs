@@ -288,10 +288,21 @@ async fn a_broker_cut_mid_batch_counts_the_batch_failed_and_sends_it_again() {
     let rig = RelayRig::start().await;
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(rig.relay().run(shutdown.clone()));
-    // A batch waits for confirms the broker holds back, and the connection goes.
+    // A batch waits for confirms the broker holds back, and the connection goes: the
+    // cut comes once the outbox has stopped shrinking with events still in it.
     rig.under_way().await;
-    rig.proxy.delay_answers(Duration::from_secs(2));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    rig.proxy.delay_answers(Duration::from_secs(30));
+    let (mut last, mut stuck) = (usize::MAX, false);
+    for _ in 0..50 {
+        let seen = rig.pending().await.len();
+        stuck = seen > 0 && seen == last;
+        if stuck {
+            break;
+        }
+        last = seen;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(stuck, "the relay published everything before the cut");
     rig.proxy.cut().await;
     rig.proxy.delay_answers(Duration::ZERO);
     rig.proxy.restore();
