@@ -231,11 +231,14 @@ async fn notifications(
             .or_default()
             .push(e);
     }
-    for ((recipient, kind), wanted) in by_recipient {
-        let (Some(token), Some(kind)) = (
-            tokens.get(&recipient),
-            NotificationType::from_str_name(kind),
-        ) else {
+    for ((recipient, name), wanted) in by_recipient {
+        let Some(token) = tokens.get(&recipient) else {
+            continue;
+        };
+        let Some(kind) = NotificationType::from_str_name(name) else {
+            out.push(format!(
+                "user #{recipient}: expected a notification of unknown type {name}"
+            ));
             continue;
         };
         let mut have = Vec::new();
