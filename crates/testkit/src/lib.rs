@@ -8,9 +8,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod broker;
+#[cfg(feature = "metrics")]
+mod metrics;
 mod proxy;
 mod stack;
 
+#[cfg(feature = "metrics")]
+pub use metrics::Meters;
 pub use proxy::TcpProxy;
 pub use stack::{Stack, StackOptions, start_graph, start_notification, start_user};
 

@@ -280,11 +280,7 @@ async fn at_shutdown_the_relay_keeps_the_confirms_in_flight() {
 
 #[tokio::test]
 async fn a_broker_cut_mid_batch_counts_the_batch_failed_and_sends_it_again() {
-    let exporter = opentelemetry_sdk::metrics::InMemoryMetricExporter::default();
-    let meters = opentelemetry_sdk::metrics::SdkMeterProvider::builder()
-        .with_periodic_exporter(exporter.clone())
-        .build();
-    opentelemetry::global::set_meter_provider(meters.clone());
+    let meters = social_testkit::Meters::install();
     let rig = RelayRig::start().await;
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(rig.relay().run(shutdown.clone()));
@@ -319,8 +315,7 @@ async fn a_broker_cut_mid_batch_counts_the_batch_failed_and_sends_it_again() {
     let distinct: HashSet<&String> = queued.iter().collect();
     assert_eq!(distinct.len(), OUTBOX, "nothing lost");
 
-    meters.force_flush().unwrap();
-    let sent = crate::events::by(&exporter, "messaging.client.sent.messages", &["outcome"]);
+    let sent = meters.by("messaging.client.sent.messages", &["outcome"]);
     let count = |outcome: &str| sent.get(&vec![outcome.to_owned()]).copied().unwrap_or(0.0);
     // Every event was confirmed once: those of the cut batch only when sent again.
     assert_eq!(count("confirmed"), OUTBOX as f64, "{sent:?}");

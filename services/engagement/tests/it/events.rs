@@ -271,71 +271,10 @@ async fn a_broker_outage_delays_events_and_loses_none() {
     assert_eq!(u.followers_count, 3);
 }
 
-/// The data points of metric `name`: each one's attributes, and its count (histograms)
-/// or value (counters, gauges).
-fn points(
-    exporter: &opentelemetry_sdk::metrics::InMemoryMetricExporter,
-    name: &str,
-) -> Vec<(std::collections::HashMap<String, String>, f64)> {
-    use opentelemetry::KeyValue;
-    use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
-    fn attrs<'a>(
-        kvs: impl Iterator<Item = &'a KeyValue>,
-    ) -> std::collections::HashMap<String, String> {
-        kvs.map(|kv| (kv.key.to_string(), kv.value.to_string()))
-            .collect()
-    }
-    let mut out = Vec::new();
-    // Cumulative: the last export holds every total.
-    if let Some(resource) = exporter.get_finished_metrics().unwrap().last() {
-        for scope in resource.scope_metrics() {
-            for metric in scope.metrics().filter(|m| m.name() == name) {
-                match metric.data() {
-                    AggregatedMetrics::F64(MetricData::Histogram(h)) => out.extend(
-                        h.data_points()
-                            .map(|p| (attrs(p.attributes()), p.count() as f64)),
-                    ),
-                    AggregatedMetrics::U64(MetricData::Sum(c)) => out.extend(
-                        c.data_points()
-                            .map(|p| (attrs(p.attributes()), p.value() as f64)),
-                    ),
-                    AggregatedMetrics::U64(MetricData::Gauge(g)) => out.extend(
-                        g.data_points()
-                            .map(|p| (attrs(p.attributes()), p.value() as f64)),
-                    ),
-                    other => panic!("{name}: unexpected data {other:?}"),
-                }
-            }
-        }
-    }
-    out
-}
-
-/// The total of metric `name` by the values of attributes `keys`.
-pub(crate) fn by(
-    exporter: &opentelemetry_sdk::metrics::InMemoryMetricExporter,
-    name: &str,
-    keys: &[&str],
-) -> std::collections::HashMap<Vec<String>, f64> {
-    let mut out = std::collections::HashMap::new();
-    for (attrs, value) in points(exporter, name) {
-        let key = keys
-            .iter()
-            .map(|k| attrs.get(*k).cloned().unwrap_or_default())
-            .collect();
-        *out.entry(key).or_default() += value;
-    }
-    out
-}
-
 #[tokio::test]
 async fn a_poison_message_is_dead_lettered_and_consuming_goes_on() {
     // The consumers' metrics, read at the end.
-    let exporter = opentelemetry_sdk::metrics::InMemoryMetricExporter::default();
-    let meters = opentelemetry_sdk::metrics::SdkMeterProvider::builder()
-        .with_periodic_exporter(exporter.clone())
-        .build();
-    opentelemetry::global::set_meter_provider(meters.clone());
+    let meters = social_testkit::Meters::install();
     // On quorum queues, as in production.
     let app = App::with(
         Stack::start_with(StackOptions {
@@ -403,16 +342,15 @@ async fn a_poison_message_is_dead_lettered_and_consuming_goes_on() {
     // publish after every confirm of its batch), and the notification consumer's copy
     // of the poison may still be on its way: wait for all of them.
     eventually(Duration::from_secs(15), || async {
-        meters.force_flush().unwrap();
-        let handled = by(&exporter, "messaging.process.duration", &key_outcome);
-        let sent = by(&exporter, "messaging.client.sent.messages", &key_outcome);
+        let handled = meters.by("messaging.process.duration", &key_outcome);
+        let sent = meters.by("messaging.client.sent.messages", &key_outcome);
         (handled.get(&poison) == Some(&2.0)
             && handled.get(&liked("processed")).is_some_and(|n| *n >= 1.0)
             && sent.get(&liked("confirmed")).is_some_and(|n| *n >= 1.0))
         .then_some(())
     })
     .await;
-    let handled = by(&exporter, "messaging.process.duration", &key_outcome);
+    let handled = meters.by("messaging.process.duration", &key_outcome);
     let count = |key: &str, outcome: &str| {
         handled
             .get(&vec![key.to_owned(), outcome.to_owned()])
@@ -430,14 +368,14 @@ async fn a_poison_message_is_dead_lettered_and_consuming_goes_on() {
         "{handled:?}"
     );
     // The like's event was published and confirmed by the engagement relay.
-    let sent = by(&exporter, "messaging.client.sent.messages", &key_outcome);
+    let sent = meters.by("messaging.client.sent.messages", &key_outcome);
     assert!(
         sent.get(&vec!["engagement.comment.liked".into(), "confirmed".into()])
             .is_some_and(|n| *n >= 1.0),
         "{sent:?}"
     );
     // Each relay measured its outbox backlog (an idle one holds none).
-    let backlog = by(&exporter, "outbox.pending.events", &["outbox.collection"]);
+    let backlog = meters.by("outbox.pending.events", &["outbox.collection"]);
     assert!(
         backlog.contains_key(&vec!["likes".to_owned()]),
         "{backlog:?}"

@@ -9,7 +9,7 @@ use social_proto::notification::v1::{
     ListNotificationsRequest, Notification, StreamNotificationsRequest,
     notification_service_client::NotificationServiceClient,
 };
-use social_testkit::{TcpProxy, authed, eventually, start_notification, token_for};
+use social_testkit::{Meters, TcpProxy, authed, eventually, start_notification, token_for};
 use tonic::{Code, transport::Channel};
 
 use crate::{App, WAIT, next, open_stream};
@@ -28,39 +28,16 @@ async fn replica_through(app: &App, proxy: &TcpProxy) -> social_testkit::Running
     .await
 }
 
-/// `notification.streams.open` as last exported (0 before any stream).
-fn open_streams(
-    meters: &opentelemetry_sdk::metrics::SdkMeterProvider,
-    exporter: &opentelemetry_sdk::metrics::InMemoryMetricExporter,
-) -> i64 {
-    use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
-    meters.force_flush().unwrap();
-    let Some(last) = exporter.get_finished_metrics().unwrap().pop() else {
-        return 0;
-    };
-    let mut open = 0;
-    for scope in last.scope_metrics() {
-        for metric in scope
-            .metrics()
-            .filter(|m| m.name() == "notification.streams.open")
-        {
-            let AggregatedMetrics::I64(MetricData::Sum(sum)) = metric.data() else {
-                panic!("not an i64 sum");
-            };
-            open += sum.data_points().map(|p| p.value()).sum::<i64>();
-        }
-    }
-    open
+/// `notification.streams.open` as of now (0 before any stream).
+fn open_streams(meters: &Meters) -> i64 {
+    let points = meters.points("notification.streams.open");
+    points.iter().map(|(_, open)| *open as i64).sum()
 }
 
 #[tokio::test]
 async fn a_replica_serves_streams_only_while_it_hears_the_broadcasts() {
     // The open-streams gauge is read at the end of each step.
-    let exporter = opentelemetry_sdk::metrics::InMemoryMetricExporter::default();
-    let meters = opentelemetry_sdk::metrics::SdkMeterProvider::builder()
-        .with_periodic_exporter(exporter.clone())
-        .build();
-    opentelemetry::global::set_meter_provider(meters.clone());
+    let meters = Meters::install();
     let app = App::start().await;
     let (_, bob) = app.stack.register("bob").await;
     let rabbit: SocketAddr = "127.0.0.1:5672".parse().unwrap();
@@ -74,16 +51,12 @@ async fn a_replica_serves_streams_only_while_it_hears_the_broadcasts() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
-    assert_eq!(
-        open_streams(&meters, &exporter),
-        0,
-        "a refused stream is not open"
-    );
+    assert_eq!(open_streams(&meters), 0, "a refused stream is not open");
 
     // Once it hears them, streams open; when it loses them, they end with UNAVAILABLE.
     proxy.restore();
     let mut stream = open_stream(&mut client, &bob).await;
-    assert_eq!(open_streams(&meters, &exporter), 1);
+    assert_eq!(open_streams(&meters), 1);
     proxy.cut().await;
     let ended = tokio::time::timeout(WAIT, stream.message())
         .await
@@ -91,7 +64,7 @@ async fn a_replica_serves_streams_only_while_it_hears_the_broadcasts() {
     assert_eq!(ended.unwrap_err().code(), Code::Unavailable);
     // The server let go of it: no longer counted.
     let closed = eventually(WAIT, || async {
-        (open_streams(&meters, &exporter) == 0).then_some(())
+        (open_streams(&meters) == 0).then_some(())
     })
     .await;
     assert!(closed.is_some(), "an ended stream is still counted open");
