@@ -163,6 +163,9 @@ pub struct TokenVerifier {
     verified: moka::sync::Cache<String, Caller>,
 }
 
+/// The answer to a token that is forged, malformed or expired.
+const INVALID: Error = Error::Unauthenticated("the access token is invalid or expired");
+
 /// How many verified tokens a service remembers (about 0.5 KiB each).
 pub const VERIFIED_CACHE: u64 = 10_000;
 /// Seconds past `exp` a token is still accepted (clock skew between services).
@@ -218,7 +221,6 @@ impl TokenVerifier {
 
     /// Who a token was issued to and when it expires, if it is genuine and unexpired.
     pub fn verify(&self, token: &str) -> Result<Caller> {
-        const INVALID: Error = Error::Unauthenticated("the access token is invalid or expired");
         if let Some(caller) = self.verified.get(token) {
             // As `jsonwebtoken` judges `exp`: expired once now is past it plus the leeway.
             let deadline = caller.expires_at + Duration::from_secs(LEEWAY_SECS);
@@ -234,7 +236,6 @@ impl TokenVerifier {
     }
 
     fn verify_signature(&self, token: &str) -> Result<Caller> {
-        const INVALID: Error = Error::Unauthenticated("the access token is invalid or expired");
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
             .map_err(|_| INVALID)?;
         let user = ObjectId::parse_str(&data.claims.sub).map_err(|_| INVALID)?;
