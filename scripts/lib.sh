@@ -187,15 +187,17 @@ isolated_run() { # name
         GATEWAY_RATE_LOGIN=1000000/60s GATEWAY_RATE_SIGNUP=1000000/60s RUST_LOG=warn
 }
 
-# Two free ports' worth of numbers: a base for the five services (base+1..base+5) and
-# the gateway's port, in SYSTEM_BASE and SYSTEM_GATEWAY.
+# Free ports for the five services (SYSTEM_BASE+1..+5) and the gateway (SYSTEM_GATEWAY,
+# +6), all below 32768, where the kernel takes no local ports for outgoing connections:
+# a port there that is free when checked cannot become a client's before the service
+# binds it (a fresh-clone run lost its API check to that).
 free_system_ports() {
     local i
     for ((i = 0; i < 20; i++)); do
-        SYSTEM_BASE=$(( ($(free_port) % 20000) + 30000 ))
-        SYSTEM_GATEWAY=$(free_port)
+        SYSTEM_BASE=$((20000 + RANDOM % 12000))
+        SYSTEM_GATEWAY=$((SYSTEM_BASE + 6))
         local taken=0 p
-        for p in 1 2 3 4 5; do port_open 127.0.0.1 $((SYSTEM_BASE + p)) && taken=1; done
+        for p in 1 2 3 4 5 6; do port_open 127.0.0.1 $((SYSTEM_BASE + p)) && taken=1; done
         ((taken == 0)) && return 0
     done
     die "no free ports for the services"
