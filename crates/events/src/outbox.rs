@@ -165,10 +165,11 @@ impl Relay {
         let mut channel: Option<Channel> = None;
         let mut held = Held::default();
         let mut store_delays = store_backoff();
-        tokio::spawn(measure_backlog(
+        // Owned by this future, so it ends with it (a stop, or the task aborted).
+        let _backlog = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(measure_backlog(
             self.collections.clone(),
             shutdown.child_token(),
-        ));
+        )));
         while !shutdown.is_cancelled() {
             if channel.as_ref().is_none_or(|c| !c.status().connected()) {
                 channel = self.open(&shutdown).await;

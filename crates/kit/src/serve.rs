@@ -17,7 +17,7 @@ use futures::future::BoxFuture;
 use mongodb::Database;
 use tokio::net::TcpListener;
 use tokio_stream::{StreamExt, wrappers::TcpListenerStream};
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::AbortOnDropHandle};
 use tonic::{
     Request, Status,
     codegen::http,
@@ -190,7 +190,8 @@ pub async fn serve(
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
-    let health_task = tokio::spawn({
+    // Owned by this future: gone with it, whether it returns or is dropped.
+    let health_task = AbortOnDropHandle::new(tokio::spawn({
         let db = spec.db.clone();
         let gate = spec.gate.clone();
         let shutdown = shutdown.clone();
@@ -234,7 +235,7 @@ pub async fn serve(
                 }
             }
         }
-    });
+    }));
 
     let addr = listener.local_addr()?;
     tracing::info!(%addr, service = spec.grpc_name, "listening");
@@ -475,11 +476,13 @@ pub fn load_config<C, E: std::fmt::Display>(
 }
 
 /// Tasks that run beside the server (outbox relay, event consumers) and stop after it:
-/// in-flight RPCs finish first, then these are told to stop and awaited.
+/// in-flight RPCs finish first, then these are told to stop and awaited. They are owned:
+/// dropping the group (the service's future dropped, as when a crash is played in a
+/// test) aborts them, so nothing of a stopped service keeps working detached.
 #[derive(Default)]
 pub struct Background {
     stop: CancellationToken,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    tasks: Vec<AbortOnDropHandle<()>>,
 }
 
 impl Background {
@@ -493,23 +496,22 @@ impl Background {
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        self.tasks.push(tokio::spawn(task(self.stop.clone())));
+        self.tasks.push(AbortOnDropHandle::new(tokio::spawn(task(
+            self.stop.clone(),
+        ))));
     }
 
     /// Tells every task to stop and waits for them, at most `deadline`; tasks still
     /// running then are aborted (what they held is redelivered or retried later).
     pub async fn stop(self, deadline: Duration) {
         self.stop.cancel();
-        let mut tasks = self.tasks;
-        let all = futures::future::join_all(tasks.iter_mut());
+        let all = futures::future::join_all(self.tasks);
         if tokio::time::timeout(deadline, all).await.is_err() {
+            // Dropping the handles (the timed-out join) aborts the tasks.
             tracing::warn!(
                 ?deadline,
                 "background tasks did not stop in time; aborting them"
             );
-            for task in &tasks {
-                task.abort();
-            }
         }
     }
 }

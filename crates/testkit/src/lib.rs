@@ -89,8 +89,10 @@ impl Running {
         channel(self.addr).await
     }
 
-    /// Kills it as a crash would: the task is aborted, nothing is flushed or finished.
-    pub fn kill(mut self) {
+    /// Kills it as a crash would: the service's task is aborted, and with it everything
+    /// the service owns (its server, outbox relay, consumers and their broker
+    /// connections); nothing is flushed or finished.
+    pub fn kill(&mut self) {
         if let Some(h) = self.handle.take() {
             h.abort();
         }

@@ -5,7 +5,7 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -26,6 +26,24 @@ pub struct TcpProxy {
     accepted: Arc<std::sync::Mutex<Vec<Instant>>>,
     /// Milliseconds by which the target's bytes are held back.
     lag: Arc<AtomicU64>,
+    /// Connections being proxied now.
+    open: Arc<AtomicUsize>,
+}
+
+/// Counts a proxied connection while it lives.
+struct Open(Arc<AtomicUsize>);
+
+impl Open {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        Self(count.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Copies `from` to `to`, holding each chunk back by `lag` milliseconds.
@@ -61,8 +79,9 @@ impl TcpProxy {
         let stop = CancellationToken::new();
         let accepted = Arc::new(std::sync::Mutex::new(Vec::new()));
         let lag = Arc::new(AtomicU64::new(0));
+        let open = Arc::new(AtomicUsize::new(0));
         let (up2, generation2, stop2) = (up.clone(), generation.clone(), stop.clone());
-        let (accepted2, lag2) = (accepted.clone(), lag.clone());
+        let (accepted2, lag2, open2) = (accepted.clone(), lag.clone(), open.clone());
         tokio::spawn(async move {
             loop {
                 let accepted = tokio::select! {
@@ -84,7 +103,9 @@ impl TcpProxy {
                     generation.clone()
                 };
                 let lag = lag2.clone();
+                let open = Open::new(&open2);
                 tokio::spawn(async move {
+                    let _open = open;
                     let Ok(outbound) = TcpStream::connect(target).await else {
                         return;
                     };
@@ -106,7 +127,13 @@ impl TcpProxy {
             stop,
             accepted,
             lag,
+            open,
         }
+    }
+
+    /// How many connections it carries now.
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::Acquire)
     }
 
     /// Holds back everything the target sends by `lag` from now on (a slow network, a

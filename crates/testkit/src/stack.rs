@@ -27,6 +27,8 @@ pub struct StackOptions {
     /// RabbitMQ for the user service alone (default: as the others), e.g. through a
     /// `TcpProxy` of its own.
     pub user_amqp_url: Option<String>,
+    /// RabbitMQ for the engagement service alone (default: as the others).
+    pub engagement_amqp_url: Option<String>,
     /// Deadline of calls between services.
     pub peer_timeout: Option<Duration>,
     /// The consumers' queue type (default: classic, see `EventsConfig::for_tests`).
@@ -87,11 +89,15 @@ impl Stack {
             events.clone(),
         );
         let post = start(|l, s| social_post::run(config, l, s)).await;
+        let mut engagement_events = events.clone();
+        if let Some(url) = options.engagement_amqp_url {
+            engagement_events.amqp_url = url;
+        }
         let config = social_engagement::Config::for_tests(
             &uri,
             &database,
             peer("post service", format!("http://{}", post.addr)),
-            events.clone(),
+            engagement_events,
         );
         let engagement = start(|l, s| social_engagement::run(config, l, s)).await;
         let notification = start_notification(&database, &events, user.addr, true, timeout).await;
@@ -107,9 +113,13 @@ impl Stack {
         }
     }
 
-    /// Kills the engagement service as a crash would and starts a new one on the same
-    /// database and broker.
-    pub async fn crash_and_restart_engagement(&mut self) {
+    /// Kills the engagement service as a crash would (its server, relay and consumers
+    /// stop at once, nothing flushed) and starts a new one on the same database and
+    /// exchange, reaching RabbitMQ at `amqp_url`: a URL other than the old instance's
+    /// lets a test tell which instance talks to the broker afterwards.
+    pub async fn crash_and_restart_engagement(&mut self, amqp_url: &str) {
+        let mut events = self.events.clone();
+        events.amqp_url = amqp_url.to_owned();
         let config = social_engagement::Config::for_tests(
             &mongodb_uri(),
             &self.database,
@@ -118,10 +128,10 @@ impl Stack {
                 &format!("http://{}", self.post.addr),
                 Duration::from_secs(2),
             ),
-            self.events.clone(),
+            events,
         );
-        let fresh = start(|l, s| social_engagement::run(config, l, s)).await;
-        std::mem::replace(&mut self.engagement, fresh).kill();
+        self.engagement.kill();
+        self.engagement = start(|l, s| social_engagement::run(config, l, s)).await;
     }
 
     /// Another replica of the notification service on the same database and broker;
@@ -157,6 +167,67 @@ impl Stack {
         ]);
         change(&mut config);
         crate::start_http(|l, s| social_gateway::run(config, l, s)).await
+    }
+
+    /// The database the services share, through a client of the test's own.
+    pub async fn database(&self) -> mongodb::Database {
+        mongodb::Client::with_uri_str(mongodb_uri())
+            .await
+            .expect("MongoDB")
+            .database(&self.database)
+    }
+
+    /// How many documents of `collection` match `filter`, counted from a find, which both
+    /// servers answer alike (the stand-in answers `count_documents` with 0 whenever the
+    /// filter holds an ObjectId).
+    pub async fn count(&self, collection: &str, filter: bson::Document) -> u64 {
+        use futures::TryStreamExt;
+        let found: Vec<bson::Document> = self
+            .database()
+            .await
+            .collection::<bson::Document>(collection)
+            .find(filter)
+            .projection(bson::doc! { "_id": 1 })
+            .await
+            .expect("find")
+            .try_collect()
+            .await
+            .expect("read");
+        found.len() as u64
+    }
+
+    /// Waits (up to 60 s) until no event waits anywhere: every consumer queue and every
+    /// outbox is empty; then a moment for the handlers in flight to finish.
+    pub async fn settled(&self) {
+        let outboxes = [
+            "posts",
+            "likes",
+            "comments",
+            "followers",
+            "users",
+            "post_removed_users",
+            "social_graph_removed_users",
+            "engagement_removed_users",
+            "notification_removed_users",
+        ];
+        let quiet = crate::eventually(Duration::from_secs(60), || async {
+            for q in social_events::topology::QUEUES {
+                let queue = self.events.queue(q.service);
+                if crate::broker::queue_depth(&self.events, &queue).await > 0 {
+                    return None;
+                }
+            }
+            for c in outboxes {
+                let pending = bson::doc! { "outbox_pending": { "$gt": 0 } };
+                if self.count(c, pending).await > 0 {
+                    return None;
+                }
+            }
+            Some(())
+        })
+        .await;
+        assert!(quiet.is_some(), "events still waiting after 60 s");
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
     pub async fn notifications(&self) -> NotificationServiceClient<Channel> {

@@ -469,7 +469,10 @@ pub async fn run(
 
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "gateway listening");
-    let pruning = tokio::spawn(limits::prune_every_minute(limits, shutdown.clone()));
+    // Owned by this future: it ends with the gateway, however the gateway ends.
+    let _pruning = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
+        limits::prune_every_minute(limits, shutdown.clone()),
+    ));
     let stop = shutdown.clone();
     let serve = axum::serve(
         listener,
@@ -487,7 +490,6 @@ pub async fn run(
         served = serve.into_future() => served?,
         () = bound => tracing::warn!(?grace, "requests still open after the shutdown grace; closing them"),
     }
-    pruning.abort();
     Ok(())
 }
 

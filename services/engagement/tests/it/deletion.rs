@@ -10,19 +10,12 @@ use social_proto::{
     graph::v1::FollowRequest,
     user::v1::{DeleteAccountRequest, GetUserRequest, LoginRequest, RegisterRequest},
 };
-use social_testkit::{Stack, StackOptions, TcpProxy, authed, broker, eventually};
+use social_testkit::{Stack, StackOptions, TcpProxy, authed, eventually};
 use tonic::Code;
 
 use crate::App;
 
 const PASSWORD: &str = "correct horse battery";
-
-async fn database(app: &App) -> mongodb::Database {
-    mongodb::Client::with_uri_str(social_testkit::mongodb_uri())
-        .await
-        .unwrap()
-        .database(&app.stack.database)
-}
 
 fn user_config(app: &App) -> social_user::Config {
     let mut config = social_user::Config::for_tests(
@@ -52,85 +45,85 @@ async fn deletion_finished(app: &App, user: &str) {
         "{}",
         social_user::deletion_status(&config, user).await.unwrap()
     );
-    settled(app).await;
+    app.stack.settled().await;
 }
 
-/// Waits until no event is waiting anywhere.
-async fn settled(app: &App) {
-    let db = database(app).await;
-    let events = &app.stack.events;
-    let quiet = eventually(Duration::from_secs(60), || async {
-        for q in social_events::topology::QUEUES {
-            if broker::queue_depth(events, &events.queue(q.service)).await > 0 {
-                return None;
-            }
-        }
-        for c in ["posts", "likes", "comments", "followers", "users"] {
-            let pending = db
-                .collection::<bson::Document>(c)
-                .count_documents(doc! { "outbox_pending": { "$gt": 0 } })
-                .await
-                .unwrap();
-            if pending > 0 {
-                return None;
-            }
-        }
-        Some(())
-    })
-    .await;
-    assert!(quiet.is_some(), "events still waiting");
-    // Handlers in flight finish.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-}
-
-/// How many documents of `collection` match `filter`.
 async fn count(app: &App, collection: &str, filter: bson::Document) -> u64 {
-    database(app)
-        .await
-        .collection::<bson::Document>(collection)
-        .count_documents(filter)
-        .await
-        .unwrap()
+    app.stack.count(collection, filter).await
 }
 
-/// Nothing that is the account's, or about it, is left in any service's collection.
-async fn nothing_left_of(app: &App, user: &str) {
-    let id = ObjectId::parse_str(user).unwrap();
-    let is = social_kit::mongo::is(id);
-    let left = [
-        ("posts", doc! { "user_id": is.clone(), "state": "active" }),
-        ("likes", doc! { "user_id": is.clone(), "state": "active" }),
+/// What of `user`, or about them, each service's collections hold, by kind.
+async fn holdings(app: &App, user: &str) -> std::collections::BTreeMap<&'static str, u64> {
+    let is = social_kit::mongo::is(ObjectId::parse_str(user).unwrap());
+    let kinds = [
         (
+            "posts",
+            "posts",
+            doc! { "user_id": is.clone(), "state": "active" },
+        ),
+        (
+            "likes",
+            "likes",
+            doc! { "user_id": is.clone(), "state": "active" },
+        ),
+        (
+            "comments",
             "comments",
             doc! { "user_id": is.clone(), "state": "active" },
         ),
         (
+            "follows from",
             "followers",
             doc! { "follower_id": is.clone(), "state": "active" },
         ),
         (
+            "follows to",
             "followers",
             doc! { "followee_id": is.clone(), "state": "active" },
         ),
-        ("notifications", doc! { "user_id": is.clone() }),
-        ("notifications", doc! { "source_user_id": is.clone() }),
         (
+            "notifications to",
+            "notifications",
+            doc! { "user_id": is.clone() },
+        ),
+        (
+            "notifications from",
+            "notifications",
+            doc! { "source_user_id": is.clone() },
+        ),
+        (
+            "sessions",
             "sessions",
             doc! { "user_id": is.clone(), "state": "active" },
         ),
     ];
-    for (collection, filter) in left {
-        assert_eq!(
-            count(app, collection, filter.clone()).await,
-            0,
-            "{collection} {filter}"
-        );
+    let mut held = std::collections::BTreeMap::new();
+    for (kind, collection, filter) in kinds {
+        held.insert(kind, count(app, collection, filter).await);
     }
+    held
+}
+
+/// Asserts that `user` holds something of each of `kinds`: what a later "nothing left"
+/// proves gone was there.
+async fn holds(app: &App, user: &str, kinds: &[&str]) {
+    let held = holdings(app, user).await;
+    for kind in kinds {
+        assert!(held[kind] > 0, "nothing of {kind} to delete: {held:?}");
+    }
+}
+
+/// Nothing that is the account's, or about it, is left in any service's collection.
+async fn nothing_left_of(app: &App, user: &str) {
+    let held = holdings(app, user).await;
+    assert!(held.values().all(|n| *n == 0), "left: {held:?}");
     // The account's document keeps only its reserved username.
-    let doc = database(app)
+    let doc = app
+        .stack
+        .database()
         .await
         .collection::<bson::Document>("users")
-        .find_one(doc! { "_id": id })
+        .find_one(doc! { "_id": ObjectId::parse_str(user).unwrap() })
         .await
         .unwrap()
         .unwrap();
@@ -277,8 +270,22 @@ async fn a_deleted_account_leaves_nothing_and_every_other_counter_true() {
     follow(&app, &doomed, &bob_id).await;
     follow(&app, &alice, &doomed_id).await;
     follow(&app, &bob, &alice_id).await;
-    settled(&app).await;
-    assert!(count(&app, "notifications", doc! {}).await > 0);
+    app.stack.settled().await;
+    holds(
+        &app,
+        &doomed_id,
+        &[
+            "posts",
+            "likes",
+            "comments",
+            "follows from",
+            "follows to",
+            "notifications to",
+            "notifications from",
+            "sessions",
+        ],
+    )
+    .await;
 
     // A wrong password changes nothing.
     let err = delete_account(&app, &doomed, "not the password")
@@ -344,7 +351,8 @@ async fn a_deleted_account_leaves_nothing_and_every_other_counter_true() {
     counters_are_true(&app, &[&alice_id, &bob_id], &[&theirs.id], &[&bobs.id]).await;
 }
 
-#[tokio::test]
+// Several worker threads: the racing calls and the services' handlers run in parallel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn actions_racing_a_deletion_do_not_survive_it() {
     let app = App::start().await;
     let (doomed_id, doomed) = app.stack.register("racer").await;
@@ -356,37 +364,64 @@ async fn actions_racing_a_deletion_do_not_survive_it() {
         }
         ids
     };
+    // The account's access token is still unexpired: its likes, comments and follow
+    // race the cascade, all at once, in waves from the deletion's acknowledgement until
+    // after the event has reached each service.
     delete_account(&app, &doomed, PASSWORD).await.unwrap();
-    // The account's access token is still unexpired: its likes, comments, posts and
-    // follows race the cascade, before and after the event reaches each service.
-    for (i, post) in posts.iter().enumerate() {
-        let _ = app.like_post(&doomed, post).await;
-        let _ = app.comment(&doomed, post, "late").await;
-        if i % 2 == 0 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+    let wave = |delay_ms: u64| {
+        let (app, doomed, posts, alice_id) = (&app, &doomed, &posts, &alice_id);
+        async move {
+            tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+            let writes = posts.iter().map(|post| async move {
+                let (like, comment) = tokio::join!(
+                    app.like_post(doomed, post),
+                    app.comment(doomed, post, "late")
+                );
+                usize::from(like.is_ok()) + usize::from(comment.is_ok())
+            });
+            let follow = async {
+                let mut graph = app.stack.graph().await;
+                let r = graph
+                    .follow(authed(
+                        FollowRequest {
+                            followee_id: alice_id.clone(),
+                        },
+                        doomed,
+                    ))
+                    .await;
+                usize::from(r.is_ok())
+            };
+            let (writes, follow) = tokio::join!(futures::future::join_all(writes), follow);
+            writes.iter().sum::<usize>() + follow
         }
-    }
-    let _ = app
-        .stack
-        .graph()
+    };
+    let landed: usize = futures::future::join_all([0, 20, 60, 150, 400].map(wave))
         .await
-        .follow(authed(
-            FollowRequest {
-                followee_id: alice_id.clone(),
-            },
-            &doomed,
-        ))
-        .await;
+        .into_iter()
+        .sum();
+    assert!(landed > 0, "no racing write was accepted: nothing raced");
     deletion_finished(&app, &doomed_id).await;
     // Once every service has heard of it, its writes are refused.
     let err = app.like_post(&doomed, &posts[0]).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
-    settled(&app).await;
+    app.stack.settled().await;
     nothing_left_of(&app, &doomed_id).await;
+    // Counters read again once every queue has drained.
     for post in &posts {
         let p = app.get_post(post).await;
         assert_eq!((p.likes_count, p.comments_count), (0, 0), "{post}");
     }
+    let alice = app
+        .stack
+        .users()
+        .await
+        .get_user(GetUserRequest {
+            id: alice_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(alice.followers_count, 0);
     let refs: Vec<&str> = posts.iter().map(String::as_str).collect();
     counters_are_true(&app, &[&alice_id], &refs, &[]).await;
 }
@@ -394,10 +429,14 @@ async fn actions_racing_a_deletion_do_not_survive_it() {
 #[tokio::test]
 async fn a_cascade_survives_a_broker_outage_and_a_crash_in_the_middle() {
     let rabbit: SocketAddr = "127.0.0.1:5672".parse().unwrap();
+    // Every service's link to the broker, and the engagement service's own.
     let proxy = TcpProxy::start(rabbit).await;
+    let engagement_link = TcpProxy::start(rabbit).await;
+    let url = |p: &TcpProxy| format!("amqp://guest:guest@{}/%2f", p.addr);
     let mut app = App::with(
         Stack::start_with(StackOptions {
-            amqp_url: Some(format!("amqp://guest:guest@{}/%2f", proxy.addr)),
+            amqp_url: Some(url(&proxy)),
+            engagement_amqp_url: Some(url(&engagement_link)),
             ..Default::default()
         })
         .await,
@@ -412,18 +451,26 @@ async fn a_cascade_survives_a_broker_outage_and_a_crash_in_the_middle() {
         posts.push(post);
     }
     follow(&app, &doomed, &alice_id).await;
-    settled(&app).await;
+    app.stack.settled().await;
+    holds(
+        &app,
+        &doomed_id,
+        &["likes", "follows from", "notifications from", "sessions"],
+    )
+    .await;
 
     delete_account(&app, &doomed, PASSWORD).await.unwrap();
     // The broker goes away while the cascade runs, then the engagement service crashes.
     tokio::time::sleep(Duration::from_millis(300)).await;
     proxy.cut().await;
+    engagement_link.cut().await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     proxy.restore();
-    app.stack.crash_and_restart_engagement().await;
-    app.engagement = app.stack.engagement().await;
+    let crashed = app.crash_and_restart_engagement().await;
+    engagement_link.restore();
 
     deletion_finished(&app, &doomed_id).await;
+    crashed.stays_dead(&engagement_link).await;
     nothing_left_of(&app, &doomed_id).await;
     for post in &posts {
         assert_eq!(app.get_post(post).await.likes_count, 0, "{post}");

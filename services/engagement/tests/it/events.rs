@@ -526,9 +526,10 @@ async fn drifted_counters_are_recomputed_from_the_documents() {
 #[tokio::test]
 async fn a_crash_before_the_publish_delays_the_event_and_loses_none() {
     let rabbit: SocketAddr = "127.0.0.1:5672".parse().unwrap();
-    let proxy = TcpProxy::start(rabbit).await;
+    // The engagement service's own link to the broker, which the test cuts.
+    let link = TcpProxy::start(rabbit).await;
     let stack = Stack::start_with(StackOptions {
-        amqp_url: Some(format!("amqp://guest:guest@{}/%2f", proxy.addr)),
+        engagement_amqp_url: Some(format!("amqp://guest:guest@{}/%2f", link.addr)),
         ..Default::default()
     })
     .await;
@@ -543,16 +544,17 @@ async fn a_crash_before_the_publish_delays_the_event_and_loses_none() {
 
     // The like is acknowledged while the broker is away, so its event waits in the
     // outbox; then the engagement service dies before it could publish it.
-    proxy.cut().await;
+    link.cut().await;
     app.like_post(&token_for(ObjectId::new()), &post.id)
         .await
         .unwrap();
-    app.stack.crash_and_restart_engagement().await;
-    proxy.restore();
+    let crashed = app.crash_and_restart_engagement().await;
+    link.restore();
 
-    // The new instance's relay finds the event and publishes it: once.
+    // The new instance's relay finds the event and publishes it: once. The old one
+    // never comes back, so the new one did it.
     app.counters_become(&post.id, (1, 0)).await;
-    app.engagement = app.stack.engagement().await;
+    crashed.stays_dead(&link).await;
     let drained = eventually(Duration::from_secs(10), || async {
         (broker::queue_depth(&config, &config.queue("post")).await == 0).then_some(())
     })

@@ -20,7 +20,7 @@ use social_proto::{
     },
     post::v1::{CreatePostRequest, GetPostRequest, Post, post_service_client::PostServiceClient},
 };
-use social_testkit::{Stack, authed, eventually};
+use social_testkit::{Stack, TcpProxy, authed, eventually};
 use tonic::{Status, transport::Channel};
 
 /// The stack and clients of one test.
@@ -41,6 +41,17 @@ impl App {
             posts: stack.posts().await,
             stack,
         }
+    }
+
+    /// Kills the engagement service as a crash would and starts a new one that reaches
+    /// RabbitMQ directly, not through the old one's link; `Crashed` tells afterwards
+    /// whether anything of the old instance came back.
+    async fn crash_and_restart_engagement(&mut self) -> Crashed {
+        let killed_at = std::time::Instant::now();
+        let direct = social_events::EventsConfig::for_tests("direct").amqp_url;
+        self.stack.crash_and_restart_engagement(&direct).await;
+        self.engagement = self.stack.engagement().await;
+        Crashed { killed_at }
     }
 
     async fn post(&self, token: &str, content: &str) -> Post {
@@ -146,6 +157,34 @@ impl App {
             got.is_some(),
             "counters stayed at {:?}, want {want:?}",
             (p.likes_count, p.comments_count)
+        );
+    }
+}
+
+/// A crashed engagement instance (see [`App::crash_and_restart_engagement`]).
+struct Crashed {
+    killed_at: std::time::Instant,
+}
+
+impl Crashed {
+    /// Asserts that the killed instance stays dead: its broker link carries nothing and
+    /// accepts no connection, for longer than a live relay or consumer would take to
+    /// reconnect (their backoff starts at 100 ms and is capped at 5 s), so that whatever
+    /// was recovered, the new instance recovered.
+    async fn stays_dead(&self, old_link: &TcpProxy) {
+        let came_back = eventually(Duration::from_secs(6), || async {
+            let reconnected = old_link
+                .connections()
+                .into_iter()
+                .filter(|at| *at > self.killed_at)
+                .count();
+            let open = old_link.open_connections();
+            (reconnected > 0 || open > 0).then_some((reconnected, open))
+        })
+        .await;
+        assert_eq!(
+            came_back, None,
+            "the killed instance still talks to the broker (connections since, open)"
         );
     }
 }

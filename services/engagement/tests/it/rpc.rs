@@ -76,7 +76,8 @@ async fn likes_are_idempotent_and_listed_newest_first() {
     assert_eq!(violated_fields(&err), ["page_size"]);
 }
 
-#[tokio::test]
+// Several worker threads: the ten calls are handled in parallel, not interleaved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_likes_of_one_post_are_one_like() {
     let app = App::start().await;
     let post = app.post(&token_for(ObjectId::new()), "hot").await;
@@ -84,6 +85,10 @@ async fn concurrent_likes_of_one_post_are_one_like() {
     let results = futures::future::join_all((0..10).map(|_| app.like_post(&fan, &post.id))).await;
     assert!(results.iter().all(Result::is_ok), "{results:?}");
     assert_eq!(app.likers(&post.id).await.len(), 1);
+    // One like, so one event: the count is one, and stays one once every queue drained.
+    app.counters_become(&post.id, (1, 0)).await;
+    app.stack.settled().await;
+    assert_eq!(app.get_post(&post.id).await.likes_count, 1);
 }
 
 fn image() -> Media {

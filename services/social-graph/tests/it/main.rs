@@ -57,6 +57,18 @@ impl App {
             .map(|r| r.into_inner())
     }
 
+    /// The user's `followers_count`, as the user service shows it.
+    async fn followers_count(&self, user: &str) -> i64 {
+        self.stack
+            .users()
+            .await
+            .get_user(social_proto::user::v1::GetUserRequest { id: user.into() })
+            .await
+            .unwrap()
+            .into_inner()
+            .followers_count
+    }
+
     async fn followers(&self, user: &str, size: i32, token: &str) -> (Vec<String>, String) {
         let r = self
             .graph
@@ -211,19 +223,32 @@ async fn follow_is_validated() {
     assert_eq!(violated_fields(&err), ["page_size", "page_token"]);
 }
 
-#[tokio::test]
+// Several worker threads: the eight calls are handled in parallel, not interleaved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_follows_of_one_pair_make_one_follow() {
     let app = spawn().await;
     let (bob, _) = app.user("bob").await;
     let follower = ObjectId::new();
     let token = token_for(follower);
     let results = futures::future::join_all((0..8).map(|_| app.follow(&token, &bob))).await;
+    // Every call answers with the one follow, to the nanosecond.
     let created: HashSet<_> = results
         .into_iter()
-        .map(|r| r.unwrap().created_at.unwrap().seconds)
+        .map(|r| {
+            let at = r.unwrap().created_at.unwrap();
+            (at.seconds, at.nanos)
+        })
         .collect();
-    assert_eq!(created.len(), 1);
+    assert_eq!(created.len(), 1, "{created:?}");
     assert_eq!(app.followers(&bob, 100, "").await.0, [follower.to_hex()]);
+    // One follow, so one event: bob's count is one, and stays one once it all drained.
+    let counted = social_testkit::eventually(Duration::from_secs(15), || async {
+        (app.followers_count(&bob).await == 1).then_some(())
+    })
+    .await;
+    assert!(counted.is_some(), "followers_count never became 1");
+    app.stack.settled().await;
+    assert_eq!(app.followers_count(&bob).await, 1);
 }
 
 #[tokio::test]
