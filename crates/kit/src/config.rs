@@ -43,12 +43,21 @@ where
 {
     match optional(var) {
         None => Ok(default),
-        Some(value) => value.trim().parse().map_err(|e: T::Err| ConfigError {
-            var: var.to_owned(),
-            reason: e.to_string(),
-            value,
-        }),
+        Some(value) => parse_value(var, value),
     }
+}
+
+/// Parses `value`, set for `var`: an error naming both when it does not parse.
+fn parse_value<T>(var: &str, value: String) -> Result<T, ConfigError>
+where
+    T: FromStr,
+    T::Err: Display,
+{
+    value.trim().parse().map_err(|e: T::Err| ConfigError {
+        var: var.to_owned(),
+        reason: e.to_string(),
+        value,
+    })
 }
 
 /// Reads `var` as a whole number of seconds.
@@ -171,15 +180,14 @@ mod tests {
 
     #[test]
     fn invalid_value_names_the_variable() {
-        let err = "nope"
-            .parse::<SocketAddr>()
-            .map_err(|e| ConfigError {
-                var: "USER_ADDR".into(),
-                value: "nope".into(),
-                reason: e.to_string(),
-            })
-            .unwrap_err();
-        assert!(err.to_string().contains("USER_ADDR=\"nope\""));
+        let err = parse_value::<SocketAddr>("USER_ADDR", "nope".into()).unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("USER_ADDR=\"nope\""), "{message}");
+        assert!(message.contains("invalid socket address"), "{message}");
+        assert_eq!(
+            parse_value::<u64>("SHUTDOWN_GRACE_SECS", " 12 ".into()).unwrap(),
+            12
+        );
     }
 
     #[test]

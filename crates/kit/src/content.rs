@@ -41,10 +41,11 @@ impl From<MediaDoc> for Media {
     }
 }
 
-/// Validates text: trimmed, at most 500 characters. Records under `field`.
+/// Validates text: at most 500 characters as sent, stored trimmed. Records under
+/// `field`.
 pub fn text(field: &str, content: &str, v: &mut Violations) -> String {
-    let trimmed = content.trim();
-    v.check(field, validate::max_chars(trimmed, MAX_CONTENT_CHARS));
+    let (trimmed, fits) = validate::trimmed(content, MAX_CONTENT_CHARS);
+    v.check(field, fits);
     trimmed.to_owned()
 }
 

@@ -11,6 +11,7 @@ pub mod config;
 pub mod content;
 pub mod error;
 pub mod export;
+pub mod faults;
 pub mod metrics;
 pub mod mongo;
 pub mod paging;

@@ -67,6 +67,12 @@ pub fn max_chars(s: &str, max: usize) -> Result<(), String> {
     }
 }
 
+/// Text as sent at most `max` characters (what the API document promises), trimmed
+/// of surrounding whitespace for storing.
+pub fn trimmed(s: &str, max: usize) -> (&str, Result<(), String>) {
+    (s.trim(), max_chars(s, max))
+}
+
 /// 3-30 characters of `[A-Za-z0-9_]`.
 pub fn username(s: &str) -> Result<(), String> {
     let n = s.len();
@@ -81,12 +87,12 @@ pub fn username(s: &str) -> Result<(), String> {
 
 /// One `@`, a non-empty local part, a domain with a dot, at most 254 characters;
 /// returns the address lowercased.
-pub fn email(s: &str) -> Result<String, String> {
-    let s = s.trim();
+pub fn email(sent: &str) -> Result<String, String> {
+    let s = sent.trim();
     if s.is_empty() {
         return Err("is required".into());
     }
-    if chars(s) > 254 {
+    if chars(sent) > 254 {
         return Err("must be at most 254 characters".into());
     }
     let mut parts = s.split('@');
@@ -134,6 +140,16 @@ pub fn url(s: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_is_measured_as_sent_and_kept_trimmed() {
+        assert_eq!(trimmed(" ab ", 4), ("ab", Ok(())));
+        let sent = format!(" {} ", "a".repeat(50));
+        let (kept, fits) = trimmed(&sent, 50);
+        assert_eq!(kept.len(), 50);
+        assert_eq!(fits, Err("must be at most 50 characters".into()));
+        assert!(email(&format!("{}@example.com ", "a".repeat(242))).is_err());
+    }
 
     #[test]
     fn usernames() {

@@ -388,7 +388,7 @@ impl Store {
     /// Whether post `id` was deleted (its cascade has begun).
     pub async fn post_removed(&self, post: ObjectId) -> Result<bool> {
         // Tests make this check fail, as an unreachable database would.
-        fail::fail_point!("engagement::post_removed", |_| Err(
+        social_kit::fault!("engagement::post_removed", |_| Err(
             social_kit::Error::Unavailable("the database is unavailable (injected)".into())
         ));
         Ok(self

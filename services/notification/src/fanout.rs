@@ -46,7 +46,11 @@ fn injected_delay_ms(stored: &[NotificationDoc]) -> Option<u64> {
         let about = stored
             .iter()
             .any(|n| n.post_id.is_some_and(|p| p.to_hex() == post));
-        about.then(|| ms.parse().ok()).flatten()
+        let ms = about.then(|| ms.parse().ok()).flatten();
+        if ms.is_some() {
+            social_kit::faults::record("notification::delay_broadcast");
+        }
+        ms
     });
     None
 }
@@ -273,7 +277,7 @@ impl Fanout {
             stored = kept;
         }
         // Tests: a try that fails after storing, or a push that comes late.
-        fail::fail_point!("notification::before_broadcast", |_| Err(
+        social_kit::fault!("notification::before_broadcast", |_| Err(
             anyhow::Error::new(social_kit::Error::Unavailable(
                 "the broker is unavailable (injected)".into()
             ))

@@ -95,8 +95,8 @@ impl Api {
 
 /// A session's device label: trimmed, at most 100 characters.
 fn device(label: &str, v: &mut Violations) -> String {
-    let label = label.trim();
-    v.check("device", validate::max_chars(label, 100));
+    let (label, fits) = validate::trimmed(label, 100);
+    v.check("device", fits);
     label.to_owned()
 }
 
@@ -159,8 +159,9 @@ impl TryFrom<RegisterRequest> for NewUser {
             .take("email", validate::email(&r.email))
             .unwrap_or_default();
         v.check("password", validate::password(&r.password));
-        let full_name = r.full_name.trim().to_owned();
-        v.check("full_name", validate::max_chars(&full_name, 50));
+        let (full_name, fits) = validate::trimmed(&r.full_name, 50);
+        v.check("full_name", fits);
+        let full_name = full_name.to_owned();
         let device = device(&r.device, &mut v);
         v.finish()?;
         Ok(Self {
@@ -195,13 +196,13 @@ fn profile_update(user: &User, paths: &[String], v: &mut Violations) -> Document
     for path in paths {
         match path {
             "full_name" => {
-                let value = user.full_name.trim();
-                v.check("user.full_name", validate::max_chars(value, 50));
+                let (value, fits) = validate::trimmed(&user.full_name, 50);
+                v.check("user.full_name", fits);
                 set.insert("full_name", value);
             }
             "bio" => {
-                let value = user.bio.trim();
-                v.check("user.bio", validate::max_chars(value, 160));
+                let (value, fits) = validate::trimmed(&user.bio, 160);
+                v.check("user.bio", fits);
                 set.insert("bio", value);
             }
             "profile_picture_url" => {

@@ -222,6 +222,25 @@ impl RelayRig {
         assert!(started.is_some());
     }
 
+    /// Waits until the outbox stops shrinking with events still in it: a batch waits
+    /// for the confirms the broker holds back (call after `delay_answers`).
+    async fn until_a_batch_waits(&self) {
+        let (mut last, mut stuck) = (usize::MAX, false);
+        for _ in 0..50 {
+            let seen = self.pending().await.len();
+            stuck = seen > 0 && seen == last;
+            if stuck {
+                break;
+            }
+            last = seen;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        assert!(
+            stuck,
+            "the relay published everything before a batch waited"
+        );
+    }
+
     /// The ids of the events still in an outbox.
     async fn pending(&self) -> HashSet<String> {
         self.things
@@ -260,8 +279,8 @@ async fn at_shutdown_the_relay_keeps_the_confirms_in_flight() {
     // Once the relay is under way, the broker becomes slow to confirm, and the relay is
     // told to stop while a batch waits for its confirms.
     rig.under_way().await;
-    proxy.delay_answers(Duration::from_millis(500));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.delay_answers(Duration::from_millis(1000));
+    rig.until_a_batch_waits().await;
     shutdown.cancel();
     task.await.unwrap();
     proxy.delay_answers(Duration::ZERO);
@@ -288,17 +307,7 @@ async fn a_broker_cut_mid_batch_counts_the_batch_failed_and_sends_it_again() {
     // cut comes once the outbox has stopped shrinking with events still in it.
     rig.under_way().await;
     rig.proxy.delay_answers(Duration::from_secs(30));
-    let (mut last, mut stuck) = (usize::MAX, false);
-    for _ in 0..50 {
-        let seen = rig.pending().await.len();
-        stuck = seen > 0 && seen == last;
-        if stuck {
-            break;
-        }
-        last = seen;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-    assert!(stuck, "the relay published everything before the cut");
+    rig.until_a_batch_waits().await;
     rig.proxy.cut().await;
     rig.proxy.delay_answers(Duration::ZERO);
     rig.proxy.restore();

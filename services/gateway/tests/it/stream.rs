@@ -201,9 +201,28 @@ async fn a_stream_needs_a_valid_token() {
     let a = app.get("/v1/notifications/stream", Some("forged")).await;
     a.error(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED");
     // A forged resume point is only a hint: it cannot reach another's notifications.
+    // Bob has one from a moment ago; alice resumes from points before it, which would
+    // replay it if the resume read anyone's list but hers.
     let (_, alice) = app.sign_up("alice").await;
-    let mut stream = Sse::open(&app, &alice, Some("x.99999999999999.y,z")).await;
-    assert!(stream.next(Duration::from_secs(1)).await.is_none());
+    let (bob_id, bob) = app.sign_up("bob").await;
+    let (_, carol) = app.sign_up("carol").await;
+    let follow = format!("/v1/users/{bob_id}/follow");
+    app.call(Method::PUT, &follow, Some(&carol), None).await;
+    let bobs = app
+        .eventually("/v1/notifications", &bob, |n| {
+            n["items"].as_array().is_some_and(|i| i.len() == 1)
+        })
+        .await;
+    assert_eq!(bobs["items"][0]["type"], "FOLLOW");
+    let a_while_ago = bson::DateTime::now().timestamp_millis() - 30_000;
+    for forged in [
+        format!("x.{a_while_ago}."),
+        "x.99999999999999.y,z".to_owned(),
+    ] {
+        let mut stream = Sse::open(&app, &alice, Some(&forged)).await;
+        let leaked = stream.next(Duration::from_secs(1)).await;
+        assert!(leaked.is_none(), "{forged}: {leaked:?}");
+    }
 }
 
 #[tokio::test]

@@ -595,11 +595,9 @@ async fn while_counting<F: std::future::Future<Output = ()>>(
     meanwhile: impl FnOnce(String) -> F,
 ) {
     const MS: u64 = 1500;
-    fail::cfg(
-        "notification::delay_broadcast",
-        &format!("return({post}:{MS})"),
-    )
-    .unwrap();
+    const POINT: &str = "notification::delay_broadcast";
+    let delayed_before = social_kit::faults::fired(POINT);
+    fail::cfg(POINT, &format!("return({post}:{MS})")).unwrap();
     app.publish(&[liked(liker, post, bob_id)]).await;
     let stored = eventually(WAIT, || async {
         app.list(bob)
@@ -609,10 +607,16 @@ async fn while_counting<F: std::future::Future<Output = ()>>(
     })
     .await
     .expect("the like stored");
+    // The like's handler is held, so what follows happens between storing and counting.
+    let held = eventually(WAIT, || async {
+        (social_kit::faults::fired(POINT) > delayed_before).then_some(())
+    })
+    .await;
+    assert!(held.is_some(), "the like's handler was not held");
     meanwhile(stored.id).await;
     tokio::time::sleep(Duration::from_millis(MS + 300)).await;
     app.drained().await;
-    fail::remove("notification::delay_broadcast");
+    fail::remove(POINT);
 }
 
 #[tokio::test]

@@ -82,6 +82,11 @@ async fn a_retry_pushes_what_an_earlier_try_stored() {
     let pushed = next(&mut stream, WAIT).await.expect("the retry pushed it");
     assert_eq!(pushed.user_id, bob_id);
     assert_eq!(app.wait_for(&bob, 1).await[0].id, pushed.id);
+    assert_eq!(
+        social_kit::faults::fired("notification::before_broadcast"),
+        1,
+        "the first try did not fail after storing"
+    );
 }
 
 #[tokio::test]

@@ -552,10 +552,21 @@ async fn a_stream_on_one_replica_sees_what_another_stored() {
 async fn a_stream_that_never_reads_slows_nobody() {
     let app = App::start().await;
     let (bob_id, bob) = app.stack.register("bob").await;
+    // A client that never reads, on a connection whose streams take 512 bytes before
+    // their window is full (a few notifications): what it cannot take waits in the
+    // service's 64-slot buffer of its stream, which the fans below overflow.
+    let stalled_channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", app.stack.notification.addr))
+            .unwrap()
+            .initial_stream_window_size(Some(512))
+            .connect()
+            .await
+            .unwrap();
+    let mut stalled_client = NotificationServiceClient::new(stalled_channel);
+    let mut stalled = app.stream(&mut stalled_client, &bob).await; // never read
     let mut client = app.notifications.clone();
-    let _stalled = app.stream(&mut client, &bob).await; // never read
     let mut live = app.stream(&mut client, &bob).await;
-    let fans = 30;
+    let fans = 100;
     for _ in 0..fans {
         app.follow(&token_for(ObjectId::new()), &bob_id).await;
     }
@@ -567,6 +578,19 @@ async fn a_stream_that_never_reads_slows_nobody() {
         received += 1;
     }
     assert_eq!(app.wait_for(&bob, fans).await.len(), fans);
+    // The stalled stream overflowed: it gives what it had buffered, then its end.
+    let mut buffered = 0;
+    let end = loop {
+        match tokio::time::timeout(WAIT, stalled.message()).await {
+            Ok(Ok(Some(_))) => buffered += 1,
+            other => break other,
+        }
+    };
+    assert!(buffered < fans, "the stalled stream got all {buffered}");
+    match end {
+        Ok(Err(status)) => assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}"),
+        other => panic!("the stalled stream did not end as overflowed: {other:?}"),
+    }
 }
 
 #[tokio::test]
@@ -602,9 +626,31 @@ async fn shutdown_ends_streams_cleanly_and_reports_not_serving() {
     let addr = replica.addr;
     let mut client = NotificationServiceClient::new(replica.channel().await);
     let mut stream = app.stream(&mut client, &bob).await;
+    // Health watched by name, as a balancer or a peer would: SERVING now.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(replica.channel().await)
+        .watch(tonic_health::pb::HealthCheckRequest {
+            service: "social.notification.v1.NotificationService".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let status = |m: Option<tonic_health::pb::HealthCheckResponse>| {
+        tonic_health::pb::health_check_response::ServingStatus::try_from(m.unwrap().status).unwrap()
+    };
+    use tonic_health::pb::health_check_response::ServingStatus;
+    assert_eq!(
+        status(health.message().await.unwrap()),
+        ServingStatus::Serving
+    );
 
     let stopped = tokio::spawn(replica.stop());
-    // The stream ends without an error status, well inside the shutdown grace.
+    // Health says NOT_SERVING as the shutdown begins (so balancers stop sending)...
+    let next_status = tokio::time::timeout(Duration::from_secs(5), health.message())
+        .await
+        .expect("a health change");
+    assert_eq!(status(next_status.unwrap()), ServingStatus::NotServing);
+    drop(health);
+    // ...and the stream ends without an error status, well inside the shutdown grace.
     let end = tokio::time::timeout(Duration::from_secs(5), stream.message()).await;
     assert!(matches!(end, Ok(Ok(None))), "{end:?}");
     tokio::time::timeout(Duration::from_secs(10), stopped)

@@ -736,3 +736,15 @@ async fn a_service_without_keys_refuses_to_start_and_names_the_variable() {
     c.common.service_token = Some("a secret".into());
     assert!(run(c).await.contains("AUTH_PRIVATE_KEY"));
 }
+
+#[test]
+fn the_binary_refuses_to_start_on_a_bad_variable_and_names_it() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_social-user"))
+        .env("DEVELOPMENT_KEYS", "true")
+        .env("USER_ADDR", "nope")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("USER_ADDR=\"nope\""), "{stderr}");
+}
