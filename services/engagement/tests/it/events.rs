@@ -34,7 +34,8 @@ use social_testkit::{
 
 use crate::App;
 
-#[tokio::test]
+// Several worker threads: the racing calls are handled in parallel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn counters_equal_the_documents_after_a_storm() {
     let app = App::start().await;
     let (target_id, target) = app.stack.register("target").await;

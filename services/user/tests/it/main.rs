@@ -184,7 +184,8 @@ async fn usernames_are_unique_case_insensitively_and_the_original_is_untouched()
     assert_eq!(login.user.unwrap().id, alice.id);
 }
 
-#[tokio::test]
+// Several worker threads: the racing calls are handled in parallel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_registrations_of_one_name_make_one_account() {
     let app = spawn().await;
     let names = ["Bob", "bob", "BOB", "bOb", "boB", "BoB"];

@@ -118,7 +118,8 @@ async fn a_refresh_rotates_the_token_and_a_reused_one_ends_the_session() {
     );
 }
 
-#[tokio::test]
+// Several worker threads: the racing calls are handled in parallel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn of_two_refreshes_racing_with_one_token_exactly_one_wins_and_the_session_ends() {
     let app = spawn().await;
     app.register("racer").await;
