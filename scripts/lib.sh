@@ -43,6 +43,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/social-network/target}
 export AMQP_URL="${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
 
 STARTED_PIDS=()
+STAND_IN=""
 RABBITMQ_STARTED_HERE=""
 STARTED_NX_PORTS=()
 RABBITMQ_SUDO=""
@@ -127,6 +128,7 @@ ensure_mongodb() {
     STARTED_NX_PORTS+=("$port")
     wait_port 127.0.0.1 "$port" 30 "nx-27017 (see $RUN_DIR/nx-27017.out)"
     export MONGODB_URI="mongodb://127.0.0.1:$port/?directConnection=true"
+    STAND_IN=1
 }
 
 # RabbitMQ at AMQP_URL: used as it is when it answers or is not on this machine;

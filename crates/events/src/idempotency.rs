@@ -106,8 +106,9 @@ impl Counters {
         }
     }
 
-    /// Creates the ledger's indexes, and gives documents written before recounts existed
-    /// their fields (idempotent).
+    /// Creates the ledger's indexes (idempotent). Documents written before recounts
+    /// existed get their fields when an event first reaches them ([`Self::apply_with`]),
+    /// not by a scan of the collection at every start.
     pub async fn init(&self, stand_in: bool) -> mongodb::error::Result<()> {
         social_kit::mongo::ensure_indexes(
             &self.ledger,
@@ -118,14 +119,7 @@ impl Counters {
             ],
             stand_in,
         )
-        .await?;
-        self.target
-            .update_many(
-                doc! { RECOUNT: { "$exists": false } },
-                doc! { "$set": initial_fields() },
-            )
-            .await?;
-        Ok(())
+        .await
     }
 
     /// Adds `delta` to `field` of document `id` for `event`, unless that event was

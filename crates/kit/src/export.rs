@@ -4,7 +4,6 @@
 
 use std::future::Future;
 
-use bson::oid::ObjectId;
 use futures::{StreamExt, stream::BoxStream};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
@@ -13,13 +12,14 @@ use tonic::Status;
 const BUFFER: usize = 64;
 
 /// A server stream of the items of every page `next_page` returns, in order, until an
-/// empty page or an error (which ends the stream). `next_page` gets the id of the last
-/// item of the previous page. Stops reading when the client goes away.
+/// empty page or an error (which ends the stream). `next_page` gets the key of the last
+/// item of the previous page (its sort key, see `mongo::page_by_key`). Stops reading
+/// when the client goes away.
 pub fn paged<T, F, Fut>(mut next_page: F) -> BoxStream<'static, Result<T, Status>>
 where
     T: Send + 'static,
-    F: FnMut(Option<ObjectId>) -> Fut + Send + 'static,
-    Fut: Future<Output = crate::Result<Vec<(ObjectId, T)>>> + Send,
+    F: FnMut(Option<i64>) -> Fut + Send + 'static,
+    Fut: Future<Output = crate::Result<Vec<(i64, T)>>> + Send,
 {
     let (tx, rx) = tokio::sync::mpsc::channel(BUFFER);
     tokio::spawn(async move {

@@ -24,8 +24,70 @@ pub async fn connect(config: &CommonConfig) -> anyhow::Result<Database> {
     options.server_selection_timeout = Some(config.mongodb_timeout);
     options.connect_timeout = Some(config.mongodb_timeout);
     options.app_name = Some(format!("social-{}", config.service));
+    options.command_event_handler = COMMAND_MONITOR.get().cloned();
     let client = Client::with_options(options)?;
     Ok(client.database(&config.mongodb_database))
+}
+
+type CommandHandler = mongodb::event::EventHandler<mongodb::event::command::CommandEvent>;
+
+/// Who sees every command the clients of this process send (set once, before they are
+/// opened): the query-shape checker of the tests.
+static COMMAND_MONITOR: std::sync::OnceLock<CommandHandler> = std::sync::OnceLock::new();
+
+/// Has every client [`connect`] opens from now on report its commands to `handler`;
+/// the first call wins.
+pub fn monitor_commands(handler: CommandHandler) {
+    let _ = COMMAND_MONITOR.set(handler);
+}
+
+/// An index as its collection declares it (through [`ensure_indexes`]): its name, keys in
+/// order, and whether it is unique.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeclaredIndex {
+    pub name: String,
+    pub keys: Document,
+    pub unique: bool,
+}
+
+type Declared = std::collections::HashMap<(String, String), Vec<DeclaredIndex>>;
+
+/// The indexes declared in this process, by (database, collection), as declared for
+/// MongoDB (before any stand-in adjustment).
+static DECLARED: std::sync::Mutex<Option<Declared>> = std::sync::Mutex::new(None);
+
+fn declare(collection: &mongodb::Namespace, indexes: &[IndexModel]) {
+    let Ok(mut declared) = DECLARED.lock() else {
+        return;
+    };
+    let known = declared
+        .get_or_insert_with(Default::default)
+        .entry((collection.db.clone(), collection.coll.clone()))
+        .or_default();
+    for model in indexes {
+        let options = model.options.as_ref();
+        let index = DeclaredIndex {
+            name: options.and_then(|o| o.name.clone()).unwrap_or_default(),
+            keys: model.keys.clone(),
+            unique: options.and_then(|o| o.unique).unwrap_or(false),
+        };
+        if !known.contains(&index) {
+            known.push(index);
+        }
+    }
+}
+
+/// The indexes of `collection` in `database` that this process declared.
+pub fn declared_indexes(database: &str, collection: &str) -> Vec<DeclaredIndex> {
+    DECLARED
+        .lock()
+        .ok()
+        .and_then(|d| {
+            d.as_ref()?
+                .get(&(database.to_owned(), collection.to_owned()))
+                .cloned()
+        })
+        .unwrap_or_default()
 }
 
 /// Whether the server answers a ping.
@@ -63,6 +125,7 @@ pub async fn ensure_indexes<T: Send + Sync>(
     indexes: Vec<IndexModel>,
     stand_in: bool,
 ) -> mongodb::error::Result<()> {
+    declare(&collection.namespace(), &indexes);
     let indexes = indexes
         .into_iter()
         .map(|mut model| {
@@ -86,6 +149,28 @@ pub async fn ensure_indexes<T: Send + Sync>(
         }
         Err(e) => Err(e),
     }
+}
+
+/// Drops the indexes `names` of `collection` that an earlier release created and this
+/// one no longer uses (each a cost on every write); idempotent.
+pub async fn retire_indexes<T: Send + Sync>(
+    collection: &Collection<T>,
+    names: &[&str],
+) -> mongodb::error::Result<()> {
+    for name in names {
+        match collection.drop_index(*name).await {
+            Ok(()) => tracing::info!(
+                collection = collection.name(),
+                index = name,
+                "retired an index"
+            ),
+            // IndexNotFound (27), or no such collection yet (26).
+            Err(e) if matches!(e.kind.as_ref(), mongodb::error::ErrorKind::Command(c) if c.code == 27 || c.code == 26) =>
+                {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// IndexOptionsConflict (85) or IndexKeySpecsConflict (86).
@@ -287,45 +372,49 @@ pub const STARTED_MS: &str = "started_ms";
 pub const ENDED_MS: &str = "ended_ms";
 
 /// How many documents matching `filter` were alive at `as_of_ms`: started by then and not
-/// ended by then, by the times of their events ([`STARTED_MS`], [`ENDED_MS`]). Two range
-/// counts, each served by an index `{<filter fields>, started_ms}` / `{..., ended_ms}`.
+/// ended by then, by the times of their events ([`STARTED_MS`], [`ENDED_MS`]; a document
+/// alive now has no end). One count, served by an index `{<filter fields>, started_ms,
+/// ended_ms}` from its keys alone: a document purged meanwhile ended long before
+/// `as_of_ms`, so it is not counted whether the count sees it or not.
 pub async fn count_as_of<T: Send + Sync>(
     collection: &Collection<T>,
-    filter: Document,
+    mut filter: Document,
     as_of_ms: i64,
     stand_in: &StandIn,
 ) -> mongodb::error::Result<i64> {
-    let mut started = filter.clone();
-    started.insert(STARTED_MS, doc! { "$lte": as_of_ms });
-    let mut ended = filter;
-    ended.insert(ENDED_MS, doc! { "$lte": as_of_ms });
-    let (started, ended) = futures::try_join!(
-        count(collection, started, stand_in),
-        count(collection, ended, stand_in)
-    )?;
-    Ok(started - ended)
+    filter.insert(STARTED_MS, doc! { "$lte": as_of_ms });
+    filter.insert(
+        "$or",
+        vec![
+            doc! { ENDED_MS: { "$gt": as_of_ms } },
+            doc! { ENDED_MS: { "$exists": false } },
+        ],
+    );
+    count(collection, filter, stand_in).await
 }
 
-/// Up to `limit` documents matching `filter` (with `projection`), after `after` in id
-/// order: a walk over a whole collection in pages, for exports.
-pub async fn page_by_id<T>(
+/// Up to `limit` documents matching `filter` (with `projection`), after the sort key
+/// `after`, in sort-key order: a walk over everything of one owner in pages, for exports.
+/// Served by the owner's list index (`{<filter fields>, sort_key}`); the sort key is
+/// unique in every collection that has one ([`sort_key_index`]).
+pub async fn page_by_key<T>(
     collection: &Collection<T>,
     mut filter: Document,
     projection: Document,
-    after: Option<bson::oid::ObjectId>,
+    after: Option<i64>,
     limit: i64,
 ) -> mongodb::error::Result<Vec<T>>
 where
     T: serde::de::DeserializeOwned + Send + Sync,
 {
     use futures::TryStreamExt;
-    if let Some(id) = after {
-        filter.insert("_id", doc! { "$gt": id });
+    if let Some(key) = after {
+        filter.insert(crate::paging::SORT_KEY, doc! { "$gt": key });
     }
     collection
         .find(filter)
         .projection(projection)
-        .sort(doc! { "_id": 1 })
+        .sort(doc! { crate::paging::SORT_KEY: 1 })
         .limit(limit)
         .await?
         .try_collect()

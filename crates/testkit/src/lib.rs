@@ -1,6 +1,7 @@
 //! For tests only: start a service in-process on `127.0.0.1:0` against a fresh database,
 //! wait until it reports SERVING, and talk to it with a real tonic client. Also token
-//! minting and helpers to read a status's field violations.
+//! minting, helpers to read a status's field violations, and the query-shape checker
+//! ([`queries`]) that fails a test whose queries no index serves.
 //!
 //! Stores come from the environment `scripts/test` prepares: `MONGODB_URI` (default
 //! `mongodb://127.0.0.1:27017`) and RabbitMQ on `AMQP_URL`.
@@ -11,6 +12,7 @@ pub mod broker;
 #[cfg(feature = "metrics")]
 mod metrics;
 mod proxy;
+pub mod queries;
 mod stack;
 
 #[cfg(feature = "metrics")]
@@ -55,6 +57,7 @@ pub struct DropDatabase(pub String);
 
 impl Drop for DropDatabase {
     fn drop(&mut self) {
+        queries::assert_served();
         let name = std::mem::take(&mut self.0);
         let uri = mongodb_uri();
         let dropped = std::thread::spawn(move || {
@@ -111,6 +114,7 @@ impl Running {
 impl Drop for Running {
     fn drop(&mut self) {
         self.shutdown.cancel();
+        queries::assert_served();
     }
 }
 
@@ -122,6 +126,7 @@ where
     F: Future<Output = anyhow::Result<()>> + Send + 'static,
 {
     social_kit::telemetry::init_for_tests();
+    queries::install();
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("local addr");
     let shutdown = CancellationToken::new();

@@ -436,7 +436,7 @@ impl EngagementService for Api {
                     .map(|l| {
                         let record = Record::Like(Like::from(l.clone()));
                         (
-                            l.id,
+                            l.sort_key,
                             EngagementRecord {
                                 record: Some(record),
                             },
@@ -452,10 +452,10 @@ impl EngagementService for Api {
                 Ok(page
                     .into_iter()
                     .map(|c| {
-                        let id = c.id;
+                        let key = c.sort_key;
                         let record = Record::Comment(Comment::from(c));
                         (
-                            id,
+                            key,
                             EngagementRecord {
                                 record: Some(record),
                             },

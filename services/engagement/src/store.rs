@@ -228,21 +228,22 @@ impl Store {
                     doc! { "user_id": 1, "target_id": 1, "active_key": 1 },
                     true,
                 ),
-                // ListPostLikes newest first.
+                // ListPostLikes newest first (ended likes out of the range).
                 mongo::index(
                     "target_sorted",
-                    doc! { "target_id": 1, "sort_key": -1 },
+                    doc! { "target_id": 1, "target_type": 1, "state": 1, "sort_key": -1 },
                     false,
                 ),
-                // Counting a target's likes as of a moment (two index-only ranges).
+                // A user's active likes: an export, a deleted account's cascade.
                 mongo::index(
-                    "target_started",
-                    doc! { "target_id": 1, mongo::STARTED_MS: 1 },
+                    "liker_sorted",
+                    doc! { "user_id": 1, "state": 1, "sort_key": -1 },
                     false,
                 ),
+                // Counting a target's likes as of a moment (one count over index keys).
                 mongo::index(
-                    "target_ended",
-                    doc! { "target_id": 1, mongo::ENDED_MS: 1 },
+                    "target_lifetime",
+                    doc! { "target_id": 1, mongo::STARTED_MS: 1, mongo::ENDED_MS: 1 },
                     false,
                 ),
                 // Cascade when a post is deleted.
@@ -257,19 +258,23 @@ impl Store {
         mongo::ensure_indexes(
             &self.comments,
             vec![
-                // ListComments oldest first, and the cascade.
-                mongo::index("post_sorted", doc! { "post_id": 1, "sort_key": 1 }, false),
-                // A deleted account's comments.
-                mongo::index("author", doc! { "user_id": 1 }, false),
-                // Counting a post's comments as of a moment (two index-only ranges).
+                // ListComments oldest first, and the cascade (deleted comments out of
+                // the range).
                 mongo::index(
-                    "post_started",
-                    doc! { "post_id": 1, mongo::STARTED_MS: 1 },
+                    "post_sorted",
+                    doc! { "post_id": 1, "state": 1, "sort_key": 1 },
                     false,
                 ),
+                // A user's comments: an export, a deleted account's cascade.
                 mongo::index(
-                    "post_ended",
-                    doc! { "post_id": 1, mongo::ENDED_MS: 1 },
+                    "author",
+                    doc! { "user_id": 1, "state": 1, "sort_key": 1 },
+                    false,
+                ),
+                // Counting a post's comments as of a moment (one count over index keys).
+                mongo::index(
+                    "post_lifetime",
+                    doc! { "post_id": 1, mongo::STARTED_MS: 1, mongo::ENDED_MS: 1 },
                     false,
                 ),
                 mongo::sort_key_index(),
@@ -279,6 +284,8 @@ impl Store {
             stand_in,
         )
         .await?;
+        mongo::retire_indexes(&self.likes, &["target_started", "target_ended"]).await?;
+        mongo::retire_indexes(&self.comments, &["post_started", "post_ended"]).await?;
         mongo::ensure_indexes(
             &self.removed_posts,
             vec![mongo::ttl_index(
@@ -329,13 +336,9 @@ impl Store {
         self.delete_comment(comment.id, &event).await
     }
 
-    /// A page of `user`'s active likes, in id order after `after`.
-    pub async fn page_of_likes(
-        &self,
-        user: ObjectId,
-        after: Option<ObjectId>,
-    ) -> Result<Vec<LikeDoc>> {
-        Ok(mongo::page_by_id(
+    /// A page of `user`'s active likes, in sort-key order after `after`.
+    pub async fn page_of_likes(&self, user: ObjectId, after: Option<i64>) -> Result<Vec<LikeDoc>> {
+        Ok(mongo::page_by_key(
             &self.likes,
             doc! { "user_id": mongo::is(user), "state": ACTIVE },
             outbox::without_bookkeeping(),
@@ -345,13 +348,13 @@ impl Store {
         .await?)
     }
 
-    /// A page of `user`'s comments that are not deleted, in id order after `after`.
+    /// A page of `user`'s comments that are not deleted, in sort-key order after `after`.
     pub async fn page_of_comments(
         &self,
         user: ObjectId,
-        after: Option<ObjectId>,
+        after: Option<i64>,
     ) -> Result<Vec<CommentDoc>> {
-        Ok(mongo::page_by_id(
+        Ok(mongo::page_by_key(
             &self.comments,
             doc! { "user_id": mongo::is(user), "state": ACTIVE },
             outbox::without_bookkeeping(),
@@ -428,11 +431,13 @@ impl Store {
         target: ObjectId,
     ) -> Result<Option<LikeDoc>> {
         let kind = bson::serialize_to_bson(&kind).map_err(social_kit::Error::internal)?;
+        // `active_key` is "active" exactly while the like is: a point lookup in the
+        // unique index.
         Ok(self
             .likes
             .find_one(doc! {
                 "user_id": mongo::is(user), "target_id": mongo::is(target),
-                "target_type": kind, "state": ACTIVE,
+                "active_key": ACTIVE, "target_type": kind,
             })
             .projection(outbox::without_bookkeeping())
             .await?)
@@ -585,7 +590,9 @@ impl Store {
         after: Option<ObjectId>,
         limit: i64,
     ) -> Result<Vec<ObjectId>> {
-        Ok(mongo::ids_after(&self.comments, doc! { "state": ACTIVE }, after, limit).await?)
+        // Deleted comments too, whose counters no longer matter: the walk is the `_id`
+        // index.
+        Ok(mongo::ids_after(&self.comments, doc! {}, after, limit).await?)
     }
 
     /// Removes everything of a deleted post: its comments and all likes under it (of

@@ -166,16 +166,24 @@ impl Groups {
             &self.groups,
             vec![
                 mongo::index("recipient_key", doc! { "user_id": 1, "group_key": 1 }, true),
-                // ListNotificationGroups, most recent activity first.
+                // ListNotificationGroups, most recent activity first (emptied groups,
+                // and read ones for an unread-only list, skipped by the key).
                 mongo::index(
                     "recipient_sorted",
-                    doc! { "user_id": 1, "sort_key": -1 },
+                    doc! { "user_id": 1, "sort_key": -1, "count": 1, "unread": 1 },
                     false,
                 ),
-                // GetUnreadGroupCount, MarkAllNotificationsRead.
+                // GetUnreadGroupCount.
                 mongo::index(
                     "recipient_unread",
-                    doc! { "user_id": 1, "unread": 1 },
+                    doc! { "user_id": 1, "unread": 1, "count": 1 },
+                    false,
+                ),
+                // MarkAllNotificationsRead: the user's groups in `_id` order, the unread
+                // ones told by the key.
+                mongo::index(
+                    "recipient_id_unread",
+                    doc! { "user_id": 1, "_id": 1, "unread": 1 },
                     false,
                 ),
                 // Removing a deleted post's or comment's groups.
@@ -458,6 +466,9 @@ impl Groups {
         let mut changed = 0_i64;
         let mut after: Option<ObjectId> = None;
         loop {
+            // In `_id` order (the groups unread at the start are each read once, however
+            // many new notifications arrive meanwhile), over the keys of the user's
+            // groups: only the unread ones are fetched.
             let mut filter = doc! { "user_id": mongo::is(user), "unread": { "$gt": 0_i64 } };
             if let Some(last) = after {
                 filter.insert("_id", doc! { "$gt": last });

@@ -163,10 +163,22 @@ impl Store {
                 mongo::index("comment", doc! { "comment_id": 1 }, false),
                 // Removing what a deleted account caused.
                 mongo::index("source", doc! { "source_user_id": 1 }, false),
-                // A group's newest notifications; marking a group read.
+                // A group's newest notifications.
                 mongo::index(
                     "recipient_group_sorted",
                     doc! { "user_id": 1, "group_key": 1, "sort_key": -1 },
+                    false,
+                ),
+                // Marking a group read: its unread ones up to a count key, and no others.
+                mongo::index(
+                    "recipient_group_unread",
+                    doc! { "user_id": 1, "group_key": 1, "is_read": 1, "count_key": 1 },
+                    false,
+                ),
+                // ListNotifications of some types (unread only or not), newest first.
+                mongo::index(
+                    "recipient_type_sorted",
+                    doc! { "user_id": 1, "type": 1, "sort_key": -1, "is_read": 1 },
                     false,
                 ),
                 mongo::sort_key_index(),

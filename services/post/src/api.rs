@@ -270,7 +270,10 @@ impl PostService for Api {
             let store = store.clone();
             async move {
                 let page = store.page_of_author(author, after).await?;
-                Ok(page.into_iter().map(|p| (p.id, Post::from(p))).collect())
+                Ok(page
+                    .into_iter()
+                    .map(|p| (p.sort_key, Post::from(p)))
+                    .collect())
             }
         })))
     }

@@ -107,16 +107,23 @@ impl Store {
         mongo::ensure_indexes(
             &self.posts,
             vec![
-                // ListUserPosts; the home feed for readers following a few hundred
+                // ListUserPosts, an author's posts for an export or a deletion (deleted
+                // ones out of the range); the home feed for readers following up to 200
                 // accounts (one merged range per author).
                 mongo::index(
                     "author_sorted",
-                    doc! { "user_id": 1, "sort_key": -1 },
+                    doc! { "user_id": 1, "state": 1, "sort_key": -1 },
                     false,
                 ),
-                // Keys distinct by construction (see `mongo::insert_keyed`); also the
-                // home feed for readers following thousands of accounts: walk the newest
-                // posts and keep the followed authors' ones.
+                // The home feed for readers following more than 200 accounts (no merge
+                // of ranges past that): walk the newest posts, keeping the followed
+                // authors' ones by the index key alone.
+                mongo::index(
+                    "active_sorted_author",
+                    doc! { "state": 1, "sort_key": -1, "user_id": 1 },
+                    false,
+                ),
+                // Keys distinct by construction (see `mongo::insert_keyed`).
                 mongo::sort_key_index(),
                 outbox::index(),
                 // Deleted posts go a week after their event is out.
@@ -134,24 +141,33 @@ impl Store {
         Ok(())
     }
 
-    /// Up to `limit` ids of `author`'s posts that are not deleted.
+    /// Up to `limit` ids of `author`'s posts that are not deleted (a deletion deletes
+    /// them, so the next call finds the next ones: each reads only what is left).
     pub async fn ids_by_author(&self, author: ObjectId, limit: i64) -> Result<Vec<ObjectId>> {
-        Ok(mongo::ids_after(
-            &self.posts,
-            doc! { "user_id": mongo::is(author), "state": ACTIVE },
-            None,
-            limit,
-        )
-        .await?)
+        #[derive(Deserialize)]
+        struct Id {
+            #[serde(rename = "_id")]
+            id: ObjectId,
+        }
+        let ids: Vec<Id> = self
+            .posts
+            .clone_with_type::<Id>()
+            .find(doc! { "user_id": mongo::is(author), "state": ACTIVE })
+            .projection(doc! { "_id": 1 })
+            .limit(limit)
+            .await?
+            .try_collect()
+            .await?;
+        Ok(ids.into_iter().map(|i| i.id).collect())
     }
 
-    /// A page of `author`'s posts that are not deleted, in id order after `after`.
+    /// A page of `author`'s posts that are not deleted, in sort-key order after `after`.
     pub async fn page_of_author(
         &self,
         author: ObjectId,
-        after: Option<ObjectId>,
+        after: Option<i64>,
     ) -> Result<Vec<PostDoc>> {
-        Ok(mongo::page_by_id(
+        Ok(mongo::page_by_key(
             &self.posts,
             doc! { "user_id": mongo::is(author), "state": ACTIVE },
             outbox::without_bookkeeping(),
@@ -274,9 +290,10 @@ impl Store {
             .await
     }
 
-    /// Ids after `after` in id order, at most `limit` (for recomputing counters).
+    /// Ids after `after` in id order, at most `limit` (for recomputing counters; deleted
+    /// posts too, whose counters no longer matter, so that the walk is the `_id` index).
     pub async fn ids_after(&self, after: Option<ObjectId>, limit: i64) -> Result<Vec<ObjectId>> {
-        Ok(mongo::ids_after(&self.posts, doc! { "state": ACTIVE }, after, limit).await?)
+        Ok(mongo::ids_after(&self.posts, doc! {}, after, limit).await?)
     }
 }
 

@@ -252,7 +252,10 @@ impl SocialGraphService for Api {
                 let store = store.clone();
                 async move {
                     let page = store.page_of(side, user, after).await?;
-                    Ok(page.into_iter().map(|f| (f.id, Follow::from(f))).collect())
+                    Ok(page
+                        .into_iter()
+                        .map(|f| (f.sort_key, Follow::from(f)))
+                        .collect())
                 }
             })
         };

@@ -84,38 +84,29 @@ impl Store {
                     doc! { "follower_id": 1, "followee_id": 1, "active_key": 1 },
                     true,
                 ),
-                // ListFollowing and ListFollowingIds, newest first.
+                // ListFollowing and ListFollowingIds, newest first; a user's follows for
+                // an export or a deletion (ended ones out of the range).
                 mongo::index(
                     "follower_sorted",
-                    doc! { "follower_id": 1, "sort_key": -1 },
+                    doc! { "follower_id": 1, "state": 1, "sort_key": -1 },
                     false,
                 ),
-                // ListFollowers, newest first.
+                // ListFollowers, newest first; the same for the other side.
                 mongo::index(
                     "followee_sorted",
-                    doc! { "followee_id": 1, "sort_key": -1 },
+                    doc! { "followee_id": 1, "state": 1, "sort_key": -1 },
                     false,
                 ),
                 mongo::sort_key_index(),
-                // CountFollows: four index-only ranges per user (see `count`).
+                // CountFollows: one count over index keys per side (see `count`).
                 mongo::index(
-                    "followee_started",
-                    doc! { "followee_id": 1, mongo::STARTED_MS: 1 },
+                    "followee_lifetime",
+                    doc! { "followee_id": 1, mongo::STARTED_MS: 1, mongo::ENDED_MS: 1 },
                     false,
                 ),
                 mongo::index(
-                    "followee_ended",
-                    doc! { "followee_id": 1, mongo::ENDED_MS: 1 },
-                    false,
-                ),
-                mongo::index(
-                    "follower_started",
-                    doc! { "follower_id": 1, mongo::STARTED_MS: 1 },
-                    false,
-                ),
-                mongo::index(
-                    "follower_ended",
-                    doc! { "follower_id": 1, mongo::ENDED_MS: 1 },
+                    "follower_lifetime",
+                    doc! { "follower_id": 1, mongo::STARTED_MS: 1, mongo::ENDED_MS: 1 },
                     false,
                 ),
                 outbox::index(),
@@ -127,6 +118,16 @@ impl Store {
                 ),
             ],
             stand_in,
+        )
+        .await?;
+        mongo::retire_indexes(
+            &self.follows,
+            &[
+                "followee_started",
+                "followee_ended",
+                "follower_started",
+                "follower_ended",
+            ],
         )
         .await?;
         self.removed_users.init(stand_in).await?;
@@ -208,21 +209,19 @@ impl Store {
             mongo::ENDED_MS: idempotency::event_time_ms(event),
         } };
         outbox::push(&mut update, event);
-        let filter = doc! {
-            "follower_id": mongo::is(follower), "followee_id": mongo::is(followee), "state": ACTIVE,
-        };
+        let filter = active_pair(follower, followee);
         let r = self.follows.update_one(filter, update).await?;
         Ok(r.modified_count == 1)
     }
 
-    /// A page of the active follows with `side` = `user`, in id order after `after`.
+    /// A page of the active follows with `side` = `user`, in sort-key order after `after`.
     pub async fn page_of(
         &self,
         side: &str,
         user: ObjectId,
-        after: Option<ObjectId>,
+        after: Option<i64>,
     ) -> Result<Vec<FollowDoc>> {
-        Ok(mongo::page_by_id(
+        Ok(mongo::page_by_key(
             &self.follows,
             doc! { side: mongo::is(user), "state": ACTIVE },
             outbox::without_bookkeeping(),
@@ -234,12 +233,9 @@ impl Store {
 
     /// The active follow of the pair, if any.
     pub async fn get(&self, follower: ObjectId, followee: ObjectId) -> Result<Option<FollowDoc>> {
-        let filter = doc! {
-            "follower_id": mongo::is(follower), "followee_id": mongo::is(followee), "state": ACTIVE,
-        };
         Ok(self
             .follows
-            .find_one(filter)
+            .find_one(active_pair(follower, followee))
             .projection(outbox::without_bookkeeping())
             .await?)
     }
@@ -292,6 +288,15 @@ impl Store {
             &self.stand_in,
         )
         .await?)
+    }
+}
+
+/// The active follow of a pair: `active_key` is "active" exactly while the follow is, so
+/// this is a point lookup in the unique index.
+fn active_pair(follower: ObjectId, followee: ObjectId) -> bson::Document {
+    doc! {
+        "follower_id": mongo::is(follower), "followee_id": mongo::is(followee),
+        "active_key": ACTIVE,
     }
 }
 

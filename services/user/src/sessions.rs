@@ -146,8 +146,16 @@ impl Sessions {
                 mongo::index("token_hash_unique", doc! { "token_hash": 1 }, true),
                 // Reuse of the token just exchanged.
                 mongo::index("previous_hash", doc! { "previous_hash": 1 }, false),
-                // ListSessions, RevokeOtherSessions.
-                mongo::index("user_sorted", doc! { "user_id": 1, "sort_key": -1 }, false),
+                // ListSessions (expired ones told by the key), RevokeOtherSessions and
+                // the other ends of a user's sessions (ended ones out of the range).
+                mongo::index(
+                    "user_sorted",
+                    doc! {
+                        "user_id": 1, "state": 1, "sort_key": -1,
+                        "idle_until_ms": 1, "max_until_ms": 1,
+                    },
+                    false,
+                ),
                 mongo::sort_key_index(),
                 mongo::ttl_index("purge_ttl", "purge_at", Duration::ZERO),
             ],
