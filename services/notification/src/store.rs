@@ -175,10 +175,16 @@ impl Store {
                     doc! { "user_id": 1, "group_key": 1, "is_read": 1, "count_key": 1 },
                     false,
                 ),
-                // ListNotifications of some types (unread only or not), newest first.
+                // ListNotifications of some types, newest first.
                 mongo::index(
                     "recipient_type_sorted",
-                    doc! { "user_id": 1, "type": 1, "sort_key": -1, "is_read": 1 },
+                    doc! { "user_id": 1, "type": 1, "sort_key": -1 },
+                    false,
+                ),
+                // ...and unread only.
+                mongo::index(
+                    "recipient_unread_type_sorted",
+                    doc! { "user_id": 1, "is_read": 1, "type": 1, "sort_key": -1 },
                     false,
                 ),
                 mongo::sort_key_index(),

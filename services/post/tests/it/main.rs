@@ -515,3 +515,53 @@ async fn home_feed_is_unavailable_when_the_graph_is_down() {
         .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
 }
+
+#[tokio::test]
+async fn a_reader_following_hundreds_of_accounts_gets_their_posts_and_no_others() {
+    let app = spawn().await;
+    let (alice_id, alice) = app.user("alice").await;
+    let alice_id = bson::oid::ObjectId::parse_str(&alice_id).unwrap();
+    // 250 follows, more than a query merges range by range, stored as Follow stores them.
+    let authors: Vec<bson::oid::ObjectId> = (0..250).map(|_| bson::oid::ObjectId::new()).collect();
+    let follows: Vec<bson::Document> = authors
+        .iter()
+        .enumerate()
+        .map(|(i, author)| {
+            let at = bson::DateTime::now();
+            bson::doc! {
+                "_id": bson::oid::ObjectId::new(), "follower_id": alice_id, "followee_id": author,
+                "created_at": at, "sort_key": social_kit::paging::sort_key(at) + i as i64,
+                "state": "active", "active_key": "active", "started_ms": at.timestamp_millis(),
+                "outbox_pending": 0,
+            }
+        })
+        .collect();
+    app.stack
+        .database()
+        .await
+        .collection::<bson::Document>("followers")
+        .insert_many(follows)
+        .await
+        .unwrap();
+    for (author, text) in [(0, "first"), (249, "last"), (100, "middle")] {
+        app.post(&token_for(authors[author]), text, vec![])
+            .await
+            .unwrap();
+    }
+    app.post(
+        &token_for(bson::oid::ObjectId::new()),
+        "a stranger's",
+        vec![],
+    )
+    .await
+    .unwrap();
+    app.post(&alice, "mine", vec![]).await.unwrap();
+    let (feed, _) = app.feed(&alice, 10, "").await.unwrap();
+    assert_eq!(feed, ["mine", "middle", "last", "first"]);
+    let (first, next) = app.feed(&alice, 2, "").await.unwrap();
+    assert_eq!(first, ["mine", "middle"]);
+    assert_eq!(
+        app.feed(&alice, 2, &next).await.unwrap().0,
+        ["last", "first"]
+    );
+}
