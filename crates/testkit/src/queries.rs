@@ -326,8 +326,8 @@ fn serves(index: &DeclaredIndex, fields: &Fields, sort: &[(String, i32)]) -> boo
     };
     let prefix = keys.iter().take_while(|(k, _)| points(k)).count();
     if fields
-        .iter()
-        .any(|(f, p)| points(f) && !keys[..prefix].iter().any(|(k, _)| k == f))
+        .keys()
+        .any(|f| points(f) && !keys[..prefix].iter().any(|(k, _)| k == f))
     {
         return false; // an equality checked on keys the bounds did not exclude
     }
