@@ -9,8 +9,6 @@
 //! "Deletions win races"). When everything is gone, [`RemovedUsers::cleared`] puts
 //! `AccountCleared` in the tombstone's outbox, once, for the user service to record.
 
-use std::time::Duration;
-
 use bson::{DateTime, Document, doc, oid::ObjectId};
 use mongodb::{Collection, Database};
 use serde::{Deserialize, Serialize};
@@ -19,9 +17,6 @@ use crate::{
     outbox,
     pb::{AccountCleared, UserDeleted},
 };
-
-/// How long a tombstone is kept (after its event is out).
-const KEEP: Duration = Duration::from_secs(30 * 24 * 3600);
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Tombstone {
@@ -58,17 +53,14 @@ impl RemovedUsers {
         format!("{}_removed_users", service.replace('-', "_"))
     }
 
-    /// Creates the indexes (idempotent).
+    /// Creates the indexes (idempotent). Tombstones are kept for good: an access token,
+    /// a late event or a session of the account may try to write under its id at any
+    /// time, and one small document per deleted account is cheap (a release that purged
+    /// them after 30 days had its TTL index retired here).
     pub async fn init(&self, stand_in: bool) -> mongodb::error::Result<()> {
-        social_kit::mongo::ensure_indexes(
-            &self.tombstones,
-            vec![
-                outbox::index(),
-                outbox::purge_index("removed_ttl", "removed_at", KEEP),
-            ],
-            stand_in,
-        )
-        .await
+        social_kit::mongo::ensure_indexes(&self.tombstones, vec![outbox::index()], stand_in)
+            .await?;
+        social_kit::mongo::retire_indexes(&self.tombstones, &["removed_ttl"]).await
     }
 
     /// Records that `user` was deleted (idempotent); before anything of theirs is

@@ -48,6 +48,10 @@ pub struct DeclaredIndex {
     pub name: String,
     pub keys: Document,
     pub unique: bool,
+    /// A TTL index's delay.
+    pub expire_after: Option<Duration>,
+    /// The documents a partial index holds.
+    pub partial: Option<Document>,
 }
 
 type Declared = std::collections::HashMap<(String, String), Vec<DeclaredIndex>>;
@@ -70,11 +74,32 @@ fn declare(collection: &mongodb::Namespace, indexes: &[IndexModel]) {
             name: options.and_then(|o| o.name.clone()).unwrap_or_default(),
             keys: model.keys.clone(),
             unique: options.and_then(|o| o.unique).unwrap_or(false),
+            expire_after: options.and_then(|o| o.expire_after),
+            partial: options.and_then(|o| o.partial_filter_expression.clone()),
         };
         if !known.contains(&index) {
             known.push(index);
         }
     }
+}
+
+/// Every index this process declared in `database`, with its collection.
+pub fn declared_in(database: &str) -> Vec<(String, DeclaredIndex)> {
+    DECLARED
+        .lock()
+        .ok()
+        .and_then(|d| {
+            let d = d.as_ref()?;
+            Some(
+                d.iter()
+                    .filter(|((db, _), _)| db == database)
+                    .flat_map(|((_, c), indexes)| {
+                        indexes.iter().map(move |i| (c.clone(), i.clone()))
+                    })
+                    .collect(),
+            )
+        })
+        .unwrap_or_default()
 }
 
 /// The indexes of `collection` in `database` that this process declared.

@@ -373,6 +373,8 @@ fn verdict(shape: &Shape) -> Result<String, String> {
         name: "_id_".into(),
         keys: bson::doc! { "_id": 1 },
         unique: true,
+        expire_after: None,
+        partial: None,
     });
     let branches: Vec<Fields> = if shape.or.is_empty() {
         vec![shape.fields.clone()]
@@ -512,6 +514,8 @@ mod tests {
             name: "i".into(),
             keys,
             unique,
+            expire_after: None,
+            partial: None,
         }
     }
 

@@ -196,6 +196,47 @@ impl Stack {
         found.len() as u64
     }
 
+    /// Deletes what MongoDB's TTL monitor would have deleted by `at` from the services'
+    /// collections (the stand-in purges nothing): every document a TTL index holds whose
+    /// date lies more than the index's delay before `at`. A test's way to see what is
+    /// left a month from now.
+    pub async fn expire_as_of(&self, at: bson::DateTime) {
+        use futures::TryStreamExt;
+        let db = self.database().await;
+        for (collection, index) in social_kit::mongo::declared_in(&self.database) {
+            let Some(delay) = index.expire_after else {
+                continue;
+            };
+            let Some(field) = index.keys.keys().next().cloned() else {
+                continue;
+            };
+            let cutoff = at.timestamp_millis() - delay.as_millis() as i64;
+            let collection = db.collection::<bson::Document>(&collection);
+            let mut filter = index.partial.clone().unwrap_or_default();
+            filter.insert(&field, bson::doc! { "$exists": true });
+            // Read in Rust: the stand-in stores a date written by `$set` as text.
+            let docs: Vec<bson::Document> = collection
+                .find(filter)
+                .projection(bson::doc! { "_id": 1, field.as_str(): 1 })
+                .await
+                .expect("find")
+                .try_collect()
+                .await
+                .expect("read");
+            for d in docs {
+                let Some(when) = d.get(&field).and_then(stored_time) else {
+                    continue;
+                };
+                if when.timestamp_millis() < cutoff {
+                    collection
+                        .delete_one(bson::doc! { "_id": d.get("_id").cloned() })
+                        .await
+                        .expect("delete");
+                }
+            }
+        }
+    }
+
     /// Waits (up to 60 s) until no event waits anywhere: every consumer queue and every
     /// outbox is empty; then a moment for the handlers in flight to finish.
     pub async fn settled(&self) {
@@ -301,4 +342,13 @@ pub async fn start_notification(
         social_notification::Config::for_tests(&mongodb_uri(), database, peer, events.clone());
     config.consume_events = consume_events;
     start(|l, s| social_notification::run(config, l, s)).await
+}
+
+/// A stored date, as MongoDB keeps it or as the stand-in keeps one written by `$set`.
+fn stored_time(value: &bson::Bson) -> Option<bson::DateTime> {
+    #[derive(serde::Deserialize)]
+    struct Time(#[serde(deserialize_with = "social_kit::time::lenient")] bson::DateTime);
+    bson::deserialize_from_bson::<Time>(value.clone())
+        .ok()
+        .map(|t| t.0)
 }

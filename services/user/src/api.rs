@@ -86,11 +86,38 @@ impl Api {
         })
     }
 
-    /// Starts a session of `user` on `device` and issues its tokens.
-    async fn start_session(&self, user: ObjectId, device: String) -> Result<Issued> {
-        let (session, refresh_token) = self.sessions.start(user, device).await?;
+    /// Starts a session of `user`, as read before its password was checked, on `device`
+    /// and issues its tokens. The account is read again once the session is stored: a
+    /// deletion or a password change that raced the login (its version moved on) ends
+    /// the session either way, by its own end of every session or by this check.
+    async fn start_session(&self, user: &UserDoc, device: String) -> Result<Issued> {
+        // Tests hold a login here, between its password check and its session.
+        if let Some(ms) = injected_pause_ms() {
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        }
+        let (session, refresh_token) = self
+            .sessions
+            .start(user.id, device, user.credential_version)
+            .await?;
+        let now = self.store.by_id(user.id).await?;
+        if now.is_none_or(|u| u.credential_version != user.credential_version) {
+            self.sessions
+                .end(user.id, session.id, "the account changed while logging in")
+                .await?;
+            return Err(Error::Unauthenticated(LOGIN_FAILED));
+        }
         self.issue(&session, refresh_token)
     }
+}
+
+/// How long tests hold a login before its session is stored (`user::before_session`,
+/// `return(<ms>)`).
+fn injected_pause_ms() -> Option<u64> {
+    fail::fail_point!("user::before_session", |ms: Option<String>| {
+        social_kit::faults::record("user::before_session");
+        ms.and_then(|ms| ms.parse().ok())
+    });
+    None
 }
 
 /// A session's device label: trimmed, at most 100 characters.
@@ -261,6 +288,7 @@ impl UserService for Api {
             following_count: 0,
             created_at: now,
             updated_at: now,
+            credential_version: 0,
             recount_ms: 0,
             counter_version: 0,
             deleted_ms: None,
@@ -268,7 +296,7 @@ impl UserService for Api {
             deletion_finished_ms: None,
         };
         self.store.insert(&doc).await?.map_err(taken)?;
-        let issued = self.start_session(doc.id, new.device).await?;
+        let issued = self.start_session(&doc, new.device).await?;
         tracing::info!(user_id = %doc.id, "registered");
         let id = doc.id;
         Ok(Response::new(RegisterResponse {
@@ -318,7 +346,7 @@ impl UserService for Api {
             }
         };
         self.throttle.succeeded(&who).await?;
-        let issued = self.start_session(user.id, device).await?;
+        let issued = self.start_session(&user, device).await?;
         let id = user.id;
         Ok(Response::new(LoginResponse {
             access_token: issued.access_token,
@@ -340,6 +368,18 @@ impl UserService for Api {
         }
         match self.sessions.refresh(token).await? {
             Refreshed::Rotated(session, next) => {
+                // A session outlives neither its account nor a change of its password.
+                let account = self.store.by_id(session.user_id).await?;
+                if account.is_none_or(|u| u.credential_version != session.credential_version) {
+                    self.sessions
+                        .end(
+                            session.user_id,
+                            session.id,
+                            "the account's credentials changed",
+                        )
+                        .await?;
+                    return Err(Error::Unauthenticated(REFRESH_FAILED).into());
+                }
                 let issued = self.issue(&session, next)?;
                 Ok(Response::new(RefreshSessionResponse {
                     access_token: issued.access_token,
@@ -515,7 +555,12 @@ impl UserService for Api {
             return Err(Error::NotFound("user").into());
         };
         if user.deleted_ms.is_some() {
-            return Ok(Response::new(())); // deleted already
+            // Deleted already: a retry after a failure ends the sessions (again), so
+            // that a try whose session cleanup failed leaves none behind.
+            self.sessions
+                .end_all_but(me, None, "account deleted")
+                .await?;
+            return Ok(Response::new(()));
         }
         let password = request.into_inner().password;
         if !slot.verify(password, Some(user.password_hash)).await? {
@@ -640,17 +685,21 @@ impl UserService for Api {
         }
         let new_hash = slot.hash(r.new_password).await?;
         drop(slot);
-        if !self
+        let Some(version) = self
             .store
             .set_password(me, &user.password_hash, &new_hash)
             .await?
-        {
+        else {
             // Changed by a concurrent request between our read and write.
             return Err(
                 Error::invalid("old_password", "does not match the current password").into(),
             );
+        };
+        // This session goes on under the new password; whoever knew the old one is
+        // signed out everywhere else (and no session under it can be refreshed).
+        if let Some(current) = caller.session {
+            self.sessions.carry_over(me, current, version).await?;
         }
-        // Whoever knew the old password is signed out everywhere else.
         let ended = self
             .sessions
             .end_all_but(me, caller.session, "password changed")

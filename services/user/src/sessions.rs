@@ -62,6 +62,10 @@ pub struct SessionDoc {
     pub idle_until_ms: i64,
     /// Ends then at the latest.
     pub max_until_ms: i64,
+    /// The account's credential version when the session started (or last took a
+    /// new password): an account whose version moved on no longer honours it.
+    #[serde(default)]
+    pub credential_version: i64,
     /// `active` or `ended`.
     pub state: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -170,8 +174,14 @@ impl Sessions {
         .await
     }
 
-    /// Starts a session of `user` on `device`; returns it and its refresh token.
-    pub async fn start(&self, user: ObjectId, device: String) -> Result<(SessionDoc, String)> {
+    /// Starts a session of `user` on `device` under the account's `credential_version`;
+    /// returns it and its refresh token.
+    pub async fn start(
+        &self,
+        user: ObjectId,
+        device: String,
+        credential_version: i64,
+    ) -> Result<(SessionDoc, String)> {
         let token = new_token()?;
         let (now, at) = (DateTime::now(), now_ms());
         let max_until_ms = at.saturating_add(ms(self.lifetimes.max));
@@ -186,6 +196,7 @@ impl Sessions {
             last_used_ms: at,
             idle_until_ms: at.saturating_add(ms(self.lifetimes.idle)),
             max_until_ms,
+            credential_version,
             state: ACTIVE.into(),
             ended_reason: None,
             purge_at: DateTime::from_millis(max_until_ms.saturating_add(ms(KEEP_ENDED))),
@@ -263,6 +274,24 @@ impl Sessions {
         Ok(r.modified_count == 1)
     }
 
+    /// Moves `user`'s active session `id` to `credential_version` (the session that
+    /// changed the password goes on under the new one); whether it was active.
+    pub async fn carry_over(
+        &self,
+        user: ObjectId,
+        id: ObjectId,
+        credential_version: i64,
+    ) -> Result<bool> {
+        let r = self
+            .sessions
+            .update_one(
+                doc! { "_id": id, "user_id": mongo::is(user), "state": ACTIVE },
+                doc! { "$max": { "credential_version": credential_version } },
+            )
+            .await?;
+        Ok(r.matched_count == 1)
+    }
+
     /// Ends every active session of `user` but `keep`; how many ended.
     pub async fn end_all_but(
         &self,
@@ -270,6 +299,10 @@ impl Sessions {
         keep: Option<ObjectId>,
         reason: &str,
     ) -> Result<u64> {
+        // Tests make this fail, as an unreachable database would.
+        social_kit::fault!("user::end_sessions", |_| Err(
+            social_kit::Error::Unavailable("the database is unavailable (injected)".into())
+        ));
         let mut filter = doc! { "user_id": mongo::is(user), "state": ACTIVE };
         if let Some(keep) = keep {
             filter.insert("_id", doc! { "$nin": [keep] });

@@ -17,6 +17,8 @@ use social_kit::{Error, Result, error::is_duplicate_key, mongo};
 pub const COLLECTION: &str = "users";
 /// Set on a deleted account (see [`Store::delete`]).
 const DELETED: &str = "deleted_ms";
+/// See [`UserDoc::credential_version`].
+const CREDENTIAL_VERSION: &str = "credential_version";
 /// The services that remove a deleted account's data and report it cleared.
 pub const CLEARING_SERVICES: &[&str] = &["post", "social-graph", "engagement", "notification"];
 
@@ -55,6 +57,10 @@ pub struct UserDoc {
     /// When every service had (ms).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deletion_finished_ms: Option<i64>,
+    /// Bumped by every change that must end the account's sessions (a new password, the
+    /// account's deletion): a session started under an older version no longer works.
+    #[serde(default)]
+    pub credential_version: i64,
     /// Bookkeeping of the counters kept by events (`social_events::idempotency`): events
     /// up to this time (ms) are counted already, and a version bumped by each change.
     #[serde(default)]
@@ -210,17 +216,33 @@ impl Store {
     }
 
     /// Replaces the password hash if it is still `old_hash` (a concurrent change wins
-    /// once, not twice); returns whether it did.
-    pub async fn set_password(&self, id: ObjectId, old_hash: &str, new_hash: &str) -> Result<bool> {
-        let r = self
+    /// once, not twice) and bumps the credential version; the new version, `None` if it
+    /// did not.
+    pub async fn set_password(
+        &self,
+        id: ObjectId,
+        old_hash: &str,
+        new_hash: &str,
+    ) -> Result<Option<i64>> {
+        let changed = self
             .users
-            .update_one(
+            .clone_with_type::<Document>()
+            .find_one_and_update(
                 doc! { "_id": id, "password_hash": old_hash, DELETED: { "$exists": false } },
-                doc! { "$set": { "password_hash": new_hash, "updated_at": DateTime::now() } },
+                doc! {
+                    "$set": { "password_hash": new_hash, "updated_at": DateTime::now() },
+                    "$inc": { CREDENTIAL_VERSION: 1_i64 },
+                },
             )
+            .projection(doc! { CREDENTIAL_VERSION: 1 })
+            .return_document(ReturnDocument::After)
             .await
             .map_err(Error::from)?;
-        Ok(r.modified_count == 1)
+        Ok(changed.map(|d| match d.get(CREDENTIAL_VERSION) {
+            Some(bson::Bson::Int32(v)) => i64::from(*v),
+            Some(bson::Bson::Int64(v)) => *v,
+            _ => 0,
+        }))
     }
 
     /// Deletes account `id` with its `user.user.deleted` event: its personal data goes
@@ -237,11 +259,14 @@ impl Store {
             now.timestamp_millis()
                 .saturating_add(i64::try_from(quarantine.as_millis()).unwrap_or(i64::MAX)),
         );
-        let mut update = doc! { "$set": {
-            DELETED: now.timestamp_millis(), "purge_at": purge_at,
-            "email": format!("deleted:{id}"), "password_hash": "",
-            "full_name": "", "bio": "", "profile_picture_url": "", "updated_at": now,
-        } };
+        let mut update = doc! {
+            "$set": {
+                DELETED: now.timestamp_millis(), "purge_at": purge_at,
+                "email": format!("deleted:{id}"), "password_hash": "",
+                "full_name": "", "bio": "", "profile_picture_url": "", "updated_at": now,
+            },
+            "$inc": { CREDENTIAL_VERSION: 1_i64 },
+        };
         outbox::push(&mut update, event);
         let r = self
             .users

@@ -544,3 +544,72 @@ async fn an_account_exports_everything_it_made_before_it_goes() {
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
 }
+
+#[tokio::test]
+async fn a_deleted_accounts_token_writes_nothing_a_month_later() {
+    use social_proto::post::v1::CreatePostRequest;
+    let app = App::start().await;
+    let (doomed_id, doomed) = app.stack.register("ghost").await;
+    let (alice_id, alice) = app.stack.register("alice").await;
+    let post = app.post(&alice, "still here").await;
+    delete_account(&app, &doomed, PASSWORD).await.unwrap();
+    deletion_finished(&app, &doomed_id).await;
+    // A month and a day later, everything a TTL index purges by then is gone (the
+    // account's own document among them).
+    let later =
+        bson::DateTime::from_millis(bson::DateTime::now().timestamp_millis() + 31 * 24 * 3_600_000);
+    app.stack.expire_as_of(later).await;
+    assert_eq!(
+        count(
+            &app,
+            "users",
+            doc! { "_id": ObjectId::parse_str(&doomed_id).unwrap() }
+        )
+        .await,
+        0,
+        "the account's document was purged"
+    );
+    // A token of the account, as a session that survived would mint, writes nothing.
+    let token = social_testkit::token_for(ObjectId::parse_str(&doomed_id).unwrap());
+    let refused = |r: Result<(), tonic::Status>, what: &str| {
+        let err = r.expect_err(what);
+        assert_eq!(err.code(), Code::Unauthenticated, "{what}: {err:?}");
+    };
+    refused(app.like_post(&token, &post.id).await, "a like");
+    refused(
+        app.comment(&token, &post.id, "boo").await.map(drop),
+        "a comment",
+    );
+    refused(
+        app.stack
+            .graph()
+            .await
+            .follow(authed(
+                FollowRequest {
+                    followee_id: alice_id.clone(),
+                },
+                &token,
+            ))
+            .await
+            .map(drop),
+        "a follow",
+    );
+    refused(
+        app.stack
+            .posts()
+            .await
+            .create_post(authed(
+                CreatePostRequest {
+                    content: "I am back".into(),
+                    media: vec![],
+                },
+                &token,
+            ))
+            .await
+            .map(drop),
+        "a post",
+    );
+    app.stack.settled().await;
+    let p = app.get_post(&post.id).await;
+    assert_eq!((p.likes_count, p.comments_count), (0, 0));
+}

@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod lifetime;
 mod sessions;
 
 use bson::oid::ObjectId;
