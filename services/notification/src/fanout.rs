@@ -225,6 +225,7 @@ impl Fanout {
                 event_ms,
                 group_key,
                 count_key: 0,
+                group_stage: Some(0),
             };
             doc.count_key = doc.sort_key;
             for _ in 0..5 {

@@ -8,7 +8,11 @@
 //! the groups' sizes:
 //! - `count` and `unread`, kept by [`Counters`] (each change applied once, keyed by the
 //!   notification: `add:<id>`, `rm:<id>`, `u+:<id>`, `u-:<id>`), so that redelivered
-//!   events and replicas writing one group at once count each notification once;
+//!   events and replicas writing one group at once count each notification once. The
+//!   notification records how far its counting has gone ([`Stage`], only ever raised):
+//!   a step it has passed is never applied again, so a notification unliked or read a
+//!   year after it was counted does not lean on the counters' memory of that change
+//!   (kept 30 days); only a step still under way (a retry, two handlers at once) does;
 //! - the head: the latest notification, its time and sort key (the group's place in the
 //!   list), and up to [`SAMPLE`] recent distinct actors, recomputed from the newest few
 //!   notifications of the group after every change and written only if no other writer
@@ -83,6 +87,21 @@ pub struct GroupDoc {
     pub counted_key: i64,
 }
 
+/// How far a notification's counting in its group has gone (`group_stage` on the
+/// notification, raised with `$max` once a step is applied, never lowered).
+pub struct Stage;
+
+impl Stage {
+    /// Not counted yet.
+    pub const NEW: i64 = 0;
+    /// In `count` (and in `unread`, unless its group was read past it).
+    pub const COUNTED: i64 = 1;
+    /// Out of `unread` (read, or about to go).
+    pub const READ: i64 = 2;
+    /// Out of `count` (about to go).
+    pub const GONE: i64 = 3;
+}
+
 /// What a group needs to know of one of its notifications to count it in or out.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Member {
@@ -91,7 +110,12 @@ pub struct Member {
     pub group_key: String,
     /// Its `count_key` (it never changes).
     pub sort_key: i64,
+    /// Its [`Stage`] when read (it may have moved on since, never back).
+    pub stage: i64,
 }
+
+/// How long the counters remember a change (`idempotency::WINDOW`).
+const MEMORY_MS: i64 = 30 * 24 * 3_600_000;
 
 impl From<&NotificationDoc> for Member {
     fn from(n: &NotificationDoc) -> Self {
@@ -106,6 +130,17 @@ impl From<&NotificationDoc> for Member {
             } else {
                 n.sort_key
             },
+            stage: n.group_stage.unwrap_or_else(|| {
+                // Stored before stages: counted in by its storer within moments, and,
+                // if read, counted out of `unread` by its reader. Past the counters'
+                // memory, that must be said here; within it, the memory says it.
+                let old = n.event_ms < now_ms() - MEMORY_MS && !n.group_key.is_empty();
+                match (old, n.is_read) {
+                    (false, _) => Stage::NEW,
+                    (true, false) => Stage::COUNTED,
+                    (true, true) => Stage::READ,
+                }
+            }),
         }
     }
 }
@@ -262,8 +297,8 @@ impl Groups {
         }
         let group = self.ensure(n).await?;
         let t = now_ms();
-        let member = Member::from(n);
-        let counted = self.count_in(group.id, &member, t).await?;
+        let mut member = Member::from(n);
+        let counted = self.count_in(group.id, &mut member, t).await?;
         let Some(now) = self
             .notifications
             .clone_with_type::<Document>()
@@ -272,12 +307,12 @@ impl Groups {
             .await?
         else {
             // Taken back (an unlike), or its actor deleted, meanwhile.
-            self.take_out(group.id, &member, t).await?;
+            self.take_out(group.id, &mut member, t).await?;
             return Ok((self.refresh_head(group.id).await?, false));
         };
         if now.get("is_read").is_some_and(truthy) {
             // Read meanwhile, perhaps before its group existed.
-            self.unread_gone(group.id, &member, t).await?;
+            self.unread_gone(group.id, &mut member, t).await?;
         } else if !counted
             && let Some(g) = self.by_id(group.id).await?
             && g.read_key >= member.sort_key
@@ -300,13 +335,28 @@ impl Groups {
         let Some(group) = self.find(m.user_id, &m.group_key).await? else {
             return Ok(None);
         };
-        self.take_out(group.id, m, now_ms()).await?;
+        self.take_out(group.id, &mut m.clone(), now_ms()).await?;
         Ok(Some(group.id))
     }
 
+    /// Records that `m` passed `stage` (on the notification, if it still exists).
+    async fn passed(&self, m: &mut Member, stage: i64) -> Result<()> {
+        self.notifications
+            .update_one(
+                doc! { "_id": m.id },
+                doc! { "$max": { "group_stage": stage } },
+            )
+            .await?;
+        m.stage = m.stage.max(stage);
+        Ok(())
+    }
+
     /// Counts `m` in (once): in `count`, and in `unread` unless its group was read past
-    /// it; whether it counted as unread.
-    async fn count_in(&self, group: ObjectId, m: &Member, t: i64) -> Result<bool> {
+    /// it; whether it counted as unread (`false` also when it was counted in before).
+    async fn count_in(&self, group: ObjectId, m: &mut Member, t: i64) -> Result<bool> {
+        if m.stage >= Stage::COUNTED {
+            return Ok(false);
+        }
         self.counters
             .apply(
                 group,
@@ -317,7 +367,7 @@ impl Groups {
                 Document::new(),
             )
             .await?;
-        Ok(self
+        let unread = self
             .counters
             .apply_with(
                 group,
@@ -328,14 +378,22 @@ impl Groups {
                 doc! { "read_key": { "$lt": m.sort_key } },
                 doc! { "$max": { "counted_key": m.sort_key } },
             )
-            .await?)
+            .await?;
+        self.passed(m, Stage::COUNTED).await?;
+        Ok(unread)
     }
 
     /// Counts `m` out (once). It is counted in first (once, with the same keys as its
     /// storer), so that the two cancel whichever comes first, and whether or not its
     /// storer ever gets to count it (a like that failed, then was taken back).
-    async fn take_out(&self, group: ObjectId, m: &Member, t: i64) -> Result<()> {
+    async fn take_out(&self, group: ObjectId, m: &mut Member, t: i64) -> Result<()> {
         self.count_in(group, m, t).await?;
+        // Whether it was read or not: a read one was counted out by its reader (its
+        // stage says so), or covered by its group's read mark.
+        self.unread_gone(group, m, t).await?;
+        if m.stage >= Stage::GONE {
+            return Ok(());
+        }
         self.counters
             .apply(
                 group,
@@ -346,9 +404,7 @@ impl Groups {
                 Document::new(),
             )
             .await?;
-        // Whether it was read or not: a read one was counted out by its reader with the
-        // same key, or covered by its group's read mark.
-        self.unread_gone(group, m, t).await
+        self.passed(m, Stage::GONE).await
     }
 
     /// `n`, unread and counted, is about to be marked read: its group counts one unread
@@ -359,14 +415,18 @@ impl Groups {
         }
         if let Some(group) = self.find(n.user_id, &n.group_key).await? {
             // Counted in first, like a removal (see `take_out`).
-            let (m, t) = (Member::from(n), now_ms());
-            self.count_in(group.id, &m, t).await?;
-            self.unread_gone(group.id, &m, t).await?;
+            let (mut m, t) = (Member::from(n), now_ms());
+            self.count_in(group.id, &mut m, t).await?;
+            self.unread_gone(group.id, &mut m, t).await?;
         }
         Ok(())
     }
 
-    async fn unread_gone(&self, group: ObjectId, m: &Member, t: i64) -> Result<()> {
+    /// Counts `m` out of `unread` (once), unless its group was read past it.
+    async fn unread_gone(&self, group: ObjectId, m: &mut Member, t: i64) -> Result<()> {
+        if m.stage >= Stage::READ {
+            return Ok(());
+        }
         self.counters
             .apply(
                 group,
@@ -377,7 +437,7 @@ impl Groups {
                 doc! { "read_key": { "$lt": m.sort_key } },
             )
             .await?;
-        Ok(())
+        self.passed(m, Stage::READ).await
     }
 
     /// Recomputes group `id`'s latest notification and recent actors from its newest

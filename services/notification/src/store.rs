@@ -71,6 +71,10 @@ pub struct NotificationDoc {
     /// moves when a late push refreshes it; this does not).
     #[serde(default)]
     pub count_key: i64,
+    /// How far its group's counts have taken it (see `groups::Stage`); absent on
+    /// notifications stored before stages existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_stage: Option<i64>,
 }
 
 /// A like or follow taken back at `t` (ms): the notification of an earlier one goes, and
@@ -93,6 +97,9 @@ struct Undone {
     victim_group: String,
     #[serde(default)]
     victim_sort_key: i64,
+    /// Its group stage when found (see `groups::Stage`).
+    #[serde(default)]
+    victim_stage: i64,
 }
 
 /// Which notifications to mark read.
@@ -309,6 +316,8 @@ impl Store {
                     window_ms,
                 );
                 n.count_key = n.sort_key;
+                // Never in a group, so never counted.
+                n.group_stage = Some(crate::groups::Stage::NEW);
                 let (group, _) = self.groups.added(&n).await?;
                 self.notifications
                     .update_one(
@@ -338,6 +347,7 @@ impl Store {
             victim_user: None,
             victim_group: String::new(),
             victim_sort_key: 0,
+            victim_stage: 0,
         };
         mongo::insert_once(&self.undone, &record).await?;
         if let Some(earlier) = self.undone.find_one(doc! { "_id": &id }).await?
@@ -348,6 +358,7 @@ impl Store {
                 user_id,
                 group_key: earlier.victim_group,
                 sort_key: earlier.victim_sort_key,
+                stage: earlier.victim_stage,
             }));
         }
         let Some(n) = self
@@ -366,6 +377,7 @@ impl Store {
                     "victim_user": victim.user_id,
                     "victim_group": &victim.group_key,
                     "victim_sort_key": victim.sort_key,
+                    "victim_stage": victim.stage,
                 } },
             )
             .await?;

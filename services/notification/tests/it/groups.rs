@@ -809,3 +809,69 @@ async fn notifications_stored_before_groups_existed_are_grouped_by_the_command()
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_group_counts_right_when_its_notifications_are_read_and_unliked_a_month_later() {
+    let app = App::start().await;
+    let (bob_id, bob) = app.stack.register("bob").await;
+    let post = ObjectId::new();
+    let (ann, cid) = (ObjectId::new(), ObjectId::new());
+    app.publish(&[liked(ann, post, &bob_id), liked(cid, post, &bob_id)])
+        .await;
+    app.groups_until(&bob, |g| {
+        g.len() == 1 && (g[0].notifications_count, g[0].unread_count) == (2, 2)
+    })
+    .await;
+    app.drained().await;
+    // A month and more later: the counters' ledger is purged, and the group's own list
+    // of recent changes has moved on (a popular post passes 500 changes in hours).
+    let later =
+        bson::DateTime::from_millis(bson::DateTime::now().timestamp_millis() + 31 * 86_400_000);
+    app.stack.expire_as_of(later).await;
+    let db = app.stack.database().await;
+    assert_eq!(
+        app.stack
+            .count("notification_groups_applied", bson::doc! {})
+            .await,
+        0,
+        "the ledger is gone"
+    );
+    db.collection::<bson::Document>("notification_groups")
+        .update_many(
+            bson::doc! {},
+            bson::doc! { "$set": { "applied_events": [], "applied_log": [] } },
+        )
+        .await
+        .unwrap();
+    // Ann's like is read, then taken back; cid's is taken back unread.
+    let ann_note = app
+        .list(&bob)
+        .await
+        .into_iter()
+        .find(|n| n.source_user_id == ann.to_hex())
+        .unwrap();
+    app.notifications
+        .clone()
+        .mark_notifications_read(authed(
+            MarkNotificationsReadRequest {
+                ids: vec![ann_note.id],
+            },
+            &bob,
+        ))
+        .await
+        .unwrap();
+    let groups = app.groups(&bob).await;
+    assert_eq!(
+        (groups[0].notifications_count, groups[0].unread_count),
+        (2, 1),
+        "one read: {groups:#?}"
+    );
+    app.publish(&[unliked(ann, post, &bob_id)]).await;
+    app.groups_until(&bob, |g| g.len() == 1 && g[0].notifications_count == 1)
+        .await;
+    app.publish(&[unliked(cid, post, &bob_id)]).await;
+    app.groups_until(&bob, |g| g.is_empty()).await;
+    app.drained().await;
+    assert_eq!(app.groups(&bob).await, [], "nothing counted twice");
+    assert_eq!(app.unread(&bob).await, (0, 0));
+}
