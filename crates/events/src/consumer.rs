@@ -77,6 +77,32 @@ impl Budget {
     }
 }
 
+/// The oldest event a consumer applies: a day short of the 30 days for which the
+/// services remember what they applied (`crate::idempotency::WINDOW`, the notification
+/// service's undone actions and removed targets). An event that waited longer, in an
+/// outbox or a queue, could be applied twice, or after what undid it: it goes to the
+/// dead-letter queue, with an error in the log, for an operator to look at.
+pub const MAX_EVENT_AGE: Duration = Duration::from_secs(29 * 24 * 3600);
+
+/// Events that are safe to apply however late: deletions, whose cascades are idempotent
+/// by nature and must not be dropped, and the cascades' reports.
+const SAFE_WHENEVER: &[&str] = &[
+    "user.user.deleted",
+    "post.post.deleted",
+    "deletion.account.cleared",
+];
+
+/// How old `event` is, if it is too old to apply (see [`MAX_EVENT_AGE`]).
+fn too_late(event: &Envelope, routing_key: &str) -> Option<Duration> {
+    if SAFE_WHENEVER.contains(&routing_key) {
+        return None;
+    }
+    let at = social_kit::time::millis(event.occurred_at.as_ref()?);
+    let now = bson::DateTime::now().timestamp_millis();
+    let age = Duration::from_millis(u64::try_from(now.saturating_sub(at)).ok()?);
+    (age > MAX_EVENT_AGE).then_some(age)
+}
+
 const ATTEMPT_HEADER: &str = "x-attempt";
 /// The longest wait between two tries of a message whose dependency is down.
 const TRANSIENT_MAX_DELAY: Duration = Duration::from_secs(30);
@@ -247,6 +273,16 @@ async fn handle(
             }
         };
         tracing::Span::current().record("event_id", envelope.event_id.as_str());
+        if let Some(age) = too_late(&envelope, &delivery.routing_key.to_string()) {
+            tracing::error!(
+                age_days = age.as_secs() / 86_400,
+                "an event older than the consumers' memory of what they applied; \
+                 dead-lettering it for an operator rather than risk applying it twice"
+            );
+            reject(&delivery, false).await;
+            done("dead_lettered");
+            return;
+        }
         let attempt = attempt_of(&delivery);
         let mut delays =
             crate::connection::backoff(Duration::from_millis(200), TRANSIENT_MAX_DELAY);

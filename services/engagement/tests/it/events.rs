@@ -847,3 +847,43 @@ async fn the_relay_sends_routable_events_once_and_keeps_unroutable_ones() {
     }
     assert_eq!(arrived, followed);
 }
+
+#[tokio::test]
+async fn an_event_older_than_what_the_consumers_remember_is_dead_lettered_not_applied() {
+    let app = App::start().await;
+    let post = app.post(&token_for(ObjectId::new()), "p").await;
+    let config = app.stack.events.clone();
+    let liker = ObjectId::new();
+    // A like's event that waited 31 days (an outbox or a queue held up for a month): its
+    // consumers no longer remember whether they applied it.
+    let mut late = new_envelope(
+        liker,
+        Payload::PostLiked(PostLiked {
+            post_id: post.id.clone(),
+            post_author_id: post.user_id.clone(),
+            user_id: liker.to_hex(),
+        }),
+    );
+    let month_ago = bson::DateTime::now().timestamp_millis() - 31 * 86_400_000;
+    late.occurred_at = Some(social_kit::time::to_timestamp(bson::DateTime::from_millis(
+        month_ago,
+    )));
+    broker::publish_raw(
+        &config,
+        "engagement.post.liked",
+        &late.encode_to_vec(),
+        &late.event_id,
+    )
+    .await;
+    let dlq = config.dead_letter_queue("post");
+    let dead = eventually(Duration::from_secs(15), || async {
+        (broker::queue_depth(&config, &dlq).await == 1).then_some(())
+    })
+    .await;
+    assert!(dead.is_some(), "the late event never reached {dlq}");
+    // Not applied; a like of now still is.
+    app.like_post(&token_for(ObjectId::new()), &post.id)
+        .await
+        .unwrap();
+    app.counters_become(&post.id, (1, 0)).await;
+}
