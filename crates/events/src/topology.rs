@@ -68,6 +68,7 @@ pub const ENGAGEMENT: QueueSpec = QueueSpec {
         "post.post.deleted",
         "engagement.comment.liked",
         "engagement.comment.unliked",
+        "engagement.comment.deleted",
         "user.user.deleted",
     ],
 };

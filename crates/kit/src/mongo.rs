@@ -143,6 +143,20 @@ pub fn index(name: &str, keys: Document, unique: bool) -> IndexModel {
         .build()
 }
 
+/// A sparse index: it holds only the documents that have the field (one a document
+/// carries for a while, such as a mark of work left to do).
+pub fn sparse_index(name: &str, keys: Document) -> IndexModel {
+    IndexModel::builder()
+        .keys(keys)
+        .options(
+            IndexOptions::builder()
+                .name(name.to_owned())
+                .sparse(true)
+                .build(),
+        )
+        .build()
+}
+
 /// Creates `indexes` on `collection` if missing; idempotent. On the stand-in, drops
 /// `_id` from compound keys (see the module docs).
 pub async fn ensure_indexes<T: Send + Sync>(

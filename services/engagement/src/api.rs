@@ -23,7 +23,10 @@ use social_proto::{
 };
 use tonic::{Code, Request, Response, Status};
 
-use crate::store::{CommentDoc, LikeDoc, Store, Target};
+use crate::{
+    checks,
+    store::{CommentDoc, LikeDoc, Store, Target},
+};
 
 pub struct Api {
     store: Store,
@@ -51,46 +54,20 @@ impl Api {
         }
     }
 
-    /// Records a like with its event (nothing if the user already likes the target).
+    /// Records a like with its event (nothing if the user already likes the target),
+    /// then checks it against deletions (see `crate::checks`).
     async fn like(&self, like: LikeDoc, event: Envelope) -> Result<()> {
         if self.store.like(&like, &event).await? {
             // Stored with its event, whatever the checks below say.
             self.relay.wake();
-            self.unless_post_removed(like.post_id, self.store.take_back_like(like.id))
-                .await?;
-            if self.author_removed(like.user_id).await? {
-                self.store.undo_like(&like, like.user_id).await?;
-                return Err(Error::Unauthenticated(ACCOUNT_DELETED));
-            }
+            refuse(checks::like(&self.store, &self.relay, &like).await?)?;
         }
         Ok(())
     }
 
-    /// Whether `user`'s account was deleted (see `social_events::removed_users`):
-    /// checked after inserting something of theirs, which is then undone the usual way
-    /// (its event moves the counters back).
-    async fn author_removed(&self, user: ObjectId) -> Result<bool> {
-        Ok(self.store.removed_users.any(&[user]).await?)
-    }
-
-    /// After inserting something under `post`: if the post is known to be deleted
-    /// meanwhile (see the store's docs), runs `take_back` and answers NOT_FOUND, so that
-    /// nothing outlives its post. If that cannot be known (the database is unreachable),
-    /// nothing is taken back: the call fails, and a retry finds what was inserted.
-    async fn unless_post_removed(
-        &self,
-        post: ObjectId,
-        take_back: impl Future<Output = Result<()>>,
-    ) -> Result<()> {
-        if !self.store.post_removed(post).await? {
-            return Ok(());
-        }
-        take_back.await?;
-        Err(Error::NotFound("post"))
-    }
-
-    /// The caller's existing like of `target`, if any; one left under a deleted post
-    /// (an earlier attempt failed half-way) is taken back and the post is NOT_FOUND.
+    /// The caller's existing like of `target`, if any. One whose checks did not finish
+    /// (an earlier try failed half-way) is checked now: taken back under a deleted post
+    /// (NOT_FOUND), undone for a deleted account (UNAUTHENTICATED).
     async fn existing_like(
         &self,
         me: ObjectId,
@@ -100,8 +77,9 @@ impl Api {
         let Some(like) = self.store.active_like(me, kind, target).await? else {
             return Ok(None);
         };
-        self.unless_post_removed(like.post_id, self.store.take_back_like(like.id))
-            .await?;
+        if like.unchecked_since.is_some() {
+            refuse(checks::like(&self.store, &self.relay, &like).await?)?;
+        }
         Ok(Some(like))
     }
 
@@ -141,6 +119,16 @@ impl From<CommentDoc> for Comment {
 
 /// What a deleted account's token gets for a write.
 const ACCOUNT_DELETED: &str = "this account was deleted";
+
+/// The answer to a write whose checks undid it.
+fn refuse(verdict: checks::Verdict) -> Result<()> {
+    match verdict {
+        checks::Verdict::Stands => Ok(()),
+        checks::Verdict::PostGone => Err(Error::NotFound("post")),
+        checks::Verdict::CommentGone => Err(Error::NotFound("comment")),
+        checks::Verdict::AccountGone => Err(Error::Unauthenticated(ACCOUNT_DELETED)),
+    }
+}
 
 fn id(field: &str, value: &str) -> Result<ObjectId> {
     validate::object_id(value).map_err(|d| Error::invalid(field, d))
@@ -289,12 +277,7 @@ impl EngagementService for Api {
         );
         self.store.insert_comment(&comment, &event).await?;
         self.relay.wake();
-        self.unless_post_removed(post, self.store.take_back_comment(comment.id))
-            .await?;
-        if self.author_removed(me).await? {
-            self.store.undo_comment(&comment, me).await?;
-            return Err(Error::Unauthenticated(ACCOUNT_DELETED).into());
-        }
+        refuse(checks::comment(&self.store, &self.relay, &comment).await?)?;
         Ok(Response::new(comment.into()))
     }
 

@@ -1,6 +1,7 @@
 //! What the engagement service consumes: a deleted post takes its comments and likes
-//! with it; comment likes move the comment's `likes_count` (once per event, see
-//! `social_events::idempotency`); a deleted account's likes end and its comments go.
+//! with it; a deleted comment ends its likes; comment likes move the comment's
+//! `likes_count` (once per event, see `social_events::idempotency`); a deleted account's
+//! likes end and its comments go.
 
 use std::sync::Arc;
 
@@ -14,7 +15,7 @@ use social_events::{
     topology::QueueSpec,
 };
 
-use crate::store::Store;
+use crate::store::{Store, Target};
 
 /// The engagement service's queue and its bindings.
 pub fn subscription() -> QueueSpec {
@@ -40,6 +41,10 @@ pub fn handler(store: Store, relay: Waker) -> Handler {
                         .add_to_comment_likes(ObjectId::parse_str(&e.comment_id)?, -1, &envelope)
                         .await?;
                 }
+                Some(Payload::CommentDeleted(e)) => {
+                    end_likes_of_comment(&store, &relay, ObjectId::parse_str(&e.comment_id)?)
+                        .await?;
+                }
                 Some(Payload::UserDeleted(e)) => {
                     remove_user(&store, &relay, removed_users::deleted_user(e)?).await?;
                 }
@@ -49,6 +54,29 @@ pub fn handler(store: Store, relay: Waker) -> Handler {
         }
         .boxed()
     })
+}
+
+/// Ends the likes of a deleted comment, each with its `unliked` event (its likers'
+/// exports no longer list it, their notifications go), in batches; idempotent and
+/// resumable. A like racing the deletion finds the comment gone after its insert and is
+/// taken back (`crate::checks`).
+async fn end_likes_of_comment(
+    store: &Store,
+    relay: &Waker,
+    comment: ObjectId,
+) -> anyhow::Result<()> {
+    let budget = Budget::start();
+    loop {
+        budget.check()?;
+        let likes = store.active_likes_of(Target::Comment, comment, 100).await?;
+        if likes.is_empty() {
+            return Ok(());
+        }
+        for like in &likes {
+            store.undo_like(like, like.user_id).await?;
+        }
+        relay.wake();
+    }
 }
 
 /// Ends every like of a deleted account and deletes its comments, each with its event

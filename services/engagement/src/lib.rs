@@ -5,6 +5,7 @@
 //! call.
 
 mod api;
+mod checks;
 mod events;
 mod recompute;
 mod store;
@@ -32,6 +33,9 @@ pub struct Config {
     pub post_service: Peer,
     /// Where engagement events go and post events come from.
     pub events: EventsConfig,
+    /// How long a like or comment whose checks against deletions did not finish (its
+    /// call failed) waits before it is checked in the background (60 s).
+    pub unchecked_after: std::time::Duration,
 }
 
 impl social_kit::config::ServiceConfig for Config {
@@ -51,6 +55,7 @@ impl Config {
                 "http://127.0.0.1:50052",
             )?,
             events: EventsConfig::from_env()?,
+            unchecked_after: std::time::Duration::from_secs(60),
         })
     }
 
@@ -65,6 +70,7 @@ impl Config {
             common: CommonConfig::for_tests("engagement", mongodb_uri, database),
             post_service,
             events,
+            unchecked_after: std::time::Duration::from_secs(1),
         }
     }
 }
@@ -97,6 +103,8 @@ pub async fn run(
         events::handler(store.clone(), relay.waker()),
     );
     let mut background = Background::new();
+    let (checked, waker, left_for) = (store.clone(), relay.waker(), config.unchecked_after);
+    background.spawn(|stop| checks::run(checked, waker, left_for, stop));
     background.spawn(|stop| relay.run(stop));
     background
         .spawn(|stop| social_events::consumer::run(events, events::subscription(), handler, stop));

@@ -74,6 +74,10 @@ pub struct LikeDoc {
     pub started_ms: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ended_ms: Option<i64>,
+    /// Set when stored (ms), removed once checked against the deletions that may have
+    /// raced it (see `crate::checks`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unchecked_since: Option<i64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub outbox: Vec<String>,
     #[serde(default)]
@@ -104,6 +108,7 @@ impl LikeDoc {
             active_key: ACTIVE.into(),
             started_ms: 0,
             ended_ms: None,
+            unchecked_since: None,
             outbox: Vec::new(),
             outbox_pending: 0,
         }
@@ -142,6 +147,9 @@ pub struct CommentDoc {
     pub recount_ms: i64,
     #[serde(default)]
     pub counter_version: i64,
+    /// See [`LikeDoc::unchecked_since`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unchecked_since: Option<i64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub outbox: Vec<String>,
     #[serde(default)]
@@ -174,11 +182,15 @@ impl CommentDoc {
             ended_ms: None,
             recount_ms: 0,
             counter_version: 0,
+            unchecked_since: None,
             outbox: Vec::new(),
             outbox_pending: 0,
         }
     }
 }
+
+/// The field of a like or comment not yet checked against deletions.
+const UNCHECKED: &str = "unchecked_since";
 
 /// A deleted post, remembered long enough to outlive any write racing its deletion.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -248,6 +260,8 @@ impl Store {
                 ),
                 // Cascade when a post is deleted.
                 mongo::index("post", doc! { "post_id": 1 }, false),
+                // Likes whose checks against deletions did not finish (crate::checks).
+                mongo::sparse_index("unchecked", doc! { UNCHECKED: 1 }),
                 mongo::sort_key_index(),
                 outbox::index(),
                 outbox::purge_index("ended_ttl", "ended_at", Duration::from_secs(30 * DAY)),
@@ -271,6 +285,8 @@ impl Store {
                     doc! { "user_id": 1, "state": 1, "sort_key": 1 },
                     false,
                 ),
+                // Comments whose checks against deletions did not finish.
+                mongo::sparse_index("unchecked", doc! { UNCHECKED: 1 }),
                 // Counting a post's comments as of a moment (one count over index keys).
                 mongo::index(
                     "post_lifetime",
@@ -401,6 +417,46 @@ impl Store {
             .is_some())
     }
 
+    /// Marks like `id` checked against deletions.
+    pub async fn like_checked(&self, id: ObjectId) -> Result<()> {
+        self.likes
+            .update_one(doc! { "_id": id }, doc! { "$unset": { UNCHECKED: "" } })
+            .await?;
+        Ok(())
+    }
+
+    /// Marks comment `id` checked against deletions.
+    pub async fn comment_checked(&self, id: ObjectId) -> Result<()> {
+        self.comments
+            .update_one(doc! { "_id": id }, doc! { "$unset": { UNCHECKED: "" } })
+            .await?;
+        Ok(())
+    }
+
+    /// Up to `limit` likes stored before `before_ms` whose checks did not finish.
+    pub async fn unchecked_likes(&self, before_ms: i64, limit: i64) -> Result<Vec<LikeDoc>> {
+        Ok(self
+            .likes
+            .find(doc! { UNCHECKED: { "$lt": before_ms } })
+            .projection(outbox::without_bookkeeping())
+            .limit(limit)
+            .await?
+            .try_collect()
+            .await?)
+    }
+
+    /// Up to `limit` comments stored before `before_ms` whose checks did not finish.
+    pub async fn unchecked_comments(&self, before_ms: i64, limit: i64) -> Result<Vec<CommentDoc>> {
+        Ok(self
+            .comments
+            .find(doc! { UNCHECKED: { "$lt": before_ms } })
+            .projection(outbox::without_bookkeeping())
+            .limit(limit)
+            .await?
+            .try_collect()
+            .await?)
+    }
+
     /// Takes back a like inserted while its post was being deleted.
     pub async fn take_back_like(&self, id: ObjectId) -> Result<()> {
         self.likes.delete_one(doc! { "_id": id }).await?;
@@ -419,6 +475,7 @@ impl Store {
         like.outbox = vec![outbox::entry(event)];
         like.outbox_pending = 1;
         like.started_ms = idempotency::event_time_ms(event);
+        like.unchecked_since = Some(DateTime::now().timestamp_millis());
         Ok(mongo::insert_keyed(&self.likes, &mut like, |l| &mut l.sort_key).await?)
     }
 
@@ -440,6 +497,24 @@ impl Store {
                 "active_key": ACTIVE, "target_type": kind,
             })
             .projection(outbox::without_bookkeeping())
+            .await?)
+    }
+
+    /// Up to `limit` active likes of `target`.
+    pub async fn active_likes_of(
+        &self,
+        kind: Target,
+        target: ObjectId,
+        limit: i64,
+    ) -> Result<Vec<LikeDoc>> {
+        let kind = bson::serialize_to_bson(&kind).map_err(social_kit::Error::internal)?;
+        Ok(self
+            .likes
+            .find(doc! { "target_id": mongo::is(target), "target_type": kind, "state": ACTIVE })
+            .projection(outbox::without_bookkeeping())
+            .limit(limit)
+            .await?
+            .try_collect()
             .await?)
     }
 
@@ -489,6 +564,7 @@ impl Store {
         comment.outbox = vec![outbox::entry(event)];
         comment.outbox_pending = 1;
         comment.started_ms = idempotency::event_time_ms(event);
+        comment.unchecked_since = Some(DateTime::now().timestamp_millis());
         mongo::insert_new(&self.comments, &mut comment, |c| &mut c.sort_key).await
     }
 
@@ -522,9 +598,11 @@ impl Store {
 
     /// Marks comment `id` deleted with its event; `false` if it already was.
     pub async fn delete_comment(&self, id: ObjectId, event: &Envelope) -> Result<bool> {
+        // Its words and media go at once; the document keeps what its events need.
         let mut update = doc! { "$set": {
             "state": "deleted", "deleted_at": DateTime::now(),
             mongo::ENDED_MS: idempotency::event_time_ms(event),
+            "content": "", "media": [],
         } };
         outbox::push(&mut update, event);
         let r = self
@@ -609,7 +687,7 @@ impl Store {
         self.comments
             .update_many(
                 doc! { "post_id": mongo::is(post), "state": ACTIVE },
-                doc! { "$set": { "state": "deleted", "deleted_at": now } },
+                doc! { "$set": { "state": "deleted", "deleted_at": now, "content": "", "media": [] } },
             )
             .await?;
         // One statement whatever the number of likes (ended ones go too).

@@ -226,7 +226,10 @@ impl Store {
 
     /// Marks `author`'s post `id` deleted with its `deleted` event; whether it was there.
     pub async fn delete(&self, id: ObjectId, author: ObjectId, event: &Envelope) -> Result<bool> {
-        let mut update = doc! { "$set": { "state": DELETED, "deleted_at": DateTime::now() } };
+        // Its words and media go at once; the document keeps what its events need.
+        let mut update = doc! { "$set": {
+            "state": DELETED, "deleted_at": DateTime::now(), "content": "", "media": [],
+        } };
         outbox::push(&mut update, event);
         let r = self
             .posts

@@ -613,3 +613,131 @@ async fn a_deleted_accounts_token_writes_nothing_a_month_later() {
     let p = app.get_post(&post.id).await;
     assert_eq!((p.likes_count, p.comments_count), (0, 0));
 }
+
+#[tokio::test]
+async fn a_write_whose_check_for_a_deleted_account_failed_is_undone_by_its_retry_or_later() {
+    let app = App::start().await;
+    let (doomed_id, doomed) = app.stack.register("ghost").await;
+    let (_, alice) = app.stack.register("alice").await;
+    let post = app.post(&alice, "p").await;
+    let other = app.post(&alice, "q").await;
+    delete_account(&app, &doomed, PASSWORD).await.unwrap();
+    deletion_finished(&app, &doomed_id).await;
+    // The account's unexpired token writes; each write's check of the account's
+    // tombstone fails after its insert, so the write answers UNAVAILABLE and stays.
+    let fail_next_check = || fail::cfg("engagement::account_removed", "1*return").unwrap();
+    fail_next_check();
+    let err = app.like_post(&doomed, &post.id).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    // The client retries: the like is checked again, undone, and refused.
+    let err = app.like_post(&doomed, &post.id).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    // These clients never retry: what they left is checked in the background.
+    fail_next_check();
+    app.like_post(&doomed, &other.id).await.unwrap_err();
+    fail_next_check();
+    let err = app.comment(&doomed, &other.id, "hello").await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert_eq!(social_kit::faults::fired("engagement::account_removed"), 3);
+    let is = social_kit::mongo::is(ObjectId::parse_str(&doomed_id).unwrap());
+    let gone = eventually(Duration::from_secs(15), || async {
+        let likes = count(
+            &app,
+            "likes",
+            doc! { "user_id": is.clone(), "state": "active" },
+        )
+        .await;
+        let comments = count(
+            &app,
+            "comments",
+            doc! { "user_id": is.clone(), "state": "active" },
+        )
+        .await;
+        (likes + comments == 0).then_some(())
+    })
+    .await;
+    assert!(gone.is_some(), "the writes stayed");
+    app.stack.settled().await;
+    for p in [&post, &other] {
+        let p = app.get_post(&p.id).await;
+        assert_eq!((p.likes_count, p.comments_count), (0, 0), "{}", p.id);
+    }
+}
+
+#[tokio::test]
+async fn a_deleted_comment_ends_its_likes_and_deleted_words_are_gone_at_once() {
+    use social_proto::{engagement::v1::DeleteCommentRequest, post::v1::DeletePostRequest};
+    let app = App::start().await;
+    let (_, alice) = app.stack.register("alice").await;
+    let (_, bob) = app.stack.register("bob").await;
+    let post = app.post(&alice, "the words of a post").await;
+    let comment = app
+        .comment(&bob, &post.id, "the words of a comment")
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        like_comment(
+            &app,
+            &social_testkit::token_for(ObjectId::new()),
+            &comment.id,
+        )
+        .await;
+    }
+    let comment_id = ObjectId::parse_str(&comment.id).unwrap();
+    let likes_of = |state: &'static str| {
+        let app = &app;
+        async move {
+            count(
+                app,
+                "likes",
+                doc! { "target_id": social_kit::mongo::is(comment_id), "state": state },
+            )
+            .await
+        }
+    };
+    assert_eq!(likes_of("active").await, 3);
+    app.engagement
+        .clone()
+        .delete_comment(authed(
+            DeleteCommentRequest {
+                id: comment.id.clone(),
+            },
+            &bob,
+        ))
+        .await
+        .unwrap();
+    // Its likes end, each with its event (the likers' exports no longer list them).
+    let ended = eventually(Duration::from_secs(15), || async {
+        (likes_of("ended").await == 3).then_some(())
+    })
+    .await;
+    assert!(ended.is_some(), "active: {}", likes_of("active").await);
+    // Its words and media are gone from the database at once, and so are the post's.
+    let db = app.stack.database().await;
+    let stored = |collection: &'static str, id: &str| {
+        let (db, id) = (db.clone(), ObjectId::parse_str(id).unwrap());
+        async move {
+            db.collection::<bson::Document>(collection)
+                .find_one(doc! { "_id": id })
+                .await
+                .unwrap()
+                .unwrap()
+        }
+    };
+    let c = stored("comments", &comment.id).await;
+    assert_eq!(c.get_str("content").unwrap(), "");
+    assert!(c.get_array("media").unwrap().is_empty());
+    app.stack
+        .posts()
+        .await
+        .delete_post(authed(
+            DeletePostRequest {
+                id: post.id.clone(),
+            },
+            &alice,
+        ))
+        .await
+        .unwrap();
+    let p = stored("posts", &post.id).await;
+    assert_eq!(p.get_str("content").unwrap(), "");
+}

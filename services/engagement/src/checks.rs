@@ -1,0 +1,117 @@
+//! Likes and comments against the deletions that may race them (docs/events.md,
+//! "Deletions win races"): whoever writes checks for the post's and the account's
+//! tombstones after its insert, and undoes the insert if either exists.
+//!
+//! A like or comment is stored marked unchecked (`unchecked_since`), and the mark goes
+//! once both checks have passed (or the insert was undone). When a check cannot be
+//! made (the database went away), the call fails and the mark stays: a retry of the like
+//! finds the mark and checks again, and [`run`] checks every mark left for a minute, so
+//! that a write whose client never retried does not outlive a deletion either.
+
+use std::time::Duration;
+
+use social_events::outbox::Waker;
+use social_kit::Result;
+use tokio_util::sync::CancellationToken;
+
+use crate::store::{CommentDoc, LikeDoc, Store};
+
+/// What the checks found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Nothing was deleted: the write stands.
+    Stands,
+    /// The post is gone: the write was taken back.
+    PostGone,
+    /// The liked comment is gone: the like was taken back.
+    CommentGone,
+    /// The writer's account is gone: the write was undone, with its event.
+    AccountGone,
+}
+
+/// Whether `user`'s account was deleted.
+async fn account_removed(store: &Store, user: bson::oid::ObjectId) -> Result<bool> {
+    // Tests make this check fail, as an unreachable database would.
+    social_kit::fault!("engagement::account_removed", |_| Err(
+        social_kit::Error::Unavailable("the database is unavailable (injected)".into())
+    ));
+    Ok(store.removed_users.any(&[user]).await?)
+}
+
+/// Checks `like` (stored, unchecked) and undoes it if its post, its comment or its
+/// author's account was deleted: under a deleted post or comment it is taken back (its
+/// event, if out, is about something deleted: moot), for a deleted account it is ended
+/// with its `unliked` event (so that the post's count goes back).
+pub async fn like(store: &Store, relay: &Waker, like: &LikeDoc) -> Result<Verdict> {
+    if store.post_removed(like.post_id).await? {
+        store.take_back_like(like.id).await?;
+        return Ok(Verdict::PostGone);
+    }
+    // A comment is its own tombstone: deleted, or purged once deleted.
+    if let Some(comment) = like.comment_id
+        && store.comment(comment).await?.is_none()
+    {
+        store.take_back_like(like.id).await?;
+        return Ok(Verdict::CommentGone);
+    }
+    let verdict = if account_removed(store, like.user_id).await? {
+        if store.undo_like(like, like.user_id).await? {
+            relay.wake();
+        }
+        Verdict::AccountGone
+    } else {
+        Verdict::Stands
+    };
+    store.like_checked(like.id).await?;
+    Ok(verdict)
+}
+
+/// [`like`] for a comment: taken back under a deleted post, deleted with its event for a
+/// deleted account.
+pub async fn comment(store: &Store, relay: &Waker, comment: &CommentDoc) -> Result<Verdict> {
+    if store.post_removed(comment.post_id).await? {
+        store.take_back_comment(comment.id).await?;
+        return Ok(Verdict::PostGone);
+    }
+    let verdict = if account_removed(store, comment.user_id).await? {
+        if store.undo_comment(comment, comment.user_id).await? {
+            relay.wake();
+        }
+        Verdict::AccountGone
+    } else {
+        Verdict::Stands
+    };
+    store.comment_checked(comment.id).await?;
+    Ok(verdict)
+}
+
+/// Until `stop`: every half of `left_for`, checks the likes and comments whose checks
+/// did not finish `left_for` ago (a failed call its client did not retry; a call in
+/// flight clears its own mark well within it).
+pub async fn run(store: Store, relay: Waker, left_for: Duration, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(left_for / 2) => {}
+        }
+        if let Err(e) = settle_left(&store, &relay, left_for).await {
+            tracing::warn!(error = %e, "could not check the writes left unchecked; will retry");
+        }
+    }
+}
+
+/// Checks the likes and comments left unchecked for `left_for`, 100 of each at most;
+/// how many.
+async fn settle_left(store: &Store, relay: &Waker, left_for: Duration) -> Result<usize> {
+    let before = bson::DateTime::now().timestamp_millis()
+        - i64::try_from(left_for.as_millis()).unwrap_or(i64::MAX);
+    let likes = store.unchecked_likes(before, 100).await?;
+    let comments = store.unchecked_comments(before, 100).await?;
+    for l in &likes {
+        like(store, relay, l).await?;
+    }
+    for c in &comments {
+        comment(store, relay, c).await?;
+    }
+    Ok(likes.len() + comments.len())
+}
