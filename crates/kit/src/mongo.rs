@@ -429,7 +429,21 @@ pub async fn count_as_of<T: Send + Sync>(
             doc! { ENDED_MS: { "$exists": false } },
         ],
     );
-    count(collection, filter, stand_in).await
+    let alive = count(collection, filter, stand_in).await?;
+    // Tests hold a recount here, where a purge would have fallen between two counts.
+    if let Some(ms) = injected_pause_ms() {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    Ok(alive)
+}
+
+/// How long tests hold a count (`kit::count_as_of`, `return(<ms>)`).
+fn injected_pause_ms() -> Option<u64> {
+    fail::fail_point!("kit::count_as_of", |ms: Option<String>| {
+        crate::faults::record("kit::count_as_of");
+        ms.and_then(|ms| ms.parse().ok())
+    });
+    None
 }
 
 /// Up to `limit` documents matching `filter` (with `projection`), after the sort key

@@ -212,3 +212,60 @@ async fn a_user_with_many_followers_is_recounted_and_a_failing_batch_is_reported
         "{err:#}"
     );
 }
+
+#[tokio::test]
+async fn a_recount_stays_exact_when_a_purge_falls_in_the_middle_of_it() {
+    let app = App::start().await;
+    let (star, _) = app.stack.register("star").await;
+    let mut graph = app.stack.graph().await;
+    let (stays, leaves) = (token_for(ObjectId::new()), token_for(ObjectId::new()));
+    for token in [&stays, &leaves] {
+        let request = FollowRequest {
+            followee_id: star.clone(),
+        };
+        graph.follow(authed(request, token)).await.unwrap();
+    }
+    let request = UnfollowRequest {
+        followee_id: star.clone(),
+    };
+    graph.unfollow(authed(request, &leaves)).await.unwrap();
+    app.stack.settled().await;
+    // The recount is held after its count (where it counted the follows started, before
+    // it counted the ended ones); meanwhile the ended follow is purged, as its TTL
+    // index would a month later.
+    fail::cfg("kit::count_as_of", "return(1000)").unwrap();
+    let purge = async {
+        let held = eventually(Duration::from_secs(15), || async {
+            (social_kit::faults::fired("kit::count_as_of") > 0).then_some(())
+        })
+        .await;
+        assert!(held.is_some(), "the recount was not held");
+        database(&app)
+            .await
+            .collection::<bson::Document>("followers")
+            .delete_many(doc! { "state": "ended" })
+            .await
+            .unwrap();
+    };
+    let mut config = social_user::Config::for_tests(
+        &social_testkit::mongodb_uri(),
+        &app.stack.database,
+        app.stack.events.clone(),
+    );
+    config.graph_service = peer(app.stack.graph.addr);
+    let (recounted, ()) = tokio::join!(
+        social_user::recompute_counters(&config, Duration::ZERO),
+        purge
+    );
+    fail::remove("kit::count_as_of");
+    recounted.unwrap();
+    let user = app
+        .stack
+        .users()
+        .await
+        .get_user(GetUserRequest { id: star })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(user.followers_count, 1);
+}
