@@ -53,17 +53,25 @@ pub type Handler = Arc<dyn Fn(Envelope) -> BoxFuture<'static, anyhow::Result<()>
 #[error("more to do")]
 pub struct MoreToDo;
 
-/// How long one step of a long job may run, well within the handler timeout.
+/// How long one step of a long job may run, well within the handler timeout; and how
+/// long each of its batches took (logged at debug under the target [`BATCHES`], so that
+/// a job whose batches grow slower shows: each must read only what is left).
 #[derive(Debug, Clone, Copy)]
 pub struct Budget {
     until: Instant,
+    batch_started: Instant,
 }
+
+/// The log target of [`Budget::done`].
+pub const BATCHES: &str = "social_events::batches";
 
 impl Budget {
     /// A budget of two seconds from now.
     pub fn start() -> Self {
+        let now = Instant::now();
         Self {
-            until: Instant::now() + Duration::from_secs(2),
+            until: now + Duration::from_secs(2),
+            batch_started: now,
         }
     }
 
@@ -74,6 +82,14 @@ impl Budget {
         } else {
             Ok(())
         }
+    }
+
+    /// Records a batch of `items` of the job `step` done, and starts timing the next.
+    pub fn done(&mut self, step: &str, items: usize) {
+        let now = Instant::now();
+        let micros = u64::try_from((now - self.batch_started).as_micros()).unwrap_or(u64::MAX);
+        tracing::debug!(target: BATCHES, step, items, micros, "batch done");
+        self.batch_started = now;
     }
 }
 

@@ -65,7 +65,7 @@ async fn end_likes_of_comment(
     relay: &Waker,
     comment: ObjectId,
 ) -> anyhow::Result<()> {
-    let budget = Budget::start();
+    let mut budget = Budget::start();
     loop {
         budget.check()?;
         let likes = store.active_likes_of(Target::Comment, comment, 100).await?;
@@ -76,6 +76,7 @@ async fn end_likes_of_comment(
             store.undo_like(like, like.user_id).await?;
         }
         relay.wake();
+        budget.done("comment likes", likes.len());
     }
 }
 
@@ -84,7 +85,7 @@ async fn end_likes_of_comment(
 /// in batches; idempotent and resumable.
 async fn remove_user(store: &Store, relay: &Waker, user: ObjectId) -> anyhow::Result<()> {
     store.removed_users.mark(user).await?;
-    let budget = Budget::start();
+    let mut budget = Budget::start();
     loop {
         budget.check()?;
         let likes = store.likes_by(user, 100).await?;
@@ -95,6 +96,7 @@ async fn remove_user(store: &Store, relay: &Waker, user: ObjectId) -> anyhow::Re
             store.undo_like(like, user).await?;
         }
         relay.wake();
+        budget.done("account likes", likes.len());
     }
     loop {
         budget.check()?;
@@ -106,6 +108,7 @@ async fn remove_user(store: &Store, relay: &Waker, user: ObjectId) -> anyhow::Re
             store.undo_comment(comment, user).await?;
         }
         relay.wake();
+        budget.done("account comments", comments.len());
     }
     if store.removed_users.cleared(user).await? {
         relay.wake();

@@ -420,7 +420,7 @@ impl Fanout {
     /// (a failure in between pushes it again on the retry).
     async fn remove_about(&self, field: &str, id: ObjectId) -> anyhow::Result<()> {
         // A viral post's thousands of notifications go in steps (see `Budget`).
-        let budget = Budget::start();
+        let mut budget = Budget::start();
         loop {
             budget.check()?;
             let batch = self.store.about(field, id, REMOVE_BATCH).await?;
@@ -449,6 +449,7 @@ impl Fanout {
             }
             let ids: Vec<ObjectId> = batch.into_iter().map(|n| n.id).collect();
             self.store.delete_ids(&ids).await?;
+            let items = ids.len();
             touched.sort_unstable();
             touched.dedup();
             let mut groups = Vec::new();
@@ -463,6 +464,7 @@ impl Fanout {
                 })
                 .await?;
             }
+            budget.done(field, items);
         }
     }
 

@@ -53,13 +53,14 @@ pub fn handler(store: Store, relay: Waker) -> Handler {
 /// and resumable (a retry goes on with the posts still there).
 async fn remove_author(store: &Store, relay: &Waker, user: ObjectId) -> anyhow::Result<()> {
     store.removed_users.mark(user).await?;
-    let budget = Budget::start();
+    let mut budget = Budget::start();
     loop {
         budget.check()?;
         let posts = store.ids_by_author(user, 100).await?;
         if posts.is_empty() {
             break;
         }
+        let batch = posts.len();
         for post in posts {
             let event = new_envelope(
                 user,
@@ -71,6 +72,7 @@ async fn remove_author(store: &Store, relay: &Waker, user: ObjectId) -> anyhow::
             store.delete(post, user, &event).await?;
         }
         relay.wake();
+        budget.done("account posts", batch);
     }
     if store.removed_users.cleared(user).await? {
         relay.wake();

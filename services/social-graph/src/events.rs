@@ -42,7 +42,7 @@ pub fn handler(store: Store, relay: Waker) -> Handler {
 /// resumable (a retry goes on with the follows still active).
 async fn remove_user(store: &Store, relay: &Waker, user: ObjectId) -> anyhow::Result<()> {
     store.removed_users.mark(user).await?;
-    let budget = Budget::start();
+    let mut budget = Budget::start();
     for side in ["follower_id", "followee_id"] {
         loop {
             budget.check()?;
@@ -50,10 +50,12 @@ async fn remove_user(store: &Store, relay: &Waker, user: ObjectId) -> anyhow::Re
             if follows.is_empty() {
                 break;
             }
+            let batch = follows.len();
             for (follower, followee) in follows {
                 unfollow(store, follower, followee).await?;
             }
             relay.wake();
+            budget.done(side, batch);
         }
     }
     if store.removed_users.cleared(user).await? {

@@ -5,8 +5,10 @@
 //! ```text
 //! scripts/bench feed     # ListHomeFeed latency for readers following 10..5000 accounts
 //! scripts/bench login    # one Login (Argon2id verify) end to end
-//! scripts/bench deletion # deleting an account with 1,000 posts, 5,000 likes given and
-//!                        # 2,000 follows, and GetPost's rate and latency meanwhile
+//! scripts/bench deletion # deleting an account with 10,000 posts, 50,000 likes given and
+//!                        # 5,000 follows (BENCH_POSTS, BENCH_LIKES, BENCH_FOLLOWS): the
+//!                        # mean time of the first and last ten batches of each step, and
+//!                        # GetPost's rate and latency meanwhile
 //! scripts/bench storm    # GetUser latency alone and during 64 clients logging in at once,
 //!                        # and how many logins per second the user service sustains
 //! scripts/bench notifications  # list, unread-only list and unread count, 100,000 notifications
@@ -346,11 +348,100 @@ async fn storm() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The batches the services' long jobs report (`social_events::consumer::BATCHES`): the
+/// step and how long each took (µs), in the order they were done.
+#[derive(Clone, Default)]
+struct Batches(Arc<std::sync::Mutex<Vec<(String, u64)>>>);
+
+impl Batches {
+    /// Collects the batches logged from now on in this process.
+    fn install() -> Self {
+        use tracing_subscriber::{filter::Targets, layer::SubscriberExt, util::SubscriberInitExt};
+        let batches = Self::default();
+        let only =
+            Targets::new().with_target(social_events::consumer::BATCHES, tracing::Level::DEBUG);
+        let _ = tracing_subscriber::registry()
+            .with(tracing_subscriber::Layer::with_filter(
+                batches.clone(),
+                only,
+            ))
+            .try_init();
+        batches
+    }
+
+    /// Per step: how many batches, and the mean time (ms) of its first and last ten.
+    fn report(&self) {
+        let all = self.0.lock().map(|b| b.clone()).unwrap_or_default();
+        let mut steps: Vec<&str> = Vec::new();
+        for (step, _) in &all {
+            if !steps.contains(&step.as_str()) {
+                steps.push(step);
+            }
+        }
+        for step in steps {
+            let times: Vec<u64> = all
+                .iter()
+                .filter(|(s, _)| s == step)
+                .map(|(_, t)| *t)
+                .collect();
+            let mean =
+                |part: &[u64]| part.iter().sum::<u64>() as f64 / part.len().max(1) as f64 / 1000.0;
+            let ten = times.len().min(10);
+            let (first, last) = (mean(&times[..ten]), mean(&times[times.len() - ten..]));
+            println!(
+                "  {step:<18} {:>4} batches: first ten {first:>7.1} ms, last ten {last:>7.1} ms each ({:.2}x)",
+                times.len(),
+                last / first.max(f64::MIN_POSITIVE)
+            );
+        }
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Batches {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        #[derive(Default)]
+        struct Fields {
+            step: Option<String>,
+            micros: Option<u64>,
+        }
+        impl tracing::field::Visit for Fields {
+            fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+                if field.name() == "step" {
+                    self.step = Some(value.to_owned());
+                }
+            }
+            fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+                if field.name() == "micros" {
+                    self.micros = Some(value);
+                }
+            }
+            fn record_debug(&mut self, _: &tracing::field::Field, _: &dyn std::fmt::Debug) {}
+        }
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        if let (Some(step), Some(micros), Ok(mut all)) = (fields.step, fields.micros, self.0.lock())
+        {
+            all.push((step, micros));
+        }
+    }
+}
+
+/// A size from the environment, or `default`.
+fn size(var: &str, default: usize) -> usize {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 async fn deletion() -> anyhow::Result<()> {
     use std::sync::atomic::{AtomicBool, Ordering};
-    const POSTS: usize = 1000;
-    const LIKES: usize = 5000;
-    const FOLLOWS: usize = 2000;
+    let batches = Batches::install();
+    let (posts_n, likes_n, follows_n) = (
+        size("BENCH_POSTS", 10_000),
+        size("BENCH_LIKES", 50_000),
+        size("BENCH_FOLLOWS", 5_000),
+    );
     let stack = Stack::start().await;
     let db = database(&stack).await?;
     let (doomed, token) = stack.register("doomed").await;
@@ -369,8 +460,8 @@ async fn deletion() -> anyhow::Result<()> {
             "outbox_pending": 0,
         }
     };
-    let own: Vec<_> = (0..POSTS).map(|_| post(doomed)).collect();
-    let targets: Vec<_> = (0..LIKES).map(|_| post(other)).collect();
+    let own: Vec<_> = (0..posts_n).map(|_| post(doomed)).collect();
+    let targets: Vec<_> = (0..likes_n).map(|_| post(other)).collect();
     let likes: Vec<_> = targets
         .iter()
         .map(|p| {
@@ -384,7 +475,7 @@ async fn deletion() -> anyhow::Result<()> {
             }
         })
         .collect();
-    let follows: Vec<_> = (0..FOLLOWS)
+    let follows: Vec<_> = (0..follows_n)
         .map(|i| {
             let someone = ObjectId::new();
             let (follower, followee) = if i % 2 == 0 {
@@ -416,7 +507,7 @@ async fn deletion() -> anyhow::Result<()> {
         .expect("a post")
         .get_object_id("_id")?
         .to_hex();
-    println!("an account with {POSTS} posts, {LIKES} likes given and {FOLLOWS} follows:");
+    println!("an account with {posts_n} posts, {likes_n} likes given and {follows_n} follows:");
     let alone = get_post_for(&stack, &probe, Duration::from_secs(5)).await?;
     report("GetPost alone", &alone.0);
 
@@ -466,6 +557,8 @@ async fn deletion() -> anyhow::Result<()> {
         finished.as_secs_f64()
     );
     report("GetPost during the cascade", &during);
+    println!("batches of the cascade, by step (100 items each, the last one fewer):");
+    batches.report();
     println!(
         "GetPost rate: {:.0}/s alone, {:.0}/s during the cascade (one client)",
         alone.0.len() as f64 / alone.1.as_secs_f64(),
