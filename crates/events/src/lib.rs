@@ -10,6 +10,7 @@
 //!   dead-letter queue, reconnects, and a clean stop.
 //! - [`idempotency`]: applying an event to a document at most once.
 //! - [`topology`]: the one table of queues and bindings every service declares.
+//! - [`sessions`]: every replica refusing the tokens of sessions that ended.
 //! - [`admin`]: operators' commands (declare the topology, change a queue's type).
 
 pub mod admin;
@@ -21,6 +22,7 @@ pub mod idempotency;
 pub mod live;
 pub mod outbox;
 pub mod removed_users;
+pub mod sessions;
 pub mod topology;
 
 pub use config::{EventsConfig, QueueType};

@@ -81,18 +81,118 @@ pub fn missing_key(var: &str, what: &str) -> ConfigError {
 
 /// DEVELOPMENT ONLY: the service credential used with `DEVELOPMENT_KEYS=true`.
 pub const DEV_SERVICE_TOKEN: &str = "DEVELOPMENT-ONLY-service-token";
+/// DEVELOPMENT ONLY: the gateway's credential used with `DEVELOPMENT_KEYS=true`.
+pub const DEV_GATEWAY_TOKEN: &str = "DEVELOPMENT-ONLY-gateway-token";
 
 /// The credential services present to each other's internal RPCs (`x-service-token`):
 /// `SERVICE_TOKEN`, or the development one when it is unset and `DEVELOPMENT_KEYS=true`.
 pub fn service_token(config: &crate::config::CommonConfig) -> Result<String, ConfigError> {
-    match &config.service_token {
+    secret_or_development(
+        config,
+        "SERVICE_TOKEN",
+        config.service_token.as_ref(),
+        DEV_SERVICE_TOKEN,
+        "a random secret shared by the services",
+    )
+}
+
+/// The gateway's credential (`x-gateway-token`), which vouches for the client address
+/// it reports: `GATEWAY_TOKEN`, or the development one as for [`service_token`].
+pub fn gateway_token(config: &crate::config::CommonConfig) -> Result<String, ConfigError> {
+    secret_or_development(
+        config,
+        "GATEWAY_TOKEN",
+        config.gateway_token.as_ref(),
+        DEV_GATEWAY_TOKEN,
+        "a random secret the gateway holds (not SERVICE_TOKEN)",
+    )
+}
+
+/// `set`, or `development` when it is unset, `DEVELOPMENT_KEYS=true` and no real key is
+/// configured: where real keys are set, a missing secret is an error, never the
+/// published one in silence.
+fn secret_or_development(
+    config: &crate::config::CommonConfig,
+    var: &str,
+    set: Option<&String>,
+    development: &str,
+    what: &str,
+) -> Result<String, ConfigError> {
+    match set {
         Some(token) => Ok(token.clone()),
-        None if config.development_keys => Ok(DEV_SERVICE_TOKEN.to_owned()),
-        None => Err(missing_key(
-            "SERVICE_TOKEN",
-            "a random secret shared by the services",
-        )),
+        None if config.development_keys && config.auth_public_key_pem.is_none() => {
+            Ok(development.to_owned())
+        }
+        None if config.development_keys => Err(ConfigError {
+            var: var.into(),
+            value: String::new(),
+            reason: format!(
+                "must be set to {what}: AUTH_PUBLIC_KEY is set, so the published \
+                 development secret is not used even with DEVELOPMENT_KEYS=true"
+            ),
+        }),
+        None => Err(missing_key(var, what)),
     }
+}
+
+/// Sessions that ended while their access tokens may still be unexpired: the gate
+/// refuses those tokens. Each entry lasts until the session's last token expires, so
+/// the set holds only the sessions ended within one token lifetime (bounded by
+/// [`REVOKED_CACHE`] besides). Cheap to clone: clones share the set.
+#[derive(Clone)]
+pub struct Revocations(moka::sync::Cache<ObjectId, SystemTime>);
+
+/// The most ended sessions a service remembers at once (a few dozen bytes each).
+pub const REVOKED_CACHE: u64 = 1_000_000;
+
+struct UntilTokensExpire;
+
+impl moka::Expiry<ObjectId, SystemTime> for UntilTokensExpire {
+    fn expire_after_create(
+        &self,
+        _: &ObjectId,
+        expires: &SystemTime,
+        _: std::time::Instant,
+    ) -> Option<Duration> {
+        // Past the leeway a token is refused anyway.
+        let until = *expires + Duration::from_secs(LEEWAY_SECS);
+        Some(until.duration_since(SystemTime::now()).unwrap_or_default())
+    }
+}
+
+impl Default for Revocations {
+    fn default() -> Self {
+        Self(
+            moka::sync::Cache::builder()
+                .max_capacity(REVOKED_CACHE)
+                .expire_after(UntilTokensExpire)
+                .build(),
+        )
+    }
+}
+
+impl Revocations {
+    /// Refuses the tokens of `session` from now on, until `tokens_expire`.
+    pub fn revoke(&self, session: ObjectId, tokens_expire: SystemTime) {
+        if tokens_expire + Duration::from_secs(LEEWAY_SECS) > SystemTime::now() {
+            self.0.insert(session, tokens_expire);
+        }
+    }
+
+    /// Whether `session` has ended.
+    pub fn is_revoked(&self, session: ObjectId) -> bool {
+        self.0.contains_key(&session)
+    }
+}
+
+/// The address of the client an RPC acts for: the one the gateway reports (with its
+/// credential), else the connection's peer. Set by the gate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddress(pub std::net::IpAddr);
+
+/// The address of the client an RPC acts for, if known.
+pub fn client_address<T>(request: &tonic::Request<T>) -> Option<std::net::IpAddr> {
+    request.extensions().get::<ClientAddress>().map(|a| a.0)
 }
 
 /// Signs access tokens. Only the user service has one.

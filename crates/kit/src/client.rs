@@ -39,8 +39,13 @@ pub struct Peer {
     /// How many addresses a balanced (`dns:///`) peer knows; `None` for one address.
     known: Option<Arc<AtomicUsize>>,
     timeout: Duration,
-    /// Presented to the peer's internal RPCs (`x-service-token`).
-    credential: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+    /// Presented with every call: the service credential (`x-service-token`, for the
+    /// peer's internal RPCs) or the gateway's (`x-gateway-token`, vouching for the client
+    /// address it reports).
+    credential: Option<(
+        &'static str,
+        tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+    )>,
 }
 
 impl Peer {
@@ -114,13 +119,22 @@ impl Peer {
 
     /// The same peer, presenting `token` to its internal RPCs.
     pub fn with_credential(self, token: &str) -> Result<Self, ConfigError> {
+        self.presenting(crate::serve::SERVICE_TOKEN_HEADER, "SERVICE_TOKEN", token)
+    }
+
+    /// The same peer, presenting the gateway's `token` (and no service credential).
+    pub fn as_gateway(self, token: &str) -> Result<Self, ConfigError> {
+        self.presenting(crate::serve::GATEWAY_TOKEN_HEADER, "GATEWAY_TOKEN", token)
+    }
+
+    fn presenting(self, header: &'static str, var: &str, token: &str) -> Result<Self, ConfigError> {
         let value = token.parse().map_err(|_| ConfigError {
-            var: "SERVICE_TOKEN".into(),
+            var: var.into(),
             value: "<redacted>".into(),
             reason: "must be printable ASCII".into(),
         })?;
         Ok(Self {
-            credential: Some(value),
+            credential: Some((header, value)),
             ..self
         })
     }
@@ -144,11 +158,15 @@ impl Peer {
         let url = crate::config::optional(url_var).unwrap_or_else(|| default_url.to_owned());
         let timeout = crate::config::millis_or("PEER_TIMEOUT_MS", 2000)?;
         let peer = Self::new(name, url_var, &url, timeout)?;
-        // Without a credential, the peer's internal RPCs answer PERMISSION_DENIED.
+        // Without a credential, the peer's internal RPCs answer PERMISSION_DENIED. The
+        // development one only where no real key is set (as the gate decides it).
         let development = crate::config::parse_or("DEVELOPMENT_KEYS", false)?;
+        let real_keys = crate::config::secret("AUTH_PUBLIC_KEY")?.is_some();
         match crate::config::secret("SERVICE_TOKEN")? {
             Some(token) => peer.with_credential(&token),
-            None if development => peer.with_credential(crate::auth::DEV_SERVICE_TOKEN),
+            None if development && !real_keys => {
+                peer.with_credential(crate::auth::DEV_SERVICE_TOKEN)
+            }
             None => Ok(peer),
         }
     }
@@ -170,10 +188,8 @@ impl Peer {
     pub fn request<T>(&self, message: T) -> Request<T> {
         let mut request = Request::new(message);
         request.set_timeout(self.timeout);
-        if let Some(credential) = &self.credential {
-            request
-                .metadata_mut()
-                .insert(crate::serve::SERVICE_TOKEN_HEADER, credential.clone());
+        if let Some((header, credential)) = &self.credential {
+            request.metadata_mut().insert(*header, credential.clone());
         }
         telemetry::inject(
             &tracing::Span::current(),

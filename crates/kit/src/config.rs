@@ -113,6 +113,9 @@ pub struct CommonConfig {
     pub auth_public_key_pem: Option<String>,
     /// `SERVICE_TOKEN`: the credential services present to each other's internal RPCs.
     pub service_token: Option<String>,
+    /// `GATEWAY_TOKEN`: the credential of the HTTP gateway, which vouches for the client
+    /// addresses it reports (a different secret from `SERVICE_TOKEN`).
+    pub gateway_token: Option<String>,
     /// `DEVELOPMENT_KEYS=true`: use the published development key pair and service
     /// token where none is set. Never in a deployment anyone else can reach.
     pub development_keys: bool,
@@ -146,6 +149,7 @@ impl CommonConfig {
             shutdown_grace: seconds_or("SHUTDOWN_GRACE_SECS", 10)?,
             auth_public_key_pem: secret("AUTH_PUBLIC_KEY")?,
             service_token: secret("SERVICE_TOKEN")?,
+            gateway_token: secret("GATEWAY_TOKEN")?,
             development_keys: parse_or("DEVELOPMENT_KEYS", false)?,
         })
     }
@@ -163,6 +167,7 @@ impl CommonConfig {
             shutdown_grace: Duration::from_secs(5),
             auth_public_key_pem: None,
             service_token: None,
+            gateway_token: None,
             development_keys: true,
         }
     }

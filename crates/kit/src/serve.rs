@@ -42,6 +42,10 @@ pub struct Gate {
     verifier: TokenVerifier,
     /// SHA-256 of the service credential (compared by digest: no timing to learn from).
     service_token: [u8; 32],
+    /// SHA-256 of the gateway's credential, which vouches for `x-client-address`.
+    gateway_token: [u8; 32],
+    /// Sessions that ended: their tokens are refused.
+    revocations: crate::auth::Revocations,
     ready: Arc<AtomicBool>,
 }
 
@@ -49,6 +53,7 @@ pub struct Gate {
 /// recounts) and some cost hundreds of counts per request.
 pub const INTERNAL: &[&str] = &[
     "/social.user.v1.UserService/BatchGetUsersByUsername",
+    "/social.user.v1.UserService/ListEndedSessions",
     "/social.graph.v1.SocialGraphService/ListFollowingIds",
     "/social.graph.v1.SocialGraphService/CountFollows",
     "/social.engagement.v1.EngagementService/CountPostEngagement",
@@ -59,27 +64,59 @@ pub const INTERNAL: &[&str] = &[
 
 /// The metadata a service presents to another's internal RPC.
 pub const SERVICE_TOKEN_HEADER: &str = "x-service-token";
+/// The metadata the gateway presents with the client address it reports.
+pub const GATEWAY_TOKEN_HEADER: &str = "x-gateway-token";
+/// The client's address, as the gateway reports it (believed with its credential only).
+pub const CLIENT_ADDRESS_HEADER: &str = "x-client-address";
 /// Set by the server itself on requests to an internal RPC (a client's is removed).
 const INTERNAL_MARK: &str = "x-social-internal-rpc";
 
 impl Gate {
     /// A gate that opens when [`serve`] finishes the service's start-up, verifying tokens
     /// with `verifier` and accepting `service_token` on internal RPCs.
-    pub fn new(verifier: TokenVerifier, service_token: &str) -> Self {
+    pub fn new(verifier: TokenVerifier, service_token: &str, gateway_token: &str) -> Self {
         Self {
             verifier,
             service_token: digest(service_token),
+            gateway_token: digest(gateway_token),
+            revocations: crate::auth::Revocations::default(),
             ready: Arc::new(AtomicBool::new(false)),
         }
     }
 
-    /// The gate of a service configured by `config`: its token verifier and service
-    /// credential (each an error naming its variable when missing outside development).
+    /// The ended sessions this gate refuses the tokens of (fed by
+    /// `social_events::sessions::follow`).
+    pub fn revocations(&self) -> crate::auth::Revocations {
+        self.revocations.clone()
+    }
+
+    /// The gate of a service configured by `config`: its token verifier, the service
+    /// credential and the gateway's (each an error naming its variable when missing
+    /// outside development).
     pub fn from_config(config: &CommonConfig) -> Result<Self, crate::config::ConfigError> {
         Ok(Self::new(
             TokenVerifier::from_config(config)?,
             &crate::auth::service_token(config)?,
+            &crate::auth::gateway_token(config)?,
         ))
+    }
+
+    /// Who the request acts for: the address the gateway reports with its credential,
+    /// else the connection's peer (a client calling directly).
+    fn client_address(&self, request: &Request<()>) -> Option<std::net::IpAddr> {
+        let metadata = request.metadata();
+        let from_gateway = metadata
+            .get(GATEWAY_TOKEN_HEADER)
+            .map(|v| digest(v.to_str().unwrap_or_default()))
+            == Some(self.gateway_token);
+        let reported = metadata
+            .get(CLIENT_ADDRESS_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        match (from_gateway, reported) {
+            (true, Some(address)) => Some(address),
+            _ => request.remote_addr().map(|a| a.ip()),
+        }
     }
 
     /// Whether start-up is done.
@@ -106,11 +143,24 @@ impl Interceptor for Gate {
                 ));
             }
         }
+        if let Some(address) = self.client_address(&request) {
+            request
+                .extensions_mut()
+                .insert(crate::auth::ClientAddress(address));
+        }
         if let Some(value) = request.metadata().get("authorization") {
             let value = value
                 .to_str()
                 .map_err(|_| Status::unauthenticated("the authorization header is not text"))?;
             let caller = self.verifier.verify_header(value).map_err(Status::from)?;
+            if caller
+                .session
+                .is_some_and(|s| self.revocations.is_revoked(s))
+            {
+                return Err(Status::unauthenticated(
+                    "this access token's session has ended; log in again",
+                ));
+            }
             request.extensions_mut().insert(caller);
         }
         Ok(request)

@@ -82,23 +82,25 @@ impl Stack {
         let url = options
             .graph_url_for_post
             .unwrap_or_else(|| format!("http://{}", graph.addr));
-        let config = social_post::Config::for_tests(
+        let mut config = social_post::Config::for_tests(
             &uri,
             &database,
             peer("social-graph service", url),
             events.clone(),
         );
+        config.user_service = peer("user service", format!("http://{}", user.addr));
         let post = start(|l, s| social_post::run(config, l, s)).await;
         let mut engagement_events = events.clone();
         if let Some(url) = options.engagement_amqp_url {
             engagement_events.amqp_url = url;
         }
-        let config = social_engagement::Config::for_tests(
+        let mut config = social_engagement::Config::for_tests(
             &uri,
             &database,
             peer("post service", format!("http://{}", post.addr)),
             engagement_events,
         );
+        config.user_service = peer("user service", format!("http://{}", user.addr));
         let engagement = start(|l, s| social_engagement::run(config, l, s)).await;
         let notification = start_notification(&database, &events, user.addr, true, timeout).await;
         Self {
@@ -120,7 +122,7 @@ impl Stack {
     pub async fn crash_and_restart_engagement(&mut self, amqp_url: &str) {
         let mut events = self.events.clone();
         events.amqp_url = amqp_url.to_owned();
-        let config = social_engagement::Config::for_tests(
+        let mut config = social_engagement::Config::for_tests(
             &mongodb_uri(),
             &self.database,
             crate::peer(
@@ -129,6 +131,11 @@ impl Stack {
                 Duration::from_secs(2),
             ),
             events,
+        );
+        config.user_service = crate::peer(
+            "user service",
+            &format!("http://{}", self.user.addr),
+            Duration::from_secs(2),
         );
         self.engagement.kill();
         self.engagement = start(|l, s| social_engagement::run(config, l, s)).await;

@@ -33,6 +33,8 @@ pub struct Config {
     pub post_service: Peer,
     /// Where engagement events go and post events come from.
     pub events: EventsConfig,
+    /// The user service (`USER_SERVICE_URL`): which sessions ended.
+    pub user_service: Peer,
     /// How long a like or comment whose checks against deletions did not finish (its
     /// call failed) waits before it is checked in the background (60 s).
     pub unchecked_after: std::time::Duration,
@@ -55,6 +57,7 @@ impl Config {
                 "http://127.0.0.1:50052",
             )?,
             events: EventsConfig::from_env()?,
+            user_service: social_events::sessions::user_service()?,
             unchecked_after: std::time::Duration::from_secs(60),
         })
     }
@@ -68,6 +71,7 @@ impl Config {
     ) -> Self {
         Self {
             common: CommonConfig::for_tests("engagement", mongodb_uri, database),
+            user_service: social_events::sessions::user_service_at("http://127.0.0.1:50051"),
             post_service,
             events,
             unchecked_after: std::time::Duration::from_secs(1),
@@ -106,6 +110,13 @@ pub async fn run(
     let (checked, waker, left_for) = (store.clone(), relay.waker(), config.unchecked_after);
     background.spawn(|stop| checks::run(checked, waker, left_for, stop));
     background.spawn(|stop| relay.run(stop));
+    social_events::sessions::refuse_ended_sessions(
+        &mut background,
+        &config.events,
+        "engagement",
+        &gate,
+        config.user_service.clone(),
+    );
     background
         .spawn(|stop| social_events::consumer::run(events, events::subscription(), handler, stop));
 

@@ -70,6 +70,12 @@ impl Identity {
         {
             request.metadata_mut().insert("authorization", value);
         }
+        // Believed by the services with the gateway's credential the peer presents.
+        if let Ok(value) = self.ip.to_string().parse() {
+            request
+                .metadata_mut()
+                .insert(social_kit::serve::CLIENT_ADDRESS_HEADER, value);
+        }
         request
     }
 }

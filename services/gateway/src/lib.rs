@@ -63,6 +63,8 @@ pub struct Config {
     pub notification_service: Peer,
     /// The rate limits (`GATEWAY_RATE_*`).
     pub rates: Rates,
+    /// How much more the IPv6 networks around a client's /64 may send together.
+    pub aggregates: limits::Aggregates,
     /// `GATEWAY_TRUSTED_PROXIES`: comma-separated addresses or networks
     /// (`10.0.0.0/8`) whose `X-Forwarded-For` is believed (a load balancer's, an ingress
     /// controller's pods).
@@ -134,6 +136,10 @@ impl Config {
                 login: parse_or("GATEWAY_RATE_LOGIN", Rate::per(30, 300))?,
                 signup: parse_or("GATEWAY_RATE_SIGNUP", Rate::per(10, 3600))?,
             },
+            aggregates: limits::Aggregates {
+                per_56: parse_or("GATEWAY_RATE_IPV6_56_FACTOR", 4)?,
+                per_48: parse_or("GATEWAY_RATE_IPV6_48_FACTOR", 16)?,
+            },
             trusted_proxies,
             cors_origins: list("GATEWAY_CORS_ORIGINS"),
             max_body_bytes: parse_or("GATEWAY_MAX_BODY_BYTES", 64 * 1024)?,
@@ -162,6 +168,7 @@ impl Config {
                 login: Rate::per(30, 300),
                 signup: Rate::per(100, 3600),
             },
+            aggregates: limits::Aggregates::default(),
             trusted_proxies: Vec::new(),
             cors_origins: vec!["https://app.example.com".into()],
             max_body_bytes: 64 * 1024,
@@ -383,14 +390,23 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let limits = Arc::new(limits::Limits::new(config.rates));
+    let limits = Arc::new(limits::Limits::new(config.rates, config.aggregates));
+    let gateway_token = social_kit::auth::gateway_token(&config.common)?;
     let state = AppState {
+        // Every call carries the gateway's credential, which vouches for the client
+        // address it reports (the user service counts password guesses by network).
         services: Services {
-            users: config.user_service.clone(),
-            posts: config.post_service.clone(),
-            graph: config.graph_service.clone(),
-            engagement: config.engagement_service.clone(),
-            notifications: config.notification_service.clone(),
+            users: config.user_service.clone().as_gateway(&gateway_token)?,
+            posts: config.post_service.clone().as_gateway(&gateway_token)?,
+            graph: config.graph_service.clone().as_gateway(&gateway_token)?,
+            engagement: config
+                .engagement_service
+                .clone()
+                .as_gateway(&gateway_token)?,
+            notifications: config
+                .notification_service
+                .clone()
+                .as_gateway(&gateway_token)?,
         },
         limits: limits.clone(),
         shutdown: shutdown.clone(),

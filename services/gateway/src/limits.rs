@@ -109,44 +109,109 @@ impl<K: std::hash::Hash + Eq + Clone> Bucket<K> {
     }
 }
 
+/// How much more than one IPv6 /64 (one subscriber) the larger networks it belongs to
+/// may send together: a /56 and a /48 are one site or customer, handed out whole (a
+/// tunnel broker gives a /48 for free), so that rotating through their /64s does not buy
+/// fresh budgets without end.
+#[derive(Debug, Clone, Copy)]
+pub struct Aggregates {
+    /// `GATEWAY_RATE_IPV6_56_FACTOR` (4): a /56 gets this many times a /64's rate.
+    pub per_56: u32,
+    /// `GATEWAY_RATE_IPV6_48_FACTOR` (16): a /48 gets this many times a /64's rate.
+    pub per_48: u32,
+}
+
+impl Default for Aggregates {
+    fn default() -> Self {
+        Self {
+            per_56: 4,
+            per_48: 16,
+        }
+    }
+}
+
+/// Buckets keyed by the client's address: an IPv4 address, or an IPv6 /64, and the
+/// /56 and /48 it is in, each of which must allow the request.
+struct AddressBuckets {
+    address: Bucket<IpAddr>,
+    per_56: Bucket<IpAddr>,
+    per_48: Bucket<IpAddr>,
+}
+
+impl AddressBuckets {
+    fn new(rate: Rate, aggregates: Aggregates) -> Self {
+        let times = |n: u32| Rate {
+            requests: rate.requests.saturating_mul(n.max(1)),
+            per: rate.per,
+        };
+        Self {
+            address: Bucket::new(rate),
+            per_56: Bucket::new(times(aggregates.per_56)),
+            per_48: Bucket::new(times(aggregates.per_48)),
+        }
+    }
+
+    /// `Ok(remaining)` (the least any bucket has left) or `Err(wait)`. The larger
+    /// networks are charged only for what the smaller ones let through.
+    fn check(&self, ip: IpAddr) -> Result<u32, Duration> {
+        let own = self.address.check(&bucket_address(ip))?;
+        let IpAddr::V6(v6) = bucket_address(ip) else {
+            return Ok(own);
+        };
+        let s = v6.segments();
+        let net =
+            |last: u16| IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], last, 0, 0, 0, 0));
+        let per_56 = self.per_56.check(&net(s[3] & 0xff00))?;
+        let per_48 = self.per_48.check(&net(0))?;
+        Ok(own.min(per_56).min(per_48))
+    }
+
+    fn prune(&self) {
+        self.address.limiter.retain_recent();
+        self.per_56.limiter.retain_recent();
+        self.per_48.limiter.retain_recent();
+    }
+}
+
 /// The limiters of this gateway.
 pub struct Limits {
-    anonymous: Bucket<IpAddr>,
+    anonymous: AddressBuckets,
     account: Bucket<bson::oid::ObjectId>,
-    login: Bucket<IpAddr>,
-    signup: Bucket<IpAddr>,
+    login: AddressBuckets,
+    signup: AddressBuckets,
+    rates: Rates,
 }
 
 impl Limits {
-    pub fn new(rates: Rates) -> Self {
+    pub fn new(rates: Rates, aggregates: Aggregates) -> Self {
         Self {
-            anonymous: Bucket::new(rates.anonymous),
+            anonymous: AddressBuckets::new(rates.anonymous, aggregates),
             account: Bucket::new(rates.account),
-            login: Bucket::new(rates.login),
-            signup: Bucket::new(rates.signup),
+            login: AddressBuckets::new(rates.login, aggregates),
+            signup: AddressBuckets::new(rates.signup, aggregates),
+            rates,
         }
     }
 
     /// Forgets keys that have been quiet for a while (bounded memory).
     pub fn prune(&self) {
-        self.anonymous.limiter.retain_recent();
+        self.anonymous.prune();
         self.account.limiter.retain_recent();
-        self.login.limiter.retain_recent();
-        self.signup.limiter.retain_recent();
+        self.login.prune();
+        self.signup.prune();
     }
 
     /// The decision for one request: `(rate, Ok(remaining) | Err(wait))`. Requests that
     /// check a password or a refresh token share the login bucket.
     fn check(&self, method: &Method, path: &str, who: &Identity) -> (Rate, Result<u32, Duration>) {
-        let address = bucket_address(who.ip);
         match (method, path) {
-            (&Method::POST, "/v1/accounts") => (self.signup.rate, self.signup.check(&address)),
+            (&Method::POST, "/v1/accounts") => (self.rates.signup, self.signup.check(who.ip)),
             (&Method::POST, "/v1/sessions" | "/v1/sessions/refresh")
             | (&Method::PUT, "/v1/me/password")
-            | (&Method::DELETE, "/v1/me") => (self.login.rate, self.login.check(&address)),
+            | (&Method::DELETE, "/v1/me") => (self.rates.login, self.login.check(who.ip)),
             _ => match who.caller {
                 Some(caller) => (self.account.rate, self.account.check(&caller.user)),
-                None => (self.anonymous.rate, self.anonymous.check(&address)),
+                None => (self.rates.anonymous, self.anonymous.check(who.ip)),
             },
         }
     }
@@ -331,6 +396,54 @@ mod tests {
         // From an untrusted socket the header is ignored.
         let direct: IpAddr = "8.8.8.8".parse().unwrap();
         assert_eq!(client_ip(direct, &forwarded("1.2.3.4"), &trusted), direct);
+    }
+
+    #[test]
+    fn a_48_rotating_its_64s_and_56s_is_limited_as_a_whole() {
+        let limits = Limits::new(
+            Rates {
+                anonymous: Rate::per(2, 60),
+                account: Rate::per(2, 60),
+                login: Rate::per(2, 60),
+                signup: Rate::per(2, 60),
+            },
+            Aggregates::default(),
+        );
+        let who = |ip: &str| Identity {
+            ip: ip.parse().unwrap(),
+            caller: None,
+            token: None,
+        };
+        let ask = |ip: &str| {
+            limits
+                .check(&Method::GET, "/v1/posts/x", &who(ip))
+                .1
+                .is_ok()
+        };
+        // One /64: its own 2.
+        assert!(ask("2001:db8:1:101::1") && ask("2001:db8:1:101::2"));
+        assert!(!ask("2001:db8:1:101::3"), "a /64 is one client");
+        // Other /64s of that /56: 8 in all, then refused.
+        let in_56 = (2..10)
+            .filter(|i| ask(&format!("2001:db8:1:1{i:02x}::1")))
+            .count();
+        assert_eq!(in_56 + 2, 8, "a /56 gets four /64s' worth");
+        // Other /56s of that /48: 32 in all.
+        let accepted = (2..40)
+            .flat_map(|n| {
+                [
+                    format!("2001:db8:1:{n:02x}00::1"),
+                    format!("2001:db8:1:{n:02x}01::1"),
+                ]
+            })
+            .filter(|ip| ask(ip))
+            .count();
+        assert_eq!(accepted + 8, 32, "a /48 gets sixteen /64s' worth");
+        // Another /48 is another site.
+        assert!(ask("2001:db8:2::1"));
+        // IPv4 addresses are counted one by one.
+        assert!(ask("203.0.113.1") && ask("203.0.113.1") && !ask("203.0.113.1"));
+        assert!(ask("203.0.113.2"));
     }
 
     #[test]

@@ -111,6 +111,13 @@ pub async fn run(
     let routes = Routes::new(gate.guard(server));
 
     let mut background = Background::new();
+    social_events::sessions::refuse_ended_sessions(
+        &mut background,
+        &config.events,
+        "notification",
+        &gate,
+        config.user_service.clone(),
+    );
     let replica = format!("notification-{}", bson::oid::ObjectId::new().to_hex());
     let (events, listener_name) = (config.events.clone(), format!("{replica}-live"));
     background.spawn(|stop| {

@@ -35,6 +35,8 @@ pub struct Config {
     pub engagement_service: Peer,
     /// Where post events go and engagement events come from.
     pub events: EventsConfig,
+    /// The user service (`USER_SERVICE_URL`): which sessions ended.
+    pub user_service: Peer,
 }
 
 impl social_kit::config::ServiceConfig for Config {
@@ -59,6 +61,7 @@ impl Config {
                 "http://127.0.0.1:50054",
             )?,
             events: EventsConfig::from_env()?,
+            user_service: social_events::sessions::user_service()?,
         })
     }
 
@@ -81,6 +84,7 @@ impl Config {
         Self {
             common: CommonConfig::for_tests("post", mongodb_uri, database),
             graph_service,
+            user_service: social_events::sessions::user_service_at("http://127.0.0.1:50051"),
             engagement_service,
             events,
         }
@@ -117,6 +121,13 @@ pub async fn run(
     background.spawn(|stop| relay.run(stop));
     background
         .spawn(|stop| social_events::consumer::run(events, events::subscription(), handler, stop));
+    social_events::sessions::refuse_ended_sessions(
+        &mut background,
+        &config.events,
+        "post",
+        &gate,
+        config.user_service.clone(),
+    );
 
     let spec = ServeSpec {
         config: &config.common,

@@ -89,15 +89,22 @@ pub async fn run(
     let api = api::Api::new(store.clone(), config.user_service.clone(), relay.waker());
     let server = SocialGraphServiceServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES);
     let routes = Routes::new(gate.guard(server));
+    let mut background = Background::new();
+    social_events::sessions::refuse_ended_sessions(
+        &mut background,
+        &config.events,
+        "social-graph",
+        &gate,
+        config.user_service.clone(),
+    );
+    background.spawn(|stop| relay.run(stop));
+    background
+        .spawn(|stop| social_events::consumer::run(events, events::subscription(), handler, stop));
     let spec = ServeSpec {
         config: &config.common,
         grpc_name: SERVICE_NAME,
         db,
         gate,
     };
-    let mut background = Background::new();
-    background.spawn(|stop| relay.run(stop));
-    background
-        .spawn(|stop| social_events::consumer::run(events, events::subscription(), handler, stop));
     serve(spec, listener, routes, store, background, shutdown).await
 }

@@ -7,7 +7,7 @@ use social_events::{Payload, new_envelope, outbox::Waker, pb::UserDeleted};
 use social_kit::client::Peer;
 use social_kit::{
     Error, Result,
-    auth::{TokenIssuer, caller, optional_caller, session},
+    auth::{TokenIssuer, caller, session},
     error::Violations,
     paging::PageRequest,
     time::to_timestamp,
@@ -15,11 +15,12 @@ use social_kit::{
 };
 use social_proto::user::v1::{
     BatchGetUsersByUsernameRequest, BatchGetUsersRequest, BatchGetUsersResponse,
-    ChangePasswordRequest, DeleteAccountRequest, GetUserByUsernameRequest, GetUserRequest,
-    ListSessionsRequest, ListSessionsResponse, LoginRequest, LoginResponse, LogoutRequest,
-    RefreshSessionRequest, RefreshSessionResponse, RegisterRequest, RegisterResponse,
-    RevokeOtherSessionsRequest, RevokeOtherSessionsResponse, RevokeSessionRequest, Session,
-    UpdateUserRequest, User, user_service_server::UserService,
+    ChangePasswordRequest, DeleteAccountRequest, EndedSession, GetUserByUsernameRequest,
+    GetUserRequest, ListEndedSessionsRequest, ListEndedSessionsResponse, ListSessionsRequest,
+    ListSessionsResponse, LoginRequest, LoginResponse, LogoutRequest, RefreshSessionRequest,
+    RefreshSessionResponse, RegisterRequest, RegisterResponse, RevokeOtherSessionsRequest,
+    RevokeOtherSessionsResponse, RevokeSessionRequest, Session, UpdateUserRequest, User,
+    user_service_server::UserService,
 };
 use social_proto::{
     engagement::v1::{
@@ -33,10 +34,10 @@ use social_proto::{
 use tonic::{Request, Response, Status};
 
 use crate::{
-    password::Hasher,
+    password::{self, Hasher},
     sessions::{Refreshed, SessionDoc, Sessions},
     store::{Store, Taken, UserDoc},
-    throttle::Throttle,
+    throttle::{Reserved, Subject, Throttle},
 };
 
 /// The same answer for an unknown user and a wrong password.
@@ -54,6 +55,8 @@ pub struct Api {
     pub relay: Waker,
     /// How long a deleted account's username stays reserved.
     pub quarantine: std::time::Duration,
+    /// How soon after an exchange a refresh token gets the same successor again.
+    pub refresh_grace: std::time::Duration,
     pub peers: Peers,
 }
 
@@ -74,6 +77,50 @@ struct Issued {
 }
 
 impl Api {
+    /// Who reads the profiles of `users`, as far as emails go (each shown to its owner
+    /// only): the caller, if they are among them and their session is still active (an
+    /// ended session reads as anybody). One session read, only for one's own profile.
+    async fn viewer<T>(
+        &self,
+        request: &Request<T>,
+        users: &[&UserDoc],
+    ) -> Result<Option<ObjectId>> {
+        let Some(caller) = request.extensions().get::<social_kit::auth::Caller>() else {
+            return Ok(None);
+        };
+        if !users.iter().any(|u| u.id == caller.user) {
+            return Ok(Some(caller.user));
+        }
+        Ok(match self.sessions.active(caller).await {
+            Ok(_) => Some(caller.user),
+            Err(Error::Unauthenticated(_)) => None,
+            Err(e) => return Err(e),
+        })
+    }
+
+    /// Counts a password check of `subject` (an account, or an unknown identifier) from
+    /// `client`'s network before it is made: `RESOURCE_EXHAUSTED` with a retry delay when
+    /// that network is refused for now, and a short wait first when the account is under
+    /// a storm of failures from many networks (see `crate::throttle`).
+    async fn guessing(
+        &self,
+        subject: String,
+        client: Option<std::net::IpAddr>,
+    ) -> Result<Reserved> {
+        match self.throttle.reserve(Subject::new(subject, client)).await? {
+            Ok(attempt) => {
+                if attempt.slow_down {
+                    tokio::time::sleep(crate::throttle::SLOWDOWN).await;
+                }
+                Ok(attempt)
+            }
+            Err(wait) => {
+                social_kit::metrics::login_throttled();
+                Err(throttled(wait))
+            }
+        }
+    }
+
     /// An access token for `session` with its refresh token.
     fn issue(&self, session: &SessionDoc, refresh_token: String) -> Result<Issued> {
         let (access_token, expires_at) = self.tokens.issue_for(session.user_id, session.id)?;
@@ -250,7 +297,9 @@ fn profile_update(user: &User, paths: &[String], v: &mut Violations) -> Document
 
 fn throttled(retry_after: std::time::Duration) -> Error {
     Error::Throttled {
-        message: "too many failed logins for this account; try again later".into(),
+        message:
+            "too many failed password checks for this account from this network; try again later"
+                .into(),
         retry_after,
     }
 }
@@ -268,6 +317,14 @@ impl UserService for Api {
         request: Request<RegisterRequest>,
     ) -> Result<Response<RegisterResponse>, Status> {
         let new = NewUser::try_from(request.into_inner())?;
+        let context = vec![
+            new.username.clone(),
+            new.email.clone(),
+            new.full_name.clone(),
+        ];
+        if let Some(why) = password::too_guessable(new.password.clone(), context).await? {
+            return Err(Error::invalid("password", why).into());
+        }
         let username_lower = new.username.to_lowercase();
         // Cheap check first so a taken name costs no hash; the unique indexes decide races.
         if let Some(t) = self.store.taken(&username_lower, &new.email).await? {
@@ -313,21 +370,21 @@ impl UserService for Api {
         &self,
         request: Request<LoginRequest>,
     ) -> Result<Response<LoginResponse>, Status> {
+        let client = social_kit::auth::client_address(&request);
         let r = request.into_inner();
         let mut v = Violations::default();
         let who = r.username_or_email.trim().to_lowercase();
         require(&mut v, "username_or_email", &who);
+        // No username or email is longer: refused before any look-up.
+        if validate::chars(&r.username_or_email) > 254 {
+            v.add("username_or_email", "must be at most 254 characters");
+        }
         require(&mut v, "password", &r.password);
         if validate::chars(&r.password) > 128 {
             v.add("password", "must be at most 128 characters");
         }
         let device = device(&r.device, &mut v);
         v.finish()?;
-        // Refused identifiers cost no password check (and say nothing of the account).
-        if let Some(retry_after) = self.throttle.refused_for(&who).await? {
-            social_kit::metrics::login_throttled();
-            return Err(throttled(retry_after).into());
-        }
         // A slot first: in a storm, the excess is refused before any more work.
         let slot = self.hasher.reserve().await?;
         let user = if who.contains('@') {
@@ -335,17 +392,22 @@ impl UserService for Api {
         } else {
             self.store.by_username(&who).await?
         };
+        // One count per account whichever identifier was typed; an unknown one alike.
+        let subject = user
+            .as_ref()
+            .map_or_else(|| format!("unknown:{who}"), |u| format!("account:{}", u.id));
+        let attempt = self.guessing(subject, client).await?;
         let hash = user.as_ref().map(|u| u.password_hash.clone());
         let ok = slot.verify(r.password, hash).await?;
         drop(slot);
         let user = match user {
             Some(u) if ok => u,
             _ => {
-                self.throttle.failed(&who).await?;
+                self.throttle.failed(attempt).await?;
                 return Err(Error::Unauthenticated(LOGIN_FAILED).into());
             }
         };
-        self.throttle.succeeded(&who).await?;
+        self.throttle.succeeded(attempt).await?;
         let issued = self.start_session(&user, device).await?;
         let id = user.id;
         Ok(Response::new(LoginResponse {
@@ -366,7 +428,7 @@ impl UserService for Api {
         if token.is_empty() {
             return Err(Error::invalid("refresh_token", "is required").into());
         }
-        match self.sessions.refresh(token).await? {
+        match self.sessions.refresh(token, self.refresh_grace).await? {
             Refreshed::Rotated(session, next) => {
                 // A session outlives neither its account nor a change of its password.
                 let account = self.store.by_id(session.user_id).await?;
@@ -397,9 +459,10 @@ impl UserService for Api {
 
     async fn logout(&self, request: Request<LogoutRequest>) -> Result<Response<()>, Status> {
         let caller = session(&request)?;
-        if let Some(id) = caller.session {
-            self.sessions.end(caller.user, id, "logged out").await?;
-        }
+        let current = self.sessions.active(&caller).await?;
+        self.sessions
+            .end(caller.user, current.id, "logged out")
+            .await?;
         Ok(Response::new(()))
     }
 
@@ -408,6 +471,7 @@ impl UserService for Api {
         request: Request<ListSessionsRequest>,
     ) -> Result<Response<ListSessionsResponse>, Status> {
         let caller = session(&request)?;
+        self.sessions.active(&caller).await?;
         let r = request.get_ref();
         let page = PageRequest::parse_alone(
             r.page_size,
@@ -432,6 +496,7 @@ impl UserService for Api {
         let me = caller(&request)?;
         let id = validate::object_id(&request.get_ref().session_id)
             .map_err(|d| Error::invalid("session_id", d))?;
+        self.sessions.active(&session(&request)?).await?;
         // Another user's session is as unknown as a session that never was.
         if !self.sessions.end(me, id, "revoked").await? {
             return Err(Error::NotFound("session").into());
@@ -439,11 +504,41 @@ impl UserService for Api {
         Ok(Response::new(()))
     }
 
+    async fn list_ended_sessions(
+        &self,
+        request: Request<ListEndedSessionsRequest>,
+    ) -> Result<Response<ListEndedSessionsResponse>, Status> {
+        let since = request
+            .get_ref()
+            .since
+            .as_ref()
+            .map(social_kit::time::millis);
+        let (ended, more) = self.sessions.ended_since(since).await?;
+        let at = |t: std::time::SystemTime| {
+            let ms = t
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+            to_timestamp(DateTime::from_millis(ms))
+        };
+        Ok(Response::new(ListEndedSessionsResponse {
+            sessions: ended
+                .into_iter()
+                .map(|e| EndedSession {
+                    session_id: e.session.to_hex(),
+                    ended_at: Some(to_timestamp(DateTime::from_millis(e.ended_ms))),
+                    tokens_expire_at: Some(at(e.tokens_expire)),
+                })
+                .collect(),
+            more,
+        }))
+    }
+
     async fn revoke_other_sessions(
         &self,
         request: Request<RevokeOtherSessionsRequest>,
     ) -> Result<Response<RevokeOtherSessionsResponse>, Status> {
         let caller = session(&request)?;
+        self.sessions.active(&caller).await?;
         let revoked = self
             .sessions
             .end_all_but(caller.user, caller.session, "revoked with the others")
@@ -454,9 +549,9 @@ impl UserService for Api {
     }
 
     async fn get_user(&self, request: Request<GetUserRequest>) -> Result<Response<User>, Status> {
-        let viewer = optional_caller(&request);
         let id = validate::object_id(&request.get_ref().id).map_err(|d| Error::invalid("id", d))?;
         let user = self.store.by_id(id).await?.ok_or(Error::NotFound("user"))?;
+        let viewer = self.viewer(&request, &[&user]).await?;
         Ok(Response::new(to_wire(user, viewer)))
     }
 
@@ -464,7 +559,6 @@ impl UserService for Api {
         &self,
         request: Request<GetUserByUsernameRequest>,
     ) -> Result<Response<User>, Status> {
-        let viewer = optional_caller(&request);
         let username = request.get_ref().username.trim();
         validate::username(username).map_err(|d| Error::invalid("username", d))?;
         let user = self
@@ -472,6 +566,7 @@ impl UserService for Api {
             .by_username(&username.to_lowercase())
             .await?
             .ok_or(Error::NotFound("user"))?;
+        let viewer = self.viewer(&request, &[&user]).await?;
         Ok(Response::new(to_wire(user, viewer)))
     }
 
@@ -479,11 +574,13 @@ impl UserService for Api {
         &self,
         request: Request<BatchGetUsersRequest>,
     ) -> Result<Response<BatchGetUsersResponse>, Status> {
-        let viewer = optional_caller(&request);
         let mut v = Violations::default();
         let ids = validate::id_batch("ids", &request.get_ref().ids, &mut v);
         v.finish()?;
         let mut found = self.store.by_ids(&ids).await?;
+        let viewer = self
+            .viewer(&request, &found.iter().collect::<Vec<_>>())
+            .await?;
         // In the order asked for.
         found.sort_by_key(|u| ids.iter().position(|id| *id == u.id));
         let users = found.into_iter().map(|u| to_wire(u, viewer)).collect();
@@ -494,7 +591,6 @@ impl UserService for Api {
         &self,
         request: Request<BatchGetUsersByUsernameRequest>,
     ) -> Result<Response<BatchGetUsersResponse>, Status> {
-        let viewer = optional_caller(&request);
         let names = &request.get_ref().usernames;
         let mut v = Violations::default();
         let mut lowers: Vec<String> = Vec::with_capacity(names.len());
@@ -512,6 +608,9 @@ impl UserService for Api {
         }
         v.finish()?;
         let mut found = self.store.by_usernames(&lowers).await?;
+        let viewer = self
+            .viewer(&request, &found.iter().collect::<Vec<_>>())
+            .await?;
         found.sort_by_key(|u| lowers.iter().position(|l| *l == u.username_lower));
         let users = found.into_iter().map(|u| to_wire(u, viewer)).collect();
         Ok(Response::new(BatchGetUsersResponse { users }))
@@ -522,6 +621,7 @@ impl UserService for Api {
         request: Request<UpdateUserRequest>,
     ) -> Result<Response<User>, Status> {
         let me = caller(&request)?;
+        self.sessions.active(&session(&request)?).await?;
         let r = request.into_inner();
         let mut v = Violations::default();
         let Some(user) = r.user else {
@@ -562,10 +662,19 @@ impl UserService for Api {
                 .await?;
             return Ok(Response::new(()));
         }
+        self.sessions.active(&session(&request)?).await?;
+        let attempt = self
+            .guessing(
+                format!("account:{me}"),
+                social_kit::auth::client_address(&request),
+            )
+            .await?;
         let password = request.into_inner().password;
         if !slot.verify(password, Some(user.password_hash)).await? {
+            self.throttle.failed(attempt).await?;
             return Err(Error::invalid("password", "does not match the current password").into());
         }
+        self.throttle.succeeded(attempt).await?;
         drop(slot);
         let event = new_envelope(
             me,
@@ -590,6 +699,7 @@ impl UserService for Api {
         request: Request<ExportAccountRequest>,
     ) -> Result<Response<Self::ExportAccountStream>, Status> {
         let me = caller(&request)?;
+        self.sessions.active(&session(&request)?).await?;
         let user = self.store.by_id(me).await?.ok_or(Error::NotFound("user"))?;
         let profile = ExportRecord {
             record: Some(Record::Profile(to_wire(user, Some(me)))),
@@ -668,21 +778,35 @@ impl UserService for Api {
     ) -> Result<Response<()>, Status> {
         let caller = session(&request)?;
         let me = caller.user;
+        let client = social_kit::auth::client_address(&request);
         let r = request.into_inner();
         let mut v = Violations::default();
         require(&mut v, "old_password", &r.old_password);
         v.check("new_password", validate::password(&r.new_password));
         v.finish()?;
+        self.sessions.active(&caller).await?;
         let slot = self.hasher.reserve().await?;
         let user = self.store.by_id(me).await?.ok_or(Error::NotFound("user"))?;
+        let context = vec![
+            user.username.clone(),
+            user.email.clone(),
+            r.old_password.clone(),
+        ];
+        if let Some(why) = password::too_guessable(r.new_password.clone(), context).await? {
+            return Err(Error::invalid("new_password", why).into());
+        }
+        // Guessing the current password through this call is counted as for a login.
+        let attempt = self.guessing(format!("account:{me}"), client).await?;
         if !slot
             .verify(r.old_password, Some(user.password_hash.clone()))
             .await?
         {
+            self.throttle.failed(attempt).await?;
             return Err(
                 Error::invalid("old_password", "does not match the current password").into(),
             );
         }
+        self.throttle.succeeded(attempt).await?;
         let new_hash = slot.hash(r.new_password).await?;
         drop(slot);
         let Some(version) = self

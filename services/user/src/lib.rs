@@ -54,12 +54,39 @@ pub struct Config {
     pub hash_wait: Duration,
     /// `SESSION_IDLE_DAYS` (30) and `SESSION_MAX_DAYS` (90).
     pub sessions: sessions::Lifetimes,
-    /// `LOGIN_FREE_FAILURES` (5), `LOGIN_FAILURE_WINDOW_SECS` (900), `LOGIN_BLOCK_SECS`
-    /// (30), `LOGIN_MAX_BLOCK_SECS` (900).
+    /// `LOGIN_FREE_FAILURES` (5), `LOGIN_FAILURE_WINDOW_SECS` (86400), `LOGIN_BLOCK_SECS`
+    /// (30), `LOGIN_MAX_BLOCK_SECS` (900), `LOGIN_ACCOUNT_SLOWDOWN` (100).
     pub login_throttle: throttle::Policy,
     /// `USERNAME_QUARANTINE_DAYS` (30): how long a deleted account's username stays
     /// reserved.
     pub quarantine: Duration,
+    /// `REFRESH_REUSE_GRACE_SECS` (10): how soon after an exchange the refresh token just
+    /// exchanged gets the same successor again instead of ending its session.
+    pub refresh_grace: Duration,
+}
+
+/// `LOGIN_*`: the failure window must outlast the longest block, or a block would end
+/// with its count forgotten.
+fn login_throttle() -> Result<throttle::Policy, ConfigError> {
+    let policy = throttle::Policy {
+        free: social_kit::config::parse_or("LOGIN_FREE_FAILURES", 5)?,
+        window: social_kit::config::seconds_or("LOGIN_FAILURE_WINDOW_SECS", 86_400)?,
+        first_block: social_kit::config::seconds_or("LOGIN_BLOCK_SECS", 30)?,
+        max_block: social_kit::config::seconds_or("LOGIN_MAX_BLOCK_SECS", 900)?,
+        account_slowdown: social_kit::config::parse_or("LOGIN_ACCOUNT_SLOWDOWN", 100)?,
+    };
+    if policy.window <= policy.max_block {
+        return Err(ConfigError {
+            var: "LOGIN_FAILURE_WINDOW_SECS".into(),
+            value: policy.window.as_secs().to_string(),
+            reason: format!(
+                "must be longer than LOGIN_MAX_BLOCK_SECS ({} s): failures are forgotten \
+                 only after the longest block",
+                policy.max_block.as_secs()
+            ),
+        });
+    }
+    Ok(policy)
 }
 
 fn days_or(var: &str, default: u64) -> Result<Duration, ConfigError> {
@@ -101,13 +128,9 @@ impl Config {
                 idle: days_or("SESSION_IDLE_DAYS", 30)?,
                 max: days_or("SESSION_MAX_DAYS", 90)?,
             },
-            login_throttle: throttle::Policy {
-                free: social_kit::config::parse_or("LOGIN_FREE_FAILURES", 5)?,
-                window: social_kit::config::seconds_or("LOGIN_FAILURE_WINDOW_SECS", 900)?,
-                first_block: social_kit::config::seconds_or("LOGIN_BLOCK_SECS", 30)?,
-                max_block: social_kit::config::seconds_or("LOGIN_MAX_BLOCK_SECS", 900)?,
-            },
+            login_throttle: login_throttle()?,
             quarantine: days_or("USERNAME_QUARANTINE_DAYS", 30)?,
+            refresh_grace: social_kit::config::seconds_or("REFRESH_REUSE_GRACE_SECS", 10)?,
         })
     }
 
@@ -138,12 +161,25 @@ impl Config {
             },
             login_throttle: throttle::Policy {
                 free: 5,
-                window: Duration::from_secs(900),
+                window: Duration::from_secs(86_400),
                 first_block: Duration::from_secs(30),
                 max_block: Duration::from_secs(900),
+                account_slowdown: 100,
             },
             quarantine: Duration::from_secs(30 * 24 * 3600),
+            refresh_grace: Duration::from_secs(10),
         }
+    }
+
+    /// The key refresh tokens' successors are derived with: from the signing key, which
+    /// only this service holds (a development one with the development keys).
+    fn successor_secret(&self) -> Vec<u8> {
+        use sha2::Digest;
+        let key = self
+            .private_key_pem
+            .as_deref()
+            .unwrap_or("DEVELOPMENT-ONLY refresh token successors");
+        sha2::Sha256::digest(format!("social refresh token successors\n{key}")).to_vec()
     }
 
     fn issuer(&self) -> anyhow::Result<TokenIssuer> {
@@ -180,7 +216,14 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let db = social_kit::mongo::connect(&config.common).await?;
     let store = store::Store::new(&db);
-    let sessions = sessions::Sessions::new(&db, config.sessions);
+    let replica = format!("user-{}", bson::oid::ObjectId::new().to_hex());
+    let sessions = sessions::Sessions::new(
+        &db,
+        config.sessions,
+        &config.successor_secret(),
+        config.token_ttl,
+        social_events::live::Broadcaster::new(config.events.clone(), &replica),
+    );
     let throttle = throttle::Throttle::new(&db, config.login_throttle);
     let gate = Gate::from_config(&config.common)?;
     // Publishes `user.user.deleted` from the deleted account's document.
@@ -193,6 +236,7 @@ pub async fn run(
         hasher: password::Hasher::new(config.hash_memory_mib, config.hash_wait)?,
         relay: relay.waker(),
         quarantine: config.quarantine,
+        refresh_grace: config.refresh_grace,
         peers: api::Peers {
             posts: config.post_service.clone(),
             engagement: config.engagement_service.clone(),
@@ -201,6 +245,8 @@ pub async fn run(
     };
     let server = UserServiceServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES);
     let routes = Routes::new(gate.guard(server));
+    // This service checks its own store where a session matters (the account's RPCs,
+    // a profile update, the account's own email): it follows no broadcast of endings.
     let mut background = Background::new();
     background.spawn(|stop| relay.run(stop));
     let (events, handler) = (config.events.clone(), events::handler(store.clone()));

@@ -195,3 +195,21 @@ impl Slot {
         result
     }
 }
+
+/// Why `password` is refused, if it is too easy to guess (NIST SP 800-63B: checked
+/// against known-compromised and common values): zxcvbn's estimate, with its own lists
+/// of common and leaked passwords, words and names, and the account's own `context`
+/// (username, email), below 10^8 guesses (its score 2). Off the async runtime: a long
+/// password takes milliseconds to estimate.
+pub async fn too_guessable(password: String, context: Vec<String>) -> Result<Option<&'static str>> {
+    let score = tokio::task::spawn_blocking(move || {
+        let context: Vec<&str> = context.iter().map(String::as_str).collect();
+        zxcvbn::zxcvbn(&password, &context).score()
+    })
+    .await
+    .map_err(Error::internal)?;
+    Ok((score < zxcvbn::Score::Two).then_some(
+        "is too easy to guess: it is a common or leaked password, a word, a name or a \
+         pattern (or close to your username or email); a few unrelated words make a good one",
+    ))
+}

@@ -8,6 +8,12 @@
 //! older ones in `retired_refresh_tokens`) was reused: its session ends, whoever has the
 //! newer token (RFC 9700, refresh token rotation with reuse detection).
 //!
+//! Except within the grace (`REFRESH_REUSE_GRACE_SECS`, seconds): the token just
+//! exchanged, presented again that soon (two tabs refreshing at once, a retry after a
+//! lost answer), gets the same successor instead of ending the session. A successor is
+//! not drawn at random but derived from its predecessor with a key only this service
+//! holds (HMAC-SHA256), so the same one can be handed out again without being stored.
+//!
 //! Times the queries compare are integers (ms): the stand-in stores dates written by
 //! `$set` as text. Ended sessions and retired hashes are purged by TTL indexes.
 
@@ -62,6 +68,9 @@ pub struct SessionDoc {
     pub idle_until_ms: i64,
     /// Ends then at the latest.
     pub max_until_ms: i64,
+    /// When its refresh token was last exchanged (ms; the grace counts from it).
+    #[serde(default)]
+    pub rotated_ms: i64,
     /// The account's credential version when the session started (or last took a
     /// new password): an account whose version moved on no longer honours it.
     #[serde(default)]
@@ -107,7 +116,16 @@ pub struct Sessions {
     sessions: Collection<SessionDoc>,
     retired: Collection<Retired>,
     lifetimes: Lifetimes,
+    /// Derives a refresh token's successor.
+    successors: hmac::Hmac<Sha256>,
+    /// How long access tokens live (what an ended session's tokens may still do).
+    token_ttl: Duration,
+    /// Tells every service that sessions ended.
+    broadcaster: social_events::live::Broadcaster,
 }
+
+/// The most ended sessions [`Sessions::ended_since`] reads at once.
+pub const ENDED_PAGE: i64 = 10_000;
 
 fn now_ms() -> i64 {
     DateTime::now().timestamp_millis()
@@ -124,7 +142,7 @@ fn hash(token: &str) -> String {
         .collect()
 }
 
-/// A fresh refresh token: 256 random bits, URL-safe base64.
+/// A fresh refresh token (a session's first): 256 random bits, URL-safe base64.
 fn new_token() -> Result<String> {
     let mut bytes = [0_u8; 32];
     getrandom::fill(&mut bytes)
@@ -133,12 +151,33 @@ fn new_token() -> Result<String> {
 }
 
 impl Sessions {
-    pub fn new(db: &Database, lifetimes: Lifetimes) -> Self {
+    /// `secret`: the key successors are derived with (see the module docs);
+    /// `token_ttl`: how long access tokens live; `broadcaster`: how endings are told.
+    pub fn new(
+        db: &Database,
+        lifetimes: Lifetimes,
+        secret: &[u8],
+        token_ttl: Duration,
+        broadcaster: social_events::live::Broadcaster,
+    ) -> Self {
+        use hmac::Mac;
         Self {
             sessions: db.collection(SESSIONS),
             retired: db.collection(RETIRED),
             lifetimes,
+            successors: hmac::Hmac::<Sha256>::new_from_slice(secret)
+                .unwrap_or_else(|_| hmac::Hmac::<Sha256>::new(&Default::default())),
+            token_ttl,
+            broadcaster,
         }
+    }
+
+    /// The refresh token that follows `token`.
+    fn successor(&self, token: &str) -> String {
+        use hmac::Mac;
+        let mut mac = self.successors.clone();
+        mac.update(token.as_bytes());
+        URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
     }
 
     /// Creates the indexes (idempotent).
@@ -150,6 +189,9 @@ impl Sessions {
                 mongo::index("token_hash_unique", doc! { "token_hash": 1 }, true),
                 // Reuse of the token just exchanged.
                 mongo::index("previous_hash", doc! { "previous_hash": 1 }, false),
+                // The sessions that ended lately, for every service to refuse their
+                // tokens (only ended sessions have the field).
+                mongo::sparse_index("ended", doc! { "ended_ms": 1 }),
                 // ListSessions (expired ones told by the key), RevokeOtherSessions and
                 // the other ends of a user's sessions (ended ones out of the range).
                 mongo::index(
@@ -196,6 +238,7 @@ impl Sessions {
             last_used_ms: at,
             idle_until_ms: at.saturating_add(ms(self.lifetimes.idle)),
             max_until_ms,
+            rotated_ms: 0,
             credential_version,
             state: ACTIVE.into(),
             ended_reason: None,
@@ -205,10 +248,11 @@ impl Sessions {
         Ok((session, token))
     }
 
-    /// Exchanges `token` for a new one (see the module docs).
-    pub async fn refresh(&self, token: &str) -> Result<Refreshed> {
+    /// Exchanges `token` for a new one (see the module docs); `grace`: how long after
+    /// an exchange the token exchanged gets the same successor again.
+    pub async fn refresh(&self, token: &str, grace: Duration) -> Result<Refreshed> {
         let old = hash(token);
-        let next = new_token()?;
+        let next = self.successor(token);
         let at = now_ms();
         let rotated = self
             .sessions
@@ -219,6 +263,7 @@ impl Sessions {
                 },
                 doc! { "$set": {
                     "token_hash": hash(&next), "previous_hash": &old, "last_used_ms": at,
+                    "rotated_ms": at,
                     "idle_until_ms": at.saturating_add(ms(self.lifetimes.idle)),
                 } },
             )
@@ -239,6 +284,16 @@ impl Sessions {
             .find_one(doc! { "previous_hash": &old })
             .await?
         {
+            // Just exchanged, and presented again within the grace: the same successor
+            // (the session holds it: its hash is the current one).
+            Some(session)
+                if session.state == ACTIVE
+                    && at.saturating_sub(session.rotated_ms) <= ms(grace)
+                    && session.token_hash == hash(&next)
+                    && session.expires_ms() > at =>
+            {
+                return Ok(Refreshed::Rotated(Box::new(session), next));
+            }
             Some(session) => Some(session.id),
             None => self
                 .retired
@@ -250,28 +305,121 @@ impl Sessions {
             return Ok(Refreshed::Invalid);
         };
         let ended = self
-            .sessions
-            .update_one(
+            .finish(
                 doc! { "_id": session, "state": ACTIVE },
-                doc! { "$set": { "state": ENDED, "ended_reason": "refresh token reused" } },
+                "refresh token reused",
             )
             .await?;
-        if ended.modified_count == 1 {
+        if !ended.is_empty() {
             tracing::warn!(session = %session, "a refresh token was used twice; its session ended");
         }
         Ok(Refreshed::Reused)
     }
 
-    /// Ends `user`'s session `id`; whether it was active.
-    pub async fn end(&self, user: ObjectId, id: ObjectId, reason: &str) -> Result<bool> {
-        let r = self
+    /// Ends the active sessions `filter` matches, for `reason`: they are marked ended
+    /// (with the time, for [`Self::ended_since`]) and every service is told at once
+    /// (`social_events::sessions`); the ones it ended.
+    async fn finish(&self, filter: bson::Document, reason: &str) -> Result<Vec<ObjectId>> {
+        #[derive(Deserialize)]
+        struct Id {
+            #[serde(rename = "_id")]
+            id: ObjectId,
+        }
+        let ids: Vec<ObjectId> = self
             .sessions
-            .update_one(
-                doc! { "_id": id, "user_id": mongo::is(user), "state": ACTIVE },
-                doc! { "$set": { "state": ENDED, "ended_reason": reason } },
+            .clone_with_type::<Id>()
+            .find(filter)
+            .projection(doc! { "_id": 1 })
+            .await?
+            .try_collect::<Vec<_>>()
+            .await?
+            .into_iter()
+            .map(|i| i.id)
+            .collect();
+        if ids.is_empty() {
+            return Ok(ids);
+        }
+        let at = now_ms();
+        self.sessions
+            .update_many(
+                doc! { "_id": { "$in": &ids }, "state": ACTIVE },
+                doc! { "$set": { "state": ENDED, "ended_reason": reason, "ended_ms": at } },
             )
             .await?;
-        Ok(r.modified_count == 1)
+        social_events::sessions::announce(
+            &self.broadcaster,
+            &ids,
+            at.saturating_add(ms(self.token_ttl)),
+        );
+        Ok(ids)
+    }
+
+    /// The sessions that ended after `since` (ms; or within an access token's lifetime
+    /// when `None`, or when `since` is older), oldest first, [`ENDED_PAGE`] at most, and
+    /// whether there may be more: what every service refuses the tokens of.
+    pub async fn ended_since(
+        &self,
+        since: Option<i64>,
+    ) -> Result<(Vec<social_events::sessions::Ended>, bool)> {
+        #[derive(Deserialize)]
+        struct Row {
+            #[serde(rename = "_id")]
+            id: ObjectId,
+            ended_ms: i64,
+        }
+        let at = now_ms();
+        // Tokens of sessions that ended before this have all expired.
+        let horizon = at.saturating_sub(ms(self.token_ttl) + 60_000);
+        let after = since.map_or(horizon, |s| s.max(horizon));
+        let rows: Vec<Row> = self
+            .sessions
+            .clone_with_type::<Row>()
+            .find(doc! { "ended_ms": { "$gt": after } })
+            .projection(doc! { "_id": 1, "ended_ms": 1 })
+            .sort(doc! { "ended_ms": 1 })
+            .limit(ENDED_PAGE)
+            .await?
+            .try_collect()
+            .await?;
+        let more = rows.len() as i64 == ENDED_PAGE;
+        let ended = rows
+            .into_iter()
+            .map(|r| social_events::sessions::Ended {
+                session: r.id,
+                ended_ms: r.ended_ms,
+                tokens_expire: std::time::SystemTime::UNIX_EPOCH
+                    + Duration::from_millis(
+                        u64::try_from(r.ended_ms.saturating_add(ms(self.token_ttl))).unwrap_or(0),
+                    ),
+            })
+            .collect();
+        Ok((ended, more))
+    }
+
+    /// `caller`'s session, if it is still active: what the account's own RPCs require
+    /// (a point lookup), so that a session ended a moment ago cannot act for the account
+    /// for the rest of its access token's life.
+    pub async fn active(&self, caller: &social_kit::auth::Caller) -> Result<SessionDoc> {
+        const ENDED: Error = Error::Unauthenticated(
+            "this call needs the access token of a session that is still active; log in again",
+        );
+        let Some(id) = caller.session else {
+            return Err(ENDED);
+        };
+        let at = now_ms();
+        self.sessions
+            .find_one(doc! {
+                "_id": id, "user_id": mongo::is(caller.user), "state": ACTIVE,
+                "idle_until_ms": { "$gt": at }, "max_until_ms": { "$gt": at },
+            })
+            .await?
+            .ok_or(ENDED)
+    }
+
+    /// Ends `user`'s session `id`; whether it was active.
+    pub async fn end(&self, user: ObjectId, id: ObjectId, reason: &str) -> Result<bool> {
+        let filter = doc! { "_id": id, "user_id": mongo::is(user), "state": ACTIVE };
+        Ok(!self.finish(filter, reason).await?.is_empty())
     }
 
     /// Moves `user`'s active session `id` to `credential_version` (the session that
@@ -307,14 +455,7 @@ impl Sessions {
         if let Some(keep) = keep {
             filter.insert("_id", doc! { "$nin": [keep] });
         }
-        let r = self
-            .sessions
-            .update_many(
-                filter,
-                doc! { "$set": { "state": ENDED, "ended_reason": reason } },
-            )
-            .await?;
-        Ok(r.modified_count)
+        Ok(self.finish(filter, reason).await?.len() as u64)
     }
 
     /// A page of `user`'s sessions that have not ended, newest first.

@@ -1,47 +1,133 @@
-//! Login throttling: after `LOGIN_FREE_FAILURES` failed logins for one identifier within a
-//! window, further attempts for it are refused for a delay that doubles with each
-//! further failure (up to a cap); a success resets it. Counted per normalised
-//! identifier (the lowercased username or email as typed), whether or not such an
-//! account exists, so that the answers never tell which accounts exist. Stored in
-//! MongoDB (`login_attempts`, purged by a TTL index) so that every replica sees the same
-//! count.
+//! Password guessing: each check of a password (Login, and the current password of
+//! ChangePassword and DeleteAccount) is counted against the account and the client's
+//! network, so that an attacker is locked out and the account's owner is not (OWASP's
+//! authentication cheat sheet). Stored in MongoDB (`login_attempts`, purged by a TTL
+//! index) so that every replica sees the same counts.
+//!
+//! - **Per (account, network)**: after `free` failures, attempts from that network are
+//!   refused for a delay that doubles with each further failure, up to `max_block`.
+//!   Failures are forgotten `window` after the last one, a window longer than the
+//!   longest block, so a block never ends with the count wiped. An attempt is counted
+//!   *before* its password is checked (reserved, then released on success), in one
+//!   conditional write: a burst of concurrent guesses at a block's end gets one check,
+//!   and a block only ever lengthens.
+//! - **Per account** (all networks): failures are counted too; past `account_slowdown`
+//!   of them within the window, attempts from any network are delayed by
+//!   [`SLOWDOWN`] before their check, but never refused for the account's sake: a
+//!   network that has not failed is not locked out by another's guesses.
+//!
+//! "The account" is the account the identifier names, whichever of its username or
+//! email was typed; an identifier with no account is counted under itself, alike, so
+//! that the answers never tell which accounts exist. The network is an IPv4 address, or
+//! an IPv6 /64, as the gateway reports the client (`kit::auth::ClientAddress`).
 
-use std::time::Duration;
+use std::{net::IpAddr, time::Duration};
 
 use bson::{DateTime, doc};
-use mongodb::{Collection, Database, options::ReturnDocument};
+use mongodb::{Collection, Database};
 use serde::{Deserialize, Serialize};
 use social_kit::{Result, mongo};
 
 const COLLECTION: &str = "login_attempts";
+/// How long an attempt waits before its check once its account is under a storm of
+/// failures from many networks.
+pub const SLOWDOWN: Duration = Duration::from_secs(1);
+/// Tries of the conditional reservation when concurrent attempts keep changing it.
+const TRIES: usize = 20;
 
-/// How failed logins are counted.
+/// How failed password checks are counted.
 #[derive(Debug, Clone, Copy)]
 pub struct Policy {
-    /// `LOGIN_FREE_FAILURES`: failures within `window` after which attempts are refused.
+    /// `LOGIN_FREE_FAILURES`: failures per (account, network) before attempts from that
+    /// network are refused.
     pub free: i32,
-    /// `LOGIN_FAILURE_WINDOW_SECS`: failures older than this are forgotten.
+    /// `LOGIN_FAILURE_WINDOW_SECS`: failures are forgotten this long after the last one
+    /// (longer than `max_block`).
     pub window: Duration,
     /// `LOGIN_BLOCK_SECS`: the first refusal's delay; it doubles with each failure.
     pub first_block: Duration,
     /// `LOGIN_MAX_BLOCK_SECS`: the longest delay.
     pub max_block: Duration,
+    /// `LOGIN_ACCOUNT_SLOWDOWN`: failures of one account from all networks within the
+    /// window after which every attempt on it waits [`SLOWDOWN`].
+    pub account_slowdown: i32,
+}
+
+impl Policy {
+    /// How long attempts are refused after `failures` failures.
+    fn block(&self, failures: i32) -> Duration {
+        let over = failures - self.free;
+        if over < 0 {
+            return Duration::ZERO;
+        }
+        let doublings = u32::try_from(over).unwrap_or(0).min(20);
+        self.first_block
+            .saturating_mul(1 << doublings)
+            .min(self.max_block)
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Attempts {
-    /// The normalised identifier.
     #[serde(rename = "_id")]
     key: String,
     #[serde(default)]
     failures: i32,
     #[serde(default)]
     last_failure_ms: i64,
+    /// Attempts are refused until then.
     #[serde(default)]
     blocked_until_ms: i64,
+    /// Written by `$set`: the stand-in stores it as text.
+    #[serde(deserialize_with = "social_kit::time::lenient")]
+    forget_at: DateTime,
 }
 
-/// Failed logins per identifier. Cheap to clone.
+/// Who is guessing: the account (or unknown identifier) and the client's network.
+#[derive(Debug, Clone)]
+pub struct Subject {
+    account: String,
+    network: String,
+}
+
+impl Subject {
+    /// `account` is the account's id, or the normalised identifier when no account has
+    /// it; `client` the caller's address, if known.
+    pub fn new(account: String, client: Option<IpAddr>) -> Self {
+        Self {
+            account,
+            network: client.map_or_else(|| "unknown".to_owned(), network),
+        }
+    }
+
+    fn pair(&self) -> String {
+        format!("{}|{}", self.account, self.network)
+    }
+}
+
+/// The network an address is counted under: an IPv4 address, or an IPv6 /64.
+pub fn network(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+    }
+}
+
+/// A reserved attempt: counted as a failure unless [`Throttle::succeeded`] releases it.
+#[must_use]
+pub struct Reserved {
+    subject: Subject,
+    /// The attempt waits this long before its check (the account is under a storm).
+    pub slow_down: bool,
+}
+
+/// Failed password checks. Cheap to clone.
 #[derive(Clone)]
 pub struct Throttle {
     attempts: Collection<Attempts>,
@@ -74,65 +160,138 @@ impl Throttle {
         .await
     }
 
-    /// How long attempts for `key` are still refused, if they are.
-    pub async fn refused_for(&self, key: &str) -> Result<Option<Duration>> {
-        let Some(attempts) = self.attempts.find_one(doc! { "_id": key }).await? else {
-            return Ok(None);
-        };
-        let left = attempts.blocked_until_ms - now_ms();
-        Ok((left > 0).then(|| Duration::from_millis(left.unsigned_abs())))
+    /// Counts an attempt of `subject` before its password is checked: `Err(wait)` when
+    /// its network is refused for now, else the reservation.
+    pub async fn reserve(
+        &self,
+        subject: Subject,
+    ) -> Result<std::result::Result<Reserved, Duration>> {
+        let key = subject.pair();
+        for _ in 0..TRIES {
+            let at = now_ms();
+            let current = self.attempts.find_one(doc! { "_id": &key }).await?;
+            let (failures, blocked_until, last) = current.as_ref().map_or((0, 0, 0), |a| {
+                (a.failures, a.blocked_until_ms, a.last_failure_ms)
+            });
+            if blocked_until > at {
+                return Ok(Err(Duration::from_millis(
+                    (blocked_until - at).unsigned_abs(),
+                )));
+            }
+            // Forgotten once the window has passed since the last failure.
+            let counted = if last < at - ms(self.policy.window) {
+                0
+            } else {
+                failures
+            };
+            let next = Attempts {
+                key: key.clone(),
+                failures: counted + 1,
+                last_failure_ms: at,
+                blocked_until_ms: at.saturating_add(ms(self.policy.block(counted + 1))),
+                forget_at: self.forget_at(at),
+            };
+            // Only if nobody reserved meanwhile: of concurrent attempts, one counts at a
+            // time, and a block is only ever set once the last one is over (it lengthens).
+            let reserved = match current {
+                None => mongo::insert_once(&self.attempts, &next).await?,
+                Some(_) => {
+                    self.attempts
+                        .update_one(
+                            doc! {
+                                "_id": &key, "failures": failures,
+                                "blocked_until_ms": blocked_until, "last_failure_ms": last,
+                            },
+                            doc! { "$set": {
+                                "failures": next.failures,
+                                "last_failure_ms": next.last_failure_ms,
+                                "blocked_until_ms": next.blocked_until_ms,
+                                "forget_at": next.forget_at,
+                            } },
+                        )
+                        .await?
+                        .matched_count
+                        == 1
+                }
+            };
+            if reserved {
+                let slow_down =
+                    self.account_failures(&subject.account).await? >= self.policy.account_slowdown;
+                return Ok(Ok(Reserved { subject, slow_down }));
+            }
+        }
+        Err(social_kit::Error::Unavailable(
+            "too many attempts at once for this account; retry shortly".into(),
+        ))
     }
 
-    /// Records a failed login for `key`; how long further attempts are refused, if now
-    /// they are.
-    pub async fn failed(&self, key: &str) -> Result<Option<Duration>> {
+    /// The password was wrong: the account's count across networks grows too.
+    pub async fn failed(&self, reserved: Reserved) -> Result<()> {
         let at = now_ms();
-        // Failures older than the window are forgotten.
         self.attempts
             .update_one(
-                doc! { "_id": key, "last_failure_ms": { "$lt": at - ms(self.policy.window) } },
-                doc! { "$set": { "failures": 0 } },
-            )
-            .await?;
-        let forget_at = DateTime::from_millis(
-            at.saturating_add(ms(self.policy.window).max(ms(self.policy.max_block))),
-        );
-        let attempts = self
-            .attempts
-            .find_one_and_update(
-                doc! { "_id": key },
+                doc! { "_id": &reserved.subject.account },
                 doc! {
                     "$inc": { "failures": 1 },
-                    "$set": { "last_failure_ms": at, "forget_at": forget_at },
+                    "$set": { "last_failure_ms": at, "forget_at": self.forget_at(at) },
                 },
             )
             .upsert(true)
-            .return_document(ReturnDocument::After)
             .await?;
-        let failures = attempts.map_or(1, |a| a.failures);
-        // The `free`-th failure starts the first refusal; each further one doubles it.
-        let over = failures - self.policy.free;
-        if over < 0 {
-            return Ok(None);
-        }
-        let doublings = u32::try_from(over).unwrap_or(0).min(20);
-        let block = self
-            .policy
-            .first_block
-            .saturating_mul(1 << doublings)
-            .min(self.policy.max_block);
-        self.attempts
-            .update_one(
-                doc! { "_id": key },
-                doc! { "$set": { "blocked_until_ms": at.saturating_add(ms(block)) } },
-            )
-            .await?;
-        Ok(Some(block))
+        Ok(())
     }
 
-    /// Forgets the failures of `key` (a successful login).
-    pub async fn succeeded(&self, key: &str) -> Result<()> {
-        self.attempts.delete_one(doc! { "_id": key }).await?;
+    /// The password was right: the attempt is released and the network's failures are
+    /// forgotten (the account's count across networks stays).
+    pub async fn succeeded(&self, reserved: Reserved) -> Result<()> {
+        self.attempts
+            .delete_one(doc! { "_id": reserved.subject.pair() })
+            .await?;
         Ok(())
+    }
+
+    /// Failures of `account` from all networks within the window.
+    async fn account_failures(&self, account: &str) -> Result<i32> {
+        let Some(a) = self.attempts.find_one(doc! { "_id": account }).await? else {
+            return Ok(0);
+        };
+        Ok(if a.last_failure_ms < now_ms() - ms(self.policy.window) {
+            0
+        } else {
+            a.failures
+        })
+    }
+
+    fn forget_at(&self, at: i64) -> DateTime {
+        DateTime::from_millis(at.saturating_add(ms(self.policy.window.max(self.policy.max_block))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn networks_are_addresses_or_ipv6_slash_64s() {
+        let n = |s: &str| network(s.parse().unwrap());
+        assert_eq!(n("203.0.113.7"), "203.0.113.7");
+        assert_eq!(n("2001:db8:1:2:aaaa::1"), n("2001:db8:1:2:ffff::9"));
+        assert_ne!(n("2001:db8:1:2::1"), n("2001:db8:1:3::1"));
+        assert_eq!(n("::ffff:203.0.113.7"), "203.0.113.7");
+    }
+
+    #[test]
+    fn blocks_double_from_the_free_failures_to_the_longest() {
+        let policy = Policy {
+            free: 5,
+            window: Duration::from_secs(86_400),
+            first_block: Duration::from_secs(30),
+            max_block: Duration::from_secs(900),
+            account_slowdown: 100,
+        };
+        assert_eq!(policy.block(4), Duration::ZERO);
+        assert_eq!(policy.block(5), Duration::from_secs(30));
+        assert_eq!(policy.block(6), Duration::from_secs(60));
+        assert_eq!(policy.block(50), Duration::from_secs(900));
     }
 }

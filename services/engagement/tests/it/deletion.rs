@@ -364,10 +364,12 @@ async fn actions_racing_a_deletion_do_not_survive_it() {
         }
         ids
     };
-    // The account's access token is still unexpired: its likes, comments and follow
-    // race the cascade, all at once, in waves from the deletion's acknowledgement until
-    // after the event has reached each service.
+    // An unexpired token of the account that no service knows to refuse (as one whose
+    // session's end has not reached them yet): its likes, comments and follow race the
+    // cascade, all at once, in waves from the deletion's acknowledgement until after
+    // the event has reached each service.
     delete_account(&app, &doomed, PASSWORD).await.unwrap();
+    let doomed = social_testkit::token_for(ObjectId::parse_str(&doomed_id).unwrap());
     let wave = |delay_ms: u64| {
         let (app, doomed, posts, alice_id) = (&app, &doomed, &posts, &alice_id);
         async move {
@@ -536,13 +538,13 @@ async fn an_account_exports_everything_it_made_before_it_goes() {
     ];
     assert_eq!(kinds, want.into_iter().collect());
 
-    // Gone with the account.
+    // Gone with the account: its session ended, so its token exports nothing.
     delete_account(&app, &writer, PASSWORD).await.unwrap();
     let err = client
         .export_account(authed(ExportAccountRequest {}, &writer))
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Code::NotFound);
+    assert_eq!(err.code(), Code::Unauthenticated);
 }
 
 #[tokio::test]
@@ -623,8 +625,10 @@ async fn a_write_whose_check_for_a_deleted_account_failed_is_undone_by_its_retry
     let other = app.post(&alice, "q").await;
     delete_account(&app, &doomed, PASSWORD).await.unwrap();
     deletion_finished(&app, &doomed_id).await;
-    // The account's unexpired token writes; each write's check of the account's
-    // tombstone fails after its insert, so the write answers UNAVAILABLE and stays.
+    // An unexpired token of the account that no service knows to refuse (as one whose
+    // session's end has not reached them yet) writes; each write's check of the
+    // account's tombstone fails after its insert, so it answers UNAVAILABLE and stays.
+    let doomed = social_testkit::token_for(ObjectId::parse_str(&doomed_id).unwrap());
     let fail_next_check = || fail::cfg("engagement::account_removed", "1*return").unwrap();
     fail_next_check();
     let err = app.like_post(&doomed, &post.id).await.unwrap_err();

@@ -735,7 +735,16 @@ async fn a_service_without_keys_refuses_to_start_and_names_the_variable() {
         include_str!("../../../../crates/kit/dev-keys/DEVELOPMENT-ONLY-ed25519-public.pem").into(),
     );
     assert!(run(c.clone()).await.contains("SERVICE_TOKEN"));
+    // With real keys, the development secrets never stand in silently, even with
+    // DEVELOPMENT_KEYS=true: each missing one is named.
+    let mut development = c.clone();
+    development.common.development_keys = true;
+    assert!(run(development.clone()).await.contains("SERVICE_TOKEN"));
+    development.common.service_token = Some("a secret".into());
+    assert!(run(development).await.contains("GATEWAY_TOKEN"));
     c.common.service_token = Some("a secret".into());
+    assert!(run(c.clone()).await.contains("GATEWAY_TOKEN"));
+    c.common.gateway_token = Some("another secret".into());
     assert!(run(c).await.contains("AUTH_PRIVATE_KEY"));
 }
 
