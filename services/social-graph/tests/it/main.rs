@@ -374,3 +374,61 @@ async fn two_follows_minted_with_one_sort_key_are_both_paged_exactly_once() {
     assert_eq!(seen.len(), 2, "{seen:?}");
     assert_eq!(seen.into_iter().collect::<HashSet<_>>(), followers);
 }
+
+#[tokio::test]
+async fn a_session_that_ended_is_refused_here_within_moments_and_by_a_replica_started_later() {
+    use social_proto::user::v1::{LoginRequest, LogoutRequest};
+    let app = spawn().await;
+    let (bob, _) = app.user("bob").await;
+    app.user("alice").await;
+    let login = app
+        .stack
+        .users()
+        .await
+        .login(LoginRequest {
+            username_or_email: "alice".into(),
+            password: "correct horse battery".into(),
+            device: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let token = login.access_token;
+    app.follow(&token, &bob).await.unwrap();
+    app.stack
+        .users()
+        .await
+        .logout(authed(LogoutRequest {}, &token))
+        .await
+        .unwrap();
+    // The token is unexpired, but its session ended: refused here within moments.
+    let refused = |graph: SocialGraphServiceClient<Channel>| {
+        let (token, bob) = (token.clone(), bob.clone());
+        social_testkit::eventually(Duration::from_secs(5), move || {
+            let (mut graph, token, bob) = (graph.clone(), token.clone(), bob.clone());
+            async move {
+                // Following again changes nothing while the token still works.
+                let request = authed(FollowRequest { followee_id: bob }, &token);
+                match graph.follow(request).await {
+                    Err(e) if e.code() == Code::Unauthenticated => Some(()),
+                    _ => None,
+                }
+            }
+        })
+    };
+    assert!(refused(app.graph.clone()).await.is_some(), "still accepted");
+    // A replica that starts afterwards (it heard no broadcast) asks the user service.
+    let replica = social_testkit::start_graph(
+        &app.stack.database,
+        &app.stack.events,
+        &format!("http://{}", app.stack.user.addr),
+        Duration::from_secs(2),
+    )
+    .await;
+    let graph = SocialGraphServiceClient::new(replica.channel().await);
+    assert!(
+        refused(graph).await.is_some(),
+        "the new replica accepted it"
+    );
+    assert_eq!(app.followers(&bob, 100, "").await.0.len(), 1);
+}
