@@ -41,22 +41,42 @@ pub struct Ended {
     pub tokens_expire: SystemTime,
 }
 
-/// Where a replica reads the recent endings: a page of those that ended after `since`
-/// (ms; all the recent ones when `None`), oldest first, and whether there may be more.
+/// Where a page of endings starts: after `ended_ms`, or, with `after`, after that
+/// session among those that ended at `ended_ms` (the last one of the previous page).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    pub ended_ms: i64,
+    pub after: Option<ObjectId>,
+}
+
+/// Where a replica reads the recent endings: a page of those after `since` (all the
+/// recent ones when `None`), oldest first (by time, then session), and whether there
+/// may be more.
 pub trait Source: Send + Sync + 'static {
-    fn ended_since(&self, since: Option<i64>) -> BoxFuture<'_, anyhow::Result<(Vec<Ended>, bool)>>;
+    fn ended_since(
+        &self,
+        since: Option<Cursor>,
+    ) -> BoxFuture<'_, anyhow::Result<(Vec<Ended>, bool)>>;
 }
 
 /// The user service, asked over gRPC.
 pub struct FromUserService(pub Peer);
 
 impl Source for FromUserService {
-    fn ended_since(&self, since: Option<i64>) -> BoxFuture<'_, anyhow::Result<(Vec<Ended>, bool)>> {
+    fn ended_since(
+        &self,
+        since: Option<Cursor>,
+    ) -> BoxFuture<'_, anyhow::Result<(Vec<Ended>, bool)>> {
         Box::pin(async move {
             let peer = &self.0;
             let request = ListEndedSessionsRequest {
-                since: since
-                    .map(|ms| social_kit::time::to_timestamp(bson::DateTime::from_millis(ms))),
+                since: since.map(|c| {
+                    social_kit::time::to_timestamp(bson::DateTime::from_millis(c.ended_ms))
+                }),
+                after_session_id: since
+                    .and_then(|c| c.after)
+                    .map(|id| id.to_hex())
+                    .unwrap_or_default(),
             };
             let mut client = UserServiceClient::new(peer.channel());
             let page = peer
@@ -197,7 +217,10 @@ async fn sync(
     revocations: &Revocations,
     since: Option<i64>,
 ) -> anyhow::Result<Option<i64>> {
-    let mut since = since.map(|ms| ms - 5_000);
+    let mut since = since.map(|ms| Cursor {
+        ended_ms: ms - 5_000,
+        after: None,
+    });
     let mut last = None;
     loop {
         let (page, more) = source.ended_since(since).await?;
@@ -206,10 +229,73 @@ async fn sync(
         }
         if let Some(e) = page.last() {
             last = Some(e.ended_ms);
-            since = last;
+            since = Some(Cursor {
+                ended_ms: e.ended_ms,
+                after: Some(e.session),
+            });
         }
         if !more || page.is_empty() {
             return Ok(last);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Endings paged two at a time, as the user service pages them.
+    struct TwoAPage(Vec<Ended>);
+
+    impl Source for TwoAPage {
+        fn ended_since(
+            &self,
+            since: Option<Cursor>,
+        ) -> BoxFuture<'_, anyhow::Result<(Vec<Ended>, bool)>> {
+            let after = |e: &Ended| match since {
+                None => true,
+                Some(Cursor {
+                    ended_ms,
+                    after: None,
+                }) => e.ended_ms > ended_ms,
+                Some(Cursor {
+                    ended_ms,
+                    after: Some(id),
+                }) => (e.ended_ms, e.session) > (ended_ms, id),
+            };
+            let page: Vec<Ended> = self
+                .0
+                .iter()
+                .filter(|e| after(e))
+                .take(2)
+                .copied()
+                .collect();
+            let more = page.len() == 2;
+            Box::pin(async move { Ok((page, more)) })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_page_ending_inside_a_group_ended_together_skips_none_of_it() {
+        let now = bson::DateTime::now().timestamp_millis();
+        let expire = SystemTime::now() + Duration::from_secs(900);
+        // Three sessions ended by one call (one time), then another.
+        let mut ended: Vec<Ended> = [now, now, now, now + 1]
+            .into_iter()
+            .map(|ended_ms| Ended {
+                session: ObjectId::new(),
+                ended_ms,
+                tokens_expire: expire,
+            })
+            .collect();
+        ended.sort_by_key(|e| (e.ended_ms, e.session));
+        let revocations = Revocations::default();
+        let last = sync(&TwoAPage(ended.clone()), &revocations, Some(now - 1))
+            .await
+            .unwrap();
+        assert_eq!(last, Some(now + 1));
+        for e in &ended {
+            assert!(revocations.is_revoked(e.session), "{e:?} skipped");
         }
     }
 }

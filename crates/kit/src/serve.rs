@@ -105,10 +105,13 @@ impl Gate {
     /// else the connection's peer (a client calling directly).
     fn client_address(&self, request: &Request<()>) -> Option<std::net::IpAddr> {
         let metadata = request.metadata();
-        let from_gateway = metadata
+        let presented = metadata
             .get(GATEWAY_TOKEN_HEADER)
-            .map(|v| digest(v.to_str().unwrap_or_default()))
-            == Some(self.gateway_token);
+            .map(|v| digest(v.to_str().unwrap_or_default()));
+        let from_gateway = presented == Some(self.gateway_token);
+        if presented.is_some() && !from_gateway {
+            wrong_gateway_token();
+        }
         let reported = metadata
             .get(CLIENT_ADDRESS_HEADER)
             .and_then(|v| v.to_str().ok())
@@ -122,6 +125,26 @@ impl Gate {
     /// Whether start-up is done.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+}
+
+/// A gateway credential that does not match (a rotated or mistyped `GATEWAY_TOKEN`):
+/// every client behind that gateway is counted as the gateway's own address. Logged as
+/// a warning at most once a minute.
+fn wrong_gateway_token() {
+    static LAST_MS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+    let now = bson::DateTime::now().timestamp_millis();
+    let last = LAST_MS.load(Ordering::Relaxed);
+    if now - last >= 60_000
+        && LAST_MS
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        tracing::warn!(
+            "a caller presented a gateway credential that does not match GATEWAY_TOKEN: \
+             the client addresses it reports are ignored (check GATEWAY_TOKEN on the \
+             gateway and here)"
+        );
     }
 }
 

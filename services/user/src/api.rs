@@ -77,6 +77,18 @@ struct Issued {
 }
 
 impl Api {
+    /// `caller`'s session, if it is still active and under the account's current
+    /// password: a password change whose end of the other sessions failed half-way
+    /// leaves none of them able to act for the account (two point lookups).
+    async fn active(&self, caller: &social_kit::auth::Caller) -> Result<SessionDoc> {
+        let session = self.sessions.active(caller).await?;
+        let account = self.store.by_id(caller.user).await?;
+        if account.is_none_or(|u| session.credential_version < u.credential_version) {
+            return Err(crate::sessions::NOT_ACTIVE);
+        }
+        Ok(session)
+    }
+
     /// Who reads the profiles of `users`, as far as emails go (each shown to its owner
     /// only): the caller, if they are among them and their session is still active (an
     /// ended session reads as anybody). One session read, only for one's own profile.
@@ -91,29 +103,19 @@ impl Api {
         if !users.iter().any(|u| u.id == caller.user) {
             return Ok(Some(caller.user));
         }
-        Ok(match self.sessions.active(caller).await {
+        Ok(match self.active(caller).await {
             Ok(_) => Some(caller.user),
             Err(Error::Unauthenticated(_)) => None,
             Err(e) => return Err(e),
         })
     }
 
-    /// Counts a password check of `subject` (an account, or an unknown identifier) from
-    /// `client`'s network before it is made: `RESOURCE_EXHAUSTED` with a retry delay when
-    /// that network is refused for now, and a short wait first when the account is under
-    /// a storm of failures from many networks (see `crate::throttle`).
-    async fn guessing(
-        &self,
-        subject: String,
-        client: Option<std::net::IpAddr>,
-    ) -> Result<Reserved> {
-        match self.throttle.reserve(Subject::new(subject, client)).await? {
-            Ok(attempt) => {
-                if attempt.slow_down {
-                    tokio::time::sleep(crate::throttle::SLOWDOWN).await;
-                }
-                Ok(attempt)
-            }
+    /// Counts a password check of `subject` from `client`'s network before it is made:
+    /// `RESOURCE_EXHAUSTED` with a retry delay when that network is refused for now (see
+    /// `crate::throttle`).
+    async fn guessing(&self, subject: Subject) -> Result<Reserved> {
+        match self.throttle.reserve(subject).await? {
+            Ok(attempt) => Ok(attempt),
             Err(wait) => {
                 social_kit::metrics::login_throttled();
                 Err(throttled(wait))
@@ -298,7 +300,8 @@ fn profile_update(user: &User, paths: &[String], v: &mut Violations) -> Document
 fn throttled(retry_after: std::time::Duration) -> Error {
     Error::Throttled {
         message:
-            "too many failed password checks for this account from this network; try again later"
+            "too many failed password checks for this account from this network; try again later, \
+             or from a network this account signed in from recently"
                 .into(),
         retry_after,
     }
@@ -392,11 +395,15 @@ impl UserService for Api {
         } else {
             self.store.by_username(&who).await?
         };
-        // One count per account whichever identifier was typed; an unknown one alike.
-        let subject = user
+        // Each identifier its own count per network (a username's block tells nothing of
+        // its account's email); one count across networks per account, whichever
+        // identifier was typed; an unknown identifier alike.
+        let account = user
             .as_ref()
             .map_or_else(|| format!("unknown:{who}"), |u| format!("account:{}", u.id));
-        let attempt = self.guessing(subject, client).await?;
+        let attempt = self
+            .guessing(Subject::new(format!("login:{who}"), account, client))
+            .await?;
         let hash = user.as_ref().map(|u| u.password_hash.clone());
         let ok = slot.verify(r.password, hash).await?;
         drop(slot);
@@ -459,7 +466,7 @@ impl UserService for Api {
 
     async fn logout(&self, request: Request<LogoutRequest>) -> Result<Response<()>, Status> {
         let caller = session(&request)?;
-        let current = self.sessions.active(&caller).await?;
+        let current = self.active(&caller).await?;
         self.sessions
             .end(caller.user, current.id, "logged out")
             .await?;
@@ -471,7 +478,7 @@ impl UserService for Api {
         request: Request<ListSessionsRequest>,
     ) -> Result<Response<ListSessionsResponse>, Status> {
         let caller = session(&request)?;
-        self.sessions.active(&caller).await?;
+        self.active(&caller).await?;
         let r = request.get_ref();
         let page = PageRequest::parse_alone(
             r.page_size,
@@ -496,7 +503,7 @@ impl UserService for Api {
         let me = caller(&request)?;
         let id = validate::object_id(&request.get_ref().session_id)
             .map_err(|d| Error::invalid("session_id", d))?;
-        self.sessions.active(&session(&request)?).await?;
+        self.active(&session(&request)?).await?;
         // Another user's session is as unknown as a session that never was.
         if !self.sessions.end(me, id, "revoked").await? {
             return Err(Error::NotFound("session").into());
@@ -508,11 +515,17 @@ impl UserService for Api {
         &self,
         request: Request<ListEndedSessionsRequest>,
     ) -> Result<Response<ListEndedSessionsResponse>, Status> {
-        let since = request
-            .get_ref()
-            .since
-            .as_ref()
-            .map(social_kit::time::millis);
+        let r = request.get_ref();
+        let after = match r.after_session_id.as_str() {
+            "" => None,
+            id => Some(ObjectId::parse_str(id).map_err(|_| {
+                Error::invalid("after_session_id", "must be a session id (24 hex digits)")
+            })?),
+        };
+        let since = r.since.as_ref().map(|t| social_events::sessions::Cursor {
+            ended_ms: social_kit::time::millis(t),
+            after,
+        });
         let (ended, more) = self.sessions.ended_since(since).await?;
         let at = |t: std::time::SystemTime| {
             let ms = t
@@ -538,7 +551,7 @@ impl UserService for Api {
         request: Request<RevokeOtherSessionsRequest>,
     ) -> Result<Response<RevokeOtherSessionsResponse>, Status> {
         let caller = session(&request)?;
-        self.sessions.active(&caller).await?;
+        self.active(&caller).await?;
         let revoked = self
             .sessions
             .end_all_but(caller.user, caller.session, "revoked with the others")
@@ -621,7 +634,7 @@ impl UserService for Api {
         request: Request<UpdateUserRequest>,
     ) -> Result<Response<User>, Status> {
         let me = caller(&request)?;
-        self.sessions.active(&session(&request)?).await?;
+        self.active(&session(&request)?).await?;
         let r = request.into_inner();
         let mut v = Violations::default();
         let Some(user) = r.user else {
@@ -662,12 +675,13 @@ impl UserService for Api {
                 .await?;
             return Ok(Response::new(()));
         }
-        self.sessions.active(&session(&request)?).await?;
+        self.active(&session(&request)?).await?;
         let attempt = self
-            .guessing(
+            .guessing(Subject::new(
+                format!("account:{me}"),
                 format!("account:{me}"),
                 social_kit::auth::client_address(&request),
-            )
+            ))
             .await?;
         let password = request.into_inner().password;
         if !slot.verify(password, Some(user.password_hash)).await? {
@@ -699,7 +713,7 @@ impl UserService for Api {
         request: Request<ExportAccountRequest>,
     ) -> Result<Response<Self::ExportAccountStream>, Status> {
         let me = caller(&request)?;
-        self.sessions.active(&session(&request)?).await?;
+        self.active(&session(&request)?).await?;
         let user = self.store.by_id(me).await?.ok_or(Error::NotFound("user"))?;
         let profile = ExportRecord {
             record: Some(Record::Profile(to_wire(user, Some(me)))),
@@ -784,7 +798,7 @@ impl UserService for Api {
         require(&mut v, "old_password", &r.old_password);
         v.check("new_password", validate::password(&r.new_password));
         v.finish()?;
-        self.sessions.active(&caller).await?;
+        self.active(&caller).await?;
         let slot = self.hasher.reserve().await?;
         let user = self.store.by_id(me).await?.ok_or(Error::NotFound("user"))?;
         let context = vec![
@@ -796,7 +810,13 @@ impl UserService for Api {
             return Err(Error::invalid("new_password", why).into());
         }
         // Guessing the current password through this call is counted as for a login.
-        let attempt = self.guessing(format!("account:{me}"), client).await?;
+        let attempt = self
+            .guessing(Subject::new(
+                format!("account:{me}"),
+                format!("account:{me}"),
+                client,
+            ))
+            .await?;
         if !slot
             .verify(r.old_password, Some(user.password_hash.clone()))
             .await?

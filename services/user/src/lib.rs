@@ -55,7 +55,7 @@ pub struct Config {
     /// `SESSION_IDLE_DAYS` (30) and `SESSION_MAX_DAYS` (90).
     pub sessions: sessions::Lifetimes,
     /// `LOGIN_FREE_FAILURES` (5), `LOGIN_FAILURE_WINDOW_SECS` (86400), `LOGIN_BLOCK_SECS`
-    /// (30), `LOGIN_MAX_BLOCK_SECS` (900), `LOGIN_ACCOUNT_SLOWDOWN` (100).
+    /// (30), `LOGIN_MAX_BLOCK_SECS` (900), `LOGIN_ACCOUNT_FAILURES` (100).
     pub login_throttle: throttle::Policy,
     /// `USERNAME_QUARANTINE_DAYS` (30): how long a deleted account's username stays
     /// reserved.
@@ -73,7 +73,7 @@ fn login_throttle() -> Result<throttle::Policy, ConfigError> {
         window: social_kit::config::seconds_or("LOGIN_FAILURE_WINDOW_SECS", 86_400)?,
         first_block: social_kit::config::seconds_or("LOGIN_BLOCK_SECS", 30)?,
         max_block: social_kit::config::seconds_or("LOGIN_MAX_BLOCK_SECS", 900)?,
-        account_slowdown: social_kit::config::parse_or("LOGIN_ACCOUNT_SLOWDOWN", 100)?,
+        account_failures: social_kit::config::parse_or("LOGIN_ACCOUNT_FAILURES", 100)?,
     };
     if policy.window <= policy.max_block {
         return Err(ConfigError {
@@ -164,7 +164,7 @@ impl Config {
                 window: Duration::from_secs(86_400),
                 first_block: Duration::from_secs(30),
                 max_block: Duration::from_secs(900),
-                account_slowdown: 100,
+                account_failures: 100,
             },
             quarantine: Duration::from_secs(30 * 24 * 3600),
             refresh_grace: Duration::from_secs(10),

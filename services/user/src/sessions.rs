@@ -124,6 +124,11 @@ pub struct Sessions {
     broadcaster: social_events::live::Broadcaster,
 }
 
+/// What a call that needs an active session gets without one.
+pub const NOT_ACTIVE: Error = Error::Unauthenticated(
+    "this call needs the access token of a session that is still active; log in again",
+);
+
 /// The most ended sessions [`Sessions::ended_since`] reads at once.
 pub const ENDED_PAGE: i64 = 10_000;
 
@@ -189,9 +194,10 @@ impl Sessions {
                 mongo::index("token_hash_unique", doc! { "token_hash": 1 }, true),
                 // Reuse of the token just exchanged.
                 mongo::index("previous_hash", doc! { "previous_hash": 1 }, false),
-                // The sessions that ended lately, for every service to refuse their
-                // tokens (only ended sessions have the field).
-                mongo::sparse_index("ended", doc! { "ended_ms": 1 }),
+                // The sessions that ended lately, in the order they are paged, for
+                // every service to refuse their tokens (only ended sessions have the
+                // field).
+                mongo::sparse_index("ended_order", doc! { "ended_ms": 1, "_id": 1 }),
                 // ListSessions (expired ones told by the key), RevokeOtherSessions and
                 // the other ends of a user's sessions (ended ones out of the range).
                 mongo::index(
@@ -208,6 +214,8 @@ impl Sessions {
             stand_in,
         )
         .await?;
+        // Paged by time alone (a page could end inside a group ended together).
+        mongo::retire_indexes(&self.sessions, &["ended"]).await?;
         mongo::ensure_indexes(
             &self.retired,
             vec![mongo::ttl_index("purge_ttl", "purge_at", Duration::ZERO)],
@@ -354,12 +362,13 @@ impl Sessions {
         Ok(ids)
     }
 
-    /// The sessions that ended after `since` (ms; or within an access token's lifetime
-    /// when `None`, or when `since` is older), oldest first, [`ENDED_PAGE`] at most, and
-    /// whether there may be more: what every service refuses the tokens of.
+    /// The sessions that ended after `since` (ms, and after its session among those
+    /// that ended at that time; or within an access token's lifetime when `None`, or
+    /// when `since` is older), oldest first, [`ENDED_PAGE`] at most, and whether there
+    /// may be more: what every service refuses the tokens of.
     pub async fn ended_since(
         &self,
-        since: Option<i64>,
+        since: Option<social_events::sessions::Cursor>,
     ) -> Result<(Vec<social_events::sessions::Ended>, bool)> {
         #[derive(Deserialize)]
         struct Row {
@@ -370,13 +379,22 @@ impl Sessions {
         let at = now_ms();
         // Tokens of sessions that ended before this have all expired.
         let horizon = at.saturating_sub(ms(self.token_ttl) + 60_000);
-        let after = since.map_or(horizon, |s| s.max(horizon));
+        let filter = match since {
+            Some(c) if c.ended_ms >= horizon => match c.after {
+                Some(id) => doc! { "$or": [
+                    { "ended_ms": { "$gt": c.ended_ms } },
+                    { "ended_ms": c.ended_ms, "_id": { "$gt": id } },
+                ] },
+                None => doc! { "ended_ms": { "$gt": c.ended_ms } },
+            },
+            _ => doc! { "ended_ms": { "$gt": horizon } },
+        };
         let rows: Vec<Row> = self
             .sessions
             .clone_with_type::<Row>()
-            .find(doc! { "ended_ms": { "$gt": after } })
+            .find(filter)
             .projection(doc! { "_id": 1, "ended_ms": 1 })
-            .sort(doc! { "ended_ms": 1 })
+            .sort(doc! { "ended_ms": 1, "_id": 1 })
             .limit(ENDED_PAGE)
             .await?
             .try_collect()
@@ -400,11 +418,8 @@ impl Sessions {
     /// (a point lookup), so that a session ended a moment ago cannot act for the account
     /// for the rest of its access token's life.
     pub async fn active(&self, caller: &social_kit::auth::Caller) -> Result<SessionDoc> {
-        const ENDED: Error = Error::Unauthenticated(
-            "this call needs the access token of a session that is still active; log in again",
-        );
         let Some(id) = caller.session else {
-            return Err(ENDED);
+            return Err(NOT_ACTIVE);
         };
         let at = now_ms();
         self.sessions
@@ -413,7 +428,7 @@ impl Sessions {
                 "idle_until_ms": { "$gt": at }, "max_until_ms": { "$gt": at },
             })
             .await?
-            .ok_or(ENDED)
+            .ok_or(NOT_ACTIVE)
     }
 
     /// Ends `user`'s session `id`; whether it was active.

@@ -4,22 +4,29 @@
 //! authentication cheat sheet). Stored in MongoDB (`login_attempts`, purged by a TTL
 //! index) so that every replica sees the same counts.
 //!
-//! - **Per (account, network)**: after `free` failures, attempts from that network are
-//!   refused for a delay that doubles with each further failure, up to `max_block`.
+//! - **Per (identifier, network)**: after `free` failures, attempts on that username or
+//!   email (or that account, for the checks of ChangePassword and DeleteAccount) from
+//!   that network are refused for a delay that doubles with each further failure, up to
+//!   `max_block`.
 //!   Failures are forgotten `window` after the last one, a window longer than the
 //!   longest block, so a block never ends with the count wiped. An attempt is counted
 //!   *before* its password is checked (reserved, then released on success), in one
 //!   conditional write: a burst of concurrent guesses at a block's end gets one check,
 //!   and a block only ever lengthens.
-//! - **Per account** (all networks): failures are counted too; past `account_slowdown`
-//!   of them within the window, attempts from any network are delayed by
-//!   [`SLOWDOWN`] before their check, but never refused for the account's sake: a
-//!   network that has not failed is not locked out by another's guesses.
+//! - **Per account** (all networks and both identifiers): failures are counted too;
+//!   past `account_failures` of them within the window, attempts are refused from every
+//!   network but those the account signed in from within [`KNOWN_FOR`] (until the
+//!   window has passed since the last failure). An attacker who moves from network to
+//!   network (an IPv6 /48 holds 65,536 /64s) gets that many guesses a day, not `free`
+//!   per network; the owner, at home or on their phone, is not locked out by them. A
+//!   refusal costs no password hash, so a storm of them stalls nobody else's login.
 //!
 //! "The account" is the account the identifier names, whichever of its username or
 //! email was typed; an identifier with no account is counted under itself, alike, so
-//! that the answers never tell which accounts exist. The network is an IPv4 address, or
-//! an IPv6 /64, as the gateway reports the client (`kit::auth::ClientAddress`).
+//! that the answers never tell which accounts exist. A username's block says nothing
+//! of its account's email either: each identifier has its own count per network. The
+//! network is an IPv4 address, or an IPv6 /64, as the gateway reports the client
+//! (`kit::auth::ClientAddress`).
 
 use std::{net::IpAddr, time::Duration};
 
@@ -29,17 +36,17 @@ use serde::{Deserialize, Serialize};
 use social_kit::{Result, mongo};
 
 const COLLECTION: &str = "login_attempts";
-/// How long an attempt waits before its check once its account is under a storm of
-/// failures from many networks.
-pub const SLOWDOWN: Duration = Duration::from_secs(1);
+/// A network the account signed in from is known this long after the last time: it
+/// stays open when the account is past `account_failures`.
+pub const KNOWN_FOR: Duration = Duration::from_secs(30 * 86_400);
 /// Tries of the conditional reservation when concurrent attempts keep changing it.
 const TRIES: usize = 20;
 
 /// How failed password checks are counted.
 #[derive(Debug, Clone, Copy)]
 pub struct Policy {
-    /// `LOGIN_FREE_FAILURES`: failures per (account, network) before attempts from that
-    /// network are refused.
+    /// `LOGIN_FREE_FAILURES`: failures per (identifier, network) before attempts from
+    /// that network are refused.
     pub free: i32,
     /// `LOGIN_FAILURE_WINDOW_SECS`: failures are forgotten this long after the last one
     /// (longer than `max_block`).
@@ -48,9 +55,9 @@ pub struct Policy {
     pub first_block: Duration,
     /// `LOGIN_MAX_BLOCK_SECS`: the longest delay.
     pub max_block: Duration,
-    /// `LOGIN_ACCOUNT_SLOWDOWN`: failures of one account from all networks within the
-    /// window after which every attempt on it waits [`SLOWDOWN`].
-    pub account_slowdown: i32,
+    /// `LOGIN_ACCOUNT_FAILURES`: failures of one account from all networks within the
+    /// window after which only the networks it signed in from may try.
+    pub account_failures: i32,
 }
 
 impl Policy {
@@ -83,25 +90,35 @@ struct Attempts {
     forget_at: DateTime,
 }
 
-/// Who is guessing: the account (or unknown identifier) and the client's network.
+/// Who is guessing: the identifier typed, its account (or the identifier, when no
+/// account has it) and the client's network.
 #[derive(Debug, Clone)]
 pub struct Subject {
+    identifier: String,
     account: String,
     network: String,
 }
 
 impl Subject {
-    /// `account` is the account's id, or the normalised identifier when no account has
-    /// it; `client` the caller's address, if known.
-    pub fn new(account: String, client: Option<IpAddr>) -> Self {
+    /// `identifier` is what the caller named the account by (normalised), `account` the
+    /// account's key, the same whichever identifier named it; `client` the caller's
+    /// address, if known.
+    pub fn new(identifier: String, account: String, client: Option<IpAddr>) -> Self {
         Self {
+            identifier,
             account,
             network: client.map_or_else(|| "unknown".to_owned(), network),
         }
     }
 
+    /// The key of the identifier's failures from the network.
     fn pair(&self) -> String {
-        format!("{}|{}", self.account, self.network)
+        format!("{}|{}", self.identifier, self.network)
+    }
+
+    /// The key marking the network as one the account signed in from.
+    fn known(&self) -> String {
+        format!("known:{}|{}", self.account, self.network)
     }
 }
 
@@ -123,8 +140,6 @@ pub fn network(ip: IpAddr) -> String {
 #[must_use]
 pub struct Reserved {
     subject: Subject,
-    /// The attempt waits this long before its check (the account is under a storm).
-    pub slow_down: bool,
 }
 
 /// Failed password checks. Cheap to clone.
@@ -161,7 +176,8 @@ impl Throttle {
     }
 
     /// Counts an attempt of `subject` before its password is checked: `Err(wait)` when
-    /// its network is refused for now, else the reservation.
+    /// its network is refused for now (its own failures, or the account's from all
+    /// networks and this one unknown), else the reservation.
     pub async fn reserve(
         &self,
         subject: Subject,
@@ -177,6 +193,9 @@ impl Throttle {
                 return Ok(Err(Duration::from_millis(
                     (blocked_until - at).unsigned_abs(),
                 )));
+            }
+            if let Some(until) = self.account_closed(&subject, at).await? {
+                return Ok(Err(Duration::from_millis((until - at).unsigned_abs())));
             }
             // Forgotten once the window has passed since the last failure.
             let counted = if last < at - ms(self.policy.window) {
@@ -215,9 +234,7 @@ impl Throttle {
                 }
             };
             if reserved {
-                let slow_down =
-                    self.account_failures(&subject.account).await? >= self.policy.account_slowdown;
-                return Ok(Ok(Reserved { subject, slow_down }));
+                return Ok(Ok(Reserved { subject }));
             }
         }
         Err(social_kit::Error::Unavailable(
@@ -241,25 +258,45 @@ impl Throttle {
         Ok(())
     }
 
-    /// The password was right: the attempt is released and the network's failures are
-    /// forgotten (the account's count across networks stays).
+    /// The password was right: the attempt is released, the network's failures are
+    /// forgotten (the account's count across networks stays) and the network is known
+    /// to the account for [`KNOWN_FOR`].
     pub async fn succeeded(&self, reserved: Reserved) -> Result<()> {
+        let subject = reserved.subject;
         self.attempts
-            .delete_one(doc! { "_id": reserved.subject.pair() })
+            .delete_one(doc! { "_id": subject.pair() })
+            .await?;
+        let known_until = DateTime::from_millis(now_ms().saturating_add(ms(KNOWN_FOR)));
+        self.attempts
+            .update_one(
+                doc! { "_id": subject.known() },
+                doc! { "$set": { "forget_at": known_until } },
+            )
+            .upsert(true)
             .await?;
         Ok(())
     }
 
-    /// Failures of `account` from all networks within the window.
-    async fn account_failures(&self, account: &str) -> Result<i32> {
-        let Some(a) = self.attempts.find_one(doc! { "_id": account }).await? else {
-            return Ok(0);
+    /// When the account is past `account_failures` within the window and `subject`'s
+    /// network is not one it signed in from: until when its failures are remembered.
+    async fn account_closed(&self, subject: &Subject, at: i64) -> Result<Option<i64>> {
+        let Some(a) = self
+            .attempts
+            .find_one(doc! { "_id": &subject.account })
+            .await?
+        else {
+            return Ok(None);
         };
-        Ok(if a.last_failure_ms < now_ms() - ms(self.policy.window) {
-            0
-        } else {
-            a.failures
-        })
+        let until = a.last_failure_ms.saturating_add(ms(self.policy.window));
+        if until <= at || a.failures < self.policy.account_failures {
+            return Ok(None);
+        }
+        let known = self
+            .attempts
+            .find_one(doc! { "_id": subject.known() })
+            .await?
+            .is_some_and(|k| k.forget_at.timestamp_millis() > at);
+        Ok((!known).then_some(until))
     }
 
     fn forget_at(&self, at: i64) -> DateTime {
@@ -287,7 +324,7 @@ mod tests {
             window: Duration::from_secs(86_400),
             first_block: Duration::from_secs(30),
             max_block: Duration::from_secs(900),
-            account_slowdown: 100,
+            account_failures: 100,
         };
         assert_eq!(policy.block(4), Duration::ZERO);
         assert_eq!(policy.block(5), Duration::from_secs(30));

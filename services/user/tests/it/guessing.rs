@@ -43,14 +43,15 @@ impl App {
     }
 }
 
-/// Three free failures per network, then a second's block, doubling.
+/// Three free failures per network, then a second's block, doubling; past eight
+/// failures of one account, only its known networks.
 fn app_throttle() -> social_user::LoginThrottle {
     social_user::LoginThrottle {
         free: 3,
         window: Duration::from_secs(86_400),
         first_block: Duration::from_secs(1),
         max_block: Duration::from_secs(60),
-        account_slowdown: 100,
+        account_failures: 8,
     }
 }
 
@@ -126,17 +127,63 @@ async fn a_burst_of_guesses_at_a_blocks_end_gets_one_check_and_the_block_only_gr
 }
 
 #[tokio::test]
-async fn the_username_and_the_email_of_an_account_share_one_count() {
+async fn a_blocked_username_does_not_tell_which_email_is_its_accounts() {
     let app = strict().await;
     app.register("alice").await;
+    app.register("bob").await;
     let on = |who: &str| login_from(who, "wrong guess", "203.0.113.66", true);
-    app.attempt(on("alice")).await.unwrap_err();
-    app.attempt(on("alice@example.com")).await.unwrap_err();
-    app.attempt(on("ALICE")).await.unwrap_err();
-    for who in ["alice", "alice@example.com"] {
-        let err = app.attempt(on(who)).await.unwrap_err();
-        assert_eq!(err.code(), Code::ResourceExhausted, "{who}");
+    for _ in 0..3 {
+        app.attempt(on("ALICE")).await.unwrap_err();
     }
+    let err = app.attempt(on("alice")).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "the username, blocked");
+    // Her email and another's answer alike: a wrong password, not a block.
+    for who in ["alice@example.com", "bob@example.com"] {
+        let err = app.attempt(on(who)).await.unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated, "{who}");
+    }
+}
+
+#[tokio::test]
+async fn guesses_spread_over_many_networks_stop_at_the_accounts_limit_but_not_its_owner() {
+    let app = strict().await;
+    app.register("alice").await;
+    // The owner signs in from home once: a network the account knows.
+    app.attempt(login_from("alice", PASSWORD, "198.51.100.7", true))
+        .await
+        .unwrap();
+    // The attacker moves to a new /64 of their /48 before each block: three free
+    // failures each, until the account has eight (its username and email alike).
+    let mut checked = 0;
+    for n in 0..6 {
+        for who in ["alice", "alice@example.com"] {
+            let from = format!("2001:db8:77:{n:x}::1");
+            let outcome = app
+                .attempt(login_from(who, "wrong guess", &from, true))
+                .await;
+            if outcome.is_err_and(|e| e.code() == Code::Unauthenticated) {
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, 8, "checks before the account's limit");
+    // A fresh network is refused now, even with the password, until the failures are
+    // forgotten...
+    let err = app
+        .attempt(login_from("alice", PASSWORD, "2001:db8:77:ff::1", true))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(retry_after(&err) > Duration::from_secs(80_000), "{err:?}");
+    // ... and the owner's own network is not.
+    app.attempt(login_from(
+        "alice@example.com",
+        PASSWORD,
+        "198.51.100.7",
+        true,
+    ))
+    .await
+    .unwrap();
 }
 
 #[tokio::test]

@@ -114,6 +114,56 @@ async fn a_session_the_deletion_of_its_account_left_active_cannot_be_refreshed()
     );
 }
 
+#[tokio::test]
+async fn a_password_change_whose_end_of_the_other_sessions_failed_leaves_them_powerless() {
+    let app = spawn().await;
+    let (user, owner) = app.register("alice").await;
+    let (thief, _) = app.log_in("alice").await.unwrap();
+    // The password is changed, then the end of the other sessions fails: the thief's
+    // session is still marked active.
+    fail::cfg("user::end_sessions", "1*return").unwrap();
+    let err = app
+        .client
+        .clone()
+        .change_password(social_testkit::authed(
+            ChangePasswordRequest {
+                old_password: PASSWORD.into(),
+                new_password: "a brand new passphrase".into(),
+            },
+            &owner,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert_eq!(social_kit::faults::fired("user::end_sessions"), 1);
+    assert_eq!(
+        app.active_sessions(&user.id).await,
+        2,
+        "the cleanup did not run"
+    );
+    // It cannot act for the account: it was started under the old password.
+    let err = app
+        .client
+        .clone()
+        .revoke_other_sessions(social_testkit::authed(
+            social_proto::user::v1::RevokeOtherSessionsRequest {},
+            &thief,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    // The owner's session, carried over to the new password, can.
+    app.client
+        .clone()
+        .revoke_other_sessions(social_testkit::authed(
+            social_proto::user::v1::RevokeOtherSessionsRequest {},
+            &owner,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(app.active_sessions(&user.id).await, 1);
+}
+
 /// Holds the next login between its password check and its session for `ms`.
 fn hold_the_next_login(ms: u64) {
     fail::cfg("user::before_session", &format!("1*return({ms})")).unwrap();

@@ -322,7 +322,7 @@ async fn failed_logins_are_throttled_alike_for_real_and_unknown_accounts_on_ever
         first_block: Duration::from_secs(1),
         max_block: Duration::from_secs(8),
         window: Duration::from_secs(900),
-        account_slowdown: 100,
+        account_failures: 100,
     };
     let other = start(|l, s| social_user::run(config, l, s)).await;
     let mut replica = UserServiceClient::new(other.channel().await);
@@ -376,4 +376,48 @@ async fn failed_logins_are_throttled_alike_for_real_and_unknown_accounts_on_ever
         assert_eq!(err.code(), Code::Unauthenticated, "not throttled any more");
     }
     app.login("alice", "").await.unwrap();
+}
+
+#[tokio::test]
+async fn the_ended_sessions_list_goes_on_inside_a_group_ended_together() {
+    use social_proto::user::v1::ListEndedSessionsRequest;
+    let app = spawn().await;
+    let (_, owner) = app.register("alice").await;
+    for device in ["phone", "laptop", "tablet"] {
+        app.login("alice", device).await.unwrap();
+    }
+    // Three sessions ended by one call: one time.
+    app.client
+        .clone()
+        .revoke_other_sessions(authed(RevokeOtherSessionsRequest {}, &owner))
+        .await
+        .unwrap();
+    let list = |since, after: &str| {
+        let mut client = app.client.clone();
+        let request = social_testkit::as_service(ListEndedSessionsRequest {
+            since,
+            after_session_id: after.into(),
+        });
+        async move { client.list_ended_sessions(request).await }
+    };
+    let all = list(None, "").await.unwrap().into_inner().sessions;
+    assert_eq!(all.len(), 3);
+    assert!(all.iter().all(|s| s.ended_at == all[0].ended_at), "{all:?}");
+    // A page that ended with the first goes on with the other two, in order.
+    let rest = list(all[0].ended_at, &all[0].session_id)
+        .await
+        .unwrap()
+        .into_inner()
+        .sessions;
+    assert_eq!(rest, all[1..]);
+    // Without the session, after the time: none of the group.
+    let after = list(all[0].ended_at, "")
+        .await
+        .unwrap()
+        .into_inner()
+        .sessions;
+    assert!(after.is_empty(), "{after:?}");
+    let err = list(all[0].ended_at, "nope").await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(social_testkit::violated_fields(&err), ["after_session_id"]);
 }
