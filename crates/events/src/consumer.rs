@@ -105,12 +105,16 @@ pub const MAX_EVENT_AGE: Duration = Duration::from_secs(29 * 24 * 3600);
 const SAFE_WHENEVER: &[&str] = &[
     "user.user.deleted",
     "post.post.deleted",
+    "engagement.comment.deleted",
     "deletion.account.cleared",
 ];
 
-/// How old `event` is, if it is too old to apply (see [`MAX_EVENT_AGE`]).
-fn too_late(event: &Envelope, routing_key: &str) -> Option<Duration> {
-    if SAFE_WHENEVER.contains(&routing_key) {
+/// How old `event` is, if it is too old to apply (see [`MAX_EVENT_AGE`]). Its type is
+/// read from its payload: a copy re-queued by [`requeue`] arrives with the queue's name
+/// as its routing key.
+fn too_late(event: &Envelope) -> Option<Duration> {
+    let kind = crate::envelope::routing_key(event.payload.as_ref()?);
+    if SAFE_WHENEVER.contains(&kind) {
         return None;
     }
     let at = social_kit::time::millis(event.occurred_at.as_ref()?);
@@ -289,7 +293,7 @@ async fn handle(
             }
         };
         tracing::Span::current().record("event_id", envelope.event_id.as_str());
-        if let Some(age) = too_late(&envelope, &delivery.routing_key.to_string()) {
+        if let Some(age) = too_late(&envelope) {
             tracing::error!(
                 age_days = age.as_secs() / 86_400,
                 "an event older than the consumers' memory of what they applied; \
@@ -413,4 +417,37 @@ async fn reject(delivery: &Delivery, requeue: bool) {
             ..Default::default()
         })
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use bson::oid::ObjectId;
+
+    use super::*;
+    use crate::pb::{self, envelope::Payload};
+
+    fn a_month_old(payload: Payload) -> Envelope {
+        let mut event = crate::envelope::new_envelope(ObjectId::new(), payload);
+        let month_ago = bson::DateTime::now().timestamp_millis() - 31 * 86_400_000;
+        event.occurred_at = Some(social_kit::time::to_timestamp(bson::DateTime::from_millis(
+            month_ago,
+        )));
+        event
+    }
+
+    #[test]
+    fn deletions_are_applied_however_late_and_other_events_are_not() {
+        let deletions = [
+            Payload::UserDeleted(pb::UserDeleted::default()),
+            Payload::PostDeleted(pb::PostDeleted::default()),
+            Payload::CommentDeleted(pb::CommentDeleted::default()),
+            Payload::AccountCleared(pb::AccountCleared::default()),
+        ];
+        for payload in deletions {
+            let kind = crate::envelope::routing_key(&payload);
+            assert!(too_late(&a_month_old(payload)).is_none(), "{kind}");
+        }
+        let like = Payload::PostLiked(pb::PostLiked::default());
+        assert!(too_late(&a_month_old(like)).is_some());
+    }
 }

@@ -634,7 +634,7 @@ impl FlakyConsumer {
         };
         let subscription = QueueSpec {
             service: "flaky",
-            routing_keys: &["graph.user.followed"],
+            routing_keys: &["graph.user.followed", "user.user.deleted"],
         };
         let shutdown = tokio_util::sync::CancellationToken::new();
         let task = tokio::spawn(social_events::consumer::run(
@@ -668,6 +668,28 @@ impl FlakyConsumer {
         broker::publish_raw(
             &self.config,
             "graph.user.followed",
+            &event.encode_to_vec(),
+            &event.event_id,
+        )
+        .await;
+    }
+
+    /// An account's deletion that waited 31 days to be published (safe to apply late).
+    async fn publish_late_deletion(&self) {
+        let user = ObjectId::new();
+        let mut event = new_envelope(
+            user,
+            Payload::UserDeleted(social_events::pb::UserDeleted {
+                user_id: user.to_hex(),
+            }),
+        );
+        let month_ago = bson::DateTime::now().timestamp_millis() - 31 * 86_400_000;
+        event.occurred_at = Some(social_kit::time::to_timestamp(bson::DateTime::from_millis(
+            month_ago,
+        )));
+        broker::publish_raw(
+            &self.config,
+            "user.user.deleted",
             &event.encode_to_vec(),
             &event.event_id,
         )
@@ -739,6 +761,24 @@ async fn a_message_waiting_past_the_hold_limit_is_requeued_and_handled_once() {
     let outage = 5;
     let consumer = FlakyConsumer::start_with(config, outage, database_down).await;
     handled_once_after(consumer, outage).await;
+}
+
+#[tokio::test]
+async fn a_late_deletion_requeued_on_its_way_is_still_applied() {
+    let mut config = EventsConfig::for_tests(&unique_name("t"));
+    config.hold_limit = Duration::from_millis(500);
+    // Its copy, re-queued while the database is down, reaches the queue by the queue's
+    // name: it is still a deletion, applied however late.
+    let outage = 5;
+    let consumer = FlakyConsumer::start_with(config, outage, database_down).await;
+    consumer.publish_late_deletion().await;
+    consumer.tried(outage + 1).await;
+    let (tries, depths) = consumer.stop().await;
+    assert_eq!(
+        (tries, depths),
+        (outage + 1, (0, 0)),
+        "applied, not dead-lettered"
+    );
 }
 
 #[tokio::test]
