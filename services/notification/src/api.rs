@@ -29,11 +29,34 @@ use crate::{
 pub struct Api {
     store: Store,
     hub: Hub,
+    /// The sessions that ended (the gate's): a stream opened by one is cut.
+    revocations: social_kit::auth::Revocations,
 }
 
 impl Api {
-    pub fn new(store: Store, hub: Hub) -> Self {
-        Self { store, hub }
+    pub fn new(store: Store, hub: Hub, revocations: social_kit::auth::Revocations) -> Self {
+        Self {
+            store,
+            hub,
+            revocations,
+        }
+    }
+}
+
+/// How often an open stream looks whether its session ended.
+const SESSION_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Returns once `session` is among the ended ones (never for a token without one).
+async fn ended(revocations: social_kit::auth::Revocations, session: Option<bson::oid::ObjectId>) {
+    let Some(session) = session else {
+        return std::future::pending().await;
+    };
+    let mut tick = tokio::time::interval(SESSION_CHECK);
+    loop {
+        tick.tick().await;
+        if revocations.is_revoked(session) {
+            return;
+        }
     }
 }
 
@@ -180,27 +203,39 @@ impl NotificationService for Api {
         request: Request<StreamNotificationsRequest>,
     ) -> Result<Response<Self::StreamNotificationsStream>, Status> {
         let session = session(&request)?;
-        // The stream lives no longer than the token that opened it: then the client is
-        // told so, and reopens it with a fresh token (resuming as docs/events.md says).
+        // The stream lives no longer than the token that opened it, nor than its
+        // session (a logout, a password change, a revocation: within a second of the
+        // end reaching this replica): then the client is told so, and reopens it with a
+        // fresh token (resuming as docs/events.md says).
         let left = session
             .expires_at
             .duration_since(std::time::SystemTime::now())
             .unwrap_or_default();
         let deadline = tokio::time::Instant::now() + left;
         let groups = request.get_ref().include_groups;
-        let live = self
-            .hub
-            .subscribe(session.user, groups)?
-            .take_until(tokio::time::sleep_until(deadline));
-        let expired = futures::stream::once(async move {
-            (tokio::time::Instant::now() >= deadline).then(|| {
-                Err(Status::unauthenticated(
-                    "the access token expired; reopen the stream with a fresh one",
-                ))
-            })
+        let (why_tx, why_rx) = tokio::sync::oneshot::channel();
+        let revocations = self.revocations.clone();
+        let end = async move {
+            let why = tokio::select! {
+                () = tokio::time::sleep_until(deadline) => {
+                    "the access token expired; reopen the stream with a fresh one"
+                }
+                () = ended(revocations, session.session) => {
+                    "the session ended; log in again to reopen the stream"
+                }
+            };
+            let _ = why_tx.send(why);
+        };
+        let live = self.hub.subscribe(session.user, groups)?.take_until(end);
+        // Told why, when it was cut (nothing when the stream ended otherwise).
+        let cut = futures::stream::once(async move {
+            why_rx
+                .await
+                .ok()
+                .map(|why| Err(Status::unauthenticated(why)))
         })
         .filter_map(futures::future::ready);
-        Ok(Response::new(Box::pin(live.chain(expired))))
+        Ok(Response::new(Box::pin(live.chain(cut))))
     }
 
     async fn list_notification_groups(

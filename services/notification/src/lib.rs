@@ -106,7 +106,7 @@ pub async fn run(
     let store = store::Store::new(&db);
     let gate = Gate::from_config(&config.common)?;
     let hub = hub::Hub::new(config.stream_buffer, shutdown.clone());
-    let api = api::Api::new(store.clone(), hub.clone());
+    let api = api::Api::new(store.clone(), hub.clone(), gate.revocations());
     let server = NotificationServiceServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES);
     let routes = Routes::new(gate.guard(server));
 

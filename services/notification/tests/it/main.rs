@@ -752,3 +752,27 @@ async fn a_stream_ends_when_its_token_expires() {
         other => panic!("expected UNAUTHENTICATED at expiry, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn a_stream_ends_when_its_session_does() {
+    let app = App::start().await;
+    let (_, token) = app.stack.register("bob").await;
+    let mut client = app.notifications.clone();
+    let mut stream = app.stream(&mut client, &token).await;
+    // Bob logs out (or a thief's session is revoked): the stream it opened is cut, long
+    // before its token would expire.
+    app.stack
+        .users()
+        .await
+        .logout(authed(social_proto::user::v1::LogoutRequest {}, &token))
+        .await
+        .unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(10), stream.message()).await;
+    match end {
+        Ok(Err(status)) => {
+            assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+            assert!(status.message().contains("session ended"), "{status:?}");
+        }
+        other => panic!("expected UNAUTHENTICATED once the session ended, got {other:?}"),
+    }
+}
