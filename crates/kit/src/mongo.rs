@@ -52,6 +52,8 @@ pub struct DeclaredIndex {
     pub expire_after: Option<Duration>,
     /// The documents a partial index holds.
     pub partial: Option<Document>,
+    /// Whether it holds only the documents that have its fields.
+    pub sparse: bool,
 }
 
 type Declared = std::collections::HashMap<(String, String), Vec<DeclaredIndex>>;
@@ -76,6 +78,7 @@ fn declare(collection: &mongodb::Namespace, indexes: &[IndexModel]) {
             unique: options.and_then(|o| o.unique).unwrap_or(false),
             expire_after: options.and_then(|o| o.expire_after),
             partial: options.and_then(|o| o.partial_filter_expression.clone()),
+            sparse: options.and_then(|o| o.sparse).unwrap_or(false),
         };
         if !known.contains(&index) {
             known.push(index);
@@ -412,9 +415,12 @@ pub const ENDED_MS: &str = "ended_ms";
 
 /// How many documents matching `filter` were alive at `as_of_ms`: started by then and not
 /// ended by then, by the times of their events ([`STARTED_MS`], [`ENDED_MS`]; a document
-/// alive now has no end). One count, served by an index `{<filter fields>, started_ms,
-/// ended_ms}` from its keys alone: a document purged meanwhile ended long before
-/// `as_of_ms`, so it is not counted whether the count sees it or not.
+/// alive now has no end). One count, served by an index `{<filter fields>, ended_ms,
+/// started_ms}` ([`alive_keys`]) from its keys alone: the alive have no `ended_ms`, asked
+/// as `null` (which a count reads on the keys, where `$exists: false` would fetch every
+/// document to tell a missing field from null), the ended since by a range. A document
+/// purged meanwhile ended long before `as_of_ms`, so it is not counted whether the count
+/// sees it or not.
 pub async fn count_as_of<T: Send + Sync>(
     collection: &Collection<T>,
     mut filter: Document,
@@ -426,7 +432,7 @@ pub async fn count_as_of<T: Send + Sync>(
         "$or",
         vec![
             doc! { ENDED_MS: { "$gt": as_of_ms } },
-            doc! { ENDED_MS: { "$exists": false } },
+            doc! { ENDED_MS: null },
         ],
     );
     let alive = count(collection, filter, stand_in).await?;
@@ -435,6 +441,12 @@ pub async fn count_as_of<T: Send + Sync>(
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
     Ok(alive)
+}
+
+/// The keys of the index that serves [`count_as_of`] on `owner` (equality, then the end
+/// that tells the alive apart, then the start).
+pub fn alive_keys(owner: &str) -> Document {
+    doc! { owner: 1, ENDED_MS: 1, STARTED_MS: 1 }
 }
 
 /// How long tests hold a count (`kit::count_as_of`, `return(<ms>)`).

@@ -180,14 +180,35 @@ fn parse_filter(filter: &Document) -> (Fields, Vec<Fields>) {
                         for (field, p) in more {
                             merge(&mut fields, field, p);
                         }
+                        if !or.is_empty() && !branches.is_empty() {
+                            merge(
+                                &mut fields,
+                                "$or".into(),
+                                Predicate::Other("$or+$or".into()),
+                            );
+                        }
                         or.extend(branches);
                     }
                 }
             }
             "$or" => {
+                // Several `$or`s (through `$and`) would be a product of their branches,
+                // and an `$or` within a branch one more level: neither is read here, so
+                // the shape names them and no index serves it (see [`serves`]).
+                if !or.is_empty() {
+                    merge(
+                        &mut fields,
+                        "$or".into(),
+                        Predicate::Other("$or+$or".into()),
+                    );
+                }
                 for branch in value.as_array().into_iter().flatten() {
                     if let Bson::Document(branch) = branch {
-                        or.push(parse_filter(branch).0);
+                        let (mut branch, nested) = parse_filter(branch);
+                        if !nested.is_empty() {
+                            merge(&mut branch, "$or".into(), Predicate::Other("$or".into()));
+                        }
+                        or.push(branch);
                     }
                 }
             }
@@ -301,8 +322,40 @@ fn serves(index: &DeclaredIndex, fields: &Fields, sort: &[(String, i32)]) -> boo
         return false;
     }
     let equal = |f: &str| fields.get(f) == Some(&Predicate::Equal);
+    // A partial index holds only the documents its filter names: the query must name
+    // each of its fields by equality (the values are not compared here).
+    if let Some(partial) = &index.partial
+        && !partial.keys().all(|f| equal(f))
+    {
+        return false;
+    }
+    // A sparse index lacks the documents without its fields: the query must exclude
+    // them, by an equality (to a value other than null), a `$in` or a range on one.
+    if index.sparse
+        && !keys.iter().any(|(k, _)| {
+            matches!(
+                fields.get(k),
+                Some(Predicate::Equal | Predicate::Range | Predicate::ManyValues)
+            )
+        })
+    {
+        return false;
+    }
     if index.unique && !keys.is_empty() && keys.iter().all(|(k, _)| equal(k)) {
         return true; // a point lookup
+    }
+    // Another operator on a key (`$exists`, which cannot tell a missing field from
+    // null on the keys; `$elemMatch`, `$regex`, ...) is checked on the fetched
+    // documents; only `$ne` and `$nin` are bounds.
+    let on_keys = |p: &Predicate| match p {
+        Predicate::Other(op) => op == "$ne" || op == "$nin",
+        _ => true,
+    };
+    if keys
+        .iter()
+        .any(|(k, _)| fields.get(k).is_some_and(|p| !on_keys(p)))
+    {
+        return false;
     }
     // A field the index lacks is read from the fetched documents: some may be thrown
     // away. Allowed only for `$nin`/`$ne` on `_id`, which throws away no more documents
@@ -310,9 +363,11 @@ fn serves(index: &DeclaredIndex, fields: &Fields, sort: &[(String, i32)]) -> boo
     let fetched_only = |f: &String, p: &Predicate| {
         f == "_id" && matches!(p, Predicate::Other(op) if op == "$nin" || op == "$ne")
     };
+    // (A field the partial filter names by equality is true of every document in it.)
+    let in_partial = |f: &String| index.partial.as_ref().is_some_and(|p| p.contains_key(f));
     if fields
         .iter()
-        .any(|(f, p)| !keys.iter().any(|(k, _)| k == f) && !fetched_only(f, p))
+        .any(|(f, p)| !keys.iter().any(|(k, _)| k == f) && !fetched_only(f, p) && !in_partial(f))
     {
         return false; // documents fetched only to be discarded
     }
@@ -327,7 +382,7 @@ fn serves(index: &DeclaredIndex, fields: &Fields, sort: &[(String, i32)]) -> boo
     let prefix = keys.iter().take_while(|(k, _)| points(k)).count();
     if fields
         .keys()
-        .any(|f| points(f) && !keys[..prefix].iter().any(|(k, _)| k == f))
+        .any(|f| points(f) && !in_partial(f) && !keys[..prefix].iter().any(|(k, _)| k == f))
     {
         return false; // an equality checked on keys the bounds did not exclude
     }
@@ -375,6 +430,7 @@ fn verdict(shape: &Shape) -> Result<String, String> {
         unique: true,
         expire_after: None,
         partial: None,
+        sparse: false,
     });
     let branches: Vec<Fields> = if shape.or.is_empty() {
         vec![shape.fields.clone()]
@@ -516,6 +572,7 @@ mod tests {
             unique,
             expire_after: None,
             partial: None,
+            sparse: false,
         }
     }
 
@@ -565,6 +622,58 @@ mod tests {
             doc! { "sort_key": -1 },
         );
         assert!(!serves(&range_first, &f, &s), "a range before the sort");
+    }
+
+    #[test]
+    fn sparse_and_partial_indexes_and_operators_read_from_the_documents() {
+        let lifetime = index(doc! { "post_id": 1, "started_ms": 1, "ended_ms": 1 }, false);
+        let (f, s) = shape(
+            doc! { "post_id": 1, "started_ms": { "$lte": 5 }, "ended_ms": { "$exists": false } },
+            doc! {},
+        );
+        assert!(
+            !serves(&lifetime, &f, &s),
+            "$exists: a missing field and null share a key"
+        );
+        let (f, s) = shape(
+            doc! { "post_id": 1, "started_ms": { "$lte": 5 }, "ended_ms": { "$ne": 3 } },
+            doc! {},
+        );
+        assert!(serves(&lifetime, &f, &s), "$ne is bounds");
+        let mut sparse = index(doc! { "ended_ms": 1 }, false);
+        sparse.sparse = true;
+        let (f, s) = shape(doc! { "ended_ms": { "$gt": 5 } }, doc! {});
+        assert!(serves(&sparse, &f, &s), "a range excludes the missing");
+        let (f, s) = shape(doc! {}, doc! { "ended_ms": 1 });
+        assert!(
+            !serves(&sparse, &f, &s),
+            "the documents without the field are not in it"
+        );
+        let mut partial = index(doc! { "at": 1 }, false);
+        partial.partial = Some(doc! { "pending": 0 });
+        let (f, s) = shape(doc! { "pending": 0, "at": { "$lt": 5 } }, doc! {});
+        assert!(serves(&partial, &f, &s), "its filter named");
+        let (f, s) = shape(doc! { "at": { "$lt": 5 } }, doc! {});
+        assert!(!serves(&partial, &f, &s), "documents outside it wanted");
+    }
+
+    #[test]
+    fn or_within_or_or_twice_names_them() {
+        let command = doc! {
+            "find": "likes",
+            "filter": { "$and": [
+                { "$or": [{ "a": 1 }, { "b": 1 }] },
+                { "$or": [{ "c": 1 }, { "d": 1 }] },
+            ] },
+        };
+        let found = shapes("db", "find", &command);
+        assert!(found[0].fields.contains_key("$or"), "{}", found[0]);
+        let command = doc! {
+            "find": "likes",
+            "filter": { "$or": [{ "a": 1, "$or": [{ "c": 1 }, { "d": 1 }] }, { "b": 1 }] },
+        };
+        let found = shapes("db", "find", &command);
+        assert!(found[0].or[0].contains_key("$or"), "{}", found[0]);
     }
 
     #[test]

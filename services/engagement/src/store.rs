@@ -253,11 +253,7 @@ impl Store {
                     false,
                 ),
                 // Counting a target's likes as of a moment (one count over index keys).
-                mongo::index(
-                    "target_lifetime",
-                    doc! { "target_id": 1, mongo::STARTED_MS: 1, mongo::ENDED_MS: 1 },
-                    false,
-                ),
+                mongo::index("target_alive", mongo::alive_keys("target_id"), false),
                 // Cascade when a post is deleted.
                 mongo::index("post", doc! { "post_id": 1 }, false),
                 // Likes whose checks against deletions did not finish (crate::checks).
@@ -288,11 +284,7 @@ impl Store {
                 // Comments whose checks against deletions did not finish.
                 mongo::sparse_index("unchecked", doc! { UNCHECKED: 1 }),
                 // Counting a post's comments as of a moment (one count over index keys).
-                mongo::index(
-                    "post_lifetime",
-                    doc! { "post_id": 1, mongo::STARTED_MS: 1, mongo::ENDED_MS: 1 },
-                    false,
-                ),
+                mongo::index("post_alive", mongo::alive_keys("post_id"), false),
                 mongo::sort_key_index(),
                 outbox::index(),
                 outbox::purge_index("deleted_ttl", "deleted_at", Duration::from_secs(7 * DAY)),
@@ -300,8 +292,17 @@ impl Store {
             stand_in,
         )
         .await?;
-        mongo::retire_indexes(&self.likes, &["target_started", "target_ended"]).await?;
-        mongo::retire_indexes(&self.comments, &["post_started", "post_ended"]).await?;
+        // Counts as of a moment by start then end (a fetch for each alive one).
+        mongo::retire_indexes(
+            &self.likes,
+            &["target_started", "target_ended", "target_lifetime"],
+        )
+        .await?;
+        mongo::retire_indexes(
+            &self.comments,
+            &["post_started", "post_ended", "post_lifetime"],
+        )
+        .await?;
         mongo::ensure_indexes(
             &self.removed_posts,
             vec![mongo::ttl_index(

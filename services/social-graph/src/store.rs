@@ -99,16 +99,8 @@ impl Store {
                 ),
                 mongo::sort_key_index(),
                 // CountFollows: one count over index keys per side (see `count`).
-                mongo::index(
-                    "followee_lifetime",
-                    doc! { "followee_id": 1, mongo::STARTED_MS: 1, mongo::ENDED_MS: 1 },
-                    false,
-                ),
-                mongo::index(
-                    "follower_lifetime",
-                    doc! { "follower_id": 1, mongo::STARTED_MS: 1, mongo::ENDED_MS: 1 },
-                    false,
-                ),
+                mongo::index("followee_alive", mongo::alive_keys("followee_id"), false),
+                mongo::index("follower_alive", mongo::alive_keys("follower_id"), false),
                 outbox::index(),
                 // Ended follows go after 30 days (long after their event is published).
                 outbox::purge_index(
@@ -127,6 +119,9 @@ impl Store {
                 "followee_ended",
                 "follower_started",
                 "follower_ended",
+                // By start then end: a fetch for each alive follow.
+                "followee_lifetime",
+                "follower_lifetime",
             ],
         )
         .await?;
