@@ -319,6 +319,7 @@ impl UserService for Api {
         &self,
         request: Request<RegisterRequest>,
     ) -> Result<Response<RegisterResponse>, Status> {
+        let client = social_kit::auth::client_address(&request);
         let new = NewUser::try_from(request.into_inner())?;
         let context = vec![
             new.username.clone(),
@@ -357,6 +358,10 @@ impl UserService for Api {
         };
         self.store.insert(&doc).await?.map_err(taken)?;
         let issued = self.start_session(&doc, new.device).await?;
+        // The network it registered from is the owner's, as far as guessing goes.
+        self.throttle
+            .known(format!("account:{}", doc.id), client)
+            .await?;
         tracing::info!(user_id = %doc.id, "registered");
         let id = doc.id;
         Ok(Response::new(RegisterResponse {
@@ -395,9 +400,9 @@ impl UserService for Api {
         } else {
             self.store.by_username(&who).await?
         };
-        // Each identifier its own count per network (a username's block tells nothing of
-        // its account's email); one count across networks per account, whichever
-        // identifier was typed; an unknown identifier alike.
+        // Each identifier its own counts (a username's block tells nothing of its
+        // account's email); the account's networks known whichever was typed; an
+        // unknown identifier alike.
         let account = user
             .as_ref()
             .map_or_else(|| format!("unknown:{who}"), |u| format!("account:{}", u.id));
@@ -431,6 +436,7 @@ impl UserService for Api {
         &self,
         request: Request<RefreshSessionRequest>,
     ) -> Result<Response<RefreshSessionResponse>, Status> {
+        let client = social_kit::auth::client_address(&request);
         let token = request.get_ref().refresh_token.trim();
         if token.is_empty() {
             return Err(Error::invalid("refresh_token", "is required").into());
@@ -450,6 +456,10 @@ impl UserService for Api {
                     return Err(Error::Unauthenticated(REFRESH_FAILED).into());
                 }
                 let issued = self.issue(&session, next)?;
+                // A client that stays signed in keeps its network known.
+                self.throttle
+                    .known(format!("account:{}", session.user_id), client)
+                    .await?;
                 Ok(Response::new(RefreshSessionResponse {
                     access_token: issued.access_token,
                     expires_at: Some(issued.expires_at),
@@ -466,7 +476,8 @@ impl UserService for Api {
 
     async fn logout(&self, request: Request<LogoutRequest>) -> Result<Response<()>, Status> {
         let caller = session(&request)?;
-        let current = self.active(&caller).await?;
+        // Any active session may end itself, even one under an older password.
+        let current = self.sessions.active(&caller).await?;
         self.sessions
             .end(caller.user, current.id, "logged out")
             .await?;

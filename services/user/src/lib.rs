@@ -75,6 +75,27 @@ fn login_throttle() -> Result<throttle::Policy, ConfigError> {
         max_block: social_kit::config::seconds_or("LOGIN_MAX_BLOCK_SECS", 900)?,
         account_failures: social_kit::config::parse_or("LOGIN_ACCOUNT_FAILURES", 100)?,
     };
+    if std::env::var_os("LOGIN_ACCOUNT_SLOWDOWN").is_some() {
+        return Err(ConfigError {
+            var: "LOGIN_ACCOUNT_SLOWDOWN".into(),
+            value: std::env::var("LOGIN_ACCOUNT_SLOWDOWN").unwrap_or_default(),
+            reason: "no longer read: past LOGIN_ACCOUNT_FAILURES failures the networks an \
+                     account did not sign in from are counted as one (README, Security)"
+                .into(),
+        });
+    }
+    for (var, value) in [
+        ("LOGIN_FREE_FAILURES", policy.free),
+        ("LOGIN_ACCOUNT_FAILURES", policy.account_failures),
+    ] {
+        if value < 1 {
+            return Err(ConfigError {
+                var: var.into(),
+                value: value.to_string(),
+                reason: "must be at least 1".into(),
+            });
+        }
+    }
     if policy.window <= policy.max_block {
         return Err(ConfigError {
             var: "LOGIN_FAILURE_WINDOW_SECS".into(),

@@ -195,9 +195,9 @@ impl Sessions {
                 // Reuse of the token just exchanged.
                 mongo::index("previous_hash", doc! { "previous_hash": 1 }, false),
                 // The sessions that ended lately, in the order they are paged, for
-                // every service to refuse their tokens (only ended sessions have the
-                // field).
-                mongo::sparse_index("ended_order", doc! { "ended_ms": 1, "_id": 1 }),
+                // every service to refuse their tokens. Not sparse: with `_id` among
+                // its keys, a sparse index would hold every session all the same.
+                mongo::index("ended_order", doc! { "ended_ms": 1, "_id": 1 }, false),
                 // ListSessions (expired ones told by the key), RevokeOtherSessions and
                 // the other ends of a user's sessions (ended ones out of the range).
                 mongo::index(

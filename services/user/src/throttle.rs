@@ -1,32 +1,33 @@
 //! Password guessing: each check of a password (Login, and the current password of
-//! ChangePassword and DeleteAccount) is counted against the account and the client's
-//! network, so that an attacker is locked out and the account's owner is not (OWASP's
-//! authentication cheat sheet). Stored in MongoDB (`login_attempts`, purged by a TTL
-//! index) so that every replica sees the same counts.
+//! ChangePassword and DeleteAccount) is counted against the identifier it was made for
+//! and the client's network, so that an attacker is locked out and the account's owner
+//! is not (OWASP's authentication cheat sheet). Stored in MongoDB (`login_attempts`,
+//! purged by a TTL index) so that every replica sees the same counts.
 //!
 //! - **Per (identifier, network)**: after `free` failures, attempts on that username or
 //!   email (or that account, for the checks of ChangePassword and DeleteAccount) from
 //!   that network are refused for a delay that doubles with each further failure, up to
-//!   `max_block`.
-//!   Failures are forgotten `window` after the last one, a window longer than the
-//!   longest block, so a block never ends with the count wiped. An attempt is counted
-//!   *before* its password is checked (reserved, then released on success), in one
-//!   conditional write: a burst of concurrent guesses at a block's end gets one check,
-//!   and a block only ever lengthens.
-//! - **Per account** (all networks and both identifiers): failures are counted too;
-//!   past `account_failures` of them within the window, attempts are refused from every
-//!   network but those the account signed in from within [`KNOWN_FOR`] (until the
-//!   window has passed since the last failure). An attacker who moves from network to
-//!   network (an IPv6 /48 holds 65,536 /64s) gets that many guesses a day, not `free`
-//!   per network; the owner, at home or on their phone, is not locked out by them. A
-//!   refusal costs no password hash, so a storm of them stalls nobody else's login.
+//!   `max_block`. Failures are forgotten `window` after the last one, a window longer
+//!   than the longest block, so a block never ends with the count wiped. An attempt is
+//!   counted *before* its password is checked (reserved, then released on success), in
+//!   one conditional write: a burst of concurrent guesses at a block's end gets one
+//!   check, and a block only ever lengthens.
+//! - **Per identifier** (all networks): failures are counted too; past
+//!   `account_failures` of them within the window, every network the account did not
+//!   sign in from (a login, a registration or a refresh) within [`KNOWN_FOR`] is counted
+//!   as one network, with its `free` failures and doubling blocks up to `max_block`: a
+//!   delay, never a lock, and an attacker who moves from network to network (an IPv6 /48
+//!   holds 65,536 /64s) gets about one guess per `max_block` once past it, not `free`
+//!   per network. The networks the account signed in from keep their own counts: the
+//!   owner, at home or on their phone, is not held up by the storm. A refusal costs no
+//!   password hash.
 //!
-//! "The account" is the account the identifier names, whichever of its username or
-//! email was typed; an identifier with no account is counted under itself, alike, so
-//! that the answers never tell which accounts exist. A username's block says nothing
-//! of its account's email either: each identifier has its own count per network. The
-//! network is an IPv4 address, or an IPv6 /64, as the gateway reports the client
-//! (`kit::auth::ClientAddress`).
+//! The username and the email of an account are counted apart, each with its own
+//! limits (twice the guesses, at most): a shared count would answer "blocked" for an
+//! email exactly when it is the blocked username's, telling a stranger whose email it
+//! is. An identifier with no account is counted alike, so that the answers never tell
+//! which accounts exist. The network is an IPv4 address, or an IPv6 /64, as the gateway
+//! reports the client (`kit::auth::ClientAddress`).
 
 use std::{net::IpAddr, time::Duration};
 
@@ -55,8 +56,9 @@ pub struct Policy {
     pub first_block: Duration,
     /// `LOGIN_MAX_BLOCK_SECS`: the longest delay.
     pub max_block: Duration,
-    /// `LOGIN_ACCOUNT_FAILURES`: failures of one account from all networks within the
-    /// window after which only the networks it signed in from may try.
+    /// `LOGIN_ACCOUNT_FAILURES`: failures of one identifier from all networks within the
+    /// window after which the networks its account did not sign in from are counted as
+    /// one.
     pub account_failures: i32,
 }
 
@@ -90,8 +92,8 @@ struct Attempts {
     forget_at: DateTime,
 }
 
-/// Who is guessing: the identifier typed, its account (or the identifier, when no
-/// account has it) and the client's network.
+/// Who is guessing: the identifier typed (what is counted), its account (what knows
+/// networks; the identifier when no account has it) and the client's network.
 #[derive(Debug, Clone)]
 pub struct Subject {
     identifier: String,
@@ -114,6 +116,12 @@ impl Subject {
     /// The key of the identifier's failures from the network.
     fn pair(&self) -> String {
         format!("{}|{}", self.identifier, self.network)
+    }
+
+    /// The key of the failures, once the account is past `account_failures`, of every
+    /// network it did not sign in from, counted as one network.
+    fn elsewhere(&self) -> String {
+        format!("elsewhere:{}", self.identifier)
     }
 
     /// The key marking the network as one the account signed in from.
@@ -140,6 +148,8 @@ pub fn network(ip: IpAddr) -> String {
 #[must_use]
 pub struct Reserved {
     subject: Subject,
+    /// Counted with every network unknown to the account (it is under a storm).
+    elsewhere: bool,
 }
 
 /// Failed password checks. Cheap to clone.
@@ -176,13 +186,33 @@ impl Throttle {
     }
 
     /// Counts an attempt of `subject` before its password is checked: `Err(wait)` when
-    /// its network is refused for now (its own failures, or the account's from all
-    /// networks and this one unknown), else the reservation.
+    /// its network is refused for now (its own failures, or, when the account is past
+    /// `account_failures` and the network unknown to it, the failures of every network
+    /// unknown to it, counted as one), else the reservation.
     pub async fn reserve(
         &self,
         subject: Subject,
     ) -> Result<std::result::Result<Reserved, Duration>> {
-        let key = subject.pair();
+        let elsewhere = self.strained(&subject).await?;
+        if elsewhere {
+            // The network's own block still holds.
+            let at = now_ms();
+            if let Some(a) = self
+                .attempts
+                .find_one(doc! { "_id": subject.pair() })
+                .await?
+                && a.blocked_until_ms > at
+            {
+                return Ok(Err(Duration::from_millis(
+                    (a.blocked_until_ms - at).unsigned_abs(),
+                )));
+            }
+        }
+        let key = if elsewhere {
+            subject.elsewhere()
+        } else {
+            subject.pair()
+        };
         for _ in 0..TRIES {
             let at = now_ms();
             let current = self.attempts.find_one(doc! { "_id": &key }).await?;
@@ -193,9 +223,6 @@ impl Throttle {
                 return Ok(Err(Duration::from_millis(
                     (blocked_until - at).unsigned_abs(),
                 )));
-            }
-            if let Some(until) = self.account_closed(&subject, at).await? {
-                return Ok(Err(Duration::from_millis((until - at).unsigned_abs())));
             }
             // Forgotten once the window has passed since the last failure.
             let counted = if last < at - ms(self.policy.window) {
@@ -234,7 +261,7 @@ impl Throttle {
                 }
             };
             if reserved {
-                return Ok(Ok(Reserved { subject }));
+                return Ok(Ok(Reserved { subject, elsewhere }));
             }
         }
         Err(social_kit::Error::Unavailable(
@@ -242,30 +269,41 @@ impl Throttle {
         ))
     }
 
-    /// The password was wrong: the account's count across networks grows too.
+    /// The password was wrong: the identifier's count across networks grows too (from
+    /// one again once the window has passed since its last failure).
     pub async fn failed(&self, reserved: Reserved) -> Result<()> {
         let at = now_ms();
-        self.attempts
+        let key = &reserved.subject.identifier;
+        let set = doc! { "last_failure_ms": at, "forget_at": self.forget_at(at) };
+        let lapsed = self
+            .attempts
             .update_one(
-                doc! { "_id": &reserved.subject.account },
-                doc! {
-                    "$inc": { "failures": 1 },
-                    "$set": { "last_failure_ms": at, "forget_at": self.forget_at(at) },
-                },
+                doc! { "_id": key, "last_failure_ms": { "$lt": at - ms(self.policy.window) } },
+                doc! { "$set": { "failures": 1, "last_failure_ms": at, "forget_at": self.forget_at(at) } },
             )
-            .upsert(true)
-            .await?;
+            .await?
+            .matched_count
+            == 1;
+        if !lapsed {
+            self.attempts
+                .update_one(
+                    doc! { "_id": key },
+                    doc! { "$inc": { "failures": 1 }, "$set": set },
+                )
+                .upsert(true)
+                .await?;
+        }
         Ok(())
     }
 
-    /// The password was right: the attempt is released, the network's failures are
-    /// forgotten (the account's count across networks stays) and the network is known
-    /// to the account for [`KNOWN_FOR`].
-    pub async fn succeeded(&self, reserved: Reserved) -> Result<()> {
-        let subject = reserved.subject;
-        self.attempts
-            .delete_one(doc! { "_id": subject.pair() })
-            .await?;
+    /// `client`'s network is one `account` signed in from (a registration, a refresh):
+    /// it keeps its own counts when the account is under a storm, for [`KNOWN_FOR`].
+    pub async fn known(&self, account: String, client: Option<IpAddr>) -> Result<()> {
+        self.mark_known(&Subject::new(String::new(), account, client))
+            .await
+    }
+
+    async fn mark_known(&self, subject: &Subject) -> Result<()> {
         let known_until = DateTime::from_millis(now_ms().saturating_add(ms(KNOWN_FOR)));
         self.attempts
             .update_one(
@@ -277,26 +315,42 @@ impl Throttle {
         Ok(())
     }
 
-    /// When the account is past `account_failures` within the window and `subject`'s
-    /// network is not one it signed in from: until when its failures are remembered.
-    async fn account_closed(&self, subject: &Subject, at: i64) -> Result<Option<i64>> {
+    /// The password was right: the attempt is released, the network's failures are
+    /// forgotten (the account's count across networks stays, and so does the count of
+    /// the networks unknown to it, which an attacker shares) and the network is known to
+    /// the account for [`KNOWN_FOR`].
+    pub async fn succeeded(&self, reserved: Reserved) -> Result<()> {
+        let subject = reserved.subject;
+        if !reserved.elsewhere {
+            self.attempts
+                .delete_one(doc! { "_id": subject.pair() })
+                .await?;
+        }
+        self.mark_known(&subject).await
+    }
+
+    /// Whether `subject`'s identifier is past `account_failures` within the window and
+    /// its network is not one the account signed in from.
+    async fn strained(&self, subject: &Subject) -> Result<bool> {
+        let at = now_ms();
         let Some(a) = self
             .attempts
-            .find_one(doc! { "_id": &subject.account })
+            .find_one(doc! { "_id": &subject.identifier })
             .await?
         else {
-            return Ok(None);
+            return Ok(false);
         };
-        let until = a.last_failure_ms.saturating_add(ms(self.policy.window));
-        if until <= at || a.failures < self.policy.account_failures {
-            return Ok(None);
+        if a.last_failure_ms.saturating_add(ms(self.policy.window)) <= at
+            || a.failures < self.policy.account_failures
+        {
+            return Ok(false);
         }
         let known = self
             .attempts
             .find_one(doc! { "_id": subject.known() })
             .await?
             .is_some_and(|k| k.forget_at.timestamp_millis() > at);
-        Ok((!known).then_some(until))
+        Ok(!known)
     }
 
     fn forget_at(&self, at: i64) -> DateTime {

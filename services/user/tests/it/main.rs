@@ -751,12 +751,30 @@ async fn a_service_without_keys_refuses_to_start_and_names_the_variable() {
 
 #[test]
 fn the_binary_refuses_to_start_on_a_bad_variable_and_names_it() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_social-user"))
-        .env("DEVELOPMENT_KEYS", "true")
-        .env("USER_ADDR", "nope")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2), "{out:?}");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("USER_ADDR=\"nope\""), "{stderr}");
+    // A malformed address; a limit that would close every network at one failure; a
+    // setting whose meaning changed, left over from an older deployment.
+    for (var, value) in [
+        ("USER_ADDR", "nope"),
+        ("LOGIN_ACCOUNT_FAILURES", "0"),
+        ("LOGIN_ACCOUNT_SLOWDOWN", "100"),
+    ] {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_social-user"))
+            .env("DEVELOPMENT_KEYS", "true")
+            .env(var, value)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // A binary that accepted the value goes on to start: stopped, and failed below.
+        let mut waited = 0;
+        while child.try_wait().unwrap().is_none() && waited < 200 {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            waited += 1;
+        }
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{var}: {out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(&format!("{var}=\"{value}\"")), "{stderr}");
+    }
 }
