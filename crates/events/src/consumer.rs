@@ -101,20 +101,25 @@ impl Budget {
 pub const MAX_EVENT_AGE: Duration = Duration::from_secs(29 * 24 * 3600);
 
 /// Events that are safe to apply however late: deletions, whose cascades are idempotent
-/// by nature and must not be dropped, and the cascades' reports.
-const SAFE_WHENEVER: &[&str] = &[
-    "user.user.deleted",
-    "post.post.deleted",
-    "engagement.comment.deleted",
-    "deletion.account.cleared",
+/// by nature and must not be dropped, and the cascades' reports; but for the services
+/// listed with each, which apply it as a counter's step (remembered 30 days).
+const SAFE_WHENEVER: &[(&str, &[&str])] = &[
+    ("user.user.deleted", &[]),
+    ("post.post.deleted", &[]),
+    // The post service counts it down from `comments_count`.
+    ("engagement.comment.deleted", &["post"]),
+    ("deletion.account.cleared", &[]),
 ];
 
-/// How old `event` is, if it is too old to apply (see [`MAX_EVENT_AGE`]). Its type is
-/// read from its payload: a copy re-queued by [`requeue`] arrives with the queue's name
-/// as its routing key.
-fn too_late(event: &Envelope) -> Option<Duration> {
+/// How old `event` is, if it is too old for `service` to apply (see [`MAX_EVENT_AGE`]).
+/// Its type is read from its payload: a copy re-queued by [`requeue`] arrives with the
+/// queue's name as its routing key.
+fn too_late(event: &Envelope, service: &str) -> Option<Duration> {
     let kind = crate::envelope::routing_key(event.payload.as_ref()?);
-    if SAFE_WHENEVER.contains(&kind) {
+    if SAFE_WHENEVER
+        .iter()
+        .any(|(k, but)| *k == kind && !but.contains(&service))
+    {
         return None;
     }
     let at = social_kit::time::millis(event.occurred_at.as_ref()?);
@@ -214,7 +219,8 @@ async fn consume(
             next = deliveries.next() => match next {
                 Some(Ok(delivery)) => {
                     let (config, handler, channel, queue, shutdown) = (config.clone(), handler.clone(), channel.clone(), queue.clone(), shutdown.clone());
-                    in_hand.spawn(async move { handle(&config, &handler, &channel, &queue, delivery, &shutdown).await });
+                    let service = spec.service;
+                    in_hand.spawn(async move { handle(&config, &handler, &channel, &queue, service, delivery, &shutdown).await });
                 }
                 Some(Err(e)) => break Err(anyhow::Error::new(e)),
                 None => break Err(anyhow::anyhow!("the consumer stream ended")),
@@ -267,6 +273,7 @@ async fn handle(
     handler: &Handler,
     channel: &Channel,
     queue: &str,
+    service: &str,
     delivery: Delivery,
     shutdown: &CancellationToken,
 ) {
@@ -293,7 +300,7 @@ async fn handle(
             }
         };
         tracing::Span::current().record("event_id", envelope.event_id.as_str());
-        if let Some(age) = too_late(&envelope) {
+        if let Some(age) = too_late(&envelope, service) {
             tracing::error!(
                 age_days = age.as_secs() / 86_400,
                 "an event older than the consumers' memory of what they applied; \
@@ -445,9 +452,15 @@ mod tests {
         ];
         for payload in deletions {
             let kind = crate::envelope::routing_key(&payload);
-            assert!(too_late(&a_month_old(payload)).is_none(), "{kind}");
+            assert!(
+                too_late(&a_month_old(payload), "engagement").is_none(),
+                "{kind}"
+            );
         }
         let like = Payload::PostLiked(pb::PostLiked::default());
-        assert!(too_late(&a_month_old(like)).is_some());
+        assert!(too_late(&a_month_old(like), "notification").is_some());
+        // A step of a counter whose memory of what it applied is 30 days: not that late.
+        let comment = Payload::CommentDeleted(pb::CommentDeleted::default());
+        assert!(too_late(&a_month_old(comment), "post").is_some());
     }
 }

@@ -119,7 +119,8 @@ impl Stack {
     /// stop at once, nothing flushed) and starts a new one on the same database and
     /// exchange, reaching RabbitMQ at `amqp_url`: a URL other than the old instance's
     /// lets a test tell which instance talks to the broker afterwards.
-    pub async fn crash_and_restart_engagement(&mut self, amqp_url: &str) {
+    /// Returns when the old instance was killed.
+    pub async fn crash_and_restart_engagement(&mut self, amqp_url: &str) -> std::time::Instant {
         let mut events = self.events.clone();
         events.amqp_url = amqp_url.to_owned();
         let mut config = social_engagement::Config::for_tests(
@@ -138,7 +139,9 @@ impl Stack {
             Duration::from_secs(2),
         );
         self.engagement.kill();
+        let killed_at = std::time::Instant::now();
         self.engagement = start(|l, s| social_engagement::run(config, l, s)).await;
+        killed_at
     }
 
     /// Another replica of the notification service on the same database and broker;
