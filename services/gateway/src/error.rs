@@ -89,6 +89,24 @@ impl ApiError {
         }
     }
 
+    #[cfg(test)]
+    pub fn code(&self) -> Code {
+        self.code
+    }
+
+    #[cfg(test)]
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// 429 saying why, to be retried after `retry_after`.
+    pub fn too_many_because(message: impl Into<String>, retry_after: Duration) -> Self {
+        Self {
+            retry_after: Some(retry_after),
+            ..Self::new(Code::ResourceExhausted, message)
+        }
+    }
+
     /// A 429 that says when to come back.
     pub fn too_many(retry_after: Duration) -> Self {
         Self {

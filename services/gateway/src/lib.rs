@@ -16,8 +16,10 @@ mod limits;
 mod model;
 mod notifications;
 mod posts;
+mod server;
+mod stream;
 
-use std::{net::IpAddr, net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::IpAddr, sync::Arc, time::Duration};
 
 use ipnet::IpNet;
 
@@ -29,7 +31,8 @@ use axum::{
     response::IntoResponse,
     routing::get,
 };
-pub use limits::{Rate, Rates};
+pub use limits::{Rate, Rates, StreamCaps};
+pub use server::Timeouts;
 use social_kit::{
     auth::TokenVerifier,
     client::Peer,
@@ -73,6 +76,10 @@ pub struct Config {
     pub cors_origins: Vec<String>,
     /// `GATEWAY_MAX_BODY_BYTES` (65536): the largest request body.
     pub max_body_bytes: usize,
+    /// How many live streams may be open per account and per address.
+    pub streams: StreamCaps,
+    /// How long a client may take to send its headers or to take what is written.
+    pub timeouts: Timeouts,
 }
 
 impl social_kit::config::ServiceConfig for Config {
@@ -143,6 +150,14 @@ impl Config {
             trusted_proxies,
             cors_origins: list("GATEWAY_CORS_ORIGINS"),
             max_body_bytes: parse_or("GATEWAY_MAX_BODY_BYTES", 64 * 1024)?,
+            streams: StreamCaps {
+                per_account: at_least_one("GATEWAY_STREAMS_PER_ACCOUNT", 5)?,
+                per_address: at_least_one("GATEWAY_STREAMS_PER_ADDRESS", 1000)?,
+            },
+            timeouts: Timeouts {
+                headers: Duration::from_secs(at_least_one("GATEWAY_HEADER_TIMEOUT_SECS", 75)?),
+                write_stall: Duration::from_secs(at_least_one("GATEWAY_WRITE_TIMEOUT_SECS", 30)?),
+            },
         })
     }
 
@@ -172,8 +187,27 @@ impl Config {
             trusted_proxies: Vec::new(),
             cors_origins: vec!["https://app.example.com".into()],
             max_body_bytes: 64 * 1024,
+            streams: StreamCaps::default(),
+            timeouts: Timeouts::default(),
         }
     }
+}
+
+/// `var` as a number, `default` when unset; 0 is refused (it would refuse everything).
+fn at_least_one<T>(var: &str, default: T) -> Result<T, ConfigError>
+where
+    T: std::str::FromStr + PartialOrd + From<u8> + Copy,
+    T::Err: std::fmt::Display,
+{
+    let value: T = parse_or(var, default)?;
+    if value < T::from(1) {
+        return Err(ConfigError {
+            var: var.into(),
+            value: "0".into(),
+            reason: "must be at least 1".into(),
+        });
+    }
+    Ok(value)
 }
 
 impl Rate {
@@ -326,6 +360,7 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(posts::routes())
         .merge(graph::routes())
         .merge(notifications::routes())
+        .merge(stream::routes())
         .split_for_parts();
     // After the merge: the routes' operations are only there now.
     CommonErrors.modify(&mut doc);
@@ -342,9 +377,17 @@ async fn healthz() -> impl IntoResponse {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
-/// `/readyz`: every service's gRPC health is SERVING (asked at once, at most once a
-/// second).
+/// `/readyz`: whether this gateway takes requests: 200 while it runs, 503 once it is
+/// stopping (so that its balancer drains it). A service that is down does not make it
+/// unready: its routes answer 503 and the others go on (every gateway pod leaving the
+/// balancer would take them all down). The body names the services whose health,
+/// asked by name at most once a second, is not `SERVING`, for operators and scripts.
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    use social_proto::{
+        engagement::v1::engagement_service_server, graph::v1::social_graph_service_server,
+        notification::v1::notification_service_server, post::v1::post_service_server,
+        user::v1::user_service_server,
+    };
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
     let mut last = state.settings.readiness.lock().await;
     let down = match last.as_ref() {
@@ -352,16 +395,31 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         _ => {
             let s = &state.services;
             let checks = [
-                ("user", &s.users),
-                ("post", &s.posts),
-                ("social-graph", &s.graph),
-                ("engagement", &s.engagement),
-                ("notification", &s.notifications),
+                ("user", user_service_server::SERVICE_NAME, &s.users),
+                ("post", post_service_server::SERVICE_NAME, &s.posts),
+                (
+                    "social-graph",
+                    social_graph_service_server::SERVICE_NAME,
+                    &s.graph,
+                ),
+                (
+                    "engagement",
+                    engagement_service_server::SERVICE_NAME,
+                    &s.engagement,
+                ),
+                (
+                    "notification",
+                    notification_service_server::SERVICE_NAME,
+                    &s.notifications,
+                ),
             ]
-            .map(|(name, peer)| async move {
+            .map(|(name, service, peer)| async move {
                 let mut client = HealthClient::new(peer.channel());
+                let request = HealthCheckRequest {
+                    service: service.to_owned(),
+                };
                 let serving = peer
-                    .call(client.check(peer.request(HealthCheckRequest::default())))
+                    .call(client.check(peer.request(request)))
                     .await
                     .is_ok_and(|r| r.status == 1);
                 (!serving).then_some(name)
@@ -376,12 +434,15 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         }
     };
     drop(last);
-    let status = if down.is_empty() {
-        StatusCode::OK
+    let (status, word) = if state.shutdown.is_cancelled() {
+        (StatusCode::SERVICE_UNAVAILABLE, "stopping")
     } else {
-        StatusCode::SERVICE_UNAVAILABLE
+        (StatusCode::OK, "ready")
     };
-    (status, Json(serde_json::json!({ "not_serving": down })))
+    (
+        status,
+        Json(serde_json::json!({ "status": word, "not_serving": down })),
+    )
 }
 
 /// Serves the gateway on `listener` until `shutdown` is cancelled.
@@ -390,7 +451,11 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let limits = Arc::new(limits::Limits::new(config.rates, config.aggregates));
+    let limits = Arc::new(limits::Limits::new(
+        config.rates,
+        config.aggregates,
+        config.streams,
+    ));
     let gateway_token = social_kit::auth::gateway_token(&config.common)?;
     let state = AppState {
         // Every call carries the gateway's credential, which vouches for the client
@@ -489,12 +554,8 @@ pub async fn run(
     let _pruning = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
         limits::prune_every_minute(limits, shutdown.clone()),
     ));
-    let stop = shutdown.clone();
-    let serve = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { stop.cancelled().await });
+    let server = server::Server::new(config.timeouts);
+    let serve = server.serve(listener, app, shutdown.clone());
     // In-flight requests get SHUTDOWN_GRACE_SECS after SIGTERM (streams end at once);
     // then what is left is closed, so that the pod stops within its grace period.
     let grace = config.common.shutdown_grace;
@@ -503,7 +564,7 @@ pub async fn run(
         tokio::time::sleep(grace).await;
     };
     tokio::select! {
-        served = serve.into_future() => served?,
+        () = serve => {}
         () = bound => tracing::warn!(?grace, "requests still open after the shutdown grace; closing them"),
     }
     Ok(())

@@ -9,9 +9,10 @@
 //! or a shared store, would tighten it).
 
 use std::{
+    collections::HashMap,
     net::{IpAddr, SocketAddr},
     num::NonZeroU32,
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -27,9 +28,11 @@ use governor::{
 };
 use social_kit::auth::TokenVerifier;
 
+use bson::oid::ObjectId;
+
 use crate::{
     context::{AppState, Identity, bearer},
-    error::ApiError,
+    error::{ApiError, ApiResult},
 };
 
 /// How many requests per period, per key.
@@ -173,6 +176,64 @@ impl AddressBuckets {
     }
 }
 
+/// How many live notification streams may be open at once through this gateway: each
+/// holds a connection, a stream of the notification service and a buffer.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamCaps {
+    /// `GATEWAY_STREAMS_PER_ACCOUNT` (5): per account (a few devices and tabs).
+    pub per_account: usize,
+    /// `GATEWAY_STREAMS_PER_ADDRESS` (1000): per client address (an IPv6 /64), whatever
+    /// the accounts: one client with many accounts, but also many people behind one
+    /// carrier's NAT, hence the margin.
+    pub per_address: usize,
+}
+
+impl Default for StreamCaps {
+    fn default() -> Self {
+        Self {
+            per_account: 5,
+            per_address: 1000,
+        }
+    }
+}
+
+/// The streams open now, by account and by address (entries leave at zero).
+#[derive(Default)]
+struct OpenStreams {
+    accounts: HashMap<ObjectId, usize>,
+    addresses: HashMap<IpAddr, usize>,
+}
+
+/// One open stream's place under the caps, given back when dropped.
+pub struct StreamSlot {
+    limits: Arc<Limits>,
+    account: ObjectId,
+    address: IpAddr,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let Ok(mut open) = self.limits.streams.lock() else {
+            return;
+        };
+        let open = &mut *open;
+        release(&mut open.accounts, &self.account);
+        release(&mut open.addresses, &self.address);
+    }
+}
+
+fn release<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, usize>, key: &K) {
+    if let Some(n) = counts.get_mut(key) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            counts.remove(key);
+        }
+    }
+}
+
+/// How long a client refused a stream is told to wait.
+const STREAM_RETRY: Duration = Duration::from_secs(30);
+
 /// The limiters of this gateway.
 pub struct Limits {
     anonymous: AddressBuckets,
@@ -180,17 +241,56 @@ pub struct Limits {
     login: AddressBuckets,
     signup: AddressBuckets,
     rates: Rates,
+    caps: StreamCaps,
+    streams: Mutex<OpenStreams>,
 }
 
 impl Limits {
-    pub fn new(rates: Rates, aggregates: Aggregates) -> Self {
+    pub fn new(rates: Rates, aggregates: Aggregates, caps: StreamCaps) -> Self {
         Self {
             anonymous: AddressBuckets::new(rates.anonymous, aggregates),
             account: Bucket::new(rates.account),
             login: AddressBuckets::new(rates.login, aggregates),
             signup: AddressBuckets::new(rates.signup, aggregates),
             rates,
+            caps,
+            streams: Mutex::default(),
         }
+    }
+
+    /// A place for one more live stream of `account` from `ip`, or 429 saying which cap
+    /// it would pass.
+    pub fn open_stream(self: &Arc<Self>, account: ObjectId, ip: IpAddr) -> ApiResult<StreamSlot> {
+        let address = bucket_address(ip);
+        let mut open = self
+            .streams
+            .lock()
+            .map_err(|_| ApiError::new(tonic::Code::Internal, "internal error"))?;
+        if open.accounts.get(&account).copied().unwrap_or(0) >= self.caps.per_account {
+            return Err(ApiError::too_many_because(
+                format!(
+                    "this account has {} live streams open already; close one first",
+                    self.caps.per_account
+                ),
+                STREAM_RETRY,
+            ));
+        }
+        if open.addresses.get(&address).copied().unwrap_or(0) >= self.caps.per_address {
+            return Err(ApiError::too_many_because(
+                format!(
+                    "{} live streams are open from this address already; close one first",
+                    self.caps.per_address
+                ),
+                STREAM_RETRY,
+            ));
+        }
+        *open.accounts.entry(account).or_default() += 1;
+        *open.addresses.entry(address).or_default() += 1;
+        Ok(StreamSlot {
+            limits: self.clone(),
+            account,
+            address,
+        })
     }
 
     /// Forgets keys that have been quiet for a while (bounded memory).
@@ -199,6 +299,13 @@ impl Limits {
         self.account.limiter.retain_recent();
         self.login.prune();
         self.signup.prune();
+    }
+
+    /// Charges one more request to `who`'s account (work a request does on its behalf
+    /// beyond its own); whether the account's rate allowed it.
+    pub fn charge_account(&self, who: &Identity) -> bool {
+        who.caller
+            .is_some_and(|caller| self.account.check(&caller.user).is_ok())
     }
 
     /// The decision for one request: `(rate, Ok(remaining) | Err(wait))`. Requests that
@@ -408,6 +515,7 @@ mod tests {
                 signup: Rate::per(2, 60),
             },
             Aggregates::default(),
+            StreamCaps::default(),
         );
         let who = |ip: &str| Identity {
             ip: ip.parse().unwrap(),
@@ -444,6 +552,45 @@ mod tests {
         // IPv4 addresses are counted one by one.
         assert!(ask("203.0.113.1") && ask("203.0.113.1") && !ask("203.0.113.1"));
         assert!(ask("203.0.113.2"));
+    }
+
+    #[test]
+    fn streams_are_capped_per_account_and_per_address_until_they_close() {
+        let limits = Arc::new(Limits::new(
+            Rates {
+                anonymous: Rate::per(2, 60),
+                account: Rate::per(2, 60),
+                login: Rate::per(2, 60),
+                signup: Rate::per(2, 60),
+            },
+            Aggregates::default(),
+            StreamCaps {
+                per_account: 2,
+                per_address: 3,
+            },
+        ));
+        let (alice, bob, carol) = (ObjectId::new(), ObjectId::new(), ObjectId::new());
+        let home: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let same_64: IpAddr = "2001:db8:1:2::99".parse().unwrap();
+        let elsewhere: IpAddr = "203.0.113.7".parse().unwrap();
+        let first = limits.open_stream(alice, home).unwrap();
+        let _second = limits.open_stream(alice, elsewhere).unwrap();
+        let refused = limits.open_stream(alice, home).err().unwrap();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        assert!(refused.message().contains("this account"), "{refused:?}");
+        // Another account from the same network: the address's cap.
+        let _bob = limits.open_stream(bob, same_64).unwrap();
+        let _bob_again = limits.open_stream(bob, home).unwrap();
+        let refused = limits.open_stream(carol, same_64).err().unwrap();
+        assert!(refused.message().contains("this address"), "{refused:?}");
+        // A closed stream gives its place back, to its account and its address.
+        drop(first);
+        let _carol = limits.open_stream(carol, home).unwrap();
+        assert!(limits.open_stream(alice, elsewhere).is_ok());
+        // Nothing is kept for what is closed.
+        drop((_second, _bob, _bob_again, _carol));
+        let open = limits.streams.lock().unwrap();
+        assert!(open.accounts.is_empty() && open.addresses.is_empty());
     }
 
     #[test]

@@ -163,7 +163,7 @@ async fn every_answer_has_a_request_id_and_a_client_s_is_kept() {
 }
 
 #[tokio::test]
-async fn a_service_that_is_down_is_a_503_and_makes_the_gateway_unready() {
+async fn a_service_that_is_down_is_a_503_on_its_routes_alone_and_the_gateway_stays_ready() {
     let app = App::start_with(|c| {
         c.post_service = Peer::new(
             "post service",
@@ -188,10 +188,56 @@ async fn a_service_that_is_down_is_a_503_and_makes_the_gateway_unready() {
     assert!(down.header("retry-after").is_some());
     // The others still answer.
     assert_eq!(app.get("/v1/me", Some(&alice)).await.status, StatusCode::OK);
+    // Still in its balancer: the body says what is down.
     let ready = app.get("/readyz", None).await;
-    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(ready.status, StatusCode::OK);
     assert_eq!(ready.body["not_serving"], serde_json::json!(["post"]));
     assert_eq!(app.get("/healthz", None).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn with_the_notification_service_down_logins_posts_and_feeds_go_on() {
+    let stack = social_testkit::Stack::start().await;
+    let app = App::around(stack, |c| {
+        c.notification_service = Peer::new(
+            "notification service",
+            "NOTIFICATION_SERVICE_URL",
+            "http://127.0.0.1:9",
+            Duration::from_secs(1),
+        )
+        .unwrap();
+    })
+    .await;
+    let (_, alice) = app.sign_up("alice").await;
+    let login = app
+        .call(
+            Method::POST,
+            "/v1/sessions",
+            None,
+            Some(serde_json::json!({"username_or_email": "alice", "password": "correct horse battery"})),
+        )
+        .await;
+    assert_eq!(login.status, StatusCode::CREATED, "{}", login.body);
+    let post = app
+        .call(
+            Method::POST,
+            "/v1/posts",
+            Some(&alice),
+            Some(serde_json::json!({"content": "still here"})),
+        )
+        .await;
+    assert_eq!(post.status, StatusCode::CREATED, "{}", post.body);
+    let feed = app.get("/v1/feed", Some(&alice)).await;
+    assert_eq!(feed.status, StatusCode::OK, "{}", feed.body);
+    app.get("/v1/notifications", Some(&alice))
+        .await
+        .error(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE");
+    let ready = app.get("/readyz", None).await;
+    assert_eq!(ready.status, StatusCode::OK, "{}", ready.body);
+    assert_eq!(
+        ready.body["not_serving"],
+        serde_json::json!(["notification"])
+    );
 }
 
 #[tokio::test]
@@ -289,4 +335,24 @@ async fn a_path_that_does_not_decode_is_a_400_in_the_error_shape() {
     let app = App::start().await;
     let a = app.get("/v1/posts/%FF%FE", None).await;
     assert_eq!(a.error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT"), ["id"]);
+}
+
+#[tokio::test]
+async fn a_connection_that_does_not_finish_its_request_is_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = App::start_with(|c| {
+        c.timeouts.headers = Duration::from_millis(300);
+    })
+    .await;
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    // Half a request, then nothing.
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the connection was still open after 5 s");
+    // A whole request on a fresh connection is answered as ever.
+    assert_eq!(app.get("/healthz", None).await.status, StatusCode::OK);
 }

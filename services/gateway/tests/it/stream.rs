@@ -292,6 +292,113 @@ async fn a_client_that_goes_away_frees_its_stream_even_when_nothing_happens() {
 }
 
 #[tokio::test]
+async fn streams_past_an_accounts_cap_are_refused_until_one_closes() {
+    let app = App::start_with(|c| {
+        c.streams = social_gateway::StreamCaps {
+            per_account: 2,
+            per_address: 3,
+        };
+    })
+    .await;
+    let (_, alice) = app.sign_up("alice").await;
+    let (_, bob) = app.sign_up("bob").await;
+    let first = Sse::open(&app, &alice, None).await;
+    let _second = Sse::open(&app, &alice, None).await;
+    // (A stream that opens would never end: each refusal is awaited for a while only.)
+    let refused = |token: String| {
+        let app = &app;
+        async move {
+            tokio::time::timeout(
+                Duration::from_secs(5),
+                app.get("/v1/notifications/stream", Some(&token)),
+            )
+            .await
+            .expect("the stream opened")
+        }
+    };
+    let refused_alice = refused(alice.clone()).await;
+    refused_alice.error(StatusCode::TOO_MANY_REQUESTS, "RESOURCE_EXHAUSTED");
+    assert!(refused_alice.header("retry-after").is_some());
+    // Another account has its own, until the address is full.
+    let _bobs = Sse::open(&app, &bob, None).await;
+    let refused = refused(bob.clone()).await;
+    refused.error(StatusCode::TOO_MANY_REQUESTS, "RESOURCE_EXHAUSTED");
+    assert!(
+        refused.body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("address")),
+        "{}",
+        refused.body
+    );
+    // A closed stream gives its place back.
+    drop(first);
+    let reopened = social_testkit::eventually(Duration::from_secs(5), || async {
+        let a = app
+            .http
+            .get(app.url("/v1/notifications/stream"))
+            .bearer_auth(&alice)
+            .send()
+            .await
+            .ok()?;
+        (a.status() == StatusCode::OK).then_some(a)
+    })
+    .await;
+    assert!(
+        reopened.is_some(),
+        "the closed stream's place was not given back"
+    );
+}
+
+#[tokio::test]
+async fn an_unreadable_resume_point_gets_a_resync_whose_id_moves_the_client_on() {
+    let app = App::start().await;
+    let (_, alice) = app.sign_up("alice").await;
+    let mut stream = Sse::open(&app, &alice, Some("not a resume point")).await;
+    let first = stream.next(Duration::from_secs(5)).await.expect("an event");
+    assert_eq!(first.kind, "resync");
+    assert!(!first.id.is_empty(), "a resync carries a resume point");
+    drop(stream);
+    // Back with it: nothing to catch up on, no resync again.
+    let mut stream = Sse::open(&app, &alice, Some(&first.id)).await;
+    let next = stream.next(Duration::from_secs(1)).await;
+    assert!(next.is_none(), "{next:?}");
+}
+
+#[tokio::test]
+async fn a_resume_pays_for_the_pages_it_reads() {
+    use bson::{DateTime, doc, oid::ObjectId};
+    // One request a minute: opening the stream spends it.
+    let app = App::start_with(|c| c.rates.account = social_gateway::Rate::per(1, 60)).await;
+    let (alice_id, alice) = app.sign_up("alice").await;
+    let db = mongodb::Client::with_uri_str(social_testkit::mongodb_uri())
+        .await
+        .unwrap()
+        .database(&app.stack.database);
+    // 150 notifications missed in the last minute: two pages to read.
+    let now = DateTime::now().timestamp_millis();
+    let docs: Vec<_> = (0..150_i64)
+        .map(|i| {
+            let actor = ObjectId::new();
+            let at = DateTime::from_millis(now - 20_000 - i * 10);
+            doc! {
+                "_id": ObjectId::new(), "user_id": alice_id.parse::<ObjectId>().unwrap(),
+                "type": "FOLLOW", "source_user_id": actor, "is_read": false,
+                "created_at": at, "sort_key": social_kit::paging::sort_key(at),
+                "dedupe_key": format!("follow:{actor}:{alice_id}"), "event_id": "",
+            }
+        })
+        .collect();
+    db.collection::<bson::Document>("notifications")
+        .insert_many(docs)
+        .await
+        .unwrap();
+    let last = format!("{}.{}.", ObjectId::new(), now - 30_000);
+    let mut stream = Sse::open(&app, &alice, Some(&last)).await;
+    let first = stream.next(Duration::from_secs(5)).await.expect("an event");
+    assert_eq!(first.kind, "resync", "the second page was not paid for");
+}
+
+#[tokio::test]
 async fn a_resume_point_too_old_to_page_back_to_asks_for_a_resync() {
     let app = App::start().await;
     let (_, alice) = app.sign_up("alice").await;
