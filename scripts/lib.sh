@@ -239,8 +239,9 @@ start_system() {
         read -r name bin var offset <<<"$entry"
         port=$((base + offset))
         for ((i = 0; i < 600; i++)); do
+            # '"SERVING"': NOT_SERVING (listening, start-up not done) contains SERVING.
             "$grpcurl" -plaintext "127.0.0.1:$port" grpc.health.v1.Health/Check 2>/dev/null |
-                grep -q SERVING && break
+                grep -q '"SERVING"' && break
             ((i % 50 == 49)) && log "waiting for $name (log: .run/$name$tag.log)"
             sleep 0.2
         done

@@ -8,6 +8,11 @@
 //! - a dependency is down or slow (MongoDB unreachable, a peer `UNAVAILABLE` or
 //!   `DEADLINE_EXCEEDED`, a handler timeout): the message is not at fault, so it is
 //!   retried in place with capped exponential backoff, and never counts as an attempt.
+//!   But a try that times out while a later try of another event of the same type
+//!   succeeded (the dependency answers exactly this work, begun after it) is the
+//!   message's own failure (a query only it makes hangs): it counts as an attempt like
+//!   any error, so a message that always hangs ends in the dead-letter queue instead of
+//!   holding a prefetch slot for ever.
 //!   After `EVENTS_HOLD_LIMIT_SECS` (or at shutdown) a copy with the same attempt count is put at
 //!   the back of the queue and the original acknowledged. An outage delays events, it
 //!   never dead-letters them. With every prefetch slot waiting, the consumer takes
@@ -20,7 +25,7 @@
 use std::{
     collections::HashMap,
     panic::AssertUnwindSafe,
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -212,15 +217,23 @@ async fn consume(
         .await?;
     tracing::info!(%queue, "consuming");
     let mut in_hand = JoinSet::new();
+    let passed = Arc::new(Passed::default());
     let result = loop {
         tokio::select! {
             () = shutdown.cancelled() => break Ok(()),
             Some(_) = in_hand.join_next(), if !in_hand.is_empty() => {}
             next = deliveries.next() => match next {
                 Some(Ok(delivery)) => {
-                    let (config, handler, channel, queue, shutdown) = (config.clone(), handler.clone(), channel.clone(), queue.clone(), shutdown.clone());
-                    let service = spec.service;
-                    in_hand.spawn(async move { handle(&config, &handler, &channel, &queue, service, delivery, &shutdown).await });
+                    let with = Handling {
+                        config: config.clone(),
+                        handler: handler.clone(),
+                        channel: channel.clone(),
+                        queue: queue.clone(),
+                        service: spec.service,
+                        shutdown: shutdown.clone(),
+                        passed: passed.clone(),
+                    };
+                    in_hand.spawn(async move { handle(&with, delivery).await });
                 }
                 Some(Err(e)) => break Err(anyhow::Error::new(e)),
                 None => break Err(anyhow::anyhow!("the consumer stream ended")),
@@ -268,15 +281,49 @@ fn trace_context(delivery: &Delivery) -> HashMap<String, String> {
     map
 }
 
-async fn handle(
-    config: &EventsConfig,
-    handler: &Handler,
-    channel: &Channel,
-    queue: &str,
-    service: &str,
-    delivery: Delivery,
-    shutdown: &CancellationToken,
-) {
+/// When the latest successful try of each event type began (a handful of types).
+#[derive(Default)]
+struct Passed(Mutex<HashMap<&'static str, Instant>>);
+
+impl Passed {
+    fn record(&self, kind: &'static str, began: Instant) {
+        if let Ok(mut latest) = self.0.lock() {
+            let at = latest.entry(kind).or_insert(began);
+            *at = (*at).max(began);
+        }
+    }
+
+    /// Whether a try of `kind` that began after `began` succeeded.
+    fn since(&self, kind: &'static str, began: Instant) -> bool {
+        self.0
+            .lock()
+            .ok()
+            .and_then(|latest| latest.get(kind).copied())
+            .is_some_and(|at| at > began)
+    }
+}
+
+/// What every message of one consumer is handled with.
+struct Handling {
+    config: EventsConfig,
+    handler: Handler,
+    channel: Channel,
+    queue: String,
+    service: &'static str,
+    shutdown: CancellationToken,
+    passed: Arc<Passed>,
+}
+
+async fn handle(with: &Handling, delivery: Delivery) {
+    let Handling {
+        config,
+        handler,
+        channel,
+        queue,
+        service,
+        shutdown,
+        passed,
+    } = with;
     let span = tracing::info_span!(
         "event.consume",
         otel.kind = "consumer",
@@ -311,13 +358,21 @@ async fn handle(
             return;
         }
         let attempt = attempt_of(&delivery);
+        // The event's type, from its payload (a re-queued copy's routing key is the
+        // queue's name); decoded above, so the payload is there.
+        let kind = envelope
+            .payload
+            .as_ref()
+            .map_or("", crate::envelope::routing_key);
         let mut delays =
             crate::connection::backoff(Duration::from_millis(200), TRANSIENT_MAX_DELAY);
         let held_since = Instant::now();
         let error = loop {
             let run = AssertUnwindSafe(handler(envelope.clone())).catch_unwind();
+            let began = Instant::now();
             let why = match tokio::time::timeout(config.handler_timeout, run).await {
                 Ok(Ok(Ok(()))) => {
+                    passed.record(kind, began);
                     if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
                         tracing::warn!(error = %e, "ack failed; the message will be redelivered");
                     }
@@ -338,6 +393,10 @@ async fn handle(
                     continue;
                 }
                 Ok(Ok(Err(e))) if social_kit::error::is_transient(&e) => format!("{e:#}"),
+                // Others went through meanwhile: it hangs on this message alone.
+                Err(_) if passed.since(kind, began) => {
+                    break "handler timed out while a later event of its type was handled".to_owned();
+                }
                 // A dependency that hangs rather than refuses looks like this.
                 Err(_) => "handler timed out".to_owned(),
                 Ok(Ok(Err(e))) => break format!("{e:#}"),

@@ -109,6 +109,11 @@ pub struct CommonConfig {
     pub log_format: LogFormat,
     /// `SHUTDOWN_GRACE_SECS`: how long in-flight RPCs get after SIGTERM.
     pub shutdown_grace: Duration,
+    /// `READINESS_DATABASE_GRACE_SECS` (30): how long the database may fail its pings
+    /// before the service says `NOT_SERVING`: longer than a replica set's election
+    /// (10-12 s), which would otherwise take every replica of every service out of its
+    /// balancer at once.
+    pub database_grace: Duration,
     /// `AUTH_PUBLIC_KEY`: PEM of the Ed25519 key that verifies access tokens.
     pub auth_public_key_pem: Option<String>,
     /// `SERVICE_TOKEN`: the credential services present to each other's internal RPCs.
@@ -147,6 +152,7 @@ impl CommonConfig {
             amqp_url: optional("AMQP_URL").unwrap_or_else(|| DEFAULT_AMQP_URL.into()),
             log_format: parse_or("LOG_FORMAT", LogFormat::Human)?,
             shutdown_grace: seconds_or("SHUTDOWN_GRACE_SECS", 10)?,
+            database_grace: seconds_or("READINESS_DATABASE_GRACE_SECS", 30)?,
             auth_public_key_pem: secret("AUTH_PUBLIC_KEY")?,
             service_token: secret("SERVICE_TOKEN")?,
             gateway_token: secret("GATEWAY_TOKEN")?,
@@ -165,6 +171,7 @@ impl CommonConfig {
             amqp_url: DEFAULT_AMQP_URL.into(),
             log_format: LogFormat::Human,
             shutdown_grace: Duration::from_secs(5),
+            database_grace: Duration::from_secs(30),
             auth_public_key_pem: None,
             service_token: None,
             gateway_token: None,

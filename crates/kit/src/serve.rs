@@ -10,7 +10,7 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use futures::future::BoxFuture;
@@ -222,13 +222,42 @@ pub trait Startup: Send + Sync + 'static {
     fn startup(&self) -> impl Future<Output = anyhow::Result<()>> + Send;
 }
 
+/// Whether a started service says `SERVING`: its database answered the last ping, or
+/// has failed them for less than `grace`. A primary election (10-12 s) fails every
+/// ping of every service at once: without the grace, every replica of every service
+/// would leave its balancer together, and come back together.
+struct Readiness {
+    grace: Duration,
+    failing_since: Option<Instant>,
+}
+
+impl Readiness {
+    fn new(grace: Duration) -> Self {
+        Self {
+            grace,
+            failing_since: None,
+        }
+    }
+
+    /// Records a ping's outcome at `now`; whether the service is ready.
+    fn observe(&mut self, answered: bool, now: Instant) -> bool {
+        if answered {
+            self.failing_since = None;
+            return true;
+        }
+        let since = *self.failing_since.get_or_insert(now);
+        now.duration_since(since) < self.grace
+    }
+}
+
 /// Serves `routes` on `listener` until `shutdown`; then stops accepting, gives in-flight
 /// RPCs `config.shutdown_grace`, and then stops the `background` tasks (relay,
 /// consumers), which therefore outlive every RPC that may feed them.
 ///
 /// Health is `NOT_SERVING` until `startup` (ping, indexes) succeeds, retried every
-/// second; then it follows a ping every few seconds, and is `NOT_SERVING` again once
-/// shutdown begins.
+/// second; then it follows a ping every few seconds, turning `NOT_SERVING` only once
+/// the pings have failed for `config.database_grace` ([`Readiness`]), and is
+/// `NOT_SERVING` again once shutdown begins.
 pub async fn serve(
     spec: ServeSpec<'_>,
     listener: TcpListener,
@@ -269,21 +298,23 @@ pub async fn serve(
         let gate = spec.gate.clone();
         let shutdown = shutdown.clone();
         let set_status = set_status.clone();
+        let mut readiness = Readiness::new(spec.config.database_grace);
         async move {
             let mut serving = false;
             loop {
-                let ok = if gate.is_ready() {
-                    crate::mongo::ping(&db).await.is_ok()
+                let (ok, answered) = if gate.is_ready() {
+                    let answered = crate::mongo::ping(&db).await.is_ok();
+                    (readiness.observe(answered, Instant::now()), answered)
                 } else {
                     match startup.startup().await {
                         Ok(()) => {
                             gate.ready.store(true, Ordering::Release);
                             tracing::info!("start-up done");
-                            true
+                            (true, true)
                         }
                         Err(e) => {
                             tracing::warn!(error = %format!("{e:#}"), "start-up failed; retrying");
-                            false
+                            (false, false)
                         }
                     }
                 };
@@ -297,7 +328,7 @@ pub async fn serve(
                     tracing::info!(?status, "health");
                     set_status(status).await;
                 }
-                let pause = if ok {
+                let pause = if answered {
                     Duration::from_secs(5)
                 } else {
                     Duration::from_secs(1)
@@ -683,5 +714,31 @@ pub async fn binary_main<C: crate::config::ServiceConfig>(
             };
             main_once(&common, (command.run)(config)).await
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_database_failing_for_less_than_the_grace_leaves_the_service_ready() {
+        let mut readiness = Readiness::new(Duration::from_secs(30));
+        let start = Instant::now();
+        let at = |s: u64| start + Duration::from_secs(s);
+        assert!(readiness.observe(true, at(0)));
+        // An election: 12 s of failed pings.
+        for s in [5, 6, 11, 17] {
+            assert!(readiness.observe(false, at(s)), "ready at {s} s");
+        }
+        assert!(readiness.observe(true, at(18)));
+        // The failures start over after an answer; past the grace, not ready.
+        assert!(readiness.observe(false, at(20)));
+        assert!(readiness.observe(false, at(49)));
+        assert!(!readiness.observe(false, at(50)), "30 s of failures");
+        assert!(
+            readiness.observe(true, at(51)),
+            "ready again at the first answer"
+        );
     }
 }

@@ -10,7 +10,9 @@
 //!   buffer is full has fallen behind; it gets what it had buffered, then ends with
 //!   `RESOURCE_EXHAUSTED`. A slow stream never holds up storing or other streams.
 //!
-//! Streams end cleanly when the service shuts down.
+//! When the service shuts down, each stream sends what it holds, then ends with
+//! `UNAVAILABLE` (reopen it, at another replica: a resume picks up from there), so that
+//! a client can tell a replica going away from a stream that is complete.
 
 use std::{
     collections::HashMap,
@@ -133,8 +135,21 @@ impl Hub {
                 groups,
             });
         }
-        let shutdown = self.shutdown.clone();
-        let notifications = tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok);
+        // What is buffered first; at shutdown, once it is sent, the error that says so.
+        let notifications =
+            futures::stream::unfold(Some((rx, self.shutdown.clone())), |open| async move {
+                let (mut rx, shutdown) = open?;
+                tokio::select! {
+                    biased;
+                    n = rx.recv() => n.map(|n| (Ok(n), Some((rx, shutdown)))),
+                    () = shutdown.cancelled() => Some((
+                        Err(Status::unavailable(
+                            "this replica is stopping; reopen the stream to resume it",
+                        )),
+                        None,
+                    )),
+                }
+            });
         // After the buffered ones: an error if the hub ended it, nothing otherwise.
         let tail = futures::stream::once(async move { ended.load(Ordering::Acquire) }).filter_map(
             |ended| async move {
@@ -162,7 +177,6 @@ impl Hub {
         };
         Ok(notifications
             .chain(tail)
-            .take_until(async move { shutdown.cancelled().await })
             // The guard lives as long as the stream.
             .map(move |item| {
                 let _ = &leave;
@@ -288,12 +302,23 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn streams_end_at_shutdown() {
+    async fn at_shutdown_a_stream_sends_what_it_holds_then_ends_unavailable() {
         let shutdown = CancellationToken::new();
         let hub = live_hub(4, shutdown.clone());
-        let stream = hub.subscribe(ObjectId::new(), false).unwrap();
+        let user = ObjectId::new();
+        let stream = hub.subscribe(user, false).unwrap();
+        hub.push(user, &note(1));
+        hub.push(user, &note(2));
         shutdown.cancel();
-        assert_eq!(stream.collect::<Vec<_>>().await.len(), 0);
+        let got: Vec<_> = tokio::time::timeout(std::time::Duration::from_secs(5), stream.collect())
+            .await
+            .expect("the stream ended at shutdown");
+        assert_eq!(got.len(), 3, "both held, then the error: {got:?}");
+        assert_eq!(got[1].as_ref().unwrap().id, "2");
+        assert_eq!(
+            got[2].as_ref().unwrap_err().code(),
+            tonic::Code::Unavailable
+        );
     }
 
     #[tokio::test]

@@ -632,6 +632,11 @@ impl FlakyConsumer {
                 .boxed()
             })
         };
+        Self::around(config, handler, tries).await
+    }
+
+    /// A consumer with `handler`, which counts its tries in `tries`.
+    async fn around(config: EventsConfig, handler: Handler, tries: Arc<AtomicU32>) -> Self {
         let subscription = QueueSpec {
             service: "flaky",
             routing_keys: &["graph.user.followed", "user.user.deleted"],
@@ -658,10 +663,14 @@ impl FlakyConsumer {
     }
 
     async fn publish_one(&self) {
+        self.publish_follow_by(&ObjectId::new().to_hex()).await;
+    }
+
+    async fn publish_follow_by(&self, follower_id: &str) {
         let event = new_envelope(
             ObjectId::new(),
             Payload::UserFollowed(social_events::pb::UserFollowed {
-                follower_id: ObjectId::new().to_hex(),
+                follower_id: follower_id.to_owned(),
                 followee_id: ObjectId::new().to_hex(),
             }),
         );
@@ -779,6 +788,80 @@ async fn a_late_deletion_requeued_on_its_way_is_still_applied() {
         (outage + 1, (0, 0)),
         "applied, not dead-lettered"
     );
+}
+
+/// A consumer whose handler hangs (a query that never ends) on the follows of
+/// `hanging`, and on every follow for its first `follows` tries (deletions always go
+/// through); it counts the hangs (as its tries) and the follows handled.
+async fn hanging_consumer(hanging: &str, follows: u32) -> (FlakyConsumer, Arc<AtomicU32>) {
+    let mut config = EventsConfig::for_tests(&unique_name("t"));
+    config.handler_timeout = Duration::from_millis(300);
+    let (hangs, handled) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
+    let handler: Handler = {
+        let (hangs, handled, hanging) = (hangs.clone(), handled.clone(), hanging.to_owned());
+        let tries = Arc::new(AtomicU32::new(0));
+        Arc::new(move |event: social_events::Envelope| {
+            let follow = match &event.payload {
+                Some(Payload::UserFollowed(f)) => Some(f.follower_id == hanging),
+                _ => None,
+            };
+            let hang =
+                follow.is_some_and(|own| own || tries.fetch_add(1, Ordering::SeqCst) < follows);
+            let (hangs, handled) = (hangs.clone(), handled.clone());
+            async move {
+                if hang {
+                    hangs.fetch_add(1, Ordering::SeqCst);
+                    futures::future::pending::<()>().await;
+                }
+                if follow.is_some() {
+                    handled.fetch_add(1, Ordering::SeqCst);
+                }
+                Ok(())
+            }
+            .boxed()
+        })
+    };
+    (FlakyConsumer::around(config, handler, hangs).await, handled)
+}
+
+#[tokio::test]
+async fn a_message_whose_handler_hangs_while_others_go_through_is_dead_lettered() {
+    let poison = ObjectId::new().to_hex();
+    let (consumer, _) = hanging_consumer(&poison, 0).await;
+    consumer.publish_follow_by(&poison).await;
+    // Others keep arriving, and are handled, while it hangs: the fault is its own.
+    let dead = eventually(Duration::from_secs(30), || async {
+        consumer.publish_one().await;
+        (consumer.depths().await.1 == 1).then_some(())
+    })
+    .await;
+    assert!(
+        dead.is_some(),
+        "hung {} times and was never dead-lettered",
+        consumer.tries()
+    );
+    let max = EventsConfig::for_tests("x").max_attempts;
+    let (hangs, (left, dead)) = consumer.stop().await;
+    assert!(hangs >= max, "dead-lettered after {hangs} hangs");
+    assert_eq!((left, dead), (0, 1), "the others were all handled");
+}
+
+#[tokio::test]
+async fn a_dependency_that_hangs_for_one_type_of_event_delays_them_and_dead_letters_none() {
+    let max = EventsConfig::for_tests("x").max_attempts;
+    // Every follow hangs, more times than a message is allowed, while deletions (what
+    // the hanging dependency does not serve) go through: no follow is at fault.
+    let (consumer, handled) = hanging_consumer("nobody", 2 * max + 2).await;
+    consumer.publish_one().await;
+    consumer.publish_one().await;
+    let drained = eventually(Duration::from_secs(60), || async {
+        consumer.publish_late_deletion().await;
+        (handled.load(Ordering::SeqCst) == 2).then_some(())
+    })
+    .await;
+    let (hangs, depths) = consumer.stop().await;
+    assert!(drained.is_some(), "after {hangs} hangs: {depths:?}");
+    assert_eq!(depths, (0, 0), "both handled, none dead-lettered");
 }
 
 #[tokio::test]

@@ -619,7 +619,7 @@ async fn deleting_a_post_removes_its_notifications() {
 }
 
 #[tokio::test]
-async fn shutdown_ends_streams_cleanly_and_reports_not_serving() {
+async fn shutdown_ends_streams_unavailable_and_reports_not_serving() {
     let app = App::start().await;
     let (_, bob) = app.stack.register("bob").await;
     let replica = app.stack.notification_replica(false).await;
@@ -650,9 +650,13 @@ async fn shutdown_ends_streams_cleanly_and_reports_not_serving() {
         .expect("a health change");
     assert_eq!(status(next_status.unwrap()), ServingStatus::NotServing);
     drop(health);
-    // ...and the stream ends without an error status, well inside the shutdown grace.
+    // ...and the stream ends, well inside the shutdown grace, with UNAVAILABLE: the
+    // client can tell a replica going away from a finished stream, and reopens it.
     let end = tokio::time::timeout(Duration::from_secs(5), stream.message()).await;
-    assert!(matches!(end, Ok(Ok(None))), "{end:?}");
+    assert!(
+        matches!(&end, Ok(Err(s)) if s.code() == tonic::Code::Unavailable),
+        "{end:?}"
+    );
     tokio::time::timeout(Duration::from_secs(10), stopped)
         .await
         .expect("the replica stopped in time")
