@@ -235,6 +235,22 @@ impl<A: Actors> Forwarding<'_, A> {
             }
             return Ok(());
         }
+        if !n.removals.is_empty() {
+            // Many at once (a deleted post's): one event, whatever their number.
+            let items: Vec<serde_json::Value> = n
+                .removals
+                .iter()
+                .map(|r| serde_json::json!({ "id": r.id, "group_key": r.group_key }))
+                .collect();
+            for r in &n.removals {
+                self.delivered.remove(&r.id);
+            }
+            let body = serde_json::json!({ "items": items });
+            if let Ok(e) = Event::default().event("removals").json_data(body) {
+                self.send(e)?;
+            }
+            return Ok(());
+        }
         if n.removed {
             let id = n.id.clone();
             if let Some(e) = event(&mut self.sent, Notification::from(n), true) {
@@ -432,7 +448,9 @@ pub struct StreamQuery {
 
 /// The caller's notifications, live, as Server-Sent Events: `event: notification` with
 /// the notification (and who acted) as data, `event: removed` (`id`, `group_key`) when
-/// one is removed (its post or comment was deleted, the like or follow taken back), and
+/// one is removed (its post or comment was deleted, the like or follow taken back),
+/// `event: removals` (`items`, each `id` and `group_key`) when several are removed at
+/// once (a deleted post's, a deleted account's), and
 /// a comment line every 15 s to keep proxies from closing it. With `groups=true`, also
 /// `event: group` with a notification group's new summary (count, unread count, recent
 /// actors) whenever it changes, so that a grouped view stays live; group events carry

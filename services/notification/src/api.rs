@@ -76,6 +76,7 @@ impl From<NotificationDoc> for Notification {
             removed: false,
             group_key: n.group_key,
             group: None,
+            removals: Vec::new(),
         }
     }
 }

@@ -262,6 +262,42 @@ impl Hub {
     }
 }
 
+/// A broadcast's notifications as what each recipient's streams are pushed: the new
+/// ones one by one, and a recipient's removals in one message (a deleted post's
+/// hundreds would overflow any stream's buffer one by one); one removal alone as it is.
+pub fn by_recipient(notifications: Vec<Notification>) -> Vec<(ObjectId, Notification)> {
+    let mut pushes = Vec::new();
+    let mut removals: HashMap<ObjectId, Vec<Notification>> = HashMap::new();
+    for n in notifications {
+        let Ok(user) = ObjectId::parse_str(&n.user_id) else {
+            tracing::warn!("broadcast notification without a valid recipient");
+            continue;
+        };
+        if n.removed {
+            removals.entry(user).or_default().push(n);
+        } else {
+            pushes.push((user, n));
+        }
+    }
+    for (user, mut removed) in removals {
+        if removed.len() == 1
+            && let Some(one) = removed.pop()
+        {
+            pushes.push((user, one));
+            continue;
+        }
+        pushes.push((
+            user,
+            Notification {
+                user_id: user.to_hex(),
+                removals: removed,
+                ..Default::default()
+            },
+        ));
+    }
+    pushes
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -299,6 +335,35 @@ mod tests {
         assert_eq!(hub.open_streams(), 1);
         drop(fast);
         assert_eq!(hub.open_streams(), 0, "a dropped stream leaves the hub");
+    }
+
+    #[test]
+    fn a_recipients_removals_go_in_one_message_and_a_single_one_as_it_is() {
+        let (alice, bob) = (ObjectId::new(), ObjectId::new());
+        let removal = |user: ObjectId, i: usize| Notification {
+            id: i.to_string(),
+            user_id: user.to_hex(),
+            removed: true,
+            ..Default::default()
+        };
+        let mut batch: Vec<_> = (0..500).map(|i| removal(alice, i)).collect();
+        batch.push(removal(bob, 500));
+        batch.push(Notification {
+            user_id: bob.to_hex(),
+            ..note(501)
+        });
+        let pushes = by_recipient(batch);
+        assert_eq!(
+            pushes.len(),
+            3,
+            "alice's 500 in one, bob's one, bob's new one"
+        );
+        let alices = pushes.iter().find(|(u, _)| *u == alice).unwrap();
+        assert_eq!(alices.1.removals.len(), 500);
+        assert!(!alices.1.removed && alices.1.id.is_empty());
+        let bobs: Vec<_> = pushes.iter().filter(|(u, _)| *u == bob).collect();
+        assert!(bobs.iter().any(|(_, n)| n.removed && n.id == "500"));
+        assert!(bobs.iter().any(|(_, n)| !n.removed && n.id == "501"));
     }
 
     #[tokio::test]

@@ -134,13 +134,8 @@ pub async fn run(
                                 hub.end_user(user);
                             }
                         }
-                        for n in batch.notifications {
-                            match bson::oid::ObjectId::parse_str(&n.user_id) {
-                                Ok(user) => hub.push(user, &n),
-                                Err(_) => tracing::warn!(
-                                    "broadcast notification without a valid recipient"
-                                ),
-                            }
+                        for (user, n) in hub::by_recipient(batch.notifications) {
+                            hub.push(user, &n);
                         }
                         for g in batch.groups {
                             match bson::oid::ObjectId::parse_str(&g.user_id) {

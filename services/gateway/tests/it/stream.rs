@@ -399,6 +399,95 @@ async fn a_resume_pays_for_the_pages_it_reads() {
 }
 
 #[tokio::test]
+async fn a_post_with_600_notifications_deleted_sends_their_removals_and_the_stream_goes_on() {
+    use bson::{DateTime, doc, oid::ObjectId};
+    let app = App::start().await;
+    let (alice_id, alice) = app.sign_up("alice").await;
+    let (_, bob) = app.sign_up("bob").await;
+    let post = app
+        .call(
+            Method::POST,
+            "/v1/posts",
+            Some(&alice),
+            Some(json!({"content": "going viral"})),
+        )
+        .await;
+    let post_id = post.body["id"].as_str().unwrap().to_owned();
+    // 600 likes' notifications of her post (seeded as the service stores them).
+    let db = mongodb::Client::with_uri_str(social_testkit::mongodb_uri())
+        .await
+        .unwrap()
+        .database(&app.stack.database);
+    let owner: ObjectId = alice_id.parse().unwrap();
+    let about: ObjectId = post_id.parse().unwrap();
+    let now = DateTime::now().timestamp_millis();
+    let docs: Vec<_> = (0..600_i64)
+        .map(|i| {
+            let actor = ObjectId::new();
+            let at = DateTime::from_millis(now - 600_000 + i);
+            doc! {
+                "_id": ObjectId::new(), "user_id": owner, "type": "POST_LIKE",
+                "source_user_id": actor, "post_id": about, "is_read": false,
+                "created_at": at, "sort_key": social_kit::paging::sort_key(at),
+                "dedupe_key": format!("post_like:{actor}:{post_id}"), "event_id": "",
+            }
+        })
+        .collect();
+    let ids: std::collections::HashSet<String> = docs
+        .iter()
+        .map(|d| d.get_object_id("_id").unwrap().to_hex())
+        .collect();
+    db.collection::<bson::Document>("notifications")
+        .insert_many(docs)
+        .await
+        .unwrap();
+    let mut stream = Sse::open(&app, &alice, None).await;
+    let deleted = app
+        .call(
+            Method::DELETE,
+            &format!("/v1/posts/{post_id}"),
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert!(deleted.status.is_success(), "{}", deleted.body);
+    // Every removal arrives, in a few events.
+    let mut removed = std::collections::HashSet::new();
+    let mut events = 0;
+    while removed.len() < ids.len() {
+        let e = stream
+            .next(Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|| panic!("{} of 600 removals after {events} events", removed.len()));
+        events += 1;
+        match e.kind.as_str() {
+            "removed" => {
+                removed.insert(e.data["id"].as_str().unwrap().to_owned());
+            }
+            "removals" => removed.extend(
+                e.data["items"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|r| r["id"].as_str().unwrap().to_owned()),
+            ),
+            other => panic!("{other}: {:?}", e.data),
+        }
+    }
+    assert_eq!(removed, ids);
+    assert!(events <= 10, "{events} events for 600 removals");
+    // And the stream is still open: the next notification arrives on it.
+    let follow = format!("/v1/users/{alice_id}/follow");
+    app.call(Method::PUT, &follow, Some(&bob), None).await;
+    let next = stream
+        .next(Duration::from_secs(15))
+        .await
+        .expect("the stream goes on");
+    assert_eq!(next.kind, "notification");
+    assert_eq!(next.data["type"], "FOLLOW");
+}
+
+#[tokio::test]
 async fn a_resume_point_too_old_to_page_back_to_asks_for_a_resync() {
     let app = App::start().await;
     let (_, alice) = app.sign_up("alice").await;
