@@ -103,7 +103,6 @@ async fn log_in(
         device: body.device,
     };
     let r = user_call!(state, client(&state).login(who.request(peer, request)))?;
-    let location = format!("/v1/sessions/{}", r.session_id);
     let tokens = Tokens {
         access_token: r.access_token,
         expires_at: crate::model::time(r.expires_at),
@@ -112,7 +111,12 @@ async fn log_in(
         session_id: r.session_id,
         user: r.user.map(Into::into),
     };
-    Ok(created(location, tokens))
+    // No Location: a session has no resource of its own to GET (it is listed at
+    // `/v1/sessions` and ended at `/v1/sessions/{id}`).
+    Ok(axum::response::IntoResponse::into_response((
+        StatusCode::CREATED,
+        Json(tokens),
+    )))
 }
 
 /// Exchanges a refresh token for new tokens (the old one stops working; using it again

@@ -68,6 +68,14 @@ impl ApiError {
         }
     }
 
+    /// A 405: the route exists, not with this method (`Allow` says which it takes).
+    pub fn method_not_allowed() -> Self {
+        Self {
+            http: Some(StatusCode::METHOD_NOT_ALLOWED),
+            ..Self::new(Code::Unimplemented, "this route does not take that method")
+        }
+    }
+
     /// A 413: the body is larger than any valid request.
     pub fn too_large() -> Self {
         Self {

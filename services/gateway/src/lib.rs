@@ -527,6 +527,7 @@ pub async fn run(
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(|| async { error::ApiError::new(tonic::Code::NotFound, "no such route") })
+        .method_not_allowed_fallback(|| async { error::ApiError::method_not_allowed() })
         .layer(middleware::from_fn_with_state(state.clone(), limits::limit))
         .layer(middleware::from_fn_with_state(
             state.clone(),

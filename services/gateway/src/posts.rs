@@ -10,9 +10,9 @@ use axum::{
 use prost_types::FieldMask;
 use social_proto::{
     engagement::v1::{
-        Comment as WireComment, CreateCommentRequest, DeleteCommentRequest, LikeCommentRequest,
-        LikePostRequest, ListCommentsRequest, ListPostLikesRequest, UnlikeCommentRequest,
-        UnlikePostRequest, UpdateCommentRequest,
+        Comment as WireComment, CreateCommentRequest, DeleteCommentRequest, GetCommentRequest,
+        LikeCommentRequest, LikePostRequest, ListCommentsRequest, ListPostLikesRequest,
+        UnlikeCommentRequest, UnlikePostRequest, UpdateCommentRequest,
         engagement_service_client::EngagementServiceClient,
     },
     post::v1::{
@@ -39,7 +39,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(like_post, unlike_post))
         .routes(routes!(post_likes))
         .routes(routes!(comments, create_comment))
-        .routes(routes!(change_comment, delete_comment))
+        .routes(routes!(get_comment, change_comment, delete_comment))
         .routes(routes!(like_comment, unlike_comment))
 }
 
@@ -427,6 +427,29 @@ async fn create_comment(
     let location = format!("/v1/comments/{}", comment.id);
     let comment = comments_with_authors(&state, &who, vec![comment]).await?;
     Ok(created(location, comment.into_iter().next()))
+}
+
+/// One comment, with its author.
+#[utoipa::path(get, path = "/v1/comments/{id}", tag = "comments",
+    params(("id" = String, Path, pattern = "^[0-9a-f]{24}$")),
+    responses((status = 200, body = Comment), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn get_comment(
+    State(state): State<AppState>,
+    who: Identity,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Comment>> {
+    let peer = &state.services.engagement;
+    let c = call!(
+        state,
+        engagement,
+        engagement(&state).get_comment(who.request(peer, GetCommentRequest { id }))
+    )?;
+    let comment = comments_with_authors(&state, &who, vec![c]).await?;
+    comment
+        .into_iter()
+        .next()
+        .map(Json)
+        .ok_or_else(|| ApiError::new(tonic::Code::NotFound, "comment not found"))
 }
 
 /// Changes the caller's comment: the fields present.
