@@ -125,9 +125,22 @@ where
     R: FnOnce(TcpListener, CancellationToken) -> F,
     F: Future<Output = anyhow::Result<()>> + Send + 'static,
 {
+    start_on(bind().await, run).await
+}
+
+/// A listener on an ephemeral port, for [`start_on`] (its address known beforehand).
+pub async fn bind() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0").await.expect("bind")
+}
+
+/// [`start`] on `listener`.
+pub async fn start_on<R, F>(listener: TcpListener, run: R) -> Running
+where
+    R: FnOnce(TcpListener, CancellationToken) -> F,
+    F: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
     social_kit::telemetry::init_for_tests();
     queries::install();
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("local addr");
     let shutdown = CancellationToken::new();
     let handle = tokio::spawn(run(listener, shutdown.clone()));

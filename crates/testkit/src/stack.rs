@@ -74,11 +74,30 @@ impl Stack {
         if let Some(url) = options.user_amqp_url {
             user_events.amqp_url = url;
         }
-        let user = start_user(&database, &user_events).await;
-        let url = options
+        // The others' addresses first: the user service asks them for an account's
+        // export, as they ask it for accounts.
+        let (graph_at, post_at, engagement_at) = (
+            crate::bind().await,
+            crate::bind().await,
+            crate::bind().await,
+        );
+        let url =
+            |l: &tokio::net::TcpListener| format!("http://{}", l.local_addr().expect("bound"));
+        let mut config = social_user::Config::for_tests(&uri, &database, user_events);
+        config.graph_service = peer("social-graph service", url(&graph_at));
+        config.post_service = peer("post service", url(&post_at));
+        config.engagement_service = peer("engagement service", url(&engagement_at));
+        let user = crate::start(|l, s| social_user::run(config, l, s)).await;
+        let user_url = options
             .user_url_for_graph
             .unwrap_or_else(|| format!("http://{}", user.addr));
-        let graph = start_graph(&database, &events, &url, timeout).await;
+        let config = social_graph::Config::for_tests(
+            &uri,
+            &database,
+            peer("user service", user_url),
+            events.clone(),
+        );
+        let graph = crate::start_on(graph_at, |l, s| social_graph::run(config, l, s)).await;
         let url = options
             .graph_url_for_post
             .unwrap_or_else(|| format!("http://{}", graph.addr));
@@ -89,7 +108,7 @@ impl Stack {
             events.clone(),
         );
         config.user_service = peer("user service", format!("http://{}", user.addr));
-        let post = start(|l, s| social_post::run(config, l, s)).await;
+        let post = crate::start_on(post_at, |l, s| social_post::run(config, l, s)).await;
         let mut engagement_events = events.clone();
         if let Some(url) = options.engagement_amqp_url {
             engagement_events.amqp_url = url;
@@ -101,7 +120,8 @@ impl Stack {
             engagement_events,
         );
         config.user_service = peer("user service", format!("http://{}", user.addr));
-        let engagement = start(|l, s| social_engagement::run(config, l, s)).await;
+        let engagement =
+            crate::start_on(engagement_at, |l, s| social_engagement::run(config, l, s)).await;
         let notification = start_notification(&database, &events, user.addr, true, timeout).await;
         Self {
             events,

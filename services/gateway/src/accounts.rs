@@ -8,10 +8,10 @@ use axum::{
 };
 use prost_types::FieldMask;
 use social_proto::user::v1::{
-    ChangePasswordRequest, DeleteAccountRequest, GetUserByUsernameRequest, GetUserRequest,
-    ListSessionsRequest, LoginRequest, LogoutRequest, RefreshSessionRequest, RegisterRequest,
-    RevokeOtherSessionsRequest, RevokeSessionRequest, UpdateUserRequest, User as WireUser,
-    user_service_client::UserServiceClient,
+    ChangePasswordRequest, DeleteAccountRequest, ExportAccountRequest, ExportRecord,
+    GetUserByUsernameRequest, GetUserRequest, ListSessionsRequest, LoginRequest, LogoutRequest,
+    RefreshSessionRequest, RegisterRequest, RevokeOtherSessionsRequest, RevokeSessionRequest,
+    UpdateUserRequest, User as WireUser, user_service_client::UserServiceClient,
 };
 use utoipa_axum::{router::OpenApiRouter, routes};
 
@@ -36,6 +36,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(get_user_by_username))
         .routes(routes!(me, change_me, delete_me))
         .routes(routes!(change_password))
+        .routes(routes!(export_me))
 }
 
 fn client(state: &AppState) -> UserServiceClient<tonic::transport::Channel> {
@@ -274,6 +275,66 @@ async fn me(State(state): State<AppState>, who: Identity) -> ApiResult<Json<User
     };
     let u = user_call!(state, client(&state).get_user(who.request(peer, request)))?;
     Ok(Json(u.into()))
+}
+
+/// How long an export may run (it reads everything of the account).
+const EXPORT_WITHIN: std::time::Duration = std::time::Duration::from_secs(600);
+/// How long starting one may take.
+const EXPORT_OPEN_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// One record of an export as a line of JSON: `{"profile": ...}` and the like.
+fn export_line(record: ExportRecord) -> Option<axum::body::Bytes> {
+    use social_proto::user::v1::export_record::Record;
+    let value = match record.record? {
+        Record::Profile(u) => serde_json::json!({ "profile": User::from(u) }),
+        Record::Post(p) => serde_json::json!({ "post": crate::model::Post::from(p) }),
+        Record::Like(l) => serde_json::json!({ "like": crate::model::Like::from(l) }),
+        Record::Comment(c) => serde_json::json!({ "comment": crate::model::Comment::from(c) }),
+        Record::Follow(f) => serde_json::json!({ "follow": crate::model::Follow::from(f) }),
+    };
+    let mut line = serde_json::to_vec(&value).ok()?;
+    line.push(b'\n');
+    Some(line.into())
+}
+
+/// Everything of the caller's account, to take away (data portability): newline-delimited
+/// JSON, one record per line, streamed as the user service reads it: `{"profile": ...}`
+/// first (with the email), then every `{"post": ...}`, `{"like": ...}`,
+/// `{"comment": ...}` and `{"follow": ...}` (both ways), each in the shape the other
+/// routes answer. A transfer that breaks off (it ends without its last chunk) is to be
+/// asked again.
+#[utoipa::path(get, path = "/v1/me/export", tag = "users", security(("bearer" = [])),
+    responses((status = 200, content_type = "application/x-ndjson", description = "one record per line"),
+        (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn export_me(State(state): State<AppState>, who: Identity) -> ApiResult<Response> {
+    use futures::StreamExt;
+    who.account()?;
+    let peer = &state.services.users;
+    let mut request = who.request(peer, ExportAccountRequest {});
+    request.set_timeout(EXPORT_WITHIN);
+    let opened = tokio::time::timeout(EXPORT_OPEN_WITHIN, client(&state).export_account(request))
+        .await
+        .map_err(|_| {
+            ApiError::upstream(
+                peer,
+                tonic::Status::deadline_exceeded("starting the export"),
+            )
+        })?
+        .map_err(|s| ApiError::upstream(peer, s))?
+        .into_inner();
+    let lines = opened.filter_map(|record| async move {
+        match record {
+            Ok(record) => export_line(record).map(Ok),
+            Err(status) => {
+                tracing::warn!(%status, "an export broke off");
+                Some(Err(std::io::Error::other(status.message().to_owned())))
+            }
+        }
+    });
+    Response::builder()
+        .header(axum::http::header::CONTENT_TYPE, "application/x-ndjson")
+        .body(axum::body::Body::from_stream(lines))
+        .map_err(|_| ApiError::new(tonic::Code::Internal, "internal error"))
 }
 
 /// Changes the caller's profile: the fields present.

@@ -574,3 +574,72 @@ async fn authors_and_actors_come_in_one_batch_per_page() {
     assert_eq!(following.body["items"].as_array().unwrap().len(), 3);
     assert_eq!(users.take(batch), 1);
 }
+
+#[tokio::test]
+async fn an_account_exports_as_one_json_record_per_line() {
+    let app = App::start().await;
+    let (_, alice) = app.sign_up("alice").await;
+    let (bob_id, _) = app.sign_up("bob").await;
+    let post = app
+        .call(
+            Method::POST,
+            "/v1/posts",
+            Some(&alice),
+            Some(json!({"content": "mine"})),
+        )
+        .await;
+    let post_id = post.body["id"].as_str().unwrap().to_owned();
+    let comment = app
+        .call(
+            Method::POST,
+            &format!("/v1/posts/{post_id}/comments"),
+            Some(&alice),
+            Some(json!({"content": "and my comment"})),
+        )
+        .await;
+    assert_eq!(comment.status, StatusCode::CREATED, "{}", comment.body);
+    let like = format!("/v1/posts/{post_id}/like");
+    assert!(
+        app.call(Method::PUT, &like, Some(&alice), None)
+            .await
+            .status
+            .is_success()
+    );
+    let follow = format!("/v1/users/{bob_id}/follow");
+    assert!(
+        app.call(Method::PUT, &follow, Some(&alice), None)
+            .await
+            .status
+            .is_success()
+    );
+
+    let export = app
+        .http
+        .get(app.url("/v1/me/export"))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(export.status(), StatusCode::OK);
+    assert_eq!(export.headers()["content-type"], "application/x-ndjson");
+    let text = export.text().await.unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[0]["profile"]["email"], "alice@example.com", "{text}");
+    let kinds: std::collections::BTreeSet<&str> = lines
+        .iter()
+        .filter_map(|l| l.as_object()?.keys().next().map(String::as_str))
+        .collect();
+    assert_eq!(
+        kinds.into_iter().collect::<Vec<_>>(),
+        ["comment", "follow", "like", "post", "profile"],
+        "{text}"
+    );
+    assert!(text.contains("and my comment"));
+    // Nobody else's: it needs a token.
+    app.get("/v1/me/export", None)
+        .await
+        .error(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED");
+}
