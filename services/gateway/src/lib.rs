@@ -445,6 +445,60 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
+/// The OpenAPI document as served: written once, and gzipped once, at start-up. Every
+/// request for it is a copy of the same bytes: compressing ~100 KiB again for each
+/// (the document is outside the rate limits) would be CPU for anyone to take.
+#[derive(Clone)]
+struct Document {
+    plain: axum::body::Bytes,
+    gzip: Option<axum::body::Bytes>,
+}
+
+impl Document {
+    fn new(json: Vec<u8>) -> Self {
+        use std::io::Write;
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        let gzip = encoder
+            .write_all(&json)
+            .and_then(|()| encoder.finish())
+            .ok()
+            .map(Into::into);
+        Self {
+            plain: json.into(),
+            gzip,
+        }
+    }
+
+    /// The document, gzipped if `headers` accept it.
+    fn answer(&self, headers: &axum::http::HeaderMap) -> axum::response::Response {
+        let gzip_accepted = headers
+            .get_all(header::ACCEPT_ENCODING)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|coding| {
+                let mut parts = coding.split(';');
+                let name = parts.next().unwrap_or_default().trim();
+                let refused = parts.any(|p| {
+                    let p = p.trim();
+                    p == "q=0" || p == "q=0.0" || p == "q=0.00" || p == "q=0.000"
+                });
+                name.eq_ignore_ascii_case("gzip") && !refused
+            });
+        let vary = (header::VARY, "accept-encoding");
+        let json = (header::CONTENT_TYPE, "application/json");
+        match &self.gzip {
+            // Already encoded: the compression layer leaves it as it is.
+            Some(gzip) if gzip_accepted => (
+                [json, vary, (header::CONTENT_ENCODING, "gzip")],
+                gzip.clone(),
+            )
+                .into_response(),
+            _ => ([json, vary], self.plain.clone()).into_response(),
+        }
+    }
+}
+
 /// Serves the gateway on `listener` until `shutdown` is cancelled.
 pub async fn run(
     config: Config,
@@ -484,8 +538,7 @@ pub async fn run(
         }),
     };
     let (routes, openapi) = api();
-    // Written once: every request for it is a copy of the same bytes.
-    let openapi = axum::body::Bytes::from(serde_json::to_vec(&openapi)?);
+    let openapi = Document::new(serde_json::to_vec(&openapi)?);
     let request_id = HeaderName::from_static("x-request-id");
     let cors = CorsLayer::new()
         .allow_origin(AllowOrigin::list(
@@ -519,9 +572,9 @@ pub async fn run(
     let app = routes
         .route(
             "/openapi.json",
-            get(move || {
+            get(move |headers: axum::http::HeaderMap| {
                 let openapi = openapi.clone();
-                async move { ([(header::CONTENT_TYPE, "application/json")], openapi) }
+                async move { openapi.answer(&headers) }
             }),
         )
         .route("/healthz", get(healthz))

@@ -243,6 +243,43 @@ async fn with_the_notification_service_down_logins_posts_and_feeds_go_on() {
 #[tokio::test]
 async fn the_openapi_document_lists_every_route_with_its_errors() {
     let app = App::start().await;
+    // Gzipped once at start-up: the same bytes, of a known length, every time (a
+    // response compressed per request is sent in chunks, without one).
+    let mut gzipped = Vec::new();
+    for _ in 0..2 {
+        let a = app
+            .http
+            .get(app.url("/openapi.json"))
+            .header("accept-encoding", "gzip, br;q=0.5")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(a.headers()["content-encoding"], "gzip");
+        let length: usize = a.headers()["content-length"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let body = a.bytes().await.unwrap().to_vec();
+        assert_eq!(body.len(), length);
+        gzipped.push(body);
+    }
+    assert_eq!(gzipped[0], gzipped[1]);
+    let mut plain = String::new();
+    std::io::Read::read_to_string(
+        &mut flate2::read::GzDecoder::new(&gzipped[0][..]),
+        &mut plain,
+    )
+    .unwrap();
+    let refused = app
+        .http
+        .get(app.url("/openapi.json"))
+        .header("accept-encoding", "gzip;q=0")
+        .send()
+        .await
+        .unwrap();
+    assert!(refused.headers().get("content-encoding").is_none());
+    assert_eq!(refused.text().await.unwrap(), plain);
     assert_eq!(app.get("/readyz", None).await.status, StatusCode::OK);
     let doc = app.get("/openapi.json", None).await.body;
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
