@@ -15,8 +15,9 @@
 //! then carry on with the stream; its id is a resume point at that moment. Each list page
 //! a resume reads after the first is charged to the account's rate limit like a request
 //! (past it, a resync).
-//! Notifications removed while the client was away are not announced: its reload or
-//! next list shows them gone.
+//! Notifications removed while the client was away are not paged: when any of the
+//! caller's were removed after its resume point (the notification service records when,
+//! for two days), the client gets `event: resync` and its reload shows them gone.
 //!
 //! **A client that stops reading costs nobody else.** The service's stream is read as
 //! fast as it sends, never at the client's pace: what the client has not taken waits in
@@ -569,6 +570,14 @@ async fn missed_since(
             .call(client(state).list_notifications(who.request(peer, request)))
             .await
             .map_err(|s| ApiError::upstream(peer, s))?;
+        // Something was removed after the client's point: it may still show it, and
+        // removals are not paged: it reloads.
+        let removed_ms = page.last_removal_at.as_ref().map_or(0, |t| {
+            t.seconds.saturating_mul(1000) + i64::from(t.nanos) / 1_000_000
+        });
+        if removed_ms > point.newest_ms {
+            return Ok(None);
+        }
         for n in page.notifications {
             if created_ms(&n) < floor {
                 missed.reverse();

@@ -145,11 +145,17 @@ impl NotificationService for Api {
         );
         let page = PageRequest::parse(r.page_size, &r.page_token, query, &mut v);
         v.finish()?;
+        let last_removal_at = if r.page_token.is_empty() {
+            self.store.last_removal(me).await?.map(to_timestamp)
+        } else {
+            None
+        };
         let docs = self.store.list(me, &filter, &page).await?;
         let (docs, next_page_token) = page.finish(docs, |n| n.sort_key);
         Ok(Response::new(ListNotificationsResponse {
             notifications: docs.into_iter().map(Into::into).collect(),
             next_page_token,
+            last_removal_at,
         }))
     }
 

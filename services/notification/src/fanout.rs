@@ -383,8 +383,19 @@ impl Fanout {
         .await
     }
 
-    /// Sends `batch` to every replica's streams.
+    /// Sends `batch` to every replica's streams. Its removals are recorded first, per
+    /// recipient: a client whose stream misses the push (away, reconnecting) is told to
+    /// reload when it resumes (`ListNotificationsResponse.last_removal_at`).
     async fn push_batch(&self, batch: &LiveBatch) -> anyhow::Result<()> {
+        let mut losing: Vec<ObjectId> = batch
+            .notifications
+            .iter()
+            .filter(|n| n.removed)
+            .filter_map(|n| ObjectId::parse_str(&n.user_id).ok())
+            .collect();
+        losing.sort_unstable();
+        losing.dedup();
+        self.store.note_removals(&losing).await?;
         self.broadcaster
             .publish(STORED, &batch.encode_to_vec())
             .await

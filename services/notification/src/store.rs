@@ -17,6 +17,19 @@ pub const COLLECTION: &str = "notifications";
 pub const REMOVED: &str = "removed_targets";
 /// Likes and follows taken back (see [`Store::undo`]).
 pub const UNDONE: &str = "undone_actions";
+/// When each recipient's notifications were last removed (see [`Store::note_removals`]).
+pub const REMOVALS: &str = "removal_marks";
+/// How long a removal is remembered: past the longest resume (a day), a client resyncs
+/// whatever happened.
+const REMOVALS_KEPT: std::time::Duration = std::time::Duration::from_secs(2 * 24 * 3600);
+
+/// The last time a recipient's notifications were removed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RemovalMark {
+    #[serde(rename = "_id")]
+    user_id: ObjectId,
+    at: DateTime,
+}
 
 /// A deleted post (`post:<id>`) or comment (`comment:<id>`), remembered long enough to
 /// outlive any redelivery or late event about it.
@@ -124,6 +137,7 @@ pub struct Store {
     notifications: Collection<NotificationDoc>,
     removed: Collection<Removed>,
     undone: Collection<Undone>,
+    removals: Collection<RemovalMark>,
     /// The groups notifications are shown in.
     pub groups: crate::groups::Groups,
     /// Deleted accounts (see `social_events::removed_users`).
@@ -138,6 +152,7 @@ impl Store {
             notifications: db.collection(COLLECTION),
             removed: db.collection(REMOVED),
             undone: db.collection(UNDONE),
+            removals: db.collection(REMOVALS),
             groups: crate::groups::Groups::new(db),
             removed_users: RemovedUsers::new(db, "notification"),
         }
@@ -200,6 +215,12 @@ impl Store {
         )
         .await?;
         mongo::ensure_indexes(
+            &self.removals,
+            vec![mongo::ttl_index("removals_ttl", "at", REMOVALS_KEPT)],
+            stand_in,
+        )
+        .await?;
+        mongo::ensure_indexes(
             &self.removed,
             vec![mongo::ttl_index(
                 "removed_ttl",
@@ -237,6 +258,28 @@ impl Store {
         };
         mongo::insert_once(&self.removed, &tombstone).await?;
         Ok(())
+    }
+
+    /// Records that notifications of `users` are being removed, before their removal
+    /// is pushed: a client whose stream missed the push resumes after this.
+    pub async fn note_removals(&self, users: &[ObjectId]) -> Result<()> {
+        let now = DateTime::now();
+        for user in users {
+            self.removals
+                .update_one(doc! { "_id": user }, doc! { "$max": { "at": now } })
+                .upsert(true)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// When notifications of `user` were last removed, if within [`REMOVALS_KEPT`].
+    pub async fn last_removal(&self, user: ObjectId) -> Result<Option<DateTime>> {
+        Ok(self
+            .removals
+            .find_one(doc! { "_id": user })
+            .await?
+            .map(|m| m.at))
     }
 
     /// Whether any of `keys` was deleted.

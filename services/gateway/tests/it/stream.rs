@@ -488,6 +488,32 @@ async fn a_post_with_600_notifications_deleted_sends_their_removals_and_the_stre
 }
 
 #[tokio::test]
+async fn a_removal_missed_while_away_makes_the_resume_a_resync() {
+    let app = App::start().await;
+    let (alice_id, alice) = app.sign_up("alice").await;
+    let (_, bob) = app.sign_up("bob").await;
+    let follow = format!("/v1/users/{alice_id}/follow");
+    let mut stream = Sse::open(&app, &alice, None).await;
+    app.call(Method::PUT, &follow, Some(&bob), None).await;
+    let followed = stream
+        .next(Duration::from_secs(15))
+        .await
+        .expect("the follow");
+    assert_eq!(followed.data["type"], "FOLLOW");
+    drop(stream);
+    // While she is away, bob takes it back: the notification goes.
+    app.call(Method::DELETE, &follow, Some(&bob), None).await;
+    app.eventually("/v1/notifications", &alice, |n| {
+        n["items"].as_array().is_some_and(Vec::is_empty)
+    })
+    .await;
+    // Her resume cannot page a removal: it tells her to reload.
+    let mut stream = Sse::open(&app, &alice, Some(&followed.id)).await;
+    let first = stream.next(Duration::from_secs(5)).await.expect("an event");
+    assert_eq!(first.kind, "resync");
+}
+
+#[tokio::test]
 async fn a_resume_point_too_old_to_page_back_to_asks_for_a_resync() {
     let app = App::start().await;
     let (_, alice) = app.sign_up("alice").await;
