@@ -142,6 +142,7 @@ impl Config {
                 account: parse_or("GATEWAY_RATE_ACCOUNT", Rate::per(1200, 300))?,
                 login: parse_or("GATEWAY_RATE_LOGIN", Rate::per(30, 300))?,
                 signup: parse_or("GATEWAY_RATE_SIGNUP", Rate::per(10, 3600))?,
+                export: parse_or("GATEWAY_RATE_EXPORT", Rate::per(5, 3600))?,
             },
             aggregates: limits::Aggregates {
                 per_56: parse_or("GATEWAY_RATE_IPV6_56_FACTOR", 4)?,
@@ -182,6 +183,7 @@ impl Config {
                 account: Rate::per(1200, 300),
                 login: Rate::per(30, 300),
                 signup: Rate::per(100, 3600),
+                export: Rate::per(5, 3600),
             },
             aggregates: limits::Aggregates::default(),
             trusted_proxies: Vec::new(),

@@ -75,6 +75,9 @@ pub struct Rates {
     pub login: Rate,
     /// `GATEWAY_RATE_SIGNUP` (10/3600s): per address, `POST /v1/accounts`.
     pub signup: Rate,
+    /// `GATEWAY_RATE_EXPORT` (5/3600s): per account, `GET /v1/me/export` (it reads
+    /// everything of the account).
+    pub export: Rate,
 }
 
 type Limiter<K> = RateLimiter<
@@ -240,6 +243,7 @@ pub struct Limits {
     account: Bucket<bson::oid::ObjectId>,
     login: AddressBuckets,
     signup: AddressBuckets,
+    export: Bucket<bson::oid::ObjectId>,
     rates: Rates,
     caps: StreamCaps,
     streams: Mutex<OpenStreams>,
@@ -252,6 +256,7 @@ impl Limits {
             account: Bucket::new(rates.account),
             login: AddressBuckets::new(rates.login, aggregates),
             signup: AddressBuckets::new(rates.signup, aggregates),
+            export: Bucket::new(rates.export),
             rates,
             caps,
             streams: Mutex::default(),
@@ -299,6 +304,7 @@ impl Limits {
         self.account.limiter.retain_recent();
         self.login.prune();
         self.signup.prune();
+        self.export.limiter.retain_recent();
     }
 
     /// Charges one more request to `who`'s account (work a request does on its behalf
@@ -316,6 +322,10 @@ impl Limits {
             (&Method::POST, "/v1/sessions" | "/v1/sessions/refresh")
             | (&Method::PUT, "/v1/me/password")
             | (&Method::DELETE, "/v1/me") => (self.rates.login, self.login.check(who.ip)),
+            (&Method::GET, "/v1/me/export") => match who.caller {
+                Some(caller) => (self.rates.export, self.export.check(&caller.user)),
+                None => (self.rates.anonymous, self.anonymous.check(who.ip)),
+            },
             _ => match who.caller {
                 Some(caller) => (self.account.rate, self.account.check(&caller.user)),
                 None => (self.rates.anonymous, self.anonymous.check(who.ip)),
@@ -513,6 +523,7 @@ mod tests {
                 account: Rate::per(2, 60),
                 login: Rate::per(2, 60),
                 signup: Rate::per(2, 60),
+                export: Rate::per(2, 60),
             },
             Aggregates::default(),
             StreamCaps::default(),
@@ -562,6 +573,7 @@ mod tests {
                 account: Rate::per(2, 60),
                 login: Rate::per(2, 60),
                 signup: Rate::per(2, 60),
+                export: Rate::per(2, 60),
             },
             Aggregates::default(),
             StreamCaps {

@@ -577,7 +577,7 @@ async fn authors_and_actors_come_in_one_batch_per_page() {
 
 #[tokio::test]
 async fn an_account_exports_as_one_json_record_per_line() {
-    let app = App::start().await;
+    let app = App::start_with(|c| c.rates.export = social_gateway::Rate::per(1, 3600)).await;
     let (_, alice) = app.sign_up("alice").await;
     let (bob_id, _) = app.sign_up("bob").await;
     let post = app
@@ -638,6 +638,10 @@ async fn an_account_exports_as_one_json_record_per_line() {
         "{text}"
     );
     assert!(text.contains("and my comment"));
+    // It reads everything of the account: a limit of its own, per account.
+    let again = app.get("/v1/me/export", Some(&alice)).await;
+    again.error(StatusCode::TOO_MANY_REQUESTS, "RESOURCE_EXHAUSTED");
+    assert!(app.get("/v1/me", Some(&alice)).await.status.is_success());
     // Nobody else's: it needs a token.
     app.get("/v1/me/export", None)
         .await
