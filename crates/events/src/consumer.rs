@@ -116,11 +116,9 @@ const SAFE_WHENEVER: &[(&str, &[&str])] = &[
     ("deletion.account.cleared", &[]),
 ];
 
-/// How old `event` is, if it is too old for `service` to apply (see [`MAX_EVENT_AGE`]).
-/// Its type is read from its payload: a copy re-queued by [`requeue`] arrives with the
-/// queue's name as its routing key.
-fn too_late(event: &Envelope, service: &str) -> Option<Duration> {
-    let kind = crate::envelope::routing_key(event.payload.as_ref()?);
+/// How old `event`, of type `kind`, is, if it is too old for `service` to apply (see
+/// [`MAX_EVENT_AGE`]).
+fn too_late(event: &Envelope, kind: &str, service: &str) -> Option<Duration> {
     if SAFE_WHENEVER
         .iter()
         .any(|(k, but)| *k == kind && !but.contains(&service))
@@ -337,17 +335,19 @@ async fn handle(with: &Handling, delivery: Delivery) {
         social_kit::metrics::event(queue, &key, outcome, started.elapsed().as_secs_f64());
     };
     async move {
-        let envelope = match Envelope::decode(delivery.data.as_slice()) {
-            Ok(e) if e.payload.is_some() => e,
-            _ => {
-                tracing::error!("undecodable message; dead-lettering it");
-                reject(&delivery, false).await;
-                done("dead_lettered");
-                return;
-            }
+        // Its type from its payload: a copy re-queued by `requeue` arrives with the
+        // queue's name as its routing key.
+        let decoded = Envelope::decode(delivery.data.as_slice())
+            .ok()
+            .and_then(|e| Some((e.payload.as_ref().map(crate::envelope::routing_key)?, e)));
+        let Some((kind, envelope)) = decoded else {
+            tracing::error!("undecodable message; dead-lettering it");
+            reject(&delivery, false).await;
+            done("dead_lettered");
+            return;
         };
         tracing::Span::current().record("event_id", envelope.event_id.as_str());
-        if let Some(age) = too_late(&envelope, service) {
+        if let Some(age) = too_late(&envelope, kind, service) {
             tracing::error!(
                 age_days = age.as_secs() / 86_400,
                 "an event older than the consumers' memory of what they applied; \
@@ -358,12 +358,6 @@ async fn handle(with: &Handling, delivery: Delivery) {
             return;
         }
         let attempt = attempt_of(&delivery);
-        // The event's type, from its payload (a re-queued copy's routing key is the
-        // queue's name); decoded above, so the payload is there.
-        let kind = envelope
-            .payload
-            .as_ref()
-            .map_or("", crate::envelope::routing_key);
         let mut delays =
             crate::connection::backoff(Duration::from_millis(200), TRANSIENT_MAX_DELAY);
         let held_since = Instant::now();
@@ -512,14 +506,16 @@ mod tests {
         for payload in deletions {
             let kind = crate::envelope::routing_key(&payload);
             assert!(
-                too_late(&a_month_old(payload), "engagement").is_none(),
+                too_late(&a_month_old(payload), kind, "engagement").is_none(),
                 "{kind}"
             );
         }
         let like = Payload::PostLiked(pb::PostLiked::default());
-        assert!(too_late(&a_month_old(like), "notification").is_some());
+        let kind = crate::envelope::routing_key(&like);
+        assert!(too_late(&a_month_old(like), kind, "notification").is_some());
         // A step of a counter whose memory of what it applied is 30 days: not that late.
         let comment = Payload::CommentDeleted(pb::CommentDeleted::default());
-        assert!(too_late(&a_month_old(comment), "post").is_some());
+        let kind = crate::envelope::routing_key(&comment);
+        assert!(too_late(&a_month_old(comment), kind, "post").is_some());
     }
 }

@@ -47,6 +47,24 @@ where
     }
 }
 
+/// Reads and parses `var` (`default` when unset) as a count or a length that must be at
+/// least 1: a 0 would refuse or end everything.
+pub fn at_least_one_or<T>(var: &str, default: T) -> Result<T, ConfigError>
+where
+    T: FromStr + Display + PartialOrd + From<u8>,
+    T::Err: Display,
+{
+    let value = parse_or(var, default)?;
+    if value < T::from(1) {
+        return Err(ConfigError {
+            var: var.to_owned(),
+            value: value.to_string(),
+            reason: "must be at least 1".into(),
+        });
+    }
+    Ok(value)
+}
+
 /// Parses `value`, set for `var`: an error naming both when it does not parse.
 fn parse_value<T>(var: &str, value: String) -> Result<T, ConfigError>
 where

@@ -279,8 +279,6 @@ async fn me(State(state): State<AppState>, who: Identity) -> ApiResult<Json<User
 
 /// How long an export may run (it reads everything of the account).
 const EXPORT_WITHIN: std::time::Duration = std::time::Duration::from_secs(600);
-/// How long starting one may take.
-const EXPORT_OPEN_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// One record of an export as a line of JSON: `{"profile": ...}` and the like.
 fn export_line(record: ExportRecord) -> Option<axum::body::Bytes> {
@@ -310,18 +308,13 @@ async fn export_me(State(state): State<AppState>, who: Identity) -> ApiResult<Re
     use futures::StreamExt;
     who.account()?;
     let peer = &state.services.users;
-    let mut request = who.request(peer, ExportAccountRequest {});
-    request.set_timeout(EXPORT_WITHIN);
-    let opened = tokio::time::timeout(EXPORT_OPEN_WITHIN, client(&state).export_account(request))
-        .await
-        .map_err(|_| {
-            ApiError::upstream(
-                peer,
-                tonic::Status::deadline_exceeded("starting the export"),
-            )
-        })?
-        .map_err(|s| ApiError::upstream(peer, s))?
-        .into_inner();
+    let request = who.request(peer, ExportAccountRequest {});
+    let mut users = client(&state);
+    let opened =
+        crate::context::open_stream(peer, "starting the export", request, EXPORT_WITHIN, |r| {
+            users.export_account(r)
+        })
+        .await?;
     let lines = opened.filter_map(|record| async move {
         match record {
             Ok(record) => export_line(record).map(Ok),

@@ -239,6 +239,30 @@ pub fn created<T: serde::Serialize>(location: String, body: T) -> Response {
     response
 }
 
+/// How long opening a peer's server-streaming call may take (the call's own deadline is
+/// the stream's whole life).
+const OPEN_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Opens the server-streaming call `request` of `peer` made with `open`: it may run for
+/// `life`, and must start within [`OPEN_WITHIN`] (`what` names it in the error).
+pub async fn open_stream<M, T, F>(
+    peer: &Peer,
+    what: &str,
+    mut request: tonic::Request<M>,
+    life: std::time::Duration,
+    open: impl FnOnce(tonic::Request<M>) -> F,
+) -> ApiResult<tonic::Streaming<T>>
+where
+    F: Future<Output = Result<tonic::Response<tonic::Streaming<T>>, tonic::Status>>,
+{
+    request.set_timeout(life);
+    tokio::time::timeout(OPEN_WITHIN, open(request))
+        .await
+        .map_err(|_| ApiError::upstream(peer, tonic::Status::deadline_exceeded(what)))?
+        .map(tonic::Response::into_inner)
+        .map_err(|s| ApiError::upstream(peer, s))
+}
+
 /// The accounts of `ids`, in one call to the user service (missing ones are absent).
 pub async fn accounts(
     services: &Services,

@@ -36,7 +36,7 @@ pub use server::Timeouts;
 use social_kit::{
     auth::TokenVerifier,
     client::Peer,
-    config::{CommonConfig, ConfigError, optional, parse_or},
+    config::{CommonConfig, ConfigError, at_least_one_or, optional, parse_or},
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -152,12 +152,15 @@ impl Config {
             cors_origins: list("GATEWAY_CORS_ORIGINS"),
             max_body_bytes: parse_or("GATEWAY_MAX_BODY_BYTES", 64 * 1024)?,
             streams: StreamCaps {
-                per_account: at_least_one("GATEWAY_STREAMS_PER_ACCOUNT", 5)?,
-                per_address: at_least_one("GATEWAY_STREAMS_PER_ADDRESS", 1000)?,
+                per_account: at_least_one_or("GATEWAY_STREAMS_PER_ACCOUNT", 5)?,
+                per_address: at_least_one_or("GATEWAY_STREAMS_PER_ADDRESS", 1000)?,
             },
             timeouts: Timeouts {
-                headers: Duration::from_secs(at_least_one("GATEWAY_HEADER_TIMEOUT_SECS", 75)?),
-                write_stall: Duration::from_secs(at_least_one("GATEWAY_WRITE_TIMEOUT_SECS", 30)?),
+                headers: Duration::from_secs(at_least_one_or("GATEWAY_HEADER_TIMEOUT_SECS", 75)?),
+                write_stall: Duration::from_secs(at_least_one_or(
+                    "GATEWAY_WRITE_TIMEOUT_SECS",
+                    30,
+                )?),
             },
         })
     }
@@ -193,23 +196,6 @@ impl Config {
             timeouts: Timeouts::default(),
         }
     }
-}
-
-/// `var` as a number, `default` when unset; 0 is refused (it would refuse everything).
-fn at_least_one<T>(var: &str, default: T) -> Result<T, ConfigError>
-where
-    T: std::str::FromStr + PartialOrd + From<u8> + Copy,
-    T::Err: std::fmt::Display,
-{
-    let value: T = parse_or(var, default)?;
-    if value < T::from(1) {
-        return Err(ConfigError {
-            var: var.into(),
-            value: "0".into(),
-            reason: "must be at least 1".into(),
-        });
-    }
-    Ok(value)
 }
 
 impl Rate {
@@ -481,9 +467,12 @@ impl Document {
             .any(|coding| {
                 let mut parts = coding.split(';');
                 let name = parts.next().unwrap_or_default().trim();
+                // `q=0` (written with up to three decimals) refuses it.
                 let refused = parts.any(|p| {
-                    let p = p.trim();
-                    p == "q=0" || p == "q=0.0" || p == "q=0.00" || p == "q=0.000"
+                    p.trim()
+                        .strip_prefix("q=")
+                        .and_then(|q| q.parse::<f32>().ok())
+                        == Some(0.0)
                 });
                 name.eq_ignore_ascii_case("gzip") && !refused
             });

@@ -515,19 +515,21 @@ mod tests {
         assert_eq!(client_ip(direct, &forwarded("1.2.3.4"), &trusted), direct);
     }
 
+    /// Every rate at 2 a minute.
+    fn two_a_minute() -> Rates {
+        let rate = Rate::per(2, 60);
+        Rates {
+            anonymous: rate,
+            account: rate,
+            login: rate,
+            signup: rate,
+            export: rate,
+        }
+    }
+
     #[test]
     fn a_48_rotating_its_64s_and_56s_is_limited_as_a_whole() {
-        let limits = Limits::new(
-            Rates {
-                anonymous: Rate::per(2, 60),
-                account: Rate::per(2, 60),
-                login: Rate::per(2, 60),
-                signup: Rate::per(2, 60),
-                export: Rate::per(2, 60),
-            },
-            Aggregates::default(),
-            StreamCaps::default(),
-        );
+        let limits = Limits::new(two_a_minute(), Aggregates::default(), StreamCaps::default());
         let who = |ip: &str| Identity {
             ip: ip.parse().unwrap(),
             caller: None,
@@ -568,13 +570,7 @@ mod tests {
     #[test]
     fn streams_are_capped_per_account_and_per_address_until_they_close() {
         let limits = Arc::new(Limits::new(
-            Rates {
-                anonymous: Rate::per(2, 60),
-                account: Rate::per(2, 60),
-                login: Rate::per(2, 60),
-                signup: Rate::per(2, 60),
-                export: Rate::per(2, 60),
-            },
+            two_a_minute(),
             Aggregates::default(),
             StreamCaps {
                 per_account: 2,

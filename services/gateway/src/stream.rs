@@ -55,7 +55,7 @@ use utoipa::IntoParams;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    context::{AppState, Identity, Query, accounts},
+    context::{AppState, Identity, Query, accounts, open_stream},
     error::{ApiError, ApiResult, ErrorBody},
     model::{Account, Notification},
     notifications::{attach, client, sampled, with_accounts},
@@ -65,8 +65,6 @@ pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(stream))
 }
 
-/// How long opening the service's stream may take.
-const OPEN_WITHIN: Duration = Duration::from_secs(5);
 /// Live events a stream's buffer holds for a client that is slow to take them, beyond
 /// its catch-up.
 pub const LIVE_BUFFER: usize = 64;
@@ -479,26 +477,22 @@ async fn stream(
     let slot = state.limits.open_stream(caller.user, who.ip)?;
     let peer = state.services.notifications.clone();
     // The live feed first, so that nothing falls between it and the pages.
-    let mut request = who.request(
+    let request = who.request(
         &peer,
         StreamNotificationsRequest {
             include_groups: q.groups,
         },
     );
     // A stream outlives an RPC's deadline; it ends with its token.
-    request.set_timeout(Duration::from_secs(24 * 3600));
-    // Opening it is bounded like any call (the deadline above is the stream's life).
-    let opened = tokio::time::timeout(OPEN_WITHIN, client(&state).stream_notifications(request))
-        .await
-        .map_err(|_| {
-            ApiError::upstream(
-                &peer,
-                tonic::Status::deadline_exceeded("opening the stream"),
-            )
-        })?;
-    let live = opened
-        .map_err(|s| ApiError::upstream(&peer, s))?
-        .into_inner();
+    let mut notifications = client(&state);
+    let live = open_stream(
+        &peer,
+        "opening the stream",
+        request,
+        Duration::from_secs(24 * 3600),
+        |r| notifications.stream_notifications(r),
+    )
+    .await?;
     let now_ms = bson::DateTime::now().timestamp_millis();
     // A resume point that cannot be read says the client had something: it resyncs.
     let (point, missed) = match headers.get("last-event-id") {

@@ -69,11 +69,11 @@ pub struct Config {
 /// with its count forgotten.
 fn login_throttle() -> Result<throttle::Policy, ConfigError> {
     let policy = throttle::Policy {
-        free: social_kit::config::parse_or("LOGIN_FREE_FAILURES", 5)?,
+        free: social_kit::config::at_least_one_or("LOGIN_FREE_FAILURES", 5)?,
         window: social_kit::config::seconds_or("LOGIN_FAILURE_WINDOW_SECS", 86_400)?,
         first_block: social_kit::config::seconds_or("LOGIN_BLOCK_SECS", 30)?,
         max_block: social_kit::config::seconds_or("LOGIN_MAX_BLOCK_SECS", 900)?,
-        account_failures: social_kit::config::parse_or("LOGIN_ACCOUNT_FAILURES", 100)?,
+        account_failures: social_kit::config::at_least_one_or("LOGIN_ACCOUNT_FAILURES", 100)?,
     };
     if std::env::var_os("LOGIN_ACCOUNT_SLOWDOWN").is_some() {
         return Err(ConfigError {
@@ -83,18 +83,6 @@ fn login_throttle() -> Result<throttle::Policy, ConfigError> {
                      account did not sign in from are counted as one (README, Security)"
                 .into(),
         });
-    }
-    for (var, value) in [
-        ("LOGIN_FREE_FAILURES", policy.free),
-        ("LOGIN_ACCOUNT_FAILURES", policy.account_failures),
-    ] {
-        if value < 1 {
-            return Err(ConfigError {
-                var: var.into(),
-                value: value.to_string(),
-                reason: "must be at least 1".into(),
-            });
-        }
     }
     if policy.window <= policy.max_block {
         return Err(ConfigError {

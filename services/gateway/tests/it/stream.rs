@@ -103,6 +103,49 @@ impl Sse {
     }
 }
 
+/// Stores notifications of `recipient` straight into the stack's collection, as the
+/// service stores them: one per `(actor, created_at in ms)`, of `kind` (`FOLLOW`,
+/// `POST_LIKE`), about `post` if any. Their ids.
+async fn seed(
+    app: &App,
+    recipient: &str,
+    kind: &str,
+    post: Option<bson::oid::ObjectId>,
+    from: impl IntoIterator<Item = (bson::oid::ObjectId, i64)>,
+) -> Vec<String> {
+    use bson::{DateTime, doc, oid::ObjectId};
+    let owner: ObjectId = recipient.parse().unwrap();
+    let about = post.map_or_else(|| recipient.to_owned(), |p| p.to_hex());
+    let docs: Vec<_> = from
+        .into_iter()
+        .map(|(actor, ms)| {
+            let at = DateTime::from_millis(ms);
+            let mut d = doc! {
+                "_id": ObjectId::new(), "user_id": owner, "type": kind,
+                "source_user_id": actor, "is_read": false,
+                "created_at": at, "sort_key": social_kit::paging::sort_key(at),
+                "dedupe_key": format!("{}:{actor}:{about}", kind.to_lowercase()), "event_id": "",
+            };
+            if let Some(post) = post {
+                d.insert("post_id", post);
+            }
+            d
+        })
+        .collect();
+    let ids = docs
+        .iter()
+        .map(|d| d.get_object_id("_id").unwrap().to_hex())
+        .collect();
+    app.stack
+        .database()
+        .await
+        .collection::<bson::Document>("notifications")
+        .insert_many(docs)
+        .await
+        .unwrap();
+    ids
+}
+
 #[tokio::test]
 async fn the_stream_delivers_live_and_resumes_without_gap_or_duplicate() {
     let app = App::start().await;
@@ -227,37 +270,22 @@ async fn a_stream_needs_a_valid_token() {
 
 #[tokio::test]
 async fn a_resume_hydrates_more_actors_than_one_batch_holds() {
-    use bson::{DateTime, doc, oid::ObjectId};
+    use bson::{DateTime, oid::ObjectId};
     let app = App::start().await;
     let (alice_id, alice) = app.sign_up("alice").await;
     let (bob_id, _) = app.sign_up("bob").await;
     // 150 notifications in the last minute, each from another account (bob's is the
     // newest), stored while alice was away.
-    let db = mongodb::Client::with_uri_str(social_testkit::mongodb_uri())
-        .await
-        .unwrap()
-        .database(&app.stack.database);
     let now = DateTime::now().timestamp_millis();
-    let docs: Vec<_> = (0..150_i64)
-        .map(|i| {
-            let actor = if i == 0 {
-                bob_id.parse().unwrap()
-            } else {
-                ObjectId::new()
-            };
-            let at = DateTime::from_millis(now - 20_000 - i * 10);
-            doc! {
-                "_id": ObjectId::new(), "user_id": alice_id.parse::<ObjectId>().unwrap(),
-                "type": "FOLLOW", "source_user_id": actor, "is_read": false,
-                "created_at": at, "sort_key": social_kit::paging::sort_key(at),
-                "dedupe_key": format!("follow:{actor}:{alice_id}"), "event_id": "",
-            }
-        })
-        .collect();
-    db.collection::<bson::Document>("notifications")
-        .insert_many(docs)
-        .await
-        .unwrap();
+    let from = (0..150_i64).map(|i| {
+        let actor = if i == 0 {
+            bob_id.parse().unwrap()
+        } else {
+            ObjectId::new()
+        };
+        (actor, now - 20_000 - i * 10)
+    });
+    seed(&app, &alice_id, "FOLLOW", None, from).await;
     // Back with a resume point from before them: all 150, oldest first, bob's last.
     let last = format!("{}.{}.", ObjectId::new(), now - 30_000);
     let mut stream = Sse::open(&app, &alice, Some(&last)).await;
@@ -366,32 +394,14 @@ async fn an_unreadable_resume_point_gets_a_resync_whose_id_moves_the_client_on()
 
 #[tokio::test]
 async fn a_resume_pays_for_the_pages_it_reads() {
-    use bson::{DateTime, doc, oid::ObjectId};
+    use bson::{DateTime, oid::ObjectId};
     // One request a minute: opening the stream spends it.
     let app = App::start_with(|c| c.rates.account = social_gateway::Rate::per(1, 60)).await;
     let (alice_id, alice) = app.sign_up("alice").await;
-    let db = mongodb::Client::with_uri_str(social_testkit::mongodb_uri())
-        .await
-        .unwrap()
-        .database(&app.stack.database);
     // 150 notifications missed in the last minute: two pages to read.
     let now = DateTime::now().timestamp_millis();
-    let docs: Vec<_> = (0..150_i64)
-        .map(|i| {
-            let actor = ObjectId::new();
-            let at = DateTime::from_millis(now - 20_000 - i * 10);
-            doc! {
-                "_id": ObjectId::new(), "user_id": alice_id.parse::<ObjectId>().unwrap(),
-                "type": "FOLLOW", "source_user_id": actor, "is_read": false,
-                "created_at": at, "sort_key": social_kit::paging::sort_key(at),
-                "dedupe_key": format!("follow:{actor}:{alice_id}"), "event_id": "",
-            }
-        })
-        .collect();
-    db.collection::<bson::Document>("notifications")
-        .insert_many(docs)
-        .await
-        .unwrap();
+    let from = (0..150_i64).map(|i| (ObjectId::new(), now - 20_000 - i * 10));
+    seed(&app, &alice_id, "FOLLOW", None, from).await;
     let last = format!("{}.{}.", ObjectId::new(), now - 30_000);
     let mut stream = Sse::open(&app, &alice, Some(&last)).await;
     let first = stream.next(Duration::from_secs(5)).await.expect("an event");
@@ -400,7 +410,7 @@ async fn a_resume_pays_for_the_pages_it_reads() {
 
 #[tokio::test]
 async fn a_post_with_600_notifications_deleted_sends_their_removals_and_the_stream_goes_on() {
-    use bson::{DateTime, doc, oid::ObjectId};
+    use bson::{DateTime, oid::ObjectId};
     let app = App::start().await;
     let (alice_id, alice) = app.sign_up("alice").await;
     let (_, bob) = app.sign_up("bob").await;
@@ -414,33 +424,14 @@ async fn a_post_with_600_notifications_deleted_sends_their_removals_and_the_stre
         .await;
     let post_id = post.body["id"].as_str().unwrap().to_owned();
     // 600 likes' notifications of her post (seeded as the service stores them).
-    let db = mongodb::Client::with_uri_str(social_testkit::mongodb_uri())
-        .await
-        .unwrap()
-        .database(&app.stack.database);
-    let owner: ObjectId = alice_id.parse().unwrap();
     let about: ObjectId = post_id.parse().unwrap();
     let now = DateTime::now().timestamp_millis();
-    let docs: Vec<_> = (0..600_i64)
-        .map(|i| {
-            let actor = ObjectId::new();
-            let at = DateTime::from_millis(now - 600_000 + i);
-            doc! {
-                "_id": ObjectId::new(), "user_id": owner, "type": "POST_LIKE",
-                "source_user_id": actor, "post_id": about, "is_read": false,
-                "created_at": at, "sort_key": social_kit::paging::sort_key(at),
-                "dedupe_key": format!("post_like:{actor}:{post_id}"), "event_id": "",
-            }
-        })
-        .collect();
-    let ids: std::collections::HashSet<String> = docs
-        .iter()
-        .map(|d| d.get_object_id("_id").unwrap().to_hex())
-        .collect();
-    db.collection::<bson::Document>("notifications")
-        .insert_many(docs)
-        .await
-        .unwrap();
+    let from = (0..600_i64).map(|i| (ObjectId::new(), now - 600_000 + i));
+    let ids: std::collections::HashSet<String> =
+        seed(&app, &alice_id, "POST_LIKE", Some(about), from)
+            .await
+            .into_iter()
+            .collect();
     let mut stream = Sse::open(&app, &alice, None).await;
     let deleted = app
         .call(
