@@ -1,35 +1,9 @@
 # Shared by scripts/test and scripts/up: the virtualenv, MongoDB (or its stand-in),
 # RabbitMQ, and clean-up of whatever was started. Source it; do not run it.
 #
-# Known differences of the MongoDB stand-in nx-27017 0.8.1 (the code is written for
-# MongoDB; these are handled or avoided, and listed so that nobody rediscovers them):
-#   - a compound index containing `_id` makes every insert fail (code 8): kit::mongo
-#     drops `_id` from compound index keys when it detects the stand-in (buildInfo);
-#   - a date written by $set is stored as text: kit::time::lenient reads both forms;
-#   - collation indexes are neither enforced nor used by queries: usernames are unique
-#     through a lowercase copy (`username_lower`);
-#   - `$setOnInsert` is ignored in upserts (find_one_and_update and update_one): not
-#     used; a document made once (a notification group) is an insert that a unique
-#     index makes happen once, then a find;
-#   - partialFilterExpression is ignored (the index applies to every document), and a
-#     unique index does not treat missing fields as equal: unique keys are only on
-#     fields every document has;
-#   - multi-document transactions are not isolated: correctness never depends on one;
-#   - equality (plain or $eq) on an ObjectId field other than _id never matches, though
-#     $in does: kit::mongo::is() writes such filters as a one-element $in, which MongoDB
-#     plans as the same equality;
-#   - count_documents and aggregations whose filter holds an ObjectId answer 0 (the
-#     `count` command errors): kit::mongo::count counts find results on the stand-in;
-#   - a bool written by $set is stored as an integer: kit::mongo::lenient_bool;
-#   - $push of a sub-document stores it as a JSON string: outbox entries are strings;
-#   - $ne on an array ignores its elements and does not match a missing field; $not is
-#     not implemented: "not already applied" is written {$nin: [id]};
-#   - ranges on dates or _id and $or are evaluated outside SQL (0.3 s to seconds over
-#     20,000 documents): lists page on an integer sort_key (kit::paging);
-#   - every query is a table scan, count_documents is slow: compare speeds only as
-#     ratios against the same server;
-#   - its default mode shares one SQLite file between databases: started with
-#     --data-dir (memory for tests), its own log and pid files.
+# The MongoDB stand-in nx-27017 0.8.1 that runs when MONGODB_URI is unset differs from
+# MongoDB in known ways; the list, and where each is handled, is the module docs of
+# crates/kit/src/mongo/dialect.rs (the only code that names the stand-in).
 
 set -euo pipefail
 

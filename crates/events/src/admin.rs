@@ -55,7 +55,7 @@ pub async fn migrate_queue(config: &EventsConfig, service: &str) -> anyhow::Resu
     // Everything else first, so that the exchanges and bindings are there.
     topology::declare(&connection, config, topology::QUEUES).await?;
     let queue = config.queue(service);
-    let consumers = passive(&connection, &queue).await?.consumer_count();
+    let consumers = look_up(&connection, &queue).await?.consumer_count();
     if consumers > 0 {
         anyhow::bail!(
             "{queue} has {consumers} consumer(s): stop the {service} service's consumers first \
@@ -83,8 +83,9 @@ pub async fn migrate_queue(config: &EventsConfig, service: &str) -> anyhow::Resu
     Ok(())
 }
 
-/// Looks a queue up without creating it.
-async fn passive(connection: &Connection, queue: &str) -> anyhow::Result<lapin::Queue> {
+/// Looks a queue up without creating it (a passive declare): its message and consumer
+/// counts, or an error if it does not exist.
+pub async fn look_up(connection: &Connection, queue: &str) -> anyhow::Result<lapin::Queue> {
     let channel = connection.create_channel().await?;
     let found = channel
         .queue_declare(
@@ -187,7 +188,7 @@ async fn migrate(
     // What arrived between the rebind and the unbind. (Quorum queues refuse the
     // `if_empty` delete, so emptiness is checked first: nothing reaches it any more.)
     moved += move_all(&channel, &holding, queue).await?;
-    let left = passive(connection, &holding).await?.message_count();
+    let left = look_up(connection, &holding).await?.message_count();
     if left > 0 {
         anyhow::bail!("{holding} still holds {left} messages; run this again");
     }

@@ -51,6 +51,18 @@ use crate::{config::EventsConfig, envelope::Envelope, topology::QueueSpec};
 /// dead-lettered; [`MoreToDo`] means "run me again now" (a long job in steps).
 pub type Handler = Arc<dyn Fn(Envelope) -> BoxFuture<'static, anyhow::Result<()>> + Send + Sync>;
 
+/// The [`Handler`] that applies each event with `apply`, given a clone of `state` (the
+/// store and whatever else the service's handling needs).
+pub fn handler<S, F, Fut>(state: S, apply: F) -> Handler
+where
+    S: Clone + Send + Sync + 'static,
+    F: Fn(S, Envelope) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    use futures::FutureExt;
+    Arc::new(move |envelope| apply(state.clone(), envelope).boxed())
+}
+
 /// What a handler returns when it did one step of a long job (removing a large account)
 /// within its [`Budget`] and the next step should run at once: not a failure, never
 /// counted, no backoff. Each step must leave the job resumable.
@@ -95,6 +107,35 @@ impl Budget {
         let micros = u64::try_from((now - self.batch_started).as_micros()).unwrap_or(u64::MAX);
         tracing::debug!(target: BATCHES, step, items, micros, "batch done");
         self.batch_started = now;
+    }
+
+    /// Does the job `step` in batches until `next()` gives an empty one, within the
+    /// budget: `each` handles every item, then `relay` is woken (the items' events are
+    /// in their outboxes) and the batch recorded.
+    pub async fn drain<T, Next, Each>(
+        &mut self,
+        step: &str,
+        relay: &crate::outbox::RelayWaker,
+        mut next: impl FnMut() -> Next,
+        mut each: impl FnMut(T) -> Each,
+    ) -> anyhow::Result<()>
+    where
+        Next: std::future::Future<Output = anyhow::Result<Vec<T>>>,
+        Each: std::future::Future<Output = anyhow::Result<()>>,
+    {
+        loop {
+            self.check()?;
+            let batch = next().await?;
+            if batch.is_empty() {
+                return Ok(());
+            }
+            let items = batch.len();
+            for item in batch {
+                each(item).await?;
+            }
+            relay.wake();
+            self.done(step, items);
+        }
     }
 }
 

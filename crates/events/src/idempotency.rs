@@ -41,8 +41,9 @@ use std::{collections::HashMap, time::Duration};
 
 use bson::{DateTime, Document, doc, oid::ObjectId};
 use futures::TryStreamExt;
-use mongodb::{Collection, Database};
+use mongodb::Collection;
 use serde::{Deserialize, Serialize};
+use social_kit::mongo::Db;
 
 use crate::Envelope;
 
@@ -65,7 +66,7 @@ pub fn initial_fields() -> Document {
 }
 
 /// A projection that leaves the bookkeeping of counters out of reads.
-pub fn hide() -> Document {
+pub fn without_counter_bookkeeping() -> Document {
     doc! { FIELD: 0, LOG: 0 }
 }
 
@@ -93,33 +94,35 @@ struct Entry {
 /// The counters of one collection's documents, kept by events. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Counters {
+    db: Db,
     target: Collection<Document>,
     ledger: Collection<Entry>,
 }
 
 impl Counters {
     /// The counters of `collection`, with their ledger in `<collection>_applied`.
-    pub fn new(db: &Database, collection: &str) -> Self {
+    pub fn new(db: &Db, collection: &str) -> Self {
         Self {
+            db: db.clone(),
             target: db.collection(collection),
             ledger: db.collection(&format!("{collection}_applied")),
         }
     }
 
     /// Creates the ledger's indexes (idempotent). Documents written before recounts
-    /// existed get their fields when an event first reaches them ([`Self::apply_with`]),
+    /// existed get their fields when an event first reaches them ([`Self::apply`]),
     /// not by a scan of the collection at every start.
-    pub async fn init(&self, stand_in: bool) -> mongodb::error::Result<()> {
-        social_kit::mongo::ensure_indexes(
-            &self.ledger,
-            vec![
-                social_kit::mongo::ttl_index("applied_ttl", "applied_at", WINDOW),
-                // A recount's "applied after C" of one document.
-                social_kit::mongo::index("doc_time", doc! { "doc": 1, "t": 1 }, false),
-            ],
-            stand_in,
-        )
-        .await
+    pub async fn init(&self) -> mongodb::error::Result<()> {
+        self.db
+            .ensure_indexes(
+                &self.ledger,
+                vec![
+                    social_kit::mongo::ttl_index("applied_ttl", "applied_at", WINDOW),
+                    // A recount's "applied after C" of one document.
+                    social_kit::mongo::index("doc_time", doc! { "doc": 1, "t": 1 }, false),
+                ],
+            )
+            .await
     }
 
     /// Adds `delta` to `field` of document `id` for `event`, unless that event was
@@ -132,38 +135,19 @@ impl Counters {
         delta: i64,
         event: &Envelope,
     ) -> mongodb::error::Result<bool> {
-        self.apply(
-            id,
-            field,
-            delta,
-            &event.event_id,
-            event_time_ms(event),
-            Document::new(),
-        )
-        .await
+        let (key, t) = (&event.event_id, event_time_ms(event));
+        self.apply(id, field, delta, key, t, Document::new(), Document::new())
+            .await
     }
 
     /// Adds `delta` to `field` of document `id` once for `change` (an event id, or any
     /// key naming one change, such as `add:<notification id>`), at time `t` (ms), if the
-    /// document also matches `condition`; whether it changed the document. A change that
-    /// did not apply because of `condition` is not remembered: it may apply later.
-    pub async fn apply(
-        &self,
-        id: ObjectId,
-        field: &str,
-        delta: i64,
-        change: &str,
-        t: i64,
-        condition: Document,
-    ) -> mongodb::error::Result<bool> {
-        self.apply_with(id, field, delta, change, t, condition, Document::new())
-            .await
-    }
-
-    /// [`Self::apply`], with more update operators applied in the same write (`also`,
-    /// such as `{"$max": {...}}`; not `$inc` or `$push`).
+    /// document also matches `condition`, with more update operators applied in the same
+    /// write (`also`, such as `{"$max": {...}}`; not `$inc` or `$push`); whether it
+    /// changed the document. A change that did not apply because of `condition` is not
+    /// remembered: it may apply later.
     #[allow(clippy::too_many_arguments)]
-    pub async fn apply_with(
+    pub async fn apply(
         &self,
         id: ObjectId,
         field: &str,

@@ -12,6 +12,8 @@
 //! - [`topology`]: the one table of queues and bindings every service declares.
 //! - [`sessions`]: every replica refusing the tokens of sessions that ended.
 //! - [`admin`]: operators' commands (declare the topology, change a queue's type).
+//! - [`service`]: the wiring every service shares (database, gate, relay, consumers,
+//!   serve), built on the above and `social_kit::serve`.
 
 pub mod admin;
 pub mod config;
@@ -22,6 +24,7 @@ pub mod idempotency;
 pub mod live;
 pub mod outbox;
 pub mod removed_users;
+pub mod service;
 pub mod sessions;
 pub mod topology;
 

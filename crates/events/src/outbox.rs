@@ -9,7 +9,7 @@
 //! The [`Relay`] finds documents with `outbox_pending > 0`, publishes each event with
 //! publisher confirms and `mandatory`, and only after the broker's ack removes it from
 //! the document (conditionally, so two relays decrement once). It wakes at once when a
-//! handler calls [`Waker::wake`] and polls as a backstop; it reconnects with backoff when
+//! handler calls [`RelayWaker::wake`] and polls as a backstop; it reconnects with backoff when
 //! the broker goes away. An unroutable event (no queue bound yet) or one the broker
 //! refuses stays and is retried with backoff; the document's later events wait behind it
 //! (events of one document go out in order), other documents do not.
@@ -108,9 +108,9 @@ pub fn purge_index(name: &str, field: &str, after: Duration) -> IndexModel {
 
 /// Wakes the relay after a write that carries events.
 #[derive(Clone, Default)]
-pub struct Waker(Arc<Notify>);
+pub struct RelayWaker(Arc<Notify>);
 
-impl Waker {
+impl RelayWaker {
     /// Tells the relay there is something to publish.
     pub fn wake(&self) {
         self.0.notify_one();
@@ -122,7 +122,7 @@ pub struct Relay {
     config: EventsConfig,
     service: &'static str,
     collections: Vec<Collection<Document>>,
-    waker: Waker,
+    waker: RelayWaker,
     /// Declared before anything is published (see [`crate::topology`]).
     queues: Vec<QueueSpec>,
 }
@@ -139,7 +139,7 @@ impl Relay {
             config,
             service,
             collections: collections.iter().map(|c| db.collection(c)).collect(),
-            waker: Waker::default(),
+            waker: RelayWaker::default(),
             queues: crate::topology::QUEUES.to_vec(),
         }
     }
@@ -151,7 +151,7 @@ impl Relay {
     }
 
     /// The handle that wakes this relay.
-    pub fn waker(&self) -> Waker {
+    pub fn waker(&self) -> RelayWaker {
         self.waker.clone()
     }
 
@@ -649,7 +649,7 @@ impl Held {
 /// A projection that leaves the bookkeeping fields (outbox, applied event ids) out of
 /// reads of domain documents.
 pub fn without_bookkeeping() -> Document {
-    let mut projection = crate::idempotency::hide();
+    let mut projection = crate::idempotency::without_counter_bookkeeping();
     projection.insert(FIELD, 0);
     projection.insert(PENDING, 0);
     projection

@@ -10,8 +10,9 @@
 //! `AccountCleared` in the tombstone's outbox, once, for the user service to record.
 
 use bson::{DateTime, Document, doc, oid::ObjectId};
-use mongodb::{Collection, Database};
+use mongodb::Collection;
 use serde::{Deserialize, Serialize};
+use social_kit::mongo::Db;
 
 use crate::{
     outbox,
@@ -24,7 +25,7 @@ struct Tombstone {
     user: ObjectId,
     removed_at: DateTime,
     /// Written by `$set`, which the stand-in stores as an integer.
-    #[serde(deserialize_with = "social_kit::mongo::lenient_bool")]
+    #[serde(deserialize_with = "social_kit::mongo::lenient::boolean")]
     cleared: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     outbox: Vec<String>,
@@ -35,14 +36,16 @@ struct Tombstone {
 /// The deleted accounts one service remembers. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct RemovedUsers {
+    db: Db,
     tombstones: Collection<Tombstone>,
     service: &'static str,
 }
 
 impl RemovedUsers {
     /// The tombstones of `service` (in `<service>_removed_users`).
-    pub fn new(db: &Database, service: &'static str) -> Self {
+    pub fn new(db: &Db, service: &'static str) -> Self {
         Self {
+            db: db.clone(),
             tombstones: db.collection(&Self::collection(service)),
             service,
         }
@@ -57,8 +60,9 @@ impl RemovedUsers {
     /// a late event or a session of the account may try to write under its id at any
     /// time, and one small document per deleted account is cheap (a release that purged
     /// them after 30 days had its TTL index retired here).
-    pub async fn init(&self, stand_in: bool) -> mongodb::error::Result<()> {
-        social_kit::mongo::ensure_indexes(&self.tombstones, vec![outbox::index()], stand_in)
+    pub async fn init(&self) -> mongodb::error::Result<()> {
+        self.db
+            .ensure_indexes(&self.tombstones, vec![outbox::index()])
             .await?;
         social_kit::mongo::retire_indexes(&self.tombstones, &["removed_ttl"]).await
     }
@@ -97,6 +101,24 @@ impl RemovedUsers {
             .try_collect()
             .await?;
         Ok(found.into_iter().map(|t| t.user).collect())
+    }
+
+    /// Removes everything of deleted account `user` this service holds: marks it first
+    /// (a write racing the removal sees the mark and undoes itself), runs `remove`
+    /// (idempotent and resumable: a retry goes on with what is left), then records that
+    /// the service cleared it, its event woken out through `relay`.
+    pub async fn remove(
+        &self,
+        user: ObjectId,
+        relay: &crate::outbox::RelayWaker,
+        remove: impl std::future::Future<Output = anyhow::Result<()>>,
+    ) -> anyhow::Result<()> {
+        self.mark(user).await?;
+        remove.await?;
+        if self.cleared(user).await? {
+            relay.wake();
+        }
+        Ok(())
     }
 
     /// Records that everything of `user` is gone, with `AccountCleared` in the outbox

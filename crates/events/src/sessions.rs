@@ -122,25 +122,6 @@ pub fn announce(broadcaster: &Broadcaster, sessions: &[ObjectId], tokens_expire_
     });
 }
 
-/// The user service as every other service reaches it (`USER_SERVICE_URL`), with the
-/// service credential `ListEndedSessions` needs.
-pub fn user_service() -> Result<Peer, social_kit::config::ConfigError> {
-    Peer::from_env("user service", "USER_SERVICE_URL", "http://127.0.0.1:50051")
-}
-
-/// The user service at `url`, with the development service credential (tests).
-#[allow(clippy::expect_used)] // tests give it their own well-formed URL
-pub fn user_service_at(url: &str) -> Peer {
-    Peer::new(
-        "user service",
-        "USER_SERVICE_URL",
-        url,
-        Duration::from_secs(2),
-    )
-    .and_then(|p| p.with_credential(social_kit::auth::DEV_SERVICE_TOKEN))
-    .expect("a user service URL")
-}
-
 /// Spawns in `background` the follower of ended sessions (see [`follow`]) of a service
 /// whose gate is `gate`, asking the user service at `users`.
 pub fn refuse_ended_sessions(

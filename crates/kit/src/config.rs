@@ -204,6 +204,19 @@ pub trait ServiceConfig {
     fn common(&self) -> &CommonConfig;
 }
 
+/// Implements [`ServiceConfig`] for a configuration whose shared part is its `common`
+/// field.
+#[macro_export]
+macro_rules! service_config {
+    ($config:ty) => {
+        impl $crate::config::ServiceConfig for $config {
+            fn common(&self) -> &$crate::config::CommonConfig {
+                &self.common
+            }
+        }
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

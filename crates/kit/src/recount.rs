@@ -26,6 +26,54 @@ pub fn as_of_ms(margin: Duration) -> i64 {
         .saturating_sub(margin)
 }
 
+/// Walks a whole collection in batches of ids (`next_ids(after)`, in id order, at most
+/// [`crate::validate::MAX_BATCH`] each) and recounts each batch (`recount`: how many of
+/// them changed); a batch that fails is reported and passed. How many documents were
+/// recounted, or an error naming the failed batches. `what` names them in the logs.
+pub async fn walk<Ids, Batch>(
+    what: &'static str,
+    mut next_ids: impl FnMut(Option<ObjectId>, i64) -> Ids,
+    mut recount: impl FnMut(Vec<ObjectId>) -> Batch,
+) -> anyhow::Result<u64>
+where
+    Ids: std::future::Future<Output = anyhow::Result<Vec<ObjectId>>>,
+    Batch: std::future::Future<Output = anyhow::Result<u64>>,
+{
+    let mut report = Report::new(what);
+    let mut after = None;
+    loop {
+        let ids = next_ids(after, crate::validate::MAX_BATCH as i64).await?;
+        let Some(last) = ids.last().copied() else {
+            return report.finish();
+        };
+        match recount(ids.clone()).await {
+            Ok(n) => report.done(&ids, n),
+            Err(e) => report.failed(&ids, &e),
+        }
+        after = Some(last);
+    }
+}
+
+/// The operator's `recompute-counters` command of a service: `recompute(config,
+/// margin)` with the margin of `RECOUNT_MARGIN_SECS`.
+pub fn command<C, F, Fut>(recompute: F) -> crate::serve::Command<C>
+where
+    C: Send + 'static,
+    F: FnOnce(C, Duration) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<u64>> + Send + 'static,
+{
+    crate::serve::Command::new(
+        "recompute-counters",
+        "recompute the counters this service keeps from events, from their source documents",
+        move |config| {
+            Box::pin(async move {
+                let margin = margin_from_env()?;
+                recompute(config, margin).await.map(drop)
+            })
+        },
+    )
+}
+
 /// How far a recompute got: documents visited and recounted, and the batches that
 /// failed (it goes on past them).
 #[derive(Debug)]

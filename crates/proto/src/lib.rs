@@ -1,57 +1,66 @@
 //! Generated code for every `social.*.v1` package, one module per package, plus the
 //! encoded file descriptor set that servers hand to gRPC reflection. Nothing hand-written
-//! lives here but the module tree.
+//! lives here but the module tree and [`Bounded`].
 
 #![allow(clippy::all, clippy::pedantic, missing_docs)]
 
 /// The encoded `FileDescriptorSet` of every package, for `tonic-reflection`.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptor.bin"));
 
-/// `social.common.v1`: messages shared by several services.
-pub mod common {
-    pub mod v1 {
-        tonic::include_proto!("social.common.v1");
-    }
+/// One module per package: `<name>::v1` holds what `<package>` generates.
+macro_rules! packages {
+    ($($(#[$doc:meta])* $name:ident => $package:literal;)*) => {
+        $($(#[$doc])* pub mod $name {
+            pub mod v1 {
+                tonic::include_proto!($package);
+            }
+        })*
+    };
 }
 
-/// `social.user.v1`: UserService.
-pub mod user {
-    pub mod v1 {
-        tonic::include_proto!("social.user.v1");
-    }
+packages! {
+    /// `social.common.v1`: messages shared by several services.
+    common => "social.common.v1";
+    /// `social.user.v1`: UserService.
+    user => "social.user.v1";
+    /// `social.post.v1`: PostService.
+    post => "social.post.v1";
+    /// `social.graph.v1`: SocialGraphService.
+    graph => "social.graph.v1";
+    /// `social.engagement.v1`: EngagementService.
+    engagement => "social.engagement.v1";
+    /// `social.notification.v1`: NotificationService.
+    notification => "social.notification.v1";
+    /// `social.events.v1`: the event envelope and its payloads.
+    events => "social.events.v1";
 }
 
-/// `social.post.v1`: PostService.
-pub mod post {
-    pub mod v1 {
-        tonic::include_proto!("social.post.v1");
-    }
+/// A generated server whose largest accepted request can be set (every service's is).
+pub trait Bounded {
+    /// The same server, refusing requests larger than `bytes` while decoding them.
+    fn bounded(self, bytes: usize) -> Self;
 }
 
-/// `social.graph.v1`: SocialGraphService.
-pub mod graph {
-    pub mod v1 {
-        tonic::include_proto!("social.graph.v1");
-    }
+macro_rules! bounded {
+    ($($server:ident<$service:path>),*) => {
+        $(impl<T: $service> Bounded for $server<T> {
+            fn bounded(self, bytes: usize) -> Self {
+                self.max_decoding_message_size(bytes)
+            }
+        })*
+    };
 }
 
-/// `social.engagement.v1`: EngagementService.
-pub mod engagement {
-    pub mod v1 {
-        tonic::include_proto!("social.engagement.v1");
-    }
-}
+use engagement::v1::engagement_service_server::EngagementServiceServer;
+use graph::v1::social_graph_service_server::SocialGraphServiceServer;
+use notification::v1::notification_service_server::NotificationServiceServer;
+use post::v1::post_service_server::PostServiceServer;
+use user::v1::user_service_server::UserServiceServer;
 
-/// `social.notification.v1`: NotificationService.
-pub mod notification {
-    pub mod v1 {
-        tonic::include_proto!("social.notification.v1");
-    }
-}
-
-/// `social.events.v1`: the event envelope and its payloads.
-pub mod events {
-    pub mod v1 {
-        tonic::include_proto!("social.events.v1");
-    }
-}
+bounded!(
+    UserServiceServer<user::v1::user_service_server::UserService>,
+    PostServiceServer<post::v1::post_service_server::PostService>,
+    SocialGraphServiceServer<graph::v1::social_graph_service_server::SocialGraphService>,
+    EngagementServiceServer<engagement::v1::engagement_service_server::EngagementService>,
+    NotificationServiceServer<notification::v1::notification_service_server::NotificationService>
+);

@@ -4,7 +4,6 @@
 use lapin::{
     BasicProperties, Connection, ConnectionProperties,
     options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions},
-    types::FieldTable,
 };
 use social_events::EventsConfig;
 
@@ -53,18 +52,11 @@ pub async fn publish_all(config: &EventsConfig, routing_key: &str, messages: &[(
 }
 
 /// Looks `queue` up without creating it (a passive declare).
-async fn look_up(config: &EventsConfig, queue: &str) -> lapin::Result<lapin::Queue> {
-    channel(config)
+async fn look_up(config: &EventsConfig, queue: &str) -> anyhow::Result<lapin::Queue> {
+    let connection = Connection::connect(&config.amqp_url, ConnectionProperties::default())
         .await
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
+        .expect("connect to RabbitMQ");
+    social_events::admin::look_up(&connection, queue).await
 }
 
 /// Whether `queue` exists (a consumer declared it).

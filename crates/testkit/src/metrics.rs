@@ -37,6 +37,16 @@ impl Meters {
         }
         self.provider.force_flush().unwrap();
         let mut out = Vec::new();
+        // Each data point's attributes and value.
+        macro_rules! values {
+            ($data:expr) => {
+                out.extend(
+                    $data
+                        .data_points()
+                        .map(|p| (attrs(p.attributes()), p.value() as f64)),
+                )
+            };
+        }
         // Cumulative: the last export holds every total.
         if let Some(resource) = self.exporter.get_finished_metrics().unwrap().last() {
             for scope in resource.scope_metrics() {
@@ -46,18 +56,9 @@ impl Meters {
                             h.data_points()
                                 .map(|p| (attrs(p.attributes()), p.count() as f64)),
                         ),
-                        AggregatedMetrics::U64(MetricData::Sum(c)) => out.extend(
-                            c.data_points()
-                                .map(|p| (attrs(p.attributes()), p.value() as f64)),
-                        ),
-                        AggregatedMetrics::I64(MetricData::Sum(c)) => out.extend(
-                            c.data_points()
-                                .map(|p| (attrs(p.attributes()), p.value() as f64)),
-                        ),
-                        AggregatedMetrics::U64(MetricData::Gauge(g)) => out.extend(
-                            g.data_points()
-                                .map(|p| (attrs(p.attributes()), p.value() as f64)),
-                        ),
+                        AggregatedMetrics::U64(MetricData::Sum(c)) => values!(c),
+                        AggregatedMetrics::I64(MetricData::Sum(c)) => values!(c),
+                        AggregatedMetrics::U64(MetricData::Gauge(g)) => values!(g),
                         other => panic!("{name}: unexpected data {other:?}"),
                     }
                 }

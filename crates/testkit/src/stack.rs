@@ -5,10 +5,13 @@ use std::time::Duration;
 
 use social_events::EventsConfig;
 use social_proto::{
-    engagement::v1::engagement_service_client::EngagementServiceClient,
-    graph::v1::social_graph_service_client::SocialGraphServiceClient,
+    engagement::v1::{
+        Comment, CreateCommentRequest, LikePostRequest,
+        engagement_service_client::EngagementServiceClient,
+    },
+    graph::v1::{FollowRequest, social_graph_service_client::SocialGraphServiceClient},
     notification::v1::notification_service_client::NotificationServiceClient,
-    post::v1::post_service_client::PostServiceClient,
+    post::v1::{CreatePostRequest, Post, post_service_client::PostServiceClient},
     user::v1::{RegisterRequest, user_service_client::UserServiceClient},
 };
 use tonic::transport::Channel;
@@ -338,6 +341,63 @@ impl Stack {
             .into_inner();
         (r.user.expect("user").id, r.access_token)
     }
+
+    /// `token`'s account posts `content` (no media).
+    pub async fn post(&self, token: &str, content: &str) -> Post {
+        let request = CreatePostRequest {
+            content: content.into(),
+            media: vec![],
+        };
+        self.posts()
+            .await
+            .create_post(crate::authed(request, token))
+            .await
+            .expect("create a post")
+            .into_inner()
+    }
+
+    /// `token`'s account follows `followee`.
+    pub async fn follow(&self, token: &str, followee: &str) {
+        let request = FollowRequest {
+            followee_id: followee.into(),
+        };
+        self.graph()
+            .await
+            .follow(crate::authed(request, token))
+            .await
+            .expect("follow");
+    }
+
+    /// `token`'s account likes `post`, as the service answers.
+    pub async fn like_post(&self, token: &str, post: &str) -> Result<(), tonic::Status> {
+        let request = LikePostRequest {
+            post_id: post.into(),
+        };
+        self.engagement()
+            .await
+            .like_post(crate::authed(request, token))
+            .await
+            .map(drop)
+    }
+
+    /// `token`'s account comments `content` on `post`, as the service answers.
+    pub async fn comment(
+        &self,
+        token: &str,
+        post: &str,
+        content: &str,
+    ) -> Result<Comment, tonic::Status> {
+        let request = CreateCommentRequest {
+            post_id: post.into(),
+            content: content.into(),
+            media: vec![],
+        };
+        self.engagement()
+            .await
+            .create_comment(crate::authed(request, token))
+            .await
+            .map(tonic::Response::into_inner)
+    }
 }
 
 /// The user service alone, on `database` and `events`.
@@ -377,7 +437,7 @@ pub async fn start_notification(
 /// A stored date, as MongoDB keeps it or as the stand-in keeps one written by `$set`.
 fn stored_time(value: &bson::Bson) -> Option<bson::DateTime> {
     #[derive(serde::Deserialize)]
-    struct Time(#[serde(deserialize_with = "social_kit::time::lenient")] bson::DateTime);
+    struct Time(#[serde(deserialize_with = "social_kit::mongo::lenient::date")] bson::DateTime);
     bson::deserialize_from_bson::<Time>(value.clone())
         .ok()
         .map(|t| t.0)

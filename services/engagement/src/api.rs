@@ -2,13 +2,14 @@
 //! response, with the event of each change written in the same document update.
 
 use bson::oid::ObjectId;
+use social_content as content;
 use social_events::{
     Envelope, Payload, new_envelope,
-    outbox::Waker,
+    outbox::RelayWaker,
     pb::{CommentCreated, CommentLiked, PostLiked},
 };
 use social_kit::{
-    Error, Result, auth::caller, client::Peer, content, error::Violations, paging::PageRequest,
+    Error, Result, auth::caller, client::Peer, error::Violations, paging::PageRequest,
     time::to_timestamp, validate,
 };
 use social_proto::{
@@ -28,14 +29,18 @@ use crate::{
     store::{CommentDoc, LikeDoc, Store, Target},
 };
 
+/// The RPCs only other services may call (the gate refuses them without the service
+/// credential): they serve other services and some cost many counts per request.
+pub const INTERNAL: &[&str] = &["CountPostEngagement", "ExportUserEngagement"];
+
 pub struct Api {
     store: Store,
     posts: Peer,
-    relay: Waker,
+    relay: RelayWaker,
 }
 
 impl Api {
-    pub fn new(store: Store, posts: Peer, relay: Waker) -> Self {
+    pub fn new(store: Store, posts: Peer, relay: RelayWaker) -> Self {
         Self {
             store,
             posts,

@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use social_events::outbox::Waker;
+use social_events::outbox::RelayWaker;
 use social_kit::Result;
 use tokio_util::sync::CancellationToken;
 
@@ -38,11 +38,31 @@ async fn account_removed(store: &Store, user: bson::oid::ObjectId) -> Result<boo
     Ok(store.removed_users.any(&[user]).await?)
 }
 
+/// `Stands`; or, when `user`'s account was deleted, `AccountGone` once `undo` ended
+/// the write (its event woken out through `relay`).
+async fn unless_account_gone<Undo>(
+    store: &Store,
+    relay: &RelayWaker,
+    user: bson::oid::ObjectId,
+    undo: impl FnOnce() -> Undo,
+) -> Result<Verdict>
+where
+    Undo: std::future::Future<Output = Result<bool>>,
+{
+    if !account_removed(store, user).await? {
+        return Ok(Verdict::Stands);
+    }
+    if undo().await? {
+        relay.wake();
+    }
+    Ok(Verdict::AccountGone)
+}
+
 /// Checks `like` (stored, unchecked) and undoes it if its post, its comment or its
 /// author's account was deleted: under a deleted post or comment it is taken back (its
 /// event, if out, is about something deleted: moot), for a deleted account it is ended
 /// with its `unliked` event (so that the post's count goes back).
-pub async fn like(store: &Store, relay: &Waker, like: &LikeDoc) -> Result<Verdict> {
+pub async fn like(store: &Store, relay: &RelayWaker, like: &LikeDoc) -> Result<Verdict> {
     if store.post_removed(like.post_id).await? {
         store.take_back_like(like.id).await?;
         return Ok(Verdict::PostGone);
@@ -54,33 +74,21 @@ pub async fn like(store: &Store, relay: &Waker, like: &LikeDoc) -> Result<Verdic
         store.take_back_like(like.id).await?;
         return Ok(Verdict::CommentGone);
     }
-    let verdict = if account_removed(store, like.user_id).await? {
-        if store.undo_like(like, like.user_id).await? {
-            relay.wake();
-        }
-        Verdict::AccountGone
-    } else {
-        Verdict::Stands
-    };
+    let undo = || store.undo_like(like, like.user_id);
+    let verdict = unless_account_gone(store, relay, like.user_id, undo).await?;
     store.like_checked(like.id).await?;
     Ok(verdict)
 }
 
 /// [`like`] for a comment: taken back under a deleted post, deleted with its event for a
 /// deleted account.
-pub async fn comment(store: &Store, relay: &Waker, comment: &CommentDoc) -> Result<Verdict> {
+pub async fn comment(store: &Store, relay: &RelayWaker, comment: &CommentDoc) -> Result<Verdict> {
     if store.post_removed(comment.post_id).await? {
         store.take_back_comment(comment.id).await?;
         return Ok(Verdict::PostGone);
     }
-    let verdict = if account_removed(store, comment.user_id).await? {
-        if store.undo_comment(comment, comment.user_id).await? {
-            relay.wake();
-        }
-        Verdict::AccountGone
-    } else {
-        Verdict::Stands
-    };
+    let undo = || store.undo_comment(comment, comment.user_id);
+    let verdict = unless_account_gone(store, relay, comment.user_id, undo).await?;
     store.comment_checked(comment.id).await?;
     Ok(verdict)
 }
@@ -88,7 +96,7 @@ pub async fn comment(store: &Store, relay: &Waker, comment: &CommentDoc) -> Resu
 /// Until `stop`: every half of `left_for`, checks the likes and comments whose checks
 /// did not finish `left_for` ago (a failed call its client did not retry; a call in
 /// flight clears its own mark well within it).
-pub async fn run(store: Store, relay: Waker, left_for: Duration, stop: CancellationToken) {
+pub async fn run(store: Store, relay: RelayWaker, left_for: Duration, stop: CancellationToken) {
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
@@ -102,7 +110,7 @@ pub async fn run(store: Store, relay: Waker, left_for: Duration, stop: Cancellat
 
 /// Checks the likes and comments left unchecked for `left_for`, 100 of each at most;
 /// how many.
-async fn settle_left(store: &Store, relay: &Waker, left_for: Duration) -> Result<usize> {
+async fn settle_left(store: &Store, relay: &RelayWaker, left_for: Duration) -> Result<usize> {
     let before = bson::DateTime::now().timestamp_millis()
         - i64::try_from(left_for.as_millis()).unwrap_or(i64::MAX);
     let likes = store.unchecked_likes(before, 100).await?;

@@ -3,57 +3,36 @@
 //! `likes_count` (once per event, see `social_events::idempotency`); a deleted account's
 //! likes end and its comments go.
 
-use std::sync::Arc;
-
 use bson::oid::ObjectId;
-use futures::FutureExt;
-use social_events::{
-    Envelope, Payload,
-    consumer::{Budget, Handler},
-    outbox::Waker,
-    removed_users,
-    topology::QueueSpec,
-};
+use social_events::{Envelope, Payload, consumer::Budget, outbox::RelayWaker, removed_users};
 
-use crate::store::{Store, Target};
-
-/// The engagement service's queue and its bindings.
-pub fn subscription() -> QueueSpec {
-    social_events::topology::ENGAGEMENT
-}
+use crate::store::{CommentDoc, LikeDoc, Store, Target};
 
 /// Applies one event.
-pub fn handler(store: Store, relay: Waker) -> Handler {
-    Arc::new(move |envelope: Envelope| {
-        let (store, relay) = (store.clone(), relay.clone());
-        async move {
-            match &envelope.payload {
-                Some(Payload::PostDeleted(e)) => {
-                    store.remove_post(ObjectId::parse_str(&e.post_id)?).await?
-                }
-                Some(Payload::CommentLiked(e)) => {
-                    store
-                        .add_to_comment_likes(ObjectId::parse_str(&e.comment_id)?, 1, &envelope)
-                        .await?;
-                }
-                Some(Payload::CommentUnliked(e)) => {
-                    store
-                        .add_to_comment_likes(ObjectId::parse_str(&e.comment_id)?, -1, &envelope)
-                        .await?;
-                }
-                Some(Payload::CommentDeleted(e)) => {
-                    end_likes_of_comment(&store, &relay, ObjectId::parse_str(&e.comment_id)?)
-                        .await?;
-                }
-                Some(Payload::UserDeleted(e)) => {
-                    remove_user(&store, &relay, removed_users::deleted_user(e)?).await?;
-                }
-                _ => {}
-            }
-            Ok(())
+pub async fn apply((store, relay): (Store, RelayWaker), envelope: Envelope) -> anyhow::Result<()> {
+    match &envelope.payload {
+        Some(Payload::PostDeleted(e)) => {
+            store.remove_post(ObjectId::parse_str(&e.post_id)?).await?
         }
-        .boxed()
-    })
+        Some(Payload::CommentLiked(e)) => {
+            store
+                .add_to_comment_likes(ObjectId::parse_str(&e.comment_id)?, 1, &envelope)
+                .await?;
+        }
+        Some(Payload::CommentUnliked(e)) => {
+            store
+                .add_to_comment_likes(ObjectId::parse_str(&e.comment_id)?, -1, &envelope)
+                .await?;
+        }
+        Some(Payload::CommentDeleted(e)) => {
+            end_likes_of_comment(&store, &relay, ObjectId::parse_str(&e.comment_id)?).await?;
+        }
+        Some(Payload::UserDeleted(e)) => {
+            remove_user(&store, &relay, removed_users::deleted_user(e)?).await?;
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 /// Ends the likes of a deleted comment, each with its `unliked` event (its likers'
@@ -62,7 +41,7 @@ pub fn handler(store: Store, relay: Waker) -> Handler {
 /// taken back (`crate::checks`).
 async fn end_likes_of_comment(
     store: &Store,
-    relay: &Waker,
+    relay: &RelayWaker,
     comment: ObjectId,
 ) -> anyhow::Result<()> {
     let mut budget = Budget::start();
@@ -83,35 +62,20 @@ async fn end_likes_of_comment(
 /// Ends every like of a deleted account and deletes its comments, each with its event
 /// (so that posts' and comments' counters go down exactly once, and notifications go),
 /// in batches; idempotent and resumable.
-async fn remove_user(store: &Store, relay: &Waker, user: ObjectId) -> anyhow::Result<()> {
-    store.removed_users.mark(user).await?;
-    let mut budget = Budget::start();
-    loop {
-        budget.check()?;
-        let likes = store.likes_by(user, 100).await?;
-        if likes.is_empty() {
-            break;
-        }
-        for like in &likes {
-            store.undo_like(like, user).await?;
-        }
-        relay.wake();
-        budget.done("account likes", likes.len());
-    }
-    loop {
-        budget.check()?;
-        let comments = store.comments_by(user, 100).await?;
-        if comments.is_empty() {
-            break;
-        }
-        for comment in &comments {
-            store.undo_comment(comment, user).await?;
-        }
-        relay.wake();
-        budget.done("account comments", comments.len());
-    }
-    if store.removed_users.cleared(user).await? {
-        relay.wake();
-    }
-    Ok(())
+async fn remove_user(store: &Store, relay: &RelayWaker, user: ObjectId) -> anyhow::Result<()> {
+    let remove = async {
+        let mut budget = Budget::start();
+        let likes = || async { Ok(store.likes_by(user, 100).await?) };
+        let unlike =
+            |like: LikeDoc| async move { Ok(store.undo_like(&like, user).await.map(drop)?) };
+        budget.drain("account likes", relay, likes, unlike).await?;
+        let comments = || async { Ok(store.comments_by(user, 100).await?) };
+        let delete = |comment: CommentDoc| async move {
+            Ok(store.undo_comment(&comment, user).await.map(drop)?)
+        };
+        budget
+            .drain("account comments", relay, comments, delete)
+            .await
+    };
+    store.removed_users.remove(user, relay, remove).await
 }

@@ -11,18 +11,9 @@ mod recompute;
 mod store;
 
 pub use recompute::recompute_counters;
-use social_events::{EventsConfig, outbox::Relay};
-use social_kit::{
-    client::Peer,
-    config::{CommonConfig, ConfigError},
-    serve::{Background, Gate, MAX_REQUEST_BYTES, ServeSpec, serve},
-};
-use social_proto::engagement::v1::engagement_service_server::{
-    EngagementServiceServer, SERVICE_NAME,
-};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-use tonic::service::Routes;
+use social_events::service::prelude::*;
+use social_kit::peers::{ENGAGEMENT, POST, USER};
+use social_proto::engagement::v1::engagement_service_server::EngagementServiceServer;
 
 /// Everything the engagement service reads from its environment.
 #[derive(Debug, Clone)]
@@ -40,24 +31,16 @@ pub struct Config {
     pub unchecked_after: std::time::Duration,
 }
 
-impl social_kit::config::ServiceConfig for Config {
-    fn common(&self) -> &CommonConfig {
-        &self.common
-    }
-}
+social_kit::service_config!(Config);
 
 impl Config {
     /// Reads the environment.
     pub fn from_env() -> Result<Self, ConfigError> {
         Ok(Self {
-            common: CommonConfig::from_env("engagement", "ENGAGEMENT_ADDR", "127.0.0.1:50054")?,
-            post_service: Peer::from_env(
-                "post service",
-                "POST_SERVICE_URL",
-                "http://127.0.0.1:50052",
-            )?,
+            common: ENGAGEMENT.config_from_env()?,
+            post_service: POST.peer_from_env()?,
             events: EventsConfig::from_env()?,
-            user_service: social_events::sessions::user_service()?,
+            user_service: USER.peer_from_env()?,
             unchecked_after: std::time::Duration::from_secs(60),
         })
     }
@@ -70,8 +53,8 @@ impl Config {
         events: EventsConfig,
     ) -> Self {
         Self {
-            common: CommonConfig::for_tests("engagement", mongodb_uri, database),
-            user_service: social_events::sessions::user_service_at("http://127.0.0.1:50051"),
+            common: CommonConfig::for_tests(ENGAGEMENT.service, mongodb_uri, database),
+            user_service: USER.local_peer(),
             post_service,
             events,
             unchecked_after: std::time::Duration::from_secs(1),
@@ -85,46 +68,19 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let db = social_kit::mongo::connect(&config.common).await?;
-    let store = store::Store::new(&db);
-    let gate = Gate::from_config(&config.common)?;
-    let relay = Relay::new(
-        config.events.clone(),
-        "engagement",
-        &db,
-        &[
-            store::LIKES,
-            store::COMMENTS,
-            &social_events::removed_users::RemovedUsers::collection("engagement"),
-        ],
+    let mut wiring = Wiring::new(&config.common, &config.events).await?;
+    let store = store::Store::new(wiring.db());
+    let relay = wiring.relay(&[store::LIKES, store::COMMENTS]);
+    wiring.consume(
+        social_events::topology::ENGAGEMENT,
+        social_events::consumer::handler((store.clone(), relay.clone()), events::apply),
     );
-    let api = api::Api::new(store.clone(), config.post_service.clone(), relay.waker());
-    let server = EngagementServiceServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES);
-    let routes = Routes::new(gate.guard(server));
-
-    let (events, handler) = (
-        config.events.clone(),
-        events::handler(store.clone(), relay.waker()),
-    );
-    let mut background = Background::new();
-    let (checked, waker, left_for) = (store.clone(), relay.waker(), config.unchecked_after);
-    background.spawn(|stop| checks::run(checked, waker, left_for, stop));
-    background.spawn(|stop| relay.run(stop));
-    social_events::sessions::refuse_ended_sessions(
-        &mut background,
-        &config.events,
-        "engagement",
-        &gate,
-        config.user_service.clone(),
-    );
-    background
-        .spawn(|stop| social_events::consumer::run(events, events::subscription(), handler, stop));
-
-    let spec = ServeSpec {
-        config: &config.common,
-        grpc_name: SERVICE_NAME,
-        db,
-        gate,
-    };
-    serve(spec, listener, routes, store, background, shutdown).await
+    wiring.refuse_ended_sessions(config.user_service.clone());
+    let (checked, waker, left_for) = (store.clone(), relay.clone(), config.unchecked_after);
+    wiring.spawn(|stop| checks::run(checked, waker, left_for, stop));
+    wiring.internal(api::INTERNAL);
+    let api = api::Api::new(store.clone(), config.post_service.clone(), relay);
+    wiring
+        .serve(EngagementServiceServer::new(api), store, listener, shutdown)
+        .await
 }

@@ -3,31 +3,4 @@
 //! `social-engagement recompute-counters` instead recomputes the counters it keeps from events, from
 //! their source documents, and exits.
 
-use std::process::ExitCode;
-
-use social_kit::serve::Command;
-
-#[tokio::main]
-async fn main() -> ExitCode {
-    let mut commands =
-        social_events::admin::commands("engagement", |c: &social_engagement::Config| &c.events);
-    commands.push(Command::new(
-        "recompute-counters",
-        "recompute the counters this service keeps from events, from their source documents",
-        |c| {
-            Box::pin(async move {
-                let margin = social_kit::recount::margin_from_env()?;
-                social_engagement::recompute_counters(&c, margin)
-                    .await
-                    .map(drop)
-            })
-        },
-    ));
-    social_kit::serve::binary_main(
-        "social-engagement",
-        social_engagement::Config::from_env,
-        |c, l, s| Box::pin(social_engagement::run(c, l, s)),
-        commands,
-    )
-    .await
-}
+social_events::service_main!(social_kit::peers::ENGAGEMENT, social_engagement, recount);

@@ -7,7 +7,6 @@
 use std::time::Duration;
 
 use bson::oid::ObjectId;
-use social_kit::{recount::Report, validate};
 
 use crate::{Config, store::Store};
 
@@ -18,21 +17,18 @@ pub async fn recompute_counters(config: &Config, margin: Duration) -> anyhow::Re
     let store = Store::new(&db);
     store.init().await?;
     let as_of = social_kit::recount::as_of_ms(margin);
-    let mut report = Report::new("comment counters");
-    let mut after = None;
-    loop {
-        let ids = store
-            .comment_ids_after(after, validate::MAX_BATCH as i64)
-            .await?;
-        let Some(last) = ids.last().copied() else {
-            return report.finish();
-        };
-        match recount(&store, &ids, as_of).await {
-            Ok(n) => report.done(&ids, n),
-            Err(e) => report.failed(&ids, &e),
-        }
-        after = Some(last);
-    }
+    social_kit::recount::walk(
+        "comment counters",
+        |after, limit| {
+            let store = store.clone();
+            async move { Ok(store.comment_ids_after(after, limit).await?) }
+        },
+        |ids| {
+            let store = store.clone();
+            async move { recount(&store, &ids, as_of).await }
+        },
+    )
+    .await
 }
 
 async fn recount(store: &Store, ids: &[ObjectId], as_of: i64) -> anyhow::Result<u64> {

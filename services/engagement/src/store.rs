@@ -17,17 +17,16 @@ use bson::{DateTime, doc, oid::ObjectId};
 use futures::TryStreamExt;
 use std::time::Duration;
 
-use mongodb::{Collection, Database, options::ReturnDocument};
+use mongodb::{Collection, options::ReturnDocument};
 use serde::{Deserialize, Serialize};
+use social_content::{BodyUpdate, MediaDoc};
 use social_events::{
     Envelope, Payload, idempotency, new_envelope, outbox,
     pb::{CommentDeleted, CommentUnliked, PostUnliked},
     removed_users::RemovedUsers,
 };
 use social_kit::{
-    Result,
-    content::{BodyUpdate, MediaDoc},
-    mongo,
+    Result, mongo,
     paging::{self, Order, PageRequest},
 };
 
@@ -133,7 +132,7 @@ pub struct CommentDoc {
     pub created_at: DateTime,
     /// Orders lists (see `social_kit::paging`).
     pub sort_key: i64,
-    #[serde(deserialize_with = "social_kit::time::lenient")]
+    #[serde(deserialize_with = "social_kit::mongo::lenient::date")]
     pub updated_at: DateTime,
     pub state: String,
     /// When the created and deleted events happened (ms; see `mongo::count_as_of`).
@@ -203,8 +202,7 @@ struct RemovedPost {
 /// Access to `likes` and `comments`. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    db: Database,
-    stand_in: mongo::StandIn,
+    db: mongo::Db,
     likes: Collection<LikeDoc>,
     comments: Collection<CommentDoc>,
     removed_posts: Collection<RemovedPost>,
@@ -215,10 +213,9 @@ pub struct Store {
 }
 
 impl Store {
-    pub fn new(db: &Database) -> Self {
+    pub fn new(db: &mongo::Db) -> Self {
         Self {
             db: db.clone(),
-            stand_in: mongo::StandIn::default(),
             likes: db.collection(LIKES),
             comments: db.collection(COMMENTS),
             removed_posts: db.collection(REMOVED_POSTS),
@@ -230,68 +227,67 @@ impl Store {
     /// Pings and creates the indexes (idempotent); run before serving.
     pub async fn init(&self) -> anyhow::Result<()> {
         mongo::ping(&self.db).await?;
-        let stand_in = self.stand_in.detect(&self.db).await;
-        mongo::ensure_indexes(
-            &self.likes,
-            vec![
-                // One active like per user and target; LikePost/UnlikePost/...
-                mongo::index(
-                    "user_target_active_unique",
-                    doc! { "user_id": 1, "target_id": 1, "active_key": 1 },
-                    true,
-                ),
-                // ListPostLikes newest first (ended likes out of the range).
-                mongo::index(
-                    "target_sorted",
-                    doc! { "target_id": 1, "target_type": 1, "state": 1, "sort_key": -1 },
-                    false,
-                ),
-                // A user's active likes: an export, a deleted account's cascade.
-                mongo::index(
-                    "liker_sorted",
-                    doc! { "user_id": 1, "state": 1, "sort_key": -1 },
-                    false,
-                ),
-                // Counting a target's likes as of a moment (one count over index keys).
-                mongo::index("target_alive", mongo::alive_keys("target_id"), false),
-                // Cascade when a post is deleted.
-                mongo::index("post", doc! { "post_id": 1 }, false),
-                // Likes whose checks against deletions did not finish (crate::checks).
-                mongo::sparse_index("unchecked", doc! { UNCHECKED: 1 }),
-                mongo::sort_key_index(),
-                outbox::index(),
-                outbox::purge_index("ended_ttl", "ended_at", Duration::from_secs(30 * DAY)),
-            ],
-            stand_in,
-        )
-        .await?;
-        mongo::ensure_indexes(
-            &self.comments,
-            vec![
-                // ListComments oldest first, and the cascade (deleted comments out of
-                // the range).
-                mongo::index(
-                    "post_sorted",
-                    doc! { "post_id": 1, "state": 1, "sort_key": 1 },
-                    false,
-                ),
-                // A user's comments: an export, a deleted account's cascade.
-                mongo::index(
-                    "author",
-                    doc! { "user_id": 1, "state": 1, "sort_key": 1 },
-                    false,
-                ),
-                // Comments whose checks against deletions did not finish.
-                mongo::sparse_index("unchecked", doc! { UNCHECKED: 1 }),
-                // Counting a post's comments as of a moment (one count over index keys).
-                mongo::index("post_alive", mongo::alive_keys("post_id"), false),
-                mongo::sort_key_index(),
-                outbox::index(),
-                outbox::purge_index("deleted_ttl", "deleted_at", Duration::from_secs(7 * DAY)),
-            ],
-            stand_in,
-        )
-        .await?;
+        self.db
+            .ensure_indexes(
+                &self.likes,
+                vec![
+                    // One active like per user and target; LikePost/UnlikePost/...
+                    mongo::index(
+                        "user_target_active_unique",
+                        doc! { "user_id": 1, "target_id": 1, "active_key": 1 },
+                        true,
+                    ),
+                    // ListPostLikes newest first (ended likes out of the range).
+                    mongo::index(
+                        "target_sorted",
+                        doc! { "target_id": 1, "target_type": 1, "state": 1, "sort_key": -1 },
+                        false,
+                    ),
+                    // A user's active likes: an export, a deleted account's cascade.
+                    mongo::index(
+                        "liker_sorted",
+                        doc! { "user_id": 1, "state": 1, "sort_key": -1 },
+                        false,
+                    ),
+                    // Counting a target's likes as of a moment (one count over index keys).
+                    mongo::index("target_alive", mongo::alive_keys("target_id"), false),
+                    // Cascade when a post is deleted.
+                    mongo::index("post", doc! { "post_id": 1 }, false),
+                    // Likes whose checks against deletions did not finish (crate::checks).
+                    mongo::sparse_index("unchecked", doc! { UNCHECKED: 1 }),
+                    mongo::sort_key_index(),
+                    outbox::index(),
+                    outbox::purge_index("ended_ttl", "ended_at", Duration::from_secs(30 * DAY)),
+                ],
+            )
+            .await?;
+        self.db
+            .ensure_indexes(
+                &self.comments,
+                vec![
+                    // ListComments oldest first, and the cascade (deleted comments out of
+                    // the range).
+                    mongo::index(
+                        "post_sorted",
+                        doc! { "post_id": 1, "state": 1, "sort_key": 1 },
+                        false,
+                    ),
+                    // A user's comments: an export, a deleted account's cascade.
+                    mongo::index(
+                        "author",
+                        doc! { "user_id": 1, "state": 1, "sort_key": 1 },
+                        false,
+                    ),
+                    // Comments whose checks against deletions did not finish.
+                    mongo::sparse_index("unchecked", doc! { UNCHECKED: 1 }),
+                    // Counting a post's comments as of a moment (one count over index keys).
+                    mongo::index("post_alive", mongo::alive_keys("post_id"), false),
+                    mongo::sort_key_index(),
+                    outbox::index(),
+                    outbox::purge_index("deleted_ttl", "deleted_at", Duration::from_secs(7 * DAY)),
+                ],
+            )
+            .await?;
         // Counts as of a moment by start then end (a fetch for each alive one).
         mongo::retire_indexes(
             &self.likes,
@@ -303,18 +299,18 @@ impl Store {
             &["post_started", "post_ended", "post_lifetime"],
         )
         .await?;
-        mongo::ensure_indexes(
-            &self.removed_posts,
-            vec![mongo::ttl_index(
-                "removed_ttl",
-                "removed_at",
-                Duration::from_secs(30 * DAY),
-            )],
-            stand_in,
-        )
-        .await?;
-        self.counters.init(stand_in).await?;
-        self.removed_users.init(stand_in).await?;
+        self.db
+            .ensure_indexes(
+                &self.removed_posts,
+                vec![mongo::ttl_index(
+                    "removed_ttl",
+                    "removed_at",
+                    Duration::from_secs(30 * DAY),
+                )],
+            )
+            .await?;
+        self.counters.init().await?;
+        self.removed_users.init().await?;
         Ok(())
     }
 
@@ -357,7 +353,7 @@ impl Store {
     pub async fn page_of_likes(&self, user: ObjectId, after: Option<i64>) -> Result<Vec<LikeDoc>> {
         Ok(mongo::page_by_key(
             &self.likes,
-            doc! { "user_id": mongo::is(user), "state": ACTIVE },
+            doc! { "user_id": mongo::equals_id(user), "state": ACTIVE },
             outbox::without_bookkeeping(),
             after,
             100,
@@ -373,7 +369,7 @@ impl Store {
     ) -> Result<Vec<CommentDoc>> {
         Ok(mongo::page_by_key(
             &self.comments,
-            doc! { "user_id": mongo::is(user), "state": ACTIVE },
+            doc! { "user_id": mongo::equals_id(user), "state": ACTIVE },
             outbox::without_bookkeeping(),
             after,
             100,
@@ -385,7 +381,7 @@ impl Store {
     pub async fn likes_by(&self, user: ObjectId, limit: i64) -> Result<Vec<LikeDoc>> {
         Ok(self
             .likes
-            .find(doc! { "user_id": mongo::is(user), "state": ACTIVE })
+            .find(doc! { "user_id": mongo::equals_id(user), "state": ACTIVE })
             .projection(outbox::without_bookkeeping())
             .limit(limit)
             .await?
@@ -397,7 +393,7 @@ impl Store {
     pub async fn comments_by(&self, user: ObjectId, limit: i64) -> Result<Vec<CommentDoc>> {
         Ok(self
             .comments
-            .find(doc! { "user_id": mongo::is(user), "state": ACTIVE })
+            .find(doc! { "user_id": mongo::equals_id(user), "state": ACTIVE })
             .projection(outbox::without_bookkeeping())
             .limit(limit)
             .await?
@@ -494,7 +490,7 @@ impl Store {
         Ok(self
             .likes
             .find_one(doc! {
-                "user_id": mongo::is(user), "target_id": mongo::is(target),
+                "user_id": mongo::equals_id(user), "target_id": mongo::equals_id(target),
                 "active_key": ACTIVE, "target_type": kind,
             })
             .projection(outbox::without_bookkeeping())
@@ -511,7 +507,7 @@ impl Store {
         let kind = bson::serialize_to_bson(&kind).map_err(social_kit::Error::internal)?;
         Ok(self
             .likes
-            .find(doc! { "target_id": mongo::is(target), "target_type": kind, "state": ACTIVE })
+            .find(doc! { "target_id": mongo::equals_id(target), "target_type": kind, "state": ACTIVE })
             .projection(outbox::without_bookkeeping())
             .limit(limit)
             .await?
@@ -536,25 +532,25 @@ impl Store {
     /// A page of the active likes of a post, newest first.
     pub async fn post_likes(&self, post: ObjectId, page: &PageRequest) -> Result<Vec<LikeDoc>> {
         let order = Order::NewestFirst;
-        let filter = doc! { "target_id": mongo::is(post), "target_type": "post", "state": ACTIVE };
-        Ok(self
-            .likes
-            .find(order.filter(filter, page))
-            .projection(outbox::without_bookkeeping())
-            .sort(order.sort())
-            .limit(page.fetch_limit())
-            .await?
-            .try_collect()
-            .await?)
+        let filter =
+            doc! { "target_id": mongo::equals_id(post), "target_type": "post", "state": ACTIVE };
+        Ok(mongo::page(
+            &self.likes,
+            order,
+            filter,
+            page,
+            outbox::without_bookkeeping(),
+        )
+        .await?)
     }
 
     /// How many likes `target` had at `as_of_ms` (see `mongo::count_as_of`).
     pub async fn count_likes(&self, target: ObjectId, as_of_ms: i64) -> Result<i64> {
         Ok(mongo::count_as_of(
+            &self.db,
             &self.likes,
-            doc! { "target_id": mongo::is(target) },
+            doc! { "target_id": mongo::equals_id(target) },
             as_of_ms,
-            &self.stand_in,
         )
         .await?)
     }
@@ -616,25 +612,24 @@ impl Store {
     /// A page of the comments of a post, oldest first.
     pub async fn comments_of(&self, post: ObjectId, page: &PageRequest) -> Result<Vec<CommentDoc>> {
         let order = Order::OldestFirst;
-        let filter = doc! { "post_id": mongo::is(post), "state": ACTIVE };
-        Ok(self
-            .comments
-            .find(order.filter(filter, page))
-            .projection(outbox::without_bookkeeping())
-            .sort(order.sort())
-            .limit(page.fetch_limit())
-            .await?
-            .try_collect()
-            .await?)
+        let filter = doc! { "post_id": mongo::equals_id(post), "state": ACTIVE };
+        Ok(mongo::page(
+            &self.comments,
+            order,
+            filter,
+            page,
+            outbox::without_bookkeeping(),
+        )
+        .await?)
     }
 
     /// How many comments `post` had at `as_of_ms` (see `mongo::count_as_of`).
     pub async fn count_comments(&self, post: ObjectId, as_of_ms: i64) -> Result<i64> {
         Ok(mongo::count_as_of(
+            &self.db,
             &self.comments,
-            doc! { "post_id": mongo::is(post) },
+            doc! { "post_id": mongo::equals_id(post) },
             as_of_ms,
-            &self.stand_in,
         )
         .await?)
     }
@@ -687,13 +682,13 @@ impl Store {
         mongo::insert_once(&self.removed_posts, &tombstone).await?;
         self.comments
             .update_many(
-                doc! { "post_id": mongo::is(post), "state": ACTIVE },
+                doc! { "post_id": mongo::equals_id(post), "state": ACTIVE },
                 doc! { "$set": { "state": "deleted", "deleted_at": now, "content": "", "media": [] } },
             )
             .await?;
         // One statement whatever the number of likes (ended ones go too).
         self.likes
-            .delete_many(doc! { "post_id": mongo::is(post) })
+            .delete_many(doc! { "post_id": mongo::equals_id(post) })
             .await?;
         Ok(())
     }

@@ -11,12 +11,12 @@ use social_proto::user::v1::{
     ChangePasswordRequest, DeleteAccountRequest, ExportAccountRequest, ExportRecord,
     GetUserByUsernameRequest, GetUserRequest, ListSessionsRequest, LoginRequest, LogoutRequest,
     RefreshSessionRequest, RegisterRequest, RevokeOtherSessionsRequest, RevokeSessionRequest,
-    UpdateUserRequest, User as WireUser, user_service_client::UserServiceClient,
+    UpdateUserRequest, User as WireUser,
 };
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    context::{AppState, Body, Identity, PageQuery, Path, Query, created, paged},
+    context::{AppState, Body, Identity, PageQuery, Path, Query, ask, created, paged},
     error::{ApiError, ApiResult, ErrorBody},
     model::{
         Confirm, LogIn, PasswordChange, ProfileChange, Refresh, Session, SessionPage, SignUp,
@@ -39,22 +39,6 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(export_me))
 }
 
-fn client(state: &AppState) -> UserServiceClient<tonic::transport::Channel> {
-    UserServiceClient::new(state.services.users.channel())
-}
-
-/// Calls the user service and maps its failure.
-macro_rules! user_call {
-    ($state:expr, $call:expr) => {
-        $state
-            .services
-            .users
-            .call($call)
-            .await
-            .map_err(|s| ApiError::upstream(&$state.services.users, s))
-    };
-}
-
 /// Signs up: the account, and the tokens of its first session.
 #[utoipa::path(post, path = "/v1/accounts", tag = "accounts", request_body = SignUp,
     responses((status = 201, body = Tokens, description = "the account and its tokens"),
@@ -65,7 +49,6 @@ async fn sign_up(
     who: Identity,
     Body(body): Body<SignUp>,
 ) -> ApiResult<Response> {
-    let peer = &state.services.users;
     let request = RegisterRequest {
         username: body.username,
         email: body.email,
@@ -73,7 +56,7 @@ async fn sign_up(
         full_name: body.full_name,
         device: body.device,
     };
-    let r = user_call!(state, client(&state).register(who.request(peer, request)))?;
+    let r = ask!(state, who, users.register(request))?;
     let user: Option<User> = r.user.map(Into::into);
     let location = format!("/v1/users/{}", user.as_ref().map_or("", |u| u.id.as_str()));
     let tokens = Tokens {
@@ -97,13 +80,12 @@ async fn log_in(
     who: Identity,
     Body(body): Body<LogIn>,
 ) -> ApiResult<Response> {
-    let peer = &state.services.users;
     let request = LoginRequest {
         username_or_email: body.username_or_email,
         password: body.password,
         device: body.device,
     };
-    let r = user_call!(state, client(&state).login(who.request(peer, request)))?;
+    let r = ask!(state, who, users.login(request))?;
     let tokens = Tokens {
         access_token: r.access_token,
         expires_at: crate::model::time(r.expires_at),
@@ -130,14 +112,10 @@ async fn refresh(
     who: Identity,
     Body(body): Body<Refresh>,
 ) -> ApiResult<Json<Tokens>> {
-    let peer = &state.services.users;
     let request = RefreshSessionRequest {
         refresh_token: body.refresh_token,
     };
-    let r = user_call!(
-        state,
-        client(&state).refresh_session(who.request(peer, request))
-    )?;
+    let r = ask!(state, who, users.refresh_session(request))?;
     Ok(Json(Tokens {
         access_token: r.access_token,
         expires_at: crate::model::time(r.expires_at),
@@ -154,11 +132,7 @@ async fn refresh(
     responses((status = 204), (status = 401, body = ErrorBody)))]
 async fn log_out(State(state): State<AppState>, who: Identity) -> ApiResult<StatusCode> {
     who.account()?;
-    let peer = &state.services.users;
-    user_call!(
-        state,
-        client(&state).logout(who.request(peer, LogoutRequest {}))
-    )?;
+    ask!(state, who, users.logout(LogoutRequest {}))?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -173,21 +147,13 @@ async fn list_sessions(
     Query(page): Query<PageQuery>,
 ) -> ApiResult<Response> {
     who.account()?;
-    let peer = &state.services.users;
     let request = ListSessionsRequest {
         page_size: page.page_size,
         page_token: page.page_token,
     };
-    let r = user_call!(
-        state,
-        client(&state).list_sessions(who.request(peer, request))
-    )?;
+    let r = ask!(state, who, users.list_sessions(request))?;
     let items: Vec<Session> = r.sessions.into_iter().map(Into::into).collect();
-    let page = SessionPage {
-        items,
-        next_page_token: r.next_page_token,
-    };
-    Ok(paged(&uri, page))
+    Ok(paged(&uri, SessionPage::of(items, r.next_page_token)))
 }
 
 /// Ends one of the caller's sessions.
@@ -200,12 +166,8 @@ async fn revoke_session(
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     who.account()?;
-    let peer = &state.services.users;
     let request = RevokeSessionRequest { session_id: id };
-    user_call!(
-        state,
-        client(&state).revoke_session(who.request(peer, request))
-    )?;
+    ask!(state, who, users.revoke_session(request))?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -218,12 +180,8 @@ async fn revoke_other_sessions(
     who: Identity,
 ) -> ApiResult<Json<Updated>> {
     who.account()?;
-    let peer = &state.services.users;
     let request = RevokeOtherSessionsRequest {};
-    let r = user_call!(
-        state,
-        client(&state).revoke_other_sessions(who.request(peer, request))
-    )?;
+    let r = ask!(state, who, users.revoke_other_sessions(request))?;
     Ok(Json(Updated {
         updated_count: r.revoked_count,
     }))
@@ -238,11 +196,7 @@ async fn get_user(
     who: Identity,
     Path(id): Path<String>,
 ) -> ApiResult<Json<User>> {
-    let peer = &state.services.users;
-    let u = user_call!(
-        state,
-        client(&state).get_user(who.request(peer, GetUserRequest { id }))
-    )?;
+    let u = ask!(state, who, users.get_user(GetUserRequest { id }))?;
     Ok(Json(u.into()))
 }
 
@@ -255,12 +209,8 @@ async fn get_user_by_username(
     who: Identity,
     Path(username): Path<String>,
 ) -> ApiResult<Json<User>> {
-    let peer = &state.services.users;
     let request = GetUserByUsernameRequest { username };
-    let u = user_call!(
-        state,
-        client(&state).get_user_by_username(who.request(peer, request))
-    )?;
+    let u = ask!(state, who, users.get_user_by_username(request))?;
     Ok(Json(u.into()))
 }
 
@@ -269,11 +219,10 @@ async fn get_user_by_username(
     responses((status = 200, body = User), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn me(State(state): State<AppState>, who: Identity) -> ApiResult<Json<User>> {
     let me = who.account()?;
-    let peer = &state.services.users;
     let request = GetUserRequest {
         id: me.user.to_hex(),
     };
-    let u = user_call!(state, client(&state).get_user(who.request(peer, request)))?;
+    let u = ask!(state, who, users.get_user(request))?;
     Ok(Json(u.into()))
 }
 
@@ -309,7 +258,7 @@ async fn export_me(State(state): State<AppState>, who: Identity) -> ApiResult<Re
     who.account()?;
     let peer = &state.services.users;
     let request = who.request(peer, ExportAccountRequest {});
-    let mut users = client(&state);
+    let mut users = crate::context::clients::users(peer);
     let opened =
         crate::context::open_stream(peer, "starting the export", request, EXPORT_WITHIN, |r| {
             users.export_account(r)
@@ -363,15 +312,11 @@ async fn change_me(
             "give at least one of full_name, bio, profile_picture_url",
         ));
     }
-    let peer = &state.services.users;
     let request = UpdateUserRequest {
         user: Some(user),
         update_mask: Some(FieldMask { paths }),
     };
-    let u = user_call!(
-        state,
-        client(&state).update_user(who.request(peer, request))
-    )?;
+    let u = ask!(state, who, users.update_user(request))?;
     Ok(Json(u.into()))
 }
 
@@ -385,15 +330,11 @@ async fn change_password(
     Body(body): Body<PasswordChange>,
 ) -> ApiResult<StatusCode> {
     who.account()?;
-    let peer = &state.services.users;
     let request = ChangePasswordRequest {
         old_password: body.old_password,
         new_password: body.new_password,
     };
-    user_call!(
-        state,
-        client(&state).change_password(who.request(peer, request))
-    )?;
+    ask!(state, who, users.change_password(request))?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -407,13 +348,9 @@ async fn delete_me(
     Body(body): Body<Confirm>,
 ) -> ApiResult<StatusCode> {
     who.account()?;
-    let peer = &state.services.users;
     let request = DeleteAccountRequest {
         password: body.password,
     };
-    user_call!(
-        state,
-        client(&state).delete_account(who.request(peer, request))
-    )?;
+    ask!(state, who, users.delete_account(request))?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -12,7 +12,7 @@ use axum::{
 };
 use serde::{Deserialize, de::DeserializeOwned};
 use social_kit::{auth::Caller, client::Peer};
-use social_proto::user::v1::{BatchGetUsersRequest, user_service_client::UserServiceClient};
+use social_proto::user::v1::BatchGetUsersRequest;
 use tonic::Code;
 use utoipa::IntoParams;
 
@@ -20,6 +20,54 @@ use crate::{
     error::{ApiError, ApiResult},
     model::Account,
 };
+
+/// Calls a service as the caller: `ask!(state, who, posts.get_post(message))` sends
+/// `message` to the post service's `GetPost` with the caller's token and address
+/// ([`Identity::request`]), under the peer's deadline ([`Peer::call`]); a failure becomes
+/// the API's answer for that service ([`ApiError::upstream`]). The one way a handler
+/// calls a service.
+macro_rules! ask {
+    ($state:expr, $who:expr, $peer:ident . $rpc:ident ($message:expr)) => {{
+        let peer = &$state.services.$peer;
+        peer.call($crate::context::clients::$peer(peer).$rpc($who.request(peer, $message)))
+            .await
+            .map_err(|s| $crate::error::ApiError::upstream(peer, s))
+    }};
+}
+pub(crate) use ask;
+
+/// The generated client of each service, by its field in [`Services`].
+pub mod clients {
+    use social_kit::client::Peer;
+    use social_proto::{
+        engagement::v1::engagement_service_client::EngagementServiceClient,
+        graph::v1::social_graph_service_client::SocialGraphServiceClient,
+        notification::v1::notification_service_client::NotificationServiceClient,
+        post::v1::post_service_client::PostServiceClient,
+        user::v1::user_service_client::UserServiceClient,
+    };
+    use tonic::transport::Channel;
+
+    pub fn users(peer: &Peer) -> UserServiceClient<Channel> {
+        UserServiceClient::new(peer.channel())
+    }
+
+    pub fn posts(peer: &Peer) -> PostServiceClient<Channel> {
+        PostServiceClient::new(peer.channel())
+    }
+
+    pub fn graph(peer: &Peer) -> SocialGraphServiceClient<Channel> {
+        SocialGraphServiceClient::new(peer.channel())
+    }
+
+    pub fn engagement(peer: &Peer) -> EngagementServiceClient<Channel> {
+        EngagementServiceClient::new(peer.channel())
+    }
+
+    pub fn notifications(peer: &Peer) -> NotificationServiceClient<Channel> {
+        NotificationServiceClient::new(peer.channel())
+    }
+}
 
 /// The services behind the gateway. Cheap to clone.
 #[derive(Clone)]
@@ -275,7 +323,7 @@ pub async fn accounts(
         .filter(|id| !id.is_empty() && seen.insert(id.clone()))
         .collect();
     let peer = &services.users;
-    let mut client = UserServiceClient::new(peer.channel());
+    let mut client = clients::users(peer);
     let mut found = HashMap::with_capacity(unique.len());
     // A page has at most 100 items, so one call; a stream's resume may need a few.
     for ids in unique.chunks(social_kit::validate::MAX_BATCH) {

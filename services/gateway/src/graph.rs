@@ -9,14 +9,13 @@ use axum::{
 };
 use social_proto::graph::v1::{
     FollowRequest, GetRelationshipRequest, ListFollowersRequest, ListFollowingRequest,
-    UnfollowRequest, social_graph_service_client::SocialGraphServiceClient,
+    UnfollowRequest,
 };
-use tonic::transport::Channel;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    context::{AppState, Identity, PageQuery, Path, Query, accounts, paged},
-    error::{ApiError, ApiResult, ErrorBody},
+    context::{AppState, Identity, PageQuery, Path, Query, accounts, ask, paged},
+    error::{ApiResult, ErrorBody},
     model::{Follow, FollowPage, Relationship},
 };
 
@@ -26,21 +25,6 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(followers))
         .routes(routes!(following))
         .routes(routes!(relationship))
-}
-
-fn graph(state: &AppState) -> SocialGraphServiceClient<Channel> {
-    SocialGraphServiceClient::new(state.services.graph.channel())
-}
-
-macro_rules! call {
-    ($state:expr, $call:expr) => {
-        $state
-            .services
-            .graph
-            .call($call)
-            .await
-            .map_err(|s| ApiError::upstream(&$state.services.graph, s))
-    };
 }
 
 /// Follows a user (again: nothing changes).
@@ -54,9 +38,8 @@ async fn follow(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Follow>> {
     who.account()?;
-    let peer = &state.services.graph;
     let request = FollowRequest { followee_id: id };
-    let f = call!(state, graph(&state).follow(who.request(peer, request)))?;
+    let f = ask!(state, who, graph.follow(request))?;
     Ok(Json(f.into()))
 }
 
@@ -70,9 +53,8 @@ async fn unfollow(
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     who.account()?;
-    let peer = &state.services.graph;
     let request = UnfollowRequest { followee_id: id };
-    call!(state, graph(&state).unfollow(who.request(peer, request)))?;
+    ask!(state, who, graph.unfollow(request))?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -114,24 +96,14 @@ async fn followers(
     Path(id): Path<String>,
     Query(page): Query<PageQuery>,
 ) -> ApiResult<Response> {
-    let peer = &state.services.graph;
     let request = ListFollowersRequest {
         user_id: id,
         page_size: page.page_size,
         page_token: page.page_token,
     };
-    let r = call!(
-        state,
-        graph(&state).list_followers(who.request(peer, request))
-    )?;
+    let r = ask!(state, who, graph.list_followers(request))?;
     let items = with_accounts(&state, &who, r.follows, true).await?;
-    Ok(paged(
-        &uri,
-        FollowPage {
-            items,
-            next_page_token: r.next_page_token,
-        },
-    ))
+    Ok(paged(&uri, FollowPage::of(items, r.next_page_token)))
 }
 
 /// Whom a user follows, newest first.
@@ -145,24 +117,14 @@ async fn following(
     Path(id): Path<String>,
     Query(page): Query<PageQuery>,
 ) -> ApiResult<Response> {
-    let peer = &state.services.graph;
     let request = ListFollowingRequest {
         user_id: id,
         page_size: page.page_size,
         page_token: page.page_token,
     };
-    let r = call!(
-        state,
-        graph(&state).list_following(who.request(peer, request))
-    )?;
+    let r = ask!(state, who, graph.list_following(request))?;
     let items = with_accounts(&state, &who, r.follows, false).await?;
-    Ok(paged(
-        &uri,
-        FollowPage {
-            items,
-            next_page_token: r.next_page_token,
-        },
-    ))
+    Ok(paged(&uri, FollowPage::of(items, r.next_page_token)))
 }
 
 /// How the caller and a user stand: whether each follows the other.
@@ -175,15 +137,11 @@ async fn relationship(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Relationship>> {
     let me = who.account()?;
-    let peer = &state.services.graph;
     let request = GetRelationshipRequest {
         user_id: me.user.to_hex(),
         other_user_id: id,
     };
-    let r = call!(
-        state,
-        graph(&state).get_relationship(who.request(peer, request))
-    )?;
+    let r = ask!(state, who, graph.get_relationship(request))?;
     Ok(Json(Relationship {
         following: r.following,
         followed_by: r.followed_by,

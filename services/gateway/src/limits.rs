@@ -271,23 +271,20 @@ impl Limits {
             .streams
             .lock()
             .map_err(|_| ApiError::new(tonic::Code::Internal, "internal error"))?;
-        if open.accounts.get(&account).copied().unwrap_or(0) >= self.caps.per_account {
-            return Err(ApiError::too_many_because(
-                format!(
-                    "this account has {} live streams open already; close one first",
-                    self.caps.per_account
-                ),
-                STREAM_RETRY,
-            ));
-        }
-        if open.addresses.get(&address).copied().unwrap_or(0) >= self.caps.per_address {
-            return Err(ApiError::too_many_because(
-                format!(
-                    "{} live streams are open from this address already; close one first",
-                    self.caps.per_address
-                ),
-                STREAM_RETRY,
-            ));
+        let (per_account, per_address) = (self.caps.per_account, self.caps.per_address);
+        let full = if open.accounts.get(&account).copied().unwrap_or(0) >= per_account {
+            Some(format!(
+                "this account has {per_account} live streams open already; close one first"
+            ))
+        } else if open.addresses.get(&address).copied().unwrap_or(0) >= per_address {
+            Some(format!(
+                "{per_address} live streams are open from this address already; close one first"
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = full {
+            return Err(ApiError::too_many_because(why, STREAM_RETRY));
         }
         *open.accounts.entry(account).or_default() += 1;
         *open.addresses.entry(address).or_default() += 1;

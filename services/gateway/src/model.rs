@@ -404,6 +404,16 @@ macro_rules! page {
             pub next_page_token: String,
         }
 
+        impl $name {
+            /// `items`, and the token of the page after them.
+            pub fn of(items: Vec<$item>, next_page_token: String) -> Self {
+                Self {
+                    items,
+                    next_page_token,
+                }
+            }
+        }
+
         impl crate::context::Page for $name {
             fn next_page_token(&self) -> &str {
                 &self.next_page_token

@@ -13,14 +13,13 @@ use social_proto::notification::v1::{
     GetUnreadCountRequest, GetUnreadGroupCountRequest, ListNotificationGroupsRequest,
     ListNotificationsRequest, MarkAllNotificationsReadRequest, MarkGroupReadRequest,
     MarkNotificationsReadRequest, Notification as WireNotification, NotificationGroup as WireGroup,
-    NotificationType, notification_service_client::NotificationServiceClient,
+    NotificationType,
 };
-use tonic::transport::Channel;
 use utoipa::IntoParams;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    context::{AppState, Body, Identity, Path, Query, accounts, paged},
+    context::{AppState, Body, Identity, Path, Query, accounts, ask, paged},
     error::{ApiError, ApiResult, ErrorBody},
     model::{
         Account, Count, MarkRead, Notification, NotificationGroup, NotificationGroupPage,
@@ -37,21 +36,6 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(groups))
         .routes(routes!(unread_group_count))
         .routes(routes!(mark_group_read))
-}
-
-pub(crate) fn client(state: &AppState) -> NotificationServiceClient<Channel> {
-    NotificationServiceClient::new(state.services.notifications.channel())
-}
-
-macro_rules! call {
-    ($state:expr, $call:expr) => {
-        $state
-            .services
-            .notifications
-            .call($call)
-            .await
-            .map_err(|s| ApiError::upstream(&$state.services.notifications, s))
-    };
 }
 
 /// `page_size`, `page_token`, `unread_only` and `types` of the list.
@@ -141,19 +125,9 @@ async fn list(
         unread_only: q.unread_only,
         types: types(&q.types)?,
     };
-    let peer = &state.services.notifications;
-    let r = call!(
-        state,
-        client(&state).list_notifications(who.request(peer, request))
-    )?;
+    let r = ask!(state, who, notifications.list_notifications(request))?;
     let items = with_accounts(&state, &who, r.notifications).await?;
-    Ok(paged(
-        &uri,
-        NotificationPage {
-            items,
-            next_page_token: r.next_page_token,
-        },
-    ))
+    Ok(paged(&uri, NotificationPage::of(items, r.next_page_token)))
 }
 
 /// `page_size`, `page_token` and `unread_only` of the grouped list.
@@ -220,18 +194,11 @@ async fn groups(
         page_token: q.page_token,
         unread_only: q.unread_only,
     };
-    let peer = &state.services.notifications;
-    let r = call!(
-        state,
-        client(&state).list_notification_groups(who.request(peer, request))
-    )?;
+    let r = ask!(state, who, notifications.list_notification_groups(request))?;
     let items = with_samples(&state, &who, r.groups).await?;
     Ok(paged(
         &uri,
-        NotificationGroupPage {
-            items,
-            next_page_token: r.next_page_token,
-        },
+        NotificationGroupPage::of(items, r.next_page_token),
     ))
 }
 
@@ -244,10 +211,10 @@ async fn unread_group_count(
     who: Identity,
 ) -> ApiResult<Json<Count>> {
     who.account()?;
-    let peer = &state.services.notifications;
-    let r = call!(
+    let r = ask!(
         state,
-        client(&state).get_unread_group_count(who.request(peer, GetUnreadGroupCountRequest {}))
+        who,
+        notifications.get_unread_group_count(GetUnreadGroupCountRequest {})
     )?;
     Ok(Json(Count { count: r.count }))
 }
@@ -266,12 +233,8 @@ async fn mark_group_read(
     Path(group_key): Path<String>,
 ) -> ApiResult<Json<Updated>> {
     who.account()?;
-    let peer = &state.services.notifications;
     let request = MarkGroupReadRequest { group_key };
-    let r = call!(
-        state,
-        client(&state).mark_group_read(who.request(peer, request))
-    )?;
+    let r = ask!(state, who, notifications.mark_group_read(request))?;
     Ok(Json(Updated {
         updated_count: r.updated_count,
     }))
@@ -283,10 +246,10 @@ async fn mark_group_read(
     responses((status = 200, body = Count), (status = 401, body = ErrorBody)))]
 async fn unread_count(State(state): State<AppState>, who: Identity) -> ApiResult<Json<Count>> {
     who.account()?;
-    let peer = &state.services.notifications;
-    let r = call!(
+    let r = ask!(
         state,
-        client(&state).get_unread_count(who.request(peer, GetUnreadCountRequest {}))
+        who,
+        notifications.get_unread_count(GetUnreadCountRequest {})
     )?;
     Ok(Json(Count { count: r.count }))
 }
@@ -301,12 +264,8 @@ async fn mark_read(
     Body(body): Body<MarkRead>,
 ) -> ApiResult<Json<Updated>> {
     who.account()?;
-    let peer = &state.services.notifications;
     let request = MarkNotificationsReadRequest { ids: body.ids };
-    let r = call!(
-        state,
-        client(&state).mark_notifications_read(who.request(peer, request))
-    )?;
+    let r = ask!(state, who, notifications.mark_notifications_read(request))?;
     Ok(Json(Updated {
         updated_count: r.updated_count,
     }))
@@ -318,11 +277,11 @@ async fn mark_read(
     responses((status = 200, body = Updated), (status = 401, body = ErrorBody)))]
 async fn mark_all_read(State(state): State<AppState>, who: Identity) -> ApiResult<Json<Updated>> {
     who.account()?;
-    let peer = &state.services.notifications;
     let request = MarkAllNotificationsReadRequest {};
-    let r = call!(
+    let r = ask!(
         state,
-        client(&state).mark_all_notifications_read(who.request(peer, request))
+        who,
+        notifications.mark_all_notifications_read(request)
     )?;
     Ok(Json(Updated {
         updated_count: r.updated_count,

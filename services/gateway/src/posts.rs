@@ -13,19 +13,16 @@ use social_proto::{
         Comment as WireComment, CreateCommentRequest, DeleteCommentRequest, GetCommentRequest,
         LikeCommentRequest, LikePostRequest, ListCommentsRequest, ListPostLikesRequest,
         UnlikeCommentRequest, UnlikePostRequest, UpdateCommentRequest,
-        engagement_service_client::EngagementServiceClient,
     },
     post::v1::{
         CreatePostRequest, DeletePostRequest, GetPostRequest, ListHomeFeedRequest,
         ListUserPostsRequest, Post as WirePost, UpdatePostRequest,
-        post_service_client::PostServiceClient,
     },
 };
-use tonic::transport::Channel;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    context::{AppState, Body, Identity, PageQuery, Path, Query, accounts, created, paged},
+    context::{AppState, Body, Identity, PageQuery, Path, Query, accounts, ask, created, paged},
     error::{ApiError, ApiResult, ErrorBody},
     model::{BodyChange, Comment, CommentPage, Like, LikePage, Media, NewBody, Post, PostPage},
 };
@@ -41,25 +38,6 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(comments, create_comment))
         .routes(routes!(get_comment, change_comment, delete_comment))
         .routes(routes!(like_comment, unlike_comment))
-}
-
-fn posts(state: &AppState) -> PostServiceClient<Channel> {
-    PostServiceClient::new(state.services.posts.channel())
-}
-
-fn engagement(state: &AppState) -> EngagementServiceClient<Channel> {
-    EngagementServiceClient::new(state.services.engagement.channel())
-}
-
-macro_rules! call {
-    ($state:expr, $peer:ident, $call:expr) => {
-        $state
-            .services
-            .$peer
-            .call($call)
-            .await
-            .map_err(|s| ApiError::upstream(&$state.services.$peer, s))
-    };
 }
 
 /// `posts` with their authors (one call for the page).
@@ -135,12 +113,7 @@ async fn create_post(
         content: body.content,
         media: body.media.into_iter().map(Into::into).collect(),
     };
-    let peer = &state.services.posts;
-    let post = call!(
-        state,
-        posts,
-        posts(&state).create_post(who.request(peer, request))
-    )?;
+    let post = ask!(state, who, posts.create_post(request))?;
     let location = format!("/v1/posts/{}", post.id);
     let post = with_authors(&state, &who, vec![post]).await?;
     Ok(created(location, post.into_iter().next()))
@@ -154,12 +127,7 @@ async fn get_post(
     who: Identity,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Post>> {
-    let peer = &state.services.posts;
-    let post = call!(
-        state,
-        posts,
-        posts(&state).get_post(who.request(peer, GetPostRequest { id }))
-    )?;
+    let post = ask!(state, who, posts.get_post(GetPostRequest { id }))?;
     let post = with_authors(&state, &who, vec![post]).await?;
     post.into_iter()
         .next()
@@ -189,12 +157,7 @@ async fn change_post(
         }),
         update_mask: Some(mask),
     };
-    let peer = &state.services.posts;
-    let post = call!(
-        state,
-        posts,
-        posts(&state).update_post(who.request(peer, request))
-    )?;
+    let post = ask!(state, who, posts.update_post(request))?;
     Ok(Json(Post::from(post)))
 }
 
@@ -208,12 +171,7 @@ async fn delete_post(
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     who.account()?;
-    let peer = &state.services.posts;
-    call!(
-        state,
-        posts,
-        posts(&state).delete_post(who.request(peer, DeletePostRequest { id }))
-    )?;
+    ask!(state, who, posts.delete_post(DeletePostRequest { id }))?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -233,20 +191,9 @@ async fn user_posts(
         page_size: page.page_size,
         page_token: page.page_token,
     };
-    let peer = &state.services.posts;
-    let r = call!(
-        state,
-        posts,
-        posts(&state).list_user_posts(who.request(peer, request))
-    )?;
+    let r = ask!(state, who, posts.list_user_posts(request))?;
     let items = with_authors(&state, &who, r.posts).await?;
-    Ok(paged(
-        &uri,
-        PostPage {
-            items,
-            next_page_token: r.next_page_token,
-        },
-    ))
+    Ok(paged(&uri, PostPage::of(items, r.next_page_token)))
 }
 
 /// The caller's home feed: the posts of the accounts they follow and their own, newest
@@ -265,20 +212,9 @@ async fn feed(
         page_size: page.page_size,
         page_token: page.page_token,
     };
-    let peer = &state.services.posts;
-    let r = call!(
-        state,
-        posts,
-        posts(&state).list_home_feed(who.request(peer, request))
-    )?;
+    let r = ask!(state, who, posts.list_home_feed(request))?;
     let items = with_authors(&state, &who, r.posts).await?;
-    Ok(paged(
-        &uri,
-        PostPage {
-            items,
-            next_page_token: r.next_page_token,
-        },
-    ))
+    Ok(paged(&uri, PostPage::of(items, r.next_page_token)))
 }
 
 /// Likes a post (again: nothing changes).
@@ -291,13 +227,8 @@ async fn like_post(
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     who.account()?;
-    let peer = &state.services.engagement;
     let request = LikePostRequest { post_id: id };
-    call!(
-        state,
-        engagement,
-        engagement(&state).like_post(who.request(peer, request))
-    )?;
+    ask!(state, who, engagement.like_post(request))?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -311,13 +242,8 @@ async fn unlike_post(
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     who.account()?;
-    let peer = &state.services.engagement;
     let request = UnlikePostRequest { post_id: id };
-    call!(
-        state,
-        engagement,
-        engagement(&state).unlike_post(who.request(peer, request))
-    )?;
+    ask!(state, who, engagement.unlike_post(request))?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -337,12 +263,7 @@ async fn post_likes(
         page_size: page.page_size,
         page_token: page.page_token,
     };
-    let peer = &state.services.engagement;
-    let r = call!(
-        state,
-        engagement,
-        engagement(&state).list_post_likes(who.request(peer, request))
-    )?;
+    let r = ask!(state, who, engagement.list_post_likes(request))?;
     let likers = accounts(
         &state.services,
         &who,
@@ -360,13 +281,7 @@ async fn post_likes(
             }
         })
         .collect();
-    Ok(paged(
-        &uri,
-        LikePage {
-            items,
-            next_page_token: r.next_page_token,
-        },
-    ))
+    Ok(paged(&uri, LikePage::of(items, r.next_page_token)))
 }
 
 /// A post's comments, oldest first, each with its author.
@@ -385,20 +300,9 @@ async fn comments(
         page_size: page.page_size,
         page_token: page.page_token,
     };
-    let peer = &state.services.engagement;
-    let r = call!(
-        state,
-        engagement,
-        engagement(&state).list_comments(who.request(peer, request))
-    )?;
+    let r = ask!(state, who, engagement.list_comments(request))?;
     let items = comments_with_authors(&state, &who, r.comments).await?;
-    Ok(paged(
-        &uri,
-        CommentPage {
-            items,
-            next_page_token: r.next_page_token,
-        },
-    ))
+    Ok(paged(&uri, CommentPage::of(items, r.next_page_token)))
 }
 
 /// Comments on a post: text, media, or both; `@username` mentions notify.
@@ -418,12 +322,7 @@ async fn create_comment(
         content: body.content,
         media: body.media.into_iter().map(Into::into).collect(),
     };
-    let peer = &state.services.engagement;
-    let comment = call!(
-        state,
-        engagement,
-        engagement(&state).create_comment(who.request(peer, request))
-    )?;
+    let comment = ask!(state, who, engagement.create_comment(request))?;
     let location = format!("/v1/comments/{}", comment.id);
     let comment = comments_with_authors(&state, &who, vec![comment]).await?;
     Ok(created(location, comment.into_iter().next()))
@@ -438,12 +337,7 @@ async fn get_comment(
     who: Identity,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Comment>> {
-    let peer = &state.services.engagement;
-    let c = call!(
-        state,
-        engagement,
-        engagement(&state).get_comment(who.request(peer, GetCommentRequest { id }))
-    )?;
+    let c = ask!(state, who, engagement.get_comment(GetCommentRequest { id }))?;
     let comment = comments_with_authors(&state, &who, vec![c]).await?;
     comment
         .into_iter()
@@ -474,12 +368,7 @@ async fn change_comment(
         }),
         update_mask: Some(mask),
     };
-    let peer = &state.services.engagement;
-    let c = call!(
-        state,
-        engagement,
-        engagement(&state).update_comment(who.request(peer, request))
-    )?;
+    let c = ask!(state, who, engagement.update_comment(request))?;
     Ok(Json(Comment::from(c)))
 }
 
@@ -493,13 +382,8 @@ async fn delete_comment(
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     who.account()?;
-    let peer = &state.services.engagement;
     let request = DeleteCommentRequest { id };
-    call!(
-        state,
-        engagement,
-        engagement(&state).delete_comment(who.request(peer, request))
-    )?;
+    ask!(state, who, engagement.delete_comment(request))?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -513,13 +397,8 @@ async fn like_comment(
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     who.account()?;
-    let peer = &state.services.engagement;
     let request = LikeCommentRequest { comment_id: id };
-    call!(
-        state,
-        engagement,
-        engagement(&state).like_comment(who.request(peer, request))
-    )?;
+    ask!(state, who, engagement.like_comment(request))?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -533,12 +412,7 @@ async fn unlike_comment(
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     who.account()?;
-    let peer = &state.services.engagement;
     let request = UnlikeCommentRequest { comment_id: id };
-    call!(
-        state,
-        engagement,
-        engagement(&state).unlike_comment(who.request(peer, request))
-    )?;
+    ask!(state, who, engagement.unlike_comment(request))?;
     Ok(StatusCode::NO_CONTENT)
 }

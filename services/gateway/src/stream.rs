@@ -55,10 +55,10 @@ use utoipa::IntoParams;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    context::{AppState, Identity, Query, accounts, open_stream},
-    error::{ApiError, ApiResult, ErrorBody},
+    context::{AppState, Identity, Query, accounts, ask, open_stream},
+    error::{ApiResult, ErrorBody},
     model::{Account, Notification},
-    notifications::{attach, client, sampled, with_accounts},
+    notifications::{attach, sampled, with_accounts},
 };
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -484,7 +484,7 @@ async fn stream(
         },
     );
     // A stream outlives an RPC's deadline; it ends with its token.
-    let mut notifications = client(&state);
+    let mut notifications = crate::context::clients::notifications(&peer);
     let live = open_stream(
         &peer,
         "opening the stream",
@@ -545,7 +545,6 @@ async fn missed_since(
     if point.newest_ms < now_ms.saturating_sub(RESUME_HORIZON_MS) {
         return Ok(None);
     }
-    let peer = &state.services.notifications;
     let floor = point.newest_ms.saturating_sub(RESUME_WINDOW_MS);
     let known = point.ids();
     let (mut missed, mut token) = (Vec::new(), String::new());
@@ -560,10 +559,7 @@ async fn missed_since(
             page_token: token.clone(),
             ..Default::default()
         };
-        let page = peer
-            .call(client(state).list_notifications(who.request(peer, request)))
-            .await
-            .map_err(|s| ApiError::upstream(peer, s))?;
+        let page = ask!(state, who, notifications.list_notifications(request))?;
         // Something was removed after the client's point: it may still show it, and
         // removals are not paged: it reloads.
         let removed_ms = page.last_removal_at.as_ref().map_or(0, |t| {

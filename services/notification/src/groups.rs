@@ -29,7 +29,7 @@
 
 use bson::{DateTime, Document, doc, oid::ObjectId};
 use futures::TryStreamExt;
-use mongodb::{Collection, Database};
+use mongodb::Collection;
 use serde::{Deserialize, Serialize};
 use social_events::idempotency::{self, Counters};
 use social_kit::{
@@ -70,7 +70,7 @@ pub struct GroupDoc {
     pub actors: Vec<ObjectId>,
     #[serde(default)]
     pub latest_id: Option<ObjectId>,
-    #[serde(deserialize_with = "social_kit::time::lenient")]
+    #[serde(deserialize_with = "social_kit::mongo::lenient::date")]
     pub latest_at: DateTime,
     /// The latest notification's sort key: the group's place in the list.
     pub sort_key: i64,
@@ -145,16 +145,6 @@ impl From<&NotificationDoc> for Member {
     }
 }
 
-/// A stored bool (the stand-in stores one written by `$set` as an integer).
-fn truthy(v: &bson::Bson) -> bool {
-    match v {
-        bson::Bson::Boolean(b) => *b,
-        bson::Bson::Int32(i) => *i != 0,
-        bson::Bson::Int64(i) => *i != 0,
-        _ => false,
-    }
-}
-
 /// The group of a notification of `kind` about `post` / `comment`, created at
 /// `created_ms`, in windows of `window_ms`.
 pub fn group_key(
@@ -177,6 +167,7 @@ pub fn group_key(
 /// Access to `notification_groups`. Cheap to clone.
 #[derive(Clone)]
 pub struct Groups {
+    db: mongo::Db,
     groups: Collection<GroupDoc>,
     notifications: Collection<NotificationDoc>,
     counters: Counters,
@@ -187,8 +178,9 @@ fn now_ms() -> i64 {
 }
 
 impl Groups {
-    pub fn new(db: &Database) -> Self {
+    pub fn new(db: &mongo::Db) -> Self {
         Self {
+            db: db.clone(),
             groups: db.collection(COLLECTION),
             notifications: db.collection(crate::store::COLLECTION),
             counters: Counters::new(db, COLLECTION),
@@ -196,47 +188,47 @@ impl Groups {
     }
 
     /// Creates the indexes (idempotent).
-    pub async fn init(&self, stand_in: bool) -> anyhow::Result<()> {
-        mongo::ensure_indexes(
-            &self.groups,
-            vec![
-                mongo::index("recipient_key", doc! { "user_id": 1, "group_key": 1 }, true),
-                // ListNotificationGroups, most recent activity first (emptied groups,
-                // and read ones for an unread-only list, skipped by the key).
-                mongo::index(
-                    "recipient_sorted",
-                    doc! { "user_id": 1, "sort_key": -1, "count": 1, "unread": 1 },
-                    false,
-                ),
-                // GetUnreadGroupCount.
-                mongo::index(
-                    "recipient_unread",
-                    doc! { "user_id": 1, "unread": 1, "count": 1 },
-                    false,
-                ),
-                // MarkAllNotificationsRead: the user's groups in `_id` order, the unread
-                // ones told by the key.
-                mongo::index(
-                    "recipient_id_unread",
-                    doc! { "user_id": 1, "_id": 1, "unread": 1 },
-                    false,
-                ),
-                // Removing a deleted post's or comment's groups.
-                mongo::index("post", doc! { "post_id": 1 }, false),
-                mongo::index("comment", doc! { "comment_id": 1 }, false),
-            ],
-            stand_in,
-        )
-        .await?;
-        self.counters.init(stand_in).await?;
+    pub async fn init(&self) -> anyhow::Result<()> {
+        self.db
+            .ensure_indexes(
+                &self.groups,
+                vec![
+                    mongo::index("recipient_key", doc! { "user_id": 1, "group_key": 1 }, true),
+                    // ListNotificationGroups, most recent activity first (emptied groups,
+                    // and read ones for an unread-only list, skipped by the key).
+                    mongo::index(
+                        "recipient_sorted",
+                        doc! { "user_id": 1, "sort_key": -1, "count": 1, "unread": 1 },
+                        false,
+                    ),
+                    // GetUnreadGroupCount.
+                    mongo::index(
+                        "recipient_unread",
+                        doc! { "user_id": 1, "unread": 1, "count": 1 },
+                        false,
+                    ),
+                    // MarkAllNotificationsRead: the user's groups in `_id` order, the unread
+                    // ones told by the key.
+                    mongo::index(
+                        "recipient_id_unread",
+                        doc! { "user_id": 1, "_id": 1, "unread": 1 },
+                        false,
+                    ),
+                    // Removing a deleted post's or comment's groups.
+                    mongo::index("post", doc! { "post_id": 1 }, false),
+                    mongo::index("comment", doc! { "comment_id": 1 }, false),
+                ],
+            )
+            .await?;
+        self.counters.init().await?;
         Ok(())
     }
 
     async fn find(&self, user: ObjectId, key: &str) -> Result<Option<GroupDoc>> {
         Ok(self
             .groups
-            .find_one(doc! { "user_id": mongo::is(user), "group_key": key })
-            .projection(idempotency::hide())
+            .find_one(doc! { "user_id": mongo::equals_id(user), "group_key": key })
+            .projection(idempotency::without_counter_bookkeeping())
             .await?)
     }
 
@@ -244,7 +236,7 @@ impl Groups {
         Ok(self
             .groups
             .find_one(doc! { "_id": id })
-            .projection(idempotency::hide())
+            .projection(idempotency::without_counter_bookkeeping())
             .await?)
     }
 
@@ -310,7 +302,7 @@ impl Groups {
             self.take_out(group.id, &mut member, t).await?;
             return Ok((self.refresh_head(group.id).await?, false));
         };
-        if now.get("is_read").is_some_and(truthy) {
+        if now.get("is_read").and_then(mongo::lenient::is_true) == Some(true) {
             // Read meanwhile, perhaps before its group existed.
             self.unread_gone(group.id, &mut member, t).await?;
         } else if !counted
@@ -351,33 +343,46 @@ impl Groups {
         Ok(())
     }
 
+    /// Moves `field` of `group` by `delta` once for `m` (the change named
+    /// `<prefix>:<m's id>`), at `t`, if the group matches `condition`, with `also` in the
+    /// same write; whether it moved.
+    async fn bump(
+        &self,
+        group: ObjectId,
+        m: &Member,
+        t: i64,
+        (field, delta, prefix): (&str, i64, &str),
+        condition: Document,
+        also: Document,
+    ) -> Result<bool> {
+        let key = format!("{prefix}:{}", m.id);
+        Ok(self
+            .counters
+            .apply(group, field, delta, &key, t, condition, also)
+            .await?)
+    }
+
     /// Counts `m` in (once): in `count`, and in `unread` unless its group was read past
     /// it; whether it counted as unread (`false` also when it was counted in before).
     async fn count_in(&self, group: ObjectId, m: &mut Member, t: i64) -> Result<bool> {
         if m.stage >= Stage::COUNTED {
             return Ok(false);
         }
-        self.counters
-            .apply(
-                group,
-                "count",
-                1,
-                &format!("add:{}", m.id),
-                t,
-                Document::new(),
-            )
-            .await?;
+        self.bump(
+            group,
+            m,
+            t,
+            ("count", 1, "add"),
+            Document::new(),
+            Document::new(),
+        )
+        .await?;
+        let (unread_before, counted) = (
+            doc! { "read_key": { "$lt": m.sort_key } },
+            doc! { "$max": { "counted_key": m.sort_key } },
+        );
         let unread = self
-            .counters
-            .apply_with(
-                group,
-                "unread",
-                1,
-                &format!("u+:{}", m.id),
-                t,
-                doc! { "read_key": { "$lt": m.sort_key } },
-                doc! { "$max": { "counted_key": m.sort_key } },
-            )
+            .bump(group, m, t, ("unread", 1, "u+"), unread_before, counted)
             .await?;
         self.passed(m, Stage::COUNTED).await?;
         Ok(unread)
@@ -394,16 +399,15 @@ impl Groups {
         if m.stage >= Stage::GONE {
             return Ok(());
         }
-        self.counters
-            .apply(
-                group,
-                "count",
-                -1,
-                &format!("rm:{}", m.id),
-                t,
-                Document::new(),
-            )
-            .await?;
+        self.bump(
+            group,
+            m,
+            t,
+            ("count", -1, "rm"),
+            Document::new(),
+            Document::new(),
+        )
+        .await?;
         self.passed(m, Stage::GONE).await
     }
 
@@ -427,16 +431,15 @@ impl Groups {
         if m.stage >= Stage::READ {
             return Ok(());
         }
-        self.counters
-            .apply(
-                group,
-                "unread",
-                -1,
-                &format!("u-:{}", m.id),
-                t,
-                doc! { "read_key": { "$lt": m.sort_key } },
-            )
-            .await?;
+        self.bump(
+            group,
+            m,
+            t,
+            ("unread", -1, "u-"),
+            doc! { "read_key": { "$lt": m.sort_key } },
+            Document::new(),
+        )
+        .await?;
         self.passed(m, Stage::READ).await
     }
 
@@ -449,7 +452,7 @@ impl Groups {
             };
             let newest: Vec<NotificationDoc> = self
                 .notifications
-                .find(doc! { "user_id": mongo::is(group.user_id), "group_key": &group.group_key })
+                .find(doc! { "user_id": mongo::equals_id(group.user_id), "group_key": &group.group_key })
                 .sort(Order::NewestFirst.sort())
                 .limit(HEAD_SCAN)
                 .await?
@@ -507,7 +510,7 @@ impl Groups {
             .notifications
             .update_many(
                 doc! {
-                    "user_id": mongo::is(group.user_id), "group_key": &group.group_key,
+                    "user_id": mongo::equals_id(group.user_id), "group_key": &group.group_key,
                     "is_read": false, "count_key": { "$lte": up_to },
                 },
                 doc! { "$set": { "is_read": true } },
@@ -529,7 +532,7 @@ impl Groups {
             // In `_id` order (the groups unread at the start are each read once, however
             // many new notifications arrive meanwhile), over the keys of the user's
             // groups: only the unread ones are fetched.
-            let mut filter = doc! { "user_id": mongo::is(user), "unread": { "$gt": 0_i64 } };
+            let mut filter = doc! { "user_id": mongo::equals_id(user), "unread": { "$gt": 0_i64 } };
             if let Some(last) = after {
                 filter.insert("_id", doc! { "$gt": last });
             }
@@ -538,7 +541,7 @@ impl Groups {
                 .find(filter)
                 .sort(doc! { "_id": 1 })
                 .limit(100)
-                .projection(idempotency::hide())
+                .projection(idempotency::without_counter_bookkeeping())
                 .await?
                 .try_collect()
                 .await?;
@@ -595,29 +598,23 @@ impl Groups {
         unread_only: bool,
         page: &PageRequest,
     ) -> Result<Vec<GroupDoc>> {
-        let mut query = doc! { "user_id": mongo::is(user), "count": { "$gt": 0_i64 } };
+        let mut query = doc! { "user_id": mongo::equals_id(user), "count": { "$gt": 0_i64 } };
         if unread_only {
             query.insert("unread", doc! { "$gt": 0_i64 });
         }
-        let order = Order::NewestFirst;
-        Ok(self
-            .groups
-            .find(order.filter(query, page))
-            .sort(order.sort())
-            .limit(page.fetch_limit())
-            .projection(idempotency::hide())
-            .await?
-            .try_collect()
-            .await?)
+        Ok(mongo::page(
+            &self.groups,
+            Order::NewestFirst,
+            query,
+            page,
+            idempotency::without_counter_bookkeeping(),
+        )
+        .await?)
     }
 
     /// How many of `user`'s groups have unread notifications.
-    pub async fn unread_groups(&self, user: ObjectId, stand_in: &mongo::StandIn) -> Result<i64> {
-        Ok(mongo::count(
-            &self.groups,
-            doc! { "user_id": mongo::is(user), "unread": { "$gt": 0_i64 }, "count": { "$gt": 0_i64 } },
-            stand_in,
-        )
+    pub async fn unread_groups(&self, user: ObjectId) -> Result<i64> {
+        Ok(self.db.count(&self.groups, doc! { "user_id": mongo::equals_id(user), "unread": { "$gt": 0_i64 }, "count": { "$gt": 0_i64 } })
         .await?)
     }
 
@@ -625,7 +622,7 @@ impl Groups {
     /// `comment_id`), or every group of a deleted recipient (`user_id`).
     pub async fn delete_where(&self, field: &str, id: ObjectId) -> Result<()> {
         self.groups
-            .delete_many(doc! { field: mongo::is(id) })
+            .delete_many(doc! { field: mongo::equals_id(id) })
             .await?;
         Ok(())
     }

@@ -24,7 +24,8 @@ use std::{
 
 use bson::oid::ObjectId;
 use futures::{Stream, StreamExt};
-use social_proto::notification::v1::Notification;
+use prost::Message;
+use social_proto::notification::v1::{LiveBatch, Notification};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
@@ -74,6 +75,32 @@ pub struct Hub {
 }
 
 impl Hub {
+    /// Pushes what another replica broadcast (a [`LiveBatch`]): sessions that ended end
+    /// their streams; notifications and groups go to their recipients' streams here.
+    pub fn hear(&self, body: &[u8]) {
+        let batch = match LiveBatch::decode(body) {
+            Ok(batch) => batch,
+            Err(e) => {
+                tracing::warn!(error = %e, "undecodable broadcast");
+                return;
+            }
+        };
+        for user in &batch.ended_users {
+            if let Ok(user) = ObjectId::parse_str(user) {
+                self.end_user(user);
+            }
+        }
+        for (user, n) in by_recipient(batch.notifications) {
+            self.push(user, &n);
+        }
+        for g in batch.groups {
+            match ObjectId::parse_str(&g.user_id) {
+                Ok(user) => self.push_group(user, g),
+                Err(_) => tracing::warn!("broadcast group without a valid recipient"),
+            }
+        }
+    }
+
     /// A hub whose streams buffer `buffer` notifications and end at `shutdown`. It
     /// accepts streams once [`Hub::set_live`] says the broadcasts are heard.
     pub fn new(buffer: usize, shutdown: CancellationToken) -> Self {

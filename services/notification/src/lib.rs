@@ -8,25 +8,15 @@
 //! pushes it to the streams it holds for the recipient.
 
 mod api;
-mod fanout;
+mod events;
 mod groups;
 mod hub;
 mod store;
 
-use prost::Message;
-use social_events::{EventsConfig, live::Broadcaster};
-use social_kit::{
-    client::Peer,
-    config::{CommonConfig, ConfigError},
-    serve::{Background, Gate, MAX_REQUEST_BYTES, ServeSpec, serve},
-};
-use social_proto::notification::v1::{
-    LiveBatch,
-    notification_service_server::{NotificationServiceServer, SERVICE_NAME},
-};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-use tonic::service::Routes;
+use social_events::live::Broadcaster;
+use social_events::service::prelude::*;
+use social_kit::peers::{NOTIFICATION, USER};
+use social_proto::notification::v1::notification_service_server::NotificationServiceServer;
 
 /// Everything the notification service reads from its environment.
 #[derive(Debug, Clone)]
@@ -48,22 +38,14 @@ pub struct Config {
     pub group_window: std::time::Duration,
 }
 
-impl social_kit::config::ServiceConfig for Config {
-    fn common(&self) -> &CommonConfig {
-        &self.common
-    }
-}
+social_kit::service_config!(Config);
 
 impl Config {
     /// Reads the environment.
     pub fn from_env() -> Result<Self, ConfigError> {
         Ok(Self {
-            common: CommonConfig::from_env("notification", "NOTIFICATION_ADDR", "127.0.0.1:50055")?,
-            user_service: Peer::from_env(
-                "user service",
-                "USER_SERVICE_URL",
-                "http://127.0.0.1:50051",
-            )?,
+            common: NOTIFICATION.config_from_env()?,
+            user_service: USER.peer_from_env()?,
             events: EventsConfig::from_env()?,
             consume_events: social_kit::config::parse_or("NOTIFICATION_CONSUME_EVENTS", true)?,
             stream_buffer: social_kit::config::parse_or("NOTIFICATION_STREAM_BUFFER", 64)?,
@@ -86,7 +68,7 @@ impl Config {
         events: EventsConfig,
     ) -> Self {
         Self {
-            common: CommonConfig::for_tests("notification", mongodb_uri, database),
+            common: CommonConfig::for_tests(NOTIFICATION.service, mongodb_uri, database),
             user_service,
             events,
             consume_events: true,
@@ -102,88 +84,45 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let db = social_kit::mongo::connect(&config.common).await?;
-    let store = store::Store::new(&db);
-    let gate = Gate::from_config(&config.common)?;
+    let mut wiring = Wiring::new(&config.common, &config.events).await?;
+    let store = store::Store::new(wiring.db());
     let hub = hub::Hub::new(config.stream_buffer, shutdown.clone());
-    let api = api::Api::new(store.clone(), hub.clone(), gate.revocations());
-    let server = NotificationServiceServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES);
-    let routes = Routes::new(gate.guard(server));
-
-    let mut background = Background::new();
-    social_events::sessions::refuse_ended_sessions(
-        &mut background,
-        &config.events,
-        "notification",
-        &gate,
-        config.user_service.clone(),
-    );
-    let replica = format!("notification-{}", bson::oid::ObjectId::new().to_hex());
+    wiring.refuse_ended_sessions(config.user_service.clone());
+    let replica = wiring.replica();
     let (events, listener_name) = (config.events.clone(), format!("{replica}-live"));
-    background.spawn(|stop| {
+    let (hears, live) = (hub.clone(), hub.clone());
+    wiring.spawn(|stop| {
         social_events::live::listen(
             events,
             listener_name,
-            fanout::STORED,
-            {
-                let hub = hub.clone();
-                move |body| match LiveBatch::decode(body.as_slice()) {
-                    Ok(batch) => {
-                        for user in &batch.ended_users {
-                            if let Ok(user) = bson::oid::ObjectId::parse_str(user) {
-                                hub.end_user(user);
-                            }
-                        }
-                        for (user, n) in hub::by_recipient(batch.notifications) {
-                            hub.push(user, &n);
-                        }
-                        for g in batch.groups {
-                            match bson::oid::ObjectId::parse_str(&g.user_id) {
-                                Ok(user) => hub.push_group(user, g),
-                                Err(_) => {
-                                    tracing::warn!("broadcast group without a valid recipient")
-                                }
-                            }
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %e, "undecodable broadcast"),
-                }
-            },
-            move |live| hub.set_live(live),
+            events::STORED,
+            move |body| hears.hear(&body),
+            move |up| live.set_live(up),
             stop,
         )
     });
     if config.consume_events {
         // Publishes what this service has to say: that a deleted account is cleared.
-        let relay = social_events::outbox::Relay::new(
-            config.events.clone(),
-            "notification",
-            &db,
-            &[&social_events::removed_users::RemovedUsers::collection(
-                "notification",
-            )],
-        );
-        let fanout = fanout::Fanout {
+        let relay = wiring.relay(&[]);
+        let handler = events::Fanout {
             store: store.clone(),
             users: config.user_service.clone(),
             broadcaster: Broadcaster::new(config.events.clone(), &replica),
-            relay: relay.waker(),
+            relay,
             group_window_ms: config.group_window_ms(),
-        };
-        background.spawn(|stop| relay.run(stop));
-        let (events, handler) = (config.events.clone(), fanout.handler());
-        background.spawn(|stop| {
-            social_events::consumer::run(events, fanout::subscription(), handler, stop)
-        });
+        }
+        .handler();
+        wiring.consume(social_events::topology::NOTIFICATION, handler);
     }
-
-    let spec = ServeSpec {
-        config: &config.common,
-        grpc_name: SERVICE_NAME,
-        db,
-        gate,
-    };
-    serve(spec, listener, routes, store, background, shutdown).await
+    let api = api::Api::new(store.clone(), hub, wiring.gate().revocations());
+    wiring
+        .serve(
+            NotificationServiceServer::new(api),
+            store,
+            listener,
+            shutdown,
+        )
+        .await
 }
 
 /// `social-notification group-existing`: puts the notifications stored before groups

@@ -4,7 +4,7 @@
 
 use bson::{DateTime, doc, oid::ObjectId};
 use futures::TryStreamExt;
-use mongodb::{Collection, Database};
+use mongodb::Collection;
 use serde::{Deserialize, Serialize};
 use social_events::removed_users::RemovedUsers;
 use social_kit::{
@@ -60,10 +60,10 @@ pub struct NotificationDoc {
     pub post_id: Option<ObjectId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub comment_id: Option<ObjectId>,
-    #[serde(deserialize_with = "social_kit::mongo::lenient_bool")]
+    #[serde(deserialize_with = "social_kit::mongo::lenient::boolean")]
     pub is_read: bool,
     /// Rewritten by [`Store::refresh_key`] (an update: the stand-in stores it as text).
-    #[serde(deserialize_with = "social_kit::time::lenient")]
+    #[serde(deserialize_with = "social_kit::mongo::lenient::date")]
     pub created_at: DateTime,
     /// Orders lists (see `social_kit::paging`).
     pub sort_key: i64,
@@ -132,8 +132,7 @@ pub struct ListFilter {
 /// Access to `notifications`. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    db: Database,
-    stand_in: mongo::StandIn,
+    db: mongo::Db,
     notifications: Collection<NotificationDoc>,
     removed: Collection<Removed>,
     undone: Collection<Undone>,
@@ -145,10 +144,9 @@ pub struct Store {
 }
 
 impl Store {
-    pub fn new(db: &Database) -> Self {
+    pub fn new(db: &mongo::Db) -> Self {
         Self {
             db: db.clone(),
-            stand_in: mongo::StandIn::default(),
             notifications: db.collection(COLLECTION),
             removed: db.collection(REMOVED),
             undone: db.collection(UNDONE),
@@ -161,90 +159,89 @@ impl Store {
     /// Pings and creates the indexes (idempotent); run before serving.
     pub async fn init(&self) -> anyhow::Result<()> {
         mongo::ping(&self.db).await?;
-        let stand_in = self.stand_in.detect(&self.db).await;
-        mongo::ensure_indexes(
-            &self.notifications,
-            vec![
-                // Exactly one per (event, recipient).
-                mongo::index("dedupe_unique", doc! { "dedupe_key": 1 }, true),
-                // ListNotifications, newest first.
-                mongo::index(
-                    "recipient_sorted",
-                    doc! { "user_id": 1, "sort_key": -1 },
-                    false,
-                ),
-                // GetUnreadCount (a count over index keys only), unread-only lists,
-                // marking read.
-                mongo::index(
-                    "recipient_unread_sorted",
-                    doc! { "user_id": 1, "is_read": 1, "sort_key": -1 },
-                    false,
-                ),
-                // Removing a deleted post's or comment's notifications.
-                mongo::index("post", doc! { "post_id": 1 }, false),
-                mongo::index("comment", doc! { "comment_id": 1 }, false),
-                // Removing what a deleted account caused.
-                mongo::index("source", doc! { "source_user_id": 1 }, false),
-                // A group's newest notifications.
-                mongo::index(
-                    "recipient_group_sorted",
-                    doc! { "user_id": 1, "group_key": 1, "sort_key": -1 },
-                    false,
-                ),
-                // Marking a group read: its unread ones up to a count key, and no others.
-                mongo::index(
-                    "recipient_group_unread",
-                    doc! { "user_id": 1, "group_key": 1, "is_read": 1, "count_key": 1 },
-                    false,
-                ),
-                // ListNotifications of some types, newest first.
-                mongo::index(
-                    "recipient_type_sorted",
-                    doc! { "user_id": 1, "type": 1, "sort_key": -1 },
-                    false,
-                ),
-                // ...and unread only.
-                mongo::index(
-                    "recipient_unread_type_sorted",
-                    doc! { "user_id": 1, "is_read": 1, "type": 1, "sort_key": -1 },
-                    false,
-                ),
-                mongo::sort_key_index(),
-            ],
-            stand_in,
-        )
-        .await?;
-        mongo::ensure_indexes(
-            &self.removals,
-            vec![mongo::ttl_index("removals_ttl", "at", REMOVALS_KEPT)],
-            stand_in,
-        )
-        .await?;
-        mongo::ensure_indexes(
-            &self.removed,
-            vec![mongo::ttl_index(
-                "removed_ttl",
-                "removed_at",
-                std::time::Duration::from_secs(30 * 24 * 3600),
-            )],
-            stand_in,
-        )
-        .await?;
-        mongo::ensure_indexes(
-            &self.undone,
-            vec![
-                mongo::index("key_time", doc! { "dedupe_key": 1, "t": -1 }, false),
-                mongo::ttl_index(
-                    "undone_ttl",
-                    "at",
+        self.db
+            .ensure_indexes(
+                &self.notifications,
+                vec![
+                    // Exactly one per (event, recipient).
+                    mongo::index("dedupe_unique", doc! { "dedupe_key": 1 }, true),
+                    // ListNotifications, newest first.
+                    mongo::index(
+                        "recipient_sorted",
+                        doc! { "user_id": 1, "sort_key": -1 },
+                        false,
+                    ),
+                    // GetUnreadCount (a count over index keys only), unread-only lists,
+                    // marking read.
+                    mongo::index(
+                        "recipient_unread_sorted",
+                        doc! { "user_id": 1, "is_read": 1, "sort_key": -1 },
+                        false,
+                    ),
+                    // Removing a deleted post's or comment's notifications.
+                    mongo::index("post", doc! { "post_id": 1 }, false),
+                    mongo::index("comment", doc! { "comment_id": 1 }, false),
+                    // Removing what a deleted account caused.
+                    mongo::index("source", doc! { "source_user_id": 1 }, false),
+                    // A group's newest notifications.
+                    mongo::index(
+                        "recipient_group_sorted",
+                        doc! { "user_id": 1, "group_key": 1, "sort_key": -1 },
+                        false,
+                    ),
+                    // Marking a group read: its unread ones up to a count key, and no others.
+                    mongo::index(
+                        "recipient_group_unread",
+                        doc! { "user_id": 1, "group_key": 1, "is_read": 1, "count_key": 1 },
+                        false,
+                    ),
+                    // ListNotifications of some types, newest first.
+                    mongo::index(
+                        "recipient_type_sorted",
+                        doc! { "user_id": 1, "type": 1, "sort_key": -1 },
+                        false,
+                    ),
+                    // ...and unread only.
+                    mongo::index(
+                        "recipient_unread_type_sorted",
+                        doc! { "user_id": 1, "is_read": 1, "type": 1, "sort_key": -1 },
+                        false,
+                    ),
+                    mongo::sort_key_index(),
+                ],
+            )
+            .await?;
+        self.db
+            .ensure_indexes(
+                &self.removals,
+                vec![mongo::ttl_index("removals_ttl", "at", REMOVALS_KEPT)],
+            )
+            .await?;
+        self.db
+            .ensure_indexes(
+                &self.removed,
+                vec![mongo::ttl_index(
+                    "removed_ttl",
+                    "removed_at",
                     std::time::Duration::from_secs(30 * 24 * 3600),
-                ),
-            ],
-            stand_in,
-        )
-        .await?;
-        self.groups.init(stand_in).await?;
-        self.removed_users.init(stand_in).await?;
+                )],
+            )
+            .await?;
+        self.db
+            .ensure_indexes(
+                &self.undone,
+                vec![
+                    mongo::index("key_time", doc! { "dedupe_key": 1, "t": -1 }, false),
+                    mongo::ttl_index(
+                        "undone_ttl",
+                        "at",
+                        std::time::Duration::from_secs(30 * 24 * 3600),
+                    ),
+                ],
+            )
+            .await?;
+        self.groups.init().await?;
+        self.removed_users.init().await?;
         Ok(())
     }
 
@@ -314,22 +311,21 @@ impl Store {
         filter: &ListFilter,
         page: &PageRequest,
     ) -> Result<Vec<NotificationDoc>> {
-        let mut query = doc! { "user_id": mongo::is(user) };
+        let mut query = doc! { "user_id": mongo::equals_id(user) };
         if filter.unread_only {
             query.insert("is_read", false);
         }
         if !filter.types.is_empty() {
             query.insert("type", doc! { "$in": &filter.types });
         }
-        let order = Order::NewestFirst;
-        Ok(self
-            .notifications
-            .find(order.filter(query, page))
-            .sort(order.sort())
-            .limit(page.fetch_limit())
-            .await?
-            .try_collect()
-            .await?)
+        Ok(mongo::page(
+            &self.notifications,
+            Order::NewestFirst,
+            query,
+            page,
+            doc! {},
+        )
+        .await?)
     }
 
     /// Puts the notifications without a `group_key` (stored before groups existed) into
@@ -486,7 +482,9 @@ impl Store {
     ) -> Result<Vec<NotificationDoc>> {
         Ok(self
             .notifications
-            .find(doc! { "_id": { "$in": ids }, "user_id": mongo::is(user), "is_read": false })
+            .find(
+                doc! { "_id": { "$in": ids }, "user_id": mongo::equals_id(user), "is_read": false },
+            )
             .await?
             .try_collect()
             .await?)
@@ -494,22 +492,23 @@ impl Store {
 
     /// How many of `user`'s groups have unread notifications.
     pub async fn unread_groups(&self, user: ObjectId) -> Result<i64> {
-        self.groups.unread_groups(user, &self.stand_in).await
+        self.groups.unread_groups(user).await
     }
 
     pub async fn unread_count(&self, user: ObjectId) -> Result<i64> {
-        Ok(mongo::count(
-            &self.notifications,
-            doc! { "user_id": mongo::is(user), "is_read": false },
-            &self.stand_in,
-        )
-        .await?)
+        Ok(self
+            .db
+            .count(
+                &self.notifications,
+                doc! { "user_id": mongo::equals_id(user), "is_read": false },
+            )
+            .await?)
     }
 
     /// Marks `user`'s notifications among `ids` read, or all of them up to sort key
     /// `up_to`; how many changed.
     pub async fn mark_read(&self, user: ObjectId, which: Which<'_>) -> Result<i64> {
-        let mut filter = doc! { "user_id": mongo::is(user), "is_read": false };
+        let mut filter = doc! { "user_id": mongo::equals_id(user), "is_read": false };
         match which {
             Which::Ids(ids) => {
                 filter.insert("_id", doc! { "$in": ids });
@@ -570,7 +569,7 @@ impl Store {
     ) -> Result<Vec<NotificationDoc>> {
         Ok(self
             .notifications
-            .find(doc! { field: mongo::is(id) })
+            .find(doc! { field: mongo::equals_id(id) })
             .limit(limit)
             .await?
             .try_collect()
@@ -598,9 +597,9 @@ mod tests {
 
     use super::NotificationDoc;
 
-    /// Found by `social-loadgen` against `scripts/up`: a notification whose push came
-    /// late had its `created_at` rewritten by `refresh_key`, which the MongoDB stand-in
-    /// stores as text; reading it failed, and so did every event that read it, for ever.
+    /// A `created_at` rewritten by `refresh_key` (a push that came late) reads back
+    /// from either server: the stand-in stores a `$set` date as text, and a document
+    /// that cannot be read fails every event that reads it, for ever.
     #[test]
     fn a_refreshed_created_at_reads_back_from_either_server() {
         let stored = |created_at: bson::Bson| {

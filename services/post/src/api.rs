@@ -1,13 +1,14 @@
 //! `social.post.v1.PostService`: request → validated value → store → response.
 
 use bson::oid::ObjectId;
+use social_content as content;
 use social_events::{
     Payload, new_envelope,
-    outbox::Waker,
+    outbox::RelayWaker,
     pb::{PostCreated, PostDeleted},
 };
 use social_kit::{
-    Error, Result, auth::caller, client::Peer, content, error::Violations, paging::PageRequest,
+    Error, Result, auth::caller, client::Peer, error::Violations, paging::PageRequest,
     time::to_timestamp, validate,
 };
 use social_proto::{
@@ -23,14 +24,18 @@ use tonic::{Request, Response, Status};
 
 use crate::store::{PostDoc, Store};
 
+/// The RPCs only other services may call (the gate refuses them without the service
+/// credential): they serve other services and some cost many counts per request.
+pub const INTERNAL: &[&str] = &["ExportUserPosts"];
+
 pub struct Api {
     store: Store,
     graph: Peer,
-    relay: Waker,
+    relay: RelayWaker,
 }
 
 impl Api {
-    pub fn new(store: Store, graph: Peer, relay: Waker) -> Self {
+    pub fn new(store: Store, graph: Peer, relay: RelayWaker) -> Self {
         Self {
             store,
             graph,

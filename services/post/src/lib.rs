@@ -9,19 +9,10 @@ mod events;
 mod recompute;
 mod store;
 
-use std::time::Duration;
-
 pub use recompute::recompute_counters;
-use social_events::{EventsConfig, outbox::Relay};
-use social_kit::{
-    client::Peer,
-    config::{CommonConfig, ConfigError},
-    serve::{Background, Gate, MAX_REQUEST_BYTES, ServeSpec, serve},
-};
-use social_proto::post::v1::post_service_server::{PostServiceServer, SERVICE_NAME};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-use tonic::service::Routes;
+use social_events::service::prelude::*;
+use social_kit::peers::{ENGAGEMENT, GRAPH, POST, USER};
+use social_proto::post::v1::post_service_server::PostServiceServer;
 
 /// Everything the post service reads from its environment.
 #[derive(Debug, Clone)]
@@ -39,29 +30,17 @@ pub struct Config {
     pub user_service: Peer,
 }
 
-impl social_kit::config::ServiceConfig for Config {
-    fn common(&self) -> &CommonConfig {
-        &self.common
-    }
-}
+social_kit::service_config!(Config);
 
 impl Config {
     /// Reads the environment.
     pub fn from_env() -> Result<Self, ConfigError> {
         Ok(Self {
-            common: CommonConfig::from_env("post", "POST_ADDR", "127.0.0.1:50052")?,
-            graph_service: Peer::from_env(
-                "social-graph service",
-                "GRAPH_SERVICE_URL",
-                "http://127.0.0.1:50053",
-            )?,
-            engagement_service: Peer::from_env(
-                "engagement service",
-                "ENGAGEMENT_SERVICE_URL",
-                "http://127.0.0.1:50054",
-            )?,
+            common: POST.config_from_env()?,
+            graph_service: GRAPH.peer_from_env()?,
+            engagement_service: ENGAGEMENT.peer_from_env()?,
             events: EventsConfig::from_env()?,
-            user_service: social_events::sessions::user_service()?,
+            user_service: USER.peer_from_env()?,
         })
     }
 
@@ -72,20 +51,11 @@ impl Config {
         graph_service: Peer,
         events: EventsConfig,
     ) -> Self {
-        #[allow(clippy::expect_used)] // a constant URL
-        let engagement_service = Peer::new(
-            "engagement service",
-            "ENGAGEMENT_SERVICE_URL",
-            "http://127.0.0.1:50054",
-            Duration::from_secs(2),
-        )
-        .and_then(|p| p.with_credential(social_kit::auth::DEV_SERVICE_TOKEN))
-        .expect("valid URL");
         Self {
-            common: CommonConfig::for_tests("post", mongodb_uri, database),
+            common: CommonConfig::for_tests(POST.service, mongodb_uri, database),
             graph_service,
-            user_service: social_events::sessions::user_service_at("http://127.0.0.1:50051"),
-            engagement_service,
+            user_service: USER.local_peer(),
+            engagement_service: ENGAGEMENT.local_peer(),
             events,
         }
     }
@@ -97,43 +67,17 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let db = social_kit::mongo::connect(&config.common).await?;
-    let store = store::Store::new(&db);
-    let gate = Gate::from_config(&config.common)?;
-    let relay = Relay::new(
-        config.events.clone(),
-        "post",
-        &db,
-        &[
-            store::COLLECTION,
-            &social_events::removed_users::RemovedUsers::collection("post"),
-        ],
+    let mut wiring = Wiring::new(&config.common, &config.events).await?;
+    let store = store::Store::new(wiring.db());
+    let relay = wiring.relay(&[store::COLLECTION]);
+    wiring.consume(
+        social_events::topology::POST,
+        social_events::consumer::handler((store.clone(), relay.clone()), events::apply),
     );
-    let api = api::Api::new(store.clone(), config.graph_service.clone(), relay.waker());
-    let server = PostServiceServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES);
-    let routes = Routes::new(gate.guard(server));
-
-    let (events, handler) = (
-        config.events.clone(),
-        events::handler(store.clone(), relay.waker()),
-    );
-    let mut background = Background::new();
-    background.spawn(|stop| relay.run(stop));
-    background
-        .spawn(|stop| social_events::consumer::run(events, events::subscription(), handler, stop));
-    social_events::sessions::refuse_ended_sessions(
-        &mut background,
-        &config.events,
-        "post",
-        &gate,
-        config.user_service.clone(),
-    );
-
-    let spec = ServeSpec {
-        config: &config.common,
-        grpc_name: SERVICE_NAME,
-        db,
-        gate,
-    };
-    serve(spec, listener, routes, store, background, shutdown).await
+    wiring.refuse_ended_sessions(config.user_service.clone());
+    wiring.internal(api::INTERNAL);
+    let api = api::Api::new(store.clone(), config.graph_service.clone(), relay);
+    wiring
+        .serve(PostServiceServer::new(api), store, listener, shutdown)
+        .await
 }

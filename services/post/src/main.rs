@@ -3,28 +3,4 @@
 //! `social-post recompute-counters` instead recomputes the counters it keeps from events, from
 //! their source documents, and exits.
 
-use std::process::ExitCode;
-
-use social_kit::serve::Command;
-
-#[tokio::main]
-async fn main() -> ExitCode {
-    let mut commands = social_events::admin::commands("post", |c: &social_post::Config| &c.events);
-    commands.push(Command::new(
-        "recompute-counters",
-        "recompute the counters this service keeps from events, from their source documents",
-        |c| {
-            Box::pin(async move {
-                let margin = social_kit::recount::margin_from_env()?;
-                social_post::recompute_counters(&c, margin).await.map(drop)
-            })
-        },
-    ));
-    social_kit::serve::binary_main(
-        "social-post",
-        social_post::Config::from_env,
-        |c, l, s| Box::pin(social_post::run(c, l, s)),
-        commands,
-    )
-    .await
-}
+social_events::service_main!(social_kit::peers::POST, social_post, recount);

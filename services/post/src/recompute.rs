@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use bson::oid::ObjectId;
-use social_kit::{Error, recount::Report, validate};
+use social_kit::Error;
 use social_proto::engagement::v1::{
     CountPostEngagementRequest, engagement_service_client::EngagementServiceClient,
 };
@@ -25,19 +25,18 @@ pub async fn recompute_counters(config: &Config, margin: Duration) -> anyhow::Re
     let peer = config
         .engagement_service
         .with_timeout(Duration::from_secs(60));
-    let mut report = Report::new("post counters");
-    let mut after = None;
-    loop {
-        let ids = store.ids_after(after, validate::MAX_BATCH as i64).await?;
-        let Some(last) = ids.last().copied() else {
-            return report.finish();
-        };
-        match recount(&store, &peer, &ids, as_of).await {
-            Ok(n) => report.done(&ids, n),
-            Err(e) => report.failed(&ids, &e),
-        }
-        after = Some(last);
-    }
+    social_kit::recount::walk(
+        "post counters",
+        |after, limit| {
+            let store = store.clone();
+            async move { Ok(store.ids_after(after, limit).await?) }
+        },
+        |ids| {
+            let (store, peer) = (store.clone(), peer.clone());
+            async move { recount(&store, &peer, &ids, as_of).await }
+        },
+    )
+    .await
 }
 
 async fn recount(

@@ -3,18 +3,17 @@
 //! A post carries its pending events in its own outbox (see `social_events::outbox`):
 //! creating it and recording `post.post.created` is one insert; deleting it marks it
 //! `deleted` and records `post.post.deleted` in one update (the document goes later,
-//! through a TTL index). Counters move only through [`Store::add_to_count`], once per
+//! through a TTL index). Counters move only through `Store::counters`, once per
 //! event.
 
 use bson::{DateTime, doc, oid::ObjectId};
 use futures::TryStreamExt;
-use mongodb::{Collection, Database, options::ReturnDocument};
+use mongodb::{Collection, options::ReturnDocument};
 use serde::{Deserialize, Serialize};
+use social_content::{BodyUpdate, MediaDoc};
 use social_events::{Envelope, idempotency, outbox, removed_users::RemovedUsers};
 use social_kit::{
-    Result,
-    content::{BodyUpdate, MediaDoc},
-    mongo,
+    Result, mongo,
     paging::{self, Order, PageRequest},
 };
 
@@ -40,7 +39,7 @@ pub struct PostDoc {
     pub created_at: DateTime,
     /// Orders lists (see `social_kit::paging`).
     pub sort_key: i64,
-    #[serde(deserialize_with = "social_kit::time::lenient")]
+    #[serde(deserialize_with = "social_kit::mongo::lenient::date")]
     pub updated_at: DateTime,
     /// `active` or `deleted`.
     pub state: String,
@@ -83,15 +82,16 @@ impl PostDoc {
 /// Access to `posts`. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    db: Database,
+    db: mongo::Db,
     posts: Collection<PostDoc>,
     /// Deleted accounts (see `social_events::removed_users`).
     pub removed_users: RemovedUsers,
-    counters: idempotency::Counters,
+    /// Its counters moved by events, once per event (`social_events::idempotency`).
+    pub counters: idempotency::Counters,
 }
 
 impl Store {
-    pub fn new(db: &Database) -> Self {
+    pub fn new(db: &mongo::Db) -> Self {
         Self {
             db: db.clone(),
             posts: db.collection(COLLECTION),
@@ -103,41 +103,40 @@ impl Store {
     /// Pings and creates the indexes (idempotent); run before serving.
     pub async fn init(&self) -> anyhow::Result<()> {
         mongo::ping(&self.db).await?;
-        let stand_in = mongo::is_stand_in(&self.db).await;
-        mongo::ensure_indexes(
-            &self.posts,
-            vec![
-                // ListUserPosts, an author's posts for an export or a deletion (deleted
-                // ones out of the range); the home feed for readers following up to 200
-                // accounts (one merged range per author).
-                mongo::index(
-                    "author_sorted",
-                    doc! { "user_id": 1, "state": 1, "sort_key": -1 },
-                    false,
-                ),
-                // The home feed for readers following more than 200 accounts (no merge
-                // of ranges past that): walk the newest posts, keeping the followed
-                // authors' ones by the index key alone.
-                mongo::index(
-                    "active_sorted_author",
-                    doc! { "state": 1, "sort_key": -1, "user_id": 1 },
-                    false,
-                ),
-                // Keys distinct by construction (see `mongo::insert_keyed`).
-                mongo::sort_key_index(),
-                outbox::index(),
-                // Deleted posts go a week after their event is out.
-                outbox::purge_index(
-                    "deleted_ttl",
-                    "deleted_at",
-                    std::time::Duration::from_secs(7 * 24 * 3600),
-                ),
-            ],
-            stand_in,
-        )
-        .await?;
-        self.counters.init(stand_in).await?;
-        self.removed_users.init(stand_in).await?;
+        self.db
+            .ensure_indexes(
+                &self.posts,
+                vec![
+                    // ListUserPosts, an author's posts for an export or a deletion (deleted
+                    // ones out of the range); the home feed for readers following up to 200
+                    // accounts (one merged range per author).
+                    mongo::index(
+                        "author_sorted",
+                        doc! { "user_id": 1, "state": 1, "sort_key": -1 },
+                        false,
+                    ),
+                    // The home feed for readers following more than 200 accounts (no merge
+                    // of ranges past that): walk the newest posts, keeping the followed
+                    // authors' ones by the index key alone.
+                    mongo::index(
+                        "active_sorted_author",
+                        doc! { "state": 1, "sort_key": -1, "user_id": 1 },
+                        false,
+                    ),
+                    // Keys distinct by construction (see `mongo::insert_keyed`).
+                    mongo::sort_key_index(),
+                    outbox::index(),
+                    // Deleted posts go a week after their event is out.
+                    outbox::purge_index(
+                        "deleted_ttl",
+                        "deleted_at",
+                        std::time::Duration::from_secs(7 * 24 * 3600),
+                    ),
+                ],
+            )
+            .await?;
+        self.counters.init().await?;
+        self.removed_users.init().await?;
         Ok(())
     }
 
@@ -152,7 +151,7 @@ impl Store {
         let ids: Vec<Id> = self
             .posts
             .clone_with_type::<Id>()
-            .find(doc! { "user_id": mongo::is(author), "state": ACTIVE })
+            .find(doc! { "user_id": mongo::equals_id(author), "state": ACTIVE })
             .projection(doc! { "_id": 1 })
             .limit(limit)
             .await?
@@ -169,7 +168,7 @@ impl Store {
     ) -> Result<Vec<PostDoc>> {
         Ok(mongo::page_by_key(
             &self.posts,
-            doc! { "user_id": mongo::is(author), "state": ACTIVE },
+            doc! { "user_id": mongo::equals_id(author), "state": ACTIVE },
             outbox::without_bookkeeping(),
             after,
             100,
@@ -214,7 +213,7 @@ impl Store {
     ) -> Result<Option<PostDoc>> {
         let mut set = update.set;
         set.insert("updated_at", DateTime::now());
-        let mut filter = doc! { "_id": id, "user_id": mongo::is(author), "state": ACTIVE };
+        let mut filter = doc! { "_id": id, "user_id": mongo::equals_id(author), "state": ACTIVE };
         filter.extend(update.guard);
         Ok(self
             .posts
@@ -234,7 +233,7 @@ impl Store {
         let r = self
             .posts
             .update_one(
-                doc! { "_id": id, "user_id": mongo::is(author), "state": ACTIVE },
+                doc! { "_id": id, "user_id": mongo::equals_id(author), "state": ACTIVE },
                 update,
             )
             .await?;
@@ -248,31 +247,17 @@ impl Store {
         page: &PageRequest,
     ) -> Result<Vec<PostDoc>> {
         let filter = match authors {
-            [one] => doc! { "user_id": mongo::is(*one), "state": ACTIVE },
+            [one] => doc! { "user_id": mongo::equals_id(*one), "state": ACTIVE },
             many => doc! { "user_id": { "$in": many }, "state": ACTIVE },
         };
-        let order = Order::NewestFirst;
-        Ok(self
-            .posts
-            .find(order.filter(filter, page))
-            .projection(outbox::without_bookkeeping())
-            .sort(order.sort())
-            .limit(page.fetch_limit())
-            .await?
-            .try_collect()
-            .await?)
-    }
-
-    /// Adds `delta` to counter `field` of post `id` for `event`, once.
-    pub async fn add_to_count(
-        &self,
-        id: ObjectId,
-        field: &str,
-        delta: i64,
-        event: &Envelope,
-    ) -> Result<()> {
-        self.counters.add(id, field, delta, event).await?;
-        Ok(())
+        Ok(mongo::page(
+            &self.posts,
+            Order::NewestFirst,
+            filter,
+            page,
+            outbox::without_bookkeeping(),
+        )
+        .await?)
     }
 
     /// Sets both counters of post `id` from the likes and comments as of `as_of_ms` (see

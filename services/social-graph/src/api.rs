@@ -20,9 +20,13 @@ use tonic::{Code, Request, Response, Status};
 use crate::store::{FollowDoc, Store};
 use social_events::{
     Payload, new_envelope,
-    outbox::Waker,
+    outbox::RelayWaker,
     pb::{UserFollowed, UserUnfollowed},
 };
+
+/// The RPCs only other services may call (the gate refuses them without the service
+/// credential): they serve other services and some cost many counts per request.
+pub const INTERNAL: &[&str] = &["ListFollowingIds", "CountFollows", "ExportUserFollows"];
 
 /// Most ids one ListFollowingIds answer carries.
 const MAX_FOLLOWING_IDS: usize = 10_000;
@@ -30,11 +34,11 @@ const MAX_FOLLOWING_IDS: usize = 10_000;
 pub struct Api {
     store: Store,
     users: Peer,
-    relay: Waker,
+    relay: RelayWaker,
 }
 
 impl Api {
-    pub fn new(store: Store, users: Peer, relay: Waker) -> Self {
+    pub fn new(store: Store, users: Peer, relay: RelayWaker) -> Self {
         Self {
             store,
             users,

@@ -5,18 +5,9 @@ mod api;
 mod events;
 mod store;
 
-use social_events::{EventsConfig, outbox::Relay};
-use social_kit::{
-    client::Peer,
-    config::{CommonConfig, ConfigError},
-    serve::{Background, Gate, MAX_REQUEST_BYTES, ServeSpec, serve},
-};
-use social_proto::graph::v1::social_graph_service_server::{
-    SERVICE_NAME, SocialGraphServiceServer,
-};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-use tonic::service::Routes;
+use social_events::service::prelude::*;
+use social_kit::peers::{GRAPH, USER};
+use social_proto::graph::v1::social_graph_service_server::SocialGraphServiceServer;
 
 /// Everything the social-graph service reads from its environment.
 #[derive(Debug, Clone)]
@@ -29,22 +20,14 @@ pub struct Config {
     pub events: EventsConfig,
 }
 
-impl social_kit::config::ServiceConfig for Config {
-    fn common(&self) -> &CommonConfig {
-        &self.common
-    }
-}
+social_kit::service_config!(Config);
 
 impl Config {
     /// Reads the environment.
     pub fn from_env() -> Result<Self, ConfigError> {
         Ok(Self {
-            common: CommonConfig::from_env("social-graph", "GRAPH_ADDR", "127.0.0.1:50053")?,
-            user_service: Peer::from_env(
-                "user service",
-                "USER_SERVICE_URL",
-                "http://127.0.0.1:50051",
-            )?,
+            common: GRAPH.config_from_env()?,
+            user_service: USER.peer_from_env()?,
             events: EventsConfig::from_env()?,
         })
     }
@@ -57,7 +40,7 @@ impl Config {
         events: EventsConfig,
     ) -> Self {
         Self {
-            common: CommonConfig::for_tests("social-graph", mongodb_uri, database),
+            common: CommonConfig::for_tests(GRAPH.service, mongodb_uri, database),
             user_service,
             events,
         }
@@ -70,41 +53,22 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let db = social_kit::mongo::connect(&config.common).await?;
-    let store = store::Store::new(&db);
-    let gate = Gate::from_config(&config.common)?;
-    let relay = Relay::new(
-        config.events.clone(),
-        "social-graph",
-        &db,
-        &[
-            store::COLLECTION,
-            &social_events::removed_users::RemovedUsers::collection("social-graph"),
-        ],
+    let mut wiring = Wiring::new(&config.common, &config.events).await?;
+    let store = store::Store::new(wiring.db());
+    let relay = wiring.relay(&[store::COLLECTION]);
+    wiring.consume(
+        social_events::topology::GRAPH,
+        social_events::consumer::handler((store.clone(), relay.clone()), events::apply),
     );
-    let (events, handler) = (
-        config.events.clone(),
-        events::handler(store.clone(), relay.waker()),
-    );
-    let api = api::Api::new(store.clone(), config.user_service.clone(), relay.waker());
-    let server = SocialGraphServiceServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES);
-    let routes = Routes::new(gate.guard(server));
-    let mut background = Background::new();
-    social_events::sessions::refuse_ended_sessions(
-        &mut background,
-        &config.events,
-        "social-graph",
-        &gate,
-        config.user_service.clone(),
-    );
-    background.spawn(|stop| relay.run(stop));
-    background
-        .spawn(|stop| social_events::consumer::run(events, events::subscription(), handler, stop));
-    let spec = ServeSpec {
-        config: &config.common,
-        grpc_name: SERVICE_NAME,
-        db,
-        gate,
-    };
-    serve(spec, listener, routes, store, background, shutdown).await
+    wiring.refuse_ended_sessions(config.user_service.clone());
+    wiring.internal(api::INTERNAL);
+    let api = api::Api::new(store.clone(), config.user_service.clone(), relay);
+    wiring
+        .serve(
+            SocialGraphServiceServer::new(api),
+            store,
+            listener,
+            shutdown,
+        )
+        .await
 }

@@ -9,7 +9,7 @@
 
 use bson::{DateTime, doc, oid::ObjectId};
 use futures::TryStreamExt;
-use mongodb::{Collection, Database};
+use mongodb::Collection;
 use serde::{Deserialize, Serialize};
 use social_events::{Envelope, idempotency, outbox, removed_users::RemovedUsers};
 use social_kit::{
@@ -54,18 +54,16 @@ pub struct FollowDoc {
 /// Access to `followers`. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    db: Database,
-    stand_in: mongo::StandIn,
+    db: mongo::Db,
     follows: Collection<FollowDoc>,
     /// Deleted accounts (see `social_events::removed_users`).
     pub removed_users: RemovedUsers,
 }
 
 impl Store {
-    pub fn new(db: &Database) -> Self {
+    pub fn new(db: &mongo::Db) -> Self {
         Self {
             db: db.clone(),
-            stand_in: mongo::StandIn::default(),
             follows: db.collection(COLLECTION),
             removed_users: RemovedUsers::new(db, "social-graph"),
         }
@@ -74,44 +72,43 @@ impl Store {
     /// Pings and creates the indexes (idempotent); run before serving.
     pub async fn init(&self) -> anyhow::Result<()> {
         mongo::ping(&self.db).await?;
-        let stand_in = self.stand_in.detect(&self.db).await;
-        mongo::ensure_indexes(
-            &self.follows,
-            vec![
-                // One active document per pair; serves Follow, Unfollow, GetRelationship.
-                mongo::index(
-                    "follower_followee_active_unique",
-                    doc! { "follower_id": 1, "followee_id": 1, "active_key": 1 },
-                    true,
-                ),
-                // ListFollowing and ListFollowingIds, newest first; a user's follows for
-                // an export or a deletion (ended ones out of the range).
-                mongo::index(
-                    "follower_sorted",
-                    doc! { "follower_id": 1, "state": 1, "sort_key": -1 },
-                    false,
-                ),
-                // ListFollowers, newest first; the same for the other side.
-                mongo::index(
-                    "followee_sorted",
-                    doc! { "followee_id": 1, "state": 1, "sort_key": -1 },
-                    false,
-                ),
-                mongo::sort_key_index(),
-                // CountFollows: one count over index keys per side (see `count`).
-                mongo::index("followee_alive", mongo::alive_keys("followee_id"), false),
-                mongo::index("follower_alive", mongo::alive_keys("follower_id"), false),
-                outbox::index(),
-                // Ended follows go after 30 days (long after their event is published).
-                outbox::purge_index(
-                    "ended_ttl",
-                    "ended_at",
-                    std::time::Duration::from_secs(30 * 24 * 3600),
-                ),
-            ],
-            stand_in,
-        )
-        .await?;
+        self.db
+            .ensure_indexes(
+                &self.follows,
+                vec![
+                    // One active document per pair; serves Follow, Unfollow, GetRelationship.
+                    mongo::index(
+                        "follower_followee_active_unique",
+                        doc! { "follower_id": 1, "followee_id": 1, "active_key": 1 },
+                        true,
+                    ),
+                    // ListFollowing and ListFollowingIds, newest first; a user's follows for
+                    // an export or a deletion (ended ones out of the range).
+                    mongo::index(
+                        "follower_sorted",
+                        doc! { "follower_id": 1, "state": 1, "sort_key": -1 },
+                        false,
+                    ),
+                    // ListFollowers, newest first; the same for the other side.
+                    mongo::index(
+                        "followee_sorted",
+                        doc! { "followee_id": 1, "state": 1, "sort_key": -1 },
+                        false,
+                    ),
+                    mongo::sort_key_index(),
+                    // CountFollows: one count over index keys per side (see `count`).
+                    mongo::index("followee_alive", mongo::alive_keys("followee_id"), false),
+                    mongo::index("follower_alive", mongo::alive_keys("follower_id"), false),
+                    outbox::index(),
+                    // Ended follows go after 30 days (long after their event is published).
+                    outbox::purge_index(
+                        "ended_ttl",
+                        "ended_at",
+                        std::time::Duration::from_secs(30 * 24 * 3600),
+                    ),
+                ],
+            )
+            .await?;
         mongo::retire_indexes(
             &self.follows,
             &[
@@ -125,7 +122,7 @@ impl Store {
             ],
         )
         .await?;
-        self.removed_users.init(stand_in).await?;
+        self.removed_users.init().await?;
         Ok(())
     }
 
@@ -145,7 +142,7 @@ impl Store {
         let pairs: Vec<Pair> = self
             .follows
             .clone_with_type::<Pair>()
-            .find(doc! { side: mongo::is(user), "state": ACTIVE })
+            .find(doc! { side: mongo::equals_id(user), "state": ACTIVE })
             .projection(doc! { "follower_id": 1, "followee_id": 1, "_id": 0 })
             .limit(limit)
             .await?
@@ -218,7 +215,7 @@ impl Store {
     ) -> Result<Vec<FollowDoc>> {
         Ok(mongo::page_by_key(
             &self.follows,
-            doc! { side: mongo::is(user), "state": ACTIVE },
+            doc! { side: mongo::equals_id(user), "state": ACTIVE },
             outbox::without_bookkeeping(),
             after,
             100,
@@ -242,16 +239,14 @@ impl Store {
         user: ObjectId,
         page: &PageRequest,
     ) -> Result<Vec<FollowDoc>> {
-        let order = Order::NewestFirst;
-        Ok(self
-            .follows
-            .find(order.filter(doc! { side: mongo::is(user), "state": ACTIVE }, page))
-            .projection(outbox::without_bookkeeping())
-            .sort(order.sort())
-            .limit(page.fetch_limit())
-            .await?
-            .try_collect()
-            .await?)
+        Ok(mongo::page(
+            &self.follows,
+            Order::NewestFirst,
+            doc! { side: mongo::equals_id(user), "state": ACTIVE },
+            page,
+            outbox::without_bookkeeping(),
+        )
+        .await?)
     }
 
     /// Up to `limit` + 1 ids `user` follows, newest follow first.
@@ -263,7 +258,7 @@ impl Store {
         let rows: Vec<Row> = self
             .follows
             .clone_with_type::<Row>()
-            .find(doc! { "follower_id": mongo::is(user), "state": ACTIVE })
+            .find(doc! { "follower_id": mongo::equals_id(user), "state": ACTIVE })
             .projection(doc! { "followee_id": 1, "_id": 0 })
             .sort(doc! { "sort_key": -1 })
             .limit(limit as i64 + 1)
@@ -277,10 +272,10 @@ impl Store {
     /// at `as_of_ms` (see `mongo::count_as_of`).
     pub async fn count(&self, side: &str, user: ObjectId, as_of_ms: i64) -> Result<i64> {
         Ok(mongo::count_as_of(
+            &self.db,
             &self.follows,
-            doc! { side: mongo::is(user) },
+            doc! { side: mongo::equals_id(user) },
             as_of_ms,
-            &self.stand_in,
         )
         .await?)
     }
@@ -290,7 +285,7 @@ impl Store {
 /// this is a point lookup in the unique index.
 fn active_pair(follower: ObjectId, followee: ObjectId) -> bson::Document {
     doc! {
-        "follower_id": mongo::is(follower), "followee_id": mongo::is(followee),
+        "follower_id": mongo::equals_id(follower), "followee_id": mongo::equals_id(followee),
         "active_key": ACTIVE,
     }
 }

@@ -3,7 +3,7 @@
 
 use bson::{DateTime, Document, oid::ObjectId};
 use futures::{StreamExt, stream::BoxStream};
-use social_events::{Payload, new_envelope, outbox::Waker, pb::UserDeleted};
+use social_events::{Payload, new_envelope, outbox::RelayWaker, pb::UserDeleted};
 use social_kit::client::Peer;
 use social_kit::{
     Error, Result,
@@ -40,6 +40,14 @@ use crate::{
     throttle::{Reserved, Subject, Throttle},
 };
 
+/// The RPCs only other services may call (the gate refuses them without the service
+/// credential): they serve other services and some cost many counts per request.
+pub const INTERNAL: &[&str] = &["BatchGetUsersByUsername", "ListEndedSessions"];
+
+/// The RPCs that establish who the caller is: a token sent with them is ignored, so
+/// that a client still attaching its expired token can log in again.
+pub const AUTHENTICATING: &[&str] = &["Login", "Register"];
+
 /// The same answer for an unknown user and a wrong password.
 const LOGIN_FAILED: &str = "invalid username, email or password";
 /// The same answer for every refresh token that does not work.
@@ -52,7 +60,7 @@ pub struct Api {
     pub tokens: TokenIssuer,
     pub hasher: Hasher,
     /// Wakes the relay of the users' outboxes (`user.user.deleted`).
-    pub relay: Waker,
+    pub relay: RelayWaker,
     /// How long a deleted account's username stays reserved.
     pub quarantine: std::time::Duration,
     /// How soon after an exchange a refresh token gets the same successor again.

@@ -1,50 +1,39 @@
 //! What the user service consumes: follow events, which move `followers_count` and
-//! `following_count`, and each service's report that a deleted account is cleared. Each update is applied at most once per event (see
+//! `following_count`, and each service's report that a deleted account is cleared. Each
+//! update is applied at most once per event (see
 //! `social_events::idempotency`), so redeliveries change nothing twice, and increments
 //! commute, so order does not matter.
 
-use std::sync::Arc;
-
 use bson::oid::ObjectId;
-use futures::FutureExt;
-use social_events::{Envelope, Payload, consumer::Handler, topology::QueueSpec};
+use social_events::{Envelope, Payload};
 
 use crate::store::Store;
 
-/// The user service's queue and its bindings.
-pub fn subscription() -> QueueSpec {
-    social_events::topology::USER
-}
-
 /// Applies one event.
-pub fn handler(store: Store) -> Handler {
-    Arc::new(move |envelope: Envelope| {
-        let store = store.clone();
-        async move {
-            let (follower, followee, delta) = match &envelope.payload {
-                Some(Payload::UserFollowed(e)) => (&e.follower_id, &e.followee_id, 1),
-                Some(Payload::UserUnfollowed(e)) => (&e.follower_id, &e.followee_id, -1),
-                Some(Payload::AccountCleared(e)) => {
-                    let user = ObjectId::parse_str(&e.user_id)?;
-                    let (missing, finished) = store.record_cleared(user, &e.service).await?;
-                    tracing::info!(%user, service = %e.service, waiting_for = ?missing, "a service cleared a deleted account");
-                    if finished {
-                        tracing::info!(%user, "account deletion finished: every service cleared it");
-                    }
-                    return Ok(());
-                }
-                _ => return Ok(()), // not ours; bindings should not let it in
-            };
-            let follower = ObjectId::parse_str(follower)?;
-            let followee = ObjectId::parse_str(followee)?;
-            store
-                .add_to_count(follower, "following_count", delta, &envelope)
-                .await?;
-            store
-                .add_to_count(followee, "followers_count", delta, &envelope)
-                .await?;
-            Ok(())
+pub async fn apply(store: Store, envelope: Envelope) -> anyhow::Result<()> {
+    let (follower, followee, delta) = match &envelope.payload {
+        Some(Payload::UserFollowed(e)) => (&e.follower_id, &e.followee_id, 1),
+        Some(Payload::UserUnfollowed(e)) => (&e.follower_id, &e.followee_id, -1),
+        Some(Payload::AccountCleared(e)) => {
+            let user = ObjectId::parse_str(&e.user_id)?;
+            let (missing, finished) = store.record_cleared(user, &e.service).await?;
+            tracing::info!(%user, service = %e.service, waiting_for = ?missing, "a service cleared a deleted account");
+            if finished {
+                tracing::info!(%user, "account deletion finished: every service cleared it");
+            }
+            return Ok(());
         }
-        .boxed()
-    })
+        _ => return Ok(()), // not ours; bindings should not let it in
+    };
+    let follower = ObjectId::parse_str(follower)?;
+    let followee = ObjectId::parse_str(followee)?;
+    store
+        .counters
+        .add(follower, "following_count", delta, &envelope)
+        .await?;
+    store
+        .counters
+        .add(followee, "followers_count", delta, &envelope)
+        .await?;
+    Ok(())
 }

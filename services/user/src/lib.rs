@@ -15,17 +15,12 @@ pub use throttle::Policy as LoginThrottle;
 
 use std::time::Duration;
 
-use social_events::{EventsConfig, outbox::Relay};
+use social_events::service::prelude::*;
 use social_kit::{
     auth::TokenIssuer,
-    client::Peer,
-    config::{CommonConfig, ConfigError},
-    serve::{Background, Gate, MAX_REQUEST_BYTES, ServeSpec, serve},
+    peers::{ENGAGEMENT, GRAPH, POST, USER},
 };
-use social_proto::user::v1::user_service_server::{SERVICE_NAME, UserServiceServer};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-use tonic::service::Routes;
+use social_proto::user::v1::user_service_server::UserServiceServer;
 
 /// Everything the user service reads from its environment.
 #[derive(Debug, Clone)]
@@ -102,35 +97,19 @@ fn days_or(var: &str, default: u64) -> Result<Duration, ConfigError> {
     social_kit::config::parse_or(var, default).map(|d: u64| Duration::from_secs(d * 24 * 3600))
 }
 
-impl social_kit::config::ServiceConfig for Config {
-    fn common(&self) -> &CommonConfig {
-        &self.common
-    }
-}
+social_kit::service_config!(Config);
 
 impl Config {
     /// Reads the environment.
     pub fn from_env() -> Result<Self, ConfigError> {
         Ok(Self {
-            common: CommonConfig::from_env("user", "USER_ADDR", "127.0.0.1:50051")?,
+            common: USER.config_from_env()?,
             private_key_pem: social_kit::config::secret("AUTH_PRIVATE_KEY")?,
             token_ttl: social_kit::config::seconds_or("AUTH_TOKEN_TTL_SECS", 900)?,
             events: EventsConfig::from_env()?,
-            graph_service: Peer::from_env(
-                "social-graph service",
-                "GRAPH_SERVICE_URL",
-                "http://127.0.0.1:50053",
-            )?,
-            post_service: Peer::from_env(
-                "post service",
-                "POST_SERVICE_URL",
-                "http://127.0.0.1:50052",
-            )?,
-            engagement_service: Peer::from_env(
-                "engagement service",
-                "ENGAGEMENT_SERVICE_URL",
-                "http://127.0.0.1:50054",
-            )?,
+            graph_service: GRAPH.peer_from_env()?,
+            post_service: POST.peer_from_env()?,
+            engagement_service: ENGAGEMENT.peer_from_env()?,
             hash_memory_mib: social_kit::config::parse_or("PASSWORD_HASH_MEMORY_MIB", 64)?,
             hash_wait: social_kit::config::millis_or("PASSWORD_HASH_WAIT_MS", 500)?,
             sessions: sessions::Lifetimes {
@@ -145,23 +124,14 @@ impl Config {
 
     /// Local stores, the given database and events, an ephemeral port, development keys.
     pub fn for_tests(mongodb_uri: &str, database: &str, events: EventsConfig) -> Self {
-        #[allow(clippy::expect_used)] // a constant URL
-        let graph_service = Peer::new(
-            "social-graph service",
-            "GRAPH_SERVICE_URL",
-            "http://127.0.0.1:50053",
-            Duration::from_secs(2),
-        )
-        .and_then(|p| p.with_credential(social_kit::auth::DEV_SERVICE_TOKEN))
-        .expect("valid URL");
         Self {
-            common: CommonConfig::for_tests("user", mongodb_uri, database),
+            common: CommonConfig::for_tests(USER.service, mongodb_uri, database),
             private_key_pem: None,
             token_ttl: Duration::from_secs(900),
             events,
-            post_service: graph_service.clone(),
-            engagement_service: graph_service.clone(),
-            graph_service,
+            post_service: POST.local_peer(),
+            engagement_service: ENGAGEMENT.local_peer(),
+            graph_service: GRAPH.local_peer(),
             hash_memory_mib: 64,
             hash_wait: Duration::from_millis(500),
             sessions: sessions::Lifetimes {
@@ -223,27 +193,33 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let db = social_kit::mongo::connect(&config.common).await?;
-    let store = store::Store::new(&db);
-    let replica = format!("user-{}", bson::oid::ObjectId::new().to_hex());
+    let mut wiring = Wiring::new(&config.common, &config.events).await?;
+    let store = store::Store::new(wiring.db());
     let sessions = sessions::Sessions::new(
-        &db,
+        wiring.db(),
         config.sessions,
         &config.successor_secret(),
         config.token_ttl,
-        social_events::live::Broadcaster::new(config.events.clone(), &replica),
+        social_events::live::Broadcaster::new(config.events.clone(), &wiring.replica()),
     );
-    let throttle = throttle::Throttle::new(&db, config.login_throttle);
-    let gate = Gate::from_config(&config.common)?;
+    let throttle = throttle::Throttle::new(wiring.db(), config.login_throttle);
     // Publishes `user.user.deleted` from the deleted account's document.
-    let relay = Relay::new(config.events.clone(), "user", &db, &[store::COLLECTION]);
+    let relay = wiring.relay_of(&[store::COLLECTION]);
+    // This service checks its own store where a session matters (the account's RPCs,
+    // a profile update, the account's own email): it follows no broadcast of endings.
+    wiring.consume(
+        social_events::topology::USER,
+        social_events::consumer::handler(store.clone(), events::apply),
+    );
+    wiring.internal(api::INTERNAL);
+    wiring.authenticating(api::AUTHENTICATING);
     let api = api::Api {
         store: store.clone(),
         sessions: sessions.clone(),
         throttle: throttle.clone(),
         tokens: config.issuer()?,
         hasher: password::Hasher::new(config.hash_memory_mib, config.hash_wait)?,
-        relay: relay.waker(),
+        relay,
         quarantine: config.quarantine,
         refresh_grace: config.refresh_grace,
         peers: api::Peers {
@@ -252,27 +228,14 @@ pub async fn run(
             graph: config.graph_service.clone(),
         },
     };
-    let server = UserServiceServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES);
-    let routes = Routes::new(gate.guard(server));
-    // This service checks its own store where a session matters (the account's RPCs,
-    // a profile update, the account's own email): it follows no broadcast of endings.
-    let mut background = Background::new();
-    background.spawn(|stop| relay.run(stop));
-    let (events, handler) = (config.events.clone(), events::handler(store.clone()));
-    background
-        .spawn(|stop| social_events::consumer::run(events, events::subscription(), handler, stop));
-    let spec = ServeSpec {
-        config: &config.common,
-        grpc_name: SERVICE_NAME,
-        db,
-        gate,
-    };
     let startup = Startup {
         store,
         sessions,
         throttle,
     };
-    serve(spec, listener, routes, startup, background, shutdown).await
+    wiring
+        .serve(UserServiceServer::new(api), startup, listener, shutdown)
+        .await
 }
 
 /// What the user service does before it serves: ping, and every collection's indexes.
@@ -284,9 +247,9 @@ struct Startup {
 
 impl social_kit::serve::Startup for Startup {
     async fn startup(&self) -> anyhow::Result<()> {
-        let stand_in = self.store.init().await?;
-        self.sessions.init(stand_in).await?;
-        self.throttle.init(stand_in).await?;
+        self.store.init().await?;
+        self.sessions.init().await?;
+        self.throttle.init().await?;
         Ok(())
     }
 }

@@ -22,7 +22,7 @@ use std::time::Duration;
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use bson::{DateTime, doc, oid::ObjectId};
 use futures::TryStreamExt;
-use mongodb::{Collection, Database, options::ReturnDocument};
+use mongodb::{Collection, options::ReturnDocument};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use social_kit::{
@@ -113,6 +113,7 @@ pub enum Refreshed {
 /// Access to the sessions. Cheap to clone.
 #[derive(Clone)]
 pub struct Sessions {
+    db: mongo::Db,
     sessions: Collection<SessionDoc>,
     retired: Collection<Retired>,
     lifetimes: Lifetimes,
@@ -159,7 +160,7 @@ impl Sessions {
     /// `secret`: the key successors are derived with (see the module docs);
     /// `token_ttl`: how long access tokens live; `broadcaster`: how endings are told.
     pub fn new(
-        db: &Database,
+        db: &mongo::Db,
         lifetimes: Lifetimes,
         secret: &[u8],
         token_ttl: Duration,
@@ -167,6 +168,7 @@ impl Sessions {
     ) -> Self {
         use hmac::Mac;
         Self {
+            db: db.clone(),
             sessions: db.collection(SESSIONS),
             retired: db.collection(RETIRED),
             lifetimes,
@@ -186,42 +188,42 @@ impl Sessions {
     }
 
     /// Creates the indexes (idempotent).
-    pub async fn init(&self, stand_in: bool) -> mongodb::error::Result<()> {
-        mongo::ensure_indexes(
-            &self.sessions,
-            vec![
-                // RefreshSession.
-                mongo::index("token_hash_unique", doc! { "token_hash": 1 }, true),
-                // Reuse of the token just exchanged.
-                mongo::index("previous_hash", doc! { "previous_hash": 1 }, false),
-                // The sessions that ended lately, in the order they are paged, for
-                // every service to refuse their tokens. Not sparse: with `_id` among
-                // its keys, a sparse index would hold every session all the same.
-                mongo::index("ended_order", doc! { "ended_ms": 1, "_id": 1 }, false),
-                // ListSessions (expired ones told by the key), RevokeOtherSessions and
-                // the other ends of a user's sessions (ended ones out of the range).
-                mongo::index(
-                    "user_sorted",
-                    doc! {
-                        "user_id": 1, "state": 1, "sort_key": -1,
-                        "idle_until_ms": 1, "max_until_ms": 1,
-                    },
-                    false,
-                ),
-                mongo::sort_key_index(),
-                mongo::ttl_index("purge_ttl", "purge_at", Duration::ZERO),
-            ],
-            stand_in,
-        )
-        .await?;
+    pub async fn init(&self) -> mongodb::error::Result<()> {
+        self.db
+            .ensure_indexes(
+                &self.sessions,
+                vec![
+                    // RefreshSession.
+                    mongo::index("token_hash_unique", doc! { "token_hash": 1 }, true),
+                    // Reuse of the token just exchanged.
+                    mongo::index("previous_hash", doc! { "previous_hash": 1 }, false),
+                    // The sessions that ended lately, in the order they are paged, for
+                    // every service to refuse their tokens. Not sparse: with `_id` among
+                    // its keys, a sparse index would hold every session all the same.
+                    mongo::index("ended_order", doc! { "ended_ms": 1, "_id": 1 }, false),
+                    // ListSessions (expired ones told by the key), RevokeOtherSessions and
+                    // the other ends of a user's sessions (ended ones out of the range).
+                    mongo::index(
+                        "user_sorted",
+                        doc! {
+                            "user_id": 1, "state": 1, "sort_key": -1,
+                            "idle_until_ms": 1, "max_until_ms": 1,
+                        },
+                        false,
+                    ),
+                    mongo::sort_key_index(),
+                    mongo::ttl_index("purge_ttl", "purge_at", Duration::ZERO),
+                ],
+            )
+            .await?;
         // Paged by time alone (a page could end inside a group ended together).
         mongo::retire_indexes(&self.sessions, &["ended"]).await?;
-        mongo::ensure_indexes(
-            &self.retired,
-            vec![mongo::ttl_index("purge_ttl", "purge_at", Duration::ZERO)],
-            stand_in,
-        )
-        .await
+        self.db
+            .ensure_indexes(
+                &self.retired,
+                vec![mongo::ttl_index("purge_ttl", "purge_at", Duration::ZERO)],
+            )
+            .await
     }
 
     /// Starts a session of `user` on `device` under the account's `credential_version`;
@@ -424,7 +426,7 @@ impl Sessions {
         let at = now_ms();
         self.sessions
             .find_one(doc! {
-                "_id": id, "user_id": mongo::is(caller.user), "state": ACTIVE,
+                "_id": id, "user_id": mongo::equals_id(caller.user), "state": ACTIVE,
                 "idle_until_ms": { "$gt": at }, "max_until_ms": { "$gt": at },
             })
             .await?
@@ -433,7 +435,7 @@ impl Sessions {
 
     /// Ends `user`'s session `id`; whether it was active.
     pub async fn end(&self, user: ObjectId, id: ObjectId, reason: &str) -> Result<bool> {
-        let filter = doc! { "_id": id, "user_id": mongo::is(user), "state": ACTIVE };
+        let filter = doc! { "_id": id, "user_id": mongo::equals_id(user), "state": ACTIVE };
         Ok(!self.finish(filter, reason).await?.is_empty())
     }
 
@@ -448,7 +450,7 @@ impl Sessions {
         let r = self
             .sessions
             .update_one(
-                doc! { "_id": id, "user_id": mongo::is(user), "state": ACTIVE },
+                doc! { "_id": id, "user_id": mongo::equals_id(user), "state": ACTIVE },
                 doc! { "$max": { "credential_version": credential_version } },
             )
             .await?;
@@ -466,7 +468,7 @@ impl Sessions {
         social_kit::fault!("user::end_sessions", |_| Err(
             social_kit::Error::Unavailable("the database is unavailable (injected)".into())
         ));
-        let mut filter = doc! { "user_id": mongo::is(user), "state": ACTIVE };
+        let mut filter = doc! { "user_id": mongo::equals_id(user), "state": ACTIVE };
         if let Some(keep) = keep {
             filter.insert("_id", doc! { "$nin": [keep] });
         }
@@ -478,16 +480,9 @@ impl Sessions {
         let at = now_ms();
         let order = Order::NewestFirst;
         let filter = doc! {
-            "user_id": mongo::is(user), "state": ACTIVE,
+            "user_id": mongo::equals_id(user), "state": ACTIVE,
             "idle_until_ms": { "$gt": at }, "max_until_ms": { "$gt": at },
         };
-        Ok(self
-            .sessions
-            .find(order.filter(filter, page))
-            .sort(order.sort())
-            .limit(page.fetch_limit())
-            .await?
-            .try_collect()
-            .await?)
+        Ok(mongo::page(&self.sessions, order, filter, page, doc! {}).await?)
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bson::{DateTime, Document, doc, oid::ObjectId};
 use futures::TryStreamExt;
-use mongodb::{Collection, Database, options::ReturnDocument};
+use mongodb::{Collection, options::ReturnDocument};
 use serde::{Deserialize, Serialize};
 use social_events::{Envelope, idempotency, outbox};
 use social_kit::{Error, Result, error::is_duplicate_key, mongo};
@@ -46,7 +46,7 @@ pub struct UserDoc {
     #[serde(default)]
     pub following_count: i64,
     pub created_at: DateTime,
-    #[serde(deserialize_with = "social_kit::time::lenient")]
+    #[serde(deserialize_with = "social_kit::mongo::lenient::date")]
     pub updated_at: DateTime,
     /// When the account was deleted (ms); absent while it lives.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -79,13 +79,14 @@ pub enum Taken {
 /// Access to `users`. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    db: Database,
+    db: mongo::Db,
     users: Collection<UserDoc>,
-    counters: idempotency::Counters,
+    /// Its counters moved by events, once per event (`social_events::idempotency`).
+    pub counters: idempotency::Counters,
 }
 
 impl Store {
-    pub fn new(db: &Database) -> Self {
+    pub fn new(db: &mongo::Db) -> Self {
         Self {
             db: db.clone(),
             users: db.collection(COLLECTION),
@@ -93,27 +94,25 @@ impl Store {
         }
     }
 
-    /// Pings and creates the indexes (idempotent); run before serving. Whether the
-    /// server is the MongoDB stand-in.
-    pub async fn init(&self) -> anyhow::Result<bool> {
+    /// Pings and creates the indexes (idempotent); run before serving.
+    pub async fn init(&self) -> anyhow::Result<()> {
         mongo::ping(&self.db).await?;
-        let stand_in = mongo::is_stand_in(&self.db).await;
-        mongo::ensure_indexes(
-            &self.users,
-            vec![
-                // Register / GetUserByUsername / Login by username.
-                mongo::index("username_lower_unique", doc! { "username_lower": 1 }, true),
-                // Register / Login by email.
-                mongo::index("email_unique", doc! { "email": 1 }, true),
-                outbox::index(),
-                // A deleted account goes when its quarantine is over and its event is out.
-                outbox::purge_index("purge_ttl", "purge_at", Duration::ZERO),
-            ],
-            stand_in,
-        )
-        .await?;
-        self.counters.init(stand_in).await?;
-        Ok(stand_in)
+        self.db
+            .ensure_indexes(
+                &self.users,
+                vec![
+                    // Register / GetUserByUsername / Login by username.
+                    mongo::index("username_lower_unique", doc! { "username_lower": 1 }, true),
+                    // Register / Login by email.
+                    mongo::index("email_unique", doc! { "email": 1 }, true),
+                    outbox::index(),
+                    // A deleted account goes when its quarantine is over and its event is out.
+                    outbox::purge_index("purge_ttl", "purge_at", Duration::ZERO),
+                ],
+            )
+            .await?;
+        self.counters.init().await?;
+        Ok(())
     }
 
     /// Inserts a new account, or says which unique field is taken.
@@ -307,19 +306,6 @@ impl Store {
             )
             .await?;
         Ok((missing, finished.modified_count == 1))
-    }
-
-    /// Adds `delta` to a counter of `user` for `event`, once. A user that does not exist
-    /// is left alone.
-    pub async fn add_to_count(
-        &self,
-        user: ObjectId,
-        field: &str,
-        delta: i64,
-        event: &Envelope,
-    ) -> Result<()> {
-        self.counters.add(user, field, delta, event).await?;
-        Ok(())
     }
 
     /// Sets both counters of `user` from the follows as of `as_of_ms` (see

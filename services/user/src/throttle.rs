@@ -32,7 +32,7 @@
 use std::{net::IpAddr, time::Duration};
 
 use bson::{DateTime, doc};
-use mongodb::{Collection, Database};
+use mongodb::Collection;
 use serde::{Deserialize, Serialize};
 use social_kit::{Result, mongo};
 
@@ -88,7 +88,7 @@ struct Attempts {
     #[serde(default)]
     blocked_until_ms: i64,
     /// Written by `$set`: the stand-in stores it as text.
-    #[serde(deserialize_with = "social_kit::time::lenient")]
+    #[serde(deserialize_with = "social_kit::mongo::lenient::date")]
     forget_at: DateTime,
 }
 
@@ -155,6 +155,7 @@ pub struct Reserved {
 /// Failed password checks. Cheap to clone.
 #[derive(Clone)]
 pub struct Throttle {
+    db: mongo::Db,
     attempts: Collection<Attempts>,
     policy: Policy,
 }
@@ -168,21 +169,22 @@ fn ms(d: Duration) -> i64 {
 }
 
 impl Throttle {
-    pub fn new(db: &Database, policy: Policy) -> Self {
+    pub fn new(db: &mongo::Db, policy: Policy) -> Self {
         Self {
+            db: db.clone(),
             attempts: db.collection(COLLECTION),
             policy,
         }
     }
 
     /// Creates the TTL index (idempotent).
-    pub async fn init(&self, stand_in: bool) -> mongodb::error::Result<()> {
-        mongo::ensure_indexes(
-            &self.attempts,
-            vec![mongo::ttl_index("forget_ttl", "forget_at", Duration::ZERO)],
-            stand_in,
-        )
-        .await
+    pub async fn init(&self) -> mongodb::error::Result<()> {
+        self.db
+            .ensure_indexes(
+                &self.attempts,
+                vec![mongo::ttl_index("forget_ttl", "forget_at", Duration::ZERO)],
+            )
+            .await
     }
 
     /// Counts an attempt of `subject` before its password is checked: `Err(wait)` when

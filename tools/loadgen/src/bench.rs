@@ -39,6 +39,7 @@ use std::{
 
 use bson::{DateTime, doc, oid::ObjectId};
 use hdrhistogram::Histogram;
+use social_kit::peers;
 use social_proto::{
     engagement::v1::LikePostRequest,
     graph::v1::ListFollowingIdsRequest,
@@ -502,7 +503,7 @@ async fn deletion() -> anyhow::Result<()> {
         .await?;
     let probe = db
         .collection::<bson::Document>("posts")
-        .find_one(doc! { "user_id": social_kit::mongo::is(other) })
+        .find_one(doc! { "user_id": social_kit::mongo::equals_id(other) })
         .await?
         .expect("a post")
         .get_object_id("_id")?
@@ -1044,9 +1045,9 @@ async fn gateway() -> anyhow::Result<()> {
     let pid = env("GATEWAY_PID", "");
     let http = reqwest::Client::new();
     let mut posts =
-        PostServiceClient::connect(env("POST_SERVICE_URL", "http://127.0.0.1:50052")).await?;
+        PostServiceClient::connect(env(peers::POST.url_var, peers::POST.local_url)).await?;
     let mut users =
-        UserServiceClient::connect(env("USER_SERVICE_URL", "http://127.0.0.1:50051")).await?;
+        UserServiceClient::connect(env(peers::USER.url_var, peers::USER.local_url)).await?;
     let (idle_rss, _) = memory_of(&pid);
 
     // Twenty authors with five posts each, and a reader who follows them all.

@@ -9,6 +9,7 @@ use std::{
 };
 
 use anyhow::Context;
+use social_kit::peers;
 use social_proto::{
     engagement::v1::engagement_service_client::EngagementServiceClient,
     graph::v1::social_graph_service_client::SocialGraphServiceClient,
@@ -26,39 +27,19 @@ use tonic_health::pb::health_client::HealthClient;
 #[derive(clap::Args, Clone, Debug)]
 pub struct Target {
     /// The user service.
-    #[arg(
-        long,
-        env = "USER_SERVICE_URL",
-        default_value = "http://127.0.0.1:50051"
-    )]
+    #[arg(long, env = peers::USER.url_var, default_value = peers::USER.local_url)]
     pub user: String,
     /// The post service.
-    #[arg(
-        long,
-        env = "POST_SERVICE_URL",
-        default_value = "http://127.0.0.1:50052"
-    )]
+    #[arg(long, env = peers::POST.url_var, default_value = peers::POST.local_url)]
     pub post: String,
     /// The social-graph service.
-    #[arg(
-        long,
-        env = "GRAPH_SERVICE_URL",
-        default_value = "http://127.0.0.1:50053"
-    )]
+    #[arg(long, env = peers::GRAPH.url_var, default_value = peers::GRAPH.local_url)]
     pub graph: String,
     /// The engagement service.
-    #[arg(
-        long,
-        env = "ENGAGEMENT_SERVICE_URL",
-        default_value = "http://127.0.0.1:50054"
-    )]
+    #[arg(long, env = peers::ENGAGEMENT.url_var, default_value = peers::ENGAGEMENT.local_url)]
     pub engagement: String,
     /// The notification service.
-    #[arg(
-        long,
-        env = "NOTIFICATION_SERVICE_URL",
-        default_value = "http://127.0.0.1:50055"
-    )]
+    #[arg(long, env = peers::NOTIFICATION.url_var, default_value = peers::NOTIFICATION.local_url)]
     pub notification: String,
     /// HTTP/2 connections to each service (requests are spread over them).
     #[arg(long, default_value_t = 4)]
@@ -69,7 +50,13 @@ pub struct Target {
 }
 
 /// The five services, in this order in [`Clients::health`] and the reports.
-pub const SERVICES: [&str; 5] = ["user", "post", "social-graph", "engagement", "notification"];
+pub const SERVICES: [&str; 5] = [
+    peers::USER.service,
+    peers::POST.service,
+    peers::GRAPH.service,
+    peers::ENGAGEMENT.service,
+    peers::NOTIFICATION.service,
+];
 
 /// Connections to every service. Cheap to clone; each call takes the next connection.
 #[derive(Clone)]

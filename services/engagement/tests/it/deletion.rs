@@ -54,7 +54,7 @@ async fn count(app: &App, collection: &str, filter: bson::Document) -> u64 {
 
 /// What of `user`, or about them, each service's collections hold, by kind.
 async fn holdings(app: &App, user: &str) -> std::collections::BTreeMap<&'static str, u64> {
-    let is = social_kit::mongo::is(ObjectId::parse_str(user).unwrap());
+    let is = social_kit::mongo::equals_id(ObjectId::parse_str(user).unwrap());
     let kinds = [
         (
             "posts",
@@ -201,17 +201,7 @@ async fn snapshot(app: &App, users: &[&str], posts: &[&str], comments: &[&str]) 
 }
 
 async fn follow(app: &App, token: &str, followee: &str) {
-    app.stack
-        .graph()
-        .await
-        .follow(authed(
-            FollowRequest {
-                followee_id: followee.into(),
-            },
-            token,
-        ))
-        .await
-        .unwrap();
+    app.stack.follow(token, followee).await
 }
 
 async fn like_comment(app: &App, token: &str, comment: &str) {
@@ -643,7 +633,7 @@ async fn a_write_whose_check_for_a_deleted_account_failed_is_undone_by_its_retry
     let err = app.comment(&doomed, &other.id, "hello").await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     assert_eq!(social_kit::faults::fired("engagement::account_removed"), 3);
-    let is = social_kit::mongo::is(ObjectId::parse_str(&doomed_id).unwrap());
+    let is = social_kit::mongo::equals_id(ObjectId::parse_str(&doomed_id).unwrap());
     let gone = eventually(Duration::from_secs(15), || async {
         let likes = count(
             &app,
@@ -694,7 +684,7 @@ async fn a_deleted_comment_ends_its_likes_and_deleted_words_are_gone_at_once() {
             count(
                 app,
                 "likes",
-                doc! { "target_id": social_kit::mongo::is(comment_id), "state": state },
+                doc! { "target_id": social_kit::mongo::equals_id(comment_id), "state": state },
             )
             .await
         }

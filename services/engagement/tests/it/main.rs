@@ -15,12 +15,12 @@ use std::time::Duration;
 
 use social_proto::{
     engagement::v1::{
-        Comment, CreateCommentRequest, LikePostRequest, ListCommentsRequest, ListPostLikesRequest,
+        Comment, ListCommentsRequest, ListPostLikesRequest,
         engagement_service_client::EngagementServiceClient,
     },
-    post::v1::{CreatePostRequest, GetPostRequest, Post, post_service_client::PostServiceClient},
+    post::v1::{GetPostRequest, Post, post_service_client::PostServiceClient},
 };
-use social_testkit::{Stack, TcpProxy, authed, eventually};
+use social_testkit::{Stack, TcpProxy, eventually};
 use tonic::{Status, transport::Channel};
 
 /// The stack and clients of one test.
@@ -54,46 +54,15 @@ impl App {
     }
 
     async fn post(&self, token: &str, content: &str) -> Post {
-        self.posts
-            .clone()
-            .create_post(authed(
-                CreatePostRequest {
-                    content: content.into(),
-                    media: vec![],
-                },
-                token,
-            ))
-            .await
-            .unwrap()
-            .into_inner()
+        self.stack.post(token, content).await
     }
 
     async fn comment(&self, token: &str, post_id: &str, content: &str) -> Result<Comment, Status> {
-        self.engagement
-            .clone()
-            .create_comment(authed(
-                CreateCommentRequest {
-                    post_id: post_id.into(),
-                    content: content.into(),
-                    media: vec![],
-                },
-                token,
-            ))
-            .await
-            .map(|r| r.into_inner())
+        self.stack.comment(token, post_id, content).await
     }
 
     async fn like_post(&self, token: &str, post_id: &str) -> Result<(), Status> {
-        self.engagement
-            .clone()
-            .like_post(authed(
-                LikePostRequest {
-                    post_id: post_id.into(),
-                },
-                token,
-            ))
-            .await
-            .map(|_| ())
+        self.stack.like_post(token, post_id).await
     }
 
     async fn likers(&self, post_id: &str) -> Vec<String> {

@@ -1,20 +1,17 @@
 //! From events to notifications: who is told what (API.md's table), stored once per
 //! (event, recipient), then broadcast to every replica's live streams.
 
-use std::sync::Arc;
-
 use bson::{DateTime, oid::ObjectId};
-use futures::FutureExt;
 use prost::Message;
+use social_content::mentions;
 use social_events::{
     Envelope, Payload,
-    consumer::{Budget, Handler},
+    consumer::{self, Budget, Handler},
     live::Broadcaster,
-    outbox::Waker,
+    outbox::RelayWaker,
     removed_users,
-    topology::QueueSpec,
 };
-use social_kit::{client::Peer, content::mentions};
+use social_kit::client::Peer;
 use social_proto::{
     notification::v1::{LiveBatch, Notification, NotificationGroup, NotificationType},
     user::v1::{BatchGetUsersByUsernameRequest, user_service_client::UserServiceClient},
@@ -31,11 +28,6 @@ const MAX_MENTIONS: usize = 10;
 const PUSH_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
 /// Notifications removed (and their removals pushed) per step.
 const REMOVE_BATCH: i64 = 500;
-
-/// The notification service's queue and its bindings.
-pub fn subscription() -> QueueSpec {
-    social_events::topology::NOTIFICATION
-}
 
 /// A delay tests inject before pushing notifications about one post
 /// (`notification::delay_broadcast`, `return(<post id>:<ms>)`).
@@ -62,7 +54,7 @@ pub struct Fanout {
     pub users: Peer,
     pub broadcaster: Broadcaster,
     /// Wakes the relay of the deleted accounts' tombstones (`AccountCleared`).
-    pub relay: Waker,
+    pub relay: RelayWaker,
     /// `NOTIFICATION_GROUP_WINDOW_SECS`, in ms: the window likes and follows group in.
     pub group_window_ms: i64,
 }
@@ -76,6 +68,28 @@ struct Draft {
     key: String,
 }
 
+/// Notifications of one event, stored.
+struct Stored {
+    stored: Vec<NotificationDoc>,
+    /// Their dedupe keys.
+    keys: Vec<String>,
+    /// The tombstone keys of the posts and comments they are about.
+    about: Vec<String>,
+}
+
+/// The dedupe key of the notification that `envelope` takes back (an unfollow, an
+/// unlike), if it is one.
+fn taken_back(envelope: &Envelope) -> Option<String> {
+    Some(match &envelope.payload {
+        Some(Payload::UserUnfollowed(e)) => format!("follow:{}:{}", e.follower_id, e.followee_id),
+        Some(Payload::PostUnliked(e)) => format!("post_like:{}:{}", e.user_id, e.post_id),
+        Some(Payload::CommentUnliked(e)) => {
+            format!("comment_like:{}:{}", e.user_id, e.comment_id)
+        }
+        _ => return None,
+    })
+}
+
 fn oid(s: &str) -> anyhow::Result<ObjectId> {
     Ok(ObjectId::parse_str(s)?)
 }
@@ -83,38 +97,76 @@ fn oid(s: &str) -> anyhow::Result<ObjectId> {
 impl Fanout {
     /// The consumer's handler.
     pub fn handler(self) -> Handler {
-        Arc::new(move |envelope: Envelope| {
-            let this = self.clone();
-            async move { this.handle(envelope).await }.boxed()
-        })
+        consumer::handler(
+            self,
+            |this, envelope| async move { this.handle(envelope).await },
+        )
     }
 
+    /// One event: a like or follow taken back, a deletion, or something that notifies
+    /// (drafted, stored once per recipient, kept only if nothing it is about was
+    /// deleted, grouped and pushed).
     async fn handle(&self, envelope: Envelope) -> anyhow::Result<()> {
         let actor = oid(&envelope.actor_id)?;
         let event_ms = social_events::idempotency::event_time_ms(&envelope);
+        if let Some(dedupe_key) = taken_back(&envelope) {
+            return self.undo(dedupe_key, event_ms).await;
+        }
+        if self.remove_for(&envelope).await? {
+            return Ok(());
+        }
+        let drafts = self.drafts(&envelope).await?;
+        if drafts.is_empty() {
+            return Ok(());
+        }
+        let Some(batch) = self.store_once(&envelope, actor, event_ms, drafts).await? else {
+            return Ok(());
+        };
+        // Tests: a try that fails after storing, or a push that comes late.
+        social_kit::fault!("notification::before_broadcast", |_| Err(
+            anyhow::Error::new(social_kit::Error::Unavailable(
+                "the broker is unavailable (injected)".into()
+            ))
+        ));
+        if let Some(ms) = injected_delay_ms(&batch.stored) {
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        }
+        self.group_and_push(batch).await
+    }
+
+    /// What a deletion event removes (a post's or comment's notifications and groups, or
+    /// everything of a deleted account); whether the event was one.
+    async fn remove_for(&self, envelope: &Envelope) -> anyhow::Result<bool> {
+        match &envelope.payload {
+            Some(Payload::PostDeleted(e)) => {
+                let post = oid(&e.post_id)?;
+                self.store.mark_removed(removed_key("post", post)).await?;
+                self.remove_about("post_id", post).await?;
+                self.store.groups.delete_where("post_id", post).await?;
+            }
+            Some(Payload::CommentDeleted(e)) => {
+                let comment = oid(&e.comment_id)?;
+                self.store
+                    .mark_removed(removed_key("comment", comment))
+                    .await?;
+                self.remove_about("comment_id", comment).await?;
+                self.store
+                    .groups
+                    .delete_where("comment_id", comment)
+                    .await?;
+            }
+            Some(Payload::UserDeleted(e)) => {
+                self.remove_user(removed_users::deleted_user(e)?).await?;
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// Who is told what of `envelope` (API.md's table), before anything is stored.
+    async fn drafts(&self, envelope: &Envelope) -> anyhow::Result<Vec<Draft>> {
         let mut drafts = Vec::new();
         match &envelope.payload {
-            Some(Payload::UserUnfollowed(e)) => {
-                return self
-                    .undo(
-                        format!("follow:{}:{}", e.follower_id, e.followee_id),
-                        event_ms,
-                    )
-                    .await;
-            }
-            Some(Payload::PostUnliked(e)) => {
-                return self
-                    .undo(format!("post_like:{}:{}", e.user_id, e.post_id), event_ms)
-                    .await;
-            }
-            Some(Payload::CommentUnliked(e)) => {
-                return self
-                    .undo(
-                        format!("comment_like:{}:{}", e.user_id, e.comment_id),
-                        event_ms,
-                    )
-                    .await;
-            }
             Some(Payload::UserFollowed(e)) => drafts.push(Draft {
                 recipient: oid(&e.followee_id)?,
                 kind: "FOLLOW",
@@ -167,28 +219,20 @@ impl Fanout {
                     });
                 }
             }
-            Some(Payload::PostDeleted(e)) => {
-                let post = oid(&e.post_id)?;
-                self.store.mark_removed(removed_key("post", post)).await?;
-                self.remove_about("post_id", post).await?;
-                self.store.groups.delete_where("post_id", post).await?;
-            }
-            Some(Payload::CommentDeleted(e)) => {
-                let comment = oid(&e.comment_id)?;
-                self.store
-                    .mark_removed(removed_key("comment", comment))
-                    .await?;
-                self.remove_about("comment_id", comment).await?;
-                self.store
-                    .groups
-                    .delete_where("comment_id", comment)
-                    .await?;
-            }
-            Some(Payload::UserDeleted(e)) => {
-                return self.remove_user(removed_users::deleted_user(e)?).await;
-            }
             _ => {}
         }
+        Ok(drafts)
+    }
+
+    /// Stores each draft once per (event, recipient), as the dedupe key's owner; then
+    /// keeps only what nothing deleted meanwhile is about (`None`: nothing is left).
+    async fn store_once(
+        &self,
+        envelope: &Envelope,
+        actor: ObjectId,
+        event_ms: i64,
+        drafts: Vec<Draft>,
+    ) -> anyhow::Result<Option<Stored>> {
         let mut stored: Vec<NotificationDoc> = Vec::new();
         let mut keys = Vec::new();
         let mut about = Vec::new();
@@ -263,7 +307,8 @@ impl Fanout {
         // tombstone before removing, so checking after storing catches every order; it
         // runs on redeliveries too, in case an earlier try stopped between the two.
         if self.store.any_removed(&about).await? {
-            return Ok(self.store.delete_by_keys(&keys).await?);
+            self.store.delete_by_keys(&keys).await?;
+            return Ok(None);
         }
         // Likewise for a deleted account, acting or notified.
         let mut people: Vec<ObjectId> = stored.iter().map(|n| n.user_id).collect();
@@ -277,15 +322,21 @@ impl Fanout {
             self.store.delete_by_keys(&keys).await?;
             stored = kept;
         }
-        // Tests: a try that fails after storing, or a push that comes late.
-        social_kit::fault!("notification::before_broadcast", |_| Err(
-            anyhow::Error::new(social_kit::Error::Unavailable(
-                "the broker is unavailable (injected)".into()
-            ))
-        ));
-        if let Some(ms) = injected_delay_ms(&stored) {
-            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
-        }
+        Ok(Some(Stored {
+            stored,
+            keys,
+            about,
+        }))
+    }
+
+    /// Counts what was stored into its groups and pushes it, with the groups, to every
+    /// replica's streams.
+    async fn group_and_push(&self, batch: Stored) -> anyhow::Result<()> {
+        let Stored {
+            stored,
+            keys,
+            about,
+        } = batch;
         let mut pushed = Vec::with_capacity(stored.len());
         let mut groups = Vec::new();
         let recipients: Vec<ObjectId> = stored.iter().map(|n| n.user_id).collect();
@@ -337,6 +388,9 @@ impl Fanout {
         let Some(n) = self.store.undo(&dedupe_key, t).await? else {
             return Ok(());
         };
+        // Marked before it leaves the list: a client that resumes once it is gone is
+        // told to reload (see `push_batch`).
+        self.store.note_removals(&[n.user_id]).await?;
         // Deleted first, then counted out: the count never misses a notification that
         // stays. Gone already: deleted by an earlier try of this undo (or by another
         // removal, which counts it out with the same keys).
@@ -410,20 +464,19 @@ impl Fanout {
     /// notifications it received or caused go (their removal pushed to the others'
     /// streams); then the service reports the account cleared.
     async fn remove_user(&self, user: ObjectId) -> anyhow::Result<()> {
-        self.store.removed_users.mark(user).await?;
-        let batch = LiveBatch {
-            notifications: Vec::new(),
-            ended_users: vec![user.to_hex()],
-            groups: Vec::new(),
+        let remove = async {
+            let batch = LiveBatch {
+                notifications: Vec::new(),
+                ended_users: vec![user.to_hex()],
+                groups: Vec::new(),
+            };
+            self.push_batch(&batch).await?;
+            self.remove_about("source_user_id", user).await?;
+            self.remove_about("user_id", user).await?;
+            Ok(self.store.groups.delete_where("user_id", user).await?)
         };
-        self.push_batch(&batch).await?;
-        self.remove_about("source_user_id", user).await?;
-        self.remove_about("user_id", user).await?;
-        self.store.groups.delete_where("user_id", user).await?;
-        if self.store.removed_users.cleared(user).await? {
-            self.relay.wake();
-        }
-        Ok(())
+        let removed_users = &self.store.removed_users;
+        removed_users.remove(user, &self.relay, remove).await
     }
 
     /// Removes the notifications about a post (and its comments) or a comment, in

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 use social_proto::common::v1::Media;
 
-use crate::{error::Violations, validate};
+use social_kit::{error::Violations, validate};
 
 /// Most characters (Unicode scalar values) in a post or comment.
 pub const MAX_CONTENT_CHARS: usize = 500;
@@ -144,8 +144,8 @@ pub struct BodyUpdate {
 
 impl BodyUpdate {
     /// The violation to report when the guard did not hold (the document exists).
-    pub fn emptied(resource: &str) -> crate::Error {
-        crate::Error::invalid(
+    pub fn emptied(resource: &str) -> social_kit::Error {
+        social_kit::Error::invalid(
             format!("{resource}.content"),
             "must not be empty unless media is attached (another change removed what \
              this update keeps)",
@@ -162,7 +162,7 @@ pub fn update(
     media: &[Media],
     paths: &[String],
     current: (&str, &[MediaDoc]),
-) -> crate::Result<BodyUpdate> {
+) -> social_kit::Result<BodyUpdate> {
     let mut v = Violations::default();
     let paths: Vec<&str> = if paths.is_empty() {
         let mut p = Vec::new();
@@ -190,7 +190,7 @@ pub fn update(
                 new_media = self::media(&format!("{resource}.media"), media, &mut v);
                 set.insert(
                     "media",
-                    bson::serialize_to_bson(&new_media).map_err(crate::Error::internal)?,
+                    bson::serialize_to_bson(&new_media).map_err(social_kit::Error::internal)?,
                 );
             }
             other => v.add(
@@ -266,7 +266,9 @@ mod tests {
             &mut v,
         );
         let fields: Vec<String> = match v.finish() {
-            Err(crate::Error::InvalidArgument(vs)) => vs.into_iter().map(|x| x.field).collect(),
+            Err(social_kit::Error::InvalidArgument(vs)) => {
+                vs.into_iter().map(|x| x.field).collect()
+            }
             _ => panic!(),
         };
         assert_eq!(

@@ -1,11 +1,13 @@
-//! MongoDB: connecting with a short server-selection timeout, the start-up ping, and
-//! idempotent index creation.
+//! MongoDB: connecting with a short server-selection timeout, the start-up ping,
+//! idempotent index creation, and the queries every store writes the same way (inserts
+//! that happen once, keyed inserts, counts as of a moment, walks in pages).
 //!
-//! The test machines run `nx-27017`, a wire-protocol stand-in for MongoDB. Where it
-//! differs, the code is written for MongoDB and the difference is handled here, once:
-//! it rejects every insert into a collection that has a compound index containing `_id`,
-//! so on the stand-in such indexes are created without their `_id` key (the queries stay
-//! the same; the stand-in scans tables anyway).
+//! Where the test machines' stand-in differs from MongoDB, [`dialect`] handles it: the
+//! [`Db`] handle every store holds knows what it talks to.
+
+mod dialect;
+
+pub use dialect::{Db, Dialect, equals_id, lenient};
 
 use std::time::Duration;
 
@@ -17,7 +19,7 @@ use mongodb::{
 use crate::config::CommonConfig;
 
 /// Opens a client for `config` (no I/O until first use, except SRV lookups).
-pub async fn connect(config: &CommonConfig) -> anyhow::Result<Database> {
+pub async fn connect(config: &CommonConfig) -> anyhow::Result<Db> {
     let mut options = ClientOptions::parse(&config.mongodb_uri)
         .await
         .map_err(|e| anyhow::anyhow!("MONGODB_URI is not a usable MongoDB URI: {e}"))?;
@@ -26,7 +28,7 @@ pub async fn connect(config: &CommonConfig) -> anyhow::Result<Database> {
     options.app_name = Some(format!("social-{}", config.service));
     options.command_event_handler = COMMAND_MONITOR.get().cloned();
     let client = Client::with_options(options)?;
-    Ok(client.database(&config.mongodb_database))
+    Ok(Db::new(client.database(&config.mongodb_database)))
 }
 
 type CommandHandler = mongodb::event::EventHandler<mongodb::event::command::CommandEvent>;
@@ -123,16 +125,6 @@ pub async fn ping(db: &Database) -> mongodb::error::Result<()> {
     db.run_command(doc! { "ping": 1 }).await.map(|_| ())
 }
 
-/// Whether the server is the `nx-27017` stand-in rather than MongoDB.
-pub async fn is_stand_in(db: &Database) -> bool {
-    match db.run_command(doc! { "buildInfo": 1 }).await {
-        Ok(info) => info
-            .get_str("process")
-            .is_ok_and(|p| p.starts_with("nx_27017")),
-        Err(_) => false,
-    }
-}
-
 /// An index: its keys in order, whether unique, and a stable name.
 pub fn index(name: &str, keys: Document, unique: bool) -> IndexModel {
     IndexModel::builder()
@@ -160,23 +152,13 @@ pub fn sparse_index(name: &str, keys: Document) -> IndexModel {
         .build()
 }
 
-/// Creates `indexes` on `collection` if missing; idempotent. On the stand-in, drops
-/// `_id` from compound keys (see the module docs).
-pub async fn ensure_indexes<T: Send + Sync>(
+/// Creates `indexes` on `collection` if missing; idempotent: an index whose options a
+/// release changed is recreated ([`replace_index`]). Reached through
+/// [`Db::ensure_indexes`], which declares them and fits them to the dialect.
+async fn create_indexes<T: Send + Sync>(
     collection: &Collection<T>,
     indexes: Vec<IndexModel>,
-    stand_in: bool,
 ) -> mongodb::error::Result<()> {
-    declare(&collection.namespace(), &indexes);
-    let indexes = indexes
-        .into_iter()
-        .map(|mut model| {
-            if stand_in && model.keys.len() > 1 {
-                model.keys.remove("_id");
-            }
-            model
-        })
-        .collect::<Vec<_>>();
     if indexes.is_empty() {
         return Ok(());
     }
@@ -338,74 +320,6 @@ pub async fn wait_until_reachable(db: &Database, every: Duration) {
     }
 }
 
-/// Equality on a field holding an ObjectId other than `_id`, written as a one-element
-/// `$in`. MongoDB plans a one-element `$in` exactly as an equality (same index bounds);
-/// the stand-in nx-27017 0.8.1 never matches a plain or `$eq` equality on such a field
-/// (it does on `_id`, and `$in` works), so every such filter goes through here.
-pub fn is(id: bson::oid::ObjectId) -> bson::Bson {
-    bson::Bson::Document(doc! { "$in": [id] })
-}
-
-/// Deserialises a stored boolean that may have been written by `$set`: the stand-in
-/// nx-27017 0.8.1 stores such a boolean as an integer; MongoDB keeps it boolean.
-pub fn lenient_bool<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
-    use serde::Deserialize;
-    match bson::Bson::deserialize(d)? {
-        bson::Bson::Boolean(b) => Ok(b),
-        bson::Bson::Int32(n) => Ok(n != 0),
-        bson::Bson::Int64(n) => Ok(n != 0),
-        other => Err(serde::de::Error::custom(format!(
-            "expected a boolean, found {other:?}"
-        ))),
-    }
-}
-
-/// Whether the server is the stand-in, learned once at start-up ([`is_stand_in`]) and
-/// shared by the clones of a store.
-#[derive(Clone, Default, Debug)]
-pub struct StandIn(std::sync::Arc<std::sync::atomic::AtomicBool>);
-
-impl StandIn {
-    /// Asks the server and remembers the answer; returns it.
-    pub async fn detect(&self, db: &Database) -> bool {
-        let yes = is_stand_in(db).await;
-        self.0.store(yes, std::sync::atomic::Ordering::Release);
-        yes
-    }
-
-    /// The remembered answer.
-    pub fn get(&self) -> bool {
-        self.0.load(std::sync::atomic::Ordering::Acquire)
-    }
-}
-
-/// Counts the documents matching `filter`: `count_documents` on MongoDB (served by the
-/// index over the filter's fields). The stand-in answers 0 for any count or aggregation
-/// whose filter holds an ObjectId (and rejects the `count` command), so there it counts
-/// the ids a `find` returns.
-pub async fn count<T: Send + Sync>(
-    collection: &Collection<T>,
-    filter: Document,
-    stand_in: &StandIn,
-) -> mongodb::error::Result<i64> {
-    use futures::TryStreamExt;
-    let n = if stand_in.get() {
-        let mut ids = collection
-            .clone_with_type::<Document>()
-            .find(filter)
-            .projection(doc! { "_id": 1 })
-            .await?;
-        let mut n = 0_u64;
-        while ids.try_next().await?.is_some() {
-            n += 1;
-        }
-        n
-    } else {
-        collection.count_documents(filter).await?
-    };
-    Ok(i64::try_from(n).unwrap_or(i64::MAX))
-}
-
 /// The field holding the time (ms) of the event that started a document's life (a
 /// follow, a like, a comment), and of the one that ended it (unfollowed, unliked,
 /// deleted), for counting them as of a moment ([`count_as_of`]).
@@ -415,17 +329,17 @@ pub const ENDED_MS: &str = "ended_ms";
 
 /// How many documents matching `filter` were alive at `as_of_ms`: started by then and not
 /// ended by then, by the times of their events ([`STARTED_MS`], [`ENDED_MS`]; a document
-/// alive now has no end). One count, served by an index `{<filter fields>, ended_ms,
+/// alive now has no end). One count ([`Db::count`]), served by an index `{<filter fields>, ended_ms,
 /// started_ms}` ([`alive_keys`]) from its keys alone: the alive have no `ended_ms`, asked
 /// as `null` (which a count reads on the keys, where `$exists: false` would fetch every
 /// document to tell a missing field from null), the ended since by a range. A document
 /// purged meanwhile ended long before `as_of_ms`, so it is not counted whether the count
 /// sees it or not.
 pub async fn count_as_of<T: Send + Sync>(
+    db: &Db,
     collection: &Collection<T>,
     mut filter: Document,
     as_of_ms: i64,
-    stand_in: &StandIn,
 ) -> mongodb::error::Result<i64> {
     filter.insert(STARTED_MS, doc! { "$lte": as_of_ms });
     filter.insert(
@@ -435,7 +349,7 @@ pub async fn count_as_of<T: Send + Sync>(
             doc! { ENDED_MS: null },
         ],
     );
-    let alive = count(collection, filter, stand_in).await?;
+    let alive = db.count(collection, filter).await?;
     // Tests hold a recount here, where a purge would have fallen between two counts.
     if let Some(ms) = injected_pause_ms() {
         tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -456,6 +370,32 @@ fn injected_pause_ms() -> Option<u64> {
         ms.and_then(|ms| ms.parse().ok())
     });
     None
+}
+
+/// One page of a list: the documents of `collection` matching `filter` after the
+/// request's position, in `order`, at most one more than the page holds (so that
+/// [`crate::paging::PageRequest::finish`] can tell whether another follows), with
+/// `projection` (empty: whole documents). Served by an index `{<filter fields>,
+/// sort_key}`.
+pub async fn page<T>(
+    collection: &Collection<T>,
+    order: crate::paging::Order,
+    filter: Document,
+    page: &crate::paging::PageRequest,
+    projection: Document,
+) -> mongodb::error::Result<Vec<T>>
+where
+    T: serde::de::DeserializeOwned + Send + Sync,
+{
+    use futures::TryStreamExt;
+    let mut find = collection
+        .find(order.filter(filter, page))
+        .sort(order.sort())
+        .limit(page.fetch_limit());
+    if !projection.is_empty() {
+        find = find.projection(projection);
+    }
+    find.await?.try_collect().await
 }
 
 /// Up to `limit` documents matching `filter` (with `projection`), after the sort key
