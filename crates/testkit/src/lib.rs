@@ -84,12 +84,20 @@ pub struct Running {
     /// Cancelling it shuts the service down.
     pub shutdown: CancellationToken,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
+    /// The connection helpers share (see [`Running::shared_channel`]).
+    shared: tokio::sync::OnceCell<Channel>,
 }
 
 impl Running {
     /// A client channel to it.
     pub async fn channel(&self) -> Channel {
         channel(self.addr).await
+    }
+
+    /// A client channel to it on the one connection the [`Stack`]'s helpers share (a
+    /// test that needs a connection of its own asks [`Running::channel`]).
+    pub async fn shared_channel(&self) -> Channel {
+        self.shared.get_or_init(|| channel(self.addr)).await.clone()
     }
 
     /// Kills it as a crash would: the service's task is aborted, and with it everything
@@ -148,6 +156,7 @@ where
         addr,
         shutdown,
         handle: Some(handle),
+        shared: Default::default(),
     };
     wait_serving(addr, "").await;
     running
@@ -169,6 +178,7 @@ where
         addr,
         shutdown,
         handle: Some(handle),
+        shared: Default::default(),
     }
 }
 

@@ -348,8 +348,7 @@ impl Stack {
             content: content.into(),
             media: vec![],
         };
-        self.posts()
-            .await
+        PostServiceClient::new(self.post.shared_channel().await)
             .create_post(crate::authed(request, token))
             .await
             .expect("create a post")
@@ -361,8 +360,7 @@ impl Stack {
         let request = FollowRequest {
             followee_id: followee.into(),
         };
-        self.graph()
-            .await
+        SocialGraphServiceClient::new(self.graph.shared_channel().await)
             .follow(crate::authed(request, token))
             .await
             .expect("follow");
@@ -373,8 +371,7 @@ impl Stack {
         let request = LikePostRequest {
             post_id: post.into(),
         };
-        self.engagement()
-            .await
+        EngagementServiceClient::new(self.engagement.shared_channel().await)
             .like_post(crate::authed(request, token))
             .await
             .map(drop)
@@ -392,8 +389,7 @@ impl Stack {
             content: content.into(),
             media: vec![],
         };
-        self.engagement()
-            .await
+        EngagementServiceClient::new(self.engagement.shared_channel().await)
             .create_comment(crate::authed(request, token))
             .await
             .map(tonic::Response::into_inner)

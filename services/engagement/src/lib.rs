@@ -62,12 +62,8 @@ impl Config {
     }
 }
 
-/// Serves the engagement service on `listener` until `shutdown` is cancelled.
-pub async fn run(
-    config: Config,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+/// Serves the engagement service on `on` until `stop` is cancelled.
+pub async fn run(config: Config, on: TcpListener, stop: CancellationToken) -> anyhow::Result<()> {
     let mut wiring = Wiring::new(&config.common, &config.events).await?;
     let store = store::Store::new(wiring.db());
     let relay = wiring.relay(&[store::LIKES, store::COMMENTS]);
@@ -81,6 +77,6 @@ pub async fn run(
     wiring.internal(api::INTERNAL);
     let api = api::Api::new(store.clone(), config.post_service.clone(), relay);
     wiring
-        .serve(EngagementServiceServer::new(api), store, listener, shutdown)
+        .serve(EngagementServiceServer::new(api), store, on, stop)
         .await
 }

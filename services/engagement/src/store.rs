@@ -300,13 +300,11 @@ impl Store {
         )
         .await?;
         self.db
-            .ensure_indexes(
+            .ensure_expiry(
                 &self.removed_posts,
-                vec![mongo::ttl_index(
-                    "removed_ttl",
-                    "removed_at",
-                    Duration::from_secs(30 * DAY),
-                )],
+                "removed_ttl",
+                "removed_at",
+                Duration::from_secs(30 * DAY),
             )
             .await?;
         self.counters.init().await?;

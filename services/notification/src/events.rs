@@ -389,7 +389,8 @@ impl Fanout {
             return Ok(());
         };
         // Marked before it leaves the list: a client that resumes once it is gone is
-        // told to reload (see `push_batch`).
+        // told to reload (see `push_batch`). Marked even when a later like or follow
+        // has taken it over (it stays, below): a resume then reloads once, for nothing.
         self.store.note_removals(&[n.user_id]).await?;
         // Deleted first, then counted out: the count never misses a notification that
         // stays. Gone already: deleted by an earlier try of this undo (or by another

@@ -78,15 +78,11 @@ impl Config {
     }
 }
 
-/// Serves the notification service on `listener` until `shutdown` is cancelled.
-pub async fn run(
-    config: Config,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+/// Serves the notification service on `on` until `stop` is cancelled.
+pub async fn run(config: Config, on: TcpListener, stop: CancellationToken) -> anyhow::Result<()> {
     let mut wiring = Wiring::new(&config.common, &config.events).await?;
     let store = store::Store::new(wiring.db());
-    let hub = hub::Hub::new(config.stream_buffer, shutdown.clone());
+    let hub = hub::Hub::new(config.stream_buffer, stop.clone());
     wiring.refuse_ended_sessions(config.user_service.clone());
     let replica = wiring.replica();
     let (events, listener_name) = (config.events.clone(), format!("{replica}-live"));
@@ -116,12 +112,7 @@ pub async fn run(
     }
     let api = api::Api::new(store.clone(), hub, wiring.gate().revocations());
     wiring
-        .serve(
-            NotificationServiceServer::new(api),
-            store,
-            listener,
-            shutdown,
-        )
+        .serve(NotificationServiceServer::new(api), store, on, stop)
         .await
 }
 

@@ -212,19 +212,14 @@ impl Store {
             )
             .await?;
         self.db
-            .ensure_indexes(
-                &self.removals,
-                vec![mongo::ttl_index("removals_ttl", "at", REMOVALS_KEPT)],
-            )
+            .ensure_expiry(&self.removals, "removals_ttl", "at", REMOVALS_KEPT)
             .await?;
         self.db
-            .ensure_indexes(
+            .ensure_expiry(
                 &self.removed,
-                vec![mongo::ttl_index(
-                    "removed_ttl",
-                    "removed_at",
-                    std::time::Duration::from_secs(30 * 24 * 3600),
-                )],
+                "removed_ttl",
+                "removed_at",
+                std::time::Duration::from_secs(30 * 24 * 3600),
             )
             .await?;
         self.db

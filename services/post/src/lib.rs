@@ -61,12 +61,8 @@ impl Config {
     }
 }
 
-/// Serves the post service on `listener` until `shutdown` is cancelled.
-pub async fn run(
-    config: Config,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+/// Serves the post service on `on` until `stop` is cancelled.
+pub async fn run(config: Config, on: TcpListener, stop: CancellationToken) -> anyhow::Result<()> {
     let mut wiring = Wiring::new(&config.common, &config.events).await?;
     let store = store::Store::new(wiring.db());
     let relay = wiring.relay(&[store::COLLECTION]);
@@ -78,6 +74,6 @@ pub async fn run(
     wiring.internal(api::INTERNAL);
     let api = api::Api::new(store.clone(), config.graph_service.clone(), relay);
     wiring
-        .serve(PostServiceServer::new(api), store, listener, shutdown)
+        .serve(PostServiceServer::new(api), store, on, stop)
         .await
 }

@@ -143,21 +143,8 @@ impl Store {
     /// Up to `limit` ids of `author`'s posts that are not deleted (a deletion deletes
     /// them, so the next call finds the next ones: each reads only what is left).
     pub async fn ids_by_author(&self, author: ObjectId, limit: i64) -> Result<Vec<ObjectId>> {
-        #[derive(Deserialize)]
-        struct Id {
-            #[serde(rename = "_id")]
-            id: ObjectId,
-        }
-        let ids: Vec<Id> = self
-            .posts
-            .clone_with_type::<Id>()
-            .find(doc! { "user_id": mongo::equals_id(author), "state": ACTIVE })
-            .projection(doc! { "_id": 1 })
-            .limit(limit)
-            .await?
-            .try_collect()
-            .await?;
-        Ok(ids.into_iter().map(|i| i.id).collect())
+        let filter = doc! { "user_id": mongo::equals_id(author), "state": ACTIVE };
+        Ok(mongo::ids(&self.posts, filter, Some(limit)).await?)
     }
 
     /// A page of `author`'s posts that are not deleted, in sort-key order after `after`.

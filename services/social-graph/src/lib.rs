@@ -47,12 +47,8 @@ impl Config {
     }
 }
 
-/// Serves the social-graph service on `listener` until `shutdown` is cancelled.
-pub async fn run(
-    config: Config,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+/// Serves the social-graph service on `on` until `stop` is cancelled.
+pub async fn run(config: Config, on: TcpListener, stop: CancellationToken) -> anyhow::Result<()> {
     let mut wiring = Wiring::new(&config.common, &config.events).await?;
     let store = store::Store::new(wiring.db());
     let relay = wiring.relay(&[store::COLLECTION]);
@@ -64,11 +60,6 @@ pub async fn run(
     wiring.internal(api::INTERNAL);
     let api = api::Api::new(store.clone(), config.user_service.clone(), relay);
     wiring
-        .serve(
-            SocialGraphServiceServer::new(api),
-            store,
-            listener,
-            shutdown,
-        )
+        .serve(SocialGraphServiceServer::new(api), store, on, stop)
         .await
 }

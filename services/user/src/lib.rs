@@ -187,12 +187,11 @@ impl Config {
     }
 }
 
-/// Serves the user service on `listener` until `shutdown` is cancelled.
-pub async fn run(
-    config: Config,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+/// Serves the user service on `on` until `stop` is cancelled.
+pub async fn run(config: Config, on: TcpListener, stop: CancellationToken) -> anyhow::Result<()> {
+    // What the configuration can refuse comes first, before anything is started.
+    let tokens = config.issuer()?;
+    let hasher = password::Hasher::new(config.hash_memory_mib, config.hash_wait)?;
     let mut wiring = Wiring::new(&config.common, &config.events).await?;
     let store = store::Store::new(wiring.db());
     let sessions = sessions::Sessions::new(
@@ -217,8 +216,8 @@ pub async fn run(
         store: store.clone(),
         sessions: sessions.clone(),
         throttle: throttle.clone(),
-        tokens: config.issuer()?,
-        hasher: password::Hasher::new(config.hash_memory_mib, config.hash_wait)?,
+        tokens,
+        hasher,
         relay,
         quarantine: config.quarantine,
         refresh_grace: config.refresh_grace,
@@ -234,7 +233,7 @@ pub async fn run(
         throttle,
     };
     wiring
-        .serve(UserServiceServer::new(api), startup, listener, shutdown)
+        .serve(UserServiceServer::new(api), startup, on, stop)
         .await
 }
 

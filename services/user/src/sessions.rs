@@ -219,10 +219,7 @@ impl Sessions {
         // Paged by time alone (a page could end inside a group ended together).
         mongo::retire_indexes(&self.sessions, &["ended"]).await?;
         self.db
-            .ensure_indexes(
-                &self.retired,
-                vec![mongo::ttl_index("purge_ttl", "purge_at", Duration::ZERO)],
-            )
+            .ensure_expiry(&self.retired, "purge_ttl", "purge_at", Duration::ZERO)
             .await
     }
 
@@ -330,22 +327,7 @@ impl Sessions {
     /// (with the time, for [`Self::ended_since`]) and every service is told at once
     /// (`social_events::sessions`); the ones it ended.
     async fn finish(&self, filter: bson::Document, reason: &str) -> Result<Vec<ObjectId>> {
-        #[derive(Deserialize)]
-        struct Id {
-            #[serde(rename = "_id")]
-            id: ObjectId,
-        }
-        let ids: Vec<ObjectId> = self
-            .sessions
-            .clone_with_type::<Id>()
-            .find(filter)
-            .projection(doc! { "_id": 1 })
-            .await?
-            .try_collect::<Vec<_>>()
-            .await?
-            .into_iter()
-            .map(|i| i.id)
-            .collect();
+        let ids = mongo::ids(&self.sessions, filter, None).await?;
         if ids.is_empty() {
             return Ok(ids);
         }

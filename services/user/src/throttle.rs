@@ -180,10 +180,7 @@ impl Throttle {
     /// Creates the TTL index (idempotent).
     pub async fn init(&self) -> mongodb::error::Result<()> {
         self.db
-            .ensure_indexes(
-                &self.attempts,
-                vec![mongo::ttl_index("forget_ttl", "forget_at", Duration::ZERO)],
-            )
+            .ensure_expiry(&self.attempts, "forget_ttl", "forget_at", Duration::ZERO)
             .await
     }
 

@@ -426,6 +426,26 @@ where
         .await
 }
 
+/// The ids of the documents matching `filter` (at most `limit` of them), in no
+/// particular order.
+pub async fn ids<T: Send + Sync>(
+    collection: &Collection<T>,
+    filter: Document,
+    limit: Option<i64>,
+) -> mongodb::error::Result<Vec<bson::oid::ObjectId>> {
+    use futures::TryStreamExt;
+    let collection = collection.clone_with_type::<Document>();
+    let mut find = collection.find(filter).projection(doc! { "_id": 1 });
+    if let Some(limit) = limit {
+        find = find.limit(limit);
+    }
+    let rows: Vec<Document> = find.await?.try_collect().await?;
+    Ok(rows
+        .iter()
+        .filter_map(|r| r.get_object_id("_id").ok())
+        .collect())
+}
+
 /// Up to `limit` ids of documents matching `filter`, after `after` in id order: a walk
 /// over a whole collection in batches (for operators' recompute commands).
 pub async fn ids_after<T: Send + Sync>(
@@ -451,6 +471,21 @@ pub async fn ids_after<T: Send + Sync>(
         .iter()
         .filter_map(|r| r.get_object_id("_id").ok())
         .collect())
+}
+
+impl Db {
+    /// [`Db::ensure_indexes`] for a collection whose one index is a TTL index (see
+    /// [`ttl_index`]): its documents only expire.
+    pub async fn ensure_expiry<T: Send + Sync>(
+        &self,
+        collection: &Collection<T>,
+        name: &str,
+        field: &str,
+        after: std::time::Duration,
+    ) -> mongodb::error::Result<()> {
+        self.ensure_indexes(collection, vec![ttl_index(name, field, after)])
+            .await
+    }
 }
 
 /// A TTL index: MongoDB deletes a document `after` the date in `field` (documents
