@@ -179,6 +179,25 @@ free_system_ports() {
     die "no free ports for the services"
 }
 
+# Whether the gRPC server at $1 says SERVING within $4 tries (default 600) 0.2 s apart,
+# asking with $GRPCURL (default the virtualenv's grpcurl); $2 and $3 name it and its log
+# while it waits. Only SERVING ends the wait: NOT_SERVING (listening, start-up not done)
+# contains the word, and a check landing then once ended the wait and killed the system.
+# ('"SERVING"' with its quotes: '"NOT_SERVING"' does not contain it.)
+wait_serving() { # address name log [tries]
+    local address="$1" name="$2" file="$3" tries="${4:-600}" i answer
+    local grpcurl="${GRPCURL:-$VENV/bin/grpcurl}"
+    for ((i = 0; i < tries; i++)); do
+        # Read whole, not piped into `grep -q`: under pipefail, grep leaving at the match
+        # can fail grpcurl with SIGPIPE, and a SERVING answer would count as none.
+        answer="$("$grpcurl" -plaintext "$address" grpc.health.v1.Health/Check 2>/dev/null)" || true
+        [[ "$answer" == *'"SERVING"'* ]] && return 0
+        ((i % 50 == 49)) && log "waiting for $name (log: $file)"
+        sleep 0.2
+    done
+    return 1
+}
+
 # Starts the five services of the $1 (debug|release) build on ports $2+1 .. $2+5 and the
 # gateway on port $3, each logging to .run/<name>$4.log, and waits until every service is
 # SERVING and the gateway ready. Fills SYSTEM ("name address log" lines) for a summary,
@@ -208,19 +227,10 @@ start_system() {
     GATEWAY_PID=$!
     SYSTEM+=("gateway http://127.0.0.1:$gateway_port .run/gateway$tag.log")
 
-    local grpcurl="$VENV/bin/grpcurl"
     for entry in "${SYSTEM_SERVICES[@]}"; do
         read -r name bin var offset <<<"$entry"
-        port=$((base + offset))
-        for ((i = 0; i < 600; i++)); do
-            # '"SERVING"': NOT_SERVING (listening, start-up not done) contains SERVING.
-            "$grpcurl" -plaintext "127.0.0.1:$port" grpc.health.v1.Health/Check 2>/dev/null |
-                grep -q '"SERVING"' && break
-            ((i % 50 == 49)) && log "waiting for $name (log: .run/$name$tag.log)"
-            sleep 0.2
-        done
-        "$grpcurl" -plaintext "127.0.0.1:$port" grpc.health.v1.Health/Check 2>/dev/null |
-            grep -q '"SERVING"' || die "$name did not become SERVING; see .run/$name$tag.log"
+        wait_serving "127.0.0.1:$((base + offset))" "$name" ".run/$name$tag.log" ||
+            die "$name did not become SERVING; see .run/$name$tag.log"
     done
     for ((i = 0; i < 150; i++)); do
         http_ok "http://127.0.0.1:$gateway_port/readyz" && return 0

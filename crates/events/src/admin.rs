@@ -3,6 +3,7 @@
 //! - `declare-topology` declares the whole topology ([`crate::topology::QUEUES`]) and
 //!   exits: for a deploy pipeline or an init container, so that no event is published
 //!   before every queue exists (the services also declare it themselves).
+//! - `purge-queues` empties every queue, for a development reset only.
 //! - `migrate-queue` moves the service's queue and its dead-letter queue to the type
 //!   `EVENTS_QUEUE_TYPE` says, without losing an event, while the other services keep
 //!   publishing (docs/events.md, "Changing a queue's type").
@@ -21,7 +22,7 @@ use lapin::{
     BasicProperties, Channel, Confirmation, Connection,
     options::{
         BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
-        QueueDeclareOptions, QueueDeleteOptions,
+        QueueDeclareOptions, QueueDeleteOptions, QueuePurgeOptions,
     },
     types::FieldTable,
 };
@@ -44,6 +45,39 @@ pub async fn declare_topology(config: &EventsConfig) -> anyhow::Result<()> {
     );
     let _ = connection.close(200, "done".into()).await;
     Ok(())
+}
+
+/// `purge-queues`: empties every queue of the topology and its dead-letter queue (those
+/// declared already), for a development reset (`scripts/up --reset`, which empties the
+/// database too); how many messages it dropped. Refused unless `development` (the
+/// command passes `DEVELOPMENT_KEYS=true`): on a system that serves, it would drop the
+/// events in flight.
+pub async fn purge_queues(config: &EventsConfig, development: bool) -> anyhow::Result<u32> {
+    if !development {
+        anyhow::bail!(
+            "purge-queues drops every event in flight: it runs only with DEVELOPMENT_KEYS=true \
+             (a development machine)"
+        );
+    }
+    let connection = connect(config, "purge-queues").await?;
+    let channel = connection.create_channel().await?;
+    let mut purged = 0;
+    for spec in topology::QUEUES {
+        for queue in [
+            config.queue(spec.service),
+            config.dead_letter_queue(spec.service),
+        ] {
+            if look_up(&connection, &queue).await.is_err() {
+                continue; // never declared: nothing in it
+            }
+            purged += channel
+                .queue_purge(queue.as_str().into(), QueuePurgeOptions::default())
+                .await?;
+        }
+    }
+    tracing::info!(purged, "queues purged");
+    let _ = connection.close(200, "done".into()).await;
+    Ok(purged)
 }
 
 /// `migrate-queue`: moves `service`'s queue and dead-letter queue to
@@ -249,6 +283,23 @@ pub fn commands<C: 'static>(
             Box::pin(async move { declare_topology(&events).await })
         },
     )];
+    commands.push(social_kit::serve::Command::new(
+        "purge-queues",
+        "empty every events queue (development only: needs DEVELOPMENT_KEYS=true; \
+         scripts/up --reset)",
+        move |config: C| {
+            let events = events(&config).clone();
+            Box::pin(async move {
+                let development = social_kit::config::parse_or("DEVELOPMENT_KEYS", false)?;
+                let purged = purge_queues(&events, development).await?;
+                println!(
+                    "purged {purged} messages from the {} queues",
+                    events.queue_prefix
+                );
+                Ok(())
+            })
+        },
+    ));
     if topology::queue_of(service).is_some() {
         commands.push(social_kit::serve::Command::new(
             "migrate-queue",

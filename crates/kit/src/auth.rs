@@ -73,7 +73,7 @@ pub fn missing_key(var: &str, what: &str) -> ConfigError {
         var: var.into(),
         value: String::new(),
         reason: format!(
-            "must be set to {what} (see the README's security section); only on a development \
+            "must be set to {what} (see docs/security.md); only on a development \
              machine, DEVELOPMENT_KEYS=true uses the published development keys instead"
         ),
     }

@@ -75,7 +75,7 @@ fn login_throttle() -> Result<throttle::Policy, ConfigError> {
             var: "LOGIN_ACCOUNT_SLOWDOWN".into(),
             value: std::env::var("LOGIN_ACCOUNT_SLOWDOWN").unwrap_or_default(),
             reason: "no longer read: past LOGIN_ACCOUNT_FAILURES failures the networks an \
-                     account did not sign in from are counted as one (README, Security)"
+                     account did not sign in from are counted as one (docs/security.md)"
                 .into(),
         });
     }
@@ -189,10 +189,10 @@ impl Config {
 
 /// Serves the user service on `on` until `stop` is cancelled.
 pub async fn run(config: Config, on: TcpListener, stop: CancellationToken) -> anyhow::Result<()> {
-    // What the configuration can refuse comes first, before anything is started.
+    let mut wiring = Wiring::new(&config.common, &config.events).await?;
+    // What the configuration can still refuse, before anything is started.
     let tokens = config.issuer()?;
     let hasher = password::Hasher::new(config.hash_memory_mib, config.hash_wait)?;
-    let mut wiring = Wiring::new(&config.common, &config.events).await?;
     let store = store::Store::new(wiring.db());
     let sessions = sessions::Sessions::new(
         wiring.db(),

@@ -150,7 +150,7 @@ pub async fn binary_main<C: crate::config::ServiceConfig>(
         for c in &commands {
             text.push_str(&format!("  {:<20} {}\n", c.name, c.about));
         }
-        text.push_str("\nSettings come from environment variables (see the README).");
+        text.push_str("\nSettings come from environment variables (docs/configuration.md).");
         text
     };
     match asked.as_deref() {

@@ -177,3 +177,30 @@ async fn a_queue_moved_to_another_type_by_the_documented_procedure_loses_nothing
     .await;
     assert!(all.is_some(), "{} of 40 notifications", count().await);
 }
+
+#[tokio::test]
+async fn purge_queues_empties_the_queues_and_only_on_a_development_machine() {
+    let config = EventsConfig::for_tests(&social_testkit::unique_name("t"));
+    social_events::admin::declare_topology(&config)
+        .await
+        .unwrap();
+    let queue = config.queue("notification");
+    // Bound to the notification service's queue alone.
+    broker::publish_raw(&config, "post.post.created", b"left over", "m1").await;
+    let held = eventually(WAIT, || async {
+        (broker::queue_depth(&config, &queue).await == 1).then_some(())
+    })
+    .await;
+    assert!(held.is_some(), "the message reached the queue");
+
+    // A system that serves: refused, and nothing is dropped.
+    let refused = social_events::admin::purge_queues(&config, false).await;
+    assert!(refused.is_err());
+    assert_eq!(broker::queue_depth(&config, &queue).await, 1);
+
+    let purged = social_events::admin::purge_queues(&config, true)
+        .await
+        .unwrap();
+    assert_eq!(purged, 1);
+    assert_eq!(broker::queue_depth(&config, &queue).await, 0);
+}
