@@ -41,6 +41,14 @@ struct Instruments {
 /// How often a relay measures its outbox backlog.
 pub const BACKLOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// The bucket boundaries of every duration histogram, in seconds: those of the
+/// OpenTelemetry semantic conventions for durations. The SDK's default boundaries (0, 5,
+/// 10, 25 ... 10,000) are meant for milliseconds: in seconds every call under 5 s would
+/// fall in one bucket, and every percentile a dashboard draws from them would be made up.
+pub const DURATION_BUCKETS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
+
 fn instruments() -> &'static Instruments {
     static INSTRUMENTS: OnceLock<Instruments> = OnceLock::new();
     INSTRUMENTS.get_or_init(|| {
@@ -49,16 +57,19 @@ fn instruments() -> &'static Instruments {
             server: meter
                 .f64_histogram("rpc.server.call.duration")
                 .with_unit("s")
+                .with_boundaries(DURATION_BUCKETS.to_vec())
                 .with_description("Duration of the RPCs this service served")
                 .build(),
             client: meter
                 .f64_histogram("rpc.client.call.duration")
                 .with_unit("s")
+                .with_boundaries(DURATION_BUCKETS.to_vec())
                 .with_description("Duration of this service's calls to its peers")
                 .build(),
             events: meter
                 .f64_histogram("messaging.process.duration")
                 .with_unit("s")
+                .with_boundaries(DURATION_BUCKETS.to_vec())
                 .with_description("Duration of handling one event, by outcome")
                 .build(),
             published: meter
@@ -338,6 +349,53 @@ mod tests {
             }
         }
         out
+    }
+
+    /// The bucket bounds and counts of every data point of histogram `name`.
+    fn buckets(exporter: &InMemoryMetricExporter, name: &str) -> Vec<(Vec<f64>, Vec<u64>)> {
+        let mut out = Vec::new();
+        for resource in exporter.get_finished_metrics().expect("exported") {
+            for scope in resource.scope_metrics() {
+                for metric in scope.metrics().filter(|m| m.name() == name) {
+                    let AggregatedMetrics::F64(MetricData::Histogram(h)) = metric.data() else {
+                        panic!("{name} is not an f64 histogram");
+                    };
+                    out.extend(
+                        h.data_points()
+                            .map(|p| (p.bounds().collect(), p.bucket_counts().collect())),
+                    );
+                }
+            }
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_three_millisecond_call_lands_in_a_bucket_at_or_below_five_milliseconds() {
+        let exporter = InMemoryMetricExporter::default();
+        let provider = SdkMeterProvider::builder()
+            .with_periodic_exporter(exporter.clone())
+            .build();
+        opentelemetry::global::set_meter_provider(provider.clone());
+        super::client_call("peer", tonic::Code::Ok, 0.003);
+        super::event("queue", "a.b.c", "handled", 0.003);
+        let grpc = opentelemetry::KeyValue::new("rpc.system", "grpc");
+        super::instruments().server.record(0.003, &[grpc]);
+        provider.force_flush().expect("flushed");
+        for name in [
+            "rpc.client.call.duration",
+            "messaging.process.duration",
+            "rpc.server.call.duration",
+        ] {
+            let points = buckets(&exporter, name);
+            assert!(!points.is_empty(), "{name} recorded nothing");
+            for (bounds, counts) in points {
+                assert_eq!(bounds, super::DURATION_BUCKETS.to_vec(), "{name}");
+                // The first bucket holds everything up to its bound, 5 ms.
+                assert!(bounds[0] <= 0.005, "{name}: {bounds:?}");
+                assert_eq!(counts[0], 1, "{name}: {counts:?}");
+            }
+        }
     }
 
     #[tokio::test]

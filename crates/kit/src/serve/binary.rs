@@ -47,31 +47,13 @@ where
     R: FnOnce(TcpListener, CancellationToken) -> F,
     F: Future<Output = anyhow::Result<()>>,
 {
-    let telemetry = match telemetry::init(config.service, config.log_format) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("cannot start telemetry: {e:#}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let listener = match TcpListener::bind(config.listen_addr).await {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(addr = %config.listen_addr, error = %e, "cannot listen");
-            telemetry.shutdown();
-            return ExitCode::FAILURE;
-        }
-    };
-    let shutdown = shutdown_on_signals();
-    let code = match run(listener, shutdown).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = %format!("{e:#}"), "service failed");
-            ExitCode::FAILURE
-        }
-    };
-    telemetry.shutdown();
-    code
+    main_once(config, async {
+        let listener = TcpListener::bind(config.listen_addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen_addr))?;
+        run(listener, shutdown_on_signals()).await
+    })
+    .await
 }
 
 /// Loads a configuration or exits with a message naming the bad variable.
