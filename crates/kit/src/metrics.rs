@@ -8,7 +8,9 @@
 //! and `outbox.oldest.age` (per collection, measured by the relay every
 //! [`BACKLOG_EVERY`]), `messaging.client.sent.messages` (every publish by routing key and
 //! outcome: `confirmed`, `returned`, `nacked`, `failed`), `notification.streams.open`
-//! and `user.login.throttled`. Exported over OTLP with the traces when
+//! and `user.login.throttled`. Durations are in seconds, in [`DURATION_BUCKETS`]; a
+//! call to a path that is no RPC of the system is recorded as [`OTHER`]. Exported over
+//! OTLP with the traces when
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` is set ([`crate::telemetry::init`]); without it they
 //! cost a no-op.
 
@@ -197,6 +199,48 @@ impl Call {
     }
 }
 
+/// What a call to a path that is no RPC of this system is recorded as: a client may send
+/// any path, and each would otherwise be a new series.
+pub const OTHER: &str = "_OTHER";
+
+/// The `rpc.service` and `rpc.method` of a call to `path` (`/package.Service/Method`):
+/// its own for the RPCs of this system, health and reflection; [`OTHER`] for any other.
+fn labels(path: &str) -> (&str, &str) {
+    static KNOWN: OnceLock<std::collections::HashSet<String>> = OnceLock::new();
+    let known = KNOWN.get_or_init(|| {
+        use prost::Message;
+        let sets = [
+            social_proto::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+        ];
+        let mut known = std::collections::HashSet::new();
+        for set in sets {
+            let Ok(set) = prost_types::FileDescriptorSet::decode(set) else {
+                continue;
+            };
+            for file in set.file {
+                for service in &file.service {
+                    for method in &service.method {
+                        known.insert(format!(
+                            "/{}.{}/{}",
+                            file.package(),
+                            service.name(),
+                            method.name()
+                        ));
+                    }
+                }
+            }
+        }
+        known
+    });
+    match path.trim_start_matches('/').split_once('/') {
+        Some(labels) if known.contains(path) => labels,
+        _ => (OTHER, OTHER),
+    }
+}
+
 /// The `grpc-status` in `headers`, if there is one.
 fn status(headers: &http::HeaderMap) -> Option<i64> {
     headers
@@ -219,12 +263,7 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        // `/package.Service/Method`
-        let path = request.uri().path();
-        let (service, method) = path
-            .trim_start_matches('/')
-            .split_once('/')
-            .unwrap_or((path, ""));
+        let (service, method) = labels(request.uri().path());
         let call = Call {
             started: Instant::now(),
             service: service.to_owned(),
@@ -349,6 +388,30 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn a_path_that_is_no_rpc_of_the_system_is_other() {
+        assert_eq!(
+            super::labels("/social.post.v1.PostService/GetPost"),
+            ("social.post.v1.PostService", "GetPost")
+        );
+        assert_eq!(
+            super::labels("/grpc.health.v1.Health/Check"),
+            ("grpc.health.v1.Health", "Check")
+        );
+        for unknown in [
+            "/social.post.v1.PostService/NoSuchMethod",
+            "/made.up.Service/Call",
+            "/not-grpc-at-all",
+            "/",
+        ] {
+            assert_eq!(
+                super::labels(unknown),
+                (super::OTHER, super::OTHER),
+                "{unknown}"
+            );
+        }
     }
 
     /// The bucket bounds and counts of every data point of histogram `name`.
