@@ -25,18 +25,41 @@ pub struct Telemetry {
     meters: Option<SdkMeterProvider>,
 }
 
+/// Longest the exporters get to flush at exit, together. The whole stop (the platform's
+/// preStop wait, `SHUTDOWN_GRACE_SECS`, the background tasks' and the database's 5 s
+/// each) fits Kubernetes' 60-s grace with this on top, even with the collector down,
+/// when each exporter would otherwise wait out its own 10-s timeout.
+pub const FLUSH_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl Telemetry {
-    /// Flushes spans and metrics not yet exported and stops the exporters.
+    /// Flushes spans and metrics not yet exported and stops the exporters, for at most
+    /// [`FLUSH_WITHIN`]; what is not out by then is dropped.
     pub fn shutdown(self) {
-        if let Err(e) = self.provider.shutdown() {
-            eprintln!("failed to flush traces: {e}");
-        }
-        if let Some(meters) = self.meters
-            && let Err(e) = meters.shutdown()
-        {
-            eprintln!("failed to flush metrics: {e}");
+        let flushed = within(FLUSH_WITHIN, move || {
+            if let Err(e) = self.provider.shutdown() {
+                eprintln!("failed to flush traces: {e}");
+            }
+            if let Some(meters) = self.meters
+                && let Err(e) = meters.shutdown()
+            {
+                eprintln!("failed to flush metrics: {e}");
+            }
+        });
+        if !flushed {
+            eprintln!("telemetry not flushed within {FLUSH_WITHIN:?}; exiting without the rest");
         }
     }
+}
+
+/// Runs `work` on a thread of its own and waits for it at most `deadline`; whether it
+/// finished (if not, it is left to the process's end).
+fn within(deadline: std::time::Duration, work: impl FnOnce() + Send + 'static) -> bool {
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        work();
+        let _ = done.send(());
+    });
+    finished.recv_timeout(deadline).is_ok()
 }
 
 /// Installs the global subscriber and propagator. Call once, at start-up.
@@ -163,5 +186,20 @@ impl Injector for MetadataInjector<'_> {
         ) {
             self.0.insert(k, v);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    #[test]
+    fn a_flush_that_hangs_is_left_behind() {
+        // An exporter whose collector never answers: it would wait out its timeout.
+        let hanging = super::within(Duration::from_millis(50), || {
+            std::thread::sleep(Duration::from_secs(30));
+        });
+        assert!(!hanging, "the stop waited for the hanging flush");
+        assert!(super::within(Duration::from_secs(30), || {}));
     }
 }
