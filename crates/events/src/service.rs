@@ -83,11 +83,6 @@ impl Wiring {
         &self.gate
     }
 
-    /// Where its events go and come from.
-    pub fn events(&self) -> &EventsConfig {
-        &self.events
-    }
-
     /// A name unique to this replica (`post-<id>`), for its exclusive queues.
     pub fn replica(&self) -> String {
         format!(

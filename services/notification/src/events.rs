@@ -404,7 +404,8 @@ impl Fanout {
             None => None,
         };
         let removed = removal(&n);
-        self.push_batch(&LiveBatch {
+        // Its removal was recorded above.
+        self.publish(&LiveBatch {
             notifications: vec![removed],
             ended_users: Vec::new(),
             groups: group.into_iter().map(Into::into).collect(),
@@ -451,6 +452,11 @@ impl Fanout {
         losing.sort_unstable();
         losing.dedup();
         self.store.note_removals(&losing).await?;
+        self.publish(batch).await
+    }
+
+    /// Sends `batch` to every replica's streams, its removals recorded already.
+    async fn publish(&self, batch: &LiveBatch) -> anyhow::Result<()> {
         self.broadcaster
             .publish(STORED, &batch.encode_to_vec())
             .await

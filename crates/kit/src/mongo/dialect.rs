@@ -76,11 +76,6 @@ impl Db {
         }
     }
 
-    /// The driver's handle.
-    pub fn database(&self) -> &Database {
-        &self.database
-    }
-
     /// What the server is: asked once (`buildInfo`), remembered by every clone. A failed
     /// question is not remembered: the next need asks again.
     pub async fn dialect(&self) -> mongodb::error::Result<Dialect> {

@@ -433,9 +433,22 @@ pub async fn ids<T: Send + Sync>(
     filter: Document,
     limit: Option<i64>,
 ) -> mongodb::error::Result<Vec<bson::oid::ObjectId>> {
+    id_query(collection, filter, None, limit).await
+}
+
+/// The ids of the documents matching `filter`, in `sort` order, at most `limit`.
+async fn id_query<T: Send + Sync>(
+    collection: &Collection<T>,
+    filter: Document,
+    sort: Option<Document>,
+    limit: Option<i64>,
+) -> mongodb::error::Result<Vec<bson::oid::ObjectId>> {
     use futures::TryStreamExt;
     let collection = collection.clone_with_type::<Document>();
     let mut find = collection.find(filter).projection(doc! { "_id": 1 });
+    if let Some(sort) = sort {
+        find = find.sort(sort);
+    }
     if let Some(limit) = limit {
         find = find.limit(limit);
     }
@@ -454,23 +467,10 @@ pub async fn ids_after<T: Send + Sync>(
     after: Option<bson::oid::ObjectId>,
     limit: i64,
 ) -> mongodb::error::Result<Vec<bson::oid::ObjectId>> {
-    use futures::TryStreamExt;
     if let Some(id) = after {
         filter.insert("_id", doc! { "$gt": id });
     }
-    let rows: Vec<Document> = collection
-        .clone_with_type::<Document>()
-        .find(filter)
-        .projection(doc! { "_id": 1 })
-        .sort(doc! { "_id": 1 })
-        .limit(limit)
-        .await?
-        .try_collect()
-        .await?;
-    Ok(rows
-        .iter()
-        .filter_map(|r| r.get_object_id("_id").ok())
-        .collect())
+    id_query(collection, filter, Some(doc! { "_id": 1 }), Some(limit)).await
 }
 
 impl Db {
