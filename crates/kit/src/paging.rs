@@ -58,6 +58,11 @@ pub fn fresh_sort_key() -> i64 {
     sort_key(bson::DateTime::now())
 }
 
+/// The least sort key minted at `at` or later: every key below it was minted before.
+pub fn sort_key_floor(at: bson::DateTime) -> i64 {
+    ((at.timestamp_millis() - EPOCH_MS).max(0) & ((1 << 41) - 1)) << 22
+}
+
 /// A new sort key for a document created at `created_at`.
 pub fn sort_key(created_at: bson::DateTime) -> i64 {
     let ms = (created_at.timestamp_millis() - EPOCH_MS).max(0) & ((1 << 41) - 1);
@@ -221,6 +226,16 @@ mod tests {
 
     fn page(token: &str, query: &str) -> Result<PageRequest> {
         PageRequest::parse_alone(10, token, query.into())
+    }
+
+    #[test]
+    fn the_floor_of_a_time_is_below_its_keys_and_above_earlier_ones() {
+        let t = bson::DateTime::from_millis(1_795_000_000_305);
+        let before = bson::DateTime::from_millis(1_795_000_000_304);
+        for _ in 0..5000 {
+            assert!(sort_key_floor(t) <= sort_key(t));
+            assert!(sort_key(before) < sort_key_floor(t));
+        }
     }
 
     #[test]

@@ -36,6 +36,8 @@ pub struct StackOptions {
     pub peer_timeout: Option<Duration>,
     /// The consumers' queue type (default: classic, see `EventsConfig::for_tests`).
     pub queue_type: Option<social_events::QueueType>,
+    /// The notification service's `stray_after` (default: as configured for tests).
+    pub notification_stray_after: Option<Duration>,
 }
 
 /// The running services.
@@ -125,7 +127,11 @@ impl Stack {
         config.user_service = peer("user service", format!("http://{}", user.addr));
         let engagement =
             crate::start_on(engagement_at, |l, s| social_engagement::run(config, l, s)).await;
-        let notification = start_notification(&database, &events, user.addr, true, timeout).await;
+        let stray_after = options.notification_stray_after;
+        let notification = start_notification_with(&database, &events, user.addr, timeout, |c| {
+            c.stray_after = stray_after.unwrap_or(c.stray_after);
+        })
+        .await;
         Self {
             events,
             user,
@@ -423,10 +429,25 @@ pub async fn start_notification(
     consume_events: bool,
     timeout: Duration,
 ) -> Running {
+    start_notification_with(database, events, user, timeout, |c| {
+        c.consume_events = consume_events;
+    })
+    .await
+}
+
+/// A notification service as [`start_notification`] starts one (consuming events),
+/// its configuration changed by `change`.
+pub async fn start_notification_with(
+    database: &str,
+    events: &EventsConfig,
+    user: std::net::SocketAddr,
+    timeout: Duration,
+    change: impl FnOnce(&mut social_notification::Config),
+) -> Running {
     let peer = crate::peer("user service", &format!("http://{user}"), timeout);
     let mut config =
         social_notification::Config::for_tests(&mongodb_uri(), database, peer, events.clone());
-    config.consume_events = consume_events;
+    change(&mut config);
     start(|l, s| social_notification::run(config, l, s)).await
 }
 

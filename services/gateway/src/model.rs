@@ -268,6 +268,10 @@ pub struct Notification {
     /// The group it belongs to (`NotificationGroup.group_key`).
     #[serde(skip_serializing_if = "String::is_empty")]
     pub group_key: String,
+    /// Orders what lists and the stream say of this notification: keep, per id, what
+    /// came with the greatest `version`; a notification whose version is below that of
+    /// a removal of the same id (`event: removed`, `event: removals`) was removed since.
+    pub version: i64,
 }
 
 impl From<WireNotification> for Notification {
@@ -283,6 +287,7 @@ impl From<WireNotification> for Notification {
             is_read: n.is_read,
             created_at: time(n.created_at),
             group_key: n.group_key,
+            version: n.version,
         }
     }
 }

@@ -113,10 +113,17 @@ enum Ended {
     Upstream,
 }
 
-/// The last `cap` ids inserted.
+/// What the client was last told of a notification.
+#[derive(Debug, Clone, Copy)]
+struct Told {
+    version: i64,
+    removed: bool,
+}
+
+/// What the client was told of the last `cap` notification ids it heard of.
 struct Remembered {
     order: VecDeque<String>,
-    ids: HashSet<String>,
+    told: HashMap<String, Told>,
     cap: usize,
 }
 
@@ -124,35 +131,47 @@ impl Remembered {
     fn new(cap: usize) -> Self {
         Self {
             order: VecDeque::new(),
-            ids: HashSet::new(),
+            told: HashMap::new(),
             cap: cap.max(1),
         }
     }
 
-    /// Whether `id` is new (it is remembered from now on).
-    fn insert(&mut self, id: &str) -> bool {
-        if self.ids.contains(id) {
-            return false;
+    /// Whether to tell the client of notification `id` at `version` (`removed`: its
+    /// removal), which it then remembers: not a push of one it has (again) or whose
+    /// newer removal it was told of (a push that lost a race with an unlike), nor a
+    /// removal it was told of already or older than the notification it has.
+    fn tell(&mut self, id: &str, version: i64, removed: bool) -> bool {
+        if let Some(told) = self.told.get_mut(id) {
+            let stale = if removed {
+                told.removed || told.version > version
+            } else {
+                !told.removed || told.version >= version
+            };
+            if stale {
+                return false;
+            }
+            *told = Told { version, removed };
+            return true;
         }
         if self.order.len() >= self.cap
             && let Some(oldest) = self.order.pop_front()
         {
-            self.ids.remove(&oldest);
+            self.told.remove(&oldest);
         }
         self.order.push_back(id.to_owned());
-        self.ids.insert(id.to_owned());
+        self.told.insert(id.to_owned(), Told { version, removed });
         true
     }
 
-    fn remove(&mut self, id: &str) {
-        if self.ids.remove(id) {
-            self.order.retain(|other| other != id);
-        }
+    /// Records that the client has notification `id`, at a version it did not say (its
+    /// resume point): a push of it is not sent again, any removal is.
+    fn has(&mut self, id: &str) {
+        self.tell(id, i64::MIN, false);
     }
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.ids.len()
+        self.told.len()
     }
 }
 
@@ -239,10 +258,11 @@ impl<A: Actors> Forwarding<'_, A> {
             let items: Vec<serde_json::Value> = n
                 .removals
                 .iter()
-                .map(|r| serde_json::json!({ "id": r.id, "group_key": r.group_key }))
+                .filter(|r| self.delivered.tell(&r.id, r.version, true))
+                .map(|r| serde_json::json!({ "id": r.id, "group_key": r.group_key, "version": r.version }))
                 .collect();
-            for r in &n.removals {
-                self.delivered.remove(&r.id);
+            if items.is_empty() {
+                return Ok(());
             }
             let body = serde_json::json!({ "items": items });
             if let Ok(e) = Event::default().event("removals").json_data(body) {
@@ -250,16 +270,14 @@ impl<A: Actors> Forwarding<'_, A> {
             }
             return Ok(());
         }
+        if !self.delivered.tell(&n.id, n.version, n.removed) {
+            return Ok(()); // in the pages already, or removed since
+        }
         if n.removed {
-            let id = n.id.clone();
             if let Some(e) = event(&mut self.sent, Notification::from(n), true) {
                 self.send(e)?;
             }
-            self.delivered.remove(&id);
             return Ok(());
-        }
-        if !self.delivered.insert(&n.id) {
-            return Ok(()); // in the pages already
         }
         self.learn([n.source_user_id.clone()]).await;
         let n = attach(vec![n], &self.accounts).into_iter().next();
@@ -290,7 +308,7 @@ where
     let sent = point.unwrap_or_default();
     let mut delivered = Remembered::new(REMEMBERED);
     for id in sent.ids() {
-        delivered.insert(&id);
+        delivered.has(&id);
     }
     let mut f = Forwarding {
         actors,
@@ -303,7 +321,7 @@ where
     };
     let caught_up = match missed {
         Some(missed) => missed.into_iter().try_for_each(|n| {
-            f.delivered.insert(&n.id);
+            f.delivered.tell(&n.id, n.version, false);
             match event(&mut f.sent, n, false) {
                 Some(e) => f.send(e),
                 None => Ok(()),
@@ -422,7 +440,8 @@ fn created_ms(n: &WireNotification) -> i64 {
 /// One SSE event for a notification (or its removal).
 fn event(sent: &mut Sent, n: Notification, removed: bool) -> Option<Event> {
     if removed {
-        let body = serde_json::json!({ "id": n.id, "group_key": n.group_key });
+        let body =
+            serde_json::json!({ "id": n.id, "group_key": n.group_key, "version": n.version });
         return Event::default().event("removed").json_data(body).ok();
     }
     let ms = bson::DateTime::parse_rfc3339_str(&n.created_at)
@@ -446,11 +465,11 @@ pub struct StreamQuery {
 }
 
 /// The caller's notifications, live, as Server-Sent Events: `event: notification` with
-/// the notification (and who acted) as data, `event: removed` (`id`, `group_key`) when
-/// one is removed (its post or comment was deleted, the like or follow taken back),
-/// `event: removals` (`items`, each `id` and `group_key`) when several are removed at
-/// once (a deleted post's, a deleted account's), and
-/// a comment line every 15 s to keep proxies from closing it. With `groups=true`, also
+/// the notification (and who acted) as data, `event: removed` (`id`, `group_key`,
+/// `version`) when one is removed (its post or comment was deleted, the like or follow
+/// taken back), `event: removals` (`items`, each `id`, `group_key` and `version`) when
+/// several are removed at once (a deleted post's, a deleted account's), and a comment
+/// line every 15 s to keep proxies from closing it. With `groups=true`, also
 /// `event: group` with a notification group's new summary (count, unread count, recent
 /// actors) whenever it changes, so that a grouped view stays live; group events carry
 /// no id: after reconnecting, reload the first page of groups. Reconnecting with
@@ -772,5 +791,67 @@ mod tests {
         assert!(rx.try_recv().is_err(), "a recent one again");
         f.live(wire(0, 1)).await.unwrap();
         assert!(rx.try_recv().is_ok(), "a forgotten one goes out again");
+    }
+
+    /// The race: a like's push reaches the gateway after the removal an unlike
+    /// sent meanwhile (another replica handled it).
+    #[tokio::test]
+    async fn a_push_that_lost_its_race_with_a_removal_is_not_sent() {
+        let (tx, mut rx) = mpsc::channel(room(None));
+        let mut f = Forwarding {
+            actors: &Everyone,
+            tx: &tx,
+            sent: Sent::default(),
+            delivered: Remembered::new(REMEMBERED),
+            accounts: HashMap::new(),
+            overflow: VecDeque::new(),
+            stuck_since: None,
+        };
+        let version = |mut n: WireNotification, v: i64| {
+            n.version = v;
+            n
+        };
+        let removal = |n: &WireNotification, v: i64| WireNotification {
+            id: n.id.clone(),
+            removed: true,
+            version: v,
+            ..Default::default()
+        };
+        let (like, other) = (version(wire(1, 1), 11), version(wire(2, 2), 13));
+        f.live(removal(&like, 20)).await.unwrap();
+        f.live(like.clone()).await.unwrap();
+        f.live(removal(&like, 20)).await.unwrap();
+        f.live(other.clone()).await.unwrap();
+        let told: Vec<String> = std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|e| format!("{e:?}"))
+            .collect();
+        assert_eq!(
+            told.len(),
+            2,
+            "the stale push or a repeated removal was sent: {told:#?}"
+        );
+        assert!(
+            told[0].contains("removed") && told[0].contains("\\\"n1\\\""),
+            "{told:#?}"
+        );
+        assert!(
+            told[1].contains("notification") && told[1].contains("n2"),
+            "{told:#?}"
+        );
+
+        // The removal of one the client has goes out, also inside `removals`; a stale
+        // removal (older than the notification it has) does not.
+        f.live(removal(&other, 12)).await.unwrap();
+        assert!(
+            rx.try_recv().is_err(),
+            "a removal older than what the client has"
+        );
+        let many = WireNotification {
+            removals: vec![removal(&other, 14), removal(&like, 20)],
+            ..Default::default()
+        };
+        f.live(many).await.unwrap();
+        let told = format!("{:?}", rx.try_recv().expect("the removals"));
+        assert!(told.contains("n2") && !told.contains("n1"), "{told}");
     }
 }

@@ -65,6 +65,7 @@ impl From<NotificationDoc> for Notification {
         let kind =
             NotificationType::from_str_name(&n.kind).unwrap_or(NotificationType::Unspecified);
         Self {
+            version: n.version(),
             id: n.id.to_hex(),
             user_id: n.user_id.to_hex(),
             r#type: kind as i32,

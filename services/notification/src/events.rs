@@ -17,7 +17,7 @@ use social_proto::{
     user::v1::{BatchGetUsersByUsernameRequest, user_service_client::UserServiceClient},
 };
 
-use crate::store::{NotificationDoc, Store, removed_key};
+use crate::store::{NotificationDoc, Store, removal_version, removed_key};
 
 /// The routing key of "a notification was stored", heard by every replica.
 pub const STORED: &str = "notification.notification.stored";
@@ -29,22 +29,29 @@ const PUSH_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
 /// Notifications removed (and their removals pushed) per step.
 const REMOVE_BATCH: i64 = 500;
 
-/// A delay tests inject before pushing notifications about one post
-/// (`notification::delay_broadcast`, `return(<post id>:<ms>)`).
-fn injected_delay_ms(stored: &[NotificationDoc]) -> Option<u64> {
-    let _ = stored;
-    fail::fail_point!("notification::delay_broadcast", |arg: Option<String>| {
-        let (post, ms) = arg.as_deref()?.split_once(':')?;
-        let about = stored
-            .iter()
-            .any(|n| n.post_id.is_some_and(|p| p.to_hex() == post));
-        let ms = about.then(|| ms.parse().ok()).flatten();
-        if ms.is_some() {
-            social_kit::faults::record("notification::delay_broadcast");
-        }
-        ms
-    });
-    None
+/// Notifications pushed per step of a sweep of strays (see [`Fanout::sweep`]).
+const SWEEP_BATCH: i64 = 100;
+
+/// A delay tests inject at `point` into the handling of notifications about one post
+/// (`return(<post id>:<ms>)`): `notification::delay_broadcast` between storing and
+/// counting, `notification::delay_publish` between counting and pushing.
+async fn injected_delay(point: &'static str, posts: Vec<String>) {
+    let ms = (|| {
+        let _ = (&posts, point);
+        fail::fail_point!(point, |arg: Option<String>| {
+            let (post, ms) = arg.as_deref()?.split_once(':')?;
+            let about = posts.iter().any(|p| p == post);
+            let ms = about.then(|| ms.parse::<u64>().ok()).flatten();
+            if ms.is_some() {
+                social_kit::faults::record(point);
+            }
+            ms
+        });
+        None
+    })();
+    if let Some(ms) = ms {
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
 }
 
 /// What the handler needs.
@@ -122,15 +129,24 @@ impl Fanout {
         let Some(batch) = self.store_once(&envelope, actor, event_ms, drafts).await? else {
             return Ok(());
         };
-        // Tests: a try that fails after storing, or a push that comes late.
-        social_kit::fault!("notification::before_broadcast", |_| Err(
-            anyhow::Error::new(social_kit::Error::Unavailable(
-                "the broker is unavailable (injected)".into()
-            ))
+        // Tests: a try that fails after storing (`return`: the broker is away, a
+        // transient failure; `return(for good)`: one that dead-letters the event), or a
+        // push that comes late.
+        social_kit::fault!("notification::before_broadcast", |arg: Option<String>| Err(
+            if arg.as_deref() == Some("for good") {
+                anyhow::anyhow!("the handler failed for good (injected)")
+            } else {
+                anyhow::Error::new(social_kit::Error::Unavailable(
+                    "the broker is unavailable (injected)".into(),
+                ))
+            }
         ));
-        if let Some(ms) = injected_delay_ms(&batch.stored) {
-            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
-        }
+        let posts = batch.stored.iter().filter_map(|n| n.post_id);
+        injected_delay(
+            "notification::delay_broadcast",
+            posts.map(|p| p.to_hex()).collect(),
+        )
+        .await;
         self.group_and_push(batch).await
     }
 
@@ -270,6 +286,7 @@ impl Fanout {
                 group_key,
                 count_key: 0,
                 group_stage: Some(0),
+                unpushed: true,
             };
             doc.count_key = doc.sort_key;
             for _ in 0..5 {
@@ -282,15 +299,15 @@ impl Fanout {
                 };
                 if earlier.event_id == envelope.event_id {
                     // Stored by an earlier try of this event, which may have failed before
-                    // pushing it: push it (again; streams merge by id).
+                    // pushing it: counted (once) and pushed if it never was.
                     stored.push(earlier);
                     break;
                 }
                 // Stored by an earlier like or follow of the same thing (handled out of
                 // order with the unlike between them): this one owns it now, so that the
                 // unlike does not take it away; unless it is gone meanwhile. Counted
-                // (again: once) and pushed (again) either way, in case the one that
-                // stored it failed before it counted it.
+                // (again: once) and pushed if it never was, in case the one that stored
+                // it failed before it counted or pushed it.
                 if earlier.event_ms >= event_ms
                     || self
                         .store
@@ -302,6 +319,19 @@ impl Fanout {
                 }
             }
         }
+        self.still_wanted(actor, stored, keys, about).await
+    }
+
+    /// Of notifications just stored by `actor`'s event (their dedupe keys `keys`, the
+    /// tombstone keys of what they are about `about`), those that nothing deleted
+    /// meanwhile is about; the others are deleted (`None`: nothing is left).
+    async fn still_wanted(
+        &self,
+        actor: ObjectId,
+        mut stored: Vec<NotificationDoc>,
+        keys: Vec<String>,
+        about: Vec<String>,
+    ) -> anyhow::Result<Option<Stored>> {
         // The post or comment may have been deleted before (a late or redelivered
         // event) or while (a concurrent handler) these were stored. Deletion writes its
         // tombstone before removing, so checking after storing catches every order; it
@@ -341,7 +371,13 @@ impl Fanout {
         let mut groups = Vec::new();
         let recipients: Vec<ObjectId> = stored.iter().map(|n| n.user_id).collect();
         for doc in stored {
-            let doc = self.fresh(doc).await?;
+            // Pushed already (this is a redelivery, or a later like or follow of the
+            // same thing): counted, never pushed or moved again.
+            let doc = if doc.unpushed {
+                self.fresh(doc).await?
+            } else {
+                doc
+            };
             // Taken back by an unlike that looked for it before it was stored (the undo
             // is recorded before it looks, so one of the two sees the other).
             if self
@@ -353,7 +389,7 @@ impl Fanout {
             }
             let (group, exists) = self.store.groups.added(&doc).await?;
             groups.extend(group);
-            if exists {
+            if exists && doc.unpushed {
                 pushed.push(Notification::from(doc));
             }
         }
@@ -374,12 +410,49 @@ impl Fanout {
             }
             return Ok(self.store.delete_by_keys(&keys).await?);
         }
+        let ids: Vec<ObjectId> = pushed
+            .iter()
+            .filter_map(|n| ObjectId::parse_str(&n.id).ok())
+            .collect();
+        let posts = pushed.iter().filter_map(|n| n.post_id.clone()).collect();
+        injected_delay("notification::delay_publish", posts).await;
         self.push_batch(&LiveBatch {
             notifications: pushed,
             ended_users: Vec::new(),
             groups: groups.into_iter().map(Into::into).collect(),
         })
-        .await
+        .await?;
+        // A failure between the push and this mark pushes them again on the retry
+        // (streams merge by id and version).
+        Ok(self.store.mark_pushed(&ids).await?)
+    }
+
+    /// Counts into their groups and pushes the notifications whose push never went out
+    /// although they were stored more than `stray_after` ago: their event failed after
+    /// storing them and was dead-lettered (or is failing still: then both push, and
+    /// streams merge by id). Each is checked as its event would have checked it (taken
+    /// back, its post or comment deleted, an account deleted). How many it pushed.
+    pub async fn sweep(&self, stray_after: std::time::Duration) -> anyhow::Result<usize> {
+        let before = DateTime::from_millis(
+            DateTime::now()
+                .timestamp_millis()
+                .saturating_sub(i64::try_from(stray_after.as_millis()).unwrap_or(i64::MAX)),
+        );
+        let strays = self.store.strays(before, SWEEP_BATCH).await?;
+        let found = strays.len();
+        for doc in strays {
+            let about: Vec<String> = doc
+                .post_id
+                .map(|p| removed_key("post", p))
+                .into_iter()
+                .chain(doc.comment_id.map(|c| removed_key("comment", c)))
+                .collect();
+            let (actor, keys) = (doc.source_user_id, vec![doc.dedupe_key.clone()]);
+            if let Some(batch) = self.still_wanted(actor, vec![doc], keys, about).await? {
+                self.group_and_push(batch).await?;
+            }
+        }
+        Ok(found)
     }
 
     /// A like or follow taken back at `t`: its notification goes (if an earlier one
@@ -403,7 +476,7 @@ impl Fanout {
             Some(id) => self.store.groups.refresh_head(id).await?,
             None => None,
         };
-        let removed = removal(&n);
+        let removed = removal(&n, removal_version(t));
         // Its removal was recorded above.
         self.publish(&LiveBatch {
             notifications: vec![removed],
@@ -507,7 +580,7 @@ impl Fanout {
                     touched.extend(self.store.groups.removing(&n.into()).await?);
                 }
             }
-            let removed = batch.iter().map(|n| removal(&n.into())).collect();
+            let removed = batch.iter().map(|n| removal(&n.into(), i64::MAX)).collect();
             self.broadcast(removed).await?;
             if field == "post_id" || field == "comment_id" {
                 // Their groups go whole (below): a grouped view drops them now.
@@ -559,13 +632,15 @@ impl Fanout {
     }
 }
 
-/// What a stream is told when notification `m` is removed.
-fn removal(m: &crate::groups::Member) -> Notification {
+/// What a stream is told when notification `m` is removed, with the removal's
+/// `version` (see `store::removal_version`).
+fn removal(m: &crate::groups::Member, version: i64) -> Notification {
     Notification {
         id: m.id.to_hex(),
         user_id: m.user_id.to_hex(),
         group_key: m.group_key.clone(),
         removed: true,
+        version,
         ..Default::default()
     }
 }

@@ -36,6 +36,11 @@ pub struct Config {
     /// `NOTIFICATION_GROUP_WINDOW_SECS` (default 86400): likes of one post, likes of one
     /// comment, and follows group within windows this long.
     pub group_window: std::time::Duration,
+    /// `NOTIFICATION_STRAY_AFTER_SECS` (default 120): a notification stored this long ago
+    /// whose push never went out (its event failed after storing it, and was
+    /// dead-lettered) is counted into its group and pushed by a sweep that runs every
+    /// quarter of this (at most every 30 s).
+    pub stray_after: std::time::Duration,
 }
 
 social_kit::service_config!(Config);
@@ -50,6 +55,7 @@ impl Config {
             consume_events: social_kit::config::parse_or("NOTIFICATION_CONSUME_EVENTS", true)?,
             stream_buffer: social_kit::config::parse_or("NOTIFICATION_STREAM_BUFFER", 64)?,
             group_window: social_kit::config::seconds_or("NOTIFICATION_GROUP_WINDOW_SECS", 86_400)?,
+            stray_after: social_kit::config::seconds_or("NOTIFICATION_STRAY_AFTER_SECS", 120)?,
         })
     }
 
@@ -74,6 +80,7 @@ impl Config {
             consume_events: true,
             stream_buffer: 64,
             group_window: std::time::Duration::from_secs(86_400),
+            stray_after: std::time::Duration::from_secs(120),
         }
     }
 }
@@ -100,20 +107,48 @@ pub async fn run(config: Config, on: TcpListener, stop: CancellationToken) -> an
     if config.consume_events {
         // Publishes what this service has to say: that a deleted account is cleared.
         let relay = wiring.relay(&[]);
-        let handler = events::Fanout {
+        let fanout = events::Fanout {
             store: store.clone(),
             users: config.user_service.clone(),
             broadcaster: Broadcaster::new(config.events.clone(), &replica),
             relay,
             group_window_ms: config.group_window_ms(),
-        }
-        .handler();
-        wiring.consume(social_events::topology::NOTIFICATION, handler);
+        };
+        let (sweeper, stray_after) = (fanout.clone(), config.stray_after);
+        wiring.spawn(move |stop| sweep(sweeper, stray_after, stop));
+        wiring.consume(social_events::topology::NOTIFICATION, fanout.handler());
     }
     let api = api::Api::new(store.clone(), hub, wiring.gate().revocations());
     wiring
         .serve(NotificationServiceServer::new(api), store, on, stop)
         .await
+}
+
+/// Pushes, every quarter of `stray_after` (at most 30 s), what events stored but never
+/// pushed (see [`events::Fanout::sweep`]), until `stop`.
+async fn sweep(fanout: events::Fanout, stray_after: std::time::Duration, stop: CancellationToken) {
+    let every = (stray_after / 4).clamp(
+        std::time::Duration::from_millis(100),
+        std::time::Duration::from_secs(30),
+    );
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match fanout.sweep(stray_after).await {
+            Ok(0) => {}
+            Ok(pushed) => tracing::warn!(
+                pushed,
+                "pushed notifications whose event failed after storing them"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "could not push unpushed notifications; trying again")
+            }
+        }
+    }
 }
 
 /// `social-notification group-existing`: puts the notifications stored before groups

@@ -88,6 +88,30 @@ pub struct NotificationDoc {
     /// notifications stored before stages existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group_stage: Option<i64>,
+    /// Present (true) from its storing until its push went out: a redelivered event
+    /// pushes (and moves) only what was never pushed, and what an event left unpushed
+    /// (it dead-lettered after storing) is found by [`Store::strays`]. Absent on
+    /// notifications stored before this mark existed: they were pushed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unpushed: bool,
+}
+
+impl NotificationDoc {
+    /// What streams and lists carry as its `version`: odd, from the time of the event
+    /// that owns it, so that it sorts between the removals an undo at that time or
+    /// later sends (`2 × t`, see [`removal_version`]): an unlike at `t` removes it only
+    /// when its event came before `t`, and then its version is below the removal's.
+    pub fn version(&self) -> i64 {
+        self.event_ms.saturating_mul(2).saturating_add(1)
+    }
+}
+
+/// The version of a removal by an unlike or unfollow at `t` (ms): above every
+/// notification it removes (their events came before `t`), below one a like at `t` or
+/// later stores. A removal by a deletion (post, comment, account) has the last word:
+/// `i64::MAX`.
+pub fn removal_version(t: i64) -> i64 {
+    t.saturating_mul(2)
 }
 
 /// A like or follow taken back at `t` (ms): the notification of an earlier one goes, and
@@ -208,6 +232,13 @@ impl Store {
                         false,
                     ),
                     mongo::sort_key_index(),
+                    // Those whose push has not gone out (a handful: in flight, or left
+                    // by an event that failed).
+                    mongo::partial_index(
+                        "unpushed_sorted",
+                        doc! { "unpushed": 1, "sort_key": 1 },
+                        doc! { "unpushed": true },
+                    ),
                 ],
             )
             .await?;
@@ -565,6 +596,33 @@ impl Store {
         Ok(self
             .notifications
             .find(doc! { field: mongo::equals_id(id) })
+            .limit(limit)
+            .await?
+            .try_collect()
+            .await?)
+    }
+
+    /// Records that the push of notifications `ids` went out.
+    pub async fn mark_pushed(&self, ids: &[ObjectId]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.notifications
+            .update_many(
+                doc! { "_id": { "$in": ids }, "unpushed": true },
+                doc! { "$unset": { "unpushed": "" } },
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Up to `limit` notifications stored before `before` whose push never went out
+    /// (the event that stored them failed for good, or is still failing).
+    pub async fn strays(&self, before: DateTime, limit: i64) -> Result<Vec<NotificationDoc>> {
+        let floor = social_kit::paging::sort_key_floor(before);
+        Ok(self
+            .notifications
+            .find(doc! { "unpushed": true, "sort_key": { "$lt": floor } })
             .limit(limit)
             .await?
             .try_collect()

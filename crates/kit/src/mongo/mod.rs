@@ -152,6 +152,21 @@ pub fn sparse_index(name: &str, keys: Document) -> IndexModel {
         .build()
 }
 
+/// A partial index: it holds only the documents that match `filter` (equalities), such
+/// as the few that carry a mark of work left to do; a query uses it only when it names
+/// `filter`'s fields with the same values. (The stand-in holds every document in it.)
+pub fn partial_index(name: &str, keys: Document, filter: Document) -> IndexModel {
+    IndexModel::builder()
+        .keys(keys)
+        .options(
+            IndexOptions::builder()
+                .name(name.to_owned())
+                .partial_filter_expression(filter)
+                .build(),
+        )
+        .build()
+}
+
 /// Creates `indexes` on `collection` if missing; idempotent: an index whose options a
 /// release changed is recreated ([`replace_index`]). Reached through
 /// [`Db::ensure_indexes`], which declares them and fits them to the dialect.

@@ -21,7 +21,7 @@ use tonic::Code;
 use crate::{App, WAIT};
 
 /// A like of `post` (by `author`) from `liker`, as the engagement service publishes it.
-fn liked(liker: ObjectId, post: ObjectId, author: &str) -> Envelope {
+pub(crate) fn liked(liker: ObjectId, post: ObjectId, author: &str) -> Envelope {
     new_envelope(
         liker,
         Payload::PostLiked(PostLiked {
@@ -32,7 +32,7 @@ fn liked(liker: ObjectId, post: ObjectId, author: &str) -> Envelope {
     )
 }
 
-fn unliked(liker: ObjectId, post: ObjectId, author: &str) -> Envelope {
+pub(crate) fn unliked(liker: ObjectId, post: ObjectId, author: &str) -> Envelope {
     new_envelope(
         liker,
         Payload::PostUnliked(PostUnliked {
@@ -44,14 +44,14 @@ fn unliked(liker: ObjectId, post: ObjectId, author: &str) -> Envelope {
 }
 
 impl App {
-    async fn publish(&self, events: &[Envelope]) {
+    pub(crate) async fn publish(&self, events: &[Envelope]) {
         for e in events {
             let key = social_events::routing_key(e.payload.as_ref().unwrap());
             broker::publish_raw(&self.stack.events, key, &e.encode_to_vec(), &e.event_id).await;
         }
     }
 
-    async fn groups(&self, token: &str) -> Vec<NotificationGroup> {
+    pub(crate) async fn groups(&self, token: &str) -> Vec<NotificationGroup> {
         self.group_page(token, 100, "").await.0
     }
 

@@ -9,10 +9,17 @@ use social_proto::notification::v1::{
     ListNotificationsRequest, Notification, StreamNotificationsRequest,
     notification_service_client::NotificationServiceClient,
 };
-use social_testkit::{Meters, TcpProxy, authed, eventually, start_notification, token_for};
+use social_testkit::{
+    Meters, Stack, StackOptions, TcpProxy, authed, broker, eventually, start_notification,
+    token_for,
+};
 use tonic::{Code, transport::Channel};
 
-use crate::{App, WAIT, next, open_stream};
+use crate::{
+    App, WAIT,
+    groups::{liked, unliked},
+    next, open_stream,
+};
 
 /// A notification replica of `app`'s stack whose broker connection goes through `proxy`.
 async fn replica_through(app: &App, proxy: &TcpProxy) -> social_testkit::Running {
@@ -216,4 +223,126 @@ async fn a_deleted_accounts_streams_end() {
         .await
         .expect("the stream ended");
     assert_eq!(ended.unwrap_err().code(), Code::Unauthenticated);
+}
+
+/// The race: a like's handler counted its notification (present), then an unlike
+/// handled meanwhile removed it and pushed the removal, then the like's push went out.
+/// The push carries a version below the removal's, so a client keeping the greater
+/// drops it (the gateway does, see `stream.rs`).
+#[tokio::test]
+async fn a_likes_push_that_comes_after_its_unlikes_removal_is_older_than_it() {
+    let app = App::start().await;
+    let (bob_id, bob) = app.stack.register("bob").await;
+    let (ann, post) = (ObjectId::new(), ObjectId::new());
+    let mut client = app.notifications.clone();
+    let mut stream = open_stream(&mut client, &bob).await;
+    const POINT: &str = "notification::delay_publish";
+    fail::cfg(POINT, &format!("return({post}:2000)")).unwrap();
+    app.publish(&[liked(ann, post, &bob_id)]).await;
+    let held = eventually(WAIT, || async {
+        (social_kit::faults::fired(POINT) > 0).then_some(())
+    })
+    .await;
+    assert!(held.is_some(), "the like's push was not held");
+    let listed = app.list(&bob).await;
+    assert_eq!(listed.len(), 1, "the like is stored: {listed:#?}");
+    app.publish(&[unliked(ann, post, &bob_id)]).await;
+    let removal = next(&mut stream, WAIT).await.expect("the unlike's removal");
+    assert!(removal.removed, "{removal:?}");
+    let push = next(&mut stream, WAIT).await.expect("the like's late push");
+    fail::remove(POINT);
+    assert!(!push.removed && push.id == removal.id, "{push:?}");
+    assert_eq!(push.version, listed[0].version, "lists and streams agree");
+    assert!(
+        push.version < removal.version,
+        "the late push ({}) is not older than the removal ({})",
+        push.version,
+        removal.version
+    );
+    assert!(app.list(&bob).await.is_empty(), "the unlike removed it");
+}
+
+/// A duplicate of an event that arrives long after the original (a redelivery, a
+/// replayed dead letter) moves nothing: the notification keeps its place and time, and
+/// is not pushed again.
+#[tokio::test]
+async fn a_duplicate_a_minute_late_moves_nothing_and_pushes_nothing() {
+    let app = App::start().await;
+    let (bob_id, bob) = app.stack.register("bob").await;
+    let mut client = app.notifications.clone();
+    let mut stream = open_stream(&mut client, &bob).await;
+    let like = liked(ObjectId::new(), ObjectId::new(), &bob_id);
+    app.publish(std::slice::from_ref(&like)).await;
+    let pushed = next(&mut stream, WAIT).await.expect("the like's push");
+    // A minute passes (its keys are made a minute old).
+    let minute_ago = bson::DateTime::from_millis(bson::DateTime::now().timestamp_millis() - 60_000);
+    let key = social_kit::paging::sort_key(minute_ago);
+    let notifications = app
+        .stack
+        .database()
+        .await
+        .collection::<bson::Document>("notifications");
+    let id = ObjectId::parse_str(&pushed.id).unwrap();
+    notifications
+        .update_one(
+            bson::doc! { "_id": id },
+            bson::doc! { "$set": { "sort_key": key, "created_at": minute_ago } },
+        )
+        .await
+        .unwrap();
+
+    app.publish(&[like]).await;
+    app.drained().await;
+    assert!(
+        next(&mut stream, Duration::from_secs(2)).await.is_none(),
+        "the duplicate was pushed again"
+    );
+    let listed = app.list(&bob).await;
+    assert_eq!(listed.len(), 1, "{listed:#?}");
+    let at = listed[0].created_at.unwrap();
+    assert_eq!(
+        at.seconds * 1000 + i64::from(at.nanos) / 1_000_000,
+        minute_ago.timestamp_millis(),
+        "the duplicate moved it"
+    );
+}
+
+/// A notification stored by an event that then failed for good (dead-lettered before
+/// it was counted or pushed) is counted into its group and pushed by the sweep.
+#[tokio::test]
+async fn a_notification_whose_event_dead_lettered_is_grouped_and_pushed() {
+    let stack = Stack::start_with(StackOptions {
+        notification_stray_after: Some(Duration::from_secs(1)),
+        ..Default::default()
+    })
+    .await;
+    let app = App {
+        notifications: stack.notifications().await,
+        stack,
+    };
+    let (bob_id, bob) = app.stack.register("bob").await;
+    let mut client = app.notifications.clone();
+    let mut stream = open_stream(&mut client, &bob).await;
+    fail::cfg("notification::before_broadcast", "return(for good)").unwrap();
+    app.publish(&[liked(ObjectId::new(), ObjectId::new(), &bob_id)])
+        .await;
+    let config = &app.stack.events;
+    let dlq = config.dead_letter_queue("notification");
+    let dead = eventually(WAIT, || async {
+        (broker::queue_depth(config, &dlq).await == 1).then_some(())
+    })
+    .await;
+    fail::remove("notification::before_broadcast");
+    assert!(dead.is_some(), "the like never reached {dlq}");
+    let pushed = next(&mut stream, WAIT).await.expect("the sweep pushed it");
+    assert_eq!(pushed.user_id, bob_id);
+    assert!(!pushed.removed);
+    let grouped = eventually(WAIT, || async {
+        let groups = app.groups(&bob).await;
+        (groups.len() == 1 && groups[0].notifications_count == 1).then_some(groups)
+    })
+    .await;
+    assert!(grouped.is_some(), "the sweep did not count it into a group");
+    // Pushed once: a later sweep finds nothing to push.
+    assert!(next(&mut stream, Duration::from_secs(2)).await.is_none());
 }
