@@ -1,5 +1,5 @@
 # Shared by scripts/test and scripts/up: the virtualenv, MongoDB (or its stand-in),
-# RabbitMQ, and clean-up of whatever was started. Source it; do not run it.
+# RabbitMQ, Redis, and clean-up of whatever was started. Source it; do not run it.
 #
 # The MongoDB stand-in nx-27017 0.8.1 that runs when MONGODB_URI is unset differs from
 # MongoDB in known ways; the list, and where each is handled, is the module docs of
@@ -15,12 +15,14 @@ mkdir -p "$RUN_DIR"
 # Reuse one build directory outside the clone when there is one: CI clones afresh.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/social-network/target}"
 export AMQP_URL="${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
+export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
 
 STARTED_PIDS=()
 STAND_IN=""
 RABBITMQ_STARTED_HERE=""
 STARTED_NX_PORTS=()
 RABBITMQ_SUDO=""
+REDIS_STARTED_PORT=""
 
 log() { printf '\033[1;34m==>\033[0m %s\n' "$*" >&2; }
 die() { printf '\033[1;31merror:\033[0m %s\n' "$*" >&2; exit 1; }
@@ -136,6 +138,33 @@ ensure_rabbitmq() {
     wait_port "$host" "$port" 90 "RabbitMQ"
 }
 
+# Redis at REDIS_URL (the gateway's stream tickets and idempotency keys): used as it is
+# when it answers or is not on this machine; otherwise installed (apt) if need be and
+# started without persistence (everything in it can be lost), stopped again by
+# stop_started.
+ensure_redis() {
+    local hostport host port
+    hostport="$(python3 -c 'import sys, urllib.parse as u; p = u.urlsplit(sys.argv[1]); print(p.hostname or "127.0.0.1", p.port or 6379)' "$REDIS_URL")"
+    read -r host port <<<"$hostport"
+    if port_open "$host" "$port"; then return 0; fi
+    if [[ "$host" != 127.0.0.1 && "$host" != localhost && "$host" != ::1 ]]; then
+        log "waiting for Redis at $host:$port (REDIS_URL)"
+        wait_port "$host" "$port" 60 "Redis at REDIS_URL"
+        return 0
+    fi
+    if ! command -v redis-server >/dev/null && [[ ! -x /usr/bin/redis-server ]]; then
+        apt_install redis-server
+        # On a machine with systemd the package starts it as a system service.
+        sleep 1
+        if port_open "$host" "$port"; then return 0; fi
+    fi
+    log "starting Redis on $host:$port (stopped again on exit)"
+    PATH="$PATH:/usr/bin" redis-server --bind 127.0.0.1 --port "$port" --save "" --appendonly no \
+        --daemonize yes --logfile "$RUN_DIR/redis-$port.log" --pidfile "$RUN_DIR/redis-$port.pid"
+    REDIS_STARTED_PORT="$port"
+    wait_port "$host" "$port" 30 "Redis (see $RUN_DIR/redis-$port.log)"
+}
+
 # Answers 0 when GET $1 answers 200.
 http_ok() {
     python3 - "$1" <<'PY' 2>/dev/null
@@ -159,6 +188,7 @@ SYSTEM_SERVICES=(
 isolated_run() { # name
     export DEVELOPMENT_KEYS=true MONGODB_DATABASE="$1" EVENTS_EXCHANGE="$1.events" \
         EVENTS_QUEUE_PREFIX="$1" EVENTS_EPHEMERAL=true EVENTS_QUEUE_TYPE=classic \
+        REDIS_KEY_PREFIX="$1:" \
         GATEWAY_RATE_ANONYMOUS=1000000/60s GATEWAY_RATE_ACCOUNT=1000000/60s \
         GATEWAY_RATE_LOGIN=1000000/60s GATEWAY_RATE_SIGNUP=1000000/60s RUST_LOG=warn
 }
@@ -260,5 +290,11 @@ stop_started() {
         log "stopping the RabbitMQ this script started"
         $RABBITMQ_SUDO env PATH="$PATH:/usr/sbin" timeout 60 rabbitmqctl stop >/dev/null 2>&1 || true
         RABBITMQ_STARTED_HERE=""
+    fi
+    if [[ -n "$REDIS_STARTED_PORT" ]]; then
+        log "stopping the Redis this script started"
+        redis-cli -p "$REDIS_STARTED_PORT" shutdown nosave >/dev/null 2>&1 ||
+            kill "$(cat "$RUN_DIR/redis-$REDIS_STARTED_PORT.pid" 2>/dev/null)" 2>/dev/null || true
+        REDIS_STARTED_PORT=""
     fi
 }

@@ -6,6 +6,27 @@ use std::str::FromStr;
 
 use bson::oid::ObjectId;
 
+/// The request metadata that makes a creating RPC safe to retry: one post or comment is
+/// stored per (author, key), and a retry with the key gets that one.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// The request's idempotency key ([`IDEMPOTENCY_KEY`]), if it sent one: 1 to 255
+/// visible ASCII characters, or `INVALID_ARGUMENT` naming it.
+pub fn idempotency_key<T>(request: &tonic::Request<T>) -> crate::Result<Option<String>> {
+    let Some(value) = request.metadata().get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    match value.to_str() {
+        Ok(k) if !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic()) => {
+            Ok(Some(k.to_owned()))
+        }
+        _ => Err(crate::Error::invalid(
+            IDEMPOTENCY_KEY,
+            "must be 1 to 255 visible ASCII characters",
+        )),
+    }
+}
+
 /// Parses a 24-character hex ObjectId.
 pub fn object_id(s: &str) -> Result<ObjectId, String> {
     if s.is_empty() {

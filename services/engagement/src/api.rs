@@ -260,6 +260,7 @@ impl EngagementService for Api {
         request: Request<CreateCommentRequest>,
     ) -> Result<Response<Comment>, Status> {
         let me = caller(&request)?;
+        let key = validate::idempotency_key(&request)?;
         let r = request.into_inner();
         let mut v = Violations::default();
         let post = v.take("post_id", validate::object_id(&r.post_id));
@@ -269,7 +270,8 @@ impl EngagementService for Api {
         v.finish()?;
         let post = post.unwrap_or_default();
         let post_author = self.post_author(post).await?;
-        let comment = CommentDoc::new(post, post_author, me, text, media);
+        let mut comment = CommentDoc::new(post, post_author, me, text, media);
+        comment.request_key = key.map(|k| format!("{me}:{k}"));
         let event = new_envelope(
             me,
             Payload::CommentCreated(CommentCreated {
@@ -280,7 +282,13 @@ impl EngagementService for Api {
                 content: comment.content.clone(),
             }),
         );
-        self.store.insert_comment(&comment, &event).await?;
+        if let Some(earlier) = self.store.insert_comment(&comment, &event).await? {
+            // A retry: the comment its first try stored, while it stands.
+            if earlier.state != crate::store::ACTIVE {
+                return Err(Error::NotFound("comment").into());
+            }
+            return Ok(Response::new(earlier.into()));
+        }
         self.relay.wake();
         refuse(checks::comment(&self.store, &self.relay, &comment).await?)?;
         Ok(Response::new(comment.into()))

@@ -37,7 +37,7 @@ pub const LIKES: &str = "likes";
 pub const COMMENTS: &str = "comments";
 /// Tombstones of deleted posts (see [`Store::remove_post`]).
 pub const REMOVED_POSTS: &str = "removed_posts";
-const ACTIVE: &str = "active";
+pub const ACTIVE: &str = "active";
 const ENDED: &str = "ended";
 
 /// What was liked.
@@ -153,6 +153,10 @@ pub struct CommentDoc {
     pub outbox: Vec<String>,
     #[serde(default)]
     pub outbox_pending: i32,
+    /// `<author>:<idempotency key>` when the request that created it sent a key: one
+    /// comment per author and key (see `insert_comment`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_key: Option<String>,
 }
 
 impl CommentDoc {
@@ -184,6 +188,7 @@ impl CommentDoc {
             unchecked_since: None,
             outbox: Vec::new(),
             outbox_pending: 0,
+            request_key: None,
         }
     }
 }
@@ -283,6 +288,13 @@ impl Store {
                     // Counting a post's comments as of a moment (one count over index keys).
                     mongo::index("post_alive", mongo::alive_keys("post_id"), false),
                     mongo::sort_key_index(),
+                    // One comment per author and idempotency key (comments without one
+                    // are not in it).
+                    mongo::unique_partial_index(
+                        "request_key_unique",
+                        doc! { "request_key": 1 },
+                        doc! { "request_key": { "$type": "string" } },
+                    ),
                     outbox::index(),
                     outbox::purge_index("deleted_ttl", "deleted_at", Duration::from_secs(7 * DAY)),
                 ],
@@ -554,13 +566,33 @@ impl Store {
     }
 
     /// Inserts `comment` with its event.
-    pub async fn insert_comment(&self, comment: &CommentDoc, event: &Envelope) -> Result<()> {
+    /// Stores `comment` with its event, unless its request key is taken: then nothing
+    /// is stored, and the comment stored under that key is returned (a retry's answer).
+    pub async fn insert_comment(
+        &self,
+        comment: &CommentDoc,
+        event: &Envelope,
+    ) -> Result<Option<CommentDoc>> {
         let mut comment = comment.clone();
         comment.outbox = vec![outbox::entry(event)];
         comment.outbox_pending = 1;
         comment.started_ms = idempotency::event_time_ms(event);
         comment.unchecked_since = Some(DateTime::now().timestamp_millis());
-        mongo::insert_new(&self.comments, &mut comment, |c| &mut c.sort_key).await
+        let Some(key) = comment.request_key.clone() else {
+            mongo::insert_new(&self.comments, &mut comment, |c| &mut c.sort_key).await?;
+            return Ok(None);
+        };
+        if mongo::insert_keyed(&self.comments, &mut comment, |c| &mut c.sort_key).await? {
+            return Ok(None);
+        }
+        let earlier = self
+            .comments
+            .find_one(doc! { "request_key": &key })
+            .projection(outbox::without_bookkeeping())
+            .await?;
+        earlier.map(Some).ok_or_else(|| {
+            social_kit::Error::Unavailable("the comment's request key is taken; retry".into())
+        })
     }
 
     /// A comment that is not deleted.

@@ -41,8 +41,10 @@ pub fn routes() -> OpenApiRouter<AppState> {
 
 /// Signs up: the account, and the tokens of its first session.
 #[utoipa::path(post, path = "/v1/accounts", tag = "accounts", request_body = SignUp,
+    params(("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = crate::idempotency::DESCRIPTION)),
     responses((status = 201, body = Tokens, description = "the account and its tokens"),
-        (status = 400, body = ErrorBody), (status = 409, body = ErrorBody, description = "username or email taken"),
+        (status = 400, body = ErrorBody), (status = 409, body = ErrorBody, description = "username or email taken, or the Idempotency-Key's first request still runs"),
+        (status = 422, body = ErrorBody, description = "the Idempotency-Key was sent with another request"),
         (status = 429, body = ErrorBody)))]
 async fn sign_up(
     State(state): State<AppState>,
@@ -72,8 +74,11 @@ async fn sign_up(
 
 /// Logs in: a new session and its tokens.
 #[utoipa::path(post, path = "/v1/sessions", tag = "sessions", request_body = LogIn,
+    params(("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = crate::idempotency::DESCRIPTION)),
     responses((status = 201, body = Tokens), (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody, description = "wrong username, email or password"),
+        (status = 409, body = ErrorBody, description = "the Idempotency-Key's first request still runs"),
+        (status = 422, body = ErrorBody, description = "the Idempotency-Key was sent with another request"),
         (status = 429, body = ErrorBody, description = "too many failed logins: see Retry-After")))]
 async fn log_in(
     State(state): State<AppState>,

@@ -40,6 +40,11 @@ pub struct Config {
     pub streams: StreamCaps,
     /// How long a client may take to send its headers or to take what is written.
     pub timeouts: Timeouts,
+    /// `REDIS_URL` (`redis://127.0.0.1:6379`): where the replicas share stream tickets
+    /// and the answers of idempotent requests.
+    pub redis_url: String,
+    /// `REDIS_KEY_PREFIX` (`social:`): the start of every key the gateway writes there.
+    pub redis_key_prefix: String,
 }
 
 social_kit::service_config!(Config);
@@ -106,6 +111,8 @@ impl Config {
                     30,
                 )?),
             },
+            redis_url: optional("REDIS_URL").unwrap_or_else(|| "redis://127.0.0.1:6379".into()),
+            redis_key_prefix: optional("REDIS_KEY_PREFIX").unwrap_or_else(|| "social:".into()),
         })
     }
 
@@ -138,6 +145,8 @@ impl Config {
             max_body_bytes: 64 * 1024,
             streams: StreamCaps::default(),
             timeouts: Timeouts::default(),
+            redis_url: optional("REDIS_URL").unwrap_or_else(|| "redis://127.0.0.1:6379".into()),
+            redis_key_prefix: format!("test-{}:", uuid::Uuid::new_v4().simple()),
         }
     }
 }

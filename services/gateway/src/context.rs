@@ -69,6 +69,9 @@ pub mod clients {
     }
 }
 
+/// The metadata that carries a request's idempotency key to the services.
+pub const IDEMPOTENCY_METADATA: &str = "idempotency-key";
+
 /// The services behind the gateway. Cheap to clone.
 #[derive(Clone)]
 pub struct Services {
@@ -87,6 +90,8 @@ pub struct AppState {
     pub settings: Arc<crate::Settings>,
     /// Cancelled at shutdown: live streams end (their clients reconnect elsewhere).
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// What every replica sees alike (Redis).
+    pub shared: crate::shared::Shared,
 }
 
 /// Who is calling: the client's address and, with a valid bearer token, the account.
@@ -97,6 +102,9 @@ pub struct Identity {
     pub caller: Option<Caller>,
     /// The bearer token as sent, passed on to the services.
     pub token: Option<String>,
+    /// The request's `Idempotency-Key`, as the services see it (`idempotency-key`
+    /// metadata: one post or comment per author and key), on the routes that take one.
+    pub idempotency: Option<String>,
 }
 
 impl Identity {
@@ -117,6 +125,11 @@ impl Identity {
             && let Ok(value) = format!("Bearer {token}").parse()
         {
             request.metadata_mut().insert("authorization", value);
+        }
+        if let Some(key) = &self.idempotency
+            && let Ok(value) = key.parse()
+        {
+            request.metadata_mut().insert(IDEMPOTENCY_METADATA, value);
         }
         // Believed by the services with the gateway's credential the peer presents.
         if let Ok(value) = self.ip.to_string().parse() {

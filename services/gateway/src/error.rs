@@ -97,6 +97,24 @@ impl ApiError {
         }
     }
 
+    /// A 422 naming `field`: well formed, but not acceptable with what came before it
+    /// (an `Idempotency-Key` sent again with another request).
+    pub fn unprocessable(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self {
+            code: Code::FailedPrecondition,
+            http: Some(StatusCode::UNPROCESSABLE_ENTITY),
+            ..Self::invalid(field, description)
+        }
+    }
+
+    /// A 409 to be retried after `retry_after`: a conflicting request is in progress.
+    pub fn in_progress(message: impl Into<String>, retry_after: Duration) -> Self {
+        Self {
+            retry_after: Some(retry_after),
+            ..Self::new(Code::Aborted, message)
+        }
+    }
+
     #[cfg(test)]
     pub fn code(&self) -> Code {
         self.code

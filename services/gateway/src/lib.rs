@@ -1,7 +1,8 @@
 //! The gateway: the HTTP/JSON front door for web and mobile clients (`social-gateway`,
 //! `GATEWAY_ADDR`, default `127.0.0.1:8080`). It calls the five services through the
 //! kit's peer client (deadline, trace context, error mapping) and never touches MongoDB
-//! or RabbitMQ itself.
+//! or RabbitMQ itself; what its replicas must see alike (browsers' stream tickets,
+//! answers remembered for `Idempotency-Key`s) is in Redis (`shared`, `idempotency`).
 //!
 //! One module per resource (`accounts`, `posts`, `graph`, `notifications`, and `stream`
 //! for the live notifications as Server-Sent Events), each calling the services the one
@@ -17,6 +18,7 @@ mod config;
 mod context;
 mod error;
 mod graph;
+mod idempotency;
 mod limits;
 mod middleware;
 mod model;
@@ -25,6 +27,7 @@ mod openapi;
 mod posts;
 mod readiness;
 mod server;
+mod shared;
 mod stream;
 
 use std::sync::Arc;
@@ -42,6 +45,8 @@ use crate::context::{AppState, Services};
 /// What the handlers share beyond the services.
 pub struct Settings {
     edge: limits::Edge,
+    /// `GATEWAY_MAX_BODY_BYTES`: the largest request body.
+    max_body_bytes: usize,
     /// The last `/readyz` answer and when it was found (probes are not rate limited:
     /// at most one round of health checks per second, whoever asks).
     readiness: tokio::sync::Mutex<Option<(std::time::Instant, Vec<&'static str>)>>,
@@ -82,8 +87,10 @@ pub async fn run(
                 verifier: TokenVerifier::from_config(&config.common)?,
                 trusted_proxies: config.trusted_proxies.clone(),
             },
+            max_body_bytes: config.max_body_bytes,
             readiness: tokio::sync::Mutex::new(None),
         }),
+        shared: shared::Shared::new(&config.redis_url, &config.redis_key_prefix, &gateway_token)?,
     };
     let routes = openapi::routes()?.merge(readiness::routes());
     let app = middleware::around(routes, state, &config);

@@ -18,7 +18,7 @@ use std::{
 
 use axum::{
     extract::{ConnectInfo, Request, State},
-    http::{HeaderMap, HeaderValue, Method},
+    http::{HeaderMap, HeaderValue, Method, header},
     middleware::Next,
     response::{IntoResponse, Response},
 };
@@ -389,6 +389,25 @@ fn obtains_token(method: &Method, path: &str) -> bool {
         )
 }
 
+/// The ticket of a browser's stream (`GET /v1/notifications/stream?ticket=`, without
+/// `Authorization`).
+fn ticket(request: &Request) -> Option<String> {
+    if request.method() != Method::GET
+        || request.uri().path() != crate::stream::STREAM_PATH
+        || request.headers().contains_key(header::AUTHORIZATION)
+    {
+        return None;
+    }
+    let query = request.uri().query()?;
+    query.split('&').find_map(|pair| {
+        let value = pair.strip_prefix("ticket=")?;
+        // Tickets are hex: anything else is no ticket of ours (and needs no decoding).
+        (value.len() <= 128 && value.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| value.to_owned())
+            .or_else(|| Some(String::new()))
+    })
+}
+
 /// The longest `Authorization` header worth verifying (access tokens are ~300 bytes).
 const MAX_TOKEN_BYTES: usize = 4096;
 
@@ -407,6 +426,7 @@ pub async fn identify(
             ip,
             caller: None,
             token: None,
+            idempotency: None,
         };
         let (_, decision) = state.limits.check(&Method::GET, "", &anonymous);
         match decision {
@@ -416,6 +436,19 @@ pub async fn identify(
     };
     let token = if obtains_token(request.method(), request.uri().path()) {
         None
+    } else if let Some(ticket) = ticket(&request) {
+        // A browser's stream: its single-use ticket stands for the token it was issued
+        // for (unknown, spent or expired: 401, charged to the address).
+        match state.shared.redeem_ticket(&ticket).await {
+            Ok(Some(token)) => Some(token),
+            Ok(None) => {
+                return refuse(ApiError::new(
+                    tonic::Code::Unauthenticated,
+                    "the stream ticket is unknown, used or expired; ask for a new one",
+                ));
+            }
+            Err(e) => return e.into_response(),
+        }
     } else {
         match bearer(request.headers()) {
             Ok(Some(t)) if t.len() > MAX_TOKEN_BYTES => {
@@ -435,9 +468,12 @@ pub async fn identify(
         },
         None => None,
     };
-    request
-        .extensions_mut()
-        .insert(Identity { ip, caller, token });
+    request.extensions_mut().insert(Identity {
+        ip,
+        caller,
+        token,
+        idempotency: None,
+    });
     next.run(request).await
 }
 
@@ -531,6 +567,7 @@ mod tests {
             ip: ip.parse().unwrap(),
             caller: None,
             token: None,
+            idempotency: None,
         };
         let ask = |ip: &str| {
             limits

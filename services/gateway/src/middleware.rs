@@ -40,11 +40,13 @@ pub(crate) fn around(routes: Router<AppState>, state: AppState, config: &Config)
             header::AUTHORIZATION,
             header::CONTENT_TYPE,
             HeaderName::from_static("last-event-id"),
+            HeaderName::from_static(crate::idempotency::HEADER),
         ])
         .expose_headers([
             header::LINK,
             header::LOCATION,
             header::RETRY_AFTER,
+            HeaderName::from_static("idempotent-replayed"),
             request_id.clone(),
             HeaderName::from_static("ratelimit-limit"),
             HeaderName::from_static("ratelimit-remaining"),
@@ -54,6 +56,10 @@ pub(crate) fn around(routes: Router<AppState>, state: AppState, config: &Config)
     routes
         .fallback(|| async { error::ApiError::new(tonic::Code::NotFound, "no such route") })
         .method_not_allowed_fallback(|| async { error::ApiError::method_not_allowed() })
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::idempotency::remember,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), limits::limit))
         .layer(middleware::from_fn_with_state(
             state.clone(),

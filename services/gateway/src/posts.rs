@@ -101,8 +101,10 @@ fn body_change(
 
 /// Publishes a post: text, media (images, videos, gifs), or both.
 #[utoipa::path(post, path = "/v1/posts", tag = "posts", request_body = NewBody,
-    security(("bearer" = [])),
-    responses((status = 201, body = Post), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+    params(("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = crate::idempotency::DESCRIPTION)), security(("bearer" = [])),
+    responses((status = 201, body = Post), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "the Idempotency-Key's first request still runs"),
+        (status = 422, body = ErrorBody, description = "the Idempotency-Key was sent with another request")))]
 async fn create_post(
     State(state): State<AppState>,
     who: Identity,
@@ -307,9 +309,12 @@ async fn comments(
 
 /// Comments on a post: text, media, or both; `@username` mentions notify.
 #[utoipa::path(post, path = "/v1/posts/{id}/comments", tag = "comments",
-    params(("id" = String, Path, pattern = "^[0-9a-f]{24}$")), request_body = NewBody, security(("bearer" = [])),
+    params(("id" = String, Path, pattern = "^[0-9a-f]{24}$"), ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = crate::idempotency::DESCRIPTION)),
+    request_body = NewBody, security(("bearer" = [])),
     responses((status = 201, body = Comment), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 404, body = ErrorBody)))]
+        (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "the Idempotency-Key's first request still runs"),
+        (status = 422, body = ErrorBody, description = "the Idempotency-Key was sent with another request")))]
 async fn create_comment(
     State(state): State<AppState>,
     who: Identity,

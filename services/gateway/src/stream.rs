@@ -37,6 +37,7 @@ use std::{
 };
 
 use axum::{
+    Json,
     extract::State,
     http::HeaderMap,
     response::{
@@ -45,13 +46,13 @@ use axum::{
     },
 };
 use futures::{Stream, StreamExt};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use social_proto::notification::v1::{
     ListNotificationsRequest, Notification as WireNotification, StreamNotificationsRequest,
 };
 use tokio::{sync::mpsc, time::Instant};
 use tonic::Status;
-use utoipa::IntoParams;
+use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
@@ -62,7 +63,46 @@ use crate::{
 };
 
 pub fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(stream))
+    OpenApiRouter::new()
+        .routes(routes!(stream))
+        .routes(routes!(stream_ticket))
+}
+
+/// The path browsers open the stream at with a ticket.
+pub const STREAM_PATH: &str = "/v1/notifications/stream";
+
+/// A stream ticket.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Ticket {
+    /// Pass it as `?ticket=` to `GET /v1/notifications/stream`, once.
+    pub ticket: String,
+    /// Seconds it stays valid.
+    pub expires_in: u64,
+}
+
+/// A short-lived, single-use ticket that opens the caller's live stream in place of the
+/// access token: a browser's `EventSource` cannot send `Authorization`, and an access
+/// token in a URL would be written into proxies' and servers' logs. Valid 30 s, for one
+/// stream (every replica knows it); the stream it opens lasts as the access token it
+/// was issued with. When the stream ends, ask for a new ticket and open a new
+/// `EventSource` with `last_event_id` set to the last event's id (the browser's own
+/// reconnect reuses the spent ticket, and is refused).
+#[utoipa::path(post, path = "/v1/notifications/stream-tickets", tag = "notifications",
+    params(("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = crate::idempotency::DESCRIPTION)),
+    security(("bearer" = [])),
+    responses((status = 201, body = Ticket), (status = 401, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 422, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn stream_ticket(State(state): State<AppState>, who: Identity) -> ApiResult<Response> {
+    use axum::response::IntoResponse;
+    who.account()?;
+    // A caller has its token (identified by it).
+    let token = who.token.as_deref().unwrap_or_default();
+    let ticket = state.shared.issue_ticket(token).await?;
+    let body = Ticket {
+        ticket,
+        expires_in: crate::shared::TICKET_TTL.as_secs(),
+    };
+    Ok((axum::http::StatusCode::CREATED, Json(body)).into_response())
 }
 
 /// Live events a stream's buffer holds for a client that is slow to take them, beyond
@@ -462,6 +502,14 @@ pub struct StreamQuery {
     /// Also send `event: group` whenever one of the caller's notification groups changes.
     #[serde(default)]
     pub groups: bool,
+    /// A stream ticket (`POST /v1/notifications/stream-tickets`) in place of the access
+    /// token, for browsers. (Redeemed by `limits::identify`, before this handler.)
+    #[param(pattern = "^[0-9a-f]{64}$")]
+    #[allow(dead_code)]
+    pub ticket: Option<String>,
+    /// The id of the last event received, for clients that cannot send the
+    /// `Last-Event-ID` header (a new `EventSource`); the header wins when both are sent.
+    pub last_event_id: Option<String>,
 }
 
 /// The caller's notifications, live, as Server-Sent Events: `event: notification` with
@@ -514,9 +562,13 @@ async fn stream(
     .await?;
     let now_ms = bson::DateTime::now().timestamp_millis();
     // A resume point that cannot be read says the client had something: it resyncs.
-    let (point, missed) = match headers.get("last-event-id") {
+    let last = match headers.get("last-event-id") {
+        Some(last) => Some(last.to_str().ok()),
+        None => q.last_event_id.as_deref().map(Some),
+    };
+    let (point, missed) = match last {
         None => (None, Some(Vec::new())),
-        Some(last) => match last.to_str().ok().and_then(|l| Sent::parse(l, now_ms)) {
+        Some(last) => match last.and_then(|l| Sent::parse(l, now_ms)) {
             Some(point) => {
                 let missed = missed_since(&state, &who, &point, now_ms).await?;
                 (Some(point), missed)

@@ -97,13 +97,15 @@ impl PostService for Api {
         request: Request<CreatePostRequest>,
     ) -> Result<Response<Post>, Status> {
         let me = caller(&request)?;
+        let key = social_kit::validate::idempotency_key(&request)?;
         let r = request.into_inner();
         let mut v = Violations::default();
         let text = content::text("content", &r.content, &mut v);
         let media = content::media("media", &r.media, &mut v);
         content::require_something("content", &text, &media, &mut v);
         v.finish()?;
-        let post = PostDoc::new(me, text, media);
+        let mut post = PostDoc::new(me, text, media);
+        post.request_key = key.map(|k| format!("{me}:{k}"));
         let event = new_envelope(
             me,
             Payload::PostCreated(PostCreated {
@@ -112,7 +114,13 @@ impl PostService for Api {
                 content: post.content.clone(),
             }),
         );
-        self.store.insert(&post, &event).await?;
+        if let Some(earlier) = self.store.insert(&post, &event).await? {
+            // A retry: the post its first try stored, while it stands.
+            if earlier.state != crate::store::ACTIVE {
+                return Err(Error::NotFound("post").into());
+            }
+            return Ok(Response::new(earlier.into()));
+        }
         self.relay.wake();
         // An account deleted meanwhile keeps nothing (see `social_events::removed_users`).
         if self

@@ -19,7 +19,7 @@ use social_kit::{
 
 /// The collection this store owns.
 pub const COLLECTION: &str = "posts";
-const ACTIVE: &str = "active";
+pub const ACTIVE: &str = "active";
 const DELETED: &str = "deleted";
 
 /// A stored post.
@@ -54,6 +54,10 @@ pub struct PostDoc {
     pub outbox: Vec<String>,
     #[serde(default)]
     pub outbox_pending: i32,
+    /// `<author>:<idempotency key>` when the request that created it sent a key: one
+    /// post per author and key (see `insert`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_key: Option<String>,
 }
 
 impl PostDoc {
@@ -75,6 +79,7 @@ impl PostDoc {
             counter_version: 0,
             outbox: Vec::new(),
             outbox_pending: 0,
+            request_key: None,
         }
     }
 }
@@ -125,6 +130,13 @@ impl Store {
                     ),
                     // Keys distinct by construction (see `mongo::insert_keyed`).
                     mongo::sort_key_index(),
+                    // One post per author and idempotency key (posts without one are
+                    // not in it).
+                    mongo::unique_partial_index(
+                        "request_key_unique",
+                        doc! { "request_key": 1 },
+                        doc! { "request_key": { "$type": "string" } },
+                    ),
                     outbox::index(),
                     // Deleted posts go a week after their event is out.
                     outbox::purge_index(
@@ -164,11 +176,27 @@ impl Store {
     }
 
     /// Inserts `post` with `event` in its outbox.
-    pub async fn insert(&self, post: &PostDoc, event: &Envelope) -> Result<()> {
+    /// Stores `post` with its event, unless its request key is taken: then nothing is
+    /// stored, and the post stored under that key is returned (a retry's answer).
+    pub async fn insert(&self, post: &PostDoc, event: &Envelope) -> Result<Option<PostDoc>> {
         let mut post = post.clone();
         post.outbox = vec![outbox::entry(event)];
         post.outbox_pending = 1;
-        mongo::insert_new(&self.posts, &mut post, |p| &mut p.sort_key).await
+        let Some(key) = post.request_key.clone() else {
+            mongo::insert_new(&self.posts, &mut post, |p| &mut p.sort_key).await?;
+            return Ok(None);
+        };
+        if mongo::insert_keyed(&self.posts, &mut post, |p| &mut p.sort_key).await? {
+            return Ok(None);
+        }
+        let earlier = self
+            .posts
+            .find_one(doc! { "request_key": &key })
+            .projection(outbox::without_bookkeeping())
+            .await?;
+        earlier.map(Some).ok_or_else(|| {
+            social_kit::Error::Unavailable("the post's request key is taken; retry".into())
+        })
     }
 
     /// A post that is not deleted.

@@ -167,6 +167,22 @@ pub fn partial_index(name: &str, keys: Document, filter: Document) -> IndexModel
         .build()
 }
 
+/// A unique index over the documents that match `filter` alone (those that have the
+/// field, `{field: {$type: ...}}`): a unique key only some documents carry. (The stand-in
+/// holds every document in it, and does not count missing fields as equal.)
+pub fn unique_partial_index(name: &str, keys: Document, filter: Document) -> IndexModel {
+    IndexModel::builder()
+        .keys(keys)
+        .options(
+            IndexOptions::builder()
+                .name(name.to_owned())
+                .unique(true)
+                .partial_filter_expression(filter)
+                .build(),
+        )
+        .build()
+}
+
 /// Creates `indexes` on `collection` if missing; idempotent: an index whose options a
 /// release changed is recreated ([`replace_index`]). Reached through
 /// [`Db::ensure_indexes`], which declares them and fits them to the dialect.

@@ -30,12 +30,43 @@ impl Sse {
     }
 
     async fn open_at(app: &App, path: &str, token: &str, last: Option<&str>) -> Self {
-        for _ in 0..100 {
+        Self::open_by(|| async {
             let mut request = app.http.get(app.url(path)).bearer_auth(token);
             if let Some(last) = last {
                 request = request.header("last-event-id", last);
             }
-            let response = request.send().await.unwrap();
+            request
+        })
+        .await
+    }
+
+    /// Opens the stream as a browser does: a new ticket (asked for with `token`) in the
+    /// query, each time it tries, and the resume point, if any, in the query too.
+    async fn open_with_ticket(app: &App, token: &str, last: Option<&str>) -> Self {
+        Self::open_by(|| async {
+            let ticket = app
+                .call(
+                    Method::POST,
+                    "/v1/notifications/stream-tickets",
+                    Some(token),
+                    None,
+                )
+                .await;
+            assert_eq!(ticket.status, StatusCode::CREATED, "{}", ticket.body);
+            let mut query = vec![("ticket", ticket.body["ticket"].as_str().unwrap().to_owned())];
+            query.extend(last.map(|l| ("last_event_id", l.to_owned())));
+            app.http
+                .get(app.url("/v1/notifications/stream"))
+                .query(&query)
+        })
+        .await
+    }
+
+    async fn open_by<F: std::future::Future<Output = reqwest::RequestBuilder>>(
+        request: impl Fn() -> F,
+    ) -> Self {
+        for _ in 0..100 {
+            let response = request().await.send().await.unwrap();
             if response.status() == StatusCode::SERVICE_UNAVAILABLE {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
@@ -662,5 +693,63 @@ async fn a_stopping_gateway_ends_its_streams_at_once() {
     assert!(
         stream.ends_within(Duration::from_secs(10)).await,
         "the stream held the gateway's shutdown"
+    );
+}
+
+#[tokio::test]
+async fn a_browser_opens_its_stream_with_a_single_use_ticket_and_resumes_with_a_new_one() {
+    let app = App::start().await;
+    let (bob_id, bob) = app.sign_up("bob").await;
+    let (_, carol) = app.sign_up("carol").await;
+    let (_, dave) = app.sign_up("dave").await;
+    let tickets = "/v1/notifications/stream-tickets";
+    app.call(Method::POST, tickets, None, None)
+        .await
+        .error(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED");
+    let issued = app.call(Method::POST, tickets, Some(&bob), None).await;
+    assert_eq!(issued.status, StatusCode::CREATED, "{}", issued.body);
+    assert_eq!(issued.body["expires_in"], 30);
+
+    // Opened with a ticket, no Authorization: bob's own notifications.
+    let mut stream = Sse::open_with_ticket(&app, &bob, None).await;
+    let follow = format!("/v1/users/{bob_id}/follow");
+    app.call(Method::PUT, &follow, Some(&carol), None).await;
+    let first = stream
+        .next(Duration::from_secs(15))
+        .await
+        .expect("carol's follow");
+    assert_eq!(first.kind, "notification");
+    drop(stream);
+
+    // A ticket opens one stream: spent, unknown or forged, it is refused.
+    let spent = issued.body["ticket"].as_str().unwrap();
+    let once = format!("/v1/notifications/stream?ticket={spent}");
+    let opened = app.http.get(app.url(&once)).send().await.unwrap();
+    assert_eq!(opened.status(), StatusCode::OK);
+    drop(opened);
+    for ticket in [spent, "0123456789abcdef", "not-hex", ""] {
+        let path = format!("/v1/notifications/stream?ticket={ticket}");
+        let refused = tokio::time::timeout(Duration::from_secs(5), app.get(&path, None))
+            .await
+            .unwrap_or_else(|_| panic!("ticket {ticket:?} opened a stream"));
+        refused.error(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED");
+    }
+
+    // Away, dave follows; a new ticket with the last id (in the query) sends it.
+    app.call(Method::PUT, &follow, Some(&dave), None).await;
+    app.eventually("/v1/notifications", &bob, |n| {
+        n["items"].as_array().is_some_and(|i| i.len() == 2)
+    })
+    .await;
+    let mut resumed = Sse::open_with_ticket(&app, &bob, Some(&first.id)).await;
+    let missed = resumed
+        .next(Duration::from_secs(15))
+        .await
+        .expect("the missed one");
+    assert_eq!(missed.kind, "notification", "{missed:?}");
+    assert_ne!(missed.data["id"], first.data["id"], "{missed:?}");
+    assert!(
+        resumed.next(Duration::from_secs(1)).await.is_none(),
+        "a duplicate"
     );
 }
