@@ -282,14 +282,18 @@ impl EngagementService for Api {
                 content: comment.content.clone(),
             }),
         );
-        if let Some(earlier) = self.store.insert_comment(&comment, &event).await? {
-            // A retry: the comment its first try stored, while it stands.
-            if earlier.state != crate::store::ACTIVE {
+        let comment = match self.store.insert_comment(&comment, &event).await? {
+            // A retry: the comment its first try stored, while it stands (checked again:
+            // the first try may have stopped before its checks).
+            Some(earlier) if earlier.state != crate::store::ACTIVE => {
                 return Err(Error::NotFound("comment").into());
             }
-            return Ok(Response::new(earlier.into()));
-        }
-        self.relay.wake();
+            Some(earlier) => earlier,
+            None => {
+                self.relay.wake();
+                comment
+            }
+        };
         refuse(checks::comment(&self.store, &self.relay, &comment).await?)?;
         Ok(Response::new(comment.into()))
     }

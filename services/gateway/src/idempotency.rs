@@ -45,13 +45,13 @@ pub const DESCRIPTION: &str = "a key of your own (a UUID) that makes a retry of 
 
 /// Whether `method` `path` creates something (and so honours a key).
 pub fn creates(method: &Method, path: &str) -> bool {
+    // Not stream tickets: a replay would hand back a spent ticket, and asking for
+    // another costs nothing.
     method == Method::POST
-        && (matches!(
-            path,
-            "/v1/accounts" | "/v1/sessions" | "/v1/posts" | "/v1/notifications/stream-tickets"
-        ) || path
-            .strip_prefix("/v1/posts/")
-            .is_some_and(|rest| rest.ends_with("/comments") && rest.matches('/').count() == 1))
+        && (matches!(path, "/v1/accounts" | "/v1/sessions" | "/v1/posts")
+            || path
+                .strip_prefix("/v1/posts/")
+                .is_some_and(|rest| rest.ends_with("/comments") && rest.matches('/').count() == 1))
 }
 
 /// What Redis holds for a key.
@@ -79,6 +79,11 @@ struct Sealed {
     headers: Vec<(String, String)>,
     /// The body (base64).
     body: String,
+}
+
+/// What the seal of an answer checks besides its content: its status and request.
+fn checked(status: u16, fingerprint: &str) -> Vec<u8> {
+    format!("{status}:{fingerprint}").into_bytes()
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -158,16 +163,38 @@ pub async fn remember(State(state): State<AppState>, request: Request, next: Nex
     ]);
     who.idempotency = Some(hex(&for_services));
     parts.extensions.insert(who);
-    let response = next.run(Request::from_parts(parts, Body::from(body))).await;
+    // Run to the end and remembered even if the client leaves meanwhile (its retry then
+    // gets the answer, instead of a key held until it frees itself).
+    let request = Request::from_parts(parts, Body::from(body));
+    let shared = shared.clone();
+    let finished = tokio::spawn(async move {
+        let name: [&[u8]; 2] = [scope.as_bytes(), key.as_bytes()];
+        let response = next.run(request).await;
+        finish(&shared, &name, fingerprint, response).await
+    });
+    finished.await.unwrap_or_else(|e| {
+        tracing::error!(error = %e, "a request with an idempotency key failed");
+        ApiError::new(tonic::Code::Internal, "internal error").into_response()
+    })
+}
+
+/// Remembers `response` for the key `name` if the request ran to a verdict, else frees
+/// the key; `response`, read whole.
+async fn finish(
+    shared: &crate::shared::Shared,
+    name: &[&[u8]; 2],
+    fingerprint: String,
+    response: Response,
+) -> Response {
     if !remembered(response.status()) {
-        if let Err(e) = shared.forget("idem", &name).await {
+        if let Err(e) = shared.forget("idem", name).await {
             tracing::warn!(error = ?e, "could not free an idempotency key; it frees itself");
         }
         return response;
     }
     let (parts, body) = response.into_parts();
     let Ok(body) = to_bytes(body, MAX_ANSWER).await else {
-        let _ = shared.forget("idem", &name).await;
+        let _ = shared.forget("idem", name).await;
         return ApiError::new(tonic::Code::Internal, "internal error").into_response();
     };
     let headers = [header::CONTENT_TYPE, header::LOCATION]
@@ -181,18 +208,20 @@ pub async fn remember(State(state): State<AppState>, request: Request, next: Nex
         headers,
         body: BASE64.encode(&body),
     };
-    let sealed = shared.seal(&name, &serde_json::to_vec(&sealed).unwrap_or_default());
+    let status = parts.status.as_u16();
+    let plain = serde_json::to_vec(&sealed).unwrap_or_default();
+    let sealed = shared.seal(name, &checked(status, &fingerprint), &plain);
     let record = Record {
         fingerprint,
         answer: Some(Answer {
-            status: parts.status.as_u16(),
+            status,
             sealed: BASE64.encode(sealed),
         }),
     };
     let record = serde_json::to_string(&record).unwrap_or_default();
     // Not remembered (Redis failed just now): the key frees itself; the answer goes out.
     if let Err(e) = shared
-        .put("idem", &name, &record, REMEMBERED_FOR, false)
+        .put("idem", name, &record, REMEMBERED_FOR, false)
         .await
     {
         tracing::warn!(error = ?e, "could not remember an answer for its idempotency key");
@@ -228,10 +257,11 @@ async fn replay(state: &AppState, name: &[&[u8]; 2], fingerprint: &str) -> Respo
     let Some(answer) = record.answer else {
         return busy();
     };
+    let aad = checked(answer.status, &record.fingerprint);
     let opened = BASE64
         .decode(&answer.sealed)
         .ok()
-        .and_then(|sealed| state.shared.open(name, &sealed))
+        .and_then(|sealed| state.shared.open(name, &aad, &sealed))
         .and_then(|plain| serde_json::from_slice::<Sealed>(&plain).ok());
     let body = opened.as_ref().and_then(|o| BASE64.decode(&o.body).ok());
     let (Some(opened), Some(body), Ok(status)) =
@@ -265,13 +295,13 @@ mod tests {
             "/v1/sessions",
             "/v1/posts",
             "/v1/posts/0123456789abcdef01234567/comments",
-            "/v1/notifications/stream-tickets",
         ] {
             assert!(creates(&Method::POST, path), "{path}");
         }
         for (method, path) in [
             (Method::GET, "/v1/posts"),
             (Method::POST, "/v1/sessions/refresh"),
+            (Method::POST, "/v1/notifications/stream-tickets"),
             (Method::POST, "/v1/notifications/read"),
             (Method::POST, "/v1/posts/x/comments/y"),
             (Method::PUT, "/v1/posts/x/like"),

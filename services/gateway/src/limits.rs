@@ -447,7 +447,8 @@ pub async fn identify(
                     "the stream ticket is unknown, used or expired; ask for a new one",
                 ));
             }
-            Err(e) => return e.into_response(),
+            // Charged like any refusal: an outage is no free probe.
+            Err(e) => return refuse(e),
         }
     } else {
         match bearer(request.headers()) {

@@ -11,6 +11,7 @@
 
 use std::time::Duration;
 
+use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
 use hmac::{Hmac, Mac};
 use redis::{
     AsyncCommands, ExistenceCheck, SetExpiry, SetOptions,
@@ -87,7 +88,8 @@ impl Shared {
         format!("{}{kind}:{hex}", self.prefix)
     }
 
-    /// A new single-use ticket that stands for `token` for [`TICKET_TTL`].
+    /// A new single-use ticket that stands for `token` for [`TICKET_TTL`]. Redis holds
+    /// the token sealed under a key derived from the ticket, which it does not hold.
     pub async fn issue_ticket(&self, token: &str) -> ApiResult<String> {
         let ticket = format!(
             "{}{}",
@@ -98,10 +100,11 @@ impl Shared {
             .conditional_set(ExistenceCheck::NX)
             .with_expiration(SetExpiry::EX(TICKET_TTL.as_secs()));
         let key = self.key("ticket", &[ticket.as_bytes()]);
+        let sealed = BASE64.encode(self.seal(&[ticket.as_bytes()], b"ticket", token.as_bytes()));
         let _: Option<String> = self
             .redis
             .clone()
-            .set_options(key, token, options)
+            .set_options(key, sealed, options)
             .await
             .map_err(|e| unavailable(&e))?;
         Ok(ticket)
@@ -110,11 +113,16 @@ impl Shared {
     /// The token `ticket` stands for, if it is known and unused; it is used from now on.
     pub async fn redeem_ticket(&self, ticket: &str) -> ApiResult<Option<String>> {
         let key = self.key("ticket", &[ticket.as_bytes()]);
-        self.redis
+        let sealed: Option<String> = self
+            .redis
             .clone()
             .get_del(key)
             .await
-            .map_err(|e| unavailable(&e))
+            .map_err(|e| unavailable(&e))?;
+        Ok(sealed
+            .and_then(|s| BASE64.decode(s).ok())
+            .and_then(|s| self.open(&[ticket.as_bytes()], b"ticket", &s))
+            .and_then(|token| String::from_utf8(token).ok()))
     }
 
     /// Stores `value` at the key of `kind` named by `parts` for `ttl`, unless it exists
@@ -177,8 +185,9 @@ impl Shared {
         LessSafeKey::new(unbound)
     }
 
-    /// `plain`, sealed under the key of `parts` with a random nonce (sent first).
-    pub fn seal(&self, parts: &[&[u8]], plain: &[u8]) -> Vec<u8> {
+    /// `plain`, sealed under the key of `parts` with a random nonce (sent first); `aad`
+    /// is what must come with it unchanged (it is not sealed, only checked).
+    pub fn seal(&self, parts: &[&[u8]], aad: &[u8], plain: &[u8]) -> Vec<u8> {
         let random = uuid::Uuid::new_v4().into_bytes();
         let mut nonce = [0; aead::NONCE_LEN];
         nonce.copy_from_slice(&random[..aead::NONCE_LEN]);
@@ -188,7 +197,7 @@ impl Shared {
             .sealing_key(parts)
             .seal_in_place_append_tag(
                 Nonce::assume_unique_for_key(nonce),
-                Aad::empty(),
+                Aad::from(aad),
                 &mut sealed,
             )
             .is_err()
@@ -198,14 +207,14 @@ impl Shared {
         [nonce.as_slice(), &sealed].concat()
     }
 
-    /// What [`Self::seal`] sealed for `parts`, if it was.
-    pub fn open(&self, parts: &[&[u8]], sealed: &[u8]) -> Option<Vec<u8>> {
+    /// What [`Self::seal`] sealed for `parts` with `aad`, if it was.
+    pub fn open(&self, parts: &[&[u8]], aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
         let (nonce, sealed) = sealed.split_at_checked(aead::NONCE_LEN)?;
         let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
         let mut buffer = sealed.to_vec();
         let plain = self
             .sealing_key(parts)
-            .open_in_place(nonce, Aad::empty(), &mut buffer)
+            .open_in_place(nonce, Aad::from(aad), &mut buffer)
             .ok()?;
         Some(plain.to_vec())
     }

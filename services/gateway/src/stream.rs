@@ -88,10 +88,9 @@ pub struct Ticket {
 /// `EventSource` with `last_event_id` set to the last event's id (the browser's own
 /// reconnect reuses the spent ticket, and is refused).
 #[utoipa::path(post, path = "/v1/notifications/stream-tickets", tag = "notifications",
-    params(("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = crate::idempotency::DESCRIPTION)),
     security(("bearer" = [])),
-    responses((status = 201, body = Ticket), (status = 401, body = ErrorBody), (status = 409, body = ErrorBody),
-        (status = 422, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
+    responses((status = 201, body = Ticket), (status = 401, body = ErrorBody),
+        (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn stream_ticket(State(state): State<AppState>, who: Identity) -> ApiResult<Response> {
     use axum::response::IntoResponse;
     who.account()?;

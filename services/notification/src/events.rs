@@ -439,20 +439,33 @@ impl Fanout {
                 .saturating_sub(i64::try_from(stray_after.as_millis()).unwrap_or(i64::MAX)),
         );
         let strays = self.store.strays(before, SWEEP_BATCH).await?;
-        let found = strays.len();
+        let mut pushed = 0;
         for doc in strays {
-            let about: Vec<String> = doc
-                .post_id
-                .map(|p| removed_key("post", p))
-                .into_iter()
-                .chain(doc.comment_id.map(|c| removed_key("comment", c)))
-                .collect();
-            let (actor, keys) = (doc.source_user_id, vec![doc.dedupe_key.clone()]);
-            if let Some(batch) = self.still_wanted(actor, vec![doc], keys, about).await? {
-                self.group_and_push(batch).await?;
+            let id = doc.id;
+            // One that fails is tried again by the next sweep; the others go on.
+            match self.sweep_one(doc).await {
+                Ok(()) => pushed += 1,
+                Err(e) => {
+                    tracing::warn!(notification = %id, error = %format!("{e:#}"), "could not push a stray notification")
+                }
             }
         }
-        Ok(found)
+        Ok(pushed)
+    }
+
+    /// Pushes one stray notification (see [`Self::sweep`]).
+    async fn sweep_one(&self, doc: NotificationDoc) -> anyhow::Result<()> {
+        let about: Vec<String> = doc
+            .post_id
+            .map(|p| removed_key("post", p))
+            .into_iter()
+            .chain(doc.comment_id.map(|c| removed_key("comment", c)))
+            .collect();
+        let (actor, keys) = (doc.source_user_id, vec![doc.dedupe_key.clone()]);
+        match self.still_wanted(actor, vec![doc], keys, about).await? {
+            Some(batch) => self.group_and_push(batch).await,
+            None => Ok(()),
+        }
     }
 
     /// A like or follow taken back at `t`: its notification goes (if an earlier one

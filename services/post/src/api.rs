@@ -114,14 +114,18 @@ impl PostService for Api {
                 content: post.content.clone(),
             }),
         );
-        if let Some(earlier) = self.store.insert(&post, &event).await? {
-            // A retry: the post its first try stored, while it stands.
-            if earlier.state != crate::store::ACTIVE {
+        let post = match self.store.insert(&post, &event).await? {
+            // A retry: the post its first try stored, while it stands (checked below as
+            // the first try checked it, in case that try stopped before).
+            Some(earlier) if earlier.state != crate::store::ACTIVE => {
                 return Err(Error::NotFound("post").into());
             }
-            return Ok(Response::new(earlier.into()));
-        }
-        self.relay.wake();
+            Some(earlier) => earlier,
+            None => {
+                self.relay.wake();
+                post
+            }
+        };
         // An account deleted meanwhile keeps nothing (see `social_events::removed_users`).
         if self
             .store

@@ -143,6 +143,47 @@ impl Api {
         })
     }
 
+    /// The answer to a registration that was made before: the account `username_lower`
+    /// if the request that registered it sent `key` too and `new`'s password is its
+    /// own (a retry whose first answer was lost), with a new session; `None` otherwise
+    /// (the name is taken). The password is checked as a login checks it, so that a
+    /// key alone opens nothing.
+    async fn registered_before(
+        &self,
+        key: Option<&str>,
+        username_lower: &str,
+        new: &NewUser,
+    ) -> Result<Option<RegisterResponse>> {
+        let Some(key) = key else {
+            return Ok(None);
+        };
+        let Some(user) = self.store.by_username(username_lower).await? else {
+            return Ok(None);
+        };
+        if user.request_key.as_deref() != Some(key) || user.email != new.email {
+            return Ok(None);
+        }
+        let slot = self.hasher.reserve().await?;
+        let own = slot
+            .verify(new.password.clone(), Some(user.password_hash.clone()))
+            .await?;
+        drop(slot);
+        if !own {
+            return Ok(None);
+        }
+        let issued = self.start_session(&user, new.device.clone()).await?;
+        tracing::info!(user_id = %user.id, "a registration retried: a new session");
+        let id = user.id;
+        Ok(Some(RegisterResponse {
+            user: Some(to_wire(user, Some(id))),
+            access_token: issued.access_token,
+            expires_at: Some(issued.expires_at),
+            refresh_token: issued.refresh_token,
+            refresh_expires_at: Some(issued.refresh_expires_at),
+            session_id: issued.session_id,
+        }))
+    }
+
     /// Starts a session of `user`, as read before its password was checked, on `device`
     /// and issues its tokens. The account is read again once the session is stored: a
     /// deletion or a password change that raced the login (its version moved on) ends
@@ -328,6 +369,7 @@ impl UserService for Api {
         request: Request<RegisterRequest>,
     ) -> Result<Response<RegisterResponse>, Status> {
         let client = social_kit::auth::client_address(&request);
+        let key = social_kit::validate::idempotency_key(&request)?;
         let new = NewUser::try_from(request.into_inner())?;
         let context = vec![
             new.username.clone(),
@@ -340,17 +382,28 @@ impl UserService for Api {
         let username_lower = new.username.to_lowercase();
         // Cheap check first so a taken name costs no hash; the unique indexes decide races.
         if let Some(t) = self.store.taken(&username_lower, &new.email).await? {
-            return Err(taken(t).into());
+            return match self
+                .registered_before(key.as_deref(), &username_lower, &new)
+                .await?
+            {
+                Some(again) => Ok(Response::new(again)),
+                None => Err(taken(t).into()),
+            };
         }
-        let password_hash = self.hasher.reserve().await?.hash(new.password).await?;
+        let password_hash = self
+            .hasher
+            .reserve()
+            .await?
+            .hash(new.password.clone())
+            .await?;
         let now = DateTime::now();
         let doc = UserDoc {
             id: ObjectId::new(),
-            username: new.username,
+            username: new.username.clone(),
             username_lower,
-            email: new.email,
+            email: new.email.clone(),
             password_hash,
-            full_name: new.full_name,
+            full_name: new.full_name.clone(),
             bio: String::new(),
             profile_picture_url: String::new(),
             followers_count: 0,
@@ -363,9 +416,19 @@ impl UserService for Api {
             deleted_ms: None,
             cleared_by: Vec::new(),
             deletion_finished_ms: None,
+            request_key: key.clone(),
         };
-        self.store.insert(&doc).await?.map_err(taken)?;
-        let issued = self.start_session(&doc, new.device).await?;
+        if let Err(t) = self.store.insert(&doc).await? {
+            // A retry that raced its own first try.
+            return match self
+                .registered_before(key.as_deref(), &doc.username_lower, &new)
+                .await?
+            {
+                Some(again) => Ok(Response::new(again)),
+                None => Err(taken(t).into()),
+            };
+        }
+        let issued = self.start_session(&doc, new.device.clone()).await?;
         // The network it registered from is the owner's, as far as guessing goes.
         self.throttle
             .known(format!("account:{}", doc.id), client)

@@ -57,6 +57,11 @@ pub struct UserDoc {
     /// When every service had (ms).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deletion_finished_ms: Option<i64>,
+    /// The idempotency key of the request that registered it (`idempotency-key`
+    /// metadata), if it sent one: a retry of that registration (same key, same password)
+    /// gets a session instead of "taken".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_key: Option<String>,
     /// Bumped by every change that must end the account's sessions (a new password, the
     /// account's deletion): a session started under an older version no longer works.
     #[serde(default)]

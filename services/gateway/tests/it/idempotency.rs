@@ -186,6 +186,27 @@ async fn with_the_gateways_memory_lost_a_retry_still_stores_once() {
         "{}",
         listed.body
     );
+
+    // A sign-up too: the retry finds the account its first try made, and answers it
+    // with a new session, not "taken"; another request (another password) is taken.
+    let body = json!({
+        "username": "dora", "email": "dora@example.com", "password": "correct horse battery",
+    });
+    let first = app.keyed("/v1/accounts", None, "s", body.clone()).await;
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.body);
+    let retry = app
+        .keyed_at(&forgetful, "/v1/accounts", None, "s", body)
+        .await;
+    assert_eq!(retry.status, StatusCode::CREATED, "{}", retry.body);
+    assert_eq!(retry.body["user"]["id"], first.body["user"]["id"]);
+    assert_ne!(retry.body["session_id"], first.body["session_id"]);
+    let other = json!({
+        "username": "dora", "email": "dora@example.com", "password": "another horse battery",
+    });
+    let taken = app
+        .keyed_at(&forgetful, "/v1/accounts", None, "s2", other)
+        .await;
+    taken.error(StatusCode::CONFLICT, "ALREADY_EXISTS");
 }
 
 #[tokio::test]
@@ -235,4 +256,65 @@ async fn a_sign_up_retried_with_its_key_gets_its_tokens_which_redis_holds_sealed
             "{secret} in {held}"
         );
     }
+
+    // Nor does a stream ticket's record reveal the token it stands for.
+    let token = first.body["access_token"].as_str().unwrap();
+    let ticket = app
+        .call(
+            reqwest::Method::POST,
+            "/v1/notifications/stream-tickets",
+            Some(token),
+            None,
+        )
+        .await;
+    assert_eq!(ticket.status, StatusCode::CREATED, "{}", ticket.body);
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}ticket:*"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let held: String = redis::cmd("GET")
+        .arg(&keys[0])
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(!held.contains(token), "the ticket's record holds the token");
+}
+
+/// A client that leaves before its answer (a timeout, a dropped connection) does not
+/// leave its key held: the request runs to its end, and the retry gets its answer.
+#[tokio::test]
+async fn a_request_whose_client_left_runs_to_its_end_and_its_retry_gets_the_answer() {
+    let app = App::start().await;
+    let body = json!({
+        "username": "eve", "email": "eve@example.com", "password": "correct horse battery",
+    });
+    // The registration is held 1.5 s before its session; the client waits 0.3 s.
+    fail::cfg("user::before_session", "return(1500)").unwrap();
+    let impatient = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let gone = impatient
+        .post(app.url("/v1/accounts"))
+        .header("idempotency-key", "leave")
+        .json(&body)
+        .send()
+        .await;
+    assert!(gone.is_err(), "the client was meant to give up");
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    fail::remove("user::before_session");
+    assert_eq!(social_kit::faults::fired("user::before_session"), 1);
+    // Retried as a 409 says (a loaded machine may still be running it).
+    let mut retry = app.keyed("/v1/accounts", None, "leave", body.clone()).await;
+    for _ in 0..150 {
+        if retry.status != StatusCode::CONFLICT {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        retry = app.keyed("/v1/accounts", None, "leave", body.clone()).await;
+    }
+    assert_eq!(retry.status, StatusCode::CREATED, "{}", retry.body);
+    assert_eq!(retry.header("idempotent-replayed"), Some("true"));
 }

@@ -424,3 +424,49 @@ async fn change_password_checks_the_old_one() {
         Code::Unauthenticated
     );
 }
+
+/// A registration sent again with its idempotency key (its first answer was lost) gets
+/// the account with a new session, not "taken"; the key alone, without the password,
+/// gets nothing.
+#[tokio::test]
+async fn a_registration_retried_with_its_key_gets_a_session_and_the_key_alone_nothing() {
+    let app = spawn().await;
+    let mut c = app.client.clone();
+    let keyed = |r: RegisterRequest, key: &str| {
+        let mut request = tonic::Request::new(r);
+        request
+            .metadata_mut()
+            .insert("idempotency-key", key.parse().unwrap());
+        request
+    };
+    let first = c
+        .register(keyed(registration("kim"), "k-1"))
+        .await
+        .unwrap()
+        .into_inner();
+    let again = c
+        .register(keyed(registration("kim"), "k-1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.user.unwrap().id, first.user.unwrap().id);
+    assert_ne!(again.session_id, first.session_id);
+    for (request, key) in [
+        (
+            RegisterRequest {
+                password: "another horse battery".into(),
+                ..registration("kim")
+            },
+            "k-1",
+        ),
+        (registration("kim"), "k-2"),
+    ] {
+        let err = c.register(keyed(request, key)).await.unwrap_err();
+        assert_eq!(err.code(), Code::AlreadyExists, "{key}: {err:?}");
+    }
+    let err = c
+        .register(keyed(registration("kim"), "with space"))
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&err), ["idempotency-key"]);
+}
