@@ -132,6 +132,9 @@ pub struct CommonConfig {
     /// (10-12 s), which would otherwise take every replica of every service out of its
     /// balancer at once.
     pub database_grace: Duration,
+    /// `MAX_REQUESTS_IN_FLIGHT` (1000): RPCs a process runs at once; one more is
+    /// refused at once with `UNAVAILABLE` (see `serve::shed`).
+    pub max_in_flight: usize,
     /// `AUTH_PUBLIC_KEY`: PEM of the Ed25519 key that verifies access tokens.
     pub auth_public_key_pem: Option<String>,
     /// `SERVICE_TOKEN`: the credential services present to each other's internal RPCs.
@@ -171,6 +174,7 @@ impl CommonConfig {
             log_format: parse_or("LOG_FORMAT", LogFormat::Human)?,
             shutdown_grace: seconds_or("SHUTDOWN_GRACE_SECS", 10)?,
             database_grace: seconds_or("READINESS_DATABASE_GRACE_SECS", 30)?,
+            max_in_flight: at_least_one_or("MAX_REQUESTS_IN_FLIGHT", 1000)?,
             auth_public_key_pem: secret("AUTH_PUBLIC_KEY")?,
             service_token: secret("SERVICE_TOKEN")?,
             gateway_token: secret("GATEWAY_TOKEN")?,
@@ -190,6 +194,7 @@ impl CommonConfig {
             log_format: LogFormat::Human,
             shutdown_grace: Duration::from_secs(5),
             database_grace: Duration::from_secs(30),
+            max_in_flight: 1000,
             auth_public_key_pem: None,
             service_token: None,
             gateway_token: None,

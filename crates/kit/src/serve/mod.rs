@@ -7,6 +7,7 @@
 mod access_log;
 mod binary;
 mod gate;
+mod shed;
 
 use std::time::{Duration, Instant};
 
@@ -188,6 +189,7 @@ pub async fn serve(
     let server = Server::builder()
         .layer(crate::metrics::ServerLayer)
         .layer(access_log::access_log())
+        .layer(shed::ShedLayer::new(spec.config.max_in_flight))
         .layer(tower::util::MapRequestLayer::new({
             let marker = gate::Marker::new(spec.grpc_name, spec.rpcs);
             move |request| marker.mark(request)
