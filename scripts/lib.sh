@@ -107,19 +107,29 @@ ensure_mongodb() {
     STAND_IN=1
 }
 
+# Whether the server at URL $1 (default port $2) is to be started here: not when it
+# answers, nor when it is on another machine (then waited for; $3 names it). Sets HOST
+# and PORT.
+to_start_here() {
+    local hostport
+    hostport="$(python3 -c 'import sys, urllib.parse as u; p = u.urlsplit(sys.argv[1]); print(p.hostname or "127.0.0.1", p.port or sys.argv[2])' "$1" "$2")"
+    read -r HOST PORT <<<"$hostport"
+    if port_open "$HOST" "$PORT"; then return 1; fi
+    if [[ "$HOST" != 127.0.0.1 && "$HOST" != localhost && "$HOST" != ::1 ]]; then
+        log "waiting for $3 at $HOST:$PORT"
+        wait_port "$HOST" "$PORT" 60 "$3"
+        return 1
+    fi
+}
+
 # RabbitMQ at AMQP_URL: used as it is when it answers or is not on this machine;
 # otherwise installed (apt) if need be and started, as Debian's wrapper wants it (root,
 # else through sudo), and stopped again by stop_started.
 ensure_rabbitmq() {
-    local hostport host port
-    hostport="$(python3 -c 'import sys, urllib.parse as u; p = u.urlsplit(sys.argv[1]); print(p.hostname or "127.0.0.1", p.port or (5671 if p.scheme == "amqps" else 5672))' "$AMQP_URL")"
-    read -r host port <<<"$hostport"
-    if port_open "$host" "$port"; then return 0; fi
-    if [[ "$host" != 127.0.0.1 && "$host" != localhost && "$host" != ::1 ]]; then
-        log "waiting for RabbitMQ at $host:$port (AMQP_URL)"
-        wait_port "$host" "$port" 60 "RabbitMQ at AMQP_URL"
-        return 0
-    fi
+    local default=5672
+    [[ "$AMQP_URL" == amqps:* ]] && default=5671
+    to_start_here "$AMQP_URL" "$default" "RabbitMQ (AMQP_URL)" || return 0
+    local host="$HOST" port="$PORT"
     if ! command -v rabbitmq-server >/dev/null && [[ ! -x /usr/sbin/rabbitmq-server ]]; then
         apt_install rabbitmq-server
         # On a machine with systemd the package starts it as a system service: that one
@@ -143,15 +153,8 @@ ensure_rabbitmq() {
 # started without persistence (everything in it can be lost), stopped again by
 # stop_started.
 ensure_redis() {
-    local hostport host port
-    hostport="$(python3 -c 'import sys, urllib.parse as u; p = u.urlsplit(sys.argv[1]); print(p.hostname or "127.0.0.1", p.port or 6379)' "$REDIS_URL")"
-    read -r host port <<<"$hostport"
-    if port_open "$host" "$port"; then return 0; fi
-    if [[ "$host" != 127.0.0.1 && "$host" != localhost && "$host" != ::1 ]]; then
-        log "waiting for Redis at $host:$port (REDIS_URL)"
-        wait_port "$host" "$port" 60 "Redis at REDIS_URL"
-        return 0
-    fi
+    to_start_here "$REDIS_URL" 6379 "Redis (REDIS_URL)" || return 0
+    local host="$HOST" port="$PORT"
     if ! command -v redis-server >/dev/null && [[ ! -x /usr/bin/redis-server ]]; then
         apt_install redis-server
         # On a machine with systemd the package starts it as a system service.

@@ -578,21 +578,12 @@ impl Store {
         comment.outbox_pending = 1;
         comment.started_ms = idempotency::event_time_ms(event);
         comment.unchecked_since = Some(DateTime::now().timestamp_millis());
-        let Some(key) = comment.request_key.clone() else {
-            mongo::insert_new(&self.comments, &mut comment, |c| &mut c.sort_key).await?;
-            return Ok(None);
-        };
-        if mongo::insert_keyed(&self.comments, &mut comment, |c| &mut c.sort_key).await? {
-            return Ok(None);
-        }
-        let earlier = self
-            .comments
-            .find_one(doc! { "request_key": &key })
-            .projection(outbox::without_bookkeeping())
-            .await?;
-        earlier.map(Some).ok_or_else(|| {
-            social_kit::Error::Unavailable("the comment's request key is taken; retry".into())
-        })
+        let key = comment.request_key.clone();
+        let projection = outbox::without_bookkeeping();
+        let comments = &self.comments;
+        let key = key.as_deref();
+        mongo::insert_per_request(comments, &mut comment, |c| &mut c.sort_key, key, projection)
+            .await
     }
 
     /// A comment that is not deleted.

@@ -819,18 +819,23 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn what_a_connection_remembers_is_bounded() {
-        let (tx, mut rx) = mpsc::channel(room(None));
-        let mut f = Forwarding {
+    /// A connection's forwarding into `tx`, before anything was sent.
+    fn forwarding(tx: &mpsc::Sender<Event>) -> Forwarding<'_, Everyone> {
+        Forwarding {
             actors: &Everyone,
-            tx: &tx,
+            tx,
             sent: Sent::default(),
             delivered: Remembered::new(REMEMBERED),
             accounts: HashMap::new(),
             overflow: VecDeque::new(),
             stuck_since: None,
-        };
+        }
+    }
+
+    #[tokio::test]
+    async fn what_a_connection_remembers_is_bounded() {
+        let (tx, mut rx) = mpsc::channel(room(None));
+        let mut f = forwarding(&tx);
         for i in 0..5 * REMEMBERED {
             f.live(wire(i, i)).await.unwrap();
             assert!(rx.recv().await.is_some());
@@ -849,15 +854,7 @@ mod tests {
     #[tokio::test]
     async fn a_push_that_lost_its_race_with_a_removal_is_not_sent() {
         let (tx, mut rx) = mpsc::channel(room(None));
-        let mut f = Forwarding {
-            actors: &Everyone,
-            tx: &tx,
-            sent: Sent::default(),
-            delivered: Remembered::new(REMEMBERED),
-            accounts: HashMap::new(),
-            overflow: VecDeque::new(),
-            stuck_since: None,
-        };
+        let mut f = forwarding(&tx);
         let version = |mut n: WireNotification, v: i64| {
             n.version = v;
             n

@@ -182,21 +182,17 @@ impl Store {
         let mut post = post.clone();
         post.outbox = vec![outbox::entry(event)];
         post.outbox_pending = 1;
-        let Some(key) = post.request_key.clone() else {
-            mongo::insert_new(&self.posts, &mut post, |p| &mut p.sort_key).await?;
-            return Ok(None);
-        };
-        if mongo::insert_keyed(&self.posts, &mut post, |p| &mut p.sort_key).await? {
-            return Ok(None);
-        }
-        let earlier = self
-            .posts
-            .find_one(doc! { "request_key": &key })
-            .projection(outbox::without_bookkeeping())
-            .await?;
-        earlier.map(Some).ok_or_else(|| {
-            social_kit::Error::Unavailable("the post's request key is taken; retry".into())
-        })
+        let key = post.request_key.clone();
+        let projection = outbox::without_bookkeeping();
+        let posts = &self.posts;
+        mongo::insert_per_request(
+            posts,
+            &mut post,
+            |p| &mut p.sort_key,
+            key.as_deref(),
+            projection,
+        )
+        .await
     }
 
     /// A post that is not deleted.

@@ -330,6 +330,39 @@ pub async fn insert_new<T: serde::Serialize + Send + Sync>(
     }
 }
 
+/// [`insert_new`], once per request: when `request_key` (the value of the unique field
+/// `request_key`) is given and a document holds it already, nothing is stored and that
+/// document is returned (with `projection`), the answer to a retry of the request that
+/// stored it.
+pub async fn insert_per_request<T>(
+    collection: &Collection<T>,
+    document: &mut T,
+    sort_key: impl Fn(&mut T) -> &mut i64,
+    request_key: Option<&str>,
+    projection: Document,
+) -> crate::Result<Option<T>>
+where
+    T: serde::Serialize + serde::de::DeserializeOwned + Send + Sync,
+{
+    let Some(key) = request_key else {
+        insert_new(collection, document, sort_key).await?;
+        return Ok(None);
+    };
+    if insert_keyed(collection, document, sort_key).await? {
+        return Ok(None);
+    }
+    let earlier = collection
+        .find_one(doc! { "request_key": key })
+        .projection(projection)
+        .await?;
+    earlier.map(Some).ok_or_else(|| {
+        crate::Error::Unavailable(format!(
+            "a request key of {} is taken by nothing found; retry",
+            collection.name()
+        ))
+    })
+}
+
 /// Inserts `document` unless a unique index already holds its key; whether it was
 /// inserted. For writes that must happen once however often they are attempted.
 pub async fn insert_once<T: serde::Serialize + Send + Sync>(

@@ -209,6 +209,25 @@ async fn with_the_gateways_memory_lost_a_retry_still_stores_once() {
     taken.error(StatusCode::CONFLICT, "ALREADY_EXISTS");
 }
 
+/// The one key of Redis that matches `pattern`, and its value.
+async fn only_record(
+    redis: &mut redis::aio::MultiplexedConnection,
+    pattern: &str,
+) -> (String, String) {
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(pattern)
+        .query_async(redis)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let held: String = redis::cmd("GET")
+        .arg(&keys[0])
+        .query_async(redis)
+        .await
+        .unwrap();
+    (keys[0].clone(), held)
+}
+
 #[tokio::test]
 async fn a_sign_up_retried_with_its_key_gets_its_tokens_which_redis_holds_sealed() {
     let prefix = format!("sealed-{}:", bson::oid::ObjectId::new());
@@ -232,17 +251,7 @@ async fn a_sign_up_retried_with_its_key_gets_its_tokens_which_redis_holds_sealed
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}*"))
-        .query_async(&mut redis)
-        .await
-        .unwrap();
-    assert_eq!(keys.len(), 1, "{keys:?}");
-    let held: String = redis::cmd("GET")
-        .arg(&keys[0])
-        .query_async(&mut redis)
-        .await
-        .unwrap();
+    let (key, held) = only_record(&mut redis, &format!("{prefix}*")).await;
     for secret in [
         first.body["access_token"].as_str().unwrap(),
         first.body["refresh_token"].as_str().unwrap(),
@@ -252,7 +261,7 @@ async fn a_sign_up_retried_with_its_key_gets_its_tokens_which_redis_holds_sealed
         first.body["user"]["id"].as_str().unwrap(),
     ] {
         assert!(
-            !held.contains(secret) && !keys[0].contains(secret),
+            !held.contains(secret) && !key.contains(secret),
             "{secret} in {held}"
         );
     }
@@ -268,17 +277,7 @@ async fn a_sign_up_retried_with_its_key_gets_its_tokens_which_redis_holds_sealed
         )
         .await;
     assert_eq!(ticket.status, StatusCode::CREATED, "{}", ticket.body);
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}ticket:*"))
-        .query_async(&mut redis)
-        .await
-        .unwrap();
-    assert_eq!(keys.len(), 1, "{keys:?}");
-    let held: String = redis::cmd("GET")
-        .arg(&keys[0])
-        .query_async(&mut redis)
-        .await
-        .unwrap();
+    let (_, held) = only_record(&mut redis, &format!("{prefix}ticket:*")).await;
     assert!(!held.contains(token), "the ticket's record holds the token");
 }
 
