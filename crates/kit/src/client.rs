@@ -78,7 +78,8 @@ impl Peer {
                     let target = (host.clone(), port);
                     Box::pin(async move { Ok(tokio::net::lookup_host(target).await?.collect()) })
                 });
-                let (channel, known) = balanced(resolve, every, timeout);
+                let serving = crate::peers::grpc_of(name).unwrap_or_default();
+                let (channel, known) = balanced(resolve, serving, every, timeout);
                 (channel, Some(known))
             }
             None => (
@@ -107,7 +108,8 @@ impl Peer {
         every: Duration,
         timeout: Duration,
     ) -> Self {
-        let (channel, known) = balanced(resolve, every, timeout);
+        let serving = crate::peers::grpc_of(name).unwrap_or_default();
+        let (channel, known) = balanced(resolve, serving, every, timeout);
         Self {
             name,
             channel,
@@ -274,13 +276,34 @@ fn endpoint(endpoint: Endpoint, timeout: Duration) -> Endpoint {
         .tcp_nodelay(true)
 }
 
-/// Those of `addresses` that accept a TCP connection within `timeout` (at most 1 s): a
-/// pod that DNS still lists but that stopped listening gets no calls.
-async fn reachable(addresses: HashSet<SocketAddr>, timeout: Duration) -> HashSet<SocketAddr> {
+/// Those of `addresses` whose gRPC health says `SERVING` for `service` (`""`: the
+/// server as a whole) within `timeout` (at most 1 s): a pod that DNS still lists but
+/// that stopped listening or is stopping, and an address now held by a pod of another
+/// service (it does not know the name), get no calls.
+async fn serving(
+    addresses: HashSet<SocketAddr>,
+    service: &'static str,
+    timeout: Duration,
+) -> HashSet<SocketAddr> {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
     let within = timeout.min(Duration::from_secs(1));
     let probes = addresses.into_iter().map(|addr| async move {
-        let open = tokio::time::timeout(within, tokio::net::TcpStream::connect(addr)).await;
-        matches!(open, Ok(Ok(_))).then_some(addr)
+        let asked = async {
+            let channel = Endpoint::from_shared(format!("http://{addr}"))
+                .ok()?
+                .connect_timeout(within)
+                .connect()
+                .await
+                .ok()?;
+            let request = HealthCheckRequest {
+                service: service.to_owned(),
+            };
+            let answer = HealthClient::new(channel).check(request).await.ok()?;
+            (answer.into_inner().status == ServingStatus::Serving as i32).then_some(addr)
+        };
+        tokio::time::timeout(within, asked).await.ok().flatten()
     });
     futures::future::join_all(probes)
         .await
@@ -290,10 +313,16 @@ async fn reachable(addresses: HashSet<SocketAddr>, timeout: Duration) -> HashSet
 }
 
 /// A channel that spreads calls over the addresses `resolve` finds (power of two
-/// choices, by load) and that answer, kept up to date every `every` until the channel
-/// is dropped. A resolution that fails or finds nothing that answers keeps the
-/// addresses known before (a DNS hiccup does not empty the set).
-fn balanced(resolve: Resolver, every: Duration, timeout: Duration) -> (Channel, Arc<AtomicUsize>) {
+/// choices, by load) and that say they serve `service`, kept up to date every `every`
+/// until the channel is dropped. A resolution that fails or finds nothing that serves
+/// keeps those known before that still serve (a DNS hiccup does not empty the set, and
+/// an old address is asked again every time, never trusted for ever).
+fn balanced(
+    resolve: Resolver,
+    service: &'static str,
+    every: Duration,
+    timeout: Duration,
+) -> (Channel, Arc<AtomicUsize>) {
     let (channel, changes) = Channel::balance_channel::<SocketAddr>(64);
     let count = Arc::new(AtomicUsize::new(0));
     let known_count = count.clone();
@@ -301,35 +330,35 @@ fn balanced(resolve: Resolver, every: Duration, timeout: Duration) -> (Channel, 
         let mut known: HashSet<SocketAddr> = HashSet::new();
         loop {
             let found = match resolve().await {
-                Ok(found) => Ok(reachable(found, timeout).await),
-                Err(e) => Err(e),
-            };
-            match found {
-                Ok(found) if !found.is_empty() => {
-                    for added in found.difference(&known) {
-                        let Ok(e) = Endpoint::from_shared(format!("http://{added}")) else {
-                            continue;
-                        };
-                        let insert = Change::Insert(*added, endpoint(e, timeout));
-                        if changes.send(insert).await.is_err() {
-                            return;
-                        }
-                    }
-                    for gone in known.difference(&found) {
-                        if changes.send(Change::Remove(*gone)).await.is_err() {
-                            return;
-                        }
-                    }
-                    known = found;
-                    known_count.store(known.len(), Ordering::Release);
-                }
-                Ok(_) => tracing::debug!(
-                    "a peer's name resolved to nothing that answers; keeping the known addresses"
-                ),
+                Ok(found) => serving(found, service, timeout).await,
                 Err(e) => {
-                    tracing::debug!(error = %e, "resolving a peer failed; keeping the known addresses")
+                    tracing::debug!(error = %e, "resolving a peer failed");
+                    HashSet::new()
+                }
+            };
+            // Nothing resolved that serves (DNS failed, or every pod is unready): the
+            // known ones that still serve stay, asked again each time.
+            let found = if found.is_empty() {
+                serving(known.clone(), service, timeout).await
+            } else {
+                found
+            };
+            for added in found.difference(&known) {
+                let Ok(e) = Endpoint::from_shared(format!("http://{added}")) else {
+                    continue;
+                };
+                let insert = Change::Insert(*added, endpoint(e, timeout));
+                if changes.send(insert).await.is_err() {
+                    return;
                 }
             }
+            for gone in known.difference(&found) {
+                if changes.send(Change::Remove(*gone)).await.is_err() {
+                    return;
+                }
+            }
+            known = found;
+            known_count.store(known.len(), Ordering::Release);
             tokio::select! {
                 () = tokio::time::sleep(every) => {}
                 () = changes.closed() => return,
@@ -352,16 +381,37 @@ mod balancing {
 
     /// A health server on a port of its own that counts the calls it serves.
     async fn replica() -> (SocketAddr, Arc<AtomicUsize>) {
+        let (addr, served, _) = replica_of(None).await;
+        (addr, served)
+    }
+
+    /// A health server that counts the calls it serves and, with `service`, says that
+    /// one is SERVING (its reporter changes that).
+    async fn replica_of(
+        service: Option<&str>,
+    ) -> (
+        SocketAddr,
+        Arc<AtomicUsize>,
+        tonic_health::server::HealthReporter,
+    ) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("a free port");
         let addr = listener.local_addr().expect("its address");
         let served = Arc::new(AtomicUsize::new(0));
-        let (_reporter, health) = tonic_health::server::health_reporter();
+        let (reporter, health) = tonic_health::server::health_reporter();
+        if let Some(service) = service {
+            reporter
+                .set_service_status(service, tonic_health::ServingStatus::Serving)
+                .await;
+        }
         let counter = served.clone();
         let counted =
             tonic::service::interceptor::InterceptedService::new(health, move |r: Request<()>| {
-                counter.fetch_add(1, Ordering::SeqCst);
+                // The balancer's own probes are not calls.
+                if r.metadata().contains_key(CALL) {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                }
                 Ok(r)
             });
         tokio::spawn(
@@ -369,16 +419,20 @@ mod balancing {
                 .add_service(counted)
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
         );
-        (addr, served)
+        (addr, served, reporter)
     }
+
+    /// The metadata that marks a test's calls (the probes lack it).
+    const CALL: &str = "x-test-call";
 
     async fn calls(peer: &Peer, n: usize) {
         let mut client = HealthClient::new(peer.channel());
         for _ in 0..n {
-            client
-                .check(peer.request(HealthCheckRequest::default()))
-                .await
-                .expect("served");
+            let mut request = peer.request(HealthCheckRequest::default());
+            request
+                .metadata_mut()
+                .insert(CALL, tonic::metadata::MetadataValue::from_static("1"));
+            client.check(request).await.expect("served");
         }
     }
 
@@ -441,6 +495,56 @@ mod balancing {
         let before = served_b.load(Ordering::SeqCst);
         calls(&kept, 5).await;
         assert_eq!(served_b.load(Ordering::SeqCst), before + 5);
+    }
+
+    /// An address now held by a pod of another service (it answers, but does not know
+    /// the peer's service) gets no calls; and when DNS fails, a known address that stops
+    /// serving is dropped, not trusted for ever.
+    #[tokio::test]
+    async fn only_addresses_that_serve_the_peers_service_get_calls_even_when_dns_fails() {
+        let post = crate::peers::POST;
+        let (a, served_a, reporter_a) = replica_of(Some(post.grpc)).await;
+        let (other, served_other, _) = replica_of(Some("social.user.v1.UserService")).await;
+        let asked = Arc::new(AtomicUsize::new(0));
+        let times = asked.clone();
+        let resolve: Resolver = Arc::new(move || {
+            let first = times.fetch_add(1, Ordering::SeqCst) == 0;
+            Box::pin(async move {
+                if first {
+                    Ok(HashSet::from([a, other]))
+                } else {
+                    Err(std::io::Error::other("no DNS"))
+                }
+            })
+        });
+        let every = Duration::from_millis(100);
+        let peer = Peer::balanced(post.name, resolve, every, Duration::from_secs(2));
+        calls(&peer, 20).await;
+        assert_eq!(served_a.load(Ordering::SeqCst), 20);
+        assert_eq!(
+            served_other.load(Ordering::SeqCst),
+            0,
+            "the other service's pod"
+        );
+
+        // DNS keeps failing, and a stops serving (it is stopping): it is dropped.
+        reporter_a
+            .set_service_status(post.grpc, tonic_health::ServingStatus::NotServing)
+            .await;
+        tokio::time::sleep(every * 5).await;
+        assert!(asked.load(Ordering::SeqCst) > 2, "asked again");
+        let before = served_a.load(Ordering::SeqCst);
+        let mut client = HealthClient::new(peer.channel());
+        let err = peer
+            .call(client.check(peer.request(HealthCheckRequest::default())))
+            .await
+            .expect_err("nobody serves");
+        assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+        assert_eq!(
+            served_a.load(Ordering::SeqCst),
+            before,
+            "a stopping pod got a call"
+        );
     }
 
     #[tokio::test]

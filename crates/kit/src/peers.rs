@@ -26,6 +26,17 @@ pub struct Known {
     pub local_url: &'static str,
     /// Its binary (`social-post`).
     pub binary: &'static str,
+    /// Its gRPC service, whose health a balancing caller asks each address for.
+    pub grpc: &'static str,
+}
+
+/// Every service.
+pub const ALL: [Known; 5] = [USER, POST, GRAPH, ENGAGEMENT, NOTIFICATION];
+
+/// The gRPC service of the peer that errors and logs call `name` (`post service`), if
+/// it is one of the system's.
+pub fn grpc_of(name: &str) -> Option<&'static str> {
+    ALL.iter().find(|k| k.name == name).map(|k| k.grpc)
 }
 
 /// The user service.
@@ -37,6 +48,7 @@ pub const USER: Known = Known {
     local_addr: "127.0.0.1:50051",
     local_url: "http://127.0.0.1:50051",
     binary: "social-user",
+    grpc: "social.user.v1.UserService",
 };
 /// The post service.
 pub const POST: Known = Known {
@@ -47,6 +59,7 @@ pub const POST: Known = Known {
     local_addr: "127.0.0.1:50052",
     local_url: "http://127.0.0.1:50052",
     binary: "social-post",
+    grpc: "social.post.v1.PostService",
 };
 /// The social-graph service.
 pub const GRAPH: Known = Known {
@@ -57,6 +70,7 @@ pub const GRAPH: Known = Known {
     local_addr: "127.0.0.1:50053",
     local_url: "http://127.0.0.1:50053",
     binary: "social-graph",
+    grpc: "social.graph.v1.SocialGraphService",
 };
 /// The engagement service.
 pub const ENGAGEMENT: Known = Known {
@@ -67,6 +81,7 @@ pub const ENGAGEMENT: Known = Known {
     local_addr: "127.0.0.1:50054",
     local_url: "http://127.0.0.1:50054",
     binary: "social-engagement",
+    grpc: "social.engagement.v1.EngagementService",
 };
 /// The notification service.
 pub const NOTIFICATION: Known = Known {
@@ -77,6 +92,7 @@ pub const NOTIFICATION: Known = Known {
     local_addr: "127.0.0.1:50055",
     local_url: "http://127.0.0.1:50055",
     binary: "social-notification",
+    grpc: "social.notification.v1.NotificationService",
 };
 
 impl Known {
@@ -102,5 +118,30 @@ impl Known {
     /// It as a peer at its local URL (tests of a service that never calls it).
     pub fn local_peer(&self) -> Peer {
         self.peer_at(self.local_url)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use social_proto::{
+        engagement::v1::engagement_service_server, graph::v1::social_graph_service_server,
+        notification::v1::notification_service_server, post::v1::post_service_server,
+        user::v1::user_service_server,
+    };
+
+    /// The names the balancer asks health for are the servers' own.
+    #[test]
+    fn each_peer_names_its_generated_service() {
+        let generated = [
+            user_service_server::SERVICE_NAME,
+            post_service_server::SERVICE_NAME,
+            social_graph_service_server::SERVICE_NAME,
+            engagement_service_server::SERVICE_NAME,
+            notification_service_server::SERVICE_NAME,
+        ];
+        let named: Vec<&str> = super::ALL.iter().map(|k| k.grpc).collect();
+        assert_eq!(named, generated);
+        assert_eq!(super::grpc_of("post service"), Some(generated[1]));
+        assert_eq!(super::grpc_of("health"), None);
     }
 }
