@@ -9,7 +9,7 @@
 //! `PEER_RESOLVE_SECS` (default 5) as pods come and go: point it at a headless Service.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     future::Future,
     net::SocketAddr,
     pin::Pin,
@@ -276,47 +276,125 @@ fn endpoint(endpoint: Endpoint, timeout: Duration) -> Endpoint {
         .tcp_nodelay(true)
 }
 
-/// Those of `addresses` whose gRPC health says `SERVING` for `service` (`""`: the
-/// server as a whole) within `timeout` (at most 1 s): a pod that DNS still lists but
-/// that stopped listening or is stopping, and an address now held by a pod of another
-/// service (it does not know the name), get no calls.
-async fn serving(
-    addresses: HashSet<SocketAddr>,
-    service: &'static str,
-    timeout: Duration,
-) -> HashSet<SocketAddr> {
+/// What a probe of an address said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Probe {
+    /// Its health says `SERVING` for the service.
+    Serving,
+    /// It said otherwise: `NOT_SERVING` (starting, stopping), an unknown service (an IP
+    /// now held by a pod of another service), or it refused the connection.
+    NotServing,
+    /// No answer in time: a busy pod, or a busy caller. Not a reason to drop it at once.
+    Silent,
+}
+
+/// Rounds in a row a known address may stay silent before it is dropped.
+const SILENT_ROUNDS: u32 = 3;
+
+/// Asks `channel`'s health for `service` (`""`: the server as a whole) within `within`.
+async fn probe(channel: Channel, service: &'static str, within: Duration) -> Probe {
     use tonic_health::pb::{
         HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
     };
-    let within = timeout.min(Duration::from_secs(1));
-    let probes = addresses.into_iter().map(|addr| async move {
-        let asked = async {
-            let channel = Endpoint::from_shared(format!("http://{addr}"))
-                .ok()?
-                .connect_timeout(within)
-                .connect()
-                .await
-                .ok()?;
-            let request = HealthCheckRequest {
-                service: service.to_owned(),
-            };
-            let answer = HealthClient::new(channel).check(request).await.ok()?;
-            (answer.into_inner().status == ServingStatus::Serving as i32).then_some(addr)
+    let request = HealthCheckRequest {
+        service: service.to_owned(),
+    };
+    match tokio::time::timeout(within, HealthClient::new(channel).check(request)).await {
+        Err(_) => Probe::Silent,
+        Ok(Ok(answer)) if answer.get_ref().status == ServingStatus::Serving as i32 => {
+            Probe::Serving
+        }
+        Ok(_) => Probe::NotServing,
+    }
+}
+
+/// The addresses a peer is balanced over, and what it knows of each.
+struct Addresses {
+    service: &'static str,
+    timeout: Duration,
+    /// In use.
+    known: HashSet<SocketAddr>,
+    /// A lazily connected channel per address for its probes (kept between rounds).
+    probes: HashMap<SocketAddr, Channel>,
+    /// Rounds in a row each known address was silent.
+    silent: HashMap<SocketAddr, u32>,
+}
+
+impl Addresses {
+    /// The addresses to use after a resolution that found `resolved` (empty when it
+    /// failed): those resolved that serve, and those known that are silent for fewer
+    /// than [`SILENT_ROUNDS`] in a row; when nothing resolved serves (DNS failed, every
+    /// pod unready), the known ones that still serve or are not yet long silent.
+    async fn next(&mut self, resolved: HashSet<SocketAddr>) -> HashSet<SocketAddr> {
+        let within = self.timeout.min(Duration::from_secs(1));
+        let candidates: Vec<SocketAddr> = resolved.union(&self.known).copied().collect();
+        let asked = candidates.iter().map(|addr| {
+            let channel = self
+                .probes
+                .entry(*addr)
+                .or_insert_with(|| {
+                    Endpoint::from_shared(format!("http://{addr}"))
+                        .map(|e| e.connect_timeout(within).connect_lazy())
+                        .unwrap_or_else(|_| {
+                            Endpoint::from_static("http://0.0.0.0:1").connect_lazy()
+                        })
+                })
+                .clone();
+            probe(channel, self.service, within)
+        });
+        let said: HashMap<SocketAddr, Probe> = candidates
+            .iter()
+            .copied()
+            .zip(futures::future::join_all(asked).await)
+            .collect();
+        self.choose(&resolved, &said)
+    }
+
+    /// What [`Self::next`] decides, given what each address `said`.
+    fn choose(
+        &mut self,
+        resolved: &HashSet<SocketAddr>,
+        said: &HashMap<SocketAddr, Probe>,
+    ) -> HashSet<SocketAddr> {
+        let serving_resolved = resolved
+            .iter()
+            .any(|a| said.get(a) == Some(&Probe::Serving));
+        let pool = if serving_resolved {
+            resolved
+        } else {
+            &self.known
         };
-        tokio::time::timeout(within, asked).await.ok().flatten()
-    });
-    futures::future::join_all(probes)
-        .await
-        .into_iter()
-        .flatten()
-        .collect()
+        let mut next = HashSet::new();
+        for addr in pool {
+            match said.get(addr) {
+                Some(Probe::Serving) => {
+                    self.silent.remove(addr);
+                    next.insert(*addr);
+                }
+                Some(Probe::Silent) if self.known.contains(addr) => {
+                    let rounds = self.silent.entry(*addr).or_insert(0);
+                    *rounds += 1;
+                    if *rounds < SILENT_ROUNDS {
+                        next.insert(*addr);
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.silent.retain(|a, _| next.contains(a));
+        self.probes
+            .retain(|a, _| next.contains(a) || resolved.contains(a));
+        next
+    }
 }
 
 /// A channel that spreads calls over the addresses `resolve` finds (power of two
 /// choices, by load) and that say they serve `service`, kept up to date every `every`
 /// until the channel is dropped. A resolution that fails or finds nothing that serves
 /// keeps those known before that still serve (a DNS hiccup does not empty the set, and
-/// an old address is asked again every time, never trusted for ever).
+/// an old address is asked again every time, never trusted for ever); an address that
+/// does not answer its probe in time stays a few rounds (a slow round, under load, does
+/// not empty the set either).
 fn balanced(
     resolve: Resolver,
     service: &'static str,
@@ -327,23 +405,20 @@ fn balanced(
     let count = Arc::new(AtomicUsize::new(0));
     let known_count = count.clone();
     tokio::spawn(async move {
-        let mut known: HashSet<SocketAddr> = HashSet::new();
+        let mut addresses = Addresses {
+            service,
+            timeout,
+            known: HashSet::new(),
+            probes: HashMap::new(),
+            silent: HashMap::new(),
+        };
         loop {
-            let found = match resolve().await {
-                Ok(found) => serving(found, service, timeout).await,
-                Err(e) => {
-                    tracing::debug!(error = %e, "resolving a peer failed");
-                    HashSet::new()
-                }
-            };
-            // Nothing resolved that serves (DNS failed, or every pod is unready): the
-            // known ones that still serve stay, asked again each time.
-            let found = if found.is_empty() {
-                serving(known.clone(), service, timeout).await
-            } else {
-                found
-            };
-            for added in found.difference(&known) {
+            let resolved = resolve().await.unwrap_or_else(|e| {
+                tracing::debug!(error = %e, "resolving a peer failed");
+                HashSet::new()
+            });
+            let found = addresses.next(resolved).await;
+            for added in found.difference(&addresses.known) {
                 let Ok(e) = Endpoint::from_shared(format!("http://{added}")) else {
                     continue;
                 };
@@ -352,13 +427,13 @@ fn balanced(
                     return;
                 }
             }
-            for gone in known.difference(&found) {
+            for gone in addresses.known.difference(&found) {
                 if changes.send(Change::Remove(*gone)).await.is_err() {
                     return;
                 }
             }
-            known = found;
-            known_count.store(known.len(), Ordering::Release);
+            addresses.known = found;
+            known_count.store(addresses.known.len(), Ordering::Release);
             tokio::select! {
                 () = tokio::time::sleep(every) => {}
                 () = changes.closed() => return,
@@ -545,6 +620,48 @@ mod balancing {
             before,
             "a stopping pod got a call"
         );
+    }
+
+    /// A round whose probes time out (a busy pod, a busy caller) does not empty the set:
+    /// a known address stays until it has been silent [`SILENT_ROUNDS`] rounds in a row;
+    /// one that says it does not serve goes at once; a new silent one is not taken.
+    #[test]
+    fn silent_addresses_stay_a_few_rounds_and_those_that_say_no_go_at_once() {
+        let addr = |port: u16| SocketAddr::from(([10, 0, 0, 1], port));
+        let (a, b, c) = (addr(1), addr(2), addr(3));
+        let mut addresses = Addresses {
+            service: "social.post.v1.PostService",
+            timeout: Duration::from_secs(2),
+            known: HashSet::from([a, b]),
+            probes: HashMap::new(),
+            silent: HashMap::new(),
+        };
+        let said = |probes: &[(SocketAddr, Probe)]| probes.iter().copied().collect();
+        let resolved = HashSet::from([a, b, c]);
+        // Everything silent (the caller stalled): both known stay, the new one waits.
+        for round in 1..SILENT_ROUNDS {
+            let silent = said(&[(a, Probe::Silent), (b, Probe::Silent), (c, Probe::Silent)]);
+            let next = addresses.choose(&resolved, &silent);
+            assert_eq!(next, HashSet::from([a, b]), "round {round}");
+            addresses.known = next;
+        }
+        // a answers again; b stays silent one round too many; c says it serves.
+        let next = addresses.choose(
+            &resolved,
+            &said(&[(a, Probe::Serving), (b, Probe::Silent), (c, Probe::Serving)]),
+        );
+        assert_eq!(next, HashSet::from([a, c]));
+        addresses.known = next;
+        // c says no (stopping, or another service's pod now): gone at once.
+        let next = addresses.choose(
+            &resolved,
+            &said(&[
+                (a, Probe::Serving),
+                (b, Probe::Silent),
+                (c, Probe::NotServing),
+            ]),
+        );
+        assert_eq!(next, HashSet::from([a]));
     }
 
     #[tokio::test]

@@ -24,10 +24,10 @@ pub struct ShedLayer {
 }
 
 impl ShedLayer {
-    /// At most `limit` RPCs at once (at least one).
+    /// At most `limit` RPCs at once (at least one; at most what a semaphore holds).
     pub fn new(limit: usize) -> Self {
         Self {
-            permits: Arc::new(Semaphore::new(limit.max(1))),
+            permits: Arc::new(Semaphore::new(limit.clamp(1, Semaphore::MAX_PERMITS))),
         }
     }
 }
