@@ -276,6 +276,12 @@ fn endpoint(endpoint: Endpoint, timeout: Duration) -> Endpoint {
         .tcp_nodelay(true)
 }
 
+/// The endpoint of the pod at `addr`, with [`endpoint`]'s settings.
+fn endpoint_at(addr: SocketAddr, timeout: Duration) -> Option<Endpoint> {
+    let e = Endpoint::from_shared(format!("http://{addr}")).ok()?;
+    Some(endpoint(e, timeout))
+}
+
 /// What a probe of an address said.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Probe {
@@ -327,21 +333,23 @@ impl Addresses {
     /// pod unready), the known ones that still serve or are not yet long silent.
     async fn next(&mut self, resolved: HashSet<SocketAddr>) -> HashSet<SocketAddr> {
         let within = self.timeout.min(Duration::from_secs(1));
-        let candidates: Vec<SocketAddr> = resolved.union(&self.known).copied().collect();
-        let asked = candidates.iter().map(|addr| {
-            let channel = self
-                .probes
-                .entry(*addr)
-                .or_insert_with(|| {
-                    Endpoint::from_shared(format!("http://{addr}"))
-                        .map(|e| e.connect_timeout(within).connect_lazy())
-                        .unwrap_or_else(|_| {
-                            Endpoint::from_static("http://0.0.0.0:1").connect_lazy()
-                        })
-                })
-                .clone();
-            probe(channel, self.service, within)
-        });
+        let mut candidates = Vec::new();
+        let mut asked = Vec::new();
+        for addr in resolved.union(&self.known) {
+            let channel = match self.probes.get(addr) {
+                Some(channel) => channel.clone(),
+                None => {
+                    let Some(e) = endpoint_at(*addr, within) else {
+                        continue;
+                    };
+                    let channel = e.connect_lazy();
+                    self.probes.insert(*addr, channel.clone());
+                    channel
+                }
+            };
+            candidates.push(*addr);
+            asked.push(probe(channel, self.service, within));
+        }
         let said: HashMap<SocketAddr, Probe> = candidates
             .iter()
             .copied()
@@ -419,10 +427,10 @@ fn balanced(
             });
             let found = addresses.next(resolved).await;
             for added in found.difference(&addresses.known) {
-                let Ok(e) = Endpoint::from_shared(format!("http://{added}")) else {
+                let Some(e) = endpoint_at(*added, timeout) else {
                     continue;
                 };
-                let insert = Change::Insert(*added, endpoint(e, timeout));
+                let insert = Change::Insert(*added, e);
                 if changes.send(insert).await.is_err() {
                     return;
                 }

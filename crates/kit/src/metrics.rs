@@ -433,13 +433,19 @@ mod tests {
         out
     }
 
-    #[tokio::test]
-    async fn a_three_millisecond_call_lands_in_a_bucket_at_or_below_five_milliseconds() {
+    /// A meter provider, installed as the global one, whose points land in the exporter.
+    fn recording() -> (InMemoryMetricExporter, SdkMeterProvider) {
         let exporter = InMemoryMetricExporter::default();
         let provider = SdkMeterProvider::builder()
             .with_periodic_exporter(exporter.clone())
             .build();
         opentelemetry::global::set_meter_provider(provider.clone());
+        (exporter, provider)
+    }
+
+    #[tokio::test]
+    async fn a_three_millisecond_call_lands_in_a_bucket_at_or_below_five_milliseconds() {
+        let (exporter, provider) = recording();
         super::client_call("peer", tonic::Code::Ok, 0.003);
         super::event("queue", "a.b.c", "handled", 0.003);
         let grpc = opentelemetry::KeyValue::new("rpc.system", "grpc");
@@ -463,11 +469,7 @@ mod tests {
 
     #[tokio::test]
     async fn calls_served_and_made_are_counted_by_method_peer_and_status() {
-        let exporter = InMemoryMetricExporter::default();
-        let provider = SdkMeterProvider::builder()
-            .with_periodic_exporter(exporter.clone())
-            .build();
-        opentelemetry::global::set_meter_provider(provider.clone());
+        let (exporter, provider) = recording();
 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

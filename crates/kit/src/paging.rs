@@ -91,8 +91,7 @@ struct Token {
 }
 
 fn query_hash(query: &str) -> String {
-    let digest = Sha256::digest(query.as_bytes());
-    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+    hex::encode(&Sha256::digest(query.as_bytes())[..8])
 }
 
 impl PageRequest {

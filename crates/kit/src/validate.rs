@@ -10,20 +10,23 @@ use bson::oid::ObjectId;
 /// stored per (author, key), and a retry with the key gets that one.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
-/// The request's idempotency key ([`IDEMPOTENCY_KEY`]), if it sent one: 1 to 255
-/// visible ASCII characters, or `INVALID_ARGUMENT` naming it.
+/// What an idempotency key must be (the gRPC metadata and the HTTP header alike).
+pub const IDEMPOTENCY_KEY_RULE: &str = "must be 1 to 255 visible ASCII characters";
+
+/// Whether `key` follows [`IDEMPOTENCY_KEY_RULE`].
+pub fn is_idempotency_key(key: &str) -> bool {
+    !key.is_empty() && key.len() <= 255 && key.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// The request's idempotency key ([`IDEMPOTENCY_KEY`]), if it sent one: one that
+/// follows [`IDEMPOTENCY_KEY_RULE`], or `INVALID_ARGUMENT` naming it.
 pub fn idempotency_key<T>(request: &tonic::Request<T>) -> crate::Result<Option<String>> {
     let Some(value) = request.metadata().get(IDEMPOTENCY_KEY) else {
         return Ok(None);
     };
     match value.to_str() {
-        Ok(k) if !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic()) => {
-            Ok(Some(k.to_owned()))
-        }
-        _ => Err(crate::Error::invalid(
-            IDEMPOTENCY_KEY,
-            "must be 1 to 255 visible ASCII characters",
-        )),
+        Ok(k) if is_idempotency_key(k) => Ok(Some(k.to_owned())),
+        _ => Err(crate::Error::invalid(IDEMPOTENCY_KEY, IDEMPOTENCY_KEY_RULE)),
     }
 }
 

@@ -49,6 +49,9 @@ pub struct Config {
 
 social_kit::service_config!(Config);
 
+/// Redis on a developer machine (the default of `REDIS_URL`).
+const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+
 fn list(var: &str) -> Vec<String> {
     optional(var)
         .map(|v| {
@@ -111,7 +114,7 @@ impl Config {
                     30,
                 )?),
             },
-            redis_url: optional("REDIS_URL").unwrap_or_else(|| "redis://127.0.0.1:6379".into()),
+            redis_url: optional("REDIS_URL").unwrap_or_else(|| DEFAULT_REDIS_URL.into()),
             redis_key_prefix: optional("REDIS_KEY_PREFIX").unwrap_or_else(|| "social:".into()),
         })
     }
@@ -145,7 +148,7 @@ impl Config {
             max_body_bytes: 64 * 1024,
             streams: StreamCaps::default(),
             timeouts: Timeouts::default(),
-            redis_url: optional("REDIS_URL").unwrap_or_else(|| "redis://127.0.0.1:6379".into()),
+            redis_url: optional("REDIS_URL").unwrap_or_else(|| DEFAULT_REDIS_URL.into()),
             redis_key_prefix: format!("test-{}:", uuid::Uuid::new_v4().simple()),
         }
     }

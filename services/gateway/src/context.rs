@@ -69,9 +69,6 @@ pub mod clients {
     }
 }
 
-/// The metadata that carries a request's idempotency key to the services.
-pub const IDEMPOTENCY_METADATA: &str = "idempotency-key";
-
 /// The services behind the gateway. Cheap to clone.
 #[derive(Clone)]
 pub struct Services {
@@ -129,7 +126,9 @@ impl Identity {
         if let Some(key) = &self.idempotency
             && let Ok(value) = key.parse()
         {
-            request.metadata_mut().insert(IDEMPOTENCY_METADATA, value);
+            request
+                .metadata_mut()
+                .insert(social_kit::validate::IDEMPOTENCY_KEY, value);
         }
         // Believed by the services with the gateway's credential the peer presents.
         if let Ok(value) = self.ip.to_string().parse() {

@@ -23,6 +23,7 @@ use axum::{
 };
 use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
 use serde::{Deserialize, Serialize};
+use social_kit::validate;
 
 use crate::{
     context::{AppState, Identity},
@@ -31,6 +32,8 @@ use crate::{
 
 /// The request header.
 pub const HEADER: &str = "idempotency-key";
+/// The kind of key its records have in Redis ([`crate::shared::Shared`]).
+const KIND: &str = "idem";
 /// How long an answer is remembered.
 const REMEMBERED_FOR: Duration = Duration::from_secs(24 * 3600);
 /// How long a running request holds its key: past any request's deadline, so that a
@@ -38,8 +41,6 @@ const REMEMBERED_FOR: Duration = Duration::from_secs(24 * 3600);
 const HELD_FOR: Duration = Duration::from_secs(120);
 /// The longest answer remembered (creating routes answer a few KiB).
 const MAX_ANSWER: usize = 256 * 1024;
-/// The longest key.
-pub const MAX_KEY: usize = 255;
 /// What the OpenAPI document says of the header.
 pub const DESCRIPTION: &str = "a key of your own (a UUID) that makes a retry of this request safe: sent again with the same request within 24 hours, it gets the first answer (Idempotent-Replayed: true) without running again; with another request, a 422; while the first still runs, a 409 with Retry-After";
 
@@ -86,22 +87,16 @@ fn checked(status: u16, fingerprint: &str) -> Vec<u8> {
     format!("{status}:{fingerprint}").into_bytes()
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// The key of a request, if it sent a valid one; a 400 naming the header otherwise.
 fn key_of(request: &Request) -> Result<Option<String>, ApiError> {
     let Some(value) = request.headers().get(HEADER) else {
         return Ok(None);
     };
     match value.to_str() {
-        Ok(k) if !k.is_empty() && k.len() <= MAX_KEY && k.bytes().all(|b| b.is_ascii_graphic()) => {
-            Ok(Some(k.to_owned()))
-        }
+        Ok(k) if validate::is_idempotency_key(k) => Ok(Some(k.to_owned())),
         _ => Err(ApiError::invalid(
             "Idempotency-Key",
-            "must be 1 to 255 visible ASCII characters",
+            validate::IDEMPOTENCY_KEY_RULE,
         )),
     }
 }
@@ -135,7 +130,7 @@ pub async fn remember(State(state): State<AppState>, request: Request, next: Nex
     };
     let shared = &state.shared;
     let name: [&[u8]; 2] = [scope.as_bytes(), key.as_bytes()];
-    let fingerprint = hex(&shared.mac(&[
+    let fingerprint = hex::encode(shared.mac(&[
         b"fingerprint",
         parts.method.as_str().as_bytes(),
         parts.uri.path().as_bytes(),
@@ -146,7 +141,7 @@ pub async fn remember(State(state): State<AppState>, request: Request, next: Nex
         answer: None,
     };
     let held = serde_json::to_string(&held).unwrap_or_default();
-    match shared.put("idem", &name, &held, HELD_FOR, true).await {
+    match shared.put(KIND, &name, &held, HELD_FOR, true).await {
         Ok(true) => {}
         Ok(false) => return replay(&state, &name, &fingerprint).await,
         Err(e) => return e.into_response(),
@@ -161,7 +156,7 @@ pub async fn remember(State(state): State<AppState>, request: Request, next: Nex
         key.as_bytes(),
         fingerprint.as_bytes(),
     ]);
-    who.idempotency = Some(hex(&for_services));
+    who.idempotency = Some(hex::encode(for_services));
     parts.extensions.insert(who);
     // Run to the end and remembered even if the client leaves meanwhile (its retry then
     // gets the answer, instead of a key held until it frees itself).
@@ -187,14 +182,14 @@ async fn finish(
     response: Response,
 ) -> Response {
     if !remembered(response.status()) {
-        if let Err(e) = shared.forget("idem", name).await {
+        if let Err(e) = shared.forget(KIND, name).await {
             tracing::warn!(error = ?e, "could not free an idempotency key; it frees itself");
         }
         return response;
     }
     let (parts, body) = response.into_parts();
     let Ok(body) = to_bytes(body, MAX_ANSWER).await else {
-        let _ = shared.forget("idem", name).await;
+        let _ = shared.forget(KIND, name).await;
         return ApiError::new(tonic::Code::Internal, "internal error").into_response();
     };
     let headers = [header::CONTENT_TYPE, header::LOCATION]
@@ -220,10 +215,7 @@ async fn finish(
     };
     let record = serde_json::to_string(&record).unwrap_or_default();
     // Not remembered (Redis failed just now): the key frees itself; the answer goes out.
-    if let Err(e) = shared
-        .put("idem", name, &record, REMEMBERED_FOR, false)
-        .await
-    {
+    if let Err(e) = shared.put(KIND, name, &record, REMEMBERED_FOR, false).await {
         tracing::warn!(error = ?e, "could not remember an answer for its idempotency key");
     }
     Response::from_parts(parts, Body::from(body))
@@ -238,7 +230,7 @@ async fn replay(state: &AppState, name: &[&[u8]; 2], fingerprint: &str) -> Respo
         )
         .into_response()
     };
-    let record = match state.shared.get("idem", name).await {
+    let record = match state.shared.get(KIND, name).await {
         Ok(Some(record)) => record,
         // Freed just now: the retry runs it.
         Ok(None) => return busy(),

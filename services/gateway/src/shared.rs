@@ -81,11 +81,8 @@ impl Shared {
         let mut all: Vec<&[u8]> = vec![kind.as_bytes()];
         all.extend_from_slice(parts);
         // 16 bytes name a key well enough.
-        let hex: String = self.mac(&all)[..16]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        format!("{}{kind}:{hex}", self.prefix)
+        let name = hex::encode(&self.mac(&all)[..16]);
+        format!("{}{kind}:{name}", self.prefix)
     }
 
     /// A new single-use ticket that stands for `token` for [`TICKET_TTL`]. Redis holds
@@ -96,17 +93,10 @@ impl Shared {
             uuid::Uuid::new_v4().simple(),
             uuid::Uuid::new_v4().simple()
         );
-        let options = SetOptions::default()
-            .conditional_set(ExistenceCheck::NX)
-            .with_expiration(SetExpiry::EX(TICKET_TTL.as_secs()));
-        let key = self.key("ticket", &[ticket.as_bytes()]);
         let sealed = BASE64.encode(self.seal(&[ticket.as_bytes()], b"ticket", token.as_bytes()));
-        let _: Option<String> = self
-            .redis
-            .clone()
-            .set_options(key, sealed, options)
-            .await
-            .map_err(|e| unavailable(&e))?;
+        // 244 random bits: never taken.
+        self.put("ticket", &[ticket.as_bytes()], &sealed, TICKET_TTL, true)
+            .await?;
         Ok(ticket)
     }
 

@@ -17,7 +17,7 @@ use social_proto::{
     user::v1::{BatchGetUsersByUsernameRequest, user_service_client::UserServiceClient},
 };
 
-use crate::store::{NotificationDoc, Store, removal_version, removed_key};
+use crate::store::{LAST_WORD, NotificationDoc, Store, removal_version, removed_key};
 
 /// The routing key of "a notification was stored", heard by every replica.
 pub const STORED: &str = "notification.notification.stored";
@@ -259,8 +259,7 @@ impl Fanout {
                 continue;
             }
             keys.push(draft.key.clone());
-            about.extend(draft.post.map(|p| removed_key("post", p)));
-            about.extend(draft.comment.map(|c| removed_key("comment", c)));
+            about.extend(tombstones(draft.post, draft.comment));
             let now = DateTime::now();
             let group_key = crate::groups::group_key(
                 draft.kind,
@@ -455,12 +454,7 @@ impl Fanout {
 
     /// Pushes one stray notification (see [`Self::sweep`]).
     async fn sweep_one(&self, doc: NotificationDoc) -> anyhow::Result<()> {
-        let about: Vec<String> = doc
-            .post_id
-            .map(|p| removed_key("post", p))
-            .into_iter()
-            .chain(doc.comment_id.map(|c| removed_key("comment", c)))
-            .collect();
+        let about = tombstones(doc.post_id, doc.comment_id).collect();
         let (actor, keys) = (doc.source_user_id, vec![doc.dedupe_key.clone()]);
         match self.still_wanted(actor, vec![doc], keys, about).await? {
             Some(batch) => self.group_and_push(batch).await,
@@ -593,7 +587,10 @@ impl Fanout {
                     touched.extend(self.store.groups.removing(&n.into()).await?);
                 }
             }
-            let removed = batch.iter().map(|n| removal(&n.into(), i64::MAX)).collect();
+            let removed = batch
+                .iter()
+                .map(|n| removal(&n.into(), LAST_WORD))
+                .collect();
             self.broadcast(removed).await?;
             if field == "post_id" || field == "comment_id" {
                 // Their groups go whole (below): a grouped view drops them now.
@@ -645,6 +642,13 @@ impl Fanout {
     }
 }
 
+/// The tombstone keys of the post and comment a notification is about, if any.
+fn tombstones(post: Option<ObjectId>, comment: Option<ObjectId>) -> impl Iterator<Item = String> {
+    let post = post.map(|p| removed_key("post", p));
+    post.into_iter()
+        .chain(comment.map(|c| removed_key("comment", c)))
+}
+
 /// What a stream is told when notification `m` is removed, with the removal's
 /// `version` (see `store::removal_version`).
 fn removal(m: &crate::groups::Member, version: i64) -> Notification {
@@ -672,7 +676,7 @@ fn gone_groups(batch: &[NotificationDoc]) -> Vec<NotificationGroup> {
             user_id: n.user_id.to_hex(),
             post_id: n.post_id.map(|p| p.to_hex()),
             comment_id: n.comment_id.map(|c| c.to_hex()),
-            version: i64::MAX, // nothing comes after
+            version: LAST_WORD,
             ..Default::default()
         })
         .collect()

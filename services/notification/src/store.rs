@@ -109,10 +109,13 @@ impl NotificationDoc {
 /// The version of a removal by an unlike or unfollow at `t` (ms): above every
 /// notification it removes (their events came before `t`), below one a like at `t` or
 /// later stores. A removal by a deletion (post, comment, account) has the last word:
-/// `i64::MAX`.
+/// [`LAST_WORD`].
 pub fn removal_version(t: i64) -> i64 {
     t.saturating_mul(2)
 }
+
+/// The version of what nothing comes after: a removal by a deletion, a group gone whole.
+pub const LAST_WORD: i64 = i64::MAX;
 
 /// A like or follow taken back at `t` (ms): the notification of an earlier one goes, and
 /// an earlier one that arrives late is not stored.

@@ -142,10 +142,7 @@ fn ms(d: Duration) -> i64 {
 }
 
 fn hash(token: &str) -> String {
-    Sha256::digest(token.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(Sha256::digest(token.as_bytes()))
 }
 
 /// A fresh refresh token (a session's first): 256 random bits, URL-safe base64.
