@@ -19,6 +19,8 @@ pub fn routing_key(payload: &Payload) -> &'static str {
     match payload {
         Payload::UserFollowed(_) => "graph.user.followed",
         Payload::UserUnfollowed(_) => "graph.user.unfollowed",
+        Payload::UserBlocked(_) => "graph.user.blocked",
+        Payload::UserUnblocked(_) => "graph.user.unblocked",
         Payload::PostCreated(_) => "post.post.created",
         Payload::PostDeleted(_) => "post.post.deleted",
         Payload::PostLiked(_) => "engagement.post.liked",
@@ -36,6 +38,8 @@ pub fn routing_key(payload: &Payload) -> &'static str {
 pub const ALL_ROUTING_KEYS: &[&str] = &[
     "graph.user.followed",
     "graph.user.unfollowed",
+    "graph.user.blocked",
+    "graph.user.unblocked",
     "post.post.created",
     "post.post.deleted",
     "engagement.post.liked",

@@ -11,11 +11,13 @@
 //! - [`idempotency`]: applying an event to a document at most once.
 //! - [`topology`]: the one table of queues and bindings every service declares.
 //! - [`sessions`]: every replica refusing the tokens of sessions that ended.
+//! - [`blocks`]: a service's copy of who blocks whom, for its reads.
 //! - [`admin`]: operators' commands (declare the topology, change a queue's type).
 //! - [`service`]: the wiring every service shares (database, gate, relay, consumers,
 //!   serve), built on the above and `social_kit::serve`.
 
 pub mod admin;
+pub mod blocks;
 pub mod config;
 pub mod connection;
 pub mod consumer;

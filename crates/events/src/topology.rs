@@ -55,10 +55,11 @@ pub const POST: QueueSpec = QueueSpec {
     ],
 };
 
-/// The social-graph service's queue: a deleted account's follows go.
+/// The social-graph service's queue: a deleted account's follows and blocks go; a
+/// block's follows end.
 pub const GRAPH: QueueSpec = QueueSpec {
     service: "social-graph",
-    routing_keys: &["user.user.deleted"],
+    routing_keys: &["user.user.deleted", "graph.user.blocked"],
 };
 
 /// The engagement service's queue: a deleted post's cascade, comment like counters.
@@ -73,7 +74,8 @@ pub const ENGAGEMENT: QueueSpec = QueueSpec {
     ],
 };
 
-/// The notification service's queue: everything that notifies or takes one back.
+/// The notification service's queue: everything that notifies or takes one back, and
+/// blocks (what the blocked caused goes; nothing new between the two is told).
 pub const NOTIFICATION: QueueSpec = QueueSpec {
     service: "notification",
     routing_keys: &[
@@ -88,6 +90,8 @@ pub const NOTIFICATION: QueueSpec = QueueSpec {
         "post.post.created",
         "post.post.deleted",
         "user.user.deleted",
+        "graph.user.blocked",
+        "graph.user.unblocked",
     ],
 };
 

@@ -28,6 +28,10 @@ impl fmt::Display for Violation {
     }
 }
 
+/// What a user hears when acting on an account it blocks (following it, liking or
+/// commenting on what it made).
+pub const UNBLOCK_FIRST: &str = "you block this user: unblock them first";
+
 /// Everything a handler can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -49,6 +53,10 @@ pub enum Error {
     /// Valid credentials, but not allowed to touch this resource.
     #[error("{0}")]
     PermissionDenied(&'static str),
+    /// The request cannot be carried out in the state things are in (the message says
+    /// what must change first, e.g. an unblock before a follow).
+    #[error("{0}")]
+    FailedPrecondition(&'static str),
     /// A store or peer cannot be reached; retrying later may work.
     #[error("{0}")]
     Unavailable(String),
@@ -202,6 +210,7 @@ impl From<Error> for Status {
             Error::NotFound(what) => Status::not_found(format!("{what} not found")),
             Error::Unauthenticated(m) => Status::unauthenticated(m),
             Error::PermissionDenied(m) => Status::permission_denied(m),
+            Error::FailedPrecondition(m) => Status::failed_precondition(m),
             Error::Unavailable(m) => {
                 tracing::warn!(error = %m, "unavailable");
                 Status::unavailable(m)

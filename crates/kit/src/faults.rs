@@ -34,3 +34,22 @@ macro_rules! fault {
         })
     };
 }
+
+/// A pause that tests inject at `$point` (`return(<ms>)`: the enclosing async code waits
+/// that long there, counted in [`fired`]); nothing otherwise. The calling crate depends
+/// on `fail` and `tokio`.
+#[macro_export]
+macro_rules! pause {
+    ($point:literal) => {
+        let ms: Option<u64> = (|| {
+            fail::fail_point!($point, |argument: Option<String>| {
+                $crate::faults::record($point);
+                argument.and_then(|a| a.parse().ok())
+            });
+            None
+        })();
+        if let Some(ms) = ms {
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        }
+    };
+}

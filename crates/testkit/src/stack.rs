@@ -125,6 +125,7 @@ impl Stack {
             engagement_events,
         );
         config.user_service = peer("user service", format!("http://{}", user.addr));
+        config.graph_service = peer("social-graph service", format!("http://{}", graph.addr));
         let engagement =
             crate::start_on(engagement_at, |l, s| social_engagement::run(config, l, s)).await;
         let stray_after = options.notification_stray_after;
@@ -165,6 +166,11 @@ impl Stack {
         config.user_service = crate::peer(
             "user service",
             &format!("http://{}", self.user.addr),
+            Duration::from_secs(2),
+        );
+        config.graph_service = crate::peer(
+            "social-graph service",
+            &format!("http://{}", self.graph.addr),
             Duration::from_secs(2),
         );
         self.engagement.kill();
@@ -284,6 +290,7 @@ impl Stack {
             "likes",
             "comments",
             "followers",
+            "blocks",
             "users",
             "post_removed_users",
             "social_graph_removed_users",
@@ -370,6 +377,21 @@ impl Stack {
             .follow(crate::authed(request, token))
             .await
             .expect("follow");
+    }
+
+    /// `token`'s account blocks `user`, as the service answers.
+    pub async fn block(
+        &self,
+        token: &str,
+        user: &str,
+    ) -> Result<social_proto::graph::v1::Block, tonic::Status> {
+        let request = social_proto::graph::v1::BlockUserRequest {
+            user_id: user.into(),
+        };
+        SocialGraphServiceClient::new(self.graph.shared_channel().await)
+            .block_user(crate::authed(request, token))
+            .await
+            .map(tonic::Response::into_inner)
     }
 
     /// `token`'s account likes `post`, as the service answers.

@@ -36,15 +36,32 @@ pub const INTERNAL: &[&str] = &["CountPostEngagement", "ExportUserEngagement"];
 pub struct Api {
     store: Store,
     posts: Peer,
+    /// Asked whether a block stands between a writer and an author.
+    graph: Peer,
     relay: RelayWaker,
 }
 
 impl Api {
-    pub fn new(store: Store, posts: Peer, relay: RelayWaker) -> Self {
+    pub fn new(store: Store, (posts, graph): (Peer, Peer), relay: RelayWaker) -> Self {
         Self {
             store,
             posts,
+            graph,
             relay,
+        }
+    }
+
+    /// Refuses a write by `me` on what `authors` made (`what`) across a block, before
+    /// anything is stored (the check after the insert closes the race, see `checks`).
+    async fn refuse_blocked(
+        &self,
+        me: ObjectId,
+        authors: &[ObjectId],
+        what: &'static str,
+    ) -> Result<()> {
+        match checks::blocks(&self.graph, me, authors, what).await? {
+            Some(verdict) => checks::refusal(verdict),
+            None => Ok(()),
         }
     }
 
@@ -62,10 +79,12 @@ impl Api {
     /// Records a like with its event (nothing if the user already likes the target),
     /// then checks it against deletions (see `crate::checks`).
     async fn like(&self, like: LikeDoc, event: Envelope) -> Result<()> {
+        // Tests: a block made between the checks before and the insert.
+        social_kit::pause!("engagement::before_like_insert");
         if self.store.like(&like, &event).await? {
             // Stored with its event, whatever the checks below say.
             self.relay.wake();
-            refuse(checks::like(&self.store, &self.relay, &like).await?)?;
+            refuse(checks::like(&self.store, &self.relay, &self.graph, &like).await?)?;
         }
         Ok(())
     }
@@ -83,7 +102,7 @@ impl Api {
             return Ok(None);
         };
         if like.unchecked_since.is_some() {
-            refuse(checks::like(&self.store, &self.relay, &like).await?)?;
+            refuse(checks::like(&self.store, &self.relay, &self.graph, &like).await?)?;
         }
         Ok(Some(like))
     }
@@ -122,18 +141,7 @@ impl From<CommentDoc> for Comment {
     }
 }
 
-/// What a deleted account's token gets for a write.
-const ACCOUNT_DELETED: &str = "this account was deleted";
-
-/// The answer to a write whose checks undid it.
-fn refuse(verdict: checks::Verdict) -> Result<()> {
-    match verdict {
-        checks::Verdict::Stands => Ok(()),
-        checks::Verdict::PostGone => Err(Error::NotFound("post")),
-        checks::Verdict::CommentGone => Err(Error::NotFound("comment")),
-        checks::Verdict::AccountGone => Err(Error::Unauthenticated(ACCOUNT_DELETED)),
-    }
-}
+use checks::refusal as refuse;
 
 fn id(field: &str, value: &str) -> Result<ObjectId> {
     validate::object_id(value).map_err(|d| Error::invalid(field, d))
@@ -148,6 +156,7 @@ impl EngagementService for Api {
             return Ok(Response::new(()));
         }
         let author = self.post_author(post).await?;
+        self.refuse_blocked(me, &[author], "post").await?;
         let event = new_envelope(
             me,
             Payload::PostLiked(PostLiked {
@@ -195,6 +204,8 @@ impl EngagementService for Api {
             .comment(comment_id)
             .await?
             .ok_or(Error::NotFound("comment"))?;
+        let authors = [comment.user_id, comment.post_author_id];
+        self.refuse_blocked(me, &authors, "comment").await?;
         let event = new_envelope(
             me,
             Payload::CommentLiked(CommentLiked {
@@ -270,6 +281,7 @@ impl EngagementService for Api {
         v.finish()?;
         let post = post.unwrap_or_default();
         let post_author = self.post_author(post).await?;
+        self.refuse_blocked(me, &[post_author], "post").await?;
         let mut comment = CommentDoc::new(post, post_author, me, text, media);
         comment.request_key = key.map(|k| format!("{me}:{k}"));
         let event = new_envelope(
@@ -282,6 +294,8 @@ impl EngagementService for Api {
                 content: comment.content.clone(),
             }),
         );
+        // Tests: a block made between the checks before and the insert.
+        social_kit::pause!("engagement::before_comment_insert");
         let comment = match self.store.insert_comment(&comment, &event).await? {
             // A retry: the comment its first try stored, while it stands (checked again:
             // the first try may have stopped before its checks).
@@ -294,7 +308,7 @@ impl EngagementService for Api {
                 comment
             }
         };
-        refuse(checks::comment(&self.store, &self.relay, &comment).await?)?;
+        refuse(checks::comment(&self.store, &self.relay, &self.graph, &comment).await?)?;
         Ok(Response::new(comment.into()))
     }
 

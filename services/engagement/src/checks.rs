@@ -1,6 +1,8 @@
-//! Likes and comments against the deletions that may race them (docs/events.md,
-//! "Deletions win races"): whoever writes checks for the post's and the account's
-//! tombstones after its insert, and undoes the insert if either exists.
+//! Likes and comments against the deletions and blocks that may race them
+//! (docs/events.md, "Deletions win races", "Blocks"): whoever writes checks for the
+//! post's and the account's tombstones after its insert, and asks the social-graph
+//! service whether a block stands between the writer and the authors, and undoes the
+//! insert if any does.
 //!
 //! A like or comment is stored marked unchecked (`unchecked_since`), and the mark goes
 //! once both checks have passed (or the insert was undone). When a check cannot be
@@ -10,8 +12,12 @@
 
 use std::time::Duration;
 
+use bson::oid::ObjectId;
 use social_events::outbox::RelayWaker;
-use social_kit::Result;
+use social_kit::{Error, Result, client::Peer};
+use social_proto::graph::v1::{
+    CheckBlocksRequest, social_graph_service_client::SocialGraphServiceClient,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::store::{CommentDoc, LikeDoc, Store};
@@ -27,7 +33,62 @@ pub enum Verdict {
     CommentGone,
     /// The writer's account is gone: the write was undone, with its event.
     AccountGone,
+    /// An author blocks the writer: the write was undone, with its event; to the
+    /// writer, the thing (`post` or `comment`) is absent.
+    BlockedBy(&'static str),
+    /// The writer blocks an author: the write was undone, with its event.
+    Blocking,
 }
+
+/// Whether a block stands between `writer` and any of `authors`, as the social-graph
+/// service says now: `BlockedBy(what)` when an author blocks the writer (`what` is absent
+/// to them), `Blocking` when the writer blocks an author.
+pub async fn blocks(
+    graph: &Peer,
+    writer: ObjectId,
+    authors: &[ObjectId],
+    what: &'static str,
+) -> Result<Option<Verdict>> {
+    let others: Vec<String> = authors
+        .iter()
+        .filter(|a| **a != writer)
+        .map(|a| a.to_hex())
+        .collect();
+    if others.is_empty() {
+        return Ok(None);
+    }
+    let mut client = SocialGraphServiceClient::new(graph.channel());
+    let request = graph.request(CheckBlocksRequest {
+        user_id: writer.to_hex(),
+        other_user_ids: others,
+    });
+    let found = graph
+        .call(client.check_blocks(request))
+        .await
+        .map_err(|s| graph.error(s))?;
+    Ok(if !found.blocked_by.is_empty() {
+        Some(Verdict::BlockedBy(what))
+    } else if !found.blocking.is_empty() {
+        Some(Verdict::Blocking)
+    } else {
+        None
+    })
+}
+
+/// The answer to a write that `verdict` refused.
+pub fn refusal(verdict: Verdict) -> Result<()> {
+    match verdict {
+        Verdict::Stands => Ok(()),
+        Verdict::PostGone => Err(Error::NotFound("post")),
+        Verdict::CommentGone => Err(Error::NotFound("comment")),
+        Verdict::AccountGone => Err(Error::Unauthenticated(ACCOUNT_DELETED)),
+        Verdict::BlockedBy(what) => Err(Error::NotFound(what)),
+        Verdict::Blocking => Err(Error::FailedPrecondition(social_kit::error::UNBLOCK_FIRST)),
+    }
+}
+
+/// What a deleted account's token gets for a write.
+pub const ACCOUNT_DELETED: &str = "this account was deleted";
 
 /// Whether `user`'s account was deleted.
 async fn account_removed(store: &Store, user: bson::oid::ObjectId) -> Result<bool> {
@@ -59,36 +120,71 @@ where
 }
 
 /// Checks `like` (stored, unchecked) and undoes it if its post, its comment or its
-/// author's account was deleted: under a deleted post or comment it is taken back (its
-/// event, if out, is about something deleted: moot), for a deleted account it is ended
-/// with its `unliked` event (so that the post's count goes back).
-pub async fn like(store: &Store, relay: &RelayWaker, like: &LikeDoc) -> Result<Verdict> {
+/// author's account was deleted, or a block stands between its author and the authors
+/// of what it likes: under a deleted post or comment it is taken back (its event, if
+/// out, is about something deleted: moot); otherwise it is ended with its `unliked`
+/// event (so that the count goes back).
+pub async fn like(
+    store: &Store,
+    relay: &RelayWaker,
+    graph: &Peer,
+    like: &LikeDoc,
+) -> Result<Verdict> {
     if store.post_removed(like.post_id).await? {
         store.take_back_like(like.id).await?;
         return Ok(Verdict::PostGone);
     }
+    let mut authors = vec![like.target_author_id];
     // A comment is its own tombstone: deleted, or purged once deleted.
-    if let Some(comment) = like.comment_id
-        && store.comment(comment).await?.is_none()
-    {
-        store.take_back_like(like.id).await?;
-        return Ok(Verdict::CommentGone);
+    if let Some(comment) = like.comment_id {
+        let Some(comment) = store.comment(comment).await? else {
+            store.take_back_like(like.id).await?;
+            return Ok(Verdict::CommentGone);
+        };
+        authors.push(comment.post_author_id);
     }
     let undo = || store.undo_like(like, like.user_id);
-    let verdict = unless_account_gone(store, relay, like.user_id, undo).await?;
+    let mut verdict = unless_account_gone(store, relay, like.user_id, undo).await?;
+    if verdict == Verdict::Stands {
+        let what = if like.comment_id.is_some() {
+            "comment"
+        } else {
+            "post"
+        };
+        if let Some(blocked) = blocks(graph, like.user_id, &authors, what).await? {
+            if store.undo_like(like, like.user_id).await? {
+                relay.wake();
+            }
+            verdict = blocked;
+        }
+    }
     store.like_checked(like.id).await?;
     Ok(verdict)
 }
 
 /// [`like`] for a comment: taken back under a deleted post, deleted with its event for a
-/// deleted account.
-pub async fn comment(store: &Store, relay: &RelayWaker, comment: &CommentDoc) -> Result<Verdict> {
+/// deleted account or a block between its author and the post's.
+pub async fn comment(
+    store: &Store,
+    relay: &RelayWaker,
+    graph: &Peer,
+    comment: &CommentDoc,
+) -> Result<Verdict> {
     if store.post_removed(comment.post_id).await? {
         store.take_back_comment(comment.id).await?;
         return Ok(Verdict::PostGone);
     }
     let undo = || store.undo_comment(comment, comment.user_id);
-    let verdict = unless_account_gone(store, relay, comment.user_id, undo).await?;
+    let mut verdict = unless_account_gone(store, relay, comment.user_id, undo).await?;
+    if verdict == Verdict::Stands
+        && let Some(blocked) =
+            blocks(graph, comment.user_id, &[comment.post_author_id], "post").await?
+    {
+        if store.undo_comment(comment, comment.user_id).await? {
+            relay.wake();
+        }
+        verdict = blocked;
+    }
     store.comment_checked(comment.id).await?;
     Ok(verdict)
 }
@@ -96,13 +192,17 @@ pub async fn comment(store: &Store, relay: &RelayWaker, comment: &CommentDoc) ->
 /// Until `stop`: every half of `left_for`, checks the likes and comments whose checks
 /// did not finish `left_for` ago (a failed call its client did not retry; a call in
 /// flight clears its own mark well within it).
-pub async fn run(store: Store, relay: RelayWaker, left_for: Duration, stop: CancellationToken) {
+pub async fn run(
+    (store, relay, graph): (Store, RelayWaker, Peer),
+    left_for: Duration,
+    stop: CancellationToken,
+) {
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(left_for / 2) => {}
         }
-        if let Err(e) = settle_left(&store, &relay, left_for).await {
+        if let Err(e) = settle_left(&store, &relay, &graph, left_for).await {
             tracing::warn!(error = %e, "could not check the writes left unchecked; will retry");
         }
     }
@@ -110,16 +210,21 @@ pub async fn run(store: Store, relay: RelayWaker, left_for: Duration, stop: Canc
 
 /// Checks the likes and comments left unchecked for `left_for`, 100 of each at most;
 /// how many.
-async fn settle_left(store: &Store, relay: &RelayWaker, left_for: Duration) -> Result<usize> {
+async fn settle_left(
+    store: &Store,
+    relay: &RelayWaker,
+    graph: &Peer,
+    left_for: Duration,
+) -> Result<usize> {
     let before = bson::DateTime::now().timestamp_millis()
         - i64::try_from(left_for.as_millis()).unwrap_or(i64::MAX);
     let likes = store.unchecked_likes(before, 100).await?;
     let comments = store.unchecked_comments(before, 100).await?;
     for l in &likes {
-        like(store, relay, l).await?;
+        like(store, relay, graph, l).await?;
     }
     for c in &comments {
-        comment(store, relay, c).await?;
+        comment(store, relay, graph, c).await?;
     }
     Ok(likes.len() + comments.len())
 }

@@ -1,7 +1,7 @@
 //! From events to notifications: who is told what (API.md's table), stored once per
 //! (event, recipient), then broadcast to every replica's live streams.
 
-use bson::{DateTime, oid::ObjectId};
+use bson::{DateTime, doc, oid::ObjectId};
 use prost::Message;
 use social_content::mentions;
 use social_events::{
@@ -174,6 +174,15 @@ impl Fanout {
             Some(Payload::UserDeleted(e)) => {
                 self.remove_user(removed_users::deleted_user(e)?).await?;
             }
+            Some(Payload::UserBlocked(_) | Payload::UserUnblocked(_)) => {
+                // The block is recorded before anything goes: a notification between
+                // the two stored meanwhile is checked after it is stored (see
+                // `still_wanted`), so one of the two sees the other.
+                if let Some((blocker, blocked, true)) = self.store.blocks.apply(envelope).await? {
+                    self.remove_between(blocker, blocked).await?;
+                    self.remove_between(blocked, blocker).await?;
+                }
+            }
             _ => return Ok(false),
         }
         Ok(true)
@@ -249,6 +258,8 @@ impl Fanout {
         event_ms: i64,
         drafts: Vec<Draft>,
     ) -> anyhow::Result<Option<Stored>> {
+        // Tests: a block (or a deletion) handled while this event is in flight.
+        social_kit::pause!("notification::before_store");
         let mut stored: Vec<NotificationDoc> = Vec::new();
         let mut keys = Vec::new();
         let mut about = Vec::new();
@@ -347,6 +358,18 @@ impl Fanout {
             let (dropped, kept): (Vec<_>, Vec<_>) = stored
                 .into_iter()
                 .partition(|n| gone.contains(&actor) || gone.contains(&n.user_id));
+            let keys: Vec<String> = dropped.into_iter().map(|n| n.dedupe_key).collect();
+            self.store.delete_by_keys(&keys).await?;
+            stored = kept;
+        }
+        // Likewise for a block between the actor and a recipient (a like, comment or
+        // mention that raced the block; or a late event): nobody is told.
+        let recipients: Vec<ObjectId> = stored.iter().map(|n| n.user_id).collect();
+        let blocked = self.store.blocks.among(actor, &recipients).await?;
+        if !blocked.is_empty() {
+            let (dropped, kept): (Vec<_>, Vec<_>) = stored
+                .into_iter()
+                .partition(|n| blocked.contains(&n.user_id));
             let keys: Vec<String> = dropped.into_iter().map(|n| n.dedupe_key).collect();
             self.store.delete_by_keys(&keys).await?;
             stored = kept;
@@ -566,15 +589,34 @@ impl Fanout {
         removed_users.remove(user, &self.relay, remove).await
     }
 
-    /// Removes the notifications about a post (and its comments) or a comment, in
-    /// batches: each batch's removal is pushed to its recipients' streams, then deleted
-    /// (a failure in between pushes it again on the retry).
+    /// Removes what `actor` caused `recipient` to be told (a block between them): out of
+    /// the groups, which stay, and out of the list, the removals pushed.
+    async fn remove_between(&self, recipient: ObjectId, actor: ObjectId) -> anyhow::Result<()> {
+        let filter = doc! {
+            "source_user_id": social_kit::mongo::equals_id(actor),
+            "user_id": social_kit::mongo::equals_id(recipient),
+        };
+        self.remove_matching("source_user_id", filter).await
+    }
+
+    /// Removes the notifications whose `field` is `id`: about a post (and its comments)
+    /// or a comment, caused by an actor or received by a user.
     async fn remove_about(&self, field: &str, id: ObjectId) -> anyhow::Result<()> {
+        let filter = doc! { field: social_kit::mongo::equals_id(id) };
+        self.remove_matching(field, filter).await
+    }
+
+    /// Removes the notifications matching `filter`, in batches: each batch's removal is
+    /// pushed to its recipients' streams, then deleted (a failure in between pushes it
+    /// again on the retry). `field` says what they are selected by: those selected by
+    /// `source_user_id` leave groups that stay, one by one; those about a deleted post
+    /// or comment take their groups with them.
+    async fn remove_matching(&self, field: &str, filter: bson::Document) -> anyhow::Result<()> {
         // A viral post's thousands of notifications go in steps (see `Budget`).
         let mut budget = Budget::start();
         loop {
             budget.check()?;
-            let batch = self.store.about(field, id, REMOVE_BATCH).await?;
+            let batch = self.store.matching(filter.clone(), REMOVE_BATCH).await?;
             if batch.is_empty() {
                 return Ok(());
             }

@@ -2,11 +2,11 @@
 //! `dedupe_key`, so that a redelivered event, or like-unlike-like, stores one
 //! notification. No proto types here.
 
-use bson::{DateTime, doc, oid::ObjectId};
+use bson::{DateTime, Document, doc, oid::ObjectId};
 use futures::TryStreamExt;
 use mongodb::Collection;
 use serde::{Deserialize, Serialize};
-use social_events::removed_users::RemovedUsers;
+use social_events::{blocks::Blocks, removed_users::RemovedUsers};
 use social_kit::{
     Result, mongo,
     paging::{Order, PageRequest},
@@ -168,6 +168,8 @@ pub struct Store {
     pub groups: crate::groups::Groups,
     /// Deleted accounts (see `social_events::removed_users`).
     pub removed_users: RemovedUsers,
+    /// Who blocks whom (see `social_events::blocks`).
+    pub blocks: Blocks,
 }
 
 impl Store {
@@ -180,6 +182,7 @@ impl Store {
             removals: db.collection(REMOVALS),
             groups: crate::groups::Groups::new(db),
             removed_users: RemovedUsers::new(db, "notification"),
+            blocks: Blocks::new(db, "notification"),
         }
     }
 
@@ -208,8 +211,13 @@ impl Store {
                     // Removing a deleted post's or comment's notifications.
                     mongo::index("post", doc! { "post_id": 1 }, false),
                     mongo::index("comment", doc! { "comment_id": 1 }, false),
-                    // Removing what a deleted account caused.
-                    mongo::index("source", doc! { "source_user_id": 1 }, false),
+                    // Removing what a deleted account caused, or what a blocked one
+                    // caused to its blocker.
+                    mongo::index(
+                        "source_recipient",
+                        doc! { "source_user_id": 1, "user_id": 1 },
+                        false,
+                    ),
                     // A group's newest notifications.
                     mongo::index(
                         "recipient_group_sorted",
@@ -269,8 +277,10 @@ impl Store {
                 ],
             )
             .await?;
+        mongo::retire_indexes(&self.notifications, &["source"]).await?;
         self.groups.init().await?;
         self.removed_users.init().await?;
+        self.blocks.init().await?;
         Ok(())
     }
 
@@ -587,18 +597,13 @@ impl Store {
         )))
     }
 
-    /// Up to `limit` of the notifications about a post (and its comments), a comment,
-    /// or by an actor (`field` is `post_id`, `comment_id`, `source_user_id`, `user_id`),
+    /// Up to `limit` of the notifications matching `filter` (about a post and its
+    /// comments, a comment, by an actor, to a recipient, or by an actor to a recipient),
     /// to remove them.
-    pub async fn about(
-        &self,
-        field: &str,
-        id: ObjectId,
-        limit: i64,
-    ) -> Result<Vec<NotificationDoc>> {
+    pub async fn matching(&self, filter: Document, limit: i64) -> Result<Vec<NotificationDoc>> {
         Ok(self
             .notifications
-            .find(doc! { field: mongo::equals_id(id) })
+            .find(filter)
             .limit(limit)
             .await?
             .try_collect()

@@ -2,22 +2,31 @@
 
 use bson::oid::ObjectId;
 use social_kit::{
-    Error, Result, auth::caller, client::Peer, error::Violations, paging::PageRequest,
-    time::to_timestamp, validate,
+    Error, Result,
+    auth::{caller, optional_caller},
+    client::Peer,
+    error::Violations,
+    paging::PageRequest,
+    time::to_timestamp,
+    validate,
 };
 use social_proto::{
     graph::v1::{
-        CountFollowsRequest, CountFollowsResponse, ExportUserFollowsRequest, Follow, FollowCounts,
-        FollowRequest, GetRelationshipRequest, ListFollowersRequest, ListFollowersResponse,
-        ListFollowingIdsRequest, ListFollowingIdsResponse, ListFollowingRequest,
-        ListFollowingResponse, Relationship, UnfollowRequest,
-        social_graph_service_server::SocialGraphService,
+        Block, BlockUserRequest, CheckBlocksRequest, CheckBlocksResponse, CountFollowsRequest,
+        CountFollowsResponse, ExportUserFollowsRequest, Follow, FollowCounts, FollowRequest,
+        GetRelationshipRequest, ListBlocksRequest, ListBlocksResponse, ListFollowersRequest,
+        ListFollowersResponse, ListFollowingIdsRequest, ListFollowingIdsResponse,
+        ListFollowingRequest, ListFollowingResponse, Relationship, UnblockUserRequest,
+        UnfollowRequest, social_graph_service_server::SocialGraphService,
     },
     user::v1::{GetUserRequest, user_service_client::UserServiceClient},
 };
 use tonic::{Code, Request, Response, Status};
 
-use crate::store::{FollowDoc, Store};
+use crate::{
+    blocks::BlockDoc,
+    store::{FollowDoc, Store},
+};
 use social_events::{
     Payload, new_envelope,
     outbox::RelayWaker,
@@ -26,7 +35,14 @@ use social_events::{
 
 /// The RPCs only other services may call (the gate refuses them without the service
 /// credential): they serve other services and some cost many counts per request.
-pub const INTERNAL: &[&str] = &["ListFollowingIds", "CountFollows", "ExportUserFollows"];
+pub const INTERNAL: &[&str] = &[
+    "ListFollowingIds",
+    "CountFollows",
+    "ExportUserFollows",
+    "CheckBlocks",
+];
+
+use social_kit::error::UNBLOCK_FIRST;
 
 /// Most ids one ListFollowingIds answer carries.
 const MAX_FOLLOWING_IDS: usize = 10_000;
@@ -56,6 +72,29 @@ impl Api {
             Err(status) => Err(self.users.error(status)),
         }
     }
+
+    /// Refuses a follow of `followee` by `me` across a block: NOT_FOUND when `followee`
+    /// blocks `me` (as if absent), FAILED_PRECONDITION when `me` blocks `followee`.
+    async fn refuse_blocked(&self, me: ObjectId, followee: ObjectId) -> Result<()> {
+        let (blocking, blocked_by) = self.store.blocks.between(me, &[followee]).await?;
+        if !blocked_by.is_empty() {
+            Err(Error::NotFound("user"))
+        } else if !blocking.is_empty() {
+            Err(Error::FailedPrecondition(UNBLOCK_FIRST))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl From<BlockDoc> for Block {
+    fn from(b: BlockDoc) -> Self {
+        Self {
+            blocker_id: b.blocker_id.to_hex(),
+            blocked_id: b.blocked_id.to_hex(),
+            created_at: Some(to_timestamp(b.created_at)),
+        }
+    }
 }
 
 impl From<FollowDoc> for Follow {
@@ -83,7 +122,10 @@ impl SocialGraphService for Api {
         if let Some(existing) = self.store.get(me, followee).await? {
             return Ok(Response::new(existing.into()));
         }
+        self.refuse_blocked(me, followee).await?;
         self.ensure_user_exists(followee).await?;
+        // Tests: a block made between the checks above and the insert below.
+        social_kit::pause!("graph::before_follow_insert");
         let event = new_envelope(
             me,
             Payload::UserFollowed(UserFollowed {
@@ -104,6 +146,12 @@ impl SocialGraphService for Api {
                     Error::NotFound("user")
                 }
                 .into());
+            }
+            // A block made meanwhile ends it: the block's own sweep of follows ran
+            // before this insert, or this check sees the block (docs/events.md, "Blocks").
+            if let Err(refused) = self.refuse_blocked(me, followee).await {
+                crate::events::unfollow(&self.store, me, followee).await?;
+                return Err(refused.into());
             }
             tracing::info!(follower = %me, followee = %followee, "followed");
         }
@@ -184,9 +232,19 @@ impl SocialGraphService for Api {
         };
         let (following, followed_by) =
             tokio::try_join!(self.store.get(a, b), self.store.get(b, a))?;
+        // Whom one blocks is told to that one alone.
+        let (blocking, blocked_by) = if optional_caller(&request) == Some(a) {
+            let (blocking, blocked_by) =
+                tokio::try_join!(self.store.blocks.get(a, b), self.store.blocks.get(b, a))?;
+            (blocking.is_some(), blocked_by.is_some())
+        } else {
+            (false, false)
+        };
         Ok(Response::new(Relationship {
             following: following.is_some(),
             followed_by: followed_by.is_some(),
+            blocking,
+            blocked_by,
         }))
     }
 
@@ -240,6 +298,96 @@ impl SocialGraphService for Api {
             });
         }
         Ok(Response::new(CountFollowsResponse { counts }))
+    }
+
+    async fn block_user(
+        &self,
+        request: Request<BlockUserRequest>,
+    ) -> Result<Response<Block>, Status> {
+        let me = caller(&request)?;
+        let target = id("user_id", &request.get_ref().user_id)?;
+        if target == me {
+            return Err(Error::invalid("user_id", "you cannot block yourself").into());
+        }
+        if let Some(existing) = self.store.blocks.get(me, target).await? {
+            return Ok(Response::new(existing.into()));
+        }
+        self.ensure_user_exists(target).await?;
+        let (block, created) = self.store.blocks.block(me, target).await?;
+        if created {
+            self.relay.wake();
+            // Follows end now, after the block is stored: a follow racing it checks for
+            // the block after its own insert. The block's event ends them again if this
+            // stops half-way (`crate::events`).
+            crate::events::end_follows_between(&self.store, me, target).await?;
+            self.relay.wake();
+            let removed = &self.store.removed_users;
+            if removed.any(&[me, target]).await.map_err(Error::from)? {
+                if self.store.blocks.unblock(me, target).await? {
+                    self.relay.wake();
+                }
+                return Err(if removed.any(&[me]).await.map_err(Error::from)? {
+                    Error::Unauthenticated("this account was deleted")
+                } else {
+                    Error::NotFound("user")
+                }
+                .into());
+            }
+            tracing::info!(blocker = %me, blocked = %target, "blocked");
+        }
+        Ok(Response::new(block.into()))
+    }
+
+    async fn unblock_user(
+        &self,
+        request: Request<UnblockUserRequest>,
+    ) -> Result<Response<()>, Status> {
+        let me = caller(&request)?;
+        let target = id("user_id", &request.get_ref().user_id)?;
+        if target == me {
+            return Err(Error::invalid("user_id", "you cannot unblock yourself").into());
+        }
+        if self.store.blocks.unblock(me, target).await? {
+            self.relay.wake();
+            tracing::info!(blocker = %me, blocked = %target, "unblocked");
+        }
+        Ok(Response::new(()))
+    }
+
+    async fn list_blocks(
+        &self,
+        request: Request<ListBlocksRequest>,
+    ) -> Result<Response<ListBlocksResponse>, Status> {
+        let me = caller(&request)?;
+        let r = request.get_ref();
+        let page = PageRequest::parse_alone(r.page_size, &r.page_token, format!("blocks:{me}"))?;
+        let docs = self.store.blocks.list(me, &page).await?;
+        let (docs, next_page_token) = page.finish(docs, |b| b.sort_key);
+        Ok(Response::new(ListBlocksResponse {
+            blocks: docs.into_iter().map(Into::into).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn check_blocks(
+        &self,
+        request: Request<CheckBlocksRequest>,
+    ) -> Result<Response<CheckBlocksResponse>, Status> {
+        let r = request.get_ref();
+        let mut v = Violations::default();
+        let user = v.take("user_id", validate::object_id(&r.user_id));
+        let others = validate::id_batch("other_user_ids", &r.other_user_ids, &mut v);
+        v.finish()?;
+        let (blocking, blocked_by) = self
+            .store
+            .blocks
+            .between(user.unwrap_or_default(), &others)
+            .await?;
+        let hex = |ids: Vec<ObjectId>| ids.into_iter().map(ObjectId::to_hex).collect();
+        Ok(Response::new(CheckBlocksResponse {
+            blocking: hex(blocking),
+            blocked_by: hex(blocked_by),
+        }))
     }
 
     type ExportUserFollowsStream = futures::stream::BoxStream<'static, Result<Follow, Status>>;

@@ -1,6 +1,9 @@
 //! What the social-graph service consumes: a deleted account, whose follows (from it
 //! and to it) end, each with its `graph.user.unfollowed` event so that the other users'
-//! `followers_count` and `following_count` go down exactly once.
+//! `followers_count` and `following_count` go down exactly once, and whose blocks end
+//! with their `graph.user.unblocked` events; and its own `graph.user.blocked`, which
+//! ends the follows between the two again (BlockUser ends them itself; its event makes
+//! sure of it when the call stopped half-way).
 
 use bson::oid::ObjectId;
 use social_events::{
@@ -12,9 +15,21 @@ use crate::store::Store;
 
 /// Applies one event.
 pub async fn apply((store, relay): (Store, RelayWaker), envelope: Envelope) -> anyhow::Result<()> {
-    if let Some(Payload::UserDeleted(e)) = &envelope.payload {
-        let user = removed_users::deleted_user(e)?;
-        remove_user(&store, &relay, user).await?;
+    match &envelope.payload {
+        Some(Payload::UserDeleted(e)) => {
+            let user = removed_users::deleted_user(e)?;
+            remove_user(&store, &relay, user).await?;
+        }
+        Some(Payload::UserBlocked(e)) => {
+            let (blocker, blocked) = (
+                ObjectId::parse_str(&e.blocker_id)?,
+                ObjectId::parse_str(&e.blocked_id)?,
+            );
+            if end_follows_between(&store, blocker, blocked).await? {
+                relay.wake();
+            }
+        }
+        _ => {}
     }
     Ok(())
 }
@@ -30,6 +45,13 @@ async fn remove_user(store: &Store, relay: &RelayWaker, user: ObjectId) -> anyho
                 Ok(unfollow(store, follower, followee).await.map(drop)?)
             };
             budget.drain(side, relay, follows, end).await?;
+        }
+        for side in ["blocker_id", "blocked_id"] {
+            let blocks = || async { Ok(store.blocks.active_of(side, user, 100).await?) };
+            let end = |(blocker, blocked)| async move {
+                Ok(store.blocks.unblock(blocker, blocked).await.map(drop)?)
+            };
+            budget.drain(side, relay, blocks, end).await?;
         }
         Ok(())
     };
@@ -50,4 +72,16 @@ pub async fn unfollow(
         }),
     );
     store.unfollow(follower, followee, &event).await
+}
+
+/// Ends the follows between `a` and `b`, both ways, each with its event; whether any
+/// ended.
+pub async fn end_follows_between(
+    store: &Store,
+    a: ObjectId,
+    b: ObjectId,
+) -> social_kit::Result<bool> {
+    let one = unfollow(store, a, b).await?;
+    let other = unfollow(store, b, a).await?;
+    Ok(one || other)
 }

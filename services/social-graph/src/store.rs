@@ -12,6 +12,8 @@ use futures::TryStreamExt;
 use mongodb::Collection;
 use serde::{Deserialize, Serialize};
 use social_events::{Envelope, idempotency, outbox, removed_users::RemovedUsers};
+
+use crate::blocks::Blocks;
 use social_kit::{
     Result, mongo,
     paging::{self, Order, PageRequest},
@@ -58,6 +60,8 @@ pub struct Store {
     follows: Collection<FollowDoc>,
     /// Deleted accounts (see `social_events::removed_users`).
     pub removed_users: RemovedUsers,
+    /// Who blocks whom.
+    pub blocks: Blocks,
 }
 
 impl Store {
@@ -66,6 +70,7 @@ impl Store {
             db: db.clone(),
             follows: db.collection(COLLECTION),
             removed_users: RemovedUsers::new(db, "social-graph"),
+            blocks: Blocks::new(db),
         }
     }
 
@@ -123,6 +128,7 @@ impl Store {
         )
         .await?;
         self.removed_users.init().await?;
+        self.blocks.init().await?;
         Ok(())
     }
 

@@ -1,10 +1,11 @@
 //! EngagementService through its gRPC surface with every service started in-process,
 //! real RabbitMQ and the real driver: the RPCs (`rpc`), and the events and counters
-//! (`events`).
+//! (`events`), and the writes blocks forbid (`blocks`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod abuse;
+mod blocks;
 mod deletion;
 mod delivery;
 mod events;

@@ -79,7 +79,7 @@ impl App {
     }
 
     /// Waits until `check` holds for `token`'s groups; returns them.
-    async fn groups_until(
+    pub(crate) async fn groups_until(
         &self,
         token: &str,
         check: impl Fn(&[NotificationGroup]) -> bool,

@@ -12,6 +12,8 @@ use social_proto::graph::v1::{
 use social_testkit::{Stack, StackOptions, authed, token_for, violated_fields};
 use tonic::{Code, transport::Channel};
 
+mod blocks;
+
 struct App {
     stack: Stack,
     graph: SocialGraphServiceClient<Channel>,

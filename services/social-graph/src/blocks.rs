@@ -1,0 +1,257 @@
+//! The `blocks` collection: who blocks whom, the authority every other service's copy
+//! follows (`social_events::blocks`).
+//!
+//! One document per block, unique per (blocker, blocked) while it holds, as follows are
+//! (`crate::store`): an unblock marks it `ended` in the update that appends its
+//! `graph.user.unblocked` event, and frees the unique key by setting `active_key` to the
+//! event id; blocking again inserts a new block with a new id. Ended blocks are purged
+//! after 30 days, long after their event went out (the copies keep their own record of
+//! it, by block id).
+
+use bson::{DateTime, doc, oid::ObjectId};
+use futures::TryStreamExt;
+use mongodb::Collection;
+use serde::{Deserialize, Serialize};
+use social_events::{
+    Payload, new_envelope, outbox,
+    pb::{UserBlocked, UserUnblocked},
+};
+use social_kit::{
+    Result, mongo,
+    paging::{self, Order, PageRequest},
+};
+
+/// The collection this store owns.
+pub const COLLECTION: &str = "blocks";
+
+const ACTIVE: &str = "active";
+const ENDED: &str = "ended";
+
+/// `blocker_id` blocks `blocked_id` since `created_at`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BlockDoc {
+    #[serde(rename = "_id")]
+    pub id: ObjectId,
+    pub blocker_id: ObjectId,
+    pub blocked_id: ObjectId,
+    pub created_at: DateTime,
+    /// Orders ListBlocks (see `social_kit::paging`).
+    pub sort_key: i64,
+    /// `active` or `ended`.
+    pub state: String,
+    /// `active` while the block holds; the unblock's event id once ended.
+    pub active_key: String,
+    #[serde(default)]
+    pub outbox: Vec<String>,
+    #[serde(default)]
+    pub outbox_pending: i32,
+}
+
+/// Access to `blocks`. Cheap to clone.
+#[derive(Clone)]
+pub struct Blocks {
+    db: mongo::Db,
+    blocks: Collection<BlockDoc>,
+}
+
+impl Blocks {
+    pub fn new(db: &mongo::Db) -> Self {
+        Self {
+            db: db.clone(),
+            blocks: db.collection(COLLECTION),
+        }
+    }
+
+    /// Creates the indexes (idempotent).
+    pub async fn init(&self) -> anyhow::Result<()> {
+        self.db
+            .ensure_indexes(
+                &self.blocks,
+                vec![
+                    // One block per pair while it holds; serves every check between users
+                    // (point lookups, and `$in` on either side for CheckBlocks).
+                    mongo::index(
+                        "blocker_blocked_active_unique",
+                        doc! { "blocker_id": 1, "blocked_id": 1, "active_key": 1 },
+                        true,
+                    ),
+                    // CheckBlocks from the blocked side: `{blocked_id, blocker_id: $in}`.
+                    mongo::index(
+                        "blocked_blocker_active",
+                        doc! { "blocked_id": 1, "blocker_id": 1, "active_key": 1 },
+                        false,
+                    ),
+                    // ListBlocks, newest first; a deleted account's blocks, both sides.
+                    mongo::index(
+                        "blocker_sorted",
+                        doc! { "blocker_id": 1, "state": 1, "sort_key": -1 },
+                        false,
+                    ),
+                    mongo::index(
+                        "blocked_sorted",
+                        doc! { "blocked_id": 1, "state": 1, "sort_key": -1 },
+                        false,
+                    ),
+                    mongo::sort_key_index(),
+                    outbox::index(),
+                    outbox::purge_index(
+                        "ended_ttl",
+                        "ended_at",
+                        std::time::Duration::from_secs(30 * 24 * 3600),
+                    ),
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Records that `blocker` blocks `blocked`, with its `graph.user.blocked` event; or
+    /// returns the block that already holds (and no event). Whether this call made it.
+    pub async fn block(&self, blocker: ObjectId, blocked: ObjectId) -> Result<(BlockDoc, bool)> {
+        let now = DateTime::now();
+        let id = ObjectId::new();
+        let event = new_envelope(
+            blocker,
+            Payload::UserBlocked(UserBlocked {
+                block_id: id.to_hex(),
+                blocker_id: blocker.to_hex(),
+                blocked_id: blocked.to_hex(),
+            }),
+        );
+        let mut doc = BlockDoc {
+            id,
+            blocker_id: blocker,
+            blocked_id: blocked,
+            created_at: now,
+            sort_key: paging::sort_key(now),
+            state: ACTIVE.into(),
+            active_key: ACTIVE.into(),
+            outbox: vec![outbox::entry(&event)],
+            outbox_pending: 1,
+        };
+        if mongo::insert_keyed(&self.blocks, &mut doc, |b| &mut b.sort_key).await? {
+            doc.outbox.clear();
+            doc.outbox_pending = 0;
+            return Ok((doc, true));
+        }
+        match self.get(blocker, blocked).await? {
+            Some(existing) => Ok((existing, false)),
+            // Unblocked between our insert and read: it held, and ended.
+            None => Ok((doc, false)),
+        }
+    }
+
+    /// Ends the block of `blocker` on `blocked`, with its `graph.user.unblocked` event;
+    /// whether there was one.
+    pub async fn unblock(&self, blocker: ObjectId, blocked: ObjectId) -> Result<bool> {
+        let Some(block) = self.get(blocker, blocked).await? else {
+            return Ok(false);
+        };
+        let event = new_envelope(
+            blocker,
+            Payload::UserUnblocked(UserUnblocked {
+                block_id: block.id.to_hex(),
+                blocker_id: blocker.to_hex(),
+                blocked_id: blocked.to_hex(),
+            }),
+        );
+        let mut update = doc! { "$set": {
+            "state": ENDED, "active_key": event.event_id.as_str(), "ended_at": DateTime::now(),
+        } };
+        outbox::push(&mut update, &event);
+        let r = self
+            .blocks
+            .update_one(doc! { "_id": block.id, "active_key": ACTIVE }, update)
+            .await?;
+        Ok(r.modified_count == 1)
+    }
+
+    /// The block of `blocker` on `blocked` that holds, if any.
+    pub async fn get(&self, blocker: ObjectId, blocked: ObjectId) -> Result<Option<BlockDoc>> {
+        Ok(self
+            .blocks
+            .find_one(doc! {
+                "blocker_id": mongo::equals_id(blocker),
+                "blocked_id": mongo::equals_id(blocked),
+                "active_key": ACTIVE,
+            })
+            .projection(outbox::without_bookkeeping())
+            .await?)
+    }
+
+    /// Of `others`: those `user` blocks, and those who block `user`.
+    pub async fn between(
+        &self,
+        user: ObjectId,
+        others: &[ObjectId],
+    ) -> Result<(Vec<ObjectId>, Vec<ObjectId>)> {
+        if others.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let side = |mine: &'static str, theirs: &'static str| async move {
+            let found: Vec<bson::Document> = self
+                .blocks
+                .clone_with_type::<bson::Document>()
+                .find(doc! {
+                    mine: mongo::equals_id(user),
+                    theirs: { "$in": others },
+                    "active_key": ACTIVE,
+                })
+                .projection(doc! { theirs: 1, "_id": 0 })
+                .await?
+                .try_collect()
+                .await?;
+            Ok::<_, mongodb::error::Error>(
+                found
+                    .iter()
+                    .filter_map(|d| d.get_object_id(theirs).ok())
+                    .collect::<Vec<_>>(),
+            )
+        };
+        Ok(tokio::try_join!(
+            side("blocker_id", "blocked_id"),
+            side("blocked_id", "blocker_id")
+        )?)
+    }
+
+    /// A page of the blocks `blocker` holds, newest first.
+    pub async fn list(&self, blocker: ObjectId, page: &PageRequest) -> Result<Vec<BlockDoc>> {
+        Ok(mongo::page(
+            &self.blocks,
+            Order::NewestFirst,
+            doc! { "blocker_id": mongo::equals_id(blocker), "state": ACTIVE },
+            page,
+            outbox::without_bookkeeping(),
+        )
+        .await?)
+    }
+
+    /// Up to `limit` blocks that hold with `side` (`blocker_id` or `blocked_id`) =
+    /// `user`, as (blocker, blocked): a deleted account's, to end.
+    pub async fn active_of(
+        &self,
+        side: &str,
+        user: ObjectId,
+        limit: i64,
+    ) -> Result<Vec<(ObjectId, ObjectId)>> {
+        #[derive(Deserialize)]
+        struct Pair {
+            blocker_id: ObjectId,
+            blocked_id: ObjectId,
+        }
+        let pairs: Vec<Pair> = self
+            .blocks
+            .clone_with_type::<Pair>()
+            .find(doc! { side: mongo::equals_id(user), "state": ACTIVE })
+            .projection(doc! { "blocker_id": 1, "blocked_id": 1, "_id": 0 })
+            .sort(doc! { "sort_key": -1 })
+            .limit(limit)
+            .await?
+            .try_collect()
+            .await?;
+        Ok(pairs
+            .into_iter()
+            .map(|p| (p.blocker_id, p.blocked_id))
+            .collect())
+    }
+}

@@ -1,0 +1,237 @@
+//! Blocks: what they end, what they forbid, who is told of them, and a follow racing one.
+
+use std::time::Duration;
+
+use bson::oid::ObjectId;
+use social_proto::graph::v1::{
+    CheckBlocksRequest, GetRelationshipRequest, ListBlocksRequest, ListFollowersRequest,
+    Relationship, UnblockUserRequest,
+};
+use social_testkit::{as_service, authed, eventually, violated_fields};
+use tonic::Code;
+
+use crate::{App, spawn};
+
+impl App {
+    /// The relationship of `user` to `other`, asked with `token` (none: anonymously).
+    async fn relationship(&self, user: &str, other: &str, token: Option<&str>) -> Relationship {
+        let request = GetRelationshipRequest {
+            user_id: user.into(),
+            other_user_id: other.into(),
+        };
+        let request = match token {
+            Some(t) => authed(request, t),
+            None => tonic::Request::new(request),
+        };
+        self.graph
+            .clone()
+            .get_relationship(request)
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    /// Whom `token`'s account blocks, newest first.
+    async fn blocked_by_me(&self, token: &str) -> Vec<String> {
+        let request = ListBlocksRequest {
+            page_size: 0,
+            page_token: String::new(),
+        };
+        self.graph
+            .clone()
+            .list_blocks(authed(request, token))
+            .await
+            .unwrap()
+            .into_inner()
+            .blocks
+            .into_iter()
+            .map(|b| b.blocked_id)
+            .collect()
+    }
+
+    /// Waits until `user`'s `followers_count` is `n` (the follow events are in).
+    async fn followers_count_becomes(&self, user: &str, n: i64) {
+        let reached = eventually(Duration::from_secs(10), || async {
+            (self.followers_count(user).await == n).then_some(())
+        })
+        .await;
+        assert!(
+            reached.is_some(),
+            "{user}'s followers_count never became {n}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_block_ends_follows_both_ways_and_no_follow_crosses_it_until_unblocked() {
+    let app = spawn().await;
+    let (alice, alice_token) = app.user("alice").await;
+    let (bob, bob_token) = app.user("bob").await;
+    let (carol, carol_token) = app.user("carol").await;
+    app.follow(&alice_token, &bob).await.unwrap();
+    app.follow(&bob_token, &alice).await.unwrap();
+    app.follow(&carol_token, &alice).await.unwrap();
+    app.followers_count_becomes(&alice, 2).await;
+    app.followers_count_becomes(&bob, 1).await;
+
+    let block = app.stack.block(&alice_token, &bob).await.unwrap();
+    assert_eq!(
+        (block.blocker_id.as_str(), block.blocked_id.as_str()),
+        (alice.as_str(), bob.as_str())
+    );
+    // Idempotent: the block that holds comes back.
+    let again = app.stack.block(&alice_token, &bob).await.unwrap();
+    assert_eq!(again.created_at, block.created_at);
+
+    // Both follows ended through their events: every count is true.
+    assert_eq!(
+        app.followers(&alice, 0, "").await.0,
+        std::slice::from_ref(&carol)
+    );
+    assert!(app.followers(&bob, 0, "").await.0.is_empty());
+    app.followers_count_becomes(&alice, 1).await;
+    app.followers_count_becomes(&bob, 0).await;
+
+    // Neither can follow the other: to bob, alice is absent; alice must unblock first.
+    let err = app.follow(&bob_token, &alice).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    let err = app.follow(&alice_token, &bob).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+
+    // Each of the two is told of its own side; nobody else is told anything.
+    let r = app.relationship(&alice, &bob, Some(&alice_token)).await;
+    assert!(
+        r.blocking && !r.blocked_by && !r.following && !r.followed_by,
+        "{r:?}"
+    );
+    let r = app.relationship(&bob, &alice, Some(&bob_token)).await;
+    assert!(!r.blocking && r.blocked_by, "{r:?}");
+    for token in [Some(carol_token.as_str()), None] {
+        let r = app.relationship(&alice, &bob, token).await;
+        assert!(!r.blocking && !r.blocked_by, "{r:?}");
+    }
+    assert_eq!(
+        app.blocked_by_me(&alice_token).await,
+        std::slice::from_ref(&bob)
+    );
+    assert!(app.blocked_by_me(&bob_token).await.is_empty());
+
+    // The authoritative check is for services only, and says which way.
+    let check = CheckBlocksRequest {
+        user_id: bob.clone(),
+        other_user_ids: vec![alice.clone(), carol.clone()],
+    };
+    let err = app
+        .graph
+        .clone()
+        .check_blocks(authed(check.clone(), &bob_token))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let found = app
+        .graph
+        .clone()
+        .check_blocks(as_service(check))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (found.blocking, found.blocked_by),
+        (vec![], vec![alice.clone()])
+    );
+
+    // Unblocking restores nothing by itself, and then a follow is a follow again.
+    let unblock = UnblockUserRequest {
+        user_id: bob.clone(),
+    };
+    let mut graph = app.graph.clone();
+    graph
+        .unblock_user(authed(unblock.clone(), &alice_token))
+        .await
+        .unwrap();
+    graph
+        .unblock_user(authed(unblock, &alice_token))
+        .await
+        .unwrap();
+    assert!(app.blocked_by_me(&alice_token).await.is_empty());
+    assert_eq!(app.followers(&alice, 0, "").await.0, [carol]);
+    app.follow(&bob_token, &alice).await.unwrap();
+    app.followers_count_becomes(&alice, 2).await;
+}
+
+#[tokio::test]
+async fn blocks_are_validated() {
+    let app = spawn().await;
+    let (alice, alice_token) = app.user("alice").await;
+    let err = app.stack.block(&alice_token, &alice).await.unwrap_err();
+    assert_eq!(violated_fields(&err), ["user_id"]);
+    let err = app.stack.block(&alice_token, "nope").await.unwrap_err();
+    assert_eq!(violated_fields(&err), ["user_id"]);
+    let err = app
+        .stack
+        .block(&alice_token, &ObjectId::new().to_hex())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let err = app
+        .graph
+        .clone()
+        .list_blocks(ListBlocksRequest {
+            page_size: -1,
+            page_token: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let err = app
+        .graph
+        .clone()
+        .check_blocks(as_service(CheckBlocksRequest {
+            user_id: alice,
+            other_user_ids: vec![],
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&err), ["other_user_ids"]);
+}
+
+#[tokio::test]
+async fn a_follow_racing_a_block_is_undone_and_every_count_stays_true() {
+    let app = spawn().await;
+    let (alice, alice_token) = app.user("alice").await;
+    let (bob, bob_token) = app.user("bob").await;
+    // Bob's follow passes its checks, then waits before its insert while alice blocks.
+    fail::cfg("graph::before_follow_insert", "return(1500)").unwrap();
+    let racing = {
+        let app_graph = app.graph.clone();
+        let (alice, bob_token) = (alice.clone(), bob_token.clone());
+        tokio::spawn(async move {
+            let request = social_proto::graph::v1::FollowRequest { followee_id: alice };
+            app_graph.clone().follow(authed(request, &bob_token)).await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    fail::remove("graph::before_follow_insert");
+    app.stack.block(&alice_token, &bob).await.unwrap();
+    let err = racing.await.unwrap().unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    assert_eq!(social_kit::faults::fired("graph::before_follow_insert"), 1);
+
+    assert!(app.followers(&alice, 0, "").await.0.is_empty());
+    // Its followed and unfollowed events both went out: the count comes back to zero.
+    app.stack.settled().await;
+    assert_eq!(app.followers_count(&alice).await, 0);
+    let page = ListFollowersRequest {
+        user_id: alice,
+        page_size: 0,
+        page_token: String::new(),
+    };
+    let follows = app
+        .graph
+        .clone()
+        .list_followers(page)
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(follows.follows.is_empty());
+}
