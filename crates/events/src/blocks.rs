@@ -55,17 +55,11 @@ impl Blocks {
             .ensure_indexes(
                 &self.copies,
                 vec![
-                    // Does the author block the viewer: `{blocker_id (one or $in),
-                    // blocked_id, state}`; and every check between two users.
+                    // Every check: whether the author (one, or `$in` for a page of
+                    // authors) blocks the viewer, and either way between two users.
                     mongo::index(
                         "blocker_blocked_state",
                         doc! { "blocker_id": 1, "blocked_id": 1, "state": 1 },
-                        false,
-                    ),
-                    // The other way: whom a user blocks among authors.
-                    mongo::index(
-                        "blocked_blocker_state",
-                        doc! { "blocked_id": 1, "blocker_id": 1, "state": 1 },
                         false,
                     ),
                 ],
@@ -75,7 +69,8 @@ impl Blocks {
 
     /// Applies a `graph.user.blocked` or `graph.user.unblocked` event (anything else is
     /// ignored): idempotent, in any order. The pair it was about, as (blocker, blocked),
-    /// and whether it is a block (`true`) or an unblock.
+    /// and whether that block holds now: `false` for an unblock, and for a block whose
+    /// unblock came first (a late or redelivered `blocked` changes nothing).
     pub async fn apply(
         &self,
         envelope: &Envelope,
@@ -91,13 +86,24 @@ impl Blocks {
             blocked_id: ObjectId::parse_str(blocked)?,
             state: if active { ACTIVE } else { ENDED }.into(),
         };
-        let inserted = mongo::insert_once(&self.copies, &copy).await?;
-        if !inserted && !active {
+        let pair = (copy.blocker_id, copy.blocked_id);
+        if mongo::insert_once(&self.copies, &copy).await? {
+            return Ok(Some((pair.0, pair.1, active)));
+        }
+        if !active {
             self.copies
                 .update_one(doc! { "_id": copy.id }, doc! { "$set": { "state": ENDED } })
                 .await?;
+            return Ok(Some((pair.0, pair.1, false)));
         }
-        Ok(Some((copy.blocker_id, copy.blocked_id, active)))
+        // Seen before: it holds only if its unblock has not come since.
+        let holds = self
+            .copies
+            .find_one(doc! { "_id": copy.id, "state": ACTIVE })
+            .projection(doc! { "_id": 1 })
+            .await?
+            .is_some();
+        Ok(Some((pair.0, pair.1, holds)))
     }
 
     /// Whether `blocker` blocks `blocked`.
@@ -157,6 +163,22 @@ impl Blocks {
         found.sort();
         found.dedup();
         Ok(found)
+    }
+
+    /// Those of `authors` who block `viewer` (none for an anonymous reader, or a service
+    /// calling on its own behalf): to `viewer`, what they made is absent.
+    pub async fn hidden_from(
+        &self,
+        viewer: Option<ObjectId>,
+        authors: &[ObjectId],
+    ) -> social_kit::Result<Vec<ObjectId>> {
+        let Some(viewer) = viewer else {
+            return Ok(Vec::new());
+        };
+        let mut authors: Vec<ObjectId> = authors.iter().copied().filter(|a| *a != viewer).collect();
+        authors.sort();
+        authors.dedup();
+        Ok(self.blocking(viewer, &authors).await?)
     }
 
     /// Those of `authors` who block `viewer`: to `viewer`, what they made is absent.

@@ -33,17 +33,21 @@ pub struct QueueSpec {
     pub routing_keys: &'static [&'static str],
 }
 
-/// The user service's queue: follows move `followers_count` / `following_count`.
+/// The user service's queue: follows move `followers_count` / `following_count`;
+/// blocks are kept for reads.
 pub const USER: QueueSpec = QueueSpec {
     service: "user",
     routing_keys: &[
         "graph.user.followed",
         "graph.user.unfollowed",
         "deletion.account.cleared",
+        "graph.user.blocked",
+        "graph.user.unblocked",
     ],
 };
 
-/// The post service's queue: likes and comments move a post's counters.
+/// The post service's queue: likes and comments move a post's counters; blocks are
+/// kept for reads.
 pub const POST: QueueSpec = QueueSpec {
     service: "post",
     routing_keys: &[
@@ -52,6 +56,8 @@ pub const POST: QueueSpec = QueueSpec {
         "engagement.comment.created",
         "engagement.comment.deleted",
         "user.user.deleted",
+        "graph.user.blocked",
+        "graph.user.unblocked",
     ],
 };
 
@@ -62,7 +68,8 @@ pub const GRAPH: QueueSpec = QueueSpec {
     routing_keys: &["user.user.deleted", "graph.user.blocked"],
 };
 
-/// The engagement service's queue: a deleted post's cascade, comment like counters.
+/// The engagement service's queue: a deleted post's cascade, comment like counters;
+/// blocks are kept for reads.
 pub const ENGAGEMENT: QueueSpec = QueueSpec {
     service: "engagement",
     routing_keys: &[
@@ -71,6 +78,8 @@ pub const ENGAGEMENT: QueueSpec = QueueSpec {
         "engagement.comment.unliked",
         "engagement.comment.deleted",
         "user.user.deleted",
+        "graph.user.blocked",
+        "graph.user.unblocked",
     ],
 };
 

@@ -107,6 +107,23 @@ impl Api {
         Ok(Some(like))
     }
 
+    /// Drops from `comments` those the caller must not see: written by someone who
+    /// blocks them, or under a post whose author does.
+    async fn hide_blocked<T>(
+        &self,
+        request: &Request<T>,
+        comments: &mut Vec<CommentDoc>,
+    ) -> Result<()> {
+        let viewer = social_kit::auth::optional_caller(request);
+        let authors: Vec<ObjectId> = comments
+            .iter()
+            .flat_map(|c| [c.user_id, c.post_author_id])
+            .collect();
+        let hidden = self.store.blocks.hidden_from(viewer, &authors).await?;
+        comments.retain(|c| !hidden.contains(&c.user_id) && !hidden.contains(&c.post_author_id));
+        Ok(())
+    }
+
     /// NOT_FOUND unless post `id` exists (for an unlike with nothing to undo).
     async fn require_post(&self, id: ObjectId) -> Result<()> {
         self.post_author(id).await.map(drop)
@@ -322,6 +339,9 @@ impl EngagementService for Api {
             .comment(comment_id)
             .await?
             .ok_or(Error::NotFound("comment"))?;
+        let mut visible = vec![comment];
+        self.hide_blocked(&request, &mut visible).await?;
+        let comment = visible.pop().ok_or(Error::NotFound("comment"))?;
         Ok(Response::new(comment.into()))
     }
 
@@ -399,7 +419,9 @@ impl EngagementService for Api {
             &r.page_token,
         )?;
         let comments = self.store.comments_of(post, &page).await?;
-        let (comments, next_page_token) = page.finish(comments, |c| c.sort_key);
+        let (mut comments, next_page_token) = page.finish(comments, |c| c.sort_key);
+        // Filtered after the page is cut: a page may come short, never skip one.
+        self.hide_blocked(&request, &mut comments).await?;
         Ok(Response::new(ListCommentsResponse {
             comments: comments.into_iter().map(Into::into).collect(),
             next_page_token,

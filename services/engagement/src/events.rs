@@ -1,7 +1,7 @@
 //! What the engagement service consumes: a deleted post takes its comments and likes
 //! with it; a deleted comment ends its likes; comment likes move the comment's
 //! `likes_count` (once per event, see `social_events::idempotency`); a deleted account's
-//! likes end and its comments go.
+//! likes end and its comments go; blocks are kept for reads.
 
 use bson::oid::ObjectId;
 use social_events::{Envelope, Payload, consumer::Budget, outbox::RelayWaker, removed_users};
@@ -29,6 +29,9 @@ pub async fn apply((store, relay): (Store, RelayWaker), envelope: Envelope) -> a
         }
         Some(Payload::UserDeleted(e)) => {
             remove_user(&store, &relay, removed_users::deleted_user(e)?).await?;
+        }
+        Some(Payload::UserBlocked(_) | Payload::UserUnblocked(_)) => {
+            store.blocks.apply(&envelope).await?;
         }
         _ => {}
     }

@@ -215,6 +215,9 @@ pub struct Store {
     counters: idempotency::Counters,
     /// Deleted accounts (see `social_events::removed_users`).
     pub removed_users: RemovedUsers,
+    /// Who blocks whom (see `social_events::blocks`): to a blocked reader, the blocker's
+    /// comments, and the comments under the blocker's posts, are absent.
+    pub blocks: social_events::blocks::Blocks,
 }
 
 impl Store {
@@ -226,6 +229,7 @@ impl Store {
             removed_posts: db.collection(REMOVED_POSTS),
             counters: idempotency::Counters::new(db, COMMENTS),
             removed_users: RemovedUsers::new(db, "engagement"),
+            blocks: social_events::blocks::Blocks::new(db, "engagement"),
         }
     }
 
@@ -321,6 +325,7 @@ impl Store {
             .await?;
         self.counters.init().await?;
         self.removed_users.init().await?;
+        self.blocks.init().await?;
         Ok(())
     }
 

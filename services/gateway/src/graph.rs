@@ -1,5 +1,5 @@
-//! Follows (the social-graph service). Lists carry the other account of each follow,
-//! fetched with one batch call per page.
+//! Follows and blocks (the social-graph service). Lists carry the other account of each
+//! follow or block, fetched with one batch call per page.
 
 use axum::{
     Json,
@@ -8,15 +8,15 @@ use axum::{
     response::Response,
 };
 use social_proto::graph::v1::{
-    FollowRequest, GetRelationshipRequest, ListFollowersRequest, ListFollowingRequest,
-    UnfollowRequest,
+    BlockUserRequest, FollowRequest, GetRelationshipRequest, ListBlocksRequest,
+    ListFollowersRequest, ListFollowingRequest, UnblockUserRequest, UnfollowRequest,
 };
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
     context::{AppState, Identity, PageQuery, Path, Query, accounts, ask, paged},
     error::{ApiResult, ErrorBody},
-    model::{Follow, FollowPage, Relationship},
+    model::{Block, BlockPage, Follow, FollowPage, Relationship},
 };
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -25,6 +25,9 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(followers))
         .routes(routes!(following))
         .routes(routes!(relationship))
+        .routes(routes!(block))
+        .routes(routes!(unblock))
+        .routes(routes!(blocks))
 }
 
 /// Follows a user (again: nothing changes).
@@ -145,5 +148,78 @@ async fn relationship(
     Ok(Json(Relationship {
         following: r.following,
         followed_by: r.followed_by,
+        blocking: r.blocking,
+        blocked_by: r.blocked_by,
     }))
+}
+
+/// Blocks a user (again: nothing changes). Every follow between the two ends; neither
+/// can follow the other; the user can no longer like or comment on the caller's posts
+/// and comments, nor notify the caller; the caller's notifications from the user go;
+/// and to the user, the caller's profile, posts and comments are absent. 400
+/// (`INVALID_ARGUMENT`) for oneself; 404 for an unknown user.
+#[utoipa::path(post, path = "/v1/users/{id}/block", tag = "blocks", params(("id" = String, Path, pattern = "^[0-9a-f]{24}$")),
+    security(("bearer" = [])),
+    responses((status = 200, body = Block), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+async fn block(
+    State(state): State<AppState>,
+    who: Identity,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Block>> {
+    who.account()?;
+    let request = BlockUserRequest { user_id: id };
+    let b = ask!(state, who, graph.block_user(request))?;
+    Ok(Json(b.into()))
+}
+
+/// Stops blocking a user (not blocking: nothing changes). Restores nothing by itself:
+/// no follow comes back.
+#[utoipa::path(post, path = "/v1/users/{id}/unblock", tag = "blocks", params(("id" = String, Path, pattern = "^[0-9a-f]{24}$")),
+    security(("bearer" = [])),
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+async fn unblock(
+    State(state): State<AppState>,
+    who: Identity,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    who.account()?;
+    let request = UnblockUserRequest { user_id: id };
+    ask!(state, who, graph.unblock_user(request))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Whom the caller blocks, newest block first, each with the blocked account.
+#[utoipa::path(get, path = "/v1/blocks", tag = "blocks", params(PageQuery), security(("bearer" = [])),
+    responses((status = 200, body = BlockPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+async fn blocks(
+    State(state): State<AppState>,
+    who: Identity,
+    OriginalUri(uri): OriginalUri,
+    Query(page): Query<PageQuery>,
+) -> ApiResult<Response> {
+    who.account()?;
+    let request = ListBlocksRequest {
+        page_size: page.page_size,
+        page_token: page.page_token,
+    };
+    let r = ask!(state, who, graph.list_blocks(request))?;
+    let found = accounts(
+        &state.services,
+        &who,
+        r.blocks.iter().map(|b| b.blocked_id.clone()),
+    )
+    .await?;
+    let items = r
+        .blocks
+        .into_iter()
+        .map(|b| {
+            let account = found.get(&b.blocked_id).cloned();
+            Block {
+                account,
+                ..Block::from(b)
+            }
+        })
+        .collect();
+    Ok(paged(&uri, BlockPage::of(items, r.next_page_token)))
 }

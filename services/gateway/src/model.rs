@@ -246,6 +246,34 @@ pub struct Relationship {
     pub following: bool,
     /// The account follows the caller.
     pub followed_by: bool,
+    /// The caller blocks the account.
+    pub blocking: bool,
+    /// The account blocks the caller.
+    pub blocked_by: bool,
+}
+
+/// The caller blocks an account: no follow either way, no like, comment or mention
+/// between the two, and to the blocked account the caller's profile, posts and comments
+/// are absent.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Block {
+    pub blocker_id: String,
+    pub blocked_id: String,
+    /// The blocked account (in a list of blocks).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account: Option<Account>,
+    pub created_at: String,
+}
+
+impl From<social_proto::graph::v1::Block> for Block {
+    fn from(b: social_proto::graph::v1::Block) -> Self {
+        Self {
+            blocker_id: b.blocker_id,
+            blocked_id: b.blocked_id,
+            account: None,
+            created_at: time(b.created_at),
+        }
+    }
 }
 
 /// A notification of the caller.
@@ -430,6 +458,7 @@ page!(PostPage, Post);
 page!(CommentPage, Comment);
 page!(LikePage, Like);
 page!(FollowPage, Follow);
+page!(BlockPage, Block);
 page!(NotificationPage, Notification);
 page!(NotificationGroupPage, NotificationGroup);
 page!(SessionPage, Session);

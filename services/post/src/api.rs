@@ -8,8 +8,13 @@ use social_events::{
     pb::{PostCreated, PostDeleted},
 };
 use social_kit::{
-    Error, Result, auth::caller, client::Peer, error::Violations, paging::PageRequest,
-    time::to_timestamp, validate,
+    Error, Result,
+    auth::{caller, optional_caller},
+    client::Peer,
+    error::Violations,
+    paging::PageRequest,
+    time::to_timestamp,
+    validate,
 };
 use social_proto::{
     graph::v1::{ListFollowingIdsRequest, social_graph_service_client::SocialGraphServiceClient},
@@ -155,6 +160,17 @@ impl PostService for Api {
             .get(post_id)
             .await?
             .ok_or(Error::NotFound("post"))?;
+        // To a reader its author blocks, it is absent.
+        let viewer = optional_caller(&request);
+        if !self
+            .store
+            .blocks
+            .hidden_from(viewer, &[post.user_id])
+            .await?
+            .is_empty()
+        {
+            return Err(Error::NotFound("post").into());
+        }
         Ok(Response::new(post.into()))
     }
 
@@ -166,6 +182,10 @@ impl PostService for Api {
         let ids = validate::id_batch("ids", &request.get_ref().ids, &mut v);
         v.finish()?;
         let mut posts = self.store.by_ids(&ids).await?;
+        let authors: Vec<ObjectId> = posts.iter().map(|p| p.user_id).collect();
+        let viewer = optional_caller(&request);
+        let hidden = self.store.blocks.hidden_from(viewer, &authors).await?;
+        posts.retain(|p| !hidden.contains(&p.user_id));
         posts.sort_by_key(|p| ids.iter().position(|id| *id == p.id));
         Ok(Response::new(BatchGetPostsResponse {
             posts: posts.into_iter().map(Into::into).collect(),
@@ -250,6 +270,17 @@ impl PostService for Api {
             r.page_size,
             &r.page_token,
         )?;
+        // To a reader the author blocks, the author has no posts (as an unknown one).
+        let viewer = optional_caller(&request);
+        if !self
+            .store
+            .blocks
+            .hidden_from(viewer, &[user])
+            .await?
+            .is_empty()
+        {
+            return Ok(Response::new(ListUserPostsResponse::default()));
+        }
         let docs = self.store.by_authors(&[user], &page).await?;
         let (docs, next_page_token) = page.finish(docs, |p| p.sort_key);
         Ok(Response::new(ListUserPostsResponse {

@@ -1,7 +1,7 @@
 //! What the post service consumes: engagement events, which move a post's
 //! `likes_count` and `comments_count` (each applied at most once per event, see
-//! `social_events::idempotency`; increments commute, so order does not matter), and a
-//! deleted account, whose posts go.
+//! `social_events::idempotency`; increments commute, so order does not matter), a
+//! deleted account, whose posts go, and blocks, kept for reads.
 
 use bson::oid::ObjectId;
 use social_events::{
@@ -16,6 +16,9 @@ pub async fn apply((store, relay): (Store, RelayWaker), envelope: Envelope) -> a
     if let Some(Payload::UserDeleted(e)) = &envelope.payload {
         let user = removed_users::deleted_user(e)?;
         return remove_author(&store, &relay, user).await;
+    }
+    if store.blocks.apply(&envelope).await?.is_some() {
+        return Ok(());
     }
     let (post, field, delta) = match &envelope.payload {
         Some(Payload::PostLiked(e)) => (&e.post_id, "likes_count", 1),

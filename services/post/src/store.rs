@@ -11,7 +11,7 @@ use futures::TryStreamExt;
 use mongodb::{Collection, options::ReturnDocument};
 use serde::{Deserialize, Serialize};
 use social_content::{BodyUpdate, MediaDoc};
-use social_events::{Envelope, idempotency, outbox, removed_users::RemovedUsers};
+use social_events::{Envelope, blocks::Blocks, idempotency, outbox, removed_users::RemovedUsers};
 use social_kit::{
     Result, mongo,
     paging::{self, Order, PageRequest},
@@ -91,6 +91,9 @@ pub struct Store {
     posts: Collection<PostDoc>,
     /// Deleted accounts (see `social_events::removed_users`).
     pub removed_users: RemovedUsers,
+    /// Who blocks whom (see `social_events::blocks`): to a blocked reader, the blocker's
+    /// posts are absent.
+    pub blocks: Blocks,
     /// Its counters moved by events, once per event (`social_events::idempotency`).
     pub counters: idempotency::Counters,
 }
@@ -101,6 +104,7 @@ impl Store {
             db: db.clone(),
             posts: db.collection(COLLECTION),
             removed_users: RemovedUsers::new(db, "post"),
+            blocks: Blocks::new(db, "post"),
             counters: idempotency::Counters::new(db, COLLECTION),
         }
     }
@@ -149,6 +153,7 @@ impl Store {
             .await?;
         self.counters.init().await?;
         self.removed_users.init().await?;
+        self.blocks.init().await?;
         Ok(())
     }
 

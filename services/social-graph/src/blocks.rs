@@ -75,12 +75,6 @@ impl Blocks {
                         doc! { "blocker_id": 1, "blocked_id": 1, "active_key": 1 },
                         true,
                     ),
-                    // CheckBlocks from the blocked side: `{blocked_id, blocker_id: $in}`.
-                    mongo::index(
-                        "blocked_blocker_active",
-                        doc! { "blocked_id": 1, "blocker_id": 1, "active_key": 1 },
-                        false,
-                    ),
                     // ListBlocks, newest first; a deleted account's blocks, both sides.
                     mongo::index(
                         "blocker_sorted",

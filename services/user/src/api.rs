@@ -118,6 +118,16 @@ impl Api {
         })
     }
 
+    /// Drops from `users` those who block the caller: to a blocked reader, the blocker's
+    /// profile is absent (a service asking on its own behalf sees everyone).
+    async fn hide_blockers<T>(&self, request: &Request<T>, users: &mut Vec<UserDoc>) -> Result<()> {
+        let viewer = social_kit::auth::optional_caller(request);
+        let ids: Vec<ObjectId> = users.iter().map(|u| u.id).collect();
+        let hidden = self.store.blocks.hidden_from(viewer, &ids).await?;
+        users.retain(|u| !hidden.contains(&u.id));
+        Ok(())
+    }
+
     /// Counts a password check of `subject` from `client`'s network before it is made:
     /// `RESOURCE_EXHAUSTED` with a retry delay when that network is refused for now (see
     /// `crate::throttle`).
@@ -645,7 +655,9 @@ impl UserService for Api {
 
     async fn get_user(&self, request: Request<GetUserRequest>) -> Result<Response<User>, Status> {
         let id = validate::object_id(&request.get_ref().id).map_err(|d| Error::invalid("id", d))?;
-        let user = self.store.by_id(id).await?.ok_or(Error::NotFound("user"))?;
+        let mut found = self.store.by_id(id).await?.into_iter().collect();
+        self.hide_blockers(&request, &mut found).await?;
+        let user = found.pop().ok_or(Error::NotFound("user"))?;
         let viewer = self.viewer(&request, &[&user]).await?;
         Ok(Response::new(to_wire(user, viewer)))
     }
@@ -656,11 +668,14 @@ impl UserService for Api {
     ) -> Result<Response<User>, Status> {
         let username = request.get_ref().username.trim();
         validate::username(username).map_err(|d| Error::invalid("username", d))?;
-        let user = self
+        let mut found = self
             .store
             .by_username(&username.to_lowercase())
             .await?
-            .ok_or(Error::NotFound("user"))?;
+            .into_iter()
+            .collect();
+        self.hide_blockers(&request, &mut found).await?;
+        let user = found.pop().ok_or(Error::NotFound("user"))?;
         let viewer = self.viewer(&request, &[&user]).await?;
         Ok(Response::new(to_wire(user, viewer)))
     }
@@ -673,6 +688,7 @@ impl UserService for Api {
         let ids = validate::id_batch("ids", &request.get_ref().ids, &mut v);
         v.finish()?;
         let mut found = self.store.by_ids(&ids).await?;
+        self.hide_blockers(&request, &mut found).await?;
         let viewer = self
             .viewer(&request, &found.iter().collect::<Vec<_>>())
             .await?;
@@ -703,6 +719,7 @@ impl UserService for Api {
         }
         v.finish()?;
         let mut found = self.store.by_usernames(&lowers).await?;
+        self.hide_blockers(&request, &mut found).await?;
         let viewer = self
             .viewer(&request, &found.iter().collect::<Vec<_>>())
             .await?;

@@ -1,5 +1,6 @@
 //! What the user service consumes: follow events, which move `followers_count` and
-//! `following_count`, and each service's report that a deleted account is cleared. Each
+//! `following_count`, each service's report that a deleted account is cleared, and
+//! blocks (to a blocked reader, the blocker's profile is absent). Each
 //! update is applied at most once per event (see
 //! `social_events::idempotency`), so redeliveries change nothing twice, and increments
 //! commute, so order does not matter.
@@ -21,6 +22,10 @@ pub async fn apply(store: Store, envelope: Envelope) -> anyhow::Result<()> {
             if finished {
                 tracing::info!(%user, "account deletion finished: every service cleared it");
             }
+            return Ok(());
+        }
+        Some(Payload::UserBlocked(_) | Payload::UserUnblocked(_)) => {
+            store.blocks.apply(&envelope).await?;
             return Ok(());
         }
         _ => return Ok(()), // not ours; bindings should not let it in

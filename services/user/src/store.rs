@@ -10,7 +10,7 @@ use bson::{DateTime, Document, doc, oid::ObjectId};
 use futures::TryStreamExt;
 use mongodb::{Collection, options::ReturnDocument};
 use serde::{Deserialize, Serialize};
-use social_events::{Envelope, idempotency, outbox};
+use social_events::{Envelope, blocks::Blocks, idempotency, outbox};
 use social_kit::{Error, Result, error::is_duplicate_key, mongo};
 
 /// The collection this store owns.
@@ -88,6 +88,9 @@ pub struct Store {
     users: Collection<UserDoc>,
     /// Its counters moved by events, once per event (`social_events::idempotency`).
     pub counters: idempotency::Counters,
+    /// Who blocks whom (see `social_events::blocks`): to a blocked reader, the blocker's
+    /// profile is absent.
+    pub blocks: Blocks,
 }
 
 impl Store {
@@ -96,6 +99,7 @@ impl Store {
             db: db.clone(),
             users: db.collection(COLLECTION),
             counters: idempotency::Counters::new(db, COLLECTION),
+            blocks: Blocks::new(db, "user"),
         }
     }
 
@@ -117,6 +121,7 @@ impl Store {
             )
             .await?;
         self.counters.init().await?;
+        self.blocks.init().await?;
         Ok(())
     }
 

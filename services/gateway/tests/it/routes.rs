@@ -133,7 +133,10 @@ async fn a_client_walks_through_every_route() {
     let rel = app
         .get(&format!("/v1/users/{bob_id}/relationship"), Some(&alice))
         .await;
-    assert_eq!(rel.body, json!({"following": true, "followed_by": false}));
+    assert_eq!(
+        rel.body,
+        json!({"following": true, "followed_by": false, "blocking": false, "blocked_by": false})
+    );
     let feed = app.get("/v1/feed", Some(&alice)).await;
     assert_eq!(feed.body["items"][0]["id"], post_id);
     assert_eq!(feed.body["items"][0]["author"]["username"], "bob");
@@ -347,6 +350,74 @@ async fn a_client_walks_through_every_route() {
     app.get(&format!("/v1/users/{bob_id}"), None)
         .await
         .error(StatusCode::NOT_FOUND, "NOT_FOUND");
+}
+
+#[tokio::test]
+async fn a_block_through_http_hides_the_blocker_and_stops_follows_until_unblocked() {
+    let app = App::start().await;
+    let (alice_id, alice) = app.sign_up("alice").await;
+    let (bob_id, bob) = app.sign_up("bob").await;
+    let follow_alice = format!("/v1/users/{alice_id}/follow");
+    let followed = app.call(Method::PUT, &follow_alice, Some(&bob), None).await;
+    assert_eq!(followed.status, StatusCode::OK, "{}", followed.body);
+
+    let block = format!("/v1/users/{bob_id}/block");
+    let blocked = app.call(Method::POST, &block, Some(&alice), None).await;
+    assert_eq!(blocked.status, StatusCode::OK, "{}", blocked.body);
+    assert_eq!(blocked.body["blocked_id"], bob_id);
+    let again = app.call(Method::POST, &block, Some(&alice), None).await;
+    assert_eq!(again.body["created_at"], blocked.body["created_at"]);
+    let list = app.get("/v1/blocks", Some(&alice)).await;
+    assert_eq!(
+        list.body["items"][0]["account"]["username"], "bob",
+        "{}",
+        list.body
+    );
+    let rel = app
+        .get(&format!("/v1/users/{alice_id}/relationship"), Some(&bob))
+        .await;
+    assert_eq!(
+        rel.body,
+        json!({"following": false, "followed_by": false, "blocking": false, "blocked_by": true})
+    );
+
+    // To bob, alice is absent, and he cannot follow her again; she must unblock first.
+    let profile = format!("/v1/users/{alice_id}");
+    let hidden = social_testkit::eventually(std::time::Duration::from_secs(10), || async {
+        let got = app.get(&profile, Some(&bob)).await;
+        (got.status == StatusCode::NOT_FOUND).then_some(())
+    })
+    .await;
+    assert!(hidden.is_some(), "alice's profile stays visible to bob");
+    let refused = app.call(Method::PUT, &follow_alice, Some(&bob), None).await;
+    assert_eq!(refused.status, StatusCode::NOT_FOUND, "{}", refused.body);
+    let follow_bob = format!("/v1/users/{bob_id}/follow");
+    let refused = app.call(Method::PUT, &follow_bob, Some(&alice), None).await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{}", refused.body);
+    assert_eq!(
+        refused.body["error"]["status"], "FAILED_PRECONDITION",
+        "{}",
+        refused.body
+    );
+    let own = app
+        .call(
+            Method::POST,
+            &format!("/v1/users/{alice_id}/block"),
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(own.status, StatusCode::BAD_REQUEST, "{}", own.body);
+
+    let unblock = format!("/v1/users/{bob_id}/unblock");
+    let done = app.call(Method::POST, &unblock, Some(&alice), None).await;
+    assert_eq!(done.status, StatusCode::NO_CONTENT, "{}", done.body);
+    let list = app.get("/v1/blocks", Some(&alice)).await;
+    assert_eq!(list.body["items"], json!([]));
+    let followed = app.call(Method::PUT, &follow_alice, Some(&bob), None).await;
+    assert_eq!(followed.status, StatusCode::OK, "{}", followed.body);
+    let unauthenticated = app.call(Method::POST, &block, None, None).await;
+    assert_eq!(unauthenticated.status, StatusCode::UNAUTHORIZED);
 }
 
 #[tokio::test]

@@ -3,6 +3,10 @@
 
 use std::time::Duration;
 
+use social_events::{
+    Payload, new_envelope,
+    pb::{UserBlocked, UserUnblocked},
+};
 use social_proto::notification::v1::NotificationType;
 
 use crate::{App, kind};
@@ -78,4 +82,44 @@ async fn a_mention_in_flight_when_the_block_lands_tells_nobody() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     app.stack.settled().await;
     assert!(app.list(&alice_token).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_block_whose_unblock_came_first_takes_nothing_back() {
+    let app = App::start().await;
+    let (alice, alice_token) = app.stack.register("alice").await;
+    let (bob, bob_token) = app.stack.register("bob").await;
+    let post = app.post(&alice_token, "alice's").await;
+    app.like(&bob_token, &post.id).await;
+    app.wait_for(&alice_token, 1).await;
+
+    // A block and its unblock, the unblock handled first (the block's event was late).
+    let actor = bson::oid::ObjectId::parse_str(&alice).unwrap();
+    let block_id = bson::oid::ObjectId::new().to_hex();
+    let (blocker_id, blocked_id) = (alice.clone(), bob.clone());
+    let unblocked = new_envelope(
+        actor,
+        Payload::UserUnblocked(UserUnblocked {
+            block_id: block_id.clone(),
+            blocker_id: blocker_id.clone(),
+            blocked_id: blocked_id.clone(),
+        }),
+    );
+    let blocked = new_envelope(
+        actor,
+        Payload::UserBlocked(UserBlocked {
+            block_id,
+            blocker_id,
+            blocked_id,
+        }),
+    );
+    app.publish(&[unblocked]).await;
+    app.stack.settled().await;
+    app.publish(&[blocked]).await;
+    app.stack.settled().await;
+
+    // The block does not hold: bob's like stays, and his mention still tells alice.
+    assert_eq!(app.list(&alice_token).await.len(), 1);
+    app.post(&bob_token, "hey @alice").await;
+    app.wait_for(&alice_token, 2).await;
 }

@@ -1,0 +1,188 @@
+//! Blocks as readers see them: to the blocked account, the blocker's profile, posts and
+//! comments are absent (the blocker still sees the blocked); neither sees the other in
+//! the home feed; anyone else sees both.
+
+use std::time::Duration;
+
+use social_proto::{
+    engagement::v1::{GetCommentRequest, ListCommentsRequest},
+    post::v1::{BatchGetPostsRequest, GetPostRequest, ListUserPostsRequest},
+    user::v1::{BatchGetUsersRequest, GetUserByUsernameRequest, GetUserRequest},
+};
+use social_testkit::{authed, eventually};
+use tonic::Code;
+
+use crate::{App, spawn};
+
+/// Whether `token`'s home feed (first page) holds a post saying `want`.
+async fn feed_holds(app: &App, token: &str, want: &str) -> bool {
+    let (feed, _) = app.feed(token, 10, "").await.unwrap();
+    feed.iter().any(|c| c == want)
+}
+
+#[tokio::test]
+async fn to_a_blocked_reader_the_blockers_profile_posts_and_comments_are_absent() {
+    let app = spawn().await;
+    let (alice, alice_token) = app.user("alice").await;
+    let (bob, bob_token) = app.user("bob").await;
+    let (_, carol_token) = app.user("carol").await;
+    app.stack.follow(&alice_token, &bob).await;
+    app.stack.follow(&bob_token, &alice).await;
+    let alices = app.post(&alice_token, "by alice", vec![]).await.unwrap();
+    let bobs = app.post(&bob_token, "by bob", vec![]).await.unwrap();
+    let comment = app
+        .stack
+        .comment(&alice_token, &alices.id, "alice's comment")
+        .await
+        .unwrap();
+    assert!(feed_holds(&app, &bob_token, "by alice").await);
+    assert!(feed_holds(&app, &alice_token, "by bob").await);
+
+    app.stack.block(&alice_token, &bob).await.unwrap();
+
+    // Neither sees the other in the home feed: the follows ended.
+    assert!(!feed_holds(&app, &bob_token, "by alice").await);
+    assert!(!feed_holds(&app, &alice_token, "by bob").await);
+
+    // Each service keeps its copy of the block from its event: within moments, to bob,
+    // alice's post is absent.
+    let mut posts = app.posts.clone();
+    let get = |token: &str| {
+        authed(
+            GetPostRequest {
+                id: alices.id.clone(),
+            },
+            token,
+        )
+    };
+    let absent = eventually(Duration::from_secs(10), || {
+        let mut posts = posts.clone();
+        let request = get(&bob_token);
+        async move {
+            let err = posts.get_post(request).await.err()?;
+            (err.code() == Code::NotFound).then_some(())
+        }
+    })
+    .await;
+    assert!(absent.is_some(), "alice's post stays visible to bob");
+    app.stack.settled().await;
+
+    // Posts: one, in batches, in alice's list.
+    let batch = |token: &str| {
+        let ids = vec![alices.id.clone(), bobs.id.clone()];
+        authed(BatchGetPostsRequest { ids }, token)
+    };
+    let seen: Vec<String> = posts
+        .batch_get_posts(batch(&bob_token))
+        .await
+        .unwrap()
+        .into_inner()
+        .posts
+        .into_iter()
+        .map(|p| p.id)
+        .collect();
+    assert_eq!(seen, std::slice::from_ref(&bobs.id));
+    let list = |token: &str| {
+        let request = ListUserPostsRequest {
+            user_id: alice.clone(),
+            page_size: 10,
+            page_token: String::new(),
+        };
+        authed(request, token)
+    };
+    let listed = posts.list_user_posts(list(&bob_token)).await.unwrap();
+    assert!(listed.into_inner().posts.is_empty());
+
+    // The profile, by id, by username and in batches.
+    let mut users = app.stack.users().await;
+    let err = users
+        .get_user(authed(GetUserRequest { id: alice.clone() }, &bob_token))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let by_name = GetUserByUsernameRequest {
+        username: "alice".into(),
+    };
+    let err = users
+        .get_user_by_username(authed(by_name, &bob_token))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let both = || BatchGetUsersRequest {
+        ids: vec![alice.clone(), bob.clone()],
+    };
+    let seen = users
+        .batch_get_users(authed(both(), &bob_token))
+        .await
+        .unwrap()
+        .into_inner()
+        .users;
+    assert_eq!(seen.iter().map(|u| &u.id).collect::<Vec<_>>(), [&bob]);
+
+    // Comments: alice's own, and anything under her post.
+    let mut engagement = app.stack.engagement().await;
+    let err = engagement
+        .get_comment(authed(
+            GetCommentRequest {
+                id: comment.id.clone(),
+            },
+            &bob_token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let comments = |token: &str| {
+        let request = ListCommentsRequest {
+            post_id: alices.id.clone(),
+            page_size: 10,
+            page_token: String::new(),
+        };
+        authed(request, token)
+    };
+    let listed = engagement
+        .list_comments(comments(&bob_token))
+        .await
+        .unwrap();
+    assert!(listed.into_inner().comments.is_empty());
+
+    // The blocker and everyone else still see it all.
+    for token in [&alice_token, &carol_token] {
+        posts.get_post(get(token)).await.unwrap();
+        assert_eq!(
+            posts
+                .batch_get_posts(batch(token))
+                .await
+                .unwrap()
+                .into_inner()
+                .posts
+                .len(),
+            2
+        );
+        assert_eq!(
+            posts
+                .list_user_posts(list(token))
+                .await
+                .unwrap()
+                .into_inner()
+                .posts
+                .len(),
+            1
+        );
+        assert_eq!(
+            users
+                .batch_get_users(authed(both(), token))
+                .await
+                .unwrap()
+                .into_inner()
+                .users
+                .len(),
+            2
+        );
+        let listed = engagement.list_comments(comments(token)).await.unwrap();
+        assert_eq!(listed.into_inner().comments.len(), 1);
+    }
+    users
+        .get_user(authed(GetUserRequest { id: bob.clone() }, &alice_token))
+        .await
+        .unwrap();
+}
