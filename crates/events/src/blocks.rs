@@ -1,15 +1,18 @@
-//! Blocks between users, as each service that filters by them keeps a copy
-//! (`<service>_blocks`), fed by `graph.user.blocked` and `graph.user.unblocked`. The
+//! Blocks and mutes between users, as each service that filters by them keeps a copy
+//! (`<service>_blocks`, `<service>_mutes`), fed by `graph.user.blocked` /
+//! `graph.user.unblocked` and `graph.user.muted` / `graph.user.unmuted`. The
 //! social-graph service is the authority (its `CheckBlocks` is what writes between two
 //! users ask); a copy serves reads (a profile, a post, a list) without a call per item,
 //! and is right within the time an event takes to arrive.
 //!
-//! A block has its own id, and the copy keeps one document per block: `active` when its
+//! A block (a mute) has its own id, and the copy keeps one document per block: `active` when its
 //! `blocked` event came, `ended` once its `unblocked` did, whichever came first (an
 //! unblock applied before its block stores the block ended, and the late block does not
 //! bring it back). So the copy converges whatever order the events arrive in and however
-//! often. Ended blocks are kept: a late `blocked` event (a dead-lettered one replayed
-//! next month) may come at any time, and one small document per unblock is cheap.
+//! often. An ended block is kept [`ENDED_KEPT`] (60 days): a `blocked` event is applied
+//! only up to 29 days old (older ones are dead-lettered, `crate::consumer`), so the end
+//! it must not undo is always still there; an `unblocked` (`unmuted`) event is applied
+//! however late (ending is always safe).
 
 use bson::{doc, oid::ObjectId};
 use futures::TryStreamExt;
@@ -21,6 +24,14 @@ use crate::{Envelope, Payload};
 
 const ACTIVE: &str = "active";
 const ENDED: &str = "ended";
+/// How long a copy keeps an ended block or mute: past the oldest `blocked` or `muted`
+/// event the consumers apply (29 days).
+pub const ENDED_KEPT: std::time::Duration = std::time::Duration::from_secs(60 * 24 * 3600);
+
+/// When a copy made ended was ended (a TTL index purges it [`ENDED_KEPT`] later).
+fn ended_at(active: bool) -> Option<bson::DateTime> {
+    (!active).then(bson::DateTime::now)
+}
 
 #[derive(Debug, Serialize, Deserialize)]
 struct BlockCopy {
@@ -31,6 +42,8 @@ struct BlockCopy {
     blocked_id: ObjectId,
     /// `active` or `ended`.
     state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ended_at: Option<bson::DateTime>,
 }
 
 /// One service's copy of the blocks. Cheap to clone.
@@ -62,6 +75,7 @@ impl Blocks {
                         doc! { "blocker_id": 1, "blocked_id": 1, "state": 1 },
                         false,
                     ),
+                    mongo::ttl_index("ended_ttl", "ended_at", ENDED_KEPT),
                 ],
             )
             .await
@@ -85,25 +99,10 @@ impl Blocks {
             blocker_id: ObjectId::parse_str(blocker)?,
             blocked_id: ObjectId::parse_str(blocked)?,
             state: if active { ACTIVE } else { ENDED }.into(),
+            ended_at: ended_at(active),
         };
-        let pair = (copy.blocker_id, copy.blocked_id);
-        if mongo::insert_once(&self.copies, &copy).await? {
-            return Ok(Some((pair.0, pair.1, active)));
-        }
-        if !active {
-            self.copies
-                .update_one(doc! { "_id": copy.id }, doc! { "$set": { "state": ENDED } })
-                .await?;
-            return Ok(Some((pair.0, pair.1, false)));
-        }
-        // Seen before: it holds only if its unblock has not come since.
-        let holds = self
-            .copies
-            .find_one(doc! { "_id": copy.id, "state": ACTIVE })
-            .projection(doc! { "_id": 1 })
-            .await?
-            .is_some();
-        Ok(Some((pair.0, pair.1, holds)))
+        let holds = apply_copy(&self.copies, copy.id, &copy, active).await?;
+        Ok(Some((copy.blocker_id, copy.blocked_id, holds)))
     }
 
     /// Whether `blocker` blocks `blocked`.
@@ -207,5 +206,145 @@ impl Blocks {
             .try_collect()
             .await?;
         Ok(found.into_iter().map(|b| b.blocker_id).collect())
+    }
+}
+
+/// Stores the copy `doc` of the block or mute `id` as the event that carries it says
+/// (`active`: made; else ended), in any order and however often: one made after its end
+/// was stored stays ended. Whether it holds now.
+async fn apply_copy<T: Serialize + Send + Sync>(
+    copies: &Collection<T>,
+    id: ObjectId,
+    doc: &T,
+    active: bool,
+) -> mongodb::error::Result<bool> {
+    if mongo::insert_once(copies, doc).await? {
+        return Ok(active);
+    }
+    if !active {
+        let now = bson::DateTime::now();
+        copies
+            .update_one(
+                doc! { "_id": id, "state": ACTIVE },
+                doc! { "$set": { "state": ENDED, "ended_at": now } },
+            )
+            .await?;
+        return Ok(false);
+    }
+    // Seen before: it holds only if its end has not come since.
+    Ok(copies
+        .clone_with_type::<bson::Document>()
+        .find_one(doc! { "_id": id, "state": ACTIVE })
+        .projection(doc! { "_id": 1 })
+        .await?
+        .is_some())
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct MuteCopy {
+    /// The mute's id (the social-graph service's).
+    #[serde(rename = "_id")]
+    id: ObjectId,
+    muter_id: ObjectId,
+    muted_id: ObjectId,
+    /// Whether what the muted account does no longer notifies the muter.
+    notifications: bool,
+    /// When it ends by itself (ms since the Unix epoch); 0: never.
+    expires_at_ms: i64,
+    /// `active` or `ended`.
+    state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ended_at: Option<bson::DateTime>,
+}
+
+/// One service's copy of the mutes (as [`Blocks`]; a mute that expired counts as none).
+/// Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Mutes {
+    db: Db,
+    copies: Collection<MuteCopy>,
+}
+
+impl Mutes {
+    /// The copy of `service` (in `<service>_mutes`).
+    pub fn new(db: &Db, service: &str) -> Self {
+        Self {
+            db: db.clone(),
+            copies: db.collection(&format!("{}_mutes", service.replace('-', "_"))),
+        }
+    }
+
+    /// Creates the indexes (idempotent).
+    pub async fn init(&self) -> mongodb::error::Result<()> {
+        self.db
+            .ensure_indexes(
+                &self.copies,
+                vec![
+                    // Which of a notification's recipients mute its actor.
+                    mongo::index(
+                        "muted_muter_state",
+                        doc! { "muted_id": 1, "muter_id": 1, "state": 1 },
+                        false,
+                    ),
+                    mongo::ttl_index("ended_ttl", "ended_at", ENDED_KEPT),
+                ],
+            )
+            .await
+    }
+
+    /// Applies a `graph.user.muted` or `graph.user.unmuted` event (anything else is
+    /// ignored), as [`Blocks::apply`]; whether it was one.
+    pub async fn apply(&self, envelope: &Envelope) -> anyhow::Result<bool> {
+        let copy = match &envelope.payload {
+            Some(Payload::UserMuted(e)) => MuteCopy {
+                id: ObjectId::parse_str(&e.mute_id)?,
+                muter_id: ObjectId::parse_str(&e.muter_id)?,
+                muted_id: ObjectId::parse_str(&e.muted_id)?,
+                notifications: e.notifications,
+                expires_at_ms: e.expires_at_ms,
+                state: ACTIVE.into(),
+                ended_at: None,
+            },
+            Some(Payload::UserUnmuted(e)) => MuteCopy {
+                id: ObjectId::parse_str(&e.mute_id)?,
+                muter_id: ObjectId::parse_str(&e.muter_id)?,
+                muted_id: ObjectId::parse_str(&e.muted_id)?,
+                notifications: false,
+                expires_at_ms: 0,
+                state: ENDED.into(),
+                ended_at: ended_at(false),
+            },
+            _ => return Ok(false),
+        };
+        let active = copy.state == ACTIVE;
+        apply_copy(&self.copies, copy.id, &copy, active).await?;
+        Ok(true)
+    }
+
+    /// Those of `recipients` who mute `actor`'s notifications now.
+    pub async fn silencing(
+        &self,
+        actor: ObjectId,
+        recipients: &[ObjectId],
+    ) -> mongodb::error::Result<Vec<ObjectId>> {
+        if recipients.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = bson::DateTime::now().timestamp_millis();
+        let found: Vec<MuteCopy> = self
+            .copies
+            .find(doc! {
+                "muted_id": mongo::equals_id(actor),
+                "muter_id": { "$in": recipients },
+                "state": ACTIVE,
+            })
+            .await?
+            .try_collect()
+            .await?;
+        Ok(found
+            .into_iter()
+            .filter(|m| m.notifications && (m.expires_at_ms == 0 || m.expires_at_ms > now))
+            .map(|m| m.muter_id)
+            .collect())
     }
 }

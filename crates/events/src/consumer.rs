@@ -147,7 +147,8 @@ impl Budget {
 pub const MAX_EVENT_AGE: Duration = Duration::from_secs(29 * 24 * 3600);
 
 /// Events that are safe to apply however late: deletions, whose cascades are idempotent
-/// by nature and must not be dropped, and the cascades' reports; but for the services
+/// by nature and must not be dropped, the cascades' reports, and the ends of blocks and
+/// mutes; but for the services
 /// listed with each, which apply it as a counter's step (remembered 30 days).
 const SAFE_WHENEVER: &[(&str, &[&str])] = &[
     ("user.user.deleted", &[]),
@@ -155,6 +156,9 @@ const SAFE_WHENEVER: &[(&str, &[&str])] = &[
     // The post service counts it down from `comments_count`.
     ("engagement.comment.deleted", &["post"]),
     ("deletion.account.cleared", &[]),
+    // An end, applied by block or mute id: always safe (`crate::blocks`).
+    ("graph.user.unblocked", &[]),
+    ("graph.user.unmuted", &[]),
 ];
 
 /// How old `event`, of type `kind`, is, if it is too old for `service` to apply (see

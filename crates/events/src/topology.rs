@@ -83,8 +83,8 @@ pub const ENGAGEMENT: QueueSpec = QueueSpec {
     ],
 };
 
-/// The notification service's queue: everything that notifies or takes one back, and
-/// blocks (what the blocked caused goes; nothing new between the two is told).
+/// The notification service's queue: everything that notifies or takes one back, blocks
+/// (what the blocked caused goes; nothing new between the two is told) and mutes.
 pub const NOTIFICATION: QueueSpec = QueueSpec {
     service: "notification",
     routing_keys: &[
@@ -101,6 +101,8 @@ pub const NOTIFICATION: QueueSpec = QueueSpec {
         "user.user.deleted",
         "graph.user.blocked",
         "graph.user.unblocked",
+        "graph.user.muted",
+        "graph.user.unmuted",
     ],
 };
 

@@ -291,6 +291,7 @@ impl Stack {
             "comments",
             "followers",
             "blocks",
+            "mutes",
             "users",
             "post_removed_users",
             "social_graph_removed_users",

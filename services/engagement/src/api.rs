@@ -108,7 +108,8 @@ impl Api {
     }
 
     /// Drops from `comments` those the caller must not see: written by someone who
-    /// blocks them, or under a post whose author does.
+    /// blocks them, or under a post whose author does. Under the caller's own post every
+    /// comment stays: its author moderates it.
     async fn hide_blocked<T>(
         &self,
         request: &Request<T>,
@@ -120,7 +121,10 @@ impl Api {
             .flat_map(|c| [c.user_id, c.post_author_id])
             .collect();
         let hidden = self.store.blocks.hidden_from(viewer, &authors).await?;
-        comments.retain(|c| !hidden.contains(&c.user_id) && !hidden.contains(&c.post_author_id));
+        comments.retain(|c| {
+            Some(c.post_author_id) == viewer
+                || !(hidden.contains(&c.user_id) || hidden.contains(&c.post_author_id))
+        });
         Ok(())
     }
 
@@ -276,7 +280,16 @@ impl EngagementService for Api {
             &r.page_token,
         )?;
         let likes = self.store.post_likes(post, &page).await?;
-        let (likes, next_page_token) = page.finish(likes, |l| l.sort_key);
+        let (mut likes, next_page_token) = page.finish(likes, |l| l.sort_key);
+        // To a reader the post's author blocks, it has no likes; nor do likers who block
+        // the reader show (the page may come short).
+        let viewer = social_kit::auth::optional_caller(&request);
+        let people: Vec<ObjectId> = likes
+            .iter()
+            .flat_map(|l| [l.user_id, l.target_author_id])
+            .collect();
+        let hidden = self.store.blocks.hidden_from(viewer, &people).await?;
+        likes.retain(|l| !hidden.contains(&l.user_id) && !hidden.contains(&l.target_author_id));
         Ok(Response::new(ListPostLikesResponse {
             likes: likes.into_iter().map(Into::into).collect(),
             next_page_token,
@@ -363,6 +376,8 @@ impl EngagementService for Api {
         if current.user_id != me {
             return Err(Error::PermissionDenied("only the author can change a comment").into());
         }
+        self.refuse_blocked(me, &[current.post_author_id], "post")
+            .await?;
         let paths = r.update_mask.map(|m| m.paths).unwrap_or_default();
         let update = content::update(
             "comment",

@@ -9,14 +9,15 @@ use axum::{
 };
 use social_proto::graph::v1::{
     BlockUserRequest, FollowRequest, GetRelationshipRequest, ListBlocksRequest,
-    ListFollowersRequest, ListFollowingRequest, UnblockUserRequest, UnfollowRequest,
+    ListFollowersRequest, ListFollowingRequest, ListMutesRequest, MuteUserRequest,
+    UnblockUserRequest, UnfollowRequest, UnmuteUserRequest,
 };
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    context::{AppState, Identity, PageQuery, Path, Query, accounts, ask, paged},
+    context::{AppState, Body, Identity, PageQuery, Path, Query, accounts, ask, paged},
     error::{ApiResult, ErrorBody},
-    model::{Block, BlockPage, Follow, FollowPage, Relationship},
+    model::{Block, BlockPage, Follow, FollowPage, Mute, MutePage, MuteSettings, Relationship},
 };
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -28,6 +29,9 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(block))
         .routes(routes!(unblock))
         .routes(routes!(blocks))
+        .routes(routes!(mute))
+        .routes(routes!(unmute))
+        .routes(routes!(mutes))
 }
 
 /// Follows a user (again: nothing changes).
@@ -150,6 +154,7 @@ async fn relationship(
         followed_by: r.followed_by,
         blocking: r.blocking,
         blocked_by: r.blocked_by,
+        muting: r.muting,
     }))
 }
 
@@ -222,4 +227,77 @@ async fn blocks(
         })
         .collect();
     Ok(paged(&uri, BlockPage::of(items, r.next_page_token)))
+}
+
+/// Mutes a user (again: the new settings replace the old): its posts leave the caller's
+/// home feed, and, unless `notifications` is false, what it does no longer notifies the
+/// caller; for `duration_seconds` (0: until unmuted). The user notices nothing.
+#[utoipa::path(post, path = "/v1/users/{id}/mute", tag = "mutes", params(("id" = String, Path, pattern = "^[0-9a-f]{24}$")),
+    request_body = MuteSettings, security(("bearer" = [])),
+    responses((status = 200, body = Mute), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+async fn mute(
+    State(state): State<AppState>,
+    who: Identity,
+    Path(id): Path<String>,
+    Body(body): Body<MuteSettings>,
+) -> ApiResult<Json<Mute>> {
+    who.account()?;
+    let request = MuteUserRequest {
+        user_id: id,
+        duration_seconds: body.duration_seconds,
+        notifications: body.notifications,
+    };
+    let m = ask!(state, who, graph.mute_user(request))?;
+    Ok(Json(m.into()))
+}
+
+/// Stops muting a user (not muting: nothing changes).
+#[utoipa::path(post, path = "/v1/users/{id}/unmute", tag = "mutes", params(("id" = String, Path, pattern = "^[0-9a-f]{24}$")),
+    security(("bearer" = [])),
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+async fn unmute(
+    State(state): State<AppState>,
+    who: Identity,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    who.account()?;
+    let request = UnmuteUserRequest { user_id: id };
+    ask!(state, who, graph.unmute_user(request))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Whom the caller mutes, newest first, each with the muted account.
+#[utoipa::path(get, path = "/v1/mutes", tag = "mutes", params(PageQuery), security(("bearer" = [])),
+    responses((status = 200, body = MutePage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+async fn mutes(
+    State(state): State<AppState>,
+    who: Identity,
+    OriginalUri(uri): OriginalUri,
+    Query(page): Query<PageQuery>,
+) -> ApiResult<Response> {
+    who.account()?;
+    let request = ListMutesRequest {
+        page_size: page.page_size,
+        page_token: page.page_token,
+    };
+    let r = ask!(state, who, graph.list_mutes(request))?;
+    let found = accounts(
+        &state.services,
+        &who,
+        r.mutes.iter().map(|m| m.muted_id.clone()),
+    )
+    .await?;
+    let items = r
+        .mutes
+        .into_iter()
+        .map(|m| {
+            let account = found.get(&m.muted_id).cloned();
+            Mute {
+                account,
+                ..Mute::from(m)
+            }
+        })
+        .collect();
+    Ok(paged(&uri, MutePage::of(items, r.next_page_token)))
 }

@@ -250,6 +250,37 @@ pub struct Relationship {
     pub blocking: bool,
     /// The account blocks the caller.
     pub blocked_by: bool,
+    /// The caller mutes the account.
+    pub muting: bool,
+}
+
+/// The caller mutes an account: its posts leave the caller's home feed and, if
+/// `notifications`, what it does no longer notifies the caller. It notices nothing.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Mute {
+    pub muter_id: String,
+    pub muted_id: String,
+    pub notifications: bool,
+    /// When the mute ends by itself; absent: when unmuted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    /// The muted account (in a list of mutes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account: Option<Account>,
+    pub created_at: String,
+}
+
+impl From<social_proto::graph::v1::Mute> for Mute {
+    fn from(m: social_proto::graph::v1::Mute) -> Self {
+        Self {
+            muter_id: m.muter_id,
+            muted_id: m.muted_id,
+            notifications: m.notifications,
+            expires_at: m.expires_at.map(|t| time(Some(t))),
+            account: None,
+            created_at: time(m.created_at),
+        }
+    }
 }
 
 /// The caller blocks an account: no follow either way, no like, comment or mention
@@ -459,11 +490,25 @@ page!(CommentPage, Comment);
 page!(LikePage, Like);
 page!(FollowPage, Follow);
 page!(BlockPage, Block);
+page!(MutePage, Mute);
 page!(NotificationPage, Notification);
 page!(NotificationGroupPage, NotificationGroup);
 page!(SessionPage, Session);
 
 // Request bodies.
+
+/// How to mute; `{}` mutes for good, notifications too.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MuteSettings {
+    /// How long, in seconds: 0 (the default) until unmuted, else 60 to 31536000.
+    #[serde(default)]
+    #[schema(minimum = 0, maximum = 31536000)]
+    pub duration_seconds: i64,
+    /// Whether what the account does stops notifying the caller too (default: true).
+    #[serde(default)]
+    pub notifications: Option<bool>,
+}
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

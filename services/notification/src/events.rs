@@ -174,13 +174,16 @@ impl Fanout {
             Some(Payload::UserDeleted(e)) => {
                 self.remove_user(removed_users::deleted_user(e)?).await?;
             }
+            Some(Payload::UserMuted(_) | Payload::UserUnmuted(_)) => {
+                self.store.mutes.apply(envelope).await?;
+            }
             Some(Payload::UserBlocked(_) | Payload::UserUnblocked(_)) => {
                 // The block is recorded before anything goes: a notification between
                 // the two stored meanwhile is checked after it is stored (see
-                // `still_wanted`), so one of the two sees the other.
+                // `still_wanted`), so one of the two sees the other. What the blocked
+                // caused the blocker goes; the blocked keeps what it was told before.
                 if let Some((blocker, blocked, true)) = self.store.blocks.apply(envelope).await? {
                     self.remove_between(blocker, blocked).await?;
-                    self.remove_between(blocked, blocker).await?;
                 }
             }
             _ => return Ok(false),
@@ -363,9 +366,11 @@ impl Fanout {
             stored = kept;
         }
         // Likewise for a block between the actor and a recipient (a like, comment or
-        // mention that raced the block; or a late event): nobody is told.
+        // mention that raced the block; or a late event), or a recipient who mutes the
+        // actor's notifications: nobody is told.
         let recipients: Vec<ObjectId> = stored.iter().map(|n| n.user_id).collect();
-        let blocked = self.store.blocks.among(actor, &recipients).await?;
+        let mut blocked = self.store.blocks.among(actor, &recipients).await?;
+        blocked.extend(self.store.mutes.silencing(actor, &recipients).await?);
         if !blocked.is_empty() {
             let (dropped, kept): (Vec<_>, Vec<_>) = stored
                 .into_iter()

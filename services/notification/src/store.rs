@@ -6,7 +6,10 @@ use bson::{DateTime, Document, doc, oid::ObjectId};
 use futures::TryStreamExt;
 use mongodb::Collection;
 use serde::{Deserialize, Serialize};
-use social_events::{blocks::Blocks, removed_users::RemovedUsers};
+use social_events::{
+    blocks::{Blocks, Mutes},
+    removed_users::RemovedUsers,
+};
 use social_kit::{
     Result, mongo,
     paging::{Order, PageRequest},
@@ -170,6 +173,8 @@ pub struct Store {
     pub removed_users: RemovedUsers,
     /// Who blocks whom (see `social_events::blocks`).
     pub blocks: Blocks,
+    /// Who mutes whom.
+    pub mutes: Mutes,
 }
 
 impl Store {
@@ -183,6 +188,7 @@ impl Store {
             groups: crate::groups::Groups::new(db),
             removed_users: RemovedUsers::new(db, "notification"),
             blocks: Blocks::new(db, "notification"),
+            mutes: Mutes::new(db, "notification"),
         }
     }
 
@@ -281,6 +287,7 @@ impl Store {
         self.groups.init().await?;
         self.removed_users.init().await?;
         self.blocks.init().await?;
+        self.mutes.init().await?;
         Ok(())
     }
 

@@ -54,6 +54,8 @@ impl Api {
         let request = self.graph.request(ListFollowingIdsRequest {
             user_id: reader.to_hex(),
             limit: 0,
+            // Who the reader mutes stays out of the feed.
+            without_muted: true,
         });
         let answer = self
             .graph

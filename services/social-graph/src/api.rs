@@ -16,8 +16,9 @@ use social_proto::{
         CountFollowsResponse, ExportUserFollowsRequest, Follow, FollowCounts, FollowRequest,
         GetRelationshipRequest, ListBlocksRequest, ListBlocksResponse, ListFollowersRequest,
         ListFollowersResponse, ListFollowingIdsRequest, ListFollowingIdsResponse,
-        ListFollowingRequest, ListFollowingResponse, Relationship, UnblockUserRequest,
-        UnfollowRequest, social_graph_service_server::SocialGraphService,
+        ListFollowingRequest, ListFollowingResponse, ListMutesRequest, ListMutesResponse, Mute,
+        MuteUserRequest, Relationship, UnblockUserRequest, UnfollowRequest, UnmuteUserRequest,
+        social_graph_service_server::SocialGraphService,
     },
     user::v1::{GetUserRequest, user_service_client::UserServiceClient},
 };
@@ -25,6 +26,7 @@ use tonic::{Code, Request, Response, Status};
 
 use crate::{
     blocks::BlockDoc,
+    mutes::{MAX_MUTES, MuteDoc},
     store::{FollowDoc, Store},
 };
 use social_events::{
@@ -87,6 +89,34 @@ impl Api {
     }
 }
 
+impl Api {
+    /// Whether `user` blocks the caller: to them, `user`'s lists are empty, as an
+    /// unknown account's.
+    async fn hidden_from_caller<T>(&self, request: &Request<T>, user: ObjectId) -> Result<bool> {
+        match optional_caller(request) {
+            Some(viewer) if viewer != user => {
+                Ok(self.store.blocks.get(user, viewer).await?.is_some())
+            }
+            _ => Ok(false),
+        }
+    }
+}
+
+impl From<MuteDoc> for Mute {
+    fn from(m: MuteDoc) -> Self {
+        Self {
+            muter_id: m.muter_id.to_hex(),
+            muted_id: m.muted_id.to_hex(),
+            notifications: m.notifications,
+            expires_at: m.expires_at.map(to_timestamp),
+            created_at: Some(to_timestamp(m.created_at)),
+        }
+    }
+}
+
+/// The shortest and longest mute with an end (seconds).
+const MUTE_SECONDS: std::ops::RangeInclusive<i64> = 60..=365 * 24 * 3600;
+
 impl From<BlockDoc> for Block {
     fn from(b: BlockDoc) -> Self {
         Self {
@@ -120,6 +150,11 @@ impl SocialGraphService for Api {
             return Err(Error::invalid("followee_id", "you cannot follow yourself").into());
         }
         if let Some(existing) = self.store.get(me, followee).await? {
+            // A retry of a follow whose undo (below) failed undoes it now.
+            if let Err(refused) = self.refuse_blocked(me, followee).await {
+                crate::events::unfollow(&self.store, me, followee).await?;
+                return Err(refused.into());
+            }
             return Ok(Response::new(existing.into()));
         }
         self.refuse_blocked(me, followee).await?;
@@ -190,6 +225,9 @@ impl SocialGraphService for Api {
             r.page_size,
             &r.page_token,
         )?;
+        if self.hidden_from_caller(&request, user).await? {
+            return Ok(Response::new(ListFollowersResponse::default()));
+        }
         let docs = self.store.list("followee_id", user, &page).await?;
         let (docs, next_page_token) = page.finish(docs, |f| f.sort_key);
         Ok(Response::new(ListFollowersResponse {
@@ -210,6 +248,9 @@ impl SocialGraphService for Api {
             r.page_size,
             &r.page_token,
         )?;
+        if self.hidden_from_caller(&request, user).await? {
+            return Ok(Response::new(ListFollowingResponse::default()));
+        }
         let docs = self.store.list("follower_id", user, &page).await?;
         let (docs, next_page_token) = page.finish(docs, |f| f.sort_key);
         Ok(Response::new(ListFollowingResponse {
@@ -232,19 +273,23 @@ impl SocialGraphService for Api {
         };
         let (following, followed_by) =
             tokio::try_join!(self.store.get(a, b), self.store.get(b, a))?;
-        // Whom one blocks is told to that one alone.
-        let (blocking, blocked_by) = if optional_caller(&request) == Some(a) {
-            let (blocking, blocked_by) =
-                tokio::try_join!(self.store.blocks.get(a, b), self.store.blocks.get(b, a))?;
-            (blocking.is_some(), blocked_by.is_some())
+        // Whom one blocks or mutes is told to that one alone.
+        let (blocking, blocked_by, muting) = if optional_caller(&request) == Some(a) {
+            let (blocking, blocked_by, muting) = tokio::try_join!(
+                self.store.blocks.get(a, b),
+                self.store.blocks.get(b, a),
+                self.store.mutes.mutes(a, b)
+            )?;
+            (blocking.is_some(), blocked_by.is_some(), muting)
         } else {
-            (false, false)
+            (false, false, false)
         };
         Ok(Response::new(Relationship {
             following: following.is_some(),
             followed_by: followed_by.is_some(),
             blocking,
             blocked_by,
+            muting,
         }))
     }
 
@@ -264,12 +309,17 @@ impl SocialGraphService for Api {
             n => (n as usize).min(MAX_FOLLOWING_IDS),
         };
         v.finish()?;
-        let mut ids = self
-            .store
-            .following_ids(user.unwrap_or_default(), limit)
-            .await?;
+        let user = user.unwrap_or_default();
+        let mut ids = self.store.following_ids(user, limit).await?;
         let truncated = ids.len() > limit;
         ids.truncate(limit);
+        if r.without_muted {
+            let muted = self.store.mutes.muted_by(user).await?;
+            if !muted.is_empty() {
+                let muted: std::collections::HashSet<ObjectId> = muted.into_iter().collect();
+                ids.retain(|id| !muted.contains(id));
+            }
+        }
         Ok(Response::new(ListFollowingIdsResponse {
             user_ids: ids.into_iter().map(ObjectId::to_hex).collect(),
             truncated,
@@ -387,6 +437,99 @@ impl SocialGraphService for Api {
         Ok(Response::new(CheckBlocksResponse {
             blocking: hex(blocking),
             blocked_by: hex(blocked_by),
+        }))
+    }
+
+    async fn mute_user(&self, request: Request<MuteUserRequest>) -> Result<Response<Mute>, Status> {
+        let me = caller(&request)?;
+        let r = request.get_ref();
+        let mut v = Violations::default();
+        let target = v.take("user_id", validate::object_id(&r.user_id));
+        if target == Some(me) {
+            v.add("user_id", "you cannot mute yourself");
+        }
+        let expires_at = match r.duration_seconds {
+            0 => None,
+            s if MUTE_SECONDS.contains(&s) => Some(bson::DateTime::from_millis(
+                bson::DateTime::now().timestamp_millis() + s * 1000,
+            )),
+            _ => {
+                v.add(
+                    "duration_seconds",
+                    "must be 0 (until unmuted) or from 60 to 31536000 (a year)",
+                );
+                None
+            }
+        };
+        v.finish()?;
+        let target = target.unwrap_or_default();
+        let notifications = r.notifications.unwrap_or(true);
+        let current = self.store.mutes.get(me, target).await?;
+        let now = bson::DateTime::now();
+        if let Some(m) = &current
+            && m.holds(now)
+            && m.notifications == notifications
+            && m.expires_at.is_none()
+            && expires_at.is_none()
+        {
+            return Ok(Response::new(m.clone().into()));
+        }
+        self.ensure_user_exists(target).await?;
+        // New settings (or an expired mute): the old mute ends, a new one is made.
+        if let Some(m) = &current {
+            if self.store.mutes.end(m).await? {
+                self.relay.wake();
+            }
+        } else if self.store.mutes.count(me).await? >= MAX_MUTES {
+            return Err(Error::FailedPrecondition(
+                "you mute 10000 accounts already: unmute some first",
+            )
+            .into());
+        }
+        let (mute, created) = self
+            .store
+            .mutes
+            .mute(me, target, notifications, expires_at)
+            .await?;
+        if created {
+            self.relay.wake();
+            tracing::info!(muter = %me, muted = %target, "muted");
+        }
+        Ok(Response::new(mute.into()))
+    }
+
+    async fn unmute_user(
+        &self,
+        request: Request<UnmuteUserRequest>,
+    ) -> Result<Response<()>, Status> {
+        let me = caller(&request)?;
+        let target = id("user_id", &request.get_ref().user_id)?;
+        if let Some(mute) = self.store.mutes.get(me, target).await?
+            && self.store.mutes.end(&mute).await?
+        {
+            self.relay.wake();
+            tracing::info!(muter = %me, muted = %target, "unmuted");
+        }
+        Ok(Response::new(()))
+    }
+
+    async fn list_mutes(
+        &self,
+        request: Request<ListMutesRequest>,
+    ) -> Result<Response<ListMutesResponse>, Status> {
+        let me = caller(&request)?;
+        let r = request.get_ref();
+        let page = PageRequest::parse_alone(r.page_size, &r.page_token, format!("mutes:{me}"))?;
+        let docs = self.store.mutes.list(me, &page).await?;
+        let (docs, next_page_token) = page.finish(docs, |m| m.sort_key);
+        let now = bson::DateTime::now();
+        Ok(Response::new(ListMutesResponse {
+            mutes: docs
+                .into_iter()
+                .filter(|m| m.holds(now))
+                .map(Into::into)
+                .collect(),
+            next_page_token,
         }))
     }
 

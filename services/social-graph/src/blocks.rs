@@ -160,6 +160,16 @@ impl Blocks {
         Ok(r.modified_count == 1)
     }
 
+    /// Whether block `id` holds.
+    pub async fn holds(&self, id: ObjectId) -> Result<bool> {
+        Ok(self
+            .blocks
+            .find_one(doc! { "_id": id, "active_key": ACTIVE })
+            .projection(doc! { "_id": 1 })
+            .await?
+            .is_some())
+    }
+
     /// The block of `blocker` on `blocked` that holds, if any.
     pub async fn get(&self, blocker: ObjectId, blocked: ObjectId) -> Result<Option<BlockDoc>> {
         Ok(self

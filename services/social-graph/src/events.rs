@@ -1,7 +1,7 @@
 //! What the social-graph service consumes: a deleted account, whose follows (from it
 //! and to it) end, each with its `graph.user.unfollowed` event so that the other users'
-//! `followers_count` and `following_count` go down exactly once, and whose blocks end
-//! with their `graph.user.unblocked` events; and its own `graph.user.blocked`, which
+//! `followers_count` and `following_count` go down exactly once, and whose blocks and
+//! mutes end with their `graph.user.unblocked` and `graph.user.unmuted` events; and its own `graph.user.blocked`, which
 //! ends the follows between the two again (BlockUser ends them itself; its event makes
 //! sure of it when the call stopped half-way).
 
@@ -25,7 +25,12 @@ pub async fn apply((store, relay): (Store, RelayWaker), envelope: Envelope) -> a
                 ObjectId::parse_str(&e.blocker_id)?,
                 ObjectId::parse_str(&e.blocked_id)?,
             );
-            if end_follows_between(&store, blocker, blocked).await? {
+            // A late event of a block that ended since ends nothing: the follows made
+            // after its unblock stand.
+            let block = ObjectId::parse_str(&e.block_id)?;
+            if store.blocks.holds(block).await?
+                && end_follows_between(&store, blocker, blocked).await?
+            {
                 relay.wake();
             }
         }
@@ -52,6 +57,11 @@ async fn remove_user(store: &Store, relay: &RelayWaker, user: ObjectId) -> anyho
                 Ok(store.blocks.unblock(blocker, blocked).await.map(drop)?)
             };
             budget.drain(side, relay, blocks, end).await?;
+        }
+        for side in ["muter_id", "muted_id"] {
+            let mutes = || async { Ok(store.mutes.active_of(side, user, 100).await?) };
+            let end = |mute| async move { Ok(store.mutes.end(&mute).await.map(drop)?) };
+            budget.drain(side, relay, mutes, end).await?;
         }
         Ok(())
     };

@@ -1,9 +1,11 @@
-//! The social-graph service: who follows and who blocks whom. Owns the `followers` and
-//! `blocks` collections and asks the user service whether a followee exists. [`run`] is what `main` and the tests call.
+//! The social-graph service: who follows, blocks and mutes whom. Owns the `followers`,
+//! `blocks` and `mutes` collections and asks the user service whether a followee
+//! exists. [`run`] is what `main` and the tests call.
 
 mod api;
 mod blocks;
 mod events;
+mod mutes;
 mod store;
 
 use social_events::service::prelude::*;
@@ -52,7 +54,7 @@ impl Config {
 pub async fn run(config: Config, on: TcpListener, stop: CancellationToken) -> anyhow::Result<()> {
     let mut wiring = Wiring::new(&config.common, &config.events).await?;
     let store = store::Store::new(wiring.db());
-    let relay = wiring.relay(&[store::COLLECTION, blocks::COLLECTION]);
+    let relay = wiring.relay(&[store::COLLECTION, blocks::COLLECTION, mutes::COLLECTION]);
     wiring.consume(
         social_events::topology::GRAPH,
         social_events::consumer::handler((store.clone(), relay.clone()), events::apply),

@@ -13,7 +13,7 @@ use mongodb::Collection;
 use serde::{Deserialize, Serialize};
 use social_events::{Envelope, idempotency, outbox, removed_users::RemovedUsers};
 
-use crate::blocks::Blocks;
+use crate::{blocks::Blocks, mutes::Mutes};
 use social_kit::{
     Result, mongo,
     paging::{self, Order, PageRequest},
@@ -62,6 +62,8 @@ pub struct Store {
     pub removed_users: RemovedUsers,
     /// Who blocks whom.
     pub blocks: Blocks,
+    /// Who mutes whom.
+    pub mutes: Mutes,
 }
 
 impl Store {
@@ -71,6 +73,7 @@ impl Store {
             follows: db.collection(COLLECTION),
             removed_users: RemovedUsers::new(db, "social-graph"),
             blocks: Blocks::new(db),
+            mutes: Mutes::new(db),
         }
     }
 
@@ -129,6 +132,7 @@ impl Store {
         .await?;
         self.removed_users.init().await?;
         self.blocks.init().await?;
+        self.mutes.init().await?;
         Ok(())
     }
 

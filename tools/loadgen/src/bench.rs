@@ -173,6 +173,7 @@ async fn feed() -> anyhow::Result<()> {
                 .list_following_ids(social_testkit::as_service(ListFollowingIdsRequest {
                     user_id: reader.to_hex(),
                     limit: 0,
+                    without_muted: false,
                 }))
                 .await?
                 .into_inner();

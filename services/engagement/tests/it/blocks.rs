@@ -54,6 +54,53 @@ async fn no_like_or_comment_crosses_a_block_either_way() {
 }
 
 #[tokio::test]
+async fn under_their_own_post_an_author_sees_every_comment_and_none_is_edited_across_a_block() {
+    let app = App::start().await;
+    let (alice, alice_token) = app.stack.register("alice").await;
+    let (_, bob_token) = app.stack.register("bob").await;
+    let post = app.post(&alice_token, "alice's").await;
+    let comment = app.comment(&bob_token, &post.id, "rude").await.unwrap();
+    // Bob blocks alice: she must still see (and may delete) what he wrote under her post,
+    // and he can no longer change it.
+    app.stack.block(&bob_token, &alice).await.unwrap();
+    app.stack.settled().await;
+    let request = social_proto::engagement::v1::ListCommentsRequest {
+        post_id: post.id.clone(),
+        page_size: 10,
+        page_token: String::new(),
+    };
+    let listed = app
+        .engagement
+        .clone()
+        .list_comments(authed(request, &alice_token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.comments.len(), 1);
+    let edit = social_proto::engagement::v1::UpdateCommentRequest {
+        comment: Some(social_proto::engagement::v1::Comment {
+            id: comment.id.clone(),
+            content: "ruder".into(),
+            ..Default::default()
+        }),
+        update_mask: None,
+    };
+    let err = app
+        .engagement
+        .clone()
+        .update_comment(authed(edit, &bob_token))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    let delete = social_proto::engagement::v1::DeleteCommentRequest { id: comment.id };
+    app.engagement
+        .clone()
+        .delete_comment(authed(delete, &alice_token))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
 async fn a_like_and_a_comment_racing_a_block_are_undone_and_the_counts_come_back() {
     let app = App::start().await;
     let (_, alice_token) = app.stack.register("alice").await;

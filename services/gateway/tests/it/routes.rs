@@ -135,7 +135,7 @@ async fn a_client_walks_through_every_route() {
         .await;
     assert_eq!(
         rel.body,
-        json!({"following": true, "followed_by": false, "blocking": false, "blocked_by": false})
+        json!({"following": true, "followed_by": false, "blocking": false, "blocked_by": false, "muting": false})
     );
     let feed = app.get("/v1/feed", Some(&alice)).await;
     assert_eq!(feed.body["items"][0]["id"], post_id);
@@ -353,7 +353,7 @@ async fn a_client_walks_through_every_route() {
 }
 
 #[tokio::test]
-async fn a_block_through_http_hides_the_blocker_and_stops_follows_until_unblocked() {
+async fn blocks_and_mutes_through_http() {
     let app = App::start().await;
     let (alice_id, alice) = app.sign_up("alice").await;
     let (bob_id, bob) = app.sign_up("bob").await;
@@ -378,7 +378,7 @@ async fn a_block_through_http_hides_the_blocker_and_stops_follows_until_unblocke
         .await;
     assert_eq!(
         rel.body,
-        json!({"following": false, "followed_by": false, "blocking": false, "blocked_by": true})
+        json!({"following": false, "followed_by": false, "blocking": false, "blocked_by": true, "muting": false})
     );
 
     // To bob, alice is absent, and he cannot follow her again; she must unblock first.
@@ -418,6 +418,36 @@ async fn a_block_through_http_hides_the_blocker_and_stops_follows_until_unblocke
     assert_eq!(followed.status, StatusCode::OK, "{}", followed.body);
     let unauthenticated = app.call(Method::POST, &block, None, None).await;
     assert_eq!(unauthenticated.status, StatusCode::UNAUTHORIZED);
+
+    // A mute, for an hour, the notifications left on: bob notices nothing.
+    let mute = format!("/v1/users/{bob_id}/mute");
+    let settings = json!({"duration_seconds": 3600, "notifications": false});
+    let muted = app
+        .call(Method::POST, &mute, Some(&alice), Some(settings))
+        .await;
+    assert_eq!(muted.status, StatusCode::OK, "{}", muted.body);
+    assert_eq!(muted.body["notifications"], false);
+    assert!(muted.body["expires_at"].is_string(), "{}", muted.body);
+    let list = app.get("/v1/mutes", Some(&alice)).await;
+    assert_eq!(
+        list.body["items"][0]["account"]["username"], "bob",
+        "{}",
+        list.body
+    );
+    let rel = app
+        .get(&format!("/v1/users/{alice_id}/relationship"), Some(&bob))
+        .await;
+    assert_eq!(rel.body["muting"], false, "{}", rel.body);
+    let bad = json!({"duration_seconds": 5});
+    let refused = app.call(Method::POST, &mute, Some(&alice), Some(bad)).await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{}", refused.body);
+    let unmute = format!("/v1/users/{bob_id}/unmute");
+    let done = app.call(Method::POST, &unmute, Some(&alice), None).await;
+    assert_eq!(done.status, StatusCode::NO_CONTENT, "{}", done.body);
+    assert_eq!(
+        app.get("/v1/mutes", Some(&alice)).await.body["items"],
+        json!([])
+    );
 }
 
 #[tokio::test]

@@ -145,6 +145,38 @@ async fn to_a_blocked_reader_the_blockers_profile_posts_and_comments_are_absent(
         .unwrap();
     assert!(listed.into_inner().comments.is_empty());
 
+    // Likes of alice's post, and alice's followers and followees, as an unknown user's.
+    app.stack.like_post(&alice_token, &alices.id).await.unwrap();
+    let likes = |token: &str| {
+        let request = social_proto::engagement::v1::ListPostLikesRequest {
+            post_id: alices.id.clone(),
+            page_size: 10,
+            page_token: String::new(),
+        };
+        authed(request, token)
+    };
+    let listed = engagement.list_post_likes(likes(&bob_token)).await.unwrap();
+    assert!(listed.into_inner().likes.is_empty());
+    let listed = engagement
+        .list_post_likes(likes(&carol_token))
+        .await
+        .unwrap();
+    assert_eq!(listed.into_inner().likes.len(), 1);
+    app.stack.follow(&carol_token, &alice).await;
+    let followers = |token: &str| {
+        let request = social_proto::graph::v1::ListFollowersRequest {
+            user_id: alice.clone(),
+            page_size: 10,
+            page_token: String::new(),
+        };
+        authed(request, token)
+    };
+    let mut graph = app.graph.clone();
+    let listed = graph.list_followers(followers(&bob_token)).await.unwrap();
+    assert!(listed.into_inner().follows.is_empty());
+    let listed = graph.list_followers(followers(&carol_token)).await.unwrap();
+    assert_eq!(listed.into_inner().follows.len(), 1);
+
     // The blocker and everyone else still see it all.
     for token in [&alice_token, &carol_token] {
         posts.get_post(get(token)).await.unwrap();

@@ -14,7 +14,12 @@ use crate::{App, spawn};
 
 impl App {
     /// The relationship of `user` to `other`, asked with `token` (none: anonymously).
-    async fn relationship(&self, user: &str, other: &str, token: Option<&str>) -> Relationship {
+    pub(crate) async fn relationship(
+        &self,
+        user: &str,
+        other: &str,
+        token: Option<&str>,
+    ) -> Relationship {
         let request = GetRelationshipRequest {
             user_id: user.into(),
             other_user_id: other.into(),
@@ -234,4 +239,49 @@ async fn a_follow_racing_a_block_is_undone_and_every_count_stays_true() {
         .unwrap()
         .into_inner();
     assert!(follows.follows.is_empty());
+}
+
+#[tokio::test]
+async fn a_late_event_of_a_block_that_ended_ends_no_follow_made_since() {
+    let app = spawn().await;
+    let (alice, alice_token) = app.user("alice").await;
+    let (bob, bob_token) = app.user("bob").await;
+    app.stack.block(&alice_token, &bob).await.unwrap();
+    let unblock = UnblockUserRequest {
+        user_id: bob.clone(),
+    };
+    let mut graph = app.graph.clone();
+    graph
+        .unblock_user(authed(unblock, &alice_token))
+        .await
+        .unwrap();
+    app.follow(&bob_token, &alice).await.unwrap();
+    app.followers_count_becomes(&alice, 1).await;
+
+    // The block's event comes again, late (a redelivery, a replay).
+    let blocks = app
+        .stack
+        .database()
+        .await
+        .collection::<bson::Document>("blocks");
+    let block = blocks.find_one(bson::doc! {}).await.unwrap().unwrap();
+    let event = social_events::new_envelope(
+        ObjectId::parse_str(&alice).unwrap(),
+        social_events::Payload::UserBlocked(social_events::pb::UserBlocked {
+            block_id: block.get_object_id("_id").unwrap().to_hex(),
+            blocker_id: alice.clone(),
+            blocked_id: bob.clone(),
+        }),
+    );
+    let body = prost::Message::encode_to_vec(&event);
+    social_testkit::broker::publish_raw(
+        &app.stack.events,
+        "graph.user.blocked",
+        &body,
+        &event.event_id,
+    )
+    .await;
+    app.stack.settled().await;
+    assert_eq!(app.followers(&alice, 0, "").await.0, [bob]);
+    assert_eq!(app.followers_count(&alice).await, 1);
 }

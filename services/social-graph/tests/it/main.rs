@@ -13,6 +13,7 @@ use social_testkit::{Stack, StackOptions, authed, token_for, violated_fields};
 use tonic::{Code, transport::Channel};
 
 mod blocks;
+mod mutes;
 
 struct App {
     stack: Stack,
@@ -177,6 +178,7 @@ async fn follow_unfollow_lists_and_relationship() {
         .list_following_ids(social_testkit::as_service(ListFollowingIdsRequest {
             user_id: bob.clone(),
             limit: 0,
+            without_muted: false,
         }))
         .await
         .unwrap()
