@@ -17,8 +17,9 @@ use social_proto::{
         Comment, CountPostEngagementRequest, CountPostEngagementResponse, CreateCommentRequest,
         DeleteCommentRequest, EngagementRecord, ExportUserEngagementRequest, GetCommentRequest,
         Like, LikeCommentRequest, LikePostRequest, ListCommentsRequest, ListCommentsResponse,
-        ListPostLikesRequest, ListPostLikesResponse, PostEngagementCounts, UnlikeCommentRequest,
-        UnlikePostRequest, UpdateCommentRequest, engagement_service_server::EngagementService,
+        ListPostLikesRequest, ListPostLikesResponse, PostEngagementCounts, RemoveCommentRequest,
+        UnlikeCommentRequest, UnlikePostRequest, UpdateCommentRequest,
+        engagement_service_server::EngagementService,
     },
     post::v1::{GetPostRequest, post_service_client::PostServiceClient},
 };
@@ -31,7 +32,11 @@ use crate::{
 
 /// The RPCs only other services may call (the gate refuses them without the service
 /// credential): they serve other services and some cost many counts per request.
-pub const INTERNAL: &[&str] = &["CountPostEngagement", "ExportUserEngagement"];
+pub const INTERNAL: &[&str] = &[
+    "CountPostEngagement",
+    "ExportUserEngagement",
+    "RemoveComment",
+];
 
 pub struct Api {
     store: Store,
@@ -418,6 +423,22 @@ impl EngagementService for Api {
             return Err(Error::NotFound("comment").into());
         }
         self.relay.wake();
+        Ok(Response::new(()))
+    }
+
+    async fn remove_comment(
+        &self,
+        request: Request<RemoveCommentRequest>,
+    ) -> Result<Response<()>, Status> {
+        let comment_id = id("id", &request.get_ref().id)?;
+        let Some(comment) = self.store.comment(comment_id).await? else {
+            return Ok(Response::new(())); // gone already
+        };
+        if self.store.undo_comment(&comment, comment.user_id).await? {
+            self.relay.wake();
+            let moderator = &request.get_ref().moderator_id;
+            tracing::info!(comment_id = %comment_id, author = %comment.user_id, %moderator, "comment removed by a moderator");
+        }
         Ok(Response::new(()))
     }
 

@@ -22,6 +22,7 @@ mod idempotency;
 mod limits;
 mod middleware;
 mod model;
+mod moderation;
 mod notifications;
 mod openapi;
 mod posts;

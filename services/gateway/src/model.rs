@@ -491,11 +491,123 @@ page!(LikePage, Like);
 page!(FollowPage, Follow);
 page!(BlockPage, Block);
 page!(MutePage, Mute);
+page!(ReportPage, Report);
 page!(NotificationPage, Notification);
 page!(NotificationGroupPage, NotificationGroup);
 page!(SessionPage, Session);
 
+/// A report to the moderators.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Report {
+    pub id: String,
+    pub reporter_id: String,
+    /// `account`, `post` or `comment`.
+    pub target_type: String,
+    pub target_id: String,
+    /// The account reported, or the author of the post or comment.
+    pub target_user_id: String,
+    /// `SPAM`, `HARASSMENT`, `HATE`, `VIOLENCE`, `ILLEGAL` or `OTHER`.
+    pub category: String,
+    pub comment: String,
+    /// `open` or `resolved`.
+    pub status: String,
+    pub created_at: String,
+    /// Once resolved: `dismissed` or `removed`, by whom, when.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub resolution: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub resolved_by: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resolved_at: Option<String>,
+    /// In the moderators' list: the account reported, as it is now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account: Option<Account>,
+    /// In the moderators' list: the post reported, as it is now (absent: gone).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub post: Option<Post>,
+    /// In the moderators' list: the comment reported, as it is now (absent: gone).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comment_reported: Option<Comment>,
+}
+
+impl From<social_proto::user::v1::Report> for Report {
+    fn from(r: social_proto::user::v1::Report) -> Self {
+        let category = social_proto::user::v1::ReportCategory::try_from(r.category)
+            .map(|c| c.as_str_name())
+            .unwrap_or("OTHER");
+        Self {
+            id: r.id,
+            reporter_id: r.reporter_id,
+            target_type: r.target_type,
+            target_id: r.target_id,
+            target_user_id: r.target_user_id,
+            category: category.into(),
+            comment: r.comment,
+            status: r.status,
+            created_at: time(r.created_at),
+            resolution: r.resolution,
+            resolved_by: r.resolved_by,
+            resolved_at: r.resolved_at.map(|t| time(Some(t))),
+            account: r.target_account.as_ref().map(Account::from),
+            post: r.target_post.map(Into::into),
+            comment_reported: r.target_comment.map(Into::into),
+        }
+    }
+}
+
 // Request bodies.
+
+/// What is reported.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ReportTarget {
+    Account,
+    Post,
+    Comment,
+}
+
+/// Why it is reported.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum ReportReason {
+    Spam,
+    Harassment,
+    Hate,
+    Violence,
+    Illegal,
+    Other,
+}
+
+/// A report of an account, a post or a comment.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewReport {
+    pub target_type: ReportTarget,
+    /// The account's, post's or comment's id.
+    #[schema(pattern = "^[0-9a-f]{24}$")]
+    pub target_id: String,
+    pub category: ReportReason,
+    /// What the moderators should know.
+    #[serde(default)]
+    #[schema(max_length = 1000)]
+    pub comment: String,
+}
+
+/// What a moderator does with a report.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ResolveAction {
+    /// Nothing is removed.
+    Dismiss,
+    /// The reported post or comment is deleted (not for an account).
+    Remove,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Resolution {
+    pub action: ResolveAction,
+}
 
 /// How to mute; `{}` mutes for good, notifications too.
 #[derive(Debug, Deserialize, ToSchema)]

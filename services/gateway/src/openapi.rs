@@ -8,7 +8,7 @@ use utoipa::{
 };
 use utoipa_axum::router::OpenApiRouter;
 
-use crate::{accounts, context::AppState, error, graph, notifications, posts, stream};
+use crate::{accounts, context::AppState, error, graph, moderation, notifications, posts, stream};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -141,6 +141,7 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(accounts::routes())
         .merge(posts::routes())
         .merge(graph::routes())
+        .merge(moderation::routes())
         .merge(notifications::routes())
         .merge(stream::routes())
         .split_for_parts();

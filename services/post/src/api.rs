@@ -21,7 +21,7 @@ use social_proto::{
     post::v1::{
         BatchGetPostsRequest, BatchGetPostsResponse, CreatePostRequest, DeletePostRequest,
         ExportUserPostsRequest, GetPostRequest, ListHomeFeedRequest, ListHomeFeedResponse,
-        ListUserPostsRequest, ListUserPostsResponse, Post, UpdatePostRequest,
+        ListUserPostsRequest, ListUserPostsResponse, Post, RemovePostRequest, UpdatePostRequest,
         post_service_server::PostService,
     },
 };
@@ -31,7 +31,7 @@ use crate::store::{PostDoc, Store};
 
 /// The RPCs only other services may call (the gate refuses them without the service
 /// credential): they serve other services and some cost many counts per request.
-pub const INTERNAL: &[&str] = &["ExportUserPosts"];
+pub const INTERNAL: &[&str] = &["ExportUserPosts", "RemovePost"];
 
 pub struct Api {
     store: Store,
@@ -306,6 +306,30 @@ impl PostService for Api {
             posts: docs.into_iter().map(Into::into).collect(),
             next_page_token,
         }))
+    }
+
+    async fn remove_post(
+        &self,
+        request: Request<RemovePostRequest>,
+    ) -> Result<Response<()>, Status> {
+        let post_id = id("id", &request.get_ref().id)?;
+        let Some(current) = self.store.get(post_id).await? else {
+            return Ok(Response::new(())); // gone already
+        };
+        let author = current.user_id;
+        let event = new_envelope(
+            author,
+            Payload::PostDeleted(PostDeleted {
+                post_id: post_id.to_hex(),
+                author_id: author.to_hex(),
+            }),
+        );
+        if self.store.delete(post_id, author, &event).await? {
+            self.relay.wake();
+            let moderator = &request.get_ref().moderator_id;
+            tracing::info!(post_id = %post_id, %author, %moderator, "post removed by a moderator");
+        }
+        Ok(Response::new(()))
     }
 
     type ExportUserPostsStream = futures::stream::BoxStream<'static, Result<Post, Status>>;

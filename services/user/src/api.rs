@@ -29,12 +29,18 @@ use social_proto::{
     },
     graph::v1::{ExportUserFollowsRequest, social_graph_service_client::SocialGraphServiceClient},
     post::v1::{ExportUserPostsRequest, post_service_client::PostServiceClient},
-    user::v1::{ExportAccountRequest, ExportRecord, export_record::Record},
+    user::v1::{
+        ExportAccountRequest, ExportRecord, ListReportsRequest, ListReportsResponse, Report,
+        ReportAccountRequest, ReportCommentRequest, ReportPostRequest, ResolveReportRequest,
+        export_record::Record,
+    },
 };
 use tonic::{Request, Response, Status};
 
 use crate::{
+    moderation,
     password::{self, Hasher},
+    reports::Target,
     sessions::{Refreshed, SessionDoc, Sessions},
     store::{Store, Taken, UserDoc},
     throttle::{Reserved, Subject, Throttle},
@@ -88,7 +94,7 @@ impl Api {
     /// `caller`'s session, if it is still active and under the account's current
     /// password: a password change whose end of the other sessions failed half-way
     /// leaves none of them able to act for the account (two point lookups).
-    async fn active(&self, caller: &social_kit::auth::Caller) -> Result<SessionDoc> {
+    pub(crate) async fn active(&self, caller: &social_kit::auth::Caller) -> Result<SessionDoc> {
         let session = self.sessions.active(caller).await?;
         let account = self.store.by_id(caller.user).await?;
         if account.is_none_or(|u| session.credential_version < u.credential_version) {
@@ -248,7 +254,7 @@ fn session_to_wire(s: SessionDoc, current: Option<ObjectId>) -> Session {
 }
 
 /// The wire form of a stored user as `viewer` may see it (email to its owner only).
-fn to_wire(doc: UserDoc, viewer: Option<ObjectId>) -> User {
+pub(crate) fn to_wire(doc: UserDoc, viewer: Option<ObjectId>) -> User {
     let own = viewer == Some(doc.id);
     User {
         id: doc.id.to_hex(),
@@ -427,6 +433,7 @@ impl UserService for Api {
             cleared_by: Vec::new(),
             deletion_finished_ms: None,
             request_key: key.clone(),
+            role: None,
         };
         if let Err(t) = self.store.insert(&doc).await? {
             // A retry that raced its own first try.
@@ -601,6 +608,62 @@ impl UserService for Api {
             return Err(Error::NotFound("session").into());
         }
         Ok(Response::new(()))
+    }
+
+    async fn report_account(
+        &self,
+        request: Request<ReportAccountRequest>,
+    ) -> Result<Response<Report>, Status> {
+        let me = caller(&request)?;
+        let r = request.get_ref();
+        let (target, reason) = moderation::reason("user_id", &r.user_id, r.category, &r.comment)?;
+        let report = self.report(me, Target::Account, target, reason).await?;
+        Ok(Response::new(report))
+    }
+
+    async fn report_post(
+        &self,
+        request: Request<ReportPostRequest>,
+    ) -> Result<Response<Report>, Status> {
+        let me = caller(&request)?;
+        let r = request.get_ref();
+        let (target, reason) = moderation::reason("post_id", &r.post_id, r.category, &r.comment)?;
+        let report = self.report(me, Target::Post, target, reason).await?;
+        Ok(Response::new(report))
+    }
+
+    async fn report_comment(
+        &self,
+        request: Request<ReportCommentRequest>,
+    ) -> Result<Response<Report>, Status> {
+        let me = caller(&request)?;
+        let r = request.get_ref();
+        let (target, reason) =
+            moderation::reason("comment_id", &r.comment_id, r.category, &r.comment)?;
+        let report = self.report(me, Target::Comment, target, reason).await?;
+        Ok(Response::new(report))
+    }
+
+    async fn list_reports(
+        &self,
+        request: Request<ListReportsRequest>,
+    ) -> Result<Response<ListReportsResponse>, Status> {
+        let r = request.get_ref();
+        let page = (r.page_size, r.page_token.as_str());
+        Ok(Response::new(
+            Api::list_reports(self, &request, page).await?,
+        ))
+    }
+
+    async fn resolve_report(
+        &self,
+        request: Request<ResolveReportRequest>,
+    ) -> Result<Response<Report>, Status> {
+        let r = request.get_ref();
+        let what = (r.id.as_str(), r.action);
+        Ok(Response::new(
+            Api::resolve_report(self, &request, what).await?,
+        ))
     }
 
     async fn list_ended_sessions(

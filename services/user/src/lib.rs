@@ -3,8 +3,10 @@
 
 mod api;
 mod events;
+mod moderation;
 mod password;
 mod recompute;
+mod reports;
 mod sessions;
 mod store;
 mod throttle;
@@ -251,6 +253,28 @@ impl social_kit::serve::Startup for Startup {
         self.throttle.init().await?;
         Ok(())
     }
+}
+
+/// `social-user set-role <user id or username> <user|moderator|admin>`: what the account
+/// may do (moderators and admins resolve reports); answers the account and its role.
+pub async fn set_role(config: &Config, who: &str, role: &str) -> anyhow::Result<String> {
+    if !reports::ROLES.contains(&role) {
+        anyhow::bail!("{role:?} is not a role: user, moderator or admin");
+    }
+    let db = social_kit::mongo::connect(&config.common).await?;
+    let store = store::Store::new(&db);
+    let account = match bson::oid::ObjectId::parse_str(who) {
+        Ok(id) => store.by_id(id).await?,
+        Err(_) => store.by_username(&who.to_lowercase()).await?,
+    };
+    let Some(account) = account else {
+        anyhow::bail!("no account {who:?} (a user id or a username)");
+    };
+    if !store.set_role(account.id, role).await? {
+        anyhow::bail!("the account {who:?} was deleted meanwhile");
+    }
+    Ok(serde_json::json!({ "user_id": account.id.to_hex(), "username": account.username, "role": role })
+        .to_string())
 }
 
 /// `social-user deletion-status <user id>`: where the deletion of an account stands, as

@@ -8,6 +8,18 @@ social_events::service_main!(
     social_user,
     recount,
     social_kit::serve::Command::new(
+        "set-role",
+        "<user id or username> <user|moderator|admin>: what the account may do (moderators resolve reports)",
+        |c| {
+            Box::pin(async move {
+                let who = std::env::args().nth(2).unwrap_or_default();
+                let role = std::env::args().nth(3).unwrap_or_default();
+                println!("{}", social_user::set_role(&c, &who, &role).await?);
+                Ok(())
+            })
+        },
+    ),
+    social_kit::serve::Command::new(
         "deletion-status",
         "<user id>: where the deletion of an account stands (JSON)",
         |c| {

@@ -72,6 +72,10 @@ pub struct UserDoc {
     pub recount_ms: i64,
     #[serde(default)]
     pub counter_version: i64,
+    /// `user` (absent), `moderator` or `admin`: set by an operator
+    /// (`social-user set-role`); moderators and admins resolve reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
 }
 
 /// Which unique field an insert collided on.
@@ -91,6 +95,8 @@ pub struct Store {
     /// Who blocks whom (see `social_events::blocks`): to a blocked reader, the blocker's
     /// profile is absent.
     pub blocks: Blocks,
+    /// Reports to the moderators.
+    pub reports: crate::reports::Reports,
 }
 
 impl Store {
@@ -100,6 +106,7 @@ impl Store {
             users: db.collection(COLLECTION),
             counters: idempotency::Counters::new(db, COLLECTION),
             blocks: Blocks::new(db, "user"),
+            reports: crate::reports::Reports::new(db),
         }
     }
 
@@ -122,7 +129,25 @@ impl Store {
             .await?;
         self.counters.init().await?;
         self.blocks.init().await?;
+        self.reports.init().await?;
         Ok(())
+    }
+
+    /// Gives account `id` `role` (`user` clears it); whether the account exists.
+    pub async fn set_role(&self, id: ObjectId, role: &str) -> Result<bool> {
+        let update = if role == "user" {
+            doc! { "$unset": { "role": "" } }
+        } else {
+            doc! { "$set": { "role": role } }
+        };
+        let r = self
+            .users
+            .update_one(
+                doc! { "_id": id, "deleted_ms": { "$exists": false } },
+                update,
+            )
+            .await?;
+        Ok(r.matched_count == 1)
     }
 
     /// Inserts a new account, or says which unique field is taken.

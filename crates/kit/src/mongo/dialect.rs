@@ -176,6 +176,15 @@ pub mod lenient {
         }
     }
 
+    /// An optional stored time ([`date`]'s forms), absent or null for none.
+    pub fn optional_date<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<bson::DateTime>, D::Error> {
+        #[derive(Deserialize)]
+        struct Stored(#[serde(deserialize_with = "date")] bson::DateTime);
+        Ok(Option::<Stored>::deserialize(deserializer)?.map(|s| s.0))
+    }
+
     /// A stored boolean: a BSON boolean, or the stand-in's integer for one written by
     /// `$set`.
     pub fn boolean<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {

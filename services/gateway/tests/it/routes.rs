@@ -451,6 +451,71 @@ async fn blocks_and_mutes_through_http() {
 }
 
 #[tokio::test]
+async fn a_report_through_http_reaches_a_moderator_who_removes_the_post() {
+    let app = App::start().await;
+    let (_, alice) = app.sign_up("alice").await;
+    let (_, bob) = app.sign_up("bob").await;
+    let (_, moder) = app.sign_up("moder").await;
+    let post = app
+        .call(
+            Method::POST,
+            "/v1/posts",
+            Some(&bob),
+            Some(json!({"content": "spam spam"})),
+        )
+        .await;
+    let post_id = post.body["id"].as_str().unwrap().to_owned();
+    let report =
+        json!({"target_type": "post", "target_id": post_id, "category": "SPAM", "comment": "ads"});
+    let filed = app
+        .call(Method::POST, "/v1/reports", Some(&alice), Some(report))
+        .await;
+    assert_eq!(filed.status, StatusCode::CREATED, "{}", filed.body);
+    assert_eq!(filed.body["status"], "open");
+    let bad = json!({"target_type": "planet", "target_id": post_id, "category": "SPAM"});
+    let refused = app
+        .call(Method::POST, "/v1/reports", Some(&alice), Some(bad))
+        .await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{}", refused.body);
+
+    // Only a moderator reads the queue and resolves.
+    let denied = app.get("/v1/admin/reports", Some(&alice)).await;
+    assert_eq!(denied.status, StatusCode::FORBIDDEN, "{}", denied.body);
+    let config = social_user::Config::for_tests(
+        &social_testkit::mongodb_uri(),
+        &app.stack.database,
+        app.stack.events.clone(),
+    );
+    social_user::set_role(&config, "moder", "moderator")
+        .await
+        .unwrap();
+    let queue = app.get("/v1/admin/reports", Some(&moder)).await;
+    assert_eq!(
+        queue.body["items"][0]["post"]["content"], "spam spam",
+        "{}",
+        queue.body
+    );
+    let resolve = format!(
+        "/v1/admin/reports/{}/resolve",
+        filed.body["id"].as_str().unwrap()
+    );
+    let done = app
+        .call(
+            Method::POST,
+            &resolve,
+            Some(&moder),
+            Some(json!({"action": "remove"})),
+        )
+        .await;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.body);
+    assert_eq!(done.body["resolution"], "removed");
+    let gone = app.get(&format!("/v1/posts/{post_id}"), None).await;
+    assert_eq!(gone.status, StatusCode::NOT_FOUND);
+    let queue = app.get("/v1/admin/reports", Some(&moder)).await;
+    assert_eq!(queue.body["items"], json!([]));
+}
+
+#[tokio::test]
 async fn every_error_has_one_shape() {
     let app = App::start().await;
     let (_, alice) = app.sign_up("alice").await;
