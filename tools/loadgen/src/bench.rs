@@ -57,6 +57,7 @@ const SAMPLES: u64 = 50;
 /// The micro-benchmarks.
 pub const NAMES: &[&str] = &[
     "feed",
+    "feed-hidden",
     "login",
     "storm",
     "deletion",
@@ -71,6 +72,7 @@ pub const NAMES: &[&str] = &[
 pub async fn run(what: &str) -> anyhow::Result<()> {
     match what {
         "feed" => feed().await,
+        "feed-hidden" => feed_hidden().await,
         "login" => login().await,
         "storm" => storm().await,
         "deletion" => deletion().await,
@@ -207,6 +209,98 @@ async fn feed() -> anyhow::Result<()> {
         report(&format!("following {n:>5}: ids only"), &ids);
         report(&format!("following {n:>5}: page 1"), &first);
         report(&format!("following {n:>5}: page 2"), &second);
+    }
+    db.drop().await?;
+    Ok(())
+}
+
+/// ListHomeFeed page 1 for a reader following 100 accounts who blocks or mutes 1,000
+/// others (50 of them followees), against one who hides nobody.
+async fn feed_hidden() -> anyhow::Result<()> {
+    let stack = Stack::start().await;
+    let db = database(&stack).await?;
+    let mut posts = stack.posts().await;
+    let authors: Vec<ObjectId> = (0..2000).map(|_| ObjectId::new()).collect();
+    let now = DateTime::now().timestamp_millis();
+    let key = |i: usize| social_kit::paging::sort_key(DateTime::from_millis(now - i as i64 * 7));
+    let mut docs = Vec::new();
+    for (i, author) in authors.iter().enumerate() {
+        for j in 0..4 {
+            let t = DateTime::from_millis(now - ((i * 4 + j) as i64) * 17_000);
+            docs.push(doc! {
+                "_id": ObjectId::new(), "user_id": author, "content": format!("post {j} by {i}"),
+                "media": [], "likes_count": 0_i64, "comments_count": 0_i64, "state": "active",
+                "created_at": t, "updated_at": t, "sort_key": social_kit::paging::sort_key(t),
+            });
+        }
+    }
+    db.collection("posts").insert_many(docs).await?;
+    println!("ListHomeFeed page 1 of 20, a reader following 100, {SAMPLES} samples each:");
+    let mut next = 0;
+    for hides in ["nobody", "1000 blocked", "1000 muted"] {
+        let reader = ObjectId::new();
+        let follows: Vec<_> = (0..100)
+            .map(|i| {
+                next += 1;
+                doc! { "_id": ObjectId::new(), "follower_id": reader, "followee_id": authors[i * 20],
+                "created_at": DateTime::now(), "sort_key": key(next),
+                "state": "active", "active_key": "active" }
+            })
+            .collect();
+        db.collection("followers").insert_many(follows).await?;
+        // 50 of the hidden are followees (the feed leaves them out), 950 others.
+        let hidden: Vec<ObjectId> = (0..1000)
+            .map(|i| {
+                if i < 50 {
+                    authors[i * 40]
+                } else {
+                    ObjectId::new()
+                }
+            })
+            .collect();
+        let mut rows = |kind: &str| -> Vec<bson::Document> {
+            hidden
+                .iter()
+                .map(|h| {
+                    next += 1;
+                    let (a, b) = if kind == "blocks" {
+                        ("blocker_id", "blocked_id")
+                    } else {
+                        ("muter_id", "muted_id")
+                    };
+                    doc! { "_id": ObjectId::new(), a: reader, b: h, "notifications": true,
+                    "created_at": DateTime::now(), "sort_key": key(next),
+                    "state": "active", "active_key": "active" }
+                })
+                .collect()
+        };
+        match hides {
+            "1000 blocked" => {
+                db.collection("blocks").insert_many(rows("blocks")).await?;
+            }
+            "1000 muted" => {
+                db.collection("mutes").insert_many(rows("mutes")).await?;
+            }
+            _ => {}
+        }
+        let token = token_for(reader);
+        let mut first = histogram();
+        for _ in 0..SAMPLES {
+            let started = Instant::now();
+            let page = posts
+                .list_home_feed(authed(
+                    ListHomeFeedRequest {
+                        page_size: 20,
+                        page_token: String::new(),
+                    },
+                    &token,
+                ))
+                .await?
+                .into_inner();
+            first.record(started.elapsed().as_micros() as u64)?;
+            assert_eq!(page.posts.len(), 20);
+        }
+        report(&format!("hiding {hides}: page 1"), &first);
     }
     db.drop().await?;
     Ok(())
