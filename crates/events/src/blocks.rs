@@ -251,6 +251,9 @@ struct MuteCopy {
     notifications: bool,
     /// When it ends by itself (ms since the Unix epoch); 0: never.
     expires_at_ms: i64,
+    /// The same as a date, for the TTL index that purges the copy once it expired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    expires_at: Option<bson::DateTime>,
     /// `active` or `ended`.
     state: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -287,6 +290,13 @@ impl Mutes {
                         false,
                     ),
                     mongo::ttl_index("ended_ttl", "ended_at", ENDED_KEPT),
+                    // A mute that expired counts as none already; its copy goes a day
+                    // later (a late `muted` event of it stores it again, expired).
+                    mongo::ttl_index(
+                        "expired_ttl",
+                        "expires_at",
+                        std::time::Duration::from_secs(24 * 3600),
+                    ),
                 ],
             )
             .await
@@ -302,6 +312,8 @@ impl Mutes {
                 muted_id: ObjectId::parse_str(&e.muted_id)?,
                 notifications: e.notifications,
                 expires_at_ms: e.expires_at_ms,
+                expires_at: (e.expires_at_ms > 0)
+                    .then(|| bson::DateTime::from_millis(e.expires_at_ms)),
                 state: ACTIVE.into(),
                 ended_at: None,
             },
@@ -311,6 +323,7 @@ impl Mutes {
                 muted_id: ObjectId::parse_str(&e.muted_id)?,
                 notifications: false,
                 expires_at_ms: 0,
+                expires_at: None,
                 state: ENDED.into(),
                 ended_at: ended_at(false),
             },

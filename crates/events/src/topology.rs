@@ -34,7 +34,7 @@ pub struct QueueSpec {
 }
 
 /// The user service's queue: follows move `followers_count` / `following_count`;
-/// blocks are kept for reads.
+/// blocks are kept for reads; a deleted account's report comments go.
 pub const USER: QueueSpec = QueueSpec {
     service: "user",
     routing_keys: &[
@@ -43,6 +43,7 @@ pub const USER: QueueSpec = QueueSpec {
         "deletion.account.cleared",
         "graph.user.blocked",
         "graph.user.unblocked",
+        "user.user.deleted",
     ],
 };
 

@@ -493,6 +493,19 @@ impl SocialGraphService for Api {
             .await?;
         if created {
             self.relay.wake();
+            // An account deleted meanwhile keeps no mute (its deletion ended the others).
+            let removed = &self.store.removed_users;
+            if removed.any(&[me, target]).await.map_err(Error::from)? {
+                if self.store.mutes.end(&mute).await? {
+                    self.relay.wake();
+                }
+                return Err(if removed.any(&[me]).await.map_err(Error::from)? {
+                    Error::Unauthenticated("this account was deleted")
+                } else {
+                    Error::NotFound("user")
+                }
+                .into());
+            }
             tracing::info!(muter = %me, muted = %target, "muted");
         }
         Ok(Response::new(mute.into()))

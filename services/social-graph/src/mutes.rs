@@ -115,8 +115,9 @@ impl Mutes {
                     ),
                     mongo::sort_key_index(),
                     outbox::index(),
-                    // Expired mutes go (they count as none already).
-                    mongo::ttl_index("expired_ttl", "expires_at", Duration::ZERO),
+                    // Expired mutes go (they count as none already), once their events
+                    // are out.
+                    outbox::purge_index("expired_pending_ttl", "expires_at", Duration::ZERO),
                     outbox::purge_index(
                         "ended_ttl",
                         "ended_at",
@@ -125,6 +126,7 @@ impl Mutes {
                 ],
             )
             .await?;
+        mongo::retire_indexes(&self.mutes, &["expired_ttl"]).await?;
         Ok(())
     }
 

@@ -614,7 +614,7 @@ impl UserService for Api {
         &self,
         request: Request<ReportAccountRequest>,
     ) -> Result<Response<Report>, Status> {
-        let me = caller(&request)?;
+        let me = self.reporter(&request).await?;
         let r = request.get_ref();
         let (target, reason) = moderation::reason("user_id", &r.user_id, r.category, &r.comment)?;
         let report = self.report(me, Target::Account, target, reason).await?;
@@ -625,7 +625,7 @@ impl UserService for Api {
         &self,
         request: Request<ReportPostRequest>,
     ) -> Result<Response<Report>, Status> {
-        let me = caller(&request)?;
+        let me = self.reporter(&request).await?;
         let r = request.get_ref();
         let (target, reason) = moderation::reason("post_id", &r.post_id, r.category, &r.comment)?;
         let report = self.report(me, Target::Post, target, reason).await?;
@@ -636,7 +636,7 @@ impl UserService for Api {
         &self,
         request: Request<ReportCommentRequest>,
     ) -> Result<Response<Report>, Status> {
-        let me = caller(&request)?;
+        let me = self.reporter(&request).await?;
         let r = request.get_ref();
         let (target, reason) =
             moderation::reason("comment_id", &r.comment_id, r.category, &r.comment)?;

@@ -24,6 +24,12 @@ pub async fn apply(store: Store, envelope: Envelope) -> anyhow::Result<()> {
             }
             return Ok(());
         }
+        Some(Payload::UserDeleted(e)) => {
+            // What the account wrote in its reports goes with it.
+            let user = social_events::removed_users::deleted_user(e)?;
+            store.reports.forget_reporter(user).await?;
+            return Ok(());
+        }
         Some(Payload::UserBlocked(_) | Payload::UserUnblocked(_)) => {
             store.blocks.apply(&envelope).await?;
             return Ok(());

@@ -166,6 +166,14 @@ impl Api {
         Ok(report.into())
     }
 
+    /// The caller, if their session holds (a deleted account's, or one ended by a new
+    /// password, reports nothing).
+    pub async fn reporter<T>(&self, request: &Request<T>) -> Result<ObjectId> {
+        let caller = session(request)?;
+        self.active(&caller).await?;
+        Ok(caller.user)
+    }
+
     /// The caller, if their session holds and their account moderates; else
     /// PERMISSION_DENIED.
     async fn moderator<T>(&self, request: &Request<T>) -> Result<ObjectId> {
@@ -207,12 +215,21 @@ impl Api {
             let found = peer.call(client.batch_get_posts(request)).await;
             found.map_err(|s| peer.error(s))?.posts
         };
-        let comments = futures::future::try_join_all(
-            comments
+        // One call per comment (a page holds at most 100), eight at a time; one that
+        // fails shows its report without the comment rather than failing the page.
+        let mut found = Vec::with_capacity(comments.len());
+        for chunk in comments.chunks(8) {
+            let calls = chunk
                 .iter()
-                .map(|id| comment_of(&self.peers.engagement, *id)),
-        )
-        .await?;
+                .map(|id| comment_of(&self.peers.engagement, *id));
+            for (id, got) in chunk.iter().zip(futures::future::join_all(calls).await) {
+                found.push(got.unwrap_or_else(|e| {
+                    tracing::warn!(comment = %id, error = %e, "could not fetch a reported comment");
+                    None
+                }));
+            }
+        }
+        let comments = found;
         let reports = docs
             .into_iter()
             .map(|doc| {

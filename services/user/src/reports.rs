@@ -125,23 +125,39 @@ impl Reports {
     /// Stores a new open report, or returns the reporter's open report of the same
     /// target (and `false`).
     pub async fn open(&self, mut report: ReportDoc) -> Result<(ReportDoc, bool)> {
-        if mongo::insert_keyed(&self.reports, &mut report, |r| &mut r.sort_key).await? {
-            return Ok((report, true));
+        for _ in 0..3 {
+            if mongo::insert_keyed(&self.reports, &mut report, |r| &mut r.sort_key).await? {
+                return Ok((report, true));
+            }
+            let existing = self
+                .reports
+                .find_one(doc! {
+                    "reporter_id": mongo::equals_id(report.reporter_id),
+                    "target_type": &report.target_type,
+                    "target_id": mongo::equals_id(report.target_id),
+                    "open_key": OPEN,
+                })
+                .await?;
+            if let Some(r) = existing {
+                return Ok((r, false));
+            }
+            // Resolved between our insert and read: the key is free again.
         }
-        let existing = self
-            .reports
-            .find_one(doc! {
-                "reporter_id": mongo::equals_id(report.reporter_id),
-                "target_type": &report.target_type,
-                "target_id": mongo::equals_id(report.target_id),
-                "open_key": OPEN,
-            })
+        Err(social_kit::Error::Unavailable(
+            "the report could not be stored; retry".into(),
+        ))
+    }
+
+    /// Forgets what deleted account `reporter` wrote in its reports (the reports stay,
+    /// for the moderators); idempotent.
+    pub async fn forget_reporter(&self, reporter: ObjectId) -> Result<()> {
+        self.reports
+            .update_many(
+                doc! { "reporter_id": mongo::equals_id(reporter) },
+                doc! { "$set": { "comment": "" } },
+            )
             .await?;
-        Ok(match existing {
-            Some(r) => (r, false),
-            // Resolved between our insert and read: it was open, and closed.
-            None => (report, false),
-        })
+        Ok(())
     }
 
     /// Report `id`, if any.

@@ -195,3 +195,25 @@ async fn mutes_are_validated() {
         .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
 }
+
+#[tokio::test]
+async fn a_deleted_accounts_token_mutes_nobody() {
+    let app = spawn().await;
+    let (alice, alice_token) = app.user("alice").await;
+    let (bob, _) = app.user("bob").await;
+    let delete = social_proto::user::v1::DeleteAccountRequest {
+        password: "correct horse battery".into(),
+    };
+    let mut users = app.stack.users().await;
+    users
+        .delete_account(authed(delete, &alice_token))
+        .await
+        .unwrap();
+    app.stack.settled().await;
+    // A token of the account still valid at the gate (not of an ended session).
+    let token = social_testkit::token_for(bson::oid::ObjectId::parse_str(&alice).unwrap());
+    let err = app.mute(&token, &bob, 0, None).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    let active = bson::doc! { "state": "active" };
+    assert_eq!(app.stack.count("mutes", active).await, 0);
+}

@@ -246,3 +246,40 @@ async fn reports_are_validated() {
         .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
 }
+
+#[tokio::test]
+async fn what_a_deleted_account_wrote_in_its_reports_goes_with_it() {
+    let stack = Stack::start().await;
+    let mut users = stack.users().await;
+    let (_, alice_token) = stack.register("alice").await;
+    let (bob, _) = stack.register("bob").await;
+    let (_, mod_token) = stack.register("moder").await;
+    let account = ReportAccountRequest {
+        user_id: bob,
+        category: ReportCategory::Harassment as i32,
+        comment: "my neighbour's name and address".into(),
+    };
+    users
+        .report_account(authed(account, &alice_token))
+        .await
+        .unwrap();
+    let delete = social_proto::user::v1::DeleteAccountRequest {
+        password: "correct horse battery".into(),
+    };
+    users
+        .delete_account(authed(delete, &alice_token))
+        .await
+        .unwrap();
+    set_role(&stack, "moder", "moderator").await;
+    let forgotten = eventually(Duration::from_secs(15), || {
+        let mut users = users.clone();
+        let token = mod_token.clone();
+        async move {
+            let queue = users.list_reports(authed(list(), &token)).await.ok()?;
+            let reports = queue.into_inner().reports;
+            (reports.len() == 1 && reports[0].comment.is_empty()).then_some(())
+        }
+    })
+    .await;
+    assert!(forgotten.is_some(), "the report's comment stays");
+}
