@@ -65,31 +65,45 @@ async fn unfollow(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// `items` (of the wire type `W`), each as `T` with the account `id_of` names, fetched
+/// in one call for the page.
+async fn with_accounts<W, T: From<W>>(
+    state: &AppState,
+    who: &Identity,
+    items: Vec<W>,
+    id_of: impl Fn(&W) -> String,
+    set: impl Fn(&mut T, Option<crate::model::Account>),
+) -> ApiResult<Vec<T>> {
+    let found = accounts(&state.services, who, items.iter().map(&id_of)).await?;
+    Ok(items
+        .into_iter()
+        .map(|w| {
+            let account = found.get(&id_of(&w)).cloned();
+            let mut item = T::from(w);
+            set(&mut item, account);
+            item
+        })
+        .collect())
+}
+
 /// `follows` with the account on `side` of each (one call for the page).
-async fn with_accounts(
+async fn with_follow_accounts(
     state: &AppState,
     who: &Identity,
     follows: Vec<social_proto::graph::v1::Follow>,
     followers: bool,
 ) -> ApiResult<Vec<Follow>> {
-    let other = |f: &social_proto::graph::v1::Follow| {
+    let other = move |f: &social_proto::graph::v1::Follow| {
         if followers {
             f.follower_id.clone()
         } else {
             f.followee_id.clone()
         }
     };
-    let found = accounts(&state.services, who, follows.iter().map(other)).await?;
-    Ok(follows
-        .into_iter()
-        .map(|f| {
-            let account = found.get(&other(&f)).cloned();
-            Follow {
-                account,
-                ..Follow::from(f)
-            }
-        })
-        .collect())
+    with_accounts(state, who, follows, other, |f: &mut Follow, a| {
+        f.account = a
+    })
+    .await
 }
 
 /// Who follows a user, newest first.
@@ -109,7 +123,7 @@ async fn followers(
         page_token: page.page_token,
     };
     let r = ask!(state, who, graph.list_followers(request))?;
-    let items = with_accounts(&state, &who, r.follows, true).await?;
+    let items = with_follow_accounts(&state, &who, r.follows, true).await?;
     Ok(paged(&uri, FollowPage::of(items, r.next_page_token)))
 }
 
@@ -130,7 +144,7 @@ async fn following(
         page_token: page.page_token,
     };
     let r = ask!(state, who, graph.list_following(request))?;
-    let items = with_accounts(&state, &who, r.follows, false).await?;
+    let items = with_follow_accounts(&state, &who, r.follows, false).await?;
     Ok(paged(&uri, FollowPage::of(items, r.next_page_token)))
 }
 
@@ -209,23 +223,11 @@ async fn blocks(
         page_token: page.page_token,
     };
     let r = ask!(state, who, graph.list_blocks(request))?;
-    let found = accounts(
-        &state.services,
-        &who,
-        r.blocks.iter().map(|b| b.blocked_id.clone()),
-    )
+    let blocked = |b: &social_proto::graph::v1::Block| b.blocked_id.clone();
+    let items = with_accounts(&state, &who, r.blocks, blocked, |b: &mut Block, a| {
+        b.account = a
+    })
     .await?;
-    let items = r
-        .blocks
-        .into_iter()
-        .map(|b| {
-            let account = found.get(&b.blocked_id).cloned();
-            Block {
-                account,
-                ..Block::from(b)
-            }
-        })
-        .collect();
     Ok(paged(&uri, BlockPage::of(items, r.next_page_token)))
 }
 
@@ -282,22 +284,10 @@ async fn mutes(
         page_token: page.page_token,
     };
     let r = ask!(state, who, graph.list_mutes(request))?;
-    let found = accounts(
-        &state.services,
-        &who,
-        r.mutes.iter().map(|m| m.muted_id.clone()),
-    )
+    let muted = |m: &social_proto::graph::v1::Mute| m.muted_id.clone();
+    let items = with_accounts(&state, &who, r.mutes, muted, |m: &mut Mute, a| {
+        m.account = a
+    })
     .await?;
-    let items = r
-        .mutes
-        .into_iter()
-        .map(|m| {
-            let account = found.get(&m.muted_id).cloned();
-            Mute {
-                account,
-                ..Mute::from(m)
-            }
-        })
-        .collect();
     Ok(paged(&uri, MutePage::of(items, r.next_page_token)))
 }

@@ -90,6 +90,29 @@ impl Api {
 }
 
 impl Api {
+    /// After a follow, block or mute of `me` on `other` was stored: when either account
+    /// was deleted meanwhile (`social_events::removed_users`), `undo` takes it back (its
+    /// event woken out) and the caller hears UNAUTHENTICATED for its own account,
+    /// NOT_FOUND for the other.
+    async fn unless_removed<Undo, F>(&self, me: ObjectId, other: ObjectId, undo: Undo) -> Result<()>
+    where
+        Undo: FnOnce() -> F,
+        F: std::future::Future<Output = Result<bool>>,
+    {
+        let removed = &self.store.removed_users;
+        if !removed.any(&[me, other]).await.map_err(Error::from)? {
+            return Ok(());
+        }
+        if undo().await? {
+            self.relay.wake();
+        }
+        Err(if removed.any(&[me]).await.map_err(Error::from)? {
+            Error::Unauthenticated("this account was deleted")
+        } else {
+            Error::NotFound("user")
+        })
+    }
+
     /// Whether `user` blocks the caller: to them, `user`'s lists are empty, as an
     /// unknown account's.
     async fn hidden_from_caller<T>(&self, request: &Request<T>, user: ObjectId) -> Result<bool> {
@@ -172,16 +195,10 @@ impl SocialGraphService for Api {
         if created {
             self.relay.wake();
             // An account deleted meanwhile keeps no follow (`social_events::removed_users`).
-            let removed = &self.store.removed_users;
-            if removed.any(&[me, followee]).await.map_err(Error::from)? {
-                crate::events::unfollow(&self.store, me, followee).await?;
-                return Err(if removed.any(&[me]).await.map_err(Error::from)? {
-                    Error::Unauthenticated("this account was deleted")
-                } else {
-                    Error::NotFound("user")
-                }
-                .into());
-            }
+            self.unless_removed(me, followee, || async {
+                crate::events::unfollow(&self.store, me, followee).await
+            })
+            .await?;
             // A block made meanwhile ends it: the block's own sweep of follows ran
             // before this insert, or this check sees the block (docs/events.md, "Blocks").
             if let Err(refused) = self.refuse_blocked(me, followee).await {
@@ -371,18 +388,8 @@ impl SocialGraphService for Api {
             // stops half-way (`crate::events`).
             crate::events::end_follows_between(&self.store, me, target).await?;
             self.relay.wake();
-            let removed = &self.store.removed_users;
-            if removed.any(&[me, target]).await.map_err(Error::from)? {
-                if self.store.blocks.unblock(me, target).await? {
-                    self.relay.wake();
-                }
-                return Err(if removed.any(&[me]).await.map_err(Error::from)? {
-                    Error::Unauthenticated("this account was deleted")
-                } else {
-                    Error::NotFound("user")
-                }
-                .into());
-            }
+            self.unless_removed(me, target, || self.store.blocks.unblock(me, target))
+                .await?;
             tracing::info!(blocker = %me, blocked = %target, "blocked");
         }
         Ok(Response::new(block.into()))
@@ -494,18 +501,8 @@ impl SocialGraphService for Api {
         if created {
             self.relay.wake();
             // An account deleted meanwhile keeps no mute (its deletion ended the others).
-            let removed = &self.store.removed_users;
-            if removed.any(&[me, target]).await.map_err(Error::from)? {
-                if self.store.mutes.end(&mute).await? {
-                    self.relay.wake();
-                }
-                return Err(if removed.any(&[me]).await.map_err(Error::from)? {
-                    Error::Unauthenticated("this account was deleted")
-                } else {
-                    Error::NotFound("user")
-                }
-                .into());
-            }
+            self.unless_removed(me, target, || self.store.mutes.end(&mute))
+                .await?;
             tracing::info!(muter = %me, muted = %target, "muted");
         }
         Ok(Response::new(mute.into()))

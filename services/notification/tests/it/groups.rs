@@ -635,11 +635,8 @@ async fn what_happens_between_storing_a_like_and_counting_it_is_counted_right() 
         assert!(gone.await.is_some(), "the unlike removed it");
     })
     .await;
-    assert_eq!(
-        app.groups(&bob).await,
-        [],
-        "no group counts an unliked like"
-    );
+    // The held handler may still be finishing on a loaded machine: the counts settle.
+    app.groups_until(&bob, <[_]>::is_empty).await;
     assert_eq!(app.unread(&bob).await, (0, 0));
 
     // Read meanwhile (before its group existed): not counted unread.
