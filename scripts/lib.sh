@@ -301,3 +301,13 @@ stop_started() {
         REDIS_STARTED_PORT=""
     fi
 }
+
+# Whether the schemathesis output in file $1 failed only by crashes of its own: its
+# summary's error lines ("  🚫 <kind>: <count>") are all "Runtime Error" and no check
+# failed (no FAILURES section). scripts/api-check runs such a run once more.
+schemathesis_only_crashed() {
+    local errors
+    errors=$(grep -E '^  🚫 [^:]+: [0-9]+$' "$1" || true)
+    [[ -n $errors ]] && ! grep -qv 'Runtime Error' <<<"$errors" &&
+        ! grep -q '^=* FAILURES =*$' "$1"
+}
