@@ -26,6 +26,7 @@ use tonic::{Code, Request, Response, Status};
 
 use crate::{
     blocks::BlockDoc,
+    checks,
     mutes::{MAX_MUTES, MuteDoc},
     store::{FollowDoc, Store},
 };
@@ -43,8 +44,6 @@ pub const INTERNAL: &[&str] = &[
     "ExportUserFollows",
     "CheckBlocks",
 ];
-
-use social_kit::error::UNBLOCK_FIRST;
 
 /// Most ids one ListFollowingIds answer carries.
 const MAX_FOLLOWING_IDS: usize = 10_000;
@@ -74,23 +73,10 @@ impl Api {
             Err(status) => Err(self.users.error(status)),
         }
     }
-
-    /// Refuses a follow of `followee` by `me` across a block: NOT_FOUND when `followee`
-    /// blocks `me` (as if absent), FAILED_PRECONDITION when `me` blocks `followee`.
-    async fn refuse_blocked(&self, me: ObjectId, followee: ObjectId) -> Result<()> {
-        let (blocking, blocked_by) = self.store.blocks.between(me, &[followee]).await?;
-        if !blocked_by.is_empty() {
-            Err(Error::NotFound("user"))
-        } else if !blocking.is_empty() {
-            Err(Error::FailedPrecondition(UNBLOCK_FIRST))
-        } else {
-            Ok(())
-        }
-    }
 }
 
 impl Api {
-    /// After a follow, block or mute of `me` on `other` was stored: when either account
+    /// After a block or mute of `me` on `other` was stored: when either account
     /// was deleted meanwhile (`social_events::removed_users`), `undo` takes it back (its
     /// event woken out) and the caller hears UNAUTHENTICATED for its own account,
     /// NOT_FOUND for the other.
@@ -99,18 +85,13 @@ impl Api {
         Undo: FnOnce() -> F,
         F: std::future::Future<Output = Result<bool>>,
     {
-        let removed = &self.store.removed_users;
-        if !removed.any(&[me, other]).await.map_err(Error::from)? {
+        let Some(refused) = checks::removed(&self.store, me, other).await? else {
             return Ok(());
-        }
+        };
         if undo().await? {
             self.relay.wake();
         }
-        Err(if removed.any(&[me]).await.map_err(Error::from)? {
-            Error::Unauthenticated("this account was deleted")
-        } else {
-            Error::NotFound("user")
-        })
+        Err(refused)
     }
 
     /// Whether `user` blocks the caller: to them, `user`'s lists are empty, as an
@@ -173,14 +154,17 @@ impl SocialGraphService for Api {
             return Err(Error::invalid("followee_id", "you cannot follow yourself").into());
         }
         if let Some(existing) = self.store.get(me, followee).await? {
-            // A retry of a follow whose undo (below) failed undoes it now.
-            if let Err(refused) = self.refuse_blocked(me, followee).await {
-                crate::events::unfollow(&self.store, me, followee).await?;
+            // A retry of a follow whose checks (below) failed checks it now.
+            if existing.unchecked_since.is_some()
+                && let Some(refused) = checks::follow(&self.store, &self.relay, &existing).await?
+            {
                 return Err(refused.into());
             }
             return Ok(Response::new(existing.into()));
         }
-        self.refuse_blocked(me, followee).await?;
+        if let Some(refused) = checks::blocked(&self.store, me, followee).await? {
+            return Err(refused.into());
+        }
         self.ensure_user_exists(followee).await?;
         // Tests: a block made between the checks above and the insert below.
         social_kit::pause!("graph::before_follow_insert");
@@ -194,15 +178,9 @@ impl SocialGraphService for Api {
         let (follow, created) = self.store.follow(me, followee, &event).await?;
         if created {
             self.relay.wake();
-            // An account deleted meanwhile keeps no follow (`social_events::removed_users`).
-            self.unless_removed(me, followee, || async {
-                crate::events::unfollow(&self.store, me, followee).await
-            })
-            .await?;
-            // A block made meanwhile ends it: the block's own sweep of follows ran
-            // before this insert, or this check sees the block (docs/events.md, "Blocks").
-            if let Err(refused) = self.refuse_blocked(me, followee).await {
-                crate::events::unfollow(&self.store, me, followee).await?;
+            // An account deleted or a block made meanwhile ends it: their own sweeps of
+            // follows ran before this insert, or these checks see them (`crate::checks`).
+            if let Some(refused) = checks::follow(&self.store, &self.relay, &follow).await? {
                 return Err(refused.into());
             }
             tracing::info!(follower = %me, followee = %followee, "followed");

@@ -4,6 +4,7 @@
 
 mod api;
 mod blocks;
+mod checks;
 mod events;
 mod mutes;
 mod store;
@@ -21,6 +22,9 @@ pub struct Config {
     pub user_service: Peer,
     /// Where follow events go.
     pub events: EventsConfig,
+    /// How long a follow whose checks against deletions and blocks did not finish (its
+    /// call failed) waits before it is checked in the background (60 s).
+    pub unchecked_after: std::time::Duration,
 }
 
 social_kit::service_config!(Config);
@@ -32,6 +36,7 @@ impl Config {
             common: GRAPH.config_from_env()?,
             user_service: USER.peer_from_env()?,
             events: EventsConfig::from_env()?,
+            unchecked_after: std::time::Duration::from_secs(60),
         })
     }
 
@@ -46,6 +51,7 @@ impl Config {
             common: CommonConfig::for_tests(GRAPH.service, mongodb_uri, database),
             user_service,
             events,
+            unchecked_after: std::time::Duration::from_secs(1),
         }
     }
 }
@@ -60,6 +66,8 @@ pub async fn run(config: Config, on: TcpListener, stop: CancellationToken) -> an
         social_events::consumer::handler((store.clone(), relay.clone()), events::apply),
     );
     wiring.refuse_ended_sessions(config.user_service.clone());
+    let (checked, left_for) = ((store.clone(), relay.clone()), config.unchecked_after);
+    wiring.spawn(|stop| checks::run(checked, left_for, stop));
     wiring.internal(api::INTERNAL);
     let api = api::Api::new(store.clone(), config.user_service.clone(), relay);
     wiring

@@ -51,7 +51,15 @@ pub struct FollowDoc {
     pub outbox: Vec<String>,
     #[serde(default)]
     pub outbox_pending: i32,
+    /// When the follow was stored (ms), until its checks against a deleted account and a
+    /// block have passed (or undone it): a follow whose checks failed is checked again
+    /// by its retry or by [`crate::checks::run`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unchecked_since: Option<i64>,
 }
+
+/// The field of [`FollowDoc::unchecked_since`].
+const UNCHECKED: &str = "unchecked_since";
 
 /// Access to `followers`. Cheap to clone.
 #[derive(Clone)]
@@ -104,6 +112,8 @@ impl Store {
                         false,
                     ),
                     mongo::sort_key_index(),
+                    // Follows whose checks did not finish (a handful at most).
+                    mongo::sparse_index("unchecked", doc! { UNCHECKED: 1 }),
                     // CountFollows: one count over index keys per side (see `count`).
                     mongo::index("followee_alive", mongo::alive_keys("followee_id"), false),
                     mongo::index("follower_alive", mongo::alive_keys("follower_id"), false),
@@ -185,6 +195,7 @@ impl Store {
             ended_ms: None,
             outbox: vec![outbox::entry(event)],
             outbox_pending: 1,
+            unchecked_since: Some(now.timestamp_millis()),
         };
         let inserted = mongo::insert_keyed(&self.follows, &mut doc, |f| &mut f.sort_key).await?;
         if inserted {
@@ -197,6 +208,26 @@ impl Store {
             // Unfollowed between our insert and read: the follow happened and ended.
             None => Ok((doc, false)),
         }
+    }
+
+    /// Marks follow `id` checked.
+    pub async fn follow_checked(&self, id: ObjectId) -> Result<()> {
+        self.follows
+            .update_one(doc! { "_id": id }, doc! { "$unset": { UNCHECKED: "" } })
+            .await?;
+        Ok(())
+    }
+
+    /// Up to `limit` follows stored before `before_ms` whose checks did not finish.
+    pub async fn unchecked(&self, before_ms: i64, limit: i64) -> Result<Vec<FollowDoc>> {
+        Ok(self
+            .follows
+            .find(doc! { UNCHECKED: { "$lt": before_ms } })
+            .projection(outbox::without_bookkeeping())
+            .limit(limit)
+            .await?
+            .try_collect()
+            .await?)
     }
 
     /// Ends the active follow with its `unfollowed` event; whether there was one.

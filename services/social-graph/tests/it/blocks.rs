@@ -285,3 +285,41 @@ async fn a_late_event_of_a_block_that_ended_ends_no_follow_made_since() {
     assert_eq!(app.followers(&alice, 0, "").await.0, [bob]);
     assert_eq!(app.followers_count(&alice).await, 1);
 }
+
+#[tokio::test]
+async fn a_follow_whose_checks_failed_across_a_block_is_undone_in_the_background() {
+    let app = spawn().await;
+    let (alice, alice_token) = app.user("alice").await;
+    let (bob, bob_token) = app.user("bob").await;
+    // Bob's follow passes its first check and waits while alice blocks him (her block's
+    // sweep of follows finds none); then its own checks fail once, as an unreachable
+    // database would make them: the call fails and the follow stays, marked.
+    fail::cfg("graph::before_follow_insert", "return(1500)").unwrap();
+    fail::cfg("graph::follow_checks", "1*return").unwrap();
+    let racing = {
+        let app_graph = app.graph.clone();
+        let (alice, bob_token) = (alice.clone(), bob_token.clone());
+        tokio::spawn(async move {
+            let request = social_proto::graph::v1::FollowRequest { followee_id: alice };
+            app_graph.clone().follow(authed(request, &bob_token)).await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    fail::remove("graph::before_follow_insert");
+    app.stack.block(&alice_token, &bob).await.unwrap();
+    let err = racing.await.unwrap().unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert_eq!(social_kit::faults::fired("graph::follow_checks"), 1);
+
+    // Nobody retries: the background check undoes it, and the counts come back.
+    let undone = eventually(Duration::from_secs(15), || async {
+        app.followers(&alice, 0, "")
+            .await
+            .0
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+    assert!(undone.is_some(), "the follow stayed across the block");
+    app.followers_count_becomes(&alice, 0).await;
+}
