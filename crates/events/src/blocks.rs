@@ -105,24 +105,6 @@ impl Blocks {
         Ok(Some((copy.blocker_id, copy.blocked_id, holds)))
     }
 
-    /// Whether `blocker` blocks `blocked`.
-    pub async fn blocks(
-        &self,
-        blocker: ObjectId,
-        blocked: ObjectId,
-    ) -> mongodb::error::Result<bool> {
-        Ok(self
-            .copies
-            .find_one(doc! {
-                "blocker_id": mongo::equals_id(blocker),
-                "blocked_id": mongo::equals_id(blocked),
-                "state": ACTIVE,
-            })
-            .projection(doc! { "_id": 1 })
-            .await?
-            .is_some())
-    }
-
     /// Those of `others` with a block between them and `user`, either way.
     pub async fn among(
         &self,

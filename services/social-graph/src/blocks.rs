@@ -24,8 +24,7 @@ use social_kit::{
 /// The collection this store owns.
 pub const COLLECTION: &str = "blocks";
 
-const ACTIVE: &str = "active";
-const ENDED: &str = "ended";
+use crate::store::ACTIVE;
 
 /// `blocker_id` blocks `blocked_id` since `created_at`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -149,15 +148,7 @@ impl Blocks {
                 blocked_id: blocked.to_hex(),
             }),
         );
-        let mut update = doc! { "$set": {
-            "state": ENDED, "active_key": event.event_id.as_str(), "ended_at": DateTime::now(),
-        } };
-        outbox::push(&mut update, &event);
-        let r = self
-            .blocks
-            .update_one(doc! { "_id": block.id, "active_key": ACTIVE }, update)
-            .await?;
-        Ok(r.modified_count == 1)
+        crate::store::end_with_event(&self.blocks, block.id, &event).await
     }
 
     /// Whether block `id` holds.

@@ -27,8 +27,7 @@ pub const COLLECTION: &str = "mutes";
 /// Most mutes one account holds: the home feed reads them all on every page.
 pub const MAX_MUTES: i64 = 10_000;
 
-const ACTIVE: &str = "active";
-const ENDED: &str = "ended";
+use crate::store::ACTIVE;
 
 /// `muter_id` mutes `muted_id` since `created_at`, until `expires_at` (if any).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -216,15 +215,7 @@ impl Mutes {
                 muted_id: mute.muted_id.to_hex(),
             }),
         );
-        let mut update = doc! { "$set": {
-            "state": ENDED, "active_key": event.event_id.as_str(), "ended_at": DateTime::now(),
-        } };
-        outbox::push(&mut update, &event);
-        let r = self
-            .mutes
-            .update_one(doc! { "_id": mute.id, "active_key": ACTIVE }, update)
-            .await?;
-        Ok(r.modified_count == 1)
+        crate::store::end_with_event(&self.mutes, mute.id, &event).await
     }
 
     /// A page of the mutes `muter` holds, newest first (expired ones left out: the page
@@ -284,6 +275,7 @@ impl Mutes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::ENDED;
 
     fn mute(state: &str, expires_at: Option<DateTime>) -> MuteDoc {
         let now = DateTime::now();

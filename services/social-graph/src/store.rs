@@ -22,10 +22,10 @@ use social_kit::{
 /// The collection this store owns.
 pub const COLLECTION: &str = "followers";
 
-/// `state` of a follow that holds.
-const ACTIVE: &str = "active";
+/// `state` of a follow (block, mute) that holds.
+pub(crate) const ACTIVE: &str = "active";
 /// `state` of a follow that was undone.
-const ENDED: &str = "ended";
+pub(crate) const ENDED: &str = "ended";
 
 /// `follower_id` follows `followee_id` since `created_at`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -320,6 +320,24 @@ impl Store {
         )
         .await?)
     }
+}
+
+/// Ends document `id` of `collection` (a block or a mute) if it still holds, with `event`
+/// in its outbox, its `active_key` set to the event's id (out of the unique key's way);
+/// whether this call ended it.
+pub(crate) async fn end_with_event<T: Send + Sync>(
+    collection: &Collection<T>,
+    id: ObjectId,
+    event: &Envelope,
+) -> Result<bool> {
+    let mut update = doc! { "$set": {
+        "state": ENDED, "active_key": event.event_id.as_str(), "ended_at": DateTime::now(),
+    } };
+    outbox::push(&mut update, event);
+    let r = collection
+        .update_one(doc! { "_id": id, "active_key": ACTIVE }, update)
+        .await?;
+    Ok(r.modified_count == 1)
 }
 
 /// The active follow of a pair: `active_key` is "active" exactly while the follow is, so
