@@ -39,6 +39,7 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     moderation,
+    names::{Holder, Kind},
     password::{self, Hasher},
     reports::Target,
     sessions::{Refreshed, SessionDoc, Sessions},
@@ -272,11 +273,21 @@ pub(crate) fn to_wire(doc: UserDoc, viewer: Option<ObjectId>) -> User {
     }
 }
 
-fn taken(t: Taken) -> Error {
+/// The answer to a registration wanting a value somebody holds: `UNAVAILABLE` when
+/// that is an earlier try of the same registration (same idempotency key) still under
+/// way or stopped half-way, `ALREADY_EXISTS` naming the field otherwise.
+fn taken(t: Taken, key: Option<&str>) -> Error {
+    if let Holder::InFlight(Some(earlier)) = &t.holder
+        && key == Some(earlier.as_str())
+    {
+        return Error::Unavailable(
+            "an earlier try of this registration is under way; retry in a minute".into(),
+        );
+    }
     Error::AlreadyExists {
-        field: match t {
-            Taken::Username => "username",
-            Taken::Email => "email",
+        field: match t.kind {
+            Kind::Username => "username",
+            Kind::Email => "email",
         },
     }
 }
@@ -396,14 +407,14 @@ impl UserService for Api {
             return Err(Error::invalid("password", why).into());
         }
         let username_lower = new.username.to_lowercase();
-        // Cheap check first so a taken name costs no hash; the unique indexes decide races.
+        // Cheap check first so a taken name costs no hash; the reservations decide races.
         if let Some(t) = self.store.taken(&username_lower, &new.email).await? {
             return match self
                 .registered_before(key.as_deref(), &username_lower, &new)
                 .await?
             {
                 Some(again) => Ok(Response::new(again)),
-                None => Err(taken(t).into()),
+                None => Err(taken(t, key.as_deref()).into()),
             };
         }
         let password_hash = self
@@ -442,7 +453,7 @@ impl UserService for Api {
                 .await?
             {
                 Some(again) => Ok(Response::new(again)),
-                None => Err(taken(t).into()),
+                None => Err(taken(t, key.as_deref()).into()),
             };
         }
         let issued = self.start_session(&doc, new.device.clone()).await?;

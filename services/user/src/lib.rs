@@ -4,6 +4,7 @@
 mod api;
 mod events;
 mod moderation;
+mod names;
 mod password;
 mod recompute;
 mod reports;
@@ -263,6 +264,7 @@ pub async fn set_role(config: &Config, who: &str, role: &str) -> anyhow::Result<
     }
     let db = social_kit::mongo::connect(&config.common).await?;
     let store = store::Store::new(&db);
+    store.names.init().await?;
     let account = match bson::oid::ObjectId::parse_str(who) {
         Ok(id) => store.by_id(id).await?,
         Err(_) => store.by_username(&who.to_lowercase()).await?,
@@ -274,6 +276,18 @@ pub async fn set_role(config: &Config, who: &str, role: &str) -> anyhow::Result<
         anyhow::bail!("the account {who:?} was deleted meanwhile");
     }
     Ok(serde_json::json!({ "user_id": account.id.to_hex(), "username": account.username, "role": role })
+        .to_string())
+}
+
+/// `social-user reserve-names`: gives every account stored before usernames and emails
+/// had reservations its two, then retires the unique indexes on `users` they replace
+/// (see `names`); run once no replica of an older release is left. Idempotent; answers
+/// what it did (JSON).
+pub async fn reserve_names(config: &Config) -> anyhow::Result<String> {
+    let db = social_kit::mongo::connect(&config.common).await?;
+    let names = names::Names::new(&db, store::COLLECTION);
+    let made = names.reserve_existing().await?;
+    Ok(serde_json::json!({ "reservations_made": made, "retired_unique_indexes_on": names::LEGACY_INDEXES })
         .to_string())
 }
 

@@ -20,6 +20,16 @@ social_events::service_main!(
         },
     ),
     social_kit::serve::Command::new(
+        "reserve-names",
+        ": gives accounts stored before reservations theirs and retires the unique indexes on users (once, after upgrading every replica)",
+        |c| {
+            Box::pin(async move {
+                println!("{}", social_user::reserve_names(&c).await?);
+                Ok(())
+            })
+        },
+    ),
+    social_kit::serve::Command::new(
         "deletion-status",
         "<user id>: where the deletion of an account stands (JSON)",
         |c| {

@@ -1,8 +1,10 @@
 //! The `users` collection: its document, indexes and queries. No proto types here.
 //!
-//! Usernames are unique case-insensitively through `username_lower`, a plain unique
-//! index on a normalised copy (a collation index would do on MongoDB, but the stand-in
-//! neither enforces nor queries collations). Emails are stored lowercase, also unique.
+//! Usernames are unique case-insensitively through `username_lower`, a normalised copy
+//! (a collation would do on MongoDB, but the stand-in neither enforces nor queries
+//! collations); emails are stored lowercase. Each is held by one account through a
+//! reservation keyed by the value ([`crate::names`]), not a unique index on `users`, so
+//! that `users` can be sharded by `_id`; lookups by either go through the reservation.
 
 use std::time::Duration;
 
@@ -12,6 +14,8 @@ use mongodb::{Collection, options::ReturnDocument};
 use serde::{Deserialize, Serialize};
 use social_events::{Envelope, blocks::Blocks, idempotency, outbox};
 use social_kit::{Error, Result, error::is_duplicate_key, mongo};
+
+use crate::names::{Claim, Holder, Kind, Names};
 
 /// The collection this store owns.
 pub const COLLECTION: &str = "users";
@@ -78,11 +82,13 @@ pub struct UserDoc {
     pub role: Option<String>,
 }
 
-/// Which unique field an insert collided on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Taken {
-    Username,
-    Email,
+/// A value a registration wanted that somebody else holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Taken {
+    /// Which value.
+    pub kind: Kind,
+    /// Who holds it.
+    pub holder: Holder,
 }
 
 /// Access to `users`. Cheap to clone.
@@ -97,6 +103,8 @@ pub struct Store {
     pub blocks: Blocks,
     /// Reports to the moderators.
     pub reports: crate::reports::Reports,
+    /// Who holds each username and email.
+    pub names: Names,
 }
 
 impl Store {
@@ -107,6 +115,7 @@ impl Store {
             counters: idempotency::Counters::new(db, COLLECTION),
             blocks: Blocks::new(db, "user"),
             reports: crate::reports::Reports::new(db),
+            names: Names::new(db, COLLECTION),
         }
     }
 
@@ -117,16 +126,15 @@ impl Store {
             .ensure_indexes(
                 &self.users,
                 vec![
-                    // Register / GetUserByUsername / Login by username.
-                    mongo::index("username_lower_unique", doc! { "username_lower": 1 }, true),
-                    // Register / Login by email.
-                    mongo::index("email_unique", doc! { "email": 1 }, true),
+                    // Usernames and emails are looked up through their reservations
+                    // (`crate::names`), accounts by `_id`.
                     outbox::index(),
                     // A deleted account goes when its quarantine is over and its event is out.
                     outbox::purge_index("purge_ttl", "purge_at", Duration::ZERO),
                 ],
             )
             .await?;
+        self.names.init().await?;
         self.counters.init().await?;
         self.blocks.init().await?;
         self.reports.init().await?;
@@ -150,35 +158,78 @@ impl Store {
         Ok(r.matched_count == 1)
     }
 
-    /// Inserts a new account, or says which unique field is taken.
+    /// Stores a new account once its username and email are reserved for it (see
+    /// [`crate::names`]), or says which value somebody else holds; whatever it reserved
+    /// is given up again when it does not store the account.
     pub async fn insert(&self, user: &UserDoc) -> Result<Result<(), Taken>> {
-        match self.users.insert_one(user).await {
-            Ok(_) => Ok(Ok(())),
-            Err(e) if is_duplicate_key(&e) => {
-                // The driver's message names the index, but not in a portable format:
-                // ask which value is the taken one.
-                let taken = match self.taken(&user.username_lower, &user.email).await? {
-                    Some(t) => t,
-                    None => Taken::Email,
-                };
-                Ok(Err(taken))
+        let values = [
+            (Kind::Username, user.username_lower.as_str()),
+            (Kind::Email, user.email.as_str()),
+        ];
+        let mut reserved = Vec::new();
+        for (kind, value) in values {
+            let claim = self
+                .names
+                .reserve(kind, value, user.id, user.request_key.as_deref())
+                .await;
+            match claim {
+                Ok(Claim::Ours) => reserved.push((kind, value)),
+                Ok(Claim::Held(holder)) => {
+                    self.release(&reserved, user.id).await;
+                    return Ok(Err(Taken { kind, holder }));
+                }
+                Err(e) => {
+                    self.release(&reserved, user.id).await;
+                    return Err(e);
+                }
             }
-            Err(e) => Err(e.into()),
+        }
+        social_kit::pause!("user::before_account_insert");
+        if let Err(e) = self.users.insert_one(user).await {
+            self.release(&reserved, user.id).await;
+            if !is_duplicate_key(&e) {
+                return Err(e.into());
+            }
+            // Only a pre-reservation unique index refuses it (see `crate::names`).
+            let taken = self.taken(&user.username_lower, &user.email).await?;
+            return Ok(Err(taken.unwrap_or(Taken {
+                kind: Kind::Email,
+                holder: Holder::InFlight(None),
+            })));
+        }
+        for (kind, value) in values {
+            if !self.names.confirm(kind, value, user.id).await? {
+                // Taken over before the account was stored (this registration paused
+                // past `names::IN_FLIGHT`): the account goes, the new holder keeps it.
+                self.users.delete_one(doc! { "_id": user.id }).await?;
+                self.release(&reserved, user.id).await;
+                let holder = self.names.holder(kind, value).await?;
+                return Ok(Err(Taken {
+                    kind,
+                    holder: holder.unwrap_or(Holder::InFlight(None)),
+                }));
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    /// Gives up `reserved` (a registration that did not store its account); a failure
+    /// leaves them for the next claimant to take over (see [`crate::names`]).
+    async fn release(&self, reserved: &[(Kind, &str)], user: ObjectId) {
+        for (kind, value) in reserved {
+            if let Err(e) = self.names.release(*kind, value, user).await {
+                tracing::warn!(error = %e, ?kind, "a reservation left to be taken over");
+            }
         }
     }
 
-    /// Which of the two unique values is already taken, if any; a deleted account's
-    /// username stays taken until its quarantine ends.
+    /// Which of the two values somebody holds already, if any; a deleted account's
+    /// username stays held until its quarantine ends.
     pub async fn taken(&self, username_lower: &str, email: &str) -> Result<Option<Taken>> {
-        if self
-            .one(doc! { "username_lower": username_lower })
-            .await?
-            .is_some()
-        {
-            return Ok(Some(Taken::Username));
-        }
-        if self.one(doc! { "email": email }).await?.is_some() {
-            return Ok(Some(Taken::Email));
+        for (kind, value) in [(Kind::Username, username_lower), (Kind::Email, email)] {
+            if let Some(holder) = self.names.holder(kind, value).await? {
+                return Ok(Some(Taken { kind, holder }));
+            }
         }
         Ok(None)
     }
@@ -218,12 +269,36 @@ impl Store {
     }
 
     pub async fn by_username(&self, username_lower: &str) -> Result<Option<UserDoc>> {
-        self.live_one(doc! { "username_lower": username_lower })
-            .await
+        let found = self
+            .holding(Kind::Username, &[username_lower.to_owned()])
+            .await?;
+        Ok(found.into_iter().next())
     }
 
     pub async fn by_email(&self, email: &str) -> Result<Option<UserDoc>> {
-        self.live_one(doc! { "email": email }).await
+        Ok(self
+            .holding(Kind::Email, &[email.to_owned()])
+            .await?
+            .into_iter()
+            .next())
+    }
+
+    /// The live accounts holding `values`, found through their reservations.
+    async fn holding(&self, kind: Kind, values: &[String]) -> Result<Vec<UserDoc>> {
+        let owners = self.names.owners(kind, values).await?;
+        if owners.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<ObjectId> = owners.iter().map(|(_, id)| *id).collect();
+        let mut found = self.by_ids(&ids).await?;
+        found.retain(|u| {
+            let value = match kind {
+                Kind::Username => &u.username_lower,
+                Kind::Email => &u.email,
+            };
+            owners.iter().any(|(v, id)| v == value && *id == u.id)
+        });
+        Ok(found)
     }
 
     pub async fn by_ids(&self, ids: &[ObjectId]) -> Result<Vec<UserDoc>> {
@@ -231,8 +306,7 @@ impl Store {
     }
 
     pub async fn by_usernames(&self, lowers: &[String]) -> Result<Vec<UserDoc>> {
-        self.live(doc! { "username_lower": { "$in": lowers } })
-            .await
+        self.holding(Kind::Username, lowers).await
     }
 
     /// Sets profile fields and `updated_at`; returns the new document.

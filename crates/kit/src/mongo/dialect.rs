@@ -20,6 +20,9 @@
 //! Avoided by how the code is written:
 //! - collation indexes are neither enforced nor used by queries: usernames are unique
 //!   through a lowercase copy (`username_lower`);
+//! - index names are its own (`idx_<collection>_<fields>`, whatever name was asked for),
+//!   so dropping an index by name finds nothing and hints are ignored: code that must
+//!   find or drop an index knows it by its keys (`dropIndexes` takes a key pattern);
 //! - `$setOnInsert` is ignored in upserts: not used; a document made once (a
 //!   notification group) is an insert that a unique index makes happen once, then a find;
 //! - partialFilterExpression is ignored (the index applies to every document), and a

@@ -5,6 +5,7 @@
 mod accounts;
 mod guessing;
 mod lifetime;
+mod names;
 mod reports;
 mod service;
 mod sessions;
