@@ -19,7 +19,7 @@ use social_kit::{
     client::Peer,
     config::CommonConfig,
     config::ServiceConfig,
-    mongo::Db,
+    mongo::{Db, slots::Slots},
     peers::Known,
     serve::{Background, Command, Gate, Routable, Rpcs, ServeSpec, Startup},
 };
@@ -167,6 +167,17 @@ impl Wiring {
         if let Some(relay) = self.relay.take() {
             self.background.spawn(|stop| relay.run(stop));
         }
+        // The slot its sort keys are minted under (`social_kit::mongo::slots`): held
+        // before anything is served, renewed beside it.
+        let slots = Slots::new(&self.db);
+        self.background.spawn({
+            let slots = slots.clone();
+            |stop| slots.run(stop)
+        });
+        let startup = Leased {
+            slots,
+            then: startup,
+        };
         let spec = ServeSpec {
             config: &self.common,
             grpc_name: server.grpc_name(),
@@ -176,6 +187,19 @@ impl Wiring {
         };
         let routes = server.route(&spec.gate);
         social_kit::serve::serve(spec, listener, routes, startup, self.background, shutdown).await
+    }
+}
+
+/// A start-up that first holds a sort-key slot.
+struct Leased<S> {
+    slots: Slots,
+    then: S,
+}
+
+impl<S: Startup> Startup for Leased<S> {
+    async fn startup(&self) -> anyhow::Result<()> {
+        self.slots.claim().await?;
+        self.then.startup().await
     }
 }
 

@@ -1,19 +1,22 @@
 //! Keyset pagination with opaque page tokens, over a per-document `sort_key`.
 //!
 //! Every listed document gets a `sort_key` when it is created: a Snowflake-style 63-bit
-//! integer, `milliseconds since 2020 << 22 | process bits << 12 | sequence`, so keys
-//! follow creation time, are distinct in practice (two documents would need the same
-//! millisecond, the same 10 random process bits and the same 12-bit sequence number),
-//! and order same-millisecond documents of one process by creation. Lists sort on it
-//! (descending or ascending) and a page token carries the last key served plus a hash
-//! of the query that issued it: items inserted while a client pages cause no duplicate
-//! and no skip among older items, and a token replayed against another query is
-//! rejected.
+//! integer, `milliseconds since 2020 << 22 | slot << 12 | sequence`, so keys follow
+//! creation time and order same-millisecond documents of one process by creation. Lists
+//! sort on it (descending or ascending) and a page token carries the last key served
+//! plus a hash of the query that issued it: items inserted while a client pages cause no
+//! duplicate and no skip among older items, and a token replayed against another query
+//! is rejected.
 //!
-//! Keys are distinct by construction: each listed collection has a unique index on
-//! `sort_key`, and an insert whose key another document holds draws a new one
-//! (`kit::mongo::insert_keyed`). A page that ends on an item therefore never hides
-//! another with the same key.
+//! Keys are distinct by construction, across processes: each service process leases
+//! its 10-bit slot (`kit::mongo::slots`), so that no two live processes mint with the
+//! same slot, and a key is stored only while the slot it was minted under is still held
+//! ([`storable`]). A unique index on `(owner, sort_key)` backs this up inside each
+//! owner's list (`kit::mongo::insert_keyed` draws a new key when it refuses one). A page
+//! that ends on an item therefore never hides another with the same key, even in lists
+//! that span owners (a home feed, a followers list) on a sharded collection, where no
+//! index can be unique over the whole collection. A process that never leases (a tool)
+//! mints under random bits, distinct in practice only.
 //!
 //! An integer key rather than `(created_at, _id)`: one indexable field makes the keyset
 //! filter a single range (`{sort_key: {$lt: k}}`), served by an index
@@ -23,7 +26,7 @@
 
 use std::sync::{
     LazyLock,
-    atomic::{AtomicU64, Ordering},
+    atomic::{AtomicI64, AtomicU64, Ordering},
 };
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
@@ -48,6 +51,81 @@ static PROCESS_BITS: LazyLock<i64> = LazyLock::new(|| {
 });
 static SEQUENCE: AtomicU64 = AtomicU64::new(0);
 
+/// How many slots there are (10 bits).
+pub const SLOTS: i64 = 1024;
+/// [`SLOT`] of a process that never leases one: it mints under [`PROCESS_BITS`].
+const UNLEASED: i64 = -1;
+/// [`SLOT`] of a process that leases, while it holds none: nothing it mints is stored.
+const WAITING: i64 = -2;
+/// The slot this process holds (or [`UNLEASED`], [`WAITING`]).
+static SLOT: AtomicI64 = AtomicI64::new(UNLEASED);
+/// Since when (ms, this clock) it holds it: keys minted before are not under it.
+static HELD_SINCE_MS: AtomicI64 = AtomicI64::new(0);
+/// Until when (ms, this clock) keys minted under it may be stored: its lease, less the
+/// margin that covers other clocks being ahead of this one (`kit::mongo::slots`).
+static VALID_UNTIL_MS: AtomicI64 = AtomicI64::new(0);
+
+/// Records that this process holds `slot` since `since_ms`, confirmed until
+/// `valid_until_ms` (renewals move that on).
+pub fn hold_slot(slot: i64, since_ms: i64, valid_until_ms: i64) {
+    VALID_UNTIL_MS.store(valid_until_ms, Ordering::SeqCst);
+    if SLOT.load(Ordering::SeqCst) != slot {
+        HELD_SINCE_MS.store(since_ms, Ordering::SeqCst);
+        SLOT.store(slot, Ordering::SeqCst);
+    }
+}
+
+/// The slot this process holds, if any.
+pub fn held_slot() -> Option<i64> {
+    Some(SLOT.load(Ordering::SeqCst)).filter(|s| *s >= 0)
+}
+
+/// Records that this process leases slots and holds none (yet, or any more).
+pub fn lose_slot() {
+    SLOT.store(WAITING, Ordering::SeqCst);
+    VALID_UNTIL_MS.store(0, Ordering::SeqCst);
+}
+
+/// Whether a key may be stored now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Storable {
+    /// Yes.
+    Yes,
+    /// It was minted under a slot this process no longer holds (or before it held it):
+    /// mint another.
+    Remint,
+    /// This process holds no slot: nothing it mints may be stored until it does.
+    NoSlot,
+}
+
+/// Whether `key`, minted by this process, may be stored now (see the module docs).
+pub fn storable(key: i64) -> Storable {
+    let slot = SLOT.load(Ordering::SeqCst);
+    if slot == UNLEASED {
+        return Storable::Yes;
+    }
+    let now = bson::DateTime::now().timestamp_millis();
+    if slot < 0 || now >= VALID_UNTIL_MS.load(Ordering::SeqCst) {
+        return Storable::NoSlot;
+    }
+    if key_slot(key) != slot || key_time_ms(key) < HELD_SINCE_MS.load(Ordering::SeqCst) {
+        return Storable::Remint;
+    }
+    Storable::Yes
+}
+
+/// The slot a key was minted under.
+pub fn key_slot(key: i64) -> i64 {
+    (key >> 12) & 0x3FF
+}
+
+fn slot_bits() -> i64 {
+    match SLOT.load(Ordering::SeqCst) {
+        s if s >= 0 => s,
+        _ => *PROCESS_BITS,
+    }
+}
+
 /// The time (ms since the Unix epoch) a sort key was minted at.
 pub fn key_time_ms(key: i64) -> i64 {
     (key >> 22) + EPOCH_MS
@@ -67,7 +145,7 @@ pub fn sort_key_floor(at: bson::DateTime) -> i64 {
 pub fn sort_key(created_at: bson::DateTime) -> i64 {
     let ms = (created_at.timestamp_millis() - EPOCH_MS).max(0) & ((1 << 41) - 1);
     let sequence = (SEQUENCE.fetch_add(1, Ordering::Relaxed) & 0xFFF) as i64;
-    ms << 22 | *PROCESS_BITS << 12 | sequence
+    ms << 22 | slot_bits() << 12 | sequence
 }
 
 /// A validated page request.

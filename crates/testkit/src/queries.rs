@@ -55,6 +55,64 @@ pub const EXEMPT: &[(&str, &str, &str)] = &[
     ("users", "find {email: =}", LEGACY_NAMES),
 ];
 
+/// The collections sharded once the system outgrows one replica set, each by its shard
+/// key: (collection, field, hashed) (docs/adr/0002-scaling-out.md). The others stay
+/// unsharded. A unique index of a sharded collection must begin with its shard key
+/// (none but `_id`'s for a hashed one): every test checks that of the indexes declared,
+/// and docs/QUERIES.md says of each query whether it would reach one shard or all.
+pub const SHARD_KEYS: &[(&str, &str, bool)] = &[
+    ("users", "_id", true),
+    ("usernames", "_id", true),
+    ("emails", "_id", true),
+    ("posts", "user_id", false),
+    ("comments", "post_id", false),
+    ("likes", "user_id", false),
+    ("followers", "follower_id", false),
+    ("notifications", "user_id", false),
+    ("notification_groups", "user_id", false),
+];
+
+/// Whether `shape` would reach one shard (an equality on the shard key), all of them,
+/// or stays on the collection's one (unsharded).
+fn targeting(shape: &Shape) -> &'static str {
+    let Some((_, key, _)) = SHARD_KEYS.iter().find(|(c, _, _)| *c == shape.collection) else {
+        return "unsharded";
+    };
+    let on_key = |fields: &Fields| fields.get(*key) == Some(&Predicate::Equal);
+    if on_key(&shape.fields) || (!shape.or.is_empty() && shape.or.iter().all(on_key)) {
+        "one shard"
+    } else {
+        "every shard"
+    }
+}
+
+/// The unique indexes declared in `database` that would keep their collection from
+/// being sharded by its key, described.
+fn unshardable(database: &str) -> Vec<String> {
+    social_kit::mongo::declared_in(database)
+        .into_iter()
+        .filter(|(_, index)| index.unique)
+        .filter_map(|(collection, index)| {
+            let (_, key, hashed) = SHARD_KEYS.iter().find(|(c, _, _)| *c == collection)?;
+            let first = index.keys.keys().next().map(String::as_str);
+            if !hashed && first == Some(*key) {
+                return None;
+            }
+            Some(format!(
+                "{collection}: unique index `{}` {} does not begin with the shard key `{key}`{} \
+                 (docs/adr/0002-scaling-out.md)",
+                index.name,
+                index.keys,
+                if *hashed {
+                    " (hashed: no unique index but `_id`'s)"
+                } else {
+                    ""
+                },
+            ))
+        })
+        .collect()
+}
+
 const LEGACY_NAMES: &str = "accounts stored before usernames and emails had reservations \
     (services/user/src/names.rs) are looked up by the unique indexes that release made, hinted, \
     until `social-user reserve-names` retires them; this release declares neither";
@@ -506,8 +564,10 @@ pub fn install() {
     });
 }
 
-/// Checks the shapes seen since the last call: the ones no index serves, described.
-/// Each shape seen is written to `QUERY_SHAPES_DIR`, if set, with its verdict.
+/// Checks the shapes seen since the last call: the ones no index serves, described, and
+/// the unique indexes of their databases that a sharded collection could not have.
+/// Each shape seen is written to `QUERY_SHAPES_DIR`, if set, with its verdict and how
+/// many shards it would reach.
 pub fn unserved() -> Vec<String> {
     let fresh: Vec<Shape> = match SEEN.lock() {
         Ok(mut seen) => seen
@@ -522,6 +582,7 @@ pub fn unserved() -> Vec<String> {
     };
     let mut lines = String::new();
     let mut unserved = Vec::new();
+    let mut databases = std::collections::BTreeSet::new();
     for shape in fresh {
         let served = match verdict(&shape) {
             Ok(by) => by,
@@ -530,7 +591,15 @@ pub fn unserved() -> Vec<String> {
                 "UNSERVED".into()
             }
         };
-        lines.push_str(&format!("{}\t{shape}\t{served}\n", shape.collection));
+        let sharded = targeting(&shape);
+        lines.push_str(&format!(
+            "{}\t{shape}\t{served}\t{sharded}\n",
+            shape.collection
+        ));
+        databases.insert(shape.database.clone());
+    }
+    for database in databases {
+        unserved.extend(unshardable(&database));
     }
     if let Some(dir) = social_kit::config::optional("QUERY_SHAPES_DIR")
         && !lines.is_empty()
@@ -560,7 +629,8 @@ pub fn assert_served() {
     let unserved = unserved();
     assert!(
         unserved.is_empty(),
-        "queries served by no index (see crates/testkit/src/queries.rs):\n  {}",
+        "queries served by no index, or indexes that keep a collection from being sharded \
+         (see crates/testkit/src/queries.rs):\n  {}",
         unserved.join("\n  ")
     );
 }

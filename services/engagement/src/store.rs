@@ -264,7 +264,8 @@ impl Store {
                     mongo::index("post", doc! { "post_id": 1 }, false),
                     // Likes whose checks against deletions did not finish (crate::checks).
                     mongo::sparse_index("unchecked", doc! { UNCHECKED: 1 }),
-                    mongo::sort_key_index(),
+                    // Sharded by liker (docs/adr/0002-scaling-out.md).
+                    mongo::sort_key_index(Some("user_id")),
                     outbox::index(),
                     outbox::purge_index("ended_ttl", "ended_at", Duration::from_secs(30 * DAY)),
                 ],
@@ -291,14 +292,11 @@ impl Store {
                     mongo::sparse_index("unchecked", doc! { UNCHECKED: 1 }),
                     // Counting a post's comments as of a moment (one count over index keys).
                     mongo::index("post_alive", mongo::alive_keys("post_id"), false),
-                    mongo::sort_key_index(),
-                    // One comment per author and idempotency key (comments without one
-                    // are not in it).
-                    mongo::unique_partial_index(
-                        "request_key_unique",
-                        doc! { "request_key": 1 },
-                        doc! { "request_key": { "$type": "string" } },
-                    ),
+                    // Sharded by post (docs/adr/0002-scaling-out.md).
+                    mongo::sort_key_index(Some("post_id")),
+                    // One comment per post and idempotency key (which holds the author:
+                    // `author:key`); comments without one are not in it.
+                    mongo::request_key_index("post_id"),
                     outbox::index(),
                     outbox::purge_index("deleted_ttl", "deleted_at", Duration::from_secs(7 * DAY)),
                 ],
@@ -313,6 +311,16 @@ impl Store {
         mongo::retire_indexes(
             &self.comments,
             &["post_started", "post_ended", "post_lifetime"],
+        )
+        .await?;
+        // Replaced by the per-owner ones above.
+        mongo::retire_indexes(&self.likes, &[mongo::UNOWNED_SORT_KEY_INDEX]).await?;
+        mongo::retire_indexes(
+            &self.comments,
+            &[
+                mongo::UNOWNED_SORT_KEY_INDEX,
+                mongo::UNOWNED_REQUEST_KEY_INDEX,
+            ],
         )
         .await?;
         self.db
@@ -488,7 +496,8 @@ impl Store {
         like.outbox_pending = 1;
         like.started_ms = idempotency::event_time_ms(event);
         like.unchecked_since = Some(DateTime::now().timestamp_millis());
-        Ok(mongo::insert_keyed(&self.likes, &mut like, |l| &mut l.sort_key).await?)
+        let liker = Some(("user_id", like.user_id));
+        mongo::insert_keyed(&self.likes, &mut like, liker, |l| &mut l.sort_key).await
     }
 
     /// The user's active like of `target`, a post or a comment as `kind` says: a like of
@@ -587,8 +596,16 @@ impl Store {
         let projection = outbox::without_bookkeeping();
         let comments = &self.comments;
         let key = key.as_deref();
-        mongo::insert_per_request(comments, &mut comment, |c| &mut c.sort_key, key, projection)
-            .await
+        let post = ("post_id", comment.post_id);
+        mongo::insert_per_request(
+            comments,
+            &mut comment,
+            post,
+            |c| &mut c.sort_key,
+            key,
+            projection,
+        )
+        .await
     }
 
     /// A comment that is not deleted.

@@ -78,21 +78,28 @@ struct Draft {
 /// Notifications of one event, stored.
 struct Stored {
     stored: Vec<NotificationDoc>,
-    /// Their dedupe keys.
-    keys: Vec<String>,
+    /// Their recipients and dedupe keys.
+    keys: Vec<(ObjectId, String)>,
     /// The tombstone keys of the posts and comments they are about.
     about: Vec<String>,
 }
 
-/// The dedupe key of the notification that `envelope` takes back (an unfollow, an
-/// unlike), if it is one.
-fn taken_back(envelope: &Envelope) -> Option<String> {
+/// The recipient and dedupe key of the notification that `envelope` takes back (an
+/// unfollow, an unlike), if it is one.
+fn taken_back(envelope: &Envelope) -> Option<(&str, String)> {
     Some(match &envelope.payload {
-        Some(Payload::UserUnfollowed(e)) => format!("follow:{}:{}", e.follower_id, e.followee_id),
-        Some(Payload::PostUnliked(e)) => format!("post_like:{}:{}", e.user_id, e.post_id),
-        Some(Payload::CommentUnliked(e)) => {
-            format!("comment_like:{}:{}", e.user_id, e.comment_id)
-        }
+        Some(Payload::UserUnfollowed(e)) => (
+            e.followee_id.as_str(),
+            format!("follow:{}:{}", e.follower_id, e.followee_id),
+        ),
+        Some(Payload::PostUnliked(e)) => (
+            e.post_author_id.as_str(),
+            format!("post_like:{}:{}", e.user_id, e.post_id),
+        ),
+        Some(Payload::CommentUnliked(e)) => (
+            e.comment_author_id.as_str(),
+            format!("comment_like:{}:{}", e.user_id, e.comment_id),
+        ),
         _ => return None,
     })
 }
@@ -116,8 +123,8 @@ impl Fanout {
     async fn handle(&self, envelope: Envelope) -> anyhow::Result<()> {
         let actor = oid(&envelope.actor_id)?;
         let event_ms = social_events::idempotency::event_time_ms(&envelope);
-        if let Some(dedupe_key) = taken_back(&envelope) {
-            return self.undo(dedupe_key, event_ms).await;
+        if let Some((recipient, dedupe_key)) = taken_back(&envelope) {
+            return self.undo(oid(recipient)?, dedupe_key, event_ms).await;
         }
         if self.remove_for(&envelope).await? {
             return Ok(());
@@ -272,7 +279,7 @@ impl Fanout {
             if draft.recipient == actor || self.store.undone_after(&draft.key, event_ms).await? {
                 continue;
             }
-            keys.push(draft.key.clone());
+            keys.push((draft.recipient, draft.key.clone()));
             about.extend(tombstones(draft.post, draft.comment));
             let now = DateTime::now();
             let group_key = crate::groups::group_key(
@@ -307,7 +314,8 @@ impl Fanout {
                     stored.push(doc);
                     break;
                 }
-                let Some(earlier) = self.store.by_dedupe_key(&doc.dedupe_key).await? else {
+                let earlier = self.store.by_dedupe_key(doc.user_id, &doc.dedupe_key);
+                let Some(earlier) = earlier.await? else {
                     continue; // removed meanwhile (an unlike): store ours
                 };
                 if earlier.event_id == envelope.event_id {
@@ -342,7 +350,7 @@ impl Fanout {
         &self,
         actor: ObjectId,
         mut stored: Vec<NotificationDoc>,
-        keys: Vec<String>,
+        keys: Vec<(ObjectId, String)>,
         about: Vec<String>,
     ) -> anyhow::Result<Option<Stored>> {
         // The post or comment may have been deleted before (a late or redelivered
@@ -361,7 +369,10 @@ impl Fanout {
             let (dropped, kept): (Vec<_>, Vec<_>) = stored
                 .into_iter()
                 .partition(|n| gone.contains(&actor) || gone.contains(&n.user_id));
-            let keys: Vec<String> = dropped.into_iter().map(|n| n.dedupe_key).collect();
+            let keys: Vec<_> = dropped
+                .into_iter()
+                .map(|n| (n.user_id, n.dedupe_key))
+                .collect();
             self.store.delete_by_keys(&keys).await?;
             stored = kept;
         }
@@ -375,7 +386,10 @@ impl Fanout {
             let (dropped, kept): (Vec<_>, Vec<_>) = stored
                 .into_iter()
                 .partition(|n| blocked.contains(&n.user_id));
-            let keys: Vec<String> = dropped.into_iter().map(|n| n.dedupe_key).collect();
+            let keys: Vec<_> = dropped
+                .into_iter()
+                .map(|n| (n.user_id, n.dedupe_key))
+                .collect();
             self.store.delete_by_keys(&keys).await?;
             stored = kept;
         }
@@ -483,7 +497,10 @@ impl Fanout {
     /// Pushes one stray notification (see [`Self::sweep`]).
     async fn sweep_one(&self, doc: NotificationDoc) -> anyhow::Result<()> {
         let about = tombstones(doc.post_id, doc.comment_id).collect();
-        let (actor, keys) = (doc.source_user_id, vec![doc.dedupe_key.clone()]);
+        let (actor, keys) = (
+            doc.source_user_id,
+            vec![(doc.user_id, doc.dedupe_key.clone())],
+        );
         match self.still_wanted(actor, vec![doc], keys, about).await? {
             Some(batch) => self.group_and_push(batch).await,
             None => Ok(()),
@@ -492,8 +509,8 @@ impl Fanout {
 
     /// A like or follow taken back at `t`: its notification goes (if an earlier one
     /// stored it), out of its group's counts, and the streams are told.
-    async fn undo(&self, dedupe_key: String, t: i64) -> anyhow::Result<()> {
-        let Some(n) = self.store.undo(&dedupe_key, t).await? else {
+    async fn undo(&self, recipient: ObjectId, dedupe_key: String, t: i64) -> anyhow::Result<()> {
+        let Some(n) = self.store.undo(recipient, &dedupe_key, t).await? else {
             return Ok(());
         };
         // Marked before it leaves the list: a client that resumes once it is gone is

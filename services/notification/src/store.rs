@@ -199,8 +199,14 @@ impl Store {
             .ensure_indexes(
                 &self.notifications,
                 vec![
-                    // Exactly one per (event, recipient).
-                    mongo::index("dedupe_unique", doc! { "dedupe_key": 1 }, true),
+                    // Exactly one per (event, recipient): the key names the thing done
+                    // and so the recipient; the recipient first, as the shard key
+                    // (docs/adr/0002-scaling-out.md).
+                    mongo::index(
+                        "recipient_dedupe_unique",
+                        doc! { "user_id": 1, "dedupe_key": 1 },
+                        true,
+                    ),
                     // ListNotifications, newest first.
                     mongo::index(
                         "recipient_sorted",
@@ -248,7 +254,7 @@ impl Store {
                         doc! { "user_id": 1, "is_read": 1, "type": 1, "sort_key": -1 },
                         false,
                     ),
-                    mongo::sort_key_index(),
+                    mongo::sort_key_index(Some("user_id")),
                     // Those whose push has not gone out (a handful: in flight, or left
                     // by an event that failed).
                     mongo::partial_index(
@@ -283,7 +289,16 @@ impl Store {
                 ],
             )
             .await?;
-        mongo::retire_indexes(&self.notifications, &["source"]).await?;
+        mongo::retire_indexes(
+            &self.notifications,
+            &[
+                "source",
+                // Replaced by the per-recipient ones above.
+                "dedupe_unique",
+                mongo::UNOWNED_SORT_KEY_INDEX,
+            ],
+        )
+        .await?;
         self.groups.init().await?;
         self.removed_users.init().await?;
         self.blocks.init().await?;
@@ -337,17 +352,26 @@ impl Store {
             .is_some())
     }
 
-    /// Deletes the notifications whose `dedupe_key` is among `keys`.
-    pub async fn delete_by_keys(&self, keys: &[String]) -> Result<()> {
+    /// Deletes the notifications of `keys` (recipient, dedupe key).
+    pub async fn delete_by_keys(&self, keys: &[(ObjectId, String)]) -> Result<()> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        // Each key names one recipient: the two lists select exactly these.
+        let mut users: Vec<ObjectId> = keys.iter().map(|(u, _)| *u).collect();
+        users.sort();
+        users.dedup();
+        let dedupe: Vec<&String> = keys.iter().map(|(_, k)| k).collect();
         self.notifications
-            .delete_many(doc! { "dedupe_key": { "$in": keys } })
+            .delete_many(doc! { "user_id": { "$in": users }, "dedupe_key": { "$in": dedupe } })
             .await?;
         Ok(())
     }
 
     /// Stores `n` unless its `dedupe_key` is taken; whether it was stored.
     pub async fn insert(&self, n: &mut NotificationDoc) -> Result<bool> {
-        Ok(mongo::insert_keyed(&self.notifications, n, |n| &mut n.sort_key).await?)
+        let recipient = Some(("user_id", n.user_id));
+        mongo::insert_keyed(&self.notifications, n, recipient, |n| &mut n.sort_key).await
     }
 
     /// A page of `user`'s notifications, newest first.
@@ -421,7 +445,12 @@ impl Store {
     /// Records that the like or follow of `dedupe_key` was taken back at `t` (ms), and
     /// returns its notification if that was stored by an earlier one (to remove it): the
     /// one an earlier try of this undo found, if any (it may be deleted by now).
-    pub async fn undo(&self, dedupe_key: &str, t: i64) -> Result<Option<crate::groups::Member>> {
+    pub async fn undo(
+        &self,
+        recipient: ObjectId,
+        dedupe_key: &str,
+        t: i64,
+    ) -> Result<Option<crate::groups::Member>> {
         let id = format!("{dedupe_key}@{t}");
         let record = Undone {
             id: id.clone(),
@@ -447,7 +476,7 @@ impl Store {
             }));
         }
         let Some(n) = self
-            .by_dedupe_key(dedupe_key)
+            .by_dedupe_key(recipient, dedupe_key)
             .await?
             .filter(|n| n.event_ms < t)
         else {
@@ -570,11 +599,15 @@ impl Store {
         Ok(i64::try_from(r.modified_count).unwrap_or(i64::MAX))
     }
 
-    /// The notification stored under `dedupe_key`, if any.
-    pub async fn by_dedupe_key(&self, dedupe_key: &str) -> Result<Option<NotificationDoc>> {
+    /// The notification of `recipient` stored under `dedupe_key`, if any.
+    pub async fn by_dedupe_key(
+        &self,
+        recipient: ObjectId,
+        dedupe_key: &str,
+    ) -> Result<Option<NotificationDoc>> {
         Ok(self
             .notifications
-            .find_one(doc! { "dedupe_key": dedupe_key })
+            .find_one(doc! { "user_id": mongo::equals_id(recipient), "dedupe_key": dedupe_key })
             .await?)
     }
 
@@ -584,6 +617,11 @@ impl Store {
         for _ in 0..5 {
             let now = DateTime::now();
             let fresh = social_kit::paging::sort_key(now);
+            if social_kit::paging::storable(fresh) != social_kit::paging::Storable::Yes {
+                return Err(social_kit::Error::Unavailable(
+                    "this replica holds no sort-key slot; retry".into(),
+                ));
+            }
             let updated = self
                 .notifications
                 .find_one_and_update(

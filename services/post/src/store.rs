@@ -132,15 +132,12 @@ impl Store {
                         doc! { "state": 1, "sort_key": -1, "user_id": 1 },
                         false,
                     ),
-                    // Keys distinct by construction (see `mongo::insert_keyed`).
-                    mongo::sort_key_index(),
+                    // Keys distinct by construction (see `mongo::insert_keyed`), per
+                    // author: `posts` is sharded by author (docs/adr/0002-scaling-out.md).
+                    mongo::sort_key_index(Some("user_id")),
                     // One post per author and idempotency key (posts without one are
                     // not in it).
-                    mongo::unique_partial_index(
-                        "request_key_unique",
-                        doc! { "request_key": 1 },
-                        doc! { "request_key": { "$type": "string" } },
-                    ),
+                    mongo::request_key_index("user_id"),
                     outbox::index(),
                     // Deleted posts go a week after their event is out.
                     outbox::purge_index(
@@ -151,6 +148,15 @@ impl Store {
                 ],
             )
             .await?;
+        // Replaced by the per-author ones above.
+        mongo::retire_indexes(
+            &self.posts,
+            &[
+                mongo::UNOWNED_SORT_KEY_INDEX,
+                mongo::UNOWNED_REQUEST_KEY_INDEX,
+            ],
+        )
+        .await?;
         self.counters.init().await?;
         self.removed_users.init().await?;
         self.blocks.init().await?;
@@ -190,9 +196,11 @@ impl Store {
         let key = post.request_key.clone();
         let projection = outbox::without_bookkeeping();
         let posts = &self.posts;
+        let author = ("user_id", post.user_id);
         mongo::insert_per_request(
             posts,
             &mut post,
+            author,
             |p| &mut p.sort_key,
             key.as_deref(),
             projection,

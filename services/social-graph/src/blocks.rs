@@ -85,7 +85,7 @@ impl Blocks {
                         doc! { "blocked_id": 1, "state": 1, "sort_key": -1 },
                         false,
                     ),
-                    mongo::sort_key_index(),
+                    mongo::sort_key_index(None),
                     outbox::index(),
                     outbox::purge_index(
                         "ended_ttl",
@@ -122,7 +122,7 @@ impl Blocks {
             outbox: vec![outbox::entry(&event)],
             outbox_pending: 1,
         };
-        if mongo::insert_keyed(&self.blocks, &mut doc, |b| &mut b.sort_key).await? {
+        if mongo::insert_keyed(&self.blocks, &mut doc, None, |b| &mut b.sort_key).await? {
             doc.outbox.clear();
             doc.outbox_pending = 0;
             return Ok((doc, true));

@@ -112,7 +112,7 @@ impl Mutes {
                         doc! { "muted_id": 1, "state": 1, "sort_key": -1 },
                         false,
                     ),
-                    mongo::sort_key_index(),
+                    mongo::sort_key_index(None),
                     outbox::index(),
                     // Expired mutes go (they count as none already), once their events
                     // are out.
@@ -194,7 +194,7 @@ impl Mutes {
             outbox: vec![outbox::entry(&event)],
             outbox_pending: 1,
         };
-        if mongo::insert_keyed(&self.mutes, &mut doc, |m| &mut m.sort_key).await? {
+        if mongo::insert_keyed(&self.mutes, &mut doc, None, |m| &mut m.sort_key).await? {
             doc.outbox.clear();
             doc.outbox_pending = 0;
             return Ok((doc, true));

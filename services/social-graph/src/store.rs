@@ -111,7 +111,8 @@ impl Store {
                         doc! { "followee_id": 1, "state": 1, "sort_key": -1 },
                         false,
                     ),
-                    mongo::sort_key_index(),
+                    // Sharded by follower (docs/adr/0002-scaling-out.md).
+                    mongo::sort_key_index(Some("follower_id")),
                     // Follows whose checks did not finish (a handful at most).
                     mongo::sparse_index("unchecked", doc! { UNCHECKED: 1 }),
                     // CountFollows: one count over index keys per side (see `count`).
@@ -137,6 +138,8 @@ impl Store {
                 // By start then end: a fetch for each alive follow.
                 "followee_lifetime",
                 "follower_lifetime",
+                // Replaced by the per-follower one above.
+                mongo::UNOWNED_SORT_KEY_INDEX,
             ],
         )
         .await?;
@@ -197,7 +200,9 @@ impl Store {
             outbox_pending: 1,
             unchecked_since: Some(now.timestamp_millis()),
         };
-        let inserted = mongo::insert_keyed(&self.follows, &mut doc, |f| &mut f.sort_key).await?;
+        let owner = Some(("follower_id", doc.follower_id));
+        let inserted =
+            mongo::insert_keyed(&self.follows, &mut doc, owner, |f| &mut f.sort_key).await?;
         if inserted {
             doc.outbox.clear();
             doc.outbox_pending = 0;

@@ -115,17 +115,27 @@ impl Names {
         }
     }
 
-    /// Learns whether accounts stored before reservations may lack them.
-    pub async fn init(&self) -> anyhow::Result<()> {
+    /// The fields of `users` that still have their pre-reservation unique index.
+    async fn legacy_indexes(&self) -> anyhow::Result<Vec<&'static str>> {
         let indexes: Vec<mongodb::IndexModel> = match self.users.list_indexes().await {
             Ok(cursor) => cursor.try_collect().await?,
             // No `users` yet.
             Err(_) => Vec::new(),
         };
-        let legacy = indexes.iter().any(|i| {
-            i.keys == doc! { LEGACY_INDEXES[0]: 1 }
-                && i.options.as_ref().and_then(|o| o.unique) == Some(true)
-        });
+        Ok(LEGACY_INDEXES
+            .into_iter()
+            .filter(|field| {
+                indexes.iter().any(|i| {
+                    i.keys == doc! { *field: 1 }
+                        && i.options.as_ref().and_then(|o| o.unique) == Some(true)
+                })
+            })
+            .collect())
+    }
+
+    /// Learns whether accounts stored before reservations may lack them.
+    pub async fn init(&self) -> anyhow::Result<()> {
+        let legacy = !self.legacy_indexes().await?.is_empty();
         self.legacy.store(legacy, Ordering::Relaxed);
         if legacy {
             tracing::warn!(
@@ -367,7 +377,7 @@ impl Names {
                 }
             }
         }
-        for field in LEGACY_INDEXES {
+        for field in self.legacy_indexes().await? {
             let dropped = self
                 .users
                 .client()

@@ -115,7 +115,7 @@ impl Reports {
                         doc! { "target_type": 1, "target_id": 1, "status": 1 },
                         false,
                     ),
-                    mongo::sort_key_index(),
+                    mongo::sort_key_index(None),
                 ],
             )
             .await?;
@@ -126,7 +126,7 @@ impl Reports {
     /// target (and `false`).
     pub async fn open(&self, mut report: ReportDoc) -> Result<(ReportDoc, bool)> {
         for _ in 0..3 {
-            if mongo::insert_keyed(&self.reports, &mut report, |r| &mut r.sort_key).await? {
+            if mongo::insert_keyed(&self.reports, &mut report, None, |r| &mut r.sort_key).await? {
                 return Ok((report, true));
             }
             let existing = self

@@ -208,7 +208,7 @@ impl Sessions {
                         },
                         false,
                     ),
-                    mongo::sort_key_index(),
+                    mongo::sort_key_index(None),
                     mongo::ttl_index("purge_ttl", "purge_at", Duration::ZERO),
                 ],
             )
@@ -248,7 +248,7 @@ impl Sessions {
             ended_reason: None,
             purge_at: DateTime::from_millis(max_until_ms.saturating_add(ms(KEEP_ENDED))),
         };
-        mongo::insert_new(&self.sessions, &mut session, |s| &mut s.sort_key).await?;
+        mongo::insert_new(&self.sessions, &mut session, None, |s| &mut s.sort_key).await?;
         Ok((session, token))
     }
 

@@ -18,6 +18,11 @@
 //! scripts/bench groups   # a page of notification groups for a reader whose one post has
 //!                        # 100,000 likes and who has 1,000 other groups, against a page
 //!                        # of plain notifications; a like landing in that group
+//! scripts/bench shed     # 3,000 GetPost at once against the post service (its release
+//!                        # binary, a process of its own) whose MongoDB answers 200 ms
+//!                        # late: refusals, the admitted calls' latency and the process's
+//!                        # peak memory, with the default bound on requests in flight
+//!                        # and with none
 //! scripts/bench gateway  # GET /v1/posts/{id} through the gateway against GetPost over
 //!                        # gRPC, the feed with authors against without, the gateway's
 //!                        # memory idle and under load (the system as separate processes)
@@ -66,6 +71,7 @@ pub const NAMES: &[&str] = &[
     "streams",
     "gateway",
     "groups",
+    "shed",
 ];
 
 /// The micro-benchmark `what`.
@@ -81,6 +87,7 @@ pub async fn run(what: &str) -> anyhow::Result<()> {
         "streams" => streams().await,
         "gateway" => gateway().await,
         "groups" => groups().await,
+        "shed" => shed().await,
         _ => anyhow::bail!("no benchmark {what:?}: one of {}", NAMES.join(", ")),
     }
 }
@@ -1109,6 +1116,142 @@ async fn streams() -> anyhow::Result<()> {
     );
     drop(open);
     database(&stack).await?.drop().await?;
+    Ok(())
+}
+
+/// Load shedding under a slow store (`scripts/bench shed`; #28): the post service's
+/// release binary in a process of its own, its MongoDB behind a proxy that holds every
+/// answer `BENCH_STORE_LAG_MS` (200) late, `BENCH_OFFERED` (3,000) GetPost calls sent at
+/// once over 30 connections (30-s deadline); once with `MAX_REQUESTS_IN_FLIGHT` at its
+/// default (1,000), once at 100,000 (no bound). Reports the calls refused at once
+/// (`UNAVAILABLE`), the admitted ones' latency, and the process's peak RSS.
+async fn shed() -> anyhow::Result<()> {
+    use std::net::ToSocketAddrs;
+    let offered = size("BENCH_OFFERED", 3000);
+    let lag = Duration::from_millis(size("BENCH_STORE_LAG_MS", 200) as u64);
+    let uri = mongodb_uri();
+    let host = uri
+        .trim_start_matches("mongodb://")
+        .split(['/', '?'])
+        .next()
+        .unwrap_or("127.0.0.1:27017")
+        .to_owned();
+    let target = host
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("no address for {host}"))?;
+    let proxy = social_testkit::TcpProxy::start(target).await;
+    let database = format!("bench_shed_{}", std::process::id());
+    let db = mongodb::Client::with_uri_str(&uri)
+        .await?
+        .database(&database);
+    let post_id = ObjectId::new();
+    let now = DateTime::now();
+    db.collection::<bson::Document>("posts")
+        .insert_one(doc! {
+            "_id": post_id, "user_id": ObjectId::new(), "content": "a post",
+            "media": [], "mentions": [], "created_at": now, "updated_at": now,
+            "sort_key": social_kit::paging::sort_key(now), "state": "active",
+            "likes_count": 0_i64, "comments_count": 0_i64, "outbox": [], "outbox_pending": 0,
+        })
+        .await?;
+    let binary = std::env::current_exe()?.with_file_name("social-post");
+    anyhow::ensure!(
+        binary.exists(),
+        "{} is missing: cargo build --release --bins",
+        binary.display()
+    );
+    for bound in [1_000_usize, 100_000] {
+        let port = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await?
+            .local_addr()?
+            .port();
+        let mut child = std::process::Command::new(&binary)
+            .env("POST_ADDR", format!("127.0.0.1:{port}"))
+            .env(
+                "MONGODB_URI",
+                format!("mongodb://{}/?directConnection=true", proxy.addr),
+            )
+            .env("MONGODB_DATABASE", &database)
+            .env("MAX_REQUESTS_IN_FLIGHT", bound.to_string())
+            .env("DEVELOPMENT_KEYS", "true")
+            .env("EVENTS_EXCHANGE", format!("{database}.events"))
+            .env("EVENTS_QUEUE_PREFIX", &database)
+            .env("EVENTS_QUEUE_TYPE", "classic")
+            .env("EVENTS_EPHEMERAL", "true")
+            .env("RUST_LOG", "error")
+            .spawn()?;
+        let pid = child.id().to_string();
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse()?;
+        social_testkit::wait_serving(addr, "social.post.v1.PostService").await;
+        let mut channels = Vec::new();
+        for _ in 0..30 {
+            channels.push(social_testkit::channel(addr).await);
+        }
+        // Warm: one answered call, then the store slows down.
+        let get = |channel: tonic::transport::Channel| async move {
+            let mut client =
+                social_proto::post::v1::post_service_client::PostServiceClient::new(channel);
+            let mut request = tonic::Request::new(social_proto::post::v1::GetPostRequest {
+                id: post_id.to_hex(),
+            });
+            request.set_timeout(Duration::from_secs(30));
+            let started = Instant::now();
+            let answer = client.get_post(request).await;
+            (answer.map(drop), started.elapsed())
+        };
+        get(channels[0].clone()).await.0?;
+        let (idle_rss, _) = memory_of(&pid);
+        proxy.delay_answers(lag);
+        let peak = Arc::new(std::sync::Mutex::new(0.0_f64));
+        let sampling = tokio::spawn({
+            let (pid, peak) = (pid.clone(), peak.clone());
+            async move {
+                loop {
+                    let (rss, _) = memory_of(&pid);
+                    if let Ok(mut p) = peak.lock() {
+                        *p = p.max(rss);
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        });
+        let started = Instant::now();
+        let calls = (0..offered).map(|i| get(channels[i % channels.len()].clone()));
+        let results = futures::future::join_all(calls).await;
+        let took = started.elapsed();
+        sampling.abort();
+        proxy.delay_answers(Duration::ZERO);
+        let (mut admitted, mut refused, mut other) = (histogram(), histogram(), 0_usize);
+        for (answer, elapsed) in &results {
+            match answer {
+                Ok(()) => admitted.record(elapsed.as_micros() as u64)?,
+                Err(s) if s.code() == tonic::Code::Unavailable => {
+                    refused.record(elapsed.as_micros() as u64)?
+                }
+                Err(_) => other += 1,
+            }
+        }
+        let peak = peak.lock().map(|p| *p).unwrap_or_default();
+        println!(
+            "MAX_REQUESTS_IN_FLIGHT={bound}: {offered} GetPost at once, the store {} ms late: \
+             {} answered, {} refused at once (UNAVAILABLE), {other} other errors, all done in \
+             {:.1} s; RSS {idle_rss:.1} MiB before, {peak:.1} MiB at most",
+            lag.as_millis(),
+            admitted.len(),
+            refused.len(),
+            took.as_secs_f64(),
+        );
+        if !admitted.is_empty() {
+            report("  answered", &admitted);
+        }
+        if !refused.is_empty() {
+            report("  refused", &refused);
+        }
+        child.kill()?;
+        child.wait()?;
+    }
+    db.drop().await?;
     Ok(())
 }
 

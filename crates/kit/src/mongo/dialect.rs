@@ -23,6 +23,8 @@
 //! - index names are its own (`idx_<collection>_<fields>`, whatever name was asked for),
 //!   so dropping an index by name finds nothing and hints are ignored: code that must
 //!   find or drop an index knows it by its keys (`dropIndexes` takes a key pattern);
+//! - an `Int64` small enough comes back as an `Int32`: readers take either (serde's
+//!   `i64` does);
 //! - `$setOnInsert` is ignored in upserts: not used; a document made once (a
 //!   notification group) is an insert that a unique index makes happen once, then a find;
 //! - partialFilterExpression is ignored (the index applies to every document), and a

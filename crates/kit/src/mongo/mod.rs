@@ -6,6 +6,7 @@
 //! [`Db`] handle every store holds knows what it talks to.
 
 mod dialect;
+pub mod slots;
 
 pub use dialect::{Db, Dialect, equals_id, lenient};
 
@@ -272,17 +273,35 @@ async fn replace_index<T: Send + Sync>(
 }
 
 /// The unique index on `sort_key` that makes list keys distinct by construction (see
-/// [`insert_keyed`]).
-pub fn sort_key_index() -> IndexModel {
-    index(
-        "sort_key_unique",
-        doc! { crate::paging::SORT_KEY: -1 },
-        true,
-    )
+/// [`insert_keyed`]): among the documents of one owner (`owner`, the field a sharded
+/// collection is sharded by, which a unique index must begin with:
+/// docs/adr/0002-scaling-out.md), or in the whole collection for `None` (a collection
+/// that stays unsharded).
+pub fn sort_key_index(owner: Option<&str>) -> IndexModel {
+    match owner {
+        Some(owner) => index(
+            &format!("{owner}_sort_key_unique"),
+            doc! { owner: 1, crate::paging::SORT_KEY: -1 },
+            true,
+        ),
+        None => index(
+            "sort_key_unique",
+            doc! { crate::paging::SORT_KEY: -1 },
+            true,
+        ),
+    }
 }
 
-/// Inserts `document`, whose sort key (reached through `sort_key`) must be unique in
-/// `collection` (a unique index on `sort_key`, [`sort_key_index`]): when another
+/// The name of the unique index on `sort_key` alone, which [`sort_key_index`] with an
+/// owner replaces (to retire once the new one exists).
+pub const UNOWNED_SORT_KEY_INDEX: &str = "sort_key_unique";
+
+/// Whose list a document's sort key must be unique in (see [`sort_key_index`]): the
+/// owner field and the document's value of it; `None` for the whole collection.
+pub type KeyOwner = Option<(&'static str, bson::oid::ObjectId)>;
+
+/// Inserts `document`, whose sort key (reached through `sort_key`) must be unique among
+/// the documents of its `owner` (a unique index, [`sort_key_index`]): when another
 /// document already holds it (two replicas minting the same key in the same
 /// millisecond), a fresh key is drawn and the insert tried again, so that no two listed
 /// items share a key and pages never skip one. `false` when another unique index (a
@@ -290,16 +309,36 @@ pub fn sort_key_index() -> IndexModel {
 pub async fn insert_keyed<T: serde::Serialize + Send + Sync>(
     collection: &Collection<T>,
     document: &mut T,
+    owner: KeyOwner,
     sort_key: impl Fn(&mut T) -> &mut i64,
-) -> mongodb::error::Result<bool> {
-    let mut tries = 0;
+) -> crate::Result<bool> {
+    let (mut tries, mut remints) = (0, 0);
     loop {
+        match crate::paging::storable(*sort_key(document)) {
+            crate::paging::Storable::Yes => {}
+            // Minted under a slot this process no longer holds (a fresh key is under
+            // the one it holds, unless the clock went back past the moment it got it).
+            crate::paging::Storable::Remint if remints < 3 => {
+                remints += 1;
+                *sort_key(document) = crate::paging::fresh_sort_key();
+                continue;
+            }
+            crate::paging::Storable::Remint | crate::paging::Storable::NoSlot => {
+                return Err(crate::Error::Unavailable(
+                    "this replica holds no sort-key slot yet; retry".into(),
+                ));
+            }
+        }
         match collection.insert_one(&*document).await {
             Ok(_) => return Ok(true),
             Err(e) if crate::error::is_duplicate_key(&e) => {
+                let mut holder = doc! { crate::paging::SORT_KEY: *sort_key(document) };
+                if let Some((field, id)) = owner {
+                    holder.insert(field, equals_id(id));
+                }
                 let taken = collection
                     .clone_with_type::<Document>()
-                    .find_one(doc! { crate::paging::SORT_KEY: *sort_key(document) })
+                    .find_one(holder)
                     .projection(doc! { "_id": 1 })
                     .await?
                     .is_some();
@@ -309,7 +348,7 @@ pub async fn insert_keyed<T: serde::Serialize + Send + Sync>(
                 }
                 *sort_key(document) = crate::paging::fresh_sort_key();
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         }
     }
 }
@@ -318,9 +357,10 @@ pub async fn insert_keyed<T: serde::Serialize + Send + Sync>(
 pub async fn insert_new<T: serde::Serialize + Send + Sync>(
     collection: &Collection<T>,
     document: &mut T,
+    owner: KeyOwner,
     sort_key: impl Fn(&mut T) -> &mut i64,
 ) -> crate::Result<()> {
-    if insert_keyed(collection, document, sort_key).await? {
+    if insert_keyed(collection, document, owner, sort_key).await? {
         Ok(())
     } else {
         Err(crate::Error::internal(anyhow::anyhow!(
@@ -330,13 +370,14 @@ pub async fn insert_new<T: serde::Serialize + Send + Sync>(
     }
 }
 
-/// [`insert_new`], once per request: when `request_key` (the value of the unique field
-/// `request_key`) is given and a document holds it already, nothing is stored and that
-/// document is returned (with `projection`), the answer to a retry of the request that
-/// stored it.
+/// [`insert_new`], once per request: when `request_key` (the value of the field
+/// `request_key`, unique among the owner's documents: [`request_key_index`]) is given and
+/// a document of the owner holds it already, nothing is stored and that document is
+/// returned (with `projection`), the answer to a retry of the request that stored it.
 pub async fn insert_per_request<T>(
     collection: &Collection<T>,
     document: &mut T,
+    owner: (&'static str, bson::oid::ObjectId),
     sort_key: impl Fn(&mut T) -> &mut i64,
     request_key: Option<&str>,
     projection: Document,
@@ -345,14 +386,14 @@ where
     T: serde::Serialize + serde::de::DeserializeOwned + Send + Sync,
 {
     let Some(key) = request_key else {
-        insert_new(collection, document, sort_key).await?;
+        insert_new(collection, document, Some(owner), sort_key).await?;
         return Ok(None);
     };
-    if insert_keyed(collection, document, sort_key).await? {
+    if insert_keyed(collection, document, Some(owner), sort_key).await? {
         return Ok(None);
     }
     let earlier = collection
-        .find_one(doc! { "request_key": key })
+        .find_one(doc! { owner.0: equals_id(owner.1), "request_key": key })
         .projection(projection)
         .await?;
     earlier.map(Some).ok_or_else(|| {
@@ -362,6 +403,20 @@ where
         ))
     })
 }
+
+/// The unique index that stores a request's document once among its `owner`'s (see
+/// [`insert_per_request`]); documents without a request key are not in it. It replaces
+/// the unique index on `request_key` alone ([`UNOWNED_REQUEST_KEY_INDEX`]).
+pub fn request_key_index(owner: &str) -> IndexModel {
+    unique_partial_index(
+        &format!("{owner}_request_key_unique"),
+        doc! { owner: 1, "request_key": 1 },
+        doc! { "request_key": { "$type": "string" } },
+    )
+}
+
+/// See [`request_key_index`].
+pub const UNOWNED_REQUEST_KEY_INDEX: &str = "request_key_unique";
 
 /// Inserts `document` unless a unique index already holds its key; whether it was
 /// inserted. For writes that must happen once however often they are attempted.

@@ -72,6 +72,31 @@ impl App {
             .followers_count
     }
 
+    async fn database(&self) -> mongodb::Database {
+        mongodb::Client::with_uri_str(social_testkit::mongodb_uri())
+            .await
+            .unwrap()
+            .database(&self.stack.database)
+    }
+
+    async fn following(&self, user: &str, size: i32, token: &str) -> (Vec<String>, String) {
+        let r = self
+            .graph
+            .clone()
+            .list_following(social_proto::graph::v1::ListFollowingRequest {
+                user_id: user.into(),
+                page_size: size,
+                page_token: token.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        (
+            r.follows.into_iter().map(|f| f.followee_id).collect(),
+            r.next_page_token,
+        )
+    }
+
     async fn followers(&self, user: &str, size: i32, token: &str) -> (Vec<String>, String) {
         let r = self
             .graph
@@ -334,28 +359,27 @@ async fn a_down_user_service_is_unavailable_and_a_silent_one_times_out() {
 }
 
 #[tokio::test]
-async fn two_follows_minted_with_one_sort_key_are_both_paged_exactly_once() {
+async fn two_follows_of_one_follower_minted_with_one_sort_key_are_both_paged_exactly_once() {
     let app = spawn().await;
-    let (star, _) = app.user("star").await;
-    let db = mongodb::Client::with_uri_str(social_testkit::mongodb_uri())
+    let follows = app
+        .database()
         .await
-        .unwrap()
-        .database(&app.stack.database);
-    let follows = db.collection::<bson::Document>("followers");
-    // Two replicas minted the same key for two follows in the same millisecond.
-    let now = bson::DateTime::now();
-    let key = social_kit::paging::sort_key(now);
-    let mut followers = HashSet::new();
+        .collection::<bson::Document>("followers");
+    // Its per-follower unique index refuses the second key: a fresh one is drawn.
+    let follower = ObjectId::new();
+    let key = social_kit::paging::sort_key(bson::DateTime::now());
+    let mut followees = HashSet::new();
     for _ in 0..2 {
-        let follower = ObjectId::new();
-        followers.insert(follower.to_hex());
+        let (star, _) = app.user(&social_testkit::unique_name("star")).await;
+        followees.insert(star.clone());
         let mut follow = bson::doc! {
             "_id": ObjectId::new(), "follower_id": follower,
-            "followee_id": ObjectId::parse_str(&star).unwrap(), "created_at": now,
-            "sort_key": key, "state": "active", "active_key": "active",
-            "outbox": [], "outbox_pending": 0,
+            "followee_id": ObjectId::parse_str(&star).unwrap(),
+            "created_at": bson::DateTime::now(), "sort_key": key, "state": "active",
+            "active_key": "active", "outbox": [], "outbox_pending": 0,
         };
-        let inserted = social_kit::mongo::insert_keyed(&follows, &mut follow, |d| {
+        let owner = Some(("follower_id", follower));
+        let inserted = social_kit::mongo::insert_keyed(&follows, &mut follow, owner, |d| {
             match d.get_mut("sort_key") {
                 Some(bson::Bson::Int64(k)) => k,
                 _ => panic!("no sort key"),
@@ -368,7 +392,7 @@ async fn two_follows_minted_with_one_sort_key_are_both_paged_exactly_once() {
     // A page of one ends on the first: the second is on the next page, not skipped.
     let (mut seen, mut token) = (Vec::new(), String::new());
     loop {
-        let (page, next) = app.followers(&star, 1, &token).await;
+        let (page, next) = app.following(&follower.to_hex(), 1, &token).await;
         seen.extend(page);
         if next.is_empty() {
             break;
@@ -376,7 +400,66 @@ async fn two_follows_minted_with_one_sort_key_are_both_paged_exactly_once() {
         token = next;
     }
     assert_eq!(seen.len(), 2, "{seen:?}");
-    assert_eq!(seen.into_iter().collect::<HashSet<_>>(), followers);
+    assert_eq!(seen.into_iter().collect::<HashSet<_>>(), followees);
+}
+
+#[tokio::test]
+async fn keys_are_minted_under_a_leased_slot_and_a_replica_that_lost_it_stores_nothing_until_it_holds_another()
+ {
+    use social_kit::{mongo::slots::Slots, paging};
+    let app = spawn().await;
+    let db = app.database().await;
+    let leases = db.collection::<bson::Document>("sort_key_slots");
+    let lease = leases.find_one(bson::doc! {}).await.unwrap().unwrap();
+    // The stand-in gives small integers back as Int32.
+    let slot = match lease.get("_id") {
+        Some(bson::Bson::Int32(s)) => i64::from(*s),
+        Some(bson::Bson::Int64(s)) => *s,
+        other => panic!("no slot: {other:?}"),
+    };
+    assert!(lease.get_i64("expires_ms").unwrap() > bson::DateTime::now().timestamp_millis());
+    let (alice, alice_token) = app.user("alice").await;
+    let (bob, _) = app.user("bob").await;
+    let minted_before = paging::sort_key(bson::DateTime::now());
+    assert_eq!(paging::key_slot(minted_before), slot);
+    // Another process took the slot over (as it may once the lease ran out, this
+    // replica paused past it): the renewal finds out, and nothing is stored meanwhile.
+    leases
+        .update_one(
+            bson::doc! { "_id": slot },
+            bson::doc! { "$set": { "holder": "another process" } },
+        )
+        .await
+        .unwrap();
+    let slots = Slots::new(&social_kit::mongo::Db::new(db.clone()));
+    assert!(!slots.renew().await.unwrap());
+    let err = app.follow(&alice_token, &bob).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    // It holds another; what it minted under the old one is minted again when stored.
+    let now_held = slots.claim().await.unwrap();
+    assert_ne!(now_held, slot);
+    let follows = db.collection::<bson::Document>("followers");
+    let mut follow = bson::doc! {
+        "_id": ObjectId::new(), "follower_id": ObjectId::parse_str(&alice).unwrap(),
+        "followee_id": ObjectId::new(), "created_at": bson::DateTime::now(),
+        "sort_key": minted_before, "state": "active", "active_key": "active",
+        "outbox": [], "outbox_pending": 0,
+    };
+    let owner = Some(("follower_id", ObjectId::parse_str(&alice).unwrap()));
+    let inserted = social_kit::mongo::insert_keyed(&follows, &mut follow, owner, |d| {
+        match d.get_mut("sort_key") {
+            Some(bson::Bson::Int64(k)) => k,
+            _ => panic!("no sort key"),
+        }
+    })
+    .await
+    .unwrap();
+    assert!(inserted);
+    assert_eq!(
+        paging::key_slot(follow.get_i64("sort_key").unwrap()),
+        now_held
+    );
+    app.follow(&alice_token, &bob).await.unwrap();
 }
 
 #[tokio::test]
