@@ -62,6 +62,9 @@ impl Wiring {
     /// The database and gate of the service configured by `common`, its events on
     /// `events`.
     pub async fn new(common: &CommonConfig, events: &EventsConfig) -> anyhow::Result<Self> {
+        // Its consumers may start before it holds a sort-key slot: nothing they mint is
+        // stored until it does (see `Wiring::serve`).
+        social_kit::paging::expect_slot();
         Ok(Self {
             db: social_kit::mongo::connect(common).await?,
             gate: Gate::from_config(common)?,

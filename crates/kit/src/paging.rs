@@ -80,6 +80,12 @@ pub fn held_slot() -> Option<i64> {
     Some(SLOT.load(Ordering::SeqCst)).filter(|s| *s >= 0)
 }
 
+/// Records that this process will lease a slot (a service): until it holds one,
+/// nothing it mints is stored.
+pub fn expect_slot() {
+    let _ = SLOT.compare_exchange(UNLEASED, WAITING, Ordering::SeqCst, Ordering::SeqCst);
+}
+
 /// Records that this process leases slots and holds none (yet, or any more).
 pub fn lose_slot() {
     SLOT.store(WAITING, Ordering::SeqCst);
@@ -106,6 +112,12 @@ pub fn storable(key: i64) -> Storable {
     }
     let now = bson::DateTime::now().timestamp_millis();
     if slot < 0 || now >= VALID_UNTIL_MS.load(Ordering::SeqCst) {
+        return Storable::NoSlot;
+    }
+    if now < HELD_SINCE_MS.load(Ordering::SeqCst) {
+        // The clock went back past the moment the slot was taken: what it mints now
+        // could fall in the previous holder's time. Claimed again (`mongo::slots`).
+        lose_slot();
         return Storable::NoSlot;
     }
     if key_slot(key) != slot || key_time_ms(key) < HELD_SINCE_MS.load(Ordering::SeqCst) {
@@ -303,6 +315,34 @@ mod tests {
 
     fn page(token: &str, query: &str) -> Result<PageRequest> {
         PageRequest::parse_alone(10, token, query.into())
+    }
+
+    #[test]
+    fn a_service_stores_no_key_before_it_holds_a_slot_nor_after_its_clock_went_back() {
+        // Each test runs in a process of its own (nextest): the slot is this one's.
+        assert_eq!(
+            storable(fresh_sort_key()),
+            Storable::Yes,
+            "a tool never leases"
+        );
+        expect_slot();
+        assert_eq!(storable(fresh_sort_key()), Storable::NoSlot);
+        let now = bson::DateTime::now().timestamp_millis();
+        hold_slot(7, now, now + 40_000);
+        let key = fresh_sort_key();
+        assert_eq!((key_slot(key), storable(key)), (7, Storable::Yes));
+        hold_slot(8, now, now + 40_000);
+        assert_eq!(
+            storable(key),
+            Storable::Remint,
+            "minted under the slot it lost"
+        );
+        // Held since a moment the clock is now before: nothing is stored, and the slot
+        // is given up to be claimed again.
+        lose_slot();
+        hold_slot(9, now + 60_000, now + 100_000);
+        assert_eq!(storable(fresh_sort_key()), Storable::NoSlot);
+        assert_eq!(held_slot(), None);
     }
 
     #[test]

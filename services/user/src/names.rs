@@ -119,8 +119,11 @@ impl Names {
     async fn legacy_indexes(&self) -> anyhow::Result<Vec<&'static str>> {
         let indexes: Vec<mongodb::IndexModel> = match self.users.list_indexes().await {
             Ok(cursor) => cursor.try_collect().await?,
-            // No `users` yet.
-            Err(_) => Vec::new(),
+            // NamespaceNotFound: no `users` yet.
+            Err(e) if matches!(e.kind.as_ref(), mongodb::error::ErrorKind::Command(c) if c.code == 26) => {
+                Vec::new()
+            }
+            Err(e) => return Err(e.into()),
         };
         Ok(LEGACY_INDEXES
             .into_iter()
@@ -186,11 +189,10 @@ impl Names {
 
     /// Who holds `value`, if anybody.
     pub async fn holder(&self, kind: Kind, value: &str) -> Result<Option<Holder>> {
-        if let Some(r) = self.of(kind).find_one(doc! { "_id": value }).await? {
-            return Ok(match self.standing(kind, &r).await? {
-                Standing::Held(h) => Some(h),
-                Standing::Free(_) => None,
-            });
+        if let Some(r) = self.of(kind).find_one(doc! { "_id": value }).await?
+            && let Standing::Held(h) = self.standing(kind, &r).await?
+        {
+            return Ok(Some(h));
         }
         Ok(self
             .legacy_holders(kind, &[value.to_owned()])
@@ -267,29 +269,21 @@ impl Names {
     }
 
     /// The accounts that `values` are reserved for, as `(value, account)`, in no order;
-    /// each account still to be checked for holding its value. Values without a
-    /// reservation are looked up by the legacy index while it exists.
+    /// each account still to be checked for holding its value.
     pub async fn owners(&self, kind: Kind, values: &[String]) -> Result<Vec<(String, ObjectId)>> {
-        let mut found: Vec<(String, ObjectId)> = self
+        Ok(self
             .of(kind)
             .find(doc! { "_id": { "$in": values } })
             .await?
             .map_ok(|r| (r.value, r.user_id))
             .try_collect()
-            .await?;
-        let missing: Vec<String> = values
-            .iter()
-            .filter(|v| !found.iter().any(|(f, _)| f == *v))
-            .cloned()
-            .collect();
-        found.extend(self.legacy_holders(kind, &missing).await?);
-        Ok(found)
+            .await?)
     }
 
     /// Accounts holding `values` found through the legacy unique index, while there is
     /// one: hinted, so that a query never scans `users` once it is retired (the hint then
     /// fails and the lookups stop).
-    async fn legacy_holders(
+    pub async fn legacy_holders(
         &self,
         kind: Kind,
         values: &[String],
@@ -326,12 +320,12 @@ impl Names {
 
     /// Gives every stored account its reservations (confirmed), in `_id` order, then
     /// retires the legacy unique indexes: for a `users` collection from before
-    /// reservations, once no replica of an older release still registers. Idempotent; a
-    /// value two accounts claim (none while the legacy indexes held) is reported and left
-    /// to the first. How many reservations it made.
+    /// reservations, once no replica of an older release still registers. Idempotent.
+    /// A value that a registration under way holds leaves the indexes in place (an
+    /// error: run it again). How many reservations it confirmed.
     pub async fn reserve_existing(&self) -> anyhow::Result<u64> {
         let mut after = None;
-        let mut made = 0_u64;
+        let (mut made, mut left) = (0_u64, 0_u64);
         loop {
             let mut filter = doc! {};
             if let Some(last) = after {
@@ -357,26 +351,29 @@ impl Names {
                     if kind == Kind::Email && value.starts_with("deleted:") {
                         continue;
                     }
-                    let r = Reservation {
-                        value: value.to_owned(),
-                        user_id: id,
-                        at_ms: now_ms(),
-                        confirmed_ms: Some(now_ms()),
-                        request_key: None,
-                    };
-                    match self.of(kind).insert_one(&r).await {
-                        Ok(_) => made += 1,
-                        Err(e) if is_duplicate_key(&e) => {
-                            let held = self.of(kind).find_one(doc! { "_id": value }).await?;
-                            if held.is_some_and(|h| h.user_id != id) {
-                                tracing::error!(?kind, account = %id, "value reserved for another account; left to it");
-                            }
+                    // A reservation made by this release meanwhile is taken over unless
+                    // somebody holds it (one the old index refused, left by a
+                    // registration that stopped).
+                    match self.reserve(kind, value, id, None).await? {
+                        Claim::Ours => {
+                            self.confirm(kind, value, id).await?;
+                            made += 1;
                         }
-                        Err(e) => return Err(e.into()),
+                        Claim::Held(holder) => {
+                            tracing::error!(?kind, account = %id, ?holder, "value held by another meanwhile");
+                            left += 1;
+                        }
                     }
                 }
             }
         }
+        // While the old indexes stand, they keep those accounts' values theirs: a value
+        // that a registration in flight reserved meanwhile is free again within a minute.
+        anyhow::ensure!(
+            left == 0,
+            "{left} values of accounts stored before reservations are reserved by registrations \
+             under way; the unique indexes on users stay: run this again in a minute"
+        );
         for field in self.legacy_indexes().await? {
             let dropped = self
                 .users

@@ -91,6 +91,14 @@ pub struct Taken {
     pub holder: Holder,
 }
 
+/// Tests: the answer to a stored account's insert lost (`user::insert_answer_lost`).
+fn lost_answer() -> mongodb::error::Result<()> {
+    social_kit::fault!("user::insert_answer_lost", |_| Err(
+        mongodb::error::Error::custom("injected: the insert's answer was lost")
+    ));
+    Ok(())
+}
+
 /// Access to `users`. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -185,11 +193,15 @@ impl Store {
             }
         }
         social_kit::pause!("user::before_account_insert");
-        if let Err(e) = self.users.insert_one(user).await {
-            self.release(&reserved, user.id).await;
+        let inserted = self.users.insert_one(user).await.map(drop);
+        if let Err(e) = inserted.and_then(|()| lost_answer()) {
             if !is_duplicate_key(&e) {
+                // Perhaps stored all the same (an answer lost after the write): the
+                // reservations stay, held by the account if it is there, free within
+                // `names::IN_FLIGHT` if not.
                 return Err(e.into());
             }
+            self.release(&reserved, user.id).await;
             // Only a pre-reservation unique index refuses it (see `crate::names`).
             let taken = self.taken(&user.username_lower, &user.email).await?;
             return Ok(Err(taken.unwrap_or(Taken {
@@ -201,8 +213,7 @@ impl Store {
             if !self.names.confirm(kind, value, user.id).await? {
                 // Taken over before the account was stored (this registration paused
                 // past `names::IN_FLIGHT`): the account goes, the new holder keeps it.
-                self.users.delete_one(doc! { "_id": user.id }).await?;
-                self.release(&reserved, user.id).await;
+                self.undo(user.id, &reserved).await?;
                 let holder = self.names.holder(kind, value).await?;
                 return Ok(Err(Taken {
                     kind,
@@ -211,6 +222,38 @@ impl Store {
             }
         }
         Ok(Ok(()))
+    }
+
+    /// Deletes account `id` whose reservation was taken over, then gives up the rest of
+    /// `reserved`: in a task of its own, so that a caller that goes away does not leave
+    /// the account behind, retried a few times.
+    async fn undo(&self, id: ObjectId, reserved: &[(Kind, &str)]) -> Result<()> {
+        let this = self.clone();
+        let reserved: Vec<(Kind, String)> = reserved
+            .iter()
+            .map(|(k, v)| (*k, (*v).to_owned()))
+            .collect();
+        let undo = tokio::spawn(async move {
+            let mut tries = 0;
+            loop {
+                match this.users.delete_one(doc! { "_id": id }).await {
+                    Ok(_) => break,
+                    Err(e) if tries < 5 => {
+                        tries += 1;
+                        tracing::warn!(error = %e, user_id = %id, "undoing a registration; retrying");
+                        tokio::time::sleep(Duration::from_millis(200 * tries)).await;
+                    }
+                    Err(e) => return Err(Error::from(e)),
+                }
+            }
+            for (kind, value) in &reserved {
+                if let Err(e) = this.names.release(*kind, value, id).await {
+                    tracing::warn!(error = %e, ?kind, "a reservation left to be taken over");
+                }
+            }
+            Ok(())
+        });
+        undo.await.map_err(Error::internal)?
     }
 
     /// Gives up `reserved` (a registration that did not store its account); a failure
@@ -283,9 +326,34 @@ impl Store {
             .next())
     }
 
-    /// The live accounts holding `values`, found through their reservations.
+    /// The live accounts holding `values`, found through their reservations (and, for
+    /// values no account holds so, through the legacy indexes while they exist).
     async fn holding(&self, kind: Kind, values: &[String]) -> Result<Vec<UserDoc>> {
-        let owners = self.names.owners(kind, values).await?;
+        let value = |u: &UserDoc| match kind {
+            Kind::Username => u.username_lower.clone(),
+            Kind::Email => u.email.clone(),
+        };
+        let mut found = self
+            .accounts_of(kind, self.names.owners(kind, values).await?)
+            .await?;
+        let missing: Vec<String> = values
+            .iter()
+            .filter(|v| !found.iter().any(|u| value(u) == **v))
+            .cloned()
+            .collect();
+        if !missing.is_empty() {
+            let legacy = self.names.legacy_holders(kind, &missing).await?;
+            found.extend(self.accounts_of(kind, legacy).await?);
+        }
+        Ok(found)
+    }
+
+    /// The live accounts of `owners` (value, account) that hold their value.
+    async fn accounts_of(
+        &self,
+        kind: Kind,
+        owners: Vec<(String, ObjectId)>,
+    ) -> Result<Vec<UserDoc>> {
         if owners.is_empty() {
             return Ok(Vec::new());
         }

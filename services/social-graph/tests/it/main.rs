@@ -80,39 +80,48 @@ impl App {
     }
 
     async fn following(&self, user: &str, size: i32, token: &str) -> (Vec<String>, String) {
-        let r = self
-            .graph
-            .clone()
-            .list_following(social_proto::graph::v1::ListFollowingRequest {
-                user_id: user.into(),
-                page_size: size,
-                page_token: token.into(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        (
-            r.follows.into_iter().map(|f| f.followee_id).collect(),
-            r.next_page_token,
-        )
+        self.follows_page(false, user, size, token).await
     }
 
     async fn followers(&self, user: &str, size: i32, token: &str) -> (Vec<String>, String) {
-        let r = self
-            .graph
-            .clone()
-            .list_followers(ListFollowersRequest {
-                user_id: user.into(),
-                page_size: size,
-                page_token: token.into(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        (
-            r.follows.into_iter().map(|f| f.follower_id).collect(),
-            r.next_page_token,
-        )
+        self.follows_page(true, user, size, token).await
+    }
+
+    /// A page of `user`'s followers' ids (`followers`) or of its followees' ids.
+    async fn follows_page(
+        &self,
+        followers: bool,
+        user: &str,
+        size: i32,
+        token: &str,
+    ) -> (Vec<String>, String) {
+        let (user_id, page_size, page_token) = (user.to_owned(), size, token.to_owned());
+        let mut graph = self.graph.clone();
+        let (follows, next) = if followers {
+            let request = ListFollowersRequest {
+                user_id,
+                page_size,
+                page_token,
+            };
+            let r = graph.list_followers(request).await.unwrap().into_inner();
+            (r.follows, r.next_page_token)
+        } else {
+            let request = social_proto::graph::v1::ListFollowingRequest {
+                user_id,
+                page_size,
+                page_token,
+            };
+            let r = graph.list_following(request).await.unwrap().into_inner();
+            (r.follows, r.next_page_token)
+        };
+        let other = |f: social_proto::graph::v1::Follow| {
+            if followers {
+                f.follower_id
+            } else {
+                f.followee_id
+            }
+        };
+        (follows.into_iter().map(other).collect(), next)
     }
 }
 

@@ -271,6 +271,31 @@ async fn a_registration_stopped_half_way_holds_its_name_a_minute_and_tells_its_r
 }
 
 #[tokio::test]
+async fn a_registration_whose_stored_account_lost_its_answer_is_one_account_when_retried() {
+    let app = spawn().await;
+    const POINT: &str = "user::insert_answer_lost";
+    fail::cfg(POINT, "1*return").unwrap();
+    let mut c = app.client.clone();
+    c.register(keyed(registration("kai"), "k-1"))
+        .await
+        .unwrap_err();
+    assert_eq!(social_kit::faults::fired(POINT), 1);
+    // The account was stored: its reservations stay with it, and its retry gets it.
+    let again = c
+        .register(keyed(registration("kai"), "k-1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(app.accounts_named("kai").await, 1);
+    let stored = app.reservations("usernames", "kai").await;
+    assert_eq!(
+        stored[0].get_object_id("user_id").unwrap().to_hex(),
+        again.user.unwrap().id
+    );
+    assert_taken(&c.register(registration("kai")).await, "username");
+}
+
+#[tokio::test]
 async fn a_deleted_accounts_email_is_free_at_once_and_its_username_once_it_is_purged() {
     let app = spawn().await;
     let (hal, token) = app.register("hal").await;
@@ -317,6 +342,12 @@ async fn accounts_stored_before_reservations_are_found_and_held_until_reserve_na
     for collection in ["usernames", "emails"] {
         db.collection::<Document>(collection).drop().await.unwrap();
     }
+    // And a reservation of jon's name that this release left when the old index refused
+    // its account (the registration stopped before giving it up).
+    db.collection::<Document>("usernames")
+        .insert_one(doc! { "_id": "jon", "user_id": ObjectId::new(), "at_ms": 0_i64 })
+        .await
+        .unwrap();
     let users = db.collection::<Document>("users");
     for (name, field) in [
         ("username_lower_unique", "username_lower"),
@@ -338,6 +369,13 @@ async fn accounts_stored_before_reservations_are_found_and_held_until_reserve_na
         let found = c.login(login(who)).await.unwrap().into_inner();
         assert_eq!(found.user.unwrap().id, ivy.id, "{who}");
     }
+    let jon = c
+        .login(login("jon"))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
     let by_name = c
         .get_user_by_username(GetUserByUsernameRequest {
             username: "Ivy".into(),
@@ -360,6 +398,8 @@ async fn accounts_stored_before_reservations_are_found_and_held_until_reserve_na
     assert!(said.contains(r#""reservations_made":4"#), "{said}");
     assert_eq!(app.unique_indexes_on_users().await, Vec::<Document>::new());
     assert_eq!(app.reservations("emails", "jon@example.com").await.len(), 1);
+    let held = app.reservations("usernames", "jon").await;
+    assert_eq!(held[0].get_object_id("user_id").unwrap().to_hex(), jon.id);
     let found = c.login(login("ivy")).await.unwrap().into_inner();
     assert_eq!(found.user.unwrap().id, ivy.id);
     assert_taken(&c.register(same_name()).await, "username");
