@@ -54,6 +54,49 @@ where
     }
 }
 
+/// What a peer counted for one document as of a recount's moment: its id (hex) and its
+/// two counters.
+pub type Counted = (String, i64, i64);
+
+/// Recounts every document a store holds two counters of, from a peer's counts: walks
+/// the store's ids (`ids_after`, see [`walk`]), asks the peer for each batch's counts as
+/// of `margin` ago (`count(ids, as_of)`), and sets them (`set(id, as_of, a, b)`: whether
+/// the document exists). How many documents were recounted.
+pub async fn recompute<Ids, Count, Set>(
+    what: &'static str,
+    margin: Duration,
+    ids_after: impl Fn(Option<ObjectId>, i64) -> Ids,
+    count: impl Fn(Vec<ObjectId>, i64) -> Count,
+    set: impl Fn(ObjectId, i64, i64, i64) -> Set,
+) -> anyhow::Result<u64>
+where
+    Ids: std::future::Future<Output = anyhow::Result<Vec<ObjectId>>>,
+    Count: std::future::Future<Output = anyhow::Result<Vec<Counted>>>,
+    Set: std::future::Future<Output = anyhow::Result<bool>>,
+{
+    let as_of = as_of_ms(margin);
+    walk(what, ids_after, |ids| {
+        let counted = count(ids, as_of);
+        let set = &set;
+        async move {
+            let mut recounted = 0;
+            for (id, a, b) in counted.await? {
+                let id = ObjectId::parse_str(&id).map_err(crate::Error::internal)?;
+                if set(id, as_of, a, b).await? {
+                    recounted += 1;
+                }
+            }
+            Ok(recounted)
+        }
+    })
+    .await
+}
+
+/// The moment `as_of` (ms) as a protobuf timestamp, for the peers' count requests.
+pub fn as_of_timestamp(as_of: i64) -> prost_types::Timestamp {
+    crate::time::to_timestamp(bson::DateTime::from_millis(as_of))
+}
+
 /// The operator's `recompute-counters` command of a service: `recompute(config,
 /// margin)` with the margin of `RECOUNT_MARGIN_SECS`.
 pub fn command<C, F, Fut>(recompute: F) -> crate::serve::Command<C>

@@ -6,8 +6,6 @@
 
 use std::time::Duration;
 
-use bson::oid::ObjectId;
-use social_kit::Error;
 use social_proto::engagement::v1::{
     CountPostEngagementRequest, engagement_service_client::EngagementServiceClient,
 };
@@ -20,51 +18,33 @@ pub async fn recompute_counters(config: &Config, margin: Duration) -> anyhow::Re
     let db = social_kit::mongo::connect(&config.common).await?;
     let store = Store::new(&db);
     store.init().await?;
-    let as_of = social_kit::recount::as_of_ms(margin);
     // Counting a viral post takes longer than an RPC's usual deadline.
     let peer = config
         .engagement_service
         .with_timeout(Duration::from_secs(60));
-    social_kit::recount::walk(
-        "post counters",
-        |after, limit| {
-            let store = store.clone();
-            async move { Ok(store.ids_after(after, limit).await?) }
-        },
-        |ids| {
-            let (store, peer) = (store.clone(), peer.clone());
-            async move { recount(&store, &peer, &ids, as_of).await }
-        },
-    )
-    .await
-}
-
-async fn recount(
-    store: &Store,
-    peer: &social_kit::client::Peer,
-    ids: &[ObjectId],
-    as_of: i64,
-) -> anyhow::Result<u64> {
-    let mut engagement = EngagementServiceClient::new(peer.channel());
-    let request = peer.request(CountPostEngagementRequest {
-        post_ids: ids.iter().map(|id| id.to_hex()).collect(),
-        as_of: Some(social_kit::time::to_timestamp(bson::DateTime::from_millis(
-            as_of,
-        ))),
-    });
-    let counts = peer
-        .call(engagement.count_post_engagement(request))
-        .await
-        .map_err(|s| peer.error(s))?;
-    let mut recounted = 0;
-    for c in counts.counts {
-        let post = ObjectId::parse_str(&c.post_id).map_err(Error::internal)?;
-        if store
-            .recount(post, as_of, c.likes_count, c.comments_count)
-            .await?
-        {
-            recounted += 1;
+    let engagement = move |ids: Vec<bson::oid::ObjectId>, as_of| {
+        let peer = peer.clone();
+        async move {
+            let mut engagement = EngagementServiceClient::new(peer.channel());
+            let request = peer.request(CountPostEngagementRequest {
+                post_ids: ids.iter().map(|id| id.to_hex()).collect(),
+                as_of: Some(social_kit::recount::as_of_timestamp(as_of)),
+            });
+            let counted = peer.call(engagement.count_post_engagement(request)).await;
+            let counts = counted.map_err(|s| peer.error(s))?.counts;
+            Ok(counts
+                .into_iter()
+                .map(|c| (c.post_id, c.likes_count, c.comments_count))
+                .collect())
         }
-    }
-    Ok(recounted)
+    };
+    let ids_after = |after, limit| {
+        let store = store.clone();
+        async move { Ok(store.ids_after(after, limit).await?) }
+    };
+    let set = |post, as_of, likes, comments| {
+        let store = store.clone();
+        async move { store.recount(post, as_of, likes, comments).await }
+    };
+    social_kit::recount::recompute("post counters", margin, ids_after, engagement, set).await
 }

@@ -104,6 +104,30 @@ impl Api {
             _ => Ok(false),
         }
     }
+
+    /// A page of `user_id`'s follows where it is `side` (`followee_id`: its followers,
+    /// `follower_id`: whom it follows), newest first; none to a reader it blocks.
+    async fn follows_page<T>(
+        &self,
+        request: &Request<T>,
+        side: &'static str,
+        user_id: &str,
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<(Vec<Follow>, String)> {
+        let kind = if side == "followee_id" {
+            "followers"
+        } else {
+            "following"
+        };
+        let (user, page) = PageRequest::for_owner(kind, "user_id", user_id, page_size, page_token)?;
+        if self.hidden_from_caller(request, user).await? {
+            return Ok((Vec::new(), String::new()));
+        }
+        let docs = self.store.list(side, user, &page).await?;
+        let (docs, next_page_token) = page.finish(docs, |f| f.sort_key);
+        Ok((docs.into_iter().map(Into::into).collect(), next_page_token))
+    }
 }
 
 impl From<MuteDoc> for Mute {
@@ -213,20 +237,17 @@ impl SocialGraphService for Api {
         request: Request<ListFollowersRequest>,
     ) -> Result<Response<ListFollowersResponse>, Status> {
         let r = request.get_ref();
-        let (user, page) = PageRequest::for_owner(
-            "followers",
-            "user_id",
-            &r.user_id,
-            r.page_size,
-            &r.page_token,
-        )?;
-        if self.hidden_from_caller(&request, user).await? {
-            return Ok(Response::new(ListFollowersResponse::default()));
-        }
-        let docs = self.store.list("followee_id", user, &page).await?;
-        let (docs, next_page_token) = page.finish(docs, |f| f.sort_key);
+        let (follows, next_page_token) = self
+            .follows_page(
+                &request,
+                "followee_id",
+                &r.user_id,
+                r.page_size,
+                &r.page_token,
+            )
+            .await?;
         Ok(Response::new(ListFollowersResponse {
-            follows: docs.into_iter().map(Into::into).collect(),
+            follows,
             next_page_token,
         }))
     }
@@ -236,20 +257,17 @@ impl SocialGraphService for Api {
         request: Request<ListFollowingRequest>,
     ) -> Result<Response<ListFollowingResponse>, Status> {
         let r = request.get_ref();
-        let (user, page) = PageRequest::for_owner(
-            "following",
-            "user_id",
-            &r.user_id,
-            r.page_size,
-            &r.page_token,
-        )?;
-        if self.hidden_from_caller(&request, user).await? {
-            return Ok(Response::new(ListFollowingResponse::default()));
-        }
-        let docs = self.store.list("follower_id", user, &page).await?;
-        let (docs, next_page_token) = page.finish(docs, |f| f.sort_key);
+        let (follows, next_page_token) = self
+            .follows_page(
+                &request,
+                "follower_id",
+                &r.user_id,
+                r.page_size,
+                &r.page_token,
+            )
+            .await?;
         Ok(Response::new(ListFollowingResponse {
-            follows: docs.into_iter().map(Into::into).collect(),
+            follows,
             next_page_token,
         }))
     }

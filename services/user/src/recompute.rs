@@ -6,8 +6,6 @@
 
 use std::time::Duration;
 
-use bson::oid::ObjectId;
-use social_kit::Error;
 use social_proto::graph::v1::{
     CountFollowsRequest, social_graph_service_client::SocialGraphServiceClient,
 };
@@ -20,49 +18,31 @@ pub async fn recompute_counters(config: &Config, margin: Duration) -> anyhow::Re
     let db = social_kit::mongo::connect(&config.common).await?;
     let store = Store::new(&db);
     store.init().await?;
-    let as_of = social_kit::recount::as_of_ms(margin);
     // Counting a user with many followers takes longer than an RPC's usual deadline.
     let peer = config.graph_service.with_timeout(Duration::from_secs(60));
-    social_kit::recount::walk(
-        "follow counters",
-        |after, limit| {
-            let store = store.clone();
-            async move { Ok(store.ids_after(after, limit).await?) }
-        },
-        |ids| {
-            let (store, peer) = (store.clone(), peer.clone());
-            async move { recount(&store, &peer, &ids, as_of).await }
-        },
-    )
-    .await
-}
-
-async fn recount(
-    store: &Store,
-    peer: &social_kit::client::Peer,
-    ids: &[ObjectId],
-    as_of: i64,
-) -> anyhow::Result<u64> {
-    let mut graph = SocialGraphServiceClient::new(peer.channel());
-    let request = peer.request(CountFollowsRequest {
-        user_ids: ids.iter().map(|id| id.to_hex()).collect(),
-        as_of: Some(social_kit::time::to_timestamp(bson::DateTime::from_millis(
-            as_of,
-        ))),
-    });
-    let counts = peer
-        .call(graph.count_follows(request))
-        .await
-        .map_err(|s| peer.error(s))?;
-    let mut recounted = 0;
-    for c in counts.counts {
-        let user = ObjectId::parse_str(&c.user_id).map_err(Error::internal)?;
-        if store
-            .recount(user, as_of, c.followers_count, c.following_count)
-            .await?
-        {
-            recounted += 1;
+    let graph = move |ids: Vec<bson::oid::ObjectId>, as_of| {
+        let peer = peer.clone();
+        async move {
+            let mut graph = SocialGraphServiceClient::new(peer.channel());
+            let request = peer.request(CountFollowsRequest {
+                user_ids: ids.iter().map(|id| id.to_hex()).collect(),
+                as_of: Some(social_kit::recount::as_of_timestamp(as_of)),
+            });
+            let counted = peer.call(graph.count_follows(request)).await;
+            let counts = counted.map_err(|s| peer.error(s))?.counts;
+            Ok(counts
+                .into_iter()
+                .map(|c| (c.user_id, c.followers_count, c.following_count))
+                .collect())
         }
-    }
-    Ok(recounted)
+    };
+    let ids_after = |after, limit| {
+        let store = store.clone();
+        async move { Ok(store.ids_after(after, limit).await?) }
+    };
+    let set = |user, as_of, followers, following| {
+        let store = store.clone();
+        async move { store.recount(user, as_of, followers, following).await }
+    };
+    social_kit::recount::recompute("follow counters", margin, ids_after, graph, set).await
 }

@@ -104,6 +104,20 @@ fn report(label: &str, h: &Histogram<u64>) {
     );
 }
 
+/// Runs `call`, recording in `h` how long it took.
+async fn timed<T, E>(
+    h: &mut Histogram<u64>,
+    call: impl std::future::Future<Output = Result<T, E>>,
+) -> anyhow::Result<T>
+where
+    anyhow::Error: From<E>,
+{
+    let started = Instant::now();
+    let answer = call.await?;
+    h.record(started.elapsed().as_micros() as u64)?;
+    Ok(answer)
+}
+
 /// `VmRSS` and `VmHWM` (peak) of this process, in MiB.
 fn memory() -> (f64, f64) {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -177,41 +191,41 @@ async fn feed() -> anyhow::Result<()> {
         let token = token_for(reader);
         let (mut first, mut second, mut ids) = (histogram(), histogram(), histogram());
         for _ in 0..SAMPLES {
-            let started = Instant::now();
-            let following = graph
-                .list_following_ids(social_testkit::as_service(ListFollowingIdsRequest {
+            let following = timed(
+                &mut ids,
+                graph.list_following_ids(social_testkit::as_service(ListFollowingIdsRequest {
                     user_id: reader.to_hex(),
                     limit: 0,
                     without_muted: false,
-                }))
-                .await?
-                .into_inner();
-            ids.record(started.elapsed().as_micros() as u64)?;
+                })),
+            )
+            .await?
+            .into_inner();
             assert_eq!(following.user_ids.len(), n);
-            let started = Instant::now();
-            let page = posts
-                .list_home_feed(authed(
+            let page = timed(
+                &mut first,
+                posts.list_home_feed(authed(
                     ListHomeFeedRequest {
                         page_size: 20,
                         page_token: String::new(),
                     },
                     &token,
-                ))
-                .await?
-                .into_inner();
-            first.record(started.elapsed().as_micros() as u64)?;
+                )),
+            )
+            .await?
+            .into_inner();
             assert_eq!(page.posts.len(), 20);
-            let started = Instant::now();
-            posts
-                .list_home_feed(authed(
+            timed(
+                &mut second,
+                posts.list_home_feed(authed(
                     ListHomeFeedRequest {
                         page_size: 20,
                         page_token: page.next_page_token,
                     },
                     &token,
-                ))
-                .await?;
-            second.record(started.elapsed().as_micros() as u64)?;
+                )),
+            )
+            .await?;
         }
         report(&format!("following {n:>5}: ids only"), &ids);
         report(&format!("following {n:>5}: page 1"), &first);
@@ -293,18 +307,18 @@ async fn feed_hidden() -> anyhow::Result<()> {
         let token = token_for(reader);
         let mut first = histogram();
         for _ in 0..SAMPLES {
-            let started = Instant::now();
-            let page = posts
-                .list_home_feed(authed(
+            let page = timed(
+                &mut first,
+                posts.list_home_feed(authed(
                     ListHomeFeedRequest {
                         page_size: 20,
                         page_token: String::new(),
                     },
                     &token,
-                ))
-                .await?
-                .into_inner();
-            first.record(started.elapsed().as_micros() as u64)?;
+                )),
+            )
+            .await?
+            .into_inner();
             assert_eq!(page.posts.len(), 20);
         }
         report(&format!("hiding {hides}: page 1"), &first);
@@ -328,15 +342,15 @@ async fn login() -> anyhow::Result<()> {
     let mut ok = histogram();
     let mut unknown = histogram();
     for i in 0..SAMPLES {
-        let started = Instant::now();
-        users
-            .login(LoginRequest {
+        timed(
+            &mut ok,
+            users.login(LoginRequest {
                 username_or_email: "bench".into(),
                 password: "correct horse battery".into(),
                 device: String::new(),
-            })
-            .await?;
-        ok.record(started.elapsed().as_micros() as u64)?;
+            }),
+        )
+        .await?;
         let started = Instant::now();
         let _ = users
             .login(LoginRequest {
@@ -366,11 +380,11 @@ async fn get_user_for(
     let mut users = users.clone();
     let until = Instant::now() + how_long;
     while Instant::now() < until {
-        let started = Instant::now();
-        users
-            .get_user(social_proto::user::v1::GetUserRequest { id: id.into() })
-            .await?;
-        latencies.record(started.elapsed().as_micros() as u64)?;
+        timed(
+            &mut latencies,
+            users.get_user(social_proto::user::v1::GetUserRequest { id: id.into() }),
+        )
+        .await?;
     }
     Ok(latencies)
 }
@@ -722,37 +736,37 @@ async fn notifications() -> anyhow::Result<()> {
     );
     let (mut list, mut unread_list, mut count) = (histogram(), histogram(), histogram());
     for _ in 0..SAMPLES {
-        let started = Instant::now();
-        let page = client
-            .list_notifications(authed(
+        let page = timed(
+            &mut list,
+            client.list_notifications(authed(
                 ListNotificationsRequest {
                     page_size: 20,
                     ..Default::default()
                 },
                 &token,
-            ))
-            .await?
-            .into_inner();
-        list.record(started.elapsed().as_micros() as u64)?;
+            )),
+        )
+        .await?
+        .into_inner();
         assert_eq!(page.notifications.len(), 20);
-        let started = Instant::now();
-        client
-            .list_notifications(authed(
+        timed(
+            &mut unread_list,
+            client.list_notifications(authed(
                 ListNotificationsRequest {
                     page_size: 20,
                     unread_only: true,
                     ..Default::default()
                 },
                 &token,
-            ))
-            .await?;
-        unread_list.record(started.elapsed().as_micros() as u64)?;
-        let started = Instant::now();
-        let n = client
-            .get_unread_count(authed(GetUnreadCountRequest {}, &token))
-            .await?
-            .into_inner();
-        count.record(started.elapsed().as_micros() as u64)?;
+            )),
+        )
+        .await?;
+        let n = timed(
+            &mut count,
+            client.get_unread_count(authed(GetUnreadCountRequest {}, &token)),
+        )
+        .await?
+        .into_inner();
         assert_eq!(n.count, 10_000);
     }
     report("ListNotifications page 1", &list);
@@ -863,51 +877,51 @@ async fn groups() -> anyhow::Result<()> {
     let (mut page1, mut page2, mut plain, mut unread) =
         (histogram(), histogram(), histogram(), histogram());
     for _ in 0..SAMPLES {
-        let started = Instant::now();
-        let first = client
-            .list_notification_groups(authed(
+        let first = timed(
+            &mut page1,
+            client.list_notification_groups(authed(
                 ListNotificationGroupsRequest {
                     page_size: 20,
                     ..Default::default()
                 },
                 &reader,
-            ))
-            .await?
-            .into_inner();
-        page1.record(started.elapsed().as_micros() as u64)?;
+            )),
+        )
+        .await?
+        .into_inner();
         assert_eq!(first.groups.len(), 20);
         assert_eq!(first.groups[0].notifications_count, LIKES);
-        let started = Instant::now();
-        client
-            .list_notification_groups(authed(
+        timed(
+            &mut page2,
+            client.list_notification_groups(authed(
                 ListNotificationGroupsRequest {
                     page_size: 20,
                     page_token: first.next_page_token,
                     ..Default::default()
                 },
                 &reader,
-            ))
-            .await?;
-        page2.record(started.elapsed().as_micros() as u64)?;
-        let started = Instant::now();
-        let page = client
-            .list_notifications(authed(
+            )),
+        )
+        .await?;
+        let page = timed(
+            &mut plain,
+            client.list_notifications(authed(
                 ListNotificationsRequest {
                     page_size: 20,
                     ..Default::default()
                 },
                 &reader,
-            ))
-            .await?
-            .into_inner();
-        plain.record(started.elapsed().as_micros() as u64)?;
+            )),
+        )
+        .await?
+        .into_inner();
         assert_eq!(page.notifications.len(), 20);
-        let started = Instant::now();
-        let n = client
-            .get_unread_group_count(authed(GetUnreadGroupCountRequest {}, &reader))
-            .await?
-            .into_inner();
-        unread.record(started.elapsed().as_micros() as u64)?;
+        let n = timed(
+            &mut unread,
+            client.get_unread_group_count(authed(GetUnreadGroupCountRequest {}, &reader)),
+        )
+        .await?
+        .into_inner();
         assert_eq!(n.count, 1 + OTHERS / 10);
     }
     report("ListNotificationGroups p1", &page1);
