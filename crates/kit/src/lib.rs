@@ -10,6 +10,7 @@
 //! comment rules (`social-content`).
 
 pub mod auth;
+pub mod cache;
 pub mod client;
 pub mod config;
 pub mod error;

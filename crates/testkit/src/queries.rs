@@ -539,11 +539,34 @@ fn verdict(shape: &Shape) -> Result<String, String> {
 
 /// Shapes seen, and whether each was checked yet.
 static SEEN: Mutex<BTreeMap<Shape, bool>> = Mutex::new(BTreeMap::new());
+/// Commands sent, by collection and shape, since the process started.
+static SENT: Mutex<BTreeMap<(String, String), u64>> = Mutex::new(BTreeMap::new());
+
+/// How many commands this process has sent to collections named `collection` (in any
+/// database) whose shape (as docs/QUERIES.md writes it) contains `shape`: a test's proof
+/// that a read did not reach the database (background work, such as a relay's scan,
+/// has other shapes).
+pub fn sent(collection: &str, shape: &str) -> u64 {
+    SENT.lock()
+        .map(|sent| {
+            sent.iter()
+                .filter(|((c, s), _)| c == collection && s.contains(shape))
+                .map(|(_, n)| *n)
+                .sum()
+        })
+        .unwrap_or(0)
+}
 
 fn record(event: &mongodb::event::command::CommandStartedEvent) {
     let found = shapes(&event.db, &event.command_name, &event.command);
     if found.is_empty() {
         return;
+    }
+    if let Ok(mut sent) = SENT.lock() {
+        for shape in &found {
+            let key = (shape.collection.clone(), shape.to_string());
+            *sent.entry(key).or_default() += 1;
+        }
     }
     if let Ok(mut seen) = SEEN.lock() {
         for shape in found {

@@ -38,6 +38,9 @@ pub struct StackOptions {
     pub queue_type: Option<social_events::QueueType>,
     /// The notification service's `stray_after` (default: as configured for tests).
     pub notification_stray_after: Option<Duration>,
+    /// The post service's cache (default: the local Redis, see
+    /// `social_kit::cache::Settings::for_tests`).
+    pub post_cache: Option<social_kit::cache::Settings>,
 }
 
 /// The running services.
@@ -113,6 +116,9 @@ impl Stack {
             events.clone(),
         );
         config.user_service = peer("user service", format!("http://{}", user.addr));
+        if let Some(cache) = options.post_cache.clone() {
+            config.cache = cache;
+        }
         let post = crate::start_on(post_at, |l, s| social_post::run(config, l, s)).await;
         let mut engagement_events = events.clone();
         if let Some(url) = options.engagement_amqp_url {

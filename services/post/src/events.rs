@@ -29,6 +29,8 @@ pub async fn apply((store, relay): (Store, RelayWaker), envelope: Envelope) -> a
     };
     let post = ObjectId::parse_str(post)?;
     store.counters.add(post, field, delta, &envelope).await?;
+    // Applied now or by an earlier try of this event: the cached post goes either way.
+    store.forget(post).await;
     Ok(())
 }
 

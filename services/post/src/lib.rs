@@ -28,6 +28,9 @@ pub struct Config {
     pub events: EventsConfig,
     /// The user service (`USER_SERVICE_URL`): which sessions ended.
     pub user_service: Peer,
+    /// The cache `GetPost` and `BatchGetPosts` read through (`REDIS_URL`,
+    /// `REDIS_KEY_PREFIX`, `POST_CACHE_TTL_SECS`: 60, 0 turns it off).
+    pub cache: social_kit::cache::Settings,
 }
 
 social_kit::service_config!(Config);
@@ -41,6 +44,7 @@ impl Config {
             engagement_service: ENGAGEMENT.peer_from_env()?,
             events: EventsConfig::from_env()?,
             user_service: USER.peer_from_env()?,
+            cache: social_kit::cache::Settings::from_env("POST_CACHE_TTL_SECS", 60)?,
         })
     }
 
@@ -57,6 +61,7 @@ impl Config {
             user_service: USER.local_peer(),
             engagement_service: ENGAGEMENT.local_peer(),
             events,
+            cache: social_kit::cache::Settings::for_tests(),
         }
     }
 }
@@ -64,7 +69,7 @@ impl Config {
 /// Serves the post service on `on` until `stop` is cancelled.
 pub async fn run(config: Config, on: TcpListener, stop: CancellationToken) -> anyhow::Result<()> {
     let mut wiring = Wiring::new(&config.common, &config.events).await?;
-    let store = store::Store::new(wiring.db());
+    let store = store::Store::new(wiring.db()).with_cache(config.cache.cache("post")?);
     let relay = wiring.relay(&[store::COLLECTION]);
     wiring.consume(
         social_events::topology::POST,

@@ -12,6 +12,7 @@ use mongodb::{Collection, options::ReturnDocument};
 use serde::{Deserialize, Serialize};
 use social_content::{BodyUpdate, MediaDoc};
 use social_events::{Envelope, blocks::Blocks, idempotency, outbox, removed_users::RemovedUsers};
+use social_kit::cache::Cache;
 use social_kit::{
     Result, mongo,
     paging::{self, Order, PageRequest},
@@ -96,6 +97,9 @@ pub struct Store {
     pub blocks: Blocks,
     /// Its counters moved by events, once per event (`social_events::idempotency`).
     pub counters: idempotency::Counters,
+    /// What `get` and `by_ids` read through, if any (`social_kit::cache`): every write
+    /// of a post here forgets it there.
+    cache: Option<Cache>,
 }
 
 impl Store {
@@ -106,6 +110,21 @@ impl Store {
             removed_users: RemovedUsers::new(db, "post"),
             blocks: Blocks::new(db, "post"),
             counters: idempotency::Counters::new(db, COLLECTION),
+            cache: None,
+        }
+    }
+
+    /// The same store, reading posts by id through `cache`.
+    pub fn with_cache(mut self, cache: Option<Cache>) -> Self {
+        self.cache = cache;
+        self
+    }
+
+    /// Forgets post `id` in the cache: after every write of it (here, and the counters'
+    /// by events).
+    pub async fn forget(&self, id: ObjectId) {
+        if let Some(cache) = &self.cache {
+            cache.forget(id).await;
         }
     }
 
@@ -210,21 +229,31 @@ impl Store {
 
     /// A post that is not deleted.
     pub async fn get(&self, id: ObjectId) -> Result<Option<PostDoc>> {
-        Ok(self
-            .posts
-            .find_one(doc! { "_id": id, "state": ACTIVE })
-            .projection(outbox::without_bookkeeping())
-            .await?)
+        match &self.cache {
+            Some(_) => Ok(self.by_ids(&[id]).await?.into_iter().next()),
+            None => Ok(self
+                .posts
+                .find_one(doc! { "_id": id, "state": ACTIVE })
+                .projection(outbox::without_bookkeeping())
+                .await?),
+        }
     }
 
+    /// The posts `ids` that are not deleted, in no particular order.
     pub async fn by_ids(&self, ids: &[ObjectId]) -> Result<Vec<PostDoc>> {
-        Ok(self
-            .posts
-            .find(doc! { "_id": { "$in": ids }, "state": ACTIVE })
-            .projection(outbox::without_bookkeeping())
-            .await?
-            .try_collect()
-            .await?)
+        let load = |ids: Vec<ObjectId>| async move {
+            Ok(self
+                .posts
+                .find(doc! { "_id": { "$in": ids }, "state": ACTIVE })
+                .projection(outbox::without_bookkeeping())
+                .await?
+                .try_collect()
+                .await?)
+        };
+        match &self.cache {
+            Some(cache) => cache.read_through(ids, |p: &PostDoc| p.id, load).await,
+            None => load(ids.to_vec()).await,
+        }
     }
 
     /// Applies `update` (and `updated_at`) to `author`'s post `id` if its guard holds;
@@ -239,12 +268,14 @@ impl Store {
         set.insert("updated_at", DateTime::now());
         let mut filter = doc! { "_id": id, "user_id": mongo::equals_id(author), "state": ACTIVE };
         filter.extend(update.guard);
-        Ok(self
+        let updated = self
             .posts
             .find_one_and_update(filter, doc! { "$set": set })
             .projection(outbox::without_bookkeeping())
             .return_document(ReturnDocument::After)
-            .await?)
+            .await?;
+        self.forget(id).await;
+        Ok(updated)
     }
 
     /// Marks `author`'s post `id` deleted with its `deleted` event; whether it was there.
@@ -261,6 +292,8 @@ impl Store {
                 update,
             )
             .await?;
+        // Whether or not this try changed it (a retry after an earlier one did).
+        self.forget(id).await;
         Ok(r.modified_count == 1)
     }
 
@@ -293,13 +326,10 @@ impl Store {
         likes: i64,
         comments: i64,
     ) -> anyhow::Result<bool> {
-        self.counters
-            .recount(
-                id,
-                as_of_ms,
-                &[("likes_count", likes), ("comments_count", comments)],
-            )
-            .await
+        let counts = [("likes_count", likes), ("comments_count", comments)];
+        let found = self.counters.recount(id, as_of_ms, &counts).await?;
+        self.forget(id).await;
+        Ok(found)
     }
 
     /// Ids after `after` in id order, at most `limit` (for recomputing counters; deleted

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod blocks;
+mod cache;
 mod feed;
 mod posts;
 

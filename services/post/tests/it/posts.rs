@@ -117,7 +117,12 @@ async fn post_validation_names_every_bad_field() {
     );
 }
 
-fn update(id: &str, content: &str, media: Vec<Media>, paths: &[&str]) -> UpdatePostRequest {
+pub(crate) fn update(
+    id: &str,
+    content: &str,
+    media: Vec<Media>,
+    paths: &[&str],
+) -> UpdatePostRequest {
     UpdatePostRequest {
         post: Some(Post {
             id: id.into(),

@@ -1,0 +1,240 @@
+//! A read-through cache of documents by id in Redis (`REDIS_URL`), for the reads that
+//! would otherwise wait on the database every time (#29: `GetPost`, `BatchGetPosts`).
+//!
+//! Everything in it can be lost: a miss reads the database. It never serves an older
+//! document over a newer one:
+//! - every write of a cached document is followed by [`Cache::forget`] (the entry and
+//!   any lease on it go), so a read after a write that returned sees the write;
+//! - a reader that misses takes a lease (`SET lease NX`) before it reads the database,
+//!   and stores what it read only if its lease is still there (one `EVAL`): a write
+//!   between the reader's read and its fill took the lease with the entry, so a slow
+//!   reader cannot put back what the write replaced (the leases of Facebook's "Scaling
+//!   Memcache at Facebook", 2013). A reader without the lease (another is filling) reads
+//!   the database and stores nothing;
+//! - entries also expire (`ttl`), which bounds how long a write whose `forget` failed
+//!   (Redis unreachable at that moment) can leave an older entry.
+//!
+//! Redis down or slow degrades to the database, never to an error: each command waits at
+//! most [`ANSWER_WITHIN`], and after a failure the cache is passed over for
+//! [`BACK_OFF`] so that requests do not each pay the wait.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicI64, Ordering},
+    },
+    time::Duration,
+};
+
+use bson::oid::ObjectId;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use serde::{Serialize, de::DeserializeOwned};
+
+/// The longest wait for one Redis command (connecting included).
+pub const ANSWER_WITHIN: Duration = Duration::from_millis(100);
+/// How long the cache is passed over after a failure.
+pub const BACK_OFF: Duration = Duration::from_secs(1);
+/// How long a reader's lease lasts (a read of the database takes far less).
+const LEASE: Duration = Duration::from_secs(10);
+
+/// Stores `ARGV[2]` at `KEYS[1]` for `ARGV[3]` ms if `KEYS[2]` (the lease) still holds
+/// `ARGV[1]`, and ends the lease.
+const FILL: &str = "if redis.call('GET', KEYS[2]) == ARGV[1] then \
+    redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]); redis.call('DEL', KEYS[2]); \
+    return 1 end return 0";
+
+/// Where a service's cache is, and how long it keeps an entry.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `REDIS_URL` (`redis://127.0.0.1:6379`).
+    pub url: String,
+    /// `REDIS_KEY_PREFIX` (`social:`): the start of every key.
+    pub prefix: String,
+    /// How long an entry lives; zero: no cache.
+    pub ttl: Duration,
+}
+
+impl Settings {
+    /// `REDIS_URL`, `REDIS_KEY_PREFIX`, and the entries' lifetime from `ttl_var`
+    /// (seconds, `default_ttl` when unset; 0 turns the cache off).
+    pub fn from_env(ttl_var: &str, default_ttl: u64) -> Result<Self, crate::config::ConfigError> {
+        Ok(Self {
+            url: crate::config::optional("REDIS_URL")
+                .unwrap_or_else(|| "redis://127.0.0.1:6379".into()),
+            prefix: crate::config::optional("REDIS_KEY_PREFIX").unwrap_or_else(|| "social:".into()),
+            ttl: crate::config::seconds_or(ttl_var, default_ttl)?,
+        })
+    }
+
+    /// The local Redis (or `REDIS_URL`'s), entries kept a minute.
+    pub fn for_tests() -> Self {
+        Self {
+            url: crate::config::optional("REDIS_URL")
+                .unwrap_or_else(|| "redis://127.0.0.1:6379".into()),
+            prefix: "social-test:".into(),
+            ttl: Duration::from_secs(60),
+        }
+    }
+
+    /// The cache of documents of `kind`, unless the lifetime is zero.
+    pub fn cache(&self, kind: &str) -> anyhow::Result<Option<Cache>> {
+        if self.ttl.is_zero() {
+            return Ok(None);
+        }
+        Cache::new(&self.url, &self.prefix, kind, self.ttl).map(Some)
+    }
+}
+
+/// A cache of one kind of document. Cheap to clone.
+#[derive(Clone)]
+pub struct Cache {
+    redis: ConnectionManager,
+    /// `<REDIS_KEY_PREFIX><kind>:`.
+    prefix: String,
+    ttl: Duration,
+    /// Until when (ms) the cache is passed over.
+    passed_over_until: Arc<AtomicI64>,
+}
+
+impl Cache {
+    /// Documents of `kind` in the Redis at `url`, under `prefix`, kept `ttl`; connected
+    /// on first use.
+    pub fn new(url: &str, prefix: &str, kind: &str, ttl: Duration) -> anyhow::Result<Self> {
+        let client = redis::Client::open(url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(ANSWER_WITHIN))
+            .set_response_timeout(Some(ANSWER_WITHIN))
+            .set_number_of_retries(0)
+            .set_max_delay(BACK_OFF);
+        Ok(Self {
+            redis: ConnectionManager::new_lazy_with_config(client, config)?,
+            prefix: format!("{prefix}{kind}:"),
+            ttl,
+            passed_over_until: Arc::default(),
+        })
+    }
+
+    fn key(&self, id: ObjectId) -> String {
+        format!("{}{}", self.prefix, id.to_hex())
+    }
+
+    fn lease_key(&self, id: ObjectId) -> String {
+        format!("{}lease:{}", self.prefix, id.to_hex())
+    }
+
+    fn passed_over(&self) -> bool {
+        now_ms() < self.passed_over_until.load(Ordering::Relaxed)
+    }
+
+    /// Runs `command`; `None` (and the cache passed over for a while) if Redis failed.
+    async fn run<T: redis::FromRedisValue>(&self, command: &redis::Cmd) -> Option<T> {
+        if self.passed_over() {
+            return None;
+        }
+        self.run_always(command).await
+    }
+
+    /// [`Self::run`], even while the cache is passed over.
+    async fn run_always<T: redis::FromRedisValue>(&self, command: &redis::Cmd) -> Option<T> {
+        let mut redis = self.redis.clone();
+        match command.query_async(&mut redis).await {
+            Ok(answer) => Some(answer),
+            Err(e) => {
+                tracing::warn!(error = %e, "the cache is passed over for a moment");
+                let until = now_ms().saturating_add(millis(BACK_OFF));
+                self.passed_over_until.store(until, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    /// The documents `ids`, from the cache where it has them and from `load` (the
+    /// database, given the ids it missed) for the rest, which it then stores for the
+    /// next reader (see the module docs). In no particular order; missing ones absent.
+    pub async fn read_through<T, Load, Fut>(
+        &self,
+        ids: &[ObjectId],
+        id_of: impl Fn(&T) -> ObjectId,
+        load: Load,
+    ) -> crate::Result<Vec<T>>
+    where
+        T: Serialize + DeserializeOwned,
+        Load: FnOnce(Vec<ObjectId>) -> Fut,
+        Fut: std::future::Future<Output = crate::Result<Vec<T>>>,
+    {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut get = redis::cmd("MGET");
+        for id in ids {
+            get.arg(self.key(*id));
+        }
+        let cached: Vec<Option<Vec<u8>>> = self.run(&get).await.unwrap_or_default();
+        let mut found = Vec::with_capacity(ids.len());
+        let mut missed = Vec::new();
+        for (i, id) in ids.iter().enumerate() {
+            let hit = cached.get(i).and_then(|b| b.as_deref());
+            match hit.and_then(|bytes| bson::deserialize_from_slice::<T>(bytes).ok()) {
+                Some(doc) => found.push(doc),
+                None => missed.push(*id),
+            }
+        }
+        if missed.is_empty() {
+            return Ok(found);
+        }
+        // Leases first, then the database: a write after this read forgets the lease.
+        let token = ObjectId::new().to_hex();
+        let mut leased = Vec::new();
+        for id in &missed {
+            let mut lease = redis::cmd("SET");
+            lease
+                .arg(self.lease_key(*id))
+                .arg(&token)
+                .arg("NX")
+                .arg("PX")
+                .arg(millis(LEASE));
+            if self.run::<Option<String>>(&lease).await.flatten().is_some() {
+                leased.push(*id);
+            }
+        }
+        let loaded = load(missed).await?;
+        crate::pause!("kit::before_cache_fill");
+        for doc in &loaded {
+            let id = id_of(doc);
+            if !leased.contains(&id) {
+                continue;
+            }
+            let Ok(bytes) = bson::serialize_to_vec(doc) else {
+                continue;
+            };
+            let mut fill = redis::cmd("EVAL");
+            fill.arg(FILL)
+                .arg(2)
+                .arg(self.key(id))
+                .arg(self.lease_key(id))
+                .arg(&token)
+                .arg(bytes)
+                .arg(millis(self.ttl));
+            let _: Option<i64> = self.run(&fill).await;
+        }
+        found.extend(loaded);
+        Ok(found)
+    }
+
+    /// Forgets document `id` (after each write of it) and any reader's lease on it.
+    pub async fn forget(&self, id: ObjectId) {
+        let mut forget = redis::cmd("DEL");
+        forget.arg(self.key(id)).arg(self.lease_key(id));
+        // Tried even while reads pass the cache over; if Redis fails it, the entry (if
+        // any) expires within `ttl`.
+        let _: Option<i64> = self.run_always(&forget).await;
+    }
+}
+
+fn now_ms() -> i64 {
+    bson::DateTime::now().timestamp_millis()
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,115 @@
+//! `GetPost` and `BatchGetPosts` read through Redis (`social_kit::cache`): a warm read
+//! sends nothing to MongoDB, every write is seen by the next read, a slow reader cannot
+//! put an older post back over a newer one, and without Redis the answers come from
+//! MongoDB.
+
+use std::time::Duration;
+
+use social_proto::post::v1::{BatchGetPostsRequest, DeletePostRequest, GetPostRequest, Post};
+use social_testkit::{Stack, StackOptions, authed, eventually, queries};
+use tonic::{Code, Status};
+
+use crate::{App, posts::update, spawn};
+
+impl App {
+    async fn get(&self, id: &str) -> Result<Post, Status> {
+        let request = GetPostRequest { id: id.into() };
+        Ok(self.posts.clone().get_post(request).await?.into_inner())
+    }
+}
+
+#[tokio::test]
+async fn a_cached_post_is_read_without_the_database_and_every_write_is_seen_at_once() {
+    let app = spawn().await;
+    let (_, alice) = app.user("alice").await;
+    let (_, bob) = app.user("bob").await;
+    let post = app.post(&alice, "first", vec![]).await.unwrap();
+    app.get(&post.id).await.unwrap();
+    // Warm: neither GetPost nor BatchGetPosts reaches MongoDB's `posts`.
+    let by_id = || queries::sent("posts", "find {_id: =");
+    let before = by_id();
+    for _ in 0..3 {
+        assert_eq!(app.get(&post.id).await.unwrap().content, "first");
+    }
+    let ids = vec![post.id.clone()];
+    let mut posts = app.posts.clone();
+    let batch = posts.batch_get_posts(BatchGetPostsRequest { ids }).await;
+    assert_eq!(batch.unwrap().into_inner().posts.len(), 1);
+    assert_eq!(by_id(), before, "warm reads send nothing");
+    // An edit, a like's count (once its event landed), a deletion: each read next.
+    let edit = update(&post.id, "second", vec![], &["content"]);
+    app.posts
+        .clone()
+        .update_post(authed(edit, &alice))
+        .await
+        .unwrap();
+    assert_eq!(app.get(&post.id).await.unwrap().content, "second");
+    app.stack.like_post(&bob, &post.id).await.unwrap();
+    let liked = eventually(Duration::from_secs(10), || async {
+        let seen = app.get(&post.id).await.unwrap();
+        (seen.likes_count == 1).then_some(seen)
+    })
+    .await;
+    assert!(liked.is_some(), "the like's count never showed");
+    let delete = DeletePostRequest {
+        id: post.id.clone(),
+    };
+    app.posts
+        .clone()
+        .delete_post(authed(delete, &alice))
+        .await
+        .unwrap();
+    assert_eq!(app.get(&post.id).await.unwrap_err().code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn a_slow_reader_does_not_put_an_older_post_over_the_edit_that_passed_it() {
+    let app = spawn().await;
+    let (_, alice) = app.user("alice").await;
+    let post = app.post(&alice, "old", vec![]).await.unwrap();
+    // The reader misses, reads "old" from MongoDB, then waits before filling the cache
+    // while the author edits the post.
+    const POINT: &str = "kit::before_cache_fill";
+    fail::cfg(POINT, "1*return(1500)").unwrap();
+    let reader = app.get(&post.id);
+    let edit = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let edit = update(&post.id, "new", vec![], &["content"]);
+        let mut posts = app.posts.clone();
+        posts.update_post(authed(edit, &alice)).await.unwrap();
+    };
+    let (read, ()) = tokio::join!(reader, edit);
+    assert_eq!(read.unwrap().content, "old", "read before the edit");
+    assert_eq!(social_kit::faults::fired(POINT), 1);
+    // Its fill found its lease gone with the edit: the cache holds nothing older.
+    for _ in 0..2 {
+        assert_eq!(app.get(&post.id).await.unwrap().content, "new");
+    }
+}
+
+#[tokio::test]
+async fn without_redis_posts_are_read_from_the_database() {
+    let mut cache = social_kit::cache::Settings::for_tests();
+    cache.url = "redis://127.0.0.1:1".into();
+    let stack = Stack::start_with(StackOptions {
+        post_cache: Some(cache),
+        ..Default::default()
+    })
+    .await;
+    let app = App {
+        graph: stack.graph().await,
+        posts: stack.posts().await,
+        stack,
+    };
+    let (_, alice) = app.user("alice").await;
+    let post = app.post(&alice, "here", vec![]).await.unwrap();
+    for _ in 0..3 {
+        assert_eq!(app.get(&post.id).await.unwrap().content, "here");
+    }
+    let delete = DeletePostRequest {
+        id: post.id.clone(),
+    };
+    let mut posts = app.posts.clone();
+    posts.delete_post(authed(delete, &alice)).await.unwrap();
+    assert_eq!(app.get(&post.id).await.unwrap_err().code(), Code::NotFound);
+}
