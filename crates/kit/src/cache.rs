@@ -34,8 +34,9 @@ use serde::{Serialize, de::DeserializeOwned};
 pub const ANSWER_WITHIN: Duration = Duration::from_millis(100);
 /// How long the cache is passed over after a failure.
 pub const BACK_OFF: Duration = Duration::from_secs(1);
-/// How long a reader's lease lasts (a read of the database takes far less).
-const LEASE: Duration = Duration::from_secs(10);
+/// How long a reader's lease lasts: a read of the database takes far less, and a lease
+/// left by a reader that went away keeps others from filling only this long.
+const LEASE: Duration = Duration::from_secs(2);
 
 /// Stores `ARGV[2]` at `KEYS[1]` for `ARGV[3]` ms if `KEYS[2]` (the lease) still holds
 /// `ARGV[1]`, and ends the lease.
@@ -137,7 +138,22 @@ impl Cache {
     /// [`Self::run`], even while the cache is passed over.
     async fn run_always<T: redis::FromRedisValue>(&self, command: &redis::Cmd) -> Option<T> {
         let mut redis = self.redis.clone();
-        match command.query_async(&mut redis).await {
+        let answer = command.query_async(&mut redis).await;
+        self.answered(answer)
+    }
+
+    /// Runs `commands` in one round trip, unless the cache is passed over.
+    async fn run_all<T: redis::FromRedisValue>(&self, commands: &redis::Pipeline) -> Option<T> {
+        if self.passed_over() {
+            return None;
+        }
+        let mut redis = self.redis.clone();
+        let answer = commands.query_async(&mut redis).await;
+        self.answered(answer)
+    }
+
+    fn answered<T>(&self, answer: redis::RedisResult<T>) -> Option<T> {
+        match answer {
             Ok(answer) => Some(answer),
             Err(e) => {
                 tracing::warn!(error = %e, "the cache is passed over for a moment");
@@ -182,23 +198,29 @@ impl Cache {
         if missed.is_empty() {
             return Ok(found);
         }
-        // Leases first, then the database: a write after this read forgets the lease.
+        // Leases first (one round trip), then the database: a write after this read
+        // forgets the lease.
         let token = ObjectId::new().to_hex();
-        let mut leased = Vec::new();
+        let mut leases = redis::pipe();
         for id in &missed {
-            let mut lease = redis::cmd("SET");
-            lease
+            leases
+                .cmd("SET")
                 .arg(self.lease_key(*id))
                 .arg(&token)
                 .arg("NX")
                 .arg("PX")
                 .arg(millis(LEASE));
-            if self.run::<Option<String>>(&lease).await.flatten().is_some() {
-                leased.push(*id);
-            }
         }
+        let taken: Vec<Option<String>> = self.run_all(&leases).await.unwrap_or_default();
+        let leased: Vec<ObjectId> = missed
+            .iter()
+            .zip(&taken)
+            .filter(|(_, t)| t.is_some())
+            .map(|(id, _)| *id)
+            .collect();
         let loaded = load(missed).await?;
         crate::pause!("kit::before_cache_fill");
+        let mut fills = redis::pipe();
         for doc in &loaded {
             let id = id_of(doc);
             if !leased.contains(&id) {
@@ -207,15 +229,19 @@ impl Cache {
             let Ok(bytes) = bson::serialize_to_vec(doc) else {
                 continue;
             };
-            let mut fill = redis::cmd("EVAL");
-            fill.arg(FILL)
+            fills
+                .cmd("EVAL")
+                .arg(FILL)
                 .arg(2)
                 .arg(self.key(id))
                 .arg(self.lease_key(id))
                 .arg(&token)
                 .arg(bytes)
-                .arg(millis(self.ttl));
-            let _: Option<i64> = self.run(&fill).await;
+                .arg(millis(self.ttl))
+                .ignore();
+        }
+        if !fills.is_empty() {
+            let _: Option<()> = self.run_all(&fills).await;
         }
         found.extend(loaded);
         Ok(found)

@@ -28,9 +28,11 @@ pub async fn apply((store, relay): (Store, RelayWaker), envelope: Envelope) -> a
         _ => return Ok(()),
     };
     let post = ObjectId::parse_str(post)?;
-    store.counters.add(post, field, delta, &envelope).await?;
-    // Applied now or by an earlier try of this event: the cached post goes either way.
+    let added = store.counters.add(post, field, delta, &envelope).await;
+    // Applied now, by an earlier try of this event, or perhaps behind an error: the
+    // cached post goes either way (a redelivery forgets it again, should this stop).
     store.forget(post).await;
+    added?;
     Ok(())
 }
 

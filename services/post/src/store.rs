@@ -14,7 +14,7 @@ use social_content::{BodyUpdate, MediaDoc};
 use social_events::{Envelope, blocks::Blocks, idempotency, outbox, removed_users::RemovedUsers};
 use social_kit::cache::Cache;
 use social_kit::{
-    Result, mongo,
+    Error, Result, mongo,
     paging::{self, Order, PageRequest},
 };
 
@@ -268,14 +268,33 @@ impl Store {
         set.insert("updated_at", DateTime::now());
         let mut filter = doc! { "_id": id, "user_id": mongo::equals_id(author), "state": ACTIVE };
         filter.extend(update.guard);
-        let updated = self
-            .posts
-            .find_one_and_update(filter, doc! { "$set": set })
-            .projection(outbox::without_bookkeeping())
-            .return_document(ReturnDocument::After)
-            .await?;
-        self.forget(id).await;
-        Ok(updated)
+        let posts = self.posts.clone();
+        self.then_forget(id, async move {
+            Ok(posts
+                .find_one_and_update(filter, doc! { "$set": set })
+                .projection(outbox::without_bookkeeping())
+                .return_document(ReturnDocument::After)
+                .await?)
+        })
+        .await
+    }
+
+    /// Runs `write` of post `id`, then forgets the post in the cache whatever came of
+    /// the write (an error can hide a write that happened; a retry after an earlier try
+    /// changes nothing), in a task of its own: a caller that goes away half-way does not
+    /// leave the cached post behind.
+    async fn then_forget<T: Send + 'static>(
+        &self,
+        id: ObjectId,
+        write: impl std::future::Future<Output = Result<T>> + Send + 'static,
+    ) -> Result<T> {
+        let this = self.clone();
+        let task = tokio::spawn(async move {
+            let written = write.await;
+            this.forget(id).await;
+            written
+        });
+        task.await.map_err(Error::internal)?
     }
 
     /// Marks `author`'s post `id` deleted with its `deleted` event; whether it was there.
@@ -285,15 +304,14 @@ impl Store {
             "state": DELETED, "deleted_at": DateTime::now(), "content": "", "media": [],
         } };
         outbox::push(&mut update, event);
+        let filter = doc! { "_id": id, "user_id": mongo::equals_id(author), "state": ACTIVE };
+        let posts = self.posts.clone();
         let r = self
-            .posts
-            .update_one(
-                doc! { "_id": id, "user_id": mongo::equals_id(author), "state": ACTIVE },
-                update,
+            .then_forget(
+                id,
+                async move { Ok(posts.update_one(filter, update).await?) },
             )
             .await?;
-        // Whether or not this try changed it (a retry after an earlier one did).
-        self.forget(id).await;
         Ok(r.modified_count == 1)
     }
 
@@ -327,9 +345,9 @@ impl Store {
         comments: i64,
     ) -> anyhow::Result<bool> {
         let counts = [("likes_count", likes), ("comments_count", comments)];
-        let found = self.counters.recount(id, as_of_ms, &counts).await?;
+        let found = self.counters.recount(id, as_of_ms, &counts).await;
         self.forget(id).await;
-        Ok(found)
+        found
     }
 
     /// Ids after `after` in id order, at most `limit` (for recomputing counters; deleted

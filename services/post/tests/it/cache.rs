@@ -16,6 +16,14 @@ impl App {
         let request = GetPostRequest { id: id.into() };
         Ok(self.posts.clone().get_post(request).await?.into_inner())
     }
+
+    /// The post `id` as BatchGetPosts answers it.
+    async fn batch_get(&self, id: &str) -> Option<Post> {
+        let ids = vec![id.to_owned()];
+        let mut posts = self.posts.clone();
+        let batch = posts.batch_get_posts(BatchGetPostsRequest { ids }).await;
+        batch.unwrap().into_inner().posts.pop()
+    }
 }
 
 #[tokio::test]
@@ -31,10 +39,7 @@ async fn a_cached_post_is_read_without_the_database_and_every_write_is_seen_at_o
     for _ in 0..3 {
         assert_eq!(app.get(&post.id).await.unwrap().content, "first");
     }
-    let ids = vec![post.id.clone()];
-    let mut posts = app.posts.clone();
-    let batch = posts.batch_get_posts(BatchGetPostsRequest { ids }).await;
-    assert_eq!(batch.unwrap().into_inner().posts.len(), 1);
+    assert!(app.batch_get(&post.id).await.is_some());
     assert_eq!(by_id(), before, "warm reads send nothing");
     // An edit, a like's count (once its event landed), a deletion: each read next.
     let edit = update(&post.id, "second", vec![], &["content"]);
@@ -44,6 +49,7 @@ async fn a_cached_post_is_read_without_the_database_and_every_write_is_seen_at_o
         .await
         .unwrap();
     assert_eq!(app.get(&post.id).await.unwrap().content, "second");
+    assert_eq!(app.batch_get(&post.id).await.unwrap().content, "second");
     app.stack.like_post(&bob, &post.id).await.unwrap();
     let liked = eventually(Duration::from_secs(10), || async {
         let seen = app.get(&post.id).await.unwrap();
@@ -51,6 +57,13 @@ async fn a_cached_post_is_read_without_the_database_and_every_write_is_seen_at_o
     })
     .await;
     assert!(liked.is_some(), "the like's count never showed");
+    app.stack.comment(&bob, &post.id, "nice").await.unwrap();
+    let commented = eventually(Duration::from_secs(10), || async {
+        let seen = app.batch_get(&post.id).await.unwrap();
+        (seen.comments_count == 1).then_some(seen)
+    })
+    .await;
+    assert!(commented.is_some(), "the comment's count never showed");
     let delete = DeletePostRequest {
         id: post.id.clone(),
     };
