@@ -367,6 +367,31 @@ async fn a_down_user_service_is_unavailable_and_a_silent_one_times_out() {
     hold.abort();
 }
 
+/// Stores an active follow straight into `follows` through `insert_keyed` (as the
+/// service does), minted with `key`; the document as stored.
+async fn insert_follow(
+    follows: &mongodb::Collection<bson::Document>,
+    follower: ObjectId,
+    followee: ObjectId,
+    key: i64,
+) -> bson::Document {
+    let mut follow = bson::doc! {
+        "_id": ObjectId::new(), "follower_id": follower, "followee_id": followee,
+        "created_at": bson::DateTime::now(), "sort_key": key, "state": "active",
+        "active_key": "active", "outbox": [], "outbox_pending": 0,
+    };
+    let owner = Some(("follower_id", follower));
+    fn sort_key(d: &mut bson::Document) -> &mut i64 {
+        match d.get_mut("sort_key") {
+            Some(bson::Bson::Int64(k)) => k,
+            _ => panic!("no sort key"),
+        }
+    }
+    let inserted = social_kit::mongo::insert_keyed(follows, &mut follow, owner, sort_key);
+    assert!(inserted.await.unwrap());
+    follow
+}
+
 #[tokio::test]
 async fn two_follows_of_one_follower_minted_with_one_sort_key_are_both_paged_exactly_once() {
     let app = spawn().await;
@@ -381,22 +406,7 @@ async fn two_follows_of_one_follower_minted_with_one_sort_key_are_both_paged_exa
     for _ in 0..2 {
         let (star, _) = app.user(&social_testkit::unique_name("star")).await;
         followees.insert(star.clone());
-        let mut follow = bson::doc! {
-            "_id": ObjectId::new(), "follower_id": follower,
-            "followee_id": ObjectId::parse_str(&star).unwrap(),
-            "created_at": bson::DateTime::now(), "sort_key": key, "state": "active",
-            "active_key": "active", "outbox": [], "outbox_pending": 0,
-        };
-        let owner = Some(("follower_id", follower));
-        let inserted = social_kit::mongo::insert_keyed(&follows, &mut follow, owner, |d| {
-            match d.get_mut("sort_key") {
-                Some(bson::Bson::Int64(k)) => k,
-                _ => panic!("no sort key"),
-            }
-        })
-        .await
-        .unwrap();
-        assert!(inserted);
+        insert_follow(&follows, follower, ObjectId::parse_str(&star).unwrap(), key).await;
     }
     // A page of one ends on the first: the second is on the next page, not skipped.
     let (mut seen, mut token) = (Vec::new(), String::new());
@@ -448,22 +458,8 @@ async fn keys_are_minted_under_a_leased_slot_and_a_replica_that_lost_it_stores_n
     let now_held = slots.claim().await.unwrap();
     assert_ne!(now_held, slot);
     let follows = db.collection::<bson::Document>("followers");
-    let mut follow = bson::doc! {
-        "_id": ObjectId::new(), "follower_id": ObjectId::parse_str(&alice).unwrap(),
-        "followee_id": ObjectId::new(), "created_at": bson::DateTime::now(),
-        "sort_key": minted_before, "state": "active", "active_key": "active",
-        "outbox": [], "outbox_pending": 0,
-    };
-    let owner = Some(("follower_id", ObjectId::parse_str(&alice).unwrap()));
-    let inserted = social_kit::mongo::insert_keyed(&follows, &mut follow, owner, |d| {
-        match d.get_mut("sort_key") {
-            Some(bson::Bson::Int64(k)) => k,
-            _ => panic!("no sort key"),
-        }
-    })
-    .await
-    .unwrap();
-    assert!(inserted);
+    let alice = ObjectId::parse_str(&alice).unwrap();
+    let follow = insert_follow(&follows, alice, ObjectId::new(), minted_before).await;
     assert_eq!(
         paging::key_slot(follow.get_i64("sort_key").unwrap()),
         now_held
