@@ -219,7 +219,9 @@ impl Cache {
             .map(|(id, _)| *id)
             .collect();
         let loaded = load(missed).await?;
-        crate::pause!("kit::before_cache_fill");
+        if let Some(ms) = injected_fill_pause_ms() {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
         let mut fills = redis::pipe();
         for doc in &loaded {
             let id = id_of(doc);
@@ -255,6 +257,16 @@ impl Cache {
         // any) expires within `ttl`.
         let _: Option<i64> = self.run_always(&forget).await;
     }
+}
+
+/// How long tests hold a read between its load and its fill (`kit::before_cache_fill`,
+/// `return(<ms>)`).
+fn injected_fill_pause_ms() -> Option<u64> {
+    fail::fail_point!("kit::before_cache_fill", |ms: Option<String>| {
+        crate::faults::record("kit::before_cache_fill");
+        ms.and_then(|ms| ms.parse().ok())
+    });
+    None
 }
 
 fn now_ms() -> i64 {

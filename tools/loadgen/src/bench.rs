@@ -18,6 +18,8 @@
 //! scripts/bench groups   # a page of notification groups for a reader whose one post has
 //!                        # 100,000 likes and who has 1,000 other groups, against a page
 //!                        # of plain notifications; a like landing in that group
+//! scripts/bench cache    # GetPost from one client for 10 s, the post service's cache off
+//!                        # and on (warm): latency and rate
 //! scripts/bench shed     # 3,000 GetPost at once against the post service (its release
 //!                        # binary, a process of its own) whose MongoDB answers 200 ms
 //!                        # late: refusals, the admitted calls' latency and the process's
@@ -72,6 +74,7 @@ pub const NAMES: &[&str] = &[
     "gateway",
     "groups",
     "shed",
+    "cache",
 ];
 
 /// The micro-benchmark `what`.
@@ -88,6 +91,7 @@ pub async fn run(what: &str) -> anyhow::Result<()> {
         "gateway" => gateway().await,
         "groups" => groups().await,
         "shed" => shed().await,
+        "cache" => cache().await,
         _ => anyhow::bail!("no benchmark {what:?}: one of {}", NAMES.join(", ")),
     }
 }
@@ -1130,6 +1134,39 @@ async fn streams() -> anyhow::Result<()> {
     );
     drop(open);
     database(&stack).await?.drop().await?;
+    Ok(())
+}
+
+/// GetPost from one client for 10 s with the post service's cache off, then on (#29).
+async fn cache() -> anyhow::Result<()> {
+    for (label, ttl) in [("cache off", 0), ("cache on, warm", 60)] {
+        let mut settings = social_kit::cache::Settings::for_tests();
+        settings.ttl = Duration::from_secs(ttl);
+        let stack = Stack::start_with(social_testkit::StackOptions {
+            post_cache: Some(settings),
+            ..Default::default()
+        })
+        .await;
+        let (_, token) = stack.register("author").await;
+        let create = CreatePostRequest {
+            content: "a post read over and over".into(),
+            ..Default::default()
+        };
+        let mut posts = stack.posts().await;
+        let post = posts
+            .create_post(authed(create, &token))
+            .await?
+            .into_inner()
+            .id;
+        get_post_for(&stack, &post, Duration::from_secs(1)).await?;
+        let (h, took) = get_post_for(&stack, &post, Duration::from_secs(10)).await?;
+        report(&format!("GetPost, {label}"), &h);
+        println!(
+            "  {:.0} calls/s from one client",
+            h.len() as f64 / took.as_secs_f64()
+        );
+        database(&stack).await?.drop().await?;
+    }
     Ok(())
 }
 
