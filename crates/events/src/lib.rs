@@ -12,6 +12,7 @@
 //! - [`topology`]: the one table of queues and bindings every service declares.
 //! - [`sessions`]: every replica refusing the tokens of sessions that ended.
 //! - [`blocks`]: a service's copy of who blocks whom, for its reads.
+//! - [`unchecked`]: writes marked until their checks after the insert have passed.
 //! - [`admin`]: operators' commands (declare the topology, change a queue's type).
 //! - [`service`]: the wiring every service shares (database, gate, relay, consumers,
 //!   serve), built on the above and `social_kit::serve`.
@@ -29,6 +30,7 @@ pub mod removed_users;
 pub mod service;
 pub mod sessions;
 pub mod topology;
+pub mod unchecked;
 
 pub use config::{EventsConfig, QueueType};
 pub use envelope::{Envelope, Payload, new_envelope, routing_key};

@@ -24,6 +24,7 @@ use social_events::{
     Envelope, Payload, idempotency, new_envelope, outbox,
     pb::{CommentDeleted, CommentUnliked, PostUnliked},
     removed_users::RemovedUsers,
+    unchecked,
 };
 use social_kit::{
     Result, mongo,
@@ -193,9 +194,6 @@ impl CommentDoc {
     }
 }
 
-/// The field of a like or comment not yet checked against deletions.
-const UNCHECKED: &str = "unchecked_since";
-
 /// A deleted post, remembered long enough to outlive any write racing its deletion.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct RemovedPost {
@@ -263,7 +261,7 @@ impl Store {
                     // Cascade when a post is deleted.
                     mongo::index("post", doc! { "post_id": 1 }, false),
                     // Likes whose checks against deletions did not finish (crate::checks).
-                    mongo::sparse_index("unchecked", doc! { UNCHECKED: 1 }),
+                    unchecked::index(),
                     // Sharded by liker (docs/adr/0002-scaling-out.md).
                     mongo::sort_key_index(Some("user_id")),
                     outbox::index(),
@@ -289,7 +287,7 @@ impl Store {
                         false,
                     ),
                     // Comments whose checks against deletions did not finish.
-                    mongo::sparse_index("unchecked", doc! { UNCHECKED: 1 }),
+                    unchecked::index(),
                     // Counting a post's comments as of a moment (one count over index keys).
                     mongo::index("post_alive", mongo::alive_keys("post_id"), false),
                     // Sharded by post (docs/adr/0002-scaling-out.md).
@@ -439,42 +437,22 @@ impl Store {
 
     /// Marks like `id` checked against deletions.
     pub async fn like_checked(&self, id: ObjectId) -> Result<()> {
-        self.likes
-            .update_one(doc! { "_id": id }, doc! { "$unset": { UNCHECKED: "" } })
-            .await?;
-        Ok(())
+        unchecked::checked(&self.likes, id).await
     }
 
     /// Marks comment `id` checked against deletions.
     pub async fn comment_checked(&self, id: ObjectId) -> Result<()> {
-        self.comments
-            .update_one(doc! { "_id": id }, doc! { "$unset": { UNCHECKED: "" } })
-            .await?;
-        Ok(())
+        unchecked::checked(&self.comments, id).await
     }
 
     /// Up to `limit` likes stored before `before_ms` whose checks did not finish.
     pub async fn unchecked_likes(&self, before_ms: i64, limit: i64) -> Result<Vec<LikeDoc>> {
-        Ok(self
-            .likes
-            .find(doc! { UNCHECKED: { "$lt": before_ms } })
-            .projection(outbox::without_bookkeeping())
-            .limit(limit)
-            .await?
-            .try_collect()
-            .await?)
+        unchecked::older_than(&self.likes, before_ms, limit).await
     }
 
     /// Up to `limit` comments stored before `before_ms` whose checks did not finish.
     pub async fn unchecked_comments(&self, before_ms: i64, limit: i64) -> Result<Vec<CommentDoc>> {
-        Ok(self
-            .comments
-            .find(doc! { UNCHECKED: { "$lt": before_ms } })
-            .projection(outbox::without_bookkeeping())
-            .limit(limit)
-            .await?
-            .try_collect()
-            .await?)
+        unchecked::older_than(&self.comments, before_ms, limit).await
     }
 
     /// Takes back a like inserted while its post was being deleted.

@@ -11,7 +11,7 @@ use bson::{DateTime, doc, oid::ObjectId};
 use futures::TryStreamExt;
 use mongodb::Collection;
 use serde::{Deserialize, Serialize};
-use social_events::{Envelope, idempotency, outbox, removed_users::RemovedUsers};
+use social_events::{Envelope, idempotency, outbox, removed_users::RemovedUsers, unchecked};
 
 use crate::{blocks::Blocks, mutes::Mutes};
 use social_kit::{
@@ -57,9 +57,6 @@ pub struct FollowDoc {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unchecked_since: Option<i64>,
 }
-
-/// The field of [`FollowDoc::unchecked_since`].
-const UNCHECKED: &str = "unchecked_since";
 
 /// Access to `followers`. Cheap to clone.
 #[derive(Clone)]
@@ -114,7 +111,7 @@ impl Store {
                     // Sharded by follower (docs/adr/0002-scaling-out.md).
                     mongo::sort_key_index(Some("follower_id")),
                     // Follows whose checks did not finish (a handful at most).
-                    mongo::sparse_index("unchecked", doc! { UNCHECKED: 1 }),
+                    unchecked::index(),
                     // CountFollows: one count over index keys per side (see `count`).
                     mongo::index("followee_alive", mongo::alive_keys("followee_id"), false),
                     mongo::index("follower_alive", mongo::alive_keys("follower_id"), false),
@@ -217,22 +214,12 @@ impl Store {
 
     /// Marks follow `id` checked.
     pub async fn follow_checked(&self, id: ObjectId) -> Result<()> {
-        self.follows
-            .update_one(doc! { "_id": id }, doc! { "$unset": { UNCHECKED: "" } })
-            .await?;
-        Ok(())
+        unchecked::checked(&self.follows, id).await
     }
 
     /// Up to `limit` follows stored before `before_ms` whose checks did not finish.
     pub async fn unchecked(&self, before_ms: i64, limit: i64) -> Result<Vec<FollowDoc>> {
-        Ok(self
-            .follows
-            .find(doc! { UNCHECKED: { "$lt": before_ms } })
-            .projection(outbox::without_bookkeeping())
-            .limit(limit)
-            .await?
-            .try_collect()
-            .await?)
+        unchecked::older_than(&self.follows, before_ms, limit).await
     }
 
     /// Ends the active follow with its `unfollowed` event; whether there was one.
