@@ -26,6 +26,7 @@ use std::{
     time::Duration,
 };
 
+use crate::time::{ms as millis, now_ms};
 use bson::oid::ObjectId;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::{Serialize, de::DeserializeOwned};
@@ -267,12 +268,4 @@ fn injected_fill_pause_ms() -> Option<u64> {
         ms.and_then(|ms| ms.parse().ok())
     });
     None
-}
-
-fn now_ms() -> i64 {
-    bson::DateTime::now().timestamp_millis()
-}
-
-fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }

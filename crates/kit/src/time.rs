@@ -25,6 +25,16 @@ pub fn as_of_ms(as_of: Option<&prost_types::Timestamp>) -> i64 {
     as_of.map_or_else(|| bson::DateTime::now().timestamp_millis(), millis)
 }
 
+/// Now, in milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    bson::DateTime::now().timestamp_millis()
+}
+
+/// A duration in milliseconds (saturating: a duration past `i64::MAX` ms is that).
+pub fn ms(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
 /// Now, at MongoDB's millisecond precision.
 pub fn now() -> bson::DateTime {
     bson::DateTime::now()

@@ -38,6 +38,7 @@ use social_kit::{
 };
 
 use crate::store::NotificationDoc;
+use social_kit::time::now_ms;
 
 pub const COLLECTION: &str = "notification_groups";
 /// Most actors a group shows.
@@ -171,10 +172,6 @@ pub struct Groups {
     groups: Collection<GroupDoc>,
     notifications: Collection<NotificationDoc>,
     counters: Counters,
-}
-
-fn now_ms() -> i64 {
-    DateTime::now().timestamp_millis()
 }
 
 impl Groups {

@@ -28,10 +28,11 @@ use std::sync::{
 };
 use std::time::Duration;
 
-use bson::{DateTime, Document, doc, oid::ObjectId};
+use bson::{Document, doc, oid::ObjectId};
 use futures::TryStreamExt;
 use mongodb::Collection;
 use serde::{Deserialize, Serialize};
+use social_kit::time::{ms as millis, now_ms};
 use social_kit::{Result, error::is_duplicate_key, mongo};
 
 /// How long an unconfirmed reservation whose account is not stored yet stays held: a
@@ -399,12 +400,4 @@ enum Standing {
     Held(Holder),
     /// Free: take it over with this filter (it matches the reservation as seen).
     Free(Document),
-}
-
-fn now_ms() -> i64 {
-    DateTime::now().timestamp_millis()
-}
-
-fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }

@@ -25,6 +25,7 @@ use futures::TryStreamExt;
 use mongodb::{Collection, options::ReturnDocument};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use social_kit::time::{ms, now_ms};
 use social_kit::{
     Error, Result, mongo,
     paging::{self, Order, PageRequest},
@@ -132,14 +133,6 @@ pub const NOT_ACTIVE: Error = Error::Unauthenticated(
 
 /// The most ended sessions [`Sessions::ended_since`] reads at once.
 pub const ENDED_PAGE: i64 = 10_000;
-
-fn now_ms() -> i64 {
-    DateTime::now().timestamp_millis()
-}
-
-fn ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
 
 fn hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))

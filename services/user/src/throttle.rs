@@ -34,6 +34,7 @@ use std::{net::IpAddr, time::Duration};
 use bson::{DateTime, doc};
 use mongodb::Collection;
 use serde::{Deserialize, Serialize};
+use social_kit::time::{ms, now_ms};
 use social_kit::{Result, mongo};
 
 const COLLECTION: &str = "login_attempts";
@@ -158,14 +159,6 @@ pub struct Throttle {
     db: mongo::Db,
     attempts: Collection<Attempts>,
     policy: Policy,
-}
-
-fn now_ms() -> i64 {
-    DateTime::now().timestamp_millis()
-}
-
-fn ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 impl Throttle {

@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Db;
 use crate::paging::{self, SLOTS};
+use crate::time::{ms as millis, now_ms};
 
 /// The collection of leases, in every database that has listed documents.
 pub const COLLECTION: &str = "sort_key_slots";
@@ -167,12 +168,4 @@ fn valid_until(asked: i64) -> i64 {
     asked
         .saturating_add(millis(LEASE))
         .saturating_sub(millis(CLOCK_MARGIN))
-}
-
-fn now_ms() -> i64 {
-    bson::DateTime::now().timestamp_millis()
-}
-
-fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
