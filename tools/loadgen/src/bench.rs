@@ -108,6 +108,17 @@ fn report(label: &str, h: &Histogram<u64>) {
     );
 }
 
+/// A page of 20 of the home feed of the reader holding `token`, after `page_token`.
+fn feed_page(token: &str, page_token: String) -> tonic::Request<ListHomeFeedRequest> {
+    authed(
+        ListHomeFeedRequest {
+            page_size: 20,
+            page_token,
+        },
+        token,
+    )
+}
+
 /// Runs `call`, recording in `h` how long it took.
 async fn timed<T, E>(
     h: &mut Histogram<u64>,
@@ -208,26 +219,14 @@ async fn feed() -> anyhow::Result<()> {
             assert_eq!(following.user_ids.len(), n);
             let page = timed(
                 &mut first,
-                posts.list_home_feed(authed(
-                    ListHomeFeedRequest {
-                        page_size: 20,
-                        page_token: String::new(),
-                    },
-                    &token,
-                )),
+                posts.list_home_feed(feed_page(&token, String::new())),
             )
             .await?
             .into_inner();
             assert_eq!(page.posts.len(), 20);
             timed(
                 &mut second,
-                posts.list_home_feed(authed(
-                    ListHomeFeedRequest {
-                        page_size: 20,
-                        page_token: page.next_page_token,
-                    },
-                    &token,
-                )),
+                posts.list_home_feed(feed_page(&token, page.next_page_token)),
             )
             .await?;
         }
@@ -313,13 +312,7 @@ async fn feed_hidden() -> anyhow::Result<()> {
         for _ in 0..SAMPLES {
             let page = timed(
                 &mut first,
-                posts.list_home_feed(authed(
-                    ListHomeFeedRequest {
-                        page_size: 20,
-                        page_token: String::new(),
-                    },
-                    &token,
-                )),
+                posts.list_home_feed(feed_page(&token, String::new())),
             )
             .await?
             .into_inner();

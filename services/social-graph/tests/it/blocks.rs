@@ -200,6 +200,24 @@ async fn blocks_are_validated() {
     assert_eq!(violated_fields(&err), ["other_user_ids"]);
 }
 
+impl App {
+    /// `token`'s follow of `followee`, running on its own while the test goes on.
+    fn follow_in_background(
+        &self,
+        token: &str,
+        followee: &str,
+    ) -> tokio::task::JoinHandle<
+        Result<tonic::Response<social_proto::graph::v1::Follow>, tonic::Status>,
+    > {
+        let mut graph = self.graph.clone();
+        let request = social_proto::graph::v1::FollowRequest {
+            followee_id: followee.to_owned(),
+        };
+        let request = authed(request, token);
+        tokio::spawn(async move { graph.follow(request).await })
+    }
+}
+
 #[tokio::test]
 async fn a_follow_racing_a_block_is_undone_and_every_count_stays_true() {
     let app = spawn().await;
@@ -207,14 +225,7 @@ async fn a_follow_racing_a_block_is_undone_and_every_count_stays_true() {
     let (bob, bob_token) = app.user("bob").await;
     // Bob's follow passes its checks, then waits before its insert while alice blocks.
     fail::cfg("graph::before_follow_insert", "return(1500)").unwrap();
-    let racing = {
-        let app_graph = app.graph.clone();
-        let (alice, bob_token) = (alice.clone(), bob_token.clone());
-        tokio::spawn(async move {
-            let request = social_proto::graph::v1::FollowRequest { followee_id: alice };
-            app_graph.clone().follow(authed(request, &bob_token)).await
-        })
-    };
+    let racing = app.follow_in_background(&bob_token, &alice);
     tokio::time::sleep(Duration::from_millis(500)).await;
     fail::remove("graph::before_follow_insert");
     app.stack.block(&alice_token, &bob).await.unwrap();
@@ -296,14 +307,7 @@ async fn a_follow_whose_checks_failed_across_a_block_is_undone_in_the_background
     // database would make them: the call fails and the follow stays, marked.
     fail::cfg("graph::before_follow_insert", "return(1500)").unwrap();
     fail::cfg("graph::follow_checks", "1*return").unwrap();
-    let racing = {
-        let app_graph = app.graph.clone();
-        let (alice, bob_token) = (alice.clone(), bob_token.clone());
-        tokio::spawn(async move {
-            let request = social_proto::graph::v1::FollowRequest { followee_id: alice };
-            app_graph.clone().follow(authed(request, &bob_token)).await
-        })
-    };
+    let racing = app.follow_in_background(&bob_token, &alice);
     tokio::time::sleep(Duration::from_millis(500)).await;
     fail::remove("graph::before_follow_insert");
     app.stack.block(&alice_token, &bob).await.unwrap();
