@@ -164,15 +164,13 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
 }
 
-async fn feed() -> anyhow::Result<()> {
-    let stack = Stack::start().await;
-    let db = database(&stack).await?;
-    let mut posts = stack.posts().await;
-    let mut graph = stack.graph().await;
-
-    let authors: Vec<ObjectId> = (0..5000).map(|_| ObjectId::new()).collect();
-    // Every author has posted a few times over the last days; 20,000 posts in all.
-    let now = DateTime::now().timestamp_millis();
+/// Four posts by each of `authors`, one every 17 s back from `now` (ms), stored straight
+/// into `posts`; how many.
+async fn seed_posts(
+    db: &mongodb::Database,
+    authors: &[ObjectId],
+    now: i64,
+) -> anyhow::Result<usize> {
     let mut docs = Vec::new();
     for (i, author) in authors.iter().enumerate() {
         for j in 0..4 {
@@ -184,11 +182,24 @@ async fn feed() -> anyhow::Result<()> {
             });
         }
     }
-    let seeded = Instant::now();
     for chunk in docs.chunks(5000) {
         db.collection("posts").insert_many(chunk.to_vec()).await?;
     }
-    println!("seeded {} posts in {:?}", docs.len(), seeded.elapsed());
+    Ok(docs.len())
+}
+
+async fn feed() -> anyhow::Result<()> {
+    let stack = Stack::start().await;
+    let db = database(&stack).await?;
+    let mut posts = stack.posts().await;
+    let mut graph = stack.graph().await;
+
+    let authors: Vec<ObjectId> = (0..5000).map(|_| ObjectId::new()).collect();
+    // Every author has posted a few times over the last days; 20,000 posts in all.
+    let now = DateTime::now().timestamp_millis();
+    let seeded = Instant::now();
+    let stored = seed_posts(&db, &authors, now).await?;
+    println!("seeded {stored} posts in {:?}", seeded.elapsed());
 
     println!("ListHomeFeed, first page of 20 (then the second page), {SAMPLES} samples each:");
     for n in [10_usize, 100, 1000, 5000] {
@@ -247,18 +258,7 @@ async fn feed_hidden() -> anyhow::Result<()> {
     let authors: Vec<ObjectId> = (0..2000).map(|_| ObjectId::new()).collect();
     let now = DateTime::now().timestamp_millis();
     let key = |i: usize| social_kit::paging::sort_key(DateTime::from_millis(now - i as i64 * 7));
-    let mut docs = Vec::new();
-    for (i, author) in authors.iter().enumerate() {
-        for j in 0..4 {
-            let t = DateTime::from_millis(now - ((i * 4 + j) as i64) * 17_000);
-            docs.push(doc! {
-                "_id": ObjectId::new(), "user_id": author, "content": format!("post {j} by {i}"),
-                "media": [], "likes_count": 0_i64, "comments_count": 0_i64, "state": "active",
-                "created_at": t, "updated_at": t, "sort_key": social_kit::paging::sort_key(t),
-            });
-        }
-    }
-    db.collection("posts").insert_many(docs).await?;
+    seed_posts(&db, &authors, now).await?;
     println!("ListHomeFeed page 1 of 20, a reader following 100, {SAMPLES} samples each:");
     let mut next = 0;
     for hides in ["nobody", "1000 blocked", "1000 muted"] {
