@@ -62,6 +62,22 @@ pub const POST: QueueSpec = QueueSpec {
     ],
 };
 
+/// The post service's home timelines (`services/post/src/timelines.rs`): new posts go
+/// to their author's followers' timelines; follows and mutes change what a timeline
+/// shows; a deleted account's timeline goes. Its own queue, so that a large fan-out
+/// never holds up counters.
+pub const POST_TIMELINES: QueueSpec = QueueSpec {
+    service: "post-timelines",
+    routing_keys: &[
+        "post.post.created",
+        "graph.user.followed",
+        "graph.user.unfollowed",
+        "graph.user.muted",
+        "graph.user.unmuted",
+        "user.user.deleted",
+    ],
+};
+
 /// The social-graph service's queue: a deleted account's follows and blocks go; a
 /// block's follows end.
 pub const GRAPH: QueueSpec = QueueSpec {
@@ -109,7 +125,7 @@ pub const NOTIFICATION: QueueSpec = QueueSpec {
 
 /// Every consumer queue of the system: the one place where "who consumes what" is
 /// written (docs/events.md has the same table for people).
-pub const QUEUES: &[QueueSpec] = &[USER, POST, GRAPH, ENGAGEMENT, NOTIFICATION];
+pub const QUEUES: &[QueueSpec] = &[USER, POST, POST_TIMELINES, GRAPH, ENGAGEMENT, NOTIFICATION];
 
 /// The queue of `service` in [`QUEUES`].
 pub fn queue_of(service: &str) -> Option<QueueSpec> {

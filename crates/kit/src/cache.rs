@@ -83,25 +83,31 @@ impl Settings {
         if self.ttl.is_zero() {
             return Ok(None);
         }
-        Cache::new(&self.url, &self.prefix, kind, self.ttl).map(Some)
+        Ok(Some(Cache {
+            redis: self.redis()?,
+            prefix: format!("{}{kind}:", self.prefix),
+            ttl: self.ttl,
+        }))
+    }
+
+    /// A connection to this Redis (connected on first use).
+    pub fn redis(&self) -> anyhow::Result<Redis> {
+        Redis::new(&self.url)
     }
 }
 
-/// A cache of one kind of document. Cheap to clone.
+/// A connection to Redis that degrades rather than fails (see the module docs). Cheap
+/// to clone.
 #[derive(Clone)]
-pub struct Cache {
-    redis: ConnectionManager,
-    /// `<REDIS_KEY_PREFIX><kind>:`.
-    prefix: String,
-    ttl: Duration,
-    /// Until when (ms) the cache is passed over.
+pub struct Redis {
+    manager: ConnectionManager,
+    /// Until when (ms) reads pass Redis over.
     passed_over_until: Arc<AtomicI64>,
 }
 
-impl Cache {
-    /// Documents of `kind` in the Redis at `url`, under `prefix`, kept `ttl`; connected
-    /// on first use.
-    pub fn new(url: &str, prefix: &str, kind: &str, ttl: Duration) -> anyhow::Result<Self> {
+impl Redis {
+    /// The Redis at `url`, connected on first use.
+    pub fn new(url: &str) -> anyhow::Result<Self> {
         let client = redis::Client::open(url)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(ANSWER_WITHIN))
@@ -109,60 +115,117 @@ impl Cache {
             .set_number_of_retries(0)
             .set_max_delay(BACK_OFF);
         Ok(Self {
-            redis: ConnectionManager::new_lazy_with_config(client, config)?,
-            prefix: format!("{prefix}{kind}:"),
-            ttl,
+            manager: ConnectionManager::new_lazy_with_config(client, config)?,
             passed_over_until: Arc::default(),
         })
-    }
-
-    fn key(&self, id: ObjectId) -> String {
-        format!("{}{}", self.prefix, id.to_hex())
-    }
-
-    fn lease_key(&self, id: ObjectId) -> String {
-        format!("{}lease:{}", self.prefix, id.to_hex())
     }
 
     fn passed_over(&self) -> bool {
         now_ms() < self.passed_over_until.load(Ordering::Relaxed)
     }
 
-    /// Runs `command`; `None` (and the cache passed over for a while) if Redis failed.
-    async fn run<T: redis::FromRedisValue>(&self, command: &redis::Cmd) -> Option<T> {
+    /// Runs `command` for a read; `None` if Redis failed (and reads pass it over for
+    /// [`BACK_OFF`]) or is passed over.
+    pub async fn run<T: redis::FromRedisValue>(&self, command: &redis::Cmd) -> Option<T> {
         if self.passed_over() {
             return None;
         }
         self.run_always(command).await
     }
 
-    /// [`Self::run`], even while the cache is passed over.
-    async fn run_always<T: redis::FromRedisValue>(&self, command: &redis::Cmd) -> Option<T> {
-        let mut redis = self.redis.clone();
-        let answer = command.query_async(&mut redis).await;
-        self.answered(answer)
+    /// [`Self::run`], even while reads pass Redis over (an invalidation).
+    pub async fn run_always<T: redis::FromRedisValue>(&self, command: &redis::Cmd) -> Option<T> {
+        self.answered(self.must(command).await)
     }
 
-    /// Runs `commands` in one round trip, unless the cache is passed over.
-    async fn run_all<T: redis::FromRedisValue>(&self, commands: &redis::Pipeline) -> Option<T> {
+    /// Runs `commands` in one round trip for a read, as [`Self::run`].
+    pub async fn run_all<T: redis::FromRedisValue>(&self, commands: &redis::Pipeline) -> Option<T> {
         if self.passed_over() {
             return None;
         }
-        let mut redis = self.redis.clone();
-        let answer = commands.query_async(&mut redis).await;
-        self.answered(answer)
+        self.answered(self.must_all(commands).await)
     }
 
-    fn answered<T>(&self, answer: redis::RedisResult<T>) -> Option<T> {
+    /// Runs `script` for a read, as [`Self::run`] (`EVALSHA`, loading it if Redis has
+    /// not got it).
+    pub async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        script: &redis::ScriptInvocation<'_>,
+    ) -> Option<T> {
+        if self.passed_over() {
+            return None;
+        }
+        self.answered(self.must_invoke(script).await)
+    }
+
+    /// Runs `command`, whose failure is the caller's (a consumer retries its event):
+    /// `UNAVAILABLE` if Redis failed.
+    pub async fn must<T: redis::FromRedisValue>(&self, command: &redis::Cmd) -> crate::Result<T> {
+        let mut redis = self.manager.clone();
+        command.query_async(&mut redis).await.map_err(unavailable)
+    }
+
+    /// Runs `commands` in one round trip, as [`Self::must`].
+    pub async fn must_all<T: redis::FromRedisValue>(
+        &self,
+        commands: &redis::Pipeline,
+    ) -> crate::Result<T> {
+        let mut redis = self.manager.clone();
+        commands.query_async(&mut redis).await.map_err(unavailable)
+    }
+
+    /// Runs `script`, as [`Self::must`].
+    pub async fn must_invoke<T: redis::FromRedisValue>(
+        &self,
+        script: &redis::ScriptInvocation<'_>,
+    ) -> crate::Result<T> {
+        let mut redis = self.manager.clone();
+        script.invoke_async(&mut redis).await.map_err(unavailable)
+    }
+
+    /// Loads `script` (for `EVALSHA` in a pipeline) and answers its hash.
+    pub async fn load(&self, script: &redis::Script) -> crate::Result<String> {
+        let mut redis = self.manager.clone();
+        script
+            .prepare_invoke()
+            .load_async(&mut redis)
+            .await
+            .map_err(unavailable)
+    }
+
+    fn answered<T>(&self, answer: crate::Result<T>) -> Option<T> {
         match answer {
             Ok(answer) => Some(answer),
             Err(e) => {
-                tracing::warn!(error = %e, "the cache is passed over for a moment");
+                tracing::warn!(error = %e, "redis is passed over for a moment");
                 let until = now_ms().saturating_add(millis(BACK_OFF));
                 self.passed_over_until.store(until, Ordering::Relaxed);
                 None
             }
         }
+    }
+}
+
+fn unavailable(e: redis::RedisError) -> crate::Error {
+    crate::Error::Unavailable(format!("redis: {e}"))
+}
+
+/// A cache of one kind of document. Cheap to clone.
+#[derive(Clone)]
+pub struct Cache {
+    redis: Redis,
+    /// `<REDIS_KEY_PREFIX><kind>:`.
+    prefix: String,
+    ttl: Duration,
+}
+
+impl Cache {
+    fn key(&self, id: ObjectId) -> String {
+        format!("{}{}", self.prefix, id.to_hex())
+    }
+
+    fn lease_key(&self, id: ObjectId) -> String {
+        format!("{}lease:{}", self.prefix, id.to_hex())
     }
 
     /// The documents `ids`, from the cache where it has them and from `load` (the
@@ -186,7 +249,7 @@ impl Cache {
         for id in ids {
             get.arg(self.key(*id));
         }
-        let cached: Vec<Option<Vec<u8>>> = self.run(&get).await.unwrap_or_default();
+        let cached: Vec<Option<Vec<u8>>> = self.redis.run(&get).await.unwrap_or_default();
         let mut found = Vec::with_capacity(ids.len());
         let mut missed = Vec::new();
         for (i, id) in ids.iter().enumerate() {
@@ -212,7 +275,7 @@ impl Cache {
                 .arg("PX")
                 .arg(millis(LEASE));
         }
-        let taken: Vec<Option<String>> = self.run_all(&leases).await.unwrap_or_default();
+        let taken: Vec<Option<String>> = self.redis.run_all(&leases).await.unwrap_or_default();
         let leased: Vec<ObjectId> = missed
             .iter()
             .zip(&taken)
@@ -244,7 +307,7 @@ impl Cache {
                 .ignore();
         }
         if !fills.is_empty() {
-            let _: Option<()> = self.run_all(&fills).await;
+            let _: Option<()> = self.redis.run_all(&fills).await;
         }
         found.extend(loaded);
         Ok(found)
@@ -256,7 +319,7 @@ impl Cache {
         forget.arg(self.key(id)).arg(self.lease_key(id));
         // Tried even while reads pass the cache over; if Redis fails it, the entry (if
         // any) expires within `ttl`.
-        let _: Option<i64> = self.run_always(&forget).await;
+        let _: Option<i64> = self.redis.run_always(&forget).await;
     }
 }
 

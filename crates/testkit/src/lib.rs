@@ -18,6 +18,7 @@ mod stack;
 #[cfg(feature = "metrics")]
 pub use metrics::Meters;
 pub use proxy::TcpProxy;
+pub use social_post::TimelineSettings;
 pub use stack::{Stack, StackOptions, start_graph, start_notification, start_user};
 
 use std::{future::Future, net::SocketAddr, time::Duration};

@@ -41,6 +41,8 @@ pub struct StackOptions {
     /// The post service's cache (default: the local Redis, see
     /// `social_kit::cache::Settings::for_tests`).
     pub post_cache: Option<social_kit::cache::Settings>,
+    /// The post service's home timelines (default: on, as configured for tests).
+    pub post_timelines: Option<social_post::TimelineSettings>,
 }
 
 /// The running services.
@@ -116,6 +118,9 @@ impl Stack {
             events.clone(),
         );
         config.user_service = peer("user service", format!("http://{}", user.addr));
+        if let Some(timelines) = options.post_timelines.clone() {
+            config.timelines = timelines;
+        }
         if let Some(cache) = options.post_cache.clone() {
             config.cache = cache;
         }
@@ -196,6 +201,21 @@ impl Stack {
             Duration::from_secs(2),
         )
         .await
+    }
+
+    /// Another replica of the post service on the same database, broker and services,
+    /// keeping home timelines as `timelines` say (length 0: none, every home feed is
+    /// merged in MongoDB).
+    pub async fn post_replica(&self, timelines: social_post::TimelineSettings) -> Running {
+        let url = |r: &Running| format!("http://{}", r.addr);
+        let timeout = Duration::from_secs(2);
+        let graph = crate::peer("social-graph service", &url(&self.graph), timeout);
+        let uri = mongodb_uri();
+        let mut config =
+            social_post::Config::for_tests(&uri, &self.database, graph, self.events.clone());
+        config.user_service = crate::peer("user service", &url(&self.user), timeout);
+        config.timelines = timelines;
+        crate::start(|l, s| social_post::run(config, l, s)).await
     }
 
     /// A gateway in front of these services, configured by `change`; it answers once

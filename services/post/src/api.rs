@@ -27,7 +27,10 @@ use social_proto::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::store::{PostDoc, Store};
+use crate::{
+    store::{PostDoc, Store},
+    timelines::Timelines,
+};
 
 /// The RPCs only other services may call (the gate refuses them without the service
 /// credential): they serve other services and some cost many counts per request.
@@ -37,15 +40,25 @@ pub struct Api {
     store: Store,
     graph: Peer,
     relay: RelayWaker,
+    /// Home feeds read from memory where they can be (see `crate::timelines`).
+    timelines: Option<Timelines>,
 }
 
 impl Api {
-    pub fn new(store: Store, graph: Peer, relay: RelayWaker) -> Self {
+    pub fn new(store: Store, graph: Peer, relay: RelayWaker, timelines: Option<Timelines>) -> Self {
         Self {
             store,
             graph,
             relay,
+            timelines,
         }
+    }
+
+    /// A page of `me`'s home feed merged in MongoDB from the posts of whom `me` follows.
+    async fn pulled_feed(&self, me: ObjectId, page: &PageRequest) -> Result<Vec<PostDoc>> {
+        let mut authors = self.following(me).await?;
+        authors.push(me);
+        self.store.by_authors(&authors, page).await
     }
 
     /// The accounts `reader` follows, from the social-graph service.
@@ -56,6 +69,8 @@ impl Api {
             limit: 0,
             // Who the reader mutes stays out of the feed.
             without_muted: true,
+            with_mutes: false,
+            among: Vec::new(),
         });
         let answer = self
             .graph
@@ -150,6 +165,9 @@ impl PostService for Api {
             );
             self.store.delete(post.id, me, &undo).await?;
             return Err(Error::Unauthenticated(ACCOUNT_DELETED).into());
+        }
+        if let Some(timelines) = &self.timelines {
+            timelines.push_own(&post).await;
         }
         tracing::info!(post_id = %post.id, author = %me, "post created");
         Ok(Response::new(post.into()))
@@ -298,9 +316,14 @@ impl PostService for Api {
         let me = caller(&request)?;
         let r = request.get_ref();
         let page = PageRequest::parse_alone(r.page_size, &r.page_token, format!("home-feed:{me}"))?;
-        let mut authors = self.following(me).await?;
-        authors.push(me);
-        let docs = self.store.by_authors(&authors, &page).await?;
+        let from_memory = match &self.timelines {
+            Some(timelines) => timelines.page(me, &page).await?,
+            None => None,
+        };
+        let docs = match from_memory {
+            Some(docs) => docs,
+            None => self.pulled_feed(me, &page).await?,
+        };
         let (docs, next_page_token) = page.finish(docs, |p| p.sort_key);
         Ok(Response::new(ListHomeFeedResponse {
             posts: docs.into_iter().map(Into::into).collect(),

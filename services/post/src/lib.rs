@@ -8,11 +8,13 @@ mod api;
 mod events;
 mod recompute;
 mod store;
+mod timelines;
 
 pub use recompute::recompute_counters;
 use social_events::service::prelude::*;
 use social_kit::peers::{ENGAGEMENT, GRAPH, POST, USER};
 use social_proto::post::v1::post_service_server::PostServiceServer;
+pub use timelines::Settings as TimelineSettings;
 
 /// Everything the post service reads from its environment.
 #[derive(Debug, Clone)]
@@ -31,6 +33,9 @@ pub struct Config {
     /// The cache `GetPost` and `BatchGetPosts` read through (`REDIS_URL`,
     /// `REDIS_KEY_PREFIX`, `POST_CACHE_TTL_SECS`: 60, 0 turns it off).
     pub cache: social_kit::cache::Settings,
+    /// Home timelines in the same Redis (`HOME_TIMELINE_LENGTH`,
+    /// `HOME_TIMELINE_IDLE_SECS`, `HOME_FANOUT_MAX_FOLLOWERS`).
+    pub timelines: TimelineSettings,
 }
 
 social_kit::service_config!(Config);
@@ -45,6 +50,7 @@ impl Config {
             events: EventsConfig::from_env()?,
             user_service: USER.peer_from_env()?,
             cache: social_kit::cache::Settings::from_env("POST_CACHE_TTL_SECS", 60)?,
+            timelines: TimelineSettings::from_env()?,
         })
     }
 
@@ -62,6 +68,7 @@ impl Config {
             engagement_service: ENGAGEMENT.local_peer(),
             events,
             cache: social_kit::cache::Settings::for_tests(),
+            timelines: TimelineSettings::default(),
         }
     }
 }
@@ -75,9 +82,30 @@ pub async fn run(config: Config, on: TcpListener, stop: CancellationToken) -> an
         social_events::topology::POST,
         social_events::consumer::handler((store.clone(), relay.clone()), events::apply),
     );
+    let timelines = timelines::Timelines::new(
+        config.timelines.clone(),
+        config.cache.redis()?,
+        &config.cache.prefix,
+        store.clone(),
+        wiring.db(),
+        config.graph_service.clone(),
+    );
+    if let Some(timelines) = &timelines {
+        wiring.consume(
+            social_events::topology::POST_TIMELINES,
+            social_events::consumer::handler(timelines.clone(), timelines::apply),
+        );
+        let fresh = timelines.clone();
+        wiring.spawn(move |stop| fresh.keep_pulled_fresh(stop));
+    }
     wiring.refuse_ended_sessions(config.user_service.clone());
     wiring.internal(api::INTERNAL);
-    let api = api::Api::new(store.clone(), config.graph_service.clone(), relay);
+    let api = api::Api::new(
+        store.clone(),
+        config.graph_service.clone(),
+        relay,
+        timelines,
+    );
     wiring
         .serve(PostServiceServer::new(api), store, on, stop)
         .await

@@ -335,6 +335,41 @@ impl Store {
         .await?)
     }
 
+    /// The sort key, id and author of the newest `limit` posts of `authors` (a home
+    /// timeline being built), by the feed's query.
+    pub async fn newest_of(
+        &self,
+        authors: &[ObjectId],
+        limit: usize,
+    ) -> Result<Vec<(i64, ObjectId, ObjectId)>> {
+        #[derive(Deserialize)]
+        struct Row {
+            #[serde(rename = "_id")]
+            id: ObjectId,
+            user_id: ObjectId,
+            sort_key: i64,
+        }
+        let filter = match authors {
+            [] => return Ok(Vec::new()),
+            [one] => doc! { "user_id": mongo::equals_id(*one), "state": ACTIVE },
+            many => doc! { "user_id": { "$in": many }, "state": ACTIVE },
+        };
+        let rows: Vec<Row> = self
+            .posts
+            .clone_with_type::<Row>()
+            .find(filter)
+            .projection(doc! { "_id": 1, "user_id": 1, "sort_key": 1 })
+            .sort(doc! { "sort_key": -1 })
+            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+            .await?
+            .try_collect()
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.sort_key, r.id, r.user_id))
+            .collect())
+    }
+
     /// Sets both counters of post `id` from the likes and comments as of `as_of_ms` (see
     /// `social_events::idempotency`); `false` if there is no such post.
     pub async fn recount(

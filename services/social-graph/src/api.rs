@@ -14,10 +14,11 @@ use social_proto::{
     graph::v1::{
         Block, BlockUserRequest, CheckBlocksRequest, CheckBlocksResponse, CountFollowsRequest,
         CountFollowsResponse, ExportUserFollowsRequest, Follow, FollowCounts, FollowRequest,
-        GetRelationshipRequest, ListBlocksRequest, ListBlocksResponse, ListFollowersRequest,
-        ListFollowersResponse, ListFollowingIdsRequest, ListFollowingIdsResponse,
-        ListFollowingRequest, ListFollowingResponse, ListMutesRequest, ListMutesResponse, Mute,
-        MuteUserRequest, Relationship, UnblockUserRequest, UnfollowRequest, UnmuteUserRequest,
+        GetRelationshipRequest, ListBlocksRequest, ListBlocksResponse, ListFollowerIdsRequest,
+        ListFollowerIdsResponse, ListFollowersRequest, ListFollowersResponse,
+        ListFollowingIdsRequest, ListFollowingIdsResponse, ListFollowingRequest,
+        ListFollowingResponse, ListMutesRequest, ListMutesResponse, Mute, MuteUserRequest,
+        Relationship, UnblockUserRequest, UnfollowRequest, UnmuteUserRequest,
         social_graph_service_server::SocialGraphService,
     },
     user::v1::{GetUserRequest, user_service_client::UserServiceClient},
@@ -40,6 +41,7 @@ use social_events::{
 /// credential): they serve other services and some cost many counts per request.
 pub const INTERNAL: &[&str] = &[
     "ListFollowingIds",
+    "ListFollowerIds",
     "CountFollows",
     "ExportUserFollows",
     "CheckBlocks",
@@ -47,6 +49,9 @@ pub const INTERNAL: &[&str] = &[
 
 /// Most ids one ListFollowingIds answer carries.
 const MAX_FOLLOWING_IDS: usize = 10_000;
+/// Most ids one ListFollowerIds answer carries (and its default).
+const MAX_FOLLOWER_IDS: usize = 50_000;
+const DEFAULT_FOLLOWER_IDS: usize = 10_000;
 
 pub struct Api {
     store: Store,
@@ -140,6 +145,23 @@ impl From<MuteDoc> for Mute {
             created_at: Some(to_timestamp(m.created_at)),
         }
     }
+}
+
+/// The user and the limit of a request for ids: `limit` 0 means `default`, more than
+/// `max` means `max`.
+fn ids_request(user: &str, limit: i32, default: usize, max: usize) -> Result<(ObjectId, usize)> {
+    let mut v = Violations::default();
+    let user = v.take("user_id", validate::object_id(user));
+    let limit = match limit {
+        n if n < 0 => {
+            v.add("limit", "must not be negative");
+            0
+        }
+        0 => default,
+        n => (n as usize).min(max),
+    };
+    v.finish()?;
+    Ok((user.unwrap_or_default(), limit))
 }
 
 /// The shortest and longest mute with an end (seconds).
@@ -311,29 +333,64 @@ impl SocialGraphService for Api {
         request: Request<ListFollowingIdsRequest>,
     ) -> Result<Response<ListFollowingIdsResponse>, Status> {
         let r = request.get_ref();
-        let mut v = Violations::default();
-        let user = v.take("user_id", validate::object_id(&r.user_id));
-        let limit = match r.limit {
-            n if n < 0 => {
-                v.add("limit", "must not be negative");
-                0
+        let (user, limit) = ids_request(&r.user_id, r.limit, MAX_FOLLOWING_IDS, MAX_FOLLOWING_IDS)?;
+        let among = match r.among.is_empty() {
+            true => None,
+            false => {
+                let mut v = Violations::default();
+                let ids = validate::id_batch("among", &r.among, &mut v);
+                v.finish()?;
+                Some(ids)
             }
-            0 => MAX_FOLLOWING_IDS,
-            n => (n as usize).min(MAX_FOLLOWING_IDS),
         };
-        v.finish()?;
-        let user = user.unwrap_or_default();
-        let mut ids = self.store.following_ids(user, limit).await?;
+        let (mut ids, truncated) = match &among {
+            Some(among) => (self.store.following_among(user, among).await?, false),
+            None => {
+                let mut ids = self.store.following_ids(user, limit).await?;
+                let truncated = ids.len() > limit;
+                ids.truncate(limit);
+                (ids, truncated)
+            }
+        };
+        let held = if r.without_muted || r.with_mutes {
+            self.store.mutes.held_by(user, among.as_deref()).await?
+        } else {
+            Vec::new()
+        };
+        if r.without_muted && !held.is_empty() {
+            let muted: std::collections::HashSet<ObjectId> = held.iter().map(|m| m.0).collect();
+            ids.retain(|id| !muted.contains(id));
+        }
+        let mutes = match r.with_mutes {
+            true => held
+                .into_iter()
+                .map(|(muted, expires_at)| Mute {
+                    muter_id: user.to_hex(),
+                    muted_id: muted.to_hex(),
+                    expires_at: expires_at.map(to_timestamp),
+                    ..Default::default()
+                })
+                .collect(),
+            false => Vec::new(),
+        };
+        Ok(Response::new(ListFollowingIdsResponse {
+            user_ids: ids.into_iter().map(ObjectId::to_hex).collect(),
+            truncated,
+            mutes,
+        }))
+    }
+
+    async fn list_follower_ids(
+        &self,
+        request: Request<ListFollowerIdsRequest>,
+    ) -> Result<Response<ListFollowerIdsResponse>, Status> {
+        let r = request.get_ref();
+        let (user, limit) =
+            ids_request(&r.user_id, r.limit, DEFAULT_FOLLOWER_IDS, MAX_FOLLOWER_IDS)?;
+        let mut ids = self.store.follower_ids(user, limit).await?;
         let truncated = ids.len() > limit;
         ids.truncate(limit);
-        if r.without_muted {
-            let muted = self.store.mutes.muted_by(user).await?;
-            if !muted.is_empty() {
-                let muted: std::collections::HashSet<ObjectId> = muted.into_iter().collect();
-                ids.retain(|id| !muted.contains(id));
-            }
-        }
-        Ok(Response::new(ListFollowingIdsResponse {
+        Ok(Response::new(ListFollowerIdsResponse {
             user_ids: ids.into_iter().map(ObjectId::to_hex).collect(),
             truncated,
         }))

@@ -231,9 +231,15 @@ impl Mutes {
         .await?)
     }
 
-    /// The accounts `muter` mutes now (at most [`MAX_MUTES`] and a few), read from the
-    /// `muter_muted_covered` index alone on MongoDB.
-    pub async fn muted_by(&self, muter: ObjectId) -> Result<Vec<ObjectId>> {
+    /// The accounts `muter` mutes now (at most [`MAX_MUTES`] and a few), each with when
+    /// its mute ends (`None`: when unmuted), read from the `muter_muted_covered` index
+    /// alone on MongoDB.
+    /// Only those of `among`, if given.
+    pub async fn held_by(
+        &self,
+        muter: ObjectId,
+        among: Option<&[ObjectId]>,
+    ) -> Result<Vec<(ObjectId, Option<DateTime>)>> {
         #[derive(Deserialize)]
         struct Row {
             muted_id: ObjectId,
@@ -244,7 +250,12 @@ impl Mutes {
         let rows: Vec<Row> = self
             .mutes
             .clone_with_type::<Row>()
-            .find(doc! { "muter_id": mongo::equals_id(muter), "state": ACTIVE })
+            .find(match among {
+                None => doc! { "muter_id": mongo::equals_id(muter), "state": ACTIVE },
+                Some(ids) => doc! {
+                    "muter_id": mongo::equals_id(muter), "state": ACTIVE, "muted_id": { "$in": ids },
+                },
+            })
             .projection(doc! { "muted_id": 1, "expires_at": 1, "_id": 0 })
             .limit(MAX_MUTES + 100)
             .await?
@@ -253,7 +264,7 @@ impl Mutes {
         Ok(rows
             .into_iter()
             .filter(|r| unexpired(r.expires_at, now))
-            .map(|r| r.muted_id)
+            .map(|r| (r.muted_id, r.expires_at))
             .collect())
     }
 

@@ -7,7 +7,7 @@
 //! `active_key` to the event id. A follow inserts a new document whose outbox holds
 //! `graph.user.followed`. Ended follows are purged by a TTL index after 30 days.
 
-use bson::{DateTime, doc, oid::ObjectId};
+use bson::{DateTime, Document, doc, oid::ObjectId};
 use futures::TryStreamExt;
 use mongodb::Collection;
 use serde::{Deserialize, Serialize};
@@ -284,21 +284,62 @@ impl Store {
 
     /// Up to `limit` + 1 ids `user` follows, newest follow first.
     pub async fn following_ids(&self, user: ObjectId, limit: usize) -> Result<Vec<ObjectId>> {
-        #[derive(Deserialize)]
-        struct Row {
-            followee_id: ObjectId,
-        }
-        let rows: Vec<Row> = self
+        self.ids_across("follower_id", "followee_id", user, limit)
+            .await
+    }
+
+    /// Those of `among` that `user` follows (the pair index).
+    pub async fn following_among(
+        &self,
+        user: ObjectId,
+        among: &[ObjectId],
+    ) -> Result<Vec<ObjectId>> {
+        let rows: Vec<Document> = self
             .follows
-            .clone_with_type::<Row>()
-            .find(doc! { "follower_id": mongo::equals_id(user), "state": ACTIVE })
+            .clone_with_type::<Document>()
+            .find(doc! {
+                "follower_id": mongo::equals_id(user), "followee_id": { "$in": among },
+                "active_key": ACTIVE,
+            })
             .projection(doc! { "followee_id": 1, "_id": 0 })
+            .await?
+            .try_collect()
+            .await?;
+        Ok(rows
+            .iter()
+            .filter_map(|row| row.get_object_id("followee_id").ok())
+            .collect())
+    }
+
+    /// Up to `limit` + 1 ids of the accounts that follow `user`, newest follow first.
+    pub async fn follower_ids(&self, user: ObjectId, limit: usize) -> Result<Vec<ObjectId>> {
+        self.ids_across("followee_id", "follower_id", user, limit)
+            .await
+    }
+
+    /// The `other` side of up to `limit` + 1 follows that hold with `side` = `user`,
+    /// newest first (the `<side>_sorted` index).
+    async fn ids_across(
+        &self,
+        side: &str,
+        other: &str,
+        user: ObjectId,
+        limit: usize,
+    ) -> Result<Vec<ObjectId>> {
+        let rows: Vec<Document> = self
+            .follows
+            .clone_with_type::<Document>()
+            .find(doc! { side: mongo::equals_id(user), "state": ACTIVE })
+            .projection(doc! { other: 1, "_id": 0 })
             .sort(doc! { "sort_key": -1 })
             .limit(limit as i64 + 1)
             .await?
             .try_collect()
             .await?;
-        Ok(rows.into_iter().map(|r| r.followee_id).collect())
+        Ok(rows
+            .iter()
+            .filter_map(|row| row.get_object_id(other).ok())
+            .collect())
     }
 
     /// How many follows with `side` (`follower_id` or `followee_id`) = `user` were alive

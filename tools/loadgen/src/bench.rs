@@ -3,7 +3,11 @@
 //! and the MongoDB at `MONGODB_URI`:
 //!
 //! ```text
-//! scripts/bench feed     # ListHomeFeed latency for readers following 10..5000 accounts
+//! scripts/bench feed     # ListHomeFeed latency for readers following 10..5000 accounts,
+//!                        # from their home timelines and merged in MongoDB
+//! scripts/bench fanout   # time from CreatePost until the post is in every follower's
+//!                        # home timeline, authors with 100 to 10,000 followers, and one
+//!                        # above the fan-out limit
 //! scripts/bench login    # one Login (Argon2id verify) end to end
 //! scripts/bench deletion # deleting an account with 10,000 posts, 50,000 likes given and
 //!                        # 5,000 follows (BENCH_POSTS, BENCH_LIKES, BENCH_FOLLOWS): the
@@ -49,7 +53,6 @@ use hdrhistogram::Histogram;
 use social_kit::peers;
 use social_proto::{
     engagement::v1::LikePostRequest,
-    graph::v1::ListFollowingIdsRequest,
     notification::v1::{
         GetUnreadCountRequest, GetUnreadGroupCountRequest, ListNotificationGroupsRequest,
         ListNotificationsRequest, StreamNotificationsRequest,
@@ -59,11 +62,12 @@ use social_proto::{
 };
 use social_testkit::{Stack, authed, mongodb_uri, token_for};
 
-const SAMPLES: u64 = 50;
+pub(crate) const SAMPLES: u64 = 50;
 
 /// The micro-benchmarks.
 pub const NAMES: &[&str] = &[
     "feed",
+    "fanout",
     "feed-hidden",
     "login",
     "storm",
@@ -80,7 +84,8 @@ pub const NAMES: &[&str] = &[
 /// The micro-benchmark `what`.
 pub async fn run(what: &str) -> anyhow::Result<()> {
     match what {
-        "feed" => feed().await,
+        "feed" => crate::timelines::feed().await,
+        "fanout" => crate::timelines::fanout().await,
         "feed-hidden" => feed_hidden().await,
         "login" => login().await,
         "storm" => storm().await,
@@ -96,7 +101,7 @@ pub async fn run(what: &str) -> anyhow::Result<()> {
     }
 }
 
-fn report(label: &str, h: &Histogram<u64>) {
+pub(crate) fn report(label: &str, h: &Histogram<u64>) {
     let ms = |v: u64| v as f64 / 1000.0;
     println!(
         "{label:<28} n={:<4} p50={:>8.2} ms  p95={:>8.2} ms  p99={:>8.2} ms  max={:>8.2} ms",
@@ -109,7 +114,7 @@ fn report(label: &str, h: &Histogram<u64>) {
 }
 
 /// A page of 20 of the home feed of the reader holding `token`, after `page_token`.
-fn feed_page(token: &str, page_token: String) -> tonic::Request<ListHomeFeedRequest> {
+pub(crate) fn feed_page(token: &str, page_token: String) -> tonic::Request<ListHomeFeedRequest> {
     authed(
         ListHomeFeedRequest {
             page_size: 20,
@@ -120,7 +125,7 @@ fn feed_page(token: &str, page_token: String) -> tonic::Request<ListHomeFeedRequ
 }
 
 /// Runs `call`, recording in `h` how long it took.
-async fn timed<T, E>(
+pub(crate) async fn timed<T, E>(
     h: &mut Histogram<u64>,
     call: impl std::future::Future<Output = Result<T, E>>,
 ) -> anyhow::Result<T>
@@ -154,19 +159,19 @@ fn report_memory(when: &str) {
 }
 
 /// The stack's database (seeded directly by some benches, dropped by all at the end).
-async fn database(stack: &Stack) -> anyhow::Result<mongodb::Database> {
+pub(crate) async fn database(stack: &Stack) -> anyhow::Result<mongodb::Database> {
     Ok(mongodb::Client::with_uri_str(mongodb_uri())
         .await?
         .database(&stack.database))
 }
 
-fn histogram() -> Histogram<u64> {
+pub(crate) fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
 }
 
 /// Four posts by each of `authors`, one every 17 s back from `now` (ms), stored straight
 /// into `posts`; how many.
-async fn seed_posts(
+pub(crate) async fn seed_posts(
     db: &mongodb::Database,
     authors: &[ObjectId],
     now: i64,
@@ -186,67 +191,6 @@ async fn seed_posts(
         db.collection("posts").insert_many(chunk.to_vec()).await?;
     }
     Ok(docs.len())
-}
-
-async fn feed() -> anyhow::Result<()> {
-    let stack = Stack::start().await;
-    let db = database(&stack).await?;
-    let mut posts = stack.posts().await;
-    let mut graph = stack.graph().await;
-
-    let authors: Vec<ObjectId> = (0..5000).map(|_| ObjectId::new()).collect();
-    // Every author has posted a few times over the last days; 20,000 posts in all.
-    let now = DateTime::now().timestamp_millis();
-    let seeded = Instant::now();
-    let stored = seed_posts(&db, &authors, now).await?;
-    println!("seeded {stored} posts in {:?}", seeded.elapsed());
-
-    println!("ListHomeFeed, first page of 20 (then the second page), {SAMPLES} samples each:");
-    for n in [10_usize, 100, 1000, 5000] {
-        let reader = ObjectId::new();
-        // Followees spread over the whole author population.
-        let step = authors.len() / n;
-        let follows: Vec<_> = (0..n)
-            .map(|i| {
-                doc! { "_id": ObjectId::new(), "follower_id": reader, "followee_id": authors[i * step],
-                "created_at": DateTime::now(), "sort_key": social_kit::paging::sort_key(DateTime::now()),
-                "state": "active", "active_key": "active" }
-            })
-            .collect();
-        db.collection("followers").insert_many(follows).await?;
-        let token = token_for(reader);
-        let (mut first, mut second, mut ids) = (histogram(), histogram(), histogram());
-        for _ in 0..SAMPLES {
-            let following = timed(
-                &mut ids,
-                graph.list_following_ids(social_testkit::as_service(ListFollowingIdsRequest {
-                    user_id: reader.to_hex(),
-                    limit: 0,
-                    without_muted: false,
-                })),
-            )
-            .await?
-            .into_inner();
-            assert_eq!(following.user_ids.len(), n);
-            let page = timed(
-                &mut first,
-                posts.list_home_feed(feed_page(&token, String::new())),
-            )
-            .await?
-            .into_inner();
-            assert_eq!(page.posts.len(), 20);
-            timed(
-                &mut second,
-                posts.list_home_feed(feed_page(&token, page.next_page_token)),
-            )
-            .await?;
-        }
-        report(&format!("following {n:>5}: ids only"), &ids);
-        report(&format!("following {n:>5}: page 1"), &first);
-        report(&format!("following {n:>5}: page 2"), &second);
-    }
-    db.drop().await?;
-    Ok(())
 }
 
 /// ListHomeFeed page 1 for a reader following 100 accounts who blocks or mutes 1,000

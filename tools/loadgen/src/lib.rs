@@ -7,3 +7,4 @@ pub mod load;
 pub mod procs;
 pub mod seed;
 pub mod target;
+pub mod timelines;

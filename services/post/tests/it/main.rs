@@ -6,6 +6,7 @@ mod blocks;
 mod cache;
 mod feed;
 mod posts;
+mod timelines;
 
 use std::{collections::HashSet, time::Duration};
 

@@ -213,6 +213,8 @@ async fn follow_unfollow_lists_and_relationship() {
             user_id: bob.clone(),
             limit: 0,
             without_muted: false,
+            with_mutes: false,
+            among: Vec::new(),
         }))
         .await
         .unwrap()

@@ -62,6 +62,21 @@ impl App {
             .collect()
     }
 
+    /// Waits (up to 10 s) until `token`'s home feed is `expected`: home timelines apply
+    /// a mute once its event arrives.
+    async fn feed_becomes(&self, token: &str, expected: &[&str]) {
+        let seen = eventually(Duration::from_secs(10), || async {
+            let feed = self.feed(token).await;
+            (feed == expected).then_some(())
+        })
+        .await;
+        assert!(
+            seen.is_some(),
+            "the feed never became {expected:?}: {:?}",
+            self.feed(token).await
+        );
+    }
+
     /// How many notifications `token`'s account has.
     async fn notified(&self, token: &str) -> usize {
         let request = ListNotificationsRequest {
@@ -101,7 +116,7 @@ async fn a_muted_account_leaves_the_feed_and_the_notifications_and_notices_nothi
         app.muted_by_me(&alice_token).await,
         [carol.clone(), bob.clone()]
     );
-    assert!(app.feed(&alice_token).await.is_empty());
+    app.feed_becomes(&alice_token, &[]).await;
 
     // Bob notices nothing: the follow holds, the relationship says nothing to him.
     assert_eq!(
@@ -129,12 +144,27 @@ async fn a_muted_account_leaves_the_feed_and_the_notifications_and_notices_nothi
         .await
         .unwrap();
     assert_eq!(app.muted_by_me(&alice_token).await, [carol]);
-    assert_eq!(app.feed(&alice_token).await, ["hey @alice", "by bob"]);
+    app.feed_becomes(&alice_token, &["hey @alice", "by bob"])
+        .await;
 }
 
 #[tokio::test]
 async fn a_mute_with_a_duration_ends_by_itself() {
-    let app = spawn().await;
+    // Its end is moved in MongoDB below; home timelines keep a copy of it in Redis (the
+    // post service's timelines tests move that one), so this reads feeds merged in
+    // MongoDB.
+    let stack = social_testkit::Stack::start_with(social_testkit::StackOptions {
+        post_timelines: Some(social_testkit::TimelineSettings {
+            length: 0,
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await;
+    let app = App {
+        graph: stack.graph().await,
+        stack,
+    };
     let (alice, alice_token) = app.user("alice").await;
     let (bob, bob_token) = app.user("bob").await;
     app.follow(&alice_token, &bob).await.unwrap();
