@@ -1,5 +1,7 @@
 //! A read-through cache of documents by id in Redis (`REDIS_URL`), for the reads that
-//! would otherwise wait on the database every time (#29: `GetPost`, `BatchGetPosts`).
+//! would otherwise wait on the database every time (#29: `GetPost`, `BatchGetPosts`),
+//! and the [`Redis`] handle it reads through, which the post service's home timelines
+//! share.
 //!
 //! Everything in it can be lost: a miss reads the database. It never serves an older
 //! document over a newer one:
@@ -206,8 +208,23 @@ impl Redis {
     }
 }
 
+/// A failure of Redis itself (unreachable, slow, restarting, failing over, a script it
+/// lost) is
+/// `UNAVAILABLE`, which a consumer retries for as long as it lasts; a command Redis
+/// refuses for good (a wrong type, a broken script) is an internal error, which a
+/// consumer counts and dead-letters.
 fn unavailable(e: redis::RedisError) -> crate::Error {
-    crate::Error::Unavailable(format!("redis: {e}"))
+    let passing = e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+        || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
+        || !matches!(e.retry_method(), redis::RetryMethod::NoRetry);
+    match passing {
+        true => crate::Error::Unavailable(format!("redis: {e}")),
+        false => crate::Error::internal(e),
+    }
 }
 
 /// A cache of one kind of document. Cheap to clone.
@@ -323,6 +340,26 @@ impl Cache {
     }
 }
 
+/// Runs `write` of document `id`, then forgets the document in `cache` (if any)
+/// whatever came of the write (an error can hide a write that happened; a retry after
+/// an earlier try changes nothing), in a task of its own: a caller that goes away
+/// half-way does not leave the cached document behind.
+pub async fn write_then_forget<T: Send + 'static>(
+    cache: Option<&Cache>,
+    id: ObjectId,
+    write: impl std::future::Future<Output = crate::Result<T>> + Send + 'static,
+) -> crate::Result<T> {
+    let cache = cache.cloned();
+    let task = tokio::spawn(async move {
+        let written = write.await;
+        if let Some(cache) = cache {
+            cache.forget(id).await;
+        }
+        written
+    });
+    task.await.map_err(crate::Error::internal)?
+}
+
 /// How long tests hold a read between its load and its fill (`kit::before_cache_fill`,
 /// `return(<ms>)`).
 fn injected_fill_pause_ms() -> Option<u64> {
@@ -331,4 +368,26 @@ fn injected_fill_pause_ms() -> Option<u64> {
         ms.and_then(|ms| ms.parse().ok())
     });
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redis_failing_is_unavailable_and_a_command_it_refuses_is_not() {
+        let kind = |k| redis::ErrorKind::Server(k);
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        for passing in [
+            redis::RedisError::from(refused),
+            redis::RedisError::from((kind(redis::ServerErrorKind::BusyLoading), "loading")),
+            redis::RedisError::from((kind(redis::ServerErrorKind::ReadOnly), "replica")),
+            redis::RedisError::from((kind(redis::ServerErrorKind::NoScript), "no script")),
+        ] {
+            assert!(matches!(unavailable(passing), crate::Error::Unavailable(_)));
+        }
+        let wrong =
+            redis::RedisError::from((kind(redis::ServerErrorKind::ResponseError), "WRONGTYPE"));
+        assert!(matches!(unavailable(wrong), crate::Error::Internal(_)));
+    }
 }

@@ -14,7 +14,7 @@ use social_content::{BodyUpdate, MediaDoc};
 use social_events::{Envelope, blocks::Blocks, idempotency, outbox, removed_users::RemovedUsers};
 use social_kit::cache::Cache;
 use social_kit::{
-    Error, Result, mongo,
+    Result, mongo,
     paging::{self, Order, PageRequest},
 };
 
@@ -279,22 +279,14 @@ impl Store {
         .await
     }
 
-    /// Runs `write` of post `id`, then forgets the post in the cache whatever came of
-    /// the write (an error can hide a write that happened; a retry after an earlier try
-    /// changes nothing), in a task of its own: a caller that goes away half-way does not
-    /// leave the cached post behind.
+    /// Runs `write` of post `id`, then forgets the post in the cache (see
+    /// `social_kit::cache::write_then_forget`).
     async fn then_forget<T: Send + 'static>(
         &self,
         id: ObjectId,
         write: impl std::future::Future<Output = Result<T>> + Send + 'static,
     ) -> Result<T> {
-        let this = self.clone();
-        let task = tokio::spawn(async move {
-            let written = write.await;
-            this.forget(id).await;
-            written
-        });
-        task.await.map_err(Error::internal)?
+        social_kit::cache::write_then_forget(self.cache.as_ref(), id, write).await
     }
 
     /// Marks `author`'s post `id` deleted with its `deleted` event; whether it was there.

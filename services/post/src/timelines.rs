@@ -16,6 +16,12 @@
 //!   read the social graph before another change stores nothing and reads again;
 //! - `home:{R}:lease`: the one rebuild under way.
 //!
+//! Each part but the floor holds a sentinel `~` from the build: Redis may evict one key
+//! of a reader and not the others, and a timeline that lost a part is dropped and built
+//! again rather than read wrong. The floor expires a day after the build whatever the
+//! reads (the others live while read), so whatever Redis lost or a failover took back
+//! is right again within a day.
+//!
 //! Writes: a consumer pushes each new post to its author's followers' timelines (only to
 //! those that exist), unless the author has more than `HOME_FANOUT_MAX_FOLLOWERS`
 //! followers: such an author is recorded in `pulled_authors` (MongoDB; never taken
@@ -73,8 +79,15 @@ const FOREVER_MS: i64 = 9_000_000_000_000_000;
 const TRIES: usize = 5;
 /// How often the authors pulled are read again (others' fan-outs may add some).
 const PULLED_REFRESH: Duration = Duration::from_secs(30);
-/// Followers pushed to in one round trip.
-const PUSH_BATCH: usize = 1_000;
+/// Followers pushed to in one round trip (well within a command's 100 ms).
+const PUSH_BATCH: usize = 200;
+/// How long a built timeline is read before it is built again from MongoDB (whatever
+/// Redis lost or a failover took back meanwhile is then right again).
+const REBUILT_AFTER: Duration = Duration::from_secs(24 * 3600);
+
+/// The longest timeline, and the largest fan-out (what ListFollowerIds answers at most).
+const MAX_LENGTH: usize = 10_000;
+const MAX_FOLLOWERS: usize = 50_000;
 
 /// How timelines are kept.
 #[derive(Debug, Clone)]
@@ -91,11 +104,31 @@ pub struct Settings {
 
 impl Settings {
     pub fn from_env() -> std::result::Result<Self, ConfigError> {
-        Ok(Self {
+        let settings = Self {
             length: social_kit::config::parse_or("HOME_TIMELINE_LENGTH", 400)?,
             idle: social_kit::config::seconds_or("HOME_TIMELINE_IDLE_SECS", 7 * 24 * 3600)?,
-            max_followers: social_kit::config::parse_or("HOME_FANOUT_MAX_FOLLOWERS", 10_000)?,
-        })
+            max_followers: social_kit::config::at_least_one_or(
+                "HOME_FANOUT_MAX_FOLLOWERS",
+                10_000,
+            )?,
+        };
+        let out_of = |var: &str, value: usize, range: &str| ConfigError {
+            var: var.into(),
+            value: value.to_string(),
+            reason: format!("must be {range}"),
+        };
+        if settings.length > MAX_LENGTH {
+            return Err(out_of(
+                "HOME_TIMELINE_LENGTH",
+                settings.length,
+                "at most 10000",
+            ));
+        }
+        if settings.max_followers > MAX_FOLLOWERS {
+            let max = settings.max_followers;
+            return Err(out_of("HOME_FANOUT_MAX_FOLLOWERS", max, "1 to 50000"));
+        }
+        Ok(settings)
     }
 }
 
@@ -109,11 +142,22 @@ impl Default for Settings {
     }
 }
 
-/// Keeps `trim(zset, length, floor)`: drops the oldest entries beyond `length` and
-/// answers the new floor (the highest key dropped, if above `floor`).
-const TRIM: &str = r"
+/// `trim(zset, length, floor)`: drops the oldest entries beyond `length` (the
+/// sentinel, above them all, aside) and answers the new floor (the highest key dropped,
+/// if above `floor`). `intact(keys)`: whether a built timeline (`KEYS` entries, floor,
+/// follows, muted, gen) still has all its parts, each of which holds a sentinel `~`
+/// from its build: Redis may evict one key of a reader and not the others, and a
+/// timeline missing its follows or entries would answer wrong; one that is not intact
+/// is forgotten (`forget`), to be built again.
+const HELPERS: &str = r"
+local function intact(keys)
+  return redis.call('EXISTS', keys[1], keys[3], keys[4], keys[5]) == 4
+end
+local function forget(keys)
+  redis.call('DEL', keys[1], keys[2], keys[3], keys[4], keys[5])
+end
 local function trim(zset, length, floor)
-  local n = redis.call('ZCARD', zset)
+  local n = redis.call('ZCARD', zset) - 1
   if n <= length then return floor end
   local gone = redis.call('ZRANGE', zset, 0, n - length - 1)
   redis.call('ZREMRANGEBYRANK', zset, 0, n - length - 1)
@@ -123,14 +167,19 @@ local function trim(zset, length, floor)
 end
 ";
 
-/// Adds entry `ARGV[1]` to timeline `KEYS[1]` (floor `KEYS[2]`) if the timeline exists
-/// (or is being built) and the entry is above its floor; keeps `ARGV[2]` entries.
+/// Adds entry `ARGV[1]` to timeline `KEYS` (entries, floor, follows, muted, gen) if the
+/// timeline exists (or is being built) and the entry is above its floor; keeps `ARGV[2]`
+/// entries.
 const PUSH: &str = r"
 local floor = redis.call('GET', KEYS[2])
 if not floor then return 0 end
 if floor == 'building' then
   redis.call('ZADD', KEYS[1], 0, ARGV[1])
 else
+  if not intact(KEYS) then
+    forget(KEYS)
+    return 0
+  end
   if string.sub(ARGV[1], 1, 19) <= floor then return 0 end
   redis.call('ZADD', KEYS[1], 0, ARGV[1])
   local new = trim(KEYS[1], tonumber(ARGV[2]), floor)
@@ -151,7 +200,11 @@ const READ: &str = r"
 local floor = redis.call('GET', KEYS[2])
 if not floor then return {'missing'} end
 if floor == 'building' then return {'building'} end
-for i = 1, 5 do redis.call('PEXPIRE', KEYS[i], ARGV[5]) end
+if not intact(KEYS) then
+  forget(KEYS)
+  return {'missing'}
+end
+for _, k in ipairs({KEYS[1], KEYS[3], KEYS[4], KEYS[5]}) do redis.call('PEXPIRE', k, ARGV[5]) end
 local now = tonumber(ARGV[6])
 local function visible(author)
   if author == ARGV[1] then return true end
@@ -176,7 +229,7 @@ while #kept < want and scanned < cap do
   for _, m in ipairs(batch) do
     scanned = scanned + 1
     lowest = m
-    if visible(string.sub(m, -24)) then
+    if m ~= '~' and visible(string.sub(m, -24)) then
       kept[#kept + 1] = m
       if #kept >= want then break end
     end
@@ -191,8 +244,9 @@ end
 return answer
 ";
 
-/// Starts a rebuild of timeline `KEYS` (lease, floor, gen) under token `ARGV[1]` for
-/// `ARGV[2]` ms: answers the generation of the follows it must read after, or nil if
+/// Starts a rebuild of timeline `KEYS` (lease, floor, gen, entries, follows, muted)
+/// under token `ARGV[1]` for `ARGV[2]` ms, from nothing (what an earlier one left is
+/// dropped): answers the generation of the follows it must read after, or nil if
 /// another rebuild is under way or the timeline exists.
 const BEGIN: &str = r"
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return false end
@@ -201,16 +255,18 @@ if floor and floor ~= 'building' then
   redis.call('DEL', KEYS[1])
   return false
 end
+redis.call('DEL', KEYS[4], KEYS[5], KEYS[6])
 redis.call('SET', KEYS[2], 'building', 'PX', ARGV[2])
 return redis.call('GET', KEYS[3]) or '0'
 ";
 
 /// Stores what a rebuild under lease token `ARGV[1]` read, if the follows are still at
-/// generation `ARGV[2]`: the follows (`ARGV[6]` of them), the mutes (`ARGV[7]` pairs of
-/// end and id) and entries (the rest), keeping `ARGV[3]` entries and the timeline
-/// `ARGV[4]` ms, with floor `ARGV[5]`. Answers 1 if stored, 0 if the lease was lost or
-/// the follows moved (the rebuild starts again). `KEYS`: entries, floor, follows, muted,
-/// gen, lease.
+/// generation `ARGV[2]`: the follows (`ARGV[7]` of them), the mutes (`ARGV[8]` pairs of
+/// end and id) and entries (the rest), each with its sentinel, keeping `ARGV[3]`
+/// entries and the timeline `ARGV[4]` ms unread, with floor `ARGV[5]` for `ARGV[6]` ms
+/// (reads do not extend it: the timeline is built again then). Answers 1 if stored, 0 if
+/// the lease was lost or the follows moved (the rebuild starts again). `KEYS`: entries,
+/// floor, follows, muted, gen, lease.
 const BUILD: &str = r"
 if redis.call('GET', KEYS[6]) ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[6])
@@ -221,13 +277,16 @@ if (redis.call('GET', KEYS[5]) or '0') ~= ARGV[2] then
 end
 redis.call('INCR', KEYS[5])
 redis.call('DEL', KEYS[3], KEYS[4])
-local first = 8
-local last = first + tonumber(ARGV[6]) - 1
+redis.call('SADD', KEYS[3], '~')
+redis.call('ZADD', KEYS[4], 0, '~')
+redis.call('ZADD', KEYS[1], 0, '~')
+local first = 9
+local last = first + tonumber(ARGV[7]) - 1
 for s = first, last, 1000 do
   redis.call('SADD', KEYS[3], unpack(ARGV, s, math.min(s + 999, last)))
 end
 first = last + 1
-last = first + 2 * tonumber(ARGV[7]) - 1
+last = first + 2 * tonumber(ARGV[8]) - 1
 for s = first, last, 1000 do
   redis.call('ZADD', KEYS[4], unpack(ARGV, s, math.min(s + 999, last)))
 end
@@ -236,7 +295,7 @@ for s = last + 1, #ARGV do
   if string.sub(ARGV[s], 1, 19) > floor then redis.call('ZADD', KEYS[1], 0, ARGV[s]) end
 end
 floor = trim(KEYS[1], tonumber(ARGV[3]), floor)
-redis.call('SET', KEYS[2], floor, 'PX', ARGV[4])
+redis.call('SET', KEYS[2], floor, 'PX', ARGV[6])
 for _, k in ipairs({KEYS[1], KEYS[3], KEYS[4], KEYS[5]}) do redis.call('PEXPIRE', k, ARGV[4]) end
 return 1
 ";
@@ -252,6 +311,10 @@ const PAIR: &str = r"
 if (redis.call('GET', KEYS[5]) or '0') ~= ARGV[1] then return -1 end
 local floor = redis.call('GET', KEYS[2])
 if not floor then return 1 end
+if floor ~= 'building' and not intact(KEYS) then
+  forget(KEYS)
+  return 1
+end
 redis.call('INCR', KEYS[5])
 redis.call('PEXPIRE', KEYS[5], ARGV[2])
 if floor == 'building' then return 1 end
@@ -366,11 +429,11 @@ impl Timelines {
                 graph,
                 pulled: db.collection(PULLED_AUTHORS),
                 pulled_known: RwLock::default(),
-                push: redis::Script::new(&format!("{TRIM}{PUSH}")),
-                read: redis::Script::new(READ),
+                push: redis::Script::new(&format!("{HELPERS}{PUSH}")),
+                read: redis::Script::new(&format!("{HELPERS}{READ}")),
                 begin: redis::Script::new(BEGIN),
-                build: redis::Script::new(&format!("{TRIM}{BUILD}")),
-                pair: redis::Script::new(&format!("{TRIM}{PAIR}")),
+                build: redis::Script::new(&format!("{HELPERS}{BUILD}")),
+                pair: redis::Script::new(&format!("{HELPERS}{PAIR}")),
             }),
         })
     }
@@ -595,6 +658,9 @@ impl Timelines {
                 .key(&keys.lease)
                 .key(&keys.floor)
                 .key(&keys.version)
+                .key(&keys.entries)
+                .key(&keys.follows)
+                .key(&keys.muted)
                 .arg(&token)
                 .arg(ms(BUILD_LEASE));
             let Some(version): Option<String> = self.inner.redis.must_invoke(&begin).await? else {
@@ -628,7 +694,8 @@ impl Timelines {
                 .arg(&version)
                 .arg(length)
                 .arg(self.idle_ms())
-                .arg(format!("{floor:019}"));
+                .arg(format!("{floor:019}"))
+                .arg(ms(REBUILT_AFTER.min(self.inner.settings.idle)));
             store
                 .arg(following.follows.len())
                 .arg(following.mutes.len());
@@ -725,9 +792,12 @@ impl Timelines {
                 pushes
                     .cmd("EVALSHA")
                     .arg(&sha)
-                    .arg(2)
+                    .arg(5)
                     .arg(&keys.entries)
                     .arg(&keys.floor)
+                    .arg(&keys.follows)
+                    .arg(&keys.muted)
+                    .arg(&keys.version)
                     .arg(&member)
                     .arg(self.inner.settings.length)
                     .ignore();
@@ -747,6 +817,9 @@ impl Timelines {
         let mut push = self.inner.push.prepare_invoke();
         push.key(&keys.entries)
             .key(&keys.floor)
+            .key(&keys.follows)
+            .key(&keys.muted)
+            .key(&keys.version)
             .arg(entry(post.sort_key, post.id, post.user_id))
             .arg(self.inner.settings.length);
         let _: Option<i64> = self.inner.redis.invoke(&push).await;

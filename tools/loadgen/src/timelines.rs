@@ -145,7 +145,8 @@ pub async fn fanout() -> anyhow::Result<()> {
             let follows: Vec<_> = chunk.iter().map(|f| follow(*f, author)).collect();
             db.collection("followers").insert_many(follows).await?;
         }
-        // Each follower's timeline as a rebuild leaves it: empty, following the author.
+        // Each follower's timeline as a rebuild leaves it: empty (but for the sentinel
+        // each part has), following the author.
         let mut timelines = redis::pipe();
         for follower in &followers {
             timelines
@@ -155,9 +156,24 @@ pub async fn fanout() -> anyhow::Result<()> {
                 .arg("PX")
                 .arg(600_000)
                 .ignore()
+                .cmd("SET")
+                .arg(key(*follower, ":gen"))
+                .arg(1)
+                .ignore()
                 .cmd("SADD")
                 .arg(key(*follower, ":follows"))
+                .arg("~")
                 .arg(author.to_hex())
+                .ignore()
+                .cmd("ZADD")
+                .arg(key(*follower, ":muted"))
+                .arg(0)
+                .arg("~")
+                .ignore()
+                .cmd("ZADD")
+                .arg(key(*follower, ""))
+                .arg(0)
+                .arg("~")
                 .ignore();
         }
         timelines.query_async::<()>(&mut redis).await?;
@@ -176,7 +192,7 @@ pub async fn fanout() -> anyhow::Result<()> {
                 counts.cmd("ZCARD").arg(key(*follower, ""));
             }
             let counts: Vec<i64> = counts.query_async(&mut redis).await?;
-            let reached = counts.iter().filter(|c| **c > 0).count();
+            let reached = counts.iter().filter(|c| **c > 1).count();
             let waited = began.elapsed();
             if reached == n || waited > Duration::from_secs(if n > limit { 5 } else { 120 }) {
                 break reached;
@@ -184,6 +200,15 @@ pub async fn fanout() -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(5)).await;
         };
         let took = began.elapsed();
+        let mut forget = redis::pipe();
+        for follower in &followers {
+            forget.cmd("DEL");
+            for suffix in ["", ":floor", ":gen", ":follows", ":muted"] {
+                forget.arg(key(*follower, suffix));
+            }
+            forget.ignore();
+        }
+        forget.query_async::<()>(&mut redis).await?;
         if n > limit {
             let pulled = db
                 .collection::<bson::Document>("pulled_authors")
