@@ -43,7 +43,7 @@ use crate::{
     password::{self, Hasher},
     reports::Target,
     sessions::{Refreshed, SessionDoc, Sessions},
-    store::{Store, Taken, UserDoc},
+    store::{Profile, Store, Taken, UserDoc},
     throttle::{Reserved, Subject, Throttle},
 };
 
@@ -123,6 +123,17 @@ impl Api {
             Err(Error::Unauthenticated(_)) => None,
             Err(e) => return Err(e),
         })
+    }
+
+    /// The profiles of accounts `ids` in the order asked for, as a caller who is none of
+    /// them sees them (those who block the caller left out), read through the cache.
+    async fn profiles<T>(&self, request: &Request<T>, ids: &[ObjectId]) -> Result<Vec<User>> {
+        let mut found = self.store.profiles(ids).await?;
+        let viewer = social_kit::auth::optional_caller(request);
+        let hidden = self.store.blocks.hidden_from(viewer, ids).await?;
+        found.retain(|p| !hidden.contains(&p.id));
+        found.sort_by_key(|p| ids.iter().position(|id| *id == p.id));
+        Ok(found.into_iter().map(profile_to_wire).collect())
     }
 
     /// Drops from `users` those who block the caller: to a blocked reader, the blocker's
@@ -255,21 +266,30 @@ fn session_to_wire(s: SessionDoc, current: Option<ObjectId>) -> Session {
 }
 
 /// The wire form of a stored user as `viewer` may see it (email to its owner only).
-pub(crate) fn to_wire(doc: UserDoc, viewer: Option<ObjectId>) -> User {
+pub(crate) fn to_wire(mut doc: UserDoc, viewer: Option<ObjectId>) -> User {
+    let email = std::mem::take(&mut doc.email);
     let own = viewer == Some(doc.id);
     User {
-        id: doc.id.to_hex(),
-        username: doc.username,
-        email: if own { doc.email } else { String::new() },
-        full_name: doc.full_name,
-        bio: doc.bio,
-        profile_picture_url: doc.profile_picture_url,
+        email: if own { email } else { String::new() },
+        ..profile_to_wire(doc.into())
+    }
+}
+
+/// An account as anyone but its owner sees it.
+fn profile_to_wire(p: Profile) -> User {
+    User {
+        id: p.id.to_hex(),
+        username: p.username,
+        email: String::new(),
+        full_name: p.full_name,
+        bio: p.bio,
+        profile_picture_url: p.profile_picture_url,
         // Events may land out of order (an unfollow before its follow): the stored
         // counts converge; a client never sees them below zero.
-        followers_count: doc.followers_count.max(0),
-        following_count: doc.following_count.max(0),
-        created_at: Some(to_timestamp(doc.created_at)),
-        updated_at: Some(to_timestamp(doc.updated_at)),
+        followers_count: p.followers_count.max(0),
+        following_count: p.following_count.max(0),
+        created_at: Some(to_timestamp(p.created_at)),
+        updated_at: Some(to_timestamp(p.updated_at)),
     }
 }
 
@@ -729,6 +749,11 @@ impl UserService for Api {
 
     async fn get_user(&self, request: Request<GetUserRequest>) -> Result<Response<User>, Status> {
         let id = validate::object_id(&request.get_ref().id).map_err(|d| Error::invalid("id", d))?;
+        if social_kit::auth::optional_caller(&request) != Some(id) {
+            // Anyone else's view: the profile, through the cache.
+            let user = self.profiles(&request, &[id]).await?.pop();
+            return Ok(Response::new(user.ok_or(Error::NotFound("user"))?));
+        }
         let mut found = self.store.by_id(id).await?.into_iter().collect();
         self.hide_blockers(&request, &mut found).await?;
         let user = found.pop().ok_or(Error::NotFound("user"))?;
@@ -761,6 +786,10 @@ impl UserService for Api {
         let mut v = Violations::default();
         let ids = validate::id_batch("ids", &request.get_ref().ids, &mut v);
         v.finish()?;
+        if !social_kit::auth::optional_caller(&request).is_some_and(|me| ids.contains(&me)) {
+            let users = self.profiles(&request, &ids).await?;
+            return Ok(Response::new(BatchGetUsersResponse { users }));
+        }
         let mut found = self.store.by_ids(&ids).await?;
         self.hide_blockers(&request, &mut found).await?;
         let viewer = self

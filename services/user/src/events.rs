@@ -38,13 +38,19 @@ pub async fn apply(store: Store, envelope: Envelope) -> anyhow::Result<()> {
     };
     let follower = ObjectId::parse_str(follower)?;
     let followee = ObjectId::parse_str(followee)?;
-    store
+    // Each cached profile goes after its counter moved (or perhaps moved, behind an
+    // error: a redelivery forgets it again).
+    let following = store
         .counters
         .add(follower, "following_count", delta, &envelope)
-        .await?;
-    store
+        .await;
+    store.forget(follower).await;
+    following?;
+    let followers = store
         .counters
         .add(followee, "followers_count", delta, &envelope)
-        .await?;
+        .await;
+    store.forget(followee).await;
+    followers?;
     Ok(())
 }

@@ -61,6 +61,9 @@ pub struct Config {
     /// `REFRESH_REUSE_GRACE_SECS` (10): how soon after an exchange the refresh token just
     /// exchanged gets the same successor again instead of ending its session.
     pub refresh_grace: Duration,
+    /// The cache GetUser and BatchGetUsers read others' profiles through (`REDIS_URL`,
+    /// `REDIS_KEY_PREFIX`, `USER_CACHE_TTL_SECS`: 60, 0 turns it off).
+    pub cache: social_kit::cache::Settings,
 }
 
 /// `LOGIN_*`: the failure window must outlast the longest block, or a block would end
@@ -122,6 +125,7 @@ impl Config {
             login_throttle: login_throttle()?,
             quarantine: days_or("USERNAME_QUARANTINE_DAYS", 30)?,
             refresh_grace: social_kit::config::seconds_or("REFRESH_REUSE_GRACE_SECS", 10)?,
+            cache: social_kit::cache::Settings::from_env("USER_CACHE_TTL_SECS", 60)?,
         })
     }
 
@@ -150,6 +154,7 @@ impl Config {
             },
             quarantine: Duration::from_secs(30 * 24 * 3600),
             refresh_grace: Duration::from_secs(10),
+            cache: social_kit::cache::Settings::for_tests(),
         }
     }
 
@@ -196,7 +201,7 @@ pub async fn run(config: Config, on: TcpListener, stop: CancellationToken) -> an
     // What the configuration can still refuse, before anything is started.
     let tokens = config.issuer()?;
     let hasher = password::Hasher::new(config.hash_memory_mib, config.hash_wait)?;
-    let store = store::Store::new(wiring.db());
+    let store = store::Store::new(wiring.db()).with_cache(config.cache.cache("user")?);
     let sessions = sessions::Sessions::new(
         wiring.db(),
         config.sessions,

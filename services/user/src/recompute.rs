@@ -16,7 +16,8 @@ use crate::{Config, store::Store};
 /// recounted, or an error naming the batches it could not (it goes on past them).
 pub async fn recompute_counters(config: &Config, margin: Duration) -> anyhow::Result<u64> {
     let db = social_kit::mongo::connect(&config.common).await?;
-    let store = Store::new(&db);
+    // Each recount forgets the cached profile.
+    let store = Store::new(&db).with_cache(config.cache.cache("user")?);
     store.init().await?;
     // Counting a user with many followers takes longer than an RPC's usual deadline.
     let peer = config.graph_service.with_timeout(Duration::from_secs(60));

@@ -13,7 +13,12 @@ use futures::TryStreamExt;
 use mongodb::{Collection, options::ReturnDocument};
 use serde::{Deserialize, Serialize};
 use social_events::{Envelope, blocks::Blocks, idempotency, outbox};
-use social_kit::{Error, Result, error::is_duplicate_key, mongo};
+use social_kit::{
+    Error, Result,
+    cache::{Cache, write_then_forget},
+    error::is_duplicate_key,
+    mongo,
+};
 
 use crate::names::{Claim, Holder, Kind, Names};
 
@@ -99,6 +104,45 @@ fn lost_answer() -> mongodb::error::Result<()> {
     Ok(())
 }
 
+/// What anyone may read of an account: all that GetUser shows to someone other than
+/// its owner, and all the cache of accounts holds (no email, no password hash, nothing
+/// of its sessions).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Profile {
+    #[serde(rename = "_id")]
+    pub id: ObjectId,
+    pub username: String,
+    #[serde(default)]
+    pub full_name: String,
+    #[serde(default)]
+    pub bio: String,
+    #[serde(default)]
+    pub profile_picture_url: String,
+    #[serde(default)]
+    pub followers_count: i64,
+    #[serde(default)]
+    pub following_count: i64,
+    pub created_at: DateTime,
+    #[serde(deserialize_with = "social_kit::mongo::lenient::date")]
+    pub updated_at: DateTime,
+}
+
+impl From<UserDoc> for Profile {
+    fn from(u: UserDoc) -> Self {
+        Self {
+            id: u.id,
+            username: u.username,
+            full_name: u.full_name,
+            bio: u.bio,
+            profile_picture_url: u.profile_picture_url,
+            followers_count: u.followers_count,
+            following_count: u.following_count,
+            created_at: u.created_at,
+            updated_at: u.updated_at,
+        }
+    }
+}
+
 /// Access to `users`. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -113,6 +157,9 @@ pub struct Store {
     pub reports: crate::reports::Reports,
     /// Who holds each username and email.
     pub names: Names,
+    /// What [`Store::profiles`] reads through, if any (`social_kit::cache`): every write
+    /// of an account's profile or counters here forgets it there.
+    cache: Option<Cache>,
 }
 
 impl Store {
@@ -124,6 +171,41 @@ impl Store {
             blocks: Blocks::new(db, "user"),
             reports: crate::reports::Reports::new(db),
             names: Names::new(db, COLLECTION),
+            cache: None,
+        }
+    }
+
+    /// The same store, reading profiles through `cache`.
+    pub fn with_cache(mut self, cache: Option<Cache>) -> Self {
+        self.cache = cache;
+        self
+    }
+
+    /// Forgets account `id`'s profile in the cache: after every write of it.
+    pub async fn forget(&self, id: ObjectId) {
+        if let Some(cache) = &self.cache {
+            cache.forget(id).await;
+        }
+    }
+
+    /// The profiles of the live accounts `ids`, through the cache; in no order.
+    pub async fn profiles(&self, ids: &[ObjectId]) -> Result<Vec<Profile>> {
+        let users = self.users.clone_with_type::<Profile>();
+        let load = |ids: Vec<ObjectId>| async move {
+            let fields = doc! {
+                "username": 1, "full_name": 1, "bio": 1, "profile_picture_url": 1,
+                "followers_count": 1, "following_count": 1, "created_at": 1, "updated_at": 1,
+            };
+            Ok(users
+                .find(doc! { "_id": { "$in": ids }, DELETED: { "$exists": false } })
+                .projection(fields)
+                .await?
+                .try_collect()
+                .await?)
+        };
+        match &self.cache {
+            Some(cache) => cache.read_through(ids, |p: &Profile| p.id, load).await,
+            None => load(ids.to_vec()).await,
         }
     }
 
@@ -380,15 +462,18 @@ impl Store {
     /// Sets profile fields and `updated_at`; returns the new document.
     pub async fn update_profile(&self, id: ObjectId, mut set: Document) -> Result<Option<UserDoc>> {
         set.insert("updated_at", DateTime::now());
-        Ok(self
-            .users
-            .find_one_and_update(
-                doc! { "_id": id, DELETED: { "$exists": false } },
-                doc! { "$set": set },
-            )
-            .projection(outbox::without_bookkeeping())
-            .return_document(ReturnDocument::After)
-            .await?)
+        let users = self.users.clone();
+        write_then_forget(self.cache.as_ref(), id, async move {
+            Ok(users
+                .find_one_and_update(
+                    doc! { "_id": id, DELETED: { "$exists": false } },
+                    doc! { "$set": set },
+                )
+                .projection(outbox::without_bookkeeping())
+                .return_document(ReturnDocument::After)
+                .await?)
+        })
+        .await
     }
 
     /// Replaces the password hash if it is still `old_hash` (a concurrent change wins
@@ -400,20 +485,21 @@ impl Store {
         old_hash: &str,
         new_hash: &str,
     ) -> Result<Option<i64>> {
-        let changed = self
-            .users
-            .clone_with_type::<Document>()
-            .find_one_and_update(
-                doc! { "_id": id, "password_hash": old_hash, DELETED: { "$exists": false } },
-                doc! {
-                    "$set": { "password_hash": new_hash, "updated_at": DateTime::now() },
-                    "$inc": { CREDENTIAL_VERSION: 1_i64 },
-                },
-            )
-            .projection(doc! { CREDENTIAL_VERSION: 1 })
-            .return_document(ReturnDocument::After)
-            .await
-            .map_err(Error::from)?;
+        let users = self.users.clone_with_type::<Document>();
+        let filter = doc! { "_id": id, "password_hash": old_hash, DELETED: { "$exists": false } };
+        let update = doc! {
+            "$set": { "password_hash": new_hash, "updated_at": DateTime::now() },
+            "$inc": { CREDENTIAL_VERSION: 1_i64 },
+        };
+        // Its `updated_at` moves.
+        let changed = write_then_forget(self.cache.as_ref(), id, async move {
+            Ok(users
+                .find_one_and_update(filter, update)
+                .projection(doc! { CREDENTIAL_VERSION: 1 })
+                .return_document(ReturnDocument::After)
+                .await?)
+        })
+        .await?;
         Ok(changed.map(|d| match d.get(CREDENTIAL_VERSION) {
             Some(bson::Bson::Int32(v)) => i64::from(*v),
             Some(bson::Bson::Int64(v)) => *v,
@@ -444,10 +530,13 @@ impl Store {
             "$inc": { CREDENTIAL_VERSION: 1_i64 },
         };
         outbox::push(&mut update, event);
-        let r = self
-            .users
-            .update_one(doc! { "_id": id, DELETED: { "$exists": false } }, update)
-            .await?;
+        let users = self.users.clone();
+        let r = write_then_forget(self.cache.as_ref(), id, async move {
+            Ok(users
+                .update_one(doc! { "_id": id, DELETED: { "$exists": false } }, update)
+                .await?)
+        })
+        .await?;
         Ok(r.modified_count == 1)
     }
 
@@ -494,16 +583,13 @@ impl Store {
         followers: i64,
         following: i64,
     ) -> anyhow::Result<bool> {
-        self.counters
-            .recount(
-                user,
-                as_of_ms,
-                &[
-                    ("followers_count", followers),
-                    ("following_count", following),
-                ],
-            )
-            .await
+        let counts = [
+            ("followers_count", followers),
+            ("following_count", following),
+        ];
+        let recounted = self.counters.recount(user, as_of_ms, &counts).await;
+        self.forget(user).await;
+        recounted
     }
 
     /// Ids after `after` in id order, at most `limit` (for recomputing counters).

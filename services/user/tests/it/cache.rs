@@ -1,0 +1,109 @@
+//! GetUser and BatchGetUsers read others' profiles through Redis (`social_kit::cache`):
+//! warm reads send nothing to MongoDB's `users`, every change of a profile or its
+//! counters is seen by the next read, and the cache holds the public profile alone.
+
+use std::time::Duration;
+
+use prost_types::FieldMask;
+use social_proto::user::v1::{
+    BatchGetUsersRequest, DeleteAccountRequest, GetUserRequest, UpdateUserRequest, User,
+};
+use social_testkit::{Stack, authed, eventually, queries};
+use tonic::{Code, Status};
+
+/// `id`'s profile as `token`'s account sees it.
+async fn get(stack: &Stack, token: &str, id: &str) -> Result<User, Status> {
+    let request = authed(GetUserRequest { id: id.into() }, token);
+    Ok(stack.users().await.get_user(request).await?.into_inner())
+}
+
+/// `id`'s profile as BatchGetUsers answers `token`'s account.
+async fn batch_get(stack: &Stack, token: &str, id: &str) -> Option<User> {
+    let request = authed(
+        BatchGetUsersRequest {
+            ids: vec![id.into()],
+        },
+        token,
+    );
+    let answer = stack.users().await.batch_get_users(request).await;
+    answer.unwrap().into_inner().users.pop()
+}
+
+#[tokio::test]
+async fn a_profile_is_read_through_the_cache_and_every_change_is_seen_at_once() {
+    let stack = Stack::start().await;
+    let (alice, alice_token) = stack.register("alice").await;
+    let (_, bob_token) = stack.register("bob").await;
+    get(&stack, &bob_token, &alice).await.unwrap();
+    // Warm: neither GetUser nor BatchGetUsers reaches MongoDB's `users`.
+    let by_id = || queries::sent("users", "find {_id:");
+    let before = by_id();
+    for _ in 0..3 {
+        let seen = get(&stack, &bob_token, &alice).await.unwrap();
+        assert_eq!((seen.username.as_str(), seen.email.as_str()), ("alice", ""));
+    }
+    assert!(batch_get(&stack, &bob_token, &alice).await.is_some());
+    assert_eq!(by_id(), before, "warm reads send nothing");
+    // Her own view still has her email (read from MongoDB).
+    let own = get(&stack, &alice_token, &alice).await.unwrap();
+    assert_eq!(own.email, "alice@example.com");
+
+    // An edit, a follow's count (once its event landed), a deletion: each read next.
+    let edit = UpdateUserRequest {
+        user: Some(User {
+            id: alice.clone(),
+            bio: "new bio".into(),
+            ..Default::default()
+        }),
+        update_mask: Some(FieldMask {
+            paths: vec!["bio".into()],
+        }),
+    };
+    let mut users = stack.users().await;
+    users.update_user(authed(edit, &alice_token)).await.unwrap();
+    assert_eq!(
+        get(&stack, &bob_token, &alice).await.unwrap().bio,
+        "new bio"
+    );
+    assert_eq!(
+        batch_get(&stack, &bob_token, &alice).await.unwrap().bio,
+        "new bio"
+    );
+    stack.follow(&bob_token, &alice).await;
+    let counted = eventually(Duration::from_secs(10), || async {
+        let seen = get(&stack, &bob_token, &alice).await.unwrap();
+        (seen.followers_count == 1).then_some(())
+    })
+    .await;
+    assert!(counted.is_some(), "the follow's count never showed");
+    let delete = DeleteAccountRequest {
+        password: "correct horse battery".into(),
+    };
+    users
+        .delete_account(authed(delete, &alice_token))
+        .await
+        .unwrap();
+    let gone = get(&stack, &bob_token, &alice).await.unwrap_err();
+    assert_eq!(gone.code(), Code::NotFound);
+    assert!(batch_get(&stack, &bob_token, &alice).await.is_none());
+}
+
+#[tokio::test]
+async fn the_cache_holds_no_email_or_password_hash() {
+    let stack = Stack::start().await;
+    let (alice, _) = stack.register("alice").await;
+    let (_, bob_token) = stack.register("bob").await;
+    get(&stack, &bob_token, &alice).await.unwrap();
+    let redis = redis::Client::open("redis://127.0.0.1:6379").unwrap();
+    let mut redis = redis.get_multiplexed_async_connection().await.unwrap();
+    let cached: Option<Vec<u8>> = redis::cmd("GET")
+        .arg(format!("social-test:user:{alice}"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let cached = String::from_utf8_lossy(&cached.expect("the profile is cached")).into_owned();
+    assert!(cached.contains("alice"), "{cached}");
+    for secret in ["@example.com", "argon2", "password", "credential"] {
+        assert!(!cached.contains(secret), "{secret} in the cache: {cached}");
+    }
+}
