@@ -288,7 +288,7 @@ stop_started() {
     done
     STARTED_NX_PORTS=()
     # shellcheck disable=SC2012 # names without spaces
-    ls -t "$RUN_DIR"/nx-27017-*.log 2>/dev/null | tail -n +11 | xargs -r rm -f
+    { ls -t "$RUN_DIR"/nx-27017-*.log 2>/dev/null || true; } | tail -n +11 | xargs -r rm -f
     if [[ "$RABBITMQ_STARTED_HERE" == 1 ]]; then
         log "stopping the RabbitMQ this script started"
         $RABBITMQ_SUDO env PATH="$PATH:/usr/sbin" timeout 60 rabbitmqctl stop >/dev/null 2>&1 || true

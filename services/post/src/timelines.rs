@@ -498,14 +498,16 @@ impl Timelines {
     }
 
     async fn pull_author(&self, author: ObjectId) -> Result<()> {
-        self.inner
+        // An insert, recorded once: an upsert would store the id as text on the stand-in.
+        let recorded = self
+            .inner
             .pulled
-            .update_one(
-                doc! { "_id": author },
-                doc! { "$set": { "since": DateTime::now() } },
-            )
-            .upsert(true)
-            .await?;
+            .insert_one(doc! { "_id": author, "since": DateTime::now() })
+            .await;
+        match recorded {
+            Err(e) if !social_kit::error::is_duplicate_key(&e) => return Err(e.into()),
+            _ => {}
+        }
         if let Ok(mut known) = self.inner.pulled_known.write() {
             known.insert(author);
         }

@@ -27,6 +27,9 @@
 //!   `i64` does);
 //! - `$setOnInsert` is ignored in upserts: not used; a document made once (a
 //!   notification group) is an insert that a unique index makes happen once, then a find;
+//! - an upsert whose filter is `{_id: <ObjectId>}` stores the new document's `_id` as
+//!   text: a document made once by id is an insert (a duplicate key: made already), as
+//!   the post service's `pulled_authors`;
 //! - partialFilterExpression is ignored (the index applies to every document), and a
 //!   unique index does not treat missing fields as equal: unique keys are only on fields
 //!   every document has;

@@ -346,6 +346,19 @@ async fn an_author_above_the_fan_out_limit_is_pulled_at_read_time_not_pushed() {
     }
     let pulled = bson::doc! { "_id": bson::oid::ObjectId::parse_str(&big_id).unwrap() };
     assert_eq!(app.stack.count("pulled_authors", pulled).await, 1);
+    // Another replica learns it from MongoDB, and pulls the author too.
+    let replica = app.stack.post_replica(TimelineSettings::default()).await;
+    let replica = PostServiceClient::new(replica.channel().await);
+    let pulls = social_testkit::eventually(Duration::from_secs(5), || async {
+        let feed = whole_feed(&replica, &readers[1].1, 10).await;
+        (feed == ["big 2", "big 1"]).then_some(())
+    })
+    .await;
+    assert!(
+        pulls.is_some(),
+        "{:?}",
+        whole_feed(&replica, &readers[1].1, 10).await
+    );
 }
 
 #[tokio::test]
