@@ -330,6 +330,14 @@ impl Cache {
         Ok(found)
     }
 
+    /// [`Self::forget`], failing if Redis did not answer (an event handler that must
+    /// see the entry gone retries).
+    pub async fn forget_surely(&self, id: ObjectId) -> crate::Result<()> {
+        let mut forget = redis::cmd("DEL");
+        forget.arg(self.key(id)).arg(self.lease_key(id));
+        self.redis.must::<i64>(&forget).await.map(drop)
+    }
+
     /// Forgets document `id` (after each write of it) and any reader's lease on it.
     pub async fn forget(&self, id: ObjectId) {
         let mut forget = redis::cmd("DEL");

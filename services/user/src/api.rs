@@ -128,6 +128,9 @@ impl Api {
     /// The profiles of accounts `ids` in the order asked for, as a caller who is none of
     /// them sees them (those who block the caller left out), read through the cache.
     async fn profiles<T>(&self, request: &Request<T>, ids: &[ObjectId]) -> Result<Vec<User>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut found = self.store.profiles(ids).await?;
         let viewer = social_kit::auth::optional_caller(request);
         let hidden = self.store.blocks.hidden_from(viewer, ids).await?;
@@ -786,18 +789,19 @@ impl UserService for Api {
         let mut v = Violations::default();
         let ids = validate::id_batch("ids", &request.get_ref().ids, &mut v);
         v.finish()?;
-        if !social_kit::auth::optional_caller(&request).is_some_and(|me| ids.contains(&me)) {
-            let users = self.profiles(&request, &ids).await?;
-            return Ok(Response::new(BatchGetUsersResponse { users }));
+        // Others' profiles through the cache; the caller's own, with its email, from
+        // MongoDB.
+        let me = social_kit::auth::optional_caller(&request).filter(|me| ids.contains(me));
+        let others: Vec<ObjectId> = ids.iter().copied().filter(|id| Some(*id) != me).collect();
+        let mut users = self.profiles(&request, &others).await?;
+        if let Some(me) = me
+            && let Some(own) = self.store.by_id(me).await?
+        {
+            let viewer = self.viewer(&request, &[&own]).await?;
+            users.push(to_wire(own, viewer));
+            // In the order asked for.
+            users.sort_by_key(|u| ids.iter().position(|id| id.to_hex() == u.id));
         }
-        let mut found = self.store.by_ids(&ids).await?;
-        self.hide_blockers(&request, &mut found).await?;
-        let viewer = self
-            .viewer(&request, &found.iter().collect::<Vec<_>>())
-            .await?;
-        // In the order asked for.
-        found.sort_by_key(|u| ids.iter().position(|id| *id == u.id));
-        let users = found.into_iter().map(|u| to_wire(u, viewer)).collect();
         Ok(Response::new(BatchGetUsersResponse { users }))
     }
 

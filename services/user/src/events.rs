@@ -28,6 +28,9 @@ pub async fn apply(store: Store, envelope: Envelope) -> anyhow::Result<()> {
             // What the account wrote in its reports goes with it.
             let user = social_events::removed_users::deleted_user(e)?;
             store.reports.forget_reporter(user).await?;
+            // The deletion forgot its profile; this makes sure, should Redis have
+            // missed that (retried until it answers).
+            store.forget_surely(user).await?;
             return Ok(());
         }
         Some(Payload::UserBlocked(_) | Payload::UserUnblocked(_)) => {
@@ -40,17 +43,11 @@ pub async fn apply(store: Store, envelope: Envelope) -> anyhow::Result<()> {
     let followee = ObjectId::parse_str(followee)?;
     // Each cached profile goes after its counter moved (or perhaps moved, behind an
     // error: a redelivery forgets it again).
-    let following = store
-        .counters
-        .add(follower, "following_count", delta, &envelope)
-        .await;
-    store.forget(follower).await;
-    following?;
-    let followers = store
-        .counters
-        .add(followee, "followers_count", delta, &envelope)
-        .await;
-    store.forget(followee).await;
-    followers?;
+    store
+        .count(follower, "following_count", delta, &envelope)
+        .await?;
+    store
+        .count(followee, "followers_count", delta, &envelope)
+        .await?;
     Ok(())
 }

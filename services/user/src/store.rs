@@ -188,6 +188,33 @@ impl Store {
         }
     }
 
+    /// [`Self::forget`], failing if Redis did not answer: a deleted account's profile
+    /// must go, so its event is retried until it has.
+    pub async fn forget_surely(&self, id: ObjectId) -> Result<()> {
+        match &self.cache {
+            Some(cache) => cache.forget_surely(id).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Moves `user`'s counter `field` by `delta` for `event`, then forgets its profile,
+    /// in a task a handler's timeout cannot stop half-way (`write_then_forget`).
+    pub async fn count(
+        &self,
+        user: ObjectId,
+        field: &'static str,
+        delta: i64,
+        event: &Envelope,
+    ) -> anyhow::Result<()> {
+        let counters = self.counters.clone();
+        let event = event.clone();
+        write_then_forget(self.cache.as_ref(), user, async move {
+            Ok(counters.add(user, field, delta, &event).await.map(drop)?)
+        })
+        .await?;
+        Ok(())
+    }
+
     /// The profiles of the live accounts `ids`, through the cache; in no order.
     pub async fn profiles(&self, ids: &[ObjectId]) -> Result<Vec<Profile>> {
         let users = self.users.clone_with_type::<Profile>();
@@ -319,7 +346,11 @@ impl Store {
             let mut tries = 0;
             loop {
                 match this.users.delete_one(doc! { "_id": id }).await {
-                    Ok(_) => break,
+                    Ok(_) => {
+                        // A reader may have cached it meanwhile.
+                        this.forget(id).await;
+                        break;
+                    }
                     Err(e) if tries < 5 => {
                         tries += 1;
                         tracing::warn!(error = %e, user_id = %id, "undoing a registration; retrying");

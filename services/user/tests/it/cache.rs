@@ -33,8 +33,9 @@ async fn batch_get(stack: &Stack, token: &str, id: &str) -> Option<User> {
 async fn a_profile_is_read_through_the_cache_and_every_change_is_seen_at_once() {
     let stack = Stack::start().await;
     let (alice, alice_token) = stack.register("alice").await;
-    let (_, bob_token) = stack.register("bob").await;
+    let (bob, bob_token) = stack.register("bob").await;
     get(&stack, &bob_token, &alice).await.unwrap();
+    get(&stack, &alice_token, &bob).await.unwrap();
     // Warm: neither GetUser nor BatchGetUsers reaches MongoDB's `users`.
     let by_id = || queries::sent("users", "find {_id:");
     let before = by_id();
@@ -47,6 +48,27 @@ async fn a_profile_is_read_through_the_cache_and_every_change_is_seen_at_once() 
     // Her own view still has her email (read from MongoDB).
     let own = get(&stack, &alice_token, &alice).await.unwrap();
     assert_eq!(own.email, "alice@example.com");
+    // Asking for herself among others: hers from MongoDB, the others' from the cache,
+    // in the order asked. (Bob's bio changed behind the service's back: only the cache
+    // still says it was empty.)
+    let bob_id = bson::oid::ObjectId::parse_str(&bob).unwrap();
+    let behind = bson::doc! { "$set": { "bio": "changed behind its back" } };
+    let users_collection = stack.database().await.collection::<bson::Document>("users");
+    users_collection
+        .update_one(bson::doc! { "_id": bob_id }, behind)
+        .await
+        .unwrap();
+    let ids = vec![bob.clone(), alice.clone()];
+    let request = authed(BatchGetUsersRequest { ids }, &alice_token);
+    let batch = stack.users().await.batch_get_users(request).await.unwrap();
+    let seen: Vec<(String, String, String)> = batch
+        .into_inner()
+        .users
+        .into_iter()
+        .map(|u| (u.username, u.email, u.bio))
+        .collect();
+    let row = |name: &str, email: &str| (name.to_owned(), email.to_owned(), String::new());
+    assert_eq!(seen, [row("bob", ""), row("alice", "alice@example.com")]);
 
     // An edit, a follow's count (once its event landed), a deletion: each read next.
     let edit = UpdateUserRequest {
