@@ -273,6 +273,17 @@ pub fn violated_fields(status: &Status) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// A connection to the tests' Redis (`REDIS_URL`, else the local one), to look at or
+/// change what the services keep there.
+pub async fn redis() -> redis::aio::MultiplexedConnection {
+    let url = social_kit::cache::Settings::for_tests().url;
+    let client = redis::Client::open(url).expect("a Redis URL");
+    client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("the tests' Redis answers")
+}
+
 /// Polls `check` until it returns `Some` or `timeout` passes.
 pub async fn eventually<T, F, Fut>(timeout: Duration, mut check: F) -> Option<T>
 where

@@ -244,20 +244,20 @@ end
 return answer
 ";
 
-/// Starts a rebuild of timeline `KEYS` (lease, floor, gen, entries, follows, muted)
+/// Starts a rebuild of timeline `KEYS` (entries, floor, follows, muted, gen, lease)
 /// under token `ARGV[1]` for `ARGV[2]` ms, from nothing (what an earlier one left is
 /// dropped): answers the generation of the follows it must read after, or nil if
 /// another rebuild is under way or the timeline exists.
 const BEGIN: &str = r"
-if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return false end
+if not redis.call('SET', KEYS[6], ARGV[1], 'NX', 'PX', ARGV[2]) then return false end
 local floor = redis.call('GET', KEYS[2])
 if floor and floor ~= 'building' then
-  redis.call('DEL', KEYS[1])
+  redis.call('DEL', KEYS[6])
   return false
 end
-redis.call('DEL', KEYS[4], KEYS[5], KEYS[6])
+redis.call('DEL', KEYS[1], KEYS[3], KEYS[4])
 redis.call('SET', KEYS[2], 'building', 'PX', ARGV[2])
-return redis.call('GET', KEYS[3]) or '0'
+return redis.call('GET', KEYS[5]) or '0'
 ";
 
 /// Stores what a rebuild under lease token `ARGV[1]` read, if the follows are still at
@@ -349,6 +349,31 @@ struct Keys {
     muted: String,
     version: String,
     lease: String,
+}
+
+impl Keys {
+    /// The parts of a timeline, in the order every script takes them as `KEYS`.
+    fn parts(&self) -> [&str; 5] {
+        [
+            &self.entries,
+            &self.floor,
+            &self.follows,
+            &self.muted,
+            &self.version,
+        ]
+    }
+
+    /// `script` invoked on the parts (and the lease, for a build's scripts).
+    fn invoke<'a>(&self, script: &'a redis::Script, lease: bool) -> redis::ScriptInvocation<'a> {
+        let mut invocation = script.prepare_invoke();
+        for key in self.parts() {
+            invocation.key(key);
+        }
+        if lease {
+            invocation.key(&self.lease);
+        }
+        invocation
+    }
 }
 
 /// What a read of a timeline found.
@@ -595,13 +620,8 @@ impl Timelines {
         let below = page
             .after
             .map_or_else(|| "+".to_owned(), |key| format!("({key:019}"));
-        let mut read = self.inner.read.prepare_invoke();
-        read.key(&keys.entries)
-            .key(&keys.floor)
-            .key(&keys.follows)
-            .key(&keys.muted)
-            .key(&keys.version)
-            .arg(reader.to_hex())
+        let mut read = keys.invoke(&self.inner.read, false);
+        read.arg(reader.to_hex())
             .arg(below)
             .arg(want)
             .arg(want * SCAN_FACTOR)
@@ -655,16 +675,8 @@ impl Timelines {
         let length = self.inner.settings.length;
         for _ in 0..TRIES {
             let token = ObjectId::new().to_hex();
-            let mut begin = self.inner.begin.prepare_invoke();
-            begin
-                .key(&keys.lease)
-                .key(&keys.floor)
-                .key(&keys.version)
-                .key(&keys.entries)
-                .key(&keys.follows)
-                .key(&keys.muted)
-                .arg(&token)
-                .arg(ms(BUILD_LEASE));
+            let mut begin = keys.invoke(&self.inner.begin, true);
+            begin.arg(&token).arg(ms(BUILD_LEASE));
             let Some(version): Option<String> = self.inner.redis.must_invoke(&begin).await? else {
                 return Ok(());
             };
@@ -684,14 +696,8 @@ impl Timelines {
                 Some(oldest) if newest.len() >= length => oldest.0 - 1,
                 _ => 0,
             };
-            let mut store = self.inner.build.prepare_invoke();
+            let mut store = keys.invoke(&self.inner.build, true);
             store
-                .key(&keys.entries)
-                .key(&keys.floor)
-                .key(&keys.follows)
-                .key(&keys.muted)
-                .key(&keys.version)
-                .key(&keys.lease)
                 .arg(&token)
                 .arg(&version)
                 .arg(length)
@@ -732,13 +738,8 @@ impl Timelines {
                 return Ok(());
             };
             let version = version.unwrap_or_else(|| "0".into());
-            let mut pair = self.inner.pair.prepare_invoke();
-            pair.key(&keys.entries)
-                .key(&keys.floor)
-                .key(&keys.follows)
-                .key(&keys.muted)
-                .key(&keys.version)
-                .arg(&version)
+            let mut pair = keys.invoke(&self.inner.pair, false);
+            pair.arg(&version)
                 .arg(self.idle_ms())
                 .arg(length)
                 .arg(account.to_hex());
@@ -795,11 +796,7 @@ impl Timelines {
                     .cmd("EVALSHA")
                     .arg(&sha)
                     .arg(5)
-                    .arg(&keys.entries)
-                    .arg(&keys.floor)
-                    .arg(&keys.follows)
-                    .arg(&keys.muted)
-                    .arg(&keys.version)
+                    .arg(&keys.parts()[..])
                     .arg(&member)
                     .arg(self.inner.settings.length)
                     .ignore();
@@ -816,13 +813,8 @@ impl Timelines {
             return;
         }
         let keys = self.keys(post.user_id);
-        let mut push = self.inner.push.prepare_invoke();
-        push.key(&keys.entries)
-            .key(&keys.floor)
-            .key(&keys.follows)
-            .key(&keys.muted)
-            .key(&keys.version)
-            .arg(entry(post.sort_key, post.id, post.user_id))
+        let mut push = keys.invoke(&self.inner.push, false);
+        push.arg(entry(post.sort_key, post.id, post.user_id))
             .arg(self.inner.settings.length);
         let _: Option<i64> = self.inner.redis.invoke(&push).await;
     }
@@ -831,13 +823,7 @@ impl Timelines {
     async fn remove(&self, user: ObjectId) -> Result<()> {
         let keys = self.keys(user);
         let mut forget = redis::cmd("DEL");
-        forget
-            .arg(&keys.entries)
-            .arg(&keys.floor)
-            .arg(&keys.follows)
-            .arg(&keys.muted)
-            .arg(&keys.version)
-            .arg(&keys.lease);
+        forget.arg(&keys.parts()[..]).arg(&keys.lease);
         self.inner.redis.must::<i64>(&forget).await?;
         self.inner.pulled.delete_one(doc! { "_id": user }).await?;
         if let Ok(mut known) = self.inner.pulled_known.write() {

@@ -12,14 +12,6 @@ use social_testkit::{Stack, StackOptions, TimelineSettings, authed, token_for};
 
 use crate::bench::{SAMPLES, database, feed_page, histogram, report, seed_posts, timed};
 
-/// The test stack's Redis, where its timelines are (`REDIS_URL`).
-async fn redis() -> anyhow::Result<redis::aio::MultiplexedConnection> {
-    let url = social_kit::cache::Settings::for_tests().url;
-    Ok(redis::Client::open(url)?
-        .get_multiplexed_async_connection()
-        .await?)
-}
-
 /// The key of `reader`'s timeline (and `suffix`) in the test stack's Redis.
 fn key(reader: ObjectId, suffix: &str) -> String {
     format!("social-test:home:{{{}}}{suffix}", reader.to_hex())
@@ -49,7 +41,7 @@ pub async fn feed() -> anyhow::Result<()> {
         .await;
     let mut merged = PostServiceClient::new(merged.channel().await);
     let mut graph = stack.graph().await;
-    let mut redis = redis().await?;
+    let mut redis = social_testkit::redis().await;
 
     let authors: Vec<ObjectId> = (0..5000).map(|_| ObjectId::new()).collect();
     // Every author has posted a few times over the last days; 20,000 posts in all.
@@ -138,7 +130,7 @@ pub async fn fanout() -> anyhow::Result<()> {
     .await;
     let db = database(&stack).await?;
     let mut posts = stack.posts().await;
-    let mut redis = redis().await?;
+    let mut redis = social_testkit::redis().await;
     let limit = TimelineSettings::default().max_followers;
     println!("fan-out to followers who each have a timeline (limit {limit}):");
     for n in [100_usize, 1_000, 10_000, limit + 1] {

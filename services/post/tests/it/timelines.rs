@@ -319,8 +319,7 @@ async fn an_author_above_the_fan_out_limit_is_pulled_at_read_time_not_pushed() {
     app.post(&big, "big 2", vec![]).await.unwrap();
     app.stack.settled().await;
 
-    let redis = redis::Client::open("redis://127.0.0.1:6379").unwrap();
-    let mut redis = redis.get_multiplexed_async_connection().await.unwrap();
+    let mut redis = social_testkit::redis().await;
     for (i, (id, token)) in readers.iter().enumerate() {
         let mut entries: Vec<String> = redis::cmd("ZRANGE")
             .arg(format!("social-test:home:{{{id}}}"))
@@ -421,8 +420,7 @@ async fn a_mute_that_ends_by_itself_lets_the_account_back_into_the_timeline() {
     assert_eq!(warm_feed(&app, &alice).await, (Vec::<String>::new(), 0));
     // A minute later (the timeline's copy of the mute's end moved to the past, as time
     // would), bob is back, still read from memory.
-    let redis = redis::Client::open("redis://127.0.0.1:6379").unwrap();
-    let mut redis = redis.get_multiplexed_async_connection().await.unwrap();
+    let mut redis = social_testkit::redis().await;
     let ended = bson::DateTime::now().timestamp_millis() - 1000;
     let moved: i64 = redis::cmd("ZADD")
         .arg(format!("social-test:home:{{{alice_id}}}:muted"))
@@ -454,8 +452,7 @@ async fn a_timeline_that_lost_a_part_is_built_again_not_read_wrong() {
         (vec!["by bob".to_owned()], 0)
     );
     // Redis evicts one key of alice's timeline (each has a TTL), not the others.
-    let redis = redis::Client::open("redis://127.0.0.1:6379").unwrap();
-    let mut redis = redis.get_multiplexed_async_connection().await.unwrap();
+    let mut redis = social_testkit::redis().await;
     let evicted: i64 = redis::cmd("DEL")
         .arg(format!("social-test:home:{{{alice_id}}}:follows"))
         .query_async(&mut redis)

@@ -116,8 +116,7 @@ async fn the_cache_holds_no_email_or_password_hash() {
     let (alice, _) = stack.register("alice").await;
     let (_, bob_token) = stack.register("bob").await;
     get(&stack, &bob_token, &alice).await.unwrap();
-    let redis = redis::Client::open("redis://127.0.0.1:6379").unwrap();
-    let mut redis = redis.get_multiplexed_async_connection().await.unwrap();
+    let mut redis = social_testkit::redis().await;
     let cached: Option<Vec<u8>> = redis::cmd("GET")
         .arg(format!("social-test:user:{alice}"))
         .query_async(&mut redis)
