@@ -6,8 +6,9 @@ use std::{collections::HashSet, time::Duration};
 
 use bson::oid::ObjectId;
 use social_proto::graph::v1::{
-    FollowRequest, GetRelationshipRequest, ListFollowersRequest, ListFollowingIdsRequest,
-    ListFollowingRequest, UnfollowRequest, social_graph_service_client::SocialGraphServiceClient,
+    FollowRequest, GetRelationshipRequest, ListFollowerIdsRequest, ListFollowersRequest,
+    ListFollowingIdsRequest, ListFollowingRequest, UnfollowRequest,
+    social_graph_service_client::SocialGraphServiceClient,
 };
 use social_testkit::{Stack, StackOptions, authed, token_for, violated_fields};
 use tonic::{Code, transport::Channel};
@@ -219,8 +220,57 @@ async fn follow_unfollow_lists_and_relationship() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(ids.user_ids, [alice]);
+    assert_eq!(ids.user_ids, std::slice::from_ref(&alice));
     assert!(!ids.truncated);
+
+    // The home timelines' questions: bob's followers, at most one of them at a time,
+    // and whether bob follows each of a few accounts.
+    let followers = |limit| {
+        social_testkit::as_service(ListFollowerIdsRequest {
+            user_id: alice.clone(),
+            limit,
+        })
+    };
+    let some = g
+        .list_follower_ids(followers(1))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((some.user_ids, some.truncated), (vec![bob.clone()], false));
+    let err = g.list_follower_ids(followers(-1)).await.unwrap_err();
+    assert_eq!(violated_fields(&err), ["limit"]);
+    let among = |among: Vec<String>| {
+        social_testkit::as_service(ListFollowingIdsRequest {
+            user_id: bob.clone(),
+            with_mutes: true,
+            among,
+            ..Default::default()
+        })
+    };
+    let unknown = bson::oid::ObjectId::new().to_hex();
+    let answer = g
+        .list_following_ids(among(vec![unknown.clone(), alice.clone()]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.user_ids, std::slice::from_ref(&alice));
+    assert!(answer.mutes.is_empty());
+    let answer = g.list_following_ids(among(vec![unknown])).await.unwrap();
+    assert!(answer.into_inner().user_ids.is_empty());
+    let err = g
+        .list_following_ids(among(vec!["nope".into()]))
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&err), ["among[0]"]);
+    // Others may not ask.
+    let err = g
+        .list_follower_ids(ListFollowerIdsRequest {
+            user_id: alice.clone(),
+            limit: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
 }
 
 #[tokio::test]
