@@ -80,11 +80,7 @@ impl Api {
         if answer.truncated {
             tracing::warn!(reader = %reader, "follows more accounts than the feed reads; using the most recent follows");
         }
-        answer
-            .user_ids
-            .iter()
-            .map(|id| ObjectId::parse_str(id).map_err(Error::internal))
-            .collect()
+        crate::timelines::peer_ids(&answer.user_ids)
     }
 }
 

@@ -53,7 +53,7 @@ use social_kit::{
     config::ConfigError,
     mongo,
     paging::PageRequest,
-    time::{ms, now_ms},
+    time::{millis, ms, now_ms},
 };
 use social_proto::graph::v1::{
     ListFollowerIdsRequest, ListFollowingIdsRequest,
@@ -847,19 +847,13 @@ impl Timelines {
             .call(client.list_following_ids(request))
             .await
             .map_err(|s| graph.error(s))?;
-        let follows = answer
-            .user_ids
-            .iter()
-            .map(|id| ObjectId::parse_str(id).map_err(Error::internal))
-            .collect::<Result<_>>()?;
+        let follows = peer_ids(&answer.user_ids)?;
         let mutes = answer
             .mutes
             .iter()
             .filter_map(|m| {
                 let id = ObjectId::parse_str(&m.muted_id).ok()?;
-                let ends = m.expires_at.as_ref().map_or(FOREVER_MS, |at| {
-                    at.seconds * 1000 + i64::from(at.nanos) / 1_000_000
-                });
+                let ends = m.expires_at.as_ref().map_or(FOREVER_MS, millis);
                 Some((id, ends))
             })
             .collect();
@@ -879,13 +873,15 @@ impl Timelines {
             .call(client.list_follower_ids(request))
             .await
             .map_err(|s| graph.error(s))?;
-        let ids = answer
-            .user_ids
-            .iter()
-            .map(|id| ObjectId::parse_str(id).map_err(Error::internal))
-            .collect::<Result<_>>()?;
-        Ok((ids, answer.truncated))
+        Ok((peer_ids(&answer.user_ids)?, answer.truncated))
     }
+}
+
+/// The ids a peer answered (an id it sent that does not parse is its fault: internal).
+pub(crate) fn peer_ids(ids: &[String]) -> Result<Vec<ObjectId>> {
+    ids.iter()
+        .map(|id| ObjectId::parse_str(id).map_err(Error::internal))
+        .collect()
 }
 
 /// Applies one event of the timelines' queue.
