@@ -79,9 +79,28 @@ pub struct Services {
     pub notifications: Peer,
 }
 
-/// Shared by every handler.
+/// Shared by every handler: what [`Gateway`] holds, behind one reference count, since
+/// the router and each middleware clone it for every request (five peers' channels,
+/// cloned field by field, cost more than the rest of a cached read's routing).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Gateway>);
+
+impl AppState {
+    pub fn new(gateway: Gateway) -> Self {
+        Self(Arc::new(gateway))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Gateway;
+
+    fn deref(&self) -> &Gateway {
+        &self.0
+    }
+}
+
+/// What the gateway's handlers work with.
+pub struct Gateway {
     pub services: Services,
     pub limits: Arc<crate::limits::Limits>,
     pub settings: Arc<crate::Settings>,

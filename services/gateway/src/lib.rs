@@ -41,7 +41,7 @@ use social_kit::auth::TokenVerifier;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::context::{AppState, Services};
+use crate::context::{AppState, Gateway, Services};
 
 /// What the handlers share beyond the services.
 pub struct Settings {
@@ -65,7 +65,7 @@ pub async fn run(
         config.streams,
     ));
     let gateway_token = social_kit::auth::gateway_token(&config.common)?;
-    let state = AppState {
+    let state = AppState::new(Gateway {
         // Every call carries the gateway's credential, which vouches for the client
         // address it reports (the user service counts password guesses by network).
         services: Services {
@@ -92,7 +92,7 @@ pub async fn run(
             readiness: tokio::sync::Mutex::new(None),
         }),
         shared: shared::Shared::new(&config.redis_url, &config.redis_key_prefix, &gateway_token)?,
-    };
+    });
     let routes = openapi::routes()?.merge(readiness::routes());
     let app = middleware::around(routes, state, &config);
 

@@ -3,6 +3,12 @@
 
 use std::process::ExitCode;
 
+/// mimalloc rather than glibc's allocator: under post reads glibc's malloc and free
+/// took 12% of the gateway's CPU; with mimalloc's per-thread pages a read costs about
+/// 12% less CPU, for about 4 MiB more memory idle (docs/BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     if std::env::args().nth(1).as_deref() == Some("openapi") {

@@ -11,7 +11,10 @@ use axum::{
     middleware,
 };
 use tower_http::{
-    compression::CompressionLayer,
+    compression::{
+        CompressionLayer,
+        predicate::{NotForContentType, Predicate, SizeAbove},
+    },
     cors::{AllowOrigin, CorsLayer},
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
     trace::{DefaultOnResponse, TraceLayer},
@@ -67,7 +70,7 @@ pub(crate) fn around(routes: Router<AppState>, state: AppState, config: &Config)
         ))
         // Through the extractors, so that a body too large is answered in the error shape.
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
-        .layer(CompressionLayer::new())
+        .layer(CompressionLayer::new().compress_when(compressed()))
         .layer(cors)
         // The access log: one line per request, with its status and latency, in its span.
         .layer(
@@ -80,6 +83,22 @@ pub(crate) fn around(routes: Router<AppState>, state: AppState, config: &Config)
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
         .with_state(state)
+}
+
+/// Below this size an answer goes as it is: gzip would save a few hundred bytes of a
+/// packet that is sent anyway, and each compressed answer costs a compressor's state
+/// (about 300 KiB, allocated, zeroed and freed): more than the rest of a cached read's
+/// time in the gateway (docs/BENCHMARKS.md).
+pub(crate) const COMPRESSED_FROM_BYTES: u64 = 1024;
+
+/// Which answers are compressed (for a client that accepts gzip): those of at least
+/// [`COMPRESSED_FROM_BYTES`] or of unknown length, except gRPC, images and event streams
+/// (tower-http's defaults, with a larger floor).
+fn compressed() -> impl Predicate {
+    SizeAbove::new(COMPRESSED_FROM_BYTES)
+        .and(NotForContentType::GRPC)
+        .and(NotForContentType::IMAGES)
+        .and(NotForContentType::SSE)
 }
 
 /// A span per request: method, route, request id, and the caller's trace context

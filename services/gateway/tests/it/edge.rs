@@ -241,6 +241,55 @@ async fn with_the_notification_service_down_logins_posts_and_feeds_go_on() {
 }
 
 #[tokio::test]
+async fn answers_under_a_kibibyte_go_as_they_are_and_larger_ones_gzipped() {
+    let app = App::start().await;
+    let (alice_id, alice) = app.sign_up("alice").await;
+    let mut short = String::new();
+    for content in ["short".to_owned(), "x".repeat(400), "y".repeat(400)] {
+        let post = app
+            .call(
+                Method::POST,
+                "/v1/posts",
+                Some(&alice),
+                Some(serde_json::json!({ "content": content })),
+            )
+            .await;
+        assert_eq!(post.status, StatusCode::CREATED, "{}", post.body);
+        if short.is_empty() {
+            short = format!("/v1/posts/{}", post.body["id"].as_str().unwrap());
+        }
+    }
+    // One post; then the three, over a kibibyte.
+    for (path, compressed) in [
+        (short, false),
+        (format!("/v1/users/{alice_id}/posts"), true),
+    ] {
+        let read = |encoding: &'static str| {
+            app.http
+                .get(app.url(&path))
+                .header("accept-encoding", encoding)
+                .send()
+        };
+        let gzip = read("gzip").await.unwrap();
+        let encoding = gzip.headers().get("content-encoding").cloned();
+        let body = gzip.bytes().await.unwrap().to_vec();
+        let expected = read("identity").await.unwrap().text().await.unwrap();
+        assert_eq!(expected.len() >= 1024, compressed, "{path}: {expected}");
+        let text = if compressed {
+            assert_eq!(encoding.unwrap(), "gzip");
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&body[..]), &mut text)
+                .unwrap();
+            text
+        } else {
+            assert!(encoding.is_none(), "{path}: {encoding:?}");
+            String::from_utf8(body).unwrap()
+        };
+        assert_eq!(text, expected);
+    }
+}
+
+#[tokio::test]
 async fn the_openapi_document_lists_every_route_with_its_errors() {
     let app = App::start().await;
     // Gzipped once at start-up: the same bytes, of a known length, every time (a
