@@ -13,12 +13,23 @@
 //! only up to 29 days old (older ones are dead-lettered, `crate::consumer`), so the end
 //! it must not undo is always still there; an `unblocked` (`unmuted`) event is applied
 //! however late (ending is always safe).
+//!
+//! A service with a cache (`social_kit::cache`) also keeps there, per reader, who blocks
+//! that reader ([`Blocks::with_cache`]): the check every signed-in read makes (a post,
+//! a profile) then sends nothing to MongoDB once warm. Applying a block or unblock
+//! forgets the blocked account's entry (the event is retried until Redis answers), and
+//! the cache's leases keep a reader that read the copy before the change from storing
+//! what it read after it; so the cache is as fresh as the copy (but for a Redis failover
+//! to a replica that missed the forget: then for at most the entry's lifetime).
 
 use bson::{doc, oid::ObjectId};
 use futures::TryStreamExt;
 use mongodb::Collection;
 use serde::{Deserialize, Serialize};
-use social_kit::mongo::{self, Db};
+use social_kit::{
+    cache::Cache,
+    mongo::{self, Db},
+};
 
 use crate::{Envelope, Payload};
 
@@ -46,11 +57,45 @@ struct BlockCopy {
     ended_at: Option<bson::DateTime>,
 }
 
+/// How many of the accounts that block one reader the cache holds: a reader blocked by
+/// more is checked in MongoDB on every read (one indexed query), as without a cache.
+pub const BLOCKERS_CACHED: usize = 1_000;
+
+/// Who blocks one reader, as the cache holds it.
+#[derive(Debug, Serialize, Deserialize)]
+struct Blockers {
+    reader: ObjectId,
+    /// All of them, sorted, or none when there are more than [`BLOCKERS_CACHED`] (`all`
+    /// false).
+    ids: Vec<ObjectId>,
+    all: bool,
+}
+
+impl Blockers {
+    /// The entry for `reader` from the blockers found (up to one more than are kept).
+    fn new(reader: ObjectId, mut ids: Vec<ObjectId>) -> Self {
+        let all = ids.len() <= BLOCKERS_CACHED;
+        if !all {
+            ids.clear();
+        }
+        ids.sort();
+        Self { reader, ids, all }
+    }
+
+    /// Those of `authors` among them (`None` if the entry does not hold them all).
+    fn among(&self, authors: &[ObjectId]) -> Option<Vec<ObjectId>> {
+        let blocking = authors.iter().filter(|a| self.ids.binary_search(a).is_ok());
+        self.all.then(|| blocking.copied().collect())
+    }
+}
+
 /// One service's copy of the blocks. Cheap to clone.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Blocks {
     db: Db,
     copies: Collection<BlockCopy>,
+    /// Who blocks each reader, if the service has a cache.
+    blockers: Option<Cache>,
 }
 
 impl Blocks {
@@ -59,7 +104,14 @@ impl Blocks {
         Self {
             db: db.clone(),
             copies: db.collection(&format!("{}_blocks", service.replace('-', "_"))),
+            blockers: None,
         }
+    }
+
+    /// The same copy, keeping who blocks each reader in `cache` (see the module docs).
+    pub fn with_cache(mut self, cache: Option<Cache>) -> Self {
+        self.blockers = cache;
+        self
     }
 
     /// Creates the indexes (idempotent).
@@ -73,6 +125,12 @@ impl Blocks {
                     mongo::index(
                         "blocker_blocked_state",
                         doc! { "blocker_id": 1, "blocked_id": 1, "state": 1 },
+                        false,
+                    ),
+                    // Who blocks a reader, for the services that cache it.
+                    mongo::index(
+                        "blocked_state_blocker",
+                        doc! { "blocked_id": 1, "state": 1, "blocker_id": 1 },
                         false,
                     ),
                     mongo::ttl_index("ended_ttl", "ended_at", ENDED_KEPT),
@@ -102,6 +160,9 @@ impl Blocks {
             ended_at: ended_at(active),
         };
         let holds = apply_copy(&self.copies, copy.id, &copy, active).await?;
+        if let Some(cache) = &self.blockers {
+            cache.forget_surely(copy.blocked_id).await?;
+        }
         Ok(Some((copy.blocker_id, copy.blocked_id, holds)))
     }
 
@@ -159,18 +220,50 @@ impl Blocks {
         let mut authors: Vec<ObjectId> = authors.iter().copied().filter(|a| *a != viewer).collect();
         authors.sort();
         authors.dedup();
-        Ok(self.blocking(viewer, &authors).await?)
+        self.blocking(viewer, &authors).await
     }
 
     /// Those of `authors` who block `viewer`: to `viewer`, what they made is absent.
+    /// Through the cache of who blocks `viewer` when there is one and it holds them all.
     pub async fn blocking(
         &self,
         viewer: ObjectId,
         authors: &[ObjectId],
-    ) -> mongodb::error::Result<Vec<ObjectId>> {
+    ) -> social_kit::Result<Vec<ObjectId>> {
         if authors.is_empty() {
             return Ok(Vec::new());
         }
+        if let Some(cache) = &self.blockers {
+            let load = |_| self.blockers_of(viewer);
+            let mut cached = cache
+                .read_through(&[viewer], |b: &Blockers| b.reader, load)
+                .await?;
+            if let Some(blocking) = cached.pop().and_then(|b| b.among(authors)) {
+                return Ok(blocking);
+            }
+        }
+        let filter = doc! {
+            "blocked_id": mongo::equals_id(viewer),
+            "blocker_id": { "$in": authors },
+            "state": ACTIVE,
+        };
+        Ok(self.blocker_ids(filter, 0).await?)
+    }
+
+    /// Who blocks `reader`, as the cache keeps it.
+    async fn blockers_of(&self, reader: ObjectId) -> social_kit::Result<Vec<Blockers>> {
+        let filter = doc! { "blocked_id": mongo::equals_id(reader), "state": ACTIVE };
+        let limit = i64::try_from(BLOCKERS_CACHED + 1).unwrap_or(i64::MAX);
+        let ids = self.blocker_ids(filter, limit).await?;
+        Ok(vec![Blockers::new(reader, ids)])
+    }
+
+    /// The blockers of the blocks `filter` finds, up to `limit` (0: all).
+    async fn blocker_ids(
+        &self,
+        filter: bson::Document,
+        limit: i64,
+    ) -> mongodb::error::Result<Vec<ObjectId>> {
         #[derive(Deserialize)]
         struct Blocker {
             blocker_id: ObjectId,
@@ -178,12 +271,9 @@ impl Blocks {
         let found: Vec<Blocker> = self
             .copies
             .clone_with_type::<Blocker>()
-            .find(doc! {
-                "blocked_id": mongo::equals_id(viewer),
-                "blocker_id": { "$in": authors },
-                "state": ACTIVE,
-            })
+            .find(filter)
             .projection(doc! { "blocker_id": 1, "_id": 0 })
+            .limit(limit)
             .await?
             .try_collect()
             .await?;
@@ -341,5 +431,34 @@ impl Mutes {
             .filter(|m| m.notifications && (m.expires_at_ms == 0 || m.expires_at_ms > now))
             .map(|m| m.muter_id)
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_readers_blockers_are_found_in_any_order_and_past_the_limit_not_at_all() {
+        let ids: Vec<ObjectId> = (0..9).map(|_| ObjectId::new()).collect();
+        // As MongoDB may return them: in no particular order.
+        let found = vec![ids[6], ids[1], ids[8], ids[3], ids[0], ids[7]];
+        let blockers = Blockers::new(ObjectId::new(), found.clone());
+        let asked = [
+            ids[0], ids[2], ids[3], ids[4], ids[6], ids[7], ids[8], ids[1],
+        ];
+        let mut blocking = blockers.among(&asked).unwrap();
+        blocking.sort();
+        let mut expected = found;
+        expected.sort();
+        assert_eq!(blocking, expected);
+        let many = (0..=BLOCKERS_CACHED).map(|_| ObjectId::new()).collect();
+        let past = Blockers::new(ObjectId::new(), many);
+        assert!(past.among(&asked).is_none(), "past the limit: ask MongoDB");
+        let just = (0..BLOCKERS_CACHED).map(|_| ObjectId::new()).collect();
+        assert_eq!(
+            Blockers::new(ObjectId::new(), just).among(&asked),
+            Some(vec![])
+        );
     }
 }

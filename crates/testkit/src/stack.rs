@@ -421,6 +421,17 @@ impl Stack {
             .map(tonic::Response::into_inner)
     }
 
+    /// `token`'s account stops blocking `user`, as the service answers.
+    pub async fn unblock(&self, token: &str, user: &str) -> Result<(), tonic::Status> {
+        let request = social_proto::graph::v1::UnblockUserRequest {
+            user_id: user.into(),
+        };
+        SocialGraphServiceClient::new(self.graph.shared_channel().await)
+            .unblock_user(crate::authed(request, token))
+            .await
+            .map(drop)
+    }
+
     /// `token`'s account likes `post`, as the service answers.
     pub async fn like_post(&self, token: &str, post: &str) -> Result<(), tonic::Status> {
         let request = LikePostRequest {

@@ -76,7 +76,7 @@ impl Config {
 /// Serves the post service on `on` until `stop` is cancelled.
 pub async fn run(config: Config, on: TcpListener, stop: CancellationToken) -> anyhow::Result<()> {
     let mut wiring = Wiring::new(&config.common, &config.events).await?;
-    let store = store::Store::new(wiring.db()).with_cache(config.cache.cache("post")?);
+    let store = store::Store::new(wiring.db()).with_caches(&config.cache)?;
     let relay = wiring.relay(&[store::COLLECTION]);
     wiring.consume(
         social_events::topology::POST,

@@ -16,7 +16,7 @@ use crate::{Config, store::Store};
 /// recounted, or an error naming the batches it could not (it goes on past them).
 pub async fn recompute_counters(config: &Config, margin: Duration) -> anyhow::Result<u64> {
     let db = social_kit::mongo::connect(&config.common).await?;
-    let store = Store::new(&db).with_cache(config.cache.cache("post")?);
+    let store = Store::new(&db).with_caches(&config.cache)?;
     store.init().await?;
     // Counting a viral post takes longer than an RPC's usual deadline.
     let peer = config

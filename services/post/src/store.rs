@@ -114,10 +114,12 @@ impl Store {
         }
     }
 
-    /// The same store, reading posts by id through `cache`.
-    pub fn with_cache(mut self, cache: Option<Cache>) -> Self {
-        self.cache = cache;
-        self
+    /// The same store, reading posts by id, and who blocks each reader, through the
+    /// caches `settings` give (none when their lifetime is zero).
+    pub fn with_caches(mut self, settings: &social_kit::cache::Settings) -> anyhow::Result<Self> {
+        self.cache = settings.cache("post")?;
+        self.blocks = self.blocks.with_cache(settings.cache("post-blockers")?);
+        Ok(self)
     }
 
     /// Forgets post `id` in the cache: after every write of it (here, and the counters'

@@ -201,7 +201,7 @@ pub async fn run(config: Config, on: TcpListener, stop: CancellationToken) -> an
     // What the configuration can still refuse, before anything is started.
     let tokens = config.issuer()?;
     let hasher = password::Hasher::new(config.hash_memory_mib, config.hash_wait)?;
-    let store = store::Store::new(wiring.db()).with_cache(config.cache.cache("user")?);
+    let store = store::Store::new(wiring.db()).with_caches(&config.cache)?;
     let sessions = sessions::Sessions::new(
         wiring.db(),
         config.sessions,

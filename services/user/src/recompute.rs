@@ -17,7 +17,7 @@ use crate::{Config, store::Store};
 pub async fn recompute_counters(config: &Config, margin: Duration) -> anyhow::Result<u64> {
     let db = social_kit::mongo::connect(&config.common).await?;
     // Each recount forgets the cached profile.
-    let store = Store::new(&db).with_cache(config.cache.cache("user")?);
+    let store = Store::new(&db).with_caches(&config.cache)?;
     store.init().await?;
     // Counting a user with many followers takes longer than an RPC's usual deadline.
     let peer = config.graph_service.with_timeout(Duration::from_secs(60));

@@ -175,10 +175,12 @@ impl Store {
         }
     }
 
-    /// The same store, reading profiles through `cache`.
-    pub fn with_cache(mut self, cache: Option<Cache>) -> Self {
-        self.cache = cache;
-        self
+    /// The same store, reading profiles, and who blocks each reader, through the caches
+    /// `settings` give (none when their lifetime is zero).
+    pub fn with_caches(mut self, settings: &social_kit::cache::Settings) -> anyhow::Result<Self> {
+        self.cache = settings.cache("user")?;
+        self.blocks = self.blocks.with_cache(settings.cache("user-blockers")?);
+        Ok(self)
     }
 
     /// Forgets account `id`'s profile in the cache: after every write of it.

@@ -9,7 +9,7 @@ use social_proto::{
     post::v1::{BatchGetPostsRequest, GetPostRequest, ListUserPostsRequest},
     user::v1::{BatchGetUsersRequest, GetUserByUsernameRequest, GetUserRequest},
 };
-use social_testkit::{authed, eventually};
+use social_testkit::{authed, eventually, queries};
 use tonic::Code;
 
 use crate::{App, spawn};
@@ -226,4 +226,48 @@ async fn to_a_blocked_reader_the_blockers_profile_posts_and_comments_are_absent(
         .get_user(authed(GetUserRequest { id: bob.clone() }, &alice_token))
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn a_reader_blocked_by_more_accounts_than_the_cache_holds_is_checked_in_the_database() {
+    use social_events::blocks::BLOCKERS_CACHED;
+    let app = spawn().await;
+    let (_, alice_token) = app.user("alice").await;
+    let (bob, bob_token) = app.user("bob").await;
+    let (_, carol_token) = app.user("carol").await;
+    let alices = app.post(&alice_token, "by alice", vec![]).await.unwrap();
+    let carols = app.post(&carol_token, "by carol", vec![]).await.unwrap();
+    // More accounts than the cache holds block bob (copies as their events would leave
+    // them), and then alice.
+    let bob_id = bson::oid::ObjectId::parse_str(&bob).unwrap();
+    let copies: Vec<bson::Document> = (0..=BLOCKERS_CACHED)
+        .map(|_| {
+            bson::doc! {
+                "_id": bson::oid::ObjectId::new(),
+                "blocker_id": bson::oid::ObjectId::new(),
+                "blocked_id": bob_id,
+                "state": "active",
+            }
+        })
+        .collect();
+    let database = app.stack.database().await;
+    let collection = database.collection::<bson::Document>("post_blocks");
+    collection.insert_many(copies).await.unwrap();
+    app.stack.block(&alice_token, &bob).await.unwrap();
+    let read = |id: &str| {
+        let request = authed(GetPostRequest { id: id.into() }, &bob_token);
+        let mut posts = app.posts.clone();
+        async move { posts.get_post(request).await.map(drop) }
+    };
+    let absent = eventually(Duration::from_secs(10), || async {
+        (read(&alices.id).await.err()?.code() == Code::NotFound).then_some(())
+    })
+    .await;
+    assert!(absent.is_some(), "alice's post stays visible to bob");
+    // Every read asks MongoDB which of the authors block bob.
+    let asked = || queries::sent("post_blocks", "blocker_id: =");
+    let before = asked();
+    read(&carols.id).await.unwrap();
+    assert_eq!(read(&alices.id).await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(asked(), before + 2);
 }

@@ -126,3 +126,48 @@ async fn without_redis_posts_are_read_from_the_database() {
     posts.delete_post(authed(delete, &alice)).await.unwrap();
     assert_eq!(app.get(&post.id).await.unwrap_err().code(), Code::NotFound);
 }
+
+#[tokio::test]
+async fn a_signed_in_readers_block_check_is_cached_and_a_block_or_unblock_is_seen_once_it_lands() {
+    let app = spawn().await;
+    let (_, alice_token) = app.user("alice").await;
+    let (bob, bob_token) = app.user("bob").await;
+    let post = app.post(&alice_token, "by alice", vec![]).await.unwrap();
+    let read = |token: &str| {
+        let request = authed(
+            GetPostRequest {
+                id: post.id.clone(),
+            },
+            token,
+        );
+        let mut posts = app.posts.clone();
+        async move { posts.get_post(request).await.map(drop) }
+    };
+    read(&bob_token).await.unwrap();
+    app.stack.settled().await;
+    // Warm: whether alice blocks bob is answered without MongoDB.
+    let sent = || queries::sent("post_blocks", "find") + queries::sent("posts", "find {_id:");
+    let before = sent();
+    for _ in 0..3 {
+        read(&bob_token).await.unwrap();
+    }
+    assert_eq!(sent(), before, "warm signed-in reads send nothing");
+    // The block's event forgets who blocks bob: absent within moments (the entry would
+    // otherwise live its minute).
+    app.stack.block(&alice_token, &bob).await.unwrap();
+    let absent = eventually(Duration::from_secs(10), || async {
+        (read(&bob_token).await.err()?.code() == Code::NotFound).then_some(())
+    })
+    .await;
+    assert!(absent.is_some(), "alice's post stays visible to bob");
+    read(&alice_token).await.unwrap();
+    app.stack.unblock(&alice_token, &bob).await.unwrap();
+    let back = eventually(Duration::from_secs(10), || async {
+        read(&bob_token).await.ok()
+    })
+    .await;
+    assert!(
+        back.is_some(),
+        "alice's post stays absent to bob after the unblock"
+    );
+}

@@ -128,3 +128,38 @@ async fn the_cache_holds_no_email_or_password_hash() {
         assert!(!cached.contains(secret), "{secret} in the cache: {cached}");
     }
 }
+
+#[tokio::test]
+async fn a_readers_block_check_is_cached_and_a_block_or_unblock_is_seen_once_it_lands() {
+    let stack = Stack::start().await;
+    let (alice, alice_token) = stack.register("alice").await;
+    let (bob, bob_token) = stack.register("bob").await;
+    get(&stack, &bob_token, &alice).await.unwrap();
+    stack.settled().await;
+    // Warm: whether alice blocks bob is answered without MongoDB.
+    let sent = || queries::sent("user_blocks", "find") + queries::sent("users", "find {_id:");
+    let before = sent();
+    for _ in 0..3 {
+        get(&stack, &bob_token, &alice).await.unwrap();
+        assert!(batch_get(&stack, &bob_token, &alice).await.is_some());
+    }
+    assert_eq!(sent(), before, "warm reads send nothing");
+    // The block's event forgets who blocks bob: absent within moments (the entry would
+    // otherwise live its minute).
+    stack.block(&alice_token, &bob).await.unwrap();
+    let absent = eventually(Duration::from_secs(10), || async {
+        let gone = get(&stack, &bob_token, &alice).await.err()?.code() == Code::NotFound;
+        (gone && batch_get(&stack, &bob_token, &alice).await.is_none()).then_some(())
+    })
+    .await;
+    assert!(absent.is_some(), "alice's profile stays visible to bob");
+    stack.unblock(&alice_token, &bob).await.unwrap();
+    let back = eventually(Duration::from_secs(10), || async {
+        get(&stack, &bob_token, &alice).await.ok()
+    })
+    .await;
+    assert!(
+        back.is_some(),
+        "alice's profile stays absent to bob after the unblock"
+    );
+}
