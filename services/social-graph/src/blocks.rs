@@ -18,13 +18,16 @@ use social_events::{
 };
 use social_kit::{
     Result, mongo,
-    paging::{self, Order, PageRequest},
+    paging::{self, PageRequest},
 };
 
 /// The collection this store owns.
 pub const COLLECTION: &str = "blocks";
 
-use crate::store::ACTIVE;
+use crate::{
+    relation::{self, relation},
+    store::ACTIVE,
+};
 
 /// `blocker_id` blocks `blocked_id` since `created_at`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -45,6 +48,8 @@ pub struct BlockDoc {
     #[serde(default)]
     pub outbox_pending: i32,
 }
+
+relation!(BlockDoc, "blocker_id", "blocked_id");
 
 /// Access to `blocks`. Cheap to clone.
 #[derive(Clone)]
@@ -111,7 +116,7 @@ impl Blocks {
                 blocked_id: blocked.to_hex(),
             }),
         );
-        let mut doc = BlockDoc {
+        let doc = BlockDoc {
             id,
             blocker_id: blocker,
             blocked_id: blocked,
@@ -122,16 +127,7 @@ impl Blocks {
             outbox: vec![outbox::entry(&event)],
             outbox_pending: 1,
         };
-        if mongo::insert_keyed(&self.blocks, &mut doc, None, |b| &mut b.sort_key).await? {
-            doc.outbox.clear();
-            doc.outbox_pending = 0;
-            return Ok((doc, true));
-        }
-        match self.get(blocker, blocked).await? {
-            Some(existing) => Ok((existing, false)),
-            // Unblocked between our insert and read: it held, and ended.
-            None => Ok((doc, false)),
-        }
+        relation::make(&self.blocks, doc, (blocker, blocked), None).await
     }
 
     /// Ends the block of `blocker` on `blocked`, with its `graph.user.unblocked` event;
@@ -148,7 +144,8 @@ impl Blocks {
                 blocked_id: blocked.to_hex(),
             }),
         );
-        crate::store::end_with_event(&self.blocks, block.id, &event).await
+        let holding = doc! { "_id": block.id, "active_key": ACTIVE };
+        relation::end_with_event(&self.blocks, holding, &event, doc! {}).await
     }
 
     /// Whether block `id` holds.
@@ -163,15 +160,7 @@ impl Blocks {
 
     /// The block of `blocker` on `blocked` that holds, if any.
     pub async fn get(&self, blocker: ObjectId, blocked: ObjectId) -> Result<Option<BlockDoc>> {
-        Ok(self
-            .blocks
-            .find_one(doc! {
-                "blocker_id": mongo::equals_id(blocker),
-                "blocked_id": mongo::equals_id(blocked),
-                "active_key": ACTIVE,
-            })
-            .projection(outbox::without_bookkeeping())
-            .await?)
+        relation::holding(&self.blocks, blocker, blocked).await
     }
 
     /// Of `others`: those `user` blocks, and those who block `user`.
@@ -211,14 +200,7 @@ impl Blocks {
 
     /// A page of the blocks `blocker` holds, newest first.
     pub async fn list(&self, blocker: ObjectId, page: &PageRequest) -> Result<Vec<BlockDoc>> {
-        Ok(mongo::page(
-            &self.blocks,
-            Order::NewestFirst,
-            doc! { "blocker_id": mongo::equals_id(blocker), "state": ACTIVE },
-            page,
-            outbox::without_bookkeeping(),
-        )
-        .await?)
+        relation::page(&self.blocks, "blocker_id", blocker, page).await
     }
 
     /// Up to `limit` blocks that hold with `side` (`blocker_id` or `blocked_id`) =
@@ -229,24 +211,6 @@ impl Blocks {
         user: ObjectId,
         limit: i64,
     ) -> Result<Vec<(ObjectId, ObjectId)>> {
-        #[derive(Deserialize)]
-        struct Pair {
-            blocker_id: ObjectId,
-            blocked_id: ObjectId,
-        }
-        let pairs: Vec<Pair> = self
-            .blocks
-            .clone_with_type::<Pair>()
-            .find(doc! { side: mongo::equals_id(user), "state": ACTIVE })
-            .projection(doc! { "blocker_id": 1, "blocked_id": 1, "_id": 0 })
-            .sort(doc! { "sort_key": -1 })
-            .limit(limit)
-            .await?
-            .try_collect()
-            .await?;
-        Ok(pairs
-            .into_iter()
-            .map(|p| (p.blocker_id, p.blocked_id))
-            .collect())
+        relation::pairs_of(&self.blocks, side, user, limit).await
     }
 }

@@ -7,6 +7,7 @@ mod blocks;
 mod checks;
 mod events;
 mod mutes;
+mod relation;
 mod store;
 
 use social_events::service::prelude::*;

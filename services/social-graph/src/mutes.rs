@@ -19,7 +19,7 @@ use social_events::{
 };
 use social_kit::{
     Result, mongo,
-    paging::{self, Order, PageRequest},
+    paging::{self, PageRequest},
 };
 
 /// The collection this store owns.
@@ -27,7 +27,10 @@ pub const COLLECTION: &str = "mutes";
 /// Most mutes one account holds: the home feed reads them all on every page.
 pub const MAX_MUTES: i64 = 10_000;
 
-use crate::store::ACTIVE;
+use crate::{
+    relation::{self, relation},
+    store::ACTIVE,
+};
 
 /// `muter_id` mutes `muted_id` since `created_at`, until `expires_at` (if any).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -52,6 +55,8 @@ pub struct MuteDoc {
     #[serde(default)]
     pub outbox_pending: i32,
 }
+
+relation!(MuteDoc, "muter_id", "muted_id");
 
 impl MuteDoc {
     /// Whether it holds at `now`: not ended, not expired (a TTL index purges expired
@@ -131,15 +136,7 @@ impl Mutes {
 
     /// The mute of `muter` on `muted` that is stored as holding (it may have expired).
     pub async fn get(&self, muter: ObjectId, muted: ObjectId) -> Result<Option<MuteDoc>> {
-        Ok(self
-            .mutes
-            .find_one(doc! {
-                "muter_id": mongo::equals_id(muter),
-                "muted_id": mongo::equals_id(muted),
-                "active_key": ACTIVE,
-            })
-            .projection(outbox::without_bookkeeping())
-            .await?)
+        relation::holding(&self.mutes, muter, muted).await
     }
 
     /// Whether `muter` mutes `muted` now.
@@ -181,7 +178,7 @@ impl Mutes {
                 expires_at_ms: expires_at.map_or(0, |at| at.timestamp_millis()),
             }),
         );
-        let mut doc = MuteDoc {
+        let doc = MuteDoc {
             id,
             muter_id: muter,
             muted_id: muted,
@@ -194,15 +191,7 @@ impl Mutes {
             outbox: vec![outbox::entry(&event)],
             outbox_pending: 1,
         };
-        if mongo::insert_keyed(&self.mutes, &mut doc, None, |m| &mut m.sort_key).await? {
-            doc.outbox.clear();
-            doc.outbox_pending = 0;
-            return Ok((doc, true));
-        }
-        match self.get(muter, muted).await? {
-            Some(existing) => Ok((existing, false)),
-            None => Ok((doc, false)),
-        }
+        relation::make(&self.mutes, doc, (muter, muted), None).await
     }
 
     /// Ends `mute` with its `graph.user.unmuted` event; whether this call ended it.
@@ -215,20 +204,14 @@ impl Mutes {
                 muted_id: mute.muted_id.to_hex(),
             }),
         );
-        crate::store::end_with_event(&self.mutes, mute.id, &event).await
+        let holding = doc! { "_id": mute.id, "active_key": ACTIVE };
+        relation::end_with_event(&self.mutes, holding, &event, doc! {}).await
     }
 
     /// A page of the mutes `muter` holds, newest first (expired ones left out: the page
     /// may come short).
     pub async fn list(&self, muter: ObjectId, page: &PageRequest) -> Result<Vec<MuteDoc>> {
-        Ok(mongo::page(
-            &self.mutes,
-            Order::NewestFirst,
-            doc! { "muter_id": mongo::equals_id(muter), "state": ACTIVE },
-            page,
-            outbox::without_bookkeeping(),
-        )
-        .await?)
+        relation::page(&self.mutes, "muter_id", muter, page).await
     }
 
     /// The accounts `muter` mutes now (at most [`MAX_MUTES`] and a few), each with when

@@ -13,10 +13,14 @@ use mongodb::Collection;
 use serde::{Deserialize, Serialize};
 use social_events::{Envelope, idempotency, outbox, removed_users::RemovedUsers, unchecked};
 
-use crate::{blocks::Blocks, mutes::Mutes};
+use crate::{
+    blocks::Blocks,
+    mutes::Mutes,
+    relation::{self, Relation, relation},
+};
 use social_kit::{
     Result, mongo,
-    paging::{self, Order, PageRequest},
+    paging::{self, PageRequest},
 };
 
 /// The collection this store owns.
@@ -57,6 +61,8 @@ pub struct FollowDoc {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unchecked_since: Option<i64>,
 }
+
+relation!(FollowDoc, "follower_id", "followee_id");
 
 /// Access to `followers`. Cheap to clone.
 #[derive(Clone)]
@@ -154,24 +160,7 @@ impl Store {
         user: ObjectId,
         limit: i64,
     ) -> Result<Vec<(ObjectId, ObjectId)>> {
-        #[derive(Deserialize)]
-        struct Pair {
-            follower_id: ObjectId,
-            followee_id: ObjectId,
-        }
-        let pairs: Vec<Pair> = self
-            .follows
-            .clone_with_type::<Pair>()
-            .find(doc! { side: mongo::equals_id(user), "state": ACTIVE })
-            .projection(doc! { "follower_id": 1, "followee_id": 1, "_id": 0 })
-            .limit(limit)
-            .await?
-            .try_collect()
-            .await?;
-        Ok(pairs
-            .into_iter()
-            .map(|p| (p.follower_id, p.followee_id))
-            .collect())
+        relation::pairs_of(&self.follows, side, user, limit).await
     }
 
     /// Records the follow with its `followed` event, or returns the active one that
@@ -183,7 +172,7 @@ impl Store {
         event: &Envelope,
     ) -> Result<(FollowDoc, bool)> {
         let now = DateTime::now();
-        let mut doc = FollowDoc {
+        let doc = FollowDoc {
             id: ObjectId::new(),
             follower_id: follower,
             followee_id: followee,
@@ -198,18 +187,7 @@ impl Store {
             unchecked_since: Some(now.timestamp_millis()),
         };
         let owner = Some(("follower_id", doc.follower_id));
-        let inserted =
-            mongo::insert_keyed(&self.follows, &mut doc, owner, |f| &mut f.sort_key).await?;
-        if inserted {
-            doc.outbox.clear();
-            doc.outbox_pending = 0;
-            return Ok((doc, true));
-        }
-        match self.get(follower, followee).await? {
-            Some(existing) => Ok((existing, false)),
-            // Unfollowed between our insert and read: the follow happened and ended.
-            None => Ok((doc, false)),
-        }
+        relation::make(&self.follows, doc, (follower, followee), owner).await
     }
 
     /// Marks follow `id` checked.
@@ -229,14 +207,9 @@ impl Store {
         followee: ObjectId,
         event: &Envelope,
     ) -> Result<bool> {
-        let mut update = doc! { "$set": {
-            "state": ENDED, "active_key": event.event_id.as_str(), "ended_at": DateTime::now(),
-            mongo::ENDED_MS: idempotency::event_time_ms(event),
-        } };
-        outbox::push(&mut update, event);
-        let filter = active_pair(follower, followee);
-        let r = self.follows.update_one(filter, update).await?;
-        Ok(r.modified_count == 1)
+        let filter = relation::pair(FollowDoc::SIDES, follower, followee);
+        let ended_ms = doc! { mongo::ENDED_MS: idempotency::event_time_ms(event) };
+        relation::end_with_event(&self.follows, filter, event, ended_ms).await
     }
 
     /// A page of the active follows with `side` = `user`, in sort-key order after `after`.
@@ -258,11 +231,7 @@ impl Store {
 
     /// The active follow of the pair, if any.
     pub async fn get(&self, follower: ObjectId, followee: ObjectId) -> Result<Option<FollowDoc>> {
-        Ok(self
-            .follows
-            .find_one(active_pair(follower, followee))
-            .projection(outbox::without_bookkeeping())
-            .await?)
+        relation::holding(&self.follows, follower, followee).await
     }
 
     /// A page of follows whose `side` (`follower_id` or `followee_id`) is `user`.
@@ -272,14 +241,7 @@ impl Store {
         user: ObjectId,
         page: &PageRequest,
     ) -> Result<Vec<FollowDoc>> {
-        Ok(mongo::page(
-            &self.follows,
-            Order::NewestFirst,
-            doc! { side: mongo::equals_id(user), "state": ACTIVE },
-            page,
-            outbox::without_bookkeeping(),
-        )
-        .await?)
+        relation::page(&self.follows, side, user, page).await
     }
 
     /// Up to `limit` + 1 ids `user` follows, newest follow first.
@@ -352,33 +314,6 @@ impl Store {
             as_of_ms,
         )
         .await?)
-    }
-}
-
-/// Ends document `id` of `collection` (a block or a mute) if it still holds, with `event`
-/// in its outbox, its `active_key` set to the event's id (out of the unique key's way);
-/// whether this call ended it.
-pub(crate) async fn end_with_event<T: Send + Sync>(
-    collection: &Collection<T>,
-    id: ObjectId,
-    event: &Envelope,
-) -> Result<bool> {
-    let mut update = doc! { "$set": {
-        "state": ENDED, "active_key": event.event_id.as_str(), "ended_at": DateTime::now(),
-    } };
-    outbox::push(&mut update, event);
-    let r = collection
-        .update_one(doc! { "_id": id, "active_key": ACTIVE }, update)
-        .await?;
-    Ok(r.modified_count == 1)
-}
-
-/// The active follow of a pair: `active_key` is "active" exactly while the follow is, so
-/// this is a point lookup in the unique index.
-fn active_pair(follower: ObjectId, followee: ObjectId) -> bson::Document {
-    doc! {
-        "follower_id": mongo::equals_id(follower), "followee_id": mongo::equals_id(followee),
-        "active_key": ACTIVE,
     }
 }
 
