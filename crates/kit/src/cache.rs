@@ -348,6 +348,32 @@ impl Cache {
     }
 }
 
+/// The documents `ids` through `cache` if there is one ([`Cache::read_through`]), else
+/// all from `load`.
+pub async fn read_through<T, Load, Fut>(
+    cache: Option<&Cache>,
+    ids: &[ObjectId],
+    id_of: impl Fn(&T) -> ObjectId,
+    load: Load,
+) -> crate::Result<Vec<T>>
+where
+    T: Serialize + DeserializeOwned,
+    Load: FnOnce(Vec<ObjectId>) -> Fut,
+    Fut: std::future::Future<Output = crate::Result<Vec<T>>>,
+{
+    match cache {
+        Some(cache) => cache.read_through(ids, id_of, load).await,
+        None => load(ids.to_vec()).await,
+    }
+}
+
+/// Forgets document `id` in `cache`, if there is one ([`Cache::forget`]).
+pub async fn forget(cache: Option<&Cache>, id: ObjectId) {
+    if let Some(cache) = cache {
+        cache.forget(id).await;
+    }
+}
+
 /// Runs `write` of document `id`, then forgets the document in `cache` (if any)
 /// whatever came of the write (an error can hide a write that happened; a retry after
 /// an earlier try changes nothing), in a task of its own: a caller that goes away

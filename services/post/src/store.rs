@@ -125,9 +125,7 @@ impl Store {
     /// Forgets post `id` in the cache: after every write of it (here, and the counters'
     /// by events).
     pub async fn forget(&self, id: ObjectId) {
-        if let Some(cache) = &self.cache {
-            cache.forget(id).await;
-        }
+        social_kit::cache::forget(self.cache.as_ref(), id).await;
     }
 
     /// Pings and creates the indexes (idempotent); run before serving.
@@ -252,10 +250,7 @@ impl Store {
                 .try_collect()
                 .await?)
         };
-        match &self.cache {
-            Some(cache) => cache.read_through(ids, |p: &PostDoc| p.id, load).await,
-            None => load(ids.to_vec()).await,
-        }
+        social_kit::cache::read_through(self.cache.as_ref(), ids, |p: &PostDoc| p.id, load).await
     }
 
     /// Applies `update` (and `updated_at`) to `author`'s post `id` if its guard holds;

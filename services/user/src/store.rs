@@ -185,9 +185,7 @@ impl Store {
 
     /// Forgets account `id`'s profile in the cache: after every write of it.
     pub async fn forget(&self, id: ObjectId) {
-        if let Some(cache) = &self.cache {
-            cache.forget(id).await;
-        }
+        social_kit::cache::forget(self.cache.as_ref(), id).await;
     }
 
     /// [`Self::forget`], failing if Redis did not answer: a deleted account's profile
@@ -232,10 +230,7 @@ impl Store {
                 .try_collect()
                 .await?)
         };
-        match &self.cache {
-            Some(cache) => cache.read_through(ids, |p: &Profile| p.id, load).await,
-            None => load(ids.to_vec()).await,
-        }
+        social_kit::cache::read_through(self.cache.as_ref(), ids, |p: &Profile| p.id, load).await
     }
 
     /// Pings and creates the indexes (idempotent); run before serving.
