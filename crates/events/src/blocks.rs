@@ -235,9 +235,8 @@ impl Blocks {
         }
         if let Some(cache) = &self.blockers {
             let load = |_| self.blockers_of(viewer);
-            let mut cached = cache
-                .read_through(&[viewer], |b: &Blockers| b.reader, load)
-                .await?;
+            let reader = |b: &Blockers| b.reader;
+            let mut cached = Cache::read_through(Some(cache), &[viewer], reader, load).await?;
             if let Some(blocking) = cached.pop().and_then(|b| b.among(authors)) {
                 return Ok(blocking);
             }

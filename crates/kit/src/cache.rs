@@ -245,11 +245,12 @@ impl Cache {
         format!("{}lease:{}", self.prefix, id.to_hex())
     }
 
-    /// The documents `ids`, from the cache where it has them and from `load` (the
+    /// The documents `ids`, from `cache` where it has them and from `load` (the
     /// database, given the ids it missed) for the rest, which it then stores for the
-    /// next reader (see the module docs). In no particular order; missing ones absent.
+    /// next reader (see the module docs); all from `load` without a cache. In no
+    /// particular order; missing ones absent.
     pub async fn read_through<T, Load, Fut>(
-        &self,
+        cache: Option<&Self>,
         ids: &[ObjectId],
         id_of: impl Fn(&T) -> ObjectId,
         load: Load,
@@ -262,11 +263,14 @@ impl Cache {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
+        let Some(cache) = cache else {
+            return load(ids.to_vec()).await;
+        };
         let mut get = redis::cmd("MGET");
         for id in ids {
-            get.arg(self.key(*id));
+            get.arg(cache.key(*id));
         }
-        let cached: Vec<Option<Vec<u8>>> = self.redis.run(&get).await.unwrap_or_default();
+        let cached: Vec<Option<Vec<u8>>> = cache.redis.run(&get).await.unwrap_or_default();
         let mut found = Vec::with_capacity(ids.len());
         let mut missed = Vec::new();
         for (i, id) in ids.iter().enumerate() {
@@ -286,13 +290,13 @@ impl Cache {
         for id in &missed {
             leases
                 .cmd("SET")
-                .arg(self.lease_key(*id))
+                .arg(cache.lease_key(*id))
                 .arg(&token)
                 .arg("NX")
                 .arg("PX")
                 .arg(millis(LEASE));
         }
-        let taken: Vec<Option<String>> = self.redis.run_all(&leases).await.unwrap_or_default();
+        let taken: Vec<Option<String>> = cache.redis.run_all(&leases).await.unwrap_or_default();
         let leased: Vec<ObjectId> = missed
             .iter()
             .zip(&taken)
@@ -316,15 +320,15 @@ impl Cache {
                 .cmd("EVAL")
                 .arg(FILL)
                 .arg(2)
-                .arg(self.key(id))
-                .arg(self.lease_key(id))
+                .arg(cache.key(id))
+                .arg(cache.lease_key(id))
                 .arg(&token)
                 .arg(bytes)
-                .arg(millis(self.ttl))
+                .arg(millis(cache.ttl))
                 .ignore();
         }
         if !fills.is_empty() {
-            let _: Option<()> = self.redis.run_all(&fills).await;
+            let _: Option<()> = cache.redis.run_all(&fills).await;
         }
         found.extend(loaded);
         Ok(found)
@@ -345,25 +349,6 @@ impl Cache {
         // Tried even while reads pass the cache over; if Redis fails it, the entry (if
         // any) expires within `ttl`.
         let _: Option<i64> = self.redis.run_always(&forget).await;
-    }
-}
-
-/// The documents `ids` through `cache` if there is one ([`Cache::read_through`]), else
-/// all from `load`.
-pub async fn read_through<T, Load, Fut>(
-    cache: Option<&Cache>,
-    ids: &[ObjectId],
-    id_of: impl Fn(&T) -> ObjectId,
-    load: Load,
-) -> crate::Result<Vec<T>>
-where
-    T: Serialize + DeserializeOwned,
-    Load: FnOnce(Vec<ObjectId>) -> Fut,
-    Fut: std::future::Future<Output = crate::Result<Vec<T>>>,
-{
-    match cache {
-        Some(cache) => cache.read_through(ids, id_of, load).await,
-        None => load(ids.to_vec()).await,
     }
 }
 

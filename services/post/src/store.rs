@@ -250,7 +250,7 @@ impl Store {
                 .try_collect()
                 .await?)
         };
-        social_kit::cache::read_through(self.cache.as_ref(), ids, |p: &PostDoc| p.id, load).await
+        Cache::read_through(self.cache.as_ref(), ids, |p: &PostDoc| p.id, load).await
     }
 
     /// Applies `update` (and `updated_at`) to `author`'s post `id` if its guard holds;

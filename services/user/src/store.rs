@@ -230,7 +230,7 @@ impl Store {
                 .try_collect()
                 .await?)
         };
-        social_kit::cache::read_through(self.cache.as_ref(), ids, |p: &Profile| p.id, load).await
+        Cache::read_through(self.cache.as_ref(), ids, |p: &Profile| p.id, load).await
     }
 
     /// Pings and creates the indexes (idempotent); run before serving.
