@@ -2,7 +2,7 @@
 //! follows (`social_events::blocks`).
 //!
 //! One document per block, unique per (blocker, blocked) while it holds, as follows are
-//! (`crate::store`): an unblock marks it `ended` in the update that appends its
+//! (`crate::relation`): an unblock marks it `ended` in the update that appends its
 //! `graph.user.unblocked` event, and frees the unique key by setting `active_key` to the
 //! event id; blocking again inserts a new block with a new id. Ended blocks are purged
 //! after 30 days, long after their event went out (the copies keep their own record of
