@@ -281,6 +281,21 @@ async fn a_sign_up_retried_with_its_key_gets_its_tokens_which_redis_holds_sealed
     assert!(!held.contains(token), "the ticket's record holds the token");
 }
 
+/// Anonymous callers share one space of keys, for sign-up and login; any other creating
+/// route answers 401 without a token, whatever key came with it.
+#[tokio::test]
+async fn a_post_without_a_token_is_401_whatever_key_anonymous_callers_used_before() {
+    let app = App::start().await;
+    let body = json!({
+        "username": "finn", "email": "finn@example.com", "password": "correct horse battery",
+    });
+    let signed_up = app.keyed("/v1/accounts", None, "shared-1", body).await;
+    assert_eq!(signed_up.status, StatusCode::CREATED, "{}", signed_up.body);
+    let post = json!({ "content": "no token" });
+    let anonymous = app.keyed("/v1/posts", None, "shared-1", post).await;
+    anonymous.error(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED");
+}
+
 /// A client that leaves before its answer (a timeout, a dropped connection) does not
 /// leave its key held: the request runs to its end, and the retry gets its answer.
 #[tokio::test]
