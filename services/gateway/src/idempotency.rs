@@ -55,12 +55,6 @@ pub fn creates(method: &Method, path: &str) -> bool {
                 .is_some_and(|rest| rest.ends_with("/comments") && rest.matches('/').count() == 1))
 }
 
-/// Whether `path` is one of the creating routes a caller without an account uses (sign-up
-/// and login).
-fn obtains_account(path: &str) -> bool {
-    matches!(path, "/v1/accounts" | "/v1/sessions")
-}
-
 /// What Redis holds for a key.
 #[derive(Serialize, Deserialize)]
 struct Record {
@@ -133,7 +127,7 @@ pub async fn remember(State(state): State<AppState>, request: Request, next: Nex
         Some(caller) => caller.user.to_hex(),
         // The anonymous callers' keys, for sign-up and login alone: any other creating
         // route answers 401 without a token, whatever key it came with.
-        None if obtains_account(request.uri().path()) => String::new(),
+        None if crate::limits::obtains_account(request.uri().path()) => String::new(),
         None => return next.run(request).await,
     };
     let (mut parts, body) = request.into_parts();

@@ -382,11 +382,14 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[ipnet::IpNet]) ->
 /// Routes that obtain a token: one the client still sends (expired, revoked) is ignored,
 /// as the user service ignores it on Login and Register.
 fn obtains_token(method: &Method, path: &str) -> bool {
-    method == Method::POST
-        && matches!(
-            path,
-            "/v1/accounts" | "/v1/sessions" | "/v1/sessions/refresh"
-        )
+    method == Method::POST && (obtains_account(path) || path == "/v1/sessions/refresh")
+}
+
+/// Whether `path` is sign-up's or login's: the creating routes a caller without an
+/// account uses (and so the only ones whose `Idempotency-Key`s are the anonymous
+/// callers', `crate::idempotency`).
+pub fn obtains_account(path: &str) -> bool {
+    matches!(path, "/v1/accounts" | "/v1/sessions")
 }
 
 /// The ticket of a browser's stream (`GET /v1/notifications/stream?ticket=`, without

@@ -130,10 +130,15 @@ pub async fn pairs_of<T: Relation>(
         .await?
         .try_collect()
         .await?;
-    Ok(found
+    // A row without its two ids fails the cascade (retried, then dead-lettered) rather
+    // than leaving it to stop early.
+    let ids = |d: &Document| -> bson::error::Result<_> {
+        Ok((d.get_object_id(from)?, d.get_object_id(to)?))
+    };
+    found
         .iter()
-        .filter_map(|d| Some((d.get_object_id(from).ok()?, d.get_object_id(to).ok()?)))
-        .collect())
+        .map(|d| ids(d).map_err(social_kit::Error::internal))
+        .collect()
 }
 
 /// Ends the relation `filter` finds if it still holds, with `event` in its outbox and the
