@@ -1,7 +1,7 @@
 //! A read-through cache of documents by id in Redis (`REDIS_URL`), for the reads that
-//! would otherwise wait on the database every time (#29: `GetPost`, `BatchGetPosts`),
-//! and the [`Redis`] handle it reads through, which the post service's home timelines
-//! share.
+//! would otherwise wait on the database every time (posts, profiles, who blocks a
+//! reader), and the [`Redis`] handle it reads through, which the post service's home
+//! timelines share.
 //!
 //! Everything in it can be lost: a miss reads the database. It never serves an older
 //! document over a newer one:
