@@ -160,9 +160,7 @@ impl Blocks {
             ended_at: ended_at(active),
         };
         let holds = apply_copy(&self.copies, copy.id, &copy, active).await?;
-        if let Some(cache) = &self.blockers {
-            cache.forget_surely(copy.blocked_id).await?;
-        }
+        social_kit::cache::forget_surely(self.blockers.as_ref(), copy.blocked_id).await?;
         Ok(Some((copy.blocker_id, copy.blocked_id, holds)))
     }
 

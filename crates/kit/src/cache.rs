@@ -359,6 +359,14 @@ pub async fn forget(cache: Option<&Cache>, id: ObjectId) {
     }
 }
 
+/// [`Cache::forget_surely`] in `cache`, if there is one.
+pub async fn forget_surely(cache: Option<&Cache>, id: ObjectId) -> crate::Result<()> {
+    match cache {
+        Some(cache) => cache.forget_surely(id).await,
+        None => Ok(()),
+    }
+}
+
 /// Runs `write` of document `id`, then forgets the document in `cache` (if any)
 /// whatever came of the write (an error can hide a write that happened; a retry after
 /// an earlier try changes nothing), in a task of its own: a caller that goes away

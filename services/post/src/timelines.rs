@@ -524,15 +524,8 @@ impl Timelines {
 
     async fn pull_author(&self, author: ObjectId) -> Result<()> {
         // An insert, recorded once: an upsert would store the id as text on the stand-in.
-        let recorded = self
-            .inner
-            .pulled
-            .insert_one(doc! { "_id": author, "since": DateTime::now() })
-            .await;
-        match recorded {
-            Err(e) if !social_kit::error::is_duplicate_key(&e) => return Err(e.into()),
-            _ => {}
-        }
+        let record = doc! { "_id": author, "since": DateTime::now() };
+        mongo::insert_once(&self.inner.pulled, &record).await?;
         if let Ok(mut known) = self.inner.pulled_known.write() {
             known.insert(author);
         }

@@ -191,10 +191,7 @@ impl Store {
     /// [`Self::forget`], failing if Redis did not answer: a deleted account's profile
     /// must go, so its event is retried until it has.
     pub async fn forget_surely(&self, id: ObjectId) -> Result<()> {
-        match &self.cache {
-            Some(cache) => cache.forget_surely(id).await,
-            None => Ok(()),
-        }
+        social_kit::cache::forget_surely(self.cache.as_ref(), id).await
     }
 
     /// Moves `user`'s counter `field` by `delta` for `event`, then forgets its profile,
