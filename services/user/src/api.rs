@@ -800,7 +800,10 @@ impl UserService for Api {
             let viewer = self.viewer(&request, &[&own]).await?;
             users.push(to_wire(own, viewer));
             // In the order asked for.
-            users.sort_by_key(|u| ids.iter().position(|id| id.to_hex() == u.id));
+            users.sort_by_cached_key(|u| {
+                let id = ObjectId::parse_str(&u.id).ok();
+                ids.iter().position(|asked| Some(*asked) == id)
+            });
         }
         Ok(Response::new(BatchGetUsersResponse { users }))
     }
