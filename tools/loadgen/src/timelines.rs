@@ -194,12 +194,7 @@ pub async fn fanout() -> anyhow::Result<()> {
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             };
-            let mut counts = redis::pipe();
-            for follower in &followers {
-                counts.cmd("ZCARD").arg(key(*follower, ""));
-            }
-            let counts: Vec<i64> = counts.query_async(&mut redis).await?;
-            let pushed = counts.iter().filter(|c| **c > 1).count();
+            let pushed = holding_the_post(&mut redis, &followers).await?;
             println!(
                 "{n:>6} followers: CreatePost answered in {answered:?}; the author recorded as \
                  pulled after {recorded:?}; the post pushed to {pushed} timelines"
@@ -208,12 +203,7 @@ pub async fn fanout() -> anyhow::Result<()> {
             continue;
         }
         let reached = loop {
-            let mut counts = redis::pipe();
-            for follower in &followers {
-                counts.cmd("ZCARD").arg(key(*follower, ""));
-            }
-            let counts: Vec<i64> = counts.query_async(&mut redis).await?;
-            let reached = counts.iter().filter(|c| **c > 1).count();
+            let reached = holding_the_post(&mut redis, &followers).await?;
             if reached == n || began.elapsed() > Duration::from_secs(120) {
                 break reached;
             }
@@ -229,6 +219,19 @@ pub async fn fanout() -> anyhow::Result<()> {
     }
     db.drop().await?;
     Ok(())
+}
+
+/// How many of `readers`' timelines hold more than their sentinel (the post).
+async fn holding_the_post(
+    redis: &mut redis::aio::MultiplexedConnection,
+    readers: &[ObjectId],
+) -> anyhow::Result<usize> {
+    let mut counts = redis::pipe();
+    for reader in readers {
+        counts.cmd("ZCARD").arg(key(*reader, ""));
+    }
+    let counts: Vec<i64> = counts.query_async(redis).await?;
+    Ok(counts.iter().filter(|c| **c > 1).count())
 }
 
 /// Drops the timelines of `readers` the benchmark made.
