@@ -1,11 +1,6 @@
 //! Accounts, profiles and sessions (the user service).
 
-use axum::{
-    Json,
-    extract::{OriginalUri, State},
-    http::StatusCode,
-    response::Response,
-};
+use axum::{Json, extract::State, http::StatusCode, response::Response};
 use prost_types::FieldMask;
 use social_proto::user::v1::{
     ChangePasswordRequest, DeleteAccountRequest, ExportAccountRequest, ExportRecord,
@@ -16,7 +11,7 @@ use social_proto::user::v1::{
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    context::{AppState, Body, Identity, PageQuery, Path, Query, ask, created, paged},
+    context::{AppState, Body, Identity, Listing, PageQuery, Path, SignedIn, ask, created},
     error::{ApiError, ApiResult, ErrorBody},
     model::{
         Confirm, LogIn, PasswordChange, ProfileChange, Refresh, Session, SessionPage, SignUp,
@@ -135,8 +130,7 @@ async fn refresh(
 #[utoipa::path(delete, path = "/v1/sessions/current", tag = "sessions",
     security(("bearer" = [])),
     responses((status = 204), (status = 401, body = ErrorBody)))]
-async fn log_out(State(state): State<AppState>, who: Identity) -> ApiResult<StatusCode> {
-    who.account()?;
+async fn log_out(State(state): State<AppState>, SignedIn(who): SignedIn) -> ApiResult<StatusCode> {
     ask!(state, who, users.logout(LogoutRequest {}))?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -147,18 +141,17 @@ async fn log_out(State(state): State<AppState>, who: Identity) -> ApiResult<Stat
     responses((status = 200, body = SessionPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn list_sessions(
     State(state): State<AppState>,
-    who: Identity,
-    OriginalUri(uri): OriginalUri,
-    Query(page): Query<PageQuery>,
+    SignedIn(who): SignedIn,
+    mut list: Listing,
 ) -> ApiResult<Response> {
-    who.account()?;
+    let (page_size, page_token) = list.page();
     let request = ListSessionsRequest {
-        page_size: page.page_size,
-        page_token: page.page_token,
+        page_size,
+        page_token,
     };
     let r = ask!(state, who, users.list_sessions(request))?;
     let items: Vec<Session> = r.sessions.into_iter().map(Into::into).collect();
-    Ok(paged(&uri, SessionPage::of(items, r.next_page_token)))
+    Ok(list.answer(SessionPage::of(items, r.next_page_token)))
 }
 
 /// Ends one of the caller's sessions.
@@ -167,10 +160,9 @@ async fn list_sessions(
     responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn revoke_session(
     State(state): State<AppState>,
-    who: Identity,
+    SignedIn(who): SignedIn,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    who.account()?;
     let request = RevokeSessionRequest { session_id: id };
     ask!(state, who, users.revoke_session(request))?;
     Ok(StatusCode::NO_CONTENT)
@@ -182,9 +174,8 @@ async fn revoke_session(
     responses((status = 200, body = Updated), (status = 401, body = ErrorBody)))]
 async fn revoke_other_sessions(
     State(state): State<AppState>,
-    who: Identity,
+    SignedIn(who): SignedIn,
 ) -> ApiResult<Json<Updated>> {
-    who.account()?;
     let request = RevokeOtherSessionsRequest {};
     let r = ask!(state, who, users.revoke_other_sessions(request))?;
     Ok(Json(Updated {
@@ -222,7 +213,7 @@ async fn get_user_by_username(
 /// The caller's own profile (with the email).
 #[utoipa::path(get, path = "/v1/me", tag = "users", security(("bearer" = [])),
     responses((status = 200, body = User), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
-async fn me(State(state): State<AppState>, who: Identity) -> ApiResult<Json<User>> {
+async fn me(State(state): State<AppState>, SignedIn(who): SignedIn) -> ApiResult<Json<User>> {
     let me = who.account()?;
     let request = GetUserRequest {
         id: me.user.to_hex(),
@@ -258,9 +249,8 @@ fn export_line(record: ExportRecord) -> Option<axum::body::Bytes> {
 #[utoipa::path(get, path = "/v1/me/export", tag = "users", security(("bearer" = [])),
     responses((status = 200, content_type = "application/x-ndjson", description = "one record per line"),
         (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)))]
-async fn export_me(State(state): State<AppState>, who: Identity) -> ApiResult<Response> {
+async fn export_me(State(state): State<AppState>, SignedIn(who): SignedIn) -> ApiResult<Response> {
     use futures::StreamExt;
-    who.account()?;
     let peer = &state.services.users;
     let request = who.request(peer, ExportAccountRequest {});
     let mut users = crate::context::clients::users(peer);
@@ -290,7 +280,7 @@ async fn export_me(State(state): State<AppState>, who: Identity) -> ApiResult<Re
     responses((status = 200, body = User), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn change_me(
     State(state): State<AppState>,
-    who: Identity,
+    SignedIn(who): SignedIn,
     Body(body): Body<ProfileChange>,
 ) -> ApiResult<Json<User>> {
     let me = who.account()?;
@@ -331,10 +321,9 @@ async fn change_me(
     responses((status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn change_password(
     State(state): State<AppState>,
-    who: Identity,
+    SignedIn(who): SignedIn,
     Body(body): Body<PasswordChange>,
 ) -> ApiResult<StatusCode> {
-    who.account()?;
     let request = ChangePasswordRequest {
         old_password: body.old_password,
         new_password: body.new_password,
@@ -349,10 +338,9 @@ async fn change_password(
     responses((status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn delete_me(
     State(state): State<AppState>,
-    who: Identity,
+    SignedIn(who): SignedIn,
     Body(body): Body<Confirm>,
 ) -> ApiResult<StatusCode> {
-    who.account()?;
     let request = DeleteAccountRequest {
         password: body.password,
     };

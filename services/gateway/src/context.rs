@@ -6,7 +6,7 @@
 use std::{collections::HashMap, net::IpAddr, sync::Arc};
 
 use axum::{
-    extract::{FromRequest, FromRequestParts, Request, rejection::JsonRejection},
+    extract::{FromRequest, FromRequestParts, OriginalUri, Request, rejection::JsonRejection},
     http::{HeaderMap, HeaderValue, header, request::Parts},
     response::{IntoResponse, Response},
 };
@@ -168,6 +168,53 @@ impl<S: Send + Sync> FromRequestParts<S> for Identity {
             .get::<Identity>()
             .cloned()
             .ok_or_else(|| ApiError::new(Code::Internal, "internal error"))
+    }
+}
+
+/// A request from a signed-in account: its [`Identity`], with `caller` set. Without a
+/// token the request is a 401 before the handler runs, so a handler that needs an
+/// account says so in its signature instead of remembering a check.
+pub struct SignedIn(pub Identity);
+
+impl<S: Send + Sync> FromRequestParts<S> for SignedIn {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let who = Identity::from_request_parts(parts, state).await?;
+        who.account()?;
+        Ok(Self(who))
+    }
+}
+
+/// A list request: the page asked for (`page_size`, `page_token` in the query string)
+/// and the address the answer's `Link` header builds the next page's on.
+pub struct Listing {
+    page: PageQuery,
+    uri: axum::http::Uri,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Listing {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Query(page) = Query::<PageQuery>::from_request_parts(parts, state).await?;
+        let Ok(OriginalUri(uri)) = OriginalUri::from_request_parts(parts, state).await;
+        Ok(Self { page, uri })
+    }
+}
+
+impl Listing {
+    /// `(page_size, page_token)`, as every list request of the services names them.
+    pub fn page(&mut self) -> (i32, String) {
+        (
+            self.page.page_size,
+            std::mem::take(&mut self.page.page_token),
+        )
+    }
+
+    /// `page` as JSON, with the `Link` header to the page after it.
+    pub fn answer<P: Page>(&self, page: P) -> Response {
+        paged(&self.uri, page)
     }
 }
 

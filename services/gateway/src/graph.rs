@@ -1,12 +1,7 @@
 //! Follows and blocks (the social-graph service). Lists carry the other account of each
 //! follow or block, fetched with one batch call per page.
 
-use axum::{
-    Json,
-    extract::{OriginalUri, State},
-    http::StatusCode,
-    response::Response,
-};
+use axum::{Json, extract::State, http::StatusCode, response::Response};
 use social_proto::graph::v1::{
     BlockUserRequest, FollowRequest, GetRelationshipRequest, ListBlocksRequest,
     ListFollowersRequest, ListFollowingRequest, ListMutesRequest, MuteUserRequest,
@@ -15,7 +10,7 @@ use social_proto::graph::v1::{
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    context::{AppState, Body, Identity, PageQuery, Path, Query, accounts, ask, paged},
+    context::{AppState, Body, Identity, Listing, PageQuery, Path, SignedIn, accounts, ask},
     error::{ApiResult, ErrorBody},
     model::{Block, BlockPage, Follow, FollowPage, Mute, MutePage, MuteSettings, Relationship},
 };
@@ -41,10 +36,9 @@ pub fn routes() -> OpenApiRouter<AppState> {
         (status = 404, body = ErrorBody)))]
 async fn follow(
     State(state): State<AppState>,
-    who: Identity,
+    SignedIn(who): SignedIn,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Follow>> {
-    who.account()?;
     let request = FollowRequest { followee_id: id };
     let f = ask!(state, who, graph.follow(request))?;
     Ok(Json(f.into()))
@@ -56,10 +50,9 @@ async fn follow(
     responses((status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn unfollow(
     State(state): State<AppState>,
-    who: Identity,
+    SignedIn(who): SignedIn,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    who.account()?;
     let request = UnfollowRequest { followee_id: id };
     ask!(state, who, graph.unfollow(request))?;
     Ok(StatusCode::NO_CONTENT)
@@ -113,18 +106,18 @@ async fn with_follow_accounts(
 async fn followers(
     State(state): State<AppState>,
     who: Identity,
-    OriginalUri(uri): OriginalUri,
     Path(id): Path<String>,
-    Query(page): Query<PageQuery>,
+    mut list: Listing,
 ) -> ApiResult<Response> {
+    let (page_size, page_token) = list.page();
     let request = ListFollowersRequest {
         user_id: id,
-        page_size: page.page_size,
-        page_token: page.page_token,
+        page_size,
+        page_token,
     };
     let r = ask!(state, who, graph.list_followers(request))?;
     let items = with_follow_accounts(&state, &who, r.follows, true).await?;
-    Ok(paged(&uri, FollowPage::of(items, r.next_page_token)))
+    Ok(list.answer(FollowPage::of(items, r.next_page_token)))
 }
 
 /// Whom a user follows, newest first.
@@ -134,18 +127,18 @@ async fn followers(
 async fn following(
     State(state): State<AppState>,
     who: Identity,
-    OriginalUri(uri): OriginalUri,
     Path(id): Path<String>,
-    Query(page): Query<PageQuery>,
+    mut list: Listing,
 ) -> ApiResult<Response> {
+    let (page_size, page_token) = list.page();
     let request = ListFollowingRequest {
         user_id: id,
-        page_size: page.page_size,
-        page_token: page.page_token,
+        page_size,
+        page_token,
     };
     let r = ask!(state, who, graph.list_following(request))?;
     let items = with_follow_accounts(&state, &who, r.follows, false).await?;
-    Ok(paged(&uri, FollowPage::of(items, r.next_page_token)))
+    Ok(list.answer(FollowPage::of(items, r.next_page_token)))
 }
 
 /// How the caller and a user stand: whether each follows the other.
@@ -154,7 +147,7 @@ async fn following(
     responses((status = 200, body = Relationship), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn relationship(
     State(state): State<AppState>,
-    who: Identity,
+    SignedIn(who): SignedIn,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Relationship>> {
     let me = who.account()?;
@@ -183,10 +176,9 @@ async fn relationship(
         (status = 404, body = ErrorBody)))]
 async fn block(
     State(state): State<AppState>,
-    who: Identity,
+    SignedIn(who): SignedIn,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Block>> {
-    who.account()?;
     let request = BlockUserRequest { user_id: id };
     let b = ask!(state, who, graph.block_user(request))?;
     Ok(Json(b.into()))
@@ -199,10 +191,9 @@ async fn block(
     responses((status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn unblock(
     State(state): State<AppState>,
-    who: Identity,
+    SignedIn(who): SignedIn,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    who.account()?;
     let request = UnblockUserRequest { user_id: id };
     ask!(state, who, graph.unblock_user(request))?;
     Ok(StatusCode::NO_CONTENT)
@@ -213,14 +204,13 @@ async fn unblock(
     responses((status = 200, body = BlockPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn blocks(
     State(state): State<AppState>,
-    who: Identity,
-    OriginalUri(uri): OriginalUri,
-    Query(page): Query<PageQuery>,
+    SignedIn(who): SignedIn,
+    mut list: Listing,
 ) -> ApiResult<Response> {
-    who.account()?;
+    let (page_size, page_token) = list.page();
     let request = ListBlocksRequest {
-        page_size: page.page_size,
-        page_token: page.page_token,
+        page_size,
+        page_token,
     };
     let r = ask!(state, who, graph.list_blocks(request))?;
     let blocked = |b: &social_proto::graph::v1::Block| b.blocked_id.clone();
@@ -228,7 +218,7 @@ async fn blocks(
         b.account = a
     })
     .await?;
-    Ok(paged(&uri, BlockPage::of(items, r.next_page_token)))
+    Ok(list.answer(BlockPage::of(items, r.next_page_token)))
 }
 
 /// Mutes a user (again: the new settings replace the old): its posts leave the caller's
@@ -240,11 +230,10 @@ async fn blocks(
         (status = 404, body = ErrorBody)))]
 async fn mute(
     State(state): State<AppState>,
-    who: Identity,
+    SignedIn(who): SignedIn,
     Path(id): Path<String>,
     Body(body): Body<MuteSettings>,
 ) -> ApiResult<Json<Mute>> {
-    who.account()?;
     let request = MuteUserRequest {
         user_id: id,
         duration_seconds: body.duration_seconds,
@@ -260,10 +249,9 @@ async fn mute(
     responses((status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn unmute(
     State(state): State<AppState>,
-    who: Identity,
+    SignedIn(who): SignedIn,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    who.account()?;
     let request = UnmuteUserRequest { user_id: id };
     ask!(state, who, graph.unmute_user(request))?;
     Ok(StatusCode::NO_CONTENT)
@@ -274,14 +262,13 @@ async fn unmute(
     responses((status = 200, body = MutePage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn mutes(
     State(state): State<AppState>,
-    who: Identity,
-    OriginalUri(uri): OriginalUri,
-    Query(page): Query<PageQuery>,
+    SignedIn(who): SignedIn,
+    mut list: Listing,
 ) -> ApiResult<Response> {
-    who.account()?;
+    let (page_size, page_token) = list.page();
     let request = ListMutesRequest {
-        page_size: page.page_size,
-        page_token: page.page_token,
+        page_size,
+        page_token,
     };
     let r = ask!(state, who, graph.list_mutes(request))?;
     let muted = |m: &social_proto::graph::v1::Mute| m.muted_id.clone();
@@ -289,5 +276,5 @@ async fn mutes(
         m.account = a
     })
     .await?;
-    Ok(paged(&uri, MutePage::of(items, r.next_page_token)))
+    Ok(list.answer(MutePage::of(items, r.next_page_token)))
 }

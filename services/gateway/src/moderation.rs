@@ -4,7 +4,7 @@
 
 use axum::{
     Json,
-    extract::{OriginalUri, State},
+    extract::State,
     http::StatusCode,
     response::{IntoResponse, Response},
 };
@@ -15,7 +15,7 @@ use social_proto::user::v1::{
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    context::{AppState, Body, Identity, PageQuery, Path, Query, ask, paged},
+    context::{AppState, Body, Listing, PageQuery, Path, SignedIn, ask},
     error::{ApiResult, ErrorBody},
     model::{NewReport, Report, ReportPage, ReportReason, ReportTarget, Resolution, ResolveAction},
 };
@@ -47,10 +47,9 @@ fn category(reason: ReportReason) -> i32 {
         (status = 404, body = ErrorBody)))]
 async fn report(
     State(state): State<AppState>,
-    who: Identity,
+    SignedIn(who): SignedIn,
     Body(body): Body<NewReport>,
 ) -> ApiResult<Response> {
-    who.account()?;
     let (kind, id) = (body.target_type, body.target_id);
     let (category, comment) = (category(body.category), body.comment);
     let r = match kind {
@@ -89,18 +88,17 @@ async fn report(
         (status = 403, body = ErrorBody)))]
 async fn open_reports(
     State(state): State<AppState>,
-    who: Identity,
-    OriginalUri(uri): OriginalUri,
-    Query(page): Query<PageQuery>,
+    SignedIn(who): SignedIn,
+    mut list: Listing,
 ) -> ApiResult<Response> {
-    who.account()?;
+    let (page_size, page_token) = list.page();
     let request = ListReportsRequest {
-        page_size: page.page_size,
-        page_token: page.page_token,
+        page_size,
+        page_token,
     };
     let r = ask!(state, who, users.list_reports(request))?;
     let items = r.reports.into_iter().map(Report::from).collect();
-    Ok(paged(&uri, ReportPage::of(items, r.next_page_token)))
+    Ok(list.answer(ReportPage::of(items, r.next_page_token)))
 }
 
 /// Moderators: closes an open report: `dismiss`, or `remove` the reported post or
@@ -112,11 +110,10 @@ async fn open_reports(
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn resolve(
     State(state): State<AppState>,
-    who: Identity,
+    SignedIn(who): SignedIn,
     Path(id): Path<String>,
     Body(body): Body<Resolution>,
 ) -> ApiResult<Json<Report>> {
-    who.account()?;
     let action = match body.action {
         ResolveAction::Dismiss => ReportAction::Dismiss,
         ResolveAction::Remove => ReportAction::RemoveContent,

@@ -3,11 +3,7 @@
 
 use std::collections::HashMap;
 
-use axum::{
-    Json,
-    extract::{OriginalUri, State},
-    response::Response,
-};
+use axum::{Json, extract::State, response::Response};
 use serde::Deserialize;
 use social_proto::notification::v1::{
     GetUnreadCountRequest, GetUnreadGroupCountRequest, ListNotificationGroupsRequest,
@@ -19,7 +15,7 @@ use utoipa::IntoParams;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    context::{AppState, Body, Identity, Path, Query, accounts, ask, paged},
+    context::{AppState, Body, Identity, Listing, PageQuery, Path, Query, SignedIn, accounts, ask},
     error::{ApiError, ApiResult, ErrorBody},
     model::{
         Account, Count, MarkRead, Notification, NotificationGroup, NotificationGroupPage,
@@ -38,17 +34,10 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(mark_group_read))
 }
 
-/// `page_size`, `page_token`, `unread_only` and `types` of the list.
+/// `unread_only` and `types` of the list.
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct ListQuery {
-    /// Items per page: 20 when absent, at most 100.
-    #[serde(default)]
-    #[param(minimum = 0)]
-    pub page_size: i32,
-    /// `next_page_token` of the previous page.
-    #[serde(default)]
-    pub page_token: String,
+pub struct ListFilter {
     /// Only unread ones.
     #[serde(default)]
     pub unread_only: bool,
@@ -109,38 +98,31 @@ pub(crate) fn attach(
 }
 
 /// The caller's notifications, newest first, each with who acted.
-#[utoipa::path(get, path = "/v1/notifications", tag = "notifications", params(ListQuery),
+#[utoipa::path(get, path = "/v1/notifications", tag = "notifications", params(PageQuery, ListFilter),
     security(("bearer" = [])),
     responses((status = 200, body = NotificationPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn list(
     State(state): State<AppState>,
-    who: Identity,
-    OriginalUri(uri): OriginalUri,
-    Query(q): Query<ListQuery>,
+    SignedIn(who): SignedIn,
+    mut list: Listing,
+    Query(q): Query<ListFilter>,
 ) -> ApiResult<Response> {
-    who.account()?;
+    let (page_size, page_token) = list.page();
     let request = ListNotificationsRequest {
-        page_size: q.page_size,
-        page_token: q.page_token,
+        page_size,
+        page_token,
         unread_only: q.unread_only,
         types: types(&q.types)?,
     };
     let r = ask!(state, who, notifications.list_notifications(request))?;
     let items = with_accounts(&state, &who, r.notifications).await?;
-    Ok(paged(&uri, NotificationPage::of(items, r.next_page_token)))
+    Ok(list.answer(NotificationPage::of(items, r.next_page_token)))
 }
 
-/// `page_size`, `page_token` and `unread_only` of the grouped list.
+/// `unread_only` of the grouped list.
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct GroupQuery {
-    /// Groups per page: 20 when absent, at most 100.
-    #[serde(default)]
-    #[param(minimum = 0)]
-    pub page_size: i32,
-    /// `next_page_token` of the previous page.
-    #[serde(default)]
-    pub page_token: String,
+pub struct GroupFilter {
     /// Only groups with unread notifications.
     #[serde(default)]
     pub unread_only: bool,
@@ -179,27 +161,24 @@ pub(crate) fn sampled(g: WireGroup, actors: &HashMap<String, Account>) -> Notifi
 /// fall in one window of time (a day by default) share a group; a comment or a mention
 /// is a group of one, so this list alone shows everything. A group with new activity
 /// moves to the top. Each group carries up to five recent actors' accounts.
-#[utoipa::path(get, path = "/v1/notification-groups", tag = "notifications", params(GroupQuery),
+#[utoipa::path(get, path = "/v1/notification-groups", tag = "notifications", params(PageQuery, GroupFilter),
     security(("bearer" = [])),
     responses((status = 200, body = NotificationGroupPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn groups(
     State(state): State<AppState>,
-    who: Identity,
-    OriginalUri(uri): OriginalUri,
-    Query(q): Query<GroupQuery>,
+    SignedIn(who): SignedIn,
+    mut list: Listing,
+    Query(q): Query<GroupFilter>,
 ) -> ApiResult<Response> {
-    who.account()?;
+    let (page_size, page_token) = list.page();
     let request = ListNotificationGroupsRequest {
-        page_size: q.page_size,
-        page_token: q.page_token,
+        page_size,
+        page_token,
         unread_only: q.unread_only,
     };
     let r = ask!(state, who, notifications.list_notification_groups(request))?;
     let items = with_samples(&state, &who, r.groups).await?;
-    Ok(paged(
-        &uri,
-        NotificationGroupPage::of(items, r.next_page_token),
-    ))
+    Ok(list.answer(NotificationGroupPage::of(items, r.next_page_token)))
 }
 
 /// How many of the caller's notification groups have unread notifications.
@@ -208,9 +187,8 @@ async fn groups(
     responses((status = 200, body = Count), (status = 401, body = ErrorBody)))]
 async fn unread_group_count(
     State(state): State<AppState>,
-    who: Identity,
+    SignedIn(who): SignedIn,
 ) -> ApiResult<Json<Count>> {
-    who.account()?;
     let r = ask!(
         state,
         who,
@@ -229,10 +207,9 @@ async fn unread_group_count(
         (status = 404, body = ErrorBody)))]
 async fn mark_group_read(
     State(state): State<AppState>,
-    who: Identity,
+    SignedIn(who): SignedIn,
     Path(group_key): Path<String>,
 ) -> ApiResult<Json<Updated>> {
-    who.account()?;
     let request = MarkGroupReadRequest { group_key };
     let r = ask!(state, who, notifications.mark_group_read(request))?;
     Ok(Json(Updated {
@@ -244,8 +221,10 @@ async fn mark_group_read(
 #[utoipa::path(get, path = "/v1/notifications/unread-count", tag = "notifications",
     security(("bearer" = [])),
     responses((status = 200, body = Count), (status = 401, body = ErrorBody)))]
-async fn unread_count(State(state): State<AppState>, who: Identity) -> ApiResult<Json<Count>> {
-    who.account()?;
+async fn unread_count(
+    State(state): State<AppState>,
+    SignedIn(who): SignedIn,
+) -> ApiResult<Json<Count>> {
     let r = ask!(
         state,
         who,
@@ -260,10 +239,9 @@ async fn unread_count(State(state): State<AppState>, who: Identity) -> ApiResult
     responses((status = 200, body = Updated), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn mark_read(
     State(state): State<AppState>,
-    who: Identity,
+    SignedIn(who): SignedIn,
     Body(body): Body<MarkRead>,
 ) -> ApiResult<Json<Updated>> {
-    who.account()?;
     let request = MarkNotificationsReadRequest { ids: body.ids };
     let r = ask!(state, who, notifications.mark_notifications_read(request))?;
     Ok(Json(Updated {
@@ -275,8 +253,10 @@ async fn mark_read(
 #[utoipa::path(post, path = "/v1/notifications/read-all", tag = "notifications",
     security(("bearer" = [])),
     responses((status = 200, body = Updated), (status = 401, body = ErrorBody)))]
-async fn mark_all_read(State(state): State<AppState>, who: Identity) -> ApiResult<Json<Updated>> {
-    who.account()?;
+async fn mark_all_read(
+    State(state): State<AppState>,
+    SignedIn(who): SignedIn,
+) -> ApiResult<Json<Updated>> {
     let request = MarkAllNotificationsReadRequest {};
     let r = ask!(
         state,

@@ -1,12 +1,7 @@
 //! Posts, timelines, the home feed, likes and comments (the post and engagement
 //! services). Lists carry each item's author, fetched with one batch call per page.
 
-use axum::{
-    Json,
-    extract::{OriginalUri, State},
-    http::StatusCode,
-    response::Response,
-};
+use axum::{Json, extract::State, http::StatusCode, response::Response};
 use prost_types::FieldMask;
 use social_proto::{
     engagement::v1::{
@@ -22,7 +17,9 @@ use social_proto::{
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    context::{AppState, Body, Identity, PageQuery, Path, Query, accounts, ask, created, paged},
+    context::{
+        AppState, Body, Identity, Listing, PageQuery, Path, SignedIn, accounts, ask, created,
+    },
     error::{ApiError, ApiResult, ErrorBody},
     model::{BodyChange, Comment, CommentPage, Like, LikePage, Media, NewBody, Post, PostPage},
 };
@@ -107,10 +104,9 @@ fn body_change(
         (status = 422, body = ErrorBody, description = "the Idempotency-Key was sent with another request")))]
 async fn create_post(
     State(state): State<AppState>,
-    who: Identity,
+    SignedIn(who): SignedIn,
     Body(body): Body<NewBody>,
 ) -> ApiResult<Response> {
-    who.account()?;
     let request = CreatePostRequest {
         content: body.content,
         media: body.media.into_iter().map(Into::into).collect(),
@@ -144,11 +140,10 @@ async fn get_post(
         (status = 404, body = ErrorBody)))]
 async fn change_post(
     State(state): State<AppState>,
-    who: Identity,
+    SignedIn(who): SignedIn,
     Path(id): Path<String>,
     Body(change): Body<BodyChange>,
 ) -> ApiResult<Json<Post>> {
-    who.account()?;
     let (content, media, mask) = body_change(change)?;
     let request = UpdatePostRequest {
         post: Some(WirePost {
@@ -169,10 +164,9 @@ async fn change_post(
     responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn delete_post(
     State(state): State<AppState>,
-    who: Identity,
+    SignedIn(who): SignedIn,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    who.account()?;
     ask!(state, who, posts.delete_post(DeletePostRequest { id }))?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -184,18 +178,18 @@ async fn delete_post(
 async fn user_posts(
     State(state): State<AppState>,
     who: Identity,
-    OriginalUri(uri): OriginalUri,
     Path(id): Path<String>,
-    Query(page): Query<PageQuery>,
+    mut list: Listing,
 ) -> ApiResult<Response> {
+    let (page_size, page_token) = list.page();
     let request = ListUserPostsRequest {
         user_id: id,
-        page_size: page.page_size,
-        page_token: page.page_token,
+        page_size,
+        page_token,
     };
     let r = ask!(state, who, posts.list_user_posts(request))?;
     let items = with_authors(&state, &who, r.posts).await?;
-    Ok(paged(&uri, PostPage::of(items, r.next_page_token)))
+    Ok(list.answer(PostPage::of(items, r.next_page_token)))
 }
 
 /// The caller's home feed: the posts of the accounts they follow and their own, newest
@@ -205,18 +199,17 @@ async fn user_posts(
     responses((status = 200, body = PostPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn feed(
     State(state): State<AppState>,
-    who: Identity,
-    OriginalUri(uri): OriginalUri,
-    Query(page): Query<PageQuery>,
+    SignedIn(who): SignedIn,
+    mut list: Listing,
 ) -> ApiResult<Response> {
-    who.account()?;
+    let (page_size, page_token) = list.page();
     let request = ListHomeFeedRequest {
-        page_size: page.page_size,
-        page_token: page.page_token,
+        page_size,
+        page_token,
     };
     let r = ask!(state, who, posts.list_home_feed(request))?;
     let items = with_authors(&state, &who, r.posts).await?;
-    Ok(paged(&uri, PostPage::of(items, r.next_page_token)))
+    Ok(list.answer(PostPage::of(items, r.next_page_token)))
 }
 
 /// Likes a post (again: nothing changes).
@@ -225,10 +218,9 @@ async fn feed(
     responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn like_post(
     State(state): State<AppState>,
-    who: Identity,
+    SignedIn(who): SignedIn,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    who.account()?;
     let request = LikePostRequest { post_id: id };
     ask!(state, who, engagement.like_post(request))?;
     Ok(StatusCode::NO_CONTENT)
@@ -240,10 +232,9 @@ async fn like_post(
     responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn unlike_post(
     State(state): State<AppState>,
-    who: Identity,
+    SignedIn(who): SignedIn,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    who.account()?;
     let request = UnlikePostRequest { post_id: id };
     ask!(state, who, engagement.unlike_post(request))?;
     Ok(StatusCode::NO_CONTENT)
@@ -256,14 +247,14 @@ async fn unlike_post(
 async fn post_likes(
     State(state): State<AppState>,
     who: Identity,
-    OriginalUri(uri): OriginalUri,
     Path(id): Path<String>,
-    Query(page): Query<PageQuery>,
+    mut list: Listing,
 ) -> ApiResult<Response> {
+    let (page_size, page_token) = list.page();
     let request = ListPostLikesRequest {
         post_id: id,
-        page_size: page.page_size,
-        page_token: page.page_token,
+        page_size,
+        page_token,
     };
     let r = ask!(state, who, engagement.list_post_likes(request))?;
     let likers = accounts(
@@ -283,7 +274,7 @@ async fn post_likes(
             }
         })
         .collect();
-    Ok(paged(&uri, LikePage::of(items, r.next_page_token)))
+    Ok(list.answer(LikePage::of(items, r.next_page_token)))
 }
 
 /// A post's comments, oldest first, each with its author.
@@ -293,18 +284,18 @@ async fn post_likes(
 async fn comments(
     State(state): State<AppState>,
     who: Identity,
-    OriginalUri(uri): OriginalUri,
     Path(id): Path<String>,
-    Query(page): Query<PageQuery>,
+    mut list: Listing,
 ) -> ApiResult<Response> {
+    let (page_size, page_token) = list.page();
     let request = ListCommentsRequest {
         post_id: id,
-        page_size: page.page_size,
-        page_token: page.page_token,
+        page_size,
+        page_token,
     };
     let r = ask!(state, who, engagement.list_comments(request))?;
     let items = comments_with_authors(&state, &who, r.comments).await?;
-    Ok(paged(&uri, CommentPage::of(items, r.next_page_token)))
+    Ok(list.answer(CommentPage::of(items, r.next_page_token)))
 }
 
 /// Comments on a post: text, media, or both; `@username` mentions notify.
@@ -317,11 +308,10 @@ async fn comments(
         (status = 422, body = ErrorBody, description = "the Idempotency-Key was sent with another request")))]
 async fn create_comment(
     State(state): State<AppState>,
-    who: Identity,
+    SignedIn(who): SignedIn,
     Path(id): Path<String>,
     Body(body): Body<NewBody>,
 ) -> ApiResult<Response> {
-    who.account()?;
     let request = CreateCommentRequest {
         post_id: id,
         content: body.content,
@@ -358,11 +348,10 @@ async fn get_comment(
         (status = 404, body = ErrorBody)))]
 async fn change_comment(
     State(state): State<AppState>,
-    who: Identity,
+    SignedIn(who): SignedIn,
     Path(id): Path<String>,
     Body(change): Body<BodyChange>,
 ) -> ApiResult<Json<Comment>> {
-    who.account()?;
     let (content, media, mask) = body_change(change)?;
     let request = UpdateCommentRequest {
         comment: Some(WireComment {
@@ -383,10 +372,9 @@ async fn change_comment(
     responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn delete_comment(
     State(state): State<AppState>,
-    who: Identity,
+    SignedIn(who): SignedIn,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    who.account()?;
     let request = DeleteCommentRequest { id };
     ask!(state, who, engagement.delete_comment(request))?;
     Ok(StatusCode::NO_CONTENT)
@@ -398,10 +386,9 @@ async fn delete_comment(
     responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn like_comment(
     State(state): State<AppState>,
-    who: Identity,
+    SignedIn(who): SignedIn,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    who.account()?;
     let request = LikeCommentRequest { comment_id: id };
     ask!(state, who, engagement.like_comment(request))?;
     Ok(StatusCode::NO_CONTENT)
@@ -413,10 +400,9 @@ async fn like_comment(
     responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn unlike_comment(
     State(state): State<AppState>,
-    who: Identity,
+    SignedIn(who): SignedIn,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    who.account()?;
     let request = UnlikeCommentRequest { comment_id: id };
     ask!(state, who, engagement.unlike_comment(request))?;
     Ok(StatusCode::NO_CONTENT)

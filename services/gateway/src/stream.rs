@@ -56,7 +56,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    context::{AppState, Identity, Query, accounts, ask, open_stream},
+    context::{AppState, Identity, Query, SignedIn, accounts, ask, open_stream},
     error::{ApiResult, ErrorBody},
     model::{Account, Notification},
     notifications::{attach, sampled, with_accounts},
@@ -91,9 +91,11 @@ pub struct Ticket {
     security(("bearer" = [])),
     responses((status = 201, body = Ticket), (status = 401, body = ErrorBody),
         (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
-async fn stream_ticket(State(state): State<AppState>, who: Identity) -> ApiResult<Response> {
+async fn stream_ticket(
+    State(state): State<AppState>,
+    SignedIn(who): SignedIn,
+) -> ApiResult<Response> {
     use axum::response::IntoResponse;
-    who.account()?;
     // A caller has its token (identified by it).
     let token = who.token.as_deref().unwrap_or_default();
     let ticket = state.shared.issue_ticket(token).await?;
@@ -533,7 +535,7 @@ pub struct StreamQuery {
         (status = 401, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn stream(
     State(state): State<AppState>,
-    who: Identity,
+    SignedIn(who): SignedIn,
     headers: HeaderMap,
     Query(q): Query<StreamQuery>,
 ) -> ApiResult<Response> {

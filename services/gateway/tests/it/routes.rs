@@ -593,6 +593,15 @@ async fn every_error_has_one_shape() {
     )
     .await
     .error(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED");
+    // A route that needs an account asks for it first: without a token, a bad body or
+    // page is a 401 too, not a lesson in the route's fields.
+    let bad_body = Some(json!({"content": 5}));
+    app.call(Method::POST, "/v1/posts", None, bad_body)
+        .await
+        .error(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED");
+    app.get("/v1/feed?page_size=many", None)
+        .await
+        .error(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED");
     app.get("/v1/feed", Some("not a token"))
         .await
         .error(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED");
