@@ -33,6 +33,7 @@ use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use bson::{Document, doc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+pub use social_proto::Paged;
 
 use crate::error::{Result, Violations};
 
@@ -185,11 +186,11 @@ fn query_hash(query: &str) -> String {
 }
 
 impl PageRequest {
-    /// Parses `page_size` and `page_token` for the query described by `query` (a stable
+    /// Parses a list request's page for the query described by `query` (a stable
     /// description of every filter of the request, e.g. `posts:user=<id>`), recording
     /// violations.
-    pub fn parse(page_size: i32, page_token: &str, query: String, v: &mut Violations) -> Self {
-        let size = match page_size {
+    pub fn parse(request: &impl Paged, query: String, v: &mut Violations) -> Self {
+        let size = match request.page_size() {
             n if n < 0 => {
                 v.add("page_size", "must not be negative");
                 DEFAULT_PAGE_SIZE
@@ -197,18 +198,17 @@ impl PageRequest {
             0 => DEFAULT_PAGE_SIZE,
             n => (n as usize).min(MAX_PAGE_SIZE),
         };
-        let after = if page_token.is_empty() {
-            None
-        } else {
-            v.take("page_token", decode(page_token, &query))
+        let after = match request.page_token() {
+            "" => None,
+            token => v.take("page_token", decode(token, &query)),
         };
         Self { size, after, query }
     }
 
-    /// Parses a page request that has no other fields to validate.
-    pub fn parse_alone(page_size: i32, page_token: &str, query: String) -> Result<Self> {
+    /// Parses the page of a list request that has no other fields to validate.
+    pub fn of(request: &impl Paged, query: String) -> Result<Self> {
         let mut v = Violations::default();
-        let page = Self::parse(page_size, page_token, query, &mut v);
+        let page = Self::parse(request, query, &mut v);
         v.finish().map(|()| page)
     }
 
@@ -217,14 +217,12 @@ impl PageRequest {
     /// and named `field` in violations, and the page, bound to `kind` and the owner.
     pub fn for_owner(
         kind: &str,
-        field: &str,
-        owner: &str,
-        page_size: i32,
-        page_token: &str,
+        (field, owner): (&str, &str),
+        request: &impl Paged,
     ) -> Result<(bson::oid::ObjectId, Self)> {
         let mut v = Violations::default();
         let id = v.take(field, crate::validate::object_id(owner));
-        let page = Self::parse(page_size, page_token, format!("{kind}:{owner}"), &mut v);
+        let page = Self::parse(request, format!("{kind}:{owner}"), &mut v);
         v.finish()?;
         Ok((id.unwrap_or_default(), page))
     }
@@ -247,6 +245,17 @@ impl PageRequest {
             .map(|last| encode(key(last), &self.query))
             .unwrap_or_default();
         (items, token)
+    }
+
+    /// [`Self::finish`], each item turned into what the answer carries (a document into
+    /// its wire message).
+    pub fn finish_into<T: Into<W>, W>(
+        &self,
+        items: Vec<T>,
+        key: impl Fn(&T) -> i64,
+    ) -> (Vec<W>, String) {
+        let (items, token) = self.finish(items, key);
+        (items.into_iter().map(Into::into).collect(), token)
     }
 }
 
@@ -314,7 +323,7 @@ mod tests {
     use super::*;
 
     fn page(token: &str, query: &str) -> Result<PageRequest> {
-        PageRequest::parse_alone(10, token, query.into())
+        PageRequest::of(&(10, token), query.into())
     }
 
     #[test]
@@ -369,15 +378,9 @@ mod tests {
 
     #[test]
     fn sizes() {
-        assert_eq!(
-            PageRequest::parse_alone(0, "", "q".into()).unwrap().size,
-            20
-        );
-        assert_eq!(
-            PageRequest::parse_alone(1000, "", "q".into()).unwrap().size,
-            100
-        );
-        assert!(PageRequest::parse_alone(-1, "", "q".into()).is_err());
+        assert_eq!(PageRequest::of(&(0, ""), "q".into()).unwrap().size, 20);
+        assert_eq!(PageRequest::of(&(1000, ""), "q".into()).unwrap().size, 100);
+        assert!(PageRequest::of(&(-1, ""), "q".into()).is_err());
     }
 
     #[test]

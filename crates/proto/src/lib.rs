@@ -1,6 +1,6 @@
 //! Generated code for every `social.*.v1` package, one module per package, plus the
 //! encoded file descriptor set that servers hand to gRPC reflection. Nothing hand-written
-//! lives here but the module tree and [`Bounded`].
+//! lives here but the module tree, [`Bounded`] and [`Paged`].
 
 #![allow(clippy::all, clippy::pedantic, missing_docs)]
 
@@ -63,4 +63,53 @@ bounded!(
     SocialGraphServiceServer<graph::v1::social_graph_service_server::SocialGraphService>,
     EngagementServiceServer<engagement::v1::engagement_service_server::EngagementService>,
     NotificationServiceServer<notification::v1::notification_service_server::NotificationService>
+);
+
+/// A list request's page, as every list RPC names it: `page_size` (0: the default) and
+/// `page_token` (empty: the first page); `kit::paging::PageRequest` reads it.
+pub trait Paged {
+    /// Items per page asked for.
+    fn page_size(&self) -> i32;
+    /// The previous page's `next_page_token`, or empty.
+    fn page_token(&self) -> &str;
+}
+
+/// `(page_size, page_token)`, for a caller holding the two already.
+impl Paged for (i32, &str) {
+    fn page_size(&self) -> i32 {
+        self.0
+    }
+
+    fn page_token(&self) -> &str {
+        self.1
+    }
+}
+
+macro_rules! paged {
+    ($($request:path),* $(,)?) => {
+        $(impl Paged for $request {
+            fn page_size(&self) -> i32 {
+                self.page_size
+            }
+
+            fn page_token(&self) -> &str {
+                &self.page_token
+            }
+        })*
+    };
+}
+
+paged!(
+    user::v1::ListSessionsRequest,
+    user::v1::ListReportsRequest,
+    post::v1::ListUserPostsRequest,
+    post::v1::ListHomeFeedRequest,
+    graph::v1::ListFollowersRequest,
+    graph::v1::ListFollowingRequest,
+    graph::v1::ListBlocksRequest,
+    graph::v1::ListMutesRequest,
+    engagement::v1::ListPostLikesRequest,
+    engagement::v1::ListCommentsRequest,
+    notification::v1::ListNotificationsRequest,
+    notification::v1::ListNotificationGroupsRequest,
 );

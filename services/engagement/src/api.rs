@@ -277,13 +277,7 @@ impl EngagementService for Api {
         request: Request<ListPostLikesRequest>,
     ) -> Result<Response<ListPostLikesResponse>, Status> {
         let r = request.get_ref();
-        let (post, page) = PageRequest::for_owner(
-            "post-likes",
-            "post_id",
-            &r.post_id,
-            r.page_size,
-            &r.page_token,
-        )?;
+        let (post, page) = PageRequest::for_owner("post-likes", ("post_id", &r.post_id), r)?;
         let likes = self.store.post_likes(post, &page).await?;
         let (mut likes, next_page_token) = page.finish(likes, |l| l.sort_key);
         // To a reader the post's author blocks, it has no likes; nor do likers who block
@@ -447,13 +441,7 @@ impl EngagementService for Api {
         request: Request<ListCommentsRequest>,
     ) -> Result<Response<ListCommentsResponse>, Status> {
         let r = request.get_ref();
-        let (post, page) = PageRequest::for_owner(
-            "comments",
-            "post_id",
-            &r.post_id,
-            r.page_size,
-            &r.page_token,
-        )?;
+        let (post, page) = PageRequest::for_owner("comments", ("post_id", &r.post_id), r)?;
         let comments = self.store.comments_of(post, &page).await?;
         let (mut comments, next_page_token) = page.finish(comments, |c| c.sort_key);
         // Filtered after the page is cut: a page may come short, never skip one.

@@ -144,7 +144,7 @@ impl NotificationService for Api {
             r.unread_only,
             filter.types.join(",")
         );
-        let page = PageRequest::parse(r.page_size, &r.page_token, query, &mut v);
+        let page = PageRequest::parse(r, query, &mut v);
         v.finish()?;
         let last_removal_at = if r.page_token.is_empty() {
             self.store.last_removal(me).await?.map(to_timestamp)
@@ -152,9 +152,9 @@ impl NotificationService for Api {
             None
         };
         let docs = self.store.list(me, &filter, &page).await?;
-        let (docs, next_page_token) = page.finish(docs, |n| n.sort_key);
+        let (notifications, next_page_token) = page.finish_into(docs, |n| n.sort_key);
         Ok(Response::new(ListNotificationsResponse {
-            notifications: docs.into_iter().map(Into::into).collect(),
+            notifications,
             next_page_token,
             last_removal_at,
         }))
@@ -254,12 +254,12 @@ impl NotificationService for Api {
         let r = request.get_ref();
         let mut v = Violations::default();
         let query = format!("notification_groups:{me}:{}", r.unread_only);
-        let page = PageRequest::parse(r.page_size, &r.page_token, query, &mut v);
+        let page = PageRequest::parse(r, query, &mut v);
         v.finish()?;
         let groups = self.store.groups.list(me, r.unread_only, &page).await?;
-        let (groups, next_page_token) = page.finish(groups, |g| g.sort_key);
+        let (groups, next_page_token) = page.finish_into(groups, |g| g.sort_key);
         Ok(Response::new(ListNotificationGroupsResponse {
-            groups: groups.into_iter().map(Into::into).collect(),
+            groups,
             next_page_token,
         }))
     }

@@ -279,13 +279,7 @@ impl PostService for Api {
         request: Request<ListUserPostsRequest>,
     ) -> Result<Response<ListUserPostsResponse>, Status> {
         let r = request.get_ref();
-        let (user, page) = PageRequest::for_owner(
-            "user-posts",
-            "user_id",
-            &r.user_id,
-            r.page_size,
-            &r.page_token,
-        )?;
+        let (user, page) = PageRequest::for_owner("user-posts", ("user_id", &r.user_id), r)?;
         // To a reader the author blocks, the author has no posts (as an unknown one).
         let viewer = optional_caller(&request);
         if !self
@@ -298,9 +292,9 @@ impl PostService for Api {
             return Ok(Response::new(ListUserPostsResponse::default()));
         }
         let docs = self.store.by_authors(&[user], &page).await?;
-        let (docs, next_page_token) = page.finish(docs, |p| p.sort_key);
+        let (posts, next_page_token) = page.finish_into(docs, |p| p.sort_key);
         Ok(Response::new(ListUserPostsResponse {
-            posts: docs.into_iter().map(Into::into).collect(),
+            posts,
             next_page_token,
         }))
     }
@@ -311,7 +305,7 @@ impl PostService for Api {
     ) -> Result<Response<ListHomeFeedResponse>, Status> {
         let me = caller(&request)?;
         let r = request.get_ref();
-        let page = PageRequest::parse_alone(r.page_size, &r.page_token, format!("home-feed:{me}"))?;
+        let page = PageRequest::of(r, format!("home-feed:{me}"))?;
         let from_memory = match &self.timelines {
             Some(timelines) => timelines.page(me, &page).await?,
             None => None,
@@ -320,9 +314,9 @@ impl PostService for Api {
             Some(docs) => docs,
             None => self.pulled_feed(me, &page).await?,
         };
-        let (docs, next_page_token) = page.finish(docs, |p| p.sort_key);
+        let (posts, next_page_token) = page.finish_into(docs, |p| p.sort_key);
         Ok(Response::new(ListHomeFeedResponse {
-            posts: docs.into_iter().map(Into::into).collect(),
+            posts,
             next_page_token,
         }))
     }

@@ -6,7 +6,7 @@ use social_kit::{
     auth::{caller, optional_caller},
     client::Peer,
     error::Violations,
-    paging::PageRequest,
+    paging::{PageRequest, Paged},
     time::to_timestamp,
     validate,
 };
@@ -112,26 +112,23 @@ impl Api {
 
     /// A page of `user_id`'s follows where it is `side` (`followee_id`: its followers,
     /// `follower_id`: whom it follows), newest first; none to a reader it blocks.
-    async fn follows_page<T>(
+    async fn follows_page<R: Paged>(
         &self,
-        request: &Request<T>,
+        request: &Request<R>,
         side: &'static str,
         user_id: &str,
-        page_size: i32,
-        page_token: &str,
     ) -> Result<(Vec<Follow>, String)> {
         let kind = if side == "followee_id" {
             "followers"
         } else {
             "following"
         };
-        let (user, page) = PageRequest::for_owner(kind, "user_id", user_id, page_size, page_token)?;
+        let (user, page) = PageRequest::for_owner(kind, ("user_id", user_id), request.get_ref())?;
         if self.hidden_from_caller(request, user).await? {
             return Ok((Vec::new(), String::new()));
         }
         let docs = self.store.list(side, user, &page).await?;
-        let (docs, next_page_token) = page.finish(docs, |f| f.sort_key);
-        Ok((docs.into_iter().map(Into::into).collect(), next_page_token))
+        Ok(page.finish_into(docs, |f| f.sort_key))
     }
 }
 
@@ -260,13 +257,7 @@ impl SocialGraphService for Api {
     ) -> Result<Response<ListFollowersResponse>, Status> {
         let r = request.get_ref();
         let (follows, next_page_token) = self
-            .follows_page(
-                &request,
-                "followee_id",
-                &r.user_id,
-                r.page_size,
-                &r.page_token,
-            )
+            .follows_page(&request, "followee_id", &r.user_id)
             .await?;
         Ok(Response::new(ListFollowersResponse {
             follows,
@@ -280,13 +271,7 @@ impl SocialGraphService for Api {
     ) -> Result<Response<ListFollowingResponse>, Status> {
         let r = request.get_ref();
         let (follows, next_page_token) = self
-            .follows_page(
-                &request,
-                "follower_id",
-                &r.user_id,
-                r.page_size,
-                &r.page_token,
-            )
+            .follows_page(&request, "follower_id", &r.user_id)
             .await?;
         Ok(Response::new(ListFollowingResponse {
             follows,
@@ -470,11 +455,11 @@ impl SocialGraphService for Api {
     ) -> Result<Response<ListBlocksResponse>, Status> {
         let me = caller(&request)?;
         let r = request.get_ref();
-        let page = PageRequest::parse_alone(r.page_size, &r.page_token, format!("blocks:{me}"))?;
+        let page = PageRequest::of(r, format!("blocks:{me}"))?;
         let docs = self.store.blocks.list(me, &page).await?;
-        let (docs, next_page_token) = page.finish(docs, |b| b.sort_key);
+        let (blocks, next_page_token) = page.finish_into(docs, |b| b.sort_key);
         Ok(Response::new(ListBlocksResponse {
-            blocks: docs.into_iter().map(Into::into).collect(),
+            blocks,
             next_page_token,
         }))
     }
@@ -582,7 +567,7 @@ impl SocialGraphService for Api {
     ) -> Result<Response<ListMutesResponse>, Status> {
         let me = caller(&request)?;
         let r = request.get_ref();
-        let page = PageRequest::parse_alone(r.page_size, &r.page_token, format!("mutes:{me}"))?;
+        let page = PageRequest::of(r, format!("mutes:{me}"))?;
         let docs = self.store.mutes.list(me, &page).await?;
         let (docs, next_page_token) = page.finish(docs, |m| m.sort_key);
         let now = bson::DateTime::now();

@@ -613,11 +613,7 @@ impl UserService for Api {
         let caller = session(&request)?;
         self.active(&caller).await?;
         let r = request.get_ref();
-        let page = PageRequest::parse_alone(
-            r.page_size,
-            &r.page_token,
-            format!("sessions:{}", caller.user),
-        )?;
+        let page = PageRequest::of(r, format!("sessions:{}", caller.user))?;
         let docs = self.sessions.list(caller.user, &page).await?;
         let (docs, next_page_token) = page.finish(docs, |s| s.sort_key);
         Ok(Response::new(ListSessionsResponse {

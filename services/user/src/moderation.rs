@@ -193,7 +193,7 @@ impl Api {
         (page_size, page_token): (i32, &str),
     ) -> Result<ListReportsResponse> {
         self.moderator(request).await?;
-        let page = PageRequest::parse_alone(page_size, page_token, "reports:open".into())?;
+        let page = PageRequest::of(&(page_size, page_token), "reports:open".into())?;
         let docs = self.store.reports.open_page(&page).await?;
         let (docs, next_page_token) = page.finish(docs, |r| r.sort_key);
         let of = |kind: Target| -> Vec<ObjectId> {
