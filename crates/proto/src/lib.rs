@@ -99,17 +99,11 @@ macro_rules! paged {
     };
 }
 
-paged!(
-    user::v1::ListSessionsRequest,
-    user::v1::ListReportsRequest,
-    post::v1::ListUserPostsRequest,
-    post::v1::ListHomeFeedRequest,
-    graph::v1::ListFollowersRequest,
-    graph::v1::ListFollowingRequest,
-    graph::v1::ListBlocksRequest,
-    graph::v1::ListMutesRequest,
-    engagement::v1::ListPostLikesRequest,
-    engagement::v1::ListCommentsRequest,
-    notification::v1::ListNotificationsRequest,
-    notification::v1::ListNotificationGroupsRequest,
-);
+paged! {
+    user::v1::ListSessionsRequest, user::v1::ListReportsRequest,
+    post::v1::ListUserPostsRequest, post::v1::ListHomeFeedRequest,
+    graph::v1::ListFollowersRequest, graph::v1::ListFollowingRequest,
+    graph::v1::ListBlocksRequest, graph::v1::ListMutesRequest,
+    engagement::v1::ListPostLikesRequest, engagement::v1::ListCommentsRequest,
+    notification::v1::ListNotificationsRequest, notification::v1::ListNotificationGroupsRequest,
+}

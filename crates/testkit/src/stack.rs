@@ -382,6 +382,16 @@ impl Stack {
         (r.user.expect("user").id, r.access_token)
     }
 
+    /// Registers each of `names`, one after the other; their ids and access tokens, in
+    /// order.
+    pub async fn register_all<const N: usize>(&self, names: [&str; N]) -> [(String, String); N] {
+        let mut users = [const { (String::new(), String::new()) }; N];
+        for (user, name) in users.iter_mut().zip(names) {
+            *user = self.register(name).await;
+        }
+        users
+    }
+
     /// `token`'s account posts `content` (no media).
     pub async fn post(&self, token: &str, content: &str) -> Post {
         let request = CreatePostRequest {
@@ -404,6 +414,17 @@ impl Stack {
             .follow(crate::authed(request, token))
             .await
             .expect("follow");
+    }
+
+    /// `token`'s account stops following `followee`.
+    pub async fn unfollow(&self, token: &str, followee: &str) {
+        let request = social_proto::graph::v1::UnfollowRequest {
+            followee_id: followee.into(),
+        };
+        SocialGraphServiceClient::new(self.graph.shared_channel().await)
+            .unfollow(crate::authed(request, token))
+            .await
+            .expect("unfollow");
     }
 
     /// `token`'s account blocks `user`, as the service answers.
@@ -439,6 +460,17 @@ impl Stack {
         };
         EngagementServiceClient::new(self.engagement.shared_channel().await)
             .like_post(crate::authed(request, token))
+            .await
+            .map(drop)
+    }
+
+    /// `token`'s account stops liking `post`, as the service answers.
+    pub async fn unlike_post(&self, token: &str, post: &str) -> Result<(), tonic::Status> {
+        let request = social_proto::engagement::v1::UnlikePostRequest {
+            post_id: post.into(),
+        };
+        EngagementServiceClient::new(self.engagement.shared_channel().await)
+            .unlike_post(crate::authed(request, token))
             .await
             .map(drop)
     }

@@ -12,8 +12,7 @@ use crate::App;
 #[tokio::test]
 async fn no_like_or_comment_crosses_a_block_either_way() {
     let app = App::start().await;
-    let (alice, alice_token) = app.stack.register("alice").await;
-    let (bob, bob_token) = app.stack.register("bob").await;
+    let [(alice, alice_token), (bob, bob_token)] = app.stack.register_all(["alice", "bob"]).await;
     let alices = app.post(&alice_token, "alice's").await;
     let bobs = app.post(&bob_token, "bob's").await;
     let bobs_comment = app
@@ -56,8 +55,7 @@ async fn no_like_or_comment_crosses_a_block_either_way() {
 #[tokio::test]
 async fn under_their_own_post_an_author_sees_every_comment_and_none_is_edited_across_a_block() {
     let app = App::start().await;
-    let (alice, alice_token) = app.stack.register("alice").await;
-    let (_, bob_token) = app.stack.register("bob").await;
+    let [(alice, alice_token), (_, bob_token)] = app.stack.register_all(["alice", "bob"]).await;
     let post = app.post(&alice_token, "alice's").await;
     let comment = app.comment(&bob_token, &post.id, "rude").await.unwrap();
     // Bob blocks alice: she must still see (and may delete) what he wrote under her post,
@@ -103,8 +101,7 @@ async fn under_their_own_post_an_author_sees_every_comment_and_none_is_edited_ac
 #[tokio::test]
 async fn a_like_and_a_comment_racing_a_block_are_undone_and_the_counts_come_back() {
     let app = App::start().await;
-    let (_, alice_token) = app.stack.register("alice").await;
-    let (bob, bob_token) = app.stack.register("bob").await;
+    let [(_, alice_token), (bob, bob_token)] = app.stack.register_all(["alice", "bob"]).await;
     let post = app.post(&alice_token, "alice's").await;
     // Bob's like and comment pass their checks, then wait before their inserts while
     // alice blocks him.

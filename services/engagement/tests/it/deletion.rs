@@ -234,9 +234,8 @@ async fn delete_account(app: &App, token: &str, password: &str) -> Result<(), to
 #[tokio::test]
 async fn a_deleted_account_leaves_nothing_and_every_other_counter_true() {
     let app = App::start().await;
-    let (doomed_id, doomed) = app.stack.register("doomed").await;
-    let (alice_id, alice) = app.stack.register("alice").await;
-    let (bob_id, bob) = app.stack.register("bob").await;
+    let [(doomed_id, doomed), (alice_id, alice), (bob_id, bob)] =
+        app.stack.register_all(["doomed", "alice", "bob"]).await;
     // The account's posts, liked and commented by others (and a comment of theirs liked).
     let own = app.post(&doomed, "mine").await;
     app.like_post(&alice, &own.id).await.unwrap();
@@ -345,8 +344,7 @@ async fn a_deleted_account_leaves_nothing_and_every_other_counter_true() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn actions_racing_a_deletion_do_not_survive_it() {
     let app = App::start().await;
-    let (doomed_id, doomed) = app.stack.register("racer").await;
-    let (alice_id, alice) = app.stack.register("alice").await;
+    let [(doomed_id, doomed), (alice_id, alice)] = app.stack.register_all(["racer", "alice"]).await;
     let posts: Vec<String> = {
         let mut ids = Vec::new();
         for i in 0..6 {
@@ -434,8 +432,7 @@ async fn a_cascade_survives_a_broker_outage_and_a_crash_in_the_middle() {
         .await,
     )
     .await;
-    let (doomed_id, doomed) = app.stack.register("busy").await;
-    let (alice_id, alice) = app.stack.register("alice").await;
+    let [(doomed_id, doomed), (alice_id, alice)] = app.stack.register_all(["busy", "alice"]).await;
     let mut posts = Vec::new();
     for i in 0..150 {
         let post = app.post(&alice, &format!("p{i}")).await.id;
@@ -475,8 +472,8 @@ async fn a_cascade_survives_a_broker_outage_and_a_crash_in_the_middle() {
 async fn an_account_exports_everything_it_made_before_it_goes() {
     use social_proto::user::v1::{ExportAccountRequest, export_record::Record};
     let app = App::start().await;
-    let (writer_id, writer) = app.stack.register("writer").await;
-    let (alice_id, alice) = app.stack.register("alice").await;
+    let [(writer_id, writer), (alice_id, alice)] =
+        app.stack.register_all(["writer", "alice"]).await;
     let mine = app.post(&writer, "mine").await;
     let _also = app.post(&writer, "also mine").await;
     let theirs = app.post(&alice, "alice's").await;
@@ -541,8 +538,7 @@ async fn an_account_exports_everything_it_made_before_it_goes() {
 async fn a_deleted_accounts_token_writes_nothing_a_month_later() {
     use social_proto::post::v1::CreatePostRequest;
     let app = App::start().await;
-    let (doomed_id, doomed) = app.stack.register("ghost").await;
-    let (alice_id, alice) = app.stack.register("alice").await;
+    let [(doomed_id, doomed), (alice_id, alice)] = app.stack.register_all(["ghost", "alice"]).await;
     let post = app.post(&alice, "still here").await;
     delete_account(&app, &doomed, PASSWORD).await.unwrap();
     deletion_finished(&app, &doomed_id).await;
@@ -609,8 +605,7 @@ async fn a_deleted_accounts_token_writes_nothing_a_month_later() {
 #[tokio::test]
 async fn a_write_whose_check_for_a_deleted_account_failed_is_undone_by_its_retry_or_later() {
     let app = App::start().await;
-    let (doomed_id, doomed) = app.stack.register("ghost").await;
-    let (_, alice) = app.stack.register("alice").await;
+    let [(doomed_id, doomed), (_, alice)] = app.stack.register_all(["ghost", "alice"]).await;
     let post = app.post(&alice, "p").await;
     let other = app.post(&alice, "q").await;
     delete_account(&app, &doomed, PASSWORD).await.unwrap();
@@ -662,8 +657,7 @@ async fn a_write_whose_check_for_a_deleted_account_failed_is_undone_by_its_retry
 async fn a_deleted_comment_ends_its_likes_and_deleted_words_are_gone_at_once() {
     use social_proto::{engagement::v1::DeleteCommentRequest, post::v1::DeletePostRequest};
     let app = App::start().await;
-    let (_, alice) = app.stack.register("alice").await;
-    let (_, bob) = app.stack.register("bob").await;
+    let [(_, alice), (_, bob)] = app.stack.register_all(["alice", "bob"]).await;
     let post = app.post(&alice, "the words of a post").await;
     let comment = app
         .comment(&bob, &post.id, "the words of a comment")

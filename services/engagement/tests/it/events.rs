@@ -21,10 +21,8 @@ use social_events::{
     topology::QueueSpec,
 };
 use social_proto::{
-    engagement::v1::{
-        DeleteCommentRequest, GetCommentRequest, LikeCommentRequest, UnlikePostRequest,
-    },
-    graph::v1::{FollowRequest, ListFollowersRequest, UnfollowRequest},
+    engagement::v1::{DeleteCommentRequest, GetCommentRequest, LikeCommentRequest},
+    graph::v1::{FollowRequest, ListFollowersRequest},
     post::v1::DeletePostRequest,
     user::v1::GetUserRequest,
 };
@@ -50,14 +48,7 @@ async fn counters_equal_the_documents_after_a_storm() {
             for round in 0..(3 + i % 3) {
                 app.like_post(fan, &post_id).await.unwrap();
                 if (round + i) % 2 == 0 {
-                    e.unlike_post(authed(
-                        UnlikePostRequest {
-                            post_id: post_id.clone(),
-                        },
-                        fan,
-                    ))
-                    .await
-                    .unwrap();
+                    app.stack.unlike_post(fan, &post_id).await.unwrap();
                 }
             }
             let c = app.comment(fan, &post_id, "hi").await.unwrap();
@@ -70,44 +61,15 @@ async fn counters_equal_the_documents_after_a_storm() {
     });
     // Follows and unfollows of one user at the same time.
     let follows = fans.iter().enumerate().map(|(i, fan)| {
-        let (g, target_id) = (app.stack.graph(), target_id.clone());
+        let (stack, target_id) = (&app.stack, target_id.clone());
         async move {
-            let mut g = g.await;
-            g.follow(authed(
-                FollowRequest {
-                    followee_id: target_id.clone(),
-                },
-                fan,
-            ))
-            .await
-            .unwrap();
+            stack.follow(fan, &target_id).await;
             if i % 2 == 0 {
-                g.unfollow(authed(
-                    UnfollowRequest {
-                        followee_id: target_id.clone(),
-                    },
-                    fan,
-                ))
-                .await
-                .unwrap();
-                g.follow(authed(
-                    FollowRequest {
-                        followee_id: target_id.clone(),
-                    },
-                    fan,
-                ))
-                .await
-                .unwrap();
+                stack.unfollow(fan, &target_id).await;
+                stack.follow(fan, &target_id).await;
             }
             if i % 4 == 0 {
-                g.unfollow(authed(
-                    UnfollowRequest {
-                        followee_id: target_id,
-                    },
-                    fan,
-                ))
-                .await
-                .unwrap();
+                stack.unfollow(fan, &target_id).await;
             }
         }
     });
@@ -424,16 +386,9 @@ async fn drifted_counters_are_recomputed_from_the_documents() {
     app.like_post(&token_for(ObjectId::new()), &post.id)
         .await
         .unwrap();
-    let mut graph = app.stack.graph().await;
-    graph
-        .follow(authed(
-            FollowRequest {
-                followee_id: target_id.clone(),
-            },
-            &token_for(ObjectId::new()),
-        ))
-        .await
-        .unwrap();
+    app.stack
+        .follow(&token_for(ObjectId::new()), &target_id)
+        .await;
     app.counters_become(&post.id, (1, 1)).await;
 
     // Something went wrong: the counters drifted.

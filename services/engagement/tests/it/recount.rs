@@ -5,11 +5,8 @@
 use std::{net::SocketAddr, time::Duration};
 
 use bson::{doc, oid::ObjectId};
-use social_proto::{
-    graph::v1::{FollowRequest, UnfollowRequest},
-    user::v1::GetUserRequest,
-};
-use social_testkit::{Stack, StackOptions, TcpProxy, authed, broker, eventually, token_for};
+use social_proto::user::v1::GetUserRequest;
+use social_testkit::{Stack, StackOptions, TcpProxy, broker, eventually, token_for};
 
 use crate::App;
 
@@ -43,18 +40,14 @@ async fn a_recount_while_follows_wait_in_an_outbox_and_a_queue_ends_exact() {
     )
     .await;
     let (star, _) = app.stack.register("star").await;
-    let mut graph = app.stack.graph().await;
     let (a, b, c) = (
         token_for(ObjectId::new()),
         token_for(ObjectId::new()),
         token_for(ObjectId::new()),
     );
     let follow = |token: String| {
-        let (mut graph, star) = (graph.clone(), star.clone());
-        async move {
-            let request = FollowRequest { followee_id: star };
-            graph.follow(authed(request, &token)).await.unwrap();
-        }
+        let (stack, star) = (&app.stack, star.clone());
+        async move { stack.follow(&token, &star).await }
     };
     let followers = || async {
         app.stack
@@ -103,15 +96,7 @@ async fn a_recount_while_follows_wait_in_an_outbox_and_a_queue_ends_exact() {
     // wait in its outbox.
     everyone.cut().await;
     follow(c).await;
-    graph
-        .unfollow(authed(
-            UnfollowRequest {
-                followee_id: star.clone(),
-            },
-            &a,
-        ))
-        .await
-        .unwrap();
+    app.stack.unfollow(&a, &star).await;
 
     // Recount now: b and c follow, a does not.
     let mut user_config = social_user::Config::for_tests(
@@ -217,18 +202,11 @@ async fn a_user_with_many_followers_is_recounted_and_a_failing_batch_is_reported
 async fn a_recount_stays_exact_when_a_purge_falls_in_the_middle_of_it() {
     let app = App::start().await;
     let (star, _) = app.stack.register("star").await;
-    let mut graph = app.stack.graph().await;
     let (stays, leaves) = (token_for(ObjectId::new()), token_for(ObjectId::new()));
     for token in [&stays, &leaves] {
-        let request = FollowRequest {
-            followee_id: star.clone(),
-        };
-        graph.follow(authed(request, token)).await.unwrap();
+        app.stack.follow(token, &star).await;
     }
-    let request = UnfollowRequest {
-        followee_id: star.clone(),
-    };
-    graph.unfollow(authed(request, &leaves)).await.unwrap();
+    app.stack.unfollow(&leaves, &star).await;
     app.stack.settled().await;
     // The recount is held after its count (where it counted the follows started, before
     // it counted the ended ones); meanwhile the ended follow is purged, as its TTL

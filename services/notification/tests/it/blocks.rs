@@ -14,9 +14,8 @@ use crate::{App, kind};
 #[tokio::test]
 async fn a_block_takes_back_what_the_blocked_caused_and_nothing_new_between_them_is_told() {
     let app = App::start().await;
-    let (alice, alice_token) = app.stack.register("alice").await;
-    let (bob, bob_token) = app.stack.register("bob").await;
-    let (_, carol_token) = app.stack.register("carol").await;
+    let [(alice, alice_token), (bob, bob_token), (_, carol_token)] =
+        app.stack.register_all(["alice", "bob", "carol"]).await;
     let post = app.post(&alice_token, "alice's").await;
     let bobs = app.post(&bob_token, "bob's").await;
     app.like(&bob_token, &post.id).await;
@@ -63,8 +62,7 @@ async fn a_block_takes_back_what_the_blocked_caused_and_nothing_new_between_them
 #[tokio::test]
 async fn a_mention_in_flight_when_the_block_lands_tells_nobody() {
     let app = App::start().await;
-    let (_, alice_token) = app.stack.register("alice").await;
-    let (bob, bob_token) = app.stack.register("bob").await;
+    let [(_, alice_token), (bob, bob_token)] = app.stack.register_all(["alice", "bob"]).await;
     // The mention's event is handled up to its store, and waits there while the block is
     // handled whole.
     fail::cfg("notification::before_store", "return(1500)").unwrap();
@@ -84,8 +82,7 @@ async fn a_mention_in_flight_when_the_block_lands_tells_nobody() {
 #[tokio::test]
 async fn a_block_whose_unblock_came_first_takes_nothing_back() {
     let app = App::start().await;
-    let (alice, alice_token) = app.stack.register("alice").await;
-    let (bob, bob_token) = app.stack.register("bob").await;
+    let [(alice, alice_token), (bob, bob_token)] = app.stack.register_all(["alice", "bob"]).await;
     let post = app.post(&alice_token, "alice's").await;
     app.like(&bob_token, &post.id).await;
     app.wait_for(&alice_token, 1).await;

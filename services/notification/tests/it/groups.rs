@@ -129,8 +129,7 @@ fn of<'a>(
 #[tokio::test]
 async fn likes_and_follows_group_by_target_and_comments_and_mentions_stand_alone() {
     let app = App::start().await;
-    let (bob_id, bob) = app.stack.register("bob").await;
-    let (_, carol) = app.stack.register("carol").await;
+    let [(bob_id, bob), (_, carol)] = app.stack.register_all(["bob", "carol"]).await;
     let (a, b) = (ObjectId::new(), ObjectId::new());
     let likers: Vec<ObjectId> = (0..7).map(|_| ObjectId::new()).collect();
     let mut events = Vec::new();
@@ -165,16 +164,7 @@ async fn likes_and_follows_group_by_target_and_comments_and_mentions_stand_alone
     // A comment on bob's post mentioning bob: two groups of one.
     let post = app.post(&bob, "a post").await;
     app.stack
-        .engagement()
-        .await
-        .create_comment(authed(
-            social_proto::engagement::v1::CreateCommentRequest {
-                post_id: post.id.clone(),
-                content: "nice, @bob".into(),
-                media: vec![],
-            },
-            &carol,
-        ))
+        .comment(&carol, &post.id, "nice, @bob")
         .await
         .unwrap();
 
@@ -275,24 +265,9 @@ async fn counts_follow_unlikes_relikes_deletions_and_redeliveries() {
 #[tokio::test]
 async fn a_deleted_comment_takes_its_group_and_a_deleted_actor_leaves_the_counts() {
     let app = App::start().await;
-    let (bob_id, bob) = app.stack.register("bob").await;
-    let (_, carol) = app.stack.register("carol").await;
+    let [(bob_id, bob), (_, carol)] = app.stack.register_all(["bob", "carol"]).await;
     let post = app.post(&bob, "hello").await;
-    let comment = app
-        .stack
-        .engagement()
-        .await
-        .create_comment(authed(
-            social_proto::engagement::v1::CreateCommentRequest {
-                post_id: post.id.clone(),
-                content: "hi".into(),
-                media: vec![],
-            },
-            &carol,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let comment = app.stack.comment(&carol, &post.id, "hi").await.unwrap();
     app.groups_until(&bob, |g| g.len() == 1).await;
     app.publish(&[new_envelope(
         ObjectId::new(),

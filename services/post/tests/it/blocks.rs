@@ -23,9 +23,8 @@ async fn feed_holds(app: &App, token: &str, want: &str) -> bool {
 #[tokio::test]
 async fn to_a_blocked_reader_the_blockers_profile_posts_and_comments_are_absent() {
     let app = spawn().await;
-    let (alice, alice_token) = app.user("alice").await;
-    let (bob, bob_token) = app.user("bob").await;
-    let (_, carol_token) = app.user("carol").await;
+    let [(alice, alice_token), (bob, bob_token), (_, carol_token)] =
+        app.register_all(["alice", "bob", "carol"]).await;
     app.stack.follow(&alice_token, &bob).await;
     app.stack.follow(&bob_token, &alice).await;
     let alices = app.post(&alice_token, "by alice", vec![]).await.unwrap();
@@ -232,9 +231,8 @@ async fn to_a_blocked_reader_the_blockers_profile_posts_and_comments_are_absent(
 async fn a_reader_blocked_by_more_accounts_than_the_cache_holds_is_checked_in_the_database() {
     use social_events::blocks::BLOCKERS_CACHED;
     let app = spawn().await;
-    let (_, alice_token) = app.user("alice").await;
-    let (bob, bob_token) = app.user("bob").await;
-    let (_, carol_token) = app.user("carol").await;
+    let [(_, alice_token), (bob, bob_token), (_, carol_token)] =
+        app.register_all(["alice", "bob", "carol"]).await;
     let alices = app.post(&alice_token, "by alice", vec![]).await.unwrap();
     let carols = app.post(&carol_token, "by carol", vec![]).await.unwrap();
     // More accounts than the cache holds block bob (copies as their events would leave

@@ -29,8 +29,7 @@ impl App {
 #[tokio::test]
 async fn a_cached_post_is_read_without_the_database_and_every_write_is_seen_at_once() {
     let app = spawn().await;
-    let (_, alice) = app.user("alice").await;
-    let (_, bob) = app.user("bob").await;
+    let [(_, alice), (_, bob)] = app.register_all(["alice", "bob"]).await;
     let post = app.post(&alice, "first", vec![]).await.unwrap();
     app.get(&post.id).await.unwrap();
     // Warm: neither GetPost nor BatchGetPosts reaches MongoDB's `posts`.
@@ -130,8 +129,7 @@ async fn without_redis_posts_are_read_from_the_database() {
 #[tokio::test]
 async fn a_signed_in_readers_block_check_is_cached_and_a_block_or_unblock_is_seen_once_it_lands() {
     let app = spawn().await;
-    let (_, alice_token) = app.user("alice").await;
-    let (bob, bob_token) = app.user("bob").await;
+    let [(_, alice_token), (bob, bob_token)] = app.register_all(["alice", "bob"]).await;
     let post = app.post(&alice_token, "by alice", vec![]).await.unwrap();
     let read = |token: &str| {
         let request = authed(

@@ -55,19 +55,8 @@ async fn user_posts_page_newest_first_and_stay_stable_under_inserts() {
 #[tokio::test]
 async fn home_feed_has_followed_and_own_posts_newest_first() {
     let app = spawn().await;
-    let (_, alice) = app.user("alice").await;
-    let (bob_id, bob) = app.user("bob").await;
-    let (_, carol) = app.user("carol").await;
-    app.graph
-        .clone()
-        .follow(authed(
-            FollowRequest {
-                followee_id: bob_id.clone(),
-            },
-            &alice,
-        ))
-        .await
-        .unwrap();
+    let [(_, alice), (bob_id, bob), (_, carol)] = app.register_all(["alice", "bob", "carol"]).await;
+    app.stack.follow(&alice, &bob_id).await;
 
     for (token, text) in [
         (&bob, "bob 1"),

@@ -14,9 +14,7 @@ use bson::oid::ObjectId;
 use prost_types::FieldMask;
 use social_proto::{
     common::v1::Media,
-    graph::v1::{
-        FollowRequest, UnfollowRequest, social_graph_service_client::SocialGraphServiceClient,
-    },
+    graph::v1::{UnfollowRequest, social_graph_service_client::SocialGraphServiceClient},
     post::v1::{
         BatchGetPostsRequest, CreatePostRequest, DeletePostRequest, GetPostRequest,
         ListHomeFeedRequest, ListUserPostsRequest, Post, UpdatePostRequest,
@@ -74,6 +72,11 @@ fn video() -> Media {
 impl App {
     async fn user(&self, name: &str) -> (String, String) {
         self.stack.register(name).await
+    }
+
+    /// Registered users' ids and tokens, in the order of `names`.
+    async fn register_all<const N: usize>(&self, names: [&str; N]) -> [(String, String); N] {
+        self.stack.register_all(names).await
     }
 
     async fn post(&self, token: &str, content: &str, media: Vec<Media>) -> Result<Post, Status> {

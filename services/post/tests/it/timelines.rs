@@ -72,9 +72,8 @@ async fn warm_feed(app: &App, token: &str) -> (Vec<String>, u64) {
 #[tokio::test]
 async fn a_warm_home_feed_is_read_from_redis_without_the_database() {
     let app = crate::spawn().await;
-    let (_, alice) = app.user("alice").await;
-    let (bob_id, bob) = app.user("bob").await;
-    let (carol_id, carol) = app.user("carol").await;
+    let [(_, alice), (bob_id, bob), (carol_id, carol)] =
+        app.register_all(["alice", "bob", "carol"]).await;
     app.stack.follow(&alice, &bob_id).await;
     app.stack.follow(&alice, &carol_id).await;
     for (token, text) in [(&bob, "b1"), (&carol, "c1"), (&alice, "a1"), (&bob, "b2")] {
@@ -301,8 +300,7 @@ async fn an_author_above_the_fan_out_limit_is_pulled_at_read_time_not_pushed() {
         ..Default::default()
     })
     .await;
-    let (big_id, big) = app.user("big").await;
-    let (small_id, small) = app.user("small").await;
+    let [(big_id, big), (small_id, small)] = app.register_all(["big", "small"]).await;
     let mut readers = Vec::new();
     for name in ["follower1", "follower2", "follower3"] {
         let (id, token) = app.user(name).await;
@@ -370,8 +368,7 @@ async fn without_redis_feeds_come_from_mongodb_and_timelines_catch_up_once_it_is
         ..Default::default()
     })
     .await;
-    let (_, alice) = app.user("alice").await;
-    let (bob_id, bob) = app.user("bob").await;
+    let [(_, alice), (bob_id, bob)] = app.register_all(["alice", "bob"]).await;
     app.stack.follow(&alice, &bob_id).await;
     app.post(&bob, "before", vec![]).await.unwrap();
     app.feed(&alice, 0, "").await.unwrap();
@@ -404,8 +401,7 @@ async fn without_redis_feeds_come_from_mongodb_and_timelines_catch_up_once_it_is
 #[tokio::test]
 async fn a_mute_that_ends_by_itself_lets_the_account_back_into_the_timeline() {
     let app = crate::spawn().await;
-    let (alice_id, alice) = app.user("alice").await;
-    let (bob_id, bob) = app.user("bob").await;
+    let [(alice_id, alice), (bob_id, bob)] = app.register_all(["alice", "bob"]).await;
     app.stack.follow(&alice, &bob_id).await;
     app.post(&bob, "by bob", vec![]).await.unwrap();
     app.feed(&alice, 0, "").await.unwrap();
@@ -441,8 +437,7 @@ async fn a_mute_that_ends_by_itself_lets_the_account_back_into_the_timeline() {
 #[tokio::test]
 async fn a_timeline_that_lost_a_part_is_built_again_not_read_wrong() {
     let app = crate::spawn().await;
-    let (alice_id, alice) = app.user("alice").await;
-    let (bob_id, bob) = app.user("bob").await;
+    let [(alice_id, alice), (bob_id, bob)] = app.register_all(["alice", "bob"]).await;
     app.stack.follow(&alice, &bob_id).await;
     app.post(&bob, "by bob", vec![]).await.unwrap();
     app.feed(&alice, 0, "").await.unwrap();

@@ -70,9 +70,8 @@ impl App {
 #[tokio::test]
 async fn a_block_ends_follows_both_ways_and_no_follow_crosses_it_until_unblocked() {
     let app = spawn().await;
-    let (alice, alice_token) = app.user("alice").await;
-    let (bob, bob_token) = app.user("bob").await;
-    let (carol, carol_token) = app.user("carol").await;
+    let [(alice, alice_token), (bob, bob_token), (carol, carol_token)] =
+        app.register_all(["alice", "bob", "carol"]).await;
     app.follow(&alice_token, &bob).await.unwrap();
     app.follow(&bob_token, &alice).await.unwrap();
     app.follow(&carol_token, &alice).await.unwrap();
@@ -221,8 +220,7 @@ impl App {
 #[tokio::test]
 async fn a_follow_racing_a_block_is_undone_and_every_count_stays_true() {
     let app = spawn().await;
-    let (alice, alice_token) = app.user("alice").await;
-    let (bob, bob_token) = app.user("bob").await;
+    let [(alice, alice_token), (bob, bob_token)] = app.register_all(["alice", "bob"]).await;
     // Bob's follow passes its checks, then waits before its insert while alice blocks.
     fail::cfg("graph::before_follow_insert", "return(1500)").unwrap();
     let racing = app.follow_in_background(&bob_token, &alice);
@@ -255,8 +253,7 @@ async fn a_follow_racing_a_block_is_undone_and_every_count_stays_true() {
 #[tokio::test]
 async fn a_late_event_of_a_block_that_ended_ends_no_follow_made_since() {
     let app = spawn().await;
-    let (alice, alice_token) = app.user("alice").await;
-    let (bob, bob_token) = app.user("bob").await;
+    let [(alice, alice_token), (bob, bob_token)] = app.register_all(["alice", "bob"]).await;
     app.stack.block(&alice_token, &bob).await.unwrap();
     let unblock = UnblockUserRequest {
         user_id: bob.clone(),
@@ -300,8 +297,7 @@ async fn a_late_event_of_a_block_that_ended_ends_no_follow_made_since() {
 #[tokio::test]
 async fn a_follow_whose_checks_failed_across_a_block_is_undone_in_the_background() {
     let app = spawn().await;
-    let (alice, alice_token) = app.user("alice").await;
-    let (bob, bob_token) = app.user("bob").await;
+    let [(alice, alice_token), (bob, bob_token)] = app.register_all(["alice", "bob"]).await;
     // Bob's follow passes its first check and waits while alice blocks him (her block's
     // sweep of follows finds none); then its own checks fail once, as an unreachable
     // database would make them: the call fails and the follow stays, marked.

@@ -92,9 +92,8 @@ impl App {
 #[tokio::test]
 async fn a_muted_account_leaves_the_feed_and_the_notifications_and_notices_nothing() {
     let app = spawn().await;
-    let (alice, alice_token) = app.user("alice").await;
-    let (bob, bob_token) = app.user("bob").await;
-    let (carol, carol_token) = app.user("carol").await;
+    let [(alice, alice_token), (bob, bob_token), (carol, carol_token)] =
+        app.register_all(["alice", "bob", "carol"]).await;
     app.follow(&alice_token, &bob).await.unwrap();
     app.follow(&alice_token, &carol).await.unwrap();
     app.stack.post(&bob_token, "by bob").await;
@@ -165,8 +164,7 @@ async fn a_mute_with_a_duration_ends_by_itself() {
         graph: stack.graph().await,
         stack,
     };
-    let (alice, alice_token) = app.user("alice").await;
-    let (bob, bob_token) = app.user("bob").await;
+    let [(alice, alice_token), (bob, bob_token)] = app.register_all(["alice", "bob"]).await;
     app.follow(&alice_token, &bob).await.unwrap();
     app.stack.post(&bob_token, "by bob").await;
     let mute = app.mute(&alice_token, &bob, 60, None).await.unwrap();
@@ -201,8 +199,7 @@ async fn a_mute_with_a_duration_ends_by_itself() {
 #[tokio::test]
 async fn mutes_are_validated() {
     let app = spawn().await;
-    let (alice, alice_token) = app.user("alice").await;
-    let (bob, _) = app.user("bob").await;
+    let [(alice, alice_token), (bob, _)] = app.register_all(["alice", "bob"]).await;
     let err = app.mute(&alice_token, &alice, 0, None).await.unwrap_err();
     assert_eq!(violated_fields(&err), ["user_id"]);
     for seconds in [-1, 59, 365 * 24 * 3600 + 1] {
@@ -229,8 +226,7 @@ async fn mutes_are_validated() {
 #[tokio::test]
 async fn a_deleted_accounts_token_mutes_nobody() {
     let app = spawn().await;
-    let (alice, alice_token) = app.user("alice").await;
-    let (bob, _) = app.user("bob").await;
+    let [(alice, alice_token), (bob, _)] = app.register_all(["alice", "bob"]).await;
     let delete = social_proto::user::v1::DeleteAccountRequest {
         password: "correct horse battery".into(),
     };

@@ -32,8 +32,7 @@ async fn batch_get(stack: &Stack, token: &str, id: &str) -> Option<User> {
 #[tokio::test]
 async fn a_profile_is_read_through_the_cache_and_every_change_is_seen_at_once() {
     let stack = Stack::start().await;
-    let (alice, alice_token) = stack.register("alice").await;
-    let (bob, bob_token) = stack.register("bob").await;
+    let [(alice, alice_token), (bob, bob_token)] = stack.register_all(["alice", "bob"]).await;
     get(&stack, &bob_token, &alice).await.unwrap();
     get(&stack, &alice_token, &bob).await.unwrap();
     // Warm: neither GetUser nor BatchGetUsers reaches MongoDB's `users`.
@@ -113,8 +112,7 @@ async fn a_profile_is_read_through_the_cache_and_every_change_is_seen_at_once() 
 #[tokio::test]
 async fn the_cache_holds_no_email_or_password_hash() {
     let stack = Stack::start().await;
-    let (alice, _) = stack.register("alice").await;
-    let (_, bob_token) = stack.register("bob").await;
+    let [(alice, _), (_, bob_token)] = stack.register_all(["alice", "bob"]).await;
     get(&stack, &bob_token, &alice).await.unwrap();
     let mut redis = social_testkit::redis().await;
     let cached: Option<Vec<u8>> = redis::cmd("GET")
@@ -132,8 +130,7 @@ async fn the_cache_holds_no_email_or_password_hash() {
 #[tokio::test]
 async fn a_readers_block_check_is_cached_and_a_block_or_unblock_is_seen_once_it_lands() {
     let stack = Stack::start().await;
-    let (alice, alice_token) = stack.register("alice").await;
-    let (bob, bob_token) = stack.register("bob").await;
+    let [(alice, alice_token), (bob, bob_token)] = stack.register_all(["alice", "bob"]).await;
     get(&stack, &bob_token, &alice).await.unwrap();
     stack.settled().await;
     // Warm: whether alice blocks bob is answered without MongoDB.

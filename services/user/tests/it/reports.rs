@@ -34,10 +34,12 @@ fn list() -> ListReportsRequest {
 async fn a_moderator_resolves_a_report_by_removing_the_post_and_no_one_else_may() {
     let stack = Stack::start().await;
     let mut users = stack.users().await;
-    let (_, alice_token) = stack.register("alice").await;
-    let (bob, bob_token) = stack.register("bob").await;
-    let (_, carol_token) = stack.register("carol").await;
-    let (_, mod_token) = stack.register("moder").await;
+    let [
+        (_, alice_token),
+        (bob, bob_token),
+        (_, carol_token),
+        (_, mod_token),
+    ] = stack.register_all(["alice", "bob", "carol", "moder"]).await;
     let post = stack.post(&bob_token, "something vile").await;
     stack.like_post(&carol_token, &post.id).await.unwrap();
 
@@ -191,8 +193,7 @@ async fn a_moderator_resolves_a_report_by_removing_the_post_and_no_one_else_may(
 async fn reports_are_validated() {
     let stack = Stack::start().await;
     let mut users = stack.users().await;
-    let (alice, alice_token) = stack.register("alice").await;
-    let (_, bob_token) = stack.register("bob").await;
+    let [(alice, alice_token), (_, bob_token)] = stack.register_all(["alice", "bob"]).await;
     let post = stack.post(&alice_token, "mine").await;
     let comment = stack.comment(&bob_token, &post.id, "bob's").await.unwrap();
     let own = ReportPostRequest {
@@ -251,9 +252,8 @@ async fn reports_are_validated() {
 async fn what_a_deleted_account_wrote_in_its_reports_goes_with_it() {
     let stack = Stack::start().await;
     let mut users = stack.users().await;
-    let (_, alice_token) = stack.register("alice").await;
-    let (bob, _) = stack.register("bob").await;
-    let (_, mod_token) = stack.register("moder").await;
+    let [(_, alice_token), (bob, _), (_, mod_token)] =
+        stack.register_all(["alice", "bob", "moder"]).await;
     let account = ReportAccountRequest {
         user_id: bob,
         category: ReportCategory::Harassment as i32,

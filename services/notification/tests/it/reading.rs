@@ -1,0 +1,162 @@
+//! Lists, counts and read state: each account sees and changes only its own.
+
+use super::*;
+
+#[tokio::test]
+async fn lists_counts_and_read_state_are_the_callers_own() {
+    let app = App::start().await;
+    let [(bob_id, bob), (carol_id, carol)] = app.stack.register_all(["bob", "carol"]).await;
+    let post = app.post(&bob, "p").await;
+    for _ in 0..5 {
+        app.follow(&token_for(ObjectId::new()), &bob_id).await;
+    }
+    for _ in 0..3 {
+        app.like(&token_for(ObjectId::new()), &post.id).await;
+    }
+    app.follow(&bob, &carol_id).await;
+    let all = app.wait_for(&bob, 8).await;
+    app.wait_for(&carol, 1).await;
+    // Newest first.
+    let times: Vec<_> = all.iter().map(|n| n.created_at.unwrap()).collect();
+    assert!(
+        times
+            .windows(2)
+            .all(|w| (w[0].seconds, w[0].nanos) >= (w[1].seconds, w[1].nanos))
+    );
+
+    let mut n = app.notifications.clone();
+    let counter = n.clone();
+    let unread = |token: &str| {
+        let mut n = counter.clone();
+        let token = token.to_owned();
+        async move {
+            n.get_unread_count(authed(GetUnreadCountRequest {}, &token))
+                .await
+                .unwrap()
+                .into_inner()
+                .count
+        }
+    };
+    assert_eq!(unread(&bob).await, 8);
+
+    let likes = n
+        .list_notifications(authed(
+            ListNotificationsRequest {
+                types: vec![NotificationType::PostLike as i32],
+                ..Default::default()
+            },
+            &bob,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .notifications;
+    assert_eq!(likes.len(), 3);
+
+    // Marking: carol's id among bob's changes nothing of carol's.
+    let carols = app.list(&carol).await;
+    let ids = vec![all[0].id.clone(), all[1].id.clone(), carols[0].id.clone()];
+    let changed = n
+        .mark_notifications_read(authed(
+            MarkNotificationsReadRequest { ids: ids.clone() },
+            &bob,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .updated_count;
+    assert_eq!(changed, 2);
+    let again = n
+        .mark_notifications_read(authed(MarkNotificationsReadRequest { ids }, &bob))
+        .await
+        .unwrap()
+        .into_inner()
+        .updated_count;
+    assert_eq!(again, 0);
+    assert_eq!(unread(&bob).await, 6);
+    assert_eq!(unread(&carol).await, 1);
+
+    // Unread only, in pages of four, stable.
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = n
+            .list_notifications(authed(
+                ListNotificationsRequest {
+                    page_size: 4,
+                    page_token: token.clone(),
+                    unread_only: true,
+                    types: vec![],
+                },
+                &bob,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        seen.extend(page.notifications.into_iter().map(|x| x.id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    let expected: Vec<_> = all[2..].iter().map(|x| x.id.clone()).collect();
+    assert_eq!(seen, expected);
+
+    let all_read = n
+        .mark_all_notifications_read(authed(MarkAllNotificationsReadRequest {}, &bob))
+        .await
+        .unwrap()
+        .into_inner()
+        .updated_count;
+    assert_eq!(all_read, 6);
+    assert_eq!(unread(&bob).await, 0);
+    assert!(app.list(&bob).await.iter().all(|x| x.is_read));
+
+    // Errors.
+    let err = n
+        .get_unread_count(GetUnreadCountRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let err = n
+        .list_notifications(authed(
+            ListNotificationsRequest {
+                types: vec![0, 42],
+                ..Default::default()
+            },
+            &bob,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&err), ["types[0]", "types[1]"]);
+    let err = n
+        .mark_notifications_read(authed(MarkNotificationsReadRequest { ids: vec![] }, &bob))
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&err), ["ids"]);
+    // A page token from one filter does not fit another.
+    let first = n
+        .list_notifications(authed(
+            ListNotificationsRequest {
+                page_size: 2,
+                ..Default::default()
+            },
+            &bob,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let err = n
+        .list_notifications(authed(
+            ListNotificationsRequest {
+                page_size: 2,
+                page_token: first.next_page_token,
+                unread_only: true,
+                types: vec![],
+            },
+            &bob,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&err), ["page_token"]);
+}
