@@ -312,48 +312,19 @@ pub fn paged<P: Page>(uri: &axum::http::Uri, page: P) -> Response {
     let next_token = page.next_page_token().to_owned();
     let mut response = axum::Json(page).into_response();
     if !next_token.is_empty() {
-        let mut query: Vec<(String, String)> = uri
-            .query()
-            .map(|q| {
-                form_pairs(q)
-                    .into_iter()
-                    .filter(|(k, _)| k != "page_token")
-                    .collect()
-            })
-            .unwrap_or_default();
-        query.push(("page_token".into(), next_token));
-        let query: Vec<String> = query
-            .iter()
-            .map(|(k, v)| format!("{k}={}", encode(v)))
-            .collect();
-        let link = format!("<{}?{}>; rel=\"next\"", uri.path(), query.join("&"));
+        // The request's own parameters, decoded as the handler read them (`+` a space,
+        // `%5F` an underscore), but its page token: the next page's replaces it.
+        let asked = form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes());
+        let query = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(asked.filter(|(k, _)| k != "page_token"))
+            .append_pair("page_token", &next_token)
+            .finish();
+        let link = format!("<{}?{query}>; rel=\"next\"", uri.path());
         if let Ok(value) = HeaderValue::from_str(&link) {
             response.headers_mut().insert(header::LINK, value);
         }
     }
     response
-}
-
-/// `k=v` pairs of a query string (values left as sent).
-fn form_pairs(query: &str) -> Vec<(String, String)> {
-    query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| match p.split_once('=') {
-            Some((k, v)) => (k.to_owned(), v.to_owned()),
-            None => (p.to_owned(), String::new()),
-        })
-        .collect()
-}
-
-/// Percent-encodes what a page token may hold beyond URL-safe base64.
-fn encode(v: &str) -> String {
-    v.chars()
-        .map(|c| match c {
-            'A'..='Z' | 'a'..='z' | '0'..='9' | '-' | '_' | '.' | '~' | '%' => c.to_string(),
-            other => format!("%{:02X}", other as u32),
-        })
-        .collect()
 }
 
 /// A `201 Created` with `Location`.

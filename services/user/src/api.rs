@@ -678,11 +678,7 @@ impl UserService for Api {
         &self,
         request: Request<ListReportsRequest>,
     ) -> Result<Response<ListReportsResponse>, Status> {
-        let r = request.get_ref();
-        let page = (r.page_size, r.page_token.as_str());
-        Ok(Response::new(
-            Api::list_reports(self, &request, page).await?,
-        ))
+        Ok(Response::new(Api::list_reports(self, &request).await?))
     }
 
     async fn resolve_report(

@@ -16,7 +16,7 @@ use social_proto::{
         BatchGetPostsRequest, GetPostRequest, RemovePostRequest,
         post_service_client::PostServiceClient,
     },
-    user::v1::{ListReportsResponse, Report, ReportAction, ReportCategory},
+    user::v1::{ListReportsRequest, ListReportsResponse, Report, ReportAction, ReportCategory},
 };
 use tonic::{Code, Request};
 
@@ -187,13 +187,12 @@ impl Api {
     }
 
     /// A page of the open reports, oldest first, each with its target as it is now.
-    pub async fn list_reports<T>(
+    pub async fn list_reports(
         &self,
-        request: &Request<T>,
-        (page_size, page_token): (i32, &str),
+        request: &Request<ListReportsRequest>,
     ) -> Result<ListReportsResponse> {
         self.moderator(request).await?;
-        let page = PageRequest::of(&(page_size, page_token), "reports:open".into())?;
+        let page = PageRequest::of(request.get_ref(), "reports:open".into())?;
         let docs = self.store.reports.open_page(&page).await?;
         let (docs, next_page_token) = page.finish(docs, |r| r.sort_key);
         let of = |kind: Target| -> Vec<ObjectId> {

@@ -115,17 +115,28 @@ impl App {
         self.call(Method::GET, path, token, None).await
     }
 
+    async fn post(&self, path: &str, token: Option<&str>, body: Value) -> Answer {
+        self.call(Method::POST, path, token, Some(body)).await
+    }
+
+    async fn put(&self, path: &str, token: &str) -> Answer {
+        self.call(Method::PUT, path, Some(token), None).await
+    }
+
+    async fn delete(&self, path: &str, token: &str) -> Answer {
+        self.call(Method::DELETE, path, Some(token), None).await
+    }
+
     /// Signs `name` up; its id and access token.
     async fn sign_up(&self, name: &str) -> (String, String) {
         let a = self
-            .call(
-                Method::POST,
+            .post(
                 "/v1/accounts",
                 None,
-                Some(json!({
+                json!({
                     "username": name, "email": format!("{name}@example.com"),
                     "password": "correct horse battery",
-                })),
+                }),
             )
             .await;
         assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);

@@ -1,9 +1,9 @@
 //! Every route, as a client walks through them, and their errors.
 
 use reqwest::{Method, StatusCode};
-use serde_json::json;
+use serde_json::{Value, json};
 
-use crate::{App, RpcCounter};
+use crate::{Answer, App, RpcCounter};
 use social_testkit::Stack;
 
 #[tokio::test]
@@ -14,22 +14,16 @@ async fn a_client_walks_through_every_route() {
 
     // Sessions: log in, refresh, list, revoke.
     let login = app
-        .call(
-            Method::POST,
-            "/v1/sessions",
-            None,
-            Some(json!({"username_or_email": "alice", "password": "correct horse battery", "device": "laptop"})),
-        )
+        .post("/v1/sessions", None, json!({"username_or_email": "alice", "password": "correct horse battery", "device": "laptop"}))
         .await;
     assert_eq!(login.status, StatusCode::CREATED, "{}", login.body);
     // A session has no resource to GET: no Location that would not resolve.
     assert!(login.header("location").is_none());
     let refreshed = app
-        .call(
-            Method::POST,
+        .post(
             "/v1/sessions/refresh",
             None,
-            Some(json!({"refresh_token": login.body["refresh_token"]})),
+            json!({"refresh_token": login.body["refresh_token"]}),
         )
         .await;
     assert_eq!(refreshed.status, StatusCode::OK, "{}", refreshed.body);
@@ -66,15 +60,10 @@ async fn a_client_walks_through_every_route() {
 
     // Posts with media, authors embedded.
     let post = app
-        .call(
-            Method::POST,
-            "/v1/posts",
-            Some(&bob),
-            Some(json!({"content": "the lake", "media": [
+        .post("/v1/posts", Some(&bob), json!({"content": "the lake", "media": [
                 {"type": "image", "url": "https://cdn.example.com/a.jpg", "width": 10, "height": 10},
                 {"type": "video", "url": "https://cdn.example.com/a.mp4", "width": 10, "height": 10, "duration": 3.5}
-            ]})),
-        )
+            ]}))
         .await;
     assert_eq!(post.status, StatusCode::CREATED, "{}", post.body);
     let post_id = post.body["id"].as_str().unwrap().to_owned();
@@ -104,23 +93,9 @@ async fn a_client_walks_through_every_route() {
     assert_eq!(timeline.body["items"][0]["author"]["username"], "bob");
 
     // Follows and the feed.
-    let follow = app
-        .call(
-            Method::PUT,
-            &format!("/v1/users/{bob_id}/follow"),
-            Some(&alice),
-            None,
-        )
-        .await;
+    let follow = app.put(&format!("/v1/users/{bob_id}/follow"), &alice).await;
     assert_eq!(follow.status, StatusCode::OK, "{}", follow.body);
-    let again = app
-        .call(
-            Method::PUT,
-            &format!("/v1/users/{bob_id}/follow"),
-            Some(&alice),
-            None,
-        )
-        .await;
+    let again = app.put(&format!("/v1/users/{bob_id}/follow"), &alice).await;
     assert_eq!(again.status, StatusCode::OK, "idempotent");
     let followers = app
         .get(&format!("/v1/users/{bob_id}/followers"), None)
@@ -143,24 +118,16 @@ async fn a_client_walks_through_every_route() {
 
     // Likes and comments.
     for _ in 0..2 {
-        let like = app
-            .call(
-                Method::PUT,
-                &format!("/v1/posts/{post_id}/like"),
-                Some(&alice),
-                None,
-            )
-            .await;
+        let like = app.put(&format!("/v1/posts/{post_id}/like"), &alice).await;
         assert_eq!(like.status, StatusCode::NO_CONTENT, "{}", like.body);
     }
     let likes = app.get(&format!("/v1/posts/{post_id}/likes"), None).await;
     assert_eq!(likes.body["items"][0]["account"]["username"], "alice");
     let comment = app
-        .call(
-            Method::POST,
+        .post(
             &format!("/v1/posts/{post_id}/comments"),
             Some(&alice),
-            Some(json!({"content": "lovely, @bob"})),
+            json!({"content": "lovely, @bob"}),
         )
         .await;
     assert_eq!(comment.status, StatusCode::CREATED, "{}", comment.body);
@@ -238,12 +205,7 @@ async fn a_client_walks_through_every_route() {
     assert_eq!(unread.body["count"], 4);
     let one = items[0]["id"].clone();
     let read = app
-        .call(
-            Method::POST,
-            "/v1/notifications/read",
-            Some(&bob),
-            Some(json!({"ids": [one]})),
-        )
+        .post("/v1/notifications/read", Some(&bob), json!({"ids": [one]}))
         .await;
     assert_eq!(read.body["updated_count"], 1, "{}", read.body);
     let all = app
@@ -253,40 +215,18 @@ async fn a_client_walks_through_every_route() {
 
     // Undo everything.
     let unlike = app
-        .call(
-            Method::DELETE,
-            &format!("/v1/posts/{post_id}/like"),
-            Some(&alice),
-            None,
-        )
+        .delete(&format!("/v1/posts/{post_id}/like"), &alice)
         .await;
     assert_eq!(unlike.status, StatusCode::NO_CONTENT);
     let gone = app
-        .call(
-            Method::DELETE,
-            &format!("/v1/comments/{comment_id}"),
-            Some(&bob),
-            None,
-        )
+        .delete(&format!("/v1/comments/{comment_id}"), &bob)
         .await;
     assert_eq!(gone.status, StatusCode::NO_CONTENT, "the post's author may");
     let unfollow = app
-        .call(
-            Method::DELETE,
-            &format!("/v1/users/{bob_id}/follow"),
-            Some(&alice),
-            None,
-        )
+        .delete(&format!("/v1/users/{bob_id}/follow"), &alice)
         .await;
     assert_eq!(unfollow.status, StatusCode::NO_CONTENT);
-    let deleted = app
-        .call(
-            Method::DELETE,
-            &format!("/v1/posts/{post_id}"),
-            Some(&bob),
-            None,
-        )
-        .await;
+    let deleted = app.delete(&format!("/v1/posts/{post_id}"), &bob).await;
     assert_eq!(deleted.status, StatusCode::NO_CONTENT);
     app.get(&format!("/v1/posts/{post_id}"), None)
         .await
@@ -294,12 +234,7 @@ async fn a_client_walks_through_every_route() {
     // Sessions again: the password change ended the laptop's; a phone logs in, and is
     // revoked from the first session, which then logs out.
     let phone = app
-        .call(
-            Method::POST,
-            "/v1/sessions",
-            None,
-            Some(json!({"username_or_email": "alice", "password": "another long password", "device": "phone"})),
-        )
+        .post("/v1/sessions", None, json!({"username_or_email": "alice", "password": "another long password", "device": "phone"}))
         .await;
     assert_eq!(phone.status, StatusCode::CREATED, "{}", phone.body);
     let sessions = app.get("/v1/sessions", Some(&alice)).await;
@@ -308,11 +243,9 @@ async fn a_client_walks_through_every_route() {
     let other = items.iter().find(|s| s["current"] == false).unwrap();
     assert_eq!(other["device"], "phone");
     let revoked = app
-        .call(
-            Method::DELETE,
+        .delete(
             &format!("/v1/sessions/{}", other["id"].as_str().unwrap()),
-            Some(&alice),
-            None,
+            &alice,
         )
         .await;
     assert_eq!(revoked.status, StatusCode::NO_CONTENT, "{}", revoked.body);
@@ -325,16 +258,13 @@ async fn a_client_walks_through_every_route() {
         )
         .await;
     assert_eq!(others.status, StatusCode::OK, "{}", others.body);
-    let out = app
-        .call(Method::DELETE, "/v1/sessions/current", Some(&alice), None)
-        .await;
+    let out = app.delete("/v1/sessions/current", &alice).await;
     assert_eq!(out.status, StatusCode::NO_CONTENT);
     let after = app
-        .call(
-            Method::POST,
+        .post(
             "/v1/sessions/refresh",
             None,
-            Some(json!({"refresh_token": phone.body["refresh_token"]})),
+            json!({"refresh_token": phone.body["refresh_token"]}),
         )
         .await;
     after.error(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED");
@@ -358,7 +288,7 @@ async fn blocks_and_mutes_through_http() {
     let (alice_id, alice) = app.sign_up("alice").await;
     let (bob_id, bob) = app.sign_up("bob").await;
     let follow_alice = format!("/v1/users/{alice_id}/follow");
-    let followed = app.call(Method::PUT, &follow_alice, Some(&bob), None).await;
+    let followed = app.put(&follow_alice, &bob).await;
     assert_eq!(followed.status, StatusCode::OK, "{}", followed.body);
 
     let block = format!("/v1/users/{bob_id}/block");
@@ -389,10 +319,10 @@ async fn blocks_and_mutes_through_http() {
     })
     .await;
     assert!(hidden.is_some(), "alice's profile stays visible to bob");
-    let refused = app.call(Method::PUT, &follow_alice, Some(&bob), None).await;
+    let refused = app.put(&follow_alice, &bob).await;
     assert_eq!(refused.status, StatusCode::NOT_FOUND, "{}", refused.body);
     let follow_bob = format!("/v1/users/{bob_id}/follow");
-    let refused = app.call(Method::PUT, &follow_bob, Some(&alice), None).await;
+    let refused = app.put(&follow_bob, &alice).await;
     assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{}", refused.body);
     assert_eq!(
         refused.body["error"]["status"], "FAILED_PRECONDITION",
@@ -414,7 +344,7 @@ async fn blocks_and_mutes_through_http() {
     assert_eq!(done.status, StatusCode::NO_CONTENT, "{}", done.body);
     let list = app.get("/v1/blocks", Some(&alice)).await;
     assert_eq!(list.body["items"], json!([]));
-    let followed = app.call(Method::PUT, &follow_alice, Some(&bob), None).await;
+    let followed = app.put(&follow_alice, &bob).await;
     assert_eq!(followed.status, StatusCode::OK, "{}", followed.body);
     let unauthenticated = app.call(Method::POST, &block, None, None).await;
     assert_eq!(unauthenticated.status, StatusCode::UNAUTHORIZED);
@@ -457,12 +387,7 @@ async fn a_report_through_http_reaches_a_moderator_who_removes_the_post() {
     let (_, bob) = app.sign_up("bob").await;
     let (_, moder) = app.sign_up("moder").await;
     let post = app
-        .call(
-            Method::POST,
-            "/v1/posts",
-            Some(&bob),
-            Some(json!({"content": "spam spam"})),
-        )
+        .post("/v1/posts", Some(&bob), json!({"content": "spam spam"}))
         .await;
     let post_id = post.body["id"].as_str().unwrap().to_owned();
     let report =
@@ -500,12 +425,7 @@ async fn a_report_through_http_reaches_a_moderator_who_removes_the_post() {
         filed.body["id"].as_str().unwrap()
     );
     let done = app
-        .call(
-            Method::POST,
-            &resolve,
-            Some(&moder),
-            Some(json!({"action": "remove"})),
-        )
+        .post(&resolve, Some(&moder), json!({"action": "remove"}))
         .await;
     assert_eq!(done.status, StatusCode::OK, "{}", done.body);
     assert_eq!(done.body["resolution"], "removed");
@@ -528,11 +448,10 @@ async fn every_error_has_one_shape() {
     assert_eq!(wrong.header("allow"), Some("GET,HEAD"));
     // Validation names each bad field.
     let bad = app
-        .call(
-            Method::POST,
+        .post(
             "/v1/accounts",
             None,
-            Some(json!({"username": "a!", "email": "nope", "password": "short"})),
+            json!({"username": "a!", "email": "nope", "password": "short"}),
         )
         .await;
     assert_eq!(
@@ -541,11 +460,10 @@ async fn every_error_has_one_shape() {
     );
     // Unknown fields are named; malformed JSON is a 400, never a 500 or plain text.
     let unknown = app
-        .call(
-            Method::POST,
+        .post(
             "/v1/posts",
             Some(&alice),
-            Some(json!({"content": "x", "colour": "red"})),
+            json!({"content": "x", "colour": "red"}),
         )
         .await;
     assert_eq!(
@@ -585,43 +503,38 @@ async fn every_error_has_one_shape() {
         .await
         .error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT");
     // Who may do what.
-    app.call(
-        Method::POST,
-        "/v1/posts",
-        None,
-        Some(json!({"content": "x"})),
-    )
-    .await
-    .error(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED");
+    app.post("/v1/posts", None, json!({"content": "x"}))
+        .await
+        .error(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED");
     // A route that needs an account asks for it first: without a token, a bad body or
     // page is a 401 too, not a lesson in the route's fields.
     let bad_body = Some(json!({"content": 5}));
     app.call(Method::POST, "/v1/posts", None, bad_body)
         .await
         .error(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED");
-    app.get("/v1/feed?page_size=many", None)
+    for path in ["/v1/feed?page_size=many", "/v1/notifications?types=BAD"] {
+        app.get(path, None)
+            .await
+            .error(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED");
+    }
+    app.call(Method::DELETE, "/v1/posts/%FF", None, None)
         .await
         .error(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED");
     app.get("/v1/feed", Some("not a token"))
         .await
         .error(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED");
     let post = app
-        .call(
-            Method::POST,
-            "/v1/posts",
-            Some(&alice),
-            Some(json!({"content": "mine"})),
-        )
+        .post("/v1/posts", Some(&alice), json!({"content": "mine"}))
         .await;
     let id = post.body["id"].as_str().unwrap();
-    app.call(Method::DELETE, &format!("/v1/posts/{id}"), Some(&bob), None)
+    app.delete(&format!("/v1/posts/{id}"), &bob)
         .await
         .error(StatusCode::FORBIDDEN, "PERMISSION_DENIED");
     app.get("/v1/posts/6b0954dcc3ddd33507e1a6ca", None)
         .await
         .error(StatusCode::NOT_FOUND, "NOT_FOUND");
     let taken = app
-        .call(Method::POST, "/v1/accounts", None, Some(json!({"username": "ALICE", "email": "x@example.com", "password": "correct horse battery"})))
+        .post("/v1/accounts", None, json!({"username": "ALICE", "email": "x@example.com", "password": "correct horse battery"}))
         .await;
     assert_eq!(
         taken.error(StatusCode::CONFLICT, "ALREADY_EXISTS"),
@@ -639,11 +552,10 @@ async fn every_error_has_one_shape() {
     let mut last = None;
     for _ in 0..6 {
         last = Some(
-            app.call(
-                Method::POST,
+            app.post(
                 "/v1/sessions",
                 None,
-                Some(json!({"username_or_email": "alice", "password": "wrong password"})),
+                json!({"username_or_email": "alice", "password": "wrong password"}),
             )
             .await,
         );
@@ -658,13 +570,8 @@ async fn pages_carry_their_next_token_and_a_link() {
     let app = App::start().await;
     let (bob_id, bob) = app.sign_up("bob").await;
     for i in 0..3 {
-        app.call(
-            Method::POST,
-            "/v1/posts",
-            Some(&bob),
-            Some(json!({"content": format!("p{i}")})),
-        )
-        .await;
+        app.post("/v1/posts", Some(&bob), json!({"content": format!("p{i}")}))
+            .await;
     }
     let first = app
         .get(&format!("/v1/users/{bob_id}/posts?page_size=2"), None)
@@ -684,6 +591,43 @@ async fn pages_carry_their_next_token_and_a_link() {
     assert!(second.header("link").is_none());
 }
 
+/// The next page's link repeats the request's filters as the handler read them: a space
+/// written `+` stays a space, an escaped name (`page%5Ftoken`) is the parameter it names.
+#[tokio::test]
+async fn a_pages_link_repeats_its_filters_as_the_handler_read_them() {
+    let app = App::start().await;
+    let (bob_id, bob) = app.sign_up("bob").await;
+    for name in ["carol", "dave", "erin"] {
+        let (_, token) = app.sign_up(name).await;
+        app.put(&format!("/v1/users/{bob_id}/follow"), &token).await;
+    }
+    let all = |n: &Value| n["items"].as_array().is_some_and(|items| items.len() == 3);
+    app.eventually("/v1/notifications", &bob, all).await;
+    let filters = "unread_only=true&types=FOLLOW%2C+MENTION";
+    let first = app
+        .get(
+            &format!("/v1/notifications?page%5Fsize=1&{filters}"),
+            Some(&bob),
+        )
+        .await;
+    let token = first.body["next_page_token"].as_str().unwrap();
+    let second = format!("/v1/notifications?page%5Fsize=1&page%5Ftoken={token}&{filters}");
+    let second = app.get(&second, Some(&bob)).await;
+    assert_eq!(second.status, StatusCode::OK, "{}", second.body);
+    let link = second.header("link").unwrap();
+    assert!(link.contains(filters), "{link}");
+    let third = link.trim_start_matches('<').split('>').next().unwrap();
+    let third = app.get(third, Some(&bob)).await;
+    assert_eq!(third.status, StatusCode::OK, "{link}: {}", third.body);
+    let ids = |a: &Answer| a.body["items"][0]["id"].as_str().unwrap().to_owned();
+    let seen = [ids(&first), ids(&second), ids(&third)];
+    assert!(
+        seen[0] != seen[1] && seen[1] != seen[2] && seen[0] != seen[2],
+        "{seen:?}"
+    );
+    assert_eq!(third.body["next_page_token"], "");
+}
+
 #[tokio::test]
 async fn authors_and_actors_come_in_one_batch_per_page() {
     let stack = Stack::start().await;
@@ -694,20 +638,13 @@ async fn authors_and_actors_come_in_one_batch_per_page() {
     let mut authors = Vec::new();
     for name in ["bob", "carol", "dave"] {
         let (id, token) = app.sign_up(name).await;
-        app.call(
-            Method::PUT,
-            &format!("/v1/users/{id}/follow"),
-            Some(&alice),
-            None,
-        )
-        .await;
+        app.put(&format!("/v1/users/{id}/follow"), &alice).await;
         for i in 0..3 {
             let p = app
-                .call(
-                    Method::POST,
+                .post(
                     "/v1/posts",
                     Some(&token),
-                    Some(json!({"content": format!("{name} {i}")})),
+                    json!({"content": format!("{name} {i}")}),
                 )
                 .await;
             assert_eq!(p.status, StatusCode::CREATED);
@@ -756,37 +693,21 @@ async fn an_account_exports_as_one_json_record_per_line() {
     let (_, alice) = app.sign_up("alice").await;
     let (bob_id, _) = app.sign_up("bob").await;
     let post = app
-        .call(
-            Method::POST,
-            "/v1/posts",
-            Some(&alice),
-            Some(json!({"content": "mine"})),
-        )
+        .post("/v1/posts", Some(&alice), json!({"content": "mine"}))
         .await;
     let post_id = post.body["id"].as_str().unwrap().to_owned();
     let comment = app
-        .call(
-            Method::POST,
+        .post(
             &format!("/v1/posts/{post_id}/comments"),
             Some(&alice),
-            Some(json!({"content": "and my comment"})),
+            json!({"content": "and my comment"}),
         )
         .await;
     assert_eq!(comment.status, StatusCode::CREATED, "{}", comment.body);
     let like = format!("/v1/posts/{post_id}/like");
-    assert!(
-        app.call(Method::PUT, &like, Some(&alice), None)
-            .await
-            .status
-            .is_success()
-    );
+    assert!(app.put(&like, &alice).await.status.is_success());
     let follow = format!("/v1/users/{bob_id}/follow");
-    assert!(
-        app.call(Method::PUT, &follow, Some(&alice), None)
-            .await
-            .status
-            .is_success()
-    );
+    assert!(app.put(&follow, &alice).await.status.is_success());
 
     let export = app
         .http

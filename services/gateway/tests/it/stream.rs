@@ -184,18 +184,13 @@ async fn the_stream_delivers_live_and_resumes_without_gap_or_duplicate() {
     let (_, bob) = app.sign_up("bob").await;
     let (_, carol) = app.sign_up("carol").await;
     let post = app
-        .call(
-            Method::POST,
-            "/v1/posts",
-            Some(&alice),
-            Some(json!({"content": "hello"})),
-        )
+        .post("/v1/posts", Some(&alice), json!({"content": "hello"}))
         .await;
     let post_id = post.body["id"].as_str().unwrap().to_owned();
 
     let mut stream = Sse::open(&app, &alice, None).await;
     let follow = format!("/v1/users/{alice_id}/follow");
-    app.call(Method::PUT, &follow, Some(&bob), None).await;
+    app.put(&follow, &bob).await;
     let first = stream.take(1).await;
     assert_eq!(first[0].kind, "notification");
     assert_eq!(first[0].data["type"], "FOLLOW");
@@ -211,9 +206,9 @@ async fn the_stream_delivers_live_and_resumes_without_gap_or_duplicate() {
 
     // Offline for a while: two things happen.
     drop(stream);
-    app.call(Method::PUT, &follow, Some(&carol), None).await;
+    app.put(&follow, &carol).await;
     let like = format!("/v1/posts/{post_id}/like");
-    app.call(Method::PUT, &like, Some(&bob), None).await;
+    app.put(&like, &bob).await;
     app.eventually("/v1/notifications", &alice, |n| {
         n["items"].as_array().is_some_and(|i| i.len() == 3)
     })
@@ -229,7 +224,7 @@ async fn the_stream_delivers_live_and_resumes_without_gap_or_duplicate() {
         .collect();
     assert_eq!(kinds, ["FOLLOW", "POST_LIKE"]);
     assert_eq!(missed[0].data["account"]["username"], "carol");
-    app.call(Method::PUT, &like, Some(&carol), None).await;
+    app.put(&like, &carol).await;
     let live = stream.take(1).await;
     assert_eq!(live[0].data["type"], "POST_LIKE");
     assert_eq!(live[0].data["account"]["username"], "carol");
@@ -245,23 +240,17 @@ async fn the_stream_delivers_live_and_resumes_without_gap_or_duplicate() {
 
     // A notification whose comment is deleted is removed, and the stream says so.
     let comment = app
-        .call(
-            Method::POST,
+        .post(
             &format!("/v1/posts/{post_id}/comments"),
             Some(&bob),
-            Some(json!({"content": "nice"})),
+            json!({"content": "nice"}),
         )
         .await;
     let added = stream.take(1).await;
     assert_eq!(added[0].data["type"], "POST_COMMENT");
     let comment_id = comment.body["id"].as_str().unwrap();
-    app.call(
-        Method::DELETE,
-        &format!("/v1/comments/{comment_id}"),
-        Some(&bob),
-        None,
-    )
-    .await;
+    app.delete(&format!("/v1/comments/{comment_id}"), &bob)
+        .await;
     let removed = stream.take(1).await;
     assert_eq!(removed[0].kind, "removed");
     assert_eq!(removed[0].data["id"], added[0].data["id"]);
@@ -281,7 +270,7 @@ async fn a_stream_needs_a_valid_token() {
     let (bob_id, bob) = app.sign_up("bob").await;
     let (_, carol) = app.sign_up("carol").await;
     let follow = format!("/v1/users/{bob_id}/follow");
-    app.call(Method::PUT, &follow, Some(&carol), None).await;
+    app.put(&follow, &carol).await;
     let bobs = app
         .eventually("/v1/notifications", &bob, |n| {
             n["items"].as_array().is_some_and(|i| i.len() == 1)
@@ -446,12 +435,7 @@ async fn a_post_with_600_notifications_deleted_sends_their_removals_and_the_stre
     let (alice_id, alice) = app.sign_up("alice").await;
     let (_, bob) = app.sign_up("bob").await;
     let post = app
-        .call(
-            Method::POST,
-            "/v1/posts",
-            Some(&alice),
-            Some(json!({"content": "going viral"})),
-        )
+        .post("/v1/posts", Some(&alice), json!({"content": "going viral"}))
         .await;
     let post_id = post.body["id"].as_str().unwrap().to_owned();
     // 600 likes' notifications of her post (seeded as the service stores them).
@@ -464,14 +448,7 @@ async fn a_post_with_600_notifications_deleted_sends_their_removals_and_the_stre
             .into_iter()
             .collect();
     let mut stream = Sse::open(&app, &alice, None).await;
-    let deleted = app
-        .call(
-            Method::DELETE,
-            &format!("/v1/posts/{post_id}"),
-            Some(&alice),
-            None,
-        )
-        .await;
+    let deleted = app.delete(&format!("/v1/posts/{post_id}"), &alice).await;
     assert!(deleted.status.is_success(), "{}", deleted.body);
     // Every removal arrives, in a few events.
     let mut removed = std::collections::HashSet::new();
@@ -500,7 +477,7 @@ async fn a_post_with_600_notifications_deleted_sends_their_removals_and_the_stre
     assert!(events <= 10, "{events} events for 600 removals");
     // And the stream is still open: the next notification arrives on it.
     let follow = format!("/v1/users/{alice_id}/follow");
-    app.call(Method::PUT, &follow, Some(&bob), None).await;
+    app.put(&follow, &bob).await;
     let next = stream
         .next(Duration::from_secs(15))
         .await
@@ -516,7 +493,7 @@ async fn a_removal_missed_while_away_makes_the_resume_a_resync() {
     let (_, bob) = app.sign_up("bob").await;
     let follow = format!("/v1/users/{alice_id}/follow");
     let mut stream = Sse::open(&app, &alice, None).await;
-    app.call(Method::PUT, &follow, Some(&bob), None).await;
+    app.put(&follow, &bob).await;
     let followed = stream
         .next(Duration::from_secs(15))
         .await
@@ -524,7 +501,7 @@ async fn a_removal_missed_while_away_makes_the_resume_a_resync() {
     assert_eq!(followed.data["type"], "FOLLOW");
     drop(stream);
     // While she is away, bob takes it back: the notification goes.
-    app.call(Method::DELETE, &follow, Some(&bob), None).await;
+    app.delete(&follow, &bob).await;
     app.eventually("/v1/notifications", &alice, |n| {
         n["items"].as_array().is_some_and(Vec::is_empty)
     })
@@ -554,12 +531,7 @@ async fn groups_come_with_their_actors_in_one_batch_stay_live_and_are_marked_rea
     let batch = "/social.user.v1.UserService/BatchGetUsers";
     let (_, alice) = app.sign_up("alice").await;
     let post = app
-        .call(
-            Method::POST,
-            "/v1/posts",
-            Some(&alice),
-            Some(json!({"content": "like me"})),
-        )
+        .post("/v1/posts", Some(&alice), json!({"content": "like me"}))
         .await;
     let post_id = post.body["id"].as_str().unwrap().to_owned();
     let mut stream = Sse::open_at(&app, "/v1/notifications/stream?groups=true", &alice, None).await;
@@ -567,7 +539,7 @@ async fn groups_come_with_their_actors_in_one_batch_stay_live_and_are_marked_rea
     let mut likers = Vec::new();
     for name in ["bob", "carol", "dave"] {
         let (_, token) = app.sign_up(name).await;
-        app.call(Method::PUT, &like, Some(&token), None).await;
+        app.put(&like, &token).await;
         likers.push(token);
     }
 
@@ -661,8 +633,7 @@ async fn groups_come_with_their_actors_in_one_batch_stay_live_and_are_marked_rea
     assert_eq!(groups.body["items"], json!([]));
 
     // A like taken back: the group counts two, live; the notification is removed.
-    app.call(Method::DELETE, &like, Some(&likers[2]), None)
-        .await;
+    app.delete(&like, &likers[2]).await;
     let mut removed = false;
     loop {
         let e = stream
@@ -713,7 +684,7 @@ async fn a_browser_opens_its_stream_with_a_single_use_ticket_and_resumes_with_a_
     // Opened with a ticket, no Authorization: bob's own notifications.
     let mut stream = Sse::open_with_ticket(&app, &bob, None).await;
     let follow = format!("/v1/users/{bob_id}/follow");
-    app.call(Method::PUT, &follow, Some(&carol), None).await;
+    app.put(&follow, &carol).await;
     let first = stream
         .next(Duration::from_secs(15))
         .await
@@ -736,7 +707,7 @@ async fn a_browser_opens_its_stream_with_a_single_use_ticket_and_resumes_with_a_
     }
 
     // Away, dave follows; a new ticket with the last id (in the query) sends it.
-    app.call(Method::PUT, &follow, Some(&dave), None).await;
+    app.put(&follow, &dave).await;
     app.eventually("/v1/notifications", &bob, |n| {
         n["items"].as_array().is_some_and(|i| i.len() == 2)
     })

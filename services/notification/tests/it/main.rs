@@ -21,7 +21,6 @@ use social_events::{
     pb::{CommentCreated, CommentDeleted, PostLiked},
 };
 use social_proto::{
-    graph::v1::UnfollowRequest,
     notification::v1::{
         GetUnreadCountRequest, ListNotificationsRequest, MarkAllNotificationsReadRequest,
         MarkNotificationsReadRequest, Notification, NotificationType, StreamNotificationsRequest,

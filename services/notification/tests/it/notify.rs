@@ -15,16 +15,7 @@ async fn a_follow_notifies_the_followee_once() {
     assert!(!got[0].is_read);
 
     // Unfollow and follow again: still one.
-    let mut graph = app.stack.graph().await;
-    graph
-        .unfollow(authed(
-            UnfollowRequest {
-                followee_id: bob.clone(),
-            },
-            &alice_token,
-        ))
-        .await
-        .unwrap();
+    app.stack.unfollow(&alice_token, &bob).await;
     app.follow(&alice_token, &bob).await;
     // The unfollow took the first one away; the second follow's is the one left, however
     // the three events interleave.

@@ -80,16 +80,7 @@ async fn home_feed_has_followed_and_own_posts_newest_first() {
     let err = app.feed(&carol, 2, &next).await.unwrap_err();
     assert_eq!(violated_fields(&err), ["page_token"]);
 
-    app.graph
-        .clone()
-        .unfollow(authed(
-            UnfollowRequest {
-                followee_id: bob_id,
-            },
-            &alice,
-        ))
-        .await
-        .unwrap();
+    app.stack.unfollow(&alice, &bob_id).await;
     // Once its event is applied: the home timeline reads whom alice follows from memory.
     let unfollowed = social_testkit::eventually(std::time::Duration::from_secs(10), || async {
         let feed = app.feed(&alice, 0, "").await.unwrap().0;

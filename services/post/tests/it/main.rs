@@ -14,7 +14,7 @@ use bson::oid::ObjectId;
 use prost_types::FieldMask;
 use social_proto::{
     common::v1::Media,
-    graph::v1::{UnfollowRequest, social_graph_service_client::SocialGraphServiceClient},
+    graph::v1::social_graph_service_client::SocialGraphServiceClient,
     post::v1::{
         BatchGetPostsRequest, CreatePostRequest, DeletePostRequest, GetPostRequest,
         ListHomeFeedRequest, ListUserPostsRequest, Post, UpdatePostRequest,
