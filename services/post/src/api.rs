@@ -314,7 +314,15 @@ impl PostService for Api {
             Some(docs) => docs,
             None => self.pulled_feed(me, &page).await?,
         };
-        let (posts, next_page_token) = page.finish_into(docs, |p| p.sort_key);
+        let (mut docs, next_page_token) = page.finish(docs, |p| p.sort_key);
+        // Whatever the timeline holds, an author who blocks the reader is absent (as from
+        // GetPost): a block reaches the timeline through events, which may lag or be lost
+        // with a failover. Filtered after the page is cut: a page may come short, never
+        // skip one.
+        let authors: Vec<ObjectId> = docs.iter().map(|p| p.user_id).collect();
+        let hidden = self.store.blocks.hidden_from(Some(me), &authors).await?;
+        docs.retain(|p| !hidden.contains(&p.user_id));
+        let posts = docs.into_iter().map(Into::into).collect();
         Ok(Response::new(ListHomeFeedResponse {
             posts,
             next_page_token,
