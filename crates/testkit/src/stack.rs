@@ -205,7 +205,7 @@ impl Stack {
 
     /// Another replica of the post service on the same database, broker and services,
     /// keeping home timelines as `timelines` say (length 0: none, every home feed is
-    /// merged in MongoDB).
+    /// merged in MongoDB); it serves requests and leaves the events to the first.
     pub async fn post_replica(&self, timelines: social_post::TimelineSettings) -> Running {
         let url = |r: &Running| format!("http://{}", r.addr);
         let timeout = Duration::from_secs(2);
@@ -215,6 +215,7 @@ impl Stack {
             social_post::Config::for_tests(&uri, &self.database, graph, self.events.clone());
         config.user_service = crate::peer("user service", &url(&self.user), timeout);
         config.timelines = timelines;
+        config.consume_events = false;
         crate::start(|l, s| social_post::run(config, l, s)).await
     }
 

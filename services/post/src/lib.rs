@@ -36,6 +36,9 @@ pub struct Config {
     /// Home timelines in the same Redis (`HOME_TIMELINE_LENGTH`,
     /// `HOME_TIMELINE_IDLE_SECS`, `HOME_FANOUT_MAX_FOLLOWERS`).
     pub timelines: TimelineSettings,
+    /// `POST_CONSUME_EVENTS` (true): false for a replica that only serves requests,
+    /// leaving the events to the others.
+    pub consume_events: bool,
 }
 
 social_kit::service_config!(Config);
@@ -51,6 +54,7 @@ impl Config {
             user_service: USER.peer_from_env()?,
             cache: social_kit::cache::Settings::from_env("POST_CACHE_TTL_SECS", 60)?,
             timelines: TimelineSettings::from_env()?,
+            consume_events: social_kit::config::parse_or("POST_CONSUME_EVENTS", true)?,
         })
     }
 
@@ -69,6 +73,7 @@ impl Config {
             events,
             cache: social_kit::cache::Settings::for_tests(),
             timelines: TimelineSettings::default(),
+            consume_events: true,
         }
     }
 }
@@ -78,10 +83,12 @@ pub async fn run(config: Config, on: TcpListener, stop: CancellationToken) -> an
     let mut wiring = Wiring::new(&config.common, &config.events).await?;
     let store = store::Store::new(wiring.db()).with_caches(&config.cache)?;
     let relay = wiring.relay(&[store::COLLECTION]);
-    wiring.consume(
-        social_events::topology::POST,
-        social_events::consumer::handler((store.clone(), relay.clone()), events::apply),
-    );
+    if config.consume_events {
+        wiring.consume(
+            social_events::topology::POST,
+            social_events::consumer::handler((store.clone(), relay.clone()), events::apply),
+        );
+    }
     let timelines = timelines::Timelines::new(
         config.timelines.clone(),
         config.cache.redis()?,
@@ -91,12 +98,25 @@ pub async fn run(config: Config, on: TcpListener, stop: CancellationToken) -> an
         config.graph_service.clone(),
     );
     if let Some(timelines) = &timelines {
-        wiring.consume(
-            social_events::topology::POST_TIMELINES,
-            social_events::consumer::handler(timelines.clone(), timelines::apply),
-        );
         let fresh = timelines.clone();
         wiring.spawn(move |stop| fresh.keep_pulled_fresh(stop));
+    }
+    if config.consume_events {
+        let queue = social_events::topology::POST_TIMELINES;
+        match &timelines {
+            Some(timelines) => wiring.consume(
+                queue,
+                social_events::consumer::handler(timelines.clone(), timelines::apply),
+            ),
+            // Off: every service still declares and binds the timelines' queue (the
+            // topology is one table), so its events are taken and dropped here rather
+            // than left to pile up in the broker until its alarms stop every publisher.
+            // Timelines turned on again may then have missed them: see ADR 0003.
+            None => wiring.consume(
+                queue,
+                social_events::consumer::handler((), |(), _| async { Ok(()) }),
+            ),
+        }
     }
     wiring.refuse_ended_sessions(config.user_service.clone());
     wiring.internal(api::INTERNAL);

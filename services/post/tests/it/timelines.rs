@@ -515,3 +515,25 @@ async fn a_blockers_posts_leave_the_feed_even_when_the_timeline_missed_the_block
         Vec::<String>::new()
     );
 }
+
+/// With home timelines off, the post service still takes the events of their queue
+/// (every service declares and binds every queue) and drops them: nothing piles up in
+/// the broker.
+#[tokio::test]
+async fn with_timelines_off_their_queue_is_drained_not_left_to_grow() {
+    let off = TimelineSettings {
+        length: 0,
+        ..Default::default()
+    };
+    let app = spawn_with(StackOptions {
+        post_timelines: Some(off),
+        ..Default::default()
+    })
+    .await;
+    let [(_, alice), (bob_id, bob)] = app.register_all(["alice", "bob"]).await;
+    app.stack.follow(&alice, &bob_id).await;
+    app.post(&bob, "by bob", vec![]).await.unwrap();
+    // Every queue empty, the timelines' included.
+    app.stack.settled().await;
+    assert_eq!(app.feed(&alice, 0, "").await.unwrap().0, ["by bob"]);
+}
