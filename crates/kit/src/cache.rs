@@ -13,8 +13,10 @@
 //!   reader cannot put back what the write replaced (the leases of Facebook's "Scaling
 //!   Memcache at Facebook", 2013). A reader without the lease (another is filling) reads
 //!   the database and stores nothing;
-//! - entries also expire (`ttl`), which bounds how long a write whose `forget` failed
-//!   (Redis unreachable at that moment) can leave an older entry.
+//! - a `forget` Redis did not answer is tried again in the background until it answers
+//!   or `ttl` has passed; entries also expire (`ttl`), which bounds how long a write
+//!   whose `forget` never got through (Redis unreachable all along) can leave an older
+//!   entry.
 //!
 //! Redis down or slow degrades to the database, never to an error: each command waits at
 //! most [`ANSWER_WITHIN`], and after a failure the cache is passed over for
@@ -343,12 +345,45 @@ impl Cache {
     }
 
     /// Forgets document `id` (after each write of it) and any reader's lease on it.
+    /// Tried even while reads pass the cache over. If Redis does not answer, an entry
+    /// it holds (a deleted post's text) would be served until it expires: the forget
+    /// is tried again in the background until Redis answers or `ttl` has passed, by
+    /// when any such entry has expired anyway.
     pub async fn forget(&self, id: ObjectId) {
+        if self.try_forget(id).await {
+            return;
+        }
+        let cache = self.clone();
+        tokio::spawn(async move {
+            let until = std::time::Instant::now() + cache.ttl;
+            let mut wait = Duration::from_millis(100);
+            while std::time::Instant::now() < until {
+                tokio::time::sleep(wait).await;
+                if cache.try_forget(id).await {
+                    return;
+                }
+                wait = (wait * 2).min(Duration::from_secs(2));
+            }
+            tracing::warn!(%id, "a cached entry could not be forgotten: it expires by itself");
+        });
+    }
+
+    /// One try of [`Self::forget`]: whether Redis answered.
+    async fn try_forget(&self, id: ObjectId) -> bool {
+        let refused = || {
+            fail::fail_point!("kit::cache_forget", |_| {
+                crate::faults::record("kit::cache_forget");
+                true
+            });
+            false
+        };
+        if refused() {
+            return false;
+        }
         let mut forget = redis::cmd("DEL");
         forget.arg(self.key(id)).arg(self.lease_key(id));
-        // Tried even while reads pass the cache over; if Redis fails it, the entry (if
-        // any) expires within `ttl`.
-        let _: Option<i64> = self.redis.run_always(&forget).await;
+        let answered: Option<i64> = self.redis.run_always(&forget).await;
+        answered.is_some()
     }
 }
 

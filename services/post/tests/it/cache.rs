@@ -100,6 +100,33 @@ async fn a_slow_reader_does_not_put_an_older_post_over_the_edit_that_passed_it()
 }
 
 #[tokio::test]
+async fn a_deleted_post_is_forgotten_by_the_cache_even_when_redis_missed_the_first_forget() {
+    let app = spawn().await;
+    let (_, alice) = app.user("alice").await;
+    let post = app.post(&alice, "regretted", vec![]).await.unwrap();
+    assert_eq!(app.get(&post.id).await.unwrap().content, "regretted");
+    // Redis does not answer the delete's forget (a pause, a failover): the cached post
+    // would be served until it expires.
+    const POINT: &str = "kit::cache_forget";
+    fail::cfg(POINT, "1*return").unwrap();
+    let delete = DeletePostRequest {
+        id: post.id.clone(),
+    };
+    let mut posts = app.posts.clone();
+    posts.delete_post(authed(delete, &alice)).await.unwrap();
+    assert_eq!(social_kit::faults::fired(POINT), 1);
+    let gone = social_testkit::eventually(Duration::from_secs(5), || async {
+        let code = app.get(&post.id).await.err().map(|e| e.code());
+        (code == Some(Code::NotFound)).then_some(())
+    })
+    .await;
+    assert!(
+        gone.is_some(),
+        "the deleted post is still served from the cache"
+    );
+}
+
+#[tokio::test]
 async fn without_redis_posts_are_read_from_the_database() {
     let mut cache = social_kit::cache::Settings::for_tests();
     cache.url = "redis://127.0.0.1:1".into();
