@@ -406,6 +406,15 @@ impl Stack {
             .into_inner()
     }
 
+    /// `token`'s account deletes its post `post`.
+    pub async fn delete_post(&self, token: &str, post: &str) {
+        let request = social_proto::post::v1::DeletePostRequest { id: post.into() };
+        PostServiceClient::new(self.post.shared_channel().await)
+            .delete_post(crate::authed(request, token))
+            .await
+            .expect("delete a post");
+    }
+
     /// `token`'s account follows `followee`.
     pub async fn follow(&self, token: &str, followee: &str) {
         let request = FollowRequest {

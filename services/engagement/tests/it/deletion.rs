@@ -655,7 +655,7 @@ async fn a_write_whose_check_for_a_deleted_account_failed_is_undone_by_its_retry
 
 #[tokio::test]
 async fn a_deleted_comment_ends_its_likes_and_deleted_words_are_gone_at_once() {
-    use social_proto::{engagement::v1::DeleteCommentRequest, post::v1::DeletePostRequest};
+    use social_proto::engagement::v1::DeleteCommentRequest;
     let app = App::start().await;
     let [(_, alice), (_, bob)] = app.stack.register_all(["alice", "bob"]).await;
     let post = app.post(&alice, "the words of a post").await;
@@ -715,17 +715,7 @@ async fn a_deleted_comment_ends_its_likes_and_deleted_words_are_gone_at_once() {
     let c = stored("comments", &comment.id).await;
     assert_eq!(c.get_str("content").unwrap(), "");
     assert!(c.get_array("media").unwrap().is_empty());
-    app.stack
-        .posts()
-        .await
-        .delete_post(authed(
-            DeletePostRequest {
-                id: post.id.clone(),
-            },
-            &alice,
-        ))
-        .await
-        .unwrap();
+    app.stack.delete_post(&alice, &post.id).await;
     let p = stored("posts", &post.id).await;
     assert_eq!(p.get_str("content").unwrap(), "");
 }

@@ -23,7 +23,6 @@ use social_events::{
 use social_proto::{
     engagement::v1::{DeleteCommentRequest, GetCommentRequest, LikeCommentRequest},
     graph::v1::{FollowRequest, ListFollowersRequest},
-    post::v1::DeletePostRequest,
     user::v1::GetUserRequest,
 };
 use social_testkit::{
@@ -356,16 +355,7 @@ async fn deleting_a_post_removes_its_comments_and_likes() {
     app.like_post(&token_for(ObjectId::new()), &post.id)
         .await
         .unwrap();
-    app.posts
-        .clone()
-        .delete_post(authed(
-            DeletePostRequest {
-                id: post.id.clone(),
-            },
-            &author,
-        ))
-        .await
-        .unwrap();
+    app.stack.delete_post(&author, &post.id).await;
     let gone = eventually(Duration::from_secs(15), || async {
         (app.comments(&post.id).await.is_empty() && app.likers(&post.id).await.is_empty())
             .then_some(())

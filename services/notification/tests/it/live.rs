@@ -106,15 +106,7 @@ async fn deleting_a_post_pushes_the_removal_of_its_notifications() {
     app.like(&token_for(ObjectId::new()), &post.id).await;
     let like = next(&mut stream, WAIT).await.expect("the like");
     assert!(!like.removed);
-    app.stack
-        .posts()
-        .await
-        .delete_post(authed(
-            social_proto::post::v1::DeletePostRequest { id: post.id },
-            &bob,
-        ))
-        .await
-        .unwrap();
+    app.stack.delete_post(&bob, &post.id).await;
     let removal = next(&mut stream, WAIT).await.expect("the removal");
     assert!(removal.removed);
     assert_eq!(removal.id, like.id);

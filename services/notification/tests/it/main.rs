@@ -26,7 +26,7 @@ use social_proto::{
         MarkNotificationsReadRequest, Notification, NotificationType, StreamNotificationsRequest,
         notification_service_client::NotificationServiceClient,
     },
-    post::v1::{DeletePostRequest, GetPostRequest, Post},
+    post::v1::{GetPostRequest, Post},
 };
 use social_testkit::{
     Stack, authed, broker, eventually, token_expiring_in, token_for, violated_fields,

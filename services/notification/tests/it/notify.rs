@@ -154,17 +154,7 @@ async fn deleting_a_post_removes_its_notifications() {
     let post = app.post(&bob, "short-lived").await;
     app.like(&token_for(ObjectId::new()), &post.id).await;
     app.wait_for(&bob, 1).await;
-    app.stack
-        .posts()
-        .await
-        .delete_post(authed(
-            DeletePostRequest {
-                id: post.id.clone(),
-            },
-            &bob,
-        ))
-        .await
-        .unwrap();
+    app.stack.delete_post(&bob, &post.id).await;
     let gone = eventually(WAIT, || async {
         app.list(&bob).await.is_empty().then_some(())
     })
