@@ -23,11 +23,12 @@
 //! [`BACK_OFF`] so that requests do not each pay the wait.
 
 use std::{
+    collections::HashMap,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicI64, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use crate::time::{ms as millis, now_ms};
@@ -91,6 +92,7 @@ impl Settings {
             redis: self.redis()?,
             prefix: format!("{}{kind}:", self.prefix),
             ttl: self.ttl,
+            unforgotten: Arc::default(),
         }))
     }
 
@@ -236,6 +238,23 @@ pub struct Cache {
     /// `<REDIS_KEY_PREFIX><kind>:`.
     prefix: String,
     ttl: Duration,
+    /// The forgets Redis did not answer, tried again by one task (see [`Cache::forget`]).
+    unforgotten: Arc<Mutex<Unforgotten>>,
+}
+
+/// At most this many forgets wait to be tried again per kind of document (about 6 MiB);
+/// past it a write's entry is left to expire by itself.
+const UNFORGOTTEN_MAX: usize = 100_000;
+
+/// How many of them one command sends.
+const UNFORGOTTEN_BATCH: usize = 500;
+
+/// Forgets waiting for Redis: each id with the moment past which its entry, if any, has
+/// expired anyway; and whether a task is trying them.
+#[derive(Default)]
+struct Unforgotten {
+    ids: HashMap<ObjectId, Instant>,
+    trying: bool,
 }
 
 impl Cache {
@@ -347,29 +366,70 @@ impl Cache {
     /// Forgets document `id` (after each write of it) and any reader's lease on it.
     /// Tried even while reads pass the cache over. If Redis does not answer, an entry
     /// it holds (a deleted post's text) would be served until it expires: the forget
-    /// is tried again in the background until Redis answers or `ttl` has passed, by
-    /// when any such entry has expired anyway.
+    /// waits with the others Redis missed (at most [`UNFORGOTTEN_MAX`]), which one task
+    /// tries again, in batches, until Redis answers or `ttl` has passed, by when any
+    /// such entry has expired anyway.
     pub async fn forget(&self, id: ObjectId) {
-        if self.try_forget(id).await {
-            return;
+        if !self.try_forget(&[id]).await {
+            self.forget_later(id);
         }
-        let cache = self.clone();
-        tokio::spawn(async move {
-            let until = std::time::Instant::now() + cache.ttl;
-            let mut wait = Duration::from_millis(100);
-            while std::time::Instant::now() < until {
-                tokio::time::sleep(wait).await;
-                if cache.try_forget(id).await {
-                    return;
-                }
-                wait = (wait * 2).min(Duration::from_secs(2));
-            }
-            tracing::warn!(%id, "a cached entry could not be forgotten: it expires by itself");
-        });
     }
 
-    /// One try of [`Self::forget`]: whether Redis answered.
-    async fn try_forget(&self, id: ObjectId) -> bool {
+    fn forget_later(&self, id: ObjectId) {
+        let Ok(mut waiting) = self.unforgotten.lock() else {
+            return;
+        };
+        if waiting.ids.len() >= UNFORGOTTEN_MAX && !waiting.ids.contains_key(&id) {
+            return;
+        }
+        waiting.ids.insert(id, Instant::now() + self.ttl);
+        if std::mem::replace(&mut waiting.trying, true) {
+            return;
+        }
+        drop(waiting);
+        tracing::warn!(cache = %self.prefix, "Redis missed a forget: trying the forgets again until it answers");
+        let cache = self.clone();
+        tokio::spawn(async move { cache.try_again().await });
+    }
+
+    /// Tries the waiting forgets until none is left: every one done or expired.
+    async fn try_again(self) {
+        let mut wait = Duration::from_millis(100);
+        loop {
+            tokio::time::sleep(wait).await;
+            let batch: Vec<(ObjectId, Instant)> = {
+                let Ok(mut waiting) = self.unforgotten.lock() else {
+                    return;
+                };
+                let now = Instant::now();
+                waiting.ids.retain(|_, until| *until > now);
+                if waiting.ids.is_empty() {
+                    waiting.trying = false;
+                    tracing::info!(cache = %self.prefix, "the forgets Redis missed are done");
+                    return;
+                }
+                let batch = waiting.ids.iter().take(UNFORGOTTEN_BATCH);
+                batch.map(|(id, until)| (*id, *until)).collect()
+            };
+            let ids: Vec<ObjectId> = batch.iter().map(|(id, _)| *id).collect();
+            if !self.try_forget(&ids).await {
+                wait = (wait * 2).min(Duration::from_secs(2));
+                continue;
+            }
+            wait = Duration::from_millis(100);
+            if let Ok(mut waiting) = self.unforgotten.lock() {
+                // One forgotten again since this batch was taken waits for its own try.
+                for (id, until) in batch {
+                    if waiting.ids.get(&id) == Some(&until) {
+                        waiting.ids.remove(&id);
+                    }
+                }
+            }
+        }
+    }
+
+    /// One try of forgetting `ids` (one command): whether Redis answered.
+    async fn try_forget(&self, ids: &[ObjectId]) -> bool {
         let refused = || {
             fail::fail_point!("kit::cache_forget", |_| {
                 crate::faults::record("kit::cache_forget");
@@ -381,7 +441,9 @@ impl Cache {
             return false;
         }
         let mut forget = redis::cmd("DEL");
-        forget.arg(self.key(id)).arg(self.lease_key(id));
+        for id in ids {
+            forget.arg(self.key(*id)).arg(self.lease_key(*id));
+        }
         let answered: Option<i64> = self.redis.run_always(&forget).await;
         answered.is_some()
     }
@@ -451,5 +513,28 @@ mod tests {
         let wrong =
             redis::RedisError::from((kind(redis::ServerErrorKind::ResponseError), "WRONGTYPE"));
         assert!(matches!(unavailable(wrong), crate::Error::Internal(_)));
+    }
+
+    #[tokio::test]
+    async fn forgets_redis_missed_wait_together_for_one_task_and_go_once_their_entries_expired() {
+        let unreachable = Settings {
+            url: "redis://127.0.0.1:1".into(),
+            prefix: "social-test:".into(),
+            ttl: Duration::from_millis(1500),
+        };
+        let cache = unreachable.cache("posts").unwrap().unwrap();
+        let ids: Vec<ObjectId> = (0..20).map(|_| ObjectId::new()).collect();
+        for id in &ids {
+            cache.forget(*id).await;
+        }
+        cache.forget(ids[0]).await;
+        let waiting = |c: &Cache| {
+            let w = c.unforgotten.lock().unwrap();
+            (w.ids.len(), w.trying)
+        };
+        assert_eq!(waiting(&cache), (20, true), "one set, one task");
+        // Past their entries' lifetime nothing is left to forget, and the task ends.
+        tokio::time::sleep(Duration::from_millis(6000)).await;
+        assert_eq!(waiting(&cache), (0, false));
     }
 }
