@@ -358,9 +358,19 @@ impl Cache {
     /// [`Self::forget`], failing if Redis did not answer (an event handler that must
     /// see the entry gone retries).
     pub async fn forget_surely(&self, id: ObjectId) -> crate::Result<()> {
+        self.redis
+            .must::<i64>(&self.forgetting(&[id]))
+            .await
+            .map(drop)
+    }
+
+    /// The command that forgets `ids`: their entries and any reader's lease on them.
+    fn forgetting(&self, ids: &[ObjectId]) -> redis::Cmd {
         let mut forget = redis::cmd("DEL");
-        forget.arg(self.key(id)).arg(self.lease_key(id));
-        self.redis.must::<i64>(&forget).await.map(drop)
+        for id in ids {
+            forget.arg(self.key(*id)).arg(self.lease_key(*id));
+        }
+        forget
     }
 
     /// Forgets document `id` (after each write of it) and any reader's lease on it.
@@ -440,11 +450,7 @@ impl Cache {
         if refused() {
             return false;
         }
-        let mut forget = redis::cmd("DEL");
-        for id in ids {
-            forget.arg(self.key(*id)).arg(self.lease_key(*id));
-        }
-        let answered: Option<i64> = self.redis.run_always(&forget).await;
+        let answered: Option<i64> = self.redis.run_always(&self.forgetting(ids)).await;
         answered.is_some()
     }
 }

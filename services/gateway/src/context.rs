@@ -307,8 +307,8 @@ pub trait Page: serde::Serialize {
     fn next_page_token(&self) -> &str;
 }
 
-/// A page as JSON with its `Link: <...>; rel="next"` header.
-pub fn paged<P: Page>(uri: &axum::http::Uri, page: P) -> Response {
+/// A page as JSON with its `Link: <...>; rel="next"` header ([`Listing::answer`]).
+fn paged<P: Page>(uri: &axum::http::Uri, page: P) -> Response {
     let next_token = page.next_page_token().to_owned();
     let mut response = axum::Json(page).into_response();
     if !next_token.is_empty() {

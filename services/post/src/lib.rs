@@ -83,12 +83,6 @@ pub async fn run(config: Config, on: TcpListener, stop: CancellationToken) -> an
     let mut wiring = Wiring::new(&config.common, &config.events).await?;
     let store = store::Store::new(wiring.db()).with_caches(&config.cache)?;
     let relay = wiring.relay(&[store::COLLECTION]);
-    if config.consume_events {
-        wiring.consume(
-            social_events::topology::POST,
-            social_events::consumer::handler((store.clone(), relay.clone()), events::apply),
-        );
-    }
     let timelines = timelines::Timelines::new(
         config.timelines.clone(),
         config.cache.redis()?,
@@ -102,6 +96,10 @@ pub async fn run(config: Config, on: TcpListener, stop: CancellationToken) -> an
         wiring.spawn(move |stop| fresh.keep_pulled_fresh(stop));
     }
     if config.consume_events {
+        wiring.consume(
+            social_events::topology::POST,
+            social_events::consumer::handler((store.clone(), relay.clone()), events::apply),
+        );
         let queue = social_events::topology::POST_TIMELINES;
         match &timelines {
             Some(timelines) => wiring.consume(
