@@ -264,6 +264,44 @@ pub fn authed<T>(message: T, token: &str) -> Request<T> {
     request
 }
 
+/// The message of a call that must succeed: `.await.answer()`, which panics, at the
+/// caller's line, with the status if it failed.
+pub trait Answer<T> {
+    fn answer(self) -> T;
+}
+
+impl<T> Answer<T> for Result<tonic::Response<T>, Status> {
+    #[track_caller]
+    fn answer(self) -> T {
+        match self {
+            Ok(response) => response.into_inner(),
+            Err(status) => panic!("expected an answer, got {status:?}"),
+        }
+    }
+}
+
+/// The status of a call that must fail with `code`: `.await.refused(Code::NotFound)`,
+/// which panics, at the caller's line, if it succeeded or failed with another code.
+pub trait Refused {
+    fn refused(self, code: tonic::Code) -> Status;
+}
+
+impl<T: std::fmt::Debug> Refused for Result<T, Status> {
+    #[track_caller]
+    fn refused(self, code: tonic::Code) -> Status {
+        match self {
+            Ok(answer) => panic!("expected {code:?}, got an answer: {answer:?}"),
+            Err(status) => {
+                assert_eq!(status.code(), code, "{status:?}");
+                status
+            }
+        }
+    }
+}
+
+/// The password of every account [`Stack::register`] makes.
+pub const PASSWORD: &str = "correct horse battery";
+
 /// The fields named by a status's `BadRequest` details, in order.
 pub fn violated_fields(status: &Status) -> Vec<String> {
     status

@@ -373,7 +373,7 @@ impl Stack {
             .register(RegisterRequest {
                 username: name.into(),
                 email: format!("{name}@example.com"),
-                password: "correct horse battery".into(),
+                password: crate::PASSWORD.into(),
                 full_name: String::new(),
                 device: String::new(),
             })
@@ -391,6 +391,18 @@ impl Stack {
             *user = self.register(name).await;
         }
         users
+    }
+
+    /// `token`'s account deletes itself, giving `password` (its own: [`crate::PASSWORD`]).
+    pub async fn delete_account(&self, token: &str, password: &str) -> Result<(), tonic::Status> {
+        let request = social_proto::user::v1::DeleteAccountRequest {
+            password: password.into(),
+        };
+        self.users()
+            .await
+            .delete_account(crate::authed(request, token))
+            .await
+            .map(drop)
     }
 
     /// `token`'s account posts `content` (no media).

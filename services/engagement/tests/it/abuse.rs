@@ -10,7 +10,7 @@ use social_proto::{
     },
     post::v1::BatchGetPostsRequest,
 };
-use social_testkit::{authed, broker, eventually, token_for, violated_fields};
+use social_testkit::{Answer, Refused, authed, broker, eventually, token_for, violated_fields};
 use tonic::Code;
 
 use crate::App;
@@ -31,8 +31,7 @@ async fn a_like_of_one_kind_is_never_ended_through_the_other() {
             engagement
                 .get_comment(GetCommentRequest { id })
                 .await
-                .unwrap()
-                .into_inner()
+                .answer()
                 .likes_count
         }
     };
@@ -111,8 +110,7 @@ async fn oversized_requests_are_refused_before_any_work() {
     let err = posts
         .batch_get_posts(BatchGetPostsRequest { ids })
         .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::InvalidArgument);
+        .refused(Code::InvalidArgument);
     assert_eq!(violated_fields(&err), ["ids"]);
     // Far larger than any valid request: refused while decoding.
     let ids = vec!["65f0c0ffee0123456789abcd".to_owned(); 150_000];

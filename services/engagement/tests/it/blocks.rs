@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use social_proto::engagement::v1::LikeCommentRequest;
-use social_testkit::authed;
+use social_testkit::{Answer, authed};
 use tonic::Code;
 
 use crate::App;
@@ -72,8 +72,7 @@ async fn under_their_own_post_an_author_sees_every_comment_and_none_is_edited_ac
         .clone()
         .list_comments(authed(request, &alice_token))
         .await
-        .unwrap()
-        .into_inner();
+        .answer();
     assert_eq!(listed.comments.len(), 1);
     let edit = social_proto::engagement::v1::UpdateCommentRequest {
         comment: Some(social_proto::engagement::v1::Comment {

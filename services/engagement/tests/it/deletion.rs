@@ -8,14 +8,14 @@ use bson::{doc, oid::ObjectId};
 use social_proto::{
     engagement::v1::{GetCommentRequest, LikeCommentRequest},
     graph::v1::FollowRequest,
-    user::v1::{DeleteAccountRequest, GetUserRequest, LoginRequest, RegisterRequest},
+    user::v1::{GetUserRequest, LoginRequest, RegisterRequest},
 };
-use social_testkit::{Stack, StackOptions, TcpProxy, authed, eventually};
+use social_testkit::{
+    Answer, PASSWORD, Refused, Stack, StackOptions, TcpProxy, authed, eventually,
+};
 use tonic::Code;
 
 use crate::App;
-
-const PASSWORD: &str = "correct horse battery";
 
 fn user_config(app: &App) -> social_user::Config {
     let mut config = social_user::Config::for_tests(
@@ -179,8 +179,7 @@ async fn snapshot(app: &App, users: &[&str], posts: &[&str], comments: &[&str]) 
         let u = client
             .get_user(GetUserRequest { id: (*id).into() })
             .await
-            .unwrap()
-            .into_inner();
+            .answer();
         values.extend([u.followers_count, u.following_count]);
     }
     for id in posts {
@@ -193,8 +192,7 @@ async fn snapshot(app: &App, users: &[&str], posts: &[&str], comments: &[&str]) 
             .clone()
             .get_comment(GetCommentRequest { id: (*id).into() })
             .await
-            .unwrap()
-            .into_inner();
+            .answer();
         values.push(c.likes_count);
     }
     values
@@ -215,20 +213,6 @@ async fn like_comment(app: &App, token: &str, comment: &str) {
         ))
         .await
         .unwrap();
-}
-
-async fn delete_account(app: &App, token: &str, password: &str) -> Result<(), tonic::Status> {
-    app.stack
-        .users()
-        .await
-        .delete_account(authed(
-            DeleteAccountRequest {
-                password: password.into(),
-            },
-            token,
-        ))
-        .await
-        .map(drop)
 }
 
 #[tokio::test]
@@ -277,29 +261,29 @@ async fn a_deleted_account_leaves_nothing_and_every_other_counter_true() {
     .await;
 
     // A wrong password changes nothing.
-    let err = delete_account(&app, &doomed, "not the password")
+    let err = app
+        .stack
+        .delete_account(&doomed, "not the password")
         .await
         .unwrap_err();
     assert_eq!(social_testkit::violated_fields(&err), ["password"]);
-    delete_account(&app, &doomed, PASSWORD).await.unwrap();
+    app.stack.delete_account(&doomed, PASSWORD).await.unwrap();
     // Gone for clients at once.
     let mut users = app.stack.users().await;
-    let err = users
+    users
         .get_user(GetUserRequest {
             id: doomed_id.clone(),
         })
         .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::NotFound);
-    let err = users
+        .refused(Code::NotFound);
+    users
         .login(LoginRequest {
             username_or_email: "doomed".into(),
             password: PASSWORD.into(),
             device: String::new(),
         })
         .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::Unauthenticated);
+        .refused(Code::Unauthenticated);
     // The username is reserved during the quarantine.
     let err = users
         .register(RegisterRequest {
@@ -313,7 +297,7 @@ async fn a_deleted_account_leaves_nothing_and_every_other_counter_true() {
         .unwrap_err();
     assert_eq!(social_testkit::violated_fields(&err), ["username"]);
     // A second call is harmless.
-    delete_account(&app, &doomed, PASSWORD).await.unwrap();
+    app.stack.delete_account(&doomed, PASSWORD).await.unwrap();
 
     deletion_finished(&app, &doomed_id).await;
     nothing_left_of(&app, &doomed_id).await;
@@ -324,11 +308,7 @@ async fn a_deleted_account_leaves_nothing_and_every_other_counter_true() {
     let followers = |id: &str| {
         let (mut users, id) = (users.clone(), id.to_owned());
         async move {
-            let u = users
-                .get_user(GetUserRequest { id })
-                .await
-                .unwrap()
-                .into_inner();
+            let u = users.get_user(GetUserRequest { id }).await.answer();
             (u.followers_count, u.following_count)
         }
     };
@@ -356,7 +336,7 @@ async fn actions_racing_a_deletion_do_not_survive_it() {
     // session's end has not reached them yet): its likes, comments and follow race the
     // cascade, all at once, in waves from the deletion's acknowledgement until after
     // the event has reached each service.
-    delete_account(&app, &doomed, PASSWORD).await.unwrap();
+    app.stack.delete_account(&doomed, PASSWORD).await.unwrap();
     let doomed = social_testkit::token_for(ObjectId::parse_str(&doomed_id).unwrap());
     let wave = |delay_ms: u64| {
         let (app, doomed, posts, alice_id) = (&app, &doomed, &posts, &alice_id);
@@ -409,8 +389,7 @@ async fn actions_racing_a_deletion_do_not_survive_it() {
             id: alice_id.clone(),
         })
         .await
-        .unwrap()
-        .into_inner();
+        .answer();
     assert_eq!(alice.followers_count, 0);
     let refs: Vec<&str> = posts.iter().map(String::as_str).collect();
     counters_are_true(&app, &[&alice_id], &refs, &[]).await;
@@ -448,7 +427,7 @@ async fn a_cascade_survives_a_broker_outage_and_a_crash_in_the_middle() {
     )
     .await;
 
-    delete_account(&app, &doomed, PASSWORD).await.unwrap();
+    app.stack.delete_account(&doomed, PASSWORD).await.unwrap();
     // The broker goes away while the cascade runs, then the engagement service crashes.
     tokio::time::sleep(Duration::from_millis(300)).await;
     proxy.cut().await;
@@ -497,8 +476,7 @@ async fn an_account_exports_everything_it_made_before_it_goes() {
     let mut export = client
         .export_account(authed(ExportAccountRequest {}, &writer))
         .await
-        .unwrap()
-        .into_inner();
+        .answer();
     let mut kinds = std::collections::BTreeMap::<&str, usize>::new();
     let mut first = None;
     while let Some(record) = export.message().await.unwrap() {
@@ -526,12 +504,11 @@ async fn an_account_exports_everything_it_made_before_it_goes() {
     assert_eq!(kinds, want.into_iter().collect());
 
     // Gone with the account: its session ended, so its token exports nothing.
-    delete_account(&app, &writer, PASSWORD).await.unwrap();
-    let err = client
+    app.stack.delete_account(&writer, PASSWORD).await.unwrap();
+    client
         .export_account(authed(ExportAccountRequest {}, &writer))
         .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::Unauthenticated);
+        .refused(Code::Unauthenticated);
 }
 
 #[tokio::test]
@@ -540,7 +517,7 @@ async fn a_deleted_accounts_token_writes_nothing_a_month_later() {
     let app = App::start().await;
     let [(doomed_id, doomed), (alice_id, alice)] = app.stack.register_all(["ghost", "alice"]).await;
     let post = app.post(&alice, "still here").await;
-    delete_account(&app, &doomed, PASSWORD).await.unwrap();
+    app.stack.delete_account(&doomed, PASSWORD).await.unwrap();
     deletion_finished(&app, &doomed_id).await;
     // A month and a day later, everything a TTL index purges by then is gone (the
     // account's own document among them).
@@ -608,7 +585,7 @@ async fn a_write_whose_check_for_a_deleted_account_failed_is_undone_by_its_retry
     let [(doomed_id, doomed), (_, alice)] = app.stack.register_all(["ghost", "alice"]).await;
     let post = app.post(&alice, "p").await;
     let other = app.post(&alice, "q").await;
-    delete_account(&app, &doomed, PASSWORD).await.unwrap();
+    app.stack.delete_account(&doomed, PASSWORD).await.unwrap();
     deletion_finished(&app, &doomed_id).await;
     // An unexpired token of the account that no service knows to refuse (as one whose
     // session's end has not reached them yet) writes; each write's check of the

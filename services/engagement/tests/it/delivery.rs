@@ -13,7 +13,7 @@ use social_events::{
     EventsConfig, Payload, consumer::Handler, new_envelope, pb::UserFollowed, topology::QueueSpec,
 };
 use social_proto::user::v1::GetUserRequest;
-use social_testkit::{TcpProxy, broker, eventually, token_for, unique_name};
+use social_testkit::{Answer, TcpProxy, broker, eventually, token_for, unique_name};
 use tokio_util::sync::CancellationToken;
 
 use crate::App;
@@ -96,8 +96,7 @@ async fn an_event_redelivered_after_600_newer_ones_on_its_document_counts_once()
                 id: celebrity.clone(),
             })
             .await
-            .unwrap()
-            .into_inner()
+            .answer()
             .followers_count
     };
     let reaches = |n: i64| async move {
@@ -428,8 +427,7 @@ async fn an_unfollow_handled_before_its_follow_never_shows_a_negative_count() {
             .await
             .get_user(GetUserRequest { id: user.clone() })
             .await
-            .unwrap()
-            .into_inner()
+            .answer()
             .followers_count
     };
     let unfollowed = event(Payload::UserUnfollowed(social_events::pb::UserUnfollowed {

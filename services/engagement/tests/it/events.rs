@@ -26,7 +26,7 @@ use social_proto::{
     user::v1::GetUserRequest,
 };
 use social_testkit::{
-    Stack, StackOptions, TcpProxy, authed, broker, eventually, token_for, unique_name,
+    Answer, Stack, StackOptions, TcpProxy, authed, broker, eventually, token_for, unique_name,
 };
 
 use crate::App;
@@ -93,8 +93,7 @@ async fn counters_equal_the_documents_after_a_storm() {
             page_token: String::new(),
         })
         .await
-        .unwrap()
-        .into_inner()
+        .answer()
         .follows
         .len() as i64;
     assert_eq!(followers, 6);
@@ -103,11 +102,7 @@ async fn counters_equal_the_documents_after_a_storm() {
         let mut users = users.clone();
         let id = target_id.clone();
         async move {
-            let u = users
-                .get_user(GetUserRequest { id })
-                .await
-                .unwrap()
-                .into_inner();
+            let u = users.get_user(GetUserRequest { id }).await.answer();
             (u.followers_count == followers).then_some(())
         }
     })
@@ -115,8 +110,7 @@ async fn counters_equal_the_documents_after_a_storm() {
     let u = users
         .get_user(GetUserRequest { id: target_id })
         .await
-        .unwrap()
-        .into_inner();
+        .answer();
     assert!(
         reached.is_some(),
         "followers_count {} != {followers}",
@@ -205,11 +199,7 @@ async fn a_broker_outage_delays_events_and_loses_none() {
     let followers = eventually(Duration::from_secs(20), || {
         let (mut users, id) = (users.clone(), target_id.clone());
         async move {
-            let u = users
-                .get_user(GetUserRequest { id })
-                .await
-                .unwrap()
-                .into_inner();
+            let u = users.get_user(GetUserRequest { id }).await.answer();
             (u.followers_count == 3).then_some(())
         }
     })
@@ -228,8 +218,7 @@ async fn a_broker_outage_delays_events_and_loses_none() {
     let u = users
         .get_user(GetUserRequest { id: target_id })
         .await
-        .unwrap()
-        .into_inner();
+        .answer();
     assert_eq!(u.followers_count, 3);
 }
 
@@ -284,11 +273,7 @@ async fn a_poison_message_is_dead_lettered_and_consuming_goes_on() {
     let counted = eventually(Duration::from_secs(15), || {
         let (mut e, id) = (e.clone(), comment.id.clone());
         async move {
-            let c = e
-                .get_comment(GetCommentRequest { id })
-                .await
-                .unwrap()
-                .into_inner();
+            let c = e.get_comment(GetCommentRequest { id }).await.answer();
             (c.likes_count == 1).then_some(())
         }
     })
@@ -456,16 +441,14 @@ async fn drifted_counters_are_recomputed_from_the_documents() {
         .await
         .get_user(GetUserRequest { id: target_id })
         .await
-        .unwrap()
-        .into_inner();
+        .answer();
     assert_eq!(u.followers_count, 1);
     let c = app
         .engagement
         .clone()
         .get_comment(GetCommentRequest { id: comment.id })
         .await
-        .unwrap()
-        .into_inner();
+        .answer();
     assert_eq!(c.likes_count, 0);
 }
 

@@ -21,7 +21,7 @@ use social_proto::{
     },
     post::v1::{GetPostRequest, Post, post_service_client::PostServiceClient},
 };
-use social_testkit::{Stack, TcpProxy, eventually};
+use social_testkit::{Answer, Stack, TcpProxy, eventually};
 use tonic::{Status, transport::Channel};
 
 /// The stack and clients of one test.
@@ -75,8 +75,7 @@ impl App {
                 page_token: String::new(),
             })
             .await
-            .unwrap()
-            .into_inner()
+            .answer()
             .likes
             .into_iter()
             .map(|l| l.user_id)
@@ -92,8 +91,7 @@ impl App {
                 page_token: String::new(),
             })
             .await
-            .unwrap()
-            .into_inner()
+            .answer()
             .comments
     }
 
@@ -110,8 +108,7 @@ impl App {
             .clone()
             .get_post(GetPostRequest { id: id.into() })
             .await
-            .unwrap()
-            .into_inner()
+            .answer()
     }
 
     /// Waits until the post's counters are `(likes, comments)`; panics after 15 s.

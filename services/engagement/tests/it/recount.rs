@@ -6,7 +6,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use bson::{doc, oid::ObjectId};
 use social_proto::user::v1::GetUserRequest;
-use social_testkit::{Stack, StackOptions, TcpProxy, broker, eventually, token_for};
+use social_testkit::{Answer, Stack, StackOptions, TcpProxy, broker, eventually, token_for};
 
 use crate::App;
 
@@ -55,8 +55,7 @@ async fn a_recount_while_follows_wait_in_an_outbox_and_a_queue_ends_exact() {
             .await
             .get_user(GetUserRequest { id: star.clone() })
             .await
-            .unwrap()
-            .into_inner()
+            .answer()
             .followers_count
     };
     follow(a.clone()).await;
@@ -181,8 +180,7 @@ async fn a_user_with_many_followers_is_recounted_and_a_failing_batch_is_reported
         .await
         .get_user(GetUserRequest { id: star.to_hex() })
         .await
-        .unwrap()
-        .into_inner();
+        .answer();
     assert_eq!(got.followers_count, 3000);
 
     // The social-graph service is unreachable: every batch fails, each is reported, and
@@ -243,7 +241,6 @@ async fn a_recount_stays_exact_when_a_purge_falls_in_the_middle_of_it() {
         .await
         .get_user(GetUserRequest { id: star })
         .await
-        .unwrap()
-        .into_inner();
+        .answer();
     assert_eq!(user.followers_count, 1);
 }

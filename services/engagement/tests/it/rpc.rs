@@ -9,7 +9,7 @@ use social_proto::{
         ListPostLikesRequest, UnlikeCommentRequest, UnlikePostRequest, UpdateCommentRequest,
     },
 };
-use social_testkit::{authed, token_for, violated_fields};
+use social_testkit::{Answer, Refused, authed, token_for, violated_fields};
 use tonic::Code;
 
 use crate::App;
@@ -51,20 +51,16 @@ async fn likes_are_idempotent_and_listed_newest_first() {
     app.like_post(&token_for(alice), &post.id).await.unwrap();
     assert_eq!(app.likers(&post.id).await, [alice.to_hex(), bob.to_hex()]);
 
-    let err = app
-        .like_post(&token_for(alice), &ObjectId::new().to_hex())
+    app.like_post(&token_for(alice), &ObjectId::new().to_hex())
         .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::NotFound);
+        .refused(Code::NotFound);
     let err = app.like_post(&token_for(alice), "nope").await.unwrap_err();
     assert_eq!(violated_fields(&err), ["post_id"]);
-    let err = e
-        .like_post(social_proto::engagement::v1::LikePostRequest {
-            post_id: post.id.clone(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::Unauthenticated);
+    e.like_post(social_proto::engagement::v1::LikePostRequest {
+        post_id: post.id.clone(),
+    })
+    .await
+    .refused(Code::Unauthenticated);
     let err = e
         .list_post_likes(ListPostLikesRequest {
             post_id: post.id.clone(),
@@ -120,11 +116,9 @@ async fn comments_are_validated_listed_oldest_first_and_paged() {
     assert_eq!(violated_fields(&c), ["content"]);
     let c = app.comment(&me, "bad", &"x".repeat(501)).await.unwrap_err();
     assert_eq!(violated_fields(&c), ["post_id", "content"]);
-    let c = app
-        .comment(&me, &ObjectId::new().to_hex(), "hi")
+    app.comment(&me, &ObjectId::new().to_hex(), "hi")
         .await
-        .unwrap_err();
-    assert_eq!(c.code(), Code::NotFound);
+        .refused(Code::NotFound);
     let with_media = app
         .engagement
         .clone()
@@ -137,8 +131,7 @@ async fn comments_are_validated_listed_oldest_first_and_paged() {
             &me,
         ))
         .await
-        .unwrap()
-        .into_inner();
+        .answer();
     assert_eq!(with_media.media, [image()]);
     ids.push(with_media.id);
 
@@ -149,16 +142,11 @@ async fn comments_are_validated_listed_oldest_first_and_paged() {
         page_size: 4,
         page_token: token,
     };
-    let first = e
-        .list_comments(page(String::new()))
-        .await
-        .unwrap()
-        .into_inner();
+    let first = e.list_comments(page(String::new())).await.answer();
     let second = e
         .list_comments(page(first.next_page_token.clone()))
         .await
-        .unwrap()
-        .into_inner();
+        .answer();
     let seen: Vec<_> = first
         .comments
         .iter()
@@ -171,16 +159,13 @@ async fn comments_are_validated_listed_oldest_first_and_paged() {
     let got = e
         .get_comment(GetCommentRequest { id: ids[0].clone() })
         .await
-        .unwrap()
-        .into_inner();
+        .answer();
     assert_eq!(got.content, "c0");
-    let err = e
-        .get_comment(GetCommentRequest {
-            id: ObjectId::new().to_hex(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::NotFound);
+    e.get_comment(GetCommentRequest {
+        id: ObjectId::new().to_hex(),
+    })
+    .await
+    .refused(Code::NotFound);
 }
 
 #[tokio::test]
@@ -202,11 +187,9 @@ async fn comments_are_changed_by_their_author_and_deleted_by_either_author() {
             paths: vec!["content".into()],
         }),
     };
-    let err = e
-        .update_comment(authed(update("hijack"), &post_author))
+    e.update_comment(authed(update("hijack"), &post_author))
         .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::PermissionDenied);
+        .refused(Code::PermissionDenied);
     let err = e
         .update_comment(authed(update(""), &writer))
         .await
@@ -215,37 +198,30 @@ async fn comments_are_changed_by_their_author_and_deleted_by_either_author() {
     let updated = e
         .update_comment(authed(update("edited"), &writer))
         .await
-        .unwrap()
-        .into_inner();
+        .answer();
     assert_eq!(updated.content, "edited");
 
     let delete = |id: &str| DeleteCommentRequest { id: id.into() };
-    let err = e
-        .delete_comment(authed(delete(&comment.id), &stranger))
+    e.delete_comment(authed(delete(&comment.id), &stranger))
         .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::PermissionDenied);
+        .refused(Code::PermissionDenied);
     e.delete_comment(authed(delete(&comment.id), &post_author))
         .await
         .unwrap();
-    let err = e
-        .get_comment(GetCommentRequest {
-            id: comment.id.clone(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::NotFound);
+    e.get_comment(GetCommentRequest {
+        id: comment.id.clone(),
+    })
+    .await
+    .refused(Code::NotFound);
 
     let own = app.comment(&writer, &post.id, "again").await.unwrap();
     e.delete_comment(authed(delete(&own.id), &writer))
         .await
         .unwrap();
     assert!(app.comments(&post.id).await.is_empty());
-    let err = e
-        .delete_comment(authed(delete(&own.id), &writer))
+    e.delete_comment(authed(delete(&own.id), &writer))
         .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::NotFound);
+        .refused(Code::NotFound);
 }
 
 #[tokio::test]
@@ -283,8 +259,7 @@ async fn comment_likes_are_idempotent_and_counted() {
                 id: comment.id.clone(),
             })
             .await
-            .unwrap()
-            .into_inner();
+            .answer();
         (c.likes_count == 2).then_some(())
     })
     .await;
@@ -297,26 +272,22 @@ async fn comment_likes_are_idempotent_and_counted() {
     ))
     .await
     .unwrap();
-    let err = e
-        .like_comment(authed(
-            LikeCommentRequest {
-                comment_id: ObjectId::new().to_hex(),
-            },
-            &fan,
-        ))
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::NotFound);
-    let err = e
-        .unlike_comment(authed(
-            UnlikeCommentRequest {
-                comment_id: ObjectId::new().to_hex(),
-            },
-            &fan,
-        ))
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::NotFound);
+    e.like_comment(authed(
+        LikeCommentRequest {
+            comment_id: ObjectId::new().to_hex(),
+        },
+        &fan,
+    ))
+    .await
+    .refused(Code::NotFound);
+    e.unlike_comment(authed(
+        UnlikeCommentRequest {
+            comment_id: ObjectId::new().to_hex(),
+        },
+        &fan,
+    ))
+    .await
+    .refused(Code::NotFound);
     // The post's like list holds post likes only.
     assert!(app.likers(&post.id).await.is_empty());
 }

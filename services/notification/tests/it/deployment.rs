@@ -11,7 +11,7 @@ use social_proto::{
     user::v1::{RegisterRequest, user_service_client::UserServiceClient},
 };
 use social_testkit::{
-    DropDatabase, authed, broker, eventually, start_graph, start_notification, start_user,
+    Answer, DropDatabase, authed, broker, eventually, start_graph, start_notification, start_user,
     token_for, unique_name,
 };
 
@@ -42,8 +42,7 @@ async fn a_notification_service_started_after_the_others_misses_no_event() {
                 device: String::new(),
             })
             .await
-            .unwrap()
-            .into_inner();
+            .answer();
         (r.user.unwrap().id, r.access_token)
     };
     let (_, alice) = register("alice").await;
@@ -83,8 +82,7 @@ async fn a_notification_service_started_after_the_others_misses_no_event() {
             .clone()
             .list_notifications(authed(ListNotificationsRequest::default(), &bob))
             .await
-            .unwrap()
-            .into_inner()
+            .answer()
             .notifications;
         (list.len() == 1).then_some(())
     })
@@ -165,8 +163,7 @@ async fn a_queue_moved_to_another_type_by_the_documented_procedure_loses_nothing
                     &bob,
                 ))
                 .await
-                .unwrap()
-                .into_inner()
+                .answer()
                 .notifications
                 .len()
         }

@@ -15,7 +15,7 @@ use social_proto::notification::v1::{
     MarkAllNotificationsReadRequest, MarkGroupReadRequest, MarkNotificationsReadRequest,
     NotificationGroup, NotificationType, StreamNotificationsRequest,
 };
-use social_testkit::{authed, broker, eventually};
+use social_testkit::{Answer, PASSWORD, Refused, authed, broker, eventually};
 use tonic::Code;
 
 use crate::{App, WAIT};
@@ -73,8 +73,7 @@ impl App {
                 token,
             ))
             .await
-            .unwrap()
-            .into_inner();
+            .answer();
         (r.groups, r.next_page_token)
     }
 
@@ -100,14 +99,12 @@ impl App {
         let all = n
             .get_unread_count(authed(GetUnreadCountRequest {}, token))
             .await
-            .unwrap()
-            .into_inner()
+            .answer()
             .count;
         let groups = n
             .get_unread_group_count(authed(GetUnreadGroupCountRequest {}, token))
             .await
-            .unwrap()
-            .into_inner()
+            .answer()
             .count;
         (all, groups)
     }
@@ -293,17 +290,7 @@ async fn a_deleted_comment_takes_its_group_and_a_deleted_actor_leaves_the_counts
     .await;
     app.groups_until(&bob, |g| g.len() == 1 && g[0].notifications_count == 2)
         .await;
-    app.stack
-        .users()
-        .await
-        .delete_account(authed(
-            social_proto::user::v1::DeleteAccountRequest {
-                password: "correct horse battery".into(),
-            },
-            &dave,
-        ))
-        .await
-        .unwrap();
+    app.stack.delete_account(&dave, PASSWORD).await.unwrap();
     let groups = app
         .groups_until(&bob, |g| {
             g.len() == 1
@@ -408,8 +395,7 @@ async fn marking_a_group_read_moves_both_unread_counts() {
             &bob,
         ))
         .await
-        .unwrap()
-        .into_inner();
+        .answer();
     assert_eq!(r.updated_count, 3);
     assert_eq!(app.unread(&bob).await, (1, 1));
     let groups = app.groups(&bob).await;
@@ -455,26 +441,22 @@ async fn marking_a_group_read_moves_both_unread_counts() {
     assert!(app.groups(&bob).await.iter().all(|g| g.unread_count == 0));
     // Not one of bob's groups: NOT_FOUND; no key: INVALID_ARGUMENT.
     let (_, carol) = app.stack.register("carol").await;
-    let other = n
-        .mark_group_read(authed(
-            MarkGroupReadRequest {
-                group_key: on_a.group_key.clone(),
-            },
-            &carol,
-        ))
-        .await
-        .unwrap_err();
-    assert_eq!(other.code(), Code::NotFound);
-    let empty = n
-        .mark_group_read(authed(
-            MarkGroupReadRequest {
-                group_key: " ".into(),
-            },
-            &carol,
-        ))
-        .await
-        .unwrap_err();
-    assert_eq!(empty.code(), Code::InvalidArgument);
+    n.mark_group_read(authed(
+        MarkGroupReadRequest {
+            group_key: on_a.group_key.clone(),
+        },
+        &carol,
+    ))
+    .await
+    .refused(Code::NotFound);
+    n.mark_group_read(authed(
+        MarkGroupReadRequest {
+            group_key: " ".into(),
+        },
+        &carol,
+    ))
+    .await
+    .refused(Code::InvalidArgument);
 }
 
 /// What a stream with groups brought.
@@ -650,17 +632,7 @@ async fn what_happens_between_storing_a_like_and_counting_it_is_counted_right() 
     let dave_id = ObjectId::parse_str(&dave_id).unwrap();
     let post = ObjectId::new();
     while_counting(&app, &bob, &bob_id, (dave_id, post), |_| async {
-        app.stack
-            .users()
-            .await
-            .delete_account(authed(
-                social_proto::user::v1::DeleteAccountRequest {
-                    password: "correct horse battery".into(),
-                },
-                &dave,
-            ))
-            .await
-            .unwrap();
+        app.stack.delete_account(&dave, PASSWORD).await.unwrap();
         let gone = eventually(WAIT, || async {
             let left = app.list(&bob).await;
             (!left.iter().any(|n| n.source_user_id == dave_id.to_hex())).then_some(())

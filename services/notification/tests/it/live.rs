@@ -10,8 +10,8 @@ use social_proto::notification::v1::{
     notification_service_client::NotificationServiceClient,
 };
 use social_testkit::{
-    Meters, Stack, StackOptions, TcpProxy, authed, broker, eventually, start_notification,
-    token_for,
+    Answer, Meters, PASSWORD, Stack, StackOptions, TcpProxy, authed, broker, eventually,
+    start_notification, token_for,
 };
 use tonic::{Code, transport::Channel};
 
@@ -146,8 +146,7 @@ async fn resume(client: &mut NotificationServiceClient<Channel>, token: &str, ha
                 token,
             ))
             .await
-            .unwrap()
-            .into_inner();
+            .answer();
         for n in page.notifications {
             let t = n.created_at.map_or(0, |t| t.seconds * 1000);
             if t < newest - 60_000 {
@@ -200,17 +199,7 @@ async fn a_deleted_accounts_streams_end() {
     let (_, bob) = app.stack.register("bob").await;
     let mut client = app.notifications.clone();
     let mut stream = open_stream(&mut client, &bob).await;
-    app.stack
-        .users()
-        .await
-        .delete_account(authed(
-            social_proto::user::v1::DeleteAccountRequest {
-                password: "correct horse battery".into(),
-            },
-            &bob,
-        ))
-        .await
-        .unwrap();
+    app.stack.delete_account(&bob, PASSWORD).await.unwrap();
     let ended = tokio::time::timeout(WAIT, stream.message())
         .await
         .expect("the stream ended");

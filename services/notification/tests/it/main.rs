@@ -29,7 +29,7 @@ use social_proto::{
     post::v1::{GetPostRequest, Post},
 };
 use social_testkit::{
-    Stack, authed, broker, eventually, token_expiring_in, token_for, violated_fields,
+    Answer, Stack, authed, broker, eventually, token_expiring_in, token_for, violated_fields,
 };
 use tonic::{Code, Streaming, transport::Channel};
 
@@ -74,8 +74,7 @@ impl App {
                 token,
             ))
             .await
-            .unwrap()
-            .into_inner()
+            .answer()
             .notifications
     }
 

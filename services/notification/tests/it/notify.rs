@@ -2,6 +2,7 @@
 //! and what a deleted post or comment takes with it.
 
 use super::*;
+use social_testkit::Answer;
 
 #[tokio::test]
 async fn a_follow_notifies_the_followee_once() {
@@ -54,8 +55,7 @@ async fn a_like_notifies_the_author_once_and_moves_the_counter_and_a_self_like_n
                 id: post.id.clone(),
             })
             .await
-            .unwrap()
-            .into_inner();
+            .answer();
         (p.likes_count == 2).then_some(())
     })
     .await;

@@ -1,6 +1,7 @@
 //! Lists, counts and read state: each account sees and changes only its own.
 
 use super::*;
+use social_testkit::{Answer, Refused};
 
 #[tokio::test]
 async fn lists_counts_and_read_state_are_the_callers_own() {
@@ -32,8 +33,7 @@ async fn lists_counts_and_read_state_are_the_callers_own() {
         async move {
             n.get_unread_count(authed(GetUnreadCountRequest {}, &token))
                 .await
-                .unwrap()
-                .into_inner()
+                .answer()
                 .count
         }
     };
@@ -48,8 +48,7 @@ async fn lists_counts_and_read_state_are_the_callers_own() {
             &bob,
         ))
         .await
-        .unwrap()
-        .into_inner()
+        .answer()
         .notifications;
     assert_eq!(likes.len(), 3);
 
@@ -62,15 +61,13 @@ async fn lists_counts_and_read_state_are_the_callers_own() {
             &bob,
         ))
         .await
-        .unwrap()
-        .into_inner()
+        .answer()
         .updated_count;
     assert_eq!(changed, 2);
     let again = n
         .mark_notifications_read(authed(MarkNotificationsReadRequest { ids }, &bob))
         .await
-        .unwrap()
-        .into_inner()
+        .answer()
         .updated_count;
     assert_eq!(again, 0);
     assert_eq!(unread(&bob).await, 6);
@@ -91,8 +88,7 @@ async fn lists_counts_and_read_state_are_the_callers_own() {
                 &bob,
             ))
             .await
-            .unwrap()
-            .into_inner();
+            .answer();
         seen.extend(page.notifications.into_iter().map(|x| x.id));
         if page.next_page_token.is_empty() {
             break;
@@ -105,19 +101,16 @@ async fn lists_counts_and_read_state_are_the_callers_own() {
     let all_read = n
         .mark_all_notifications_read(authed(MarkAllNotificationsReadRequest {}, &bob))
         .await
-        .unwrap()
-        .into_inner()
+        .answer()
         .updated_count;
     assert_eq!(all_read, 6);
     assert_eq!(unread(&bob).await, 0);
     assert!(app.list(&bob).await.iter().all(|x| x.is_read));
 
     // Errors.
-    let err = n
-        .get_unread_count(GetUnreadCountRequest {})
+    n.get_unread_count(GetUnreadCountRequest {})
         .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::Unauthenticated);
+        .refused(Code::Unauthenticated);
     let err = n
         .list_notifications(authed(
             ListNotificationsRequest {
@@ -144,8 +137,7 @@ async fn lists_counts_and_read_state_are_the_callers_own() {
             &bob,
         ))
         .await
-        .unwrap()
-        .into_inner();
+        .answer();
     let err = n
         .list_notifications(authed(
             ListNotificationsRequest {

@@ -2,6 +2,7 @@
 //! a token or a session.
 
 use super::*;
+use social_testkit::Answer;
 
 #[tokio::test]
 async fn a_stream_on_one_replica_sees_what_another_stored() {
@@ -102,8 +103,7 @@ async fn shutdown_ends_streams_unavailable_and_reports_not_serving() {
             service: "social.notification.v1.NotificationService".into(),
         })
         .await
-        .unwrap()
-        .into_inner();
+        .answer();
     let status = |m: Option<tonic_health::pb::HealthCheckResponse>| {
         tonic_health::pb::health_check_response::ServingStatus::try_from(m.unwrap().status).unwrap()
     };

@@ -9,7 +9,7 @@ use social_proto::{
     post::v1::{BatchGetPostsRequest, GetPostRequest, ListUserPostsRequest},
     user::v1::{BatchGetUsersRequest, GetUserByUsernameRequest, GetUserRequest},
 };
-use social_testkit::{authed, eventually, queries};
+use social_testkit::{Answer, Refused, authed, eventually, queries};
 use tonic::Code;
 
 use crate::{App, spawn};
@@ -83,8 +83,7 @@ async fn to_a_blocked_reader_the_blockers_profile_posts_and_comments_are_absent(
     let seen: Vec<String> = posts
         .batch_get_posts(batch(&bob_token))
         .await
-        .unwrap()
-        .into_inner()
+        .answer()
         .posts
         .into_iter()
         .map(|p| p.id)
@@ -103,33 +102,30 @@ async fn to_a_blocked_reader_the_blockers_profile_posts_and_comments_are_absent(
 
     // The profile, by id, by username and in batches.
     let mut users = app.stack.users().await;
-    let err = users
+    users
         .get_user(authed(GetUserRequest { id: alice.clone() }, &bob_token))
         .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::NotFound);
+        .refused(Code::NotFound);
     let by_name = GetUserByUsernameRequest {
         username: "alice".into(),
     };
-    let err = users
+    users
         .get_user_by_username(authed(by_name, &bob_token))
         .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::NotFound);
+        .refused(Code::NotFound);
     let both = || BatchGetUsersRequest {
         ids: vec![alice.clone(), bob.clone()],
     };
     let seen = users
         .batch_get_users(authed(both(), &bob_token))
         .await
-        .unwrap()
-        .into_inner()
+        .answer()
         .users;
     assert_eq!(seen.iter().map(|u| &u.id).collect::<Vec<_>>(), [&bob]);
 
     // Comments: alice's own, and anything under her post.
     let mut engagement = app.stack.engagement().await;
-    let err = engagement
+    engagement
         .get_comment(authed(
             GetCommentRequest {
                 id: comment.id.clone(),
@@ -137,8 +133,7 @@ async fn to_a_blocked_reader_the_blockers_profile_posts_and_comments_are_absent(
             &bob_token,
         ))
         .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::NotFound);
+        .refused(Code::NotFound);
     let comments = |token: &str| {
         let request = ListCommentsRequest {
             post_id: alices.id.clone(),
@@ -192,8 +187,7 @@ async fn to_a_blocked_reader_the_blockers_profile_posts_and_comments_are_absent(
             posts
                 .batch_get_posts(batch(token))
                 .await
-                .unwrap()
-                .into_inner()
+                .answer()
                 .posts
                 .len(),
             2
@@ -202,8 +196,7 @@ async fn to_a_blocked_reader_the_blockers_profile_posts_and_comments_are_absent(
             posts
                 .list_user_posts(list(token))
                 .await
-                .unwrap()
-                .into_inner()
+                .answer()
                 .posts
                 .len(),
             1
@@ -212,8 +205,7 @@ async fn to_a_blocked_reader_the_blockers_profile_posts_and_comments_are_absent(
             users
                 .batch_get_users(authed(both(), token))
                 .await
-                .unwrap()
-                .into_inner()
+                .answer()
                 .users
                 .len(),
             2

@@ -21,7 +21,7 @@ use social_proto::{
         post_service_client::PostServiceClient,
     },
 };
-use social_testkit::{Stack, StackOptions, authed, token_for, violated_fields};
+use social_testkit::{Answer, Stack, StackOptions, authed, token_for, violated_fields};
 use tonic::{Code, Status, transport::Channel};
 
 struct App {
@@ -127,8 +127,7 @@ impl App {
                 page_token: page_token.into(),
             })
             .await
-            .unwrap()
-            .into_inner();
+            .answer();
         (r.posts, r.next_page_token)
     }
 }

@@ -2,6 +2,7 @@
 //! concurrent updates, batch reads.
 
 use super::*;
+use social_testkit::{Answer, Refused};
 
 #[tokio::test]
 async fn create_and_get_a_post_with_media() {
@@ -24,24 +25,21 @@ async fn create_and_get_a_post_with_media() {
             id: post.id.clone(),
         })
         .await
-        .unwrap()
-        .into_inner();
+        .answer();
     assert_eq!(got, post);
     // Media alone is a post.
     assert!(app.post(&token, "", vec![image()]).await.is_ok());
     // 500 characters (not bytes) is the limit.
     assert!(app.post(&token, &"é".repeat(500), vec![]).await.is_ok());
 
-    let err = app
-        .posts
+    app.posts
         .clone()
         .create_post(CreatePostRequest {
             content: "hi".into(),
             media: vec![],
         })
         .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::Unauthenticated);
+        .refused(Code::Unauthenticated);
     let mut p = app.posts.clone();
     assert_eq!(
         p.get_post(GetPostRequest { id: "zzz".into() })
@@ -100,8 +98,7 @@ async fn post_validation_names_every_bad_field() {
             vec![bad_image, bad_video, bad_type, gif_zero, image()],
         )
         .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::InvalidArgument);
+        .refused(Code::InvalidArgument);
     assert_eq!(
         violated_fields(&err),
         [
@@ -143,14 +140,12 @@ async fn only_the_author_updates_and_deletes() {
     let post = app.post(&author, "first", vec![image()]).await.unwrap();
     let mut p = app.posts.clone();
 
-    let err = p
-        .update_post(authed(
-            update(&post.id, "mine now", vec![], &["content"]),
-            &other,
-        ))
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::PermissionDenied);
+    p.update_post(authed(
+        update(&post.id, "mine now", vec![], &["content"]),
+        &other,
+    ))
+    .await
+    .refused(Code::PermissionDenied);
     let err = p
         .update_post(authed(update(&post.id, "x", vec![], &["user_id"]), &author))
         .await
@@ -166,14 +161,12 @@ async fn only_the_author_updates_and_deletes() {
         .await
         .unwrap_err();
     assert_eq!(violated_fields(&err), ["post.content"]);
-    let err = p
-        .update_post(authed(
-            update(&ObjectId::new().to_hex(), "x", vec![], &["content"]),
-            &author,
-        ))
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::NotFound);
+    p.update_post(authed(
+        update(&ObjectId::new().to_hex(), "x", vec![], &["content"]),
+        &author,
+    ))
+    .await
+    .refused(Code::NotFound);
 
     tokio::time::sleep(Duration::from_millis(5)).await;
     let updated = p
@@ -182,8 +175,7 @@ async fn only_the_author_updates_and_deletes() {
             &author,
         ))
         .await
-        .unwrap()
-        .into_inner();
+        .answer();
     assert_eq!(updated.content, "edited");
     assert_eq!(updated.media, [video()]);
     assert_eq!(updated.created_at, post.created_at);
@@ -193,31 +185,24 @@ async fn only_the_author_updates_and_deletes() {
             id: post.id.clone(),
         })
         .await
-        .unwrap()
-        .into_inner();
+        .answer();
     assert_eq!(got.content, "edited");
 
     let delete = |id: &str| DeletePostRequest { id: id.into() };
-    let err = p
-        .delete_post(authed(delete(&post.id), &other))
+    p.delete_post(authed(delete(&post.id), &other))
         .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::PermissionDenied);
+        .refused(Code::PermissionDenied);
     p.delete_post(authed(delete(&post.id), &author))
         .await
         .unwrap();
-    let err = p
-        .get_post(GetPostRequest {
-            id: post.id.clone(),
-        })
+    p.get_post(GetPostRequest {
+        id: post.id.clone(),
+    })
+    .await
+    .refused(Code::NotFound);
+    p.delete_post(authed(delete(&post.id), &author))
         .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::NotFound);
-    let err = p
-        .delete_post(authed(delete(&post.id), &author))
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::NotFound);
+        .refused(Code::NotFound);
 }
 
 #[tokio::test]
@@ -244,8 +229,7 @@ async fn two_devices_emptying_one_half_each_cannot_empty_a_post() {
             .clone()
             .get_post(GetPostRequest { id: post.id })
             .await
-            .unwrap()
-            .into_inner();
+            .answer();
         assert!(
             !stored.content.is_empty() || !stored.media.is_empty(),
             "round {round}: the post was emptied"
@@ -266,8 +250,7 @@ async fn batch_get_keeps_order_and_omits_missing() {
             ids: vec![b.id.clone(), ObjectId::new().to_hex(), a.id.clone()],
         })
         .await
-        .unwrap()
-        .into_inner()
+        .answer()
         .posts;
     assert_eq!(got, [b, a]);
     let err = app

@@ -14,7 +14,7 @@ use social_proto::{
     graph::v1::{FollowRequest, MuteUserRequest, UnfollowRequest, UnmuteUserRequest},
     post::v1::{DeletePostRequest, ListHomeFeedRequest, post_service_client::PostServiceClient},
 };
-use social_testkit::{Stack, StackOptions, TcpProxy, authed, queries};
+use social_testkit::{Answer, Stack, StackOptions, TcpProxy, authed, queries};
 use tonic::transport::Channel;
 
 use crate::App;
@@ -50,8 +50,7 @@ async fn whole_feed(posts: &PostServiceClient<Channel>, token: &str, size: i32) 
             .clone()
             .list_home_feed(authed(request, token))
             .await
-            .unwrap()
-            .into_inner();
+            .answer();
         all.extend(page.posts.into_iter().map(|p| p.content));
         if page.next_page_token.is_empty() {
             return all;

@@ -7,7 +7,7 @@ use social_proto::graph::v1::{
     CheckBlocksRequest, GetRelationshipRequest, ListBlocksRequest, ListFollowersRequest,
     Relationship, UnblockUserRequest,
 };
-use social_testkit::{as_service, authed, eventually, violated_fields};
+use social_testkit::{Answer, Refused, as_service, authed, eventually, violated_fields};
 use tonic::Code;
 
 use crate::{App, spawn};
@@ -28,12 +28,7 @@ impl App {
             Some(t) => authed(request, t),
             None => tonic::Request::new(request),
         };
-        self.graph
-            .clone()
-            .get_relationship(request)
-            .await
-            .unwrap()
-            .into_inner()
+        self.graph.clone().get_relationship(request).await.answer()
     }
 
     /// Whom `token`'s account blocks, newest first.
@@ -46,8 +41,7 @@ impl App {
             .clone()
             .list_blocks(authed(request, token))
             .await
-            .unwrap()
-            .into_inner()
+            .answer()
             .blocks
             .into_iter()
             .map(|b| b.blocked_id)
@@ -125,20 +119,17 @@ async fn a_block_ends_follows_both_ways_and_no_follow_crosses_it_until_unblocked
         user_id: bob.clone(),
         other_user_ids: vec![alice.clone(), carol.clone()],
     };
-    let err = app
-        .graph
+    app.graph
         .clone()
         .check_blocks(authed(check.clone(), &bob_token))
         .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::PermissionDenied);
+        .refused(Code::PermissionDenied);
     let found = app
         .graph
         .clone()
         .check_blocks(as_service(check))
         .await
-        .unwrap()
-        .into_inner();
+        .answer();
     assert_eq!(
         (found.blocking, found.blocked_by),
         (vec![], vec![alice.clone()])
@@ -171,22 +162,18 @@ async fn blocks_are_validated() {
     assert_eq!(violated_fields(&err), ["user_id"]);
     let err = app.stack.block(&alice_token, "nope").await.unwrap_err();
     assert_eq!(violated_fields(&err), ["user_id"]);
-    let err = app
-        .stack
+    app.stack
         .block(&alice_token, &ObjectId::new().to_hex())
         .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::NotFound);
-    let err = app
-        .graph
+        .refused(Code::NotFound);
+    app.graph
         .clone()
         .list_blocks(ListBlocksRequest {
             page_size: -1,
             page_token: String::new(),
         })
         .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::Unauthenticated);
+        .refused(Code::Unauthenticated);
     let err = app
         .graph
         .clone()
@@ -240,13 +227,7 @@ async fn a_follow_racing_a_block_is_undone_and_every_count_stays_true() {
         page_size: 0,
         page_token: String::new(),
     };
-    let follows = app
-        .graph
-        .clone()
-        .list_followers(page)
-        .await
-        .unwrap()
-        .into_inner();
+    let follows = app.graph.clone().list_followers(page).await.answer();
     assert!(follows.follows.is_empty());
 }
 

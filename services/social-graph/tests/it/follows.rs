@@ -1,6 +1,7 @@
 //! Follows: make, end, list and page them; what is refused; two at once.
 
 use super::*;
+use social_testkit::{Answer, Refused};
 
 #[tokio::test]
 async fn follow_unfollow_lists_and_relationship() {
@@ -33,8 +34,7 @@ async fn follow_unfollow_lists_and_relationship() {
             page_token: String::new(),
         })
         .await
-        .unwrap()
-        .into_inner();
+        .answer();
     assert_eq!(following.follows.len(), 1);
     assert_eq!(following.follows[0].followee_id, bob);
 
@@ -47,16 +47,14 @@ async fn follow_unfollow_lists_and_relationship() {
         .clone()
         .get_relationship(rel(&alice, &bob))
         .await
-        .unwrap()
-        .into_inner();
+        .answer();
     assert!(r.following && r.followed_by);
     let r = app
         .graph
         .clone()
         .get_relationship(rel(&carol, &alice))
         .await
-        .unwrap()
-        .into_inner();
+        .answer();
     assert!(!r.following && !r.followed_by);
     let err = app
         .graph
@@ -93,8 +91,7 @@ async fn follow_unfollow_lists_and_relationship() {
             among: Vec::new(),
         }))
         .await
-        .unwrap()
-        .into_inner();
+        .answer();
     assert_eq!(ids.user_ids, std::slice::from_ref(&alice));
     assert!(!ids.truncated);
 
@@ -106,11 +103,7 @@ async fn follow_unfollow_lists_and_relationship() {
             limit,
         })
     };
-    let some = g
-        .list_follower_ids(followers(1))
-        .await
-        .unwrap()
-        .into_inner();
+    let some = g.list_follower_ids(followers(1)).await.answer();
     assert_eq!((some.user_ids, some.truncated), (vec![bob.clone()], false));
     let err = g.list_follower_ids(followers(-1)).await.unwrap_err();
     assert_eq!(violated_fields(&err), ["limit"]);
@@ -126,8 +119,7 @@ async fn follow_unfollow_lists_and_relationship() {
     let answer = g
         .list_following_ids(among(vec![unknown.clone(), alice.clone()]))
         .await
-        .unwrap()
-        .into_inner();
+        .answer();
     assert_eq!(answer.user_ids, std::slice::from_ref(&alice));
     assert!(answer.mutes.is_empty());
     let answer = g.list_following_ids(among(vec![unknown])).await.unwrap();
@@ -138,14 +130,12 @@ async fn follow_unfollow_lists_and_relationship() {
         .unwrap_err();
     assert_eq!(violated_fields(&err), ["among[0]"]);
     // Others may not ask.
-    let err = g
-        .list_follower_ids(ListFollowerIdsRequest {
-            user_id: alice.clone(),
-            limit: 0,
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::PermissionDenied);
+    g.list_follower_ids(ListFollowerIdsRequest {
+        user_id: alice.clone(),
+        limit: 0,
+    })
+    .await
+    .refused(Code::PermissionDenied);
 }
 
 #[tokio::test]
@@ -153,30 +143,26 @@ async fn follow_is_validated() {
     let app = spawn().await;
     let (alice, alice_token) = app.user("alice").await;
     let mut g = app.graph.clone();
-    let err = g
-        .follow(FollowRequest {
-            followee_id: alice.clone(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::Unauthenticated);
+    g.follow(FollowRequest {
+        followee_id: alice.clone(),
+    })
+    .await
+    .refused(Code::Unauthenticated);
     let err = app.follow(&alice_token, "not-an-id").await.unwrap_err();
     assert_eq!(violated_fields(&err), ["followee_id"]);
-    let err = app.follow(&alice_token, &alice).await.unwrap_err();
-    assert_eq!(err.code(), Code::InvalidArgument);
-    assert_eq!(violated_fields(&err), ["followee_id"]);
     let err = app
-        .follow(&alice_token, &ObjectId::new().to_hex())
+        .follow(&alice_token, &alice)
         .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::NotFound);
-    let err = g
-        .unfollow(UnfollowRequest {
-            followee_id: alice.clone(),
-        })
+        .refused(Code::InvalidArgument);
+    assert_eq!(violated_fields(&err), ["followee_id"]);
+    app.follow(&alice_token, &ObjectId::new().to_hex())
         .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::Unauthenticated);
+        .refused(Code::NotFound);
+    g.unfollow(UnfollowRequest {
+        followee_id: alice.clone(),
+    })
+    .await
+    .refused(Code::Unauthenticated);
     let err = g
         .list_followers(ListFollowersRequest {
             user_id: alice,

@@ -10,7 +10,7 @@ use social_proto::graph::v1::{
     ListFollowingIdsRequest, ListFollowingRequest, UnfollowRequest,
     social_graph_service_client::SocialGraphServiceClient,
 };
-use social_testkit::{Stack, StackOptions, authed, token_for, violated_fields};
+use social_testkit::{Answer, Stack, StackOptions, authed, token_for, violated_fields};
 use tonic::{Code, transport::Channel};
 
 mod blocks;
@@ -76,8 +76,7 @@ impl App {
             .await
             .get_user(social_proto::user::v1::GetUserRequest { id: user.into() })
             .await
-            .unwrap()
-            .into_inner()
+            .answer()
             .followers_count
     }
 
@@ -112,7 +111,7 @@ impl App {
                 page_size,
                 page_token,
             };
-            let r = graph.list_followers(request).await.unwrap().into_inner();
+            let r = graph.list_followers(request).await.answer();
             (r.follows, r.next_page_token)
         } else {
             let request = social_proto::graph::v1::ListFollowingRequest {
@@ -120,7 +119,7 @@ impl App {
                 page_size,
                 page_token,
             };
-            let r = graph.list_following(request).await.unwrap().into_inner();
+            let r = graph.list_following(request).await.answer();
             (r.follows, r.next_page_token)
         };
         let other = |f: social_proto::graph::v1::Follow| {

@@ -2,6 +2,7 @@
 //! session that ended.
 
 use super::*;
+use social_testkit::Answer;
 
 #[tokio::test]
 async fn a_down_user_service_is_unavailable_and_a_silent_one_times_out() {
@@ -56,8 +57,7 @@ async fn a_session_that_ended_is_refused_here_within_moments_and_by_a_replica_st
             device: String::new(),
         })
         .await
-        .unwrap()
-        .into_inner();
+        .answer();
     let token = login.access_token;
     app.follow(&token, &bob).await.unwrap();
     app.stack

@@ -2,6 +2,7 @@
 //! reads, profile updates and password changes.
 
 use super::*;
+use social_testkit::{Answer, Refused};
 
 #[tokio::test]
 async fn register_returns_the_user_and_a_working_token() {
@@ -22,23 +23,20 @@ async fn register_returns_the_user_and_a_working_token() {
             &token,
         ))
         .await
-        .unwrap()
-        .into_inner();
+        .answer();
     assert_eq!(own.email, "alice@example.com");
     let anon = c
         .get_user(GetUserRequest {
             id: user.id.clone(),
         })
         .await
-        .unwrap()
-        .into_inner();
+        .answer();
     assert_eq!(anon.email, "");
     let other = token_for(ObjectId::new());
     let seen = c
         .get_user(authed(GetUserRequest { id: user.id }, &other))
         .await
-        .unwrap()
-        .into_inner();
+        .answer();
     assert_eq!(seen.email, "");
 }
 
@@ -55,8 +53,7 @@ async fn register_names_every_bad_field_and_stores_nothing() {
             device: String::new(),
         })
         .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::InvalidArgument);
+        .refused(Code::InvalidArgument);
     assert_eq!(
         violated_fields(&err),
         ["username", "email", "password", "full_name"]
@@ -73,13 +70,11 @@ async fn register_names_every_bad_field_and_stores_nothing() {
         .await
         .unwrap_err();
     assert_eq!(violated_fields(&err), ["email", "password"]);
-    let err = c
-        .get_user_by_username(GetUserByUsernameRequest {
-            username: "good_name".into(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::NotFound);
+    c.get_user_by_username(GetUserByUsernameRequest {
+        username: "good_name".into(),
+    })
+    .await
+    .refused(Code::NotFound);
 }
 
 #[tokio::test]
@@ -93,8 +88,7 @@ async fn usernames_are_unique_case_insensitively_and_the_original_is_untouched()
             ..registration("Alice")
         })
         .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::AlreadyExists);
+        .refused(Code::AlreadyExists);
     assert_eq!(violated_fields(&err), ["username"]);
     assert!(err.message().contains("username"));
 
@@ -104,8 +98,7 @@ async fn usernames_are_unique_case_insensitively_and_the_original_is_untouched()
             ..registration("alice2")
         })
         .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::AlreadyExists);
+        .refused(Code::AlreadyExists);
     assert_eq!(violated_fields(&err), ["email"]);
 
     // The stored user is the first one, with its password.
@@ -116,8 +109,7 @@ async fn usernames_are_unique_case_insensitively_and_the_original_is_untouched()
             device: String::new(),
         })
         .await
-        .unwrap()
-        .into_inner();
+        .answer();
     assert_eq!(login.user.unwrap().id, alice.id);
 }
 
@@ -155,8 +147,7 @@ async fn login_fails_the_same_way_for_unknown_users_and_wrong_passwords() {
             device: String::new(),
         })
         .await
-        .unwrap()
-        .into_inner();
+        .answer();
     assert_eq!(by_email.user.as_ref().unwrap().id, carol.id);
     assert!(!by_email.access_token.is_empty());
     assert!(by_email.expires_at.is_some());
@@ -200,24 +191,20 @@ async fn get_user_validates_and_finds() {
     let err = c
         .get_user(GetUserRequest { id: "nope".into() })
         .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::InvalidArgument);
+        .refused(Code::InvalidArgument);
     assert_eq!(violated_fields(&err), ["id"]);
-    let err = c
-        .get_user(GetUserRequest {
-            id: ObjectId::new().to_hex(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::NotFound);
+    c.get_user(GetUserRequest {
+        id: ObjectId::new().to_hex(),
+    })
+    .await
+    .refused(Code::NotFound);
 
     let found = c
         .get_user_by_username(GetUserByUsernameRequest {
             username: "DAVE".into(),
         })
         .await
-        .unwrap()
-        .into_inner();
+        .answer();
     assert_eq!(found.id, dave.id);
     assert_eq!(found.username, "Dave");
     let err = c
@@ -227,13 +214,11 @@ async fn get_user_validates_and_finds() {
         .await
         .unwrap_err();
     assert_eq!(violated_fields(&err), ["username"]);
-    let err = c
-        .get_user_by_username(GetUserByUsernameRequest {
-            username: "nobody_here".into(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::NotFound);
+    c.get_user_by_username(GetUserByUsernameRequest {
+        username: "nobody_here".into(),
+    })
+    .await
+    .refused(Code::NotFound);
 }
 
 #[tokio::test]
@@ -252,8 +237,7 @@ async fn batch_gets_keep_order_and_omit_missing() {
             ],
         })
         .await
-        .unwrap()
-        .into_inner()
+        .answer()
         .users;
     let ids: Vec<_> = users.iter().map(|u| u.id.as_str()).collect();
     assert_eq!(ids, [frank.id.as_str(), erin.id.as_str()]);
@@ -284,8 +268,7 @@ async fn batch_gets_keep_order_and_omit_missing() {
             usernames: vec!["FRANK".into(), "ghost".into(), "Erin".into()],
         }))
         .await
-        .unwrap()
-        .into_inner()
+        .answer()
         .users;
     let names: Vec<_> = by_name.iter().map(|u| u.username.as_str()).collect();
     assert_eq!(names, ["frank", "erin"]);
@@ -314,16 +297,12 @@ async fn update_user_is_self_only_and_validated() {
         update_mask: mask(paths),
     };
 
-    let err = c
-        .update_user(update(&gina.id, "hi", "", &["bio"]))
+    c.update_user(update(&gina.id, "hi", "", &["bio"]))
         .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::Unauthenticated);
-    let err = c
-        .update_user(authed(update(&hank.id, "hi", "", &["bio"]), &token))
+        .refused(Code::Unauthenticated);
+    c.update_user(authed(update(&hank.id, "hi", "", &["bio"]), &token))
         .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::PermissionDenied);
+        .refused(Code::PermissionDenied);
     let err = c
         .update_user(authed(
             update(
@@ -335,8 +314,7 @@ async fn update_user_is_self_only_and_validated() {
             &token,
         ))
         .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::InvalidArgument);
+        .refused(Code::InvalidArgument);
     assert_eq!(
         violated_fields(&err),
         ["user.bio", "user.profile_picture_url", "update_mask.paths"]
@@ -348,8 +326,7 @@ async fn update_user_is_self_only_and_validated() {
             id: gina.id.clone(),
         })
         .await
-        .unwrap()
-        .into_inner();
+        .answer();
     assert_eq!(unchanged.bio, "");
     assert_eq!(unchanged.updated_at, gina.updated_at);
 
@@ -364,8 +341,7 @@ async fn update_user_is_self_only_and_validated() {
             &token,
         ))
         .await
-        .unwrap()
-        .into_inner();
+        .answer();
     assert_eq!(updated.bio, "Rust and coffee");
     assert_eq!(updated.profile_picture_url, "https://cdn.example.com/g.png");
     assert_eq!(
@@ -388,11 +364,9 @@ async fn change_password_checks_the_old_one() {
         old_password: old.into(),
         new_password: new.into(),
     };
-    let err = c
-        .change_password(change("x", "new password!"))
+    c.change_password(change("x", "new password!"))
         .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::Unauthenticated);
+        .refused(Code::Unauthenticated);
     let err = c
         .change_password(authed(change("wrong password", "new password!"), &token))
         .await
@@ -439,16 +413,8 @@ async fn a_registration_retried_with_its_key_gets_a_session_and_the_key_alone_no
             .insert("idempotency-key", key.parse().unwrap());
         request
     };
-    let first = c
-        .register(keyed(registration("kim"), "k-1"))
-        .await
-        .unwrap()
-        .into_inner();
-    let again = c
-        .register(keyed(registration("kim"), "k-1"))
-        .await
-        .unwrap()
-        .into_inner();
+    let first = c.register(keyed(registration("kim"), "k-1")).await.answer();
+    let again = c.register(keyed(registration("kim"), "k-1")).await.answer();
     assert_eq!(again.user.unwrap().id, first.user.unwrap().id);
     assert_ne!(again.session_id, first.session_id);
     for (request, key) in [

@@ -5,10 +5,8 @@
 use std::time::Duration;
 
 use prost_types::FieldMask;
-use social_proto::user::v1::{
-    BatchGetUsersRequest, DeleteAccountRequest, GetUserRequest, UpdateUserRequest, User,
-};
-use social_testkit::{Stack, authed, eventually, queries};
+use social_proto::user::v1::{BatchGetUsersRequest, GetUserRequest, UpdateUserRequest, User};
+use social_testkit::{PASSWORD, Refused, Stack, authed, eventually, queries};
 use tonic::{Code, Status};
 
 /// `id`'s profile as `token`'s account sees it.
@@ -97,15 +95,10 @@ async fn a_profile_is_read_through_the_cache_and_every_change_is_seen_at_once() 
     })
     .await;
     assert!(counted.is_some(), "the follow's count never showed");
-    let delete = DeleteAccountRequest {
-        password: "correct horse battery".into(),
-    };
-    users
-        .delete_account(authed(delete, &alice_token))
+    stack.delete_account(&alice_token, PASSWORD).await.unwrap();
+    get(&stack, &bob_token, &alice)
         .await
-        .unwrap();
-    let gone = get(&stack, &bob_token, &alice).await.unwrap_err();
-    assert_eq!(gone.code(), Code::NotFound);
+        .refused(Code::NotFound);
     assert!(batch_get(&stack, &bob_token, &alice).await.is_none());
 }
 

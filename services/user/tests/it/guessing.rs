@@ -8,12 +8,12 @@ use social_proto::user::v1::{
     ChangePasswordRequest, ExportAccountRequest, LoginRequest, LogoutRequest, RegisterRequest,
     RevokeOtherSessionsRequest,
 };
-use social_testkit::authed;
+use social_testkit::{Answer, Refused, authed};
 use tonic::{Code, Request, Status};
 
 use crate::{App, spawn_with};
 
-const PASSWORD: &str = "correct horse battery";
+use social_testkit::PASSWORD;
 
 /// A login as the gateway reports it: the client's address, vouched for by the
 /// gateway's credential (or, without it, a claim the service ignores).
@@ -108,8 +108,9 @@ async fn a_burst_of_guesses_at_a_blocks_end_gets_one_check_and_the_block_only_gr
     }
     let from = |password: &str| login_from("alice", password, "203.0.113.66", true);
     for _ in 0..3 {
-        let err = app.attempt(from("wrong guess")).await.unwrap_err();
-        assert_eq!(err.code(), Code::Unauthenticated);
+        app.attempt(from("wrong guess"))
+            .await
+            .refused(Code::Unauthenticated);
     }
     let err = app.attempt(from(PASSWORD)).await.unwrap_err();
     assert_eq!(
@@ -136,8 +137,9 @@ async fn a_burst_of_guesses_at_a_blocks_end_gets_one_check_and_the_block_only_gr
     assert_eq!((checked, refused), (1, 49), "checked, refused");
     // And the next block is longer than the first: two seconds from that check (as
     // stored: the time left depends on how long the burst took).
-    let err = app.attempt(from(PASSWORD)).await.unwrap_err();
-    assert_eq!(err.code(), Code::ResourceExhausted);
+    app.attempt(from(PASSWORD))
+        .await
+        .refused(Code::ResourceExhausted);
     let stored = mongodb::Client::with_uri_str(social_testkit::mongodb_uri())
         .await
         .unwrap()
@@ -184,8 +186,7 @@ async fn guesses_spread_over_many_networks_are_slowed_as_one_but_not_its_owners(
             true,
         ))
         .await
-        .unwrap()
-        .into_inner();
+        .answer();
     let phone = "198.51.100.99";
     app.client
         .clone()
@@ -301,8 +302,7 @@ async fn guesses_of_the_current_password_through_change_password_are_throttled_t
         async move { client.change_password(request).await }
     };
     for _ in 0..3 {
-        let err = change("wrong guess").await.unwrap_err();
-        assert_eq!(err.code(), Code::InvalidArgument);
+        change("wrong guess").await.refused(Code::InvalidArgument);
     }
     let err = change(PASSWORD).await.unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
@@ -369,8 +369,7 @@ async fn a_session_ended_a_moment_ago_cannot_act_for_the_account() {
             device: "stolen laptop".into(),
         })
         .await
-        .unwrap()
-        .into_inner();
+        .answer();
     app.client
         .clone()
         .logout(authed(LogoutRequest {}, &login.access_token))
@@ -378,20 +377,16 @@ async fn a_session_ended_a_moment_ago_cannot_act_for_the_account() {
         .unwrap();
     // The access token is unexpired, but its session ended: it logs nobody out and
     // exports nothing.
-    let err = app
-        .client
+    app.client
         .clone()
         .revoke_other_sessions(authed(RevokeOtherSessionsRequest {}, &login.access_token))
         .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::Unauthenticated);
-    let err = app
-        .client
+        .refused(Code::Unauthenticated);
+    app.client
         .clone()
         .export_account(authed(ExportAccountRequest {}, &login.access_token))
         .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::Unauthenticated);
+        .refused(Code::Unauthenticated);
     // And the profile it reads is anybody's view: no email.
     let seen = app
         .client
@@ -401,8 +396,7 @@ async fn a_session_ended_a_moment_ago_cannot_act_for_the_account() {
             &login.access_token,
         ))
         .await
-        .unwrap()
-        .into_inner();
+        .answer();
     assert_eq!(seen.email, "");
 }
 

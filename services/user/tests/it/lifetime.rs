@@ -10,7 +10,7 @@ use tonic::{Code, Status};
 
 use crate::{App, spawn};
 
-const PASSWORD: &str = "correct horse battery";
+use social_testkit::PASSWORD;
 
 impl App {
     /// `user`'s sessions that are still active, as stored.

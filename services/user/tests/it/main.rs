@@ -19,7 +19,8 @@ use social_proto::user::v1::{
     User, user_service_client::UserServiceClient,
 };
 use social_testkit::{
-    Running, authed, expired_token_for, mongodb_uri, start, token_for, unique_name, violated_fields,
+    Answer, Running, authed, expired_token_for, mongodb_uri, start, token_for, unique_name,
+    violated_fields,
 };
 use tonic::{Code, Request, transport::Channel};
 
@@ -67,8 +68,7 @@ impl App {
             .clone()
             .register(registration(username))
             .await
-            .unwrap()
-            .into_inner();
+            .answer();
         (r.user.unwrap(), r.access_token)
     }
 }

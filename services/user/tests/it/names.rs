@@ -11,7 +11,7 @@ use social_proto::user::v1::{
     DeleteAccountRequest, GetUserByUsernameRequest, LoginRequest, RegisterRequest,
     user_service_client::UserServiceClient,
 };
-use social_testkit::{Running, authed, mongodb_uri, start, unique_name, violated_fields};
+use social_testkit::{Answer, Running, authed, mongodb_uri, start, unique_name, violated_fields};
 use tonic::{Code, Status, transport::Channel};
 
 use crate::{App, registration, spawn};
@@ -216,8 +216,7 @@ async fn a_registration_whose_reservation_is_taken_over_before_it_stores_the_acc
             username: "fay".into(),
         })
         .await
-        .unwrap()
-        .into_inner();
+        .answer();
     assert_eq!(found.id, rival.id);
     let request = RegisterRequest {
         email: "fay@example.com".into(),
@@ -258,11 +257,7 @@ async fn a_registration_stopped_half_way_holds_its_name_a_minute_and_tells_its_r
         )
         .await
         .unwrap();
-    let gil = c
-        .register(keyed(registration("gil"), "k-9"))
-        .await
-        .unwrap()
-        .into_inner();
+    let gil = c.register(keyed(registration("gil"), "k-9")).await.answer();
     let held = app.reservations("usernames", "gil").await;
     assert_eq!(
         held[0].get_object_id("user_id").unwrap().to_hex(),
@@ -281,11 +276,7 @@ async fn a_registration_whose_stored_account_lost_its_answer_is_one_account_when
         .unwrap_err();
     assert_eq!(social_kit::faults::fired(POINT), 1);
     // The account was stored: its reservations stay with it, and its retry gets it.
-    let again = c
-        .register(keyed(registration("kai"), "k-1"))
-        .await
-        .unwrap()
-        .into_inner();
+    let again = c.register(keyed(registration("kai"), "k-1")).await.answer();
     assert_eq!(app.accounts_named("kai").await, 1);
     let stored = app.reservations("usernames", "kai").await;
     assert_eq!(
@@ -327,7 +318,7 @@ async fn a_deleted_accounts_email_is_free_at_once_and_its_username_once_it_is_pu
         .delete_one(doc! { "_id": ObjectId::parse_str(&hal.id).unwrap() })
         .await
         .unwrap();
-    let again = c.register(reuse_name()).await.unwrap().into_inner();
+    let again = c.register(reuse_name()).await.answer();
     assert_ne!(again.user.unwrap().id, hal.id);
 }
 
@@ -366,16 +357,10 @@ async fn accounts_stored_before_reservations_are_found_and_held_until_reserve_na
     // A replica of this release started on it finds them and keeps them theirs.
     let (_replica, mut c) = app.replica().await;
     for who in ["ivy", "IVY", "ivy@example.com"] {
-        let found = c.login(login(who)).await.unwrap().into_inner();
+        let found = c.login(login(who)).await.answer();
         assert_eq!(found.user.unwrap().id, ivy.id, "{who}");
     }
-    let jon = c
-        .login(login("jon"))
-        .await
-        .unwrap()
-        .into_inner()
-        .user
-        .unwrap();
+    let jon = c.login(login("jon")).await.answer().user.unwrap();
     let by_name = c
         .get_user_by_username(GetUserByUsernameRequest {
             username: "Ivy".into(),
@@ -400,7 +385,7 @@ async fn accounts_stored_before_reservations_are_found_and_held_until_reserve_na
     assert_eq!(app.reservations("emails", "jon@example.com").await.len(), 1);
     let held = app.reservations("usernames", "jon").await;
     assert_eq!(held[0].get_object_id("user_id").unwrap().to_hex(), jon.id);
-    let found = c.login(login("ivy")).await.unwrap().into_inner();
+    let found = c.login(login("ivy")).await.answer();
     assert_eq!(found.user.unwrap().id, ivy.id);
     assert_taken(&c.register(same_name()).await, "username");
     assert_taken(&c.register(same_email()).await, "email");

@@ -10,7 +10,7 @@ use social_proto::{
         ReportCommentRequest, ReportPostRequest, ResolveReportRequest,
     },
 };
-use social_testkit::{Stack, authed, eventually, violated_fields};
+use social_testkit::{Answer, PASSWORD, Refused, Stack, authed, eventually, violated_fields};
 use tonic::Code;
 
 /// Makes `who` (an id or a username) a `role`, as the operator command does.
@@ -52,8 +52,7 @@ async fn a_moderator_resolves_a_report_by_removing_the_post_and_no_one_else_may(
     let first = users
         .report_post(authed(report_post("awful"), &alice_token))
         .await
-        .unwrap()
-        .into_inner();
+        .answer();
     assert_eq!(
         (first.status.as_str(), first.target_user_id.as_str()),
         ("open", bob.as_str())
@@ -61,14 +60,12 @@ async fn a_moderator_resolves_a_report_by_removing_the_post_and_no_one_else_may(
     let again = users
         .report_post(authed(report_post("still awful"), &alice_token))
         .await
-        .unwrap()
-        .into_inner();
+        .answer();
     assert_eq!(again.id, first.id);
     let carols = users
         .report_post(authed(report_post(""), &carol_token))
         .await
-        .unwrap()
-        .into_inner();
+        .answer();
     let account = ReportAccountRequest {
         user_id: bob.clone(),
         category: ReportCategory::Spam as i32,
@@ -77,35 +74,31 @@ async fn a_moderator_resolves_a_report_by_removing_the_post_and_no_one_else_may(
     let about_bob = users
         .report_account(authed(account, &alice_token))
         .await
-        .unwrap()
-        .into_inner();
+        .answer();
 
     // An ordinary account may not read or resolve reports.
-    let err = users
+    users
         .list_reports(authed(list(), &alice_token))
         .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::PermissionDenied);
+        .refused(Code::PermissionDenied);
     let resolve = |id: &str, action: ReportAction| ResolveReportRequest {
         id: id.into(),
         action: action as i32,
     };
-    let err = users
+    users
         .resolve_report(authed(
             resolve(&first.id, ReportAction::RemoveContent),
             &bob_token,
         ))
         .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::PermissionDenied);
+        .refused(Code::PermissionDenied);
 
     // A moderator reads the queue, oldest first, each report with its target.
     set_role(&stack, "moder", "moderator").await;
     let queue = users
         .list_reports(authed(list(), &mod_token))
         .await
-        .unwrap()
-        .into_inner()
+        .answer()
         .reports;
     let ids: Vec<&str> = queue.iter().map(|r| r.id.as_str()).collect();
     assert_eq!(
@@ -126,25 +119,22 @@ async fn a_moderator_resolves_a_report_by_removing_the_post_and_no_one_else_may(
             &mod_token,
         ))
         .await
-        .unwrap()
-        .into_inner();
+        .answer();
     assert_eq!(
         (done.status.as_str(), done.resolution.as_str()),
         ("resolved", "removed")
     );
     let mut posts = stack.posts().await;
-    let err = posts
+    posts
         .get_post(GetPostRequest {
             id: post.id.clone(),
         })
         .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::NotFound);
+        .refused(Code::NotFound);
     let queue = users
         .list_reports(authed(list(), &mod_token))
         .await
-        .unwrap()
-        .into_inner()
+        .answer()
         .reports;
     assert_eq!(queue.len(), 1, "{queue:?}");
     // The account report is dismissed; an account is not removed by a report.
@@ -167,8 +157,7 @@ async fn a_moderator_resolves_a_report_by_removing_the_post_and_no_one_else_may(
         users
             .list_reports(authed(list(), &mod_token))
             .await
-            .unwrap()
-            .into_inner()
+            .answer()
             .reports
             .is_empty()
     );
@@ -182,11 +171,10 @@ async fn a_moderator_resolves_a_report_by_removing_the_post_and_no_one_else_may(
     assert!(gone.is_some());
 
     // Once resolved, a report of the same post is a new one (here: of nothing left).
-    let err = users
+    users
         .report_post(authed(report_post("again"), &alice_token))
         .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::NotFound);
+        .refused(Code::NotFound);
 }
 
 #[tokio::test]
@@ -221,11 +209,10 @@ async fn reports_are_validated() {
         category: ReportCategory::Other as i32,
         comment: String::new(),
     };
-    let err = users
+    users
         .report_account(authed(unknown, &bob_token))
         .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::NotFound);
+        .refused(Code::NotFound);
     let of_comment = ReportCommentRequest {
         comment_id: comment.id,
         category: ReportCategory::Harassment as i32,
@@ -234,18 +221,16 @@ async fn reports_are_validated() {
     let report = users
         .report_comment(authed(of_comment, &alice_token))
         .await
-        .unwrap()
-        .into_inner();
+        .answer();
     assert_eq!(report.target_type, "comment");
-    let err = users
+    users
         .report_account(ReportAccountRequest {
             user_id: alice,
             category: 1,
             comment: String::new(),
         })
         .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::Unauthenticated);
+        .refused(Code::Unauthenticated);
 }
 
 #[tokio::test]
@@ -263,13 +248,7 @@ async fn what_a_deleted_account_wrote_in_its_reports_goes_with_it() {
         .report_account(authed(account, &alice_token))
         .await
         .unwrap();
-    let delete = social_proto::user::v1::DeleteAccountRequest {
-        password: "correct horse battery".into(),
-    };
-    users
-        .delete_account(authed(delete, &alice_token))
-        .await
-        .unwrap();
+    stack.delete_account(&alice_token, PASSWORD).await.unwrap();
     set_role(&stack, "moder", "moderator").await;
     let forgotten = eventually(Duration::from_secs(15), || {
         let mut users = users.clone();

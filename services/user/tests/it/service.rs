@@ -2,6 +2,7 @@
 //! the hashing budget, internal RPCs, and start-up refusals.
 
 use super::*;
+use social_testkit::{Answer, Refused};
 
 #[tokio::test]
 async fn bad_tokens_are_unauthenticated_even_on_open_calls() {
@@ -47,8 +48,7 @@ async fn bad_tokens_are_unauthenticated_even_on_open_calls() {
             &stale,
         ))
         .await
-        .unwrap()
-        .into_inner();
+        .answer();
     assert_eq!(login.user.unwrap().id, judy.id);
     assert!(
         c.register(authed(registration("kim"), &stale))
@@ -73,13 +73,12 @@ async fn an_unreachable_database_is_unavailable_fast() {
     let channel = social_testkit::channel(addr).await;
 
     let started = std::time::Instant::now();
-    let err = UserServiceClient::new(channel.clone())
+    UserServiceClient::new(channel.clone())
         .get_user(GetUserRequest {
             id: ObjectId::new().to_hex(),
         })
         .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::Unavailable);
+        .refused(Code::Unavailable);
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
 
     let health = tonic_health::pb::health_client::HealthClient::new(channel)
@@ -87,8 +86,7 @@ async fn an_unreachable_database_is_unavailable_fast() {
             service: "social.user.v1.UserService".into(),
         })
         .await
-        .unwrap()
-        .into_inner();
+        .answer();
     assert_eq!(
         health.status,
         tonic_health::pb::health_check_response::ServingStatus::NotServing as i32
@@ -219,8 +217,7 @@ async fn internal_rpcs_need_the_service_credential() {
         .clone()
         .batch_get_users_by_username(peer.request(ask()))
         .await
-        .unwrap()
-        .into_inner();
+        .answer();
     assert_eq!(found.users.len(), 1);
 }
 

@@ -9,13 +9,13 @@ use social_proto::user::v1::{
     RefreshSessionRequest, RefreshSessionResponse, RevokeOtherSessionsRequest,
     RevokeSessionRequest, Session, user_service_client::UserServiceClient,
 };
-use social_testkit::{authed, mongodb_uri, start, token_for};
+use social_testkit::{Answer, Refused, authed, mongodb_uri, start, token_for};
 use tonic::{Code, Status, transport::Channel};
 use tonic_types::StatusExt;
 
 use crate::{App, spawn, spawn_with};
 
-const PASSWORD: &str = "correct horse battery";
+use social_testkit::PASSWORD;
 
 /// A session of one login: its tokens.
 struct Login {
@@ -48,8 +48,7 @@ impl App {
             .clone()
             .list_sessions(authed(ListSessionsRequest::default(), access))
             .await
-            .unwrap()
-            .into_inner()
+            .answer()
             .sessions
     }
 }
@@ -97,15 +96,15 @@ async fn a_refresh_rotates_the_token_and_a_reused_one_ends_the_session() {
             &second.access_token,
         ))
         .await
-        .unwrap()
-        .into_inner();
+        .answer();
     assert_eq!(me.email, "alice@example.com");
     let listed = app.sessions(&second.access_token).await;
     assert!(listed.iter().any(|s| s.id == first.id && s.current));
 
     // The old token again: refused, and the whole session ends with it.
-    let err = app.refresh(&first.refresh).await.unwrap_err();
-    assert_eq!(err.code(), Code::Unauthenticated);
+    app.refresh(&first.refresh)
+        .await
+        .refused(Code::Unauthenticated);
     let err = app.refresh(&second.refresh_token).await.unwrap_err();
     assert_eq!(
         err.code(),
@@ -139,8 +138,9 @@ async fn refreshes_racing_with_one_token_get_one_successor_and_a_reuse_after_the
     assert_ne!(successor, login.refresh);
     // The old token past the grace is a reuse: the session ends, newer token and all.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let err = app.refresh(&login.refresh).await.unwrap_err();
-    assert_eq!(err.code(), Code::Unauthenticated);
+    app.refresh(&login.refresh)
+        .await
+        .refused(Code::Unauthenticated);
     let err = app.refresh(&successor).await.unwrap_err();
     assert_eq!(
         err.code(),
@@ -204,7 +204,7 @@ async fn logout_lists_and_revocations_touch_only_the_callers_sessions() {
     app.register("intruder").await;
     let intruder = app.login("intruder", "x").await.unwrap();
     let mut client = app.client.clone();
-    let err = client
+    client
         .revoke_session(authed(
             RevokeSessionRequest {
                 session_id: phone.id.clone(),
@@ -212,8 +212,7 @@ async fn logout_lists_and_revocations_touch_only_the_callers_sessions() {
             &intruder.access,
         ))
         .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::NotFound);
+        .refused(Code::NotFound);
     assert!(app.refresh(&phone.refresh).await.is_ok_and(|r| {
         // Keep the rotated token for the next step.
         !r.refresh_token.is_empty()
@@ -255,19 +254,17 @@ async fn logout_lists_and_revocations_touch_only_the_callers_sessions() {
     let ended = client
         .revoke_other_sessions(authed(RevokeOtherSessionsRequest {}, &a.access))
         .await
-        .unwrap()
-        .into_inner()
+        .answer()
         .revoked_count;
     assert_eq!(ended, 2, "the registration's and b's");
     assert!(app.refresh(&b.refresh).await.is_err());
     assert!(app.refresh(&a.refresh).await.is_ok());
     // A token without a session (minted elsewhere) cannot act for an account: the
     // account's RPCs need a session that is still active.
-    let err = client
+    client
         .logout(authed(LogoutRequest {}, &token_for(ObjectId::new())))
         .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::Unauthenticated);
+        .refused(Code::Unauthenticated);
 }
 
 #[tokio::test]
@@ -400,24 +397,20 @@ async fn the_ended_sessions_list_goes_on_inside_a_group_ended_together() {
         });
         async move { client.list_ended_sessions(request).await }
     };
-    let all = list(None, "").await.unwrap().into_inner().sessions;
+    let all = list(None, "").await.answer().sessions;
     assert_eq!(all.len(), 3);
     assert!(all.iter().all(|s| s.ended_at == all[0].ended_at), "{all:?}");
     // A page that ended with the first goes on with the other two, in order.
     let rest = list(all[0].ended_at, &all[0].session_id)
         .await
-        .unwrap()
-        .into_inner()
+        .answer()
         .sessions;
     assert_eq!(rest, all[1..]);
     // Without the session, after the time: none of the group.
-    let after = list(all[0].ended_at, "")
-        .await
-        .unwrap()
-        .into_inner()
-        .sessions;
+    let after = list(all[0].ended_at, "").await.answer().sessions;
     assert!(after.is_empty(), "{after:?}");
-    let err = list(all[0].ended_at, "nope").await.unwrap_err();
-    assert_eq!(err.code(), Code::InvalidArgument);
+    let err = list(all[0].ended_at, "nope")
+        .await
+        .refused(Code::InvalidArgument);
     assert_eq!(social_testkit::violated_fields(&err), ["after_session_id"]);
 }
