@@ -481,9 +481,7 @@ impl UserService for Api {
         }
         let issued = self.start_session(&doc, new.device.clone()).await?;
         // The network it registered from is the owner's, as far as guessing goes.
-        self.throttle
-            .known(format!("account:{}", doc.id), client)
-            .await?;
+        self.throttle.known(doc.id, client).await?;
         tracing::info!(user_id = %doc.id, "registered");
         let id = doc.id;
         Ok(Response::new(RegisterResponse {
@@ -525,12 +523,8 @@ impl UserService for Api {
         // Each identifier its own counts (a username's block tells nothing of its
         // account's email); the account's networks known whichever was typed; an
         // unknown identifier alike.
-        let account = user
-            .as_ref()
-            .map_or_else(|| format!("unknown:{who}"), |u| format!("account:{}", u.id));
-        let attempt = self
-            .guessing(Subject::new(format!("login:{who}"), account, client))
-            .await?;
+        let account = user.as_ref().map(|u| u.id);
+        let attempt = self.guessing(Subject::login(&who, account, client)).await?;
         let hash = user.as_ref().map(|u| u.password_hash.clone());
         let ok = slot.verify(r.password, hash).await?;
         drop(slot);
@@ -579,9 +573,7 @@ impl UserService for Api {
                 }
                 let issued = self.issue(&session, next)?;
                 // A client that stays signed in keeps its network known.
-                self.throttle
-                    .known(format!("account:{}", session.user_id), client)
-                    .await?;
+                self.throttle.known(session.user_id, client).await?;
                 Ok(Response::new(RefreshSessionResponse {
                     access_token: issued.access_token,
                     expires_at: Some(issued.expires_at),
@@ -878,9 +870,8 @@ impl UserService for Api {
         }
         self.active(&session(&request)?).await?;
         let attempt = self
-            .guessing(Subject::new(
-                format!("account:{me}"),
-                format!("account:{me}"),
+            .guessing(Subject::password_of(
+                me,
                 social_kit::auth::client_address(&request),
             ))
             .await?;
@@ -1011,13 +1002,7 @@ impl UserService for Api {
             return Err(Error::invalid("new_password", why).into());
         }
         // Guessing the current password through this call is counted as for a login.
-        let attempt = self
-            .guessing(Subject::new(
-                format!("account:{me}"),
-                format!("account:{me}"),
-                client,
-            ))
-            .await?;
+        let attempt = self.guessing(Subject::password_of(me, client)).await?;
         if !slot
             .verify(r.old_password, Some(user.password_hash.clone()))
             .await?

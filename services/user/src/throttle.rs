@@ -28,10 +28,18 @@
 //! is. An identifier with no account is counted alike, so that the answers never tell
 //! which accounts exist. The network is an IPv4 address, or an IPv6 /64, as the gateway
 //! reports the client (`kit::auth::ClientAddress`).
+//!
+//! Every count is one document of `login_attempts`, keyed by its kind and whom it counts,
+//! so that no text a client types names another count (a username `alice|<network>`
+//! once named alice's count from that network): an identifier's count is `login:<typed>`
+//! or `account:<id>`; an identifier's from one network `pair:<network>|<identifier>`
+//! (a network holds no `|`); the networks unknown to an account under a storm
+//! `elsewhere:<identifier>`; a network an account signed in from
+//! `known:<account>|<network>`. Only [`Subject`] makes them.
 
 use std::{net::IpAddr, time::Duration};
 
-use bson::{DateTime, doc};
+use bson::{DateTime, doc, oid::ObjectId};
 use mongodb::Collection;
 use serde::{Deserialize, Serialize};
 use social_kit::time::{ms, now_ms};
@@ -103,20 +111,30 @@ pub struct Subject {
 }
 
 impl Subject {
-    /// `identifier` is what the caller named the account by (normalised), `account` the
-    /// account's key, the same whichever identifier named it; `client` the caller's
-    /// address, if known.
-    pub fn new(identifier: String, account: String, client: Option<IpAddr>) -> Self {
+    /// A login that named an account by `who` (a username or an email, normalised; any
+    /// text a client typed): counted per `who` (a username's block tells nothing of its
+    /// account's email), with the networks known to `account`, the account `who` names
+    /// (an identifier no account has alike); `client` the caller's address, if known.
+    pub fn login(who: &str, account: Option<ObjectId>, client: Option<IpAddr>) -> Self {
         Self {
-            identifier,
-            account,
+            identifier: format!("login:{who}"),
+            account: account.map_or_else(|| format!("unknown:{who}"), account_key),
             network: client.map_or_else(|| "unknown".to_owned(), network),
+        }
+    }
+
+    /// A check of `account`'s current password (ChangePassword, DeleteAccount), from
+    /// `client`.
+    pub fn password_of(account: ObjectId, client: Option<IpAddr>) -> Self {
+        Self {
+            identifier: account_key(account),
+            ..Self::login("", Some(account), client)
         }
     }
 
     /// The key of the identifier's failures from the network.
     fn pair(&self) -> String {
-        format!("{}|{}", self.identifier, self.network)
+        format!("pair:{}|{}", self.network, self.identifier)
     }
 
     /// The key of the failures, once the account is past `account_failures`, of every
@@ -129,6 +147,10 @@ impl Subject {
     fn known(&self) -> String {
         format!("known:{}|{}", self.account, self.network)
     }
+}
+
+fn account_key(account: ObjectId) -> String {
+    format!("account:{account}")
 }
 
 /// The network an address is counted under: an IPv4 address, or an IPv6 /64.
@@ -290,8 +312,8 @@ impl Throttle {
 
     /// `client`'s network is one `account` signed in from (a registration, a refresh):
     /// it keeps its own counts when the account is under a storm, for [`KNOWN_FOR`].
-    pub async fn known(&self, account: String, client: Option<IpAddr>) -> Result<()> {
-        self.mark_known(&Subject::new(String::new(), account, client))
+    pub async fn known(&self, account: ObjectId, client: Option<IpAddr>) -> Result<()> {
+        self.mark_known(&Subject::password_of(account, client))
             .await
     }
 

@@ -145,7 +145,7 @@ async fn a_burst_of_guesses_at_a_blocks_end_gets_one_check_and_the_block_only_gr
         .unwrap()
         .database(&app._database.0)
         .collection::<bson::Document>("login_attempts")
-        .find_one(bson::doc! { "_id": "login:alice|203.0.113.66" })
+        .find_one(bson::doc! { "_id": "pair:203.0.113.66|login:alice" })
         .await
         .unwrap()
         .unwrap();
@@ -284,6 +284,55 @@ async fn an_attacker_failing_from_one_network_does_not_lock_the_owner_out_of_ano
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted, "counted as the peer");
+}
+
+#[tokio::test]
+async fn an_identifier_typed_to_look_like_another_count_is_counted_apart() {
+    let app = strict().await;
+    let (alice, _) = app.register("alice").await;
+    // A stranger types, as the username, what the counts of alice from her home network
+    // were once stored under ("login:" and what was typed, then "|" and the network),
+    // and the other keys of her counts: more failures than the free ones, from a
+    // network of the stranger's.
+    let crafted = [
+        "alice|198.51.100.7".to_owned(),
+        "198.51.100.7|login:alice".to_owned(),
+        "pair:198.51.100.7|login:alice".to_owned(),
+        format!("known:account:{}|203.0.113.66", alice.id),
+    ];
+    for who in &crafted {
+        for _ in 0..5 {
+            let _ = app
+                .attempt(login_from(who, "wrong guess", "203.0.113.66", true))
+                .await;
+        }
+    }
+    // Each counted only what was typed: alice, from home, is in at once...
+    app.attempt(login_from("alice", PASSWORD, "198.51.100.7", true))
+        .await
+        .unwrap();
+    // ... and the stranger's network did not become one she signed in from: past her
+    // account's eight failures, it shares the count of every network she does not know.
+    for n in 0..8 {
+        let _ = app
+            .attempt(login_from(
+                "alice",
+                "wrong guess",
+                &format!("2001:db8:77:{n:x}::1"),
+                true,
+            ))
+            .await;
+    }
+    for _ in 0..3 {
+        let _ = app
+            .attempt(login_from("alice", "wrong guess", "2001:db8:78::1", true))
+            .await;
+    }
+    let err = app
+        .attempt(login_from("alice", PASSWORD, "203.0.113.66", true))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
 }
 
 #[tokio::test]
