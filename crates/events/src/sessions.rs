@@ -78,10 +78,7 @@ impl Source for FromUserService {
                     .map(|id| id.to_hex())
                     .unwrap_or_default(),
             };
-            let mut client = UserServiceClient::new(peer.channel());
-            let page = peer
-                .call(client.list_ended_sessions(peer.request(request)))
-                .await
+            let page = social_kit::call!(peer, UserServiceClient.list_ended_sessions(request))
                 .map_err(|status| anyhow::Error::new(peer.error(status)))?;
             let ended = page
                 .sessions

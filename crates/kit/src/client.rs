@@ -31,6 +31,21 @@ use crate::{
     telemetry::{self, MetadataInjector},
 };
 
+/// Calls a peer as this service, the one way a service does:
+/// `social_kit::call!(peer, PostServiceClient.get_post(message))` builds the generated
+/// client on `peer`'s channel, sends `message` with the peer's deadline, credential and
+/// trace context ([`Peer::request`]) and awaits the answer under the deadline
+/// ([`Peer::call`]). The result is the answer's message or the peer's status: the caller
+/// handles the codes it expects and turns the rest into its error with [`Peer::error`].
+#[macro_export]
+macro_rules! call {
+    ($peer:expr, $client:ident . $rpc:ident ($message:expr)) => {{
+        let peer: &$crate::client::Peer = &$peer;
+        peer.call($client::new(peer.channel()).$rpc(peer.request($message)))
+            .await
+    }};
+}
+
 /// A peer service. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Peer {

@@ -72,9 +72,8 @@ impl Api {
 
     /// The author of post `id`, or NOT_FOUND, from the post service.
     async fn post_author(&self, id: ObjectId) -> Result<ObjectId> {
-        let mut client = PostServiceClient::new(self.posts.channel());
-        let request = self.posts.request(GetPostRequest { id: id.to_hex() });
-        match self.posts.call(client.get_post(request)).await {
+        let request = GetPostRequest { id: id.to_hex() };
+        match social_kit::call!(self.posts, PostServiceClient.get_post(request)) {
             Ok(post) => ObjectId::parse_str(&post.user_id).map_err(Error::internal),
             Err(status) if status.code() == Code::NotFound => Err(Error::NotFound("post")),
             Err(status) => Err(self.posts.error(status)),

@@ -57,14 +57,11 @@ pub async fn blocks(
     if others.is_empty() {
         return Ok(None);
     }
-    let mut client = SocialGraphServiceClient::new(graph.channel());
-    let request = graph.request(CheckBlocksRequest {
+    let request = CheckBlocksRequest {
         user_id: writer.to_hex(),
         other_user_ids: others,
-    });
-    let found = graph
-        .call(client.check_blocks(request))
-        .await
+    };
+    let found = social_kit::call!(graph, SocialGraphServiceClient.check_blocks(request))
         .map_err(|s| graph.error(s))?;
     Ok(if !found.blocked_by.is_empty() {
         Some(Verdict::BlockedBy(what))

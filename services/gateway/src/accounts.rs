@@ -130,7 +130,10 @@ async fn refresh(
 #[utoipa::path(delete, path = "/v1/sessions/current", tag = "sessions",
     security(("bearer" = [])),
     responses((status = 204), (status = 401, body = ErrorBody)))]
-async fn log_out(State(state): State<AppState>, SignedIn(who): SignedIn) -> ApiResult<StatusCode> {
+async fn log_out(
+    State(state): State<AppState>,
+    SignedIn(who, _): SignedIn,
+) -> ApiResult<StatusCode> {
     ask!(state, who, users.logout(LogoutRequest {}))?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -141,7 +144,7 @@ async fn log_out(State(state): State<AppState>, SignedIn(who): SignedIn) -> ApiR
     responses((status = 200, body = SessionPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn list_sessions(
     State(state): State<AppState>,
-    SignedIn(who): SignedIn,
+    SignedIn(who, _): SignedIn,
     mut list: Listing,
 ) -> ApiResult<Response> {
     let (page_size, page_token) = list.page();
@@ -160,7 +163,7 @@ async fn list_sessions(
     responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn revoke_session(
     State(state): State<AppState>,
-    SignedIn(who): SignedIn,
+    SignedIn(who, _): SignedIn,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     let request = RevokeSessionRequest { session_id: id };
@@ -174,7 +177,7 @@ async fn revoke_session(
     responses((status = 200, body = Updated), (status = 401, body = ErrorBody)))]
 async fn revoke_other_sessions(
     State(state): State<AppState>,
-    SignedIn(who): SignedIn,
+    SignedIn(who, _): SignedIn,
 ) -> ApiResult<Json<Updated>> {
     let request = RevokeOtherSessionsRequest {};
     let r = ask!(state, who, users.revoke_other_sessions(request))?;
@@ -213,8 +216,7 @@ async fn get_user_by_username(
 /// The caller's own profile (with the email).
 #[utoipa::path(get, path = "/v1/me", tag = "users", security(("bearer" = [])),
     responses((status = 200, body = User), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
-async fn me(State(state): State<AppState>, SignedIn(who): SignedIn) -> ApiResult<Json<User>> {
-    let me = who.account()?;
+async fn me(State(state): State<AppState>, SignedIn(who, me): SignedIn) -> ApiResult<Json<User>> {
     let request = GetUserRequest {
         id: me.user.to_hex(),
     };
@@ -249,7 +251,10 @@ fn export_line(record: ExportRecord) -> Option<axum::body::Bytes> {
 #[utoipa::path(get, path = "/v1/me/export", tag = "users", security(("bearer" = [])),
     responses((status = 200, content_type = "application/x-ndjson", description = "one record per line"),
         (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)))]
-async fn export_me(State(state): State<AppState>, SignedIn(who): SignedIn) -> ApiResult<Response> {
+async fn export_me(
+    State(state): State<AppState>,
+    SignedIn(who, _): SignedIn,
+) -> ApiResult<Response> {
     use futures::StreamExt;
     let peer = &state.services.users;
     let request = who.request(peer, ExportAccountRequest {});
@@ -280,10 +285,9 @@ async fn export_me(State(state): State<AppState>, SignedIn(who): SignedIn) -> Ap
     responses((status = 200, body = User), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn change_me(
     State(state): State<AppState>,
-    SignedIn(who): SignedIn,
+    SignedIn(who, me): SignedIn,
     Body(body): Body<ProfileChange>,
 ) -> ApiResult<Json<User>> {
-    let me = who.account()?;
     let mut paths = Vec::new();
     let mut user = WireUser {
         id: me.user.to_hex(),
@@ -321,7 +325,7 @@ async fn change_me(
     responses((status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn change_password(
     State(state): State<AppState>,
-    SignedIn(who): SignedIn,
+    SignedIn(who, _): SignedIn,
     Body(body): Body<PasswordChange>,
 ) -> ApiResult<StatusCode> {
     let request = ChangePasswordRequest {
@@ -338,7 +342,7 @@ async fn change_password(
     responses((status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn delete_me(
     State(state): State<AppState>,
-    SignedIn(who): SignedIn,
+    SignedIn(who, _): SignedIn,
     Body(body): Body<Confirm>,
 ) -> ApiResult<StatusCode> {
     let request = DeleteAccountRequest {

@@ -171,18 +171,19 @@ impl<S: Send + Sync> FromRequestParts<S> for Identity {
     }
 }
 
-/// A request from a signed-in account: its [`Identity`], with `caller` set. Without a
+/// A request from a signed-in account: its [`Identity`] and the account. Without a
 /// token the request is a 401 before the handler runs, so a handler that needs an
-/// account says so in its signature instead of remembering a check.
-pub struct SignedIn(pub Identity);
+/// account says so in its signature (`SignedIn(who, me)`, or `SignedIn(who, _)` when
+/// the services read the account from the token) instead of remembering a check.
+pub struct SignedIn(pub Identity, pub Caller);
 
 impl<S: Send + Sync> FromRequestParts<S> for SignedIn {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let who = Identity::from_request_parts(parts, state).await?;
-        who.account()?;
-        Ok(Self(who))
+        let me = who.account()?;
+        Ok(Self(who, me))
     }
 }
 

@@ -36,7 +36,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         (status = 404, body = ErrorBody)))]
 async fn follow(
     State(state): State<AppState>,
-    SignedIn(who): SignedIn,
+    SignedIn(who, _): SignedIn,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Follow>> {
     let request = FollowRequest { followee_id: id };
@@ -50,7 +50,7 @@ async fn follow(
     responses((status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn unfollow(
     State(state): State<AppState>,
-    SignedIn(who): SignedIn,
+    SignedIn(who, _): SignedIn,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     let request = UnfollowRequest { followee_id: id };
@@ -147,10 +147,9 @@ async fn following(
     responses((status = 200, body = Relationship), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn relationship(
     State(state): State<AppState>,
-    SignedIn(who): SignedIn,
+    SignedIn(who, me): SignedIn,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Relationship>> {
-    let me = who.account()?;
     let request = GetRelationshipRequest {
         user_id: me.user.to_hex(),
         other_user_id: id,
@@ -176,7 +175,7 @@ async fn relationship(
         (status = 404, body = ErrorBody)))]
 async fn block(
     State(state): State<AppState>,
-    SignedIn(who): SignedIn,
+    SignedIn(who, _): SignedIn,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Block>> {
     let request = BlockUserRequest { user_id: id };
@@ -191,7 +190,7 @@ async fn block(
     responses((status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn unblock(
     State(state): State<AppState>,
-    SignedIn(who): SignedIn,
+    SignedIn(who, _): SignedIn,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     let request = UnblockUserRequest { user_id: id };
@@ -204,7 +203,7 @@ async fn unblock(
     responses((status = 200, body = BlockPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn blocks(
     State(state): State<AppState>,
-    SignedIn(who): SignedIn,
+    SignedIn(who, _): SignedIn,
     mut list: Listing,
 ) -> ApiResult<Response> {
     let (page_size, page_token) = list.page();
@@ -230,7 +229,7 @@ async fn blocks(
         (status = 404, body = ErrorBody)))]
 async fn mute(
     State(state): State<AppState>,
-    SignedIn(who): SignedIn,
+    SignedIn(who, _): SignedIn,
     Path(id): Path<String>,
     Body(body): Body<MuteSettings>,
 ) -> ApiResult<Json<Mute>> {
@@ -249,7 +248,7 @@ async fn mute(
     responses((status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn unmute(
     State(state): State<AppState>,
-    SignedIn(who): SignedIn,
+    SignedIn(who, _): SignedIn,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     let request = UnmuteUserRequest { user_id: id };
@@ -262,7 +261,7 @@ async fn unmute(
     responses((status = 200, body = MutePage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn mutes(
     State(state): State<AppState>,
-    SignedIn(who): SignedIn,
+    SignedIn(who, _): SignedIn,
     mut list: Listing,
 ) -> ApiResult<Response> {
     let (page_size, page_token) = list.page();

@@ -47,7 +47,7 @@ fn category(reason: ReportReason) -> i32 {
         (status = 404, body = ErrorBody)))]
 async fn report(
     State(state): State<AppState>,
-    SignedIn(who): SignedIn,
+    SignedIn(who, _): SignedIn,
     Body(body): Body<NewReport>,
 ) -> ApiResult<Response> {
     let (kind, id) = (body.target_type, body.target_id);
@@ -88,7 +88,7 @@ async fn report(
         (status = 403, body = ErrorBody)))]
 async fn open_reports(
     State(state): State<AppState>,
-    SignedIn(who): SignedIn,
+    SignedIn(who, _): SignedIn,
     mut list: Listing,
 ) -> ApiResult<Response> {
     let (page_size, page_token) = list.page();
@@ -110,7 +110,7 @@ async fn open_reports(
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn resolve(
     State(state): State<AppState>,
-    SignedIn(who): SignedIn,
+    SignedIn(who, _): SignedIn,
     Path(id): Path<String>,
     Body(body): Body<Resolution>,
 ) -> ApiResult<Json<Report>> {

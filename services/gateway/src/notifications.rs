@@ -103,7 +103,7 @@ pub(crate) fn attach(
     responses((status = 200, body = NotificationPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn list(
     State(state): State<AppState>,
-    SignedIn(who): SignedIn,
+    SignedIn(who, _): SignedIn,
     mut list: Listing,
     Query(q): Query<ListFilter>,
 ) -> ApiResult<Response> {
@@ -166,7 +166,7 @@ pub(crate) fn sampled(g: WireGroup, actors: &HashMap<String, Account>) -> Notifi
     responses((status = 200, body = NotificationGroupPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn groups(
     State(state): State<AppState>,
-    SignedIn(who): SignedIn,
+    SignedIn(who, _): SignedIn,
     mut list: Listing,
     Query(q): Query<GroupFilter>,
 ) -> ApiResult<Response> {
@@ -187,7 +187,7 @@ async fn groups(
     responses((status = 200, body = Count), (status = 401, body = ErrorBody)))]
 async fn unread_group_count(
     State(state): State<AppState>,
-    SignedIn(who): SignedIn,
+    SignedIn(who, _): SignedIn,
 ) -> ApiResult<Json<Count>> {
     let r = ask!(
         state,
@@ -207,7 +207,7 @@ async fn unread_group_count(
         (status = 404, body = ErrorBody)))]
 async fn mark_group_read(
     State(state): State<AppState>,
-    SignedIn(who): SignedIn,
+    SignedIn(who, _): SignedIn,
     Path(group_key): Path<String>,
 ) -> ApiResult<Json<Updated>> {
     let request = MarkGroupReadRequest { group_key };
@@ -223,7 +223,7 @@ async fn mark_group_read(
     responses((status = 200, body = Count), (status = 401, body = ErrorBody)))]
 async fn unread_count(
     State(state): State<AppState>,
-    SignedIn(who): SignedIn,
+    SignedIn(who, _): SignedIn,
 ) -> ApiResult<Json<Count>> {
     let r = ask!(
         state,
@@ -239,7 +239,7 @@ async fn unread_count(
     responses((status = 200, body = Updated), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn mark_read(
     State(state): State<AppState>,
-    SignedIn(who): SignedIn,
+    SignedIn(who, _): SignedIn,
     Body(body): Body<MarkRead>,
 ) -> ApiResult<Json<Updated>> {
     let request = MarkNotificationsReadRequest { ids: body.ids };
@@ -255,7 +255,7 @@ async fn mark_read(
     responses((status = 200, body = Updated), (status = 401, body = ErrorBody)))]
 async fn mark_all_read(
     State(state): State<AppState>,
-    SignedIn(who): SignedIn,
+    SignedIn(who, _): SignedIn,
 ) -> ApiResult<Json<Updated>> {
     let request = MarkAllNotificationsReadRequest {};
     let r = ask!(

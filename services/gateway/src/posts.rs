@@ -104,7 +104,7 @@ fn body_change(
         (status = 422, body = ErrorBody, description = "the Idempotency-Key was sent with another request")))]
 async fn create_post(
     State(state): State<AppState>,
-    SignedIn(who): SignedIn,
+    SignedIn(who, _): SignedIn,
     Body(body): Body<NewBody>,
 ) -> ApiResult<Response> {
     let request = CreatePostRequest {
@@ -140,7 +140,7 @@ async fn get_post(
         (status = 404, body = ErrorBody)))]
 async fn change_post(
     State(state): State<AppState>,
-    SignedIn(who): SignedIn,
+    SignedIn(who, _): SignedIn,
     Path(id): Path<String>,
     Body(change): Body<BodyChange>,
 ) -> ApiResult<Json<Post>> {
@@ -164,7 +164,7 @@ async fn change_post(
     responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn delete_post(
     State(state): State<AppState>,
-    SignedIn(who): SignedIn,
+    SignedIn(who, _): SignedIn,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     ask!(state, who, posts.delete_post(DeletePostRequest { id }))?;
@@ -199,7 +199,7 @@ async fn user_posts(
     responses((status = 200, body = PostPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn feed(
     State(state): State<AppState>,
-    SignedIn(who): SignedIn,
+    SignedIn(who, _): SignedIn,
     mut list: Listing,
 ) -> ApiResult<Response> {
     let (page_size, page_token) = list.page();
@@ -218,7 +218,7 @@ async fn feed(
     responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn like_post(
     State(state): State<AppState>,
-    SignedIn(who): SignedIn,
+    SignedIn(who, _): SignedIn,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     let request = LikePostRequest { post_id: id };
@@ -232,7 +232,7 @@ async fn like_post(
     responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn unlike_post(
     State(state): State<AppState>,
-    SignedIn(who): SignedIn,
+    SignedIn(who, _): SignedIn,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     let request = UnlikePostRequest { post_id: id };
@@ -308,7 +308,7 @@ async fn comments(
         (status = 422, body = ErrorBody, description = "the Idempotency-Key was sent with another request")))]
 async fn create_comment(
     State(state): State<AppState>,
-    SignedIn(who): SignedIn,
+    SignedIn(who, _): SignedIn,
     Path(id): Path<String>,
     Body(body): Body<NewBody>,
 ) -> ApiResult<Response> {
@@ -348,7 +348,7 @@ async fn get_comment(
         (status = 404, body = ErrorBody)))]
 async fn change_comment(
     State(state): State<AppState>,
-    SignedIn(who): SignedIn,
+    SignedIn(who, _): SignedIn,
     Path(id): Path<String>,
     Body(change): Body<BodyChange>,
 ) -> ApiResult<Json<Comment>> {
@@ -372,7 +372,7 @@ async fn change_comment(
     responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn delete_comment(
     State(state): State<AppState>,
-    SignedIn(who): SignedIn,
+    SignedIn(who, _): SignedIn,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     let request = DeleteCommentRequest { id };
@@ -386,7 +386,7 @@ async fn delete_comment(
     responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn like_comment(
     State(state): State<AppState>,
-    SignedIn(who): SignedIn,
+    SignedIn(who, _): SignedIn,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     let request = LikeCommentRequest { comment_id: id };
@@ -400,7 +400,7 @@ async fn like_comment(
     responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn unlike_comment(
     State(state): State<AppState>,
-    SignedIn(who): SignedIn,
+    SignedIn(who, _): SignedIn,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     let request = UnlikeCommentRequest { comment_id: id };

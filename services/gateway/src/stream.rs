@@ -93,7 +93,7 @@ pub struct Ticket {
         (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn stream_ticket(
     State(state): State<AppState>,
-    SignedIn(who): SignedIn,
+    SignedIn(who, _): SignedIn,
 ) -> ApiResult<Response> {
     use axum::response::IntoResponse;
     // A caller has its token (identified by it).
@@ -535,12 +535,11 @@ pub struct StreamQuery {
         (status = 401, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn stream(
     State(state): State<AppState>,
-    SignedIn(who): SignedIn,
+    SignedIn(who, caller): SignedIn,
     headers: HeaderMap,
     Query(q): Query<StreamQuery>,
 ) -> ApiResult<Response> {
     use axum::response::IntoResponse;
-    let caller = who.account()?;
     // Held as long as the response's body: until the connection lets go of it.
     let slot = state.limits.open_stream(caller.user, who.ip)?;
     let peer = state.services.notifications.clone();

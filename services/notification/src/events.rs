@@ -693,15 +693,12 @@ impl Fanout {
         if names.is_empty() {
             return Ok(Vec::new());
         }
-        let mut client = UserServiceClient::new(self.users.channel());
-        let request = self
-            .users
-            .request(BatchGetUsersByUsernameRequest { usernames: names });
-        let found = self
-            .users
-            .call(client.batch_get_users_by_username(request))
-            .await
-            .map_err(|s| self.users.error(s))?;
+        let request = BatchGetUsersByUsernameRequest { usernames: names };
+        let found = social_kit::call!(
+            self.users,
+            UserServiceClient.batch_get_users_by_username(request)
+        )
+        .map_err(|s| self.users.error(s))?;
         found.users.iter().map(|u| oid(&u.id)).collect()
     }
 }

@@ -63,20 +63,19 @@ impl Api {
 
     /// The accounts `reader` follows, from the social-graph service.
     async fn following(&self, reader: ObjectId) -> Result<Vec<ObjectId>> {
-        let mut client = SocialGraphServiceClient::new(self.graph.channel());
-        let request = self.graph.request(ListFollowingIdsRequest {
+        let request = ListFollowingIdsRequest {
             user_id: reader.to_hex(),
             limit: 0,
             // Who the reader mutes stays out of the feed.
             without_muted: true,
             with_mutes: false,
             among: Vec::new(),
-        });
-        let answer = self
-            .graph
-            .call(client.list_following_ids(request))
-            .await
-            .map_err(|s| self.graph.error(s))?;
+        };
+        let answer = social_kit::call!(
+            self.graph,
+            SocialGraphServiceClient.list_following_ids(request)
+        )
+        .map_err(|s| self.graph.error(s))?;
         if answer.truncated {
             tracing::warn!(reader = %reader, "follows more accounts than the feed reads; using the most recent follows");
         }

@@ -25,12 +25,12 @@ pub async fn recompute_counters(config: &Config, margin: Duration) -> anyhow::Re
     let engagement = move |ids: Vec<bson::oid::ObjectId>, as_of| {
         let peer = peer.clone();
         async move {
-            let mut engagement = EngagementServiceClient::new(peer.channel());
-            let request = peer.request(CountPostEngagementRequest {
+            let request = CountPostEngagementRequest {
                 post_ids: ids.iter().map(|id| id.to_hex()).collect(),
                 as_of: Some(social_kit::recount::as_of_timestamp(as_of)),
-            });
-            let counted = peer.call(engagement.count_post_engagement(request)).await;
+            };
+            let counted =
+                social_kit::call!(peer, EngagementServiceClient.count_post_engagement(request));
             let counts = counted.map_err(|s| peer.error(s))?.counts;
             Ok(counts
                 .into_iter()

@@ -828,17 +828,14 @@ impl Timelines {
     /// Whom `reader` follows and mutes (of everyone, or only whether `account`).
     async fn following_of(&self, reader: ObjectId, account: Option<ObjectId>) -> Result<Following> {
         let graph = &self.inner.graph;
-        let mut client = SocialGraphServiceClient::new(graph.channel());
-        let request = graph.request(ListFollowingIdsRequest {
+        let request = ListFollowingIdsRequest {
             user_id: reader.to_hex(),
             limit: 0,
             without_muted: false,
             with_mutes: true,
             among: account.into_iter().map(ObjectId::to_hex).collect(),
-        });
-        let answer = graph
-            .call(client.list_following_ids(request))
-            .await
+        };
+        let answer = social_kit::call!(graph, SocialGraphServiceClient.list_following_ids(request))
             .map_err(|s| graph.error(s))?;
         let follows = peer_ids(&answer.user_ids)?;
         let mutes = answer
@@ -856,15 +853,12 @@ impl Timelines {
     /// Up to the fan-out limit of `author`'s followers, and whether it has more.
     async fn followers(&self, author: ObjectId) -> Result<(Vec<ObjectId>, bool)> {
         let graph = &self.inner.graph;
-        let mut client = SocialGraphServiceClient::new(graph.channel());
         let limit = i32::try_from(self.inner.settings.max_followers).unwrap_or(i32::MAX);
-        let request = graph.request(ListFollowerIdsRequest {
+        let request = ListFollowerIdsRequest {
             user_id: author.to_hex(),
             limit,
-        });
-        let answer = graph
-            .call(client.list_follower_ids(request))
-            .await
+        };
+        let answer = social_kit::call!(graph, SocialGraphServiceClient.list_follower_ids(request))
             .map_err(|s| graph.error(s))?;
         Ok((peer_ids(&answer.user_ids)?, answer.truncated))
     }

@@ -70,9 +70,8 @@ impl Api {
 
     /// NOT_FOUND unless the user service knows `user`.
     async fn ensure_user_exists(&self, user: ObjectId) -> Result<()> {
-        let mut client = UserServiceClient::new(self.users.channel());
-        let request = self.users.request(GetUserRequest { id: user.to_hex() });
-        match self.users.call(client.get_user(request)).await {
+        let request = GetUserRequest { id: user.to_hex() };
+        match social_kit::call!(self.users, UserServiceClient.get_user(request)) {
             Ok(_) => Ok(()),
             Err(status) if status.code() == Code::NotFound => Err(Error::NotFound("user")),
             Err(status) => Err(self.users.error(status)),

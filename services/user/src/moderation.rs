@@ -94,9 +94,8 @@ pub fn reason(
 
 /// The author of post `id`, from the post service (NOT_FOUND if it is gone).
 async fn post_author(posts: &Peer, id: ObjectId) -> Result<ObjectId> {
-    let mut client = PostServiceClient::new(posts.channel());
-    let request = posts.request(GetPostRequest { id: id.to_hex() });
-    match posts.call(client.get_post(request)).await {
+    let request = GetPostRequest { id: id.to_hex() };
+    match social_kit::call!(posts, PostServiceClient.get_post(request)) {
         Ok(p) => ObjectId::parse_str(&p.user_id).map_err(Error::internal),
         Err(s) if s.code() == Code::NotFound => Err(Error::NotFound("post")),
         Err(s) => Err(posts.error(s)),
@@ -108,9 +107,8 @@ async fn comment_of(
     engagement: &Peer,
     id: ObjectId,
 ) -> Result<Option<social_proto::engagement::v1::Comment>> {
-    let mut client = EngagementServiceClient::new(engagement.channel());
-    let request = engagement.request(GetCommentRequest { id: id.to_hex() });
-    match engagement.call(client.get_comment(request)).await {
+    let request = GetCommentRequest { id: id.to_hex() };
+    match social_kit::call!(engagement, EngagementServiceClient.get_comment(request)) {
         Ok(c) => Ok(Some(c)),
         Err(s) if s.code() == Code::NotFound => Ok(None),
         Err(s) => Err(engagement.error(s)),
@@ -208,10 +206,9 @@ impl Api {
             Vec::new()
         } else {
             let peer = &self.peers.posts;
-            let mut client = PostServiceClient::new(peer.channel());
             let ids = posts.iter().map(|p| p.to_hex()).collect();
-            let request = peer.request(BatchGetPostsRequest { ids });
-            let found = peer.call(client.batch_get_posts(request)).await;
+            let request = BatchGetPostsRequest { ids };
+            let found = social_kit::call!(peer, PostServiceClient.batch_get_posts(request));
             found.map_err(|s| peer.error(s))?.posts
         };
         // One call per comment (a page holds at most 100), eight at a time; one that
@@ -311,19 +308,15 @@ impl Api {
         match report.target_type.as_str() {
             "post" => {
                 let peer = &self.peers.posts;
-                let mut client = PostServiceClient::new(peer.channel());
-                let request = peer.request(RemovePostRequest { id, moderator_id });
-                peer.call(client.remove_post(request))
-                    .await
+                let request = RemovePostRequest { id, moderator_id };
+                social_kit::call!(peer, PostServiceClient.remove_post(request))
                     .map_err(|s| peer.error(s))?;
                 Ok(Target::Post)
             }
             "comment" => {
                 let peer = &self.peers.engagement;
-                let mut client = EngagementServiceClient::new(peer.channel());
-                let request = peer.request(RemoveCommentRequest { id, moderator_id });
-                peer.call(client.remove_comment(request))
-                    .await
+                let request = RemoveCommentRequest { id, moderator_id };
+                social_kit::call!(peer, EngagementServiceClient.remove_comment(request))
                     .map_err(|s| peer.error(s))?;
                 Ok(Target::Comment)
             }

@@ -24,12 +24,11 @@ pub async fn recompute_counters(config: &Config, margin: Duration) -> anyhow::Re
     let graph = move |ids: Vec<bson::oid::ObjectId>, as_of| {
         let peer = peer.clone();
         async move {
-            let mut graph = SocialGraphServiceClient::new(peer.channel());
-            let request = peer.request(CountFollowsRequest {
+            let request = CountFollowsRequest {
                 user_ids: ids.iter().map(|id| id.to_hex()).collect(),
                 as_of: Some(social_kit::recount::as_of_timestamp(as_of)),
-            });
-            let counted = peer.call(graph.count_follows(request)).await;
+            };
+            let counted = social_kit::call!(peer, SocialGraphServiceClient.count_follows(request));
             let counts = counted.map_err(|s| peer.error(s))?.counts;
             Ok(counts
                 .into_iter()
