@@ -99,7 +99,8 @@ async fn with_follow_accounts(
     .await
 }
 
-/// Who follows a user, newest first.
+/// Who follows a user, newest first, without the accounts that block the caller (a page
+/// may come short); none if the user does.
 #[utoipa::path(get, path = "/v1/users/{id}/followers", tag = "follows",
     params(("id" = String, Path, pattern = "^[0-9a-f]{24}$"), PageQuery),
     responses((status = 200, body = FollowPage), (status = 400, body = ErrorBody)))]
@@ -120,7 +121,8 @@ async fn followers(
     Ok(list.answer(FollowPage::of(items, r.next_page_token)))
 }
 
-/// Whom a user follows, newest first.
+/// Whom a user follows, newest first, without the accounts that block the caller (a page
+/// may come short); none if the user does.
 #[utoipa::path(get, path = "/v1/users/{id}/following", tag = "follows",
     params(("id" = String, Path, pattern = "^[0-9a-f]{24}$"), PageQuery),
     responses((status = 200, body = FollowPage), (status = 400, body = ErrorBody)))]

@@ -110,7 +110,9 @@ impl Api {
     }
 
     /// A page of `user_id`'s follows where it is `side` (`followee_id`: its followers,
-    /// `follower_id`: whom it follows), newest first; none to a reader it blocks.
+    /// `follower_id`: whom it follows), newest first; none to a reader it blocks, and
+    /// without the accounts on the other side that block the reader (the page may come
+    /// short, as a post's likes: its token is the page's before they left).
     async fn follows_page<R: Paged>(
         &self,
         request: &Request<R>,
@@ -127,7 +129,23 @@ impl Api {
             return Ok((Vec::new(), String::new()));
         }
         let docs = self.store.list(side, user, &page).await?;
-        Ok(page.finish_into(docs, |f| f.sort_key))
+        let (mut follows, next_page_token) = page.finish(docs, |f| f.sort_key);
+        if let Some(viewer) = optional_caller(request) {
+            let other = |f: &FollowDoc| {
+                if side == "followee_id" {
+                    f.follower_id
+                } else {
+                    f.followee_id
+                }
+            };
+            let others: Vec<ObjectId> = follows.iter().map(other).collect();
+            let (_, blockers) = self.store.blocks.between(viewer, &others).await?;
+            follows.retain(|f| !blockers.contains(&other(f)));
+        }
+        Ok((
+            follows.into_iter().map(Into::into).collect(),
+            next_page_token,
+        ))
     }
 }
 

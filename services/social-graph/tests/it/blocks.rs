@@ -5,7 +5,7 @@ use std::time::Duration;
 use bson::oid::ObjectId;
 use social_proto::graph::v1::{
     CheckBlocksRequest, GetRelationshipRequest, ListBlocksRequest, ListFollowersRequest,
-    Relationship, UnblockUserRequest,
+    ListFollowingRequest, Relationship, UnblockUserRequest,
 };
 use social_testkit::{Answer, Refused, as_service, authed, eventually, violated_fields};
 use tonic::Code;
@@ -152,6 +152,62 @@ async fn a_block_ends_follows_both_ways_and_no_follow_crosses_it_until_unblocked
     assert_eq!(app.followers(&alice, 0, "").await.0, [carol]);
     app.follow(&bob_token, &alice).await.unwrap();
     app.followers_count_becomes(&alice, 2).await;
+}
+
+#[tokio::test]
+async fn who_blocks_the_reader_is_left_out_of_anyones_follow_lists() {
+    let app = spawn().await;
+    let [
+        (alice, alice_token),
+        (bob, bob_token),
+        (carol, carol_token),
+        (dave, dave_token),
+    ] = app.register_all(["alice", "bob", "carol", "dave"]).await;
+    // carol's followers: bob, then dave; whom carol follows: bob.
+    app.follow(&bob_token, &carol).await.unwrap();
+    app.follow(&dave_token, &carol).await.unwrap();
+    app.follow(&carol_token, &bob).await.unwrap();
+    app.stack.block(&bob_token, &alice).await.unwrap();
+    let lists = async |token: &str| {
+        let mut graph = app.graph.clone();
+        let followers = ListFollowersRequest {
+            user_id: carol.clone(),
+            page_size: 0,
+            page_token: String::new(),
+        };
+        let following = ListFollowingRequest {
+            user_id: carol.clone(),
+            page_size: 0,
+            page_token: String::new(),
+        };
+        let followers = graph
+            .list_followers(authed(followers, token))
+            .await
+            .answer();
+        let following = graph
+            .list_following(authed(following, token))
+            .await
+            .answer();
+        (
+            followers
+                .follows
+                .into_iter()
+                .map(|f| f.follower_id)
+                .collect::<Vec<_>>(),
+            following
+                .follows
+                .into_iter()
+                .map(|f| f.followee_id)
+                .collect::<Vec<_>>(),
+        )
+    };
+    // To alice, whom bob blocks, bob is in neither of carol's lists...
+    assert_eq!(lists(&alice_token).await, (vec![dave.clone()], vec![]));
+    // ... to anybody else he is.
+    assert_eq!(
+        lists(&dave_token).await,
+        (vec![dave.clone(), bob.clone()], vec![bob.clone()])
+    );
 }
 
 #[tokio::test]
