@@ -71,8 +71,14 @@ pub struct Rates {
     pub anonymous: Rate,
     /// `GATEWAY_RATE_ACCOUNT` (1200/300s): per account, with a token.
     pub account: Rate,
-    /// `GATEWAY_RATE_LOGIN` (30/300s): per address, `POST /v1/sessions` and refreshes.
+    /// `GATEWAY_RATE_LOGIN` (30/300s): per address, the requests that check a password
+    /// (`POST /v1/sessions`, `PUT /v1/me/password`, `DELETE /v1/me`).
     pub login: Rate,
+    /// `GATEWAY_RATE_REFRESH` (300/300s): per address, `POST /v1/sessions/refresh`. Apart
+    /// from the logins: every signed-in client behind one address (a carrier's NAT, an
+    /// office) refreshes every 15 minutes, and a client spending one budget must not
+    /// take the other from its neighbours.
+    pub refresh: Rate,
     /// `GATEWAY_RATE_SIGNUP` (10/3600s): per address, `POST /v1/accounts`.
     pub signup: Rate,
     /// `GATEWAY_RATE_EXPORT` (5/3600s): per account, `GET /v1/me/export` (it reads
@@ -242,6 +248,7 @@ pub struct Limits {
     anonymous: AddressBuckets,
     account: Bucket<bson::oid::ObjectId>,
     login: AddressBuckets,
+    refresh: AddressBuckets,
     signup: AddressBuckets,
     export: Bucket<bson::oid::ObjectId>,
     rates: Rates,
@@ -255,6 +262,7 @@ impl Limits {
             anonymous: AddressBuckets::new(rates.anonymous, aggregates),
             account: Bucket::new(rates.account),
             login: AddressBuckets::new(rates.login, aggregates),
+            refresh: AddressBuckets::new(rates.refresh, aggregates),
             signup: AddressBuckets::new(rates.signup, aggregates),
             export: Bucket::new(rates.export),
             rates,
@@ -300,6 +308,7 @@ impl Limits {
         self.anonymous.prune();
         self.account.limiter.retain_recent();
         self.login.prune();
+        self.refresh.prune();
         self.signup.prune();
         self.export.limiter.retain_recent();
     }
@@ -312,11 +321,14 @@ impl Limits {
     }
 
     /// The decision for one request: `(rate, Ok(remaining) | Err(wait))`. Requests that
-    /// check a password or a refresh token share the login bucket.
+    /// check a password share the login bucket; refreshes have their own.
     fn check(&self, method: &Method, path: &str, who: &Identity) -> (Rate, Result<u32, Duration>) {
         match (method, path) {
             (&Method::POST, "/v1/accounts") => (self.rates.signup, self.signup.check(who.ip)),
-            (&Method::POST, "/v1/sessions" | "/v1/sessions/refresh")
+            (&Method::POST, "/v1/sessions/refresh") => {
+                (self.rates.refresh, self.refresh.check(who.ip))
+            }
+            (&Method::POST, "/v1/sessions")
             | (&Method::PUT, "/v1/me/password")
             | (&Method::DELETE, "/v1/me") => (self.rates.login, self.login.check(who.ip)),
             (&Method::GET, "/v1/me/export") => match who.caller {
@@ -559,6 +571,7 @@ mod tests {
             anonymous: rate,
             account: rate,
             login: rate,
+            refresh: rate,
             signup: rate,
             export: rate,
         }

@@ -417,6 +417,53 @@ async fn forged_tokens_are_charged_to_the_address_and_passwords_to_the_login_buc
 }
 
 #[tokio::test]
+async fn refreshes_and_logins_from_one_address_are_counted_apart() {
+    let app = App::start_with(|c| {
+        c.rates.login = Rate::per(3, 60);
+        c.rates.refresh = Rate::per(3, 60);
+    })
+    .await;
+    let signed_up = app
+        .post(
+            "/v1/accounts",
+            None,
+            serde_json::json!({"username": "alice", "email": "alice@example.com", "password": "correct horse battery"}),
+        )
+        .await;
+    assert_eq!(signed_up.status, StatusCode::CREATED, "{}", signed_up.body);
+    let refresh_token = signed_up.body["refresh_token"].as_str().unwrap().to_owned();
+    // A client behind the address spends two of its three refreshes on tokens that are
+    // nobody's...
+    let bogus = serde_json::json!({"refresh_token": "0123456789abcdef"});
+    for _ in 0..2 {
+        let a = app.post("/v1/sessions/refresh", None, bogus.clone()).await;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{}", a.body);
+    }
+    // ... and its neighbour still has three logins: one, then two wrong guesses, then
+    // refused.
+    let login =
+        serde_json::json!({"username_or_email": "alice", "password": "correct horse battery"});
+    let a = app.post("/v1/sessions", None, login).await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+    let guess = serde_json::json!({"username_or_email": "alice", "password": "a wrong guess"});
+    for _ in 0..2 {
+        let a = app.post("/v1/sessions", None, guess.clone()).await;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{}", a.body);
+    }
+    app.post("/v1/sessions", None, guess)
+        .await
+        .error(StatusCode::TOO_MANY_REQUESTS, "RESOURCE_EXHAUSTED");
+    // The logins spent, a refresh still has the refreshes' last one; then it is refused.
+    let refresh = serde_json::json!({ "refresh_token": refresh_token });
+    let a = app.post("/v1/sessions/refresh", None, refresh).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    let refresh = serde_json::json!({ "refresh_token": a.body["refresh_token"] });
+    app.post("/v1/sessions/refresh", None, refresh)
+        .await
+        .error(StatusCode::TOO_MANY_REQUESTS, "RESOURCE_EXHAUSTED");
+}
+
+#[tokio::test]
 async fn a_path_that_does_not_decode_is_a_400_in_the_error_shape() {
     let app = App::start().await;
     let a = app.get("/v1/posts/%FF%FE", None).await;
