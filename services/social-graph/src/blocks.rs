@@ -71,33 +71,13 @@ impl Blocks {
         self.db
             .ensure_indexes(
                 &self.blocks,
-                vec![
-                    // One block per pair while it holds; serves every check between users
-                    // (point lookups, and `$in` on either side for CheckBlocks).
-                    mongo::index(
-                        "blocker_blocked_active_unique",
-                        doc! { "blocker_id": 1, "blocked_id": 1, "active_key": 1 },
-                        true,
-                    ),
-                    // ListBlocks, newest first; a deleted account's blocks, both sides.
-                    mongo::index(
-                        "blocker_sorted",
-                        doc! { "blocker_id": 1, "state": 1, "sort_key": -1 },
-                        false,
-                    ),
-                    mongo::index(
-                        "blocked_sorted",
-                        doc! { "blocked_id": 1, "state": 1, "sort_key": -1 },
-                        false,
-                    ),
-                    mongo::sort_key_index(None),
-                    outbox::index(),
-                    outbox::purge_index(
-                        "ended_ttl",
-                        "ended_at",
-                        std::time::Duration::from_secs(30 * 24 * 3600),
-                    ),
-                ],
+                // Every check between users (CheckBlocks: `$in` on either side);
+                // ListBlocks; a deleted account's blocks, both sides.
+                [
+                    relation::indexes::<BlockDoc>(),
+                    vec![mongo::sort_key_index(None)],
+                ]
+                .concat(),
             )
             .await?;
         Ok(())

@@ -91,43 +91,25 @@ impl Mutes {
         self.db
             .ensure_indexes(
                 &self.mutes,
-                vec![
-                    // One mute per pair while it holds: MuteUser, UnmuteUser,
-                    // GetRelationship.
-                    mongo::index(
-                        "muter_muted_active_unique",
-                        doc! { "muter_id": 1, "muted_id": 1, "active_key": 1 },
-                        true,
-                    ),
-                    // ListMutes, newest first; the home feed's mutes; a deleted account's.
-                    mongo::index(
-                        "muter_sorted",
-                        doc! { "muter_id": 1, "state": 1, "sort_key": -1 },
-                        false,
-                    ),
-                    // The home feed's mutes, from the index alone (a covered query: no
-                    // document is read).
-                    mongo::index(
-                        "muter_muted_covered",
-                        doc! { "muter_id": 1, "state": 1, "muted_id": 1, "expires_at": 1 },
-                        false,
-                    ),
-                    mongo::index(
-                        "muted_sorted",
-                        doc! { "muted_id": 1, "state": 1, "sort_key": -1 },
-                        false,
-                    ),
-                    mongo::sort_key_index(None),
-                    outbox::index(),
-                    // Expired mutes go (they count as none already), once their events
-                    // are out.
-                    outbox::purge_index("expired_pending_ttl", "expires_at", Duration::ZERO),
-                    outbox::purge_index(
-                        "ended_ttl",
-                        "ended_at",
-                        Duration::from_secs(30 * 24 * 3600),
-                    ),
-                ],
+                // MuteUser, UnmuteUser, GetRelationship; ListMutes; the home feed's
+                // mutes; a deleted account's.
+                [
+                    relation::indexes::<MuteDoc>(),
+                    vec![
+                        // The home feed's mutes, from the index alone (a covered query: no
+                        // document is read).
+                        mongo::index(
+                            "muter_muted_covered",
+                            doc! { "muter_id": 1, "state": 1, "muted_id": 1, "expires_at": 1 },
+                            false,
+                        ),
+                        mongo::sort_key_index(None),
+                        // Expired mutes go (they count as none already), once their events
+                        // are out.
+                        outbox::purge_index("expired_pending_ttl", "expires_at", Duration::ZERO),
+                    ],
+                ]
+                .concat(),
             )
             .await?;
         mongo::retire_indexes(&self.mutes, &["expired_ttl"]).await?;

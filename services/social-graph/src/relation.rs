@@ -7,7 +7,7 @@
 
 use bson::{DateTime, Document, doc, oid::ObjectId};
 use futures::TryStreamExt;
-use mongodb::Collection;
+use mongodb::{Collection, IndexModel};
 use serde::{Serialize, de::DeserializeOwned};
 use social_events::{Envelope, outbox};
 use social_kit::{
@@ -56,6 +56,32 @@ macro_rules! relation {
     };
 }
 pub(crate) use relation;
+
+/// The indexes every relation has, named after its sides (`follower_followee_active_unique`,
+/// `follower_sorted`, `followee_sorted`): one holding relation per pair, unique on
+/// (from, to, `active_key`), which serves every check between two accounts (a point
+/// lookup, or `$in` on either side); each side's list, newest first, on (side, `state`,
+/// `sort_key`), which also finds a deleted account's relations (ended ones out of the
+/// range); the outbox's; and ended relations purged after 30 days (long after their
+/// event is out).
+pub fn indexes<T: Relation>() -> Vec<IndexModel> {
+    let Sides { from, to } = T::SIDES;
+    let name = |side: &str| side.trim_end_matches("_id").to_owned();
+    let sorted = |side: &str| {
+        let keys = doc! { side: 1, "state": 1, "sort_key": -1 };
+        mongo::index(&format!("{}_sorted", name(side)), keys, false)
+    };
+    let pair = doc! { from: 1, to: 1, "active_key": 1 };
+    let unique = format!("{}_{}_active_unique", name(from), name(to));
+    let ended = std::time::Duration::from_secs(30 * 24 * 3600);
+    vec![
+        mongo::index(&unique, pair, true),
+        sorted(from),
+        sorted(to),
+        outbox::index(),
+        outbox::purge_index("ended_ttl", "ended_at", ended),
+    ]
+}
 
 /// The filter of the relation of `from` to `to` that holds: a point lookup in the
 /// unique index.

@@ -94,41 +94,21 @@ impl Store {
         self.db
             .ensure_indexes(
                 &self.follows,
-                vec![
-                    // One active document per pair; serves Follow, Unfollow, GetRelationship.
-                    mongo::index(
-                        "follower_followee_active_unique",
-                        doc! { "follower_id": 1, "followee_id": 1, "active_key": 1 },
-                        true,
-                    ),
-                    // ListFollowing and ListFollowingIds, newest first; a user's follows for
-                    // an export or a deletion (ended ones out of the range).
-                    mongo::index(
-                        "follower_sorted",
-                        doc! { "follower_id": 1, "state": 1, "sort_key": -1 },
-                        false,
-                    ),
-                    // ListFollowers, newest first; the same for the other side.
-                    mongo::index(
-                        "followee_sorted",
-                        doc! { "followee_id": 1, "state": 1, "sort_key": -1 },
-                        false,
-                    ),
-                    // Sharded by follower (docs/adr/0002-scaling-out.md).
-                    mongo::sort_key_index(Some("follower_id")),
-                    // Follows whose checks did not finish (a handful at most).
-                    unchecked::index(),
-                    // CountFollows: one count over index keys per side (see `count`).
-                    mongo::index("followee_alive", mongo::alive_keys("followee_id"), false),
-                    mongo::index("follower_alive", mongo::alive_keys("follower_id"), false),
-                    outbox::index(),
-                    // Ended follows go after 30 days (long after their event is published).
-                    outbox::purge_index(
-                        "ended_ttl",
-                        "ended_at",
-                        std::time::Duration::from_secs(30 * 24 * 3600),
-                    ),
-                ],
+                // Follow, Unfollow, GetRelationship; ListFollowing and ListFollowingIds,
+                // ListFollowers; a user's follows for an export or a deletion.
+                [
+                    relation::indexes::<FollowDoc>(),
+                    vec![
+                        // Sharded by follower (docs/adr/0002-scaling-out.md).
+                        mongo::sort_key_index(Some("follower_id")),
+                        // Follows whose checks did not finish (a handful at most).
+                        unchecked::index(),
+                        // CountFollows: one count over index keys per side (see `count`).
+                        mongo::index("followee_alive", mongo::alive_keys("followee_id"), false),
+                        mongo::index("follower_alive", mongo::alive_keys("follower_id"), false),
+                    ],
+                ]
+                .concat(),
             )
             .await?;
         mongo::retire_indexes(
