@@ -13,6 +13,8 @@ pub const MAX_CONTENT_CHARS: usize = 500;
 pub const MAX_MEDIA: usize = 4;
 /// Largest width or height, in pixels.
 pub const MAX_DIMENSION: i32 = 16384;
+/// Most paths in an update's mask (`content`, `media`, `*`).
+const MAX_MASK_PATHS: usize = 3;
 
 /// A stored media item.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -49,13 +51,16 @@ pub fn text(field: &str, content: &str, v: &mut Violations) -> String {
     trimmed.to_owned()
 }
 
-/// Validates media items; violations are named `<field>[i].<name>`.
+/// Validates media items; violations are named `<field>[i].<name>`. Of more than
+/// [`MAX_MEDIA`] items, the count is refused and only the first [`MAX_MEDIA`] are looked
+/// at: a flood costs what a full list does.
 pub fn media(field: &str, items: &[Media], v: &mut Violations) -> Vec<MediaDoc> {
     if items.len() > MAX_MEDIA {
         v.add(field, format!("must have at most {MAX_MEDIA} items"));
     }
     items
         .iter()
+        .take(MAX_MEDIA)
         .enumerate()
         .map(|(i, m)| {
             let at = |name: &str| format!("{field}[{i}].{name}");
@@ -173,6 +178,12 @@ pub fn update(
             p.push("media");
         }
         p
+    } else if paths.len() > MAX_MASK_PATHS {
+        v.add(
+            "update_mask.paths",
+            format!("must name at most {MAX_MASK_PATHS} paths: content, media or *"),
+        );
+        Vec::new()
     } else if paths.iter().any(|p| p == "*") {
         vec!["content", "media"]
     } else {
@@ -195,7 +206,10 @@ pub fn update(
             }
             other => v.add(
                 "update_mask.paths",
-                format!("`{other}` cannot be updated; use content or media"),
+                format!(
+                    "`{}` cannot be updated; use content or media",
+                    validate::quoted(other)
+                ),
             ),
         }
     }

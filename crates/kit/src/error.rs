@@ -245,17 +245,26 @@ impl From<Error> for Status {
 }
 
 /// Collects the violations of one request, so that a client hears of every bad field
-/// at once.
+/// at once: up to [`MAX_VIOLATIONS`] of them, the first found. An answer is bounded as
+/// the request is not: the violations travel in the status's trailer, and one of a few
+/// hundred kilobytes (a violation per item of a flooded list) exceeds what an HTTP/2
+/// peer accepts in headers, which then ends the whole connection and every other call
+/// on it (a neighbour's too, through a shared channel).
 #[derive(Debug, Default)]
 pub struct Violations(Vec<Violation>);
 
+/// The most violations one answer names.
+pub const MAX_VIOLATIONS: usize = 32;
+
 impl Violations {
-    /// Records that `field` is wrong.
+    /// Records that `field` is wrong (nothing once [`MAX_VIOLATIONS`] are recorded).
     pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
-        self.0.push(Violation {
-            field: field.into(),
-            description: description.into(),
-        });
+        if self.0.len() < MAX_VIOLATIONS {
+            self.0.push(Violation {
+                field: field.into(),
+                description: description.into(),
+            });
+        }
     }
 
     /// Records the violation of a check that returned `Err(description)`.
@@ -306,6 +315,22 @@ mod tests {
             .map(|f| f.field.clone())
             .collect();
         assert_eq!(fields, ["username", "email"]);
+    }
+
+    #[test]
+    fn an_answer_names_at_most_the_first_violations() {
+        let mut v = Violations::default();
+        for i in 0..1000 {
+            v.add(format!("ids[{i}]"), "must be a 24-character hex id");
+        }
+        let status = Status::from(v.finish().unwrap_err());
+        let details = status.get_error_details();
+        let fields = &details.bad_request().unwrap().field_violations;
+        assert_eq!(fields.len(), MAX_VIOLATIONS);
+        assert_eq!(
+            fields[MAX_VIOLATIONS - 1].field,
+            format!("ids[{}]", MAX_VIOLATIONS - 1)
+        );
     }
 
     #[test]

@@ -74,6 +74,15 @@ pub fn batch_size(field: &str, len: usize, what: &str, v: &mut crate::error::Vio
     }
 }
 
+/// `sent` as an error may repeat it: its first 40 characters, with `…` when it is longer
+/// (an answer's size must not grow with what a client sends: see `error::Violations`).
+pub fn quoted(sent: &str) -> String {
+    match sent.char_indices().nth(40) {
+        Some((at, _)) => format!("{}…", &sent[..at]),
+        None => sent.to_owned(),
+    }
+}
+
 /// Largest batch of ids in one request.
 pub const MAX_BATCH: usize = 100;
 
@@ -164,6 +173,13 @@ pub fn url(s: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_an_error_repeats_of_a_value_is_its_start() {
+        assert_eq!(quoted("bio"), "bio");
+        let long = "é".repeat(60_000);
+        assert_eq!(quoted(&long), format!("{}…", "é".repeat(40)));
+    }
 
     #[test]
     fn text_is_measured_as_sent_and_kept_trimmed() {

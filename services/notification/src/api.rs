@@ -103,9 +103,17 @@ impl From<GroupDoc> for NotificationGroup {
     }
 }
 
-/// The stored names of the requested types, naming each bad one.
+/// Most types one filter names (there are five; a client may repeat one).
+const MAX_TYPES: usize = 16;
+
+/// The stored names of the requested types, naming each bad one (of more than
+/// [`MAX_TYPES`], none is looked at: the count is refused).
 fn types(requested: &[i32], v: &mut Violations) -> Vec<&'static str> {
     let mut out = Vec::new();
+    if requested.len() > MAX_TYPES {
+        v.add("types", format!("must name at most {MAX_TYPES} types"));
+        return out;
+    }
     for (i, t) in requested.iter().enumerate() {
         match NotificationType::try_from(*t) {
             Ok(NotificationType::Unspecified) | Err(_) => {

@@ -362,6 +362,12 @@ fn profile_update(user: &User, paths: &[String], v: &mut Violations) -> Document
                 _ => !user.profile_picture_url.is_empty(),
             })
             .collect()
+    } else if paths.len() > MUTABLE.len() + 1 {
+        v.add(
+            "update_mask.paths",
+            "must name at most full_name, bio, profile_picture_url or *",
+        );
+        Vec::new()
     } else if paths.iter().any(|p| p == "*") {
         MUTABLE.to_vec()
     } else {
@@ -389,7 +395,10 @@ fn profile_update(user: &User, paths: &[String], v: &mut Violations) -> Document
             }
             other => v.add(
                 "update_mask.paths",
-                format!("`{other}` cannot be updated; use full_name, bio or profile_picture_url"),
+                format!(
+                    "`{}` cannot be updated; use full_name, bio or profile_picture_url",
+                    validate::quoted(other)
+                ),
             ),
         }
     }

@@ -122,6 +122,18 @@ async fn lists_counts_and_read_state_are_the_callers_own() {
         .await
         .unwrap_err();
     assert_eq!(violated_fields(&err), ["types[0]", "types[1]"]);
+    // A flood of types is one violation, not one per type.
+    let err = n
+        .list_notifications(authed(
+            ListNotificationsRequest {
+                types: vec![42; 1000],
+                ..Default::default()
+            },
+            &bob,
+        ))
+        .await
+        .refused(Code::InvalidArgument);
+    assert_eq!(violated_fields(&err), ["types"]);
     let err = n
         .mark_notifications_read(authed(MarkNotificationsReadRequest { ids: vec![] }, &bob))
         .await

@@ -114,6 +114,45 @@ async fn post_validation_names_every_bad_field() {
     );
 }
 
+#[tokio::test]
+async fn a_flood_of_media_items_or_mask_paths_costs_what_a_few_do() {
+    let app = spawn().await;
+    let token = token_for(ObjectId::new());
+    // A thousand empty media items: the count is refused, and only the first four items
+    // are looked at (four violations each), not a thousand.
+    let err = app
+        .post(&token, "x", vec![Media::default(); 1000])
+        .await
+        .refused(Code::InvalidArgument);
+    let mut expected = vec!["media".to_owned()];
+    for i in 0..4 {
+        for name in ["type", "url", "width", "height"] {
+            expected.push(format!("media[{i}].{name}"));
+        }
+    }
+    assert_eq!(violated_fields(&err), expected);
+    // A mask of a thousand paths: one violation, not one per path.
+    let post = app.post(&token, "x", vec![]).await.unwrap();
+    let paths = vec!["nonsense"; 1000];
+    let err = app
+        .posts
+        .clone()
+        .update_post(authed(update(&post.id, "y", vec![], &paths), &token))
+        .await
+        .refused(Code::InvalidArgument);
+    assert_eq!(violated_fields(&err), ["update_mask.paths"]);
+    // One path of 60,000 characters: the answer names it by its start, not whole.
+    let long = "x".repeat(60_000);
+    let err = app
+        .posts
+        .clone()
+        .update_post(authed(update(&post.id, "y", vec![], &[&long]), &token))
+        .await
+        .refused(Code::InvalidArgument);
+    assert_eq!(violated_fields(&err), ["update_mask.paths"]);
+    assert!(err.message().len() < 200, "{}", err.message());
+}
+
 pub(crate) fn update(
     id: &str,
     content: &str,

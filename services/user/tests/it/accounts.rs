@@ -319,6 +319,16 @@ async fn update_user_is_self_only_and_validated() {
         violated_fields(&err),
         ["user.bio", "user.profile_picture_url", "update_mask.paths"]
     );
+    // A flooded mask is one violation, and a long path is named by its start.
+    let long = "x".repeat(60_000);
+    for paths in [vec!["bio"; 1000], vec![long.as_str()]] {
+        let err = c
+            .update_user(authed(update(&gina.id, "hi", "", &paths), &token))
+            .await
+            .refused(Code::InvalidArgument);
+        assert_eq!(violated_fields(&err), ["update_mask.paths"]);
+        assert!(err.message().len() < 200, "{}", err.message());
+    }
 
     // The bad requests changed nothing.
     let unchanged = c
