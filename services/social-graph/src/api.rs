@@ -139,7 +139,7 @@ impl Api {
                 }
             };
             let others: Vec<ObjectId> = follows.iter().map(other).collect();
-            let (_, blockers) = self.store.blocks.between(viewer, &others).await?;
+            let blockers = self.store.blocks.blockers_among(viewer, &others).await?;
             follows.retain(|f| !blockers.contains(&other(f)));
         }
         Ok((

@@ -149,33 +149,50 @@ impl Blocks {
         user: ObjectId,
         others: &[ObjectId],
     ) -> Result<(Vec<ObjectId>, Vec<ObjectId>)> {
-        if others.is_empty() {
-            return Ok((Vec::new(), Vec::new()));
-        }
-        let side = |mine: &'static str, theirs: &'static str| async move {
-            let found: Vec<bson::Document> = self
-                .blocks
-                .clone_with_type::<bson::Document>()
-                .find(doc! {
-                    mine: mongo::equals_id(user),
-                    theirs: { "$in": others },
-                    "active_key": ACTIVE,
-                })
-                .projection(doc! { theirs: 1, "_id": 0 })
-                .await?
-                .try_collect()
-                .await?;
-            Ok::<_, mongodb::error::Error>(
-                found
-                    .iter()
-                    .filter_map(|d| d.get_object_id(theirs).ok())
-                    .collect::<Vec<_>>(),
-            )
-        };
         Ok(tokio::try_join!(
-            side("blocker_id", "blocked_id"),
-            side("blocked_id", "blocker_id")
+            self.among(("blocker_id", "blocked_id"), user, others),
+            self.among(("blocked_id", "blocker_id"), user, others)
         )?)
+    }
+
+    /// Of `others`: those who block `user`.
+    pub async fn blockers_among(
+        &self,
+        user: ObjectId,
+        others: &[ObjectId],
+    ) -> Result<Vec<ObjectId>> {
+        Ok(self
+            .among(("blocked_id", "blocker_id"), user, others)
+            .await?)
+    }
+
+    /// Of `others`, those on the side `theirs` of a block that holds with `user` on the
+    /// side `mine` (`$in` on one side of the unique index).
+    async fn among(
+        &self,
+        (mine, theirs): (&'static str, &'static str),
+        user: ObjectId,
+        others: &[ObjectId],
+    ) -> mongodb::error::Result<Vec<ObjectId>> {
+        if others.is_empty() {
+            return Ok(Vec::new());
+        }
+        let found: Vec<bson::Document> = self
+            .blocks
+            .clone_with_type::<bson::Document>()
+            .find(doc! {
+                mine: mongo::equals_id(user),
+                theirs: { "$in": others },
+                "active_key": ACTIVE,
+            })
+            .projection(doc! { theirs: 1, "_id": 0 })
+            .await?
+            .try_collect()
+            .await?;
+        Ok(found
+            .iter()
+            .filter_map(|d| d.get_object_id(theirs).ok())
+            .collect())
     }
 
     /// A page of the blocks `blocker` holds, newest first.

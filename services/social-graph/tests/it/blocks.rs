@@ -208,6 +208,30 @@ async fn who_blocks_the_reader_is_left_out_of_anyones_follow_lists() {
         lists(&dave_token).await,
         (vec![dave.clone(), bob.clone()], vec![bob.clone()])
     );
+    // Page by page, one a page: nothing skipped, nothing twice, bob left out for alice.
+    let walk = async |token: &str| {
+        let (mut seen, mut page_token) = (Vec::new(), String::new());
+        loop {
+            let request = ListFollowersRequest {
+                user_id: carol.clone(),
+                page_size: 1,
+                page_token,
+            };
+            let page = app
+                .graph
+                .clone()
+                .list_followers(authed(request, token))
+                .await;
+            let page = page.answer();
+            seen.extend(page.follows.into_iter().map(|f| f.follower_id));
+            if page.next_page_token.is_empty() {
+                return seen;
+            }
+            page_token = page.next_page_token;
+        }
+    };
+    assert_eq!(walk(&alice_token).await, std::slice::from_ref(&dave));
+    assert_eq!(walk(&dave_token).await, [dave.clone(), bob.clone()]);
 }
 
 #[tokio::test]

@@ -288,7 +288,15 @@ async fn an_attacker_failing_from_one_network_does_not_lock_the_owner_out_of_ano
 
 #[tokio::test]
 async fn an_identifier_typed_to_look_like_another_count_is_counted_apart() {
-    let app = strict().await;
+    // Blocks long enough that none ends while the test runs on a loaded machine.
+    let app = spawn_with(|c| {
+        c.login_throttle = social_user::LoginThrottle {
+            first_block: Duration::from_secs(30),
+            max_block: Duration::from_secs(120),
+            ..app_throttle()
+        }
+    })
+    .await;
     let (alice, _) = app.register("alice").await;
     // A stranger types, as the username, what the counts of alice from her home network
     // were once stored under ("login:" and what was typed, then "|" and the network),
