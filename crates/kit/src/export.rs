@@ -2,14 +2,37 @@
 //! of their own and sent through a bounded channel, so that a large account is neither
 //! held in memory nor read faster than the client takes it.
 
-use std::future::Future;
+use std::{future::Future, time::Duration};
 
 use futures::{StreamExt, stream::BoxStream};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
-/// Pages in flight per stream.
+/// Items in flight per stream.
 const BUFFER: usize = 64;
+
+/// `stream` for at most `life` from now: a read past it gets one `DEADLINE_EXCEEDED`,
+/// which ends it. A deadline sent with a call bounds only its opening, not the messages
+/// of its stream: without this, a client reading a byte now and then would hold the
+/// stream, and the reads of the services behind it, for as long as it liked.
+pub fn within<T: Send + 'static>(
+    stream: BoxStream<'static, Result<T, Status>>,
+    life: Duration,
+) -> BoxStream<'static, Result<T, Status>> {
+    let deadline = Box::pin(tokio::time::sleep(life));
+    futures::stream::unfold(Some((stream, deadline)), |state| async move {
+        let (mut stream, mut deadline) = state?;
+        tokio::select! {
+            biased;
+            () = &mut deadline => {
+                let late = "the export took longer than it may; ask for it again";
+                Some((Err(Status::deadline_exceeded(late)), None))
+            }
+            item = stream.next() => item.map(|item| (item, Some((stream, deadline)))),
+        }
+    })
+    .boxed()
+}
 
 /// A server stream of the items of every page `next_page` returns, in order, until an
 /// empty page or an error (which ends the stream). `next_page` gets the key of the last

@@ -72,6 +72,8 @@ pub struct Api {
     pub quarantine: std::time::Duration,
     /// How soon after an exchange a refresh token gets the same successor again.
     pub refresh_grace: std::time::Duration,
+    /// How long an export may stream.
+    pub export_within: std::time::Duration,
     pub peers: Peers,
 }
 
@@ -920,7 +922,7 @@ impl UserService for Api {
             record: Some(Record::Profile(to_wire(user, Some(me)))),
         };
         // A whole account takes longer than an RPC's usual deadline.
-        let long = std::time::Duration::from_secs(600);
+        let long = self.export_within;
         let user_id = me.to_hex();
         let posts = self.peers.posts.with_timeout(long);
         let engagement = self.peers.engagement.with_timeout(long);
@@ -978,13 +980,12 @@ impl UserService for Api {
                     .map_err(&fail)
                 }
             });
-        Ok(Response::new(
-            futures::stream::once(async move { Ok(profile) })
-                .chain(post_stream)
-                .chain(engagement_stream)
-                .chain(follow_stream)
-                .boxed(),
-        ))
+        let records = futures::stream::once(async move { Ok(profile) })
+            .chain(post_stream)
+            .chain(engagement_stream)
+            .chain(follow_stream)
+            .boxed();
+        Ok(Response::new(social_kit::export::within(records, long)))
     }
 
     async fn change_password(

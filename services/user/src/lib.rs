@@ -64,6 +64,8 @@ pub struct Config {
     /// The cache GetUser and BatchGetUsers read others' profiles through (`REDIS_URL`,
     /// `REDIS_KEY_PREFIX`, `USER_CACHE_TTL_SECS`: 60, 0 turns it off).
     pub cache: social_kit::cache::Settings,
+    /// `EXPORT_WITHIN_SECS` (600): how long an account's export may stream.
+    pub export_within: Duration,
 }
 
 /// `LOGIN_*`: the failure window must outlast the longest block, or a block would end
@@ -126,6 +128,7 @@ impl Config {
             quarantine: days_or("USERNAME_QUARANTINE_DAYS", 30)?,
             refresh_grace: social_kit::config::seconds_or("REFRESH_REUSE_GRACE_SECS", 10)?,
             cache: social_kit::cache::Settings::from_env("USER_CACHE_TTL_SECS", 60)?,
+            export_within: social_kit::config::seconds_or("EXPORT_WITHIN_SECS", 600)?,
         })
     }
 
@@ -155,6 +158,7 @@ impl Config {
             quarantine: Duration::from_secs(30 * 24 * 3600),
             refresh_grace: Duration::from_secs(10),
             cache: social_kit::cache::Settings::for_tests(),
+            export_within: Duration::from_secs(600),
         }
     }
 
@@ -229,6 +233,7 @@ pub async fn run(config: Config, on: TcpListener, stop: CancellationToken) -> an
         relay,
         quarantine: config.quarantine,
         refresh_grace: config.refresh_grace,
+        export_within: config.export_within,
         peers: api::Peers {
             posts: config.post_service.clone(),
             engagement: config.engagement_service.clone(),

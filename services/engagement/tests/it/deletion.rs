@@ -447,6 +447,68 @@ async fn a_cascade_survives_a_broker_outage_and_a_crash_in_the_middle() {
     counters_are_true(&app, &[&alice_id], &refs, &[]).await;
 }
 
+/// A user service that knows where its peers are (it exports), configured by `tune`.
+async fn exporting_users(
+    app: &App,
+    tune: impl FnOnce(&mut social_user::Config),
+) -> (
+    social_testkit::Running,
+    social_proto::user::v1::user_service_client::UserServiceClient<tonic::transport::Channel>,
+) {
+    let peer = |name, addr: SocketAddr| {
+        social_testkit::peer(name, &format!("http://{addr}"), Duration::from_secs(5))
+    };
+    let mut config = user_config(app);
+    config.post_service = peer("post service", app.stack.post.addr);
+    config.engagement_service = peer("engagement service", app.stack.engagement.addr);
+    config.graph_service = peer("social-graph service", app.stack.graph.addr);
+    tune(&mut config);
+    let users = social_testkit::start(|l, s| social_user::run(config, l, s)).await;
+    let client =
+        social_proto::user::v1::user_service_client::UserServiceClient::new(users.channel().await);
+    (users, client)
+}
+
+#[tokio::test]
+async fn an_export_read_too_slowly_breaks_off_at_its_deadline() {
+    use social_proto::user::v1::ExportAccountRequest;
+    let app = App::start().await;
+    let (_, writer) = app.stack.register("writer").await;
+    // More than the reader's stream window holds: 400 posts of 500 characters.
+    let text = "x".repeat(500);
+    for _ in 0..20 {
+        let posts = (0..20).map(|_| app.post(&writer, &text));
+        futures::future::join_all(posts).await;
+    }
+    let (users, _) = exporting_users(&app, |c| c.export_within = Duration::from_secs(1)).await;
+    // A client whose stream window is small: the service waits on it (as on a client
+    // that reads a byte now and then).
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", users.addr))
+        .unwrap()
+        .initial_stream_window_size(16 * 1024)
+        .connect()
+        .await
+        .unwrap();
+    let mut client = social_proto::user::v1::user_service_client::UserServiceClient::new(channel);
+    let mut export = client
+        .export_account(authed(ExportAccountRequest {}, &writer))
+        .await
+        .answer();
+    assert!(export.message().await.unwrap().is_some(), "the profile");
+    // The client reads on after the export's time: what was on its way arrives, then
+    // the export breaks off instead of going on.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut posts = 0;
+    let ended = loop {
+        match export.message().await {
+            Ok(Some(_)) => posts += 1,
+            ended => break ended,
+        }
+    };
+    ended.refused(Code::DeadlineExceeded);
+    assert!(posts < 400, "{posts} posts arrived");
+}
+
 #[tokio::test]
 async fn an_account_exports_everything_it_made_before_it_goes() {
     use social_proto::user::v1::{ExportAccountRequest, export_record::Record};
@@ -462,17 +524,7 @@ async fn an_account_exports_everything_it_made_before_it_goes() {
     follow(&app, &writer, &alice_id).await;
     follow(&app, &alice, &writer_id).await;
 
-    // A user service that knows where its peers are.
-    let peer = |name, addr: SocketAddr| {
-        social_testkit::peer(name, &format!("http://{addr}"), Duration::from_secs(5))
-    };
-    let mut config = user_config(&app);
-    config.post_service = peer("post service", app.stack.post.addr);
-    config.engagement_service = peer("engagement service", app.stack.engagement.addr);
-    config.graph_service = peer("social-graph service", app.stack.graph.addr);
-    let users = social_testkit::start(|l, s| social_user::run(config, l, s)).await;
-    let mut client =
-        social_proto::user::v1::user_service_client::UserServiceClient::new(users.channel().await);
+    let (_users, mut client) = exporting_users(&app, |_| ()).await;
     let mut export = client
         .export_account(authed(ExportAccountRequest {}, &writer))
         .await
