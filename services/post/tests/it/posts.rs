@@ -153,6 +153,68 @@ async fn a_flood_of_media_items_or_mask_paths_costs_what_a_few_do() {
     assert!(err.message().len() < 200, "{}", err.message());
 }
 
+#[tokio::test]
+async fn streams_left_unread_leave_the_other_calls_of_their_connection_answering() {
+    use social_proto::post::v1::ExportUserPostsRequest;
+    let app = spawn().await;
+    // 5.4 MB of posts by one author (18 KB each: 500 four-byte characters and four
+    // media items of two 2,000-byte addresses), more than two streams' usual windows
+    // (2 MiB each).
+    let author = ObjectId::new();
+    let text = "𝕏".repeat(500);
+    let url = format!("https://cdn.example.com/{}", "m".repeat(1976));
+    let media = bson::doc! {
+        "type": "image", "url": &url, "thumbnail_url": &url, "width": 640, "height": 480,
+    };
+    let now = bson::DateTime::now();
+    let posts: Vec<bson::Document> = (0..300_i64)
+        .map(|i| {
+            bson::doc! {
+                "_id": ObjectId::new(), "user_id": author, "content": &text,
+                "media": [&media, &media, &media, &media],
+                "likes_count": 0_i64, "comments_count": 0_i64, "created_at": now,
+                "updated_at": now, "sort_key": now.timestamp_millis() * 1000 + i,
+                "state": "active", "recount_ms": 0_i64, "counter_version": 0_i64,
+                "outbox_pending": 0,
+            }
+        })
+        .collect();
+    let database = app.stack.database().await;
+    database
+        .collection("posts")
+        .insert_many(posts)
+        .await
+        .unwrap();
+    let post = app
+        .post(&token_for(author), "a post to read", vec![])
+        .await
+        .unwrap();
+    // Three exports of them on one connection to the post service, opened and not read.
+    let peer = social_testkit::peer(
+        "post service",
+        &format!("http://{}", app.stack.post.addr),
+        Duration::from_secs(5),
+    );
+    let mut unread = Vec::new();
+    for _ in 0..3 {
+        let request = peer.request(ExportUserPostsRequest {
+            user_id: author.to_hex(),
+        });
+        let mut client = PostServiceClient::new(peer.channel());
+        unread.push(client.export_user_posts(request).await.answer());
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Another call on that connection is answered.
+    let mut client = PostServiceClient::new(peer.channel());
+    let request = peer.request(GetPostRequest { id: post.id });
+    let answered = tokio::time::timeout(Duration::from_secs(5), client.get_post(request)).await;
+    assert!(
+        answered.is_ok(),
+        "the connection's window is taken by unread streams"
+    );
+    drop(unread);
+}
+
 pub(crate) fn update(
     id: &str,
     content: &str,
