@@ -283,19 +283,19 @@ pub type Resolver = Arc<
         + Sync,
 >;
 
-/// Connection settings of every peer endpoint. No channel-wide timeout: every call
-/// carries its own deadline ([`Peer::call`]), which [`Peer::with_timeout`] may lengthen.
 /// What one stream may have waiting unread on a connection to a peer.
 const STREAM_WINDOW: u32 = 256 * 1024;
 /// What all the streams of one connection may have waiting unread together.
 const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 
-/// The settings of every connection to a peer. Its flow-control windows: what a stream
-/// has received and not yet been read counts against its connection's window too, so
-/// that streams whose reader stops (an export or a live stream whose client reads a
-/// byte now and then) would, at HTTP/2's usual 2 MiB a stream and 5 MiB a connection,
-/// take the whole connection after three, and every other call on it would wait. At
-/// 256 KiB a stream and 16 MiB a connection, it takes 64.
+/// Connection settings of every peer endpoint. No channel-wide timeout: every call
+/// carries its own deadline ([`Peer::call`]), which [`Peer::with_timeout`] may lengthen.
+/// Its flow-control windows: what a stream has received and not yet been read counts
+/// against its connection's window too, so that streams whose reader stops (an export
+/// whose client reads a byte now and then) would, at HTTP/2's usual 2 MiB a stream and
+/// 5 MiB a connection, take the whole connection after three, and every other call on it
+/// would wait. At 256 KiB a stream and 16 MiB a connection, it takes 64; and an export
+/// lets go of a reader that keeps it waiting (`export::within`).
 fn endpoint(endpoint: Endpoint, timeout: Duration) -> Endpoint {
     endpoint
         .connect_timeout(timeout.min(Duration::from_secs(2)))

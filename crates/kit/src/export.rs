@@ -11,27 +11,48 @@ use tonic::Status;
 /// Items in flight per stream.
 const BUFFER: usize = 64;
 
-/// `stream` for at most `life` from now: a read past it gets one `DEADLINE_EXCEEDED`,
-/// which ends it. A deadline sent with a call bounds only its opening, not the messages
-/// of its stream: without this, a client reading a byte now and then would hold the
-/// stream, and the reads of the services behind it, for as long as it liked.
+/// How long an export waits for its reader to take the next item before it lets go.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// `stream` for at most `life` from now, and while its reader keeps up: read ahead by a
+/// task of its own, which drops it (ending the reads of the services behind it) once
+/// `life` has passed or the reader has taken nothing for `patience`, whether or not the
+/// reader comes back. A reader that does comes back gets what was read ahead, then
+/// `late`, so that the end does not look like a complete stream. (A deadline sent with a
+/// call bounds only its opening; and what a stream has received and not yet been read
+/// holds its connection's flow-control window, shared with every other call on it.)
 pub fn within<T: Send + 'static>(
-    stream: BoxStream<'static, Result<T, Status>>,
+    mut stream: BoxStream<'static, T>,
     life: Duration,
-) -> BoxStream<'static, Result<T, Status>> {
-    let deadline = Box::pin(tokio::time::sleep(life));
-    futures::stream::unfold(Some((stream, deadline)), |state| async move {
-        let (mut stream, mut deadline) = state?;
-        tokio::select! {
-            biased;
-            () = &mut deadline => {
-                let late = "the export took longer than it may; ask for it again";
-                Some((Err(Status::deadline_exceeded(late)), None))
+    patience: Duration,
+    late: T,
+) -> BoxStream<'static, T> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        let deadline = tokio::time::sleep(life);
+        tokio::pin!(deadline);
+        loop {
+            let next = tokio::select! {
+                biased;
+                () = &mut deadline => break,
+                next = stream.next() => next,
+            };
+            let Some(item) = next else {
+                return; // complete: the reader sees the end
+            };
+            tokio::select! {
+                biased;
+                () = &mut deadline => break,
+                () = tokio::time::sleep(patience) => break,
+                sent = tx.send(item) => if sent.is_err() {
+                    return; // the reader went away
+                },
             }
-            item = stream.next() => item.map(|item| (item, Some((stream, deadline)))),
         }
-    })
-    .boxed()
+        drop(stream);
+        let _ = tx.send(late).await;
+    });
+    ReceiverStream::new(rx).boxed()
 }
 
 /// A server stream of the items of every page `next_page` returns, in order, until an
@@ -66,4 +87,57 @@ where
         }
     });
     ReceiverStream::new(rx).boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stream fed by hand, and its feeder.
+    fn fed() -> (tokio::sync::mpsc::Sender<u32>, BoxStream<'static, u32>) {
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        (tx, ReceiverStream::new(rx).boxed())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn past_its_life_a_stream_is_dropped_though_nobody_reads_and_a_late_reader_is_told() {
+        let (source, stream) = fed();
+        let mut read = within(stream, Duration::from_secs(1), Duration::from_secs(3600), 0);
+        source.send(1).await.unwrap();
+        assert_eq!(read.next().await, Some(1));
+        // Nobody reads on; the source is still open.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(source.is_closed(), "dropped at its deadline, unread");
+        assert_eq!(read.next().await, Some(0), "told it came late");
+        assert_eq!(read.next().await, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reader_that_takes_nothing_for_its_patience_lets_go_of_the_stream() {
+        let (source, stream) = fed();
+        let mut read = within(stream, Duration::from_secs(3600), Duration::from_secs(1), 0);
+        for n in 1..=5 {
+            source.send(n).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(
+            source.is_closed(),
+            "dropped once the reader kept it waiting"
+        );
+        assert_eq!(read.next().await, Some(1), "what was read ahead");
+        assert_eq!(read.next().await, Some(0));
+        assert_eq!(read.next().await, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_read_in_time_is_whole() {
+        let (source, stream) = fed();
+        let mut read = within(stream, Duration::from_secs(60), Duration::from_secs(1), 0);
+        for n in 1..=3 {
+            source.send(n).await.unwrap();
+        }
+        drop(source);
+        let all: Vec<u32> = read.by_ref().collect().await;
+        assert_eq!(all, [1, 2, 3]);
+    }
 }

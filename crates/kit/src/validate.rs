@@ -77,9 +77,14 @@ pub fn batch_size(field: &str, len: usize, what: &str, v: &mut crate::error::Vio
 /// `sent` as an error may repeat it: its first 40 characters, with `…` when it is longer
 /// (an answer's size must not grow with what a client sends: see `error::Violations`).
 pub fn quoted(sent: &str) -> String {
-    match sent.char_indices().nth(40) {
-        Some((at, _)) => format!("{}…", &sent[..at]),
-        None => sent.to_owned(),
+    cut(sent, 40)
+}
+
+/// The first `max` characters of `text`, with `…` when it is longer.
+pub fn cut(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_owned(),
     }
 }
 

@@ -264,15 +264,23 @@ async fn export_me(
             users.export_account(r)
         })
         .await?;
-    let lines = opened.filter_map(|record| async move {
-        match record {
-            Ok(record) => export_line(record).map(Ok),
-            Err(status) => {
-                tracing::warn!(%status, "an export broke off");
-                Some(Err(std::io::Error::other(status.message().to_owned())))
+    let lines = opened
+        .filter_map(|record| async move {
+            match record {
+                Ok(record) => export_line(record).map(Ok),
+                Err(status) => {
+                    tracing::warn!(%status, "an export broke off");
+                    Some(Err(std::io::Error::other(status.message().to_owned())))
+                }
             }
-        }
-    });
+        })
+        .boxed();
+    // Read from the user service at its pace, not the client's: a client that stops
+    // reading lets go of the export (and of the window it holds on the connection every
+    // call to the user service shares) after `PATIENCE`.
+    let late = Err(std::io::Error::other("the export was not read in time"));
+    let patience = social_kit::export::PATIENCE;
+    let lines = social_kit::export::within(lines, EXPORT_WITHIN, patience, late);
     Response::builder()
         .header(axum::http::header::CONTENT_TYPE, "application/x-ndjson")
         .body(axum::body::Body::from_stream(lines))

@@ -234,13 +234,17 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
     }
 }
 
+/// How much of a parser's complaint an answer repeats (it may quote what was sent).
+const COMPLAINT: usize = 200;
+
 fn body_error(rejection: &JsonRejection) -> ApiError {
-    let text = rejection.body_text();
+    let text = social_kit::validate::cut(&rejection.body_text(), COMPLAINT);
     // serde names an unknown field as "unknown field `name`".
     if let Some(start) = text.find("unknown field `") {
         let rest = &text[start + "unknown field `".len()..];
         if let Some(end) = rest.find('`') {
-            return ApiError::invalid(&rest[..end], "is not a field of this request");
+            let field = social_kit::validate::quoted(&rest[..end]);
+            return ApiError::invalid(&field, "is not a field of this request");
         }
     }
     if let Some(start) = text.find("missing field `") {
@@ -282,7 +286,10 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         match axum::extract::Query::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Query(value)) => Ok(Self(value)),
-            Err(rejection) => Err(ApiError::invalid("query", rejection.body_text())),
+            Err(rejection) => Err(ApiError::invalid(
+                "query",
+                social_kit::validate::cut(&rejection.body_text(), COMPLAINT),
+            )),
         }
     }
 }
@@ -297,7 +304,10 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Path<T>
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         match axum::extract::Path::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Path(value)) => Ok(Self(value)),
-            Err(rejection) => Err(ApiError::invalid("id", rejection.body_text())),
+            Err(rejection) => Err(ApiError::invalid(
+                "id",
+                social_kit::validate::cut(&rejection.body_text(), COMPLAINT),
+            )),
         }
     }
 }

@@ -59,7 +59,8 @@ fn types(list: &str) -> ApiResult<Vec<i32>> {
                     ApiError::invalid(
                         "types",
                         format!(
-                            "{t:?} is not one of FOLLOW, POST_LIKE, COMMENT_LIKE, POST_COMMENT, MENTION"
+                            "{:?} is not one of FOLLOW, POST_LIKE, COMMENT_LIKE, POST_COMMENT, MENTION",
+                            social_kit::validate::quoted(t)
                         ),
                     )
                 })

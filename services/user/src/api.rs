@@ -55,6 +55,9 @@ pub const INTERNAL: &[&str] = &["BatchGetUsersByUsername", "ListEndedSessions"];
 /// that a client still attaching its expired token can log in again.
 pub const AUTHENTICATING: &[&str] = &["Login", "Register"];
 
+/// How an export that took longer than it may ends.
+const EXPORT_LATE: &str = "the export took longer than it may, or was not read; ask for it again";
+
 /// The same answer for an unknown user and a wrong password.
 const LOGIN_FAILED: &str = "invalid username, email or password";
 /// The same answer for every refresh token that does not work.
@@ -985,7 +988,10 @@ impl UserService for Api {
             .chain(engagement_stream)
             .chain(follow_stream)
             .boxed();
-        Ok(Response::new(social_kit::export::within(records, long)))
+        let late = Status::deadline_exceeded(EXPORT_LATE);
+        let patience = social_kit::export::PATIENCE;
+        let records = social_kit::export::within(records, long, patience, Err(late));
+        Ok(Response::new(records))
     }
 
     async fn change_password(

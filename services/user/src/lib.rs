@@ -128,7 +128,8 @@ impl Config {
             quarantine: days_or("USERNAME_QUARANTINE_DAYS", 30)?,
             refresh_grace: social_kit::config::seconds_or("REFRESH_REUSE_GRACE_SECS", 10)?,
             cache: social_kit::cache::Settings::from_env("USER_CACHE_TTL_SECS", 60)?,
-            export_within: social_kit::config::seconds_or("EXPORT_WITHIN_SECS", 600)?,
+            export_within: social_kit::config::seconds_or("EXPORT_WITHIN_SECS", 600)?
+                .max(Duration::from_secs(1)),
         })
     }
 

@@ -482,6 +482,34 @@ async fn every_error_has_one_shape() {
     assert_eq!(malformed.status(), StatusCode::BAD_REQUEST);
     let shape: serde_json::Value = malformed.json().await.unwrap();
     assert_eq!(shape["error"]["status"], "INVALID_ARGUMENT");
+    // What an error repeats of a request is short, however long what was sent.
+    let long = "x".repeat(10_000);
+    let answers = [
+        app.get(&format!("/v1/notifications?types={long}"), Some(&alice))
+            .await,
+        app.post(
+            "/v1/posts",
+            Some(&alice),
+            json!({ "content": 5, long.clone(): 1 }),
+        )
+        .await,
+        app.post(
+            "/v1/posts",
+            Some(&alice),
+            json!({ "content": long.repeat(5) }),
+        )
+        .await,
+        app.post(
+            "/v1/posts",
+            Some(&alice),
+            json!({ "content": [long.clone()] }),
+        )
+        .await,
+    ];
+    for a in answers {
+        a.error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT");
+        assert!(a.body.to_string().len() < 1500, "{}", a.body);
+    }
     let query = app
         .get(
             "/v1/users/6b0954dcc3ddd33507e1a6ca/posts?page_size=-1",
