@@ -486,6 +486,28 @@ impl Stack {
             .map(drop)
     }
 
+    /// `token`'s account likes `comment`, as the service answers.
+    pub async fn like_comment(&self, token: &str, comment: &str) -> Result<(), tonic::Status> {
+        let request = social_proto::engagement::v1::LikeCommentRequest {
+            comment_id: comment.into(),
+        };
+        EngagementServiceClient::new(self.engagement.shared_channel().await)
+            .like_comment(crate::authed(request, token))
+            .await
+            .map(drop)
+    }
+
+    /// `token`'s account stops liking `comment`, as the service answers.
+    pub async fn unlike_comment(&self, token: &str, comment: &str) -> Result<(), tonic::Status> {
+        let request = social_proto::engagement::v1::UnlikeCommentRequest {
+            comment_id: comment.into(),
+        };
+        EngagementServiceClient::new(self.engagement.shared_channel().await)
+            .unlike_comment(crate::authed(request, token))
+            .await
+            .map(drop)
+    }
+
     /// `token`'s account stops liking `post`, as the service answers.
     pub async fn unlike_post(&self, token: &str, post: &str) -> Result<(), tonic::Status> {
         let request = social_proto::engagement::v1::UnlikePostRequest {

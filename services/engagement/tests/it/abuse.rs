@@ -5,9 +5,7 @@ use std::time::Duration;
 
 use bson::oid::ObjectId;
 use social_proto::{
-    engagement::v1::{
-        GetCommentRequest, LikeCommentRequest, UnlikeCommentRequest, UnlikePostRequest,
-    },
+    engagement::v1::{GetCommentRequest, UnlikePostRequest},
     post::v1::BatchGetPostsRequest,
 };
 use social_testkit::{Answer, Refused, authed, broker, eventually, token_for, violated_fields};
@@ -36,15 +34,7 @@ async fn a_like_of_one_kind_is_never_ended_through_the_other() {
         }
     };
     app.like_post(&fan, &post.id).await.unwrap();
-    engagement
-        .like_comment(authed(
-            LikeCommentRequest {
-                comment_id: comment.id.clone(),
-            },
-            &fan,
-        ))
-        .await
-        .unwrap();
+    app.like_comment(&fan, &comment.id).await.unwrap();
     app.counters_become(&post.id, (1, 1)).await;
     let liked = eventually(Duration::from_secs(15), || async {
         (comment_likes().await == 1).then_some(())
@@ -65,26 +55,10 @@ async fn a_like_of_one_kind_is_never_ended_through_the_other() {
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::NotFound, "no post has the comment's id");
-        let err = engagement
-            .unlike_comment(authed(
-                UnlikeCommentRequest {
-                    comment_id: post.id.clone(),
-                },
-                &fan,
-            ))
-            .await
-            .unwrap_err();
+        let err = app.unlike_comment(&fan, &post.id).await.unwrap_err();
         assert_eq!(err.code(), Code::NotFound, "no comment has the post's id");
         app.like_post(&fan, &post.id).await.unwrap();
-        engagement
-            .like_comment(authed(
-                LikeCommentRequest {
-                    comment_id: comment.id.clone(),
-                },
-                &fan,
-            ))
-            .await
-            .unwrap();
+        app.like_comment(&fan, &comment.id).await.unwrap();
     }
     let config = &app.stack.events;
     let drained = eventually(Duration::from_secs(15), || async {

@@ -6,7 +6,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use bson::{doc, oid::ObjectId};
 use social_proto::{
-    engagement::v1::{GetCommentRequest, LikeCommentRequest},
+    engagement::v1::GetCommentRequest,
     graph::v1::FollowRequest,
     user::v1::{GetUserRequest, LoginRequest, RegisterRequest},
 };
@@ -203,16 +203,7 @@ async fn follow(app: &App, token: &str, followee: &str) {
 }
 
 async fn like_comment(app: &App, token: &str, comment: &str) {
-    app.engagement
-        .clone()
-        .like_comment(authed(
-            LikeCommentRequest {
-                comment_id: comment.into(),
-            },
-            token,
-        ))
-        .await
-        .unwrap();
+    app.like_comment(token, comment).await.unwrap();
 }
 
 #[tokio::test]

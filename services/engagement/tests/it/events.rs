@@ -21,7 +21,7 @@ use social_events::{
     topology::QueueSpec,
 };
 use social_proto::{
-    engagement::v1::{DeleteCommentRequest, GetCommentRequest, LikeCommentRequest},
+    engagement::v1::{DeleteCommentRequest, GetCommentRequest},
     graph::v1::{FollowRequest, ListFollowersRequest},
     user::v1::GetUserRequest,
 };
@@ -261,15 +261,10 @@ async fn a_poison_message_is_dead_lettered_and_consuming_goes_on() {
     );
 
     // The consumer goes on: a comment like still moves the comment's counter.
-    let mut e = app.engagement.clone();
-    e.like_comment(authed(
-        LikeCommentRequest {
-            comment_id: comment.id.clone(),
-        },
-        &token_for(ObjectId::new()),
-    ))
-    .await
-    .unwrap();
+    let e = app.engagement.clone();
+    app.like_comment(&token_for(ObjectId::new()), &comment.id)
+        .await
+        .unwrap();
     let counted = eventually(Duration::from_secs(15), || {
         let (mut e, id) = (e.clone(), comment.id.clone());
         async move {

@@ -66,6 +66,14 @@ impl App {
         self.stack.like_post(token, post_id).await
     }
 
+    async fn like_comment(&self, token: &str, comment_id: &str) -> Result<(), Status> {
+        self.stack.like_comment(token, comment_id).await
+    }
+
+    async fn unlike_comment(&self, token: &str, comment_id: &str) -> Result<(), Status> {
+        self.stack.unlike_comment(token, comment_id).await
+    }
+
     async fn likers(&self, post_id: &str) -> Vec<String> {
         self.engagement
             .clone()

@@ -5,8 +5,8 @@ use prost_types::FieldMask;
 use social_proto::{
     common::v1::Media,
     engagement::v1::{
-        Comment, DeleteCommentRequest, GetCommentRequest, LikeCommentRequest, ListCommentsRequest,
-        ListPostLikesRequest, UnlikeCommentRequest, UnlikePostRequest, UpdateCommentRequest,
+        Comment, DeleteCommentRequest, GetCommentRequest, ListCommentsRequest,
+        ListPostLikesRequest, UnlikePostRequest, UpdateCommentRequest,
     },
 };
 use social_testkit::{Answer, Refused, authed, token_for, violated_fields};
@@ -232,26 +232,14 @@ async fn comment_likes_are_idempotent_and_counted() {
         .comment(&token_for(ObjectId::new()), &post.id, "c")
         .await
         .unwrap();
-    let mut e = app.engagement.clone();
+    let e = app.engagement.clone();
     let fan = token_for(ObjectId::new());
     for _ in 0..3 {
-        e.like_comment(authed(
-            LikeCommentRequest {
-                comment_id: comment.id.clone(),
-            },
-            &fan,
-        ))
+        app.like_comment(&fan, &comment.id).await.unwrap();
+    }
+    app.like_comment(&token_for(ObjectId::new()), &comment.id)
         .await
         .unwrap();
-    }
-    e.like_comment(authed(
-        LikeCommentRequest {
-            comment_id: comment.id.clone(),
-        },
-        &token_for(ObjectId::new()),
-    ))
-    .await
-    .unwrap();
     let count = social_testkit::eventually(std::time::Duration::from_secs(15), || async {
         let c = e
             .clone()
@@ -264,30 +252,13 @@ async fn comment_likes_are_idempotent_and_counted() {
     })
     .await;
     assert!(count.is_some(), "comment likes_count never reached 2");
-    e.unlike_comment(authed(
-        UnlikeCommentRequest {
-            comment_id: comment.id.clone(),
-        },
-        &fan,
-    ))
-    .await
-    .unwrap();
-    e.like_comment(authed(
-        LikeCommentRequest {
-            comment_id: ObjectId::new().to_hex(),
-        },
-        &fan,
-    ))
-    .await
-    .refused(Code::NotFound);
-    e.unlike_comment(authed(
-        UnlikeCommentRequest {
-            comment_id: ObjectId::new().to_hex(),
-        },
-        &fan,
-    ))
-    .await
-    .refused(Code::NotFound);
+    app.unlike_comment(&fan, &comment.id).await.unwrap();
+    app.like_comment(&fan, &ObjectId::new().to_hex())
+        .await
+        .refused(Code::NotFound);
+    app.unlike_comment(&fan, &ObjectId::new().to_hex())
+        .await
+        .refused(Code::NotFound);
     // The post's like list holds post likes only.
     assert!(app.likers(&post.id).await.is_empty());
 }
