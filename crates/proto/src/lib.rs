@@ -1,6 +1,6 @@
 //! Generated code for every `social.*.v1` package, one module per package, plus the
 //! encoded file descriptor set that servers hand to gRPC reflection. Nothing hand-written
-//! lives here but the module tree, [`Bounded`] and [`Paged`].
+//! lives here but the module tree, [`Bounded`], [`Paged`] and [`OfPage`].
 
 #![allow(clippy::all, clippy::pedantic, missing_docs)]
 
@@ -85,6 +85,13 @@ impl Paged for (i32, &str) {
     }
 }
 
+/// A list request made from its page, the rest of its fields left to fill (`Request {
+/// user_id, ..Request::of_page(size, token) }`): how the gateway builds one from a
+/// list's query string.
+pub trait OfPage: Paged + Default {
+    fn of_page(page_size: i32, page_token: String) -> Self;
+}
+
 macro_rules! paged {
     ($($request:path),* $(,)?) => {
         $(impl Paged for $request {
@@ -94,6 +101,16 @@ macro_rules! paged {
 
             fn page_token(&self) -> &str {
                 &self.page_token
+            }
+        }
+
+        impl OfPage for $request {
+            fn of_page(page_size: i32, page_token: String) -> Self {
+                Self {
+                    page_size,
+                    page_token,
+                    ..Default::default()
+                }
             }
         })*
     };

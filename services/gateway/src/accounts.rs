@@ -147,11 +147,7 @@ async fn list_sessions(
     SignedIn(who, _): SignedIn,
     mut list: Listing,
 ) -> ApiResult<Response> {
-    let (page_size, page_token) = list.page();
-    let request = ListSessionsRequest {
-        page_size,
-        page_token,
-    };
+    let request: ListSessionsRequest = list.request();
     let r = ask!(state, who, users.list_sessions(request))?;
     let items: Vec<Session> = r.sessions.into_iter().map(Into::into).collect();
     Ok(list.answer(SessionPage::of(items, r.next_page_token)))

@@ -205,12 +205,11 @@ impl<S: Send + Sync> FromRequestParts<S> for Listing {
 }
 
 impl Listing {
-    /// `(page_size, page_token)`, as every list request of the services names them.
-    pub fn page(&mut self) -> (i32, String) {
-        (
-            self.page.page_size,
-            std::mem::take(&mut self.page.page_token),
-        )
+    /// The list request of the page asked for, its other fields left to the handler:
+    /// `ListFollowersRequest { user_id, ..list.request() }`.
+    pub fn request<R: social_proto::OfPage>(&mut self) -> R {
+        let token = std::mem::take(&mut self.page.page_token);
+        R::of_page(self.page.page_size, token)
     }
 
     /// `page` as JSON, with the `Link` header to the page after it.

@@ -110,11 +110,9 @@ async fn followers(
     Path(id): Path<String>,
     mut list: Listing,
 ) -> ApiResult<Response> {
-    let (page_size, page_token) = list.page();
     let request = ListFollowersRequest {
         user_id: id,
-        page_size,
-        page_token,
+        ..list.request()
     };
     let r = ask!(state, who, graph.list_followers(request))?;
     let items = with_follow_accounts(&state, &who, r.follows, true).await?;
@@ -132,11 +130,9 @@ async fn following(
     Path(id): Path<String>,
     mut list: Listing,
 ) -> ApiResult<Response> {
-    let (page_size, page_token) = list.page();
     let request = ListFollowingRequest {
         user_id: id,
-        page_size,
-        page_token,
+        ..list.request()
     };
     let r = ask!(state, who, graph.list_following(request))?;
     let items = with_follow_accounts(&state, &who, r.follows, false).await?;
@@ -208,11 +204,7 @@ async fn blocks(
     SignedIn(who, _): SignedIn,
     mut list: Listing,
 ) -> ApiResult<Response> {
-    let (page_size, page_token) = list.page();
-    let request = ListBlocksRequest {
-        page_size,
-        page_token,
-    };
+    let request: ListBlocksRequest = list.request();
     let r = ask!(state, who, graph.list_blocks(request))?;
     let blocked = |b: &social_proto::graph::v1::Block| b.blocked_id.clone();
     let items = with_accounts(&state, &who, r.blocks, blocked, |b: &mut Block, a| {
@@ -266,11 +258,7 @@ async fn mutes(
     SignedIn(who, _): SignedIn,
     mut list: Listing,
 ) -> ApiResult<Response> {
-    let (page_size, page_token) = list.page();
-    let request = ListMutesRequest {
-        page_size,
-        page_token,
-    };
+    let request: ListMutesRequest = list.request();
     let r = ask!(state, who, graph.list_mutes(request))?;
     let muted = |m: &social_proto::graph::v1::Mute| m.muted_id.clone();
     let items = with_accounts(&state, &who, r.mutes, muted, |m: &mut Mute, a| {

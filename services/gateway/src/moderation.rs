@@ -91,11 +91,7 @@ async fn open_reports(
     SignedIn(who, _): SignedIn,
     mut list: Listing,
 ) -> ApiResult<Response> {
-    let (page_size, page_token) = list.page();
-    let request = ListReportsRequest {
-        page_size,
-        page_token,
-    };
+    let request: ListReportsRequest = list.request();
     let r = ask!(state, who, users.list_reports(request))?;
     let items = r.reports.into_iter().map(Report::from).collect();
     Ok(list.answer(ReportPage::of(items, r.next_page_token)))

@@ -108,12 +108,10 @@ async fn list(
     mut list: Listing,
     Query(q): Query<ListFilter>,
 ) -> ApiResult<Response> {
-    let (page_size, page_token) = list.page();
     let request = ListNotificationsRequest {
-        page_size,
-        page_token,
         unread_only: q.unread_only,
         types: types(&q.types)?,
+        ..list.request()
     };
     let r = ask!(state, who, notifications.list_notifications(request))?;
     let items = with_accounts(&state, &who, r.notifications).await?;
@@ -171,11 +169,9 @@ async fn groups(
     mut list: Listing,
     Query(q): Query<GroupFilter>,
 ) -> ApiResult<Response> {
-    let (page_size, page_token) = list.page();
     let request = ListNotificationGroupsRequest {
-        page_size,
-        page_token,
         unread_only: q.unread_only,
+        ..list.request()
     };
     let r = ask!(state, who, notifications.list_notification_groups(request))?;
     let items = with_samples(&state, &who, r.groups).await?;

@@ -181,11 +181,9 @@ async fn user_posts(
     Path(id): Path<String>,
     mut list: Listing,
 ) -> ApiResult<Response> {
-    let (page_size, page_token) = list.page();
     let request = ListUserPostsRequest {
         user_id: id,
-        page_size,
-        page_token,
+        ..list.request()
     };
     let r = ask!(state, who, posts.list_user_posts(request))?;
     let items = with_authors(&state, &who, r.posts).await?;
@@ -202,11 +200,7 @@ async fn feed(
     SignedIn(who, _): SignedIn,
     mut list: Listing,
 ) -> ApiResult<Response> {
-    let (page_size, page_token) = list.page();
-    let request = ListHomeFeedRequest {
-        page_size,
-        page_token,
-    };
+    let request: ListHomeFeedRequest = list.request();
     let r = ask!(state, who, posts.list_home_feed(request))?;
     let items = with_authors(&state, &who, r.posts).await?;
     Ok(list.answer(PostPage::of(items, r.next_page_token)))
@@ -250,11 +244,9 @@ async fn post_likes(
     Path(id): Path<String>,
     mut list: Listing,
 ) -> ApiResult<Response> {
-    let (page_size, page_token) = list.page();
     let request = ListPostLikesRequest {
         post_id: id,
-        page_size,
-        page_token,
+        ..list.request()
     };
     let r = ask!(state, who, engagement.list_post_likes(request))?;
     let likers = accounts(
@@ -287,11 +279,9 @@ async fn comments(
     Path(id): Path<String>,
     mut list: Listing,
 ) -> ApiResult<Response> {
-    let (page_size, page_token) = list.page();
     let request = ListCommentsRequest {
         post_id: id,
-        page_size,
-        page_token,
+        ..list.request()
     };
     let r = ask!(state, who, engagement.list_comments(request))?;
     let items = comments_with_authors(&state, &who, r.comments).await?;
