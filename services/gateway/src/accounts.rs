@@ -252,6 +252,8 @@ async fn export_me(
     SignedIn(who, _): SignedIn,
 ) -> ApiResult<Response> {
     use futures::StreamExt;
+    // Held as long as the export streams.
+    let slot = state.limits.start_export()?;
     let peer = &state.services.users;
     let request = who.request(peer, ExportAccountRequest {});
     let mut users = crate::context::clients::users(peer);
@@ -261,6 +263,10 @@ async fn export_me(
         })
         .await?;
     let lines = opened
+        .map(move |record| {
+            let _held = &slot;
+            record
+        })
         .filter_map(|record| async move {
             match record {
                 Ok(record) => export_line(record).map(Ok),

@@ -107,6 +107,7 @@ impl Config {
             streams: StreamCaps {
                 per_account: at_least_one_or("GATEWAY_STREAMS_PER_ACCOUNT", 5)?,
                 per_address: at_least_one_or("GATEWAY_STREAMS_PER_ADDRESS", 1000)?,
+                exports: at_least_one_or("GATEWAY_EXPORTS_AT_ONCE", 16)?,
             },
             timeouts: Timeouts {
                 headers: Duration::from_secs(at_least_one_or("GATEWAY_HEADER_TIMEOUT_SECS", 75)?),

@@ -195,6 +195,10 @@ pub struct StreamCaps {
     /// the accounts: one client with many accounts, but also many people behind one
     /// carrier's NAT, hence the margin.
     pub per_address: usize,
+    /// `GATEWAY_EXPORTS_AT_ONCE` (16): account exports streaming through this gateway at
+    /// once, whoever asks: each may hold 256 KiB of the one connection to the user
+    /// service that every call to it shares (`kit::client`), whose window is 16 MiB.
+    pub exports: usize,
 }
 
 impl Default for StreamCaps {
@@ -202,6 +206,7 @@ impl Default for StreamCaps {
         Self {
             per_account: 5,
             per_address: 1000,
+            exports: 16,
         }
     }
 }
@@ -254,6 +259,7 @@ pub struct Limits {
     rates: Rates,
     caps: StreamCaps,
     streams: Mutex<OpenStreams>,
+    exports: Arc<tokio::sync::Semaphore>,
 }
 
 impl Limits {
@@ -268,7 +274,20 @@ impl Limits {
             rates,
             caps,
             streams: Mutex::default(),
+            exports: Arc::new(tokio::sync::Semaphore::new(caps.exports.max(1))),
         }
+    }
+
+    /// A place for one more export streaming through this gateway (held until its
+    /// stream is dropped), or 429 when [`StreamCaps::exports`] are streaming.
+    pub fn start_export(&self) -> ApiResult<tokio::sync::OwnedSemaphorePermit> {
+        self.exports.clone().try_acquire_owned().map_err(|_| {
+            let why = format!(
+                "{} exports are streaming through this gateway already; retry shortly",
+                self.caps.exports
+            );
+            ApiError::too_many_because(why, STREAM_RETRY)
+        })
     }
 
     /// A place for one more live stream of `account` from `ip`, or 429 saying which cap
@@ -619,6 +638,21 @@ mod tests {
     }
 
     #[test]
+    fn exports_are_capped_at_once_until_one_ends() {
+        let caps = StreamCaps {
+            exports: 2,
+            ..StreamCaps::default()
+        };
+        let limits = Limits::new(two_a_minute(), Aggregates::default(), caps);
+        let first = limits.start_export().expect("the first");
+        let _second = limits.start_export().expect("the second");
+        let refused = limits.start_export().expect_err("a third while two stream");
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        drop(first);
+        let _third = limits.start_export().expect("one ended: a place again");
+    }
+
+    #[test]
     fn streams_are_capped_per_account_and_per_address_until_they_close() {
         let limits = Arc::new(Limits::new(
             two_a_minute(),
@@ -626,6 +660,7 @@ mod tests {
             StreamCaps {
                 per_account: 2,
                 per_address: 3,
+                ..StreamCaps::default()
             },
         ));
         let (alice, bob, carol) = (ObjectId::new(), ObjectId::new(), ObjectId::new());

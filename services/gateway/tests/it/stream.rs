@@ -345,6 +345,7 @@ async fn streams_past_an_accounts_cap_are_refused_until_one_closes() {
         c.streams = social_gateway::StreamCaps {
             per_account: 2,
             per_address: 3,
+            ..Default::default()
         };
     })
     .await;
