@@ -32,14 +32,20 @@ async fn a_cached_post_is_read_without_the_database_and_every_write_is_seen_at_o
     let [(_, alice), (_, bob)] = app.register_all(["alice", "bob"]).await;
     let post = app.post(&alice, "first", vec![]).await.unwrap();
     app.get(&post.id).await.unwrap();
-    // Warm: neither GetPost nor BatchGetPosts reaches MongoDB's `posts`.
+    // Warm: neither GetPost nor BatchGetPosts reaches MongoDB's `posts`. (A round is
+    // read again if Redis took longer than its wait, 100 ms, as it may on a loaded
+    // machine: then the reads go to MongoDB for a second, by design.)
     let by_id = || queries::sent("posts", "find {_id: =");
-    let before = by_id();
-    for _ in 0..3 {
-        assert_eq!(app.get(&post.id).await.unwrap().content, "first");
-    }
-    assert!(app.batch_get(&post.id).await.is_some());
-    assert_eq!(by_id(), before, "warm reads send nothing");
+    let warm = eventually(Duration::from_secs(15), || async {
+        let before = by_id();
+        for _ in 0..3 {
+            assert_eq!(app.get(&post.id).await.unwrap().content, "first");
+        }
+        assert!(app.batch_get(&post.id).await.is_some());
+        (by_id() == before).then_some(())
+    })
+    .await;
+    assert!(warm.is_some(), "warm reads send nothing");
     // An edit, a like's count (once its event landed), a deletion: each read next.
     let edit = update(&post.id, "second", vec![], &["content"]);
     app.posts
@@ -171,12 +177,17 @@ async fn a_signed_in_readers_block_check_is_cached_and_a_block_or_unblock_is_see
     read(&bob_token).await.unwrap();
     app.stack.settled().await;
     // Warm: whether alice blocks bob is answered without MongoDB.
+    // (A round is read again if Redis took longer than its wait, as on a loaded machine.)
     let sent = || queries::sent("post_blocks", "find") + queries::sent("posts", "find {_id:");
-    let before = sent();
-    for _ in 0..3 {
-        read(&bob_token).await.unwrap();
-    }
-    assert_eq!(sent(), before, "warm signed-in reads send nothing");
+    let warm = eventually(Duration::from_secs(15), || async {
+        let before = sent();
+        for _ in 0..3 {
+            read(&bob_token).await.unwrap();
+        }
+        (sent() == before).then_some(())
+    })
+    .await;
+    assert!(warm.is_some(), "warm signed-in reads send nothing");
     // The block's event forgets who blocks bob: absent within moments (the entry would
     // otherwise live its minute).
     app.stack.block(&alice_token, &bob).await.unwrap();

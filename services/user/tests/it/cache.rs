@@ -34,14 +34,20 @@ async fn a_profile_is_read_through_the_cache_and_every_change_is_seen_at_once() 
     get(&stack, &bob_token, &alice).await.unwrap();
     get(&stack, &alice_token, &bob).await.unwrap();
     // Warm: neither GetUser nor BatchGetUsers reaches MongoDB's `users`.
+    // (A round is read again if Redis took longer than its wait, as on a loaded machine:
+    // then the reads go to MongoDB for a second, by design.)
     let by_id = || queries::sent("users", "find {_id:");
-    let before = by_id();
-    for _ in 0..3 {
-        let seen = get(&stack, &bob_token, &alice).await.unwrap();
-        assert_eq!((seen.username.as_str(), seen.email.as_str()), ("alice", ""));
-    }
-    assert!(batch_get(&stack, &bob_token, &alice).await.is_some());
-    assert_eq!(by_id(), before, "warm reads send nothing");
+    let warm = eventually(Duration::from_secs(15), || async {
+        let before = by_id();
+        for _ in 0..3 {
+            let seen = get(&stack, &bob_token, &alice).await.unwrap();
+            assert_eq!((seen.username.as_str(), seen.email.as_str()), ("alice", ""));
+        }
+        assert!(batch_get(&stack, &bob_token, &alice).await.is_some());
+        (by_id() == before).then_some(())
+    })
+    .await;
+    assert!(warm.is_some(), "warm reads send nothing");
     // Her own view still has her email (read from MongoDB).
     let own = get(&stack, &alice_token, &alice).await.unwrap();
     assert_eq!(own.email, "alice@example.com");
@@ -127,13 +133,18 @@ async fn a_readers_block_check_is_cached_and_a_block_or_unblock_is_seen_once_it_
     get(&stack, &bob_token, &alice).await.unwrap();
     stack.settled().await;
     // Warm: whether alice blocks bob is answered without MongoDB.
+    // (A round is read again if Redis took longer than its wait, as on a loaded machine.)
     let sent = || queries::sent("user_blocks", "find") + queries::sent("users", "find {_id:");
-    let before = sent();
-    for _ in 0..3 {
-        get(&stack, &bob_token, &alice).await.unwrap();
-        assert!(batch_get(&stack, &bob_token, &alice).await.is_some());
-    }
-    assert_eq!(sent(), before, "warm reads send nothing");
+    let warm = eventually(Duration::from_secs(15), || async {
+        let before = sent();
+        for _ in 0..3 {
+            get(&stack, &bob_token, &alice).await.unwrap();
+            assert!(batch_get(&stack, &bob_token, &alice).await.is_some());
+        }
+        (sent() == before).then_some(())
+    })
+    .await;
+    assert!(warm.is_some(), "warm reads send nothing");
     // The block's event forgets who blocks bob: absent within moments (the entry would
     // otherwise live its minute).
     stack.block(&alice_token, &bob).await.unwrap();
