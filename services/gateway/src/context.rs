@@ -233,11 +233,14 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
     }
 }
 
-/// How much of a parser's complaint an answer repeats (it may quote what was sent).
-const COMPLAINT: usize = 200;
+/// A parser's complaint as an answer repeats it: its first 200 characters (it may quote
+/// what was sent).
+fn complaint(text: &str) -> String {
+    social_kit::validate::cut(text, 200)
+}
 
 fn body_error(rejection: &JsonRejection) -> ApiError {
-    let text = social_kit::validate::cut(&rejection.body_text(), COMPLAINT);
+    let text = complaint(&rejection.body_text());
     // serde names an unknown field as "unknown field `name`".
     if let Some(start) = text.find("unknown field `") {
         let rest = &text[start + "unknown field `".len()..];
@@ -287,7 +290,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
             Ok(axum::extract::Query(value)) => Ok(Self(value)),
             Err(rejection) => Err(ApiError::invalid(
                 "query",
-                social_kit::validate::cut(&rejection.body_text(), COMPLAINT),
+                complaint(&rejection.body_text()),
             )),
         }
     }
@@ -303,10 +306,7 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Path<T>
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         match axum::extract::Path::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Path(value)) => Ok(Self(value)),
-            Err(rejection) => Err(ApiError::invalid(
-                "id",
-                social_kit::validate::cut(&rejection.body_text(), COMPLAINT),
-            )),
+            Err(rejection) => Err(ApiError::invalid("id", complaint(&rejection.body_text()))),
         }
     }
 }
