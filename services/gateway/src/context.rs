@@ -218,18 +218,39 @@ impl Listing {
     }
 }
 
-/// A JSON request body; a malformed one, or one with an unknown field, is a 400 in the
-/// error shape naming the field.
+/// A JSON request body: an object. A malformed one, one of another type (serde would read
+/// a struct from an array of its fields in order too: `[]` would pass for a body of
+/// defaults) or one with an unknown field is a 400 in the error shape naming the field.
 pub struct Body<T>(pub T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(value)) => Ok(Self(value)),
+        match axum::Json::<Object<T>>::from_request(req, state).await {
+            Ok(axum::Json(Object(value))) => Ok(Self(value)),
             Err(rejection) => Err(body_error(&rejection)),
         }
+    }
+}
+
+/// `T` read from a JSON object alone.
+struct Object<T>(T);
+
+impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Object<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(json: D) -> Result<Self, D::Error> {
+        struct Fields<T>(std::marker::PhantomData<T>);
+        impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for Fields<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(self, map: M) -> Result<T, M::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        json.deserialize_map(Fields(std::marker::PhantomData))
+            .map(Object)
     }
 }
 

@@ -439,7 +439,7 @@ async fn a_report_through_http_reaches_a_moderator_who_removes_the_post() {
 async fn every_error_has_one_shape() {
     let app = App::start().await;
     let (_, alice) = app.sign_up("alice").await;
-    let (_, bob) = app.sign_up("bob").await;
+    let (bob_id, bob) = app.sign_up("bob").await;
     // A route with a method it does not take: 405 in the shape, with Allow.
     let wrong = app
         .call(Method::PATCH, "/v1/feed", Some(&alice), None)
@@ -482,6 +482,28 @@ async fn every_error_has_one_shape() {
     assert_eq!(malformed.status(), StatusCode::BAD_REQUEST);
     let shape: serde_json::Value = malformed.json().await.unwrap();
     assert_eq!(shape["error"]["status"], "INVALID_ARGUMENT");
+    // A body is an object: an array of the fields in order, or of none where every field
+    // has a default, is no body of defaults.
+    for body in [
+        json!([]),
+        json!([0, false]),
+        json!(null),
+        json!("x"),
+        json!(3),
+    ] {
+        let muted = app
+            .post(
+                &format!("/v1/users/{bob_id}/mute"),
+                Some(&alice),
+                body.clone(),
+            )
+            .await;
+        assert_eq!(
+            muted.error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT"),
+            ["body"],
+            "{body}"
+        );
+    }
     // What an error repeats of a request is short, however long what was sent.
     let long = "x".repeat(10_000);
     let answers = [
