@@ -132,6 +132,22 @@ impl Api {
         Ok(())
     }
 
+    /// Why `me` may not change another's `comment`: NOT_FOUND where it is hidden from
+    /// `me` (its author or its post's author blocks `me`, as ListComments leaves it out:
+    /// a write does not show it exists either), else PERMISSION_DENIED (`why`). Under her
+    /// own post an author sees every comment.
+    async fn not_yours(&self, me: ObjectId, comment: &CommentDoc, why: &'static str) -> Error {
+        if comment.post_author_id == me {
+            return Error::PermissionDenied(why);
+        }
+        let authors = [comment.user_id, comment.post_author_id];
+        match self.store.blocks.hidden_from(Some(me), &authors).await {
+            Ok(hidden) if hidden.is_empty() => Error::PermissionDenied(why),
+            Ok(_) => Error::NotFound("comment"),
+            Err(e) => e,
+        }
+    }
+
     /// NOT_FOUND unless post `id` exists (for an unlike with nothing to undo).
     async fn require_post(&self, id: ObjectId) -> Result<()> {
         self.post_author(id).await.map(drop)
@@ -372,7 +388,8 @@ impl EngagementService for Api {
             .await?
             .ok_or(Error::NotFound("comment"))?;
         if current.user_id != me {
-            return Err(Error::PermissionDenied("only the author can change a comment").into());
+            let why = "only the author can change a comment";
+            return Err(self.not_yours(me, &current, why).await.into());
         }
         self.refuse_blocked(me, &[current.post_author_id], "post")
             .await?;
@@ -407,10 +424,8 @@ impl EngagementService for Api {
             .await?
             .ok_or(Error::NotFound("comment"))?;
         if comment.user_id != me && comment.post_author_id != me {
-            return Err(Error::PermissionDenied(
-                "only the comment's or the post's author can delete it",
-            )
-            .into());
+            let why = "only the comment's or the post's author can delete it";
+            return Err(self.not_yours(me, &comment, why).await.into());
         }
         if !self.store.undo_comment(&comment, me).await? {
             return Err(Error::NotFound("comment").into());

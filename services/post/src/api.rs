@@ -81,6 +81,33 @@ impl Api {
         }
         crate::timelines::peer_ids(&answer.user_ids)
     }
+
+    /// Post `id`, read for `viewer`: NOT_FOUND where it does not exist or its author
+    /// blocks `viewer` (to whom it is absent).
+    async fn visible(&self, viewer: Option<ObjectId>, id: ObjectId) -> Result<PostDoc> {
+        let post = self.store.get(id).await?.ok_or(Error::NotFound("post"))?;
+        if !self
+            .store
+            .blocks
+            .hidden_from(viewer, &[post.user_id])
+            .await?
+            .is_empty()
+        {
+            return Err(Error::NotFound("post"));
+        }
+        Ok(post)
+    }
+
+    /// Post `id`, which `me` is about to change: NOT_FOUND as for a read (a post hidden
+    /// by a block does not show it exists to a write either), PERMISSION_DENIED (`why`)
+    /// where it is another's.
+    async fn own(&self, me: ObjectId, id: ObjectId, why: &'static str) -> Result<PostDoc> {
+        let post = self.visible(Some(me), id).await?;
+        if post.user_id != me {
+            return Err(Error::PermissionDenied(why));
+        }
+        Ok(post)
+    }
 }
 
 impl From<PostDoc> for Post {
@@ -170,22 +197,7 @@ impl PostService for Api {
 
     async fn get_post(&self, request: Request<GetPostRequest>) -> Result<Response<Post>, Status> {
         let post_id = id("id", &request.get_ref().id)?;
-        let post = self
-            .store
-            .get(post_id)
-            .await?
-            .ok_or(Error::NotFound("post"))?;
-        // To a reader its author blocks, it is absent.
-        let viewer = optional_caller(&request);
-        if !self
-            .store
-            .blocks
-            .hidden_from(viewer, &[post.user_id])
-            .await?
-            .is_empty()
-        {
-            return Err(Error::NotFound("post").into());
-        }
+        let post = self.visible(optional_caller(&request), post_id).await?;
         Ok(Response::new(post.into()))
     }
 
@@ -218,13 +230,8 @@ impl PostService for Api {
             .ok_or_else(|| Error::invalid("post", "is required"))?;
         let post_id = id("post.id", &post.id)?;
         let current = self
-            .store
-            .get(post_id)
-            .await?
-            .ok_or(Error::NotFound("post"))?;
-        if current.user_id != me {
-            return Err(Error::PermissionDenied("only the author can change a post").into());
-        }
+            .own(me, post_id, "only the author can change a post")
+            .await?;
         let paths = r.update_mask.map(|m| m.paths).unwrap_or_default();
         let update = content::update(
             "post",
@@ -250,14 +257,8 @@ impl PostService for Api {
     ) -> Result<Response<()>, Status> {
         let me = caller(&request)?;
         let post_id = id("id", &request.get_ref().id)?;
-        let current = self
-            .store
-            .get(post_id)
-            .await?
-            .ok_or(Error::NotFound("post"))?;
-        if current.user_id != me {
-            return Err(Error::PermissionDenied("only the author can delete a post").into());
-        }
+        self.own(me, post_id, "only the author can delete a post")
+            .await?;
         let event = new_envelope(
             me,
             Payload::PostDeleted(PostDeleted {

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use social_proto::engagement::v1::LikeCommentRequest;
-use social_testkit::{Answer, authed};
+use social_testkit::{Answer, Refused, authed};
 use tonic::Code;
 
 use crate::App;
@@ -89,6 +89,20 @@ async fn under_their_own_post_an_author_sees_every_comment_and_none_is_edited_ac
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    // She sees it, so changing it is not hers to do (not absent).
+    let edit = social_proto::engagement::v1::UpdateCommentRequest {
+        comment: Some(social_proto::engagement::v1::Comment {
+            id: comment.id.clone(),
+            content: "kinder".into(),
+            ..Default::default()
+        }),
+        update_mask: None,
+    };
+    app.engagement
+        .clone()
+        .update_comment(authed(edit, &alice_token))
+        .await
+        .refused(Code::PermissionDenied);
     let delete = social_proto::engagement::v1::DeleteCommentRequest { id: comment.id };
     app.engagement
         .clone()
