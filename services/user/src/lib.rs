@@ -13,7 +13,7 @@ mod store;
 mod throttle;
 
 pub use recompute::recompute_counters;
-pub use sessions::Lifetimes as SessionLifetimes;
+pub use sessions::Limits as SessionLimits;
 pub use throttle::Policy as LoginThrottle;
 
 use std::time::Duration;
@@ -50,8 +50,8 @@ pub struct Config {
     /// `PASSWORD_HASH_WAIT_MS` (default 500): longest a login waits for a hashing slot
     /// before it is refused with `UNAVAILABLE`.
     pub hash_wait: Duration,
-    /// `SESSION_IDLE_DAYS` (30) and `SESSION_MAX_DAYS` (90).
-    pub sessions: sessions::Lifetimes,
+    /// `SESSION_IDLE_DAYS` (30), `SESSION_MAX_DAYS` (90), `SESSIONS_PER_ACCOUNT` (100).
+    pub sessions: sessions::Limits,
     /// `LOGIN_FREE_FAILURES` (5), `LOGIN_FAILURE_WINDOW_SECS` (86400), `LOGIN_BLOCK_SECS`
     /// (30), `LOGIN_MAX_BLOCK_SECS` (900), `LOGIN_ACCOUNT_FAILURES` (100).
     pub login_throttle: throttle::Policy,
@@ -120,9 +120,10 @@ impl Config {
             engagement_service: ENGAGEMENT.peer_from_env()?,
             hash_memory_mib: social_kit::config::parse_or("PASSWORD_HASH_MEMORY_MIB", 64)?,
             hash_wait: social_kit::config::millis_or("PASSWORD_HASH_WAIT_MS", 500)?,
-            sessions: sessions::Lifetimes {
+            sessions: sessions::Limits {
                 idle: days_or("SESSION_IDLE_DAYS", 30)?,
                 max: days_or("SESSION_MAX_DAYS", 90)?,
+                per_account: social_kit::config::at_least_one_or("SESSIONS_PER_ACCOUNT", 100)?,
             },
             login_throttle: login_throttle()?,
             quarantine: days_or("USERNAME_QUARANTINE_DAYS", 30)?,
@@ -145,9 +146,10 @@ impl Config {
             graph_service: GRAPH.local_peer(),
             hash_memory_mib: 64,
             hash_wait: Duration::from_millis(500),
-            sessions: sessions::Lifetimes {
+            sessions: sessions::Limits {
                 idle: Duration::from_secs(30 * 24 * 3600),
                 max: Duration::from_secs(90 * 24 * 3600),
+                per_account: 100,
             },
             login_throttle: throttle::Policy {
                 free: 5,

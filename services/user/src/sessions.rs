@@ -39,13 +39,17 @@ const ENDED: &str = "ended";
 /// How long an ended session's document is kept (for support and audits).
 const KEEP_ENDED: Duration = Duration::from_secs(7 * 24 * 3600);
 
-/// How long sessions last.
+/// How long sessions last, and how many an account keeps.
 #[derive(Debug, Clone, Copy)]
-pub struct Lifetimes {
+pub struct Limits {
     /// `SESSION_IDLE_DAYS`: a session ends this long after its last refresh.
     pub idle: Duration,
     /// `SESSION_MAX_DAYS`: and at the latest this long after it started.
     pub max: Duration,
+    /// `SESSIONS_PER_ACCOUNT`: the most live sessions an account keeps; a login past
+    /// them ends the oldest. What an account holds, and what ending all of its sessions
+    /// at once (a password change, a deletion) reads and writes, stays bounded.
+    pub per_account: u64,
 }
 
 /// A stored session.
@@ -117,7 +121,7 @@ pub struct Sessions {
     db: mongo::Db,
     sessions: Collection<SessionDoc>,
     retired: Collection<Retired>,
-    lifetimes: Lifetimes,
+    limits: Limits,
     /// Derives a refresh token's successor.
     successors: hmac::Hmac<Sha256>,
     /// How long access tokens live (what an ended session's tokens may still do).
@@ -151,7 +155,7 @@ impl Sessions {
     /// `token_ttl`: how long access tokens live; `broadcaster`: how endings are told.
     pub fn new(
         db: &mongo::Db,
-        lifetimes: Lifetimes,
+        limits: Limits,
         secret: &[u8],
         token_ttl: Duration,
         broadcaster: social_events::live::Broadcaster,
@@ -161,7 +165,7 @@ impl Sessions {
             db: db.clone(),
             sessions: db.collection(SESSIONS),
             retired: db.collection(RETIRED),
-            lifetimes,
+            limits,
             successors: hmac::Hmac::<Sha256>::new_from_slice(secret)
                 .unwrap_or_else(|_| hmac::Hmac::<Sha256>::new(&Default::default())),
             token_ttl,
@@ -223,7 +227,7 @@ impl Sessions {
     ) -> Result<(SessionDoc, String)> {
         let token = new_token()?;
         let (now, at) = (DateTime::now(), now_ms());
-        let max_until_ms = at.saturating_add(ms(self.lifetimes.max));
+        let max_until_ms = at.saturating_add(ms(self.limits.max));
         let mut session = SessionDoc {
             id: ObjectId::new(),
             user_id: user,
@@ -233,7 +237,7 @@ impl Sessions {
             created_at: now,
             sort_key: paging::sort_key(now),
             last_used_ms: at,
-            idle_until_ms: at.saturating_add(ms(self.lifetimes.idle)),
+            idle_until_ms: at.saturating_add(ms(self.limits.idle)),
             max_until_ms,
             rotated_ms: 0,
             credential_version,
@@ -242,7 +246,39 @@ impl Sessions {
             purge_at: DateTime::from_millis(max_until_ms.saturating_add(ms(KEEP_ENDED))),
         };
         mongo::insert_new(&self.sessions, &mut session, None, |s| &mut s.sort_key).await?;
+        self.keep_newest(user).await?;
         Ok((session, token))
+    }
+
+    /// Ends `user`'s sessions older than its newest live [`Limits::per_account`].
+    async fn keep_newest(&self, user: ObjectId) -> Result<()> {
+        let at = now_ms();
+        let live = doc! {
+            "user_id": mongo::equals_id(user), "state": ACTIVE,
+            "idle_until_ms": { "$gt": at }, "max_until_ms": { "$gt": at },
+        };
+        let last_kept = self
+            .sessions
+            .clone_with_type::<bson::Document>()
+            .find_one(live)
+            .sort(doc! { "sort_key": -1 })
+            .skip(self.limits.per_account.saturating_sub(1))
+            .projection(doc! { "_id": 0, "sort_key": 1 })
+            .await?;
+        let Some(last_kept) = last_kept.and_then(|d| d.get_i64("sort_key").ok()) else {
+            return Ok(()); // no more than the limit
+        };
+        let older = doc! {
+            "user_id": mongo::equals_id(user), "state": ACTIVE,
+            "sort_key": { "$lt": last_kept },
+        };
+        let ended = self
+            .finish(older, "more sessions than an account keeps")
+            .await?;
+        if !ended.is_empty() {
+            tracing::info!(user = %user, ended = ended.len(), "a login ended the account's oldest sessions");
+        }
+        Ok(())
     }
 
     /// Exchanges `token` for a new one (see the module docs); `grace`: how long after
@@ -261,7 +297,7 @@ impl Sessions {
                 doc! { "$set": {
                     "token_hash": hash(&next), "previous_hash": &old, "last_used_ms": at,
                     "rotated_ms": at,
-                    "idle_until_ms": at.saturating_add(ms(self.lifetimes.idle)),
+                    "idle_until_ms": at.saturating_add(ms(self.limits.idle)),
                 } },
             )
             .return_document(ReturnDocument::After)

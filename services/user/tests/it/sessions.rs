@@ -268,6 +268,34 @@ async fn logout_lists_and_revocations_touch_only_the_callers_sessions() {
 }
 
 #[tokio::test]
+async fn an_account_keeps_its_newest_sessions_and_a_login_past_them_ends_the_oldest() {
+    let app = spawn_with(|c| c.sessions.per_account = 3).await;
+    let (_, registered) = app.register("owner").await;
+    app.register("other").await;
+    let other = app.login("other", "other's").await.unwrap();
+    let mut logins = Vec::new();
+    for device in ["a", "b", "c", "d"] {
+        logins.push(app.login("owner", device).await.unwrap());
+    }
+    let newest = logins.last().unwrap();
+    let listed = app.sessions(&newest.access).await;
+    let devices: Vec<&str> = listed.iter().map(|s| s.device.as_str()).collect();
+    assert_eq!(devices, ["d", "c", "b"], "the newest three");
+    // The registration's and a's ended: their tokens no longer refresh, nor act.
+    assert!(app.refresh(&logins[0].refresh).await.is_err());
+    app.client
+        .clone()
+        .logout(authed(LogoutRequest {}, &registered))
+        .await
+        .refused(Code::Unauthenticated);
+    for kept in &logins[1..] {
+        assert!(app.refresh(&kept.refresh).await.is_ok());
+    }
+    // Another account's sessions are its own.
+    assert!(app.refresh(&other.refresh).await.is_ok());
+}
+
+#[tokio::test]
 async fn changing_the_password_ends_every_other_session() {
     let app = spawn().await;
     app.register("changer").await;
