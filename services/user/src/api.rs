@@ -240,6 +240,11 @@ impl Api {
                 .await?;
             return Err(Error::Unauthenticated(LOGIN_FAILED));
         }
+        // Best effort: a login is not refused for what it could not end (the next one
+        // ends it).
+        if let Err(e) = self.sessions.keep_within_limit(user.id, session.id).await {
+            tracing::warn!(user = %user.id, error = %e, "could not end the sessions past the account's limit");
+        }
         self.issue(&session, refresh_token)
     }
 }

@@ -50,7 +50,8 @@ pub struct Config {
     /// `PASSWORD_HASH_WAIT_MS` (default 500): longest a login waits for a hashing slot
     /// before it is refused with `UNAVAILABLE`.
     pub hash_wait: Duration,
-    /// `SESSION_IDLE_DAYS` (30), `SESSION_MAX_DAYS` (90), `SESSIONS_PER_ACCOUNT` (100).
+    /// `SESSION_IDLE_DAYS` (30), `SESSION_MAX_DAYS` (90), `SESSIONS_PER_ACCOUNT` (100, at
+    /// most 65535).
     pub sessions: sessions::Limits,
     /// `LOGIN_FREE_FAILURES` (5), `LOGIN_FAILURE_WINDOW_SECS` (86400), `LOGIN_BLOCK_SECS`
     /// (30), `LOGIN_MAX_BLOCK_SECS` (900), `LOGIN_ACCOUNT_FAILURES` (100).
@@ -123,7 +124,11 @@ impl Config {
             sessions: sessions::Limits {
                 idle: days_or("SESSION_IDLE_DAYS", 30)?,
                 max: days_or("SESSION_MAX_DAYS", 90)?,
-                per_account: social_kit::config::at_least_one_or("SESSIONS_PER_ACCOUNT", 100)?,
+                per_account: social_kit::config::at_least_one_or::<u16>(
+                    "SESSIONS_PER_ACCOUNT",
+                    100,
+                )?
+                .into(),
             },
             login_throttle: login_throttle()?,
             quarantine: days_or("USERNAME_QUARANTINE_DAYS", 30)?,

@@ -47,8 +47,9 @@ pub struct Limits {
     /// `SESSION_MAX_DAYS`: and at the latest this long after it started.
     pub max: Duration,
     /// `SESSIONS_PER_ACCOUNT`: the most live sessions an account keeps; a login past
-    /// them ends the oldest. What an account holds, and what ending all of its sessions
-    /// at once (a password change, a deletion) reads and writes, stays bounded.
+    /// them ends the least recently used. What an account holds, and what ending all of
+    /// its sessions at once (a password change, a deletion) reads and writes, stays
+    /// bounded.
     pub per_account: u64,
 }
 
@@ -103,6 +104,15 @@ struct Retired {
     hash: String,
     session_id: ObjectId,
     purge_at: DateTime,
+}
+
+/// What [`Sessions::keep_within_limit`] reads of a session.
+#[derive(Deserialize)]
+struct Used {
+    #[serde(rename = "_id")]
+    id: ObjectId,
+    sort_key: i64,
+    last_used_ms: i64,
 }
 
 /// What a refresh came to.
@@ -246,37 +256,65 @@ impl Sessions {
             purge_at: DateTime::from_millis(max_until_ms.saturating_add(ms(KEEP_ENDED))),
         };
         mongo::insert_new(&self.sessions, &mut session, None, |s| &mut s.sort_key).await?;
-        self.keep_newest(user).await?;
         Ok((session, token))
     }
 
-    /// Ends `user`'s sessions older than its newest live [`Limits::per_account`].
-    async fn keep_newest(&self, user: ObjectId) -> Result<()> {
+    /// Past [`Limits::per_account`] live sessions of `user`, ends the least recently
+    /// used (refreshed) ones, never `new` (the login's own). Reads the newest
+    /// `2 × per_account` sessions at most; live ones older than those end too. Nothing is
+    /// read but one key when the account is under its limit.
+    pub async fn keep_within_limit(&self, user: ObjectId, new: ObjectId) -> Result<()> {
         let at = now_ms();
+        let limit = self.limits.per_account;
         let live = doc! {
             "user_id": mongo::equals_id(user), "state": ACTIVE,
             "idle_until_ms": { "$gt": at }, "max_until_ms": { "$gt": at },
         };
-        let last_kept = self
+        let newest_first = doc! { "sort_key": -1 };
+        let documents = self.sessions.clone_with_type::<bson::Document>();
+        let over = documents
+            .find_one(live.clone())
+            .sort(newest_first.clone())
+            .skip(limit)
+            .projection(doc! { "_id": 1 })
+            .await?;
+        if over.is_none() {
+            return Ok(());
+        }
+        let read = limit.saturating_mul(2);
+        let mut rows: Vec<Used> = self
             .sessions
-            .clone_with_type::<bson::Document>()
-            .find_one(live)
-            .sort(doc! { "sort_key": -1 })
-            .skip(self.limits.per_account.saturating_sub(1))
-            .projection(doc! { "_id": 0, "sort_key": 1 })
+            .clone_with_type::<Used>()
+            .find(live)
+            .sort(newest_first)
+            .limit(i64::try_from(read).unwrap_or(i64::MAX))
+            .projection(doc! { "_id": 1, "sort_key": 1, "last_used_ms": 1 })
+            .await?
+            .try_collect()
             .await?;
-        let Some(last_kept) = last_kept.and_then(|d| d.get_i64("sort_key").ok()) else {
-            return Ok(()); // no more than the limit
-        };
-        let older = doc! {
-            "user_id": mongo::equals_id(user), "state": ACTIVE,
-            "sort_key": { "$lt": last_kept },
-        };
-        let ended = self
-            .finish(older, "more sessions than an account keeps")
-            .await?;
-        if !ended.is_empty() {
-            tracing::info!(user = %user, ended = ended.len(), "a login ended the account's oldest sessions");
+        let oldest_read = rows.last().map(|r| r.sort_key);
+        let past_what_was_read = rows.len() as u64 == read;
+        // The login's own first, then the most recently used.
+        rows.sort_by_key(|r| (r.id != new, std::cmp::Reverse(r.last_used_ms)));
+        let least_used: Vec<ObjectId> = rows
+            .iter()
+            .skip(usize::try_from(limit).unwrap_or(usize::MAX))
+            .map(|r| r.id)
+            .collect();
+        let why = "more sessions than an account keeps";
+        let mut ended = self
+            .finish(doc! { "_id": { "$in": least_used }, "state": ACTIVE }, why)
+            .await?
+            .len();
+        if let (true, Some(oldest)) = (past_what_was_read, oldest_read) {
+            let older = doc! {
+                "user_id": mongo::equals_id(user), "state": ACTIVE,
+                "sort_key": { "$lt": oldest },
+            };
+            ended += self.finish(older, why).await?.len();
+        }
+        if ended > 0 {
+            tracing::info!(user = %user, ended, "a login ended the account's least recently used sessions");
         }
         Ok(())
     }

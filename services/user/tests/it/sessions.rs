@@ -268,31 +268,60 @@ async fn logout_lists_and_revocations_touch_only_the_callers_sessions() {
 }
 
 #[tokio::test]
-async fn an_account_keeps_its_newest_sessions_and_a_login_past_them_ends_the_oldest() {
+async fn an_account_keeps_its_sessions_in_use_and_a_login_past_them_ends_the_least_used() {
     let app = spawn_with(|c| c.sessions.per_account = 3).await;
     let (_, registered) = app.register("owner").await;
     app.register("other").await;
     let other = app.login("other", "other's").await.unwrap();
-    let mut logins = Vec::new();
-    for device in ["a", "b", "c", "d"] {
-        logins.push(app.login("owner", device).await.unwrap());
-    }
-    let newest = logins.last().unwrap();
-    let listed = app.sessions(&newest.access).await;
+    let a = app.login("owner", "a").await.unwrap();
+    let b = app.login("owner", "b").await.unwrap();
+    // a is in use: refreshed after b started.
+    let a_refresh = app.refresh(&a.refresh).await.unwrap().refresh_token;
+    let c = app.login("owner", "c").await.unwrap();
+    let d = app.login("owner", "d").await.unwrap();
+    let listed = app.sessions(&d.access).await;
     let devices: Vec<&str> = listed.iter().map(|s| s.device.as_str()).collect();
-    assert_eq!(devices, ["d", "c", "b"], "the newest three");
-    // The registration's and a's ended: their tokens no longer refresh, nor act.
-    assert!(app.refresh(&logins[0].refresh).await.is_err());
+    assert_eq!(
+        devices,
+        ["d", "c", "a"],
+        "the three used last, newest first"
+    );
+    // The registration's and b's ended: their tokens no longer refresh, nor act.
+    assert!(app.refresh(&b.refresh).await.is_err());
     app.client
         .clone()
         .logout(authed(LogoutRequest {}, &registered))
         .await
         .refused(Code::Unauthenticated);
-    for kept in &logins[1..] {
-        assert!(app.refresh(&kept.refresh).await.is_ok());
+    for kept in [&a_refresh, &c.refresh, &d.refresh] {
+        assert!(app.refresh(kept).await.is_ok());
     }
     // Another account's sessions are its own.
     assert!(app.refresh(&other.refresh).await.is_ok());
+}
+
+#[tokio::test]
+async fn a_limit_lowered_below_what_an_account_holds_ends_the_rest_at_the_next_login() {
+    let app = spawn().await;
+    app.register("owner").await;
+    for device in ["1", "2", "3", "4", "5", "6", "7"] {
+        app.login("owner", device).await.unwrap();
+    }
+    // A replica with a limit of 2 reads the newest 4 sessions; the older ones end too.
+    let mut config = social_user::Config::for_tests(
+        &mongodb_uri(),
+        &app._database.0,
+        social_events::EventsConfig::for_tests(&social_testkit::unique_name("t")),
+    );
+    config.sessions.per_account = 2;
+    let replica = start(|listener, shutdown| social_user::run(config, listener, shutdown)).await;
+    let mut client = UserServiceClient::new(replica.channel().await);
+    let last = login_on(&mut client, "owner", PASSWORD, "last")
+        .await
+        .unwrap();
+    let listed = app.sessions(&last.access).await;
+    let devices: Vec<&str> = listed.iter().map(|s| s.device.as_str()).collect();
+    assert_eq!(devices, ["last", "7"]);
 }
 
 #[tokio::test]
