@@ -81,10 +81,14 @@ pub fn media(field: &str, items: &[Media], v: &mut Violations) -> Vec<MediaDoc> 
                 "" => v.add(at("type"), "is required: image, video or gif"),
                 _ => v.add(at("type"), "must be image, video or gif"),
             }
-            v.check(&at("url"), validate::url(m.url.trim()));
-            if !m.thumbnail_url.trim().is_empty() {
-                v.check(&at("thumbnail_url"), validate::url(m.thumbnail_url.trim()));
-            }
+            let (url, valid) = validate::optional_url(&m.url);
+            let required = || match url {
+                "" => Err("is required: an absolute http or https URL".to_owned()),
+                _ => Ok(()),
+            };
+            v.check(&at("url"), valid.and_then(|()| required()));
+            let (thumbnail_url, valid) = validate::optional_url(&m.thumbnail_url);
+            v.check(&at("thumbnail_url"), valid);
             for (name, value) in [("width", m.width), ("height", m.height)] {
                 if !(1..=MAX_DIMENSION).contains(&value) {
                     v.add(at(name), format!("must be 1 to {MAX_DIMENSION} pixels"));
@@ -92,8 +96,8 @@ pub fn media(field: &str, items: &[Media], v: &mut Violations) -> Vec<MediaDoc> 
             }
             MediaDoc {
                 kind,
-                url: m.url.trim().to_owned(),
-                thumbnail_url: m.thumbnail_url.trim().to_owned(),
+                url: url.to_owned(),
+                thumbnail_url: thumbnail_url.to_owned(),
                 width: m.width,
                 height: m.height,
                 duration: m.duration,

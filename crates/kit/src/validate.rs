@@ -30,15 +30,17 @@ pub fn idempotency_key<T>(request: &tonic::Request<T>) -> crate::Result<Option<S
     }
 }
 
-/// Parses a 24-character hex ObjectId.
+/// Parses a 24-character lowercase hex ObjectId, as ids are written (an id in capitals is
+/// no id the API document allows).
 pub fn object_id(s: &str) -> Result<ObjectId, String> {
     if s.is_empty() {
         return Err("is required".into());
     }
-    if s.len() != 24 {
-        return Err("must be a 24-character hex id".into());
+    let hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
+    if s.len() != 24 || !s.bytes().all(hex) {
+        return Err("must be a 24-character lowercase hex id".into());
     }
-    ObjectId::parse_str(s).map_err(|_| "must be a 24-character hex id".into())
+    ObjectId::parse_str(s).map_err(|_| "must be a 24-character lowercase hex id".into())
 }
 
 /// Parses a batch of ids (1..=100), naming each bad one by its index; distinct, in the
@@ -111,7 +113,8 @@ pub fn trimmed(s: &str, max: usize) -> (&str, Result<(), String>) {
     (s.trim(), max_chars(s, max))
 }
 
-/// 3-30 characters of `[A-Za-z0-9_]`.
+/// 3-30 characters of `[A-Za-z0-9_]` (as sent: surrounding whitespace is no part of a
+/// username).
 pub fn username(s: &str) -> Result<(), String> {
     let n = s.len();
     if !(3..=30).contains(&n) {
@@ -161,8 +164,24 @@ pub fn password(s: &str) -> Result<(), String> {
 
 /// An absolute `http` or `https` URL of at most 2048 characters.
 pub fn url(s: &str) -> Result<(), String> {
-    if s.len() > 2048 {
-        return Err("must be at most 2048 characters".into());
+    url_within(s, MAX_URL)
+}
+
+/// The longest URL, in characters.
+pub const MAX_URL: usize = 2048;
+
+/// An optional URL as sent at most [`MAX_URL`] characters (what the API document
+/// promises), trimmed for storing: `""` where only whitespace was sent, else an absolute
+/// http or https URL.
+pub fn optional_url(s: &str) -> (&str, Result<(), String>) {
+    let (value, fits) = trimmed(s, MAX_URL);
+    let valid = fits.and_then(|()| if value.is_empty() { Ok(()) } else { url(value) });
+    (value, valid)
+}
+
+fn url_within(s: &str, max: usize) -> Result<(), String> {
+    if s.len() > max {
+        return Err(format!("must be at most {max} characters"));
     }
     let uri = tonic::codegen::http::Uri::from_str(s)
         .map_err(|_| "must be an absolute http or https URL".to_owned())?;

@@ -132,25 +132,45 @@ impl Api {
         Ok(())
     }
 
-    /// Why `me` may not change another's `comment`: NOT_FOUND where it is hidden from
-    /// `me` (its author or its post's author blocks `me`, as ListComments leaves it out:
-    /// a write does not show it exists either), else PERMISSION_DENIED (`why`). Under her
-    /// own post an author sees every comment.
-    async fn not_yours(&self, me: ObjectId, comment: &CommentDoc, why: &'static str) -> Error {
+    /// Whether `comment` is absent to `me`: its author or its post's author blocks `me`,
+    /// as ListComments leaves it out (under her own post an author sees every comment).
+    async fn hidden(&self, me: ObjectId, comment: &CommentDoc) -> Result<bool> {
         if comment.post_author_id == me {
-            return Error::PermissionDenied(why);
+            return Ok(false);
         }
         let authors = [comment.user_id, comment.post_author_id];
-        match self.store.blocks.hidden_from(Some(me), &authors).await {
-            Ok(hidden) if hidden.is_empty() => Error::PermissionDenied(why),
-            Ok(_) => Error::NotFound("comment"),
+        Ok(!self
+            .store
+            .blocks
+            .hidden_from(Some(me), &authors)
+            .await?
+            .is_empty())
+    }
+
+    /// Why `me` may not change another's `comment`: NOT_FOUND where it is hidden from
+    /// `me` (a write does not show it exists either), else PERMISSION_DENIED (`why`).
+    async fn not_yours(&self, me: ObjectId, comment: &CommentDoc, why: &'static str) -> Error {
+        match self.hidden(me, comment).await {
+            Ok(false) => Error::PermissionDenied(why),
+            Ok(true) => Error::NotFound("comment"),
             Err(e) => e,
         }
     }
 
-    /// NOT_FOUND unless post `id` exists (for an unlike with nothing to undo).
-    async fn require_post(&self, id: ObjectId) -> Result<()> {
-        self.post_author(id).await.map(drop)
+    /// NOT_FOUND unless post `id` exists and `me` may see it (for an unlike with nothing
+    /// to undo: a post hidden by a block does not show it exists).
+    async fn require_post(&self, me: ObjectId, id: ObjectId) -> Result<()> {
+        let author = self.post_author(id).await?;
+        if !self
+            .store
+            .blocks
+            .hidden_from(Some(me), &[author])
+            .await?
+            .is_empty()
+        {
+            return Err(Error::NotFound("post"));
+        }
+        Ok(())
     }
 }
 
@@ -222,7 +242,7 @@ impl EngagementService for Api {
                 self.relay.wake();
             }
         } else {
-            self.require_post(post).await?;
+            self.require_post(me, post).await?;
         }
         Ok(Response::new(()))
     }
@@ -281,8 +301,12 @@ impl EngagementService for Api {
             if self.store.undo_like(&like, me).await? {
                 self.relay.wake();
             }
-        } else if self.store.comment(comment_id).await?.is_none() {
-            return Err(Error::NotFound("comment").into());
+        } else {
+            // Nothing to undo: NOT_FOUND for a comment that is not there, to `me`.
+            match self.store.comment(comment_id).await? {
+                Some(comment) if !self.hidden(me, &comment).await? => {}
+                _ => return Err(Error::NotFound("comment").into()),
+            }
         }
         Ok(Response::new(()))
     }

@@ -254,6 +254,38 @@ impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Object<T> {
     }
 }
 
+/// A body's list of objects, read from a JSON array of objects alone (see [`Body`]):
+/// `#[serde(default, deserialize_with = "objects")]`.
+pub fn objects<'de, D, T>(json: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    let list = <Vec<Object<T>> as serde::Deserialize>::deserialize(json)?;
+    Ok(list.into_iter().map(|Object(item)| item).collect())
+}
+
+/// [`objects`] of an optional list: `#[serde(default, deserialize_with = "some_objects")]`.
+pub fn some_objects<'de, D, T>(json: D) -> Result<Option<Vec<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    let list = <Option<Vec<Object<T>>> as serde::Deserialize>::deserialize(json)?;
+    Ok(list.map(|l| l.into_iter().map(|Object(item)| item).collect()))
+}
+
+/// One of a body's words (a string enum), read from a JSON string alone: serde would read
+/// a word from `{"word": null}` too. `#[serde(deserialize_with = "word")]`.
+pub fn word<'de, D, T>(json: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    let word = <String as serde::Deserialize>::deserialize(json)?;
+    T::deserialize(serde::de::value::StringDeserializer::<D::Error>::new(word))
+}
+
 /// A parser's complaint as an answer repeats it: its first 200 characters (it may quote
 /// what was sent).
 fn complaint(text: &str) -> String {
@@ -278,6 +310,17 @@ fn body_error(rejection: &JsonRejection) -> ApiError {
     }
     if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
         return ApiError::too_large();
+    }
+    // Where in the body serde stopped, when not at its top: "…target type: media[0]: why".
+    if let JsonRejection::JsonDataError(_) = rejection
+        && let Some((_, rest)) = text.split_once("target type: ")
+        && let Some((path, why)) = rest.split_once(": ")
+        && !path.is_empty()
+        && path
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_[].".contains(c))
+    {
+        return ApiError::invalid(path, why);
     }
     match rejection {
         JsonRejection::MissingJsonContentType(_) => {

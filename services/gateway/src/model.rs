@@ -582,10 +582,12 @@ pub enum ReportReason {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewReport {
+    #[serde(deserialize_with = "crate::context::word")]
     pub target_type: ReportTarget,
     /// The account's, post's or comment's id.
     #[schema(pattern = "^[0-9a-f]{24}$")]
     pub target_id: String,
+    #[serde(deserialize_with = "crate::context::word")]
     pub category: ReportReason,
     /// What the moderators should know.
     #[serde(default)]
@@ -606,6 +608,7 @@ pub enum ResolveAction {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Resolution {
+    #[serde(deserialize_with = "crate::context::word")]
     pub action: ResolveAction,
 }
 
@@ -691,7 +694,7 @@ pub struct NewBody {
     #[serde(default)]
     #[schema(max_length = 500)]
     pub content: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::context::objects")]
     #[schema(max_items = 4)]
     pub media: Vec<Media>,
 }
@@ -702,6 +705,7 @@ pub struct NewBody {
 pub struct BodyChange {
     #[schema(max_length = 500)]
     pub content: Option<String>,
+    #[serde(default, deserialize_with = "crate::context::some_objects")]
     #[schema(max_items = 4)]
     pub media: Option<Vec<Media>>,
 }

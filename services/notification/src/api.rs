@@ -286,11 +286,12 @@ impl NotificationService for Api {
         request: Request<MarkGroupReadRequest>,
     ) -> Result<Response<MarkNotificationsReadResponse>, Status> {
         let me = caller(&request)?;
-        let key = request.get_ref().group_key.trim();
+        let sent = &request.get_ref().group_key;
+        let key = sent.trim();
         let mut v = Violations::default();
         if key.is_empty() {
             v.add("group_key", "is required");
-        } else if key.len() > 200 {
+        } else if sent.len() > 200 {
             v.add("group_key", "must be at most 200 characters");
         }
         v.finish()?;

@@ -338,7 +338,7 @@ impl TryFrom<RegisterRequest> for NewUser {
     type Error = Error;
     fn try_from(r: RegisterRequest) -> Result<Self> {
         let mut v = Violations::default();
-        let username = r.username.trim().to_owned();
+        let username = r.username;
         v.check("username", validate::username(&username));
         let email = v
             .take("email", validate::email(&r.email))
@@ -397,10 +397,8 @@ fn profile_update(user: &User, paths: &[String], v: &mut Violations) -> Document
                 set.insert("bio", value);
             }
             "profile_picture_url" => {
-                let value = user.profile_picture_url.trim();
-                if !value.is_empty() {
-                    v.check("user.profile_picture_url", validate::url(value));
-                }
+                let (value, valid) = validate::optional_url(&user.profile_picture_url);
+                v.check("user.profile_picture_url", valid);
                 set.insert("profile_picture_url", value);
             }
             other => v.add(

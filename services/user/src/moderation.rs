@@ -75,13 +75,8 @@ pub fn reason(
         }
         Ok(c) => c.as_str_name(),
     };
-    let comment = comment.trim();
-    if comment.chars().count() > MAX_COMMENT {
-        v.add(
-            "comment",
-            format!("must be at most {MAX_COMMENT} characters"),
-        );
-    }
+    let (comment, fits) = validate::trimmed(comment, MAX_COMMENT);
+    v.check("comment", fits);
     v.finish()?;
     Ok((
         id.unwrap_or_default(),

@@ -504,6 +504,58 @@ async fn every_error_has_one_shape() {
             "{body}"
         );
     }
+    // Nor is a list of a body's objects a list of arrays, nor one of its words an object.
+    let media = json!([["image", "https://cdn.example.com/a.jpg", "", 10, 10]]);
+    let post = app
+        .post(
+            "/v1/posts",
+            Some(&alice),
+            json!({ "content": "x", "media": media }),
+        )
+        .await;
+    assert_eq!(
+        post.error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT"),
+        ["media[0]"]
+    );
+    let report = json!({"target_type": {"account": null}, "target_id": bob_id, "category": "SPAM"});
+    let reported = app.post("/v1/reports", Some(&alice), report).await;
+    assert_eq!(
+        reported.error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT"),
+        ["target_type"]
+    );
+    // What the API document bounds is bounded as sent, surrounding whitespace included;
+    // an id is lowercase hex.
+    let padded = format!(" {}", "x".repeat(1000));
+    let report = json!({"target_type": "account", "target_id": bob_id, "category": "SPAM", "comment": padded});
+    let reported = app.post("/v1/reports", Some(&alice), report).await;
+    assert_eq!(
+        reported.error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT"),
+        ["comment"]
+    );
+    let picture = json!({ "profile_picture_url": " ".repeat(2049) });
+    let changed = app
+        .call(Method::PATCH, "/v1/me", Some(&alice), Some(picture))
+        .await;
+    assert_eq!(
+        changed.error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT"),
+        ["user.profile_picture_url"]
+    );
+    let signup = json!({"username": " carol_1", "email": "carol@example.com", "password": "correct horse battery"});
+    let signed = app.post("/v1/accounts", None, signup).await;
+    assert_eq!(
+        signed.error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT"),
+        ["username"]
+    );
+    let upper = bob_id.to_uppercase().replace(char::is_numeric, "A");
+    let followed = app
+        .call(
+            Method::PUT,
+            &format!("/v1/users/{upper}/follow"),
+            Some(&alice),
+            None,
+        )
+        .await;
+    followed.error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT");
     // What an error repeats of a request is short, however long what was sent.
     let long = "x".repeat(10_000);
     let answers = [

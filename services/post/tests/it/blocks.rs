@@ -209,6 +209,21 @@ async fn to_a_blocked_reader_the_blockers_profile_posts_and_comments_are_absent(
             .await
             .refused(code);
     }
+    // Nor an unlike with nothing to undo (to carol it is done: she liked nothing).
+    let stack = &app.stack;
+    stack
+        .unlike_post(&bob_token, &alices.id)
+        .await
+        .refused(Code::NotFound);
+    stack
+        .unlike_comment(&bob_token, &comment.id)
+        .await
+        .refused(Code::NotFound);
+    stack.unlike_post(&carol_token, &alices.id).await.unwrap();
+    stack
+        .unlike_comment(&carol_token, &comment.id)
+        .await
+        .unwrap();
 
     // Likes of alice's post, and alice's followers and followees, as an unknown user's.
     app.stack.like_post(&alice_token, &alices.id).await.unwrap();
