@@ -14,7 +14,7 @@ use social_proto::{
     post::v1::{CreatePostRequest, Post, post_service_client::PostServiceClient},
     user::v1::{RegisterRequest, user_service_client::UserServiceClient},
 };
-use tonic::transport::Channel;
+use tonic::{Status, transport::Channel};
 
 use crate::{DropDatabase, Running, mongodb_uri, start, unique_name};
 
@@ -427,6 +427,34 @@ impl Stack {
             .expect("delete a post");
     }
 
+    /// `token`'s account changes the text of post `post` to `content`, as the service
+    /// answers.
+    pub async fn edit_post(&self, token: &str, post: &str, content: &str) -> Result<Post, Status> {
+        use social_proto::post::v1::UpdatePostRequest;
+        let post = Post {
+            id: post.into(),
+            content: content.into(),
+            ..Default::default()
+        };
+        let request = UpdatePostRequest {
+            post: Some(post),
+            update_mask: None,
+        };
+        PostServiceClient::new(self.post.shared_channel().await)
+            .update_post(crate::authed(request, token))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// `token`'s account deletes post `post`, as the service answers.
+    pub async fn try_delete_post(&self, token: &str, post: &str) -> Result<(), Status> {
+        let request = social_proto::post::v1::DeletePostRequest { id: post.into() };
+        PostServiceClient::new(self.post.shared_channel().await)
+            .delete_post(crate::authed(request, token))
+            .await
+            .map(drop)
+    }
+
     /// `token`'s account follows `followee`.
     pub async fn follow(&self, token: &str, followee: &str) {
         let request = FollowRequest {
@@ -535,6 +563,39 @@ impl Stack {
             .create_comment(crate::authed(request, token))
             .await
             .map(tonic::Response::into_inner)
+    }
+
+    /// `token`'s account changes the text of comment `comment` to `content`, as the
+    /// service answers.
+    pub async fn edit_comment(
+        &self,
+        token: &str,
+        comment: &str,
+        content: &str,
+    ) -> Result<Comment, Status> {
+        use social_proto::engagement::v1::UpdateCommentRequest;
+        let comment = Comment {
+            id: comment.into(),
+            content: content.into(),
+            ..Default::default()
+        };
+        let request = UpdateCommentRequest {
+            comment: Some(comment),
+            update_mask: None,
+        };
+        EngagementServiceClient::new(self.engagement.shared_channel().await)
+            .update_comment(crate::authed(request, token))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// `token`'s account deletes comment `comment`, as the service answers.
+    pub async fn delete_comment(&self, token: &str, comment: &str) -> Result<(), Status> {
+        let request = social_proto::engagement::v1::DeleteCommentRequest { id: comment.into() };
+        EngagementServiceClient::new(self.engagement.shared_channel().await)
+            .delete_comment(crate::authed(request, token))
+            .await
+            .map(drop)
     }
 }
 

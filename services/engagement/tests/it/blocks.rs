@@ -74,39 +74,17 @@ async fn under_their_own_post_an_author_sees_every_comment_and_none_is_edited_ac
         .await
         .answer();
     assert_eq!(listed.comments.len(), 1);
-    let edit = social_proto::engagement::v1::UpdateCommentRequest {
-        comment: Some(social_proto::engagement::v1::Comment {
-            id: comment.id.clone(),
-            content: "ruder".into(),
-            ..Default::default()
-        }),
-        update_mask: None,
-    };
-    let err = app
-        .engagement
-        .clone()
-        .update_comment(authed(edit, &bob_token))
+    app.stack
+        .edit_comment(&bob_token, &comment.id, "ruder")
         .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+        .refused(Code::FailedPrecondition);
     // She sees it, so changing it is not hers to do (not absent).
-    let edit = social_proto::engagement::v1::UpdateCommentRequest {
-        comment: Some(social_proto::engagement::v1::Comment {
-            id: comment.id.clone(),
-            content: "kinder".into(),
-            ..Default::default()
-        }),
-        update_mask: None,
-    };
-    app.engagement
-        .clone()
-        .update_comment(authed(edit, &alice_token))
+    app.stack
+        .edit_comment(&alice_token, &comment.id, "kinder")
         .await
         .refused(Code::PermissionDenied);
-    let delete = social_proto::engagement::v1::DeleteCommentRequest { id: comment.id };
-    app.engagement
-        .clone()
-        .delete_comment(authed(delete, &alice_token))
+    app.stack
+        .delete_comment(&alice_token, &comment.id)
         .await
         .unwrap();
 }

@@ -5,13 +5,8 @@
 use std::time::Duration;
 
 use social_proto::{
-    engagement::v1::{
-        Comment, DeleteCommentRequest, GetCommentRequest, ListCommentsRequest, UpdateCommentRequest,
-    },
-    post::v1::{
-        BatchGetPostsRequest, DeletePostRequest, GetPostRequest, ListUserPostsRequest, Post,
-        UpdatePostRequest,
-    },
+    engagement::v1::{GetCommentRequest, ListCommentsRequest},
+    post::v1::{BatchGetPostsRequest, GetPostRequest, ListUserPostsRequest},
     user::v1::{BatchGetUsersRequest, GetUserByUsernameRequest, GetUserRequest},
 };
 use social_testkit::{Answer, Refused, authed, eventually, queries};
@@ -155,62 +150,23 @@ async fn to_a_blocked_reader_the_blockers_profile_posts_and_comments_are_absent(
 
     // Nor does a write show that they exist: to bob, changing or deleting alice's post or
     // comment is NOT_FOUND; to carol, who sees them, PERMISSION_DENIED.
-    let edit_post = |token: &str| {
-        let post = Post {
-            id: alices.id.clone(),
-            content: "changed".into(),
-            ..Default::default()
-        };
-        let update_mask = None;
-        authed(
-            UpdatePostRequest {
-                post: Some(post),
-                update_mask,
-            },
-            token,
-        )
-    };
-    let delete_post = |token: &str| {
-        let id = alices.id.clone();
-        authed(DeletePostRequest { id }, token)
-    };
-    let edit_comment = |token: &str| {
-        let comment = Comment {
-            id: comment.id.clone(),
-            content: "changed".into(),
-            ..Default::default()
-        };
-        let update_mask = None;
-        authed(
-            UpdateCommentRequest {
-                comment: Some(comment),
-                update_mask,
-            },
-            token,
-        )
-    };
-    let delete_comment = |token: &str| {
-        let id = comment.id.clone();
-        authed(DeleteCommentRequest { id }, token)
-    };
+    let stack = &app.stack;
     for (token, code) in [
         (&bob_token, Code::NotFound),
         (&carol_token, Code::PermissionDenied),
     ] {
-        posts.update_post(edit_post(token)).await.refused(code);
-        posts.delete_post(delete_post(token)).await.refused(code);
-        let mut engagement = engagement.clone();
-        engagement
-            .update_comment(edit_comment(token))
+        stack
+            .edit_post(token, &alices.id, "changed")
             .await
             .refused(code);
-        engagement
-            .delete_comment(delete_comment(token))
+        stack.try_delete_post(token, &alices.id).await.refused(code);
+        stack
+            .edit_comment(token, &comment.id, "changed")
             .await
             .refused(code);
+        stack.delete_comment(token, &comment.id).await.refused(code);
     }
     // Nor an unlike with nothing to undo (to carol it is done: she liked nothing).
-    let stack = &app.stack;
     stack
         .unlike_post(&bob_token, &alices.id)
         .await
