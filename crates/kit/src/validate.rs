@@ -162,26 +162,13 @@ pub fn password(s: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// An absolute `http` or `https` URL of at most 2048 characters.
-pub fn url(s: &str) -> Result<(), String> {
-    url_within(s, MAX_URL)
-}
-
-/// The longest URL, in characters.
+/// The longest URL, in characters (an http URL is ASCII: its bytes).
 pub const MAX_URL: usize = 2048;
 
-/// An optional URL as sent at most [`MAX_URL`] characters (what the API document
-/// promises), trimmed for storing: `""` where only whitespace was sent, else an absolute
-/// http or https URL.
-pub fn optional_url(s: &str) -> (&str, Result<(), String>) {
-    let (value, fits) = trimmed(s, MAX_URL);
-    let valid = fits.and_then(|()| if value.is_empty() { Ok(()) } else { url(value) });
-    (value, valid)
-}
-
-fn url_within(s: &str, max: usize) -> Result<(), String> {
-    if s.len() > max {
-        return Err(format!("must be at most {max} characters"));
+/// An absolute `http` or `https` URL of at most [`MAX_URL`] characters.
+pub fn url(s: &str) -> Result<(), String> {
+    if s.len() > MAX_URL {
+        return Err(format!("must be at most {MAX_URL} characters"));
     }
     let uri = tonic::codegen::http::Uri::from_str(s)
         .map_err(|_| "must be an absolute http or https URL".to_owned())?;
@@ -192,6 +179,15 @@ fn url_within(s: &str, max: usize) -> Result<(), String> {
     } else {
         Err("must be an absolute http or https URL".into())
     }
+}
+
+/// An optional URL as sent at most [`MAX_URL`] characters (what the API document
+/// promises), trimmed for storing: `""` where only whitespace was sent, else an absolute
+/// http or https URL.
+pub fn optional_url(s: &str) -> (&str, Result<(), String>) {
+    let (value, fits) = trimmed(s, MAX_URL);
+    let valid = fits.and_then(|()| if value.is_empty() { Ok(()) } else { url(value) });
+    (value, valid)
 }
 
 #[cfg(test)]

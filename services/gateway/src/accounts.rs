@@ -249,11 +249,11 @@ fn export_line(record: ExportRecord) -> Option<axum::body::Bytes> {
         (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn export_me(
     State(state): State<AppState>,
-    SignedIn(who, _): SignedIn,
+    SignedIn(who, me): SignedIn,
 ) -> ApiResult<Response> {
     use futures::StreamExt;
     // Held as long as the export streams.
-    let slot = state.limits.start_export()?;
+    let slot = state.limits.start_export(me.user)?;
     let peer = &state.services.users;
     let request = who.request(peer, ExportAccountRequest {});
     let mut users = crate::context::clients::users(peer);

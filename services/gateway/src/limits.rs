@@ -260,6 +260,32 @@ pub struct Limits {
     caps: StreamCaps,
     streams: Mutex<OpenStreams>,
     exports: Arc<tokio::sync::Semaphore>,
+    /// The accounts with an export streaming: one each at a time.
+    exporting: Mutex<std::collections::HashSet<ObjectId>>,
+}
+
+/// One export's place under the caps (through this gateway, and its account's one at a
+/// time), given back when dropped.
+pub struct ExportSlot {
+    limits: Arc<Limits>,
+    account: ObjectId,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl std::fmt::Debug for ExportSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExportSlot")
+            .field("account", &self.account)
+            .finish()
+    }
+}
+
+impl Drop for ExportSlot {
+    fn drop(&mut self) {
+        if let Ok(mut exporting) = self.limits.exporting.lock() {
+            exporting.remove(&self.account);
+        }
+    }
 }
 
 impl Limits {
@@ -275,18 +301,35 @@ impl Limits {
             caps,
             streams: Mutex::default(),
             exports: Arc::new(tokio::sync::Semaphore::new(caps.exports.max(1))),
+            exporting: Mutex::default(),
         }
     }
 
-    /// A place for one more export streaming through this gateway (held until its
-    /// stream is dropped), or 429 when [`StreamCaps::exports`] are streaming.
-    pub fn start_export(&self) -> ApiResult<tokio::sync::OwnedSemaphorePermit> {
-        self.exports.clone().try_acquire_owned().map_err(|_| {
+    /// A place for one more export streaming through this gateway, `account`'s only one
+    /// (held until its stream is dropped), or 429 when [`StreamCaps::exports`] are
+    /// streaming or `account` has one streaming already: a few accounts cannot take
+    /// every place.
+    pub fn start_export(self: &Arc<Self>, account: ObjectId) -> ApiResult<ExportSlot> {
+        let mut exporting = self
+            .exporting
+            .lock()
+            .map_err(|_| ApiError::new(tonic::Code::Internal, "internal error"))?;
+        if exporting.contains(&account) {
+            let why = "an export of this account is streaming already; retry once it ends";
+            return Err(ApiError::too_many_because(why, STREAM_RETRY));
+        }
+        let permit = self.exports.clone().try_acquire_owned().map_err(|_| {
             let why = format!(
                 "{} exports are streaming through this gateway already; retry shortly",
                 self.caps.exports
             );
             ApiError::too_many_because(why, STREAM_RETRY)
+        })?;
+        exporting.insert(account);
+        Ok(ExportSlot {
+            limits: Arc::clone(self),
+            account,
+            _permit: permit,
         })
     }
 
@@ -643,13 +686,28 @@ mod tests {
             exports: 2,
             ..StreamCaps::default()
         };
-        let limits = Limits::new(two_a_minute(), Aggregates::default(), caps);
-        let first = limits.start_export().expect("the first");
-        let _second = limits.start_export().expect("the second");
-        let refused = limits.start_export().expect_err("a third while two stream");
+        let limits = Arc::new(Limits::new(two_a_minute(), Aggregates::default(), caps));
+        let [a, b, c] = [ObjectId::new(), ObjectId::new(), ObjectId::new()];
+        let first = limits.start_export(a).expect("the first");
+        let refused = limits
+            .start_export(a)
+            .expect_err("a's second while its first streams");
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        let _second = limits.start_export(b).expect("another account's");
+        let refused = limits
+            .start_export(c)
+            .expect_err("a third while two stream");
         assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
         drop(first);
-        let _third = limits.start_export().expect("one ended: a place again");
+        let _third = limits.start_export(c).expect("one ended: a place again");
+        let refused = limits
+            .start_export(a)
+            .expect_err("the places are taken again");
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            !limits.exporting.lock().unwrap().contains(&a),
+            "a refused export holds nothing"
+        );
     }
 
     #[test]
