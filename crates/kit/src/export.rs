@@ -35,6 +35,7 @@ pub fn within<T: Send + 'static>(
             let next = tokio::select! {
                 biased;
                 () = &mut deadline => break,
+                () = tx.closed() => return, // the reader went away
                 next = stream.next() => next,
             };
             let Some(item) = next else {
@@ -127,6 +128,21 @@ mod tests {
         assert_eq!(read.next().await, Some(1), "what was read ahead");
         assert_eq!(read.next().await, Some(0));
         assert_eq!(read.next().await, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reader_that_leaves_lets_go_of_a_stream_that_sends_nothing() {
+        let (source, stream) = fed();
+        let read = within(
+            stream,
+            Duration::from_secs(3600),
+            Duration::from_secs(3600),
+            0,
+        );
+        tokio::task::yield_now().await;
+        drop(read);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(source.is_closed(), "dropped once its reader left");
     }
 
     #[tokio::test(start_paused = true)]

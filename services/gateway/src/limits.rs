@@ -282,9 +282,12 @@ impl std::fmt::Debug for ExportSlot {
 
 impl Drop for ExportSlot {
     fn drop(&mut self) {
-        if let Ok(mut exporting) = self.limits.exporting.lock() {
-            exporting.remove(&self.account);
-        }
+        let mut exporting = self
+            .limits
+            .exporting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        exporting.remove(&self.account);
     }
 }
 
@@ -313,24 +316,52 @@ impl Limits {
         let mut exporting = self
             .exporting
             .lock()
-            .map_err(|_| ApiError::new(tonic::Code::Internal, "internal error"))?;
-        if exporting.contains(&account) {
-            let why = "an export of this account is streaming already; retry once it ends";
-            return Err(ApiError::too_many_because(why, STREAM_RETRY));
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(refused) = self.export_refused(&exporting, account) {
+            return Err(refused);
         }
-        let permit = self.exports.clone().try_acquire_owned().map_err(|_| {
-            let why = format!(
-                "{} exports are streaming through this gateway already; retry shortly",
-                self.caps.exports
-            );
-            ApiError::too_many_because(why, STREAM_RETRY)
-        })?;
+        let permit = self
+            .exports
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| self.exports_taken())?;
         exporting.insert(account);
         Ok(ExportSlot {
             limits: Arc::clone(self),
             account,
             _permit: permit,
         })
+    }
+
+    /// Why an export of `account` would be refused now, if it would: checked before the
+    /// export is charged to the account's hourly budget, so that a refusal costs none of
+    /// it ([`Self::start_export`] decides).
+    pub fn export_refusal(&self, account: ObjectId) -> Option<ApiError> {
+        let exporting = self
+            .exporting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.export_refused(&exporting, account)
+            .or_else(|| (self.exports.available_permits() == 0).then(|| self.exports_taken()))
+    }
+
+    fn export_refused(
+        &self,
+        exporting: &std::collections::HashSet<ObjectId>,
+        account: ObjectId,
+    ) -> Option<ApiError> {
+        exporting.contains(&account).then(|| {
+            let why = "an export of this account is streaming already; retry once it ends";
+            ApiError::too_many_because(why, STREAM_RETRY)
+        })
+    }
+
+    fn exports_taken(&self) -> ApiError {
+        let why = format!(
+            "{} exports are streaming through this gateway already; retry shortly",
+            self.caps.exports
+        );
+        ApiError::too_many_because(why, STREAM_RETRY)
     }
 
     /// A place for one more live stream of `account` from `ip`, or 429 saying which cap
@@ -564,6 +595,15 @@ pub async fn limit(State(state): State<AppState>, request: Request, next: Next) 
     let Some(who) = request.extensions().get::<Identity>().cloned() else {
         return next.run(request).await;
     };
+    // An export that would be refused costs none of the account's exports an hour.
+    if request.method() == Method::GET
+        && path == "/v1/me/export"
+        && let Some(refused) = who
+            .caller
+            .and_then(|caller| state.limits.export_refusal(caller.user))
+    {
+        return refused.into_response();
+    }
     let (rate, decision) = state.limits.check(request.method(), &path, &who);
     let (mut response, remaining) = match decision {
         Ok(remaining) => (next.run(request).await, remaining),
@@ -708,6 +748,25 @@ mod tests {
             !limits.exporting.lock().unwrap().contains(&a),
             "a refused export holds nothing"
         );
+    }
+
+    #[test]
+    fn an_export_that_would_be_refused_is_told_before_it_is_charged() {
+        let caps = StreamCaps {
+            exports: 2,
+            ..StreamCaps::default()
+        };
+        let limits = Arc::new(Limits::new(two_a_minute(), Aggregates::default(), caps));
+        let [a, b, c] = [ObjectId::new(), ObjectId::new(), ObjectId::new()];
+        assert!(limits.export_refusal(a).is_none());
+        let first = limits.start_export(a).expect("a's");
+        assert!(limits.export_refusal(a).is_some(), "a's own is streaming");
+        assert!(limits.export_refusal(b).is_none());
+        let _second = limits.start_export(b).expect("b's");
+        assert!(limits.export_refusal(c).is_some(), "every place is taken");
+        drop(first);
+        assert!(limits.export_refusal(c).is_none());
+        assert!(limits.export_refusal(a).is_none());
     }
 
     #[test]
