@@ -124,11 +124,8 @@ impl Api {
             .iter()
             .flat_map(|c| [c.user_id, c.post_author_id])
             .collect();
-        let hidden = self.store.blocks.hidden_from(viewer, &authors).await?;
-        comments.retain(|c| {
-            Some(c.post_author_id) == viewer
-                || !(hidden.contains(&c.user_id) || hidden.contains(&c.post_author_id))
-        });
+        let blockers = self.store.blocks.hidden_from(viewer, &authors).await?;
+        comments.retain(|c| !absent(viewer, c, &blockers));
         Ok(())
     }
 
@@ -136,15 +133,11 @@ impl Api {
     /// as ListComments leaves it out (under her own post an author sees every comment).
     async fn hidden(&self, me: ObjectId, comment: &CommentDoc) -> Result<bool> {
         if comment.post_author_id == me {
-            return Ok(false);
+            return Ok(false); // no lookup: she sees them all
         }
         let authors = [comment.user_id, comment.post_author_id];
-        Ok(!self
-            .store
-            .blocks
-            .hidden_from(Some(me), &authors)
-            .await?
-            .is_empty())
+        let blockers = self.store.blocks.hidden_from(Some(me), &authors).await?;
+        Ok(absent(Some(me), comment, &blockers))
     }
 
     /// Why `me` may not change another's `comment`: NOT_FOUND where it is hidden from
@@ -172,6 +165,14 @@ impl Api {
         }
         Ok(())
     }
+}
+
+/// Whether `comment` is absent to `viewer`, `blockers` being those who block `viewer`:
+/// written by one of them, or under a post one of them wrote; never under the viewer's
+/// own post (its author moderates it).
+fn absent(viewer: Option<ObjectId>, comment: &CommentDoc, blockers: &[ObjectId]) -> bool {
+    Some(comment.post_author_id) != viewer
+        && (blockers.contains(&comment.user_id) || blockers.contains(&comment.post_author_id))
 }
 
 impl From<LikeDoc> for Like {

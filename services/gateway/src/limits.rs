@@ -245,6 +245,9 @@ fn release<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, usize>, key: &K) {
     }
 }
 
+/// The route of an account's export, which has a budget and places of its own.
+const EXPORT_ROUTE: &str = "/v1/me/export";
+
 /// How long a client refused a stream is told to wait.
 const STREAM_RETRY: Duration = Duration::from_secs(30);
 
@@ -282,12 +285,7 @@ impl std::fmt::Debug for ExportSlot {
 
 impl Drop for ExportSlot {
     fn drop(&mut self) {
-        let mut exporting = self
-            .limits
-            .exporting
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        exporting.remove(&self.account);
+        self.limits.exporting().remove(&self.account);
     }
 }
 
@@ -313,10 +311,7 @@ impl Limits {
     /// streaming or `account` has one streaming already: a few accounts cannot take
     /// every place.
     pub fn start_export(self: &Arc<Self>, account: ObjectId) -> ApiResult<ExportSlot> {
-        let mut exporting = self
-            .exporting
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut exporting = self.exporting();
         if let Some(refused) = self.export_refused(&exporting, account) {
             return Err(refused);
         }
@@ -337,12 +332,17 @@ impl Limits {
     /// export is charged to the account's hourly budget, so that a refusal costs none of
     /// it ([`Self::start_export`] decides).
     pub fn export_refusal(&self, account: ObjectId) -> Option<ApiError> {
-        let exporting = self
-            .exporting
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let exporting = self.exporting();
         self.export_refused(&exporting, account)
             .or_else(|| (self.exports.available_permits() == 0).then(|| self.exports_taken()))
+    }
+
+    /// The accounts with an export streaming (a panic elsewhere while it was held
+    /// changes nothing of it: the set is whole between any two of its operations).
+    fn exporting(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<ObjectId>> {
+        self.exporting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn export_refused(
@@ -424,7 +424,7 @@ impl Limits {
             (&Method::POST, "/v1/sessions")
             | (&Method::PUT, "/v1/me/password")
             | (&Method::DELETE, "/v1/me") => (self.rates.login, self.login.check(who.ip)),
-            (&Method::GET, "/v1/me/export") => match who.caller {
+            (&Method::GET, EXPORT_ROUTE) => match who.caller {
                 Some(caller) => (self.rates.export, self.export.check(&caller.user)),
                 None => (self.rates.anonymous, self.anonymous.check(who.ip)),
             },
@@ -597,7 +597,7 @@ pub async fn limit(State(state): State<AppState>, request: Request, next: Next) 
     };
     // An export that would be refused costs none of the account's exports an hour.
     if request.method() == Method::GET
-        && path == "/v1/me/export"
+        && path == EXPORT_ROUTE
         && let Some(refused) = who
             .caller
             .and_then(|caller| state.limits.export_refusal(caller.user))
@@ -720,14 +720,19 @@ mod tests {
         assert!(ask("203.0.113.2"));
     }
 
-    #[test]
-    fn exports_are_capped_at_once_until_one_ends() {
+    /// Limits with two export places, and three accounts.
+    fn two_export_places() -> (Arc<Limits>, [ObjectId; 3]) {
         let caps = StreamCaps {
             exports: 2,
             ..StreamCaps::default()
         };
         let limits = Arc::new(Limits::new(two_a_minute(), Aggregates::default(), caps));
-        let [a, b, c] = [ObjectId::new(), ObjectId::new(), ObjectId::new()];
+        (limits, [ObjectId::new(), ObjectId::new(), ObjectId::new()])
+    }
+
+    #[test]
+    fn exports_are_capped_at_once_until_one_ends() {
+        let (limits, [a, b, c]) = two_export_places();
         let first = limits.start_export(a).expect("the first");
         let refused = limits
             .start_export(a)
@@ -745,19 +750,14 @@ mod tests {
             .expect_err("the places are taken again");
         assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
         assert!(
-            !limits.exporting.lock().unwrap().contains(&a),
+            !limits.exporting().contains(&a),
             "a refused export holds nothing"
         );
     }
 
     #[test]
     fn an_export_that_would_be_refused_is_told_before_it_is_charged() {
-        let caps = StreamCaps {
-            exports: 2,
-            ..StreamCaps::default()
-        };
-        let limits = Arc::new(Limits::new(two_a_minute(), Aggregates::default(), caps));
-        let [a, b, c] = [ObjectId::new(), ObjectId::new(), ObjectId::new()];
+        let (limits, [a, b, c]) = two_export_places();
         assert!(limits.export_refusal(a).is_none());
         let first = limits.start_export(a).expect("a's");
         assert!(limits.export_refusal(a).is_some(), "a's own is streaming");
