@@ -210,28 +210,17 @@ pub fn update(
             }
             other => v.add(
                 "update_mask.paths",
-                format!(
-                    "`{}` cannot be updated; use content or media",
-                    validate::quoted(other)
-                ),
+                format!("`{}` cannot be updated; use content or media", validate::quoted(other)),
             ),
         }
     }
-    require_something(
-        &format!("{resource}.content"),
-        &new_text,
-        &new_media,
-        &mut v,
-    );
+    require_something(&format!("{resource}.content"), &new_text, &new_media, &mut v);
     v.finish()?;
     let mut guard = bson::Document::new();
     match (set.contains_key("content"), set.contains_key("media")) {
         (true, false) if new_text.is_empty() => {
             // At least one media item (every stored item has a `type`).
-            guard.insert(
-                "media",
-                bson::doc! { "$elemMatch": { "type": { "$exists": true } } },
-            );
+            guard.insert("media", bson::doc! { "$elemMatch": { "type": { "$exists": true } } });
         }
         (false, true) if new_media.is_empty() => {
             guard.insert("content", bson::doc! { "$ne": "" });
@@ -261,11 +250,7 @@ mod tests {
         let mut v = Violations::default();
         let ok = media(
             "media",
-            &[
-                item("image", None),
-                item("video", Some(3.5)),
-                item("GIF", Some(1.0)),
-            ],
+            &[item("image", None), item("video", Some(3.5)), item("GIF", Some(1.0))],
             &mut v,
         );
         assert!(v.finish().is_ok());
@@ -315,10 +300,7 @@ mod tests {
 
     #[test]
     fn mentions_are_distinct_and_capped() {
-        assert_eq!(
-            mentions("hi @Bob and @bob, @carol! mail a@b.c @x", 10),
-            ["Bob", "carol"]
-        );
+        assert_eq!(mentions("hi @Bob and @bob, @carol! mail a@b.c @x", 10), ["Bob", "carol"]);
         let many: String = (0..15).map(|i| format!("@user{i:02} ")).collect();
         assert_eq!(mentions(&many, 10).len(), 10);
     }

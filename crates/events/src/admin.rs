@@ -63,16 +63,12 @@ pub async fn purge_queues(config: &EventsConfig, development: bool) -> anyhow::R
     let channel = connection.create_channel().await?;
     let mut purged = 0;
     for spec in topology::QUEUES {
-        for queue in [
-            config.queue(spec.service),
-            config.dead_letter_queue(spec.service),
-        ] {
+        for queue in [config.queue(spec.service), config.dead_letter_queue(spec.service)] {
             if look_up(&connection, &queue).await.is_err() {
                 continue; // never declared: nothing in it
             }
-            purged += channel
-                .queue_purge(queue.as_str().into(), QueuePurgeOptions::default())
-                .await?;
+            purged +=
+                channel.queue_purge(queue.as_str().into(), QueuePurgeOptions::default()).await?;
         }
     }
     tracing::info!(purged, "queues purged");
@@ -124,10 +120,7 @@ pub async fn look_up(connection: &Connection, queue: &str) -> anyhow::Result<lap
     let found = channel
         .queue_declare(
             queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
+            QueueDeclareOptions { passive: true, ..Default::default() },
             FieldTable::default(),
         )
         .await
@@ -138,9 +131,7 @@ pub async fn look_up(connection: &Connection, queue: &str) -> anyhow::Result<lap
 
 async fn confirming(connection: &Connection) -> anyhow::Result<Channel> {
     let channel = connection.create_channel().await?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
+    channel.confirm_select(ConfirmSelectOptions::default()).await?;
     Ok(channel)
 }
 
@@ -158,10 +149,7 @@ async fn migrate(
     channel
         .queue_declare(
             holding.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
+            QueueDeclareOptions { durable: true, ..Default::default() },
             topology::base_arguments(config),
         )
         .await
@@ -174,24 +162,15 @@ async fn migrate(
     let mut channel = channel;
     loop {
         moved += move_all(&channel, queue, &holding).await?;
-        let unused = QueueDeleteOptions {
-            if_unused: true,
-            ..Default::default()
-        };
+        let unused = QueueDeleteOptions { if_unused: true, ..Default::default() };
         if let Err(e) = channel.queue_delete(queue.into(), unused).await {
             anyhow::bail!(
                 "could not delete {queue} (a consumer started using it?): {e}; its messages \
                  are safe in {holding} and {queue}; stop the consumers and run this again"
             );
         }
-        let durable = QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        };
-        match channel
-            .queue_declare(queue.into(), durable, args.clone())
-            .await
-        {
+        let durable = QueueDeclareOptions { durable: true, ..Default::default() };
+        match channel.queue_declare(queue.into(), durable, args.clone()).await {
             Ok(_) => break,
             Err(e) if topology::is_precondition_failed(&e) && tries < 5 => {
                 tries += 1;
@@ -239,9 +218,8 @@ async fn migrate(
 /// queues (a duplicate), never in neither.
 async fn move_all(channel: &Channel, from: &str, to: &str) -> anyhow::Result<u64> {
     let mut moved = 0;
-    while let Some(message) = channel
-        .basic_get(from.into(), BasicGetOptions { no_ack: false })
-        .await?
+    while let Some(message) =
+        channel.basic_get(from.into(), BasicGetOptions { no_ack: false }).await?
     {
         let delivery = message.delivery;
         let properties: BasicProperties = delivery.properties.clone();
@@ -249,10 +227,7 @@ async fn move_all(channel: &Channel, from: &str, to: &str) -> anyhow::Result<u64
             .basic_publish(
                 "".into(),
                 to.into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..Default::default()
-                },
+                BasicPublishOptions { mandatory: true, ..Default::default() },
                 &delivery.data,
                 properties,
             )
@@ -292,10 +267,7 @@ pub fn commands<C: 'static>(
             Box::pin(async move {
                 let development = social_kit::config::parse_or("DEVELOPMENT_KEYS", false)?;
                 let purged = purge_queues(&events, development).await?;
-                println!(
-                    "purged {purged} messages from the {} queues",
-                    events.queue_prefix
-                );
+                println!("purged {purged} messages from the {} queues", events.queue_prefix);
                 Ok(())
             })
         },

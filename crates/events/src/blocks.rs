@@ -192,13 +192,10 @@ impl Blocks {
                 .await?
                 .try_collect()
                 .await?;
-            found.extend(page.into_iter().map(|p| {
-                if p.blocker_id == user {
-                    p.blocked_id
-                } else {
-                    p.blocker_id
-                }
-            }));
+            found.extend(
+                page.into_iter()
+                    .map(|p| if p.blocker_id == user { p.blocked_id } else { p.blocker_id }),
+            );
         }
         found.sort();
         found.dedup();
@@ -441,9 +438,7 @@ mod tests {
         // As MongoDB may return them: in no particular order.
         let found = vec![ids[6], ids[1], ids[8], ids[3], ids[0], ids[7]];
         let blockers = Blockers::new(ObjectId::new(), found.clone());
-        let asked = [
-            ids[0], ids[2], ids[3], ids[4], ids[6], ids[7], ids[8], ids[1],
-        ];
+        let asked = [ids[0], ids[2], ids[3], ids[4], ids[6], ids[7], ids[8], ids[1]];
         let mut blocking = blockers.among(&asked).unwrap();
         blocking.sort();
         let mut expected = found;
@@ -453,9 +448,6 @@ mod tests {
         let past = Blockers::new(ObjectId::new(), many);
         assert!(past.among(&asked).is_none(), "past the limit: ask MongoDB");
         let just = (0..BLOCKERS_CACHED).map(|_| ObjectId::new()).collect();
-        assert_eq!(
-            Blockers::new(ObjectId::new(), just).among(&asked),
-            Some(vec![])
-        );
+        assert_eq!(Blockers::new(ObjectId::new(), just).among(&asked), Some(vec![]));
     }
 }

@@ -26,9 +26,8 @@ pub const FRAME_MAX: u32 = 16 * 1024;
 
 /// Opens a connection to `url` named `name`, giving up after `timeout`.
 pub async fn open(url: &str, name: &str, timeout: Duration) -> anyhow::Result<Connection> {
-    let mut uri: AMQPUri = url
-        .parse()
-        .map_err(|e| anyhow::anyhow!("AMQP_URL is not an AMQP URL: {e}"))?;
+    let mut uri: AMQPUri =
+        url.parse().map_err(|e| anyhow::anyhow!("AMQP_URL is not an AMQP URL: {e}"))?;
     uri.query.frame_max.get_or_insert(FRAME_MAX);
     let properties = ConnectionProperties::default().with_connection_name(name.into());
     let connection = tokio::time::timeout(timeout, Connection::connect_uri(uri, properties))

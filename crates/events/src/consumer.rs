@@ -86,19 +86,12 @@ impl Budget {
     /// A budget of two seconds from now.
     pub fn start() -> Self {
         let now = Instant::now();
-        Self {
-            until: now + Duration::from_secs(2),
-            batch_started: now,
-        }
+        Self { until: now + Duration::from_secs(2), batch_started: now }
     }
 
     /// `Err(MoreToDo)` once the budget is spent: end this step there.
     pub fn check(&self) -> anyhow::Result<()> {
-        if Instant::now() >= self.until {
-            Err(MoreToDo.into())
-        } else {
-            Ok(())
-        }
+        if Instant::now() >= self.until { Err(MoreToDo.into()) } else { Ok(()) }
     }
 
     /// Records a batch of `items` of the job `step` done, and starts timing the next.
@@ -164,10 +157,7 @@ const SAFE_WHENEVER: &[(&str, &[&str])] = &[
 /// How old `event`, of type `kind`, is, if it is too old for `service` to apply (see
 /// [`MAX_EVENT_AGE`]).
 fn too_late(event: &Envelope, kind: &str, service: &str) -> Option<Duration> {
-    if SAFE_WHENEVER
-        .iter()
-        .any(|(k, but)| *k == kind && !but.contains(&service))
-    {
+    if SAFE_WHENEVER.iter().any(|(k, but)| *k == kind && !but.contains(&service)) {
         return None;
     }
     let at = social_kit::time::millis(event.occurred_at.as_ref()?);
@@ -242,13 +232,9 @@ async fn consume(
 ) -> anyhow::Result<()> {
     let channel = connection.create_channel().await?;
     let queue = config.queue(spec.service);
-    channel
-        .basic_qos(config.prefetch, BasicQosOptions::default())
-        .await?;
+    channel.basic_qos(config.prefetch, BasicQosOptions::default()).await?;
     // Confirms for the copies re-published for a retry (see `handle`).
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
+    channel.confirm_select(ConfirmSelectOptions::default()).await?;
     let tag = format!("{}-{}", spec.service, bson::oid::ObjectId::new().to_hex());
     let mut deliveries = channel
         .basic_consume(
@@ -284,14 +270,10 @@ async fn consume(
         }
     };
     // Stop taking messages, finish what is in hand, then close (unacked ones return).
-    let _ = channel
-        .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-        .await;
+    let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
     let grace = config.handler_timeout + Duration::from_secs(1);
-    let _ = tokio::time::timeout(grace, async {
-        while in_hand.join_next().await.is_some() {}
-    })
-    .await;
+    let _ =
+        tokio::time::timeout(grace, async { while in_hand.join_next().await.is_some() {} }).await;
     in_hand.abort_all();
     let _ = channel.close(200, "bye".into()).await;
     result
@@ -338,11 +320,7 @@ impl Passed {
 
     /// Whether a try of `kind` that began after `began` succeeded.
     fn since(&self, kind: &'static str, began: Instant) -> bool {
-        self.0
-            .lock()
-            .ok()
-            .and_then(|latest| latest.get(kind).copied())
-            .is_some_and(|at| at > began)
+        self.0.lock().ok().and_then(|latest| latest.get(kind).copied()).is_some_and(|at| at > began)
     }
 }
 
@@ -358,15 +336,7 @@ struct Handling {
 }
 
 async fn handle(with: &Handling, delivery: Delivery) {
-    let Handling {
-        config,
-        handler,
-        channel,
-        queue,
-        service,
-        shutdown,
-        passed,
-    } = with;
+    let Handling { config, handler, channel, queue, service, shutdown, passed } = with;
     let span = tracing::info_span!(
         "event.consume",
         otel.kind = "consumer",
@@ -515,13 +485,7 @@ async fn requeue(channel: &Channel, queue: &str, delivery: &Delivery, attempt: u
 
 /// Rejects `delivery`: back into its queue (`requeue`) or into the dead-letter queue.
 async fn reject(delivery: &Delivery, requeue: bool) {
-    let _ = delivery
-        .acker
-        .nack(BasicNackOptions {
-            requeue,
-            ..Default::default()
-        })
-        .await;
+    let _ = delivery.acker.nack(BasicNackOptions { requeue, ..Default::default() }).await;
 }
 
 #[cfg(test)]
@@ -534,9 +498,8 @@ mod tests {
     fn a_month_old(payload: Payload) -> Envelope {
         let mut event = crate::envelope::new_envelope(ObjectId::new(), payload);
         let month_ago = bson::DateTime::now().timestamp_millis() - 31 * 86_400_000;
-        event.occurred_at = Some(social_kit::time::to_timestamp(bson::DateTime::from_millis(
-            month_ago,
-        )));
+        event.occurred_at =
+            Some(social_kit::time::to_timestamp(bson::DateTime::from_millis(month_ago)));
         event
     }
 
@@ -550,10 +513,7 @@ mod tests {
         ];
         for payload in deletions {
             let kind = crate::envelope::routing_key(&payload);
-            assert!(
-                too_late(&a_month_old(payload), kind, "engagement").is_none(),
-                "{kind}"
-            );
+            assert!(too_late(&a_month_old(payload), kind, "engagement").is_none(), "{kind}");
         }
         let like = Payload::PostLiked(pb::PostLiked::default());
         let kind = crate::envelope::routing_key(&like);

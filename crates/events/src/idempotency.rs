@@ -72,10 +72,7 @@ pub fn without_counter_bookkeeping() -> Document {
 
 /// When `event` happened, in milliseconds since the Unix epoch.
 pub fn event_time_ms(event: &Envelope) -> i64 {
-    event
-        .occurred_at
-        .as_ref()
-        .map_or(0, social_kit::time::millis)
+    event.occurred_at.as_ref().map_or(0, social_kit::time::millis)
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -136,8 +133,7 @@ impl Counters {
         event: &Envelope,
     ) -> mongodb::error::Result<bool> {
         let (key, t) = (&event.event_id, event_time_ms(event));
-        self.apply(id, field, delta, key, t, Document::new(), Document::new())
-            .await
+        self.apply(id, field, delta, key, t, Document::new(), Document::new()).await
     }
 
     /// Adds `delta` to `field` of document `id` once for `change` (an event id, or any
@@ -172,12 +168,8 @@ impl Counters {
             },
         };
         update.extend(also);
-        let mut changed = self
-            .target
-            .update_one(filter.clone(), update.clone())
-            .await?
-            .modified_count
-            == 1;
+        let mut changed =
+            self.target.update_one(filter.clone(), update.clone()).await?.modified_count == 1;
         if !changed {
             // A document written by a release before recounts lacks the fence: give it
             // one and try again (else it would never count again).
@@ -206,14 +198,8 @@ impl Counters {
                 return Ok(false);
             }
         }
-        let entry = Entry {
-            key,
-            doc: id,
-            field: field.to_owned(),
-            delta,
-            t,
-            applied_at: DateTime::now(),
-        };
+        let entry =
+            Entry { key, doc: id, field: field.to_owned(), delta, t, applied_at: DateTime::now() };
         social_kit::mongo::insert_once(&self.ledger, &entry).await?;
         Ok(changed)
     }
@@ -244,10 +230,8 @@ impl Counters {
             // What was applied after `as_of_ms`, by event: the ledger, and the document's
             // own log for an event whose ledger entry is not written yet.
             let mut after: HashMap<String, (String, i64)> = HashMap::new();
-            let mut entries = self
-                .ledger
-                .find(doc! { "doc": id, "t": { "$gt": as_of_ms } })
-                .await?;
+            let mut entries =
+                self.ledger.find(doc! { "doc": id, "t": { "$gt": as_of_ms } }).await?;
             while let Some(e) = entries.try_next().await? {
                 let event = e.key.rsplit(':').next().unwrap_or_default().to_owned();
                 after.insert(event, (e.field, e.delta));
@@ -256,18 +240,12 @@ impl Counters {
                 if let Some((t, field, delta, event)) = line.as_str().and_then(parse_log)
                     && t > as_of_ms
                 {
-                    after
-                        .entry(event.to_owned())
-                        .or_insert((field.to_owned(), delta));
+                    after.entry(event.to_owned()).or_insert((field.to_owned(), delta));
                 }
             }
             let mut set = Document::new();
             for (field, count) in counted {
-                let later: i64 = after
-                    .values()
-                    .filter(|(f, _)| f == field)
-                    .map(|(_, d)| d)
-                    .sum();
+                let later: i64 = after.values().filter(|(f, _)| f == field).map(|(_, d)| d).sum();
                 set.insert(*field, count + later);
             }
             set.insert(RECOUNT, as_of_ms);
@@ -308,12 +286,7 @@ mod tests {
     fn log_lines_round_trip() {
         assert_eq!(
             parse_log("1700000000123|likes_count|-1|65f0c0ffee0123456789abcd"),
-            Some((
-                1_700_000_000_123,
-                "likes_count",
-                -1,
-                "65f0c0ffee0123456789abcd"
-            ))
+            Some((1_700_000_000_123, "likes_count", -1, "65f0c0ffee0123456789abcd"))
         );
         assert_eq!(parse_log("garbage"), None);
     }

@@ -32,11 +32,7 @@ pub struct Broadcaster {
 impl Broadcaster {
     /// A broadcaster that connects on first use.
     pub fn new(config: EventsConfig, name: &str) -> Self {
-        Self {
-            config,
-            name: name.to_owned(),
-            channel: Arc::new(Mutex::new(None)),
-        }
+        Self { config, name: name.to_owned(), channel: Arc::new(Mutex::new(None)) }
     }
 
     /// Publishes `body` with `routing_key` and waits for the broker's confirm; an error
@@ -90,9 +86,7 @@ impl Broadcaster {
             crate::connection::open(&self.config.amqp_url, &self.name, Duration::from_secs(2))
                 .await?;
         let channel = connection.create_channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
+        channel.confirm_select(ConfirmSelectOptions::default()).await?;
         crate::topology::declare_exchange(&channel, &self.config).await?;
         Ok(channel)
     }
@@ -142,10 +136,7 @@ pub async fn listen(
                 .basic_consume(
                     queue.name().clone(),
                     "".into(),
-                    BasicConsumeOptions {
-                        no_ack: true,
-                        ..Default::default()
-                    },
+                    BasicConsumeOptions { no_ack: true, ..Default::default() },
                     FieldTable::default(),
                 )
                 .await?;

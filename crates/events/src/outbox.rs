@@ -48,17 +48,13 @@ pub fn entry(envelope: &Envelope) -> String {
     let traceparent = social_kit::telemetry::current_context_map()
         .remove("traceparent")
         .unwrap_or_else(|| "-".into());
-    format!(
-        "{traceparent} {}",
-        STANDARD.encode(envelope.encode_to_vec())
-    )
+    format!("{traceparent} {}", STANDARD.encode(envelope.encode_to_vec()))
 }
 
 /// The envelope and trace parent of an outbox entry.
 pub fn parse(entry: &str) -> anyhow::Result<(Envelope, Option<String>)> {
-    let (traceparent, body) = entry
-        .split_once(' ')
-        .ok_or_else(|| anyhow::anyhow!("outbox entry without a separator"))?;
+    let (traceparent, body) =
+        entry.split_once(' ').ok_or_else(|| anyhow::anyhow!("outbox entry without a separator"))?;
     let envelope = Envelope::decode(STANDARD.decode(body)?.as_slice())?;
     let traceparent = (traceparent != "-").then(|| traceparent.to_owned());
     Ok((envelope, traceparent))
@@ -229,9 +225,7 @@ impl Relay {
                 // exists would be confirmed and lost for that consumer.
                 crate::topology::declare(&connection, &self.config, &self.queues).await?;
                 let channel = connection.create_channel().await?;
-                channel
-                    .confirm_select(ConfirmSelectOptions::default())
-                    .await?;
+                channel.confirm_select(ConfirmSelectOptions::default()).await?;
                 Ok::<_, anyhow::Error>(channel)
             }
             .await;
@@ -297,20 +291,13 @@ impl Relay {
                         tracing::error!(error = %e, "dropping an unreadable outbox entry");
                     })
                     .ok();
-                batch.push(Pending {
-                    key,
-                    id,
-                    entry,
-                    event,
-                });
+                batch.push(Pending { key, id, entry, event });
                 if batch.len() == BATCH {
                     let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
                     published += self.send(channel, collection, full, held, shutdown).await?;
                 }
             }
-            published += self
-                .send(channel, collection, batch, held, shutdown)
-                .await?;
+            published += self.send(channel, collection, batch, held, shutdown).await?;
         }
         Ok(published)
     }
@@ -429,10 +416,7 @@ impl Relay {
         if let Some(tp) = traceparent {
             headers.insert("traceparent".into(), AMQPValue::LongString(tp.into()));
         }
-        let timestamp = envelope
-            .occurred_at
-            .as_ref()
-            .map_or(0, |t| t.seconds.max(0) as u64);
+        let timestamp = envelope.occurred_at.as_ref().map_or(0, |t| t.seconds.max(0) as u64);
         let properties = BasicProperties::default()
             .with_message_id(envelope.event_id.as_str().into())
             .with_content_type("application/x-protobuf".into())
@@ -445,10 +429,7 @@ impl Relay {
         let publish = channel.basic_publish(
             self.config.exchange.as_str().into(),
             key.into(),
-            BasicPublishOptions {
-                mandatory: true,
-                ..Default::default()
-            },
+            BasicPublishOptions { mandatory: true, ..Default::default() },
             &body,
             properties,
         );
@@ -581,11 +562,7 @@ impl InFlight {
             }
         };
         let returned_id = |m: &lapin::message::Delivery| {
-            m.properties
-                .message_id()
-                .as_ref()
-                .map(ToString::to_string)
-                .unwrap_or_default()
+            m.properties.message_id().as_ref().map(ToString::to_string).unwrap_or_default()
         };
         Ok(match confirm {
             Confirmation::Ack(returned) => (true, returned.as_deref().map(returned_id)),
@@ -610,8 +587,7 @@ fn store_backoff() -> backon::ExponentialBackoff {
 
 /// Whether a relay failure came from MongoDB rather than from the broker.
 fn is_store_failure(err: &anyhow::Error) -> bool {
-    err.chain()
-        .any(|cause| cause.downcast_ref::<mongodb::error::Error>().is_some())
+    err.chain().any(|cause| cause.downcast_ref::<mongodb::error::Error>().is_some())
 }
 
 /// Documents whose next event the broker did not take (no queue bound for it yet, or a
@@ -622,9 +598,7 @@ struct Held(HashMap<String, (u32, Instant)>);
 
 impl Held {
     fn waiting(&self, key: &str) -> bool {
-        self.0
-            .get(key)
-            .is_some_and(|(_, until)| Instant::now() < *until)
+        self.0.get(key).is_some_and(|(_, until)| Instant::now() < *until)
     }
 
     fn hold(&mut self, key: String) {

@@ -44,11 +44,7 @@ pub struct RemovedUsers {
 impl RemovedUsers {
     /// The tombstones of `service` (in `<service>_removed_users`).
     pub fn new(db: &Db, service: &'static str) -> Self {
-        Self {
-            db: db.clone(),
-            tombstones: db.collection(&Self::collection(service)),
-            service,
-        }
+        Self { db: db.clone(), tombstones: db.collection(&Self::collection(service)), service }
     }
 
     /// The collection of `service`'s tombstones (for its relay).
@@ -61,9 +57,7 @@ impl RemovedUsers {
     /// time, and one small document per deleted account is cheap (a release that purged
     /// them after 30 days had its TTL index retired here).
     pub async fn init(&self) -> mongodb::error::Result<()> {
-        self.db
-            .ensure_indexes(&self.tombstones, vec![outbox::index()])
-            .await?;
+        self.db.ensure_indexes(&self.tombstones, vec![outbox::index()]).await?;
         social_kit::mongo::retire_indexes(&self.tombstones, &["removed_ttl"]).await
     }
 
@@ -83,11 +77,7 @@ impl RemovedUsers {
 
     /// Whether any of `users` was deleted.
     pub async fn any(&self, users: &[ObjectId]) -> mongodb::error::Result<bool> {
-        Ok(self
-            .tombstones
-            .find_one(doc! { "_id": { "$in": users } })
-            .await?
-            .is_some())
+        Ok(self.tombstones.find_one(doc! { "_id": { "$in": users } }).await?.is_some())
     }
 
     /// Those of `users` that were deleted.
@@ -133,10 +123,7 @@ impl RemovedUsers {
         );
         let mut update: Document = doc! { "$set": { "cleared": true } };
         outbox::push(&mut update, &event);
-        let r = self
-            .tombstones
-            .update_one(doc! { "_id": user, "cleared": false }, update)
-            .await?;
+        let r = self.tombstones.update_one(doc! { "_id": user, "cleared": false }, update).await?;
         if r.modified_count == 1 {
             tracing::info!(%user, service = self.service, "deleted account cleared");
         }

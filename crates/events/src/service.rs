@@ -88,11 +88,7 @@ impl Wiring {
 
     /// A name unique to this replica (`post-<id>`), for its exclusive queues.
     pub fn replica(&self) -> String {
-        format!(
-            "{}-{}",
-            self.common.service,
-            bson::oid::ObjectId::new().to_hex()
-        )
+        format!("{}-{}", self.common.service, bson::oid::ObjectId::new().to_hex())
     }
 
     /// The methods of its API that only services may call (see [`Rpcs`]).
@@ -118,12 +114,7 @@ impl Wiring {
     /// The relay of `collections` alone: for the service that owns accounts, which keeps
     /// no tombstones of them.
     pub fn relay_of(&mut self, collections: &[&str]) -> RelayWaker {
-        let relay = Relay::new(
-            self.events.clone(),
-            self.common.service,
-            &self.db,
-            collections,
-        );
+        let relay = Relay::new(self.events.clone(), self.common.service, &self.db, collections);
         let waker = relay.waker();
         self.relay = Some(relay);
         waker
@@ -132,8 +123,7 @@ impl Wiring {
     /// Consumes `queue` with `handler` (see [`crate::consumer::run`]).
     pub fn consume(&mut self, queue: QueueSpec, handler: Handler) {
         let events = self.events.clone();
-        self.background
-            .spawn(|stop| crate::consumer::run(events, queue, handler, stop));
+        self.background.spawn(|stop| crate::consumer::run(events, queue, handler, stop));
     }
 
     /// Refuses the tokens of sessions that ended, as the user service at `users` and its
@@ -177,10 +167,7 @@ impl Wiring {
             let slots = slots.clone();
             |stop| slots.run(stop)
         });
-        let startup = Leased {
-            slots,
-            then: startup,
-        };
+        let startup = Leased { slots, then: startup };
         let spec = ServeSpec {
             config: &self.common,
             grpc_name: server.grpc_name(),

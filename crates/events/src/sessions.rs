@@ -195,10 +195,7 @@ async fn sync(
     revocations: &Revocations,
     since: Option<i64>,
 ) -> anyhow::Result<Option<i64>> {
-    let mut since = since.map(|ms| Cursor {
-        ended_ms: ms - 5_000,
-        after: None,
-    });
+    let mut since = since.map(|ms| Cursor { ended_ms: ms - 5_000, after: None });
     let mut last = None;
     loop {
         let (page, more) = source.ended_since(since).await?;
@@ -207,10 +204,7 @@ async fn sync(
         }
         if let Some(e) = page.last() {
             last = Some(e.ended_ms);
-            since = Some(Cursor {
-                ended_ms: e.ended_ms,
-                after: Some(e.session),
-            });
+            since = Some(Cursor { ended_ms: e.ended_ms, after: Some(e.session) });
         }
         if !more || page.is_empty() {
             return Ok(last);
@@ -232,22 +226,12 @@ mod tests {
         ) -> BoxFuture<'_, anyhow::Result<(Vec<Ended>, bool)>> {
             let after = |e: &Ended| match since {
                 None => true,
-                Some(Cursor {
-                    ended_ms,
-                    after: None,
-                }) => e.ended_ms > ended_ms,
-                Some(Cursor {
-                    ended_ms,
-                    after: Some(id),
-                }) => (e.ended_ms, e.session) > (ended_ms, id),
+                Some(Cursor { ended_ms, after: None }) => e.ended_ms > ended_ms,
+                Some(Cursor { ended_ms, after: Some(id) }) => {
+                    (e.ended_ms, e.session) > (ended_ms, id)
+                }
             };
-            let page: Vec<Ended> = self
-                .0
-                .iter()
-                .filter(|e| after(e))
-                .take(2)
-                .copied()
-                .collect();
+            let page: Vec<Ended> = self.0.iter().filter(|e| after(e)).take(2).copied().collect();
             let more = page.len() == 2;
             Box::pin(async move { Ok((page, more)) })
         }
@@ -260,17 +244,11 @@ mod tests {
         // Three sessions ended by one call (one time), then another.
         let mut ended: Vec<Ended> = [now, now, now, now + 1]
             .into_iter()
-            .map(|ended_ms| Ended {
-                session: ObjectId::new(),
-                ended_ms,
-                tokens_expire: expire,
-            })
+            .map(|ended_ms| Ended { session: ObjectId::new(), ended_ms, tokens_expire: expire })
             .collect();
         ended.sort_by_key(|e| (e.ended_ms, e.session));
         let revocations = Revocations::default();
-        let last = sync(&TwoAPage(ended.clone()), &revocations, Some(now - 1))
-            .await
-            .unwrap();
+        let last = sync(&TwoAPage(ended.clone()), &revocations, Some(now - 1)).await.unwrap();
         assert_eq!(last, Some(now + 1));
         for e in &ended {
             assert!(revocations.is_revoked(e.session), "{e:?} skipped");

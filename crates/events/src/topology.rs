@@ -165,20 +165,14 @@ pub fn queue_arguments(config: &EventsConfig, service: &str) -> FieldTable {
         "x-dead-letter-exchange".into(),
         AMQPValue::LongString(config.dead_letter_exchange().as_str().into()),
     );
-    args.insert(
-        "x-dead-letter-routing-key".into(),
-        AMQPValue::LongString(queue.as_str().into()),
-    );
+    args.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(queue.as_str().into()));
     args
 }
 
 /// The arguments every queue of ours has: its type, and a short life in tests.
 pub fn base_arguments(config: &EventsConfig) -> FieldTable {
     let mut args = FieldTable::default();
-    args.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString(config.queue_type.as_str().into()),
-    );
+    args.insert("x-queue-type".into(), AMQPValue::LongString(config.queue_type.as_str().into()));
     if config.ephemeral {
         args.insert("x-expires".into(), AMQPValue::LongUInt(EPHEMERAL_MS));
     }
@@ -187,10 +181,7 @@ pub fn base_arguments(config: &EventsConfig) -> FieldTable {
 
 /// Where a queue is bound: `(exchange, routing key)` pairs.
 pub fn bindings(config: &EventsConfig, spec: &QueueSpec) -> Vec<(String, String)> {
-    spec.routing_keys
-        .iter()
-        .map(|key| (config.exchange.clone(), (*key).to_owned()))
-        .collect()
+    spec.routing_keys.iter().map(|key| (config.exchange.clone(), (*key).to_owned())).collect()
 }
 
 /// Where `service`'s dead-letter queue is bound.
@@ -209,11 +200,9 @@ pub async fn declare(
 ) -> anyhow::Result<()> {
     let mut channel = connection.create_channel().await?;
     let dlx = config.dead_letter_exchange();
-    exchange(&channel, &config.exchange, ExchangeKind::Topic, config)
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!("cannot declare the topic exchange {}: {e}", config.exchange)
-        })?;
+    exchange(&channel, &config.exchange, ExchangeKind::Topic, config).await.map_err(|e| {
+        anyhow::anyhow!("cannot declare the topic exchange {}: {e}", config.exchange)
+    })?;
     exchange(&channel, &dlx, ExchangeKind::Direct, config)
         .await
         .map_err(|e| anyhow::anyhow!("cannot declare the dead-letter exchange {dlx}: {e}"))?;
@@ -222,13 +211,7 @@ pub async fn declare(
         queue(connection, &mut channel, &dlq, base_arguments(config)).await?;
         bind(&channel, &dlq, &dead_letter_bindings(config, spec.service)).await?;
         let name = config.queue(spec.service);
-        queue(
-            connection,
-            &mut channel,
-            &name,
-            queue_arguments(config, spec.service),
-        )
-        .await?;
+        queue(connection, &mut channel, &name, queue_arguments(config, spec.service)).await?;
         bind(&channel, &name, &bindings(config, spec)).await?;
     }
     let _ = channel.close(200, "declared".into()).await;
@@ -264,10 +247,7 @@ async fn queue(
     name: &str,
     args: FieldTable,
 ) -> anyhow::Result<()> {
-    let durable = QueueDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
+    let durable = QueueDeclareOptions { durable: true, ..Default::default() };
     let declared_type = match args.inner().get("x-queue-type") {
         Some(AMQPValue::LongString(t)) => t.to_string(),
         _ => String::new(),
@@ -288,10 +268,7 @@ async fn queue(
             channel
                 .queue_declare(
                     name.into(),
-                    QueueDeclareOptions {
-                        passive: true,
-                        ..Default::default()
-                    },
+                    QueueDeclareOptions { passive: true, ..Default::default() },
                     FieldTable::default(),
                 )
                 .await?;

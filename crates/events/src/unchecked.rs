@@ -21,9 +21,7 @@ pub async fn checked<T: Send + Sync>(
     collection: &Collection<T>,
     id: ObjectId,
 ) -> social_kit::Result<()> {
-    collection
-        .update_one(doc! { "_id": id }, doc! { "$unset": { FIELD: "" } })
-        .await?;
+    collection.update_one(doc! { "_id": id }, doc! { "$unset": { FIELD: "" } }).await?;
     Ok(())
 }
 

@@ -288,10 +288,7 @@ impl TokenVerifier {
                 );
                 Ok(Self::development())
             }
-            None => Err(missing_key(
-                "AUTH_PUBLIC_KEY",
-                "the PEM of the Ed25519 public key",
-            )),
+            None => Err(missing_key("AUTH_PUBLIC_KEY", "the PEM of the Ed25519 public key")),
         }
     }
 
@@ -307,9 +304,7 @@ impl TokenVerifier {
         Ok(Self {
             key: Arc::new(key),
             validation: Arc::new(validation),
-            verified: moka::sync::Cache::builder()
-                .max_capacity(VERIFIED_CACHE)
-                .build(),
+            verified: moka::sync::Cache::builder().max_capacity(VERIFIED_CACHE).build(),
         })
     }
 
@@ -344,11 +339,7 @@ impl TokenVerifier {
             Some(sid) => Some(ObjectId::parse_str(sid).map_err(|_| INVALID)?),
             None => None,
         };
-        Ok(Caller {
-            user,
-            expires_at: SystemTime::UNIX_EPOCH + Duration::from_secs(exp),
-            session,
-        })
+        Ok(Caller { user, expires_at: SystemTime::UNIX_EPOCH + Duration::from_secs(exp), session })
     }
 
     /// Verifies an `authorization` header value of the form `Bearer <token>`.
@@ -382,13 +373,7 @@ mod tests {
             SystemTime::UNIX_EPOCH
                 + Duration::from_millis(expires_at.timestamp_millis().try_into().unwrap())
         );
-        assert_eq!(
-            verifier
-                .verify_header(&format!("Bearer {token}"))
-                .unwrap()
-                .user,
-            user
-        );
+        assert_eq!(verifier.verify_header(&format!("Bearer {token}")).unwrap().user, user);
 
         let mut forged = token.clone();
         forged.pop();

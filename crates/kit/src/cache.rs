@@ -192,11 +192,7 @@ impl Redis {
     /// Loads `script` (for `EVALSHA` in a pipeline) and answers its hash.
     pub async fn load(&self, script: &redis::Script) -> crate::Result<String> {
         let mut redis = self.manager.clone();
-        script
-            .prepare_invoke()
-            .load_async(&mut redis)
-            .await
-            .map_err(unavailable)
+        script.prepare_invoke().load_async(&mut redis).await.map_err(unavailable)
     }
 
     fn answered<T>(&self, answer: crate::Result<T>) -> Option<T> {
@@ -318,12 +314,8 @@ impl Cache {
                 .arg(millis(LEASE));
         }
         let taken: Vec<Option<String>> = cache.redis.run_all(&leases).await.unwrap_or_default();
-        let leased: Vec<ObjectId> = missed
-            .iter()
-            .zip(&taken)
-            .filter(|(_, t)| t.is_some())
-            .map(|(id, _)| *id)
-            .collect();
+        let leased: Vec<ObjectId> =
+            missed.iter().zip(&taken).filter(|(_, t)| t.is_some()).map(|(id, _)| *id).collect();
         let loaded = load(missed).await?;
         if let Some(ms) = injected_fill_pause_ms() {
             tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -358,10 +350,7 @@ impl Cache {
     /// [`Self::forget`], failing if Redis did not answer (an event handler that must
     /// see the entry gone retries).
     pub async fn forget_surely(&self, id: ObjectId) -> crate::Result<()> {
-        self.redis
-            .must::<i64>(&self.forgetting(&[id]))
-            .await
-            .map(drop)
+        self.redis.must::<i64>(&self.forgetting(&[id])).await.map(drop)
     }
 
     /// The command that forgets `ids`: their entries and any reader's lease on them.

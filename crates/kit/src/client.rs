@@ -41,8 +41,7 @@ use crate::{
 macro_rules! call {
     ($peer:expr, $client:ident . $rpc:ident ($message:expr)) => {{
         let peer: &$crate::client::Peer = &$peer;
-        peer.call($client::new(peer.channel()).$rpc(peer.request($message)))
-            .await
+        peer.call($client::new(peer.channel()).$rpc(peer.request($message))).await
     }};
 }
 
@@ -57,10 +56,7 @@ pub struct Peer {
     /// Presented with every call: the service credential (`x-service-token`, for the
     /// peer's internal RPCs) or the gateway's (`x-gateway-token`, vouching for the client
     /// address it reports).
-    credential: Option<(
-        &'static str,
-        tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
-    )>,
+    credential: Option<(&'static str, tonic::metadata::MetadataValue<tonic::metadata::Ascii>)>,
 }
 
 impl Peer {
@@ -72,11 +68,7 @@ impl Peer {
         url: &str,
         timeout: Duration,
     ) -> Result<Self, ConfigError> {
-        let bad = |reason: String| ConfigError {
-            var: url_var.into(),
-            value: url.into(),
-            reason,
-        };
+        let bad = |reason: String| ConfigError { var: url_var.into(), value: url.into(), reason };
         let (channel, known) = match url.strip_prefix("dns:///") {
             Some(target) => {
                 let (host, port) = target
@@ -106,13 +98,7 @@ impl Peer {
                 None,
             ),
         };
-        Ok(Self {
-            name,
-            channel,
-            known,
-            timeout,
-            credential: None,
-        })
+        Ok(Self { name, channel, known, timeout, credential: None })
     }
 
     /// A peer balanced over the addresses `resolve` gives, asked again every `every`
@@ -125,13 +111,7 @@ impl Peer {
     ) -> Self {
         let serving = crate::peers::grpc_of(name).unwrap_or_default();
         let (channel, known) = balanced(resolve, serving, every, timeout);
-        Self {
-            name,
-            channel,
-            known: Some(known),
-            timeout,
-            credential: None,
-        }
+        Self { name, channel, known: Some(known), timeout, credential: None }
     }
 
     /// The same peer, presenting `token` to its internal RPCs.
@@ -150,19 +130,13 @@ impl Peer {
             value: "<redacted>".into(),
             reason: "must be printable ASCII".into(),
         })?;
-        Ok(Self {
-            credential: Some((header, value)),
-            ..self
-        })
+        Ok(Self { credential: Some((header, value)), ..self })
     }
 
     /// The same peer without the service credential: for a caller that is not a service
     /// (the gateway), so that it cannot reach internal RPCs.
     pub fn without_credential(self) -> Self {
-        Self {
-            credential: None,
-            ..self
-        }
+        Self { credential: None, ..self }
     }
 
     /// The peer from environment variable `url_var`, or `default_url`; `PEER_TIMEOUT_MS`
@@ -190,10 +164,7 @@ impl Peer {
 
     /// The same peer with another deadline (e.g. longer, for an operator's command).
     pub fn with_timeout(&self, timeout: Duration) -> Self {
-        Self {
-            timeout,
-            ..self.clone()
-        }
+        Self { timeout, ..self.clone() }
     }
 
     /// The channel, for building a generated client.
@@ -208,10 +179,7 @@ impl Peer {
         if let Some((header, credential)) = &self.credential {
             request.metadata_mut().insert(*header, credential.clone());
         }
-        telemetry::inject(
-            &tracing::Span::current(),
-            &mut MetadataInjector(request.metadata_mut()),
-        );
+        telemetry::inject(&tracing::Span::current(), &mut MetadataInjector(request.metadata_mut()));
         request
     }
 
@@ -224,24 +192,16 @@ impl Peer {
     ) -> Result<R, Status> {
         // A balanced peer with no address that answers: nothing would take the call
         // until its deadline.
-        if self
-            .known
-            .as_ref()
-            .is_some_and(|k| k.load(Ordering::Acquire) == 0)
-        {
-            return Err(Status::unavailable(format!(
-                "{} has no address that answers",
-                self.name
-            )));
+        if self.known.as_ref().is_some_and(|k| k.load(Ordering::Acquire) == 0) {
+            return Err(Status::unavailable(format!("{} has no address that answers", self.name)));
         }
         let started = std::time::Instant::now();
         let answer = match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(response)) => Ok(response.into_inner()),
             Ok(Err(status)) => Err(status),
-            Err(_) => Err(Status::deadline_exceeded(format!(
-                "{} did not answer in time",
-                self.name
-            ))),
+            Err(_) => {
+                Err(Status::deadline_exceeded(format!("{} did not answer in time", self.name)))
+            }
         };
         let code = answer.as_ref().map_or_else(Status::code, |_| Code::Ok);
         crate::metrics::client_call(self.name, code, started.elapsed().as_secs_f64());
@@ -330,9 +290,7 @@ async fn probe(channel: Channel, service: &'static str, within: Duration) -> Pro
     use tonic_health::pb::{
         HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
     };
-    let request = HealthCheckRequest {
-        service: service.to_owned(),
-    };
+    let request = HealthCheckRequest { service: service.to_owned() };
     match tokio::time::timeout(within, HealthClient::new(channel).check(request)).await {
         Err(_) => Probe::Silent,
         Ok(Ok(answer)) if answer.get_ref().status == ServingStatus::Serving as i32 => {
@@ -378,11 +336,8 @@ impl Addresses {
             candidates.push(*addr);
             asked.push(probe(channel, self.service, within));
         }
-        let said: HashMap<SocketAddr, Probe> = candidates
-            .iter()
-            .copied()
-            .zip(futures::future::join_all(asked).await)
-            .collect();
+        let said: HashMap<SocketAddr, Probe> =
+            candidates.iter().copied().zip(futures::future::join_all(asked).await).collect();
         self.choose(&resolved, &said)
     }
 
@@ -392,14 +347,8 @@ impl Addresses {
         resolved: &HashSet<SocketAddr>,
         said: &HashMap<SocketAddr, Probe>,
     ) -> HashSet<SocketAddr> {
-        let serving_resolved = resolved
-            .iter()
-            .any(|a| said.get(a) == Some(&Probe::Serving));
-        let pool = if serving_resolved {
-            resolved
-        } else {
-            &self.known
-        };
+        let serving_resolved = resolved.iter().any(|a| said.get(a) == Some(&Probe::Serving));
+        let pool = if serving_resolved { resolved } else { &self.known };
         let mut next = HashSet::new();
         for addr in pool {
             match said.get(addr) {
@@ -418,8 +367,7 @@ impl Addresses {
             }
         }
         self.silent.retain(|a, _| next.contains(a));
-        self.probes
-            .retain(|a, _| next.contains(a) || resolved.contains(a));
+        self.probes.retain(|a, _| next.contains(a) || resolved.contains(a));
         next
     }
 }
@@ -500,21 +448,13 @@ mod balancing {
     /// one is SERVING (its reporter changes that).
     async fn replica_of(
         service: Option<&str>,
-    ) -> (
-        SocketAddr,
-        Arc<AtomicUsize>,
-        tonic_health::server::HealthReporter,
-    ) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("a free port");
+    ) -> (SocketAddr, Arc<AtomicUsize>, tonic_health::server::HealthReporter) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a free port");
         let addr = listener.local_addr().expect("its address");
         let served = Arc::new(AtomicUsize::new(0));
         let (reporter, health) = tonic_health::server::health_reporter();
         if let Some(service) = service {
-            reporter
-                .set_service_status(service, tonic_health::ServingStatus::Serving)
-                .await;
+            reporter.set_service_status(service, tonic_health::ServingStatus::Serving).await;
         }
         let counter = served.clone();
         let counted =
@@ -540,9 +480,7 @@ mod balancing {
         let mut client = HealthClient::new(peer.channel());
         for _ in 0..n {
             let mut request = peer.request(HealthCheckRequest::default());
-            request
-                .metadata_mut()
-                .insert(CALL, tonic::metadata::MetadataValue::from_static("1"));
+            request.metadata_mut().insert(CALL, tonic::metadata::MetadataValue::from_static("1"));
             client.check(request).await.expect("served");
         }
     }
@@ -565,26 +503,16 @@ mod balancing {
         let every = Duration::from_millis(100);
         let peer = Peer::balanced("health", resolve, every, Duration::from_secs(2));
         calls(&peer, 60).await;
-        let (on_a, on_b) = (
-            served_a.load(Ordering::SeqCst),
-            served_b.load(Ordering::SeqCst),
-        );
+        let (on_a, on_b) = (served_a.load(Ordering::SeqCst), served_b.load(Ordering::SeqCst));
         assert_eq!(on_a + on_b, 60);
-        assert!(
-            on_a > 0 && on_b > 0,
-            "one connection, one replica: {on_a} / {on_b}"
-        );
+        assert!(on_a > 0 && on_b > 0, "one connection, one replica: {on_a} / {on_b}");
 
         // Replica a goes away (its pod is replaced): the next resolution drops it.
         replicas.lock().expect("not poisoned").remove(&a);
         tokio::time::sleep(every * 3).await;
         let before = served_a.load(Ordering::SeqCst);
         calls(&peer, 20).await;
-        assert_eq!(
-            served_a.load(Ordering::SeqCst),
-            before,
-            "nothing to a removed replica"
-        );
+        assert_eq!(served_a.load(Ordering::SeqCst), before, "nothing to a removed replica");
         assert_eq!(served_b.load(Ordering::SeqCst), on_b + 20);
 
         // Resolutions that fail after a first one keep what it found.
@@ -593,11 +521,7 @@ mod balancing {
         let flaky: Resolver = Arc::new(move || {
             let first = times.fetch_add(1, Ordering::SeqCst) == 0;
             Box::pin(async move {
-                if first {
-                    Ok(HashSet::from([b]))
-                } else {
-                    Err(std::io::Error::other("no DNS"))
-                }
+                if first { Ok(HashSet::from([b])) } else { Err(std::io::Error::other("no DNS")) }
             })
         });
         let kept = Peer::balanced("health", flaky, every, Duration::from_secs(2));
@@ -632,16 +556,10 @@ mod balancing {
         let peer = Peer::balanced(post.name, resolve, every, Duration::from_secs(2));
         calls(&peer, 20).await;
         assert_eq!(served_a.load(Ordering::SeqCst), 20);
-        assert_eq!(
-            served_other.load(Ordering::SeqCst),
-            0,
-            "the other service's pod"
-        );
+        assert_eq!(served_other.load(Ordering::SeqCst), 0, "the other service's pod");
 
         // DNS keeps failing, and a stops serving (it is stopping): it is dropped.
-        reporter_a
-            .set_service_status(post.grpc, tonic_health::ServingStatus::NotServing)
-            .await;
+        reporter_a.set_service_status(post.grpc, tonic_health::ServingStatus::NotServing).await;
         tokio::time::sleep(every * 5).await;
         assert!(asked.load(Ordering::SeqCst) > 2, "asked again");
         let before = served_a.load(Ordering::SeqCst);
@@ -651,11 +569,7 @@ mod balancing {
             .await
             .expect_err("nobody serves");
         assert_eq!(err.code(), Code::Unavailable, "{err:?}");
-        assert_eq!(
-            served_a.load(Ordering::SeqCst),
-            before,
-            "a stopping pod got a call"
-        );
+        assert_eq!(served_a.load(Ordering::SeqCst), before, "a stopping pod got a call");
     }
 
     /// A round whose probes time out (a busy pod, a busy caller) does not empty the set:
@@ -691,11 +605,7 @@ mod balancing {
         // c says no (stopping, or another service's pod now): gone at once.
         let next = addresses.choose(
             &resolved,
-            &said(&[
-                (a, Probe::Serving),
-                (b, Probe::Silent),
-                (c, Probe::NotServing),
-            ]),
+            &said(&[(a, Probe::Serving), (b, Probe::Silent), (c, Probe::NotServing)]),
         );
         assert_eq!(next, HashSet::from([a]));
     }
@@ -703,12 +613,8 @@ mod balancing {
     #[tokio::test]
     async fn a_name_with_no_address_that_answers_is_unavailable_at_once() {
         let nothing: Resolver = Arc::new(|| Box::pin(async { Ok(HashSet::new()) }));
-        let peer = Peer::balanced(
-            "nobody",
-            nothing,
-            Duration::from_secs(1),
-            Duration::from_secs(30),
-        );
+        let peer =
+            Peer::balanced("nobody", nothing, Duration::from_secs(1), Duration::from_secs(30));
         let mut client = HealthClient::new(peer.channel());
         let err = peer
             .call(client.check(peer.request(HealthCheckRequest::default())))

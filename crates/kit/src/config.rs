@@ -232,10 +232,7 @@ mod tests {
         let message = err.to_string();
         assert!(message.contains("USER_ADDR=\"nope\""), "{message}");
         assert!(message.contains("invalid socket address"), "{message}");
-        assert_eq!(
-            parse_value::<u64>("SHUTDOWN_GRACE_SECS", " 12 ".into()).unwrap(),
-            12
-        );
+        assert_eq!(parse_value::<u64>("SHUTDOWN_GRACE_SECS", " 12 ".into()).unwrap(), 12);
     }
 
     #[test]

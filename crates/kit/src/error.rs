@@ -90,10 +90,7 @@ pub enum Error {
 }
 
 fn join(v: &[Violation]) -> String {
-    v.iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("; ")
+    v.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
 }
 
 impl Error {
@@ -135,11 +132,9 @@ pub fn is_duplicate_key(err: &mongodb::error::Error) -> bool {
     match err.kind.as_ref() {
         ErrorKind::Write(WriteFailure::WriteError(e)) => e.code == DUPLICATE_KEY,
         ErrorKind::Command(e) => e.code == DUPLICATE_KEY,
-        ErrorKind::InsertMany(e) => e
-            .write_errors
-            .iter()
-            .flatten()
-            .any(|w| w.code == DUPLICATE_KEY),
+        ErrorKind::InsertMany(e) => {
+            e.write_errors.iter().flatten().any(|w| w.code == DUPLICATE_KEY)
+        }
         _ => false,
     }
 }
@@ -169,9 +164,7 @@ pub fn is_transient(err: &anyhow::Error) -> bool {
 
 fn is_unavailable(err: &mongodb::error::Error) -> bool {
     // Codes a primary step-down or shutdown answers with (NotWritablePrimary, ...).
-    const TRANSIENT: &[i32] = &[
-        6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436,
-    ];
+    const TRANSIENT: &[i32] = &[6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436];
     match err.kind.as_ref() {
         ErrorKind::ServerSelection { .. }
         | ErrorKind::Io(_)
@@ -217,18 +210,12 @@ impl From<Error> for Status {
             }
             Error::DeadlineExceeded(m) => Status::deadline_exceeded(m),
             Error::ResourceExhausted(m) => Status::resource_exhausted(m),
-            Error::Throttled {
-                message,
-                retry_after,
-            } => Status::with_error_details(
+            Error::Throttled { message, retry_after } => Status::with_error_details(
                 Code::ResourceExhausted,
                 message,
                 ErrorDetails::with_retry_info(Some(retry_after)),
             ),
-            Error::Overloaded {
-                message,
-                retry_after,
-            } => {
+            Error::Overloaded { message, retry_after } => {
                 tracing::warn!(error = %message, "overloaded");
                 Status::with_error_details(
                     Code::Unavailable,
@@ -260,10 +247,7 @@ impl Violations {
     /// Records that `field` is wrong (nothing once [`MAX_VIOLATIONS`] are recorded).
     pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
         if self.0.len() < MAX_VIOLATIONS {
-            self.0.push(Violation {
-                field: field.into(),
-                description: description.into(),
-            });
+            self.0.push(Violation { field: field.into(), description: description.into() });
         }
     }
 
@@ -287,11 +271,7 @@ impl Violations {
 
     /// `Ok` when nothing was recorded, else one `InvalidArgument` with all of them.
     pub fn finish(self) -> Result<()> {
-        if self.0.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::InvalidArgument(self.0))
-        }
+        if self.0.is_empty() { Ok(()) } else { Err(Error::InvalidArgument(self.0)) }
     }
 }
 
@@ -327,10 +307,7 @@ mod tests {
         let details = status.get_error_details();
         let fields = &details.bad_request().unwrap().field_violations;
         assert_eq!(fields.len(), MAX_VIOLATIONS);
-        assert_eq!(
-            fields[MAX_VIOLATIONS - 1].field,
-            format!("ids[{}]", MAX_VIOLATIONS - 1)
-        );
+        assert_eq!(fields[MAX_VIOLATIONS - 1].field, format!("ids[{}]", MAX_VIOLATIONS - 1));
     }
 
     #[test]

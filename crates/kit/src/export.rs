@@ -121,10 +121,7 @@ mod tests {
             source.send(n).await.unwrap();
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
-        assert!(
-            source.is_closed(),
-            "dropped once the reader kept it waiting"
-        );
+        assert!(source.is_closed(), "dropped once the reader kept it waiting");
         assert_eq!(read.next().await, Some(1), "what was read ahead");
         assert_eq!(read.next().await, Some(0));
         assert_eq!(read.next().await, None);
@@ -133,12 +130,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_reader_that_leaves_lets_go_of_a_stream_that_sends_nothing() {
         let (source, stream) = fed();
-        let read = within(
-            stream,
-            Duration::from_secs(3600),
-            Duration::from_secs(3600),
-            0,
-        );
+        let read = within(stream, Duration::from_secs(3600), Duration::from_secs(3600), 0);
         tokio::task::yield_now().await;
         drop(read);
         tokio::time::sleep(Duration::from_secs(1)).await;

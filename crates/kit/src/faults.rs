@@ -16,10 +16,7 @@ pub fn record(point: &'static str) {
 
 /// How many times the fault injected at `point` fired in this process.
 pub fn fired(point: &str) -> u64 {
-    FIRED
-        .lock()
-        .map(|fired| fired.get(point).copied().unwrap_or(0))
-        .unwrap_or(0)
+    FIRED.lock().map(|fired| fired.get(point).copied().unwrap_or(0)).unwrap_or(0)
 }
 
 /// A fail point named `$point` that, when a test configures it, runs `$fault` (given

@@ -47,9 +47,8 @@ pub const BACKLOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10
 /// OpenTelemetry semantic conventions for durations. The SDK's default boundaries (0, 5,
 /// 10, 25 ... 10,000) are meant for milliseconds: in seconds every call under 5 s would
 /// fall in one bucket, and every percentile a dashboard draws from them would be made up.
-pub const DURATION_BUCKETS: [f64; 14] = [
-    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
-];
+pub const DURATION_BUCKETS: [f64; 14] =
+    [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0];
 
 fn instruments() -> &'static Instruments {
     static INSTRUMENTS: OnceLock<Instruments> = OnceLock::new();
@@ -119,10 +118,7 @@ pub fn event(queue: &str, routing_key: &str, outcome: &'static str, seconds: f64
         &[
             KeyValue::new("messaging.system", "rabbitmq"),
             KeyValue::new("messaging.destination.name", queue.to_owned()),
-            KeyValue::new(
-                "messaging.rabbitmq.destination.routing_key",
-                routing_key.to_owned(),
-            ),
+            KeyValue::new("messaging.rabbitmq.destination.routing_key", routing_key.to_owned()),
             KeyValue::new("outcome", outcome),
         ],
     );
@@ -243,10 +239,7 @@ fn labels(path: &str) -> (&str, &str) {
 
 /// The `grpc-status` in `headers`, if there is one.
 fn status(headers: &http::HeaderMap) -> Option<i64> {
-    headers
-        .get("grpc-status")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
+    headers.get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
 }
 
 impl<S, B, R> tower::Service<http::Request<B>> for Server<S>
@@ -406,11 +399,7 @@ mod tests {
             "/not-grpc-at-all",
             "/",
         ] {
-            assert_eq!(
-                super::labels(unknown),
-                (super::OTHER, super::OTHER),
-                "{unknown}"
-            );
+            assert_eq!(super::labels(unknown), (super::OTHER, super::OTHER), "{unknown}");
         }
     }
 
@@ -436,9 +425,7 @@ mod tests {
     /// A meter provider, installed as the global one, whose points land in the exporter.
     fn recording() -> (InMemoryMetricExporter, SdkMeterProvider) {
         let exporter = InMemoryMetricExporter::default();
-        let provider = SdkMeterProvider::builder()
-            .with_periodic_exporter(exporter.clone())
-            .build();
+        let provider = SdkMeterProvider::builder().with_periodic_exporter(exporter.clone()).build();
         opentelemetry::global::set_meter_provider(provider.clone());
         (exporter, provider)
     }
@@ -451,11 +438,9 @@ mod tests {
         let grpc = opentelemetry::KeyValue::new("rpc.system", "grpc");
         super::instruments().server.record(0.003, &[grpc]);
         provider.force_flush().expect("flushed");
-        for name in [
-            "rpc.client.call.duration",
-            "messaging.process.duration",
-            "rpc.server.call.duration",
-        ] {
+        for name in
+            ["rpc.client.call.duration", "messaging.process.duration", "rpc.server.call.duration"]
+        {
             let points = buckets(&exporter, name);
             assert!(!points.is_empty(), "{name} recorded nothing");
             for (bounds, counts) in points {
@@ -471,9 +456,7 @@ mod tests {
     async fn calls_served_and_made_are_counted_by_method_peer_and_status() {
         let (exporter, provider) = recording();
 
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("a port");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a port");
         let addr = listener.local_addr().expect("its address");
         let (reporter, health) = tonic_health::server::health_reporter();
         reporter
@@ -485,20 +468,12 @@ mod tests {
                 .add_service(health)
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
         );
-        let peer = Peer::new(
-            "health peer",
-            "URL",
-            &format!("http://{addr}"),
-            Duration::from_secs(2),
-        )
-        .expect("a valid URL");
+        let peer =
+            Peer::new("health peer", "URL", &format!("http://{addr}"), Duration::from_secs(2))
+                .expect("a valid URL");
         let mut client = HealthClient::new(peer.channel());
-        let check = |service: &str| HealthCheckRequest {
-            service: service.into(),
-        };
-        peer.call(client.check(peer.request(check("social.test.Known"))))
-            .await
-            .expect("known");
+        let check = |service: &str| HealthCheckRequest { service: service.into() };
+        peer.call(client.check(peer.request(check("social.test.Known")))).await.expect("known");
         let unknown = peer
             .call(client.check(peer.request(check("social.test.Unknown"))))
             .await
@@ -520,15 +495,7 @@ mod tests {
             "rpc.client.call.duration",
             &["server.address", "rpc.grpc.status_code"],
         );
-        assert_eq!(
-            made.get(&vec!["health peer".into(), "0".into()]),
-            Some(&1),
-            "{made:?}"
-        );
-        assert_eq!(
-            made.get(&vec!["health peer".into(), "5".into()]),
-            Some(&1),
-            "{made:?}"
-        );
+        assert_eq!(made.get(&vec!["health peer".into(), "0".into()]), Some(&1), "{made:?}");
+        assert_eq!(made.get(&vec!["health peer".into(), "5".into()]), Some(&1), "{made:?}");
     }
 }

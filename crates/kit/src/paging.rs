@@ -240,10 +240,7 @@ impl PageRequest {
             return (items, String::new());
         }
         items.truncate(self.size);
-        let token = items
-            .last()
-            .map(|last| encode(key(last), &self.query))
-            .unwrap_or_default();
+        let token = items.last().map(|last| encode(key(last), &self.query)).unwrap_or_default();
         (items, token)
     }
 
@@ -260,11 +257,7 @@ impl PageRequest {
 }
 
 fn encode(key: i64, query: &str) -> String {
-    let token = Token {
-        v: 2,
-        q: query_hash(query),
-        k: key,
-    };
+    let token = Token { v: 2, q: query_hash(query), k: key };
     // Serialising three plain fields cannot fail.
     let json = serde_json::to_vec(&token).unwrap_or_default();
     URL_SAFE_NO_PAD.encode(json)
@@ -329,11 +322,7 @@ mod tests {
     #[test]
     fn a_service_stores_no_key_before_it_holds_a_slot_nor_after_its_clock_went_back() {
         // Each test runs in a process of its own (nextest): the slot is this one's.
-        assert_eq!(
-            storable(fresh_sort_key()),
-            Storable::Yes,
-            "a tool never leases"
-        );
+        assert_eq!(storable(fresh_sort_key()), Storable::Yes, "a tool never leases");
         expect_slot();
         assert_eq!(storable(fresh_sort_key()), Storable::NoSlot);
         let now = bson::DateTime::now().timestamp_millis();
@@ -341,11 +330,7 @@ mod tests {
         let key = fresh_sort_key();
         assert_eq!((key_slot(key), storable(key)), (7, Storable::Yes));
         hold_slot(8, now, now + 40_000);
-        assert_eq!(
-            storable(key),
-            Storable::Remint,
-            "minted under the slot it lost"
-        );
+        assert_eq!(storable(key), Storable::Remint, "minted under the slot it lost");
         // Held since a moment the clock is now before: nothing is stored, and the slot
         // is given up to be claimed again.
         lose_slot();
@@ -391,10 +376,7 @@ mod tests {
         distinct.sort_unstable();
         distinct.dedup();
         assert_eq!(distinct.len(), keys.len());
-        assert!(
-            keys.windows(2)
-                .all(|w| w[0] < w[1] || (w[0] & 0xFFF) == 0xFFF)
-        );
+        assert!(keys.windows(2).all(|w| w[0] < w[1] || (w[0] & 0xFFF) == 0xFFF));
         let later = sort_key(bson::DateTime::from_millis(1_795_000_000_001));
         assert!(keys.iter().all(|k| *k < later));
         assert!(later > 0);

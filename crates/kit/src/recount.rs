@@ -21,9 +21,7 @@ pub fn margin_from_env() -> Result<Duration, ConfigError> {
 /// The moment (ms since the epoch) a recount with `margin` counts as of.
 pub fn as_of_ms(margin: Duration) -> i64 {
     let margin = i64::try_from(margin.as_millis()).unwrap_or(i64::MAX);
-    bson::DateTime::now()
-        .timestamp_millis()
-        .saturating_sub(margin)
+    bson::DateTime::now().timestamp_millis().saturating_sub(margin)
 }
 
 /// Walks a whole collection in batches of ids (`next_ids(after)`, in id order, at most
@@ -130,12 +128,7 @@ pub struct Report {
 impl Report {
     /// An empty report about `what` (e.g. "follow counters").
     pub fn new(what: &'static str) -> Self {
-        Self {
-            what,
-            visited: 0,
-            recounted: 0,
-            failed: Vec::new(),
-        }
+        Self { what, visited: 0, recounted: 0, failed: Vec::new() }
     }
 
     /// Records a batch of `ids` that went through, `recounted` of them changed.

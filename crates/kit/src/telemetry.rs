@@ -86,16 +86,12 @@ pub fn init(service: &'static str, format: LogFormat) -> anyhow::Result<Telemetr
     if crate::config::optional("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() {
         // The exporters read the endpoint and the other OTEL_* variables themselves
         // (metrics every OTEL_METRIC_EXPORT_INTERVAL ms, 60 s by default).
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .build()?;
+        let exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic().build()?;
         builder = builder.with_batch_exporter(exporter);
         // OTEL_METRICS_EXPORTER=none: traces only (a backend such as Jaeger takes no
         // metrics).
         if crate::config::optional("OTEL_METRICS_EXPORTER").as_deref() != Some("none") {
-            let metrics = opentelemetry_otlp::MetricExporter::builder()
-                .with_tonic()
-                .build()?;
+            let metrics = opentelemetry_otlp::MetricExporter::builder().with_tonic().build()?;
             let provider = SdkMeterProvider::builder()
                 .with_resource(resource)
                 .with_periodic_exporter(metrics)
@@ -120,11 +116,7 @@ pub fn init(service: &'static str, format: LogFormat) -> anyhow::Result<Telemetr
             .flatten_event(true)
             .boxed(),
     };
-    tracing_subscriber::registry()
-        .with(filter)
-        .with(fmt)
-        .with(otel)
-        .try_init()?;
+    tracing_subscriber::registry().with(filter).with(fmt).with(otel).try_init()?;
     Ok(Telemetry { provider, meters })
 }
 
@@ -136,10 +128,7 @@ pub fn init_for_tests() {
         if std::env::var_os("TEST_LOG").is_some() {
             let filter =
                 EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-            let _ = tracing_subscriber::fmt()
-                .with_env_filter(filter)
-                .with_test_writer()
-                .try_init();
+            let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
         }
     });
 }

@@ -100,11 +100,7 @@ pub fn chars(s: &str) -> usize {
 
 /// At most `max` characters.
 pub fn max_chars(s: &str, max: usize) -> Result<(), String> {
-    if chars(s) > max {
-        Err(format!("must be at most {max} characters"))
-    } else {
-        Ok(())
-    }
+    if chars(s) > max { Err(format!("must be at most {max} characters")) } else { Ok(()) }
 }
 
 /// Text as sent at most `max` characters (what the API document promises), trimmed
@@ -174,11 +170,7 @@ pub fn url(s: &str) -> Result<(), String> {
         .map_err(|_| "must be an absolute http or https URL".to_owned())?;
     let scheme_ok = matches!(uri.scheme_str(), Some("http" | "https"));
     let host_ok = uri.host().is_some_and(|h| !h.is_empty());
-    if scheme_ok && host_ok {
-        Ok(())
-    } else {
-        Err("must be an absolute http or https URL".into())
-    }
+    if scheme_ok && host_ok { Ok(()) } else { Err("must be an absolute http or https URL".into()) }
 }
 
 /// An optional URL as sent at most [`MAX_URL`] characters (what the API document

@@ -12,21 +12,13 @@ async fn channel(config: &EventsConfig) -> lapin::Channel {
         .await
         .expect("connect to RabbitMQ");
     let channel = connection.create_channel().await.expect("channel");
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .expect("confirms");
+    channel.confirm_select(ConfirmSelectOptions::default()).await.expect("confirms");
     channel
 }
 
 /// Publishes `body` on the events exchange with `routing_key`, and waits for the confirm.
 pub async fn publish_raw(config: &EventsConfig, routing_key: &str, body: &[u8], message_id: &str) {
-    publish_all(
-        config,
-        routing_key,
-        &[(body.to_vec(), message_id.to_owned())],
-    )
-    .await;
+    publish_all(config, routing_key, &[(body.to_vec(), message_id.to_owned())]).await;
 }
 
 /// Publishes each `(body, message id)` on the events exchange with `routing_key`, on one
@@ -66,10 +58,7 @@ pub async fn queue_exists(config: &EventsConfig, queue: &str) -> bool {
 
 /// How many consumers `queue` has (0 if it does not exist).
 pub async fn consumer_count(config: &EventsConfig, queue: &str) -> u32 {
-    look_up(config, queue)
-        .await
-        .map(|q| q.consumer_count())
-        .unwrap_or(0)
+    look_up(config, queue).await.map(|q| q.consumer_count()).unwrap_or(0)
 }
 
 /// Whether `service`'s queue exists with exactly the arguments `config` declares (a
@@ -79,10 +68,7 @@ pub async fn declared_as(config: &EventsConfig, service: &str) -> bool {
         .await
         .queue_declare(
             config.queue(service).as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
+            QueueDeclareOptions { durable: true, ..Default::default() },
             social_events::topology::queue_arguments(config, service),
         )
         .await
@@ -91,19 +77,15 @@ pub async fn declared_as(config: &EventsConfig, service: &str) -> bool {
 
 /// How many messages wait in `queue` (0 if it does not exist yet).
 pub async fn queue_depth(config: &EventsConfig, queue: &str) -> u32 {
-    look_up(config, queue)
-        .await
-        .map(|q| q.message_count())
-        .unwrap_or(0)
+    look_up(config, queue).await.map(|q| q.message_count()).unwrap_or(0)
 }
 
 /// Takes every message waiting in `queue` and returns their bodies.
 pub async fn take_all(config: &EventsConfig, queue: &str) -> Vec<Vec<u8>> {
     let channel = channel(config).await;
     let mut bodies = Vec::new();
-    while let Ok(Some(got)) = channel
-        .basic_get(queue.into(), BasicGetOptions { no_ack: true })
-        .await
+    while let Ok(Some(got)) =
+        channel.basic_get(queue.into(), BasicGetOptions { no_ack: true }).await
     {
         bodies.push(got.delivery.data.clone());
     }
@@ -113,9 +95,6 @@ pub async fn take_all(config: &EventsConfig, queue: &str) -> Vec<Vec<u8>> {
 /// Takes one message from `queue`, if any, and returns its body.
 pub async fn take_one(config: &EventsConfig, queue: &str) -> Option<Vec<u8>> {
     let channel = channel(config).await;
-    let got = channel
-        .basic_get(queue.into(), BasicGetOptions { no_ack: true })
-        .await
-        .ok()??;
+    let got = channel.basic_get(queue.into(), BasicGetOptions { no_ack: true }).await.ok()??;
     Some(got.delivery.data.clone())
 }

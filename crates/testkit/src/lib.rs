@@ -62,9 +62,7 @@ impl Drop for DropDatabase {
         let name = std::mem::take(&mut self.0);
         let uri = mongodb_uri();
         let dropped = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             runtime.block_on(async {
                 let client = mongodb::Client::with_uri_str(&uri).await?;
                 client.database(&name).drop().await?;
@@ -153,12 +151,7 @@ where
     let addr = listener.local_addr().expect("local addr");
     let shutdown = CancellationToken::new();
     let handle = tokio::spawn(run(listener, shutdown.clone()));
-    let running = Running {
-        addr,
-        shutdown,
-        handle: Some(handle),
-        shared: Default::default(),
-    };
+    let running = Running { addr, shutdown, handle: Some(handle), shared: Default::default() };
     wait_serving(addr, "").await;
     running
 }
@@ -175,57 +168,37 @@ where
     let addr = listener.local_addr().expect("local addr");
     let shutdown = CancellationToken::new();
     let handle = tokio::spawn(run(listener, shutdown.clone()));
-    Running {
-        addr,
-        shutdown,
-        handle: Some(handle),
-        shared: Default::default(),
-    }
+    Running { addr, shutdown, handle: Some(handle), shared: Default::default() }
 }
 
 /// Waits (up to 30 s) until the server at `addr` reports SERVING for `service`.
 pub async fn wait_serving(addr: SocketAddr, service: &str) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        if let Ok(ch) = Channel::from_shared(format!("http://{addr}"))
-            .expect("uri")
-            .connect()
-            .await
+        if let Ok(ch) = Channel::from_shared(format!("http://{addr}")).expect("uri").connect().await
         {
             let status = HealthClient::new(ch)
-                .check(HealthCheckRequest {
-                    service: service.into(),
-                })
+                .check(HealthCheckRequest { service: service.into() })
                 .await
                 .map(|r| r.into_inner().status);
             if status.is_ok_and(|s| s == ServingStatus::Serving as i32) {
                 return;
             }
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{addr} never became SERVING"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "{addr} never became SERVING");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
 /// A connected client channel.
 pub async fn channel(addr: SocketAddr) -> Channel {
-    Channel::from_shared(format!("http://{addr}"))
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connect")
+    Channel::from_shared(format!("http://{addr}")).expect("uri").connect().await.expect("connect")
 }
 
 /// An access token for `user`, signed with the development key the services trust in
 /// tests.
 pub fn token_for(user: ObjectId) -> String {
-    TokenIssuer::development(Duration::from_secs(900))
-        .issue(user)
-        .expect("issue")
-        .0
+    TokenIssuer::development(Duration::from_secs(900)).issue(user).expect("issue").0
 }
 
 /// A token for `user` that expires in `ttl`.
@@ -257,10 +230,9 @@ pub fn as_service<T>(message: T) -> Request<T> {
 /// `message` with `authorization: Bearer <token>`.
 pub fn authed<T>(message: T, token: &str) -> Request<T> {
     let mut request = Request::new(message);
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {token}").parse().expect("ascii"),
-    );
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().expect("ascii"));
     request
 }
 
@@ -316,10 +288,7 @@ pub fn violated_fields(status: &Status) -> Vec<String> {
 pub async fn redis() -> redis::aio::MultiplexedConnection {
     let url = social_kit::cache::Settings::for_tests().url;
     let client = redis::Client::open(url).expect("a Redis URL");
-    client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("the tests' Redis answers")
+    client.get_multiplexed_async_connection().await.expect("the tests' Redis answers")
 }
 
 /// Polls `check` until it returns `Some` or `timeout` passes.
@@ -355,12 +324,7 @@ pub async fn reflected_services(addr: SocketAddr) -> Vec<String> {
         .await
         .expect("reflection")
         .into_inner();
-    match responses
-        .message()
-        .await
-        .expect("answer")
-        .and_then(|r| r.message_response)
-    {
+    match responses.message().await.expect("answer").and_then(|r| r.message_response) {
         Some(MessageResponse::ListServicesResponse(list)) => {
             let mut names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
             names.sort();

@@ -21,9 +21,7 @@ impl Meters {
     /// Installs an in-memory exporter as the process's meter provider.
     pub fn install() -> Self {
         let exporter = InMemoryMetricExporter::default();
-        let provider = SdkMeterProvider::builder()
-            .with_periodic_exporter(exporter.clone())
-            .build();
+        let provider = SdkMeterProvider::builder().with_periodic_exporter(exporter.clone()).build();
         opentelemetry::global::set_meter_provider(provider.clone());
         Self { provider, exporter }
     }
@@ -32,19 +30,14 @@ impl Meters {
     /// (histograms) or value (counters, up-down counters, gauges).
     pub fn points(&self, name: &str) -> Vec<(HashMap<String, String>, f64)> {
         fn attrs<'a>(kvs: impl Iterator<Item = &'a KeyValue>) -> HashMap<String, String> {
-            kvs.map(|kv| (kv.key.to_string(), kv.value.to_string()))
-                .collect()
+            kvs.map(|kv| (kv.key.to_string(), kv.value.to_string())).collect()
         }
         self.provider.force_flush().unwrap();
         let mut out = Vec::new();
         // Each data point's attributes and value.
         macro_rules! values {
             ($data:expr) => {
-                out.extend(
-                    $data
-                        .data_points()
-                        .map(|p| (attrs(p.attributes()), p.value() as f64)),
-                )
+                out.extend($data.data_points().map(|p| (attrs(p.attributes()), p.value() as f64)))
             };
         }
         // Cumulative: the last export holds every total.
@@ -53,8 +46,7 @@ impl Meters {
                 for metric in scope.metrics().filter(|m| m.name() == name) {
                     match metric.data() {
                         AggregatedMetrics::F64(MetricData::Histogram(h)) => out.extend(
-                            h.data_points()
-                                .map(|p| (attrs(p.attributes()), p.count() as f64)),
+                            h.data_points().map(|p| (attrs(p.attributes()), p.count() as f64)),
                         ),
                         AggregatedMetrics::U64(MetricData::Sum(c)) => values!(c),
                         AggregatedMetrics::I64(MetricData::Sum(c)) => values!(c),
@@ -71,10 +63,7 @@ impl Meters {
     pub fn by(&self, name: &str, keys: &[&str]) -> HashMap<Vec<String>, f64> {
         let mut out = HashMap::new();
         for (attrs, value) in self.points(name) {
-            let key = keys
-                .iter()
-                .map(|k| attrs.get(*k).cloned().unwrap_or_default())
-                .collect();
+            let key = keys.iter().map(|k| attrs.get(*k).cloned().unwrap_or_default()).collect();
             *out.entry(key).or_default() += value;
         }
         out

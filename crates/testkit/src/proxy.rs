@@ -120,15 +120,7 @@ impl TcpProxy {
                 });
             }
         });
-        Self {
-            addr,
-            up,
-            generation,
-            stop,
-            accepted,
-            lag,
-            open,
-        }
+        Self { addr, up, generation, stop, accepted, lag, open }
     }
 
     /// How many connections it carries now.
@@ -139,8 +131,7 @@ impl TcpProxy {
     /// Holds back everything the target sends by `lag` from now on (a slow network, a
     /// broker slow to confirm).
     pub fn delay_answers(&self, lag: Duration) {
-        self.lag
-            .store(u64::try_from(lag.as_millis()).unwrap(), Ordering::Release);
+        self.lag.store(u64::try_from(lag.as_millis()).unwrap(), Ordering::Release);
     }
 
     /// When each connection was accepted, oldest first.

@@ -34,16 +34,8 @@ use social_kit::mongo::DeclaredIndex;
 
 /// Shapes that no index serves on purpose: (collection, shape, why).
 pub const EXEMPT: &[(&str, &str, &str)] = &[
-    (
-        "posts",
-        "find {state: =, user_id: in>200} sort {sort_key: -1}",
-        BIG_FEED,
-    ),
-    (
-        "posts",
-        "find {sort_key: range, state: =, user_id: in>200} sort {sort_key: -1}",
-        BIG_FEED,
-    ),
+    ("posts", "find {state: =, user_id: in>200} sort {sort_key: -1}", BIG_FEED),
+    ("posts", "find {sort_key: range, state: =, user_id: in>200} sort {sort_key: -1}", BIG_FEED),
     (
         "notifications",
         "find {group_key: $exists}",
@@ -110,11 +102,7 @@ fn unshardable(database: &str) -> Vec<String> {
                  (docs/adr/0002-scaling-out.md)",
                 index.name,
                 index.keys,
-                if *hashed {
-                    " (hashed: no unique index but `_id`'s)"
-                } else {
-                    ""
-                },
+                if *hashed { " (hashed: no unique index but `_id`'s)" } else { "" },
             ))
         })
         .collect()
@@ -252,11 +240,7 @@ fn parse_filter(filter: &Document) -> (Fields, Vec<Fields>) {
                             merge(&mut fields, field, p);
                         }
                         if !or.is_empty() && !branches.is_empty() {
-                            merge(
-                                &mut fields,
-                                "$or".into(),
-                                Predicate::Other("$or+$or".into()),
-                            );
+                            merge(&mut fields, "$or".into(), Predicate::Other("$or+$or".into()));
                         }
                         or.extend(branches);
                     }
@@ -267,11 +251,7 @@ fn parse_filter(filter: &Document) -> (Fields, Vec<Fields>) {
                 // and an `$or` within a branch one more level: neither is read here, so
                 // the shape names them and no index serves it (see [`serves`]).
                 if !or.is_empty() {
-                    merge(
-                        &mut fields,
-                        "$or".into(),
-                        Predicate::Other("$or+$or".into()),
-                    );
+                    merge(&mut fields, "$or".into(), Predicate::Other("$or+$or".into()));
                 }
                 for branch in value.as_array().into_iter().flatten() {
                     if let Bson::Document(branch) = branch {
@@ -284,11 +264,7 @@ fn parse_filter(filter: &Document) -> (Fields, Vec<Fields>) {
                 }
             }
             other if other.starts_with('$') => {
-                merge(
-                    &mut fields,
-                    other.to_owned(),
-                    Predicate::Other(other.into()),
-                );
+                merge(&mut fields, other.to_owned(), Predicate::Other(other.into()));
             }
             field => merge(&mut fields, field.to_owned(), predicate(value)),
         }
@@ -355,20 +331,14 @@ fn shapes(database: &str, name: &str, command: &Document) -> Vec<Shape> {
                 .filter_map(Bson::as_document)
                 .collect();
             let filter = stages.first().and_then(|s| s.get_document("$match").ok());
-            let sort = stages
-                .get(usize::from(filter.is_some()))
-                .and_then(|s| s.get("$sort"));
+            let sort = stages.get(usize::from(filter.is_some())).and_then(|s| s.get("$sort"));
             vec![shape(c, filter, sort)]
         }
         "update" | "delete" => {
             let Some(c) = collection(name) else {
                 return Vec::new();
             };
-            let statements = if name == "update" {
-                "updates"
-            } else {
-                "deletes"
-            };
+            let statements = if name == "update" { "updates" } else { "deletes" };
             command
                 .get_array(statements)
                 .into_iter()
@@ -422,10 +392,7 @@ fn serves(index: &DeclaredIndex, fields: &Fields, sort: &[(String, i32)]) -> boo
         Predicate::Other(op) => op == "$ne" || op == "$nin",
         _ => true,
     };
-    if keys
-        .iter()
-        .any(|(k, _)| fields.get(k).is_some_and(|p| !on_keys(p)))
-    {
+    if keys.iter().any(|(k, _)| fields.get(k).is_some_and(|p| !on_keys(p))) {
         return false;
     }
     // A field the index lacks is read from the fetched documents: some may be thrown
@@ -444,12 +411,7 @@ fn serves(index: &DeclaredIndex, fields: &Fields, sort: &[(String, i32)]) -> boo
     }
     // The bounds: the longest prefix of the index whose fields the filter holds equal
     // (points); every equality must be in it, or the scan walks keys it could skip.
-    let points = |f: &str| {
-        matches!(
-            fields.get(f),
-            Some(Predicate::Equal | Predicate::ManyValues)
-        )
-    };
+    let points = |f: &str| matches!(fields.get(f), Some(Predicate::Equal | Predicate::ManyValues));
     let prefix = keys.iter().take_while(|(k, _)| points(k)).count();
     if fields
         .keys()
@@ -461,9 +423,7 @@ fn serves(index: &DeclaredIndex, fields: &Fields, sort: &[(String, i32)]) -> boo
     // direction or all against it; a `$in` over 200 values in the prefix is not merged.
     let walked: Vec<&(String, i32)> = sort.iter().filter(|(f, _)| !equal(f)).collect();
     if !walked.is_empty() {
-        let merged = keys[..prefix]
-            .iter()
-            .all(|(k, _)| fields.get(k) == Some(&Predicate::Equal));
+        let merged = keys[..prefix].iter().all(|(k, _)| fields.get(k) == Some(&Predicate::Equal));
         let follows = walked.len() <= keys.len() - prefix
             && walked.iter().zip(&keys[prefix..]).all(|(s, k)| s.0 == k.0);
         if !merged || !follows {
@@ -485,9 +445,8 @@ fn serves(index: &DeclaredIndex, fields: &Fields, sort: &[(String, i32)]) -> boo
 /// The verdict on one shape: the indexes that serve it, or why none does.
 fn verdict(shape: &Shape) -> Result<String, String> {
     let rendered = shape.to_string();
-    if let Some((_, _, why)) = EXEMPT
-        .iter()
-        .find(|(c, s, _)| *c == shape.collection && *s == rendered)
+    if let Some((_, _, why)) =
+        EXEMPT.iter().find(|(c, s, _)| *c == shape.collection && *s == rendered)
     {
         return Ok(format!("exempt: {why}"));
     }
@@ -527,9 +486,7 @@ fn verdict(shape: &Shape) -> Result<String, String> {
                     .iter()
                     .max_by_key(|i| {
                         let keys = keys(i);
-                        keys.iter()
-                            .take_while(|(k, _)| fields.contains_key(k))
-                            .count()
+                        keys.iter().take_while(|(k, _)| fields.contains_key(k)).count()
                     })
                     .map(|i| format!("{} {}", i.name, i.keys))
                     .unwrap_or_default();
@@ -622,10 +579,7 @@ pub fn unserved() -> Vec<String> {
             }
         };
         let sharded = targeting(&shape);
-        lines.push_str(&format!(
-            "{}\t{shape}\t{served}\t{sharded}\n",
-            shape.collection
-        ));
+        lines.push_str(&format!("{}\t{shape}\t{served}\t{sharded}\n", shape.collection));
         databases.insert(shape.database.clone());
     }
     for database in databases {
@@ -683,10 +637,7 @@ mod tests {
     }
 
     fn shape(filter: Document, sort: Document) -> (Fields, Vec<(String, i32)>) {
-        (
-            parse_filter(&filter).0,
-            sort_of(Some(&Bson::Document(sort))),
-        )
+        (parse_filter(&filter).0, sort_of(Some(&Bson::Document(sort))))
     }
 
     #[test]
@@ -703,19 +654,13 @@ mod tests {
         assert!(serves(&by_user, &f, &s), "a small $in merges sorted runs");
         let many: Vec<i32> = (0..201).collect();
         let (f, s) = shape(doc! { "user_id": { "$in": many } }, doc! { "sort_key": -1 });
-        assert!(
-            !serves(&by_user, &f, &s),
-            "a $in over 200 values sorts in memory"
-        );
+        assert!(!serves(&by_user, &f, &s), "a $in over 200 values sorts in memory");
         let (f, s) = shape(doc! { "user_id": 1, "state": "active" }, doc! {});
         assert!(!serves(&by_user, &f, &s), "state is fetched and discarded");
         let (f, s) = shape(doc! { "user_id": 1 }, doc! { "_id": 1 });
         assert!(!serves(&by_user, &f, &s), "a sort no index gives");
         let (f, s) = shape(doc! { "sort_key": { "$gt": 1 } }, doc! {});
-        assert!(
-            !serves(&by_user, &f, &s),
-            "the index's first field unbounded"
-        );
+        assert!(!serves(&by_user, &f, &s), "the index's first field unbounded");
         let unique = index(doc! { "token": 1 }, true);
         let (f, s) = shape(doc! { "token": "t", "state": "active" }, doc! {});
         assert!(serves(&unique, &f, &s), "a point lookup");
@@ -723,10 +668,7 @@ mod tests {
         let (f, s) = shape(doc! { "user_id": 1, "state": "a" }, doc! { "sort_key": -1 });
         assert!(!serves(&walk_all, &f, &s), "an equality after the sort");
         let range_first = index(doc! { "user_id": 1, "at": 1, "sort_key": -1 }, false);
-        let (f, s) = shape(
-            doc! { "user_id": 1, "at": { "$gt": 1 } },
-            doc! { "sort_key": -1 },
-        );
+        let (f, s) = shape(doc! { "user_id": 1, "at": { "$gt": 1 } }, doc! { "sort_key": -1 });
         assert!(!serves(&range_first, &f, &s), "a range before the sort");
     }
 
@@ -737,10 +679,7 @@ mod tests {
             doc! { "post_id": 1, "started_ms": { "$lte": 5 }, "ended_ms": { "$exists": false } },
             doc! {},
         );
-        assert!(
-            !serves(&lifetime, &f, &s),
-            "$exists: a missing field and null share a key"
-        );
+        assert!(!serves(&lifetime, &f, &s), "$exists: a missing field and null share a key");
         let (f, s) = shape(
             doc! { "post_id": 1, "started_ms": { "$lte": 5 }, "ended_ms": { "$ne": 3 } },
             doc! {},
@@ -751,10 +690,7 @@ mod tests {
         let (f, s) = shape(doc! { "ended_ms": { "$gt": 5 } }, doc! {});
         assert!(serves(&sparse, &f, &s), "a range excludes the missing");
         let (f, s) = shape(doc! {}, doc! { "ended_ms": 1 });
-        assert!(
-            !serves(&sparse, &f, &s),
-            "the documents without the field are not in it"
-        );
+        assert!(!serves(&sparse, &f, &s), "the documents without the field are not in it");
         let mut partial = index(doc! { "at": 1 }, false);
         partial.partial = Some(doc! { "pending": 0 });
         let (f, s) = shape(doc! { "pending": 0, "at": { "$lt": 5 } }, doc! {});
@@ -790,10 +726,7 @@ mod tests {
             "sort": { "_id": 1 },
         };
         let found = shapes("db", "find", &command);
-        assert_eq!(
-            found[0].to_string(),
-            "find {_id: range, state: =, user_id: =} sort {_id: 1}"
-        );
+        assert_eq!(found[0].to_string(), "find {_id: range, state: =, user_id: =} sort {_id: 1}");
         let command = doc! {
             "update": "users",
             "updates": [{ "q": { "_id": 1, "applied": { "$nin": ["e"] } }, "u": {} }],

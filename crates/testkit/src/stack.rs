@@ -86,11 +86,8 @@ impl Stack {
         }
         // The others' addresses first: the user service asks them for an account's
         // export, as they ask it for accounts.
-        let (graph_at, post_at, engagement_at) = (
-            crate::bind().await,
-            crate::bind().await,
-            crate::bind().await,
-        );
+        let (graph_at, post_at, engagement_at) =
+            (crate::bind().await, crate::bind().await, crate::bind().await);
         let url =
             |l: &tokio::net::TcpListener| format!("http://{}", l.local_addr().expect("bound"));
         let mut config = social_user::Config::for_tests(&uri, &database, user_events);
@@ -98,9 +95,8 @@ impl Stack {
         config.post_service = peer("post service", url(&post_at));
         config.engagement_service = peer("engagement service", url(&engagement_at));
         let user = crate::start(|l, s| social_user::run(config, l, s)).await;
-        let user_url = options
-            .user_url_for_graph
-            .unwrap_or_else(|| format!("http://{}", user.addr));
+        let user_url =
+            options.user_url_for_graph.unwrap_or_else(|| format!("http://{}", user.addr));
         let config = social_graph::Config::for_tests(
             &uri,
             &database,
@@ -108,9 +104,7 @@ impl Stack {
             events.clone(),
         );
         let graph = crate::start_on(graph_at, |l, s| social_graph::run(config, l, s)).await;
-        let url = options
-            .graph_url_for_post
-            .unwrap_or_else(|| format!("http://{}", graph.addr));
+        let url = options.graph_url_for_post.unwrap_or_else(|| format!("http://{}", graph.addr));
         let mut config = social_post::Config::for_tests(
             &uri,
             &database,
@@ -395,22 +389,13 @@ impl Stack {
 
     /// `token`'s account deletes itself, giving `password` (its own: [`crate::PASSWORD`]).
     pub async fn delete_account(&self, token: &str, password: &str) -> Result<(), tonic::Status> {
-        let request = social_proto::user::v1::DeleteAccountRequest {
-            password: password.into(),
-        };
-        self.users()
-            .await
-            .delete_account(crate::authed(request, token))
-            .await
-            .map(drop)
+        let request = social_proto::user::v1::DeleteAccountRequest { password: password.into() };
+        self.users().await.delete_account(crate::authed(request, token)).await.map(drop)
     }
 
     /// `token`'s account posts `content` (no media).
     pub async fn post(&self, token: &str, content: &str) -> Post {
-        let request = CreatePostRequest {
-            content: content.into(),
-            media: vec![],
-        };
+        let request = CreatePostRequest { content: content.into(), media: vec![] };
         PostServiceClient::new(self.post.shared_channel().await)
             .create_post(crate::authed(request, token))
             .await
@@ -431,15 +416,8 @@ impl Stack {
     /// answers.
     pub async fn edit_post(&self, token: &str, post: &str, content: &str) -> Result<Post, Status> {
         use social_proto::post::v1::UpdatePostRequest;
-        let post = Post {
-            id: post.into(),
-            content: content.into(),
-            ..Default::default()
-        };
-        let request = UpdatePostRequest {
-            post: Some(post),
-            update_mask: None,
-        };
+        let post = Post { id: post.into(), content: content.into(), ..Default::default() };
+        let request = UpdatePostRequest { post: Some(post), update_mask: None };
         PostServiceClient::new(self.post.shared_channel().await)
             .update_post(crate::authed(request, token))
             .await
@@ -457,9 +435,7 @@ impl Stack {
 
     /// `token`'s account follows `followee`.
     pub async fn follow(&self, token: &str, followee: &str) {
-        let request = FollowRequest {
-            followee_id: followee.into(),
-        };
+        let request = FollowRequest { followee_id: followee.into() };
         SocialGraphServiceClient::new(self.graph.shared_channel().await)
             .follow(crate::authed(request, token))
             .await
@@ -468,9 +444,7 @@ impl Stack {
 
     /// `token`'s account stops following `followee`.
     pub async fn unfollow(&self, token: &str, followee: &str) {
-        let request = social_proto::graph::v1::UnfollowRequest {
-            followee_id: followee.into(),
-        };
+        let request = social_proto::graph::v1::UnfollowRequest { followee_id: followee.into() };
         SocialGraphServiceClient::new(self.graph.shared_channel().await)
             .unfollow(crate::authed(request, token))
             .await
@@ -483,9 +457,7 @@ impl Stack {
         token: &str,
         user: &str,
     ) -> Result<social_proto::graph::v1::Block, tonic::Status> {
-        let request = social_proto::graph::v1::BlockUserRequest {
-            user_id: user.into(),
-        };
+        let request = social_proto::graph::v1::BlockUserRequest { user_id: user.into() };
         SocialGraphServiceClient::new(self.graph.shared_channel().await)
             .block_user(crate::authed(request, token))
             .await
@@ -494,9 +466,7 @@ impl Stack {
 
     /// `token`'s account stops blocking `user`, as the service answers.
     pub async fn unblock(&self, token: &str, user: &str) -> Result<(), tonic::Status> {
-        let request = social_proto::graph::v1::UnblockUserRequest {
-            user_id: user.into(),
-        };
+        let request = social_proto::graph::v1::UnblockUserRequest { user_id: user.into() };
         SocialGraphServiceClient::new(self.graph.shared_channel().await)
             .unblock_user(crate::authed(request, token))
             .await
@@ -505,9 +475,7 @@ impl Stack {
 
     /// `token`'s account likes `post`, as the service answers.
     pub async fn like_post(&self, token: &str, post: &str) -> Result<(), tonic::Status> {
-        let request = LikePostRequest {
-            post_id: post.into(),
-        };
+        let request = LikePostRequest { post_id: post.into() };
         EngagementServiceClient::new(self.engagement.shared_channel().await)
             .like_post(crate::authed(request, token))
             .await
@@ -516,9 +484,8 @@ impl Stack {
 
     /// `token`'s account likes `comment`, as the service answers.
     pub async fn like_comment(&self, token: &str, comment: &str) -> Result<(), tonic::Status> {
-        let request = social_proto::engagement::v1::LikeCommentRequest {
-            comment_id: comment.into(),
-        };
+        let request =
+            social_proto::engagement::v1::LikeCommentRequest { comment_id: comment.into() };
         EngagementServiceClient::new(self.engagement.shared_channel().await)
             .like_comment(crate::authed(request, token))
             .await
@@ -527,9 +494,8 @@ impl Stack {
 
     /// `token`'s account stops liking `comment`, as the service answers.
     pub async fn unlike_comment(&self, token: &str, comment: &str) -> Result<(), tonic::Status> {
-        let request = social_proto::engagement::v1::UnlikeCommentRequest {
-            comment_id: comment.into(),
-        };
+        let request =
+            social_proto::engagement::v1::UnlikeCommentRequest { comment_id: comment.into() };
         EngagementServiceClient::new(self.engagement.shared_channel().await)
             .unlike_comment(crate::authed(request, token))
             .await
@@ -538,9 +504,7 @@ impl Stack {
 
     /// `token`'s account stops liking `post`, as the service answers.
     pub async fn unlike_post(&self, token: &str, post: &str) -> Result<(), tonic::Status> {
-        let request = social_proto::engagement::v1::UnlikePostRequest {
-            post_id: post.into(),
-        };
+        let request = social_proto::engagement::v1::UnlikePostRequest { post_id: post.into() };
         EngagementServiceClient::new(self.engagement.shared_channel().await)
             .unlike_post(crate::authed(request, token))
             .await
@@ -554,11 +518,8 @@ impl Stack {
         post: &str,
         content: &str,
     ) -> Result<Comment, tonic::Status> {
-        let request = CreateCommentRequest {
-            post_id: post.into(),
-            content: content.into(),
-            media: vec![],
-        };
+        let request =
+            CreateCommentRequest { post_id: post.into(), content: content.into(), media: vec![] };
         EngagementServiceClient::new(self.engagement.shared_channel().await)
             .create_comment(crate::authed(request, token))
             .await
@@ -574,15 +535,8 @@ impl Stack {
         content: &str,
     ) -> Result<Comment, Status> {
         use social_proto::engagement::v1::UpdateCommentRequest;
-        let comment = Comment {
-            id: comment.into(),
-            content: content.into(),
-            ..Default::default()
-        };
-        let request = UpdateCommentRequest {
-            comment: Some(comment),
-            update_mask: None,
-        };
+        let comment = Comment { id: comment.into(), content: content.into(), ..Default::default() };
+        let request = UpdateCommentRequest { comment: Some(comment), update_mask: None };
         EngagementServiceClient::new(self.engagement.shared_channel().await)
             .update_comment(crate::authed(request, token))
             .await
@@ -652,7 +606,5 @@ pub async fn start_notification_with(
 fn stored_time(value: &bson::Bson) -> Option<bson::DateTime> {
     #[derive(serde::Deserialize)]
     struct Time(#[serde(deserialize_with = "social_kit::mongo::lenient::date")] bson::DateTime);
-    bson::deserialize_from_bson::<Time>(value.clone())
-        .ok()
-        .map(|t| t.0)
+    bson::deserialize_from_bson::<Time>(value.clone()).ok().map(|t| t.0)
 }

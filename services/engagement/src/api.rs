@@ -32,11 +32,7 @@ use crate::{
 
 /// The RPCs only other services may call (the gate refuses them without the service
 /// credential): they serve other services and some cost many counts per request.
-pub const INTERNAL: &[&str] = &[
-    "CountPostEngagement",
-    "ExportUserEngagement",
-    "RemoveComment",
-];
+pub const INTERNAL: &[&str] = &["CountPostEngagement", "ExportUserEngagement", "RemoveComment"];
 
 pub struct Api {
     store: Store,
@@ -48,12 +44,7 @@ pub struct Api {
 
 impl Api {
     pub fn new(store: Store, (posts, graph): (Peer, Peer), relay: RelayWaker) -> Self {
-        Self {
-            store,
-            posts,
-            graph,
-            relay,
-        }
+        Self { store, posts, graph, relay }
     }
 
     /// Refuses a write by `me` on what `authors` made (`what`) across a block, before
@@ -120,10 +111,8 @@ impl Api {
         comments: &mut Vec<CommentDoc>,
     ) -> Result<()> {
         let viewer = social_kit::auth::optional_caller(request);
-        let authors: Vec<ObjectId> = comments
-            .iter()
-            .flat_map(|c| [c.user_id, c.post_author_id])
-            .collect();
+        let authors: Vec<ObjectId> =
+            comments.iter().flat_map(|c| [c.user_id, c.post_author_id]).collect();
         let blockers = self.store.blocks.hidden_from(viewer, &authors).await?;
         comments.retain(|c| !absent(viewer, c, &blockers));
         Ok(())
@@ -154,13 +143,7 @@ impl Api {
     /// to undo: a post hidden by a block does not show it exists).
     async fn require_post(&self, me: ObjectId, id: ObjectId) -> Result<()> {
         let author = self.post_author(id).await?;
-        if !self
-            .store
-            .blocks
-            .hidden_from(Some(me), &[author])
-            .await?
-            .is_empty()
-        {
+        if !self.store.blocks.hidden_from(Some(me), &[author]).await?.is_empty() {
             return Err(Error::NotFound("post"));
         }
         Ok(())
@@ -227,8 +210,7 @@ impl EngagementService for Api {
                 user_id: me.to_hex(),
             }),
         );
-        self.like(LikeDoc::new(me, Target::Post, post, post, author), event)
-            .await?;
+        self.like(LikeDoc::new(me, Target::Post, post, post, author), event).await?;
         Ok(Response::new(()))
     }
 
@@ -254,18 +236,10 @@ impl EngagementService for Api {
     ) -> Result<Response<()>, Status> {
         let me = caller(&request)?;
         let comment_id = id("comment_id", &request.get_ref().comment_id)?;
-        if self
-            .existing_like(me, Target::Comment, comment_id)
-            .await?
-            .is_some()
-        {
+        if self.existing_like(me, Target::Comment, comment_id).await?.is_some() {
             return Ok(Response::new(()));
         }
-        let comment = self
-            .store
-            .comment(comment_id)
-            .await?
-            .ok_or(Error::NotFound("comment"))?;
+        let comment = self.store.comment(comment_id).await?.ok_or(Error::NotFound("comment"))?;
         let authors = [comment.user_id, comment.post_author_id];
         self.refuse_blocked(me, &authors, "comment").await?;
         let event = new_envelope(
@@ -277,13 +251,7 @@ impl EngagementService for Api {
                 user_id: me.to_hex(),
             }),
         );
-        let like = LikeDoc::new(
-            me,
-            Target::Comment,
-            comment.id,
-            comment.post_id,
-            comment.user_id,
-        );
+        let like = LikeDoc::new(me, Target::Comment, comment.id, comment.post_id, comment.user_id);
         self.like(like, event).await?;
         Ok(Response::new(()))
     }
@@ -294,11 +262,7 @@ impl EngagementService for Api {
     ) -> Result<Response<()>, Status> {
         let me = caller(&request)?;
         let comment_id = id("comment_id", &request.get_ref().comment_id)?;
-        if let Some(like) = self
-            .store
-            .active_like(me, Target::Comment, comment_id)
-            .await?
-        {
+        if let Some(like) = self.store.active_like(me, Target::Comment, comment_id).await? {
             if self.store.undo_like(&like, me).await? {
                 self.relay.wake();
             }
@@ -323,10 +287,8 @@ impl EngagementService for Api {
         // To a reader the post's author blocks, it has no likes; nor do likers who block
         // the reader show (the page may come short).
         let viewer = social_kit::auth::optional_caller(&request);
-        let people: Vec<ObjectId> = likes
-            .iter()
-            .flat_map(|l| [l.user_id, l.target_author_id])
-            .collect();
+        let people: Vec<ObjectId> =
+            likes.iter().flat_map(|l| [l.user_id, l.target_author_id]).collect();
         let hidden = self.store.blocks.hidden_from(viewer, &people).await?;
         likes.retain(|l| !hidden.contains(&l.user_id) && !hidden.contains(&l.target_author_id));
         Ok(Response::new(ListPostLikesResponse {
@@ -386,11 +348,7 @@ impl EngagementService for Api {
         request: Request<GetCommentRequest>,
     ) -> Result<Response<Comment>, Status> {
         let comment_id = id("id", &request.get_ref().id)?;
-        let comment = self
-            .store
-            .comment(comment_id)
-            .await?
-            .ok_or(Error::NotFound("comment"))?;
+        let comment = self.store.comment(comment_id).await?.ok_or(Error::NotFound("comment"))?;
         let mut visible = vec![comment];
         self.hide_blocked(&request, &mut visible).await?;
         let comment = visible.pop().ok_or(Error::NotFound("comment"))?;
@@ -403,21 +361,14 @@ impl EngagementService for Api {
     ) -> Result<Response<Comment>, Status> {
         let me = caller(&request)?;
         let r = request.into_inner();
-        let comment = r
-            .comment
-            .ok_or_else(|| Error::invalid("comment", "is required"))?;
+        let comment = r.comment.ok_or_else(|| Error::invalid("comment", "is required"))?;
         let comment_id = id("comment.id", &comment.id)?;
-        let current = self
-            .store
-            .comment(comment_id)
-            .await?
-            .ok_or(Error::NotFound("comment"))?;
+        let current = self.store.comment(comment_id).await?.ok_or(Error::NotFound("comment"))?;
         if current.user_id != me {
             let why = "only the author can change a comment";
             return Err(self.not_yours(me, &current, why).await.into());
         }
-        self.refuse_blocked(me, &[current.post_author_id], "post")
-            .await?;
+        self.refuse_blocked(me, &[current.post_author_id], "post").await?;
         let paths = r.update_mask.map(|m| m.paths).unwrap_or_default();
         let update = content::update(
             "comment",
@@ -443,11 +394,7 @@ impl EngagementService for Api {
     ) -> Result<Response<()>, Status> {
         let me = caller(&request)?;
         let comment_id = id("id", &request.get_ref().id)?;
-        let comment = self
-            .store
-            .comment(comment_id)
-            .await?
-            .ok_or(Error::NotFound("comment"))?;
+        let comment = self.store.comment(comment_id).await?.ok_or(Error::NotFound("comment"))?;
         if comment.user_id != me && comment.post_author_id != me {
             let why = "only the comment's or the post's author can delete it";
             return Err(self.not_yours(me, &comment, why).await.into());
@@ -534,12 +481,7 @@ impl EngagementService for Api {
                     .into_iter()
                     .map(|l| {
                         let record = Record::Like(Like::from(l.clone()));
-                        (
-                            l.sort_key,
-                            EngagementRecord {
-                                record: Some(record),
-                            },
-                        )
+                        (l.sort_key, EngagementRecord { record: Some(record) })
                     })
                     .collect())
             }
@@ -553,12 +495,7 @@ impl EngagementService for Api {
                     .map(|c| {
                         let key = c.sort_key;
                         let record = Record::Comment(Comment::from(c));
-                        (
-                            key,
-                            EngagementRecord {
-                                record: Some(record),
-                            },
-                        )
+                        (key, EngagementRecord { record: Some(record) })
                     })
                     .collect())
             }

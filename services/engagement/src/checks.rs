@@ -49,18 +49,12 @@ pub async fn blocks(
     authors: &[ObjectId],
     what: &'static str,
 ) -> Result<Option<Verdict>> {
-    let others: Vec<String> = authors
-        .iter()
-        .filter(|a| **a != writer)
-        .map(|a| a.to_hex())
-        .collect();
+    let others: Vec<String> =
+        authors.iter().filter(|a| **a != writer).map(|a| a.to_hex()).collect();
     if others.is_empty() {
         return Ok(None);
     }
-    let request = CheckBlocksRequest {
-        user_id: writer.to_hex(),
-        other_user_ids: others,
-    };
+    let request = CheckBlocksRequest { user_id: writer.to_hex(), other_user_ids: others };
     let found = social_kit::call!(graph, SocialGraphServiceClient.check_blocks(request))
         .map_err(|s| graph.error(s))?;
     Ok(if !found.blocked_by.is_empty() {
@@ -90,9 +84,9 @@ pub const ACCOUNT_DELETED: &str = "this account was deleted";
 /// Whether `user`'s account was deleted.
 async fn account_removed(store: &Store, user: bson::oid::ObjectId) -> Result<bool> {
     // Tests make this check fail, as an unreachable database would.
-    social_kit::fault!("engagement::account_removed", |_| Err(
-        social_kit::Error::Unavailable("the database is unavailable (injected)".into())
-    ));
+    social_kit::fault!("engagement::account_removed", |_| Err(social_kit::Error::Unavailable(
+        "the database is unavailable (injected)".into()
+    )));
     Ok(store.removed_users.any(&[user]).await?)
 }
 
@@ -143,11 +137,7 @@ pub async fn like(
     let undo = || store.undo_like(like, like.user_id);
     let mut verdict = unless_account_gone(store, relay, like.user_id, undo).await?;
     if verdict == Verdict::Stands {
-        let what = if like.comment_id.is_some() {
-            "comment"
-        } else {
-            "post"
-        };
+        let what = if like.comment_id.is_some() { "comment" } else { "post" };
         if let Some(blocked) = blocks(graph, like.user_id, &authors, what).await? {
             if store.undo_like(like, like.user_id).await? {
                 relay.wake();

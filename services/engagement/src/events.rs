@@ -15,14 +15,10 @@ pub async fn apply((store, relay): (Store, RelayWaker), envelope: Envelope) -> a
             store.remove_post(ObjectId::parse_str(&e.post_id)?).await?
         }
         Some(Payload::CommentLiked(e)) => {
-            store
-                .add_to_comment_likes(ObjectId::parse_str(&e.comment_id)?, 1, &envelope)
-                .await?;
+            store.add_to_comment_likes(ObjectId::parse_str(&e.comment_id)?, 1, &envelope).await?;
         }
         Some(Payload::CommentUnliked(e)) => {
-            store
-                .add_to_comment_likes(ObjectId::parse_str(&e.comment_id)?, -1, &envelope)
-                .await?;
+            store.add_to_comment_likes(ObjectId::parse_str(&e.comment_id)?, -1, &envelope).await?;
         }
         Some(Payload::CommentDeleted(e)) => {
             end_likes_of_comment(&store, &relay, ObjectId::parse_str(&e.comment_id)?).await?;
@@ -76,9 +72,7 @@ async fn remove_user(store: &Store, relay: &RelayWaker, user: ObjectId) -> anyho
         let delete = |comment: CommentDoc| async move {
             Ok(store.undo_comment(&comment, user).await.map(drop)?)
         };
-        budget
-            .drain("account comments", relay, comments, delete)
-            .await
+        budget.drain("account comments", relay, comments, delete).await
     };
     store.removed_users.remove(user, relay, remove).await
 }

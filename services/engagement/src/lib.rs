@@ -87,7 +87,5 @@ pub async fn run(config: Config, on: TcpListener, stop: CancellationToken) -> an
         (config.post_service.clone(), config.graph_service.clone()),
         relay,
     );
-    wiring
-        .serve(EngagementServiceServer::new(api), store, on, stop)
-        .await
+    wiring.serve(EngagementServiceServer::new(api), store, on, stop).await
 }

@@ -281,11 +281,7 @@ impl Store {
                         false,
                     ),
                     // A user's comments: an export, a deleted account's cascade.
-                    mongo::index(
-                        "author",
-                        doc! { "user_id": 1, "state": 1, "sort_key": 1 },
-                        false,
-                    ),
+                    mongo::index("author", doc! { "user_id": 1, "state": 1, "sort_key": 1 }, false),
                     // Comments whose checks against deletions did not finish.
                     unchecked::index(),
                     // Counting a post's comments as of a moment (one count over index keys).
@@ -301,24 +297,15 @@ impl Store {
             )
             .await?;
         // Counts as of a moment by start then end (a fetch for each alive one).
-        mongo::retire_indexes(
-            &self.likes,
-            &["target_started", "target_ended", "target_lifetime"],
-        )
-        .await?;
-        mongo::retire_indexes(
-            &self.comments,
-            &["post_started", "post_ended", "post_lifetime"],
-        )
-        .await?;
+        mongo::retire_indexes(&self.likes, &["target_started", "target_ended", "target_lifetime"])
+            .await?;
+        mongo::retire_indexes(&self.comments, &["post_started", "post_ended", "post_lifetime"])
+            .await?;
         // Replaced by the per-owner ones above.
         mongo::retire_indexes(&self.likes, &[mongo::UNOWNED_SORT_KEY_INDEX]).await?;
         mongo::retire_indexes(
             &self.comments,
-            &[
-                mongo::UNOWNED_SORT_KEY_INDEX,
-                mongo::UNOWNED_REQUEST_KEY_INDEX,
-            ],
+            &[mongo::UNOWNED_SORT_KEY_INDEX, mongo::UNOWNED_REQUEST_KEY_INDEX],
         )
         .await?;
         self.db
@@ -425,14 +412,10 @@ impl Store {
     /// Whether post `id` was deleted (its cascade has begun).
     pub async fn post_removed(&self, post: ObjectId) -> Result<bool> {
         // Tests make this check fail, as an unreachable database would.
-        social_kit::fault!("engagement::post_removed", |_| Err(
-            social_kit::Error::Unavailable("the database is unavailable (injected)".into())
-        ));
-        Ok(self
-            .removed_posts
-            .find_one(doc! { "_id": post })
-            .await?
-            .is_some())
+        social_kit::fault!("engagement::post_removed", |_| Err(social_kit::Error::Unavailable(
+            "the database is unavailable (injected)".into()
+        )));
+        Ok(self.removed_posts.find_one(doc! { "_id": post }).await?.is_some())
     }
 
     /// Marks like `id` checked against deletions.
@@ -524,10 +507,7 @@ impl Store {
             mongo::ENDED_MS: idempotency::event_time_ms(event),
         } };
         outbox::push(&mut update, event);
-        let r = self
-            .likes
-            .update_one(doc! { "_id": id, "state": ACTIVE }, update)
-            .await?;
+        let r = self.likes.update_one(doc! { "_id": id, "state": ACTIVE }, update).await?;
         Ok(r.modified_count == 1)
     }
 
@@ -536,14 +516,7 @@ impl Store {
         let order = Order::NewestFirst;
         let filter =
             doc! { "target_id": mongo::equals_id(post), "target_type": "post", "state": ACTIVE };
-        Ok(mongo::page(
-            &self.likes,
-            order,
-            filter,
-            page,
-            outbox::without_bookkeeping(),
-        )
-        .await?)
+        Ok(mongo::page(&self.likes, order, filter, page, outbox::without_bookkeeping()).await?)
     }
 
     /// How many likes `target` had at `as_of_ms` (see `mongo::count_as_of`).
@@ -623,10 +596,7 @@ impl Store {
             "content": "", "media": [],
         } };
         outbox::push(&mut update, event);
-        let r = self
-            .comments
-            .update_one(doc! { "_id": id, "state": ACTIVE }, update)
-            .await?;
+        let r = self.comments.update_one(doc! { "_id": id, "state": ACTIVE }, update).await?;
         Ok(r.modified_count == 1)
     }
 
@@ -634,14 +604,7 @@ impl Store {
     pub async fn comments_of(&self, post: ObjectId, page: &PageRequest) -> Result<Vec<CommentDoc>> {
         let order = Order::OldestFirst;
         let filter = doc! { "post_id": mongo::equals_id(post), "state": ACTIVE };
-        Ok(mongo::page(
-            &self.comments,
-            order,
-            filter,
-            page,
-            outbox::without_bookkeeping(),
-        )
-        .await?)
+        Ok(mongo::page(&self.comments, order, filter, page, outbox::without_bookkeeping()).await?)
     }
 
     /// How many comments `post` had at `as_of_ms` (see `mongo::count_as_of`).
@@ -674,9 +637,7 @@ impl Store {
         as_of_ms: i64,
         likes: i64,
     ) -> anyhow::Result<bool> {
-        self.counters
-            .recount(id, as_of_ms, &[("likes_count", likes)])
-            .await
+        self.counters.recount(id, as_of_ms, &[("likes_count", likes)]).await
     }
 
     /// Ids after `after` in id order, at most `limit` (for recomputing counters).
@@ -696,10 +657,7 @@ impl Store {
     pub async fn remove_post(&self, post: ObjectId) -> Result<()> {
         let now = DateTime::now();
         // The tombstone first: a like or comment racing this sees it (module docs).
-        let tombstone = RemovedPost {
-            id: post,
-            removed_at: now,
-        };
+        let tombstone = RemovedPost { id: post, removed_at: now };
         mongo::insert_once(&self.removed_posts, &tombstone).await?;
         self.comments
             .update_many(
@@ -708,9 +666,7 @@ impl Store {
             )
             .await?;
         // One statement whatever the number of likes (ended ones go too).
-        self.likes
-            .delete_many(doc! { "post_id": mongo::equals_id(post) })
-            .await?;
+        self.likes.delete_many(doc! { "post_id": mongo::equals_id(post) }).await?;
         Ok(())
     }
 }

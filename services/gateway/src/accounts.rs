@@ -96,10 +96,7 @@ async fn log_in(
     };
     // No Location: a session has no resource of its own to GET (it is listed at
     // `/v1/sessions` and ended at `/v1/sessions/{id}`).
-    Ok(axum::response::IntoResponse::into_response((
-        StatusCode::CREATED,
-        Json(tokens),
-    )))
+    Ok(axum::response::IntoResponse::into_response((StatusCode::CREATED, Json(tokens))))
 }
 
 /// Exchanges a refresh token for new tokens (the old one stops working; using it again
@@ -112,9 +109,7 @@ async fn refresh(
     who: Identity,
     Body(body): Body<Refresh>,
 ) -> ApiResult<Json<Tokens>> {
-    let request = RefreshSessionRequest {
-        refresh_token: body.refresh_token,
-    };
+    let request = RefreshSessionRequest { refresh_token: body.refresh_token };
     let r = ask!(state, who, users.refresh_session(request))?;
     Ok(Json(Tokens {
         access_token: r.access_token,
@@ -177,9 +172,7 @@ async fn revoke_other_sessions(
 ) -> ApiResult<Json<Updated>> {
     let request = RevokeOtherSessionsRequest {};
     let r = ask!(state, who, users.revoke_other_sessions(request))?;
-    Ok(Json(Updated {
-        updated_count: r.revoked_count,
-    }))
+    Ok(Json(Updated { updated_count: r.revoked_count }))
 }
 
 /// One user.
@@ -213,9 +206,7 @@ async fn get_user_by_username(
 #[utoipa::path(get, path = "/v1/me", tag = "users", security(("bearer" = [])),
     responses((status = 200, body = User), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn me(State(state): State<AppState>, SignedIn(who, me): SignedIn) -> ApiResult<Json<User>> {
-    let request = GetUserRequest {
-        id: me.user.to_hex(),
-    };
+    let request = GetUserRequest { id: me.user.to_hex() };
     let u = ask!(state, who, users.get_user(request))?;
     Ok(Json(u.into()))
 }
@@ -299,10 +290,7 @@ async fn change_me(
     Body(body): Body<ProfileChange>,
 ) -> ApiResult<Json<User>> {
     let mut paths = Vec::new();
-    let mut user = WireUser {
-        id: me.user.to_hex(),
-        ..Default::default()
-    };
+    let mut user = WireUser { id: me.user.to_hex(), ..Default::default() };
     if let Some(v) = body.full_name {
         user.full_name = v;
         paths.push("full_name".to_owned());
@@ -321,10 +309,7 @@ async fn change_me(
             "give at least one of full_name, bio, profile_picture_url",
         ));
     }
-    let request = UpdateUserRequest {
-        user: Some(user),
-        update_mask: Some(FieldMask { paths }),
-    };
+    let request = UpdateUserRequest { user: Some(user), update_mask: Some(FieldMask { paths }) };
     let u = ask!(state, who, users.update_user(request))?;
     Ok(Json(u.into()))
 }
@@ -338,10 +323,8 @@ async fn change_password(
     SignedIn(who, _): SignedIn,
     Body(body): Body<PasswordChange>,
 ) -> ApiResult<StatusCode> {
-    let request = ChangePasswordRequest {
-        old_password: body.old_password,
-        new_password: body.new_password,
-    };
+    let request =
+        ChangePasswordRequest { old_password: body.old_password, new_password: body.new_password };
     ask!(state, who, users.change_password(request))?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -355,9 +338,7 @@ async fn delete_me(
     SignedIn(who, _): SignedIn,
     Body(body): Body<Confirm>,
 ) -> ApiResult<StatusCode> {
-    let request = DeleteAccountRequest {
-        password: body.password,
-    };
+    let request = DeleteAccountRequest { password: body.password };
     ask!(state, who, users.delete_account(request))?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -54,12 +54,7 @@ const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 
 fn list(var: &str) -> Vec<String> {
     optional(var)
-        .map(|v| {
-            v.split(',')
-                .map(|s| s.trim().to_owned())
-                .filter(|s| !s.is_empty())
-                .collect()
-        })
+        .map(|v| v.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect())
         .unwrap_or_default()
 }
 
@@ -72,14 +67,14 @@ impl Config {
         let trusted_proxies = list("GATEWAY_TRUSTED_PROXIES")
             .into_iter()
             .map(|a| {
-                a.parse::<IpNet>()
-                    .or_else(|_| a.parse::<IpAddr>().map(IpNet::from))
-                    .map_err(|_| ConfigError {
+                a.parse::<IpNet>().or_else(|_| a.parse::<IpAddr>().map(IpNet::from)).map_err(|_| {
+                    ConfigError {
                         var: "GATEWAY_TRUSTED_PROXIES".into(),
                         value: a.clone(),
                         reason: "expected comma-separated IP addresses or networks (10.0.0.0/8)"
                             .into(),
-                    })
+                    }
+                })
             })
             .collect::<Result<_, _>>()?;
         Ok(Self {
@@ -123,13 +118,8 @@ impl Config {
 
     /// The services at these peers, the defaults otherwise, an ephemeral port.
     pub fn for_tests(services: [Peer; 5]) -> Self {
-        let [
-            user_service,
-            post_service,
-            graph_service,
-            engagement_service,
-            notification_service,
-        ] = services;
+        let [user_service, post_service, graph_service, engagement_service, notification_service] =
+            services;
         Self {
             common: CommonConfig::for_tests("gateway", "mongodb://unused", "unused"),
             user_service,
@@ -160,9 +150,6 @@ impl Config {
 impl Rate {
     /// `requests` per `seconds`.
     pub const fn per(requests: u32, seconds: u64) -> Self {
-        Self {
-            requests,
-            per: Duration::from_secs(seconds),
-        }
+        Self { requests, per: Duration::from_secs(seconds) }
     }
 }

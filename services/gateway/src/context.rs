@@ -145,15 +145,11 @@ impl Identity {
         if let Some(key) = &self.idempotency
             && let Ok(value) = key.parse()
         {
-            request
-                .metadata_mut()
-                .insert(social_kit::validate::IDEMPOTENCY_KEY, value);
+            request.metadata_mut().insert(social_kit::validate::IDEMPOTENCY_KEY, value);
         }
         // Believed by the services with the gateway's credential the peer presents.
         if let Ok(value) = self.ip.to_string().parse() {
-            request
-                .metadata_mut()
-                .insert(social_kit::serve::CLIENT_ADDRESS_HEADER, value);
+            request.metadata_mut().insert(social_kit::serve::CLIENT_ADDRESS_HEADER, value);
         }
         request
     }
@@ -249,8 +245,7 @@ impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Object<T> {
                 T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
             }
         }
-        json.deserialize_map(Fields(std::marker::PhantomData))
-            .map(Object)
+        json.deserialize_map(Fields(std::marker::PhantomData)).map(Object)
     }
 }
 
@@ -316,9 +311,7 @@ fn body_error(rejection: &JsonRejection) -> ApiError {
         && let Some((_, rest)) = text.split_once("target type: ")
         && let Some((path, why)) = rest.split_once(": ")
         && !path.is_empty()
-        && path
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_[].".contains(c))
+        && path.chars().all(|c| c.is_ascii_alphanumeric() || "_[].".contains(c))
     {
         return ApiError::invalid(path, why);
     }
@@ -352,10 +345,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         match axum::extract::Query::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Query(value)) => Ok(Self(value)),
-            Err(rejection) => Err(ApiError::invalid(
-                "query",
-                complaint(&rejection.body_text()),
-            )),
+            Err(rejection) => Err(ApiError::invalid("query", complaint(&rejection.body_text()))),
         }
     }
 }
@@ -441,10 +431,8 @@ pub async fn accounts(
     ids: impl IntoIterator<Item = String>,
 ) -> ApiResult<HashMap<String, Account>> {
     let mut seen = std::collections::HashSet::new();
-    let unique: Vec<String> = ids
-        .into_iter()
-        .filter(|id| !id.is_empty() && seen.insert(id.clone()))
-        .collect();
+    let unique: Vec<String> =
+        ids.into_iter().filter(|id| !id.is_empty() && seen.insert(id.clone())).collect();
     let peer = &services.users;
     let mut client = clients::users(peer);
     let mut found = HashMap::with_capacity(unique.len());
@@ -467,10 +455,7 @@ pub fn bearer(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
         return Ok(None);
     };
     let value = value.to_str().map_err(|_| {
-        ApiError::new(
-            Code::Unauthenticated,
-            "the Authorization header is not text",
-        )
+        ApiError::new(Code::Unauthenticated, "the Authorization header is not text")
     })?;
     let token = value
         .strip_prefix("Bearer ")

@@ -59,13 +59,7 @@ pub struct ApiError {
 impl ApiError {
     /// `code` with `message`.
     pub fn new(code: Code, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-            details: Vec::new(),
-            retry_after: None,
-            http: None,
-        }
+        Self { code, message: message.into(), details: Vec::new(), retry_after: None, http: None }
     }
 
     /// A 405: the route exists, not with this method (`Allow` says which it takes).
@@ -109,10 +103,7 @@ impl ApiError {
 
     /// A 409 to be retried after `retry_after`: a conflicting request is in progress.
     pub fn in_progress(message: impl Into<String>, retry_after: Duration) -> Self {
-        Self {
-            retry_after: Some(retry_after),
-            ..Self::new(Code::Aborted, message)
-        }
+        Self { retry_after: Some(retry_after), ..Self::new(Code::Aborted, message) }
     }
 
     #[cfg(test)]
@@ -127,20 +118,14 @@ impl ApiError {
 
     /// 429 saying why, to be retried after `retry_after`.
     pub fn too_many_because(message: impl Into<String>, retry_after: Duration) -> Self {
-        Self {
-            retry_after: Some(retry_after),
-            ..Self::new(Code::ResourceExhausted, message)
-        }
+        Self { retry_after: Some(retry_after), ..Self::new(Code::ResourceExhausted, message) }
     }
 
     /// A 429 that says when to come back.
     pub fn too_many(retry_after: Duration) -> Self {
         Self {
             retry_after: Some(retry_after),
-            ..Self::new(
-                Code::ResourceExhausted,
-                "too many requests; slow down and retry later",
-            )
+            ..Self::new(Code::ResourceExhausted, "too many requests; slow down and retry later")
         }
     }
 
@@ -221,13 +206,7 @@ impl From<Status> for ApiError {
             Code::Internal | Code::Unknown | Code::DataLoss => "internal error".to_owned(),
             _ => status.message().to_owned(),
         };
-        Self {
-            code: status.code(),
-            message,
-            details: violations,
-            retry_after,
-            http: None,
-        }
+        Self { code: status.code(), message, details: violations, retry_after, http: None }
     }
 }
 
@@ -255,9 +234,8 @@ impl IntoResponse for ApiError {
         // A service that is down is worth retrying soon (a second, unless it said when).
         // Not a timeout: the request may have been carried out, and a retried POST
         // would do it twice.
-        let retry_after = self
-            .retry_after
-            .or((self.code == Code::Unavailable).then_some(Duration::from_secs(1)));
+        let retry_after =
+            self.retry_after.or((self.code == Code::Unavailable).then_some(Duration::from_secs(1)));
         if let Some(after) = retry_after {
             let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
             if let Ok(value) = HeaderValue::from_str(&secs.max(1).to_string()) {

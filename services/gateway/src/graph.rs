@@ -87,16 +87,9 @@ async fn with_follow_accounts(
     followers: bool,
 ) -> ApiResult<Vec<Follow>> {
     let other = move |f: &social_proto::graph::v1::Follow| {
-        if followers {
-            f.follower_id.clone()
-        } else {
-            f.followee_id.clone()
-        }
+        if followers { f.follower_id.clone() } else { f.followee_id.clone() }
     };
-    with_accounts(state, who, follows, other, |f: &mut Follow, a| {
-        f.account = a
-    })
-    .await
+    with_accounts(state, who, follows, other, |f: &mut Follow, a| f.account = a).await
 }
 
 /// Who follows a user, newest first, without the accounts that block the caller (a page
@@ -110,10 +103,7 @@ async fn followers(
     Path(id): Path<String>,
     mut list: Listing,
 ) -> ApiResult<Response> {
-    let request = ListFollowersRequest {
-        user_id: id,
-        ..list.request()
-    };
+    let request = ListFollowersRequest { user_id: id, ..list.request() };
     let r = ask!(state, who, graph.list_followers(request))?;
     let items = with_follow_accounts(&state, &who, r.follows, true).await?;
     Ok(list.answer(FollowPage::of(items, r.next_page_token)))
@@ -130,10 +120,7 @@ async fn following(
     Path(id): Path<String>,
     mut list: Listing,
 ) -> ApiResult<Response> {
-    let request = ListFollowingRequest {
-        user_id: id,
-        ..list.request()
-    };
+    let request = ListFollowingRequest { user_id: id, ..list.request() };
     let r = ask!(state, who, graph.list_following(request))?;
     let items = with_follow_accounts(&state, &who, r.follows, false).await?;
     Ok(list.answer(FollowPage::of(items, r.next_page_token)))
@@ -148,10 +135,7 @@ async fn relationship(
     SignedIn(who, me): SignedIn,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Relationship>> {
-    let request = GetRelationshipRequest {
-        user_id: me.user.to_hex(),
-        other_user_id: id,
-    };
+    let request = GetRelationshipRequest { user_id: me.user.to_hex(), other_user_id: id };
     let r = ask!(state, who, graph.get_relationship(request))?;
     Ok(Json(Relationship {
         following: r.following,
@@ -207,10 +191,8 @@ async fn blocks(
     let request: ListBlocksRequest = list.request();
     let r = ask!(state, who, graph.list_blocks(request))?;
     let blocked = |b: &social_proto::graph::v1::Block| b.blocked_id.clone();
-    let items = with_accounts(&state, &who, r.blocks, blocked, |b: &mut Block, a| {
-        b.account = a
-    })
-    .await?;
+    let items =
+        with_accounts(&state, &who, r.blocks, blocked, |b: &mut Block, a| b.account = a).await?;
     Ok(list.answer(BlockPage::of(items, r.next_page_token)))
 }
 
@@ -261,9 +243,7 @@ async fn mutes(
     let request: ListMutesRequest = list.request();
     let r = ask!(state, who, graph.list_mutes(request))?;
     let muted = |m: &social_proto::graph::v1::Mute| m.muted_id.clone();
-    let items = with_accounts(&state, &who, r.mutes, muted, |m: &mut Mute, a| {
-        m.account = a
-    })
-    .await?;
+    let items =
+        with_accounts(&state, &who, r.mutes, muted, |m: &mut Mute, a| m.account = a).await?;
     Ok(list.answer(MutePage::of(items, r.next_page_token)))
 }

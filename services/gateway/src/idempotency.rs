@@ -94,20 +94,14 @@ fn key_of(request: &Request) -> Result<Option<String>, ApiError> {
     };
     match value.to_str() {
         Ok(k) if validate::is_idempotency_key(k) => Ok(Some(k.to_owned())),
-        _ => Err(ApiError::invalid(
-            "Idempotency-Key",
-            validate::IDEMPOTENCY_KEY_RULE,
-        )),
+        _ => Err(ApiError::invalid("Idempotency-Key", validate::IDEMPOTENCY_KEY_RULE)),
     }
 }
 
 /// Whether an answer with `status` is remembered: the request ran to a verdict.
 fn remembered(status: StatusCode) -> bool {
     status.is_success()
-        || matches!(
-            status,
-            StatusCode::FORBIDDEN | StatusCode::NOT_FOUND | StatusCode::CONFLICT
-        )
+        || matches!(status, StatusCode::FORBIDDEN | StatusCode::NOT_FOUND | StatusCode::CONFLICT)
 }
 
 /// The middleware (inside the rate limits, so that a replay costs what a request does).
@@ -142,10 +136,7 @@ pub async fn remember(State(state): State<AppState>, request: Request, next: Nex
         parts.uri.path().as_bytes(),
         &body,
     ]));
-    let held = Record {
-        fingerprint: fingerprint.clone(),
-        answer: None,
-    };
+    let held = Record { fingerprint: fingerprint.clone(), answer: None };
     let held = serde_json::to_string(&held).unwrap_or_default();
     match shared.put(KIND, &name, &held, HELD_FOR, true).await {
         Ok(true) => {}
@@ -156,12 +147,8 @@ pub async fn remember(State(state): State<AppState>, request: Request, next: Nex
     // retry after an answer that was lost or unknown. Bound to the request too, so that
     // a key used again after 24 hours with another request creates anew.
     let mut who = who;
-    let for_services = shared.mac(&[
-        b"service",
-        scope.as_bytes(),
-        key.as_bytes(),
-        fingerprint.as_bytes(),
-    ]);
+    let for_services =
+        shared.mac(&[b"service", scope.as_bytes(), key.as_bytes(), fingerprint.as_bytes()]);
     who.idempotency = Some(hex::encode(for_services));
     parts.extensions.insert(who);
     // Run to the end and remembered even if the client leaves meanwhile (its retry then
@@ -205,20 +192,12 @@ async fn finish(
             Some((h.as_str().to_owned(), value.to_owned()))
         })
         .collect();
-    let sealed = Sealed {
-        headers,
-        body: BASE64.encode(&body),
-    };
+    let sealed = Sealed { headers, body: BASE64.encode(&body) };
     let status = parts.status.as_u16();
     let plain = serde_json::to_vec(&sealed).unwrap_or_default();
     let sealed = shared.seal(name, &checked(status, &fingerprint), &plain);
-    let record = Record {
-        fingerprint,
-        answer: Some(Answer {
-            status,
-            sealed: BASE64.encode(sealed),
-        }),
-    };
+    let record =
+        Record { fingerprint, answer: Some(Answer { status, sealed: BASE64.encode(sealed) }) };
     let record = serde_json::to_string(&record).unwrap_or_default();
     // Not remembered (Redis failed just now): the key frees itself; the answer goes out.
     if let Err(e) = shared.put(KIND, name, &record, REMEMBERED_FOR, false).await {
@@ -275,10 +254,8 @@ async fn replay(state: &AppState, name: &[&[u8]; 2], fingerprint: &str) -> Respo
             headers.insert(name, value);
         }
     }
-    headers.insert(
-        HeaderName::from_static("idempotent-replayed"),
-        HeaderValue::from_static("true"),
-    );
+    headers
+        .insert(HeaderName::from_static("idempotent-replayed"), HeaderValue::from_static("true"));
     response
 }
 

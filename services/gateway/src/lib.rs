@@ -59,11 +59,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let limits = Arc::new(limits::Limits::new(
-        config.rates,
-        config.aggregates,
-        config.streams,
-    ));
+    let limits = Arc::new(limits::Limits::new(config.rates, config.aggregates, config.streams));
     let gateway_token = social_kit::auth::gateway_token(&config.common)?;
     let state = AppState::new(Gateway {
         // Every call carries the gateway's credential, which vouches for the client
@@ -72,14 +68,8 @@ pub async fn run(
             users: config.user_service.clone().as_gateway(&gateway_token)?,
             posts: config.post_service.clone().as_gateway(&gateway_token)?,
             graph: config.graph_service.clone().as_gateway(&gateway_token)?,
-            engagement: config
-                .engagement_service
-                .clone()
-                .as_gateway(&gateway_token)?,
-            notifications: config
-                .notification_service
-                .clone()
-                .as_gateway(&gateway_token)?,
+            engagement: config.engagement_service.clone().as_gateway(&gateway_token)?,
+            notifications: config.notification_service.clone().as_gateway(&gateway_token)?,
         },
         limits: limits.clone(),
         shutdown: shutdown.clone(),

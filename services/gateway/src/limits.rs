@@ -49,18 +49,11 @@ impl std::str::FromStr for Rate {
         let bad = || format!("expected <requests>/<seconds>s, e.g. 300/300s, not {s:?}");
         let (n, per) = s.trim().split_once('/').ok_or_else(bad)?;
         let requests: u32 = n.trim().parse().map_err(|_| bad())?;
-        let secs: u64 = per
-            .trim()
-            .trim_end_matches('s')
-            .parse()
-            .map_err(|_| bad())?;
+        let secs: u64 = per.trim().trim_end_matches('s').parse().map_err(|_| bad())?;
         if requests == 0 || secs == 0 {
             return Err(bad());
         }
-        Ok(Self {
-            requests,
-            per: Duration::from_secs(secs),
-        })
+        Ok(Self { requests, per: Duration::from_secs(secs) })
     }
 }
 
@@ -135,10 +128,7 @@ pub struct Aggregates {
 
 impl Default for Aggregates {
     fn default() -> Self {
-        Self {
-            per_56: 4,
-            per_48: 16,
-        }
+        Self { per_56: 4, per_48: 16 }
     }
 }
 
@@ -152,10 +142,8 @@ struct AddressBuckets {
 
 impl AddressBuckets {
     fn new(rate: Rate, aggregates: Aggregates) -> Self {
-        let times = |n: u32| Rate {
-            requests: rate.requests.saturating_mul(n.max(1)),
-            per: rate.per,
-        };
+        let times =
+            |n: u32| Rate { requests: rate.requests.saturating_mul(n.max(1)), per: rate.per };
         Self {
             address: Bucket::new(rate),
             per_56: Bucket::new(times(aggregates.per_56)),
@@ -203,11 +191,7 @@ pub struct StreamCaps {
 
 impl Default for StreamCaps {
     fn default() -> Self {
-        Self {
-            per_account: 5,
-            per_address: 1000,
-            exports: 16,
-        }
+        Self { per_account: 5, per_address: 1000, exports: 16 }
     }
 }
 
@@ -277,9 +261,7 @@ pub struct ExportSlot {
 
 impl std::fmt::Debug for ExportSlot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ExportSlot")
-            .field("account", &self.account)
-            .finish()
+        f.debug_struct("ExportSlot").field("account", &self.account).finish()
     }
 }
 
@@ -315,17 +297,9 @@ impl Limits {
         if let Some(refused) = self.export_refused(&exporting, account) {
             return Err(refused);
         }
-        let permit = self
-            .exports
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| self.exports_taken())?;
+        let permit = self.exports.clone().try_acquire_owned().map_err(|_| self.exports_taken())?;
         exporting.insert(account);
-        Ok(ExportSlot {
-            limits: Arc::clone(self),
-            account,
-            _permit: permit,
-        })
+        Ok(ExportSlot { limits: Arc::clone(self), account, _permit: permit })
     }
 
     /// Why an export of `account` would be refused now, if it would: checked before the
@@ -340,9 +314,7 @@ impl Limits {
     /// The accounts with an export streaming (a panic elsewhere while it was held
     /// changes nothing of it: the set is whole between any two of its operations).
     fn exporting(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<ObjectId>> {
-        self.exporting
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.exporting.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn export_refused(
@@ -389,11 +361,7 @@ impl Limits {
         }
         *open.accounts.entry(account).or_default() += 1;
         *open.addresses.entry(address).or_default() += 1;
-        Ok(StreamSlot {
-            limits: self.clone(),
-            account,
-            address,
-        })
+        Ok(StreamSlot { limits: self.clone(), account, address })
     }
 
     /// Forgets keys that have been quiet for a while (bounded memory).
@@ -409,8 +377,7 @@ impl Limits {
     /// Charges one more request to `who`'s account (work a request does on its behalf
     /// beyond its own); whether the account's rate allowed it.
     pub fn charge_account(&self, who: &Identity) -> bool {
-        who.caller
-            .is_some_and(|caller| self.account.check(&caller.user).is_ok())
+        who.caller.is_some_and(|caller| self.account.check(&caller.user).is_ok())
     }
 
     /// The decision for one request: `(rate, Ok(remaining) | Err(wait))`. Requests that
@@ -530,12 +497,7 @@ pub async fn identify(
     let edge = &state.settings.edge;
     let ip = client_ip(peer.ip(), request.headers(), &edge.trusted_proxies);
     let refuse = |e: ApiError| {
-        let anonymous = Identity {
-            ip,
-            caller: None,
-            token: None,
-            idempotency: None,
-        };
+        let anonymous = Identity { ip, caller: None, token: None, idempotency: None };
         let (_, decision) = state.limits.check(&Method::GET, "", &anonymous);
         match decision {
             Ok(_) => e.into_response(),
@@ -577,12 +539,7 @@ pub async fn identify(
         },
         None => None,
     };
-    request.extensions_mut().insert(Identity {
-        ip,
-        caller,
-        token,
-        idempotency: None,
-    });
+    request.extensions_mut().insert(Identity { ip, caller, token, idempotency: None });
     next.run(request).await
 }
 
@@ -598,9 +555,8 @@ pub async fn limit(State(state): State<AppState>, request: Request, next: Next) 
     // An export that would be refused costs none of the account's exports an hour.
     if request.method() == Method::GET
         && path == EXPORT_ROUTE
-        && let Some(refused) = who
-            .caller
-            .and_then(|caller| state.limits.export_refusal(caller.user))
+        && let Some(refused) =
+            who.caller.and_then(|caller| state.limits.export_refusal(caller.user))
     {
         return refused.into_response();
     }
@@ -653,11 +609,7 @@ mod tests {
         let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/24".parse().unwrap()];
         let ip = |v: &str| client_ip(proxy, &forwarded(v), &trusted).to_string();
         assert_eq!(ip("1.2.3.4"), "1.2.3.4");
-        assert_eq!(
-            ip("6.6.6.6, 1.2.3.4, 10.0.0.7"),
-            "1.2.3.4",
-            "forged entries on the left"
-        );
+        assert_eq!(ip("6.6.6.6, 1.2.3.4, 10.0.0.7"), "1.2.3.4", "forged entries on the left");
         // What the proxy wrote does not parse: the last trusted hop is all we know.
         assert_eq!(ip("6.6.6.6, unknown"), "10.0.0.9");
         assert_eq!(ip("6.6.6.6, 1.2.3.4:5678, 10.0.0.7"), "10.0.0.7");
@@ -688,28 +640,16 @@ mod tests {
             token: None,
             idempotency: None,
         };
-        let ask = |ip: &str| {
-            limits
-                .check(&Method::GET, "/v1/posts/x", &who(ip))
-                .1
-                .is_ok()
-        };
+        let ask = |ip: &str| limits.check(&Method::GET, "/v1/posts/x", &who(ip)).1.is_ok();
         // One /64: its own 2.
         assert!(ask("2001:db8:1:101::1") && ask("2001:db8:1:101::2"));
         assert!(!ask("2001:db8:1:101::3"), "a /64 is one client");
         // Other /64s of that /56: 8 in all, then refused.
-        let in_56 = (2..10)
-            .filter(|i| ask(&format!("2001:db8:1:1{i:02x}::1")))
-            .count();
+        let in_56 = (2..10).filter(|i| ask(&format!("2001:db8:1:1{i:02x}::1"))).count();
         assert_eq!(in_56 + 2, 8, "a /56 gets four /64s' worth");
         // Other /56s of that /48: 32 in all.
         let accepted = (2..40)
-            .flat_map(|n| {
-                [
-                    format!("2001:db8:1:{n:02x}00::1"),
-                    format!("2001:db8:1:{n:02x}01::1"),
-                ]
-            })
+            .flat_map(|n| [format!("2001:db8:1:{n:02x}00::1"), format!("2001:db8:1:{n:02x}01::1")])
             .filter(|ip| ask(ip))
             .count();
         assert_eq!(accepted + 8, 32, "a /48 gets sixteen /64s' worth");
@@ -722,10 +662,7 @@ mod tests {
 
     /// Limits with two export places, and three accounts.
     fn two_export_places() -> (Arc<Limits>, [ObjectId; 3]) {
-        let caps = StreamCaps {
-            exports: 2,
-            ..StreamCaps::default()
-        };
+        let caps = StreamCaps { exports: 2, ..StreamCaps::default() };
         let limits = Arc::new(Limits::new(two_a_minute(), Aggregates::default(), caps));
         (limits, [ObjectId::new(), ObjectId::new(), ObjectId::new()])
     }
@@ -734,25 +671,16 @@ mod tests {
     fn exports_are_capped_at_once_until_one_ends() {
         let (limits, [a, b, c]) = two_export_places();
         let first = limits.start_export(a).expect("the first");
-        let refused = limits
-            .start_export(a)
-            .expect_err("a's second while its first streams");
+        let refused = limits.start_export(a).expect_err("a's second while its first streams");
         assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
         let _second = limits.start_export(b).expect("another account's");
-        let refused = limits
-            .start_export(c)
-            .expect_err("a third while two stream");
+        let refused = limits.start_export(c).expect_err("a third while two stream");
         assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
         drop(first);
         let _third = limits.start_export(c).expect("one ended: a place again");
-        let refused = limits
-            .start_export(a)
-            .expect_err("the places are taken again");
+        let refused = limits.start_export(a).expect_err("the places are taken again");
         assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
-        assert!(
-            !limits.exporting().contains(&a),
-            "a refused export holds nothing"
-        );
+        assert!(!limits.exporting().contains(&a), "a refused export holds nothing");
     }
 
     #[test]
@@ -774,11 +702,7 @@ mod tests {
         let limits = Arc::new(Limits::new(
             two_a_minute(),
             Aggregates::default(),
-            StreamCaps {
-                per_account: 2,
-                per_address: 3,
-                ..StreamCaps::default()
-            },
+            StreamCaps { per_account: 2, per_address: 3, ..StreamCaps::default() },
         ));
         let (alice, bob, carol) = (ObjectId::new(), ObjectId::new(), ObjectId::new());
         let home: IpAddr = "2001:db8:1:2::1".parse().unwrap();

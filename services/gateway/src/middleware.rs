@@ -27,18 +27,9 @@ pub(crate) fn around(routes: Router<AppState>, state: AppState, config: &Config)
     let request_id = HeaderName::from_static("x-request-id");
     let cors = CorsLayer::new()
         .allow_origin(AllowOrigin::list(
-            config
-                .cors_origins
-                .iter()
-                .filter_map(|o| HeaderValue::from_str(o).ok()),
+            config.cors_origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()),
         ))
-        .allow_methods([
-            Method::GET,
-            Method::POST,
-            Method::PUT,
-            Method::PATCH,
-            Method::DELETE,
-        ])
+        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE])
         .allow_headers([
             header::AUTHORIZATION,
             header::CONTENT_TYPE,
@@ -59,15 +50,9 @@ pub(crate) fn around(routes: Router<AppState>, state: AppState, config: &Config)
     routes
         .fallback(|| async { error::ApiError::new(tonic::Code::NotFound, "no such route") })
         .method_not_allowed_fallback(|| async { error::ApiError::method_not_allowed() })
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            crate::idempotency::remember,
-        ))
+        .layer(middleware::from_fn_with_state(state.clone(), crate::idempotency::remember))
         .layer(middleware::from_fn_with_state(state.clone(), limits::limit))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            limits::identify,
-        ))
+        .layer(middleware::from_fn_with_state(state.clone(), limits::identify))
         // Through the extractors, so that a body too large is answered in the error shape.
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .layer(CompressionLayer::new().compress_when(compressed()))

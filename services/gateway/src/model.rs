@@ -352,9 +352,7 @@ impl From<WireNotification> for Notification {
 }
 
 fn type_name(wire: i32) -> String {
-    NotificationType::try_from(wire)
-        .map(|t| t.as_str_name().to_owned())
-        .unwrap_or_default()
+    NotificationType::try_from(wire).map(|t| t.as_str_name().to_owned()).unwrap_or_default()
 }
 
 /// Notifications of the caller shown as one line ("alice and 12 others liked your
@@ -471,10 +469,7 @@ macro_rules! page {
         impl $name {
             /// `items`, and the token of the page after them.
             pub fn of(items: Vec<$item>, next_page_token: String) -> Self {
-                Self {
-                    items,
-                    next_page_token,
-                }
+                Self { items, next_page_token }
             }
         }
 

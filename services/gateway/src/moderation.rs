@@ -54,27 +54,15 @@ async fn report(
     let (category, comment) = (category(body.category), body.comment);
     let r = match kind {
         ReportTarget::Account => {
-            let request = ReportAccountRequest {
-                user_id: id,
-                category,
-                comment,
-            };
+            let request = ReportAccountRequest { user_id: id, category, comment };
             ask!(state, who, users.report_account(request))?
         }
         ReportTarget::Post => {
-            let request = ReportPostRequest {
-                post_id: id,
-                category,
-                comment,
-            };
+            let request = ReportPostRequest { post_id: id, category, comment };
             ask!(state, who, users.report_post(request))?
         }
         ReportTarget::Comment => {
-            let request = ReportCommentRequest {
-                comment_id: id,
-                category,
-                comment,
-            };
+            let request = ReportCommentRequest { comment_id: id, category, comment };
             ask!(state, who, users.report_comment(request))?
         }
     };
@@ -114,10 +102,7 @@ async fn resolve(
         ResolveAction::Dismiss => ReportAction::Dismiss,
         ResolveAction::Remove => ReportAction::RemoveContent,
     };
-    let request = ResolveReportRequest {
-        id,
-        action: action as i32,
-    };
+    let request = ResolveReportRequest { id, action: action as i32 };
     let r = ask!(state, who, users.resolve_report(request))?;
     Ok(Json(r.into()))
 }

@@ -74,12 +74,8 @@ pub(crate) async fn with_accounts(
     who: &Identity,
     wire: Vec<WireNotification>,
 ) -> ApiResult<Vec<Notification>> {
-    let actors = accounts(
-        &state.services,
-        who,
-        wire.iter().map(|n| n.source_user_id.clone()),
-    )
-    .await?;
+    let actors =
+        accounts(&state.services, who, wire.iter().map(|n| n.source_user_id.clone())).await?;
     Ok(attach(wire, &actors))
 }
 
@@ -90,10 +86,7 @@ pub(crate) fn attach(
     wire.into_iter()
         .map(|n| {
             let account = actors.get(&n.source_user_id).cloned();
-            Notification {
-                account,
-                ..Notification::from(n)
-            }
+            Notification { account, ..Notification::from(n) }
         })
         .collect()
 }
@@ -136,23 +129,16 @@ async fn with_samples(
     let actors = accounts(
         &state.services,
         who,
-        wire.iter()
-            .flat_map(|g| g.sample_account_ids.iter().cloned()),
+        wire.iter().flat_map(|g| g.sample_account_ids.iter().cloned()),
     )
     .await?;
     Ok(wire.into_iter().map(|g| sampled(g, &actors)).collect())
 }
 
 pub(crate) fn sampled(g: WireGroup, actors: &HashMap<String, Account>) -> NotificationGroup {
-    let sample_accounts = g
-        .sample_account_ids
-        .iter()
-        .filter_map(|id| actors.get(id).cloned())
-        .collect();
-    NotificationGroup {
-        sample_accounts,
-        ..NotificationGroup::from(g)
-    }
+    let sample_accounts =
+        g.sample_account_ids.iter().filter_map(|id| actors.get(id).cloned()).collect();
+    NotificationGroup { sample_accounts, ..NotificationGroup::from(g) }
 }
 
 /// The caller's notifications in groups, most recent activity first ("alice and 12
@@ -169,10 +155,7 @@ async fn groups(
     mut list: Listing,
     Query(q): Query<GroupFilter>,
 ) -> ApiResult<Response> {
-    let request = ListNotificationGroupsRequest {
-        unread_only: q.unread_only,
-        ..list.request()
-    };
+    let request = ListNotificationGroupsRequest { unread_only: q.unread_only, ..list.request() };
     let r = ask!(state, who, notifications.list_notification_groups(request))?;
     let items = with_samples(&state, &who, r.groups).await?;
     Ok(list.answer(NotificationGroupPage::of(items, r.next_page_token)))
@@ -186,11 +169,7 @@ async fn unread_group_count(
     State(state): State<AppState>,
     SignedIn(who, _): SignedIn,
 ) -> ApiResult<Json<Count>> {
-    let r = ask!(
-        state,
-        who,
-        notifications.get_unread_group_count(GetUnreadGroupCountRequest {})
-    )?;
+    let r = ask!(state, who, notifications.get_unread_group_count(GetUnreadGroupCountRequest {}))?;
     Ok(Json(Count { count: r.count }))
 }
 
@@ -209,9 +188,7 @@ async fn mark_group_read(
 ) -> ApiResult<Json<Updated>> {
     let request = MarkGroupReadRequest { group_key };
     let r = ask!(state, who, notifications.mark_group_read(request))?;
-    Ok(Json(Updated {
-        updated_count: r.updated_count,
-    }))
+    Ok(Json(Updated { updated_count: r.updated_count }))
 }
 
 /// How many of the caller's notifications are unread.
@@ -222,11 +199,7 @@ async fn unread_count(
     State(state): State<AppState>,
     SignedIn(who, _): SignedIn,
 ) -> ApiResult<Json<Count>> {
-    let r = ask!(
-        state,
-        who,
-        notifications.get_unread_count(GetUnreadCountRequest {})
-    )?;
+    let r = ask!(state, who, notifications.get_unread_count(GetUnreadCountRequest {}))?;
     Ok(Json(Count { count: r.count }))
 }
 
@@ -241,9 +214,7 @@ async fn mark_read(
 ) -> ApiResult<Json<Updated>> {
     let request = MarkNotificationsReadRequest { ids: body.ids };
     let r = ask!(state, who, notifications.mark_notifications_read(request))?;
-    Ok(Json(Updated {
-        updated_count: r.updated_count,
-    }))
+    Ok(Json(Updated { updated_count: r.updated_count }))
 }
 
 /// Marks all of the caller's notifications read.
@@ -255,12 +226,6 @@ async fn mark_all_read(
     SignedIn(who, _): SignedIn,
 ) -> ApiResult<Json<Updated>> {
     let request = MarkAllNotificationsReadRequest {};
-    let r = ask!(
-        state,
-        who,
-        notifications.mark_all_notifications_read(request)
-    )?;
-    Ok(Json(Updated {
-        updated_count: r.updated_count,
-    }))
+    let r = ask!(state, who, notifications.mark_all_notifications_read(request))?;
+    Ok(Json(Updated { updated_count: r.updated_count }))
 }

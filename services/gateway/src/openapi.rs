@@ -60,9 +60,7 @@ impl Modify for CommonErrors {
         let error = |description: &str, retry: bool| {
             let mut response = ResponseBuilder::new().description(description).content(
                 "application/json",
-                ContentBuilder::new()
-                    .schema(Some(Ref::from_schema_name("ErrorBody")))
-                    .build(),
+                ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build(),
             );
             if retry {
                 response = response.header(
@@ -76,33 +74,19 @@ impl Modify for CommonErrors {
             response.build()
         };
         for item in openapi.paths.paths.values_mut() {
-            for op in [
-                &mut item.get,
-                &mut item.put,
-                &mut item.post,
-                &mut item.delete,
-                &mut item.patch,
-            ]
-            .into_iter()
-            .flatten()
+            for op in
+                [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch]
+                    .into_iter()
+                    .flatten()
             {
                 let takes_input = op.parameters.as_ref().is_some_and(|p| !p.is_empty())
                     || op.request_body.is_some();
                 let mut common = vec![
-                    (
-                        "401",
-                        error("the access token is missing, invalid or expired", false),
-                    ),
-                    (
-                        "429",
-                        error("too many requests: retry after Retry-After seconds", true),
-                    ),
+                    ("401", error("the access token is missing, invalid or expired", false)),
+                    ("429", error("too many requests: retry after Retry-After seconds", true)),
                     (
                         "503",
-                        error(
-                            "a service is unavailable: retry after Retry-After seconds",
-                            true,
-                        ),
+                        error("a service is unavailable: retry after Retry-After seconds", true),
                     ),
                     (
                         "504",
@@ -119,10 +103,7 @@ impl Modify for CommonErrors {
                     ));
                 }
                 if op.request_body.is_some() {
-                    common.push((
-                        "413",
-                        error("the body is larger than any valid request", false),
-                    ));
+                    common.push(("413", error("the body is larger than any valid request", false)));
                 }
                 for (status, response) in common {
                     op.responses
@@ -168,15 +149,8 @@ impl Document {
     fn new(json: Vec<u8>) -> Self {
         use std::io::Write;
         let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-        let gzip = encoder
-            .write_all(&json)
-            .and_then(|()| encoder.finish())
-            .ok()
-            .map(Into::into);
-        Self {
-            plain: json.into(),
-            gzip,
-        }
+        let gzip = encoder.write_all(&json).and_then(|()| encoder.finish()).ok().map(Into::into);
+        Self { plain: json.into(), gzip }
     }
 
     /// The document, gzipped if `headers` accept it.
@@ -191,10 +165,7 @@ impl Document {
                 let name = parts.next().unwrap_or_default().trim();
                 // `q=0` (written with up to three decimals) refuses it.
                 let refused = parts.any(|p| {
-                    p.trim()
-                        .strip_prefix("q=")
-                        .and_then(|q| q.parse::<f32>().ok())
-                        == Some(0.0)
+                    p.trim().strip_prefix("q=").and_then(|q| q.parse::<f32>().ok()) == Some(0.0)
                 });
                 name.eq_ignore_ascii_case("gzip") && !refused
             });
@@ -202,11 +173,9 @@ impl Document {
         let json = (header::CONTENT_TYPE, "application/json");
         match &self.gzip {
             // Already encoded: the compression layer leaves it as it is.
-            Some(gzip) if gzip_accepted => (
-                [json, vary, (header::CONTENT_ENCODING, "gzip")],
-                gzip.clone(),
-            )
-                .into_response(),
+            Some(gzip) if gzip_accepted => {
+                ([json, vary, (header::CONTENT_ENCODING, "gzip")], gzip.clone()).into_response()
+            }
             _ => ([json, vary], self.plain.clone()).into_response(),
         }
     }

@@ -48,10 +48,7 @@ async fn with_authors(
         .into_iter()
         .map(|p| {
             let author = authors.get(&p.user_id).cloned();
-            Post {
-                author,
-                ..Post::from(p)
-            }
+            Post { author, ..Post::from(p) }
         })
         .collect())
 }
@@ -67,10 +64,7 @@ async fn comments_with_authors(
         .into_iter()
         .map(|c| {
             let author = authors.get(&c.user_id).cloned();
-            Comment {
-                author,
-                ..Comment::from(c)
-            }
+            Comment { author, ..Comment::from(c) }
         })
         .collect())
 }
@@ -87,11 +81,7 @@ fn body_change(
     }
     Ok((
         content.unwrap_or_default(),
-        media
-            .unwrap_or_default()
-            .into_iter()
-            .map(Media::into)
-            .collect(),
+        media.unwrap_or_default().into_iter().map(Media::into).collect(),
         FieldMask { paths },
     ))
 }
@@ -146,12 +136,7 @@ async fn change_post(
 ) -> ApiResult<Json<Post>> {
     let (content, media, mask) = body_change(change)?;
     let request = UpdatePostRequest {
-        post: Some(WirePost {
-            id,
-            content,
-            media,
-            ..Default::default()
-        }),
+        post: Some(WirePost { id, content, media, ..Default::default() }),
         update_mask: Some(mask),
     };
     let post = ask!(state, who, posts.update_post(request))?;
@@ -181,10 +166,7 @@ async fn user_posts(
     Path(id): Path<String>,
     mut list: Listing,
 ) -> ApiResult<Response> {
-    let request = ListUserPostsRequest {
-        user_id: id,
-        ..list.request()
-    };
+    let request = ListUserPostsRequest { user_id: id, ..list.request() };
     let r = ask!(state, who, posts.list_user_posts(request))?;
     let items = with_authors(&state, &who, r.posts).await?;
     Ok(list.answer(PostPage::of(items, r.next_page_token)))
@@ -244,26 +226,15 @@ async fn post_likes(
     Path(id): Path<String>,
     mut list: Listing,
 ) -> ApiResult<Response> {
-    let request = ListPostLikesRequest {
-        post_id: id,
-        ..list.request()
-    };
+    let request = ListPostLikesRequest { post_id: id, ..list.request() };
     let r = ask!(state, who, engagement.list_post_likes(request))?;
-    let likers = accounts(
-        &state.services,
-        &who,
-        r.likes.iter().map(|l| l.user_id.clone()),
-    )
-    .await?;
+    let likers = accounts(&state.services, &who, r.likes.iter().map(|l| l.user_id.clone())).await?;
     let items = r
         .likes
         .into_iter()
         .map(|l| {
             let account = likers.get(&l.user_id).cloned();
-            Like {
-                account,
-                ..Like::from(l)
-            }
+            Like { account, ..Like::from(l) }
         })
         .collect();
     Ok(list.answer(LikePage::of(items, r.next_page_token)))
@@ -279,10 +250,7 @@ async fn comments(
     Path(id): Path<String>,
     mut list: Listing,
 ) -> ApiResult<Response> {
-    let request = ListCommentsRequest {
-        post_id: id,
-        ..list.request()
-    };
+    let request = ListCommentsRequest { post_id: id, ..list.request() };
     let r = ask!(state, who, engagement.list_comments(request))?;
     let items = comments_with_authors(&state, &who, r.comments).await?;
     Ok(list.answer(CommentPage::of(items, r.next_page_token)))
@@ -344,12 +312,7 @@ async fn change_comment(
 ) -> ApiResult<Json<Comment>> {
     let (content, media, mask) = body_change(change)?;
     let request = UpdateCommentRequest {
-        comment: Some(WireComment {
-            id,
-            content,
-            media,
-            ..Default::default()
-        }),
+        comment: Some(WireComment { id, content, media, ..Default::default() }),
         update_mask: Some(mask),
     };
     let c = ask!(state, who, engagement.update_comment(request))?;

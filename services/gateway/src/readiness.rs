@@ -8,9 +8,7 @@ use crate::context::AppState;
 
 /// The probes' routes.
 pub(crate) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+    Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz))
 }
 
 /// `/healthz`: the process answers.
@@ -38,38 +36,21 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
             let checks = [
                 ("user", user_service_server::SERVICE_NAME, &s.users),
                 ("post", post_service_server::SERVICE_NAME, &s.posts),
-                (
-                    "social-graph",
-                    social_graph_service_server::SERVICE_NAME,
-                    &s.graph,
-                ),
-                (
-                    "engagement",
-                    engagement_service_server::SERVICE_NAME,
-                    &s.engagement,
-                ),
-                (
-                    "notification",
-                    notification_service_server::SERVICE_NAME,
-                    &s.notifications,
-                ),
+                ("social-graph", social_graph_service_server::SERVICE_NAME, &s.graph),
+                ("engagement", engagement_service_server::SERVICE_NAME, &s.engagement),
+                ("notification", notification_service_server::SERVICE_NAME, &s.notifications),
             ]
             .map(|(name, service, peer)| async move {
                 let mut client = HealthClient::new(peer.channel());
-                let request = HealthCheckRequest {
-                    service: service.to_owned(),
-                };
+                let request = HealthCheckRequest { service: service.to_owned() };
                 let serving = peer
                     .call(client.check(peer.request(request)))
                     .await
                     .is_ok_and(|r| r.status == 1);
                 (!serving).then_some(name)
             });
-            let down: Vec<&'static str> = futures::future::join_all(checks)
-                .await
-                .into_iter()
-                .flatten()
-                .collect();
+            let down: Vec<&'static str> =
+                futures::future::join_all(checks).await.into_iter().flatten().collect();
             *last = Some((std::time::Instant::now(), down.clone()));
             down
         }
@@ -80,8 +61,5 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     } else {
         (StatusCode::OK, "ready")
     };
-    (
-        status,
-        Json(serde_json::json!({ "status": word, "not_serving": down })),
-    )
+    (status, Json(serde_json::json!({ "status": word, "not_serving": down })))
 }

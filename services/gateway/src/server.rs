@@ -45,10 +45,7 @@ pub struct Timeouts {
 
 impl Default for Timeouts {
     fn default() -> Self {
-        Self {
-            headers: Duration::from_secs(75),
-            write_stall: Duration::from_secs(30),
-        }
+        Self { headers: Duration::from_secs(75), write_stall: Duration::from_secs(30) }
     }
 }
 
@@ -93,10 +90,7 @@ pub struct Server {
 impl Server {
     pub fn new(timeouts: Timeouts) -> Self {
         let mut builder = Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(timeouts.headers);
+        builder.http1().timer(TokioTimer::new()).header_read_timeout(timeouts.headers);
         builder
             .http2()
             .timer(TokioTimer::new())
@@ -120,9 +114,7 @@ impl Server {
         let io = TokioIo::new(Box::pin(io));
         let service =
             service.map_request(|request: axum::http::Request<Incoming>| request.map(Body::new));
-        self.builder
-            .serve_connection(io, TowerToHyperService::new(service))
-            .into_owned()
+        self.builder.serve_connection(io, TowerToHyperService::new(service)).into_owned()
     }
 
     /// Serves `app` on `listener` until `shutdown`, then waits for the open connections
@@ -193,12 +185,9 @@ mod tests {
     async fn a_connection_that_says_nothing_or_half_a_preface_in_time_is_dropped() {
         let listener = TcpListener::bind((PEER.ip(), 0)).await.unwrap();
         let addr = listener.local_addr().unwrap();
-        for (start, speaks) in [
-            (&b""[..], false),
-            (b"PRI * HTTP/2.0\r\n", false),
-            (b"G", true),
-            (H2_PREFACE, true),
-        ] {
+        for (start, speaks) in
+            [(&b""[..], false), (b"PRI * HTTP/2.0\r\n", false), (b"G", true), (H2_PREFACE, true)]
+        {
             let mut client = TcpStream::connect(addr).await.unwrap();
             client.write_all(start).await.unwrap();
             let (tcp, _) = listener.accept().await.unwrap();
@@ -211,10 +200,7 @@ mod tests {
     async fn a_client_that_never_finishes_its_headers_is_cut_off() {
         let (mut client, io) = tokio::io::duplex(64 * 1024);
         let connection = server(200, 30_000).connection(io, app().await);
-        client
-            .write_all(b"GET /big HTTP/1.1\r\nhost: x\r\n")
-            .await
-            .unwrap();
+        client.write_all(b"GET /big HTTP/1.1\r\nhost: x\r\n").await.unwrap();
         let ended = tokio::time::timeout(Duration::from_secs(5), connection).await;
         assert!(ended.is_ok(), "the connection was still open after 5 s");
     }
@@ -223,10 +209,7 @@ mod tests {
     async fn a_client_that_stops_reading_is_cut_off_and_one_that_reads_is_not() {
         let (mut client, io) = tokio::io::duplex(64 * 1024);
         let connection = server(10_000, 200).connection(io, app().await);
-        client
-            .write_all(b"GET /big HTTP/1.1\r\nhost: x\r\n\r\n")
-            .await
-            .unwrap();
+        client.write_all(b"GET /big HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
         // It never reads.
         let ended = tokio::time::timeout(Duration::from_secs(5), connection)
             .await

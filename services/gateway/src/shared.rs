@@ -41,10 +41,7 @@ pub struct Shared {
 
 fn unavailable(e: &redis::RedisError) -> ApiError {
     tracing::warn!(error = %e, "Redis failed");
-    ApiError::new(
-        Code::Unavailable,
-        "the gateway's shared store is unavailable; retry shortly",
-    )
+    ApiError::new(Code::Unavailable, "the gateway's shared store is unavailable; retry shortly")
 }
 
 impl Shared {
@@ -88,27 +85,18 @@ impl Shared {
     /// A new single-use ticket that stands for `token` for [`TICKET_TTL`]. Redis holds
     /// the token sealed under a key derived from the ticket, which it does not hold.
     pub async fn issue_ticket(&self, token: &str) -> ApiResult<String> {
-        let ticket = format!(
-            "{}{}",
-            uuid::Uuid::new_v4().simple(),
-            uuid::Uuid::new_v4().simple()
-        );
+        let ticket = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
         let sealed = BASE64.encode(self.seal(&[ticket.as_bytes()], b"ticket", token.as_bytes()));
         // 244 random bits: never taken.
-        self.put("ticket", &[ticket.as_bytes()], &sealed, TICKET_TTL, true)
-            .await?;
+        self.put("ticket", &[ticket.as_bytes()], &sealed, TICKET_TTL, true).await?;
         Ok(ticket)
     }
 
     /// The token `ticket` stands for, if it is known and unused; it is used from now on.
     pub async fn redeem_ticket(&self, ticket: &str) -> ApiResult<Option<String>> {
         let key = self.key("ticket", &[ticket.as_bytes()]);
-        let sealed: Option<String> = self
-            .redis
-            .clone()
-            .get_del(key)
-            .await
-            .map_err(|e| unavailable(&e))?;
+        let sealed: Option<String> =
+            self.redis.clone().get_del(key).await.map_err(|e| unavailable(&e))?;
         Ok(sealed
             .and_then(|s| BASE64.decode(s).ok())
             .and_then(|s| self.open(&[ticket.as_bytes()], b"ticket", &s))
@@ -125,16 +113,10 @@ impl Shared {
         ttl: Duration,
         only_new: bool,
     ) -> ApiResult<bool> {
-        let check = if only_new {
-            ExistenceCheck::NX
-        } else {
-            ExistenceCheck::XX
-        };
+        let check = if only_new { ExistenceCheck::NX } else { ExistenceCheck::XX };
         let options = SetOptions::default()
             .conditional_set(check)
-            .with_expiration(SetExpiry::PX(
-                ttl.as_millis().try_into().unwrap_or(u64::MAX),
-            ));
+            .with_expiration(SetExpiry::PX(ttl.as_millis().try_into().unwrap_or(u64::MAX)));
         let set: Option<String> = self
             .redis
             .clone()
@@ -146,21 +128,13 @@ impl Shared {
 
     /// The value at the key of `kind` named by `parts`.
     pub async fn get(&self, kind: &str, parts: &[&[u8]]) -> ApiResult<Option<String>> {
-        self.redis
-            .clone()
-            .get(self.key(kind, parts))
-            .await
-            .map_err(|e| unavailable(&e))
+        self.redis.clone().get(self.key(kind, parts)).await.map_err(|e| unavailable(&e))
     }
 
     /// Forgets the key of `kind` named by `parts`.
     pub async fn forget(&self, kind: &str, parts: &[&[u8]]) -> ApiResult<()> {
-        let _: i64 = self
-            .redis
-            .clone()
-            .del(self.key(kind, parts))
-            .await
-            .map_err(|e| unavailable(&e))?;
+        let _: i64 =
+            self.redis.clone().del(self.key(kind, parts)).await.map_err(|e| unavailable(&e))?;
         Ok(())
     }
 
@@ -202,10 +176,8 @@ impl Shared {
         let (nonce, sealed) = sealed.split_at_checked(aead::NONCE_LEN)?;
         let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
         let mut buffer = sealed.to_vec();
-        let plain = self
-            .sealing_key(parts)
-            .open_in_place(nonce, Aad::from(aad), &mut buffer)
-            .ok()?;
+        let plain =
+            self.sealing_key(parts).open_in_place(nonce, Aad::from(aad), &mut buffer).ok()?;
         Some(plain.to_vec())
     }
 }

@@ -63,9 +63,7 @@ use crate::{
 };
 
 pub fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(stream))
-        .routes(routes!(stream_ticket))
+    OpenApiRouter::new().routes(routes!(stream)).routes(routes!(stream_ticket))
 }
 
 /// The path browsers open the stream at with a ticket.
@@ -99,10 +97,7 @@ async fn stream_ticket(
     // A caller has its token (identified by it).
     let token = who.token.as_deref().unwrap_or_default();
     let ticket = state.shared.issue_ticket(token).await?;
-    let body = Ticket {
-        ticket,
-        expires_in: crate::shared::TICKET_TTL.as_secs(),
-    };
+    let body = Ticket { ticket, expires_in: crate::shared::TICKET_TTL.as_secs() };
     Ok((axum::http::StatusCode::CREATED, Json(body)).into_response())
 }
 
@@ -170,11 +165,7 @@ struct Remembered {
 
 impl Remembered {
     fn new(cap: usize) -> Self {
-        Self {
-            order: VecDeque::new(),
-            told: HashMap::new(),
-            cap: cap.max(1),
-        }
+        Self { order: VecDeque::new(), told: HashMap::new(), cap: cap.max(1) }
     }
 
     /// Whether to tell the client of notification `id` at `version` (`removed`: its
@@ -268,10 +259,8 @@ impl<A: Actors> Forwarding<'_, A> {
 
     /// The accounts of `ids` not known yet, looked up (a failed look-up leaves them out).
     async fn learn(&mut self, ids: impl IntoIterator<Item = String>) {
-        let unknown: Vec<String> = ids
-            .into_iter()
-            .filter(|id| !self.accounts.contains_key(id))
-            .collect();
+        let unknown: Vec<String> =
+            ids.into_iter().filter(|id| !self.accounts.contains_key(id)).collect();
         if unknown.is_empty() {
             return;
         }
@@ -286,9 +275,7 @@ impl<A: Actors> Forwarding<'_, A> {
     async fn live(&mut self, mut n: WireNotification) -> Result<(), Ended> {
         if let Some(group) = n.group.take() {
             self.learn(group.sample_account_ids.iter().cloned()).await;
-            if let Ok(e) = Event::default()
-                .event("group")
-                .json_data(sampled(group, &self.accounts))
+            if let Ok(e) = Event::default().event("group").json_data(sampled(group, &self.accounts))
             {
                 self.send(e)?;
             }
@@ -373,12 +360,7 @@ where
         None => {
             let now_ms = bson::DateTime::now().timestamp_millis();
             f.sent.newest_ms = now_ms;
-            f.send(
-                Event::default()
-                    .event("resync")
-                    .id(format!("resync.{now_ms}."))
-                    .data("{}"),
-            )
+            f.send(Event::default().event("resync").id(format!("resync.{now_ms}.")).data("{}"))
         }
     };
     if let Err(ended) = caught_up {
@@ -455,8 +437,7 @@ impl Sent {
     fn record(&mut self, id: &str, created_ms: i64) -> String {
         self.newest_ms = self.newest_ms.max(created_ms);
         let floor = self.newest_ms - RESUME_WINDOW_MS;
-        self.recent
-            .retain(|(other, ms)| *ms >= floor && other != id);
+        self.recent.retain(|(other, ms)| *ms >= floor && other != id);
         self.recent.push((id.to_owned(), created_ms));
         if self.recent.len() > RESUME_IDS {
             let excess = self.recent.len() - RESUME_IDS;
@@ -473,9 +454,7 @@ impl Sent {
 }
 
 fn created_ms(n: &WireNotification) -> i64 {
-    n.created_at
-        .as_ref()
-        .map_or(0, |t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
+    n.created_at.as_ref().map_or(0, |t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
 }
 
 /// One SSE event for a notification (or its removal).
@@ -489,11 +468,7 @@ fn event(sent: &mut Sent, n: Notification, removed: bool) -> Option<Event> {
         .map(|t| t.timestamp_millis())
         .unwrap_or_default();
     let id = sent.record(&n.id, ms);
-    Event::default()
-        .event("notification")
-        .id(id)
-        .json_data(&n)
-        .ok()
+    Event::default().event("notification").id(id).json_data(&n).ok()
 }
 
 /// Options of the live stream.
@@ -544,22 +519,14 @@ async fn stream(
     let slot = state.limits.open_stream(caller.user, who.ip)?;
     let peer = state.services.notifications.clone();
     // The live feed first, so that nothing falls between it and the pages.
-    let request = who.request(
-        &peer,
-        StreamNotificationsRequest {
-            include_groups: q.groups,
-        },
-    );
+    let request = who.request(&peer, StreamNotificationsRequest { include_groups: q.groups });
     // A stream outlives an RPC's deadline; it ends with its token.
     let mut notifications = crate::context::clients::notifications(&peer);
-    let live = open_stream(
-        &peer,
-        "opening the stream",
-        request,
-        Duration::from_secs(24 * 3600),
-        |r| notifications.stream_notifications(r),
-    )
-    .await?;
+    let live =
+        open_stream(&peer, "opening the stream", request, Duration::from_secs(24 * 3600), |r| {
+            notifications.stream_notifications(r)
+        })
+        .await?;
     let now_ms = bson::DateTime::now().timestamp_millis();
     // A resume point that cannot be read says the client had something: it resyncs.
     let last = match headers.get("last-event-id") {
@@ -633,9 +600,10 @@ async fn missed_since(
         let page = ask!(state, who, notifications.list_notifications(request))?;
         // Something was removed after the client's point: it may still show it, and
         // removals are not paged: it reloads.
-        let removed_ms = page.last_removal_at.as_ref().map_or(0, |t| {
-            t.seconds.saturating_mul(1000) + i64::from(t.nanos) / 1_000_000
-        });
+        let removed_ms = page
+            .last_removal_at
+            .as_ref()
+            .map_or(0, |t| t.seconds.saturating_mul(1000) + i64::from(t.nanos) / 1_000_000);
         if removed_ms > point.newest_ms {
             return Ok(None);
         }
@@ -796,9 +764,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_catch_up_longer_than_the_live_buffer_is_sent_whole() {
-        let missed: Vec<Notification> = (0..RESUME_MAX)
-            .map(|i| Notification::from(wire(i, 1)))
-            .collect();
+        let missed: Vec<Notification> =
+            (0..RESUME_MAX).map(|i| Notification::from(wire(i, 1))).collect();
         let (tx, mut rx) = mpsc::channel(room(Some(&missed)));
         let taken = Arc::new(AtomicUsize::new(0));
         let forwarding = forward(
@@ -814,10 +781,7 @@ mod tests {
         assert!(still.is_err(), "still forwarding: {still:?}");
         assert_eq!(rx.len(), RESUME_MAX + LIVE_BUFFER);
         let first = rx.recv().await.unwrap();
-        assert!(
-            format!("{first:?}").contains("n0."),
-            "oldest first: {first:?}"
-        );
+        assert!(format!("{first:?}").contains("n0."), "oldest first: {first:?}");
     }
 
     /// A connection's forwarding into `tx`, before anything was sent.
@@ -871,30 +835,16 @@ mod tests {
         f.live(like.clone()).await.unwrap();
         f.live(removal(&like, 20)).await.unwrap();
         f.live(other.clone()).await.unwrap();
-        let told: Vec<String> = std::iter::from_fn(|| rx.try_recv().ok())
-            .map(|e| format!("{e:?}"))
-            .collect();
-        assert_eq!(
-            told.len(),
-            2,
-            "the stale push or a repeated removal was sent: {told:#?}"
-        );
-        assert!(
-            told[0].contains("removed") && told[0].contains("\\\"n1\\\""),
-            "{told:#?}"
-        );
-        assert!(
-            told[1].contains("notification") && told[1].contains("n2"),
-            "{told:#?}"
-        );
+        let told: Vec<String> =
+            std::iter::from_fn(|| rx.try_recv().ok()).map(|e| format!("{e:?}")).collect();
+        assert_eq!(told.len(), 2, "the stale push or a repeated removal was sent: {told:#?}");
+        assert!(told[0].contains("removed") && told[0].contains("\\\"n1\\\""), "{told:#?}");
+        assert!(told[1].contains("notification") && told[1].contains("n2"), "{told:#?}");
 
         // The removal of one the client has goes out, also inside `removals`; a stale
         // removal (older than the notification it has) does not.
         f.live(removal(&other, 12)).await.unwrap();
-        assert!(
-            rx.try_recv().is_err(),
-            "a removal older than what the client has"
-        );
+        assert!(rx.try_recv().is_err(), "a removal older than what the client has");
         let many = WireNotification {
             removals: vec![removal(&other, 14), removal(&like, 20)],
             ..Default::default()

@@ -35,11 +35,7 @@ pub struct Api {
 
 impl Api {
     pub fn new(store: Store, hub: Hub, revocations: social_kit::auth::Revocations) -> Self {
-        Self {
-            store,
-            hub,
-            revocations,
-        }
+        Self { store, hub, revocations }
     }
 }
 
@@ -143,15 +139,8 @@ impl NotificationService for Api {
         let me = caller(&request)?;
         let r = request.get_ref();
         let mut v = Violations::default();
-        let filter = ListFilter {
-            unread_only: r.unread_only,
-            types: types(&r.types, &mut v),
-        };
-        let query = format!(
-            "notifications:{me}:{}:{}",
-            r.unread_only,
-            filter.types.join(",")
-        );
+        let filter = ListFilter { unread_only: r.unread_only, types: types(&r.types, &mut v) };
+        let query = format!("notifications:{me}:{}:{}", r.unread_only, filter.types.join(","));
         let page = PageRequest::parse(r, query, &mut v);
         v.finish()?;
         let last_removal_at = if r.page_token.is_empty() {
@@ -191,9 +180,7 @@ impl NotificationService for Api {
             self.store.groups.reading(&n).await?;
         }
         let updated_count = self.store.mark_read(me, Which::Ids(&ids)).await?;
-        Ok(Response::new(MarkNotificationsReadResponse {
-            updated_count,
-        }))
+        Ok(Response::new(MarkNotificationsReadResponse { updated_count }))
     }
 
     async fn mark_all_notifications_read(
@@ -207,9 +194,7 @@ impl NotificationService for Api {
         let updated_count = self.store.mark_read(me, Which::UpTo(up_to)).await?;
         let updated_count =
             updated_count.saturating_add(self.store.groups.mark_all_read(me).await?);
-        Ok(Response::new(MarkNotificationsReadResponse {
-            updated_count,
-        }))
+        Ok(Response::new(MarkNotificationsReadResponse { updated_count }))
     }
 
     type StreamNotificationsStream = BoxStream<'static, Result<Notification, Status>>;
@@ -223,10 +208,8 @@ impl NotificationService for Api {
         // session (a logout, a password change, a revocation: within a second of the
         // end reaching this replica): then the client is told so, and reopens it with a
         // fresh token (resuming as docs/events.md says).
-        let left = session
-            .expires_at
-            .duration_since(std::time::SystemTime::now())
-            .unwrap_or_default();
+        let left =
+            session.expires_at.duration_since(std::time::SystemTime::now()).unwrap_or_default();
         let deadline = tokio::time::Instant::now() + left;
         let groups = request.get_ref().include_groups;
         let (why_tx, why_rx) = tokio::sync::oneshot::channel();
@@ -245,10 +228,7 @@ impl NotificationService for Api {
         let live = self.hub.subscribe(session.user, groups)?.take_until(end);
         // Told why, when it was cut (nothing when the stream ended otherwise).
         let cut = futures::stream::once(async move {
-            why_rx
-                .await
-                .ok()
-                .map(|why| Err(Status::unauthenticated(why)))
+            why_rx.await.ok().map(|why| Err(Status::unauthenticated(why)))
         })
         .filter_map(futures::future::ready);
         Ok(Response::new(Box::pin(live.chain(cut))))
@@ -266,10 +246,7 @@ impl NotificationService for Api {
         v.finish()?;
         let groups = self.store.groups.list(me, r.unread_only, &page).await?;
         let (groups, next_page_token) = page.finish_into(groups, |g| g.sort_key);
-        Ok(Response::new(ListNotificationGroupsResponse {
-            groups,
-            next_page_token,
-        }))
+        Ok(Response::new(ListNotificationGroupsResponse { groups, next_page_token }))
     }
 
     async fn get_unread_group_count(
@@ -301,8 +278,6 @@ impl NotificationService for Api {
             .mark_read(me, key)
             .await?
             .ok_or_else(|| social_kit::Error::NotFound("notification group"))?;
-        Ok(Response::new(MarkNotificationsReadResponse {
-            updated_count,
-        }))
+        Ok(Response::new(MarkNotificationsReadResponse { updated_count }))
     }
 }

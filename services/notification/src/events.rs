@@ -88,18 +88,15 @@ struct Stored {
 /// unfollow, an unlike), if it is one.
 fn taken_back(envelope: &Envelope) -> Option<(&str, String)> {
     Some(match &envelope.payload {
-        Some(Payload::UserUnfollowed(e)) => (
-            e.followee_id.as_str(),
-            format!("follow:{}:{}", e.follower_id, e.followee_id),
-        ),
-        Some(Payload::PostUnliked(e)) => (
-            e.post_author_id.as_str(),
-            format!("post_like:{}:{}", e.user_id, e.post_id),
-        ),
-        Some(Payload::CommentUnliked(e)) => (
-            e.comment_author_id.as_str(),
-            format!("comment_like:{}:{}", e.user_id, e.comment_id),
-        ),
+        Some(Payload::UserUnfollowed(e)) => {
+            (e.followee_id.as_str(), format!("follow:{}:{}", e.follower_id, e.followee_id))
+        }
+        Some(Payload::PostUnliked(e)) => {
+            (e.post_author_id.as_str(), format!("post_like:{}:{}", e.user_id, e.post_id))
+        }
+        Some(Payload::CommentUnliked(e)) => {
+            (e.comment_author_id.as_str(), format!("comment_like:{}:{}", e.user_id, e.comment_id))
+        }
         _ => return None,
     })
 }
@@ -111,10 +108,7 @@ fn oid(s: &str) -> anyhow::Result<ObjectId> {
 impl Fanout {
     /// The consumer's handler.
     pub fn handler(self) -> Handler {
-        consumer::handler(
-            self,
-            |this, envelope| async move { this.handle(envelope).await },
-        )
+        consumer::handler(self, |this, envelope| async move { this.handle(envelope).await })
     }
 
     /// One event: a like or follow taken back, a deletion, or something that notifies
@@ -149,11 +143,7 @@ impl Fanout {
             }
         ));
         let posts = batch.stored.iter().filter_map(|n| n.post_id);
-        injected_delay(
-            "notification::delay_broadcast",
-            posts.map(|p| p.to_hex()).collect(),
-        )
-        .await;
+        injected_delay("notification::delay_broadcast", posts.map(|p| p.to_hex()).collect()).await;
         self.group_and_push(batch).await
     }
 
@@ -169,14 +159,9 @@ impl Fanout {
             }
             Some(Payload::CommentDeleted(e)) => {
                 let comment = oid(&e.comment_id)?;
-                self.store
-                    .mark_removed(removed_key("comment", comment))
-                    .await?;
+                self.store.mark_removed(removed_key("comment", comment)).await?;
                 self.remove_about("comment_id", comment).await?;
-                self.store
-                    .groups
-                    .delete_where("comment_id", comment)
-                    .await?;
+                self.store.groups.delete_where("comment_id", comment).await?;
             }
             Some(Payload::UserDeleted(e)) => {
                 self.remove_user(removed_users::deleted_user(e)?).await?;
@@ -330,10 +315,7 @@ impl Fanout {
                 // (again: once) and pushed if it never was, in case the one that stored
                 // it failed before it counted or pushed it.
                 if earlier.event_ms >= event_ms
-                    || self
-                        .store
-                        .take_over(&earlier, &envelope.event_id, event_ms)
-                        .await?
+                    || self.store.take_over(&earlier, &envelope.event_id, event_ms).await?
                 {
                     stored.push(earlier);
                     break;
@@ -369,10 +351,7 @@ impl Fanout {
             let (dropped, kept): (Vec<_>, Vec<_>) = stored
                 .into_iter()
                 .partition(|n| gone.contains(&actor) || gone.contains(&n.user_id));
-            let keys: Vec<_> = dropped
-                .into_iter()
-                .map(|n| (n.user_id, n.dedupe_key))
-                .collect();
+            let keys: Vec<_> = dropped.into_iter().map(|n| (n.user_id, n.dedupe_key)).collect();
             self.store.delete_by_keys(&keys).await?;
             stored = kept;
         }
@@ -383,49 +362,29 @@ impl Fanout {
         let mut blocked = self.store.blocks.among(actor, &recipients).await?;
         blocked.extend(self.store.mutes.silencing(actor, &recipients).await?);
         if !blocked.is_empty() {
-            let (dropped, kept): (Vec<_>, Vec<_>) = stored
-                .into_iter()
-                .partition(|n| blocked.contains(&n.user_id));
-            let keys: Vec<_> = dropped
-                .into_iter()
-                .map(|n| (n.user_id, n.dedupe_key))
-                .collect();
+            let (dropped, kept): (Vec<_>, Vec<_>) =
+                stored.into_iter().partition(|n| blocked.contains(&n.user_id));
+            let keys: Vec<_> = dropped.into_iter().map(|n| (n.user_id, n.dedupe_key)).collect();
             self.store.delete_by_keys(&keys).await?;
             stored = kept;
         }
-        Ok(Some(Stored {
-            stored,
-            keys,
-            about,
-        }))
+        Ok(Some(Stored { stored, keys, about }))
     }
 
     /// Counts what was stored into its groups and pushes it, with the groups, to every
     /// replica's streams.
     async fn group_and_push(&self, batch: Stored) -> anyhow::Result<()> {
-        let Stored {
-            stored,
-            keys,
-            about,
-        } = batch;
+        let Stored { stored, keys, about } = batch;
         let mut pushed = Vec::with_capacity(stored.len());
         let mut groups = Vec::new();
         let recipients: Vec<ObjectId> = stored.iter().map(|n| n.user_id).collect();
         for doc in stored {
             // Pushed already (this is a redelivery, or a later like or follow of the
             // same thing): counted, never pushed or moved again.
-            let doc = if doc.unpushed {
-                self.fresh(doc).await?
-            } else {
-                doc
-            };
+            let doc = if doc.unpushed { self.fresh(doc).await? } else { doc };
             // Taken back by an unlike that looked for it before it was stored (the undo
             // is recorded before it looks, so one of the two sees the other).
-            if self
-                .store
-                .undone_after(&doc.dedupe_key, doc.event_ms)
-                .await?
-            {
+            if self.store.undone_after(&doc.dedupe_key, doc.event_ms).await? {
                 self.store.delete_if_older(doc.id, doc.event_ms + 1).await?;
             }
             let (group, exists) = self.store.groups.added(&doc).await?;
@@ -451,10 +410,8 @@ impl Fanout {
             }
             return Ok(self.store.delete_by_keys(&keys).await?);
         }
-        let ids: Vec<ObjectId> = pushed
-            .iter()
-            .filter_map(|n| ObjectId::parse_str(&n.id).ok())
-            .collect();
+        let ids: Vec<ObjectId> =
+            pushed.iter().filter_map(|n| ObjectId::parse_str(&n.id).ok()).collect();
         let posts = pushed.iter().filter_map(|n| n.post_id.clone()).collect();
         injected_delay("notification::delay_publish", posts).await;
         self.push_batch(&LiveBatch {
@@ -497,10 +454,7 @@ impl Fanout {
     /// Pushes one stray notification (see [`Self::sweep`]).
     async fn sweep_one(&self, doc: NotificationDoc) -> anyhow::Result<()> {
         let about = tombstones(doc.post_id, doc.comment_id).collect();
-        let (actor, keys) = (
-            doc.source_user_id,
-            vec![(doc.user_id, doc.dedupe_key.clone())],
-        );
+        let (actor, keys) = (doc.source_user_id, vec![(doc.user_id, doc.dedupe_key.clone())]);
         match self.still_wanted(actor, vec![doc], keys, about).await? {
             Some(batch) => self.group_and_push(batch).await,
             None => Ok(()),
@@ -556,12 +510,8 @@ impl Fanout {
         if notifications.is_empty() {
             return Ok(());
         }
-        self.push_batch(&LiveBatch {
-            notifications,
-            ended_users: Vec::new(),
-            groups: Vec::new(),
-        })
-        .await
+        self.push_batch(&LiveBatch { notifications, ended_users: Vec::new(), groups: Vec::new() })
+            .await
     }
 
     /// Sends `batch` to every replica's streams. Its removals are recorded first, per
@@ -582,14 +532,11 @@ impl Fanout {
 
     /// Sends `batch` to every replica's streams, its removals recorded already.
     async fn publish(&self, batch: &LiveBatch) -> anyhow::Result<()> {
-        self.broadcaster
-            .publish(STORED, &batch.encode_to_vec())
-            .await
-            .map_err(|e| {
-                anyhow::Error::new(social_kit::Error::Unavailable(format!(
-                    "could not push notifications to the live streams: {e:#}"
-                )))
-            })
+        self.broadcaster.publish(STORED, &batch.encode_to_vec()).await.map_err(|e| {
+            anyhow::Error::new(social_kit::Error::Unavailable(format!(
+                "could not push notifications to the live streams: {e:#}"
+            )))
+        })
     }
 
     /// Removes everything of a deleted account: its open streams end, and the
@@ -651,10 +598,7 @@ impl Fanout {
                     touched.extend(self.store.groups.removing(&n.into()).await?);
                 }
             }
-            let removed = batch
-                .iter()
-                .map(|n| removal(&n.into(), LAST_WORD))
-                .collect();
+            let removed = batch.iter().map(|n| removal(&n.into(), LAST_WORD)).collect();
             self.broadcast(removed).await?;
             if field == "post_id" || field == "comment_id" {
                 // Their groups go whole (below): a grouped view drops them now.
@@ -694,11 +638,9 @@ impl Fanout {
             return Ok(Vec::new());
         }
         let request = BatchGetUsersByUsernameRequest { usernames: names };
-        let found = social_kit::call!(
-            self.users,
-            UserServiceClient.batch_get_users_by_username(request)
-        )
-        .map_err(|s| self.users.error(s))?;
+        let found =
+            social_kit::call!(self.users, UserServiceClient.batch_get_users_by_username(request))
+                .map_err(|s| self.users.error(s))?;
         found.users.iter().map(|u| oid(&u.id)).collect()
     }
 }
@@ -706,8 +648,7 @@ impl Fanout {
 /// The tombstone keys of the post and comment a notification is about, if any.
 fn tombstones(post: Option<ObjectId>, comment: Option<ObjectId>) -> impl Iterator<Item = String> {
     let post = post.map(|p| removed_key("post", p));
-    post.into_iter()
-        .chain(comment.map(|c| removed_key("comment", c)))
+    post.into_iter().chain(comment.map(|c| removed_key("comment", c)))
 }
 
 /// What a stream is told when notification `m` is removed, with the removal's

@@ -126,11 +126,7 @@ impl From<&NotificationDoc> for Member {
             group_key: n.group_key.clone(),
             // Stored before count keys existed: its sort key was never refreshed since
             // it was counted (groups came with count keys), so it is the same.
-            sort_key: if n.count_key != 0 {
-                n.count_key
-            } else {
-                n.sort_key
-            },
+            sort_key: if n.count_key != 0 { n.count_key } else { n.sort_key },
             stage: n.group_stage.unwrap_or_else(|| {
                 // Stored before stages: counted in by its storer within moments, and,
                 // if read, counted out of `unread` by its reader. Past the counters'
@@ -331,10 +327,7 @@ impl Groups {
     /// Records that `m` passed `stage` (on the notification, if it still exists).
     async fn passed(&self, m: &mut Member, stage: i64) -> Result<()> {
         self.notifications
-            .update_one(
-                doc! { "_id": m.id },
-                doc! { "$max": { "group_stage": stage } },
-            )
+            .update_one(doc! { "_id": m.id }, doc! { "$max": { "group_stage": stage } })
             .await?;
         m.stage = m.stage.max(stage);
         Ok(())
@@ -353,10 +346,7 @@ impl Groups {
         also: Document,
     ) -> Result<bool> {
         let key = format!("{prefix}:{}", m.id);
-        Ok(self
-            .counters
-            .apply(group, field, delta, &key, t, condition, also)
-            .await?)
+        Ok(self.counters.apply(group, field, delta, &key, t, condition, also).await?)
     }
 
     /// Counts `m` in (once): in `count`, and in `unread` unless its group was read past
@@ -365,22 +355,12 @@ impl Groups {
         if m.stage >= Stage::COUNTED {
             return Ok(false);
         }
-        self.bump(
-            group,
-            m,
-            t,
-            ("count", 1, "add"),
-            Document::new(),
-            Document::new(),
-        )
-        .await?;
+        self.bump(group, m, t, ("count", 1, "add"), Document::new(), Document::new()).await?;
         let (unread_before, counted) = (
             doc! { "read_key": { "$lt": m.sort_key } },
             doc! { "$max": { "counted_key": m.sort_key } },
         );
-        let unread = self
-            .bump(group, m, t, ("unread", 1, "u+"), unread_before, counted)
-            .await?;
+        let unread = self.bump(group, m, t, ("unread", 1, "u+"), unread_before, counted).await?;
         self.passed(m, Stage::COUNTED).await?;
         Ok(unread)
     }
@@ -396,15 +376,7 @@ impl Groups {
         if m.stage >= Stage::GONE {
             return Ok(());
         }
-        self.bump(
-            group,
-            m,
-            t,
-            ("count", -1, "rm"),
-            Document::new(),
-            Document::new(),
-        )
-        .await?;
+        self.bump(group, m, t, ("count", -1, "rm"), Document::new(), Document::new()).await?;
         self.passed(m, Stage::GONE).await
     }
 
@@ -486,9 +458,7 @@ impl Groups {
                 return self.by_id(id).await;
             }
         }
-        Err(social_kit::Error::Unavailable(
-            "a notification group kept changing; retry".into(),
-        ))
+        Err(social_kit::Error::Unavailable("a notification group kept changing; retry".into()))
     }
 
     /// Marks group `key` of `user` read: `unread` is 0 and every notification stored in
@@ -563,9 +533,8 @@ impl Groups {
             // Past every notification counted unread (`counted_key`, kept in the same
             // writes as the counts, which this write is conditional on), even one from a
             // replica whose clock is ahead of ours, or one deleted since.
-            let up_to = social_kit::paging::fresh_sort_key()
-                .max(group.counted_key)
-                .max(group.read_key);
+            let up_to =
+                social_kit::paging::fresh_sort_key().max(group.counted_key).max(group.read_key);
             let written = self
                 .groups
                 .update_one(
@@ -582,9 +551,7 @@ impl Groups {
                 return Ok(up_to);
             }
         }
-        Err(social_kit::Error::Unavailable(
-            "a notification group kept changing; retry".into(),
-        ))
+        Err(social_kit::Error::Unavailable("a notification group kept changing; retry".into()))
     }
 
     /// A page of `user`'s groups, most recent activity first (emptied groups are left
@@ -618,9 +585,7 @@ impl Groups {
     /// Deletes the groups about a deleted post or comment (`field` is `post_id` or
     /// `comment_id`), or every group of a deleted recipient (`user_id`).
     pub async fn delete_where(&self, field: &str, id: ObjectId) -> Result<()> {
-        self.groups
-            .delete_many(doc! { field: mongo::equals_id(id) })
-            .await?;
+        self.groups.delete_many(doc! { field: mongo::equals_id(id) }).await?;
         Ok(())
     }
 }
@@ -650,16 +615,10 @@ mod tests {
         let one = |kind, dedupe| group_key(kind, Some(post), Some(comment), dedupe, 5, DAY);
         assert_eq!(one("COMMENT", "comment:a"), "single:comment:a");
         assert_ne!(one("MENTION", "mention:a"), one("MENTION", "mention:b"));
-        assert_eq!(
-            one("COMMENT_LIKE", "x"),
-            format!("COMMENT_LIKE:{comment}:0")
-        );
+        assert_eq!(one("COMMENT_LIKE", "x"), format!("COMMENT_LIKE:{comment}:0"));
         assert_eq!(one("FOLLOW", "follow:a"), one("FOLLOW", "follow:b"));
         // A like event without its post (malformed) is not merged with anything.
-        assert_eq!(
-            group_key("POST_LIKE", None, None, "like:z", 5, DAY),
-            "single:like:z"
-        );
+        assert_eq!(group_key("POST_LIKE", None, None, "like:z", 5, DAY), "single:like:z");
         // A zero window (misconfigured) does not divide by zero.
         assert_eq!(group_key("FOLLOW", None, None, "f", 5, 0), "FOLLOW:5");
     }

@@ -104,12 +104,7 @@ impl Hub {
     /// A hub whose streams buffer `buffer` notifications and end at `shutdown`. It
     /// accepts streams once [`Hub::set_live`] says the broadcasts are heard.
     pub fn new(buffer: usize, shutdown: CancellationToken) -> Self {
-        Self {
-            state: Arc::default(),
-            next_id: Arc::default(),
-            buffer: buffer.max(1),
-            shutdown,
-        }
+        Self { state: Arc::default(), next_id: Arc::default(), buffer: buffer.max(1), shutdown }
     }
 
     /// Whether this replica hears the broadcasts. When it stops hearing them, every open
@@ -146,10 +141,7 @@ impl Hub {
         let ended = Arc::new(AtomicU8::new(OPEN));
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         {
-            let mut state = self
-                .state
-                .lock()
-                .map_err(|_| Status::internal("internal error"))?;
+            let mut state = self.state.lock().map_err(|_| Status::internal("internal error"))?;
             if !state.live {
                 return Err(Status::unavailable(
                     "this replica is not receiving live notifications right now; retry shortly",
@@ -197,11 +189,7 @@ impl Hub {
             },
         );
         social_kit::metrics::streams_open(1);
-        let leave = Leave {
-            hub: self.clone(),
-            user,
-            id,
-        };
+        let leave = Leave { hub: self.clone(), user, id };
         Ok(notifications
             .chain(tail)
             // The guard lives as long as the stream.
@@ -282,10 +270,7 @@ impl Hub {
     /// How many streams are open.
     #[cfg(test)]
     pub fn open_streams(&self) -> usize {
-        self.state
-            .lock()
-            .map(|s| s.listeners.values().map(Vec::len).sum())
-            .unwrap_or(0)
+        self.state.lock().map(|s| s.listeners.values().map(Vec::len).sum()).unwrap_or(0)
     }
 }
 
@@ -315,11 +300,7 @@ pub fn by_recipient(notifications: Vec<Notification>) -> Vec<(ObjectId, Notifica
         }
         pushes.push((
             user,
-            Notification {
-                user_id: user.to_hex(),
-                removals: removed,
-                ..Default::default()
-            },
+            Notification { user_id: user.to_hex(), removals: removed, ..Default::default() },
         ));
     }
     pushes
@@ -330,10 +311,7 @@ mod tests {
     use super::*;
 
     fn note(i: usize) -> Notification {
-        Notification {
-            id: i.to_string(),
-            ..Default::default()
-        }
+        Notification { id: i.to_string(), ..Default::default() }
     }
 
     fn live_hub(buffer: usize, shutdown: CancellationToken) -> Hub {
@@ -355,10 +333,7 @@ mod tests {
         let got: Vec<_> = slow.collect().await;
         assert_eq!(got.len(), 3, "two buffered, then the error");
         assert!(got[0].is_ok() && got[1].is_ok());
-        assert_eq!(
-            got[2].as_ref().unwrap_err().code(),
-            tonic::Code::ResourceExhausted
-        );
+        assert_eq!(got[2].as_ref().unwrap_err().code(), tonic::Code::ResourceExhausted);
         assert_eq!(hub.open_streams(), 1);
         drop(fast);
         assert_eq!(hub.open_streams(), 0, "a dropped stream leaves the hub");
@@ -375,16 +350,9 @@ mod tests {
         };
         let mut batch: Vec<_> = (0..500).map(|i| removal(alice, i)).collect();
         batch.push(removal(bob, 500));
-        batch.push(Notification {
-            user_id: bob.to_hex(),
-            ..note(501)
-        });
+        batch.push(Notification { user_id: bob.to_hex(), ..note(501) });
         let pushes = by_recipient(batch);
-        assert_eq!(
-            pushes.len(),
-            3,
-            "alice's 500 in one, bob's one, bob's new one"
-        );
+        assert_eq!(pushes.len(), 3, "alice's 500 in one, bob's one, bob's new one");
         let alices = pushes.iter().find(|(u, _)| *u == alice).unwrap();
         assert_eq!(alices.1.removals.len(), 500);
         assert!(!alices.1.removed && alices.1.id.is_empty());
@@ -407,10 +375,7 @@ mod tests {
             .expect("the stream ended at shutdown");
         assert_eq!(got.len(), 3, "both held, then the error: {got:?}");
         assert_eq!(got[1].as_ref().unwrap().id, "2");
-        assert_eq!(
-            got[2].as_ref().unwrap_err().code(),
-            tonic::Code::Unavailable
-        );
+        assert_eq!(got[2].as_ref().unwrap_err().code(), tonic::Code::Unavailable);
     }
 
     #[tokio::test]
@@ -425,10 +390,7 @@ mod tests {
         hub.set_live(false);
         let got: Vec<_> = stream.collect().await;
         assert_eq!(got.len(), 2, "what was pushed, then the error");
-        assert_eq!(
-            got[1].as_ref().unwrap_err().code(),
-            tonic::Code::Unavailable
-        );
+        assert_eq!(got[1].as_ref().unwrap_err().code(), tonic::Code::Unavailable);
         assert_eq!(hub.open_streams(), 0);
     }
 }

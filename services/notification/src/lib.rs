@@ -61,9 +61,7 @@ impl Config {
 
     /// The group window in ms (at least 1).
     pub fn group_window_ms(&self) -> i64 {
-        i64::try_from(self.group_window.as_millis())
-            .unwrap_or(i64::MAX)
-            .max(1)
+        i64::try_from(self.group_window.as_millis()).unwrap_or(i64::MAX).max(1)
     }
 
     /// Local stores, the given database, user service and events, an ephemeral port.
@@ -119,18 +117,14 @@ pub async fn run(config: Config, on: TcpListener, stop: CancellationToken) -> an
         wiring.consume(social_events::topology::NOTIFICATION, fanout.handler());
     }
     let api = api::Api::new(store.clone(), hub, wiring.gate().revocations());
-    wiring
-        .serve(NotificationServiceServer::new(api), store, on, stop)
-        .await
+    wiring.serve(NotificationServiceServer::new(api), store, on, stop).await
 }
 
 /// Pushes, every quarter of `stray_after` (at most 30 s), what events stored but never
 /// pushed (see [`events::Fanout::sweep`]), until `stop`.
 async fn sweep(fanout: events::Fanout, stray_after: std::time::Duration, stop: CancellationToken) {
-    let every = (stray_after / 4).clamp(
-        std::time::Duration::from_millis(100),
-        std::time::Duration::from_secs(30),
-    );
+    let every = (stray_after / 4)
+        .clamp(std::time::Duration::from_millis(100), std::time::Duration::from_secs(30));
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -140,10 +134,9 @@ async fn sweep(fanout: events::Fanout, stray_after: std::time::Duration, stop: C
         }
         match fanout.sweep(stray_after).await {
             Ok(0) => {}
-            Ok(pushed) => tracing::warn!(
-                pushed,
-                "pushed notifications whose event failed after storing them"
-            ),
+            Ok(pushed) => {
+                tracing::warn!(pushed, "pushed notifications whose event failed after storing them")
+            }
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), "could not push unpushed notifications; trying again")
             }

@@ -208,11 +208,7 @@ impl Store {
                         true,
                     ),
                     // ListNotifications, newest first.
-                    mongo::index(
-                        "recipient_sorted",
-                        doc! { "user_id": 1, "sort_key": -1 },
-                        false,
-                    ),
+                    mongo::index("recipient_sorted", doc! { "user_id": 1, "sort_key": -1 }, false),
                     // GetUnreadCount (a count over index keys only), unread-only lists,
                     // marking read.
                     mongo::index(
@@ -265,9 +261,7 @@ impl Store {
                 ],
             )
             .await?;
-        self.db
-            .ensure_expiry(&self.removals, "removals_ttl", "at", REMOVALS_KEPT)
-            .await?;
+        self.db.ensure_expiry(&self.removals, "removals_ttl", "at", REMOVALS_KEPT).await?;
         self.db
             .ensure_expiry(
                 &self.removed,
@@ -310,10 +304,7 @@ impl Store {
     /// notifications are removed, so that a notification about it stored meanwhile
     /// is found by [`Self::any_removed`] and taken back.
     pub async fn mark_removed(&self, key: String) -> Result<()> {
-        let tombstone = Removed {
-            key,
-            removed_at: DateTime::now(),
-        };
+        let tombstone = Removed { key, removed_at: DateTime::now() };
         mongo::insert_once(&self.removed, &tombstone).await?;
         Ok(())
     }
@@ -333,11 +324,7 @@ impl Store {
 
     /// When notifications of `user` were last removed, if within [`REMOVALS_KEPT`].
     pub async fn last_removal(&self, user: ObjectId) -> Result<Option<DateTime>> {
-        Ok(self
-            .removals
-            .find_one(doc! { "_id": user })
-            .await?
-            .map(|m| m.at))
+        Ok(self.removals.find_one(doc! { "_id": user }).await?.map(|m| m.at))
     }
 
     /// Whether any of `keys` was deleted.
@@ -345,11 +332,7 @@ impl Store {
         if keys.is_empty() {
             return Ok(false);
         }
-        Ok(self
-            .removed
-            .find_one(doc! { "_id": { "$in": keys } })
-            .await?
-            .is_some())
+        Ok(self.removed.find_one(doc! { "_id": { "$in": keys } }).await?.is_some())
     }
 
     /// Deletes the notifications of `keys` (recipient, dedupe key).
@@ -388,14 +371,7 @@ impl Store {
         if !filter.types.is_empty() {
             query.insert("type", doc! { "$in": &filter.types });
         }
-        Ok(mongo::page(
-            &self.notifications,
-            Order::NewestFirst,
-            query,
-            page,
-            doc! {},
-        )
-        .await?)
+        Ok(mongo::page(&self.notifications, Order::NewestFirst, query, page, doc! {}).await?)
     }
 
     /// Puts the notifications without a `group_key` (stored before groups existed) into
@@ -475,10 +451,7 @@ impl Store {
                 stage: earlier.victim_stage,
             }));
         }
-        let Some(n) = self
-            .by_dedupe_key(recipient, dedupe_key)
-            .await?
-            .filter(|n| n.event_ms < t)
+        let Some(n) = self.by_dedupe_key(recipient, dedupe_key).await?.filter(|n| n.event_ms < t)
         else {
             return Ok(None);
         };
@@ -523,20 +496,13 @@ impl Store {
         if r.matched_count == 1 {
             return Ok(true);
         }
-        Ok(self
-            .notifications
-            .find_one(doc! { "_id": n.id })
-            .await?
-            .is_some())
+        Ok(self.notifications.find_one(doc! { "_id": n.id }).await?.is_some())
     }
 
     /// Deletes notification `id` if it is still from an event before `t` (ms); whether it
     /// did.
     pub async fn delete_if_older(&self, id: ObjectId, t: i64) -> Result<bool> {
-        let r = self
-            .notifications
-            .delete_one(doc! { "_id": id, "event_ms": { "$lt": t } })
-            .await?;
+        let r = self.notifications.delete_one(doc! { "_id": id, "event_ms": { "$lt": t } }).await?;
         Ok(r.deleted_count == 1)
     }
 
@@ -592,10 +558,8 @@ impl Store {
                 filter.insert("sort_key", doc! { "$lte": key });
             }
         }
-        let r = self
-            .notifications
-            .update_many(filter, doc! { "$set": { "is_read": true } })
-            .await?;
+        let r =
+            self.notifications.update_many(filter, doc! { "$set": { "is_read": true } }).await?;
         Ok(i64::try_from(r.modified_count).unwrap_or(i64::MAX))
     }
 
@@ -637,22 +601,14 @@ impl Store {
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(social_kit::Error::internal(anyhow::anyhow!(
-            "no free sort key for a notification"
-        )))
+        Err(social_kit::Error::internal(anyhow::anyhow!("no free sort key for a notification")))
     }
 
     /// Up to `limit` of the notifications matching `filter` (about a post and its
     /// comments, a comment, by an actor, to a recipient, or by an actor to a recipient),
     /// to remove them.
     pub async fn matching(&self, filter: Document, limit: i64) -> Result<Vec<NotificationDoc>> {
-        Ok(self
-            .notifications
-            .find(filter)
-            .limit(limit)
-            .await?
-            .try_collect()
-            .await?)
+        Ok(self.notifications.find(filter).limit(limit).await?.try_collect().await?)
     }
 
     /// Records that the push of notifications `ids` went out.
@@ -684,9 +640,7 @@ impl Store {
 
     /// Deletes the notifications `ids`.
     pub async fn delete_ids(&self, ids: &[ObjectId]) -> Result<()> {
-        self.notifications
-            .delete_many(doc! { "_id": { "$in": ids } })
-            .await?;
+        self.notifications.delete_many(doc! { "_id": { "$in": ids } }).await?;
         Ok(())
     }
 }

@@ -46,12 +46,7 @@ pub struct Api {
 
 impl Api {
     pub fn new(store: Store, graph: Peer, relay: RelayWaker, timelines: Option<Timelines>) -> Self {
-        Self {
-            store,
-            graph,
-            relay,
-            timelines,
-        }
+        Self { store, graph, relay, timelines }
     }
 
     /// A page of `me`'s home feed merged in MongoDB from the posts of whom `me` follows.
@@ -71,11 +66,9 @@ impl Api {
             with_mutes: false,
             among: Vec::new(),
         };
-        let answer = social_kit::call!(
-            self.graph,
-            SocialGraphServiceClient.list_following_ids(request)
-        )
-        .map_err(|s| self.graph.error(s))?;
+        let answer =
+            social_kit::call!(self.graph, SocialGraphServiceClient.list_following_ids(request))
+                .map_err(|s| self.graph.error(s))?;
         if answer.truncated {
             tracing::warn!(reader = %reader, "follows more accounts than the feed reads; using the most recent follows");
         }
@@ -86,13 +79,7 @@ impl Api {
     /// blocks `viewer` (to whom it is absent).
     async fn visible(&self, viewer: Option<ObjectId>, id: ObjectId) -> Result<PostDoc> {
         let post = self.store.get(id).await?.ok_or(Error::NotFound("post"))?;
-        if !self
-            .store
-            .blocks
-            .hidden_from(viewer, &[post.user_id])
-            .await?
-            .is_empty()
-        {
+        if !self.store.blocks.hidden_from(viewer, &[post.user_id]).await?.is_empty() {
             return Err(Error::NotFound("post"));
         }
         Ok(post)
@@ -171,13 +158,7 @@ impl PostService for Api {
             }
         };
         // An account deleted meanwhile keeps nothing (see `social_events::removed_users`).
-        if self
-            .store
-            .removed_users
-            .any(&[me])
-            .await
-            .map_err(Error::from)?
-        {
+        if self.store.removed_users.any(&[me]).await.map_err(Error::from)? {
             let undo = new_envelope(
                 me,
                 Payload::PostDeleted(PostDeleted {
@@ -225,13 +206,9 @@ impl PostService for Api {
     ) -> Result<Response<Post>, Status> {
         let me = caller(&request)?;
         let r = request.into_inner();
-        let post = r
-            .post
-            .ok_or_else(|| Error::invalid("post", "is required"))?;
+        let post = r.post.ok_or_else(|| Error::invalid("post", "is required"))?;
         let post_id = id("post.id", &post.id)?;
-        let current = self
-            .own(me, post_id, "only the author can change a post")
-            .await?;
+        let current = self.own(me, post_id, "only the author can change a post").await?;
         let paths = r.update_mask.map(|m| m.paths).unwrap_or_default();
         let update = content::update(
             "post",
@@ -257,14 +234,10 @@ impl PostService for Api {
     ) -> Result<Response<()>, Status> {
         let me = caller(&request)?;
         let post_id = id("id", &request.get_ref().id)?;
-        self.own(me, post_id, "only the author can delete a post")
-            .await?;
+        self.own(me, post_id, "only the author can delete a post").await?;
         let event = new_envelope(
             me,
-            Payload::PostDeleted(PostDeleted {
-                post_id: post_id.to_hex(),
-                author_id: me.to_hex(),
-            }),
+            Payload::PostDeleted(PostDeleted { post_id: post_id.to_hex(), author_id: me.to_hex() }),
         );
         if !self.store.delete(post_id, me, &event).await? {
             return Err(Error::NotFound("post").into());
@@ -282,21 +255,12 @@ impl PostService for Api {
         let (user, page) = PageRequest::for_owner("user-posts", ("user_id", &r.user_id), r)?;
         // To a reader the author blocks, the author has no posts (as an unknown one).
         let viewer = optional_caller(&request);
-        if !self
-            .store
-            .blocks
-            .hidden_from(viewer, &[user])
-            .await?
-            .is_empty()
-        {
+        if !self.store.blocks.hidden_from(viewer, &[user]).await?.is_empty() {
             return Ok(Response::new(ListUserPostsResponse::default()));
         }
         let docs = self.store.by_authors(&[user], &page).await?;
         let (posts, next_page_token) = page.finish_into(docs, |p| p.sort_key);
-        Ok(Response::new(ListUserPostsResponse {
-            posts,
-            next_page_token,
-        }))
+        Ok(Response::new(ListUserPostsResponse { posts, next_page_token }))
     }
 
     async fn list_home_feed(
@@ -323,10 +287,7 @@ impl PostService for Api {
         let hidden = self.store.blocks.hidden_from(Some(me), &authors).await?;
         docs.retain(|p| !hidden.contains(&p.user_id));
         let posts = docs.into_iter().map(Into::into).collect();
-        Ok(Response::new(ListHomeFeedResponse {
-            posts,
-            next_page_token,
-        }))
+        Ok(Response::new(ListHomeFeedResponse { posts, next_page_token }))
     }
 
     async fn remove_post(
@@ -365,10 +326,7 @@ impl PostService for Api {
             let store = store.clone();
             async move {
                 let page = store.page_of_author(author, after).await?;
-                Ok(page
-                    .into_iter()
-                    .map(|p| (p.sort_key, Post::from(p)))
-                    .collect())
+                Ok(page.into_iter().map(|p| (p.sort_key, Post::from(p))).collect())
             }
         })))
     }

@@ -44,17 +44,10 @@ async fn remove_author(store: &Store, relay: &RelayWaker, user: ObjectId) -> any
     let delete = |post: ObjectId| async move {
         let event = new_envelope(
             user,
-            Payload::PostDeleted(PostDeleted {
-                post_id: post.to_hex(),
-                author_id: user.to_hex(),
-            }),
+            Payload::PostDeleted(PostDeleted { post_id: post.to_hex(), author_id: user.to_hex() }),
         );
         Ok(store.delete(post, user, &event).await.map(drop)?)
     };
-    let remove = async {
-        Budget::start()
-            .drain("account posts", relay, posts, delete)
-            .await
-    };
+    let remove = async { Budget::start().drain("account posts", relay, posts, delete).await };
     store.removed_users.remove(user, relay, remove).await
 }

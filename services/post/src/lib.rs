@@ -110,21 +110,12 @@ pub async fn run(config: Config, on: TcpListener, stop: CancellationToken) -> an
             // topology is one table), so its events are taken and dropped here rather
             // than left to pile up in the broker until its alarms stop every publisher.
             // Timelines turned on again may then have missed them: see ADR 0003.
-            None => wiring.consume(
-                queue,
-                social_events::consumer::handler((), |(), _| async { Ok(()) }),
-            ),
+            None => wiring
+                .consume(queue, social_events::consumer::handler((), |(), _| async { Ok(()) })),
         }
     }
     wiring.refuse_ended_sessions(config.user_service.clone());
     wiring.internal(api::INTERNAL);
-    let api = api::Api::new(
-        store.clone(),
-        config.graph_service.clone(),
-        relay,
-        timelines,
-    );
-    wiring
-        .serve(PostServiceServer::new(api), store, on, stop)
-        .await
+    let api = api::Api::new(store.clone(), config.graph_service.clone(), relay, timelines);
+    wiring.serve(PostServiceServer::new(api), store, on, stop).await
 }

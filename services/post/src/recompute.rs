@@ -19,9 +19,7 @@ pub async fn recompute_counters(config: &Config, margin: Duration) -> anyhow::Re
     let store = Store::new(&db).with_caches(&config.cache)?;
     store.init().await?;
     // Counting a viral post takes longer than an RPC's usual deadline.
-    let peer = config
-        .engagement_service
-        .with_timeout(Duration::from_secs(60));
+    let peer = config.engagement_service.with_timeout(Duration::from_secs(60));
     let engagement = move |ids: Vec<bson::oid::ObjectId>, as_of| {
         let peer = peer.clone();
         async move {
@@ -32,10 +30,7 @@ pub async fn recompute_counters(config: &Config, margin: Duration) -> anyhow::Re
             let counted =
                 social_kit::call!(peer, EngagementServiceClient.count_post_engagement(request));
             let counts = counted.map_err(|s| peer.error(s))?.counts;
-            Ok(counts
-                .into_iter()
-                .map(|c| (c.post_id, c.likes_count, c.comments_count))
-                .collect())
+            Ok(counts.into_iter().map(|c| (c.post_id, c.likes_count, c.comments_count)).collect())
         }
     };
     let ids_after = |after, limit| {

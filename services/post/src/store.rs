@@ -170,10 +170,7 @@ impl Store {
         // Replaced by the per-author ones above.
         mongo::retire_indexes(
             &self.posts,
-            &[
-                mongo::UNOWNED_SORT_KEY_INDEX,
-                mongo::UNOWNED_REQUEST_KEY_INDEX,
-            ],
+            &[mongo::UNOWNED_SORT_KEY_INDEX, mongo::UNOWNED_REQUEST_KEY_INDEX],
         )
         .await?;
         self.counters.init().await?;
@@ -296,10 +293,7 @@ impl Store {
         let filter = doc! { "_id": id, "user_id": mongo::equals_id(author), "state": ACTIVE };
         let posts = self.posts.clone();
         let r = self
-            .then_forget(
-                id,
-                async move { Ok(posts.update_one(filter, update).await?) },
-            )
+            .then_forget(id, async move { Ok(posts.update_one(filter, update).await?) })
             .await?;
         Ok(r.modified_count == 1)
     }
@@ -353,10 +347,7 @@ impl Store {
             .await?
             .try_collect()
             .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| (r.sort_key, r.id, r.user_id))
-            .collect())
+        Ok(rows.into_iter().map(|r| (r.sort_key, r.id, r.user_id)).collect())
     }
 
     /// Sets both counters of post `id` from the likes and comments as of `as_of_ms` (see

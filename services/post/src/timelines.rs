@@ -118,11 +118,7 @@ impl Settings {
             reason: format!("must be {range}"),
         };
         if settings.length > MAX_LENGTH {
-            return Err(out_of(
-                "HOME_TIMELINE_LENGTH",
-                settings.length,
-                "at most 10000",
-            ));
+            return Err(out_of("HOME_TIMELINE_LENGTH", settings.length, "at most 10000"));
         }
         if settings.max_followers > MAX_FOLLOWERS {
             let max = settings.max_followers;
@@ -134,11 +130,7 @@ impl Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Self {
-            length: 400,
-            idle: Duration::from_secs(7 * 24 * 3600),
-            max_followers: 10_000,
-        }
+        Self { length: 400, idle: Duration::from_secs(7 * 24 * 3600), max_followers: 10_000 }
     }
 }
 
@@ -354,13 +346,7 @@ struct Keys {
 impl Keys {
     /// The parts of a timeline, in the order every script takes them as `KEYS`.
     fn parts(&self) -> [&str; 5] {
-        [
-            &self.entries,
-            &self.floor,
-            &self.follows,
-            &self.muted,
-            &self.version,
-        ]
+        [&self.entries, &self.floor, &self.follows, &self.muted, &self.version]
     }
 
     /// `script` invoked on the parts (and the lease, for a build's scripts).
@@ -481,28 +467,19 @@ impl Timelines {
 
     /// The authors pulled, as known here.
     fn pulled_now(&self) -> HashSet<ObjectId> {
-        self.inner
-            .pulled_known
-            .read()
-            .map(|known| known.clone())
-            .unwrap_or_default()
+        self.inner.pulled_known.read().map(|known| known.clone()).unwrap_or_default()
     }
 
     fn is_pulled(&self, author: ObjectId) -> bool {
-        self.inner
-            .pulled_known
-            .read()
-            .is_ok_and(|known| known.contains(&author))
+        self.inner.pulled_known.read().is_ok_and(|known| known.contains(&author))
     }
 
     /// Reads the authors pulled again.
     pub async fn load_pulled(&self) -> Result<()> {
         use futures::TryStreamExt;
         let rows: Vec<Document> = self.inner.pulled.find(doc! {}).await?.try_collect().await?;
-        let ids: HashSet<ObjectId> = rows
-            .iter()
-            .filter_map(|row| row.get_object_id("_id").ok())
-            .collect();
+        let ids: HashSet<ObjectId> =
+            rows.iter().filter_map(|row| row.get_object_id("_id").ok()).collect();
         if let Ok(mut known) = self.inner.pulled_known.write() {
             *known = ids;
         }
@@ -545,13 +522,9 @@ impl Timelines {
                     self.rebuild_soon(reader);
                     return Ok(None);
                 }
-                Some(Read::Found {
-                    floor,
-                    reached_floor,
-                    lowest,
-                    entries,
-                    pulled,
-                }) => (floor, reached_floor, lowest, entries, pulled),
+                Some(Read::Found { floor, reached_floor, lowest, entries, pulled }) => {
+                    (floor, reached_floor, lowest, entries, pulled)
+                }
             };
         // The timeline holds every post it should from here up.
         let mut complete_from = if reached_floor { floor + 1 } else { lowest };
@@ -563,10 +536,8 @@ impl Timelines {
             }
             posts.extend(docs);
         }
-        let entries: Vec<(i64, ObjectId, ObjectId)> = entries
-            .into_iter()
-            .filter(|(_, _, author)| !pulled.contains(author))
-            .collect();
+        let entries: Vec<(i64, ObjectId, ObjectId)> =
+            entries.into_iter().filter(|(_, _, author)| !pulled.contains(author)).collect();
         let ids: Vec<ObjectId> = entries.iter().map(|(_, post, _)| *post).collect();
         let found = self.inner.store.by_ids(&ids).await?;
         if found.len() < ids.len() {
@@ -610,9 +581,7 @@ impl Timelines {
     ) -> Option<Read> {
         let keys = self.keys(reader);
         let want = page.size + 1 + SLACK;
-        let below = page
-            .after
-            .map_or_else(|| "+".to_owned(), |key| format!("({key:019}"));
+        let below = page.after.map_or_else(|| "+".to_owned(), |key| format!("({key:019}"));
         let mut read = keys.invoke(&self.inner.read, false);
         read.arg(reader.to_hex())
             .arg(below)
@@ -633,23 +602,10 @@ impl Timelines {
         let reached_floor = answer.get(2)? == "1";
         let lowest = answer.get(3)?.parse().unwrap_or(0);
         let count: usize = answer.get(4)?.parse().ok()?;
-        let entries = answer
-            .get(5..5 + count)?
-            .iter()
-            .filter_map(|e| parse_entry(e))
-            .collect();
-        let pulled = answer
-            .get(5 + count..)?
-            .iter()
-            .filter_map(|id| ObjectId::parse_str(id).ok())
-            .collect();
-        Some(Read::Found {
-            floor,
-            reached_floor,
-            lowest,
-            entries,
-            pulled,
-        })
+        let entries = answer.get(5..5 + count)?.iter().filter_map(|e| parse_entry(e)).collect();
+        let pulled =
+            answer.get(5 + count..)?.iter().filter_map(|id| ObjectId::parse_str(id).ok()).collect();
+        Some(Read::Found { floor, reached_floor, lowest, entries, pulled })
     }
 
     /// Builds `reader`'s timeline in the background.
@@ -675,12 +631,8 @@ impl Timelines {
             };
             let following = self.following_of(reader, None).await?;
             let pulled = self.pulled_now();
-            let mut authors: Vec<ObjectId> = following
-                .follows
-                .iter()
-                .filter(|a| !pulled.contains(a))
-                .copied()
-                .collect();
+            let mut authors: Vec<ObjectId> =
+                following.follows.iter().filter(|a| !pulled.contains(a)).copied().collect();
             if !pulled.contains(&reader) {
                 authors.push(reader);
             }
@@ -697,9 +649,7 @@ impl Timelines {
                 .arg(self.idle_ms())
                 .arg(format!("{floor:019}"))
                 .arg(ms(REBUILT_AFTER.min(self.inner.settings.idle)));
-            store
-                .arg(following.follows.len())
-                .arg(following.mutes.len());
+            store.arg(following.follows.len()).arg(following.mutes.len());
             for id in &following.follows {
                 store.arg(id.to_hex());
             }
@@ -732,10 +682,7 @@ impl Timelines {
             };
             let version = version.unwrap_or_else(|| "0".into());
             let mut pair = keys.invoke(&self.inner.pair, false);
-            pair.arg(&version)
-                .arg(self.idle_ms())
-                .arg(length)
-                .arg(account.to_hex());
+            pair.arg(&version).arg(self.idle_ms()).arg(length).arg(account.to_hex());
             if floor == "building" {
                 // Only the generation moves: the rebuild under way reads again.
                 pair.arg(0).arg("");
@@ -807,8 +754,7 @@ impl Timelines {
         }
         let keys = self.keys(post.user_id);
         let mut push = keys.invoke(&self.inner.push, false);
-        push.arg(entry(post.sort_key, post.id, post.user_id))
-            .arg(self.inner.settings.length);
+        push.arg(entry(post.sort_key, post.id, post.user_id)).arg(self.inner.settings.length);
         let _: Option<i64> = self.inner.redis.invoke(&push).await;
     }
 
@@ -854,10 +800,7 @@ impl Timelines {
     async fn followers(&self, author: ObjectId) -> Result<(Vec<ObjectId>, bool)> {
         let graph = &self.inner.graph;
         let limit = i32::try_from(self.inner.settings.max_followers).unwrap_or(i32::MAX);
-        let request = ListFollowerIdsRequest {
-            user_id: author.to_hex(),
-            limit,
-        };
+        let request = ListFollowerIdsRequest { user_id: author.to_hex(), limit };
         let answer = social_kit::call!(graph, SocialGraphServiceClient.list_follower_ids(request))
             .map_err(|s| graph.error(s))?;
         Ok((peer_ids(&answer.user_ids)?, answer.truncated))
@@ -866,9 +809,7 @@ impl Timelines {
 
 /// The ids a peer answered (an id it sent that does not parse is its fault: internal).
 pub(crate) fn peer_ids(ids: &[String]) -> Result<Vec<ObjectId>> {
-    ids.iter()
-        .map(|id| ObjectId::parse_str(id).map_err(Error::internal))
-        .collect()
+    ids.iter().map(|id| ObjectId::parse_str(id).map_err(Error::internal)).collect()
 }
 
 /// Applies one event of the timelines' queue.
@@ -877,14 +818,10 @@ pub async fn apply(timelines: Timelines, envelope: Envelope) -> anyhow::Result<(
     match &envelope.payload {
         Some(Payload::PostCreated(e)) => timelines.fan_out(id(&e.post_id)?).await?,
         Some(Payload::UserFollowed(e)) => {
-            timelines
-                .resync(id(&e.follower_id)?, id(&e.followee_id)?)
-                .await?;
+            timelines.resync(id(&e.follower_id)?, id(&e.followee_id)?).await?;
         }
         Some(Payload::UserUnfollowed(e)) => {
-            timelines
-                .resync(id(&e.follower_id)?, id(&e.followee_id)?)
-                .await?;
+            timelines.resync(id(&e.follower_id)?, id(&e.followee_id)?).await?;
         }
         Some(Payload::UserMuted(e)) => timelines.resync(id(&e.muter_id)?, id(&e.muted_id)?).await?,
         Some(Payload::UserUnmuted(e)) => {

@@ -39,13 +39,8 @@ use social_events::{
 
 /// The RPCs only other services may call (the gate refuses them without the service
 /// credential): they serve other services and some cost many counts per request.
-pub const INTERNAL: &[&str] = &[
-    "ListFollowingIds",
-    "ListFollowerIds",
-    "CountFollows",
-    "ExportUserFollows",
-    "CheckBlocks",
-];
+pub const INTERNAL: &[&str] =
+    &["ListFollowingIds", "ListFollowerIds", "CountFollows", "ExportUserFollows", "CheckBlocks"];
 
 /// Most ids one ListFollowingIds answer carries.
 const MAX_FOLLOWING_IDS: usize = 10_000;
@@ -61,11 +56,7 @@ pub struct Api {
 
 impl Api {
     pub fn new(store: Store, users: Peer, relay: RelayWaker) -> Self {
-        Self {
-            store,
-            users,
-            relay,
-        }
+        Self { store, users, relay }
     }
 
     /// NOT_FOUND unless the user service knows `user`.
@@ -119,11 +110,7 @@ impl Api {
         side: &'static str,
         user_id: &str,
     ) -> Result<(Vec<Follow>, String)> {
-        let kind = if side == "followee_id" {
-            "followers"
-        } else {
-            "following"
-        };
+        let kind = if side == "followee_id" { "followers" } else { "following" };
         let (user, page) = PageRequest::for_owner(kind, ("user_id", user_id), request.get_ref())?;
         if self.hidden_from_caller(request, user).await? {
             return Ok((Vec::new(), String::new()));
@@ -132,20 +119,13 @@ impl Api {
         let (mut follows, next_page_token) = page.finish(docs, |f| f.sort_key);
         if let Some(viewer) = optional_caller(request) {
             let other = |f: &FollowDoc| {
-                if side == "followee_id" {
-                    f.follower_id
-                } else {
-                    f.followee_id
-                }
+                if side == "followee_id" { f.follower_id } else { f.followee_id }
             };
             let others: Vec<ObjectId> = follows.iter().map(other).collect();
             let blockers = self.store.blocks.blockers_among(viewer, &others).await?;
             follows.retain(|f| !blockers.contains(&other(f)));
         }
-        Ok((
-            follows.into_iter().map(Into::into).collect(),
-            next_page_token,
-        ))
+        Ok((follows.into_iter().map(Into::into).collect(), next_page_token))
     }
 }
 
@@ -273,13 +253,9 @@ impl SocialGraphService for Api {
         request: Request<ListFollowersRequest>,
     ) -> Result<Response<ListFollowersResponse>, Status> {
         let r = request.get_ref();
-        let (follows, next_page_token) = self
-            .follows_page(&request, "followee_id", &r.user_id)
-            .await?;
-        Ok(Response::new(ListFollowersResponse {
-            follows,
-            next_page_token,
-        }))
+        let (follows, next_page_token) =
+            self.follows_page(&request, "followee_id", &r.user_id).await?;
+        Ok(Response::new(ListFollowersResponse { follows, next_page_token }))
     }
 
     async fn list_following(
@@ -287,13 +263,9 @@ impl SocialGraphService for Api {
         request: Request<ListFollowingRequest>,
     ) -> Result<Response<ListFollowingResponse>, Status> {
         let r = request.get_ref();
-        let (follows, next_page_token) = self
-            .follows_page(&request, "follower_id", &r.user_id)
-            .await?;
-        Ok(Response::new(ListFollowingResponse {
-            follows,
-            next_page_token,
-        }))
+        let (follows, next_page_token) =
+            self.follows_page(&request, "follower_id", &r.user_id).await?;
+        Ok(Response::new(ListFollowingResponse { follows, next_page_token }))
     }
 
     async fn get_relationship(
@@ -413,11 +385,7 @@ impl SocialGraphService for Api {
                 self.store.count("followee_id", user, as_of),
                 self.store.count("follower_id", user, as_of)
             )?;
-            counts.push(FollowCounts {
-                user_id: user.to_hex(),
-                followers_count,
-                following_count,
-            });
+            counts.push(FollowCounts { user_id: user.to_hex(), followers_count, following_count });
         }
         Ok(Response::new(CountFollowsResponse { counts }))
     }
@@ -443,8 +411,7 @@ impl SocialGraphService for Api {
             // stops half-way (`crate::events`).
             crate::events::end_follows_between(&self.store, me, target).await?;
             self.relay.wake();
-            self.unless_removed(me, target, || self.store.blocks.unblock(me, target))
-                .await?;
+            self.unless_removed(me, target, || self.store.blocks.unblock(me, target)).await?;
             tracing::info!(blocker = %me, blocked = %target, "blocked");
         }
         Ok(Response::new(block.into()))
@@ -475,10 +442,7 @@ impl SocialGraphService for Api {
         let page = PageRequest::of(r, format!("blocks:{me}"))?;
         let docs = self.store.blocks.list(me, &page).await?;
         let (blocks, next_page_token) = page.finish_into(docs, |b| b.sort_key);
-        Ok(Response::new(ListBlocksResponse {
-            blocks,
-            next_page_token,
-        }))
+        Ok(Response::new(ListBlocksResponse { blocks, next_page_token }))
     }
 
     async fn check_blocks(
@@ -490,11 +454,8 @@ impl SocialGraphService for Api {
         let user = v.take("user_id", validate::object_id(&r.user_id));
         let others = validate::id_batch("other_user_ids", &r.other_user_ids, &mut v);
         v.finish()?;
-        let (blocking, blocked_by) = self
-            .store
-            .blocks
-            .between(user.unwrap_or_default(), &others)
-            .await?;
+        let (blocking, blocked_by) =
+            self.store.blocks.between(user.unwrap_or_default(), &others).await?;
         let hex = |ids: Vec<ObjectId>| ids.into_iter().map(ObjectId::to_hex).collect();
         Ok(Response::new(CheckBlocksResponse {
             blocking: hex(blocking),
@@ -548,16 +509,11 @@ impl SocialGraphService for Api {
             )
             .into());
         }
-        let (mute, created) = self
-            .store
-            .mutes
-            .mute(me, target, notifications, expires_at)
-            .await?;
+        let (mute, created) = self.store.mutes.mute(me, target, notifications, expires_at).await?;
         if created {
             self.relay.wake();
             // An account deleted meanwhile keeps no mute (its deletion ended the others).
-            self.unless_removed(me, target, || self.store.mutes.end(&mute))
-                .await?;
+            self.unless_removed(me, target, || self.store.mutes.end(&mute)).await?;
             tracing::info!(muter = %me, muted = %target, "muted");
         }
         Ok(Response::new(mute.into()))
@@ -589,11 +545,7 @@ impl SocialGraphService for Api {
         let (docs, next_page_token) = page.finish(docs, |m| m.sort_key);
         let now = bson::DateTime::now();
         Ok(Response::new(ListMutesResponse {
-            mutes: docs
-                .into_iter()
-                .filter(|m| m.holds(now))
-                .map(Into::into)
-                .collect(),
+            mutes: docs.into_iter().filter(|m| m.holds(now)).map(Into::into).collect(),
             next_page_token,
         }))
     }
@@ -612,15 +564,10 @@ impl SocialGraphService for Api {
                 let store = store.clone();
                 async move {
                     let page = store.page_of(side, user, after).await?;
-                    Ok(page
-                        .into_iter()
-                        .map(|f| (f.sort_key, Follow::from(f)))
-                        .collect())
+                    Ok(page.into_iter().map(|f| (f.sort_key, Follow::from(f))).collect())
                 }
             })
         };
-        Ok(Response::new(
-            side("follower_id").chain(side("followee_id")).boxed(),
-        ))
+        Ok(Response::new(side("follower_id").chain(side("followee_id")).boxed()))
     }
 }

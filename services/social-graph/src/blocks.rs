@@ -60,10 +60,7 @@ pub struct Blocks {
 
 impl Blocks {
     pub fn new(db: &mongo::Db) -> Self {
-        Self {
-            db: db.clone(),
-            blocks: db.collection(COLLECTION),
-        }
+        Self { db: db.clone(), blocks: db.collection(COLLECTION) }
     }
 
     /// Creates the indexes (idempotent).
@@ -73,11 +70,7 @@ impl Blocks {
                 &self.blocks,
                 // Every check between users (CheckBlocks: `$in` on either side);
                 // ListBlocks; a deleted account's blocks, both sides.
-                [
-                    relation::indexes::<BlockDoc>(),
-                    vec![mongo::sort_key_index(None)],
-                ]
-                .concat(),
+                [relation::indexes::<BlockDoc>(), vec![mongo::sort_key_index(None)]].concat(),
             )
             .await?;
         Ok(())
@@ -161,9 +154,7 @@ impl Blocks {
         user: ObjectId,
         others: &[ObjectId],
     ) -> Result<Vec<ObjectId>> {
-        Ok(self
-            .among(("blocked_id", "blocker_id"), user, others)
-            .await?)
+        Ok(self.among(("blocked_id", "blocker_id"), user, others).await?)
     }
 
     /// Of `others`, those on the side `theirs` of a block that holds with `user` on the
@@ -189,10 +180,7 @@ impl Blocks {
             .await?
             .try_collect()
             .await?;
-        Ok(found
-            .iter()
-            .filter_map(|d| d.get_object_id(theirs).ok())
-            .collect())
+        Ok(found.iter().filter_map(|d| d.get_object_id(theirs).ok()).collect())
     }
 
     /// A page of the blocks `blocker` holds, newest first.

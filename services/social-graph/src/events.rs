@@ -21,10 +21,8 @@ pub async fn apply((store, relay): (Store, RelayWaker), envelope: Envelope) -> a
             remove_user(&store, &relay, user).await?;
         }
         Some(Payload::UserBlocked(e)) => {
-            let (blocker, blocked) = (
-                ObjectId::parse_str(&e.blocker_id)?,
-                ObjectId::parse_str(&e.blocked_id)?,
-            );
+            let (blocker, blocked) =
+                (ObjectId::parse_str(&e.blocker_id)?, ObjectId::parse_str(&e.blocked_id)?);
             // A late event of a block that ended since ends nothing: the follows made
             // after its unblock stand.
             let block = ObjectId::parse_str(&e.block_id)?;

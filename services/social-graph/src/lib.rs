@@ -71,7 +71,5 @@ pub async fn run(config: Config, on: TcpListener, stop: CancellationToken) -> an
     wiring.spawn(|stop| checks::run(checked, left_for, stop));
     wiring.internal(api::INTERNAL);
     let api = api::Api::new(store.clone(), config.user_service.clone(), relay);
-    wiring
-        .serve(SocialGraphServiceServer::new(api), store, on, stop)
-        .await
+    wiring.serve(SocialGraphServiceServer::new(api), store, on, stop).await
 }

@@ -80,10 +80,7 @@ pub struct Mutes {
 
 impl Mutes {
     pub fn new(db: &mongo::Db) -> Self {
-        Self {
-            db: db.clone(),
-            mutes: db.collection(COLLECTION),
-        }
+        Self { db: db.clone(), mutes: db.collection(COLLECTION) }
     }
 
     /// Creates the indexes (idempotent).
@@ -131,10 +128,7 @@ impl Mutes {
     pub async fn count(&self, muter: ObjectId) -> Result<i64> {
         Ok(self
             .db
-            .count(
-                &self.mutes,
-                doc! { "muter_id": mongo::equals_id(muter), "state": ACTIVE },
-            )
+            .count(&self.mutes, doc! { "muter_id": mongo::equals_id(muter), "state": ACTIVE })
             .await?)
     }
 

@@ -41,10 +41,7 @@ pub trait Relation: Serialize + DeserializeOwned + Send + Sync + Unpin {
 macro_rules! relation {
     ($doc:ty, $from:literal, $to:literal) => {
         impl $crate::relation::Relation for $doc {
-            const SIDES: $crate::relation::Sides = $crate::relation::Sides {
-                from: $from,
-                to: $to,
-            };
+            const SIDES: $crate::relation::Sides = $crate::relation::Sides { from: $from, to: $to };
             fn sort_key(&mut self) -> &mut i64 {
                 &mut self.sort_key
             }
@@ -161,10 +158,7 @@ pub async fn pairs_of<T: Relation>(
     let ids = |d: &Document| -> bson::error::Result<_> {
         Ok((d.get_object_id(from)?, d.get_object_id(to)?))
     };
-    found
-        .iter()
-        .map(|d| ids(d).map_err(social_kit::Error::internal))
-        .collect()
+    found.iter().map(|d| ids(d).map_err(social_kit::Error::internal)).collect()
 }
 
 /// Ends the relation `filter` finds if it still holds, with `event` in its outbox and the

@@ -226,8 +226,7 @@ impl Store {
 
     /// Up to `limit` + 1 ids `user` follows, newest follow first.
     pub async fn following_ids(&self, user: ObjectId, limit: usize) -> Result<Vec<ObjectId>> {
-        self.ids_across("follower_id", "followee_id", user, limit)
-            .await
+        self.ids_across("follower_id", "followee_id", user, limit).await
     }
 
     /// Those of `among` that `user` follows (the pair index).
@@ -247,16 +246,12 @@ impl Store {
             .await?
             .try_collect()
             .await?;
-        Ok(rows
-            .iter()
-            .filter_map(|row| row.get_object_id("followee_id").ok())
-            .collect())
+        Ok(rows.iter().filter_map(|row| row.get_object_id("followee_id").ok()).collect())
     }
 
     /// Up to `limit` + 1 ids of the accounts that follow `user`, newest follow first.
     pub async fn follower_ids(&self, user: ObjectId, limit: usize) -> Result<Vec<ObjectId>> {
-        self.ids_across("followee_id", "follower_id", user, limit)
-            .await
+        self.ids_across("followee_id", "follower_id", user, limit).await
     }
 
     /// The `other` side of up to `limit` + 1 follows that hold with `side` = `user`,
@@ -278,10 +273,7 @@ impl Store {
             .await?
             .try_collect()
             .await?;
-        Ok(rows
-            .iter()
-            .filter_map(|row| row.get_object_id(other).ok())
-            .collect())
+        Ok(rows.iter().filter_map(|row| row.get_object_id(other).ok()).collect())
     }
 
     /// How many follows with `side` (`follower_id` or `followee_id`) = `user` were alive

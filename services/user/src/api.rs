@@ -200,9 +200,7 @@ impl Api {
             return Ok(None);
         }
         let slot = self.hasher.reserve().await?;
-        let own = slot
-            .verify(new.password.clone(), Some(user.password_hash.clone()))
-            .await?;
+        let own = slot.verify(new.password.clone(), Some(user.password_hash.clone())).await?;
         drop(slot);
         if !own {
             return Ok(None);
@@ -229,15 +227,11 @@ impl Api {
         if let Some(ms) = injected_pause_ms() {
             tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
         }
-        let (session, refresh_token) = self
-            .sessions
-            .start(user.id, device, user.credential_version)
-            .await?;
+        let (session, refresh_token) =
+            self.sessions.start(user.id, device, user.credential_version).await?;
         let now = self.store.by_id(user.id).await?;
         if now.is_none_or(|u| u.credential_version != user.credential_version) {
-            self.sessions
-                .end(user.id, session.id, "the account changed while logging in")
-                .await?;
+            self.sessions.end(user.id, session.id, "the account changed while logging in").await?;
             return Err(Error::Unauthenticated(LOGIN_FAILED));
         }
         // Best effort: a login is not refused for what it could not end (the next one
@@ -282,10 +276,7 @@ fn session_to_wire(s: SessionDoc, current: Option<ObjectId>) -> Session {
 pub(crate) fn to_wire(mut doc: UserDoc, viewer: Option<ObjectId>) -> User {
     let email = std::mem::take(&mut doc.email);
     let own = viewer == Some(doc.id);
-    User {
-        email: if own { email } else { String::new() },
-        ..profile_to_wire(doc.into())
-    }
+    User { email: if own { email } else { String::new() }, ..profile_to_wire(doc.into()) }
 }
 
 /// An account as anyone but its owner sees it.
@@ -340,22 +331,14 @@ impl TryFrom<RegisterRequest> for NewUser {
         let mut v = Violations::default();
         let username = r.username;
         v.check("username", validate::username(&username));
-        let email = v
-            .take("email", validate::email(&r.email))
-            .unwrap_or_default();
+        let email = v.take("email", validate::email(&r.email)).unwrap_or_default();
         v.check("password", validate::password(&r.password));
         let (full_name, fits) = validate::trimmed(&r.full_name, 50);
         v.check("full_name", fits);
         let full_name = full_name.to_owned();
         let device = device(&r.device, &mut v);
         v.finish()?;
-        Ok(Self {
-            username,
-            email,
-            password: r.password,
-            full_name,
-            device,
-        })
+        Ok(Self { username, email, password: r.password, full_name, device })
     }
 }
 
@@ -373,10 +356,7 @@ fn profile_update(user: &User, paths: &[String], v: &mut Violations) -> Document
             })
             .collect()
     } else if paths.len() > MUTABLE.len() + 1 {
-        v.add(
-            "update_mask.paths",
-            "must name at most full_name, bio, profile_picture_url or *",
-        );
+        v.add("update_mask.paths", "must name at most full_name, bio, profile_picture_url or *");
         Vec::new()
     } else if paths.iter().any(|p| p == "*") {
         MUTABLE.to_vec()
@@ -438,31 +418,19 @@ impl UserService for Api {
         let client = social_kit::auth::client_address(&request);
         let key = social_kit::validate::idempotency_key(&request)?;
         let new = NewUser::try_from(request.into_inner())?;
-        let context = vec![
-            new.username.clone(),
-            new.email.clone(),
-            new.full_name.clone(),
-        ];
+        let context = vec![new.username.clone(), new.email.clone(), new.full_name.clone()];
         if let Some(why) = password::too_guessable(new.password.clone(), context).await? {
             return Err(Error::invalid("password", why).into());
         }
         let username_lower = new.username.to_lowercase();
         // Cheap check first so a taken name costs no hash; the reservations decide races.
         if let Some(t) = self.store.taken(&username_lower, &new.email).await? {
-            return match self
-                .registered_before(key.as_deref(), &username_lower, &new)
-                .await?
-            {
+            return match self.registered_before(key.as_deref(), &username_lower, &new).await? {
                 Some(again) => Ok(Response::new(again)),
                 None => Err(taken(t, key.as_deref()).into()),
             };
         }
-        let password_hash = self
-            .hasher
-            .reserve()
-            .await?
-            .hash(new.password.clone())
-            .await?;
+        let password_hash = self.hasher.reserve().await?.hash(new.password.clone()).await?;
         let now = DateTime::now();
         let doc = UserDoc {
             id: ObjectId::new(),
@@ -488,10 +456,7 @@ impl UserService for Api {
         };
         if let Err(t) = self.store.insert(&doc).await? {
             // A retry that raced its own first try.
-            return match self
-                .registered_before(key.as_deref(), &doc.username_lower, &new)
-                .await?
-            {
+            return match self.registered_before(key.as_deref(), &doc.username_lower, &new).await? {
                 Some(again) => Ok(Response::new(again)),
                 None => Err(taken(t, key.as_deref()).into()),
             };
@@ -580,11 +545,7 @@ impl UserService for Api {
                 let account = self.store.by_id(session.user_id).await?;
                 if account.is_none_or(|u| u.credential_version != session.credential_version) {
                     self.sessions
-                        .end(
-                            session.user_id,
-                            session.id,
-                            "the account's credentials changed",
-                        )
+                        .end(session.user_id, session.id, "the account's credentials changed")
                         .await?;
                     return Err(Error::Unauthenticated(REFRESH_FAILED).into());
                 }
@@ -609,9 +570,7 @@ impl UserService for Api {
         let caller = session(&request)?;
         // Any active session may end itself, even one under an older password.
         let current = self.sessions.active(&caller).await?;
-        self.sessions
-            .end(caller.user, current.id, "logged out")
-            .await?;
+        self.sessions.end(caller.user, current.id, "logged out").await?;
         Ok(Response::new(()))
     }
 
@@ -626,10 +585,7 @@ impl UserService for Api {
         let docs = self.sessions.list(caller.user, &page).await?;
         let (docs, next_page_token) = page.finish(docs, |s| s.sort_key);
         Ok(Response::new(ListSessionsResponse {
-            sessions: docs
-                .into_iter()
-                .map(|s| session_to_wire(s, caller.session))
-                .collect(),
+            sessions: docs.into_iter().map(|s| session_to_wire(s, caller.session)).collect(),
             next_page_token,
         }))
     }
@@ -696,9 +652,7 @@ impl UserService for Api {
     ) -> Result<Response<Report>, Status> {
         let r = request.get_ref();
         let what = (r.id.as_str(), r.action);
-        Ok(Response::new(
-            Api::resolve_report(self, &request, what).await?,
-        ))
+        Ok(Response::new(Api::resolve_report(self, &request, what).await?))
     }
 
     async fn list_ended_sessions(
@@ -771,12 +725,8 @@ impl UserService for Api {
     ) -> Result<Response<User>, Status> {
         let username = request.get_ref().username.trim();
         validate::username(username).map_err(|d| Error::invalid("username", d))?;
-        let mut found = self
-            .store
-            .by_username(&username.to_lowercase())
-            .await?
-            .into_iter()
-            .collect();
+        let mut found =
+            self.store.by_username(&username.to_lowercase()).await?.into_iter().collect();
         self.hide_blockers(&request, &mut found).await?;
         let user = found.pop().ok_or(Error::NotFound("user"))?;
         let viewer = self.viewer(&request, &[&user]).await?;
@@ -831,9 +781,7 @@ impl UserService for Api {
         v.finish()?;
         let mut found = self.store.by_usernames(&lowers).await?;
         self.hide_blockers(&request, &mut found).await?;
-        let viewer = self
-            .viewer(&request, &found.iter().collect::<Vec<_>>())
-            .await?;
+        let viewer = self.viewer(&request, &found.iter().collect::<Vec<_>>()).await?;
         found.sort_by_key(|u| lowers.iter().position(|l| *l == u.username_lower));
         let users = found.into_iter().map(|u| to_wire(u, viewer)).collect();
         Ok(Response::new(BatchGetUsersResponse { users }))
@@ -857,11 +805,7 @@ impl UserService for Api {
         if id != Some(me) {
             return Err(Error::PermissionDenied("you can only update your own profile").into());
         }
-        let updated = self
-            .store
-            .update_profile(me, set)
-            .await?
-            .ok_or(Error::NotFound("user"))?;
+        let updated = self.store.update_profile(me, set).await?.ok_or(Error::NotFound("user"))?;
         Ok(Response::new(to_wire(updated, Some(me))))
     }
 
@@ -880,17 +824,12 @@ impl UserService for Api {
         if user.deleted_ms.is_some() {
             // Deleted already: a retry after a failure ends the sessions (again), so
             // that a try whose session cleanup failed leaves none behind.
-            self.sessions
-                .end_all_but(me, None, "account deleted")
-                .await?;
+            self.sessions.end_all_but(me, None, "account deleted").await?;
             return Ok(Response::new(()));
         }
         self.active(&session(&request)?).await?;
         let attempt = self
-            .guessing(Subject::password_of(
-                me,
-                social_kit::auth::client_address(&request),
-            ))
+            .guessing(Subject::password_of(me, social_kit::auth::client_address(&request)))
             .await?;
         let password = request.into_inner().password;
         if !slot.verify(password, Some(user.password_hash)).await? {
@@ -899,19 +838,12 @@ impl UserService for Api {
         }
         self.throttle.succeeded(attempt).await?;
         drop(slot);
-        let event = new_envelope(
-            me,
-            Payload::UserDeleted(UserDeleted {
-                user_id: me.to_hex(),
-            }),
-        );
+        let event = new_envelope(me, Payload::UserDeleted(UserDeleted { user_id: me.to_hex() }));
         if self.store.delete(me, self.quarantine, &event).await? {
             self.relay.wake();
             tracing::info!(user_id = %me, "account deletion requested");
         }
-        self.sessions
-            .end_all_but(me, None, "account deleted")
-            .await?;
+        self.sessions.end_all_but(me, None, "account deleted").await?;
         Ok(Response::new(()))
     }
 
@@ -924,9 +856,7 @@ impl UserService for Api {
         let me = caller(&request)?;
         self.active(&session(&request)?).await?;
         let user = self.store.by_id(me).await?.ok_or(Error::NotFound("user"))?;
-        let profile = ExportRecord {
-            record: Some(Record::Profile(to_wire(user, Some(me)))),
-        };
+        let profile = ExportRecord { record: Some(Record::Profile(to_wire(user, Some(me)))) };
         // A whole account takes longer than an RPC's usual deadline.
         let long = self.export_within;
         let user_id = me.to_hex();
@@ -938,25 +868,18 @@ impl UserService for Api {
             move |status: Status| Status::from(peer.error(status))
         };
         let post_stream = PostServiceClient::new(posts.channel())
-            .export_user_posts(posts.request(ExportUserPostsRequest {
-                user_id: user_id.clone(),
-            }))
+            .export_user_posts(posts.request(ExportUserPostsRequest { user_id: user_id.clone() }))
             .await
             .map_err(fail(&posts))?
             .into_inner()
             .map({
                 let fail = fail(&posts);
-                move |r| {
-                    r.map(|p| ExportRecord {
-                        record: Some(Record::Post(p)),
-                    })
-                    .map_err(&fail)
-                }
+                move |r| r.map(|p| ExportRecord { record: Some(Record::Post(p)) }).map_err(&fail)
             });
         let engagement_stream = EngagementServiceClient::new(engagement.channel())
-            .export_user_engagement(engagement.request(ExportUserEngagementRequest {
-                user_id: user_id.clone(),
-            }))
+            .export_user_engagement(
+                engagement.request(ExportUserEngagementRequest { user_id: user_id.clone() }),
+            )
             .await
             .map_err(fail(&engagement))?
             .into_inner()
@@ -979,12 +902,7 @@ impl UserService for Api {
             .into_inner()
             .map({
                 let fail = fail(&graph);
-                move |r| {
-                    r.map(|f| ExportRecord {
-                        record: Some(Record::Follow(f)),
-                    })
-                    .map_err(&fail)
-                }
+                move |r| r.map(|f| ExportRecord { record: Some(Record::Follow(f)) }).map_err(&fail)
             });
         let records = futures::stream::once(async move { Ok(profile) })
             .chain(post_stream)
@@ -1012,36 +930,26 @@ impl UserService for Api {
         self.active(&caller).await?;
         let slot = self.hasher.reserve().await?;
         let user = self.store.by_id(me).await?.ok_or(Error::NotFound("user"))?;
-        let context = vec![
-            user.username.clone(),
-            user.email.clone(),
-            r.old_password.clone(),
-        ];
+        let context = vec![user.username.clone(), user.email.clone(), r.old_password.clone()];
         if let Some(why) = password::too_guessable(r.new_password.clone(), context).await? {
             return Err(Error::invalid("new_password", why).into());
         }
         // Guessing the current password through this call is counted as for a login.
         let attempt = self.guessing(Subject::password_of(me, client)).await?;
-        if !slot
-            .verify(r.old_password, Some(user.password_hash.clone()))
-            .await?
-        {
+        if !slot.verify(r.old_password, Some(user.password_hash.clone())).await? {
             self.throttle.failed(attempt).await?;
             return Err(
-                Error::invalid("old_password", "does not match the current password").into(),
+                Error::invalid("old_password", "does not match the current password").into()
             );
         }
         self.throttle.succeeded(attempt).await?;
         let new_hash = slot.hash(r.new_password).await?;
         drop(slot);
-        let Some(version) = self
-            .store
-            .set_password(me, &user.password_hash, &new_hash)
-            .await?
+        let Some(version) = self.store.set_password(me, &user.password_hash, &new_hash).await?
         else {
             // Changed by a concurrent request between our read and write.
             return Err(
-                Error::invalid("old_password", "does not match the current password").into(),
+                Error::invalid("old_password", "does not match the current password").into()
             );
         };
         // This session goes on under the new password; whoever knew the old one is
@@ -1049,10 +957,7 @@ impl UserService for Api {
         if let Some(current) = caller.session {
             self.sessions.carry_over(me, current, version).await?;
         }
-        let ended = self
-            .sessions
-            .end_all_but(me, caller.session, "password changed")
-            .await?;
+        let ended = self.sessions.end_all_but(me, caller.session, "password changed").await?;
         tracing::info!(user_id = %me, other_sessions_ended = ended, "password changed");
         Ok(Response::new(()))
     }

@@ -43,11 +43,7 @@ pub async fn apply(store: Store, envelope: Envelope) -> anyhow::Result<()> {
     let followee = ObjectId::parse_str(followee)?;
     // Each cached profile goes after its counter moved (or perhaps moved, behind an
     // error: a redelivery forgets it again).
-    store
-        .count(follower, "following_count", delta, &envelope)
-        .await?;
-    store
-        .count(followee, "followers_count", delta, &envelope)
-        .await?;
+    store.count(follower, "following_count", delta, &envelope).await?;
+    store.count(followee, "followers_count", delta, &envelope).await?;
     Ok(())
 }

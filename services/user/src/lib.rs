@@ -174,22 +174,16 @@ impl Config {
     /// only this service holds (a development one with the development keys).
     fn successor_secret(&self) -> Vec<u8> {
         use sha2::Digest;
-        let key = self
-            .private_key_pem
-            .as_deref()
-            .unwrap_or("DEVELOPMENT-ONLY refresh token successors");
+        let key =
+            self.private_key_pem.as_deref().unwrap_or("DEVELOPMENT-ONLY refresh token successors");
         sha2::Sha256::digest(format!("social refresh token successors\n{key}")).to_vec()
     }
 
     fn issuer(&self) -> anyhow::Result<TokenIssuer> {
         match &self.private_key_pem {
             Some(pem) => TokenIssuer::from_pem(pem, self.token_ttl).map_err(|reason| {
-                ConfigError {
-                    var: "AUTH_PRIVATE_KEY".into(),
-                    value: "<redacted>".into(),
-                    reason,
-                }
-                .into()
+                ConfigError { var: "AUTH_PRIVATE_KEY".into(), value: "<redacted>".into(), reason }
+                    .into()
             }),
             None if self.common.development_keys => {
                 tracing::warn!(
@@ -248,14 +242,8 @@ pub async fn run(config: Config, on: TcpListener, stop: CancellationToken) -> an
             graph: config.graph_service.clone(),
         },
     };
-    let startup = Startup {
-        store,
-        sessions,
-        throttle,
-    };
-    wiring
-        .serve(UserServiceServer::new(api), startup, on, stop)
-        .await
+    let startup = Startup { store, sessions, throttle };
+    wiring.serve(UserServiceServer::new(api), startup, on, stop).await
 }
 
 /// What the user service does before it serves: ping, and every collection's indexes.
@@ -317,9 +305,7 @@ pub async fn deletion_status(config: &Config, user: &str) -> anyhow::Result<Stri
     let db = social_kit::mongo::connect(&config.common).await?;
     let store = store::Store::new(&db);
     let Some(doc) = store.any_by_id(id).await? else {
-        return Ok(
-            serde_json::json!({ "user_id": user, "state": "unknown or purged" }).to_string(),
-        );
+        return Ok(serde_json::json!({ "user_id": user, "state": "unknown or purged" }).to_string());
     };
     let time = |ms: Option<i64>| ms.map(|ms| bson::DateTime::from_millis(ms).to_string());
     let state = match (doc.deleted_ms, doc.deletion_finished_ms) {

@@ -67,10 +67,7 @@ pub fn reason(
     let id = v.take(field, validate::object_id(target));
     let category = match ReportCategory::try_from(category) {
         Ok(ReportCategory::Unspecified) | Err(_) => {
-            v.add(
-                "category",
-                "must be SPAM, HARASSMENT, HATE, VIOLENCE, ILLEGAL or OTHER",
-            );
+            v.add("category", "must be SPAM, HARASSMENT, HATE, VIOLENCE, ILLEGAL or OTHER");
             ""
         }
         Ok(c) => c.as_str_name(),
@@ -78,13 +75,7 @@ pub fn reason(
     let (comment, fits) = validate::trimmed(comment, MAX_COMMENT);
     v.check("comment", fits);
     v.finish()?;
-    Ok((
-        id.unwrap_or_default(),
-        Reason {
-            category,
-            comment: comment.to_owned(),
-        },
-    ))
+    Ok((id.unwrap_or_default(), Reason { category, comment: comment.to_owned() }))
 }
 
 /// The author of post `id`, from the post service (NOT_FOUND if it is gone).
@@ -126,11 +117,7 @@ impl Api {
         };
         let target_user = match target {
             Target::Account => {
-                self.store
-                    .by_id(target_id)
-                    .await?
-                    .ok_or(Error::NotFound("user"))?
-                    .id
+                self.store.by_id(target_id).await?.ok_or(Error::NotFound("user"))?.id
             }
             Target::Post => post_author(&self.peers.posts, target_id).await?,
             Target::Comment => {
@@ -141,10 +128,7 @@ impl Api {
             }
         };
         if target_user == reporter {
-            return Err(Error::invalid(
-                field,
-                "you cannot report yourself or what you made",
-            ));
+            return Err(Error::invalid(field, "you cannot report yourself or what you made"));
         }
         let report = reports::new_report(
             reporter,
@@ -189,10 +173,7 @@ impl Api {
         let docs = self.store.reports.open_page(&page).await?;
         let (docs, next_page_token) = page.finish(docs, |r| r.sort_key);
         let of = |kind: Target| -> Vec<ObjectId> {
-            docs.iter()
-                .filter(|r| r.target_type == kind.as_str())
-                .map(|r| r.target_id)
-                .collect()
+            docs.iter().filter(|r| r.target_type == kind.as_str()).map(|r| r.target_id).collect()
         };
         let (accounts, posts, comments) =
             (of(Target::Account), of(Target::Post), of(Target::Comment));
@@ -210,9 +191,7 @@ impl Api {
         // fails shows its report without the comment rather than failing the page.
         let mut found = Vec::with_capacity(comments.len());
         for chunk in comments.chunks(8) {
-            let calls = chunk
-                .iter()
-                .map(|id| comment_of(&self.peers.engagement, *id));
+            let calls = chunk.iter().map(|id| comment_of(&self.peers.engagement, *id));
             for (id, got) in chunk.iter().zip(futures::future::join_all(calls).await) {
                 found.push(got.unwrap_or_else(|e| {
                     tracing::warn!(comment = %id, error = %e, "could not fetch a reported comment");
@@ -242,10 +221,7 @@ impl Api {
                 report
             })
             .collect();
-        Ok(ListReportsResponse {
-            reports,
-            next_page_token,
-        })
+        Ok(ListReportsResponse { reports, next_page_token })
     }
 
     /// Resolves report `id` with `action` (see the proto).
@@ -268,12 +244,7 @@ impl Api {
             return Err(Error::invalid("id", "is required"));
         };
         let moderator = self.moderator(request).await?;
-        let report = self
-            .store
-            .reports
-            .get(id)
-            .await?
-            .ok_or(Error::NotFound("report"))?;
+        let report = self.store.reports.get(id).await?.ok_or(Error::NotFound("report"))?;
         if !reports::is_open(&report) {
             return Ok(report.into());
         }
@@ -286,10 +257,7 @@ impl Api {
                     .await?;
             }
             _ => {
-                self.store
-                    .reports
-                    .resolve(id, "dismissed", moderator)
-                    .await?;
+                self.store.reports.resolve(id, "dismissed", moderator).await?;
             }
         }
         tracing::info!(report = %id, %moderator, action = action.as_str_name(), "report resolved");
@@ -315,10 +283,7 @@ impl Api {
                     .map_err(|s| peer.error(s))?;
                 Ok(Target::Comment)
             }
-            _ => Err(Error::invalid(
-                "action",
-                "an account is not removed by a report: DISMISS it",
-            )),
+            _ => Err(Error::invalid("action", "an account is not removed by a report: DISMISS it")),
         }
     }
 }

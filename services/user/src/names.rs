@@ -263,9 +263,7 @@ impl Names {
 
     /// Gives up `me`'s reservation of `value`, if it still has it.
     pub async fn release(&self, kind: Kind, value: &str, me: ObjectId) -> Result<()> {
-        self.of(kind)
-            .delete_one(doc! { "_id": value, "user_id": mongo::equals_id(me) })
-            .await?;
+        self.of(kind).delete_one(doc! { "_id": value, "user_id": mongo::equals_id(me) }).await?;
         Ok(())
     }
 
@@ -311,10 +309,7 @@ impl Names {
         Ok(docs
             .into_iter()
             .filter_map(|d| {
-                Some((
-                    d.get_str(kind.field()).ok()?.to_owned(),
-                    d.get_object_id("_id").ok()?,
-                ))
+                Some((d.get_str(kind.field()).ok()?.to_owned(), d.get_object_id("_id").ok()?))
             })
             .collect())
     }

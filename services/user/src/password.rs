@@ -85,10 +85,7 @@ fn verify_in(password: &[u8], stored: &str, memory: &mut [Block]) -> bool {
         return argon(&params).verify_password(password, &phc).is_ok();
     }
     let mut out = [0_u8; OUTPUT_LEN];
-    if argon(&params)
-        .hash_password_into_with_memory(password, salt, &mut out, memory)
-        .is_err()
-    {
+    if argon(&params).hash_password_into_with_memory(password, salt, &mut out, memory).is_err() {
         return false;
     }
     // `Output` compares in constant time.
@@ -110,9 +107,8 @@ impl Hasher {
         );
         // One core is left to the other RPCs: a login storm must not starve them.
         let parallel = by_memory.min(cores.saturating_sub(1)).max(1);
-        let mut memory: Vec<Vec<Block>> = (0..parallel)
-            .map(|_| vec![Block::default(); M_COST as usize])
-            .collect();
+        let mut memory: Vec<Vec<Block>> =
+            (0..parallel).map(|_| vec![Block::default(); M_COST as usize]).collect();
         let dummy = hash_in(
             &params,
             bson::oid::ObjectId::new().to_hex().as_bytes(),
@@ -139,10 +135,7 @@ impl Hasher {
                 retry_after: Duration::from_secs(1),
             });
         };
-        Ok(Slot {
-            hasher: self.clone(),
-            _permit: permit,
-        })
+        Ok(Slot { hasher: self.clone(), _permit: permit })
     }
 }
 
@@ -156,8 +149,7 @@ impl Slot {
     /// The PHC string of `password` with a fresh salt.
     pub async fn hash(&self, password: String) -> Result<String> {
         let params = self.hasher.params.clone();
-        self.run(move |memory| hash_in(&params, password.as_bytes(), memory))
-            .await
+        self.run(move |memory| hash_in(&params, password.as_bytes(), memory)).await
     }
 
     /// Whether `password` matches `hash`; with no hash, verifies against the dummy and
@@ -167,8 +159,7 @@ impl Slot {
             Some(h) => (h, true),
             None => (self.hasher.dummy.to_string(), false),
         };
-        self.run(move |memory| Ok(verify_in(password.as_bytes(), &hash, memory) && real))
-            .await
+        self.run(move |memory| Ok(verify_in(password.as_bytes(), &hash, memory) && real)).await
     }
 
     /// Runs `f` on a blocking thread with this slot's memory.
@@ -177,10 +168,7 @@ impl Slot {
         f: impl FnOnce(&mut [Block]) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let slots = &self.hasher.memory;
-        let taken = slots
-            .lock()
-            .map_err(|_| failed("memory", "poisoned"))?
-            .pop();
+        let taken = slots.lock().map_err(|_| failed("memory", "poisoned"))?.pop();
         // A permit guarantees a slot; if one was lost to a panic, make it again.
         let mut memory = taken.unwrap_or_else(|| vec![Block::default(); M_COST as usize]);
         let (result, memory) = tokio::task::spawn_blocking(move || {

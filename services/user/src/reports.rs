@@ -89,10 +89,7 @@ pub struct Reports {
 
 impl Reports {
     pub fn new(db: &mongo::Db) -> Self {
-        Self {
-            db: db.clone(),
-            reports: db.collection(COLLECTION),
-        }
+        Self { db: db.clone(), reports: db.collection(COLLECTION) }
     }
 
     /// Creates the indexes (idempotent).
@@ -143,9 +140,7 @@ impl Reports {
             }
             // Resolved between our insert and read: the key is free again.
         }
-        Err(social_kit::Error::Unavailable(
-            "the report could not be stored; retry".into(),
-        ))
+        Err(social_kit::Error::Unavailable("the report could not be stored; retry".into()))
     }
 
     /// Forgets what deleted account `reporter` wrote in its reports (the reports stay,
@@ -167,14 +162,8 @@ impl Reports {
 
     /// A page of the open reports, oldest first.
     pub async fn open_page(&self, page: &PageRequest) -> Result<Vec<ReportDoc>> {
-        Ok(mongo::page(
-            &self.reports,
-            Order::OldestFirst,
-            doc! { "status": OPEN },
-            page,
-            doc! {},
-        )
-        .await?)
+        Ok(mongo::page(&self.reports, Order::OldestFirst, doc! { "status": OPEN }, page, doc! {})
+            .await?)
     }
 
     /// Closes report `id` (if still open) with `resolution`, by `moderator`.

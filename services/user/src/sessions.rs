@@ -222,9 +222,7 @@ impl Sessions {
             .await?;
         // Paged by time alone (a page could end inside a group ended together).
         mongo::retire_indexes(&self.sessions, &["ended"]).await?;
-        self.db
-            .ensure_expiry(&self.retired, "purge_ttl", "purge_at", Duration::ZERO)
-            .await
+        self.db.ensure_expiry(&self.retired, "purge_ttl", "purge_at", Duration::ZERO).await
     }
 
     /// Starts a session of `user` on `device` under the account's `credential_version`;
@@ -296,16 +294,11 @@ impl Sessions {
         let past_what_was_read = rows.len() as u64 == read;
         // The login's own first, then the most recently used.
         rows.sort_by_key(|r| (r.id != new, std::cmp::Reverse(r.last_used_ms)));
-        let least_used: Vec<ObjectId> = rows
-            .iter()
-            .skip(usize::try_from(limit).unwrap_or(usize::MAX))
-            .map(|r| r.id)
-            .collect();
+        let least_used: Vec<ObjectId> =
+            rows.iter().skip(usize::try_from(limit).unwrap_or(usize::MAX)).map(|r| r.id).collect();
         let why = "more sessions than an account keeps";
-        let mut ended = self
-            .finish(doc! { "_id": { "$in": least_used }, "state": ACTIVE }, why)
-            .await?
-            .len();
+        let mut ended =
+            self.finish(doc! { "_id": { "$in": least_used }, "state": ACTIVE }, why).await?.len();
         if let (true, Some(oldest)) = (past_what_was_read, oldest_read) {
             let older = doc! {
                 "user_id": mongo::equals_id(user), "state": ACTIVE,
@@ -341,20 +334,12 @@ impl Sessions {
             .return_document(ReturnDocument::After)
             .await?;
         if let Some(session) = rotated {
-            let retired = Retired {
-                hash: old,
-                session_id: session.id,
-                purge_at: session.purge_at,
-            };
+            let retired = Retired { hash: old, session_id: session.id, purge_at: session.purge_at };
             mongo::insert_once(&self.retired, &retired).await?;
             return Ok(Refreshed::Rotated(Box::new(session), next));
         }
         // Not current anywhere: was it ever?
-        let owner = match self
-            .sessions
-            .find_one(doc! { "previous_hash": &old })
-            .await?
-        {
+        let owner = match self.sessions.find_one(doc! { "previous_hash": &old }).await? {
             // Just exchanged, and presented again within the grace: the same successor
             // (the session holds it: its hash is the current one).
             Some(session)
@@ -366,21 +351,13 @@ impl Sessions {
                 return Ok(Refreshed::Rotated(Box::new(session), next));
             }
             Some(session) => Some(session.id),
-            None => self
-                .retired
-                .find_one(doc! { "_id": &old })
-                .await?
-                .map(|r| r.session_id),
+            None => self.retired.find_one(doc! { "_id": &old }).await?.map(|r| r.session_id),
         };
         let Some(session) = owner else {
             return Ok(Refreshed::Invalid);
         };
-        let ended = self
-            .finish(
-                doc! { "_id": session, "state": ACTIVE },
-                "refresh token reused",
-            )
-            .await?;
+        let ended =
+            self.finish(doc! { "_id": session, "state": ACTIVE }, "refresh token reused").await?;
         if !ended.is_empty() {
             tracing::warn!(session = %session, "a refresh token was used twice; its session ended");
         }
@@ -511,9 +488,9 @@ impl Sessions {
         reason: &str,
     ) -> Result<u64> {
         // Tests make this fail, as an unreachable database would.
-        social_kit::fault!("user::end_sessions", |_| Err(
-            social_kit::Error::Unavailable("the database is unavailable (injected)".into())
-        ));
+        social_kit::fault!("user::end_sessions", |_| Err(social_kit::Error::Unavailable(
+            "the database is unavailable (injected)".into()
+        )));
         let mut filter = doc! { "user_id": mongo::equals_id(user), "state": ACTIVE };
         if let Some(keep) = keep {
             filter.insert("_id", doc! { "$nin": [keep] });

@@ -98,9 +98,9 @@ pub struct Taken {
 
 /// Tests: the answer to a stored account's insert lost (`user::insert_answer_lost`).
 fn lost_answer() -> mongodb::error::Result<()> {
-    social_kit::fault!("user::insert_answer_lost", |_| Err(
-        mongodb::error::Error::custom("injected: the insert's answer was lost")
-    ));
+    social_kit::fault!("user::insert_answer_lost", |_| Err(mongodb::error::Error::custom(
+        "injected: the insert's answer was lost"
+    )));
     Ok(())
 }
 
@@ -261,10 +261,7 @@ impl Store {
         };
         let r = self
             .users
-            .update_one(
-                doc! { "_id": id, "deleted_ms": { "$exists": false } },
-                update,
-            )
+            .update_one(doc! { "_id": id, "deleted_ms": { "$exists": false } }, update)
             .await?;
         Ok(r.matched_count == 1)
     }
@@ -273,16 +270,11 @@ impl Store {
     /// [`crate::names`]), or says which value somebody else holds; whatever it reserved
     /// is given up again when it does not store the account.
     pub async fn insert(&self, user: &UserDoc) -> Result<Result<(), Taken>> {
-        let values = [
-            (Kind::Username, user.username_lower.as_str()),
-            (Kind::Email, user.email.as_str()),
-        ];
+        let values =
+            [(Kind::Username, user.username_lower.as_str()), (Kind::Email, user.email.as_str())];
         let mut reserved = Vec::new();
         for (kind, value) in values {
-            let claim = self
-                .names
-                .reserve(kind, value, user.id, user.request_key.as_deref())
-                .await;
+            let claim = self.names.reserve(kind, value, user.id, user.request_key.as_deref()).await;
             match claim {
                 Ok(Claim::Ours) => reserved.push((kind, value)),
                 Ok(Claim::Held(holder)) => {
@@ -307,10 +299,9 @@ impl Store {
             self.release(&reserved, user.id).await;
             // Only a pre-reservation unique index refuses it (see `crate::names`).
             let taken = self.taken(&user.username_lower, &user.email).await?;
-            return Ok(Err(taken.unwrap_or(Taken {
-                kind: Kind::Email,
-                holder: Holder::InFlight(None),
-            })));
+            return Ok(Err(
+                taken.unwrap_or(Taken { kind: Kind::Email, holder: Holder::InFlight(None) })
+            ));
         }
         for (kind, value) in values {
             if !self.names.confirm(kind, value, user.id).await? {
@@ -318,10 +309,7 @@ impl Store {
                 // past `names::IN_FLIGHT`): the account goes, the new holder keeps it.
                 self.undo(user.id, &reserved).await?;
                 let holder = self.names.holder(kind, value).await?;
-                return Ok(Err(Taken {
-                    kind,
-                    holder: holder.unwrap_or(Holder::InFlight(None)),
-                }));
+                return Ok(Err(Taken { kind, holder: holder.unwrap_or(Holder::InFlight(None)) }));
             }
         }
         Ok(Ok(()))
@@ -332,10 +320,8 @@ impl Store {
     /// the account behind, retried a few times.
     async fn undo(&self, id: ObjectId, reserved: &[(Kind, &str)]) -> Result<()> {
         let this = self.clone();
-        let reserved: Vec<(Kind, String)> = reserved
-            .iter()
-            .map(|(k, v)| (*k, (*v).to_owned()))
-            .collect();
+        let reserved: Vec<(Kind, String)> =
+            reserved.iter().map(|(k, v)| (*k, (*v).to_owned())).collect();
         let undo = tokio::spawn(async move {
             let mut tries = 0;
             loop {
@@ -386,11 +372,7 @@ impl Store {
 
     /// The account matching `filter`, deleted or not.
     async fn one(&self, filter: Document) -> Result<Option<UserDoc>> {
-        Ok(self
-            .users
-            .find_one(filter)
-            .projection(outbox::without_bookkeeping())
-            .await?)
+        Ok(self.users.find_one(filter).projection(outbox::without_bookkeeping()).await?)
     }
 
     /// The accounts matching `filter` that are not deleted.
@@ -419,18 +401,12 @@ impl Store {
     }
 
     pub async fn by_username(&self, username_lower: &str) -> Result<Option<UserDoc>> {
-        let found = self
-            .holding(Kind::Username, &[username_lower.to_owned()])
-            .await?;
+        let found = self.holding(Kind::Username, &[username_lower.to_owned()]).await?;
         Ok(found.into_iter().next())
     }
 
     pub async fn by_email(&self, email: &str) -> Result<Option<UserDoc>> {
-        Ok(self
-            .holding(Kind::Email, &[email.to_owned()])
-            .await?
-            .into_iter()
-            .next())
+        Ok(self.holding(Kind::Email, &[email.to_owned()]).await?.into_iter().next())
     }
 
     /// The live accounts holding `values`, found through their reservations (and, for
@@ -440,14 +416,9 @@ impl Store {
             Kind::Username => u.username_lower.clone(),
             Kind::Email => u.email.clone(),
         };
-        let mut found = self
-            .accounts_of(kind, self.names.owners(kind, values).await?)
-            .await?;
-        let missing: Vec<String> = values
-            .iter()
-            .filter(|v| !found.iter().any(|u| value(u) == **v))
-            .cloned()
-            .collect();
+        let mut found = self.accounts_of(kind, self.names.owners(kind, values).await?).await?;
+        let missing: Vec<String> =
+            values.iter().filter(|v| !found.iter().any(|u| value(u) == **v)).cloned().collect();
         if !missing.is_empty() {
             let legacy = self.names.legacy_holders(kind, &missing).await?;
             found.extend(self.accounts_of(kind, legacy).await?);
@@ -557,9 +528,7 @@ impl Store {
         outbox::push(&mut update, event);
         let users = self.users.clone();
         let r = write_then_forget(self.cache.as_ref(), id, async move {
-            Ok(users
-                .update_one(doc! { "_id": id, DELETED: { "$exists": false } }, update)
-                .await?)
+            Ok(users.update_one(doc! { "_id": id, DELETED: { "$exists": false } }, update).await?)
         })
         .await?;
         Ok(r.modified_count == 1)
@@ -608,10 +577,7 @@ impl Store {
         followers: i64,
         following: i64,
     ) -> anyhow::Result<bool> {
-        let counts = [
-            ("followers_count", followers),
-            ("following_count", following),
-        ];
+        let counts = [("followers_count", followers), ("following_count", following)];
         let recounted = self.counters.recount(user, as_of_ms, &counts).await;
         self.forget(user).await;
         recounted

@@ -79,9 +79,7 @@ impl Policy {
             return Duration::ZERO;
         }
         let doublings = u32::try_from(over).unwrap_or(0).min(20);
-        self.first_block
-            .saturating_mul(1 << doublings)
-            .min(self.max_block)
+        self.first_block.saturating_mul(1 << doublings).min(self.max_block)
     }
 }
 
@@ -126,10 +124,7 @@ impl Subject {
     /// A check of `account`'s current password (ChangePassword, DeleteAccount), from
     /// `client`.
     pub fn password_of(account: ObjectId, client: Option<IpAddr>) -> Self {
-        Self {
-            identifier: account_key(account),
-            ..Self::login("", Some(account), client)
-        }
+        Self { identifier: account_key(account), ..Self::login("", Some(account), client) }
     }
 
     /// The key of the identifier's failures from the network.
@@ -185,18 +180,12 @@ pub struct Throttle {
 
 impl Throttle {
     pub fn new(db: &mongo::Db, policy: Policy) -> Self {
-        Self {
-            db: db.clone(),
-            attempts: db.collection(COLLECTION),
-            policy,
-        }
+        Self { db: db.clone(), attempts: db.collection(COLLECTION), policy }
     }
 
     /// Creates the TTL index (idempotent).
     pub async fn init(&self) -> mongodb::error::Result<()> {
-        self.db
-            .ensure_expiry(&self.attempts, "forget_ttl", "forget_at", Duration::ZERO)
-            .await
+        self.db.ensure_expiry(&self.attempts, "forget_ttl", "forget_at", Duration::ZERO).await
     }
 
     /// Counts an attempt of `subject` before its password is checked: `Err(wait)` when
@@ -211,39 +200,24 @@ impl Throttle {
         if elsewhere {
             // The network's own block still holds.
             let at = now_ms();
-            if let Some(a) = self
-                .attempts
-                .find_one(doc! { "_id": subject.pair() })
-                .await?
+            if let Some(a) = self.attempts.find_one(doc! { "_id": subject.pair() }).await?
                 && a.blocked_until_ms > at
             {
-                return Ok(Err(Duration::from_millis(
-                    (a.blocked_until_ms - at).unsigned_abs(),
-                )));
+                return Ok(Err(Duration::from_millis((a.blocked_until_ms - at).unsigned_abs())));
             }
         }
-        let key = if elsewhere {
-            subject.elsewhere()
-        } else {
-            subject.pair()
-        };
+        let key = if elsewhere { subject.elsewhere() } else { subject.pair() };
         for _ in 0..TRIES {
             let at = now_ms();
             let current = self.attempts.find_one(doc! { "_id": &key }).await?;
-            let (failures, blocked_until, last) = current.as_ref().map_or((0, 0, 0), |a| {
-                (a.failures, a.blocked_until_ms, a.last_failure_ms)
-            });
+            let (failures, blocked_until, last) = current
+                .as_ref()
+                .map_or((0, 0, 0), |a| (a.failures, a.blocked_until_ms, a.last_failure_ms));
             if blocked_until > at {
-                return Ok(Err(Duration::from_millis(
-                    (blocked_until - at).unsigned_abs(),
-                )));
+                return Ok(Err(Duration::from_millis((blocked_until - at).unsigned_abs())));
             }
             // Forgotten once the window has passed since the last failure.
-            let counted = if last < at - ms(self.policy.window) {
-                0
-            } else {
-                failures
-            };
+            let counted = if last < at - ms(self.policy.window) { 0 } else { failures };
             let next = Attempts {
                 key: key.clone(),
                 failures: counted + 1,
@@ -300,10 +274,7 @@ impl Throttle {
             == 1;
         if !lapsed {
             self.attempts
-                .update_one(
-                    doc! { "_id": key },
-                    doc! { "$inc": { "failures": 1 }, "$set": set },
-                )
+                .update_one(doc! { "_id": key }, doc! { "$inc": { "failures": 1 }, "$set": set })
                 .upsert(true)
                 .await?;
         }
@@ -313,8 +284,7 @@ impl Throttle {
     /// `client`'s network is one `account` signed in from (a registration, a refresh):
     /// it keeps its own counts when the account is under a storm, for [`KNOWN_FOR`].
     pub async fn known(&self, account: ObjectId, client: Option<IpAddr>) -> Result<()> {
-        self.mark_known(&Subject::password_of(account, client))
-            .await
+        self.mark_known(&Subject::password_of(account, client)).await
     }
 
     async fn mark_known(&self, subject: &Subject) -> Result<()> {
@@ -336,9 +306,7 @@ impl Throttle {
     pub async fn succeeded(&self, reserved: Reserved) -> Result<()> {
         let subject = reserved.subject;
         if !reserved.elsewhere {
-            self.attempts
-                .delete_one(doc! { "_id": subject.pair() })
-                .await?;
+            self.attempts.delete_one(doc! { "_id": subject.pair() }).await?;
         }
         self.mark_known(&subject).await
     }
@@ -347,11 +315,7 @@ impl Throttle {
     /// its network is not one the account signed in from.
     async fn strained(&self, subject: &Subject) -> Result<bool> {
         let at = now_ms();
-        let Some(a) = self
-            .attempts
-            .find_one(doc! { "_id": &subject.identifier })
-            .await?
-        else {
+        let Some(a) = self.attempts.find_one(doc! { "_id": &subject.identifier }).await? else {
             return Ok(false);
         };
         if a.last_failure_ms.saturating_add(ms(self.policy.window)) <= at

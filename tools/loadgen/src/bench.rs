@@ -115,13 +115,7 @@ pub(crate) fn report(label: &str, h: &Histogram<u64>) {
 
 /// A page of 20 of the home feed of the reader holding `token`, after `page_token`.
 pub(crate) fn feed_page(token: &str, page_token: String) -> tonic::Request<ListHomeFeedRequest> {
-    authed(
-        ListHomeFeedRequest {
-            page_size: 20,
-            page_token,
-        },
-        token,
-    )
+    authed(ListHomeFeedRequest { page_size: 20, page_token }, token)
 }
 
 /// Runs `call`, recording in `h` how long it took.
@@ -160,9 +154,7 @@ fn report_memory(when: &str) {
 
 /// The stack's database (seeded directly by some benches, dropped by all at the end).
 pub(crate) async fn database(stack: &Stack) -> anyhow::Result<mongodb::Database> {
-    Ok(mongodb::Client::with_uri_str(mongodb_uri())
-        .await?
-        .database(&stack.database))
+    Ok(mongodb::Client::with_uri_str(mongodb_uri()).await?.database(&stack.database))
 }
 
 pub(crate) fn histogram() -> Histogram<u64> {
@@ -217,15 +209,8 @@ async fn feed_hidden() -> anyhow::Result<()> {
             .collect();
         db.collection("followers").insert_many(follows).await?;
         // 50 of the hidden are followees (the feed leaves them out), 950 others.
-        let hidden: Vec<ObjectId> = (0..1000)
-            .map(|i| {
-                if i < 50 {
-                    authors[i * 40]
-                } else {
-                    ObjectId::new()
-                }
-            })
-            .collect();
+        let hidden: Vec<ObjectId> =
+            (0..1000).map(|i| if i < 50 { authors[i * 40] } else { ObjectId::new() }).collect();
         let mut rows = |kind: &str| -> Vec<bson::Document> {
             hidden
                 .iter()
@@ -254,12 +239,9 @@ async fn feed_hidden() -> anyhow::Result<()> {
         let token = token_for(reader);
         let mut first = histogram();
         for _ in 0..SAMPLES {
-            let page = timed(
-                &mut first,
-                posts.list_home_feed(feed_page(&token, String::new())),
-            )
-            .await?
-            .into_inner();
+            let page = timed(&mut first, posts.list_home_feed(feed_page(&token, String::new())))
+                .await?
+                .into_inner();
             assert_eq!(page.posts.len(), 20);
         }
         report(&format!("hiding {hides}: page 1"), &first);
@@ -355,11 +337,8 @@ async fn storm() -> anyhow::Result<()> {
     report_memory("before the storm");
 
     let stop = Arc::new(AtomicBool::new(false));
-    let (ok, refused, failed) = (
-        Arc::new(AtomicU64::new(0)),
-        Arc::new(AtomicU64::new(0)),
-        Arc::new(AtomicU64::new(0)),
-    );
+    let (ok, refused, failed) =
+        (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let mut logins = Vec::new();
     for _ in 0..CLIENTS {
         let (mut users, stop) = (users.clone(), stop.clone());
@@ -419,10 +398,7 @@ impl Batches {
         let only =
             Targets::new().with_target(social_events::consumer::BATCHES, tracing::Level::DEBUG);
         let _ = tracing_subscriber::registry()
-            .with(tracing_subscriber::Layer::with_filter(
-                batches.clone(),
-                only,
-            ))
+            .with(tracing_subscriber::Layer::with_filter(batches.clone(), only))
             .try_init();
         batches
     }
@@ -437,11 +413,7 @@ impl Batches {
             }
         }
         for step in steps {
-            let times: Vec<u64> = all
-                .iter()
-                .filter(|(s, _)| s == step)
-                .map(|(_, t)| *t)
-                .collect();
+            let times: Vec<u64> = all.iter().filter(|(s, _)| s == step).map(|(_, t)| *t).collect();
             let mean =
                 |part: &[u64]| part.iter().sum::<u64>() as f64 / part.len().max(1) as f64 / 1000.0;
             let ten = times.len().min(10);
@@ -486,20 +458,14 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Batches {
 
 /// A size from the environment, or `default`.
 fn size(var: &str, default: usize) -> usize {
-    std::env::var(var)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    std::env::var(var).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 async fn deletion() -> anyhow::Result<()> {
     use std::sync::atomic::{AtomicBool, Ordering};
     let batches = Batches::install();
-    let (posts_n, likes_n, follows_n) = (
-        size("BENCH_POSTS", 10_000),
-        size("BENCH_LIKES", 50_000),
-        size("BENCH_FOLLOWS", 5_000),
-    );
+    let (posts_n, likes_n, follows_n) =
+        (size("BENCH_POSTS", 10_000), size("BENCH_LIKES", 50_000), size("BENCH_FOLLOWS", 5_000));
     let stack = Stack::start().await;
     let db = database(&stack).await?;
     let (doomed, token) = stack.register("doomed").await;
@@ -536,11 +502,8 @@ async fn deletion() -> anyhow::Result<()> {
     let follows: Vec<_> = (0..follows_n)
         .map(|i| {
             let someone = ObjectId::new();
-            let (follower, followee) = if i % 2 == 0 {
-                (doomed, someone)
-            } else {
-                (someone, doomed)
-            };
+            let (follower, followee) =
+                if i % 2 == 0 { (doomed, someone) } else { (someone, doomed) };
             doc! {
                 "_id": ObjectId::new(), "follower_id": follower, "followee_id": followee,
                 "created_at": now, "sort_key": social_kit::paging::fresh_sort_key(),
@@ -549,15 +512,9 @@ async fn deletion() -> anyhow::Result<()> {
             }
         })
         .collect();
-    db.collection::<bson::Document>("posts")
-        .insert_many(own.into_iter().chain(targets))
-        .await?;
-    db.collection::<bson::Document>("likes")
-        .insert_many(likes)
-        .await?;
-    db.collection::<bson::Document>("followers")
-        .insert_many(follows)
-        .await?;
+    db.collection::<bson::Document>("posts").insert_many(own.into_iter().chain(targets)).await?;
+    db.collection::<bson::Document>("likes").insert_many(likes).await?;
+    db.collection::<bson::Document>("followers").insert_many(follows).await?;
     let probe = db
         .collection::<bson::Document>("posts")
         .find_one(doc! { "user_id": social_kit::mongo::equals_id(other) })
@@ -638,9 +595,7 @@ async fn get_post_for(
     let started = Instant::now();
     while started.elapsed() < how_long {
         let t = Instant::now();
-        posts
-            .get_post(social_proto::post::v1::GetPostRequest { id: id.into() })
-            .await?;
+        posts.get_post(social_proto::post::v1::GetPostRequest { id: id.into() }).await?;
         h.record(t.elapsed().as_micros() as u64)?;
     }
     Ok((h, started.elapsed()))
@@ -680,10 +635,7 @@ async fn notifications() -> anyhow::Result<()> {
         let page = timed(
             &mut list,
             client.list_notifications(authed(
-                ListNotificationsRequest {
-                    page_size: 20,
-                    ..Default::default()
-                },
+                ListNotificationsRequest { page_size: 20, ..Default::default() },
                 &token,
             )),
         )
@@ -693,21 +645,15 @@ async fn notifications() -> anyhow::Result<()> {
         timed(
             &mut unread_list,
             client.list_notifications(authed(
-                ListNotificationsRequest {
-                    page_size: 20,
-                    unread_only: true,
-                    ..Default::default()
-                },
+                ListNotificationsRequest { page_size: 20, unread_only: true, ..Default::default() },
                 &token,
             )),
         )
         .await?;
-        let n = timed(
-            &mut count,
-            client.get_unread_count(authed(GetUnreadCountRequest {}, &token)),
-        )
-        .await?
-        .into_inner();
+        let n =
+            timed(&mut count, client.get_unread_count(authed(GetUnreadCountRequest {}, &token)))
+                .await?
+                .into_inner();
         assert_eq!(n.count, 10_000);
     }
     report("ListNotifications page 1", &list);
@@ -733,10 +679,7 @@ async fn groups() -> anyhow::Result<()> {
         .posts()
         .await
         .create_post(authed(
-            CreatePostRequest {
-                content: "viral".into(),
-                ..Default::default()
-            },
+            CreatePostRequest { content: "viral".into(), ..Default::default() },
             &reader,
         ))
         .await?
@@ -758,9 +701,8 @@ async fn groups() -> anyhow::Result<()> {
         }
     };
     for batch in 0..(LIKES / 5000) {
-        let docs: Vec<_> = (0..5000)
-            .map(|i| note(batch * 5000 + i, &big_key, "POST_LIKE", post_oid))
-            .collect();
+        let docs: Vec<_> =
+            (0..5000).map(|i| note(batch * 5000 + i, &big_key, "POST_LIKE", post_oid)).collect();
         db.collection("notifications").insert_many(docs).await?;
     }
     let newest = note(LIKES - 1, &big_key, "POST_LIKE", post_oid);
@@ -779,24 +721,12 @@ async fn groups() -> anyhow::Result<()> {
             "head_version": 1_i64, "counter_version": 1_i64,
         }
     };
-    let mut groups = vec![group(
-        &big_key,
-        "POST_LIKE",
-        post_oid,
-        LIKES,
-        LIKES / 10,
-        &newest,
-    )];
+    let mut groups = vec![group(&big_key, "POST_LIKE", post_oid, LIKES, LIKES / 10, &newest)];
     let mut others = Vec::new();
     for n in 0..OTHERS {
         // Spread between the big group's likes, so that pages interleave them.
         let key = format!("single:bench:{n}");
-        let one = note(
-            n * (LIKES / OTHERS) + 7,
-            &key,
-            "POST_COMMENT",
-            ObjectId::new(),
-        );
+        let one = note(n * (LIKES / OTHERS) + 7, &key, "POST_COMMENT", ObjectId::new());
         groups.push(group(
             &key,
             "POST_COMMENT",
@@ -808,9 +738,7 @@ async fn groups() -> anyhow::Result<()> {
         others.push(one);
     }
     db.collection("notifications").insert_many(others).await?;
-    db.collection("notification_groups")
-        .insert_many(groups)
-        .await?;
+    db.collection("notification_groups").insert_many(groups).await?;
     println!(
         "seeded {LIKES} likes of one post (one group) and {OTHERS} other groups for the reader in {:?}",
         seeded.elapsed()
@@ -821,10 +749,7 @@ async fn groups() -> anyhow::Result<()> {
         let first = timed(
             &mut page1,
             client.list_notification_groups(authed(
-                ListNotificationGroupsRequest {
-                    page_size: 20,
-                    ..Default::default()
-                },
+                ListNotificationGroupsRequest { page_size: 20, ..Default::default() },
                 &reader,
             )),
         )
@@ -847,10 +772,7 @@ async fn groups() -> anyhow::Result<()> {
         let page = timed(
             &mut plain,
             client.list_notifications(authed(
-                ListNotificationsRequest {
-                    page_size: 20,
-                    ..Default::default()
-                },
+                ListNotificationsRequest { page_size: 20, ..Default::default() },
                 &reader,
             )),
         )
@@ -875,21 +797,11 @@ async fn groups() -> anyhow::Result<()> {
     for i in 0..10 {
         let liker = token_for(ObjectId::new());
         let started = Instant::now();
-        engagement
-            .like_post(authed(
-                LikePostRequest {
-                    post_id: post.clone(),
-                },
-                &liker,
-            ))
-            .await?;
+        engagement.like_post(authed(LikePostRequest { post_id: post.clone() }, &liker)).await?;
         loop {
             let top = client
                 .list_notification_groups(authed(
-                    ListNotificationGroupsRequest {
-                        page_size: 1,
-                        ..Default::default()
-                    },
+                    ListNotificationGroupsRequest { page_size: 1, ..Default::default() },
                     &reader,
                 ))
                 .await?
@@ -897,10 +809,7 @@ async fn groups() -> anyhow::Result<()> {
             if top.groups.first().map(|g| g.notifications_count) == Some(LIKES + i + 1) {
                 break;
             }
-            anyhow::ensure!(
-                started.elapsed() < Duration::from_secs(30),
-                "the like never landed"
-            );
+            anyhow::ensure!(started.elapsed() < Duration::from_secs(30), "the like never landed");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         landed.record(started.elapsed().as_micros() as u64)?;
@@ -923,10 +832,7 @@ async fn events() -> anyhow::Result<()> {
     for i in 0..POSTS {
         let post = posts
             .create_post(authed(
-                CreatePostRequest {
-                    content: format!("post {i}"),
-                    media: vec![],
-                },
+                CreatePostRequest { content: format!("post {i}"), media: vec![] },
                 &author,
             ))
             .await?
@@ -945,9 +851,7 @@ async fn events() -> anyhow::Result<()> {
             let mut i = w;
             while started.elapsed() < LOAD {
                 let request = authed(
-                    LikePostRequest {
-                        post_id: ids[i % ids.len()].clone(),
-                    },
+                    LikePostRequest { post_id: ids[i % ids.len()].clone() },
                     &token_for(ObjectId::new()),
                 );
                 let t = Instant::now();
@@ -965,10 +869,7 @@ async fn events() -> anyhow::Result<()> {
     let loaded = started.elapsed();
     let likes = latency.len();
     report("LikePost under load", &latency);
-    println!(
-        "{likes} likes in {loaded:.1?}: {:.0} likes/s",
-        likes as f64 / loaded.as_secs_f64()
-    );
+    println!("{likes} likes in {loaded:.1?}: {:.0} likes/s", likes as f64 / loaded.as_secs_f64());
     report_memory("after the load");
 
     // Poll until the counters and the notifications have caught up.
@@ -1002,10 +903,7 @@ async fn events() -> anyhow::Result<()> {
     }
     let show =
         |d: Option<Duration>| d.map_or("not within 10 min".to_owned(), |d| format!("{d:.1?}"));
-    println!(
-        "after the last like: likes_count settled in {}",
-        show(counters_at)
-    );
+    println!("after the last like: likes_count settled in {}", show(counters_at));
     println!(
         "after the last like: the author's {likes} notifications stored in {}",
         show(notified_at)
@@ -1085,23 +983,14 @@ async fn cache() -> anyhow::Result<()> {
         })
         .await;
         let (_, token) = stack.register("author").await;
-        let create = CreatePostRequest {
-            content: "a post read over and over".into(),
-            ..Default::default()
-        };
+        let create =
+            CreatePostRequest { content: "a post read over and over".into(), ..Default::default() };
         let mut posts = stack.posts().await;
-        let post = posts
-            .create_post(authed(create, &token))
-            .await?
-            .into_inner()
-            .id;
+        let post = posts.create_post(authed(create, &token)).await?.into_inner().id;
         get_post_for(&stack, &post, Duration::from_secs(1)).await?;
         let (h, took) = get_post_for(&stack, &post, Duration::from_secs(10)).await?;
         report(&format!("GetPost, {label}"), &h);
-        println!(
-            "  {:.0} calls/s from one client",
-            h.len() as f64 / took.as_secs_f64()
-        );
+        println!("  {:.0} calls/s from one client", h.len() as f64 / took.as_secs_f64());
         database(&stack).await?.drop().await?;
     }
     Ok(())
@@ -1124,15 +1013,11 @@ async fn shed() -> anyhow::Result<()> {
         .next()
         .unwrap_or("127.0.0.1:27017")
         .to_owned();
-    let target = host
-        .to_socket_addrs()?
-        .next()
-        .ok_or_else(|| anyhow::anyhow!("no address for {host}"))?;
+    let target =
+        host.to_socket_addrs()?.next().ok_or_else(|| anyhow::anyhow!("no address for {host}"))?;
     let proxy = social_testkit::TcpProxy::start(target).await;
     let database = format!("bench_shed_{}", std::process::id());
-    let db = mongodb::Client::with_uri_str(&uri)
-        .await?
-        .database(&database);
+    let db = mongodb::Client::with_uri_str(&uri).await?.database(&database);
     let post_id = ObjectId::new();
     let now = DateTime::now();
     db.collection::<bson::Document>("posts")
@@ -1150,16 +1035,10 @@ async fn shed() -> anyhow::Result<()> {
         binary.display()
     );
     for bound in [1_000_usize, 100_000] {
-        let port = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await?
-            .local_addr()?
-            .port();
+        let port = tokio::net::TcpListener::bind("127.0.0.1:0").await?.local_addr()?.port();
         let mut child = std::process::Command::new(&binary)
             .env("POST_ADDR", format!("127.0.0.1:{port}"))
-            .env(
-                "MONGODB_URI",
-                format!("mongodb://{}/?directConnection=true", proxy.addr),
-            )
+            .env("MONGODB_URI", format!("mongodb://{}/?directConnection=true", proxy.addr))
             .env("MONGODB_DATABASE", &database)
             .env("MAX_REQUESTS_IN_FLIGHT", bound.to_string())
             .env("DEVELOPMENT_KEYS", "true")
@@ -1336,24 +1215,11 @@ async fn gateway() -> anyhow::Result<()> {
             .await?;
         let http_us = t.elapsed().as_micros() as u64;
         let t = Instant::now();
-        posts
-            .get_post(GetPostRequest {
-                id: post_id.clone(),
-            })
-            .await?;
+        posts.get_post(GetPostRequest { id: post_id.clone() }).await?;
         let grpc_us = t.elapsed().as_micros() as u64;
         let t = Instant::now();
-        let post = posts
-            .get_post(GetPostRequest {
-                id: post_id.clone(),
-            })
-            .await?
-            .into_inner();
-        users
-            .batch_get_users(BatchGetUsersRequest {
-                ids: vec![post.user_id],
-            })
-            .await?;
+        let post = posts.get_post(GetPostRequest { id: post_id.clone() }).await?.into_inner();
+        users.batch_get_users(BatchGetUsersRequest { ids: vec![post.user_id] }).await?;
         let both_us = t.elapsed().as_micros() as u64;
         if i >= 200 {
             via_http.record(http_us)?;
@@ -1389,17 +1255,11 @@ async fn gateway() -> anyhow::Result<()> {
             .json()
             .await?;
         let http_us = t.elapsed().as_micros() as u64;
-        anyhow::ensure!(
-            page["items"].as_array().map(Vec::len) == Some(20),
-            "a page of 20: {page}"
-        );
+        anyhow::ensure!(page["items"].as_array().map(Vec::len) == Some(20), "a page of 20: {page}");
         let t = Instant::now();
         posts
             .list_home_feed(authed(
-                ListHomeFeedRequest {
-                    page_size: 20,
-                    page_token: String::new(),
-                },
+                ListHomeFeedRequest { page_size: 20, page_token: String::new() },
                 &reader,
             ))
             .await?;
@@ -1416,11 +1276,7 @@ async fn gateway() -> anyhow::Result<()> {
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut clients = Vec::new();
     for _ in 0..CLIENTS {
-        let (http, url, done) = (
-            http.clone(),
-            format!("{base}/v1/posts/{post_id}"),
-            done.clone(),
-        );
+        let (http, url, done) = (http.clone(), format!("{base}/v1/posts/{post_id}"), done.clone());
         clients.push(tokio::spawn(async move {
             let mut h = histogram();
             let mut errors = 0_u64;

@@ -71,10 +71,7 @@ pub async fn check(args: &CheckArgs) -> anyhow::Result<Checked> {
     for e in &report.ledger.expected {
         if let std::collections::hash_map::Entry::Vacant(v) = tokens.entry(e.recipient) {
             let user = seeded.users.get(e.recipient).ok_or_else(|| {
-                anyhow::anyhow!(
-                    "the report names user {} the seed file does not have",
-                    e.recipient
-                )
+                anyhow::anyhow!("the report names user {} the seed file does not have", e.recipient)
             })?;
             let (_, token) = login(&clients, &user.username)
                 .await
@@ -88,15 +85,9 @@ pub async fn check(args: &CheckArgs) -> anyhow::Result<Checked> {
     let mut mismatches;
     loop {
         mismatches = Vec::new();
-        counters(
-            &clients,
-            &args.service_token,
-            &posts,
-            &users,
-            &mut mismatches,
-        )
-        .await
-        .map_err(|s| anyhow::anyhow!("reading counters: {s}"))?;
+        counters(&clients, &args.service_token, &posts, &users, &mut mismatches)
+            .await
+            .map_err(|s| anyhow::anyhow!("reading counters: {s}"))?;
         notifications(&clients, &tokens, &report.ledger.expected, &mut mismatches)
             .await
             .map_err(|s| anyhow::anyhow!("reading notifications: {s}"))?;
@@ -105,9 +96,7 @@ pub async fn check(args: &CheckArgs) -> anyhow::Result<Checked> {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     Ok(Checked {
         settled: mismatches.is_empty(),
         waited_secs: round(started.elapsed().as_secs_f64()),
@@ -131,9 +120,7 @@ async fn counters(
         let shown = clients
             .post()
             .batch_get_posts(as_service(
-                BatchGetPostsRequest {
-                    ids: chunk.to_vec(),
-                },
+                BatchGetPostsRequest { ids: chunk.to_vec() },
                 service_token,
             ))
             .await?
@@ -142,10 +129,7 @@ async fn counters(
         let counted: BTreeMap<String, (i64, i64)> = clients
             .engagement()
             .count_post_engagement(as_service(
-                CountPostEngagementRequest {
-                    post_ids: chunk.to_vec(),
-                    as_of: None,
-                },
+                CountPostEngagementRequest { post_ids: chunk.to_vec(), as_of: None },
                 service_token,
             ))
             .await?
@@ -154,18 +138,14 @@ async fn counters(
             .into_iter()
             .map(|c| (c.post_id, (c.likes_count, c.comments_count)))
             .collect();
-        let shown = shown
-            .into_iter()
-            .map(|p| (p.id, (p.likes_count, p.comments_count)));
+        let shown = shown.into_iter().map(|p| (p.id, (p.likes_count, p.comments_count)));
         compare("post", ["likes", "comments"], shown, &counted, out);
     }
     for chunk in users.chunks(100) {
         let shown = clients
             .user()
             .batch_get_users(as_service(
-                BatchGetUsersRequest {
-                    ids: chunk.to_vec(),
-                },
+                BatchGetUsersRequest { ids: chunk.to_vec() },
                 service_token,
             ))
             .await?
@@ -174,10 +154,7 @@ async fn counters(
         let counted: BTreeMap<String, (i64, i64)> = clients
             .graph()
             .count_follows(as_service(
-                CountFollowsRequest {
-                    user_ids: chunk.to_vec(),
-                    as_of: None,
-                },
+                CountFollowsRequest { user_ids: chunk.to_vec(), as_of: None },
                 service_token,
             ))
             .await?
@@ -186,9 +163,7 @@ async fn counters(
             .into_iter()
             .map(|c| (c.user_id, (c.followers_count, c.following_count)))
             .collect();
-        let shown = shown
-            .into_iter()
-            .map(|u| (u.id, (u.followers_count, u.following_count)));
+        let shown = shown.into_iter().map(|u| (u.id, (u.followers_count, u.following_count)));
         compare("user", ["followers", "following"], shown, &counted, out);
     }
     Ok(())
@@ -226,19 +201,14 @@ async fn notifications(
 ) -> Result<(), Status> {
     let mut by_recipient: BTreeMap<(usize, &str), Vec<&Expected>> = BTreeMap::new();
     for e in expected {
-        by_recipient
-            .entry((e.recipient, e.kind.as_str()))
-            .or_default()
-            .push(e);
+        by_recipient.entry((e.recipient, e.kind.as_str())).or_default().push(e);
     }
     for ((recipient, name), wanted) in by_recipient {
         let Some(token) = tokens.get(&recipient) else {
             continue;
         };
         let Some(kind) = NotificationType::from_str_name(name) else {
-            out.push(format!(
-                "user #{recipient}: expected a notification of unknown type {name}"
-            ));
+            out.push(format!("user #{recipient}: expected a notification of unknown type {name}"));
             continue;
         };
         let mut have = Vec::new();

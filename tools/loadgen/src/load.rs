@@ -110,11 +110,7 @@ impl Op {
 impl Mix {
     fn weights(self) -> &'static [(Op, u32)] {
         match self {
-            Mix::Dsb => &[
-                (Op::HomeTimeline, 60),
-                (Op::UserTimeline, 30),
-                (Op::ComposePost, 10),
-            ],
+            Mix::Dsb => &[(Op::HomeTimeline, 60), (Op::UserTimeline, 30), (Op::ComposePost, 10)],
             Mix::Social => &[
                 (Op::HomeTimeline, 30),
                 (Op::UserTimeline, 15),
@@ -243,12 +239,8 @@ impl World {
         let picked: Vec<usize> = self.actors.iter().map(|(u, _)| *u).collect();
         let actors = log_in(&self.clients, &self.seeded, &picked, quiet).await?;
         let by_rank = self.by_rank;
-        let new_posts = std::mem::take(
-            &mut *self
-                .new_posts
-                .lock()
-                .map_err(|_| anyhow::anyhow!("poisoned"))?,
-        );
+        let new_posts =
+            std::mem::take(&mut *self.new_posts.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
         Ok(Arc::new(Self {
             clients: self.clients.clone(),
             seeded: self.seeded.clone(),
@@ -286,15 +278,10 @@ impl World {
         let actor = rng.random_range(0..self.actors.len());
         match op {
             Op::HomeTimeline => Job::Home { actor },
-            Op::UserTimeline => Job::UserTimeline {
-                actor,
-                user: self.user_by_rank(rng),
-            },
-            Op::ComposePost => Job::Compose {
-                actor,
-                mention: self.user_by_rank(rng),
-                k: i as usize,
-            },
+            Op::UserTimeline => Job::UserTimeline { actor, user: self.user_by_rank(rng) },
+            Op::ComposePost => {
+                Job::Compose { actor, mention: self.user_by_rank(rng), k: i as usize }
+            }
             Op::GetPost => match self.post(rng) {
                 Some((_, post)) => Job::GetPost { actor, post },
                 None => Job::Health { service: 1 },
@@ -304,26 +291,14 @@ impl World {
                 None => Job::Health { service: 3 },
             },
             Op::Comment => match self.post(rng) {
-                Some(post) => Job::Comment {
-                    actor,
-                    post,
-                    mention: self.user_by_rank(rng),
-                },
+                Some(post) => Job::Comment { actor, post, mention: self.user_by_rank(rng) },
                 None => Job::Health { service: 3 },
             },
-            Op::Follow => Job::Follow {
-                actor,
-                whom: self.user_by_rank(rng),
-            },
+            Op::Follow => Job::Follow { actor, whom: self.user_by_rank(rng) },
             Op::ListNotifications => Job::Notifications { actor },
             Op::UnreadCount => Job::Unread { actor },
-            Op::GetUser => Job::GetUser {
-                actor,
-                user: self.user_by_rank(rng),
-            },
-            Op::Health => Job::Health {
-                service: (i % 5) as usize,
-            },
+            Op::GetUser => Job::GetUser { actor, user: self.user_by_rank(rng) },
+            Op::Health => Job::Health { service: (i % 5) as usize },
         }
     }
 
@@ -344,10 +319,7 @@ impl World {
                 self.clients
                     .post()
                     .list_home_feed(authed(
-                        ListHomeFeedRequest {
-                            page_size: 20,
-                            page_token: String::new(),
-                        },
+                        ListHomeFeedRequest { page_size: 20, page_token: String::new() },
                         token(actor),
                     ))
                     .await?;
@@ -397,18 +369,10 @@ impl World {
                     .get_post(authed(GetPostRequest { id: post }, token(actor)))
                     .await?;
             }
-            Job::Like {
-                actor,
-                post: (author, post),
-            } => {
+            Job::Like { actor, post: (author, post) } => {
                 self.clients
                     .engagement()
-                    .like_post(authed(
-                        LikePostRequest {
-                            post_id: post.clone(),
-                        },
-                        token(actor),
-                    ))
+                    .like_post(authed(LikePostRequest { post_id: post.clone() }, token(actor)))
                     .await?;
                 let mut ledger = lock(ledger);
                 ledger.posts.insert(post.clone());
@@ -417,11 +381,7 @@ impl World {
                     ledger.notify(author, "POST_LIKE", &self.user_id(liker), Some(&post));
                 }
             }
-            Job::Comment {
-                actor,
-                post: (author, post),
-                mention,
-            } => {
+            Job::Comment { actor, post: (author, post), mention } => {
                 self.clients
                     .engagement()
                     .create_comment(authed(
@@ -451,12 +411,7 @@ impl World {
                 }
                 self.clients
                     .graph()
-                    .follow(authed(
-                        FollowRequest {
-                            followee_id: self.user_id(whom),
-                        },
-                        token(actor),
-                    ))
+                    .follow(authed(FollowRequest { followee_id: self.user_id(whom) }, token(actor)))
                     .await?;
                 let mut ledger = lock(ledger);
                 ledger.users.insert(self.user_id(whom));
@@ -467,10 +422,7 @@ impl World {
                 self.clients
                     .notification()
                     .list_notifications(authed(
-                        ListNotificationsRequest {
-                            page_size: 20,
-                            ..Default::default()
-                        },
+                        ListNotificationsRequest { page_size: 20, ..Default::default() },
                         token(actor),
                     ))
                     .await?;
@@ -484,20 +436,13 @@ impl World {
             Job::GetUser { actor, user } => {
                 self.clients
                     .user()
-                    .get_user(authed(
-                        GetUserRequest {
-                            id: self.user_id(user),
-                        },
-                        token(actor),
-                    ))
+                    .get_user(authed(GetUserRequest { id: self.user_id(user) }, token(actor)))
                     .await?;
             }
             Job::Health { service } => {
                 self.clients
                     .health(service)
-                    .check(HealthCheckRequest {
-                        service: String::new(),
-                    })
+                    .check(HealthCheckRequest { service: String::new() })
                     .await?;
             }
         }
@@ -506,9 +451,7 @@ impl World {
 }
 
 fn lock(ledger: &Mutex<Ledger>) -> std::sync::MutexGuard<'_, Ledger> {
-    ledger
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+    ledger.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 async fn log_in(
@@ -542,48 +485,17 @@ async fn log_in(
 /// One request, its parameters chosen (actors are indexes into the active users; users
 /// are seeded users by rank).
 enum Job {
-    Home {
-        actor: usize,
-    },
-    UserTimeline {
-        actor: usize,
-        user: usize,
-    },
-    Compose {
-        actor: usize,
-        mention: usize,
-        k: usize,
-    },
-    GetPost {
-        actor: usize,
-        post: String,
-    },
-    Like {
-        actor: usize,
-        post: (usize, String),
-    },
-    Comment {
-        actor: usize,
-        post: (usize, String),
-        mention: usize,
-    },
-    Follow {
-        actor: usize,
-        whom: usize,
-    },
-    Notifications {
-        actor: usize,
-    },
-    Unread {
-        actor: usize,
-    },
-    GetUser {
-        actor: usize,
-        user: usize,
-    },
-    Health {
-        service: usize,
-    },
+    Home { actor: usize },
+    UserTimeline { actor: usize, user: usize },
+    Compose { actor: usize, mention: usize, k: usize },
+    GetPost { actor: usize, post: String },
+    Like { actor: usize, post: (usize, String) },
+    Comment { actor: usize, post: (usize, String), mention: usize },
+    Follow { actor: usize, whom: usize },
+    Notifications { actor: usize },
+    Unread { actor: usize },
+    GetUser { actor: usize, user: usize },
+    Health { service: usize },
 }
 
 /// What a run changed, for `check`: the posts whose counters it moved, the users whose
@@ -779,9 +691,7 @@ impl Stats {
     }
 
     fn p99_ms(&self) -> f64 {
-        self.all
-            .as_ref()
-            .map_or(0.0, |h| h.value_at_quantile(0.99) as f64 / 1000.0)
+        self.all.as_ref().map_or(0.0, |h| h.value_at_quantile(0.99) as f64 / 1000.0)
     }
 
     fn error_count(&self) -> u64 {
@@ -819,19 +729,11 @@ pub async fn drive(
     }
 
     // The live progress line.
-    let progress = bar(
-        total as usize,
-        &format!("{:?} {rate:.0}/s", args.mix),
-        args.quiet,
-    );
+    let progress = bar(total as usize, &format!("{:?} {rate:.0}/s", args.mix), args.quiet);
     let plain = !args.quiet && !std::io::stderr().is_terminal();
     let ticker = {
-        let (stats, watch, progress, in_flight) = (
-            stats.clone(),
-            watch.clone(),
-            progress.clone(),
-            in_flight.clone(),
-        );
+        let (stats, watch, progress, in_flight) =
+            (stats.clone(), watch.clone(), progress.clone(), in_flight.clone());
         let cap = args.max_in_flight.max(1);
         tokio::spawn(async move {
             let mut every = tokio::time::interval(Duration::from_secs(1));
@@ -842,10 +744,8 @@ pub async fn drive(
                 if let Ok(mut w) = watch.lock() {
                     w.tick();
                 }
-                let (errors, p99) = stats
-                    .lock()
-                    .map(|s| (s.error_count(), s.p99_ms()))
-                    .unwrap_or_default();
+                let (errors, p99) =
+                    stats.lock().map(|s| (s.error_count(), s.p99_ms())).unwrap_or_default();
                 let line = format!(
                     "in flight {}, errors {errors}, p99 {p99:.1} ms",
                     cap - in_flight.available_permits()
@@ -870,12 +770,8 @@ pub async fn drive(
             Job::Health { service } => *service,
             _ => op.service(),
         };
-        let (world, stats, ledger, progress) = (
-            world.clone(),
-            stats.clone(),
-            ledger.clone(),
-            progress.clone(),
-        );
+        let (world, stats, ledger, progress) =
+            (world.clone(), stats.clone(), ledger.clone(), progress.clone());
         tasks.spawn(async move {
             let result = world.exec(job, &ledger).await;
             let latency = due.elapsed();
@@ -899,11 +795,8 @@ pub async fn drive(
     let processes = watch.finish(total);
     let stats = std::mem::take(&mut *stats.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
     let ledger = lock(&ledger).clone();
-    let errors_by_code: BTreeMap<String, BTreeMap<String, u64>> = stats
-        .errors
-        .iter()
-        .map(|(op, codes)| (op.name().to_owned(), codes.clone()))
-        .collect();
+    let errors_by_code: BTreeMap<String, BTreeMap<String, u64>> =
+        stats.errors.iter().map(|(op, codes)| (op.name().to_owned(), codes.clone())).collect();
     let ops = stats
         .latency
         .iter()
@@ -921,11 +814,7 @@ pub async fn drive(
         achieved_rate: (total as f64 / elapsed * 10.0).round() / 10.0,
         errors,
         errors_by_code,
-        all: stats
-            .all
-            .as_ref()
-            .map(|h| Percentiles::of(h, errors))
-            .unwrap_or_default(),
+        all: stats.all.as_ref().map(|h| Percentiles::of(h, errors)).unwrap_or_default(),
         ops,
         requests_by_service: SERVICES
             .iter()
@@ -964,9 +853,7 @@ async fn hold_stream(
     while !end.is_cancelled() {
         let mut client = world.clients.notification();
         let open = client.stream_notifications(authed(
-            StreamNotificationsRequest {
-                include_groups: true,
-            },
+            StreamNotificationsRequest { include_groups: true },
             &world.actors[actor].1,
         ));
         let stream = tokio::select! {
@@ -1001,13 +888,8 @@ async fn hold_stream(
 
 pub async fn run(args: &RunArgs) -> anyhow::Result<Report> {
     let world = World::prepare(&args.load).await?;
-    let report = drive(
-        &world,
-        &args.load,
-        args.rate,
-        Duration::from_secs(args.duration_secs),
-    )
-    .await?;
+    let report =
+        drive(&world, &args.load, args.rate, Duration::from_secs(args.duration_secs)).await?;
     report.write(&args.report)?;
     Ok(report)
 }
@@ -1034,21 +916,11 @@ pub async fn sweep(args: &SweepArgs) -> anyhow::Result<Sweep> {
     anyhow::ensure!(args.factor > 1.0, "--factor must be more than 1");
     let mut world = World::prepare(&args.load).await?;
     let mut rate = args.start;
-    let mut out = Sweep {
-        mix: args.load.mix,
-        p99_bound_ms: args.p99_ms,
-        max_rate: None,
-        steps: Vec::new(),
-    };
+    let mut out =
+        Sweep { mix: args.load.mix, p99_bound_ms: args.p99_ms, max_rate: None, steps: Vec::new() };
     while rate <= args.max {
         world = world.refreshed(args.load.quiet).await?;
-        let report = drive(
-            &world,
-            &args.load,
-            rate,
-            Duration::from_secs(args.step_secs),
-        )
-        .await?;
+        let report = drive(&world, &args.load, rate, Duration::from_secs(args.step_secs)).await?;
         let passed = report.errors == 0 && report.all.p99_ms <= args.p99_ms;
         println!(
             "{:>9.1}/s  p50 {:>8.2} ms  p99 {:>8.2} ms  errors {:>5}  {}",
@@ -1058,11 +930,7 @@ pub async fn sweep(args: &SweepArgs) -> anyhow::Result<Sweep> {
             report.errors,
             if passed { "ok" } else { "over the bound" }
         );
-        out.steps.push(Step {
-            rate,
-            passed,
-            report,
-        });
+        out.steps.push(Step { rate, passed, report });
         if !passed {
             break;
         }

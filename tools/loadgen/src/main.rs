@@ -70,10 +70,7 @@ async fn main() -> anyhow::Result<()> {
             let checked = check::check(&args).await?;
             println!("{}", serde_json::to_string_pretty(&checked)?);
             if !checked.settled {
-                anyhow::bail!(
-                    "the run's effects did not all land within {} s",
-                    args.wait_secs
-                );
+                anyhow::bail!("the run's effects did not all land within {} s", args.wait_secs);
             }
         }
         Command::Bench { name } => bench::run(&name).await?,

@@ -26,10 +26,7 @@ pub fn sample() -> BTreeMap<String, Sample> {
     };
     for entry in entries.flatten() {
         let pid = entry.file_name();
-        let Some(pid) = pid
-            .to_str()
-            .filter(|p| p.bytes().all(|b| b.is_ascii_digit()))
-        else {
+        let Some(pid) = pid.to_str().filter(|p| p.bytes().all(|b| b.is_ascii_digit())) else {
             continue;
         };
         let Some(name) = name_of(pid) else { continue };
@@ -52,10 +49,7 @@ fn name_of(pid: &str) -> Option<String> {
     }
     // The stand-in runs as `.venv/bin/python .venv/bin/nx-27017 ...` or directly.
     let stand_in = std::iter::once(exe.clone())
-        .chain(
-            args.take(2)
-                .map(|a| a.rsplit('/').next().unwrap_or_default().to_owned()),
-        )
+        .chain(args.take(2).map(|a| a.rsplit('/').next().unwrap_or_default().to_owned()))
         .any(|a| a == "nx-27017");
     stand_in.then(|| "nx-27017 (MongoDB stand-in)".to_owned())
 }
@@ -74,10 +68,7 @@ fn read(pid: &str) -> Option<Sample> {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0);
-    Some(Sample {
-        cpu_secs: (utime + stime) / TICKS,
-        rss_mib: rss_kib / 1024.0,
-    })
+    Some(Sample { cpu_secs: (utime + stime) / TICKS, rss_mib: rss_kib / 1024.0 })
 }
 
 /// What each process cost over a run.

@@ -86,10 +86,7 @@ pub struct SeededUser {
 impl Seeded {
     pub fn read(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| {
-            format!(
-                "reading {} (run `social-loadgen seed` first)",
-                path.display()
-            )
+            format!("reading {} (run `social-loadgen seed` first)", path.display())
         })?;
         serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
     }
@@ -272,18 +269,12 @@ pub async fn seed(args: &SeedArgs) -> anyhow::Result<Seeded> {
                 let follow = || async {
                     clients
                         .graph()
-                        .follow(authed(
-                            FollowRequest {
-                                followee_id: ids[them].clone(),
-                            },
-                            &token,
-                        ))
+                        .follow(authed(FollowRequest { followee_id: ids[them].clone() }, &token))
                         .await
                 };
                 let done = follow.retry(patience()).when(busy).await;
                 bar.inc(1);
-                done.map(|_| ())
-                    .map_err(|s| anyhow::anyhow!("follow {me} → {them}: {s}"))
+                done.map(|_| ()).map_err(|s| anyhow::anyhow!("follow {me} → {them}: {s}"))
             }
         })
         .buffer_unordered(concurrency)
@@ -353,11 +344,7 @@ pub async fn seed(args: &SeedArgs) -> anyhow::Result<Seeded> {
             .into_iter()
             .zip(usernames)
             .zip(posts)
-            .map(|(((id, _), username), posts)| SeededUser {
-                id,
-                username,
-                posts,
-            })
+            .map(|(((id, _), username), posts)| SeededUser { id, username, posts })
             .collect(),
     };
     if let Some(dir) = args.out.parent()

@@ -68,13 +68,8 @@ pub struct Clients {
 impl Clients {
     /// Connects to every service of `target` (fails if one does not answer).
     pub async fn connect(target: &Target) -> anyhow::Result<Self> {
-        let urls = [
-            &target.user,
-            &target.post,
-            &target.graph,
-            &target.engagement,
-            &target.notification,
-        ];
+        let urls =
+            [&target.user, &target.post, &target.graph, &target.engagement, &target.notification];
         let mut channels: [Vec<Channel>; 5] = Default::default();
         for (i, url) in urls.iter().enumerate() {
             for _ in 0..target.connections.max(1) {
@@ -92,10 +87,7 @@ impl Clients {
                 channels[i].push(channel);
             }
         }
-        Ok(Self {
-            channels: Arc::new(channels),
-            next: Arc::default(),
-        })
+        Ok(Self { channels: Arc::new(channels), next: Arc::default() })
     }
 
     fn channel(&self, service: usize) -> Channel {

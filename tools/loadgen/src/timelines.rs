@@ -33,12 +33,7 @@ pub async fn feed() -> anyhow::Result<()> {
     let stack = Stack::start().await;
     let db = database(&stack).await?;
     let mut posts = stack.posts().await;
-    let merged = stack
-        .post_replica(TimelineSettings {
-            length: 0,
-            ..Default::default()
-        })
-        .await;
+    let merged = stack.post_replica(TimelineSettings { length: 0, ..Default::default() }).await;
     let mut merged = PostServiceClient::new(merged.channel().await);
     let mut graph = stack.graph().await;
     let mut redis = social_testkit::redis().await;
@@ -60,14 +55,10 @@ pub async fn feed() -> anyhow::Result<()> {
         let token = token_for(reader);
         // The first read is merged in MongoDB and builds the timeline.
         let built = Instant::now();
-        posts
-            .list_home_feed(feed_page(&token, String::new()))
-            .await?;
+        posts.list_home_feed(feed_page(&token, String::new())).await?;
         loop {
-            let floor: Option<String> = redis::cmd("GET")
-                .arg(key(reader, ":floor"))
-                .query_async(&mut redis)
-                .await?;
+            let floor: Option<String> =
+                redis::cmd("GET").arg(key(reader, ":floor")).query_async(&mut redis).await?;
             if floor.is_some_and(|f| f != "building") {
                 break;
             }
@@ -95,12 +86,9 @@ pub async fn feed() -> anyhow::Result<()> {
                 (&mut posts, &mut first, &mut second),
                 (&mut merged, &mut merged_first, &mut merged_second),
             ] {
-                let page = timed(
-                    page_1,
-                    client.list_home_feed(feed_page(&token, String::new())),
-                )
-                .await?
-                .into_inner();
+                let page = timed(page_1, client.list_home_feed(feed_page(&token, String::new())))
+                    .await?
+                    .into_inner();
                 assert_eq!(page.posts.len(), 20);
                 let next = feed_page(&token, page.next_page_token);
                 timed(page_2, client.list_home_feed(next)).await?;
@@ -172,14 +160,9 @@ pub async fn fanout() -> anyhow::Result<()> {
                 .ignore();
         }
         timelines.query_async::<()>(&mut redis).await?;
-        let request = CreatePostRequest {
-            content: format!("to {n} followers"),
-            media: vec![],
-        };
+        let request = CreatePostRequest { content: format!("to {n} followers"), media: vec![] };
         let began = Instant::now();
-        posts
-            .create_post(authed(request, &token_for(author)))
-            .await?;
+        posts.create_post(authed(request, &token_for(author))).await?;
         let answered = began.elapsed();
         if n > limit {
             // Pushed nowhere: the author is recorded as pulled instead.

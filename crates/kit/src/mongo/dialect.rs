@@ -78,10 +78,7 @@ impl Deref for Db {
 impl Db {
     /// `database`, whose dialect is learned on first need.
     pub fn new(database: Database) -> Self {
-        Self {
-            database,
-            dialect: Arc::default(),
-        }
+        Self { database, dialect: Arc::default() }
     }
 
     /// What the server is: asked once (`buildInfo`), remembered by every clone. A failed
@@ -90,14 +87,8 @@ impl Db {
         self.dialect
             .get_or_try_init(|| async {
                 let info = self.database.run_command(doc! { "buildInfo": 1 }).await?;
-                let stand_in = info
-                    .get_str("process")
-                    .is_ok_and(|p| p.starts_with("nx_27017"));
-                Ok(if stand_in {
-                    Dialect::StandIn
-                } else {
-                    Dialect::MongoDb
-                })
+                let stand_in = info.get_str("process").is_ok_and(|p| p.starts_with("nx_27017"));
+                Ok(if stand_in { Dialect::StandIn } else { Dialect::MongoDb })
             })
             .await
             .copied()
@@ -178,9 +169,7 @@ pub mod lenient {
                 bson::DateTime::parse_rfc3339_str(&rfc3339)
                     .map_err(|e| D::Error::custom(format!("unreadable stored time {s:?}: {e}")))
             }
-            other => Err(D::Error::custom(format!(
-                "expected a date, found {other:?}"
-            ))),
+            other => Err(D::Error::custom(format!("expected a date, found {other:?}"))),
         }
     }
 
@@ -230,10 +219,7 @@ pub mod lenient {
             let d: Doc =
                 bson::deserialize_from_document(bson::doc! { "t": "2026-11-24 20:19:15.305000" })
                     .unwrap();
-            assert_eq!(
-                d.t.try_to_rfc3339_string().unwrap(),
-                "2026-11-24T20:19:15.305Z"
-            );
+            assert_eq!(d.t.try_to_rfc3339_string().unwrap(), "2026-11-24T20:19:15.305Z");
         }
     }
 }

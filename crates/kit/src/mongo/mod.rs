@@ -113,11 +113,7 @@ pub fn declared_indexes(database: &str, collection: &str) -> Vec<DeclaredIndex> 
     DECLARED
         .lock()
         .ok()
-        .and_then(|d| {
-            d.as_ref()?
-                .get(&(database.to_owned(), collection.to_owned()))
-                .cloned()
-        })
+        .and_then(|d| d.as_ref()?.get(&(database.to_owned(), collection.to_owned())).cloned())
         .unwrap_or_default()
 }
 
@@ -130,12 +126,7 @@ pub async fn ping(db: &Database) -> mongodb::error::Result<()> {
 pub fn index(name: &str, keys: Document, unique: bool) -> IndexModel {
     IndexModel::builder()
         .keys(keys)
-        .options(
-            IndexOptions::builder()
-                .name(name.to_owned())
-                .unique(unique)
-                .build(),
-        )
+        .options(IndexOptions::builder().name(name.to_owned()).unique(unique).build())
         .build()
 }
 
@@ -144,12 +135,7 @@ pub fn index(name: &str, keys: Document, unique: bool) -> IndexModel {
 pub fn sparse_index(name: &str, keys: Document) -> IndexModel {
     IndexModel::builder()
         .keys(keys)
-        .options(
-            IndexOptions::builder()
-                .name(name.to_owned())
-                .sparse(true)
-                .build(),
-        )
+        .options(IndexOptions::builder().name(name.to_owned()).sparse(true).build())
         .build()
 }
 
@@ -160,10 +146,7 @@ pub fn partial_index(name: &str, keys: Document, filter: Document) -> IndexModel
     IndexModel::builder()
         .keys(keys)
         .options(
-            IndexOptions::builder()
-                .name(name.to_owned())
-                .partial_filter_expression(filter)
-                .build(),
+            IndexOptions::builder().name(name.to_owned()).partial_filter_expression(filter).build(),
         )
         .build()
 }
@@ -215,11 +198,9 @@ pub async fn retire_indexes<T: Send + Sync>(
 ) -> mongodb::error::Result<()> {
     for name in names {
         match collection.drop_index(*name).await {
-            Ok(()) => tracing::info!(
-                collection = collection.name(),
-                index = name,
-                "retired an index"
-            ),
+            Ok(()) => {
+                tracing::info!(collection = collection.name(), index = name, "retired an index")
+            }
             // IndexNotFound (27), or no such collection yet (26).
             Err(e) if matches!(e.kind.as_ref(), mongodb::error::ErrorKind::Command(c) if c.code == 27 || c.code == 26) =>
                 {}
@@ -284,11 +265,7 @@ pub fn sort_key_index(owner: Option<&str>) -> IndexModel {
             doc! { owner: 1, crate::paging::SORT_KEY: -1 },
             true,
         ),
-        None => index(
-            "sort_key_unique",
-            doc! { crate::paging::SORT_KEY: -1 },
-            true,
-        ),
+        None => index("sort_key_unique", doc! { crate::paging::SORT_KEY: -1 }, true),
     }
 }
 
@@ -461,13 +438,7 @@ pub async fn count_as_of<T: Send + Sync>(
     as_of_ms: i64,
 ) -> mongodb::error::Result<i64> {
     filter.insert(STARTED_MS, doc! { "$lte": as_of_ms });
-    filter.insert(
-        "$or",
-        vec![
-            doc! { ENDED_MS: { "$gt": as_of_ms } },
-            doc! { ENDED_MS: null },
-        ],
-    );
+    filter.insert("$or", vec![doc! { ENDED_MS: { "$gt": as_of_ms } }, doc! { ENDED_MS: null }]);
     let alive = db.count(collection, filter).await?;
     // Tests hold a recount here, where a purge would have fallen between two counts.
     if let Some(ms) = injected_pause_ms() {
@@ -507,10 +478,8 @@ where
     T: serde::de::DeserializeOwned + Send + Sync,
 {
     use futures::TryStreamExt;
-    let mut find = collection
-        .find(order.filter(filter, page))
-        .sort(order.sort())
-        .limit(page.fetch_limit());
+    let mut find =
+        collection.find(order.filter(filter, page)).sort(order.sort()).limit(page.fetch_limit());
     if !projection.is_empty() {
         find = find.projection(projection);
     }
@@ -572,10 +541,7 @@ async fn id_query<T: Send + Sync>(
         find = find.limit(limit);
     }
     let rows: Vec<Document> = find.await?.try_collect().await?;
-    Ok(rows
-        .iter()
-        .filter_map(|r| r.get_object_id("_id").ok())
-        .collect())
+    Ok(rows.iter().filter_map(|r| r.get_object_id("_id").ok()).collect())
 }
 
 /// Up to `limit` ids of documents matching `filter`, after `after` in id order: a walk
@@ -602,8 +568,7 @@ impl Db {
         field: &str,
         after: std::time::Duration,
     ) -> mongodb::error::Result<()> {
-        self.ensure_indexes(collection, vec![ttl_index(name, field, after)])
-            .await
+        self.ensure_indexes(collection, vec![ttl_index(name, field, after)]).await
     }
 }
 
@@ -613,11 +578,6 @@ impl Db {
 pub fn ttl_index(name: &str, field: &str, after: std::time::Duration) -> IndexModel {
     IndexModel::builder()
         .keys(doc! { field: 1 })
-        .options(
-            IndexOptions::builder()
-                .name(name.to_owned())
-                .expire_after(after)
-                .build(),
-        )
+        .options(IndexOptions::builder().name(name.to_owned()).expire_after(after).build())
         .build()
 }

@@ -55,9 +55,7 @@ pub struct Slots {
 
 impl Slots {
     pub fn new(db: &Db) -> Self {
-        Self {
-            leases: db.collection(COLLECTION),
-        }
+        Self { leases: db.collection(COLLECTION) }
     }
 
     /// Holds a slot from now on: the one this process holds already (in another
@@ -90,11 +88,8 @@ impl Slots {
 
     /// Takes `slot` if it is free or this process's already.
     async fn take(&self, slot: i64, now: i64) -> crate::Result<bool> {
-        let lease = Lease {
-            slot,
-            holder: HOLDER.clone(),
-            expires_ms: now.saturating_add(millis(LEASE)),
-        };
+        let lease =
+            Lease { slot, holder: HOLDER.clone(), expires_ms: now.saturating_add(millis(LEASE)) };
         match self.leases.insert_one(&lease).await {
             Ok(_) => return Ok(true),
             Err(e) if crate::error::is_duplicate_key(&e) => {}
@@ -105,13 +100,7 @@ impl Slots {
             doc! { "_id": slot, "expires_ms": { "$lt": now } },
             doc! { "_id": slot, "holder": &lease.holder },
         ] {
-            if self
-                .leases
-                .update_one(taken, set.clone())
-                .await?
-                .matched_count
-                == 1
-            {
+            if self.leases.update_one(taken, set.clone()).await?.matched_count == 1 {
                 return Ok(true);
             }
         }
@@ -165,7 +154,5 @@ impl Slots {
 
 /// Until when keys minted under a lease asked for at `asked` may be stored.
 fn valid_until(asked: i64) -> i64 {
-    asked
-        .saturating_add(millis(LEASE))
-        .saturating_sub(millis(CLOCK_MARGIN))
+    asked.saturating_add(millis(LEASE)).saturating_sub(millis(CLOCK_MARGIN))
 }

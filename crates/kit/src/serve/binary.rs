@@ -107,11 +107,7 @@ impl<C> Command<C> {
         about: &'static str,
         run: impl FnOnce(C) -> BoxFuture<'static, anyhow::Result<()>> + 'static,
     ) -> Self {
-        Self {
-            name,
-            about,
-            run: Box::new(run),
-        }
+        Self { name, about, run: Box::new(run) }
     }
 }
 

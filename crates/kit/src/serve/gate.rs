@@ -78,9 +78,8 @@ impl Gate {
     /// else the connection's peer (a client calling directly).
     fn client_address(&self, request: &Request<()>) -> Option<std::net::IpAddr> {
         let metadata = request.metadata();
-        let presented = metadata
-            .get(GATEWAY_TOKEN_HEADER)
-            .map(|v| digest(v.to_str().unwrap_or_default()));
+        let presented =
+            metadata.get(GATEWAY_TOKEN_HEADER).map(|v| digest(v.to_str().unwrap_or_default()));
         let from_gateway = presented == Some(self.gateway_token);
         if presented.is_some() && !from_gateway {
             wrong_gateway_token();
@@ -109,9 +108,7 @@ fn wrong_gateway_token() {
     let now = bson::DateTime::now().timestamp_millis();
     let last = LAST_MS.load(Ordering::Relaxed);
     if now - last >= 60_000
-        && LAST_MS
-            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
+        && LAST_MS.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
     {
         tracing::warn!(
             "a caller presented a gateway credential that does not match GATEWAY_TOKEN: \
@@ -124,9 +121,7 @@ fn wrong_gateway_token() {
 impl Interceptor for Gate {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         if !self.is_ready() {
-            return Err(Status::unavailable(
-                "the service is starting; retry shortly",
-            ));
+            return Err(Status::unavailable("the service is starting; retry shortly"));
         }
         if request.metadata().contains_key(INTERNAL_MARK) {
             let presented = request
@@ -140,19 +135,14 @@ impl Interceptor for Gate {
             }
         }
         if let Some(address) = self.client_address(&request) {
-            request
-                .extensions_mut()
-                .insert(crate::auth::ClientAddress(address));
+            request.extensions_mut().insert(crate::auth::ClientAddress(address));
         }
         if let Some(value) = request.metadata().get("authorization") {
             let value = value
                 .to_str()
                 .map_err(|_| Status::unauthenticated("the authorization header is not text"))?;
             let caller = self.verifier.verify_header(value).map_err(Status::from)?;
-            if caller
-                .session
-                .is_some_and(|s| self.revocations.is_revoked(s))
-            {
+            if caller.session.is_some_and(|s| self.revocations.is_revoked(s)) {
                 return Err(Status::unauthenticated(
                     "this access token's session has ended; log in again",
                 ));
@@ -229,15 +219,9 @@ impl Marker {
     /// For the RPCs `rpcs` of the service named `grpc_name`.
     pub(super) fn new(grpc_name: &str, rpcs: Rpcs) -> Self {
         let paths = |methods: &[&str]| -> Arc<[String]> {
-            methods
-                .iter()
-                .map(|m| format!("/{grpc_name}/{m}"))
-                .collect()
+            methods.iter().map(|m| format!("/{grpc_name}/{m}")).collect()
         };
-        Self {
-            internal: paths(rpcs.internal),
-            authenticating: paths(rpcs.authenticating),
-        }
+        Self { internal: paths(rpcs.internal), authenticating: paths(rpcs.authenticating) }
     }
 
     pub(super) fn mark<B>(&self, mut request: http::Request<B>) -> http::Request<B> {

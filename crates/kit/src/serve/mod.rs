@@ -62,10 +62,7 @@ struct Readiness {
 
 impl Readiness {
     fn new(grace: Duration) -> Self {
-        Self {
-            grace,
-            failing_since: None,
-        }
+        Self { grace, failing_since: None }
     }
 
     /// Records a ping's outcome at `now`; whether the service is ready.
@@ -149,19 +146,12 @@ pub async fn serve(
                 };
                 if ok != serving {
                     serving = ok;
-                    let status = if ok {
-                        ServingStatus::Serving
-                    } else {
-                        ServingStatus::NotServing
-                    };
+                    let status =
+                        if ok { ServingStatus::Serving } else { ServingStatus::NotServing };
                     tracing::info!(?status, "health");
                     set_status(status).await;
                 }
-                let pause = if answered {
-                    Duration::from_secs(5)
-                } else {
-                    Duration::from_secs(1)
-                };
+                let pause = if answered { Duration::from_secs(5) } else { Duration::from_secs(1) };
                 tokio::select! {
                     () = shutdown.cancelled() => break,
                     () = tokio::time::sleep(pause) => {}
@@ -222,10 +212,7 @@ pub async fn serve(
     // to the client's drop, that happens in a task racing the runtime's end (a panic in
     // the driver's connection requester, seen at SIGTERM).
     let client = spec.db.client().clone();
-    if tokio::time::timeout(BACKGROUND_GRACE, client.shutdown())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(BACKGROUND_GRACE, client.shutdown()).await.is_err() {
         tracing::warn!("the MongoDB client did not close in time");
     }
     result.map_err(Into::into)
@@ -255,9 +242,7 @@ impl Background {
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        self.tasks.push(AbortOnDropHandle::new(tokio::spawn(task(
-            self.stop.clone(),
-        ))));
+        self.tasks.push(AbortOnDropHandle::new(tokio::spawn(task(self.stop.clone()))));
     }
 
     /// Tells every task to stop and waits for them, at most `deadline`; tasks still
@@ -267,10 +252,7 @@ impl Background {
         let all = futures::future::join_all(self.tasks);
         if tokio::time::timeout(deadline, all).await.is_err() {
             // Dropping the handles (the timed-out join) aborts the tasks.
-            tracing::warn!(
-                ?deadline,
-                "background tasks did not stop in time; aborting them"
-            );
+            tracing::warn!(?deadline, "background tasks did not stop in time; aborting them");
         }
     }
 }
@@ -294,9 +276,6 @@ mod tests {
         assert!(readiness.observe(false, at(20)));
         assert!(readiness.observe(false, at(49)));
         assert!(!readiness.observe(false, at(50)), "30 s of failures");
-        assert!(
-            readiness.observe(true, at(51)),
-            "ready again at the first answer"
-        );
+        assert!(readiness.observe(true, at(51)), "ready again at the first answer");
     }
 }

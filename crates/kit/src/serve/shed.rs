@@ -26,9 +26,7 @@ pub struct ShedLayer {
 impl ShedLayer {
     /// At most `limit` RPCs at once (at least one; at most what a semaphore holds).
     pub fn new(limit: usize) -> Self {
-        Self {
-            permits: Arc::new(Semaphore::new(limit.clamp(1, Semaphore::MAX_PERMITS))),
-        }
+        Self { permits: Arc::new(Semaphore::new(limit.clamp(1, Semaphore::MAX_PERMITS))) }
     }
 }
 
@@ -36,10 +34,7 @@ impl<S> tower::Layer<S> for ShedLayer {
     type Service = Shed<S>;
 
     fn layer(&self, inner: S) -> Shed<S> {
-        Shed {
-            inner,
-            permits: self.permits.clone(),
-        }
+        Shed { inner, permits: self.permits.clone() }
     }
 }
 
@@ -125,10 +120,7 @@ mod tests {
     }
 
     fn grpc_status(answer: &http::Response<String>) -> Option<&str> {
-        answer
-            .headers()
-            .get("grpc-status")
-            .and_then(|v| v.to_str().ok())
+        answer.headers().get("grpc-status").and_then(|v| v.to_str().ok())
     }
 
     #[tokio::test]

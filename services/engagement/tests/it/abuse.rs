@@ -17,21 +17,12 @@ use crate::App;
 async fn a_like_of_one_kind_is_never_ended_through_the_other() {
     let app = App::start().await;
     let post = app.post(&token_for(ObjectId::new()), "p").await;
-    let comment = app
-        .comment(&token_for(ObjectId::new()), &post.id, "c")
-        .await
-        .unwrap();
+    let comment = app.comment(&token_for(ObjectId::new()), &post.id, "c").await.unwrap();
     let fan = token_for(ObjectId::new());
     let mut engagement = app.engagement.clone();
     let comment_likes = || {
         let (mut engagement, id) = (app.engagement.clone(), comment.id.clone());
-        async move {
-            engagement
-                .get_comment(GetCommentRequest { id })
-                .await
-                .answer()
-                .likes_count
-        }
+        async move { engagement.get_comment(GetCommentRequest { id }).await.answer().likes_count }
     };
     app.like_post(&fan, &post.id).await.unwrap();
     app.like_comment(&fan, &comment.id).await.unwrap();
@@ -46,12 +37,7 @@ async fn a_like_of_one_kind_is_never_ended_through_the_other() {
     // were a comment, then like both again (a no-op, they are liked).
     for _ in 0..3 {
         let err = engagement
-            .unlike_post(authed(
-                UnlikePostRequest {
-                    post_id: comment.id.clone(),
-                },
-                &fan,
-            ))
+            .unlike_post(authed(UnlikePostRequest { post_id: comment.id.clone() }, &fan))
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::NotFound, "no post has the comment's id");
@@ -81,16 +67,11 @@ async fn oversized_requests_are_refused_before_any_work() {
     let mut posts = app.posts.clone();
     // Over the batch limit: one violation for the size, none per element.
     let ids = vec!["not an id".to_owned(); 1000];
-    let err = posts
-        .batch_get_posts(BatchGetPostsRequest { ids })
-        .await
-        .refused(Code::InvalidArgument);
+    let err =
+        posts.batch_get_posts(BatchGetPostsRequest { ids }).await.refused(Code::InvalidArgument);
     assert_eq!(violated_fields(&err), ["ids"]);
     // Far larger than any valid request: refused while decoding.
     let ids = vec!["65f0c0ffee0123456789abcd".to_owned(); 150_000];
-    let err = posts
-        .batch_get_posts(BatchGetPostsRequest { ids })
-        .await
-        .unwrap_err();
+    let err = posts.batch_get_posts(BatchGetPostsRequest { ids }).await.unwrap_err();
     assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
 }

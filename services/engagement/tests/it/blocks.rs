@@ -15,10 +15,7 @@ async fn no_like_or_comment_crosses_a_block_either_way() {
     let [(alice, alice_token), (bob, bob_token)] = app.stack.register_all(["alice", "bob"]).await;
     let alices = app.post(&alice_token, "alice's").await;
     let bobs = app.post(&bob_token, "bob's").await;
-    let bobs_comment = app
-        .comment(&bob_token, &alices.id, "bob here")
-        .await
-        .unwrap();
+    let bobs_comment = app.comment(&bob_token, &alices.id, "bob here").await.unwrap();
     app.stack.block(&alice_token, &bob).await.unwrap();
 
     // To bob, what alice made is absent.
@@ -31,15 +28,8 @@ async fn no_like_or_comment_crosses_a_block_either_way() {
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
     let err = app.comment(&alice_token, &bobs.id, "hi").await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
-    let like = LikeCommentRequest {
-        comment_id: bobs_comment.id.clone(),
-    };
-    let err = app
-        .engagement
-        .clone()
-        .like_comment(authed(like, &alice_token))
-        .await
-        .unwrap_err();
+    let like = LikeCommentRequest { comment_id: bobs_comment.id.clone() };
+    let err = app.engagement.clone().like_comment(authed(like, &alice_token)).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
 
     // Nothing was stored, nothing counted.
@@ -67,12 +57,7 @@ async fn under_their_own_post_an_author_sees_every_comment_and_none_is_edited_ac
         page_size: 10,
         page_token: String::new(),
     };
-    let listed = app
-        .engagement
-        .clone()
-        .list_comments(authed(request, &alice_token))
-        .await
-        .answer();
+    let listed = app.engagement.clone().list_comments(authed(request, &alice_token)).await.answer();
     assert_eq!(listed.comments.len(), 1);
     app.stack
         .edit_comment(&bob_token, &comment.id, "ruder")
@@ -83,10 +68,7 @@ async fn under_their_own_post_an_author_sees_every_comment_and_none_is_edited_ac
         .edit_comment(&alice_token, &comment.id, "kinder")
         .await
         .refused(Code::PermissionDenied);
-    app.stack
-        .delete_comment(&alice_token, &comment.id)
-        .await
-        .unwrap();
+    app.stack.delete_comment(&alice_token, &comment.id).await.unwrap();
 }
 
 #[tokio::test]
@@ -96,10 +78,8 @@ async fn a_like_and_a_comment_racing_a_block_are_undone_and_the_counts_come_back
     let post = app.post(&alice_token, "alice's").await;
     // Bob's like and comment pass their checks, then wait before their inserts while
     // alice blocks him.
-    const POINTS: [&str; 2] = [
-        "engagement::before_like_insert",
-        "engagement::before_comment_insert",
-    ];
+    const POINTS: [&str; 2] =
+        ["engagement::before_like_insert", "engagement::before_comment_insert"];
     for point in POINTS {
         fail::cfg(point, "return(1500)").unwrap();
     }

@@ -40,11 +40,7 @@ async fn deletion_finished(app: &App, user: &str) {
         status.contains("\"finished\"").then_some(())
     })
     .await;
-    assert!(
-        finished.is_some(),
-        "{}",
-        social_user::deletion_status(&config, user).await.unwrap()
-    );
+    assert!(finished.is_some(), "{}", social_user::deletion_status(&config, user).await.unwrap());
     app.stack.settled().await;
 }
 
@@ -56,46 +52,14 @@ async fn count(app: &App, collection: &str, filter: bson::Document) -> u64 {
 async fn holdings(app: &App, user: &str) -> std::collections::BTreeMap<&'static str, u64> {
     let is = social_kit::mongo::equals_id(ObjectId::parse_str(user).unwrap());
     let kinds = [
-        (
-            "posts",
-            "posts",
-            doc! { "user_id": is.clone(), "state": "active" },
-        ),
-        (
-            "likes",
-            "likes",
-            doc! { "user_id": is.clone(), "state": "active" },
-        ),
-        (
-            "comments",
-            "comments",
-            doc! { "user_id": is.clone(), "state": "active" },
-        ),
-        (
-            "follows from",
-            "followers",
-            doc! { "follower_id": is.clone(), "state": "active" },
-        ),
-        (
-            "follows to",
-            "followers",
-            doc! { "followee_id": is.clone(), "state": "active" },
-        ),
-        (
-            "notifications to",
-            "notifications",
-            doc! { "user_id": is.clone() },
-        ),
-        (
-            "notifications from",
-            "notifications",
-            doc! { "source_user_id": is.clone() },
-        ),
-        (
-            "sessions",
-            "sessions",
-            doc! { "user_id": is.clone(), "state": "active" },
-        ),
+        ("posts", "posts", doc! { "user_id": is.clone(), "state": "active" }),
+        ("likes", "likes", doc! { "user_id": is.clone(), "state": "active" }),
+        ("comments", "comments", doc! { "user_id": is.clone(), "state": "active" }),
+        ("follows from", "followers", doc! { "follower_id": is.clone(), "state": "active" }),
+        ("follows to", "followers", doc! { "followee_id": is.clone(), "state": "active" }),
+        ("notifications to", "notifications", doc! { "user_id": is.clone() }),
+        ("notifications from", "notifications", doc! { "source_user_id": is.clone() }),
+        ("sessions", "sessions", doc! { "user_id": is.clone(), "state": "active" }),
     ];
     let mut held = std::collections::BTreeMap::new();
     for (kind, collection, filter) in kinds {
@@ -135,9 +99,7 @@ async fn nothing_left_of(app: &App, user: &str) {
 async fn counters_are_true(app: &App, users: &[&str], posts: &[&str], comments: &[&str]) {
     let before = snapshot(app, users, posts, comments).await;
     let user = user_config(app);
-    social_user::recompute_counters(&user, Duration::ZERO)
-        .await
-        .unwrap();
+    social_user::recompute_counters(&user, Duration::ZERO).await.unwrap();
     let mut post = social_post::Config::for_tests(
         &social_testkit::mongodb_uri(),
         &app.stack.database,
@@ -153,9 +115,7 @@ async fn counters_are_true(app: &App, users: &[&str], posts: &[&str], comments: 
         &format!("http://{}", app.stack.engagement.addr),
         Duration::from_secs(5),
     );
-    social_post::recompute_counters(&post, Duration::ZERO)
-        .await
-        .unwrap();
+    social_post::recompute_counters(&post, Duration::ZERO).await.unwrap();
     let engagement = social_engagement::Config::for_tests(
         &social_testkit::mongodb_uri(),
         &app.stack.database,
@@ -166,9 +126,7 @@ async fn counters_are_true(app: &App, users: &[&str], posts: &[&str], comments: 
         ),
         app.stack.events.clone(),
     );
-    social_engagement::recompute_counters(&engagement, Duration::ZERO)
-        .await
-        .unwrap();
+    social_engagement::recompute_counters(&engagement, Duration::ZERO).await.unwrap();
     assert_eq!(snapshot(app, users, posts, comments).await, before);
 }
 
@@ -176,10 +134,7 @@ async fn snapshot(app: &App, users: &[&str], posts: &[&str], comments: &[&str]) 
     let mut values = Vec::new();
     let mut client = app.stack.users().await;
     for id in users {
-        let u = client
-            .get_user(GetUserRequest { id: (*id).into() })
-            .await
-            .answer();
+        let u = client.get_user(GetUserRequest { id: (*id).into() }).await.answer();
         values.extend([u.followers_count, u.following_count]);
     }
     for id in posts {
@@ -219,15 +174,9 @@ async fn a_deleted_account_leaves_nothing_and_every_other_counter_true() {
     // Its likes and comments on others' posts and comments.
     let theirs = app.post(&alice, "alice's").await;
     app.like_post(&doomed, &theirs.id).await.unwrap();
-    let bobs = app
-        .comment(&bob, &theirs.id, "bob's comment")
-        .await
-        .unwrap();
+    let bobs = app.comment(&bob, &theirs.id, "bob's comment").await.unwrap();
     like_comment(&app, &doomed, &bobs.id).await;
-    let doomeds = app
-        .comment(&doomed, &theirs.id, "hello @alice and @bob")
-        .await
-        .unwrap();
+    let doomeds = app.comment(&doomed, &theirs.id, "hello @alice and @bob").await.unwrap();
     like_comment(&app, &alice, &doomeds.id).await;
     // Follows both ways.
     follow(&app, &doomed, &alice_id).await;
@@ -252,21 +201,12 @@ async fn a_deleted_account_leaves_nothing_and_every_other_counter_true() {
     .await;
 
     // A wrong password changes nothing.
-    let err = app
-        .stack
-        .delete_account(&doomed, "not the password")
-        .await
-        .unwrap_err();
+    let err = app.stack.delete_account(&doomed, "not the password").await.unwrap_err();
     assert_eq!(social_testkit::violated_fields(&err), ["password"]);
     app.stack.delete_account(&doomed, PASSWORD).await.unwrap();
     // Gone for clients at once.
     let mut users = app.stack.users().await;
-    users
-        .get_user(GetUserRequest {
-            id: doomed_id.clone(),
-        })
-        .await
-        .refused(Code::NotFound);
+    users.get_user(GetUserRequest { id: doomed_id.clone() }).await.refused(Code::NotFound);
     users
         .login(LoginRequest {
             username_or_email: "doomed".into(),
@@ -334,21 +274,14 @@ async fn actions_racing_a_deletion_do_not_survive_it() {
         async move {
             tokio::time::sleep(Duration::from_millis(delay_ms)).await;
             let writes = posts.iter().map(|post| async move {
-                let (like, comment) = tokio::join!(
-                    app.like_post(doomed, post),
-                    app.comment(doomed, post, "late")
-                );
+                let (like, comment) =
+                    tokio::join!(app.like_post(doomed, post), app.comment(doomed, post, "late"));
                 usize::from(like.is_ok()) + usize::from(comment.is_ok())
             });
             let follow = async {
                 let mut graph = app.stack.graph().await;
                 let r = graph
-                    .follow(authed(
-                        FollowRequest {
-                            followee_id: alice_id.clone(),
-                        },
-                        doomed,
-                    ))
+                    .follow(authed(FollowRequest { followee_id: alice_id.clone() }, doomed))
                     .await;
                 usize::from(r.is_ok())
             };
@@ -356,10 +289,8 @@ async fn actions_racing_a_deletion_do_not_survive_it() {
             writes.iter().sum::<usize>() + follow
         }
     };
-    let landed: usize = futures::future::join_all([0, 20, 60, 150, 400].map(wave))
-        .await
-        .into_iter()
-        .sum();
+    let landed: usize =
+        futures::future::join_all([0, 20, 60, 150, 400].map(wave)).await.into_iter().sum();
     assert!(landed > 0, "no racing write was accepted: nothing raced");
     deletion_finished(&app, &doomed_id).await;
     // Once every service has heard of it, its writes are refused.
@@ -372,15 +303,8 @@ async fn actions_racing_a_deletion_do_not_survive_it() {
         let p = app.get_post(post).await;
         assert_eq!((p.likes_count, p.comments_count), (0, 0), "{post}");
     }
-    let alice = app
-        .stack
-        .users()
-        .await
-        .get_user(GetUserRequest {
-            id: alice_id.clone(),
-        })
-        .await
-        .answer();
+    let alice =
+        app.stack.users().await.get_user(GetUserRequest { id: alice_id.clone() }).await.answer();
     assert_eq!(alice.followers_count, 0);
     let refs: Vec<&str> = posts.iter().map(String::as_str).collect();
     counters_are_true(&app, &[&alice_id], &refs, &[]).await;
@@ -411,12 +335,7 @@ async fn a_cascade_survives_a_broker_outage_and_a_crash_in_the_middle() {
     }
     follow(&app, &doomed, &alice_id).await;
     app.stack.settled().await;
-    holds(
-        &app,
-        &doomed_id,
-        &["likes", "follows from", "notifications from", "sessions"],
-    )
-    .await;
+    holds(&app, &doomed_id, &["likes", "follows from", "notifications from", "sessions"]).await;
 
     app.stack.delete_account(&doomed, PASSWORD).await.unwrap();
     // The broker goes away while the cascade runs, then the engagement service crashes.
@@ -481,10 +400,7 @@ async fn an_export_read_too_slowly_breaks_off_at_its_deadline() {
         .await
         .unwrap();
     let mut client = social_proto::user::v1::user_service_client::UserServiceClient::new(channel);
-    let mut export = client
-        .export_account(authed(ExportAccountRequest {}, &writer))
-        .await
-        .answer();
+    let mut export = client.export_account(authed(ExportAccountRequest {}, &writer)).await.answer();
     assert!(export.message().await.unwrap().is_some(), "the profile");
     // The client reads on after the export's time: what was on its way arrives, then
     // the export breaks off instead of going on.
@@ -516,10 +432,7 @@ async fn an_account_exports_everything_it_made_before_it_goes() {
     follow(&app, &alice, &writer_id).await;
 
     let (_users, mut client) = exporting_users(&app, |_| ()).await;
-    let mut export = client
-        .export_account(authed(ExportAccountRequest {}, &writer))
-        .await
-        .answer();
+    let mut export = client.export_account(authed(ExportAccountRequest {}, &writer)).await.answer();
     let mut kinds = std::collections::BTreeMap::<&str, usize>::new();
     let mut first = None;
     while let Some(record) = export.message().await.unwrap() {
@@ -537,13 +450,7 @@ async fn an_account_exports_everything_it_made_before_it_goes() {
         *kinds.entry(kind).or_default() += 1;
     }
     assert_eq!(first, Some("profile"));
-    let want = [
-        ("comment", 2),
-        ("follow", 2),
-        ("like", 1),
-        ("post", 2),
-        ("profile", 1),
-    ];
+    let want = [("comment", 2), ("follow", 2), ("like", 1), ("post", 2), ("profile", 1)];
     assert_eq!(kinds, want.into_iter().collect());
 
     // Gone with the account: its session ended, so its token exports nothing.
@@ -568,12 +475,7 @@ async fn a_deleted_accounts_token_writes_nothing_a_month_later() {
         bson::DateTime::from_millis(bson::DateTime::now().timestamp_millis() + 31 * 24 * 3_600_000);
     app.stack.expire_as_of(later).await;
     assert_eq!(
-        count(
-            &app,
-            "users",
-            doc! { "_id": ObjectId::parse_str(&doomed_id).unwrap() }
-        )
-        .await,
+        count(&app, "users", doc! { "_id": ObjectId::parse_str(&doomed_id).unwrap() }).await,
         0,
         "the account's document was purged"
     );
@@ -584,20 +486,12 @@ async fn a_deleted_accounts_token_writes_nothing_a_month_later() {
         assert_eq!(err.code(), Code::Unauthenticated, "{what}: {err:?}");
     };
     refused(app.like_post(&token, &post.id).await, "a like");
-    refused(
-        app.comment(&token, &post.id, "boo").await.map(drop),
-        "a comment",
-    );
+    refused(app.comment(&token, &post.id, "boo").await.map(drop), "a comment");
     refused(
         app.stack
             .graph()
             .await
-            .follow(authed(
-                FollowRequest {
-                    followee_id: alice_id.clone(),
-                },
-                &token,
-            ))
+            .follow(authed(FollowRequest { followee_id: alice_id.clone() }, &token))
             .await
             .map(drop),
         "a follow",
@@ -607,10 +501,7 @@ async fn a_deleted_accounts_token_writes_nothing_a_month_later() {
             .posts()
             .await
             .create_post(authed(
-                CreatePostRequest {
-                    content: "I am back".into(),
-                    media: vec![],
-                },
+                CreatePostRequest { content: "I am back".into(), media: vec![] },
                 &token,
             ))
             .await
@@ -650,18 +541,9 @@ async fn a_write_whose_check_for_a_deleted_account_failed_is_undone_by_its_retry
     assert_eq!(social_kit::faults::fired("engagement::account_removed"), 3);
     let is = social_kit::mongo::equals_id(ObjectId::parse_str(&doomed_id).unwrap());
     let gone = eventually(Duration::from_secs(15), || async {
-        let likes = count(
-            &app,
-            "likes",
-            doc! { "user_id": is.clone(), "state": "active" },
-        )
-        .await;
-        let comments = count(
-            &app,
-            "comments",
-            doc! { "user_id": is.clone(), "state": "active" },
-        )
-        .await;
+        let likes = count(&app, "likes", doc! { "user_id": is.clone(), "state": "active" }).await;
+        let comments =
+            count(&app, "comments", doc! { "user_id": is.clone(), "state": "active" }).await;
         (likes + comments == 0).then_some(())
     })
     .await;
@@ -679,17 +561,9 @@ async fn a_deleted_comment_ends_its_likes_and_deleted_words_are_gone_at_once() {
     let app = App::start().await;
     let [(_, alice), (_, bob)] = app.stack.register_all(["alice", "bob"]).await;
     let post = app.post(&alice, "the words of a post").await;
-    let comment = app
-        .comment(&bob, &post.id, "the words of a comment")
-        .await
-        .unwrap();
+    let comment = app.comment(&bob, &post.id, "the words of a comment").await.unwrap();
     for _ in 0..3 {
-        like_comment(
-            &app,
-            &social_testkit::token_for(ObjectId::new()),
-            &comment.id,
-        )
-        .await;
+        like_comment(&app, &social_testkit::token_for(ObjectId::new()), &comment.id).await;
     }
     let comment_id = ObjectId::parse_str(&comment.id).unwrap();
     let likes_of = |state: &'static str| {
@@ -706,12 +580,7 @@ async fn a_deleted_comment_ends_its_likes_and_deleted_words_are_gone_at_once() {
     assert_eq!(likes_of("active").await, 3);
     app.engagement
         .clone()
-        .delete_comment(authed(
-            DeleteCommentRequest {
-                id: comment.id.clone(),
-            },
-            &bob,
-        ))
+        .delete_comment(authed(DeleteCommentRequest { id: comment.id.clone() }, &bob))
         .await
         .unwrap();
     // Its likes end, each with its event (the likers' exports no longer list them).

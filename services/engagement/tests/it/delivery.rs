@@ -42,32 +42,18 @@ async fn a_consumer_whose_declaration_is_refused_retries_with_growing_delays() {
     let exchange = config.exchange.clone();
 
     let handler: Handler = Arc::new(|_| async { Ok(()) }.boxed());
-    let refused = QueueSpec {
-        service: "refused",
-        routing_keys: &["graph.user.followed"],
-    };
+    let refused = QueueSpec { service: "refused", routing_keys: &["graph.user.followed"] };
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(social_events::consumer::run(
-        config,
-        refused,
-        handler,
-        shutdown.clone(),
-    ));
+    let task =
+        tokio::spawn(social_events::consumer::run(config, refused, handler, shutdown.clone()));
     tokio::time::sleep(Duration::from_secs(6)).await;
     shutdown.cancel();
     task.await.unwrap();
-    channel
-        .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
-        .await
-        .ok();
+    channel.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default()).await.ok();
     let connections = proxy.connections();
     // Delays of 0.5, 1, 2, 4 s (plus jitter): 3 to 5 attempts in 6 s, where a fixed
     // half second would make twelve.
-    assert!(
-        (3..=5).contains(&connections.len()),
-        "{} connections in 6 s",
-        connections.len()
-    );
+    assert!((3..=5).contains(&connections.len()), "{} connections in 6 s", connections.len());
     let gaps: Vec<Duration> = connections.windows(2).map(|w| w[1] - w[0]).collect();
     assert!(gaps.last() > gaps.first(), "delays grow: {gaps:?}");
 }
@@ -92,9 +78,7 @@ async fn an_event_redelivered_after_600_newer_ones_on_its_document_counts_once()
         app.stack
             .users()
             .await
-            .get_user(GetUserRequest {
-                id: celebrity.clone(),
-            })
+            .get_user(GetUserRequest { id: celebrity.clone() })
             .await
             .answer()
             .followers_count
@@ -104,11 +88,7 @@ async fn an_event_redelivered_after_600_newer_ones_on_its_document_counts_once()
             (followers().await == n).then_some(())
         })
         .await;
-        assert!(
-            reached.is_some(),
-            "followers_count {} != {n}",
-            followers().await
-        );
+        assert!(reached.is_some(), "followers_count {} != {n}", followers().await);
     };
 
     let first = follow();
@@ -140,9 +120,7 @@ async fn connections_ask_for_small_frames_unless_the_url_names_a_size() {
     let default = open(&url, "frames", timeout).await.unwrap();
     assert_eq!(default.configuration().frame_max(), FRAME_MAX);
     let sep = if url.contains('?') { '&' } else { '?' };
-    let named = open(&format!("{url}{sep}frame_max=65536"), "frames", timeout)
-        .await
-        .unwrap();
+    let named = open(&format!("{url}{sep}frame_max=65536"), "frames", timeout).await.unwrap();
     assert_eq!(named.configuration().frame_max(), 65536);
     let err = open("http://nowhere", "frames", timeout).await.unwrap_err();
     assert!(err.to_string().contains("AMQP_URL"), "{err:#}");
@@ -189,20 +167,11 @@ impl RelayRig {
             .collect();
         let things = db.collection::<bson::Document>("things");
         things.insert_many(docs).await.unwrap();
-        Self {
-            proxy,
-            config,
-            db,
-            things,
-            _drop: drop,
-        }
+        Self { proxy, config, db, things, _drop: drop }
     }
 
     fn relay(&self) -> social_events::outbox::Relay {
-        let bound = QueueSpec {
-            service: "bound",
-            routing_keys: &["graph.user.followed"],
-        };
+        let bound = QueueSpec { service: "bound", routing_keys: &["graph.user.followed"] };
         social_events::outbox::Relay::new(self.config.clone(), "test", &self.db, &["things"])
             .declaring(vec![bound])
     }
@@ -210,11 +179,7 @@ impl RelayRig {
     /// Waits until some of the events were published and taken out of their outbox.
     async fn under_way(&self) {
         let started = eventually(Duration::from_secs(15), || async {
-            let sent = self
-                .things
-                .count_documents(doc! { "outbox_pending": 0 })
-                .await
-                .unwrap();
+            let sent = self.things.count_documents(doc! { "outbox_pending": 0 }).await.unwrap();
             (sent > 0).then_some(())
         })
         .await;
@@ -234,10 +199,7 @@ impl RelayRig {
             last = seen;
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
-        assert!(
-            stuck,
-            "the relay published everything before a batch waited"
-        );
+        assert!(stuck, "the relay published everything before a batch waited");
     }
 
     /// The ids of the events still in an outbox.
@@ -259,11 +221,7 @@ impl RelayRig {
         broker::take_all(&self.config, &self.config.queue("bound"))
             .await
             .iter()
-            .map(|body| {
-                social_events::Envelope::decode(body.as_slice())
-                    .unwrap()
-                    .event_id
-            })
+            .map(|body| social_events::Envelope::decode(body.as_slice()).unwrap().event_id)
             .collect()
     }
 }
@@ -327,20 +285,11 @@ async fn a_broker_cut_mid_batch_counts_the_batch_failed_and_sends_it_again() {
     let count = |outcome: &str| sent.get(&vec![outcome.to_owned()]).copied().unwrap_or(0.0);
     // Every event was confirmed once: those of the cut batch only when sent again.
     assert_eq!(count("confirmed"), OUTBOX as f64, "{sent:?}");
-    assert!(
-        count("failed") >= 1.0,
-        "the cut batch was not counted: {sent:?}"
-    );
-    assert!(
-        count("failed") <= 128.0,
-        "more failed than one batch holds: {sent:?}"
-    );
+    assert!(count("failed") >= 1.0, "the cut batch was not counted: {sent:?}");
+    assert!(count("failed") <= 128.0, "more failed than one batch holds: {sent:?}");
     // The broker may have taken some of the cut batch: those are in the queue twice,
     // never more often than they were counted failed.
-    assert!(
-        queued.len() - OUTBOX <= count("failed") as usize,
-        "{sent:?}"
-    );
+    assert!(queued.len() - OUTBOX <= count("failed") as usize, "{sent:?}");
 }
 
 #[tokio::test]
@@ -363,11 +312,7 @@ async fn a_failed_check_for_a_deleted_post_takes_nothing_back() {
     fail_next_check();
     let fired = social_kit::faults::fired("engagement::post_removed");
     app.like_post(&fan, &post.id).await.unwrap();
-    assert_eq!(
-        social_kit::faults::fired("engagement::post_removed"),
-        fired,
-        "checked again"
-    );
+    assert_eq!(social_kit::faults::fired("engagement::post_removed"), fired, "checked again");
     fail::remove("engagement::post_removed");
     assert_eq!(app.likers(&post.id).await.len(), 1);
 
@@ -378,9 +323,7 @@ async fn a_failed_check_for_a_deleted_post_takes_nothing_back() {
     assert_eq!(app.comments(&post.id).await.len(), 1);
 
     // One more like lands after all of the above: 2 likes, 1 comment, and no more.
-    app.like_post(&token_for(ObjectId::new()), &post.id)
-        .await
-        .unwrap();
+    app.like_post(&token_for(ObjectId::new()), &post.id).await.unwrap();
     app.counters_become(&post.id, (2, 1)).await;
     let config = &app.stack.events;
     let drained = eventually(Duration::from_secs(10), || async {
@@ -403,10 +346,7 @@ async fn an_unfollow_handled_before_its_follow_never_shows_a_negative_count() {
         let e = new_envelope(follower, payload);
         (e.encode_to_vec(), e.event_id)
     };
-    let pair = || UserFollowed {
-        follower_id: follower.to_hex(),
-        followee_id: user.clone(),
-    };
+    let pair = || UserFollowed { follower_id: follower.to_hex(), followee_id: user.clone() };
     let stored = || async {
         let db = mongodb::Client::with_uri_str(social_testkit::mongodb_uri())
             .await
@@ -435,22 +375,15 @@ async fn an_unfollow_handled_before_its_follow_never_shows_a_negative_count() {
         followee_id: user.clone(),
     }));
     broker::publish_all(&config, "graph.user.unfollowed", &[unfollowed]).await;
-    let early = eventually(Duration::from_secs(15), || async {
-        (stored().await == -1).then_some(())
-    })
-    .await;
+    let early =
+        eventually(Duration::from_secs(15), || async { (stored().await == -1).then_some(()) })
+            .await;
     assert!(early.is_some(), "the unfollow was applied first");
     assert_eq!(shown().await, 0, "never shown below zero");
-    broker::publish_all(
-        &config,
-        "graph.user.followed",
-        &[event(Payload::UserFollowed(pair()))],
-    )
-    .await;
-    let settled = eventually(Duration::from_secs(15), || async {
-        (stored().await == 0).then_some(())
-    })
-    .await;
+    broker::publish_all(&config, "graph.user.followed", &[event(Payload::UserFollowed(pair()))])
+        .await;
+    let settled =
+        eventually(Duration::from_secs(15), || async { (stored().await == 0).then_some(()) }).await;
     assert!(settled.is_some(), "the stored count converges");
     assert_eq!(shown().await, 0);
 }

@@ -52,9 +52,7 @@ async fn counters_equal_the_documents_after_a_storm() {
             }
             let c = app.comment(fan, &post_id, "hi").await.unwrap();
             if i % 3 == 0 {
-                e.delete_comment(authed(DeleteCommentRequest { id: c.id }, fan))
-                    .await
-                    .unwrap();
+                e.delete_comment(authed(DeleteCommentRequest { id: c.id }, fan)).await.unwrap();
             }
         }
     });
@@ -72,11 +70,8 @@ async fn counters_equal_the_documents_after_a_storm() {
             }
         }
     });
-    futures::future::join(
-        futures::future::join_all(storm),
-        futures::future::join_all(follows),
-    )
-    .await;
+    futures::future::join(futures::future::join_all(storm), futures::future::join_all(follows))
+        .await;
 
     let likes = app.likers(&post.id).await.len() as i64;
     let comments = app.comments(&post.id).await.len() as i64;
@@ -107,15 +102,8 @@ async fn counters_equal_the_documents_after_a_storm() {
         }
     })
     .await;
-    let u = users
-        .get_user(GetUserRequest { id: target_id })
-        .await
-        .answer();
-    assert!(
-        reached.is_some(),
-        "followers_count {} != {followers}",
-        u.followers_count
-    );
+    let u = users.get_user(GetUserRequest { id: target_id }).await.answer();
+    assert!(reached.is_some(), "followers_count {} != {followers}", u.followers_count);
 }
 
 #[tokio::test]
@@ -140,9 +128,7 @@ async fn a_redelivered_event_changes_nothing_twice() {
     app.counters_become(&post.id, (1, 0)).await;
     // A later, different event lands after the copies were consumed: the count is 2,
     // never 3 or 4.
-    app.like_post(&token_for(ObjectId::new()), &post.id)
-        .await
-        .unwrap();
+    app.like_post(&token_for(ObjectId::new()), &post.id).await.unwrap();
     app.counters_become(&post.id, (2, 0)).await;
     let queue = config.queue("post");
     let drained = eventually(Duration::from_secs(10), || async {
@@ -178,16 +164,9 @@ async fn a_broker_outage_delays_events_and_loses_none() {
     let mut graph = app.stack.graph().await;
     for _ in 0..3 {
         let fan = token_for(ObjectId::new());
-        app.like_post(&fan, &post.id)
-            .await
-            .expect("likes succeed while the broker is away");
+        app.like_post(&fan, &post.id).await.expect("likes succeed while the broker is away");
         graph
-            .follow(authed(
-                FollowRequest {
-                    followee_id: target_id.clone(),
-                },
-                &fan,
-            ))
+            .follow(authed(FollowRequest { followee_id: target_id.clone() }, &fan))
             .await
             .expect("follows succeed while the broker is away");
     }
@@ -215,10 +194,7 @@ async fn a_broker_outage_delays_events_and_loses_none() {
     .await;
     assert!(drained.is_some());
     assert_eq!(app.get_post(&post.id).await.likes_count, 3);
-    let u = users
-        .get_user(GetUserRequest { id: target_id })
-        .await
-        .answer();
+    let u = users.get_user(GetUserRequest { id: target_id }).await.answer();
     assert_eq!(u.followers_count, 3);
 }
 
@@ -237,17 +213,8 @@ async fn a_poison_message_is_dead_lettered_and_consuming_goes_on() {
     .await;
     let config = app.stack.events.clone();
     let post = app.post(&token_for(ObjectId::new()), "p").await;
-    let comment = app
-        .comment(&token_for(ObjectId::new()), &post.id, "c")
-        .await
-        .unwrap();
-    broker::publish_raw(
-        &config,
-        "post.post.deleted",
-        b"\xff\xfenot protobuf",
-        "poison-1",
-    )
-    .await;
+    let comment = app.comment(&token_for(ObjectId::new()), &post.id, "c").await.unwrap();
+    broker::publish_raw(&config, "post.post.deleted", b"\xff\xfenot protobuf", "poison-1").await;
 
     let dlq = config.dead_letter_queue("engagement");
     let dead = eventually(Duration::from_secs(15), || async {
@@ -262,9 +229,7 @@ async fn a_poison_message_is_dead_lettered_and_consuming_goes_on() {
 
     // The consumer goes on: a comment like still moves the comment's counter.
     let e = app.engagement.clone();
-    app.like_comment(&token_for(ObjectId::new()), &comment.id)
-        .await
-        .unwrap();
+    app.like_comment(&token_for(ObjectId::new()), &comment.id).await.unwrap();
     let counted = eventually(Duration::from_secs(15), || {
         let (mut e, id) = (e.clone(), comment.id.clone());
         async move {
@@ -294,21 +259,11 @@ async fn a_poison_message_is_dead_lettered_and_consuming_goes_on() {
     .await;
     let handled = meters.by("messaging.process.duration", &key_outcome);
     let count = |key: &str, outcome: &str| {
-        handled
-            .get(&vec![key.to_owned(), outcome.to_owned()])
-            .copied()
-            .unwrap_or(0.0)
+        handled.get(&vec![key.to_owned(), outcome.to_owned()]).copied().unwrap_or(0.0)
     };
-    assert_eq!(
-        count("post.post.deleted", "dead_lettered"),
-        2.0,
-        "{handled:?}"
-    );
+    assert_eq!(count("post.post.deleted", "dead_lettered"), 2.0, "{handled:?}");
     assert_eq!(count("post.post.deleted", "processed"), 0.0, "{handled:?}");
-    assert!(
-        count("engagement.comment.liked", "processed") >= 1.0,
-        "{handled:?}"
-    );
+    assert!(count("engagement.comment.liked", "processed") >= 1.0, "{handled:?}");
     // The like's event was published and confirmed by the engagement relay.
     let sent = meters.by("messaging.client.sent.messages", &key_outcome);
     assert!(
@@ -318,10 +273,7 @@ async fn a_poison_message_is_dead_lettered_and_consuming_goes_on() {
     );
     // Each relay measured its outbox backlog (an idle one holds none).
     let backlog = meters.by("outbox.pending.events", &["outbox.collection"]);
-    assert!(
-        backlog.contains_key(&vec!["likes".to_owned()]),
-        "{backlog:?}"
-    );
+    assert!(backlog.contains_key(&vec!["likes".to_owned()]), "{backlog:?}");
 }
 
 #[tokio::test]
@@ -329,12 +281,8 @@ async fn deleting_a_post_removes_its_comments_and_likes() {
     let app = App::start().await;
     let author = token_for(ObjectId::new());
     let post = app.post(&author, "soon gone").await;
-    app.comment(&token_for(ObjectId::new()), &post.id, "c")
-        .await
-        .unwrap();
-    app.like_post(&token_for(ObjectId::new()), &post.id)
-        .await
-        .unwrap();
+    app.comment(&token_for(ObjectId::new()), &post.id, "c").await.unwrap();
+    app.like_post(&token_for(ObjectId::new()), &post.id).await.unwrap();
     app.stack.delete_post(&author, &post.id).await;
     let gone = eventually(Duration::from_secs(15), || async {
         (app.comments(&post.id).await.is_empty() && app.likers(&post.id).await.is_empty())
@@ -349,16 +297,9 @@ async fn drifted_counters_are_recomputed_from_the_documents() {
     let app = App::start().await;
     let (target_id, target) = app.stack.register("drift").await;
     let post = app.post(&target, "p").await;
-    let comment = app
-        .comment(&token_for(ObjectId::new()), &post.id, "c")
-        .await
-        .unwrap();
-    app.like_post(&token_for(ObjectId::new()), &post.id)
-        .await
-        .unwrap();
-    app.stack
-        .follow(&token_for(ObjectId::new()), &target_id)
-        .await;
+    let comment = app.comment(&token_for(ObjectId::new()), &post.id, "c").await.unwrap();
+    app.like_post(&token_for(ObjectId::new()), &post.id).await.unwrap();
+    app.stack.follow(&token_for(ObjectId::new()), &target_id).await;
     app.counters_become(&post.id, (1, 1)).await;
 
     // Something went wrong: the counters drifted.
@@ -401,19 +342,13 @@ async fn drifted_counters_are_recomputed_from_the_documents() {
     );
     post_config.engagement_service = peer("engagement", app.stack.engagement.addr);
     assert!(
-        social_post::recompute_counters(&post_config, Duration::from_secs(120))
-            .await
-            .unwrap()
-            >= 1
+        social_post::recompute_counters(&post_config, Duration::from_secs(120)).await.unwrap() >= 1
     );
     let mut user_config =
         social_user::Config::for_tests(&uri, &app.stack.database, app.stack.events.clone());
     user_config.graph_service = peer("graph", app.stack.graph.addr);
     assert!(
-        social_user::recompute_counters(&user_config, Duration::from_secs(120))
-            .await
-            .unwrap()
-            >= 1
+        social_user::recompute_counters(&user_config, Duration::from_secs(120)).await.unwrap() >= 1
     );
     let engagement_config = social_engagement::Config::for_tests(
         &uri,
@@ -430,20 +365,9 @@ async fn drifted_counters_are_recomputed_from_the_documents() {
 
     let p = app.get_post(&post.id).await;
     assert_eq!((p.likes_count, p.comments_count), (1, 1));
-    let u = app
-        .stack
-        .users()
-        .await
-        .get_user(GetUserRequest { id: target_id })
-        .await
-        .answer();
+    let u = app.stack.users().await.get_user(GetUserRequest { id: target_id }).await.answer();
     assert_eq!(u.followers_count, 1);
-    let c = app
-        .engagement
-        .clone()
-        .get_comment(GetCommentRequest { id: comment.id })
-        .await
-        .answer();
+    let c = app.engagement.clone().get_comment(GetCommentRequest { id: comment.id }).await.answer();
     assert_eq!(c.likes_count, 0);
 }
 
@@ -469,9 +393,7 @@ async fn a_crash_before_the_publish_delays_the_event_and_loses_none() {
     // The like is acknowledged while the broker is away, so its event waits in the
     // outbox; then the engagement service dies before it could publish it.
     link.cut().await;
-    app.like_post(&token_for(ObjectId::new()), &post.id)
-        .await
-        .unwrap();
+    app.like_post(&token_for(ObjectId::new()), &post.id).await.unwrap();
     let crashed = app.crash_and_restart_engagement().await;
     link.restore();
 
@@ -492,17 +414,12 @@ async fn a_like_or_comment_racing_the_deletion_of_its_post_is_taken_back() {
     let app = App::start().await;
     let author = ObjectId::new();
     let post = app.post(&token_for(author), "going").await;
-    app.comment(&token_for(ObjectId::new()), &post.id, "first")
-        .await
-        .unwrap();
+    app.comment(&token_for(ObjectId::new()), &post.id, "first").await.unwrap();
     // The deletion's event is handled while the post service still answers for the
     // post: exactly the window in which a like checked the post and then inserted.
     let event = new_envelope(
         author,
-        Payload::PostDeleted(PostDeleted {
-            post_id: post.id.clone(),
-            author_id: author.to_hex(),
-        }),
+        Payload::PostDeleted(PostDeleted { post_id: post.id.clone(), author_id: author.to_hex() }),
     );
     broker::publish_raw(
         &app.stack.events,
@@ -577,12 +494,7 @@ impl FlakyConsumer {
         })
         .await;
         assert!(declared.is_some());
-        Self {
-            config,
-            tries,
-            shutdown,
-            task,
-        }
+        Self { config, tries, shutdown, task }
     }
 
     async fn publish_one(&self) {
@@ -611,14 +523,11 @@ impl FlakyConsumer {
         let user = ObjectId::new();
         let mut event = new_envelope(
             user,
-            Payload::UserDeleted(social_events::pb::UserDeleted {
-                user_id: user.to_hex(),
-            }),
+            Payload::UserDeleted(social_events::pb::UserDeleted { user_id: user.to_hex() }),
         );
         let month_ago = bson::DateTime::now().timestamp_millis() - 31 * 86_400_000;
-        event.occurred_at = Some(social_kit::time::to_timestamp(bson::DateTime::from_millis(
-            month_ago,
-        )));
+        event.occurred_at =
+            Some(social_kit::time::to_timestamp(bson::DateTime::from_millis(month_ago)));
         broker::publish_raw(
             &self.config,
             "user.user.deleted",
@@ -634,10 +543,9 @@ impl FlakyConsumer {
 
     /// Waits until the handler was tried `n` times.
     async fn tried(&self, n: u32) {
-        let reached = eventually(Duration::from_secs(30), || async {
-            (self.tries() >= n).then_some(())
-        })
-        .await;
+        let reached =
+            eventually(Duration::from_secs(30), || async { (self.tries() >= n).then_some(()) })
+                .await;
         assert!(reached.is_some(), "tried {} times, not {n}", self.tries());
     }
 
@@ -662,9 +570,7 @@ impl FlakyConsumer {
 
 /// What a handler returns while its database is down.
 fn database_down() -> anyhow::Error {
-    anyhow::Error::new(social_kit::Error::Unavailable(
-        "the database is unavailable".into(),
-    ))
+    anyhow::Error::new(social_kit::Error::Unavailable("the database is unavailable".into()))
 }
 
 /// Publishes one message to a consumer that fails its first `outage` tries with a
@@ -706,11 +612,7 @@ async fn a_late_deletion_requeued_on_its_way_is_still_applied() {
     consumer.publish_late_deletion().await;
     consumer.tried(outage + 1).await;
     let (tries, depths) = consumer.stop().await;
-    assert_eq!(
-        (tries, depths),
-        (outage + 1, (0, 0)),
-        "applied, not dead-lettered"
-    );
+    assert_eq!((tries, depths), (outage + 1, (0, 0)), "applied, not dead-lettered");
 }
 
 /// A consumer whose handler hangs (a query that never ends) on the follows of
@@ -758,11 +660,7 @@ async fn a_message_whose_handler_hangs_while_others_go_through_is_dead_lettered(
         (consumer.depths().await.1 == 1).then_some(())
     })
     .await;
-    assert!(
-        dead.is_some(),
-        "hung {} times and was never dead-lettered",
-        consumer.tries()
-    );
+    assert!(dead.is_some(), "hung {} times and was never dead-lettered", consumer.tries());
     let max = EventsConfig::for_tests("x").max_attempts;
     let (hangs, (left, dead)) = consumer.stop().await;
     assert!(hangs >= max, "dead-lettered after {hangs} hangs");
@@ -823,17 +721,12 @@ async fn the_relay_sends_routable_events_once_and_keeps_unroutable_ones() {
         .unwrap()
         .database(&database);
     // A queue bound to follows only: unfollows have nowhere to go (mandatory returns).
-    let bound = QueueSpec {
-        service: "bound",
-        routing_keys: &["graph.user.followed"],
-    };
+    let bound = QueueSpec { service: "bound", routing_keys: &["graph.user.followed"] };
     let connection =
         lapin::Connection::connect(&config.amqp_url, lapin::ConnectionProperties::default())
             .await
             .unwrap();
-    social_events::topology::declare(&connection, &config, &[bound])
-        .await
-        .unwrap();
+    social_events::topology::declare(&connection, &config, &[bound]).await.unwrap();
     let queue = config.queue("bound");
 
     // One batch alternating routable and unroutable events, one per document.
@@ -888,10 +781,7 @@ async fn the_relay_sends_routable_events_once_and_keeps_unroutable_ones() {
     task.await.unwrap();
 
     // Every routable event arrived exactly once; every unroutable one is still kept.
-    assert!(
-        pending().await.iter().all(|followed| !followed),
-        "only unroutable events wait"
-    );
+    assert!(pending().await.iter().all(|followed| !followed), "only unroutable events wait");
     let mut arrived = std::collections::HashSet::new();
     for body in broker::take_all(&config, &queue).await {
         let event = social_events::Envelope::decode(body.as_slice()).unwrap();
@@ -917,16 +807,9 @@ async fn an_event_older_than_what_the_consumers_remember_is_dead_lettered_not_ap
         }),
     );
     let month_ago = bson::DateTime::now().timestamp_millis() - 31 * 86_400_000;
-    late.occurred_at = Some(social_kit::time::to_timestamp(bson::DateTime::from_millis(
-        month_ago,
-    )));
-    broker::publish_raw(
-        &config,
-        "engagement.post.liked",
-        &late.encode_to_vec(),
-        &late.event_id,
-    )
-    .await;
+    late.occurred_at = Some(social_kit::time::to_timestamp(bson::DateTime::from_millis(month_ago)));
+    broker::publish_raw(&config, "engagement.post.liked", &late.encode_to_vec(), &late.event_id)
+        .await;
     let dlq = config.dead_letter_queue("post");
     let dead = eventually(Duration::from_secs(15), || async {
         (broker::queue_depth(&config, &dlq).await == 1).then_some(())
@@ -934,8 +817,6 @@ async fn an_event_older_than_what_the_consumers_remember_is_dead_lettered_not_ap
     .await;
     assert!(dead.is_some(), "the late event never reached {dlq}");
     // Not applied; a like of now still is.
-    app.like_post(&token_for(ObjectId::new()), &post.id)
-        .await
-        .unwrap();
+    app.like_post(&token_for(ObjectId::new()), &post.id).await.unwrap();
     app.counters_become(&post.id, (1, 0)).await;
 }

@@ -37,11 +37,7 @@ impl App {
     }
 
     async fn with(stack: Stack) -> Self {
-        Self {
-            engagement: stack.engagement().await,
-            posts: stack.posts().await,
-            stack,
-        }
+        Self { engagement: stack.engagement().await, posts: stack.posts().await, stack }
     }
 
     /// Kills the engagement service as a crash would and starts a new one that reaches
@@ -104,19 +100,11 @@ impl App {
     }
 
     async fn get_post_err(&self, id: &str) -> Status {
-        self.posts
-            .clone()
-            .get_post(GetPostRequest { id: id.into() })
-            .await
-            .unwrap_err()
+        self.posts.clone().get_post(GetPostRequest { id: id.into() }).await.unwrap_err()
     }
 
     async fn get_post(&self, id: &str) -> Post {
-        self.posts
-            .clone()
-            .get_post(GetPostRequest { id: id.into() })
-            .await
-            .answer()
+        self.posts.clone().get_post(GetPostRequest { id: id.into() }).await.answer()
     }
 
     /// Waits until the post's counters are `(likes, comments)`; panics after 15 s.

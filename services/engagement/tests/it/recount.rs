@@ -11,11 +11,7 @@ use social_testkit::{Answer, Stack, StackOptions, TcpProxy, broker, eventually, 
 use crate::App;
 
 fn peer(addr: SocketAddr) -> social_kit::client::Peer {
-    social_testkit::peer(
-        "social-graph service",
-        &format!("http://{addr}"),
-        Duration::from_secs(5),
-    )
+    social_testkit::peer("social-graph service", &format!("http://{addr}"), Duration::from_secs(5))
 }
 
 async fn database(app: &App) -> mongodb::Database {
@@ -40,11 +36,8 @@ async fn a_recount_while_follows_wait_in_an_outbox_and_a_queue_ends_exact() {
     )
     .await;
     let (star, _) = app.stack.register("star").await;
-    let (a, b, c) = (
-        token_for(ObjectId::new()),
-        token_for(ObjectId::new()),
-        token_for(ObjectId::new()),
-    );
+    let (a, b, c) =
+        (token_for(ObjectId::new()), token_for(ObjectId::new()), token_for(ObjectId::new()));
     let follow = |token: String| {
         let (stack, star) = (&app.stack, star.clone());
         async move { stack.follow(&token, &star).await }
@@ -59,10 +52,9 @@ async fn a_recount_while_follows_wait_in_an_outbox_and_a_queue_ends_exact() {
             .followers_count
     };
     follow(a.clone()).await;
-    let counted = eventually(Duration::from_secs(15), || async {
-        (followers().await == 1).then_some(())
-    })
-    .await;
+    let counted =
+        eventually(Duration::from_secs(15), || async { (followers().await == 1).then_some(()) })
+            .await;
     assert!(counted.is_some());
 
     // The user service's consumer goes away: b's follow waits in its queue. Once the
@@ -72,15 +64,11 @@ async fn a_recount_while_follows_wait_in_an_outbox_and_a_queue_ends_exact() {
     user_side.cut().await;
     follow(b).await;
     let config = app.stack.events.clone();
-    let follows = database(&app)
-        .await
-        .collection::<bson::Document>("followers");
+    let follows = database(&app).await.collection::<bson::Document>("followers");
     let seen = std::sync::Mutex::new((0, 0));
     let queued = eventually(Duration::from_secs(30), || async {
-        let pending = follows
-            .count_documents(doc! { "outbox_pending": { "$gt": 0 } })
-            .await
-            .unwrap();
+        let pending =
+            follows.count_documents(doc! { "outbox_pending": { "$gt": 0 } }).await.unwrap();
         let depth = broker::queue_depth(&config, &config.queue("user")).await;
         *seen.lock().unwrap() = (pending, depth);
         (pending == 0 && (1..=2).contains(&depth)).then_some(())
@@ -104,9 +92,7 @@ async fn a_recount_while_follows_wait_in_an_outbox_and_a_queue_ends_exact() {
         config.clone(),
     );
     user_config.graph_service = peer(app.stack.graph.addr);
-    let recounted = social_user::recompute_counters(&user_config, Duration::ZERO)
-        .await
-        .unwrap();
+    let recounted = social_user::recompute_counters(&user_config, Duration::ZERO).await.unwrap();
     assert!(recounted >= 1);
     assert_eq!(followers().await, 2);
 
@@ -114,10 +100,8 @@ async fn a_recount_while_follows_wait_in_an_outbox_and_a_queue_ends_exact() {
     user_side.restore();
     everyone.restore();
     let landed = eventually(Duration::from_secs(30), || async {
-        let pending = follows
-            .count_documents(doc! { "outbox_pending": { "$gt": 0 } })
-            .await
-            .unwrap();
+        let pending =
+            follows.count_documents(doc! { "outbox_pending": { "$gt": 0 } }).await.unwrap();
         let queued = broker::queue_depth(&config, &config.queue("user")).await;
         (pending == 0 && queued == 0).then_some(())
     })
@@ -147,10 +131,7 @@ async fn a_user_with_many_followers_is_recounted_and_a_failing_batch_is_reported
             }
         })
         .collect();
-    db.collection::<bson::Document>("followers")
-        .insert_many(follows)
-        .await
-        .unwrap();
+    db.collection::<bson::Document>("followers").insert_many(follows).await.unwrap();
     // And 150 more users (two batches of recounting), straight into the user service's.
     let users: Vec<bson::Document> = (0..150)
         .map(|i| {
@@ -161,39 +142,23 @@ async fn a_user_with_many_followers_is_recounted_and_a_failing_batch_is_reported
             }
         })
         .collect();
-    db.collection::<bson::Document>("users")
-        .insert_many(users)
-        .await
-        .unwrap();
+    db.collection::<bson::Document>("users").insert_many(users).await.unwrap();
 
     let uri = social_testkit::mongodb_uri();
     let mut config =
         social_user::Config::for_tests(&uri, &app.stack.database, app.stack.events.clone());
     config.graph_service = peer(app.stack.graph.addr);
-    let recounted = social_user::recompute_counters(&config, Duration::ZERO)
-        .await
-        .unwrap();
+    let recounted = social_user::recompute_counters(&config, Duration::ZERO).await.unwrap();
     assert_eq!(recounted, 151);
-    let got = app
-        .stack
-        .users()
-        .await
-        .get_user(GetUserRequest { id: star.to_hex() })
-        .await
-        .answer();
+    let got = app.stack.users().await.get_user(GetUserRequest { id: star.to_hex() }).await.answer();
     assert_eq!(got.followers_count, 3000);
 
     // The social-graph service is unreachable: every batch fails, each is reported, and
     // the command goes through all of them.
     let unreachable: SocketAddr = "127.0.0.1:9".parse().unwrap();
     config.graph_service = peer(unreachable);
-    let err = social_user::recompute_counters(&config, Duration::ZERO)
-        .await
-        .unwrap_err();
-    assert!(
-        format!("{err:#}").contains("2 batch(es) of follow counters"),
-        "{err:#}"
-    );
+    let err = social_user::recompute_counters(&config, Duration::ZERO).await.unwrap_err();
+    assert!(format!("{err:#}").contains("2 batch(es) of follow counters"), "{err:#}");
 }
 
 #[tokio::test]
@@ -229,18 +194,10 @@ async fn a_recount_stays_exact_when_a_purge_falls_in_the_middle_of_it() {
         app.stack.events.clone(),
     );
     config.graph_service = peer(app.stack.graph.addr);
-    let (recounted, ()) = tokio::join!(
-        social_user::recompute_counters(&config, Duration::ZERO),
-        purge
-    );
+    let (recounted, ()) =
+        tokio::join!(social_user::recompute_counters(&config, Duration::ZERO), purge);
     fail::remove("kit::count_as_of");
     recounted.unwrap();
-    let user = app
-        .stack
-        .users()
-        .await
-        .get_user(GetUserRequest { id: star })
-        .await
-        .answer();
+    let user = app.stack.users().await.get_user(GetUserRequest { id: star }).await.answer();
     assert_eq!(user.followers_count, 1);
 }

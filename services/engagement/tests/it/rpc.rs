@@ -27,21 +27,14 @@ async fn likes_are_idempotent_and_listed_newest_first() {
 
     let mut e = app.engagement.clone();
     for _ in 0..2 {
-        e.unlike_post(authed(
-            UnlikePostRequest {
-                post_id: post.id.clone(),
-            },
-            &token_for(alice),
-        ))
-        .await
-        .unwrap();
+        e.unlike_post(authed(UnlikePostRequest { post_id: post.id.clone() }, &token_for(alice)))
+            .await
+            .unwrap();
     }
     assert_eq!(app.likers(&post.id).await, [bob.to_hex()]);
     let err = e
         .unlike_post(authed(
-            UnlikePostRequest {
-                post_id: ObjectId::new().to_hex(),
-            },
+            UnlikePostRequest { post_id: ObjectId::new().to_hex() },
             &token_for(alice),
         ))
         .await
@@ -51,16 +44,12 @@ async fn likes_are_idempotent_and_listed_newest_first() {
     app.like_post(&token_for(alice), &post.id).await.unwrap();
     assert_eq!(app.likers(&post.id).await, [alice.to_hex(), bob.to_hex()]);
 
-    app.like_post(&token_for(alice), &ObjectId::new().to_hex())
-        .await
-        .refused(Code::NotFound);
+    app.like_post(&token_for(alice), &ObjectId::new().to_hex()).await.refused(Code::NotFound);
     let err = app.like_post(&token_for(alice), "nope").await.unwrap_err();
     assert_eq!(violated_fields(&err), ["post_id"]);
-    e.like_post(social_proto::engagement::v1::LikePostRequest {
-        post_id: post.id.clone(),
-    })
-    .await
-    .refused(Code::Unauthenticated);
+    e.like_post(social_proto::engagement::v1::LikePostRequest { post_id: post.id.clone() })
+        .await
+        .refused(Code::Unauthenticated);
     let err = e
         .list_post_likes(ListPostLikesRequest {
             post_id: post.id.clone(),
@@ -105,20 +94,13 @@ async fn comments_are_validated_listed_oldest_first_and_paged() {
     let me = token_for(ObjectId::new());
     let mut ids = Vec::new();
     for i in 0..5 {
-        ids.push(
-            app.comment(&me, &post.id, &format!("c{i}"))
-                .await
-                .unwrap()
-                .id,
-        );
+        ids.push(app.comment(&me, &post.id, &format!("c{i}")).await.unwrap().id);
     }
     let c = app.comment(&me, &post.id, "").await.unwrap_err();
     assert_eq!(violated_fields(&c), ["content"]);
     let c = app.comment(&me, "bad", &"x".repeat(501)).await.unwrap_err();
     assert_eq!(violated_fields(&c), ["post_id", "content"]);
-    app.comment(&me, &ObjectId::new().to_hex(), "hi")
-        .await
-        .refused(Code::NotFound);
+    app.comment(&me, &ObjectId::new().to_hex(), "hi").await.refused(Code::NotFound);
     let with_media = app
         .engagement
         .clone()
@@ -143,29 +125,15 @@ async fn comments_are_validated_listed_oldest_first_and_paged() {
         page_token: token,
     };
     let first = e.list_comments(page(String::new())).await.answer();
-    let second = e
-        .list_comments(page(first.next_page_token.clone()))
-        .await
-        .answer();
-    let seen: Vec<_> = first
-        .comments
-        .iter()
-        .chain(&second.comments)
-        .map(|c| c.id.clone())
-        .collect();
+    let second = e.list_comments(page(first.next_page_token.clone())).await.answer();
+    let seen: Vec<_> =
+        first.comments.iter().chain(&second.comments).map(|c| c.id.clone()).collect();
     assert_eq!(seen, ids);
     assert!(second.next_page_token.is_empty());
 
-    let got = e
-        .get_comment(GetCommentRequest { id: ids[0].clone() })
-        .await
-        .answer();
+    let got = e.get_comment(GetCommentRequest { id: ids[0].clone() }).await.answer();
     assert_eq!(got.content, "c0");
-    e.get_comment(GetCommentRequest {
-        id: ObjectId::new().to_hex(),
-    })
-    .await
-    .refused(Code::NotFound);
+    e.get_comment(GetCommentRequest { id: ObjectId::new().to_hex() }).await.refused(Code::NotFound);
 }
 
 #[tokio::test]
@@ -183,82 +151,45 @@ async fn comments_are_changed_by_their_author_and_deleted_by_either_author() {
             content: content.into(),
             ..Default::default()
         }),
-        update_mask: Some(FieldMask {
-            paths: vec!["content".into()],
-        }),
+        update_mask: Some(FieldMask { paths: vec!["content".into()] }),
     };
-    e.update_comment(authed(update("hijack"), &post_author))
-        .await
-        .refused(Code::PermissionDenied);
-    let err = e
-        .update_comment(authed(update(""), &writer))
-        .await
-        .unwrap_err();
+    e.update_comment(authed(update("hijack"), &post_author)).await.refused(Code::PermissionDenied);
+    let err = e.update_comment(authed(update(""), &writer)).await.unwrap_err();
     assert_eq!(violated_fields(&err), ["comment.content"]);
-    let updated = e
-        .update_comment(authed(update("edited"), &writer))
-        .await
-        .answer();
+    let updated = e.update_comment(authed(update("edited"), &writer)).await.answer();
     assert_eq!(updated.content, "edited");
 
     let delete = |id: &str| DeleteCommentRequest { id: id.into() };
-    e.delete_comment(authed(delete(&comment.id), &stranger))
-        .await
-        .refused(Code::PermissionDenied);
-    e.delete_comment(authed(delete(&comment.id), &post_author))
-        .await
-        .unwrap();
-    e.get_comment(GetCommentRequest {
-        id: comment.id.clone(),
-    })
-    .await
-    .refused(Code::NotFound);
+    e.delete_comment(authed(delete(&comment.id), &stranger)).await.refused(Code::PermissionDenied);
+    e.delete_comment(authed(delete(&comment.id), &post_author)).await.unwrap();
+    e.get_comment(GetCommentRequest { id: comment.id.clone() }).await.refused(Code::NotFound);
 
     let own = app.comment(&writer, &post.id, "again").await.unwrap();
-    e.delete_comment(authed(delete(&own.id), &writer))
-        .await
-        .unwrap();
+    e.delete_comment(authed(delete(&own.id), &writer)).await.unwrap();
     assert!(app.comments(&post.id).await.is_empty());
-    e.delete_comment(authed(delete(&own.id), &writer))
-        .await
-        .refused(Code::NotFound);
+    e.delete_comment(authed(delete(&own.id), &writer)).await.refused(Code::NotFound);
 }
 
 #[tokio::test]
 async fn comment_likes_are_idempotent_and_counted() {
     let app = App::start().await;
     let post = app.post(&token_for(ObjectId::new()), "p").await;
-    let comment = app
-        .comment(&token_for(ObjectId::new()), &post.id, "c")
-        .await
-        .unwrap();
+    let comment = app.comment(&token_for(ObjectId::new()), &post.id, "c").await.unwrap();
     let e = app.engagement.clone();
     let fan = token_for(ObjectId::new());
     for _ in 0..3 {
         app.like_comment(&fan, &comment.id).await.unwrap();
     }
-    app.like_comment(&token_for(ObjectId::new()), &comment.id)
-        .await
-        .unwrap();
+    app.like_comment(&token_for(ObjectId::new()), &comment.id).await.unwrap();
     let count = social_testkit::eventually(std::time::Duration::from_secs(15), || async {
-        let c = e
-            .clone()
-            .get_comment(GetCommentRequest {
-                id: comment.id.clone(),
-            })
-            .await
-            .answer();
+        let c = e.clone().get_comment(GetCommentRequest { id: comment.id.clone() }).await.answer();
         (c.likes_count == 2).then_some(())
     })
     .await;
     assert!(count.is_some(), "comment likes_count never reached 2");
     app.unlike_comment(&fan, &comment.id).await.unwrap();
-    app.like_comment(&fan, &ObjectId::new().to_hex())
-        .await
-        .refused(Code::NotFound);
-    app.unlike_comment(&fan, &ObjectId::new().to_hex())
-        .await
-        .refused(Code::NotFound);
+    app.like_comment(&fan, &ObjectId::new().to_hex()).await.refused(Code::NotFound);
+    app.unlike_comment(&fan, &ObjectId::new().to_hex()).await.refused(Code::NotFound);
     // The post's like list holds post likes only.
     assert!(app.likers(&post.id).await.is_empty());
 }

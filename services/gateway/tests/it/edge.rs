@@ -41,10 +41,7 @@ async fn rate_limits_count_per_address_and_per_account_and_say_when_to_return() 
     let refused = app.get("/v1/users/by-username/alice", None).await;
     refused.error(StatusCode::TOO_MANY_REQUESTS, "RESOURCE_EXHAUSTED");
     let wait: u64 = refused.header("retry-after").unwrap().parse().unwrap();
-    assert!(
-        (1..=20).contains(&wait),
-        "one request's worth of the minute: {wait}"
-    );
+    assert!((1..=20).contains(&wait), "one request's worth of the minute: {wait}");
 
     // An account has its own bucket, whatever its address; another account is not
     // slowed by it.
@@ -62,25 +59,15 @@ async fn rate_limits_count_per_address_and_per_account_and_say_when_to_return() 
 #[tokio::test]
 async fn forwarded_addresses_count_only_behind_a_trusted_proxy() {
     let forwarded = |app: &App, from: &'static str| {
-        app.http
-            .get(app.url("/v1/users/by-username/nobody"))
-            .header("x-forwarded-for", from)
-            .send()
+        app.http.get(app.url("/v1/users/by-username/nobody")).header("x-forwarded-for", from).send()
     };
     // Untrusted: X-Forwarded-For is the client's to forge, so it is ignored.
     let app = App::start_with(|c| c.rates.anonymous = Rate::per(2, 60)).await;
     for from in ["10.0.0.1", "10.0.0.2"] {
-        assert_eq!(
-            forwarded(&app, from).await.unwrap().status(),
-            StatusCode::NOT_FOUND
-        );
+        assert_eq!(forwarded(&app, from).await.unwrap().status(), StatusCode::NOT_FOUND);
     }
     let third = forwarded(&app, "10.0.0.3").await.unwrap();
-    assert_eq!(
-        third.status(),
-        StatusCode::TOO_MANY_REQUESTS,
-        "one address, whatever it claims"
-    );
+    assert_eq!(third.status(), StatusCode::TOO_MANY_REQUESTS, "one address, whatever it claims");
 
     // Behind a trusted proxy: each forwarded client has its own bucket, and a client
     // cannot prepend addresses to escape its own.
@@ -90,17 +77,11 @@ async fn forwarded_addresses_count_only_behind_a_trusted_proxy() {
     })
     .await;
     for _ in 0..2 {
-        assert_eq!(
-            forwarded(&app, "10.0.0.1").await.unwrap().status(),
-            StatusCode::NOT_FOUND
-        );
+        assert_eq!(forwarded(&app, "10.0.0.1").await.unwrap().status(), StatusCode::NOT_FOUND);
     }
     let spoofed = forwarded(&app, "1.2.3.4, 10.0.0.1").await.unwrap();
     assert_eq!(spoofed.status(), StatusCode::TOO_MANY_REQUESTS);
-    assert_eq!(
-        forwarded(&app, "10.0.0.2").await.unwrap().status(),
-        StatusCode::NOT_FOUND
-    );
+    assert_eq!(forwarded(&app, "10.0.0.2").await.unwrap().status(), StatusCode::NOT_FOUND);
 }
 
 #[tokio::test]
@@ -111,21 +92,12 @@ async fn browsers_may_call_from_the_configured_origins_only() {
             .request(Method::OPTIONS, app.url("/v1/posts"))
             .header("origin", origin)
             .header("access-control-request-method", "POST")
-            .header(
-                "access-control-request-headers",
-                "authorization,content-type",
-            )
+            .header("access-control-request-headers", "authorization,content-type")
             .send()
     };
     let ok = preflight("https://app.example.com").await.unwrap();
-    assert_eq!(
-        ok.headers()["access-control-allow-origin"],
-        "https://app.example.com"
-    );
-    let methods = ok.headers()["access-control-allow-methods"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    assert_eq!(ok.headers()["access-control-allow-origin"], "https://app.example.com");
+    let methods = ok.headers()["access-control-allow-methods"].to_str().unwrap().to_owned();
     assert!(methods.contains("POST"), "{methods}");
     let other = preflight("https://evil.example.net").await.unwrap();
     assert!(other.headers().get("access-control-allow-origin").is_none());
@@ -137,14 +109,8 @@ async fn browsers_may_call_from_the_configured_origins_only() {
         .send()
         .await
         .unwrap();
-    let exposed = get.headers()["access-control-expose-headers"]
-        .to_str()
-        .unwrap()
-        .to_owned();
-    assert!(
-        exposed.contains("link") && exposed.contains("ratelimit-remaining"),
-        "{exposed}"
-    );
+    let exposed = get.headers()["access-control-expose-headers"].to_str().unwrap().to_owned();
+    assert!(exposed.contains("link") && exposed.contains("ratelimit-remaining"), "{exposed}");
 }
 
 #[tokio::test]
@@ -178,10 +144,7 @@ async fn a_service_that_is_down_is_a_503_on_its_routes_alone_and_the_gateway_sta
     let down = app.get("/v1/feed", Some(&alice)).await;
     down.error(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE");
     assert!(
-        down.body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("post service"),
+        down.body["error"]["message"].as_str().unwrap().contains("post service"),
         "{}",
         down.body
     );
@@ -234,10 +197,7 @@ async fn with_the_notification_service_down_logins_posts_and_feeds_go_on() {
         .error(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE");
     let ready = app.get("/readyz", None).await;
     assert_eq!(ready.status, StatusCode::OK, "{}", ready.body);
-    assert_eq!(
-        ready.body["not_serving"],
-        serde_json::json!(["notification"])
-    );
+    assert_eq!(ready.body["not_serving"], serde_json::json!(["notification"]));
 }
 
 #[tokio::test]
@@ -260,15 +220,9 @@ async fn answers_under_a_kibibyte_go_as_they_are_and_larger_ones_gzipped() {
         }
     }
     // One post; then the three, over a kibibyte.
-    for (path, compressed) in [
-        (short, false),
-        (format!("/v1/users/{alice_id}/posts"), true),
-    ] {
+    for (path, compressed) in [(short, false), (format!("/v1/users/{alice_id}/posts"), true)] {
         let read = |encoding: &'static str| {
-            app.http
-                .get(app.url(&path))
-                .header("accept-encoding", encoding)
-                .send()
+            app.http.get(app.url(&path)).header("accept-encoding", encoding).send()
         };
         let gzip = read("gzip").await.unwrap();
         let encoding = gzip.headers().get("content-encoding").cloned();
@@ -304,22 +258,15 @@ async fn the_openapi_document_lists_every_route_with_its_errors() {
             .await
             .unwrap();
         assert_eq!(a.headers()["content-encoding"], "gzip");
-        let length: usize = a.headers()["content-length"]
-            .to_str()
-            .unwrap()
-            .parse()
-            .unwrap();
+        let length: usize = a.headers()["content-length"].to_str().unwrap().parse().unwrap();
         let body = a.bytes().await.unwrap().to_vec();
         assert_eq!(body.len(), length);
         gzipped.push(body);
     }
     assert_eq!(gzipped[0], gzipped[1]);
     let mut plain = String::new();
-    std::io::Read::read_to_string(
-        &mut flate2::read::GzDecoder::new(&gzipped[0][..]),
-        &mut plain,
-    )
-    .unwrap();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&gzipped[0][..]), &mut plain)
+        .unwrap();
     let refused = app
         .http
         .get(app.url("/openapi.json"))
@@ -347,11 +294,7 @@ async fn the_openapi_document_lists_every_route_with_its_errors() {
         "/v1/notifications",
         "/v1/notifications/stream",
     ] {
-        assert!(
-            paths.contains_key(path),
-            "{path} missing from {:?}",
-            paths.keys()
-        );
+        assert!(paths.contains_key(path), "{path} missing from {:?}", paths.keys());
     }
     for (path, item) in paths {
         for (method, op) in item.as_object().unwrap() {
@@ -362,10 +305,7 @@ async fn the_openapi_document_lists_every_route_with_its_errors() {
             );
         }
     }
-    assert_eq!(
-        doc["components"]["securitySchemes"]["bearer"]["scheme"],
-        "bearer"
-    );
+    assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
 }
 
 #[tokio::test]
@@ -401,14 +341,7 @@ async fn forged_tokens_are_charged_to_the_address_and_passwords_to_the_login_buc
     // account's: 2 more guesses, then 429.
     let guess = serde_json::json!({"old_password": "guess", "new_password": "whatever long"});
     for _ in 0..2 {
-        let a = app
-            .call(
-                Method::PUT,
-                "/v1/me/password",
-                Some(&alice),
-                Some(guess.clone()),
-            )
-            .await;
+        let a = app.call(Method::PUT, "/v1/me/password", Some(&alice), Some(guess.clone())).await;
         assert_ne!(a.status, StatusCode::TOO_MANY_REQUESTS, "{}", a.body);
     }
     app.call(Method::PUT, "/v1/me/password", Some(&alice), Some(guess))
@@ -481,9 +414,7 @@ async fn a_connection_that_does_not_finish_its_request_is_closed() {
     let addr = app.base.trim_start_matches("http://").to_owned();
     // Half a request, then nothing.
     let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    slow.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n")
-        .await
-        .unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n").await.unwrap();
     let mut rest = Vec::new();
     let closed = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut rest)).await;
     assert!(closed.is_ok(), "the connection was still open after 5 s");

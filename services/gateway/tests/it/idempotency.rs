@@ -21,28 +21,19 @@ impl App {
         key: &str,
         body: Value,
     ) -> Answer {
-        let mut request = self
-            .http
-            .post(format!("{base}{path}"))
-            .header("idempotency-key", key)
-            .json(&body);
+        let mut request =
+            self.http.post(format!("{base}{path}")).header("idempotency-key", key).json(&body);
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
         let response = request.send().await.unwrap();
         let (status, headers) = (response.status(), response.headers().clone());
         let text = response.text().await.unwrap();
-        Answer {
-            status,
-            headers,
-            body: serde_json::from_str(&text).unwrap_or(Value::Null),
-        }
+        Answer { status, headers, body: serde_json::from_str(&text).unwrap_or(Value::Null) }
     }
 
     async fn posts_of(&self, user: &str, token: &str) -> Vec<Value> {
-        let page = self
-            .get(&format!("/v1/users/{user}/posts"), Some(token))
-            .await;
+        let page = self.get(&format!("/v1/users/{user}/posts"), Some(token)).await;
         page.body["items"].as_array().cloned().unwrap_or_default()
     }
 }
@@ -53,14 +44,10 @@ async fn a_post_retried_with_its_key_is_stored_once_and_answered_the_same() {
     let (me, token) = app.sign_up("ann").await;
     let (_, other) = app.sign_up("ben").await;
     let body = json!({ "content": "once" });
-    let first = app
-        .keyed("/v1/posts", Some(&token), "k-1", body.clone())
-        .await;
+    let first = app.keyed("/v1/posts", Some(&token), "k-1", body.clone()).await;
     assert_eq!(first.status, StatusCode::CREATED, "{}", first.body);
     assert_eq!(first.header("idempotent-replayed"), None);
-    let again = app
-        .keyed("/v1/posts", Some(&token), "k-1", body.clone())
-        .await;
+    let again = app.keyed("/v1/posts", Some(&token), "k-1", body.clone()).await;
     assert_eq!(again.status, StatusCode::CREATED, "{}", again.body);
     assert_eq!(again.body, first.body, "the same answer");
     assert_eq!(again.header("location"), first.header("location"));
@@ -68,46 +55,24 @@ async fn a_post_retried_with_its_key_is_stored_once_and_answered_the_same() {
     assert_eq!(app.posts_of(&me, &token).await.len(), 1, "stored once");
 
     // Another request under the key: refused, naming the header.
-    let other_body = app
-        .keyed(
-            "/v1/posts",
-            Some(&token),
-            "k-1",
-            json!({ "content": "twice" }),
-        )
-        .await;
+    let other_body =
+        app.keyed("/v1/posts", Some(&token), "k-1", json!({ "content": "twice" })).await;
     let fields = other_body.error(StatusCode::UNPROCESSABLE_ENTITY, "FAILED_PRECONDITION");
     assert_eq!(fields, ["Idempotency-Key"]);
     // A key that is no key.
     let long = "k".repeat(256);
     for bad in [long.as_str(), "with space"] {
-        let a = app
-            .keyed("/v1/posts", Some(&token), bad, body.clone())
-            .await;
-        assert_eq!(
-            a.error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT"),
-            ["Idempotency-Key"]
-        );
+        let a = app.keyed("/v1/posts", Some(&token), bad, body.clone()).await;
+        assert_eq!(a.error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT"), ["Idempotency-Key"]);
     }
     // Keys are each caller's own.
-    let bens = app
-        .keyed("/v1/posts", Some(&other), "k-1", body.clone())
-        .await;
+    let bens = app.keyed("/v1/posts", Some(&other), "k-1", body.clone()).await;
     assert_eq!(bens.status, StatusCode::CREATED);
     assert_ne!(bens.body["id"], first.body["id"]);
     // A refusal before it ran is not remembered: fixed, the request runs.
-    let empty = app
-        .keyed("/v1/posts", Some(&token), "k-2", json!({ "content": "" }))
-        .await;
+    let empty = app.keyed("/v1/posts", Some(&token), "k-2", json!({ "content": "" })).await;
     assert_eq!(empty.status, StatusCode::BAD_REQUEST);
-    let fixed = app
-        .keyed(
-            "/v1/posts",
-            Some(&token),
-            "k-2",
-            json!({ "content": "fixed" }),
-        )
-        .await;
+    let fixed = app.keyed("/v1/posts", Some(&token), "k-2", json!({ "content": "fixed" })).await;
     assert_eq!(fixed.status, StatusCode::CREATED, "{}", fixed.body);
 }
 
@@ -120,10 +85,8 @@ async fn requests_racing_under_one_key_store_one_post() {
         (0..8).map(|_| app.keyed("/v1/posts", Some(&token), "race", body.clone())),
     )
     .await;
-    let created: Vec<&Answer> = answers
-        .iter()
-        .filter(|a| a.status == StatusCode::CREATED)
-        .collect();
+    let created: Vec<&Answer> =
+        answers.iter().filter(|a| a.status == StatusCode::CREATED).collect();
     assert!(!created.is_empty());
     for a in &answers {
         if a.status != StatusCode::CREATED {
@@ -131,15 +94,8 @@ async fn requests_racing_under_one_key_store_one_post() {
             assert_eq!(a.header("retry-after"), Some("1"));
         }
     }
-    assert!(
-        created
-            .iter()
-            .all(|a| a.body["id"] == created[0].body["id"])
-    );
-    let ran = created
-        .iter()
-        .filter(|a| a.header("idempotent-replayed").is_none())
-        .count();
+    assert!(created.iter().all(|a| a.body["id"] == created[0].body["id"]));
+    let ran = created.iter().filter(|a| a.header("idempotent-replayed").is_none()).count();
     assert_eq!(ran, 1, "more than one request ran");
     assert_eq!(app.posts_of(&me, &token).await.len(), 1, "stored once");
 }
@@ -156,13 +112,9 @@ async fn with_the_gateways_memory_lost_a_retry_still_stores_once() {
         .await;
     let forgetful = format!("http://{}", forgetful.addr);
     let body = json!({ "content": "once, for sure" });
-    let first = app
-        .keyed("/v1/posts", Some(&token), "k", body.clone())
-        .await;
+    let first = app.keyed("/v1/posts", Some(&token), "k", body.clone()).await;
     assert_eq!(first.status, StatusCode::CREATED, "{}", first.body);
-    let retry = app
-        .keyed_at(&forgetful, "/v1/posts", Some(&token), "k", body.clone())
-        .await;
+    let retry = app.keyed_at(&forgetful, "/v1/posts", Some(&token), "k", body.clone()).await;
     assert_eq!(retry.status, StatusCode::CREATED, "{}", retry.body);
     assert_eq!(retry.header("idempotent-replayed"), None, "it ran again");
     assert_eq!(retry.body["id"], first.body["id"]);
@@ -170,22 +122,13 @@ async fn with_the_gateways_memory_lost_a_retry_still_stores_once() {
 
     let comments = format!("/v1/posts/{}/comments", first.body["id"].as_str().unwrap());
     let comment = json!({ "content": "me too" });
-    let first = app
-        .keyed(&comments, Some(&token), "c", comment.clone())
-        .await;
+    let first = app.keyed(&comments, Some(&token), "c", comment.clone()).await;
     assert_eq!(first.status, StatusCode::CREATED, "{}", first.body);
-    let retry = app
-        .keyed_at(&forgetful, &comments, Some(&token), "c", comment)
-        .await;
+    let retry = app.keyed_at(&forgetful, &comments, Some(&token), "c", comment).await;
     assert_eq!(retry.status, StatusCode::CREATED, "{}", retry.body);
     assert_eq!(retry.body["id"], first.body["id"]);
     let listed = app.get(&comments, Some(&token)).await;
-    assert_eq!(
-        listed.body["items"].as_array().map(Vec::len),
-        Some(1),
-        "{}",
-        listed.body
-    );
+    assert_eq!(listed.body["items"].as_array().map(Vec::len), Some(1), "{}", listed.body);
 
     // A sign-up too: the retry finds the account its first try made, and answers it
     // with a new session, not "taken"; another request (another password) is taken.
@@ -194,18 +137,14 @@ async fn with_the_gateways_memory_lost_a_retry_still_stores_once() {
     });
     let first = app.keyed("/v1/accounts", None, "s", body.clone()).await;
     assert_eq!(first.status, StatusCode::CREATED, "{}", first.body);
-    let retry = app
-        .keyed_at(&forgetful, "/v1/accounts", None, "s", body)
-        .await;
+    let retry = app.keyed_at(&forgetful, "/v1/accounts", None, "s", body).await;
     assert_eq!(retry.status, StatusCode::CREATED, "{}", retry.body);
     assert_eq!(retry.body["user"]["id"], first.body["user"]["id"]);
     assert_ne!(retry.body["session_id"], first.body["session_id"]);
     let other = json!({
         "username": "dora", "email": "dora@example.com", "password": "another horse battery",
     });
-    let taken = app
-        .keyed_at(&forgetful, "/v1/accounts", None, "s2", other)
-        .await;
+    let taken = app.keyed_at(&forgetful, "/v1/accounts", None, "s2", other).await;
     taken.error(StatusCode::CONFLICT, "ALREADY_EXISTS");
 }
 
@@ -214,17 +153,9 @@ async fn only_record(
     redis: &mut redis::aio::MultiplexedConnection,
     pattern: &str,
 ) -> (String, String) {
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(pattern)
-        .query_async(redis)
-        .await
-        .unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS").arg(pattern).query_async(redis).await.unwrap();
     assert_eq!(keys.len(), 1, "{keys:?}");
-    let held: String = redis::cmd("GET")
-        .arg(&keys[0])
-        .query_async(redis)
-        .await
-        .unwrap();
+    let held: String = redis::cmd("GET").arg(&keys[0]).query_async(redis).await.unwrap();
     (keys[0].clone(), held)
 }
 
@@ -235,9 +166,7 @@ async fn a_sign_up_retried_with_its_key_gets_its_tokens_which_redis_holds_sealed
     let body = json!({
         "username": "cleo", "email": "cleo@example.com", "password": "correct horse battery",
     });
-    let first = app
-        .keyed("/v1/accounts", None, "signup-1", body.clone())
-        .await;
+    let first = app.keyed("/v1/accounts", None, "signup-1", body.clone()).await;
     assert_eq!(first.status, StatusCode::CREATED, "{}", first.body);
     let again = app.keyed("/v1/accounts", None, "signup-1", body).await;
     assert_eq!(again.status, StatusCode::CREATED, "{}", again.body);
@@ -246,11 +175,8 @@ async fn a_sign_up_retried_with_its_key_gets_its_tokens_which_redis_holds_sealed
 
     // What Redis holds names neither key nor account, and reveals no token.
     let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    let mut redis = redis::Client::open(url)
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut redis =
+        redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
     let (key, held) = only_record(&mut redis, &format!("{prefix}*")).await;
     for secret in [
         first.body["access_token"].as_str().unwrap(),
@@ -260,21 +186,13 @@ async fn a_sign_up_retried_with_its_key_gets_its_tokens_which_redis_holds_sealed
         "cleo",
         first.body["user"]["id"].as_str().unwrap(),
     ] {
-        assert!(
-            !held.contains(secret) && !key.contains(secret),
-            "{secret} in {held}"
-        );
+        assert!(!held.contains(secret) && !key.contains(secret), "{secret} in {held}");
     }
 
     // Nor does a stream ticket's record reveal the token it stands for.
     let token = first.body["access_token"].as_str().unwrap();
     let ticket = app
-        .call(
-            reqwest::Method::POST,
-            "/v1/notifications/stream-tickets",
-            Some(token),
-            None,
-        )
+        .call(reqwest::Method::POST, "/v1/notifications/stream-tickets", Some(token), None)
         .await;
     assert_eq!(ticket.status, StatusCode::CREATED, "{}", ticket.body);
     let (_, held) = only_record(&mut redis, &format!("{prefix}ticket:*")).await;
@@ -308,10 +226,8 @@ async fn a_request_whose_client_left_runs_to_its_end_and_its_retry_gets_the_answ
     // longer, hashing its password on a loaded machine could take the call past the
     // gateway's 2 s deadline: a 504 frees the key, and the retry then runs anew.)
     fail::cfg("user::before_session", "return(800)").unwrap();
-    let impatient = reqwest::Client::builder()
-        .timeout(std::time::Duration::from_millis(300))
-        .build()
-        .unwrap();
+    let impatient =
+        reqwest::Client::builder().timeout(std::time::Duration::from_millis(300)).build().unwrap();
     let gone = impatient
         .post(app.url("/v1/accounts"))
         .header("idempotency-key", "leave")

@@ -104,11 +104,7 @@ impl App {
         } else {
             serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
         };
-        Answer {
-            status,
-            headers,
-            body,
-        }
+        Answer { status, headers, body }
     }
 
     async fn get(&self, path: &str, token: Option<&str>) -> Answer {
@@ -199,12 +195,10 @@ impl RpcCounter {
                 open.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let guard = OpenGuard(open);
                 let (parts, body) = response.into_parts();
-                let data = axum::body::Body::new(body)
-                    .into_data_stream()
-                    .map(move |chunk| {
-                        let _held = &guard;
-                        chunk
-                    });
+                let data = axum::body::Body::new(body).into_data_stream().map(move |chunk| {
+                    let _held = &guard;
+                    chunk
+                });
                 axum::http::Response::from_parts(parts, axum::body::Body::from_stream(data))
             }
         });
@@ -213,12 +207,7 @@ impl RpcCounter {
         let task = tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
         });
-        Self {
-            addr,
-            calls,
-            open,
-            task,
-        }
+        Self { addr, calls, open, task }
     }
 
     /// A peer for the gateway's config that goes through this proxy.

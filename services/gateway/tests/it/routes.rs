@@ -20,11 +20,7 @@ async fn a_client_walks_through_every_route() {
     // A session has no resource to GET: no Location that would not resolve.
     assert!(login.header("location").is_none());
     let refreshed = app
-        .post(
-            "/v1/sessions/refresh",
-            None,
-            json!({"refresh_token": login.body["refresh_token"]}),
-        )
+        .post("/v1/sessions/refresh", None, json!({"refresh_token": login.body["refresh_token"]}))
         .await;
     assert_eq!(refreshed.status, StatusCode::OK, "{}", refreshed.body);
     let laptop = refreshed.body["access_token"].as_str().unwrap().to_owned();
@@ -67,10 +63,7 @@ async fn a_client_walks_through_every_route() {
         .await;
     assert_eq!(post.status, StatusCode::CREATED, "{}", post.body);
     let post_id = post.body["id"].as_str().unwrap().to_owned();
-    assert_eq!(
-        post.header("location").unwrap(),
-        format!("/v1/posts/{post_id}")
-    );
+    assert_eq!(post.header("location").unwrap(), format!("/v1/posts/{post_id}"));
     assert_eq!(post.body["author"]["username"], "bob");
     assert_eq!(post.body["media"][1]["duration"], 3.5);
     let got = app.get(&format!("/v1/posts/{post_id}"), None).await;
@@ -83,11 +76,7 @@ async fn a_client_walks_through_every_route() {
             Some(json!({"content": "the lake, at dawn"})),
         )
         .await;
-    assert_eq!(
-        edited.body["content"], "the lake, at dawn",
-        "{}",
-        edited.body
-    );
+    assert_eq!(edited.body["content"], "the lake, at dawn", "{}", edited.body);
     assert_eq!(edited.body["media"].as_array().unwrap().len(), 2);
     let timeline = app.get(&format!("/v1/users/{bob_id}/posts"), None).await;
     assert_eq!(timeline.body["items"][0]["author"]["username"], "bob");
@@ -97,17 +86,11 @@ async fn a_client_walks_through_every_route() {
     assert_eq!(follow.status, StatusCode::OK, "{}", follow.body);
     let again = app.put(&format!("/v1/users/{bob_id}/follow"), &alice).await;
     assert_eq!(again.status, StatusCode::OK, "idempotent");
-    let followers = app
-        .get(&format!("/v1/users/{bob_id}/followers"), None)
-        .await;
+    let followers = app.get(&format!("/v1/users/{bob_id}/followers"), None).await;
     assert_eq!(followers.body["items"][0]["account"]["username"], "alice");
-    let following = app
-        .get(&format!("/v1/users/{alice_id}/following"), None)
-        .await;
+    let following = app.get(&format!("/v1/users/{alice_id}/following"), None).await;
     assert_eq!(following.body["items"][0]["account"]["username"], "bob");
-    let rel = app
-        .get(&format!("/v1/users/{bob_id}/relationship"), Some(&alice))
-        .await;
+    let rel = app.get(&format!("/v1/users/{bob_id}/relationship"), Some(&alice)).await;
     assert_eq!(
         rel.body,
         json!({"following": true, "followed_by": false, "blocking": false, "blocked_by": false, "muting": false})
@@ -132,23 +115,15 @@ async fn a_client_walks_through_every_route() {
         .await;
     assert_eq!(comment.status, StatusCode::CREATED, "{}", comment.body);
     let comment_id = comment.body["id"].as_str().unwrap().to_owned();
-    assert_eq!(
-        comment.header("location").unwrap(),
-        format!("/v1/comments/{comment_id}")
-    );
+    assert_eq!(comment.header("location").unwrap(), format!("/v1/comments/{comment_id}"));
     // Every Location resolves.
     for created in [&post, &comment] {
         let at = app.get(created.header("location").unwrap(), None).await;
         assert_eq!(at.status, StatusCode::OK, "{}", at.body);
         assert_eq!(at.body["id"], created.body["id"]);
-        assert_eq!(
-            at.body["author"]["username"],
-            created.body["author"]["username"]
-        );
+        assert_eq!(at.body["author"]["username"], created.body["author"]["username"]);
     }
-    let comments = app
-        .get(&format!("/v1/posts/{post_id}/comments"), None)
-        .await;
+    let comments = app.get(&format!("/v1/posts/{post_id}/comments"), None).await;
     assert_eq!(comments.body["items"][0]["author"]["username"], "alice");
     let edited = app
         .call(
@@ -160,14 +135,8 @@ async fn a_client_walks_through_every_route() {
         .await;
     assert_eq!(edited.body["content"], "lovely!", "{}", edited.body);
     for method in [Method::PUT, Method::DELETE] {
-        let a = app
-            .call(
-                method,
-                &format!("/v1/comments/{comment_id}/like"),
-                Some(&bob),
-                None,
-            )
-            .await;
+        let a =
+            app.call(method, &format!("/v1/comments/{comment_id}/like"), Some(&bob), None).await;
         assert_eq!(a.status, StatusCode::NO_CONTENT, "{}", a.body);
     }
     let counted = app
@@ -184,53 +153,31 @@ async fn a_client_walks_through_every_route() {
         })
         .await;
     let items = notes["items"].as_array().unwrap();
-    assert!(
-        items.iter().all(|n| n["account"]["username"] == "alice"),
-        "{notes}"
-    );
+    assert!(items.iter().all(|n| n["account"]["username"] == "alice"), "{notes}");
     let types: Vec<&str> = items.iter().map(|n| n["type"].as_str().unwrap()).collect();
     for t in ["FOLLOW", "POST_LIKE", "POST_COMMENT", "MENTION"] {
         assert!(types.contains(&t), "{types:?}");
     }
-    let only = app
-        .get("/v1/notifications?types=MENTION,FOLLOW", Some(&bob))
-        .await;
-    assert_eq!(
-        only.body["items"].as_array().unwrap().len(),
-        2,
-        "{}",
-        only.body
-    );
+    let only = app.get("/v1/notifications?types=MENTION,FOLLOW", Some(&bob)).await;
+    assert_eq!(only.body["items"].as_array().unwrap().len(), 2, "{}", only.body);
     let unread = app.get("/v1/notifications/unread-count", Some(&bob)).await;
     assert_eq!(unread.body["count"], 4);
     let one = items[0]["id"].clone();
-    let read = app
-        .post("/v1/notifications/read", Some(&bob), json!({"ids": [one]}))
-        .await;
+    let read = app.post("/v1/notifications/read", Some(&bob), json!({"ids": [one]})).await;
     assert_eq!(read.body["updated_count"], 1, "{}", read.body);
-    let all = app
-        .call(Method::POST, "/v1/notifications/read-all", Some(&bob), None)
-        .await;
+    let all = app.call(Method::POST, "/v1/notifications/read-all", Some(&bob), None).await;
     assert_eq!(all.body["updated_count"], 3, "{}", all.body);
 
     // Undo everything.
-    let unlike = app
-        .delete(&format!("/v1/posts/{post_id}/like"), &alice)
-        .await;
+    let unlike = app.delete(&format!("/v1/posts/{post_id}/like"), &alice).await;
     assert_eq!(unlike.status, StatusCode::NO_CONTENT);
-    let gone = app
-        .delete(&format!("/v1/comments/{comment_id}"), &bob)
-        .await;
+    let gone = app.delete(&format!("/v1/comments/{comment_id}"), &bob).await;
     assert_eq!(gone.status, StatusCode::NO_CONTENT, "the post's author may");
-    let unfollow = app
-        .delete(&format!("/v1/users/{bob_id}/follow"), &alice)
-        .await;
+    let unfollow = app.delete(&format!("/v1/users/{bob_id}/follow"), &alice).await;
     assert_eq!(unfollow.status, StatusCode::NO_CONTENT);
     let deleted = app.delete(&format!("/v1/posts/{post_id}"), &bob).await;
     assert_eq!(deleted.status, StatusCode::NO_CONTENT);
-    app.get(&format!("/v1/posts/{post_id}"), None)
-        .await
-        .error(StatusCode::NOT_FOUND, "NOT_FOUND");
+    app.get(&format!("/v1/posts/{post_id}"), None).await.error(StatusCode::NOT_FOUND, "NOT_FOUND");
     // Sessions again: the password change ended the laptop's; a phone logs in, and is
     // revoked from the first session, which then logs out.
     let phone = app
@@ -242,30 +189,15 @@ async fn a_client_walks_through_every_route() {
     assert_eq!(items.len(), 2, "{}", sessions.body);
     let other = items.iter().find(|s| s["current"] == false).unwrap();
     assert_eq!(other["device"], "phone");
-    let revoked = app
-        .delete(
-            &format!("/v1/sessions/{}", other["id"].as_str().unwrap()),
-            &alice,
-        )
-        .await;
+    let revoked =
+        app.delete(&format!("/v1/sessions/{}", other["id"].as_str().unwrap()), &alice).await;
     assert_eq!(revoked.status, StatusCode::NO_CONTENT, "{}", revoked.body);
-    let others = app
-        .call(
-            Method::POST,
-            "/v1/sessions/revoke-others",
-            Some(&alice),
-            None,
-        )
-        .await;
+    let others = app.call(Method::POST, "/v1/sessions/revoke-others", Some(&alice), None).await;
     assert_eq!(others.status, StatusCode::OK, "{}", others.body);
     let out = app.delete("/v1/sessions/current", &alice).await;
     assert_eq!(out.status, StatusCode::NO_CONTENT);
     let after = app
-        .post(
-            "/v1/sessions/refresh",
-            None,
-            json!({"refresh_token": phone.body["refresh_token"]}),
-        )
+        .post("/v1/sessions/refresh", None, json!({"refresh_token": phone.body["refresh_token"]}))
         .await;
     after.error(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED");
     let bye = app
@@ -277,9 +209,7 @@ async fn a_client_walks_through_every_route() {
         )
         .await;
     assert_eq!(bye.status, StatusCode::NO_CONTENT, "{}", bye.body);
-    app.get(&format!("/v1/users/{bob_id}"), None)
-        .await
-        .error(StatusCode::NOT_FOUND, "NOT_FOUND");
+    app.get(&format!("/v1/users/{bob_id}"), None).await.error(StatusCode::NOT_FOUND, "NOT_FOUND");
 }
 
 #[tokio::test]
@@ -298,14 +228,8 @@ async fn blocks_and_mutes_through_http() {
     let again = app.call(Method::POST, &block, Some(&alice), None).await;
     assert_eq!(again.body["created_at"], blocked.body["created_at"]);
     let list = app.get("/v1/blocks", Some(&alice)).await;
-    assert_eq!(
-        list.body["items"][0]["account"]["username"], "bob",
-        "{}",
-        list.body
-    );
-    let rel = app
-        .get(&format!("/v1/users/{alice_id}/relationship"), Some(&bob))
-        .await;
+    assert_eq!(list.body["items"][0]["account"]["username"], "bob", "{}", list.body);
+    let rel = app.get(&format!("/v1/users/{alice_id}/relationship"), Some(&bob)).await;
     assert_eq!(
         rel.body,
         json!({"following": false, "followed_by": false, "blocking": false, "blocked_by": true, "muting": false})
@@ -324,19 +248,9 @@ async fn blocks_and_mutes_through_http() {
     let follow_bob = format!("/v1/users/{bob_id}/follow");
     let refused = app.put(&follow_bob, &alice).await;
     assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{}", refused.body);
-    assert_eq!(
-        refused.body["error"]["status"], "FAILED_PRECONDITION",
-        "{}",
-        refused.body
-    );
-    let own = app
-        .call(
-            Method::POST,
-            &format!("/v1/users/{alice_id}/block"),
-            Some(&alice),
-            None,
-        )
-        .await;
+    assert_eq!(refused.body["error"]["status"], "FAILED_PRECONDITION", "{}", refused.body);
+    let own =
+        app.call(Method::POST, &format!("/v1/users/{alice_id}/block"), Some(&alice), None).await;
     assert_eq!(own.status, StatusCode::BAD_REQUEST, "{}", own.body);
 
     let unblock = format!("/v1/users/{bob_id}/unblock");
@@ -352,21 +266,13 @@ async fn blocks_and_mutes_through_http() {
     // A mute, for an hour, the notifications left on: bob notices nothing.
     let mute = format!("/v1/users/{bob_id}/mute");
     let settings = json!({"duration_seconds": 3600, "notifications": false});
-    let muted = app
-        .call(Method::POST, &mute, Some(&alice), Some(settings))
-        .await;
+    let muted = app.call(Method::POST, &mute, Some(&alice), Some(settings)).await;
     assert_eq!(muted.status, StatusCode::OK, "{}", muted.body);
     assert_eq!(muted.body["notifications"], false);
     assert!(muted.body["expires_at"].is_string(), "{}", muted.body);
     let list = app.get("/v1/mutes", Some(&alice)).await;
-    assert_eq!(
-        list.body["items"][0]["account"]["username"], "bob",
-        "{}",
-        list.body
-    );
-    let rel = app
-        .get(&format!("/v1/users/{alice_id}/relationship"), Some(&bob))
-        .await;
+    assert_eq!(list.body["items"][0]["account"]["username"], "bob", "{}", list.body);
+    let rel = app.get(&format!("/v1/users/{alice_id}/relationship"), Some(&bob)).await;
     assert_eq!(rel.body["muting"], false, "{}", rel.body);
     let bad = json!({"duration_seconds": 5});
     let refused = app.call(Method::POST, &mute, Some(&alice), Some(bad)).await;
@@ -374,10 +280,7 @@ async fn blocks_and_mutes_through_http() {
     let unmute = format!("/v1/users/{bob_id}/unmute");
     let done = app.call(Method::POST, &unmute, Some(&alice), None).await;
     assert_eq!(done.status, StatusCode::NO_CONTENT, "{}", done.body);
-    assert_eq!(
-        app.get("/v1/mutes", Some(&alice)).await.body["items"],
-        json!([])
-    );
+    assert_eq!(app.get("/v1/mutes", Some(&alice)).await.body["items"], json!([]));
 }
 
 #[tokio::test]
@@ -386,21 +289,15 @@ async fn a_report_through_http_reaches_a_moderator_who_removes_the_post() {
     let (_, alice) = app.sign_up("alice").await;
     let (_, bob) = app.sign_up("bob").await;
     let (_, moder) = app.sign_up("moder").await;
-    let post = app
-        .post("/v1/posts", Some(&bob), json!({"content": "spam spam"}))
-        .await;
+    let post = app.post("/v1/posts", Some(&bob), json!({"content": "spam spam"})).await;
     let post_id = post.body["id"].as_str().unwrap().to_owned();
     let report =
         json!({"target_type": "post", "target_id": post_id, "category": "SPAM", "comment": "ads"});
-    let filed = app
-        .call(Method::POST, "/v1/reports", Some(&alice), Some(report))
-        .await;
+    let filed = app.call(Method::POST, "/v1/reports", Some(&alice), Some(report)).await;
     assert_eq!(filed.status, StatusCode::CREATED, "{}", filed.body);
     assert_eq!(filed.body["status"], "open");
     let bad = json!({"target_type": "planet", "target_id": post_id, "category": "SPAM"});
-    let refused = app
-        .call(Method::POST, "/v1/reports", Some(&alice), Some(bad))
-        .await;
+    let refused = app.call(Method::POST, "/v1/reports", Some(&alice), Some(bad)).await;
     assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{}", refused.body);
 
     // Only a moderator reads the queue and resolves.
@@ -411,22 +308,11 @@ async fn a_report_through_http_reaches_a_moderator_who_removes_the_post() {
         &app.stack.database,
         app.stack.events.clone(),
     );
-    social_user::set_role(&config, "moder", "moderator")
-        .await
-        .unwrap();
+    social_user::set_role(&config, "moder", "moderator").await.unwrap();
     let queue = app.get("/v1/admin/reports", Some(&moder)).await;
-    assert_eq!(
-        queue.body["items"][0]["post"]["content"], "spam spam",
-        "{}",
-        queue.body
-    );
-    let resolve = format!(
-        "/v1/admin/reports/{}/resolve",
-        filed.body["id"].as_str().unwrap()
-    );
-    let done = app
-        .post(&resolve, Some(&moder), json!({"action": "remove"}))
-        .await;
+    assert_eq!(queue.body["items"][0]["post"]["content"], "spam spam", "{}", queue.body);
+    let resolve = format!("/v1/admin/reports/{}/resolve", filed.body["id"].as_str().unwrap());
+    let done = app.post(&resolve, Some(&moder), json!({"action": "remove"})).await;
     assert_eq!(done.status, StatusCode::OK, "{}", done.body);
     assert_eq!(done.body["resolution"], "removed");
     let gone = app.get(&format!("/v1/posts/{post_id}"), None).await;
@@ -441,35 +327,21 @@ async fn every_error_has_one_shape() {
     let (_, alice) = app.sign_up("alice").await;
     let (bob_id, bob) = app.sign_up("bob").await;
     // A route with a method it does not take: 405 in the shape, with Allow.
-    let wrong = app
-        .call(Method::PATCH, "/v1/feed", Some(&alice), None)
-        .await;
+    let wrong = app.call(Method::PATCH, "/v1/feed", Some(&alice), None).await;
     wrong.error(StatusCode::METHOD_NOT_ALLOWED, "UNIMPLEMENTED");
     assert_eq!(wrong.header("allow"), Some("GET,HEAD"));
     // Validation names each bad field.
     let bad = app
-        .post(
-            "/v1/accounts",
-            None,
-            json!({"username": "a!", "email": "nope", "password": "short"}),
-        )
+        .post("/v1/accounts", None, json!({"username": "a!", "email": "nope", "password": "short"}))
         .await;
     assert_eq!(
         bad.error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT"),
         ["username", "email", "password"]
     );
     // Unknown fields are named; malformed JSON is a 400, never a 500 or plain text.
-    let unknown = app
-        .post(
-            "/v1/posts",
-            Some(&alice),
-            json!({"content": "x", "colour": "red"}),
-        )
-        .await;
-    assert_eq!(
-        unknown.error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT"),
-        ["colour"]
-    );
+    let unknown =
+        app.post("/v1/posts", Some(&alice), json!({"content": "x", "colour": "red"})).await;
+    assert_eq!(unknown.error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT"), ["colour"]);
     let malformed = app
         .http
         .post(app.url("/v1/posts"))
@@ -484,126 +356,53 @@ async fn every_error_has_one_shape() {
     assert_eq!(shape["error"]["status"], "INVALID_ARGUMENT");
     // A body is an object: an array of the fields in order, or of none where every field
     // has a default, is no body of defaults.
-    for body in [
-        json!([]),
-        json!([0, false]),
-        json!(null),
-        json!("x"),
-        json!(3),
-    ] {
-        let muted = app
-            .post(
-                &format!("/v1/users/{bob_id}/mute"),
-                Some(&alice),
-                body.clone(),
-            )
-            .await;
-        assert_eq!(
-            muted.error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT"),
-            ["body"],
-            "{body}"
-        );
+    for body in [json!([]), json!([0, false]), json!(null), json!("x"), json!(3)] {
+        let muted = app.post(&format!("/v1/users/{bob_id}/mute"), Some(&alice), body.clone()).await;
+        assert_eq!(muted.error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT"), ["body"], "{body}");
     }
     // Nor is a list of a body's objects a list of arrays, nor one of its words an object.
     let media = json!([["image", "https://cdn.example.com/a.jpg", "", 10, 10]]);
-    let post = app
-        .post(
-            "/v1/posts",
-            Some(&alice),
-            json!({ "content": "x", "media": media }),
-        )
-        .await;
-    assert_eq!(
-        post.error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT"),
-        ["media[0]"]
-    );
+    let post = app.post("/v1/posts", Some(&alice), json!({ "content": "x", "media": media })).await;
+    assert_eq!(post.error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT"), ["media[0]"]);
     let report = json!({"target_type": {"account": null}, "target_id": bob_id, "category": "SPAM"});
     let reported = app.post("/v1/reports", Some(&alice), report).await;
-    assert_eq!(
-        reported.error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT"),
-        ["target_type"]
-    );
+    assert_eq!(reported.error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT"), ["target_type"]);
     // What the API document bounds is bounded as sent, surrounding whitespace included;
     // an id is lowercase hex.
     let padded = format!(" {}", "x".repeat(1000));
     let report = json!({"target_type": "account", "target_id": bob_id, "category": "SPAM", "comment": padded});
     let reported = app.post("/v1/reports", Some(&alice), report).await;
-    assert_eq!(
-        reported.error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT"),
-        ["comment"]
-    );
+    assert_eq!(reported.error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT"), ["comment"]);
     let picture = json!({ "profile_picture_url": " ".repeat(2049) });
-    let changed = app
-        .call(Method::PATCH, "/v1/me", Some(&alice), Some(picture))
-        .await;
+    let changed = app.call(Method::PATCH, "/v1/me", Some(&alice), Some(picture)).await;
     assert_eq!(
         changed.error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT"),
         ["user.profile_picture_url"]
     );
     let signup = json!({"username": " carol_1", "email": "carol@example.com", "password": "correct horse battery"});
     let signed = app.post("/v1/accounts", None, signup).await;
-    assert_eq!(
-        signed.error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT"),
-        ["username"]
-    );
+    assert_eq!(signed.error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT"), ["username"]);
     let upper = bob_id.to_uppercase().replace(char::is_numeric, "A");
-    let followed = app
-        .call(
-            Method::PUT,
-            &format!("/v1/users/{upper}/follow"),
-            Some(&alice),
-            None,
-        )
-        .await;
+    let followed =
+        app.call(Method::PUT, &format!("/v1/users/{upper}/follow"), Some(&alice), None).await;
     followed.error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT");
     // What an error repeats of a request is short, however long what was sent.
     let long = "x".repeat(10_000);
     let answers = [
-        app.get(&format!("/v1/notifications?types={long}"), Some(&alice))
-            .await,
-        app.post(
-            "/v1/posts",
-            Some(&alice),
-            json!({ "content": 5, long.clone(): 1 }),
-        )
-        .await,
-        app.post(
-            "/v1/posts",
-            Some(&alice),
-            json!({ "content": long.repeat(5) }),
-        )
-        .await,
-        app.post(
-            "/v1/posts",
-            Some(&alice),
-            json!({ "content": [long.clone()] }),
-        )
-        .await,
+        app.get(&format!("/v1/notifications?types={long}"), Some(&alice)).await,
+        app.post("/v1/posts", Some(&alice), json!({ "content": 5, long.clone(): 1 })).await,
+        app.post("/v1/posts", Some(&alice), json!({ "content": long.repeat(5) })).await,
+        app.post("/v1/posts", Some(&alice), json!({ "content": [long.clone()] })).await,
     ];
     for a in answers {
         a.error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT");
         assert!(a.body.to_string().len() < 1500, "{}", a.body);
     }
-    let query = app
-        .get(
-            "/v1/users/6b0954dcc3ddd33507e1a6ca/posts?page_size=-1",
-            None,
-        )
-        .await;
-    assert_eq!(
-        query.error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT"),
-        ["page_size"]
-    );
-    let query = app
-        .get(
-            "/v1/users/6b0954dcc3ddd33507e1a6ca/posts?page_size=many",
-            None,
-        )
-        .await;
+    let query = app.get("/v1/users/6b0954dcc3ddd33507e1a6ca/posts?page_size=-1", None).await;
+    assert_eq!(query.error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT"), ["page_size"]);
+    let query = app.get("/v1/users/6b0954dcc3ddd33507e1a6ca/posts?page_size=many", None).await;
     query.error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT");
-    app.get("/v1/posts/not-an-id", None)
-        .await
-        .error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT");
+    app.get("/v1/posts/not-an-id", None).await.error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT");
     // Who may do what.
     app.post("/v1/posts", None, json!({"content": "x"}))
         .await
@@ -615,9 +414,7 @@ async fn every_error_has_one_shape() {
         .await
         .error(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED");
     for path in ["/v1/feed?page_size=many", "/v1/notifications?types=BAD"] {
-        app.get(path, None)
-            .await
-            .error(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED");
+        app.get(path, None).await.error(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED");
     }
     app.call(Method::DELETE, "/v1/posts/%FF", None, None)
         .await
@@ -625,9 +422,7 @@ async fn every_error_has_one_shape() {
     app.get("/v1/feed", Some("not a token"))
         .await
         .error(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED");
-    let post = app
-        .post("/v1/posts", Some(&alice), json!({"content": "mine"}))
-        .await;
+    let post = app.post("/v1/posts", Some(&alice), json!({"content": "mine"})).await;
     let id = post.body["id"].as_str().unwrap();
     app.delete(&format!("/v1/posts/{id}"), &bob)
         .await
@@ -638,13 +433,8 @@ async fn every_error_has_one_shape() {
     let taken = app
         .post("/v1/accounts", None, json!({"username": "ALICE", "email": "x@example.com", "password": "correct horse battery"}))
         .await;
-    assert_eq!(
-        taken.error(StatusCode::CONFLICT, "ALREADY_EXISTS"),
-        ["username"]
-    );
-    app.get("/v1/no/such/route", None)
-        .await
-        .error(StatusCode::NOT_FOUND, "NOT_FOUND");
+    assert_eq!(taken.error(StatusCode::CONFLICT, "ALREADY_EXISTS"), ["username"]);
+    app.get("/v1/no/such/route", None).await.error(StatusCode::NOT_FOUND, "NOT_FOUND");
     // A body larger than any valid request.
     let huge = json!({"content": "x".repeat(200_000)});
     app.call(Method::POST, "/v1/posts", Some(&alice), Some(huge))
@@ -672,20 +462,14 @@ async fn pages_carry_their_next_token_and_a_link() {
     let app = App::start().await;
     let (bob_id, bob) = app.sign_up("bob").await;
     for i in 0..3 {
-        app.post("/v1/posts", Some(&bob), json!({"content": format!("p{i}")}))
-            .await;
+        app.post("/v1/posts", Some(&bob), json!({"content": format!("p{i}")})).await;
     }
-    let first = app
-        .get(&format!("/v1/users/{bob_id}/posts?page_size=2"), None)
-        .await;
+    let first = app.get(&format!("/v1/users/{bob_id}/posts?page_size=2"), None).await;
     assert_eq!(first.body["items"].as_array().unwrap().len(), 2);
     let token = first.body["next_page_token"].as_str().unwrap();
     assert!(!token.is_empty());
     let link = first.header("link").unwrap();
-    assert!(
-        link.contains("page_size=2") && link.ends_with("rel=\"next\""),
-        "{link}"
-    );
+    assert!(link.contains("page_size=2") && link.ends_with("rel=\"next\""), "{link}");
     let next = link.trim_start_matches('<').split('>').next().unwrap();
     let second = app.get(next, None).await;
     assert_eq!(second.body["items"].as_array().unwrap().len(), 1);
@@ -706,12 +490,7 @@ async fn a_pages_link_repeats_its_filters_as_the_handler_read_them() {
     let all = |n: &Value| n["items"].as_array().is_some_and(|items| items.len() == 3);
     app.eventually("/v1/notifications", &bob, all).await;
     let filters = "unread_only=true&types=FOLLOW%2C+MENTION";
-    let first = app
-        .get(
-            &format!("/v1/notifications?page%5Fsize=1&{filters}"),
-            Some(&bob),
-        )
-        .await;
+    let first = app.get(&format!("/v1/notifications?page%5Fsize=1&{filters}"), Some(&bob)).await;
     let token = first.body["next_page_token"].as_str().unwrap();
     let second = format!("/v1/notifications?page%5Fsize=1&page%5Ftoken={token}&{filters}");
     let second = app.get(&second, Some(&bob)).await;
@@ -723,10 +502,7 @@ async fn a_pages_link_repeats_its_filters_as_the_handler_read_them() {
     assert_eq!(third.status, StatusCode::OK, "{link}: {}", third.body);
     let ids = |a: &Answer| a.body["items"][0]["id"].as_str().unwrap().to_owned();
     let seen = [ids(&first), ids(&second), ids(&third)];
-    assert!(
-        seen[0] != seen[1] && seen[1] != seen[2] && seen[0] != seen[2],
-        "{seen:?}"
-    );
+    assert!(seen[0] != seen[1] && seen[1] != seen[2] && seen[0] != seen[2], "{seen:?}");
     assert_eq!(third.body["next_page_token"], "");
 }
 
@@ -743,11 +519,7 @@ async fn authors_and_actors_come_in_one_batch_per_page() {
         app.put(&format!("/v1/users/{id}/follow"), &alice).await;
         for i in 0..3 {
             let p = app
-                .post(
-                    "/v1/posts",
-                    Some(&token),
-                    json!({"content": format!("{name} {i}")}),
-                )
+                .post("/v1/posts", Some(&token), json!({"content": format!("{name} {i}")}))
                 .await;
             assert_eq!(p.status, StatusCode::CREATED);
         }
@@ -757,16 +529,8 @@ async fn authors_and_actors_come_in_one_batch_per_page() {
     let feed = app.get("/v1/feed?page_size=9", Some(&alice)).await;
     let items = feed.body["items"].as_array().unwrap();
     assert_eq!(items.len(), 9);
-    assert!(
-        items.iter().all(|p| p["author"]["username"].is_string()),
-        "{}",
-        feed.body
-    );
-    assert_eq!(
-        users.take(batch),
-        1,
-        "nine posts by three authors: one call"
-    );
+    assert!(items.iter().all(|p| p["author"]["username"].is_string()), "{}", feed.body);
+    assert_eq!(users.take(batch), 1, "nine posts by three authors: one call");
 
     let notes = app
         .eventually("/v1/notifications", &authors[0].1, |n| {
@@ -779,12 +543,8 @@ async fn authors_and_actors_come_in_one_batch_per_page() {
     assert_eq!(users.take(batch), 1);
     let me = app.get("/v1/me", Some(&alice)).await;
     users.take(batch);
-    let following = app
-        .get(
-            &format!("/v1/users/{}/following", me.body["id"].as_str().unwrap()),
-            None,
-        )
-        .await;
+    let following =
+        app.get(&format!("/v1/users/{}/following", me.body["id"].as_str().unwrap()), None).await;
     assert_eq!(following.body["items"].as_array().unwrap().len(), 3);
     assert_eq!(users.take(batch), 1);
 }
@@ -794,9 +554,7 @@ async fn an_account_exports_as_one_json_record_per_line() {
     let app = App::start_with(|c| c.rates.export = social_gateway::Rate::per(1, 3600)).await;
     let (_, alice) = app.sign_up("alice").await;
     let (bob_id, _) = app.sign_up("bob").await;
-    let post = app
-        .post("/v1/posts", Some(&alice), json!({"content": "mine"}))
-        .await;
+    let post = app.post("/v1/posts", Some(&alice), json!({"content": "mine"})).await;
     let post_id = post.body["id"].as_str().unwrap().to_owned();
     let comment = app
         .post(
@@ -811,25 +569,15 @@ async fn an_account_exports_as_one_json_record_per_line() {
     let follow = format!("/v1/users/{bob_id}/follow");
     assert!(app.put(&follow, &alice).await.status.is_success());
 
-    let export = app
-        .http
-        .get(app.url("/v1/me/export"))
-        .bearer_auth(&alice)
-        .send()
-        .await
-        .unwrap();
+    let export = app.http.get(app.url("/v1/me/export")).bearer_auth(&alice).send().await.unwrap();
     assert_eq!(export.status(), StatusCode::OK);
     assert_eq!(export.headers()["content-type"], "application/x-ndjson");
     let text = export.text().await.unwrap();
-    let lines: Vec<serde_json::Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines: Vec<serde_json::Value> =
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines[0]["profile"]["email"], "alice@example.com", "{text}");
-    let kinds: std::collections::BTreeSet<&str> = lines
-        .iter()
-        .filter_map(|l| l.as_object()?.keys().next().map(String::as_str))
-        .collect();
+    let kinds: std::collections::BTreeSet<&str> =
+        lines.iter().filter_map(|l| l.as_object()?.keys().next().map(String::as_str)).collect();
     assert_eq!(
         kinds.into_iter().collect::<Vec<_>>(),
         ["comment", "follow", "like", "post", "profile"],
@@ -841,7 +589,5 @@ async fn an_account_exports_as_one_json_record_per_line() {
     again.error(StatusCode::TOO_MANY_REQUESTS, "RESOURCE_EXHAUSTED");
     assert!(app.get("/v1/me", Some(&alice)).await.status.is_success());
     // Nobody else's: it needs a token.
-    app.get("/v1/me/export", None)
-        .await
-        .error(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED");
+    app.get("/v1/me/export", None).await.error(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED");
 }

@@ -44,20 +44,12 @@ impl Sse {
     /// query, each time it tries, and the resume point, if any, in the query too.
     async fn open_with_ticket(app: &App, token: &str, last: Option<&str>) -> Self {
         Self::open_by(|| async {
-            let ticket = app
-                .call(
-                    Method::POST,
-                    "/v1/notifications/stream-tickets",
-                    Some(token),
-                    None,
-                )
-                .await;
+            let ticket =
+                app.call(Method::POST, "/v1/notifications/stream-tickets", Some(token), None).await;
             assert_eq!(ticket.status, StatusCode::CREATED, "{}", ticket.body);
             let mut query = vec![("ticket", ticket.body["ticket"].as_str().unwrap().to_owned())];
             query.extend(last.map(|l| ("last_event_id", l.to_owned())));
-            app.http
-                .get(app.url("/v1/notifications/stream"))
-                .query(&query)
+            app.http.get(app.url("/v1/notifications/stream")).query(&query)
         })
         .await
     }
@@ -74,10 +66,7 @@ impl Sse {
             assert_eq!(response.status(), StatusCode::OK);
             assert_eq!(response.headers()["content-type"], "text/event-stream");
             return Self {
-                bytes: response
-                    .bytes_stream()
-                    .map(|c| c.map(|b| b.to_vec()))
-                    .boxed(),
+                bytes: response.bytes_stream().map(|c| c.map(|b| b.to_vec())).boxed(),
                 buffer: String::new(),
             };
         }
@@ -103,17 +92,10 @@ impl Sse {
                 if data.is_empty() {
                     continue; // a keep-alive
                 }
-                return Some(Event {
-                    kind,
-                    id,
-                    data: serde_json::from_str(&data).unwrap(),
-                });
+                return Some(Event { kind, id, data: serde_json::from_str(&data).unwrap() });
             }
-            let chunk = tokio::time::timeout_at(deadline, self.bytes.next())
-                .await
-                .ok()??;
-            self.buffer
-                .push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
+            let chunk = tokio::time::timeout_at(deadline, self.bytes.next()).await.ok()??;
+            self.buffer.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
         }
     }
 
@@ -163,10 +145,7 @@ async fn seed(
             d
         })
         .collect();
-    let ids = docs
-        .iter()
-        .map(|d| d.get_object_id("_id").unwrap().to_hex())
-        .collect();
+    let ids = docs.iter().map(|d| d.get_object_id("_id").unwrap().to_hex()).collect();
     app.stack
         .database()
         .await
@@ -183,9 +162,7 @@ async fn the_stream_delivers_live_and_resumes_without_gap_or_duplicate() {
     let (alice_id, alice) = app.sign_up("alice").await;
     let (_, bob) = app.sign_up("bob").await;
     let (_, carol) = app.sign_up("carol").await;
-    let post = app
-        .post("/v1/posts", Some(&alice), json!({"content": "hello"}))
-        .await;
+    let post = app.post("/v1/posts", Some(&alice), json!({"content": "hello"})).await;
     let post_id = post.body["id"].as_str().unwrap().to_owned();
 
     let mut stream = Sse::open(&app, &alice, None).await;
@@ -194,15 +171,8 @@ async fn the_stream_delivers_live_and_resumes_without_gap_or_duplicate() {
     let first = stream.take(1).await;
     assert_eq!(first[0].kind, "notification");
     assert_eq!(first[0].data["type"], "FOLLOW");
-    assert_eq!(
-        first[0].data["account"]["username"], "bob",
-        "who acted, embedded"
-    );
-    assert!(
-        first[0]
-            .id
-            .starts_with(first[0].data["id"].as_str().unwrap())
-    );
+    assert_eq!(first[0].data["account"]["username"], "bob", "who acted, embedded");
+    assert!(first[0].id.starts_with(first[0].data["id"].as_str().unwrap()));
 
     // Offline for a while: two things happen.
     drop(stream);
@@ -218,20 +188,14 @@ async fn the_stream_delivers_live_and_resumes_without_gap_or_duplicate() {
     // had is not sent again.
     let mut stream = Sse::open(&app, &alice, Some(&first[0].id)).await;
     let missed = stream.take(2).await;
-    let kinds: Vec<&str> = missed
-        .iter()
-        .map(|e| e.data["type"].as_str().unwrap())
-        .collect();
+    let kinds: Vec<&str> = missed.iter().map(|e| e.data["type"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["FOLLOW", "POST_LIKE"]);
     assert_eq!(missed[0].data["account"]["username"], "carol");
     app.put(&like, &carol).await;
     let live = stream.take(1).await;
     assert_eq!(live[0].data["type"], "POST_LIKE");
     assert_eq!(live[0].data["account"]["username"], "carol");
-    assert!(
-        stream.next(Duration::from_secs(2)).await.is_none(),
-        "nothing twice"
-    );
+    assert!(stream.next(Duration::from_secs(2)).await.is_none(), "nothing twice");
 
     // A resume from the newest id sends nothing old, even from the same second.
     drop(stream);
@@ -240,17 +204,12 @@ async fn the_stream_delivers_live_and_resumes_without_gap_or_duplicate() {
 
     // A notification whose comment is deleted is removed, and the stream says so.
     let comment = app
-        .post(
-            &format!("/v1/posts/{post_id}/comments"),
-            Some(&bob),
-            json!({"content": "nice"}),
-        )
+        .post(&format!("/v1/posts/{post_id}/comments"), Some(&bob), json!({"content": "nice"}))
         .await;
     let added = stream.take(1).await;
     assert_eq!(added[0].data["type"], "POST_COMMENT");
     let comment_id = comment.body["id"].as_str().unwrap();
-    app.delete(&format!("/v1/comments/{comment_id}"), &bob)
-        .await;
+    app.delete(&format!("/v1/comments/{comment_id}"), &bob).await;
     let removed = stream.take(1).await;
     assert_eq!(removed[0].kind, "removed");
     assert_eq!(removed[0].data["id"], added[0].data["id"]);
@@ -278,10 +237,7 @@ async fn a_stream_needs_a_valid_token() {
         .await;
     assert_eq!(bobs["items"][0]["type"], "FOLLOW");
     let a_while_ago = bson::DateTime::now().timestamp_millis() - 30_000;
-    for forged in [
-        format!("x.{a_while_ago}."),
-        "x.99999999999999.y,z".to_owned(),
-    ] {
+    for forged in [format!("x.{a_while_ago}."), "x.99999999999999.y,z".to_owned()] {
         let mut stream = Sse::open(&app, &alice, Some(&forged)).await;
         let leaked = stream.next(Duration::from_secs(1)).await;
         assert!(leaked.is_none(), "{forged}: {leaked:?}");
@@ -298,11 +254,7 @@ async fn a_resume_hydrates_more_actors_than_one_batch_holds() {
     // newest), stored while alice was away.
     let now = DateTime::now().timestamp_millis();
     let from = (0..150_i64).map(|i| {
-        let actor = if i == 0 {
-            bob_id.parse().unwrap()
-        } else {
-            ObjectId::new()
-        };
+        let actor = if i == 0 { bob_id.parse().unwrap() } else { ObjectId::new() };
         (actor, now - 20_000 - i * 10)
     });
     seed(&app, &alice_id, "FOLLOW", None, from).await;
@@ -333,20 +285,14 @@ async fn a_client_that_goes_away_frees_its_stream_even_when_nothing_happens() {
         (notifications.open_streams() == 0).then_some(())
     })
     .await;
-    assert!(
-        freed.is_some(),
-        "the gateway still holds the service's stream"
-    );
+    assert!(freed.is_some(), "the gateway still holds the service's stream");
 }
 
 #[tokio::test]
 async fn streams_past_an_accounts_cap_are_refused_until_one_closes() {
     let app = App::start_with(|c| {
-        c.streams = social_gateway::StreamCaps {
-            per_account: 2,
-            per_address: 3,
-            ..Default::default()
-        };
+        c.streams =
+            social_gateway::StreamCaps { per_account: 2, per_address: 3, ..Default::default() };
     })
     .await;
     let (_, alice) = app.sign_up("alice").await;
@@ -373,9 +319,7 @@ async fn streams_past_an_accounts_cap_are_refused_until_one_closes() {
     let refused = refused(bob.clone()).await;
     refused.error(StatusCode::TOO_MANY_REQUESTS, "RESOURCE_EXHAUSTED");
     assert!(
-        refused.body["error"]["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("address")),
+        refused.body["error"]["message"].as_str().is_some_and(|m| m.contains("address")),
         "{}",
         refused.body
     );
@@ -392,10 +336,7 @@ async fn streams_past_an_accounts_cap_are_refused_until_one_closes() {
         (a.status() == StatusCode::OK).then_some(a)
     })
     .await;
-    assert!(
-        reopened.is_some(),
-        "the closed stream's place was not given back"
-    );
+    assert!(reopened.is_some(), "the closed stream's place was not given back");
 }
 
 #[tokio::test]
@@ -435,19 +376,14 @@ async fn a_post_with_600_notifications_deleted_sends_their_removals_and_the_stre
     let app = App::start().await;
     let (alice_id, alice) = app.sign_up("alice").await;
     let (_, bob) = app.sign_up("bob").await;
-    let post = app
-        .post("/v1/posts", Some(&alice), json!({"content": "going viral"}))
-        .await;
+    let post = app.post("/v1/posts", Some(&alice), json!({"content": "going viral"})).await;
     let post_id = post.body["id"].as_str().unwrap().to_owned();
     // 600 likes' notifications of her post (seeded as the service stores them).
     let about: ObjectId = post_id.parse().unwrap();
     let now = DateTime::now().timestamp_millis();
     let from = (0..600_i64).map(|i| (ObjectId::new(), now - 600_000 + i));
     let ids: std::collections::HashSet<String> =
-        seed(&app, &alice_id, "POST_LIKE", Some(about), from)
-            .await
-            .into_iter()
-            .collect();
+        seed(&app, &alice_id, "POST_LIKE", Some(about), from).await.into_iter().collect();
     let mut stream = Sse::open(&app, &alice, None).await;
     let deleted = app.delete(&format!("/v1/posts/{post_id}"), &alice).await;
     assert!(deleted.status.is_success(), "{}", deleted.body);
@@ -479,10 +415,7 @@ async fn a_post_with_600_notifications_deleted_sends_their_removals_and_the_stre
     // And the stream is still open: the next notification arrives on it.
     let follow = format!("/v1/users/{alice_id}/follow");
     app.put(&follow, &bob).await;
-    let next = stream
-        .next(Duration::from_secs(15))
-        .await
-        .expect("the stream goes on");
+    let next = stream.next(Duration::from_secs(15)).await.expect("the stream goes on");
     assert_eq!(next.kind, "notification");
     assert_eq!(next.data["type"], "FOLLOW");
 }
@@ -495,10 +428,7 @@ async fn a_removal_missed_while_away_makes_the_resume_a_resync() {
     let follow = format!("/v1/users/{alice_id}/follow");
     let mut stream = Sse::open(&app, &alice, None).await;
     app.put(&follow, &bob).await;
-    let followed = stream
-        .next(Duration::from_secs(15))
-        .await
-        .expect("the follow");
+    let followed = stream.next(Duration::from_secs(15)).await.expect("the follow");
     assert_eq!(followed.data["type"], "FOLLOW");
     drop(stream);
     // While she is away, bob takes it back: the notification goes.
@@ -531,9 +461,7 @@ async fn groups_come_with_their_actors_in_one_batch_stay_live_and_are_marked_rea
     let app = App::around(stack, |c| c.user_service = users.peer("user service")).await;
     let batch = "/social.user.v1.UserService/BatchGetUsers";
     let (_, alice) = app.sign_up("alice").await;
-    let post = app
-        .post("/v1/posts", Some(&alice), json!({"content": "like me"}))
-        .await;
+    let post = app.post("/v1/posts", Some(&alice), json!({"content": "like me"})).await;
     let post_id = post.body["id"].as_str().unwrap().to_owned();
     let mut stream = Sse::open_at(&app, "/v1/notifications/stream?groups=true", &alice, None).await;
     let like = format!("/v1/posts/{post_id}/like");
@@ -548,10 +476,7 @@ async fn groups_come_with_their_actors_in_one_batch_stay_live_and_are_marked_rea
     // (version, count) of the group's latest update: updates may come out of order.
     let mut latest = (0, 0);
     while latest.1 != 3 {
-        let e = stream
-            .next(Duration::from_secs(15))
-            .await
-            .expect("an event");
+        let e = stream.next(Duration::from_secs(15)).await.expect("an event");
         match e.kind.as_str() {
             "group" => {
                 assert!(e.id.is_empty(), "group events are not resume points");
@@ -582,27 +507,17 @@ async fn groups_come_with_their_actors_in_one_batch_stay_live_and_are_marked_rea
         .iter()
         .map(|a| a["username"].as_str().unwrap())
         .collect();
-    let ids: Vec<&Value> = g["sample_accounts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| &a["id"])
-        .collect();
+    let ids: Vec<&Value> =
+        g["sample_accounts"].as_array().unwrap().iter().map(|a| &a["id"]).collect();
     assert_eq!(
         ids,
-        g["sample_account_ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .collect::<Vec<_>>(),
+        g["sample_account_ids"].as_array().unwrap().iter().collect::<Vec<_>>(),
         "accounts in the order of their ids"
     );
     names.sort_unstable();
     assert_eq!(names, ["bob", "carol", "dave"]);
     let key = g["group_key"].as_str().unwrap();
-    let unread = app
-        .get("/v1/notification-groups/unread-count", Some(&alice))
-        .await;
+    let unread = app.get("/v1/notification-groups/unread-count", Some(&alice)).await;
     assert_eq!(unread.body["count"], 1);
 
     // Another account cannot mark it read; bad keys are named.
@@ -611,36 +526,21 @@ async fn groups_come_with_their_actors_in_one_batch_stay_live_and_are_marked_rea
     assert_eq!(theirs.status, StatusCode::NOT_FOUND, "{}", theirs.body);
     let long = format!("/v1/notification-groups/{}/read", "k".repeat(201));
     let too_long = app.call(Method::POST, &long, Some(&alice), None).await;
-    assert_eq!(
-        too_long.error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT"),
-        ["group_key"]
-    );
+    assert_eq!(too_long.error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT"), ["group_key"]);
     let read = app.call(Method::POST, &path, Some(&alice), None).await;
     assert_eq!(read.body["updated_count"], 3, "{}", read.body);
-    let unread = app
-        .get("/v1/notification-groups/unread-count", Some(&alice))
-        .await;
+    let unread = app.get("/v1/notification-groups/unread-count", Some(&alice)).await;
     assert_eq!(unread.body["count"], 0);
-    let plain = app
-        .get("/v1/notifications/unread-count", Some(&alice))
-        .await;
-    assert_eq!(
-        plain.body["count"], 0,
-        "the per-notification count moved too"
-    );
-    let groups = app
-        .get("/v1/notification-groups?unread_only=true", Some(&alice))
-        .await;
+    let plain = app.get("/v1/notifications/unread-count", Some(&alice)).await;
+    assert_eq!(plain.body["count"], 0, "the per-notification count moved too");
+    let groups = app.get("/v1/notification-groups?unread_only=true", Some(&alice)).await;
     assert_eq!(groups.body["items"], json!([]));
 
     // A like taken back: the group counts two, live; the notification is removed.
     app.delete(&like, &likers[2]).await;
     let mut removed = false;
     loop {
-        let e = stream
-            .next(Duration::from_secs(15))
-            .await
-            .expect("an event");
+        let e = stream.next(Duration::from_secs(15)).await.expect("an event");
         match e.kind.as_str() {
             "removed" => {
                 assert_eq!(e.data["group_key"], key);
@@ -686,10 +586,7 @@ async fn a_browser_opens_its_stream_with_a_single_use_ticket_and_resumes_with_a_
     let mut stream = Sse::open_with_ticket(&app, &bob, None).await;
     let follow = format!("/v1/users/{bob_id}/follow");
     app.put(&follow, &carol).await;
-    let first = stream
-        .next(Duration::from_secs(15))
-        .await
-        .expect("carol's follow");
+    let first = stream.next(Duration::from_secs(15)).await.expect("carol's follow");
     assert_eq!(first.kind, "notification");
     drop(stream);
 
@@ -714,14 +611,8 @@ async fn a_browser_opens_its_stream_with_a_single_use_ticket_and_resumes_with_a_
     })
     .await;
     let mut resumed = Sse::open_with_ticket(&app, &bob, Some(&first.id)).await;
-    let missed = resumed
-        .next(Duration::from_secs(15))
-        .await
-        .expect("the missed one");
+    let missed = resumed.next(Duration::from_secs(15)).await.expect("the missed one");
     assert_eq!(missed.kind, "notification", "{missed:?}");
     assert_ne!(missed.data["id"], first.data["id"], "{missed:?}");
-    assert!(
-        resumed.next(Duration::from_secs(1)).await.is_none(),
-        "a duplicate"
-    );
+    assert!(resumed.next(Duration::from_secs(1)).await.is_none(), "a duplicate");
 }

@@ -21,18 +21,12 @@ async fn a_block_takes_back_what_the_blocked_caused_and_nothing_new_between_them
     app.like(&bob_token, &post.id).await;
     app.like(&carol_token, &post.id).await;
     app.follow(&bob_token, &alice).await;
-    app.stack
-        .comment(&bob_token, &post.id, "nice @alice")
-        .await
-        .unwrap();
+    app.stack.comment(&bob_token, &post.id, "nice @alice").await.unwrap();
     app.like(&alice_token, &bobs.id).await;
     // Bob's like, follow, comment and mention; carol's like.
     app.wait_for(&alice_token, 5).await;
     app.wait_for(&bob_token, 1).await;
-    app.groups_until(&alice_token, |g| {
-        g.iter().any(|g| g.notifications_count == 2)
-    })
-    .await;
+    app.groups_until(&alice_token, |g| g.iter().any(|g| g.notifications_count == 2)).await;
 
     app.stack.block(&alice_token, &bob).await.unwrap();
 
@@ -46,10 +40,7 @@ async fn a_block_takes_back_what_the_blocked_caused_and_nothing_new_between_them
     .expect("bob's notifications leave alice's list");
     assert_eq!(kind(&left[0]), NotificationType::PostLike);
     assert_ne!(left[0].source_user_id, bob);
-    app.groups_until(&alice_token, |g| {
-        g.len() == 1 && g[0].notifications_count == 1
-    })
-    .await;
+    app.groups_until(&alice_token, |g| g.len() == 1 && g[0].notifications_count == 1).await;
     app.stack.settled().await;
     assert_eq!(app.list(&bob_token).await.len(), 1);
 
@@ -99,14 +90,8 @@ async fn a_block_whose_unblock_came_first_takes_nothing_back() {
             blocked_id: blocked_id.clone(),
         }),
     );
-    let blocked = new_envelope(
-        actor,
-        Payload::UserBlocked(UserBlocked {
-            block_id,
-            blocker_id,
-            blocked_id,
-        }),
-    );
+    let blocked =
+        new_envelope(actor, Payload::UserBlocked(UserBlocked { block_id, blocker_id, blocked_id }));
     app.publish(&[unblocked]).await;
     app.stack.settled().await;
     app.publish(&[blocked]).await;

@@ -24,13 +24,9 @@ async fn a_notification_service_started_after_the_others_misses_no_event() {
     let _drop = DropDatabase(database.clone());
     let events = EventsConfig::for_tests(&unique_name("t"));
     let user = start_user(&database, &events).await;
-    let graph = start_graph(
-        &database,
-        &events,
-        &format!("http://{}", user.addr),
-        Duration::from_secs(2),
-    )
-    .await;
+    let graph =
+        start_graph(&database, &events, &format!("http://{}", user.addr), Duration::from_secs(2))
+            .await;
     let mut users = UserServiceClient::new(user.channel().await);
     let mut register = async |name: &str| {
         let r = users
@@ -50,12 +46,7 @@ async fn a_notification_service_started_after_the_others_misses_no_event() {
     social_proto::graph::v1::social_graph_service_client::SocialGraphServiceClient::new(
         graph.channel().await,
     )
-    .follow(authed(
-        social_proto::graph::v1::FollowRequest {
-            followee_id: bob_id,
-        },
-        &alice,
-    ))
+    .follow(authed(social_proto::graph::v1::FollowRequest { followee_id: bob_id }, &alice))
     .await
     .unwrap();
     // The broker confirmed the event (it left the outbox) before the notification
@@ -66,10 +57,8 @@ async fn a_notification_service_started_after_the_others_misses_no_event() {
         .database(&database);
     let follows = db.collection::<bson::Document>("followers");
     let published = eventually(WAIT, || async {
-        let pending = follows
-            .count_documents(bson::doc! { "outbox_pending": { "$gt": 0 } })
-            .await
-            .unwrap();
+        let pending =
+            follows.count_documents(bson::doc! { "outbox_pending": { "$gt": 0 } }).await.unwrap();
         (pending == 0).then_some(())
     })
     .await;
@@ -132,23 +121,15 @@ async fn a_queue_moved_to_another_type_by_the_documented_procedure_loses_nothing
     // 2. The queue moves to the new type while likes keep coming.
     let mut quorum = classic.clone();
     quorum.queue_type = QueueType::Quorum;
-    let (moved, ()) = tokio::join!(
-        social_events::admin::migrate_queue(&quorum, "notification"),
-        likes(20, 40),
-    );
+    let (moved, ()) =
+        tokio::join!(social_events::admin::migrate_queue(&quorum, "notification"), likes(20, 40),);
     moved.unwrap();
     assert!(broker::declared_as(&quorum, "notification").await);
     assert!(!broker::declared_as(&classic, "notification").await);
 
     // 3. The service starts again on the new settings: every like notifies bob once.
-    let notification = start_notification(
-        &app.stack.database,
-        &quorum,
-        app.stack.user.addr,
-        true,
-        WAIT,
-    )
-    .await;
+    let notification =
+        start_notification(&app.stack.database, &quorum, app.stack.user.addr, true, WAIT).await;
     let client = NotificationServiceClient::new(notification.channel().await);
     let count = || {
         let mut client = client.clone();
@@ -156,10 +137,7 @@ async fn a_queue_moved_to_another_type_by_the_documented_procedure_loses_nothing
         async move {
             client
                 .list_notifications(authed(
-                    ListNotificationsRequest {
-                        page_size: 100,
-                        ..Default::default()
-                    },
+                    ListNotificationsRequest { page_size: 100, ..Default::default() },
                     &bob,
                 ))
                 .await
@@ -168,19 +146,15 @@ async fn a_queue_moved_to_another_type_by_the_documented_procedure_loses_nothing
                 .len()
         }
     };
-    let all = eventually(Duration::from_secs(30), || async {
-        (count().await == 40).then_some(())
-    })
-    .await;
+    let all =
+        eventually(Duration::from_secs(30), || async { (count().await == 40).then_some(()) }).await;
     assert!(all.is_some(), "{} of 40 notifications", count().await);
 }
 
 #[tokio::test]
 async fn purge_queues_empties_the_queues_and_only_on_a_development_machine() {
     let config = EventsConfig::for_tests(&social_testkit::unique_name("t"));
-    social_events::admin::declare_topology(&config)
-        .await
-        .unwrap();
+    social_events::admin::declare_topology(&config).await.unwrap();
     let queue = config.queue("notification");
     // Bound to the notification service's queue and the post service's home
     // timelines'.
@@ -196,9 +170,7 @@ async fn purge_queues_empties_the_queues_and_only_on_a_development_machine() {
     assert!(refused.is_err());
     assert_eq!(broker::queue_depth(&config, &queue).await, 1);
 
-    let purged = social_events::admin::purge_queues(&config, true)
-        .await
-        .unwrap();
+    let purged = social_events::admin::purge_queues(&config, true).await.unwrap();
     assert_eq!(purged, 2);
     assert_eq!(broker::queue_depth(&config, &queue).await, 0);
 }

@@ -96,11 +96,7 @@ impl App {
 
     async fn unread(&self, token: &str) -> (i64, i64) {
         let mut n = self.notifications.clone();
-        let all = n
-            .get_unread_count(authed(GetUnreadCountRequest {}, token))
-            .await
-            .answer()
-            .count;
+        let all = n.get_unread_count(authed(GetUnreadCountRequest {}, token)).await.answer().count;
         let groups = n
             .get_unread_group_count(authed(GetUnreadGroupCountRequest {}, token))
             .await
@@ -160,10 +156,7 @@ async fn likes_and_follows_group_by_target_and_comments_and_mentions_stand_alone
     app.publish(&events).await;
     // A comment on bob's post mentioning bob: two groups of one.
     let post = app.post(&bob, "a post").await;
-    app.stack
-        .comment(&carol, &post.id, "nice, @bob")
-        .await
-        .unwrap();
+    app.stack.comment(&carol, &post.id, "nice, @bob").await.unwrap();
 
     let groups = app.groups_until(&bob, |g| g.len() == 7).await;
     let on_a = of(&groups, NotificationType::PostLike, Some(&a.to_hex())).unwrap();
@@ -173,9 +166,7 @@ async fn likes_and_follows_group_by_target_and_comments_and_mentions_stand_alone
     let distinct: std::collections::HashSet<_> = on_a.sample_account_ids.iter().collect();
     assert_eq!(distinct.len(), 5);
     assert_eq!(
-        of(&groups, NotificationType::PostLike, Some(&b.to_hex()))
-            .unwrap()
-            .notifications_count,
+        of(&groups, NotificationType::PostLike, Some(&b.to_hex())).unwrap().notifications_count,
         2
     );
     let on_c1 = of(&groups, NotificationType::CommentLike, Some(&c1.to_hex())).unwrap();
@@ -187,25 +178,15 @@ async fn likes_and_follows_group_by_target_and_comments_and_mentions_stand_alone
     assert_eq!(follows.notifications_count, 3);
     let comment = of(&groups, NotificationType::PostComment, None).unwrap();
     let mention = of(&groups, NotificationType::Mention, None).unwrap();
-    assert_eq!(
-        (comment.notifications_count, mention.notifications_count),
-        (1, 1)
-    );
+    assert_eq!((comment.notifications_count, mention.notifications_count), (1, 1));
     assert_ne!(comment.group_key, mention.group_key);
     // Newest activity first: the comment and mention came last.
     let newest: Vec<i32> = groups[..2].iter().map(|g| g.r#type).collect();
-    assert!(
-        newest.contains(&(NotificationType::Mention as i32)),
-        "{groups:#?}"
-    );
+    assert!(newest.contains(&(NotificationType::Mention as i32)), "{groups:#?}");
     assert_eq!(app.unread(&bob).await, (17, 7));
     // Every notification says its group.
     let listed = app.list(&bob).await;
-    assert!(
-        listed
-            .iter()
-            .all(|n| groups.iter().any(|g| g.group_key == n.group_key))
-    );
+    assert!(listed.iter().all(|n| groups.iter().any(|g| g.group_key == n.group_key)));
 }
 
 #[tokio::test]
@@ -218,8 +199,7 @@ async fn counts_follow_unlikes_relikes_deletions_and_redeliveries() {
     let first = liked(x, post, &bob_id);
     app.publish(&[first.clone(), first.clone(), first]).await;
     app.publish(&[liked(y, post, &bob_id)]).await;
-    app.groups_until(&bob, |g| g.len() == 1 && g[0].notifications_count == 2)
-        .await;
+    app.groups_until(&bob, |g| g.len() == 1 && g[0].notifications_count == 2).await;
     // y unlikes, likes again, unlikes again; the unlike redelivered late.
     let undo = unliked(y, post, &bob_id);
     app.publish(std::slice::from_ref(&undo)).await;
@@ -229,8 +209,7 @@ async fn counts_follow_unlikes_relikes_deletions_and_redeliveries() {
     })
     .await;
     app.publish(&[liked(y, post, &bob_id)]).await;
-    app.groups_until(&bob, |g| g.len() == 1 && g[0].notifications_count == 2)
-        .await;
+    app.groups_until(&bob, |g| g.len() == 1 && g[0].notifications_count == 2).await;
     app.publish(&[undo]).await; // the old unlike again: it came before the new like
     tokio::time::sleep(Duration::from_millis(700)).await;
     app.drained().await;
@@ -248,14 +227,10 @@ async fn counts_follow_unlikes_relikes_deletions_and_redeliveries() {
     // The post is deleted: its group goes.
     app.publish(&[new_envelope(
         ObjectId::parse_str(&bob_id).unwrap(),
-        Payload::PostDeleted(PostDeleted {
-            post_id: post.to_hex(),
-            author_id: bob_id.clone(),
-        }),
+        Payload::PostDeleted(PostDeleted { post_id: post.to_hex(), author_id: bob_id.clone() }),
     )])
     .await;
-    app.groups_until(&bob, <[NotificationGroup]>::is_empty)
-        .await;
+    app.groups_until(&bob, <[NotificationGroup]>::is_empty).await;
     assert_eq!(app.unread(&bob).await, (0, 0));
 }
 
@@ -276,8 +251,7 @@ async fn a_deleted_comment_takes_its_group_and_a_deleted_actor_leaves_the_counts
         }),
     )])
     .await;
-    app.groups_until(&bob, <[NotificationGroup]>::is_empty)
-        .await;
+    app.groups_until(&bob, <[NotificationGroup]>::is_empty).await;
 
     // Dave likes, then deletes his account: out of the group's count and actors.
     let (dave_id, dave) = app.stack.register("dave").await;
@@ -288,8 +262,7 @@ async fn a_deleted_comment_takes_its_group_and_a_deleted_actor_leaves_the_counts
         liked(erin_id, target, &bob_id),
     ])
     .await;
-    app.groups_until(&bob, |g| g.len() == 1 && g[0].notifications_count == 2)
-        .await;
+    app.groups_until(&bob, |g| g.len() == 1 && g[0].notifications_count == 2).await;
     app.stack.delete_account(&dave, PASSWORD).await.unwrap();
     let groups = app
         .groups_until(&bob, |g| {
@@ -307,19 +280,12 @@ async fn two_replicas_storing_into_one_group_count_every_like_once() {
     let _second = app.stack.notification_replica(true).await;
     let (bob_id, bob) = app.stack.register("bob").await;
     let post = ObjectId::new();
-    let likes: Vec<Envelope> = (0..30)
-        .map(|_| liked(ObjectId::new(), post, &bob_id))
-        .collect();
+    let likes: Vec<Envelope> = (0..30).map(|_| liked(ObjectId::new(), post, &bob_id)).collect();
     // Each twice, so that both replicas also handle copies of one event at once.
-    let messages: Vec<(Vec<u8>, String)> = likes
-        .iter()
-        .chain(likes.iter())
-        .map(|e| (e.encode_to_vec(), e.event_id.clone()))
-        .collect();
+    let messages: Vec<(Vec<u8>, String)> =
+        likes.iter().chain(likes.iter()).map(|e| (e.encode_to_vec(), e.event_id.clone())).collect();
     broker::publish_all(&app.stack.events, "engagement.post.liked", &messages).await;
-    let groups = app
-        .groups_until(&bob, |g| g.len() == 1 && g[0].notifications_count == 30)
-        .await;
+    let groups = app.groups_until(&bob, |g| g.len() == 1 && g[0].notifications_count == 30).await;
     app.drained().await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let groups_after = app.groups(&bob).await;
@@ -327,10 +293,7 @@ async fn two_replicas_storing_into_one_group_count_every_like_once() {
     assert_eq!(groups_after[0].unread_count, 30);
     // The head saw every write: its latest is the newest notification.
     let newest = &app.list(&bob).await[0];
-    assert_eq!(
-        groups_after[0].most_recent_notification_id, newest.id,
-        "{groups:#?}"
-    );
+    assert_eq!(groups_after[0].most_recent_notification_id, newest.id, "{groups:#?}");
     assert_eq!(groups_after[0].sample_account_ids[0], newest.source_user_id);
 }
 
@@ -341,16 +304,13 @@ async fn pages_of_groups_stay_stable_while_activity_arrives() {
     let posts: Vec<ObjectId> = (0..5).map(|_| ObjectId::new()).collect();
     for p in &posts {
         app.publish(&[liked(ObjectId::new(), *p, &bob_id)]).await;
-        app.groups_until(&bob, |g| g.iter().any(|g| g.post_id == Some(p.to_hex())))
-            .await;
+        app.groups_until(&bob, |g| g.iter().any(|g| g.post_id == Some(p.to_hex()))).await;
     }
     let (first, token) = app.group_page(&bob, 2, "").await;
     assert_eq!(first.len(), 2);
     // The oldest group (on a later page) gets a like: it moves to the top.
-    app.publish(&[liked(ObjectId::new(), posts[0], &bob_id)])
-        .await;
-    app.groups_until(&bob, |g| g[0].post_id == Some(posts[0].to_hex()))
-        .await;
+    app.publish(&[liked(ObjectId::new(), posts[0], &bob_id)]).await;
+    app.groups_until(&bob, |g| g[0].post_id == Some(posts[0].to_hex())).await;
     let mut seen: Vec<String> = first.iter().map(|g| g.group_key.clone()).collect();
     let mut token = token;
     while !token.is_empty() {
@@ -360,11 +320,7 @@ async fn pages_of_groups_stay_stable_while_activity_arrives() {
     }
     let distinct: std::collections::HashSet<_> = seen.iter().collect();
     assert_eq!(distinct.len(), seen.len(), "a group twice: {seen:?}");
-    assert_eq!(
-        seen.len(),
-        4,
-        "the moved group is at the top, above where we read"
-    );
+    assert_eq!(seen.len(), 4, "the moved group is at the top, above where we read");
 }
 
 #[tokio::test]
@@ -388,23 +344,13 @@ async fn marking_a_group_read_moves_both_unread_counts() {
     let on_a = of(&groups, NotificationType::PostLike, Some(&a.to_hex())).unwrap();
     let mut n = app.notifications.clone();
     let r = n
-        .mark_group_read(authed(
-            MarkGroupReadRequest {
-                group_key: on_a.group_key.clone(),
-            },
-            &bob,
-        ))
+        .mark_group_read(authed(MarkGroupReadRequest { group_key: on_a.group_key.clone() }, &bob))
         .await
         .answer();
     assert_eq!(r.updated_count, 3);
     assert_eq!(app.unread(&bob).await, (1, 1));
     let groups = app.groups(&bob).await;
-    assert_eq!(
-        of(&groups, NotificationType::PostLike, Some(&a.to_hex()))
-            .unwrap()
-            .unread_count,
-        0
-    );
+    assert_eq!(of(&groups, NotificationType::PostLike, Some(&a.to_hex())).unwrap().unread_count, 0);
     // New activity in the group is unread again.
     app.publish(&[liked(ObjectId::new(), a, &bob_id)]).await;
     app.groups_until(&bob, |g| {
@@ -420,43 +366,26 @@ async fn marking_a_group_read_moves_both_unread_counts() {
         .find(|x| !x.is_read && x.post_id == Some(b.to_hex()))
         .unwrap();
     n.mark_notifications_read(authed(
-        MarkNotificationsReadRequest {
-            ids: vec![one.id.clone()],
-        },
+        MarkNotificationsReadRequest { ids: vec![one.id.clone()] },
         &bob,
     ))
     .await
     .unwrap();
-    n.mark_notifications_read(authed(
-        MarkNotificationsReadRequest { ids: vec![one.id] },
-        &bob,
-    ))
-    .await
-    .unwrap();
-    assert_eq!(app.unread(&bob).await, (1, 1));
-    n.mark_all_notifications_read(authed(MarkAllNotificationsReadRequest {}, &bob))
+    n.mark_notifications_read(authed(MarkNotificationsReadRequest { ids: vec![one.id] }, &bob))
         .await
         .unwrap();
+    assert_eq!(app.unread(&bob).await, (1, 1));
+    n.mark_all_notifications_read(authed(MarkAllNotificationsReadRequest {}, &bob)).await.unwrap();
     assert_eq!(app.unread(&bob).await, (0, 0));
     assert!(app.groups(&bob).await.iter().all(|g| g.unread_count == 0));
     // Not one of bob's groups: NOT_FOUND; no key: INVALID_ARGUMENT.
     let (_, carol) = app.stack.register("carol").await;
-    n.mark_group_read(authed(
-        MarkGroupReadRequest {
-            group_key: on_a.group_key.clone(),
-        },
-        &carol,
-    ))
-    .await
-    .refused(Code::NotFound);
-    n.mark_group_read(authed(
-        MarkGroupReadRequest {
-            group_key: " ".into(),
-        },
-        &carol,
-    ))
-    .await
-    .refused(Code::InvalidArgument);
+    n.mark_group_read(authed(MarkGroupReadRequest { group_key: on_a.group_key.clone() }, &carol))
+        .await
+        .refused(Code::NotFound);
+    n.mark_group_read(authed(MarkGroupReadRequest { group_key: " ".into() }, &carol))
+        .await
+        .refused(Code::InvalidArgument);
 }
 
 /// What a stream with groups brought.
@@ -478,9 +407,7 @@ async fn a_stream_that_asks_for_groups_gets_their_updates() {
         loop {
             match client
                 .stream_notifications(authed(
-                    StreamNotificationsRequest {
-                        include_groups: true,
-                    },
+                    StreamNotificationsRequest { include_groups: true },
                     &bob,
                 ))
                 .await
@@ -530,10 +457,7 @@ async fn a_stream_that_asks_for_groups_gets_their_updates() {
     // The post deleted: the group is gone (a count of zero).
     app.publish(&[new_envelope(
         ObjectId::parse_str(&bob_id).unwrap(),
-        Payload::PostDeleted(PostDeleted {
-            post_id: post.to_hex(),
-            author_id: bob_id.clone(),
-        }),
+        Payload::PostDeleted(PostDeleted { post_id: post.to_hex(), author_id: bob_id.clone() }),
     )])
     .await;
     until(&mut seen, &mut stream, 0).await;
@@ -557,10 +481,7 @@ async fn while_counting<F: std::future::Future<Output = ()>>(
     fail::cfg(POINT, &format!("return({post}:{MS})")).unwrap();
     app.publish(&[liked(liker, post, bob_id)]).await;
     let stored = eventually(WAIT, || async {
-        app.list(bob)
-            .await
-            .into_iter()
-            .find(|n| n.post_id.as_deref() == Some(&post.to_hex()))
+        app.list(bob).await.into_iter().find(|n| n.post_id.as_deref() == Some(&post.to_hex()))
     })
     .await
     .expect("the like stored");
@@ -586,9 +507,7 @@ async fn what_happens_between_storing_a_like_and_counting_it_is_counted_right() 
     let post = ObjectId::new();
     while_counting(&app, &bob, &bob_id, (ann, post), |_| async {
         app.publish(&[unliked(ann, post, &bob_id)]).await;
-        let gone = eventually(WAIT, || async {
-            app.list(&bob).await.is_empty().then_some(())
-        });
+        let gone = eventually(WAIT, || async { app.list(&bob).await.is_empty().then_some(()) });
         assert!(gone.await.is_some(), "the unlike removed it");
     })
     .await;
@@ -608,10 +527,7 @@ async fn what_happens_between_storing_a_like_and_counting_it_is_counted_right() 
     .await;
     let groups = app.groups(&bob).await;
     assert_eq!(groups.len(), 1);
-    assert_eq!(
-        (groups[0].notifications_count, groups[0].unread_count),
-        (1, 0)
-    );
+    assert_eq!((groups[0].notifications_count, groups[0].unread_count), (1, 0));
     assert_eq!(app.unread(&bob).await, (0, 0));
 
     // All read meanwhile (its group unread-free until then): not counted unread.
@@ -641,10 +557,7 @@ async fn what_happens_between_storing_a_like_and_counting_it_is_counted_right() 
     })
     .await;
     let groups = app.groups(&bob).await;
-    assert!(
-        groups.iter().all(|g| g.post_id != Some(post.to_hex())),
-        "{groups:#?}"
-    );
+    assert!(groups.iter().all(|g| g.post_id != Some(post.to_hex())), "{groups:#?}");
     assert_eq!(groups.len(), 2, "the two read ones: {groups:#?}");
 }
 
@@ -655,20 +568,15 @@ async fn a_like_that_failed_before_it_was_counted_then_was_taken_back_counts_not
     let post = ObjectId::new();
     let (ann, cid) = (ObjectId::new(), ObjectId::new());
     app.publish(&[liked(cid, post, &bob_id)]).await;
-    app.groups_until(&bob, |g| g.len() == 1 && g[0].notifications_count == 1)
-        .await;
+    app.groups_until(&bob, |g| g.len() == 1 && g[0].notifications_count == 1).await;
     // Ann's like is stored, then its handler fails before counting it, again and again
     // (the broker is away), while her unlike is handled.
     fail::cfg("notification::before_broadcast", "return").unwrap();
     app.publish(&[liked(ann, post, &bob_id)]).await;
-    let stored = eventually(WAIT, || async {
-        (app.list(&bob).await.len() == 2).then_some(())
-    });
+    let stored = eventually(WAIT, || async { (app.list(&bob).await.len() == 2).then_some(()) });
     assert!(stored.await.is_some(), "ann's like stored");
     app.publish(&[unliked(ann, post, &bob_id)]).await;
-    let gone = eventually(WAIT, || async {
-        (app.list(&bob).await.len() == 1).then_some(())
-    });
+    let gone = eventually(WAIT, || async { (app.list(&bob).await.len() == 1).then_some(()) });
     assert!(gone.await.is_some(), "ann's like taken back");
     // The broker is back: the like's retry finds it taken back.
     fail::remove("notification::before_broadcast");
@@ -676,11 +584,7 @@ async fn a_like_that_failed_before_it_was_counted_then_was_taken_back_counts_not
     app.drained().await;
     let groups = app.groups(&bob).await;
     assert_eq!(groups.len(), 1, "carol's like still counts: {groups:#?}");
-    assert_eq!(
-        (groups[0].notifications_count, groups[0].unread_count),
-        (1, 1),
-        "{groups:#?}"
-    );
+    assert_eq!((groups[0].notifications_count, groups[0].unread_count), (1, 1), "{groups:#?}");
     assert_eq!(groups[0].sample_account_ids, [cid.to_hex()]);
     assert_eq!(app.unread(&bob).await, (1, 1));
 }
@@ -730,15 +634,9 @@ async fn notifications_stored_before_groups_existed_are_grouped_by_the_command()
         ),
         app.stack.events.clone(),
     );
-    assert_eq!(
-        social_notification::group_existing(&config).await.unwrap(),
-        3
-    );
+    assert_eq!(social_notification::group_existing(&config).await.unwrap(), 3);
     // Again: nothing left to group, nothing counted twice.
-    assert_eq!(
-        social_notification::group_existing(&config).await.unwrap(),
-        0
-    );
+    assert_eq!(social_notification::group_existing(&config).await.unwrap(), 0);
     let groups = app.groups(&bob).await;
     assert_eq!(groups.len(), 2, "{groups:#?}");
     let likes = of(&groups, NotificationType::PostLike, Some(&post.to_hex())).unwrap();
@@ -760,8 +658,7 @@ async fn a_group_counts_right_when_its_notifications_are_read_and_unliked_a_mont
     let (bob_id, bob) = app.stack.register("bob").await;
     let post = ObjectId::new();
     let (ann, cid) = (ObjectId::new(), ObjectId::new());
-    app.publish(&[liked(ann, post, &bob_id), liked(cid, post, &bob_id)])
-        .await;
+    app.publish(&[liked(ann, post, &bob_id), liked(cid, post, &bob_id)]).await;
     app.groups_until(&bob, |g| {
         g.len() == 1 && (g[0].notifications_count, g[0].unread_count) == (2, 2)
     })
@@ -774,9 +671,7 @@ async fn a_group_counts_right_when_its_notifications_are_read_and_unliked_a_mont
     app.stack.expire_as_of(later).await;
     let db = app.stack.database().await;
     assert_eq!(
-        app.stack
-            .count("notification_groups_applied", bson::doc! {})
-            .await,
+        app.stack.count("notification_groups_applied", bson::doc! {}).await,
         0,
         "the ledger is gone"
     );
@@ -788,18 +683,12 @@ async fn a_group_counts_right_when_its_notifications_are_read_and_unliked_a_mont
         .await
         .unwrap();
     // Ann's like is read, then taken back; cid's is taken back unread.
-    let ann_note = app
-        .list(&bob)
-        .await
-        .into_iter()
-        .find(|n| n.source_user_id == ann.to_hex())
-        .unwrap();
+    let ann_note =
+        app.list(&bob).await.into_iter().find(|n| n.source_user_id == ann.to_hex()).unwrap();
     app.notifications
         .clone()
         .mark_notifications_read(authed(
-            MarkNotificationsReadRequest {
-                ids: vec![ann_note.id],
-            },
+            MarkNotificationsReadRequest { ids: vec![ann_note.id] },
             &bob,
         ))
         .await
@@ -811,8 +700,7 @@ async fn a_group_counts_right_when_its_notifications_are_read_and_unliked_a_mont
         "one read: {groups:#?}"
     );
     app.publish(&[unliked(ann, post, &bob_id)]).await;
-    app.groups_until(&bob, |g| g.len() == 1 && g[0].notifications_count == 1)
-        .await;
+    app.groups_until(&bob, |g| g.len() == 1 && g[0].notifications_count == 1).await;
     app.publish(&[unliked(cid, post, &bob_id)]).await;
     app.groups_until(&bob, |g| g.is_empty()).await;
     app.drained().await;

@@ -25,14 +25,7 @@ use crate::{
 async fn replica_through(app: &App, proxy: &TcpProxy) -> social_testkit::Running {
     let mut events = app.stack.events.clone();
     events.amqp_url = format!("amqp://guest:guest@{}/%2f", proxy.addr);
-    start_notification(
-        &app.stack.database,
-        &events,
-        app.stack.user.addr,
-        false,
-        WAIT,
-    )
-    .await
+    start_notification(&app.stack.database, &events, app.stack.user.addr, false, WAIT).await
 }
 
 /// `notification.streams.open` as of now (0 before any stream).
@@ -65,15 +58,10 @@ async fn a_replica_serves_streams_only_while_it_hears_the_broadcasts() {
     let mut stream = open_stream(&mut client, &bob).await;
     assert_eq!(open_streams(&meters), 1);
     proxy.cut().await;
-    let ended = tokio::time::timeout(WAIT, stream.message())
-        .await
-        .expect("the stream ended");
+    let ended = tokio::time::timeout(WAIT, stream.message()).await.expect("the stream ended");
     assert_eq!(ended.unwrap_err().code(), Code::Unavailable);
     // The server let go of it: no longer counted.
-    let closed = eventually(WAIT, || async {
-        (open_streams(&meters) == 0).then_some(())
-    })
-    .await;
+    let closed = eventually(WAIT, || async { (open_streams(&meters) == 0).then_some(()) }).await;
     assert!(closed.is_some(), "an ended stream is still counted open");
 }
 
@@ -112,13 +100,8 @@ async fn deleting_a_post_pushes_the_removal_of_its_notifications() {
     assert_eq!(removal.id, like.id);
     // The removal is pushed before the documents go (a failure in between pushes it
     // again), so the list empties just after.
-    let emptied = eventually(WAIT, || async {
-        app.list(&bob).await.is_empty().then_some(())
-    });
-    assert!(
-        emptied.await.is_some(),
-        "the list kept the deleted post's like"
-    );
+    let emptied = eventually(WAIT, || async { app.list(&bob).await.is_empty().then_some(()) });
+    assert!(emptied.await.is_some(), "the list kept the deleted post's like");
 }
 
 /// What a client has: notifications by id.
@@ -200,9 +183,7 @@ async fn a_deleted_accounts_streams_end() {
     let mut client = app.notifications.clone();
     let mut stream = open_stream(&mut client, &bob).await;
     app.stack.delete_account(&bob, PASSWORD).await.unwrap();
-    let ended = tokio::time::timeout(WAIT, stream.message())
-        .await
-        .expect("the stream ended");
+    let ended = tokio::time::timeout(WAIT, stream.message()).await.expect("the stream ended");
     assert_eq!(ended.unwrap_err().code(), Code::Unauthenticated);
 }
 
@@ -220,10 +201,8 @@ async fn a_likes_push_that_comes_after_its_unlikes_removal_is_older_than_it() {
     const POINT: &str = "notification::delay_publish";
     fail::cfg(POINT, &format!("return({post}:2000)")).unwrap();
     app.publish(&[liked(ann, post, &bob_id)]).await;
-    let held = eventually(WAIT, || async {
-        (social_kit::faults::fired(POINT) > 0).then_some(())
-    })
-    .await;
+    let held =
+        eventually(WAIT, || async { (social_kit::faults::fired(POINT) > 0).then_some(()) }).await;
     assert!(held.is_some(), "the like's push was not held");
     let listed = app.list(&bob).await;
     assert_eq!(listed.len(), 1, "the like is stored: {listed:#?}");
@@ -258,11 +237,7 @@ async fn a_duplicate_a_minute_late_moves_nothing_and_pushes_nothing() {
     // A minute passes (its keys are made a minute old).
     let minute_ago = bson::DateTime::from_millis(bson::DateTime::now().timestamp_millis() - 60_000);
     let key = social_kit::paging::sort_key(minute_ago);
-    let notifications = app
-        .stack
-        .database()
-        .await
-        .collection::<bson::Document>("notifications");
+    let notifications = app.stack.database().await.collection::<bson::Document>("notifications");
     let id = ObjectId::parse_str(&pushed.id).unwrap();
     notifications
         .update_one(
@@ -297,22 +272,17 @@ async fn a_notification_whose_event_dead_lettered_is_grouped_and_pushed() {
         ..Default::default()
     })
     .await;
-    let app = App {
-        notifications: stack.notifications().await,
-        stack,
-    };
+    let app = App { notifications: stack.notifications().await, stack };
     let (bob_id, bob) = app.stack.register("bob").await;
     let mut client = app.notifications.clone();
     let mut stream = open_stream(&mut client, &bob).await;
     fail::cfg("notification::before_broadcast", "return(for good)").unwrap();
-    app.publish(&[liked(ObjectId::new(), ObjectId::new(), &bob_id)])
-        .await;
+    app.publish(&[liked(ObjectId::new(), ObjectId::new(), &bob_id)]).await;
     let config = &app.stack.events;
     let dlq = config.dead_letter_queue("notification");
-    let dead = eventually(WAIT, || async {
-        (broker::queue_depth(config, &dlq).await == 1).then_some(())
-    })
-    .await;
+    let dead =
+        eventually(WAIT, || async { (broker::queue_depth(config, &dlq).await == 1).then_some(()) })
+            .await;
     fail::remove("notification::before_broadcast");
     assert!(dead.is_some(), "the like never reached {dlq}");
     let pushed = next(&mut stream, WAIT).await.expect("the sweep pushed it");

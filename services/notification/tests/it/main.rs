@@ -45,10 +45,7 @@ struct App {
 impl App {
     async fn start() -> Self {
         let stack = Stack::start().await;
-        Self {
-            notifications: stack.notifications().await,
-            stack,
-        }
+        Self { notifications: stack.notifications().await, stack }
     }
 
     async fn post(&self, token: &str, content: &str) -> Post {
@@ -67,10 +64,7 @@ impl App {
         self.notifications
             .clone()
             .list_notifications(authed(
-                ListNotificationsRequest {
-                    page_size: 100,
-                    ..Default::default()
-                },
+                ListNotificationsRequest { page_size: 100, ..Default::default() },
                 token,
             ))
             .await
@@ -132,13 +126,8 @@ async fn open_stream(
 }
 
 async fn publish(app: &App, routing_key: &str, event: &Envelope) {
-    broker::publish_raw(
-        &app.stack.events,
-        routing_key,
-        &event.encode_to_vec(),
-        &event.event_id,
-    )
-    .await;
+    broker::publish_raw(&app.stack.events, routing_key, &event.encode_to_vec(), &event.event_id)
+        .await;
 }
 
 fn kind(n: &Notification) -> NotificationType {
@@ -146,8 +135,5 @@ fn kind(n: &Notification) -> NotificationType {
 }
 
 async fn next(stream: &mut Streaming<Notification>, within: Duration) -> Option<Notification> {
-    tokio::time::timeout(within, stream.message())
-        .await
-        .ok()?
-        .ok()?
+    tokio::time::timeout(within, stream.message()).await.ok()?.ok()?
 }

@@ -47,15 +47,8 @@ async fn a_like_notifies_the_author_once_and_moves_the_counter_and_a_self_like_n
     assert_eq!(got[0].source_user_id, alice_id);
     assert_eq!(got[0].post_id.as_deref(), Some(post.id.as_str()));
     let counted = eventually(WAIT, || async {
-        let p = app
-            .stack
-            .posts()
-            .await
-            .get_post(GetPostRequest {
-                id: post.id.clone(),
-            })
-            .await
-            .answer();
+        let p =
+            app.stack.posts().await.get_post(GetPostRequest { id: post.id.clone() }).await.answer();
         (p.likes_count == 2).then_some(())
     })
     .await;
@@ -75,23 +68,12 @@ async fn a_like_notifies_the_author_once_and_moves_the_counter_and_a_self_like_n
 #[tokio::test]
 async fn a_comment_notifies_the_author_and_each_mentioned_user() {
     let app = App::start().await;
-    let [
-        (_, bob),
-        (alice_id, alice),
-        (carol_id, carol),
-        (dave_id, dave),
-    ] = app
-        .stack
-        .register_all(["bob", "alice", "carol", "dave"])
-        .await;
+    let [(_, bob), (alice_id, alice), (carol_id, carol), (dave_id, dave)] =
+        app.stack.register_all(["bob", "alice", "carol", "dave"]).await;
     let post = app.post(&bob, "what do you think?").await;
     let comment = app
         .stack
-        .comment(
-            &alice,
-            &post.id,
-            "@carol and @DAVE, look! (cc @nobody_here @alice @carol)",
-        )
+        .comment(&alice, &post.id, "@carol and @DAVE, look! (cc @nobody_here @alice @carol)")
         .await
         .unwrap();
 
@@ -106,10 +88,7 @@ async fn a_comment_notifies_the_author_and_each_mentioned_user() {
         assert_eq!(got[0].post_id.as_deref(), Some(post.id.as_str()));
     }
     app.drained().await;
-    assert!(
-        app.list(&alice).await.is_empty(),
-        "no notification of one's own mention"
-    );
+    assert!(app.list(&alice).await.is_empty(), "no notification of one's own mention");
 
     // A post's mentions notify too.
     let post = app.post(&carol, "thanks @dave").await;
@@ -155,10 +134,7 @@ async fn deleting_a_post_removes_its_notifications() {
     app.like(&token_for(ObjectId::new()), &post.id).await;
     app.wait_for(&bob, 1).await;
     app.stack.delete_post(&bob, &post.id).await;
-    let gone = eventually(WAIT, || async {
-        app.list(&bob).await.is_empty().then_some(())
-    })
-    .await;
+    let gone = eventually(WAIT, || async { app.list(&bob).await.is_empty().then_some(()) }).await;
     assert!(gone.is_some());
 }
 
@@ -198,11 +174,7 @@ async fn an_event_about_a_deleted_comment_notifies_nobody() {
         .collection::<bson::Document>("removed_targets");
     let key = format!("comment:{gone}");
     let handled = eventually(WAIT, || async {
-        removed
-            .find_one(bson::doc! { "_id": &key })
-            .await
-            .unwrap()
-            .map(|_| ())
+        removed.find_one(bson::doc! { "_id": &key }).await.unwrap().map(|_| ())
     })
     .await;
     assert!(handled.is_some(), "the deletion was never handled");
@@ -216,15 +188,10 @@ async fn an_event_about_a_deleted_comment_notifies_nobody() {
     for token in [&bob, &carol] {
         let arrived = eventually(WAIT, || async {
             let list = app.list(token).await;
-            list.iter()
-                .any(|n| n.comment_id.as_deref() == Some(kept.as_str()))
-                .then_some(())
+            list.iter().any(|n| n.comment_id.as_deref() == Some(kept.as_str())).then_some(())
         })
         .await;
-        assert!(
-            arrived.is_some(),
-            "the kept comment's notification never arrived"
-        );
+        assert!(arrived.is_some(), "the kept comment's notification never arrived");
     }
     app.drained().await;
     tokio::time::sleep(Duration::from_secs(1)).await;

@@ -19,23 +19,14 @@ async fn lists_counts_and_read_state_are_the_callers_own() {
     app.wait_for(&carol, 1).await;
     // Newest first.
     let times: Vec<_> = all.iter().map(|n| n.created_at.unwrap()).collect();
-    assert!(
-        times
-            .windows(2)
-            .all(|w| (w[0].seconds, w[0].nanos) >= (w[1].seconds, w[1].nanos))
-    );
+    assert!(times.windows(2).all(|w| (w[0].seconds, w[0].nanos) >= (w[1].seconds, w[1].nanos)));
 
     let mut n = app.notifications.clone();
     let counter = n.clone();
     let unread = |token: &str| {
         let mut n = counter.clone();
         let token = token.to_owned();
-        async move {
-            n.get_unread_count(authed(GetUnreadCountRequest {}, &token))
-                .await
-                .answer()
-                .count
-        }
+        async move { n.get_unread_count(authed(GetUnreadCountRequest {}, &token)).await.answer().count }
     };
     assert_eq!(unread(&bob).await, 8);
 
@@ -56,10 +47,7 @@ async fn lists_counts_and_read_state_are_the_callers_own() {
     let carols = app.list(&carol).await;
     let ids = vec![all[0].id.clone(), all[1].id.clone(), carols[0].id.clone()];
     let changed = n
-        .mark_notifications_read(authed(
-            MarkNotificationsReadRequest { ids: ids.clone() },
-            &bob,
-        ))
+        .mark_notifications_read(authed(MarkNotificationsReadRequest { ids: ids.clone() }, &bob))
         .await
         .answer()
         .updated_count;
@@ -108,15 +96,10 @@ async fn lists_counts_and_read_state_are_the_callers_own() {
     assert!(app.list(&bob).await.iter().all(|x| x.is_read));
 
     // Errors.
-    n.get_unread_count(GetUnreadCountRequest {})
-        .await
-        .refused(Code::Unauthenticated);
+    n.get_unread_count(GetUnreadCountRequest {}).await.refused(Code::Unauthenticated);
     let err = n
         .list_notifications(authed(
-            ListNotificationsRequest {
-                types: vec![0, 42],
-                ..Default::default()
-            },
+            ListNotificationsRequest { types: vec![0, 42], ..Default::default() },
             &bob,
         ))
         .await
@@ -125,10 +108,7 @@ async fn lists_counts_and_read_state_are_the_callers_own() {
     // A flood of types is one violation, not one per type.
     let err = n
         .list_notifications(authed(
-            ListNotificationsRequest {
-                types: vec![42; 1000],
-                ..Default::default()
-            },
+            ListNotificationsRequest { types: vec![42; 1000], ..Default::default() },
             &bob,
         ))
         .await
@@ -142,10 +122,7 @@ async fn lists_counts_and_read_state_are_the_callers_own() {
     // A page token from one filter does not fit another.
     let first = n
         .list_notifications(authed(
-            ListNotificationsRequest {
-                page_size: 2,
-                ..Default::default()
-            },
+            ListNotificationsRequest { page_size: 2, ..Default::default() },
             &bob,
         ))
         .await

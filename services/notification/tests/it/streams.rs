@@ -68,9 +68,7 @@ async fn a_stream_that_never_reads_slows_nobody() {
     }
     let mut received = 0;
     while received < fans {
-        next(&mut live, WAIT)
-            .await
-            .expect("the live stream kept up");
+        next(&mut live, WAIT).await.expect("the live stream kept up");
         received += 1;
     }
     assert_eq!(app.wait_for(&bob, fans).await.len(), fans);
@@ -108,10 +106,7 @@ async fn shutdown_ends_streams_unavailable_and_reports_not_serving() {
         tonic_health::pb::health_check_response::ServingStatus::try_from(m.unwrap().status).unwrap()
     };
     use tonic_health::pb::health_check_response::ServingStatus;
-    assert_eq!(
-        status(health.message().await.unwrap()),
-        ServingStatus::Serving
-    );
+    assert_eq!(status(health.message().await.unwrap()), ServingStatus::Serving);
 
     let stopped = tokio::spawn(replica.stop());
     // Health says NOT_SERVING as the shutdown begins (so balancers stop sending)...
@@ -123,10 +118,7 @@ async fn shutdown_ends_streams_unavailable_and_reports_not_serving() {
     // ...and the stream ends, well inside the shutdown grace, with UNAVAILABLE: the
     // client can tell a replica going away from a finished stream, and reopens it.
     let end = tokio::time::timeout(Duration::from_secs(5), stream.message()).await;
-    assert!(
-        matches!(&end, Ok(Err(s)) if s.code() == tonic::Code::Unavailable),
-        "{end:?}"
-    );
+    assert!(matches!(&end, Ok(Err(s)) if s.code() == tonic::Code::Unavailable), "{end:?}");
     tokio::time::timeout(Duration::from_secs(10), stopped)
         .await
         .expect("the replica stopped in time")
@@ -140,10 +132,7 @@ async fn shutdown_ends_streams_unavailable_and_reports_not_serving() {
 async fn a_stream_ends_when_its_token_expires() {
     let app = App::start().await;
     let (bob_id, _) = app.stack.register("bob").await;
-    let short = token_expiring_in(
-        ObjectId::parse_str(&bob_id).unwrap(),
-        Duration::from_secs(2),
-    );
+    let short = token_expiring_in(ObjectId::parse_str(&bob_id).unwrap(), Duration::from_secs(2));
     let mut client = app.notifications.clone();
     let mut stream = app.stream(&mut client, &short).await;
     let end = tokio::time::timeout(Duration::from_secs(10), stream.message()).await;

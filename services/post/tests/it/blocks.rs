@@ -29,11 +29,7 @@ async fn to_a_blocked_reader_the_blockers_profile_posts_and_comments_are_absent(
     app.stack.follow(&bob_token, &alice).await;
     let alices = app.post(&alice_token, "by alice", vec![]).await.unwrap();
     let bobs = app.post(&bob_token, "by bob", vec![]).await.unwrap();
-    let comment = app
-        .stack
-        .comment(&alice_token, &alices.id, "alice's comment")
-        .await
-        .unwrap();
+    let comment = app.stack.comment(&alice_token, &alices.id, "alice's comment").await.unwrap();
     assert!(feed_holds(&app, &bob_token, "by alice").await);
     assert!(feed_holds(&app, &alice_token, "by bob").await);
 
@@ -47,22 +43,12 @@ async fn to_a_blocked_reader_the_blockers_profile_posts_and_comments_are_absent(
         apart.then_some(())
     })
     .await;
-    assert!(
-        apart.is_some(),
-        "the two still see each other's posts in their feeds"
-    );
+    assert!(apart.is_some(), "the two still see each other's posts in their feeds");
 
     // Each service keeps its copy of the block from its event: within moments, to bob,
     // alice's post is absent.
     let mut posts = app.posts.clone();
-    let get = |token: &str| {
-        authed(
-            GetPostRequest {
-                id: alices.id.clone(),
-            },
-            token,
-        )
-    };
+    let get = |token: &str| authed(GetPostRequest { id: alices.id.clone() }, token);
     let absent = eventually(Duration::from_secs(10), || {
         let mut posts = posts.clone();
         let request = get(&bob_token);
@@ -106,32 +92,16 @@ async fn to_a_blocked_reader_the_blockers_profile_posts_and_comments_are_absent(
         .get_user(authed(GetUserRequest { id: alice.clone() }, &bob_token))
         .await
         .refused(Code::NotFound);
-    let by_name = GetUserByUsernameRequest {
-        username: "alice".into(),
-    };
-    users
-        .get_user_by_username(authed(by_name, &bob_token))
-        .await
-        .refused(Code::NotFound);
-    let both = || BatchGetUsersRequest {
-        ids: vec![alice.clone(), bob.clone()],
-    };
-    let seen = users
-        .batch_get_users(authed(both(), &bob_token))
-        .await
-        .answer()
-        .users;
+    let by_name = GetUserByUsernameRequest { username: "alice".into() };
+    users.get_user_by_username(authed(by_name, &bob_token)).await.refused(Code::NotFound);
+    let both = || BatchGetUsersRequest { ids: vec![alice.clone(), bob.clone()] };
+    let seen = users.batch_get_users(authed(both(), &bob_token)).await.answer().users;
     assert_eq!(seen.iter().map(|u| &u.id).collect::<Vec<_>>(), [&bob]);
 
     // Comments: alice's own, and anything under her post.
     let mut engagement = app.stack.engagement().await;
     engagement
-        .get_comment(authed(
-            GetCommentRequest {
-                id: comment.id.clone(),
-            },
-            &bob_token,
-        ))
+        .get_comment(authed(GetCommentRequest { id: comment.id.clone() }, &bob_token))
         .await
         .refused(Code::NotFound);
     let comments = |token: &str| {
@@ -142,44 +112,23 @@ async fn to_a_blocked_reader_the_blockers_profile_posts_and_comments_are_absent(
         };
         authed(request, token)
     };
-    let listed = engagement
-        .list_comments(comments(&bob_token))
-        .await
-        .unwrap();
+    let listed = engagement.list_comments(comments(&bob_token)).await.unwrap();
     assert!(listed.into_inner().comments.is_empty());
 
     // Nor does a write show that they exist: to bob, changing or deleting alice's post or
     // comment is NOT_FOUND; to carol, who sees them, PERMISSION_DENIED.
     let stack = &app.stack;
-    for (token, code) in [
-        (&bob_token, Code::NotFound),
-        (&carol_token, Code::PermissionDenied),
-    ] {
-        stack
-            .edit_post(token, &alices.id, "changed")
-            .await
-            .refused(code);
+    for (token, code) in [(&bob_token, Code::NotFound), (&carol_token, Code::PermissionDenied)] {
+        stack.edit_post(token, &alices.id, "changed").await.refused(code);
         stack.try_delete_post(token, &alices.id).await.refused(code);
-        stack
-            .edit_comment(token, &comment.id, "changed")
-            .await
-            .refused(code);
+        stack.edit_comment(token, &comment.id, "changed").await.refused(code);
         stack.delete_comment(token, &comment.id).await.refused(code);
     }
     // Nor an unlike with nothing to undo (to carol it is done: she liked nothing).
-    stack
-        .unlike_post(&bob_token, &alices.id)
-        .await
-        .refused(Code::NotFound);
-    stack
-        .unlike_comment(&bob_token, &comment.id)
-        .await
-        .refused(Code::NotFound);
+    stack.unlike_post(&bob_token, &alices.id).await.refused(Code::NotFound);
+    stack.unlike_comment(&bob_token, &comment.id).await.refused(Code::NotFound);
     stack.unlike_post(&carol_token, &alices.id).await.unwrap();
-    stack
-        .unlike_comment(&carol_token, &comment.id)
-        .await
-        .unwrap();
+    stack.unlike_comment(&carol_token, &comment.id).await.unwrap();
 
     // Likes of alice's post, and alice's followers and followees, as an unknown user's.
     app.stack.like_post(&alice_token, &alices.id).await.unwrap();
@@ -193,10 +142,7 @@ async fn to_a_blocked_reader_the_blockers_profile_posts_and_comments_are_absent(
     };
     let listed = engagement.list_post_likes(likes(&bob_token)).await.unwrap();
     assert!(listed.into_inner().likes.is_empty());
-    let listed = engagement
-        .list_post_likes(likes(&carol_token))
-        .await
-        .unwrap();
+    let listed = engagement.list_post_likes(likes(&carol_token)).await.unwrap();
     assert_eq!(listed.into_inner().likes.len(), 1);
     app.stack.follow(&carol_token, &alice).await;
     let followers = |token: &str| {
@@ -216,40 +162,13 @@ async fn to_a_blocked_reader_the_blockers_profile_posts_and_comments_are_absent(
     // The blocker and everyone else still see it all.
     for token in [&alice_token, &carol_token] {
         posts.get_post(get(token)).await.unwrap();
-        assert_eq!(
-            posts
-                .batch_get_posts(batch(token))
-                .await
-                .answer()
-                .posts
-                .len(),
-            2
-        );
-        assert_eq!(
-            posts
-                .list_user_posts(list(token))
-                .await
-                .answer()
-                .posts
-                .len(),
-            1
-        );
-        assert_eq!(
-            users
-                .batch_get_users(authed(both(), token))
-                .await
-                .answer()
-                .users
-                .len(),
-            2
-        );
+        assert_eq!(posts.batch_get_posts(batch(token)).await.answer().posts.len(), 2);
+        assert_eq!(posts.list_user_posts(list(token)).await.answer().posts.len(), 1);
+        assert_eq!(users.batch_get_users(authed(both(), token)).await.answer().users.len(), 2);
         let listed = engagement.list_comments(comments(token)).await.unwrap();
         assert_eq!(listed.into_inner().comments.len(), 1);
     }
-    users
-        .get_user(authed(GetUserRequest { id: bob.clone() }, &alice_token))
-        .await
-        .unwrap();
+    users.get_user(authed(GetUserRequest { id: bob.clone() }, &alice_token)).await.unwrap();
 }
 
 #[tokio::test]

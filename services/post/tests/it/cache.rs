@@ -48,11 +48,7 @@ async fn a_cached_post_is_read_without_the_database_and_every_write_is_seen_at_o
     assert!(warm.is_some(), "warm reads send nothing");
     // An edit, a like's count (once its event landed), a deletion: each read next.
     let edit = update(&post.id, "second", vec![], &["content"]);
-    app.posts
-        .clone()
-        .update_post(authed(edit, &alice))
-        .await
-        .unwrap();
+    app.posts.clone().update_post(authed(edit, &alice)).await.unwrap();
     assert_eq!(app.get(&post.id).await.unwrap().content, "second");
     assert_eq!(app.batch_get(&post.id).await.unwrap().content, "second");
     app.stack.like_post(&bob, &post.id).await.unwrap();
@@ -69,14 +65,8 @@ async fn a_cached_post_is_read_without_the_database_and_every_write_is_seen_at_o
     })
     .await;
     assert!(commented.is_some(), "the comment's count never showed");
-    let delete = DeletePostRequest {
-        id: post.id.clone(),
-    };
-    app.posts
-        .clone()
-        .delete_post(authed(delete, &alice))
-        .await
-        .unwrap();
+    let delete = DeletePostRequest { id: post.id.clone() };
+    app.posts.clone().delete_post(authed(delete, &alice)).await.unwrap();
     assert_eq!(app.get(&post.id).await.unwrap_err().code(), Code::NotFound);
 }
 
@@ -115,9 +105,7 @@ async fn a_deleted_post_is_forgotten_by_the_cache_even_when_redis_missed_the_fir
     // would be served until it expires.
     const POINT: &str = "kit::cache_forget";
     fail::cfg(POINT, "1*return").unwrap();
-    let delete = DeletePostRequest {
-        id: post.id.clone(),
-    };
+    let delete = DeletePostRequest { id: post.id.clone() };
     let mut posts = app.posts.clone();
     posts.delete_post(authed(delete, &alice)).await.unwrap();
     assert_eq!(social_kit::faults::fired(POINT), 1);
@@ -126,34 +114,22 @@ async fn a_deleted_post_is_forgotten_by_the_cache_even_when_redis_missed_the_fir
         (code == Some(Code::NotFound)).then_some(())
     })
     .await;
-    assert!(
-        gone.is_some(),
-        "the deleted post is still served from the cache"
-    );
+    assert!(gone.is_some(), "the deleted post is still served from the cache");
 }
 
 #[tokio::test]
 async fn without_redis_posts_are_read_from_the_database() {
     let mut cache = social_kit::cache::Settings::for_tests();
     cache.url = "redis://127.0.0.1:1".into();
-    let stack = Stack::start_with(StackOptions {
-        post_cache: Some(cache),
-        ..Default::default()
-    })
-    .await;
-    let app = App {
-        graph: stack.graph().await,
-        posts: stack.posts().await,
-        stack,
-    };
+    let stack =
+        Stack::start_with(StackOptions { post_cache: Some(cache), ..Default::default() }).await;
+    let app = App { graph: stack.graph().await, posts: stack.posts().await, stack };
     let (_, alice) = app.user("alice").await;
     let post = app.post(&alice, "here", vec![]).await.unwrap();
     for _ in 0..3 {
         assert_eq!(app.get(&post.id).await.unwrap().content, "here");
     }
-    let delete = DeletePostRequest {
-        id: post.id.clone(),
-    };
+    let delete = DeletePostRequest { id: post.id.clone() };
     let mut posts = app.posts.clone();
     posts.delete_post(authed(delete, &alice)).await.unwrap();
     assert_eq!(app.get(&post.id).await.unwrap_err().code(), Code::NotFound);
@@ -165,12 +141,7 @@ async fn a_signed_in_readers_block_check_is_cached_and_a_block_or_unblock_is_see
     let [(_, alice_token), (bob, bob_token)] = app.register_all(["alice", "bob"]).await;
     let post = app.post(&alice_token, "by alice", vec![]).await.unwrap();
     let read = |token: &str| {
-        let request = authed(
-            GetPostRequest {
-                id: post.id.clone(),
-            },
-            token,
-        );
+        let request = authed(GetPostRequest { id: post.id.clone() }, token);
         let mut posts = app.posts.clone();
         async move { posts.get_post(request).await.map(drop) }
     };
@@ -198,12 +169,6 @@ async fn a_signed_in_readers_block_check_is_cached_and_a_block_or_unblock_is_see
     assert!(absent.is_some(), "alice's post stays visible to bob");
     read(&alice_token).await.unwrap();
     app.stack.unblock(&alice_token, &bob).await.unwrap();
-    let back = eventually(Duration::from_secs(10), || async {
-        read(&bob_token).await.ok()
-    })
-    .await;
-    assert!(
-        back.is_some(),
-        "alice's post stays absent to bob after the unblock"
-    );
+    let back = eventually(Duration::from_secs(10), || async { read(&bob_token).await.ok() }).await;
+    assert!(back.is_some(), "alice's post stays absent to bob after the unblock");
 }

@@ -11,12 +11,7 @@ async fn user_posts_page_newest_first_and_stay_stable_under_inserts() {
     let token = token_for(author);
     let mut original = Vec::new();
     for i in 0..23 {
-        original.push(
-            app.post(&token, &format!("post {i}"), vec![])
-                .await
-                .unwrap()
-                .id,
-        );
+        original.push(app.post(&token, &format!("post {i}"), vec![]).await.unwrap().id);
     }
     original.reverse();
 
@@ -27,9 +22,7 @@ async fn user_posts_page_newest_first_and_stay_stable_under_inserts() {
         let (page, next) = app.user_posts(&author.to_hex(), 10, &page_token).await;
         seen.extend(page.into_iter().map(|p| p.id));
         // The author keeps posting while a reader pages.
-        app.post(&token, &format!("late {i}"), vec![])
-            .await
-            .unwrap();
+        app.post(&token, &format!("late {i}"), vec![]).await.unwrap();
         i += 1;
         if next.is_empty() {
             break;
@@ -59,12 +52,9 @@ async fn home_feed_has_followed_and_own_posts_newest_first() {
     let [(_, alice), (bob_id, bob), (_, carol)] = app.register_all(["alice", "bob", "carol"]).await;
     app.stack.follow(&alice, &bob_id).await;
 
-    for (token, text) in [
-        (&bob, "bob 1"),
-        (&alice, "alice 1"),
-        (&carol, "carol 1"),
-        (&bob, "bob 2"),
-    ] {
+    for (token, text) in
+        [(&bob, "bob 1"), (&alice, "alice 1"), (&carol, "carol 1"), (&bob, "bob 2")]
+    {
         app.post(token, text, vec![]).await.unwrap();
     }
     let (feed, next) = app.feed(&alice, 0, "").await.unwrap();
@@ -100,10 +90,7 @@ async fn home_feed_has_followed_and_own_posts_newest_first() {
 #[tokio::test]
 async fn home_feed_is_unavailable_when_the_graph_is_down() {
     let app = spawn_with_graph(Some("http://127.0.0.1:1".into())).await;
-    let err = app
-        .feed(&token_for(ObjectId::new()), 0, "")
-        .await
-        .unwrap_err();
+    let err = app.feed(&token_for(ObjectId::new()), 0, "").await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
 }
 
@@ -135,24 +122,13 @@ async fn a_reader_following_hundreds_of_accounts_gets_their_posts_and_no_others(
         .await
         .unwrap();
     for (author, text) in [(0, "first"), (249, "last"), (100, "middle")] {
-        app.post(&token_for(authors[author]), text, vec![])
-            .await
-            .unwrap();
+        app.post(&token_for(authors[author]), text, vec![]).await.unwrap();
     }
-    app.post(
-        &token_for(bson::oid::ObjectId::new()),
-        "a stranger's",
-        vec![],
-    )
-    .await
-    .unwrap();
+    app.post(&token_for(bson::oid::ObjectId::new()), "a stranger's", vec![]).await.unwrap();
     app.post(&alice, "mine", vec![]).await.unwrap();
     let (feed, _) = app.feed(&alice, 10, "").await.unwrap();
     assert_eq!(feed, ["mine", "middle", "last", "first"]);
     let (first, next) = app.feed(&alice, 2, "").await.unwrap();
     assert_eq!(first, ["mine", "middle"]);
-    assert_eq!(
-        app.feed(&alice, 2, &next).await.unwrap().0,
-        ["last", "first"]
-    );
+    assert_eq!(app.feed(&alice, 2, &next).await.unwrap().0, ["last", "first"]);
 }

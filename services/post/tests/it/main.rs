@@ -31,16 +31,10 @@ struct App {
 }
 
 async fn spawn_with_graph(graph_url: Option<String>) -> App {
-    let stack = Stack::start_with(StackOptions {
-        graph_url_for_post: graph_url,
-        ..Default::default()
-    })
-    .await;
-    App {
-        graph: stack.graph().await,
-        posts: stack.posts().await,
-        stack,
-    }
+    let stack =
+        Stack::start_with(StackOptions { graph_url_for_post: graph_url, ..Default::default() })
+            .await;
+    App { graph: stack.graph().await, posts: stack.posts().await, stack }
 }
 
 async fn spawn() -> App {
@@ -82,13 +76,7 @@ impl App {
     async fn post(&self, token: &str, content: &str, media: Vec<Media>) -> Result<Post, Status> {
         self.posts
             .clone()
-            .create_post(authed(
-                CreatePostRequest {
-                    content: content.into(),
-                    media,
-                },
-                token,
-            ))
+            .create_post(authed(CreatePostRequest { content: content.into(), media }, token))
             .await
             .map(|r| r.into_inner())
     }
@@ -103,18 +91,12 @@ impl App {
             .posts
             .clone()
             .list_home_feed(authed(
-                ListHomeFeedRequest {
-                    page_size: size,
-                    page_token: page_token.into(),
-                },
+                ListHomeFeedRequest { page_size: size, page_token: page_token.into() },
                 token,
             ))
             .await?
             .into_inner();
-        Ok((
-            r.posts.into_iter().map(|p| p.content).collect(),
-            r.next_page_token,
-        ))
+        Ok((r.posts.into_iter().map(|p| p.content).collect(), r.next_page_token))
     }
 
     async fn user_posts(&self, user: &str, size: i32, page_token: &str) -> (Vec<Post>, String) {

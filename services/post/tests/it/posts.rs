@@ -9,23 +9,13 @@ async fn create_and_get_a_post_with_media() {
     let app = spawn().await;
     let me = ObjectId::new();
     let token = token_for(me);
-    let post = app
-        .post(&token, "  hello 🌍  ", vec![image(), video()])
-        .await
-        .unwrap();
+    let post = app.post(&token, "  hello 🌍  ", vec![image(), video()]).await.unwrap();
     assert_eq!(post.content, "hello 🌍");
     assert_eq!(post.user_id, me.to_hex());
     assert_eq!(post.media, [image(), video()]);
     assert_eq!((post.likes_count, post.comments_count), (0, 0));
 
-    let got = app
-        .posts
-        .clone()
-        .get_post(GetPostRequest {
-            id: post.id.clone(),
-        })
-        .await
-        .answer();
+    let got = app.posts.clone().get_post(GetPostRequest { id: post.id.clone() }).await.answer();
     assert_eq!(got, post);
     // Media alone is a post.
     assert!(app.post(&token, "", vec![image()]).await.is_ok());
@@ -34,27 +24,16 @@ async fn create_and_get_a_post_with_media() {
 
     app.posts
         .clone()
-        .create_post(CreatePostRequest {
-            content: "hi".into(),
-            media: vec![],
-        })
+        .create_post(CreatePostRequest { content: "hi".into(), media: vec![] })
         .await
         .refused(Code::Unauthenticated);
     let mut p = app.posts.clone();
     assert_eq!(
-        p.get_post(GetPostRequest { id: "zzz".into() })
-            .await
-            .unwrap_err()
-            .code(),
+        p.get_post(GetPostRequest { id: "zzz".into() }).await.unwrap_err().code(),
         Code::InvalidArgument
     );
     assert_eq!(
-        p.get_post(GetPostRequest {
-            id: ObjectId::new().to_hex()
-        })
-        .await
-        .unwrap_err()
-        .code(),
+        p.get_post(GetPostRequest { id: ObjectId::new().to_hex() }).await.unwrap_err().code(),
         Code::NotFound
     );
 }
@@ -65,38 +44,15 @@ async fn post_validation_names_every_bad_field() {
     let token = token_for(ObjectId::new());
     let err = app.post(&token, "   ", vec![]).await.unwrap_err();
     assert_eq!(violated_fields(&err), ["content"]);
-    let err = app
-        .post(&token, &"é".repeat(501), vec![])
-        .await
-        .unwrap_err();
+    let err = app.post(&token, &"é".repeat(501), vec![]).await.unwrap_err();
     assert_eq!(violated_fields(&err), ["content"]);
 
-    let bad_image = Media {
-        duration: Some(3.0),
-        width: 0,
-        url: "ftp://x.y/z".into(),
-        ..image()
-    };
-    let bad_video = Media {
-        duration: None,
-        height: 16385,
-        ..video()
-    };
-    let bad_type = Media {
-        r#type: "audio".into(),
-        ..image()
-    };
-    let gif_zero = Media {
-        r#type: "gif".into(),
-        duration: Some(0.0),
-        ..image()
-    };
+    let bad_image = Media { duration: Some(3.0), width: 0, url: "ftp://x.y/z".into(), ..image() };
+    let bad_video = Media { duration: None, height: 16385, ..video() };
+    let bad_type = Media { r#type: "audio".into(), ..image() };
+    let gif_zero = Media { r#type: "gif".into(), duration: Some(0.0), ..image() };
     let err = app
-        .post(
-            &token,
-            "x",
-            vec![bad_image, bad_video, bad_type, gif_zero, image()],
-        )
+        .post(&token, "x", vec![bad_image, bad_video, bad_type, gif_zero, image()])
         .await
         .refused(Code::InvalidArgument);
     assert_eq!(
@@ -120,10 +76,8 @@ async fn a_flood_of_media_items_or_mask_paths_costs_what_a_few_do() {
     let token = token_for(ObjectId::new());
     // A thousand empty media items: the count is refused, and only the first four items
     // are looked at (four violations each), not a thousand.
-    let err = app
-        .post(&token, "x", vec![Media::default(); 1000])
-        .await
-        .refused(Code::InvalidArgument);
+    let err =
+        app.post(&token, "x", vec![Media::default(); 1000]).await.refused(Code::InvalidArgument);
     let mut expected = vec!["media".to_owned()];
     for i in 0..4 {
         for name in ["type", "url", "width", "height"] {
@@ -180,15 +134,8 @@ async fn streams_left_unread_leave_the_other_calls_of_their_connection_answering
         })
         .collect();
     let database = app.stack.database().await;
-    database
-        .collection("posts")
-        .insert_many(posts)
-        .await
-        .unwrap();
-    let post = app
-        .post(&token_for(author), "a post to read", vec![])
-        .await
-        .unwrap();
+    database.collection("posts").insert_many(posts).await.unwrap();
+    let post = app.post(&token_for(author), "a post to read", vec![]).await.unwrap();
     // Three exports of them on one connection to the post service, opened and not read.
     let peer = social_testkit::peer(
         "post service",
@@ -197,9 +144,7 @@ async fn streams_left_unread_leave_the_other_calls_of_their_connection_answering
     );
     let mut unread = Vec::new();
     for _ in 0..3 {
-        let request = peer.request(ExportUserPostsRequest {
-            user_id: author.to_hex(),
-        });
+        let request = peer.request(ExportUserPostsRequest { user_id: author.to_hex() });
         let mut client = PostServiceClient::new(peer.channel());
         unread.push(client.export_user_posts(request).await.answer());
     }
@@ -208,10 +153,7 @@ async fn streams_left_unread_leave_the_other_calls_of_their_connection_answering
     let mut client = PostServiceClient::new(peer.channel());
     let request = peer.request(GetPostRequest { id: post.id });
     let answered = tokio::time::timeout(Duration::from_secs(5), client.get_post(request)).await;
-    assert!(
-        answered.is_ok(),
-        "the connection's window is taken by unread streams"
-    );
+    assert!(answered.is_ok(), "the connection's window is taken by unread streams");
     drop(unread);
 }
 
@@ -222,15 +164,8 @@ pub(crate) fn update(
     paths: &[&str],
 ) -> UpdatePostRequest {
     UpdatePostRequest {
-        post: Some(Post {
-            id: id.into(),
-            content: content.into(),
-            media,
-            ..Default::default()
-        }),
-        update_mask: Some(FieldMask {
-            paths: paths.iter().map(|p| (*p).to_owned()).collect(),
-        }),
+        post: Some(Post { id: id.into(), content: content.into(), media, ..Default::default() }),
+        update_mask: Some(FieldMask { paths: paths.iter().map(|p| (*p).to_owned()).collect() }),
     }
 }
 
@@ -241,12 +176,9 @@ async fn only_the_author_updates_and_deletes() {
     let post = app.post(&author, "first", vec![image()]).await.unwrap();
     let mut p = app.posts.clone();
 
-    p.update_post(authed(
-        update(&post.id, "mine now", vec![], &["content"]),
-        &other,
-    ))
-    .await
-    .refused(Code::PermissionDenied);
+    p.update_post(authed(update(&post.id, "mine now", vec![], &["content"]), &other))
+        .await
+        .refused(Code::PermissionDenied);
     let err = p
         .update_post(authed(update(&post.id, "x", vec![], &["user_id"]), &author))
         .await
@@ -255,19 +187,13 @@ async fn only_the_author_updates_and_deletes() {
     // Removing the media from a post whose text is empty would leave nothing.
     let media_only = app.post(&author, "", vec![image()]).await.unwrap();
     let err = p
-        .update_post(authed(
-            update(&media_only.id, "", vec![], &["media"]),
-            &author,
-        ))
+        .update_post(authed(update(&media_only.id, "", vec![], &["media"]), &author))
         .await
         .unwrap_err();
     assert_eq!(violated_fields(&err), ["post.content"]);
-    p.update_post(authed(
-        update(&ObjectId::new().to_hex(), "x", vec![], &["content"]),
-        &author,
-    ))
-    .await
-    .refused(Code::NotFound);
+    p.update_post(authed(update(&ObjectId::new().to_hex(), "x", vec![], &["content"]), &author))
+        .await
+        .refused(Code::NotFound);
 
     tokio::time::sleep(Duration::from_millis(5)).await;
     let updated = p
@@ -281,29 +207,14 @@ async fn only_the_author_updates_and_deletes() {
     assert_eq!(updated.media, [video()]);
     assert_eq!(updated.created_at, post.created_at);
     assert_ne!(updated.updated_at, post.updated_at);
-    let got = p
-        .get_post(GetPostRequest {
-            id: post.id.clone(),
-        })
-        .await
-        .answer();
+    let got = p.get_post(GetPostRequest { id: post.id.clone() }).await.answer();
     assert_eq!(got.content, "edited");
 
     let delete = |id: &str| DeletePostRequest { id: id.into() };
-    p.delete_post(authed(delete(&post.id), &other))
-        .await
-        .refused(Code::PermissionDenied);
-    p.delete_post(authed(delete(&post.id), &author))
-        .await
-        .unwrap();
-    p.get_post(GetPostRequest {
-        id: post.id.clone(),
-    })
-    .await
-    .refused(Code::NotFound);
-    p.delete_post(authed(delete(&post.id), &author))
-        .await
-        .refused(Code::NotFound);
+    p.delete_post(authed(delete(&post.id), &other)).await.refused(Code::PermissionDenied);
+    p.delete_post(authed(delete(&post.id), &author)).await.unwrap();
+    p.get_post(GetPostRequest { id: post.id.clone() }).await.refused(Code::NotFound);
+    p.delete_post(authed(delete(&post.id), &author)).await.refused(Code::NotFound);
 }
 
 #[tokio::test]
@@ -320,17 +231,11 @@ async fn two_devices_emptying_one_half_each_cannot_empty_a_post() {
             a.update_post(authed(update(&post.id, "", vec![], &["content"]), &author)),
             b.update_post(authed(update(&post.id, "", vec![], &["media"]), &author)),
         );
-        let failures: Vec<Status> = [clear_text, clear_media]
-            .into_iter()
-            .filter_map(Result::err)
-            .collect();
+        let failures: Vec<Status> =
+            [clear_text, clear_media].into_iter().filter_map(Result::err).collect();
         assert_eq!(failures.len(), 1, "round {round}: exactly one edit wins");
         assert_eq!(violated_fields(&failures[0]), ["post.content"]);
-        let stored = p
-            .clone()
-            .get_post(GetPostRequest { id: post.id })
-            .await
-            .answer();
+        let stored = p.clone().get_post(GetPostRequest { id: post.id }).await.answer();
         assert!(
             !stored.content.is_empty() || !stored.media.is_empty(),
             "round {round}: the post was emptied"
@@ -357,9 +262,7 @@ async fn batch_get_keeps_order_and_omits_missing() {
     let err = app
         .posts
         .clone()
-        .batch_get_posts(BatchGetPostsRequest {
-            ids: vec!["nope".into()],
-        })
+        .batch_get_posts(BatchGetPostsRequest { ids: vec!["nope".into()] })
         .await
         .unwrap_err();
     assert_eq!(violated_fields(&err), ["ids[0]"]);

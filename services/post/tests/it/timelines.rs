@@ -21,11 +21,7 @@ use crate::App;
 
 async fn spawn_with(options: StackOptions) -> App {
     let stack = Stack::start_with(options).await;
-    App {
-        graph: stack.graph().await,
-        posts: stack.posts().await,
-        stack,
-    }
+    App { graph: stack.graph().await, posts: stack.posts().await, stack }
 }
 
 /// Commands a home-feed read sends to MongoDB when it is not answered from memory: the
@@ -42,15 +38,8 @@ async fn whole_feed(posts: &PostServiceClient<Channel>, token: &str, size: i32) 
     let mut all = Vec::new();
     let mut page_token = String::new();
     loop {
-        let request = ListHomeFeedRequest {
-            page_size: size,
-            page_token,
-        };
-        let page = posts
-            .clone()
-            .list_home_feed(authed(request, token))
-            .await
-            .answer();
+        let request = ListHomeFeedRequest { page_size: size, page_token };
+        let page = posts.clone().list_home_feed(authed(request, token)).await.answer();
         all.extend(page.posts.into_iter().map(|p| p.content));
         if page.next_page_token.is_empty() {
             return all;
@@ -79,10 +68,7 @@ async fn a_warm_home_feed_is_read_from_redis_without_the_database() {
         app.post(token, text, vec![]).await.unwrap();
     }
     // The first read is merged in MongoDB and starts the timeline.
-    assert_eq!(
-        app.feed(&alice, 0, "").await.unwrap().0,
-        ["b2", "a1", "c1", "b1"]
-    );
+    assert_eq!(app.feed(&alice, 0, "").await.unwrap().0, ["b2", "a1", "c1", "b1"]);
     app.stack.settled().await;
     let (feed, sent) = warm_feed(&app, &alice).await;
     assert_eq!(feed, ["b2", "a1", "c1", "b1"]);
@@ -138,22 +124,10 @@ impl Change {
 async fn home_timelines_answer_as_the_merge_in_mongodb_over_random_follows_mutes_posts_and_deletions()
  {
     // Ten entries per timeline: trimming, and pages below the floor, happen.
-    let timelines = TimelineSettings {
-        length: 10,
-        ..Default::default()
-    };
-    let app = spawn_with(StackOptions {
-        post_timelines: Some(timelines),
-        ..Default::default()
-    })
-    .await;
-    let merged = app
-        .stack
-        .post_replica(TimelineSettings {
-            length: 0,
-            ..Default::default()
-        })
-        .await;
+    let timelines = TimelineSettings { length: 10, ..Default::default() };
+    let app =
+        spawn_with(StackOptions { post_timelines: Some(timelines), ..Default::default() }).await;
+    let merged = app.stack.post_replica(TimelineSettings { length: 0, ..Default::default() }).await;
     let merged = PostServiceClient::new(merged.channel().await);
     let mut users = Vec::new();
     for i in 0..5 {
@@ -256,11 +230,7 @@ async fn home_timelines_answer_as_the_merge_in_mongodb_over_random_follows_mutes
             if feed_reads() == before {
                 from_memory += 1;
             }
-            assert_eq!(
-                page,
-                first[..first.len().min(3)],
-                "seed {seed}, reader {reader}"
-            );
+            assert_eq!(page, first[..first.len().min(3)], "seed {seed}, reader {reader}");
             let expected: BTreeSet<&String> = posts
                 .iter()
                 .filter(|(author, _)| {
@@ -283,19 +253,13 @@ async fn home_timelines_answer_as_the_merge_in_mongodb_over_random_follows_mutes
     }
     // Fifteen first pages were read; all but a page short of entries above the floor
     // come from memory.
-    assert!(
-        from_memory >= 10,
-        "only {from_memory} first pages of 15 were read from memory"
-    );
+    assert!(from_memory >= 10, "only {from_memory} first pages of 15 were read from memory");
 }
 
 #[tokio::test]
 async fn an_author_above_the_fan_out_limit_is_pulled_at_read_time_not_pushed() {
     let app = spawn_with(StackOptions {
-        post_timelines: Some(TimelineSettings {
-            max_followers: 2,
-            ..Default::default()
-        }),
+        post_timelines: Some(TimelineSettings { max_followers: 2, ..Default::default() }),
         ..Default::default()
     })
     .await;
@@ -329,11 +293,7 @@ async fn an_author_above_the_fan_out_limit_is_pulled_at_read_time_not_pushed() {
         let (feed, _) = warm_feed(&app, token).await;
         if i == 0 {
             assert_eq!(feed, ["big 2", "small 1", "big 1"]);
-            assert_eq!(
-                entries.len(),
-                1,
-                "only the small author's post: {entries:?}"
-            );
+            assert_eq!(entries.len(), 1, "only the small author's post: {entries:?}");
             assert!(entries[0].ends_with(&small_id), "{entries:?}");
         } else {
             assert_eq!(feed, ["big 2", "big 1"]);
@@ -350,11 +310,7 @@ async fn an_author_above_the_fan_out_limit_is_pulled_at_read_time_not_pushed() {
         (feed == ["big 2", "big 1"]).then_some(())
     })
     .await;
-    assert!(
-        pulls.is_some(),
-        "{:?}",
-        whole_feed(&replica, &readers[1].1, 10).await
-    );
+    assert!(pulls.is_some(), "{:?}", whole_feed(&replica, &readers[1].1, 10).await);
 }
 
 #[tokio::test]
@@ -362,20 +318,13 @@ async fn without_redis_feeds_come_from_mongodb_and_timelines_catch_up_once_it_is
     let proxy = TcpProxy::start("127.0.0.1:6379".parse().unwrap()).await;
     let mut cache = social_kit::cache::Settings::for_tests();
     cache.url = format!("redis://{}", proxy.addr);
-    let app = spawn_with(StackOptions {
-        post_cache: Some(cache),
-        ..Default::default()
-    })
-    .await;
+    let app = spawn_with(StackOptions { post_cache: Some(cache), ..Default::default() }).await;
     let [(_, alice), (bob_id, bob)] = app.register_all(["alice", "bob"]).await;
     app.stack.follow(&alice, &bob_id).await;
     app.post(&bob, "before", vec![]).await.unwrap();
     app.feed(&alice, 0, "").await.unwrap();
     app.stack.settled().await;
-    assert_eq!(
-        warm_feed(&app, &alice).await,
-        (vec!["before".to_owned()], 0)
-    );
+    assert_eq!(warm_feed(&app, &alice).await, (vec!["before".to_owned()], 0));
 
     proxy.cut().await;
     app.post(&bob, "during 1", vec![]).await.unwrap();
@@ -404,11 +353,8 @@ async fn a_mute_that_ends_by_itself_lets_the_account_back_into_the_timeline() {
     app.stack.follow(&alice, &bob_id).await;
     app.post(&bob, "by bob", vec![]).await.unwrap();
     app.feed(&alice, 0, "").await.unwrap();
-    let mute = MuteUserRequest {
-        user_id: bob_id.clone(),
-        duration_seconds: 60,
-        notifications: None,
-    };
+    let mute =
+        MuteUserRequest { user_id: bob_id.clone(), duration_seconds: 60, notifications: None };
     let mut graph = app.graph.clone();
     graph.mute_user(authed(mute, &alice)).await.unwrap();
     app.stack.settled().await;
@@ -427,10 +373,7 @@ async fn a_mute_that_ends_by_itself_lets_the_account_back_into_the_timeline() {
         .await
         .unwrap();
     assert_eq!(moved, 1, "the timeline holds the mute");
-    assert_eq!(
-        warm_feed(&app, &alice).await,
-        (vec!["by bob".to_owned()], 0)
-    );
+    assert_eq!(warm_feed(&app, &alice).await, (vec!["by bob".to_owned()], 0));
 }
 
 #[tokio::test]
@@ -441,10 +384,7 @@ async fn a_timeline_that_lost_a_part_is_built_again_not_read_wrong() {
     app.post(&bob, "by bob", vec![]).await.unwrap();
     app.feed(&alice, 0, "").await.unwrap();
     app.stack.settled().await;
-    assert_eq!(
-        warm_feed(&app, &alice).await,
-        (vec!["by bob".to_owned()], 0)
-    );
+    assert_eq!(warm_feed(&app, &alice).await, (vec!["by bob".to_owned()], 0));
     // Redis evicts one key of alice's timeline (each has a TTL), not the others.
     let mut redis = social_testkit::redis().await;
     let evicted: i64 = redis::cmd("DEL")
@@ -472,33 +412,19 @@ async fn a_blockers_posts_leave_the_feed_even_when_the_timeline_missed_the_block
     app.stack.follow(&alice, &bob_id).await;
     app.post(&bob, "by bob", vec![]).await.unwrap();
     app.stack.settled().await;
-    assert_eq!(
-        warm_feed(&app, &alice).await,
-        (vec!["by bob".to_owned()], 0)
-    );
+    assert_eq!(warm_feed(&app, &alice).await, (vec!["by bob".to_owned()], 0));
     // Alice's timeline as it is now, to be put back after the block: a Redis failover
     // to a replica that had not received what the block's events changed.
     let mut redis = social_testkit::redis().await;
     let base = format!("social-test:home:{{{alice_id}}}");
     let mut saved = Vec::new();
-    for key in [
-        base.clone(),
-        format!("{base}:follows"),
-        format!("{base}:floor"),
-    ] {
-        let dump: Vec<u8> = redis::cmd("DUMP")
-            .arg(&key)
-            .query_async(&mut redis)
-            .await
-            .unwrap();
+    for key in [base.clone(), format!("{base}:follows"), format!("{base}:floor")] {
+        let dump: Vec<u8> = redis::cmd("DUMP").arg(&key).query_async(&mut redis).await.unwrap();
         saved.push((key, dump));
     }
     app.stack.block(&bob, &alice_id).await.unwrap();
     app.stack.settled().await;
-    assert_eq!(
-        app.feed(&alice, 0, "").await.unwrap().0,
-        Vec::<String>::new()
-    );
+    assert_eq!(app.feed(&alice, 0, "").await.unwrap().0, Vec::<String>::new());
     for (key, dump) in saved {
         let () = redis::cmd("RESTORE")
             .arg(&key)
@@ -509,10 +435,7 @@ async fn a_blockers_posts_leave_the_feed_even_when_the_timeline_missed_the_block
             .await
             .unwrap();
     }
-    assert_eq!(
-        app.feed(&alice, 0, "").await.unwrap().0,
-        Vec::<String>::new()
-    );
+    assert_eq!(app.feed(&alice, 0, "").await.unwrap().0, Vec::<String>::new());
 }
 
 /// With home timelines off, the post service still takes the events of their queue
@@ -520,15 +443,8 @@ async fn a_blockers_posts_leave_the_feed_even_when_the_timeline_missed_the_block
 /// the broker.
 #[tokio::test]
 async fn with_timelines_off_their_queue_is_drained_not_left_to_grow() {
-    let off = TimelineSettings {
-        length: 0,
-        ..Default::default()
-    };
-    let app = spawn_with(StackOptions {
-        post_timelines: Some(off),
-        ..Default::default()
-    })
-    .await;
+    let off = TimelineSettings { length: 0, ..Default::default() };
+    let app = spawn_with(StackOptions { post_timelines: Some(off), ..Default::default() }).await;
     let [(_, alice), (bob_id, bob)] = app.register_all(["alice", "bob"]).await;
     app.stack.follow(&alice, &bob_id).await;
     app.post(&bob, "by bob", vec![]).await.unwrap();

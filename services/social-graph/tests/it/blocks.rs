@@ -20,10 +20,7 @@ impl App {
         other: &str,
         token: Option<&str>,
     ) -> Relationship {
-        let request = GetRelationshipRequest {
-            user_id: user.into(),
-            other_user_id: other.into(),
-        };
+        let request = GetRelationshipRequest { user_id: user.into(), other_user_id: other.into() };
         let request = match token {
             Some(t) => authed(request, t),
             None => tonic::Request::new(request),
@@ -33,10 +30,7 @@ impl App {
 
     /// Whom `token`'s account blocks, newest first.
     async fn blocked_by_me(&self, token: &str) -> Vec<String> {
-        let request = ListBlocksRequest {
-            page_size: 0,
-            page_token: String::new(),
-        };
+        let request = ListBlocksRequest { page_size: 0, page_token: String::new() };
         self.graph
             .clone()
             .list_blocks(authed(request, token))
@@ -54,10 +48,7 @@ impl App {
             (self.followers_count(user).await == n).then_some(())
         })
         .await;
-        assert!(
-            reached.is_some(),
-            "{user}'s followers_count never became {n}"
-        );
+        assert!(reached.is_some(), "{user}'s followers_count never became {n}");
     }
 }
 
@@ -82,10 +73,7 @@ async fn a_block_ends_follows_both_ways_and_no_follow_crosses_it_until_unblocked
     assert_eq!(again.created_at, block.created_at);
 
     // Both follows ended through their events: every count is true.
-    assert_eq!(
-        app.followers(&alice, 0, "").await.0,
-        std::slice::from_ref(&carol)
-    );
+    assert_eq!(app.followers(&alice, 0, "").await.0, std::slice::from_ref(&carol));
     assert!(app.followers(&bob, 0, "").await.0.is_empty());
     app.followers_count_becomes(&alice, 1).await;
     app.followers_count_becomes(&bob, 0).await;
@@ -98,20 +86,14 @@ async fn a_block_ends_follows_both_ways_and_no_follow_crosses_it_until_unblocked
 
     // Each of the two is told of its own side; nobody else is told anything.
     let r = app.relationship(&alice, &bob, Some(&alice_token)).await;
-    assert!(
-        r.blocking && !r.blocked_by && !r.following && !r.followed_by,
-        "{r:?}"
-    );
+    assert!(r.blocking && !r.blocked_by && !r.following && !r.followed_by, "{r:?}");
     let r = app.relationship(&bob, &alice, Some(&bob_token)).await;
     assert!(!r.blocking && r.blocked_by, "{r:?}");
     for token in [Some(carol_token.as_str()), None] {
         let r = app.relationship(&alice, &bob, token).await;
         assert!(!r.blocking && !r.blocked_by, "{r:?}");
     }
-    assert_eq!(
-        app.blocked_by_me(&alice_token).await,
-        std::slice::from_ref(&bob)
-    );
+    assert_eq!(app.blocked_by_me(&alice_token).await, std::slice::from_ref(&bob));
     assert!(app.blocked_by_me(&bob_token).await.is_empty());
 
     // The authoritative check is for services only, and says which way.
@@ -124,30 +106,14 @@ async fn a_block_ends_follows_both_ways_and_no_follow_crosses_it_until_unblocked
         .check_blocks(authed(check.clone(), &bob_token))
         .await
         .refused(Code::PermissionDenied);
-    let found = app
-        .graph
-        .clone()
-        .check_blocks(as_service(check))
-        .await
-        .answer();
-    assert_eq!(
-        (found.blocking, found.blocked_by),
-        (vec![], vec![alice.clone()])
-    );
+    let found = app.graph.clone().check_blocks(as_service(check)).await.answer();
+    assert_eq!((found.blocking, found.blocked_by), (vec![], vec![alice.clone()]));
 
     // Unblocking restores nothing by itself, and then a follow is a follow again.
-    let unblock = UnblockUserRequest {
-        user_id: bob.clone(),
-    };
+    let unblock = UnblockUserRequest { user_id: bob.clone() };
     let mut graph = app.graph.clone();
-    graph
-        .unblock_user(authed(unblock.clone(), &alice_token))
-        .await
-        .unwrap();
-    graph
-        .unblock_user(authed(unblock, &alice_token))
-        .await
-        .unwrap();
+    graph.unblock_user(authed(unblock.clone(), &alice_token)).await.unwrap();
+    graph.unblock_user(authed(unblock, &alice_token)).await.unwrap();
     assert!(app.blocked_by_me(&alice_token).await.is_empty());
     assert_eq!(app.followers(&alice, 0, "").await.0, [carol]);
     app.follow(&bob_token, &alice).await.unwrap();
@@ -157,12 +123,8 @@ async fn a_block_ends_follows_both_ways_and_no_follow_crosses_it_until_unblocked
 #[tokio::test]
 async fn who_blocks_the_reader_is_left_out_of_anyones_follow_lists() {
     let app = spawn().await;
-    let [
-        (alice, alice_token),
-        (bob, bob_token),
-        (carol, carol_token),
-        (dave, dave_token),
-    ] = app.register_all(["alice", "bob", "carol", "dave"]).await;
+    let [(alice, alice_token), (bob, bob_token), (carol, carol_token), (dave, dave_token)] =
+        app.register_all(["alice", "bob", "carol", "dave"]).await;
     // carol's followers: bob, then dave; whom carol follows: bob.
     app.follow(&bob_token, &carol).await.unwrap();
     app.follow(&dave_token, &carol).await.unwrap();
@@ -180,48 +142,23 @@ async fn who_blocks_the_reader_is_left_out_of_anyones_follow_lists() {
             page_size: 0,
             page_token: String::new(),
         };
-        let followers = graph
-            .list_followers(authed(followers, token))
-            .await
-            .answer();
-        let following = graph
-            .list_following(authed(following, token))
-            .await
-            .answer();
+        let followers = graph.list_followers(authed(followers, token)).await.answer();
+        let following = graph.list_following(authed(following, token)).await.answer();
         (
-            followers
-                .follows
-                .into_iter()
-                .map(|f| f.follower_id)
-                .collect::<Vec<_>>(),
-            following
-                .follows
-                .into_iter()
-                .map(|f| f.followee_id)
-                .collect::<Vec<_>>(),
+            followers.follows.into_iter().map(|f| f.follower_id).collect::<Vec<_>>(),
+            following.follows.into_iter().map(|f| f.followee_id).collect::<Vec<_>>(),
         )
     };
     // To alice, whom bob blocks, bob is in neither of carol's lists...
     assert_eq!(lists(&alice_token).await, (vec![dave.clone()], vec![]));
     // ... to anybody else he is.
-    assert_eq!(
-        lists(&dave_token).await,
-        (vec![dave.clone(), bob.clone()], vec![bob.clone()])
-    );
+    assert_eq!(lists(&dave_token).await, (vec![dave.clone(), bob.clone()], vec![bob.clone()]));
     // Page by page, one a page: nothing skipped, nothing twice, bob left out for alice.
     let walk = async |token: &str| {
         let (mut seen, mut page_token) = (Vec::new(), String::new());
         loop {
-            let request = ListFollowersRequest {
-                user_id: carol.clone(),
-                page_size: 1,
-                page_token,
-            };
-            let page = app
-                .graph
-                .clone()
-                .list_followers(authed(request, token))
-                .await;
+            let request = ListFollowersRequest { user_id: carol.clone(), page_size: 1, page_token };
+            let page = app.graph.clone().list_followers(authed(request, token)).await;
             let page = page.answer();
             seen.extend(page.follows.into_iter().map(|f| f.follower_id));
             if page.next_page_token.is_empty() {
@@ -242,25 +179,16 @@ async fn blocks_are_validated() {
     assert_eq!(violated_fields(&err), ["user_id"]);
     let err = app.stack.block(&alice_token, "nope").await.unwrap_err();
     assert_eq!(violated_fields(&err), ["user_id"]);
-    app.stack
-        .block(&alice_token, &ObjectId::new().to_hex())
-        .await
-        .refused(Code::NotFound);
+    app.stack.block(&alice_token, &ObjectId::new().to_hex()).await.refused(Code::NotFound);
     app.graph
         .clone()
-        .list_blocks(ListBlocksRequest {
-            page_size: -1,
-            page_token: String::new(),
-        })
+        .list_blocks(ListBlocksRequest { page_size: -1, page_token: String::new() })
         .await
         .refused(Code::Unauthenticated);
     let err = app
         .graph
         .clone()
-        .check_blocks(as_service(CheckBlocksRequest {
-            user_id: alice,
-            other_user_ids: vec![],
-        }))
+        .check_blocks(as_service(CheckBlocksRequest { user_id: alice, other_user_ids: vec![] }))
         .await
         .unwrap_err();
     assert_eq!(violated_fields(&err), ["other_user_ids"]);
@@ -276,9 +204,7 @@ impl App {
         Result<tonic::Response<social_proto::graph::v1::Follow>, tonic::Status>,
     > {
         let mut graph = self.graph.clone();
-        let request = social_proto::graph::v1::FollowRequest {
-            followee_id: followee.to_owned(),
-        };
+        let request = social_proto::graph::v1::FollowRequest { followee_id: followee.to_owned() };
         let request = authed(request, token);
         tokio::spawn(async move { graph.follow(request).await })
     }
@@ -302,11 +228,7 @@ async fn a_follow_racing_a_block_is_undone_and_every_count_stays_true() {
     // Its followed and unfollowed events both went out: the count comes back to zero.
     app.stack.settled().await;
     assert_eq!(app.followers_count(&alice).await, 0);
-    let page = ListFollowersRequest {
-        user_id: alice,
-        page_size: 0,
-        page_token: String::new(),
-    };
+    let page = ListFollowersRequest { user_id: alice, page_size: 0, page_token: String::new() };
     let follows = app.graph.clone().list_followers(page).await.answer();
     assert!(follows.follows.is_empty());
 }
@@ -316,23 +238,14 @@ async fn a_late_event_of_a_block_that_ended_ends_no_follow_made_since() {
     let app = spawn().await;
     let [(alice, alice_token), (bob, bob_token)] = app.register_all(["alice", "bob"]).await;
     app.stack.block(&alice_token, &bob).await.unwrap();
-    let unblock = UnblockUserRequest {
-        user_id: bob.clone(),
-    };
+    let unblock = UnblockUserRequest { user_id: bob.clone() };
     let mut graph = app.graph.clone();
-    graph
-        .unblock_user(authed(unblock, &alice_token))
-        .await
-        .unwrap();
+    graph.unblock_user(authed(unblock, &alice_token)).await.unwrap();
     app.follow(&bob_token, &alice).await.unwrap();
     app.followers_count_becomes(&alice, 1).await;
 
     // The block's event comes again, late (a redelivery, a replay).
-    let blocks = app
-        .stack
-        .database()
-        .await
-        .collection::<bson::Document>("blocks");
+    let blocks = app.stack.database().await.collection::<bson::Document>("blocks");
     let block = blocks.find_one(bson::doc! {}).await.unwrap().unwrap();
     let event = social_events::new_envelope(
         ObjectId::parse_str(&alice).unwrap(),
@@ -374,11 +287,7 @@ async fn a_follow_whose_checks_failed_across_a_block_is_undone_in_the_background
 
     // Nobody retries: the background check undoes it, and the counts come back.
     let undone = eventually(Duration::from_secs(15), || async {
-        app.followers(&alice, 0, "")
-            .await
-            .0
-            .is_empty()
-            .then_some(())
+        app.followers(&alice, 0, "").await.0.is_empty().then_some(())
     })
     .await;
     assert!(undone.is_some(), "the follow stayed across the block");

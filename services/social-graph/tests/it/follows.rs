@@ -21,10 +21,7 @@ async fn follow_unfollow_lists_and_relationship() {
     app.follow(&carol_token, &bob).await.unwrap();
     app.follow(&bob_token, &alice).await.unwrap();
 
-    assert_eq!(
-        app.followers(&bob, 0, "").await.0,
-        [carol.clone(), alice.clone()]
-    );
+    assert_eq!(app.followers(&bob, 0, "").await.0, [carol.clone(), alice.clone()]);
     let following = app
         .graph
         .clone()
@@ -38,49 +35,18 @@ async fn follow_unfollow_lists_and_relationship() {
     assert_eq!(following.follows.len(), 1);
     assert_eq!(following.follows[0].followee_id, bob);
 
-    let rel = |a: &str, b: &str| GetRelationshipRequest {
-        user_id: a.into(),
-        other_user_id: b.into(),
-    };
-    let r = app
-        .graph
-        .clone()
-        .get_relationship(rel(&alice, &bob))
-        .await
-        .answer();
+    let rel =
+        |a: &str, b: &str| GetRelationshipRequest { user_id: a.into(), other_user_id: b.into() };
+    let r = app.graph.clone().get_relationship(rel(&alice, &bob)).await.answer();
     assert!(r.following && r.followed_by);
-    let r = app
-        .graph
-        .clone()
-        .get_relationship(rel(&carol, &alice))
-        .await
-        .answer();
+    let r = app.graph.clone().get_relationship(rel(&carol, &alice)).await.answer();
     assert!(!r.following && !r.followed_by);
-    let err = app
-        .graph
-        .clone()
-        .get_relationship(rel("x", "y"))
-        .await
-        .unwrap_err();
+    let err = app.graph.clone().get_relationship(rel("x", "y")).await.unwrap_err();
     assert_eq!(violated_fields(&err), ["user_id", "other_user_id"]);
 
     let mut g = app.graph.clone();
-    g.unfollow(authed(
-        UnfollowRequest {
-            followee_id: bob.clone(),
-        },
-        &alice_token,
-    ))
-    .await
-    .unwrap();
-    g.unfollow(authed(
-        UnfollowRequest {
-            followee_id: bob.clone(),
-        },
-        &alice_token,
-    ))
-    .await
-    .unwrap();
+    g.unfollow(authed(UnfollowRequest { followee_id: bob.clone() }, &alice_token)).await.unwrap();
+    g.unfollow(authed(UnfollowRequest { followee_id: bob.clone() }, &alice_token)).await.unwrap();
     assert_eq!(app.followers(&bob, 0, "").await.0, [carol]);
     let ids = g
         .list_following_ids(social_testkit::as_service(ListFollowingIdsRequest {
@@ -98,10 +64,7 @@ async fn follow_unfollow_lists_and_relationship() {
     // The home timelines' questions: bob's followers, at most one of them at a time,
     // and whether bob follows each of a few accounts.
     let followers = |limit| {
-        social_testkit::as_service(ListFollowerIdsRequest {
-            user_id: alice.clone(),
-            limit,
-        })
+        social_testkit::as_service(ListFollowerIdsRequest { user_id: alice.clone(), limit })
     };
     let some = g.list_follower_ids(followers(1)).await.answer();
     assert_eq!((some.user_ids, some.truncated), (vec![bob.clone()], false));
@@ -116,26 +79,17 @@ async fn follow_unfollow_lists_and_relationship() {
         })
     };
     let unknown = bson::oid::ObjectId::new().to_hex();
-    let answer = g
-        .list_following_ids(among(vec![unknown.clone(), alice.clone()]))
-        .await
-        .answer();
+    let answer = g.list_following_ids(among(vec![unknown.clone(), alice.clone()])).await.answer();
     assert_eq!(answer.user_ids, std::slice::from_ref(&alice));
     assert!(answer.mutes.is_empty());
     let answer = g.list_following_ids(among(vec![unknown])).await.unwrap();
     assert!(answer.into_inner().user_ids.is_empty());
-    let err = g
-        .list_following_ids(among(vec!["nope".into()]))
-        .await
-        .unwrap_err();
+    let err = g.list_following_ids(among(vec!["nope".into()])).await.unwrap_err();
     assert_eq!(violated_fields(&err), ["among[0]"]);
     // Others may not ask.
-    g.list_follower_ids(ListFollowerIdsRequest {
-        user_id: alice.clone(),
-        limit: 0,
-    })
-    .await
-    .refused(Code::PermissionDenied);
+    g.list_follower_ids(ListFollowerIdsRequest { user_id: alice.clone(), limit: 0 })
+        .await
+        .refused(Code::PermissionDenied);
 }
 
 #[tokio::test]
@@ -143,26 +97,13 @@ async fn follow_is_validated() {
     let app = spawn().await;
     let (alice, alice_token) = app.user("alice").await;
     let mut g = app.graph.clone();
-    g.follow(FollowRequest {
-        followee_id: alice.clone(),
-    })
-    .await
-    .refused(Code::Unauthenticated);
+    g.follow(FollowRequest { followee_id: alice.clone() }).await.refused(Code::Unauthenticated);
     let err = app.follow(&alice_token, "not-an-id").await.unwrap_err();
     assert_eq!(violated_fields(&err), ["followee_id"]);
-    let err = app
-        .follow(&alice_token, &alice)
-        .await
-        .refused(Code::InvalidArgument);
+    let err = app.follow(&alice_token, &alice).await.refused(Code::InvalidArgument);
     assert_eq!(violated_fields(&err), ["followee_id"]);
-    app.follow(&alice_token, &ObjectId::new().to_hex())
-        .await
-        .refused(Code::NotFound);
-    g.unfollow(UnfollowRequest {
-        followee_id: alice.clone(),
-    })
-    .await
-    .refused(Code::Unauthenticated);
+    app.follow(&alice_token, &ObjectId::new().to_hex()).await.refused(Code::NotFound);
+    g.unfollow(UnfollowRequest { followee_id: alice.clone() }).await.refused(Code::Unauthenticated);
     let err = g
         .list_followers(ListFollowersRequest {
             user_id: alice,
@@ -233,11 +174,7 @@ async fn pages_are_stable_while_new_follows_arrive() {
     let err = app
         .graph
         .clone()
-        .list_following(ListFollowingRequest {
-            user_id: bob,
-            page_size: 5,
-            page_token: token,
-        })
+        .list_following(ListFollowingRequest { user_id: bob, page_size: 5, page_token: token })
         .await
         .unwrap_err();
     assert_eq!(violated_fields(&err), ["page_token"]);

@@ -31,10 +31,7 @@ async fn spawn_with_user_service(user_url: Option<String>, timeout: Duration) ->
         ..Default::default()
     })
     .await;
-    App {
-        graph: stack.graph().await,
-        stack,
-    }
+    App { graph: stack.graph().await, stack }
 }
 
 async fn spawn() -> App {
@@ -59,12 +56,7 @@ impl App {
     ) -> Result<social_proto::graph::v1::Follow, tonic::Status> {
         self.graph
             .clone()
-            .follow(authed(
-                FollowRequest {
-                    followee_id: followee.into(),
-                },
-                token,
-            ))
+            .follow(authed(FollowRequest { followee_id: followee.into() }, token))
             .await
             .map(|r| r.into_inner())
     }
@@ -106,28 +98,17 @@ impl App {
         let (user_id, page_size, page_token) = (user.to_owned(), size, token.to_owned());
         let mut graph = self.graph.clone();
         let (follows, next) = if followers {
-            let request = ListFollowersRequest {
-                user_id,
-                page_size,
-                page_token,
-            };
+            let request = ListFollowersRequest { user_id, page_size, page_token };
             let r = graph.list_followers(request).await.answer();
             (r.follows, r.next_page_token)
         } else {
-            let request = social_proto::graph::v1::ListFollowingRequest {
-                user_id,
-                page_size,
-                page_token,
-            };
+            let request =
+                social_proto::graph::v1::ListFollowingRequest { user_id, page_size, page_token };
             let r = graph.list_following(request).await.answer();
             (r.follows, r.next_page_token)
         };
         let other = |f: social_proto::graph::v1::Follow| {
-            if followers {
-                f.follower_id
-            } else {
-                f.followee_id
-            }
+            if followers { f.follower_id } else { f.followee_id }
         };
         (follows.into_iter().map(other).collect(), next)
     }

@@ -7,15 +7,10 @@ use social_testkit::Answer;
 #[tokio::test]
 async fn a_down_user_service_is_unavailable_and_a_silent_one_times_out() {
     // Nothing listens on port 1.
-    let app = spawn_with_user_service(
-        Some("http://127.0.0.1:1".into()),
-        Duration::from_millis(500),
-    )
-    .await;
-    let err = app
-        .follow(&token_for(ObjectId::new()), &ObjectId::new().to_hex())
-        .await
-        .unwrap_err();
+    let app =
+        spawn_with_user_service(Some("http://127.0.0.1:1".into()), Duration::from_millis(500))
+            .await;
+    let err = app.follow(&token_for(ObjectId::new()), &ObjectId::new().to_hex()).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
 
     // A peer that accepts connections and never answers.
@@ -29,14 +24,8 @@ async fn a_down_user_service_is_unavailable_and_a_silent_one_times_out() {
     });
     let app = spawn_with_user_service(Some(url), Duration::from_millis(500)).await;
     let started = std::time::Instant::now();
-    let err = app
-        .follow(&token_for(ObjectId::new()), &ObjectId::new().to_hex())
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err.code(), Code::DeadlineExceeded | Code::Unavailable),
-        "{err:?}"
-    );
+    let err = app.follow(&token_for(ObjectId::new()), &ObjectId::new().to_hex()).await.unwrap_err();
+    assert!(matches!(err.code(), Code::DeadlineExceeded | Code::Unavailable), "{err:?}");
     assert!(started.elapsed() < Duration::from_secs(5));
     hold.abort();
 }
@@ -60,12 +49,7 @@ async fn a_session_that_ended_is_refused_here_within_moments_and_by_a_replica_st
         .answer();
     let token = login.access_token;
     app.follow(&token, &bob).await.unwrap();
-    app.stack
-        .users()
-        .await
-        .logout(authed(LogoutRequest {}, &token))
-        .await
-        .unwrap();
+    app.stack.users().await.logout(authed(LogoutRequest {}, &token)).await.unwrap();
     // The token is unexpired, but its session ended: refused here within moments.
     let refused = |graph: SocialGraphServiceClient<Channel>| {
         let (token, bob) = (token.clone(), bob.clone());
@@ -91,9 +75,6 @@ async fn a_session_that_ended_is_refused_here_within_moments_and_by_a_replica_st
     )
     .await;
     let graph = SocialGraphServiceClient::new(replica.channel().await);
-    assert!(
-        refused(graph).await.is_some(),
-        "the new replica accepted it"
-    );
+    assert!(refused(graph).await.is_some(), "the new replica accepted it");
     assert_eq!(app.followers(&bob, 100, "").await.0.len(), 1);
 }

@@ -30,10 +30,7 @@ async fn insert_follow(
 #[tokio::test]
 async fn two_follows_of_one_follower_minted_with_one_sort_key_are_both_paged_exactly_once() {
     let app = spawn().await;
-    let follows = app
-        .database()
-        .await
-        .collection::<bson::Document>("followers");
+    let follows = app.database().await.collection::<bson::Document>("followers");
     // Its per-follower unique index refuses the second key: a fresh one is drawn.
     let follower = ObjectId::new();
     let key = social_kit::paging::sort_key(bson::DateTime::now());
@@ -94,9 +91,6 @@ async fn keys_are_minted_under_a_leased_slot_and_a_replica_that_lost_it_stores_n
     let follows = db.collection::<bson::Document>("followers");
     let alice = ObjectId::parse_str(&alice).unwrap();
     let follow = insert_follow(&follows, alice, ObjectId::new(), minted_before).await;
-    assert_eq!(
-        paging::key_slot(follow.get_i64("sort_key").unwrap()),
-        now_held
-    );
+    assert_eq!(paging::key_slot(follow.get_i64("sort_key").unwrap()), now_held);
     app.follow(&alice_token, &bob).await.unwrap();
 }

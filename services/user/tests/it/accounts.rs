@@ -15,28 +15,12 @@ async fn register_returns_the_user_and_a_working_token() {
 
     // The owner sees the email; anybody else does not.
     let mut c = app.client.clone();
-    let own = c
-        .get_user(authed(
-            GetUserRequest {
-                id: user.id.clone(),
-            },
-            &token,
-        ))
-        .await
-        .answer();
+    let own = c.get_user(authed(GetUserRequest { id: user.id.clone() }, &token)).await.answer();
     assert_eq!(own.email, "alice@example.com");
-    let anon = c
-        .get_user(GetUserRequest {
-            id: user.id.clone(),
-        })
-        .await
-        .answer();
+    let anon = c.get_user(GetUserRequest { id: user.id.clone() }).await.answer();
     assert_eq!(anon.email, "");
     let other = token_for(ObjectId::new());
-    let seen = c
-        .get_user(authed(GetUserRequest { id: user.id }, &other))
-        .await
-        .answer();
+    let seen = c.get_user(authed(GetUserRequest { id: user.id }, &other)).await.answer();
     assert_eq!(seen.email, "");
 }
 
@@ -54,10 +38,7 @@ async fn register_names_every_bad_field_and_stores_nothing() {
         })
         .await
         .refused(Code::InvalidArgument);
-    assert_eq!(
-        violated_fields(&err),
-        ["username", "email", "password", "full_name"]
-    );
+    assert_eq!(violated_fields(&err), ["username", "email", "password", "full_name"]);
 
     let err = c
         .register(RegisterRequest {
@@ -70,11 +51,9 @@ async fn register_names_every_bad_field_and_stores_nothing() {
         .await
         .unwrap_err();
     assert_eq!(violated_fields(&err), ["email", "password"]);
-    c.get_user_by_username(GetUserByUsernameRequest {
-        username: "good_name".into(),
-    })
-    .await
-    .refused(Code::NotFound);
+    c.get_user_by_username(GetUserByUsernameRequest { username: "good_name".into() })
+        .await
+        .refused(Code::NotFound);
 }
 
 #[tokio::test]
@@ -83,20 +62,14 @@ async fn usernames_are_unique_case_insensitively_and_the_original_is_untouched()
     let (alice, _) = app.register("alice").await;
     let mut c = app.client.clone();
     let err = c
-        .register(RegisterRequest {
-            email: "other@example.com".into(),
-            ..registration("Alice")
-        })
+        .register(RegisterRequest { email: "other@example.com".into(), ..registration("Alice") })
         .await
         .refused(Code::AlreadyExists);
     assert_eq!(violated_fields(&err), ["username"]);
     assert!(err.message().contains("username"));
 
     let err = c
-        .register(RegisterRequest {
-            email: "ALICE@Example.com".into(),
-            ..registration("alice2")
-        })
+        .register(RegisterRequest { email: "ALICE@Example.com".into(), ..registration("alice2") })
         .await
         .refused(Code::AlreadyExists);
     assert_eq!(violated_fields(&err), ["email"]);
@@ -120,10 +93,7 @@ async fn concurrent_registrations_of_one_name_make_one_account() {
     let names = ["Bob", "bob", "BOB", "bOb", "boB", "BoB"];
     let attempts = names.iter().enumerate().map(|(i, name)| {
         let mut c = app.client.clone();
-        let req = RegisterRequest {
-            email: format!("bob{i}@example.com"),
-            ..registration(name)
-        };
+        let req = RegisterRequest { email: format!("bob{i}@example.com"), ..registration(name) };
         async move { c.register(req).await }
     });
     // Polled together so that they really race.
@@ -188,37 +158,22 @@ async fn get_user_validates_and_finds() {
     let app = spawn().await;
     let (dave, _) = app.register("Dave").await;
     let mut c = app.client.clone();
-    let err = c
-        .get_user(GetUserRequest { id: "nope".into() })
-        .await
-        .refused(Code::InvalidArgument);
+    let err = c.get_user(GetUserRequest { id: "nope".into() }).await.refused(Code::InvalidArgument);
     assert_eq!(violated_fields(&err), ["id"]);
-    c.get_user(GetUserRequest {
-        id: ObjectId::new().to_hex(),
-    })
-    .await
-    .refused(Code::NotFound);
+    c.get_user(GetUserRequest { id: ObjectId::new().to_hex() }).await.refused(Code::NotFound);
 
-    let found = c
-        .get_user_by_username(GetUserByUsernameRequest {
-            username: "DAVE".into(),
-        })
-        .await
-        .answer();
+    let found =
+        c.get_user_by_username(GetUserByUsernameRequest { username: "DAVE".into() }).await.answer();
     assert_eq!(found.id, dave.id);
     assert_eq!(found.username, "Dave");
     let err = c
-        .get_user_by_username(GetUserByUsernameRequest {
-            username: "x".into(),
-        })
+        .get_user_by_username(GetUserByUsernameRequest { username: "x".into() })
         .await
         .unwrap_err();
     assert_eq!(violated_fields(&err), ["username"]);
-    c.get_user_by_username(GetUserByUsernameRequest {
-        username: "nobody_here".into(),
-    })
-    .await
-    .refused(Code::NotFound);
+    c.get_user_by_username(GetUserByUsernameRequest { username: "nobody_here".into() })
+        .await
+        .refused(Code::NotFound);
 }
 
 #[tokio::test]
@@ -243,15 +198,10 @@ async fn batch_gets_keep_order_and_omit_missing() {
     assert_eq!(ids, [frank.id.as_str(), erin.id.as_str()]);
     assert!(users.iter().all(|u| u.email.is_empty()));
 
-    let err = c
-        .batch_get_users(BatchGetUsersRequest { ids: vec![] })
-        .await
-        .unwrap_err();
+    let err = c.batch_get_users(BatchGetUsersRequest { ids: vec![] }).await.unwrap_err();
     assert_eq!(violated_fields(&err), ["ids"]);
     let err = c
-        .batch_get_users(BatchGetUsersRequest {
-            ids: vec![erin.id.clone(), "bad".into()],
-        })
+        .batch_get_users(BatchGetUsersRequest { ids: vec![erin.id.clone(), "bad".into()] })
         .await
         .unwrap_err();
     assert_eq!(violated_fields(&err), ["ids[1]"]);
@@ -275,9 +225,7 @@ async fn batch_gets_keep_order_and_omit_missing() {
 }
 
 fn mask(paths: &[&str]) -> Option<FieldMask> {
-    Some(FieldMask {
-        paths: paths.iter().map(|p| (*p).to_owned()).collect(),
-    })
+    Some(FieldMask { paths: paths.iter().map(|p| (*p).to_owned()).collect() })
 }
 
 #[tokio::test]
@@ -297,9 +245,7 @@ async fn update_user_is_self_only_and_validated() {
         update_mask: mask(paths),
     };
 
-    c.update_user(update(&gina.id, "hi", "", &["bio"]))
-        .await
-        .refused(Code::Unauthenticated);
+    c.update_user(update(&gina.id, "hi", "", &["bio"])).await.refused(Code::Unauthenticated);
     c.update_user(authed(update(&hank.id, "hi", "", &["bio"]), &token))
         .await
         .refused(Code::PermissionDenied);
@@ -331,12 +277,7 @@ async fn update_user_is_self_only_and_validated() {
     }
 
     // The bad requests changed nothing.
-    let unchanged = c
-        .get_user(GetUserRequest {
-            id: gina.id.clone(),
-        })
-        .await
-        .answer();
+    let unchanged = c.get_user(GetUserRequest { id: gina.id.clone() }).await.answer();
     assert_eq!(unchanged.bio, "");
     assert_eq!(unchanged.updated_at, gina.updated_at);
 
@@ -354,10 +295,7 @@ async fn update_user_is_self_only_and_validated() {
         .answer();
     assert_eq!(updated.bio, "Rust and coffee");
     assert_eq!(updated.profile_picture_url, "https://cdn.example.com/g.png");
-    assert_eq!(
-        updated.full_name, "Test User",
-        "not in the mask, so not changed"
-    );
+    assert_eq!(updated.full_name, "Test User", "not in the mask, so not changed");
     assert_eq!(updated.email, "gina@example.com");
     let secs = |u: &User| {
         u.updated_at.unwrap().seconds * 1000 + i64::from(u.updated_at.unwrap().nanos) / 1_000_000
@@ -374,9 +312,7 @@ async fn change_password_checks_the_old_one() {
         old_password: old.into(),
         new_password: new.into(),
     };
-    c.change_password(change("x", "new password!"))
-        .await
-        .refused(Code::Unauthenticated);
+    c.change_password(change("x", "new password!")).await.refused(Code::Unauthenticated);
     let err = c
         .change_password(authed(change("wrong password", "new password!"), &token))
         .await
@@ -388,12 +324,9 @@ async fn change_password_checks_the_old_one() {
         .unwrap_err();
     assert_eq!(violated_fields(&err), ["new_password"]);
 
-    c.change_password(authed(
-        change("correct horse battery", "new password!"),
-        &token,
-    ))
-    .await
-    .unwrap();
+    c.change_password(authed(change("correct horse battery", "new password!"), &token))
+        .await
+        .unwrap();
     let login = |pw: &str| LoginRequest {
         username_or_email: "ivan".into(),
         password: pw.into(),
@@ -401,10 +334,7 @@ async fn change_password_checks_the_old_one() {
     };
     assert!(c.login(login("new password!")).await.is_ok());
     assert_eq!(
-        c.login(login("correct horse battery"))
-            .await
-            .unwrap_err()
-            .code(),
+        c.login(login("correct horse battery")).await.unwrap_err().code(),
         Code::Unauthenticated
     );
 }
@@ -418,9 +348,7 @@ async fn a_registration_retried_with_its_key_gets_a_session_and_the_key_alone_no
     let mut c = app.client.clone();
     let keyed = |r: RegisterRequest, key: &str| {
         let mut request = tonic::Request::new(r);
-        request
-            .metadata_mut()
-            .insert("idempotency-key", key.parse().unwrap());
+        request.metadata_mut().insert("idempotency-key", key.parse().unwrap());
         request
     };
     let first = c.register(keyed(registration("kim"), "k-1")).await.answer();
@@ -429,10 +357,7 @@ async fn a_registration_retried_with_its_key_gets_a_session_and_the_key_alone_no
     assert_ne!(again.session_id, first.session_id);
     for (request, key) in [
         (
-            RegisterRequest {
-                password: "another horse battery".into(),
-                ..registration("kim")
-            },
+            RegisterRequest { password: "another horse battery".into(), ..registration("kim") },
             "k-1",
         ),
         (registration("kim"), "k-2"),
@@ -440,9 +365,6 @@ async fn a_registration_retried_with_its_key_gets_a_session_and_the_key_alone_no
         let err = c.register(keyed(request, key)).await.unwrap_err();
         assert_eq!(err.code(), Code::AlreadyExists, "{key}: {err:?}");
     }
-    let err = c
-        .register(keyed(registration("kim"), "with space"))
-        .await
-        .unwrap_err();
+    let err = c.register(keyed(registration("kim"), "with space")).await.unwrap_err();
     assert_eq!(violated_fields(&err), ["idempotency-key"]);
 }

@@ -17,12 +17,7 @@ async fn get(stack: &Stack, token: &str, id: &str) -> Result<User, Status> {
 
 /// `id`'s profile as BatchGetUsers answers `token`'s account.
 async fn batch_get(stack: &Stack, token: &str, id: &str) -> Option<User> {
-    let request = authed(
-        BatchGetUsersRequest {
-            ids: vec![id.into()],
-        },
-        token,
-    );
+    let request = authed(BatchGetUsersRequest { ids: vec![id.into()] }, token);
     let answer = stack.users().await.batch_get_users(request).await;
     answer.unwrap().into_inner().users.pop()
 }
@@ -57,43 +52,24 @@ async fn a_profile_is_read_through_the_cache_and_every_change_is_seen_at_once() 
     let bob_id = bson::oid::ObjectId::parse_str(&bob).unwrap();
     let behind = bson::doc! { "$set": { "bio": "changed behind its back" } };
     let users_collection = stack.database().await.collection::<bson::Document>("users");
-    users_collection
-        .update_one(bson::doc! { "_id": bob_id }, behind)
-        .await
-        .unwrap();
+    users_collection.update_one(bson::doc! { "_id": bob_id }, behind).await.unwrap();
     let ids = vec![bob.clone(), alice.clone()];
     let request = authed(BatchGetUsersRequest { ids }, &alice_token);
     let batch = stack.users().await.batch_get_users(request).await.unwrap();
-    let seen: Vec<(String, String, String)> = batch
-        .into_inner()
-        .users
-        .into_iter()
-        .map(|u| (u.username, u.email, u.bio))
-        .collect();
+    let seen: Vec<(String, String, String)> =
+        batch.into_inner().users.into_iter().map(|u| (u.username, u.email, u.bio)).collect();
     let row = |name: &str, email: &str| (name.to_owned(), email.to_owned(), String::new());
     assert_eq!(seen, [row("bob", ""), row("alice", "alice@example.com")]);
 
     // An edit, a follow's count (once its event landed), a deletion: each read next.
     let edit = UpdateUserRequest {
-        user: Some(User {
-            id: alice.clone(),
-            bio: "new bio".into(),
-            ..Default::default()
-        }),
-        update_mask: Some(FieldMask {
-            paths: vec!["bio".into()],
-        }),
+        user: Some(User { id: alice.clone(), bio: "new bio".into(), ..Default::default() }),
+        update_mask: Some(FieldMask { paths: vec!["bio".into()] }),
     };
     let mut users = stack.users().await;
     users.update_user(authed(edit, &alice_token)).await.unwrap();
-    assert_eq!(
-        get(&stack, &bob_token, &alice).await.unwrap().bio,
-        "new bio"
-    );
-    assert_eq!(
-        batch_get(&stack, &bob_token, &alice).await.unwrap().bio,
-        "new bio"
-    );
+    assert_eq!(get(&stack, &bob_token, &alice).await.unwrap().bio, "new bio");
+    assert_eq!(batch_get(&stack, &bob_token, &alice).await.unwrap().bio, "new bio");
     stack.follow(&bob_token, &alice).await;
     let counted = eventually(Duration::from_secs(10), || async {
         let seen = get(&stack, &bob_token, &alice).await.unwrap();
@@ -102,9 +78,7 @@ async fn a_profile_is_read_through_the_cache_and_every_change_is_seen_at_once() 
     .await;
     assert!(counted.is_some(), "the follow's count never showed");
     stack.delete_account(&alice_token, PASSWORD).await.unwrap();
-    get(&stack, &bob_token, &alice)
-        .await
-        .refused(Code::NotFound);
+    get(&stack, &bob_token, &alice).await.refused(Code::NotFound);
     assert!(batch_get(&stack, &bob_token, &alice).await.is_none());
 }
 
@@ -159,8 +133,5 @@ async fn a_readers_block_check_is_cached_and_a_block_or_unblock_is_seen_once_it_
         get(&stack, &bob_token, &alice).await.ok()
     })
     .await;
-    assert!(
-        back.is_some(),
-        "alice's profile stays absent to bob after the unblock"
-    );
+    assert!(back.is_some(), "alice's profile stays absent to bob after the unblock");
 }

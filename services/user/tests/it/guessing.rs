@@ -29,10 +29,7 @@ fn login_from(who: &str, password: &str, address: &str, vouched: bool) -> Reques
 /// `request` from `address`, as the gateway reports it (`vouched`) or claimed.
 fn from_address<T>(mut request: Request<T>, address: &str, vouched: bool) -> Request<T> {
     let metadata = request.metadata_mut();
-    metadata.insert(
-        social_kit::serve::CLIENT_ADDRESS_HEADER,
-        address.parse().unwrap(),
-    );
+    metadata.insert(social_kit::serve::CLIENT_ADDRESS_HEADER, address.parse().unwrap());
     if vouched {
         metadata.insert(
             social_kit::serve::GATEWAY_TOKEN_HEADER,
@@ -66,11 +63,7 @@ async fn strict() -> App {
 
 fn retry_after(status: &Status) -> Duration {
     use tonic_types::StatusExt;
-    status
-        .get_error_details()
-        .retry_info()
-        .and_then(|r| r.retry_delay)
-        .unwrap_or_default()
+    status.get_error_details().retry_info().and_then(|r| r.retry_delay).unwrap_or_default()
 }
 
 // Several worker threads: the burst's calls are handled in parallel.
@@ -99,25 +92,17 @@ async fn a_burst_of_guesses_at_a_blocks_end_gets_one_check_and_the_block_only_gr
         config.login_throttle = app_throttle();
         config.hash_wait = patient;
         let replica = social_testkit::start(|l, s| social_user::run(config, l, s)).await;
-        replicas.push(
-            social_proto::user::v1::user_service_client::UserServiceClient::new(
-                replica.channel().await,
-            ),
-        );
+        replicas.push(social_proto::user::v1::user_service_client::UserServiceClient::new(
+            replica.channel().await,
+        ));
         running.push(replica);
     }
     let from = |password: &str| login_from("alice", password, "203.0.113.66", true);
     for _ in 0..3 {
-        app.attempt(from("wrong guess"))
-            .await
-            .refused(Code::Unauthenticated);
+        app.attempt(from("wrong guess")).await.refused(Code::Unauthenticated);
     }
     let err = app.attempt(from(PASSWORD)).await.unwrap_err();
-    assert_eq!(
-        err.code(),
-        Code::ResourceExhausted,
-        "blocked, even the password"
-    );
+    assert_eq!(err.code(), Code::ResourceExhausted, "blocked, even the password");
     tokio::time::sleep(retry_after(&err) + Duration::from_millis(100)).await;
     // The block is over: fifty guesses at once, on three replicas, get one check.
     let burst = (0..50).map(|i| {
@@ -126,10 +111,8 @@ async fn a_burst_of_guesses_at_a_blocks_end_gets_one_check_and_the_block_only_gr
         async move { client.login(request).await.map(drop) }
     });
     let results = futures::future::join_all(burst).await;
-    let checked = results
-        .iter()
-        .filter(|r| r.as_ref().unwrap_err().code() == Code::Unauthenticated)
-        .count();
+    let checked =
+        results.iter().filter(|r| r.as_ref().unwrap_err().code() == Code::Unauthenticated).count();
     let refused = results
         .iter()
         .filter(|r| r.as_ref().unwrap_err().code() == Code::ResourceExhausted)
@@ -137,9 +120,7 @@ async fn a_burst_of_guesses_at_a_blocks_end_gets_one_check_and_the_block_only_gr
     assert_eq!((checked, refused), (1, 49), "checked, refused");
     // And the next block is longer than the first: two seconds from that check (as
     // stored: the time left depends on how long the burst took).
-    app.attempt(from(PASSWORD))
-        .await
-        .refused(Code::ResourceExhausted);
+    app.attempt(from(PASSWORD)).await.refused(Code::ResourceExhausted);
     let stored = mongodb::Client::with_uri_str(social_testkit::mongodb_uri())
         .await
         .unwrap()
@@ -180,11 +161,7 @@ async fn guesses_spread_over_many_networks_are_slowed_as_one_but_not_its_owners(
     let registered = app
         .client
         .clone()
-        .register(from_address(
-            Request::new(crate::registration("alice")),
-            "198.51.100.7",
-            true,
-        ))
+        .register(from_address(Request::new(crate::registration("alice")), "198.51.100.7", true))
         .await
         .answer();
     let phone = "198.51.100.99";
@@ -203,51 +180,35 @@ async fn guesses_spread_over_many_networks_are_slowed_as_one_but_not_its_owners(
     // has eight failures...
     let fresh = |n: u32| format!("2001:db8:77:{n:x}::1");
     for n in 0..8 {
-        let err = app
-            .attempt(login_from("alice", "wrong guess", &fresh(n), true))
-            .await
-            .unwrap_err();
+        let err =
+            app.attempt(login_from("alice", "wrong guess", &fresh(n), true)).await.unwrap_err();
         assert_eq!(err.code(), Code::Unauthenticated, "guess {n}");
     }
     // ... past which every network the account does not know counts as one: three free
     // failures, then a block, whichever new network the next guess comes from.
     for n in 8..11 {
-        let err = app
-            .attempt(login_from("alice", "wrong guess", &fresh(n), true))
-            .await
-            .unwrap_err();
+        let err =
+            app.attempt(login_from("alice", "wrong guess", &fresh(n), true)).await.unwrap_err();
         assert_eq!(err.code(), Code::Unauthenticated, "guess {n}");
     }
-    let blocked = app
-        .attempt(login_from("alice", PASSWORD, &fresh(11), true))
-        .await
-        .unwrap_err();
+    let blocked = app.attempt(login_from("alice", PASSWORD, &fresh(11), true)).await.unwrap_err();
     assert_eq!(blocked.code(), Code::ResourceExhausted, "{blocked:?}");
     // Her email has counts of its own: it answers as any other email would (a wrong
     // password), not "blocked", which would tell whose email it is.
     for n in 20..24 {
         let err = app
-            .attempt(login_from(
-                "alice@example.com",
-                "wrong guess",
-                &fresh(n),
-                true,
-            ))
+            .attempt(login_from("alice@example.com", "wrong guess", &fresh(n), true))
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
     }
     // The owner's own networks are not held up...
     for home in ["198.51.100.7", phone] {
-        app.attempt(login_from("alice", PASSWORD, home, true))
-            .await
-            .unwrap();
+        app.attempt(login_from("alice", PASSWORD, home, true)).await.unwrap();
     }
     // ... and a new one is delayed, not locked: after the block, the password works.
     tokio::time::sleep(retry_after(&blocked) + Duration::from_millis(100)).await;
-    app.attempt(login_from("alice", PASSWORD, &fresh(12), true))
-        .await
-        .unwrap();
+    app.attempt(login_from("alice", PASSWORD, &fresh(12), true)).await.unwrap();
 }
 
 #[tokio::test]
@@ -255,34 +216,19 @@ async fn an_attacker_failing_from_one_network_does_not_lock_the_owner_out_of_ano
     let app = strict().await;
     app.register("alice").await;
     for _ in 0..10 {
-        let _ = app
-            .attempt(login_from("alice", "wrong guess", "203.0.113.66", true))
-            .await;
+        let _ = app.attempt(login_from("alice", "wrong guess", "203.0.113.66", true)).await;
     }
-    let err = app
-        .attempt(login_from("alice", PASSWORD, "203.0.113.66", true))
-        .await
-        .unwrap_err();
-    assert_eq!(
-        err.code(),
-        Code::ResourceExhausted,
-        "the attacker's network"
-    );
+    let err = app.attempt(login_from("alice", PASSWORD, "203.0.113.66", true)).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "the attacker's network");
     // The owner, from home: in at once.
-    app.attempt(login_from("alice", PASSWORD, "198.51.100.7", true))
-        .await
-        .unwrap();
+    app.attempt(login_from("alice", PASSWORD, "198.51.100.7", true)).await.unwrap();
     // The attacker cannot move to another network by saying so: without the gateway's
     // credential the claim is ignored, and the connection's address is counted.
     for _ in 0..3 {
-        let _ = app
-            .attempt(login_from("alice", "wrong guess", "192.0.2.1", false))
-            .await;
+        let _ = app.attempt(login_from("alice", "wrong guess", "192.0.2.1", false)).await;
     }
-    let err = app
-        .attempt(login_from("alice", "wrong guess", "192.0.2.2", false))
-        .await
-        .unwrap_err();
+    let err =
+        app.attempt(login_from("alice", "wrong guess", "192.0.2.2", false)).await.unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted, "counted as the peer");
 }
 
@@ -310,36 +256,22 @@ async fn an_identifier_typed_to_look_like_another_count_is_counted_apart() {
     ];
     for who in &crafted {
         for _ in 0..5 {
-            let _ = app
-                .attempt(login_from(who, "wrong guess", "203.0.113.66", true))
-                .await;
+            let _ = app.attempt(login_from(who, "wrong guess", "203.0.113.66", true)).await;
         }
     }
     // Each counted only what was typed: alice, from home, is in at once...
-    app.attempt(login_from("alice", PASSWORD, "198.51.100.7", true))
-        .await
-        .unwrap();
+    app.attempt(login_from("alice", PASSWORD, "198.51.100.7", true)).await.unwrap();
     // ... and the stranger's network did not become one she signed in from: past her
     // account's eight failures, it shares the count of every network she does not know.
     for n in 0..8 {
         let _ = app
-            .attempt(login_from(
-                "alice",
-                "wrong guess",
-                &format!("2001:db8:77:{n:x}::1"),
-                true,
-            ))
+            .attempt(login_from("alice", "wrong guess", &format!("2001:db8:77:{n:x}::1"), true))
             .await;
     }
     for _ in 0..3 {
-        let _ = app
-            .attempt(login_from("alice", "wrong guess", "2001:db8:78::1", true))
-            .await;
+        let _ = app.attempt(login_from("alice", "wrong guess", "2001:db8:78::1", true)).await;
     }
-    let err = app
-        .attempt(login_from("alice", PASSWORD, "203.0.113.66", true))
-        .await
-        .unwrap_err();
+    let err = app.attempt(login_from("alice", PASSWORD, "203.0.113.66", true)).await.unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
 }
 
@@ -387,19 +319,12 @@ async fn passwords_too_easy_to_guess_are_refused_naming_the_field() {
             .client
             .clone()
             .change_password(authed(
-                ChangePasswordRequest {
-                    old_password: PASSWORD.into(),
-                    new_password: weak.into(),
-                },
+                ChangePasswordRequest { old_password: PASSWORD.into(), new_password: weak.into() },
                 &token,
             ))
             .await
             .unwrap_err();
-        assert_eq!(
-            social_testkit::violated_fields(&err),
-            ["new_password"],
-            "{weak}"
-        );
+        assert_eq!(social_testkit::violated_fields(&err), ["new_password"], "{weak}");
     }
 }
 
@@ -427,11 +352,7 @@ async fn a_session_ended_a_moment_ago_cannot_act_for_the_account() {
         })
         .await
         .answer();
-    app.client
-        .clone()
-        .logout(authed(LogoutRequest {}, &login.access_token))
-        .await
-        .unwrap();
+    app.client.clone().logout(authed(LogoutRequest {}, &login.access_token)).await.unwrap();
     // The access token is unexpired, but its session ended: it logs nobody out and
     // exports nothing.
     app.client

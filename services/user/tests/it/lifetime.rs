@@ -37,9 +37,7 @@ impl App {
         self.client
             .clone()
             .delete_account(social_testkit::authed(
-                DeleteAccountRequest {
-                    password: PASSWORD.into(),
-                },
+                DeleteAccountRequest { password: PASSWORD.into() },
                 access,
             ))
             .await
@@ -83,11 +81,7 @@ async fn deleting_an_account_again_ends_the_sessions_a_failed_try_left() {
     let err = app.delete_account(&phone).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     assert_eq!(social_kit::faults::fired("user::end_sessions"), 1);
-    assert_eq!(
-        app.active_sessions(&user.id).await,
-        3,
-        "the cleanup did not run"
-    );
+    assert_eq!(app.active_sessions(&user.id).await, 3, "the cleanup did not run");
     // The client retries: the account is deleted already, and its sessions end now.
     app.delete_account(&phone).await.unwrap();
     assert_eq!(app.active_sessions(&user.id).await, 0);
@@ -100,18 +94,10 @@ async fn a_session_the_deletion_of_its_account_left_active_cannot_be_refreshed()
     let (phone, phone_refresh) = app.log_in("alice").await.unwrap();
     fail::cfg("user::end_sessions", "1*return").unwrap();
     app.delete_account(&phone).await.unwrap_err();
-    assert_eq!(
-        app.active_sessions(&user.id).await,
-        2,
-        "the cleanup did not run"
-    );
+    assert_eq!(app.active_sessions(&user.id).await, 2, "the cleanup did not run");
     let err = app.refresh_with(&phone_refresh).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
-    assert_eq!(
-        app.active_sessions(&user.id).await,
-        1,
-        "the refresh ended its session"
-    );
+    assert_eq!(app.active_sessions(&user.id).await, 1, "the refresh ended its session");
 }
 
 #[tokio::test]
@@ -136,11 +122,7 @@ async fn a_password_change_whose_end_of_the_other_sessions_failed_leaves_them_po
         .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     assert_eq!(social_kit::faults::fired("user::end_sessions"), 1);
-    assert_eq!(
-        app.active_sessions(&user.id).await,
-        2,
-        "the cleanup did not run"
-    );
+    assert_eq!(app.active_sessions(&user.id).await, 2, "the cleanup did not run");
     // It cannot act for the account: it was started under the old password.
     let err = app
         .client

@@ -44,11 +44,7 @@ async fn spawn_with(change: impl FnOnce(&mut social_user::Config)) -> App {
     change(&mut config);
     let running = start(|listener, shutdown| social_user::run(config, listener, shutdown)).await;
     let client = UserServiceClient::new(running.channel().await);
-    App {
-        running,
-        client,
-        _database: social_testkit::DropDatabase(database),
-    }
+    App { running, client, _database: social_testkit::DropDatabase(database) }
 }
 
 fn registration(username: &str) -> RegisterRequest {
@@ -63,12 +59,7 @@ fn registration(username: &str) -> RegisterRequest {
 
 impl App {
     async fn register(&self, username: &str) -> (User, String) {
-        let r = self
-            .client
-            .clone()
-            .register(registration(username))
-            .await
-            .answer();
+        let r = self.client.clone().register(registration(username)).await.answer();
         (r.user.unwrap(), r.access_token)
     }
 }

@@ -18,10 +18,7 @@ use crate::{App, registration, spawn};
 
 impl App {
     async fn db(&self) -> mongodb::Database {
-        mongodb::Client::with_uri_str(mongodb_uri())
-            .await
-            .unwrap()
-            .database(&self._database.0)
+        mongodb::Client::with_uri_str(mongodb_uri()).await.unwrap().database(&self._database.0)
     }
 
     fn config(&self) -> social_user::Config {
@@ -86,17 +83,13 @@ impl App {
             .try_collect()
             .await
             .unwrap();
-        all.iter()
-            .filter(|u| u.get_str("username_lower").ok() == Some(username_lower))
-            .count()
+        all.iter().filter(|u| u.get_str("username_lower").ok() == Some(username_lower)).count()
     }
 }
 
 fn keyed(r: RegisterRequest, key: &str) -> tonic::Request<RegisterRequest> {
     let mut request = tonic::Request::new(r);
-    request
-        .metadata_mut()
-        .insert("idempotency-key", key.parse().unwrap());
+    request.metadata_mut().insert("idempotency-key", key.parse().unwrap());
     request
 }
 
@@ -156,19 +149,10 @@ async fn a_name_or_email_registered_at_the_same_moment_on_two_replicas_goes_to_o
     }
     // The losers gave back what they had reserved.
     let winner = emails.iter().find_map(|r| r.as_ref().ok()).unwrap();
-    let winner = winner
-        .get_ref()
-        .user
-        .as_ref()
-        .unwrap()
-        .username
-        .to_lowercase();
+    let winner = winner.get_ref().user.as_ref().unwrap().username.to_lowercase();
     for i in 6..12 {
         let name = format!("erin{i}");
-        assert_eq!(
-            app.reservations("usernames", &name).await.len(),
-            usize::from(name == winner)
-        );
+        assert_eq!(app.reservations("usernames", &name).await.len(), usize::from(name == winner));
     }
 }
 
@@ -192,14 +176,9 @@ async fn a_registration_whose_reservation_is_taken_over_before_it_stores_the_acc
             .update_one(doc! { "_id": "fay" }, doc! { "$set": { "at_ms": 0_i64 } })
             .await
             .unwrap();
-        assert_eq!(
-            aged.matched_count, 1,
-            "the first registration reserved the name"
-        );
-        let request = RegisterRequest {
-            email: "fay.rival@example.com".into(),
-            ..registration("fay")
-        };
+        assert_eq!(aged.matched_count, 1, "the first registration reserved the name");
+        let request =
+            RegisterRequest { email: "fay.rival@example.com".into(), ..registration("fay") };
         app.client.clone().register(request).await
     };
     let (slow, rival) = tokio::join!(slow, rival);
@@ -212,16 +191,11 @@ async fn a_registration_whose_reservation_is_taken_over_before_it_stores_the_acc
     let found = app
         .client
         .clone()
-        .get_user_by_username(GetUserByUsernameRequest {
-            username: "fay".into(),
-        })
+        .get_user_by_username(GetUserByUsernameRequest { username: "fay".into() })
         .await
         .answer();
     assert_eq!(found.id, rival.id);
-    let request = RegisterRequest {
-        email: "fay@example.com".into(),
-        ..registration("fay2")
-    };
+    let request = RegisterRequest { email: "fay@example.com".into(), ..registration("fay2") };
     app.client.clone().register(request).await.unwrap();
 }
 
@@ -239,30 +213,18 @@ async fn a_registration_stopped_half_way_holds_its_name_a_minute_and_tells_its_r
         .await
         .unwrap();
     let mut c = app.client.clone();
-    let err = c
-        .register(keyed(registration("gil"), "k-9"))
-        .await
-        .unwrap_err();
+    let err = c.register(keyed(registration("gil"), "k-9")).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
-    assert_taken(
-        &c.register(keyed(registration("gil"), "k-10")).await,
-        "username",
-    );
+    assert_taken(&c.register(keyed(registration("gil"), "k-10")).await, "username");
     assert_taken(&c.register(registration("gil")).await, "username");
     // A minute on, the name is free again; its retry takes it.
     usernames
-        .update_one(
-            doc! { "_id": "gil" },
-            doc! { "$set": { "at_ms": now - 61_000 } },
-        )
+        .update_one(doc! { "_id": "gil" }, doc! { "$set": { "at_ms": now - 61_000 } })
         .await
         .unwrap();
     let gil = c.register(keyed(registration("gil"), "k-9")).await.answer();
     let held = app.reservations("usernames", "gil").await;
-    assert_eq!(
-        held[0].get_object_id("user_id").unwrap().to_hex(),
-        gil.user.unwrap().id
-    );
+    assert_eq!(held[0].get_object_id("user_id").unwrap().to_hex(), gil.user.unwrap().id);
 }
 
 #[tokio::test]
@@ -271,18 +233,13 @@ async fn a_registration_whose_stored_account_lost_its_answer_is_one_account_when
     const POINT: &str = "user::insert_answer_lost";
     fail::cfg(POINT, "1*return").unwrap();
     let mut c = app.client.clone();
-    c.register(keyed(registration("kai"), "k-1"))
-        .await
-        .unwrap_err();
+    c.register(keyed(registration("kai"), "k-1")).await.unwrap_err();
     assert_eq!(social_kit::faults::fired(POINT), 1);
     // The account was stored: its reservations stay with it, and its retry gets it.
     let again = c.register(keyed(registration("kai"), "k-1")).await.answer();
     assert_eq!(app.accounts_named("kai").await, 1);
     let stored = app.reservations("usernames", "kai").await;
-    assert_eq!(
-        stored[0].get_object_id("user_id").unwrap().to_hex(),
-        again.user.unwrap().id
-    );
+    assert_eq!(stored[0].get_object_id("user_id").unwrap().to_hex(), again.user.unwrap().id);
     assert_taken(&c.register(registration("kai")).await, "username");
 }
 
@@ -293,23 +250,15 @@ async fn a_deleted_accounts_email_is_free_at_once_and_its_username_once_it_is_pu
     app.client
         .clone()
         .delete_account(authed(
-            DeleteAccountRequest {
-                password: "correct horse battery".into(),
-            },
+            DeleteAccountRequest { password: "correct horse battery".into() },
             &token,
         ))
         .await
         .unwrap();
     let mut c = app.client.clone();
-    let reuse_email = RegisterRequest {
-        email: "hal@example.com".into(),
-        ..registration("hal2")
-    };
+    let reuse_email = RegisterRequest { email: "hal@example.com".into(), ..registration("hal2") };
     c.register(reuse_email).await.unwrap();
-    let reuse_name = || RegisterRequest {
-        email: "hal3@example.com".into(),
-        ..registration("hal")
-    };
+    let reuse_name = || RegisterRequest { email: "hal3@example.com".into(), ..registration("hal") };
     assert_taken(&c.register(reuse_name()).await, "username");
     // The quarantine's end purges the account.
     app.db()
@@ -340,18 +289,10 @@ async fn accounts_stored_before_reservations_are_found_and_held_until_reserve_na
         .await
         .unwrap();
     let users = db.collection::<Document>("users");
-    for (name, field) in [
-        ("username_lower_unique", "username_lower"),
-        ("email_unique", "email"),
-    ] {
-        let options = mongodb::options::IndexOptions::builder()
-            .name(name.to_owned())
-            .unique(true)
-            .build();
-        let model = mongodb::IndexModel::builder()
-            .keys(doc! { field: 1 })
-            .options(options)
-            .build();
+    for (name, field) in [("username_lower_unique", "username_lower"), ("email_unique", "email")] {
+        let options =
+            mongodb::options::IndexOptions::builder().name(name.to_owned()).unique(true).build();
+        let model = mongodb::IndexModel::builder().keys(doc! { field: 1 }).options(options).build();
         users.create_index(model).await.unwrap();
     }
     // A replica of this release started on it finds them and keeps them theirs.
@@ -361,21 +302,11 @@ async fn accounts_stored_before_reservations_are_found_and_held_until_reserve_na
         assert_eq!(found.user.unwrap().id, ivy.id, "{who}");
     }
     let jon = c.login(login("jon")).await.answer().user.unwrap();
-    let by_name = c
-        .get_user_by_username(GetUserByUsernameRequest {
-            username: "Ivy".into(),
-        })
-        .await
-        .unwrap();
+    let by_name =
+        c.get_user_by_username(GetUserByUsernameRequest { username: "Ivy".into() }).await.unwrap();
     assert_eq!(by_name.into_inner().id, ivy.id);
-    let same_name = || RegisterRequest {
-        email: "ivy2@example.com".into(),
-        ..registration("ivy")
-    };
-    let same_email = || RegisterRequest {
-        email: "ivy@example.com".into(),
-        ..registration("ivy2")
-    };
+    let same_name = || RegisterRequest { email: "ivy2@example.com".into(), ..registration("ivy") };
+    let same_email = || RegisterRequest { email: "ivy@example.com".into(), ..registration("ivy2") };
     assert_taken(&c.register(same_name()).await, "username");
     assert_taken(&c.register(same_email()).await, "email");
     // The operator's step once every replica runs this release.

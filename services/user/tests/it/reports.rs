@@ -24,22 +24,15 @@ async fn set_role(stack: &Stack, who: &str, role: &str) {
 }
 
 fn list() -> ListReportsRequest {
-    ListReportsRequest {
-        page_size: 10,
-        page_token: String::new(),
-    }
+    ListReportsRequest { page_size: 10, page_token: String::new() }
 }
 
 #[tokio::test]
 async fn a_moderator_resolves_a_report_by_removing_the_post_and_no_one_else_may() {
     let stack = Stack::start().await;
     let mut users = stack.users().await;
-    let [
-        (_, alice_token),
-        (bob, bob_token),
-        (_, carol_token),
-        (_, mod_token),
-    ] = stack.register_all(["alice", "bob", "carol", "moder"]).await;
+    let [(_, alice_token), (bob, bob_token), (_, carol_token), (_, mod_token)] =
+        stack.register_all(["alice", "bob", "carol", "moder"]).await;
     let post = stack.post(&bob_token, "something vile").await;
     stack.like_post(&carol_token, &post.id).await.unwrap();
 
@@ -49,118 +42,59 @@ async fn a_moderator_resolves_a_report_by_removing_the_post_and_no_one_else_may(
         category: ReportCategory::Hate as i32,
         comment: comment.into(),
     };
-    let first = users
-        .report_post(authed(report_post("awful"), &alice_token))
-        .await
-        .answer();
-    assert_eq!(
-        (first.status.as_str(), first.target_user_id.as_str()),
-        ("open", bob.as_str())
-    );
-    let again = users
-        .report_post(authed(report_post("still awful"), &alice_token))
-        .await
-        .answer();
+    let first = users.report_post(authed(report_post("awful"), &alice_token)).await.answer();
+    assert_eq!((first.status.as_str(), first.target_user_id.as_str()), ("open", bob.as_str()));
+    let again = users.report_post(authed(report_post("still awful"), &alice_token)).await.answer();
     assert_eq!(again.id, first.id);
-    let carols = users
-        .report_post(authed(report_post(""), &carol_token))
-        .await
-        .answer();
+    let carols = users.report_post(authed(report_post(""), &carol_token)).await.answer();
     let account = ReportAccountRequest {
         user_id: bob.clone(),
         category: ReportCategory::Spam as i32,
         comment: String::new(),
     };
-    let about_bob = users
-        .report_account(authed(account, &alice_token))
-        .await
-        .answer();
+    let about_bob = users.report_account(authed(account, &alice_token)).await.answer();
 
     // An ordinary account may not read or resolve reports.
-    users
-        .list_reports(authed(list(), &alice_token))
-        .await
-        .refused(Code::PermissionDenied);
+    users.list_reports(authed(list(), &alice_token)).await.refused(Code::PermissionDenied);
     let resolve = |id: &str, action: ReportAction| ResolveReportRequest {
         id: id.into(),
         action: action as i32,
     };
     users
-        .resolve_report(authed(
-            resolve(&first.id, ReportAction::RemoveContent),
-            &bob_token,
-        ))
+        .resolve_report(authed(resolve(&first.id, ReportAction::RemoveContent), &bob_token))
         .await
         .refused(Code::PermissionDenied);
 
     // A moderator reads the queue, oldest first, each report with its target.
     set_role(&stack, "moder", "moderator").await;
-    let queue = users
-        .list_reports(authed(list(), &mod_token))
-        .await
-        .answer()
-        .reports;
+    let queue = users.list_reports(authed(list(), &mod_token)).await.answer().reports;
     let ids: Vec<&str> = queue.iter().map(|r| r.id.as_str()).collect();
-    assert_eq!(
-        ids,
-        [first.id.as_str(), carols.id.as_str(), about_bob.id.as_str()]
-    );
-    assert_eq!(
-        queue[0].target_post.as_ref().unwrap().content,
-        "something vile"
-    );
+    assert_eq!(ids, [first.id.as_str(), carols.id.as_str(), about_bob.id.as_str()]);
+    assert_eq!(queue[0].target_post.as_ref().unwrap().content, "something vile");
     assert_eq!(queue[2].target_account.as_ref().unwrap().username, "bob");
     assert!(queue[2].target_account.as_ref().unwrap().email.is_empty());
 
     // Removing the post deletes it as its author would, and closes both its reports.
     let done = users
-        .resolve_report(authed(
-            resolve(&first.id, ReportAction::RemoveContent),
-            &mod_token,
-        ))
+        .resolve_report(authed(resolve(&first.id, ReportAction::RemoveContent), &mod_token))
         .await
         .answer();
-    assert_eq!(
-        (done.status.as_str(), done.resolution.as_str()),
-        ("resolved", "removed")
-    );
+    assert_eq!((done.status.as_str(), done.resolution.as_str()), ("resolved", "removed"));
     let mut posts = stack.posts().await;
-    posts
-        .get_post(GetPostRequest {
-            id: post.id.clone(),
-        })
-        .await
-        .refused(Code::NotFound);
-    let queue = users
-        .list_reports(authed(list(), &mod_token))
-        .await
-        .answer()
-        .reports;
+    posts.get_post(GetPostRequest { id: post.id.clone() }).await.refused(Code::NotFound);
+    let queue = users.list_reports(authed(list(), &mod_token)).await.answer().reports;
     assert_eq!(queue.len(), 1, "{queue:?}");
     // The account report is dismissed; an account is not removed by a report.
     let err = users
-        .resolve_report(authed(
-            resolve(&about_bob.id, ReportAction::RemoveContent),
-            &mod_token,
-        ))
+        .resolve_report(authed(resolve(&about_bob.id, ReportAction::RemoveContent), &mod_token))
         .await
         .unwrap_err();
     assert_eq!(violated_fields(&err), ["action"]);
     users
-        .resolve_report(authed(
-            resolve(&about_bob.id, ReportAction::Dismiss),
-            &mod_token,
-        ))
+        .resolve_report(authed(resolve(&about_bob.id, ReportAction::Dismiss), &mod_token))
         .await
         .unwrap();
-    assert!(
-        users
-            .list_reports(authed(list(), &mod_token))
-            .await
-            .answer()
-            .reports
-            .is_empty()
-    );
+    assert!(users.list_reports(authed(list(), &mod_token)).await.answer().reports.is_empty());
 
     // The post's like went with it, through the usual events: carol's like is gone.
     let gone = eventually(Duration::from_secs(15), || async {
@@ -171,10 +105,7 @@ async fn a_moderator_resolves_a_report_by_removing_the_post_and_no_one_else_may(
     assert!(gone.is_some());
 
     // Once resolved, a report of the same post is a new one (here: of nothing left).
-    users
-        .report_post(authed(report_post("again"), &alice_token))
-        .await
-        .refused(Code::NotFound);
+    users.report_post(authed(report_post("again"), &alice_token)).await.refused(Code::NotFound);
 }
 
 #[tokio::test]
@@ -189,39 +120,24 @@ async fn reports_are_validated() {
         category: ReportCategory::Spam as i32,
         comment: String::new(),
     };
-    let err = users
-        .report_post(authed(own, &alice_token))
-        .await
-        .unwrap_err();
+    let err = users.report_post(authed(own, &alice_token)).await.unwrap_err();
     assert_eq!(violated_fields(&err), ["post_id"]);
-    let bad = ReportAccountRequest {
-        user_id: "nope".into(),
-        category: 0,
-        comment: "x".repeat(1001),
-    };
-    let err = users
-        .report_account(authed(bad, &bob_token))
-        .await
-        .unwrap_err();
+    let bad =
+        ReportAccountRequest { user_id: "nope".into(), category: 0, comment: "x".repeat(1001) };
+    let err = users.report_account(authed(bad, &bob_token)).await.unwrap_err();
     assert_eq!(violated_fields(&err), ["user_id", "category", "comment"]);
     let unknown = ReportAccountRequest {
         user_id: bson::oid::ObjectId::new().to_hex(),
         category: ReportCategory::Other as i32,
         comment: String::new(),
     };
-    users
-        .report_account(authed(unknown, &bob_token))
-        .await
-        .refused(Code::NotFound);
+    users.report_account(authed(unknown, &bob_token)).await.refused(Code::NotFound);
     let of_comment = ReportCommentRequest {
         comment_id: comment.id,
         category: ReportCategory::Harassment as i32,
         comment: String::new(),
     };
-    let report = users
-        .report_comment(authed(of_comment, &alice_token))
-        .await
-        .answer();
+    let report = users.report_comment(authed(of_comment, &alice_token)).await.answer();
     assert_eq!(report.target_type, "comment");
     users
         .report_account(ReportAccountRequest {
@@ -244,10 +160,7 @@ async fn what_a_deleted_account_wrote_in_its_reports_goes_with_it() {
         category: ReportCategory::Harassment as i32,
         comment: "my neighbour's name and address".into(),
     };
-    users
-        .report_account(authed(account, &alice_token))
-        .await
-        .unwrap();
+    users.report_account(authed(account, &alice_token)).await.unwrap();
     stack.delete_account(&alice_token, PASSWORD).await.unwrap();
     set_role(&stack, "moder", "moderator").await;
     let forgotten = eventually(Duration::from_secs(15), || {

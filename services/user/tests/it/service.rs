@@ -14,26 +14,13 @@ async fn bad_tokens_are_unauthenticated_even_on_open_calls() {
     forged.truncate(token.len() - 4);
     forged.push_str("AAAA");
     for bad in [forged, expired_token_for(user_id), "not.a.token".into()] {
-        let err = c
-            .get_user(authed(
-                GetUserRequest {
-                    id: judy.id.clone(),
-                },
-                &bad,
-            ))
-            .await
-            .unwrap_err();
+        let err =
+            c.get_user(authed(GetUserRequest { id: judy.id.clone() }, &bad)).await.unwrap_err();
         assert_eq!(err.code(), Code::Unauthenticated, "{bad}");
     }
-    let mut raw = Request::new(GetUserRequest {
-        id: judy.id.clone(),
-    });
-    raw.metadata_mut()
-        .insert("authorization", token.parse().unwrap());
-    assert_eq!(
-        c.get_user(raw).await.unwrap_err().code(),
-        Code::Unauthenticated
-    );
+    let mut raw = Request::new(GetUserRequest { id: judy.id.clone() });
+    raw.metadata_mut().insert("authorization", token.parse().unwrap());
+    assert_eq!(c.get_user(raw).await.unwrap_err().code(), Code::Unauthenticated);
 
     // Login and Register ignore a token: a client still sending its expired one can
     // log in again.
@@ -50,11 +37,7 @@ async fn bad_tokens_are_unauthenticated_even_on_open_calls() {
         .await
         .answer();
     assert_eq!(login.user.unwrap().id, judy.id);
-    assert!(
-        c.register(authed(registration("kim"), &stale))
-            .await
-            .is_ok()
-    );
+    assert!(c.register(authed(registration("kim"), &stale)).await.is_ok());
 }
 
 #[tokio::test]
@@ -74,9 +57,7 @@ async fn an_unreachable_database_is_unavailable_fast() {
 
     let started = std::time::Instant::now();
     UserServiceClient::new(channel.clone())
-        .get_user(GetUserRequest {
-            id: ObjectId::new().to_hex(),
-        })
+        .get_user(GetUserRequest { id: ObjectId::new().to_hex() })
         .await
         .refused(Code::Unavailable);
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
@@ -100,18 +81,9 @@ async fn an_unreachable_database_is_unavailable_fast() {
 async fn reflection_lists_the_service_and_health() {
     let app = spawn().await;
     let services = social_testkit::reflected_services(app.running.addr).await;
-    assert!(
-        services.contains(&"social.user.v1.UserService".to_owned()),
-        "{services:?}"
-    );
-    assert!(
-        services.contains(&"grpc.health.v1.Health".to_owned()),
-        "{services:?}"
-    );
-    assert!(
-        !services.iter().any(|s| s.contains("PostService")),
-        "{services:?}"
-    );
+    assert!(services.contains(&"social.user.v1.UserService".to_owned()), "{services:?}");
+    assert!(services.contains(&"grpc.health.v1.Health".to_owned()), "{services:?}");
+    assert!(!services.iter().any(|s| s.contains("PostService")), "{services:?}");
 }
 
 #[tokio::test]
@@ -135,24 +107,16 @@ async fn logins_beyond_the_hashing_budget_are_refused_at_once_with_a_retry_delay
         }
     });
     let results = futures::future::join_all(logins).await;
-    let codes: Vec<Code> = results
-        .iter()
-        .map(|r| r.as_ref().unwrap_err().code())
-        .collect();
+    let codes: Vec<Code> = results.iter().map(|r| r.as_ref().unwrap_err().code()).collect();
     let refused: Vec<_> = results
         .iter()
         .filter_map(|r| r.as_ref().err())
         .filter(|s| s.code() == Code::Unavailable)
         .collect();
     assert!(!refused.is_empty(), "{codes:?}");
+    assert!(codes.contains(&Code::Unauthenticated), "one was checked: {codes:?}");
     assert!(
-        codes.contains(&Code::Unauthenticated),
-        "one was checked: {codes:?}"
-    );
-    assert!(
-        codes
-            .iter()
-            .all(|c| matches!(c, Code::Unavailable | Code::Unauthenticated)),
+        codes.iter().all(|c| matches!(c, Code::Unavailable | Code::Unauthenticated)),
         "{codes:?}"
     );
     use tonic_types::StatusExt;
@@ -163,15 +127,8 @@ async fn logins_beyond_the_hashing_budget_are_refused_at_once_with_a_retry_delay
 async fn internal_rpcs_need_the_service_credential() {
     let app = spawn().await;
     app.register("known").await;
-    let ask = || BatchGetUsersByUsernameRequest {
-        usernames: vec!["known".into()],
-    };
-    let err = app
-        .client
-        .clone()
-        .batch_get_users_by_username(ask())
-        .await
-        .unwrap_err();
+    let ask = || BatchGetUsersByUsernameRequest { usernames: vec!["known".into()] };
+    let err = app.client.clone().batch_get_users_by_username(ask()).await.unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
     // A user's token is not a service credential.
     let err = app
@@ -182,28 +139,14 @@ async fn internal_rpcs_need_the_service_credential() {
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
     let mut wrong = Request::new(ask());
-    wrong
-        .metadata_mut()
-        .insert("x-service-token", "guess".parse().unwrap());
-    let err = app
-        .client
-        .clone()
-        .batch_get_users_by_username(wrong)
-        .await
-        .unwrap_err();
+    wrong.metadata_mut().insert("x-service-token", "guess".parse().unwrap());
+    let err = app.client.clone().batch_get_users_by_username(wrong).await.unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
     // A client cannot mark a public RPC internal or unmark an internal one.
     let mut spoofed = Request::new(ask());
-    spoofed
-        .metadata_mut()
-        .insert("x-social-internal-rpc", "0".parse().unwrap());
+    spoofed.metadata_mut().insert("x-social-internal-rpc", "0".parse().unwrap());
     assert_eq!(
-        app.client
-            .clone()
-            .batch_get_users_by_username(spoofed)
-            .await
-            .unwrap_err()
-            .code(),
+        app.client.clone().batch_get_users_by_username(spoofed).await.unwrap_err().code(),
         Code::PermissionDenied
     );
     // The services' own credential works.
@@ -212,12 +155,7 @@ async fn internal_rpcs_need_the_service_credential() {
         &format!("http://{}", app.running.addr),
         std::time::Duration::from_secs(2),
     );
-    let found = app
-        .client
-        .clone()
-        .batch_get_users_by_username(peer.request(ask()))
-        .await
-        .answer();
+    let found = app.client.clone().batch_get_users_by_username(peer.request(ask())).await.answer();
     assert_eq!(found.users.len(), 1);
 }
 
@@ -226,10 +164,7 @@ async fn a_service_without_keys_refuses_to_start_and_names_the_variable() {
     let run = |config: social_user::Config| async move {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let shutdown = tokio_util::sync::CancellationToken::new();
-        social_user::run(config, listener, shutdown)
-            .await
-            .unwrap_err()
-            .to_string()
+        social_user::run(config, listener, shutdown).await.unwrap_err().to_string()
     };
     let config = || {
         let mut c = social_user::Config::for_tests(
@@ -263,11 +198,9 @@ async fn a_service_without_keys_refuses_to_start_and_names_the_variable() {
 fn the_binary_refuses_to_start_on_a_bad_variable_and_names_it() {
     // A malformed address; a limit that would close every network at one failure; a
     // setting whose meaning changed, left over from an older deployment.
-    for (var, value) in [
-        ("USER_ADDR", "nope"),
-        ("LOGIN_ACCOUNT_FAILURES", "0"),
-        ("LOGIN_ACCOUNT_SLOWDOWN", "100"),
-    ] {
+    for (var, value) in
+        [("USER_ADDR", "nope"), ("LOGIN_ACCOUNT_FAILURES", "0"), ("LOGIN_ACCOUNT_SLOWDOWN", "100")]
+    {
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_social-user"))
             .env("DEVELOPMENT_KEYS", "true")
             .env(var, value)

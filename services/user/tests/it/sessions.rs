@@ -36,9 +36,7 @@ impl App {
     async fn refresh(&self, token: &str) -> Result<RefreshSessionResponse, Status> {
         self.client
             .clone()
-            .refresh_session(RefreshSessionRequest {
-                refresh_token: token.into(),
-            })
+            .refresh_session(RefreshSessionRequest { refresh_token: token.into() })
             .await
             .map(|r| r.into_inner())
     }
@@ -67,11 +65,7 @@ async fn login_on(
         })
         .await?
         .into_inner();
-    Ok(Login {
-        access: r.access_token,
-        refresh: r.refresh_token,
-        id: r.session_id,
-    })
+    Ok(Login { access: r.access_token, refresh: r.refresh_token, id: r.session_id })
 }
 
 #[tokio::test]
@@ -89,12 +83,7 @@ async fn a_refresh_rotates_the_token_and_a_reused_one_ends_the_session() {
     let me = app
         .client
         .clone()
-        .get_user(authed(
-            GetUserRequest {
-                id: user.id.clone(),
-            },
-            &second.access_token,
-        ))
+        .get_user(authed(GetUserRequest { id: user.id.clone() }, &second.access_token))
         .await
         .answer();
     assert_eq!(me.email, "alice@example.com");
@@ -102,20 +91,11 @@ async fn a_refresh_rotates_the_token_and_a_reused_one_ends_the_session() {
     assert!(listed.iter().any(|s| s.id == first.id && s.current));
 
     // The old token again: refused, and the whole session ends with it.
-    app.refresh(&first.refresh)
-        .await
-        .refused(Code::Unauthenticated);
+    app.refresh(&first.refresh).await.refused(Code::Unauthenticated);
     let err = app.refresh(&second.refresh_token).await.unwrap_err();
-    assert_eq!(
-        err.code(),
-        Code::Unauthenticated,
-        "the newer token died too"
-    );
+    assert_eq!(err.code(), Code::Unauthenticated, "the newer token died too");
     assert!(app.refresh("not a token").await.is_err());
-    assert_eq!(
-        app.refresh("").await.unwrap_err().code(),
-        Code::InvalidArgument
-    );
+    assert_eq!(app.refresh("").await.unwrap_err().code(), Code::InvalidArgument);
 }
 
 // Several worker threads: the racing calls are handled in parallel.
@@ -129,24 +109,16 @@ async fn refreshes_racing_with_one_token_get_one_successor_and_a_reuse_after_the
     // every one gets the same successor, and the session goes on.
     let tries = (0..8).map(|_| app.refresh(&login.refresh));
     let results = futures::future::join_all(tries).await;
-    let successors: std::collections::HashSet<String> = results
-        .iter()
-        .map(|r| r.as_ref().unwrap().refresh_token.clone())
-        .collect();
+    let successors: std::collections::HashSet<String> =
+        results.iter().map(|r| r.as_ref().unwrap().refresh_token.clone()).collect();
     assert_eq!(successors.len(), 1, "{results:?}");
     let successor = successors.into_iter().next().unwrap();
     assert_ne!(successor, login.refresh);
     // The old token past the grace is a reuse: the session ends, newer token and all.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    app.refresh(&login.refresh)
-        .await
-        .refused(Code::Unauthenticated);
+    app.refresh(&login.refresh).await.refused(Code::Unauthenticated);
     let err = app.refresh(&successor).await.unwrap_err();
-    assert_eq!(
-        err.code(),
-        Code::Unauthenticated,
-        "the newer token died too"
-    );
+    assert_eq!(err.code(), Code::Unauthenticated, "the newer token died too");
 }
 
 #[tokio::test]
@@ -160,10 +132,7 @@ async fn sessions_end_when_idle_and_at_their_longest() {
     // Idle too long.
     let idle = app.login("sleepy", "a").await.unwrap();
     tokio::time::sleep(Duration::from_millis(1800)).await;
-    assert_eq!(
-        app.refresh(&idle.refresh).await.unwrap_err().code(),
-        Code::Unauthenticated
-    );
+    assert_eq!(app.refresh(&idle.refresh).await.unwrap_err().code(), Code::Unauthenticated);
     // Refreshed in time, but over its longest life.
     let busy = app.login("sleepy", "b").await.unwrap();
     let mut token = busy.refresh;
@@ -172,10 +141,7 @@ async fn sessions_end_when_idle_and_at_their_longest() {
         token = app.refresh(&token).await.unwrap().refresh_token;
     }
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    assert_eq!(
-        app.refresh(&token).await.unwrap_err().code(),
-        Code::Unauthenticated
-    );
+    assert_eq!(app.refresh(&token).await.unwrap_err().code(), Code::Unauthenticated);
     let fresh = app.login("sleepy", "c").await.unwrap();
     let listed = app.sessions(&fresh.access).await;
     assert_eq!(listed.len(), 1, "ended sessions are not listed: {listed:?}");
@@ -185,10 +151,8 @@ async fn sessions_end_when_idle_and_at_their_longest() {
 async fn logout_lists_and_revocations_touch_only_the_callers_sessions() {
     let app = spawn().await;
     let (_, registered) = app.register("owner").await;
-    let (laptop, phone) = (
-        app.login("owner", "laptop").await.unwrap(),
-        app.login("owner", "phone").await.unwrap(),
-    );
+    let (laptop, phone) =
+        (app.login("owner", "laptop").await.unwrap(), app.login("owner", "phone").await.unwrap());
     let listed = app.sessions(&laptop.access).await;
     assert_eq!(listed.len(), 3, "register, laptop and phone");
     let current: Vec<_> = listed.iter().filter(|s| s.current).collect();
@@ -206,9 +170,7 @@ async fn logout_lists_and_revocations_touch_only_the_callers_sessions() {
     let mut client = app.client.clone();
     client
         .revoke_session(authed(
-            RevokeSessionRequest {
-                session_id: phone.id.clone(),
-            },
+            RevokeSessionRequest { session_id: phone.id.clone() },
             &intruder.access,
         ))
         .await
@@ -221,36 +183,26 @@ async fn logout_lists_and_revocations_touch_only_the_callers_sessions() {
     // The owner ends the phone's session; then logs the laptop out.
     client
         .revoke_session(authed(
-            RevokeSessionRequest {
-                session_id: phone.id.clone(),
-            },
+            RevokeSessionRequest { session_id: phone.id.clone() },
             &laptop.access,
         ))
         .await
         .unwrap();
     let err = client
         .revoke_session(authed(
-            RevokeSessionRequest {
-                session_id: phone.id.clone(),
-            },
+            RevokeSessionRequest { session_id: phone.id.clone() },
             &laptop.access,
         ))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound, "already ended");
-    client
-        .logout(authed(LogoutRequest {}, &laptop.access))
-        .await
-        .unwrap();
+    client.logout(authed(LogoutRequest {}, &laptop.access)).await.unwrap();
     assert!(app.refresh(&laptop.refresh).await.is_err());
     let left = app.sessions(&registered).await;
     assert_eq!(left.len(), 1, "{left:?}");
 
     // Everything but the current one.
-    let (a, b) = (
-        app.login("owner", "a").await.unwrap(),
-        app.login("owner", "b").await.unwrap(),
-    );
+    let (a, b) = (app.login("owner", "a").await.unwrap(), app.login("owner", "b").await.unwrap());
     let ended = client
         .revoke_other_sessions(authed(RevokeOtherSessionsRequest {}, &a.access))
         .await
@@ -281,11 +233,7 @@ async fn an_account_keeps_its_sessions_in_use_and_a_login_past_them_ends_the_lea
     let d = app.login("owner", "d").await.unwrap();
     let listed = app.sessions(&d.access).await;
     let devices: Vec<&str> = listed.iter().map(|s| s.device.as_str()).collect();
-    assert_eq!(
-        devices,
-        ["d", "c", "a"],
-        "the three used last, newest first"
-    );
+    assert_eq!(devices, ["d", "c", "a"], "the three used last, newest first");
     // The registration's and b's ended: their tokens no longer refresh, nor act.
     assert!(app.refresh(&b.refresh).await.is_err());
     app.client
@@ -316,9 +264,7 @@ async fn a_limit_lowered_below_what_an_account_holds_ends_the_rest_at_the_next_l
     config.sessions.per_account = 2;
     let replica = start(|listener, shutdown| social_user::run(config, listener, shutdown)).await;
     let mut client = UserServiceClient::new(replica.channel().await);
-    let last = login_on(&mut client, "owner", PASSWORD, "last")
-        .await
-        .unwrap();
+    let last = login_on(&mut client, "owner", PASSWORD, "last").await.unwrap();
     let listed = app.sessions(&last.access).await;
     let devices: Vec<&str> = listed.iter().map(|s| s.device.as_str()).collect();
     assert_eq!(devices, ["last", "7"]);
@@ -328,10 +274,8 @@ async fn a_limit_lowered_below_what_an_account_holds_ends_the_rest_at_the_next_l
 async fn changing_the_password_ends_every_other_session() {
     let app = spawn().await;
     app.register("changer").await;
-    let (kept, other) = (
-        app.login("changer", "here").await.unwrap(),
-        app.login("changer", "there").await.unwrap(),
-    );
+    let (kept, other) =
+        (app.login("changer", "here").await.unwrap(), app.login("changer", "there").await.unwrap());
     app.client
         .clone()
         .change_password(authed(
@@ -349,10 +293,7 @@ async fn changing_the_password_ends_every_other_session() {
 
 /// The code, message and retry delay of a refused login.
 fn refusal(status: &Status) -> (Code, String, Option<Duration>) {
-    let retry = status
-        .get_error_details()
-        .retry_info()
-        .and_then(|r| r.retry_delay);
+    let retry = status.get_error_details().retry_info().and_then(|r| r.retry_delay);
     (status.code(), status.message().to_owned(), retry)
 }
 
@@ -397,10 +338,7 @@ async fn failed_logins_are_throttled_alike_for_real_and_unknown_accounts_on_ever
     // The next attempt is refused before any password check, even the right password,
     // and the answer for a real account is the unknown one's.
     let real = app.login("alice", "").await.err().unwrap();
-    let unknown = login_on(&mut replica, "ghost", PASSWORD, "")
-        .await
-        .err()
-        .unwrap();
+    let unknown = login_on(&mut replica, "ghost", PASSWORD, "").await.err().unwrap();
     let (code, message, retry) = refusal(&real);
     assert_eq!(code, Code::ResourceExhausted);
     assert!(retry.is_some());
@@ -411,11 +349,7 @@ async fn failed_logins_are_throttled_alike_for_real_and_unknown_accounts_on_ever
 
     // After the delay: one more failure refuses for longer.
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    let err = app
-        .login_with("ghost", "wrong again", "")
-        .await
-        .err()
-        .unwrap();
+    let err = app.login_with("ghost", "wrong again", "").await.err().unwrap();
     assert_eq!(err.code(), Code::Unauthenticated);
     let (_, _, retry) = refusal(&app.login("ghost", "").await.err().unwrap());
     let retry = retry.unwrap();
@@ -458,16 +392,11 @@ async fn the_ended_sessions_list_goes_on_inside_a_group_ended_together() {
     assert_eq!(all.len(), 3);
     assert!(all.iter().all(|s| s.ended_at == all[0].ended_at), "{all:?}");
     // A page that ended with the first goes on with the other two, in order.
-    let rest = list(all[0].ended_at, &all[0].session_id)
-        .await
-        .answer()
-        .sessions;
+    let rest = list(all[0].ended_at, &all[0].session_id).await.answer().sessions;
     assert_eq!(rest, all[1..]);
     // Without the session, after the time: none of the group.
     let after = list(all[0].ended_at, "").await.answer().sessions;
     assert!(after.is_empty(), "{after:?}");
-    let err = list(all[0].ended_at, "nope")
-        .await
-        .refused(Code::InvalidArgument);
+    let err = list(all[0].ended_at, "nope").await.refused(Code::InvalidArgument);
     assert_eq!(social_testkit::violated_fields(&err), ["after_session_id"]);
 }

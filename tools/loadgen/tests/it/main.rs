@@ -29,10 +29,8 @@ fn target(stack: &Stack) -> Target {
 async fn seed_run_check_and_sweep_against_the_in_process_stack() {
     let stack = Stack::start().await;
     let dir: PathBuf = std::env::temp_dir().join(unique_name("loadgen"));
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
     let seed_args = SeedArgs {
         target: target(&stack),
         users: 12,
@@ -81,11 +79,7 @@ async fn seed_run_check_and_sweep_against_the_in_process_stack() {
     assert_eq!(report.all.count, 120, "every request measured");
     assert_eq!(report.errors, 0, "{:?}", report.errors_by_code);
     for op in ["home_timeline", "like_post", "list_notifications"] {
-        assert!(
-            report.ops.contains_key(op),
-            "{op} never ran: {:?}",
-            report.ops.keys()
-        );
+        assert!(report.ops.contains_key(op), "{op} never ran: {:?}", report.ops.keys());
     }
     assert!(report.streams.opened >= 2, "{:?}", report.streams);
     assert!(!report.ledger.posts.is_empty() && !report.ledger.expected.is_empty());
@@ -103,11 +97,7 @@ async fn seed_run_check_and_sweep_against_the_in_process_stack() {
     assert!(checked.settled, "{:?}", checked.mismatches);
 
     let swept = sweep(&SweepArgs {
-        load: LoadArgs {
-            mix: Mix::Dsb,
-            streams: 0,
-            ..load
-        },
+        load: LoadArgs { mix: Mix::Dsb, streams: 0, ..load },
         start: 10.0,
         factor: 2.0,
         max: 20.0,
@@ -121,11 +111,7 @@ async fn seed_run_check_and_sweep_against_the_in_process_stack() {
         swept.max_rate,
         Some(20.0),
         "{:?}",
-        swept
-            .steps
-            .iter()
-            .map(|s| (s.rate, s.passed))
-            .collect::<Vec<_>>()
+        swept.steps.iter().map(|s| (s.rate, s.passed)).collect::<Vec<_>>()
     );
     assert_eq!(swept.steps.len(), 2);
     tokio::time::sleep(Duration::from_millis(10)).await;
