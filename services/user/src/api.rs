@@ -179,16 +179,34 @@ impl Api {
         })
     }
 
-    /// The answer to a registration that was made before: the account `username_lower`
-    /// if the request that registered it sent `key` too and `new`'s password is its
-    /// own (a retry whose first answer was lost), with a new session; `None` otherwise
-    /// (the name is taken). The password is checked as a login checks it, so that a
-    /// key alone opens nothing.
+    /// The answer to a registration `new` wanting what `t` holds: the account
+    /// `username_lower` if the request that registered it sent `key` too and `new`'s
+    /// password is its own (a retry whose first answer was lost), with a new session;
+    /// else the refusal (see [`taken`]).
+    async fn taken(
+        &self,
+        t: Taken,
+        key: Option<&str>,
+        username_lower: &str,
+        new: &NewUser,
+        client: Option<std::net::IpAddr>,
+    ) -> Result<Response<RegisterResponse>, Status> {
+        match self.registered_before(key, username_lower, new, client).await? {
+            Some(again) => Ok(Response::new(again)),
+            None => Err(taken(t, key).into()),
+        }
+    }
+
+    /// The answer to a registration that was made before (see [`Api::taken`]), or `None`.
+    /// The password is checked as a login by username checks it, throttled and counted
+    /// with those logins (`crate::throttle`), so that a key alone opens nothing and a
+    /// retry is no way around the login's limits.
     async fn registered_before(
         &self,
         key: Option<&str>,
         username_lower: &str,
         new: &NewUser,
+        client: Option<std::net::IpAddr>,
     ) -> Result<Option<RegisterResponse>> {
         let Some(key) = key else {
             return Ok(None);
@@ -200,11 +218,14 @@ impl Api {
             return Ok(None);
         }
         let slot = self.hasher.reserve().await?;
+        let attempt = self.guessing(Subject::login(username_lower, Some(user.id), client)).await?;
         let own = slot.verify(new.password.clone(), Some(user.password_hash.clone())).await?;
         drop(slot);
         if !own {
+            self.throttle.failed(attempt).await?;
             return Ok(None);
         }
+        self.throttle.succeeded(attempt).await?;
         let issued = self.start_session(&user, new.device.clone()).await?;
         tracing::info!(user_id = %user.id, "a registration retried: a new session");
         let id = user.id;
@@ -425,10 +446,7 @@ impl UserService for Api {
         let username_lower = new.username.to_lowercase();
         // Cheap check first so a taken name costs no hash; the reservations decide races.
         if let Some(t) = self.store.taken(&username_lower, &new.email).await? {
-            return match self.registered_before(key.as_deref(), &username_lower, &new).await? {
-                Some(again) => Ok(Response::new(again)),
-                None => Err(taken(t, key.as_deref()).into()),
-            };
+            return self.taken(t, key.as_deref(), &username_lower, &new, client).await;
         }
         let password_hash = self.hasher.reserve().await?.hash(new.password.clone()).await?;
         let now = DateTime::now();
@@ -456,10 +474,7 @@ impl UserService for Api {
         };
         if let Err(t) = self.store.insert(&doc).await? {
             // A retry that raced its own first try.
-            return match self.registered_before(key.as_deref(), &doc.username_lower, &new).await? {
-                Some(again) => Ok(Response::new(again)),
-                None => Err(taken(t, key.as_deref()).into()),
-            };
+            return self.taken(t, key.as_deref(), &doc.username_lower, &new, client).await;
         }
         let issued = self.start_session(&doc, new.device.clone()).await?;
         // The network it registered from is the owner's, as far as guessing goes.

@@ -297,6 +297,30 @@ async fn guesses_of_the_current_password_through_change_password_are_throttled_t
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
 }
 
+/// A registration retried with its idempotency key checks the password of the account
+/// it made: counted with the logins by its username, so a stolen key is no way around
+/// their limits.
+#[tokio::test]
+async fn guesses_through_a_registration_retried_with_its_key_are_throttled_too() {
+    let app = strict().await;
+    let keyed = |password: &str| {
+        let request = RegisterRequest { password: password.into(), ..crate::registration("kim") };
+        let mut request = Request::new(request);
+        request.metadata_mut().insert("idempotency-key", "k-1".parse().unwrap());
+        let mut client = app.client.clone();
+        async move { client.register(request).await }
+    };
+    keyed("correct horse battery").await.answer();
+    for _ in 0..3 {
+        keyed("another horse battery").await.refused(Code::AlreadyExists);
+    }
+    let err = keyed("correct horse battery").await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    // The logins by that username are held up alike: one count.
+    let err = app.attempt(login_from("kim", "correct horse battery", "10.0.0.1", false)).await;
+    assert_eq!(err.unwrap_err().code(), Code::ResourceExhausted);
+}
+
 #[tokio::test]
 async fn passwords_too_easy_to_guess_are_refused_naming_the_field() {
     let app = strict().await;
