@@ -7,7 +7,7 @@
 //! document by then, unless an RPC ran longer than the margin or the services' clocks
 //! disagree by more.
 
-use std::time::Duration;
+use std::{future::Future, time::Duration};
 
 use bson::oid::ObjectId;
 
@@ -34,8 +34,8 @@ pub async fn walk<Ids, Batch>(
     mut recount: impl FnMut(Vec<ObjectId>) -> Batch,
 ) -> anyhow::Result<u64>
 where
-    Ids: std::future::Future<Output = anyhow::Result<Vec<ObjectId>>>,
-    Batch: std::future::Future<Output = anyhow::Result<u64>>,
+    Ids: Future<Output = anyhow::Result<Vec<ObjectId>>>,
+    Batch: Future<Output = anyhow::Result<u64>>,
 {
     let mut report = Report::new(what);
     let mut after = None;
@@ -56,37 +56,57 @@ where
 /// two counters.
 pub type Counted = (String, i64, i64);
 
-/// Recounts every document a store holds two counters of, from a peer's counts: walks
-/// the store's ids (`ids_after`, see [`walk`]), asks the peer for each batch's counts as
-/// of `margin` ago (`count(ids, as_of)`), and sets them (`set(id, as_of, a, b)`: whether
-/// the document exists). How many documents were recounted.
-pub async fn recompute<Ids, Count, Set>(
+/// A store that keeps two counters of each of its documents, counted by a peer.
+pub trait Recounted {
+    /// Ids after `after` in id order, at most `limit` (the `_id` index; removed documents
+    /// too, whose counters no longer matter).
+    fn ids_after(
+        &self,
+        after: Option<ObjectId>,
+        limit: i64,
+    ) -> impl Future<Output = anyhow::Result<Vec<ObjectId>>> + Send;
+
+    /// Sets both counters of `id` as counted at `as_of_ms` (see
+    /// `social_events::idempotency`); `false` if there is no such document.
+    fn recount(
+        &self,
+        id: ObjectId,
+        as_of_ms: i64,
+        a: i64,
+        b: i64,
+    ) -> impl Future<Output = anyhow::Result<bool>> + Send;
+}
+
+/// Recounts every document of `store` from a peer's counts: walks its ids (see
+/// [`walk`]), asks the peer for each batch's counts as of `margin` ago (`count(ids,
+/// as_of)`), and sets them. How many documents were recounted.
+pub async fn recompute<Count>(
     what: &'static str,
     margin: Duration,
-    ids_after: impl Fn(Option<ObjectId>, i64) -> Ids,
+    store: &impl Recounted,
     count: impl Fn(Vec<ObjectId>, i64) -> Count,
-    set: impl Fn(ObjectId, i64, i64, i64) -> Set,
 ) -> anyhow::Result<u64>
 where
-    Ids: std::future::Future<Output = anyhow::Result<Vec<ObjectId>>>,
-    Count: std::future::Future<Output = anyhow::Result<Vec<Counted>>>,
-    Set: std::future::Future<Output = anyhow::Result<bool>>,
+    Count: Future<Output = anyhow::Result<Vec<Counted>>>,
 {
     let as_of = as_of_ms(margin);
-    walk(what, ids_after, |ids| {
-        let counted = count(ids, as_of);
-        let set = &set;
-        async move {
-            let mut recounted = 0;
-            for (id, a, b) in counted.await? {
-                let id = ObjectId::parse_str(&id).map_err(crate::Error::internal)?;
-                if set(id, as_of, a, b).await? {
-                    recounted += 1;
+    walk(
+        what,
+        |after, limit| store.ids_after(after, limit),
+        |ids| {
+            let counted = count(ids, as_of);
+            async move {
+                let mut recounted = 0;
+                for (id, a, b) in counted.await? {
+                    let id = ObjectId::parse_str(&id).map_err(crate::Error::internal)?;
+                    if store.recount(id, as_of, a, b).await? {
+                        recounted += 1;
+                    }
                 }
+                Ok(recounted)
             }
-            Ok(recounted)
-        }
-    })
+        },
+    )
     .await
 }
 

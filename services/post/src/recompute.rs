@@ -33,13 +33,5 @@ pub async fn recompute_counters(config: &Config, margin: Duration) -> anyhow::Re
             Ok(counts.into_iter().map(|c| (c.post_id, c.likes_count, c.comments_count)).collect())
         }
     };
-    let ids_after = |after, limit| {
-        let store = store.clone();
-        async move { Ok(store.ids_after(after, limit).await?) }
-    };
-    let set = |post, as_of, likes, comments| {
-        let store = store.clone();
-        async move { store.recount(post, as_of, likes, comments).await }
-    };
-    social_kit::recount::recompute("post counters", margin, ids_after, engagement, set).await
+    social_kit::recount::recompute("post counters", margin, &store, engagement).await
 }

@@ -349,10 +349,19 @@ impl Store {
             .await?;
         Ok(rows.into_iter().map(|r| (r.sort_key, r.id, r.user_id)).collect())
     }
+}
 
-    /// Sets both counters of post `id` from the likes and comments as of `as_of_ms` (see
-    /// `social_events::idempotency`); `false` if there is no such post.
-    pub async fn recount(
+/// The posts' like and comment counters, counted by the engagement service.
+impl social_kit::recount::Recounted for Store {
+    async fn ids_after(
+        &self,
+        after: Option<ObjectId>,
+        limit: i64,
+    ) -> anyhow::Result<Vec<ObjectId>> {
+        Ok(mongo::ids_after(&self.posts, doc! {}, after, limit).await?)
+    }
+
+    async fn recount(
         &self,
         id: ObjectId,
         as_of_ms: i64,
@@ -363,12 +372,6 @@ impl Store {
         let found = self.counters.recount(id, as_of_ms, &counts).await;
         self.forget(id).await;
         found
-    }
-
-    /// Ids after `after` in id order, at most `limit` (for recomputing counters; deleted
-    /// posts too, whose counters no longer matter, so that the walk is the `_id` index).
-    pub async fn ids_after(&self, after: Option<ObjectId>, limit: i64) -> Result<Vec<ObjectId>> {
-        Ok(mongo::ids_after(&self.posts, doc! {}, after, limit).await?)
     }
 }
 

@@ -36,13 +36,5 @@ pub async fn recompute_counters(config: &Config, margin: Duration) -> anyhow::Re
                 .collect())
         }
     };
-    let ids_after = |after, limit| {
-        let store = store.clone();
-        async move { Ok(store.ids_after(after, limit).await?) }
-    };
-    let set = |user, as_of, followers, following| {
-        let store = store.clone();
-        async move { store.recount(user, as_of, followers, following).await }
-    };
-    social_kit::recount::recompute("follow counters", margin, ids_after, graph, set).await
+    social_kit::recount::recompute("follow counters", margin, &store, graph).await
 }

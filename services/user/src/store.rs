@@ -567,10 +567,19 @@ impl Store {
             .await?;
         Ok((missing, finished.modified_count == 1))
     }
+}
 
-    /// Sets both counters of `user` from the follows as of `as_of_ms` (see
-    /// `social_events::idempotency`); `false` if there is no such user.
-    pub async fn recount(
+/// The accounts' follow counters, counted by the social-graph service.
+impl social_kit::recount::Recounted for Store {
+    async fn ids_after(
+        &self,
+        after: Option<ObjectId>,
+        limit: i64,
+    ) -> anyhow::Result<Vec<ObjectId>> {
+        Ok(mongo::ids_after(&self.users, doc! {}, after, limit).await?)
+    }
+
+    async fn recount(
         &self,
         user: ObjectId,
         as_of_ms: i64,
@@ -578,13 +587,8 @@ impl Store {
         following: i64,
     ) -> anyhow::Result<bool> {
         let counts = [("followers_count", followers), ("following_count", following)];
-        let recounted = self.counters.recount(user, as_of_ms, &counts).await;
+        let found = self.counters.recount(user, as_of_ms, &counts).await;
         self.forget(user).await;
-        recounted
-    }
-
-    /// Ids after `after` in id order, at most `limit` (for recomputing counters).
-    pub async fn ids_after(&self, after: Option<ObjectId>, limit: i64) -> Result<Vec<ObjectId>> {
-        Ok(mongo::ids_after(&self.users, doc! {}, after, limit).await?)
+        found
     }
 }
