@@ -75,6 +75,20 @@ pub fn event_time_ms(event: &Envelope) -> i64 {
     event.occurred_at.as_ref().map_or(0, social_kit::time::millis)
 }
 
+/// `event` as the ending of what started at `started_ms` (an unlike of a like, an
+/// unfollow of a follow): moved to just after the start when the clock of the replica
+/// that stamped it is behind the one that stamped the start. Readers order the two by
+/// these times (a recount by `ended_ms` against `started_ms`, an undo of a notification
+/// by the times of both events), so an ending must never read as older than what it
+/// ends, whatever the replicas' clocks.
+pub fn ending(mut event: Envelope, started_ms: i64) -> Envelope {
+    if event_time_ms(&event) <= started_ms {
+        let after = DateTime::from_millis(started_ms.saturating_add(1));
+        event.occurred_at = Some(social_kit::time::to_timestamp(after));
+    }
+    event
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 struct Entry {
     /// `<document id>:<event id>`.
@@ -289,5 +303,19 @@ mod tests {
             Some((1_700_000_000_123, "likes_count", -1, "65f0c0ffee0123456789abcd"))
         );
         assert_eq!(parse_log("garbage"), None);
+    }
+
+    #[test]
+    fn an_ending_is_later_than_its_start_whatever_the_clocks() {
+        use crate::{Payload, new_envelope, pb::UserUnfollowed};
+        let unfollow =
+            || new_envelope(ObjectId::new(), Payload::UserUnfollowed(UserUnfollowed::default()));
+        let now = event_time_ms(&unfollow());
+        // Started by a replica whose clock is a minute ahead: the ending follows it.
+        let ahead = now + 60_000;
+        assert_eq!(event_time_ms(&ending(unfollow(), ahead)), ahead + 1);
+        // Started earlier, as clocks that agree say: the ending keeps its own time.
+        let ended = ending(unfollow(), now - 60_000);
+        assert!(event_time_ms(&ended) >= now);
     }
 }

@@ -324,7 +324,7 @@ impl Store {
 
     /// Ends `like` with its `unliked` event (as `actor`); whether it was active.
     pub async fn undo_like(&self, like: &LikeDoc, actor: ObjectId) -> Result<bool> {
-        let event = new_envelope(
+        let undo = new_envelope(
             actor,
             match like.target_type {
                 Target::Post => Payload::PostUnliked(PostUnliked {
@@ -340,7 +340,7 @@ impl Store {
                 }),
             },
         );
-        self.unlike(like.id, &event).await
+        self.unlike(like.id, &idempotency::ending(undo, like.started_ms)).await
     }
 
     /// Deletes `comment` with its `deleted` event (as `actor`); whether it was there.

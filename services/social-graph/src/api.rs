@@ -31,11 +31,7 @@ use crate::{
     mutes::{MAX_MUTES, MuteDoc},
     store::{FollowDoc, Store},
 };
-use social_events::{
-    Payload, new_envelope,
-    outbox::RelayWaker,
-    pb::{UserFollowed, UserUnfollowed},
-};
+use social_events::{Payload, new_envelope, outbox::RelayWaker, pb::UserFollowed};
 
 /// The RPCs only other services may call (the gate refuses them without the service
 /// credential): they serve other services and some cost many counts per request.
@@ -234,14 +230,7 @@ impl SocialGraphService for Api {
         if followee == me {
             return Err(Error::invalid("followee_id", "you cannot unfollow yourself").into());
         }
-        let event = new_envelope(
-            me,
-            Payload::UserUnfollowed(UserUnfollowed {
-                follower_id: me.to_hex(),
-                followee_id: followee.to_hex(),
-            }),
-        );
-        if self.store.unfollow(me, followee, &event).await? {
+        if crate::events::unfollow(&self.store, me, followee).await? {
             self.relay.wake();
             tracing::info!(follower = %me, followee = %followee, "unfollowed");
         }

@@ -180,16 +180,23 @@ impl Store {
         unchecked::older_than(&self.follows, before_ms, limit).await
     }
 
-    /// Ends the active follow with its `unfollowed` event; whether there was one.
+    /// Ends the active follow with its `unfollowed` event, timed after the follow's own
+    /// (`idempotency::ending`); whether there was one.
     pub async fn unfollow(
         &self,
         follower: ObjectId,
         followee: ObjectId,
         event: &Envelope,
     ) -> Result<bool> {
-        let filter = relation::pair(FollowDoc::SIDES, follower, followee);
-        let ended_ms = doc! { mongo::ENDED_MS: idempotency::event_time_ms(event) };
-        relation::end_with_event(&self.follows, filter, event, ended_ms).await
+        let Some(follow) = self.get(follower, followee).await? else {
+            return Ok(false);
+        };
+        let event = idempotency::ending(event.clone(), follow.started_ms);
+        let ended_ms = doc! { mongo::ENDED_MS: idempotency::event_time_ms(&event) };
+        // That follow alone (not one made since), on the shard of its follower.
+        let mut filter = relation::pair(FollowDoc::SIDES, follower, followee);
+        filter.insert("_id", follow.id);
+        relation::end_with_event(&self.follows, filter, &event, ended_ms).await
     }
 
     /// A page of the active follows with `side` = `user`, in sort-key order after `after`.

@@ -14,13 +14,6 @@ fn peer(addr: SocketAddr) -> social_kit::client::Peer {
     social_testkit::peer("social-graph service", &format!("http://{addr}"), Duration::from_secs(5))
 }
 
-async fn database(app: &App) -> mongodb::Database {
-    mongodb::Client::with_uri_str(social_testkit::mongodb_uri())
-        .await
-        .unwrap()
-        .database(&app.stack.database)
-}
-
 #[tokio::test]
 async fn a_recount_while_follows_wait_in_an_outbox_and_a_queue_ends_exact() {
     let rabbit: SocketAddr = "127.0.0.1:5672".parse().unwrap();
@@ -64,7 +57,7 @@ async fn a_recount_while_follows_wait_in_an_outbox_and_a_queue_ends_exact() {
     user_side.cut().await;
     follow(b).await;
     let config = app.stack.events.clone();
-    let follows = database(&app).await.collection::<bson::Document>("followers");
+    let follows = app.stack.database().await.collection::<bson::Document>("followers");
     let seen = std::sync::Mutex::new((0, 0));
     let queued = eventually(Duration::from_secs(30), || async {
         let pending =
@@ -117,7 +110,7 @@ async fn a_user_with_many_followers_is_recounted_and_a_failing_batch_is_reported
     let app = App::start().await;
     let (star, _) = app.stack.register("star").await;
     let star = ObjectId::parse_str(&star).unwrap();
-    let db = database(&app).await;
+    let db = app.stack.database().await;
     // 3,000 followers, written straight into the social-graph service's collection.
     let now = bson::DateTime::now();
     let started = now.timestamp_millis() - 60_000;
@@ -181,7 +174,8 @@ async fn a_recount_stays_exact_when_a_purge_falls_in_the_middle_of_it() {
         })
         .await;
         assert!(held.is_some(), "the recount was not held");
-        database(&app)
+        app.stack
+            .database()
             .await
             .collection::<bson::Document>("followers")
             .delete_many(doc! { "state": "ended" })
@@ -200,4 +194,35 @@ async fn a_recount_stays_exact_when_a_purge_falls_in_the_middle_of_it() {
     recounted.unwrap();
     let user = app.stack.users().await.get_user(GetUserRequest { id: star }).await.answer();
     assert_eq!(user.followers_count, 1);
+}
+
+/// An unlike or an unfollow stamped by a replica whose clock is behind the one that
+/// stamped its like or follow still ends after it (its `ended_ms`, the time of its
+/// event): recounts and the notifications an undo takes back order the two by these
+/// times.
+#[tokio::test]
+async fn an_ending_stamped_by_a_clock_behind_its_start_is_still_later_than_it() {
+    let app = App::start().await;
+    let [(author, author_token), (_, fan)] = app.stack.register_all(["author", "fan"]).await;
+    let post = app.post(&author_token, "hello").await;
+    app.like_post(&fan, &post.id).await.unwrap();
+    app.stack.follow(&fan, &author).await;
+    // As if a replica whose clock is a minute ahead had stamped both.
+    let db = app.stack.database().await;
+    let ahead = bson::DateTime::now().timestamp_millis() + 60_000;
+    for collection in ["likes", "followers"] {
+        let moved = doc! { "$set": { "started_ms": ahead } };
+        db.collection::<bson::Document>(collection).update_many(doc! {}, moved).await.unwrap();
+    }
+    app.stack.unlike_post(&fan, &post.id).await.unwrap();
+    app.stack.unfollow(&fan, &author).await;
+    for collection in ["likes", "followers"] {
+        let ended = db
+            .collection::<bson::Document>(collection)
+            .find_one(doc! { "state": "ended" })
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("the {collection} ended"));
+        assert_eq!(ended.get_i64("ended_ms").ok(), Some(ahead + 1), "{collection}");
+    }
 }

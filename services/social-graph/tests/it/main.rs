@@ -72,13 +72,6 @@ impl App {
             .followers_count
     }
 
-    async fn database(&self) -> mongodb::Database {
-        mongodb::Client::with_uri_str(social_testkit::mongodb_uri())
-            .await
-            .unwrap()
-            .database(&self.stack.database)
-    }
-
     async fn following(&self, user: &str, size: i32, token: &str) -> (Vec<String>, String) {
         self.follows_page(false, user, size, token).await
     }

@@ -30,7 +30,7 @@ async fn insert_follow(
 #[tokio::test]
 async fn two_follows_of_one_follower_minted_with_one_sort_key_are_both_paged_exactly_once() {
     let app = spawn().await;
-    let follows = app.database().await.collection::<bson::Document>("followers");
+    let follows = app.stack.database().await.collection::<bson::Document>("followers");
     // Its per-follower unique index refuses the second key: a fresh one is drawn.
     let follower = ObjectId::new();
     let key = social_kit::paging::sort_key(bson::DateTime::now());
@@ -59,7 +59,7 @@ async fn keys_are_minted_under_a_leased_slot_and_a_replica_that_lost_it_stores_n
  {
     use social_kit::{mongo::slots::Slots, paging};
     let app = spawn().await;
-    let db = app.database().await;
+    let db = app.stack.database().await;
     let leases = db.collection::<bson::Document>("sort_key_slots");
     let lease = leases.find_one(bson::doc! {}).await.unwrap().unwrap();
     // The stand-in gives small integers back as Int32.
