@@ -351,8 +351,7 @@ impl Fanout {
             let (dropped, kept): (Vec<_>, Vec<_>) = stored
                 .into_iter()
                 .partition(|n| gone.contains(&actor) || gone.contains(&n.user_id));
-            let keys: Vec<_> = dropped.into_iter().map(|n| (n.user_id, n.dedupe_key)).collect();
-            self.store.delete_by_keys(&keys).await?;
+            self.drop_stored(dropped).await?;
             stored = kept;
         }
         // Likewise for a block between the actor and a recipient (a like, comment or
@@ -364,11 +363,22 @@ impl Fanout {
         if !blocked.is_empty() {
             let (dropped, kept): (Vec<_>, Vec<_>) =
                 stored.into_iter().partition(|n| blocked.contains(&n.user_id));
-            let keys: Vec<_> = dropped.into_iter().map(|n| (n.user_id, n.dedupe_key)).collect();
-            self.store.delete_by_keys(&keys).await?;
+            self.drop_stored(dropped).await?;
             stored = kept;
         }
         Ok(Some(Stored { stored, keys, about }))
+    }
+
+    /// Removes notifications of an event that nobody is to be told of after all. They
+    /// may be an earlier try's of the same event, counted into their groups and pushed
+    /// before a mute, a block or a deletion came (this try is a copy): so they leave as
+    /// any removal does, out of their groups' counts (once, and only if they were
+    /// counted in) and off the streams, never deleted behind their groups' backs.
+    async fn drop_stored(&self, dropped: Vec<NotificationDoc>) -> anyhow::Result<()> {
+        if dropped.is_empty() {
+            return Ok(());
+        }
+        self.remove_batch("source_user_id", dropped).await
     }
 
     /// Counts what was stored into its groups and pushes it, with the groups, to every
@@ -589,45 +599,54 @@ impl Fanout {
             if batch.is_empty() {
                 return Ok(());
             }
-            // What an actor caused leaves groups that stay: out of their counts first
-            // (once per notification, however often this is retried). Groups about a
-            // deleted post or comment, or of a deleted recipient, go whole afterwards.
-            let mut touched = Vec::new();
-            if field == "source_user_id" {
-                for n in &batch {
-                    touched.extend(self.store.groups.removing(&n.into()).await?);
-                }
-            }
-            let removed = batch.iter().map(|n| removal(&n.into(), LAST_WORD)).collect();
-            self.broadcast(removed).await?;
-            if field == "post_id" || field == "comment_id" {
-                // Their groups go whole (below): a grouped view drops them now.
-                self.push_batch(&LiveBatch {
-                    notifications: Vec::new(),
-                    ended_users: Vec::new(),
-                    groups: gone_groups(&batch),
-                })
-                .await?;
-            }
-            let ids: Vec<ObjectId> = batch.into_iter().map(|n| n.id).collect();
-            self.store.delete_ids(&ids).await?;
-            let items = ids.len();
-            touched.sort_unstable();
-            touched.dedup();
-            let mut groups = Vec::new();
-            for group in touched {
-                groups.extend(self.store.groups.refresh_head(group).await?);
-            }
-            if !groups.is_empty() {
-                self.push_batch(&LiveBatch {
-                    notifications: Vec::new(),
-                    ended_users: Vec::new(),
-                    groups: groups.into_iter().map(Into::into).collect(),
-                })
-                .await?;
-            }
+            let items = batch.len();
+            self.remove_batch(field, batch).await?;
             budget.done(field, items);
         }
+    }
+
+    /// Removes `batch` (see [`Fanout::remove_matching`]): pushed to its recipients'
+    /// streams as removals, then deleted; counted out of groups that stay (`field` is
+    /// `source_user_id`: idempotent, and right whether or not a notification was counted
+    /// in yet) or followed by its groups' end (`post_id`, `comment_id`).
+    async fn remove_batch(&self, field: &str, batch: Vec<NotificationDoc>) -> anyhow::Result<()> {
+        // What an actor caused leaves groups that stay: out of their counts first
+        // (once per notification, however often this is retried). Groups about a
+        // deleted post or comment, or of a deleted recipient, go whole afterwards.
+        let mut touched = Vec::new();
+        if field == "source_user_id" {
+            for n in &batch {
+                touched.extend(self.store.groups.removing(&n.into()).await?);
+            }
+        }
+        let removed = batch.iter().map(|n| removal(&n.into(), LAST_WORD)).collect();
+        self.broadcast(removed).await?;
+        if field == "post_id" || field == "comment_id" {
+            // Their groups go whole (below): a grouped view drops them now.
+            self.push_batch(&LiveBatch {
+                notifications: Vec::new(),
+                ended_users: Vec::new(),
+                groups: gone_groups(&batch),
+            })
+            .await?;
+        }
+        let ids: Vec<ObjectId> = batch.into_iter().map(|n| n.id).collect();
+        self.store.delete_ids(&ids).await?;
+        touched.sort_unstable();
+        touched.dedup();
+        let mut groups = Vec::new();
+        for group in touched {
+            groups.extend(self.store.groups.refresh_head(group).await?);
+        }
+        if !groups.is_empty() {
+            self.push_batch(&LiveBatch {
+                notifications: Vec::new(),
+                ended_users: Vec::new(),
+                groups: groups.into_iter().map(Into::into).collect(),
+            })
+            .await?;
+        }
+        Ok(())
     }
 
     /// The ids of the users @mentioned in `text` (at most ten, unknown ones skipped), in

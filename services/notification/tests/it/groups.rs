@@ -8,7 +8,9 @@ use bson::oid::ObjectId;
 use prost::Message;
 use social_events::{
     Envelope, Payload, new_envelope,
-    pb::{CommentDeleted, CommentLiked, PostDeleted, PostLiked, PostUnliked, UserFollowed},
+    pb::{
+        CommentDeleted, CommentLiked, PostDeleted, PostLiked, PostUnliked, UserFollowed, UserMuted,
+    },
 };
 use social_proto::notification::v1::{
     GetUnreadCountRequest, GetUnreadGroupCountRequest, ListNotificationGroupsRequest,
@@ -230,6 +232,33 @@ async fn counts_follow_unlikes_relikes_deletions_and_redeliveries() {
         Payload::PostDeleted(PostDeleted { post_id: post.to_hex(), author_id: bob_id.clone() }),
     )])
     .await;
+    app.groups_until(&bob, <[NotificationGroup]>::is_empty).await;
+    assert_eq!(app.unread(&bob).await, (0, 0));
+}
+
+/// A copy of a like that comes after its liker was muted finds the notification the
+/// first one stored, counted and pushed: the notification goes as any removal does, out
+/// of its group's counts too, never deleted behind its group's back (a group counting a
+/// notification that is gone).
+#[tokio::test]
+async fn a_copy_of_a_like_after_its_liker_is_muted_takes_its_notification_out_of_its_group() {
+    let app = App::start().await;
+    let (bob_id, bob) = app.stack.register("bob").await;
+    let (liker, post) = (ObjectId::new(), ObjectId::new());
+    let like = liked(liker, post, &bob_id);
+    app.publish(std::slice::from_ref(&like)).await;
+    app.groups_until(&bob, |g| g.len() == 1 && g[0].notifications_count == 1).await;
+    let mute = UserMuted {
+        mute_id: ObjectId::new().to_hex(),
+        muter_id: bob_id.clone(),
+        muted_id: liker.to_hex(),
+        notifications: true,
+        expires_at_ms: 0,
+    };
+    app.publish(&[new_envelope(ObjectId::parse_str(&bob_id).unwrap(), Payload::UserMuted(mute))])
+        .await;
+    app.drained().await;
+    app.publish(&[like]).await;
     app.groups_until(&bob, <[NotificationGroup]>::is_empty).await;
     assert_eq!(app.unread(&bob).await, (0, 0));
 }
