@@ -34,8 +34,6 @@ use social_kit::mongo::DeclaredIndex;
 
 /// Shapes that no index serves on purpose: (collection, shape, why).
 pub const EXEMPT: &[(&str, &str, &str)] = &[
-    ("posts", "find {state: =, user_id: in>200} sort {sort_key: -1}", BIG_FEED),
-    ("posts", "find {sort_key: range, state: =, user_id: in>200} sort {sort_key: -1}", BIG_FEED),
     (
         "notifications",
         "find {group_key: $exists}",
@@ -111,11 +109,6 @@ fn unshardable(database: &str) -> Vec<String> {
 const LEGACY_NAMES: &str = "accounts stored before usernames and emails had reservations \
     (services/user/src/names.rs) are looked up by the unique indexes that release made, hinted, \
     until `social-user reserve-names` retires them; this release declares neither";
-
-const BIG_FEED: &str = "the home feed of a reader following more than 200 accounts \
-    (docs/adr/0001-home-feed.md): no merge of that many ranges, so it walks the newest active \
-    posts on `active_sorted_author`, keeping the followed authors' by the key; a timeline \
-    store replaces it (#29)";
 
 /// The predicate a filter puts on one field.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -21,6 +21,23 @@ use social_kit::{
 /// The collection this store owns.
 pub const COLLECTION: &str = "posts";
 pub const ACTIVE: &str = "active";
+
+/// The most authors one query of a home feed names. MongoDB merges the newest posts of
+/// the index range of each `$in` value for up to 200 values
+/// (`internalQueryMaxScansToExplode`); past that it walks every active post in the
+/// page's range, however few of them are the authors': a page far down the feed of a
+/// reader following a few hundred quiet accounts would read most of the collection. A
+/// longer list is asked in slices of this many, merged here.
+pub const AUTHORS_PER_QUERY: usize = 200;
+
+/// A post's place in a feed.
+#[derive(Deserialize)]
+struct Newest {
+    #[serde(rename = "_id")]
+    id: ObjectId,
+    user_id: ObjectId,
+    sort_key: i64,
+}
 const DELETED: &str = "deleted";
 
 /// A stored post.
@@ -136,19 +153,11 @@ impl Store {
                 &self.posts,
                 vec![
                     // ListUserPosts, an author's posts for an export or a deletion (deleted
-                    // ones out of the range); the home feed for readers following up to 200
-                    // accounts (one merged range per author).
+                    // ones out of the range); the home feed (one merged range per author,
+                    // 200 authors a query: `AUTHORS_PER_QUERY`).
                     mongo::index(
                         "author_sorted",
                         doc! { "user_id": 1, "state": 1, "sort_key": -1 },
-                        false,
-                    ),
-                    // The home feed for readers following more than 200 accounts (no merge
-                    // of ranges past that): walk the newest posts, keeping the followed
-                    // authors' ones by the index key alone.
-                    mongo::index(
-                        "active_sorted_author",
-                        doc! { "state": 1, "sort_key": -1, "user_id": 1 },
                         false,
                     ),
                     // Keys distinct by construction (see `mongo::insert_keyed`), per
@@ -167,10 +176,15 @@ impl Store {
                 ],
             )
             .await?;
-        // Replaced by the per-author ones above.
+        // Replaced by the per-author ones above; and the walk of the newest posts that
+        // fed readers following more than 200 accounts, now asked 200 authors a query.
         mongo::retire_indexes(
             &self.posts,
-            &[mongo::UNOWNED_SORT_KEY_INDEX, mongo::UNOWNED_REQUEST_KEY_INDEX],
+            &[
+                mongo::UNOWNED_SORT_KEY_INDEX,
+                mongo::UNOWNED_REQUEST_KEY_INDEX,
+                "active_sorted_author",
+            ],
         )
         .await?;
         self.counters.init().await?;
@@ -298,24 +312,47 @@ impl Store {
         Ok(r.modified_count == 1)
     }
 
-    /// A page of the posts of `authors`, newest first.
+    /// A page of the posts of `authors`, newest first. Past [`AUTHORS_PER_QUERY`]
+    /// authors, the newest keys of each slice of them are merged first, then the page's
+    /// posts read by id: at most a page per slice is read, however old the page.
     pub async fn by_authors(
         &self,
         authors: &[ObjectId],
         page: &PageRequest,
     ) -> Result<Vec<PostDoc>> {
+        let order = Order::NewestFirst;
+        if authors.len() > AUTHORS_PER_QUERY {
+            return self.merged_page(authors, page).await;
+        }
         let filter = match authors {
             [one] => doc! { "user_id": mongo::equals_id(*one), "state": ACTIVE },
             many => doc! { "user_id": { "$in": many }, "state": ACTIVE },
         };
-        Ok(mongo::page(
-            &self.posts,
-            Order::NewestFirst,
-            filter,
-            page,
-            outbox::without_bookkeeping(),
-        )
-        .await?)
+        Ok(mongo::page(&self.posts, order, filter, page, outbox::without_bookkeeping()).await?)
+    }
+
+    /// [`Store::by_authors`] of more than [`AUTHORS_PER_QUERY`] authors.
+    async fn merged_page(&self, authors: &[ObjectId], page: &PageRequest) -> Result<Vec<PostDoc>> {
+        let mut posts = Vec::new();
+        // A post deleted between the two reads would end the page early (a short page is
+        // the last): read again, a few times at most.
+        for _ in 0..3 {
+            let range = |f| Order::NewestFirst.filter(f, page);
+            let newest = self.newest(authors, range, page.fetch_limit()).await?;
+            let ids: Vec<ObjectId> = newest.iter().map(|r| r.id).collect();
+            posts = self
+                .posts
+                .find(doc! { "_id": { "$in": &ids }, "state": ACTIVE })
+                .projection(outbox::without_bookkeeping())
+                .await?
+                .try_collect()
+                .await?;
+            posts.sort_unstable_by_key(|p: &PostDoc| std::cmp::Reverse(p.sort_key));
+            if posts.len() == ids.len() {
+                break;
+            }
+        }
+        Ok(posts)
     }
 
     /// The sort key, id and author of the newest `limit` posts of `authors` (a home
@@ -325,29 +362,42 @@ impl Store {
         authors: &[ObjectId],
         limit: usize,
     ) -> Result<Vec<(i64, ObjectId, ObjectId)>> {
-        #[derive(Deserialize)]
-        struct Row {
-            #[serde(rename = "_id")]
-            id: ObjectId,
-            user_id: ObjectId,
-            sort_key: i64,
-        }
-        let filter = match authors {
-            [] => return Ok(Vec::new()),
-            [one] => doc! { "user_id": mongo::equals_id(*one), "state": ACTIVE },
-            many => doc! { "user_id": { "$in": many }, "state": ACTIVE },
-        };
-        let rows: Vec<Row> = self
-            .posts
-            .clone_with_type::<Row>()
-            .find(filter)
-            .projection(doc! { "_id": 1, "user_id": 1, "sort_key": 1 })
-            .sort(doc! { "sort_key": -1 })
-            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
-            .await?
-            .try_collect()
-            .await?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self.newest(authors, |f| f, limit).await?;
         Ok(rows.into_iter().map(|r| (r.sort_key, r.id, r.user_id)).collect())
+    }
+
+    /// The newest `limit` active posts of `authors` that `range` keeps (it adds a sort
+    /// key range to a filter), as keys: one query per [`AUTHORS_PER_QUERY`] authors,
+    /// merged.
+    async fn newest(
+        &self,
+        authors: &[ObjectId],
+        range: impl Fn(bson::Document) -> bson::Document,
+        limit: i64,
+    ) -> Result<Vec<Newest>> {
+        let rows = self.posts.clone_with_type::<Newest>();
+        let mut merged: Vec<Newest> = Vec::new();
+        // One after another (a reader following 10,000 accounts asks 51): a feed read
+        // holds one connection at a time.
+        for slice in authors.chunks(AUTHORS_PER_QUERY) {
+            let filter = match slice {
+                [one] => doc! { "user_id": mongo::equals_id(*one), "state": ACTIVE },
+                many => doc! { "user_id": { "$in": many }, "state": ACTIVE },
+            };
+            let newest: Vec<Newest> = rows
+                .find(range(filter))
+                .projection(doc! { "_id": 1, "user_id": 1, "sort_key": 1 })
+                .sort(Order::NewestFirst.sort())
+                .limit(limit)
+                .await?
+                .try_collect()
+                .await?;
+            merged.extend(newest);
+            merged.sort_unstable_by_key(|r| std::cmp::Reverse(r.sort_key));
+            merged.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        }
+        Ok(merged)
     }
 }
 
