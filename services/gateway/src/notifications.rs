@@ -161,7 +161,8 @@ async fn groups(
     Ok(list.answer(NotificationGroupPage::of(items, r.next_page_token)))
 }
 
-/// How many of the caller's notification groups have unread notifications.
+/// How many of the caller's notification groups have unread notifications, at most
+/// 1,000.
 #[utoipa::path(get, path = "/v1/notification-groups/unread-count", tag = "notifications",
     security(("bearer" = [])),
     responses((status = 200, body = Count), (status = 401, body = ErrorBody)))]
@@ -191,7 +192,8 @@ async fn mark_group_read(
     Ok(Json(Updated { updated_count: r.updated_count }))
 }
 
-/// How many of the caller's notifications are unread.
+/// How many of the caller's notifications are unread, at most 1,000 (more reads as
+/// 1,000: show "999+").
 #[utoipa::path(get, path = "/v1/notifications/unread-count", tag = "notifications",
     security(("bearer" = [])),
     responses((status = 200, body = Count), (status = 401, body = ErrorBody)))]

@@ -578,8 +578,11 @@ impl Groups {
 
     /// How many of `user`'s groups have unread notifications.
     pub async fn unread_groups(&self, user: ObjectId) -> Result<i64> {
-        Ok(self.db.count(&self.groups, doc! { "user_id": mongo::equals_id(user), "unread": { "$gt": 0_i64 }, "count": { "$gt": 0_i64 } })
-        .await?)
+        let filter = doc! {
+            "user_id": mongo::equals_id(user), "unread": { "$gt": 0_i64 }, "count": { "$gt": 0_i64 },
+        };
+        let most = Some(crate::store::MAX_UNREAD_COUNTED);
+        Ok(self.db.count_up_to(&self.groups, filter, most).await?)
     }
 
     /// Deletes the groups about a deleted post or comment (`field` is `post_id` or

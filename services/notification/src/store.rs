@@ -22,6 +22,11 @@ pub const REMOVED: &str = "removed_targets";
 pub const UNDONE: &str = "undone_actions";
 /// When each recipient's notifications were last removed (see [`Store::note_removals`]).
 pub const REMOVALS: &str = "removal_marks";
+
+/// The most unread notifications (or groups with unread ones) a count reads: more reads
+/// as this many ("999+"), so that a count costs the same whatever others made unread
+/// (a comment that @mentions somebody notifies them twice).
+pub const MAX_UNREAD_COUNTED: u64 = 1_000;
 /// How long a removal is remembered: past the longest resume (a day), a client resyncs
 /// whatever happened.
 const REMOVALS_KEPT: std::time::Duration = std::time::Duration::from_secs(2 * 24 * 3600);
@@ -537,13 +542,8 @@ impl Store {
     }
 
     pub async fn unread_count(&self, user: ObjectId) -> Result<i64> {
-        Ok(self
-            .db
-            .count(
-                &self.notifications,
-                doc! { "user_id": mongo::equals_id(user), "is_read": false },
-            )
-            .await?)
+        let filter = doc! { "user_id": mongo::equals_id(user), "is_read": false };
+        Ok(self.db.count_up_to(&self.notifications, filter, Some(MAX_UNREAD_COUNTED)).await?)
     }
 
     /// Marks `user`'s notifications among `ids` read, or all of them up to sort key

@@ -123,15 +123,30 @@ impl Db {
         collection: &Collection<T>,
         filter: Document,
     ) -> mongodb::error::Result<i64> {
+        self.count_up_to(collection, filter, None).await
+    }
+
+    /// [`Db::count`], stopping at `limit` (`None`: none): the work of a count a caller
+    /// asks for bounded, whatever others can make the matching documents number.
+    pub async fn count_up_to<T: Send + Sync>(
+        &self,
+        collection: &Collection<T>,
+        filter: Document,
+        limit: Option<u64>,
+    ) -> mongodb::error::Result<i64> {
         use futures::TryStreamExt;
         let n = match self.dialect().await? {
-            Dialect::MongoDb => collection.count_documents(filter).await?,
+            Dialect::MongoDb => match limit {
+                Some(l) => collection.count_documents(filter).limit(l).await?,
+                None => collection.count_documents(filter).await?,
+            },
             Dialect::StandIn => {
-                let mut ids = collection
-                    .clone_with_type::<Document>()
-                    .find(filter)
-                    .projection(doc! { "_id": 1 })
-                    .await?;
+                let ids = collection.clone_with_type::<Document>();
+                let mut find = ids.find(filter).projection(doc! { "_id": 1 });
+                if let Some(l) = limit {
+                    find = find.limit(i64::try_from(l).unwrap_or(i64::MAX));
+                }
+                let mut ids = find.await?;
                 let mut n = 0_u64;
                 while ids.try_next().await?.is_some() {
                     n += 1;

@@ -141,3 +141,32 @@ async fn lists_counts_and_read_state_are_the_callers_own() {
         .unwrap_err();
     assert_eq!(violated_fields(&err), ["page_token"]);
 }
+
+/// An unread count reads at most 1,000 (a client shows "999+"): its cost does not grow
+/// with what others made unread (every @mention notifies).
+#[tokio::test]
+async fn unread_counts_stop_at_a_thousand() {
+    let app = App::start().await;
+    let (bob_id, bob) = app.stack.register("bob").await;
+    let bob_id = ObjectId::parse_str(&bob_id).unwrap();
+    let db = app.stack.database().await;
+    let unread = |i: i64| {
+        bson::doc! {
+            "_id": ObjectId::new(), "user_id": bob_id, "is_read": false,
+            "dedupe_key": format!("test:{i}"), "sort_key": i,
+        }
+    };
+    let docs: Vec<bson::Document> = (0..1_001).map(unread).collect();
+    db.collection::<bson::Document>("notifications").insert_many(docs).await.unwrap();
+    let group = |_: i64| {
+        let id = ObjectId::new();
+        bson::doc! { "_id": id, "user_id": bob_id, "group_key": id.to_hex(), "unread": 1_i64, "count": 1_i64 }
+    };
+    let groups: Vec<bson::Document> = (0..1_001).map(group).collect();
+    db.collection::<bson::Document>("notification_groups").insert_many(groups).await.unwrap();
+    let mut n = app.notifications.clone();
+    let all = n.get_unread_count(authed(GetUnreadCountRequest {}, &bob)).await.answer().count;
+    let request = authed(social_proto::notification::v1::GetUnreadGroupCountRequest {}, &bob);
+    let groups = n.get_unread_group_count(request).await.answer().count;
+    assert_eq!((all, groups), (1_000, 1_000));
+}
