@@ -12,7 +12,7 @@ use crate::store::{CommentDoc, LikeDoc, Store, Target};
 pub async fn apply((store, relay): (Store, RelayWaker), envelope: Envelope) -> anyhow::Result<()> {
     match &envelope.payload {
         Some(Payload::PostDeleted(e)) => {
-            store.remove_post(ObjectId::parse_str(&e.post_id)?).await?
+            remove_post(&store, ObjectId::parse_str(&e.post_id)?).await?
         }
         Some(Payload::CommentLiked(e)) => {
             store.add_to_comment_likes(ObjectId::parse_str(&e.comment_id)?, 1, &envelope).await?;
@@ -33,6 +33,33 @@ pub async fn apply((store, relay): (Store, RelayWaker), envelope: Envelope) -> a
     }
     Ok(())
 }
+
+/// Removes everything of a deleted post: its comments and every like under it (of the
+/// post and of its comments), after its tombstone; in batches, so that a post with a
+/// million likes takes steps (`Budget`), not one statement; idempotent and resumable.
+async fn remove_post(store: &Store, post: ObjectId) -> anyhow::Result<()> {
+    store.mark_post_removed(post).await?;
+    let mut budget = Budget::start();
+    loop {
+        budget.check()?;
+        let n = store.remove_comments_of(post, REMOVE_BATCH).await?;
+        if n == 0 {
+            break;
+        }
+        budget.done("post comments", n);
+    }
+    loop {
+        budget.check()?;
+        let n = store.remove_likes_under(post, REMOVE_BATCH).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        budget.done("post likes", n);
+    }
+}
+
+/// How many comments or likes of a deleted post one statement removes.
+const REMOVE_BATCH: i64 = 200;
 
 /// Ends the likes of a deleted comment, each with its `unliked` event (its likers'
 /// exports no longer list it, their notifications go), in batches; idempotent and

@@ -651,23 +651,40 @@ impl Store {
         Ok(mongo::ids_after(&self.comments, doc! {}, after, limit).await?)
     }
 
-    /// Removes everything of a deleted post: its comments and all likes under it (of
-    /// the post and of its comments). Idempotent. No events: the post's deletion
-    /// already tells everyone, and a like's unsent event about a deleted post is moot.
-    pub async fn remove_post(&self, post: ObjectId) -> Result<()> {
-        let now = DateTime::now();
-        // The tombstone first: a like or comment racing this sees it (module docs).
-        let tombstone = RemovedPost { id: post, removed_at: now };
+    /// Marks `post` deleted (its tombstone), before anything of it is removed: a like or
+    /// comment racing the removal sees it (module docs). Idempotent.
+    pub async fn mark_post_removed(&self, post: ObjectId) -> Result<()> {
+        let tombstone = RemovedPost { id: post, removed_at: DateTime::now() };
         mongo::insert_once(&self.removed_posts, &tombstone).await?;
-        self.comments
-            .update_many(
-                doc! { "post_id": mongo::equals_id(post), "state": ACTIVE },
-                doc! { "$set": { "state": "deleted", "deleted_at": now, "content": "", "media": [] } },
-            )
-            .await?;
-        // One statement whatever the number of likes (ended ones go too).
-        self.likes.delete_many(doc! { "post_id": mongo::equals_id(post) }).await?;
         Ok(())
+    }
+
+    /// Deletes up to `limit` of the comments of a deleted post (no events: the post's
+    /// deletion tells everyone); how many.
+    pub async fn remove_comments_of(&self, post: ObjectId, limit: i64) -> Result<usize> {
+        let filter = doc! { "post_id": mongo::equals_id(post), "state": ACTIVE };
+        let ids = mongo::ids(&self.comments, filter, Some(limit)).await?;
+        if !ids.is_empty() {
+            let gone = doc! { "$set": {
+                "state": "deleted", "deleted_at": DateTime::now(), "content": "", "media": [],
+            } };
+            self.comments
+                .update_many(doc! { "_id": { "$in": &ids }, "state": ACTIVE }, gone)
+                .await?;
+        }
+        Ok(ids.len())
+    }
+
+    /// Deletes up to `limit` of the likes under a deleted post (of it and of its
+    /// comments, ended ones too; no events: a like's unsent event about a deleted post is
+    /// moot); how many.
+    pub async fn remove_likes_under(&self, post: ObjectId, limit: i64) -> Result<usize> {
+        let ids = mongo::ids(&self.likes, doc! { "post_id": mongo::equals_id(post) }, Some(limit))
+            .await?;
+        if !ids.is_empty() {
+            self.likes.delete_many(doc! { "_id": { "$in": &ids } }).await?;
+        }
+        Ok(ids.len())
     }
 }
 

@@ -562,7 +562,7 @@ impl Fanout {
             self.push_batch(&batch).await?;
             self.remove_about("source_user_id", user).await?;
             self.remove_about("user_id", user).await?;
-            Ok(self.store.groups.delete_where("user_id", user).await?)
+            self.store.groups.delete_where("user_id", user).await
         };
         let removed_users = &self.store.removed_users;
         removed_users.remove(user, &self.relay, remove).await

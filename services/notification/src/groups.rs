@@ -586,10 +586,22 @@ impl Groups {
     }
 
     /// Deletes the groups about a deleted post or comment (`field` is `post_id` or
-    /// `comment_id`), or every group of a deleted recipient (`user_id`).
-    pub async fn delete_where(&self, field: &str, id: ObjectId) -> Result<()> {
-        self.groups.delete_many(doc! { field: mongo::equals_id(id) }).await?;
-        Ok(())
+    /// `comment_id`), or every group of a deleted recipient (`user_id`): in batches of
+    /// one statement each, within a step's time (`Budget`: `MoreToDo` past it, and the
+    /// event's next try goes on), so that a post with a hundred thousand comments (a
+    /// group each) is no one statement.
+    pub async fn delete_where(&self, field: &str, id: ObjectId) -> anyhow::Result<()> {
+        let mut budget = social_events::consumer::Budget::start();
+        loop {
+            budget.check()?;
+            let ids =
+                mongo::ids(&self.groups, doc! { field: mongo::equals_id(id) }, Some(200)).await?;
+            if ids.is_empty() {
+                return Ok(());
+            }
+            self.groups.delete_many(doc! { "_id": { "$in": &ids } }).await?;
+            budget.done("groups", ids.len());
+        }
     }
 }
 

@@ -608,3 +608,47 @@ async fn a_deleted_comment_ends_its_likes_and_deleted_words_are_gone_at_once() {
     let p = stored("posts", &post.id).await;
     assert_eq!(p.get_str("content").unwrap(), "");
 }
+
+/// A deleted post loses every comment and every like under it, however many: removed in
+/// batches (one statement each), in steps a handler's time allows, not in one statement
+/// whatever their number.
+#[tokio::test]
+async fn a_deleted_post_loses_more_comments_and_likes_than_a_batch_holds() {
+    let app = App::start().await;
+    let (alice_id, alice) = app.stack.register("alice").await;
+    let post = app.post(&alice, "a post many like").await;
+    let (post_id, author) =
+        (ObjectId::parse_str(&post.id).unwrap(), ObjectId::parse_str(&alice_id).unwrap());
+    // Written as the service writes them: 450 likes of the post, 250 comments under it.
+    let now = bson::DateTime::now();
+    let like = |i: i64| {
+        doc! {
+            "_id": ObjectId::new(), "user_id": ObjectId::new(), "target_id": post_id,
+            "target_type": "post", "post_id": post_id, "target_author_id": author,
+            "state": "active", "active_key": "active", "sort_key": i, "created_at": now,
+            "started_ms": now.timestamp_millis(), "outbox_pending": 0,
+        }
+    };
+    let comment = |i: i64| {
+        doc! {
+            "_id": ObjectId::new(), "user_id": ObjectId::new(), "post_id": post_id,
+            "post_author_id": author, "content": "a comment", "media": [], "state": "active",
+            "sort_key": i, "created_at": now, "updated_at": now,
+            "started_ms": now.timestamp_millis(), "outbox_pending": 0,
+        }
+    };
+    let db = app.stack.database().await;
+    let likes: Vec<bson::Document> = (1..=450).map(like).collect();
+    db.collection::<bson::Document>("likes").insert_many(likes).await.unwrap();
+    let comments: Vec<bson::Document> = (1..=250).map(comment).collect();
+    db.collection::<bson::Document>("comments").insert_many(comments).await.unwrap();
+    app.stack.delete_post(&alice, &post.id).await;
+    let under = || doc! { "post_id": social_kit::mongo::equals_id(post_id) };
+    let left = || async {
+        let active = doc! { "state": "active", "post_id": social_kit::mongo::equals_id(post_id) };
+        (count(&app, "likes", under()).await, count(&app, "comments", active).await)
+    };
+    let gone =
+        eventually(Duration::from_secs(20), || async { (left().await == (0, 0)).then_some(()) });
+    assert!(gone.await.is_some(), "left: {:?}", left().await);
+}

@@ -263,6 +263,36 @@ async fn a_copy_of_a_like_after_its_liker_is_muted_takes_its_notification_out_of
     assert_eq!(app.unread(&bob).await, (0, 0));
 }
 
+/// A deleted post takes all its groups, however many (a group per comment): deleted in
+/// batches, in steps a handler's time allows.
+#[tokio::test]
+async fn a_deleted_post_takes_more_groups_than_a_batch_holds() {
+    let app = App::start().await;
+    let (bob_id, _) = app.stack.register("bob").await;
+    let (bob, post) = (ObjectId::parse_str(&bob_id).unwrap(), ObjectId::new());
+    let group = |_| {
+        let (id, comment) = (ObjectId::new(), ObjectId::new());
+        bson::doc! {
+            "_id": id, "user_id": bob, "group_key": format!("post_comment:{comment}"),
+            "post_id": post, "comment_id": comment, "count": 1_i64, "unread": 1_i64,
+        }
+    };
+    let groups: Vec<bson::Document> = (0..450).map(group).collect();
+    let db = app.stack.database().await;
+    db.collection::<bson::Document>("notification_groups").insert_many(groups).await.unwrap();
+    let deleted = PostDeleted { post_id: post.to_hex(), author_id: bob_id.clone() };
+    app.publish(&[new_envelope(bob, Payload::PostDeleted(deleted))]).await;
+    let of_post = || bson::doc! { "post_id": social_kit::mongo::equals_id(post) };
+    let gone = eventually(WAIT, || async {
+        (app.stack.count("notification_groups", of_post()).await == 0).then_some(())
+    });
+    assert!(
+        gone.await.is_some(),
+        "left: {}",
+        app.stack.count("notification_groups", of_post()).await
+    );
+}
+
 #[tokio::test]
 async fn a_deleted_comment_takes_its_group_and_a_deleted_actor_leaves_the_counts() {
     let app = App::start().await;
