@@ -176,42 +176,24 @@ pub async fn comment(
     Ok(verdict)
 }
 
-/// Until `stop`: every half of `left_for`, checks the likes and comments whose checks
-/// did not finish `left_for` ago (a failed call its client did not retry; a call in
-/// flight clears its own mark well within it).
+/// Until `stop`: checks the likes and comments whose checks did not finish `left_for`
+/// ago, 100 of each a round (see `social_events::unchecked::settle_every`).
 pub async fn run(
     (store, relay, graph): (Store, RelayWaker, Peer),
     left_for: Duration,
     stop: CancellationToken,
 ) {
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(left_for / 2) => {}
+    let settle = |before| {
+        let (store, relay, graph) = (&store, &relay, &graph);
+        async move {
+            for l in &store.unchecked_likes(before, 100).await? {
+                like(store, relay, graph, l).await?;
+            }
+            for c in &store.unchecked_comments(before, 100).await? {
+                comment(store, relay, graph, c).await?;
+            }
+            Ok(())
         }
-        if let Err(e) = settle_left(&store, &relay, &graph, left_for).await {
-            tracing::warn!(error = %e, "could not check the writes left unchecked; will retry");
-        }
-    }
-}
-
-/// Checks the likes and comments left unchecked for `left_for`, 100 of each at most;
-/// how many.
-async fn settle_left(
-    store: &Store,
-    relay: &RelayWaker,
-    graph: &Peer,
-    left_for: Duration,
-) -> Result<usize> {
-    let before = bson::DateTime::now().timestamp_millis()
-        - i64::try_from(left_for.as_millis()).unwrap_or(i64::MAX);
-    let likes = store.unchecked_likes(before, 100).await?;
-    let comments = store.unchecked_comments(before, 100).await?;
-    for l in &likes {
-        like(store, relay, graph, l).await?;
-    }
-    for c in &comments {
-        comment(store, relay, graph, c).await?;
-    }
-    Ok(likes.len() + comments.len())
+    };
+    social_events::unchecked::settle_every("likes and comments", left_for, stop, settle).await
 }

@@ -157,16 +157,8 @@ impl PostService for Api {
                 post
             }
         };
-        // An account deleted meanwhile keeps nothing (see `social_events::removed_users`).
-        if self.store.removed_users.any(&[me]).await.map_err(Error::from)? {
-            let undo = new_envelope(
-                me,
-                Payload::PostDeleted(PostDeleted {
-                    post_id: post.id.to_hex(),
-                    author_id: me.to_hex(),
-                }),
-            );
-            self.store.delete(post.id, me, &undo).await?;
+        // An account deleted meanwhile keeps nothing (see `crate::checks`).
+        if !crate::checks::post(&self.store, &self.relay, &post).await? {
             return Err(Error::Unauthenticated(ACCOUNT_DELETED).into());
         }
         if let Some(timelines) = &self.timelines {

@@ -5,6 +5,7 @@
 //! `docs/adr/0001-home-feed.md`.
 
 mod api;
+mod checks;
 mod events;
 mod recompute;
 mod store;
@@ -39,6 +40,9 @@ pub struct Config {
     /// `POST_CONSUME_EVENTS` (true): false for a replica that only serves requests,
     /// leaving the events to the others.
     pub consume_events: bool,
+    /// How long a post whose check against its author's deletion did not finish (its
+    /// call failed) waits before it is checked in the background (60 s).
+    pub unchecked_after: std::time::Duration,
 }
 
 social_kit::service_config!(Config);
@@ -55,6 +59,7 @@ impl Config {
             cache: social_kit::cache::Settings::from_env("POST_CACHE_TTL_SECS", 60)?,
             timelines: TimelineSettings::from_env()?,
             consume_events: social_kit::config::parse_or("POST_CONSUME_EVENTS", true)?,
+            unchecked_after: std::time::Duration::from_secs(60),
         })
     }
 
@@ -74,6 +79,7 @@ impl Config {
             cache: social_kit::cache::Settings::for_tests(),
             timelines: TimelineSettings::default(),
             consume_events: true,
+            unchecked_after: std::time::Duration::from_secs(1),
         }
     }
 }
@@ -115,6 +121,8 @@ pub async fn run(config: Config, on: TcpListener, stop: CancellationToken) -> an
         }
     }
     wiring.refuse_ended_sessions(config.user_service.clone());
+    let (checked, left_for) = ((store.clone(), relay.clone()), config.unchecked_after);
+    wiring.spawn(|stop| checks::run(checked, left_for, stop));
     wiring.internal(api::INTERNAL);
     let api = api::Api::new(store.clone(), config.graph_service.clone(), relay, timelines);
     wiring.serve(PostServiceServer::new(api), store, on, stop).await

@@ -11,7 +11,9 @@ use futures::TryStreamExt;
 use mongodb::{Collection, options::ReturnDocument};
 use serde::{Deserialize, Serialize};
 use social_content::{BodyUpdate, MediaDoc};
-use social_events::{Envelope, blocks::Blocks, idempotency, outbox, removed_users::RemovedUsers};
+use social_events::{
+    Envelope, blocks::Blocks, idempotency, outbox, removed_users::RemovedUsers, unchecked,
+};
 use social_kit::cache::Cache;
 use social_kit::{
     Result, mongo,
@@ -29,6 +31,7 @@ pub const ACTIVE: &str = "active";
 /// reader following a few hundred quiet accounts would read most of the collection. A
 /// longer list is asked in slices of this many, merged here.
 pub const AUTHORS_PER_QUERY: usize = 200;
+const DELETED: &str = "deleted";
 
 /// A post's place in a feed.
 #[derive(Deserialize)]
@@ -38,7 +41,6 @@ struct Newest {
     user_id: ObjectId,
     sort_key: i64,
 }
-const DELETED: &str = "deleted";
 
 /// A stored post.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -76,6 +78,10 @@ pub struct PostDoc {
     /// post per author and key (see `insert`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_key: Option<String>,
+    /// When it was stored (ms), until the check for its author's deleted account passed
+    /// (`crate::checks`); absent since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unchecked_since: Option<i64>,
 }
 
 impl PostDoc {
@@ -98,6 +104,7 @@ impl PostDoc {
             outbox: Vec::new(),
             outbox_pending: 0,
             request_key: None,
+            unchecked_since: Some(now.timestamp_millis()),
         }
     }
 }
@@ -163,6 +170,8 @@ impl Store {
                     // Keys distinct by construction (see `mongo::insert_keyed`), per
                     // author: `posts` is sharded by author (docs/adr/0002-scaling-out.md).
                     mongo::sort_key_index(Some("user_id")),
+                    // The posts whose check for a deleted account did not finish.
+                    unchecked::index(),
                     // One post per author and idempotency key (posts without one are
                     // not in it).
                     mongo::request_key_index("user_id"),
@@ -310,6 +319,16 @@ impl Store {
             .then_forget(id, async move { Ok(posts.update_one(filter, update).await?) })
             .await?;
         Ok(r.modified_count == 1)
+    }
+
+    /// Marks post `id` checked against its author's deletion.
+    pub async fn post_checked(&self, id: ObjectId) -> Result<()> {
+        unchecked::checked(&self.posts, id).await
+    }
+
+    /// Up to `limit` posts stored before `before_ms` whose check did not finish.
+    pub async fn unchecked(&self, before_ms: i64, limit: i64) -> Result<Vec<PostDoc>> {
+        unchecked::older_than(&self.posts, before_ms, limit).await
     }
 
     /// A page of the posts of `authors`, newest first. Past [`AUTHORS_PER_QUERY`]

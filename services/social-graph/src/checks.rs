@@ -65,27 +65,20 @@ pub async fn blocked(store: &Store, me: ObjectId, followee: ObjectId) -> Result<
     })
 }
 
-/// Until `stop`: every half of `left_for`, checks the follows whose checks did not
-/// finish `left_for` ago (a failed call its client did not retry).
+/// Until `stop`: checks the follows whose checks did not finish `left_for` ago, 100 a
+/// round (see `social_events::unchecked::settle_every`); one that fails is logged and the
+/// others go on.
 pub async fn run((store, relay): (Store, RelayWaker), left_for: Duration, stop: CancellationToken) {
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(left_for / 2) => {}
-        }
-        let before = bson::DateTime::now().timestamp_millis()
-            - i64::try_from(left_for.as_millis()).unwrap_or(i64::MAX);
-        let left = match store.unchecked(before, 100).await {
-            Ok(left) => left,
-            Err(e) => {
-                tracing::warn!(error = %e, "could not read the follows left unchecked; will retry");
-                continue;
+    let settle = |before| {
+        let (store, relay) = (&store, &relay);
+        async move {
+            for f in &store.unchecked(before, 100).await? {
+                if let Err(e) = follow(store, relay, f).await {
+                    tracing::warn!(follow = %f.id, error = %e, "could not check a follow; will retry");
+                }
             }
-        };
-        for f in &left {
-            if let Err(e) = follow(&store, &relay, f).await {
-                tracing::warn!(follow = %f.id, error = %e, "could not check a follow; will retry");
-            }
+            Ok(())
         }
-    }
+    };
+    social_events::unchecked::settle_every("follows", left_for, stop, settle).await
 }

@@ -652,3 +652,49 @@ async fn a_deleted_post_loses_more_comments_and_likes_than_a_batch_holds() {
         eventually(Duration::from_secs(20), || async { (left().await == (0, 0)).then_some(()) });
     assert!(gone.await.is_some(), "left: {:?}", left().await);
 }
+
+/// A post stored by a token of an account whose deletion had finished, whose check for
+/// that deletion failed after its insert (UNAVAILABLE), is deleted by its retry with the
+/// same idempotency key, or, if nobody retries, in the background: it does not outlive
+/// the account.
+#[tokio::test]
+async fn a_post_whose_check_for_a_deleted_account_failed_is_undone_by_its_retry_or_later() {
+    use social_proto::post::v1::CreatePostRequest;
+    let app = App::start().await;
+    let (doomed_id, doomed) = app.stack.register("ghost").await;
+    app.stack.delete_account(&doomed, PASSWORD).await.unwrap();
+    deletion_finished(&app, &doomed_id).await;
+    // An unexpired token of the account that no service knows to refuse yet.
+    let doomed = social_testkit::token_for(ObjectId::parse_str(&doomed_id).unwrap());
+    let create = |key: &str| {
+        let request = CreatePostRequest { content: "still here?".into(), media: vec![] };
+        let mut request = authed(request, &doomed);
+        request.metadata_mut().insert("idempotency-key", key.parse().unwrap());
+        let mut posts = app.posts.clone();
+        async move { posts.create_post(request).await }
+    };
+    let fail_next_check = || fail::cfg("post::account_removed", "1*return").unwrap();
+    fail_next_check();
+    assert_eq!(create("k-1").await.unwrap_err().code(), Code::Unavailable);
+    // The client retries: the post is checked again, deleted, and refused.
+    assert_eq!(create("k-1").await.unwrap_err().code(), Code::Unauthenticated);
+    // This one never retries: its post is checked in the background.
+    fail_next_check();
+    assert_eq!(create("k-2").await.unwrap_err().code(), Code::Unavailable);
+    assert_eq!(social_kit::faults::fired("post::account_removed"), 2);
+    let is = social_kit::mongo::equals_id(ObjectId::parse_str(&doomed_id).unwrap());
+    let active = || doc! { "user_id": is.clone(), "state": "active" };
+    let gone = eventually(Duration::from_secs(15), || async {
+        (count(&app, "posts", active()).await == 0).then_some(())
+    });
+    assert!(gone.await.is_some(), "the posts stayed");
+    assert_eq!(
+        count(
+            &app,
+            "posts",
+            doc! { "user_id": is.clone(), "unchecked_since": { "$exists": true } }
+        )
+        .await,
+        0
+    );
+}
