@@ -115,6 +115,9 @@ pub struct Member {
     pub stage: i64,
 }
 
+/// The list place of a group with no notifications left (see [`Groups::refresh_head`]).
+pub const EMPTIED_SORT_KEY: i64 = 0;
+
 /// How long the counters remember a change (`idempotency::WINDOW`).
 const MEMORY_MS: i64 = 30 * 24 * 3_600_000;
 
@@ -440,9 +443,14 @@ impl Groups {
                     set.insert("latest_at", latest.created_at);
                     set.insert("sort_key", latest.sort_key);
                 }
-                // Emptied: it points at nothing (and is not listed).
+                // Emptied: it points at nothing, and is not listed: at the bottom of the
+                // recipient's range, out of the way of the list's pages, which would
+                // otherwise walk the keys of every emptied group newer than they (a like
+                // taken back leaves one behind; one a day per post, for ever). A
+                // notification counted in again brings it back to its place.
                 None => {
                     set.insert("latest_id", bson::Bson::Null);
+                    set.insert("sort_key", EMPTIED_SORT_KEY);
                 }
             }
             let written = self

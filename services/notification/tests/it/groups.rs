@@ -293,6 +293,34 @@ async fn a_deleted_post_takes_more_groups_than_a_batch_holds() {
     );
 }
 
+/// A group whose notifications are all taken back goes to the bottom of its recipient's
+/// list range (the list's pages do not walk it), and comes back to its place with the
+/// next notification counted into it.
+#[tokio::test]
+async fn an_emptied_group_leaves_the_lists_way_and_comes_back_with_its_next_notification() {
+    let app = App::start().await;
+    let (bob_id, bob) = app.stack.register("bob").await;
+    let (liker, post) = (ObjectId::new(), ObjectId::new());
+    app.publish(&[liked(liker, post, &bob_id)]).await;
+    app.groups_until(&bob, |g| g.len() == 1).await;
+    app.publish(&[unliked(liker, post, &bob_id)]).await;
+    app.groups_until(&bob, <[NotificationGroup]>::is_empty).await;
+    let of_bob = bson::doc! { "user_id": social_kit::mongo::equals_id(ObjectId::parse_str(&bob_id).unwrap()) };
+    let groups = app.stack.database().await.collection::<bson::Document>("notification_groups");
+    let place = || async {
+        let group = groups.find_one(of_bob.clone()).await.unwrap().unwrap();
+        // The stand-in gives a small number back as a 32-bit one.
+        let key = group.get("sort_key").unwrap();
+        key.as_i64().or(key.as_i32().map(i64::from)).unwrap()
+    };
+    let emptied = eventually(WAIT, || async { (place().await == 0).then_some(()) });
+    assert!(emptied.await.is_some(), "the emptied group stays at {}", place().await);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    app.publish(&[liked(liker, post, &bob_id)]).await;
+    app.groups_until(&bob, |g| g.len() == 1 && g[0].notifications_count == 1).await;
+    assert!(place().await > 0);
+}
+
 #[tokio::test]
 async fn a_deleted_comment_takes_its_group_and_a_deleted_actor_leaves_the_counts() {
     let app = App::start().await;
