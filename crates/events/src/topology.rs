@@ -5,8 +5,11 @@
 //! Every service declares ALL of it ([`QUEUES`]), idempotently, whenever it connects
 //! and before its relay publishes anything: a `mandatory` publish is only returned when
 //! it reaches no queue at all, so an event published while one consumer's queue did not
-//! exist yet (a fresh broker, pods starting in any order, a queue deleted by an
-//! operator) would be confirmed, dropped from the outbox, and lost for that consumer.
+//! exist yet (a fresh broker, pods starting in any order) would be confirmed, dropped
+//! from the outbox, and lost for that consumer. A queue an operator deletes while the
+//! services run is declared again only when one of them connects again (its consumer,
+//! cancelled by the broker, does at once): what is published meanwhile is lost to it
+//! (docs/operating.md says not to).
 //!
 //! A queue that exists with other arguments than declared (usually `x-queue-type`
 //! after `EVENTS_QUEUE_TYPE` changed) is reported once per connection and used as it
