@@ -73,10 +73,11 @@ impl Api {
 
     /// Records a like with its event (nothing if the user already likes the target),
     /// then checks it against deletions (see `crate::checks`).
-    async fn like(&self, like: LikeDoc, event: Envelope) -> Result<()> {
+    async fn like(&self, mut like: LikeDoc, event: Envelope) -> Result<()> {
         // Tests: a block made between the checks before and the insert.
         social_kit::pause!("engagement::before_like_insert");
-        if self.store.like(&like, &event).await? {
+        // As stored (its start's time among it), for the checks' undo to end after it.
+        if self.store.like(&mut like, &event).await? {
             // Stored with its event, whatever the checks below say.
             self.relay.wake();
             refuse(checks::like(&self.store, &self.relay, &self.graph, &like).await?)?;

@@ -177,7 +177,8 @@ pub async fn comment(
 }
 
 /// Until `stop`: checks the likes and comments whose checks did not finish `left_for`
-/// ago, 100 of each a round (see `social_events::unchecked::settle_every`).
+/// ago, 100 of each a round (see `social_events::unchecked::settle_every`); one that
+/// fails is logged and the others go on.
 pub async fn run(
     (store, relay, graph): (Store, RelayWaker, Peer),
     left_for: Duration,
@@ -187,10 +188,14 @@ pub async fn run(
         let (store, relay, graph) = (&store, &relay, &graph);
         async move {
             for l in &store.unchecked_likes(before, 100).await? {
-                like(store, relay, graph, l).await?;
+                if let Err(e) = like(store, relay, graph, l).await {
+                    tracing::warn!(like = %l.id, error = %e, "could not check a like; will retry");
+                }
             }
             for c in &store.unchecked_comments(before, 100).await? {
-                comment(store, relay, graph, c).await?;
+                if let Err(e) = comment(store, relay, graph, c).await {
+                    tracing::warn!(comment = %c.id, error = %e, "could not check a comment; will retry");
+                }
             }
             Ok(())
         }

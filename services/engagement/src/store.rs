@@ -451,14 +451,13 @@ impl Store {
     }
 
     /// Inserts `like` with its event; `false` if the user already likes the target.
-    pub async fn like(&self, like: &LikeDoc, event: &Envelope) -> Result<bool> {
-        let mut like = like.clone();
+    pub async fn like(&self, like: &mut LikeDoc, event: &Envelope) -> Result<bool> {
         like.outbox = vec![outbox::entry(event)];
         like.outbox_pending = 1;
         like.started_ms = idempotency::event_time_ms(event);
         like.unchecked_since = Some(DateTime::now().timestamp_millis());
         let liker = Some(("user_id", like.user_id));
-        mongo::insert_keyed(&self.likes, &mut like, liker, |l| &mut l.sort_key).await
+        mongo::insert_keyed(&self.likes, like, liker, |l| &mut l.sort_key).await
     }
 
     /// The user's active like of `target`, a post or a comment as `kind` says: a like of

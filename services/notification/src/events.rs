@@ -369,16 +369,26 @@ impl Fanout {
         Ok(Some(Stored { stored, keys, about }))
     }
 
-    /// Removes notifications of an event that nobody is to be told of after all. They
-    /// may be an earlier try's of the same event, counted into their groups and pushed
-    /// before a mute, a block or a deletion came (this try is a copy): so they leave as
-    /// any removal does, out of their groups' counts (once, and only if they were
-    /// counted in) and off the streams, never deleted behind their groups' backs.
+    /// Removes notifications of an event that nobody is to be told of after all. Those
+    /// this try stored go silently; but they may be an earlier try's of the same event,
+    /// counted into their groups and pushed before a mute, a block or a deletion came
+    /// (this try is a copy): those leave as any removal does, out of their groups'
+    /// counts (once) and off the streams, never deleted behind their groups' backs.
     async fn drop_stored(&self, dropped: Vec<NotificationDoc>) -> anyhow::Result<()> {
-        if dropped.is_empty() {
+        let mut told = Vec::new();
+        for n in dropped {
+            // Never pushed nor counted (this try stored it; the usual case, a muted
+            // actor's like): nobody was told of it, so it goes silently, unless its
+            // counting began meanwhile (then the delete misses it, and it goes below).
+            let untold = n.unpushed && n.group_stage == Some(crate::groups::Stage::NEW);
+            if !(untold && self.store.delete_uncounted(n.id).await?) {
+                told.push(n);
+            }
+        }
+        if told.is_empty() {
             return Ok(());
         }
-        self.remove_batch("source_user_id", dropped).await
+        self.remove_batch("source_user_id", told).await
     }
 
     /// Counts what was stored into its groups and pushes it, with the groups, to every

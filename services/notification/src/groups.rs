@@ -450,7 +450,11 @@ impl Groups {
                 // notification counted in again brings it back to its place.
                 None => {
                     set.insert("latest_id", bson::Bson::Null);
-                    set.insert("sort_key", EMPTIED_SORT_KEY);
+                    // Counted out too (a group counting a notification that is gone
+                    // stays listed, at its place).
+                    if group.count <= 0 {
+                        set.insert("sort_key", EMPTIED_SORT_KEY);
+                    }
                 }
             }
             let written = self

@@ -341,6 +341,13 @@ impl Store {
     }
 
     /// Deletes the notifications of `keys` (recipient, dedupe key).
+    /// Deletes notification `id` if its counting into its group has not begun
+    /// (`group_stage` still new); whether it did.
+    pub async fn delete_uncounted(&self, id: ObjectId) -> Result<bool> {
+        let filter = doc! { "_id": id, "group_stage": crate::groups::Stage::NEW };
+        Ok(self.notifications.delete_one(filter).await?.deleted_count == 1)
+    }
+
     pub async fn delete_by_keys(&self, keys: &[(ObjectId, String)]) -> Result<()> {
         if keys.is_empty() {
             return Ok(());

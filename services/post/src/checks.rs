@@ -38,18 +38,21 @@ pub async fn post(store: &Store, relay: &RelayWaker, post: &PostDoc) -> Result<b
             relay.wake();
         }
     }
-    store.post_checked(post.id).await?;
+    store.post_checked(post.id, author).await?;
     Ok(stands)
 }
 
 /// Until `stop`: checks the posts whose check did not finish `left_for` ago, 100 a round
-/// (see `social_events::unchecked::settle_every`).
+/// (see `social_events::unchecked::settle_every`); one that fails is logged and the
+/// others go on.
 pub async fn run((store, relay): (Store, RelayWaker), left_for: Duration, stop: CancellationToken) {
     let settle = |before| {
         let (store, relay) = (&store, &relay);
         async move {
             for p in &store.unchecked(before, 100).await? {
-                post(store, relay, p).await?;
+                if let Err(e) = post(store, relay, p).await {
+                    tracing::warn!(post = %p.id, error = %e, "could not check a post; will retry");
+                }
             }
             Ok(())
         }

@@ -31,6 +31,9 @@ pub const ACTIVE: &str = "active";
 /// reader following a few hundred quiet accounts would read most of the collection. A
 /// longer list is asked in slices of this many, merged here.
 pub const AUTHORS_PER_QUERY: usize = 200;
+
+/// How many keys past a page a merged feed page reads (see `Store::merged_page`).
+const SPARE_KEYS: i64 = 5;
 const DELETED: &str = "deleted";
 
 /// A post's place in a feed.
@@ -321,9 +324,12 @@ impl Store {
         Ok(r.modified_count == 1)
     }
 
-    /// Marks post `id` checked against its author's deletion.
-    pub async fn post_checked(&self, id: ObjectId) -> Result<()> {
-        unchecked::checked(&self.posts, id).await
+    /// Marks post `id` of `author` checked against the author's deletion (on the
+    /// author's shard).
+    pub async fn post_checked(&self, id: ObjectId, author: ObjectId) -> Result<()> {
+        let filter = doc! { "_id": id, "user_id": mongo::equals_id(author) };
+        self.posts.update_one(filter, doc! { "$unset": { unchecked::FIELD: "" } }).await?;
+        Ok(())
     }
 
     /// Up to `limit` posts stored before `before_ms` whose check did not finish.
@@ -352,12 +358,13 @@ impl Store {
 
     /// [`Store::by_authors`] of more than [`AUTHORS_PER_QUERY`] authors.
     async fn merged_page(&self, authors: &[ObjectId], page: &PageRequest) -> Result<Vec<PostDoc>> {
+        // A few keys past the page: the posts deleted between the two reads are made up
+        // for from them (a page cut short would be the last: no next page token).
+        let want = page.fetch_limit() + SPARE_KEYS;
         let mut posts = Vec::new();
-        // A post deleted between the two reads would end the page early (a short page is
-        // the last): read again, a few times at most.
         for _ in 0..3 {
             let range = |f| Order::NewestFirst.filter(f, page);
-            let newest = self.newest(authors, range, page.fetch_limit()).await?;
+            let newest = self.newest(authors, range, want).await?;
             let ids: Vec<ObjectId> = newest.iter().map(|r| r.id).collect();
             posts = self
                 .posts
@@ -367,10 +374,13 @@ impl Store {
                 .try_collect()
                 .await?;
             posts.sort_unstable_by_key(|p: &PostDoc| std::cmp::Reverse(p.sort_key));
-            if posts.len() == ids.len() {
+            // Enough for the page, or all there are; else more were deleted meanwhile
+            // than the spare keys make up for: read again (they are gone from the keys).
+            if posts.len() as i64 >= page.fetch_limit() || (newest.len() as i64) < want {
                 break;
             }
         }
+        posts.truncate(usize::try_from(page.fetch_limit()).unwrap_or(usize::MAX));
         Ok(posts)
     }
 

@@ -688,6 +688,12 @@ async fn a_post_whose_check_for_a_deleted_account_failed_is_undone_by_its_retry_
         (count(&app, "posts", active()).await == 0).then_some(())
     });
     assert!(gone.await.is_some(), "the posts stayed");
+    // A live account's post is marked checked at once (on its author's shard).
+    let (alice_id, alice) = app.stack.register("alice").await;
+    app.post(&alice, "checked").await;
+    let alice = social_kit::mongo::equals_id(ObjectId::parse_str(&alice_id).unwrap());
+    let unchecked = doc! { "user_id": alice, "unchecked_since": { "$exists": true } };
+    assert_eq!(count(&app, "posts", unchecked).await, 0);
     assert_eq!(
         count(
             &app,

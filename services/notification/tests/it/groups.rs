@@ -321,6 +321,40 @@ async fn an_emptied_group_leaves_the_lists_way_and_comes_back_with_its_next_noti
     assert!(place().await > 0);
 }
 
+/// A like by an actor its recipient mutes stores nothing the recipient hears of: no
+/// notification, no group, and no removal either (a removal would tell the recipient's
+/// clients to reload; a muted actor liking and unliking would make them reload at will).
+#[tokio::test]
+async fn a_muted_actors_like_is_dropped_silently() {
+    let app = App::start().await;
+    let (bob_id, bob) = app.stack.register("bob").await;
+    let (liker, post) = (ObjectId::new(), ObjectId::new());
+    let mute = UserMuted {
+        mute_id: ObjectId::new().to_hex(),
+        muter_id: bob_id.clone(),
+        muted_id: liker.to_hex(),
+        notifications: true,
+        expires_at_ms: 0,
+    };
+    app.publish(&[new_envelope(ObjectId::parse_str(&bob_id).unwrap(), Payload::UserMuted(mute))])
+        .await;
+    app.drained().await;
+    app.publish(&[liked(liker, post, &bob_id)]).await;
+    app.drained().await;
+    let page = app
+        .notifications
+        .clone()
+        .list_notifications(authed(
+            social_proto::notification::v1::ListNotificationsRequest::default(),
+            &bob,
+        ))
+        .await
+        .answer();
+    assert!(page.notifications.is_empty());
+    assert_eq!(page.last_removal_at, None, "a removal was recorded");
+    assert!(app.groups(&bob).await.is_empty());
+}
+
 #[tokio::test]
 async fn a_deleted_comment_takes_its_group_and_a_deleted_actor_leaves_the_counts() {
     let app = App::start().await;
