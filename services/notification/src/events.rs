@@ -154,14 +154,16 @@ impl Fanout {
             Some(Payload::PostDeleted(e)) => {
                 let post = oid(&e.post_id)?;
                 self.store.mark_removed(removed_key("post", post)).await?;
-                self.remove_about("post_id", post).await?;
-                self.store.groups.delete_where("post_id", post).await?;
+                let mut budget = Budget::start();
+                self.remove_about("post_id", post, &mut budget).await?;
+                self.store.groups.delete_where("post_id", post, &mut budget).await?;
             }
             Some(Payload::CommentDeleted(e)) => {
                 let comment = oid(&e.comment_id)?;
                 self.store.mark_removed(removed_key("comment", comment)).await?;
-                self.remove_about("comment_id", comment).await?;
-                self.store.groups.delete_where("comment_id", comment).await?;
+                let mut budget = Budget::start();
+                self.remove_about("comment_id", comment, &mut budget).await?;
+                self.store.groups.delete_where("comment_id", comment, &mut budget).await?;
             }
             Some(Payload::UserDeleted(e)) => {
                 self.remove_user(removed_users::deleted_user(e)?).await?;
@@ -175,7 +177,7 @@ impl Fanout {
                 // `still_wanted`), so one of the two sees the other. What the blocked
                 // caused the blocker goes; the blocked keeps what it was told before.
                 if let Some((blocker, blocked, true)) = self.store.blocks.apply(envelope).await? {
-                    self.remove_between(blocker, blocked).await?;
+                    self.remove_between(blocker, blocked, &mut Budget::start()).await?;
                 }
             }
             _ => return Ok(false),
@@ -416,7 +418,7 @@ impl Fanout {
         // A recipient whose account was deleted meanwhile has no groups (their deletion
         // removed them, perhaps before these were made again).
         for user in self.store.removed_users.which(&recipients).await? {
-            self.store.groups.delete_where("user_id", user).await?;
+            self.store.groups.delete_where("user_id", user, &mut Budget::start()).await?;
         }
         // A deletion that began meanwhile may have removed the groups before these were
         // counted into them: take them away again (the tombstone is written first).
@@ -424,7 +426,7 @@ impl Fanout {
             for n in &pushed {
                 for (field, id) in [("post_id", &n.post_id), ("comment_id", &n.comment_id)] {
                     if let Some(id) = id.as_deref().and_then(|i| ObjectId::parse_str(i).ok()) {
-                        self.store.groups.delete_where(field, id).await?;
+                        self.store.groups.delete_where(field, id, &mut Budget::start()).await?;
                     }
                 }
             }
@@ -570,9 +572,10 @@ impl Fanout {
                 groups: Vec::new(),
             };
             self.push_batch(&batch).await?;
-            self.remove_about("source_user_id", user).await?;
-            self.remove_about("user_id", user).await?;
-            self.store.groups.delete_where("user_id", user).await
+            let mut budget = Budget::start();
+            self.remove_about("source_user_id", user, &mut budget).await?;
+            self.remove_about("user_id", user, &mut budget).await?;
+            self.store.groups.delete_where("user_id", user, &mut budget).await
         };
         let removed_users = &self.store.removed_users;
         removed_users.remove(user, &self.relay, remove).await
@@ -580,19 +583,29 @@ impl Fanout {
 
     /// Removes what `actor` caused `recipient` to be told (a block between them): out of
     /// the groups, which stay, and out of the list, the removals pushed.
-    async fn remove_between(&self, recipient: ObjectId, actor: ObjectId) -> anyhow::Result<()> {
+    async fn remove_between(
+        &self,
+        recipient: ObjectId,
+        actor: ObjectId,
+        budget: &mut Budget,
+    ) -> anyhow::Result<()> {
         let filter = doc! {
             "source_user_id": social_kit::mongo::equals_id(actor),
             "user_id": social_kit::mongo::equals_id(recipient),
         };
-        self.remove_matching("source_user_id", filter).await
+        self.remove_matching("source_user_id", filter, budget).await
     }
 
     /// Removes the notifications whose `field` is `id`: about a post (and its comments)
     /// or a comment, caused by an actor or received by a user.
-    async fn remove_about(&self, field: &str, id: ObjectId) -> anyhow::Result<()> {
+    async fn remove_about(
+        &self,
+        field: &str,
+        id: ObjectId,
+        budget: &mut Budget,
+    ) -> anyhow::Result<()> {
         let filter = doc! { field: social_kit::mongo::equals_id(id) };
-        self.remove_matching(field, filter).await
+        self.remove_matching(field, filter, budget).await
     }
 
     /// Removes the notifications matching `filter`, in batches: each batch's removal is
@@ -600,9 +613,14 @@ impl Fanout {
     /// again on the retry). `field` says what they are selected by: those selected by
     /// `source_user_id` leave groups that stay, one by one; those about a deleted post
     /// or comment take their groups with them.
-    async fn remove_matching(&self, field: &str, filter: bson::Document) -> anyhow::Result<()> {
-        // A viral post's thousands of notifications go in steps (see `Budget`).
-        let mut budget = Budget::start();
+    async fn remove_matching(
+        &self,
+        field: &str,
+        filter: bson::Document,
+        budget: &mut Budget,
+    ) -> anyhow::Result<()> {
+        // A viral post's thousands of notifications go in steps (see `Budget`): one
+        // budget for the whole of the event's step, shared by its removals.
         loop {
             budget.check()?;
             let batch = self.store.matching(filter.clone(), REMOVE_BATCH).await?;

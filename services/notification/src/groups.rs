@@ -599,11 +599,15 @@ impl Groups {
 
     /// Deletes the groups about a deleted post or comment (`field` is `post_id` or
     /// `comment_id`), or every group of a deleted recipient (`user_id`): in batches of
-    /// one statement each, within a step's time (`Budget`: `MoreToDo` past it, and the
-    /// event's next try goes on), so that a post with a hundred thousand comments (a
+    /// one statement each, within the event's step's `budget` (`MoreToDo` past it, and
+    /// the event's next try goes on), so that a post with a hundred thousand comments (a
     /// group each) is no one statement.
-    pub async fn delete_where(&self, field: &str, id: ObjectId) -> anyhow::Result<()> {
-        let mut budget = social_events::consumer::Budget::start();
+    pub async fn delete_where(
+        &self,
+        field: &str,
+        id: ObjectId,
+        budget: &mut social_events::consumer::Budget,
+    ) -> anyhow::Result<()> {
         loop {
             budget.check()?;
             let ids =
