@@ -34,6 +34,18 @@ pub(crate) fn liked(liker: ObjectId, post: ObjectId, author: &str) -> Envelope {
     )
 }
 
+/// `muter` muting the notifications of `muted`, as the social-graph service publishes it.
+fn muted(muter: &str, muted: ObjectId) -> Envelope {
+    let mute = UserMuted {
+        mute_id: ObjectId::new().to_hex(),
+        muter_id: muter.into(),
+        muted_id: muted.to_hex(),
+        notifications: true,
+        expires_at_ms: 0,
+    };
+    new_envelope(ObjectId::parse_str(muter).unwrap(), Payload::UserMuted(mute))
+}
+
 pub(crate) fn unliked(liker: ObjectId, post: ObjectId, author: &str) -> Envelope {
     new_envelope(
         liker,
@@ -248,15 +260,7 @@ async fn a_copy_of_a_like_after_its_liker_is_muted_takes_its_notification_out_of
     let like = liked(liker, post, &bob_id);
     app.publish(std::slice::from_ref(&like)).await;
     app.groups_until(&bob, |g| g.len() == 1 && g[0].notifications_count == 1).await;
-    let mute = UserMuted {
-        mute_id: ObjectId::new().to_hex(),
-        muter_id: bob_id.clone(),
-        muted_id: liker.to_hex(),
-        notifications: true,
-        expires_at_ms: 0,
-    };
-    app.publish(&[new_envelope(ObjectId::parse_str(&bob_id).unwrap(), Payload::UserMuted(mute))])
-        .await;
+    app.publish(&[muted(&bob_id, liker)]).await;
     app.drained().await;
     app.publish(&[like]).await;
     app.groups_until(&bob, <[NotificationGroup]>::is_empty).await;
@@ -329,15 +333,7 @@ async fn a_muted_actors_like_is_dropped_silently() {
     let app = App::start().await;
     let (bob_id, bob) = app.stack.register("bob").await;
     let (liker, post) = (ObjectId::new(), ObjectId::new());
-    let mute = UserMuted {
-        mute_id: ObjectId::new().to_hex(),
-        muter_id: bob_id.clone(),
-        muted_id: liker.to_hex(),
-        notifications: true,
-        expires_at_ms: 0,
-    };
-    app.publish(&[new_envelope(ObjectId::parse_str(&bob_id).unwrap(), Payload::UserMuted(mute))])
-        .await;
+    app.publish(&[muted(&bob_id, liker)]).await;
     app.drained().await;
     app.publish(&[liked(liker, post, &bob_id)]).await;
     app.drained().await;
