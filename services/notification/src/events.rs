@@ -383,8 +383,26 @@ impl Fanout {
             // actor's like): nobody was told of it, so it goes silently, unless its
             // counting began meanwhile (then the delete misses it, and it goes below).
             let untold = n.unpushed && n.group_stage == Some(crate::groups::Stage::NEW);
-            if !(untold && self.store.delete_uncounted(n.id).await?) {
+            if !(untold && self.store.delete_uncounted(n.id, n.user_id).await?) {
                 told.push(n);
+                continue;
+            }
+            // Another notification counted into its group meanwhile may have made the
+            // group's head of it (its head reads the newest stored, counted or not):
+            // made again without it, and pushed as a group alone (no removal: nobody
+            // is told to reload).
+            let Some(group) = self.store.groups.find(n.user_id, &n.group_key).await? else {
+                continue;
+            };
+            if group.latest_id == Some(n.id) || group.actors.contains(&n.source_user_id) {
+                let groups = self.store.groups.refresh_head(group.id).await?;
+                let groups = groups.into_iter().map(Into::into).collect();
+                self.push_batch(&LiveBatch {
+                    notifications: Vec::new(),
+                    ended_users: Vec::new(),
+                    groups,
+                })
+                .await?;
             }
         }
         if told.is_empty() {

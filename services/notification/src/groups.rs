@@ -220,7 +220,7 @@ impl Groups {
         Ok(())
     }
 
-    async fn find(&self, user: ObjectId, key: &str) -> Result<Option<GroupDoc>> {
+    pub async fn find(&self, user: ObjectId, key: &str) -> Result<Option<GroupDoc>> {
         Ok(self
             .groups
             .find_one(doc! { "user_id": mongo::equals_id(user), "group_key": key })

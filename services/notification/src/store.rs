@@ -340,14 +340,16 @@ impl Store {
         Ok(self.removed.find_one(doc! { "_id": { "$in": keys } }).await?.is_some())
     }
 
-    /// Deletes the notifications of `keys` (recipient, dedupe key).
-    /// Deletes notification `id` if its counting into its group has not begun
+    /// Deletes notification `id` of `user` if its counting into its group has not begun
     /// (`group_stage` still new); whether it did.
-    pub async fn delete_uncounted(&self, id: ObjectId) -> Result<bool> {
-        let filter = doc! { "_id": id, "group_stage": crate::groups::Stage::NEW };
+    pub async fn delete_uncounted(&self, id: ObjectId, user: ObjectId) -> Result<bool> {
+        let filter = doc! {
+            "_id": id, "user_id": mongo::equals_id(user), "group_stage": crate::groups::Stage::NEW,
+        };
         Ok(self.notifications.delete_one(filter).await?.deleted_count == 1)
     }
 
+    /// Deletes the notifications of `keys` (recipient, dedupe key).
     pub async fn delete_by_keys(&self, keys: &[(ObjectId, String)]) -> Result<()> {
         if keys.is_empty() {
             return Ok(());
