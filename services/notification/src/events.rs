@@ -395,14 +395,8 @@ impl Fanout {
                 continue;
             };
             if group.latest_id == Some(n.id) || group.actors.contains(&n.source_user_id) {
-                let groups = self.store.groups.refresh_head(group.id).await?;
-                let groups = groups.into_iter().map(Into::into).collect();
-                self.push_batch(&LiveBatch {
-                    notifications: Vec::new(),
-                    ended_users: Vec::new(),
-                    groups,
-                })
-                .await?;
+                let group = self.store.groups.refresh_head(group.id).await?;
+                self.push_groups(group.into_iter().map(Into::into).collect()).await?;
             }
         }
         if told.is_empty() {
@@ -554,6 +548,13 @@ impl Fanout {
             .await
     }
 
+    /// Sends `groups` alone to every replica's streams (a grouped view's change), as
+    /// [`Fanout::broadcast`] sends notifications.
+    async fn push_groups(&self, groups: Vec<NotificationGroup>) -> anyhow::Result<()> {
+        self.push_batch(&LiveBatch { notifications: Vec::new(), ended_users: Vec::new(), groups })
+            .await
+    }
+
     /// Sends `batch` to every replica's streams. Its removals are recorded first, per
     /// recipient: a client whose stream misses the push (away, reconnecting) is told to
     /// reload when it resumes (`ListNotificationsResponse.last_removal_at`).
@@ -669,12 +670,7 @@ impl Fanout {
         self.broadcast(removed).await?;
         if field == "post_id" || field == "comment_id" {
             // Their groups go whole (below): a grouped view drops them now.
-            self.push_batch(&LiveBatch {
-                notifications: Vec::new(),
-                ended_users: Vec::new(),
-                groups: gone_groups(&batch),
-            })
-            .await?;
+            self.push_groups(gone_groups(&batch)).await?;
         }
         let ids: Vec<ObjectId> = batch.into_iter().map(|n| n.id).collect();
         self.store.delete_ids(&ids).await?;
@@ -685,12 +681,7 @@ impl Fanout {
             groups.extend(self.store.groups.refresh_head(group).await?);
         }
         if !groups.is_empty() {
-            self.push_batch(&LiveBatch {
-                notifications: Vec::new(),
-                ended_users: Vec::new(),
-                groups: groups.into_iter().map(Into::into).collect(),
-            })
-            .await?;
+            self.push_groups(groups.into_iter().map(Into::into).collect()).await?;
         }
         Ok(())
     }
