@@ -102,6 +102,26 @@ impl Budget {
         self.batch_started = now;
     }
 
+    /// Does the job `step` in batches until one does nothing, within the budget:
+    /// `batch()` does one and says how many items it did.
+    pub async fn repeat<Batch>(
+        &mut self,
+        step: &str,
+        mut batch: impl FnMut() -> Batch,
+    ) -> anyhow::Result<()>
+    where
+        Batch: std::future::Future<Output = anyhow::Result<usize>>,
+    {
+        loop {
+            self.check()?;
+            let items = batch().await?;
+            if items == 0 {
+                return Ok(());
+            }
+            self.done(step, items);
+        }
+    }
+
     /// Does the job `step` in batches until `next()` gives an empty one, within the
     /// budget: `each` handles every item, then `relay` is woken (the items' events are
     /// in their outboxes) and the batch recorded.

@@ -40,22 +40,10 @@ pub async fn apply((store, relay): (Store, RelayWaker), envelope: Envelope) -> a
 async fn remove_post(store: &Store, post: ObjectId) -> anyhow::Result<()> {
     store.mark_post_removed(post).await?;
     let mut budget = Budget::start();
-    loop {
-        budget.check()?;
-        let n = store.remove_comments_of(post, REMOVE_BATCH).await?;
-        if n == 0 {
-            break;
-        }
-        budget.done("post comments", n);
-    }
-    loop {
-        budget.check()?;
-        let n = store.remove_likes_under(post, REMOVE_BATCH).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        budget.done("post likes", n);
-    }
+    let comments = || async { Ok(store.remove_comments_of(post, REMOVE_BATCH).await?) };
+    budget.repeat("post comments", comments).await?;
+    let likes = || async { Ok(store.remove_likes_under(post, REMOVE_BATCH).await?) };
+    budget.repeat("post likes", likes).await
 }
 
 /// How many comments or likes of a deleted post one statement removes.

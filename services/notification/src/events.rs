@@ -640,16 +640,15 @@ impl Fanout {
     ) -> anyhow::Result<()> {
         // A viral post's thousands of notifications go in steps (see `Budget`): one
         // budget for the whole of the event's step, shared by its removals.
-        loop {
-            budget.check()?;
+        let batch = || async {
             let batch = self.store.matching(filter.clone(), REMOVE_BATCH).await?;
-            if batch.is_empty() {
-                return Ok(());
-            }
             let items = batch.len();
-            self.remove_batch(field, batch).await?;
-            budget.done(field, items);
-        }
+            if items > 0 {
+                self.remove_batch(field, batch).await?;
+            }
+            Ok(items)
+        };
+        budget.repeat(field, batch).await
     }
 
     /// Removes `batch` (see [`Fanout::remove_matching`]): pushed to its recipients'

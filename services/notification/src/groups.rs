@@ -608,16 +608,15 @@ impl Groups {
         id: ObjectId,
         budget: &mut social_events::consumer::Budget,
     ) -> anyhow::Result<()> {
-        loop {
-            budget.check()?;
+        let batch = || async {
             let ids =
                 mongo::ids(&self.groups, doc! { field: mongo::equals_id(id) }, Some(200)).await?;
-            if ids.is_empty() {
-                return Ok(());
+            if !ids.is_empty() {
+                self.groups.delete_many(doc! { "_id": { "$in": &ids } }).await?;
             }
-            self.groups.delete_many(doc! { "_id": { "$in": &ids } }).await?;
-            budget.done("groups", ids.len());
-        }
+            Ok(ids.len())
+        };
+        budget.repeat("groups", batch).await
     }
 }
 
